@@ -1,0 +1,1 @@
+"""nnspec benchmark suite: hand-written NumPy and PyTorch baselines, and the harness."""

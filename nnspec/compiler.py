@@ -1,0 +1,140 @@
+"""The pipeline, stage by stage: text -> AST -> flat equations -> graph -> checks -> plan.
+
+Each stage reads the typed value the previous one made and appends its
+problems to one :class:`Diagnostics`; a stage that cannot go on raises
+:class:`SpecError` with everything found so far.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import networkx as nx
+
+from .errors import Diagnostics, SpecError
+from .expand import FlatSpec, expand
+from .graph import Graph, NodeInfo, build_graph
+from .loader import Program, load_file, load_text
+from .plan import Plan, build_plan
+from .recurrence import Component, find_components, infer_time_and_type
+from .shapes import infer_shapes
+
+
+@dataclass
+class Compiled:
+    """Everything the compiler made, for the runtime and for people to inspect."""
+
+    program: Program
+    flat: FlatSpec
+    graph: Graph
+    components: list[Component]
+    order: list[str]
+    plan: Plan
+    diags: Diagnostics
+    bindings: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def kind(self) -> str:
+        return "recurrent" if self.components else "feed-forward"
+
+    @property
+    def name(self) -> str:
+        return self.flat.name
+
+    def parameter_count(self) -> int:
+        total = 0
+        for p in self.plan.params:
+            n = 1
+            for d in p.shape:
+                n *= d if isinstance(d, int) else 0
+            total += n
+        return total
+
+
+def compile_program(program: Program, diags: Diagnostics, bindings: dict[str, int] | None = None,
+                    dropout: dict[str, float] | None = None) -> Compiled:
+    diags.raise_if_errors()
+    flat = expand(program, diags)
+    diags.raise_if_errors()
+    graph = build_graph(flat, diags)
+    diags.raise_if_errors()
+    components = find_components(graph, diags)
+    diags.raise_if_errors()
+    if dropout:
+        insert_dropout(graph, dropout, diags)
+    order = infer_time_and_type(graph, components, diags)
+    diags.raise_if_errors()
+    check_ends(graph, diags)
+    infer_shapes(graph, order, diags, bindings)
+    diags.raise_if_errors()
+    plan = build_plan(graph, order, components)
+    return Compiled(program, flat, graph, components, order, plan, diags, dict(bindings or {}))
+
+
+def compile_text(text: str, file: str = "<string>", bindings: dict[str, int] | None = None,
+                 base_dir: Path | None = None, dropout: dict[str, float] | None = None) -> Compiled:
+    diags = Diagnostics()
+    program = load_text(text, file, diags, base_dir=base_dir)
+    return compile_program(program, diags, bindings, dropout)
+
+
+def compile_file(path: str | Path, bindings: dict[str, int] | None = None,
+                 dropout: dict[str, float] | None = None) -> Compiled:
+    diags = Diagnostics()
+    program = load_file(path, diags)
+    return compile_program(program, diags, bindings, dropout)
+
+
+def check_ends(graph: Graph, diags: Diagnostics) -> None:
+    """Every value must lead to an output or the loss; a network needs at least one of them."""
+    ends = set(graph.outputs) | ({graph.loss} if graph.loss else set())
+    if not ends:
+        diags.error("the network has no output and no loss; declare 'output NAME' or add 'loss ...'",
+                    None)
+        return
+    useful = set(ends)
+    for e in ends:
+        useful |= nx.ancestors(graph.g, e)
+    for init in graph.initials.values():
+        useful.add(init)
+        useful |= nx.ancestors(graph.g, init)
+    for info in graph.nodes():
+        if info.id in useful or not info.named:
+            continue
+        if info.kind == "target":
+            diags.error(f"target '{info.id}' is never used; compare it with a prediction in a loss, "
+                        f"e.g. 'loss cross_entropy(p, {info.id})'", info.span)
+        elif info.kind == "input":
+            diags.error(f"input '{info.id}' is never used", info.span)
+        elif info.kind == "param":
+            diags.error(f"parameter '{info.id}' is never used", info.span)
+        else:
+            diags.error(f"'{info.id}' is computed but never used: it reaches no output and no loss", info.span)
+
+
+def insert_dropout(graph: Graph, rates: dict[str, float], diags: Diagnostics) -> None:
+    """Dropout on a value: its readers at the same step (outside its own loop) see dropout(value)."""
+    g = graph.g
+    for name, p in rates.items():
+        if name not in g:
+            diags.error(f"dropout on unknown value '{name}'", graph.flat.train.span if graph.flat.train else None)
+            continue
+        src = graph.info(name)
+        dropped = f"{name}.dropout"
+        readers = [v for v in list(g.successors(name))
+                   if (src.component is None or graph.info(v).component != src.component)]
+        info = NodeInfo(id=dropped, kind="op", span=src.span, op="dropout", inputs=[(name, 0)], attrs={"p": p})
+        g.add_node(dropped, info=info)
+        g.add_edge(name, dropped, delays={0})
+        for v in readers:
+            vi = graph.info(v)
+            if any(s == name and d == 0 for s, d in vi.inputs):
+                vi.inputs = [(dropped, d) if (s == name and d == 0) else (s, d) for s, d in vi.inputs]
+                delays = g.edges[name, v]["delays"]
+                delays.discard(0)
+                if not delays:
+                    g.remove_edge(name, v)
+                g.add_edge(dropped, v, delays={0})
+
+
+__all__ = ["Compiled", "compile_text", "compile_file", "compile_program", "SpecError"]

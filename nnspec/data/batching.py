@@ -1,0 +1,133 @@
+"""Batches: examples stacked feed-forward (B, *shape) or padded time-major (T, B, ...)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+
+from .encode import Encoded
+from .fields import FieldKind
+from .vocab import PAD_ID
+
+IGNORE_LABEL = -1  # label at padding steps: losses skip it
+POOL_BATCHES = 100  # by_length sorts pools of this many batches
+
+
+@dataclass
+class Batch:
+    """``lengths`` (B,) and ``mask`` (T, B) describe the sequence fields (None
+    without any); ``index`` holds the examples' positions in the split.
+    ``carry`` marks a chunk that continues the previous chunk's sequences
+    (truncated backpropagation through time): keep the hidden state."""
+
+    arrays: dict[str, np.ndarray]
+    lengths: np.ndarray | None
+    mask: np.ndarray | None
+    size: int
+    index: np.ndarray
+    carry: bool = False
+
+
+def _pad(seqs: list[np.ndarray], fill, dtype) -> np.ndarray:
+    out = np.full((max(len(s) for s in seqs), len(seqs), *seqs[0].shape[1:]), fill, dtype=dtype)
+    for b, s in enumerate(seqs):
+        out[: len(s), b] = s
+    return out
+
+
+def _bag(ids: list[np.ndarray], size: int, dtype) -> np.ndarray:
+    out = np.zeros((len(ids), size), dtype=dtype)
+    rows = np.repeat(np.arange(len(ids)), [len(x) for x in ids])
+    np.add.at(out, (rows, np.concatenate(ids)), 1)
+    return out
+
+
+def collate(encoded: Encoded, index: np.ndarray, dtype=np.float32) -> Batch:
+    """The batch of the examples at ``index``."""
+    index = np.asarray(index, dtype=np.int64)
+    arrays = {}
+    for f in encoded.fields:
+        values = encoded.data[f.name]
+        if f.kind is FieldKind.vector:
+            arrays[f.name] = values[index].astype(dtype)
+        elif f.kind is FieldKind.class_:
+            arrays[f.name] = values[index]
+        elif f.kind is FieldKind.bag:
+            arrays[f.name] = _bag([values[i] for i in index], encoded.bag_sizes[f.name], dtype)
+        elif f.kind is FieldKind.tokens:
+            arrays[f.name] = _pad([values[i] for i in index], PAD_ID, np.int64)
+        elif f.kind is FieldKind.classes:
+            arrays[f.name] = _pad([values[i] for i in index], IGNORE_LABEL, np.int64)
+        else:  # vector_seq
+            arrays[f.name] = _pad([values[i] for i in index], 0.0, dtype)
+    lengths = mask = None
+    if encoded.lengths is not None:
+        lengths = encoded.lengths[index]
+        mask = (np.arange(lengths.max())[:, None] < lengths[None, :]).astype(dtype)
+    return Batch(arrays, lengths, mask, len(index), index)
+
+
+def _length_groups(order: np.ndarray, lengths: np.ndarray, batch_size: int, pool: int) -> list[np.ndarray]:
+    """Cut ``order`` into pools, sort each by length, and batch it: similar
+    lengths share a batch, so little is padded, yet pools keep the randomness."""
+    batches = []
+    for start in range(0, len(order), pool):
+        chunk = order[start:start + pool]
+        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+        batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+    return batches
+
+
+def iterate_batches(encoded: Encoded, batch_size: int, *, shuffle: bool, rng: np.random.Generator | None = None,
+                    by_length: bool = False, dtype=np.float32) -> Iterator[Batch]:
+    """All examples once, in batches of ``batch_size`` (the last may be smaller).
+
+    The order is drawn from ``rng`` when this is called, not while iterating, so
+    it depends only on the rng's state at the call. ``by_length`` groups
+    sequences of similar length (in shuffled pools when shuffling, over the
+    whole split otherwise) and, when shuffling, shuffles the batches.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if shuffle and rng is None:
+        raise ValueError("shuffle needs an rng")
+    n = len(encoded)
+    order = rng.permutation(n) if shuffle else np.arange(n)
+    if by_length and encoded.lengths is not None:
+        pool = batch_size * POOL_BATCHES if shuffle else n
+        batches = _length_groups(order, encoded.lengths, batch_size, max(pool, 1))
+        if shuffle:
+            batches = [batches[i] for i in rng.permutation(len(batches))]
+    else:
+        batches = [order[i:i + batch_size] for i in range(0, n, batch_size)]
+    return (collate(encoded, index, dtype) for index in batches)
+
+
+def stream_batches(ids: np.ndarray, batch_size: int, bptt: int, *,
+                   names: tuple[str, str] = ("input", "target"), dtype=np.float32) -> Iterator[Batch]:
+    """Language-model batches of a token stream.
+
+    The stream is cut into ``batch_size`` contiguous parts, side by side as the
+    columns of a (steps, B) array (the last len % B tokens are dropped). Chunks
+    of ``bptt`` steps follow down the columns: ``names[0]`` holds the tokens,
+    ``names[1]`` the next token of each. Every chunk after the first has
+    ``carry=True``; all columns of a chunk have its full length, and only the
+    last chunk may be shorter than ``bptt``.
+    """
+    ids = np.asarray(ids, dtype=np.int64)
+    if ids.ndim != 1 or batch_size < 1 or bptt < 1:
+        raise ValueError("need a 1-D id stream, batch_size >= 1 and bptt >= 1")
+    steps = len(ids) // batch_size
+    if steps < 2:
+        raise ValueError(f"a stream of {len(ids)} tokens is too short for {batch_size} parallel streams")
+    columns = np.ascontiguousarray(ids[: steps * batch_size].reshape(batch_size, steps).T)
+    return (_chunk(columns, start, bptt, names, dtype) for start in range(0, steps - 1, bptt))
+
+
+def _chunk(columns: np.ndarray, start: int, bptt: int, names: tuple[str, str], dtype) -> Batch:
+    t = min(bptt, len(columns) - 1 - start)  # the last step has no next token
+    b = columns.shape[1]
+    arrays = {names[0]: columns[start:start + t], names[1]: columns[start + 1:start + 1 + t]}
+    return Batch(arrays, np.full(b, t, dtype=np.int64), np.ones((t, b), dtype=dtype), b, np.arange(b),
+                 carry=start > 0)

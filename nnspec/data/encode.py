@@ -1,0 +1,193 @@
+"""Raw examples -> numbers: float arrays, label ids, token-id sequences."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from itertools import chain
+
+import numpy as np
+
+from .errors import DataError
+from .fields import FieldKind, FieldSpec, TEXT_KINDS
+from .raw import RawData
+from .vocab import Vocab
+
+Origin = tuple[str, int | None]
+
+
+@dataclass
+class Encoded:
+    """One split, numeric. Per field: vector -> float64 (N, *shape); class ->
+    int64 (N,); tokens, classes, bag -> list of int64 id arrays; vector_seq ->
+    list of float64 (T_i, *shape). ``bag_sizes`` holds each bag field's vector
+    size (its vocabulary size). ``lengths`` (N,) are the sequence lengths, None
+    without sequence fields; all sequence fields of an example have that length.
+    """
+
+    fields: list[FieldSpec]
+    data: dict[str, np.ndarray | list[np.ndarray]]
+    origins: list[Origin]
+    bag_sizes: dict[str, int] = field(default_factory=dict)
+    lengths: np.ndarray | None = field(init=False)
+
+    def __post_init__(self) -> None:
+        n = len(self.origins)
+        for f in self.fields:
+            if len(self.data[f.name]) != n:
+                raise ValueError(f"field {f.name!r} has {len(self.data[f.name])} examples, expected {n}")
+        self.lengths = None
+        for f in (f for f in self.fields if f.is_sequence):
+            lengths = np.fromiter((len(x) for x in self.data[f.name]), dtype=np.int64, count=n)
+            if self.lengths is None:
+                self.lengths, first = lengths, f
+                continue
+            bad = np.flatnonzero(lengths != self.lengths)
+            if bad.size:
+                i = bad[0]
+                raise DataError(f"sequence fields differ in length: '{first.name}' has {self.lengths[i]} "
+                                f"steps, '{f.name}' has {lengths[i]}", *self.origins[i])
+
+    def __len__(self) -> int:
+        return len(self.origins)
+
+
+def _check_text(value, f: FieldSpec, origin: Origin) -> None:
+    if isinstance(value, str):
+        return
+    if isinstance(value, (list, tuple)) and all(isinstance(t, str) for t in value):
+        return
+    raise DataError(f"field '{f.name}' expects text or a list of tokens, got {value!r}", *origin)
+
+
+def _check_label(value, f: FieldSpec, origin: Origin) -> None:
+    if isinstance(value, str) or (type(value) is int):
+        return
+    raise DataError(f"field '{f.name}': a class label must be an integer or a string, got {value!r}", *origin)
+
+
+def _label_sequence(value, f: FieldSpec, origin: Origin) -> list:
+    if not isinstance(value, (list, tuple)):
+        raise DataError(f"field '{f.name}' expects a sequence of labels, got {value!r}", *origin)
+    for label in value:
+        _check_label(label, f, origin)
+    return list(value)
+
+
+def _default_origins(n: int) -> list[Origin]:
+    return [("<data>", i + 1) for i in range(n)]
+
+
+def build_vocabs(train_split: dict[str, list], fields: list[FieldSpec], min_count: int = 1,
+                 origins: list[Origin] | None = None) -> dict[str, Vocab]:
+    """Vocabularies from the training split only: tokens and bag fields get token
+    vocabularies, class and classes fields label vocabularies."""
+    vocabs = {}
+    for f in fields:
+        values = train_split[f.name]
+        where = origins or _default_origins(len(values))
+        if f.kind in TEXT_KINDS:
+            for value, origin in zip(values, where):
+                _check_text(value, f, origin)
+            vocabs[f.name] = Vocab.build(values, min_count=min_count, level=f.level, lowercase=f.lowercase)
+        elif f.kind is FieldKind.class_:
+            for value, origin in zip(values, where):
+                _check_label(value, f, origin)
+            vocabs[f.name] = Vocab.labels(values, size=f.size)
+        elif f.kind is FieldKind.classes:
+            labels = [_label_sequence(v, f, o) for v, o in zip(values, where)]
+            vocabs[f.name] = Vocab.labels(chain.from_iterable(labels), size=f.size)
+    return vocabs
+
+
+def _floats(value, f: FieldSpec, shape: tuple, origin: Origin) -> np.ndarray:
+    """One example (or one step) as floats of the declared shape."""
+    try:
+        array = np.asarray(value, dtype=np.float64)
+    except (ValueError, TypeError):
+        raise DataError(f"field '{f.name}' expects numbers, got {value!r}", *origin) from None
+    if array.shape != shape:
+        want = "a single number" if shape == () else f"{shape[0]} numbers"
+        got = "a single number" if array.shape == () else f"shape {array.shape}"
+        raise DataError(f"field {f.describe()} expects {want} per {'step' if f.is_sequence else 'example'}, "
+                        f"got {got}", *origin)
+    if not np.isfinite(array).all():
+        raise DataError(f"field '{f.name}' holds a value that is not a finite number", *origin)
+    return array
+
+
+def _encode_vector(values: list, f: FieldSpec, origins: list[Origin]) -> np.ndarray:
+    shape = () if f.size is None else (f.size,)
+    try:  # fast path: one conversion of the whole column
+        array = np.asarray(values, dtype=np.float64)
+        if array.shape == (len(values), *shape) and np.isfinite(array).all():
+            return array
+    except (ValueError, TypeError):
+        pass
+    return np.stack([_floats(v, f, shape, o) for v, o in zip(values, origins)]).reshape(len(values), *shape)
+
+
+def _encode_vector_seq(value, f: FieldSpec, origin: Origin) -> np.ndarray:
+    shape = () if f.size is None else (f.size,)
+    if not isinstance(value, (list, tuple, np.ndarray)) or len(value) == 0:
+        raise DataError(f"field {f.describe()} expects a non-empty sequence of vectors", *origin)
+    return np.stack([_floats(step, f, shape, origin) for step in value])
+
+
+def _label_ids(labels: list, f: FieldSpec, vocab: Vocab, origins: list[Origin]) -> np.ndarray:
+    """Label ids; ``origins`` has one entry per label, to name a bad one."""
+    ids = np.fromiter((vocab.stoi.get(v, -1) for v in labels), dtype=np.int64, count=len(labels))
+    limit = len(vocab) if f.size is None else f.size
+    bad = np.flatnonzero((ids < 0) | (ids >= limit))
+    if bad.size == 0:
+        return ids
+    i = bad[0]
+    if ids[i] < 0:
+        known = ", ".join(map(str, vocab.itos[:20])) + (", ..." if len(vocab) > 20 else "")
+        raise DataError(f"field '{f.name}': label {labels[i]!r} does not occur in the training data "
+                        f"(known labels: {known})", *origins[i])
+    raise DataError(f"field '{f.name}' declares {f.size} classes, but the training data has "
+                    f"{len(vocab)} labels: {', '.join(map(str, vocab.itos))}", *origins[i])
+
+
+def encode_split(split_fields: dict[str, list], fields: list[FieldSpec], vocabs: dict[str, Vocab],
+                 origins: list[Origin] | None = None) -> Encoded:
+    """Encode one split's examples. ``origins`` (file, line) name the example in
+    errors; without them errors give the example's 1-based number."""
+    n = len(split_fields[fields[0].name]) if fields else 0
+    origins = origins or _default_origins(n)
+    data: dict[str, np.ndarray | list[np.ndarray]] = {}
+    for f in fields:
+        values = split_fields[f.name]
+        if f.kind is FieldKind.vector:
+            data[f.name] = _encode_vector(values, f, origins)
+        elif f.kind is FieldKind.vector_seq:
+            data[f.name] = [_encode_vector_seq(v, f, o) for v, o in zip(values, origins)]
+        elif f.kind is FieldKind.class_:
+            for value, origin in zip(values, origins):
+                _check_label(value, f, origin)
+            data[f.name] = _label_ids(values, f, vocabs[f.name], origins)
+        elif f.kind is FieldKind.classes:
+            data[f.name] = [_label_ids(_label_sequence(v, f, o), f, vocabs[f.name], [o] * len(v))
+                            for v, o in zip(values, origins)]
+            for ids, origin in zip(data[f.name], origins):
+                if ids.size == 0:
+                    raise DataError(f"field '{f.name}': empty sequence", *origin)
+        else:  # tokens, bag
+            ids = []
+            for value, origin in zip(values, origins):
+                _check_text(value, f, origin)
+                ids.append(vocabs[f.name].encode(value))
+                if f.kind is FieldKind.tokens and ids[-1].size == 0:
+                    raise DataError(f"field '{f.name}': no tokens (a sequence needs at least one step)", *origin)
+            data[f.name] = ids
+    bag_sizes = {f.name: len(vocabs[f.name]) for f in fields if f.kind is FieldKind.bag}
+    return Encoded(list(fields), data, list(origins), bag_sizes)
+
+
+def encode_data(raw: RawData, fields: list[FieldSpec], min_count: int = 1) -> tuple[dict[str, Encoded], dict[str, Vocab]]:
+    """Every split encoded with vocabularies built from "train" ("all" if unsplit)."""
+    source = "train" if "train" in raw.splits else "all"
+    if source not in raw.splits:
+        raise ValueError(f"no train split to build vocabularies from (splits: {', '.join(raw.splits)})")
+    vocabs = build_vocabs(raw.splits[source], fields, min_count, raw.origins[source])
+    encoded = {name: encode_split(split, fields, vocabs, raw.origins[name]) for name, split in raw.splits.items()}
+    return encoded, vocabs

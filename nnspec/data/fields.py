@@ -1,0 +1,44 @@
+"""What a spec declares about each data field: its kind, size, role and tokenization."""
+from __future__ import annotations
+
+from enum import Enum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class FieldKind(str, Enum):
+    vector = "vector"  # floats, per-example shape (size,), or () when size is None
+    class_ = "class"  # one integer label per example
+    tokens = "tokens"  # a sequence of token ids from a vocabulary
+    classes = "classes"  # a sequence of labels, one per step
+    bag = "bag"  # tokens counted into a vector of vocabulary size
+    vector_seq = "vector_seq"  # a sequence of float vectors (size,) per step, () if None
+
+
+SEQUENCE_KINDS = frozenset({FieldKind.tokens, FieldKind.classes, FieldKind.vector_seq})
+TEXT_KINDS = frozenset({FieldKind.tokens, FieldKind.bag})
+LABEL_KINDS = frozenset({FieldKind.class_, FieldKind.classes})
+
+
+class FieldSpec(BaseModel):
+    """One declared field. ``size`` is the vector size, or the class count of a
+    class/classes field when the spec declares it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    kind: FieldKind
+    size: int | None = Field(default=None, ge=1)
+    role: Literal["input", "target"] = "input"
+    level: Literal["word", "char"] = "word"
+    lowercase: bool = False
+
+    @property
+    def is_sequence(self) -> bool:
+        return self.kind in SEQUENCE_KINDS
+
+    def describe(self) -> str:
+        """Short form for messages, e.g. ``x (vector[4] input)``."""
+        size = f"[{self.size}]" if self.size is not None else ""
+        return f"'{self.name}' ({self.kind.value}{size} {self.role})"

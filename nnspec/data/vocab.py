@@ -1,0 +1,100 @@
+"""Vocabularies: tokens and labels <-> integer ids."""
+from __future__ import annotations
+
+from collections import Counter
+from typing import Hashable, Iterable, Sequence
+
+import numpy as np
+
+PAD, UNK = "<pad>", "<unk>"
+PAD_ID, UNK_ID = 0, 1
+
+
+def tokenize(value: str | Sequence[str], level: str = "word", lowercase: bool = False) -> list[str]:
+    """Text -> tokens: whitespace-separated words, or characters. A list is
+    taken as already tokenized (e.g. the words of a treebank sentence)."""
+    if isinstance(value, str):
+        if lowercase:
+            value = value.lower()
+        return list(value) if level == "char" else value.split()
+    return [t.lower() for t in value] if lowercase else list(value)
+
+
+class Vocab:
+    """A bijection between tokens (or labels) and ids 0..len-1.
+
+    Token vocabularies reserve id 0 for ``<pad>`` and id 1 for ``<unk>``, to which
+    every token outside the vocabulary maps. Label vocabularies have no specials
+    and an unknown label is a KeyError: a model cannot predict a class it has no
+    output for.
+    """
+
+    def __init__(self, itos: Sequence[Hashable], *, specials: bool = True,
+                 level: str = "word", lowercase: bool = False):
+        self.itos = list(itos)
+        self.stoi = {t: i for i, t in enumerate(self.itos)}
+        self.specials = specials
+        self.level = level
+        self.lowercase = lowercase
+
+    @classmethod
+    def build(cls, examples: Iterable[str | Sequence[str]], *, min_count: int = 1,
+              level: str = "word", lowercase: bool = False) -> Vocab:
+        """A token vocabulary of the tokens seen at least ``min_count`` times,
+        most frequent first, ties in string order (so the ids are reproducible)."""
+        if min_count < 1:
+            raise ValueError(f"min_count must be at least 1, got {min_count}")
+        counts: Counter[str] = Counter()
+        for example in examples:
+            counts.update(tokenize(example, level, lowercase))
+        for special in (PAD, UNK):
+            counts.pop(special, None)
+        kept = sorted((t for t, c in counts.items() if c >= min_count), key=lambda t: (-counts[t], t))
+        return cls([PAD, UNK, *kept], specials=True, level=level, lowercase=lowercase)
+
+    @classmethod
+    def labels(cls, values: Iterable[Hashable], size: int | None = None) -> Vocab:
+        """A label vocabulary. Integer labels already numbered 0..K-1 keep their
+        numbers (K = the declared ``size`` when given, so a class absent from the
+        training data still has its id); other labels are numbered in sorted order."""
+        seen = set(values)
+        ints = bool(seen) and all(type(v) is int for v in seen) and min(seen) >= 0
+        if ints and size is not None:
+            return cls(range(size), specials=False)  # labels >= size are rejected at encoding
+        if ints and len(seen) == max(seen) + 1:
+            return cls(range(len(seen)), specials=False)
+        return cls(sorted(seen, key=lambda v: (isinstance(v, str), v)), specials=False)
+
+    def __len__(self) -> int:
+        return len(self.itos)
+
+    def __contains__(self, token: Hashable) -> bool:
+        return token in self.stoi
+
+    def index(self, token: Hashable) -> int:
+        """The id of one token (``<unk>``'s for an unknown token) or label (KeyError)."""
+        if self.specials:
+            return self.stoi.get(token, UNK_ID)
+        return self.stoi[token]
+
+    def encode(self, value: str | Sequence[Hashable]) -> np.ndarray:
+        """Ids (int64) of a text, a token list, or (label vocabulary) a label list."""
+        tokens = tokenize(value, self.level, self.lowercase) if self.specials else value
+        return np.fromiter((self.index(t) for t in tokens), dtype=np.int64, count=len(tokens))
+
+    def decode(self, ids: Iterable[int]) -> list:
+        return [self.itos[int(i)] for i in ids]
+
+    def to_json(self) -> dict:
+        """A JSON-serialisable dict, saved beside a trained model."""
+        return {"itos": self.itos, "specials": self.specials,
+                "level": self.level, "lowercase": self.lowercase}
+
+    @classmethod
+    def from_json(cls, data: dict) -> Vocab:
+        return cls(data["itos"], specials=data["specials"],
+                   level=data["level"], lowercase=data["lowercase"])
+
+    def __repr__(self) -> str:
+        kind = "tokens" if self.specials else "labels"
+        return f"Vocab({kind}, {len(self)} entries)"

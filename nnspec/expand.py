@@ -1,0 +1,383 @@
+"""Expansion: lets, cells and wrappers turned into plain, fully named equations.
+
+The output, a :class:`FlatSpec`, holds only equations over primitive ops; it is
+what ``nnspec expand`` prints and what the graph builder reads.
+
+Cells are closed: a cell body sees its inputs, its own values, size names and
+global ``let`` constants, nothing else. Each use of a cell is an *instance*
+named after the value it defines (``h1 = lstm(e, H = 8)`` makes ``h1``), and
+every name the body defines or uses as a parameter is prefixed with it
+(``h1.c``, ``h1.Wf``), so each use has fresh parameters. ``reverse(cell)``
+flips every delay (``[t-1]`` becomes ``[t+1]``); ``bidirectional(cell)``
+concatenates a forward and a reversed instance; ``stacked(cell, n)`` chains n.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import Diagnostics, Span, did_you_mean
+from .loader import Program
+from .ops import REGISTRY
+from .syntax import ast
+
+WRAPPERS = ("reverse", "bidirectional", "stacked")
+SPECIAL_FUNCTIONS = {"embed"}  # primitives whose parameters the graph builder creates
+
+
+@dataclass
+class FlatSpec:
+    name: str
+    file: str
+    base_dir: Path
+    decls: list[ast.Decl] = field(default_factory=list)
+    equations: list[ast.Equation] = field(default_factory=list)
+    params: list[ast.Param] = field(default_factory=list)
+    initials: list[ast.Initial] = field(default_factory=list)
+    losses: list[ast.Loss] = field(default_factory=list)
+    data: ast.DataSource | ast.DataInline | None = None
+    train: ast.Train | None = None
+    lets: dict[str, float] = field(default_factory=dict)
+    instances: list[tuple[str, str]] = field(default_factory=list)  # (instance, cell)
+
+
+class _Scope:
+    """Name resolution inside the top level or one cell instance."""
+
+    def __init__(self, prefix: str, rename: dict[str, str], lets: dict[str, float],
+                 sizes: dict[str, ast.DimExpr], sign: int, cell: ast.Cell | None):
+        self.prefix, self.rename, self.lets, self.sizes = prefix, rename, lets, sizes
+        self.sign, self.cell = sign, cell
+        self.counter = 0
+
+    def qualify(self, name: str) -> str:
+        if name in self.rename:
+            return self.rename[name]
+        return f"{self.prefix}.{name}" if self.prefix else name
+
+
+class Expander:
+    def __init__(self, program: Program, diags: Diagnostics):
+        self.program, self.diags = program, diags
+        self.flat = FlatSpec(name=Path(program.main_file).stem, file=program.main_file,
+                             base_dir=program.base_dir)
+        self.primitives = set(REGISTRY) | SPECIAL_FUNCTIONS
+        self.depth = 0
+
+    # ---- entry ------------------------------------------------------------
+    def run(self) -> FlatSpec:
+        top = _Scope("", {}, self.flat.lets, {}, +1, None)
+        for stmt in self.program.statements:
+            if isinstance(stmt, ast.Let):
+                value = self.const_value(stmt.value, top)
+                if value is not None:
+                    if stmt.name in self.flat.lets:
+                        self.diags.error(f"'{stmt.name}' is defined twice by let", stmt.span)
+                    self.flat.lets[stmt.name] = value
+        for stmt in self.program.statements:
+            self.statement(stmt, top)
+        return self.flat
+
+    def statement(self, stmt, scope: _Scope) -> None:
+        f = self.flat
+        if isinstance(stmt, ast.Network):
+            f.name = stmt.name
+        elif isinstance(stmt, ast.Let):
+            if scope.cell is not None:
+                value = self.const_value(stmt.value, scope)
+                if value is not None:
+                    scope.lets[stmt.name] = value
+        elif isinstance(stmt, ast.Decl):
+            if scope.cell is not None:
+                self.diags.error(f"'{stmt.role}' declarations belong at the top level, not inside cell "
+                                 f"'{scope.cell.name}'", stmt.span)
+                return
+            f.decls.append(stmt.model_copy(update={"dims": self.dims(stmt.dims, scope)}))
+        elif isinstance(stmt, ast.Equation):
+            name = scope.qualify(stmt.name)
+            value = self.expr(stmt.value, scope, owner=name, whole=True)
+            if value is not None:
+                f.equations.append(ast.Equation(span=stmt.span, name=name,
+                                                dims=self.dims(stmt.dims, scope), value=value))
+        elif isinstance(stmt, ast.Param):
+            value = self.expr(stmt.value, scope, owner=scope.qualify(stmt.name)) if stmt.value else None
+            f.params.append(stmt.model_copy(update={"name": scope.qualify(stmt.name),
+                                                    "dims": self.dims(stmt.dims, scope), "value": value}))
+        elif isinstance(stmt, ast.Initial):
+            name = scope.qualify(stmt.name)
+            value = self.expr(stmt.value, scope, owner=f"{name}.initial")
+            if value is not None:
+                f.initials.append(ast.Initial(span=stmt.span, name=name, value=value))
+        elif isinstance(stmt, ast.Loss):
+            if scope.cell is not None:
+                self.diags.error("a loss belongs at the top level, not inside a cell", stmt.span)
+                return
+            value = self.expr(stmt.value, scope, owner=f"loss{len(f.losses) + 1}" if f.losses else "loss")
+            if value is not None:
+                f.losses.append(ast.Loss(span=stmt.span, value=value))
+        elif isinstance(stmt, (ast.DataSource, ast.DataInline)):
+            if f.data is not None:
+                self.diags.error("only one data statement is allowed", stmt.span, [("the first is here", f.data.span)])
+            f.data = stmt
+        elif isinstance(stmt, ast.Train):
+            if f.train is not None:
+                self.diags.error("only one train block is allowed", stmt.span, [("the first is here", f.train.span)])
+            f.train = stmt
+        elif isinstance(stmt, (ast.Cell, ast.Include)):
+            self.diags.error("cells and includes belong at the top level", stmt.span)
+
+    # ---- constants and sizes ---------------------------------------------
+    def const_value(self, e, scope: _Scope) -> float | None:
+        if isinstance(e, ast.Number):
+            return e.value
+        if isinstance(e, ast.Name):
+            if e.name in scope.lets:
+                return scope.lets[e.name]
+            self.diags.error(f"'{e.name}' is not a constant{did_you_mean(e.name, scope.lets)}", e.span)
+            return None
+        if isinstance(e, ast.Neg):
+            v = self.const_value(e.operand, scope)
+            return None if v is None else -v
+        if isinstance(e, ast.BinOp) and e.op in "+-*/":
+            a, b = self.const_value(e.left, scope), self.const_value(e.right, scope)
+            if a is None or b is None:
+                return None
+            if e.op == "/" and b == 0:
+                self.diags.error("division by zero in a constant", e.span)
+                return None
+            return {"+": a + b, "-": a - b, "*": a * b, "/": a / b if b else 0}[e.op]
+        self.diags.error("a let needs a constant: a number or arithmetic on other lets", e.span)
+        return None
+
+    def dims(self, dims: list | None, scope: _Scope) -> list | None:
+        if dims is None:
+            return None
+        return [self.dim(d, scope) for d in dims]
+
+    def dim(self, d, scope: _Scope):
+        """A size: an int, or (inside a cell) a size name left for shape inference."""
+        if isinstance(d, ast.DimInt):
+            return d
+        if isinstance(d, ast.DimName):
+            if d.name in scope.sizes:
+                return self.dim(scope.sizes[d.name], scope)
+            if d.name in scope.lets:
+                v = scope.lets[d.name]
+                if v != int(v) or v <= 0:
+                    self.diags.error(f"size '{d.name}' must be a positive whole number, not {v:g}", d.span)
+                    return ast.DimInt(span=d.span, value=1)
+                return ast.DimInt(span=d.span, value=int(v))
+            if scope.cell is not None:  # inferred per instance, e.g. H when the caller gives none
+                return ast.DimName(span=d.span, name=f"?{scope.prefix}.{d.name}")
+            self.diags.error(f"unknown size '{d.name}'; define it with 'let {d.name} = ...'"
+                             f"{did_you_mean(d.name, scope.lets)}", d.span)
+            return ast.DimInt(span=d.span, value=1)
+        left, right = self.dim(d.left, scope), self.dim(d.right, scope)
+        if isinstance(left, ast.DimInt) and isinstance(right, ast.DimInt):
+            v = {"+": left.value + right.value, "-": left.value - right.value, "*": left.value * right.value}[d.op]
+            if v <= 0:
+                self.diags.error(f"size must be positive, got {v}", d.span)
+                v = 1
+            return ast.DimInt(span=d.span, value=v)
+        self.diags.error("size arithmetic needs known sizes", d.span)
+        return ast.DimInt(span=d.span, value=1)
+
+    # ---- expressions -------------------------------------------------------
+    def expr(self, e, scope: _Scope, owner: str, whole: bool = False):
+        if isinstance(e, (ast.Number, ast.Percent, ast.String)):
+            return e
+        if isinstance(e, ast.Name):
+            if e.name in scope.lets and e.name not in scope.rename:
+                v = scope.lets[e.name]
+                return ast.Number(span=e.span, value=v, text=f"{v:g}")
+            return e.model_copy(update={"name": scope.qualify(e.name)})
+        if isinstance(e, ast.Delayed):
+            return e.model_copy(update={"name": scope.qualify(e.name), "offset": e.offset * scope.sign})
+        if isinstance(e, ast.ListLit):
+            return e.model_copy(update={"items": [self.expr(i, scope, owner) for i in e.items]})
+        if isinstance(e, ast.BinOp):
+            return e.model_copy(update={"left": self.expr(e.left, scope, owner),
+                                        "right": self.expr(e.right, scope, owner)})
+        if isinstance(e, ast.Neg):
+            return e.model_copy(update={"operand": self.expr(e.operand, scope, owner)})
+        if isinstance(e, ast.Call):
+            return self.call(e, scope, owner, whole)
+        raise TypeError(e)
+
+    def cell_named(self, name: str) -> ast.Cell | None:
+        return self.program.cells.get(name) or self.program.stdlib_cells.get(name)
+
+    def call(self, e: ast.Call, scope: _Scope, owner: str, whole: bool):
+        if e.wrapper is None and e.func in self.primitives:
+            args = [self.expr(a, scope, owner) for a in e.args]
+            kws = [k.model_copy(update={"value": self.expr(k.value, scope, owner)}) for k in e.keywords]
+            return e.model_copy(update={"args": args, "keywords": kws})
+        cell = self.cell_named(e.func)
+        if cell is None:
+            known = self.primitives | set(self.program.cells) | set(self.program.stdlib_cells)
+            self.diags.error(f"unknown function '{e.func}'{did_you_mean(e.func, known)}", e.span)
+            return None
+        if whole:
+            instance = owner
+        else:
+            scope.counter += 1
+            instance = f"{owner}.{e.func}{scope.counter}"
+        self.instantiate(e, cell, scope, instance)
+        return ast.Name(span=e.span, name=instance)
+
+    def instantiate(self, e: ast.Call, cell: ast.Cell, scope: _Scope, instance: str) -> None:
+        wrapper = e.wrapper.func if e.wrapper is not None else None
+        if wrapper is not None and wrapper not in WRAPPERS:
+            self.diags.error(f"unknown wrapper '{wrapper}'{did_you_mean(wrapper, WRAPPERS)}; "
+                             f"wrappers are {', '.join(WRAPPERS)}", e.wrapper.span)
+            return
+        if wrapper == "bidirectional":
+            inner = e.model_copy(update={"wrapper": None})
+            back = e.model_copy(update={"wrapper": e.wrapper.model_copy(update={"func": "reverse", "keywords": []})})
+            self.instantiate(inner, cell, scope, f"{instance}.fwd")
+            self.instantiate(back, cell, scope, f"{instance}.bwd")
+            self.flat.equations.append(ast.Equation(
+                span=e.span, name=instance, dims=None,
+                value=ast.Call(span=e.span, func="concat", args=[ast.Name(span=e.span, name=f"{instance}.fwd"),
+                                                                ast.Name(span=e.span, name=f"{instance}.bwd")])))
+            return
+        if wrapper == "stacked":
+            layers = self.wrapper_count(e.wrapper, scope)
+            if layers is None:
+                return
+            previous = None
+            for k in range(1, layers + 1):
+                name = instance if k == layers else f"{instance}.layer{k}"
+                layer = e.model_copy(update={"wrapper": None})
+                if previous is not None:  # feed the layer below; its name is already qualified
+                    placeholder = f"<layer {k - 1} of {instance}>"
+                    scope.rename[placeholder] = previous
+                    layer = layer.model_copy(update={"args": [ast.Name(span=e.span, name=placeholder)]
+                                                     + list(e.args[1:])})
+                self.instantiate(layer, cell, scope, name)
+                previous = name
+            return
+        sign = scope.sign * (-1 if wrapper == "reverse" else 1)
+        self.expand_cell(e, cell, scope, instance, sign)
+
+    def wrapper_count(self, wrapper: ast.Call, scope: _Scope) -> int | None:
+        given = [k.value for k in wrapper.keywords if k.name == "layers"] + list(wrapper.args[1:2])
+        if not given:
+            self.diags.error("stacked(cell, n) needs the number of layers, as in stacked(lstm, 2)(x, H = 64)",
+                             wrapper.span)
+            return None
+        v = self.const_value(given[0], scope)
+        if v is None or v != int(v) or v < 1:
+            self.diags.error("the number of layers must be a whole number ≥ 1", wrapper.span)
+            return None
+        return int(v)
+
+    def expand_cell(self, e: ast.Call, cell: ast.Cell, caller: _Scope, instance: str, sign: int) -> None:
+        self.depth += 1
+        if self.depth > 32:
+            self.diags.error(f"cell '{cell.name}' expands into itself (recursion is not allowed)", e.span)
+            self.depth -= 1
+            return
+        if len(e.args) != len(cell.inputs):
+            self.diags.error(f"cell '{cell.name}' takes {len(cell.inputs)} input(s) "
+                             f"({', '.join(cell.inputs)}), got {len(e.args)}", e.span,
+                             [(f"'{cell.name}' is defined here", cell.span)])
+            self.depth -= 1
+            return
+        rename = {cell.output: instance}
+        for formal, actual in zip(cell.inputs, e.args):
+            value = self.expr(actual, caller, owner=f"{instance}.{formal}")
+            if value is None:
+                continue
+            if isinstance(value, ast.Name):
+                rename[formal] = value.name
+            else:  # an expression argument becomes a value of its own
+                rename[formal] = f"{instance}.{formal}"
+                self.flat.equations.append(ast.Equation(span=actual.span, name=f"{instance}.{formal}",
+                                                        dims=None, value=value))
+        sizes: dict[str, ast.DimExpr] = {}
+        allowed = _size_names(cell) - set(self.flat.lets)
+        for kw in e.keywords:
+            if kw.name not in allowed:
+                hint = f"; its sizes are {', '.join(sorted(allowed))}" if allowed else "; it takes no sizes"
+                self.diags.error(f"cell '{cell.name}' has no size '{kw.name}'{hint}", kw.span)
+                continue
+            v = self.const_value(kw.value, caller)
+            if v is not None:
+                sizes[kw.name] = ast.DimInt(span=kw.span, value=int(v))
+        scope = _Scope(instance, rename, dict(self.flat.lets), sizes, sign, cell)
+        self.flat.instances.append((instance, cell.name))
+        defines_output = False
+        for stmt in cell.body:
+            if isinstance(stmt, ast.Equation) and stmt.name == cell.output:
+                defines_output = True
+                stmt = stmt.model_copy(update={"dims": stmt.dims or cell.output_dims})
+            self.statement(stmt, scope)
+        if not defines_output:
+            self.diags.error(f"cell '{cell.name}' never defines its output '{cell.output}'", cell.span)
+        self.depth -= 1
+
+
+def _size_names(cell: ast.Cell) -> set[str]:
+    """Names used as sizes anywhere in a cell: the keywords a caller may give."""
+    names: set[str] = set()
+
+    def visit(d):
+        if isinstance(d, ast.DimName):
+            names.add(d.name)
+        elif isinstance(d, ast.DimBin):
+            visit(d.left)
+            visit(d.right)
+
+    for d in cell.output_dims or []:
+        visit(d)
+    for stmt in cell.body:
+        for d in getattr(stmt, "dims", None) or []:
+            visit(d)
+    return names
+
+
+def expand(program: Program, diags: Diagnostics) -> FlatSpec:
+    return Expander(program, diags).run()
+
+
+# ---- printing --------------------------------------------------------------
+
+def format_expr(e) -> str:
+    return _fmt(e, 0)
+
+
+_PREC = {"+": 1, "-": 1, "*": 2, "/": 2, "@": 3}
+
+
+def _fmt(e, parent: int) -> str:
+    if isinstance(e, ast.Number):
+        return e.text if e.text else f"{e.value:g}"
+    if isinstance(e, ast.Percent):
+        return f"{e.value * 100:g}%"
+    if isinstance(e, ast.String):
+        return f'"{e.value}"'
+    if isinstance(e, ast.Name):
+        return e.name
+    if isinstance(e, ast.Delayed):
+        return f"{e.name}[t{'+' if e.offset > 0 else '-'}{abs(e.offset)}]"
+    if isinstance(e, ast.ListLit):
+        return "[" + ", ".join(_fmt(i, 0) for i in e.items) + "]"
+    if isinstance(e, ast.Neg):
+        return "-" + _fmt(e.operand, 4)
+    if isinstance(e, ast.BinOp):
+        p = _PREC[e.op]
+        text = f"{_fmt(e.left, p)} {e.op} {_fmt(e.right, p + 1)}"
+        return f"({text})" if p < parent else text
+    if isinstance(e, ast.Call):
+        args = [_fmt(a, 0) for a in e.args] + [f"{k.name} = {_fmt(k.value, 0)}" for k in e.keywords]
+        args += [f'"{m.key}" -> {_fmt(m.value, 0)}' for m in e.mappings]
+        head = f"{e.wrapper.func}({e.func})" if e.wrapper is not None else e.func
+        return f"{head}({', '.join(args)})"
+    raise TypeError(e)
+
+
+def format_dims(dims) -> str:
+    if not dims:
+        return ""
+    return "[" + ", ".join(str(d.value) if isinstance(d, ast.DimInt) else d.name.lstrip("?") for d in dims) + "]"

@@ -1,0 +1,441 @@
+"""FlatSpec -> computation graph (networkx).
+
+Nodes are values: inputs, targets, parameters, constants and op applications;
+an equation's value is the node of its top op, named after the equation.
+Edges carry data flow from operand to op, with the set of time ``delays`` the
+operand is read at (0, or -1 for ``h[t-1]``, +1 for ``h[t+1]``): recurrence
+links are ordinary edges with a non-zero delay.
+
+A name that no statement defines becomes a parameter when its place says what
+it is — the left operand of ``@`` (a weight matrix) or an operand of an
+elementwise op beside a computed value (a bias or gain of the same shape) —
+and is an error anywhere else, so a typo is caught rather than trained.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import networkx as nx
+import numpy as np
+
+from .errors import Diagnostics, Span, did_you_mean
+from .expand import FlatSpec
+from .ops import REGISTRY
+from .syntax import ast
+
+Kind = Literal["input", "target", "param", "const", "op"]
+BINARY = {"+": "add", "-": "sub", "*": "mul", "/": "div", "@": "matmul"}
+ELEMENTWISE = {"add", "sub", "mul", "div"}
+
+
+@dataclass
+class NodeInfo:
+    id: str
+    kind: Kind
+    span: Span | None
+    op: str | None = None
+    inputs: list[tuple[str, int]] = field(default_factory=list)  # (operand id, delay)
+    attrs: dict[str, Any] = field(default_factory=dict)
+    named: bool = False                # a value the user named (not a sub-expression)
+    declared: tuple | None = None      # declared per-example shape (ints / "?size" names)
+    # inputs and targets
+    sequence: bool = False
+    elem: str = "real"                 # real | token | char | class | bag | char_bag
+    classes: int | None = None         # declared class count
+    # parameters and constants
+    value: np.ndarray | None = None
+    init: tuple[str, dict] | None = None
+    frozen: bool = False
+    shape_like: str | None = None      # implicit bias/gain: same shape as this node
+    matrix: bool = False               # implicit weight: rank 2
+    table_for: str | None = None       # embedding table for these ids
+    table_width: int | None = None
+    initial_of: str | None = None      # this node is the initial state of a recurrent value
+    # filled in by analysis
+    shape: tuple | None = None
+    seq: bool = False
+    integer: bool = False
+    card: Any = None                   # number of distinct ids / classes of an integer value
+    component: int | None = None       # recurrent component index
+
+    @property
+    def display(self) -> str:
+        return self.id
+
+
+@dataclass
+class Graph:
+    """The computation graph plus what the spec says about its ends."""
+
+    g: nx.DiGraph
+    flat: FlatSpec
+    outputs: list[str] = field(default_factory=list)
+    losses: list[str] = field(default_factory=list)
+    loss: str | None = None            # the total loss node
+    initials: dict[str, str] = field(default_factory=dict)  # recurrent value -> initial-state node
+    data_names: dict[str, str] = field(default_factory=dict)
+
+    def info(self, n: str) -> NodeInfo:
+        return self.g.nodes[n]["info"]
+
+    def nodes(self) -> list[NodeInfo]:
+        return [self.g.nodes[n]["info"] for n in self.g.nodes]
+
+    def params(self) -> list[NodeInfo]:
+        return [i for i in self.nodes() if i.kind == "param"]
+
+    @property
+    def inputs(self) -> list[NodeInfo]:
+        return [i for i in self.nodes() if i.kind == "input"]
+
+    @property
+    def targets(self) -> list[NodeInfo]:
+        return [i for i in self.nodes() if i.kind == "target"]
+
+
+class GraphBuilder:
+    def __init__(self, flat: FlatSpec, diags: Diagnostics):
+        self.flat, self.diags = flat, diags
+        self.graph = Graph(nx.DiGraph(), flat)
+        self.defined: dict[str, Span] = {}
+        self.explicit_params: dict[str, ast.Param] = {p.name: p for p in flat.params}
+        self.counter = 0
+
+    # ---- helpers ----------------------------------------------------------
+    def add(self, info: NodeInfo) -> str:
+        self.graph.g.add_node(info.id, info=info)
+        for src, delay in info.inputs:
+            if self.graph.g.has_edge(src, info.id):
+                self.graph.g.edges[src, info.id]["delays"].add(delay)
+            else:
+                self.graph.g.add_edge(src, info.id, delays={delay})
+        return info.id
+
+    def fresh(self, owner: str) -> str:
+        self.counter += 1
+        return f"{owner}#{self.counter}"
+
+    def declared(self, dims) -> tuple | None:
+        if dims is None:
+            return None
+        return tuple(d.value if isinstance(d, ast.DimInt) else d.name for d in dims)
+
+    # ---- build ----------------------------------------------------------------
+    def build(self) -> Graph:
+        f = self.flat
+        for d in f.decls:
+            if d.role == "output":
+                continue
+            self.define(d.name, d.span)
+            t = d.type or ast.TypeSpec(span=d.span)
+            classes = None
+            if t.classes:
+                c = t.classes[0]
+                classes = c.value if isinstance(c, ast.DimInt) else None
+            if t.elem == "class" and d.role == "input":
+                self.diags.error(f"input '{d.name}' cannot be a class; use 'target {d.name} : class' "
+                                 f"or 'input {d.name} : token'", d.span)
+            if t.elem in ("token", "char", "class") and d.dims:
+                self.diags.error(f"'{d.name}' holds {t.elem} ids and takes no size; its size comes from "
+                                 f"the data", d.span)
+            self.add(NodeInfo(id=d.name, kind=d.role, span=d.span, named=True, declared=self.declared(d.dims),
+                              sequence=t.sequence, elem=t.elem, classes=classes))
+        for eq in f.equations:
+            self.define(eq.name, eq.span)
+        for p in f.params:
+            if p.name in self.defined:
+                self.diags.error(f"'{p.name}' is a parameter and also defined as a value", p.span,
+                                 [("defined here", self.defined[p.name])])
+                continue
+            self.define(p.name, p.span)
+        for p in f.params:
+            self.param(p)
+        for eq in f.equations:
+            self.equation(eq)
+        for ini in f.initials:
+            self.initial(ini)
+        for i, loss in enumerate(f.losses):
+            owner = "loss" if len(f.losses) == 1 else f"loss{i + 1}"
+            node = self.expr(loss.value, owner, top=owner)
+            if node is not None:
+                self.graph.losses.append(node)
+        self.outputs()
+        self.total_loss()
+        return self.graph
+
+    def define(self, name: str, span: Span) -> None:
+        if name in self.defined:
+            self.diags.error(f"'{name}' is defined twice", span, [("first defined here", self.defined[name])])
+        else:
+            self.defined[name] = span
+
+    def param(self, p: ast.Param) -> None:
+        info = NodeInfo(id=p.name, kind="param", span=p.span, named=True, declared=self.declared(p.dims),
+                        frozen=p.frozen)
+        if p.value is not None:
+            info.value = self.literal(p.value)
+            if info.value is not None and info.declared is not None:
+                if any(isinstance(d, str) for d in info.declared) or info.value.shape != tuple(info.declared):
+                    self.diags.error(f"param '{p.name}' is declared with size {list(info.declared)} but its "
+                                     f"value has shape {list(info.value.shape)}", p.span)
+        if p.init is not None:
+            kwargs = {}
+            for k in p.init.keywords:
+                v = self.literal(k.value)
+                if v is not None:
+                    kwargs[k.name] = float(v)
+            info.init = (p.init.func, kwargs)
+            if p.value is not None:
+                self.diags.error(f"param '{p.name}' has both a value and an initialiser", p.span)
+        self.add(info)
+
+    def literal(self, e) -> np.ndarray | None:
+        """A numeric literal: a number or a (nested) list of numbers, with a rectangular shape."""
+        def conv(x):
+            if isinstance(x, ast.Number):
+                return x.value
+            if isinstance(x, ast.Neg):
+                v = conv(x.operand)
+                return None if v is None else (-np.asarray(v)).tolist()
+            if isinstance(x, ast.ListLit):
+                return [conv(i) for i in x.items]
+            self.diags.error("expected a number or a list of numbers", x.span)
+            return None
+        raw = conv(e)
+        if raw is None or _has_none(raw):
+            return None
+        try:
+            arr = np.array(raw, dtype=np.float64)
+        except ValueError:
+            arr = None
+        if arr is None or arr.dtype == object:
+            self.diags.error("the rows of this literal have different lengths; a literal must be rectangular",
+                             e.span)
+            return None
+        if arr.size == 0:
+            self.diags.error("an empty literal has no shape", e.span)
+            return None
+        return arr
+
+    def equation(self, eq: ast.Equation) -> None:
+        node = self.expr(eq.value, eq.name, top=eq.name)
+        if node is None:
+            return
+        info = self.graph.info(node)
+        info.named = True
+        info.span = eq.span
+        info.declared = self.declared(eq.dims)
+
+    def initial(self, ini: ast.Initial) -> None:
+        if ini.name not in self.defined or self.graph.g.nodes.get(ini.name, {}).get("info") is None:
+            self.diags.error(f"initial state for unknown value '{ini.name}'"
+                             f"{did_you_mean(ini.name, self.defined)}", ini.span)
+            return
+        target = self.graph.info(ini.name)
+        if isinstance(ini.value, ast.Name) and ini.value.name not in self.defined:
+            # a new name: a learned initial state of the same shape
+            pid = ini.value.name
+            self.define(pid, ini.value.span)
+            self.add(NodeInfo(id=pid, kind="param", span=ini.value.span, named=True, shape_like=target.id,
+                              init=("zeros", {})))
+            node = pid
+        else:
+            node = self.expr(ini.value, f"{ini.name}.initial", top=None)
+        if node is None:
+            return
+        self.graph.info(node).initial_of = ini.name
+        self.graph.initials[ini.name] = node
+
+    # ---- expressions ----------------------------------------------------
+    def expr(self, e, owner: str, top: str | None = None, role: str | None = None,
+             beside: str | None = None) -> str | None:
+        """Build the nodes of ``e``; returns its node id. ``top`` names the node of a whole equation."""
+        nid = top if top is not None else None
+        if isinstance(e, ast.Number):
+            return self.add(NodeInfo(id=nid or self.fresh(owner), kind="const", span=e.span,
+                                     value=np.array(e.value)))
+        if isinstance(e, ast.ListLit):
+            value = self.literal(e)
+            if value is None:
+                return None
+            return self.add(NodeInfo(id=nid or self.fresh(owner), kind="const", span=e.span, value=value))
+        if isinstance(e, (ast.Name, ast.Delayed)):
+            ref = self.reference(e, role, beside)
+            if ref is None:
+                return None
+            if nid is None and isinstance(e, ast.Name):
+                return ref
+            delay = e.offset if isinstance(e, ast.Delayed) else 0
+            if isinstance(e, ast.Delayed) and nid is None:
+                nid = self.fresh(owner)
+            return self.add(NodeInfo(id=nid, kind="op", span=e.span, op="identity", inputs=[(ref, delay)]))
+        if isinstance(e, ast.Neg):
+            x = self.expr(e.operand, owner)
+            if x is None:
+                return None
+            if self.graph.info(x).kind == "const":  # fold -3 into a constant
+                info = self.graph.info(x)
+                info.value = -info.value
+                return x
+            return self.add(NodeInfo(id=nid or self.fresh(owner), kind="op", span=e.span, op="neg",
+                                     inputs=[(x, 0)]))
+        if isinstance(e, ast.BinOp):
+            return self.binop(e, owner, nid)
+        if isinstance(e, ast.Call):
+            return self.call(e, owner, nid)
+        if isinstance(e, (ast.String, ast.Percent)):
+            self.diags.error("a string or percentage is not a value here", e.span)
+            return None
+        raise TypeError(e)
+
+    def operand(self, e, owner: str, role: str | None, beside: str | None) -> tuple[str, int] | None:
+        """An operand reference (id, delay); delayed reads become edges with a delay, not nodes."""
+        if isinstance(e, ast.Delayed):
+            ref = self.reference(e, role, beside)
+            return None if ref is None else (ref, e.offset)
+        node = self.expr(e, owner, role=role, beside=beside)
+        return None if node is None else (node, 0)
+
+    def binop(self, e: ast.BinOp, owner: str, nid: str | None) -> str | None:
+        op = BINARY[e.op]
+        if op == "matmul":
+            left = self.operand(e.left, owner, "matrix", None)
+            right = self.operand(e.right, owner, None, None)
+        elif self.is_undefined(e.left) and not self.is_undefined(e.right):
+            right = self.operand(e.right, owner, None, None)
+            left = self.operand(e.left, owner, "like", right[0] if right else None)
+        else:
+            left = self.operand(e.left, owner, None, None)
+            right = self.operand(e.right, owner, "like", left[0] if left else None)
+        if left is None or right is None:
+            return None
+        return self.add(NodeInfo(id=nid or self.fresh(owner), kind="op", span=e.span, op=op,
+                                 inputs=[left, right]))
+
+    def is_undefined(self, e) -> bool:
+        return isinstance(e, ast.Name) and e.name not in self.defined and e.name not in self.graph.g
+
+    def reference(self, e, role: str | None, beside: str | None) -> str | None:
+        name = e.name
+        if name in self.defined or name in self.graph.g:
+            if isinstance(e, ast.Delayed) and name in self.explicit_params:
+                self.diags.error(f"'{name}' is a parameter; only values computed over time can be read "
+                                 f"at [t{e.offset:+d}]", e.span)
+                return None
+            return name
+        if isinstance(e, ast.Name) and role == "matrix":
+            self.add(NodeInfo(id=name, kind="param", span=e.span, named=True, matrix=True))
+            return name
+        if isinstance(e, ast.Name) and role == "like" and beside is not None:
+            self.add(NodeInfo(id=name, kind="param", span=e.span, named=True, shape_like=beside))
+            return name
+        what = "value" if isinstance(e, ast.Delayed) else "name"
+        self.diags.error(f"undefined {what} '{name}'{did_you_mean(name, self.defined)}", e.span)
+        return None
+
+    def call(self, e: ast.Call, owner: str, nid: str | None) -> str | None:
+        if e.func == "embed":
+            return self.embed(e, owner, nid)
+        op = REGISTRY[e.func]
+        attr_names = list(op.attrs)
+        n_tensor = len(e.args) if op.arity is None else min(op.arity, len(e.args))
+        if op.arity is not None and len(e.args) < op.arity:
+            self.diags.error(f"{e.func} takes {op.arity} argument(s), got {len(e.args)}", e.span)
+            return None
+        attrs: dict[str, Any] = {}
+        for extra, name in zip(e.args[n_tensor:], attr_names):
+            attrs[name] = self.attr_value(extra, e.func)
+        if len(e.args) - n_tensor > len(attr_names):
+            self.diags.error(f"{e.func} takes {op.arity} argument(s)"
+                             + (f" and the setting(s) {', '.join(attr_names)}" if attr_names else "")
+                             + f", got {len(e.args)} arguments", e.span)
+            return None
+        for k in e.keywords:
+            if k.name not in op.attrs:
+                hint = did_you_mean(k.name, attr_names) or (
+                    f"; it takes {', '.join(attr_names)}" if attr_names else "; it takes no settings")
+                self.diags.error(f"{e.func} has no setting '{k.name}'{hint}", k.span)
+                continue
+            attrs[k.name] = self.attr_value(k.value, e.func)
+        inputs = []
+        for a in e.args[:n_tensor]:
+            ref = self.operand(a, owner, None, None)
+            if ref is None:
+                return None
+            inputs.append(ref)
+        if op.arity is None and not inputs:
+            self.diags.error(f"{e.func} needs at least one argument", e.span)
+            return None
+        return self.add(NodeInfo(id=nid or self.fresh(owner), kind="op", span=e.span, op=e.func,
+                                 inputs=inputs, attrs=attrs))
+
+    def attr_value(self, e, func: str):
+        if isinstance(e, ast.Number):
+            return int(e.value) if e.value == int(e.value) and "." not in e.text and "e" not in e.text.lower() \
+                else e.value
+        if isinstance(e, ast.Neg) and isinstance(e.operand, ast.Number):
+            return -e.operand.value
+        if isinstance(e, ast.Percent):
+            return e.value
+        if isinstance(e, ast.String):
+            return e.value
+        self.diags.error(f"a setting of {func} must be a number or a string", e.span)
+        return None
+
+    def embed(self, e: ast.Call, owner: str, nid: str | None) -> str | None:
+        """embed(ids, width): a lookup in a learned table of shape (number of ids, width)."""
+        width = None
+        if len(e.args) == 2 and isinstance(e.args[1], ast.Number):
+            width = e.args[1].value
+        for k in e.keywords:
+            if k.name in ("dim", "width", "size") and isinstance(k.value, ast.Number):
+                width = k.value.value
+        if len(e.args) not in (1, 2) or width is None or width != int(width) or width < 1:
+            self.diags.error("embed takes the ids and a width, as in embed(w, 100)", e.span)
+            return None
+        ids = self.operand(e.args[0], owner, None, None)
+        if ids is None:
+            return None
+        node = nid or self.fresh(owner)
+        table = f"{node}.table"
+        self.add(NodeInfo(id=table, kind="param", span=e.span, named=True, table_for=ids[0],
+                          table_width=int(width), init=("normal", {"std": 0.1})))
+        return self.add(NodeInfo(id=node, kind="op", span=e.span, op="embed", inputs=[ids, (table, 0)]))
+
+    # ---- ends -----------------------------------------------------------------
+    def outputs(self) -> None:
+        for d in self.flat.decls:
+            if d.role != "output":
+                continue
+            if d.name not in self.graph.g:
+                self.diags.error(f"output '{d.name}' is never defined{did_you_mean(d.name, self.defined)}", d.span)
+                continue
+            info = self.graph.info(d.name)
+            decl = self.declared(d.dims)
+            if decl is not None:
+                if info.declared is not None and info.declared != decl:
+                    self.diags.error(f"output '{d.name}' is declared with size {list(decl)} but defined with "
+                                     f"{list(info.declared)}", d.span, [("defined here", info.span)])
+                info.declared = decl
+            self.graph.outputs.append(d.name)
+
+    def total_loss(self) -> None:
+        losses = self.graph.losses
+        if len(losses) == 1:
+            self.graph.loss = losses[0]
+        elif len(losses) > 1:
+            total = losses[0]
+            for i, other in enumerate(losses[1:]):
+                total = self.add(NodeInfo(id="loss" if i == len(losses) - 2 else f"loss.sum{i}", kind="op",
+                                          span=self.graph.info(other).span, op="add",
+                                          inputs=[(total, 0), (other, 0)]))
+            self.graph.loss = total
+
+
+def _has_none(x) -> bool:
+    return x is None or (isinstance(x, list) and any(_has_none(i) for i in x))
+
+
+def build_graph(flat: FlatSpec, diags: Diagnostics) -> Graph:
+    return GraphBuilder(flat, diags).build()

@@ -1,0 +1,105 @@
+"""Reading spec files: includes and the standard library of cells.
+
+``include "other.nn"`` splices the statements of another file (relative to the
+including file) in place, once. The standard library (``nnspec/stdlib/*.nn``)
+is written in the language itself and its cells are always available; a cell
+the user defines under the same name takes precedence.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from .errors import Diagnostics
+from .syntax import ast
+from .syntax.parser import parse
+
+
+@dataclass
+class Program:
+    """All statements of a spec and its includes, plus the cells in scope."""
+
+    main_file: str
+    statements: list = field(default_factory=list)
+    cells: dict[str, ast.Cell] = field(default_factory=dict)
+    stdlib_cells: dict[str, ast.Cell] = field(default_factory=dict)
+    base_dir: Path = Path(".")
+
+
+def load_text(text: str, file: str, diags: Diagnostics, base_dir: Path | None = None) -> Program:
+    base = base_dir if base_dir is not None else (Path(file).parent if file != "<string>" else Path("."))
+    program = Program(main_file=file, base_dir=base)
+    program.stdlib_cells = stdlib_cells(diags)
+    _splice(text, file, base, diags, program, seen=set())
+    return program
+
+
+def load_file(path: str | Path, diags: Diagnostics) -> Program:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        diags.error(f"no such spec file: {path}")
+        diags.raise_if_errors()
+    except UnicodeDecodeError as e:
+        diags.error(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})")
+        diags.raise_if_errors()
+    return load_text(text, str(path), diags, base_dir=path.parent)
+
+
+def _splice(text: str, file: str, base: Path, diags: Diagnostics, program: Program, seen: set) -> None:
+    module = parse(text, file, diags)
+    if module is None:
+        return
+    for stmt in module.statements:
+        if isinstance(stmt, ast.Include):
+            _include(stmt, base, diags, program, seen)
+        elif isinstance(stmt, ast.Cell):
+            if stmt.name in program.cells:
+                prev = program.cells[stmt.name]
+                diags.error(f"cell '{stmt.name}' is defined twice", stmt.span,
+                            [("first defined here", prev.span)])
+            program.cells[stmt.name] = stmt
+        else:
+            program.statements.append(stmt)
+
+
+def _include(stmt: ast.Include, base: Path, diags: Diagnostics, program: Program, seen: set) -> None:
+    path = (base / stmt.path).resolve()
+    if path in seen:
+        return  # included once, like a header guard
+    seen.add(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError:
+        diags.error(f"cannot read included file '{stmt.path}' (looked for {path})", stmt.span)
+        return
+    _splice(text, str(path), path.parent, diags, program, seen)
+
+
+_STDLIB_CACHE: dict[str, ast.Cell] | None = None
+
+
+def stdlib_cells(diags: Diagnostics) -> dict[str, ast.Cell]:
+    """The cells of nnspec/stdlib/*.nn (parsed once per process)."""
+    global _STDLIB_CACHE
+    if _STDLIB_CACHE is None:
+        cells: dict[str, ast.Cell] = {}
+        for entry in sorted(resources.files("nnspec.stdlib").iterdir(), key=lambda p: p.name):
+            if not entry.name.endswith(".nn"):
+                continue
+            text = entry.read_text(encoding="utf-8")
+            module = parse(text, f"<stdlib>/{entry.name}", diags)
+            for stmt in module.statements if module else []:
+                if isinstance(stmt, ast.Cell):
+                    cells[stmt.name] = stmt
+        _STDLIB_CACHE = cells
+    for file, text in stdlib_sources().items():  # so that spans inside stdlib cells can be shown
+        diags.sources.add(file, text)
+    return _STDLIB_CACHE
+
+
+def stdlib_sources() -> dict[str, str]:
+    return {f"<stdlib>/{e.name}": e.read_text(encoding="utf-8")
+            for e in resources.files("nnspec.stdlib").iterdir() if e.name.endswith(".nn")}

@@ -1,0 +1,7 @@
+"""The op registry: importing this package registers every op."""
+from . import activations, elementwise, linalg, losses, regularize, sequence  # noqa: F401
+from .registry import (REGISTRY, Ctx, Op, ShapeError, broadcast_shape, get, register,
+                       show_shape, unbroadcast)
+
+__all__ = ["REGISTRY", "Ctx", "Op", "ShapeError", "broadcast_shape", "get", "register",
+           "show_shape", "unbroadcast"]

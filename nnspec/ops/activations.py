@@ -1,0 +1,189 @@
+"""Activation functions: elementwise, except softmax/log_softmax (last axis)."""
+from __future__ import annotations
+
+import numpy as np
+
+from .registry import Op, ShapeError, register, show_shape
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    """1 / (1 + e^-x) without overflow: only ever exponentiate -|x|."""
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1.0, e) / (1.0 + e)
+
+
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    """log softmax over the last axis, shifted by the max so exp cannot overflow."""
+    z = x - x.max(axis=-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+
+
+class Activation(Op):
+    arity = 1
+
+    def shape(self, shapes, attrs, dims):
+        return shapes[0]
+
+
+@register
+class Sigmoid(Activation):
+    name = "sigmoid"
+    doc = "logistic 1 / (1 + e^-x), stable for large |x|"
+
+    def forward(self, xs, attrs, ctx):
+        return sigmoid(xs[0])
+
+    def vjp(self, g, xs, out, attrs, ctx):
+        return [g * out * (1.0 - out)]
+
+
+@register
+class Tanh(Activation):
+    name = "tanh"
+    doc = "hyperbolic tangent"
+
+    def forward(self, xs, attrs, ctx):
+        return np.tanh(xs[0])
+
+    def vjp(self, g, xs, out, attrs, ctx):
+        return [g * (1.0 - out * out)]
+
+
+@register
+class Relu(Activation):
+    name = "relu"
+    doc = "max(x, 0)"
+
+    def forward(self, xs, attrs, ctx):
+        return np.maximum(xs[0], 0)
+
+    def vjp(self, g, xs, out, attrs, ctx):
+        return [g * (xs[0] > 0)]
+
+
+@register
+class Step(Activation):
+    name = "step"
+    doc = ("Heaviside 1 if x > 0 else 0, the perceptron unit: "
+           "zero gradient, train with the perceptron rule")
+
+    def forward(self, xs, attrs, ctx):
+        return (xs[0] > 0).astype(xs[0].dtype)
+
+    def vjp(self, g, xs, out, attrs, ctx):
+        return [np.zeros_like(xs[0])]
+
+
+@register
+class Identity(Activation):
+    name = "identity"
+    doc = "x unchanged (a linear unit)"
+
+    def forward(self, xs, attrs, ctx):
+        return xs[0]
+
+    def vjp(self, g, xs, out, attrs, ctx):
+        return [g]
+
+
+@register
+class LeakyRelu(Activation):
+    name = "leaky_relu"
+    attrs = {"alpha": 0.01}
+    doc = "x where x > 0 else alpha * x (attr alpha, default 0.01)"
+
+    def forward(self, xs, attrs, ctx):
+        x = xs[0]
+        return np.where(x > 0, x, float(self.attr(attrs, "alpha")) * x)
+
+    def vjp(self, g, xs, out, attrs, ctx):
+        return [np.where(xs[0] > 0, g, float(self.attr(attrs, "alpha")) * g)]
+
+
+@register
+class Elu(Activation):
+    name = "elu"
+    attrs = {"alpha": 1.0}
+    doc = "x where x > 0 else alpha * (e^x - 1) (attr alpha, default 1)"
+
+    def forward(self, xs, attrs, ctx):
+        x, alpha = xs[0], float(self.attr(attrs, "alpha"))
+        return np.where(x > 0, x, alpha * np.expm1(np.minimum(x, 0)))  # min: no overflow
+
+    def vjp(self, g, xs, out, attrs, ctx):
+        alpha = float(self.attr(attrs, "alpha"))
+        return [np.where(xs[0] > 0, g, g * (out + alpha))]  # d/dx alpha(e^x-1) = out + alpha
+
+
+@register
+class Softplus(Activation):
+    name = "softplus"
+    doc = "log(1 + e^x), computed as logaddexp(0, x) so it never overflows"
+
+    def forward(self, xs, attrs, ctx):
+        return np.logaddexp(0, xs[0])
+
+    def vjp(self, g, xs, out, attrs, ctx):
+        return [g * sigmoid(xs[0])]
+
+
+@register
+class Gelu(Activation):
+    name = "gelu"
+    doc = "x * Phi(x), tanh approximation 0.5x(1 + tanh(sqrt(2/pi)(x + 0.044715x^3)))"
+    C = float(np.sqrt(2.0 / np.pi))
+
+    def forward(self, xs, attrs, ctx):
+        x = xs[0]
+        t = np.tanh(self.C * (x + 0.044715 * x ** 3))
+        ctx.saved["t"] = t
+        return 0.5 * x * (1.0 + t)
+
+    def vjp(self, g, xs, out, attrs, ctx):
+        x, t = xs[0], ctx.saved["t"]
+        dt = (1.0 - t * t) * self.C * (1.0 + 3 * 0.044715 * x * x)
+        return [g * 0.5 * (1.0 + t + x * dt)]
+
+
+@register
+class HardTanh(Activation):
+    name = "hard_tanh"
+    doc = "x clipped to [-1, 1]"
+
+    def forward(self, xs, attrs, ctx):
+        return np.clip(xs[0], -1.0, 1.0)
+
+    def vjp(self, g, xs, out, attrs, ctx):
+        return [g * (np.abs(xs[0]) < 1)]
+
+
+class LastAxis(Activation):
+    def shape(self, shapes, attrs, dims):
+        if len(shapes[0]) == 0:
+            raise ShapeError(f"{self.name} needs a vector (classes on the last axis), "
+                             f"got shape {show_shape(shapes[0])}")
+        return shapes[0]
+
+
+@register
+class Softmax(LastAxis):
+    name = "softmax"
+    doc = "e^x / sum(e^x) over the last axis (max-shifted, stable)"
+
+    def forward(self, xs, attrs, ctx):
+        return np.exp(log_softmax(xs[0]))
+
+    def vjp(self, g, xs, out, attrs, ctx):
+        return [out * (g - (g * out).sum(axis=-1, keepdims=True))]
+
+
+@register
+class LogSoftmax(LastAxis):
+    name = "log_softmax"
+    doc = "x - logsumexp(x) over the last axis (stable)"
+
+    def forward(self, xs, attrs, ctx):
+        return log_softmax(xs[0])
+
+    def vjp(self, g, xs, out, attrs, ctx):
+        return [g - np.exp(out) * g.sum(axis=-1, keepdims=True)]

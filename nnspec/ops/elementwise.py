@@ -1,0 +1,161 @@
+"""Elementwise arithmetic.
+
+Binary ops broadcast with NumPy (a bias ``(n,)`` meets a batch ``(B, n)`` or a
+sequence ``(T, B, n)``), so each VJP sums its gradient back to that input's own
+array shape with :func:`unbroadcast`.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .registry import Op, broadcast_shape, register, unbroadcast
+
+
+class Binary(Op):
+    arity = 2
+
+    def shape(self, shapes, attrs, dims):
+        return broadcast_shape(shapes, dims, self.name)
+
+
+class Unary(Op):
+    arity = 1
+
+    def shape(self, shapes, attrs, dims):
+        return shapes[0]
+
+
+@register
+class Add(Binary):
+    name = "add"
+    doc = "a + b, elementwise with broadcasting"
+
+    def forward(self, xs, attrs, ctx):
+        return xs[0] + xs[1]
+
+    def vjp(self, g, xs, out, attrs, ctx):
+        return [unbroadcast(g, xs[0].shape), unbroadcast(g, xs[1].shape)]
+
+
+@register
+class Sub(Binary):
+    name = "sub"
+    doc = "a - b, elementwise with broadcasting"
+
+    def forward(self, xs, attrs, ctx):
+        return xs[0] - xs[1]
+
+    def vjp(self, g, xs, out, attrs, ctx):
+        return [unbroadcast(g, xs[0].shape), unbroadcast(-g, xs[1].shape)]
+
+
+@register
+class Mul(Binary):
+    name = "mul"
+    doc = "a * b, elementwise with broadcasting"
+
+    def forward(self, xs, attrs, ctx):
+        return xs[0] * xs[1]
+
+    def vjp(self, g, xs, out, attrs, ctx):
+        a, b = xs
+        return [unbroadcast(g * b, a.shape), unbroadcast(g * a, b.shape)]
+
+
+@register
+class Div(Binary):
+    name = "div"
+    doc = "a / b, elementwise with broadcasting"
+
+    def forward(self, xs, attrs, ctx):
+        return xs[0] / xs[1]
+
+    def vjp(self, g, xs, out, attrs, ctx):
+        a, b = xs
+        return [unbroadcast(g / b, a.shape), unbroadcast(-g * out / b, b.shape)]
+
+
+@register
+class Neg(Unary):
+    name = "neg"
+    doc = "-x"
+
+    def forward(self, xs, attrs, ctx):
+        return -xs[0]
+
+    def vjp(self, g, xs, out, attrs, ctx):
+        return [-g]
+
+
+@register
+class Pow(Unary):
+    name = "pow"
+    attrs = {"p": 2.0}
+    doc = "x ** p for a constant exponent p (attr p, default 2)"
+
+    def forward(self, xs, attrs, ctx):
+        return xs[0] ** float(self.attr(attrs, "p"))
+
+    def vjp(self, g, xs, out, attrs, ctx):
+        p = float(self.attr(attrs, "p"))
+        return [g * p * xs[0] ** (p - 1.0)]
+
+
+@register
+class Exp(Unary):
+    name = "exp"
+    doc = "e ** x"
+
+    def forward(self, xs, attrs, ctx):
+        return np.exp(xs[0])
+
+    def vjp(self, g, xs, out, attrs, ctx):
+        return [g * out]
+
+
+@register
+class Log(Unary):
+    name = "log"
+    doc = "natural logarithm"
+
+    def forward(self, xs, attrs, ctx):
+        return np.log(xs[0])
+
+    def vjp(self, g, xs, out, attrs, ctx):
+        return [g / xs[0]]
+
+
+@register
+class Sqrt(Unary):
+    name = "sqrt"
+    doc = "square root"
+
+    def forward(self, xs, attrs, ctx):
+        return np.sqrt(xs[0])
+
+    def vjp(self, g, xs, out, attrs, ctx):
+        return [g / (2.0 * out)]
+
+
+@register
+class Square(Unary):
+    name = "square"
+    doc = "x * x"
+
+    def forward(self, xs, attrs, ctx):
+        return np.square(xs[0])
+
+    def vjp(self, g, xs, out, attrs, ctx):
+        return [2.0 * g * xs[0]]
+
+
+@register
+class Abs(Unary):
+    name = "abs"
+    doc = "|x| (gradient sign(x), 0 at 0)"
+
+    def forward(self, xs, attrs, ctx):
+        return np.abs(xs[0])
+
+    def vjp(self, g, xs, out, attrs, ctx):
+        return [g * np.sign(xs[0])]

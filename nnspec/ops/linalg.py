@@ -1,0 +1,105 @@
+"""Linear algebra: dense layer product, concatenation, embedding lookup."""
+from __future__ import annotations
+
+import numpy as np
+
+from .registry import Op, ShapeError, register, show_shape, unbroadcast
+
+
+@register
+class Matmul(Op):
+    name = "matmul"
+    arity = 2
+    doc = "W x for a weight W (m, n) and input x (..., n): out (..., m)"
+
+    def shape(self, shapes, attrs, dims):
+        w, x = shapes
+        if len(w) != 2 or len(x) == 0:
+            raise ShapeError(f"matmul: need a weight (m, n) and an input (..., n), "
+                             f"got {show_shape(w)} and {show_shape(x)}")
+        try:
+            dims.unify(w[1], x[-1], "matmul: weight columns = input size")
+        except ShapeError as e:
+            raise ShapeError(f"matmul: weight {show_shape(w)} does not fit input "
+                             f"{show_shape(x)} ({e})") from None
+        return tuple(x[:-1]) + (w[0],)
+
+    def forward(self, xs, attrs, ctx):
+        w, x = xs
+        return x @ w.T  # x carries the leading (batch / time) axes
+
+    def vjp(self, g, xs, out, attrs, ctx):
+        w, x = xs
+        # All leading axes are just more rows: one (m, rows) @ (rows, n) product.
+        dw = g.reshape(-1, w.shape[0]).T @ x.reshape(-1, w.shape[1])
+        return [dw, g @ w]
+
+
+@register
+class Concat(Op):
+    name = "concat"
+    arity = None
+    doc = "join inputs along the last axis (other dims must agree)"
+
+    def shape(self, shapes, attrs, dims):
+        if not shapes or any(len(s) == 0 for s in shapes):
+            raise ShapeError("concat: needs inputs with at least one axis, got "
+                             + ", ".join(show_shape(s) for s in shapes))
+        head = tuple(shapes[0][:-1])
+        for s in shapes[1:]:
+            if len(s) != len(shapes[0]):
+                raise ShapeError(f"concat: shapes {show_shape(shapes[0])} and "
+                                 f"{show_shape(s)} have different ranks")
+            try:
+                head = tuple(dims.unify(a, b, "concat") for a, b in zip(head, s[:-1]))
+            except ShapeError as e:
+                raise ShapeError(f"concat: shapes {show_shape(shapes[0])} and "
+                                 f"{show_shape(s)} differ before the last axis ({e})") from None
+        sizes = [dims.value(s[-1]) for s in shapes]
+        for s, n in zip(shapes, sizes):
+            if n is None:
+                raise ShapeError(f"concat: the last axis of input {show_shape(s)} has no "
+                                 f"known size yet; give it an explicit size")
+        return head + (sum(sizes),)
+
+    def forward(self, xs, attrs, ctx):
+        # Inputs may carry different leading axes (a parameter, a batch, a
+        # sequence): broadcast those first, as elementwise ops would.
+        lead = np.broadcast_shapes(*(x.shape[:-1] for x in xs))
+        return np.concatenate([np.broadcast_to(x, lead + x.shape[-1:]) for x in xs], axis=-1)
+
+    def vjp(self, g, xs, out, attrs, ctx):
+        cuts = np.cumsum([x.shape[-1] for x in xs])[:-1]
+        return [unbroadcast(gi, x.shape) for gi, x in zip(np.split(g, cuts, axis=-1), xs)]
+
+
+@register
+class Embed(Op):
+    name = "embed"
+    arity = 2
+    integer_inputs = (0,)
+    doc = "row ids of a table (V, d): int ids (...) -> (..., d); id -1 (padding) gives zeros"
+
+    def shape(self, shapes, attrs, dims):
+        ids, table = shapes
+        if len(table) != 2:
+            raise ShapeError(f"embed: the table must be a matrix (V, d), got {show_shape(table)} "
+                             f"(ids {show_shape(ids)})")
+        return tuple(ids) + (table[1],)
+
+    def forward(self, xs, attrs, ctx):
+        ids, table = xs
+        if ids.size and ids.max() >= table.shape[0]:
+            raise ValueError(f"embed: id {int(ids.max())} out of range for a table "
+                             f"of {table.shape[0]} rows")
+        pad = ids < 0
+        out = table[np.where(pad, 0, ids)]
+        out[pad] = 0  # padding embeds to zeros, so it cannot leak into sums
+        return out
+
+    def vjp(self, g, xs, out, attrs, ctx):
+        ids, table = xs
+        keep = ids >= 0
+        dtable = np.zeros_like(table)
+        np.add.at(dtable, ids[keep], g[keep])  # add.at: repeated ids accumulate
+        return [None, dtable]

@@ -1,0 +1,183 @@
+"""Losses: one number (a 0-d array) for the whole batch.
+
+Float losses (mse, bce, bce_logits) average over every element of every real
+position. Class losses take int targets (..., ) against predictions (..., K)
+and average over *valid* positions: target >= 0 (padding holds -1) and, for
+sequences, ``ctx.mask > 0``. Divisors are at least 1, so an all-padding batch
+gives 0, not NaN.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .activations import log_softmax, sigmoid
+from .registry import Op, ShapeError, register, show_shape, unbroadcast, unify_dims
+
+EPS = 1e-12  # probabilities are clipped to >= EPS inside log
+
+
+def _expand(mask: np.ndarray, ndim: int) -> np.ndarray:
+    """A (T, B) mask with trailing unit axes, to broadcast against (T, B, ...)."""
+    return mask.reshape(mask.shape + (1,) * (ndim - mask.ndim))
+
+
+class FloatLoss(Op):
+    """Mean of ``elems(pred, target)``; subclasses give the elements and their partials."""
+    arity = 2
+    scalar_output = True
+
+    def shape(self, shapes, attrs, dims):
+        unify_dims(shapes[0], shapes[1], dims, f"{self.name} of prediction and target")
+        return ()
+
+    def _weights(self, xs, ctx):
+        """Per-element weights and the divisor (Python floats keep float32 float32)."""
+        shape = np.broadcast_shapes(xs[0].shape, xs[1].shape)
+        if ctx.mask is None:
+            return 1.0, float(max(np.prod(shape), 1))
+        m = _expand(ctx.mask.astype(xs[0].dtype), len(shape))
+        per_step = np.prod(shape) / ctx.mask.size
+        return m, float(max(m.sum() * per_step, 1.0))
+
+    def forward(self, xs, attrs, ctx):
+        w, n = self._weights(xs, ctx)
+        return np.asarray((self.elems(*xs) * w).sum() / n, dtype=xs[0].dtype)
+
+    def vjp(self, g, xs, out, attrs, ctx):
+        w, n = self._weights(xs, ctx)
+        s = w * (float(g) / n)
+        dp, dt = self.partials(*xs)
+        return [unbroadcast(dp * s, xs[0].shape), unbroadcast(dt * s, xs[1].shape)]
+
+
+@register
+class Mse(FloatLoss):
+    name = "mse"
+    doc = "mean squared error mean((pred - target)^2)"
+
+    def elems(self, p, t):
+        return (p - t) ** 2
+
+    def partials(self, p, t):
+        return 2.0 * (p - t), -2.0 * (p - t)
+
+
+def _bce_bounds(dtype):
+    """[EPS, 1 - EPS], except that in float32 1 - 1e-12 rounds to 1 (log 0)."""
+    return EPS, 1.0 - max(EPS, float(np.finfo(dtype).epsneg))
+
+
+@register
+class Bce(FloatLoss):
+    name = "bce"
+    doc = "binary cross-entropy of probabilities p (clipped to [1e-12, 1-1e-12]) and targets y"
+
+    def elems(self, p, y):
+        pc = np.clip(p, *_bce_bounds(p.dtype))
+        return -(y * np.log(pc) + (1.0 - y) * np.log(1.0 - pc))
+
+    def partials(self, p, y):
+        lo, hi = _bce_bounds(p.dtype)
+        pc = np.clip(p, lo, hi)
+        inside = (p >= lo) & (p <= hi)  # the clipped loss is flat outside
+        return (pc - y) / (pc * (1.0 - pc)) * inside, np.log(1.0 - pc) - np.log(pc)
+
+
+@register
+class BceLogits(FloatLoss):
+    name = "bce_logits"
+    doc = "binary cross-entropy of logits z (= bce(sigmoid(z), y), stable for any z)"
+
+    def elems(self, z, y):
+        # log(1 + e^z) - z y, with log(1 + e^z) = max(z, 0) + log1p(e^-|z|)
+        return np.maximum(z, 0) - z * y + np.log1p(np.exp(-np.abs(z)))
+
+    def partials(self, z, y):
+        return sigmoid(z) - y, -z
+
+
+class ClassLoss(Op):
+    """Predictions (..., K) against int classes (...), -1 meaning 'ignore'."""
+    arity = 2
+    integer_inputs = (1,)
+    scalar_output = True
+
+    def shape(self, shapes, attrs, dims):
+        pred, target = shapes
+        if len(pred) != len(target) + 1:
+            raise ShapeError(f"{self.name}: predictions {show_shape(pred)} need one more axis "
+                             f"(the classes) than int targets {show_shape(target)}")
+        unify_dims(tuple(pred[:-1]), tuple(target), dims, self.name)
+        return ()
+
+    def _valid(self, pred, y, ctx):
+        """Valid positions, the divisor, and y with ignored positions set to class 0."""
+        if y.size and y.max() >= pred.shape[-1]:
+            raise ValueError(f"{self.name}: class {int(y.max())} out of range for "
+                             f"{pred.shape[-1]} classes")
+        valid = y >= 0
+        if ctx.mask is not None:
+            valid &= _expand(ctx.mask, y.ndim) > 0
+        return valid, float(max(valid.sum(), 1)), np.where(valid, y, 0)[..., None]
+
+    def _onehot(self, pred, idx, values):
+        """Zeros like pred, with ``values`` at the target classes."""
+        d = np.zeros_like(pred)
+        np.put_along_axis(d, idx, values[..., None].astype(pred.dtype), axis=-1)
+        return d
+
+
+@register
+class CrossEntropy(ClassLoss):
+    name = "cross_entropy"
+    doc = "-log p[y] for probabilities p (..., K) and int classes y (...); -1 is ignored"
+
+    def forward(self, xs, attrs, ctx):
+        p, y = xs
+        valid, n, idx = self._valid(p, y, ctx)
+        py = np.maximum(np.take_along_axis(p, idx, -1)[..., 0], EPS)
+        return np.asarray(-(np.log(py) * valid).sum() / n, dtype=p.dtype)
+
+    def vjp(self, g, xs, out, attrs, ctx):
+        p, y = xs
+        valid, n, idx = self._valid(p, y, ctx)
+        py = np.take_along_axis(p, idx, -1)[..., 0]
+        live = valid & (py >= EPS)  # below EPS the clipped loss is flat
+        return [self._onehot(p, idx, live / np.maximum(py, EPS) * (-float(g) / n)), None]
+
+
+@register
+class CrossEntropyLogits(ClassLoss):
+    name = "cross_entropy_logits"
+    doc = "cross_entropy(softmax(z), y) computed stably from logits z"
+
+    def forward(self, xs, attrs, ctx):
+        z, y = xs
+        valid, n, idx = self._valid(z, y, ctx)
+        lsm = log_softmax(z)
+        ctx.saved["softmax"] = np.exp(lsm)
+        return np.asarray(-(np.take_along_axis(lsm, idx, -1)[..., 0] * valid).sum() / n,
+                          dtype=z.dtype)
+
+    def vjp(self, g, xs, out, attrs, ctx):
+        z, y = xs
+        valid, n, idx = self._valid(z, y, ctx)
+        d = (ctx.saved["softmax"] - self._onehot(z, idx, np.ones(y.shape))) * valid[..., None]
+        return [d * (float(g) / n), None]
+
+
+@register
+class Nll(ClassLoss):
+    name = "nll"
+    doc = "negative log-likelihood -logp[y] for log-probabilities (..., K) and int classes y"
+
+    def forward(self, xs, attrs, ctx):
+        logp, y = xs
+        valid, n, idx = self._valid(logp, y, ctx)
+        return np.asarray(-(np.take_along_axis(logp, idx, -1)[..., 0] * valid).sum() / n,
+                          dtype=logp.dtype)
+
+    def vjp(self, g, xs, out, attrs, ctx):
+        logp, y = xs
+        valid, n, idx = self._valid(logp, y, ctx)
+        return [self._onehot(logp, idx, valid * (-float(g) / n)), None]

@@ -1,0 +1,156 @@
+"""The one registry of operations.
+
+Every op is a small class holding, side by side, its shape rule, its forward
+computation and its vector-Jacobian product (micrograd style): reading one op
+tells you everything about it.
+
+Array conventions (see docs/internals.md):
+  * A value's *per-example shape* is a tuple of dims, e.g. ``(128,)`` or ``()``.
+  * At run time a value's array carries leading axes in front of that shape:
+    ``(B, *shape)`` for a feed-forward value, ``(T, B, *shape)`` for a
+    sequence (time-major), or nothing at all for a parameter or constant.
+    Elementwise ops therefore rely on NumPy broadcasting, and their VJPs sum
+    gradients back to each input's own shape with :func:`unbroadcast`.
+  * Integer inputs (token ids, class labels) are not differentiated: the VJP
+    returns ``None`` for them. Padding positions of integer targets hold -1.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Protocol
+
+import numpy as np
+
+Dim = Any  # an int, or a symbolic size variable owned by the shape solver
+Shape = tuple
+
+
+class ShapeError(Exception):
+    """A shape rule rejected its inputs; the message is shown to the user."""
+
+
+class DimSolver(Protocol):
+    """What a shape rule may ask of the shape solver."""
+
+    def unify(self, a: Dim, b: Dim, why: str = "") -> Dim:
+        """Declare two dims equal (raises ShapeError when they cannot be)."""
+
+    def fresh(self, hint: str = "") -> Dim:
+        """A new unknown dim, to be fixed by later constraints."""
+
+    def value(self, d: Dim) -> int | None:
+        """The dim's size if known yet."""
+
+
+@dataclass
+class Ctx:
+    """Run-time context handed to forward and vjp.
+
+    ``mask`` is the (T, B) float mask of real (1) versus padding (0) steps, and
+    ``lengths`` the (B,) true lengths, when the op's first input is a
+    sequence; both are None for feed-forward values and inside a time step.
+    ``saved`` is the op's private stash from forward to vjp (e.g. a dropout mask).
+    """
+
+    train: bool = False
+    rng: np.random.Generator | None = None
+    mask: np.ndarray | None = None
+    lengths: np.ndarray | None = None
+    saved: dict = field(default_factory=dict)
+
+
+class Op:
+    """Base class: subclasses set ``name`` and implement the three methods."""
+
+    name: ClassVar[str]
+    arity: ClassVar[int | None] = 1            # None: any number of inputs
+    integer_inputs: ClassVar[tuple[int, ...]] = ()  # positions that take int arrays
+    integer_output: ClassVar[bool] = False      # output holds ids / classes
+    attrs: ClassVar[dict[str, Any]] = {}       # attribute names -> defaults
+    over_time: ClassVar[bool] = False           # consumes or produces the time axis
+    scalar_output: ClassVar[bool] = False       # losses: one number for the batch
+    doc: ClassVar[str] = ""
+
+    def shape(self, shapes: list[Shape], attrs: dict, dims: DimSolver) -> Shape:
+        raise NotImplementedError
+
+    def forward(self, xs: list[np.ndarray], attrs: dict, ctx: Ctx) -> np.ndarray:
+        raise NotImplementedError
+
+    def vjp(self, g: np.ndarray, xs: list[np.ndarray], out: np.ndarray,
+            attrs: dict, ctx: Ctx) -> list[np.ndarray | None]:
+        raise NotImplementedError
+
+    def attr(self, attrs: dict, key: str) -> Any:
+        """An attribute's value, falling back to the op's declared default."""
+        return attrs.get(key, type(self).attrs[key])
+
+    def output_integer(self, inputs_integer: list[bool]) -> bool:
+        """Whether the output holds ints, given which inputs do.
+
+        Fixed by ``integer_output`` for most ops; ops that pass ints or floats
+        through unchanged (``shift``) override it.
+        """
+        return self.integer_output
+
+
+REGISTRY: dict[str, Op] = {}
+
+
+def register(cls: type[Op]) -> type[Op]:
+    """Class decorator: add one instance of the op to the registry."""
+    if cls.name in REGISTRY:
+        raise ValueError(f"op {cls.name!r} registered twice")
+    REGISTRY[cls.name] = cls()
+    return cls
+
+
+def get(name: str) -> Op:
+    return REGISTRY[name]
+
+
+def unbroadcast(g: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Sum ``g`` over the axes that broadcasting added or stretched to reach ``shape``."""
+    if g.shape == tuple(shape):
+        return g
+    extra = g.ndim - len(shape)
+    if extra > 0:
+        g = g.sum(axis=tuple(range(extra)))
+    stretched = tuple(i for i, n in enumerate(shape) if n == 1 and g.shape[i] != 1)
+    if stretched:
+        g = g.sum(axis=stretched, keepdims=True)
+    return g
+
+
+def show_shape(shape: Shape) -> str:
+    """A shape as users write it: ``(128, n)``, ``(5,)`` or ``()``."""
+    if len(shape) == 1:
+        return f"({shape[0]},)"
+    return "(" + ", ".join(str(d) for d in shape) + ")"
+
+
+def unify_dims(a: Shape, b: Shape, dims: DimSolver, who: str) -> tuple:
+    """Unify two equal-rank shapes dim by dim; errors show both shapes."""
+    what = f"{who}: shapes {show_shape(a)} and {show_shape(b)}"
+    if len(a) != len(b):
+        raise ShapeError(f"{what} have different ranks")
+    try:
+        return tuple(dims.unify(x, y, what) for x, y in zip(a, b))
+    except ShapeError as e:
+        raise ShapeError(f"{what} do not match ({e})") from None
+
+
+def broadcast_shape(shapes: list[Shape], dims: DimSolver, who: str) -> Shape:
+    """Shape rule of elementwise ops: ``()`` broadcasts against anything,
+    other shapes must have equal rank and unify dim by dim."""
+    out: Shape = ()
+    for s in shapes:
+        s = tuple(s)
+        if len(s) == 0:
+            continue
+        out = s if len(out) == 0 else unify_dims(out, s, dims, who)
+    return out
+
+
+Attrs = dict[str, Any]
+ShapeRule = Callable[[list[Shape], Attrs, DimSolver], Shape]

@@ -1,0 +1,132 @@
+"""Loop analysis: which values form recurrent components, and in which direction.
+
+In the manner of CNTK's loop analysis, the strongly connected components of the
+graph are the candidate loops. Inside a component:
+  * a cycle whose edges all have delay 0 is an algebraic loop: an error naming
+    the values on it;
+  * delays of both signs (``[t-1]`` and ``[t+1]``) are an error;
+  * otherwise the component is recurrent, run forward in time (``[t-k]``) or
+    backward (``[t+k]``).
+Then each value learns whether it is a sequence (it has a time axis) and
+whether it holds integers (token ids, classes).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import networkx as nx
+
+from .errors import Diagnostics
+from .graph import Graph
+from .ops import REGISTRY
+
+REDUCTIONS_OVER_TIME = {"last", "first", "mean", "max", "sum"}
+
+
+@dataclass
+class Component:
+    index: int
+    nodes: list[str]       # in execution order within one time step
+    direction: int         # +1 forward in time ([t-k] links), -1 backward ([t+k])
+    states: list[str]      # values read at another time step inside the loop
+
+
+def zero_delay_graph(g: nx.DiGraph) -> nx.DiGraph:
+    z = nx.DiGraph()
+    z.add_nodes_from(g.nodes)
+    z.add_edges_from((u, v) for u, v, d in g.edges(data=True) if 0 in d["delays"])
+    return z
+
+
+def _named(graph: Graph, nodes) -> list[str]:
+    names = [n for n in nodes if graph.info(n).named]
+    return names or list(nodes)
+
+
+def find_components(graph: Graph, diags: Diagnostics) -> list[Component]:
+    g = graph.g
+    zero = zero_delay_graph(g)
+    components = []
+    for comp in nx.strongly_connected_components(g):
+        if len(comp) == 1:
+            n = next(iter(comp))
+            if not g.has_edge(n, n):
+                continue
+        sub_zero = zero.subgraph(comp)
+        try:
+            cycle = nx.find_cycle(sub_zero)
+        except nx.NetworkXNoCycle:
+            cycle = None
+        if cycle is not None:
+            loop = _named(graph, [u for u, _ in cycle])
+            first = graph.info(loop[0])
+            diags.error("algebraic loop: " + " -> ".join(loop + [loop[0]]) + " depends on itself at the same "
+                        "time step; read one of them at an earlier step, e.g. " + f"{loop[0]}[t-1]",
+                        first.span, [(f"'{n}' is defined here", graph.info(n).span) for n in loop[1:4]])
+            continue
+        delays = {d for u, v, data in g.subgraph(comp).edges(data=True) for d in data["delays"] if d != 0}
+        if any(d > 0 for d in delays) and any(d < 0 for d in delays):
+            names = sorted(_named(graph, comp))
+            diags.error(f"the loop through {', '.join(names)} reads both earlier ([t-k]) and later ([t+k]) "
+                        f"steps; a recurrent component must run in one direction — split it into a forward "
+                        f"and a backward part", graph.info(names[0]).span)
+            continue
+        order = [n for n in nx.topological_sort(sub_zero)]
+        states = sorted({u for u, v, data in g.subgraph(comp).edges(data=True) if any(data["delays"] - {0})})
+        comp_obj = Component(len(components), order, -1 if any(d > 0 for d in delays) else +1, states)
+        for n in comp:
+            graph.info(n).component = comp_obj.index
+        components.append(comp_obj)
+    return components
+
+
+def infer_time_and_type(graph: Graph, components: list[Component], diags: Diagnostics) -> list[str]:
+    """Mark sequences and integer values; returns an execution order of all nodes (delay-0 topological)."""
+    g = graph.g
+    order = list(nx.topological_sort(zero_delay_graph(g)))
+    in_component = {n for c in components for n in c.nodes}
+    for n in order:
+        info = graph.info(n)
+        if info.kind in ("input", "target"):
+            info.seq = info.sequence
+            info.integer = info.elem in ("token", "char", "class")
+            continue
+        if info.kind in ("param", "const"):
+            continue
+        op = REGISTRY[info.op]
+        operands = [graph.info(src) for src, _ in info.inputs]
+        for (src, delay), o in zip(info.inputs, operands):
+            if delay and not (o.seq or o.id in in_component or o.kind in ("input", "target") and o.sequence):
+                if o.component is None and not _depends_on_sequence(graph, o.id):
+                    diags.error(f"'{o.id}' is read at [t{delay:+d}] but it is not a sequence; only values that "
+                                f"change over time have earlier or later steps", info.span)
+        if info.op in REDUCTIONS_OVER_TIME:
+            if operands and not operands[0].seq:
+                diags.error(f"{info.op}(...) reduces over time, but its argument is not a sequence", info.span)
+            info.seq = False
+        else:
+            info.seq = any(o.seq for o in operands) or n in in_component
+        integer_in = [o for i, o in enumerate(operands) if o.integer and i not in op.integer_inputs]
+        if integer_in and info.op not in ("identity", "shift"):
+            o = integer_in[0]
+            what = "token ids" if o.elem in ("token", "char") else "class labels"
+            fix = f"embed({o.id}, 64)" if o.elem in ("token", "char") else "a one-hot encoding"
+            diags.error(f"'{o.id}' holds {what}, which {info.op} cannot take; use {fix} to turn them into "
+                        f"vectors", info.span)
+        info.integer = op.integer_output or (info.op in ("identity", "shift") and bool(operands)
+                                             and operands[0].integer)
+        if info.integer and operands:
+            info.elem = operands[0].elem
+    for c in components:
+        if not any(_depends_on_sequence(graph, n) for n in c.nodes):
+            names = _named(graph, c.nodes)
+            diags.error(f"'{names[0]}' is recurrent (it reads itself at another step) but depends on no "
+                        f"sequence input; declare an input as a sequence, e.g. 'input x[8] : seq'",
+                        graph.info(names[0]).span)
+    return order
+
+
+def _depends_on_sequence(graph: Graph, node: str) -> bool:
+    g = graph.g
+    return any(graph.info(a).kind in ("input", "target") and graph.info(a).sequence
+               for a in nx.ancestors(g, node) | {node})

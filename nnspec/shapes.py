@@ -1,0 +1,292 @@
+"""Shape inference by unification.
+
+Every per-example size is a dim: a known int, a data-bound symbol such as
+``vocab(w)`` (the vocabulary size, known once data is read; see
+``bindings``), or an unknown variable. Op shape rules (in the op registry)
+unify dims; sizes declared in the spec (``h[64]``) and parameter literals pin
+them down. A parameter created by first use gets its shape from its place: a
+matrix ``(m, n)`` left of ``@``, the shape of the value beside it in ``+ - * /``.
+
+Recurrent values are read (at ``[t-1]``) before they are computed in graph
+order; when inference is otherwise stuck, such a value provisionally takes the
+shape of the value it is combined with, and its own equation checks it later.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from .errors import Diagnostics
+from .graph import Graph, NodeInfo
+from .ops import REGISTRY, ShapeError
+from .ops.registry import show_shape, unify_dims
+
+CLASS_LOSSES = {"cross_entropy", "cross_entropy_logits", "nll"}
+
+
+class Sym(str):
+    """A size named by the data, e.g. ``vocab(w)``; equal only to itself until bound."""
+
+
+class Var:
+    __slots__ = ("parent", "value", "hint")
+
+    def __init__(self, hint: str = ""):
+        self.parent: Var | None = None
+        self.value: Any = None
+        self.hint = hint
+
+    def __repr__(self) -> str:
+        return "?"
+
+
+class Solver:
+    """Union-find over dims (the ``DimSolver`` the op registry's shape rules use)."""
+
+    def find(self, d):
+        if not isinstance(d, Var):
+            return d
+        root = d
+        while root.parent is not None:
+            root = root.parent
+        while d.parent is not None:  # path compression
+            d.parent, d = root, d.parent
+        return root.value if root.value is not None else root
+
+    def fresh(self, hint: str = "") -> Var:
+        return Var(hint)
+
+    def value(self, d) -> int | None:
+        v = self.find(d)
+        return v if isinstance(v, int) and not isinstance(v, bool) else None
+
+    def unify(self, a, b, why: str = ""):
+        a, b = self.find(a), self.find(b)
+        if isinstance(a, Var) and isinstance(b, Var):
+            if a is not b:
+                a.parent = b
+            return b
+        if isinstance(a, Var):
+            a.value = b
+            return b
+        if isinstance(b, Var):
+            b.value = a
+            return a
+        if a != b:
+            raise ShapeError(f"{_show_dim(a)} ≠ {_show_dim(b)}")
+        return a
+
+    def resolve(self, shape) -> tuple:
+        return tuple(self.find(d) for d in shape)
+
+
+def _show_dim(d) -> str:
+    return "?" if isinstance(d, Var) else str(d)
+
+
+def show(shape) -> str:
+    return "[" + ", ".join(_show_dim(d) for d in shape) + "]"
+
+
+def is_known(shape) -> bool:
+    return all(not isinstance(d, Var) for d in shape)
+
+
+class ShapeInference:
+    def __init__(self, graph: Graph, order: list[str], diags: Diagnostics, bindings: dict[str, int]):
+        self.graph, self.order, self.diags = graph, order, diags
+        self.bindings = bindings
+        self.solver = Solver()
+        self.done: set[str] = set()
+        self.failed: set[str] = set()
+
+    def sym(self, name: str):
+        return self.bindings.get(name, Sym(name))
+
+    def declared(self, info: NodeInfo) -> tuple | None:
+        if info.declared is None:
+            return None
+        out = []
+        for d in info.declared:
+            if isinstance(d, int):
+                out.append(d)
+            else:  # '?inst.H': a cell size the caller left to inference, one variable per instance
+                out.append(self._named_vars.setdefault(d, self.solver.fresh(d)))
+        return tuple(out)
+
+    def run(self) -> None:
+        self._named_vars: dict[str, Var] = {}
+        pending = [n for n in self.order]
+        while pending:
+            progress = False
+            still = []
+            for n in pending:
+                if self.try_node(n, final=False):
+                    progress = True
+                else:
+                    still.append(n)
+            pending = still
+            if not progress and pending:
+                if not self.unstick(pending):
+                    for n in pending:
+                        self.try_node(n, final=True)
+                    break
+        self.check_unresolved()
+
+    # a node is inferred once all its operands have shapes
+    def try_node(self, n: str, final: bool) -> bool:
+        info = self.graph.info(n)
+        if n in self.done or n in self.failed:
+            return True
+        try:
+            shape = self.infer(info, final)
+        except ShapeError as e:
+            if not final and self.has_unknowns(info):
+                return False  # may be decided once more sizes are known
+            self.report(info, str(e))
+            self.failed.add(n)
+            return True
+        if shape is None:
+            if final:
+                self.failed.add(n)
+            return False
+        decl = self.declared(info)
+        if decl is not None:
+            try:
+                shape = unify_dims(shape, decl, self.solver, f"'{n}'")
+            except ShapeError:
+                self.report(info, f"'{n}' is declared with size {show(decl)} but its value has size "
+                                  f"{show(self.solver.resolve(shape))}")
+                self.failed.add(n)
+                return True
+        if info.shape is not None:  # provisional shape from a delayed read: check it now
+            try:
+                shape = unify_dims(shape, info.shape, self.solver, f"'{n}'")
+            except ShapeError:
+                self.report(info, f"'{n}' has size {show(self.solver.resolve(shape))} but is used at "
+                                  f"another step as size {show(self.solver.resolve(info.shape))}")
+                self.failed.add(n)
+                return True
+        info.shape = tuple(shape)
+        self.done.add(n)
+        return True
+
+    def has_unknowns(self, info: NodeInfo) -> bool:
+        return any(self.graph.info(s).shape is None or not is_known(self.solver.resolve(self.graph.info(s).shape))
+                   for s, _ in info.inputs)
+
+    def operand_shape(self, src: str) -> tuple | None:
+        return self.graph.info(src).shape
+
+    def infer(self, info: NodeInfo, final: bool) -> tuple | None:
+        s = self.solver
+        if info.kind in ("input", "target"):
+            if info.elem in ("token", "char"):
+                info.card = self.sym(f"vocab({info.id})")
+                return ()
+            if info.elem == "class":
+                info.card = info.classes if info.classes is not None else self.sym(f"classes({info.id})")
+                return ()
+            if info.elem in ("bag", "char_bag"):
+                return (self.sym(f"vocab({info.id})"),)
+            return self.declared(info) or ()
+        if info.kind == "const":
+            return tuple(info.value.shape)
+        if info.kind == "param":
+            return self.param_shape(info)
+        operands = [self.operand_shape(src) for src, _ in info.inputs]
+        if any(o is None for o in operands):
+            return None
+        op = REGISTRY[info.op]
+        shape = tuple(op.shape([s.resolve(o) for o in operands], info.attrs, s))
+        self.cards(info)
+        return shape
+
+    def param_shape(self, info: NodeInfo) -> tuple | None:
+        s = self.solver
+        if info.value is not None:
+            return tuple(info.value.shape)
+        decl = self.declared(info)
+        if decl is not None:
+            return decl
+        if info.table_for is not None:
+            ids = self.graph.info(info.table_for)
+            if ids.shape is None:
+                return None
+            if not ids.integer:
+                raise ShapeError(f"embed needs token ids, but '{ids.id}' holds real numbers; declare it "
+                                 f"'input {ids.id} : seq of token'")
+            return (ids.card if ids.card is not None else s.fresh(), info.table_width)
+        if info.matrix:
+            return (s.fresh(f"rows of {info.id}"), s.fresh(f"columns of {info.id}"))
+        if info.shape_like is not None:
+            like = self.graph.info(info.shape_like).shape
+            return like  # shares the dims, so later constraints reach both
+        return None
+
+    def cards(self, info: NodeInfo) -> None:
+        """Integer values carry their number of distinct ids (``card``): class losses need it."""
+        operands = [self.graph.info(src) for src, _ in info.inputs]
+        if info.op in CLASS_LOSSES and len(operands) == 2 and operands[1].card is not None:
+            pred = self.solver.resolve(operands[0].shape)
+            try:
+                self.solver.unify(pred[-1], operands[1].card)
+            except ShapeError:
+                raise ShapeError(f"{info.op}: the prediction has {_show_dim(pred[-1])} classes but the target "
+                                 f"'{operands[1].id}' has {_show_dim(self.solver.find(operands[1].card))}") from None
+        elif info.op in ("shift", "identity") and operands and operands[0].integer:
+            info.card = operands[0].card
+        elif info.op == "argmax" and operands:
+            info.card = self.solver.resolve(operands[0].shape)[-1]
+
+    def unstick(self, pending: list[str]) -> bool:
+        """Give one delayed-read value a provisional shape so that inference can go on."""
+        for n in pending:
+            info = self.graph.info(n)
+            if info.kind != "op":
+                continue
+            unknown = [src for src, _ in info.inputs if self.graph.info(src).shape is None]
+            known = [src for src, _ in info.inputs if self.graph.info(src).shape is not None]
+            for src in unknown:
+                target = self.graph.info(src)
+                if target.kind != "op":
+                    continue
+                if info.op in ("add", "sub", "mul", "div") and known:
+                    target.shape = self.graph.info(known[0]).shape
+                else:
+                    target.shape = (self.solver.fresh(f"size of {src}"),)
+                return True
+        return False
+
+    def report(self, info: NodeInfo, message: str) -> None:
+        notes = []
+        for src, _ in info.inputs:
+            o = self.graph.info(src)
+            if o.shape is not None and o.span is not None and o.span != info.span:
+                notes.append((f"'{src}' has size {show(self.solver.resolve(o.shape))}", o.span))
+        self.diags.error(message, info.span, notes[:3])
+
+    def check_unresolved(self) -> None:
+        reported: set[int] = set()
+        for n in self.order:
+            info = self.graph.info(n)
+            if n in self.failed or info.shape is None:
+                if n not in self.failed and info.named and info.kind != "const":
+                    self.diags.error(f"cannot infer the size of '{n}'; declare it, e.g. '{n}[64] = ...'",
+                                     info.span)
+                continue
+            info.shape = self.solver.resolve(info.shape)
+            if isinstance(info.card, Var):
+                info.card = self.solver.find(info.card)
+            unknown = [d for d in info.shape if isinstance(d, Var)]
+            if unknown and (info.named or info.kind == "param") and not any(id(d) in reported for d in unknown):
+                reported.update(id(d) for d in unknown)
+                hint = (f"; give it a size, e.g. 'param {n}[...]'" if info.kind == "param"
+                        else f"; declare it, e.g. '{n}[64] = ...'")
+                self.diags.error(f"cannot infer the size of '{n}' ({show(info.shape)}){hint}", info.span)
+
+
+def infer_shapes(graph: Graph, order: list[str], diags: Diagnostics, bindings: dict[str, int] | None = None) -> None:
+    ShapeInference(graph, order, diags, bindings or {}).run()
+
+
+__all__ = ["infer_shapes", "Sym", "show", "show_shape"]

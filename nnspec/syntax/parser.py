@@ -1,0 +1,362 @@
+"""Text -> Lark tree -> AST.
+
+The grammar lives in ``grammar/nnspec.lark`` (installed as ``nnspec.grammar``).
+A small post-lexer drops newlines inside brackets; a Transformer turns the tree
+into the pydantic models of :mod:`nnspec.syntax.ast`. Syntax errors are turned
+into diagnostics with spans; after an error the offending line is blanked and
+the file parsed again, so one run reports the syntax errors of many lines.
+"""
+from __future__ import annotations
+
+import functools
+from importlib import resources
+
+from lark import Lark, Token, Transformer, v_args
+from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
+
+from ..errors import Diagnostics, Span
+from . import ast
+
+_OPEN, _CLOSE = {"LPAR", "LSQB"}, {"RPAR", "RSQB"}
+
+
+class _BracketNewlines:
+    """Post-lexer: newlines inside ( ) and [ ] do not end a statement."""
+
+    always_accept = ("_NL",)
+
+    def process(self, stream):
+        depth = 0
+        for tok in stream:
+            if tok.type in _OPEN:
+                depth += 1
+            elif tok.type in _CLOSE:
+                depth = max(depth - 1, 0)
+            elif tok.type == "_NL" and depth > 0:
+                continue
+            yield tok
+
+
+@functools.lru_cache(maxsize=1)
+def _lark() -> Lark:
+    text = resources.files("nnspec.grammar").joinpath("nnspec.lark").read_text(encoding="utf-8")
+    return Lark(text, parser="lalr", lexer="contextual", postlex=_BracketNewlines(),
+                propagate_positions=True, maybe_placeholders=False)
+
+
+def parse(text: str, file: str, diags: Diagnostics) -> ast.Module | None:
+    """Parse one file. Returns None (with errors in ``diags``) when it has syntax errors."""
+    diags.sources.add(file, text)
+    lines = text.split("\n")
+    seen: set[int] = set()
+    for _ in range(50):  # each round blanks one bad line and tries again
+        try:
+            tree = _lark().parse("\n".join(lines) + "\n")
+        except UnexpectedInput as e:
+            line = getattr(e, "line", -1)
+            if line in seen or line < 1 or line > len(lines):
+                if not seen:
+                    diags.error(_describe(e), _error_span(e, file, lines))
+                break
+            seen.add(line)
+            diags.error(_describe(e), _error_span(e, file, lines))
+            lines[line - 1] = ""
+            continue
+        if seen:
+            return None
+        try:
+            return ast.Module(file=file, statements=_ToAst(file).transform(tree).children)
+        except VisitError as e:  # a literal the grammar accepts but the AST rejects
+            if isinstance(e.orig_exc, _AstError):
+                diags.error(e.orig_exc.message, e.orig_exc.span)
+                return None
+            raise
+    return None
+
+
+class _AstError(Exception):
+    def __init__(self, message: str, span: Span):
+        self.message, self.span = message, span
+
+
+_READABLE = {
+    "NAME": "a name", "NUMBER": "a number", "INT": "a whole number", "STRING": "a string",
+    "_NL": "end of line", "$END": "end of file",
+}
+
+
+def _describe(e: UnexpectedInput) -> str:
+    if isinstance(e, UnexpectedCharacters):
+        return f"unexpected character {e.char!r}"
+    if isinstance(e, UnexpectedEOF):
+        return "unexpected end of file; is a bracket or brace left open?"
+    if isinstance(e, UnexpectedToken):
+        tok = e.token
+        got = "end of line" if tok.type == "_NL" else ("end of file" if tok.type == "$END" else repr(str(tok)))
+        expected = sorted({_readable(t) for t in e.expected})
+        hint = ", ".join(expected[:8]) + (", ..." if len(expected) > 8 else "")
+        return f"unexpected {got}; expected {hint}"
+    return str(e)
+
+
+def _readable(terminal: str) -> str:
+    if terminal in _READABLE:
+        return _READABLE[terminal]
+    try:
+        pattern = _lark().get_terminal(terminal).pattern
+    except KeyError:
+        return terminal.lower()
+    return repr(pattern.value) if pattern.type == "str" else terminal.lower()
+
+
+def _error_span(e: UnexpectedInput, file: str, lines: list[str]) -> Span:
+    line = max(getattr(e, "line", 1) or 1, 1)
+    col = max(getattr(e, "column", 1) or 1, 1)
+    if line > len(lines):  # error at end of file: point after the last line's text
+        line = len(lines)
+        col = len(lines[-1]) + 1 if lines else 1
+    tok = getattr(e, "token", None)
+    width = len(str(tok)) if isinstance(tok, Token) and tok.type not in ("_NL", "$END") else 1
+    return Span(file=file, line=line, column=col, end_line=line, end_column=col + max(width, 1))
+
+
+def _span(file: str, meta) -> Span:
+    return Span(file=file, line=meta.line, column=meta.column,
+                end_line=meta.end_line, end_column=meta.end_column)
+
+
+def _tok_span(file: str, tok: Token) -> Span:
+    return Span(file=file, line=tok.line, column=tok.column,
+                end_line=tok.end_line, end_column=tok.end_column)
+
+
+@v_args(meta=True)
+class _ToAst(Transformer):
+    """Builds AST nodes; each method receives the Lark ``meta`` for its span."""
+
+    def __init__(self, file: str):
+        super().__init__()
+        self.file = file
+
+    def sp(self, meta) -> Span:
+        return _span(self.file, meta)
+
+    # statements
+    def network(self, meta, c):
+        return ast.Network(span=self.sp(meta), name=str(c[0]))
+
+    def let(self, meta, c):
+        return ast.Let(span=self.sp(meta), name=str(c[0]), value=c[1])
+
+    def include(self, meta, c):
+        return ast.Include(span=self.sp(meta), path=str(c[0])[1:-1])
+
+    def role(self, meta, c):
+        return str(c[0])
+
+    def decl(self, meta, c):
+        role, name, *rest = c
+        dims = next((r for r in rest if isinstance(r, list)), None)
+        typ = next((r for r in rest if isinstance(r, ast.TypeSpec)), None)
+        return ast.Decl(span=self.sp(meta), role=str(role), name=str(name), dims=dims, type=typ)
+
+    def equation(self, meta, c):
+        name, *rest = c
+        dims = rest[0] if len(rest) == 2 else None
+        return ast.Equation(span=_tok_span(self.file, name).model_copy(
+            update={"end_line": meta.end_line, "end_column": meta.end_column}),
+            name=str(name), dims=dims, value=rest[-1])
+
+    def loss(self, meta, c):
+        return ast.Loss(span=self.sp(meta), value=c[0])
+
+    def initial(self, meta, c):
+        return ast.Initial(span=self.sp(meta), name=str(c[0]), value=c[1])
+
+    def param(self, meta, c):
+        name, *rest = c
+        fields: dict = {"dims": None, "value": None, "init": None, "frozen": False}
+        for r in rest:
+            if isinstance(r, list):
+                fields["dims"] = r
+            elif isinstance(r, tuple) and r[0] == "init":
+                fields["init"] = r[1]
+            elif r == ("frozen",):
+                fields["frozen"] = True
+            else:
+                fields["value"] = r
+        return ast.Param(span=self.sp(meta), name=str(name), **fields)
+
+    def param_init(self, meta, c):
+        name, *args = c
+        positional, keywords, mappings = args[0] if args else ([], [], [])
+        return ("init", ast.Call(span=self.sp(meta), func=str(name), args=positional, keywords=keywords))
+
+    def param_frozen(self, meta, c):
+        return ("frozen",)
+
+    def cell(self, meta, c):
+        name = str(c[0])
+        toks = [x for x in c[1:] if isinstance(x, Token)]
+        dims = next((x for x in c[1:] if isinstance(x, list)), None)
+        body = [x for x in c[1:] if isinstance(x, ast.Node)]
+        *inputs, output = [str(t) for t in toks]
+        return ast.Cell(span=self.sp(meta), name=name, inputs=inputs, output=output,
+                        output_dims=dims, body=body)
+
+    def data_source(self, meta, c):
+        name = str(c[0])
+        positional, keywords, mappings = c[1] if len(c) > 1 else ([], [], [])
+        call = ast.Call(span=self.sp(meta), func=name, args=positional, keywords=keywords, mappings=mappings)
+        return ast.DataSource(span=self.sp(meta), source=name, call=call)
+
+    def data_inline(self, meta, c):
+        return ast.DataInline(span=self.sp(meta), values=list(c))
+
+    def inline_value(self, meta, c):
+        return ast.Keyword(span=self.sp(meta), name=str(c[0]), value=c[1])
+
+    def train(self, meta, c):
+        return ast.Train(span=self.sp(meta), settings=list(c))
+
+    def setting_value(self, meta, c):
+        return ast.Setting(span=self.sp(meta), key=str(c[0]), value=c[1])
+
+    def setting_pairs(self, meta, c):
+        key, rest = str(c[0]), c[1:]
+        pairs = [ast.Keyword(span=_tok_span(self.file, rest[i]), name=str(rest[i]), value=rest[i + 1])
+                 for i in range(0, len(rest), 2)]
+        return ast.Setting(span=self.sp(meta), key=key, pairs=pairs)
+
+    # types
+    def seq_type(self, meta, c):
+        return c[0].model_copy(update={"sequence": True, "span": self.sp(meta)})
+
+    def seq_of_vectors(self, meta, c):
+        return ast.TypeSpec(span=self.sp(meta), sequence=True, elem="real")
+
+    def type(self, meta, c):
+        return c[0]
+
+    def elem(self, meta, c):
+        return c[0]
+
+    def token_type(self, meta, c):
+        return ast.TypeSpec(span=self.sp(meta), elem="token")
+
+    def char_type(self, meta, c):
+        return ast.TypeSpec(span=self.sp(meta), elem="char")
+
+    def class_type(self, meta, c):
+        return ast.TypeSpec(span=self.sp(meta), elem="class", classes=c[0] if c else None)
+
+    def bag_type(self, meta, c):
+        return ast.TypeSpec(span=self.sp(meta), elem="bag")
+
+    def char_bag_type(self, meta, c):
+        return ast.TypeSpec(span=self.sp(meta), elem="char_bag")
+
+    def real_type(self, meta, c):
+        return ast.TypeSpec(span=self.sp(meta), elem="real")
+
+    # sizes
+    def dims(self, meta, c):
+        return list(c)
+
+    def dim_int(self, meta, c):
+        return ast.DimInt(span=self.sp(meta), value=int(c[0]))
+
+    def dim_name(self, meta, c):
+        return ast.DimName(span=self.sp(meta), name=str(c[0]))
+
+    def _dim_bin(self, op, meta, c):
+        return ast.DimBin(span=self.sp(meta), op=op, left=c[0], right=c[1])
+
+    def dim_add(self, meta, c):
+        return self._dim_bin("+", meta, c)
+
+    def dim_sub(self, meta, c):
+        return self._dim_bin("-", meta, c)
+
+    def dim_mul(self, meta, c):
+        return self._dim_bin("*", meta, c)
+
+    # expressions
+    def number(self, meta, c):
+        return ast.Number(span=self.sp(meta), value=float(c[0]), text=str(c[0]))
+
+    def percent(self, meta, c):
+        return ast.Percent(span=self.sp(meta), value=float(c[0]) / 100.0)
+
+    def string(self, meta, c):
+        return ast.String(span=self.sp(meta), value=str(c[0])[1:-1])
+
+    def name(self, meta, c):
+        return ast.Name(span=self.sp(meta), name=str(c[0]))
+
+    def past(self, meta, c):
+        return self._delayed(meta, c, -1)
+
+    def future(self, meta, c):
+        return self._delayed(meta, c, +1)
+
+    def _delayed(self, meta, c, sign):
+        k = int(c[1])
+        if k == 0:
+            raise _AstError(f"{c[0]}[t{'+' if sign > 0 else '-'}0] is just {c[0]}: a delay must be at least 1",
+                            self.sp(meta))
+        return ast.Delayed(span=self.sp(meta), name=str(c[0]), offset=sign * k)
+
+    def list(self, meta, c):
+        return ast.ListLit(span=self.sp(meta), items=list(c))
+
+    def _bin(self, op, meta, c):
+        return ast.BinOp(span=self.sp(meta), op=op, left=c[0], right=c[1])
+
+    def add(self, meta, c):
+        return self._bin("+", meta, c)
+
+    def sub(self, meta, c):
+        return self._bin("-", meta, c)
+
+    def mul(self, meta, c):
+        return self._bin("*", meta, c)
+
+    def div(self, meta, c):
+        return self._bin("/", meta, c)
+
+    def matmul(self, meta, c):
+        return self._bin("@", meta, c)
+
+    def neg(self, meta, c):
+        return ast.Neg(span=self.sp(meta), operand=c[0])
+
+    def call(self, meta, c):
+        positional, keywords, mappings = c[1] if len(c) > 1 else ([], [], [])
+        return ast.Call(span=self.sp(meta), func=str(c[0]), args=positional,
+                        keywords=keywords, mappings=mappings)
+
+    def wrapped_call(self, meta, c):
+        # reverse(lstm)(x, H = 8): the inner call names the cell, the outer gives its arguments
+        name = str(c[0])
+        groups = [x for x in c[1:] if isinstance(x, tuple)]
+        wrapper_args = groups[0] if len(groups) == 2 else ([], [], [])
+        outer = groups[-1] if groups else ([], [], [])
+        wrapper = ast.Call(span=self.sp(meta), func=name, args=wrapper_args[0], keywords=wrapper_args[1])
+        if not wrapper.args or not isinstance(wrapper.args[0], ast.Name):
+            raise _AstError(f"{name}(...)(...) takes a cell name first, as in {name}(lstm)(x, H = 64)",
+                            self.sp(meta))
+        return ast.Call(span=self.sp(meta), func=wrapper.args[0].name, args=outer[0],
+                        keywords=outer[1], wrapper=wrapper)
+
+    def args(self, meta, c):
+        positional = [a for a in c if not isinstance(a, (ast.Keyword, ast.Mapping))]
+        keywords = [a for a in c if isinstance(a, ast.Keyword)]
+        mappings = [a for a in c if isinstance(a, ast.Mapping)]
+        return (positional, keywords, mappings)
+
+    def keyword(self, meta, c):
+        return ast.Keyword(span=self.sp(meta), name=str(c[0]), value=c[1])
+
+    def mapping(self, meta, c):
+        return ast.Mapping(span=self.sp(meta), key=str(c[0])[1:-1], value=c[1])

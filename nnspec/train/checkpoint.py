@@ -1,0 +1,262 @@
+"""Checkpoint directories: ``weights.safetensors`` + ``meta.json``, never pickle.
+
+``weights.safetensors`` holds the parameters under their own names and the
+optimiser's state arrays under ``optim/<key>``. ``meta.json`` holds everything
+else as plain JSON: spec hash, epoch, step, metrics, the RNG's bit-generator
+state (a dict of ints), vocabularies, normalisation statistics, the
+optimiser's scalar state, caller extras, and a SHA-256 of the weights file so
+a damaged or mismatched file is caught on load.
+
+Saving is atomic with respect to crashes: both files are written and fsynced
+in a fresh temp dir next to the target, then swapped in by renames. A POSIX
+rename cannot replace a non-empty directory, so an existing checkpoint is
+first renamed to ``.<name>.old`` and deleted only after the new one is in
+place; if a crash falls between the two renames, ``load_checkpoint`` reads the
+``.old`` copy and the next save restores it before proceeding.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import safetensors.numpy as st
+
+WEIGHTS = "weights.safetensors"
+META = "meta.json"
+OPTIM_PREFIX = "optim/"
+FORMAT = "nnspec-checkpoint"
+VERSION = 1
+
+
+class CheckpointError(Exception):
+    """A checkpoint is missing, damaged, or does not belong to this spec."""
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    params: dict[str, np.ndarray]
+    optimizer_state: dict[str, Any] | None
+    meta: dict[str, Any] = field(repr=False)
+
+    spec_hash = property(lambda self: self.meta.get("spec_hash"))
+    epoch = property(lambda self: self.meta.get("epoch", 0))
+    step = property(lambda self: self.meta.get("step", 0))
+    metrics = property(lambda self: self.meta.get("metrics") or {})
+    rng_state = property(lambda self: self.meta.get("rng_state"))
+    vocabs = property(lambda self: self.meta.get("vocabs"))
+    norm_stats = property(lambda self: self.meta.get("norm_stats"))
+    extra = property(lambda self: self.meta.get("extra") or {})
+
+    def rng(self) -> np.random.Generator:
+        """A Generator positioned exactly where the saved one was."""
+        if self.rng_state is None:
+            raise CheckpointError(f"{self.path}: checkpoint has no saved RNG state")
+        return rng_from_state(self.rng_state)
+
+
+def rng_from_state(state: dict) -> np.random.Generator:
+    """Rebuild a Generator from ``bit_generator.state`` (e.g. read from JSON)."""
+    bitgen_cls = getattr(np.random, state["bit_generator"], None)
+    if not (isinstance(bitgen_cls, type) and issubclass(bitgen_cls, np.random.BitGenerator)):
+        raise CheckpointError(f"unknown bit generator {state['bit_generator']!r} in RNG state")
+    bitgen = bitgen_cls()
+    bitgen.state = state
+    return np.random.Generator(bitgen)
+
+
+def _jsonable(obj):
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, (set, frozenset, tuple)):
+        return list(obj)
+    raise TypeError(f"{type(obj).__name__} is not JSON-serialisable")
+
+
+def _fsync_dir(path: Path) -> None:
+    # Makes the renames themselves durable; not possible on every platform.
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _backup(path: Path) -> Path:
+    return path.parent / f".{path.name}.old"
+
+
+def _tidy(path: Path) -> None:
+    """Finish or undo what a crashed earlier save left behind."""
+    backup = _backup(path)
+    if backup.exists():
+        if path.exists():
+            shutil.rmtree(backup)  # crash after the swap, before the delete
+        else:
+            os.replace(backup, path)  # crash between the two renames
+    for stale in path.parent.glob(f".{path.name}.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def _commit(tmp: Path, path: Path) -> None:
+    if path.exists():
+        backup = _backup(path)
+        os.replace(path, backup)
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+        shutil.rmtree(backup)
+    else:
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+
+
+def save_checkpoint(
+    path: str | os.PathLike,
+    params: dict[str, np.ndarray],
+    *,
+    optimizer_state: dict[str, Any] | None = None,
+    spec_hash: str | None = None,
+    epoch: int = 0,
+    step: int = 0,
+    metrics: dict[str, Any] | None = None,
+    rng: np.random.Generator | dict | None = None,
+    vocabs: Any = None,
+    norm_stats: Any = None,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write a checkpoint directory at ``path`` atomically; returns the path.
+
+    ``rng`` may be a Generator or its ``bit_generator.state``. NumPy arrays
+    inside the JSON fields (e.g. normalisation means) are stored as lists.
+    """
+    path = Path(path)
+    tensors: dict[str, np.ndarray] = {}
+    for name, value in params.items():
+        if name.startswith(OPTIM_PREFIX):
+            raise ValueError(f"parameter name {name!r} clashes with the reserved {OPTIM_PREFIX!r} prefix")
+        tensors[name] = np.ascontiguousarray(value)
+    optim_scalars = None
+    if optimizer_state is not None:
+        optim_scalars = {}
+        for key, value in optimizer_state.items():
+            if isinstance(value, np.ndarray):
+                tensors[OPTIM_PREFIX + key] = np.ascontiguousarray(value)
+            else:
+                optim_scalars[key] = value
+    if isinstance(rng, np.random.Generator):
+        rng = rng.bit_generator.state
+
+    # Serialise everything before touching the disk, so bad input fails early.
+    weights = st.save(tensors)
+    meta = {
+        "format": FORMAT,
+        "version": VERSION,
+        "spec_hash": spec_hash,
+        "epoch": int(epoch),
+        "step": int(step),
+        "metrics": metrics or {},
+        "rng_state": rng,
+        "vocabs": vocabs,
+        "norm_stats": norm_stats,
+        "optim": optim_scalars,
+        "params": list(params),
+        "extra": extra or {},
+        "weights_sha256": hashlib.sha256(weights).hexdigest(),
+    }
+    try:
+        meta_text = json.dumps(meta, indent=2, default=_jsonable)
+    except TypeError as e:
+        raise ValueError(f"checkpoint metadata is not JSON-able: {e}") from None
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _tidy(path)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
+    try:
+        _write_file(tmp / WEIGHTS, weights)
+        _write_file(tmp / META, meta_text.encode("utf-8"))
+        _fsync_dir(tmp)
+        _commit(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, expected_spec_hash: str | None = None) -> Checkpoint:
+    """Read a checkpoint directory; raises CheckpointError when it is missing,
+    damaged, or (given ``expected_spec_hash``) made from a different spec."""
+    path = Path(path)
+    src = path
+    if not path.is_dir() and _backup(path).is_dir():
+        src = _backup(path)  # a save was interrupted mid-swap; this is the previous checkpoint
+    if not src.is_dir():
+        raise CheckpointError(f"{path}: no checkpoint directory here")
+    for fname in (META, WEIGHTS):
+        if not (src / fname).is_file():
+            raise CheckpointError(f"{path}: not a complete checkpoint (missing {fname})")
+
+    try:
+        meta = json.loads((src / META).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: {META} is corrupt ({e})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: {META} is not an nnspec checkpoint description")
+    if meta.get("version", 0) > VERSION:
+        raise CheckpointError(f"{path}: checkpoint format version {meta['version']} is newer than "
+                              f"this nnspec understands ({VERSION})")
+
+    saved_hash = meta.get("spec_hash")
+    if expected_spec_hash is not None and saved_hash != expected_spec_hash:
+        raise CheckpointError(
+            f"{path}: checkpoint was made from a different spec "
+            f"(hash {_short(saved_hash)}, this spec {_short(expected_spec_hash)})"
+        )
+
+    data = (src / WEIGHTS).read_bytes()
+    if meta.get("weights_sha256") != hashlib.sha256(data).hexdigest():
+        raise CheckpointError(f"{path}: {WEIGHTS} is corrupt (checksum does not match {META})")
+    try:
+        tensors = st.load(data)
+    except Exception as e:  # safetensors raises its own SafetensorError
+        raise CheckpointError(f"{path}: {WEIGHTS} is corrupt ({e})") from None
+
+    params = {name: tensors[name] for name in meta.get("params", []) if name in tensors}
+    missing = [n for n in meta.get("params", []) if n not in tensors]
+    if missing:
+        raise CheckpointError(f"{path}: {WEIGHTS} lacks parameters {', '.join(missing)}")
+    optimizer_state = None
+    if meta.get("optim") is not None:
+        optimizer_state = dict(meta["optim"])
+        for key, value in tensors.items():
+            if key.startswith(OPTIM_PREFIX):
+                optimizer_state[key[len(OPTIM_PREFIX):]] = value
+    return Checkpoint(path=path, params=params, optimizer_state=optimizer_state, meta=meta)
+
+
+def _short(h: str | None) -> str:
+    if h is None:
+        return "none recorded"
+    return h[:12] + "…" if len(h) > 12 else h

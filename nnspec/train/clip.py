@@ -1,0 +1,40 @@
+"""Gradient clipping, in place on a ``dict[str, ndarray]`` of gradients."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def global_norm(grads: dict[str, np.ndarray]) -> float:
+    """L2 norm of all gradients taken together (accumulated in float64)."""
+    total = 0.0
+    for g in grads.values():
+        flat = g.ravel().astype(np.float64, copy=False)  # float32 sums lose digits
+        total += float(flat @ flat)
+    return math.sqrt(total)
+
+
+def clip_global_norm(grads: dict[str, np.ndarray], max_norm: float) -> float:
+    """Scale all gradients by max_norm / norm when their global norm exceeds
+    max_norm; returns the pre-clip norm.
+
+    A non-finite norm is returned untouched (scaling would turn every gradient
+    into NaN or zero); the caller should skip that step.
+    """
+    if max_norm <= 0:
+        raise ValueError(f"max_norm must be positive, got {max_norm}")
+    norm = global_norm(grads)
+    if math.isfinite(norm) and norm > max_norm:
+        scale = max_norm / norm
+        for g in grads.values():
+            g *= scale
+    return norm
+
+
+def clip_value(grads: dict[str, np.ndarray], limit: float) -> None:
+    """Clamp every gradient element to [-limit, limit]."""
+    if limit <= 0:
+        raise ValueError(f"clip limit must be positive, got {limit}")
+    for g in grads.values():
+        np.clip(g, -limit, limit, out=g)

@@ -1,0 +1,213 @@
+"""Optimisers over ``dict[str, ndarray]`` parameters.
+
+``step(params, grads)`` updates ``params`` in place. A parameter missing from
+``grads`` is frozen: neither it nor its state moves. State (moment buffers,
+per-parameter step counts) is created lazily on a parameter's first update.
+
+``lr`` is a plain attribute: the training loop sets it from a schedule before
+each step.
+
+``state_dict()`` holds hyperparameters and counters as Python scalars and
+buffers as arrays under ``"<buffer>/<param name>"`` keys (e.g. ``"m/h1.Wf"``);
+loading it into a fresh optimiser of the same kind continues bit-identically.
+"""
+from __future__ import annotations
+
+import inspect
+import math
+
+import numpy as np
+
+StateDict = dict[str, "np.ndarray | float | int | str"]
+
+
+class Optimizer:
+    kind = "base"
+    buffers: tuple[str, ...] = ()  # names of per-parameter state arrays
+    hyper: tuple[str, ...] = ("lr",)  # scalar hyperparameters saved in the state
+
+    def __init__(self, lr: float):
+        self.lr = float(lr)
+        self.state: dict[str, dict[str, np.ndarray]] = {b: {} for b in self.buffers}
+        self.steps: dict[str, int] = {}  # per-parameter update counts (Adam's bias correction)
+
+    def step(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray]) -> None:
+        for name, g in grads.items():
+            try:
+                p = params[name]
+            except KeyError:
+                raise KeyError(f"gradient for unknown parameter {name!r}") from None
+            if g.shape != p.shape:
+                raise ValueError(f"gradient for {name!r} has shape {g.shape}, parameter has {p.shape}")
+            t = self.steps.get(name, 0) + 1
+            self.steps[name] = t
+            self._update(name, p, g, t)
+
+    def _update(self, name: str, p: np.ndarray, g: np.ndarray, t: int) -> None:
+        raise NotImplementedError
+
+    def _buffer(self, kind: str, name: str, p: np.ndarray) -> np.ndarray:
+        buf = self.state[kind].get(name)
+        if buf is None:
+            buf = self.state[kind][name] = np.zeros_like(p)
+        return buf
+
+    def state_dict(self) -> StateDict:
+        sd: StateDict = {"kind": self.kind}
+        for h in self.hyper:
+            sd[h] = getattr(self, h)
+        for name, t in self.steps.items():
+            sd[f"t/{name}"] = int(t)
+        for kind, bufs in self.state.items():
+            for name, buf in bufs.items():
+                sd[f"{kind}/{name}"] = buf.copy()
+        return sd
+
+    def load_state_dict(self, sd: StateDict) -> None:
+        if sd.get("kind") != self.kind:
+            raise ValueError(f"optimiser state is for {sd.get('kind')!r}, not {self.kind!r}")
+        for h in self.hyper:
+            if h in sd:
+                setattr(self, h, type(getattr(self, h))(sd[h]))
+        self.steps = {}
+        self.state = {b: {} for b in self.buffers}
+        for key, value in sd.items():
+            prefix, sep, name = key.partition("/")
+            if not sep:
+                continue
+            if prefix == "t":
+                self.steps[name] = int(value)
+            elif prefix in self.state:
+                self.state[prefix][name] = np.array(value, copy=True)
+            else:
+                raise ValueError(f"unexpected entry {key!r} in {self.kind} optimiser state")
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{h}={getattr(self, h)!r}" for h in self.hyper)
+        return f"{type(self).__name__}({args})"
+
+
+class SGD(Optimizer):
+    """p -= lr * (g + weight_decay * p)."""
+
+    kind = "sgd"
+    hyper = ("lr", "weight_decay")
+
+    def __init__(self, lr: float = 0.1, weight_decay: float = 0.0):
+        super().__init__(lr)
+        self.weight_decay = float(weight_decay)
+
+    def _update(self, name, p, g, t):
+        if self.weight_decay:
+            g = g + self.weight_decay * p
+        p -= self.lr * g
+
+
+class Momentum(SGD):
+    """Heavy-ball momentum, in the lr-free buffer form (as in PyTorch):
+
+        v = momentum * v + g;  p -= lr * v                (classic)
+        v = momentum * v + g;  p -= lr * (g + momentum * v)   (nesterov)
+
+    Keeping lr out of the buffer means a schedule changing lr takes effect at
+    once instead of being smeared over the momentum's memory.
+    """
+
+    kind = "momentum"
+    buffers = ("v",)
+    hyper = ("lr", "momentum", "nesterov", "weight_decay")
+
+    def __init__(self, lr: float = 0.1, momentum: float = 0.9, nesterov: bool = False,
+                 weight_decay: float = 0.0):
+        super().__init__(lr, weight_decay)
+        self.momentum = float(momentum)
+        self.nesterov = bool(nesterov)
+
+    def _update(self, name, p, g, t):
+        if self.weight_decay:
+            g = g + self.weight_decay * p
+        v = self._buffer("v", name, p)
+        v *= self.momentum
+        v += g
+        if self.nesterov:
+            p -= self.lr * (g + self.momentum * v)
+        else:
+            p -= self.lr * v
+
+
+class Adam(Optimizer):
+    """Adam (Kingma & Ba), with optional L2 weight decay added to the gradient:
+
+        m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2
+        p -= lr * m_hat / (sqrt(v_hat) + eps),  m_hat = m/(1-b1^t), v_hat = v/(1-b2^t)
+
+    t counts each parameter's own updates, so a parameter unfrozen late gets a
+    proper bias correction.
+    """
+
+    kind = "adam"
+    buffers = ("m", "v")
+    hyper = ("lr", "beta1", "beta2", "eps", "weight_decay")
+
+    def __init__(self, lr: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999,
+                 eps: float = 1e-8, weight_decay: float = 0.0):
+        super().__init__(lr)
+        self.beta1, self.beta2, self.eps = float(beta1), float(beta2), float(eps)
+        self.weight_decay = float(weight_decay)
+
+    def _decay(self, p, g):
+        return g + self.weight_decay * p if self.weight_decay else g
+
+    def _update(self, name, p, g, t):
+        g = self._decay(p, g)
+        m = self._buffer("m", name, p)
+        v = self._buffer("v", name, p)
+        m *= self.beta1
+        m += (1.0 - self.beta1) * g
+        v *= self.beta2
+        v += (1.0 - self.beta2) * np.square(g)
+        # sqrt(v_hat) + eps, built in one scratch array
+        denom = np.sqrt(v)
+        denom /= math.sqrt(1.0 - self.beta2 ** t)
+        denom += self.eps
+        step = m / denom
+        step *= self.lr / (1.0 - self.beta1 ** t)
+        p -= step
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay (Loshchilov & Hutter):
+    p -= lr * weight_decay * p, applied apart from the adaptive step."""
+
+    kind = "adamw"
+
+    def __init__(self, lr: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999,
+                 eps: float = 1e-8, weight_decay: float = 0.01):
+        super().__init__(lr, beta1, beta2, eps, weight_decay)
+
+    def _decay(self, p, g):
+        if self.weight_decay:
+            p *= 1.0 - self.lr * self.weight_decay
+        return g
+
+
+OPTIMIZERS: dict[str, type[Optimizer]] = {
+    "sgd": SGD,
+    "momentum": Momentum,
+    "adam": Adam,
+    "adamw": AdamW,
+}
+
+
+def make_optimizer(name: str, **kwargs) -> Optimizer:
+    """Build an optimiser by registry name; bad names or keywords raise ValueError."""
+    cls = OPTIMIZERS.get(name.lower()) if isinstance(name, str) else None
+    if cls is None:
+        raise ValueError(f"unknown optimiser {name!r}; valid names: {', '.join(OPTIMIZERS)}")
+    accepted = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    unknown = sorted(set(kwargs) - set(accepted))
+    if unknown:
+        raise ValueError(
+            f"optimiser {name!r} does not take {', '.join(unknown)}; accepted: {', '.join(accepted)}"
+        )
+    return cls(**kwargs)
