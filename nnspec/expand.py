@@ -96,9 +96,12 @@ class Expander:
         elif isinstance(stmt, ast.Equation):
             name = scope.qualify(stmt.name)
             value = self.expr(stmt.value, scope, owner=name, whole=True)
-            if value is not None:
-                f.equations.append(ast.Equation(span=stmt.span, name=name,
-                                                dims=self.dims(stmt.dims, scope), value=value))
+            dims = self.dims(stmt.dims, scope)
+            if isinstance(value, ast.Name) and value.name == name:
+                # the whole right side was a cell: its instance already defines `name`
+                self._declare_size(name, dims, stmt.span)
+            elif value is not None:
+                f.equations.append(ast.Equation(span=stmt.span, name=name, dims=dims, value=value))
         elif isinstance(stmt, ast.Param):
             value = self.expr(stmt.value, scope, owner=scope.qualify(stmt.name)) if stmt.value else None
             f.params.append(stmt.model_copy(update={"name": scope.qualify(stmt.name),
@@ -125,6 +128,20 @@ class Expander:
             f.train = stmt
         elif isinstance(stmt, (ast.Cell, ast.Include)):
             self.diags.error("cells and includes belong at the top level", stmt.span)
+
+    def _declare_size(self, name: str, dims, span: Span) -> None:
+        """``h[64] = lstm(x)``: the caller's size for a value a cell instance defines."""
+        if not dims:
+            return
+        for i, eq in enumerate(self.flat.equations):
+            if eq.name != name:
+                continue
+            if eq.dims is None or _has_inferred(eq.dims):
+                self.flat.equations[i] = eq.model_copy(update={"dims": dims})
+            elif not _has_inferred(dims) and [d.value for d in dims] != [d.value for d in eq.dims]:
+                self.diags.error(f"'{name}' is given size {format_dims(dims)} here, but its cell makes it "
+                                 f"{format_dims(eq.dims)}", span, [("the cell's size", eq.span)])
+            return
 
     # ---- constants and sizes ---------------------------------------------
     def const_value(self, e, scope: _Scope) -> float | None:
@@ -159,6 +176,8 @@ class Expander:
         if isinstance(d, ast.DimInt):
             return d
         if isinstance(d, ast.DimName):
+            if d.name.startswith("?"):  # already an inferred size of some instance
+                return d
             if d.name in scope.sizes:
                 return self.dim(scope.sizes[d.name], scope)
             if d.name in scope.lets:
@@ -302,6 +321,9 @@ class Expander:
                 hint = f"; its sizes are {', '.join(sorted(allowed))}" if allowed else "; it takes no sizes"
                 self.diags.error(f"cell '{cell.name}' has no size '{kw.name}'{hint}", kw.span)
                 continue
+            if isinstance(kw.value, ast.Name) and kw.value.name not in caller.lets and caller.cell is not None:
+                sizes[kw.name] = self.dim(ast.DimName(span=kw.value.span, name=kw.value.name), caller)
+                continue  # a size of the calling cell, passed on
             v = self.const_value(kw.value, caller)
             if v is not None:
                 sizes[kw.name] = ast.DimInt(span=kw.span, value=int(v))
@@ -316,6 +338,10 @@ class Expander:
         if not defines_output:
             self.diags.error(f"cell '{cell.name}' never defines its output '{cell.output}'", cell.span)
         self.depth -= 1
+
+
+def _has_inferred(dims) -> bool:
+    return any(isinstance(d, ast.DimName) for d in dims)
 
 
 def _size_names(cell: ast.Cell) -> set[str]:

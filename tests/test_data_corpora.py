@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from nnspec.data import FieldSpec, encode_data, read_source
+from nnspec.data import DataError, FieldSpec, encode_data, read_source
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 
@@ -16,7 +16,8 @@ def test_ud_english_ewt_dev():
     assert sum(len(s) for s in words) == 25147
     assert words[0] == ["From", "the", "AP", "comes", "this", "story", ":"]
     tags = {t for sentence in raw.splits["dev"]["tags"] for t in sentence}
-    assert tags == set("ADJ ADP ADV AUX CCONJ DET INTJ NOUN NUM PART PRON PROPN PUNCT SCONJ SYM VERB X".split())
+    upos = "ADJ ADP ADV AUX CCONJ DET INTJ NOUN NUM PART PRON PROPN PUNCT SCONJ SYM VERB X"
+    assert tags == set(upos.split())
 
 
 def test_mr_polarity_is_latin1():
@@ -29,7 +30,7 @@ def test_mr_polarity_is_latin1():
     assert sum(any(ord(c) > 127 for c in line) for line in raw.splits["all"]["text"]) > 100
     encoded, vocabs = encode_data(raw, fields)
     assert len(vocabs["label"]) == 2 and len(encoded["all"]) == 10662
-    with pytest.raises(Exception, match='encoding = "latin-1"'):
+    with pytest.raises(DataError, match='encoding = "latin-1"'):
         read_source("lines", pairs, {}, fields, base)
 
 

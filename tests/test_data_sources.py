@@ -57,8 +57,10 @@ def test_inline_reads_all_kinds(tmp_path):
 
 def test_inline_count_mismatch_and_unknown_field(tmp_path):
     fields = [F("x", "vector"), F("y", "class", role="target")]
-    assert "different numbers of examples" in error("inline", [], {"x": [1, 2], "y": [0]}, fields, tmp_path).message
-    assert "unknown argument z" in error("inline", [], {"x": [1], "y": [0], "z": [1]}, fields, tmp_path).message
+    e = error("inline", [], {"x": [1, 2], "y": [0]}, fields, tmp_path)
+    assert "different numbers of examples (x: 2, y: 1)" in e.message
+    e = error("inline", [], {"x": [1], "y": [0], "z": [1]}, fields, tmp_path)
+    assert "unknown argument z" in e.message
     assert "no examples for field y" in error("inline", [], {"x": [1]}, fields, tmp_path).message
 
 
@@ -90,7 +92,8 @@ def test_csv_integer_labels_and_gzip_and_splits(tmp_path):
 
 def test_tsv_reads_tabs(tmp_path):
     write(tmp_path / "d.tsv", "text\ttags\nthe dog\tDET NOUN\n")
-    raw = read_source("tsv", ["d.tsv"], {}, [F("text", "tokens"), F("tags", "classes", role="target")], tmp_path)
+    fields = [F("text", "tokens"), F("tags", "classes", role="target")]
+    raw = read_source("tsv", ["d.tsv"], {}, fields, tmp_path)
     assert raw.splits["all"] == {"text": ["the dog"], "tags": [["DET", "NOUN"]]}
 
 
@@ -143,7 +146,8 @@ def test_npz_arrays_by_name_and_mapping(tmp_path):
 def test_npz_missing_array_lists_contents(tmp_path):
     np.savez(tmp_path / "d.npz", a=np.zeros(2), b=np.zeros(2))
     e = error("npz", ["d.npz"], {}, [F("x", "vector")], tmp_path)
-    assert e.file == str(tmp_path / "d.npz") and "no array 'x'" in e.message and "the file has a, b" in e.message
+    assert e.file == str(tmp_path / "d.npz")
+    assert "no array 'x'" in e.message and "the file has a, b" in e.message
 
 
 def test_npz_refuses_pickled_and_corrupt_files(tmp_path):

@@ -79,8 +79,9 @@ def _length_groups(order: np.ndarray, lengths: np.ndarray, batch_size: int, pool
     return batches
 
 
-def iterate_batches(encoded: Encoded, batch_size: int, *, shuffle: bool, rng: np.random.Generator | None = None,
-                    by_length: bool = False, dtype=np.float32) -> Iterator[Batch]:
+def iterate_batches(encoded: Encoded, batch_size: int, *, shuffle: bool,
+                    rng: np.random.Generator | None = None, by_length: bool = False,
+                    dtype=np.float32) -> Iterator[Batch]:
     """All examples once, in batches of ``batch_size`` (the last may be smaller).
 
     The order is drawn from ``rng`` when this is called, not while iterating, so

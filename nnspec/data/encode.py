@@ -122,7 +122,9 @@ def _encode_vector(values: list, f: FieldSpec, origins: list[Origin]) -> np.ndar
             return array
     except (ValueError, TypeError):
         pass
-    return np.stack([_floats(v, f, shape, o) for v, o in zip(values, origins)]).reshape(len(values), *shape)
+    if not values:
+        return np.zeros((0, *shape))
+    return np.stack([_floats(v, f, shape, o) for v, o in zip(values, origins)])
 
 
 def _encode_vector_seq(value, f: FieldSpec, origin: Origin) -> np.ndarray:
@@ -177,17 +179,20 @@ def encode_split(split_fields: dict[str, list], fields: list[FieldSpec], vocabs:
                 _check_text(value, f, origin)
                 ids.append(vocabs[f.name].encode(value))
                 if f.kind is FieldKind.tokens and ids[-1].size == 0:
-                    raise DataError(f"field '{f.name}': no tokens (a sequence needs at least one step)", *origin)
+                    raise DataError(f"field '{f.name}': no tokens (a sequence needs at least one step)",
+                                    *origin)
             data[f.name] = ids
     bag_sizes = {f.name: len(vocabs[f.name]) for f in fields if f.kind is FieldKind.bag}
     return Encoded(list(fields), data, list(origins), bag_sizes)
 
 
-def encode_data(raw: RawData, fields: list[FieldSpec], min_count: int = 1) -> tuple[dict[str, Encoded], dict[str, Vocab]]:
+def encode_data(raw: RawData, fields: list[FieldSpec],
+                min_count: int = 1) -> tuple[dict[str, Encoded], dict[str, Vocab]]:
     """Every split encoded with vocabularies built from "train" ("all" if unsplit)."""
     source = "train" if "train" in raw.splits else "all"
     if source not in raw.splits:
         raise ValueError(f"no train split to build vocabularies from (splits: {', '.join(raw.splits)})")
     vocabs = build_vocabs(raw.splits[source], fields, min_count, raw.origins[source])
-    encoded = {name: encode_split(split, fields, vocabs, raw.origins[name]) for name, split in raw.splits.items()}
+    encoded = {name: encode_split(split, fields, vocabs, raw.origins[name])
+               for name, split in raw.splits.items()}
     return encoded, vocabs

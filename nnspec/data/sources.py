@@ -69,7 +69,8 @@ def _split_paths(source: str, args: list, kwargs: dict) -> dict[str, str]:
     return paths
 
 
-def _assign(source: str, fields: list[FieldSpec], wants: dict[str, Callable[[FieldSpec], bool]]) -> dict[str, list[FieldSpec]]:
+def _assign(source: str, fields: list[FieldSpec],
+            wants: dict[str, Callable[[FieldSpec], bool]]) -> dict[str, list[FieldSpec]]:
     """Sort the declared fields into what the source provides; each provision
     needs at least one field and every field must get data."""
     taken = {what: [f for f in fields if accepts(f)] for what, accepts in wants.items()}
@@ -85,14 +86,12 @@ def _assign(source: str, fields: list[FieldSpec], wants: dict[str, Callable[[Fie
 
 def _label(value, where: tuple[str, int | None]):
     """A class label as int or str (a whole float such as 1.0 counts as 1)."""
-    if isinstance(value, (bool, np.bool_)):
-        raise DataError(f"class label must be an integer or a string, got {value!r}", *where)
-    if isinstance(value, (int, np.integer)):
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
         return int(value)
     if isinstance(value, (float, np.floating)) and float(value).is_integer():
         return int(value)
-    if isinstance(value, str):
-        return value
     raise DataError(f"class label must be an integer or a string, got {value!r}", *where)
 
 
@@ -112,9 +111,10 @@ def read_inline(args: list, kwargs: dict, fields: list[FieldSpec], base_dir: Pat
     if len(set(counts.values())) > 1:
         listed = ", ".join(f"{name}: {n}" for name, n in counts.items())
         raise _arg_error("inline", f"fields have different numbers of examples ({listed})")
-    origins = [("<inline>", i + 1) for i in range(len(columns[fields[0].name]))] if fields else []
-    if not origins:
+    n = next(iter(counts.values()), 0)
+    if n == 0:
         raise _arg_error("inline", "no examples")
+    origins = [("<inline>", i + 1) for i in range(n)]
     for f in fields:
         if f.kind is FieldKind.class_:
             columns[f.name] = [_label(v, o) for v, o in zip(columns[f.name], origins)]
@@ -183,7 +183,8 @@ def _labels(cells: list[str]) -> list:
     return cells
 
 
-def _table_rows(path: Path, source: str, delimiter: str, encoding: str) -> tuple[list[str], int, list[tuple[int, list[str]]]]:
+def _table_rows(path: Path, source: str, delimiter: str,
+                encoding: str) -> tuple[list[str], int, list[tuple[int, list[str]]]]:
     """Header, its line, and (line, cells) of each data row; blank lines skipped."""
     file = str(path)
     reader = csv.reader(io.StringIO(read_text(path, encoding), newline=""), delimiter=delimiter)
@@ -389,8 +390,8 @@ def _read_conllu_file(path: Path, column: int, encoding: str) -> tuple[list, lis
             continue
         cells = line.split("\t")
         if len(cells) != 10:
-            raise DataError(f"expected 10 tab-separated columns ({' '.join(c.upper() for c in CONLLU_COLUMNS)}), "
-                            f"found {len(cells)}", file, number)
+            names = " ".join(c.upper() for c in CONLLU_COLUMNS)
+            raise DataError(f"expected 10 tab-separated columns ({names}), found {len(cells)}", file, number)
         word_id = cells[0]
         if _SKIPPED_ID.fullmatch(word_id):
             continue
@@ -399,7 +400,8 @@ def _read_conllu_file(path: Path, column: int, encoding: str) -> tuple[list, lis
                             f"like 8.1)", file, number)
         if int(word_id) != len(words) + 1:
             hint = " (a blank line must end each sentence)" if int(word_id) == 1 else ""
-            raise DataError(f"word ID {word_id} out of sequence: expected {len(words) + 1}{hint}", file, number)
+            raise DataError(f"word ID {word_id} out of sequence: expected {len(words) + 1}{hint}",
+                            file, number)
         if not words:
             start = number
         words.append(cells[1])
@@ -497,7 +499,8 @@ def read_text_source(args: list, kwargs: dict, fields: list[FieldSpec], base_dir
     splits, origins = {}, {}
     for name, a, b in zip(SPLITS, cuts, cuts[1:]):
         if b <= a:
-            raise DataError(f"{len(tokens)} tokens are too few for a {name} part of split = {list(fractions)}", file)
+            raise DataError(f"{len(tokens)} tokens are too few for a {name} part of "
+                            f"split = {list(fractions)}", file)
         splits[name] = {field.name: [tokens[a:b]]}
         origins[name] = [(file, line_of(a))]
     return RawData(splits, origins, stream=True)

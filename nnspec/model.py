@@ -1,0 +1,101 @@
+"""A compiled network with its parameters: the object programs embed.
+
+    >>> from nnspec import Model
+    >>> m = Model.from_file("specs/xor_goodfellow.nn")
+    >>> m.forward({"x": [[0, 0], [0, 1], [1, 0], [1, 1]]})["y"].ravel()
+    array([0., 1., 1., 0.], dtype=float32)
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .compiler import Compiled, compile_file, compile_text
+from .plan import Plan
+from .runtime import Executor, Tape
+from .train.init import default_initializer, initialize
+
+
+def init_params(plan: Plan, seed: int = 0, dtype=np.float32, default_init: str | None = None) -> dict[str, np.ndarray]:
+    """Parameters from the plan: literal values as given, the rest drawn from their initialisers.
+
+    Each parameter draws from its own generator seeded by (seed, its name), so
+    adding a parameter to a spec does not change the initial values of the others.
+    """
+    params = {}
+    for p in plan.params:
+        if p.value is not None:
+            params[p.name] = np.asarray(p.value, dtype=dtype).reshape(p.shape)
+            continue
+        rng = np.random.default_rng([seed, *p.name.encode()])
+        if p.init != "default":
+            name, args = p.init, p.init_args
+        elif default_init is not None and p.role in ("weight",):
+            name, args = default_init, {}
+        else:
+            name, args = default_initializer(tuple(p.shape), _init_role(p.role, p.shape))
+        params[p.name] = initialize(name, tuple(p.shape), rng, dtype=dtype, **args)
+    return params
+
+
+def _init_role(role: str, shape) -> str | None:
+    if role == "table":
+        return "embedding"
+    if role == "initial":
+        return "bias"
+    return None
+
+
+class Model:
+    """Compiled plan + parameters + an executor."""
+
+    def __init__(self, compiled: Compiled, params: dict[str, np.ndarray] | None = None, *,
+                 dtype=np.float32, seed: int = 0, default_init: str | None = None):
+        self.compiled = compiled
+        self.plan = compiled.plan
+        self.dtype = np.dtype(dtype)
+        self.params = params if params is not None else init_params(self.plan, seed, self.dtype, default_init)
+        self.frozen = {p.name for p in self.plan.params if p.frozen}
+        self.executor = Executor(self.plan, self.dtype)
+
+    @classmethod
+    def from_text(cls, text: str, bindings: dict[str, int] | None = None, **kw) -> "Model":
+        return cls(compile_text(text, bindings=bindings), **kw)
+
+    @classmethod
+    def from_file(cls, path: str | Path, bindings: dict[str, int] | None = None, **kw) -> "Model":
+        return cls(compile_file(path, bindings=bindings), **kw)
+
+    # ---- running -------------------------------------------------------------
+    def run(self, feeds: dict, lengths=None, train: bool = False, rng=None, carry=None,
+            need_loss: bool = True) -> Tape:
+        feeds = {k: np.asarray(v) for k, v in feeds.items()}
+        return self.executor.forward(self.params, feeds, lengths=lengths, train=train, rng=rng, carry=carry,
+                                     need_loss=need_loss)
+
+    def forward(self, feeds: dict, lengths=None) -> dict[str, np.ndarray]:
+        """The declared outputs for a batch of inputs (evaluation mode: no dropout)."""
+        have_targets = all(t.name in feeds for t in self.plan.targets)
+        tape = self.run(feeds, lengths, need_loss=have_targets and self.plan.loss is not None)
+        return {o: tape.values[o] for o in self.plan.outputs}
+
+    def loss_and_grads(self, feeds: dict, lengths=None, rng=None, carry=None, train: bool = True):
+        tape = self.run(feeds, lengths, train=train, rng=rng, carry=carry)
+        grads = self.executor.backward(tape)
+        loss = float(tape.values[self.plan.loss])
+        return loss, {k: grads[k] for k in self.params if k in grads and k not in self.frozen}, tape
+
+    def gradients(self, feeds: dict, of: str | None = None, lengths=None) -> tuple[np.ndarray, dict]:
+        """Value of ``of`` (the loss, else the single output) and its gradient w.r.t. every input and parameter."""
+        target = of or self.plan.loss or (self.plan.outputs[0] if len(self.plan.outputs) == 1 else None)
+        if target is None:
+            raise ValueError("say which value to differentiate: the network has several outputs and no loss")
+        tape = self.run(feeds, lengths)
+        value = tape.values[target]
+        grads = self.executor.backward(tape, seeds={target: np.ones_like(value)})
+        names = [v.name for v in self.plan.inputs + self.plan.targets if not v.integer] + list(self.params)
+        return value, {n: grads[n] for n in names if n in grads}
+
+    def parameter_count(self) -> int:
+        return int(sum(p.size for p in self.params.values()))

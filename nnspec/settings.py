@@ -1,0 +1,130 @@
+"""Training settings: the spec's ``train { ... }`` block, overridable from the command line.
+
+``nnspec run spec.nn --set epochs=5 --set "optimizer sgd(lr = 0.5)"`` parses
+each override with the spec grammar itself, as if it were one more line of the
+train block, so the two always accept the same syntax.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+
+from .errors import Diagnostics, Span, did_you_mean
+from .syntax import ast
+from .syntax.parser import parse
+
+
+class Choice(BaseModel):
+    """A named choice with keyword arguments, e.g. ``adam(lr = 0.001)``."""
+    name: str
+    args: dict[str, Any] = {}
+
+
+class TrainSettings(BaseModel):
+    optimizer: Choice = Choice(name="adam", args={"lr": 1e-3})
+    lr: float | None = None              # shorthand that overrides the optimizer's lr
+    batch: int = 32
+    epochs: int = 10
+    seed: int = 0
+    split: dict[str, float] = {}         # dev / test fractions of the data
+    dropout: dict[str, float] = {}       # value -> drop probability (training only)
+    init: str | None = None              # default initialiser for weight matrices
+    normalize: bool = False              # inputs to zero mean / unit variance (training statistics)
+    patience: int | None = None          # early stopping: epochs without a better dev score
+    clip: float | None = None            # global gradient-norm clipping
+    schedule: Choice | None = None       # learning-rate schedule
+    bptt: int | None = None              # truncated BPTT chunk length (streams)
+    min_count: int = 1                   # rarer tokens become <unk>
+    by_length: bool = False              # batch sequences of similar length together
+    rule: str | None = None              # "perceptron": the perceptron learning rule
+    metric: str | None = None            # accuracy | loss | perplexity (what picks the best epoch)
+    dtype: str = "float32"
+    max_length: int | None = None        # longest sequence accepted
+    memory_limit_mb: float = 4096.0      # refuse a batch whose BPTT activations need more
+
+    def optimizer_args(self) -> dict[str, Any]:
+        args = dict(self.optimizer.args)
+        if self.lr is not None:
+            args["lr"] = self.lr
+        return args
+
+
+_FIELD_HELP = {name: f.annotation for name, f in TrainSettings.model_fields.items()}
+_ALIASES = {"batch_size": "batch", "early_stop": "patience", "optim": "optimizer", "clip_norm": "clip",
+            "normalise": "normalize"}
+
+
+def _value(e, diags: Diagnostics) -> Any:
+    if isinstance(e, ast.Number):
+        return int(e.value) if e.value == int(e.value) and "." not in e.text and "e" not in e.text.lower() \
+            else e.value
+    if isinstance(e, ast.Neg):
+        v = _value(e.operand, diags)
+        return -v if isinstance(v, (int, float)) else v
+    if isinstance(e, ast.Percent):
+        return e.value
+    if isinstance(e, (ast.String,)):
+        return e.value
+    if isinstance(e, ast.Name):
+        return e.name
+    if isinstance(e, ast.Call):
+        return Choice(name=e.func, args={k.name: _value(k.value, diags) for k in e.keywords})
+    diags.error("expected a number, a name or a call like adam(lr = 0.001)", e.span)
+    return None
+
+
+def apply_setting(values: dict, s: ast.Setting, diags: Diagnostics) -> None:
+    key = _ALIASES.get(s.key, s.key)
+    if key not in TrainSettings.model_fields:
+        diags.error(f"unknown training setting '{s.key}'{did_you_mean(s.key, TrainSettings.model_fields)}; "
+                    f"settings are {', '.join(TrainSettings.model_fields)}", s.span)
+        return
+    if s.pairs:
+        values.setdefault(key, {})
+        if not isinstance(values[key], dict):
+            values[key] = {}
+        for kw in s.pairs:
+            values[key][kw.name] = _value(kw.value, diags)
+        return
+    v = _value(s.value, diags)
+    if key in ("optimizer", "schedule") and isinstance(v, str):
+        v = Choice(name=v)
+    if key in ("normalize", "by_length") and isinstance(v, str):
+        v = v in ("true", "yes", "on")
+    values[key] = v
+
+
+def settings_from_block(block: ast.Train | None, diags: Diagnostics,
+                        overrides: list[str] = ()) -> TrainSettings:
+    values: dict[str, Any] = {}
+    spans: dict[str, Span] = {}
+    for s in block.settings if block else []:
+        apply_setting(values, s, diags)
+        spans[_ALIASES.get(s.key, s.key)] = s.span
+    for i, text in enumerate(overrides):
+        for s in parse_override(text, i, diags):
+            apply_setting(values, s, diags)
+    try:
+        return TrainSettings(**{k: v for k, v in values.items() if v is not None})
+    except Exception as e:  # pydantic's message names the field and what it expected
+        for err in getattr(e, "errors", lambda: [])():
+            field = str(err["loc"][0]) if err.get("loc") else ""
+            diags.error(f"training setting '{field}': {err['msg'].lower()}", spans.get(field))
+        if not diags.errors:
+            diags.error(str(e))
+        diags.raise_if_errors()
+        raise
+
+
+def parse_override(text: str, index: int, diags: Diagnostics) -> list[ast.Setting]:
+    """``epochs=5`` or ``optimizer sgd(lr = 0.1)``: parsed as a line of a train block."""
+    if "=" in text and " " not in text.split("=", 1)[0].strip():
+        key, rest = text.split("=", 1)
+        if not rest.strip().startswith("="):
+            text = f"{key.strip()} {rest.strip()}"
+    file = f"<--set {index + 1}>"
+    module = parse(f"train {{ {text} }}", file, diags)
+    if module is None:
+        return []
+    return [s for stmt in module.statements for s in stmt.settings]

@@ -1,0 +1,124 @@
+"""Batches: stacking, padding and masks, length grouping, language-model streams."""
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from nnspec.data import (IGNORE_LABEL, PAD_ID, DataError, Encoded, FieldSpec, build_vocabs,
+                         encode_split, iterate_batches, stream_batches)
+
+
+def F(name, kind, **kw):
+    return FieldSpec(name=name, kind=kind, **kw)
+
+
+def tagged(lengths) -> Encoded:
+    """Sentences w_i of the given lengths, each tagged, with a per-sentence label."""
+    fields = [F("w", "tokens"), F("t", "classes", role="target"), F("y", "class", role="target")]
+    split = {"w": [[f"w{j}" for j in range(n)] for n in lengths],
+             "t": [["A" if j % 2 else "B" for j in range(n)] for n in lengths],
+             "y": [i % 3 for i in range(len(lengths))]}
+    return encode_split(split, fields, build_vocabs(split, fields))
+
+
+def test_padding_time_major_with_masks():
+    enc = tagged([3, 1, 2])
+    (batch,) = iterate_batches(enc, 8, shuffle=False)
+    assert batch.size == 3 and batch.index.tolist() == [0, 1, 2] and not batch.carry
+    w, t = batch.arrays["w"], batch.arrays["t"]
+    assert w.shape == t.shape == (3, 3) and w.dtype == t.dtype == np.int64
+    assert batch.lengths.tolist() == [3, 1, 2]
+    assert batch.mask.tolist() == [[1, 1, 1], [1, 0, 1], [1, 0, 0]] and batch.mask.dtype == np.float32
+    assert (w[batch.mask == 0] == PAD_ID).all() and (w[batch.mask == 1] != PAD_ID).all()
+    assert (t[batch.mask == 0] == IGNORE_LABEL).all() and (t[batch.mask == 1] >= 0).all()
+    assert batch.arrays["y"].tolist() == [0, 1, 2]
+
+
+def test_feed_forward_bag_and_vector_seq():
+    fields = [F("x", "vector", size=2), F("b", "bag"), F("v", "vector_seq", size=2)]
+    split = {"x": [[1, 2], [3, 4]], "b": ["a a b", "b"], "v": [[[1, 1]], [[2, 2], [3, 3]]]}
+    vocabs = build_vocabs(split, fields)
+    (batch,) = iterate_batches(encode_split(split, fields, vocabs), 2, shuffle=False, dtype=np.float64)
+    assert batch.arrays["x"].shape == (2, 2) and batch.arrays["x"].dtype == np.float64
+    bag = batch.arrays["b"]
+    a, b = vocabs["b"].index("a"), vocabs["b"].index("b")
+    assert bag.shape == (2, len(vocabs["b"])) and bag[0, a] == 2 and bag[0, b] == 1 and bag[1].sum() == 1
+    assert batch.arrays["v"].shape == (2, 2, 2) and batch.arrays["v"][1, 0].tolist() == [0, 0]
+    assert batch.lengths.tolist() == [1, 2]
+
+
+def test_feed_forward_only_has_no_mask():
+    fields = [F("x", "vector")]
+    batches = list(iterate_batches(encode_split({"x": [1, 2, 3]}, fields, {}), 2, shuffle=False))
+    assert [b.size for b in batches] == [2, 1] and batches[0].mask is None and batches[0].lengths is None
+
+
+def test_shuffle_needs_rng_and_is_deterministic():
+    enc = tagged([1, 2, 3, 4, 5, 6])
+    with pytest.raises(ValueError):
+        iterate_batches(enc, 2, shuffle=True)
+    order = [[b.index.tolist() for b in iterate_batches(enc, 2, shuffle=True, rng=np.random.default_rng(5))]
+             for _ in range(2)]
+    assert order[0] == order[1] and sorted(sum(order[0], [])) == list(range(6))
+
+
+@settings(max_examples=40, deadline=None)
+@given(lengths=st.lists(st.integers(1, 40), min_size=1, max_size=300),
+       batch_size=st.integers(1, 17), seed=st.integers(0, 1000), shuffle=st.booleans())
+def test_by_length_loses_no_example(lengths, batch_size, seed, shuffle):
+    enc = tagged(lengths)
+    rng = np.random.default_rng(seed)
+    batches = list(iterate_batches(enc, batch_size, shuffle=shuffle, rng=rng, by_length=True))
+    seen = np.concatenate([b.index for b in batches])
+    assert sorted(seen.tolist()) == list(range(len(lengths)))
+    assert all(1 <= b.size <= batch_size for b in batches)
+    for b in batches:  # every example's tokens survive padding
+        for col, i in enumerate(b.index):
+            assert b.arrays["w"][: lengths[i], col].tolist() == enc.data["w"][i].tolist()
+
+
+def test_by_length_reduces_padding():
+    lengths = np.random.default_rng(0).integers(1, 50, size=400).tolist()
+    enc = tagged(lengths)
+
+    def padding(by_length):
+        batches = iterate_batches(enc, 16, shuffle=True, rng=np.random.default_rng(1), by_length=by_length)
+        return sum(b.mask.size - b.mask.sum() for b in batches)
+
+    assert padding(True) < padding(False) / 4
+
+
+def test_stream_chunks_reassemble_into_the_stream():
+    ids = np.arange(103)
+    chunks = list(stream_batches(ids, batch_size=4, bptt=7))  # 4 columns of 25 steps, 3 tokens dropped
+    assert [c.carry for c in chunks] == [False] + [True] * (len(chunks) - 1)
+    assert [c.arrays["input"].shape[0] for c in chunks] == [7, 7, 7, 3]
+    for c in chunks:
+        t = c.arrays["input"].shape[0]
+        assert c.lengths.tolist() == [t] * 4 and c.mask.shape == (t, 4) and c.mask.all()
+        assert np.array_equal(c.arrays["target"][:-1], c.arrays["input"][1:])
+    inputs = np.concatenate([c.arrays["input"] for c in chunks])
+    full = np.concatenate([inputs, chunks[-1].arrays["target"][-1:]])
+    assert np.array_equal(full.T.ravel(), ids[:100])
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(2, 500), batch_size=st.integers(1, 9), bptt=st.integers(1, 40))
+def test_stream_targets_are_next_tokens(n, batch_size, bptt):
+    if n // batch_size < 2:
+        with pytest.raises(ValueError):
+            stream_batches(np.arange(n), batch_size, bptt)
+        return
+    steps = n // batch_size
+    chunks = list(stream_batches(np.arange(n), batch_size, bptt, names=("x", "y")))
+    inputs = np.concatenate([c.arrays["x"] for c in chunks])
+    targets = np.concatenate([c.arrays["y"] for c in chunks])
+    assert inputs.shape == (steps - 1, batch_size)
+    assert np.array_equal(targets, inputs + 1)  # ids are positions: the next token is id + 1
+    assert all(c.arrays["x"].shape[0] == bptt for c in chunks[:-1])
+
+
+def test_mismatched_sequence_lengths_name_the_example():
+    fields = [F("w", "tokens"), F("v", "vector_seq")]
+    with pytest.raises(DataError) as info:
+        Encoded(fields, {"w": [np.array([2, 3])], "v": [np.zeros(3)]}, [("s.npz", 12)])
+    assert str(info.value).startswith("s.npz:12: error: sequence fields differ in length")
