@@ -138,12 +138,14 @@ def _timed(fn, inner=1) -> float:
 # ---------------------------------------------------------------- measuring
 
 def time_interleaved(steps: dict[str, Callable], repeats: int, warmup: int,
-                     min_sample_s: float) -> tuple[dict, dict, dict]:
+                     min_sample_s: float, settle_s: float = 0.15) -> tuple[dict, dict, dict]:
     """Warm each step up, then time them round-robin so that machine noise (other
     processes, frequency changes) hits every implementation alike. A sample runs the
     step `inner` times, chosen so a sample lasts >= min_sample_s (timer resolution and
-    call overhead stay negligible for tiny configs). Returns (seconds-per-step samples,
-    inner counts, loss of the very first step)."""
+    call overhead stay negligible for tiny configs). Before a sample that follows another
+    implementation's, sleep settle_s: OpenBLAS worker threads busy-wait ~0.1 s after
+    their last call, and on 2 cores that spinning halved torch's speed when interleaved.
+    Returns (seconds-per-step samples, inner counts, loss of the very first step)."""
     first_loss, inner = {}, {}
     for name, fn in steps.items():
         loss = fn()
@@ -156,10 +158,14 @@ def time_interleaved(steps: dict[str, Callable], repeats: int, warmup: int,
     gc.collect()
     gc_was_enabled = gc.isenabled()
     gc.disable()  # as timeit does: no collector pauses inside a sample
+    last = None
     try:
         for r in range(repeats):
             k = r % len(names)  # rotate who goes first
             for name in names[k:] + names[:k]:
+                if name != last:
+                    time.sleep(settle_s)
+                last = name
                 samples[name].append(_timed(steps[name], inner[name]))
     finally:
         if gc_was_enabled:
@@ -185,7 +191,7 @@ def traced_memory(impl, cfg, dtype) -> dict[str, int]:
 
 
 def run_suite(config_names, impl_names=None, repeats=20, warmup=3, min_sample_ms=20.0,
-              dtype=np.float32, memory=True, peak=True, log=print) -> dict:
+              settle_ms=150.0, dtype=np.float32, memory=True, peak=True, log=print) -> dict:
     dtype = np.dtype(dtype)
     info = machine_info()
     impls, skipped = {}, {}
@@ -211,7 +217,8 @@ def run_suite(config_names, impl_names=None, repeats=20, warmup=3, min_sample_ms
         if not steps:
             continue
         log(f"[run] {cname}: {', '.join(steps)}")
-        samples, inner, first_loss = time_interleaved(steps, repeats, warmup, min_sample_ms / 1e3)
+        samples, inner, first_loss = time_interleaved(steps, repeats, warmup, min_sample_ms / 1e3,
+                                                      settle_ms / 1e3)
         del steps  # free buffers before the memory runs
         n_flops = flops(cfg)
         medians = {n: statistics.median(s) for n, s in samples.items()}
@@ -235,7 +242,7 @@ def run_suite(config_names, impl_names=None, repeats=20, warmup=3, min_sample_ms
     info["loadavg_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     return {"machine": info, "matmul_peak_gflops": peaks, "machine_peak_gflops": machine_peak,
             "settings": {"repeats": repeats, "warmup": warmup, "min_sample_ms": min_sample_ms,
-                         "dtype": dtype.name},
+                         "settle_ms": settle_ms, "dtype": dtype.name},
             "configs": {c: dataclasses.asdict(CONFIGS[c]) for c in config_names},
             "skipped": skipped, "results": results}
 
@@ -254,7 +261,8 @@ def format_table(report: dict) -> str:
         f"threads: {m['blas_threads']} ({m['blas_threads_source']}); "
         + "; ".join(f"{n}: {i}" for n, i in m["impls"].items() if i),
         f"float32 matmul peak GFLOP/s (2048^3, best of 5): {peaks or 'not measured'}",
-        f"load average start/end: {m['loadavg_start']} / {m['loadavg_end']}",
+        "load average (1/5/15 min) at start / end: "
+        + " / ".join(" ".join(f"{x:.2f}" for x in la) for la in (m["loadavg_start"], m["loadavg_end"]) if la),
         f"dtype {report['settings']['dtype']}, {report['settings']['repeats']} interleaved "
         f"samples per implementation",
         "",
@@ -283,7 +291,24 @@ def format_table(report: dict) -> str:
               "(weights, buffers, temporaries). act MB: analytic size of the activations the "
               "backward pass needs."]
     lines += [f"skipped {n}: {why}" for n, why in report["skipped"].items()]
+    lines += [f"WARNING: {w}" for w in loss_mismatches(report)]
     return "\n".join(lines)
+
+
+def loss_mismatches(report, rtol=1e-3) -> list[str]:
+    """All implementations start from the same weights and batch, so their first-step
+    losses must agree (to float32 rounding); a mismatch means a different computation."""
+    out, ref = [], {}
+    for r in report["results"]:
+        loss = r.get("first_loss")
+        if loss is None:
+            continue
+        c = r["config"]
+        ref.setdefault(c, (r["impl"], loss))
+        name, want = ref[c]
+        if abs(loss - want) > rtol * abs(want):
+            out.append(f"{c}: first-step loss of {r['impl']} is {loss:.6f}, {name} has {want:.6f}")
+    return out
 
 
 def main(argv=None) -> int:
@@ -296,6 +321,9 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps before timing")
     ap.add_argument("--min-sample-ms", type=float, default=20.0,
                     help="repeat short steps within one sample until it lasts this long")
+    ap.add_argument("--settle-ms", type=float, default=150.0,
+                    help="idle time before each sample, so the previous implementation's "
+                         "BLAS threads stop spinning")
     ap.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     ap.add_argument("--no-memory", action="store_true", help="skip the tracemalloc runs")
     ap.add_argument("--no-peak", action="store_true", help="skip the matmul peak measurement")
@@ -309,7 +337,7 @@ def main(argv=None) -> int:
     if impls and (bad := [i for i in impls if i not in REGISTRY]):
         ap.error(f"unknown implementation(s) {bad}; registered: {list(REGISTRY)}")
     report = run_suite(configs, impls, args.repeats, args.warmup, args.min_sample_ms,
-                       np.dtype(args.dtype), memory=not args.no_memory, peak=not args.no_peak)
+                       args.settle_ms, np.dtype(args.dtype), memory=not args.no_memory, peak=not args.no_peak)
     print(format_table(report))
     if args.json:
         with open(args.json, "w") as f:

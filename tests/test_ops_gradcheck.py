@@ -116,6 +116,7 @@ CASES = [
     C("dropout", normal(B, 4), attrs={"p": 0.5}, tag="eval"),
     # float losses
     C("mse", normal(B, N), normal(B, N)),
+    C("perceptron", normal(B, 1), (normal(B, 1) > 0).astype(float)),
     C("mse", normal(T, B, N), normal(T, B, N), ctx=SEQ, tag="masked"),
     C("bce", probs(B, N), probs(B, N)),
     C("bce", probs(T, B, 1), rng.integers(0, 2, (T, B, 1)) * 1.0, ctx=SEQ, tag="masked"),

@@ -70,7 +70,7 @@ VALID = [
     ("matmul", [(3, 4), (4,)], (3,)),
     ("concat", [(2,), (3,)], (5,)),
     ("embed", [(), (10, 8)], (8,)),
-    *[(op, [(4,), (4,)], ()) for op in ("mse", "bce", "bce_logits")],
+    *[(op, [(4,), (4,)], ()) for op in ("mse", "bce", "bce_logits", "perceptron")],
     *[(op, [(5,), ()], ()) for op in ("cross_entropy", "cross_entropy_logits", "nll")],
     *[(op, [(4,)], (4,)) for op in ("last", "first", "sum", "mean", "max", "shift")],
     ("argmax", [(5,)], ()),

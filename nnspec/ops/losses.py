@@ -96,6 +96,20 @@ class BceLogits(FloatLoss):
         return sigmoid(z) - y, -z
 
 
+@register
+class Perceptron(FloatLoss):
+    name = "perceptron"
+    doc = "perceptron criterion of a step unit's input z against 0/1 targets: mean((step(z) - t) z)"
+
+    # Zero where the unit is right, |z| where it is wrong; its gradient (step(z) - t)
+    # is the perceptron learning rule, so SGD with batch 1 and lr 1 *is* that rule.
+    def elems(self, z, t):
+        return ((z > 0).astype(z.dtype) - t) * z
+
+    def partials(self, z, t):
+        return (z > 0).astype(z.dtype) - t, -z
+
+
 class ClassLoss(Op):
     """Predictions (..., K) against int classes (...), -1 meaning 'ignore'."""
     arity = 2

@@ -1,0 +1,186 @@
+"""Binding a spec's ``data`` statement to its declared inputs and targets.
+
+Reads the source (``nnspec.data``), splits it, builds vocabularies from the
+training part, encodes every part, and reports the sizes the data decides —
+vocabulary sizes and class counts — as shape *bindings* for the compiler
+(``vocab(w) = 19674``, ``classes(y) = 17``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+
+from .data import (Batch, DataError, Encoded, FieldKind, FieldSpec, RawData, Standardizer, Vocab, build_vocabs,
+                   encode_split, iterate_batches, kfold, read_source, split_examples, stream_batches)
+from .errors import Diagnostics, SpecError
+from .expand import FlatSpec
+from .plan import Plan, ValueSpec
+from .syntax import ast
+
+
+@dataclass
+class BoundData:
+    fields: list[FieldSpec]
+    splits: dict[str, Encoded] = field(default_factory=dict)
+    streams: dict[str, np.ndarray] = field(default_factory=dict)   # language-model token streams
+    vocabs: dict[str, Vocab] = field(default_factory=dict)
+    standardizers: dict[str, Standardizer] = field(default_factory=dict)
+    stream_field: str | None = None
+
+    @property
+    def stream(self) -> bool:
+        return self.stream_field is not None
+
+    @property
+    def bindings(self) -> dict[str, int]:
+        out = {}
+        for f in self.fields:
+            if f.name in self.vocabs:
+                key = "vocab" if f.kind in (FieldKind.tokens, FieldKind.bag) else "classes"
+                out[f"{key}({f.name})"] = len(self.vocabs[f.name])
+        return out
+
+    def has(self, split: str) -> bool:
+        return split in self.streams or split in self.splits
+
+    def size(self, split: str) -> int:
+        if split in self.streams:
+            return len(self.streams[split])
+        return len(self.splits[split]) if split in self.splits else 0
+
+    def batches(self, split: str, batch_size: int, *, shuffle: bool = False, rng=None, by_length: bool = False,
+                bptt: int | None = None, dtype=np.float32) -> Iterator[Batch]:
+        if split in self.streams:
+            return stream_batches(self.streams[split], batch_size, bptt or 35,
+                                  names=(self.stream_field, f"{self.stream_field}.next"), dtype=dtype)
+        return iterate_batches(self.splits[split], batch_size, shuffle=shuffle, rng=rng, by_length=by_length,
+                               dtype=dtype)
+
+    def vocab_json(self) -> dict:
+        return {k: v.to_json() for k, v in self.vocabs.items()}
+
+
+def field_specs(values: list[ValueSpec], diags: Diagnostics | None = None) -> list[FieldSpec]:
+    """The data fields the network's inputs and targets ask for."""
+    fields = []
+    for v in values:
+        size = None
+        if v.elem in ("token", "char"):
+            kind = FieldKind.tokens
+            if not v.seq:
+                raise SpecError.single(f"'{v.name}' holds one {v.elem} per example; declare it as a sequence "
+                                       f"('seq of {v.elem}') or as 'bag of {v.elem}'")
+        elif v.elem in ("bag", "char_bag"):
+            kind = FieldKind.bag
+        elif v.elem == "class":
+            kind = FieldKind.classes if v.seq else FieldKind.class_
+            size = v.card if isinstance(v.card, int) else None
+        else:
+            kind = FieldKind.vector_seq if v.seq else FieldKind.vector
+            if len(v.shape) > 1:
+                raise SpecError.single(f"'{v.name}' has shape {v.shape}; data fields are vectors or numbers")
+            size = v.shape[0] if v.shape else None
+        level = "char" if v.elem in ("char", "char_bag") else "word"
+        fields.append(FieldSpec(name=v.name, kind=kind, size=size, role=v.role, level=level))
+    return fields
+
+
+def _python(e, diags: Diagnostics):
+    """A data-source argument as a plain Python value."""
+    if isinstance(e, ast.Number):
+        return int(e.value) if e.value == int(e.value) and "." not in e.text and "e" not in e.text.lower() \
+            else e.value
+    if isinstance(e, ast.Percent):
+        return e.value
+    if isinstance(e, ast.String):
+        return e.value
+    if isinstance(e, ast.Name):
+        return e.name
+    if isinstance(e, ast.Neg):
+        return -_python(e.operand, diags)
+    if isinstance(e, ast.ListLit):
+        return [_python(i, diags) for i in e.items]
+    diags.error("a data argument must be a number, a string or a list", e.span)
+    return None
+
+
+def read_raw(flat: FlatSpec, fields: list[FieldSpec], diags: Diagnostics) -> RawData:
+    stmt = flat.data
+    if stmt is None:
+        raise SpecError.single("this spec has no data statement; add 'data inline { ... }' or e.g. "
+                               "'data csv(\"file.csv\")'")
+    if isinstance(stmt, ast.DataInline):
+        name, args, kwargs = "inline", [], {kw.name: _python(kw.value, diags) for kw in stmt.values}
+    else:
+        name = stmt.source
+        args = [_python(a, diags) for a in stmt.call.args]
+        args += [(m.key, _python(m.value, diags)) for m in stmt.call.mappings]
+        kwargs = {kw.name: _python(kw.value, diags) for kw in stmt.call.keywords}
+    diags.raise_if_errors()
+    from .data import SOURCES
+    if name not in SOURCES:
+        from .errors import did_you_mean
+        diags.error(f"unknown data source '{name}'{did_you_mean(name, SOURCES)}; sources are "
+                    f"{', '.join(sorted(SOURCES))}", stmt.span)
+        diags.raise_if_errors()
+    wanted = [f for f in fields if f.role == "input" or name != "text"]
+    try:
+        return read_source(name, args, kwargs, wanted, flat.base_dir)
+    except DataError as e:
+        if e.line is None and e.file.startswith("data "):  # an argument problem: point at the statement
+            diags.error(e.message, stmt.span)
+            diags.raise_if_errors()
+        raise
+
+
+def bind_data(flat: FlatSpec, plan: Plan, diags: Diagnostics, *, dev: float = 0.0, test: float = 0.0,
+              seed: int = 0, min_count: int = 1, normalize: bool = False,
+              fold: tuple[int, int] | None = None) -> BoundData:
+    """Read, split, encode. ``fold = (k, i)`` makes fold i of k-fold cross-validation the test part."""
+    fields = field_specs(plan.inputs + plan.targets)
+    raw = read_raw(flat, fields, diags)
+    if raw.stream:
+        return _bind_stream(raw, fields)
+    if fold is not None:
+        raw = kfold(raw, fold[0], fold[1], seed)
+        if dev:
+            raw = _carve_dev(raw, dev, seed)
+    elif "all" in raw.splits:
+        raw = split_examples(raw, dev=dev, test=test, seed=seed)
+    present = [f for f in fields if f.name in raw.splits["train"]]
+    vocabs = build_vocabs(raw.splits["train"], present, min_count, raw.origins["train"])
+    bound = BoundData(fields=present, vocabs=vocabs)
+    for split, columns in raw.splits.items():
+        if not columns or not len(raw.origins[split]):
+            continue
+        bound.splits[split] = encode_split(columns, present, vocabs, raw.origins[split])
+    if normalize:
+        for f in present:
+            if f.kind is FieldKind.vector and f.role == "input":
+                std = Standardizer.fit(bound.splits["train"].data[f.name])
+                bound.standardizers[f.name] = std
+                for enc in bound.splits.values():
+                    enc.data[f.name] = std.apply(enc.data[f.name])
+    return bound
+
+
+def _carve_dev(raw: RawData, dev: float, seed: int) -> RawData:
+    """Split a dev part off the training part (cross-validation folds come as train/test)."""
+    inner = RawData({"all": raw.splits["train"]}, {"all": raw.origins["train"]})
+    inner = split_examples(inner, dev=dev, seed=seed + 1)
+    splits = dict(raw.splits, train=inner.splits["train"], dev=inner.splits["dev"])
+    origins = dict(raw.origins, train=inner.origins["train"], dev=inner.origins["dev"])
+    return RawData(splits, origins)
+
+
+def _bind_stream(raw: RawData, fields: list[FieldSpec]) -> BoundData:
+    f = next(f for f in fields if f.kind is FieldKind.tokens and f.role == "input")
+    train_tokens = raw.splits["train"][f.name][0]
+    vocab = Vocab.build([train_tokens], min_count=1, level=f.level)
+    bound = BoundData(fields=[f], vocabs={f.name: vocab}, stream_field=f.name)
+    for split, columns in raw.splits.items():
+        bound.streams[split] = vocab.encode(columns[f.name][0])
+    return bound
+
