@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bench.configs import GATES, init_params, make_batch
+from bench.configs import init_params, make_batch
 
 
 def sigmoid_(a):

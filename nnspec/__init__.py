@@ -1,0 +1,15 @@
+"""nnspec: a declarative neural-network spec compiler and simulator on NumPy.
+
+    from nnspec import compile_file, Model, open_session
+    model = Model.from_file("specs/xor_goodfellow.nn")
+    model.forward({"x": [[0, 1]]})
+"""
+__version__ = "0.1.0"
+
+from .compiler import Compiled, compile_file, compile_text  # noqa: E402
+from .errors import SpecError  # noqa: E402
+from .model import Model, init_params  # noqa: E402
+from .session import Session, open_session  # noqa: E402
+
+__all__ = ["Compiled", "Model", "Session", "SpecError", "compile_file", "compile_text", "init_params",
+           "open_session", "__version__"]

@@ -407,3 +407,55 @@ def format_dims(dims) -> str:
     if not dims:
         return ""
     return "[" + ", ".join(str(d.value) if isinstance(d, ast.DimInt) else d.name.lstrip("?") for d in dims) + "]"
+
+
+def format_flat(flat: FlatSpec) -> str:
+    """The expanded spec as plain equations (what ``nnspec expand`` prints); it parses as a spec again."""
+    lines = [f"network {flat.name}", ""]
+    for d in flat.decls:
+        typ = ""
+        if d.type is not None:
+            t = d.type
+            elem = {"real": "", "token": "token", "char": "char", "bag": "bag of token",
+                    "char_bag": "bag of char"}.get(t.elem, "")
+            if t.elem == "class":
+                elem = "class" + format_dims(t.classes)
+            typ = (" : seq" + (f" of {elem}" if elem else "")) if t.sequence else (f" : {elem}" if elem else "")
+        lines.append(f"{d.role} {d.name}{format_dims(d.dims)}{typ}")
+    cells = {}
+    for inst, cell in flat.instances:
+        cells[inst] = cell
+    lines.append("")
+    current = None
+    for eq in flat.equations:
+        owner = _owner(eq.name, cells)
+        if owner != current and owner is not None:
+            lines.append(f"# {owner} = {cells[owner]}(...)")
+        current = owner
+        lines.append(f"{eq.name}{format_dims(eq.dims)} = {format_expr(eq.value)}")
+    for ini in flat.initials:
+        lines.append(f"initial {ini.name} = {format_expr(ini.value)}")
+    for loss in flat.losses:
+        lines.append(f"loss {format_expr(loss.value)}")
+    params = [p for p in flat.params]
+    if params:
+        lines.append("")
+    for p in params:
+        text = f"param {p.name}{format_dims(p.dims)}"
+        if p.value is not None:
+            text += f" = {format_expr(p.value)}"
+        if p.init is not None:
+            text += f" init {format_expr(p.init)}" if p.init.keywords else f" init {p.init.func}"
+        if p.frozen:
+            text += " frozen"
+        lines.append(text)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _owner(name: str, cells: dict[str, str]) -> str | None:
+    """The innermost cell instance a value belongs to, for section comments."""
+    best = None
+    for inst in cells:
+        if (name == inst or name.startswith(inst + ".")) and (best is None or len(inst) > len(best)):
+            best = inst
+    return best

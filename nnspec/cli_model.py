@@ -1,0 +1,178 @@
+"""Commands that use a trained model: predict, evaluate, sample."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from .data import Vocab, tokenize
+from .data.fields import FieldKind
+
+
+def add_model_commands(sub) -> None:
+    p = sub.add_parser("predict", help="apply a trained model to new input (a sentence per line)")
+    p.add_argument("spec")
+    p.add_argument("--checkpoint", required=True, help="a run directory, or its best/ or last/ checkpoint")
+    p.add_argument("--input", default="-", help="a file with one example per line (default: standard input)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_predict)
+
+    e = sub.add_parser("evaluate", help="metrics of a trained model on a split of the spec's data")
+    e.add_argument("spec")
+    e.add_argument("--checkpoint", required=True)
+    e.add_argument("--split", default="test")
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("sample", help="generate text from a trained language model")
+    s.add_argument("spec")
+    s.add_argument("--checkpoint", required=True)
+    s.add_argument("--prompt", default="\n")
+    s.add_argument("--length", type=int, default=300)
+    s.add_argument("--temperature", type=float, default=1.0)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_sample)
+
+
+def checkpoint_dir(path: str) -> Path:
+    p = Path(path)
+    if (p / "best" / "weights.safetensors").exists():
+        return p / "best"
+    return p
+
+
+def open_trained(spec: str, checkpoint: str, with_data: bool = False):
+    """The spec compiled with the sizes its checkpoint was trained with, and the trained weights."""
+    from .compiler import compile_program
+    from .model import Model
+    from .session import Session, load, open_session, spec_hash
+    from .settings import settings_from_block
+    from .train.checkpoint import CheckpointError, load_checkpoint
+    ck = load_checkpoint(checkpoint_dir(checkpoint))
+    vocabs = {k: Vocab.from_json(v) for k, v in (ck.vocabs or {}).items()}
+    if with_data:
+        session = open_session(spec)
+    else:
+        program, diags = load(spec)
+        first = compile_program(program, diags)
+        bindings = {}
+        for v in first.plan.inputs + first.plan.targets:
+            if v.name in vocabs:
+                key = "vocab" if v.elem in ("token", "char", "bag", "char_bag") else "classes"
+                bindings[f"{key}({v.name})"] = len(vocabs[v.name])
+        program, diags = load(spec)
+        compiled = compile_program(program, diags, bindings=bindings)
+        settings = settings_from_block(compiled.flat.train, diags)
+        session = Session(compiled, settings, None, Model(compiled, dtype=np.dtype(settings.dtype)))
+    if ck.spec_hash and ck.spec_hash != spec_hash(session.compiled):
+        raise CheckpointError(f"{checkpoint}: checkpoint was made from a different spec (hash {ck.spec_hash}, "
+                              f"this spec {spec_hash(session.compiled)})")
+    for k, v in ck.params.items():
+        session.model.params[k] = v.astype(session.model.dtype)
+    return session, vocabs
+
+
+def _read_lines(path: str) -> list[str]:
+    text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+    return [line for line in text.splitlines() if line.strip()]
+
+
+def cmd_predict(args) -> int:
+    from .train.loop import find_heads
+    session, vocabs = open_trained(args.spec, args.checkpoint)
+    plan = session.plan
+    text_inputs = [v for v in plan.inputs if v.elem in ("token", "char", "bag", "char_bag")]
+    if len(text_inputs) != 1 or len(plan.inputs) != 1:
+        from .cli import UsageError
+        raise UsageError("predict reads one text input per line; this spec's inputs are "
+                         + ", ".join(v.name for v in plan.inputs))
+    field = text_inputs[0]
+    vocab = vocabs[field.name]
+    heads = find_heads(session.model)
+    results = []
+    for line in _read_lines(args.input):
+        tokens = tokenize(line, level=vocab.level, lowercase=vocab.lowercase)
+        ids = vocab.encode(tokens)
+        if field.elem in ("bag", "char_bag"):
+            x = np.zeros((1, len(vocab)))
+            np.add.at(x[0], ids, 1.0)
+            feeds = {field.name: x}
+        else:
+            feeds = {field.name: ids[:, None]}
+        tape = session.model.run(feeds, need_loss=False)
+        result = {"input": line}
+        for h in heads:
+            p = np.asarray(tape.values[h.pred])
+            target_vocab = vocabs.get(h.target)
+            guess = p.argmax(-1) if h.kind == "class" else (p > h.threshold).astype(int)
+            labels = target_vocab.decode(guess.ravel().tolist()) if target_vocab else guess.ravel().tolist()
+            if field.elem in ("token", "char") and p.ndim == 3:
+                result[h.target] = list(zip(tokens, labels))
+            else:
+                result[h.target] = labels[0] if len(labels) == 1 else labels
+        results.append(result)
+    if args.json:
+        print(json.dumps(results, indent=2, default=str))
+    else:
+        for r in results:
+            for k, v in r.items():
+                if k == "input":
+                    continue
+                if isinstance(v, list):
+                    print(" ".join(f"{w}/{t}" for w, t in v))
+                else:
+                    print(f"{v}\t{r['input']}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .train.loop import evaluate
+    session, _ = open_trained(args.spec, args.checkpoint, with_data=True)
+    if not session.data.has(args.split):
+        from .cli import UsageError
+        have = [s for s in ("train", "dev", "test", "all") if session.data.has(s)]
+        raise UsageError(f"the data has no '{args.split}' part; it has {', '.join(have)}")
+    metrics = evaluate(session.model, session.data, args.split, session.settings).metrics
+    if args.json:
+        print(json.dumps({"split": args.split, "metrics": metrics}, indent=2))
+    else:
+        print(f"{args.split}: " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+    return 0
+
+
+def cmd_sample(args) -> int:
+    from .train.loop import find_heads
+    session, vocabs = open_trained(args.spec, args.checkpoint)
+    heads = [h for h in find_heads(session.model) if h.tokens]
+    if not heads:
+        from .cli import UsageError
+        raise UsageError("sample needs a language model: a loss that predicts the next token of an input")
+    head = heads[0]
+    field = next(v for v in session.plan.inputs if v.elem in ("token", "char"))
+    vocab = vocabs[field.name]
+    rng = np.random.default_rng(args.seed)
+    tokens = tokenize(args.prompt, level=vocab.level) or ["\n"]
+    ids = vocab.encode(tokens)
+    out = list(tokens)
+    tape = session.model.run({field.name: ids[:, None]}, need_loss=False)
+    for _ in range(args.length):
+        logits = np.asarray(tape.values[head.pred][-1, 0], dtype=np.float64)
+        if np.all(logits >= 0) and abs(logits.sum() - 1) < 1e-3:  # probabilities: back to log space
+            logits = np.log(np.maximum(logits, 1e-30))
+        z = logits / max(args.temperature, 1e-6)
+        z[:2] = -np.inf  # never emit <pad> or <unk>
+        p = np.exp(z - z.max())
+        p /= p.sum()
+        nxt = int(rng.choice(len(p), p=p))
+        out.append(vocab.decode([nxt])[0])
+        tape = session.model.run({field.name: np.array([[nxt]])}, carry=dict(tape.final_states), need_loss=False)
+    joiner = "" if vocab.level == "char" else " "
+    text = joiner.join(str(t) for t in out)
+    if args.json:
+        print(json.dumps({"prompt": args.prompt, "text": text}))
+    else:
+        print(text)
+    return 0

@@ -1,0 +1,77 @@
+"""A spec with its data and settings, ready to run: what ``nnspec run`` does, as functions.
+
+    spec file --compile--> symbolic plan --read data--> sizes --compile--> concrete plan --> Model
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .compiler import Compiled, compile_program
+from .dataset import BoundData, bind_data
+from .errors import Diagnostics
+from .loader import Program, load_file, load_text
+from .model import Model
+from .settings import TrainSettings, settings_from_block
+
+
+@dataclass
+class Session:
+    compiled: Compiled
+    settings: TrainSettings
+    data: BoundData | None
+    model: Model
+
+    @property
+    def plan(self):
+        return self.compiled.plan
+
+    @property
+    def spec_hash(self) -> str:
+        return spec_hash(self.compiled)
+
+
+def spec_hash(compiled: Compiled) -> str:
+    """Identifies the network (not its training settings): a checkpoint fits only the same network."""
+    text = compiled.plan.model_dump_json(exclude={"dtype"})
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def load(path: str | Path | None = None, *, text: str | None = None) -> tuple[Program, Diagnostics]:
+    diags = Diagnostics()
+    program = load_file(path, diags) if text is None else load_text(text, str(path or "<string>"), diags)
+    return program, diags
+
+
+def open_session(path: str | Path | None = None, *, text: str | None = None, overrides: list[str] = (),
+                 with_data: bool = True, fold: tuple[int, int] | None = None, dtype: str | None = None,
+                 seed: int | None = None) -> Session:
+    """Compile a spec, read its data (vocabularies decide some sizes), compile again with those sizes."""
+    program, diags = load(path, text=text)
+    first = compile_program(program, diags)
+    settings = settings_from_block(first.flat.train, diags, overrides)
+    diags.raise_if_errors()
+    if seed is not None:
+        settings = settings.model_copy(update={"seed": seed})
+    if dtype is not None:
+        settings = settings.model_copy(update={"dtype": dtype})
+    data = None
+    compiled = first
+    if with_data and first.flat.data is not None:
+        split = settings.split
+        unknown = set(split) - {"dev", "test"}
+        if unknown:
+            diags.error(f"split takes dev and test, not {', '.join(sorted(unknown))}", first.flat.train.span)
+            diags.raise_if_errors()
+        data = bind_data(first.flat, first.plan, diags, dev=split.get("dev", 0.0), test=split.get("test", 0.0),
+                         seed=settings.seed, min_count=settings.min_count, normalize=settings.normalize,
+                         fold=fold)
+    if data is not None or settings.dropout:
+        program, diags = load(path, text=text)
+        compiled = compile_program(program, diags, bindings=data.bindings if data else None,
+                                   dropout=settings.dropout)
+    model = Model(compiled, dtype=np.dtype(settings.dtype), seed=settings.seed, default_init=settings.init)
+    return Session(compiled, settings, data, model)
