@@ -104,6 +104,19 @@ def machine_info() -> dict:
     return info
 
 
+def cpu_seconds() -> tuple[float, float] | None:
+    """(CPU seconds the whole machine has been busy, CPU seconds of this process): the
+    difference over a run is what other processes took. Linux only; None elsewhere."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    busy = sum(fields) - fields[3] - fields[4]  # minus idle and iowait
+    t = os.times()
+    return busy / os.sysconf("SC_CLK_TCK"), t.user + t.system
+
+
 def matmul_peak(n=2048, repeats=5, threads=None) -> dict[str, float]:
     """Best-of-`repeats` GFLOP/s of an n x n float32 product (2 n^3 FLOPs): NumPy's BLAS
     and, if installed, torch's."""
@@ -194,6 +207,7 @@ def run_suite(config_names, impl_names=None, repeats=20, warmup=3, min_sample_ms
               settle_ms=150.0, dtype=np.float32, memory=True, peak=True, log=print) -> dict:
     dtype = np.dtype(dtype)
     info = machine_info()
+    cpu_start, wall_start = cpu_seconds(), time.perf_counter()
     impls, skipped = {}, {}
     for name in impl_names or list(REGISTRY):
         try:
@@ -202,8 +216,10 @@ def run_suite(config_names, impl_names=None, repeats=20, warmup=3, min_sample_ms
             skipped[name] = f"not available: {e}"
             log(f"[skip] {name}: {e}")
     info["impls"] = {n: (i.info() if hasattr(i, "info") else {}) for n, i in impls.items()}
-    peaks = matmul_peak(threads=info["blas_threads"]) if peak else {}
-    machine_peak = max(peaks.values(), default=None)
+    # Measured before and after the runs; the best is the peak (load from other
+    # processes can only lower a measurement).
+    peaks = {"start": matmul_peak(threads=info["blas_threads"])} if peak else {}
+    machine_peak = None
     results = []
     for cname in config_names:
         cfg = CONFIGS[cname]
@@ -231,7 +247,7 @@ def run_suite(config_names, impl_names=None, repeats=20, warmup=3, min_sample_ms
                 "vs_torch": med / medians["torch"] if "torch" in medians else None,
                 "vs_numpy": med / medians["numpy"] if "numpy" in medians else None,
                 "flops": n_flops, "gflops": n_flops / med / 1e9,
-                "pct_peak": 100 * n_flops / med / 1e9 / machine_peak if machine_peak else None,
+                "pct_peak": None,  # filled in once the peak is known
                 "first_loss": first_loss[name],
                 "activation_bytes": activation_bytes(cfg, dtype),
                 "activation_elements": activation_elements(cfg),
@@ -240,7 +256,18 @@ def run_suite(config_names, impl_names=None, repeats=20, warmup=3, min_sample_ms
                 row["memory"] = traced_memory(impls[name], cfg, dtype)
             results.append(row)
     info["loadavg_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
-    return {"machine": info, "matmul_peak_gflops": peaks, "machine_peak_gflops": machine_peak,
+    cpu_end, wall = cpu_seconds(), time.perf_counter() - wall_start
+    if cpu_start and cpu_end:  # share of all cores that other processes used during the run
+        other = (cpu_end[0] - cpu_start[0]) - (cpu_end[1] - cpu_start[1])
+        info["other_processes_cpu_share"] = max(other, 0.0) / (wall * (os.cpu_count() or 1))
+    if peak:
+        peaks["end"] = matmul_peak(threads=info["blas_threads"])
+        machine_peak = max(v for p in peaks.values() for v in p.values())
+        for row in results:
+            if "gflops" in row:
+                row["pct_peak"] = 100 * row["gflops"] / machine_peak
+    return {"machine": info, "matmul_peak_gflops": peaks,
+            "machine_peak_gflops": machine_peak,
             "settings": {"repeats": repeats, "warmup": warmup, "min_sample_ms": min_sample_ms,
                          "settle_ms": settle_ms, "dtype": dtype.name},
             "configs": {c: dataclasses.asdict(CONFIGS[c]) for c in config_names},
@@ -255,14 +282,19 @@ def _fmt(v, spec):
 
 def format_table(report: dict) -> str:
     m = report["machine"]
-    peaks = ", ".join(f"{k} {v:.1f}" for k, v in report["matmul_peak_gflops"].items())
+    peaks = "; ".join(f"at {when}: " + ", ".join(f"{k} {v:.1f}" for k, v in p.items())
+                      for when, p in report["matmul_peak_gflops"].items())
+    if peaks:
+        peaks += f"; %peak uses {report['machine_peak_gflops']:.1f}"
     lines = [
         f"CPU: {m['cpu']} ({m['cpu_count']} logical cores); NumPy {m['numpy']}, BLAS {m['blas']}",
         f"threads: {m['blas_threads']} ({m['blas_threads_source']}); "
         + "; ".join(f"{n}: {i}" for n, i in m["impls"].items() if i),
         f"float32 matmul peak GFLOP/s (2048^3, best of 5): {peaks or 'not measured'}",
         "load average (1/5/15 min) at start / end: "
-        + " / ".join(" ".join(f"{x:.2f}" for x in la) for la in (m["loadavg_start"], m["loadavg_end"]) if la),
+        + " / ".join(" ".join(f"{x:.2f}" for x in la) for la in (m["loadavg_start"], m["loadavg_end"]) if la)
+        + (f"; other processes used {100 * m['other_processes_cpu_share']:.0f}% of the cores "
+           "during the run" if "other_processes_cpu_share" in m else ""),
         f"dtype {report['settings']['dtype']}, {report['settings']['repeats']} interleaved "
         f"samples per implementation",
         "",
@@ -291,7 +323,7 @@ def format_table(report: dict) -> str:
               "(weights, buffers, temporaries). act MB: analytic size of the activations the "
               "backward pass needs."]
     lines += [f"skipped {n}: {why}" for n, why in report["skipped"].items()]
-    lines += [f"WARNING: {w}" for w in loss_mismatches(report)]
+    lines += [f"WARNING: {w}" for w in loss_mismatches(report) + noisy(report)]
     return "\n".join(lines)
 
 
@@ -309,6 +341,13 @@ def loss_mismatches(report, rtol=1e-3) -> list[str]:
         if abs(loss - want) > rtol * abs(want):
             out.append(f"{c}: first-step loss of {r['impl']} is {loss:.6f}, {name} has {want:.6f}")
     return out
+
+
+def noisy(report, factor=1.25) -> list[str]:
+    """Rows whose median is well above their minimum: something else was using the cores."""
+    return [f"{r['config']}/{r['impl']}: median {r['median_ms'] / r['min_ms']:.2f}x the minimum "
+            "(other load on the machine?)"
+            for r in report["results"] if "median_ms" in r and r["median_ms"] > factor * r["min_ms"]]
 
 
 def main(argv=None) -> int:

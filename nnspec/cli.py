@@ -193,9 +193,10 @@ def _print_training(session, result, metrics) -> None:
         if result.converged:
             con.print(f"converged: no mistakes on the training data after {epochs} epoch{'s' * (epochs != 1)}")
         else:
-            con.print(f"[bold red]did not converge[/] after {epochs} epochs: the perceptron rule converges on "
-                      f"linearly separable data, so these examples are not linearly separable "
-                      f"(one step unit cannot separate them)")
+            mistakes = result.history[-1].get("train_mistakes", "?") if result.history else "?"
+            con.print(f"[bold red]did not converge[/] after {epochs} epochs ({mistakes} mistakes in the last): "
+                      f"the perceptron rule converges whenever the data is linearly separable, so these "
+                      f"examples most likely are not — no single step unit classifies them all")
     best = {k: v for k, v in metrics.items() if k.startswith("dev_")}
     if best:
         con.print(f"best epoch {result.best_epoch}: " + "  ".join(f"{k} {_fmt_num(v)}" for k, v in best.items()))

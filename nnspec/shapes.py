@@ -148,6 +148,10 @@ class ShapeInference:
         if shape is None:
             if final:
                 self.failed.add(n)
+                if info.kind != "const":
+                    self.diags.error(f"cannot infer the size of '{n}'; "
+                                     + (f"give it one, e.g. 'param {n}[4, 3]'" if info.kind == "param"
+                                        else f"declare it, e.g. '{n}[64] = ...'"), info.span)
             return False
         decl = self.declared(info)
         if decl is not None:

@@ -52,8 +52,11 @@ class Progress:
     """
 
     def __init__(self, total_epochs: int, steps_per_epoch: int | None = None, unit: str = "ex",
-                 quiet: bool = False, stream: TextIO | None = None, refresh_interval: float = 0.2):
+                 quiet: bool = False, stream: TextIO | None = None, refresh_interval: float = 0.2,
+                 max_lines: int = 25):
         self.total_epochs = total_epochs
+        # long runs of tiny epochs (XOR: 2000) log every k-th epoch, at most ~max_lines lines
+        self.log_every = max(1, -(-total_epochs // max_lines))
         self.steps_per_epoch = steps_per_epoch
         self.unit = unit
         self.quiet = quiet
@@ -143,10 +146,12 @@ class Progress:
 
     def end_epoch(self, metrics: dict[str, Any] | None = None) -> str:
         line = self.summary(metrics)
+        if self._bar is not None and self._task is not None:
+            self._bar.remove_task(self._task)
+            self._task = None
+        if self.epoch % self.log_every and self.epoch not in (1, self.total_epochs):
+            return line
         if self._bar is not None:
-            if self._task is not None:
-                self._bar.remove_task(self._task)
-                self._task = None
             self._bar.console.print(line, highlight=False, markup=False)
         elif not self.quiet:
             self.stream.write(line + "\n")
