@@ -301,10 +301,11 @@ def format_table(report: dict) -> str:
     ]
     head = ["config", "impl", "min ms", "median ms", "max ms", "/torch", "/numpy",
             "GFLOP/s", "%peak", "loss@1", "traced MB", "act MB"]
-    rows = []
+    rows, notes = [], []
     for r in report["results"]:
         if "skipped" in r:
-            rows.append([r["config"], r["impl"], "skipped: " + r["skipped"]] + [""] * 9)
+            rows.append([r["config"], r["impl"]] + ["-"] * (len(head) - 2))
+            notes.append(f"skipped {r['impl']} on {r['config']}: {r['skipped']}")
             continue
         mem = r.get("memory")
         rows.append([
@@ -315,14 +316,17 @@ def format_table(report: dict) -> str:
             _fmt(r["activation_bytes"] / 2**20, ".2f"),
         ])
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
-    fmt_row = lambda cells: "  ".join(  # noqa: E731
-        str(c).ljust(w) if i < 2 else str(c).rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
+    def fmt_row(cells):  # names left-aligned, numbers right-aligned
+        return "  ".join(str(c).ljust(w) if i < 2 else str(c).rjust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths)))
+
     lines += [fmt_row(head), fmt_row(["-" * w for w in widths])] + [fmt_row(r) for r in rows]
     lines += ["", "/torch, /numpy: ratio of medians (below 1 = faster). GFLOP/s: matrix-product "
               "FLOPs (configs.flops) / median. traced MB: tracemalloc peak during a step "
               "(weights, buffers, temporaries). act MB: analytic size of the activations the "
               "backward pass needs."]
-    lines += [f"skipped {n}: {why}" for n, why in report["skipped"].items()]
+    lines += [f"skipped {n}: {why}" for n, why in report["skipped"].items()] + notes
     lines += [f"WARNING: {w}" for w in loss_mismatches(report) + noisy(report)]
     return "\n".join(lines)
 

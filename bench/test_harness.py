@@ -43,7 +43,7 @@ def test_run_suite_with_a_plugged_in_implementation(tmp_path):
     assert tiny["memory"]["step_peak_bytes"] >= tiny["memory"]["held_bytes"] > 0
     assert harness.loss_mismatches(report) == []
     text = harness.format_table(report)
-    assert "lstm_tiny" in text and "skipped: no MLPs here" in text
+    assert "lstm_tiny" in text and "skipped fake on mlp: no MLPs here" in text
     json.dumps(report)  # --json must be able to write it
 
 

@@ -323,7 +323,7 @@ class GraphBuilder:
                 self.diags.error(f"'{name}' is a parameter; only values computed over time can be read "
                                  f"at [t{e.offset:+d}]", e.span)
                 return None
-            info = self.graph.g.nodes[name]["info"] if name in self.graph.g else None
+            info = self.graph.g.nodes[name].get("info") if name in self.graph.g else None
             if info is not None and info.kind == "param" and info.declared is None and info.value is None:
                 # a declared parameter without a size takes its shape from its place, like an implicit one
                 if role == "matrix":

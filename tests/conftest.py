@@ -1,0 +1,81 @@
+"""Shared test helpers: finite differences over whole specs, and the slow marker."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from nnspec import compile_text
+from nnspec.runtime import Executor
+
+
+def pytest_addoption(parser):
+    parser.addoption("--runslow", action="store_true", help="run long trainings and benchmarks too")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--runslow"):
+        return
+    skip = pytest.mark.skip(reason="slow: run with --runslow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+def random_feeds(plan, T=5, B=3, seed=0, lengths=None):
+    """Random inputs and targets for a plan: floats, token ids and class labels."""
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for v in plan.inputs + plan.targets:
+        shape = ((T, B) if v.seq else (B,)) + tuple(v.shape)
+        if v.integer:
+            high = v.card if isinstance(v.card, int) else 3
+            feeds[v.name] = rng.integers(0, high, size=shape)
+        else:
+            feeds[v.name] = rng.normal(size=shape)
+    return feeds
+
+
+def gradcheck_spec(text: str, bindings=None, T=5, B=3, lengths=(5, 3, 2), seed=0, eps=1e-6, seeds_of=None):
+    """Largest relative error between reverse mode and central differences, over every parameter.
+
+    The loss is the spec's loss, or sum(output * G) for a fixed random G when it has none.
+    """
+    plan = compile_text(text, bindings=bindings).plan
+    ex = Executor(plan, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    params = {p.name: rng.normal(scale=0.5, size=p.shape) for p in plan.params}
+    feeds = random_feeds(plan, T, B, seed)
+    has_seq = any(v.seq for v in plan.inputs)
+    lens = np.array(lengths) if has_seq and lengths is not None else None
+    cotangent = {}
+
+    def loss(p):
+        tape = ex.forward(p, feeds, lengths=lens)
+        if plan.loss is not None:
+            return float(tape.values[plan.loss]), tape
+        total = 0.0
+        for o in plan.outputs:
+            out = tape.values[o]
+            if o not in cotangent:
+                cotangent[o] = np.random.default_rng(seed + 1).normal(size=out.shape)
+            total += float((out * cotangent[o]).sum())
+        return total, tape
+
+    _, tape = loss(params)
+    grads = ex.backward(tape, seeds=None if plan.loss is not None else cotangent)
+    worst = 0.0
+    for name, p in params.items():
+        numeric = np.zeros_like(p)
+        flat = p.reshape(-1)
+        for i in range(flat.size):
+            old = flat[i]
+            flat[i] = old + eps
+            up, _ = loss(params)
+            flat[i] = old - eps
+            down, _ = loss(params)
+            flat[i] = old
+            numeric.reshape(-1)[i] = (up - down) / (2 * eps)
+        analytic = grads.get(name, np.zeros_like(p))
+        scale = max(np.abs(numeric).max(), 1e-3)
+        worst = max(worst, float(np.abs(numeric - analytic).max() / scale))
+    return worst
