@@ -73,9 +73,11 @@ def cmd_check(args) -> int:
     loops = [{"values": [n for n in comp.nodes if c.graph.info(n).named],
               "direction": "forward" if comp.direction > 0 else "backward"} for comp in c.components]
     warnings = [d.to_json() for d in c.diags.warnings]
+    counts = {p.name: _param_size(p.shape) for p in c.plan.params}
+    total = _total_size(counts.values())
     if args.json:
         _emit_json(_clean({"ok": True, "kind": c.kind, "errors": [], "warnings": warnings,
-                           "parameters": session.model.parameter_count(), "loops": loops,
+                           "parameters": total, "loops": loops,
                            "values": {n.id: {"shape": [str(d) for d in n.shape or ()], "sequence": n.seq}
                                       for n in c.graph.nodes() if n.named}}))
         return 0
@@ -86,7 +88,6 @@ def cmd_check(args) -> int:
     table = Table(title=f"{c.name}: {c.kind}", title_justify="left")
     for col in ("value", "kind", "shape", "time", "parameters"):
         table.add_column(col, justify="right" if col == "parameters" else "left")
-    params = {p.name: p for p in c.plan.params}
     for info in c.graph.nodes():
         if not info.named:
             continue
@@ -94,19 +95,31 @@ def cmd_check(args) -> int:
         if info.kind == "param" and info.frozen:
             kind += " (frozen)"
         shape = "[" + ", ".join(str(d) for d in info.shape or ()) + "]"
-        count = ""
-        if info.id in params:
-            count = f"{int(np.prod([d for d in params[info.id].shape if isinstance(d, int)] or [1])):,}"
+        count = counts.get(info.id, "")
+        count = f"{count:,}" if isinstance(count, int) else count
         time = "sequence" if info.seq else ""
         if info.component is not None:
             time = "recurrent" + (" (backward)" if c.components[info.component].direction < 0 else "")
         table.add_row(info.id, kind, shape, time, count)
     con.print(table)
-    con.print(f"parameters: {session.model.parameter_count():,}")
+    con.print(f"parameters: {total:,}" if isinstance(total, int) else f"parameters: {total}")
     for i, loop in enumerate(loops):
         con.print(f"loop {i + 1} ({loop['direction']} in time): {', '.join(loop['values'])}")
     con.print("ok")
     return 0
+
+
+def _param_size(shape) -> int | str:
+    """A parameter's number of values; symbolic (``vocab(w)×100``) while the data has not decided a size."""
+    if all(isinstance(d, int) for d in shape):
+        return int(np.prod(shape)) if shape else 1
+    return "×".join(str(d) for d in shape)
+
+
+def _total_size(sizes) -> int | str:
+    known = sum(s for s in sizes if isinstance(s, int))
+    symbolic = [s for s in sizes if isinstance(s, str)]
+    return known if not symbolic else " + ".join(symbolic + [f"{known:,}"])
 
 
 def cmd_run(args) -> int:

@@ -137,20 +137,29 @@ def read_raw(flat: FlatSpec, fields: list[FieldSpec], diags: Diagnostics) -> Raw
 
 def bind_data(flat: FlatSpec, plan: Plan, diags: Diagnostics, *, dev: float = 0.0, test: float = 0.0,
               seed: int = 0, min_count: int = 1, normalize: bool = False,
-              fold: tuple[int, int] | None = None) -> BoundData:
-    """Read, split, encode. ``fold = (k, i)`` makes fold i of k-fold cross-validation the test part."""
+              fold: tuple[int, int] | None = None, limit: int | None = None) -> BoundData:
+    """Read, split, encode. ``fold = (k, i)`` makes fold i of k-fold cross-validation the test part;
+    ``limit`` keeps the first N examples of each part (a quick run on a slice)."""
     fields = field_specs(plan.inputs + plan.targets)
     raw = read_raw(flat, fields, diags)
     if raw.stream:
-        return _bind_stream(raw, fields)
+        return _bind_stream(raw, fields, limit)
     if fold is not None:
         raw = kfold(raw, fold[0], fold[1], seed)
         if dev:
             raw = _carve_dev(raw, dev, seed)
     elif "all" in raw.splits:
         raw = split_examples(raw, dev=dev, test=test, seed=seed)
+    if limit is not None:
+        raw = _slice(raw, limit)
     present = [f for f in fields if f.name in raw.splits["train"]]
     vocabs = build_vocabs(raw.splits["train"], present, min_count, raw.origins["train"])
+    for f in present:
+        # The label set is part of the task (UD has 17 UPOS tags whatever a slice holds), so
+        # labels come from every part; token vocabularies come from training data only.
+        if f.kind in (FieldKind.class_, FieldKind.classes) and f.size is None:
+            everything = [lab for cols in raw.splits.values() for lab in cols.get(f.name, [])]
+            vocabs[f.name] = build_vocabs({f.name: everything}, [f], 1)[f.name]
     bound = BoundData(fields=present, vocabs=vocabs)
     for split, columns in raw.splits.items():
         if not columns or not len(raw.origins[split]):
@@ -166,6 +175,17 @@ def bind_data(flat: FlatSpec, plan: Plan, diags: Diagnostics, *, dev: float = 0.
     return bound
 
 
+def _slice(raw: RawData, limit: int) -> RawData:
+    """At most ``limit`` examples of each part, evenly spaced (files are often sorted by class)."""
+    splits, origins = {}, {}
+    for k, cols in raw.splits.items():
+        n = len(raw.origins[k])
+        keep = np.unique(np.linspace(0, n - 1, min(limit, n)).astype(int)) if n else np.zeros(0, int)
+        splits[k] = {f: [v[i] for i in keep] for f, v in cols.items()}
+        origins[k] = [raw.origins[k][i] for i in keep]
+    return RawData(splits, origins)
+
+
 def _carve_dev(raw: RawData, dev: float, seed: int) -> RawData:
     """Split a dev part off the training part (cross-validation folds come as train/test)."""
     inner = RawData({"all": raw.splits["train"]}, {"all": raw.origins["train"]})
@@ -175,12 +195,12 @@ def _carve_dev(raw: RawData, dev: float, seed: int) -> RawData:
     return RawData(splits, origins)
 
 
-def _bind_stream(raw: RawData, fields: list[FieldSpec]) -> BoundData:
+def _bind_stream(raw: RawData, fields: list[FieldSpec], limit: int | None) -> BoundData:
     f = next(f for f in fields if f.kind is FieldKind.tokens and f.role == "input")
-    train_tokens = raw.splits["train"][f.name][0]
+    train_tokens = raw.splits["train"][f.name][0][:limit]
     vocab = Vocab.build([train_tokens], min_count=1, level=f.level)
     bound = BoundData(fields=[f], vocabs={f.name: vocab}, stream_field=f.name)
     for split, columns in raw.splits.items():
-        bound.streams[split] = vocab.encode(columns[f.name][0])
+        bound.streams[split] = vocab.encode(columns[f.name][0][:limit])
     return bound
 

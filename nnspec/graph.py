@@ -13,6 +13,7 @@ and is an error anywhere else, so a typo is caught rather than trained.
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -180,15 +181,36 @@ class GraphBuilder:
                     self.diags.error(f"param '{p.name}' is declared with size {list(info.declared)} but its "
                                      f"value has shape {list(info.value.shape)}", p.span)
         if p.init is not None:
-            kwargs = {}
-            for k in p.init.keywords:
-                v = self.literal(k.value)
-                if v is not None:
-                    kwargs[k.name] = float(v)
-            info.init = (p.init.func, kwargs)
+            info.init = (p.init.func, self.init_settings(p.init))
             if p.value is not None:
                 self.diags.error(f"param '{p.name}' has both a value and an initialiser", p.span)
         self.add(info)
+
+    def init_settings(self, init: ast.Call) -> dict[str, float]:
+        """``init uniform(scale = 0.5)``: a known initialiser and the numeric settings it takes."""
+        from .train.init import INITIALIZERS
+        fn = INITIALIZERS.get(init.func)
+        if fn is None:
+            hint = did_you_mean(init.func, INITIALIZERS) or f"; initialisers are {', '.join(sorted(INITIALIZERS))}"
+            self.diags.error(f"unknown initialiser '{init.func}'{hint}", init.span)
+            return {}
+        accepted = [n for n in inspect.signature(fn).parameters if n not in ("shape", "rng", "dtype")]
+        if init.args:
+            self.diags.error(f"give the settings of initialiser '{init.func}' by name, as in "
+                             f"{init.func}({accepted[0] if accepted else 'scale'} = 0.5)", init.span)
+        kwargs = {}
+        for k in init.keywords:
+            if k.name not in accepted:
+                hint = did_you_mean(k.name, accepted) or (f"; it takes {', '.join(accepted)}" if accepted
+                                                           else "; it takes no settings")
+                self.diags.error(f"initialiser '{init.func}' has no setting '{k.name}'{hint}", k.span)
+                continue
+            v = self.literal(k.value)
+            if v is not None and v.ndim != 0:
+                self.diags.error(f"setting '{k.name}' of initialiser '{init.func}' must be a number", k.span)
+            elif v is not None:
+                kwargs[k.name] = float(v)
+        return kwargs
 
     def literal(self, e) -> np.ndarray | None:
         """A numeric literal: a number or a (nested) list of numbers, with a rectangular shape."""
@@ -415,8 +437,10 @@ class GraphBuilder:
         for d in self.flat.decls:
             if d.role != "output":
                 continue
-            if d.name not in self.graph.g:
-                self.diags.error(f"output '{d.name}' is never defined{did_you_mean(d.name, self.defined)}", d.span)
+            if "info" not in self.graph.g.nodes.get(d.name, {}):
+                if d.name not in self.defined:  # else its equation failed and has said why
+                    self.diags.error(f"output '{d.name}' is never defined{did_you_mean(d.name, self.defined)}",
+                                     d.span)
                 continue
             info = self.graph.info(d.name)
             decl = self.declared(d.dims)

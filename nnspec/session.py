@@ -23,7 +23,7 @@ class Session:
     compiled: Compiled
     settings: TrainSettings
     data: BoundData | None
-    model: Model
+    model: Model | None   # None while some sizes are still symbolic (the data decides them)
 
     @property
     def plan(self):
@@ -68,10 +68,12 @@ def open_session(path: str | Path | None = None, *, text: str | None = None, ove
             diags.raise_if_errors()
         data = bind_data(first.flat, first.plan, diags, dev=split.get("dev", 0.0), test=split.get("test", 0.0),
                          seed=settings.seed, min_count=settings.min_count, normalize=settings.normalize,
-                         fold=fold)
+                         fold=fold, limit=settings.limit)
     if data is not None or settings.dropout:
         program, diags = load(path, text=text)
         compiled = compile_program(program, diags, bindings=data.bindings if data else None,
                                    dropout=settings.dropout)
-    model = Model(compiled, dtype=np.dtype(settings.dtype), seed=settings.seed, default_init=settings.init)
+    model = None
+    if all(isinstance(d, int) for p in compiled.plan.params for d in p.shape):
+        model = Model(compiled, dtype=np.dtype(settings.dtype), seed=settings.seed, default_init=settings.init)
     return Session(compiled, settings, data, model)

@@ -41,6 +41,7 @@ class TrainSettings(BaseModel):
     metric: str | None = None            # accuracy | loss | perplexity (what picks the best epoch)
     dtype: str = "float32"
     max_length: int | None = None        # longest sequence accepted
+    limit: int | None = None             # use only the first N examples of each part (N tokens of a stream)
     memory_limit_mb: float = 4096.0      # refuse a batch whose BPTT activations need more
 
     def optimizer_args(self) -> dict[str, Any]:

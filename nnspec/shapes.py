@@ -266,7 +266,8 @@ class ShapeInference:
         for src, _ in info.inputs:
             o = self.graph.info(src)
             if o.shape is not None and o.span is not None and o.span != info.span:
-                notes.append((f"'{src}' has size {show(self.solver.resolve(o.shape))}", o.span))
+                what = f"'{src}'" if o.named else "this"  # not 'h#1', an id the user never wrote
+                notes.append((f"{what} has size {show(self.solver.resolve(o.shape))}", o.span))
         self.diags.error(message, info.span, notes[:3])
 
     def check_unresolved(self) -> None:

@@ -9,6 +9,7 @@ the file parsed again, so one run reports the syntax errors of many lines.
 from __future__ import annotations
 
 import functools
+import re
 from importlib import resources
 
 from lark import Lark, Token, Transformer, v_args
@@ -58,9 +59,17 @@ def parse(text: str, file: str, diags: Diagnostics) -> ast.Module | None:
                 if not seen:
                     diags.error(_describe(e), _error_span(e, file, lines))
                 break
-            seen.add(line)
-            diags.error(_describe(e), _error_span(e, file, lines))
-            lines[line - 1] = ""
+            unclosed = _unclosed_bracket(e, lines, file)
+            if unclosed is not None:  # blank the whole statement the open bracket swallowed
+                message, span, last = unclosed
+                diags.error(message, span)
+                bad = range(span.line, last + 1)
+            else:
+                diags.error(_describe(e), _error_span(e, file, lines))
+                bad = range(line, line + 1)
+            for i in bad:
+                seen.add(i)
+                lines[i - 1] = ""
             continue
         if seen:
             return None
@@ -72,6 +81,47 @@ def parse(text: str, file: str, diags: Diagnostics) -> ast.Module | None:
                 return None
             raise
     return None
+
+
+_PAIRS = {"(": ")", "[": "]", "{": "}"}
+_BRACKETS = re.compile(r'"[^"\n]*"|#[^\n]*|[()\[\]{}]')
+
+
+def _unclosed_bracket(e: UnexpectedInput, lines: list[str], file: str) -> tuple[str, Span, int] | None:
+    """A bracket left open is reported where it opens, not where the parser gave up.
+
+    Inside ( ) and [ ] newlines are ignored, so an unclosed bracket swallows the
+    following lines until the parser meets a token that cannot go on (often the
+    first name of the next statement) or the end of the file. Returns the
+    message, the opening bracket's span and the last line the statement took.
+    """
+    tok = getattr(e, "token", None)
+    at_end = isinstance(e, UnexpectedEOF) or (isinstance(tok, Token) and tok.type == "$END")
+    if not at_end and not (isinstance(e, UnexpectedToken) and isinstance(tok, Token)):
+        return None
+    stack: list[tuple[str, int, int]] = []
+    for number, text in enumerate(lines, 1):
+        if not at_end and number == tok.line:
+            text = text[:tok.column - 1]
+        elif not at_end and number > tok.line:
+            break
+        for m in _BRACKETS.finditer(text):
+            ch = m.group()
+            if ch in _PAIRS:
+                stack.append((ch, number, m.start() + 1))
+            elif ch in _PAIRS.values() and stack and _PAIRS[stack[-1][0]] == ch:
+                stack.pop()
+    if not at_end:  # only ( and [ run on across lines, and only a statement's first token gives it away
+        stack = [b for b in stack if b[0] != "{"]
+        starts_statement = str(tok).isidentifier() and not lines[tok.line - 1][:tok.column - 1].strip()
+        if not stack or stack[-1][1] >= tok.line or not starts_statement:
+            return None
+    if not stack:
+        return None
+    ch, number, column = stack[-1]
+    where = "the end of the file" if at_end else f"{_got(tok)} on line {tok.line}"
+    span = Span(file=file, line=number, column=column, end_line=number, end_column=column + 1)
+    return f"unclosed '{ch}': no '{_PAIRS[ch]}' before {where}", span, len(lines) if at_end else tok.line - 1
 
 
 class _AstError(Exception):
@@ -91,12 +141,15 @@ def _describe(e: UnexpectedInput) -> str:
     if isinstance(e, UnexpectedEOF):
         return "unexpected end of file; is a bracket or brace left open?"
     if isinstance(e, UnexpectedToken):
-        tok = e.token
-        got = "end of line" if tok.type == "_NL" else ("end of file" if tok.type == "$END" else repr(str(tok)))
+        got = _got(e.token)
         expected = sorted({_readable(t) for t in e.expected})
         hint = ", ".join(expected[:8]) + (", ..." if len(expected) > 8 else "")
         return f"unexpected {got}; expected {hint}"
     return str(e)
+
+
+def _got(tok: Token) -> str:
+    return "end of line" if tok.type == "_NL" else ("end of file" if tok.type == "$END" else repr(str(tok)))
 
 
 def _readable(terminal: str) -> str:
