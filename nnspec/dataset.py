@@ -141,7 +141,9 @@ def bind_data(flat: FlatSpec, plan: Plan, diags: Diagnostics, *, dev: float = 0.
     """Read, split, encode. ``fold = (k, i)`` makes fold i of k-fold cross-validation the test part;
     ``limit`` keeps the first N examples of each part (a quick run on a slice)."""
     fields = field_specs(plan.inputs + plan.targets)
-    raw = read_raw(flat, fields, diags)
+    views = {v.name: v.view for v in plan.inputs if v.view is not None}
+    raw = read_raw(flat, [f for f in fields if f.name not in views], diags)
+    derive_views(raw, views)
     if raw.stream:
         return _bind_stream(raw, fields, limit)
     if fold is not None:
@@ -173,6 +175,17 @@ def bind_data(flat: FlatSpec, plan: Plan, diags: Diagnostics, *, dev: float = 0.
                 for enc in bound.splits.values():
                     enc.data[f.name] = std.apply(enc.data[f.name])
     return bound
+
+
+def derive_views(raw: RawData, views: dict[str, tuple]) -> None:
+    """Add each view's tokens, computed from its source input's raw tokens."""
+    from .data import tokenize
+    from .data.views import apply_view
+    for name, (func, source, arg) in views.items():
+        for cols in raw.splits.values():
+            if source in cols:
+                cols[name] = [apply_view(func, tokenize(x) if isinstance(x, str) else list(x), arg)
+                              for x in cols[source]]
 
 
 def _slice(raw: RawData, limit: int) -> RawData:

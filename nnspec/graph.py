@@ -44,6 +44,7 @@ class NodeInfo:
     sequence: bool = False
     elem: str = "real"                 # real | token | char | class | bag | char_bag
     classes: int | None = None         # declared class count
+    view: tuple[str, str, int | None] | None = None  # (function, source input, argument)
     # parameters and constants
     value: np.ndarray | None = None
     init: tuple[str, dict] | None = None
@@ -140,8 +141,9 @@ class GraphBuilder:
             if t.elem in ("token", "char", "class") and d.dims:
                 self.diags.error(f"'{d.name}' holds {t.elem} ids and takes no size; its size comes from "
                                  f"the data", d.span)
+            view = self.view(d, t)
             self.add(NodeInfo(id=d.name, kind=d.role, span=d.span, named=True, declared=self.declared(d.dims),
-                              sequence=t.sequence, elem=t.elem, classes=classes))
+                              sequence=t.sequence, elem=t.elem, classes=classes, view=view))
         for eq in f.equations:
             self.define(eq.name, eq.span)
         for p in f.params:
@@ -164,6 +166,29 @@ class GraphBuilder:
         self.outputs()
         self.total_loss()
         return self.graph
+
+    def view(self, d: ast.Decl, t: ast.TypeSpec) -> tuple | None:
+        """``input s : seq of token = suffix(w, 3)``: check the view and its source."""
+        if d.view is None:
+            return None
+        from .data.views import VIEWS
+        v = d.view
+        if v.func not in VIEWS:
+            self.diags.error(f"unknown view '{v.func}'{did_you_mean(v.func, VIEWS)}; views are "
+                             f"{', '.join(VIEWS)}", v.span)
+            return None
+        if d.role != "input" or t.elem not in ("token", "char"):
+            self.diags.error(f"a view makes token inputs: declare 'input {d.name} : seq of token = ...'", v.span)
+            return None
+        source = next((x for x in self.flat.decls if x.name == v.source and x.role == "input"), None)
+        if source is None or source.type is None or source.type.elem not in ("token",) or source.view is not None:
+            self.diags.error(f"'{v.source}' is not a token input that a view can read"
+                             f"{did_you_mean(v.source, [x.name for x in self.flat.decls])}", v.span)
+            return None
+        if source.type.sequence != t.sequence:
+            self.diags.error(f"'{d.name}' and '{v.source}' must both be sequences, or both not", v.span)
+            return None
+        return (v.func, v.source, v.arg)
 
     def define(self, name: str, span: Span) -> None:
         if name in self.defined:

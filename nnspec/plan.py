@@ -28,6 +28,7 @@ class ValueSpec(BaseModel):
     integer: bool
     elem: str
     card: Any = None       # vocabulary size / class count for integer values
+    view: tuple[str, str, int | None] | None = None  # derived from another input's tokens
 
 
 class ParamSpec(BaseModel):
@@ -123,7 +124,8 @@ def build_plan(graph: Graph, order: list[str], components: list[Component]) -> P
                                   initials={s: graph.initials[s] for s in comp.states if s in graph.initials}))
     steps = _order_loops(steps)
     inputs = [ValueSpec(name=i.id, role=i.kind, shape=list(i.shape or ()), seq=i.seq, integer=i.integer,
-                        elem=i.elem, card=i.card) for i in graph.nodes() if i.kind in ("input", "target")]
+                        elem=i.elem, card=i.card, view=i.view)
+              for i in graph.nodes() if i.kind in ("input", "target")]
     params = []
     for p in graph.params():
         if p.id not in needed:

@@ -136,12 +136,20 @@ class TypeSpec(Node):
     classes: list[DimExpr] | None = None  # class[17]
 
 
+class View(Node):
+    """``suffix(w, 3)``: an input whose tokens are derived from another input's."""
+    func: str
+    source: str
+    arg: int | None = None
+
+
 class Decl(Node):
     kind: Literal["decl"] = "decl"
     role: Literal["input", "target", "output"]
     name: str
     dims: list[DimExpr] | None = None
     type: TypeSpec | None = None
+    view: View | None = None
 
 
 class Equation(Node):

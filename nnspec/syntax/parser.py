@@ -211,7 +211,12 @@ class _ToAst(Transformer):
         role, name, *rest = c
         dims = next((r for r in rest if isinstance(r, list)), None)
         typ = next((r for r in rest if isinstance(r, ast.TypeSpec)), None)
-        return ast.Decl(span=self.sp(meta), role=str(role), name=str(name), dims=dims, type=typ)
+        view = next((r for r in rest if isinstance(r, ast.View)), None)
+        return ast.Decl(span=self.sp(meta), role=str(role), name=str(name), dims=dims, type=typ, view=view)
+
+    def view(self, meta, c):
+        return ast.View(span=self.sp(meta), func=str(c[0]), source=str(c[1]),
+                        arg=int(c[2]) if len(c) > 2 else None)
 
     def equation(self, meta, c):
         name, *rest = c

@@ -1,0 +1,35 @@
+"""Views: token inputs derived from another input's tokens (``input s : seq of token = suffix(w, 3)``).
+
+They let a tagger see the spelling of a word — its suffix, prefix, shape or
+lower-cased form — through an embedding of its own, so rare and unseen words
+still carry evidence about their tag.
+"""
+from __future__ import annotations
+
+import re
+from typing import Callable
+
+
+def word_shape(word: str) -> str:
+    """Character classes with runs collapsed: ``Hello`` -> ``Xx``, ``1999`` -> ``d``, ``U.S.`` -> ``X.X.``."""
+    classes = "".join("X" if ch.isupper() else "x" if ch.islower() else "d" if ch.isdigit() else ch for ch in word)
+    return re.sub(r"(.)\1+", r"\1", classes)
+
+
+def _affix(take: Callable[[str, int], str], default: int):
+    def view(word: str, k: int | None) -> str:
+        return take(word.lower(), k or default)
+    return view
+
+
+VIEWS: dict[str, Callable[[str, int | None], str]] = {
+    "lower": lambda w, k: w.lower(),
+    "prefix": _affix(lambda w, k: w[:k], 3),
+    "suffix": _affix(lambda w, k: w[-k:], 3),
+    "shape": lambda w, k: word_shape(w),
+}
+
+
+def apply_view(name: str, tokens: list[str], k: int | None) -> list[str]:
+    fn = VIEWS[name]
+    return [fn(t, k) for t in tokens]
