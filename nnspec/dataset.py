@@ -145,7 +145,7 @@ def bind_data(flat: FlatSpec, plan: Plan, diags: Diagnostics, *, dev: float = 0.
     raw = read_raw(flat, [f for f in fields if f.name not in views], diags)
     derive_views(raw, views)
     if raw.stream:
-        return _bind_stream(raw, fields, limit)
+        return _bind_stream(raw, fields, limit, min_count)
     if fold is not None:
         raw = kfold(raw, fold[0], fold[1], seed)
         if dev:
@@ -208,10 +208,10 @@ def _carve_dev(raw: RawData, dev: float, seed: int) -> RawData:
     return RawData(splits, origins)
 
 
-def _bind_stream(raw: RawData, fields: list[FieldSpec], limit: int | None) -> BoundData:
+def _bind_stream(raw: RawData, fields: list[FieldSpec], limit: int | None, min_count: int) -> BoundData:
     f = next(f for f in fields if f.kind is FieldKind.tokens and f.role == "input")
     train_tokens = raw.splits["train"][f.name][0][:limit]
-    vocab = Vocab.build([train_tokens], min_count=1, level=f.level)
+    vocab = Vocab.build([train_tokens], min_count=min_count, level=f.level)
     bound = BoundData(fields=[f], vocabs={f.name: vocab}, stream_field=f.name)
     for split, columns in raw.splits.items():
         bound.streams[split] = vocab.encode(columns[f.name][0][:limit])

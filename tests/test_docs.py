@@ -50,7 +50,7 @@ class Block:
 
     @property
     def where(self) -> str:
-        return f"{self.file.name}:{self.line}"
+        return f"{self.file.name}@{self.line}"
 
 
 _FENCE = re.compile(r"^```([\w-]*)\s*$")
@@ -199,7 +199,9 @@ GROUPS = [  # module of the op classes -> heading
 ]
 
 _OPERATOR = {"add": "a + b", "sub": "a - b", "mul": "a * b", "div": "a / b", "matmul": "W @ x", "neg": "-x"}
-_ARGS = {"matmul": "W, x", "concat": "x1, x2, ...", "embed": "ids, width", "argmax": "x"}
+_ARGS = {"matmul": "W, x", "concat": "x1, x2, ...", "embed": "ids, width", "mse": "pred, target",
+         "bce": "p, y", "bce_logits": "z, y", "cross_entropy": "p, y", "cross_entropy_logits": "z, y",
+         "nll": "logp, y", "perceptron": "z, t"}
 
 
 def _number(v) -> str:
@@ -211,8 +213,6 @@ def usage(name: str) -> str:
     module = type(op).__module__.rsplit(".", 1)[-1]
     if name in _ARGS:
         args = _ARGS[name]
-    elif module == "losses":
-        args = "pred, target"
     elif op.arity == 2:
         args = "a, b"
     else:
@@ -233,13 +233,16 @@ def ops_table() -> str:
         if not names:
             continue
         seen.update(names)
-        rows = [f"| {usage(n)} | {REGISTRY[n].doc.replace('|', chr(92) + '|')} |" for n in names]
-        parts.append(f"**{heading}**\n\n| usage | what it computes |\n|---|---|\n" + "\n".join(rows))
+        parts.append(_table(heading, names))
     rest = sorted(set(REGISTRY) - seen)
     if rest:
-        rows = [f"| {usage(n)} | {REGISTRY[n].doc} |" for n in rest]
-        parts.append("**Other**\n\n| usage | what it computes |\n|---|---|\n" + "\n".join(rows))
+        parts.append(_table("Other", rest))
     return "\n\n".join(parts)
+
+
+def _table(heading: str, names: list[str]) -> str:
+    rows = [f"| {usage(n)} | {REGISTRY[n].doc.replace('|', chr(92) + '|')} |" for n in names]
+    return f"**{heading}**\n\n| usage | what it computes |\n|---|---|\n" + "\n".join(rows)
 
 
 def _between(text: str, start: str, end: str) -> str:
