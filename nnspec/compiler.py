@@ -123,7 +123,8 @@ def insert_dropout(graph: Graph, rates: dict[str, float], diags: Diagnostics) ->
         dropped = f"{name}.dropout"
         readers = [v for v in list(g.successors(name))
                    if (src.component is None or graph.info(v).component != src.component)]
-        info = NodeInfo(id=dropped, kind="op", span=src.span, op="dropout", inputs=[(name, 0)], attrs={"p": p})
+        op = "word_dropout" if src.kind == "input" and src.elem in ("token", "char") else "dropout"
+        info = NodeInfo(id=dropped, kind="op", span=src.span, op=op, inputs=[(name, 0)], attrs={"p": p})
         g.add_node(dropped, info=info)
         g.add_edge(name, dropped, delays={0})
         for v in readers:

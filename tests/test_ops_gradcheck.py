@@ -141,6 +141,7 @@ CASES = [
     C("shift", normal(T, B, N), attrs={"k": -1}, ctx=SEQ, tag="prev"),
     C("shift", rng.integers(0, 5, (T, B)), ctx=SEQ, tag="ids"),
     C("argmax", spread(B, K)),
+    C("word_dropout", rng.integers(0, 9, (T, B)), attrs={"p": 0.5}, ctx={"train": True}, tag="train"),
 ]
 PARAMS = [pytest.param(c, id=f"{c.op}-{c.tag}" if c.tag else c.op) for c in CASES]
 
@@ -315,3 +316,12 @@ def test_dropout_is_identity_in_eval_and_inverted_in_training():
 def test_argmax_gives_int64_classes():
     out = fwd("argmax", np.array([[0.1, 0.7, 0.2], [3.0, -1.0, 0.0]]))
     assert out.dtype == np.int64 and out.tolist() == [1, 0]
+
+
+def test_word_dropout_replaces_words_by_unk_and_keeps_padding():
+    ids = np.array([[0, 1, 5, 7, 9]] * 200)
+    out = fwd("word_dropout", ids, p=0.5, ctx=Ctx(train=True, rng=np.random.default_rng(0)))
+    assert (out[:, :2] == ids[:, :2]).all()              # <pad> and <unk> stay
+    assert set(np.unique(out[:, 2:])) <= {1, 5, 7, 9}
+    assert 0.4 < (out[:, 2:] == 1).mean() < 0.6
+    assert (fwd("word_dropout", ids, p=0.5) == ids).all()   # evaluation: unchanged

@@ -74,6 +74,7 @@ VALID = [
     *[(op, [(5,), ()], ()) for op in ("cross_entropy", "cross_entropy_logits", "nll")],
     *[(op, [(4,)], (4,)) for op in ("last", "first", "sum", "mean", "max", "shift")],
     ("argmax", [(5,)], ()),
+    ("word_dropout", [()], ()),
 ]
 
 

@@ -1,6 +1,8 @@
 """Regularisation ops: active only while training (``ctx.train``)."""
 from __future__ import annotations
 
+import numpy as np
+
 from .registry import Op, ShapeError, register
 
 
@@ -31,3 +33,31 @@ class Dropout(Op):
     def vjp(self, g, xs, out, attrs, ctx):
         scale = ctx.saved["scale"]
         return [g if scale is None else g * scale]
+
+
+@register
+class WordDropout(Op):
+    name = "word_dropout"
+    attrs = {"p": 0.1}
+    integer_inputs = (0,)
+    integer_output = True
+    doc = "while training, replace each token id by <unk> (id 1) with probability p; padding stays"
+
+    # Dropping whole words teaches the <unk> embedding what unseen words at test time look like.
+    def shape(self, shapes, attrs, dims):
+        p = float(self.attr(attrs, "p"))
+        if not 0.0 <= p < 1.0:
+            raise ShapeError(f"word_dropout: p must be in [0, 1), got {p}")
+        return shapes[0]
+
+    def forward(self, xs, attrs, ctx):
+        ids, p = xs[0], float(self.attr(attrs, "p"))
+        if not ctx.train or p == 0.0:
+            return ids
+        if ctx.rng is None:
+            raise ValueError("word_dropout: training needs ctx.rng")
+        drop = (ctx.rng.random(ids.shape) < p) & (ids > 1)  # keep <pad> (0) and <unk> (1) as they are
+        return np.where(drop, 1, ids)
+
+    def vjp(self, g, xs, out, attrs, ctx):
+        return [None]
