@@ -84,8 +84,9 @@ def cmd_predict(args) -> int:
     from .train.loop import find_heads
     session, vocabs = open_trained(args.spec, args.checkpoint)
     plan = session.plan
-    text_inputs = [v for v in plan.inputs if v.elem in ("token", "char", "bag", "char_bag")]
-    if len(text_inputs) != 1 or len(plan.inputs) != 1:
+    text_inputs = [v for v in plan.inputs if v.elem in ("token", "char", "bag", "char_bag") and v.view is None]
+    views = [v for v in plan.inputs if v.view is not None]
+    if len(text_inputs) != 1 or len(plan.inputs) != 1 + len(views):
         from .cli import UsageError
         raise UsageError("predict reads one text input per line; this spec's inputs are "
                          + ", ".join(v.name for v in plan.inputs))
@@ -102,6 +103,9 @@ def cmd_predict(args) -> int:
             feeds = {field.name: x}
         else:
             feeds = {field.name: ids[:, None]}
+            for v in views:  # suffixes, shapes, ... of the same words
+                from .data.views import apply_view
+                feeds[v.name] = vocabs[v.name].encode(apply_view(v.view[0], tokens, v.view[2]))[:, None]
         tape = session.model.run(feeds, need_loss=False)
         result = {"input": line}
         for h in heads:

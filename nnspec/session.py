@@ -35,8 +35,10 @@ class Session:
 
 
 def spec_hash(compiled: Compiled) -> str:
-    """Identifies the network (not its training settings): a checkpoint fits only the same network."""
-    text = compiled.plan.model_dump_json(exclude={"dtype"})
+    """Identifies the network — its expanded equations and data-decided sizes, not its training
+    settings (dropout, epochs): a checkpoint fits only the same network."""
+    from .expand import format_flat
+    text = format_flat(compiled.flat) + repr(sorted(compiled.bindings.items()))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

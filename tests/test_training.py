@@ -1,0 +1,143 @@
+"""Training: determinism, resuming, checkpoints, NaN handling, memory limits, predictions."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nnspec import open_session
+from nnspec.cli import main
+from nnspec.train.loop import Trainer, TrainingError
+from nnspec.train.rundir import RunDir
+
+TAGGER = """
+network tiny_tagger
+input  w : seq of token
+target y : seq of class
+output p
+e = embed(w, 8)
+h = bidirectional(rnn)(e, H = 6)
+p = softmax(V @ h + c)
+loss cross_entropy(p, y)
+train { optimizer adam(lr = 0.01); batch 2; epochs 4; seed 3; dropout e = 0.2 }
+data inline {
+  w = [["the", "dog", "runs"], ["a", "cat", "sleeps"], ["the", "cat", "runs"], ["dogs", "sleep"]]
+  y = [["DET", "NOUN", "VERB"], ["DET", "NOUN", "VERB"], ["DET", "NOUN", "VERB"], ["NOUN", "VERB"]]
+}
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "spec.nn") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def train(path, tmp_path=None, **kw):
+    s = open_session(path, **kw)
+    run_dir = RunDir("t", root=tmp_path) if tmp_path else None
+    result = Trainer(s.model, s.data, s.settings, quiet=True, run_dir=run_dir,
+                     spec_hash=s.spec_hash).fit()
+    return s, result
+
+
+def test_same_seed_gives_identical_weights(tmp_path):
+    path = write(tmp_path, TAGGER)
+    (a, _), (b, _) = train(path), train(path)
+    for name in a.model.params:
+        assert np.array_equal(a.model.params[name], b.model.params[name])
+
+
+def test_a_different_seed_gives_different_weights(tmp_path):
+    path = write(tmp_path, TAGGER)
+    a, _ = train(path, seed=1)
+    b, _ = train(path, seed=2)
+    assert not np.array_equal(a.model.params["V"], b.model.params["V"])
+
+
+def test_resume_ends_with_the_weights_of_an_uninterrupted_run(tmp_path):
+    path = write(tmp_path, TAGGER)
+    full, _ = train(path)
+    # an interrupted run: two of four epochs, then resumed from its last checkpoint
+    s = open_session(path, overrides=["epochs=2"])
+    run_dir = RunDir("t", root=tmp_path / "runs")
+    Trainer(s.model, s.data, s.settings, quiet=True, run_dir=run_dir, spec_hash=s.spec_hash).fit()
+    s2 = open_session(path)
+    trainer = Trainer(s2.model, s2.data, s2.settings, quiet=True, run_dir=RunDir(path=run_dir.path),
+                      spec_hash=s2.spec_hash)
+    trainer.resume(run_dir.last)
+    trainer.fit()
+    for name in full.model.params:
+        assert np.array_equal(full.model.params[name], s2.model.params[name]), name
+
+
+def test_a_checkpoint_from_another_spec_is_refused(tmp_path, capsys):
+    path = write(tmp_path, TAGGER)
+    assert main(["run", str(path), "--runs", str(tmp_path / "runs"), "--quiet", "--json"]) == 0
+    run_dir = json.loads(capsys.readouterr().out)["run_dir"]
+    other = write(tmp_path, TAGGER.replace("H = 6", "H = 7"), "other.nn")
+    assert main(["evaluate", str(other), "--checkpoint", run_dir, "--split", "train"]) == 1
+    assert "different spec" in capsys.readouterr().err
+
+
+def test_predict_tags_new_sentences(tmp_path, capsys):
+    path = write(tmp_path, TAGGER)
+    assert main(["run", str(path), "--runs", str(tmp_path / "runs"), "--quiet", "--json"]) == 0
+    run_dir = json.loads(capsys.readouterr().out)["run_dir"]
+    sentences = write(tmp_path, "the dog sleeps\na zebra runs\n", "in.txt")
+    assert main(["predict", str(path), "--checkpoint", run_dir, "--input", str(sentences), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [w for w, _ in out[1]["y"]] == ["a", "zebra", "runs"]     # an unknown word is tagged too
+    assert all(tag in ("DET", "NOUN", "VERB") for r in out for _, tag in r["y"])
+
+
+def test_run_directory_holds_spec_metrics_checkpoints_and_plots(tmp_path, capsys):
+    path = write(tmp_path, TAGGER)
+    assert main(["run", str(path), "--runs", str(tmp_path / "runs"), "--quiet", "--json"]) == 0
+    run_dir = Path(json.loads(capsys.readouterr().out)["run_dir"])
+    assert (run_dir / "spec.nn").read_text().startswith("\nnetwork tiny_tagger")
+    assert len((run_dir / "metrics.csv").read_text().splitlines()) == 5      # header + 4 epochs
+    assert (run_dir / "best" / "weights.safetensors").exists()
+    assert (run_dir / "last" / "meta.json").exists()
+    assert (run_dir / "plots" / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_nan_stops_training_naming_the_step_and_the_value(tmp_path):
+    spec = """
+input x[1]
+target y[1]
+h = log(W @ x + b)
+loss mse(h, y)
+param W = [[1]]
+param b = [-5]
+train { optimizer sgd(lr = 0.1); batch 2; epochs 2 }
+data inline { x = [[1], [2]]; y = [[0], [1]] }
+"""
+    s = open_session(write(tmp_path, spec))
+    with pytest.raises(TrainingError, match=r"step 1: 'h' produced NaN"):
+        Trainer(s.model, s.data, s.settings, quiet=True).fit()
+
+
+def test_a_batch_too_big_for_bptt_memory_is_refused_before_it_runs(tmp_path):
+    s = open_session(write(tmp_path, TAGGER), overrides=["memory_limit_mb=0.001"])
+    with pytest.raises(TrainingError, match="MiB for backpropagation through time"):
+        Trainer(s.model, s.data, s.settings, quiet=True).fit()
+
+
+def test_sequences_longer_than_max_length_are_refused(tmp_path):
+    s = open_session(write(tmp_path, TAGGER), overrides=["max_length=2"])
+    with pytest.raises(TrainingError, match="longer than max_length 2"):
+        Trainer(s.model, s.data, s.settings, quiet=True).fit()
+
+
+def test_input_normalisation_uses_training_statistics(tmp_path):
+    spec = """
+input x[2]
+target y[1]
+loss mse(w @ x + b, y)
+train { normalize true; batch 2; epochs 1; split dev = 25% }
+data inline { x = [[1, 100], [2, 200], [3, 300], [4, 400]]; y = [[1], [2], [3], [4]] }
+"""
+    s = open_session(write(tmp_path, spec))
+    train_x = s.data.splits["train"].data["x"]
+    assert np.allclose(train_x.mean(0), 0) and np.allclose(train_x.std(0), 1)
