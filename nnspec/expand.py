@@ -13,6 +13,7 @@ concatenates a forward and a reversed instance; ``stacked(cell, n)`` chains n.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +23,8 @@ from .ops import REGISTRY
 from .syntax import ast
 
 WRAPPERS = ("reverse", "bidirectional", "stacked")
+MAX_SIZE = 2**31 - 1    # the largest size of one axis (NumPy allocates nothing bigger in practice)
+MAX_LAYERS = 100        # stacked(cell, n): each layer is expanded, so n is bounded
 SPECIAL_FUNCTIONS = {"embed"}  # primitives whose parameters the graph builder creates
 
 
@@ -174,6 +177,9 @@ class Expander:
     def dim(self, d, scope: _Scope):
         """A size: an int, or (inside a cell) a size name left for shape inference."""
         if isinstance(d, ast.DimInt):
+            if not 1 <= d.value <= MAX_SIZE:
+                self.diags.error(f"a size must be a whole number from 1 to {MAX_SIZE}, not {d.value}", d.span)
+                return d.model_copy(update={"value": 1})
             return d
         if isinstance(d, ast.DimName):
             if d.name.startswith("?"):  # already an inferred size of some instance
@@ -182,8 +188,9 @@ class Expander:
                 return self.dim(scope.sizes[d.name], scope)
             if d.name in scope.lets:
                 v = scope.lets[d.name]
-                if v != int(v) or v <= 0:
-                    self.diags.error(f"size '{d.name}' must be a positive whole number, not {v:g}", d.span)
+                if not _is_size(v):
+                    self.diags.error(f"size '{d.name}' must be a whole number from 1 to {MAX_SIZE}, not {v:g}",
+                                     d.span)
                     return ast.DimInt(span=d.span, value=1)
                 return ast.DimInt(span=d.span, value=int(v))
             if scope.cell is not None:  # inferred per instance, e.g. H when the caller gives none
@@ -194,8 +201,8 @@ class Expander:
         left, right = self.dim(d.left, scope), self.dim(d.right, scope)
         if isinstance(left, ast.DimInt) and isinstance(right, ast.DimInt):
             v = {"+": left.value + right.value, "-": left.value - right.value, "*": left.value * right.value}[d.op]
-            if v <= 0:
-                self.diags.error(f"size must be positive, got {v}", d.span)
+            if not 1 <= v <= MAX_SIZE:
+                self.diags.error(f"a size must be a whole number from 1 to {MAX_SIZE}, got {v}", d.span)
                 v = 1
             return ast.DimInt(span=d.span, value=v)
         self.diags.error("size arithmetic needs known sizes", d.span)
@@ -286,8 +293,8 @@ class Expander:
                              wrapper.span)
             return None
         v = self.const_value(given[0], scope)
-        if v is None or v != int(v) or v < 1:
-            self.diags.error("the number of layers must be a whole number ≥ 1", wrapper.span)
+        if v is None or not _is_size(v) or v > MAX_LAYERS:
+            self.diags.error(f"the number of layers must be a whole number from 1 to {MAX_LAYERS}", wrapper.span)
             return None
         return int(v)
 
@@ -325,7 +332,10 @@ class Expander:
                 sizes[kw.name] = self.dim(ast.DimName(span=kw.value.span, name=kw.value.name), caller)
                 continue  # a size of the calling cell, passed on
             v = self.const_value(kw.value, caller)
-            if v is not None:
+            if v is not None and not _is_size(v):
+                self.diags.error(f"size '{kw.name}' must be a whole number from 1 to {MAX_SIZE}, not {v:g}",
+                                 kw.span)
+            elif v is not None:
                 sizes[kw.name] = ast.DimInt(span=kw.span, value=int(v))
         scope = _Scope(instance, rename, dict(self.flat.lets), sizes, sign, cell)
         self.flat.instances.append((instance, cell.name))
@@ -338,6 +348,10 @@ class Expander:
         if not defines_output:
             self.diags.error(f"cell '{cell.name}' never defines its output '{cell.output}'", cell.span)
         self.depth -= 1
+
+
+def _is_size(v: float) -> bool:
+    return math.isfinite(v) and v == int(v) and 1 <= v <= MAX_SIZE
 
 
 def _has_inferred(dims) -> bool:

@@ -12,7 +12,7 @@ import functools
 import re
 from importlib import resources
 
-from lark import Lark, Token, Transformer, v_args
+from lark import Lark, Token, Transformer, Tree, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
 
 from ..errors import Diagnostics, Span
@@ -73,6 +73,8 @@ def parse(text: str, file: str, diags: Diagnostics) -> ast.Module | None:
             continue
         if seen:
             return None
+        if _too_deep(tree, file, diags):
+            return None
         try:
             return ast.Module(file=file, statements=_ToAst(file).transform(tree).children)
         except VisitError as e:  # a literal the grammar accepts but the AST rejects
@@ -81,6 +83,28 @@ def parse(text: str, file: str, diags: Diagnostics) -> ast.Module | None:
                 return None
             raise
     return None
+
+
+MAX_DEPTH = 150  # levels of the parse tree in one statement; later stages recurse over expressions
+
+
+def _too_deep(tree, file: str, diags: Diagnostics) -> bool:
+    """Report statements nested so deeply (e.g. a sum of hundreds of terms) that walking them would
+    exhaust Python's stack; every stage after the parser recurses over expressions."""
+    found = False
+    for stmt in tree.children:
+        if not isinstance(stmt, Tree):
+            continue
+        stack = [(stmt, 1)]
+        while stack:
+            node, depth = stack.pop()
+            if depth > MAX_DEPTH:
+                diags.error(f"this statement nests more than {MAX_DEPTH} levels deep; split it into several "
+                            f"equations", _span(file, stmt.meta))
+                found = True
+                break
+            stack.extend((c, depth + 1) for c in node.children if isinstance(c, Tree))
+    return found
 
 
 _PAIRS = {"(": ")", "[": "]", "{": "}"}
