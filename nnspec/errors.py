@@ -65,6 +65,13 @@ class Sources:
         lines = text.splitlines()
         return lines[number - 1] if 0 < number <= len(lines) else None
 
+    def snippet(self, span: Span) -> str | None:
+        """The source text of a one-line span, e.g. ``shift(w, 1)``."""
+        text = self.line(span.file, span.line)
+        if text is None or span.end_line != span.line:
+            return None
+        return text[span.column - 1:span.end_column - 1] or None
+
 
 class Diagnostics:
     """An ordered collection of diagnostics for one compilation."""

@@ -72,7 +72,7 @@ class Expander:
         top = _Scope("", {}, self.flat.lets, {}, +1, None)
         for stmt in self.program.statements:
             if isinstance(stmt, ast.Let):
-                value = self.const_value(stmt.value, top)
+                value = self.finite(self.const_value(stmt.value, top), stmt)
                 if value is not None:
                     if stmt.name in self.flat.lets:
                         self.diags.error(f"'{stmt.name}' is defined twice by let", stmt.span)
@@ -87,7 +87,7 @@ class Expander:
             f.name = stmt.name
         elif isinstance(stmt, ast.Let):
             if scope.cell is not None:
-                value = self.const_value(stmt.value, scope)
+                value = self.finite(self.const_value(stmt.value, scope), stmt)
                 if value is not None:
                     scope.lets[stmt.name] = value
         elif isinstance(stmt, ast.Decl):
@@ -147,6 +147,12 @@ class Expander:
             return
 
     # ---- constants and sizes ---------------------------------------------
+    def finite(self, value: float | None, stmt: ast.Let) -> float | None:
+        if value is not None and not math.isfinite(value):
+            self.diags.error(f"let '{stmt.name}' is too large to be a number ({value})", stmt.value.span)
+            return None
+        return value
+
     def const_value(self, e, scope: _Scope) -> float | None:
         if isinstance(e, ast.Number):
             return e.value

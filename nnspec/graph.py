@@ -14,6 +14,7 @@ and is an error anywhere else, so a typo is caught rather than trained.
 from __future__ import annotations
 
 import inspect
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -21,7 +22,7 @@ import networkx as nx
 import numpy as np
 
 from .errors import Diagnostics, Span, did_you_mean
-from .expand import FlatSpec
+from .expand import MAX_SIZE, FlatSpec
 from .ops import REGISTRY
 from .syntax import ast
 
@@ -425,6 +426,9 @@ class GraphBuilder:
                                  inputs=inputs, attrs=attrs))
 
     def attr_value(self, e, func: str):
+        if isinstance(e, ast.Number) and not math.isfinite(e.value):
+            self.diags.error(f"a setting of {func} must be a finite number", e.span)
+            return None
         if isinstance(e, ast.Number):
             return int(e.value) if e.value == int(e.value) and "." not in e.text and "e" not in e.text.lower() \
                 else e.value
@@ -445,7 +449,8 @@ class GraphBuilder:
         for k in e.keywords:
             if k.name in ("dim", "width", "size") and isinstance(k.value, ast.Number):
                 width = k.value.value
-        if len(e.args) not in (1, 2) or width is None or width != int(width) or width < 1:
+        if len(e.args) not in (1, 2) or width is None or not math.isfinite(width) or width != int(width) \
+                or not 1 <= width <= MAX_SIZE:
             self.diags.error("embed takes the ids and a width, as in embed(w, 100)", e.span)
             return None
         ids = self.operand(e.args[0], owner, None, None)
@@ -487,6 +492,15 @@ class GraphBuilder:
                                           span=self.graph.info(other).span, op="add",
                                           inputs=[(total, 0), (other, 0)]))
             self.graph.loss = total
+
+
+def user_name(info: NodeInfo, sources) -> str:
+    """A value as its author wrote it: its name, or for a sub-expression its source text (never an
+    internal id such as 'y#1')."""
+    if info.named or info.span is None:
+        return f"'{info.id}'"
+    text = sources.snippet(info.span)
+    return f"'{text}'" if text else "this value"
 
 
 def _has_none(x) -> bool:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import networkx as nx
 
 from .errors import Diagnostics
-from .graph import Graph
+from .graph import Graph, user_name
 from .ops import REGISTRY
 
 REDUCTIONS_OVER_TIME = {"last", "first", "mean", "max", "sum"}
@@ -109,9 +109,10 @@ def infer_time_and_type(graph: Graph, components: list[Component], diags: Diagno
         integer_in = [o for i, o in enumerate(operands) if o.integer and i not in op.integer_inputs]
         if integer_in and info.op not in ("identity", "shift"):
             o = integer_in[0]
+            who = user_name(o, diags.sources)
             what = "token ids" if o.elem in ("token", "char") else "class labels"
-            fix = f"embed({o.id}, 64)" if o.elem in ("token", "char") else "a one-hot encoding"
-            diags.error(f"'{o.id}' holds {what}, which {info.op} cannot take; use {fix} to turn them into "
+            fix = f"embed({who.strip(chr(39))}, 64)" if o.elem in ("token", "char") else "a one-hot encoding"
+            diags.error(f"{who} holds {what}, which {info.op} cannot take; use {fix} to turn them into "
                         f"vectors", info.span)
         info.integer = op.integer_output or (info.op in ("identity", "shift") and bool(operands)
                                              and operands[0].integer)

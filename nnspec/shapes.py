@@ -15,8 +15,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import networkx as nx
+
 from .errors import Diagnostics
-from .graph import Graph, NodeInfo
+from .graph import Graph, NodeInfo, user_name
 from .ops import REGISTRY, ShapeError
 from .ops.registry import show_shape, unify_dims
 
@@ -148,7 +150,7 @@ class ShapeInference:
         if shape is None:
             if final:
                 self.failed.add(n)
-                if info.kind != "const":
+                if info.kind != "const" and not self.after_failure(n):
                     self.diags.error(f"cannot infer the size of '{n}'; "
                                      + (f"give it one, e.g. 'param {n}[4, 3]'" if info.kind == "param"
                                         else f"declare it, e.g. '{n}[64] = ...'"), info.span)
@@ -173,6 +175,10 @@ class ShapeInference:
         info.shape = tuple(shape)
         self.done.add(n)
         return True
+
+    def after_failure(self, n: str) -> bool:
+        """A value downstream of one already reported: its own complaint would only repeat that one."""
+        return not self.failed.isdisjoint(nx.ancestors(self.graph.g, n))
 
     def has_unknowns(self, info: NodeInfo) -> bool:
         return any(self.graph.info(s).shape is None or not is_known(self.solver.resolve(self.graph.info(s).shape))
@@ -217,8 +223,9 @@ class ShapeInference:
             if ids.shape is None:
                 return None
             if not ids.integer:
-                raise ShapeError(f"embed needs token ids, but '{ids.id}' holds real numbers; declare it "
-                                 f"'input {ids.id} : seq of token'")
+                hint = f"; declare it 'input {ids.id} : seq of token'" if ids.kind == "input" else ""
+                raise ShapeError(f"embed needs token ids, but {user_name(ids, self.diags.sources)} holds real "
+                                 f"numbers{hint}")
             return (ids.card if ids.card is not None else s.fresh(), info.table_width)
         if info.matrix:
             return (s.fresh(f"rows of {info.id}"), s.fresh(f"columns of {info.id}"))
@@ -266,8 +273,7 @@ class ShapeInference:
         for src, _ in info.inputs:
             o = self.graph.info(src)
             if o.shape is not None and o.span is not None and o.span != info.span:
-                what = f"'{src}'" if o.named else "this"  # not 'h#1', an id the user never wrote
-                notes.append((f"{what} has size {show(self.solver.resolve(o.shape))}", o.span))
+                notes.append((f"{user_name(o, self.diags.sources)} has size {show(self.solver.resolve(o.shape))}", o.span))
         self.diags.error(message, info.span, notes[:3])
 
     def check_unresolved(self) -> None:
@@ -275,7 +281,7 @@ class ShapeInference:
         for n in self.order:
             info = self.graph.info(n)
             if n in self.failed or info.shape is None:
-                if n not in self.failed and info.named and info.kind != "const":
+                if n not in self.failed and info.named and info.kind != "const" and not self.after_failure(n):
                     self.diags.error(f"cannot infer the size of '{n}'; declare it, e.g. '{n}[64] = ...'",
                                      info.span)
                 continue
@@ -283,7 +289,8 @@ class ShapeInference:
             if isinstance(info.card, Var):
                 info.card = self.solver.find(info.card)
             unknown = [d for d in info.shape if isinstance(d, Var)]
-            if unknown and (info.named or info.kind == "param") and not any(id(d) in reported for d in unknown):
+            if unknown and (info.named or info.kind == "param") and not any(id(d) in reported for d in unknown) \
+                    and not self.after_failure(n):
                 reported.update(id(d) for d in unknown)
                 hint = (f"; give it a size, e.g. 'param {n}[...]'" if info.kind == "param"
                         else f"; declare it, e.g. '{n}[64] = ...'")

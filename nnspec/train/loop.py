@@ -228,6 +228,13 @@ class Trainer:
             progress.step(batch.size if not self.data.stream else int(batch.lengths.sum()), loss)
         return (total / count if count else float("nan")), mistakes
 
+    def _steps_per_epoch(self) -> int:
+        """For the progress bar's ETA."""
+        if self.data.stream:
+            columns = len(self.data.streams["train"]) // self.batch_size
+            return max(1, -(-(columns - 1) // (self.settings.bptt or 35)))
+        return max(1, -(-self.data.size("train") // self.batch_size))
+
     def _check_memory(self, batch) -> None:
         if batch.mask is None:
             return
@@ -265,7 +272,7 @@ class Trainer:
         start = time.perf_counter()
         metric, higher = selection_metric(s, self.heads)
         unit = "tok" if self.data.stream else "ex"
-        steps_per_epoch = None
+        steps_per_epoch = self._steps_per_epoch()
         converged = None
         epoch = self.start_epoch
         with Progress(s.epochs, steps_per_epoch, unit=unit, quiet=self.quiet, stream=self.stream) as progress:
