@@ -221,7 +221,7 @@ def _print_training(session, result, metrics) -> None:
         con.print("final: " + "  ".join(f"{k} {_fmt_num(v)}" for k, v in last.items() if k != "epoch"))
     if session.compiled.flat.data is not None and not session.data.stream and session.data.size("train") <= 16:
         _print_outputs(session, "train")
-    con.print(f"trained {result.epochs_run} epochs in {result.seconds:.1f}s" +
+    con.print(f"trained {result.epochs_run} epoch{'s' * (result.epochs_run != 1)} in {result.seconds:.1f}s" +
               (f"; run directory {result.run_dir}" if result.run_dir else ""))
 
 

@@ -52,7 +52,7 @@ class Compiled:
 
 
 def compile_program(program: Program, diags: Diagnostics, bindings: dict[str, int] | None = None,
-                    dropout: dict[str, float] | None = None) -> Compiled:
+                    dropout: dict[str, float] | None = None, optimize: bool = True) -> Compiled:
     diags.raise_if_errors()
     flat = expand(program, diags)
     diags.raise_if_errors()
@@ -68,21 +68,25 @@ def compile_program(program: Program, diags: Diagnostics, bindings: dict[str, in
     infer_shapes(graph, order, diags, bindings)
     diags.raise_if_errors()
     plan = build_plan(graph, order, components)
+    if optimize:
+        from .optimize import optimize_plan
+        plan = optimize_plan(plan)
     return Compiled(program, flat, graph, components, order, plan, diags, dict(bindings or {}))
 
 
 def compile_text(text: str, file: str = "<string>", bindings: dict[str, int] | None = None,
-                 base_dir: Path | None = None, dropout: dict[str, float] | None = None) -> Compiled:
+                 base_dir: Path | None = None, dropout: dict[str, float] | None = None,
+                 optimize: bool = True) -> Compiled:
     diags = Diagnostics()
     program = load_text(text, file, diags, base_dir=base_dir)
-    return compile_program(program, diags, bindings, dropout)
+    return compile_program(program, diags, bindings, dropout, optimize)
 
 
 def compile_file(path: str | Path, bindings: dict[str, int] | None = None,
-                 dropout: dict[str, float] | None = None) -> Compiled:
+                 dropout: dict[str, float] | None = None, optimize: bool = True) -> Compiled:
     diags = Diagnostics()
     program = load_file(path, diags)
-    return compile_program(program, diags, bindings, dropout)
+    return compile_program(program, diags, bindings, dropout, optimize)
 
 
 def check_ends(graph: Graph, diags: Diagnostics) -> None:

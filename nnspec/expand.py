@@ -83,6 +83,10 @@ class Expander:
 
     def statement(self, stmt, scope: _Scope) -> None:
         f = self.flat
+        if scope.cell is not None and isinstance(stmt, (ast.Network, ast.DataSource, ast.DataInline, ast.Train)):
+            what = {ast.Network: "network", ast.Train: "train"}.get(type(stmt), "data")
+            self.diags.error(f"'{what}' belongs at the top level, not inside cell '{scope.cell.name}'", stmt.span)
+            return
         if isinstance(stmt, ast.Network):
             f.name = stmt.name
         elif isinstance(stmt, ast.Let):
@@ -424,9 +428,10 @@ def _fmt(e, parent: int) -> str:
 
 
 def format_dims(dims) -> str:
-    if not dims:
+    """``[128]``; empty when a size is left to inference (it has no name a spec could use)."""
+    if not dims or any(not isinstance(d, ast.DimInt) for d in dims):
         return ""
-    return "[" + ", ".join(str(d.value) if isinstance(d, ast.DimInt) else d.name.lstrip("?") for d in dims) + "]"
+    return "[" + ", ".join(str(d.value) for d in dims) + "]"
 
 
 def format_flat(flat: FlatSpec) -> str:

@@ -52,6 +52,7 @@ class NodeInfo:
     frozen: bool = False
     shape_like: str | None = None      # implicit bias/gain: same shape as this node
     matrix: bool = False               # implicit weight: rank 2
+    recurrent: bool = False            # a weight applied to a delayed value
     table_for: str | None = None       # embedding table for these ids
     table_width: int | None = None
     initial_of: str | None = None      # this node is the initial state of a recurrent value
@@ -352,17 +353,28 @@ class GraphBuilder:
             right = self.operand(e.right, owner, None, None)
         elif self.is_undefined(e.left) and not self.is_undefined(e.right):
             right = self.operand(e.right, owner, None, None)
-            left = self.operand(e.left, owner, "like", right[0] if right else None)
+            # a bias beside an operand that failed (and said why) cannot take its shape: no second error
+            left = self.operand(e.left, owner, "like", right[0]) if right else None
         else:
             left = self.operand(e.left, owner, None, None)
-            right = self.operand(e.right, owner, "like", left[0] if left else None)
+            cascade = left is None and self.is_undefined(e.right) and not self.is_undefined(e.left)
+            right = None if cascade else self.operand(e.right, owner, "like", left[0] if left else None)
         if left is None or right is None:
             return None
+        if op == "matmul" and right[1] != 0 and self.graph.info(left[0]).kind == "param":
+            self.graph.info(left[0]).recurrent = True   # U in U @ h[t-1]: initialised orthogonal
         return self.add(NodeInfo(id=nid or self.fresh(owner), kind="op", span=e.span, op=op,
                                  inputs=[left, right]))
 
     def is_undefined(self, e) -> bool:
-        return isinstance(e, ast.Name) and e.name not in self.defined and e.name not in self.graph.g
+        """A new name, or a declared parameter with no size yet: its place will give it a shape."""
+        if not isinstance(e, ast.Name):
+            return False
+        if e.name not in self.defined and e.name not in self.graph.g:
+            return True
+        info = self.graph.g.nodes[e.name].get("info") if e.name in self.graph.g else None
+        return (info is not None and info.kind == "param" and info.declared is None and info.value is None
+                and not info.matrix and info.shape_like is None)
 
     def reference(self, e, role: str | None, beside: str | None) -> str | None:
         name = e.name
@@ -459,7 +471,7 @@ class GraphBuilder:
         node = nid or self.fresh(owner)
         table = f"{node}.table"
         self.add(NodeInfo(id=table, kind="param", span=e.span, named=True, table_for=ids[0],
-                          table_width=int(width), init=("normal", {"std": 0.1})))
+                          table_width=int(width)))
         return self.add(NodeInfo(id=node, kind="op", span=e.span, op="embed", inputs=[ids, (table, 0)]))
 
     # ---- ends -----------------------------------------------------------------

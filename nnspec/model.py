@@ -31,7 +31,7 @@ def init_params(plan: Plan, seed: int = 0, dtype=np.float32, default_init: str |
         rng = np.random.default_rng([seed, *p.name.encode()])
         if p.init != "default":
             name, args = p.init, p.init_args
-        elif default_init is not None and p.role in ("weight",):
+        elif default_init is not None and p.role in ("weight", "recurrent"):
             name, args = default_init, {}
         else:
             name, args = default_initializer(tuple(p.shape), _init_role(p.role, p.shape))
@@ -40,11 +40,8 @@ def init_params(plan: Plan, seed: int = 0, dtype=np.float32, default_init: str |
 
 
 def _init_role(role: str, shape) -> str | None:
-    if role == "table":
-        return "embedding"
-    if role == "initial":
-        return "bias"
-    return None
+    """The initialiser policy's role names (nnspec.train.init.default_initializer)."""
+    return {"table": "embedding", "initial": "bias", "recurrent": "recurrent"}.get(role)
 
 
 class Model:

@@ -38,7 +38,7 @@ class ParamSpec(BaseModel):
     init_args: dict[str, float] = {}
     frozen: bool = False
     value: Any = None      # literal values from the spec
-    role: str = "weight"   # weight | bias | table | initial
+    role: str = "weight"   # weight | recurrent | bias | table | initial
 
 
 class OpStep(BaseModel):
@@ -98,6 +98,8 @@ def _param_role(graph: Graph, n: str) -> str:
         return "table"
     if info.initial_of is not None:
         return "initial"
+    if info.recurrent and info.shape is not None and len(info.shape) == 2 and info.shape[0] == info.shape[1]:
+        return "recurrent"
     return "weight" if info.shape is not None and len(info.shape) >= 2 else "bias"
 
 

@@ -20,7 +20,6 @@ from .errors import Diagnostics
 from .graph import Graph, user_name
 from .ops import REGISTRY
 
-REDUCTIONS_OVER_TIME = {"last", "first", "mean", "max", "sum"}
 
 
 @dataclass
@@ -100,22 +99,23 @@ def infer_time_and_type(graph: Graph, components: list[Component], diags: Diagno
                 if o.component is None and not _depends_on_sequence(graph, o.id):
                     diags.error(f"'{o.id}' is read at [t{delay:+d}] but it is not a sequence; only values that "
                                 f"change over time have earlier or later steps", info.span)
-        if info.op in REDUCTIONS_OVER_TIME:
+        if op.reduces_time:
             if operands and not operands[0].seq:
                 diags.error(f"{info.op}(...) reduces over time, but its argument is not a sequence", info.span)
             info.seq = False
         else:
             info.seq = any(o.seq for o in operands) or n in in_component
         integer_in = [o for i, o in enumerate(operands) if o.integer and i not in op.integer_inputs]
-        if integer_in and info.op not in ("identity", "shift"):
+        keeps_ids = op.output_integer([True]) or info.op == "identity"
+        if integer_in and not keeps_ids:
             o = integer_in[0]
             who = user_name(o, diags.sources)
             what = "token ids" if o.elem in ("token", "char") else "class labels"
             fix = f"embed({who.strip(chr(39))}, 64)" if o.elem in ("token", "char") else "a one-hot encoding"
             diags.error(f"{who} holds {what}, which {info.op} cannot take; use {fix} to turn them into "
                         f"vectors", info.span)
-        info.integer = op.integer_output or (info.op in ("identity", "shift") and bool(operands)
-                                             and operands[0].integer)
+        info.integer = bool(operands) and (op.output_integer([o.integer for o in operands])
+                                           or (info.op == "identity" and operands[0].integer))
         if info.integer and operands:
             info.elem = operands[0].elem
     for c in components:

@@ -35,7 +35,7 @@ def _fmt(a: np.ndarray) -> str:
 
 
 def _quote(s: str) -> str:
-    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return '"' + s.replace('"', '\\"') + '"'
 
 
 def _label(graph: Graph, n: str, values: dict | None, grads: dict | None) -> str:

@@ -6,9 +6,9 @@ train block, so the two always accept the same syntax.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from .errors import Diagnostics, Span, did_you_mean
 from .syntax import ast
@@ -23,26 +23,26 @@ class Choice(BaseModel):
 
 class TrainSettings(BaseModel):
     optimizer: Choice = Choice(name="adam", args={"lr": 1e-3})
-    lr: float | None = None              # shorthand that overrides the optimizer's lr
-    batch: int = 32
-    epochs: int = 10
+    lr: float | None = Field(None, gt=0)  # shorthand that overrides the optimizer's lr
+    batch: int = Field(32, ge=1)
+    epochs: int = Field(10, ge=1)
     seed: int = 0
     split: dict[str, float] = {}         # dev / test fractions of the data
     dropout: dict[str, float] = {}       # value -> drop probability (training only)
     init: str | None = None              # default initialiser for weight matrices
     normalize: bool = False              # inputs to zero mean / unit variance (training statistics)
-    patience: int | None = None          # early stopping: epochs without a better dev score
-    clip: float | None = None            # global gradient-norm clipping
+    patience: int | None = Field(None, ge=1)  # early stopping: epochs without a better dev score
+    clip: float | None = Field(None, gt=0)    # global gradient-norm clipping
     schedule: Choice | None = None       # learning-rate schedule
-    bptt: int | None = None              # truncated BPTT chunk length (streams)
-    min_count: int = 1                   # rarer tokens become <unk>
+    bptt: int | None = Field(None, ge=1)  # truncated BPTT chunk length (streams)
+    min_count: int = Field(1, ge=1)      # rarer tokens become <unk>
     by_length: bool = False              # batch sequences of similar length together
-    rule: str | None = None              # "perceptron": the perceptron learning rule
-    metric: str | None = None            # accuracy | loss | perplexity (what picks the best epoch)
-    dtype: str = "float32"
-    max_length: int | None = None        # longest sequence accepted
-    limit: int | None = None             # use only the first N examples of each part (N tokens of a stream)
-    memory_limit_mb: float = 4096.0      # refuse a batch whose BPTT activations need more
+    rule: Literal["perceptron"] | None = None  # the perceptron learning rule
+    metric: Literal["accuracy", "loss", "perplexity"] | None = None  # what picks the best epoch
+    dtype: Literal["float32", "float64"] = "float32"
+    max_length: int | None = Field(None, ge=1)  # longest sequence accepted
+    limit: int | None = Field(None, ge=1)  # N evenly spaced examples of each part (first N tokens of a stream)
+    memory_limit_mb: float = Field(4096.0, gt=0)  # refuse a batch whose BPTT activations need more
 
     def optimizer_args(self) -> dict[str, Any]:
         args = dict(self.optimizer.args)
@@ -51,7 +51,6 @@ class TrainSettings(BaseModel):
         return args
 
 
-_FIELD_HELP = {name: f.annotation for name, f in TrainSettings.model_fields.items()}
 _ALIASES = {"batch_size": "batch", "early_stop": "patience", "optim": "optimizer", "clip_norm": "clip",
             "normalise": "normalize"}
 
@@ -68,7 +67,7 @@ def _value(e, diags: Diagnostics) -> Any:
     if isinstance(e, (ast.String,)):
         return e.value
     if isinstance(e, ast.Name):
-        return e.name
+        return {"true": True, "false": False}.get(e.name, e.name)
     if isinstance(e, ast.Call):
         return Choice(name=e.func, args={k.name: _value(k.value, diags) for k in e.keywords})
     diags.error("expected a number, a name or a call like adam(lr = 0.001)", e.span)
@@ -78,8 +77,9 @@ def _value(e, diags: Diagnostics) -> Any:
 def apply_setting(values: dict, s: ast.Setting, diags: Diagnostics) -> None:
     key = _ALIASES.get(s.key, s.key)
     if key not in TrainSettings.model_fields:
-        diags.error(f"unknown training setting '{s.key}'{did_you_mean(s.key, TrainSettings.model_fields)}; "
-                    f"settings are {', '.join(TrainSettings.model_fields)}", s.span)
+        hint = did_you_mean(s.key, TrainSettings.model_fields).rstrip("?")
+        diags.error(f"unknown training setting '{s.key}'{hint + '?' if hint else ''} (settings are "
+                    f"{', '.join(TrainSettings.model_fields)})", s.span)
         return
     if s.pairs:
         values.setdefault(key, {})
@@ -93,7 +93,26 @@ def apply_setting(values: dict, s: ast.Setting, diags: Diagnostics) -> None:
         v = Choice(name=v)
     if key in ("normalize", "by_length") and isinstance(v, str):
         v = v in ("true", "yes", "on")
+    if key in ("optimizer", "schedule") and isinstance(v, Choice):
+        _check_choice(key, v, s, diags)
     values[key] = v
+
+
+def _check_choice(key: str, choice: Choice, s: ast.Setting, diags: Diagnostics) -> None:
+    """An optimizer or schedule must exist and take the keywords given: say so at the setting's line."""
+    import inspect
+    from .train.optim import OPTIMIZERS
+    from .train.schedule import SCHEDULES
+    table = OPTIMIZERS if key == "optimizer" else SCHEDULES
+    cls = table.get(choice.name.lower())
+    if cls is None:
+        diags.error(f"unknown {key} '{choice.name}'{did_you_mean(choice.name, table)} ({key}s are "
+                    f"{', '.join(table)})", s.span)
+        return
+    accepted = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    for name in choice.args:
+        if name not in accepted:
+            diags.error(f"{choice.name} takes {', '.join(accepted)}, not '{name}'", s.span)
 
 
 def settings_from_block(block: ast.Train | None, diags: Diagnostics,

@@ -85,6 +85,11 @@ def _show_dim(d) -> str:
     return "?" if isinstance(d, Var) else str(d)
 
 
+def owner(n: str) -> str:
+    """The user's name for a node: sub-expression ids (``y#3``) belong to the value ``y``."""
+    return n.split("#", 1)[0]
+
+
 def show(shape) -> str:
     return "[" + ", ".join(_show_dim(d) for d in shape) + "]"
 
@@ -151,9 +156,11 @@ class ShapeInference:
             if final:
                 self.failed.add(n)
                 if info.kind != "const" and not self.after_failure(n):
-                    self.diags.error(f"cannot infer the size of '{n}'; "
+                    what = f"'{n}'" if "#" not in n else f"a part of '{owner(n)}'"
+                    self.diags.error(f"cannot infer the size of {what}; "
                                      + (f"give it one, e.g. 'param {n}[4, 3]'" if info.kind == "param"
-                                        else f"declare it, e.g. '{n}[64] = ...'"), info.span)
+                                        else f"declare '{owner(n)}' with a size, e.g. '{owner(n)}[64] = ...'"),
+                                     info.span)
             return False
         decl = self.declared(info)
         if decl is not None:
@@ -244,7 +251,7 @@ class ShapeInference:
             except ShapeError:
                 raise ShapeError(f"{info.op}: the prediction has {_show_dim(pred[-1])} classes but the target "
                                  f"'{operands[1].id}' has {_show_dim(self.solver.find(operands[1].card))}") from None
-        elif info.op in ("shift", "identity") and operands and operands[0].integer:
+        elif operands and operands[0].integer and info.integer:  # ids pass through (shift, word_dropout)
             info.card = operands[0].card
         elif info.op == "argmax" and operands:
             info.card = self.solver.resolve(operands[0].shape)[-1]
@@ -282,8 +289,8 @@ class ShapeInference:
             info = self.graph.info(n)
             if n in self.failed or info.shape is None:
                 if n not in self.failed and info.named and info.kind != "const" and not self.after_failure(n):
-                    self.diags.error(f"cannot infer the size of '{n}'; declare it, e.g. '{n}[64] = ...'",
-                                     info.span)
+                    self.diags.error(f"cannot infer the size of '{owner(n)}'; declare it, e.g. "
+                                     f"'{owner(n)}[64] = ...'", info.span)
                 continue
             info.shape = self.solver.resolve(info.shape)
             if isinstance(info.card, Var):
@@ -293,12 +300,23 @@ class ShapeInference:
                     and not self.after_failure(n):
                 reported.update(id(d) for d in unknown)
                 hint = (f"; give it a size, e.g. 'param {n}[...]'" if info.kind == "param"
-                        else f"; declare it, e.g. '{n}[64] = ...'")
-                self.diags.error(f"cannot infer the size of '{n}' ({show(info.shape)}){hint}", info.span)
+                        else f"; declare it, e.g. '{owner(n)}[64] = ...'")
+                self.diags.error(f"cannot infer the size of '{owner(n)}' ({show(info.shape)}){hint}", info.span)
 
 
 def infer_shapes(graph: Graph, order: list[str], diags: Diagnostics, bindings: dict[str, int] | None = None) -> None:
     ShapeInference(graph, order, diags, bindings or {}).run()
+    check_initial_states(graph, diags)
+
+
+def check_initial_states(graph: Graph, diags: Diagnostics) -> None:
+    """``initial h = v``: v is a single number or has h's shape."""
+    for state, init in graph.initials.items():
+        s, i = graph.info(state).shape, graph.info(init).shape
+        if s is None or i is None or tuple(i) == () or tuple(i) == tuple(s):
+            continue
+        diags.error(f"the initial state of '{state}' has size {show(i)}, but '{state}' has size {show(s)}",
+                    graph.info(init).span)
 
 
 __all__ = ["infer_shapes", "Sym", "show", "show_shape"]

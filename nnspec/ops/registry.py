@@ -68,6 +68,7 @@ class Op:
     integer_output: ClassVar[bool] = False      # output holds ids / classes
     attrs: ClassVar[dict[str, Any]] = {}       # attribute names -> defaults
     over_time: ClassVar[bool] = False           # consumes or produces the time axis
+    reduces_time: ClassVar[bool] = False        # a sequence in, one value per sequence out
     scalar_output: ClassVar[bool] = False       # losses: one number for the batch
     doc: ClassVar[str] = ""
 
@@ -81,6 +82,35 @@ class Op:
             attrs: dict, ctx: Ctx) -> list[np.ndarray | None]:
         raise NotImplementedError
 
+    # ---- fast paths (optional) -------------------------------------------------
+    # The runtime's loop fast path calls these; the defaults fall back on
+    # forward/vjp, so an op only overrides them to save allocations and work.
+    needs_ctx: ClassVar[bool] = True   # forward/vjp read ctx (train, rng, mask, saved)
+    vjp_reads: ClassVar[tuple] = ("inputs", "out")  # what vjp reads: input positions / "out"
+
+    def forward_into(self, xs: list[np.ndarray], out: np.ndarray, attrs: dict) -> None:
+        """Write ``forward(xs)`` into the preallocated ``out`` (only for ops with ``needs_ctx`` False)."""
+        np.copyto(out, self.forward(xs, attrs, NO_CTX))
+
+    def vjp_one(self, i: int, g: np.ndarray, xs: list[np.ndarray], out: np.ndarray,
+                attrs: dict, ctx: "Ctx") -> np.ndarray | None:
+        """The gradient of input ``i`` alone (ops override it when the others cost work)."""
+        return self.vjp(g, xs, out, attrs, ctx)[i]
+
+    def vjp_into(self, i: int, g: np.ndarray, xs: list[np.ndarray], out: np.ndarray, attrs: dict,
+                 dest: np.ndarray, accumulate: bool) -> None:
+        """Add (``accumulate``) or write the gradient of input ``i`` into ``dest``, of input i's shape."""
+        gi = self.vjp_one(i, g, xs, out, attrs, NO_CTX)
+        if accumulate:
+            dest += gi
+        else:
+            np.copyto(dest, gi)
+
+    # An elementwise op of one input may define ``local_grad(xs, out, attrs) -> D``
+    # with ``vjp(g) == [g * D]``: the runtime then computes D for a whole sequence
+    # at once and multiplies by it at each step of a loop's backward pass.
+    local_grad: ClassVar[Callable | None] = None
+
     def attr(self, attrs: dict, key: str) -> Any:
         """An attribute's value, falling back to the op's declared default."""
         return attrs.get(key, type(self).attrs[key])
@@ -93,6 +123,8 @@ class Op:
         """
         return self.integer_output
 
+
+NO_CTX = Ctx()  # handed to ops that do not read their context (``needs_ctx`` False)
 
 REGISTRY: dict[str, Op] = {}
 

@@ -27,6 +27,7 @@ class OverTime(Op):
     """Sequence (T, B, *shape) -> one value (B, *shape) per sequence."""
     arity = 1
     over_time = True
+    reduces_time = True
 
     def shape(self, shapes, attrs, dims):
         return shapes[0]

@@ -1,0 +1,97 @@
+"""nnspec's train step, for the benchmark harness.
+
+Each config has a spec in ``bench/specs/<config>.nn``: the same network as the
+NumPy and PyTorch implementations, written as a user would write it. Sizes the
+data decides (``vocab(w)``, ``classes(y)``) are bound from the config; the
+weights are ``configs.init_params`` moved into nnspec's names with
+``nnspec.torch_weights.from_torch`` (PyTorch's two recurrent biases become their
+sum, as nnspec keeps one bias per gate). A step is what ``nnspec run`` does for
+one batch: ``Model.loss_and_grads`` (forward, backward) and the SGD optimiser of
+``nnspec.train.optim``.
+
+``NNSPEC_OPTIMIZE=0`` in the environment times the unoptimised plan instead.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from bench.configs import init_params, make_batch
+
+SPECS = Path(__file__).resolve().parent / "specs"
+
+
+def spec_path(config) -> Path:
+    return SPECS / f"{config.name}.nn"
+
+
+def nnspec_params(config, params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """configs.init_params (PyTorch names and layouts) -> nnspec parameter names."""
+    from nnspec.torch_weights import from_torch
+
+    if config.kind == "mlp":
+        return dict(params)
+    instances = [["h.fwd", "h.bwd"]] if config.bidirectional else [["h"]]
+    state = {}
+    for sfx, theirs in [("", ""), ("_rev", "_reverse")][: config.directions]:
+        for ours, name in [("W_ih", "weight_ih"), ("W_hh", "weight_hh"), ("b_ih", "bias_ih"), ("b_hh", "bias_hh")]:
+            state[f"{name}_l0{theirs}"] = params[ours + sfx]
+    cell = {"rnn": "rnn", "lstm": "lstm", "gru": "gru"}[config.cell]
+    out = from_torch(state, cell, instances)
+    out.update({"e.table": params["emb"], "W_out": params["W_out"], "b_out": params["b_out"]})
+    return out
+
+
+def build(config, dtype=np.float32, optimize: bool | None = None):
+    """(model, feeds, optimizer) for one config, from the shared weights and batch."""
+    from nnspec import compile_file
+    from nnspec.model import Model
+    from nnspec.train.optim import make_optimizer
+
+    path = spec_path(config)
+    if not path.exists():
+        raise NotImplementedError(f"no spec {path.name} in bench/specs")
+    if optimize is None:
+        optimize = os.environ.get("NNSPEC_OPTIMIZE", "1") != "0"
+    bindings = {} if config.kind == "mlp" else {"vocab(w)": config.vocab, "classes(y)": config.classes}
+    compiled = compile_file(path, bindings=bindings, optimize=optimize)
+    params = {k: np.ascontiguousarray(v, dtype=dtype)
+              for k, v in nnspec_params(config, init_params(config, dtype)).items()}
+    want = {p.name: tuple(p.shape) for p in compiled.plan.params}
+    have = {k: v.shape for k, v in params.items()}
+    if want != have:
+        raise ValueError(f"{path.name} does not match config {config.name}: spec wants {want}, "
+                         f"config gives {have}")
+    model = Model(compiled, params, dtype=dtype)
+    x, y = make_batch(config, dtype)
+    feeds = {"x": x, "y": y} if config.kind == "mlp" else {"w": x, "y": y}
+    return model, feeds, make_optimizer("sgd", lr=config.lr)
+
+
+class NnspecImpl:
+    """harness.Implementation for nnspec: Model.loss_and_grads + the SGD optimiser."""
+
+    name = "nnspec"
+    traces_memory = True  # everything is NumPy
+
+    def __init__(self, optimize: bool | None = None):
+        self.optimize = optimize
+
+    def setup(self, config, dtype):
+        model, feeds, opt = build(config, dtype, self.optimize)
+        rng = np.random.default_rng(0)
+
+        def step():
+            loss, grads, _ = model.loss_and_grads(feeds, rng=rng)
+            opt.step(model.params, grads)
+            return loss
+
+        return step
+
+    def info(self) -> dict:
+        import nnspec
+
+        opt = self.optimize if self.optimize is not None else os.environ.get("NNSPEC_OPTIMIZE", "1") != "0"
+        return {"version": getattr(nnspec, "__version__", "?"), "optimize": opt}
