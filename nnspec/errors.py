@@ -62,8 +62,8 @@ class Sources:
         text = self.texts.get(file)
         if text is None:
             return None
-        lines = text.splitlines()
-        return lines[number - 1] if 0 < number <= len(lines) else None
+        lines = text.split("\n")  # as the parser counts lines: not splitlines(), which also breaks at \f, \x1c, ...
+        return lines[number - 1].rstrip("\r") if 0 < number <= len(lines) else None
 
     def snippet(self, span: Span) -> str | None:
         """The source text of a one-line span, e.g. ``shift(w, 1)``."""
@@ -82,7 +82,9 @@ class Diagnostics:
 
     def error(self, message: str, span: Span | None = None,
               notes: Iterable[tuple[str, Span | None]] = ()) -> None:
-        self.items.append(Diagnostic("error", message, span, list(notes)))
+        d = Diagnostic("error", message, span, list(notes))
+        if d not in self.items:  # e.g. both directions of bidirectional(cell) making the same mistake
+            self.items.append(d)
 
     def warning(self, message: str, span: Span | None = None,
                 notes: Iterable[tuple[str, Span | None]] = ()) -> None:

@@ -336,6 +336,8 @@ class Expander:
         for kw in e.keywords:
             if kw.name not in allowed:
                 hint = f"; its sizes are {', '.join(sorted(allowed))}" if allowed else "; it takes no sizes"
+                if kw.name in self.flat.lets and kw.name in _size_names(cell):
+                    hint = f": the top-level 'let {kw.name}' sets it in every cell"
                 self.diags.error(f"cell '{cell.name}' has no size '{kw.name}'{hint}", kw.span)
                 continue
             if isinstance(kw.value, ast.Name) and kw.value.name not in caller.lets and caller.cell is not None:

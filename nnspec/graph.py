@@ -116,6 +116,10 @@ class GraphBuilder:
                 self.graph.g.add_edge(src, info.id, delays={delay})
         return info.id
 
+    def known(self, n: str) -> NodeInfo | None:
+        """The node's info; None for a value whose equation comes later (or failed)."""
+        return (self.graph.g.nodes.get(n) or {}).get("info")
+
     def fresh(self, owner: str) -> str:
         self.counter += 1
         return f"{owner}#{self.counter}"
@@ -148,11 +152,17 @@ class GraphBuilder:
                               sequence=t.sequence, elem=t.elem, classes=classes, view=view))
         for eq in f.equations:
             self.define(eq.name, eq.span)
+        declared_params: dict[str, Span] = {}
         for p in f.params:
+            if p.name in declared_params:
+                self.diags.error(f"parameter '{p.name}' is declared twice", p.span,
+                                 [("first declared here", declared_params[p.name])])
+                continue
             if p.name in self.defined:
                 self.diags.error(f"'{p.name}' is a parameter and also defined as a value", p.span,
                                  [("defined here", self.defined[p.name])])
                 continue
+            declared_params[p.name] = p.span
             self.define(p.name, p.span)
         for p in f.params:
             self.param(p)
@@ -291,7 +301,7 @@ class GraphBuilder:
             node = pid
         else:
             node = self.expr(ini.value, f"{ini.name}.initial", top=None)
-        if node is None:
+        if node is None or self.known(node) is None:  # its equation failed, and said why
             return
         self.graph.info(node).initial_of = ini.name
         self.graph.initials[ini.name] = node
@@ -323,8 +333,8 @@ class GraphBuilder:
             x = self.expr(e.operand, owner)
             if x is None:
                 return None
-            if self.graph.info(x).kind == "const":  # fold -3 into a constant
-                info = self.graph.info(x)
+            info = self.known(x)
+            if info is not None and info.kind == "const" and not info.named:  # fold -3, not c = 3 itself
                 info.value = -info.value
                 return x
             return self.add(NodeInfo(id=nid or self.fresh(owner), kind="op", span=e.span, op="neg",
@@ -361,7 +371,7 @@ class GraphBuilder:
             right = None if cascade else self.operand(e.right, owner, "like", left[0] if left else None)
         if left is None or right is None:
             return None
-        if op == "matmul" and right[1] != 0 and self.graph.info(left[0]).kind == "param":
+        if op == "matmul" and right[1] != 0 and getattr(self.known(left[0]), "kind", None) == "param":
             self.graph.info(left[0]).recurrent = True   # U in U @ h[t-1]: initialised orthogonal
         return self.add(NodeInfo(id=nid or self.fresh(owner), kind="op", span=e.span, op=op,
                                  inputs=[left, right]))

@@ -75,6 +75,10 @@ def _include(stmt: ast.Include, base: Path, diags: Diagnostics, program: Program
     except OSError:
         diags.error(f"cannot read included file '{stmt.path}' (looked for {path})", stmt.span)
         return
+    except UnicodeDecodeError as e:
+        diags.error(f"included file '{stmt.path}' is not a spec: not UTF-8 text ({e.reason} at byte {e.start})",
+                    stmt.span)
+        return
     _splice(text, str(path), path.parent, diags, program, seen)
 
 

@@ -1,8 +1,563 @@
-"""Plan-to-plan optimisation passes (work in progress)."""
+"""Plan-to-plan optimisation passes, applied by default after ``build_plan``.
+
+Each pass takes a plan and returns an equivalent one (same outputs and
+gradients up to floating-point reassociation); each can be switched off on its
+own, so tests compare optimised with unoptimised plans. Nothing here knows
+about LSTMs or GRUs: the passes look for general patterns, and a cell written
+gate by gate gets the same plan as the library's.
+
+``fuse_losses``
+    ``cross_entropy(softmax(z), y)`` -> ``cross_entropy_logits(z, y)``,
+    ``bce(sigmoid(z), y)`` -> ``bce_logits(z, y)`` and
+    ``nll(log_softmax(z), y)`` -> ``cross_entropy_logits(z, y)``: stable and
+    cheaper. The softmax stays only while something else (an output) reads it.
+``hoist_sums``
+    In a loop body, a sum whose addends are partly loop-invariant is
+    reassociated so that the invariant addends are added once, over all time
+    steps, before the loop: ``W@x + U@h[t-1] + b`` becomes ``(W@x + b)``
+    outside plus one add inside.
+``fuse_matmuls``
+    Products with parameter weights that share their right operand (same
+    value, same delay) become one product with the weights concatenated by
+    ``concat_rows`` (once per pass, outside any loop), followed by ``slice``
+    views: the four input projections of an LSTM are one ``(T*B, E) x (E, 4H)``
+    product, and its four recurrent products one per step. Gates are ordered so
+    that gates with the same activation sit side by side, and so that the
+    recurrent slices line up with the input-projection slices they are added to.
+``sink_slices``
+    An elementwise op applied to adjacent slices of one value (and, for binary
+    ops, to matching slices of another value or to parameter vectors) becomes
+    one op over the union: four bias adds become one add of the concatenated
+    biases, ``sigmoid`` over the three sigmoid gates runs once per step.
+``simplify``
+    Slices of slices compose, whole-width slices disappear, and values nothing
+    reads are removed.
+"""
 from __future__ import annotations
 
-from .plan import Plan
+import os
+import re
+from dataclasses import dataclass, field
+
+from .plan import LoopStep, OpStep, Plan
+
+PASSES = ("fuse_losses", "hoist_sums", "fuse_matmuls", "sink_slices", "simplify")
+
+LOSS_FUSIONS = {
+    ("cross_entropy", "softmax"): "cross_entropy_logits",
+    ("bce", "sigmoid"): "bce_logits",
+    ("nll", "log_softmax"): "cross_entropy_logits",
+}
+
+# Elementwise ops whose output at position j depends only on the inputs at j, so
+# they commute with slicing (and their shape rule is "same shape as the inputs").
+SINK_UNARY = {"sigmoid", "tanh", "relu", "neg", "exp", "log", "sqrt", "square", "abs", "identity",
+              "step", "leaky_relu", "elu", "softplus", "gelu", "hard_tanh", "pow"}
+SINK_BINARY = {"add", "sub", "mul", "div"}
 
 
-def optimize_plan(plan: Plan) -> Plan:
+def optimize_plan(plan: Plan, passes: tuple[str, ...] | list[str] | None = None) -> Plan:
+    """The optimised copy of ``plan``; ``passes`` chooses which passes run (default: all).
+
+    ``NNSPEC_PASSES`` in the environment (comma-separated; empty for none) overrides
+    the default, for experiments.
+    """
+    if passes is None:
+        env = os.environ.get("NNSPEC_PASSES")
+        passes = PASSES if env is None else tuple(p for p in env.split(",") if p)
+    unknown = set(passes) - set(PASSES)
+    if unknown:
+        raise ValueError(f"unknown optimisation pass(es) {sorted(unknown)}; known: {', '.join(PASSES)}")
+    plan = plan.model_copy(deep=True)
+    w = _Work(plan)
+    if "fuse_losses" in passes:
+        fuse_losses(w)
+    if "hoist_sums" in passes:
+        hoist_sums(w)
+    if "fuse_matmuls" in passes:
+        fuse_matmuls(w, outside=True, inside=False)
+    if "sink_slices" in passes:
+        sink_slices(w)
+    if "fuse_matmuls" in passes:
+        fuse_matmuls(w, outside=False, inside=True)
+    if "sink_slices" in passes:
+        sink_slices(w)
+    if "simplify" in passes or passes:
+        simplify(w, drop_whole=("simplify" in passes))
+    plan.steps = w.steps
     return plan
+
+
+# ---- the working representation ---------------------------------------------------------
+
+@dataclass
+class _Where:
+    step: OpStep
+    loop: LoopStep | None     # None: outside every loop
+
+
+@dataclass
+class _Work:
+    plan: Plan
+    steps: list = field(init=False)
+    where: dict = field(init=False)          # value id -> _Where
+    readers: dict = field(init=False)        # value id -> [(reader OpStep, position, delay, loop)]
+
+    def __post_init__(self):
+        self.steps = list(self.plan.steps)
+        self.params = {p.name: p for p in self.plan.params}
+        self.inputs = {v.name: v for v in self.plan.inputs + self.plan.targets}
+        self.used = set(self.params) | set(self.inputs) | set(self.plan.consts)
+        self.reindex()
+
+    def reindex(self) -> None:
+        self.where, self.readers = {}, {}
+        for s in self.steps:
+            for b, loop in ((b, s) for b in s.body) if isinstance(s, LoopStep) else [(s, None)]:
+                self.where[b.id] = _Where(b, loop)
+                self.used.add(b.id)
+        for s in self.steps:
+            for b, loop in ((b, s) for b in s.body) if isinstance(s, LoopStep) else [(s, None)]:
+                for pos, (src, d) in enumerate(b.inputs):
+                    self.readers.setdefault(src, []).append((b, pos, d, loop))
+
+    def protected(self) -> set[str]:
+        """Values the plan's users see or the loops need by name."""
+        keep = set(self.plan.outputs) | ({self.plan.loss} if self.plan.loss else set())
+        for s in self.steps:
+            if isinstance(s, LoopStep):
+                keep |= set(s.states) | set(s.initials.values())
+        return keep
+
+    def fresh(self, base: str) -> str:
+        name, k = base, 1
+        while name in self.used:
+            k += 1
+            name = f"{base}#{k}"
+        self.used.add(name)
+        return name
+
+    def shape(self, v: str) -> list | None:
+        if v in self.params:
+            return list(self.params[v].shape)
+        if v in self.inputs:
+            return list(self.inputs[v].shape)
+        if v in self.where:
+            return list(self.where[v].step.shape)
+        if v in self.plan.consts:
+            import numpy as np
+            return list(np.shape(self.plan.consts[v]))
+        return None
+
+    def seq(self, v: str) -> bool:
+        if v in self.inputs:
+            return self.inputs[v].seq
+        if v in self.where:
+            return self.where[v].step.seq
+        return False
+
+    def static(self, v: str) -> bool:
+        """No batch or time axes: a parameter, a constant, or computed from those alone."""
+        if v in self.params or v in self.plan.consts:
+            return True
+        w = self.where.get(v)
+        return w is not None and w.loop is None and bool(w.step.inputs) and \
+            all(self.static(s) for s, _ in w.step.inputs)
+
+    def loop_of(self, v: str) -> LoopStep | None:
+        w = self.where.get(v)
+        return w.loop if w else None
+
+    def container(self, loop: LoopStep | None) -> list:
+        return self.steps if loop is None else loop.body
+
+    def insert_before(self, loop: LoopStep | None, anchor: str | LoopStep, new: list[OpStep]) -> None:
+        """Insert steps before ``anchor`` (a value id in that container, or a loop step outside)."""
+        seq = self.container(loop)
+        if isinstance(anchor, LoopStep):
+            i = next(i for i, s in enumerate(seq) if s is anchor)
+        else:
+            i = next(i for i, s in enumerate(seq) if not isinstance(s, LoopStep) and s.id == anchor)
+        seq[i:i] = new
+
+    def replace(self, loop: LoopStep | None, old: OpStep, new: OpStep) -> None:
+        seq = self.container(loop)
+        i = next(i for i, s in enumerate(seq) if s is old)
+        seq[i] = new
+
+
+def _op(id: str, op: str, inputs, shape, seq=False, attrs=None) -> OpStep:
+    return OpStep(id=id, op=op, inputs=[tuple(x) for x in inputs], attrs=dict(attrs or {}), seq=seq,
+                  integer=False, shape=list(shape))
+
+
+def _braced(names: list[str]) -> str:
+    """['h.Wf', 'h.Wi'] -> 'h.W{f,i}': a readable name for a fused value.
+
+    Compiler counters ('#12') are dropped from the parts: the braces name the
+    gates, and ``_Work.fresh`` keeps the result unique."""
+    names = [re.sub(r"#\d+", "", n) for n in names]
+    prefix = os.path.commonprefix(names)
+    suffix = os.path.commonprefix([n[len(prefix):][::-1] for n in names])[::-1]
+    rest = [n[len(prefix):len(n) - len(suffix)] for n in names]
+    if not all(rest) or len(set(rest)) < len(rest):
+        return "{" + ",".join(names) + "}"
+    return f"{prefix}{{{','.join(rest)}}}{suffix}"
+
+
+def _int(d) -> int | None:
+    return d if isinstance(d, int) and not isinstance(d, bool) else None
+
+
+# ---- fuse_losses -------------------------------------------------------------------------
+
+def fuse_losses(w: _Work) -> None:
+    for s in list(w.steps):
+        if isinstance(s, LoopStep) or not s.inputs:
+            continue
+        src, d = s.inputs[0]
+        prod = w.where.get(src)
+        if d != 0 or prod is None:
+            continue
+        fused = LOSS_FUSIONS.get((s.op, prod.step.op))
+        if fused is None or prod.step.inputs[0][1] != 0:
+            continue
+        s.op = fused
+        s.inputs = [prod.step.inputs[0]] + list(s.inputs[1:])
+    w.reindex()
+    _dead_code(w)
+
+
+# ---- hoist_sums --------------------------------------------------------------------------
+
+def hoist_sums(w: _Work) -> None:
+    protected = w.protected()
+    for loop in [s for s in w.steps if isinstance(s, LoopStep)]:
+        body_ids = {b.id for b in loop.body}
+
+        def absorbable(v: str) -> bool:
+            """An add/sub inside this loop read once, at the same step, by an add/sub of this loop."""
+            ws = w.where.get(v)
+            if ws is None or ws.loop is not loop or ws.step.op not in ("add", "sub") or v in protected:
+                return False
+            rs = w.readers.get(v, [])
+            return (len(rs) == 1 and rs[0][2] == 0 and rs[0][3] is loop
+                    and rs[0][0].op in ("add", "sub") and not ws.step.integer)
+
+        roots = [b for b in loop.body if b.op in ("add", "sub") and not absorbable(b.id) and not b.integer]
+        for root in roots:
+            leaves, inner = [], []
+
+            def walk(operand, sign):
+                src, d = operand
+                if d == 0 and absorbable(src):
+                    st = w.where[src].step
+                    inner.append(st)
+                    walk(st.inputs[0], sign)
+                    walk(st.inputs[1], sign if st.op == "add" else -sign)
+                else:
+                    leaves.append((operand, sign))
+
+            walk(root.inputs[0], 1)
+            walk(root.inputs[1], 1 if root.op == "add" else -1)
+            invariant = [(o, sg) for o, sg in leaves if o[0] not in body_ids]
+            variant = [(o, sg) for o, sg in leaves if o[0] in body_ids]
+            if len(invariant) < 2 or not variant:
+                continue
+            if any(w.shape(o[0]) is None for o, _ in invariant):
+                continue
+            # the invariant part, once over all steps, before the loop
+            invariant.sort(key=lambda x: -x[1])  # positive terms first
+            shapes = [w.shape(o[0]) for o, _ in invariant]
+            shape = next((sh for sh in shapes if sh), [])
+            seq = any(w.seq(o[0]) or o[1] != 0 for o, _ in invariant)
+            outside = []
+            base = root.id + ".hoisted"
+            (acc, sg0), rest = invariant[0], invariant[1:]
+            if sg0 < 0:
+                nid = w.fresh(base)
+                outside.append(_op(nid, "neg", [acc], w.shape(acc[0]) or [], w.seq(acc[0]) or acc[1] != 0))
+                acc = (nid, 0)
+            for k, (o, sg) in enumerate(rest):
+                nid = w.fresh(base)
+                outside.append(_op(nid, "add" if sg > 0 else "sub", [acc, o], shape, seq))
+                acc = (nid, 0)
+            w.insert_before(None, loop, outside)
+            # inside: the hoisted sum plus the loop-variant terms
+            new_body = []
+            for k, (o, sg) in enumerate(variant):
+                last = k == len(variant) - 1
+                nid = root.id if last else w.fresh(root.id + ".sum")
+                st = _op(nid, "add" if sg > 0 else "sub", [acc, o], root.shape, root.seq)
+                new_body.append(st)
+                acc = (nid, 0)
+            w.replace(loop, root, new_body[-1])
+            if len(new_body) > 1:
+                w.insert_before(loop, root.id, new_body[:-1])
+            for st in inner:
+                loop.body.remove(st)
+            w.reindex()
+
+
+# ---- fuse_matmuls ------------------------------------------------------------------------
+
+def _chain_activation(w: _Work, v: str, depth: int = 0) -> str:
+    """The first op other than add/sub/slice reached by following single readers from v."""
+    rs = w.readers.get(v, [])
+    if len(rs) != 1 or depth > 20:
+        return ""
+    r = rs[0][0]
+    if r.op in ("add", "sub", "slice"):
+        return _chain_activation(w, r.id, depth + 1)
+    return r.op
+
+
+def _partner(w: _Work, v: str):
+    """For v read once by an add/sub, the (source, start) of the slice it is added to."""
+    rs = w.readers.get(v, [])
+    if len(rs) != 1 or rs[0][0].op not in ("add", "sub") or rs[0][2] != 0:
+        return None
+    r, pos = rs[0][0], rs[0][1]
+    other, d = r.inputs[1 - pos]
+    ws = w.where.get(other)
+    if d != 0 or ws is None or ws.step.op != "slice" or ws.step.inputs[0][1] != 0:
+        return None
+    return ws.step.inputs[0][0], int(ws.step.attrs.get("start", 0))
+
+
+def fuse_matmuls(w: _Work, outside: bool = True, inside: bool = True) -> None:
+    groups: dict[tuple, list[OpStep]] = {}
+    contexts = []
+    if outside:
+        contexts.append((None, [s for s in w.steps if not isinstance(s, LoopStep)]))
+    if inside:
+        contexts += [(s, list(s.body)) for s in w.steps if isinstance(s, LoopStep)]
+    for loop, steps in contexts:
+        for s in steps:
+            if s.op != "matmul" or s.integer:
+                continue
+            (wt, dw), x = s.inputs
+            p = w.params.get(wt)
+            if dw != 0 or p is None or len(p.shape) != 2 or _int(p.shape[0]) is None:
+                continue
+            key = (id(loop), tuple(x))
+            groups.setdefault(key, []).append(s)
+    for (lid, x), members in groups.items():
+        seen, uniq = set(), []
+        for m in members:
+            if m.inputs[0][0] not in seen:
+                seen.add(m.inputs[0][0])
+                uniq.append(m)
+        if len(uniq) < 2:
+            continue
+        loop = w.loop_of(uniq[0].id)
+        _fuse_group(w, loop, uniq)
+        w.reindex()
+
+
+def _fuse_group(w: _Work, loop: LoopStep | None, members: list[OpStep]) -> None:
+    acts = {}
+    partners = {m.id: _partner(w, m.id) for m in members}
+    sources = {p[0] for p in partners.values() if p is not None}
+
+    def key(im):
+        i, m = im
+        act = _chain_activation(w, m.id)
+        rank = acts.setdefault(act, len(acts))
+        p = partners[m.id]
+        if len(sources) == 1 and p is not None:
+            return (0, p[1], 0, i)
+        return (1, 0, rank, i)
+
+    order = [m for _, m in sorted(enumerate(members), key=key)]
+    weights = [m.inputs[0][0] for m in order]
+    rows = [_int(w.params[n].shape[0]) for n in weights]
+    cols = w.params[weights[0]].shape[1]
+    wcat = w.fresh(_braced(weights))
+    x = order[0].inputs[1]
+    xname = x[0] + (f"[t{x[1]:+d}]" if x[1] else "")
+    prod = w.fresh(f"{wcat}@{xname}")
+    first = next(s for s in w.container(loop) if any(s is m for m in members))
+    m0 = first
+    cat = _op(wcat, "concat_rows", [(n, 0) for n in weights], [sum(rows), cols])
+    mm = _op(prod, "matmul", [(wcat, 0), x], list(m0.shape[:-1]) + [sum(rows)], m0.seq)
+    if loop is None:
+        w.insert_before(None, m0.id, [cat, mm])
+    else:
+        w.insert_before(None, loop, [cat])
+        w.insert_before(loop, m0.id, [mm])
+    start = 0
+    for m, n in zip(order, rows):
+        sl = _op(m.id, "slice", [(prod, 0)], m.shape, m.seq, {"start": start, "stop": start + n})
+        w.replace(loop, m, sl)
+        start += n
+
+
+# ---- sink_slices -------------------------------------------------------------------------
+
+def _slice_of(w: _Work, operand):
+    """(source operand, start, stop) when operand is a slice read at the same step, else None."""
+    src, d = operand
+    ws = w.where.get(src)
+    if d != 0 or ws is None or ws.step.op != "slice" or ws.step.inputs[0][1] != 0:
+        return None
+    a = int(ws.step.attrs.get("start", 0))
+    width = _int(ws.step.shape[-1]) if ws.step.shape else None
+    if width is None:
+        return None
+    return (ws.step.inputs[0][0], 0), a, a + width
+
+
+def sink_slices(w: _Work) -> None:
+    for _ in range(50):
+        if not _sink_once(w):
+            return
+
+
+def _sink_once(w: _Work) -> bool:
+    protected = w.protected()
+    contexts = [(None, [s for s in w.steps if not isinstance(s, LoopStep)])]
+    contexts += [(s, list(s.body)) for s in w.steps if isinstance(s, LoopStep)]
+    for loop, steps in contexts:
+        groups: dict[tuple, list] = {}
+        for s in steps:
+            if s.integer or not s.shape or _int(s.shape[-1]) is None:
+                continue
+            if s.op in SINK_UNARY and len(s.inputs) == 1:
+                sl = _slice_of(w, s.inputs[0])
+                if sl is None:
+                    continue
+                key = (s.op, repr(sorted(s.attrs.items())), ("slice", sl[0]))
+                groups.setdefault(key, []).append((s, sl[1], sl[2], [sl]))
+            elif s.op in SINK_BINARY and len(s.inputs) == 2:
+                parts, kinds, rng = [], [], None
+                for operand in s.inputs:
+                    sl = _slice_of(w, operand)
+                    if sl is not None:
+                        if rng is not None and (sl[1], sl[2]) != rng:
+                            break
+                        rng = (sl[1], sl[2])
+                        parts.append(sl)
+                        kinds.append(("slice", sl[0]))
+                        continue
+                    p = w.params.get(operand[0])
+                    if p is not None and operand[1] == 0 and list(p.shape) == [s.shape[-1]] and len(s.shape) == 1:
+                        parts.append(operand[0])
+                        kinds.append(("param",))
+                        continue
+                    break
+                else:
+                    if rng is None:
+                        continue
+                    key = (s.op, repr(sorted(s.attrs.items())), *kinds)
+                    groups.setdefault(key, []).append((s, rng[0], rng[1], parts))
+        for key, members in groups.items():
+            members.sort(key=lambda m: m[1])
+            runs, cur = [], [members[0]]
+            for m in members[1:]:
+                if m[1] == cur[-1][2]:
+                    cur.append(m)
+                else:
+                    runs.append(cur)
+                    cur = [m]
+            runs.append(cur)
+            for run in runs:
+                if len(run) >= 2:
+                    _merge_run(w, loop, run, protected)
+                    w.reindex()
+                    return True
+    return False
+
+
+def _merge_run(w: _Work, loop, run, protected) -> None:
+    lo, hi = run[0][1], run[-1][2]
+    first_member = next(s for s in w.container(loop) if any(s is m[0] for m in run))
+    s0 = run[0][0]
+    operands, outer_new, inner_new = [], [], []
+    for pos in range(len(run[0][3])):
+        part = run[0][3][pos]
+        if isinstance(part, tuple):  # a slice of one source: the union range of it
+            (src, d) = part[0]
+            full = w.shape(src)
+            if full and _int(full[-1]) == hi - lo and lo == 0:
+                operands.append((src, d))
+                continue
+            sid = w.fresh(f"{src}[{lo}:{hi}]")
+            src_loop = w.loop_of(src)
+            st = _op(sid, "slice", [(src, d)], list(full[:-1]) + [hi - lo], w.seq(src), {"start": lo, "stop": hi})
+            if src_loop is None and loop is not None:
+                outer_new.append(st)   # a slice of a value from outside the loop is computed outside
+            else:
+                inner_new.append(st)
+            operands.append((sid, 0))
+        else:  # parameter vectors: concatenated once per pass
+            names = [m[3][pos] for m in run]
+            cid = w.fresh(_braced(names))
+            st = _op(cid, "concat_rows", [(n, 0) for n in names], [hi - lo])
+            if loop is not None:
+                outer_new.append(st)
+            else:
+                inner_new.append(st)
+            operands.append((cid, 0))
+    uid = w.fresh(_braced([m[0].id for m in run]))
+    merged = _op(uid, s0.op, operands, list(s0.shape[:-1]) + [hi - lo], s0.seq, s0.attrs)
+    if outer_new:
+        w.insert_before(None, loop, outer_new)
+    w.insert_before(loop, first_member.id, inner_new + [merged])
+    for s, a, b, _ in run:
+        w.replace(loop, s, _op(s.id, "slice", [(uid, 0)], s.shape, s.seq, {"start": a - lo, "stop": b - lo}))
+
+
+# ---- simplify ----------------------------------------------------------------------------
+
+def simplify(w: _Work, drop_whole: bool = True) -> None:
+    if drop_whole:
+        _compose_slices(w)
+    _dead_code(w)
+
+
+def _compose_slices(w: _Work) -> None:
+    changed = True
+    while changed:
+        changed = False
+        protected = w.protected()
+        for v, ws in list(w.where.items()):
+            s = ws.step
+            if s.op != "slice":
+                continue
+            sl = _slice_of(w, s.inputs[0])
+            if sl is not None:  # slice of a slice
+                a = int(s.attrs.get("start", 0))
+                width = _int(s.shape[-1])
+                if width is not None:
+                    s.inputs = [sl[0]]
+                    s.attrs = {"start": sl[1] + a, "stop": sl[1] + a + width}
+                    changed = True
+            src, d = s.inputs[0]
+            full = w.shape(src)
+            if (d == 0 and full and s.shape and full[-1] == s.shape[-1] and int(s.attrs.get("start", 0)) == 0
+                    and v not in protected and w.loop_of(src) is ws.loop):
+                for r, pos, rd, _ in w.readers.get(v, []):  # a whole-width slice is its source
+                    r.inputs[pos] = (src, rd)
+                changed = True
+        w.reindex()
+        _dead_code(w)
+
+
+def _dead_code(w: _Work) -> None:
+    keep = w.protected()
+    while True:
+        read = {src for s in w.steps for b in (s.body if isinstance(s, LoopStep) else [s]) for src, _ in b.inputs}
+        dead = {v for v in w.where if v not in read and v not in keep}
+        if not dead:
+            break
+        new_steps = []
+        for s in w.steps:
+            if isinstance(s, LoopStep):
+                s.body = [b for b in s.body if b.id not in dead]
+                if s.body:
+                    new_steps.append(s)
+            elif s.id not in dead:
+                new_steps.append(s)
+        w.steps = new_steps
+        w.reindex()

@@ -11,15 +11,31 @@ buffer of step ``t-1``, and what reaches a read before the first step flows
 into the initial state. Padding is masked at those reads: a state read at a
 step outside a sequence's real length yields the initial state instead, so
 padding changes neither outputs nor gradients.
+
+Loops have two implementations with the same results:
+
+* the reference interpreter (``ExecOptions(fast_loops=False)``): every op of
+  the body at every step goes through the op's generic ``forward``/``vjp``;
+* the fast path (the default). Per loop, a program is prepared once: every body
+  value gets a ``(T, B, ...)`` buffer before the loop, and each step writes
+  into it with the op's in-place kernel (``Op.forward_into``); a ``slice`` is
+  a view of its source's buffer, so it costs nothing. State reads
+  (``h[t-1]``) are copied, masked, into a read buffer, which the backward pass
+  reuses. Backward, only gradients that flow to values *inside* the loop are
+  computed step by step; everything that leaves the loop — a weight's
+  gradient, a bias's, an input projection's — is one whole-sequence product or
+  sum after the loop (``defer_grads``). Derivatives of sigmoid, tanh and the
+  like are computed for the whole sequence at once (``local_grads``), and the
+  gradient of an ``add`` or a ``slice`` shares its buffer with its output's
+  instead of being copied (``alias_grads``).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-
 import numpy as np
 
 from .ops import REGISTRY, Ctx
-from .ops.registry import unbroadcast
+from .ops.registry import NO_CTX, Op, unbroadcast
 from .plan import LoopStep, OpStep, Plan
 
 
@@ -38,6 +54,16 @@ def array_shape(shape, integer: bool) -> tuple:
 
 
 @dataclass
+class ExecOptions:
+    """Switches for the runtime's optimisations (all on by default; tests turn them off to compare)."""
+
+    fast_loops: bool = True    # prepared loop programs with in-place kernels (else the reference interpreter)
+    defer_grads: bool = True   # gradients leaving a loop: one whole-sequence VJP after it, not one per step
+    local_grads: bool = True   # sigmoid'/tanh'/... for a whole sequence before the backward loop
+    alias_grads: bool = True   # add / slice gradients share buffers instead of being copied
+
+
+@dataclass
 class Tape:
     """What the forward pass keeps for the backward pass."""
 
@@ -49,13 +75,16 @@ class Tape:
     steps: int = 0                                      # T (0 when no sequences)
     final_states: dict[str, np.ndarray] = field(default_factory=dict)
     initial_values: dict[str, np.ndarray] = field(default_factory=dict)
+    loops: dict = field(default_factory=dict)           # loop index -> _LoopRun (fast path)
 
 
 class Executor:
-    def __init__(self, plan: Plan, dtype=np.float32, check_finite: bool = False):
+    def __init__(self, plan: Plan, dtype=np.float32, check_finite: bool = False,
+                 options: ExecOptions | None = None):
         self.plan = plan
         self.dtype = np.dtype(dtype)
         self.check_finite = check_finite
+        self.options = options or ExecOptions()
         self.consts = {k: np.asarray(v, dtype=self.dtype) for k, v in plan.consts.items()}
         self.specs = {v.name: v for v in plan.inputs + plan.targets}
         self.seq = {v.name for v in plan.inputs + plan.targets if v.seq}
@@ -66,6 +95,8 @@ class Executor:
                     self.seq.add(b.id)
                 if b.integer:
                     self.integer.add(b.id)
+        self._programs: dict[int, _LoopProgram] = {}
+        self._needed: dict[frozenset | None, set[str]] = {}
 
     # ---- inputs ---------------------------------------------------------------
     def prepare(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -110,7 +141,10 @@ class Executor:
         tape = Tape(values=env, lengths=lengths, mask=mask, batch=batch, steps=steps)
         for step in self.plan.steps:
             if isinstance(step, LoopStep):
-                self._loop_forward(step, tape, train, rng, carry or {})
+                if self.options.fast_loops and steps > 0:
+                    self._fast_loop_forward(step, tape, train, rng, carry or {})
+                else:
+                    self._loop_forward(step, tape, train, rng, carry or {})
             else:
                 if not need_loss and step.id == self.plan.loss:
                     continue
@@ -152,6 +186,7 @@ class Executor:
             return np.broadcast_to(init.astype(self.dtype, copy=False), shape)
         return np.zeros(shape, dtype=np.int64 if step.integer else self.dtype)
 
+    # ---- loops: the reference interpreter -----------------------------------------
     def _loop_forward(self, loop: LoopStep, tape: Tape, train, rng, carry) -> None:
         env, T, B = tape.values, tape.steps, tape.batch
         body_ids = {b.id for b in loop.body}
@@ -197,10 +232,133 @@ class Executor:
             return src_arr[u]
         return np.where(valid.reshape((-1,) + (1,) * (src_arr.ndim - 2)), src_arr[u], init)
 
+    # ---- loops: the fast path -----------------------------------------------------
+    def _program(self, loop: LoopStep) -> "_LoopProgram":
+        prog = self._programs.get(loop.index)
+        if prog is None:
+            prog = self._programs[loop.index] = _LoopProgram(self, loop)
+        return prog
+
+    def _fast_loop_forward(self, loop: LoopStep, tape: Tape, train, rng, carry) -> None:
+        prog = self._program(loop)
+        if not prog.ok:
+            return self._loop_forward(loop, tape, train, rng, carry)
+        env, T, B = tape.values, tape.steps, tape.batch
+        lengths = tape.lengths
+        minlen = int(lengths.min()) if len(lengths) else T
+        inits = {s: self._state_init(loop, tape, prog.steps[s], carry) for s in loop.states}
+        tape.initial_values.update(inits)
+        run = _LoopRun(T=T, minlen=minlen, inits=inits)
+        bufs = run.bufs
+        for b in prog.body:
+            if b.view_of is not None:
+                src, lo, hi = b.view_of
+                base = bufs[src] if src in prog.ids else env[src]
+                bufs[b.id] = base[..., lo:hi]
+            else:
+                bufs[b.id] = np.empty((T, B) + b.trail, dtype=np.int64 if b.step.integer else self.dtype)
+        # state reads ([t-1] and the like): a (T, B, ...) buffer of what each step read
+        vcols = {}
+        for key in prog.delayed:
+            src, d = key
+            if src in prog.ids:
+                run.reads[key] = np.empty_like(bufs[src])
+            else:  # a sequence computed before the loop: shift it all at once
+                a = env[src]
+                run.reads[key] = _shift_in_time(a, d, lengths, np.zeros_like(a[0]))
+        fills = []
+        for (src, d) in prog.delayed:
+            if src not in prog.ids:
+                continue
+            X, base, init = run.reads[(src, d)], bufs[src], inits[src]
+            nd = base.ndim - 2
+            fills.append((list(X), list(base), init, d, nd))
+        for (_, _, _, d, nd) in fills:
+            for t in range(T):
+                u = t + d
+                if minlen <= u < T and (u, nd) not in vcols:
+                    vcols[(u, nd)] = (lengths > u).reshape((-1,) + (1,) * nd)
+        run.vcols = vcols
+        # per op: the inputs of every step, as views
+        seqs = {}
+
+        def seq_of(src, d):
+            key = (src, d)
+            if key not in seqs:
+                if d != 0:
+                    seqs[key] = list(run.reads[key])
+                elif src in prog.ids:
+                    seqs[key] = list(bufs[src])
+                elif src in self.seq:
+                    seqs[key] = list(env[src])
+                else:
+                    seqs[key] = [env[src]] * T
+            return seqs[key]
+
+        fwd_ops = []
+        for b in prog.body:
+            xs_t = list(zip(*[seq_of(src, d) for src, d in b.step.inputs])) if b.step.inputs else [()] * T
+            run.xs[b.id] = xs_t
+            if b.view_of is not None:
+                continue
+            outs = list(bufs[b.id])
+            if b.fast:
+                fwd_ops.append((True, b.op.forward_into, xs_t, outs, b.step.attrs))
+            else:
+                ctxs = run.ctxs[b.id] = [None] * T
+                fwd_ops.append((False, _generic_forward(b.op, b.step.attrs, xs_t, outs, ctxs, train, rng),
+                                None, None, None))
+        times = range(T) if loop.direction > 0 else range(T - 1, -1, -1)
+        for t in times:
+            for Xl, Bl, init, d, nd in fills:
+                u = t + d
+                if u < 0 or u >= T:
+                    np.copyto(Xl[t], init)
+                elif u < minlen:
+                    np.copyto(Xl[t], Bl[u])
+                else:
+                    np.copyto(Xl[t], init)
+                    np.copyto(Xl[t], Bl[u], where=vcols[(u, nd)])
+            for fast, fn, xs_t, outs, attrs in fwd_ops:
+                if fast:
+                    fn(xs_t[t], outs[t], attrs)
+                else:
+                    fn(t)
+        if self.check_finite:
+            self._check_loop(prog, bufs, times)
+        env.update(bufs)
+        tape.loops[loop.index] = run
+        last = T - 1 if loop.direction > 0 else 0
+        for s in loop.states:
+            tape.final_states[s] = bufs[s][last].copy()
+
+    def _check_loop(self, prog, bufs, times) -> None:
+        """Name the value that first went bad, in time order then body order (as the reference does)."""
+        first = None
+        for i, b in enumerate(prog.body):
+            if b.step.integer:
+                continue
+            a = bufs[b.id]
+            bad = ~np.isfinite(a.reshape(a.shape[0], -1)).all(axis=1)
+            if bad.any():
+                ts = np.nonzero(bad)[0]
+                t = int(ts.min()) if times.step > 0 else int(ts.max())
+                rank = (times.index(t), i)
+                if first is None or rank < first[0]:
+                    first = (rank, b.id, t)
+        if first is not None:
+            self._check(bufs[first[1]][first[2]], first[1])
+
     # ---- backward ------------------------------------------------------------
-    def backward(self, tape: Tape, seeds: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
-        """Gradients of the loss (or of the given seeds) w.r.t. every value on the tape."""
+    def backward(self, tape: Tape, seeds: dict[str, np.ndarray] | None = None,
+                 wrt=None) -> dict[str, np.ndarray]:
+        """Gradients of the loss (or of the given seeds) w.r.t. the values on the tape.
+
+        ``wrt`` names the leaves (parameters, inputs) whose gradients are wanted;
+        by default all of them. Values that lead to none of them get no gradient.
+        """
         grads: dict[str, np.ndarray] = {}
+        acc = _Accumulator(grads)
         if seeds:
             for k, v in seeds.items():
                 grads[k] = np.asarray(v, dtype=self.dtype)
@@ -208,27 +366,76 @@ class Executor:
             if self.plan.loss is None:
                 raise ValueError("this network has no loss to differentiate")
             grads[self.plan.loss] = np.ones_like(tape.values[self.plan.loss])
+        need = self._grad_needed(wrt)
         for step in reversed(self.plan.steps):
             if isinstance(step, LoopStep):
-                self._loop_backward(step, tape, grads)
+                if step.index in tape.loops:
+                    self._fast_loop_backward(step, tape, grads, acc, need)
+                else:
+                    self._loop_backward(step, tape, grads, need)
             else:
-                self._op_backward(step, tape, grads)
+                self._op_backward(step, tape, grads, acc, need)
         return grads
 
-    def _op_backward(self, step: OpStep, tape: Tape, grads) -> None:
+    def _grad_needed(self, wrt) -> set[str]:
+        """Values through which a gradient reaches one of the ``wrt`` leaves."""
+        key = None if wrt is None else frozenset(wrt)
+        if key in self._needed:
+            return self._needed[key]
+        if key is None:
+            leaves = {p.name for p in self.plan.params}
+            leaves |= {v.name for v in self.plan.inputs + self.plan.targets if not v.integer}
+        else:
+            leaves = set(key)
+        need = set(leaves)
+
+        def visit(s: OpStep) -> bool:
+            if s.id not in need and not s.integer and any(src in need for src, _ in s.inputs):
+                need.add(s.id)
+                return True
+            return False
+
+        for step in self.plan.steps:
+            if isinstance(step, LoopStep):
+                changed = True
+                while changed:
+                    changed = False
+                    for b in step.body:
+                        changed |= visit(b)
+                    for s, init in step.initials.items():
+                        if init in need and s not in need:
+                            need.add(s)
+                            changed = True
+            else:
+                visit(step)
+        self._needed[key] = need
+        return need
+
+    def _op_backward(self, step: OpStep, tape: Tape, grads, acc: "_Accumulator", need) -> None:
         g = grads.get(step.id)
         if g is None or step.id not in tape.records or step.integer:
             return
         xs, ctx = tape.records[step.id]
-        gs = REGISTRY[step.op].vjp(g, xs, tape.values[step.id], step.attrs, ctx)
-        for (src, d), gi in zip(step.inputs, gs):
-            if gi is None or src in self.integer:
+        op = REGISTRY[step.op]
+        todo = [i for i, (src, _) in enumerate(step.inputs) if src in need and src not in self.integer]
+        if not todo:
+            return
+        if len(todo) > 1 and type(op).vjp_one is Op.vjp_one:
+            gs = op.vjp(g, xs, tape.values[step.id], step.attrs, ctx)
+        else:
+            gs = [None] * len(step.inputs)
+            for i in todo:
+                gs[i] = op.vjp_one(i, g, xs, tape.values[step.id], step.attrs, ctx)
+        for i in todo:
+            gi = gs[i]
+            if gi is None:
                 continue
+            src, d = step.inputs[i]
             if d:
                 gi = _shift_in_time(gi, -d, tape.lengths, np.zeros_like(gi[0]), reverse_of=d)
-            _accumulate(grads, src, gi)
+            acc.add(src, gi)
 
-    def _loop_backward(self, loop: LoopStep, tape: Tape, grads) -> None:
+    def _loop_backward(self, loop: LoopStep, tape: Tape, grads, need=None) -> None:
         env, T = tape.values, tape.steps
         body_ids = {b.id for b in loop.body}
         gbuf = {b.id: np.zeros_like(env[b.id]) for b in loop.body if not b.integer}
@@ -287,6 +494,399 @@ class Executor:
                 ginit += gi * (1 - v)
         elif ginit is not None:
             ginit += gi
+
+    def _fast_loop_backward(self, loop: LoopStep, tape: Tape, grads, acc: "_Accumulator", need) -> None:
+        prog = self._program(loop)
+        run: _LoopRun = tape.loops[loop.index]
+        env, T, bufs = tape.values, run.T, run.bufs
+        pre = frozenset(b.id for b in prog.body if b.id in grads and not b.step.integer)
+        plan = prog.backward_plan(pre, need)
+        # gradient buffers: roots are zeros; aliases and slices share them
+        gbuf: dict[str, np.ndarray] = {}
+
+        def get(v):
+            if v in gbuf:
+                return gbuf[v]
+            if v in plan.alias:
+                gbuf[v] = get(plan.alias[v])
+            elif v in plan.views:
+                src, lo, hi = plan.views[v]
+                gbuf[v] = get(src)[..., lo:hi]
+            else:
+                gbuf[v] = np.zeros(bufs[v].shape, dtype=self.dtype)
+            return gbuf[v]
+
+        for b in prog.body:
+            if not b.step.integer:
+                get(b.id)
+        for v in pre:
+            gbuf[v] += grads.pop(v)
+        ginit = {s: np.zeros(run.inits[s].shape, dtype=self.dtype) for s in loop.states
+                 if s in gbuf and s in need}
+        minlen = run.minlen
+        vcols = run.vcols
+
+        def whole(b):
+            """The inputs of op b over all steps."""
+            out = []
+            for src, d in b.step.inputs:
+                if d != 0:
+                    out.append(run.reads[(src, d)])
+                else:
+                    out.append(bufs[src] if src in prog.ids else env[src])
+            return out
+
+        # derivatives of elementwise ops, for the whole sequence at once
+        local = {}
+        for bid in plan.local:
+            b = prog.by_id[bid]
+            local[bid] = b.op.local_grad(whole(b), bufs[bid], b.step.attrs)
+        actions = []
+        tmp_cache: dict = {}
+
+        def tmp_like(arr):
+            key = (arr.shape[1:], arr.dtype)
+            if key not in tmp_cache:
+                tmp_cache[key] = (np.empty(arr.shape[1:], arr.dtype), np.empty(arr.shape[1:], arr.dtype))
+            return tmp_cache[key]
+
+        outer_step: dict[tuple, np.ndarray] = {}   # (op id, pos) -> per-step gradients leaving the loop
+        for a in plan.actions:
+            b = prog.by_id[a.op_id]
+            G = list(gbuf[a.op_id])
+            xs_t, outs = run.xs[a.op_id], list(bufs[a.op_id])
+            if a.kind == "generic":
+                dests = []
+                for pos, (src, d) in enumerate(b.step.inputs):
+                    if src in self.integer or src not in need:
+                        dests.append(None)
+                    elif src in prog.ids:
+                        dests.append(("body", list(get(src)), d, ginit.get(src), get(src)))
+                    else:
+                        key = (a.op_id, pos)
+                        outer_step[key] = np.zeros(env[src].shape, dtype=self.dtype)
+                        dests.append(("outer", outer_step[key], src in self.seq))
+                actions.append(_generic_backward(b.op, b.step.attrs, G, xs_t, outs, run.ctxs[a.op_id], dests,
+                                                 T, minlen, vcols))
+                continue
+            src, d = b.step.inputs[a.pos]
+            if a.kind == "outer_step":
+                key = (a.op_id, a.pos)
+                outer_step[key] = np.zeros(env[src].shape, dtype=self.dtype)
+                actions.append(_outer_step_action(b.op, a.pos, b.step.attrs, G, xs_t, outs, outer_step[key],
+                                                  src in self.seq))
+                continue
+            D = list(local[a.op_id]) if a.kind == "local" else None
+            if d == 0:
+                dest = list(get(src))
+                actions.append(_body_action(b.op, a.pos, b.step.attrs, G, xs_t, outs, D, dest, a.accumulate))
+            else:
+                full = get(src)
+                t1, t2 = tmp_like(full)
+                actions.append(_delayed_action(b.op, a.pos, b.step.attrs, G, xs_t, outs, D, full, d, T,
+                                               minlen, vcols, ginit.get(src), t1, t2))
+        times = range(T) if loop.direction > 0 else range(T - 1, -1, -1)
+        for t in reversed(times):
+            for act in actions:
+                act(t)
+        # everything that leaves the loop: one whole-sequence VJP per edge
+        for op_id, pos in plan.deferred:
+            b = prog.by_id[op_id]
+            src, d = b.step.inputs[pos]
+            gi = b.op.vjp_one(pos, gbuf[op_id], whole(b), bufs[op_id], b.step.attrs, NO_CTX)
+            if gi is None:
+                continue
+            if d and src in self.seq:
+                gi = _shift_in_time(gi, -d, tape.lengths, np.zeros_like(gi[0]), reverse_of=d)
+            acc.add(src, gi)
+        for (op_id, pos), g in outer_step.items():
+            src, d = prog.by_id[op_id].step.inputs[pos]
+            if src in self.seq and d:
+                g = _shift_in_time(g, -d, tape.lengths, np.zeros_like(g[0]), reverse_of=d)
+            acc.add(src, g, owned=True)
+        for b in prog.body:
+            if b.id in gbuf:
+                grads[b.id] = gbuf[b.id]  # kept so callers can read gradients of recurrent values
+                acc.disown(b.id)
+        for s, g in ginit.items():
+            if s in loop.initials:
+                init_id = loop.initials[s]
+                acc.add(init_id, unbroadcast(g, env[init_id].shape))
+
+
+# ---- the fast path's loop programs ------------------------------------------------------
+
+@dataclass
+class _LoopRun:
+    """One forward run of a loop (fast path): buffers and per-step input views."""
+
+    T: int
+    minlen: int
+    inits: dict
+    bufs: dict = field(default_factory=dict)
+    reads: dict = field(default_factory=dict)    # (src, delay) -> (T, B, ...) what each step read
+    xs: dict = field(default_factory=dict)       # op id -> per step, the tuple of its inputs
+    ctxs: dict = field(default_factory=dict)     # op id -> per step Ctx (ops that need one)
+    vcols: dict = field(default_factory=dict)    # (u, extra dims) -> (B, 1...) bool: step u is real
+
+
+@dataclass
+class _BodyOp:
+    step: OpStep
+    op: Op
+    fast: bool
+    trail: tuple
+    view_of: tuple | None = None   # (source, start, stop): a slice that is a view of its source
+
+    @property
+    def id(self) -> str:
+        return self.step.id
+
+
+@dataclass
+class _Action:
+    op_id: str
+    pos: int
+    kind: str            # "vjp" | "local" | "generic" | "outer_step"
+    accumulate: bool = True
+
+
+@dataclass
+class _BackwardPlan:
+    alias: dict          # value -> value whose gradient buffer it shares
+    views: dict          # value -> (source, start, stop): gradient buffer is a view
+    actions: list        # per-step work, in backward order
+    deferred: list       # (op id, input position): one whole-sequence VJP after the loop
+    local: set           # op ids whose derivative is precomputed
+
+
+class _LoopProgram:
+    """What a loop body needs at run time, worked out once per loop."""
+
+    def __init__(self, ex: Executor, loop: LoopStep):
+        self.ex, self.loop = ex, loop
+        self.steps = {b.id: b for b in loop.body}
+        self.ids = set(self.steps)
+        self.body: list[_BodyOp] = []
+        self.ok = True
+        for s in loop.body:
+            op = REGISTRY[s.op]
+            trail = array_shape(s.shape, s.integer)
+            if not all(isinstance(d, int) for d in trail):
+                self.ok = False
+            view_of = None
+            if s.op == "slice":
+                src, d = s.inputs[0]
+                if d == 0 and (src in self.ids or src in ex.seq):
+                    lo = int(s.attrs.get("start", 0))
+                    width = trail[-1] if trail else None
+                    view_of = (src, lo, lo + width) if isinstance(width, int) else None
+            self.body.append(_BodyOp(s, op, not op.needs_ctx, trail, view_of))
+        self.by_id = {b.id: b for b in self.body}
+        self.delayed = []
+        for s in loop.body:
+            for src, d in s.inputs:
+                if d != 0 and (src in self.ids or src in ex.seq) and (src, d) not in self.delayed:
+                    self.delayed.append((src, d))
+        self._backward: dict = {}
+        # readers of each body value inside the body: (op id, position, delay)
+        self.readers: dict[str, list] = {v: [] for v in self.ids}
+        for s in loop.body:
+            for pos, (src, d) in enumerate(s.inputs):
+                if src in self.ids:
+                    self.readers[src].append((s.id, pos, d))
+
+    def backward_plan(self, pre: frozenset, need: set) -> _BackwardPlan:
+        key = (pre, id(need))
+        if key in self._backward:
+            return self._backward[key]
+        ex, opts = self.ex, self.ex.options
+        count = {v: len(r) + (1 if v in pre else 0) for v, r in self.readers.items()}
+        alias: dict[str, str] = {}
+        views: dict[str, tuple] = {}
+        for b in self.body:
+            if b.view_of is not None and b.view_of[0] in self.ids and opts.alias_grads:
+                views[b.id] = b.view_of
+        aliased_edges = set()
+        if opts.alias_grads:
+            for b in self.body:
+                if not b.fast or b.step.op not in ("add", "sub", "identity"):
+                    continue
+                positions = (0,) if b.step.op in ("sub", "identity") else (0, 1)
+                for pos in positions:
+                    src, d = b.step.inputs[pos]
+                    if (d != 0 or src not in self.ids or count[src] != 1 or src in views or src in alias
+                            or self.steps[src].integer or self.by_id[src].trail != b.trail):
+                        continue
+                    alias[src] = b.id
+                    aliased_edges.add((b.id, pos))
+
+        def root(v):
+            while v in alias:
+                v = alias[v]
+            return v
+
+        # which edges may write (not add) their gradient: the only contribution to that region
+        def writable(v: str) -> bool:
+            if count[v] != 1 or v in alias:
+                return False
+            if v in views:
+                parent, lo, hi = views[v]
+                if parent in views or parent in pre or root(parent) != parent:
+                    return False
+                for rid, pos, d in self.readers[parent]:
+                    r = self.by_id[rid]
+                    if r.view_of is None or d != 0 or r.id not in views:
+                        return False  # the parent has a reader that adds over its whole range
+                    if r.id != v:
+                        _, lo2, hi2 = views[r.id]
+                        if lo2 < hi and lo < hi2:
+                            return False
+            return True
+
+        actions, deferred, local = [], [], set()
+        for b in reversed(self.body):
+            if b.step.integer or b.id not in need:
+                continue
+            if b.view_of is not None and b.id in views:
+                continue  # its gradient already sits in its source's buffer
+            if not b.fast:
+                actions.append(_Action(b.id, -1, "generic"))
+                continue
+            for pos, (src, d) in enumerate(b.step.inputs):
+                if src in ex.integer or src not in need or (b.id, pos) in aliased_edges:
+                    continue
+                if src not in self.ids:
+                    if opts.defer_grads:
+                        deferred.append((b.id, pos))
+                    else:
+                        actions.append(_Action(b.id, pos, "outer_step"))
+                    continue
+                use_local = opts.local_grads and b.op.local_grad is not None
+                if use_local:
+                    local.add(b.id)
+                acc = not (d == 0 and writable(src))
+                actions.append(_Action(b.id, pos, "local" if use_local else "vjp", acc))
+        plan = _BackwardPlan(alias, views, actions, deferred, local)
+        self._backward[key] = plan
+        return plan
+
+
+def _generic_forward(op, attrs, xs_t, outs, ctxs, train, rng):
+    def run(t):
+        ctx = Ctx(train=train, rng=rng)
+        out = op.forward(list(xs_t[t]), attrs, ctx)
+        np.copyto(outs[t], out)
+        ctxs[t] = ctx
+    return run
+
+
+def _body_action(op, pos, attrs, G, xs_t, outs, D, dest, accumulate):
+    if D is not None:
+        if accumulate:
+            def act(t):
+                dest[t] += G[t] * D[t]
+        else:
+            def act(t):
+                np.multiply(G[t], D[t], out=dest[t])
+        return act
+    vjp_into = op.vjp_into
+
+    def act(t):
+        vjp_into(pos, G[t], xs_t[t], outs[t], attrs, dest[t], accumulate)
+    return act
+
+
+def _delayed_action(op, pos, attrs, G, xs_t, outs, D, full, d, T, minlen, vcols, ginit, t1, t2):
+    """Gradient of a state read at t + d: to that step where it is real, else to the initial state."""
+    vjp_into = op.vjp_into
+    nd = full.ndim - 2
+
+    def act(t):
+        if D is not None:
+            np.multiply(G[t], D[t], out=t1)
+        else:
+            vjp_into(pos, G[t], xs_t[t], outs[t], attrs, t1, False)
+        u = t + d
+        if 0 <= u < T:
+            if u < minlen:
+                full[u] += t1
+                return
+            np.multiply(t1, vcols[(u, nd)], out=t2)
+            full[u] += t2
+            if ginit is not None:
+                np.subtract(t1, t2, out=t1)
+                np.add(ginit, t1, out=ginit)
+        elif ginit is not None:
+            np.add(ginit, t1, out=ginit)
+    return act
+
+
+def _outer_step_action(op, pos, attrs, G, xs_t, outs, acc_arr, seq):
+    """Per-step gradient of a value from outside the loop (when deferring is switched off)."""
+    def act(t):
+        gi = op.vjp_one(pos, G[t], list(xs_t[t]), outs[t], attrs, NO_CTX)
+        if seq:
+            acc_arr[t] += gi
+        else:
+            np.add(acc_arr, gi, out=acc_arr)
+    return act
+
+
+def _generic_backward(op, attrs, G, xs_t, outs, ctxs, dests, T, minlen, vcols):
+    """An op that needs its context (dropout...): its generic vjp at every step."""
+    def act(t):
+        gs = op.vjp(G[t], list(xs_t[t]), outs[t], attrs, ctxs[t])
+        for gi, dest in zip(gs, dests):
+            if gi is None or dest is None:
+                continue
+            if dest[0] == "outer":
+                _, arr, seq = dest
+                if seq:
+                    arr[t] += gi
+                else:
+                    np.add(arr, gi, out=arr)
+                continue
+            _, views, d, ginit, full = dest
+            if d == 0:
+                views[t] += gi
+                continue
+            u = t + d
+            if 0 <= u < T:
+                if u < minlen:
+                    full[u] += gi
+                    continue
+                v = vcols[(u, full.ndim - 2)].astype(gi.dtype)
+                full[u] += gi * v
+                if ginit is not None:
+                    ginit += gi * (1 - v)
+            elif ginit is not None:
+                ginit += gi
+    return act
+
+
+class _Accumulator:
+    """Adds gradients into a dict, in place where the array is one it made itself."""
+
+    def __init__(self, grads: dict):
+        self.grads = grads
+        self.owned: set[str] = set()
+
+    def add(self, key: str, g: np.ndarray, owned: bool = False) -> None:
+        acc = self.grads.get(key)
+        if acc is None:
+            self.grads[key] = g
+            if owned:
+                self.owned.add(key)
+            return
+        if key in self.owned and acc.shape == np.broadcast_shapes(acc.shape, g.shape) and acc.dtype == g.dtype:
+            acc += g
+            return
+        self.grads[key] = acc + g
+        self.owned.add(key)
+
+    def disown(self, key: str) -> None:
+        self.owned.discard(key)
 
 
 def _iadd(acc: np.ndarray, g: np.ndarray) -> np.ndarray:

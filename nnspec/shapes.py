@@ -149,7 +149,8 @@ class ShapeInference:
         except ShapeError as e:
             if not final and self.has_unknowns(info):
                 return False  # may be decided once more sizes are known
-            self.report(info, str(e))
+            if not self.after_failure(n):  # else an operand's own error already explains it
+                self.report(info, str(e))
             self.failed.add(n)
             return True
         if shape is None:
@@ -184,7 +185,10 @@ class ShapeInference:
         return True
 
     def after_failure(self, n: str) -> bool:
-        """A value downstream of one already reported: its own complaint would only repeat that one."""
+        """A value downstream of one already reported, or a parameter reported as unused: its own
+        complaint would only repeat that one."""
+        if self.graph.info(n).kind == "param" and self.graph.g.out_degree(n) == 0:
+            return True
         return not self.failed.isdisjoint(nx.ancestors(self.graph.g, n))
 
     def has_unknowns(self, info: NodeInfo) -> bool:
@@ -277,7 +281,7 @@ class ShapeInference:
 
     def report(self, info: NodeInfo, message: str) -> None:
         notes = []
-        for src, _ in info.inputs:
+        for src in dict.fromkeys(src for src, _ in info.inputs):  # concat(e, e[t-1]): one note for e
             o = self.graph.info(src)
             if o.shape is not None and o.span is not None and o.span != info.span:
                 notes.append((f"{user_name(o, self.diags.sources)} has size {show(self.solver.resolve(o.shape))}", o.span))

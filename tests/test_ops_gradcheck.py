@@ -109,6 +109,10 @@ CASES = [
     C("matmul", normal(K, N), normal(T, B, N), tag="seq"),
     C("concat", normal(B, N), normal(B, K), tag="two"),
     C("concat", normal(T, B, N), normal(B, K), normal(1), tag="seq-batch-param"),
+    C("slice", normal(B, 5), attrs={"start": 1, "stop": 4}, tag="batch"),
+    C("slice", normal(T, B, 5), attrs={"start": 2}, tag="seq-to-end"),
+    C("concat_rows", normal(2, N), normal(3, N), tag="matrices"),
+    C("concat_rows", normal(2), normal(K), normal(1), tag="vectors"),
     C("embed", np.array([0, 2, 2, -1]), normal(4, N), tag="repeats-and-padding"),
     C("embed", np.array([[1, 3, 0], [3, -1, -1]]), normal(4, N), tag="seq"),
     # regularisation

@@ -69,6 +69,8 @@ VALID = [
                                     "softmax", "log_softmax", "dropout")],
     ("matmul", [(3, 4), (4,)], (3,)),
     ("concat", [(2,), (3,)], (5,)),
+    ("slice", [(4,)], (4,)),
+    ("concat_rows", [(2, 4), (3, 4)], (5, 4)),
     ("embed", [(), (10, 8)], (8,)),
     *[(op, [(4,), (4,)], ()) for op in ("mse", "bce", "bce_logits", "perceptron")],
     *[(op, [(5,), ()], ()) for op in ("cross_entropy", "cross_entropy_logits", "nll")],

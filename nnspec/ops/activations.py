@@ -6,10 +6,15 @@ import numpy as np
 from .registry import Op, ShapeError, register, show_shape
 
 
-def sigmoid(x: np.ndarray) -> np.ndarray:
-    """1 / (1 + e^-x) without overflow: only ever exponentiate -|x|."""
-    e = np.exp(-np.abs(x))
-    return np.where(x >= 0, 1.0, e) / (1.0 + e)
+def sigmoid(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """1 / (1 + e^-x), exact at the limits: e^-x may overflow to inf for x << 0
+    (float32: x < -88), and then 1 / (1 + inf) is exactly 0, so the overflow
+    is expected and silenced. One exp and three cheap passes, in place."""
+    out = np.negative(x, out=out)
+    with np.errstate(over="ignore"):
+        np.exp(out, out=out)
+    out += 1.0
+    return np.reciprocal(out, out=out)
 
 
 def log_softmax(x: np.ndarray) -> np.ndarray:
@@ -20,6 +25,7 @@ def log_softmax(x: np.ndarray) -> np.ndarray:
 
 class Activation(Op):
     arity = 1
+    needs_ctx = False
 
     def shape(self, shapes, attrs, dims):
         return shapes[0]
@@ -30,11 +36,21 @@ class Sigmoid(Activation):
     name = "sigmoid"
     doc = "logistic 1 / (1 + e^-x), stable for large |x|"
 
+    vjp_reads = ("out",)
+
     def forward(self, xs, attrs, ctx):
         return sigmoid(xs[0])
 
+    def forward_into(self, xs, out, attrs):
+        sigmoid(xs[0], out=out)
+
     def vjp(self, g, xs, out, attrs, ctx):
         return [g * out * (1.0 - out)]
+
+    def local_grad(self, xs, out, attrs):
+        d = np.subtract(1.0, out)
+        d *= out
+        return d
 
 
 @register
@@ -42,11 +58,21 @@ class Tanh(Activation):
     name = "tanh"
     doc = "hyperbolic tangent"
 
+    vjp_reads = ("out",)
+
     def forward(self, xs, attrs, ctx):
         return np.tanh(xs[0])
 
+    def forward_into(self, xs, out, attrs):
+        np.tanh(xs[0], out=out)
+
     def vjp(self, g, xs, out, attrs, ctx):
         return [g * (1.0 - out * out)]
+
+    def local_grad(self, xs, out, attrs):
+        d = np.square(out)
+        np.subtract(1.0, d, out=d)
+        return d
 
 
 @register
@@ -54,11 +80,19 @@ class Relu(Activation):
     name = "relu"
     doc = "max(x, 0)"
 
+    vjp_reads = (0,)
+
     def forward(self, xs, attrs, ctx):
         return np.maximum(xs[0], 0)
 
+    def forward_into(self, xs, out, attrs):
+        np.maximum(xs[0], 0, out=out)
+
     def vjp(self, g, xs, out, attrs, ctx):
         return [g * (xs[0] > 0)]
+
+    def local_grad(self, xs, out, attrs):
+        return (xs[0] > 0).astype(out.dtype)
 
 
 @register
@@ -78,6 +112,8 @@ class Step(Activation):
 class Identity(Activation):
     name = "identity"
     doc = "x unchanged (a linear unit)"
+
+    vjp_reads = ()
 
     def forward(self, xs, attrs, ctx):
         return xs[0]
@@ -130,6 +166,7 @@ class Softplus(Activation):
 @register
 class Gelu(Activation):
     name = "gelu"
+    needs_ctx = True  # keeps tanh(...) from forward in ctx.saved
     doc = "x * Phi(x), tanh approximation 0.5x(1 + tanh(sqrt(2/pi)(x + 0.044715x^3)))"
     C = float(np.sqrt(2.0 / np.pi))
 

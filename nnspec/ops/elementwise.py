@@ -13,6 +13,7 @@ from .registry import Op, broadcast_shape, register, unbroadcast
 
 class Binary(Op):
     arity = 2
+    needs_ctx = False
 
     def shape(self, shapes, attrs, dims):
         return broadcast_shape(shapes, dims, self.name)
@@ -20,6 +21,7 @@ class Binary(Op):
 
 class Unary(Op):
     arity = 1
+    needs_ctx = False
 
     def shape(self, shapes, attrs, dims):
         return shapes[0]
@@ -30,11 +32,22 @@ class Add(Binary):
     name = "add"
     doc = "a + b, elementwise with broadcasting"
 
+    vjp_reads = ()
+
     def forward(self, xs, attrs, ctx):
         return xs[0] + xs[1]
 
+    def forward_into(self, xs, out, attrs):
+        np.add(xs[0], xs[1], out=out)
+
     def vjp(self, g, xs, out, attrs, ctx):
         return [unbroadcast(g, xs[0].shape), unbroadcast(g, xs[1].shape)]
+
+    def vjp_one(self, i, g, xs, out, attrs, ctx):
+        return unbroadcast(g, xs[i].shape)
+
+    def vjp_into(self, i, g, xs, out, attrs, dest, accumulate):
+        _pass_into(g, dest, accumulate, negate=False)
 
 
 @register
@@ -42,11 +55,22 @@ class Sub(Binary):
     name = "sub"
     doc = "a - b, elementwise with broadcasting"
 
+    vjp_reads = ()
+
     def forward(self, xs, attrs, ctx):
         return xs[0] - xs[1]
 
+    def forward_into(self, xs, out, attrs):
+        np.subtract(xs[0], xs[1], out=out)
+
     def vjp(self, g, xs, out, attrs, ctx):
         return [unbroadcast(g, xs[0].shape), unbroadcast(-g, xs[1].shape)]
+
+    def vjp_one(self, i, g, xs, out, attrs, ctx):
+        return unbroadcast(g, xs[0].shape) if i == 0 else unbroadcast(-g, xs[1].shape)
+
+    def vjp_into(self, i, g, xs, out, attrs, dest, accumulate):
+        _pass_into(g, dest, accumulate, negate=i == 1)
 
 
 @register
@@ -54,12 +78,29 @@ class Mul(Binary):
     name = "mul"
     doc = "a * b, elementwise with broadcasting"
 
+    vjp_reads = (0, 1)
+
     def forward(self, xs, attrs, ctx):
         return xs[0] * xs[1]
+
+    def forward_into(self, xs, out, attrs):
+        np.multiply(xs[0], xs[1], out=out)
 
     def vjp(self, g, xs, out, attrs, ctx):
         a, b = xs
         return [unbroadcast(g * b, a.shape), unbroadcast(g * a, b.shape)]
+
+    def vjp_one(self, i, g, xs, out, attrs, ctx):
+        return unbroadcast(g * xs[1 - i], xs[i].shape)
+
+    def vjp_into(self, i, g, xs, out, attrs, dest, accumulate):
+        other = xs[1 - i]
+        if dest.shape != g.shape or other.shape != g.shape:
+            return super().vjp_into(i, g, xs, out, attrs, dest, accumulate)
+        if accumulate:
+            dest += g * other
+        else:
+            np.multiply(g, other, out=dest)
 
 
 @register
@@ -67,8 +108,13 @@ class Div(Binary):
     name = "div"
     doc = "a / b, elementwise with broadcasting"
 
+    vjp_reads = (1, "out")
+
     def forward(self, xs, attrs, ctx):
         return xs[0] / xs[1]
+
+    def forward_into(self, xs, out, attrs):
+        np.divide(xs[0], xs[1], out=out)
 
     def vjp(self, g, xs, out, attrs, ctx):
         a, b = xs
@@ -80,11 +126,19 @@ class Neg(Unary):
     name = "neg"
     doc = "-x"
 
+    vjp_reads = ()
+
     def forward(self, xs, attrs, ctx):
         return -xs[0]
 
+    def forward_into(self, xs, out, attrs):
+        np.negative(xs[0], out=out)
+
     def vjp(self, g, xs, out, attrs, ctx):
         return [-g]
+
+    def vjp_into(self, i, g, xs, out, attrs, dest, accumulate):
+        _pass_into(g, dest, accumulate, negate=True)
 
 
 @register
@@ -106,11 +160,19 @@ class Exp(Unary):
     name = "exp"
     doc = "e ** x"
 
+    vjp_reads = ("out",)
+
     def forward(self, xs, attrs, ctx):
         return np.exp(xs[0])
 
+    def forward_into(self, xs, out, attrs):
+        np.exp(xs[0], out=out)
+
     def vjp(self, g, xs, out, attrs, ctx):
         return [g * out]
+
+    def local_grad(self, xs, out, attrs):
+        return out
 
 
 @register
@@ -159,3 +221,15 @@ class Abs(Unary):
 
     def vjp(self, g, xs, out, attrs, ctx):
         return [g * np.sign(xs[0])]
+
+
+def _pass_into(g: np.ndarray, dest: np.ndarray, accumulate: bool, negate: bool) -> None:
+    """dest (+)= +-g, summing g over broadcast axes first when dest is smaller."""
+    if g.shape != dest.shape:
+        g = unbroadcast(g, dest.shape)
+    if accumulate:
+        (np.subtract if negate else np.add)(dest, g, out=dest)
+    elif negate:
+        np.negative(g, out=dest)
+    else:
+        np.copyto(dest, g)

@@ -1,4 +1,4 @@
-"""Linear algebra: dense layer product, concatenation, embedding lookup."""
+"""Linear algebra: dense layer product, concatenation, slicing, embedding lookup."""
 from __future__ import annotations
 
 import numpy as np
@@ -24,15 +24,32 @@ class Matmul(Op):
                              f"{show_shape(x)} ({e})") from None
         return tuple(x[:-1]) + (w[0],)
 
+    needs_ctx = False
+    vjp_reads = (0, 1)
+
     def forward(self, xs, attrs, ctx):
         w, x = xs
         return x @ w.T  # x carries the leading (batch / time) axes
 
-    def vjp(self, g, xs, out, attrs, ctx):
+    def forward_into(self, xs, out, attrs):
         w, x = xs
-        # All leading axes are just more rows: one (m, rows) @ (rows, n) product.
-        dw = g.reshape(-1, w.shape[0]).T @ x.reshape(-1, w.shape[1])
-        return [dw, g @ w]
+        np.matmul(x, w.T, out=out)
+
+    def vjp(self, g, xs, out, attrs, ctx):
+        return [self.vjp_one(0, g, xs, out, attrs, ctx), self.vjp_one(1, g, xs, out, attrs, ctx)]
+
+    def vjp_one(self, i, g, xs, out, attrs, ctx):
+        w, x = xs
+        if i == 0:
+            # All leading axes are just more rows: one (m, rows) @ (rows, n) product.
+            return g.reshape(-1, w.shape[0]).T @ x.reshape(-1, w.shape[1])
+        return g @ w
+
+    def vjp_into(self, i, g, xs, out, attrs, dest, accumulate):
+        if i == 1 and not accumulate and dest.shape == xs[1].shape:
+            np.matmul(g, xs[0], out=dest)
+        else:
+            super().vjp_into(i, g, xs, out, attrs, dest, accumulate)
 
 
 @register
@@ -62,6 +79,9 @@ class Concat(Op):
                                  f"known size yet; give it an explicit size")
         return head + (sum(sizes),)
 
+    needs_ctx = False
+    vjp_reads = ()
+
     def forward(self, xs, attrs, ctx):
         # Inputs may carry different leading axes (a parameter, a batch, a
         # sequence): broadcast those first, as elementwise ops would.
@@ -71,6 +91,84 @@ class Concat(Op):
     def vjp(self, g, xs, out, attrs, ctx):
         cuts = np.cumsum([x.shape[-1] for x in xs])[:-1]
         return [unbroadcast(gi, x.shape) for gi, x in zip(np.split(g, cuts, axis=-1), xs)]
+
+
+@register
+class Slice(Op):
+    name = "slice"
+    attrs = {"start": 0, "stop": None}
+    needs_ctx = False
+    vjp_reads = ()
+    doc = "x[..., start:stop]: a part of the last axis (a view, no copy); the optimiser splits fused gates with it"
+
+    def _bounds(self, attrs, n):
+        start, stop = int(self.attr(attrs, "start")), self.attr(attrs, "stop")
+        stop = n if stop is None else int(stop)
+        return start, stop
+
+    def shape(self, shapes, attrs, dims):
+        x = tuple(shapes[0])
+        if len(x) == 0:
+            raise ShapeError("slice: needs an input with at least one axis, got ()")
+        n = dims.value(x[-1])
+        start, stop = self._bounds(attrs, n)
+        if n is None and self.attr(attrs, "stop") is None:
+            return x
+        if not (0 <= start < stop) or (n is not None and stop > n):
+            raise ShapeError(f"slice: [{start}:{stop}] is not a non-empty part of an axis of size {n}")
+        return x[:-1] + (stop - start,)
+
+    def forward(self, xs, attrs, ctx):
+        start, stop = self._bounds(attrs, xs[0].shape[-1])
+        return xs[0][..., start:stop]
+
+    def vjp(self, g, xs, out, attrs, ctx):
+        start, stop = self._bounds(attrs, xs[0].shape[-1])
+        dx = np.zeros(xs[0].shape, dtype=g.dtype)
+        dx[..., start:stop] = g
+        return [dx]
+
+    def vjp_into(self, i, g, xs, out, attrs, dest, accumulate):
+        start, stop = self._bounds(attrs, xs[0].shape[-1])
+        if not accumulate:
+            dest[...] = 0
+        dest[..., start:stop] += g
+
+
+@register
+class ConcatRows(Op):
+    name = "concat_rows"
+    arity = None
+    needs_ctx = False
+    vjp_reads = ()
+    doc = ("stack parameters along their first axis: matrices (m_i, n) -> (sum m_i, n), vectors -> one "
+           "vector; the optimiser fuses the weights of gates with it, once per pass")
+
+    def shape(self, shapes, attrs, dims):
+        if not shapes or any(len(s) == 0 for s in shapes):
+            raise ShapeError("concat_rows: needs inputs with at least one axis, got "
+                             + ", ".join(show_shape(s) for s in shapes))
+        rest = tuple(shapes[0][1:])
+        for s in shapes[1:]:
+            if len(s) != len(shapes[0]):
+                raise ShapeError(f"concat_rows: shapes {show_shape(shapes[0])} and {show_shape(s)} "
+                                 f"have different ranks")
+            try:
+                rest = tuple(dims.unify(a, b, "concat_rows") for a, b in zip(rest, s[1:]))
+            except ShapeError as e:
+                raise ShapeError(f"concat_rows: shapes {show_shape(shapes[0])} and {show_shape(s)} "
+                                 f"differ after the first axis ({e})") from None
+        sizes = [dims.value(s[0]) for s in shapes]
+        if any(n is None for n in sizes):
+            raise ShapeError("concat_rows: every input needs a known number of rows")
+        return (sum(sizes),) + rest
+
+    def forward(self, xs, attrs, ctx):
+        return np.concatenate(xs, axis=0)
+
+    def vjp(self, g, xs, out, attrs, ctx):
+        cuts = np.cumsum([x.shape[0] for x in xs])[:-1]
+        return np.split(g, cuts, axis=0)  # views of g: the parts do not overlap
 
 
 @register
@@ -86,6 +184,9 @@ class Embed(Op):
             raise ShapeError(f"embed: the table must be a matrix (V, d), got {show_shape(table)} "
                              f"(ids {show_shape(ids)})")
         return tuple(ids) + (table[1],)
+
+    needs_ctx = False
+    vjp_reads = (0,)
 
     def forward(self, xs, attrs, ctx):
         ids, table = xs

@@ -168,16 +168,23 @@ class CrossEntropyLogits(ClassLoss):
     def forward(self, xs, attrs, ctx):
         z, y = xs
         valid, n, idx = self._valid(z, y, ctx)
-        lsm = log_softmax(z)
-        ctx.saved["softmax"] = np.exp(lsm)
-        return np.asarray(-(np.take_along_axis(lsm, idx, -1)[..., 0] * valid).sum() / n,
-                          dtype=z.dtype)
+        # One exp over the logits: e = exp(z - max), -log p[y] = log(sum e) - (z[y] - max).
+        shifted = z - z.max(axis=-1, keepdims=True)
+        zy = np.take_along_axis(shifted, idx, -1)[..., 0]
+        e = np.exp(shifted, out=shifted)
+        s = e.sum(axis=-1, keepdims=True)
+        nll = np.log(s[..., 0]) - zy
+        e /= s
+        ctx.saved["softmax"] = e
+        return np.asarray((nll * valid).sum() / n, dtype=z.dtype)
 
     def vjp(self, g, xs, out, attrs, ctx):
         z, y = xs
         valid, n, idx = self._valid(z, y, ctx)
-        d = (ctx.saved["softmax"] - self._onehot(z, idx, np.ones(y.shape))) * valid[..., None]
-        return [d * (float(g) / n), None]
+        w = (valid * (float(g) / n)).astype(z.dtype)[..., None]   # per-position weight
+        d = ctx.saved["softmax"] * w                               # softmax - onehot, weighted
+        np.put_along_axis(d, idx, np.take_along_axis(d, idx, -1) - w, axis=-1)
+        return [d, None]
 
 
 @register

@@ -152,6 +152,7 @@ class Shift(Op):
 class Argmax(Op):
     name = "argmax"
     integer_output = True
+    needs_ctx = False
     doc = "index of the largest value on the last axis (int; not differentiable)"
 
     def shape(self, shapes, attrs, dims):

@@ -1,0 +1,337 @@
+"""The plan optimiser (nnspec/optimize.py) and the runtime's fast loop path.
+
+Two kinds of checks:
+  * shape: after each pass the plan has the expected form (one matmul for four
+    gates, the softmax gone from the loss, the bias added outside the loop...);
+  * equivalence: optimised and unoptimised plans, and the fast and reference
+    runtimes, give the same outputs and gradients in float64 on padded batches
+    (lengths 5, 3, 2), with every pass and every runtime switch on its own.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import random_feeds
+
+from nnspec import compile_text
+from nnspec.optimize import PASSES, optimize_plan
+from nnspec.plan import LoopStep
+from nnspec.runtime import ExecOptions, Executor
+
+LSTM_LM = """
+input w : seq of token
+e = embed(w, 3)
+h = lstm(e, H = 4)
+p = softmax(V @ h + c)
+loss cross_entropy(p, shift(w, 1))
+"""
+
+GATES = """
+input x[3] : seq
+target y : seq of class[3]
+cell my_lstm(x) -> h[H] {
+  f = sigmoid(Wf @ x + Uf @ h[t-1] + bf)
+  i = sigmoid(Wi @ x + Ui @ h[t-1] + bi)
+  o = sigmoid(Wo @ x + Uo @ h[t-1] + bo)
+  g = tanh(Wg @ x + Ug @ h[t-1] + bg)
+  c = f * c[t-1] + i * g
+  h = o * tanh(c)
+}
+h = my_lstm(x, H = 4)
+loss cross_entropy(softmax(V @ h + c), y)
+"""
+
+SPECS = {
+    "lstm": "input x[3] : seq\ntarget y : seq of class[3]\nh = lstm(x, H = 4)\n"
+            "p = softmax(V @ h + c)\nloss cross_entropy(p, y)\n",
+    "lstm_gate_by_gate": GATES,
+    "lstm_backward_in_time": "input x[3] : seq\noutput h\nh = reverse(lstm)(x, H = 4)\n",
+    "gru_reset_after": "input x[3] : seq\ntarget y : class[3]\nh = gru_reset_after(x, H = 4)\n"
+                       "loss cross_entropy(softmax(V @ last(h) + c), y)\n",
+    "gru_reset_before": "input x[3] : seq\ntarget y : class[3]\nh = gru_reset_before(x, H = 4)\n"
+                        "loss cross_entropy_logits(V @ max(h) + c, y)\n",
+    "rnn_two_step_delay": "input x[3] : seq\ntarget y : seq of class[3]\n"
+                          "h[4] = tanh(W @ x + U @ h[t-1] + R @ h[t-2] + b)\n"
+                          "loss nll(log_softmax(V @ h + c), y)\n",
+    "bidirectional_stacked": "input x[3] : seq\ntarget y : seq of class[3]\n"
+                             "h1 = bidirectional(lstm)(x, H = 3)\nh2 = stacked(gru, 2)(h1, H = 2)\n"
+                             "loss cross_entropy(softmax(dense(h2, N = 3)), y)\n",
+    "learned_initial_states": "input x[3] : seq\ntarget y[2] : seq\nh = lstm(x, H = 4)\n"
+                              "initial h = h0\ninitial h.c = c0\nloss mse(V @ h + c, y)\n",
+    "sums_with_signs": "input x[3] : seq\ntarget y[4] : seq\n"
+                       "h[4] = tanh(U @ h[t-1] - W @ x + b - a + x2 - Q @ h[t-1])\nx2[4] = K @ x\n"
+                       "loss mse(h, y)\n",
+    "outer_reads_with_delay": "input x[3] : seq\ntarget y[3] : seq\n"
+                              "h[3] = tanh(W @ x[t-1] + b + U @ h[t-1] + x[t-1] * h[t-1] + x * h[t-2])\n"
+                              "loss bce(sigmoid(V @ h + c), y)\n",
+    "language_model": LSTM_LM,
+    "mlp_two_heads": "input x[4]\ntarget y : class[3]\ntarget z[2]\nh[5] = relu(W @ x + b)\n"
+                     "loss cross_entropy(softmax(A @ h + a), y) + bce(sigmoid(B @ h + bb), z)\n",
+    "output_keeps_softmax": "input x[3] : seq\ntarget y : seq of class[3]\noutput p\n"
+                            "h = rnn(x, H = 4)\np = softmax(V @ h + c)\nloss cross_entropy(p, y)\n",
+    "dropout_inside_loop": "input x[3] : seq\ntarget y[2] : seq\n"
+                           "h[4] = tanh(W @ x + U @ dropout(h[t-1], p = 0.3) + b)\nloss mse(V @ h + c, y)\n",
+}
+BINDINGS = {"vocab(w)": 6}
+LENGTHS = np.array([5, 3, 2])
+
+
+def run(plan, params, feeds, options=None, train=False, seed_outputs=True, carry=None, lengths=LENGTHS):
+    ex = Executor(plan, dtype=np.float64, options=options)
+    tape = ex.forward(params, feeds, lengths=lengths, train=train, rng=np.random.default_rng(3), carry=carry)
+    seeds = None
+    if plan.loss is None:
+        seeds = {o: np.random.default_rng(4).normal(size=tape.values[o].shape) for o in plan.outputs}
+    grads = ex.backward(tape, seeds=seeds)
+    return tape, grads
+
+
+def setup(text, seed=0):
+    base = compile_text(text, bindings=BINDINGS, optimize=False).plan
+    rng = np.random.default_rng(seed)
+    params = {p.name: rng.normal(scale=0.5, size=p.shape) for p in base.params}
+    feeds = random_feeds(base, T=5, B=3, seed=seed)
+    return base, params, feeds
+
+
+def assert_same(base, other, params, feeds, options=None, train=False, tol=1e-10):
+    t0, g0 = run(base, params, feeds, ExecOptions(fast_loops=False), train=train)
+    t1, g1 = run(other, params, feeds, options, train=train)
+    ends = list(base.outputs) + ([base.loss] if base.loss else [])
+    for k in ends:
+        np.testing.assert_allclose(t1.values[k], t0.values[k], rtol=tol, atol=tol, err_msg=k)
+    for k in params:
+        a, b = g0.get(k, np.zeros_like(params[k])), g1.get(k, np.zeros_like(params[k]))
+        scale = max(np.abs(a).max(), 1e-3)
+        assert np.abs(a - b).max() / scale < tol, k
+    for v in base.inputs:
+        if not v.integer:
+            np.testing.assert_allclose(g1[v.name], g0[v.name], rtol=tol, atol=tol, err_msg=v.name)
+
+
+# ---- equivalence ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", SPECS)
+def test_optimised_plan_and_fast_runtime_match_the_reference(name):
+    base, params, feeds = setup(SPECS[name])
+    opt = optimize_plan(base)
+    for plan in (base, opt):
+        assert_same(base, plan, params, feeds, train=True)
+
+
+@pytest.mark.parametrize("pass_name", PASSES)
+@pytest.mark.parametrize("name", ["lstm", "gru_reset_after", "bidirectional_stacked", "sums_with_signs",
+                                  "mlp_two_heads", "outer_reads_with_delay"])
+def test_each_pass_alone_keeps_outputs_and_gradients(name, pass_name):
+    base, params, feeds = setup(SPECS[name])
+    assert_same(base, optimize_plan(base, passes=[pass_name]), params, feeds)
+
+
+OPTION_SETS = [ExecOptions(defer_grads=False), ExecOptions(local_grads=False), ExecOptions(alias_grads=False),
+               ExecOptions(defer_grads=False, local_grads=False, alias_grads=False)]
+
+
+@pytest.mark.parametrize("options", OPTION_SETS, ids=lambda o: ",".join(
+    k for k, v in vars(o).items() if not v) + " off")
+@pytest.mark.parametrize("name", ["lstm", "gru_reset_before", "rnn_two_step_delay", "learned_initial_states",
+                                  "dropout_inside_loop", "outer_reads_with_delay"])
+def test_each_runtime_switch_alone_keeps_outputs_and_gradients(name, options):
+    base, params, feeds = setup(SPECS[name])
+    assert_same(base, optimize_plan(base), params, feeds, options=options, train=True)
+
+
+def test_truncated_bptt_carry_is_the_same():
+    text = "input x[3] : seq\noutput h\nh = lstm(x, H = 4)\n"
+    base, params, feeds = setup(text)
+    opt = optimize_plan(base)
+    first = [Executor(p, dtype=np.float64).forward(params, {"x": feeds["x"][:3]}) for p in (base, opt)]
+    carry = [f.final_states for f in first]
+    assert set(carry[0]) == set(carry[1]) == {"h", "h.c"}
+    for k in carry[0]:
+        np.testing.assert_allclose(carry[1][k], carry[0][k], rtol=1e-12, atol=1e-12)
+    rest = {"x": feeds["x"][3:]}
+    t0, g0 = run(base, params, rest, ExecOptions(fast_loops=False), carry=carry[0], lengths=None)
+    t1, g1 = run(opt, params, rest, carry=carry[1], lengths=None)
+    np.testing.assert_allclose(t1.values["h"], t0.values["h"], rtol=1e-12, atol=1e-12)
+    for k in params:
+        np.testing.assert_allclose(g1[k], g0[k], rtol=1e-10, atol=1e-12, err_msg=k)
+
+
+def test_padding_is_invisible_in_the_optimised_plan():
+    """A padded batch gives each sequence what it gets alone (fast runtime, optimised plan)."""
+    base, params, feeds = setup(SPECS["lstm"], seed=2)
+    plan = optimize_plan(base)
+    feeds["y"][LENGTHS[None, :] <= np.arange(5)[:, None]] = -1
+    ex = Executor(plan, dtype=np.float64)
+    tape = ex.forward(params, feeds, lengths=LENGTHS)
+    whole = ex.backward(tape)
+    total = {k: np.zeros_like(v) for k, v in params.items()}
+    for b, n in enumerate(LENGTHS):
+        one = ex.forward(params, {k: v[:n, b:b + 1] for k, v in feeds.items()})
+        g = ex.backward(one)
+        for k in total:
+            total[k] += g[k] * n / LENGTHS.sum()
+    for k in params:
+        np.testing.assert_allclose(total[k], whole[k], rtol=1e-9, atol=1e-12, err_msg=k)
+
+
+def test_float32_plans_agree_closely():
+    base, params, feeds = setup(SPECS["bidirectional_stacked"])
+    p32 = {k: v.astype(np.float32) for k, v in params.items()}
+    outs = []
+    for plan in (base, optimize_plan(base)):
+        ex = Executor(plan, dtype=np.float32)
+        tape = ex.forward(p32, feeds, lengths=LENGTHS)
+        outs.append((float(tape.values[plan.loss]), ex.backward(tape)))
+    assert abs(outs[0][0] - outs[1][0]) < 1e-5
+    for k in params:
+        assert outs[1][1][k].dtype == np.float32
+        np.testing.assert_allclose(outs[1][1][k], outs[0][1][k], rtol=1e-4, atol=1e-5, err_msg=k)
+
+
+# ---- the shape of optimised plans ---------------------------------------------------------
+
+def ops(steps):
+    return [s.op for s in steps if not isinstance(s, LoopStep)]
+
+
+def loop_of(plan):
+    return next(s for s in plan.steps if isinstance(s, LoopStep))
+
+
+def test_fuse_losses_uses_the_logits_and_drops_the_softmax():
+    base, _, _ = setup(SPECS["lstm"])
+    plan = optimize_plan(base, passes=["fuse_losses"])
+    loss = next(s for s in plan.steps if not isinstance(s, LoopStep) and s.id == plan.loss)
+    assert loss.op == "cross_entropy_logits" and loss.inputs[0][0] == "p#21"
+    assert "softmax" not in ops(plan.steps)
+    bce = optimize_plan(setup(SPECS["mlp_two_heads"])[0], passes=["fuse_losses"])
+    assert {"cross_entropy_logits", "bce_logits"} <= set(ops(bce.steps))
+    assert not {"softmax", "sigmoid", "cross_entropy", "bce"} & set(ops(bce.steps))
+    nll = optimize_plan(setup(SPECS["rnn_two_step_delay"])[0], passes=["fuse_losses"])
+    assert "cross_entropy_logits" in ops(nll.steps) and "log_softmax" not in ops(nll.steps)
+
+
+def test_a_declared_output_keeps_its_softmax():
+    base, params, feeds = setup(SPECS["output_keeps_softmax"])
+    plan = optimize_plan(base)
+    assert "softmax" in ops(plan.steps) and "cross_entropy_logits" in ops(plan.steps)
+    t0, _ = run(base, params, feeds)
+    t1, _ = run(plan, params, feeds)
+    np.testing.assert_allclose(t1.values["p"], t0.values["p"], rtol=1e-12)
+
+
+def test_hoist_sums_adds_the_bias_outside_the_loop():
+    base, _, _ = setup("input x[3] : seq\noutput h\nh = rnn(x, H = 4)\n")
+    plan = optimize_plan(base, passes=["hoist_sums"])
+    loop = loop_of(plan)
+    assert ops(loop.body) == ["matmul", "add", "tanh"]         # U @ h[t-1], one add, tanh
+    outside = [s for s in plan.steps if not isinstance(s, LoopStep)]
+    hoisted = next(s for s in outside if s.op == "add")
+    assert {src for src, _ in hoisted.inputs} == {"h#1", "h.b"} and hoisted.seq   # (W @ x) + b, all steps
+
+
+def test_hoist_sums_keeps_signs():
+    plan = optimize_plan(setup(SPECS["sums_with_signs"])[0], passes=["hoist_sums"])
+    body = ops(loop_of(plan).body)
+    assert body.count("add") + body.count("sub") == 2 and body.count("matmul") == 2
+
+
+def test_four_gates_become_one_product_outside_and_one_inside():
+    for text in (SPECS["lstm"], GATES):
+        plan = optimize_plan(setup(text)[0])
+        outside = [s for s in plan.steps if not isinstance(s, LoopStep)]
+        products = [s for s in outside if s.op == "matmul" and s.shape == [16]]
+        assert len(products) == 1                                     # (T*B, 3) x (3, 16)
+        cats = [s for s in outside if s.op == "concat_rows"]
+        assert len(cats) == 3                                          # W, b and U, once per pass
+        body = loop_of(plan).body
+        assert ops(body).count("matmul") == 1                          # U{f,i,o,g} @ h[t-1]
+        assert ops(body).count("sigmoid") == 1 and ops(body).count("tanh") == 2
+        assert ops(body).count("add") == 2                             # gates + h[t-1] part, c
+        assert not any(s.op == "concat_rows" for s in body)            # never concatenated per step
+
+
+def test_gate_by_gate_lstm_gets_the_library_plan():
+    lib = optimize_plan(setup(SPECS["lstm"])[0])
+    mine = optimize_plan(setup(GATES)[0])
+
+    def shape(plan):
+        return [(s.op, s.shape) for s in plan.steps if not isinstance(s, LoopStep)] + \
+               [(b.op, b.shape, b.attrs) for b in loop_of(plan).body]
+    assert shape(lib) == shape(mine)
+
+
+def test_gru_fuses_three_gates_and_two_sigmoids():
+    plan = optimize_plan(setup(SPECS["gru_reset_after"])[0])
+    body = loop_of(plan).body
+    assert ops(body).count("matmul") == 1 and ops(body).count("sigmoid") == 1
+    product = next(s for s in plan.steps if not isinstance(s, LoopStep) and s.op == "matmul")
+    assert product.shape == [12]
+
+
+def test_slices_line_up_with_the_input_projection():
+    """The recurrent product's gate order is the input projection's, so one add serves all gates."""
+    plan = optimize_plan(setup(SPECS["lstm"])[0])
+    body = loop_of(plan).body
+    gates = next(b for b in body if b.op == "add" and b.shape == [16])
+    srcs = [src for src, _ in gates.inputs]
+    assert any(s.startswith("h.U") for s in srcs)
+
+
+def test_plans_stay_serialisable():
+    plan = optimize_plan(setup(SPECS["bidirectional_stacked"])[0])
+    again = type(plan).model_validate_json(plan.model_dump_json())
+    assert again == plan
+
+
+def test_compile_can_switch_the_optimiser_off():
+    on = compile_text(SPECS["lstm"]).plan
+    off = compile_text(SPECS["lstm"], optimize=False).plan
+    assert "concat_rows" in ops(on.steps) and "concat_rows" not in ops(off.steps)
+
+
+def test_unknown_pass_is_an_error():
+    with pytest.raises(ValueError, match="unknown optimisation pass"):
+        optimize_plan(setup(SPECS["lstm"])[0], passes=["fuse_everything"])
+
+
+# ---- the runtime ------------------------------------------------------------------------
+
+def test_the_fast_path_computes_weight_gradients_once_after_the_loop():
+    """U's gradient is one product over all steps: its per-step backward touches only h."""
+    plan = optimize_plan(setup(SPECS["lstm"])[0])
+    ex = Executor(plan, dtype=np.float64)
+    loop = loop_of(plan)
+    prog = ex._program(loop)
+    need = ex._grad_needed(None)
+    bp = prog.backward_plan(frozenset({"h"}), need)
+    per_step_sources = {prog.by_id[a.op_id].step.inputs[a.pos][0] for a in bp.actions}
+    assert not any(s in ex.plan.params or s.startswith("h.U{") for s in per_step_sources)
+    deferred = {prog.by_id[o].step.inputs[p][0] for o, p in bp.deferred}
+    assert any(s.startswith("h.U{") for s in deferred)
+
+
+def test_values_handed_out_are_not_overwritten_by_the_next_pass():
+    base, params, feeds = setup(SPECS["lstm"])
+    ex = Executor(optimize_plan(base), dtype=np.float64)
+    t1 = ex.forward(params, feeds, lengths=LENGTHS)
+    h1 = t1.values["h"].copy()
+    g1 = ex.backward(t1)
+    w1 = {k: g1[k].copy() for k in params}
+    other = random_feeds(base, T=5, B=3, seed=9)
+    t2 = ex.forward(params, other, lengths=LENGTHS)
+    ex.backward(t2)
+    assert np.array_equal(t1.values["h"], h1)
+    assert all(np.array_equal(g1[k], w1[k]) for k in params)
+
+
+def test_check_finite_names_the_value_inside_a_loop():
+    from nnspec.runtime import RuntimeFailure
+    plan = compile_text("input x[3] : seq\noutput h\nh[2] = tanh(W @ x + U @ log(h[t-1] + 2) + b)\n").plan
+    ex = Executor(plan, dtype=np.float64, check_finite=True)
+    params = {"W": np.ones((2, 3)), "U": np.ones((2, 2)), "b": np.full(2, -5.0)}
+    with np.errstate(all="ignore"):
+        with pytest.raises(RuntimeFailure) as err:
+            ex.forward(params, {"x": -np.ones((4, 1, 3))})
+    assert "NaN" in str(err.value) or "infinite" in str(err.value)
