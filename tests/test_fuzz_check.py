@@ -218,7 +218,7 @@ def test_random_token_sequences_give_diagnostics_not_crashes(tokens):
 
 # ---- (c) random specs that follow the grammar ----------------------------------------
 
-VALUE_NAMES = ["x", "h", "y", "p", "e", "w", "z", "t"]
+VALUE_NAMES = ["y", "h", "x", "e", "w", "z", "g", "t"]
 PARAM_NAMES = ["W", "U", "b", "c", "h.c"]
 FUNCTIONS = sorted(REGISTRY) + ["lstm", "gru", "rnn", "dense", "embed", "nosuch"]
 numbers = st.sampled_from(["0", "1", "2", "3", "0.5", "1e-3", "100", "64"])
@@ -239,7 +239,7 @@ expressions = st.recursive(leaves, lambda inner: st.one_of(
     st.builds(lambda a, op, b: f"{a} {op} {b}", inner, st.sampled_from("+-*/@"), inner),
     st.builds(lambda a: f"-{a}", inner),
     st.builds(lambda a: f"({a})", inner),
-    st.builds(_call, st.sampled_from(FUNCTIONS), st.lists(inner, max_size=3),
+    st.builds(_call, st.sampled_from(FUNCTIONS), st.lists(inner, min_size=1, max_size=2),
               st.lists(st.sampled_from(["H = 2", "N = 3", "p = 0.5", "axis = 1"]), max_size=1)),
     st.builds(lambda w, c, a: f"{w}({c})({a}, H = 2)", st.sampled_from(["reverse", "bidirectional"]),
               st.sampled_from(["lstm", "gru", "rnn"]), inner),
@@ -254,30 +254,45 @@ settings_lines = st.sampled_from([
     "split dev = 10%, test = 10%", "seed 3", "lr 0.1", "bptt 5", "min_count 2", "patience 2",
     "epoch 3", "batch -1", "dropout q = 2",
 ])
-statements = st.one_of(
-    st.builds(lambda r, n, d, t: f"{r} {n}{d}{t}", st.sampled_from(["input", "target", "output"]),
-              st.sampled_from(VALUE_NAMES), dims, types),
-    st.builds(lambda n, d, e: f"{n}{d} = {e}", st.sampled_from(VALUE_NAMES), dims, expressions),
+HEADERS = st.sampled_from([
+    "input x[2]\noutput y\n",
+    "let H = 2\ninput x[2] : seq\noutput y\n",
+    "let H = 3\ninput x[2] : seq\ntarget t[2] : seq\noutput y\n",
+    "input w : seq of token\ntarget t : seq of class\noutput y\n",
+    "input w : bag of token\ntarget t : class[3]\noutput y\n",
+    "input x[4]\ntarget t[1]\noutput y\n",
+    "",
+])
+declarations = st.builds(lambda r, n, d, t: f"{r} {n}{d}{t}", st.sampled_from(["input", "target", "output"]),
+                         st.sampled_from(VALUE_NAMES), dims, types)
+equations = st.builds(lambda n, d, e: f"{n}{d} = {e}", st.sampled_from(VALUE_NAMES), dims, expressions)
+others = st.one_of(
+    declarations,
     st.builds(lambda e: f"loss {e}", expressions),
     st.builds(lambda n, d, rest: f"param {n}{d}{rest}", st.sampled_from(PARAM_NAMES), dims,
               st.sampled_from(["", " = [[1, 2], [3, 4]]", " = [1, 2]", " init zeros", " init uniform(scale = 0.5)",
-                               " frozen", " = 3 init ones"])),
+                               " frozen", " = 3 init ones", " init orthogonal(gain = 2)"])),
     st.builds(lambda n, e: f"initial {n} = {e}", st.sampled_from(VALUE_NAMES + ["h.c"]),
               st.sampled_from(["h0", "0", "[1, 2]", "x"])),
-    st.builds(lambda n, v: f"let {n} = {v}", st.sampled_from(["H", "N", "x"]), st.sampled_from(["2", "3 * 2", "0", "1 / 3"])),
-    st.builds(lambda lines: "train {\n  " + "\n  ".join(lines) + "\n}", st.lists(settings_lines, max_size=4)),
-    st.builds(lambda n, e: f"data inline {{ {n} = {e} }}", st.sampled_from(VALUE_NAMES), expressions),
-    st.builds(lambda body, d: f"cell mine(x) -> y{d} {{\n  " + "\n  ".join(body) + "\n}",
-              st.lists(st.builds(lambda n, e: f"{n} = {e}", st.sampled_from(["y", "g", "h"]), expressions),
-                       min_size=1, max_size=3), dims),
+    st.builds(lambda n, v: f"let {n} = {v}", st.sampled_from(["H", "N", "x"]),
+              st.sampled_from(["2", "3 * 2", "0", "1 / 3"])),
 )
+singletons = st.lists(st.sampled_from([0, 1, 2]), unique=True, max_size=3).flatmap(lambda kinds: st.tuples(*[
+    [st.builds(lambda lines: "train {\n  " + "\n  ".join(lines) + "\n}", st.lists(settings_lines, max_size=4)),
+     st.builds(lambda n, e: f"data inline {{ {n} = {e} }}", st.sampled_from(VALUE_NAMES), expressions),
+     st.builds(lambda body, d: f"cell mine(x) -> y{d} {{\n  " + "\n  ".join(body) + "\n}",
+               st.lists(st.builds(lambda n, e: f"{n} = {e}", st.sampled_from(["y", "g", "h"]), expressions),
+                        min_size=1, max_size=3), dims)][k] for k in kinds]))
+grammatical_specs = st.builds(
+    lambda header, eqs, rest, single: header + "\n".join(eqs + rest + list(single)) + "\n",
+    HEADERS, st.lists(equations, min_size=1, max_size=5), st.lists(others, max_size=3), singletons)
 
 
 @settings(max_examples=350, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-@given(st.lists(statements, min_size=1, max_size=8))
-def test_random_grammatical_specs_give_diagnostics_not_crashes(lines):
-    check("\n".join(lines) + "\n")
+@given(grammatical_specs)
+def test_random_grammatical_specs_give_diagnostics_not_crashes(text):
+    check(text)
 
 
 # ---- regressions: the crashes found above, minimal inputs -------------------------------
