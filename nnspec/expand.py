@@ -42,6 +42,8 @@ class FlatSpec:
     train: ast.Train | None = None
     lets: dict[str, float] = field(default_factory=dict)
     instances: list[tuple[str, str]] = field(default_factory=list)  # (instance, cell)
+    calls: dict[str, Span] = field(default_factory=dict)  # instance -> the call that made it
+    call_sizes: dict[str, list[str]] = field(default_factory=dict)  # instance -> its cell's size names
 
 
 class _Scope:
@@ -351,6 +353,8 @@ class Expander:
                 sizes[kw.name] = ast.DimInt(span=kw.span, value=int(v))
         scope = _Scope(instance, rename, dict(self.flat.lets), sizes, sign, cell)
         self.flat.instances.append((instance, cell.name))
+        self.flat.calls.setdefault(instance, e.span)
+        self.flat.call_sizes.setdefault(instance, sorted(allowed))
         defines_output = False
         for stmt in cell.body:
             if isinstance(stmt, ast.Equation) and stmt.name == cell.output:

@@ -336,7 +336,10 @@ class GraphBuilder:
             info = self.known(x)
             if info is not None and info.kind == "const" and not info.named:  # fold -3, not c = 3 itself
                 info.value = -info.value
-                return x
+                if nid is None:
+                    return x
+                self.graph.g.remove_node(x)  # y = -3: the constant is the node y itself
+                return self.add(NodeInfo(id=nid, kind="const", span=e.span, value=info.value))
             return self.add(NodeInfo(id=nid or self.fresh(owner), kind="op", span=e.span, op="neg",
                                      inputs=[(x, 0)]))
         if isinstance(e, ast.BinOp):
@@ -514,6 +517,25 @@ class GraphBuilder:
                                           span=self.graph.info(other).span, op="add",
                                           inputs=[(total, 0), (other, 0)]))
             self.graph.loss = total
+
+
+def user_call(graph: Graph, node: str) -> str | None:
+    """The cell instance, called from the user's own file, that ``node`` belongs to (None at top level)."""
+    for inst, call in sorted(graph.flat.calls.items(), key=lambda kv: len(kv[0])):
+        if (node == inst or node.startswith(inst + ".")) and not call.file.startswith("<stdlib>"):
+            return inst
+    return None
+
+
+def where(graph: Graph, node: str) -> tuple[Span | None, list[tuple[str, Span | None]]]:
+    """Where to report a problem with ``node``, and notes: a value inside a standard-library cell is
+    reported at the user's call of that cell, with a note pointing into the cell."""
+    span = graph.info(node).span
+    inst = user_call(graph, node)
+    if span is None or not span.file.startswith("<stdlib>") or inst is None:
+        return span, []
+    cell = next(c for i, c in graph.flat.instances if i == inst)
+    return graph.flat.calls[inst], [(f"inside cell '{cell}', here", span)]
 
 
 def user_name(info: NodeInfo, sources) -> str:

@@ -312,6 +312,19 @@ def _chain_activation(w: _Work, v: str, depth: int = 0) -> str:
     return r.op
 
 
+def _destination(w: _Work, v: str, depth: int = 0):
+    """The loop that v's value flows into, following single readers (None: it stays outside)."""
+    rs = w.readers.get(v, [])
+    if len(rs) != 1 or depth > 20:
+        return None
+    r, _, _, loop = rs[0]
+    if loop is not None:
+        return loop.index
+    if r.op in ("add", "sub", "slice"):
+        return _destination(w, r.id, depth + 1)
+    return None
+
+
 def _partner(w: _Work, v: str):
     """For v read once by an add/sub, the (source, start) of the slice it is added to."""
     rs = w.readers.get(v, [])
@@ -356,20 +369,27 @@ def fuse_matmuls(w: _Work, outside: bool = True, inside: bool = True) -> None:
 
 
 def _fuse_group(w: _Work, loop: LoopStep | None, members: list[OpStep]) -> None:
-    acts = {}
     partners = {m.id: _partner(w, m.id) for m in members}
     sources = {p[0] for p in partners.values() if p is not None}
+    dest = {m.id: _destination(w, m.id) for m in members}
+    act = {m.id: _chain_activation(w, m.id) for m in members}
+    count: dict[tuple, int] = {}
+    for m in members:
+        count[dest[m.id], act[m.id]] = count.get((dest[m.id], act[m.id]), 0) + 1
 
-    def key(im):
-        i, m = im
-        act = _chain_activation(w, m.id)
-        rank = acts.setdefault(act, len(acts))
+    def key(m):
+        # Gates that flow into the same loop side by side; within one loop, aligned with
+        # the slices they are added to, else grouped by activation (the most common
+        # first), so that one op can serve adjacent gates. Independent of plan order.
+        d = dest[m.id]
+        where = (0, d) if d is not None else (1, -1)
         p = partners[m.id]
         if len(sources) == 1 and p is not None:
-            return (0, p[1], 0, i)
-        return (1, 0, rank, i)
+            return (where, 0, p[1], 0, "", m.inputs[0][0])
+        a = act[m.id]
+        return (where, 1, 0, -count[d, a], a, m.inputs[0][0])
 
-    order = [m for _, m in sorted(enumerate(members), key=key)]
+    order = sorted(members, key=key)
     weights = [m.inputs[0][0] for m in order]
     rows = [_int(w.params[n].shape[0]) for n in weights]
     cols = w.params[weights[0]].shape[1]
@@ -415,6 +435,13 @@ def sink_slices(w: _Work) -> None:
 
 
 def _sink_once(w: _Work) -> bool:
+    """Merge one run of elementwise ops over adjacent slices; True if something changed.
+
+    A member is (op step, width, parts): per operand either ``(source operand, start)``
+    for a slice of that source or the name of a parameter vector. Members of a run
+    apply the same op to the same sources, and each source's slices follow one
+    another from member to member (the offsets may differ between sources).
+    """
     protected = w.protected()
     contexts = [(None, [s for s in w.steps if not isinstance(s, LoopStep)])]
     contexts += [(s, list(s.body)) for s in w.steps if isinstance(s, LoopStep)]
@@ -423,39 +450,35 @@ def _sink_once(w: _Work) -> bool:
         for s in steps:
             if s.integer or not s.shape or _int(s.shape[-1]) is None:
                 continue
-            if s.op in SINK_UNARY and len(s.inputs) == 1:
-                sl = _slice_of(w, s.inputs[0])
-                if sl is None:
+            width = _int(s.shape[-1])
+            if not ((s.op in SINK_UNARY and len(s.inputs) == 1) or (s.op in SINK_BINARY and len(s.inputs) == 2)):
+                continue
+            parts, kinds = [], []
+            for operand in s.inputs:
+                sl = _slice_of(w, operand)
+                if sl is not None and sl[2] - sl[1] == width:
+                    parts.append((sl[0], sl[1]))
+                    kinds.append(("slice", sl[0]))
                     continue
-                key = (s.op, repr(sorted(s.attrs.items())), ("slice", sl[0]))
-                groups.setdefault(key, []).append((s, sl[1], sl[2], [sl]))
-            elif s.op in SINK_BINARY and len(s.inputs) == 2:
-                parts, kinds, rng = [], [], None
-                for operand in s.inputs:
-                    sl = _slice_of(w, operand)
-                    if sl is not None:
-                        if rng is not None and (sl[1], sl[2]) != rng:
-                            break
-                        rng = (sl[1], sl[2])
-                        parts.append(sl)
-                        kinds.append(("slice", sl[0]))
-                        continue
-                    p = w.params.get(operand[0])
-                    if p is not None and operand[1] == 0 and list(p.shape) == [s.shape[-1]] and len(s.shape) == 1:
-                        parts.append(operand[0])
-                        kinds.append(("param",))
-                        continue
-                    break
-                else:
-                    if rng is None:
-                        continue
-                    key = (s.op, repr(sorted(s.attrs.items())), *kinds)
-                    groups.setdefault(key, []).append((s, rng[0], rng[1], parts))
+                p = w.params.get(operand[0])
+                if (p is not None and operand[1] == 0 and len(s.shape) == 1
+                        and list(p.shape) == [s.shape[-1]]):
+                    parts.append(operand[0])
+                    kinds.append(("param",))
+                    continue
+                break
+            else:
+                if not any(k[0] == "slice" for k in kinds):
+                    continue
+                key = (s.op, repr(sorted(s.attrs.items())), *kinds)
+                groups.setdefault(key, []).append((s, width, parts))
         for key, members in groups.items():
-            members.sort(key=lambda m: m[1])
+            j = next(i for i, k in enumerate(key[2:]) if k[0] == "slice")
+            members.sort(key=lambda m: m[2][j][1])
             runs, cur = [], [members[0]]
             for m in members[1:]:
-                if m[1] == cur[-1][2]:
+                prev = cur[-1]
+                if all(isinstance(a, str) or a[1] == b[1] + prev[1] for a, b in zip(m[2], prev[2])):
                     cur.append(m)
                 else:
                     runs.append(cur)
@@ -463,49 +486,47 @@ def _sink_once(w: _Work) -> bool:
             runs.append(cur)
             for run in runs:
                 if len(run) >= 2:
-                    _merge_run(w, loop, run, protected)
+                    _merge_run(w, loop, run)
                     w.reindex()
                     return True
     return False
 
 
-def _merge_run(w: _Work, loop, run, protected) -> None:
-    lo, hi = run[0][1], run[-1][2]
+def _merge_run(w: _Work, loop, run) -> None:
+    total = sum(m[1] for m in run)
     first_member = next(s for s in w.container(loop) if any(s is m[0] for m in run))
     s0 = run[0][0]
     operands, outer_new, inner_new = [], [], []
-    for pos in range(len(run[0][3])):
-        part = run[0][3][pos]
-        if isinstance(part, tuple):  # a slice of one source: the union range of it
-            (src, d) = part[0]
+    for pos, part in enumerate(run[0][2]):
+        if isinstance(part, tuple):  # slices of one source: their union
+            (src, d), lo = part
             full = w.shape(src)
-            if full and _int(full[-1]) == hi - lo and lo == 0:
+            if full and _int(full[-1]) == total and lo == 0:
                 operands.append((src, d))
                 continue
-            sid = w.fresh(f"{src}[{lo}:{hi}]")
-            src_loop = w.loop_of(src)
-            st = _op(sid, "slice", [(src, d)], list(full[:-1]) + [hi - lo], w.seq(src), {"start": lo, "stop": hi})
-            if src_loop is None and loop is not None:
+            sid = w.fresh(f"{src}[{lo}:{lo + total}]")
+            st = _op(sid, "slice", [(src, d)], list(full[:-1]) + [total], w.seq(src),
+                     {"start": lo, "stop": lo + total})
+            if w.loop_of(src) is None and loop is not None:
                 outer_new.append(st)   # a slice of a value from outside the loop is computed outside
             else:
                 inner_new.append(st)
             operands.append((sid, 0))
         else:  # parameter vectors: concatenated once per pass
-            names = [m[3][pos] for m in run]
+            names = [m[2][pos] for m in run]
             cid = w.fresh(_braced(names))
-            st = _op(cid, "concat_rows", [(n, 0) for n in names], [hi - lo])
-            if loop is not None:
-                outer_new.append(st)
-            else:
-                inner_new.append(st)
+            st = _op(cid, "concat_rows", [(n, 0) for n in names], [total])
+            (outer_new if loop is not None else inner_new).append(st)
             operands.append((cid, 0))
     uid = w.fresh(_braced([m[0].id for m in run]))
-    merged = _op(uid, s0.op, operands, list(s0.shape[:-1]) + [hi - lo], s0.seq, s0.attrs)
+    merged = _op(uid, s0.op, operands, list(s0.shape[:-1]) + [total], s0.seq, s0.attrs)
     if outer_new:
         w.insert_before(None, loop, outer_new)
     w.insert_before(loop, first_member.id, inner_new + [merged])
-    for s, a, b, _ in run:
-        w.replace(loop, s, _op(s.id, "slice", [(uid, 0)], s.shape, s.seq, {"start": a - lo, "stop": b - lo}))
+    at = 0
+    for s, width, _ in run:
+        w.replace(loop, s, _op(s.id, "slice", [(uid, 0)], s.shape, s.seq, {"start": at, "stop": at + width}))
+        at += width
 
 
 # ---- simplify ----------------------------------------------------------------------------

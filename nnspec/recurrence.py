@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import networkx as nx
 
 from .errors import Diagnostics
-from .graph import Graph, user_name
+from .graph import Graph, user_name, where
 from .ops import REGISTRY
 
 
@@ -121,9 +121,9 @@ def infer_time_and_type(graph: Graph, components: list[Component], diags: Diagno
     for c in components:
         if not any(_depends_on_sequence(graph, n) for n in c.nodes):
             names = _named(graph, c.nodes)
+            span, notes = where(graph, names[0])
             diags.error(f"'{names[0]}' is recurrent (it reads itself at another step) but depends on no "
-                        f"sequence input; declare an input as a sequence, e.g. 'input x[8] : seq'",
-                        graph.info(names[0]).span)
+                        f"sequence input; declare an input as a sequence, e.g. 'input x[8] : seq'", span, notes)
     return order
 
 

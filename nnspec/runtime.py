@@ -420,6 +420,10 @@ class Executor:
         todo = [i for i, (src, _) in enumerate(step.inputs) if src in need and src not in self.integer]
         if not todo:
             return
+        if step.op == "slice" and step.inputs[0][1] == 0:  # add into the part, no zero-padded copy
+            lo = int(step.attrs.get("start", 0))
+            acc.add_part(step.inputs[0][0], g, lo, lo + g.shape[-1], xs[0].shape)
+            return
         if len(todo) > 1 and type(op).vjp_one is Op.vjp_one:
             gs = op.vjp(g, xs, tape.values[step.id], step.attrs, ctx)
         else:
@@ -884,6 +888,17 @@ class _Accumulator:
             return
         self.grads[key] = acc + g
         self.owned.add(key)
+
+    def add_part(self, key: str, g: np.ndarray, lo: int, hi: int, shape: tuple) -> None:
+        """Add g into ``[..., lo:hi]`` of the gradient of key (whose full shape is ``shape``)."""
+        acc = self.grads.get(key)
+        if acc is None or key not in self.owned or acc.shape != tuple(shape) or acc.dtype != g.dtype:
+            new = np.zeros(shape, dtype=g.dtype)
+            if acc is not None:
+                new += acc
+            self.grads[key] = acc = new
+            self.owned.add(key)
+        acc[..., lo:hi] += g
 
     def disown(self, key: str) -> None:
         self.owned.discard(key)

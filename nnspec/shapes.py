@@ -18,7 +18,7 @@ from typing import Any
 import networkx as nx
 
 from .errors import Diagnostics
-from .graph import Graph, NodeInfo, user_name
+from .graph import Graph, NodeInfo, user_call, user_name, where
 from .ops import REGISTRY, ShapeError
 from .ops.registry import show_shape, unify_dims
 
@@ -105,6 +105,7 @@ class ShapeInference:
         self.solver = Solver()
         self.done: set[str] = set()
         self.failed: set[str] = set()
+        self.reported_calls: set[str] = set()  # cell calls already blamed for an error inside the cell
 
     def sym(self, name: str):
         return self.bindings.get(name, Sym(name))
@@ -158,10 +159,9 @@ class ShapeInference:
                 self.failed.add(n)
                 if info.kind != "const" and not self.after_failure(n):
                     what = f"'{n}'" if "#" not in n else f"a part of '{owner(n)}'"
-                    self.diags.error(f"cannot infer the size of {what}; "
-                                     + (f"give it one, e.g. 'param {n}[4, 3]'" if info.kind == "param"
-                                        else f"declare '{owner(n)}' with a size, e.g. '{owner(n)}[64] = ...'"),
-                                     info.span)
+                    self.emit(n, f"cannot infer the size of {what}; "
+                              + (self.param_hint(n, f"give it one, e.g. 'param {n}[4, 3]'") if info.kind == "param"
+                                 else f"declare '{owner(n)}' with a size, e.g. '{owner(n)}[64] = ...'"))
             return False
         decl = self.declared(info)
         if decl is not None:
@@ -176,8 +176,8 @@ class ShapeInference:
             try:
                 shape = unify_dims(shape, info.shape, self.solver, f"'{n}'")
             except ShapeError:
-                self.report(info, f"'{n}' has size {show(self.solver.resolve(shape))} but is used at "
-                                  f"another step as size {show(self.solver.resolve(info.shape))}")
+                self.report(info, f"'{n}' has size {show(self.solver.resolve(shape))}, but where it is used "
+                                  f"it must have size {show(self.solver.resolve(info.shape))}")
                 self.failed.add(n)
                 return True
         info.shape = tuple(shape)
@@ -285,7 +285,27 @@ class ShapeInference:
             o = self.graph.info(src)
             if o.shape is not None and o.span is not None and o.span != info.span:
                 notes.append((f"{user_name(o, self.diags.sources)} has size {show(self.solver.resolve(o.shape))}", o.span))
-        self.diags.error(message, info.span, notes[:3])
+        self.emit(info.id, message, notes[:3])
+
+    def emit(self, n: str, message: str, notes=()) -> None:
+        """Report at the value, or, inside a standard-library cell, at the user's call of the cell, and
+        then only once per call: the other values of the cell would only repeat it."""
+        span, inside = where(self.graph, n)
+        if inside:
+            inst = user_call(self.graph, n)
+            if inst in self.reported_calls:
+                return
+            self.reported_calls.add(inst)
+        self.diags.error(message, span, list(notes) + inside)
+
+    def param_hint(self, n: str, otherwise: str) -> str:
+        """How to size a parameter: a parameter of a cell gets its size from the cell's call."""
+        inst = user_call(self.graph, n)
+        sizes = self.graph.flat.call_sizes.get(inst, []) if inst else []
+        if sizes:
+            cell = next(c for i, c in self.graph.flat.instances if i == inst)
+            return f"give '{cell}' its size where it is called, e.g. '{sizes[0]} = 64'"
+        return otherwise
 
     def check_unresolved(self) -> None:
         reported: set[int] = set()
@@ -293,8 +313,8 @@ class ShapeInference:
             info = self.graph.info(n)
             if n in self.failed or info.shape is None:
                 if n not in self.failed and info.named and info.kind != "const" and not self.after_failure(n):
-                    self.diags.error(f"cannot infer the size of '{owner(n)}'; declare it, e.g. "
-                                     f"'{owner(n)}[64] = ...'", info.span)
+                    self.emit(n, f"cannot infer the size of '{owner(n)}'; declare it, e.g. "
+                                 f"'{owner(n)}[64] = ...'")
                 continue
             info.shape = self.solver.resolve(info.shape)
             if isinstance(info.card, Var):
@@ -303,9 +323,9 @@ class ShapeInference:
             if unknown and (info.named or info.kind == "param") and not any(id(d) in reported for d in unknown) \
                     and not self.after_failure(n):
                 reported.update(id(d) for d in unknown)
-                hint = (f"; give it a size, e.g. 'param {n}[...]'" if info.kind == "param"
-                        else f"; declare it, e.g. '{owner(n)}[64] = ...'")
-                self.diags.error(f"cannot infer the size of '{owner(n)}' ({show(info.shape)}){hint}", info.span)
+                hint = (self.param_hint(n, f"give it a size, e.g. 'param {n}[...]'") if info.kind == "param"
+                        else f"declare it, e.g. '{owner(n)}[64] = ...'")
+                self.emit(n, f"cannot infer the size of '{owner(n)}' ({show(info.shape)}); {hint}")
 
 
 def infer_shapes(graph: Graph, order: list[str], diags: Diagnostics, bindings: dict[str, int] | None = None) -> None:

@@ -245,7 +245,7 @@ expressions = st.recursive(leaves, lambda inner: st.one_of(
               st.sampled_from(["lstm", "gru", "rnn"]), inner),
 ), max_leaves=8)
 dims = st.one_of(st.just(""), st.builds(lambda ds: "[" + ", ".join(ds) + "]",
-                                        st.lists(st.sampled_from(["1", "2", "3", "4", "H", "2 * H"]),
+                                        st.lists(st.sampled_from(["1", "2", "3", "4", "N", "2 * N"]),
                                                  min_size=1, max_size=2)))
 types = st.sampled_from(["", " : seq", " : seq of token", " : seq of char", " : class[3]", " : class",
                          " : seq of class", " : bag of token", " : real"])
@@ -255,17 +255,17 @@ settings_lines = st.sampled_from([
     "epoch 3", "batch -1", "dropout q = 2",
 ])
 HEADERS = st.sampled_from([
-    "input x[2]\noutput y\n",
-    "let H = 2\ninput x[2] : seq\noutput y\n",
-    "let H = 3\ninput x[2] : seq\ntarget t[2] : seq\noutput y\n",
-    "input w : seq of token\ntarget t : seq of class\noutput y\n",
-    "input w : bag of token\ntarget t : class[3]\noutput y\n",
-    "input x[4]\ntarget t[1]\noutput y\n",
+    "let N = 2\ninput x[2]\noutput y\n",
+    "let N = 2\ninput x[2] : seq\noutput y\n",
+    "let N = 3\ninput x[2] : seq\ntarget t[2] : seq\noutput y\n",
+    "let N = 2\ninput w : seq of token\ntarget t : seq of class\noutput y\n",
+    "let N = 2\ninput w : bag of token\ntarget t : class[3]\noutput y\n",
+    "let N = 4\ninput x[4]\ntarget t[1]\noutput y\n",
     "",
 ])
 declarations = st.builds(lambda r, n, d, t: f"{r} {n}{d}{t}", st.sampled_from(["input", "target", "output"]),
                          st.sampled_from(VALUE_NAMES), dims, types)
-equations = st.builds(lambda n, d, e: f"{n}{d} = {e}", st.sampled_from(VALUE_NAMES), dims, expressions)
+equations = st.builds(lambda n, d, e: f"{n}{d} = {e}", st.sampled_from(["y", "h", "z", "g", "e"]), dims, expressions)
 others = st.one_of(
     declarations,
     st.builds(lambda e: f"loss {e}", expressions),
@@ -274,7 +274,7 @@ others = st.one_of(
                                " frozen", " = 3 init ones", " init orthogonal(gain = 2)"])),
     st.builds(lambda n, e: f"initial {n} = {e}", st.sampled_from(VALUE_NAMES + ["h.c"]),
               st.sampled_from(["h0", "0", "[1, 2]", "x"])),
-    st.builds(lambda n, v: f"let {n} = {v}", st.sampled_from(["H", "N", "x"]),
+    st.builds(lambda n, v: f"let {n} = {v}", st.sampled_from(["H", "M", "x"]),
               st.sampled_from(["2", "3 * 2", "0", "1 / 3"])),
 )
 singletons = st.lists(st.sampled_from([0, 1, 2]), unique=True, max_size=3).flatmap(lambda kinds: st.tuples(*[
@@ -285,7 +285,7 @@ singletons = st.lists(st.sampled_from([0, 1, 2]), unique=True, max_size=3).flatm
                         min_size=1, max_size=3), dims)][k] for k in kinds]))
 grammatical_specs = st.builds(
     lambda header, eqs, rest, single: header + "\n".join(eqs + rest + list(single)) + "\n",
-    HEADERS, st.lists(equations, min_size=1, max_size=5), st.lists(others, max_size=3), singletons)
+    HEADERS, st.lists(equations, min_size=1, max_size=5, unique_by=lambda eq: re.split(r"[\[ ]", eq)[0]), st.lists(others, max_size=3), singletons)
 
 
 @settings(max_examples=350, deadline=None, derandomize=True,

@@ -200,7 +200,11 @@ class Embed(Op):
 
     def vjp(self, g, xs, out, attrs, ctx):
         ids, table = xs
-        keep = ids >= 0
-        dtable = np.zeros_like(table)
-        np.add.at(dtable, ids[keep], g[keep])  # add.at: repeated ids accumulate
+        dtable = np.zeros(table.shape, dtype=g.dtype)  # calloc: pages no id touches stay free
+        ids = ids.reshape(-1)
+        g = g.reshape(len(ids), -1)
+        if ids.size and ids.min() < 0:
+            keep = ids >= 0
+            ids, g = ids[keep], g[keep]
+        np.add.at(dtable, ids, g)  # add.at: repeated ids accumulate
         return [None, dtable]
