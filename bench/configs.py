@@ -54,6 +54,8 @@ CONFIGS: dict[str, MLPConfig | SeqConfig] = {
         MLPConfig("mlp"),
         _lm("rnn", "rnn", 128),
         _lm("lstm", "lstm", 128),
+        # The same LSTM; nnspec runs it from a spec written gate by gate (bench/specs/lstm_gates.nn).
+        _lm("lstm_gates", "lstm", 128),
         _lm("lstm512", "lstm", 512),
         _lm("gru", "gru", 128),
         # Latency-bound case: one sequence, tiny state. V and E kept as in the other LMs.
