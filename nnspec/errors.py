@@ -92,11 +92,12 @@ class Diagnostics:
 
     @property
     def errors(self) -> list[Diagnostic]:
-        return [d for d in self.items if d.severity == "error"]
+        """In file order, as rendered (and as ``--json`` lists them)."""
+        return sorted((d for d in self.items if d.severity == "error"), key=_position)
 
     @property
     def warnings(self) -> list[Diagnostic]:
-        return [d for d in self.items if d.severity == "warning"]
+        return sorted((d for d in self.items if d.severity == "warning"), key=_position)
 
     def raise_if_errors(self) -> None:
         if self.errors:

@@ -42,6 +42,9 @@ def load_file(path: str | Path, diags: Diagnostics) -> Program:
     except FileNotFoundError:
         diags.error(f"no such spec file: {path}")
         diags.raise_if_errors()
+    except OSError as e:  # a directory, no permission, ...
+        diags.error(f"cannot read spec file {path}: {e.strerror or e}")
+        diags.raise_if_errors()
     except UnicodeDecodeError as e:
         diags.error(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})")
         diags.raise_if_errors()

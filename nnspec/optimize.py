@@ -29,6 +29,9 @@ gate by gate gets the same plan as the library's.
     ops, to matching slices of another value or to parameter vectors) becomes
     one op over the union: four bias adds become one add of the concatenated
     biases, ``sigmoid`` over the three sigmoid gates runs once per step.
+``fuse_linear``
+    ``W @ x + b`` with a parameter bias becomes one ``linear`` step: the bias is
+    added in place into the product, no second array.
 ``simplify``
     Slices of slices compose, whole-width slices disappear, and values nothing
     reads are removed.
@@ -41,7 +44,7 @@ from dataclasses import dataclass, field
 
 from .plan import LoopStep, OpStep, Plan
 
-PASSES = ("fuse_losses", "hoist_sums", "fuse_matmuls", "sink_slices", "simplify")
+PASSES = ("fuse_losses", "hoist_sums", "fuse_matmuls", "sink_slices", "fuse_linear", "simplify")
 
 LOSS_FUSIONS = {
     ("cross_entropy", "softmax"): "cross_entropy_logits",
@@ -82,6 +85,8 @@ def optimize_plan(plan: Plan, passes: tuple[str, ...] | list[str] | None = None)
         fuse_matmuls(w, outside=False, inside=True)
     if "sink_slices" in passes:
         sink_slices(w)
+    if "fuse_linear" in passes:
+        fuse_linear(w)
     if "simplify" in passes or passes:
         simplify(w, drop_whole=("simplify" in passes))
     plan.steps = w.steps
@@ -430,6 +435,7 @@ def _slice_of(w: _Work, operand):
 
 def sink_slices(w: _Work) -> None:
     for _ in range(50):
+        _dead_code(w)
         if not _sink_once(w):
             return
 
@@ -527,6 +533,30 @@ def _merge_run(w: _Work, loop, run) -> None:
     for s, width, _ in run:
         w.replace(loop, s, _op(s.id, "slice", [(uid, 0)], s.shape, s.seq, {"start": at, "stop": at + width}))
         at += width
+
+
+# ---- fuse_linear ------------------------------------------------------------------------
+
+def fuse_linear(w: _Work) -> None:
+    protected = w.protected()
+    for v, ws in list(w.where.items()):
+        s = ws.step
+        if s.op != "add" or s.integer:
+            continue
+        for pos in (0, 1):
+            (m, dm), (b, db) = s.inputs[pos], s.inputs[1 - pos]
+            mw = w.where.get(m)
+            bshape = w.shape(b)
+            if (dm != 0 or db != 0 or mw is None or mw.step.op != "matmul" or mw.loop is not ws.loop
+                    or m in protected or not w.static(b) or bshape is None or len(bshape) != 1
+                    or not mw.step.shape or list(bshape) != [mw.step.shape[-1]]
+                    or list(s.shape) != list(mw.step.shape) or len(w.readers.get(m, [])) != 1):
+                continue
+            s.op = "linear"
+            s.inputs = list(mw.step.inputs) + [(b, 0)]
+            w.reindex()
+            break
+    _dead_code(w)
 
 
 # ---- simplify ----------------------------------------------------------------------------

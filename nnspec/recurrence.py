@@ -103,6 +103,8 @@ def infer_time_and_type(graph: Graph, components: list[Component], diags: Diagno
             if operands and not operands[0].seq:
                 diags.error(f"{info.op}(...) reduces over time, but its argument is not a sequence", info.span)
             info.seq = False
+        elif op.scalar_output:  # a loss: one number for the whole batch, however long its sequences
+            info.seq = False
         else:
             info.seq = any(o.seq for o in operands) or n in in_component
         integer_in = [o for i, o in enumerate(operands) if o.integer and i not in op.integer_inputs]

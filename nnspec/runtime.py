@@ -506,23 +506,22 @@ class Executor:
         pre = frozenset(b.id for b in prog.body if b.id in grads and not b.step.integer)
         plan = prog.backward_plan(pre, need)
         # gradient buffers: roots are zeros; aliases and slices share them
+        # (no recursive closure here: a function that refers to itself is a reference
+        # cycle, which would keep every gradient buffer alive until the next full GC)
         gbuf: dict[str, np.ndarray] = {}
+        for b in reversed(prog.body):   # alias targets come after their sources
+            if not b.step.integer and b.id not in plan.alias and b.id not in plan.views:
+                gbuf[b.id] = np.zeros(bufs[b.id].shape, dtype=self.dtype)
+        for b in prog.body:             # slice views: their source comes first
+            if b.id in plan.views:
+                src, lo, hi = plan.views[b.id]
+                gbuf[b.id] = _resolve(gbuf, plan.alias, src)[..., lo:hi]
+        for b in prog.body:
+            if b.id in plan.alias:
+                gbuf[b.id] = _resolve(gbuf, plan.alias, plan.alias[b.id])
 
         def get(v):
-            if v in gbuf:
-                return gbuf[v]
-            if v in plan.alias:
-                gbuf[v] = get(plan.alias[v])
-            elif v in plan.views:
-                src, lo, hi = plan.views[v]
-                gbuf[v] = get(src)[..., lo:hi]
-            else:
-                gbuf[v] = np.zeros(bufs[v].shape, dtype=self.dtype)
             return gbuf[v]
-
-        for b in prog.body:
-            if not b.step.integer:
-                get(b.id)
         for v in pre:
             gbuf[v] += grads.pop(v)
         ginit = {s: np.zeros(run.inits[s].shape, dtype=self.dtype) for s in loop.states
@@ -867,6 +866,12 @@ def _generic_backward(op, attrs, G, xs_t, outs, ctxs, dests, T, minlen, vcols):
             elif ginit is not None:
                 ginit += gi
     return act
+
+
+def _resolve(gbuf: dict, alias: dict, v: str) -> np.ndarray:
+    while v not in gbuf:
+        v = alias[v]
+    return gbuf[v]
 
 
 class _Accumulator:

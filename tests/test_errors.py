@@ -114,6 +114,18 @@ def test_bad_character():
     assert shown.underlined == "$"
 
 
+def test_unclosed_string():
+    shown = at(errors_of('input x[2]\noutput y\ny = x\ndata csv("xor.csv)\n'), 4, 10)
+    assert shown.message == "unclosed string: a string ends with '\"' on the same line"
+    assert shown.underlined == '"'
+
+
+def test_a_byte_order_mark_is_not_a_mistake():
+    # some editors start a UTF-8 file with an invisible U+FEFF; columns count from after it
+    shown = at(errors_of("\ufeffinput x[2]\noutput y\ny = tahn(x)\n"), 3, 5)
+    assert shown.message == "unknown function 'tahn'; did you mean 'tanh'?"
+
+
 def test_several_syntax_errors_are_reported_in_one_run():
     rendered = errors_of("network many\n"
                          "input x[2]\n"

@@ -107,6 +107,8 @@ CASES = [
     # linear algebra
     C("matmul", normal(K, N), normal(B, N), tag="batch"),
     C("matmul", normal(K, N), normal(T, B, N), tag="seq"),
+    C("linear", normal(K, N), normal(B, N), normal(K), tag="batch"),
+    C("linear", normal(K, N), normal(T, B, N), normal(K), tag="seq"),
     C("concat", normal(B, N), normal(B, K), tag="two"),
     C("concat", normal(T, B, N), normal(B, K), normal(1), tag="seq-batch-param"),
     C("slice", normal(B, 5), attrs={"start": 1, "stop": 4}, tag="batch"),

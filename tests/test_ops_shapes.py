@@ -68,6 +68,7 @@ VALID = [
                                     "leaky_relu", "elu", "softplus", "gelu", "hard_tanh",
                                     "softmax", "log_softmax", "dropout")],
     ("matmul", [(3, 4), (4,)], (3,)),
+    ("linear", [(3, 4), (4,), (3,)], (3,)),
     ("concat", [(2,), (3,)], (5,)),
     ("slice", [(4,)], (4,)),
     ("concat_rows", [(2, 4), (3, 4)], (5, 4)),

@@ -231,6 +231,11 @@ def test_hoist_sums_adds_the_bias_outside_the_loop():
     assert {src for src, _ in hoisted.inputs} == {"h#1", "h.b"} and hoisted.seq   # (W @ x) + b, all steps
 
 
+def test_fuse_linear_adds_the_bias_into_the_product():
+    plan = optimize_plan(setup(SPECS["mlp_two_heads"])[0])
+    assert ops(plan.steps).count("linear") == 2 and "matmul" not in ops(plan.steps)
+
+
 def test_hoist_sums_keeps_signs():
     plan = optimize_plan(setup(SPECS["sums_with_signs"])[0], passes=["hoist_sums"])
     body = ops(loop_of(plan).body)
@@ -241,8 +246,8 @@ def test_four_gates_become_one_product_outside_and_one_inside():
     for text in (SPECS["lstm"], GATES):
         plan = optimize_plan(setup(text)[0])
         outside = [s for s in plan.steps if not isinstance(s, LoopStep)]
-        products = [s for s in outside if s.op == "matmul" and s.shape == [16]]
-        assert len(products) == 1                                     # (T*B, 3) x (3, 16)
+        products = [s for s in outside if s.op in ("matmul", "linear") and s.shape == [16]]
+        assert len(products) == 1                                     # (T*B, 3) x (3, 16) (+ biases)
         cats = [s for s in outside if s.op == "concat_rows"]
         assert len(cats) == 3                                          # W, b and U, once per pass
         body = loop_of(plan).body
@@ -266,7 +271,7 @@ def test_gru_fuses_three_gates_and_two_sigmoids():
     plan = optimize_plan(setup(SPECS["gru_reset_after"])[0])
     body = loop_of(plan).body
     assert ops(body).count("matmul") == 1 and ops(body).count("sigmoid") == 1
-    product = next(s for s in plan.steps if not isinstance(s, LoopStep) and s.op == "matmul")
+    product = next(s for s in plan.steps if not isinstance(s, LoopStep) and s.op in ("matmul", "linear"))
     assert product.shape == [12]
 
 
@@ -336,3 +341,22 @@ def test_check_finite_names_the_value_inside_a_loop():
         with pytest.raises(RuntimeFailure) as err:
             ex.forward(params, {"x": x})
     assert "NaN" in str(err.value) and err.value.node in {s.id for s in loop_of(plan).body}
+
+
+def test_a_dropped_tape_frees_its_buffers_at_once():
+    """No reference cycles: buffers go when the tape and gradients go, without the cyclic GC
+    (a cycle kept every step's buffers alive until a full collection: gigabytes in training)."""
+    import gc
+    import weakref
+    base, params, feeds = setup(SPECS["lstm"])
+    ex = Executor(optimize_plan(base), dtype=np.float64)
+    gc.disable()
+    try:
+        tape = ex.forward(params, feeds, lengths=LENGTHS, train=True, rng=np.random.default_rng(0))
+        grads = ex.backward(tape)
+        refs = [weakref.ref(tape.values["h"]), weakref.ref(grads["h.c"]), weakref.ref(grads["h.Uf"])]
+        refs += [weakref.ref(a) for a in tape.loops[loop_of(ex.plan).index].bufs.values() if a.base is None]
+        del tape, grads
+        assert all(r() is None for r in refs)
+    finally:
+        gc.enable()

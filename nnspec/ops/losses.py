@@ -182,7 +182,12 @@ class CrossEntropyLogits(ClassLoss):
         z, y = xs
         valid, n, idx = self._valid(z, y, ctx)
         w = (valid * (float(g) / n)).astype(z.dtype)[..., None]   # per-position weight
-        d = ctx.saved["softmax"] * w                               # softmax - onehot, weighted
+        # (softmax - onehot) * w, written over the saved softmax (no copy of a (..., K)
+        # array); a second backward over the same tape computes the softmax again
+        d = ctx.saved.pop("softmax", None)
+        if d is None:
+            d = np.exp(log_softmax(z))
+        d *= w
         np.put_along_axis(d, idx, np.take_along_axis(d, idx, -1) - w, axis=-1)
         return [d, None]
 

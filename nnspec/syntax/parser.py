@@ -47,6 +47,7 @@ def _lark() -> Lark:
 
 def parse(text: str, file: str, diags: Diagnostics) -> ast.Module | None:
     """Parse one file. Returns None (with errors in ``diags``) when it has syntax errors."""
+    text = text.removeprefix("\ufeff")  # a byte-order mark some editors write first
     diags.sources.add(file, text)
     lines = text.split("\n")
     seen: set[int] = set()
@@ -161,6 +162,8 @@ _READABLE = {
 
 def _describe(e: UnexpectedInput) -> str:
     if isinstance(e, UnexpectedCharacters):
+        if e.char == '"':
+            return "unclosed string: a string ends with '\"' on the same line"
         return f"unexpected character {e.char!r}"
     if isinstance(e, UnexpectedEOF):
         return "unexpected end of file; is a bracket or brace left open?"
