@@ -7,6 +7,7 @@ vocabulary sizes and class counts — as shape *bindings* for the compiler
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -90,6 +91,9 @@ def field_specs(values: list[ValueSpec], diags: Diagnostics | None = None) -> li
 def _python(e, diags: Diagnostics):
     """A data-source argument as a plain Python value."""
     if isinstance(e, ast.Number):
+        if not math.isfinite(e.value):
+            diags.error(f"{e.text} is too large a number", e.span)
+            return None
         return int(e.value) if e.value == int(e.value) and "." not in e.text and "e" not in e.text.lower() \
             else e.value
     if isinstance(e, ast.Percent):
@@ -99,7 +103,11 @@ def _python(e, diags: Diagnostics):
     if isinstance(e, ast.Name):
         return e.name
     if isinstance(e, ast.Neg):
-        return -_python(e.operand, diags)
+        v = _python(e.operand, diags)
+        if isinstance(v, (int, float)):
+            return -v
+        diags.error("only a number can be negated here", e.span)
+        return None
     if isinstance(e, ast.ListLit):
         return [_python(i, diags) for i in e.items]
     diags.error("a data argument must be a number, a string or a list", e.span)

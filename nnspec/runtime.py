@@ -61,6 +61,7 @@ class ExecOptions:
     defer_grads: bool = True   # gradients leaving a loop: one whole-sequence VJP after it, not one per step
     local_grads: bool = True   # sigmoid'/tanh'/... for a whole sequence before the backward loop
     alias_grads: bool = True   # add / slice gradients share buffers instead of being copied
+    scratch: bool = True       # values and gradients needed within their step only: one (B, ...) array
 
 
 @dataclass
@@ -248,85 +249,81 @@ class Executor:
         minlen = int(lengths.min()) if len(lengths) else T
         inits = {s: self._state_init(loop, tape, prog.steps[s], carry) for s in loop.states}
         tape.initial_values.update(inits)
-        run = _LoopRun(T=T, minlen=minlen, inits=inits)
+        # values no backward step reads are kept for one step only (not while checking for NaN,
+        # which looks at every step afterwards)
+        scratch = frozenset() if self.check_finite else prog.scratch
+        run = _LoopRun(T=T, minlen=minlen, inits=inits, scratch=scratch)
         bufs = run.bufs
         for b in prog.body:
+            dtype = np.int64 if b.step.integer else self.dtype
             if b.view_of is not None:
                 src, lo, hi = b.view_of
                 base = bufs[src] if src in prog.ids else env[src]
                 bufs[b.id] = base[..., lo:hi]
+            elif b.id in scratch:
+                bufs[b.id] = np.empty((B,) + b.trail, dtype=dtype)
             else:
-                bufs[b.id] = np.empty((T, B) + b.trail, dtype=np.int64 if b.step.integer else self.dtype)
+                bufs[b.id] = np.empty((T, B) + b.trail, dtype=dtype)
         # state reads ([t-1] and the like): a (T, B, ...) buffer of what each step read
-        vcols = {}
+        fills = []
         for key in prog.delayed:
             src, d = key
             if src in prog.ids:
-                run.reads[key] = np.empty_like(bufs[src])
+                run.reads[key] = X = np.empty_like(bufs[src])
+                fills.append((list(X), list(bufs[src]), inits[src], d, bufs[src].ndim - 2))
             else:  # a sequence computed before the loop: shift it all at once
                 a = env[src]
                 run.reads[key] = _shift_in_time(a, d, lengths, np.zeros_like(a[0]))
-        fills = []
-        for (src, d) in prog.delayed:
-            if src not in prog.ids:
-                continue
-            X, base, init = run.reads[(src, d)], bufs[src], inits[src]
-            nd = base.ndim - 2
-            fills.append((list(X), list(base), init, d, nd))
+        vcols = run.vcols
         for (_, _, _, d, nd) in fills:
-            for t in range(T):
-                u = t + d
-                if minlen <= u < T and (u, nd) not in vcols:
+            for u in range(max(minlen, 0), T):
+                if (u, nd) not in vcols:
                     vcols[(u, nd)] = (lengths > u).reshape((-1,) + (1,) * nd)
-        run.vcols = vcols
-        # per op: the inputs of every step, as views
-        seqs = {}
-
-        def seq_of(src, d):
-            key = (src, d)
-            if key not in seqs:
-                if d != 0:
-                    seqs[key] = list(run.reads[key])
-                elif src in prog.ids:
-                    seqs[key] = list(bufs[src])
-                elif src in self.seq:
-                    seqs[key] = list(env[src])
-                else:
-                    seqs[key] = [env[src]] * T
-            return seqs[key]
-
-        fwd_ops = []
+        # per value, its array at every step (the same array every step for scratch values)
+        seqs: dict = {}
         for b in prog.body:
-            xs_t = list(zip(*[seq_of(src, d) for src, d in b.step.inputs])) if b.step.inputs else [()] * T
-            run.xs[b.id] = xs_t
+            ins = []
+            for src, d in b.step.inputs:
+                key = (src, d)
+                if key not in seqs:
+                    if d != 0:
+                        seqs[key] = list(run.reads[key])
+                    elif src in scratch:
+                        seqs[key] = [bufs[src]] * T
+                    elif src in prog.ids or src in self.seq:
+                        seqs[key] = list(bufs[src] if src in prog.ids else env[src])
+                    else:
+                        seqs[key] = [env[src]] * T
+                ins.append(seqs[key])
+            run.ins[b.id] = ins
+            run.outs[b.id] = seqs[(b.id, 0)] = [bufs[b.id]] * T if b.id in scratch else list(bufs[b.id])
+        steps = []
+        for b in prog.body:
             if b.view_of is not None:
                 continue
-            outs = list(bufs[b.id])
             if b.fast:
-                fwd_ops.append((True, b.op.forward_into, xs_t, outs, b.step.attrs))
+                steps.append(b.op.step_forward(run.ins[b.id], run.outs[b.id], b.step.attrs))
             else:
                 ctxs = run.ctxs[b.id] = [None] * T
-                fwd_ops.append((False, _generic_forward(b.op, b.step.attrs, xs_t, outs, ctxs, train, rng),
-                                None, None, None))
+                steps.append(_generic_forward(b.op, b.step.attrs, run.ins[b.id], run.outs[b.id], ctxs,
+                                              train, rng))
         times = range(T) if loop.direction > 0 else range(T - 1, -1, -1)
+        copyto = np.copyto
         for t in times:
             for Xl, Bl, init, d, nd in fills:
                 u = t + d
                 if u < 0 or u >= T:
-                    np.copyto(Xl[t], init)
+                    copyto(Xl[t], init)
                 elif u < minlen:
-                    np.copyto(Xl[t], Bl[u])
+                    copyto(Xl[t], Bl[u])
                 else:
-                    np.copyto(Xl[t], init)
-                    np.copyto(Xl[t], Bl[u], where=vcols[(u, nd)])
-            for fast, fn, xs_t, outs, attrs in fwd_ops:
-                if fast:
-                    fn(xs_t[t], outs[t], attrs)
-                else:
-                    fn(t)
+                    copyto(Xl[t], init)
+                    copyto(Xl[t], Bl[u], where=vcols[(u, nd)])
+            for f in steps:
+                f(t)
         if self.check_finite:
             self._check_loop(prog, bufs, times)
-        env.update(bufs)
+        env.update({k: v for k, v in bufs.items() if k not in scratch})
         tape.loops[loop.index] = run
         last = T - 1 if loop.direction > 0 else 0
         for s in loop.states:
@@ -370,7 +367,7 @@ class Executor:
         for step in reversed(self.plan.steps):
             if isinstance(step, LoopStep):
                 if step.index in tape.loops:
-                    self._fast_loop_backward(step, tape, grads, acc, need)
+                    self._fast_loop_backward(step, tape, grads, acc, need, keep=wrt is None)
                 else:
                     self._loop_backward(step, tape, grads, need)
             else:
@@ -499,19 +496,23 @@ class Executor:
         elif ginit is not None:
             ginit += gi
 
-    def _fast_loop_backward(self, loop: LoopStep, tape: Tape, grads, acc: "_Accumulator", need) -> None:
+    def _fast_loop_backward(self, loop: LoopStep, tape: Tape, grads, acc: "_Accumulator", need,
+                            keep: bool) -> None:
         prog = self._program(loop)
         run: _LoopRun = tape.loops[loop.index]
-        env, T, bufs = tape.values, run.T, run.bufs
+        env, T, B, bufs = tape.values, run.T, tape.batch, run.bufs
         pre = frozenset(b.id for b in prog.body if b.id in grads and not b.step.integer)
-        plan = prog.backward_plan(pre, need)
-        # gradient buffers: roots are zeros; aliases and slices share them
-        # (no recursive closure here: a function that refers to itself is a reference
-        # cycle, which would keep every gradient buffer alive until the next full GC)
+        plan = prog.backward_plan(pre, need, keep, run.scratch)
+        # Gradient buffers: one (T, B, ...) array per region, or one (B, ...) array reused at
+        # every step where nothing reads the gradient after its step; aliases and slices
+        # share their region's array. (No recursive closure here: a function referring to
+        # itself is a reference cycle, which would keep every buffer alive until a full GC.)
         gbuf: dict[str, np.ndarray] = {}
-        for b in reversed(prog.body):   # alias targets come after their sources
-            if not b.step.integer and b.id not in plan.alias and b.id not in plan.views:
-                gbuf[b.id] = np.zeros(bufs[b.id].shape, dtype=self.dtype)
+        for b in prog.body:
+            if b.step.integer or b.id in plan.alias or b.id in plan.views:
+                continue
+            shape = ((B,) if b.id in plan.scratch else (T, B)) + b.trail
+            gbuf[b.id] = np.zeros(shape, dtype=self.dtype)
         for b in prog.body:             # slice views: their source comes first
             if b.id in plan.views:
                 src, lo, hi = plan.views[b.id]
@@ -519,75 +520,66 @@ class Executor:
         for b in prog.body:
             if b.id in plan.alias:
                 gbuf[b.id] = _resolve(gbuf, plan.alias, plan.alias[b.id])
-
-        def get(v):
-            return gbuf[v]
         for v in pre:
             gbuf[v] += grads.pop(v)
+        glists = {v: ([a] * T if plan.region[v] in plan.scratch else list(a)) for v, a in gbuf.items()}
         ginit = {s: np.zeros(run.inits[s].shape, dtype=self.dtype) for s in loop.states
                  if s in gbuf and s in need}
-        minlen = run.minlen
-        vcols = run.vcols
+        minlen, vcols = run.minlen, run.vcols
 
         def whole(b):
-            """The inputs of op b over all steps."""
-            out = []
-            for src, d in b.step.inputs:
-                if d != 0:
-                    out.append(run.reads[(src, d)])
-                else:
-                    out.append(bufs[src] if src in prog.ids else env[src])
-            return out
+            """The inputs of op b over all steps (scratch values only by shape: nothing reads them)."""
+            return [run.reads[(src, d)] if d != 0 else (bufs[src] if src in prog.ids else env[src])
+                    for src, d in b.step.inputs]
 
         # derivatives of elementwise ops, for the whole sequence at once
-        local = {}
-        for bid in plan.local:
-            b = prog.by_id[bid]
-            local[bid] = b.op.local_grad(whole(b), bufs[bid], b.step.attrs)
-        actions = []
-        tmp_cache: dict = {}
+        local = {bid: list(prog.by_id[bid].op.local_grad(whole(prog.by_id[bid]), bufs[bid],
+                                                          prog.by_id[bid].step.attrs))
+                 for bid in plan.local}
+        actions = [_zero_action(gbuf[r]) for r in plan.fill]
+        tmps: dict = {}
 
-        def tmp_like(arr):
+        def tmp_pair(arr):
             key = (arr.shape[1:], arr.dtype)
-            if key not in tmp_cache:
-                tmp_cache[key] = (np.empty(arr.shape[1:], arr.dtype), np.empty(arr.shape[1:], arr.dtype))
-            return tmp_cache[key]
+            if key not in tmps:
+                tmps[key] = (np.empty(arr.shape[1:], arr.dtype), np.empty(arr.shape[1:], arr.dtype))
+            return tmps[key]
 
         outer_step: dict[tuple, np.ndarray] = {}   # (op id, pos) -> per-step gradients leaving the loop
         for a in plan.actions:
             b = prog.by_id[a.op_id]
-            G = list(gbuf[a.op_id])
-            xs_t, outs = run.xs[a.op_id], list(bufs[a.op_id])
+            G, ins, outs, attrs = glists[a.op_id], run.ins[a.op_id], run.outs[a.op_id], b.step.attrs
             if a.kind == "generic":
                 dests = []
                 for pos, (src, d) in enumerate(b.step.inputs):
                     if src in self.integer or src not in need:
                         dests.append(None)
                     elif src in prog.ids:
-                        dests.append(("body", list(get(src)), d, ginit.get(src), get(src)))
+                        dests.append(("body", glists[src], d, ginit.get(src), gbuf[src]))
                     else:
-                        key = (a.op_id, pos)
-                        outer_step[key] = np.zeros(env[src].shape, dtype=self.dtype)
-                        dests.append(("outer", outer_step[key], src in self.seq))
-                actions.append(_generic_backward(b.op, b.step.attrs, G, xs_t, outs, run.ctxs[a.op_id], dests,
+                        outer_step[(a.op_id, pos)] = arr = np.zeros(env[src].shape, dtype=self.dtype)
+                        dests.append(("outer", arr, src in self.seq))
+                actions.append(_generic_backward(b.op, attrs, G, ins, outs, run.ctxs[a.op_id], dests,
                                                  T, minlen, vcols))
                 continue
             src, d = b.step.inputs[a.pos]
             if a.kind == "outer_step":
-                key = (a.op_id, a.pos)
-                outer_step[key] = np.zeros(env[src].shape, dtype=self.dtype)
-                actions.append(_outer_step_action(b.op, a.pos, b.step.attrs, G, xs_t, outs, outer_step[key],
-                                                  src in self.seq))
+                outer_step[(a.op_id, a.pos)] = arr = np.zeros(env[src].shape, dtype=self.dtype)
+                actions.append(_outer_step_action(b.op, a.pos, attrs, G, ins, outs, arr, src in self.seq))
                 continue
-            D = list(local[a.op_id]) if a.kind == "local" else None
+            D = local.get(a.op_id) if a.kind == "local" else None
             if d == 0:
-                dest = list(get(src))
-                actions.append(_body_action(b.op, a.pos, b.step.attrs, G, xs_t, outs, D, dest, a.accumulate))
+                dest = glists[src]
+                if D is not None:
+                    actions.append(_local_action(G, D, dest, a.accumulate))
+                else:
+                    actions.append(b.op.step_vjp(a.pos, G, ins, outs, attrs, dest, a.accumulate))
             else:
-                full = get(src)
-                t1, t2 = tmp_like(full)
-                actions.append(_delayed_action(b.op, a.pos, b.step.attrs, G, xs_t, outs, D, full, d, T,
-                                               minlen, vcols, ginit.get(src), t1, t2))
+                full = gbuf[src]
+                t1, t2 = tmp_pair(full)
+                first = (_local_action(G, D, [t1] * T, False) if D is not None
+                         else b.op.step_vjp(a.pos, G, ins, outs, attrs, [t1] * T, False))
+                actions.append(_delayed_action(first, full, d, T, minlen, vcols, ginit.get(src), t1, t2))
         times = range(T) if loop.direction > 0 else range(T - 1, -1, -1)
         for t in reversed(times):
             for act in actions:
@@ -607,10 +599,11 @@ class Executor:
             if src in self.seq and d:
                 g = _shift_in_time(g, -d, tape.lengths, np.zeros_like(g[0]), reverse_of=d)
             acc.add(src, g, owned=True)
-        for b in prog.body:
-            if b.id in gbuf:
-                grads[b.id] = gbuf[b.id]  # kept so callers can read gradients of recurrent values
-                acc.disown(b.id)
+        if keep:
+            for b in prog.body:
+                if b.id in gbuf:
+                    grads[b.id] = gbuf[b.id]  # kept so callers can read gradients of recurrent values
+                    acc.disown(b.id)
         for s, g in ginit.items():
             if s in loop.initials:
                 init_id = loop.initials[s]
@@ -621,14 +614,16 @@ class Executor:
 
 @dataclass
 class _LoopRun:
-    """One forward run of a loop (fast path): buffers and per-step input views."""
+    """One forward run of a loop (fast path): buffers and per-step views."""
 
     T: int
     minlen: int
     inits: dict
+    scratch: frozenset = frozenset()             # values held for one step only: (B, ...) arrays
     bufs: dict = field(default_factory=dict)
     reads: dict = field(default_factory=dict)    # (src, delay) -> (T, B, ...) what each step read
-    xs: dict = field(default_factory=dict)       # op id -> per step, the tuple of its inputs
+    ins: dict = field(default_factory=dict)      # op id -> per input, its array at every step
+    outs: dict = field(default_factory=dict)     # op id -> its output array at every step
     ctxs: dict = field(default_factory=dict)     # op id -> per step Ctx (ops that need one)
     vcols: dict = field(default_factory=dict)    # (u, extra dims) -> (B, 1...) bool: step u is real
 
@@ -658,9 +653,18 @@ class _Action:
 class _BackwardPlan:
     alias: dict          # value -> value whose gradient buffer it shares
     views: dict          # value -> (source, start, stop): gradient buffer is a view
+    region: dict         # value -> the value that owns its gradient buffer
+    scratch: set         # regions held for one step only
+    fill: list           # scratch regions to zero at the start of every step
     actions: list        # per-step work, in backward order
     deferred: list       # (op id, input position): one whole-sequence VJP after the loop
     local: set           # op ids whose derivative is precomputed
+
+
+def _reads(op: Op, what) -> bool:
+    """Whether op's VJP reads the contents of input ``what`` (an int) or of its output ("out")."""
+    r = op.vjp_reads
+    return what in r or (what != "out" and "inputs" in r)
 
 
 class _LoopProgram:
@@ -668,6 +672,7 @@ class _LoopProgram:
 
     def __init__(self, ex: Executor, loop: LoopStep):
         self.ex, self.loop = ex, loop
+        opts = ex.options
         self.steps = {b.id: b for b in loop.body}
         self.ids = set(self.steps)
         self.body: list[_BodyOp] = []
@@ -698,9 +703,41 @@ class _LoopProgram:
             for pos, (src, d) in enumerate(s.inputs):
                 if src in self.ids:
                     self.readers[src].append((s.id, pos, d))
+        self.scratch = self._scratch_values(ex, loop) if opts.scratch else frozenset()
 
-    def backward_plan(self, pre: frozenset, need: set) -> _BackwardPlan:
-        key = (pre, id(need))
+    def _scratch_values(self, ex: Executor, loop: LoopStep) -> frozenset:
+        """Body values needed only within their own step: nothing outside the loop reads them,
+        they are no state, and no VJP reads them (an add's does not; a mul's reads both inputs)."""
+        plan = ex.plan
+        seen_outside = set(plan.outputs) | ({plan.loss} if plan.loss else set()) | set(loop.states)
+        for s in plan.steps:
+            for b in (s.body if isinstance(s, LoopStep) else [s]):
+                if b.id in self.ids:
+                    continue
+                seen_outside |= {src for src, _ in b.inputs}
+            if isinstance(s, LoopStep):
+                seen_outside |= set(s.initials.values())
+        needs: dict[str, bool] = {}
+        for b in reversed(self.body):
+            v = b.id
+            need = (v in seen_outside or not b.fast or b.step.integer or _reads(b.op, "out")
+                    or (b.view_of is not None and b.view_of[0] not in self.ids))
+            for rid, pos, d in self.readers[v]:
+                r = self.by_id[rid]
+                if d != 0 or not r.fast or _reads(r.op, pos) or (r.view_of is not None and needs[rid]):
+                    need = True
+            needs[v] = need
+        out = set()
+        for b in self.body:   # a view is scratch exactly when its source is
+            if b.view_of is not None and b.view_of[0] in self.ids:
+                if b.view_of[0] in out:
+                    out.add(b.id)
+            elif not needs[b.id]:
+                out.add(b.id)
+        return frozenset(out)
+
+    def backward_plan(self, pre: frozenset, need: set, keep: bool, fwd_scratch: frozenset) -> _BackwardPlan:
+        key = (pre, id(need), keep, fwd_scratch)
         if key in self._backward:
             return self._backward[key]
         ex, opts = self.ex, self.ex.options
@@ -725,9 +762,13 @@ class _LoopProgram:
                     aliased_edges.add((b.id, pos))
 
         def root(v):
-            while v in alias:
-                v = alias[v]
-            return v
+            while True:
+                if v in alias:
+                    v = alias[v]
+                elif v in views:
+                    v = views[v][0]
+                else:
+                    return v
 
         # which edges may write (not add) their gradient: the only contribution to that region
         def writable(v: str) -> bool:
@@ -770,65 +811,102 @@ class _LoopProgram:
                     local.add(b.id)
                 acc = not (d == 0 and writable(src))
                 actions.append(_Action(b.id, pos, "local" if use_local else "vjp", acc))
-        plan = _BackwardPlan(alias, views, actions, deferred, local)
+        # gradient regions that live for one step only: nothing reads them after their step
+        region = {b.id: root(b.id) for b in self.body if not b.step.integer}
+        whole = set()
+        if keep or not opts.scratch:
+            whole = set(region.values())
+        for v in pre | set(self.loop.states):
+            if v in region:
+                whole.add(region[v])
+        for op_id, _ in deferred:
+            whole.add(region[op_id])
+        for b in self.body:  # a delayed read sends gradient to another step
+            for src, d in b.step.inputs:
+                if d != 0 and src in region:
+                    whole.add(region[src])
+        scratch = {r for r in set(region.values()) if r not in whole}
+        # a scratch region is zeroed at every step unless its writers cover it exactly
+        writes: dict[str, list] = {}
+        for a in actions:
+            if a.kind in ("vjp", "local"):
+                src, d = self.by_id[a.op_id].step.inputs[a.pos]
+                if d == 0 and src in region:
+                    writes.setdefault(region[src], []).append((src, a.accumulate))
+            elif a.kind == "generic":
+                for src, _ in self.by_id[a.op_id].step.inputs:
+                    if src in region:
+                        writes.setdefault(region[src], []).append((src, True))
+        fill = []
+        for r in sorted(scratch):
+            ws = writes.get(r, [])
+            width = self.by_id[r].trail[-1] if self.by_id[r].trail else None
+            spans = sorted(views[v][1:] if v in views else (0, width) for v, _ in ws)
+            covered = (ws and not any(accum for _, accum in ws) and width is not None
+                       and spans[0][0] == 0 and spans[-1][1] == width
+                       and all(a[1] == b[0] for a, b in zip(spans, spans[1:])))
+            if not covered:
+                fill.append(r)
+        plan = _BackwardPlan(alias, views, region, scratch, fill, actions, deferred, local)
         self._backward[key] = plan
         return plan
 
 
-def _generic_forward(op, attrs, xs_t, outs, ctxs, train, rng):
+def _generic_forward(op, attrs, ins, outs, ctxs, train, rng):
     def run(t):
         ctx = Ctx(train=train, rng=rng)
-        out = op.forward(list(xs_t[t]), attrs, ctx)
+        out = op.forward([x[t] for x in ins], attrs, ctx)
         np.copyto(outs[t], out)
         ctxs[t] = ctx
     return run
 
 
-def _body_action(op, pos, attrs, G, xs_t, outs, D, dest, accumulate):
-    if D is not None:
-        if accumulate:
-            def act(t):
-                dest[t] += G[t] * D[t]
-        else:
-            def act(t):
-                np.multiply(G[t], D[t], out=dest[t])
-        return act
-    vjp_into = op.vjp_into
-
+def _zero_action(arr):
     def act(t):
-        vjp_into(pos, G[t], xs_t[t], outs[t], attrs, dest[t], accumulate)
+        arr.fill(0)
     return act
 
 
-def _delayed_action(op, pos, attrs, G, xs_t, outs, D, full, d, T, minlen, vcols, ginit, t1, t2):
-    """Gradient of a state read at t + d: to that step where it is real, else to the initial state."""
-    vjp_into = op.vjp_into
+def _local_action(G, D, dest, accumulate):
+    """dest (+)= g * D: an elementwise op's VJP with its derivative computed beforehand."""
+    multiply = np.multiply
+    if accumulate:
+        def act(t):
+            d = dest[t]
+            d += G[t] * D[t]
+    else:
+        def act(t):
+            multiply(G[t], D[t], out=dest[t])
+    return act
+
+
+def _delayed_action(first, full, d, T, minlen, vcols, ginit, t1, t2):
+    """Gradient of a state read at t + d: ``first(t)`` writes it into t1; it goes to that
+    step where the step is real, else to the initial state."""
     nd = full.ndim - 2
+    multiply, add, subtract = np.multiply, np.add, np.subtract
 
     def act(t):
-        if D is not None:
-            np.multiply(G[t], D[t], out=t1)
-        else:
-            vjp_into(pos, G[t], xs_t[t], outs[t], attrs, t1, False)
+        first(t)
         u = t + d
         if 0 <= u < T:
             if u < minlen:
-                full[u] += t1
+                add(full[u], t1, out=full[u])
                 return
-            np.multiply(t1, vcols[(u, nd)], out=t2)
-            full[u] += t2
+            multiply(t1, vcols[(u, nd)], out=t2)
+            add(full[u], t2, out=full[u])
             if ginit is not None:
-                np.subtract(t1, t2, out=t1)
-                np.add(ginit, t1, out=ginit)
+                subtract(t1, t2, out=t1)
+                add(ginit, t1, out=ginit)
         elif ginit is not None:
-            np.add(ginit, t1, out=ginit)
+            add(ginit, t1, out=ginit)
     return act
 
 
-def _outer_step_action(op, pos, attrs, G, xs_t, outs, acc_arr, seq):
+def _outer_step_action(op, pos, attrs, G, ins, outs, acc_arr, seq):
     """Per-step gradient of a value from outside the loop (when deferring is switched off)."""
     def act(t):
-        gi = op.vjp_one(pos, G[t], list(xs_t[t]), outs[t], attrs, NO_CTX)
+        gi = op.vjp_one(pos, G[t], [x[t] for x in ins], outs[t], attrs, NO_CTX)
         if seq:
             acc_arr[t] += gi
         else:
@@ -836,10 +914,10 @@ def _outer_step_action(op, pos, attrs, G, xs_t, outs, acc_arr, seq):
     return act
 
 
-def _generic_backward(op, attrs, G, xs_t, outs, ctxs, dests, T, minlen, vcols):
+def _generic_backward(op, attrs, G, ins, outs, ctxs, dests, T, minlen, vcols):
     """An op that needs its context (dropout...): its generic vjp at every step."""
     def act(t):
-        gs = op.vjp(G[t], list(xs_t[t]), outs[t], attrs, ctxs[t])
+        gs = op.vjp(G[t], [x[t] for x in ins], outs[t], attrs, ctxs[t])
         for gi, dest in zip(gs, dests):
             if gi is None or dest is None:
                 continue

@@ -6,6 +6,7 @@ train block, so the two always accept the same syntax.
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
@@ -56,6 +57,9 @@ _ALIASES = {"batch_size": "batch", "early_stop": "patience", "optim": "optimizer
 
 
 def _value(e, diags: Diagnostics) -> Any:
+    if isinstance(e, ast.Number) and not math.isfinite(e.value):
+        diags.error(f"{e.text} is too large a number", e.span)
+        return None
     if isinstance(e, ast.Number):
         return int(e.value) if e.value == int(e.value) and "." not in e.text and "e" not in e.text.lower() \
             else e.value
@@ -95,6 +99,11 @@ def apply_setting(values: dict, s: ast.Setting, diags: Diagnostics) -> None:
         v = v in ("true", "yes", "on")
     if key in ("optimizer", "schedule") and isinstance(v, Choice):
         _check_choice(key, v, s, diags)
+    if key == "init" and isinstance(v, str):
+        from .train.init import INITIALIZERS
+        if v not in INITIALIZERS:
+            diags.error(f"unknown initialiser '{v}'{did_you_mean(v, INITIALIZERS)} (initialisers are "
+                        f"{', '.join(INITIALIZERS)})", s.span)
     values[key] = v
 
 

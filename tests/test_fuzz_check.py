@@ -82,12 +82,9 @@ IDENTIFIERS = st.from_regex(r"\A[A-Za-z_][A-Za-z0-9_]{0,6}\Z")
 INTERNAL_ID = re.compile(r"\w#\d")  # graph nodes of sub-expressions are named 'y#1'; users never see them
 
 # Crashes found outside the front end (which this file's author may not edit), reported to their
-# owners; each has a strict xfail regression test at the end of this file. Matched by exception type
+# owners; each now has a regression test at the end of this file. Matched by exception type
 # and the nnspec file that raised it, so that nothing else is excused.
-KNOWN_ELSEWHERE = {
-    ("OverflowError", "nnspec/settings.py"),   # train { epochs 1e999 }
-    ("ValueError", "nnspec/train/init.py"),    # train { init zros }
-}
+KNOWN_ELSEWHERE: set[tuple[str, str]] = set()   # none left: all were fixed
 
 
 # ---- the property ------------------------------------------------------------------
@@ -336,42 +333,28 @@ def test_regression(name, monkeypatch):
         nnspec.compile_text(REGRESSIONS[name], file="fuzz.nn")
 
 
-# ---- crashes outside the front end, left to their owners ----------------------------------
+# ---- crashes found outside the front end, fixed: regression tests ------------------------
 
-@pytest.mark.xfail(strict=True, raises=OverflowError,
-                   reason="settings.py: int(inf) for a huge number in a train block; remove this xfail, and "
-                          "its KNOWN_ELSEWHERE entry, once it is a SpecError")
 def test_infinite_training_setting_is_a_spec_error():
     with pytest.raises(nnspec.SpecError):
         nnspec.open_session(text="input x[2]\noutput y\ny[2] = W @ x\ntrain { epochs 1e999 }\n", with_data=False)
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError,
-                   reason="settings.py does not check the train block's 'init'; the initialiser raises "
-                          "ValueError when the model is built; remove this xfail, and its KNOWN_ELSEWHERE "
-                          "entry, once it is a SpecError")
 def test_unknown_default_initialiser_is_a_spec_error():
     with pytest.raises(nnspec.SpecError):
         nnspec.open_session(text="input x[2]\noutput y\ny[2] = W @ x\ntrain { init zros }\n", with_data=False)
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError,
-                   reason="data/sources.py: an inline field that is not a list (x = 3) raises TypeError; "
-                          "should be a DataError")
 def test_inline_data_that_is_not_a_list_is_a_data_error():
     with pytest.raises((nnspec.SpecError, DataError)):
         nnspec.open_session(text="input x[2]\noutput y\ny[2] = W @ x\ndata inline { x = 3 }\n")
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError,
-                   reason="dataset.py: _python negates a name (x = [[1, -x]]) and raises TypeError")
 def test_negated_name_in_inline_data_is_an_error():
     with pytest.raises((nnspec.SpecError, DataError)):
         nnspec.open_session(text="input x[2]\noutput y\ny[2] = W @ x\ndata inline { x = [[1, -x]] }\n")
 
 
-@pytest.mark.xfail(strict=True, raises=OverflowError,
-                   reason="dataset.py: _python does int(inf) for 1e999 in inline data")
 def test_infinite_number_in_inline_data_is_an_error():
     with pytest.raises((nnspec.SpecError, DataError)):
         nnspec.open_session(text="input x[2]\noutput y\ny[2] = W @ x\ndata inline { x = [[1e999, 1]] }\n")

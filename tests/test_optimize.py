@@ -76,13 +76,16 @@ BINDINGS = {"vocab(w)": 6}
 LENGTHS = np.array([5, 3, 2])
 
 
-def run(plan, params, feeds, options=None, train=False, seed_outputs=True, carry=None, lengths=LENGTHS):
+def run(plan, params, feeds, options=None, train=False, carry=None, lengths=LENGTHS, leaves=False):
+    """Forward and backward; ``leaves``: ask only for the gradients of parameters and inputs
+    (as training does), which lets the runtime keep per-step gradients for one step only."""
     ex = Executor(plan, dtype=np.float64, options=options)
     tape = ex.forward(params, feeds, lengths=lengths, train=train, rng=np.random.default_rng(3), carry=carry)
     seeds = None
     if plan.loss is None:
         seeds = {o: np.random.default_rng(4).normal(size=tape.values[o].shape) for o in plan.outputs}
-    grads = ex.backward(tape, seeds=seeds)
+    wrt = set(params) | {v.name for v in plan.inputs if not v.integer} if leaves else None
+    grads = ex.backward(tape, seeds=seeds, wrt=wrt)
     return tape, grads
 
 
@@ -94,9 +97,9 @@ def setup(text, seed=0):
     return base, params, feeds
 
 
-def assert_same(base, other, params, feeds, options=None, train=False, tol=1e-10):
+def assert_same(base, other, params, feeds, options=None, train=False, tol=1e-10, leaves=False):
     t0, g0 = run(base, params, feeds, ExecOptions(fast_loops=False), train=train)
-    t1, g1 = run(other, params, feeds, options, train=train)
+    t1, g1 = run(other, params, feeds, options, train=train, leaves=leaves)
     ends = list(base.outputs) + ([base.loss] if base.loss else [])
     for k in ends:
         np.testing.assert_allclose(t1.values[k], t0.values[k], rtol=tol, atol=tol, err_msg=k)
@@ -116,7 +119,8 @@ def test_optimised_plan_and_fast_runtime_match_the_reference(name):
     base, params, feeds = setup(SPECS[name])
     opt = optimize_plan(base)
     for plan in (base, opt):
-        assert_same(base, plan, params, feeds, train=True)
+        for leaves in (False, True):
+            assert_same(base, plan, params, feeds, train=True, leaves=leaves)
 
 
 @pytest.mark.parametrize("pass_name", PASSES)
@@ -128,7 +132,8 @@ def test_each_pass_alone_keeps_outputs_and_gradients(name, pass_name):
 
 
 OPTION_SETS = [ExecOptions(defer_grads=False), ExecOptions(local_grads=False), ExecOptions(alias_grads=False),
-               ExecOptions(defer_grads=False, local_grads=False, alias_grads=False)]
+               ExecOptions(scratch=False),
+               ExecOptions(defer_grads=False, local_grads=False, alias_grads=False, scratch=False)]
 
 
 @pytest.mark.parametrize("options", OPTION_SETS, ids=lambda o: ",".join(
@@ -137,7 +142,7 @@ OPTION_SETS = [ExecOptions(defer_grads=False), ExecOptions(local_grads=False), E
                                   "dropout_inside_loop", "outer_reads_with_delay"])
 def test_each_runtime_switch_alone_keeps_outputs_and_gradients(name, options):
     base, params, feeds = setup(SPECS[name])
-    assert_same(base, optimize_plan(base), params, feeds, options=options, train=True)
+    assert_same(base, optimize_plan(base), params, feeds, options=options, train=True, leaves=True)
 
 
 def test_truncated_bptt_carry_is_the_same():
@@ -310,7 +315,7 @@ def test_the_fast_path_computes_weight_gradients_once_after_the_loop():
     loop = loop_of(plan)
     prog = ex._program(loop)
     need = ex._grad_needed(None)
-    bp = prog.backward_plan(frozenset({"h"}), need)
+    bp = prog.backward_plan(frozenset({"h"}), need, False, prog.scratch)
     per_step_sources = {prog.by_id[a.op_id].step.inputs[a.pos][0] for a in bp.actions}
     assert not any(s in ex.plan.params or s.startswith("h.U{") for s in per_step_sources)
     deferred = {prog.by_id[o].step.inputs[p][0] for o, p in bp.deferred}

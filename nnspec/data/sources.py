@@ -106,6 +106,10 @@ def read_inline(args: list, kwargs: dict, fields: list[FieldSpec], base_dir: Pat
     missing = [f.name for f in fields if f.name not in kwargs]
     if missing:
         raise _arg_error("inline", f"no examples for field {', '.join(missing)}")
+    not_lists = [f.name for f in fields if not isinstance(kwargs[f.name], list)]
+    if not_lists:
+        raise _arg_error("inline", f"{', '.join(not_lists)} must be a list of examples, e.g. "
+                                   f"{not_lists[0]} = [[0, 1], [1, 0]]")
     columns = {f.name: list(kwargs[f.name]) for f in fields}
     counts = {name: len(values) for name, values in columns.items()}
     if len(set(counts.values())) > 1:

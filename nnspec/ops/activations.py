@@ -44,6 +44,13 @@ class Sigmoid(Activation):
     def forward_into(self, xs, out, attrs):
         sigmoid(xs[0], out=out)
 
+    def step_forward(self, xs, out, attrs):
+        (x,) = xs
+
+        def f(t):
+            sigmoid(x[t], out[t])
+        return f
+
     def vjp(self, g, xs, out, attrs, ctx):
         return [g * out * (1.0 - out)]
 
@@ -65,6 +72,14 @@ class Tanh(Activation):
 
     def forward_into(self, xs, out, attrs):
         np.tanh(xs[0], out=out)
+
+    def step_forward(self, xs, out, attrs):
+        (x,) = xs
+        tanh = np.tanh
+
+        def f(t):
+            tanh(x[t], out=out[t])
+        return f
 
     def vjp(self, g, xs, out, attrs, ctx):
         return [g * (1.0 - out * out)]

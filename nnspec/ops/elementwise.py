@@ -49,6 +49,13 @@ class Add(Binary):
     def vjp_into(self, i, g, xs, out, attrs, dest, accumulate):
         _pass_into(g, dest, accumulate, negate=False)
 
+    def step_forward(self, xs, out, attrs):
+        return _binary_step(np.add, xs, out)
+
+    def step_vjp(self, i, g, xs, out, attrs, dest, accumulate):
+        return _pass_step(g, dest, accumulate, negate=False) or super().step_vjp(i, g, xs, out, attrs, dest,
+                                                                              accumulate)
+
 
 @register
 class Sub(Binary):
@@ -71,6 +78,13 @@ class Sub(Binary):
 
     def vjp_into(self, i, g, xs, out, attrs, dest, accumulate):
         _pass_into(g, dest, accumulate, negate=i == 1)
+
+    def step_forward(self, xs, out, attrs):
+        return _binary_step(np.subtract, xs, out)
+
+    def step_vjp(self, i, g, xs, out, attrs, dest, accumulate):
+        return _pass_step(g, dest, accumulate, negate=i == 1) or super().step_vjp(i, g, xs, out, attrs, dest,
+                                                                                 accumulate)
 
 
 @register
@@ -102,6 +116,23 @@ class Mul(Binary):
         else:
             np.multiply(g, other, out=dest)
 
+    def step_forward(self, xs, out, attrs):
+        return _binary_step(np.multiply, xs, out)
+
+    def step_vjp(self, i, g, xs, out, attrs, dest, accumulate):
+        other = xs[1 - i]
+        if not (dest[0].shape == g[0].shape == other[0].shape):
+            return super().step_vjp(i, g, xs, out, attrs, dest, accumulate)
+        multiply = np.multiply
+        if accumulate:
+            def f(t):
+                d = dest[t]
+                d += g[t] * other[t]
+        else:
+            def f(t):
+                multiply(g[t], other[t], out=dest[t])
+        return f
+
 
 @register
 class Div(Binary):
@@ -115,6 +146,9 @@ class Div(Binary):
 
     def forward_into(self, xs, out, attrs):
         np.divide(xs[0], xs[1], out=out)
+
+    def step_forward(self, xs, out, attrs):
+        return _binary_step(np.divide, xs, out)
 
     def vjp(self, g, xs, out, attrs, ctx):
         a, b = xs
@@ -139,6 +173,9 @@ class Neg(Unary):
 
     def vjp_into(self, i, g, xs, out, attrs, dest, accumulate):
         _pass_into(g, dest, accumulate, negate=True)
+
+    def step_forward(self, xs, out, attrs):
+        return _unary_step(np.negative, xs, out)
 
 
 @register
@@ -167,6 +204,9 @@ class Exp(Unary):
 
     def forward_into(self, xs, out, attrs):
         np.exp(xs[0], out=out)
+
+    def step_forward(self, xs, out, attrs):
+        return _unary_step(np.exp, xs, out)
 
     def vjp(self, g, xs, out, attrs, ctx):
         return [g * out]
@@ -233,3 +273,40 @@ def _pass_into(g: np.ndarray, dest: np.ndarray, accumulate: bool, negate: bool) 
         np.negative(g, out=dest)
     else:
         np.copyto(dest, g)
+
+
+def _binary_step(ufunc, xs, out):
+    """Step kernel of a binary ufunc: out[t] = ufunc(a[t], b[t])."""
+    a, b = xs
+
+    def f(t):
+        ufunc(a[t], b[t], out=out[t])
+    return f
+
+
+def _unary_step(ufunc, xs, out):
+    (a,) = xs
+
+    def f(t):
+        ufunc(a[t], out=out[t])
+    return f
+
+
+def _pass_step(g, dest, accumulate, negate):
+    """Step kernel of dest[t] (+)= +-g[t] when shapes agree (None: they do not)."""
+    if g[0].shape != dest[0].shape:
+        return None
+    if accumulate:
+        op = np.subtract if negate else np.add
+
+        def f(t):
+            op(dest[t], g[t], out=dest[t])
+    elif negate:
+        def f(t):
+            np.negative(g[t], out=dest[t])
+    else:
+        copyto = np.copyto
+
+        def f(t):
+            copyto(dest[t], g[t])
+    return f

@@ -51,6 +51,30 @@ class Matmul(Op):
         else:
             super().vjp_into(i, g, xs, out, attrs, dest, accumulate)
 
+    def step_forward(self, xs, out, attrs):
+        w, x = xs
+        if any(wt is not w[0] for wt in w) or x[0].ndim != 2:
+            return super().step_forward(xs, out, attrs)
+        wT, matmul = w[0].T, np.matmul   # one weight for every step (a parameter)
+
+        def f(t):
+            matmul(x[t], wT, out=out[t])
+        return f
+
+    def step_vjp(self, i, g, xs, out, attrs, dest, accumulate):
+        w, x = xs
+        if i != 1 or any(wt is not w[0] for wt in w) or dest[0].shape != x[0].shape or g[0].ndim != 2:
+            return super().step_vjp(i, g, xs, out, attrs, dest, accumulate)
+        W, matmul = w[0], np.matmul
+        if accumulate:
+            def f(t):
+                d = dest[t]
+                d += matmul(g[t], W)
+        else:
+            def f(t):
+                matmul(g[t], W, out=dest[t])
+        return f
+
 
 def _rows_times(x: np.ndarray, m: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """x @ m with every leading axis of x taken as more rows: one BLAS product
