@@ -15,6 +15,7 @@ from .errors import Diagnostics, SpecError
 from .expand import FlatSpec, expand
 from .graph import Graph, NodeInfo, build_graph
 from .loader import Program, load_file, load_text
+from .optimize import optimize_plan
 from .plan import Plan, build_plan
 from .recurrence import Component, find_components, infer_time_and_type
 from .shapes import infer_shapes
@@ -69,7 +70,6 @@ def compile_program(program: Program, diags: Diagnostics, bindings: dict[str, in
     diags.raise_if_errors()
     plan = build_plan(graph, order, components)
     if optimize:
-        from .optimize import optimize_plan
         plan = optimize_plan(plan)
     return Compiled(program, flat, graph, components, order, plan, diags, dict(bindings or {}))
 

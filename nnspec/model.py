@@ -79,7 +79,7 @@ class Model:
 
     def loss_and_grads(self, feeds: dict, lengths=None, rng=None, carry=None, train: bool = True):
         tape = self.run(feeds, lengths, train=train, rng=rng, carry=carry)
-        grads = self.executor.backward(tape)
+        grads = self.executor.backward(tape, wrt=[k for k in self.params if k not in self.frozen])
         loss = float(tape.values[self.plan.loss])
         return loss, {k: grads[k] for k in self.params if k in grads and k not in self.frozen}, tape
 

@@ -90,6 +90,7 @@ def optimize_plan(plan: Plan, passes: tuple[str, ...] | list[str] | None = None)
     if "simplify" in passes or passes:
         simplify(w, drop_whole=("simplify" in passes))
     plan.steps = w.steps
+    plan.passes = [p for p in PASSES if p in passes]
     return plan
 
 
@@ -197,15 +198,28 @@ def _op(id: str, op: str, inputs, shape, seq=False, attrs=None) -> OpStep:
 
 
 def _braced(names: list[str]) -> str:
-    """['h.Wf', 'h.Wi'] -> 'h.W{f,i}': a readable name for a fused value.
+    """['h.Wf', 'h.Wi'] -> 'h.W{f,i}', ['h.fwd.Wf', 'h.fwd.Wi', 'h.bwd.Wf', 'h.bwd.Wi'] ->
+    'h.{fwd,bwd}.W{f,i}': a readable name for a fused value.
 
     Compiler counters ('#12') are dropped from the parts: the braces name the
     gates, and ``_Work.fresh`` keeps the result unique."""
     names = [re.sub(r"#\d+", "", n) for n in names]
-    prefix = os.path.commonprefix(names)
-    suffix = os.path.commonprefix([n[len(prefix):][::-1] for n in names])[::-1]
-    rest = [n[len(prefix):len(n) - len(suffix)] for n in names]
-    if not all(rest) or len(set(rest)) < len(rest):
+    if len(set(names)) < len(names):
+        return "{" + ",".join(names) + "}"
+    suffix = os.path.commonprefix([n[::-1] for n in names])[::-1]
+    suffix = suffix[suffix.find("."):] if "." in suffix else ""
+    core = [n[:len(n) - len(suffix)] for n in names]
+    heads = [c.rsplit(".", 1)[0] if "." in c else "" for c in core]
+    tails = [c.rsplit(".", 1)[1] if "." in c else c for c in core]
+    uniq = list(dict.fromkeys(heads))
+    if len(uniq) > 1 and all(heads.count(h) == len(names) // len(uniq) for h in uniq):
+        groups = [[t for h2, t in zip(heads, tails) if h2 == h] for h in uniq]
+        if all(g == groups[0] for g in groups) and all(uniq) and len(groups[0]) > 0:
+            inner = groups[0][0] if len(groups[0]) == 1 else _braced(groups[0])
+            return f"{_braced(uniq)}.{inner}{suffix}"
+    prefix = os.path.commonprefix(core)
+    rest = [c[len(prefix):] for c in core]
+    if not all(rest):
         return "{" + ",".join(names) + "}"
     return f"{prefix}{{{','.join(rest)}}}{suffix}"
 
@@ -400,8 +414,7 @@ def _fuse_group(w: _Work, loop: LoopStep | None, members: list[OpStep]) -> None:
     cols = w.params[weights[0]].shape[1]
     wcat = w.fresh(_braced(weights))
     x = order[0].inputs[1]
-    xname = x[0] + (f"[t{x[1]:+d}]" if x[1] else "")
-    prod = w.fresh(f"{wcat}@{xname}")
+    prod = w.fresh(f"{wcat}@{x[0]}")
     first = next(s for s in w.container(loop) if any(s is m for m in members))
     m0 = first
     cat = _op(wcat, "concat_rows", [(n, 0) for n in weights], [sum(rows), cols])
@@ -510,7 +523,7 @@ def _merge_run(w: _Work, loop, run) -> None:
             if full and _int(full[-1]) == total and lo == 0:
                 operands.append((src, d))
                 continue
-            sid = w.fresh(f"{src}[{lo}:{lo + total}]")
+            sid = w.fresh(f"{src}.{lo}:{lo + total}")
             st = _op(sid, "slice", [(src, d)], list(full[:-1]) + [total], w.seq(src),
                      {"start": lo, "stop": lo + total})
             if w.loop_of(src) is None and loop is not None:

@@ -75,6 +75,7 @@ class Plan(BaseModel):
     loss: str | None = None
     recurrent: bool = False
     dtype: str = "float32"
+    passes: list[str] = []   # optimisation passes applied (nnspec.optimize), in order
 
     def value_ids(self) -> list[str]:
         ids = []

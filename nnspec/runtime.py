@@ -31,7 +31,11 @@ Loops have two implementations with the same results:
 """
 from __future__ import annotations
 
+import math
+import sys
+import time
 from dataclasses import dataclass, field
+
 import numpy as np
 
 from .ops import REGISTRY, Ctx
@@ -62,6 +66,11 @@ class ExecOptions:
     local_grads: bool = True   # sigmoid'/tanh'/... for a whole sequence before the backward loop
     alias_grads: bool = True   # add / slice gradients share buffers instead of being copied
     scratch: bool = True       # values and gradients needed within their step only: one (B, ...) array
+    reuse_buffers: bool = True  # big arrays come from a pool and are reused once nothing refers to them
+    # BLAS threads while a loop runs step by step (its products are small: (B, H) x (H, 4H)).
+    # Extra threads only cost there, and on a machine whose cores are busy they cost a lot
+    # (bench: 0.08 ms on 1 thread, 0.3 ms idle and up to 16 ms loaded on 2). None: leave as is.
+    loop_blas_threads: int | None = 1
 
 
 @dataclass
@@ -98,6 +107,14 @@ class Executor:
                     self.integer.add(b.id)
         self._programs: dict[int, _LoopProgram] = {}
         self._needed: dict[frozenset | None, set[str]] = {}
+        self.pool = BufferPool(enabled=self.options.reuse_buffers)
+        # set to {} to collect seconds per step (and per part of a loop's backward pass)
+        self.profile: dict | None = None
+        # outer steps: which have no batch or time axes (parameters, constants and what is made of them)
+        self._static = set(plan.consts) | {p.name for p in plan.params}
+        for s in plan.steps:
+            if isinstance(s, OpStep) and s.inputs and all(src in self._static for src, _ in s.inputs):
+                self._static.add(s.id)
 
     # ---- inputs ---------------------------------------------------------------
     def prepare(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -135,12 +152,15 @@ class Executor:
                 lengths: np.ndarray | None = None, train: bool = False,
                 rng: np.random.Generator | None = None, carry: dict[str, np.ndarray] | None = None,
                 need_loss: bool = True) -> Tape:
+        self.pool.new_pass()
         env = self.prepare(feeds)
         batch, steps, lengths, mask = self._geometry(env, lengths)
         env.update(self.consts)
         env.update(params)
         tape = Tape(values=env, lengths=lengths, mask=mask, batch=batch, steps=steps)
+        prof = self.profile
         for step in self.plan.steps:
+            t0 = time.perf_counter() if prof is not None else 0.0
             if isinstance(step, LoopStep):
                 if self.options.fast_loops and steps > 0:
                     self._fast_loop_forward(step, tape, train, rng, carry or {})
@@ -150,7 +170,16 @@ class Executor:
                 if not need_loss and step.id == self.plan.loss:
                     continue
                 self._op_forward(step, tape, train, rng)
+            if prof is not None:
+                self._note("forward", step, time.perf_counter() - t0)
         return tape
+
+    def _note(self, phase: str, step, seconds: float, part: str = "") -> None:
+        """Add to ``self.profile``: seconds per (phase, op or 'loop', step id, part)."""
+        what = "loop" if isinstance(step, LoopStep) else step.op
+        sid = f"loop {step.index}" if isinstance(step, LoopStep) else step.id
+        key = (phase, what, sid, part)
+        self.profile[key] = self.profile.get(key, 0.0) + seconds
 
     def _ctx(self, step: OpStep, tape: Tape, train, rng) -> Ctx:
         first_seq = bool(step.inputs) and step.inputs[0][0] in self.seq
@@ -160,8 +189,22 @@ class Executor:
     def _op_forward(self, step: OpStep, tape: Tape, train, rng) -> None:
         env = tape.values
         xs = [self._read_whole(tape, src, d) for src, d in step.inputs]
-        ctx = self._ctx(step, tape, train, rng)
-        out = REGISTRY[step.op].forward(xs, step.attrs, ctx)
+        op = REGISTRY[step.op]
+        out = None
+        if self.pool.enabled and not op.needs_ctx and not step.integer and _overrides(op, "forward_into"):
+            # into an array from the pool: no fresh allocation (and page faults) every pass
+            lead = (tape.steps, tape.batch) if step.seq else (() if step.id in self._static else (tape.batch,))
+            shape = lead + array_shape(step.shape, step.integer)
+            if all(isinstance(d, int) for d in shape):
+                out = self.pool.empty(shape, self.dtype)
+                try:
+                    op.forward_into(xs, out, step.attrs)
+                    ctx = NO_CTX
+                except ValueError:  # not the shape the plan says (broadcasting): the generic way
+                    out = None
+        if out is None:
+            ctx = self._ctx(step, tape, train, rng) if op.needs_ctx else NO_CTX
+            out = op.forward(xs, step.attrs, ctx)
         if self.check_finite and not step.integer:
             self._check(out, step.id)
         env[step.id] = out
@@ -241,6 +284,7 @@ class Executor:
         return prog
 
     def _fast_loop_forward(self, loop: LoopStep, tape: Tape, train, rng, carry) -> None:
+        t_start = time.perf_counter() if self.profile is not None else 0.0
         prog = self._program(loop)
         if not prog.ok:
             return self._loop_forward(loop, tape, train, rng, carry)
@@ -263,13 +307,13 @@ class Executor:
             elif b.id in scratch:
                 bufs[b.id] = np.empty((B,) + b.trail, dtype=dtype)
             else:
-                bufs[b.id] = np.empty((T, B) + b.trail, dtype=dtype)
+                bufs[b.id] = self.pool.empty((T, B) + b.trail, dtype)
         # state reads ([t-1] and the like): a (T, B, ...) buffer of what each step read
         fills = []
         for key in prog.delayed:
             src, d = key
             if src in prog.ids:
-                run.reads[key] = X = np.empty_like(bufs[src])
+                run.reads[key] = X = self.pool.empty(bufs[src].shape, bufs[src].dtype)
                 fills.append((list(X), list(bufs[src]), inits[src], d, bufs[src].ndim - 2))
             else:  # a sequence computed before the loop: shift it all at once
                 a = env[src]
@@ -309,18 +353,24 @@ class Executor:
                                               train, rng))
         times = range(T) if loop.direction > 0 else range(T - 1, -1, -1)
         copyto = np.copyto
-        for t in times:
-            for Xl, Bl, init, d, nd in fills:
-                u = t + d
-                if u < 0 or u >= T:
-                    copyto(Xl[t], init)
-                elif u < minlen:
-                    copyto(Xl[t], Bl[u])
-                else:
-                    copyto(Xl[t], init)
-                    copyto(Xl[t], Bl[u], where=vcols[(u, nd)])
-            for f in steps:
-                f(t)
+        if self.profile is not None:
+            t0 = time.perf_counter()
+            self._note("forward", loop, t0 - t_start, "setup")
+        with blas_threads(self.options.loop_blas_threads):
+            for t in times:
+                for Xl, Bl, init, d, nd in fills:
+                    u = t + d
+                    if u < 0 or u >= T:
+                        copyto(Xl[t], init)
+                    elif u < minlen:
+                        copyto(Xl[t], Bl[u])
+                    else:
+                        copyto(Xl[t], init)
+                        copyto(Xl[t], Bl[u], where=vcols[(u, nd)])
+                for f in steps:
+                    f(t)
+        if self.profile is not None:
+            self._note("forward", loop, time.perf_counter() - t0, "steps")
         if self.check_finite:
             self._check_loop(prog, bufs, times)
         env.update({k: v for k, v in bufs.items() if k not in scratch})
@@ -355,7 +405,7 @@ class Executor:
         by default all of them. Values that lead to none of them get no gradient.
         """
         grads: dict[str, np.ndarray] = {}
-        acc = _Accumulator(grads)
+        acc = _Accumulator(grads, self.pool)
         if seeds:
             for k, v in seeds.items():
                 grads[k] = np.asarray(v, dtype=self.dtype)
@@ -364,7 +414,9 @@ class Executor:
                 raise ValueError("this network has no loss to differentiate")
             grads[self.plan.loss] = np.ones_like(tape.values[self.plan.loss])
         need = self._grad_needed(wrt)
+        prof = self.profile
         for step in reversed(self.plan.steps):
+            t0 = time.perf_counter() if prof is not None else 0.0
             if isinstance(step, LoopStep):
                 if step.index in tape.loops:
                     self._fast_loop_backward(step, tape, grads, acc, need, keep=wrt is None)
@@ -372,6 +424,8 @@ class Executor:
                     self._loop_backward(step, tape, grads, need)
             else:
                 self._op_backward(step, tape, grads, acc, need)
+            if prof is not None:
+                self._note("backward", step, time.perf_counter() - t0)
         return grads
 
     def _grad_needed(self, wrt) -> set[str]:
@@ -421,12 +475,25 @@ class Executor:
             lo = int(step.attrs.get("start", 0))
             acc.add_part(step.inputs[0][0], g, lo, lo + g.shape[-1], xs[0].shape)
             return
+        out = tape.values[step.id]
+        if not op.needs_ctx and _overrides(op, "vjp_into"):
+            # straight into the gradient's (pooled) array, adding in place
+            rest = []
+            for i in todo:
+                src, d = step.inputs[i]
+                if d == 0:
+                    acc.add_into(src, xs[i].shape, _Into(op, i, g, xs, out, step.attrs))
+                else:
+                    rest.append(i)
+            todo = rest
+            if not todo:
+                return
         if len(todo) > 1 and type(op).vjp_one is Op.vjp_one:
-            gs = op.vjp(g, xs, tape.values[step.id], step.attrs, ctx)
+            gs = op.vjp(g, xs, out, step.attrs, ctx)
         else:
             gs = [None] * len(step.inputs)
             for i in todo:
-                gs[i] = op.vjp_one(i, g, xs, tape.values[step.id], step.attrs, ctx)
+                gs[i] = op.vjp_one(i, g, xs, out, step.attrs, ctx)
         for i in todo:
             gi = gs[i]
             if gi is None:
@@ -498,6 +565,7 @@ class Executor:
 
     def _fast_loop_backward(self, loop: LoopStep, tape: Tape, grads, acc: "_Accumulator", need,
                             keep: bool) -> None:
+        t_start = time.perf_counter() if self.profile is not None else 0.0
         prog = self._program(loop)
         run: _LoopRun = tape.loops[loop.index]
         env, T, B, bufs = tape.values, run.T, tape.batch, run.bufs
@@ -511,8 +579,10 @@ class Executor:
         for b in prog.body:
             if b.step.integer or b.id in plan.alias or b.id in plan.views:
                 continue
-            shape = ((B,) if b.id in plan.scratch else (T, B)) + b.trail
-            gbuf[b.id] = np.zeros(shape, dtype=self.dtype)
+            if b.id in plan.scratch:
+                gbuf[b.id] = np.zeros((B,) + b.trail, dtype=self.dtype)
+            else:
+                gbuf[b.id] = self.pool.zeros((T, B) + b.trail, self.dtype)
         for b in prog.body:             # slice views: their source comes first
             if b.id in plan.views:
                 src, lo, hi = plan.views[b.id]
@@ -533,9 +603,11 @@ class Executor:
                     for src, d in b.step.inputs]
 
         # derivatives of elementwise ops, for the whole sequence at once
-        local = {bid: list(prog.by_id[bid].op.local_grad(whole(prog.by_id[bid]), bufs[bid],
-                                                          prog.by_id[bid].step.attrs))
-                 for bid in plan.local}
+        local = {}
+        for bid in plan.local:
+            b = prog.by_id[bid]
+            into = self.pool.empty(bufs[bid].shape, self.dtype)
+            local[bid] = list(b.op.local_grad(whole(b), bufs[bid], b.step.attrs, into))
         actions = [_zero_action(gbuf[r]) for r in plan.fill]
         tmps: dict = {}
 
@@ -581,9 +653,17 @@ class Executor:
                          else b.op.step_vjp(a.pos, G, ins, outs, attrs, [t1] * T, False))
                 actions.append(_delayed_action(first, full, d, T, minlen, vcols, ginit.get(src), t1, t2))
         times = range(T) if loop.direction > 0 else range(T - 1, -1, -1)
-        for t in reversed(times):
-            for act in actions:
-                act(t)
+        prof = self.profile
+        if prof is not None:
+            t0 = time.perf_counter()
+            self._note("backward", loop, t0 - t_start, "setup")
+        with blas_threads(self.options.loop_blas_threads):
+            for t in reversed(times):
+                for act in actions:
+                    act(t)
+        if prof is not None:
+            t1 = time.perf_counter()
+            self._note("backward", loop, t1 - t0, "steps")
         # everything that leaves the loop: one whole-sequence VJP per edge
         for op_id, pos in plan.deferred:
             b = prog.by_id[op_id]
@@ -608,6 +688,8 @@ class Executor:
             if s in loop.initials:
                 init_id = loop.initials[s]
                 acc.add(init_id, unbroadcast(g, env[init_id].shape))
+        if prof is not None:
+            self._note("backward", loop, time.perf_counter() - t1, "after (whole-sequence VJPs)")
 
 
 # ---- the fast path's loop programs ------------------------------------------------------
@@ -952,12 +1034,37 @@ def _resolve(gbuf: dict, alias: dict, v: str) -> np.ndarray:
     return gbuf[v]
 
 
+class _Into:
+    """A VJP written into a given array: ``fn(dest, accumulate)``."""
+
+    __slots__ = ("op", "i", "g", "xs", "out", "attrs")
+
+    def __init__(self, op, i, g, xs, out, attrs):
+        self.op, self.i, self.g, self.xs, self.out, self.attrs = op, i, g, xs, out, attrs
+
+    def __call__(self, dest, accumulate):
+        self.op.vjp_into(self.i, self.g, self.xs, self.out, self.attrs, dest, accumulate)
+
+
 class _Accumulator:
     """Adds gradients into a dict, in place where the array is one it made itself."""
 
-    def __init__(self, grads: dict):
+    def __init__(self, grads: dict, pool: "BufferPool | None" = None):
         self.grads = grads
         self.owned: set[str] = set()
+        self.pool = pool or BufferPool(enabled=False)
+
+    def _own(self, key: str, shape, dtype) -> np.ndarray:
+        """Make the gradient of key an array of this accumulator's own (a pooled copy)."""
+        acc = self.grads.get(key)
+        if acc is not None and key in self.owned and acc.shape == tuple(shape) and acc.dtype == dtype:
+            return acc
+        new = self.pool.zeros(shape, dtype) if acc is None else self.pool.empty(shape, dtype)
+        if acc is not None:
+            np.copyto(new, acc)  # broadcasts a smaller one
+        self.grads[key] = new
+        self.owned.add(key)
+        return new
 
     def add(self, key: str, g: np.ndarray, owned: bool = False) -> None:
         acc = self.grads.get(key)
@@ -966,25 +1073,138 @@ class _Accumulator:
             if owned:
                 self.owned.add(key)
             return
-        if key in self.owned and acc.shape == np.broadcast_shapes(acc.shape, g.shape) and acc.dtype == g.dtype:
-            acc += g
+        shape = np.broadcast_shapes(acc.shape, g.shape)
+        target = self._own(key, shape, np.result_type(acc, g))
+        target += g
+
+    def add_into(self, key: str, shape, into: _Into) -> None:
+        """Let ``into`` write (first gradient) or add (later ones) straight into key's gradient."""
+        acc = self.grads.get(key)
+        dtype = into.g.dtype
+        if acc is None:
+            dest = self.pool.empty(shape, dtype)
+            into(dest, False)
+            self.grads[key] = dest
+            self.owned.add(key)
             return
-        self.grads[key] = acc + g
-        self.owned.add(key)
+        into(self._own(key, np.broadcast_shapes(acc.shape, tuple(shape)), np.result_type(acc, dtype)), True)
 
     def add_part(self, key: str, g: np.ndarray, lo: int, hi: int, shape: tuple) -> None:
         """Add g into ``[..., lo:hi]`` of the gradient of key (whose full shape is ``shape``)."""
-        acc = self.grads.get(key)
-        if acc is None or key not in self.owned or acc.shape != tuple(shape) or acc.dtype != g.dtype:
-            new = np.zeros(shape, dtype=g.dtype)
-            if acc is not None:
-                new += acc
-            self.grads[key] = acc = new
-            self.owned.add(key)
-        acc[..., lo:hi] += g
+        self._own(key, tuple(shape), g.dtype)[..., lo:hi] += g
 
     def disown(self, key: str) -> None:
         self.owned.discard(key)
+
+
+_BLAS: list | None = None
+
+
+def _blas_libs() -> list:
+    """threadpoolctl's controllers of the BLAS libraries loaded (none without threadpoolctl)."""
+    global _BLAS
+    if _BLAS is None:
+        try:
+            from threadpoolctl import ThreadpoolController
+            _BLAS = [lc for lc in ThreadpoolController().lib_controllers if lc.user_api == "blas"]
+        except Exception:  # not installed, or an unknown platform
+            _BLAS = []
+    return _BLAS
+
+
+class blas_threads:
+    """``with blas_threads(n):`` BLAS runs on n threads inside (None: unchanged).
+
+    Sets the thread count of each BLAS library directly (a few microseconds), so
+    it can wrap every loop of every pass."""
+
+    def __init__(self, n: int | None):
+        self.n = n
+        self.saved: list = []
+
+    def __enter__(self):
+        if self.n is not None:
+            for lib in _blas_libs():
+                cur = lib.get_num_threads()
+                if cur != self.n:
+                    self.saved.append((lib, cur))
+                    lib.set_num_threads(self.n)
+        return self
+
+    def __exit__(self, *exc):
+        for lib, n in self.saved:
+            lib.set_num_threads(n)
+        self.saved = []
+        return False
+
+
+def _overrides(op: Op, method: str) -> bool:
+    """Whether op has its own ``method`` (not the generic fallback of the base class)."""
+    return getattr(type(op), method) is not getattr(Op, method)
+
+
+class BufferPool:
+    """Big arrays reused from one pass to the next, safely.
+
+    An array is handed out again only once nothing but the pool refers to it
+    (``sys.getrefcount``): values and gradients that a caller still holds — a
+    tape, a gradient dict, a view of either — are never overwritten. Arrays are
+    1-D blocks in size classes (steps of 2^(1/4)) handed out as reshaped views,
+    so batches of different lengths share them; a block nobody took for a few
+    passes is let go. Small arrays come from NumPy as usual.
+
+    Why: on this kind of machine a fresh big array costs a page fault per 4 KiB
+    page on first touch, and a step that frees its arrays at the end and makes
+    them again next step spent a third of its time there.
+    """
+
+    MIN_BYTES = 1 << 16
+    KEEP_PASSES = 3
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled
+        self.blocks: dict[tuple, list] = {}   # (elements, dtype) -> [[block, last pass used]]
+        self.pass_no = 0
+
+    def new_pass(self) -> None:
+        self.pass_no += 1
+        for key in list(self.blocks):
+            # a block that is free (only the entry refers to it) and unused lately goes
+            kept = [e for e in self.blocks[key]
+                    if self.pass_no - e[1] <= self.KEEP_PASSES or sys.getrefcount(e[0]) > 2]
+            if kept:
+                self.blocks[key] = kept
+            else:
+                del self.blocks[key]
+
+    @staticmethod
+    def _size_class(n: int) -> int:
+        if n <= 1:
+            return 1
+        return max(n, int(math.ceil(2.0 ** (math.ceil(4 * math.log2(n)) / 4))))
+
+    def empty(self, shape, dtype) -> np.ndarray:
+        return self._take(tuple(shape), np.dtype(dtype), zero=False)
+
+    def zeros(self, shape, dtype) -> np.ndarray:
+        return self._take(tuple(shape), np.dtype(dtype), zero=True)
+
+    def _take(self, shape: tuple, dtype: np.dtype, zero: bool) -> np.ndarray:
+        n = math.prod(shape)
+        if not self.enabled or n * dtype.itemsize < self.MIN_BYTES:
+            return np.zeros(shape, dtype) if zero else np.empty(shape, dtype)
+        key = (self._size_class(n), dtype.str)
+        entries = self.blocks.setdefault(key, [])
+        for e in entries:
+            if sys.getrefcount(e[0]) == 2:   # the entry and this call: nobody else can see it
+                e[1] = self.pass_no
+                a = e[0][:n].reshape(shape)
+                if zero:
+                    a.fill(0)
+                return a
+        block = (np.zeros if zero else np.empty)(key[0], dtype)
+        entries.append([block, self.pass_no])
+        return block[:n].reshape(shape)
 
 
 def _iadd(acc: np.ndarray, g: np.ndarray) -> np.ndarray:

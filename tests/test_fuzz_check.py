@@ -13,8 +13,10 @@ Three sources of inputs:
     identifiers; operators, brackets, numbers, delays and keywords inserted;
   * random token sequences over the grammar's vocabulary;
   * random specs that follow the grammar (statements with random expressions),
-    which get past the parser and exercise expansion, the graph, loop analysis
-    and shape inference.
+    which get past the parser and exercise expansion and the graph;
+  * random networks that are right (layers, recurrences, cells), then get a few
+    mutations, so that loop analysis and shape inference see near-misses; for
+    those that still compile, what ``nnspec expand`` prints must compile too.
 
 Runs are derandomized so CI is reproducible. Each crash hypothesis found is kept
 below as an explicit regression test with the minimal input, next to the fix.
@@ -32,6 +34,7 @@ from hypothesis import strategies as st
 
 import nnspec
 from nnspec.data import DataError
+from nnspec.expand import format_flat
 from nnspec.ops import REGISTRY
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -135,10 +138,10 @@ def check(text: str) -> None:
 # ---- (a) mutations of real specs -----------------------------------------------------
 
 @st.composite
-def mutated_specs(draw) -> str:
-    text = draw(st.sampled_from(SEEDS))
-    for _ in range(draw(st.integers(1, 4))):
-        kind = draw(st.sampled_from(["char", "token", "line", "rename", "insert"]))
+def mutated_specs(draw, base=st.sampled_from(SEEDS), edits=st.integers(1, 4)) -> str:
+    text = draw(base)
+    for _ in range(draw(edits)):
+        kind = draw(st.sampled_from(["char", "token", "line", "rename", "insert", "number", "delay"]))
         action = draw(st.sampled_from(["delete", "duplicate", "swap"]))
         if kind == "char" and text:
             i = draw(st.integers(0, len(text) - 1))
@@ -176,6 +179,17 @@ def mutated_specs(draw) -> str:
             if names:
                 old, new = draw(st.sampled_from(names)), draw(IDENTIFIERS)
                 text = re.sub(rf"\b{re.escape(old)}\b", new, text, count=draw(st.integers(0, 2)))
+        elif kind == "number":  # a different size, count or constant: still valid syntax
+            spans = [m.span() for m in re.finditer(r"\b\d+\b", text)]
+            if spans:
+                i, j = draw(st.sampled_from(spans))
+                text = text[:i] + draw(st.sampled_from(["0", "1", "2", "5", "64", "1e3"])) + text[j:]
+        elif kind == "delay":  # read a name at another step, or flip the direction of a delay
+            spans = [m.span() for m in re.finditer(r"\b[A-Za-z_]\w*\b(?!\s*[(=\[])|\[t[+-]", text)]
+            if spans:
+                i, j = draw(st.sampled_from(spans))
+                flipped = {"[t-": "[t+", "[t+": "[t-"}
+                text = text[:i] + (flipped[text[i:j]] if text[i:j] in flipped else text[i:j] + "[t-1]") + text[j:]
         else:
             i = draw(st.integers(0, len(text)))
             text = text[:i] + draw(st.sampled_from(SNIPPETS)) + text[i:]
@@ -290,6 +304,70 @@ grammatical_specs = st.builds(
 @given(grammatical_specs)
 def test_random_grammatical_specs_give_diagnostics_not_crashes(text):
     check(text)
+
+
+# ---- (d) random networks that are right, then slightly wrong ------------------------------
+# Most random text stops at the parser or the first undefined name. These networks are built to
+# be right (layers of weights, activations, recurrences and cells over a declared input), then get
+# zero to two mutations, so that loop analysis and shape inference see many near-misses.
+
+ACTIVATIONS = ["tanh", "relu", "sigmoid", "softplus", "gelu"]
+
+
+@st.composite
+def layered_specs(draw) -> str:
+    sequence = draw(st.booleans())
+    tokens = sequence and draw(st.booleans())
+    lines = ["let M = 3"]
+    lines.append("input w : seq of token" if tokens else f"input x[{draw(st.integers(1, 4))}]" + " : seq" * sequence)
+    previous = "x"
+    if tokens:
+        lines.append(f"e = embed(w, {draw(st.integers(1, 4))})")
+        previous = "e"
+    for i in range(1, draw(st.integers(1, 4)) + 1):
+        size = draw(st.sampled_from(["2", "3", "M", "2 * M"]))
+        act = draw(st.sampled_from(ACTIVATIONS))
+        kind = draw(st.sampled_from(["dense", "recurrent", "cell", "concat", "scaled"] if sequence
+                                    else ["dense", "concat", "scaled", "dense cell"]))
+        if kind == "dense":
+            lines.append(f"h{i}[{size}] = {act}(W{i} @ {previous} + b{i})")
+        elif kind == "recurrent":
+            lines.append(f"h{i}[{size}] = {act}(W{i} @ {previous} + U{i} @ h{i}[t-1] + b{i})")
+        elif kind == "cell":
+            cell = draw(st.sampled_from(["lstm", "gru", "rnn", "reverse(lstm)", "bidirectional(gru)",
+                                         "stacked(rnn, 2)"]))
+            lines.append(f"h{i} = {cell}({previous}, H = {draw(st.integers(1, 3))})")
+        elif kind == "dense cell":
+            lines.append(f"h{i} = dense({previous}, N = {draw(st.integers(1, 3))})")
+        elif kind == "concat":
+            lines.append(f"h{i} = concat({previous}, {previous})")
+        else:
+            lines.append(f"h{i} = 0.5 * {previous} - {previous} / 2")
+        previous = f"h{i}"
+    if sequence and not draw(st.booleans()):
+        previous = f"{draw(st.sampled_from(['last', 'mean', 'max', 'first']))}({previous})"
+    classes = draw(st.integers(2, 4))
+    target = draw(st.booleans())
+    lines += ["output p", f"p{'' if target else [classes]} = softmax(V @ {previous} + c)"]
+    if target:
+        lines += [f"target y : {'seq of class' if sequence and '(' not in previous else f'class[{classes}]'}",
+                  "loss cross_entropy(p, y)"]
+    return "\n".join(lines) + "\n"
+
+
+@settings(max_examples=250, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(mutated_specs(base=layered_specs(), edits=st.integers(0, 2)))
+def test_random_networks_and_near_misses_give_diagnostics_not_crashes(text):
+    check(text)
+    try:
+        compiled = nnspec.compile_text(text, file="fuzz.nn")
+    except nnspec.SpecError:
+        return
+    # what `nnspec expand` prints "parses as a spec again": the same network, the same parameters
+    flat = format_flat(compiled.flat)
+    again = nnspec.compile_text(flat, file="flat.nn")
+    assert again.parameter_count() == compiled.parameter_count(), flat
 
 
 # ---- regressions: the crashes found above, minimal inputs -------------------------------

@@ -365,3 +365,64 @@ def test_a_dropped_tape_frees_its_buffers_at_once():
         assert all(r() is None for r in refs)
     finally:
         gc.enable()
+
+
+# ---- the ops' fast-path kernels agree with their forward and vjp ----------------------------
+
+def _kernel_cases():
+    from test_ops_gradcheck import CASES
+    from nnspec.ops import get
+    from nnspec.ops.registry import Op
+    out = []
+    for c in CASES:
+        op = get(c.op)
+        if op.needs_ctx or any(np.issubdtype(np.asarray(x).dtype, np.integer) for x in c.xs[:1]) and c.op != "embed":
+            continue
+        if any(getattr(type(op), m) is not getattr(Op, m)
+               for m in ("forward_into", "vjp_into", "step_forward", "step_vjp")) or op.local_grad is not None:
+            out.append(pytest.param(c, id=f"{c.op}-{c.tag}" if c.tag else c.op))
+    return out
+
+
+@pytest.mark.parametrize("case", _kernel_cases())
+def test_kernels_agree_with_forward_and_vjp(case):
+    from nnspec.ops import get
+    from nnspec.ops.registry import NO_CTX
+    op = get(case.op)
+    xs = [np.array(x, copy=True) for x in case.xs]
+    out = op.forward(xs, case.attrs, NO_CTX)
+    g = np.random.default_rng(1).standard_normal(np.shape(out))
+    want = op.vjp(g, xs, out, case.attrs, NO_CTX)
+    into = np.empty_like(out)
+    op.forward_into(xs, into, case.attrs)
+    np.testing.assert_allclose(into, out, rtol=1e-12, atol=1e-12)
+    if op.local_grad is not None:
+        np.testing.assert_allclose(g * op.local_grad(xs, out, case.attrs), want[0], rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(g * op.local_grad(xs, out, case.attrs, np.empty_like(out)), want[0],
+                                   rtol=1e-12, atol=1e-12)
+    for i, x in enumerate(xs):
+        if want[i] is None:
+            continue
+        np.testing.assert_allclose(op.vjp_one(i, g, xs, out, case.attrs, NO_CTX), want[i], rtol=1e-12, atol=1e-12)
+        dest = np.empty_like(x)
+        op.vjp_into(i, g, xs, out, case.attrs, dest, False)
+        np.testing.assert_allclose(dest, want[i], rtol=1e-12, atol=1e-12)
+        op.vjp_into(i, g, xs, out, case.attrs, dest, True)
+        np.testing.assert_allclose(dest, 2 * want[i], rtol=1e-12, atol=1e-12)
+    # step kernels over a 'sequence' of three steps of the same arrays
+    T = 3
+    seqs = [[x] * T for x in xs]
+    outs = [np.empty_like(out) for _ in range(T)]
+    f = op.step_forward(seqs, outs, case.attrs)
+    for t in range(T):
+        f(t)
+        np.testing.assert_allclose(outs[t], out, rtol=1e-12, atol=1e-12)
+    for i, x in enumerate(xs):
+        if want[i] is None:
+            continue
+        for accumulate in (False, True):
+            dests = [np.ones_like(x) for _ in range(T)]
+            k = op.step_vjp(i, [g] * T, seqs, [out] * T, case.attrs, dests, accumulate)
+            for t in range(T):
+                k(t)
+                np.testing.assert_allclose(dests[t], want[i] + (1 if accumulate else 0), rtol=1e-12, atol=1e-12)

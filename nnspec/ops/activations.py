@@ -54,8 +54,8 @@ class Sigmoid(Activation):
     def vjp(self, g, xs, out, attrs, ctx):
         return [g * out * (1.0 - out)]
 
-    def local_grad(self, xs, out, attrs):
-        d = np.subtract(1.0, out)
+    def local_grad(self, xs, out, attrs, into=None):
+        d = np.subtract(1.0, out, out=into)
         d *= out
         return d
 
@@ -84,8 +84,8 @@ class Tanh(Activation):
     def vjp(self, g, xs, out, attrs, ctx):
         return [g * (1.0 - out * out)]
 
-    def local_grad(self, xs, out, attrs):
-        d = np.square(out)
+    def local_grad(self, xs, out, attrs, into=None):
+        d = np.square(out, out=into)
         np.subtract(1.0, d, out=d)
         return d
 
@@ -106,8 +106,11 @@ class Relu(Activation):
     def vjp(self, g, xs, out, attrs, ctx):
         return [g * (xs[0] > 0)]
 
-    def local_grad(self, xs, out, attrs):
-        return (xs[0] > 0).astype(out.dtype)
+    def local_grad(self, xs, out, attrs, into=None):
+        if into is None:
+            return (xs[0] > 0).astype(out.dtype)
+        np.greater(xs[0], 0, out=into)  # booleans cast to 0.0 / 1.0
+        return into
 
 
 @register

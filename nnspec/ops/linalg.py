@@ -46,10 +46,7 @@ class Matmul(Op):
         return _rows_times(g, w)
 
     def vjp_into(self, i, g, xs, out, attrs, dest, accumulate):
-        if i == 1 and not accumulate and dest.shape == xs[1].shape:
-            _rows_times(g, xs[0], dest)
-        else:
-            super().vjp_into(i, g, xs, out, attrs, dest, accumulate)
+        _product_into(i, g, xs, dest, accumulate) or super().vjp_into(i, g, xs, out, attrs, dest, accumulate)
 
     def step_forward(self, xs, out, attrs):
         w, x = xs
@@ -74,6 +71,25 @@ class Matmul(Op):
             def f(t):
                 matmul(g[t], W, out=dest[t])
         return f
+
+
+def _product_into(i, g, xs, dest, accumulate) -> bool:
+    """The gradient of a product's weight (i = 0) or input (i = 1) into dest; False if not done."""
+    w, x = xs[0], xs[1]
+    if i == 0 and dest.shape == w.shape and dest.flags.c_contiguous:
+        g2, x2 = g.reshape(-1, w.shape[0]), x.reshape(-1, w.shape[1])
+        if accumulate:
+            dest += g2.T @ x2
+        else:
+            np.matmul(g2.T, x2, out=dest)
+        return True
+    if i == 1 and dest.shape == x.shape:
+        if accumulate:
+            dest += _rows_times(g, w)
+        else:
+            _rows_times(g, w, dest)
+        return True
+    return False
 
 
 def _rows_times(x: np.ndarray, m: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
@@ -130,6 +146,16 @@ class Linear(Op):
             return _rows_times(g, w)
         return g.reshape(-1, w.shape[0]).sum(axis=0)
 
+    def vjp_into(self, i, g, xs, out, attrs, dest, accumulate):
+        if i == 2 and dest.shape == xs[2].shape:
+            g2 = g.reshape(-1, dest.shape[0])
+            if accumulate:
+                dest += g2.sum(axis=0)
+            else:
+                np.sum(g2, axis=0, out=dest)
+            return
+        _product_into(i, g, xs, dest, accumulate) or super().vjp_into(i, g, xs, out, attrs, dest, accumulate)
+
 
 @register
 class Concat(Op):
@@ -170,6 +196,20 @@ class Concat(Op):
     def vjp(self, g, xs, out, attrs, ctx):
         cuts = np.cumsum([x.shape[-1] for x in xs])[:-1]
         return [unbroadcast(gi, x.shape) for gi, x in zip(np.split(g, cuts, axis=-1), xs)]
+
+    def forward_into(self, xs, out, attrs):
+        if all(x.shape[:-1] == out.shape[:-1] for x in xs):
+            np.concatenate(xs, axis=-1, out=out)
+        else:
+            np.copyto(out, self.forward(xs, attrs, None))
+
+    def vjp_into(self, i, g, xs, out, attrs, dest, accumulate):
+        lo = sum(x.shape[-1] for x in xs[:i])
+        part = unbroadcast(g[..., lo:lo + xs[i].shape[-1]], dest.shape)
+        if accumulate:
+            dest += part
+        else:
+            np.copyto(dest, part)
 
 
 @register
@@ -277,13 +317,22 @@ class Embed(Op):
         out[pad] = 0  # padding embeds to zeros, so it cannot leak into sums
         return out
 
+    def forward_into(self, xs, out, attrs):
+        np.copyto(out, self.forward(xs, attrs, None))
+
     def vjp(self, g, xs, out, attrs, ctx):
-        ids, table = xs
-        dtable = np.zeros(table.shape, dtype=g.dtype)  # calloc: pages no id touches stay free
-        ids = ids.reshape(-1)
+        dtable = np.zeros(xs[1].shape, dtype=g.dtype)
+        self.vjp_into(1, g, xs, out, attrs, dtable, True)
+        return [None, dtable]
+
+    def vjp_into(self, i, g, xs, out, attrs, dest, accumulate):
+        if i == 0:
+            return
+        ids = xs[0].reshape(-1)
         g = g.reshape(len(ids), -1)
         if ids.size and ids.min() < 0:
             keep = ids >= 0
             ids, g = ids[keep], g[keep]
-        np.add.at(dtable, ids, g)  # add.at: repeated ids accumulate
-        return [None, dtable]
+        if not accumulate:
+            dest.fill(0)
+        np.add.at(dest, ids, g)  # add.at: repeated ids accumulate

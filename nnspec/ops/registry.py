@@ -128,9 +128,10 @@ class Op:
             vjp_into(i, g[t], cols[t], out[t], attrs, dest[t], accumulate)
         return f
 
-    # An elementwise op of one input may define ``local_grad(xs, out, attrs) -> D``
-    # with ``vjp(g) == [g * D]``: the runtime then computes D for a whole sequence
-    # at once and multiplies by it at each step of a loop's backward pass.
+    # An elementwise op of one input may define ``local_grad(xs, out, attrs, into=None) -> D``
+    # with ``vjp(g) == [g * D]`` (D written into ``into`` when given): the runtime then
+    # computes D for a whole sequence at once and multiplies by it at each step of a
+    # loop's backward pass.
     local_grad: ClassVar[Callable | None] = None
 
     def attr(self, attrs: dict, key: str) -> Any:
