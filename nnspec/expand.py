@@ -178,7 +178,7 @@ class Expander:
                 self.diags.error("division by zero in a constant", e.span)
                 return None
             return {"+": a + b, "-": a - b, "*": a * b, "/": a / b if b else 0}[e.op]
-        self.diags.error("a let needs a constant: a number or arithmetic on other lets", e.span)
+        self.diags.error("expected a constant: a number, or arithmetic on numbers and lets", e.span)
         return None
 
     def dims(self, dims: list | None, scope: _Scope) -> list | None:
@@ -251,6 +251,10 @@ class Expander:
             kws = [k.model_copy(update={"value": self.expr(k.value, scope, owner)}) for k in e.keywords]
             return e.model_copy(update={"args": args, "keywords": kws})
         cell = self.cell_named(e.func)
+        if cell is None and e.wrapper is not None and e.func in self.primitives:
+            self.diags.error(f"{e.wrapper.func}(...) wraps a cell, but '{e.func}' is a function; "
+                             f"write a cell that uses it", e.span)
+            return None
         if cell is None:
             known = self.primitives | set(self.program.cells) | set(self.program.stdlib_cells)
             self.diags.error(f"unknown function '{e.func}'{did_you_mean(e.func, known)}", e.span)
@@ -335,16 +339,22 @@ class Expander:
                                                         dims=None, value=value))
         sizes: dict[str, ast.DimExpr] = {}
         allowed = _size_names(cell) - set(self.flat.lets)
+        given: set[str] = set()
         for kw in e.keywords:
+            if kw.name in given:
+                self.diags.error(f"size '{kw.name}' is given twice", kw.span)
+                continue
+            given.add(kw.name)
             if kw.name not in allowed:
                 hint = f"; its sizes are {', '.join(sorted(allowed))}" if allowed else "; it takes no sizes"
                 if kw.name in self.flat.lets and kw.name in _size_names(cell):
                     hint = f": the top-level 'let {kw.name}' sets it in every cell"
                 self.diags.error(f"cell '{cell.name}' has no size '{kw.name}'{hint}", kw.span)
                 continue
-            if isinstance(kw.value, ast.Name) and kw.value.name not in caller.lets and caller.cell is not None:
-                sizes[kw.name] = self.dim(ast.DimName(span=kw.value.span, name=kw.value.name), caller)
-                continue  # a size of the calling cell, passed on
+            passed = _size_expr(kw.value) if caller.cell is not None else None
+            if passed is not None and _size_names_in(passed) - set(caller.lets):
+                sizes[kw.name] = self.dim(passed, caller)
+                continue  # a size of the calling cell, passed on (N = K or N = 2 * K)
             v = self.const_value(kw.value, caller)
             if v is not None and not _is_size(v):
                 self.diags.error(f"size '{kw.name}' must be a whole number from 1 to {MAX_SIZE}, not {v:g}",
@@ -364,6 +374,27 @@ class Expander:
         if not defines_output:
             self.diags.error(f"cell '{cell.name}' never defines its output '{cell.output}'", cell.span)
         self.depth -= 1
+
+
+def _size_expr(e) -> ast.DimExpr | None:
+    """``2 * K`` written as an argument, as the size expression it means (None if it is not one)."""
+    if isinstance(e, ast.Number) and math.isfinite(e.value) and e.value == int(e.value):
+        return ast.DimInt(span=e.span, value=int(e.value))
+    if isinstance(e, ast.Name):
+        return ast.DimName(span=e.span, name=e.name)
+    if isinstance(e, ast.BinOp) and e.op in ("+", "-", "*"):
+        left, right = _size_expr(e.left), _size_expr(e.right)
+        if left is not None and right is not None:
+            return ast.DimBin(span=e.span, op=e.op, left=left, right=right)
+    return None
+
+
+def _size_names_in(d) -> set[str]:
+    if isinstance(d, ast.DimName):
+        return {d.name}
+    if isinstance(d, ast.DimBin):
+        return _size_names_in(d.left) | _size_names_in(d.right)
+    return set()
 
 
 def _is_size(v: float) -> bool:

@@ -104,6 +104,12 @@ class _Where:
 
 @dataclass
 class _Work:
+    """The plan being optimised, with indexes; passes record edits and ``commit`` applies them.
+
+    Edits are applied all at once and the indexes rebuilt once per round of a pass,
+    so that optimising stays linear in the size of the plan (a 10,000-equation spec).
+    """
+
     plan: Plan
     steps: list = field(init=False)
     where: dict = field(init=False)          # value id -> _Where
@@ -114,32 +120,45 @@ class _Work:
         self.params = {p.name: p for p in self.plan.params}
         self.inputs = {v.name: v for v in self.plan.inputs + self.plan.targets}
         self.used = set(self.params) | set(self.inputs) | set(self.plan.consts)
+        self._counter: dict[str, int] = {}
+        self._before: dict[int, list] = {}
+        self._instead: dict[int, list] = {}
         self.reindex()
 
     def reindex(self) -> None:
         self.where, self.readers = {}, {}
-        for s in self.steps:
-            for b, loop in ((b, s) for b in s.body) if isinstance(s, LoopStep) else [(s, None)]:
-                self.where[b.id] = _Where(b, loop)
-                self.used.add(b.id)
-        for s in self.steps:
-            for b, loop in ((b, s) for b in s.body) if isinstance(s, LoopStep) else [(s, None)]:
-                for pos, (src, d) in enumerate(b.inputs):
-                    self.readers.setdefault(src, []).append((b, pos, d, loop))
-
-    def protected(self) -> set[str]:
-        """Values the plan's users see or the loops need by name."""
+        self._static = set(self.params) | set(self.plan.consts)
         keep = set(self.plan.outputs) | ({self.plan.loss} if self.plan.loss else set())
         for s in self.steps:
             if isinstance(s, LoopStep):
                 keep |= set(s.states) | set(s.initials.values())
-        return keep
+            for b, loop in ((b, s) for b in s.body) if isinstance(s, LoopStep) else [(s, None)]:
+                self.where[b.id] = _Where(b, loop)
+                self.used.add(b.id)
+                for pos, (src, d) in enumerate(b.inputs):
+                    self.readers.setdefault(src, []).append((b, pos, d, loop))
+                if loop is None and b.inputs and all(src in self._static for src, _ in b.inputs):
+                    self._static.add(b.id)
+        self._protected = keep
+        self._positions: dict[int, dict] = {}
+
+    def protected(self) -> set[str]:
+        """Values the plan's users see or the loops need by name."""
+        return self._protected
+
+    def position(self, loop: LoopStep | None) -> dict[int, int]:
+        """id(step) -> its index in the container (outer steps, or a loop's body)."""
+        key = id(loop)
+        if key not in self._positions:
+            self._positions[key] = {id(s): i for i, s in enumerate(self.container(loop))}
+        return self._positions[key]
 
     def fresh(self, base: str) -> str:
-        name, k = base, 1
+        name, k = base, self._counter.get(base, 1)
         while name in self.used:
             k += 1
             name = f"{base}#{k}"
+        self._counter[base] = k
         self.used.add(name)
         return name
 
@@ -164,11 +183,7 @@ class _Work:
 
     def static(self, v: str) -> bool:
         """No batch or time axes: a parameter, a constant, or computed from those alone."""
-        if v in self.params or v in self.plan.consts:
-            return True
-        w = self.where.get(v)
-        return w is not None and w.loop is None and bool(w.step.inputs) and \
-            all(self.static(s) for s, _ in w.step.inputs)
+        return v in self._static
 
     def loop_of(self, v: str) -> LoopStep | None:
         w = self.where.get(v)
@@ -177,19 +192,36 @@ class _Work:
     def container(self, loop: LoopStep | None) -> list:
         return self.steps if loop is None else loop.body
 
-    def insert_before(self, loop: LoopStep | None, anchor: str | LoopStep, new: list[OpStep]) -> None:
-        """Insert steps before ``anchor`` (a value id in that container, or a loop step outside)."""
-        seq = self.container(loop)
-        if isinstance(anchor, LoopStep):
-            i = next(i for i, s in enumerate(seq) if s is anchor)
-        else:
-            i = next(i for i, s in enumerate(seq) if not isinstance(s, LoopStep) and s.id == anchor)
-        seq[i:i] = new
+    # ---- edits (applied by commit) ----
+    def insert_before(self, anchor, new: list[OpStep]) -> None:
+        """Insert steps before ``anchor``: a step, a value id, or a loop step (outside it)."""
+        if isinstance(anchor, str):
+            anchor = self.where[anchor].step
+        self._before.setdefault(id(anchor), []).extend(new)
 
-    def replace(self, loop: LoopStep | None, old: OpStep, new: OpStep) -> None:
-        seq = self.container(loop)
-        i = next(i for i, s in enumerate(seq) if s is old)
-        seq[i] = new
+    def replace(self, old: OpStep, new) -> None:
+        """Replace a step by another step, or by a list of steps (empty: remove it)."""
+        self._instead[id(old)] = list(new) if isinstance(new, list) else [new]
+
+    def commit(self) -> bool:
+        """Apply the recorded edits in one sweep and rebuild the indexes; True if anything changed."""
+        if not self._before and not self._instead:
+            return False
+
+        def rebuild(seq):
+            out = []
+            for s in seq:
+                out += self._before.pop(id(s), [])
+                out += self._instead.pop(id(s)) if id(s) in self._instead else [s]
+            return out
+
+        self.steps = rebuild(self.steps)
+        for s in self.steps:
+            if isinstance(s, LoopStep):
+                s.body = rebuild(s.body)
+        assert not self._before and not self._instead, "an edit refers to a step that is not in the plan"
+        self.reindex()
+        return True
 
 
 def _op(id: str, op: str, inputs, shape, seq=False, attrs=None) -> OpStep:
@@ -301,7 +333,7 @@ def hoist_sums(w: _Work) -> None:
                 nid = w.fresh(base)
                 outside.append(_op(nid, "add" if sg > 0 else "sub", [acc, o], shape, seq))
                 acc = (nid, 0)
-            w.insert_before(None, loop, outside)
+            w.insert_before(loop, outside)
             # inside: the hoisted sum plus the loop-variant terms
             new_body = []
             for k, (o, sg) in enumerate(variant):
@@ -310,12 +342,10 @@ def hoist_sums(w: _Work) -> None:
                 st = _op(nid, "add" if sg > 0 else "sub", [acc, o], root.shape, root.seq)
                 new_body.append(st)
                 acc = (nid, 0)
-            w.replace(loop, root, new_body[-1])
-            if len(new_body) > 1:
-                w.insert_before(loop, root.id, new_body[:-1])
+            w.replace(root, new_body)
             for st in inner:
-                loop.body.remove(st)
-            w.reindex()
+                w.replace(st, [])
+    w.commit()
 
 
 # ---- fuse_matmuls ------------------------------------------------------------------------
@@ -384,7 +414,13 @@ def fuse_matmuls(w: _Work, outside: bool = True, inside: bool = True) -> None:
             continue
         loop = w.loop_of(uniq[0].id)
         _fuse_group(w, loop, uniq)
-        w.reindex()
+    w.commit()
+
+
+def _first_in(w: _Work, loop: LoopStep | None, members) -> OpStep:
+    """The member that comes first in its container (the positions are indexed once per round)."""
+    pos = w.position(loop)
+    return min(members, key=lambda m: pos[id(m)])
 
 
 def _fuse_group(w: _Work, loop: LoopStep | None, members: list[OpStep]) -> None:
@@ -415,19 +451,18 @@ def _fuse_group(w: _Work, loop: LoopStep | None, members: list[OpStep]) -> None:
     wcat = w.fresh(_braced(weights))
     x = order[0].inputs[1]
     prod = w.fresh(f"{wcat}@{x[0]}")
-    first = next(s for s in w.container(loop) if any(s is m for m in members))
-    m0 = first
+    m0 = _first_in(w, loop, members)
     cat = _op(wcat, "concat_rows", [(n, 0) for n in weights], [sum(rows), cols])
     mm = _op(prod, "matmul", [(wcat, 0), x], list(m0.shape[:-1]) + [sum(rows)], m0.seq)
     if loop is None:
-        w.insert_before(None, m0.id, [cat, mm])
+        w.insert_before(m0, [cat, mm])
     else:
-        w.insert_before(None, loop, [cat])
-        w.insert_before(loop, m0.id, [mm])
+        w.insert_before(loop, [cat])
+        w.insert_before(m0, [mm])
     start = 0
     for m, n in zip(order, rows):
         sl = _op(m.id, "slice", [(prod, 0)], m.shape, m.seq, {"start": start, "stop": start + n})
-        w.replace(loop, m, sl)
+        w.replace(m, sl)
         start += n
 
 
@@ -506,14 +541,12 @@ def _sink_once(w: _Work) -> bool:
             for run in runs:
                 if len(run) >= 2:
                     _merge_run(w, loop, run)
-                    w.reindex()
-                    return True
-    return False
+    return w.commit()
 
 
 def _merge_run(w: _Work, loop, run) -> None:
     total = sum(m[1] for m in run)
-    first_member = next(s for s in w.container(loop) if any(s is m[0] for m in run))
+    first_member = _first_in(w, loop, [m[0] for m in run])
     s0 = run[0][0]
     operands, outer_new, inner_new = [], [], []
     for pos, part in enumerate(run[0][2]):
@@ -540,11 +573,11 @@ def _merge_run(w: _Work, loop, run) -> None:
     uid = w.fresh(_braced([m[0].id for m in run]))
     merged = _op(uid, s0.op, operands, list(s0.shape[:-1]) + [total], s0.seq, s0.attrs)
     if outer_new:
-        w.insert_before(None, loop, outer_new)
-    w.insert_before(loop, first_member.id, inner_new + [merged])
+        w.insert_before(loop, outer_new)
+    w.insert_before(first_member, inner_new + [merged])
     at = 0
     for s, width, _ in run:
-        w.replace(loop, s, _op(s.id, "slice", [(uid, 0)], s.shape, s.seq, {"start": at, "stop": at + width}))
+        w.replace(s, _op(s.id, "slice", [(uid, 0)], s.shape, s.seq, {"start": at, "stop": at + width}))
         at += width
 
 
@@ -552,6 +585,7 @@ def _merge_run(w: _Work, loop, run) -> None:
 
 def fuse_linear(w: _Work) -> None:
     protected = w.protected()
+    fused: set[str] = set()
     for v, ws in list(w.where.items()):
         s = ws.step
         if s.op != "add" or s.integer:
@@ -565,10 +599,13 @@ def fuse_linear(w: _Work) -> None:
                     or not mw.step.shape or list(bshape) != [mw.step.shape[-1]]
                     or list(s.shape) != list(mw.step.shape) or len(w.readers.get(m, [])) != 1):
                 continue
+            if m in fused:
+                continue
+            fused.add(m)
             s.op = "linear"
             s.inputs = list(mw.step.inputs) + [(b, 0)]
-            w.reindex()
             break
+    w.reindex()
     _dead_code(w)
 
 
@@ -609,19 +646,24 @@ def _compose_slices(w: _Work) -> None:
 
 
 def _dead_code(w: _Work) -> None:
-    keep = w.protected()
-    while True:
-        read = {src for s in w.steps for b in (s.body if isinstance(s, LoopStep) else [s]) for src, _ in b.inputs}
-        dead = {v for v in w.where if v not in read and v not in keep}
-        if not dead:
-            break
-        new_steps = []
-        for s in w.steps:
-            if isinstance(s, LoopStep):
-                s.body = [b for b in s.body if b.id not in dead]
-                if s.body:
-                    new_steps.append(s)
-            elif s.id not in dead:
-                new_steps.append(s)
-        w.steps = new_steps
-        w.reindex()
+    """Drop steps nothing needs, in one sweep from the end (loops to a fixed point)."""
+    live = set(w.protected())
+    for s in reversed(w.steps):
+        if isinstance(s, LoopStep):
+            changed = True
+            while changed:
+                changed = False
+                for b in reversed(s.body):
+                    if b.id in live:
+                        for src, _ in b.inputs:
+                            if src not in live:
+                                live.add(src)
+                                changed = True
+        elif s.id in live:
+            live.update(src for src, _ in s.inputs)
+    dead = [b for s in w.steps for b in (s.body if isinstance(s, LoopStep) else [s]) if b.id not in live]
+    for b in dead:
+        w.replace(b, [])
+    if dead:
+        w.commit()
+        w.steps = [s for s in w.steps if not isinstance(s, LoopStep) or s.body]

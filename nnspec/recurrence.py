@@ -42,6 +42,11 @@ def _named(graph: Graph, nodes) -> list[str]:
     return names or list(nodes)
 
 
+def _in_stdlib(graph: Graph, n: str) -> bool:
+    span = graph.info(n).span
+    return span is not None and span.file.startswith("<stdlib>")
+
+
 def find_components(graph: Graph, diags: Diagnostics) -> list[Component]:
     g = graph.g
     zero = zero_delay_graph(g)
@@ -58,6 +63,9 @@ def find_components(graph: Graph, diags: Diagnostics) -> list[Component]:
             cycle = None
         if cycle is not None:
             loop = _named(graph, [u for u, _ in cycle])
+            mine = [i for i, n in enumerate(loop) if not _in_stdlib(graph, n)]
+            if mine:  # start the loop at a value of the user's own file, not inside a library cell
+                loop = loop[mine[0]:] + loop[:mine[0]]
             first = graph.info(loop[0])
             diags.error("algebraic loop: " + " -> ".join(loop + [loop[0]]) + " depends on itself at the same "
                         "time step; read one of them at an earlier step, e.g. " + f"{loop[0]}[t-1]",

@@ -67,9 +67,14 @@ class ExecOptions:
     alias_grads: bool = True   # add / slice gradients share buffers instead of being copied
     scratch: bool = True       # values and gradients needed within their step only: one (B, ...) array
     reuse_buffers: bool = True  # big arrays come from a pool and are reused once nothing refers to them
-    # BLAS threads while a loop runs step by step (its products are small: (B, H) x (H, 4H)).
-    # Extra threads only cost there, and on a machine whose cores are busy they cost a lot
-    # (bench: 0.08 ms on 1 thread, 0.3 ms idle and up to 16 ms loaded on 2). None: leave as is.
+    # BLAS threads for a whole forward or backward pass, and while a loop runs step by step.
+    # nnspec's products are small (a step: (B, H) x (H, 4H)); measured on a 2-core machine,
+    # a second OpenBLAS thread made every one of them slower, even the (1120 x 128) x
+    # (128 x 1000) output layer (3.7 ms on 1 thread, 8 ms at best on 2), and a machine whose
+    # other core is busy made it catastrophic (a step's product 0.08 ms -> 16 ms median; a
+    # BiLSTM train step 60 ms -> 240 ms). None: leave BLAS as configured (big models on many
+    # idle cores); the loop setting applies inside the pass setting.
+    blas_threads: int | None = 1
     loop_blas_threads: int | None = 1
 
 
@@ -152,6 +157,10 @@ class Executor:
                 lengths: np.ndarray | None = None, train: bool = False,
                 rng: np.random.Generator | None = None, carry: dict[str, np.ndarray] | None = None,
                 need_loss: bool = True) -> Tape:
+        with blas_threads(self.options.blas_threads):
+            return self._forward(params, feeds, lengths, train, rng, carry, need_loss)
+
+    def _forward(self, params, feeds, lengths, train, rng, carry, need_loss) -> Tape:
         self.pool.new_pass()
         env = self.prepare(feeds)
         batch, steps, lengths, mask = self._geometry(env, lengths)
@@ -404,6 +413,10 @@ class Executor:
         ``wrt`` names the leaves (parameters, inputs) whose gradients are wanted;
         by default all of them. Values that lead to none of them get no gradient.
         """
+        with blas_threads(self.options.blas_threads):
+            return self._backward(tape, seeds, wrt)
+
+    def _backward(self, tape: Tape, seeds, wrt) -> dict[str, np.ndarray]:
         grads: dict[str, np.ndarray] = {}
         acc = _Accumulator(grads, self.pool)
         if seeds:

@@ -313,6 +313,54 @@ def test_user_cell_that_never_defines_its_output():
     assert at(rendered, 1, 1).message == "cell 'half' never defines its output 'y'"
 
 
+def test_a_wrapper_takes_a_cell_not_a_function():
+    shown = at(errors_of("input x[3] : seq\noutput y\ny = last(reverse(tanh)(x))\n"), 3, 10)
+    assert shown.message == "reverse(...) wraps a cell, but 'tanh' is a function; write a cell that uses it"
+
+
+def test_a_size_given_twice():
+    shown = at(errors_of("input x[3] : seq\noutput y\ny = last(lstm(x, H = 2, H = 3))\n"), 3, 25)
+    assert shown.message == "size 'H' is given twice"
+    assert shown.underlined == "H = 3"
+
+
+def test_a_cell_passes_size_arithmetic_on_to_the_cells_it_uses():
+    spec = ("cell wide(x) -> y[2 * K] {\n  y = dense(x, N = 2 * K)\n}\n"
+            "input x[3]\noutput y\ny = wide(x, K = 2)\n")
+    assert nnspec.compile_text(spec, file="t.nn").graph.info("y").shape == (4,)
+
+
+def test_a_size_a_library_cell_cannot_infer_is_asked_for_at_the_call():
+    rendered = errors_of("input x[3] : seq\noutput y\ny = last(gru(x))\n")
+    shown = at(rendered, 3, 10)  # the user's call, not a line of <stdlib>/gru.nn
+    assert shown.message == ("cannot infer the size of 'y.gru1.Wr' ([?, 3]); give 'gru' its size where it is "
+                             "called, e.g. 'H = 64'")
+    assert shown.underlined == "gru(x)"
+    assert at(rendered, 8, 15, severity="note", file="<stdlib>/gru.nn").message == "inside cell 'gru', here"
+    assert error_count(rendered) == 1  # not one per gate of the cell
+
+
+def test_a_library_cell_result_of_the_wrong_size_is_reported_at_the_call():
+    rendered = errors_of("input x[3] : seq\noutput y\ny[4] = last(lstm(x, H = 2))\n")
+    shown = at(rendered, 3, 13)
+    assert shown.message == "'y.lstm1' has size [2], but where it is used it must have size [4]"
+    assert shown.underlined == "lstm(x, H = 2)"
+    assert error_count(rendered) == 1
+
+
+def test_an_algebraic_loop_through_a_cell_starts_at_the_users_line():
+    shown = at(errors_of("input x[2] : seq\noutput y\ny = last(lstm(y, H = 2))\n"), 3, 1)
+    assert shown.message.startswith("algebraic loop: y -> y.lstm1.f -> ")
+
+
+def test_a_recurrence_inside_a_library_cell_without_a_sequence_is_reported_at_the_call():
+    rendered = errors_of("input x[2]\noutput y\ny = last(lstm(x, H = 2))\n")
+    shown = at(rendered, 3, 10)
+    assert shown.message.startswith("'y.lstm1.f' is recurrent (it reads itself at another step) but depends on "
+                                    "no sequence input")
+    assert shown.underlined == "lstm(x, H = 2)"
+
+
 def test_unknown_initialiser_with_did_you_mean():
     shown = at(errors_of("input x[2]\noutput y\ny[2] = W @ x\nparam W init xavir\n"), 4, 9)
     assert shown.message == "unknown initialiser 'xavir'; did you mean 'xavier'?"
@@ -461,6 +509,14 @@ def test_json_form_of_a_diagnostic():
     (d,) = [d.to_json() for d in info.value.diagnostics.errors]
     assert d == {"severity": "error", "message": "'y' is defined twice", "file": "t.nn", "line": 4, "column": 1,
                  "notes": [{"message": "first defined here", "file": "t.nn", "line": 3, "column": 1}]}
+
+
+def test_lines_are_counted_as_the_parser_counts_them():
+    # a form feed or a Windows line end must not shift the line shown under the message
+    rendered = errors_of("input x[2]\x0c\r\noutput y\r\ny = tahn(x)\r\n")
+    assert rendered.splitlines()[:3] == ["t.nn:3:5: error: unknown function 'tahn'; did you mean 'tanh'?",
+                                         "    y = tahn(x)",
+                                         "        ^~~~~~~"]
 
 
 def test_carets_line_up_under_tabs():
