@@ -38,9 +38,11 @@ gate by gate gets the same plan as the library's.
 """
 from __future__ import annotations
 
+import gc
 import os
 import re
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from .plan import LoopStep, OpStep, Plan
 
@@ -71,7 +73,27 @@ def optimize_plan(plan: Plan, passes: tuple[str, ...] | list[str] | None = None)
     unknown = set(passes) - set(PASSES)
     if unknown:
         raise ValueError(f"unknown optimisation pass(es) {sorted(unknown)}; known: {', '.join(PASSES)}")
-    plan = plan.model_copy(deep=True)
+    gc_was_enabled = gc.isenabled()
+    gc.disable()  # many small objects, none cyclic: the collector would only rescan them
+    try:
+        return _optimize(plan, passes)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+
+
+def _copy_step(s):
+    """A copy of a step that passes may edit (validation-free: the fields are already valid)."""
+    if isinstance(s, LoopStep):
+        return LoopStep.model_construct(kind="loop", index=s.index, direction=s.direction,
+                                        body=[_copy_step(b) for b in s.body], states=list(s.states),
+                                        initials=dict(s.initials))
+    return OpStep.model_construct(kind="op", id=s.id, op=s.op, inputs=list(s.inputs), attrs=dict(s.attrs),
+                                  seq=s.seq, integer=s.integer, shape=list(s.shape))
+
+
+def _optimize(plan: Plan, passes) -> Plan:
+    plan = plan.model_copy(update={"steps": [_copy_step(s) for s in plan.steps]})
     w = _Work(plan)
     if "fuse_losses" in passes:
         fuse_losses(w)
@@ -96,8 +118,7 @@ def optimize_plan(plan: Plan, passes: tuple[str, ...] | list[str] | None = None)
 
 # ---- the working representation ---------------------------------------------------------
 
-@dataclass
-class _Where:
+class _Where(NamedTuple):
     step: OpStep
     loop: LoopStep | None     # None: outside every loop
 
@@ -126,20 +147,33 @@ class _Work:
         self.reindex()
 
     def reindex(self) -> None:
-        self.where, self.readers = {}, {}
-        self._static = set(self.params) | set(self.plan.consts)
+        where: dict = {}
+        readers: dict = {}
+        static = set(self.params) | set(self.plan.consts)
         keep = set(self.plan.outputs) | ({self.plan.loss} if self.plan.loss else set())
+        used_add, get = self.used.add, readers.get
+
+        def index(b, loop):
+            where[b.id] = _Where(b, loop)
+            used_add(b.id)
+            for pos, (src, d) in enumerate(b.inputs):
+                lst = get(src)
+                if lst is None:
+                    readers[src] = [(b, pos, d, loop)]
+                else:
+                    lst.append((b, pos, d, loop))
+
         for s in self.steps:
-            if isinstance(s, LoopStep):
-                keep |= set(s.states) | set(s.initials.values())
-            for b, loop in ((b, s) for b in s.body) if isinstance(s, LoopStep) else [(s, None)]:
-                self.where[b.id] = _Where(b, loop)
-                self.used.add(b.id)
-                for pos, (src, d) in enumerate(b.inputs):
-                    self.readers.setdefault(src, []).append((b, pos, d, loop))
-                if loop is None and b.inputs and all(src in self._static for src, _ in b.inputs):
-                    self._static.add(b.id)
-        self._protected = keep
+            if type(s) is LoopStep:
+                keep.update(s.states)
+                keep.update(s.initials.values())
+                for b in s.body:
+                    index(b, s)
+            else:
+                index(s, None)
+                if s.inputs and all(src in static for src, _ in s.inputs):
+                    static.add(s.id)
+        self.where, self.readers, self._static, self._protected = where, readers, static, keep
         self._positions: dict[int, dict] = {}
 
     def protected(self) -> set[str]:
@@ -225,8 +259,8 @@ class _Work:
 
 
 def _op(id: str, op: str, inputs, shape, seq=False, attrs=None) -> OpStep:
-    return OpStep(id=id, op=op, inputs=[tuple(x) for x in inputs], attrs=dict(attrs or {}), seq=seq,
-                  integer=False, shape=list(shape))
+    return OpStep.model_construct(kind="op", id=id, op=op, inputs=[tuple(x) for x in inputs],
+                                  attrs=dict(attrs or {}), seq=bool(seq), integer=False, shape=list(shape))
 
 
 def _braced(names: list[str]) -> str:
@@ -661,9 +695,23 @@ def _dead_code(w: _Work) -> None:
                                 changed = True
         elif s.id in live:
             live.update(src for src, _ in s.inputs)
-    dead = [b for s in w.steps for b in (s.body if isinstance(s, LoopStep) else [s]) if b.id not in live]
-    for b in dead:
-        w.replace(b, [])
-    if dead:
-        w.commit()
-        w.steps = [s for s in w.steps if not isinstance(s, LoopStep) or s.body]
+    if len(live) >= len(w.where) and all(v in live for v in w.where):
+        return
+    # remove in place and update the indexes (cheaper than rebuilding them)
+    steps = []
+    for s in w.steps:
+        if isinstance(s, LoopStep):
+            s.body = [b for b in s.body if b.id in live]
+            if s.body:
+                steps.append(s)
+        elif s.id in live:
+            steps.append(s)
+    w.steps = steps
+    for v in [v for v in w.where if v not in live]:
+        b = w.where.pop(v).step
+        for src, _ in b.inputs:
+            lst = w.readers.get(src)
+            if lst:
+                lst[:] = [r for r in lst if r[0] is not b]
+        w.readers.pop(v, None)
+    w._positions = {}

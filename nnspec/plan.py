@@ -89,8 +89,11 @@ class Plan(BaseModel):
 
 def _op_step(graph: Graph, n: str) -> OpStep:
     info = graph.info(n)
-    return OpStep(id=n, op=info.op, inputs=list(info.inputs), attrs=dict(info.attrs), seq=info.seq,
-                  integer=info.integer, shape=list(info.shape or ()))
+    # built from the checked graph: no need to validate again (a 10,000-equation spec
+    # spent most of its planning time in pydantic validation)
+    return OpStep.model_construct(kind="op", id=n, op=info.op, inputs=[tuple(x) for x in info.inputs],
+                                  attrs=dict(info.attrs), seq=bool(info.seq), integer=bool(info.integer),
+                                  shape=list(info.shape or ()))
 
 
 def _param_role(graph: Graph, n: str) -> str:

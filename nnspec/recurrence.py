@@ -128,13 +128,25 @@ def infer_time_and_type(graph: Graph, components: list[Component], diags: Diagno
                                            or (info.op == "identity" and operands[0].integer))
         if info.integer and operands:
             info.elem = operands[0].elem
+    on_sequences = _sequence_dependents(graph)
     for c in components:
-        if not any(_depends_on_sequence(graph, n) for n in c.nodes):
+        if not any(n in on_sequences for n in c.nodes):
             names = _named(graph, c.nodes)
             span, notes = where(graph, names[0])
             diags.error(f"'{names[0]}' is recurrent (it reads itself at another step) but depends on no "
                         f"sequence input; declare an input as a sequence, e.g. 'input x[8] : seq'", span, notes)
     return order
+
+
+def _sequence_dependents(graph: Graph) -> set[str]:
+    """Every value that depends on a sequence input (one graph walk per sequence input, not one
+    per component: a spec with hundreds of recurrent layers stays linear)."""
+    out: set[str] = set()
+    for info in graph.nodes():
+        if info.kind in ("input", "target") and info.sequence and info.id not in out:
+            out.add(info.id)
+            out |= nx.descendants(graph.g, info.id)
+    return out
 
 
 def _depends_on_sequence(graph: Graph, node: str) -> bool:

@@ -123,22 +123,93 @@ class ShapeInference:
 
     def run(self) -> None:
         self._named_vars: dict[str, Var] = {}
-        pending = [n for n in self.order]
-        while pending:
-            progress = False
-            still = []
-            for n in pending:
-                if self.try_node(n, final=False):
-                    progress = True
-                else:
-                    still.append(n)
-            pending = still
-            if not progress and pending:
-                if not self.unstick(pending):
-                    for n in pending:
+        dependents = self._dependents()
+        # A node can only be decided once every node it depends on has a shape: count the ones
+        # still missing. A node is tried when its count drops to 0 (and then its dependents at
+        # once), so a chain is decided in one go; only nodes that had every operand and still
+        # could not be decided (sizes unknown yet) are swept again after progress elsewhere.
+        # Linear in the size of the spec, where a sweep over everything per recurrent value
+        # was quadratic.
+        self._missing = {n: sum(1 for src in set(self._sources(n)) if self.graph.info(src).shape is None)
+                         for n in self.order}
+        self._shaped = {n for n in self.order if self.graph.info(n).shape is not None}
+        waiting = set(self.order)
+        self._blocked: list[str] = []
+        progress = self._sweep(self.order, dependents, waiting)
+        first = 0
+        while waiting:
+            if progress:
+                blocked, self._blocked = self._blocked, []
+                progress = self._sweep(blocked, dependents, waiting)
+                if progress:
+                    continue
+            while self.order[first] not in waiting:
+                first += 1
+            target = self.unstick(n for n in self.order[first:] if n in waiting)
+            if target is None:
+                for n in self.order:
+                    if n in waiting:
                         self.try_node(n, final=True)
-                    break
+                break
+            before = len(waiting)
+            self._now_shaped(target, dependents)
+            self._retry_dependents(target, dependents, waiting)
+            progress = True if len(waiting) < before or self._blocked else progress
         self.check_unresolved()
+
+    def _sweep(self, nodes, dependents: dict, waiting: set) -> bool:
+        progress = False
+        for n in nodes:
+            if n in waiting and self._missing.get(n, 0) == 0:
+                if self.try_node(n, final=False):
+                    waiting.discard(n)
+                    progress = True
+                    self._retry_dependents(n, dependents, waiting)
+                else:
+                    self._blocked.append(n)
+        return progress
+
+    def _sources(self, n: str) -> list[str]:
+        info = self.graph.info(n)
+        return [src for src, _ in info.inputs] + [src for src in (info.shape_like, info.table_for)
+                                                     if src is not None]
+
+    def _now_shaped(self, n: str, dependents: dict) -> None:
+        """n has a shape now (inferred or provisional): one operand fewer for its dependents."""
+        if n in self._shaped or self.graph.info(n).shape is None:
+            return
+        self._shaped.add(n)
+        for d in set(dependents.get(n, ())):
+            if d in self._missing:
+                self._missing[d] -= 1
+
+    def _dependents(self) -> dict[str, list[str]]:
+        """Nodes that may be decided once a node has its shape: its readers, and the
+        parameters (biases, embedding tables) whose shape follows from it."""
+        deps: dict[str, list[str]] = {}
+        for n in self.order:
+            info = self.graph.info(n)
+            for src, _ in info.inputs:
+                deps.setdefault(src, []).append(n)
+            for src in (info.shape_like, info.table_for):
+                if src is not None:
+                    deps.setdefault(src, []).append(n)
+        return deps
+
+    def _retry_dependents(self, n: str, dependents: dict, waiting: set) -> None:
+        """Try at once the nodes waiting on n (and so on), instead of one layer per sweep: a
+        sweep then decides a whole chain, and big specs take time linear in their size."""
+        self._now_shaped(n, dependents)
+        stack = [n]
+        while stack:
+            for d in dependents.get(stack.pop(), ()):
+                if d in waiting and self._missing.get(d, 0) == 0:
+                    if self.try_node(d, final=False):
+                        waiting.discard(d)
+                        self._now_shaped(d, dependents)
+                        stack.append(d)
+                    else:
+                        self._blocked.append(d)
 
     # a node is inferred once all its operands have shapes
     def try_node(self, n: str, final: bool) -> bool:
@@ -260,8 +331,9 @@ class ShapeInference:
         elif info.op == "argmax" and operands:
             info.card = self.solver.resolve(operands[0].shape)[-1]
 
-    def unstick(self, pending: list[str]) -> bool:
-        """Give one delayed-read value a provisional shape so that inference can go on."""
+    def unstick(self, pending) -> str | None:
+        """Give one delayed-read value a provisional shape so that inference can go on; returns it.
+        ``pending``: the undecided nodes in order (any iterable; read only up to the one chosen)."""
         for n in pending:
             info = self.graph.info(n)
             if info.kind != "op":
@@ -276,8 +348,8 @@ class ShapeInference:
                     target.shape = self.graph.info(known[0]).shape
                 else:
                     target.shape = (self.solver.fresh(f"size of {src}"),)
-                return True
-        return False
+                return src
+        return None
 
     def report(self, info: NodeInfo, message: str) -> None:
         notes = []

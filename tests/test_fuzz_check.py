@@ -276,7 +276,8 @@ HEADERS = st.sampled_from([
 ])
 declarations = st.builds(lambda r, n, d, t: f"{r} {n}{d}{t}", st.sampled_from(["input", "target", "output"]),
                          st.sampled_from(VALUE_NAMES), dims, types)
-equations = st.builds(lambda n, d, e: f"{n}{d} = {e}", st.sampled_from(["y", "h", "z", "g", "e"]), dims, expressions)
+equations = st.builds(lambda n, d, e: f"{n}{d} = {e}", st.sampled_from(["h", "z", "g", "e"]), dims,
+                      expressions)
 others = st.one_of(
     declarations,
     st.builds(lambda e: f"loss {e}", expressions),
@@ -288,20 +289,29 @@ others = st.one_of(
     st.builds(lambda n, v: f"let {n} = {v}", st.sampled_from(["H", "M", "x"]),
               st.sampled_from(["2", "3 * 2", "0", "1 / 3"])),
 )
-singletons = st.lists(st.sampled_from([0, 1, 2]), unique=True, max_size=3).flatmap(lambda kinds: st.tuples(*[
-    [st.builds(lambda lines: "train {\n  " + "\n  ".join(lines) + "\n}", st.lists(settings_lines, max_size=4)),
-     st.builds(lambda n, e: f"data inline {{ {n} = {e} }}", st.sampled_from(VALUE_NAMES), expressions),
-     st.builds(lambda body, d: f"cell mine(x) -> y{d} {{\n  " + "\n  ".join(body) + "\n}",
-               st.lists(st.builds(lambda n, e: f"{n} = {e}", st.sampled_from(["y", "g", "h"]), expressions),
-                        min_size=1, max_size=3), dims)][k] for k in kinds]))
-grammatical_specs = st.builds(
-    lambda header, eqs, rest, single: header + "\n".join(eqs + rest + list(single)) + "\n",
-    HEADERS, st.lists(equations, min_size=1, max_size=5, unique_by=lambda eq: re.split(r"[\[ ]", eq)[0]), st.lists(others, max_size=3), singletons)
+train_blocks = st.builds(lambda lines: "train {\n  " + "\n  ".join(lines) + "\n}", st.lists(settings_lines, max_size=4))
+data_blocks = st.builds(lambda n, e: f"data inline {{ {n} = {e} }}", st.sampled_from(VALUE_NAMES), expressions)
+cell_bodies = st.lists(st.builds(lambda n, e: f"{n} = {e}", st.sampled_from(["y", "g", "h"]), expressions),
+                       min_size=1, max_size=3)
+cells = st.builds(lambda body, d: f"cell mine(x) -> y{d} {{\n  " + "\n  ".join(body) + "\n}", cell_bodies, dims)
+
+
+@st.composite
+def grammatical_specs(draw) -> str:
+    """A header, a few equations defining distinct names, a few other statements, and at most one
+    train block, one data statement and one cell."""
+    lines = [f"y{draw(dims)} = {draw(expressions)}"]
+    lines += draw(st.lists(equations, max_size=4, unique_by=lambda eq: re.split(r"[\[ ]", eq)[0]))
+    lines += draw(st.lists(others, max_size=3))
+    for once in (train_blocks, data_blocks, cells):
+        if draw(st.booleans()):
+            lines.append(draw(once))
+    return draw(HEADERS) + "\n".join(lines) + "\n"
 
 
 @settings(max_examples=200, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-@given(grammatical_specs)
+@given(grammatical_specs())
 def test_random_grammatical_specs_give_diagnostics_not_crashes(text):
     check(text)
 

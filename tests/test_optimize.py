@@ -426,3 +426,45 @@ def test_kernels_agree_with_forward_and_vjp(case):
             for t in range(T):
                 k(t)
                 np.testing.assert_allclose(dests[t], want[i] + (1 if accumulate else 0), rtol=1e-12, atol=1e-12)
+
+
+def test_buffer_pool_reuses_what_nobody_holds_and_never_what_somebody_does():
+    from nnspec.runtime import BufferPool
+    pool = BufferPool()
+    a = pool.empty((64, 300), np.float32)
+    a[...] = 1.0
+    b = pool.empty((64, 300), np.float32)          # a is held: a new block
+    assert not np.shares_memory(a, b)
+    view = a[3]
+    del a
+    c = pool.empty((64, 300), np.float32)          # a view of a is still held: not reused
+    assert not np.shares_memory(c, view) and (view == 1).all()
+    del view, c
+    d = pool.zeros((60, 310), np.float32)          # same size class, nobody holds it: reused, zeroed
+    assert (d == 0).all() and len(pool.blocks) == 1
+    small = pool.empty((3, 4), np.float32)         # small arrays are not pooled
+    assert small.base is None
+
+
+def test_training_steps_reuse_buffers_and_memory_stays_flat():
+    base, params, feeds = setup(SPECS["lstm"])
+    ex = Executor(optimize_plan(base), dtype=np.float64)
+    ex.pool.MIN_BYTES = 0                            # pool everything, to see it at this size
+    sizes = []
+    for i in range(8):
+        tape = ex.forward(params, feeds, lengths=LENGTHS, train=True, rng=np.random.default_rng(i))
+        grads = ex.backward(tape, wrt=set(params))
+        del tape, grads
+        sizes.append(sum(len(v) for v in ex.pool.blocks.values()))
+    assert sizes[-1] == sizes[2]                     # a steady state: nothing new after two passes
+
+
+def test_blas_threads_are_limited_inside_and_restored_after():
+    from nnspec.runtime import _blas_libs, blas_threads
+    libs = _blas_libs()
+    if not libs:
+        pytest.skip("threadpoolctl not installed")
+    before = [lib.get_num_threads() for lib in libs]
+    with blas_threads(1):
+        assert all(lib.get_num_threads() == 1 for lib in libs)
+    assert [lib.get_num_threads() for lib in libs] == before
