@@ -328,7 +328,11 @@ def _feeds_at(session, at: dict) -> dict:
         raise UsageError(f"--at needs a value for {', '.join(missing)}")
     feeds = {}
     for name, v in at.items():
-        arr = np.asarray(v, dtype=np.float64)
+        try:
+            arr = np.asarray(v, dtype=np.float64)
+        except (ValueError, TypeError):
+            raise UsageError(f"--at {name}: {json.dumps(v)} is not a number or a rectangular list of numbers") \
+                from None
         feeds[name] = arr[None, ...]  # a batch of one
     return feeds
 
@@ -337,6 +341,10 @@ def cmd_grad(args) -> int:
     from .session import open_session
     session = open_session(args.spec, with_data=False, dtype="float64")
     feeds = _feeds_at(session, _parse_at(args.at or []))
+    if args.of is not None and args.of not in set(session.plan.value_ids()) | {v.name for v in session.plan.inputs}:
+        from .errors import did_you_mean
+        named = [n for n in session.plan.value_ids() if "#" not in n]
+        raise UsageError(f"--of {args.of}: no value of that name{did_you_mean(args.of, named)}")
     value, grads = session.model.gradients(feeds, of=args.of)
     value = _squeeze(value)[0] if np.ndim(value) else value
     result = {"value": _to_py(value), "gradients": {k: _to_py(_squeeze(g)[0] if k in feeds else g)

@@ -112,6 +112,8 @@ class Executor:
                     self.integer.add(b.id)
         self._programs: dict[int, _LoopProgram] = {}
         self._needed: dict[frozenset | None, set[str]] = {}
+        self._outer: dict[str, _Outer] = {}        # per step outside loops: how to run it
+        self._todo: dict[tuple, list[int]] = {}    # (step, needed set) -> inputs to differentiate
         self.pool = BufferPool(enabled=self.options.reuse_buffers)
         # set to {} to collect seconds per step (and per part of a loop's backward pass)
         self.profile: dict | None = None
@@ -195,24 +197,39 @@ class Executor:
         return Ctx(train=train, rng=rng, mask=tape.mask if first_seq else None,
                    lengths=tape.lengths if first_seq else None)
 
+    def _outer_info(self, step: OpStep) -> "_Outer":
+        info = self._outer.get(step.id)
+        if info is None:
+            op = REGISTRY[step.op]
+            trail = array_shape(step.shape, step.integer)
+            info = self._outer[step.id] = _Outer(
+                op=op,
+                pooled=(not op.needs_ctx and not step.integer and _overrides(op, "forward_into")
+                        and all(isinstance(d, int) for d in trail)),
+                lead="seq" if step.seq else ("static" if step.id in self._static else "batch"),
+                trail=trail, into=not op.needs_ctx and _overrides(op, "vjp_into"),
+                joint=type(op).vjp_one is Op.vjp_one,
+                first_seq=bool(step.inputs) and step.inputs[0][0] in self.seq)
+        return info
+
     def _op_forward(self, step: OpStep, tape: Tape, train, rng) -> None:
         env = tape.values
-        xs = [self._read_whole(tape, src, d) for src, d in step.inputs]
-        op = REGISTRY[step.op]
+        xs = [env[src] if d == 0 else self._read_whole(tape, src, d) for src, d in step.inputs]
+        o = self._outer_info(step)
+        op = o.op
         out = None
-        if self.pool.enabled and not op.needs_ctx and not step.integer and _overrides(op, "forward_into"):
+        if o.pooled and self.pool.enabled:
             # into an array from the pool: no fresh allocation (and page faults) every pass
-            lead = (tape.steps, tape.batch) if step.seq else (() if step.id in self._static else (tape.batch,))
-            shape = lead + array_shape(step.shape, step.integer)
-            if all(isinstance(d, int) for d in shape):
-                out = self.pool.empty(shape, self.dtype)
-                try:
-                    op.forward_into(xs, out, step.attrs)
-                    ctx = NO_CTX
-                except ValueError:  # not the shape the plan says (broadcasting): the generic way
-                    out = None
+            lead = (tape.steps, tape.batch) if o.lead == "seq" else (() if o.lead == "static" else (tape.batch,))
+            out = self.pool.empty(lead + o.trail, self.dtype)
+            try:
+                op.forward_into(xs, out, step.attrs)
+                ctx = NO_CTX
+            except ValueError:  # not the shape the plan says (broadcasting): the generic way
+                out = None
         if out is None:
-            ctx = self._ctx(step, tape, train, rng) if op.needs_ctx else NO_CTX
+            ctx = (Ctx(train=train, rng=rng, mask=tape.mask if o.first_seq else None,
+                       lengths=tape.lengths if o.first_seq else None) if op.needs_ctx else NO_CTX)
             out = op.forward(xs, step.attrs, ctx)
         if self.check_finite and not step.integer:
             self._check(out, step.id)
@@ -477,19 +494,26 @@ class Executor:
 
     def _op_backward(self, step: OpStep, tape: Tape, grads, acc: "_Accumulator", need) -> None:
         g = grads.get(step.id)
-        if g is None or step.id not in tape.records or step.integer:
+        if g is None or step.integer:
             return
-        xs, ctx = tape.records[step.id]
-        op = REGISTRY[step.op]
-        todo = [i for i, (src, _) in enumerate(step.inputs) if src in need and src not in self.integer]
+        rec = tape.records.get(step.id)
+        if rec is None:
+            return
+        xs, ctx = rec
+        key = (step.id, id(need))
+        todo = self._todo.get(key)
+        if todo is None:
+            todo = self._todo[key] = [i for i, (src, _) in enumerate(step.inputs)
+                                      if src in need and src not in self.integer]
         if not todo:
             return
         if step.op == "slice" and step.inputs[0][1] == 0:  # add into the part, no zero-padded copy
             lo = int(step.attrs.get("start", 0))
             acc.add_part(step.inputs[0][0], g, lo, lo + g.shape[-1], xs[0].shape)
             return
-        out = tape.values[step.id]
-        if not op.needs_ctx and _overrides(op, "vjp_into"):
+        o = self._outer_info(step)
+        op, out = o.op, tape.values[step.id]
+        if o.into:
             # straight into the gradient's (pooled) array, adding in place
             rest = []
             for i in todo:
@@ -501,7 +525,7 @@ class Executor:
             todo = rest
             if not todo:
                 return
-        if len(todo) > 1 and type(op).vjp_one is Op.vjp_one:
+        if len(todo) > 1 and o.joint:
             gs = op.vjp(g, xs, out, step.attrs, ctx)
         else:
             gs = [None] * len(step.inputs)
@@ -706,6 +730,19 @@ class Executor:
 
 
 # ---- the fast path's loop programs ------------------------------------------------------
+
+@dataclass
+class _Outer:
+    """How to run a step outside loops, worked out once."""
+
+    op: Op
+    pooled: bool      # forward into an array from the pool
+    lead: str         # leading axes: "seq" (T, B), "batch" (B,) or "static" (none)
+    trail: tuple
+    into: bool        # its VJP can write into the gradient's array
+    joint: bool       # no per-input VJP: compute them all at once
+    first_seq: bool   # its first input is a sequence: its Ctx carries the mask
+
 
 @dataclass
 class _LoopRun:
@@ -1190,11 +1227,15 @@ class BufferPool:
             else:
                 del self.blocks[key]
 
-    @staticmethod
-    def _size_class(n: int) -> int:
-        if n <= 1:
-            return 1
-        return max(n, int(math.ceil(2.0 ** (math.ceil(4 * math.log2(n)) / 4))))
+    _classes: dict[int, int] = {}
+
+    @classmethod
+    def _size_class(cls, n: int) -> int:
+        c = cls._classes.get(n)
+        if c is None:
+            c = 1 if n <= 1 else max(n, int(math.ceil(2.0 ** (math.ceil(4 * math.log2(n)) / 4))))
+            cls._classes[n] = c
+        return c
 
     def empty(self, shape, dtype) -> np.ndarray:
         return self._take(tuple(shape), np.dtype(dtype), zero=False)

@@ -207,25 +207,18 @@ def test_grad_failure_through_a_real_process_has_no_traceback():
     assert "Traceback" not in result.stderr
 
 
-# ---- left to the CLI's owner -------------------------------------------------------------------
-# These crash with a traceback today; nnspec/cli.py is outside the front end. Each becomes a plain
-# "error: ..." once fixed; then remove the xfail.
+# ---- bad --at and --of values: a plain "error: ...", never a traceback ---------------------------
 
-@pytest.mark.xfail(strict=True, raises=KeyError, reason="cli.py/model: grad --of an unknown value raises KeyError")
 def test_grad_of_an_unknown_value(capsys):
     code, _, err = run_main(capsys, "grad", CHAIN_RULE, "--at", "a=3", "b=1", "c=-2", "--of", "Q")
     assert code == 1 and err.startswith("error: ")
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError,
-                   reason="cli.py _feeds_at: np.asarray on a ragged --at list raises ValueError")
 def test_grad_with_a_ragged_at_value(capsys):
     code, _, err = run_main(capsys, "grad", CHAIN_RULE, "--at", "a=[[1], [2, 3]]", "b=1", "c=2")
     assert code == 1 and err.startswith("error: --at a")
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError,
-                   reason="cli.py _feeds_at: np.asarray on a JSON object --at value raises TypeError")
 def test_grad_with_an_object_as_at_value(capsys):
     code, _, err = run_main(capsys, "grad", CHAIN_RULE, "--at", "a={}", "b=1", "c=2")
     assert code == 1 and err.startswith("error: --at a")
