@@ -93,8 +93,9 @@ def check_ends(graph: Graph, diags: Diagnostics) -> None:
     """Every value must lead to an output or the loss; a network needs at least one of them."""
     ends = set(graph.outputs) | ({graph.loss} if graph.loss else set())
     if not ends:
-        diags.error("the network has no output and no loss; declare 'output NAME' or add 'loss ...'",
-                    None)
+        first = next((i.span for i in graph.nodes() if i.span is not None and i.span.file == graph.flat.file), None)
+        where = first.model_copy(update={"end_line": first.line, "end_column": first.column + 1}) if first else None
+        diags.error("the network has no output and no loss; declare 'output NAME' or add 'loss ...'", where)
         return
     useful = set(ends)
     for e in ends:

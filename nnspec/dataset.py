@@ -130,8 +130,8 @@ def read_raw(flat: FlatSpec, fields: list[FieldSpec], diags: Diagnostics) -> Raw
     from .data import SOURCES
     if name not in SOURCES:
         from .errors import did_you_mean
-        diags.error(f"unknown data source '{name}'{did_you_mean(name, SOURCES)}; sources are "
-                    f"{', '.join(sorted(SOURCES))}", stmt.span)
+        diags.error(f"unknown data source '{name}'{did_you_mean(name, SOURCES)} (sources are "
+                    f"{', '.join(sorted(SOURCES))})", stmt.span)
         diags.raise_if_errors()
     wanted = [f for f in fields if f.role == "input" or name != "text"]
     try:

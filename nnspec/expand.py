@@ -270,8 +270,8 @@ class Expander:
     def instantiate(self, e: ast.Call, cell: ast.Cell, scope: _Scope, instance: str) -> None:
         wrapper = e.wrapper.func if e.wrapper is not None else None
         if wrapper is not None and wrapper not in WRAPPERS:
-            self.diags.error(f"unknown wrapper '{wrapper}'{did_you_mean(wrapper, WRAPPERS)}; "
-                             f"wrappers are {', '.join(WRAPPERS)}", e.wrapper.span)
+            self.diags.error(f"unknown wrapper '{wrapper}'{did_you_mean(wrapper, WRAPPERS)} "
+                             f"(wrappers are {', '.join(WRAPPERS)})", e.wrapper.span)
             return
         if wrapper == "bidirectional":
             inner = e.model_copy(update={"wrapper": None})

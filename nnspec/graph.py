@@ -186,8 +186,8 @@ class GraphBuilder:
         from .data.views import VIEWS
         v = d.view
         if v.func not in VIEWS:
-            self.diags.error(f"unknown view '{v.func}'{did_you_mean(v.func, VIEWS)}; views are "
-                             f"{', '.join(VIEWS)}", v.span)
+            self.diags.error(f"unknown view '{v.func}'{did_you_mean(v.func, VIEWS)} (views are "
+                             f"{', '.join(VIEWS)})", v.span)
             return None
         if d.role != "input" or t.elem not in ("token", "char"):
             self.diags.error(f"a view makes token inputs: declare 'input {d.name} : seq of token = ...'", v.span)

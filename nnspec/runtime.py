@@ -767,10 +767,10 @@ class _BodyOp:
     fast: bool
     trail: tuple
     view_of: tuple | None = None   # (source, start, stop): a slice that is a view of its source
+    id: str = ""
 
-    @property
-    def id(self) -> str:
-        return self.step.id
+    def __post_init__(self):
+        self.id = self.step.id
 
 
 @dataclass

@@ -169,8 +169,12 @@ class CrossEntropyLogits(ClassLoss):
         z, y = xs
         valid, n, idx = self._valid(z, y, ctx)
         # One exp over the logits: e = exp(z - max), -log p[y] = log(sum e) - (z[y] - max).
+        # Rows flattened: plain fancy indexing is much cheaper than take_along_axis.
+        K = z.shape[-1]
         shifted = z - z.max(axis=-1, keepdims=True)
-        zy = np.take_along_axis(shifted, idx, -1)[..., 0]
+        flat = shifted.reshape(-1, K)
+        rows, cols = np.arange(flat.shape[0]), idx.reshape(-1)
+        zy = flat[rows, cols].reshape(y.shape)
         e = np.exp(shifted, out=shifted)
         s = e.sum(axis=-1, keepdims=True)
         nll = np.log(s[..., 0]) - zy
@@ -181,14 +185,15 @@ class CrossEntropyLogits(ClassLoss):
     def vjp(self, g, xs, out, attrs, ctx):
         z, y = xs
         valid, n, idx = self._valid(z, y, ctx)
-        w = (valid * (float(g) / n)).astype(z.dtype)[..., None]   # per-position weight
+        w = (valid * (float(g) / n)).astype(z.dtype)               # per-position weight
         # (softmax - onehot) * w, written over the saved softmax (no copy of a (..., K)
         # array); a second backward over the same tape computes the softmax again
         d = ctx.saved.pop("softmax", None)
         if d is None:
             d = np.exp(log_softmax(z))
-        d *= w
-        np.put_along_axis(d, idx, np.take_along_axis(d, idx, -1) - w, axis=-1)
+        d *= w[..., None]
+        flat = d.reshape(-1, z.shape[-1])
+        flat[np.arange(flat.shape[0]), idx.reshape(-1)] -= w.reshape(-1)
         return [d, None]
 
 
