@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .ops import REGISTRY, Ctx
-from .ops.registry import NO_CTX, Op, unbroadcast
+from .ops.registry import NO_CTX, Op, product_into, unbroadcast
 from .plan import LoopStep, OpStep, Plan
 
 
@@ -680,13 +680,13 @@ class Executor:
             if d == 0:
                 dest = glists[src]
                 if D is not None:
-                    actions.append(_local_action(G, D, dest, a.accumulate))
+                    actions.append(product_into(G, D, dest, a.accumulate))
                 else:
                     actions.append(b.op.step_vjp(a.pos, G, ins, outs, attrs, dest, a.accumulate))
             else:
                 full = gbuf[src]
                 t1, t2 = tmp_pair(full)
-                first = (_local_action(G, D, [t1] * T, False) if D is not None
+                first = (product_into(G, D, [t1] * T, False) if D is not None
                          else b.op.step_vjp(a.pos, G, ins, outs, attrs, [t1] * T, False))
                 actions.append(_delayed_action(first, full, d, T, minlen, vcols, ginit.get(src), t1, t2))
         times = range(T) if loop.direction > 0 else range(T - 1, -1, -1)
@@ -996,19 +996,6 @@ def _generic_forward(op, attrs, ins, outs, ctxs, train, rng):
 def _zero_action(arr):
     def act(t):
         arr.fill(0)
-    return act
-
-
-def _local_action(G, D, dest, accumulate):
-    """dest (+)= g * D: an elementwise op's VJP with its derivative computed beforehand."""
-    multiply = np.multiply
-    if accumulate:
-        def act(t):
-            d = dest[t]
-            d += G[t] * D[t]
-    else:
-        def act(t):
-            multiply(G[t], D[t], out=dest[t])
     return act
 
 

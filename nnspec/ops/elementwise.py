@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .registry import Op, broadcast_shape, register, unbroadcast
+from .registry import Op, broadcast_shape, product_into, register, unbroadcast
 
 
 class Binary(Op):
@@ -123,15 +123,7 @@ class Mul(Binary):
         other = xs[1 - i]
         if not (dest[0].shape == g[0].shape == other[0].shape):
             return super().step_vjp(i, g, xs, out, attrs, dest, accumulate)
-        multiply = np.multiply
-        if accumulate:
-            def f(t):
-                d = dest[t]
-                d += g[t] * other[t]
-        else:
-            def f(t):
-                multiply(g[t], other[t], out=dest[t])
-        return f
+        return product_into(g, other, dest, accumulate)
 
 
 @register

@@ -164,6 +164,20 @@ def get(name: str) -> Op:
     return REGISTRY[name]
 
 
+def product_into(G, D, dest, accumulate: bool):
+    """A per-step kernel ``dest[t] (+)= G[t] * D[t]``: the VJP of an elementwise product, or of any
+    elementwise op whose derivative D was computed beforehand."""
+    multiply = np.multiply
+    if accumulate:
+        def step(t):
+            d = dest[t]
+            d += G[t] * D[t]
+    else:
+        def step(t):
+            multiply(G[t], D[t], out=dest[t])
+    return step
+
+
 def unbroadcast(g: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     """Sum ``g`` over the axes that broadcasting added or stretched to reach ``shape``."""
     if g.shape == tuple(shape):
