@@ -35,15 +35,10 @@ if __package__ in (None, ""):
 
 import numpy as np  # noqa: E402
 
-from nnspec.compiler import check_ends, insert_dropout  # noqa: E402,F401
+from nnspec.compiler import compile_program  # noqa: E402
 from nnspec.errors import Diagnostics  # noqa: E402
-from nnspec.expand import expand  # noqa: E402
-from nnspec.graph import build_graph  # noqa: E402
 from nnspec.loader import load_text  # noqa: E402
 from nnspec.optimize import optimize_plan  # noqa: E402
-from nnspec.plan import build_plan  # noqa: E402
-from nnspec.recurrence import find_components, infer_time_and_type  # noqa: E402
-from nnspec.shapes import infer_shapes  # noqa: E402
 
 
 def generate(n: int, width: int = 16) -> str:
@@ -77,23 +72,7 @@ def stages(text: str) -> dict[str, float]:
     diags.raise_if_errors()
     t["parse"] = time.perf_counter() - t0
 
-    t0 = time.perf_counter()
-    flat = expand(program, diags)
-    diags.raise_if_errors()
-    graph = build_graph(flat, diags)
-    diags.raise_if_errors()
-    components = find_components(graph, diags)
-    diags.raise_if_errors()
-    order = infer_time_and_type(graph, components, diags)
-    diags.raise_if_errors()
-    check_ends(graph, diags)
-    infer_shapes(graph, order, diags, None)
-    diags.raise_if_errors()
-    t["validate"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    plan = build_plan(graph, order, components)
-    t["plan"] = time.perf_counter() - t0
+    plan = compile_program(program, diags, optimize=False, timings=t).plan   # validate + plan
 
     t0 = time.perf_counter()
     opt = optimize_plan(plan)

@@ -48,7 +48,7 @@ def open_trained(spec: str, checkpoint: str, with_data: bool = False):
     """The spec compiled with the sizes its checkpoint was trained with, and the trained weights."""
     from .compiler import compile_program
     from .model import Model
-    from .session import Session, load, open_session, spec_hash
+    from .session import Session, load, open_session, recompile, spec_hash
     from .settings import settings_from_block
     from .train.checkpoint import CheckpointError, load_checkpoint
     ck = load_checkpoint(checkpoint_dir(checkpoint))
@@ -63,9 +63,8 @@ def open_trained(spec: str, checkpoint: str, with_data: bool = False):
             if v.name in vocabs:
                 key = "vocab" if v.elem in ("token", "char", "bag", "char_bag") else "classes"
                 bindings[f"{key}({v.name})"] = len(vocabs[v.name])
-        program, diags = load(spec)
-        compiled = compile_program(program, diags, bindings=bindings)
-        settings = settings_from_block(compiled.flat.train, diags)
+        compiled = recompile(first, bindings=bindings)
+        settings = settings_from_block(compiled.flat.train, compiled.diags)
         session = Session(compiled, settings, None, Model(compiled, dtype=np.dtype(settings.dtype)))
     if ck.spec_hash and ck.spec_hash != spec_hash(session.compiled):
         raise CheckpointError(f"{checkpoint}: checkpoint was made from a different spec (hash {ck.spec_hash}, "

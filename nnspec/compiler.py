@@ -6,6 +6,7 @@ problems to one :class:`Diagnostics`; a stage that cannot go on raises
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,7 +54,10 @@ class Compiled:
 
 
 def compile_program(program: Program, diags: Diagnostics, bindings: dict[str, int] | None = None,
-                    dropout: dict[str, float] | None = None, optimize: bool = True) -> Compiled:
+                    dropout: dict[str, float] | None = None, optimize: bool = True,
+                    timings: dict[str, float] | None = None) -> Compiled:
+    """``timings``, when given, receives the seconds spent validating, planning and optimising."""
+    clock = time.perf_counter()
     diags.raise_if_errors()
     flat = expand(program, diags)
     diags.raise_if_errors()
@@ -68,10 +72,20 @@ def compile_program(program: Program, diags: Diagnostics, bindings: dict[str, in
     check_ends(graph, diags)
     infer_shapes(graph, order, diags, bindings)
     diags.raise_if_errors()
+    clock = _lap(timings, "validate", clock)
     plan = build_plan(graph, order, components)
+    clock = _lap(timings, "plan", clock)
     if optimize:
         plan = optimize_plan(plan)
+        _lap(timings, "optimise", clock)
     return Compiled(program, flat, graph, components, order, plan, diags, dict(bindings or {}))
+
+
+def _lap(timings: dict | None, stage: str, since: float) -> float:
+    now = time.perf_counter()
+    if timings is not None:
+        timings[stage] = now - since
+    return now
 
 
 def compile_text(text: str, file: str = "<string>", bindings: dict[str, int] | None = None,

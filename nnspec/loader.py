@@ -7,6 +7,7 @@ the user defines under the same name takes precedence.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -93,11 +94,8 @@ def stdlib_cells(diags: Diagnostics) -> dict[str, ast.Cell]:
     global _STDLIB_CACHE
     if _STDLIB_CACHE is None:
         cells: dict[str, ast.Cell] = {}
-        for entry in sorted(resources.files("nnspec.stdlib").iterdir(), key=lambda p: p.name):
-            if not entry.name.endswith(".nn"):
-                continue
-            text = entry.read_text(encoding="utf-8")
-            module = parse(text, f"<stdlib>/{entry.name}", diags)
+        for file, text in sorted(stdlib_sources().items()):
+            module = parse(text, file, diags)
             for stmt in module.statements if module else []:
                 if isinstance(stmt, ast.Cell):
                     cells[stmt.name] = stmt
@@ -107,6 +105,8 @@ def stdlib_cells(diags: Diagnostics) -> dict[str, ast.Cell]:
     return _STDLIB_CACHE
 
 
+@functools.lru_cache(maxsize=1)
 def stdlib_sources() -> dict[str, str]:
+    """The text of each stdlib file by its display name, read once per process."""
     return {f"<stdlib>/{e.name}": e.read_text(encoding="utf-8")
             for e in resources.files("nnspec.stdlib").iterdir() if e.name.endswith(".nn")}

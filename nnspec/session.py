@@ -48,6 +48,11 @@ def load(path: str | Path | None = None, *, text: str | None = None) -> tuple[Pr
     return program, diags
 
 
+def recompile(compiled: Compiled, **kw) -> Compiled:
+    """The same parsed program compiled again (e.g. with the sizes its data decided)."""
+    return compile_program(compiled.program, Diagnostics(compiled.diags.sources), **kw)
+
+
 def open_session(path: str | Path | None = None, *, text: str | None = None, overrides: list[str] = (),
                  with_data: bool = True, fold: tuple[int, int] | None = None, dtype: str | None = None,
                  seed: int | None = None) -> Session:
@@ -72,9 +77,7 @@ def open_session(path: str | Path | None = None, *, text: str | None = None, ove
                          seed=settings.seed, min_count=settings.min_count, normalize=settings.normalize,
                          fold=fold, limit=settings.limit)
     if data is not None or settings.dropout:
-        program, diags = load(path, text=text)
-        compiled = compile_program(program, diags, bindings=data.bindings if data else None,
-                                   dropout=settings.dropout)
+        compiled = recompile(first, bindings=data.bindings if data else None, dropout=settings.dropout)
     model = None
     if all(isinstance(d, int) for p in compiled.plan.params for d in p.shape):
         model = Model(compiled, dtype=np.dtype(settings.dtype), seed=settings.seed, default_init=settings.init)
