@@ -52,10 +52,11 @@ class BoundData:
         return len(self.splits[split]) if split in self.splits else 0
 
     def batches(self, split: str, batch_size: int, *, shuffle: bool = False, rng=None, by_length: bool = False,
-                bptt: int | None = None, dtype=np.float32) -> Iterator[Batch]:
+                bptt: int | None = None, ahead: int = 1, dtype=np.float32) -> Iterator[Batch]:
+        """``ahead``: how many tokens after a stream's chunk it carries (the furthest a shift looks ahead)."""
         if split in self.streams:
             return stream_batches(self.streams[split], batch_size, bptt or 35,
-                                  names=(self.stream_field, f"{self.stream_field}.next"), dtype=dtype)
+                                  name=self.stream_field, ahead=ahead, dtype=dtype)
         return iterate_batches(self.splits[split], batch_size, shuffle=shuffle, rng=rng, by_length=by_length,
                                dtype=dtype)
 

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import chunks
 from .ops import REGISTRY, Ctx
 from .ops.registry import NO_CTX, Op, product_into, unbroadcast
 from .plan import LoopStep, OpStep, Plan
@@ -91,6 +92,8 @@ class Tape:
     final_states: dict[str, np.ndarray] = field(default_factory=dict)
     initial_values: dict[str, np.ndarray] = field(default_factory=dict)
     loops: dict = field(default_factory=dict)           # loop index -> _LoopRun (fast path)
+    carry: dict = field(default_factory=dict)           # the previous chunk's final states (nnspec.chunks)
+    ahead: dict = field(default_factory=dict)           # input -> the tokens after this chunk
 
 
 class Executor:
@@ -119,6 +122,7 @@ class Executor:
         self.profile: dict | None = None
         # outer steps: which have no batch or time axes (parameters, constants and what is made of them)
         self._static = set(plan.consts) | {p.name for p in plan.params}
+        self.lookback = chunks.lookback_depths(plan)  # what a chunk keeps for the next one to read
         for s in plan.steps:
             if isinstance(s, OpStep) and s.inputs and all(src in self._static for src, _ in s.inputs):
                 self._static.add(s.id)
@@ -168,7 +172,9 @@ class Executor:
         batch, steps, lengths, mask = self._geometry(env, lengths)
         env.update(self.consts)
         env.update(params)
-        tape = Tape(values=env, lengths=lengths, mask=mask, batch=batch, steps=steps)
+        tape = Tape(values=env, lengths=lengths, mask=mask, batch=batch, steps=steps, carry=carry or {},
+                    ahead={n: np.asarray(feeds[chunks.ahead_key(n)]) for n in self.seq
+                           if chunks.ahead_key(n) in feeds})
         prof = self.profile
         for step in self.plan.steps:
             t0 = time.perf_counter() if prof is not None else 0.0
@@ -183,6 +189,10 @@ class Executor:
                 self._op_forward(step, tape, train, rng)
             if prof is not None:
                 self._note("forward", step, time.perf_counter() - t0)
+        if steps:
+            for src, depth in self.lookback.items():
+                key = chunks.history_key(src)
+                tape.final_states[key] = chunks.next_history(tape.carry.get(key), env[src], lengths, depth)
         return tape
 
     def _note(self, phase: str, step, seconds: float, part: str = "") -> None:
@@ -233,8 +243,21 @@ class Executor:
             out = op.forward(xs, step.attrs, ctx)
         if self.check_finite and not step.integer:
             self._check(out, step.id)
+        if step.op == "shift":
+            out = self._shift_across_chunks(step, out, tape)
         env[step.id] = out
         tape.records[step.id] = (xs, ctx)
+
+    def _shift_across_chunks(self, step: OpStep, out: np.ndarray, tape: Tape) -> np.ndarray:
+        """A shift past the chunk's start reads the previous chunk's steps; past its end, the input's
+        following tokens (when the batch has them)."""
+        src, k = step.inputs[0][0], int(step.attrs.get("k", 1))
+        history = tape.carry.get(chunks.history_key(src))
+        if k < 0 and history is not None:
+            return chunks.fill_from_history(out, history, k, tape.lengths)
+        if k > 0 and src in tape.ahead:
+            return chunks.fill_ahead(out, tape.ahead[src], k, tape.lengths)
+        return out
 
     def _check(self, out: np.ndarray, node: str) -> None:
         if not np.all(np.isfinite(out)):
@@ -245,7 +268,11 @@ class Executor:
         a = tape.values[src]
         if delay == 0:
             return a
-        return _shift_in_time(a, delay, tape.lengths, np.zeros_like(a[0]))
+        out = _shift_in_time(a, delay, tape.lengths, np.zeros_like(a[0]))
+        history = tape.carry.get(chunks.history_key(src))
+        if delay < 0 and history is not None:  # the first steps read the previous chunk's last ones
+            out = chunks.fill_from_history(out, history, delay, tape.lengths)
+        return out
 
     def _state_init(self, loop: LoopStep, tape: Tape, step: OpStep, carry) -> np.ndarray:
         if step.id in carry:
@@ -291,6 +318,8 @@ class Executor:
             src_arr = tape.values[src]
             if d == 0:
                 return src_arr[t]
+            if t + d < 0 and chunks.history_key(src) in tape.carry:  # before the chunk: the previous one's
+                return self._read_whole(tape, src, d)[t]
             init = np.zeros_like(src_arr[0])
         else:
             return tape.values[src]
@@ -342,8 +371,7 @@ class Executor:
                 run.reads[key] = X = self.pool.empty(bufs[src].shape, bufs[src].dtype)
                 fills.append((list(X), list(bufs[src]), inits[src], d, bufs[src].ndim - 2))
             else:  # a sequence computed before the loop: shift it all at once
-                a = env[src]
-                run.reads[key] = _shift_in_time(a, d, lengths, np.zeros_like(a[0]))
+                run.reads[key] = self._read_whole(tape, src, d)
         vcols = run.vcols
         for (_, _, _, d, nd) in fills:
             for u in range(max(minlen, 0), T):

@@ -89,32 +89,50 @@ def test_by_length_reduces_padding():
 
 def test_stream_chunks_reassemble_into_the_stream():
     ids = np.arange(103)
-    chunks = list(stream_batches(ids, batch_size=4, bptt=7))  # 4 columns of 25 steps, 3 tokens dropped
+    chunks = list(stream_batches(ids, batch_size=4, bptt=7))  # 102 steps: columns of 26, 26, 25, 25
     assert [c.carry for c in chunks] == [False] + [True] * (len(chunks) - 1)
-    assert [c.arrays["input"].shape[0] for c in chunks] == [7, 7, 7, 3]
+    assert [c.arrays["input"].shape[0] for c in chunks] == [7, 7, 7, 5]
+    assert chunks[-1].lengths.tolist() == [5, 5, 4, 4]
+    for c in chunks[:-1]:
+        assert c.lengths.tolist() == [7] * 4 and c.mask.shape == (7, 4) and c.mask.all()
+    columns = [np.concatenate([c.arrays["input"][:n, b] for c in chunks for n in [c.lengths[b]]])
+               for b in range(4)]
+    assert np.array_equal(np.concatenate(columns), ids[:102])  # every token but the last is a step, once
+
+
+def _pairs(chunks, k=1):
+    """(token, token k steps later) of every real step, reading past a chunk's end from its lookahead."""
+    pairs = []
     for c in chunks:
-        t = c.arrays["input"].shape[0]
-        assert c.lengths.tolist() == [t] * 4 and c.mask.shape == (t, 4) and c.mask.all()
-        assert np.array_equal(c.arrays["target"][:-1], c.arrays["input"][1:])
-    inputs = np.concatenate([c.arrays["input"] for c in chunks])
-    full = np.concatenate([inputs, chunks[-1].arrays["target"][-1:]])
-    assert np.array_equal(full.T.ravel(), ids[:100])
+        x, ahead = c.arrays["x"], c.arrays["x.ahead"]
+        for b, n in enumerate(c.lengths):
+            following = np.concatenate([x[:n, b], ahead[:, b]])
+            pairs += [(int(x[t, b]), int(following[t + k])) for t in range(n)]
+    return pairs
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(n=st.integers(2, 500), batch_size=st.integers(1, 9), bptt=st.integers(1, 40))
-def test_stream_targets_are_next_tokens(n, batch_size, bptt):
-    if n // batch_size < 2:
+def test_every_consecutive_pair_of_the_stream_is_a_step_once(n, batch_size, bptt):
+    if n - 1 < batch_size:
         with pytest.raises(ValueError):
             stream_batches(np.arange(n), batch_size, bptt)
         return
-    steps = n // batch_size
-    chunks = list(stream_batches(np.arange(n), batch_size, bptt, names=("x", "y")))
-    inputs = np.concatenate([c.arrays["x"] for c in chunks])
-    targets = np.concatenate([c.arrays["y"] for c in chunks])
-    assert inputs.shape == (steps - 1, batch_size)
-    assert np.array_equal(targets, inputs + 1)  # ids are positions: the next token is id + 1
+    chunks = list(stream_batches(np.arange(n), batch_size, bptt, name="x"))
+    # ids are positions: the next token is id + 1, and the last token has none
+    assert sorted(_pairs(chunks)) == [(i, i + 1) for i in range(n - 1)]
     assert all(c.arrays["x"].shape[0] == bptt for c in chunks[:-1])
+    assert chunks[-1].lengths.min() >= 1 and chunks[-1].arrays["x"].shape[0] <= bptt + 1
+    assert all(c.arrays["x.ahead"].shape == (1, batch_size) for c in chunks)
+
+
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(2, 300), batch_size=st.integers(1, 5), bptt=st.integers(3, 20), k=st.integers(1, 3))
+def test_the_lookahead_reaches_k_tokens_past_a_chunk(n, batch_size, bptt, k):
+    if n - 1 < batch_size:
+        return
+    chunks = list(stream_batches(np.arange(n), batch_size, bptt, name="x", ahead=k))
+    assert sorted(_pairs(chunks, k)) == [(i, i + k if i + k < n else -1) for i in range(n - 1)]
 
 
 def test_mismatched_sequence_lengths_name_the_example():

@@ -105,30 +105,46 @@ def iterate_batches(encoded: Encoded, batch_size: int, *, shuffle: bool,
     return (collate(encoded, index, dtype) for index in batches)
 
 
-def stream_batches(ids: np.ndarray, batch_size: int, bptt: int, *,
-                   names: tuple[str, str] = ("input", "target"), dtype=np.float32) -> Iterator[Batch]:
-    """Language-model batches of a token stream.
+def stream_batches(ids: np.ndarray, batch_size: int, bptt: int, *, name: str = "input", ahead: int = 1,
+                   dtype=np.float32) -> Iterator[Batch]:
+    """Language-model batches of a token stream of n tokens.
 
-    The stream is cut into ``batch_size`` contiguous parts, side by side as the
-    columns of a (steps, B) array (the last len % B tokens are dropped). Chunks
-    of ``bptt`` steps follow down the columns: ``names[0]`` holds the tokens,
-    ``names[1]`` the next token of each. Every chunk after the first has
-    ``carry=True``; all columns of a chunk have its full length, and only the
-    last chunk may be shorter than ``bptt``.
+    The stream's n - 1 steps (a token and the token after it) are dealt to
+    ``batch_size`` columns of consecutive steps, side by side: column b starts
+    where column b - 1 ends, so every step of the stream is in exactly one
+    column and nothing is dropped (the first (n - 1) % B columns have one step
+    more, so the last chunk may have unequal lengths). Chunks of ``bptt`` steps
+    follow down the columns (the last takes the rest, up to ``bptt + 1``);
+    every chunk after the first has ``carry=True``.
+
+    ``name`` holds the chunk's tokens (T, B); ``name.ahead`` (ahead, B) the
+    ``ahead`` tokens that follow each column's last step in the chunk, in the
+    stream (-1 past its end): what a ``shift`` that looks ahead reads beyond the
+    chunk, so that the last steps of a chunk have targets too.
     """
     ids = np.asarray(ids, dtype=np.int64)
     if ids.ndim != 1 or batch_size < 1 or bptt < 1:
         raise ValueError("need a 1-D id stream, batch_size >= 1 and bptt >= 1")
-    steps = len(ids) // batch_size
-    if steps < 2:
+    shortest = (len(ids) - 1) // batch_size
+    if shortest < 1:
         raise ValueError(f"a stream of {len(ids)} tokens is too short for {batch_size} parallel streams")
-    columns = np.ascontiguousarray(ids[: steps * batch_size].reshape(batch_size, steps).T)
-    return (_chunk(columns, start, bptt, names, dtype) for start in range(0, steps - 1, bptt))
+    longer = (len(ids) - 1) % batch_size
+    lengths = shortest + (np.arange(batch_size) < longer)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])           # each column's first token
+    ends = list(range(bptt, shortest, bptt)) + [int(lengths.max())]   # the last chunk takes the rest
+    chunk_starts = [0] + ends[:-1]
+    return (_chunk(ids, starts, lengths, a, b, max(ahead, 1), name, dtype) for a, b in zip(chunk_starts, ends))
 
 
-def _chunk(columns: np.ndarray, start: int, bptt: int, names: tuple[str, str], dtype) -> Batch:
-    t = min(bptt, len(columns) - 1 - start)  # the last step has no next token
-    b = columns.shape[1]
-    arrays = {names[0]: columns[start:start + t], names[1]: columns[start + 1:start + 1 + t]}
-    return Batch(arrays, np.full(b, t, dtype=np.int64), np.ones((t, b), dtype=dtype), b, np.arange(b),
-                 carry=start > 0)
+def _chunk(ids: np.ndarray, starts: np.ndarray, lengths: np.ndarray, a: int, b: int, ahead: int, name: str,
+           dtype) -> Batch:
+    """Steps a..b of every column (a column that ends sooner is padded)."""
+    steps = np.minimum(lengths, b) - a                                 # real steps of each column
+    t = np.arange(b - a)[:, None]
+    position = starts[None, :] + a + t
+    tokens = np.where(t < steps[None, :], ids[np.minimum(position, len(ids) - 1)], PAD_ID)
+    after = starts[None, :] + a + steps[None, :] + np.arange(ahead)[:, None]
+    following = np.where(after < len(ids), ids[np.minimum(after, len(ids) - 1)], -1)
+    mask = (t < steps[None, :]).astype(dtype)
+    return Batch({name: tokens, f"{name}.ahead": following}, steps.astype(np.int64), mask, len(starts),
+                 np.arange(len(starts)), carry=a > 0)

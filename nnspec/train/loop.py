@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from ..chunks import lookahead_depth
 from ..dataset import BoundData
 from ..model import Model
 from ..plan import OpStep
@@ -80,7 +81,8 @@ def evaluate(model: Model, data: BoundData, split: str, settings: TrainSettings,
     counted = {h.loss: 0 for h in heads}
     preds: dict[str, list] = {h.loss: [] for h in heads}
     carry = None
-    for batch in data.batches(split, settings.batch, bptt=settings.bptt, dtype=model.dtype):
+    for batch in data.batches(split, settings.batch, bptt=settings.bptt, ahead=lookahead_depth(model.plan),
+                              dtype=model.dtype):
         tape = model.run(batch.arrays, batch.lengths, carry=carry if batch.carry else None)
         if data.stream:
             carry = dict(tape.final_states)
@@ -206,7 +208,8 @@ class Trainer:
         total, count, mistakes = 0.0, 0, 0
         carry = None
         for batch in self.data.batches("train", self.batch_size, shuffle=s.rule != "perceptron", rng=self.rng,
-                                       by_length=s.by_length, bptt=s.bptt, dtype=model.dtype):
+                                       by_length=s.by_length, bptt=s.bptt, ahead=lookahead_depth(model.plan),
+                                       dtype=model.dtype):
             self._check_memory(batch)
             if self.schedule is not None:
                 self.optimizer.lr = self.schedule.lr_at(self.step, epoch)
@@ -231,8 +234,8 @@ class Trainer:
     def _steps_per_epoch(self) -> int:
         """For the progress bar's ETA."""
         if self.data.stream:
-            columns = len(self.data.streams["train"]) // self.batch_size
-            return max(1, -(-(columns - 1) // (self.settings.bptt or 35)))
+            steps = (len(self.data.streams["train"]) - 1) // self.batch_size   # of each column
+            return max(1, -(-steps // (self.settings.bptt or 35)))
         return max(1, -(-self.data.size("train") // self.batch_size))
 
     def _check_memory(self, batch) -> None:
