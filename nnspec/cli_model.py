@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -19,10 +20,16 @@ def add_model_commands(sub) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_predict)
 
-    e = sub.add_parser("evaluate", help="metrics of a trained model on a split of the spec's data")
+    e = sub.add_parser("evaluate", help="metrics of a trained model on a split of the spec's data, or on a file")
     e.add_argument("spec")
     e.add_argument("--checkpoint", required=True)
-    e.add_argument("--split", default="test")
+    on = e.add_mutually_exclusive_group()
+    on.add_argument("--split", help="a part of the spec's own data: train, dev or test (the default)")
+    on.add_argument("--file", help="a file read as the spec's data statement reads its files "
+                                   "(same source, columns, encoding)")
+    on.add_argument("--data", metavar="SOURCE",
+                    help='a data source in the spec language, e.g. \'lines("pos.txt" -> 1, "neg.txt" -> 0)\'; '
+                         "paths are relative to the current directory")
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=cmd_evaluate)
 
@@ -64,6 +71,10 @@ def open_trained(spec: str, checkpoint: str, with_data: bool = False):
                 key = "vocab" if v.elem in ("token", "char", "bag", "char_bag") else "classes"
                 bindings[f"{key}({v.name})"] = len(vocabs[v.name])
         compiled = recompile(first, bindings=bindings)
+        unsized = [p.name for p in compiled.plan.params if not all(isinstance(d, int) for d in p.shape)]
+        if unsized:  # a size the data decides, and the checkpoint has no vocabulary to decide it
+            raise CheckpointError(f"{checkpoint}: checkpoint was made from a different spec (it has no "
+                                  f"vocabulary for the sizes of {', '.join(unsized)})")
         settings = settings_from_block(compiled.flat.train, compiled.diags)
         session = Session(compiled, settings, None, Model(compiled, dtype=np.dtype(settings.dtype)))
     if ck.spec_hash and ck.spec_hash != spec_hash(session.compiled):
@@ -133,17 +144,94 @@ def cmd_predict(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from .train.loop import evaluate
+    if args.file is None and args.data is None:
+        return _evaluate_split(args, args.split or "test")
+    session, vocabs = open_trained(args.spec, args.checkpoint)
+    data = _data_of_user(session, vocabs, args)
+    settings = session.settings
+    if data.stream:  # a short file still makes one column
+        settings = settings.model_copy(update={"batch": max(1, min(settings.batch, data.size("all") - 1))})
+    metrics = evaluate(session.model, data, "all", settings).metrics
+    what = args.file if args.file is not None else args.data
+    count = data.size("all") if data.stream else len(data.splits["all"])
+    unit = "tokens" if data.stream else "examples"
+    if args.json:
+        key = "file" if args.file is not None else "data"
+        print(json.dumps({key: what, unit: count, "metrics": metrics}, indent=2))
+    else:
+        print(f"{what} ({count:,} {unit}): " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+    return 0
+
+
+def _evaluate_split(args, split: str) -> int:
+    from .train.loop import evaluate
     session, _ = open_trained(args.spec, args.checkpoint, with_data=True)
-    if not session.data.has(args.split):
+    if not session.data.has(split):
         from .cli import UsageError
         have = [s for s in ("train", "dev", "test", "all") if session.data.has(s)]
-        raise UsageError(f"the data has no '{args.split}' part; it has {', '.join(have)}")
-    metrics = evaluate(session.model, session.data, args.split, session.settings).metrics
+        raise UsageError(f"the data has no '{split}' part; it has {', '.join(have)}")
+    metrics = evaluate(session.model, session.data, split, session.settings).metrics
     if args.json:
-        print(json.dumps({"split": args.split, "metrics": metrics}, indent=2))
+        print(json.dumps({"split": split, "metrics": metrics}, indent=2))
     else:
-        print(f"{args.split}: " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+        print(f"{split}: " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
     return 0
+
+
+def _data_of_user(session, vocabs: dict, args):
+    """The user's --file or --data, encoded with the checkpoint's vocabularies and input statistics."""
+    from .data import DataError, Standardizer
+    from .dataset import bind_trained, source_call
+    from .errors import Diagnostics
+    from .train.checkpoint import load_checkpoint
+    diags = Diagnostics(session.compiled.diags.sources)
+    if args.file is not None:
+        stmt = session.compiled.flat.data
+        name, call_args, kwargs = _with_file(stmt, source_call(stmt, diags) if stmt is not None else None, args.file)
+    else:
+        stmt = parse_data_source(args.data, diags)
+        name, call_args, kwargs = source_call(stmt, diags)
+    norm = load_checkpoint(checkpoint_dir(args.checkpoint)).norm_stats or {}
+    standardizers = {k: Standardizer.from_json(v) for k, v in norm.items()}
+    data = bind_trained(stmt, name, call_args, kwargs, session.plan, vocabs, standardizers, Path("."), diags)
+    if data.stream and data.size("all") < 2:
+        raise DataError("a language model needs at least two tokens (one to read, one to predict)",
+                        args.file or "--data")
+    return data
+
+
+FILE_ARGUMENTS = ("train", "dev", "test")
+
+
+def _with_file(stmt, call, path: str) -> tuple[str, list, dict]:
+    """The spec's data source with its file(s) replaced by ``path``: the same reader and options."""
+    from .cli import UsageError
+    if call is None or call[0] == "inline":
+        raise UsageError("the spec's data is written inline, so there is no file format to follow; "
+                         "say how to read the file with --data, e.g. --data 'csv(\"file.csv\")'")
+    name, args, kwargs = call
+    if any(isinstance(a, tuple) for a in args):  # lines("pos.txt" -> 1, ...): the file decides the label
+        raise UsageError(f"the spec's {name}(...) takes each example's label from which file it is in, "
+                         f"so one file does not say its labels; give files and labels with --data, e.g. "
+                         f"--data '{name}(\"{path}\" -> 1)'")
+    kwargs = {k: v for k, v in kwargs.items() if k not in FILE_ARGUMENTS}
+    if name == "text":
+        kwargs["split"] = [1.0]  # the whole file
+    return name, [path], kwargs
+
+
+def parse_data_source(text: str, diags) -> object:
+    """``--data 'csv("x.csv")'``: one data source in the spec language (``data`` in front is optional)."""
+    from .errors import SpecError
+    from .syntax import ast
+    from .syntax.parser import parse
+    source = text if re.match(r"\s*data\s", text) else f"data {text}"
+    module = parse(source, "--data", diags)
+    diags.raise_if_errors()
+    stmts = module.statements if module is not None else []
+    if len(stmts) != 1 or not isinstance(stmts[0], (ast.DataSource, ast.DataInline)):
+        raise SpecError.single(f"--data takes one data source, e.g. 'csv(\"file.csv\")', got {text!r}")
+    return stmts[0]
 
 
 def cmd_sample(args) -> int:

@@ -13,8 +13,8 @@ from typing import Iterator
 
 import numpy as np
 
-from .data import (Batch, DataError, Encoded, FieldKind, FieldSpec, RawData, Standardizer, Vocab, build_vocabs,
-                   encode_split, iterate_batches, kfold, read_source, split_examples, stream_batches)
+from .data import (SPLITS, Batch, DataError, Encoded, FieldKind, FieldSpec, RawData, Standardizer, Vocab,
+                   build_vocabs, encode_split, iterate_batches, kfold, read_source, split_examples, stream_batches)
 from .errors import Diagnostics, SpecError
 from .expand import FlatSpec
 from .plan import Plan, ValueSpec
@@ -120,6 +120,12 @@ def read_raw(flat: FlatSpec, fields: list[FieldSpec], diags: Diagnostics) -> Raw
     if stmt is None:
         raise SpecError.single("this spec has no data statement; add 'data inline { ... }' or e.g. "
                                "'data csv(\"file.csv\")'")
+    name, args, kwargs = source_call(stmt, diags)
+    return read_statement(stmt, name, args, kwargs, fields, flat.base_dir, diags)
+
+
+def source_call(stmt: ast.DataSource | ast.DataInline, diags: Diagnostics) -> tuple[str, list, dict]:
+    """A data statement as the reader's name and plain Python arguments."""
     if isinstance(stmt, ast.DataInline):
         name, args, kwargs = "inline", [], {kw.name: _python(kw.value, diags) for kw in stmt.values}
     else:
@@ -128,6 +134,12 @@ def read_raw(flat: FlatSpec, fields: list[FieldSpec], diags: Diagnostics) -> Raw
         args += [(m.key, _python(m.value, diags)) for m in stmt.call.mappings]
         kwargs = {kw.name: _python(kw.value, diags) for kw in stmt.call.keywords}
     diags.raise_if_errors()
+    return name, args, kwargs
+
+
+def read_statement(stmt, name: str, args: list, kwargs: dict, fields: list[FieldSpec], base_dir,
+                   diags: Diagnostics) -> RawData:
+    """Run the reader; a problem with its arguments is reported at the statement."""
     from .data import SOURCES
     if name not in SOURCES:
         from .errors import did_you_mean
@@ -136,7 +148,7 @@ def read_raw(flat: FlatSpec, fields: list[FieldSpec], diags: Diagnostics) -> Raw
         diags.raise_if_errors()
     wanted = [f for f in fields if f.role == "input" or name != "text"]
     try:
-        return read_source(name, args, kwargs, wanted, flat.base_dir)
+        return read_source(name, args, kwargs, wanted, base_dir)
     except DataError as e:
         if e.line is None and e.file.startswith("data "):  # an argument problem: point at the statement
             diags.error(e.message, stmt.span)
@@ -226,3 +238,28 @@ def _bind_stream(raw: RawData, fields: list[FieldSpec], limit: int | None, min_c
         bound.streams[split] = vocab.encode(columns[f.name][0][:limit])
     return bound
 
+
+
+def bind_trained(stmt, name: str, args: list, kwargs: dict, plan: Plan, vocabs: dict[str, Vocab],
+                 standardizers: dict[str, Standardizer], base_dir, diags: Diagnostics) -> BoundData:
+    """Read a data source whole (all its parts, as one part "all") and encode it with a trained
+    model's vocabularies and input statistics: new data for a trained model. An unknown word
+    becomes <unk>; an unknown label is a DataError at its line."""
+    fields = field_specs(plan.inputs + plan.targets)
+    views = {v.name: v.view for v in plan.inputs if v.view is not None}
+    raw = read_statement(stmt, name, args, kwargs, [f for f in fields if f.name not in views], base_dir, diags)
+    derive_views(raw, views)
+    parts = [p for p in ("all", *SPLITS) if p in raw.splits]
+    if raw.stream:
+        f = next(f for f in fields if f.kind is FieldKind.tokens and f.role == "input")
+        tokens = [t for p in parts for t in raw.splits[p][f.name][0]]
+        return BoundData(fields=[f], vocabs={f.name: vocabs[f.name]}, stream_field=f.name,
+                         streams={"all": vocabs[f.name].encode(tokens)})
+    present = [f for f in fields if f.name in raw.splits[parts[0]]]
+    columns = {f.name: [x for p in parts for x in raw.splits[p][f.name]] for f in present}
+    origins = [o for p in parts for o in raw.origins[p]]
+    encoded = encode_split(columns, present, vocabs, origins)
+    for f in present:
+        if f.name in standardizers:
+            encoded.data[f.name] = standardizers[f.name].apply(encoded.data[f.name])
+    return BoundData(fields=present, splits={"all": encoded}, vocabs=vocabs, standardizers=standardizers)

@@ -134,8 +134,9 @@ def _encode_vector_seq(value, f: FieldSpec, origin: Origin) -> np.ndarray:
     return np.stack([_floats(step, f, shape, origin) for step in value])
 
 
-def _label_ids(labels: list, f: FieldSpec, vocab: Vocab, origins: list[Origin]) -> np.ndarray:
-    """Label ids; ``origins`` has one entry per label, to name a bad one."""
+def _label_ids(labels: list, f: FieldSpec, vocab: Vocab, origins: list[Origin], steps: bool = False) -> np.ndarray:
+    """Label ids; ``origins`` has one entry per label, to name a bad one (and, for the labels of one
+    sequence, ``steps`` names its step)."""
     ids = np.fromiter((vocab.stoi.get(v, -1) for v in labels), dtype=np.int64, count=len(labels))
     limit = len(vocab) if f.size is None else f.size
     bad = np.flatnonzero((ids < 0) | (ids >= limit))
@@ -144,7 +145,8 @@ def _label_ids(labels: list, f: FieldSpec, vocab: Vocab, origins: list[Origin]) 
     i = bad[0]
     if ids[i] < 0:
         known = ", ".join(map(str, vocab.itos[:20])) + (", ..." if len(vocab) > 20 else "")
-        raise DataError(f"field '{f.name}': label {labels[i]!r} does not occur in the training data "
+        at = f" at step {i + 1}" if steps else ""
+        raise DataError(f"field '{f.name}': label {labels[i]!r}{at} does not occur in the training data "
                         f"(known labels: {known})", *origins[i])
     raise DataError(f"field '{f.name}' declares {f.size} classes, but the training data has "
                     f"{len(vocab)} labels: {', '.join(map(str, vocab.itos))}", *origins[i])
@@ -168,7 +170,7 @@ def encode_split(split_fields: dict[str, list], fields: list[FieldSpec], vocabs:
                 _check_label(value, f, origin)
             data[f.name] = _label_ids(values, f, vocabs[f.name], origins)
         elif f.kind is FieldKind.classes:
-            data[f.name] = [_label_ids(_label_sequence(v, f, o), f, vocabs[f.name], [o] * len(v))
+            data[f.name] = [_label_ids(_label_sequence(v, f, o), f, vocabs[f.name], [o] * len(v), steps=True)
                             for v, o in zip(values, origins)]
             for ids, origin in zip(data[f.name], origins):
                 if ids.size == 0:
