@@ -34,6 +34,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+import weakref
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -314,69 +315,23 @@ class Executor:
         prog = self._program(loop)
         if not prog.ok:
             return self._loop_forward(loop, tape, train, rng, carry)
-        env, T, B = tape.values, tape.steps, tape.batch
-        lengths = tape.lengths
-        minlen = int(lengths.min()) if len(lengths) else T
+        env, T, lengths = tape.values, tape.steps, tape.lengths
         inits = {s: self._state_init(loop, tape, prog.steps[s], carry) for s in loop.states}
         tape.initial_values.update(inits)
         # values no backward step reads are kept for one step only (not while checking for NaN,
         # which looks at every step afterwards)
         scratch = frozenset() if self.check_finite else prog.scratch
-        run = _LoopRun(T=T, minlen=minlen, inits=inits, scratch=scratch)
-        bufs = run.bufs
-        for b in prog.body:
-            dtype = np.int64 if b.step.integer else self.dtype
-            if b.view_of is not None:
-                src, lo, hi = b.view_of
-                base = bufs[src] if src in prog.ids else env[src]
-                bufs[b.id] = base[..., lo:hi]
-            elif b.id in scratch:
-                bufs[b.id] = np.empty((B,) + b.trail, dtype=dtype)
-            else:
-                bufs[b.id] = self.pool.empty((T, B) + b.trail, dtype)
-        # state reads ([t-1] and the like): a (T, B, ...) buffer of what each step read
-        fills = []
-        for key in prog.delayed:
-            src, d = key
-            if src in prog.ids:
-                run.reads[key] = X = self.pool.empty(bufs[src].shape, bufs[src].dtype)
-                fills.append((list(X), list(bufs[src]), inits[src], d, bufs[src].ndim - 2))
-            else:  # a sequence computed before the loop: shift it all at once
-                a = env[src]
-                run.reads[key] = _shift_in_time(a, d, lengths, np.zeros_like(a[0]))
-        vcols = run.vcols
-        for (_, _, _, d, nd) in fills:
-            for u in range(max(minlen, 0), T):
-                if (u, nd) not in vcols:
-                    vcols[(u, nd)] = (lengths > u).reshape((-1,) + (1,) * nd)
-        # per value, its array at every step (the same array every step for scratch values)
-        seqs: dict = {}
-        for b in prog.body:
-            ins = []
-            for src, d in b.step.inputs:
-                key = (src, d)
-                if key not in seqs:
-                    if d != 0:
-                        seqs[key] = list(run.reads[key])
-                    elif src in scratch:
-                        seqs[key] = [bufs[src]] * T
-                    elif src in prog.ids or src in self.seq:
-                        seqs[key] = list(bufs[src] if src in prog.ids else env[src])
-                    else:
-                        seqs[key] = [env[src]] * T
-                ins.append(seqs[key])
-            run.ins[b.id] = ins
-            run.outs[b.id] = seqs[(b.id, 0)] = [bufs[b.id]] * T if b.id in scratch else list(bufs[b.id])
-        steps = []
-        for b in prog.body:
-            if b.view_of is not None:
-                continue
-            if b.fast:
-                steps.append(b.op.step_forward(run.ins[b.id], run.outs[b.id], b.step.attrs))
-            else:
-                ctxs = run.ctxs[b.id] = [None] * T
-                steps.append(_generic_forward(b.op, b.step.attrs, run.ins[b.id], run.outs[b.id], ctxs,
-                                              train, rng))
+        key = (T, tape.batch, lengths.tobytes(), scratch)
+        run = prog.cached_run(key)
+        if run is None:
+            run = self._build_loop_run(prog, tape, scratch, train, rng)
+            prog.keep_run(key, run, tape)
+        else:
+            run.tape = weakref.ref(tape)
+            self._bind_outer(run, env, lengths)
+        run.inits = inits
+        fills = [(Xl, Bl, inits[src], d, nd) for Xl, Bl, src, d, nd in run.fills]
+        bufs, steps, vcols, minlen = run.bufs, run.steps, run.vcols, run.minlen
         times = range(T) if loop.direction > 0 else range(T - 1, -1, -1)
         copyto = np.copyto
         if self.profile is not None:
@@ -399,11 +354,107 @@ class Executor:
             self._note("forward", loop, time.perf_counter() - t0, "steps")
         if self.check_finite:
             self._check_loop(prog, bufs, times)
-        env.update({k: v for k, v in bufs.items() if k not in scratch})
+        env.update({k: v for k, v in bufs.items() if k not in run.scratch})
         tape.loops[loop.index] = run
         last = T - 1 if loop.direction > 0 else 0
         for s in loop.states:
             tape.final_states[s] = bufs[s][last].copy()
+
+    def _build_loop_run(self, prog: "_LoopProgram", tape: Tape, scratch, train, rng) -> "_LoopRun":
+        """Buffers, per-step views and step kernels of one loop for this batch's geometry.
+
+        Inputs from outside the loop are bound afterwards (``_bind_outer``), into lists the
+        kernels read at every step, so a run can be used again for the next batch of the
+        same geometry."""
+        env, T, B, lengths = tape.values, tape.steps, tape.batch, tape.lengths
+        minlen = int(lengths.min()) if len(lengths) else T
+        run = _LoopRun(T=T, minlen=minlen, inits={}, scratch=scratch)
+        bufs = run.bufs
+        for b in prog.body:
+            dtype = np.int64 if b.step.integer else self.dtype
+            if b.view_of is not None:
+                src, lo, hi = b.view_of
+                if src in prog.ids:
+                    bufs[b.id] = bufs[src][..., lo:hi]
+                else:       # a part of a sequence from outside: bound with it
+                    run.outer_views.append((b.id, src, lo, hi))
+                    bufs[b.id] = env[src][..., lo:hi]
+            elif b.id in scratch:
+                bufs[b.id] = np.empty((B,) + b.trail, dtype=dtype)
+            else:
+                bufs[b.id] = self.pool.empty((T, B) + b.trail, dtype)
+        # state reads ([t-1] and the like): a (T, B, ...) buffer of what each step read
+        for key in prog.delayed:
+            src, d = key
+            if src in prog.ids:
+                run.reads[key] = X = self.pool.empty(bufs[src].shape, bufs[src].dtype)
+                run.fills.append((list(X), list(bufs[src]), src, d, bufs[src].ndim - 2))
+        vcols = run.vcols
+        for (_, _, _, d, nd) in run.fills:
+            for u in range(max(minlen, 0), T):
+                if (u, nd) not in vcols:
+                    vcols[(u, nd)] = (lengths > u).reshape((-1,) + (1,) * nd)
+        # per value, its array at every step (the same array every step for scratch values);
+        # lists of values from outside the loop are filled by _bind_outer
+        seqs: dict = {}
+        for b in prog.body:
+            ins = []
+            for src, d in b.step.inputs:
+                key = (src, d)
+                if key not in seqs:
+                    seqs[key] = lst = []
+                    if d != 0 and src in prog.ids:
+                        lst.extend(run.reads[key])
+                    elif d == 0 and src in scratch:
+                        lst.extend([bufs[src]] * T)
+                    elif d == 0 and src in prog.ids:
+                        if prog.by_id[src].view_of is not None and prog.by_id[src].view_of[0] not in prog.ids:
+                            run.outer.append((lst, src, 0, "view"))
+                        else:
+                            lst.extend(bufs[src])
+                    else:
+                        run.outer.append((lst, src, d, "seq" if src in self.seq else "static"))
+                ins.append(seqs[key])
+            run.ins[b.id] = ins
+            if (b.id, 0) not in seqs:
+                seqs[(b.id, 0)] = lst = [bufs[b.id]] * T if b.id in scratch else []
+                if b.id not in scratch:
+                    if b.view_of is not None and b.view_of[0] not in prog.ids:
+                        run.outer.append((lst, b.id, 0, "view"))
+                    else:
+                        lst.extend(bufs[b.id])
+            run.outs[b.id] = seqs[(b.id, 0)]
+        self._bind_outer(run, env, lengths)
+        for b in prog.body:
+            if b.view_of is not None:
+                continue
+            if b.fast:
+                run.steps.append(b.op.step_forward(run.ins[b.id], run.outs[b.id], b.step.attrs))
+            else:
+                ctxs = run.ctxs[b.id] = [None] * T
+                run.steps.append(_generic_forward(b.op, b.step.attrs, run.ins[b.id], run.outs[b.id], ctxs,
+                                                  train, rng))
+        return run
+
+    def _bind_outer(self, run: "_LoopRun", env: dict, lengths) -> None:
+        """Point a run's per-step lists at this pass's arrays from outside the loop."""
+        for bid, src, lo, hi in run.outer_views:
+            run.bufs[bid] = env[src][..., lo:hi]
+        for lst, src, d, kind in run.outer:
+            if kind == "view":
+                a = run.bufs[src]
+            elif kind == "static":
+                a = env[src]
+                if lst and lst[0] is a:
+                    continue
+                lst[:] = [a] * run.T
+                continue
+            elif d != 0:  # a sequence computed before the loop, read at another step: shift it all at once
+                a = env[src]
+                a = run.reads[(src, d)] = _shift_in_time(a, d, lengths, np.zeros_like(a[0]))
+            else:
+                a = env[src]
+            lst[:] = a
 
     def _check_loop(self, prog, bufs, times) -> None:
         """Name the value that first went bad, in time order then body order (as the reference does)."""
@@ -605,9 +656,66 @@ class Executor:
         t_start = time.perf_counter() if self.profile is not None else 0.0
         prog = self._program(loop)
         run: _LoopRun = tape.loops[loop.index]
-        env, T, B, bufs = tape.values, run.T, tape.batch, run.bufs
+        env, T, bufs = tape.values, run.T, run.bufs
         pre = frozenset(b.id for b in prog.body if b.id in grads and not b.step.integer)
         plan = prog.backward_plan(pre, need, keep, run.scratch)
+        key = (pre, id(need), keep)
+        bw = run.backward if run.backward is not None and run.backward.key == key else None
+        if bw is None:
+            before = run.counts()
+            bw = run.backward = self._build_loop_backward(prog, run, plan, need, env, tape.batch)
+            bw.key = key
+            self._local_grads(prog, run, bw, env)
+            run.reseal(before, bw)
+        else:
+            bw.reset()
+            self._local_grads(prog, run, bw, env)
+        gbuf, ginit = bw.gbuf, bw.ginit
+        for v in pre:
+            gbuf[v] += grads.pop(v)
+        times = range(T) if loop.direction > 0 else range(T - 1, -1, -1)
+        prof = self.profile
+        if prof is not None:
+            t0 = time.perf_counter()
+            self._note("backward", loop, t0 - t_start, "setup")
+        with blas_threads(self.options.loop_blas_threads):
+            for t in reversed(times):
+                for act in bw.actions:
+                    act(t)
+        if prof is not None:
+            t1 = time.perf_counter()
+            self._note("backward", loop, t1 - t0, "steps")
+        # everything that leaves the loop: one whole-sequence VJP per edge
+        for op_id, pos in plan.deferred:
+            b = prog.by_id[op_id]
+            src, d = b.step.inputs[pos]
+            gi = b.op.vjp_one(pos, gbuf[op_id], _whole(prog, run, env, b), bufs[op_id], b.step.attrs, NO_CTX)
+            if gi is None:
+                continue
+            if d and src in self.seq:
+                gi = _shift_in_time(gi, -d, tape.lengths, np.zeros_like(gi[0]), reverse_of=d)
+            acc.add(src, gi)
+        for (op_id, pos), g in bw.outer_step.items():
+            src, d = prog.by_id[op_id].step.inputs[pos]
+            if src in self.seq and d:
+                g = _shift_in_time(g, -d, tape.lengths, np.zeros_like(g[0]), reverse_of=d)
+            acc.add(src, g, owned=True)
+        if keep:
+            for b in prog.body:
+                if b.id in gbuf:
+                    grads[b.id] = gbuf[b.id]  # kept so callers can read gradients of recurrent values
+                    acc.disown(b.id)
+        for s, g in ginit.items():
+            if s in loop.initials:
+                init_id = loop.initials[s]
+                acc.add(init_id, unbroadcast(g, env[init_id].shape))
+        if prof is not None:
+            self._note("backward", loop, time.perf_counter() - t1, "after (whole-sequence VJPs)")
+
+    def _build_loop_backward(self, prog: "_LoopProgram", run: "_LoopRun", plan: "_BackwardPlan", need,
+                             env: dict, B: int) -> "_LoopBackward":
+        """Gradient buffers and per-step actions of a loop's backward pass, for one run."""
+        T, bufs = run.T, run.bufs
         # Gradient buffers: one (T, B, ...) array per region, or one (B, ...) array reused at
         # every step where nothing reads the gradient after its step; aliases and slices
         # share their region's array. (No recursive closure here: a function referring to
@@ -620,6 +728,7 @@ class Executor:
                 gbuf[b.id] = np.zeros((B,) + b.trail, dtype=self.dtype)
             else:
                 gbuf[b.id] = self.pool.zeros((T, B) + b.trail, self.dtype)
+        owners = list(gbuf.values())
         for b in prog.body:             # slice views: their source comes first
             if b.id in plan.views:
                 src, lo, hi = plan.views[b.id]
@@ -627,24 +736,12 @@ class Executor:
         for b in prog.body:
             if b.id in plan.alias:
                 gbuf[b.id] = _resolve(gbuf, plan.alias, plan.alias[b.id])
-        for v in pre:
-            gbuf[v] += grads.pop(v)
         glists = {v: ([a] * T if plan.region[v] in plan.scratch else list(a)) for v, a in gbuf.items()}
-        ginit = {s: np.zeros(run.inits[s].shape, dtype=self.dtype) for s in loop.states
+        ginit = {s: np.zeros(run.inits[s].shape, dtype=self.dtype) for s in prog.loop.states
                  if s in gbuf and s in need}
         minlen, vcols = run.minlen, run.vcols
-
-        def whole(b):
-            """The inputs of op b over all steps (scratch values only by shape: nothing reads them)."""
-            return [run.reads[(src, d)] if d != 0 else (bufs[src] if src in prog.ids else env[src])
-                    for src, d in b.step.inputs]
-
-        # derivatives of elementwise ops, for the whole sequence at once
-        local = {}
-        for bid in plan.local:
-            b = prog.by_id[bid]
-            into = self.pool.empty(bufs[bid].shape, self.dtype)
-            local[bid] = list(b.op.local_grad(whole(b), bufs[bid], b.step.attrs, into))
+        # derivatives of elementwise ops, for the whole sequence at once (filled every pass)
+        local = {bid: (self.pool.empty(bufs[bid].shape, self.dtype), []) for bid in plan.local}
         actions = [_zero_action(gbuf[r]) for r in plan.fill]
         tmps: dict = {}
 
@@ -676,7 +773,7 @@ class Executor:
                 outer_step[(a.op_id, a.pos)] = arr = np.zeros(env[src].shape, dtype=self.dtype)
                 actions.append(_outer_step_action(b.op, a.pos, attrs, G, ins, outs, arr, src in self.seq))
                 continue
-            D = local.get(a.op_id) if a.kind == "local" else None
+            D = local[a.op_id][1] if a.kind == "local" else None
             if d == 0:
                 dest = glists[src]
                 if D is not None:
@@ -689,44 +786,20 @@ class Executor:
                 first = (product_into(G, D, [t1] * T, False) if D is not None
                          else b.op.step_vjp(a.pos, G, ins, outs, attrs, [t1] * T, False))
                 actions.append(_delayed_action(first, full, d, T, minlen, vcols, ginit.get(src), t1, t2))
-        times = range(T) if loop.direction > 0 else range(T - 1, -1, -1)
-        prof = self.profile
-        if prof is not None:
-            t0 = time.perf_counter()
-            self._note("backward", loop, t0 - t_start, "setup")
-        with blas_threads(self.options.loop_blas_threads):
-            for t in reversed(times):
-                for act in actions:
-                    act(t)
-        if prof is not None:
-            t1 = time.perf_counter()
-            self._note("backward", loop, t1 - t0, "steps")
-        # everything that leaves the loop: one whole-sequence VJP per edge
-        for op_id, pos in plan.deferred:
-            b = prog.by_id[op_id]
-            src, d = b.step.inputs[pos]
-            gi = b.op.vjp_one(pos, gbuf[op_id], whole(b), bufs[op_id], b.step.attrs, NO_CTX)
-            if gi is None:
-                continue
-            if d and src in self.seq:
-                gi = _shift_in_time(gi, -d, tape.lengths, np.zeros_like(gi[0]), reverse_of=d)
-            acc.add(src, gi)
-        for (op_id, pos), g in outer_step.items():
-            src, d = prog.by_id[op_id].step.inputs[pos]
-            if src in self.seq and d:
-                g = _shift_in_time(g, -d, tape.lengths, np.zeros_like(g[0]), reverse_of=d)
-            acc.add(src, g, owned=True)
-        if keep:
-            for b in prog.body:
-                if b.id in gbuf:
-                    grads[b.id] = gbuf[b.id]  # kept so callers can read gradients of recurrent values
-                    acc.disown(b.id)
-        for s, g in ginit.items():
-            if s in loop.initials:
-                init_id = loop.initials[s]
-                acc.add(init_id, unbroadcast(g, env[init_id].shape))
-        if prof is not None:
-            self._note("backward", loop, time.perf_counter() - t1, "after (whole-sequence VJPs)")
+        return _LoopBackward(gbuf=gbuf, owners=owners, ginit=ginit, local=local, actions=actions,
+                             outer_step=outer_step, tmps=[a for pair in tmps.values() for a in pair])
+
+    def _local_grads(self, prog: "_LoopProgram", run: "_LoopRun", bw: "_LoopBackward", env: dict) -> None:
+        """This pass's derivatives of the elementwise ops whose VJP multiplies by them."""
+        for bid, (into, steps) in bw.local.items():
+            b = prog.by_id[bid]
+            steps[:] = b.op.local_grad(_whole(prog, run, env, b), run.bufs[bid], b.step.attrs, into)
+
+
+def _whole(prog: "_LoopProgram", run: "_LoopRun", env: dict, b: "_BodyOp") -> list:
+    """The inputs of body op b over all steps (scratch values only by shape: nothing reads them)."""
+    return [run.reads[(src, d)] if d != 0 else (run.bufs[src] if src in prog.ids else env[src])
+            for src, d in b.step.inputs]
 
 
 # ---- the fast path's loop programs ------------------------------------------------------
@@ -746,7 +819,11 @@ class _Outer:
 
 @dataclass
 class _LoopRun:
-    """One forward run of a loop (fast path): buffers and per-step views."""
+    """One loop's buffers, per-step views and step kernels for one batch geometry (fast path).
+
+    A run is kept for the next batch of the same geometry (``_LoopProgram.cached_run``):
+    only the lists of inputs from outside the loop are bound again (``Executor._bind_outer``).
+    """
 
     T: int
     minlen: int
@@ -758,6 +835,71 @@ class _LoopRun:
     outs: dict = field(default_factory=dict)     # op id -> its output array at every step
     ctxs: dict = field(default_factory=dict)     # op id -> per step Ctx (ops that need one)
     vcols: dict = field(default_factory=dict)    # (u, extra dims) -> (B, 1...) bool: step u is real
+    fills: list = field(default_factory=list)    # state reads: (read views, state views, state, d, dims)
+    outer: list = field(default_factory=list)    # (per-step list, source, delay, kind) bound every pass
+    outer_views: list = field(default_factory=list)  # (value, source, start, stop): parts of outer sequences
+    steps: list = field(default_factory=list)    # forward kernels f(t), in body order
+    backward: "_LoopBackward | None" = None      # the backward pass's buffers and actions, once built
+    key: tuple = ()
+    tape: object = None                          # weak reference to the tape that ran it last
+    tracked: list = field(default_factory=list)  # arrays reused from pass to pass ...
+    rest: list = field(default_factory=list)     # ... and their reference counts when only the run holds them
+
+    def counts(self) -> list:
+        return [sys.getrefcount(a) for a in self.tracked]
+
+    def seal(self) -> None:
+        """Note which arrays the run reuses and how many references it holds to them itself."""
+        outer = {bid for bid, *_ in self.outer_views}
+        self.tracked = _distinct([a for k, a in self.bufs.items() if k not in outer]
+                                 + [a for (src, d), a in self.reads.items() if src in self.bufs])
+        self.rest = self.counts()
+
+    def reseal(self, before: list, bw: "_LoopBackward") -> None:
+        """After building the backward part: its references to the tracked arrays (counts now
+        minus ``before``) are the run's own; its own arrays are tracked too."""
+        self.rest = [r + now - b for r, now, b in zip(self.rest, self.counts(), before)]
+        n = len(self.tracked)
+        self.tracked = _distinct(self.tracked + bw.arrays())
+        self.rest += self.counts()[n:]
+
+    def free(self) -> bool:
+        """Whether nobody but the run refers to its arrays (no tape, gradient or view of them
+        outlives the pass that made it), so the next pass may overwrite them."""
+        return (self.tape is None or self.tape() is None) and self.counts() == self.rest
+
+
+def _distinct(arrays: list) -> list:
+    """The arrays and the arrays they are views of, each once."""
+    seen, out = set(), []
+    for a in arrays:
+        for x in (a, a.base):
+            if x is not None and id(x) not in seen:
+                seen.add(id(x))
+                out.append(x)
+    return out
+
+
+@dataclass
+class _LoopBackward:
+    """A run's backward pass: gradient buffers and per-step actions, reused with the run."""
+
+    gbuf: dict                  # value -> its gradient's array (views and aliases included)
+    owners: list                # the arrays gbuf's entries are views of
+    ginit: dict                 # state -> gradient of its initial value
+    local: dict                 # op id -> (array of D for all steps, D's per-step views)
+    actions: list
+    outer_step: dict
+    tmps: list
+    key: tuple = ()
+
+    def arrays(self) -> list:
+        return (self.owners + list(self.ginit.values()) + [into for into, _ in self.local.values()]
+                + list(self.outer_step.values()) + self.tmps)
+
+    def reset(self) -> None:
+        for a in self.owners + list(self.ginit.values()) + list(self.outer_step.values()):
+            a.fill(0)
 
 
 @dataclass
@@ -803,7 +945,8 @@ class _LoopProgram:
     """What a loop body needs at run time, worked out once per loop."""
 
     def __init__(self, ex: Executor, loop: LoopStep):
-        self.ex, self.loop = ex, loop
+        # no reference to the executor: a cycle would keep the cached run's buffers alive
+        self.loop, self.options, self.integer = loop, ex.options, ex.integer
         opts = ex.options
         self.steps = {b.id: b for b in loop.body}
         self.ids = set(self.steps)
@@ -836,6 +979,24 @@ class _LoopProgram:
                 if src in self.ids:
                     self.readers[src].append((s.id, pos, d))
         self.scratch = self._scratch_values(ex, loop) if opts.scratch else frozenset()
+        # runs with ops that need their context (dropout) are built every pass
+        self.reusable = opts.reuse_buffers and all(b.fast for b in self.body)
+        self._run: _LoopRun | None = None
+
+    def cached_run(self, key: tuple) -> "_LoopRun | None":
+        """The last run, if it was made for this geometry and nothing else holds its arrays."""
+        run = self._run
+        if run is not None and run.key == key and run.free():
+            return run
+        self._run = None
+        return None
+
+    def keep_run(self, key: tuple, run: "_LoopRun", tape: "Tape") -> None:
+        if self.reusable:
+            run.key = key
+            run.seal()
+            run.tape = weakref.ref(tape)
+            self._run = run
 
     def _scratch_values(self, ex: Executor, loop: LoopStep) -> frozenset:
         """Body values needed only within their own step: nothing outside the loop reads them,
@@ -872,7 +1033,7 @@ class _LoopProgram:
         key = (pre, id(need), keep, fwd_scratch)
         if key in self._backward:
             return self._backward[key]
-        ex, opts = self.ex, self.ex.options
+        opts = self.options
         count = {v: len(r) + (1 if v in pre else 0) for v, r in self.readers.items()}
         alias: dict[str, str] = {}
         views: dict[str, tuple] = {}
@@ -930,7 +1091,7 @@ class _LoopProgram:
                 actions.append(_Action(b.id, -1, "generic"))
                 continue
             for pos, (src, d) in enumerate(b.step.inputs):
-                if src in ex.integer or src not in need or (b.id, pos) in aliased_edges:
+                if src in self.integer or src not in need or (b.id, pos) in aliased_edges:
                     continue
                 if src not in self.ids:
                     if opts.defer_grads:

@@ -336,6 +336,44 @@ def test_values_handed_out_are_not_overwritten_by_the_next_pass():
     assert all(np.array_equal(g1[k], w1[k]) for k in params)
 
 
+@pytest.mark.parametrize("name", ["lstm", "gru_reset_after", "gru_reset_before", "bidirectional_stacked",
+                                  "learned_initial_states", "outer_reads_with_delay", "rnn_two_step_delay",
+                                  "language_model"])
+def test_a_loop_run_kept_for_the_next_batch_gives_what_a_fresh_executor_gives(name):
+    """Batches of one shape reuse a loop's buffers and kernels: new data, new parameter arrays,
+    other lengths (a new run) and back; training-style (gradients of the leaves only) and not."""
+    base, params, _ = setup(SPECS[name])
+    plan = optimize_plan(base)
+    ex = Executor(plan, dtype=np.float64)
+    rng = np.random.default_rng(5)
+    for i, lengths in enumerate([LENGTHS, LENGTHS, np.array([4, 5, 1]), LENGTHS, LENGTHS]):
+        feeds = random_feeds(base, T=5, B=3, seed=10 + i)
+        params = {k: v + 0.01 * rng.normal(size=v.shape) for k, v in params.items()}  # new arrays
+        wrt = set(params) if i % 2 else None
+        for carry in (None, {}):
+            tape = ex.forward(params, feeds, lengths=lengths, carry=carry)
+            grads = ex.backward(tape, wrt=wrt)
+            fresh = Executor(plan, dtype=np.float64)
+            t0 = fresh.forward(params, feeds, lengths=lengths, carry=carry)
+            g0 = fresh.backward(t0, wrt=wrt)
+            for k in list(plan.outputs) + ([plan.loss] if plan.loss else []):
+                np.testing.assert_array_equal(tape.values[k], t0.values[k], err_msg=k)
+            for k in g0:
+                np.testing.assert_array_equal(grads[k], g0[k], err_msg=k)
+            del tape, grads
+
+
+def test_a_loop_run_is_not_reused_while_its_values_are_held():
+    base, params, feeds = setup(SPECS["lstm"])
+    ex = Executor(optimize_plan(base), dtype=np.float64)
+    t1 = ex.forward(params, feeds, lengths=LENGTHS)
+    h = t1.values["h"]
+    h1 = h.copy()
+    del t1
+    t2 = ex.forward(params, random_feeds(base, T=5, B=3, seed=9), lengths=LENGTHS)
+    assert t2.values["h"] is not h and np.array_equal(h, h1)
+
+
 def test_check_finite_names_the_value_inside_a_loop():
     from nnspec.runtime import RuntimeFailure
     plan = compile_text("input x[3] : seq\noutput h\nh[2] = sqrt(W @ x + U @ h[t-1] + b)\n").plan
@@ -349,8 +387,9 @@ def test_check_finite_names_the_value_inside_a_loop():
 
 
 def test_a_dropped_tape_frees_its_buffers_at_once():
-    """No reference cycles: buffers go when the tape and gradients go, without the cyclic GC
-    (a cycle kept every step's buffers alive until a full collection: gigabytes in training)."""
+    """No reference cycles: buffers go when the tape, the gradients and the executor (which keeps
+    a loop's buffers for the next batch of the same shape) go, without the cyclic GC (a cycle
+    kept every step's buffers alive until a full collection: gigabytes in training)."""
     import gc
     import weakref
     base, params, feeds = setup(SPECS["lstm"])
@@ -361,7 +400,7 @@ def test_a_dropped_tape_frees_its_buffers_at_once():
         grads = ex.backward(tape)
         refs = [weakref.ref(tape.values["h"]), weakref.ref(grads["h.c"]), weakref.ref(grads["h.Uf"])]
         refs += [weakref.ref(a) for a in tape.loops[loop_of(ex.plan).index].bufs.values() if a.base is None]
-        del tape, grads
+        del tape, grads, ex
         assert all(r() is None for r in refs)
     finally:
         gc.enable()

@@ -108,24 +108,24 @@ class Op:
 
     # Step kernels, for loop bodies: built once per loop run from per-step lists
     # (``xs[j][t]`` is input j at step t, ``out[t]`` the output's array at step t),
-    # they return ``f(t)`` doing the work of step t with no further dispatch.
+    # they return ``f(t)`` doing the work of step t with no further dispatch. A kernel
+    # must read the lists at every call, not copy them: the runtime keeps a run for the
+    # next batch of the same shape and refills the lists of inputs from outside the loop.
     def step_forward(self, xs: list[list], out: list, attrs: dict) -> Callable[[int], None]:
         """``f(t)``: ``forward`` of step t into ``out[t]`` (default: through ``forward_into``)."""
         forward_into = self.forward_into
-        cols = list(zip(*xs))
 
         def f(t):
-            forward_into(cols[t], out[t], attrs)
+            forward_into([x[t] for x in xs], out[t], attrs)
         return f
 
     def step_vjp(self, i: int, g: list, xs: list[list], out: list, attrs: dict, dest: list,
                  accumulate: bool) -> Callable[[int], None]:
         """``f(t)``: add (or write) the gradient of input i at step t into ``dest[t]``."""
         vjp_into = self.vjp_into
-        cols = list(zip(*xs))
 
         def f(t):
-            vjp_into(i, g[t], cols[t], out[t], attrs, dest[t], accumulate)
+            vjp_into(i, g[t], [x[t] for x in xs], out[t], attrs, dest[t], accumulate)
         return f
 
     # An elementwise op of one input may define ``local_grad(xs, out, attrs, into=None) -> D``
