@@ -230,7 +230,8 @@ class Executor:
                 out = None
         if out is None:
             ctx = (Ctx(train=train, rng=rng, mask=tape.mask if o.first_seq else None,
-                       lengths=tape.lengths if o.first_seq else None) if op.needs_ctx else NO_CTX)
+                       lengths=tape.lengths if o.first_seq else None, empty=self.pool.empty)
+                   if op.needs_ctx else NO_CTX)
             out = op.forward(xs, step.attrs, ctx)
         if self.check_finite and not step.integer:
             self._check(out, step.id)
@@ -505,6 +506,10 @@ class Executor:
                     self._loop_backward(step, tape, grads, need)
             else:
                 self._op_backward(step, tape, grads, acc, need)
+            if wrt is not None:  # only the leaves were asked for: a value's gradient goes once used
+                for v in ([b.id for b in step.body] if isinstance(step, LoopStep) else [step.id]):
+                    if v not in wrt and v in grads:
+                        del grads[v]
             if prof is not None:
                 self._note("backward", step, time.perf_counter() - t0)
         return grads

@@ -171,7 +171,7 @@ class CrossEntropyLogits(ClassLoss):
         # One exp over the logits: e = exp(z - max), -log p[y] = log(sum e) - (z[y] - max).
         # Rows flattened: plain fancy indexing is much cheaper than take_along_axis.
         K = z.shape[-1]
-        shifted = z - z.max(axis=-1, keepdims=True)
+        shifted = np.subtract(z, z.max(axis=-1, keepdims=True), out=ctx.empty(z.shape, z.dtype))
         flat = shifted.reshape(-1, K)
         rows, cols = np.arange(flat.shape[0]), idx.reshape(-1)
         zy = flat[rows, cols].reshape(y.shape)
