@@ -31,6 +31,7 @@ Loops have two implementations with the same results:
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import time
@@ -332,13 +333,16 @@ class Executor:
             self._bind_outer(run, env, lengths)
         run.inits = inits
         fills = [(Xl, Bl, inits[src], d, nd) for Xl, Bl, src, d, nd in run.fills]
+        for slot, src in run.init_slots:
+            np.copyto(slot, inits[src])
         bufs, steps, vcols, minlen = run.bufs, run.steps, run.vcols, run.minlen
         times = range(T) if loop.direction > 0 else range(T - 1, -1, -1)
         copyto = np.copyto
         if self.profile is not None:
             t0 = time.perf_counter()
             self._note("forward", loop, t0 - t_start, "setup")
-        with blas_threads(self.options.loop_blas_threads):
+        quiet = np.errstate(over="ignore") if prog.quiet_overflow else contextlib.nullcontext()
+        with blas_threads(self.options.loop_blas_threads), quiet:
             for t in times:
                 for Xl, Bl, init, d, nd in fills:
                     u = t + d
@@ -371,9 +375,23 @@ class Executor:
         minlen = int(lengths.min()) if len(lengths) else T
         run = _LoopRun(T=T, minlen=minlen, inits={}, scratch=scratch)
         bufs = run.bufs
+        # Without padding, a state read at t + d is the state's own buffer shifted by d, with
+        # room for the initial state before the first step: views, no copy at every step.
+        slots: dict[str, int] = {}
+        if minlen == T:
+            for src, d in prog.delayed:
+                if src in prog.ids:
+                    slots[src] = max(slots.get(src, 0), abs(d))
         for b in prog.body:
             dtype = np.int64 if b.step.integer else self.dtype
-            if b.view_of is not None:
+            if b.id in slots:
+                k = slots[b.id]
+                full = self.pool.empty((T + k, B) + b.trail, dtype)
+                first = prog.loop.direction > 0
+                bufs[b.id] = full[k:] if first else full[:T]
+                run.init_slots.append((full[:k] if first else full[T:], b.id))
+                run.extended[b.id] = (full, k if first else 0)
+            elif b.view_of is not None:
                 src, lo, hi = b.view_of
                 if src in prog.ids:
                     bufs[b.id] = bufs[src][..., lo:hi]
@@ -387,7 +405,10 @@ class Executor:
         # state reads ([t-1] and the like): a (T, B, ...) buffer of what each step read
         for key in prog.delayed:
             src, d = key
-            if src in prog.ids:
+            if src in run.extended:     # step t of this view is the state at t + d, or the initial state
+                full, at = run.extended[src]
+                run.reads[key] = full[at + d: at + d + T]
+            elif src in prog.ids:
                 run.reads[key] = X = self.pool.empty(bufs[src].shape, bufs[src].dtype)
                 run.fills.append((list(X), list(bufs[src]), src, d, bufs[src].ndim - 2))
         vcols = run.vcols
@@ -841,6 +862,8 @@ class _LoopRun:
     ctxs: dict = field(default_factory=dict)     # op id -> per step Ctx (ops that need one)
     vcols: dict = field(default_factory=dict)    # (u, extra dims) -> (B, 1...) bool: step u is real
     fills: list = field(default_factory=list)    # state reads: (read views, state views, state, d, dims)
+    extended: dict = field(default_factory=dict)  # state -> (buffer with initial-state slots, index of step 0)
+    init_slots: list = field(default_factory=list)  # (slots, state): where the initial state goes each pass
     outer: list = field(default_factory=list)    # (per-step list, source, delay, kind) bound every pass
     outer_views: list = field(default_factory=list)  # (value, source, start, stop): parts of outer sequences
     steps: list = field(default_factory=list)    # forward kernels f(t), in body order
@@ -986,6 +1009,8 @@ class _LoopProgram:
         self.scratch = self._scratch_values(ex, loop) if opts.scratch else frozenset()
         # runs with ops that need their context (dropout) are built every pass
         self.reusable = opts.reuse_buffers and all(b.fast for b in self.body)
+        # overflow warnings are silenced while the steps run (see Op.quiet_overflow)
+        self.quiet_overflow = any(b.op.quiet_overflow for b in self.body)
         self._run: _LoopRun | None = None
 
     def cached_run(self, key: tuple) -> "_LoopRun | None":

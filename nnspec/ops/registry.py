@@ -90,6 +90,10 @@ class Op:
     # The runtime's loop fast path calls these; the defaults fall back on
     # forward/vjp, so an op only overrides them to save allocations and work.
     needs_ctx: ClassVar[bool] = True   # forward/vjp read ctx (train, rng, mask, saved)
+    # its step kernel may overflow harmlessly (sigmoid's e^-x -> inf gives exactly 0) and does not
+    # silence the warning itself (np.errstate costs more than the kernel at small sizes): the
+    # runtime silences overflow warnings around the steps of a loop that holds such an op
+    quiet_overflow: ClassVar[bool] = False
     vjp_reads: ClassVar[tuple] = ("inputs", "out")  # what vjp reads: input positions / "out"
 
     def forward_into(self, xs: list[np.ndarray], out: np.ndarray, attrs: dict) -> None:
