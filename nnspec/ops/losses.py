@@ -178,20 +178,22 @@ class CrossEntropyLogits(ClassLoss):
         e = np.exp(shifted, out=shifted)
         s = e.sum(axis=-1, keepdims=True)
         nll = np.log(s[..., 0]) - zy
-        e /= s
-        ctx.saved["softmax"] = e
+        ctx.saved["exp"] = e, s  # softmax = e / s, divided in the VJP: one pass less over (..., K)
         return np.asarray((nll * valid).sum() / n, dtype=z.dtype)
 
     def vjp(self, g, xs, out, attrs, ctx):
         z, y = xs
         valid, n, idx = self._valid(z, y, ctx)
         w = (valid * (float(g) / n)).astype(z.dtype)               # per-position weight
-        # (softmax - onehot) * w, written over the saved softmax (no copy of a (..., K)
+        # (softmax - onehot) * w, written over the saved exponentials (no copy of a (..., K)
         # array); a second backward over the same tape computes the softmax again
-        d = ctx.saved.pop("softmax", None)
-        if d is None:
+        saved = ctx.saved.pop("exp", None)
+        if saved is None:
             d = np.exp(log_softmax(z))
-        d *= w[..., None]
+            d *= w[..., None]
+        else:
+            d, s = saved
+            d *= w[..., None] / s
         flat = d.reshape(-1, z.shape[-1])
         flat[np.arange(flat.shape[0]), idx.reshape(-1)] -= w.reshape(-1)
         return [d, None]
