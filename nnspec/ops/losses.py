@@ -167,7 +167,7 @@ class CrossEntropyLogits(ClassLoss):
 
     def forward(self, xs, attrs, ctx):
         z, y = xs
-        valid, n, idx = self._valid(z, y, ctx)
+        valid, n, idx = ctx.saved["valid"] = self._valid(z, y, ctx)
         # One exp over the logits: e = exp(z - max), -log p[y] = log(sum e) - (z[y] - max).
         # Rows flattened: plain fancy indexing is much cheaper than take_along_axis.
         K = z.shape[-1]
@@ -183,7 +183,7 @@ class CrossEntropyLogits(ClassLoss):
 
     def vjp(self, g, xs, out, attrs, ctx):
         z, y = xs
-        valid, n, idx = self._valid(z, y, ctx)
+        valid, n, idx = ctx.saved["valid"] if "valid" in ctx.saved else self._valid(z, y, ctx)
         w = (valid * (float(g) / n)).astype(z.dtype)               # per-position weight
         # (softmax - onehot) * w, written over the saved exponentials (no copy of a (..., K)
         # array); a second backward over the same tape computes the softmax again

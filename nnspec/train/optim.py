@@ -104,17 +104,18 @@ class SGD(Optimizer):
 
 
 _BLOCK = 1 << 18  # elements per block of _add_scaled (1 MiB of float32): few calls, a small scratch
+_SMALL = 1 << 14  # up to this size a temporary is cheaper than the blocks (malloc reuses it, no page faults)
 
 
 def _add_scaled(p: np.ndarray, g: np.ndarray, a: float) -> None:
     """p += a * g, in place and without a temporary the size of p (``p -= lr * g`` made one:
     8 MB and its page faults for a 20000 x 100 embedding table, every step): block by block
     through one small scratch array."""
-    if not (p.flags.c_contiguous and g.flags.c_contiguous and p.shape == g.shape and p.size > _BLOCK):
+    if p.size <= _SMALL or not (p.flags.c_contiguous and g.flags.c_contiguous and p.shape == g.shape):
         p += a * g
         return
     pf, gf = p.reshape(-1), g.reshape(-1)
-    tmp = np.empty(_BLOCK, dtype=np.result_type(p, g))
+    tmp = np.empty(min(_BLOCK, pf.size), dtype=np.result_type(p, g))
     multiply, add = np.multiply, np.add
     for lo in range(0, pf.size, _BLOCK):
         hi = min(lo + _BLOCK, pf.size)
