@@ -69,6 +69,7 @@ class ExecOptions:
     alias_grads: bool = True   # add / slice gradients share buffers instead of being copied
     scratch: bool = True       # values and gradients needed within their step only: one (B, ...) array
     reuse_buffers: bool = True  # big arrays come from a pool and are reused once nothing refers to them
+    row_grads: bool = True     # an embedding table's gradient says which rows are non-zero (RowGrad)
     # BLAS threads for a whole forward or backward pass, and while a loop runs step by step.
     # nnspec's products are small (a step: (B, H) x (H, 4H)); measured on a 2-core machine,
     # a second OpenBLAS thread made every one of them slower, even the (1120 x 128) x
@@ -117,6 +118,11 @@ class Executor:
         self._outer: dict[str, _Outer] = {}        # per step outside loops: how to run it
         self._todo: dict[tuple, list[int]] = {}    # (step, needed set) -> inputs to differentiate
         self.pool = BufferPool(enabled=self.options.reuse_buffers)
+        # embedding tables (parameters read by embed) -> shape; their row-sparse gradients
+        self._tables = {s.inputs[1][0]: next(tuple(p.shape) for p in plan.params if p.name == s.inputs[1][0])
+                        for s in plan.steps if isinstance(s, OpStep) and s.op == "embed"
+                        and s.inputs[1][0] in {p.name for p in plan.params}} if self.options.row_grads else {}
+        self._table_grads: dict[str, tuple] = {}
         # set to {} to collect seconds per step (and per part of a loop's backward pass)
         self.profile: dict | None = None
         # outer steps: which have no batch or time axes (parameters, constants and what is made of them)
@@ -588,6 +594,11 @@ class Executor:
             lo = int(step.attrs.get("start", 0))
             acc.add_part(step.inputs[0][0], g, lo, lo + g.shape[-1], xs[0].shape)
             return
+        if step.op == "embed" and 1 in todo and step.inputs[1][0] in self._tables:
+            self._table_grad(step.inputs[1][0], xs[0], g, acc)
+            todo = [i for i in todo if i != 1]
+            if not todo:
+                return
         o = self._outer_info(step)
         op, out = o.op, tape.values[step.id]
         if o.into:
@@ -616,6 +627,27 @@ class Executor:
             if d:
                 gi = _shift_in_time(gi, -d, tape.lengths, np.zeros_like(gi[0]), reverse_of=d)
             acc.add(src, gi)
+
+    def _table_grad(self, table: str, ids: np.ndarray, g: np.ndarray, acc: "_Accumulator") -> None:
+        """The gradient of an embedding table (a parameter): dense, but only the rows this batch
+        touched are non-zero, and it says which (``RowGrad.rows``). Its array is kept for the
+        next pass, which zeroes just those rows (not the whole table) if nobody else holds it;
+        the optimiser updates just those rows."""
+        shape, dtype = self._tables[table], g.dtype
+        buf, rows = self._table_grads.get(table, (None, None))
+        if buf is not None and buf.shape == shape and buf.dtype == dtype and sys.getrefcount(buf) == 3:
+            buf[rows] = 0           # (the entry in _table_grads, the name buf, getrefcount's argument)
+        else:
+            buf = np.zeros(shape, dtype)
+        ids = ids.reshape(-1)
+        g = g.reshape(len(ids), -1)
+        if ids.size and ids.min() < 0:   # padding
+            keep = ids >= 0
+            ids, g = ids[keep], g[keep]
+        np.add.at(buf, ids, g)  # add.at: repeated ids accumulate
+        rows = np.unique(ids)
+        self._table_grads[table] = (buf, rows)
+        acc.add(table, RowGrad.of(buf, rows))
 
     def _loop_backward(self, loop: LoopStep, tape: Tape, grads, need=None) -> None:
         env, T = tape.values, tape.steps
@@ -1256,6 +1288,22 @@ def _generic_backward(op, attrs, G, ins, outs, ctxs, dests, T, minlen, vcols):
     return act
 
 
+class RowGrad(np.ndarray):
+    """A dense gradient whose rows outside ``rows`` are zero (an embedding table's): optimisers
+    may update just those rows. Arrays computed from it are plain arrays (no ``rows``)."""
+
+    rows: np.ndarray | None = None
+
+    @classmethod
+    def of(cls, dense: np.ndarray, rows: np.ndarray) -> "RowGrad":
+        g = dense.view(cls)
+        g.rows = rows
+        return g
+
+    def __array_finalize__(self, obj):
+        self.rows = None     # a view or a result of arithmetic: no promise about its rows
+
+
 def _resolve(gbuf: dict, alias: dict, v: str) -> np.ndarray:
     while v not in gbuf:
         v = alias[v]
@@ -1285,6 +1333,8 @@ class _Accumulator:
     def _own(self, key: str, shape, dtype) -> np.ndarray:
         """Make the gradient of key an array of this accumulator's own (a pooled copy)."""
         acc = self.grads.get(key)
+        if isinstance(acc, RowGrad):   # about to get other rows: no promise any more
+            acc = self.grads[key] = np.asarray(acc)
         if acc is not None and key in self.owned and acc.shape == tuple(shape) and acc.dtype == dtype:
             return acc
         new = self.pool.zeros(shape, dtype) if acc is None else self.pool.empty(shape, dtype)

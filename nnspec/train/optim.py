@@ -100,6 +100,10 @@ class SGD(Optimizer):
     def _update(self, name, p, g, t):
         if self.weight_decay:
             g = g + self.weight_decay * p
+        rows = getattr(g, "rows", None)   # an embedding table's gradient: only these rows are non-zero
+        if rows is not None and rows.size < p.shape[0]:
+            p[rows] -= self.lr * g[rows]
+            return
         _add_scaled(p, g, -self.lr)
 
 
