@@ -20,14 +20,27 @@ Loops have two implementations with the same results:
   value gets a ``(T, B, ...)`` buffer before the loop, and each step writes
   into it with the op's in-place kernel (``Op.forward_into``); a ``slice`` is
   a view of its source's buffer, so it costs nothing. State reads
-  (``h[t-1]``) are copied, masked, into a read buffer, which the backward pass
-  reuses. Backward, only gradients that flow to values *inside* the loop are
+  (``h[t-1]``) are views of the state's own buffer, which has room for the
+  initial state before the first step; in a batch with padding they are
+  copied, masked, into a read buffer instead. The backward pass reuses them.
+  Backward, only gradients that flow to values *inside* the loop are
   computed step by step; everything that leaves the loop — a weight's
   gradient, a bias's, an input projection's — is one whole-sequence product or
   sum after the loop (``defer_grads``). Derivatives of sigmoid, tanh and the
   like are computed for the whole sequence at once (``local_grads``), and the
   gradient of an ``add`` or a ``slice`` shares its buffer with its output's
   instead of being copied (``alias_grads``).
+
+  The buffers, per-step views, kernels and backward actions of a loop (a
+  ``_LoopRun``) are kept for the next batch of the same shape and lengths, and
+  used again if nothing outside holds any of their arrays any more (no tape,
+  no gradient dict, no view: reference counts are compared with the run's
+  own); only the lists of inputs from outside the loop are bound again. A
+  tiny network spent more time preparing its loop than running it.
+
+An embedding table's gradient is a ``RowGrad``: a dense array whose rows
+outside ``rows`` (the ids of the batch) are zero, kept from pass to pass and
+re-zeroed row by row; the SGD optimiser updates just those rows.
 """
 from __future__ import annotations
 
