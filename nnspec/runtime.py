@@ -1342,9 +1342,11 @@ class _Accumulator:
         self.grads = grads
         self.owned: set[str] = set()
         self.pool = pool or BufferPool(enabled=False)
+        self.blank: dict[str, tuple] = {}  # key -> (its array, ranges of the last axis still all zeros)
 
     def _own(self, key: str, shape, dtype) -> np.ndarray:
         """Make the gradient of key an array of this accumulator's own (a pooled copy)."""
+        self.blank.pop(key, None)
         acc = self.grads.get(key)
         if isinstance(acc, RowGrad):   # about to get other rows: no promise any more
             acc = self.grads[key] = np.asarray(acc)
@@ -1358,6 +1360,7 @@ class _Accumulator:
         return new
 
     def add(self, key: str, g: np.ndarray, owned: bool = False) -> None:
+        self.blank.pop(key, None)
         acc = self.grads.get(key)
         if acc is None:
             self.grads[key] = g
@@ -1381,11 +1384,36 @@ class _Accumulator:
         into(self._own(key, np.broadcast_shapes(acc.shape, tuple(shape)), np.result_type(acc, dtype)), True)
 
     def add_part(self, key: str, g: np.ndarray, lo: int, hi: int, shape: tuple) -> None:
-        """Add g into ``[..., lo:hi]`` of the gradient of key (whose full shape is ``shape``)."""
-        self._own(key, tuple(shape), g.dtype)[..., lo:hi] += g
+        """Add g into ``[..., lo:hi]`` of the gradient of key (whose full shape is ``shape``).
+
+        The parts of a gradient made of slices (the gates of a fused projection) are written,
+        not added onto zeros, while they fall on parts nothing has written yet."""
+        shape = tuple(shape)
+        acc = self.grads.get(key)
+        blanks = self.blank.pop(key, None)
+        if acc is None:
+            new = self.pool.empty(shape, g.dtype)
+            np.copyto(new[..., lo:hi], g)
+            new[..., :lo] = 0
+            new[..., hi:] = 0
+            self.grads[key] = new
+            self.owned.add(key)
+            self.blank[key] = (new, [(a, b) for a, b in ((0, lo), (hi, shape[-1])) if b > a])
+            return
+        if blanks and blanks[0] is acc and acc.shape == shape and acc.dtype == g.dtype:
+            ranges = blanks[1]
+            for i, (a, b) in enumerate(ranges):
+                if a <= lo and hi <= b:
+                    np.copyto(acc[..., lo:hi], g)
+                    rest = ranges[:i] + [(x, y) for x, y in ((a, lo), (hi, b)) if y > x] + ranges[i + 1:]
+                    if rest:
+                        self.blank[key] = (acc, rest)
+                    return
+        self._own(key, shape, g.dtype)[..., lo:hi] += g
 
     def disown(self, key: str) -> None:
         self.owned.discard(key)
+        self.blank.pop(key, None)
 
 
 _BLAS: list | None = None
