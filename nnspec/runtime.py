@@ -185,6 +185,8 @@ class Executor:
 
     def _forward(self, params, feeds, lengths, train, rng, carry, need_loss) -> Tape:
         self.pool.new_pass()
+        for prog in self._programs.values():
+            prog.release_outer()
         env = self.prepare(feeds)
         batch, steps, lengths, mask = self._geometry(env, lengths)
         env.update(self.consts)
@@ -1065,6 +1067,18 @@ class _LoopProgram:
             return run
         self._run = None
         return None
+
+    def release_outer(self) -> None:
+        """Before a pass: a kept run lets go of the last pass's arrays from outside the loop, so
+        that the pool can hand their blocks to this pass (they are bound again when the loop runs)."""
+        run = self._run
+        if run is not None and run.free():
+            for lst, *_ in run.outer:
+                lst.clear()
+            for bid, *_ in run.outer_views:
+                run.bufs.pop(bid, None)
+            for key in [k for k in run.reads if k[0] not in self.ids]:   # shifted outer sequences
+                del run.reads[key]
 
     def keep_run(self, key: tuple, run: "_LoopRun", tape: "Tape") -> None:
         if self.reusable:
