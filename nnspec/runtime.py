@@ -866,7 +866,9 @@ class Executor:
         """This pass's derivatives of the elementwise ops whose VJP multiplies by them."""
         for bid, (into, steps) in bw.local.items():
             b = prog.by_id[bid]
-            steps[:] = b.op.local_grad(_whole(prog, run, env, b), run.bufs[bid], b.step.attrs, into)
+            D = b.op.local_grad(_whole(prog, run, env, b), run.bufs[bid], b.step.attrs, into)
+            if not (steps and D is into):   # (written into the same array as last pass: same views)
+                steps[:] = D
 
 
 def _whole(prog: "_LoopProgram", run: "_LoopRun", env: dict, b: "_BodyOp") -> list:
