@@ -538,6 +538,7 @@ class Executor:
                 raise ValueError("this network has no loss to differentiate")
             grads[self.plan.loss] = np.ones_like(tape.values[self.plan.loss])
         need = self._grad_needed(wrt)
+        leaves = None if wrt is None else set(wrt)
         prof = self.profile
         for step in reversed(self.plan.steps):
             t0 = time.perf_counter() if prof is not None else 0.0
@@ -548,9 +549,9 @@ class Executor:
                     self._loop_backward(step, tape, grads, need)
             else:
                 self._op_backward(step, tape, grads, acc, need)
-            if wrt is not None:  # only the leaves were asked for: a value's gradient goes once used
+            if leaves is not None:  # only the leaves were asked for: a value's gradient goes once used
                 for v in ([b.id for b in step.body] if isinstance(step, LoopStep) else [step.id]):
-                    if v not in wrt and v in grads:
+                    if v not in leaves and v in grads:
                         del grads[v]
             if prof is not None:
                 self._note("backward", step, time.perf_counter() - t0)
