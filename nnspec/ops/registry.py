@@ -175,8 +175,14 @@ def get(name: str) -> Op:
 def product_into(G, D, dest, accumulate: bool):
     """A per-step kernel ``dest[t] (+)= G[t] * D[t]``: the VJP of an elementwise product, or of any
     elementwise op whose derivative D was computed beforehand."""
-    multiply = np.multiply
-    if accumulate:
+    multiply, add = np.multiply, np.add
+    if accumulate and G and dest and G[0].shape == dest[0].shape:
+        tmp = np.empty(dest[0].shape, np.result_type(G[0], dest[0]))  # no temporary at every step
+
+        def step(t):
+            d = dest[t]
+            add(d, multiply(G[t], D[t], out=tmp), out=d)
+    elif accumulate:
         def step(t):
             d = dest[t]
             d += G[t] * D[t]
