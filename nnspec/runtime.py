@@ -351,7 +351,7 @@ class Executor:
             prog.keep_run(key, run, tape)
         else:
             run.tape = weakref.ref(tape)
-            self._bind_outer(run, env, lengths)
+            self._bind_outer(run, tape)
         run.inits = inits
         fills = [(Xl, Bl, inits[src], d, nd) for Xl, Bl, src, d, nd in run.fills]
         for slot, src in run.init_slots:
@@ -467,7 +467,7 @@ class Executor:
                     else:
                         lst.extend(bufs[b.id])
             run.outs[b.id] = seqs[(b.id, 0)]
-        self._bind_outer(run, env, lengths)
+        self._bind_outer(run, tape)
         for b in prog.body:
             if b.view_of is not None:
                 continue
@@ -479,8 +479,9 @@ class Executor:
                                                   train, rng))
         return run
 
-    def _bind_outer(self, run: "_LoopRun", env: dict, lengths) -> None:
+    def _bind_outer(self, run: "_LoopRun", tape: Tape) -> None:
         """Point a run's per-step lists at this pass's arrays from outside the loop."""
+        env = tape.values
         for bid, src, lo, hi in run.outer_views:
             run.bufs[bid] = env[src][..., lo:hi]
         for lst, src, d, kind in run.outer:
@@ -493,8 +494,7 @@ class Executor:
                 lst[:] = [a] * run.T
                 continue
             elif d != 0:  # a sequence computed before the loop, read at another step: shift it all at once
-                a = env[src]
-                a = run.reads[(src, d)] = _shift_in_time(a, d, lengths, np.zeros_like(a[0]))
+                a = run.reads[(src, d)] = self._read_whole(tape, src, d)
             else:
                 a = env[src]
             lst[:] = a
