@@ -20,20 +20,35 @@ Loops have two implementations with the same results:
   value gets a ``(T, B, ...)`` buffer before the loop, and each step writes
   into it with the op's in-place kernel (``Op.forward_into``); a ``slice`` is
   a view of its source's buffer, so it costs nothing. State reads
-  (``h[t-1]``) are copied, masked, into a read buffer, which the backward pass
-  reuses. Backward, only gradients that flow to values *inside* the loop are
+  (``h[t-1]``) are views of the state's own buffer, which has room for the
+  initial state before the first step; in a batch with padding they are
+  copied, masked, into a read buffer instead. The backward pass reuses them.
+  Backward, only gradients that flow to values *inside* the loop are
   computed step by step; everything that leaves the loop — a weight's
   gradient, a bias's, an input projection's — is one whole-sequence product or
   sum after the loop (``defer_grads``). Derivatives of sigmoid, tanh and the
   like are computed for the whole sequence at once (``local_grads``), and the
   gradient of an ``add`` or a ``slice`` shares its buffer with its output's
   instead of being copied (``alias_grads``).
+
+  The buffers, per-step views, kernels and backward actions of a loop (a
+  ``_LoopRun``) are kept for the next batch of the same shape and lengths, and
+  used again if nothing outside holds any of their arrays any more (no tape,
+  no gradient dict, no view: reference counts are compared with the run's
+  own); only the lists of inputs from outside the loop are bound again. A
+  tiny network spent more time preparing its loop than running it.
+
+An embedding table's gradient is a ``RowGrad``: a dense array whose rows
+outside ``rows`` (the ids of the batch) are zero, kept from pass to pass and
+re-zeroed row by row; the SGD optimiser updates just those rows.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import time
+import weakref
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -68,6 +83,7 @@ class ExecOptions:
     alias_grads: bool = True   # add / slice gradients share buffers instead of being copied
     scratch: bool = True       # values and gradients needed within their step only: one (B, ...) array
     reuse_buffers: bool = True  # big arrays come from a pool and are reused once nothing refers to them
+    row_grads: bool = True     # an embedding table's gradient says which rows are non-zero (RowGrad)
     # BLAS threads for a whole forward or backward pass, and while a loop runs step by step.
     # nnspec's products are small (a step: (B, H) x (H, 4H)); measured on a 2-core machine,
     # a second OpenBLAS thread made every one of them slower, even the (1120 x 128) x
@@ -118,6 +134,11 @@ class Executor:
         self._outer: dict[str, _Outer] = {}        # per step outside loops: how to run it
         self._todo: dict[tuple, list[int]] = {}    # (step, needed set) -> inputs to differentiate
         self.pool = BufferPool(enabled=self.options.reuse_buffers)
+        # embedding tables (parameters read by embed) -> shape; their row-sparse gradients
+        self._tables = {s.inputs[1][0]: next(tuple(p.shape) for p in plan.params if p.name == s.inputs[1][0])
+                        for s in plan.steps if isinstance(s, OpStep) and s.op == "embed"
+                        and s.inputs[1][0] in {p.name for p in plan.params}} if self.options.row_grads else {}
+        self._table_grads: dict[str, tuple] = {}
         # set to {} to collect seconds per step (and per part of a loop's backward pass)
         self.profile: dict | None = None
         # outer steps: which have no batch or time axes (parameters, constants and what is made of them)
@@ -168,6 +189,8 @@ class Executor:
 
     def _forward(self, params, feeds, lengths, train, rng, carry, need_loss) -> Tape:
         self.pool.new_pass()
+        for prog in self._programs.values():
+            prog.release_outer()
         env = self.prepare(feeds)
         batch, steps, lengths, mask = self._geometry(env, lengths)
         env.update(self.consts)
@@ -239,7 +262,8 @@ class Executor:
                 out = None
         if out is None:
             ctx = (Ctx(train=train, rng=rng, mask=tape.mask if o.first_seq else None,
-                       lengths=tape.lengths if o.first_seq else None) if op.needs_ctx else NO_CTX)
+                       lengths=tape.lengths if o.first_seq else None, empty=self.pool.empty)
+                   if op.needs_ctx else NO_CTX)
             out = op.forward(xs, step.attrs, ctx)
         if self.check_finite and not step.integer:
             self._check(out, step.id)
@@ -343,74 +367,32 @@ class Executor:
         prog = self._program(loop)
         if not prog.ok:
             return self._loop_forward(loop, tape, train, rng, carry)
-        env, T, B = tape.values, tape.steps, tape.batch
-        lengths = tape.lengths
-        minlen = int(lengths.min()) if len(lengths) else T
+        env, T, lengths = tape.values, tape.steps, tape.lengths
         inits = {s: self._state_init(loop, tape, prog.steps[s], carry) for s in loop.states}
         tape.initial_values.update(inits)
         # values no backward step reads are kept for one step only (not while checking for NaN,
         # which looks at every step afterwards)
         scratch = frozenset() if self.check_finite else prog.scratch
-        run = _LoopRun(T=T, minlen=minlen, inits=inits, scratch=scratch)
-        bufs = run.bufs
-        for b in prog.body:
-            dtype = np.int64 if b.step.integer else self.dtype
-            if b.view_of is not None:
-                src, lo, hi = b.view_of
-                base = bufs[src] if src in prog.ids else env[src]
-                bufs[b.id] = base[..., lo:hi]
-            elif b.id in scratch:
-                bufs[b.id] = np.empty((B,) + b.trail, dtype=dtype)
-            else:
-                bufs[b.id] = self.pool.empty((T, B) + b.trail, dtype)
-        # state reads ([t-1] and the like): a (T, B, ...) buffer of what each step read
-        fills = []
-        for key in prog.delayed:
-            src, d = key
-            if src in prog.ids:
-                run.reads[key] = X = self.pool.empty(bufs[src].shape, bufs[src].dtype)
-                fills.append((list(X), list(bufs[src]), inits[src], d, bufs[src].ndim - 2))
-            else:  # a sequence computed before the loop: shift it all at once
-                run.reads[key] = self._read_whole(tape, src, d)
-        vcols = run.vcols
-        for (_, _, _, d, nd) in fills:
-            for u in range(max(minlen, 0), T):
-                if (u, nd) not in vcols:
-                    vcols[(u, nd)] = (lengths > u).reshape((-1,) + (1,) * nd)
-        # per value, its array at every step (the same array every step for scratch values)
-        seqs: dict = {}
-        for b in prog.body:
-            ins = []
-            for src, d in b.step.inputs:
-                key = (src, d)
-                if key not in seqs:
-                    if d != 0:
-                        seqs[key] = list(run.reads[key])
-                    elif src in scratch:
-                        seqs[key] = [bufs[src]] * T
-                    elif src in prog.ids or src in self.seq:
-                        seqs[key] = list(bufs[src] if src in prog.ids else env[src])
-                    else:
-                        seqs[key] = [env[src]] * T
-                ins.append(seqs[key])
-            run.ins[b.id] = ins
-            run.outs[b.id] = seqs[(b.id, 0)] = [bufs[b.id]] * T if b.id in scratch else list(bufs[b.id])
-        steps = []
-        for b in prog.body:
-            if b.view_of is not None:
-                continue
-            if b.fast:
-                steps.append(b.op.step_forward(run.ins[b.id], run.outs[b.id], b.step.attrs))
-            else:
-                ctxs = run.ctxs[b.id] = [None] * T
-                steps.append(_generic_forward(b.op, b.step.attrs, run.ins[b.id], run.outs[b.id], ctxs,
-                                              train, rng))
+        key = (T, tape.batch, lengths.tobytes(), scratch)
+        run = prog.cached_run(key)
+        if run is None:
+            run = self._build_loop_run(prog, tape, scratch, train, rng)
+            prog.keep_run(key, run, tape)
+        else:
+            run.tape = weakref.ref(tape)
+            self._bind_outer(run, tape)
+        run.inits = inits
+        fills = [(Xl, Bl, inits[src], d, nd) for Xl, Bl, src, d, nd in run.fills]
+        for slot, src in run.init_slots:
+            np.copyto(slot, inits[src])
+        bufs, steps, vcols, minlen = run.bufs, run.steps, run.vcols, run.minlen
         times = range(T) if loop.direction > 0 else range(T - 1, -1, -1)
         copyto = np.copyto
         if self.profile is not None:
             t0 = time.perf_counter()
             self._note("forward", loop, t0 - t_start, "setup")
-        with blas_threads(self.options.loop_blas_threads):
+        quiet = np.errstate(over="ignore") if prog.quiet_overflow else contextlib.nullcontext()
+        with blas_threads(self.options.loop_blas_threads), quiet:
             for t in times:
                 for Xl, Bl, init, d, nd in fills:
                     u = t + d
@@ -427,11 +409,124 @@ class Executor:
             self._note("forward", loop, time.perf_counter() - t0, "steps")
         if self.check_finite:
             self._check_loop(prog, bufs, times)
-        env.update({k: v for k, v in bufs.items() if k not in scratch})
+        env.update({k: v for k, v in bufs.items() if k not in run.scratch})
         tape.loops[loop.index] = run
         last = T - 1 if loop.direction > 0 else 0
         for s in loop.states:
             tape.final_states[s] = bufs[s][last].copy()
+
+    def _build_loop_run(self, prog: "_LoopProgram", tape: Tape, scratch, train, rng) -> "_LoopRun":
+        """Buffers, per-step views and step kernels of one loop for this batch's geometry.
+
+        Inputs from outside the loop are bound afterwards (``_bind_outer``), into lists the
+        kernels read at every step, so a run can be used again for the next batch of the
+        same geometry."""
+        env, T, B, lengths = tape.values, tape.steps, tape.batch, tape.lengths
+        minlen = int(lengths.min()) if len(lengths) else T
+        run = _LoopRun(T=T, minlen=minlen, inits={}, scratch=scratch)
+        bufs = run.bufs
+        # Without padding, a state read at t + d is the state's own buffer shifted by d, with
+        # room for the initial state before the first step: views, no copy at every step.
+        slots: dict[str, int] = {}
+        if minlen == T:
+            for src, d in prog.delayed:
+                if src in prog.ids:
+                    slots[src] = max(slots.get(src, 0), abs(d))
+        for b in prog.body:
+            dtype = np.int64 if b.step.integer else self.dtype
+            if b.id in slots:
+                k = slots[b.id]
+                full = self.pool.empty((T + k, B) + b.trail, dtype)
+                first = prog.loop.direction > 0
+                bufs[b.id] = full[k:] if first else full[:T]
+                run.init_slots.append((full[:k] if first else full[T:], b.id))
+                run.extended[b.id] = (full, k if first else 0)
+            elif b.view_of is not None:
+                src, lo, hi = b.view_of
+                if src in prog.ids:
+                    bufs[b.id] = bufs[src][..., lo:hi]
+                else:       # a part of a sequence from outside: bound with it
+                    run.outer_views.append((b.id, src, lo, hi))
+                    bufs[b.id] = env[src][..., lo:hi]
+            elif b.id in scratch:
+                bufs[b.id] = np.empty((B,) + b.trail, dtype=dtype)
+            else:
+                bufs[b.id] = self.pool.empty((T, B) + b.trail, dtype)
+        # state reads ([t-1] and the like): a (T, B, ...) buffer of what each step read
+        for key in prog.delayed:
+            src, d = key
+            if src in run.extended:     # step t of this view is the state at t + d, or the initial state
+                full, at = run.extended[src]
+                run.reads[key] = full[at + d: at + d + T]
+            elif src in prog.ids:
+                run.reads[key] = X = self.pool.empty(bufs[src].shape, bufs[src].dtype)
+                run.fills.append((list(X), list(bufs[src]), src, d, bufs[src].ndim - 2))
+        vcols = run.vcols
+        for (_, _, _, d, nd) in run.fills:
+            for u in range(max(minlen, 0), T):
+                if (u, nd) not in vcols:
+                    vcols[(u, nd)] = (lengths > u).reshape((-1,) + (1,) * nd)
+        # per value, its array at every step (the same array every step for scratch values);
+        # lists of values from outside the loop are filled by _bind_outer
+        seqs: dict = {}
+        for b in prog.body:
+            ins = []
+            for src, d in b.step.inputs:
+                key = (src, d)
+                if key not in seqs:
+                    seqs[key] = lst = []
+                    if d != 0 and src in prog.ids:
+                        lst.extend(run.reads[key])
+                    elif d == 0 and src in scratch:
+                        lst.extend([bufs[src]] * T)
+                    elif d == 0 and src in prog.ids:
+                        if prog.by_id[src].view_of is not None and prog.by_id[src].view_of[0] not in prog.ids:
+                            run.outer.append((lst, src, 0, "view"))
+                        else:
+                            lst.extend(bufs[src])
+                    else:
+                        run.outer.append((lst, src, d, "seq" if src in self.seq else "static"))
+                ins.append(seqs[key])
+            run.ins[b.id] = ins
+            if (b.id, 0) not in seqs:
+                seqs[(b.id, 0)] = lst = [bufs[b.id]] * T if b.id in scratch else []
+                if b.id not in scratch:
+                    if b.view_of is not None and b.view_of[0] not in prog.ids:
+                        run.outer.append((lst, b.id, 0, "view"))
+                    else:
+                        lst.extend(bufs[b.id])
+            run.outs[b.id] = seqs[(b.id, 0)]
+        self._bind_outer(run, tape)
+        for b in prog.body:
+            if b.view_of is not None:
+                continue
+            if b.fast:
+                run.steps.append(b.op.step_forward(run.ins[b.id], run.outs[b.id], b.step.attrs))
+            else:
+                ctxs = run.ctxs[b.id] = [None] * T
+                run.steps.append(_generic_forward(b.op, b.step.attrs, run.ins[b.id], run.outs[b.id], ctxs,
+                                                  train, rng))
+        return run
+
+    def _bind_outer(self, run: "_LoopRun", tape: Tape) -> None:
+        """Point a run's per-step lists at this pass's arrays from outside the loop."""
+        env = tape.values
+        for bid, src, lo, hi in run.outer_views:
+            run.bufs[bid] = env[src][..., lo:hi]
+        for lst, src, d, kind in run.outer:
+            if kind == "view":
+                a = run.bufs[src]
+            elif kind == "static":
+                a = env[src]
+                if lst and lst[0] is a:
+                    continue
+                lst[:] = [a] * run.T
+                continue
+            elif d != 0:  # a sequence computed before the loop, read at another step: shift it all at once
+                a = run.reads[(src, d)] = self._read_whole(tape, src, d)
+            else:
+                a = env[src]
+            lst[:] = a
 
     def _check_loop(self, prog, bufs, times) -> None:
         """Name the value that first went bad, in time order then body order (as the reference does)."""
@@ -472,6 +567,7 @@ class Executor:
                 raise ValueError("this network has no loss to differentiate")
             grads[self.plan.loss] = np.ones_like(tape.values[self.plan.loss])
         need = self._grad_needed(wrt)
+        leaves = None if wrt is None else set(wrt)
         prof = self.profile
         for step in reversed(self.plan.steps):
             t0 = time.perf_counter() if prof is not None else 0.0
@@ -482,6 +578,10 @@ class Executor:
                     self._loop_backward(step, tape, grads, need)
             else:
                 self._op_backward(step, tape, grads, acc, need)
+            if leaves is not None:  # only the leaves were asked for: a value's gradient goes once used
+                for v in ([b.id for b in step.body] if isinstance(step, LoopStep) else [step.id]):
+                    if v not in leaves and v in grads:
+                        del grads[v]
             if prof is not None:
                 self._note("backward", step, time.perf_counter() - t0)
         return grads
@@ -539,6 +639,11 @@ class Executor:
             lo = int(step.attrs.get("start", 0))
             acc.add_part(step.inputs[0][0], g, lo, lo + g.shape[-1], xs[0].shape)
             return
+        if step.op == "embed" and 1 in todo and step.inputs[1][0] in self._tables:
+            self._table_grad(step.inputs[1][0], xs[0], g, acc)
+            todo = [i for i in todo if i != 1]
+            if not todo:
+                return
         o = self._outer_info(step)
         op, out = o.op, tape.values[step.id]
         if o.into:
@@ -567,6 +672,27 @@ class Executor:
             if d:
                 gi = _shift_in_time(gi, -d, tape.lengths, np.zeros_like(gi[0]), reverse_of=d)
             acc.add(src, gi)
+
+    def _table_grad(self, table: str, ids: np.ndarray, g: np.ndarray, acc: "_Accumulator") -> None:
+        """The gradient of an embedding table (a parameter): dense, but only the rows this batch
+        touched are non-zero, and it says which (``RowGrad.rows``). Its array is kept for the
+        next pass, which zeroes just those rows (not the whole table) if nobody else holds it;
+        the optimiser updates just those rows."""
+        shape, dtype = self._tables[table], g.dtype
+        buf, rows = self._table_grads.get(table, (None, None))
+        if buf is not None and buf.shape == shape and buf.dtype == dtype and sys.getrefcount(buf) == 3:
+            buf[rows] = 0           # (the entry in _table_grads, the name buf, getrefcount's argument)
+        else:
+            buf = np.zeros(shape, dtype)
+        ids = ids.reshape(-1)
+        g = g.reshape(len(ids), -1)
+        if ids.size and ids.min() < 0:   # padding
+            keep = ids >= 0
+            ids, g = ids[keep], g[keep]
+        np.add.at(buf, ids, g)  # add.at: repeated ids accumulate
+        rows = np.unique(ids)
+        self._table_grads[table] = (buf, rows)
+        acc.add(table, RowGrad.of(buf, rows))
 
     def _loop_backward(self, loop: LoopStep, tape: Tape, grads, need=None) -> None:
         env, T = tape.values, tape.steps
@@ -633,9 +759,66 @@ class Executor:
         t_start = time.perf_counter() if self.profile is not None else 0.0
         prog = self._program(loop)
         run: _LoopRun = tape.loops[loop.index]
-        env, T, B, bufs = tape.values, run.T, tape.batch, run.bufs
+        env, T, bufs = tape.values, run.T, run.bufs
         pre = frozenset(b.id for b in prog.body if b.id in grads and not b.step.integer)
         plan = prog.backward_plan(pre, need, keep, run.scratch)
+        key = (pre, id(need), keep)
+        bw = run.backward if run.backward is not None and run.backward.key == key else None
+        if bw is None:
+            before = run.counts()
+            bw = run.backward = self._build_loop_backward(prog, run, plan, need, env, tape.batch)
+            bw.key = key
+            self._local_grads(prog, run, bw, env)
+            run.reseal(before, bw)
+        else:
+            bw.reset()
+            self._local_grads(prog, run, bw, env)
+        gbuf, ginit = bw.gbuf, bw.ginit
+        for v in pre:
+            gbuf[v] += grads.pop(v)
+        times = range(T) if loop.direction > 0 else range(T - 1, -1, -1)
+        prof = self.profile
+        if prof is not None:
+            t0 = time.perf_counter()
+            self._note("backward", loop, t0 - t_start, "setup")
+        with blas_threads(self.options.loop_blas_threads):
+            for t in reversed(times):
+                for act in bw.actions:
+                    act(t)
+        if prof is not None:
+            t1 = time.perf_counter()
+            self._note("backward", loop, t1 - t0, "steps")
+        # everything that leaves the loop: one whole-sequence VJP per edge
+        for op_id, pos in plan.deferred:
+            b = prog.by_id[op_id]
+            src, d = b.step.inputs[pos]
+            gi = b.op.vjp_one(pos, gbuf[op_id], _whole(prog, run, env, b), bufs[op_id], b.step.attrs, NO_CTX)
+            if gi is None:
+                continue
+            if d and src in self.seq:
+                gi = _shift_in_time(gi, -d, tape.lengths, np.zeros_like(gi[0]), reverse_of=d)
+            acc.add(src, gi)
+        for (op_id, pos), g in bw.outer_step.items():
+            src, d = prog.by_id[op_id].step.inputs[pos]
+            if src in self.seq and d:
+                g = _shift_in_time(g, -d, tape.lengths, np.zeros_like(g[0]), reverse_of=d)
+            acc.add(src, g, owned=True)
+        if keep:
+            for b in prog.body:
+                if b.id in gbuf:
+                    grads[b.id] = gbuf[b.id]  # kept so callers can read gradients of recurrent values
+                    acc.disown(b.id)
+        for s, g in ginit.items():
+            if s in loop.initials:
+                init_id = loop.initials[s]
+                acc.add(init_id, unbroadcast(g, env[init_id].shape))
+        if prof is not None:
+            self._note("backward", loop, time.perf_counter() - t1, "after (whole-sequence VJPs)")
+
+    def _build_loop_backward(self, prog: "_LoopProgram", run: "_LoopRun", plan: "_BackwardPlan", need,
+                             env: dict, B: int) -> "_LoopBackward":
+        """Gradient buffers and per-step actions of a loop's backward pass, for one run."""
+        T, bufs = run.T, run.bufs
         # Gradient buffers: one (T, B, ...) array per region, or one (B, ...) array reused at
         # every step where nothing reads the gradient after its step; aliases and slices
         # share their region's array. (No recursive closure here: a function referring to
@@ -648,6 +831,7 @@ class Executor:
                 gbuf[b.id] = np.zeros((B,) + b.trail, dtype=self.dtype)
             else:
                 gbuf[b.id] = self.pool.zeros((T, B) + b.trail, self.dtype)
+        owners = list(gbuf.values())
         for b in prog.body:             # slice views: their source comes first
             if b.id in plan.views:
                 src, lo, hi = plan.views[b.id]
@@ -655,24 +839,12 @@ class Executor:
         for b in prog.body:
             if b.id in plan.alias:
                 gbuf[b.id] = _resolve(gbuf, plan.alias, plan.alias[b.id])
-        for v in pre:
-            gbuf[v] += grads.pop(v)
         glists = {v: ([a] * T if plan.region[v] in plan.scratch else list(a)) for v, a in gbuf.items()}
-        ginit = {s: np.zeros(run.inits[s].shape, dtype=self.dtype) for s in loop.states
+        ginit = {s: np.zeros(run.inits[s].shape, dtype=self.dtype) for s in prog.loop.states
                  if s in gbuf and s in need}
         minlen, vcols = run.minlen, run.vcols
-
-        def whole(b):
-            """The inputs of op b over all steps (scratch values only by shape: nothing reads them)."""
-            return [run.reads[(src, d)] if d != 0 else (bufs[src] if src in prog.ids else env[src])
-                    for src, d in b.step.inputs]
-
-        # derivatives of elementwise ops, for the whole sequence at once
-        local = {}
-        for bid in plan.local:
-            b = prog.by_id[bid]
-            into = self.pool.empty(bufs[bid].shape, self.dtype)
-            local[bid] = list(b.op.local_grad(whole(b), bufs[bid], b.step.attrs, into))
+        # derivatives of elementwise ops, for the whole sequence at once (filled every pass)
+        local = {bid: (self.pool.empty(bufs[bid].shape, self.dtype), []) for bid in plan.local}
         actions = [_zero_action(gbuf[r]) for r in plan.fill]
         tmps: dict = {}
 
@@ -704,7 +876,7 @@ class Executor:
                 outer_step[(a.op_id, a.pos)] = arr = np.zeros(env[src].shape, dtype=self.dtype)
                 actions.append(_outer_step_action(b.op, a.pos, attrs, G, ins, outs, arr, src in self.seq))
                 continue
-            D = local.get(a.op_id) if a.kind == "local" else None
+            D = local[a.op_id][1] if a.kind == "local" else None
             if d == 0:
                 dest = glists[src]
                 if D is not None:
@@ -717,44 +889,22 @@ class Executor:
                 first = (product_into(G, D, [t1] * T, False) if D is not None
                          else b.op.step_vjp(a.pos, G, ins, outs, attrs, [t1] * T, False))
                 actions.append(_delayed_action(first, full, d, T, minlen, vcols, ginit.get(src), t1, t2))
-        times = range(T) if loop.direction > 0 else range(T - 1, -1, -1)
-        prof = self.profile
-        if prof is not None:
-            t0 = time.perf_counter()
-            self._note("backward", loop, t0 - t_start, "setup")
-        with blas_threads(self.options.loop_blas_threads):
-            for t in reversed(times):
-                for act in actions:
-                    act(t)
-        if prof is not None:
-            t1 = time.perf_counter()
-            self._note("backward", loop, t1 - t0, "steps")
-        # everything that leaves the loop: one whole-sequence VJP per edge
-        for op_id, pos in plan.deferred:
-            b = prog.by_id[op_id]
-            src, d = b.step.inputs[pos]
-            gi = b.op.vjp_one(pos, gbuf[op_id], whole(b), bufs[op_id], b.step.attrs, NO_CTX)
-            if gi is None:
-                continue
-            if d and src in self.seq:
-                gi = _shift_in_time(gi, -d, tape.lengths, np.zeros_like(gi[0]), reverse_of=d)
-            acc.add(src, gi)
-        for (op_id, pos), g in outer_step.items():
-            src, d = prog.by_id[op_id].step.inputs[pos]
-            if src in self.seq and d:
-                g = _shift_in_time(g, -d, tape.lengths, np.zeros_like(g[0]), reverse_of=d)
-            acc.add(src, g, owned=True)
-        if keep:
-            for b in prog.body:
-                if b.id in gbuf:
-                    grads[b.id] = gbuf[b.id]  # kept so callers can read gradients of recurrent values
-                    acc.disown(b.id)
-        for s, g in ginit.items():
-            if s in loop.initials:
-                init_id = loop.initials[s]
-                acc.add(init_id, unbroadcast(g, env[init_id].shape))
-        if prof is not None:
-            self._note("backward", loop, time.perf_counter() - t1, "after (whole-sequence VJPs)")
+        return _LoopBackward(gbuf=gbuf, owners=owners, ginit=ginit, local=local, actions=actions,
+                             outer_step=outer_step, tmps=[a for pair in tmps.values() for a in pair])
+
+    def _local_grads(self, prog: "_LoopProgram", run: "_LoopRun", bw: "_LoopBackward", env: dict) -> None:
+        """This pass's derivatives of the elementwise ops whose VJP multiplies by them."""
+        for bid, (into, steps) in bw.local.items():
+            b = prog.by_id[bid]
+            D = b.op.local_grad(_whole(prog, run, env, b), run.bufs[bid], b.step.attrs, into)
+            if not (steps and D is into):   # (written into the same array as last pass: same views)
+                steps[:] = D
+
+
+def _whole(prog: "_LoopProgram", run: "_LoopRun", env: dict, b: "_BodyOp") -> list:
+    """The inputs of body op b over all steps (scratch values only by shape: nothing reads them)."""
+    return [run.reads[(src, d)] if d != 0 else (run.bufs[src] if src in prog.ids else env[src])
+            for src, d in b.step.inputs]
 
 
 # ---- the fast path's loop programs ------------------------------------------------------
@@ -774,7 +924,11 @@ class _Outer:
 
 @dataclass
 class _LoopRun:
-    """One forward run of a loop (fast path): buffers and per-step views."""
+    """One loop's buffers, per-step views and step kernels for one batch geometry (fast path).
+
+    A run is kept for the next batch of the same geometry (``_LoopProgram.cached_run``):
+    only the lists of inputs from outside the loop are bound again (``Executor._bind_outer``).
+    """
 
     T: int
     minlen: int
@@ -786,6 +940,73 @@ class _LoopRun:
     outs: dict = field(default_factory=dict)     # op id -> its output array at every step
     ctxs: dict = field(default_factory=dict)     # op id -> per step Ctx (ops that need one)
     vcols: dict = field(default_factory=dict)    # (u, extra dims) -> (B, 1...) bool: step u is real
+    fills: list = field(default_factory=list)    # state reads: (read views, state views, state, d, dims)
+    extended: dict = field(default_factory=dict)  # state -> (buffer with initial-state slots, index of step 0)
+    init_slots: list = field(default_factory=list)  # (slots, state): where the initial state goes each pass
+    outer: list = field(default_factory=list)    # (per-step list, source, delay, kind) bound every pass
+    outer_views: list = field(default_factory=list)  # (value, source, start, stop): parts of outer sequences
+    steps: list = field(default_factory=list)    # forward kernels f(t), in body order
+    backward: "_LoopBackward | None" = None      # the backward pass's buffers and actions, once built
+    key: tuple = ()
+    tape: object = None                          # weak reference to the tape that ran it last
+    tracked: list = field(default_factory=list)  # arrays reused from pass to pass ...
+    rest: list = field(default_factory=list)     # ... and their reference counts when only the run holds them
+
+    def counts(self) -> list:
+        return [sys.getrefcount(a) for a in self.tracked]
+
+    def seal(self) -> None:
+        """Note which arrays the run reuses and how many references it holds to them itself."""
+        outer = {bid for bid, *_ in self.outer_views}
+        self.tracked = _distinct([a for k, a in self.bufs.items() if k not in outer]
+                                 + [a for (src, d), a in self.reads.items() if src in self.bufs])
+        self.rest = self.counts()
+
+    def reseal(self, before: list, bw: "_LoopBackward") -> None:
+        """After building the backward part: its references to the tracked arrays (counts now
+        minus ``before``) are the run's own; its own arrays are tracked too."""
+        self.rest = [r + now - b for r, now, b in zip(self.rest, self.counts(), before)]
+        n = len(self.tracked)
+        self.tracked = _distinct(self.tracked + bw.arrays())
+        self.rest += self.counts()[n:]
+
+    def free(self) -> bool:
+        """Whether nobody but the run refers to its arrays (no tape, gradient or view of them
+        outlives the pass that made it), so the next pass may overwrite them."""
+        return (self.tape is None or self.tape() is None) and self.counts() == self.rest
+
+
+def _distinct(arrays: list) -> list:
+    """The arrays and the arrays they are views of, each once."""
+    seen, out = set(), []
+    for a in arrays:
+        for x in (a, a.base):
+            if x is not None and id(x) not in seen:
+                seen.add(id(x))
+                out.append(x)
+    return out
+
+
+@dataclass
+class _LoopBackward:
+    """A run's backward pass: gradient buffers and per-step actions, reused with the run."""
+
+    gbuf: dict                  # value -> its gradient's array (views and aliases included)
+    owners: list                # the arrays gbuf's entries are views of
+    ginit: dict                 # state -> gradient of its initial value
+    local: dict                 # op id -> (array of D for all steps, D's per-step views)
+    actions: list
+    outer_step: dict
+    tmps: list
+    key: tuple = ()
+
+    def arrays(self) -> list:
+        return (self.owners + list(self.ginit.values()) + [into for into, _ in self.local.values()]
+                + list(self.outer_step.values()) + self.tmps)
+
+    def reset(self) -> None:
+        for a in self.owners + list(self.ginit.values()) + list(self.outer_step.values()):
+            a.fill(0)
 
 
 @dataclass
@@ -831,7 +1052,8 @@ class _LoopProgram:
     """What a loop body needs at run time, worked out once per loop."""
 
     def __init__(self, ex: Executor, loop: LoopStep):
-        self.ex, self.loop = ex, loop
+        # no reference to the executor: a cycle would keep the cached run's buffers alive
+        self.loop, self.options, self.integer = loop, ex.options, ex.integer
         opts = ex.options
         self.steps = {b.id: b for b in loop.body}
         self.ids = set(self.steps)
@@ -864,6 +1086,38 @@ class _LoopProgram:
                 if src in self.ids:
                     self.readers[src].append((s.id, pos, d))
         self.scratch = self._scratch_values(ex, loop) if opts.scratch else frozenset()
+        # runs with ops that need their context (dropout) are built every pass
+        self.reusable = opts.reuse_buffers and all(b.fast for b in self.body)
+        # overflow warnings are silenced while the steps run (see Op.quiet_overflow)
+        self.quiet_overflow = any(b.op.quiet_overflow for b in self.body)
+        self._run: _LoopRun | None = None
+
+    def cached_run(self, key: tuple) -> "_LoopRun | None":
+        """The last run, if it was made for this geometry and nothing else holds its arrays."""
+        run = self._run
+        if run is not None and run.key == key and run.free():
+            return run
+        self._run = None
+        return None
+
+    def release_outer(self) -> None:
+        """Before a pass: a kept run lets go of the last pass's arrays from outside the loop, so
+        that the pool can hand their blocks to this pass (they are bound again when the loop runs)."""
+        run = self._run
+        if run is not None and run.free():
+            for lst, *_ in run.outer:
+                lst.clear()
+            for bid, *_ in run.outer_views:
+                run.bufs.pop(bid, None)
+            for key in [k for k in run.reads if k[0] not in self.ids]:   # shifted outer sequences
+                del run.reads[key]
+
+    def keep_run(self, key: tuple, run: "_LoopRun", tape: "Tape") -> None:
+        if self.reusable:
+            run.key = key
+            run.seal()
+            run.tape = weakref.ref(tape)
+            self._run = run
 
     def _scratch_values(self, ex: Executor, loop: LoopStep) -> frozenset:
         """Body values needed only within their own step: nothing outside the loop reads them,
@@ -900,7 +1154,7 @@ class _LoopProgram:
         key = (pre, id(need), keep, fwd_scratch)
         if key in self._backward:
             return self._backward[key]
-        ex, opts = self.ex, self.ex.options
+        opts = self.options
         count = {v: len(r) + (1 if v in pre else 0) for v, r in self.readers.items()}
         alias: dict[str, str] = {}
         views: dict[str, tuple] = {}
@@ -958,7 +1212,7 @@ class _LoopProgram:
                 actions.append(_Action(b.id, -1, "generic"))
                 continue
             for pos, (src, d) in enumerate(b.step.inputs):
-                if src in ex.integer or src not in need or (b.id, pos) in aliased_edges:
+                if src in self.integer or src not in need or (b.id, pos) in aliased_edges:
                     continue
                 if src not in self.ids:
                     if opts.defer_grads:
@@ -1093,6 +1347,22 @@ def _generic_backward(op, attrs, G, ins, outs, ctxs, dests, T, minlen, vcols):
     return act
 
 
+class RowGrad(np.ndarray):
+    """A dense gradient whose rows outside ``rows`` are zero (an embedding table's): optimisers
+    may update just those rows. Arrays computed from it are plain arrays (no ``rows``)."""
+
+    rows: np.ndarray | None = None
+
+    @classmethod
+    def of(cls, dense: np.ndarray, rows: np.ndarray) -> "RowGrad":
+        g = dense.view(cls)
+        g.rows = rows
+        return g
+
+    def __array_finalize__(self, obj):
+        self.rows = None     # a view or a result of arithmetic: no promise about its rows
+
+
 def _resolve(gbuf: dict, alias: dict, v: str) -> np.ndarray:
     while v not in gbuf:
         v = alias[v]
@@ -1118,10 +1388,14 @@ class _Accumulator:
         self.grads = grads
         self.owned: set[str] = set()
         self.pool = pool or BufferPool(enabled=False)
+        self.blank: dict[str, tuple] = {}  # key -> (its array, ranges of the last axis still all zeros)
 
     def _own(self, key: str, shape, dtype) -> np.ndarray:
         """Make the gradient of key an array of this accumulator's own (a pooled copy)."""
+        self.blank.pop(key, None)
         acc = self.grads.get(key)
+        if isinstance(acc, RowGrad):   # about to get other rows: no promise any more
+            acc = self.grads[key] = np.asarray(acc)
         if acc is not None and key in self.owned and acc.shape == tuple(shape) and acc.dtype == dtype:
             return acc
         new = self.pool.zeros(shape, dtype) if acc is None else self.pool.empty(shape, dtype)
@@ -1132,6 +1406,7 @@ class _Accumulator:
         return new
 
     def add(self, key: str, g: np.ndarray, owned: bool = False) -> None:
+        self.blank.pop(key, None)
         acc = self.grads.get(key)
         if acc is None:
             self.grads[key] = g
@@ -1155,11 +1430,36 @@ class _Accumulator:
         into(self._own(key, np.broadcast_shapes(acc.shape, tuple(shape)), np.result_type(acc, dtype)), True)
 
     def add_part(self, key: str, g: np.ndarray, lo: int, hi: int, shape: tuple) -> None:
-        """Add g into ``[..., lo:hi]`` of the gradient of key (whose full shape is ``shape``)."""
-        self._own(key, tuple(shape), g.dtype)[..., lo:hi] += g
+        """Add g into ``[..., lo:hi]`` of the gradient of key (whose full shape is ``shape``).
+
+        The parts of a gradient made of slices (the gates of a fused projection) are written,
+        not added onto zeros, while they fall on parts nothing has written yet."""
+        shape = tuple(shape)
+        acc = self.grads.get(key)
+        blanks = self.blank.pop(key, None)
+        if acc is None:
+            new = self.pool.empty(shape, g.dtype)
+            np.copyto(new[..., lo:hi], g)
+            new[..., :lo] = 0
+            new[..., hi:] = 0
+            self.grads[key] = new
+            self.owned.add(key)
+            self.blank[key] = (new, [(a, b) for a, b in ((0, lo), (hi, shape[-1])) if b > a])
+            return
+        if blanks and blanks[0] is acc and acc.shape == shape and acc.dtype == g.dtype:
+            ranges = blanks[1]
+            for i, (a, b) in enumerate(ranges):
+                if a <= lo and hi <= b:
+                    np.copyto(acc[..., lo:hi], g)
+                    rest = ranges[:i] + [(x, y) for x, y in ((a, lo), (hi, b)) if y > x] + ranges[i + 1:]
+                    if rest:
+                        self.blank[key] = (acc, rest)
+                    return
+        self._own(key, shape, g.dtype)[..., lo:hi] += g
 
     def disown(self, key: str) -> None:
         self.owned.discard(key)
+        self.blank.pop(key, None)
 
 
 _BLAS: list | None = None

@@ -306,6 +306,12 @@ def test_embed_padding_rows_are_zero():
         fwd("embed", np.array([3]), table)
 
 
+def test_class_losses_reject_a_class_out_of_range():
+    for op in ("cross_entropy_logits", "cross_entropy", "nll"):
+        with pytest.raises(ValueError, match="out of range"):
+            fwd(op, normal(2, 3), np.array([1, 3]))
+
+
 def test_matmul_is_w_times_each_row():
     w, x = normal(K, N), normal(T, B, N)
     np.testing.assert_allclose(fwd("matmul", w, x)[2, 1], w @ x[2, 1])

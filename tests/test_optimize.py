@@ -336,6 +336,69 @@ def test_values_handed_out_are_not_overwritten_by_the_next_pass():
     assert all(np.array_equal(g1[k], w1[k]) for k in params)
 
 
+@pytest.mark.parametrize("name", ["lstm", "gru_reset_after", "gru_reset_before", "bidirectional_stacked",
+                                  "learned_initial_states", "outer_reads_with_delay", "rnn_two_step_delay",
+                                  "language_model"])
+def test_a_loop_run_kept_for_the_next_batch_gives_what_a_fresh_executor_gives(name):
+    """Batches of one shape reuse a loop's buffers and kernels: new data, new parameter arrays,
+    other lengths (a new run), no padding (state reads as views of the state's buffer) and back;
+    training-style (gradients of the leaves only) and not. The reference interpreter agrees."""
+    base, params, _ = setup(SPECS[name])
+    plan = optimize_plan(base)
+    ex = Executor(plan, dtype=np.float64)
+    rng = np.random.default_rng(5)
+    for i, lengths in enumerate([LENGTHS, LENGTHS, np.array([4, 5, 1]), None, None, LENGTHS]):
+        feeds = random_feeds(base, T=5, B=3, seed=10 + i)
+        params = {k: v + 0.01 * rng.normal(size=v.shape) for k, v in params.items()}  # new arrays
+        wrt = set(params) if i % 2 else None
+        for carry in (None, {}):
+            tape = ex.forward(params, feeds, lengths=lengths, carry=carry)
+            grads = ex.backward(tape, wrt=wrt)
+            ref = Executor(plan, dtype=np.float64, options=ExecOptions(fast_loops=False))
+            t0 = ref.forward(params, feeds, lengths=lengths, carry=carry)
+            g0 = ref.backward(t0, wrt=wrt)
+            for k in list(plan.outputs) + ([plan.loss] if plan.loss else []):
+                np.testing.assert_allclose(tape.values[k], t0.values[k], rtol=1e-10, atol=1e-12, err_msg=k)
+            wanted = set(params) | ({v.name for v in plan.inputs} if wrt is None else set())
+            for k in set(g0) & wanted:
+                np.testing.assert_allclose(grads[k], g0[k], rtol=1e-10, atol=1e-12, err_msg=k)
+            del tape, grads
+
+
+def test_a_loop_run_is_not_reused_while_its_values_are_held():
+    base, params, feeds = setup(SPECS["lstm"])
+    ex = Executor(optimize_plan(base), dtype=np.float64)
+    t1 = ex.forward(params, feeds, lengths=LENGTHS)
+    h = t1.values["h"]
+    h1 = h.copy()
+    del t1
+    t2 = ex.forward(params, random_feeds(base, T=5, B=3, seed=9), lengths=LENGTHS)
+    assert t2.values["h"] is not h and np.array_equal(h, h1)
+
+
+def test_an_embedding_table_gradient_names_its_rows_and_is_zero_elsewhere():
+    from nnspec.runtime import RowGrad
+    base, params, _ = setup(LSTM_LM)
+    plan = optimize_plan(base)
+    ex, ref = Executor(plan, dtype=np.float64), Executor(plan, dtype=np.float64,
+                                                          options=ExecOptions(row_grads=False))
+    held = []
+    for seed in (1, 2, 3, 3):
+        feeds = random_feeds(base, T=5, B=3, seed=seed)
+        grads = ex.backward(ex.forward(params, feeds, lengths=LENGTHS), wrt=set(params))
+        want = ref.backward(ref.forward(params, feeds, lengths=LENGTHS), wrt=set(params))
+        g = grads["e.table"]
+        assert isinstance(g, RowGrad) and not isinstance(want["e.table"], RowGrad)
+        np.testing.assert_allclose(g, want["e.table"], rtol=1e-12, atol=1e-15)
+        real = np.concatenate([feeds["w"][:n, b] for b, n in enumerate(LENGTHS)])
+        assert set(real.tolist()) <= set(g.rows.tolist()) <= set(feeds["w"].ravel().tolist())
+        assert not np.delete(np.asarray(g), g.rows, axis=0).any()
+        assert not (g * 2).rows and (g * 2).rows is None      # derived arrays promise nothing
+        if seed == 2:
+            held.append((g, g.copy()))                         # held: the next pass must not touch it
+    assert all(np.array_equal(a, b) for a, b in held)
+
+
 def test_check_finite_names_the_value_inside_a_loop():
     from nnspec.runtime import RuntimeFailure
     plan = compile_text("input x[3] : seq\noutput h\nh[2] = sqrt(W @ x + U @ h[t-1] + b)\n").plan
@@ -349,8 +412,9 @@ def test_check_finite_names_the_value_inside_a_loop():
 
 
 def test_a_dropped_tape_frees_its_buffers_at_once():
-    """No reference cycles: buffers go when the tape and gradients go, without the cyclic GC
-    (a cycle kept every step's buffers alive until a full collection: gigabytes in training)."""
+    """No reference cycles: buffers go when the tape, the gradients and the executor (which keeps
+    a loop's buffers for the next batch of the same shape) go, without the cyclic GC (a cycle
+    kept every step's buffers alive until a full collection: gigabytes in training)."""
     import gc
     import weakref
     base, params, feeds = setup(SPECS["lstm"])
@@ -361,7 +425,7 @@ def test_a_dropped_tape_frees_its_buffers_at_once():
         grads = ex.backward(tape)
         refs = [weakref.ref(tape.values["h"]), weakref.ref(grads["h.c"]), weakref.ref(grads["h.Uf"])]
         refs += [weakref.ref(a) for a in tape.loops[loop_of(ex.plan).index].bufs.values() if a.base is None]
-        del tape, grads
+        del tape, grads, ex
         assert all(r() is None for r in refs)
     finally:
         gc.enable()

@@ -160,3 +160,16 @@ def test_gradient_errors_are_clear():
         SGD(0.1).step({"W": np.ones(2)}, {"nope": np.ones(2)})
     with pytest.raises(ValueError, match="shape"):
         SGD(0.1).step({"W": np.ones(2)}, {"W": np.ones(3)})
+
+
+def test_sgd_updates_only_the_rows_a_row_gradient_names():
+    from nnspec.runtime import RowGrad
+    rng = np.random.default_rng(0)
+    p = rng.normal(size=(50, 4)).astype(np.float32)
+    dense = np.zeros_like(p)
+    rows = np.array([3, 7, 40])
+    dense[rows] = rng.normal(size=(3, 4))
+    a, b = p.copy(), p.copy()
+    make_optimizer("sgd", lr=0.1).step({"t": a}, {"t": RowGrad.of(dense, rows)})
+    make_optimizer("sgd", lr=0.1).step({"t": b}, {"t": dense})
+    np.testing.assert_array_equal(a, b)

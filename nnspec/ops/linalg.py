@@ -52,24 +52,24 @@ class Matmul(Op):
         w, x = xs
         if any(wt is not w[0] for wt in w) or x[0].ndim != 2:
             return super().step_forward(xs, out, attrs)
-        wT, matmul = w[0].T, np.matmul   # one weight for every step (a parameter)
+        matmul = np.matmul   # one weight for every step (a parameter): w[t] is w[0]
 
         def f(t):
-            matmul(x[t], wT, out=out[t])
+            matmul(x[t], w[t].T, out=out[t])
         return f
 
     def step_vjp(self, i, g, xs, out, attrs, dest, accumulate):
         w, x = xs
         if i != 1 or any(wt is not w[0] for wt in w) or dest[0].shape != x[0].shape or g[0].ndim != 2:
             return super().step_vjp(i, g, xs, out, attrs, dest, accumulate)
-        W, matmul = w[0], np.matmul
+        matmul = np.matmul
         if accumulate:
             def f(t):
                 d = dest[t]
-                d += matmul(g[t], W)
+                d += matmul(g[t], w[t])
         else:
             def f(t):
-                matmul(g[t], W, out=dest[t])
+                matmul(g[t], w[t], out=dest[t])
         return f
 
 
@@ -286,8 +286,11 @@ class ConcatRows(Op):
         return np.concatenate(xs, axis=0)
 
     def vjp(self, g, xs, out, attrs, ctx):
-        cuts = np.cumsum([x.shape[0] for x in xs])[:-1]
-        return np.split(g, cuts, axis=0)  # views of g: the parts do not overlap
+        parts, lo = [], 0
+        for x in xs:  # views of g: the parts do not overlap
+            parts.append(g[lo:lo + x.shape[0]])
+            lo += x.shape[0]
+        return parts
 
 
 @register
@@ -318,6 +321,10 @@ class Embed(Op):
         return out
 
     def forward_into(self, xs, out, attrs):
+        ids, table = xs
+        if ids.size and 0 <= ids.min() and ids.max() < table.shape[0] and out.flags.c_contiguous:
+            np.take(table, ids, axis=0, out=out, mode="clip")  # in range: "clip" clips nothing, and
+            return                                             # unlike "raise" needs no buffer
         np.copyto(out, self.forward(xs, attrs, None))
 
     def vjp(self, g, xs, out, attrs, ctx):

@@ -165,36 +165,68 @@ class CrossEntropyLogits(ClassLoss):
     name = "cross_entropy_logits"
     doc = "cross_entropy(softmax(z), y) computed stably from logits z"
 
+    # Rows flattened to (N, K) and few NumPy calls: for small batches the calls are the cost.
     def forward(self, xs, attrs, ctx):
         z, y = xs
-        valid, n, idx = self._valid(z, y, ctx)
-        # One exp over the logits: e = exp(z - max), -log p[y] = log(sum e) - (z[y] - max).
-        # Rows flattened: plain fancy indexing is much cheaper than take_along_axis.
         K = z.shape[-1]
-        shifted = z - z.max(axis=-1, keepdims=True)
-        flat = shifted.reshape(-1, K)
-        rows, cols = np.arange(flat.shape[0]), idx.reshape(-1)
-        zy = flat[rows, cols].reshape(y.shape)
-        e = np.exp(shifted, out=shifted)
-        s = e.sum(axis=-1, keepdims=True)
-        nll = np.log(s[..., 0]) - zy
-        e /= s
-        ctx.saved["softmax"] = e
-        return np.asarray((nll * valid).sum() / n, dtype=z.dtype)
+        flat, yf = z.reshape(-1, K), y.reshape(-1)
+        valid, n = self._positions(y, ctx)
+        cols = yf if valid is None else np.where(valid, yf, 0)
+        rows = _arange(len(yf))
+        # One exp over the logits: e = exp(z - max), -log p[y] = log(sum e) - (z[y] - max).
+        e = np.subtract(flat, flat.max(axis=1, keepdims=True), out=ctx.empty(flat.shape, z.dtype))
+        try:
+            zy = e[rows, cols]
+        except IndexError:
+            raise ValueError(f"{self.name}: class {int(yf.max())} out of range for {K} classes") from None
+        np.exp(e, out=e)
+        s = e.sum(axis=1)
+        nll = np.log(s)
+        nll -= zy
+        ctx.saved["exp"] = e, s, rows, cols, valid, n  # softmax = e / s, divided in the VJP
+        loss = nll.sum() if valid is None else np.dot(nll, valid.astype(nll.dtype))
+        return np.asarray(loss / n, dtype=z.dtype)
+
+    def _positions(self, y, ctx):
+        """Which positions count (None: all of them) and how many (at least 1)."""
+        valid = y >= 0
+        if ctx.mask is not None:
+            valid &= _expand(ctx.mask, y.ndim) > 0
+        n = int(np.count_nonzero(valid))
+        return (None if n == y.size else valid.reshape(-1)), float(max(n, 1))
 
     def vjp(self, g, xs, out, attrs, ctx):
         z, y = xs
-        valid, n, idx = self._valid(z, y, ctx)
-        w = (valid * (float(g) / n)).astype(z.dtype)               # per-position weight
-        # (softmax - onehot) * w, written over the saved softmax (no copy of a (..., K)
+        # (softmax - onehot) * w, written over the saved exponentials (no copy of a (..., K)
         # array); a second backward over the same tape computes the softmax again
-        d = ctx.saved.pop("softmax", None)
-        if d is None:
-            d = np.exp(log_softmax(z))
-        d *= w[..., None]
-        flat = d.reshape(-1, z.shape[-1])
-        flat[np.arange(flat.shape[0]), idx.reshape(-1)] -= w.reshape(-1)
-        return [d, None]
+        saved = ctx.saved.pop("exp", None)
+        if saved is None:
+            valid, n = self._positions(y, ctx)
+            yf = y.reshape(-1)
+            e = np.exp(log_softmax(z)).reshape(-1, z.shape[-1])
+            s, rows, cols = None, _arange(len(yf)), (yf if valid is None else np.where(valid, yf, 0))
+        else:
+            e, s, rows, cols, valid, n = saved
+        w = float(g) / n
+        scale = np.full(len(rows), w, dtype=e.dtype) if valid is None else valid * np.asarray(w, e.dtype)
+        d = e
+        d *= (scale / s if s is not None else scale)[:, None]
+        d[rows, cols] -= scale
+        return [d.reshape(z.shape), None]
+
+
+_ARANGE: dict[int, np.ndarray] = {}
+
+
+def _arange(n: int) -> np.ndarray:
+    """0..n-1, kept (row numbers for fancy indexing, read only)."""
+    a = _ARANGE.get(n)
+    if a is None:
+        if len(_ARANGE) > 64:  # many batch shapes (variable lengths): start over
+            _ARANGE.clear()
+        a = _ARANGE[n] = np.arange(n)
+        a.flags.writeable = False
+    return a
 
 
 @register

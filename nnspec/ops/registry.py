@@ -50,6 +50,9 @@ class Ctx:
     ``lengths`` the (B,) true lengths, when the op's first input is a
     sequence; both are None for feed-forward values and inside a time step.
     ``saved`` is the op's private stash from forward to vjp (e.g. a dropout mask).
+    ``empty(shape, dtype)`` gives an uninitialised array for a big result or
+    temporary: the runtime hands out its buffer pool's arrays, which spares
+    the page faults of a fresh allocation every pass.
     """
 
     train: bool = False
@@ -57,6 +60,7 @@ class Ctx:
     mask: np.ndarray | None = None
     lengths: np.ndarray | None = None
     saved: dict = field(default_factory=dict)
+    empty: Callable = np.empty
 
 
 class Op:
@@ -86,6 +90,10 @@ class Op:
     # The runtime's loop fast path calls these; the defaults fall back on
     # forward/vjp, so an op only overrides them to save allocations and work.
     needs_ctx: ClassVar[bool] = True   # forward/vjp read ctx (train, rng, mask, saved)
+    # its step kernel may overflow harmlessly (sigmoid's e^-x -> inf gives exactly 0) and does not
+    # silence the warning itself (np.errstate costs more than the kernel at small sizes): the
+    # runtime silences overflow warnings around the steps of a loop that holds such an op
+    quiet_overflow: ClassVar[bool] = False
     vjp_reads: ClassVar[tuple] = ("inputs", "out")  # what vjp reads: input positions / "out"
 
     def forward_into(self, xs: list[np.ndarray], out: np.ndarray, attrs: dict) -> None:
@@ -108,24 +116,24 @@ class Op:
 
     # Step kernels, for loop bodies: built once per loop run from per-step lists
     # (``xs[j][t]`` is input j at step t, ``out[t]`` the output's array at step t),
-    # they return ``f(t)`` doing the work of step t with no further dispatch.
+    # they return ``f(t)`` doing the work of step t with no further dispatch. A kernel
+    # must read the lists at every call, not copy them: the runtime keeps a run for the
+    # next batch of the same shape and refills the lists of inputs from outside the loop.
     def step_forward(self, xs: list[list], out: list, attrs: dict) -> Callable[[int], None]:
         """``f(t)``: ``forward`` of step t into ``out[t]`` (default: through ``forward_into``)."""
         forward_into = self.forward_into
-        cols = list(zip(*xs))
 
         def f(t):
-            forward_into(cols[t], out[t], attrs)
+            forward_into([x[t] for x in xs], out[t], attrs)
         return f
 
     def step_vjp(self, i: int, g: list, xs: list[list], out: list, attrs: dict, dest: list,
                  accumulate: bool) -> Callable[[int], None]:
         """``f(t)``: add (or write) the gradient of input i at step t into ``dest[t]``."""
         vjp_into = self.vjp_into
-        cols = list(zip(*xs))
 
         def f(t):
-            vjp_into(i, g[t], cols[t], out[t], attrs, dest[t], accumulate)
+            vjp_into(i, g[t], [x[t] for x in xs], out[t], attrs, dest[t], accumulate)
         return f
 
     # An elementwise op of one input may define ``local_grad(xs, out, attrs, into=None) -> D``
@@ -167,8 +175,14 @@ def get(name: str) -> Op:
 def product_into(G, D, dest, accumulate: bool):
     """A per-step kernel ``dest[t] (+)= G[t] * D[t]``: the VJP of an elementwise product, or of any
     elementwise op whose derivative D was computed beforehand."""
-    multiply = np.multiply
-    if accumulate:
+    multiply, add = np.multiply, np.add
+    if accumulate and G and dest and G[0].shape == dest[0].shape:
+        tmp = np.empty(dest[0].shape, np.result_type(G[0], dest[0]))  # no temporary at every step
+
+        def step(t):
+            d = dest[t]
+            add(d, multiply(G[t], D[t], out=tmp), out=d)
+    elif accumulate:
         def step(t):
             d = dest[t]
             d += G[t] * D[t]

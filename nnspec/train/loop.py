@@ -105,6 +105,7 @@ def evaluate(model: Model, data: BoundData, split: str, settings: TrainSettings,
             counted[h.loss] += int(valid.sum())
             if keep_predictions:
                 preds[h.loss].append((guess[valid].ravel(), gold[valid].ravel()))
+        del tape  # lets the next batch reuse the loops' buffers
     loss = total / weight if weight else float("nan")
     metrics = {"loss": loss}
     for h in heads:
@@ -229,6 +230,7 @@ class Trainer:
             total += loss * batch.size
             count += batch.size
             progress.step(batch.size if not self.data.stream else int(batch.lengths.sum()), loss)
+            del grads, tape  # held into the next batch, they would keep it from reusing the loops' buffers
         return (total / count if count else float("nan")), mistakes
 
     def _steps_per_epoch(self) -> int:
