@@ -44,7 +44,8 @@ def ahead_key(value: str) -> str:
 
 def lookback_depths(plan: Plan) -> dict[str, int]:
     """How many steps before a chunk each value is read: delays and shifts into the past.
-    States read by their own loop are not counted; the loop carries them already."""
+    A state its own forward loop reads at ``[t-1]`` is not counted (the loop carries its final
+    value already); one read further back (``h[t-2]``) is, since the final value is not enough."""
     depth: dict[str, int] = {}
 
     def note(src: str, d: int) -> None:
@@ -53,9 +54,10 @@ def lookback_depths(plan: Plan) -> dict[str, int]:
 
     for s in plan.steps:
         inner = {b.id for b in s.body} if isinstance(s, LoopStep) else set()
+        forward = isinstance(s, LoopStep) and s.direction > 0
         for b in (s.body if isinstance(s, LoopStep) else [s]):
             for src, d in b.inputs:
-                if src not in inner:
+                if src not in inner or (forward and d < -1):
                     note(src, d)
             if b.op == "shift":
                 note(b.inputs[0][0], int(b.attrs.get("k", 1)))
@@ -80,6 +82,13 @@ def next_history(old: History | None, a: np.ndarray, lengths: np.ndarray, depth:
     at = lengths[None, :] - lo + np.arange(depth)[:, None]           # (depth, B): the rows to keep
     return History(np.take_along_axis(rows, at.reshape(at.shape + (1,) * (a.ndim - 2)), axis=0),
                    np.take_along_axis(real, at, axis=0))
+
+
+def carried_steps(history: History, init: np.ndarray) -> np.ndarray:
+    """A loop state's values at steps -P..-1 of this chunk (P, B, ...), the latest last: the
+    previous chunks' last steps where the stream had them, else its initial state ``init``."""
+    keep = history.real.reshape(history.real.shape + (1,) * (history.rows.ndim - 2))
+    return np.where(keep, history.rows.astype(init.dtype, copy=False), init[None])
 
 
 def fill_from_history(out: np.ndarray, history: History, d: int, lengths: np.ndarray | None) -> np.ndarray:

@@ -109,6 +109,7 @@ class Tape:
     initial_values: dict[str, np.ndarray] = field(default_factory=dict)
     loops: dict = field(default_factory=dict)           # loop index -> _LoopRun (fast path)
     carry: dict = field(default_factory=dict)           # the previous chunk's final states (nnspec.chunks)
+    before_chunk: dict = field(default_factory=dict)    # state -> its values at steps -P..-1 (nnspec.chunks)
     ahead: dict = field(default_factory=dict)           # input -> the tokens after this chunk
 
 
@@ -313,6 +314,7 @@ class Executor:
         body_ids = {b.id for b in loop.body}
         inits = {b.id: self._state_init(loop, tape, b, carry) for b in loop.body if b.id in loop.states}
         tape.initial_values.update(inits)
+        self._carried_steps(loop, tape)
         bufs: dict[str, np.ndarray] = {}
         times = range(T) if loop.direction > 0 else range(T - 1, -1, -1)
         for t in times:
@@ -338,6 +340,8 @@ class Executor:
             if d == 0:
                 return bufs[src][t]
             src_arr, init = bufs.get(src), inits[src]
+            if t + d < 0 and src in tape.before_chunk:  # before the chunk: the previous one's step
+                return tape.before_chunk[src][t + d]
         elif src in self.seq:
             src_arr = tape.values[src]
             if d == 0:
@@ -370,6 +374,7 @@ class Executor:
         env, T, lengths = tape.values, tape.steps, tape.lengths
         inits = {s: self._state_init(loop, tape, prog.steps[s], carry) for s in loop.states}
         tape.initial_values.update(inits)
+        before = self._carried_steps(loop, tape)
         # values no backward step reads are kept for one step only (not while checking for NaN,
         # which looks at every step afterwards)
         scratch = frozenset() if self.check_finite else prog.scratch
@@ -382,9 +387,9 @@ class Executor:
             run.tape = weakref.ref(tape)
             self._bind_outer(run, tape)
         run.inits = inits
-        fills = [(Xl, Bl, inits[src], d, nd) for Xl, Bl, src, d, nd in run.fills]
+        fills = [(Xl, Bl, inits[src], before.get(src), d, nd) for Xl, Bl, src, d, nd in run.fills]
         for slot, src in run.init_slots:
-            np.copyto(slot, inits[src])
+            np.copyto(slot, before[src][-len(slot):] if src in before else inits[src])
         bufs, steps, vcols, minlen = run.bufs, run.steps, run.vcols, run.minlen
         times = range(T) if loop.direction > 0 else range(T - 1, -1, -1)
         copyto = np.copyto
@@ -394,9 +399,11 @@ class Executor:
         quiet = np.errstate(over="ignore") if prog.quiet_overflow else contextlib.nullcontext()
         with blas_threads(self.options.loop_blas_threads), quiet:
             for t in times:
-                for Xl, Bl, init, d, nd in fills:
+                for Xl, Bl, init, pre, d, nd in fills:
                     u = t + d
-                    if u < 0 or u >= T:
+                    if u < 0 and pre is not None:   # before this chunk: the previous one's step
+                        copyto(Xl[t], pre[u])
+                    elif u < 0 or u >= T:
                         copyto(Xl[t], init)
                     elif u < minlen:
                         copyto(Xl[t], Bl[u])
@@ -414,6 +421,19 @@ class Executor:
         last = T - 1 if loop.direction > 0 else 0
         for s in loop.states:
             tape.final_states[s] = bufs[s][last].copy()
+
+    def _carried_steps(self, loop: LoopStep, tape: Tape) -> dict[str, np.ndarray]:
+        """States read further back than the previous step (``h[t-2]``) whose history the previous
+        chunk left: their values at steps -P..-1, the stream's initial state before its start
+        (``chunks.carried_steps``). Kept on the tape for the reference interpreter."""
+        if not tape.carry or loop.direction < 0:
+            return {}
+        by_id = {b.id: b for b in loop.body}
+        before = {s: chunks.carried_steps(tape.carry[chunks.history_key(s)],
+                                          self._state_init(loop, tape, by_id[s], {}))
+                  for s in loop.states if chunks.history_key(s) in tape.carry}
+        tape.before_chunk.update(before)
+        return before
 
     def _build_loop_run(self, prog: "_LoopProgram", tape: Tape, scratch, train, rng) -> "_LoopRun":
         """Buffers, per-step views and step kernels of one loop for this batch's geometry.

@@ -11,6 +11,7 @@ import pytest
 from nnspec.data import FieldKind, FieldSpec, Vocab
 from nnspec.dataset import BoundData
 from nnspec.model import Model
+from nnspec.runtime import ExecOptions, Executor
 from nnspec.settings import TrainSettings
 from nnspec.train.loop import evaluate
 
@@ -33,6 +34,12 @@ loss cross_entropy(p, shift(w, 1))
 e[4] = embed(w, 4)
 h[5] = tanh(W @ e[t-1] + U @ h[t-1] + b)
 p = softmax(V @ concat(h, e) + c)
+loss cross_entropy(p, shift(w, 1))
+""",
+    "recurrence reaching two steps back": HEAD + """
+e[4] = embed(w, 4)
+h[5] = tanh(W @ e + U @ h[t-1] + R @ h[t-2] + b)
+p = softmax(V @ h + c)
 loss cross_entropy(p, shift(w, 1))
 """,
     "look two ahead and one back by shift": HEAD + """
@@ -70,6 +77,15 @@ def test_chunked_loss_equals_the_whole_streams(name, bptt):
     chunked = evaluate(model, bound(ids), "test", settings)
     assert chunked.loss == pytest.approx(whole_stream_loss(model, ids), rel=1e-12)
     assert chunked.metrics["perplexity"] == pytest.approx(math.exp(chunked.loss))
+
+
+@pytest.mark.parametrize("bptt", [1, 3])
+def test_the_reference_interpreter_reads_two_steps_back_across_chunks_too(bptt):
+    fast, reference = lm("recurrence reaching two steps back"), lm("recurrence reaching two steps back")
+    reference.executor = Executor(reference.plan, reference.dtype, options=ExecOptions(fast_loops=False))
+    ids, settings = stream(), TrainSettings(batch=3, bptt=bptt)
+    assert evaluate(reference, bound(ids), "test", settings).loss == pytest.approx(
+        evaluate(fast, bound(ids), "test", settings).loss, rel=1e-12)
 
 
 @pytest.mark.parametrize("batch", [1, 3, 8])
