@@ -102,6 +102,7 @@ def test_run_directory_holds_spec_metrics_checkpoints_and_plots(tmp_path, capsys
     assert (run_dir / "plots" / "curves.png").read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.filterwarnings("error::RuntimeWarning")  # the message says it all; no NumPy warning before it
 def test_nan_stops_training_naming_the_step_and_the_value(tmp_path):
     spec = """
 input x[1]

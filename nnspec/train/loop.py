@@ -214,8 +214,9 @@ class Trainer:
             self._check_memory(batch)
             if self.schedule is not None:
                 self.optimizer.lr = self.schedule.lr_at(self.step, epoch)
-            loss, grads, tape = model.loss_and_grads(batch.arrays, batch.lengths, rng=self.rng,
-                                                     carry=carry if batch.carry else None)
+            with np.errstate(invalid="ignore", divide="ignore"):  # a NaN is caught and named below
+                loss, grads, tape = model.loss_and_grads(batch.arrays, batch.lengths, rng=self.rng,
+                                                         carry=carry if batch.carry else None)
             if not math.isfinite(loss) or not all(np.isfinite(g).all() for g in grads.values()):
                 self._diagnose_nan(batch, carry, loss)
             if self.data.stream:
@@ -260,8 +261,9 @@ class Trainer:
         ex.check_finite = True
         try:
             state = np.random.default_rng(0)
-            self.model.run(batch.arrays, batch.lengths, train=True, rng=state,
-                           carry=carry if batch.carry else None)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                self.model.run(batch.arrays, batch.lengths, train=True, rng=state,
+                               carry=carry if batch.carry else None)
             where = "the gradients" if math.isfinite(loss) else "the loss"
             raise TrainingError(f"training stopped at step {self.step + 1}: {where} became NaN or infinite; "
                                 f"try a smaller learning rate or gradient clipping (clip 5)")
