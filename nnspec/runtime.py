@@ -84,6 +84,7 @@ class ExecOptions:
     scratch: bool = True       # values and gradients needed within their step only: one (B, ...) array
     reuse_buffers: bool = True  # big arrays come from a pool and are reused once nothing refers to them
     row_grads: bool = True     # an embedding table's gradient says which rows are non-zero (RowGrad)
+    prepared: bool = True      # steps outside loops: a flat list of bound kernels, kept per batch geometry
     # BLAS threads for a whole forward or backward pass, and while a loop runs step by step.
     # nnspec's products are small (a step: (B, H) x (H, 4H)); measured on a 2-core machine,
     # a second OpenBLAS thread made every one of them slower, even the (1120 x 128) x
@@ -110,6 +111,7 @@ class Tape:
     loops: dict = field(default_factory=dict)           # loop index -> _LoopRun (fast path)
     carry: dict = field(default_factory=dict)           # the previous chunk's final states (nnspec.chunks)
     ahead: dict = field(default_factory=dict)           # input -> the tokens after this chunk
+    prepared: "_PassRun | None" = None                  # the prepared pass that made it (fast path)
 
 
 class Executor:
@@ -139,6 +141,7 @@ class Executor:
                         for s in plan.steps if isinstance(s, OpStep) and s.op == "embed"
                         and s.inputs[1][0] in {p.name for p in plan.params}} if self.options.row_grads else {}
         self._table_grads: dict[str, tuple] = {}
+        self._pass_run: _PassRun | None = None     # the prepared pass kept for the last batch geometry
         # set to {} to collect seconds per step (and per part of a loop's backward pass)
         self.profile: dict | None = None
         # outer steps: which have no batch or time axes (parameters, constants and what is made of them)
@@ -189,34 +192,108 @@ class Executor:
 
     def _forward(self, params, feeds, lengths, train, rng, carry, need_loss) -> Tape:
         self.pool.new_pass()
+        run = self._pass_run
+        if run is not None:
+            run.release_bound()      # before the loops' check: its bound inputs may be their buffers
         for prog in self._programs.values():
             prog.release_outer()
         env = self.prepare(feeds)
         batch, steps, lengths, mask = self._geometry(env, lengths)
+        key = None
+        if self.options.prepared and not self.check_finite and self.profile is None:
+            key = (steps, batch, None if lengths is None else lengths.tobytes(), need_loss,
+                   tuple((k, a.shape, a.dtype.str) for k, a in env.items()))
+            if run is not None and not (run.key == key and run.free()):
+                run = self._pass_run = None
+        else:
+            run = None
         env.update(self.consts)
         env.update(params)
         tape = Tape(values=env, lengths=lengths, mask=mask, batch=batch, steps=steps, carry=carry or {},
                     ahead={n: np.asarray(feeds[chunks.ahead_key(n)]) for n in self.seq
                            if chunks.ahead_key(n) in feeds})
-        prof = self.profile
-        for step in self.plan.steps:
-            t0 = time.perf_counter() if prof is not None else 0.0
-            if isinstance(step, LoopStep):
-                if self.options.fast_loops and steps > 0:
-                    self._fast_loop_forward(step, tape, train, rng, carry or {})
+        if run is not None:
+            self._run_prepared(run, tape, train, rng, carry)
+        else:
+            prof = self.profile
+            built = {} if key is not None else None
+            for step in self.plan.steps:
+                t0 = time.perf_counter() if prof is not None else 0.0
+                if isinstance(step, LoopStep):
+                    self._loop_step_forward(step, tape, train, rng, carry)
                 else:
-                    self._loop_forward(step, tape, train, rng, carry or {})
-            else:
-                if not need_loss and step.id == self.plan.loss:
-                    continue
-                self._op_forward(step, tape, train, rng)
-            if prof is not None:
-                self._note("forward", step, time.perf_counter() - t0)
+                    if not need_loss and step.id == self.plan.loss:
+                        continue
+                    if self._op_forward(step, tape, train, rng) and built is not None:
+                        built[step.id] = tape.values[step.id].shape
+                if prof is not None:
+                    self._note("forward", step, time.perf_counter() - t0)
+            if key is not None:
+                self._pass_run = self._build_pass_run(key, built, need_loss)
+                self._pass_run.seal()   # (here: the builder's local names are gone)
         if steps:
             for src, depth in self.lookback.items():
-                key = chunks.history_key(src)
-                tape.final_states[key] = chunks.next_history(tape.carry.get(key), env[src], lengths, depth)
+                k = chunks.history_key(src)
+                tape.final_states[k] = chunks.next_history(tape.carry.get(k), env[src], lengths, depth)
         return tape
+
+    def _loop_step_forward(self, step: LoopStep, tape: Tape, train, rng, carry) -> None:
+        if self.options.fast_loops and tape.steps > 0:
+            self._fast_loop_forward(step, tape, train, rng, carry or {})
+        else:
+            self._loop_forward(step, tape, train, rng, carry or {})
+
+    # ---- the prepared pass (fast path) ------------------------------------------
+    def _build_pass_run(self, key: tuple, built: dict, need_loss: bool) -> "_PassRun":
+        """A flat list of the forward pass's steps for this batch geometry: the steps that ran
+        into an array of their own (``forward_into``) get one owned by the run, with their
+        inputs' list made once (inputs made by such steps fixed, the others bound when the
+        step runs); loops and the other steps go through the general path."""
+        run = _PassRun(key=key)
+        made: dict[str, np.ndarray] = {}
+        for step in self.plan.steps:
+            if isinstance(step, LoopStep):
+                run.fwd.append(("loop", step))
+                continue
+            if not need_loss and step.id == self.plan.loss:
+                continue
+            shape = built.get(step.id)
+            if shape is None or step.op == "shift" or any(d for _, d in step.inputs):
+                run.fwd.append(("op", step))
+                continue
+            o = self._outer_info(step)
+            out = np.empty(shape, self.dtype)
+            xs: list = [None] * len(step.inputs)
+            binds = []
+            for i, (src, _) in enumerate(step.inputs):
+                if src in made:
+                    xs[i] = made[src]
+                else:
+                    binds.append((i, src))
+            made[step.id] = out
+            run.outs.append(out)
+            run.bound.append((xs, [i for i, _ in binds]))
+            run.fwd.append((step.id, o.op.forward_into, xs, tuple(binds), out, step.attrs, (xs, NO_CTX)))
+            run.by_id[step.id] = len(run.fwd) - 1
+        return run
+
+    def _run_prepared(self, run: "_PassRun", tape: Tape, train, rng, carry) -> None:
+        env, records = tape.values, tape.records
+        run.tape = weakref.ref(tape)
+        tape.prepared = run
+        for e in run.fwd:
+            if len(e) == 2:
+                if e[0] == "loop":
+                    self._loop_step_forward(e[1], tape, train, rng, carry)
+                else:
+                    self._op_forward(e[1], tape, train, rng)
+                continue
+            sid, fn, xs, binds, out, attrs, rec = e
+            for i, src in binds:
+                xs[i] = env[src]
+            fn(xs, out, attrs)
+            env[sid] = out
+            records[sid] = rec
 
     def _note(self, phase: str, step, seconds: float, part: str = "") -> None:
         """Add to ``self.profile``: seconds per (phase, op or 'loop', step id, part)."""
@@ -245,12 +322,14 @@ class Executor:
                 first_seq=bool(step.inputs) and step.inputs[0][0] in self.seq)
         return info
 
-    def _op_forward(self, step: OpStep, tape: Tape, train, rng) -> None:
+    def _op_forward(self, step: OpStep, tape: Tape, train, rng) -> bool:
+        """Run one step outside loops; True if it ran into an array of the pool (``forward_into``)."""
         env = tape.values
         xs = [env[src] if d == 0 else self._read_whole(tape, src, d) for src, d in step.inputs]
         o = self._outer_info(step)
         op = o.op
         out = None
+        into = False
         if o.pooled and self.pool.enabled:
             # into an array from the pool: no fresh allocation (and page faults) every pass
             lead = (tape.steps, tape.batch) if o.lead == "seq" else (() if o.lead == "static" else (tape.batch,))
@@ -258,6 +337,7 @@ class Executor:
             try:
                 op.forward_into(xs, out, step.attrs)
                 ctx = NO_CTX
+                into = True
             except ValueError:  # not the shape the plan says (broadcasting): the generic way
                 out = None
         if out is None:
@@ -271,6 +351,7 @@ class Executor:
             out = self._shift_across_chunks(step, out, tape)
         env[step.id] = out
         tape.records[step.id] = (xs, ctx)
+        return into and step.op != "shift"
 
     def _shift_across_chunks(self, step: OpStep, out: np.ndarray, tape: Tape) -> np.ndarray:
         """A shift past the chunk's start reads the previous chunk's steps; past its end, the input's
@@ -920,6 +1001,57 @@ class _Outer:
     into: bool        # its VJP can write into the gradient's array
     joint: bool       # no per-input VJP: compute them all at once
     first_seq: bool   # its first input is a sequence: its Ctx carries the mask
+
+
+@dataclass
+class _PassRun:
+    """The steps of a pass outside loops for one batch geometry, as a flat list (fast path).
+
+    ``fwd`` holds, in plan order, ``("loop", step)`` / ``("op", step)`` for what goes through
+    the general path, and ``(id, forward_into, inputs, binds, out, attrs, record)`` for a step
+    writing into an array of the run's own: its list of inputs is made once (outputs of other
+    such steps fixed in it; ``binds`` are filled from the tape's values when it runs). The
+    backward counterpart (``bwd``, per set of wanted leaves) sends each gradient into an
+    array of the run's own when it is the first to reach its value. Used again, like a
+    ``_LoopRun``, only when no tape, gradient or view of the last pass holds any of its arrays.
+    """
+
+    key: tuple
+    fwd: list = field(default_factory=list)
+    by_id: dict = field(default_factory=dict)    # step id -> index in fwd
+    outs: list = field(default_factory=list)     # the run's own arrays
+    bound: list = field(default_factory=list)    # (inputs list, positions bound at every pass)
+    bwd: dict = field(default_factory=dict)      # (need, leaves) key -> list of backward entries
+    tape: object = None
+    tracked: list = field(default_factory=list)
+    rest: list = field(default_factory=list)
+
+    def counts(self) -> list:
+        return [sys.getrefcount(a) for a in self.tracked]
+
+    def seal(self) -> None:
+        self.tracked = list(self.outs)
+        self.rest = self.counts()
+
+    def track(self, arrays: list) -> None:
+        """Arrays the run made after sealing (gradients): their references now are the run's own."""
+        self.tracked += arrays
+        self.rest += [sys.getrefcount(a) for a in arrays]
+
+    def adjust(self, before: list) -> None:
+        """References the run added to its tracked arrays since ``before = counts()``."""
+        self.rest = [r + now - b for r, now, b in zip(self.rest, self.counts(), before)]
+
+    def release_bound(self) -> None:
+        """Once the tape of its last pass is gone: drop that pass's inputs (parameters, feeds,
+        loop outputs), so that they do not look held to the loops' and the pool's checks."""
+        if self.tape is not None and self.tape() is None:
+            for xs, pos in self.bound:
+                for i in pos:
+                    xs[i] = None
+
+    def free(self) -> bool:
+        return (self.tape is None or self.tape() is None) and self.counts() == self.rest
 
 
 @dataclass
