@@ -85,7 +85,7 @@ class NnspecImpl:
 
         def step():
             loss, grads, _ = model.loss_and_grads(feeds, rng=rng)
-            opt.step(model.params, grads)
+            opt.step(model.params, grads, consume=True)   # as the training loop does
             return loss
 
         return step

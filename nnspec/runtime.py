@@ -650,15 +650,13 @@ class Executor:
         need = self._grad_needed(wrt)
         leaves = None if wrt is None else set(wrt)
         prof = self.profile
+        run = tape.prepared
+        if run is not None and not seeds and prof is None:
+            self._run_prepared_backward(run, tape, grads, acc, need, leaves)
+            return grads
         for step in reversed(self.plan.steps):
             t0 = time.perf_counter() if prof is not None else 0.0
-            if isinstance(step, LoopStep):
-                if step.index in tape.loops:
-                    self._fast_loop_backward(step, tape, grads, acc, need, keep=wrt is None)
-                else:
-                    self._loop_backward(step, tape, grads, need)
-            else:
-                self._op_backward(step, tape, grads, acc, need)
+            self._backward_step(step, tape, grads, acc, need, wrt is None)
             if leaves is not None:  # only the leaves were asked for: a value's gradient goes once used
                 for v in ([b.id for b in step.body] if isinstance(step, LoopStep) else [step.id]):
                     if v not in leaves and v in grads:
@@ -666,6 +664,71 @@ class Executor:
             if prof is not None:
                 self._note("backward", step, time.perf_counter() - t0)
         return grads
+
+    def _backward_step(self, step, tape: Tape, grads, acc: "_Accumulator", need, keep: bool) -> None:
+        if isinstance(step, LoopStep):
+            if step.index in tape.loops:
+                self._fast_loop_backward(step, tape, grads, acc, need, keep=keep)
+            else:
+                self._loop_backward(step, tape, grads, need)
+        else:
+            self._op_backward(step, tape, grads, acc, need)
+
+    def _run_prepared_backward(self, run: "_PassRun", tape: Tape, grads, acc: "_Accumulator", need,
+                               leaves) -> None:
+        """The backward pass of a prepared forward pass: its own steps' VJPs go straight into
+        arrays of the run's own when they are the first gradient of their value."""
+        key = (id(need), None if leaves is None else frozenset(leaves))
+        entries = run.bwd.get(key)
+        if entries is None:
+            before = run.counts()
+            entries, dests = self._build_pass_backward(run, need, leaves)
+            run.bwd[key] = entries
+            run.adjust(before)
+            n = len(run.tracked)
+            run.tracked += dests
+            del dests                      # (before counting: the run's own references only)
+            run.rest += run.counts()[n:]
+        keep = leaves is None
+        owned = acc.owned
+        for e in entries:
+            if len(e) == 2:
+                step, dels = e
+                self._backward_step(step, tape, grads, acc, need, keep)
+            else:
+                sid, fn, op, xs, out, attrs, todo, dels = e
+                g = grads.get(sid)
+                if g is not None:
+                    for i, src, dest in todo:
+                        if src in grads:
+                            acc.add_into(src, dest.shape, _Into(op, i, g, xs, out, attrs))
+                        else:
+                            fn(i, g, xs, out, attrs, dest, False)
+                            grads[src] = dest
+                            owned.add(src)
+            for v in dels:
+                if v in grads:
+                    del grads[v]
+
+    def _build_pass_backward(self, run: "_PassRun", need, leaves) -> tuple[list, list]:
+        entries, dests = [], []
+        for step in reversed(self.plan.steps):
+            ids = [b.id for b in step.body] if isinstance(step, LoopStep) else [step.id]
+            dels = () if leaves is None else tuple(v for v in ids if v not in leaves)
+            at = None if isinstance(step, LoopStep) else run.by_id.get(step.id)
+            if at is None or step.op in ("slice", "embed") or not self._outer_info(step).into:
+                entries.append((step, dels))
+                continue
+            sid, _, xs, _, out, attrs, _ = run.fwd[at]
+            todo = []
+            for i, (src, _) in enumerate(step.inputs):
+                if src in need and src not in self.integer:
+                    dest = np.empty(xs[i].shape, self.dtype)
+                    todo.append((i, src, dest))
+                    dests.append(dest)
+            op = self._outer_info(step).op
+            entries.append((sid, op.vjp_into, op, xs, out, attrs, tuple(todo), dels))
+        return entries, dests
 
     def _grad_needed(self, wrt) -> set[str]:
         """Values through which a gradient reaches one of the ``wrt`` leaves."""
@@ -1032,11 +1095,6 @@ class _PassRun:
     def seal(self) -> None:
         self.tracked = list(self.outs)
         self.rest = self.counts()
-
-    def track(self, arrays: list) -> None:
-        """Arrays the run made after sealing (gradients): their references now are the run's own."""
-        self.tracked += arrays
-        self.rest += [sys.getrefcount(a) for a in arrays]
 
     def adjust(self, before: list) -> None:
         """References the run added to its tracked arrays since ``before = counts()``."""
