@@ -142,6 +142,7 @@ class Executor:
                         and s.inputs[1][0] in {p.name for p in plan.params}} if self.options.row_grads else {}
         self._table_grads: dict[str, tuple] = {}
         self._pass_run: _PassRun | None = None     # the prepared pass kept for the last batch geometry
+        self._pass_seen: tuple | None = None       # (geometry, shapes of the steps that ran into arrays)
         # set to {} to collect seconds per step (and per part of a loop's backward pass)
         self.profile: dict | None = None
         # outer steps: which have no batch or time axes (parameters, constants and what is made of them)
@@ -205,6 +206,11 @@ class Executor:
                    tuple((k, a.shape, a.dtype.str) for k, a in env.items()))
             if run is not None and not (run.key == key and run.free()):
                 run = self._pass_run = None
+            if run is None and self._pass_seen is not None and self._pass_seen[0] == key:
+                # the second pass of a geometry: made now rather than after the first, so that
+                # its arrays come from the pool blocks the last pass's (dropped) tape used
+                run = self._pass_run = self._build_pass_run(key, self._pass_seen[1], need_loss)
+                run.seal()   # (here: the builder's local names are gone)
         else:
             run = None
         env.update(self.consts)
@@ -229,8 +235,7 @@ class Executor:
                 if prof is not None:
                     self._note("forward", step, time.perf_counter() - t0)
             if key is not None:
-                self._pass_run = self._build_pass_run(key, built, need_loss)
-                self._pass_run.seal()   # (here: the builder's local names are gone)
+                self._pass_seen = (key, built)
         if steps:
             for src, depth in self.lookback.items():
                 k = chunks.history_key(src)
@@ -262,7 +267,7 @@ class Executor:
                 run.fwd.append(("op", step))
                 continue
             o = self._outer_info(step)
-            out = np.empty(shape, self.dtype)
+            out = self.pool.empty(shape, self.dtype)   # held by the run: the pool leaves it alone
             xs: list = [None] * len(step.inputs)
             binds = []
             for i, (src, _) in enumerate(step.inputs):
@@ -723,7 +728,7 @@ class Executor:
             todo = []
             for i, (src, _) in enumerate(step.inputs):
                 if src in need and src not in self.integer:
-                    dest = np.empty(xs[i].shape, self.dtype)
+                    dest = self.pool.empty(xs[i].shape, self.dtype)
                     todo.append((i, src, dest))
                     dests.append(dest)
             op = self._outer_info(step).op
