@@ -112,6 +112,9 @@ class Tape:
     carry: dict = field(default_factory=dict)           # the previous chunk's final states (nnspec.chunks)
     ahead: dict = field(default_factory=dict)           # input -> the tokens after this chunk
     prepared: "_PassRun | None" = None                  # the prepared pass that made it (fast path)
+    single_use: bool = False                            # for one backward pass (Executor.forward)
+    used: bool = False                                  # a backward pass has run over it
+    fresh: set | None = None                            # single use: values in arrays the runtime made
 
 
 class Executor:
@@ -148,9 +151,39 @@ class Executor:
         # outer steps: which have no batch or time axes (parameters, constants and what is made of them)
         self._static = set(plan.consts) | {p.name for p in plan.params}
         self.lookback = chunks.lookback_depths(plan)  # what a chunk keeps for the next one to read
+        self.spendable = self._spendable()
         for s in plan.steps:
             if isinstance(s, OpStep) and s.inputs and all(src in self._static for src, _ in s.inputs):
                 self._static.add(s.id)
+
+    def _spendable(self) -> frozenset:
+        """Steps outside loops that may overwrite their first input in a single-use pass: an op
+        that can (``Op.spends_input``), reading at delay 0 a value made by a step outside loops
+        whose VJP does not read its output, that no other step reads, and that is no output
+        nor looked back at by the next chunk."""
+        plan = self.plan
+        readers: dict[str, int] = {}
+        made: dict[str, OpStep] = {}
+        for s in plan.steps:
+            for b in (s.body if isinstance(s, LoopStep) else [s]):
+                for src, _ in b.inputs:
+                    readers[src] = readers.get(src, 0) + 1
+                if isinstance(s, OpStep):
+                    made[b.id] = b
+            if isinstance(s, LoopStep):
+                for init in s.initials.values():
+                    readers[init] = readers.get(init, 0) + 1
+        keep = set(plan.outputs) | set(self.lookback)
+        out = set()
+        for s in plan.steps:
+            if isinstance(s, LoopStep) or not s.inputs or not REGISTRY[s.op].spends_input:
+                continue
+            src, d = s.inputs[0]
+            p = made.get(src)
+            if (d == 0 and p is not None and readers.get(src) == 1 and src not in keep and not p.integer
+                    and not _reads(REGISTRY[p.op], "out")):
+                out.add(s.id)
+        return frozenset(out)
 
     # ---- inputs ---------------------------------------------------------------
     def prepare(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -187,11 +220,16 @@ class Executor:
     def forward(self, params: dict[str, np.ndarray], feeds: dict[str, np.ndarray], *,
                 lengths: np.ndarray | None = None, train: bool = False,
                 rng: np.random.Generator | None = None, carry: dict[str, np.ndarray] | None = None,
-                need_loss: bool = True) -> Tape:
+                need_loss: bool = True, single_use: bool = False) -> Tape:
+        """Run the plan on a batch. ``single_use``: the tape is for one backward pass (training):
+        values that nothing but one op reads may be overwritten by it (the softmax of a
+        ``cross_entropy_logits`` is computed over the logits), so ``tape.values`` does not
+        show them any more, and a second backward over the tape is refused."""
         with blas_threads(self.options.blas_threads):
-            return self._forward(params, feeds, lengths, train, rng, carry, need_loss)
+            tape = self._forward(params, feeds, lengths, train, rng, carry, need_loss, single_use)
+        return tape
 
-    def _forward(self, params, feeds, lengths, train, rng, carry, need_loss) -> Tape:
+    def _forward(self, params, feeds, lengths, train, rng, carry, need_loss, single_use=False) -> Tape:
         self.pool.new_pass()
         run = self._pass_run
         if run is not None:
@@ -218,6 +256,9 @@ class Executor:
         tape = Tape(values=env, lengths=lengths, mask=mask, batch=batch, steps=steps, carry=carry or {},
                     ahead={n: np.asarray(feeds[chunks.ahead_key(n)]) for n in self.seq
                            if chunks.ahead_key(n) in feeds})
+        if single_use:
+            tape.single_use = True
+            tape.fresh = set() if self.spendable else None
         if run is not None:
             self._run_prepared(run, tape, train, rng, carry)
         else:
@@ -230,8 +271,11 @@ class Executor:
                 else:
                     if not need_loss and step.id == self.plan.loss:
                         continue
-                    if self._op_forward(step, tape, train, rng) and built is not None:
-                        built[step.id] = tape.values[step.id].shape
+                    if self._op_forward(step, tape, train, rng):
+                        if built is not None:
+                            built[step.id] = tape.values[step.id].shape
+                        if tape.fresh is not None:
+                            tape.fresh.add(step.id)
                 if prof is not None:
                     self._note("forward", step, time.perf_counter() - t0)
             if key is not None:
@@ -283,7 +327,7 @@ class Executor:
         return run
 
     def _run_prepared(self, run: "_PassRun", tape: Tape, train, rng, carry) -> None:
-        env, records = tape.values, tape.records
+        env, records, fresh = tape.values, tape.records, tape.fresh
         run.tape = weakref.ref(tape)
         tape.prepared = run
         for e in run.fwd:
@@ -299,6 +343,8 @@ class Executor:
             fn(xs, out, attrs)
             env[sid] = out
             records[sid] = rec
+            if fresh is not None:
+                fresh.add(sid)
 
     def _note(self, phase: str, step, seconds: float, part: str = "") -> None:
         """Add to ``self.profile``: seconds per (phase, op or 'loop', step id, part)."""
@@ -347,7 +393,9 @@ class Executor:
                 out = None
         if out is None:
             ctx = (Ctx(train=train, rng=rng, mask=tape.mask if o.first_seq else None,
-                       lengths=tape.lengths if o.first_seq else None, empty=self.pool.empty)
+                       lengths=tape.lengths if o.first_seq else None, empty=self.pool.empty,
+                       spend=(tape.fresh is not None and step.id in self.spendable
+                              and step.inputs[0][0] in tape.fresh))
                    if op.needs_ctx else NO_CTX)
             out = op.forward(xs, step.attrs, ctx)
         if self.check_finite and not step.integer:
@@ -643,6 +691,12 @@ class Executor:
             return self._backward(tape, seeds, wrt)
 
     def _backward(self, tape: Tape, seeds, wrt) -> dict[str, np.ndarray]:
+        if tape.single_use:
+            if tape.used:
+                raise RuntimeError("this tape was made for one backward pass (forward(..., single_use=True), "
+                                   "as in training) and has had it: some of its values were overwritten; "
+                                   "run the forward pass again, or without single_use to keep them")
+            tape.used = True
         grads: dict[str, np.ndarray] = {}
         acc = _Accumulator(grads, self.pool)
         if seeds:

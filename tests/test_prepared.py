@@ -123,3 +123,39 @@ def test_clipping_folded_into_the_update_equals_clipping_first(kind, wd):
         ob.step(b, g2, scale=scale, consume=True)
     for k in a:
         np.testing.assert_allclose(b[k], a[k], rtol=1e-12, atol=1e-14)
+
+
+def test_a_single_use_tape_spends_the_logits_and_refuses_a_second_backward():
+    text = ("input w : seq of token\ntarget y : seq of class\ne = embed(w, 3)\nh = lstm(e, H = 4)\n"
+            "loss cross_entropy(softmax(V @ h + c), y)\n")
+    plan = compile_text(text, bindings={"vocab(w)": 7, "classes(y)": 5}).plan
+    logits = next(s.inputs[0][0] for s in plan.steps if getattr(s, "op", "") == "cross_entropy_logits")
+    rng = np.random.default_rng(0)
+    params = {p.name: rng.normal(scale=0.5, size=p.shape) for p in plan.params}
+    feeds = random_feeds(plan, T=5, B=3, seed=0)
+    ex = Executor(plan, dtype=np.float64)
+    assert ex.spendable                                 # the loss may work in the logits' array
+    for _ in range(3):                                  # generic pass, then prepared ones
+        full = ex.forward(params, feeds, lengths=LENGTHS)
+        z = full.values[logits].copy()
+        ref = ex.backward(full, wrt=set(params))
+        ref = {k: v.copy() for k, v in ref.items()}
+        again = ex.backward(full, wrt=set(params))      # a full tape: a second backward is fine
+        for k in ref:
+            np.testing.assert_allclose(again[k], ref[k], rtol=1e-12)
+        del full, again
+        tape = ex.forward(params, feeds, lengths=LENGTHS, single_use=True)
+        assert not np.allclose(tape.values[logits], z)  # overwritten by the exponentials
+        grads = ex.backward(tape, wrt=set(params))
+        for k in ref:
+            np.testing.assert_allclose(grads[k], ref[k], rtol=1e-12, err_msg=k)
+        with pytest.raises(RuntimeError, match="one backward pass"):
+            ex.backward(tape, wrt=set(params))
+        del tape, grads
+
+
+def test_nothing_read_elsewhere_is_spent():
+    # the logits are an output too: they stay
+    text = "input x[4]\ntarget y : class[3]\nz = W @ x + b\noutput z\nloss cross_entropy(softmax(z), y)\n"
+    plan = compile_text(text).plan
+    assert not Executor(plan).spendable

@@ -215,7 +215,8 @@ class Trainer:
             if self.schedule is not None:
                 self.optimizer.lr = self.schedule.lr_at(self.step, epoch)
             loss, grads, tape = model.loss_and_grads(batch.arrays, batch.lengths, rng=self.rng,
-                                                     carry=carry if batch.carry else None)
+                                                     carry=carry if batch.carry else None,
+                                                     single_use=s.rule != "perceptron")
             if not math.isfinite(loss) or not all(np.isfinite(g).all() for g in grads.values()):
                 self._diagnose_nan(batch, carry, loss)
             if self.data.stream:
