@@ -38,6 +38,12 @@ Loops have two implementations with the same results:
   own); only the lists of inputs from outside the loop are bound again. A
   tiny network spent more time preparing its loop than running it.
 
+Steps outside loops are prepared the same way (``_PassRun``): from a geometry's second
+pass on, a flat list of bound kernels writing into arrays the run holds, with a backward
+counterpart whose VJPs go straight into the run's gradient arrays; reused under the same
+reference-count rule. A ``single_use`` forward pass (training) lets a loss overwrite logits
+nothing else reads, and its tape refuses a second backward pass.
+
 An embedding table's gradient is a ``RowGrad``: a dense array whose rows
 outside ``rows`` (the ids of the batch) are zero, kept from pass to pass and
 re-zeroed row by row; the SGD optimiser updates just those rows.
@@ -710,7 +716,7 @@ class Executor:
         leaves = None if wrt is None else set(wrt)
         prof = self.profile
         run = tape.prepared
-        if run is not None and not seeds and prof is None:
+        if run is not None and not seeds and prof is None and run.grads_free():
             self._run_prepared_backward(run, tape, grads, acc, need, leaves)
             return grads
         for step in reversed(self.plan.steps):
@@ -1169,6 +1175,12 @@ class _PassRun:
 
     def free(self) -> bool:
         return (self.tape is None or self.tape() is None) and self.counts() == self.rest
+
+    def grads_free(self) -> bool:
+        """Whether nobody holds the gradient arrays of an earlier backward pass (a second
+        backward over one tape must not write into the first one's results)."""
+        n = len(self.outs)
+        return [sys.getrefcount(a) for a in self.tracked[n:]] == self.rest[n:]
 
 
 @dataclass

@@ -159,3 +159,18 @@ def test_nothing_read_elsewhere_is_spent():
     text = "input x[4]\ntarget y : class[3]\nz = W @ x + b\noutput z\nloss cross_entropy(softmax(z), y)\n"
     plan = compile_text(text).plan
     assert not Executor(plan).spendable
+
+
+def test_two_backward_passes_over_one_prepared_tape_give_separate_gradients():
+    plan, params, batches = _setup(MLP)
+    ex = Executor(plan, dtype=np.float64)
+    _pass(ex, params, batches[0], None)
+    tape = ex.forward(params, batches[1])
+    assert tape.prepared is not None
+    g1 = ex.backward(tape, wrt=set(params))
+    keep = {k: v.copy() for k, v in g1.items()}
+    g2 = ex.backward(tape, wrt=set(params))
+    for k in g1:
+        assert not np.shares_memory(g1[k], g2[k])
+        g2[k] *= 0                                       # the second result is the caller's own
+        np.testing.assert_array_equal(g1[k], keep[k])
