@@ -1180,7 +1180,7 @@ class _PassRun:
         """Whether nobody holds the gradient arrays of an earlier backward pass (a second
         backward over one tape must not write into the first one's results)."""
         n = len(self.outs)
-        return [sys.getrefcount(a) for a in self.tracked[n:]] == self.rest[n:]
+        return self.counts()[n:] == self.rest[n:]   # (a slice of tracked would hold them once more)
 
 
 @dataclass

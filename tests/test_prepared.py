@@ -174,3 +174,16 @@ def test_two_backward_passes_over_one_prepared_tape_give_separate_gradients():
         assert not np.shares_memory(g1[k], g2[k])
         g2[k] *= 0                                       # the second result is the caller's own
         np.testing.assert_array_equal(g1[k], keep[k])
+
+
+def test_training_steps_run_the_prepared_backward_pass(monkeypatch):
+    plan, params, batches = _setup(SPECS["lstm"])
+    ex = Executor(plan, dtype=np.float64)
+    calls = []
+    orig = Executor._run_prepared_backward
+    monkeypatch.setattr(Executor, "_run_prepared_backward",
+                        lambda self, *a, **k: (calls.append(1), orig(self, *a, **k))[1])
+    for feeds in batches * 2:
+        tape, grads = _pass(ex, params, feeds, LENGTHS)
+        del tape, grads
+    assert len(calls) == 2 * len(batches) - 1          # every pass but the first
