@@ -6,8 +6,8 @@ data decides (``vocab(w)``, ``classes(y)``) are bound from the config; the
 weights are ``configs.init_params`` moved into nnspec's names with
 ``nnspec.torch_weights.from_torch`` (PyTorch's two recurrent biases become their
 sum, as nnspec keeps one bias per gate). A step is what ``nnspec run`` does for
-one batch: ``Model.loss_and_grads`` (forward, backward) and the SGD optimiser of
-``nnspec.train.optim``.
+one batch: ``Model.loss_and_grads`` (forward, backward; a single-use tape) and the SGD
+optimiser of ``nnspec.train.optim`` (allowed to overwrite the gradients).
 
 ``NNSPEC_OPTIMIZE=0`` in the environment times the unoptimised plan instead.
 """
@@ -84,8 +84,8 @@ class NnspecImpl:
         rng = np.random.default_rng(0)
 
         def step():
-            loss, grads, _ = model.loss_and_grads(feeds, rng=rng)
-            opt.step(model.params, grads)
+            loss, grads, _ = model.loss_and_grads(feeds, rng=rng, single_use=True)
+            opt.step(model.params, grads, consume=True)   # as the training loop does
             return loss
 
         return step

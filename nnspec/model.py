@@ -66,10 +66,10 @@ class Model:
 
     # ---- running -------------------------------------------------------------
     def run(self, feeds: dict, lengths=None, train: bool = False, rng=None, carry=None,
-            need_loss: bool = True) -> Tape:
+            need_loss: bool = True, single_use: bool = False) -> Tape:
         feeds = {k: np.asarray(v) for k, v in feeds.items()}
         return self.executor.forward(self.params, feeds, lengths=lengths, train=train, rng=rng, carry=carry,
-                                     need_loss=need_loss)
+                                     need_loss=need_loss, single_use=single_use)
 
     def forward(self, feeds: dict, lengths=None) -> dict[str, np.ndarray]:
         """The declared outputs for a batch of inputs (evaluation mode: no dropout)."""
@@ -77,8 +77,11 @@ class Model:
         tape = self.run(feeds, lengths, need_loss=have_targets and self.plan.loss is not None)
         return {o: tape.values[o] for o in self.plan.outputs}
 
-    def loss_and_grads(self, feeds: dict, lengths=None, rng=None, carry=None, train: bool = True):
-        tape = self.run(feeds, lengths, train=train, rng=rng, carry=carry)
+    def loss_and_grads(self, feeds: dict, lengths=None, rng=None, carry=None, train: bool = True,
+                       single_use: bool = False):
+        """(loss, gradients of the parameters, tape). ``single_use=True`` (the training loop):
+        the tape is spent by this backward pass (see ``Executor.forward``), which saves memory."""
+        tape = self.run(feeds, lengths, train=train, rng=rng, carry=carry, single_use=single_use)
         grads = self.executor.backward(tape, wrt=[k for k in self.params if k not in self.frozen])
         loss = float(tape.values[self.plan.loss])
         return loss, {k: grads[k] for k in self.params if k in grads and k not in self.frozen}, tape

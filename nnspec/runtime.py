@@ -38,6 +38,12 @@ Loops have two implementations with the same results:
   own); only the lists of inputs from outside the loop are bound again. A
   tiny network spent more time preparing its loop than running it.
 
+Steps outside loops are prepared the same way (``_PassRun``): from a geometry's second
+pass on, a flat list of bound kernels writing into arrays the run holds, with a backward
+counterpart whose VJPs go straight into the run's gradient arrays; reused under the same
+reference-count rule. A ``single_use`` forward pass (training) lets a loss overwrite logits
+nothing else reads, and its tape refuses a second backward pass.
+
 An embedding table's gradient is a ``RowGrad``: a dense array whose rows
 outside ``rows`` (the ids of the batch) are zero, kept from pass to pass and
 re-zeroed row by row; the SGD optimiser updates just those rows.
@@ -84,6 +90,7 @@ class ExecOptions:
     scratch: bool = True       # values and gradients needed within their step only: one (B, ...) array
     reuse_buffers: bool = True  # big arrays come from a pool and are reused once nothing refers to them
     row_grads: bool = True     # an embedding table's gradient says which rows are non-zero (RowGrad)
+    prepared: bool = True      # steps outside loops: a flat list of bound kernels, kept per batch geometry
     # BLAS threads for a whole forward or backward pass, and while a loop runs step by step.
     # nnspec's products are small (a step: (B, H) x (H, 4H)); measured on a 2-core machine,
     # a second OpenBLAS thread made every one of them slower, even the (1120 x 128) x
@@ -111,6 +118,10 @@ class Tape:
     carry: dict = field(default_factory=dict)           # the previous chunk's final states (nnspec.chunks)
     before_chunk: dict = field(default_factory=dict)    # state -> its values at steps -P..-1 (nnspec.chunks)
     ahead: dict = field(default_factory=dict)           # input -> the tokens after this chunk
+    prepared: "_PassRun | None" = None                  # the prepared pass that made it (fast path)
+    single_use: bool = False                            # for one backward pass (Executor.forward)
+    used: bool = False                                  # a backward pass has run over it
+    fresh: set | None = None                            # single use: values in arrays the runtime made
 
 
 class Executor:
@@ -140,14 +151,46 @@ class Executor:
                         for s in plan.steps if isinstance(s, OpStep) and s.op == "embed"
                         and s.inputs[1][0] in {p.name for p in plan.params}} if self.options.row_grads else {}
         self._table_grads: dict[str, tuple] = {}
+        self._pass_run: _PassRun | None = None     # the prepared pass kept for the last batch geometry
+        self._pass_seen: tuple | None = None       # (geometry, shapes of the steps that ran into arrays)
         # set to {} to collect seconds per step (and per part of a loop's backward pass)
         self.profile: dict | None = None
         # outer steps: which have no batch or time axes (parameters, constants and what is made of them)
         self._static = set(plan.consts) | {p.name for p in plan.params}
         self.lookback = chunks.lookback_depths(plan)  # what a chunk keeps for the next one to read
+        self.spendable = self._spendable()
         for s in plan.steps:
             if isinstance(s, OpStep) and s.inputs and all(src in self._static for src, _ in s.inputs):
                 self._static.add(s.id)
+
+    def _spendable(self) -> frozenset:
+        """Steps outside loops that may overwrite their first input in a single-use pass: an op
+        that can (``Op.spends_input``), reading at delay 0 a value made by a step outside loops
+        whose VJP does not read its output, that no other step reads, and that is no output
+        nor looked back at by the next chunk."""
+        plan = self.plan
+        readers: dict[str, int] = {}
+        made: dict[str, OpStep] = {}
+        for s in plan.steps:
+            for b in (s.body if isinstance(s, LoopStep) else [s]):
+                for src, _ in b.inputs:
+                    readers[src] = readers.get(src, 0) + 1
+                if isinstance(s, OpStep):
+                    made[b.id] = b
+            if isinstance(s, LoopStep):
+                for init in s.initials.values():
+                    readers[init] = readers.get(init, 0) + 1
+        keep = set(plan.outputs) | set(self.lookback)
+        out = set()
+        for s in plan.steps:
+            if isinstance(s, LoopStep) or not s.inputs or not REGISTRY[s.op].spends_input:
+                continue
+            src, d = s.inputs[0]
+            p = made.get(src)
+            if (d == 0 and p is not None and readers.get(src) == 1 and src not in keep and not p.integer
+                    and not _reads(REGISTRY[p.op], "out")):
+                out.add(s.id)
+        return frozenset(out)
 
     # ---- inputs ---------------------------------------------------------------
     def prepare(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -184,40 +227,131 @@ class Executor:
     def forward(self, params: dict[str, np.ndarray], feeds: dict[str, np.ndarray], *,
                 lengths: np.ndarray | None = None, train: bool = False,
                 rng: np.random.Generator | None = None, carry: dict[str, np.ndarray] | None = None,
-                need_loss: bool = True) -> Tape:
+                need_loss: bool = True, single_use: bool = False) -> Tape:
+        """Run the plan on a batch. ``single_use``: the tape is for one backward pass (training):
+        values that nothing but one op reads may be overwritten by it (the softmax of a
+        ``cross_entropy_logits`` is computed over the logits), so ``tape.values`` does not
+        show them any more, and a second backward over the tape is refused."""
         with blas_threads(self.options.blas_threads):
-            return self._forward(params, feeds, lengths, train, rng, carry, need_loss)
+            tape = self._forward(params, feeds, lengths, train, rng, carry, need_loss, single_use)
+        return tape
 
-    def _forward(self, params, feeds, lengths, train, rng, carry, need_loss) -> Tape:
+    def _forward(self, params, feeds, lengths, train, rng, carry, need_loss, single_use=False) -> Tape:
         self.pool.new_pass()
+        run = self._pass_run
+        if run is not None:
+            run.release_bound()      # before the loops' check: its bound inputs may be their buffers
         for prog in self._programs.values():
             prog.release_outer()
         env = self.prepare(feeds)
         batch, steps, lengths, mask = self._geometry(env, lengths)
+        key = None
+        if self.options.prepared and not self.check_finite and self.profile is None:
+            key = (steps, batch, None if lengths is None else lengths.tobytes(), need_loss,
+                   tuple((k, a.shape, a.dtype.str) for k, a in env.items()))
+            if run is not None and not (run.key == key and run.free()):
+                run = self._pass_run = None
+            if run is None and self._pass_seen is not None and self._pass_seen[0] == key:
+                # the second pass of a geometry: made now rather than after the first, so that
+                # its arrays come from the pool blocks the last pass's (dropped) tape used
+                run = self._pass_run = self._build_pass_run(key, self._pass_seen[1], need_loss)
+                run.seal()   # (here: the builder's local names are gone)
+        else:
+            run = None
         env.update(self.consts)
         env.update(params)
         tape = Tape(values=env, lengths=lengths, mask=mask, batch=batch, steps=steps, carry=carry or {},
                     ahead={n: np.asarray(feeds[chunks.ahead_key(n)]) for n in self.seq
                            if chunks.ahead_key(n) in feeds})
-        prof = self.profile
-        for step in self.plan.steps:
-            t0 = time.perf_counter() if prof is not None else 0.0
-            if isinstance(step, LoopStep):
-                if self.options.fast_loops and steps > 0:
-                    self._fast_loop_forward(step, tape, train, rng, carry or {})
+        if single_use:
+            tape.single_use = True
+            tape.fresh = set() if self.spendable else None
+        if run is not None:
+            self._run_prepared(run, tape, train, rng, carry)
+        else:
+            prof = self.profile
+            built = {} if key is not None else None
+            for step in self.plan.steps:
+                t0 = time.perf_counter() if prof is not None else 0.0
+                if isinstance(step, LoopStep):
+                    self._loop_step_forward(step, tape, train, rng, carry)
                 else:
-                    self._loop_forward(step, tape, train, rng, carry or {})
-            else:
-                if not need_loss and step.id == self.plan.loss:
-                    continue
-                self._op_forward(step, tape, train, rng)
-            if prof is not None:
-                self._note("forward", step, time.perf_counter() - t0)
+                    if not need_loss and step.id == self.plan.loss:
+                        continue
+                    if self._op_forward(step, tape, train, rng):
+                        if built is not None:
+                            built[step.id] = tape.values[step.id].shape
+                        if tape.fresh is not None:
+                            tape.fresh.add(step.id)
+                if prof is not None:
+                    self._note("forward", step, time.perf_counter() - t0)
+            if key is not None:
+                self._pass_seen = (key, built)
         if steps:
             for src, depth in self.lookback.items():
-                key = chunks.history_key(src)
-                tape.final_states[key] = chunks.next_history(tape.carry.get(key), env[src], lengths, depth)
+                k = chunks.history_key(src)
+                tape.final_states[k] = chunks.next_history(tape.carry.get(k), env[src], lengths, depth)
         return tape
+
+    def _loop_step_forward(self, step: LoopStep, tape: Tape, train, rng, carry) -> None:
+        if self.options.fast_loops and tape.steps > 0:
+            self._fast_loop_forward(step, tape, train, rng, carry or {})
+        else:
+            self._loop_forward(step, tape, train, rng, carry or {})
+
+    # ---- the prepared pass (fast path) ------------------------------------------
+    def _build_pass_run(self, key: tuple, built: dict, need_loss: bool) -> "_PassRun":
+        """A flat list of the forward pass's steps for this batch geometry: the steps that ran
+        into an array of their own (``forward_into``) get one owned by the run, with their
+        inputs' list made once (inputs made by such steps fixed, the others bound when the
+        step runs); loops and the other steps go through the general path."""
+        run = _PassRun(key=key)
+        made: dict[str, np.ndarray] = {}
+        for step in self.plan.steps:
+            if isinstance(step, LoopStep):
+                run.fwd.append(("loop", step))
+                continue
+            if not need_loss and step.id == self.plan.loss:
+                continue
+            shape = built.get(step.id)
+            if shape is None or step.op == "shift" or any(d for _, d in step.inputs):
+                run.fwd.append(("op", step))
+                continue
+            o = self._outer_info(step)
+            out = self.pool.empty(shape, self.dtype)   # held by the run: the pool leaves it alone
+            xs: list = [None] * len(step.inputs)
+            binds = []
+            for i, (src, _) in enumerate(step.inputs):
+                if src in made:
+                    xs[i] = made[src]
+                else:
+                    binds.append((i, src))
+            made[step.id] = out
+            run.outs.append(out)
+            run.bound.append((xs, [i for i, _ in binds]))
+            run.fwd.append((step.id, o.op.forward_into, xs, tuple(binds), out, step.attrs, (xs, NO_CTX)))
+            run.by_id[step.id] = len(run.fwd) - 1
+        return run
+
+    def _run_prepared(self, run: "_PassRun", tape: Tape, train, rng, carry) -> None:
+        env, records, fresh = tape.values, tape.records, tape.fresh
+        run.tape = weakref.ref(tape)
+        tape.prepared = run
+        for e in run.fwd:
+            if len(e) == 2:
+                if e[0] == "loop":
+                    self._loop_step_forward(e[1], tape, train, rng, carry)
+                else:
+                    self._op_forward(e[1], tape, train, rng)
+                continue
+            sid, fn, xs, binds, out, attrs, rec = e
+            for i, src in binds:
+                xs[i] = env[src]
+            fn(xs, out, attrs)
+            env[sid] = out
+            records[sid] = rec
+            if fresh is not None:
+                fresh.add(sid)
 
     def _note(self, phase: str, step, seconds: float, part: str = "") -> None:
         """Add to ``self.profile``: seconds per (phase, op or 'loop', step id, part)."""
@@ -246,12 +380,14 @@ class Executor:
                 first_seq=bool(step.inputs) and step.inputs[0][0] in self.seq)
         return info
 
-    def _op_forward(self, step: OpStep, tape: Tape, train, rng) -> None:
+    def _op_forward(self, step: OpStep, tape: Tape, train, rng) -> bool:
+        """Run one step outside loops; True if it ran into an array of the pool (``forward_into``)."""
         env = tape.values
         xs = [env[src] if d == 0 else self._read_whole(tape, src, d) for src, d in step.inputs]
         o = self._outer_info(step)
         op = o.op
         out = None
+        into = False
         if o.pooled and self.pool.enabled:
             # into an array from the pool: no fresh allocation (and page faults) every pass
             lead = (tape.steps, tape.batch) if o.lead == "seq" else (() if o.lead == "static" else (tape.batch,))
@@ -259,11 +395,14 @@ class Executor:
             try:
                 op.forward_into(xs, out, step.attrs)
                 ctx = NO_CTX
+                into = True
             except ValueError:  # not the shape the plan says (broadcasting): the generic way
                 out = None
         if out is None:
             ctx = (Ctx(train=train, rng=rng, mask=tape.mask if o.first_seq else None,
-                       lengths=tape.lengths if o.first_seq else None, empty=self.pool.empty)
+                       lengths=tape.lengths if o.first_seq else None, empty=self.pool.empty,
+                       spend=(tape.fresh is not None and step.id in self.spendable
+                              and step.inputs[0][0] in tape.fresh))
                    if op.needs_ctx else NO_CTX)
             out = op.forward(xs, step.attrs, ctx)
         if self.check_finite and not step.integer:
@@ -272,6 +411,7 @@ class Executor:
             out = self._shift_across_chunks(step, out, tape)
         env[step.id] = out
         tape.records[step.id] = (xs, ctx)
+        return into and step.op != "shift"
 
     def _shift_across_chunks(self, step: OpStep, out: np.ndarray, tape: Tape) -> np.ndarray:
         """A shift past the chunk's start reads the previous chunk's steps; past its end, the input's
@@ -577,6 +717,12 @@ class Executor:
             return self._backward(tape, seeds, wrt)
 
     def _backward(self, tape: Tape, seeds, wrt) -> dict[str, np.ndarray]:
+        if tape.single_use:
+            if tape.used:
+                raise RuntimeError("this tape was made for one backward pass (forward(..., single_use=True), "
+                                   "as in training) and has had it: some of its values were overwritten; "
+                                   "run the forward pass again, or without single_use to keep them")
+            tape.used = True
         grads: dict[str, np.ndarray] = {}
         acc = _Accumulator(grads, self.pool)
         if seeds:
@@ -589,15 +735,13 @@ class Executor:
         need = self._grad_needed(wrt)
         leaves = None if wrt is None else set(wrt)
         prof = self.profile
+        run = tape.prepared
+        if run is not None and not seeds and prof is None and run.grads_free():
+            self._run_prepared_backward(run, tape, grads, acc, need, leaves)
+            return grads
         for step in reversed(self.plan.steps):
             t0 = time.perf_counter() if prof is not None else 0.0
-            if isinstance(step, LoopStep):
-                if step.index in tape.loops:
-                    self._fast_loop_backward(step, tape, grads, acc, need, keep=wrt is None)
-                else:
-                    self._loop_backward(step, tape, grads, need)
-            else:
-                self._op_backward(step, tape, grads, acc, need)
+            self._backward_step(step, tape, grads, acc, need, wrt is None)
             if leaves is not None:  # only the leaves were asked for: a value's gradient goes once used
                 for v in ([b.id for b in step.body] if isinstance(step, LoopStep) else [step.id]):
                     if v not in leaves and v in grads:
@@ -605,6 +749,71 @@ class Executor:
             if prof is not None:
                 self._note("backward", step, time.perf_counter() - t0)
         return grads
+
+    def _backward_step(self, step, tape: Tape, grads, acc: "_Accumulator", need, keep: bool) -> None:
+        if isinstance(step, LoopStep):
+            if step.index in tape.loops:
+                self._fast_loop_backward(step, tape, grads, acc, need, keep=keep)
+            else:
+                self._loop_backward(step, tape, grads, need)
+        else:
+            self._op_backward(step, tape, grads, acc, need)
+
+    def _run_prepared_backward(self, run: "_PassRun", tape: Tape, grads, acc: "_Accumulator", need,
+                               leaves) -> None:
+        """The backward pass of a prepared forward pass: its own steps' VJPs go straight into
+        arrays of the run's own when they are the first gradient of their value."""
+        key = (id(need), None if leaves is None else frozenset(leaves))
+        entries = run.bwd.get(key)
+        if entries is None:
+            before = run.counts()
+            entries, dests = self._build_pass_backward(run, need, leaves)
+            run.bwd[key] = entries
+            run.adjust(before)
+            n = len(run.tracked)
+            run.tracked += dests
+            del dests                      # (before counting: the run's own references only)
+            run.rest += run.counts()[n:]
+        keep = leaves is None
+        owned = acc.owned
+        for e in entries:
+            if len(e) == 2:
+                step, dels = e
+                self._backward_step(step, tape, grads, acc, need, keep)
+            else:
+                sid, fn, op, xs, out, attrs, todo, dels = e
+                g = grads.get(sid)
+                if g is not None:
+                    for i, src, dest in todo:
+                        if src in grads:
+                            acc.add_into(src, dest.shape, _Into(op, i, g, xs, out, attrs))
+                        else:
+                            fn(i, g, xs, out, attrs, dest, False)
+                            grads[src] = dest
+                            owned.add(src)
+            for v in dels:
+                if v in grads:
+                    del grads[v]
+
+    def _build_pass_backward(self, run: "_PassRun", need, leaves) -> tuple[list, list]:
+        entries, dests = [], []
+        for step in reversed(self.plan.steps):
+            ids = [b.id for b in step.body] if isinstance(step, LoopStep) else [step.id]
+            dels = () if leaves is None else tuple(v for v in ids if v not in leaves)
+            at = None if isinstance(step, LoopStep) else run.by_id.get(step.id)
+            if at is None or step.op in ("slice", "embed") or not self._outer_info(step).into:
+                entries.append((step, dels))
+                continue
+            sid, _, xs, _, out, attrs, _ = run.fwd[at]
+            todo = []
+            for i, (src, _) in enumerate(step.inputs):
+                if src in need and src not in self.integer:
+                    dest = self.pool.empty(xs[i].shape, self.dtype)
+                    todo.append((i, src, dest))
+                    dests.append(dest)
+            op = self._outer_info(step).op
+            entries.append((sid, op.vjp_into, op, xs, out, attrs, tuple(todo), dels))
+        return entries, dests
 
     def _grad_needed(self, wrt) -> set[str]:
         """Values through which a gradient reaches one of the ``wrt`` leaves."""
@@ -940,6 +1149,58 @@ class _Outer:
     into: bool        # its VJP can write into the gradient's array
     joint: bool       # no per-input VJP: compute them all at once
     first_seq: bool   # its first input is a sequence: its Ctx carries the mask
+
+
+@dataclass
+class _PassRun:
+    """The steps of a pass outside loops for one batch geometry, as a flat list (fast path).
+
+    ``fwd`` holds, in plan order, ``("loop", step)`` / ``("op", step)`` for what goes through
+    the general path, and ``(id, forward_into, inputs, binds, out, attrs, record)`` for a step
+    writing into an array of the run's own: its list of inputs is made once (outputs of other
+    such steps fixed in it; ``binds`` are filled from the tape's values when it runs). The
+    backward counterpart (``bwd``, per set of wanted leaves) sends each gradient into an
+    array of the run's own when it is the first to reach its value. Used again, like a
+    ``_LoopRun``, only when no tape, gradient or view of the last pass holds any of its arrays.
+    """
+
+    key: tuple
+    fwd: list = field(default_factory=list)
+    by_id: dict = field(default_factory=dict)    # step id -> index in fwd
+    outs: list = field(default_factory=list)     # the run's own arrays
+    bound: list = field(default_factory=list)    # (inputs list, positions bound at every pass)
+    bwd: dict = field(default_factory=dict)      # (need, leaves) key -> list of backward entries
+    tape: object = None
+    tracked: list = field(default_factory=list)
+    rest: list = field(default_factory=list)
+
+    def counts(self) -> list:
+        return [sys.getrefcount(a) for a in self.tracked]
+
+    def seal(self) -> None:
+        self.tracked = list(self.outs)
+        self.rest = self.counts()
+
+    def adjust(self, before: list) -> None:
+        """References the run added to its tracked arrays since ``before = counts()``."""
+        self.rest = [r + now - b for r, now, b in zip(self.rest, self.counts(), before)]
+
+    def release_bound(self) -> None:
+        """Once the tape of its last pass is gone: drop that pass's inputs (parameters, feeds,
+        loop outputs), so that they do not look held to the loops' and the pool's checks."""
+        if self.tape is not None and self.tape() is None:
+            for xs, pos in self.bound:
+                for i in pos:
+                    xs[i] = None
+
+    def free(self) -> bool:
+        return (self.tape is None or self.tape() is None) and self.counts() == self.rest
+
+    def grads_free(self) -> bool:
+        """Whether nobody holds the gradient arrays of an earlier backward pass (a second
+        backward over one tape must not write into the first one's results)."""
+        n = len(self.outs)
+        return self.counts()[n:] == self.rest[n:]   # (a slice of tracked would hold them once more)
 
 
 @dataclass

@@ -164,6 +164,7 @@ class CrossEntropy(ClassLoss):
 class CrossEntropyLogits(ClassLoss):
     name = "cross_entropy_logits"
     doc = "cross_entropy(softmax(z), y) computed stably from logits z"
+    spends_input = True   # in a single-use pass the exponentials overwrite the logits
 
     # Rows flattened to (N, K) and few NumPy calls: for small batches the calls are the cost.
     def forward(self, xs, attrs, ctx):
@@ -174,7 +175,8 @@ class CrossEntropyLogits(ClassLoss):
         cols = yf if valid is None else np.where(valid, yf, 0)
         rows = _arange(len(yf))
         # One exp over the logits: e = exp(z - max), -log p[y] = log(sum e) - (z[y] - max).
-        e = np.subtract(flat, flat.max(axis=1, keepdims=True), out=ctx.empty(flat.shape, z.dtype))
+        e = np.subtract(flat, flat.max(axis=1, keepdims=True),
+                        out=flat if ctx.spend else ctx.empty(flat.shape, z.dtype))
         try:
             zy = e[rows, cols]
         except IndexError:

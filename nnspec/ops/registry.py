@@ -53,6 +53,9 @@ class Ctx:
     ``empty(shape, dtype)`` gives an uninitialised array for a big result or
     temporary: the runtime hands out its buffer pool's arrays, which spares
     the page faults of a fresh allocation every pass.
+    ``spend``: the op may overwrite its first input (an op with ``spends_input``; the runtime
+    says so only in a single-use training pass, for an array of its own that nothing else
+    reads, not even a VJP).
     """
 
     train: bool = False
@@ -61,6 +64,7 @@ class Ctx:
     lengths: np.ndarray | None = None
     saved: dict = field(default_factory=dict)
     empty: Callable = np.empty
+    spend: bool = False
 
 
 class Op:
@@ -90,6 +94,7 @@ class Op:
     # The runtime's loop fast path calls these; the defaults fall back on
     # forward/vjp, so an op only overrides them to save allocations and work.
     needs_ctx: ClassVar[bool] = True   # forward/vjp read ctx (train, rng, mask, saved)
+    spends_input: ClassVar[bool] = False  # forward can work in its first input's array (Ctx.spend)
     # its step kernel may overflow harmlessly (sigmoid's e^-x -> inf gives exactly 0) and does not
     # silence the warning itself (np.errstate costs more than the kernel at small sizes): the
     # runtime silences overflow warnings around the steps of a loop that holds such an op

@@ -5,7 +5,7 @@ Independent of the network runtime: parameters are ``dict[str, ndarray]``
 and gradients a dict with the same keys and shapes.
 """
 from .checkpoint import Checkpoint, CheckpointError, load_checkpoint, rng_from_state, save_checkpoint
-from .clip import clip_global_norm, clip_value, global_norm
+from .clip import clip_global_norm, clip_scale, clip_value, global_norm
 from .init import INITIALIZERS, default_initializer, fans, initialize
 from .metrics import RunningMean, accuracy, confusion_matrix, perplexity
 from .optim import OPTIMIZERS, SGD, Adam, AdamW, Momentum, Optimizer, make_optimizer
@@ -15,7 +15,7 @@ from .schedule import SCHEDULES, Schedule, make_schedule
 
 __all__ = [
     "Checkpoint", "CheckpointError", "load_checkpoint", "rng_from_state", "save_checkpoint",
-    "clip_global_norm", "clip_value", "global_norm",
+    "clip_global_norm", "clip_scale", "clip_value", "global_norm",
     "INITIALIZERS", "default_initializer", "fans", "initialize",
     "RunningMean", "accuracy", "confusion_matrix", "perplexity",
     "OPTIMIZERS", "SGD", "Adam", "AdamW", "Momentum", "Optimizer", "make_optimizer",

@@ -32,6 +32,16 @@ def clip_global_norm(grads: dict[str, np.ndarray], max_norm: float) -> float:
     return norm
 
 
+def clip_scale(grads: dict[str, np.ndarray], max_norm: float) -> tuple[float, float]:
+    """(pre-clip norm, factor) for clipping to ``max_norm`` without touching the gradients: the
+    factor goes to the optimiser's ``step(..., scale=factor)``, which folds it into the update
+    (one pass less over every gradient than ``clip_global_norm``). A non-finite norm gives 1."""
+    if max_norm <= 0:
+        raise ValueError(f"max_norm must be positive, got {max_norm}")
+    norm = global_norm(grads)
+    return norm, (max_norm / norm if math.isfinite(norm) and norm > max_norm else 1.0)
+
+
 def clip_value(grads: dict[str, np.ndarray], limit: float) -> None:
     """Clamp every gradient element to [-limit, limit]."""
     if limit <= 0:

@@ -23,7 +23,7 @@ from ..plan import OpStep
 from ..runtime import RuntimeFailure
 from ..settings import TrainSettings
 from .checkpoint import load_checkpoint, save_checkpoint
-from .clip import clip_global_norm
+from .clip import clip_scale
 from .optim import make_optimizer
 from .progress import Progress
 from .rundir import RunDir
@@ -216,7 +216,8 @@ class Trainer:
                 self.optimizer.lr = self.schedule.lr_at(self.step, epoch)
             with np.errstate(invalid="ignore", divide="ignore"):  # a NaN is caught and named below
                 loss, grads, tape = model.loss_and_grads(batch.arrays, batch.lengths, rng=self.rng,
-                                                         carry=carry if batch.carry else None)
+                                                         carry=carry if batch.carry else None,
+                                                         single_use=s.rule != "perceptron")
             if not math.isfinite(loss) or not all(np.isfinite(g).all() for g in grads.values()):
                 self._diagnose_nan(batch, carry, loss)
             if self.data.stream:
@@ -224,9 +225,9 @@ class Trainer:
             if s.rule == "perceptron":
                 mistakes += sum(int(((tape.values[h.pred] > 0) != (tape.values[h.target] > 0.5)).sum())
                                 for h in self.heads)
-            if s.clip:
-                clip_global_norm(grads, s.clip)
-            self.optimizer.step(model.params, grads)
+            scale = clip_scale(grads, s.clip)[1] if s.clip else 1.0
+            # the gradients are the executor's own and dropped below: the update may overwrite them
+            self.optimizer.step(model.params, grads, scale=scale, consume=True)
             self.step += 1
             total += loss * batch.size
             count += batch.size

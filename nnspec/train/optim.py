@@ -7,6 +7,12 @@ per-parameter step counts) is created lazily on a parameter's first update.
 ``lr`` is a plain attribute: the training loop sets it from a schedule before
 each step.
 
+``step(params, grads, scale=s)`` updates with ``s * g`` (gradient clipping folded into the
+update: ``clip.clip_scale``); ``consume=True`` says the gradients are the caller's to give
+away (the executor's own arrays, dropped after the step), so the update may overwrite them
+instead of making a scaled copy: SGD then does ``g *= -lr * s; p += g``, two passes like a
+hand-written step. Gradients sharing memory with another one are never overwritten.
+
 ``state_dict()`` holds hyperparameters and counters as Python scalars and
 buffers as arrays under ``"<buffer>/<param name>"`` keys (e.g. ``"m/h1.Wf"``);
 loading it into a fresh optimiser of the same kind continues bit-identically.
@@ -31,7 +37,10 @@ class Optimizer:
         self.state: dict[str, dict[str, np.ndarray]] = {b: {} for b in self.buffers}
         self.steps: dict[str, int] = {}  # per-parameter update counts (Adam's bias correction)
 
-    def step(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray]) -> None:
+    def step(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray], *,
+             scale: float = 1.0, consume: bool = False) -> None:
+        mine = _sole_owners(grads) if consume else ()
+        steps = self.steps
         for name, g in grads.items():
             try:
                 p = params[name]
@@ -39,9 +48,19 @@ class Optimizer:
                 raise KeyError(f"gradient for unknown parameter {name!r}") from None
             if g.shape != p.shape:
                 raise ValueError(f"gradient for {name!r} has shape {g.shape}, parameter has {p.shape}")
-            t = self.steps.get(name, 0) + 1
-            self.steps[name] = t
-            self._update(name, p, g, t)
+            t = steps.get(name, 0) + 1
+            steps[name] = t
+            self._update_scaled(name, p, g, t, float(scale), name in mine)
+
+    def _update_scaled(self, name: str, p: np.ndarray, g: np.ndarray, t: int, scale: float,
+                       writable: bool) -> None:
+        """The update from ``scale * g``; ``writable``: g may be overwritten."""
+        if scale != 1.0:
+            if writable and g.dtype == p.dtype and getattr(g, "rows", None) is None:
+                g *= scale
+            else:
+                g = g * scale
+        self._update(name, p, g, t)
 
     def _update(self, name: str, p: np.ndarray, g: np.ndarray, t: int) -> None:
         raise NotImplementedError
@@ -98,13 +117,35 @@ class SGD(Optimizer):
         self.weight_decay = float(weight_decay)
 
     def _update(self, name, p, g, t):
+        self._update_scaled(name, p, g, t, 1.0, False)
+
+    def _update_scaled(self, name, p, g, t, scale, writable):
+        if type(self)._update is not SGD._update:      # a subclass with its own update (Momentum)
+            return Optimizer._update_scaled(self, name, p, g, t, scale, writable)
+        a = -self.lr * scale
         if self.weight_decay:
-            g = g + self.weight_decay * p
+            g = g + (self.weight_decay / scale) * p   # (scale g + wd p) = scale (g + wd/scale p)
+            writable = True
         rows = getattr(g, "rows", None)   # an embedding table's gradient: only these rows are non-zero
         if rows is not None and rows.size < p.shape[0]:
-            p[rows] -= self.lr * g[rows]
+            p[rows] += a * g[rows]
             return
-        self._scratch = _add_scaled(p, g, -self.lr, getattr(self, "_scratch", None))
+        if writable and g.dtype == p.dtype and g.shape == p.shape and g.flags.c_contiguous:
+            g *= a               # the gradient is ours to overwrite: no scaled copy
+            p += g
+            return
+        self._scratch = _add_scaled(p, g, a, getattr(self, "_scratch", None))
+
+
+def _sole_owners(grads: dict[str, np.ndarray]) -> set[str]:
+    """Names whose gradient shares its memory with no other gradient (one may overwrite it)."""
+    roots: dict[int, list] = {}
+    for name, g in grads.items():
+        r = g
+        while r.base is not None:
+            r = r.base
+        roots.setdefault(id(r), []).append(name)
+    return {names[0] for names in roots.values() if len(names) == 1}
 
 
 _BLOCK = 1 << 18  # elements per block of _add_scaled (1 MiB of float32): few calls, a small scratch

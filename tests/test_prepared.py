@@ -1,0 +1,189 @@
+"""The prepared pass (steps outside loops as a flat list of bound kernels, kept per batch
+geometry) and updates that may overwrite the executor's gradients."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import random_feeds
+from test_optimize import BINDINGS, LENGTHS, SPECS
+
+from nnspec import compile_text
+from nnspec.runtime import ExecOptions, Executor
+from nnspec.train.clip import clip_global_norm, clip_scale
+from nnspec.train.optim import make_optimizer
+
+MLP = "input x[5]\ntarget y : class[3]\nh[6] = relu(W @ x + b)\nloss cross_entropy(softmax(V @ h + c), y)\n"
+
+
+def _setup(text, T=5, B=3):
+    plan = compile_text(text, bindings=BINDINGS).plan
+    rng = np.random.default_rng(0)
+    params = {p.name: rng.normal(scale=0.5, size=p.shape) for p in plan.params}
+    batches = [random_feeds(plan, T=T, B=B, seed=s) for s in range(4)]
+    return plan, params, batches
+
+
+def _pass(ex, params, feeds, lengths):
+    tape = ex.forward(params, feeds, lengths=lengths, train=True, rng=np.random.default_rng(1))
+    grads = ex.backward(tape, wrt=set(params))
+    return tape, grads
+
+
+@pytest.mark.parametrize("name", ["mlp", "lstm", "lstm_gate_by_gate", "bidirectional_stacked",
+                                  "learned_initial_states"])
+def test_a_prepared_pass_reused_across_batches_equals_a_fresh_executor(name):
+    text = MLP if name == "mlp" else SPECS[name]
+    plan, params, batches = _setup(text)
+    lengths = None if name == "mlp" else LENGTHS
+    kept = Executor(plan, dtype=np.float64)
+    seen = []
+    for feeds in batches + batches:
+        tape, grads = _pass(kept, params, feeds, lengths)
+        seen.append(tape.prepared)
+        loss = float(tape.values[plan.loss])
+        got = {k: np.array(v) for k, v in grads.items()}
+        del tape, grads
+        ref_tape, ref = _pass(Executor(plan, dtype=np.float64, options=ExecOptions(prepared=False)),
+                              params, feeds, lengths)
+        assert ref_tape.prepared is None
+        assert loss == pytest.approx(float(ref_tape.values[plan.loss]), rel=1e-12)
+        assert set(got) == set(ref)
+        for k in ref:
+            np.testing.assert_allclose(got[k], ref[k], rtol=1e-10, atol=1e-12, err_msg=k)
+    assert seen[0] is None and seen[1] is not None and all(r is seen[1] for r in seen[1:])
+
+
+def test_a_prepared_pass_is_not_reused_while_its_tape_or_gradients_are_held():
+    plan, params, batches = _setup(MLP)
+    ex = Executor(plan, dtype=np.float64)
+    _pass(ex, params, batches[0], None)                 # builds the prepared pass
+    t1, g1 = _pass(ex, params, batches[1], None)
+    assert t1.prepared is not None
+    snapshot = {k: v.copy() for k, v in t1.values.items()}, {k: v.copy() for k, v in g1.items()}
+    t2, g2 = _pass(ex, params, batches[2], None)        # t1 and g1 still held: a new pass
+    assert t2.prepared is not t1.prepared
+    for k, v in snapshot[0].items():
+        np.testing.assert_array_equal(t1.values[k], v)
+    for k, v in snapshot[1].items():
+        np.testing.assert_array_equal(g1[k], v)
+    held = g2["W"]                                      # a gradient alone keeps it too
+    del t1, g1, t2, g2
+    t3, _ = _pass(ex, params, batches[3], None)
+    assert not np.shares_memory(t3.values[plan.loss], held) and t3.prepared is not None
+
+
+def test_a_new_batch_shape_gets_a_new_prepared_pass():
+    plan, params, _ = _setup(MLP)
+    ex = Executor(plan, dtype=np.float64)
+    runs = []
+    for B in (3, 3, 4, 4, 3):
+        feeds = random_feeds(plan, T=1, B=B, seed=B)
+        tape, grads = _pass(ex, params, feeds, None)
+        runs.append(tape.prepared)
+        assert grads["W"].shape == params["W"].shape
+        del tape, grads
+    assert runs[0] is None and runs[1] is not None and runs[2] is None and runs[3] is not None
+    assert runs[4] is None                              # one geometry kept at a time
+
+
+def test_sgd_may_overwrite_gradients_it_is_given_but_not_shared_ones():
+    rng = np.random.default_rng(0)
+    p0 = {k: rng.normal(size=(70, 300)).astype(np.float32) for k in "ab"}
+    g = rng.normal(size=(70, 300)).astype(np.float32)
+    ref = {k: v.copy() for k, v in p0.items()}
+    make_optimizer("sgd", lr=0.1).step(ref, {"a": g.copy(), "b": g.copy()})
+    p = {k: v.copy() for k, v in p0.items()}
+    shared = g.copy()                                    # one array, two parameters' gradient
+    make_optimizer("sgd", lr=0.1).step(p, {"a": shared, "b": shared}, consume=True)
+    for k in p:
+        np.testing.assert_array_equal(p[k], ref[k])
+    np.testing.assert_array_equal(shared, g)
+    p = {k: v.copy() for k, v in p0.items()}
+    own = {"a": g.copy(), "b": g.copy()}
+    make_optimizer("sgd", lr=0.1).step(p, own, consume=True)
+    for k in p:
+        np.testing.assert_array_equal(p[k], ref[k])     # the same update, bit for bit
+
+
+@pytest.mark.parametrize("kind", ["sgd", "momentum", "adam"])
+@pytest.mark.parametrize("wd", [0.0, 0.01])
+def test_clipping_folded_into_the_update_equals_clipping_first(kind, wd):
+    rng = np.random.default_rng(1)
+    p0 = {"w": rng.normal(size=(8, 5)), "b": rng.normal(size=5)}
+    grads = lambda: {"w": 10 * rng.normal(size=(8, 5)), "b": rng.normal(size=5)}  # noqa: E731
+    a, b = ({k: v.copy() for k, v in p0.items()} for _ in range(2))
+    oa, ob = make_optimizer(kind, lr=0.1, weight_decay=wd), make_optimizer(kind, lr=0.1, weight_decay=wd)
+    for _ in range(3):
+        g = grads()
+        g2 = {k: v.copy() for k, v in g.items()}
+        clip_global_norm(g, 1.0)
+        oa.step(a, g)
+        norm, scale = clip_scale(g2, 1.0)
+        assert scale < 1 and norm > 1
+        ob.step(b, g2, scale=scale, consume=True)
+    for k in a:
+        np.testing.assert_allclose(b[k], a[k], rtol=1e-12, atol=1e-14)
+
+
+def test_a_single_use_tape_spends_the_logits_and_refuses_a_second_backward():
+    text = ("input w : seq of token\ntarget y : seq of class\ne = embed(w, 3)\nh = lstm(e, H = 4)\n"
+            "loss cross_entropy(softmax(V @ h + c), y)\n")
+    plan = compile_text(text, bindings={"vocab(w)": 7, "classes(y)": 5}).plan
+    logits = next(s.inputs[0][0] for s in plan.steps if getattr(s, "op", "") == "cross_entropy_logits")
+    rng = np.random.default_rng(0)
+    params = {p.name: rng.normal(scale=0.5, size=p.shape) for p in plan.params}
+    feeds = random_feeds(plan, T=5, B=3, seed=0)
+    ex = Executor(plan, dtype=np.float64)
+    assert ex.spendable                                 # the loss may work in the logits' array
+    for _ in range(3):                                  # generic pass, then prepared ones
+        full = ex.forward(params, feeds, lengths=LENGTHS)
+        z = full.values[logits].copy()
+        ref = ex.backward(full, wrt=set(params))
+        ref = {k: v.copy() for k, v in ref.items()}
+        again = ex.backward(full, wrt=set(params))      # a full tape: a second backward is fine
+        for k in ref:
+            np.testing.assert_allclose(again[k], ref[k], rtol=1e-12)
+        del full, again
+        tape = ex.forward(params, feeds, lengths=LENGTHS, single_use=True)
+        assert not np.allclose(tape.values[logits], z)  # overwritten by the exponentials
+        grads = ex.backward(tape, wrt=set(params))
+        for k in ref:
+            np.testing.assert_allclose(grads[k], ref[k], rtol=1e-12, err_msg=k)
+        with pytest.raises(RuntimeError, match="one backward pass"):
+            ex.backward(tape, wrt=set(params))
+        del tape, grads
+
+
+def test_nothing_read_elsewhere_is_spent():
+    # the logits are an output too: they stay
+    text = "input x[4]\ntarget y : class[3]\nz = W @ x + b\noutput z\nloss cross_entropy(softmax(z), y)\n"
+    plan = compile_text(text).plan
+    assert not Executor(plan).spendable
+
+
+def test_two_backward_passes_over_one_prepared_tape_give_separate_gradients():
+    plan, params, batches = _setup(MLP)
+    ex = Executor(plan, dtype=np.float64)
+    _pass(ex, params, batches[0], None)
+    tape = ex.forward(params, batches[1])
+    assert tape.prepared is not None
+    g1 = ex.backward(tape, wrt=set(params))
+    keep = {k: v.copy() for k, v in g1.items()}
+    g2 = ex.backward(tape, wrt=set(params))
+    for k in g1:
+        assert not np.shares_memory(g1[k], g2[k])
+        g2[k] *= 0                                       # the second result is the caller's own
+        np.testing.assert_array_equal(g1[k], keep[k])
+
+
+def test_training_steps_run_the_prepared_backward_pass(monkeypatch):
+    plan, params, batches = _setup(SPECS["lstm"])
+    ex = Executor(plan, dtype=np.float64)
+    calls = []
+    orig = Executor._run_prepared_backward
+    monkeypatch.setattr(Executor, "_run_prepared_backward",
+                        lambda self, *a, **k: (calls.append(1), orig(self, *a, **k))[1])
+    for feeds in batches * 2:
+        tape, grads = _pass(ex, params, feeds, LENGTHS)
+        del tape, grads
+    assert len(calls) == 2 * len(batches) - 1          # every pass but the first
