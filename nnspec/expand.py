@@ -68,6 +68,8 @@ class Expander:
                              base_dir=program.base_dir)
         self.primitives = set(REGISTRY) | SPECIAL_FUNCTIONS
         self.depth = 0
+        self._first_index: dict[str, int] = {}  # equation name -> index of its first equation
+        self._indexed_equations = 0
 
     # ---- entry ------------------------------------------------------------
     def run(self) -> FlatSpec:
@@ -142,15 +144,24 @@ class Expander:
         """``h[64] = lstm(x)``: the caller's size for a value a cell instance defines."""
         if not dims:
             return
-        for i, eq in enumerate(self.flat.equations):
-            if eq.name != name:
-                continue
+        i = self._first_equation(name)
+        if i is not None:
+            eq = self.flat.equations[i]
             if eq.dims is None or _has_inferred(eq.dims):
                 self.flat.equations[i] = eq.model_copy(update={"dims": dims})
             elif not _has_inferred(dims) and [d.value for d in dims] != [d.value for d in eq.dims]:
                 self.diags.error(f"'{name}' is given size {format_dims(dims)} here, but its cell makes it "
                                  f"{format_dims(eq.dims)}", span, [("the cell's size", eq.span)])
-            return
+
+    def _first_equation(self, name: str) -> int | None:
+        """The index of the first equation defining ``name``. Equations are only appended (or
+        replaced in place), so the index is extended with the new ones instead of searching them all
+        for every sized cell call."""
+        equations = self.flat.equations
+        for i in range(self._indexed_equations, len(equations)):
+            self._first_index.setdefault(equations[i].name, i)
+        self._indexed_equations = len(equations)
+        return self._first_index.get(name)
 
     # ---- constants and sizes ---------------------------------------------
     def finite(self, value: float | None, stmt: ast.Let) -> float | None:
@@ -516,8 +527,11 @@ def format_flat(flat: FlatSpec) -> str:
 
 def _owner(name: str, cells: dict[str, str]) -> str | None:
     """The innermost cell instance a value belongs to, for section comments."""
-    best = None
-    for inst in cells:
-        if (name == inst or name.startswith(inst + ".")) and (best is None or len(inst) > len(best)):
-            best = inst
-    return best
+    return next((p for p in reversed(name_prefixes(name)) if p in cells), None)
+
+
+def name_prefixes(name: str) -> list[str]:
+    """'h.fwd.c' -> ['h', 'h.fwd', 'h.fwd.c']: the instances a value of that name may belong to
+    (looked up one by one, instead of testing every instance of a big spec against the name)."""
+    parts = name.split(".")
+    return [".".join(parts[:i]) for i in range(1, len(parts) + 1)]

@@ -22,7 +22,7 @@ import networkx as nx
 import numpy as np
 
 from .errors import Diagnostics, Span, did_you_mean
-from .expand import MAX_SIZE, FlatSpec
+from .expand import MAX_SIZE, FlatSpec, name_prefixes
 from .ops import REGISTRY
 from .syntax import ast
 
@@ -521,10 +521,9 @@ class GraphBuilder:
 
 def user_call(graph: Graph, node: str) -> str | None:
     """The cell instance, called from the user's own file, that ``node`` belongs to (None at top level)."""
-    for inst, call in sorted(graph.flat.calls.items(), key=lambda kv: len(kv[0])):
-        if (node == inst or node.startswith(inst + ".")) and not call.file.startswith("<stdlib>"):
-            return inst
-    return None
+    calls = graph.flat.calls
+    return next((inst for inst in name_prefixes(node)
+                 if inst in calls and not calls[inst].file.startswith("<stdlib>")), None)
 
 
 def where(graph: Graph, node: str) -> tuple[Span | None, list[tuple[str, Span | None]]]:
