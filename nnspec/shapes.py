@@ -13,6 +13,7 @@ shape of the value it is combined with, and its own equation checks it later.
 """
 from __future__ import annotations
 
+import heapq
 from typing import Any
 
 from .errors import Diagnostics
@@ -40,7 +41,13 @@ class Var:
 
 
 class Solver:
-    """Union-find over dims (the ``DimSolver`` the op registry's shape rules use)."""
+    """Union-find over dims (the ``DimSolver`` the op registry's shape rules use).
+
+    ``on_change(var)``, when given, is called whenever an unknown root var is decided (gets a
+    value) or merged into another."""
+
+    def __init__(self, on_change=None):
+        self.on_change = on_change
 
     def find(self, d):
         if not isinstance(d, Var):
@@ -64,12 +71,15 @@ class Solver:
         if isinstance(a, Var) and isinstance(b, Var):
             if a is not b:
                 a.parent = b
+                self._changed(a)
             return b
         if isinstance(a, Var):
             a.value = b
+            self._changed(a)
             return b
         if isinstance(b, Var):
             b.value = a
+            self._changed(b)
             return a
         if a != b:
             raise ShapeError(f"{_show_dim(a)} ≠ {_show_dim(b)}")
@@ -77,6 +87,10 @@ class Solver:
 
     def resolve(self, shape) -> tuple:
         return tuple(self.find(d) for d in shape)
+
+    def _changed(self, root: Var) -> None:
+        if self.on_change is not None:
+            self.on_change(root)
 
 
 def _show_dim(d) -> str:
@@ -96,6 +110,80 @@ def is_known(shape) -> bool:
     return all(not isinstance(d, Var) for d in shape)
 
 
+class _Blocked:
+    """Nodes that had every operand but could not be decided yet (an operand's size is still
+    unknown), and which of them are worth retrying.
+
+    Entries keep the order in which sweeps over a list of blocked nodes retried them: an entry
+    stays in place while its node keeps failing; a node blocked while a sweep handles the
+    success of an entry is placed right there (its key extends that entry's key), any other at
+    the end. A sweep retries only the entries of *dirty* nodes, those for which one of the unknown
+    dims of their operands was decided or merged since their last try: any other would fail
+    again in the same way, with no effect. So a sweep costs what changed, not the length of the
+    list (sweeping it all after every unstick was quadratic in the number of recurrent layers of
+    a spec with sizes missing).
+    """
+
+    def __init__(self):
+        self.entries: dict[str, list[tuple[tuple, int]]] = {}  # node -> [(key, serial number)]
+        self.dirty: set[str] = set()
+        self._watchers: dict[Var, list[str]] = {}  # unknown root dim -> the nodes to wake when it changes
+        self._top = self._serial = self._children = 0
+        self._inside: tuple | None = None          # key of the entry whose success is being handled
+        self._ahead: list | None = None            # the current sweep's heap of entries to retry
+        self._sweep_end = 0                        # entries numbered from here on came during the sweep
+        self._at: tuple = ()                       # key of the entry the sweep is at
+
+    def add(self, n: str, unknown_dims) -> None:
+        if self._inside is None:
+            self._top += 1
+            key: tuple = (self._top,)
+        else:
+            self._children += 1
+            key = self._inside + (self._children,)
+        self.entries.setdefault(n, []).append((key, self._serial))
+        self._serial += 1
+        self.watch(n, unknown_dims)
+
+    def watch(self, n: str, unknown_dims) -> None:
+        self.dirty.discard(n)
+        for d in unknown_dims:
+            self._watchers.setdefault(d, []).append(n)
+
+    def changed(self, d: Var) -> None:
+        for n in self._watchers.pop(d, ()):
+            if n in self.dirty or n not in self.entries:
+                continue
+            self.dirty.add(n)
+            if self._ahead is not None:  # its entries the sweep has not passed yet are retried in this sweep
+                for key, serial in self.entries[n]:
+                    if serial < self._sweep_end and key > self._at:
+                        heapq.heappush(self._ahead, (key, serial, n))
+
+    def start_sweep(self) -> None:
+        self._ahead = [(key, serial, n) for n in self.dirty for key, serial in self.entries.get(n, ())]
+        heapq.heapify(self._ahead)
+        self._sweep_end, self._at = self._serial, ()
+
+    def next(self) -> tuple[tuple, str] | None:
+        """The next entry of a dirty node, in order; None at the end of the sweep."""
+        while self._ahead:
+            key, _, n = heapq.heappop(self._ahead)
+            if n in self.dirty:
+                self._at = key
+                return key, n
+        self._ahead = None
+        return None
+
+    def decided(self, n: str) -> None:
+        self.entries.pop(n, None)
+        self.dirty.discard(n)
+
+    def placing_after(self, key: tuple | None) -> None:
+        """Nodes blocked from now on go right after ``key`` (None: at the end)."""
+        self._inside, self._children = key, 0
+
+
 class ShapeInference:
     """Decides the shapes of a graph's nodes in one pass over its dependencies.
 
@@ -105,7 +193,7 @@ class ShapeInference:
 
     * ``_missing``: per node, how many of the nodes it depends on still lack a shape;
     * ``_blocked``: nodes that had every operand but could not be decided yet (sizes
-      still unknown), retried after progress elsewhere;
+      still unknown), retried when one of those sizes changes (``_Blocked``);
     * ``_unstickable``: in graph order, the ops that read another op, the only nodes
       ``unstick`` can ever pick; a pointer moves past the ones that cannot be picked
       any more, since nodes only gain shapes.
@@ -114,7 +202,8 @@ class ShapeInference:
     def __init__(self, graph: Graph, order: list[str], diags: Diagnostics, bindings: dict[str, int]):
         self.graph, self.order, self.diags = graph, order, diags
         self.bindings = bindings
-        self.solver = Solver()
+        self._blocked = _Blocked()
+        self.solver = Solver(on_change=self._blocked.changed)
         self.done: set[str] = set()
         self.failed: set[str] = set()
         self.reported_calls: set[str] = set()  # cell calls already blamed for an error inside the cell
@@ -144,15 +233,13 @@ class ShapeInference:
                          for n in self.order}
         self._shaped = {n for n in self.order if self._info[n].shape is not None}
         self._waiting = set(self.order)
-        self._blocked: list[str] = []
         self._unstickable = [n for n in self.order if self._info[n].kind == "op"
                              and any(self._info[src].kind == "op" for src, _ in self._info[n].inputs)]
         self._next_unstickable = 0
         progress = self._sweep(self.order)
         while self._waiting:
             if progress:
-                blocked, self._blocked = self._blocked, []
-                progress = self._sweep(blocked)
+                progress = self._sweep_blocked()
                 if progress:
                     continue
             target = self.unstick()
@@ -163,7 +250,7 @@ class ShapeInference:
                 break
             before = len(self._waiting)
             self._retry_dependents(target)
-            progress = True if len(self._waiting) < before or self._blocked else progress
+            progress = True if len(self._waiting) < before or self._blocked.dirty else progress
         self.check_unresolved()
 
     def _sweep(self, nodes) -> bool:
@@ -171,12 +258,48 @@ class ShapeInference:
         for n in nodes:
             if n in self._waiting and self._missing.get(n, 0) == 0:
                 if self.try_node(n, final=False):
-                    self._waiting.discard(n)
+                    self._decided(n)
                     progress = True
                     self._retry_dependents(n)
                 else:
-                    self._blocked.append(n)
+                    self._block(n)
         return progress
+
+    def _sweep_blocked(self) -> bool:
+        """Retry the blocked nodes whose sizes changed; True if one was decided."""
+        progress = False
+        self._blocked.start_sweep()
+        while (entry := self._blocked.next()) is not None:
+            key, n = entry
+            if n not in self._waiting:
+                continue
+            if self.try_node(n, final=False):
+                self._decided(n)
+                progress = True
+                self._blocked.placing_after(key)
+                self._retry_dependents(n)
+                self._blocked.placing_after(None)
+            else:  # the entry stays where it is
+                self._blocked.watch(n, self._unknown_dims(n))
+        return progress
+
+    def _block(self, n: str) -> None:
+        self._blocked.add(n, self._unknown_dims(n))
+
+    def _decided(self, n: str) -> None:
+        self._waiting.discard(n)
+        self._blocked.decided(n)
+
+    def _unknown_dims(self, n: str) -> list[Var]:
+        """The unknown dims of n's operands (and of the number of classes they hold): nothing
+        else can make a node that has all its operands decidable."""
+        dims = []
+        for src, _ in self._info[n].inputs:
+            o = self._info[src]
+            for d in self.solver.resolve(o.shape or ()) + (self.solver.find(o.card),):
+                if isinstance(d, Var):
+                    dims.append(d)
+        return dims
 
     def _sources(self, n: str) -> list[str]:
         info = self._info[n]
@@ -210,11 +333,11 @@ class ShapeInference:
             for d in self._dependents.get(stack.pop(), ()):
                 if d in self._waiting and self._missing.get(d, 0) == 0:
                     if self.try_node(d, final=False):
-                        self._waiting.discard(d)
+                        self._decided(d)
                         self._now_shaped(d)
                         stack.append(d)
                     else:
-                        self._blocked.append(d)
+                        self._block(d)
 
     def _fail(self, n: str) -> None:
         self.failed.add(n)
