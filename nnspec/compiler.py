@@ -14,6 +14,7 @@ import networkx as nx
 
 from .errors import Diagnostics, SpecError
 from .expand import FlatSpec, expand
+from .gcpause import gc_paused
 from .graph import Graph, NodeInfo, build_graph
 from .loader import Program, load_file, load_text
 from .optimize import optimize_plan
@@ -57,6 +58,12 @@ def compile_program(program: Program, diags: Diagnostics, bindings: dict[str, in
                     dropout: dict[str, float] | None = None, optimize: bool = True,
                     timings: dict[str, float] | None = None) -> Compiled:
     """``timings``, when given, receives the seconds spent validating, planning and optimising."""
+    with gc_paused():
+        return _compile(program, diags, bindings, dropout, optimize, timings)
+
+
+def _compile(program: Program, diags: Diagnostics, bindings: dict[str, int] | None, dropout: dict[str, float] | None,
+             optimize: bool, timings: dict[str, float] | None) -> Compiled:
     clock = time.perf_counter()
     diags.raise_if_errors()
     flat = expand(program, diags)
