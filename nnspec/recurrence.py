@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import networkx as nx
 
 from .errors import Diagnostics
-from .graph import Graph, user_name, where
+from .graph import Graph, closure, user_name, where
 from .ops import REGISTRY
 
 
@@ -172,14 +172,10 @@ def infer_time_and_type(graph: Graph, components: list[Component], diags: Diagno
 
 
 def _sequence_dependents(graph: Graph) -> set[str]:
-    """Every value that depends on a sequence input (one graph walk per sequence input, not one
-    per component: a spec with hundreds of recurrent layers stays linear)."""
-    out: set[str] = set()
-    for info in graph.nodes():
-        if info.kind in ("input", "target") and info.sequence and info.id not in out:
-            out.add(info.id)
-            out |= nx.descendants(graph.g, info.id)
-    return out
+    """Every value that depends on a sequence input (one graph walk for all of them, not one per
+    component: a spec with hundreds of recurrent layers stays linear)."""
+    sequences = [i.id for i in graph.nodes() if i.kind in ("input", "target") and i.sequence]
+    return closure(sequences, graph.g.successors)
 
 
 def _depends_on_sequence(graph: Graph, node: str) -> bool:
