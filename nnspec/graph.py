@@ -84,7 +84,7 @@ class Graph:
         return self.g.nodes[n]["info"]
 
     def nodes(self) -> list[NodeInfo]:
-        return [self.g.nodes[n]["info"] for n in self.g.nodes]
+        return [data["info"] for _, data in self.g.nodes(data=True)]
 
     def params(self) -> list[NodeInfo]:
         return [i for i in self.nodes() if i.kind == "param"]
