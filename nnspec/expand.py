@@ -239,16 +239,15 @@ class Expander:
             if e.name in scope.lets and e.name not in scope.rename:
                 v = scope.lets[e.name]
                 return ast.Number(span=e.span, value=v, text=f"{v:g}")
-            return e.model_copy(update={"name": scope.qualify(e.name)})
+            return _updated(e, name=scope.qualify(e.name))
         if isinstance(e, ast.Delayed):
-            return e.model_copy(update={"name": scope.qualify(e.name), "offset": e.offset * scope.sign})
+            return _updated(e, name=scope.qualify(e.name), offset=e.offset * scope.sign)
         if isinstance(e, ast.ListLit):
-            return e.model_copy(update={"items": [self.expr(i, scope, owner) for i in e.items]})
+            return _updated(e, items=[self.expr(i, scope, owner) for i in e.items])
         if isinstance(e, ast.BinOp):
-            return e.model_copy(update={"left": self.expr(e.left, scope, owner),
-                                        "right": self.expr(e.right, scope, owner)})
+            return _updated(e, left=self.expr(e.left, scope, owner), right=self.expr(e.right, scope, owner))
         if isinstance(e, ast.Neg):
-            return e.model_copy(update={"operand": self.expr(e.operand, scope, owner)})
+            return _updated(e, operand=self.expr(e.operand, scope, owner))
         if isinstance(e, ast.Call):
             return self.call(e, scope, owner, whole)
         raise TypeError(e)
@@ -259,8 +258,8 @@ class Expander:
     def call(self, e: ast.Call, scope: _Scope, owner: str, whole: bool):
         if e.wrapper is None and e.func in self.primitives:
             args = [self.expr(a, scope, owner) for a in e.args]
-            kws = [k.model_copy(update={"value": self.expr(k.value, scope, owner)}) for k in e.keywords]
-            return e.model_copy(update={"args": args, "keywords": kws})
+            kws = [_updated(k, value=self.expr(k.value, scope, owner)) for k in e.keywords]
+            return _updated(e, args=args, keywords=kws)
         cell = self.cell_named(e.func)
         if cell is None and e.wrapper is not None and e.func in self.primitives:
             self.diags.error(f"{e.wrapper.func}(...) wraps a cell, but '{e.func}' is a function; "
@@ -385,6 +384,21 @@ class Expander:
         if not defines_output:
             self.diags.error(f"cell '{cell.name}' never defines its output '{cell.output}'", cell.span)
         self.depth -= 1
+
+
+def _updated(node, **fields):
+    """``node`` with ``fields`` replaced, or ``node`` itself when they are unchanged: AST nodes are
+    immutable, so the top level of a spec (no prefix, no renames) shares its nodes instead of
+    copying every one of them."""
+    if all(_same(getattr(node, name), value) for name, value in fields.items()):
+        return node
+    return node.model_copy(update=fields)
+
+
+def _same(old, new) -> bool:
+    if isinstance(old, list) and isinstance(new, list):
+        return len(old) == len(new) and all(a is b for a, b in zip(old, new))
+    return old is new or (isinstance(old, (str, int)) and type(old) is type(new) and old == new)
 
 
 def _size_expr(e) -> ast.DimExpr | None:

@@ -228,9 +228,7 @@ class ShapeInference:
 
     def run(self) -> None:
         self._named_vars: dict[str, Var] = {}
-        self._dependents = self._dependents_of_nodes()
-        self._missing = {n: sum(1 for src in set(self._sources(n)) if self._info[src].shape is None)
-                         for n in self.order}
+        self._index_dependencies()
         self._shaped = {n for n in self.order if self._info[n].shape is not None}
         self._waiting = set(self.order)
         self._unstickable = [n for n in self.order if self._info[n].kind == "op"
@@ -315,14 +313,17 @@ class ShapeInference:
             if d in self._missing:
                 self._missing[d] -= 1
 
-    def _dependents_of_nodes(self) -> dict[str, list[str]]:
-        """Nodes that may be decided once a node has its shape: its readers, and the
-        parameters (biases, embedding tables) whose shape follows from it."""
-        deps: dict[str, list[str]] = {}
+    def _index_dependencies(self) -> None:
+        """``_dependents``: the nodes that may be decided once a node has its shape (its readers,
+        and the parameters, biases and embedding tables, whose shape follows from it);
+        ``_missing``: per node, how many of the nodes it depends on have no shape yet."""
+        self._dependents: dict[str, list[str]] = {}
+        self._missing: dict[str, int] = {}
         for n in self.order:
-            for src in self._sources(n):
-                deps.setdefault(src, []).append(n)
-        return deps
+            sources = self._sources(n)
+            for src in sources:
+                self._dependents.setdefault(src, []).append(n)
+            self._missing[n] = sum(1 for src in set(sources) if self._info[src].shape is None)
 
     def _retry_dependents(self, n: str) -> None:
         """Try at once the nodes waiting on n (and so on), instead of one layer per sweep: a
