@@ -10,11 +10,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import networkx as nx
-
 from .errors import Diagnostics, SpecError
 from .expand import FlatSpec, expand
-from .graph import Graph, NodeInfo, build_graph
+from .gcpause import gc_paused
+from .graph import Graph, NodeInfo, build_graph, closure
 from .loader import Program, load_file, load_text
 from .optimize import optimize_plan
 from .plan import Plan, build_plan
@@ -57,6 +56,12 @@ def compile_program(program: Program, diags: Diagnostics, bindings: dict[str, in
                     dropout: dict[str, float] | None = None, optimize: bool = True,
                     timings: dict[str, float] | None = None) -> Compiled:
     """``timings``, when given, receives the seconds spent validating, planning and optimising."""
+    with gc_paused():
+        return _compile(program, diags, bindings, dropout, optimize, timings)
+
+
+def _compile(program: Program, diags: Diagnostics, bindings: dict[str, int] | None, dropout: dict[str, float] | None,
+             optimize: bool, timings: dict[str, float] | None) -> Compiled:
     clock = time.perf_counter()
     diags.raise_if_errors()
     flat = expand(program, diags)
@@ -111,12 +116,7 @@ def check_ends(graph: Graph, diags: Diagnostics) -> None:
         where = first.model_copy(update={"end_line": first.line, "end_column": first.column + 1}) if first else None
         diags.error("the network has no output and no loss; declare 'output NAME' or add 'loss ...'", where)
         return
-    useful = set(ends)
-    for e in ends:
-        useful |= nx.ancestors(graph.g, e)
-    for init in graph.initials.values():
-        useful.add(init)
-        useful |= nx.ancestors(graph.g, init)
+    useful = closure(list(ends) + list(graph.initials.values()), graph.g.predecessors)
     for info in graph.nodes():
         if info.id in useful or not info.named:
             continue

@@ -54,15 +54,19 @@ class Sources:
 
     def __init__(self) -> None:
         self.texts: dict[str, str] = {}
+        self._lines: dict[str, list[str]] = {}  # split once per file, not once per line shown
 
     def add(self, file: str, text: str) -> None:
         self.texts[file] = text
+        self._lines.pop(file, None)
 
     def line(self, file: str, number: int) -> str | None:
         text = self.texts.get(file)
         if text is None:
             return None
-        lines = text.split("\n")  # as the parser counts lines: not splitlines(), which also breaks at \f, \x1c, ...
+        if file not in self._lines:  # as the parser counts lines: not splitlines(), which also breaks at \f, ...
+            self._lines[file] = text.split("\n")
+        lines = self._lines[file]
         return lines[number - 1].rstrip("\r") if 0 < number <= len(lines) else None
 
     def snippet(self, span: Span) -> str | None:
@@ -79,11 +83,14 @@ class Diagnostics:
     def __init__(self, sources: Sources | None = None) -> None:
         self.sources = sources or Sources()
         self.items: list[Diagnostic] = []
+        self._errors: set[tuple] = set()  # (message, span, notes) of each error, to drop repeats in constant time
 
     def error(self, message: str, span: Span | None = None,
               notes: Iterable[tuple[str, Span | None]] = ()) -> None:
         d = Diagnostic("error", message, span, list(notes))
-        if d not in self.items:  # e.g. both directions of bidirectional(cell) making the same mistake
+        key = (message, span, tuple(tuple(note) for note in d.notes))
+        if key not in self._errors:  # e.g. both directions of bidirectional(cell) making the same mistake
+            self._errors.add(key)
             self.items.append(d)
 
     def warning(self, message: str, span: Span | None = None,

@@ -68,6 +68,8 @@ class Expander:
                              base_dir=program.base_dir)
         self.primitives = set(REGISTRY) | SPECIAL_FUNCTIONS
         self.depth = 0
+        self._first_index: dict[str, int] = {}  # equation name -> index of its first equation
+        self._indexed_equations = 0
 
     # ---- entry ------------------------------------------------------------
     def run(self) -> FlatSpec:
@@ -142,15 +144,24 @@ class Expander:
         """``h[64] = lstm(x)``: the caller's size for a value a cell instance defines."""
         if not dims:
             return
-        for i, eq in enumerate(self.flat.equations):
-            if eq.name != name:
-                continue
+        i = self._first_equation(name)
+        if i is not None:
+            eq = self.flat.equations[i]
             if eq.dims is None or _has_inferred(eq.dims):
                 self.flat.equations[i] = eq.model_copy(update={"dims": dims})
             elif not _has_inferred(dims) and [d.value for d in dims] != [d.value for d in eq.dims]:
                 self.diags.error(f"'{name}' is given size {format_dims(dims)} here, but its cell makes it "
                                  f"{format_dims(eq.dims)}", span, [("the cell's size", eq.span)])
-            return
+
+    def _first_equation(self, name: str) -> int | None:
+        """The index of the first equation defining ``name``. Equations are only appended (or
+        replaced in place), so the index is extended with the new ones instead of searching them all
+        for every sized cell call."""
+        equations = self.flat.equations
+        for i in range(self._indexed_equations, len(equations)):
+            self._first_index.setdefault(equations[i].name, i)
+        self._indexed_equations = len(equations)
+        return self._first_index.get(name)
 
     # ---- constants and sizes ---------------------------------------------
     def finite(self, value: float | None, stmt: ast.Let) -> float | None:
@@ -228,16 +239,15 @@ class Expander:
             if e.name in scope.lets and e.name not in scope.rename:
                 v = scope.lets[e.name]
                 return ast.Number(span=e.span, value=v, text=f"{v:g}")
-            return e.model_copy(update={"name": scope.qualify(e.name)})
+            return _updated(e, name=scope.qualify(e.name))
         if isinstance(e, ast.Delayed):
-            return e.model_copy(update={"name": scope.qualify(e.name), "offset": e.offset * scope.sign})
+            return _updated(e, name=scope.qualify(e.name), offset=e.offset * scope.sign)
         if isinstance(e, ast.ListLit):
-            return e.model_copy(update={"items": [self.expr(i, scope, owner) for i in e.items]})
+            return _updated(e, items=[self.expr(i, scope, owner) for i in e.items])
         if isinstance(e, ast.BinOp):
-            return e.model_copy(update={"left": self.expr(e.left, scope, owner),
-                                        "right": self.expr(e.right, scope, owner)})
+            return _updated(e, left=self.expr(e.left, scope, owner), right=self.expr(e.right, scope, owner))
         if isinstance(e, ast.Neg):
-            return e.model_copy(update={"operand": self.expr(e.operand, scope, owner)})
+            return _updated(e, operand=self.expr(e.operand, scope, owner))
         if isinstance(e, ast.Call):
             return self.call(e, scope, owner, whole)
         raise TypeError(e)
@@ -248,8 +258,8 @@ class Expander:
     def call(self, e: ast.Call, scope: _Scope, owner: str, whole: bool):
         if e.wrapper is None and e.func in self.primitives:
             args = [self.expr(a, scope, owner) for a in e.args]
-            kws = [k.model_copy(update={"value": self.expr(k.value, scope, owner)}) for k in e.keywords]
-            return e.model_copy(update={"args": args, "keywords": kws})
+            kws = [_updated(k, value=self.expr(k.value, scope, owner)) for k in e.keywords]
+            return _updated(e, args=args, keywords=kws)
         cell = self.cell_named(e.func)
         if cell is None and e.wrapper is not None and e.func in self.primitives:
             self.diags.error(f"{e.wrapper.func}(...) wraps a cell, but '{e.func}' is a function; "
@@ -374,6 +384,21 @@ class Expander:
         if not defines_output:
             self.diags.error(f"cell '{cell.name}' never defines its output '{cell.output}'", cell.span)
         self.depth -= 1
+
+
+def _updated(node, **fields):
+    """``node`` with ``fields`` replaced, or ``node`` itself when they are unchanged: AST nodes are
+    immutable, so the top level of a spec (no prefix, no renames) shares its nodes instead of
+    copying every one of them."""
+    if all(_same(getattr(node, name), value) for name, value in fields.items()):
+        return node
+    return node.model_copy(update=fields)
+
+
+def _same(old, new) -> bool:
+    if isinstance(old, list) and isinstance(new, list):
+        return len(old) == len(new) and all(a is b for a, b in zip(old, new))
+    return old is new or (isinstance(old, (str, int)) and type(old) is type(new) and old == new)
 
 
 def _size_expr(e) -> ast.DimExpr | None:
@@ -516,8 +541,11 @@ def format_flat(flat: FlatSpec) -> str:
 
 def _owner(name: str, cells: dict[str, str]) -> str | None:
     """The innermost cell instance a value belongs to, for section comments."""
-    best = None
-    for inst in cells:
-        if (name == inst or name.startswith(inst + ".")) and (best is None or len(inst) > len(best)):
-            best = inst
-    return best
+    return next((p for p in reversed(name_prefixes(name)) if p in cells), None)
+
+
+def name_prefixes(name: str) -> list[str]:
+    """'h.fwd.c' -> ['h', 'h.fwd', 'h.fwd.c']: the instances a value of that name may belong to
+    (looked up one by one, instead of testing every instance of a big spec against the name)."""
+    parts = name.split(".")
+    return [".".join(parts[:i]) for i in range(1, len(parts) + 1)]

@@ -13,6 +13,7 @@ from importlib import resources
 from pathlib import Path
 
 from .errors import Diagnostics
+from .gcpause import gc_paused
 from .syntax import ast
 from .syntax.parser import parse
 
@@ -31,8 +32,9 @@ class Program:
 def load_text(text: str, file: str, diags: Diagnostics, base_dir: Path | None = None) -> Program:
     base = base_dir if base_dir is not None else (Path(file).parent if file != "<string>" else Path("."))
     program = Program(main_file=file, base_dir=base)
-    program.stdlib_cells = stdlib_cells(diags)
-    _splice(text, file, base, diags, program, seen=set())
+    with gc_paused():
+        program.stdlib_cells = stdlib_cells(diags)
+        _splice(text, file, base, diags, program, seen=set())
     return program
 
 

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, Field
 
-from .graph import Graph
+from .graph import Graph, closure
 from .recurrence import Component
 
 Operand = tuple[str, int]  # (value id, time delay)
@@ -148,15 +148,11 @@ def build_plan(graph: Graph, order: list[str], components: list[Component]) -> P
 
 def _needed(graph: Graph) -> set[str]:
     """Everything the outputs and the loss depend on (initial states included)."""
-    import networkx as nx
     ends = set(graph.outputs) | ({graph.loss} if graph.loss else set())
-    needed = set(ends)
-    for e in ends:
-        needed |= nx.ancestors(graph.g, e)
+    needed = closure(ends, graph.g.predecessors)
     for state, init in graph.initials.items():
         if state in needed:
-            needed.add(init)
-            needed |= nx.ancestors(graph.g, init)
+            closure([init], graph.g.predecessors, needed)
     return needed
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import networkx as nx
 
 from .errors import Diagnostics
-from .graph import Graph, user_name, where
+from .graph import Graph, closure, user_name, where
 from .ops import REGISTRY
 
 
@@ -30,11 +30,33 @@ class Component:
     states: list[str]      # values read at another time step inside the loop
 
 
-def zero_delay_graph(g: nx.DiGraph) -> nx.DiGraph:
-    z = nx.DiGraph()
-    z.add_nodes_from(g.nodes)
-    z.add_edges_from((u, v) for u, v, d in g.edges(data=True) if 0 in d["delays"])
-    return z
+def zero_delay_successors(g: nx.DiGraph) -> dict[str, list[str]]:
+    """Each node's readers at the same time step, in the graph's order."""
+    return {u: [v for v, data in readers.items() if 0 in data["delays"]] for u, readers in g.adjacency()}
+
+
+def order_within_step(nodes: list[str], successors: dict[str, list[str]]) -> list[str] | None:
+    """``nodes`` ordered so that each comes after the nodes it reads at the same step (Kahn's
+    algorithm generation by generation, as ``nx.topological_sort``; ties in the order of ``nodes``);
+    None when they read each other in a cycle at the same step."""
+    members = set(nodes)
+    waiting_on = dict.fromkeys(nodes, 0)
+    for u in nodes:
+        for v in successors[u]:
+            if v in members:
+                waiting_on[v] += 1
+    ready = [n for n in nodes if waiting_on[n] == 0]
+    order: list[str] = []
+    while ready:
+        generation, ready = ready, []
+        for u in generation:
+            order.append(u)
+            for v in successors[u]:
+                if v in members:
+                    waiting_on[v] -= 1
+                    if waiting_on[v] == 0:
+                        ready.append(v)
+    return order if len(order) == len(nodes) else None
 
 
 def _named(graph: Graph, nodes) -> list[str]:
@@ -49,37 +71,29 @@ def _in_stdlib(graph: Graph, n: str) -> bool:
 
 def find_components(graph: Graph, diags: Diagnostics) -> list[Component]:
     g = graph.g
-    zero = zero_delay_graph(g)
+    successors = zero_delay_successors(g)
+    position = {n: i for i, n in enumerate(g)}
     components = []
     for comp in nx.strongly_connected_components(g):
         if len(comp) == 1:
             n = next(iter(comp))
             if not g.has_edge(n, n):
                 continue
-        sub_zero = zero.subgraph(comp)
-        try:
-            cycle = nx.find_cycle(sub_zero)
-        except nx.NetworkXNoCycle:
-            cycle = None
-        if cycle is not None:
-            loop = _named(graph, [u for u, _ in cycle])
-            mine = [i for i, n in enumerate(loop) if not _in_stdlib(graph, n)]
-            if mine:  # start the loop at a value of the user's own file, not inside a library cell
-                loop = loop[mine[0]:] + loop[:mine[0]]
-            first = graph.info(loop[0])
-            diags.error("algebraic loop: " + " -> ".join(loop + [loop[0]]) + " depends on itself at the same "
-                        "time step; read one of them at an earlier step, e.g. " + f"{loop[0]}[t-1]",
-                        first.span, [(f"'{n}' is defined here", graph.info(n).span) for n in loop[1:4]])
+        # in graph order, not the component's (hash) order: the same spec gets the same plan in every run
+        nodes = sorted(comp, key=position.__getitem__)
+        order = order_within_step(nodes, successors)
+        if order is None:
+            _report_algebraic_loop(graph, nodes, successors, diags)
             continue
-        delays = {d for u, v, data in g.subgraph(comp).edges(data=True) for d in data["delays"] if d != 0}
+        links = [(u, data["delays"]) for u in nodes for v, data in g.adj[u].items() if v in comp]
+        delays = {d for _, ds in links for d in ds if d != 0}
         if any(d > 0 for d in delays) and any(d < 0 for d in delays):
             names = sorted(_named(graph, comp))
             diags.error(f"the loop through {', '.join(names)} reads both earlier ([t-k]) and later ([t+k]) "
                         f"steps; a recurrent component must run in one direction — split it into a forward "
                         f"and a backward part", graph.info(names[0]).span)
             continue
-        order = [n for n in nx.topological_sort(sub_zero)]
-        states = sorted({u for u, v, data in g.subgraph(comp).edges(data=True) if any(data["delays"] - {0})})
+        states = sorted({u for u, ds in links if ds - {0}})
         comp_obj = Component(len(components), order, -1 if any(d > 0 for d in delays) else +1, states)
         for n in comp:
             graph.info(n).component = comp_obj.index
@@ -87,10 +101,29 @@ def find_components(graph: Graph, diags: Diagnostics) -> list[Component]:
     return components
 
 
+def _report_algebraic_loop(graph: Graph, nodes: list[str], successors: dict[str, list[str]],
+                           diags: Diagnostics) -> None:
+    members = set(nodes)
+    zero = nx.DiGraph()
+    zero.add_nodes_from(nodes)
+    zero.add_edges_from((u, v) for u in nodes for v in successors[u] if v in members)
+    cycle = nx.find_cycle(zero)
+    loop = _named(graph, [u for u, _ in cycle])
+    mine = [i for i, n in enumerate(loop) if not _in_stdlib(graph, n)]
+    if mine:  # start the loop at a value of the user's own file, not inside a library cell
+        loop = loop[mine[0]:] + loop[:mine[0]]
+    first = graph.info(loop[0])
+    diags.error("algebraic loop: " + " -> ".join(loop + [loop[0]]) + " depends on itself at the same "
+                "time step; read one of them at an earlier step, e.g. " + f"{loop[0]}[t-1]",
+                first.span, [(f"'{n}' is defined here", graph.info(n).span) for n in loop[1:4]])
+
+
 def infer_time_and_type(graph: Graph, components: list[Component], diags: Diagnostics) -> list[str]:
     """Mark sequences and integer values; returns an execution order of all nodes (delay-0 topological)."""
     g = graph.g
-    order = list(nx.topological_sort(zero_delay_graph(g)))
+    order = order_within_step(list(g), zero_delay_successors(g))
+    if order is None:  # find_components reports algebraic loops before anything asks for an order
+        raise nx.NetworkXUnfeasible("the graph has a cycle at delay 0")
     in_component = {n for c in components for n in c.nodes}
     for n in order:
         info = graph.info(n)
@@ -139,14 +172,10 @@ def infer_time_and_type(graph: Graph, components: list[Component], diags: Diagno
 
 
 def _sequence_dependents(graph: Graph) -> set[str]:
-    """Every value that depends on a sequence input (one graph walk per sequence input, not one
-    per component: a spec with hundreds of recurrent layers stays linear)."""
-    out: set[str] = set()
-    for info in graph.nodes():
-        if info.kind in ("input", "target") and info.sequence and info.id not in out:
-            out.add(info.id)
-            out |= nx.descendants(graph.g, info.id)
-    return out
+    """Every value that depends on a sequence input (one graph walk for all of them, not one per
+    component: a spec with hundreds of recurrent layers stays linear)."""
+    sequences = [i.id for i in graph.nodes() if i.kind in ("input", "target") and i.sequence]
+    return closure(sequences, graph.g.successors)
 
 
 def _depends_on_sequence(graph: Graph, node: str) -> bool:

@@ -13,9 +13,8 @@ shape of the value it is combined with, and its own equation checks it later.
 """
 from __future__ import annotations
 
+import heapq
 from typing import Any
-
-import networkx as nx
 
 from .errors import Diagnostics
 from .graph import Graph, NodeInfo, user_call, user_name, where
@@ -42,7 +41,13 @@ class Var:
 
 
 class Solver:
-    """Union-find over dims (the ``DimSolver`` the op registry's shape rules use)."""
+    """Union-find over dims (the ``DimSolver`` the op registry's shape rules use).
+
+    ``on_change(var)``, when given, is called whenever an unknown root var is decided (gets a
+    value) or merged into another."""
+
+    def __init__(self, on_change=None):
+        self.on_change = on_change
 
     def find(self, d):
         if not isinstance(d, Var):
@@ -66,12 +71,15 @@ class Solver:
         if isinstance(a, Var) and isinstance(b, Var):
             if a is not b:
                 a.parent = b
+                self._changed(a)
             return b
         if isinstance(a, Var):
             a.value = b
+            self._changed(a)
             return b
         if isinstance(b, Var):
             b.value = a
+            self._changed(b)
             return a
         if a != b:
             raise ShapeError(f"{_show_dim(a)} ≠ {_show_dim(b)}")
@@ -79,6 +87,10 @@ class Solver:
 
     def resolve(self, shape) -> tuple:
         return tuple(self.find(d) for d in shape)
+
+    def _changed(self, root: Var) -> None:
+        if self.on_change is not None:
+            self.on_change(root)
 
 
 def _show_dim(d) -> str:
@@ -98,14 +110,107 @@ def is_known(shape) -> bool:
     return all(not isinstance(d, Var) for d in shape)
 
 
+class _Blocked:
+    """Nodes that had every operand but could not be decided yet (an operand's size is still
+    unknown), and which of them are worth retrying.
+
+    Entries keep the order in which sweeps over a list of blocked nodes retried them: an entry
+    stays in place while its node keeps failing; a node blocked while a sweep handles the
+    success of an entry is placed right there (its key extends that entry's key), any other at
+    the end. A sweep retries only the entries of *dirty* nodes, those for which one of the unknown
+    dims of their operands was decided or merged since their last try: any other would fail
+    again in the same way, with no effect. So a sweep costs what changed, not the length of the
+    list (sweeping it all after every unstick was quadratic in the number of recurrent layers of
+    a spec with sizes missing).
+    """
+
+    def __init__(self):
+        self.entries: dict[str, list[tuple[tuple, int]]] = {}  # node -> [(key, serial number)]
+        self.dirty: set[str] = set()
+        self._watchers: dict[Var, list[str]] = {}  # unknown root dim -> the nodes to wake when it changes
+        self._top = self._serial = self._children = 0
+        self._inside: tuple | None = None          # key of the entry whose success is being handled
+        self._ahead: list | None = None            # the current sweep's heap of entries to retry
+        self._sweep_end = 0                        # entries numbered from here on came during the sweep
+        self._at: tuple = ()                       # key of the entry the sweep is at
+
+    def add(self, n: str, unknown_dims) -> None:
+        if self._inside is None:
+            self._top += 1
+            key: tuple = (self._top,)
+        else:
+            self._children += 1
+            key = self._inside + (self._children,)
+        self.entries.setdefault(n, []).append((key, self._serial))
+        self._serial += 1
+        self.watch(n, unknown_dims)
+
+    def watch(self, n: str, unknown_dims) -> None:
+        self.dirty.discard(n)
+        for d in unknown_dims:
+            self._watchers.setdefault(d, []).append(n)
+
+    def changed(self, d: Var) -> None:
+        for n in self._watchers.pop(d, ()):
+            if n in self.dirty or n not in self.entries:
+                continue
+            self.dirty.add(n)
+            if self._ahead is not None:  # its entries the sweep has not passed yet are retried in this sweep
+                for key, serial in self.entries[n]:
+                    if serial < self._sweep_end and key > self._at:
+                        heapq.heappush(self._ahead, (key, serial, n))
+
+    def start_sweep(self) -> None:
+        self._ahead = [(key, serial, n) for n in self.dirty for key, serial in self.entries.get(n, ())]
+        heapq.heapify(self._ahead)
+        self._sweep_end, self._at = self._serial, ()
+
+    def next(self) -> tuple[tuple, str] | None:
+        """The next entry of a dirty node, in order; None at the end of the sweep."""
+        while self._ahead:
+            key, _, n = heapq.heappop(self._ahead)
+            if n in self.dirty:
+                self._at = key
+                return key, n
+        self._ahead = None
+        return None
+
+    def decided(self, n: str) -> None:
+        self.entries.pop(n, None)
+        self.dirty.discard(n)
+
+    def placing_after(self, key: tuple | None) -> None:
+        """Nodes blocked from now on go right after ``key`` (None: at the end)."""
+        self._inside, self._children = key, 0
+
+
 class ShapeInference:
+    """Decides the shapes of a graph's nodes in one pass over its dependencies.
+
+    A node is tried as soon as every node it depends on has a shape, so a chain is
+    decided in one go. Three worklists keep the whole run linear in the size of the
+    spec (a sweep over all nodes per recurrent value was quadratic):
+
+    * ``_missing``: per node, how many of the nodes it depends on still lack a shape;
+    * ``_blocked``: nodes that had every operand but could not be decided yet (sizes
+      still unknown), retried when one of those sizes changes (``_Blocked``);
+    * ``_unstickable``: in graph order, the ops that read another op, the only nodes
+      ``unstick`` can ever pick; a pointer moves past the ones that cannot be picked
+      any more, since nodes only gain shapes.
+    """
+
     def __init__(self, graph: Graph, order: list[str], diags: Diagnostics, bindings: dict[str, int]):
         self.graph, self.order, self.diags = graph, order, diags
         self.bindings = bindings
-        self.solver = Solver()
+        self._blocked = _Blocked()
+        self.solver = Solver(on_change=self._blocked.changed)
         self.done: set[str] = set()
         self.failed: set[str] = set()
         self.reported_calls: set[str] = set()  # cell calls already blamed for an error inside the cell
+        self._info = dict(graph.g.nodes(data="info"))
+        self._downstream_of_failed: set[str] = set()  # every node some failed node leads to
+        self._expanded: set[str] = set()              # nodes whose successors are all in it
+        self._failed_unexpanded: list[str] = []
 
     def sym(self, name: str):
         return self.bindings.get(name, Sym(name))
@@ -123,97 +228,125 @@ class ShapeInference:
 
     def run(self) -> None:
         self._named_vars: dict[str, Var] = {}
-        dependents = self._dependents()
-        # A node can only be decided once every node it depends on has a shape: count the ones
-        # still missing. A node is tried when its count drops to 0 (and then its dependents at
-        # once), so a chain is decided in one go; only nodes that had every operand and still
-        # could not be decided (sizes unknown yet) are swept again after progress elsewhere.
-        # Linear in the size of the spec, where a sweep over everything per recurrent value
-        # was quadratic.
-        self._missing = {n: sum(1 for src in set(self._sources(n)) if self.graph.info(src).shape is None)
-                         for n in self.order}
-        self._shaped = {n for n in self.order if self.graph.info(n).shape is not None}
-        waiting = set(self.order)
-        self._blocked: list[str] = []
-        progress = self._sweep(self.order, dependents, waiting)
-        first = 0
-        while waiting:
+        self._index_dependencies()
+        self._shaped = {n for n in self.order if self._info[n].shape is not None}
+        self._waiting = set(self.order)
+        self._unstickable = [n for n in self.order if self._info[n].kind == "op"
+                             and any(self._info[src].kind == "op" for src, _ in self._info[n].inputs)]
+        self._next_unstickable = 0
+        progress = self._sweep(self.order)
+        while self._waiting:
             if progress:
-                blocked, self._blocked = self._blocked, []
-                progress = self._sweep(blocked, dependents, waiting)
+                progress = self._sweep_blocked()
                 if progress:
                     continue
-            while self.order[first] not in waiting:
-                first += 1
-            target = self.unstick(n for n in self.order[first:] if n in waiting)
+            target = self.unstick()
             if target is None:
                 for n in self.order:
-                    if n in waiting:
+                    if n in self._waiting:
                         self.try_node(n, final=True)
                 break
-            before = len(waiting)
-            self._now_shaped(target, dependents)
-            self._retry_dependents(target, dependents, waiting)
-            progress = True if len(waiting) < before or self._blocked else progress
+            before = len(self._waiting)
+            self._retry_dependents(target)
+            progress = True if len(self._waiting) < before or self._blocked.dirty else progress
         self.check_unresolved()
 
-    def _sweep(self, nodes, dependents: dict, waiting: set) -> bool:
+    def _sweep(self, nodes) -> bool:
         progress = False
         for n in nodes:
-            if n in waiting and self._missing.get(n, 0) == 0:
+            if n in self._waiting and self._missing.get(n, 0) == 0:
                 if self.try_node(n, final=False):
-                    waiting.discard(n)
+                    self._decided(n)
                     progress = True
-                    self._retry_dependents(n, dependents, waiting)
+                    self._retry_dependents(n)
                 else:
-                    self._blocked.append(n)
+                    self._block(n)
         return progress
 
+    def _sweep_blocked(self) -> bool:
+        """Retry the blocked nodes whose sizes changed; True if one was decided."""
+        progress = False
+        self._blocked.start_sweep()
+        while (entry := self._blocked.next()) is not None:
+            key, n = entry
+            if n not in self._waiting:
+                continue
+            if self.try_node(n, final=False):
+                self._decided(n)
+                progress = True
+                self._blocked.placing_after(key)
+                self._retry_dependents(n)
+                self._blocked.placing_after(None)
+            else:  # the entry stays where it is
+                self._blocked.watch(n, self._unknown_dims(n))
+        return progress
+
+    def _block(self, n: str) -> None:
+        self._blocked.add(n, self._unknown_dims(n))
+
+    def _decided(self, n: str) -> None:
+        self._waiting.discard(n)
+        self._blocked.decided(n)
+
+    def _unknown_dims(self, n: str) -> list[Var]:
+        """The unknown dims of n's operands (and of the number of classes they hold): nothing
+        else can make a node that has all its operands decidable."""
+        dims = []
+        for src, _ in self._info[n].inputs:
+            o = self._info[src]
+            for d in self.solver.resolve(o.shape or ()) + (self.solver.find(o.card),):
+                if isinstance(d, Var):
+                    dims.append(d)
+        return dims
+
     def _sources(self, n: str) -> list[str]:
-        info = self.graph.info(n)
+        info = self._info[n]
         return [src for src, _ in info.inputs] + [src for src in (info.shape_like, info.table_for)
                                                      if src is not None]
 
-    def _now_shaped(self, n: str, dependents: dict) -> None:
+    def _now_shaped(self, n: str) -> None:
         """n has a shape now (inferred or provisional): one operand fewer for its dependents."""
-        if n in self._shaped or self.graph.info(n).shape is None:
+        if n in self._shaped or self._info[n].shape is None:
             return
         self._shaped.add(n)
-        for d in set(dependents.get(n, ())):
+        for d in set(self._dependents.get(n, ())):
             if d in self._missing:
                 self._missing[d] -= 1
 
-    def _dependents(self) -> dict[str, list[str]]:
-        """Nodes that may be decided once a node has its shape: its readers, and the
-        parameters (biases, embedding tables) whose shape follows from it."""
-        deps: dict[str, list[str]] = {}
+    def _index_dependencies(self) -> None:
+        """``_dependents``: the nodes that may be decided once a node has its shape (its readers,
+        and the parameters, biases and embedding tables, whose shape follows from it);
+        ``_missing``: per node, how many of the nodes it depends on have no shape yet."""
+        self._dependents: dict[str, list[str]] = {}
+        self._missing: dict[str, int] = {}
         for n in self.order:
-            info = self.graph.info(n)
-            for src, _ in info.inputs:
-                deps.setdefault(src, []).append(n)
-            for src in (info.shape_like, info.table_for):
-                if src is not None:
-                    deps.setdefault(src, []).append(n)
-        return deps
+            sources = self._sources(n)
+            for src in sources:
+                self._dependents.setdefault(src, []).append(n)
+            self._missing[n] = sum(1 for src in set(sources) if self._info[src].shape is None)
 
-    def _retry_dependents(self, n: str, dependents: dict, waiting: set) -> None:
+    def _retry_dependents(self, n: str) -> None:
         """Try at once the nodes waiting on n (and so on), instead of one layer per sweep: a
-        sweep then decides a whole chain, and big specs take time linear in their size."""
-        self._now_shaped(n, dependents)
+        sweep then decides a whole chain."""
+        self._now_shaped(n)
         stack = [n]
         while stack:
-            for d in dependents.get(stack.pop(), ()):
-                if d in waiting and self._missing.get(d, 0) == 0:
+            for d in self._dependents.get(stack.pop(), ()):
+                if d in self._waiting and self._missing.get(d, 0) == 0:
                     if self.try_node(d, final=False):
-                        waiting.discard(d)
-                        self._now_shaped(d, dependents)
+                        self._decided(d)
+                        self._now_shaped(d)
                         stack.append(d)
                     else:
-                        self._blocked.append(d)
+                        self._block(d)
+
+    def _fail(self, n: str) -> None:
+        self.failed.add(n)
+        self._failed_unexpanded.append(n)
 
     # a node is inferred once all its operands have shapes
     def try_node(self, n: str, final: bool) -> bool:
-        info = self.graph.info(n)
+        info = self._info[n]
         if n in self.done or n in self.failed:
             return True
         try:
@@ -223,12 +356,13 @@ class ShapeInference:
                 return False  # may be decided once more sizes are known
             if not self.after_failure(n):  # else an operand's own error already explains it
                 self.report(info, str(e))
-            self.failed.add(n)
+            self._fail(n)
             return True
         if shape is None:
             if final:
-                self.failed.add(n)
-                if info.kind != "const" and not self.after_failure(n):
+                explained = info.kind == "const" or self.after_failure(n)
+                self._fail(n)
+                if not explained:
                     what = f"'{n}'" if "#" not in n else f"a part of '{owner(n)}'"
                     self.emit(n, f"cannot infer the size of {what}; "
                               + (self.param_hint(n, f"give it one, e.g. 'param {n}[4, 3]'") if info.kind == "param"
@@ -241,7 +375,7 @@ class ShapeInference:
             except ShapeError:
                 self.report(info, f"'{n}' is declared with size {show(decl)} but its value has size "
                                   f"{show(self.solver.resolve(shape))}")
-                self.failed.add(n)
+                self._fail(n)
                 return True
         if info.shape is not None:  # provisional shape from a delayed read: check it now
             try:
@@ -249,7 +383,7 @@ class ShapeInference:
             except ShapeError:
                 self.report(info, f"'{n}' has size {show(self.solver.resolve(shape))}, but where it is used "
                                   f"it must have size {show(self.solver.resolve(info.shape))}")
-                self.failed.add(n)
+                self._fail(n)
                 return True
         info.shape = tuple(shape)
         self.done.add(n)
@@ -257,17 +391,35 @@ class ShapeInference:
 
     def after_failure(self, n: str) -> bool:
         """A value downstream of one already reported, or a parameter reported as unused: its own
-        complaint would only repeat that one."""
-        if self.graph.info(n).kind == "param" and self.graph.g.out_degree(n) == 0:
+        complaint would only repeat that one. Asked only of nodes that have not failed themselves."""
+        if self._info[n].kind == "param" and self.graph.g.out_degree(n) == 0:
             return True
-        return not self.failed.isdisjoint(nx.ancestors(self.graph.g, n))
+        self._spread_failures()
+        return n in self._downstream_of_failed
+
+    def _spread_failures(self) -> None:
+        """Add what the failures since the last call lead to. Each node's successors are added once,
+        so all questions together cost one walk of the graph (not one walk per question: a spec
+        with one early mistake asks about every node after it)."""
+        g, stack = self.graph.g, []
+        for n in self._failed_unexpanded:
+            if n not in self._expanded:
+                self._expanded.add(n)
+                stack.extend(g.successors(n))
+        self._failed_unexpanded.clear()
+        while stack:
+            n = stack.pop()
+            self._downstream_of_failed.add(n)
+            if n not in self._expanded:
+                self._expanded.add(n)
+                stack.extend(g.successors(n))
 
     def has_unknowns(self, info: NodeInfo) -> bool:
-        return any(self.graph.info(s).shape is None or not is_known(self.solver.resolve(self.graph.info(s).shape))
+        return any(self._info[s].shape is None or not is_known(self.solver.resolve(self._info[s].shape))
                    for s, _ in info.inputs)
 
     def operand_shape(self, src: str) -> tuple | None:
-        return self.graph.info(src).shape
+        return self._info[src].shape
 
     def infer(self, info: NodeInfo, final: bool) -> tuple | None:
         s = self.solver
@@ -301,7 +453,7 @@ class ShapeInference:
         if decl is not None:
             return decl
         if info.table_for is not None:
-            ids = self.graph.info(info.table_for)
+            ids = self._info[info.table_for]
             if ids.shape is None:
                 return None
             if not ids.integer:
@@ -312,13 +464,13 @@ class ShapeInference:
         if info.matrix:
             return (s.fresh(f"rows of {info.id}"), s.fresh(f"columns of {info.id}"))
         if info.shape_like is not None:
-            like = self.graph.info(info.shape_like).shape
+            like = self._info[info.shape_like].shape
             return like  # shares the dims, so later constraints reach both
         return None
 
     def cards(self, info: NodeInfo) -> None:
         """Integer values carry their number of distinct ids (``card``): class losses need it."""
-        operands = [self.graph.info(src) for src, _ in info.inputs]
+        operands = [self._info[src] for src, _ in info.inputs]
         if info.op in CLASS_LOSSES and len(operands) == 2 and operands[1].card is not None:
             pred = self.solver.resolve(operands[0].shape)
             try:
@@ -331,30 +483,32 @@ class ShapeInference:
         elif info.op == "argmax" and operands:
             info.card = self.solver.resolve(operands[0].shape)[-1]
 
-    def unstick(self, pending) -> str | None:
+    def unstick(self) -> str | None:
         """Give one delayed-read value a provisional shape so that inference can go on; returns it.
-        ``pending``: the undecided nodes in order (any iterable; read only up to the one chosen)."""
-        for n in pending:
-            info = self.graph.info(n)
-            if info.kind != "op":
-                continue
-            unknown = [src for src, _ in info.inputs if self.graph.info(src).shape is None]
-            known = [src for src, _ in info.inputs if self.graph.info(src).shape is not None]
-            for src in unknown:
-                target = self.graph.info(src)
-                if target.kind != "op":
-                    continue
+        The value is the first operand without a shape of the first undecided op (in graph order)
+        that reads one."""
+        while self._next_unstickable < len(self._unstickable):
+            n = self._unstickable[self._next_unstickable]
+            info = self._info[n]
+            src = self._unshaped_op_operand(info) if n in self._waiting else None
+            if src is not None:
+                known = [k for k, _ in info.inputs if self._info[k].shape is not None]
                 if info.op in ("add", "sub", "mul", "div") and known:
-                    target.shape = self.graph.info(known[0]).shape
+                    self._info[src].shape = self._info[known[0]].shape
                 else:
-                    target.shape = (self.solver.fresh(f"size of {src}"),)
+                    self._info[src].shape = (self.solver.fresh(f"size of {src}"),)
                 return src
+            self._next_unstickable += 1  # nodes only gain shapes and only leave waiting: never a pick again
         return None
+
+    def _unshaped_op_operand(self, info: NodeInfo) -> str | None:
+        return next((src for src, _ in info.inputs if self._info[src].shape is None and self._info[src].kind == "op"),
+                    None)
 
     def report(self, info: NodeInfo, message: str) -> None:
         notes = []
         for src in dict.fromkeys(src for src, _ in info.inputs):  # concat(e, e[t-1]): one note for e
-            o = self.graph.info(src)
+            o = self._info[src]
             if o.shape is not None and o.span is not None and o.span != info.span:
                 notes.append((f"{user_name(o, self.diags.sources)} has size {show(self.solver.resolve(o.shape))}", o.span))
         self.emit(info.id, message, notes[:3])
@@ -382,7 +536,7 @@ class ShapeInference:
     def check_unresolved(self) -> None:
         reported: set[int] = set()
         for n in self.order:
-            info = self.graph.info(n)
+            info = self._info[n]
             if n in self.failed or info.shape is None:
                 if n not in self.failed and info.named and info.kind != "const" and not self.after_failure(n):
                     self.emit(n, f"cannot infer the size of '{owner(n)}'; declare it, e.g. "

@@ -1,6 +1,6 @@
 """The abstract syntax tree: typed pydantic models that keep their source spans.
 
-The parser's Transformer builds these from the Lark tree; every later stage
+The parser's tree walker builds these from the Lark tree; every later stage
 reads only these models, never the Lark tree.
 """
 from __future__ import annotations

@@ -1,0 +1,103 @@
+"""The compiler's work grows linearly with the size of a spec.
+
+Work is counted in function calls (Python and C, through ``sys.setprofile``) for each
+stage of the pipeline, on a spec and on the same kind of spec four times longer. A
+step that is quadratic (a rescan of every pending node per recurrent layer, a walk
+of the whole graph for every node, a search of every earlier error for each new
+one) makes its stage's ratio well above 4, even at these small sizes. No clock is
+read, so the result does not depend on the machine or on its load.
+"""
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+import nnspec
+from nnspec import compiler
+
+STAGES = ["load_text", "expand", "build_graph", "find_components", "infer_time_and_type", "check_ends",
+          "infer_shapes", "build_plan", "optimize_plan"]
+SMALL, LARGE = 50, 200
+LINEAR = 4.25  # the largest ratio of work for 4 times the equations (measured: 3.9-4.05)
+
+
+def layers(n: int, width: int = 4) -> str:
+    """A valid spec of n equations, as in bench/compile_bench.py: dense layers, elementwise mixes of
+    the last two layers, recurrent layers and, every 10th, a library LSTM."""
+    lines = [f"input x[{width}] : seq", f"target y[{width}] : seq"]
+    prev, prev2 = "x", "x"
+    for i in range(1, n + 1):
+        name = f"a{i}"
+        if i % 10 == 0:
+            lines.append(f"{name} = lstm({prev}, H = {width})")
+        elif i % 4 == 1:
+            lines.append(f"{name}[{width}] = tanh(W{i} @ {prev} + b{i})")
+        elif i % 4 == 2:
+            lines.append(f"{name} = {prev} * {prev2} + {prev}")
+        elif i % 4 == 3:
+            lines.append(f"{name}[{width}] = tanh(U{i} @ {name}[t-1] + V{i} @ {prev} + c{i})")
+        else:
+            lines.append(f"{name}[{width}] = sigmoid(W{i} @ {prev} + U{i} @ {prev2} + b{i})")
+        prev2, prev = prev, name
+    return "\n".join(lines + [f"loss mse({prev}, y)"]) + "\n"
+
+
+def every_layer_an_output(n: int) -> str:
+    """What each output needs is found in one walk, not one walk of the graph per output."""
+    return layers(n) + "".join(f"output a{i}\n" for i in range(1, n + 1) if i % 10 != 0)
+
+
+def one_early_mistake(n: int) -> str:
+    """Every value after the first layer is downstream of its mistake (and must not repeat it)."""
+    return layers(n).replace("a1[4] = tanh(W1 @ x + b1)", "a1[4] = concat(x, x)", 1)
+
+
+def sizes_missing(n: int) -> str:
+    """Recurrent layers whose sizes nothing fixes: each concat waits for a size until the end."""
+    lines = ["input x[4] : seq", "target y[4] : seq"]
+    prev = "x"
+    for i in range(1, n + 1):
+        lines.append(f"h{i} = tanh(W{i} @ concat({prev}, h{i}[t-1]) + b{i})")
+        prev = f"h{i}"
+    return "\n".join(lines + [f"loss mse({prev}, y)"]) + "\n"
+
+
+def work_per_stage(text: str, monkeypatch) -> dict[str, int]:
+    counts = dict.fromkeys(STAGES, 0)
+
+    def counted(stage, run):
+        def wrapper(*args, **kwargs):
+            calls = 0
+
+            def count(frame, event, arg):
+                nonlocal calls
+                if event in ("call", "c_call"):
+                    calls += 1
+
+            sys.setprofile(count)
+            try:
+                return run(*args, **kwargs)
+            finally:
+                sys.setprofile(None)
+                counts[stage] += calls
+        return wrapper
+
+    with monkeypatch.context() as m:
+        for stage in STAGES:
+            m.setattr(compiler, stage, counted(stage, getattr(compiler, stage)))
+        try:
+            compiler.compile_text(text)
+        except nnspec.SpecError:
+            pass
+    return counts
+
+
+@pytest.mark.parametrize("make", [layers, every_layer_an_output, one_early_mistake, sizes_missing])
+def test_compile_work_grows_linearly(make, monkeypatch):
+    nnspec.compile_text(layers(3))  # the grammar and the standard library are made once per process
+    small, large = work_per_stage(make(SMALL), monkeypatch), work_per_stage(make(LARGE), monkeypatch)
+    ratios = {stage: large[stage] / small[stage] for stage in STAGES if small[stage]}
+    assert "infer_shapes" in ratios
+    superlinear = {stage: round(r, 2) for stage, r in ratios.items() if r >= LINEAR}
+    assert not superlinear, f"work for {LARGE // SMALL}x the equations: {superlinear}"
