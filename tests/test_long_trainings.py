@@ -33,3 +33,12 @@ def test_bag_of_words_sentiment_passes_75_percent():
 @pytest.mark.slow
 def test_the_recurrent_language_model_beats_the_feed_forward_one():
     assert train("rnn_lm.nn").test["perplexity"] < train("ffn_lm.nn").test["perplexity"]
+
+
+@pytest.mark.slow
+def test_sentiment_bilstm_passes_77_5_percent_in_10_fold_cross_validation():
+    accuracies = []
+    for fold in range(10):
+        s = open_session(SPECS / "sentiment_bilstm.nn", fold=(10, fold))
+        accuracies.append(Trainer(s.model, s.data, s.settings, quiet=True).fit().test["accuracy"])
+    assert sum(accuracies) / 10 >= 0.775
