@@ -22,11 +22,8 @@ def clip_global_norm(grads: dict[str, np.ndarray], max_norm: float) -> float:
     A non-finite norm is returned untouched (scaling would turn every gradient
     into NaN or zero); the caller should skip that step.
     """
-    if max_norm <= 0:
-        raise ValueError(f"max_norm must be positive, got {max_norm}")
-    norm = global_norm(grads)
-    if math.isfinite(norm) and norm > max_norm:
-        scale = max_norm / norm
+    norm, scale = clip_scale(grads, max_norm)
+    if scale != 1.0:
         for g in grads.values():
             g *= scale
     return norm
