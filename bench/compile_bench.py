@@ -41,13 +41,15 @@ from nnspec.loader import load_text  # noqa: E402
 from nnspec.optimize import optimize_plan  # noqa: E402
 
 
-def generate(n: int, width: int = 16) -> str:
-    """A valid spec of n equations (plus declarations and a loss)."""
+def generate(n: int, width: int = 16, lstm_every: int = 25) -> str:
+    """A valid spec of n equations (plus declarations and a loss): dense layers, elementwise
+    mixes of the last two layers, recurrent layers and, every ``lstm_every``-th, a library LSTM.
+    tests/test_compile_scaling.py counts the compiler's work on these too."""
     lines = [f"network generated_{n}", "", f"input x[{width}] : seq", f"target y[{width}] : seq", ""]
     prev, prev2 = "x", "x"
     for i in range(1, n + 1):
         name = f"a{i}"
-        if i % 25 == 0:
+        if i % lstm_every == 0:
             rhs = f"lstm({prev}, H = {width})"
             lines.append(f"{name} = {rhs}")
         elif i % 4 == 1:

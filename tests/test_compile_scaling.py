@@ -14,6 +14,7 @@ import sys
 import pytest
 
 import nnspec
+from bench.compile_bench import generate
 from nnspec import compiler
 
 STAGES = ["load_text", "expand", "build_graph", "find_components", "infer_time_and_type", "check_ends",
@@ -22,25 +23,10 @@ SMALL, LARGE = 50, 200
 LINEAR = 4.25  # the largest ratio of work for 4 times the equations (measured: 3.9-4.05)
 
 
-def layers(n: int, width: int = 4) -> str:
-    """A valid spec of n equations, as in bench/compile_bench.py: dense layers, elementwise mixes of
-    the last two layers, recurrent layers and, every 10th, a library LSTM."""
-    lines = [f"input x[{width}] : seq", f"target y[{width}] : seq"]
-    prev, prev2 = "x", "x"
-    for i in range(1, n + 1):
-        name = f"a{i}"
-        if i % 10 == 0:
-            lines.append(f"{name} = lstm({prev}, H = {width})")
-        elif i % 4 == 1:
-            lines.append(f"{name}[{width}] = tanh(W{i} @ {prev} + b{i})")
-        elif i % 4 == 2:
-            lines.append(f"{name} = {prev} * {prev2} + {prev}")
-        elif i % 4 == 3:
-            lines.append(f"{name}[{width}] = tanh(U{i} @ {name}[t-1] + V{i} @ {prev} + c{i})")
-        else:
-            lines.append(f"{name}[{width}] = sigmoid(W{i} @ {prev} + U{i} @ {prev2} + b{i})")
-        prev2, prev = prev, name
-    return "\n".join(lines + [f"loss mse({prev}, y)"]) + "\n"
+def layers(n: int) -> str:
+    """A valid spec of n equations, the benchmark's kind (bench/compile_bench.py), narrow and with
+    a library LSTM every 10th layer."""
+    return generate(n, width=4, lstm_every=10)
 
 
 def every_layer_an_output(n: int) -> str:
