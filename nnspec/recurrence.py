@@ -118,10 +118,21 @@ def _report_algebraic_loop(graph: Graph, nodes: list[str], successors: dict[str,
                 first.span, [(f"'{n}' is defined here", graph.info(n).span) for n in loop[1:4]])
 
 
+def dependency_successors(g: nx.DiGraph, components: list[Component]) -> dict[str, list[str]]:
+    """Each node's readers that must come after it: every reader at the same step, and every reader
+    at another step outside the node's own loop (``c[t-1]`` of a sequence computed before the loop
+    that reads it). Only the delayed links within a loop are left out, so the order is acyclic."""
+    loop_of = {n: c.index for c in components for n in c.nodes}
+    return {u: [v for v, data in readers.items()
+                if 0 in data["delays"] or u not in loop_of or loop_of.get(v) != loop_of[u]]
+            for u, readers in g.adjacency()}
+
+
 def infer_time_and_type(graph: Graph, components: list[Component], diags: Diagnostics) -> list[str]:
-    """Mark sequences and integer values; returns an execution order of all nodes (delay-0 topological)."""
+    """Mark sequences and integer values; returns an execution order of all nodes: each after every
+    value it reads, except the links at another step within a loop."""
     g = graph.g
-    order = order_within_step(list(g), zero_delay_successors(g))
+    order = order_within_step(list(g), dependency_successors(g, components))
     if order is None:  # find_components reports algebraic loops before anything asks for an order
         raise nx.NetworkXUnfeasible("the graph has a cycle at delay 0")
     in_component = {n for c in components for n in c.nodes}

@@ -1073,7 +1073,8 @@ class Executor:
                  if s in gbuf and s in need}
         minlen, vcols = run.minlen, run.vcols
         # derivatives of elementwise ops, for the whole sequence at once (filled every pass)
-        local = {bid: (self.pool.empty(bufs[bid].shape, self.dtype), []) for bid in plan.local}
+        # (over every step: the op's own buffer may be one step's scratch when its VJP reads only its input)
+        local = {bid: (self.pool.empty((T, B) + prog.by_id[bid].trail, self.dtype), []) for bid in plan.local}
         actions = [_zero_action(gbuf[r]) for r in plan.fill]
         tmps: dict = {}
 

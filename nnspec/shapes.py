@@ -492,14 +492,25 @@ class ShapeInference:
             info = self._info[n]
             src = self._unshaped_op_operand(info) if n in self._waiting else None
             if src is not None:
-                known = [k for k, _ in info.inputs if self._info[k].shape is not None]
-                if info.op in ("add", "sub", "mul", "div") and known:
-                    self._info[src].shape = self._info[known[0]].shape
-                else:
-                    self._info[src].shape = (self.solver.fresh(f"size of {src}"),)
+                self._info[src].shape = self._provisional_shape(info, src)
                 return src
             self._next_unstickable += 1  # nodes only gain shapes and only leave waiting: never a pick again
         return None
+
+    def _provisional_shape(self, reader: NodeInfo, src: str) -> tuple:
+        """The shape ``src`` is taken to have until its own equation is inferred: its declared size
+        when it has one; else, beside a value of known shape in ``+ - * /``, that shape (a scalar
+        beside it says nothing: ``2 * h[t-1]`` scales a vector as well as a number); else one
+        dimension of unknown size."""
+        decl = self.declared(self._info[src])
+        if decl is not None:
+            return decl
+        if reader.op in ("add", "sub", "mul", "div"):
+            for k, _ in reader.inputs:
+                shape = self._info[k].shape
+                if k != src and shape is not None and len(shape) > 0:
+                    return shape
+        return (self.solver.fresh(f"size of {src}"),)
 
     def _unshaped_op_operand(self, info: NodeInfo) -> str | None:
         return next((src for src, _ in info.inputs if self._info[src].shape is None and self._info[src].kind == "op"),

@@ -1,0 +1,147 @@
+"""Silent wrong answers and crashes on valid specs, each pinned against an independent oracle.
+
+Oracles: central differences in float64 (``gradcheck_spec``), the reference interpreter
+(``ExecOptions(fast_loops=False)``), closed-form values and, where it helps, PyTorch. Every
+check runs on a padded batch of sequences (lengths 5, 3, 2), so padding is exercised too.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import gradcheck_spec, random_feeds
+
+from nnspec import compile_text
+from nnspec.errors import SpecError
+from nnspec.runtime import ExecOptions, Executor
+
+TOL = 1e-6
+LENGTHS = np.array([5, 3, 2])
+
+
+def run_both(text: str, lengths=LENGTHS, T=5, B=3, seed=0):
+    """Outputs and gradients (of the loss, or of a fixed random weighting of the outputs) by the
+    fast path and by the reference interpreter, in float64."""
+    plan = compile_text(text).plan
+    rng = np.random.default_rng(seed)
+    params = {p.name: rng.normal(scale=0.5, size=p.shape) for p in plan.params}
+    feeds = random_feeds(plan, T, B, seed)
+    results = []
+    for options in (ExecOptions(), ExecOptions(fast_loops=False)):
+        ex = Executor(plan, dtype=np.float64, options=options)
+        tape = ex.forward(params, feeds, lengths=lengths)
+        seeds = None
+        if plan.loss is None:
+            seeds = {o: np.random.default_rng(seed + 1).normal(size=tape.values[o].shape) for o in plan.outputs}
+        grads = ex.backward(tape, seeds=seeds)
+        names = plan.outputs + ([plan.loss] if plan.loss else [])
+        results.append(({o: tape.values[o] for o in names}, {p: grads.get(p) for p in params}))
+    return results
+
+
+def assert_paths_agree(text: str, lengths=LENGTHS):
+    (fast_vals, fast_grads), (ref_vals, ref_grads) = run_both(text, lengths)
+    for k in ref_vals:
+        np.testing.assert_allclose(fast_vals[k], ref_vals[k], rtol=1e-10, atol=1e-12, err_msg=k)
+    for k in ref_grads:
+        if ref_grads[k] is None:
+            assert fast_grads[k] is None or not np.any(fast_grads[k]), k
+        else:
+            np.testing.assert_allclose(fast_grads[k], ref_grads[k], rtol=1e-10, atol=1e-12, err_msg=k)
+
+
+def check(text: str):
+    """Both runtime paths agree, and their gradients agree with central differences."""
+    assert_paths_agree(text)
+    assert gradcheck_spec(text) < TOL
+
+
+# ---- sequences computed before a loop, read at another step ----------------------------
+# Values were given their time facts in an order that ignored delayed reads, so a value read as
+# c[t-1] could be looked at before c was known to be a sequence: it was treated as one value per
+# example and broadcast over every step (a ValueError (5,3,2) into (3,2) in both paths).
+DELAYED_READS = {
+    "computed_sequence_at_t-1_in_a_loop": """
+        c[2] = sigmoid(W @ x)
+        p[2] = tanh(U @ p[t-1] + V @ c[t-1])""",
+    "computed_sequence_two_steps_back": """
+        c[3] = tanh(W0 @ x)
+        p[4] = tanh(W @ c[t-2] + U @ p[t-1])""",
+    "look_ahead_into_a_backward_loop": """
+        h0[3] = tanh(W0 @ x)
+        h1[3] = W1 @ h0[t+2]
+        p[4] = tanh(W3 @ h1 + p[t+1])""",
+    "look_ahead_read_by_a_forward_loop": """
+        c[3] = tanh(W0 @ x)
+        p[4] = tanh(W @ c[t+1] + U @ p[t-1])""",
+    "look_back_read_by_a_backward_loop": """
+        c[3] = tanh(W0 @ x)
+        p[4] = tanh(W @ c[t-1] + U @ p[t+1])""",
+    "delayed_reads_in_a_concat_before_the_loop": """
+        c[2] = sigmoid(W @ x)
+        d = concat(c, c[t-1], c[t+1])
+        p[2] = tanh(U @ p[t-1] + V @ d)""",
+    "backward_loop_reading_a_forward_loop_ahead": """
+        h[3] = tanh(W @ x + U @ h[t-1])
+        g[3] = tanh(V @ h[t+1] + R @ g[t+1])
+        p = concat(h, g)""",
+    "loop_output_read_back_outside_loops": """
+        h[3] = tanh(W @ x + U @ h[t-1])
+        g[3] = tanh(V @ h[t-1] + R @ g[t+1])
+        p = concat(h, g[t-1])""",
+}
+
+
+@pytest.mark.parametrize("name", DELAYED_READS)
+def test_sequences_read_at_another_step_run_and_differentiate(name):
+    check("input x[3] : seq\noutput p\n" + DELAYED_READS[name])
+
+
+def test_a_delayed_read_of_a_computed_sequence_is_a_sequence_in_the_plan():
+    plan = compile_text("input x[3] : seq\noutput h\nc[2] = sigmoid(W @ x)\n"
+                        "h[2] = tanh(U @ h[t-1] + V @ c[t-1])").plan
+    steps = {s.id: s for s in plan.steps if hasattr(s, "op")}
+    assert steps["h#3"].seq, "V @ c[t-1] has a value per step"
+    assert plan.value_ids().index("c") < plan.value_ids().index("h#3")
+
+
+# ---- activations of a state inside a loop ---------------------------------------------
+# The fast backward pass computes an activation's derivative for all steps at once; its array was
+# the shape of the op's own buffer, which is one step's scratch when the op's VJP reads only its
+# input (relu): a ValueError in Relu.local_grad. Every activation, at a state read and not.
+ACTIVATIONS = ["relu", "leaky_relu", "elu", "abs", "sigmoid", "tanh", "exp", "softplus", "gelu",
+               "hard_tanh", "square", "identity", "neg"]
+
+
+@pytest.mark.parametrize("act", ACTIVATIONS)
+def test_an_activation_of_a_state_read_in_a_loop(act):
+    check(f"input x[2] : seq\noutput h\nh[2] = tanh(x + 0.5 * {act}(h[t-1]))")
+
+
+@pytest.mark.parametrize("act", ["relu", "leaky_relu", "abs", "hard_tanh"])
+def test_an_activation_read_only_within_its_step(act):
+    check(f"input x[2] : seq\noutput h\nh[2] = tanh({act}(x + U @ h[t-1]))")
+
+
+# ---- a state scaled by a number --------------------------------------------------------
+# Shape inference gave a state read before its equation the shape of the value beside it, even a
+# scalar's: 'h has size [2], but where it is used it must have size []'. The declared size decides.
+SCALED = ["2 * h[t-1]", "h[t-1] / 2", "g * h[t-1]", "h[t-1] - 3", "3 - h[t-1]", "h[t-1] * 0.5",
+          "(1 - h[t-1])", "-h[t-1]"]
+
+
+@pytest.mark.parametrize("form", SCALED)
+def test_a_state_combined_with_a_number_keeps_its_declared_size(form):
+    text = f"input x[3] : seq\noutput h\nh[2] = tanh({form} + W @ x)"
+    compiled = compile_text(text)
+    assert compiled.graph.info("h").shape == (2,)
+    check(text)
+
+
+def test_an_undeclared_state_scaled_by_a_number_takes_its_size_from_the_rest():
+    compiled = compile_text("input x[3] : seq\noutput h\nh = tanh(2 * h[t-1] + x)")
+    assert compiled.graph.info("h").shape == (3,)
+
+
+def test_an_undeclared_state_nothing_sizes_is_still_reported():
+    with pytest.raises(SpecError, match="cannot infer the size of 'W'"):
+        compile_text("input x[3] : seq\noutput h\nh = tanh(W @ x + 2 * h[t-1])")
