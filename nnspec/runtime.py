@@ -157,6 +157,9 @@ class Executor:
         self.profile: dict | None = None
         # outer steps: which have no batch or time axes (parameters, constants and what is made of them)
         self._static = set(plan.consts) | {p.name for p in plan.params}
+        # each loop state with an ``initial``: the value it names
+        self._initial_of = {s: init for step in plan.steps if isinstance(step, LoopStep)
+                            for s, init in step.initials.items()}
         self.lookback = chunks.lookback_depths(plan)  # what a chunk keeps for the next one to read
         self.spendable = self._spendable()
         for s in plan.steps:
@@ -430,14 +433,38 @@ class Executor:
             raise RuntimeFailure(f"'{node}' produced {bad}", node)
 
     def _read_whole(self, tape: Tape, src: str, delay: int) -> np.ndarray:
+        """A sequence read at ``t + delay`` from outside its loop: where that is no real step, a
+        loop's state reads its initial state (as inside the loop), any other sequence zeros."""
         a = tape.values[src]
         if delay == 0:
             return a
-        out = _shift_in_time(a, delay, tape.lengths, np.zeros_like(a[0]))
+        out = _shift_in_time(a, delay, tape.lengths, self._before_first_step(tape, src))
         history = tape.carry.get(chunks.history_key(src))
         if delay < 0 and history is not None:  # the first steps read the previous chunk's last ones
             out = chunks.fill_from_history(out, history, delay, tape.lengths)
         return out
+
+    def _before_first_step(self, tape: Tape, src: str) -> np.ndarray:
+        """What a read of ``src`` outside the real steps gives: a state's initial value (B, ...),
+        else zeros."""
+        init = tape.initial_values.get(src)
+        return init if init is not None else np.zeros_like(tape.values[src][0])
+
+    def _initial_grad(self, tape: Tape, src: str, d: int, g: np.ndarray, acc) -> None:
+        """The gradient of a read of ``src`` at ``t + d`` from outside its loop (``g``, per reading
+        step) where the read gave the initial state: to the value the state's ``initial`` names
+        (reads filled from the previous chunk carry none: truncated BPTT)."""
+        init_id = self._initial_of.get(src)
+        if init_id is None or src not in tape.initial_values:
+            return
+        T = g.shape[0]
+        took_initial = ~_valid_steps(T, d, tape.lengths)
+        if d < 0 and chunks.history_key(src) in tape.carry:
+            took_initial &= (np.arange(T) + d >= 0)[:, None]
+        if not took_initial.any():
+            return
+        w = took_initial.reshape(took_initial.shape + (1,) * (g.ndim - 2)).astype(g.dtype)
+        acc.add(init_id, unbroadcast((g * w).sum(axis=0), tape.values[init_id].shape))
 
     def _state_init(self, loop: LoopStep, tape: Tape, step: OpStep, carry) -> np.ndarray:
         if step.id in carry:
@@ -488,7 +515,7 @@ class Executor:
                 return src_arr[t]
             if t + d < 0 and chunks.history_key(src) in tape.carry:  # before the chunk: the previous one's
                 return self._read_whole(tape, src, d)[t]
-            init = np.zeros_like(src_arr[0])
+            init = self._before_first_step(tape, src)   # another loop's state: its initial state
         else:
             return tape.values[src]
         u = t + d
@@ -899,6 +926,7 @@ class Executor:
                 continue
             src, d = step.inputs[i]
             if d:
+                self._initial_grad(tape, src, d, gi, acc)
                 gi = _shift_in_time(gi, -d, tape.lengths, np.zeros_like(gi[0]), reverse_of=d)
             acc.add(src, gi)
 
@@ -932,6 +960,7 @@ class Executor:
                 gbuf[b.id] += grads.pop(b.id)
         outer_seq: dict[str, np.ndarray] = {}
         outer: dict[str, np.ndarray] = {}
+        outer_init: dict[str, np.ndarray] = {}     # other loops' states: gradients of their initial states
         ginit = {s: np.zeros_like(tape.initial_values[s], dtype=self.dtype) for s in loop.states if s in gbuf}
         times = range(T) if loop.direction > 0 else range(T - 1, -1, -1)
         for t in reversed(times):
@@ -954,8 +983,12 @@ class Executor:
                             outer_seq[src] = np.zeros_like(env[src], dtype=self.dtype)
                         if d == 0:
                             outer_seq[src][t] += gi
-                        else:
-                            self._to_step(outer_seq[src], None, gi, t + d, tape)
+                        else:  # another loop's state read where it has no step gives its initial state
+                            before_chunk = t + d < 0 and chunks.history_key(src) in tape.carry
+                            if src in self._initial_of and src not in outer_init and not before_chunk:
+                                outer_init[src] = np.zeros_like(tape.initial_values[src], dtype=self.dtype)
+                            self._to_step(outer_seq[src], None if before_chunk else outer_init.get(src),
+                                          gi, t + d, tape)
                     else:
                         acc = outer.get(src)
                         outer[src] = gi.copy() if acc is None else _iadd(acc, gi)
@@ -968,6 +1001,9 @@ class Executor:
             if s in loop.initials:
                 init_id = loop.initials[s]
                 _accumulate(grads, init_id, unbroadcast(g, env[init_id].shape))
+        for s, g in outer_init.items():
+            init_id = self._initial_of[s]
+            _accumulate(grads, init_id, unbroadcast(g, env[init_id].shape))
 
     def _to_step(self, buf: np.ndarray, ginit, gi: np.ndarray, u: int, tape: Tape) -> None:
         """Send a gradient to step ``u``: to the buffer where u is a real step, else to the initial state."""
@@ -1025,11 +1061,13 @@ class Executor:
             if gi is None:
                 continue
             if d and src in self.seq:
+                self._initial_grad(tape, src, d, gi, acc)
                 gi = _shift_in_time(gi, -d, tape.lengths, np.zeros_like(gi[0]), reverse_of=d)
             acc.add(src, gi)
         for (op_id, pos), g in bw.outer_step.items():
             src, d = prog.by_id[op_id].step.inputs[pos]
             if src in self.seq and d:
+                self._initial_grad(tape, src, d, g, acc)
                 g = _shift_in_time(g, -d, tape.lengths, np.zeros_like(g[0]), reverse_of=d)
             acc.add(src, g, owned=True)
         if keep:

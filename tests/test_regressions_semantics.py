@@ -145,3 +145,63 @@ def test_an_undeclared_state_scaled_by_a_number_takes_its_size_from_the_rest():
 def test_an_undeclared_state_nothing_sizes_is_still_reported():
     with pytest.raises(SpecError, match="cannot infer the size of 'W'"):
         compile_text("input x[3] : seq\noutput h\nh = tanh(W @ x + 2 * h[t-1])")
+
+
+# ---- a state read at another step from outside its loop --------------------------------
+# Outside its loop, h[t-1] at the first step read zeros instead of the initial state, and the
+# gradient of those reads was dropped instead of reaching the initial state.
+def test_a_state_read_outside_its_loop_starts_from_its_initial_state():
+    text = """
+        input x[3] : seq
+        output d
+        h[2] = tanh(W @ x + U @ h[t-1])
+        initial h = [0.5, -1]
+        d[4] = concat(h, h[t-1])"""
+    plan = compile_text(text).plan
+    rng = np.random.default_rng(0)
+    params = {p.name: rng.normal(size=p.shape) for p in plan.params}
+    feeds = random_feeds(plan, 5, 3, 0)
+    for options in (ExecOptions(), ExecOptions(fast_loops=False)):
+        tape = Executor(plan, dtype=np.float64, options=options).forward(params, feeds, lengths=LENGTHS)
+        d, h = tape.values["d"], tape.values["h"]
+        np.testing.assert_allclose(d[0, :, 2:], [[0.5, -1]] * 3)          # before the first step
+        for b, n in enumerate(LENGTHS):                                    # then the step before
+            np.testing.assert_allclose(d[1:n, b, 2:], h[:n - 1, b])
+            np.testing.assert_allclose(d[:n, b, :2], h[:n, b])
+
+
+INITIAL_READS = {
+    "learned_initial_read_back_outside": """
+        h[2] = tanh(W @ x + U @ h[t-1])
+        initial h = h0
+        p[4] = concat(h, h[t-1])""",
+    "two_steps_back_outside": """
+        h[2] = tanh(W @ x + U @ h[t-1])
+        initial h = h0
+        p[4] = concat(h, h[t-2])""",
+    "backward_loop_read_ahead_outside": """
+        h[2] = tanh(W @ x + U @ h[t+1])
+        initial h = h0
+        p[4] = concat(h, h[t+1])""",
+    "read_by_a_loop_running_the_other_way": """
+        h[2] = tanh(W @ x + U @ h[t-1])
+        initial h = h0
+        g[2] = tanh(V @ h[t-1] + R @ g[t+1])
+        p = concat(g, h)""",
+    "read_through_an_activation_in_another_loop": """
+        h[2] = tanh(W @ x + U @ h[t-1])
+        initial h = h0
+        g[2] = tanh(V @ relu(h[t-1]) + R @ g[t-1])
+        p = concat(g, h)""",
+    "computed_initial_state": """
+        h[2] = tanh(W @ x + U @ h[t-1])
+        initial h = tanh(Q @ z)
+        param Q[2, 3]
+        p[4] = concat(h, h[t-1])""",
+}
+
+
+@pytest.mark.parametrize("name", INITIAL_READS)
+def test_reads_of_an_initial_state_outside_the_loop_are_differentiated(name):
+    check("input x[3] : seq\ninput z[3]\noutput p\n" + INITIAL_READS[name]
+          if "z" in INITIAL_READS[name] else "input x[3] : seq\noutput p\n" + INITIAL_READS[name])
