@@ -136,6 +136,7 @@ def infer_time_and_type(graph: Graph, components: list[Component], diags: Diagno
     if order is None:  # find_components reports algebraic loops before anything asks for an order
         raise nx.NetworkXUnfeasible("the graph has a cycle at delay 0")
     in_component = {n for c in components for n in c.nodes}
+    static: set[str] = set()   # parameters, constants and what is computed from them alone
     for n in order:
         info = graph.info(n)
         if info.kind in ("input", "target"):
@@ -143,19 +144,26 @@ def infer_time_and_type(graph: Graph, components: list[Component], diags: Diagno
             info.integer = info.elem in ("token", "char", "class")
             continue
         if info.kind in ("param", "const"):
+            static.add(n)
             continue
         op = REGISTRY[info.op]
         operands = [graph.info(src) for src, _ in info.inputs]
+        if operands and all(o.id in static for o in operands):
+            static.add(n)
+        whole_batch = _whole_batch(info, op, operands, static, diags)
         for (src, delay), o in zip(info.inputs, operands):
-            if delay and not (o.seq or o.id in in_component or o.kind in ("input", "target") and o.sequence):
+            if delay and o.whole_batch:
+                diags.error(f"{user_name(o, diags.sources)} is a loss, one number for the whole batch; it has no "
+                            f"earlier or later steps to read at [t{delay:+d}]", info.span)
+            elif delay and not (o.seq or o.id in in_component or o.kind in ("input", "target") and o.sequence):
                 if o.component is None and not _depends_on_sequence(graph, o.id):
                     diags.error(f"'{o.id}' is read at [t{delay:+d}] but it is not a sequence; only values that "
                                 f"change over time have earlier or later steps", info.span)
-        if op.reduces_time:
+        if whole_batch:  # a loss: one number for the whole batch, however long its sequences
+            info.seq = False
+        elif op.reduces_time:
             if operands and not operands[0].seq:
                 diags.error(f"{info.op}(...) reduces over time, but its argument is not a sequence", info.span)
-            info.seq = False
-        elif op.scalar_output:  # a loss: one number for the whole batch, however long its sequences
             info.seq = False
         else:
             info.seq = any(o.seq for o in operands) or n in in_component
@@ -180,6 +188,30 @@ def infer_time_and_type(graph: Graph, components: list[Component], diags: Diagno
             diags.error(f"'{names[0]}' is recurrent (it reads itself at another step) but depends on no "
                         f"sequence input; declare an input as a sequence, e.g. 'input x[8] : seq'", span, notes)
     return order
+
+
+def _whole_batch(info, op, operands, static: set[str], diags: Diagnostics) -> bool:
+    """Mark a value that is one number for the whole batch: a loss (the mean over the examples and
+    their real steps), or arithmetic on losses with numbers and parameters (``0.5 * mse(p, y)``,
+    the sum of several losses). Combining one with a value of one example has no meaning: an
+    error. True when the value is whole-batch."""
+    totals = [o for o in operands if o.whole_batch]
+    if op.scalar_output:
+        if totals:
+            diags.error(f"{user_name(totals[0], diags.sources)} is already a loss, one number for the whole "
+                        f"batch; {info.op} compares a prediction with a target of each example", info.span)
+        info.whole_batch = True
+        return True
+    if not totals:
+        return False
+    per_example = next((o for o in operands if not o.whole_batch and o.id not in static), None)
+    if per_example is not None:
+        diags.error(f"{user_name(totals[0], diags.sources)} is a loss, one number for the whole batch (the mean "
+                    f"over its examples), but {user_name(per_example, diags.sources)} has a value for each example"
+                    f"{' and each step' if per_example.seq else ''}; a loss combines only with numbers, "
+                    f"parameters and other losses", info.span)
+    info.whole_batch = True
+    return True
 
 
 def _sequence_dependents(graph: Graph) -> set[str]:

@@ -162,8 +162,13 @@ class Executor:
                             for s, init in step.initials.items()}
         self.lookback = chunks.lookback_depths(plan)  # what a chunk keeps for the next one to read
         self.spendable = self._spendable()
+        # steps that are one number for the whole batch: losses and arithmetic on them (a 0-d array)
+        self._whole_batch: set[str] = set()
         for s in plan.steps:
-            if isinstance(s, OpStep) and s.inputs and all(src in self._static for src, _ in s.inputs):
+            if isinstance(s, OpStep) and (REGISTRY[s.op].scalar_output
+                                          or any(src in self._whole_batch for src, _ in s.inputs)):
+                self._whole_batch.add(s.id)
+            elif isinstance(s, OpStep) and s.inputs and all(src in self._static for src, _ in s.inputs):
                 self._static.add(s.id)
 
     def _spendable(self) -> frozenset:
@@ -372,12 +377,13 @@ class Executor:
         info = self._outer.get(step.id)
         if info is None:
             op = REGISTRY[step.op]
-            trail = array_shape(step.shape, step.integer)
+            whole_batch = step.id in self._whole_batch
+            trail = () if whole_batch else array_shape(step.shape, step.integer)
             info = self._outer[step.id] = _Outer(
                 op=op,
                 pooled=(not op.needs_ctx and not step.integer and _overrides(op, "forward_into")
                         and all(isinstance(d, int) for d in trail)),
-                lead="seq" if step.seq else ("static" if step.id in self._static else "batch"),
+                lead="seq" if step.seq else ("static" if step.id in self._static or whole_batch else "batch"),
                 trail=trail, into=not op.needs_ctx and _overrides(op, "vjp_into"),
                 joint=type(op).vjp_one is Op.vjp_one,
                 first_seq=bool(step.inputs) and step.inputs[0][0] in self.seq)

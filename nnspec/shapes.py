@@ -498,13 +498,10 @@ class ShapeInference:
         return None
 
     def _provisional_shape(self, reader: NodeInfo, src: str) -> tuple:
-        """The shape ``src`` is taken to have until its own equation is inferred: its declared size
-        when it has one; else, beside a value of known shape in ``+ - * /``, that shape (a scalar
-        beside it says nothing: ``2 * h[t-1]`` scales a vector as well as a number); else one
-        dimension of unknown size."""
-        decl = self.declared(self._info[src])
-        if decl is not None:
-            return decl
+        """The shape ``src`` is taken to have until its own equation is inferred (which checks it):
+        beside a value of known shape in ``+ - * /``, that shape — but not a scalar's, which says
+        nothing (``2 * h[t-1]`` scales a vector as well as a number); else one dimension of unknown
+        size, which the declaration or the equation of ``src`` then decides."""
         if reader.op in ("add", "sub", "mul", "div"):
             for k, _ in reader.inputs:
                 shape = self._info[k].shape

@@ -205,3 +205,141 @@ INITIAL_READS = {
 def test_reads_of_an_initial_state_outside_the_loop_are_differentiated(name):
     check("input x[3] : seq\ninput z[3]\noutput p\n" + INITIAL_READS[name]
           if "z" in INITIAL_READS[name] else "input x[3] : seq\noutput p\n" + INITIAL_READS[name])
+
+
+# ---- losses inside arithmetic ------------------------------------------------------------
+# A loss is one number for the whole batch. Arithmetic around it (a weight, a sum of losses) made
+# the runtime give it a batch axis: a (B, 1) loss whose gradients were B times too large, and
+# `nnspec run` crashed converting it to a number.
+WEIGHTED = """
+input x[2]
+target r[1]
+loss 0.5 * mse(W @ x + c, r)
+"""
+
+
+def test_a_weighted_loss_is_one_number_with_the_closed_form_gradient():
+    plan = compile_text(WEIGHTED).plan
+    rng = np.random.default_rng(3)
+    W, c = rng.normal(size=(1, 2)), rng.normal(size=1)
+    x, r = rng.normal(size=(3, 2)), rng.normal(size=(3, 1))
+    err = x @ W.T + c - r                                   # (B, 1)
+    for options in (ExecOptions(), ExecOptions(prepared=False)):
+        ex = Executor(plan, dtype=np.float64, options=options)
+        for _ in range(2):                                   # the second pass is a prepared one
+            tape = ex.forward({"W": W, "c": c}, {"x": x, "r": r})
+            loss = tape.values[plan.loss]
+            assert np.shape(loss) == ()
+            np.testing.assert_allclose(loss, 0.5 * np.mean(err ** 2))
+            grads = ex.backward(tape)
+            np.testing.assert_allclose(grads["c"], np.mean(err, axis=0))  # the mean, not B times it
+            np.testing.assert_allclose(grads["W"], np.mean(err * x, axis=0, keepdims=True))
+    assert gradcheck_spec(WEIGHTED) < TOL
+
+
+LOSS_ARITHMETIC = {
+    "weighted": WEIGHTED,
+    "two_loss_statements": """
+        input x[10]
+        target y : class[3]
+        target r[1]
+        output p
+        h[32] = relu(W @ x + b)
+        p = softmax(V @ h + c)
+        loss cross_entropy(p, y)
+        loss 0.1 * mse(Q @ h + d, r)""",
+    "sum_difference_and_quotient_of_losses": """
+        input x[2]
+        target r[1]
+        target s[1]
+        loss (mse(W @ x, r) + 2 * mse(V @ x, s)) / 3 - 0.25 * mse(W @ x, s)""",
+    "a_learned_weight": """
+        input x[2]
+        target r[1]
+        loss g * mse(W @ x, r) + mse(V @ x, r)
+        param g = 0.7""",
+    "a_loss_per_step_and_one_per_example": """
+        input x[3] : seq
+        target y : seq of class[3]
+        target z : class[3]
+        h = rnn(x, H = 4)
+        loss cross_entropy_logits(V @ h + c, y) + 0.5 * cross_entropy_logits(U @ last(h) + d, z)""",
+    "a_loss_per_step_weighted_in_a_second_statement": """
+        input x[3] : seq
+        target y : seq of class[3]
+        target r[2]
+        h = rnn(x, H = 4)
+        loss cross_entropy_logits(V @ h + c, y)
+        loss 0.3 * mse(U @ mean(h), r)""",
+}
+
+
+@pytest.mark.parametrize("name", LOSS_ARITHMETIC)
+def test_arithmetic_on_losses_differentiates_like_finite_differences(name):
+    text = LOSS_ARITHMETIC[name]
+    assert gradcheck_spec(text) < TOL
+    assert_paths_agree(text)
+    (values, _), _ = run_both(text)
+    assert np.shape(values[compile_text(text).plan.loss]) == ()
+
+
+def test_several_losses_sum_to_their_closed_forms():
+    text = LOSS_ARITHMETIC["two_loss_statements"].replace(
+        "loss 0.1 * mse(Q @ h + d, r)", "output q\nq = Q @ h + d\nloss 0.1 * mse(q, r)")
+    plan = compile_text(text).plan
+    (values, _), _ = run_both(text)
+    feeds = random_feeds(plan, 5, 3, 0)
+    p, q, y, r = values["p"], values["q"], feeds["y"], feeds["r"]
+    cross_entropy = -np.mean(np.log(p[np.arange(3), y]))
+    np.testing.assert_allclose(values[plan.loss], cross_entropy + 0.1 * np.mean((q - r) ** 2), rtol=1e-12)
+
+
+def test_a_weighted_loss_matches_pytorch():
+    torch = pytest.importorskip("torch")
+    text = LOSS_ARITHMETIC["a_loss_per_step_and_one_per_example"]
+    plan = compile_text(text).plan
+    rng = np.random.default_rng(0)
+    params = {p.name: rng.normal(scale=0.5, size=p.shape) for p in plan.params}
+    feeds = random_feeds(plan, 5, 3, 0)
+    ex = Executor(plan, dtype=np.float64)
+    tape = ex.forward(params, feeds, lengths=LENGTHS)
+    grads = ex.backward(tape)
+    # the same network in PyTorch, on the values nnspec computed for h (checked elsewhere)
+    h = torch.tensor(tape.values["h"], requires_grad=True)
+    V, c, U, d = (torch.tensor(params[k], requires_grad=True) for k in ("V", "c", "U", "d"))
+    y = torch.tensor(feeds["y"]).masked_fill(torch.tensor(np.arange(5)[:, None] >= LENGTHS), -100)
+    per_step = torch.nn.functional.cross_entropy((h @ V.T + c).reshape(-1, 3), y.reshape(-1), ignore_index=-100)
+    last = h[torch.tensor(LENGTHS - 1), torch.arange(3)]
+    per_example = torch.nn.functional.cross_entropy(last @ U.T + d, torch.tensor(feeds["z"]))
+    total = per_step + 0.5 * per_example
+    total.backward()
+    np.testing.assert_allclose(tape.values[plan.loss], total.item(), rtol=1e-10)
+    for k, t in (("V", V), ("c", c), ("U", U), ("d", d)):
+        np.testing.assert_allclose(grads[k], t.grad.numpy(), rtol=1e-9, atol=1e-12, err_msg=k)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("input x[2]\ntarget r\nloss square(w @ x - r)\nparam w[1, 2]",
+     "a loss must be one number for the whole batch, but 'square(w @ x - r)' has a value for each example"),
+    ("input x[2]\ntarget r[1]\nloss x * mse(W @ x, r)",
+     "'mse(W @ x, r)' is a loss, one number for the whole batch (the mean over its examples), "
+     "but 'x' has a value for each example"),
+    ("input x[2]\ntarget r[2]\nloss [1, 2] * mse(x, r)", "a loss must be one number, but"),
+    ("input x[2]\ntarget r[2]\noutput L\nL = mse(x, r)\nloss L", "output 'L' is a loss"),
+    ("input x[2]\ntarget r[2]\nloss mse(mse(x, r) + x, r)", "is a loss, one number for the whole batch"),
+])
+def test_what_has_no_meaning_as_a_loss_is_a_located_error(text, message):
+    with pytest.raises(SpecError) as e:
+        compile_text(text)
+    assert message in str(e.value)
+    assert "<string>:" in str(e.value)
+
+
+def test_training_and_grad_on_a_weighted_loss(tmp_path):
+    from nnspec.cli import main
+    spec = tmp_path / "weighted.nn"
+    spec.write_text(WEIGHTED + "param W = [[0.3, -0.2]]\nparam c = [0.1]\n"
+                    "data inline {\n  x = [[1, 2], [0.5, -1], [2, 0]]\n  r = [[1], [0], [0.5]]\n}\n"
+                    "train { epochs 3; batch 3; optimizer sgd(lr = 0.1) }\n")
+    assert main(["run", str(spec), "--no-save", "--quiet"]) == 0
+    assert main(["grad", str(spec), "--at", "x=[1,2]", "r=[1]"]) == 0
