@@ -151,6 +151,10 @@ def infer_time_and_type(graph: Graph, components: list[Component], diags: Diagno
         if operands and all(o.id in static for o in operands):
             static.add(n)
         whole_batch = _whole_batch(info, op, operands, static, diags)
+        _check_shared_inputs(info, op, operands, static, diags)
+        time_op_in_loop = op.over_time and n in in_component
+        if time_op_in_loop:
+            _report_time_op_in_loop(graph, info, components, diags)
         for (src, delay), o in zip(info.inputs, operands):
             if delay and o.whole_batch:
                 diags.error(f"{user_name(o, diags.sources)} is a loss, one number for the whole batch; it has no "
@@ -162,7 +166,7 @@ def infer_time_and_type(graph: Graph, components: list[Component], diags: Diagno
         if whole_batch:  # a loss: one number for the whole batch, however long its sequences
             info.seq = False
         elif op.reduces_time:
-            if operands and not operands[0].seq:
+            if operands and not operands[0].seq and not time_op_in_loop:
                 diags.error(f"{info.op}(...) reduces over time, but its argument is not a sequence", info.span)
             info.seq = False
         else:
@@ -212,6 +216,36 @@ def _whole_batch(info, op, operands, static: set[str], diags: Diagnostics) -> bo
                     f"parameters and other losses", info.span)
     info.whole_batch = True
     return True
+
+
+def _check_shared_inputs(info, op, operands, static: set[str], diags: Diagnostics) -> None:
+    """A weight (the left of ``@``) or a table is one for the whole batch; a value of each example
+    there would be read with the batch axis as one of its own."""
+    shared = range(len(operands)) if op.shared_inputs == "all" else op.shared_inputs
+    for i, o in enumerate(operands):
+        if i in shared and o.id not in static:
+            place = "the left of '@'" if info.op == "matmul" else f"argument {i + 1} of {info.op}"
+            diags.error(f"{place} is a weight shared by every example (a parameter, a constant, or computed from "
+                        f"them alone), but {user_name(o, diags.sources)} has a value for each example"
+                        f"{' and each step' if o.seq else ''}", info.span)
+            return
+
+
+def _report_time_op_in_loop(graph: Graph, info, components: list[Component], diags: Diagnostics) -> None:
+    """A reduction over time (or a shift) of a value computed step by step inside a recurrent loop,
+    read inside that loop: within a step the value has only its batch axis, and its later steps are
+    not computed yet. (Of a value from outside the loop, it is computed once, before the loop.)"""
+    comp = next(c for c in components if info.id in c.nodes)
+    loop = ", ".join(_named(graph, comp.nodes)[:3])
+    src, delay = info.inputs[0]
+    arg = user_name(graph.info(src), diags.sources)
+    if delay:
+        arg = f"{arg[:-1]}[t{delay:+d}]'"
+    what = "reduces over the time axis of" if REGISTRY[info.op].reduces_time else "moves along the time axis of"
+    diags.error(f"{info.op}(...) {what} {arg}, which is computed inside the recurrent loop through {loop}, one "
+                f"step at a time: within a step it has no time axis (only the batch's, which a reduction never "
+                f"crosses), and its later steps are not computed yet; reduce over time after the loop, or of a "
+                f"value from outside it", info.span)
 
 
 def _sequence_dependents(graph: Graph) -> set[str]:

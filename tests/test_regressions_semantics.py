@@ -6,6 +6,8 @@ check runs on a padded batch of sequences (lengths 5, 3, 2), so padding is exerc
 """
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from conftest import gradcheck_spec, random_feeds
@@ -343,3 +345,137 @@ def test_training_and_grad_on_a_weighted_loss(tmp_path):
                     "train { epochs 3; batch 3; optimizer sgd(lr = 0.1) }\n")
     assert main(["run", str(spec), "--no-save", "--quiet"]) == 0
     assert main(["grad", str(spec), "--at", "x=[1,2]", "r=[1]"]) == 0
+
+
+# ---- reductions never cross the batch ----------------------------------------------------
+# In a decoder-style loop, sum(score * enc) was accepted and, at run time, summed the examples of
+# the batch (one step's array is (B, ...)): an example's outputs depended on its batch-mates.
+DECODER = """
+input enc[3] : seq
+output h
+score = exp(v @ tanh(W @ enc + U @ h[t-1]))
+ctx = sum(score * enc) / sum(score)
+h[3] = tanh(A @ ctx + B @ h[t-1])
+param v[1, 4]
+"""
+
+
+def test_a_reduction_over_time_inside_a_loop_is_a_located_error():
+    with pytest.raises(SpecError) as e:
+        compile_text(DECODER)
+    text = str(e.value)
+    assert "<string>:5:7: error: sum(...) reduces over the time axis of 'score * enc', which is computed inside " \
+           "the recurrent loop through" in text
+    assert "within a step it has no time axis (only the batch's, which a reduction never crosses)" in text
+    assert "<string>:5:26: error: sum(...) reduces over the time axis of 'score'" in text
+
+
+@pytest.mark.parametrize("op", ["sum", "mean", "max", "last", "first", "shift"])
+def test_every_time_op_of_a_value_inside_its_loop_is_an_error(op):
+    with pytest.raises(SpecError, match=rf"{op}\(\.\.\.\) (reduces over|moves along) the time axis of 'h\[t-1\]'"):
+        compile_text(f"input x[3] : seq\noutput h\nh[3] = tanh(x + {op}(h[t-1]))")
+
+
+@pytest.mark.parametrize("text, message", [
+    ("input m[2, 3]\ninput x[3]\noutput y\ny = m @ x",
+     "the left of '@' is a weight shared by every example (a parameter, a constant, or computed from them "
+     "alone), but 'm' has a value for each example"),
+    ("input x[3]\noutput y\ny = concat_rows(x, x)", "argument 1 of concat_rows is a weight shared by every example"),
+    ("input x[3] : seq\noutput y\ny[2] = (W @ x) @ x", "but 'W @ x' has a value for each example and each step"),
+])
+def test_a_per_example_value_where_a_weight_belongs_is_a_located_error(text, message):
+    with pytest.raises(SpecError, match=re_escape(message)):
+        compile_text(text)
+
+
+def re_escape(s: str) -> str:
+    return re.escape(s)
+
+
+# Every op, in three places (on one example's vector, on a sequence outside loops, inside a
+# loop), on a padded batch: each example's outputs are the same when it runs alone, and when the
+# batch is permuted. A reduction that touched the batch axis would fail this.
+def _op_uses(v: str) -> dict[str, str]:
+    """An expression per op giving a [3]-vector per example from the [3]-vector ``v``."""
+    unary = ["abs", "elu", "exp", "gelu", "hard_tanh", "identity", "leaky_relu", "relu", "sigmoid", "softmax",
+             "softplus", "square", "step", "tanh", "log_softmax", "neg", "dropout"]
+    uses = {op: f"{op}({v})" for op in unary}
+    uses |= {
+        "add": f"{v} + 2 * {v}", "sub": f"{v} - M @ {v}", "mul": f"{v} * (M @ {v})", "div": f"{v} / (2 + square({v}))",
+        "log": f"log(1 + square({v}))", "sqrt": f"sqrt(1 + square({v}))", "pow": f"pow({v}, p = 3)",
+        "matmul": f"M @ {v}", "linear": f"M @ {v} + bias", "concat": f"slice(concat({v}, {v}), start = 1, stop = 4)",
+        "slice": f"concat(slice({v}, stop = 1), slice({v}, start = 1))",
+        "concat_rows": f"slice(concat_rows(M, N) @ {v}, start = 2, stop = 5)",
+    }
+    return uses
+
+
+PARAMS = "\nparam M[3, 3]\nparam N[3, 3]\nparam U[3, 3]\nparam bias[3]"
+
+
+PER_EXAMPLE_OPS = sorted(_op_uses("v"))
+TIME_OPS = ["sum", "mean", "max", "last", "first", "shift"]
+PLACES = {
+    "one_vector": "input a[3]\noutput y\ny = {use}",
+    "a_sequence": "input x[3] : seq\noutput y\ny = {use}",
+    "inside_a_loop": "input x[3] : seq\noutput h\nh[3] = tanh(x + 0.5 * {use})",
+}
+
+
+def _per_example_cases():
+    cases = []
+    for op in PER_EXAMPLE_OPS:
+        cases.append((op, "one_vector", PLACES["one_vector"].format(use=_op_uses("a")[op])))
+        cases.append((op, "a_sequence", PLACES["a_sequence"].format(use=_op_uses("x")[op])))
+        cases.append((op, "inside_a_loop", PLACES["inside_a_loop"].format(use=_op_uses("h[t-1]")[op])))
+    for op in TIME_OPS:
+        use = f"{op}(x)" if op == "shift" else f"tanh(x + {op}(x))"
+        cases.append((op, "a_sequence", f"input x[3] : seq\noutput y\ny = {use}"))
+        cases.append((op, "read_inside_a_loop", f"input x[3] : seq\noutput h\nh[3] = tanh(U @ h[t-1] + {op}(x))"))
+        cases.append((op, "after_a_loop",
+                      f"input x[3] : seq\noutput y\nh[3] = tanh(x + U @ h[t-1])\ny = {op}(h)"))
+    cases.append(("argmax", "a_sequence", "input x[3] : seq\noutput y\ny = argmax(x)"))
+    cases.append(("embed", "a_sequence", "input w : seq of token\noutput y\ny = tanh(embed(w, 3))"))
+    cases.append(("word_dropout", "a_sequence", "input w : seq of token\noutput y\ny = embed(word_dropout(w), 3)"))
+    return [pytest.param(_with_params(text), id=f"{op}-{place}") for op, place, text in cases]
+
+
+def _with_params(text: str) -> str:
+    """The spec with a size for each of M, N, U, bias it uses."""
+    used = set(re.findall(r"\b(M|N|U|bias)\b", text))
+    return text + "".join(f"\n{line}" for line in PARAMS.split("\n") if line and line.split()[1].split("[")[0] in used)
+
+
+def _run_examples(plan, params, feeds, lengths, options):
+    ex = Executor(plan, dtype=np.float64, options=options)
+    tape = ex.forward(params, feeds, lengths=lengths)
+    return {o: tape.values[o] for o in plan.outputs}
+
+
+@pytest.mark.parametrize("text", _per_example_cases())
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "reference"])
+def test_an_examples_outputs_do_not_depend_on_its_batch(text, fast):
+    plan = compile_text(text, bindings={"vocab(w)": 6}).plan
+    rng = np.random.default_rng(1)
+    params = {p.name: rng.normal(scale=0.7, size=p.shape) for p in plan.params}
+    lengths = np.array([5, 2, 4, 3])
+    feeds = random_feeds(plan, T=5, B=4, seed=2)
+    seq = {v.name for v in plan.inputs if v.seq}
+    options = ExecOptions(fast_loops=fast)
+    full = _run_examples(plan, params, feeds, lengths if seq else None, options)
+    order = np.array([2, 0, 3, 1])
+    permuted = _run_examples(plan, params, {k: (a[:, order] if k in seq else a[order]) for k, a in feeds.items()},
+                             lengths[order] if seq else None, options)
+    seq_out = {s.id for s in plan.steps for s in (s.body if hasattr(s, "body") else [s]) if s.seq}
+    for o in plan.outputs:
+        axis = 1 if o in seq_out else 0
+        np.testing.assert_allclose(np.take(permuted[o], np.argsort(order), axis=axis), full[o], rtol=1e-12,
+                                   atol=1e-12, err_msg=f"{o}: permuting the batch changed it")
+    for b in range(4):
+        n = int(lengths[b])
+        alone = _run_examples(plan, params, {k: (a[:n, b:b + 1] if k in seq else a[b:b + 1]) for k, a in feeds.items()},
+                              np.array([n]) if seq else None, options)
+        for o in plan.outputs:
+            want = full[o][:n, b] if o in seq_out else full[o][b]
+            got = alone[o][:, 0] if o in seq_out else alone[o][0]
+            np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12, err_msg=f"{o}: example {b} alone")
