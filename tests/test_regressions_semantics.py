@@ -479,3 +479,86 @@ def test_an_examples_outputs_do_not_depend_on_its_batch(text, fast):
             want = full[o][:n, b] if o in seq_out else full[o][b]
             got = alone[o][:, 0] if o in seq_out else alone[o][0]
             np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12, err_msg=f"{o}: example {b} alone")
+
+
+# ---- nnspec grad --at on sequences --------------------------------------------------------
+# `--at x=[[...], [...]]` for a sequence input was read as a batch of one-step examples: the
+# recurrent weights' gradients came out exactly 0. A sequence is given as the list of its steps.
+ELMAN = """
+input x[2] : seq
+target y[1] : seq
+h[2] = tanh(W @ x + U @ h[t-1] + b)
+loss mse(V @ h, y)
+param W = [[1, 0], [0, 1]]
+param U = [[0.5, -0.3], [0.2, 0.4]]
+param b = [0.1, -0.1]
+param V = [[1, -1]]
+"""
+X_STEPS = [[1, 0], [0, 1], [1, 1]]
+Y_STEPS = [[1], [0], [0.5]]
+
+
+def _grad_json(capsys, spec, *at, of=()):
+    from nnspec.cli import main
+    assert main(["grad", str(spec), "--json", *of, "--at", *at]) == 0
+    import json
+    return json.loads(capsys.readouterr().out)
+
+
+def test_grad_at_takes_a_sequence_as_the_list_of_its_steps(tmp_path, capsys):
+    spec = tmp_path / "elman.nn"
+    spec.write_text(ELMAN)
+    result = _grad_json(capsys, spec, f"x={X_STEPS}", f"y={Y_STEPS}")
+    # oracle: central differences of the loss of this one example, a sequence of 3 steps
+    plan = compile_text(ELMAN).plan
+    ex = Executor(plan, dtype=np.float64)
+    params = {p.name: np.array(p.value, dtype=np.float64) for p in plan.params}
+    feeds = {"x": np.array(X_STEPS, float)[:, None], "y": np.array(Y_STEPS, float)[:, None]}
+
+    def loss():
+        return float(ex.forward(params, feeds).values[plan.loss])
+
+    assert result["value"] == pytest.approx(loss(), rel=1e-12)
+    for name in ("U", "W", "b"):
+        numeric = np.zeros_like(params[name])
+        for i in np.ndindex(numeric.shape):
+            old = params[name][i]
+            params[name][i] = old + 1e-6
+            up = loss()
+            params[name][i] = old - 1e-6
+            down = loss()
+            params[name][i] = old
+            numeric[i] = (up - down) / 2e-6
+        assert np.abs(numeric).max() > 1e-3, name
+        np.testing.assert_allclose(result["gradients"][name], numeric, rtol=1e-6, atol=1e-9, err_msg=name)
+    assert np.shape(result["gradients"]["x"]) == (3, 2)   # one gradient per step
+    assert np.shape(result["gradients"]["y"]) == (3,)
+
+
+def test_grad_of_a_sequence_value_shows_its_steps(tmp_path, capsys):
+    spec = tmp_path / "elman.nn"
+    spec.write_text(ELMAN)
+    result = _grad_json(capsys, spec, f"x={X_STEPS}", f"y={Y_STEPS}", of=("--of", "h"))
+    h = np.array(result["value"])
+    assert h.shape == (3, 2)
+    W, U, b = np.eye(2), np.array([[0.5, -0.3], [0.2, 0.4]]), np.array([0.1, -0.1])
+    state = np.zeros(2)
+    for t, x in enumerate(np.array(X_STEPS, float)):
+        state = np.tanh(W @ x + U @ state + b)
+        np.testing.assert_allclose(h[t], state, rtol=1e-12)
+
+
+@pytest.mark.parametrize("at, message", [
+    (("x=[[1,0],[0,1],[1,1]]", "y=[[1],[0]]"),
+     "--at: the sequences of one example have the same number of steps; x has 3, y has 2"),
+    (("x=[1,0]", "y=[[1],[0]]"), "--at x: expected a sequence: a list of its steps, each a list of 2 numbers"),
+    (("x=[[1,0,2]]", "y=[[1]]"), "--at x: expected a sequence: a list of its steps, each a list of 2 numbers"),
+])
+def test_grad_at_refuses_a_malformed_sequence_clearly(tmp_path, capsys, at, message):
+    from nnspec.cli import main
+    spec = tmp_path / "elman.nn"
+    spec.write_text(ELMAN)
+    assert main(["grad", str(spec), "--at", *at]) == 1
+    captured = capsys.readouterr()
+    assert message in captured.err + captured.out
+    assert "Traceback" not in captured.err
