@@ -3,14 +3,16 @@
 Arrays: a feed-forward value is ``(B, *shape)``, a sequence ``(T, B, *shape)``
 (time-major), a parameter or constant has no leading axes. A real-valued value
 with per-example shape ``()`` is held as ``(..., 1)`` so that it broadcasts
-against vectors.
+against vectors. A whole-batch value (a loss, and arithmetic on losses with
+parameters and constants) is a 0-d array: one number for the batch.
 
 Reverse mode walks the plan backwards. A loop step is run backwards in time
 (BPTT): the gradient that reaches a value read at ``[t-1]`` flows into the
 buffer of step ``t-1``, and what reaches a read before the first step flows
 into the initial state. Padding is masked at those reads: a state read at a
 step outside a sequence's real length yields the initial state instead, so
-padding changes neither outputs nor gradients.
+padding changes neither outputs nor gradients. The same holds for a state read
+at another step from outside its loop (``concat(h, h[t-1])``, or in another loop).
 
 Loops have two implementations with the same results:
 
