@@ -562,3 +562,20 @@ def test_grad_at_refuses_a_malformed_sequence_clearly(tmp_path, capsys, at, mess
     captured = capsys.readouterr()
     assert message in captured.err + captured.out
     assert "Traceback" not in captured.err
+
+
+# ---- perplexity of a weighted language-model loss -------------------------------------------
+def test_perplexity_is_of_the_token_loss_not_of_the_weighted_total():
+    from test_stream_chunks import SPECS, V, bound, stream
+
+    from nnspec.model import Model
+    from nnspec.settings import TrainSettings
+    from nnspec.train.loop import evaluate
+
+    plain = SPECS["lstm"]
+    weighted = plain.replace("loss cross_entropy(p, shift(w, 1))", "loss 0.5 * cross_entropy(p, shift(w, 1)) + 0.1")
+    ids, settings = stream(), TrainSettings(batch=2, bptt=7)
+    results = [evaluate(Model.from_text(t, bindings={"vocab(w)": V}, dtype=np.float64, seed=3), bound(ids), "test",
+                        settings) for t in (plain, weighted)]
+    assert results[1].loss == pytest.approx(0.5 * results[0].loss + 0.1, rel=1e-12)
+    assert results[1].metrics["perplexity"] == pytest.approx(results[0].metrics["perplexity"], rel=1e-12)
