@@ -163,6 +163,7 @@ class Executor:
         self._initial_of = {s: init for step in plan.steps if isinstance(step, LoopStep)
                             for s, init in step.initials.items()}
         self.lookback = chunks.lookback_depths(plan)  # what a chunk keeps for the next one to read
+        self._loss_only = self._only_for_the_loss()
         self.spendable = self._spendable()
         # steps that are one number for the whole batch: losses and arithmetic on them (a 0-d array)
         self._whole_batch: set[str] = set()
@@ -172,6 +173,28 @@ class Executor:
                 self._whole_batch.add(s.id)
             elif isinstance(s, OpStep) and s.inputs and all(src in self._static for src, _ in s.inputs):
                 self._static.add(s.id)
+
+    def _only_for_the_loss(self) -> frozenset:
+        """Steps (op ids, loop indices) that only the loss needs: skipped by a pass without targets
+        (``need_loss=False``): the loss functions, arithmetic on them, and what feeds only them."""
+        plan = self.plan
+        if plan.loss is None:
+            return frozenset()
+        needed = set(plan.outputs) | set(self.lookback)
+        skip = set()
+        for step in reversed(plan.steps):
+            body = step.body if isinstance(step, LoopStep) else [step]
+            if not any(b.id in needed for b in body):
+                skip.add(step.index if isinstance(step, LoopStep) else step.id)
+                continue
+            for b in body:
+                needed.update(src for src, _ in b.inputs)
+            if isinstance(step, LoopStep):
+                needed.update(step.initials.values())
+        return frozenset(skip)
+
+    def _skipped(self, step, need_loss: bool) -> bool:
+        return not need_loss and (step.index if isinstance(step, LoopStep) else step.id) in self._loss_only
 
     def _spendable(self) -> frozenset:
         """Steps outside loops that may overwrite their first input in a single-use pass: an op
@@ -283,11 +306,11 @@ class Executor:
             built = {} if key is not None else None
             for step in self.plan.steps:
                 t0 = time.perf_counter() if prof is not None else 0.0
+                if self._skipped(step, need_loss):
+                    continue
                 if isinstance(step, LoopStep):
                     self._loop_step_forward(step, tape, train, rng, carry)
                 else:
-                    if not need_loss and step.id == self.plan.loss:
-                        continue
                     if self._op_forward(step, tape, train, rng):
                         if built is not None:
                             built[step.id] = tape.values[step.id].shape
@@ -318,10 +341,10 @@ class Executor:
         run = _PassRun(key=key)
         made: dict[str, np.ndarray] = {}
         for step in self.plan.steps:
+            if self._skipped(step, need_loss):
+                continue
             if isinstance(step, LoopStep):
                 run.fwd.append(("loop", step))
-                continue
-            if not need_loss and step.id == self.plan.loss:
                 continue
             shape = built.get(step.id)
             if shape is None or step.op == "shift" or any(d for _, d in step.inputs):

@@ -579,3 +579,15 @@ def test_perplexity_is_of_the_token_loss_not_of_the_weighted_total():
                         settings) for t in (plain, weighted)]
     assert results[1].loss == pytest.approx(0.5 * results[0].loss + 0.1, rel=1e-12)
     assert results[1].metrics["perplexity"] == pytest.approx(results[0].metrics["perplexity"], rel=1e-12)
+
+
+def test_outputs_without_targets_skip_everything_only_the_loss_needs():
+    """A pass without targets (prediction) computed the loss functions inside a weighted loss and
+    failed on the missing target."""
+    from nnspec.model import Model
+    model = Model.from_text("input x[2]\ntarget r[1]\noutput y\ny = W @ x + c\n"
+                            "loss 0.5 * mse(y, r) + mse(2 * y, r)", dtype=np.float64)
+    x = np.random.default_rng(0).normal(size=(3, 2))
+    want = x @ model.params["W"].T + model.params["c"]
+    for _ in range(3):   # the general pass, then prepared ones
+        np.testing.assert_allclose(model.forward({"x": x})["y"], want)
