@@ -197,23 +197,29 @@ def infer_time_and_type(graph: Graph, components: list[Component], diags: Diagno
 def _whole_batch(info, op, operands, static: set[str], diags: Diagnostics) -> bool:
     """Mark a value that is one number for the whole batch: a loss (the mean over the examples and
     their real steps), or arithmetic on losses with numbers and parameters (``0.5 * mse(p, y)``,
-    the sum of several losses). Combining one with a value of one example has no meaning: an
-    error. True when the value is whole-batch."""
+    the sum of several losses). Combining one with a value of each example has no meaning: an
+    error (and the value is not marked, so that its readers do not repeat it). True when the value
+    is whole-batch."""
     totals = [o for o in operands if o.whole_batch]
     if op.scalar_output:
         if totals:
             diags.error(f"{user_name(totals[0], diags.sources)} is already a loss, one number for the whole "
                         f"batch; {info.op} compares a prediction with a target of each example", info.span)
+            return False
         info.whole_batch = True
         return True
     if not totals:
         return False
-    per_example = next((o for o in operands if not o.whole_batch and o.id not in static), None)
-    if per_example is not None:
-        diags.error(f"{user_name(totals[0], diags.sources)} is a loss, one number for the whole batch (the mean "
-                    f"over its examples), but {user_name(per_example, diags.sources)} has a value for each example"
-                    f"{' and each step' if per_example.seq else ''}; a loss combines only with numbers, "
-                    f"parameters and other losses", info.span)
+    for (src, delay), o in zip(info.inputs, operands):
+        if not o.whole_batch and o.id not in static:
+            name = user_name(o, diags.sources)
+            if delay:
+                name = f"{name[:-1]}[t{delay:+d}]'"
+            steps = " and each step" if o.seq or o.component is not None else ""
+            diags.error(f"{user_name(totals[0], diags.sources)} is a loss, one number for the whole batch (the "
+                        f"mean over its examples), but {name} has a value for each example{steps}; a loss "
+                        f"combines only with numbers, parameters and other losses", info.span)
+            return False
     info.whole_batch = True
     return True
 

@@ -329,6 +329,11 @@ def test_a_weighted_loss_matches_pytorch():
     ("input x[2]\ntarget r[2]\nloss [1, 2] * mse(x, r)", "a loss must be one number, but"),
     ("input x[2]\ntarget r[2]\noutput L\nL = mse(x, r)\nloss L", "output 'L' is a loss"),
     ("input x[2]\ntarget r[2]\nloss mse(mse(x, r) + x, r)", "is a loss, one number for the whole batch"),
+    ("input x[2] : seq\ntarget r[2] : seq\nL = mse(x, r)\nloss L + L[t-1]",
+     "'L' is a loss, one number for the whole batch; it has no earlier or later steps to read at [t-1]"),
+    ("input x[2] : seq\ntarget r[2] : seq\noutput h\nh[2] = tanh(x + mse(h[t-1], r) * h[t-1])",
+     "'mse(h[t-1], r)' is a loss, one number for the whole batch (the mean over its examples), but 'h[t-1]' has a "
+     "value for each example and each step"),
 ])
 def test_what_has_no_meaning_as_a_loss_is_a_located_error(text, message):
     with pytest.raises(SpecError) as e:
@@ -591,3 +596,23 @@ def test_outputs_without_targets_skip_everything_only_the_loss_needs():
     want = x @ model.params["W"].T + model.params["c"]
     for _ in range(3):   # the general pass, then prepared ones
         np.testing.assert_allclose(model.forward({"x": x})["y"], want)
+
+
+# the same class: other places where a state is read before its equation sizes it
+STATE_FORMS = {
+    "a_scalar_parameter": "h[4] = tanh(W @ x + g * h[t-1])\nparam g = 0.5",
+    "a_scalar_input": "h[4] = tanh(W @ x + a * h[t-1] * 2)",
+    "two_steps_back_beside_a_number": "h[4] = tanh(W @ x) + 0.5 * h[t-2]",
+    "in_a_concat": "h[4] = tanh(W @ concat(x, h[t-1]))",
+    "a_slice_from_a_start": "h[4] = tanh(W @ x + concat(slice(h[t-1], start = 1), slice(h[t-1], stop = 1)))",
+    "a_slice_of_a_concat": "h[4] = tanh(W @ x + slice(concat(h[t-1], h[t-1]), start = 4))",
+    "through_softmax": "h[4] = tanh(W @ x + softmax(h[t-1]))",
+}
+
+
+@pytest.mark.parametrize("name", STATE_FORMS)
+def test_a_state_read_before_its_equation_in_any_form(name):
+    body = STATE_FORMS[name]
+    text = "input x[3] : seq\n" + ("input a\n" if " a " in body else "") + "output h\n" + body
+    assert compile_text(text).graph.info("h").shape == (4,)
+    check(text)
