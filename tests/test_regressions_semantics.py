@@ -358,10 +358,10 @@ def test_training_and_grad_on_a_weighted_loss(tmp_path):
 DECODER = """
 input enc[3] : seq
 output h
-score = exp(v @ tanh(W @ enc + U @ h[t-1]))
+score[3] = exp(V @ tanh(W @ enc + U @ h[t-1]))
 ctx = sum(score * enc) / sum(score)
 h[3] = tanh(A @ ctx + B @ h[t-1])
-param v[1, 4]
+param W[4, 3]
 """
 
 
