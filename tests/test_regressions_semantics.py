@@ -20,7 +20,10 @@ TOL = 1e-6
 LENGTHS = np.array([5, 3, 2])
 
 
-def run_both(text: str, lengths=LENGTHS, T=5, B=3, seed=0):
+PLAIN_FAST = ExecOptions(defer_grads=False, local_grads=False, alias_grads=False, scratch=False, prepared=False)
+
+
+def run_both(text: str, lengths=LENGTHS, T=5, B=3, seed=0, options=(ExecOptions(), ExecOptions(fast_loops=False))):
     """Outputs and gradients (of the loss, or of a fixed random weighting of the outputs) by the
     fast path and by the reference interpreter, in float64."""
     plan = compile_text(text).plan
@@ -28,8 +31,8 @@ def run_both(text: str, lengths=LENGTHS, T=5, B=3, seed=0):
     params = {p.name: rng.normal(scale=0.5, size=p.shape) for p in plan.params}
     feeds = random_feeds(plan, T, B, seed)
     results = []
-    for options in (ExecOptions(), ExecOptions(fast_loops=False)):
-        ex = Executor(plan, dtype=np.float64, options=options)
+    for opts in options:
+        ex = Executor(plan, dtype=np.float64, options=opts)
         tape = ex.forward(params, feeds, lengths=lengths)
         seeds = None
         if plan.loss is None:
@@ -41,7 +44,14 @@ def run_both(text: str, lengths=LENGTHS, T=5, B=3, seed=0):
 
 
 def assert_paths_agree(text: str, lengths=LENGTHS):
-    (fast_vals, fast_grads), (ref_vals, ref_grads) = run_both(text, lengths)
+    """The fast path (with its optimisations, and without them: per-step gradients leaving the
+    loop, no whole-sequence derivatives, no aliasing) agrees with the reference interpreter."""
+    fast, plain, reference = run_both(text, lengths, options=(ExecOptions(), PLAIN_FAST, ExecOptions(fast_loops=False)))
+    for (fast_vals, fast_grads), (ref_vals, ref_grads) in ((fast, reference), (plain, reference)):
+        _assert_same(fast_vals, fast_grads, ref_vals, ref_grads)
+
+
+def _assert_same(fast_vals, fast_grads, ref_vals, ref_grads):
     for k in ref_vals:
         np.testing.assert_allclose(fast_vals[k], ref_vals[k], rtol=1e-10, atol=1e-12, err_msg=k)
     for k in ref_grads:
