@@ -626,3 +626,38 @@ def test_a_state_read_before_its_equation_in_any_form(name):
     text = "input x[3] : seq\n" + ("input a\n" if " a " in body else "") + "output h\n" + body
     assert compile_text(text).graph.info("h").shape == (4,)
     check(text)
+
+
+def test_every_op_is_checked_for_batch_independence():
+    from nnspec.ops import REGISTRY
+    covered = set(PER_EXAMPLE_OPS) | set(TIME_OPS) | {"argmax", "embed", "word_dropout"} | set(LOSS_USES)
+    assert set(REGISTRY) - covered == set()
+
+
+# A loss is the mean over the batch: the same number whatever the order of the examples.
+LOSS_USES = {
+    "mse": "mse(tanh(M @ x), r)", "bce": "bce(sigmoid(M @ x), s)", "bce_logits": "bce_logits(M @ x, s)",
+    "perceptron": "perceptron(M @ x, s)", "cross_entropy": "cross_entropy(softmax(M @ x), y)",
+    "cross_entropy_logits": "cross_entropy_logits(M @ x, y)", "nll": "nll(log_softmax(M @ x), y)",
+}
+
+
+@pytest.mark.parametrize("op", sorted(LOSS_USES))
+@pytest.mark.parametrize("seq", [False, True], ids=["examples", "sequences"])
+def test_a_loss_does_not_depend_on_the_order_of_the_batch(op, seq):
+    kind = " : seq" if seq else ""
+    # every target is read (weighted 0) so that one set of declarations serves every loss
+    text = (f"input x[3]{kind}\ntarget r[3]{kind}\ntarget s[3]{kind}\ntarget y : {'seq of ' if seq else ''}class[3]\n"
+            f"loss {LOSS_USES[op]} + 0 * (mse(x, r) + mse(x, s) + cross_entropy_logits(x, y))\nparam M[3, 3]")
+    plan = compile_text(text).plan
+    params = {"M": np.random.default_rng(1).normal(size=(3, 3))}
+    feeds = random_feeds(plan, T=5, B=4, seed=2)
+    feeds["s"] = (feeds["s"] > 0).astype(float)
+    lengths = np.array([5, 2, 4, 3]) if seq else None
+    order = np.array([2, 0, 3, 1])
+    ex = Executor(plan, dtype=np.float64)
+    full = ex.forward(params, feeds, lengths=lengths).values[plan.loss]
+    permuted = ex.forward(params, {k: (a[:, order] if seq else a[order]) for k, a in feeds.items()},
+                          lengths=None if lengths is None else lengths[order]).values[plan.loss]
+    assert np.shape(full) == ()
+    assert permuted == pytest.approx(float(full), rel=1e-12)
