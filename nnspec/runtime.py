@@ -481,12 +481,12 @@ class Executor:
         init = tape.initial_values.get(src)
         return init if init is not None else np.zeros_like(tape.values[src][0])
 
-    def _initial_grad(self, tape: Tape, src: str, d: int, g: np.ndarray, acc) -> None:
+    def _initial_grad(self, tape: Tape, src: str, d: int, g: np.ndarray, acc, need) -> None:
         """The gradient of a read of ``src`` at ``t + d`` from outside its loop (``g``, per reading
         step) where the read gave the initial state: to the value the state's ``initial`` names
         (reads filled from the previous chunk carry none: truncated BPTT)."""
         init_id = self._initial_of.get(src)
-        if init_id is None or src not in tape.initial_values:
+        if init_id is None or init_id not in need or src not in tape.initial_values:
             return
         T = g.shape[0]
         took_initial = ~_valid_steps(T, d, tape.lengths)
@@ -957,7 +957,7 @@ class Executor:
                 continue
             src, d = step.inputs[i]
             if d:
-                self._initial_grad(tape, src, d, gi, acc)
+                self._initial_grad(tape, src, d, gi, acc, need)
                 gi = _shift_in_time(gi, -d, tape.lengths, np.zeros_like(gi[0]), reverse_of=d)
             acc.add(src, gi)
 
@@ -1016,7 +1016,8 @@ class Executor:
                             outer_seq[src][t] += gi
                         else:  # another loop's state read where it has no step gives its initial state
                             before_chunk = t + d < 0 and chunks.history_key(src) in tape.carry
-                            if src in self._initial_of and src not in outer_init and not before_chunk:
+                            if (src not in outer_init and not before_chunk and src in self._initial_of
+                                    and (need is None or self._initial_of[src] in need)):
                                 outer_init[src] = np.zeros_like(tape.initial_values[src], dtype=self.dtype)
                             self._to_step(outer_seq[src], None if before_chunk else outer_init.get(src),
                                           gi, t + d, tape)
@@ -1092,13 +1093,13 @@ class Executor:
             if gi is None:
                 continue
             if d and src in self.seq:
-                self._initial_grad(tape, src, d, gi, acc)
+                self._initial_grad(tape, src, d, gi, acc, need)
                 gi = _shift_in_time(gi, -d, tape.lengths, np.zeros_like(gi[0]), reverse_of=d)
             acc.add(src, gi)
         for (op_id, pos), g in bw.outer_step.items():
             src, d = prog.by_id[op_id].step.inputs[pos]
             if src in self.seq and d:
-                self._initial_grad(tape, src, d, g, acc)
+                self._initial_grad(tape, src, d, g, acc, need)
                 g = _shift_in_time(g, -d, tape.lengths, np.zeros_like(g[0]), reverse_of=d)
             acc.add(src, g, owned=True)
         if keep:
