@@ -207,10 +207,16 @@ INITIAL_READS = {
         p = concat(g, h)""",
     "computed_initial_state": """
         h[2] = tanh(W @ x + U @ h[t-1])
-        initial h = tanh(Q @ z)
-        param Q[2, 3]
+        initial h = tanh(Q @ z + R @ first(x))
         p[4] = concat(h, h[t-1])""",
 }
+
+
+def test_a_computed_initial_state_takes_the_declared_size_of_its_state():
+    """Nothing else sizes Q's and R's rows: the state's declared size does (it was an error)."""
+    graph = compile_text("input x[3] : seq\ninput z[5]\noutput h\nh[2] = tanh(W @ x + U @ h[t-1])\n"
+                         "initial h = tanh(Q @ z + R @ first(x))").graph
+    assert graph.info("Q").shape == (2, 5) and graph.info("R").shape == (2, 3)
 
 
 @pytest.mark.parametrize("name", INITIAL_READS)
