@@ -6,6 +6,7 @@ check runs on a padded batch of sequences (lengths 5, 3, 2), so padding is exerc
 """
 from __future__ import annotations
 
+import json
 import re
 
 import numpy as np
@@ -13,6 +14,7 @@ import pytest
 from conftest import gradcheck_spec, random_feeds
 
 from nnspec import compile_text
+from nnspec.cli import main
 from nnspec.errors import SpecError
 from nnspec.runtime import ExecOptions, Executor
 
@@ -359,7 +361,6 @@ def test_what_has_no_meaning_as_a_loss_is_a_located_error(text, message):
 
 
 def test_training_and_grad_on_a_weighted_loss(tmp_path):
-    from nnspec.cli import main
     spec = tmp_path / "weighted.nn"
     spec.write_text(WEIGHTED + "param W = [[0.3, -0.2]]\nparam c = [0.1]\n"
                     "data inline {\n  x = [[1, 2], [0.5, -1], [2, 0]]\n  r = [[1], [0], [0.5]]\n}\n"
@@ -405,12 +406,8 @@ def test_every_time_op_of_a_value_inside_its_loop_is_an_error(op):
     ("input x[3] : seq\noutput y\ny[2] = (W @ x) @ x", "but 'W @ x' has a value for each example and each step"),
 ])
 def test_a_per_example_value_where_a_weight_belongs_is_a_located_error(text, message):
-    with pytest.raises(SpecError, match=re_escape(message)):
+    with pytest.raises(SpecError, match=re.escape(message)):
         compile_text(text)
-
-
-def re_escape(s: str) -> str:
-    return re.escape(s)
 
 
 # Every op, in three places (on one example's vector, on a sequence outside loops, inside a
@@ -520,9 +517,7 @@ Y_STEPS = [[1], [0], [0.5]]
 
 
 def _grad_json(capsys, spec, *at, of=()):
-    from nnspec.cli import main
     assert main(["grad", str(spec), "--json", *of, "--at", *at]) == 0
-    import json
     return json.loads(capsys.readouterr().out)
 
 
@@ -576,7 +571,6 @@ def test_grad_of_a_sequence_value_shows_its_steps(tmp_path, capsys):
     (("x=[[1,0,2]]", "y=[[1]]"), "--at x: expected a sequence: a list of its steps, each a list of 2 numbers"),
 ])
 def test_grad_at_refuses_a_malformed_sequence_clearly(tmp_path, capsys, at, message):
-    from nnspec.cli import main
     spec = tmp_path / "elman.nn"
     spec.write_text(ELMAN)
     assert main(["grad", str(spec), "--at", *at]) == 1
