@@ -135,11 +135,13 @@ def check_ends(graph: Graph, diags: Diagnostics) -> None:
 
 def check_losses(graph: Graph, diags: Diagnostics) -> None:
     """A loss is one number for the whole batch: loss functions (the mean over the examples and
-    their real steps) and arithmetic on them with numbers and parameters. An output has a value per
-    example, so it cannot be such a number."""
+    their real steps), arithmetic on them with numbers and parameters, and terms of parameters
+    alone (a regulariser). An output has a value per example, so it cannot be such a number."""
     for node in graph.losses:
         info = graph.info(node)
-        if not info.whole_batch:
+        of_parameters = not any(graph.info(a).kind in ("input", "target")
+                                for a in closure([node], graph.g.predecessors))   # a regulariser
+        if not (info.whole_batch or of_parameters):
             what = user_name(info, diags.sources)
             diags.error(f"a loss must be one number for the whole batch, but {what} has a value for each example"
                         f"{' and each step' if info.seq else ''}; compare a prediction with a target with a loss "

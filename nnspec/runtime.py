@@ -403,7 +403,9 @@ class Executor:
         if info is None:
             op = REGISTRY[step.op]
             whole_batch = step.id in self._whole_batch
-            trail = () if whole_batch else array_shape(step.shape, step.integer)
+            # one number for the batch (a loss, a regulariser of parameters): a 0-d array, like a scalar parameter
+            number = whole_batch or (step.id in self._static and tuple(step.shape) == ())
+            trail = () if number else array_shape(step.shape, step.integer)
             info = self._outer[step.id] = _Outer(
                 op=op,
                 pooled=(not op.needs_ctx and not step.integer and _overrides(op, "forward_into")

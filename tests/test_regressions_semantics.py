@@ -661,3 +661,20 @@ def test_a_loss_does_not_depend_on_the_order_of_the_batch(op, seq):
                           lengths=None if lengths is None else lengths[order]).values[plan.loss]
     assert np.shape(full) == ()
     assert permuted == pytest.approx(float(full), rel=1e-12)
+
+
+# regularisers: terms of parameters alone are one number for the batch too
+REGULARISED = {
+    "a_square_in_the_sum": "input x[2]\ntarget r[1]\nloss mse(W @ x + c, r) + 0.1 * square(g) * mse(W @ x, r)\n"
+                           "param g = 0.5",
+    "its_own_statement": "input x[2]\ntarget r[1]\nloss mse(W @ x + c, r)\nloss 0.1 * square(g) + 0.01 * mse(W, 0 * W)\n"
+                         "param g = 0.5",
+}
+
+
+@pytest.mark.parametrize("name", REGULARISED)
+def test_a_regulariser_of_parameters_is_a_loss_term(name):
+    text = REGULARISED[name]
+    (values, _), _ = run_both(text)
+    assert np.shape(values[compile_text(text).plan.loss]) == ()
+    assert gradcheck_spec(text) < TOL
