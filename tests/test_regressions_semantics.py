@@ -1,8 +1,9 @@
 """Silent wrong answers and crashes on valid specs, each pinned against an independent oracle.
 
 Oracles: central differences in float64 (``gradcheck_spec``), the reference interpreter
-(``ExecOptions(fast_loops=False)``), closed-form values and, where it helps, PyTorch. Every
-check runs on a padded batch of sequences (lengths 5, 3, 2), so padding is exercised too.
+(``ExecOptions(fast_loops=False)``), closed-form values and, where it helps, PyTorch. Sequences
+run in a padded batch (lengths 5, 3, 2), so padding is exercised too; the fast path is checked
+with and without its optimisations (``PLAIN_FAST``).
 """
 from __future__ import annotations
 
@@ -20,8 +21,6 @@ from nnspec.runtime import ExecOptions, Executor
 
 TOL = 1e-6
 LENGTHS = np.array([5, 3, 2])
-
-
 PLAIN_FAST = ExecOptions(defer_grads=False, local_grads=False, alias_grads=False, scratch=False, prepared=False)
 
 
