@@ -58,11 +58,13 @@ class Model:
 
     @classmethod
     def from_text(cls, text: str, bindings: dict[str, int] | None = None, **kw) -> "Model":
-        return cls(compile_text(text, bindings=bindings), **kw)
+        compiled = compile_text(text, bindings=bindings)
+        return cls(compiled, **_spec_defaults(compiled, kw))
 
     @classmethod
     def from_file(cls, path: str | Path, bindings: dict[str, int] | None = None, **kw) -> "Model":
-        return cls(compile_file(path, bindings=bindings), **kw)
+        compiled = compile_file(path, bindings=bindings)
+        return cls(compiled, **_spec_defaults(compiled, kw))
 
     # ---- running -------------------------------------------------------------
     def run(self, feeds: dict, lengths=None, train: bool = False, rng=None, carry=None,
@@ -99,3 +101,33 @@ class Model:
 
     def parameter_count(self) -> int:
         return int(sum(p.size for p in self.params.values()))
+
+    # ---- parameters by their spec names ----------------------------------------
+    def get(self, name: str) -> np.ndarray:
+        """A copy of parameter ``name`` (changing it does not change the model; use ``set``)."""
+        return self.params[self._param_name(name)].copy()
+
+    def set(self, name: str, value) -> None:
+        """Give parameter ``name`` new values, of exactly its shape, stored in the model's dtype."""
+        name = self._param_name(name)
+        array = np.asarray(value, dtype=self.dtype)
+        shape = self.params[name].shape
+        if array.shape != shape:
+            raise ValueError(f"parameter '{name}' has shape {list(shape)}, the new value {list(array.shape)}")
+        self.params[name] = array.copy()
+
+    def _param_name(self, name: str) -> str:
+        if name not in self.params:
+            from .errors import did_you_mean
+            raise KeyError(f"no parameter '{name}'{did_you_mean(name, self.params)}; "
+                           f"the parameters are {', '.join(self.params)}")
+        return name
+
+
+def _spec_defaults(compiled: Compiled, kw: dict) -> dict:
+    """The spec's ``train`` block decides dtype, seed and initialiser unless the caller does:
+    ``Model.from_file`` then builds the same model ``open_session`` does."""
+    from .settings import settings_from_block
+    settings = settings_from_block(compiled.flat.train, compiled.diags)
+    compiled.diags.raise_if_errors()
+    return {"dtype": np.dtype(settings.dtype), "seed": settings.seed, "default_init": settings.init, **kw}
