@@ -42,6 +42,11 @@ class Compiled:
     def name(self) -> str:
         return self.flat.name
 
+    def to_json(self, indent: int | None = None) -> str:
+        """The graph, its loops, shapes and the plan as one JSON document (schema: nnspec.export)."""
+        from .export import compiled_document
+        return compiled_document(self).model_dump_json(indent=indent)
+
     def parameter_count(self) -> int:
         total = 0
         for p in self.plan.params:

@@ -149,3 +149,37 @@ def test_the_specs_dtype_is_honoured_and_an_explicit_one_wins():
     seeded = "input x[2]\noutput y[3]\ny = W @ x\ntrain { seed 7 }\n"
     assert np.array_equal(nnspec.Model.from_text(seeded).params["W"],
                           nnspec.open_session(text=seeded).model.params["W"])
+
+
+@pytest.mark.parametrize("spec", ["specs/chain_rule.nn", "specs/elman.nn", "specs/lstm_tagger.nn"])
+def test_the_compiled_network_round_trips_through_json(spec):
+    from nnspec.export import CompiledJSON
+    compiled = nnspec.compile_file(spec)
+    text = compiled.to_json()
+    doc = CompiledJSON.model_validate_json(text)
+    assert doc.model_dump_json() == text
+    assert doc.plan == compiled.plan
+    assert {n.id for n in doc.nodes} == set(compiled.graph.g.nodes)
+    assert len(doc.loops) == len(compiled.components)
+    raw = json.loads(text)
+    assert raw["format"] == "nnspec-compiled" and raw["version"] == 1 and raw["kind"] == compiled.kind
+
+
+def test_a_plan_read_back_from_json_runs_to_the_same_values():
+    from nnspec.export import CompiledJSON
+    from nnspec.runtime import Executor
+    model = nnspec.Model.from_file("specs/chain_rule.nn")
+    plan = CompiledJSON.model_validate_json(model.compiled.to_json()).plan
+    feeds = {"a": np.array([[3.0]]), "b": np.array([[1.0]]), "c": np.array([[-2.0]])}
+    tape = Executor(plan, np.float64).forward(model.params, feeds)
+    assert tape.values["L"].ravel().tolist() == [-10.0]
+    doc = json.loads(model.compiled.to_json())
+    L = next(n for n in doc["nodes"] if n["id"] == "L")
+    assert L["kind"] == "op" and L["op"] == "mul" and L["source"].endswith("chain_rule.nn:9:1")
+
+
+def test_the_json_schema_is_published():
+    from nnspec.export import CompiledJSON
+    schema = CompiledJSON.model_json_schema()
+    assert {"nodes", "edges", "loops", "plan"} <= set(schema["required"])
+    assert "NodeJSON" in schema["$defs"] and "Plan" in schema["$defs"]
