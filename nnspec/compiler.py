@@ -47,6 +47,16 @@ class Compiled:
         from .export import compiled_document
         return compiled_document(self).model_dump_json(indent=indent)
 
+    def draw(self, unroll: int = 0):
+        """The computation graph as a picture (SVG, drawn without Graphviz): ``unroll=3`` draws
+        three time steps. In a notebook it shows itself; ``.save("g.svg")`` writes it."""
+        from .display import draw
+        return draw(self, unroll=unroll)
+
+    def _repr_html_(self) -> str:   # a notebook shows a table of the values and the graph
+        from .display import compiled_html
+        return compiled_html(self)
+
     def parameter_count(self) -> int:
         total = 0
         for p in self.plan.params:

@@ -26,7 +26,7 @@ class NodeJSON(BaseModel):
     id: str
     kind: Literal["input", "target", "param", "const", "op"]
     op: str | None = None                 # the operation (nnspec ops), for kind "op"
-    inputs: list[tuple[str, int]] = []    # (operand id, time delay): delay 1 reads h[t-1]
+    inputs: list[tuple[str, int]] = []    # (operand id, time offset): -1 reads h[t-1], +1 h[t+1]
     shape: list[Any] | None = None        # per example, without the batch (and time) axes
     seq: bool = False                     # varies over time steps
     integer: bool = False                 # ids (tokens, classes) rather than reals
@@ -38,7 +38,7 @@ class NodeJSON(BaseModel):
 class EdgeJSON(BaseModel):
     source: str
     target: str
-    delay: int = 0                        # 0: same time step; k: reads the source k steps back (-k: ahead)
+    delay: int = 0                        # time offset: 0 same step, -1 reads the source at t-1, +1 at t+1
 
 
 class LoopJSON(BaseModel):

@@ -116,6 +116,17 @@ class Model:
             raise ValueError(f"parameter '{name}' has shape {list(shape)}, the new value {list(array.shape)}")
         self.params[name] = array.copy()
 
+    # ---- pictures: a notebook shows a model, and draws its graph with values and gradients ----
+    def draw(self, at: dict | None = None, of: str | None = None, unroll: int = 0):
+        """The computation graph as a picture. ``at`` (one example's inputs, e.g. ``{"a": 3}``):
+        each node shows its value and the gradient of ``of`` (the loss, else the single output)."""
+        from .display import draw, graph_at
+        return draw(self.compiled, unroll=unroll) if at is None else graph_at(self, at, of)
+
+    def _repr_html_(self) -> str:
+        from .display import model_html
+        return model_html(self)
+
     def _param_name(self, name: str) -> str:
         if name not in self.params:
             from .errors import did_you_mean
