@@ -16,5 +16,13 @@ from .model import Model, init_params  # noqa: E402
 from .session import Session, open_session  # noqa: E402
 from .trained import Prediction, TrainedModel, load  # noqa: E402
 
+
+
+def load_ipython_extension(ipython) -> None:
+    """``%load_ext nnspec`` in Jupyter: the ``%%nnspec`` cell magic (nnspec.notebook)."""
+    from .notebook import load_ipython_extension as load_magic
+    load_magic(ipython)
+
+
 __all__ = ["Compiled", "Model", "Prediction", "Session", "SpecError", "TrainedModel", "compile_file", "compile_text",
            "init_params", "load", "open_session", "__version__"]

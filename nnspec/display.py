@@ -42,8 +42,7 @@ class Box:
 
 def layout(pic: Picture) -> tuple[dict[str, Box], float, float]:
     """Boxes placed in rows and columns; returns (boxes by node id, width, height)."""
-    boxes = {n.id: Box(n, width=max(len(s) for s in n.lines) * CHAR_WIDTH + 2 * PAD,
-                       height=len(n.lines) * LINE_HEIGHT + PAD) for n in pic.nodes}
+    boxes = {n.id: Box(n, width=_width(n), height=len(n.lines) * LINE_HEIGHT + PAD) for n in pic.nodes}
     operands: dict[str, list[str]] = {n: [] for n in boxes}
     for e in pic.edges:
         if e.delay == 0 and e.source in boxes and e.target in boxes:
@@ -94,6 +93,13 @@ def layout(pic: Picture) -> tuple[dict[str, Box], float, float]:
                 boxes[n].y = row_y[r]
         x0 += width + COLUMN_GAP
     return boxes, x0 - COLUMN_GAP + PAD + 30, height
+
+
+def _width(n: PictureNode) -> float:
+    text = max(len(s) for s in n.lines) * CHAR_WIDTH + 2 * PAD
+    if n.kind == "op":   # an ellipse: its upper and lower lines have less room than its middle
+        return text * (1.3 if len(n.lines) > 2 else 1.12)
+    return text
 
 
 def _row_width(row: list[str], boxes: dict[str, Box]) -> float:
@@ -182,7 +188,7 @@ def _box(b: Box) -> str:
     kind = b.node.kind
     x, y, w, h = b.x - b.width / 2, b.y - b.height / 2, b.width, b.height
     if kind == "op":
-        shape = (f'<ellipse cx="{b.x:.1f}" cy="{b.y:.1f}" rx="{w / 2 + 4:.1f}" ry="{h / 2 + 2:.1f}" '
+        shape = (f'<ellipse cx="{b.x:.1f}" cy="{b.y:.1f}" rx="{w / 2:.1f}" ry="{h / 2 + 2:.1f}" '
                  f'fill="{FILL[kind]}" stroke="#374151"/>')
     elif kind == "const":
         shape = ""
@@ -234,9 +240,16 @@ def graph_at(model, feeds: dict, of: str | None = None) -> GraphPicture:
     target = of or plan.loss or (plan.outputs[0] if len(plan.outputs) == 1 else None)
     if target is None:
         raise ValueError("say which value to differentiate (of=...): the network has several outputs and no loss")
-    tape = model.run(feeds, need_loss=plan.loss is not None and all(t.name in feeds for t in plan.targets))
+    # the plan as compiled before optimisation: every node of the graph keeps its own value
+    from .runtime import Executor
+    from .session import recompile
+    plain = Executor(recompile(model.compiled, bindings=model.compiled.bindings, optimize=False).plan, model.dtype)
+    feeds = {k: np.asarray(v, dtype=model.dtype) if np.issubdtype(np.asarray(v).dtype, np.floating) else v
+             for k, v in feeds.items()}
+    tape = plain.forward(model.params, feeds,
+                         need_loss=plan.loss is not None and all(t.name in feeds for t in plan.targets))
     seed = tape.values[target]
-    grads = model.executor.backward(tape, seeds={target: np.ones_like(seed)})
+    grads = plain.backward(tape, seeds={target: np.ones_like(seed)})
     first = {k: (v if k in model.params else _first(v)) for k, v in tape.values.items()}
     firstg = {k: (v if k in model.params else _first(v)) for k, v in grads.items()}
     return draw(model.compiled, first, firstg)
@@ -296,7 +309,7 @@ def model_html(model) -> str:
             for name, p in model.params.items()]
     title = (f"<p><b>{html.escape(model.compiled.name)}</b>: {model.compiled.kind}, "
              f"{model.parameter_count():,} parameters ({model.dtype})</p>")
-    return f"<div>{title}{_table(['parameter', 'shape', 'values', 'first values'], rows)}" \
+    return f"<div>{title}{_table(['parameter', 'shape', 'size', 'first values'], rows)}" \
            f"{draw(model.compiled).svg()}</div>"
 
 

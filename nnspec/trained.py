@@ -153,6 +153,15 @@ class TrainedModel(Model):
         self.checkpoint = checkpoint
         self.path = path
 
+    @classmethod
+    def from_session(cls, session) -> "TrainedModel":
+        """The model of a session just trained in this process (``Trainer(...).fit()``), with its data's
+        vocabularies: what ``load`` would give for the run."""
+        if session.model is None or session.data is None:
+            raise ValueError("the session has no model or no data: open it with its data and train it")
+        return cls(session.compiled, session.model.params, dtype=session.model.dtype,
+                   vocabs=dict(session.data.vocabs), settings=session.settings)
+
     def __repr__(self) -> str:
         where = f" from {self.path}" if self.path else ""
         epoch = f", epoch {self.checkpoint.epoch}" if self.checkpoint else ""
