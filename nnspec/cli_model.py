@@ -21,6 +21,10 @@ def add_model_commands(sub) -> None:
     p.add_argument("--checkpoint", required=True, help="a run directory, or its best/ or last/ checkpoint")
     p.add_argument("--input", default="-", help="a file with one example per line, split on whitespace "
                                                 "(default: standard input)")
+    p.add_argument("--tokenize", choices=["whitespace", "treebank"], default="whitespace",
+                   help="how a line is split into words: on whitespace (the default, as the vocabulary was "
+                        "built from text), or by Penn Treebank rules as UD treebanks are (can't -> ca n't; "
+                        "needs the tokenize extra: pip install 'nnspec[tokenize]')")
     p.add_argument("--json", action="store_true", help="tokens, labels and each label's probability")
     p.set_defaults(func=cmd_predict)
 
@@ -102,7 +106,15 @@ def cmd_predict(args) -> int:
     except ValueError as e:
         from .cli import UsageError
         raise UsageError(str(e)) from None
-    predictions = [(line, model.predict(line)) for line in _read_lines(args.input)]
+    tokenizer = args.tokenize
+    if tokenizer == "treebank":
+        from .trained import treebank_tokenize
+        try:
+            treebank_tokenize("")
+        except ImportError as e:
+            from .cli import UsageError
+            raise UsageError(str(e)) from None
+    predictions = [(line, model.predict(line, tokenizer=tokenizer)) for line in _read_lines(args.input)]
     if args.json:
         print(json.dumps([{"input": line, **p.to_json()} for line, p in predictions], indent=2, default=str))
         return 0

@@ -9,7 +9,8 @@ from ``spec.nn`` with the sizes its vocabularies decided, so no data is read to 
 
 Raw text is split on whitespace (or into characters, for a character vocabulary), the way
 the vocabulary was built. A treebank splits more finely (``can't`` -> ``ca n't``, punctuation
-apart): give such input as a token list, or pass ``tokenizer=`` a function of your own.
+apart): give such input as a token list, ``tokenizer="treebank"`` (NLTK's Penn Treebank rules,
+the optional ``tokenize`` extra), or ``tokenizer=`` a function of your own.
 """
 from __future__ import annotations
 
@@ -177,17 +178,22 @@ class TrainedModel(Model):
                              + ", ".join(v.name for v in plan.inputs) + " (use forward with arrays)")
         return texts[0], views
 
-    def predict(self, text: str | Sequence[str], tokenizer: Callable[[str], list[str]] | None = None) -> Prediction:
+    def predict(self, text: str | Sequence[str],
+                tokenizer: str | Callable[[str], list[str]] | None = None) -> Prediction:
         """Labels and their probabilities for one input: a string, split on whitespace (characters
-        for a character model) unless ``tokenizer`` is given, or a list of tokens as they are."""
+        for a character model) unless ``tokenizer`` is given (``"treebank"`` or a function), or a
+        list of tokens as they are."""
         from .data import tokenize
         from .data.views import apply_view
         from .plan import OpStep
         from .train.loop import find_heads
         field_, views = self.text_input()
         vocab = self.vocabs[field_.name]
-        if isinstance(text, str) and tokenizer is not None:
-            text = list(tokenizer(text))
+        if isinstance(text, str) and tokenizer not in (None, "whitespace"):
+            split = TOKENIZERS.get(tokenizer) if isinstance(tokenizer, str) else tokenizer
+            if not callable(split):
+                raise ValueError(f"tokenizer is 'whitespace', 'treebank' or a function, not {tokenizer!r}")
+            text = list(split(text))
         tokens = tokenize(text, level=vocab.level, lowercase=vocab.lowercase)
         if not tokens:
             raise ValueError("predict needs at least one token")
@@ -224,6 +230,20 @@ class TrainedModel(Model):
             result.probabilities[h.target] = chosen
             result.scores[h.target] = probs if probs is not None else p
         return result
+
+
+def treebank_tokenize(text: str) -> list[str]:
+    """Penn Treebank tokenisation, as Universal Dependencies' English treebanks tokenise: ``can't``
+    -> ``ca n't``, ``it's`` -> ``it 's``, punctuation apart. NLTK's rules (no data files needed);
+    its ``` `` ``` and ``''`` quotes are given back as ``"``, as the treebanks write them."""
+    try:
+        from nltk.tokenize import NLTKWordTokenizer
+    except ImportError:
+        raise ImportError("the treebank tokenizer needs NLTK: pip install 'nnspec[tokenize]'") from None
+    return ['"' if t in ("``", "''") else t for t in NLTKWordTokenizer().tokenize(text)]
+
+
+TOKENIZERS: dict[str, Callable[[str], list[str]]] = {"treebank": treebank_tokenize}
 
 
 def _probabilities(op: str, p: np.ndarray) -> np.ndarray | None:

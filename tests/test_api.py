@@ -183,3 +183,24 @@ def test_the_json_schema_is_published():
     schema = CompiledJSON.model_json_schema()
     assert {"nodes", "edges", "loops", "plan"} <= set(schema["required"])
     assert "NodeJSON" in schema["$defs"] and "Plan" in schema["$defs"]
+
+
+def test_the_treebank_tokenizer_splits_words_as_ud_does(run_dir):
+    pytest.importorskip("nltk", reason="the tokenize extra (pip install -e '.[tokenize]') is missing")
+    from nnspec.trained import treebank_tokenize
+    assert treebank_tokenize('I can\'t say "no", it\'s late.') == \
+        ["I", "ca", "n't", "say", '"', "no", '"', ",", "it", "'s", "late", "."]
+    model = nnspec.load(run_dir)
+    assert model.predict("the dog runs.", tokenizer="treebank").tokens == ["the", "dog", "runs", "."]
+    with pytest.raises(ValueError, match="tokenizer is 'whitespace', 'treebank' or a function"):
+        model.predict("the dog", tokenizer="moses")
+
+
+def test_predict_on_the_command_line_can_tokenize_like_a_treebank(run_dir, tmp_path, capsys):
+    pytest.importorskip("nltk", reason="the tokenize extra (pip install -e '.[tokenize]') is missing")
+    lines = tmp_path / "in.txt"
+    lines.write_text("the cat can't sleep.\n")
+    assert main(["predict", str(run_dir / "spec.nn"), "--checkpoint", str(run_dir), "--input", str(lines),
+                 "--tokenize", "treebank", "--json"]) == 0
+    (out,) = json.loads(capsys.readouterr().out)
+    assert out["tokens"] == ["the", "cat", "ca", "n't", "sleep", "."] and len(out["y"]) == 6
