@@ -240,16 +240,12 @@ def graph_at(model, feeds: dict, of: str | None = None) -> GraphPicture:
     target = of or plan.loss or (plan.outputs[0] if len(plan.outputs) == 1 else None)
     if target is None:
         raise ValueError("say which value to differentiate (of=...): the network has several outputs and no loss")
-    # the plan as compiled before optimisation: every node of the graph keeps its own value
-    from .runtime import Executor
-    from .session import recompile
-    plain = Executor(recompile(model.compiled, bindings=model.compiled.bindings, optimize=False).plan, model.dtype)
     feeds = {k: np.asarray(v, dtype=model.dtype) if np.issubdtype(np.asarray(v).dtype, np.floating) else v
              for k, v in feeds.items()}
-    tape = plain.forward(model.params, feeds,
-                         need_loss=plan.loss is not None and all(t.name in feeds for t in plan.targets))
+    # the plan as compiled before optimisation: every node of the graph keeps its own value
+    tape = model.trace(feeds, need_loss=plan.loss is not None and all(t.name in feeds for t in plan.targets))
     seed = tape.values[target]
-    grads = plain.backward(tape, seeds={target: np.ones_like(seed)})
+    grads = model.unoptimized.backward(tape, seeds={target: np.ones_like(seed)})
     first = {k: (v if k in model.params else _first(v)) for k, v in tape.values.items()}
     firstg = {k: (v if k in model.params else _first(v)) for k, v in grads.items()}
     return draw(model.compiled, first, firstg)

@@ -55,6 +55,7 @@ class Model:
         self.params = params if params is not None else init_params(self.plan, seed, self.dtype, default_init)
         self.frozen = {p.name for p in self.plan.params if p.frozen}
         self.executor = Executor(self.plan, self.dtype)
+        self._unoptimized: Executor | None = None   # see ``values``
 
     @classmethod
     def from_text(cls, text: str, bindings: dict[str, int] | None = None, **kw) -> "Model":
@@ -101,6 +102,30 @@ class Model:
 
     def parameter_count(self) -> int:
         return int(sum(p.size for p in self.params.values()))
+
+    def values(self, feeds: dict, lengths=None) -> dict[str, np.ndarray]:
+        """Every value the network computes for ``feeds``, by its name in the graph (``h``, a cell's
+        gate ``h.f``), in evaluation mode. Computed by the plan before optimisation, where no value
+        is fused into another, so the gates of a library ``lstm`` are there too."""
+        have_targets = all(t.name in feeds for t in self.plan.targets)
+        return dict(self.trace(feeds, lengths, need_loss=have_targets and self.plan.loss is not None).values)
+
+    def trace(self, feeds: dict, lengths=None, need_loss: bool = True) -> Tape:
+        """A forward pass by the unoptimised plan (see ``values``); its tape takes ``backward``
+        through ``self.unoptimized``."""
+        feeds = {k: np.asarray(v) for k, v in feeds.items()}
+        return self.unoptimized.forward(self.params, feeds, lengths=lengths, need_loss=need_loss)
+
+    @property
+    def unoptimized(self) -> Executor:
+        """An executor of this network's plan as compiled without optimisation passes (made once)."""
+        if self._unoptimized is None:
+            from .compiler import compile_program
+            from .errors import Diagnostics
+            plain = compile_program(self.compiled.program, Diagnostics(self.compiled.diags.sources),
+                                    bindings=self.compiled.bindings, optimize=False)
+            self._unoptimized = Executor(plain.plan, self.dtype)
+        return self._unoptimized
 
     # ---- parameters by their spec names ----------------------------------------
     def get(self, name: str) -> np.ndarray:

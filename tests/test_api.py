@@ -204,3 +204,18 @@ def test_predict_on_the_command_line_can_tokenize_like_a_treebank(run_dir, tmp_p
                  "--tokenize", "treebank", "--json"]) == 0
     (out,) = json.loads(capsys.readouterr().out)
     assert out["tokens"] == ["the", "cat", "ca", "n't", "sleep", "."] and len(out["y"]) == 6
+
+
+def test_values_has_every_node_of_the_graph_the_gates_too():
+    compiled = nnspec.compile_file("specs/lstm_tagger.nn", bindings={"vocab(w)": 12, "classes(y)": 5})
+    model = nnspec.Model(compiled, dtype=np.float64)
+    ids = np.array([[3], [7], [2], [9]])
+    values = model.values({"w": ids})
+    for gate in ("h.f", "h.i", "h.o"):
+        assert values[gate].shape == (4, 1, 128) and np.all((values[gate] > 0) & (values[gate] < 1))
+    assert np.allclose(values["p"], model.forward({"w": ids})["p"])
+    xor = nnspec.Model.from_file("specs/xor_train.nn")
+    fast = xor.run({"x": [[0, 1]], "y": [[1]]}).values
+    every = xor.values({"x": [[0, 1]], "y": [[1]]})
+    assert set(xor.compiled.graph.g.nodes) - set(fast)          # the fast plan fuses W1 @ x into its sum
+    assert set(xor.compiled.graph.g.nodes) <= set(every)
