@@ -47,6 +47,12 @@ class Compiled:
         from .export import compiled_document
         return compiled_document(self).model_dump_json(indent=indent)
 
+    def __repr__(self) -> str:   # the dataclass's own would print every field, the graph and the plan
+        count = self.parameter_count()
+        sized = all(isinstance(d, int) for p in self.plan.params for d in p.shape)
+        params = f"{count:,} parameters" if sized else "parameters sized by its data"
+        return f"<Compiled {self.name}: {self.kind}, {params}>"
+
     def draw(self, unroll: int = 0):
         """The computation graph as a picture (SVG, drawn without Graphviz): ``unroll=3`` draws
         three time steps. In a notebook it shows itself; ``.save("g.svg")`` writes it."""

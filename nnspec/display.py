@@ -216,6 +216,10 @@ class GraphPicture:
         self.values = values or {}
         self.gradients = gradients or {}
 
+    def __repr__(self) -> str:
+        return (f"<GraphPicture {self.picture.name}: {len(self.picture.nodes)} nodes; "
+                f".svg() or .save(path), and a notebook shows it>")
+
     def svg(self) -> str:
         return svg(self.picture)
 

@@ -148,6 +148,10 @@ class Model:
         from .display import draw, graph_at
         return draw(self.compiled, unroll=unroll) if at is None else graph_at(self, at, of)
 
+    def __repr__(self) -> str:
+        return (f"<{type(self).__name__} {self.compiled.name}: {self.compiled.kind}, "
+                f"{self.parameter_count():,} parameters, {self.dtype}>")
+
     def _repr_html_(self) -> str:
         from .display import model_html
         return model_html(self)
