@@ -47,6 +47,17 @@ class Compiled:
         from .export import compiled_document
         return compiled_document(self).model_dump_json(indent=indent)
 
+    @property
+    def shapes(self) -> dict[str, tuple]:
+        """The per-example shape (no batch or time axis) of each value the spec names and of each
+        input, target and parameter; a size the data decides is a string such as ``"vocab(w)"``."""
+        shown = {}
+        for n in self.graph.g.nodes:
+            info = self.graph.info(n)
+            if (info.named or info.kind in ("input", "target", "param")) and info.shape is not None:
+                shown[n] = tuple(info.shape)
+        return shown
+
     def __repr__(self) -> str:   # the dataclass's own would print every field, the graph and the plan
         count = self.parameter_count()
         sized = all(isinstance(d, int) for p in self.plan.params for d in p.shape)

@@ -23,6 +23,7 @@ import numpy as np
 
 from .compiler import Compiled
 from .data import Vocab
+from .errors import SpecError
 from .model import Model
 from .plan import Plan
 from .settings import TrainSettings, settings_from_block
@@ -48,8 +49,15 @@ def load(path: str | Path, *, checkpoint: str = "best", spec: str | Path | None 
         raise CheckpointError(f"{run}: no spec.nn in this run directory (pass spec= the spec it was trained from)")
     ck = load_checkpoint(ck_dir)
     vocabs = {k: Vocab.from_json(v) for k, v in (ck.vocabs or {}).items()}
-    program, diags = load_program(spec_path)
-    first = compile_program(program, diags)
+    try:
+        program, diags = load_program(spec_path)
+        first = compile_program(program, diags)
+    except SpecError as error:
+        if spec is not None:
+            raise
+        # the run keeps the main spec file only: its includes are not beside it
+        raise CheckpointError(f"{spec_path} does not compile on its own; pass spec= the spec file the run was "
+                              f"trained from (e.g. nnspec.load(run, spec='specs/x.nn')):\n{error}") from None
     compiled = recompile(first, bindings=sizes_from_vocabs(first.plan, vocabs))
     unsized = [p.name for p in compiled.plan.params if not all(isinstance(d, int) for d in p.shape)]
     if unsized:  # a size the data decides, and the checkpoint has no vocabulary to decide it

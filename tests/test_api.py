@@ -219,3 +219,17 @@ def test_values_has_every_node_of_the_graph_the_gates_too():
     every = xor.values({"x": [[0, 1]], "y": [[1]]})
     assert set(xor.compiled.graph.g.nodes) - set(fast)          # the fast plan fuses W1 @ x into its sum
     assert set(xor.compiled.graph.g.nodes) <= set(every)
+
+
+def test_a_run_whose_spec_includes_files_asks_for_the_spec(tmp_path):
+    (tmp_path / "cells").mkdir()
+    (tmp_path / "cells" / "head.nn").write_text("p = softmax(V @ h + c)\n")
+    (tmp_path / "tagger.nn").write_text(TAGGER.replace("p = softmax(V @ h + c)", 'include "cells/head.nn"'))
+    (tmp_path / "train.conllu").write_text(conllu(SENTENCES))
+    (tmp_path / "dev.conllu").write_text(conllu(SENTENCES))
+    assert main(["run", str(tmp_path / "tagger.nn"), "--runs", str(tmp_path / "runs"), "--quiet",
+                 "--set", "epochs=1"]) == 0
+    (run,) = (tmp_path / "runs").iterdir()
+    with pytest.raises(CheckpointError, match="pass spec= the spec file the run was trained from"):
+        nnspec.load(run)
+    assert nnspec.load(run, spec=tmp_path / "tagger.nn").predict("the dog").labels["y"][0] in ("DET", "NOUN", "VERB")

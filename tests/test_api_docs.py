@@ -63,7 +63,7 @@ def test_the_api_reference_shows_what_it_says(run_dir, monkeypatch, capsys):
         if b.lang == "python":
             exec(compile(b.text, f"api.md:{b.line}", "exec"), namespace)
     out = capsys.readouterr().out
-    for shown in ["lstm_tagger recurrent", "['e.table', 'h.Wf', 'h.Uf']", "<string>:3:9: error: undefined name 'xx'",
+    for shown in ["lstm_tagger recurrent", "['e.table', 'h.Wf', 'h.Uf']", "(128,) ('vocab(w)', 100)", "<string>:3:9: error: undefined name 'xx'",
                   "[0. 1. 1. 0.]", "float64", "-10.0 -2.0 -4.0 5.0", "4 float32 ['w', 'y']", "['the', 'dog', 'sleeps']",
                   "nnspec-compiled 1 recurrent", "tanh [128] True 0 specs/elman.nn:11:1", "[-10.] [5.]"]:
         assert shown in out, shown
