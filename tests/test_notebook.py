@@ -2,6 +2,8 @@
 bar with live curves, and docs/tutorial.ipynb executed from top to bottom."""
 from __future__ import annotations
 
+import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -88,15 +90,21 @@ class _Handle:
         self.shown.append(obj)
 
 
-def test_the_tutorial_runs_from_top_to_bottom():
+def test_the_tutorial_runs_from_top_to_bottom(tmp_path, monkeypatch):
     nbclient = pytest.importorskip("nbclient")
     nbformat = pytest.importorskip("nbformat")
     pytest.importorskip("ipykernel")
+    # a kernel of this very Python (with nnspec), whatever kernels the machine has installed
+    kernel = tmp_path / "kernels" / "nnspec-tests"
+    kernel.mkdir(parents=True)
+    (kernel / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "nnspec tests", "language": "python"}))
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path))
     path = Path(__file__).parent.parent / "docs" / "tutorial.ipynb"
     notebook = nbformat.read(path, as_version=4)
-    env_cwd = path.parent
-    client = nbclient.NotebookClient(notebook, timeout=300, kernel_name="python3",
-                                     resources={"metadata": {"path": str(env_cwd)}})
+    client = nbclient.NotebookClient(notebook, timeout=300, kernel_name="nnspec-tests",
+                                     resources={"metadata": {"path": str(path.parent)}})
     client.execute()
     outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
