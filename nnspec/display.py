@@ -231,43 +231,51 @@ class GraphPicture:
         Path(path).write_text(self.svg(), encoding="utf-8")
 
 
-def draw(compiled, values: dict | None = None, gradients: dict | None = None, unroll: int = 0) -> GraphPicture:
-    """The graph of a compiled spec, optionally with values and gradients (one example's) on its nodes."""
-    return GraphPicture(picture(compiled.graph, values, gradients, unroll), values, gradients)
+def draw(compiled, values: dict | None = None, gradients: dict | None = None, unroll: int = 0,
+         per_step: bool = False) -> GraphPicture:
+    """The graph of a compiled spec, optionally with values and gradients (one example's) on its
+    nodes; ``per_step``: those of time-varying nodes are given per time step (time first)."""
+    return GraphPicture(picture(compiled.graph, values, gradients, unroll, per_step), values, gradients)
 
 
-def graph_at(model, feeds: dict, of: str | None = None) -> GraphPicture:
+def graph_at(model, feeds: dict, of: str | None = None, unroll: int | None = None) -> GraphPicture:
     """Run ``model`` on one example and draw each node's value and the gradient of ``of``
-    (the loss, else the single output) with respect to it."""
-    feeds = {k: _one_example(v) for k, v in feeds.items()}
+    (the loss, else the single output) with respect to it. A sequence (a list of ids or of
+    vectors, one a time step) is drawn unrolled, ``unroll`` steps (all, by default)."""
     plan = model.plan
     target = of or plan.loss or (plan.outputs[0] if len(plan.outputs) == 1 else None)
     if target is None:
         raise ValueError("say which value to differentiate (of=...): the network has several outputs and no loss")
-    feeds = {k: np.asarray(v, dtype=model.dtype) if np.issubdtype(np.asarray(v).dtype, np.floating) else v
+    declared = {v.name: v for v in plan.inputs + plan.targets}
+    feeds = {k: _one_example(v, declared[k].seq if k in declared else False,
+                             declared[k].integer if k in declared else False, model.dtype)
              for k, v in feeds.items()}
     # the plan as compiled before optimisation: every node of the graph keeps its own value
     tape = model.trace(feeds, need_loss=plan.loss is not None and all(t.name in feeds for t in plan.targets))
-    seed = tape.values[target]
-    grads = model.unoptimized.backward(tape, seeds={target: np.ones_like(seed)})
-    first = {k: (v if k in model.params else _first(v)) for k, v in tape.values.items()}
-    firstg = {k: (v if k in model.params else _first(v)) for k, v in grads.items()}
-    return draw(model.compiled, first, firstg)
+    grads = model.unoptimized.backward(tape, seeds={target: np.ones_like(tape.values[target])})
+    graph = model.compiled.graph
+    steps = max((len(feeds[k]) for k in feeds if k in declared and declared[k].seq), default=0)
+
+    def of_example(d: dict) -> dict:   # batch item 0; a time-varying value keeps its time axis
+        out = {}
+        for k, v in d.items():
+            a = np.asarray(v)
+            if k in model.params or k not in graph.g or a.ndim == 0:
+                out[k] = a
+            else:
+                out[k] = a[:, 0] if graph.info(k).seq and a.ndim >= 2 else a[0]
+        return out
+
+    if steps:
+        return draw(model.compiled, of_example(tape.values), of_example(grads),
+                    unroll=steps if unroll is None else unroll, per_step=True)
+    return draw(model.compiled, of_example(tape.values), of_example(grads))
 
 
-def _one_example(v):
-    """A number or a vector is one example: give it the batch axis (and a row for a scalar)."""
-    a = np.asarray(v, dtype=float) if not isinstance(v, np.ndarray) else v
-    if a.ndim == 0:
-        return a.reshape(1, 1)
-    if a.ndim == 1:
-        return a[None, :]
-    return a
-
-
-def _first(v):
-    a = np.asarray(v)
-    return a[0] if a.ndim else a
+def _one_example(v, seq: bool, integer: bool, dtype) -> np.ndarray:
+    """One example's feed with the batch axis added: after time for a sequence, first otherwise."""
+    a = np.asarray(v, dtype=np.int64 if integer else dtype)
+    return a[:, None] if seq else a[None]
 
 
 def summary_rows(compiled) -> list[tuple[str, str, str, str, str]]:

@@ -13,7 +13,7 @@ import numpy as np
 
 from .compiler import Compiled, compile_file, compile_text
 from .plan import Plan
-from .runtime import Executor, Tape
+from .runtime import ExecOptions, Executor, Tape
 from .train.init import default_initializer, initialize
 
 
@@ -118,13 +118,15 @@ class Model:
 
     @property
     def unoptimized(self) -> Executor:
-        """An executor of this network's plan as compiled without optimisation passes (made once)."""
+        """An executor of this network's plan as compiled without optimisation passes, by the
+        reference interpreter (made once): slower than ``executor``, and it hides no value."""
         if self._unoptimized is None:
             from .compiler import compile_program
             from .errors import Diagnostics
             plain = compile_program(self.compiled.program, Diagnostics(self.compiled.diags.sources),
                                     bindings=self.compiled.bindings, optimize=False)
-            self._unoptimized = Executor(plain.plan, self.dtype)
+            # the reference interpreter keeps every value inside a loop too, one per step
+            self._unoptimized = Executor(plain.plan, self.dtype, options=ExecOptions(fast_loops=False))
         return self._unoptimized
 
     # ---- parameters by their spec names ----------------------------------------
@@ -142,11 +144,12 @@ class Model:
         self.params[name] = array.copy()
 
     # ---- pictures: a notebook shows a model, and draws its graph with values and gradients ----
-    def draw(self, at: dict | None = None, of: str | None = None, unroll: int = 0):
-        """The computation graph as a picture. ``at`` (one example's inputs, e.g. ``{"a": 3}``):
-        each node shows its value and the gradient of ``of`` (the loss, else the single output)."""
+    def draw(self, at: dict | None = None, of: str | None = None, unroll: int | None = None):
+        """The computation graph as a picture. ``at`` (one example's inputs, e.g. ``{"a": 3}``, or a
+        sequence ``{"w": [4, 7, 2]}``): each node shows its value and the gradient of ``of`` (the loss,
+        else the single output); a sequence is drawn unrolled over its steps (or ``unroll`` of them)."""
         from .display import draw, graph_at
-        return draw(self.compiled, unroll=unroll) if at is None else graph_at(self, at, of)
+        return draw(self.compiled, unroll=unroll or 0) if at is None else graph_at(self, at, of, unroll)
 
     def __repr__(self) -> str:
         return (f"<{type(self).__name__} {self.compiled.name}: {self.compiled.kind}, "

@@ -83,12 +83,21 @@ class Picture:
     clusters: dict[int, str] = field(default_factory=dict)   # cluster -> its caption
 
 
-def picture(graph: Graph, values: dict | None = None, grads: dict | None = None, unroll: int = 0) -> Picture:
+def picture(graph: Graph, values: dict | None = None, grads: dict | None = None, unroll: int = 0,
+            per_step: bool = False) -> Picture:
+    """What a drawing shows. ``unroll=k``: every time-varying node once per step; its values and
+    gradients are shown only when ``per_step`` says they are given per step (time first)."""
     g = graph.g
 
     def node(n: str, shown: str, with_values: bool, cluster: int | None = None) -> PictureNode:
         label = _label(graph, n, values if with_values else None, grads if with_values else None)
         return PictureNode(shown, label.split(BREAK), graph.info(n).kind, cluster)
+
+    def step_node(n: str, t: int) -> PictureNode:   # a time-varying node at step t (1-based)
+        def at(d: dict | None) -> dict | None:
+            return {n: d[n][t - 1]} if per_step and d and n in d and len(d[n]) >= t else None
+        label = _label(graph, n, at(values), at(grads))
+        return PictureNode(f"{n}@{t}", label.split(BREAK), graph.info(n).kind, t)
 
     if unroll <= 0:
         nodes = [node(n, n, True) for n in g.nodes]
@@ -97,8 +106,8 @@ def picture(graph: Graph, values: dict | None = None, grads: dict | None = None,
         return Picture(graph.flat.name, nodes, edges)
     # unrolled: every time-varying node once per step, shared nodes (parameters) once
     timed = {n for n in g.nodes if graph.info(n).seq}
-    nodes = [node(n, f"{n}@{t}", False, t) for t in range(1, unroll + 1) for n in timed]
-    nodes += [node(n, n, False) for n in g.nodes if n not in timed]
+    nodes = [step_node(n, t) for t in range(1, unroll + 1) for n in g.nodes if n in timed]
+    nodes += [node(n, n, per_step) for n in g.nodes if n not in timed]
     edges = []
     for u, v, data in g.edges(data=True):
         for d in sorted(data["delays"]):

@@ -71,3 +71,33 @@ def test_the_core_and_its_pictures_need_no_jupyter():
             "import nnspec, nnspec.display\n"
             "nnspec.compile_file('specs/elman.nn')._repr_html_()\n")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+TINY_ELMAN = """network tiny_elman
+input  x[1] : seq
+output y[1]
+h[2] = tanh(W @ x + U @ h[t-1] + b)
+y = v @ h
+param W = [[1], [0.5]]
+param U = [[0.5, 0], [0, 0.5]]
+param b = [0, 0]
+param v = [[1, -1]]
+"""
+
+
+def test_a_sequence_is_drawn_unrolled_with_each_steps_values_and_gradients():
+    model = nnspec.Model.from_text(TINY_ELMAN, dtype=np.float64)
+    xs = [[1.0], [0.5], [-1.0]]
+    picture = model.draw(at={"x": xs})
+    assert picture.picture.clusters == {1: "t = 1", 2: "t = 2", 3: "t = 3"}
+    h1 = np.tanh([1.0, 0.5])
+    h2 = np.tanh(np.array([0.5, 0.25]) + 0.5 * h1)
+    assert np.allclose(picture.values["h"][:2], [h1, h2])
+    assert np.allclose(picture.gradients["h"][2], [1, -1])       # y at the last step reads h through v
+    # the same gradients as the fast runtime gives for the sum of the outputs over time
+    _, grads = model.gradients({"x": np.array(xs)[:, None, :]}, of="y")
+    for name in ("W", "U", "b", "v"):
+        assert np.allclose(picture.gradients[name], grads[name]), name
+    labels = {n.id: n.lines for n in picture.picture.nodes}
+    assert f"= [{h1[0]:.3g}, {h1[1]:.3g}]" in labels["h@1"] and "∂ = [1, -1]" in labels["h@3"]
+    assert model.draw(at={"x": xs}, unroll=2).picture.clusters == {1: "t = 1", 2: "t = 2"}
