@@ -23,6 +23,7 @@ import numpy as np
 
 from .compiler import Compiled
 from .data import Vocab
+from .data.normalize import Standardizer
 from .errors import SpecError
 from .model import Model
 from .plan import Plan
@@ -76,8 +77,9 @@ def load(path: str | Path, *, checkpoint: str = "best", spec: str | Path | None 
         raise CheckpointError(f"{ck_dir}: weights do not fit {spec_path}: "
                               + "; ".join(([f"missing {', '.join(missing)}"] if missing else []) + wrong))
     params = {k: np.asarray(ck.params[k], dtype=dtype) for k in expected}
+    standardizers = {k: Standardizer.from_json(v) for k, v in (ck.norm_stats or {}).items()}
     return TrainedModel(compiled, params, dtype=dtype, vocabs=vocabs, settings=settings,
-                        checkpoint=ck, path=run)
+                        standardizers=standardizers, checkpoint=ck, path=run)
 
 
 def _locate(path: Path, which: str) -> tuple[Path, Path]:
@@ -155,10 +157,14 @@ class TrainedModel(Model):
     """
 
     def __init__(self, compiled: Compiled, params: dict[str, np.ndarray], *, dtype, vocabs: dict[str, Vocab],
-                 settings: TrainSettings, checkpoint: Checkpoint | None = None, path: Path | None = None):
+                 settings: TrainSettings, standardizers: dict[str, Standardizer] | None = None,
+                 checkpoint: Checkpoint | None = None, path: Path | None = None):
         super().__init__(compiled, params, dtype=dtype)
         self.vocabs = vocabs
         self.settings = settings
+        # ``normalize true``: the network was trained on standardised inputs; feed it
+        # ``standardize(feeds)`` of raw ones (``predict`` reads text, which is never standardised)
+        self.standardizers = standardizers or {}
         self.checkpoint = checkpoint
         self.path = path
 
@@ -169,7 +175,13 @@ class TrainedModel(Model):
         if session.model is None or session.data is None:
             raise ValueError("the session has no model or no data: open it with its data and train it")
         return cls(session.compiled, session.model.params, dtype=session.model.dtype,
-                   vocabs=dict(session.data.vocabs), settings=session.settings)
+                   vocabs=dict(session.data.vocabs), settings=session.settings,
+                   standardizers=dict(session.data.standardizers))
+
+    def standardize(self, feeds: dict) -> dict:
+        """Raw inputs as the network saw them in training: each input the training data
+        standardised (``normalize true``) minus its training mean, over its deviation."""
+        return {k: self.standardizers[k].apply(v) if k in self.standardizers else v for k, v in feeds.items()}
 
     def __repr__(self) -> str:
         where = f" from {self.path}" if self.path else ""

@@ -233,3 +233,25 @@ def test_a_run_whose_spec_includes_files_asks_for_the_spec(tmp_path):
     with pytest.raises(CheckpointError, match="pass spec= the spec file the run was trained from"):
         nnspec.load(run)
     assert nnspec.load(run, spec=tmp_path / "tagger.nn").predict("the dog").labels["y"][0] in ("DET", "NOUN", "VERB")
+
+
+def test_a_model_trained_on_standardised_inputs_standardises_raw_ones(tmp_path):
+    rows = ["a,b,y"] + [f"{1000 + i},{i % 3},{int(i > 9)}" for i in range(20)]
+    (tmp_path / "points.csv").write_text("\n".join(rows) + "\n")
+    spec = tmp_path / "points.nn"
+    spec.write_text("""network points
+input  x[2]
+target y : class[2]
+output p
+p = softmax(W @ x + b)
+loss cross_entropy(p, y)
+train { optimizer adam(lr = 0.1); batch 4; epochs 30; seed 1; normalize true }
+data csv("points.csv", x = ["a", "b"], y = "y")
+""")
+    assert main(["run", str(spec), "--runs", str(tmp_path / "runs"), "--quiet"]) == 0
+    (run,) = (tmp_path / "runs").iterdir()
+    model = nnspec.load(run)
+    raw = np.array([[1002.0, 2.0], [1018.0, 0.0]])
+    standard = model.standardize({"x": raw})["x"]
+    assert np.allclose(standard[:, 0], (raw[:, 0] - 1009.5) / np.std(np.arange(1000, 1020)))
+    assert model.forward(model.standardize({"x": raw}))["p"].argmax(-1).tolist() == [0, 1]
