@@ -100,7 +100,10 @@ def _settings(run: Path, compiled: Compiled) -> TrainSettings:
     """The settings the run recorded (with any --set overrides), else the spec's train block."""
     recorded = run / "settings.json"
     if recorded.exists():
-        return TrainSettings.model_validate(json.loads(recorded.read_text(encoding="utf-8")))
+        try:
+            return TrainSettings.model_validate(json.loads(recorded.read_text(encoding="utf-8")))
+        except (ValueError, TypeError) as e:   # JSONDecodeError and pydantic's ValidationError are ValueErrors
+            raise CheckpointError(f"{recorded}: not the settings of a run ({e})") from None
     settings = settings_from_block(compiled.flat.train, compiled.diags)
     compiled.diags.raise_if_errors()
     return settings

@@ -255,3 +255,12 @@ data csv("points.csv", x = ["a", "b"], y = "y")
     standard = model.standardize({"x": raw})["x"]
     assert np.allclose(standard[:, 0], (raw[:, 0] - 1009.5) / np.std(np.arange(1000, 1020)))
     assert model.forward(model.standardize({"x": raw}))["p"].argmax(-1).tolist() == [0, 1]
+
+
+def test_a_damaged_settings_file_is_named(run_dir, tmp_path):
+    import shutil
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    (copy / "settings.json").write_text('{"batch": -3}')
+    with pytest.raises(CheckpointError, match="settings.json: not the settings of a run"):
+        nnspec.load(copy)
