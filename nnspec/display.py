@@ -130,7 +130,7 @@ def svg(pic: Picture) -> str:
            'orient="auto-start-reverse"><path d="M 0 0 L 10 5 L 0 10 z" fill="#374151"/></marker>'
            '<marker id="arrow-red" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" markerHeight="7" '
            f'orient="auto-start-reverse"><path d="M 0 0 L 10 5 L 0 10 z" fill="{GRADIENT_COLOUR}"/></marker></defs>',
-           f'<rect width="100%" height="100%" fill="white"/>']
+           '<rect width="100%" height="100%" fill="white"/>']
     for cluster, caption in pic.clusters.items():
         members = [b for b in boxes.values() if b.node.cluster == cluster]
         if members:
