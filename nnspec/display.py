@@ -2,18 +2,19 @@
 
     compiled._repr_html_()   a summary table (values, shapes, parameters) and the graph
     model._repr_html_()      the parameters and the graph
-    model.graph_at(feeds)    the graph with each node's value and gradient, as the lecture draws it
+    model.draw(at=feeds)     the graph with each node's value and gradient, as the lecture draws it
 
-The drawing is layered like Graphviz's ``rankdir=BT``: inputs at the bottom, the loss at the
-top, each node on the row above its highest operand. A link back in time (``h[t-1]``) is a
+The drawing is layered like Graphviz's ``rankdir=BT``: the loss at the top, each operation on
+the row above its highest operand, an input, parameter or constant on the row just below its
+first reader; a row is ordered by where its neighbours are. A link back in time (``h[t-1]``) is a
 dashed red curve that does not decide the rows; an unrolled drawing puts each time step in a
 column of its own and the shared parameters in a column at the left.
 """
 from __future__ import annotations
 
 import html
-from graphlib import TopologicalSorter
 from dataclasses import dataclass
+from graphlib import TopologicalSorter
 
 import numpy as np
 
