@@ -298,7 +298,8 @@ def summary_rows(compiled) -> list[tuple[str, str, str, str, str]]:
     return rows
 
 
-def _table(header: list[str], rows: list[tuple]) -> str:
+def table_html(header: list[str], rows: list) -> str:
+    """A plain HTML table (no styling a notebook would not already give)."""
     head = "".join(f"<th style='text-align:left'>{html.escape(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td style='text-align:left'>{html.escape(str(c))}</td>" for c in r) + "</tr>"
                    for r in rows)
@@ -309,7 +310,7 @@ def compiled_html(compiled) -> str:
     total = compiled.parameter_count()
     title = (f"<p><b>{html.escape(compiled.name)}</b>: {compiled.kind}, "
              f"{total:,} parameters</p>")
-    table = _table(["value", "kind", "shape", "time", "parameters"], summary_rows(compiled))
+    table = table_html(["value", "kind", "shape", "time", "parameters"], summary_rows(compiled))
     return f"<div>{title}{table}{draw(compiled).svg()}</div>"
 
 
@@ -318,7 +319,7 @@ def model_html(model) -> str:
             for name, p in model.params.items()]
     title = (f"<p><b>{html.escape(model.compiled.name)}</b>: {model.compiled.kind}, "
              f"{model.parameter_count():,} parameters ({model.dtype})</p>")
-    return f"<div>{title}{_table(['parameter', 'shape', 'size', 'first values'], rows)}" \
+    return f"<div>{title}{table_html(['parameter', 'shape', 'size', 'first values'], rows)}" \
            f"{draw(model.compiled).svg()}</div>"
 
 

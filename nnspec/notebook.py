@@ -13,8 +13,9 @@ in the notebook to what it made:
 - no option: a :class:`~nnspec.Model` (its parameters and graph show), or the
   :class:`~nnspec.Compiled` spec when its data decides some sizes;
 - ``--at a=3 b=1 ...``: the model, and the graph drawn with each node's value and gradient;
-- ``--train [--set key=value ...]``: reads the spec's data and trains (a progress bar and live
-  curves), binding the :class:`~nnspec.Session` whose ``model`` is trained.
+- ``--run [--set key=value ...]``: what ``nnspec run`` does: reads the spec's data and trains
+  it when it has a ``train`` block (a progress bar and live curves), else runs it forward on
+  its data and shows the outputs; binds the :class:`~nnspec.Session` (its ``model`` trained).
 
 A mistake in the spec shows as nnspec shows it everywhere, ``<cell>:line:column`` with the line
 and a caret, and no traceback.
@@ -28,7 +29,7 @@ import shlex
 
 import numpy as np
 from IPython.core.magic import Magics, cell_magic, magics_class
-from IPython.display import display
+from IPython.display import HTML, display
 
 from .errors import SpecError
 
@@ -48,7 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="%%nnspec", add_help=False)
     p.add_argument("name", nargs="?", help="bind what the cell makes to this name")
     p.add_argument("--at", nargs="+", default=None, metavar="NAME=VALUE")
-    p.add_argument("--train", action="store_true")
+    p.add_argument("--run", action="store_true", help="train on the spec's data (or run forward on it)")
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE")
     p.add_argument("--seed", type=int)
     return p
@@ -80,18 +81,42 @@ class NnspecMagics(Magics):
 
 def run_cell(text: str, args) -> object:
     from .session import open_session
-    if args.train:
+    if args.run:
         from .train.loop import Trainer
         session = open_session(CELL, text=text, overrides=args.set, seed=args.seed)
         if session.data is None:
-            raise MagicUsageError("%%nnspec --train: the spec has no data statement to train on")
-        Trainer(session.model, session.data, session.settings).fit()
+            raise MagicUsageError("%%nnspec --run: the spec has no data to run on (add 'data inline { ... }')")
+        if session.compiled.flat.train is None and not args.set:   # as `nnspec run`: forward on the data
+            display(outputs_table(session))
+        else:
+            Trainer(session.model, session.data, session.settings).fit()
         return session
     session = open_session(CELL, text=text, overrides=args.set, seed=args.seed, with_data=False,
                            dtype="float64" if args.at is not None else None)
     if args.at is not None and session.model is None:
         raise MagicUsageError("%%nnspec --at: the spec's data decides some sizes; give them in the spec")
     return session.model if session.model is not None else session.compiled
+
+
+def outputs_table(session) -> HTML:
+    """The spec's data and the network's outputs for it, a row an example (``nnspec run``'s table)."""
+    from .cli import _outputs_for   # the outputs `nnspec run` prints, computed the same way
+    from .display import table_html
+    split = "all" if session.data.has("all") else "train"
+    outputs = _outputs_for(session, split)
+    encoded = session.data.splits[split]
+    inputs = [f.name for f in session.data.fields if f.role == "input"]
+    rows = [[_shown(encoded.data[n][i]) for n in inputs] + [_shown(outputs[o][i]) for o in outputs]
+            for i in range(len(encoded))]
+    return HTML(table_html(inputs + list(outputs), rows))
+
+
+def _shown(value) -> str:
+    """A number as %g (0 rather than 0.0), a list of them in brackets."""
+    a = np.asarray(value)
+    if a.ndim == 0:
+        return f"{a.item():.4g}" if a.dtype.kind == "f" else str(a.item())
+    return "[" + ", ".join(_shown(v) for v in a) + "]"
 
 
 def _values(pairs: list[str], model) -> dict:

@@ -58,10 +58,20 @@ def test_a_mistake_in_a_cell_shows_with_its_caret_and_no_traceback(shell, capsys
 
 def test_the_magic_trains_a_spec_with_its_data(shell):
     spec = Path("specs/xor_train.nn").read_text().replace("epochs 2000", "epochs 300")
-    session = shell.run_cell_magic("nnspec", "xor --train", spec)
+    session = shell.run_cell_magic("nnspec", "xor --run", spec)
     assert session is shell.user_ns["xor"]
     out = session.model.forward({"x": [[0, 0], [0, 1], [1, 0], [1, 1]]})["p"].ravel()
     assert (out > 0.5).tolist() == [False, True, True, False]
+
+
+def test_the_magic_runs_a_spec_without_training_on_its_data(shell, capsys, monkeypatch):
+    shown = []
+    monkeypatch.setattr("nnspec.notebook.display", shown.append)
+    session = shell.run_cell_magic("nnspec", "--run", Path("specs/xor_goodfellow.nn").read_text())
+    assert isinstance(session, nnspec.Session)
+    (table,) = shown
+    cells = table.data.split("<td style='text-align:left'>")[1:]
+    assert [c.split("<")[0] for c in cells] == ["[0, 0]", "0", "[0, 1]", "1", "[1, 0]", "1", "[1, 1]", "0"]
 
 
 def test_the_notebook_progress_keeps_the_counters_of_the_terminal_one(monkeypatch):
