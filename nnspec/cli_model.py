@@ -13,11 +13,19 @@ from .data.fields import FieldKind
 
 
 def add_model_commands(sub) -> None:
-    p = sub.add_parser("predict", help="apply a trained model to new input (a sentence per line)")
+    p = sub.add_parser("predict", help="apply a trained model to new input (a sentence per line)",
+                       description="Each line is split on whitespace (into characters for a character model), "
+                                   "the way the vocabulary was built: give treebank-tokenised text (ca n't .) "
+                                   "to a tagger trained on a treebank.")
     p.add_argument("spec")
     p.add_argument("--checkpoint", required=True, help="a run directory, or its best/ or last/ checkpoint")
-    p.add_argument("--input", default="-", help="a file with one example per line (default: standard input)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--input", default="-", help="a file with one example per line, split on whitespace "
+                                                "(default: standard input)")
+    p.add_argument("--tokenize", choices=["whitespace", "treebank"], default="whitespace",
+                   help="how a line is split into words: on whitespace (the default, as the vocabulary was "
+                        "built from text), or by Penn Treebank rules as UD treebanks are (can't -> ca n't; "
+                        "needs the tokenize extra: pip install 'nnspec[tokenize]')")
+    p.add_argument("--json", action="store_true", help="tokens, labels and each label's probability")
     p.set_defaults(func=cmd_predict)
 
     e = sub.add_parser("evaluate", help="metrics of a trained model on a split of the spec's data, or on a file")
@@ -91,54 +99,31 @@ def _read_lines(path: str) -> list[str]:
 
 
 def cmd_predict(args) -> int:
-    from .train.loop import find_heads
-    session, vocabs = open_trained(args.spec, args.checkpoint)
-    plan = session.plan
-    text_inputs = [v for v in plan.inputs if v.elem in ("token", "char", "bag", "char_bag") and v.view is None]
-    views = [v for v in plan.inputs if v.view is not None]
-    if len(text_inputs) != 1 or len(plan.inputs) != 1 + len(views):
+    from .trained import load
+    model = load(args.checkpoint, spec=args.spec)
+    try:
+        model.text_input()
+    except ValueError as e:
         from .cli import UsageError
-        raise UsageError("predict reads one text input per line; this spec's inputs are "
-                         + ", ".join(v.name for v in plan.inputs))
-    field = text_inputs[0]
-    vocab = vocabs[field.name]
-    heads = find_heads(session.model)
-    results = []
-    for line in _read_lines(args.input):
-        tokens = tokenize(line, level=vocab.level, lowercase=vocab.lowercase)
-        ids = vocab.encode(tokens)
-        if field.elem in ("bag", "char_bag"):
-            x = np.zeros((1, len(vocab)))
-            np.add.at(x[0], ids, 1.0)
-            feeds = {field.name: x}
-        else:
-            feeds = {field.name: ids[:, None]}
-            for v in views:  # suffixes, shapes, ... of the same words
-                from .data.views import apply_view
-                feeds[v.name] = vocabs[v.name].encode(apply_view(v.view[0], tokens, v.view[2]))[:, None]
-        tape = session.model.run(feeds, need_loss=False)
-        result = {"input": line}
-        for h in heads:
-            p = np.asarray(tape.values[h.pred])
-            target_vocab = vocabs.get(h.target)
-            guess = p.argmax(-1) if h.kind == "class" else (p > h.threshold).astype(int)
-            labels = target_vocab.decode(guess.ravel().tolist()) if target_vocab else guess.ravel().tolist()
-            if field.elem in ("token", "char") and p.ndim == 3:
-                result[h.target] = list(zip(tokens, labels))
-            else:
-                result[h.target] = labels[0] if len(labels) == 1 else labels
-        results.append(result)
+        raise UsageError(str(e)) from None
+    tokenizer = args.tokenize
+    if tokenizer == "treebank":
+        from .trained import treebank_tokenize
+        try:
+            treebank_tokenize("")
+        except ImportError as e:
+            from .cli import UsageError
+            raise UsageError(str(e)) from None
+    predictions = [(line, model.predict(line, tokenizer=tokenizer)) for line in _read_lines(args.input)]
     if args.json:
-        print(json.dumps(results, indent=2, default=str))
-    else:
-        for r in results:
-            for k, v in r.items():
-                if k == "input":
-                    continue
-                if isinstance(v, list):
-                    print(" ".join(f"{w}/{t}" for w, t in v))
-                else:
-                    print(f"{v}\t{r['input']}")
+        print(json.dumps([{"input": line, **p.to_json()} for line, p in predictions], indent=2, default=str))
+        return 0
+    for line, p in predictions:
+        for labels in p.labels.values():
+            if isinstance(labels, list):
+                print(" ".join(f"{w}/{t}" for w, t in zip(p.tokens, labels)))
+            else:
+                print(f"{labels}\t{line}")
     return 0
 
 

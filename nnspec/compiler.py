@@ -42,6 +42,38 @@ class Compiled:
     def name(self) -> str:
         return self.flat.name
 
+    def to_json(self, indent: int | None = None) -> str:
+        """The graph, its loops, shapes and the plan as one JSON document (schema: nnspec.export)."""
+        from .export import compiled_document
+        return compiled_document(self).model_dump_json(indent=indent)
+
+    @property
+    def shapes(self) -> dict[str, tuple]:
+        """The per-example shape (no batch or time axis) of each value the spec names and of each
+        input, target and parameter; a size the data decides is a string such as ``"vocab(w)"``."""
+        shown = {}
+        for n in self.graph.g.nodes:
+            info = self.graph.info(n)
+            if (info.named or info.kind in ("input", "target", "param")) and info.shape is not None:
+                shown[n] = tuple(info.shape)
+        return shown
+
+    def __repr__(self) -> str:   # the dataclass's own would print every field, the graph and the plan
+        count = self.parameter_count()
+        sized = all(isinstance(d, int) for p in self.plan.params for d in p.shape)
+        params = f"{count:,} parameters" if sized else "parameters sized by its data"
+        return f"<Compiled {self.name}: {self.kind}, {params}>"
+
+    def draw(self, unroll: int = 0):
+        """The computation graph as a picture (SVG, drawn without Graphviz): ``unroll=3`` draws
+        three time steps. In a notebook it shows itself; ``.save("g.svg")`` writes it."""
+        from .display import draw
+        return draw(self, unroll=unroll)
+
+    def _repr_html_(self) -> str:   # a notebook shows a table of the values and the graph
+        from .display import compiled_html
+        return compiled_html(self)
+
     def parameter_count(self) -> int:
         total = 0
         for p in self.plan.params:

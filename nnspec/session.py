@@ -33,6 +33,9 @@ class Session:
     def spec_hash(self) -> str:
         return spec_hash(self.compiled)
 
+    def _repr_html_(self) -> str:   # a notebook shows the model (or the spec, while sizes are open)
+        return (self.model or self.compiled)._repr_html_()
+
 
 def spec_hash(compiled: Compiled) -> str:
     """Identifies the network — its expanded equations and data-decided sizes, not its training

@@ -87,8 +87,10 @@ def test_predict_tags_new_sentences(tmp_path, capsys):
     sentences = write(tmp_path, "the dog sleeps\na zebra runs\n", "in.txt")
     assert main(["predict", str(path), "--checkpoint", run_dir, "--input", str(sentences), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert [w for w, _ in out[1]["y"]] == ["a", "zebra", "runs"]     # an unknown word is tagged too
-    assert all(tag in ("DET", "NOUN", "VERB") for r in out for _, tag in r["y"])
+    assert out[1]["tokens"] == ["a", "zebra", "runs"]                # an unknown word is tagged too
+    assert all(tag in ("DET", "NOUN", "VERB") for r in out for tag in r["y"])
+    assert all(len(r["y_probability"]) == len(r["tokens"]) for r in out)
+    assert all(1 / 3 <= p <= 1 for r in out for p in r["y_probability"])   # the likeliest of three tags
 
 
 def test_run_directory_holds_spec_metrics_checkpoints_and_plots(tmp_path, capsys):

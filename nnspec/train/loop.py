@@ -25,6 +25,7 @@ from ..settings import TrainSettings
 from .checkpoint import load_checkpoint, save_checkpoint
 from .clip import clip_scale
 from .optim import make_optimizer
+from .notebook_progress import progress_class
 from .progress import Progress
 from .rundir import RunDir
 from .schedule import make_schedule
@@ -161,8 +162,10 @@ class TrainResult:
 class Trainer:
     def __init__(self, model: Model, data: BoundData, settings: TrainSettings, *,
                  run_dir: RunDir | None = None, spec_hash: str | None = None, quiet: bool = False,
-                 stream=None):
+                 stream=None, progress: type[Progress] | None = None):
         self.model, self.data, self.settings = model, data, settings
+        # a bar on a terminal, a bar and live curves in a notebook (nnspec.train.notebook_progress)
+        self.progress = progress or progress_class()
         self.run_dir, self.spec_hash = run_dir, spec_hash
         self.quiet, self.stream = quiet, stream if stream is not None else sys.stderr
         self.heads = find_heads(model)
@@ -286,7 +289,7 @@ class Trainer:
         steps_per_epoch = self._steps_per_epoch()
         converged = None
         epoch = self.start_epoch
-        with Progress(s.epochs, steps_per_epoch, unit=unit, quiet=self.quiet, stream=self.stream) as progress:
+        with self.progress(s.epochs, steps_per_epoch, unit=unit, quiet=self.quiet, stream=self.stream) as progress:
             for epoch in range(self.start_epoch, s.epochs):
                 progress.start_epoch(epoch + 1)
                 train_loss, mistakes = self._train_epoch(epoch, progress)
