@@ -15,7 +15,7 @@ from .data import DataError
 from .errors import Diagnostics, SpecError
 from .runtime import RuntimeFailure
 from .train.checkpoint import CheckpointError
-from .train.loop import TrainingError
+from .train.loop import CHECKPOINT_SECONDS, TrainingError, TrainingInterrupted
 
 
 class UsageError(Exception):
@@ -149,7 +149,7 @@ def _train(session, args, fold: str = "") -> dict:
         run_dir.write_spec(_spec_text(session))
         run_dir.write_settings(session.settings.model_dump())
     trainer = Trainer(session.model, session.data, session.settings, run_dir=run_dir, spec_hash=session.spec_hash,
-                      quiet=args.quiet or args.json)
+                      quiet=args.quiet or args.json, checkpoint_seconds=args.checkpoint_every)
     if args.resume:
         trainer.resume(Path(args.resume) / "last")
     result = trainer.fit()
@@ -512,6 +512,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--runs", default="runs", help="where run directories go (default: runs/)")
     r.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
     r.add_argument("--no-save", action="store_true", help="write no run directory")
+    r.add_argument("--checkpoint-every", type=float, default=CHECKPOINT_SECONDS, metavar="SECONDS",
+                   help="write the last/ checkpoint when this many seconds passed since the previous one "
+                        f"(and at the end; default {CHECKPOINT_SECONDS:g}; 0: after every epoch)")
     r.add_argument("--quiet", action="store_true")
     r.add_argument("--json", action="store_true")
     r.set_defaults(func=cmd_run)
@@ -555,12 +558,34 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(as_json, e.diagnostics.render(color=sys.stderr.isatty()), e.diagnostics)
     except (DataError, TrainingError, CheckpointError, RuntimeFailure, UsageError) as e:
         return _fail(as_json, f"error: {e}" if not isinstance(e, DataError) else str(e))
+    except TrainingInterrupted as e:
+        print(_interrupted_message(e, args), file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading: not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+
+
+def _interrupted_message(e: TrainingInterrupted, args) -> str:
+    """Where the run is and how to go on with it."""
+    if e.run_dir is None:
+        return f"interrupted in epoch {e.epoch} (nothing was saved: --no-save)"
+    if e.resume_epoch == 0:
+        return (f"interrupted in epoch {e.epoch}: nothing to resume yet (no checkpoint had been written); "
+                f"the run directory {e.run_dir} holds its settings and the metrics so far")
+    import shlex
+    command = ["nnspec", "run", args.spec, "--resume", e.run_dir]
+    for setting in args.set or []:
+        command += ["--set", setting]
+    if args.seed is not None:
+        command += ["--seed", str(args.seed)]
+    if args.float64:
+        command.append("--float64")
+    return (f"interrupted in epoch {e.epoch}; the run directory {e.run_dir} holds a checkpoint at the end of "
+            f"epoch {e.resume_epoch}. Continue with:\n  {shlex.join(command)}")
 
 
 def _fail(as_json: bool, message: str, diags: Diagnostics | None = None) -> int:
