@@ -63,12 +63,14 @@ class Head:
     kind: str            # "class" or "binary"
     threshold: float = 0.5
     tokens: bool = False  # the target is next tokens: report perplexity
+    elem: str | None = None  # what the target's source input is made of (token, char...)
 
 
 def find_heads(model: Model) -> list[Head]:
     plan = model.plan
     steps = {s.id: s for s in plan.steps if isinstance(s, OpStep)}
     token_values = {v.name for v in plan.inputs if v.elem in ("token", "char")}
+    elems = {v.name: v.elem for v in plan.inputs + plan.targets}
     heads = []
     for s in steps.values():
         if s.op in CLASS_HEADS or s.op in BINARY_HEADS:
@@ -78,8 +80,25 @@ def find_heads(model: Model) -> list[Head]:
                 source = steps[source].inputs[0][0]
             kind = "class" if s.op in CLASS_HEADS else "binary"
             heads.append(Head(s.id, pred, target, kind, BINARY_HEADS.get(s.op, 0.5),
-                              tokens=source in token_values))
+                              tokens=source in token_values, elem=elems.get(source)))
     return heads
+
+
+def loss_unit(model: Model) -> str | None:
+    """What the loss is measured in, for a plot's axis: a likelihood loss in nats (per token or
+    per character for a language model), a squared error in squared units; None when unknown."""
+    steps = {s.id: s for s in model.plan.steps if isinstance(s, OpStep)}
+    loss = steps.get(model.plan.loss)
+    if loss is None:
+        return None
+    if loss.op in CLASS_HEADS or loss.op in ("bce", "bce_logits"):
+        head = next((h for h in find_heads(model) if h.loss == loss.id), None)
+        if head is not None and head.tokens:
+            return "nats per character" if head.elem == "char" else "nats per token"
+        return "nats"
+    if loss.op == "mse":
+        return "squared error"
+    return None
 
 
 @dataclass

@@ -218,3 +218,66 @@ class RunDir:
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"
 
+
+
+def _size(path: Path) -> int:
+    total = 0
+    for dirpath, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(dirpath, name)).st_size
+            except OSError:
+                pass
+    return total
+
+
+def _best_figure(results: dict[str, Any]) -> tuple[str, float] | None:
+    """The figure a run is judged by: cross-validated test accuracy, else held-out test accuracy,
+    else the best epoch's dev accuracy, dev loss or training loss."""
+    test = results.get("test") or {}
+    if results.get("kind") == "cross-validation":
+        for name, fig in test.items():
+            if isinstance(fig, dict) and fig.get("mean") is not None:
+                return f"cv test {name}", fig["mean"]
+        return None
+    best = results.get("best") or {}
+    for label, value in (("test accuracy", test.get("accuracy")), ("test perplexity", test.get("perplexity")),
+                         ("dev accuracy", best.get("dev_accuracy")), ("dev perplexity", best.get("dev_perplexity")),
+                         ("dev loss", best.get("dev_loss")), ("train loss", best.get("train_loss"))):
+        if isinstance(value, (int, float)):
+            return label, value
+    return None
+
+
+def list_runs(root: str | os.PathLike = "runs") -> list[dict[str, Any]]:
+    """The run directories under ``root``, oldest first: spec, date, status (finished,
+    interrupted: resumable from last/, or empty), epochs, the best figure, size in bytes."""
+    root = Path(root)
+    runs = []
+    if not root.is_dir():
+        return runs
+    for path in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        markers = ("spec.nn", "settings.json", RESULTS, "metrics.jsonl")
+        if not any((path / m).exists() for m in markers):
+            continue
+        try:
+            results = json.loads((path / RESULTS).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            results = None
+        stat = path.stat()
+        if results is not None:
+            status = "finished"
+        elif (path / "last").is_dir() or (path / ".last.old").is_dir():
+            status = "interrupted"
+        else:
+            status = "empty"
+        epochs = (results or {}).get("epochs")
+        if epochs is None and (path / "metrics.jsonl").exists():
+            epochs = len(_read_rows(path / "metrics.jsonl")) or None
+        figure = _best_figure(results) if results else None
+        runs.append({"path": str(path), "spec": (results or {}).get("spec") or re.sub(r"-\d{8}-\d{6}(-\d+)?$", "", path.name),
+                     "date": (results or {}).get("finished") or datetime.fromtimestamp(stat.st_mtime).isoformat(timespec="seconds"),
+                     "status": status, "epochs": epochs,
+                     "best": {"name": figure[0], "value": figure[1]} if figure else None,
+                     "bytes": _size(path)})
+    return runs
