@@ -302,7 +302,10 @@ def _outputs_for(session, split: str) -> dict:
     data = session.data
     collected: dict[str, list] = {o: [] for o in session.plan.outputs}
     for batch in data.batches(split, 256, dtype=session.model.dtype):
-        out = session.model.forward(batch.arrays, batch.lengths)
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):  # named below
+            out = session.model.forward(batch.arrays, batch.lengths)
+        if not all(np.isfinite(v).all() for v in out.values() if np.issubdtype(v.dtype, np.floating)):
+            _name_nonfinite(session, batch, split)
         for k, v in out.items():
             v = _squeeze(v)
             if v.ndim >= 2 and batch.mask is not None and v.shape[:2] == batch.mask.shape:
@@ -310,6 +313,25 @@ def _outputs_for(session, split: str) -> dict:
             else:
                 collected[k] += v.tolist()
     return collected
+
+
+def _name_nonfinite(session, batch, split: str) -> None:
+    """An output came out NaN or infinite: run the batch again checking every value, and say
+    which one went bad first, by its name in the spec."""
+    from .train.nonfinite import describe_node
+    ex = session.model.executor
+    have_targets = all(t.name in batch.arrays for t in session.plan.targets)
+    ex.check_finite = True
+    try:
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            session.model.run(batch.arrays, batch.lengths, need_loss=have_targets and session.plan.loss is not None)
+    except RuntimeFailure as e:
+        bad = str(e).rsplit(" produced ", 1)[-1] if " produced " in str(e) else "NaN or an infinite value"
+        what = describe_node(session.compiled, e.node) if e.node else str(e)
+        raise RuntimeFailure(f"{what} produced {bad} in the forward pass over the {split} data", e.node) from None
+    finally:
+        ex.check_finite = False
+    raise RuntimeFailure(f"an output is NaN or infinite in the forward pass over the {split} data")
 
 
 def _print_outputs(session, split: str) -> None:

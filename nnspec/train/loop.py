@@ -294,7 +294,7 @@ class Trainer:
             with np.errstate(over="ignore", invalid="ignore"):  # an overflow is caught and named below
                 self.optimizer.step(model.params, grads, scale=scale, consume=True)
             if not all_finite(model.params[k] for k in updated):
-                self._bad_update(updated, batch, carry, epoch)
+                self._bad_update(updated, epoch)
             self.step += 1
             total += loss * batch.size
             count += batch.size
@@ -358,14 +358,14 @@ class Trainer:
         raise TrainingError(f"{self._where(epoch)}: the gradient of parameter {self._describe(names[0])} became "
                             f"{what_is_bad(grads[names[0]])}; try a smaller learning rate or gradient clipping (clip 5)")
 
-    def _bad_update(self, updated: list[str], batch, carry, epoch: int) -> None:
+    def _bad_update(self, updated: list[str], epoch: int) -> None:
         """A parameter became NaN or infinite in the update: from a learning rate too large, most
-        often, or from a gradient that was not finite (a value gone bad in the forward pass is named)."""
+        often, or from a gradient that was not finite. (The forward pass cannot be re-run to look:
+        the parameters it ran with are gone; its loss was finite.)"""
         params = {k: self.model.params[k] for k in updated}
         names = nonfinite_names(params)
         if not names:
             return  # the sum overflowed, not the values: they are finite
-        self._diagnose_forward(batch, carry, epoch)
         raise TrainingError(f"{self._where(epoch)}: the update made parameter {self._describe(names[0])} "
                             f"{what_is_bad(params[names[0]])} (learning rate {self.optimizer.lr:g}; its gradient "
                             f"or the step was too large); try a smaller learning rate or gradient clipping (clip 5)")
