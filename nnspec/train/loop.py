@@ -429,7 +429,7 @@ class Trainer:
         if self.best_params is not None and self.data.has("dev"):
             self.model.params.update(self.best_params)  # keep the best-dev epoch
         result = TrainResult(params=self.model.params, history=self.history, best_epoch=self.best_epoch,
-                             best=dict(self.history[self.best_epoch - 1]) if self.best_epoch else {},
+                             best=dict(next((r for r in self.history if r.get("epoch") == self.best_epoch), {})),
                              converged=converged, epochs_run=len(self.history),
                              seconds=time.perf_counter() - start,
                              run_dir=str(self.run_dir.path) if self.run_dir else None)

@@ -10,8 +10,8 @@
         best/  last/     checkpoint directories (nnspec.train.checkpoint)
 
 Rows are appended to files kept open (a row costs microseconds, not an open
-and a close) and handed to the OS every ``flush_seconds`` and on ``flush()``
-and ``close()``. ``flush(durable=True)`` — called before every checkpoint is
+and a close), written together every ``flush_seconds`` and on ``flush()`` and
+``close()``. ``flush(durable=True)`` — called before every checkpoint is
 written — puts them on the disk, so a checkpoint never refers to a row that a
 kill or a power cut could lose. Rows logged after the last checkpoint may be
 lost, or be on disk without one; ``keep_epochs(n)`` (on resume) drops them,
@@ -43,6 +43,9 @@ def _json_default(obj):
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"{type(obj).__name__} is not JSON-serialisable")
+
+
+_ENCODER = json.JSONEncoder(default=_json_default)  # json.dumps(row, default=...) would build one a row
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -86,6 +89,8 @@ class RunDir:
         self.rows: list[dict[str, Any]] = []
         self.columns: list[str] = []
         self._jsonl = self._csv = self._csv_writer = None
+        self._pending: list[dict[str, Any]] = []  # logged, not yet written
+        self._csv_stale = False
         self.flush_seconds = flush_seconds  # how stale the files may be (`tail -f metrics.csv`)
         self._flushed_at = time.monotonic()
         for row in _read_rows(self.metrics_jsonl):
@@ -145,30 +150,38 @@ class RunDir:
 
     def log_metrics(self, row: dict[str, Any]) -> None:
         """Append one row (typically one epoch) to metrics.jsonl and metrics.csv."""
-        line = json.dumps(row, default=_json_default)
         if any(not isinstance(v, (int, float, str, bool, type(None))) for v in row.values()):
-            row = json.loads(line)  # plain Python values from here on
-        if self._jsonl is None:
-            self._jsonl = open(self.metrics_jsonl, "a", encoding="utf-8")
-        self._jsonl.write(line + "\n")
-        if self._remember(row) or self._csv is None:
-            self._rewrite_csv()  # a new key changes the header: rewrite the table from all rows
+            row = json.loads(_ENCODER.encode(row))  # plain Python values from here on
         else:
-            self._csv_writer.writerow(self._csv_cells(row))
+            row = dict(row)
+        if self._remember(row):
+            self._csv_stale = True  # a new key changes the header: the table is rewritten from all rows
+        self._pending.append(row)
         if time.monotonic() - self._flushed_at >= self.flush_seconds:
             self.flush()
 
     def flush(self, durable: bool = False) -> None:
-        """Hand the rows to the OS (they then survive a kill of this process);
-        ``durable``: to the disk too (they survive a power cut)."""
+        """Write the rows logged since the last flush, handing them to the OS (they then survive a
+        kill of this process); ``durable``: to the disk too (they survive a power cut). Only
+        metrics.jsonl is made durable: metrics.csv is rebuilt from it on resume."""
+        if self._pending:
+            if self._jsonl is None:
+                self._jsonl = open(self.metrics_jsonl, "a", encoding="utf-8")
+            self._jsonl.write("".join(_ENCODER.encode(r) + "\n" for r in self._pending))
+            if self._csv_stale or self._csv is None:
+                self._rewrite_csv()
+            else:
+                self._csv_writer.writerows(self._csv_cells(r) for r in self._pending)
+            self._pending = []
         for f in (self._jsonl, self._csv):
             if f is not None:
                 f.flush()
-                if durable:
-                    os.fsync(f.fileno())
+        if durable and self._jsonl is not None:
+            os.fsync(self._jsonl.fileno())
         self._flushed_at = time.monotonic()
 
     def close(self) -> None:
+        self.flush()
         for f in (self._jsonl, self._csv):
             if f is not None:
                 f.close()
@@ -177,8 +190,8 @@ class RunDir:
     def keep_epochs(self, epochs: int) -> None:
         """Forget rows of epochs after ``epochs`` (the checkpoint a run resumes
         from): they were logged after it, and the resumed run logs them again."""
-        kept = [r for r in self.rows if not isinstance(r.get("epoch"), int) or r["epoch"] <= epochs]
         self.close()  # and rewrite both files: a kill may have cut their last lines short
+        kept = [r for r in self.rows if not isinstance(r.get("epoch"), int) or r["epoch"] <= epochs]
         self.rows, self.columns = [], []
         for r in kept:
             self._remember(r)
@@ -194,6 +207,7 @@ class RunDir:
         for r in self.rows:
             w.writerow(self._csv_cells(r))
         _write_atomic(self.metrics_csv, buf.getvalue())
+        self._csv_stale = False
         self._csv = open(self.metrics_csv, "a", encoding="utf-8", newline="")
         self._csv_writer = csv.writer(self._csv, lineterminator="\n")
 
