@@ -8,6 +8,7 @@ uninterrupted run does.
 """
 from __future__ import annotations
 
+import json
 import math
 import sys
 import time
@@ -419,7 +420,7 @@ class Trainer:
             except KeyboardInterrupt:
                 self._keep_what_is_safe()
                 raise TrainingInterrupted(str(self.run_dir.path) if self.run_dir else None,
-                                          epoch + 1, self.saved_epoch) from None
+                                          epoch + 1, self._epoch_on_disk()) from None
             except TrainingError:
                 self._keep_what_is_safe()
                 raise
@@ -462,6 +463,18 @@ class Trainer:
             return
         self._save(self.run_dir.best, self.best_params, self.best_epoch, with_optimizer=False)
         self.best_saved_epoch = self.best_epoch
+
+    def _epoch_on_disk(self) -> int:
+        """The epoch a resume would start from: what last/ on disk says (Ctrl-C can land in a save,
+        after the new last/ is in place but before this process noted it)."""
+        if self.run_dir is None:
+            return 0
+        for path in (self.run_dir.last, self.run_dir.path / ".last.old"):  # see checkpoint._tidy
+            try:
+                return int(json.loads((path / "meta.json").read_text(encoding="utf-8"))["epoch"])
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+        return 0
 
     def _keep_what_is_safe(self) -> None:
         """After a failure or Ctrl-C mid-epoch: the rows and the best weights so far (finite, from a
