@@ -117,7 +117,7 @@ train { optimizer sgd(lr = 0.1); batch 2; epochs 2 }
 data inline { x = [[1], [2]]; y = [[0], [1]] }
 """
     s = open_session(write(tmp_path, spec))
-    with pytest.raises(TrainingError, match=r"step 1: 'h' produced NaN"):
+    with pytest.raises(TrainingError, match=r"step 1 \(epoch 1\): 'h' \(.*spec.nn:4\) produced NaN"):
         Trainer(s.model, s.data, s.settings, quiet=True).fit()
 
 
