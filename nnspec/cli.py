@@ -142,6 +142,8 @@ def _train(session, args, fold: str = "") -> dict:
     from .train.rundir import RunDir
     if session.data is None:
         raise UsageError("training needs data: add a data statement to the spec")
+    if session.plan.loss is None:
+        raise UsageError("training needs a loss to minimise: add one to the spec, e.g. 'loss cross_entropy(p, y)'")
     run_dir = None
     if not args.no_save:
         run_dir = RunDir(spec_name=session.compiled.name + fold, root=args.runs,

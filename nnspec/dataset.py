@@ -29,6 +29,7 @@ class BoundData:
     vocabs: dict[str, Vocab] = field(default_factory=dict)
     standardizers: dict[str, Standardizer] = field(default_factory=dict)
     stream_field: str | None = None
+    stream_origins: dict[str, tuple[str, int]] = field(default_factory=dict)  # where each part's stream starts
 
     @property
     def stream(self) -> bool:
@@ -55,10 +56,20 @@ class BoundData:
                 bptt: int | None = None, ahead: int = 1, dtype=np.float32) -> Iterator[Batch]:
         """``ahead``: how many tokens after a stream's chunk it carries (the furthest a shift looks ahead)."""
         if split in self.streams:
+            self.check_stream_batch(split, batch_size)
             return stream_batches(self.streams[split], batch_size, bptt or 35,
                                   name=self.stream_field, ahead=ahead, dtype=dtype)
         return iterate_batches(self.splits[split], batch_size, shuffle=shuffle, rng=rng, by_length=by_length,
                                dtype=dtype)
+
+    def check_stream_batch(self, split: str, batch_size: int) -> None:
+        """A stream is cut into ``batch_size`` parallel streams of at least one token each."""
+        n = len(self.streams[split])
+        if n < batch_size:
+            file, line = self.stream_origins.get(split, ("<data>", None))
+            raise DataError(f"the {split} part holds {n} token{'s' * (n != 1)}, too few for batch "
+                            f"{batch_size} (the stream is cut into {batch_size} parallel streams); "
+                            f"lower the batch or give more text", file, line)
 
     def vocab_json(self) -> dict:
         return {k: v.to_json() for k, v in self.vocabs.items()}
@@ -236,6 +247,7 @@ def _bind_stream(raw: RawData, fields: list[FieldSpec], limit: int | None, min_c
     bound = BoundData(fields=[f], vocabs={f.name: vocab}, stream_field=f.name)
     for split, columns in raw.splits.items():
         bound.streams[split] = vocab.encode(columns[f.name][0][:limit])
+        bound.stream_origins[split] = raw.origins[split][0]
     return bound
 
 

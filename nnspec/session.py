@@ -60,6 +60,9 @@ def open_session(path: str | Path | None = None, *, text: str | None = None, ove
     program, diags = load(path, text=text)
     first = compile_program(program, diags)
     settings = settings_from_block(first.flat.train, diags, overrides)
+    if first.flat.train is not None and first.plan.loss is None:
+        diags.error("a train block needs a loss to minimise; add one, e.g. 'loss cross_entropy(p, y)'",
+                    first.flat.train.span)
     diags.raise_if_errors()
     if seed is not None:
         settings = settings.model_copy(update={"seed": seed})
@@ -68,14 +71,13 @@ def open_session(path: str | Path | None = None, *, text: str | None = None, ove
     data = None
     compiled = first
     if with_data and first.flat.data is not None:
-        split = settings.split
-        unknown = set(split) - {"dev", "test"}
-        if unknown:
-            diags.error(f"split takes dev and test, not {', '.join(sorted(unknown))}", first.flat.train.span)
-            diags.raise_if_errors()
+        split = settings.split  # checked by TrainSettings: dev and test, below 100% together
         data = bind_data(first.flat, first.plan, diags, dev=split.get("dev", 0.0), test=split.get("test", 0.0),
                          seed=settings.seed, min_count=settings.min_count, normalize=settings.normalize,
                          fold=fold, limit=settings.limit)
+    if data is not None and data.stream and first.flat.train is not None:
+        for split in data.streams:  # said now rather than when training reaches that part
+            data.check_stream_batch(split, settings.batch)
     if data is not None or settings.dropout:
         compiled = recompile(first, bindings=data.bindings if data else None, dropout=settings.dropout)
     model = None
