@@ -57,8 +57,8 @@ def open_trained(spec: str, checkpoint: str, with_data: bool = False):
     from .model import Model
     from .session import Session, load, open_session, recompile, spec_hash
     from .settings import settings_from_block
-    from .train.checkpoint import CheckpointError, load_checkpoint
-    ck = load_checkpoint(checkpoint_dir(checkpoint))
+    from .train.checkpoint import CheckpointError, TrainedMeta, check_shapes, load_checkpoint
+    ck = load_checkpoint(checkpoint_dir(checkpoint), schema=TrainedMeta)
     vocabs = {k: Vocab.from_json(v) for k, v in (ck.vocabs or {}).items()}
     if with_data:
         session = open_session(spec)
@@ -80,8 +80,9 @@ def open_trained(spec: str, checkpoint: str, with_data: bool = False):
     if ck.spec_hash and ck.spec_hash != spec_hash(session.compiled):
         raise CheckpointError(f"{checkpoint}: checkpoint was made from a different spec (hash {ck.spec_hash}, "
                               f"this spec {spec_hash(session.compiled)})")
-    for k, v in ck.params.items():
-        session.model.params[k] = v.astype(session.model.dtype)
+    check_shapes(checkpoint, ck.params, {p.name: tuple(p.shape) for p in session.plan.params})
+    for p in session.plan.params:
+        session.model.params[p.name] = ck.params[p.name].astype(session.model.dtype)
     return session, vocabs
 
 
@@ -183,7 +184,7 @@ def _data_of_user(session, vocabs: dict, args):
     from .data import DataError, Standardizer
     from .dataset import bind_trained, source_call
     from .errors import Diagnostics
-    from .train.checkpoint import load_checkpoint
+    from .train.checkpoint import TrainedMeta, load_checkpoint
     diags = Diagnostics(session.compiled.diags.sources)
     if args.file is not None:
         stmt = session.compiled.flat.data
@@ -191,7 +192,7 @@ def _data_of_user(session, vocabs: dict, args):
     else:
         stmt = parse_data_source(args.data, diags)
         name, call_args, kwargs = source_call(stmt, diags)
-    norm = load_checkpoint(checkpoint_dir(args.checkpoint)).norm_stats or {}
+    norm = load_checkpoint(checkpoint_dir(args.checkpoint), schema=TrainedMeta).norm_stats or {}
     standardizers = {k: Standardizer.from_json(v) for k, v in norm.items()}
     data = bind_trained(stmt, name, call_args, kwargs, session.plan, vocabs, standardizers, Path("."), diags)
     if data.stream and data.size("all") < 2:

@@ -22,7 +22,7 @@ from ..model import Model
 from ..plan import OpStep
 from ..runtime import RuntimeFailure
 from ..settings import TrainSettings
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import TrainedMeta, load_checkpoint, save_checkpoint
 from .clip import clip_scale
 from .optim import make_optimizer
 from .progress import Progress
@@ -188,7 +188,8 @@ class Trainer:
 
     # ---- resume -------------------------------------------------------------
     def resume(self, path) -> None:
-        ck = load_checkpoint(path, expected_spec_hash=self.spec_hash)
+        ck = load_checkpoint(path, expected_spec_hash=self.spec_hash, schema=TrainedMeta,
+                             expected_shapes={p.name: tuple(p.shape) for p in self.model.plan.params})
         for k, v in ck.params.items():
             self.model.params[k] = v.astype(self.model.dtype)
         if ck.optimizer_state:

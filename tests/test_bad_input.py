@@ -1,0 +1,297 @@
+"""Bad input of every kind ends in a clear, located error — never a Python traceback.
+
+Each case was once a traceback (or a silent wrong answer). Spec mistakes name
+file:line:column and show the line with a caret; data mistakes name the file
+(and line); the command line exits with status 1, and with ``--json`` prints
+the error as JSON. The Python API raises the same errors (SpecError, DataError,
+CheckpointError, FeedError) with the same messages.
+"""
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nnspec.cli import main
+from nnspec.data import DataError
+from nnspec.errors import SpecError
+from nnspec.session import open_session
+
+ROOT = Path(__file__).resolve().parent.parent
+
+XOR = """input x[2]
+target y[1]
+output p
+p[1] = sigmoid(W @ x + b)
+loss bce(p, y)
+{train}
+data inline {{
+  x = [[0, 0], [0, 1], [1, 0], [1, 1]]
+  y = [[0], [1], [1], [0]]
+}}
+"""
+
+CHAR_LM = """input w : seq of char
+output p
+e = embed(w, 4)
+p = softmax(V @ e)
+loss cross_entropy(p, shift(w, {shift}))
+train {{ epochs 1; batch {batch} }}
+data text("{file}", level = "char"{extra})
+"""
+
+TAGGER = """input x[2] : seq
+target y : seq of class[2]
+output p
+h[3] = tanh(W @ x + U @ h[t-{delay}])
+p = softmax(V @ h)
+loss cross_entropy(p, y)
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "spec.nn") -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def run_main(capsys, *args) -> tuple[int, str, str]:
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def nnspec_cli(*args, env=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "nnspec.cli", *map(str, args)], capture_output=True, text=True,
+                          cwd=ROOT, timeout=120, env=env)
+
+
+def assert_located(err: str, spec: Path, line: int, message: str, caret_under: str) -> None:
+    """``spec.nn:LINE:COL: error: MESSAGE``, the line, and a caret under ``caret_under``."""
+    head, source, caret = err.strip().splitlines()[:3]
+    column = source.index(caret_under) - 4 + 1
+    assert head.startswith(f"{spec}:{line}:{column}: error: "), err
+    assert message in head, err
+    assert caret.index("^") == source.index(caret_under), err
+
+
+def json_error(capsys, *args) -> dict:
+    code, out, err = run_main(capsys, *args, "--json")
+    assert code == 1 and err == ""
+    report = json.loads(out)
+    assert report["ok"] is False and report["errors"]
+    return report["errors"][0]
+
+
+# ---- numbers too large for what they count -------------------------------------------------------
+
+def test_a_delay_beyond_any_sequence_is_a_located_error(tmp_path, capsys):
+    spec = write(tmp_path, TAGGER.format(delay="9999999999999999999"))
+    code, _, err = run_main(capsys, "check", spec)
+    assert code == 1
+    assert_located(err, spec, 4, "a delay of 9999999999999999999 steps is too long", "h[t-")
+    with pytest.raises(SpecError, match="too long"):
+        open_session(spec)
+
+
+def test_a_shift_beyond_any_sequence_is_a_located_error(tmp_path, capsys):
+    write(tmp_path, "ab", "short.txt")
+    spec = write(tmp_path, CHAR_LM.format(shift="99999999999999999999", batch=1, file="short.txt", extra=""))
+    code, _, err = run_main(capsys, "check", spec)
+    assert code == 1
+    assert_located(err, spec, 5, "a setting of shift must be between", "99999999999999999999")
+
+
+def test_a_class_count_beyond_any_array_is_a_located_error(tmp_path, capsys):
+    spec = write(tmp_path, "input x[2]\ntarget y : class[99999999999999999999]\noutput p\n"
+                           "p = softmax(W @ x)\nloss cross_entropy(p, y)\n")
+    code, _, err = run_main(capsys, "check", spec)
+    assert code == 1
+    assert_located(err, spec, 2, "a size must be a whole number from 1 to", "99999999999999999999")
+
+
+def test_a_negative_initialiser_spread_is_a_located_error(tmp_path, capsys):
+    spec = write(tmp_path, "input x[2]\noutput p\nparam W[3, 2] init uniform(scale = -1)\np = W @ x\n")
+    code, _, err = run_main(capsys, "check", spec)
+    assert code == 1
+    assert_located(err, spec, 3, "'scale' of initialiser 'uniform' is a spread, so it cannot be negative",
+                   "scale = -1")
+
+
+# ---- training settings ---------------------------------------------------------------------------
+
+def test_split_parts_that_leave_no_training_data_are_a_located_error(tmp_path, capsys):
+    spec = write(tmp_path, XOR.format(train="train { split dev = 60%, test = 50% }"))
+    code, _, err = run_main(capsys, "run", spec, "--no-save")
+    assert code == 1
+    assert_located(err, spec, 6, "dev = 60%, test = 50% leave no training data", "split")
+    assert json_error(capsys, "run", spec, "--no-save")["line"] == 6
+
+
+def test_a_train_block_without_a_loss_is_a_located_error(tmp_path, capsys):
+    spec = write(tmp_path, XOR.format(train="train { }").replace("loss bce(p, y)\n", "")
+                 .replace("target y[1]\n", "").replace("  y = [[0], [1], [1], [0]]\n", ""))
+    code, _, err = run_main(capsys, "check", spec)
+    assert code == 1
+    assert_located(err, spec, 4, "a train block needs a loss to minimise", "train")
+
+
+def test_training_a_spec_without_a_loss_from_the_command_line_is_an_error(tmp_path, capsys):
+    spec = write(tmp_path, XOR.format(train="").replace("loss bce(p, y)\n", "")
+                 .replace("target y[1]\n", "").replace("  y = [[0], [1], [1], [0]]\n", ""))
+    code, _, err = run_main(capsys, "run", spec, "--no-save", "--set", "epochs=1")
+    assert code == 1
+    assert err.strip() == "error: training needs a loss to minimise: add one to the spec, e.g. " \
+                          "'loss cross_entropy(p, y)'"
+
+
+# ---- data ----------------------------------------------------------------------------------------
+
+def test_a_text_shorter_than_the_batch_is_a_data_error(tmp_path, capsys):
+    write(tmp_path, "ab", "short.txt")
+    spec = write(tmp_path, CHAR_LM.format(shift=1, batch=8, file="short.txt", extra=", split = [1.0]"))
+    for command in ("check", "run"):
+        code, _, err = run_main(capsys, command, spec, *(["--no-save"] if command == "run" else []))
+        assert code == 1
+        assert err.startswith(f"{tmp_path / 'short.txt'}:1: error: the train part holds 2 tokens, too few "
+                              f"for batch 8"), err
+
+
+@pytest.mark.parametrize("codec", ["rot13", "base64", "zlib"])
+def test_an_encoding_that_is_not_a_text_encoding_is_a_data_error(tmp_path, capsys, codec):
+    write(tmp_path, "abcdef", "short.txt")
+    spec = write(tmp_path, CHAR_LM.format(shift=1, batch=1, file="short.txt", extra=f', encoding = "{codec}"'))
+    code, _, err = run_main(capsys, "check", spec)
+    assert code == 1
+    assert err.strip() == f"{tmp_path / 'short.txt'}: error: encoding '{codec}' is not a text encoding " \
+                          f"(use e.g. \"utf-8\" or \"latin-1\")"
+
+
+def test_data_is_read_only_from_regular_files(tmp_path, capsys):
+    for target, kind in (("/dev/zero", "a character device"), ("/dev/urandom", "a character device")):
+        spec = write(tmp_path, CHAR_LM.format(shift=1, batch=1, file=target, extra=""))
+        code, _, err = run_main(capsys, "check", spec)
+        assert code == 1
+        assert err.strip() == f"{target}: error: not a regular file ({kind}); nnspec reads only regular files"
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
+def test_a_fifo_is_refused_rather_than_waited_on(tmp_path):
+    os.mkfifo(tmp_path / "pipe.txt")
+    spec = write(tmp_path, CHAR_LM.format(shift=1, batch=1, file="pipe.txt", extra=""))
+    result = nnspec_cli("check", spec)  # would hang forever if the FIFO were opened for reading
+    assert result.returncode == 1
+    assert "not a regular file (a FIFO)" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_gzip_bomb_is_refused_with_its_size_without_decompressing_it_whole(tmp_path):
+    (tmp_path / "zeros.txt.gz").write_bytes(gzip.compress(b"a" * 3_000_000))
+    spec = write(tmp_path, CHAR_LM.format(shift=1, batch=1, file="zeros.txt.gz", extra=""))
+    result = nnspec_cli("check", spec, env=dict(os.environ, NNSPEC_READ_LIMIT="1MB"))
+    assert result.returncode == 1
+    assert result.stderr.strip().startswith(
+        f"{tmp_path / 'zeros.txt.gz'}: error: decompressed, the file is larger than the limit of 976.6 KiB "
+        f"(it is ")
+    assert "set NNSPEC_READ_LIMIT" in result.stderr
+
+
+def test_a_plain_file_over_the_read_limit_is_refused_with_its_size(tmp_path, monkeypatch, capsys):
+    write(tmp_path, "a" * 5000, "big.txt")
+    spec = write(tmp_path, CHAR_LM.format(shift=1, batch=1, file="big.txt", extra=""))
+    monkeypatch.setenv("NNSPEC_READ_LIMIT", "4KiB")
+    code, _, err = run_main(capsys, "check", spec)
+    assert code == 1
+    assert err.strip().startswith(f"{tmp_path / 'big.txt'}: error: the file is 4.9 KiB, more than the limit "
+                                  f"of 4.0 KiB; set NNSPEC_READ_LIMIT")
+
+
+# ---- includes ------------------------------------------------------------------------------------
+
+def test_an_include_with_a_nul_byte_is_a_located_error(tmp_path, capsys):
+    spec = tmp_path / "spec.nn"
+    spec.write_bytes(b'input x[2]\ninclude "a\x00b.nn"\noutput x\n')
+    code, _, err = run_main(capsys, "check", spec)
+    assert code == 1
+    assert err.startswith(f"{spec}:2:1: error: an include names a spec file ending in .nn, not 'a\\x00b.nn'")
+
+
+@pytest.mark.parametrize("target", ["/etc/passwd", "/dev/zero", "data.csv"])
+def test_an_include_must_name_a_spec_file(tmp_path, capsys, target):
+    spec = write(tmp_path, f'include "{target}"\ninput x[2]\noutput x\n')
+    code, _, err = run_main(capsys, "check", spec)
+    assert code == 1
+    assert_located(err, spec, 1, f"an include names a spec file ending in .nn, not '{target}'", "include")
+
+
+def test_an_include_that_is_not_a_regular_file_is_a_located_error(tmp_path, capsys):
+    (tmp_path / "dir.nn").mkdir()
+    spec = write(tmp_path, 'include "dir.nn"\ninput x[2]\noutput x\n')
+    code, _, err = run_main(capsys, "check", spec)
+    assert code == 1
+    assert_located(err, spec, 1, "not a regular file (a directory)", "include")
+
+
+# ---- checkpoints ---------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def trained_xor(tmp_path_factory):
+    """A spec and the run directory of a short training of it."""
+    home = tmp_path_factory.mktemp("trained")
+    spec = write(home, XOR.format(train="train { epochs 2 }"))
+    assert main(["run", str(spec), "--runs", str(home / "runs"), "--quiet", "--json"]) == 0
+    (run_dir,) = (home / "runs").iterdir()
+    return spec, run_dir
+
+
+def _copy_run(run_dir: Path, tmp_path: Path) -> Path:
+    import shutil
+    return Path(shutil.copytree(run_dir, tmp_path / "run"))
+
+
+def _edit_meta(run: Path, **changes) -> None:
+    for part in ("best", "last"):
+        meta_file = run / part / "meta.json"
+        meta = json.loads(meta_file.read_text())
+        meta.update(changes)
+        meta_file.write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize("field, value", [("version", "2"), ("params", 5), ("epoch", "9"), ("rng_state", [1]),
+                                          ("vocabs", {"x": 5}), ("extra", [1]), ("norm_stats", {"x": "big"}),
+                                          ("step", -3)])
+def test_a_checkpoint_whose_meta_json_has_wrong_types_is_refused_saying_where(trained_xor, tmp_path, capsys,
+                                                                           field, value):
+    spec, run_dir = trained_xor
+    run = _copy_run(run_dir, tmp_path)
+    _edit_meta(run, **{field: value})
+    for args in (["evaluate", spec, "--checkpoint", run, "--split", "train"],
+                 ["run", spec, "--resume", run, "--quiet"]):
+        code, _, err = run_main(capsys, *args)
+        assert code == 1, err
+        assert err.startswith("error: ") and "meta.json is damaged: " + field in err, err
+        assert json_error(capsys, *args)["message"].startswith(f"error: {run}")
+
+
+def test_a_checkpoint_with_weights_of_the_wrong_shape_is_refused(trained_xor, tmp_path, capsys):
+    import hashlib
+
+    import safetensors.numpy as st
+    spec, run_dir = trained_xor
+    run = _copy_run(run_dir, tmp_path)
+    for part in ("best", "last"):
+        weights = st.save({"W": np.zeros((3, 2), np.float32), "b": np.zeros(1, np.float32)})
+        (run / part / "weights.safetensors").write_bytes(weights)
+        meta = json.loads((run / part / "meta.json").read_text())
+        meta["weights_sha256"] = hashlib.sha256(weights).hexdigest()
+        (run / part / "meta.json").write_text(json.dumps(meta))
+    for args in (["evaluate", spec, "--checkpoint", run, "--split", "train"],
+                 ["run", spec, "--resume", run, "--quiet"]):
+        code, _, err = run_main(capsys, *args)
+        assert code == 1
+        assert "weight 'W' has shape [3, 2], but this spec makes it [1, 2]" in err, err
