@@ -209,6 +209,16 @@ def bind_data(flat: FlatSpec, plan: Plan, diags: Diagnostics, *, dev: float = 0.
     return bound
 
 
+def bind_for_settings(flat: FlatSpec, plan: Plan, settings, diags: Diagnostics,
+                      fold: tuple[int, int] | None = None) -> BoundData:
+    """``bind_data`` with the split, seed, ``min_count``, normalisation and limit of training settings
+    (nnspec.settings.TrainSettings): the data exactly as ``nnspec run`` reads it."""
+    split = settings.split  # checked by TrainSettings: dev and test, below 100% together
+    return bind_data(flat, plan, diags, dev=split.get("dev", 0.0), test=split.get("test", 0.0),
+                     seed=settings.seed, min_count=settings.min_count, normalize=settings.normalize,
+                     fold=fold, limit=settings.limit)
+
+
 def derive_views(raw: RawData, views: dict[str, tuple]) -> None:
     """Add each view's tokens, computed from its source input's raw tokens."""
     from .data import tokenize

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from .compiler import Compiled, compile_program
-from .dataset import BoundData, bind_data
+from .dataset import BoundData, bind_for_settings
 from .errors import Diagnostics
 from .loader import Program, load_file, load_text
 from .model import Model
@@ -71,10 +71,7 @@ def open_session(path: str | Path | None = None, *, text: str | None = None, ove
     data = None
     compiled = first
     if with_data and first.flat.data is not None:
-        split = settings.split  # checked by TrainSettings: dev and test, below 100% together
-        data = bind_data(first.flat, first.plan, diags, dev=split.get("dev", 0.0), test=split.get("test", 0.0),
-                         seed=settings.seed, min_count=settings.min_count, normalize=settings.normalize,
-                         fold=fold, limit=settings.limit)
+        data = bind_for_settings(first.flat, first.plan, settings, diags, fold=fold)
     if data is not None and data.stream and first.flat.train is not None:
         for split in data.streams:  # said now rather than when training reaches that part
             data.check_stream_batch(split, settings.batch)
