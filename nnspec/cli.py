@@ -13,6 +13,7 @@ import numpy as np
 from . import __version__
 from .data import DataError
 from .errors import Diagnostics, SpecError
+from .model import FeedError
 from .runtime import RuntimeFailure
 from .train.checkpoint import CheckpointError
 from .train.loop import TrainingError
@@ -336,8 +337,19 @@ def _feeds_at(session, at: dict) -> dict:
         except (ValueError, TypeError):
             raise UsageError(f"--at {name}: {json.dumps(v)} is not a number or a rectangular list of numbers") \
                 from None
-        feeds[name] = arr[None, ...]  # a batch of one
+        feeds[name] = [arr] if known[name].seq else arr[None, ...]  # a batch of one (a list: one sequence)
     return feeds
+
+
+def _one_example(session, name: str, a):
+    """The batch of one made by _feeds_at, as that one example: (T, 1, ...) -> (T, ...), (1, ...) -> (...)."""
+    a = np.asarray(a)
+    if a.ndim == 0 or name in session.model.params:
+        return a
+    g = session.compiled.graph
+    seq = g.info(name).seq if name in g.g and "info" in g.g.nodes[name] else False
+    a = a[:, 0] if seq and a.ndim >= 2 else a[0]
+    return a[..., 0] if a.ndim >= 1 and a.shape[-1] == 1 else a
 
 
 def cmd_grad(args) -> int:
@@ -349,9 +361,9 @@ def cmd_grad(args) -> int:
         named = [n for n in session.plan.value_ids() if "#" not in n]
         raise UsageError(f"--of {args.of}: no value of that name{did_you_mean(args.of, named)}")
     value, grads = session.model.gradients(feeds, of=args.of)
-    value = _squeeze(value)[0] if np.ndim(value) else value
-    result = {"value": _to_py(value), "gradients": {k: _to_py(_squeeze(g)[0] if k in feeds else g)
-                                                    for k, g in grads.items()}}
+    target = args.of or session.plan.loss or session.plan.outputs[0]
+    result = {"value": _to_py(_one_example(session, target, value)),
+              "gradients": {k: _to_py(_one_example(session, k, g) if k in feeds else g) for k, g in grads.items()}}
     if args.json:
         _emit_json(_clean(result))
         return 0
@@ -378,9 +390,8 @@ def cmd_graph(args) -> int:
         tape = session.model.run(feeds)
         target = session.plan.loss or session.plan.outputs[0]
         g = session.model.executor.backward(tape, seeds={target: np.ones_like(tape.values[target])})
-        values = {k: _squeeze(v)[0] if k in tape.values and np.ndim(v) and k not in session.model.params
-                  else v for k, v in tape.values.items()}
-        grads = {k: _squeeze(v)[0] if np.ndim(v) and k not in session.model.params else v for k, v in g.items()}
+        values = {k: _one_example(session, k, v) for k, v in tape.values.items()}
+        grads = {k: _one_example(session, k, v) for k, v in g.items()}
     dot = to_dot(session.compiled.graph, values, grads, unroll=args.unroll or 0)
     if args.output:
         print(write_graph(dot, Path(args.output)), file=sys.stderr)
@@ -555,7 +566,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except SpecError as e:
         return _fail(as_json, e.diagnostics.render(color=sys.stderr.isatty()), e.diagnostics)
-    except (DataError, TrainingError, CheckpointError, RuntimeFailure, UsageError) as e:
+    except (DataError, TrainingError, CheckpointError, RuntimeFailure, UsageError, FeedError) as e:
         return _fail(as_json, f"error: {e}" if not isinstance(e, DataError) else str(e))
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

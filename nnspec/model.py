@@ -188,6 +188,8 @@ def _pad(v: ValueSpec, examples, dtype) -> tuple[np.ndarray, np.ndarray]:
                 or row.shape[0] == 0:
             expected = "(T_i" + "".join(f", {d}" for d in v.shape) + ")"
             raise FeedError(f"example {i} of {v.name!r} has shape {row.shape}, expected {expected} with T_i >= 1")
+        if v.integer and not np.issubdtype(row.dtype, np.integer) and not np.all(row == np.round(row)):
+            raise FeedError(f"example {i} of {v.name!r} holds ids, which are whole numbers; got {row.dtype} values")
         rows.append(row)
     lengths = np.array([len(r) for r in rows], dtype=np.int64)
     fill = (IGNORE_LABEL if v.role == "target" else PAD_ID) if v.integer else 0

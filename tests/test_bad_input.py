@@ -295,3 +295,104 @@ def test_a_checkpoint_with_weights_of_the_wrong_shape_is_refused(trained_xor, tm
         code, _, err = run_main(capsys, *args)
         assert code == 1
         assert "weight 'W' has shape [3, 2], but this spec makes it [1, 2]" in err, err
+
+
+# ---- the Python API: sizes from the data, feeds checked ------------------------------------------
+
+from nnspec import Model  # noqa: E402
+from nnspec.model import FeedError  # noqa: E402
+
+SEQ_TAGGER = TAGGER.format(delay=1)
+
+
+def test_model_from_file_reads_the_data_for_the_sizes_it_decides(tmp_path):
+    model = Model.from_file(ROOT / "specs" / "elman.nn")   # embed(w, 64): vocab(w) rows, from the treebank
+    session = open_session(ROOT / "specs" / "elman.nn")
+    assert {k: v.shape for k, v in model.params.items()} == {k: v.shape for k, v in session.model.params.items()}
+
+
+def test_model_from_text_takes_the_sizes_as_vocabs(tmp_path):
+    spec = "input w : seq of token\ntarget y : seq of class\noutput p\ne = embed(w, 4)\n" \
+           "p = softmax(V @ e)\nloss cross_entropy(p, y)\n"
+    model = Model.from_text(spec, vocabs={"w": 7, "y": 3})
+    assert model.params["e.table"].shape == (7, 4) and model.params["V"].shape == (3, 4)
+    with pytest.raises(SpecError) as e:
+        Model.from_text(spec)
+    assert "the size of 'e.table' ([vocab(w), 4]) is decided by the data; give Model.from_file(..., " \
+           "vocabs={name: size})" in str(e.value)
+    assert "<string>:4:5" in str(e.value)
+    with pytest.raises(FeedError, match="vocabs: no input or target named 'ww'; did you mean 'w'"):
+        Model.from_text(spec, vocabs={"ww": 7})
+
+
+def test_a_batch_major_sequence_is_caught_when_the_lengths_say_how_many_examples(tmp_path):
+    model = Model.from_text(SEQ_TAGGER)
+    x = np.random.default_rng(0).normal(size=(4, 3, 2))   # B=4 examples of T=3 steps: batch-major
+    y = np.zeros((4, 3), dtype=np.int64)
+    with pytest.raises(FeedError) as e:
+        model.forward({"x": x, "y": y}, lengths=[3, 3, 3, 3])
+    assert str(e.value) == ("lengths has 4 entries, but the batch holds 3 examples (axis 1 of the time-major 'x', "
+                            "shape (4, 3, 2)) (is it batch-major? arrays of sequences are time-major: (T, B, ...))")
+
+
+def test_a_batch_major_sequence_is_caught_when_a_per_example_value_fixes_the_batch():
+    model = Model.from_text("input x[2] : seq\ntarget y : class[2]\noutput p\nh[3] = tanh(W @ x + U @ h[t-1])\n"
+                            "p = softmax(V @ last(h))\nloss cross_entropy(p, y)\n")
+    x = np.zeros((4, 3, 2))  # batch-major: 4 examples of 3 steps
+    with pytest.raises(FeedError, match=r"'x' holds 3 examples but 'y' holds 4: a feed of shape \(4, 3, 2\) "
+                                        r"where \(T, B, 2\) time-major"):
+        model.forward({"y": np.zeros(4, dtype=np.int64), "x": x})
+
+
+def test_a_list_of_sequences_is_the_unambiguous_form_and_agrees_with_the_padded_array():
+    model = Model.from_text(SEQ_TAGGER, dtype=np.float64)
+    rng = np.random.default_rng(1)
+    xs = [rng.normal(size=(n, 2)) for n in (3, 1, 2)]
+    ys = [rng.integers(0, 2, size=n) for n in (3, 1, 2)]
+    loss_lists, _ = model.gradients({"x": xs, "y": ys})
+    padded_x = np.zeros((3, 3, 2))
+    padded_y = np.full((3, 3), -1)
+    for b, (x, y) in enumerate(zip(xs, ys)):
+        padded_x[:len(x), b], padded_y[:len(y), b] = x, y
+    loss_array, _ = model.gradients({"x": padded_x, "y": padded_y}, lengths=[3, 1, 2])
+    assert loss_lists == pytest.approx(loss_array, rel=1e-12)
+    batch_major = np.stack([np.pad(x, ((0, 3 - len(x)), (0, 0))) for x in xs])
+    with pytest.raises(FeedError, match=r"lengths must be between 1 and the 3 steps"):
+        model.forward({"x": batch_major}, lengths=[3, 1, 4])
+
+
+@pytest.mark.parametrize("feeds, message", [
+    ({"x": [[[0, 0], [1, 1]], [[1, 0]]]}, None),   # ragged is fine
+    ({"x": np.zeros((3, 2))}, r"input 'x': got shape \(3, 2\), expected \(T, B, 2\) time-major, or a list of B "
+                              r"sequences \(T_i, 2\) \(a batch of examples, even of one: add the batch axis\)"),
+    ({"x": np.zeros((3, 2, 5))}, r"input 'x': got shape \(3, 2, 5\), expected \(T, B, 2\)"),
+    ({"x": [np.zeros((2, 2)), np.zeros((2, 3))]}, r"example 1 of 'x' has shape \(2, 3\), expected \(T_i, 2\)"),
+    ({"x": [np.zeros((2, 2)), np.zeros((0, 2))]}, r"example 1 of 'x' has shape \(0, 2\), expected \(T_i, 2\) "
+                                                  r"with T_i >= 1"),
+    ({"x": [[[0, 0]]], "y": [[0, 1]]}, "example 0 of 'y' has 2 steps, but of 'x' 1"),
+    ({"x": [[[0, 0]]], "y": [[2]]}, r"'y' holds id 2 at \(0, 0\); its ids run from 0 to 1"),
+    ({"x": [[[0, 0]]], "y": [[0.5]]}, "example 0 of 'y' holds ids, which are whole numbers"),
+    ({"x": np.zeros((1, 1, 2)), "y": np.full((1, 1), 0.5)}, "'y' holds ids, which are whole numbers"),
+    ({"x": [["a", "b"]]}, "example 0 of 'x' holds <U1 values, not numbers"),
+    ({"z": [[[0, 0]]]}, "no input or target named 'z'; the network takes x, y"),
+    ({}, "no value for 'x': every input needs one"),
+])
+def test_feeds_that_do_not_fit_name_the_input_and_both_shapes(feeds, message):
+    model = Model.from_text(SEQ_TAGGER)
+    if message is None:
+        assert model.forward(feeds)["p"].shape == (2, 2, 2)
+        return
+    with pytest.raises(FeedError, match=message):
+        model.forward(feeds)
+
+
+def test_grad_on_the_command_line_feeds_a_sequence_as_one_example(tmp_path, capsys):
+    spec = write(tmp_path, "input x[2] : seq\noutput s\nh[3] = tanh(W @ x + U @ h[t-1])\ns = sum(h)\n")
+    code, out, _ = run_main(capsys, "grad", spec, "--at", "x=[[1, 2], [3, 4], [5, 6]]", "--json")
+    assert code == 0
+    report = json.loads(out)
+    model = open_session(spec, with_data=False, dtype="float64").model
+    value, grads = model.gradients({"x": [np.array([[1, 2], [3, 4], [5, 6]], float)]})
+    assert report["value"] == pytest.approx(value[0].tolist())   # s = sum(h) over time: one per example
+    assert np.abs(report["gradients"]["U"]).sum() > 0   # three steps, so the recurrence has a gradient
+    assert report["gradients"]["x"] == pytest.approx(grads["x"][:, 0].tolist())
