@@ -148,6 +148,15 @@ def source_call(stmt: ast.DataSource | ast.DataInline, diags: Diagnostics) -> tu
     return name, args, kwargs
 
 
+def data_files(flat: FlatSpec, diags: Diagnostics) -> list[str]:
+    """Every file the spec's data statement reads."""
+    from .data import source_files
+    if flat.data is None:
+        return []
+    name, args, kwargs = source_call(flat.data, diags)
+    return [str(p) for p in source_files(name, args, kwargs, flat.base_dir)]
+
+
 def read_statement(stmt, name: str, args: list, kwargs: dict, fields: list[FieldSpec], base_dir,
                    diags: Diagnostics) -> RawData:
     """Run the reader; a problem with its arguments is reported at the statement."""

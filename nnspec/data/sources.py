@@ -41,6 +41,17 @@ def read_source(name: str, args: list, kwargs: dict, fields: list[FieldSpec], ba
     return SOURCES[name](list(args), dict(kwargs), list(fields), Path(base_dir))
 
 
+def source_files(name: str, args: list, kwargs: dict, base_dir: Path) -> list[Path]:
+    """The files a ``data NAME(...)`` statement reads, as its reader resolves them (none for inline)."""
+    if name == "inline":
+        return []
+    if name == "lines":
+        names = [a[0] for a in args if isinstance(a, (tuple, list)) and a]
+    else:
+        names = [a for a in args if isinstance(a, str)] + [kwargs[s] for s in SPLITS if s in kwargs]
+    return [resolve(base_dir, n) for n in names if isinstance(n, (str, Path))]
+
+
 # ---------------------------------------------------------------- argument helpers
 
 def _arg_error(source: str, message: str) -> DataError:
