@@ -396,3 +396,71 @@ def test_grad_on_the_command_line_feeds_a_sequence_as_one_example(tmp_path, caps
     assert report["value"] == pytest.approx(value[0].tolist())   # s = sum(h) over time: one per example
     assert np.abs(report["gradients"]["U"]).sum() > 0   # three steps, so the recurrence has a gradient
     np.testing.assert_allclose(report["gradients"]["x"], grads["x"][:, 0], rtol=1e-9)
+
+
+# ---- memory: refused before anything is allocated -------------------------------------------------
+
+HUGE = {
+    "h[100000000]": ("input x[2] : seq\noutput h\nh[100000000] = tanh(W @ x + U @ h[t-1])\n", 3, "100000000",
+                     "param 'U' [100000000, 100000000] alone takes 36379.8 TiB"),
+    "class[100000000]": ("input x[2]\ntarget y : class[100000000]\noutput p\np = softmax(W @ x)\n"
+                         "loss cross_entropy(p, y)\ntrain { epochs 1 }\n", 2, "100000000",
+                         "'W @ x' [100000000] for a batch of 32 alone takes 23.8 GiB"),
+    "H = 100000000": ("input x[2] : seq\noutput h\nh = lstm(x, H = 100000000)\n", 3, "H = 100000000",
+                      "[100000000, 100000000] alone takes"),
+    "h[t-999999999]": (TAGGER.format(delay=999999999), 4, "h[t-999999999]",
+                       "the 999999999 past steps of 'h' [3] that a delayed read keeps"),
+}
+
+
+@pytest.mark.parametrize("case", list(HUGE))
+def test_a_network_too_large_for_memory_is_refused_at_check_where_the_size_is_written(tmp_path, capsys, case):
+    text, line, size, what = HUGE[case]
+    spec = write(tmp_path, text)
+    code, _, err = run_main(capsys, "check", spec)
+    assert code == 1
+    assert_located(err, spec, line, "this network needs at least", size)
+    assert what in err and "more than the limit of 4.0 GiB" in err
+    assert "raise the limit with --memory-limit (e.g. --memory-limit 16GiB), NNSPEC_MEMORY_LIMIT=16GiB, " \
+           "or memory_limit_mb in the train block" in err
+    assert json_error(capsys, "check", spec)["line"] == line
+
+
+def test_the_python_api_refuses_the_same_networks_before_allocating():
+    with pytest.raises(SpecError, match="this network needs at least 36379.8 TiB"):
+        Model.from_text(HUGE["h[100000000]"][0])
+
+
+def test_the_memory_limit_can_be_raised_and_lowered(tmp_path, capsys, monkeypatch):
+    text = HUGE["class[100000000]"][0].replace("100000000", "1000000")   # 4 MB of parameters
+    spec = write(tmp_path, text)
+    assert run_main(capsys, "check", spec)[0] == 0
+    code, _, err = run_main(capsys, "check", spec, "--memory-limit", "100MB")
+    assert code == 1 and "more than the limit of 95.4 MiB" in err
+    monkeypatch.setenv("NNSPEC_MEMORY_LIMIT", "100MB")
+    assert run_main(capsys, "check", spec)[0] == 1
+    assert run_main(capsys, "check", spec, "--memory-limit", "1GiB")[0] == 0    # the flag wins
+    spec_with_setting = write(tmp_path, text.replace("epochs 1", "epochs 1; memory_limit_mb 2000"), "own.nn")
+    assert run_main(capsys, "check", spec_with_setting)[0] == 0                  # the spec's own setting wins
+    with pytest.raises(SystemExit):
+        main(["check", str(spec), "--memory-limit", "lots", "--json"])
+    assert json.loads(capsys.readouterr().out)["errors"] == [
+        {"message": "nnspec check: argument --memory-limit: 'lots' is not a size; write e.g. 4GiB, 512MB or 1000000"}]
+
+
+def test_check_json_lists_every_file_the_spec_reads(tmp_path, capsys):
+    (tmp_path / "cells").mkdir()
+    write(tmp_path, "cell twice(x) -> y {\n  y = 2 * x\n}\n", "cells/twice.nn")
+    write(tmp_path, "text,label\na b,1\nc d,0\n", "train.csv")
+    write(tmp_path, "text,label\na b,1\n", "dev.csv")
+    spec = write(tmp_path, 'include "cells/twice.nn"\ninput text : bag of token\ntarget label : class\noutput p\n'
+                           'p = softmax(W @ twice(text))\nloss cross_entropy(p, label)\n'
+                           'data csv(train = "train.csv", dev = "dev.csv")\n')
+    code, out, _ = run_main(capsys, "check", spec, "--json")
+    assert code == 0
+    assert json.loads(out)["files"] == [
+        {"path": str(spec), "kind": "spec"},
+        {"path": str((tmp_path / "cells" / "twice.nn").resolve()), "kind": "include"},
+        {"path": str(tmp_path / "train.csv"), "kind": "data"},
+        {"path": str(tmp_path / "dev.csv"), "kind": "data"},
+    ]
