@@ -132,7 +132,8 @@ def read_raw(flat: FlatSpec, fields: list[FieldSpec], diags: Diagnostics) -> Raw
         raise SpecError.single("this spec has no data statement; add 'data inline { ... }' or e.g. "
                                "'data csv(\"file.csv\")'")
     name, args, kwargs = source_call(stmt, diags)
-    return read_statement(stmt, name, args, kwargs, fields, flat.base_dir, diags)
+    return read_statement(stmt, name, args, kwargs, fields, flat.base_dir, diags,
+                          decl_spans={d.name: d.span for d in flat.decls})
 
 
 def source_call(stmt: ast.DataSource | ast.DataInline, diags: Diagnostics) -> tuple[str, list, dict]:
@@ -158,7 +159,7 @@ def data_files(flat: FlatSpec, diags: Diagnostics) -> list[str]:
 
 
 def read_statement(stmt, name: str, args: list, kwargs: dict, fields: list[FieldSpec], base_dir,
-                   diags: Diagnostics) -> RawData:
+                   diags: Diagnostics, decl_spans: dict | None = None) -> RawData:
     """Run the reader; a problem with its arguments is reported at the statement."""
     from .data import SOURCES
     if name not in SOURCES:
@@ -167,6 +168,7 @@ def read_statement(stmt, name: str, args: list, kwargs: dict, fields: list[Field
                     f"{', '.join(sorted(SOURCES))})", stmt.span)
         diags.raise_if_errors()
     wanted = [f for f in fields if f.role == "input" or name != "text"]
+    check_levels(stmt, name, kwargs, wanted, diags, decl_spans or {})
     try:
         return read_source(name, args, kwargs, wanted, base_dir)
     except DataError as e:
@@ -174,6 +176,30 @@ def read_statement(stmt, name: str, args: list, kwargs: dict, fields: list[Field
             diags.error(e.message, stmt.span)
             diags.raise_if_errors()
         raise
+
+
+def check_levels(stmt, name: str, kwargs: dict, fields: list[FieldSpec], diags: Diagnostics,
+                 decl_spans: dict) -> None:
+    """A ``seq of char`` input holds characters and a ``seq of token`` input words, whatever the source:
+    a source that can only give the other is a located error, not a vocabulary of the wrong thing."""
+    text_fields = [f for f in fields if f.kind is FieldKind.tokens and f.role == "input"]
+    if name == "conllu":
+        for f in text_fields:
+            if f.level == "char":
+                diags.error(f"'{f.name} : seq of char' would hold characters, but conllu gives the words of a "
+                            f"sentence, one per step, each with its tag; declare '{f.name} : seq of token' "
+                            f"(the characters of each word, a sequence of sequences, are not supported yet)",
+                            decl_spans.get(f.name, stmt.span))
+    if name == "text" and "level" in kwargs and isinstance(stmt, ast.DataSource):
+        for f in text_fields:
+            if kwargs["level"] in ("word", "char") and kwargs["level"] != f.level:
+                declared = "seq of char" if f.level == "char" else "seq of token"
+                wanted = "seq of char" if kwargs["level"] == "char" else "seq of token"
+                kw = next((k for k in stmt.call.keywords if k.name == "level"), stmt)
+                diags.error(f"text(level = \"{kwargs['level']}\") reads {kwargs['level']}s, but '{f.name}' is "
+                            f"declared '{declared}'; declare '{f.name} : {wanted}' or drop the level "
+                            f"(it follows the input's type)", kw.span)
+    diags.raise_if_errors()
 
 
 def bind_data(flat: FlatSpec, plan: Plan, diags: Diagnostics, *, dev: float = 0.0, test: float = 0.0,

@@ -464,3 +464,50 @@ def test_check_json_lists_every_file_the_spec_reads(tmp_path, capsys):
         {"path": str(tmp_path / "train.csv"), "kind": "data"},
         {"path": str(tmp_path / "dev.csv"), "kind": "data"},
     ]
+
+
+# ---- characters and tokens -----------------------------------------------------------------------
+
+CONLLU = "1\tthe\t_\tDET\t_\t_\t0\t_\t_\t_\n2\tdog\t_\tNOUN\t_\t_\t0\t_\t_\t_\n\n"
+
+
+def test_seq_of_char_from_conllu_is_a_located_error_not_a_vocabulary_of_words(tmp_path, capsys):
+    write(tmp_path, CONLLU, "train.conllu")
+    spec = write(tmp_path, "input c : seq of char\ntarget y : seq of class\noutput p\ne = embed(c, 4)\n"
+                           "p = softmax(V @ e)\nloss cross_entropy(p, y)\ndata conllu(\"train.conllu\")\n")
+    code, _, err = run_main(capsys, "check", spec)
+    assert code == 1
+    assert_located(err, spec, 1, "'c : seq of char' would hold characters, but conllu gives the words of a "
+                                 "sentence, one per step", "input")
+    assert "declare 'c : seq of token'" in err
+
+
+def test_a_text_level_that_contradicts_the_input_type_is_a_located_error(tmp_path, capsys):
+    write(tmp_path, "to be or not to be\n", "t.txt")
+    spec = write(tmp_path, CHAR_LM.format(shift=1, batch=1, file="t.txt", extra="").replace('"char"', '"word"'))
+    code, _, err = run_main(capsys, "check", spec)
+    assert code == 1
+    assert_located(err, spec, 7, "text(level = \"word\") reads words, but 'w' is declared 'seq of char'",
+                   'level = "word"')
+
+
+@pytest.mark.parametrize("source, files", [
+    ('lines("a.txt" -> 1, "b.txt" -> 0)', {"a.txt": "the cat\n", "b.txt": "a dog\n"}),
+    ('csv("d.csv")', {"d.csv": "c,y\nthe cat,1\na dog,0\n"}),
+    ('tsv("d.tsv")', {"d.tsv": "c\ty\nthe cat\t1\na dog\t0\n"}),
+])
+def test_seq_of_char_from_text_sources_holds_characters(tmp_path, source, files):
+    for name, text in files.items():
+        write(tmp_path, text, name)
+    spec = write(tmp_path, "input c : seq of char\ntarget y : class\noutput p\ne = embed(c, 4)\n"
+                           f"p = softmax(V @ last(e))\nloss cross_entropy(p, y)\ndata {source}\n")
+    session = open_session(spec)
+    assert set(session.data.vocabs["c"].itos[2:]) == set("the cat") | set("a dog")
+
+
+def test_inline_tokens_for_a_char_input_are_a_data_error(tmp_path):
+    spec = write(tmp_path, "input c : seq of char\ntarget y : class\noutput p\ne = embed(c, 4)\n"
+                           "p = softmax(V @ last(e))\nloss cross_entropy(p, y)\n"
+                           "data inline {\n  c = [[\"the\", \"cat\"], [\"a\"]]\n  y = [1, 0]\n}\n")
+    with pytest.raises(DataError, match="field 'c' holds characters, but the data gives it the token 'the'"):
+        open_session(spec)
