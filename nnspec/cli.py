@@ -529,6 +529,20 @@ def _size(text: str) -> int:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def _count(least: int, most: int | None = None):
+    """An argparse type: a whole number from ``least`` (to ``most``)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < least or (most is not None and value > most):
+            bound = f"from {least} to {most}" if most is not None else f"at least {least}"
+            raise argparse.ArgumentTypeError(f"must be {bound}, not {value}")
+        return value
+    return parse
+
+
 def _memory_limit_flag(p) -> None:
     p.add_argument("--memory-limit", type=_size, metavar="SIZE",
                    help="refuse a network that needs more memory than this, e.g. 16GiB (default: the train "
@@ -551,8 +565,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("spec")
     r.add_argument("--set", action="append", metavar="SETTING",
                    help='override a training setting, e.g. --set epochs=5 --set "optimizer sgd(lr = 0.1)"')
-    r.add_argument("--seed", type=int)
-    r.add_argument("--folds", type=int, help="k-fold cross-validation: report mean test accuracy")
+    r.add_argument("--seed", type=_count(0))
+    r.add_argument("--folds", type=_count(2), help="k-fold cross-validation (k >= 2): report mean test accuracy")
     r.add_argument("--float64", action="store_true", help="compute in float64")
     r.add_argument("--runs", default="runs", help="where run directories go (default: runs/)")
     r.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
@@ -573,7 +587,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("graph", help="the computation graph as DOT (SVG/PNG with -o when Graphviz is installed)")
     d.add_argument("spec")
     d.add_argument("--at", nargs="+", metavar="NAME=VALUE", help="show forward values and gradients")
-    d.add_argument("--unroll", type=int, help="draw a recurrent net unrolled over N steps")
+    d.add_argument("--unroll", type=_count(1, 100), help="draw a recurrent net unrolled over N steps (at most 100)")
     d.add_argument("-o", "--output", help="write to a .dot, .svg or .png file")
     _memory_limit_flag(d)
     d.set_defaults(func=cmd_graph)

@@ -37,11 +37,30 @@ def add_model_commands(sub) -> None:
     s.add_argument("spec")
     s.add_argument("--checkpoint", required=True)
     s.add_argument("--prompt", default="\n")
-    s.add_argument("--length", type=int, default=300)
-    s.add_argument("--temperature", type=float, default=1.0)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--length", type=_whole, default=300)
+    s.add_argument("--temperature", type=_positive, default=1.0)
+    s.add_argument("--seed", type=_whole, default=0)
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_sample)
+
+
+def _whole(text: str) -> int:
+    import argparse
+    if not re.fullmatch(r"\s*\d+\s*", text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number (0 or more)")
+    return int(text)
+
+
+def _positive(text: str) -> float:
+    import argparse
+    import math
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number")
+    return value
 
 
 def checkpoint_dir(path: str) -> Path:
@@ -87,7 +106,24 @@ def open_trained(spec: str, checkpoint: str, with_data: bool = False):
 
 
 def _read_lines(path: str) -> list[str]:
-    text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+    """The non-blank lines of --input: a regular file or standard input, within the read limit."""
+    from .data import DataError
+    from .limits import READ_LIMIT_VARIABLE, ReadRefused, read_limit, read_regular_file
+    limit = read_limit()
+    try:
+        if path == "-":
+            data = sys.stdin.buffer.read(limit + 1)
+            if len(data) > limit:
+                raise ReadRefused(f"more than the limit of {limit:,} bytes; set {READ_LIMIT_VARIABLE} to read more")
+        else:
+            data = read_regular_file(Path(path), limit, f"set {READ_LIMIT_VARIABLE} to read larger files")
+        text = data.decode("utf-8")
+    except FileNotFoundError:
+        raise DataError("no such file", path) from None
+    except ReadRefused as e:
+        raise DataError(str(e), path) from None
+    except (OSError, ValueError) as e:  # UnicodeDecodeError is a ValueError
+        raise DataError(f"cannot read the input: {getattr(e, 'strerror', None) or e}", path) from None
     return [line for line in text.splitlines() if line.strip()]
 
 

@@ -27,7 +27,7 @@ class TrainSettings(BaseModel):
     lr: float | None = Field(None, gt=0)  # shorthand that overrides the optimizer's lr
     batch: int = Field(32, ge=1)
     epochs: int = Field(10, ge=1)
-    seed: int = 0
+    seed: int = Field(0, ge=0)          # NumPy seeds are non-negative
     split: dict[str, float] = {}         # dev / test fractions of the data
     dropout: dict[str, float] = {}       # value -> drop probability (training only)
     init: str | None = None              # default initialiser for weight matrices

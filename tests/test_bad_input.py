@@ -511,3 +511,49 @@ def test_inline_tokens_for_a_char_input_are_a_data_error(tmp_path):
                            "data inline {\n  c = [[\"the\", \"cat\"], [\"a\"]]\n  y = [1, 0]\n}\n")
     with pytest.raises(DataError, match="field 'c' holds characters, but the data gives it the token 'the'"):
         open_session(spec)
+
+
+# ---- command-line arguments ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("args, message", [
+    (["run", "{spec}", "--folds", "1"], "argument --folds: must be at least 2, not 1"),
+    (["run", "{spec}", "--seed", "-1"], "argument --seed: must be at least 0, not -1"),
+    (["graph", "{spec}", "--unroll", "1000000"], "argument --unroll: must be from 1 to 100, not 1000000"),
+    (["check", "{spec}", "--memory-limit=-4GiB"], "argument --memory-limit: '-4GiB' is not a size"),
+])
+def test_arguments_out_of_range_are_usage_errors(tmp_path, capsys, args, message):
+    spec = write(tmp_path, XOR.format(train="train { epochs 1 }"))
+    with pytest.raises(SystemExit) as e:
+        main([a.format(spec=spec) for a in args])
+    assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_a_negative_seed_in_the_train_block_is_a_located_error(tmp_path, capsys):
+    spec = write(tmp_path, XOR.format(train="train { seed -1 }"))
+    code, _, err = run_main(capsys, "check", spec)
+    assert code == 1
+    assert_located(err, spec, 6, "training setting 'seed': input should be greater than or equal to 0", "seed")
+
+
+@pytest.fixture(scope="module")
+def trained_classifier(tmp_path_factory):
+    home = tmp_path_factory.mktemp("classifier")
+    write(home, "a good film\na fine film\n", "pos.txt")
+    write(home, "a bad film\na dull film\n", "neg.txt")
+    spec = write(home, 'input d : bag of token\ntarget y : class[2]\noutput p\np = softmax(W @ d + b)\n'
+                       'loss cross_entropy(p, y)\ntrain { epochs 1; batch 2 }\n'
+                       'data lines("pos.txt" -> 1, "neg.txt" -> 0)\n')
+    assert main(["run", str(spec), "--runs", str(home / "runs"), "--quiet", "--json"]) == 0
+    (run_dir,) = (home / "runs").iterdir()
+    return spec, run_dir
+
+
+def test_predict_reads_only_a_regular_file_and_standard_input(trained_classifier, capsys):
+    spec, run_dir = trained_classifier
+    code, _, err = run_main(capsys, "predict", spec, "--checkpoint", run_dir, "--input", "/dev/zero")
+    assert code == 1
+    assert err.strip() == "/dev/zero: error: not a regular file (a character device); nnspec reads only regular files"
+    result = subprocess.run([sys.executable, "-m", "nnspec.cli", "predict", str(spec), "--checkpoint", str(run_dir),
+                             "--json"], input="a good film\n", capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "a good film" in result.stdout
