@@ -211,6 +211,23 @@ def test_a_plain_file_over_the_read_limit_is_refused_with_its_size(tmp_path, mon
                                   f"of 4.0 KiB; set NNSPEC_READ_LIMIT")
 
 
+def test_an_npz_array_declaring_more_than_the_read_limit_is_refused_before_numpy_allocates_it(tmp_path, capsys):
+    import io
+    import zipfile
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f8", "fortran_order": False, "shape": (10**12, 3)})
+    with zipfile.ZipFile(tmp_path / "bomb.npz", "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("x.npy", header.getvalue() + bytes(1000))   # 1 KB of a declared 24 TB
+        labels = io.BytesIO()
+        np.save(labels, np.zeros((2, 1)))
+        z.writestr("y.npy", labels.getvalue())
+    spec = write(tmp_path, 'input x[3]\ntarget y[1]\noutput p\np = W @ x\nloss mse(p, y)\ndata npz("bomb.npz")\n')
+    code, _, err = run_main(capsys, "check", spec)
+    assert code == 1
+    assert err.strip() == (f"{tmp_path / 'bomb.npz'}: error: array 'x' (1000000000000, 3) of float64 holds 21.8 TiB, "
+                           f"more than the limit of 2.0 GiB; set NNSPEC_READ_LIMIT to read larger arrays")
+
+
 # ---- includes ------------------------------------------------------------------------------------
 
 def test_an_include_with_a_nul_byte_is_a_located_error(tmp_path, capsys):

@@ -19,6 +19,7 @@ import numpy as np
 
 from .errors import DataError
 from .fields import FieldKind, FieldSpec, TEXT_KINDS
+from ..limits import READ_LIMIT_VARIABLE, format_size, read_limit
 from .files import read_bytes, read_lines, read_text, resolve
 from .raw import SPLITS, RawData
 
@@ -300,6 +301,7 @@ def _read_npz_file(path: Path, fields: list[FieldSpec], mapping: dict) -> tuple[
             if key not in archive.files:
                 raise DataError(f"no array '{key}' for field {f.describe()}; the file has "
                                 f"{', '.join(archive.files) or 'no arrays'}", file)
+            _check_npy_size(archive, key, file)
             try:
                 array = archive[key]
             except ValueError as e:  # object arrays need pickle, which is refused
@@ -320,6 +322,24 @@ def _read_npz_file(path: Path, fields: list[FieldSpec], mapping: dict) -> tuple[
         if f.kind is FieldKind.class_:
             columns[f.name] = [_label(v, o) for v, o in zip(columns[f.name], origins)]
     return columns, origins
+
+
+def _check_npy_size(archive, key: str, file: str) -> None:
+    """Refuse an array whose header declares more bytes than the read limit, before NumPy allocates them
+    (a small compressed archive can declare, and decompress to, any size)."""
+    fmt = np.lib.format
+    try:
+        with archive.zip.open(f"{key}.npy") as f:
+            version = fmt.read_magic(f)
+            reader = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+            shape, _, dtype = reader(f)
+    except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+        raise DataError(f"array '{key}' is not a valid .npy entry: {e}", file) from None
+    size = math.prod(shape) * dtype.itemsize
+    limit = read_limit()
+    if size > limit:
+        raise DataError(f"array '{key}' {tuple(shape)} of {dtype} holds {format_size(size)}, more than the "
+                        f"limit of {format_size(limit)}; set {READ_LIMIT_VARIABLE} to read larger arrays", file)
 
 
 @_source("npz")
