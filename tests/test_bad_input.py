@@ -574,3 +574,27 @@ def test_predict_reads_only_a_regular_file_and_standard_input(trained_classifier
                              "--json"], input="a good film\n", capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "a good film" in result.stdout
+
+
+# ---- end to end: what a user's terminal shows ----------------------------------------------------
+
+END_TO_END = {
+    "split": (XOR.format(train="train { split dev = 60%, test = 50% }"), ["run", "--no-save"]),
+    "no loss": (XOR.format(train="train { }").replace("loss bce(p, y)\n", "").replace("target y[1]\n", "")
+                .replace("  y = [[0], [1], [1], [0]]\n", ""), ["run", "--no-save"]),
+    "delay": (TAGGER.format(delay="9999999999999999999"), ["check"]),
+    "memory": (HUGE["class[100000000]"][0], ["check"]),
+}
+
+
+@pytest.mark.parametrize("case, as_json", [("split", True), ("no loss", False), ("delay", True), ("memory", False)])
+def test_no_traceback_reaches_the_terminal(tmp_path, case, as_json):
+    text, (command, *flags) = END_TO_END[case]
+    spec = write(tmp_path, text)
+    result = nnspec_cli(command, spec, *flags, *(["--json"] if as_json else []))
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr + result.stdout
+    if as_json:
+        assert json.loads(result.stdout)["errors"][0]["file"] == str(spec)
+    else:
+        assert result.stderr.startswith(f"{spec}:")
