@@ -335,26 +335,48 @@ def _feeds_at(session, at: dict) -> dict:
     missing = [n for n in known if n not in at]
     if missing:
         raise UsageError(f"--at needs a value for {', '.join(missing)}")
-    feeds = {}
+    feeds, steps = {}, {}
     for name, v in at.items():
+        spec = known[name]
         try:
             arr = np.asarray(v, dtype=np.float64)
         except (ValueError, TypeError):
             raise UsageError(f"--at {name}: {json.dumps(v)} is not a number or a rectangular list of numbers") \
                 from None
-        feeds[name] = [arr] if known[name].seq else arr[None, ...]  # a batch of one (a list: one sequence)
+        want = ["?" if not isinstance(d, int) else d for d in spec.shape]
+        got = list(arr.shape[1:] if spec.seq else arr.shape)
+        if (spec.seq and arr.ndim == 0) or len(got) != len(want) or any(
+                w != "?" and w != g for w, g in zip(want, got)):
+            each = "a number" if not want else f"a list of {want[0]} numbers" if len(want) == 1 else f"shape {want}"
+            how = (f"a sequence: a list of its steps, each {each}" if spec.seq else each)
+            raise UsageError(f"--at {name}: expected {how}; got {json.dumps(v)}")
+        if spec.seq:
+            if len(arr) == 0:
+                raise UsageError(f"--at {name}: a sequence needs at least one step")
+            steps[name] = len(arr)
+            feeds[name] = arr[:, None, ...]   # time-major, a batch of one
+        else:
+            feeds[name] = arr[None, ...]      # a batch of one
+    if len(set(steps.values())) > 1:
+        listed = ", ".join(f"{n} has {k}" for n, k in steps.items())
+        raise UsageError(f"--at: the sequences of one example have the same number of steps; {listed}")
     return feeds
 
 
-def _one_example(session, name: str, a):
-    """The batch of one made by _feeds_at, as that one example: (T, 1, ...) -> (T, ...), (1, ...) -> (...)."""
-    a = np.asarray(a)
-    if a.ndim == 0 or name in session.model.params:
+def _one_example(a, seq: bool):
+    """A batch-of-one array as the example's value: its steps for a sequence (without the batch axis)."""
+    a = _squeeze(a)
+    if np.ndim(a) == 0:          # a loss: one number
         return a
-    g = session.compiled.graph
-    seq = g.info(name).seq if name in g.g and "info" in g.g.nodes[name] else False
-    a = a[:, 0] if seq and a.ndim >= 2 else a[0]
-    return a[..., 0] if a.ndim >= 1 and a.shape[-1] == 1 else a
+    return a[:, 0] if seq else a[0]
+
+
+def _sequences(session) -> set[str]:
+    from .plan import LoopStep
+    seq = {v.name for v in session.plan.inputs + session.plan.targets if v.seq}
+    for s in session.plan.steps:
+        seq |= {b.id for b in (s.body if isinstance(s, LoopStep) else [s]) if b.seq}
+    return seq
 
 
 def cmd_grad(args) -> int:
@@ -366,13 +388,14 @@ def cmd_grad(args) -> int:
         named = [n for n in session.plan.value_ids() if "#" not in n]
         raise UsageError(f"--of {args.of}: no value of that name{did_you_mean(args.of, named)}")
     value, grads = session.model.gradients(feeds, of=args.of)
-    target = args.of or session.plan.loss or session.plan.outputs[0]
-    result = {"value": _to_py(_one_example(session, target, value)),
-              "gradients": {k: _to_py(_one_example(session, k, g) if k in feeds else g) for k, g in grads.items()}}
+    seq = _sequences(session)
+    name = args.of or session.plan.loss or session.plan.outputs[0]
+    value = _one_example(value, name in seq)
+    result = {"value": _to_py(value), "gradients": {k: _to_py(_one_example(g, k in seq) if k in feeds else g)
+                                                    for k, g in grads.items()}}
     if args.json:
         _emit_json(_clean(result))
         return 0
-    name = args.of or session.plan.loss or session.plan.outputs[0]
     con = _console()
     con.print(f"{name} = {_show(result['value'])}")
     for k, g in result["gradients"].items():
@@ -396,8 +419,9 @@ def cmd_graph(args) -> int:
         tape = session.model.run(feeds)
         target = session.plan.loss or session.plan.outputs[0]
         g = session.model.executor.backward(tape, seeds={target: np.ones_like(tape.values[target])})
-        values = {k: _one_example(session, k, v) for k, v in tape.values.items()}
-        grads = {k: _one_example(session, k, v) for k, v in g.items()}
+        seq, static = _sequences(session), set(session.model.params) | set(session.plan.consts)
+        values = {k: v if k in static else _one_example(v, k in seq) for k, v in tape.values.items()}
+        grads = {k: v if k in static else _one_example(v, k in seq) for k, v in g.items()}
     dot = to_dot(session.compiled.graph, values, grads, unroll=args.unroll or 0)
     if args.output:
         print(write_graph(dot, Path(args.output)), file=sys.stderr)

@@ -13,7 +13,7 @@ from pathlib import Path
 from .errors import Diagnostics, SpecError
 from .expand import FlatSpec, expand
 from .gcpause import gc_paused
-from .graph import Graph, NodeInfo, build_graph, closure
+from .graph import Graph, NodeInfo, build_graph, closure, user_name
 from .loader import Program, load_file, load_text
 from .optimize import optimize_plan
 from .plan import Plan, build_plan
@@ -79,6 +79,8 @@ def _compile(program: Program, diags: Diagnostics, bindings: dict[str, int] | No
     check_ends(graph, diags)
     infer_shapes(graph, order, diags, bindings)
     diags.raise_if_errors()
+    check_losses(graph, diags)
+    diags.raise_if_errors()
     check_memory(graph, diags, memory or MemoryBudget.default())
     diags.raise_if_errors()
     clock = _lap(timings, "validate", clock)
@@ -133,6 +135,29 @@ def check_ends(graph: Graph, diags: Diagnostics) -> None:
             diags.error(f"parameter '{info.id}' is never used", info.span)
         else:
             diags.error(f"'{info.id}' is computed but never used: it reaches no output and no loss", info.span)
+
+
+def check_losses(graph: Graph, diags: Diagnostics) -> None:
+    """A loss is one number for the whole batch: loss functions (the mean over the examples and
+    their real steps), arithmetic on them with numbers and parameters, and terms of parameters
+    alone (a regulariser). An output has a value per example, so it cannot be such a number."""
+    for node in graph.losses:
+        info = graph.info(node)
+        of_parameters = not any(graph.info(a).kind in ("input", "target")
+                                for a in closure([node], graph.g.predecessors))   # a regulariser
+        if not (info.whole_batch or of_parameters):
+            what = user_name(info, diags.sources)
+            diags.error(f"a loss must be one number for the whole batch, but {what} has a value for each example"
+                        f"{' and each step' if info.seq else ''}; compare a prediction with a target with a loss "
+                        f"function, e.g. 'loss mse(pred, y)' or 'loss cross_entropy(p, y)'", info.span)
+        elif tuple(info.shape or ()) != ():
+            diags.error(f"a loss must be one number, but {user_name(info, diags.sources)} has size "
+                        f"{list(info.shape)}", info.span)
+    for name in graph.outputs:
+        info = graph.info(name)
+        if info.whole_batch:
+            diags.error(f"output '{name}' is a loss, one number for the whole batch; an output has a value for "
+                        f"each example (write 'loss {name}' to train on it)", info.span)
 
 
 def insert_dropout(graph: Graph, rates: dict[str, float], diags: Diagnostics) -> None:

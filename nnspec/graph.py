@@ -63,6 +63,7 @@ class NodeInfo:
     seq: bool = False
     integer: bool = False
     card: Any = None                   # number of distinct ids / classes of an integer value
+    whole_batch: bool = False          # one value for the whole batch (a loss, arithmetic on losses)
     component: int | None = None       # recurrent component index
 
     @property

@@ -30,8 +30,15 @@ def _fmt(a: np.ndarray) -> str:
     if a.size == 1:
         return f"{float(a.ravel()[0]):.4g}"
     if a.size <= 6:
-        return "[" + ", ".join(f"{float(v):.3g}" for v in a.ravel()) + "]"
+        return _nested(a)
     return f"{a.shape} array"
+
+
+def _nested(a: np.ndarray) -> str:
+    """A small array as nested lists: a sequence's steps stay apart."""
+    if a.ndim == 0:
+        return f"{float(a):.3g}"
+    return "[" + ", ".join(_nested(x) for x in a) + "]"
 
 
 def _quote(s: str) -> str:

@@ -214,6 +214,7 @@ class ShapeInference:
         self._downstream_of_failed: set[str] = set()  # every node some failed node leads to
         self._expanded: set[str] = set()              # nodes whose successors are all in it
         self._failed_unexpanded: list[str] = []
+        self._state_of = {init: state for state, init in graph.initials.items()}  # computed initial -> state
 
     def sym(self, name: str):
         return self.bindings.get(name, Sym(name))
@@ -380,6 +381,7 @@ class ShapeInference:
                                   f"{show(self.solver.resolve(shape))}")
                 self._fail(n)
                 return True
+        shape = self._as_initial_state(n, shape)
         if info.shape is not None:  # provisional shape from a delayed read: check it now
             try:
                 shape = unify_dims(shape, info.shape, self.solver, f"'{n}'")
@@ -391,6 +393,19 @@ class ShapeInference:
         info.shape = tuple(shape)
         self.done.add(n)
         return True
+
+    def _as_initial_state(self, n: str, shape: tuple) -> tuple:
+        """A computed initial state (``initial h = tanh(Q @ z)``) of a vector has the state's declared
+        size, which may decide its unknown sizes (Q's rows). A mismatch is left to
+        ``check_initial_states``, which names both."""
+        state = self._state_of.get(n)
+        decl = self.declared(self._info[state]) if state is not None else None
+        if decl is None or len(decl) != len(shape) or len(shape) == 0:
+            return shape
+        try:
+            return unify_dims(shape, decl, self.solver, f"the initial state of '{state}'")
+        except ShapeError:
+            return shape
 
     def after_failure(self, n: str) -> bool:
         """A value downstream of one already reported, or a parameter reported as unused: its own
@@ -495,14 +510,22 @@ class ShapeInference:
             info = self._info[n]
             src = self._unshaped_op_operand(info) if n in self._waiting else None
             if src is not None:
-                known = [k for k, _ in info.inputs if self._info[k].shape is not None]
-                if info.op in ("add", "sub", "mul", "div") and known:
-                    self._info[src].shape = self._info[known[0]].shape
-                else:
-                    self._info[src].shape = (self.solver.fresh(f"size of {src}"),)
+                self._info[src].shape = self._provisional_shape(info, src)
                 return src
             self._next_unstickable += 1  # nodes only gain shapes and only leave waiting: never a pick again
         return None
+
+    def _provisional_shape(self, reader: NodeInfo, src: str) -> tuple:
+        """The shape ``src`` is taken to have until its own equation is inferred (which checks it):
+        beside a value of known shape in ``+ - * /``, that shape — but not a scalar's, which says
+        nothing (``2 * h[t-1]`` scales a vector as well as a number); else one dimension of unknown
+        size, which the declaration or the equation of ``src`` then decides."""
+        if reader.op in ("add", "sub", "mul", "div"):
+            for k, _ in reader.inputs:
+                shape = self._info[k].shape
+                if k != src and shape is not None and len(shape) > 0:
+                    return shape
+        return (self.solver.fresh(f"size of {src}"),)
 
     def _unshaped_op_operand(self, info: NodeInfo) -> str | None:
         return next((src for src, _ in info.inputs if self._info[src].shape is None and self._info[src].kind == "op"),

@@ -79,6 +79,7 @@ def evaluate(model: Model, data: BoundData, split: str, settings: TrainSettings,
     total, weight = 0.0, 0.0
     correct = {h.loss: 0 for h in heads}
     counted = {h.loss: 0 for h in heads}
+    head_loss = {h.loss: 0.0 for h in heads}   # each head's own loss, summed over its targets
     preds: dict[str, list] = {h.loss: [] for h in heads}
     carry = None
     for batch in data.batches(split, settings.batch, bptt=settings.bptt, ahead=lookahead_depth(model.plan),
@@ -103,6 +104,7 @@ def evaluate(model: Model, data: BoundData, split: str, settings: TrainSettings,
                 valid = valid & (tape.mask.reshape(tape.mask.shape + (1,) * (valid.ndim - 2)) > 0)
             correct[h.loss] += int(((guess == gold) & valid).sum())
             counted[h.loss] += int(valid.sum())
+            head_loss[h.loss] += float(tape.values[h.loss]) * int(valid.sum())
             if keep_predictions:
                 preds[h.loss].append((guess[valid].ravel(), gold[valid].ravel()))
         del tape  # lets the next batch reuse the loops' buffers
@@ -111,8 +113,9 @@ def evaluate(model: Model, data: BoundData, split: str, settings: TrainSettings,
     for h in heads:
         key = "accuracy" if len(heads) == 1 else f"accuracy.{h.loss}"
         metrics[key] = correct[h.loss] / counted[h.loss] if counted[h.loss] else float("nan")
-        if h.tokens:
-            metrics["perplexity"] = math.exp(min(loss, 700.0))
+        if h.tokens:  # of this head's own loss: the spec's loss may weigh it or add others to it
+            mean = head_loss[h.loss] / counted[h.loss] if counted[h.loss] else float("nan")
+            metrics["perplexity"] = math.exp(min(mean, 700.0))
     result = EvalResult(loss, metrics)
     if keep_predictions:
         result.predictions = {k: (np.concatenate([a for a, _ in v]) if v else np.zeros(0, int),
