@@ -323,8 +323,15 @@ SEQ_TAGGER = TAGGER.format(delay=1)
 
 
 def test_model_from_file_reads_the_data_for_the_sizes_it_decides(tmp_path):
-    model = Model.from_file(ROOT / "specs" / "elman.nn")   # embed(w, 64): vocab(w) rows, from the treebank
-    session = open_session(ROOT / "specs" / "elman.nn")
+    write(tmp_path, "1\tthe\t_\tDET\t_\t_\t0\t_\t_\t_\n2\tdog\t_\tNOUN\t_\t_\t0\t_\t_\t_\n\n"
+                    "1\ta\t_\tDET\t_\t_\t0\t_\t_\t_\n2\tcat\t_\tNOUN\t_\t_\t0\t_\t_\t_\n3\truns\t_\tVERB\t_\t_\t0\t_\t_\t_\n\n",
+          "t.conllu")
+    spec = write(tmp_path, "input w : seq of token\ntarget y : seq of class\noutput p\ne = embed(w, 4)\n"
+                           "p = softmax(V @ e)\nloss cross_entropy(p, y)\ntrain { min_count 1 }\n"
+                           'data conllu("t.conllu")\n')
+    model = Model.from_file(spec)   # embed(w, 4): vocab(w) rows; V: classes(y) rows, as nnspec run reads them
+    assert model.params["e.table"].shape == (2 + 5, 4) and model.params["V"].shape == (3, 4)
+    session = open_session(spec)
     assert {k: v.shape for k, v in model.params.items()} == {k: v.shape for k, v in session.model.params.items()}
 
 
