@@ -69,10 +69,11 @@ PAD_ID, IGNORE_LABEL = 0, -1  # the padding of token inputs and of target labels
 
 
 def _layout(v: ValueSpec) -> str:
-    dims = ", ".join(str(d) for d in v.shape)
+    """The shape a feed of ``v`` takes, as a message says it: ``(T, B, 2) time-major, or ...``."""
+    dims = "".join(f", {d}" for d in v.shape)
     if v.seq:
-        return f"(T, B{', ' + dims if dims else ''}) time-major, or a list of B sequences ({'T_i' + (', ' + dims if dims else '')})"
-    return f"(B{', ' + dims if dims else ''})"
+        return f"(T, B{dims}) time-major, or a list of B sequences (T_i{dims})"
+    return f"(B{dims})"
 
 
 def prepare_feeds(plan: Plan, feeds: dict, lengths=None, *, dtype=np.float32,

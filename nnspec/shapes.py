@@ -729,5 +729,5 @@ def _find_number(node, value: int):
     return None
 
 
-__all__ = ["DEFAULT_MEMORY_LIMIT", "MemoryBudget", "check_memory", "default_memory_limit", "infer_shapes", "memory_costs", "Sym", "show",
-           "show_shape"]
+__all__ = ["DEFAULT_MEMORY_LIMIT", "MemoryBudget", "check_memory", "default_memory_limit", "infer_shapes",
+           "memory_costs", "Sym", "show", "show_shape"]

@@ -323,9 +323,12 @@ SEQ_TAGGER = TAGGER.format(delay=1)
 
 
 def test_model_from_file_reads_the_data_for_the_sizes_it_decides(tmp_path):
-    write(tmp_path, "1\tthe\t_\tDET\t_\t_\t0\t_\t_\t_\n2\tdog\t_\tNOUN\t_\t_\t0\t_\t_\t_\n\n"
-                    "1\ta\t_\tDET\t_\t_\t0\t_\t_\t_\n2\tcat\t_\tNOUN\t_\t_\t0\t_\t_\t_\n3\truns\t_\tVERB\t_\t_\t0\t_\t_\t_\n\n",
-          "t.conllu")
+    rows = [("the", "DET"), ("dog", "NOUN"), None, ("a", "DET"), ("cat", "NOUN"), ("runs", "VERB"), None]
+    lines, number = [], 0
+    for row in rows:
+        number = 0 if row is None else number + 1
+        lines.append("" if row is None else f"{number}\t{row[0]}\t_\t{row[1]}\t_\t_\t0\t_\t_\t_")
+    write(tmp_path, "\n".join(lines) + "\n", "t.conllu")
     spec = write(tmp_path, "input w : seq of token\ntarget y : seq of class\noutput p\ne = embed(w, 4)\n"
                            "p = softmax(V @ e)\nloss cross_entropy(p, y)\ntrain { min_count 1 }\n"
                            'data conllu("t.conllu")\n')
