@@ -13,6 +13,7 @@ import numpy as np
 from . import __version__
 from .data import DataError
 from .errors import Diagnostics, SpecError
+from .model import FeedError
 from .runtime import RuntimeFailure
 from .train.checkpoint import CheckpointError
 from .train.loop import CHECKPOINT_SECONDS, TrainingError, TrainingInterrupted
@@ -69,7 +70,7 @@ def _squeeze(a: np.ndarray):
 
 def cmd_check(args) -> int:
     from .session import open_session
-    session = open_session(args.spec, with_data=not args.no_data)
+    session = open_session(args.spec, with_data=not args.no_data, memory_limit=args.memory_limit)
     c = session.compiled
     loops = [{"values": [n for n in comp.nodes if c.graph.info(n).named],
               "direction": "forward" if comp.direction > 0 else "backward"} for comp in c.components]
@@ -77,8 +78,13 @@ def cmd_check(args) -> int:
     counts = {p.name: _param_size(p.shape) for p in c.plan.params}
     total = _total_size(counts.values())
     if args.json:
+        from .dataset import data_files
+        program = c.program
+        files = ([{"path": program.files[0], "kind": "spec"}] if program.files else []) \
+            + [{"path": f, "kind": "include"} for f in program.files[1:]] \
+            + [{"path": f, "kind": "data"} for f in data_files(c.flat, c.diags)]
         _emit_json(_clean({"ok": True, "kind": c.kind, "errors": [], "warnings": warnings,
-                           "parameters": total, "loops": loops,
+                           "parameters": total, "loops": loops, "files": files,
                            "values": {n.id: {"shape": [str(d) for d in n.shape or ()], "sequence": n.seq}
                                       for n in c.graph.nodes() if n.named}}))
         return 0
@@ -128,7 +134,7 @@ def cmd_run(args) -> int:
     if args.folds:
         return _cross_validate(args)
     session = open_session(args.spec, overrides=args.set or [], seed=args.seed,
-                           dtype="float64" if args.float64 else None)
+                           dtype="float64" if args.float64 else None, memory_limit=args.memory_limit)
     if session.compiled.flat.train is None and not args.set:
         return _run_forward(session, args)
     report = _train(session, args)
@@ -143,6 +149,8 @@ def _train(session, args, run_path: Path | None = None) -> dict:
     from .train.rundir import RunDir
     if session.data is None:
         raise UsageError("training needs data: add a data statement to the spec")
+    if session.plan.loss is None:
+        raise UsageError("training needs a loss to minimise: add one to the spec, e.g. 'loss cross_entropy(p, y)'")
     run_dir = None
     if not args.no_save:
         path = Path(args.resume) if args.resume else run_path
@@ -374,7 +382,7 @@ def cross_validate(args) -> dict:
     reports = []
     for fold in range(k):
         session = open_session(args.spec, overrides=args.set or [], fold=(k, fold), seed=args.seed,
-                               dtype="float64" if args.float64 else None)
+                               dtype="float64" if args.float64 else None, memory_limit=args.memory_limit)
         if parent is None and not args.no_save:
             parent = RunDir(spec_name=f"{session.compiled.name}-{k}fold", root=args.runs)
             parent.write_spec(_spec_text(session))
@@ -499,7 +507,7 @@ def _sequences(session) -> set[str]:
 
 def cmd_grad(args) -> int:
     from .session import open_session
-    session = open_session(args.spec, with_data=False, dtype="float64")
+    session = open_session(args.spec, with_data=False, dtype="float64", memory_limit=args.memory_limit)
     feeds = _feeds_at(session, _parse_at(args.at or []))
     if args.of is not None and args.of not in set(session.plan.value_ids()) | {v.name for v in session.plan.inputs}:
         from .errors import did_you_mean
@@ -529,7 +537,8 @@ def _to_py(x):
 def cmd_graph(args) -> int:
     from .render import to_dot, write_graph
     from .session import open_session
-    session = open_session(args.spec, with_data=not args.at, dtype="float64" if args.at else None)
+    session = open_session(args.spec, with_data=not args.at, dtype="float64" if args.at else None,
+                           memory_limit=args.memory_limit)
     values = grads = None
     if args.at:
         feeds = _feeds_at(session, _parse_at(args.at))
@@ -550,7 +559,7 @@ def cmd_graph(args) -> int:
 def cmd_expand(args) -> int:
     from .expand import format_flat
     from .session import open_session
-    session = open_session(args.spec, with_data=False)
+    session = open_session(args.spec, with_data=False, memory_limit=args.memory_limit)
     if args.plan:
         if args.json:
             print(session.plan.model_dump_json(indent=2))
@@ -684,8 +693,47 @@ def cmd_ops(args) -> int:
 
 # ---- entry point -------------------------------------------------------------------
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, except that a usage mistake under --json is reported as JSON too."""
+    json_errors = False
+
+    def error(self, message: str):
+        if _Parser.json_errors:
+            _emit_json({"ok": False, "errors": [{"message": f"{self.prog}: {message}"}]})
+            sys.exit(2)
+        super().error(message)
+
+
+def _size(text: str) -> int:
+    from .limits import parse_size
+    try:
+        return parse_size(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _count(least: int, most: int | None = None):
+    """An argparse type: a whole number from ``least`` (to ``most``)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < least or (most is not None and value > most):
+            bound = f"from {least} to {most}" if most is not None else f"at least {least}"
+            raise argparse.ArgumentTypeError(f"must be {bound}, not {value}")
+        return value
+    return parse
+
+
+def _memory_limit_flag(p) -> None:
+    p.add_argument("--memory-limit", type=_size, metavar="SIZE",
+                   help="refuse a network that needs more memory than this, e.g. 16GiB (default: the train "
+                        "block's memory_limit_mb, else NNSPEC_MEMORY_LIMIT, else 4GiB)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="nnspec", description="Compile, check and run neural-network specs.")
+    p = _Parser(prog="nnspec", description="Compile, check and run neural-network specs.")
     p.add_argument("--version", action="version", version=f"nnspec {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -693,14 +741,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("spec")
     c.add_argument("--json", action="store_true")
     c.add_argument("--no-data", action="store_true", help="do not read the data (sizes it decides stay symbolic)")
+    _memory_limit_flag(c)
     c.set_defaults(func=cmd_check)
 
     r = sub.add_parser("run", help="train the spec if it has a train block, else run it forward on its data")
     r.add_argument("spec")
     r.add_argument("--set", action="append", metavar="SETTING",
                    help='override a training setting, e.g. --set epochs=5 --set "optimizer sgd(lr = 0.1)"')
-    r.add_argument("--seed", type=int)
-    r.add_argument("--folds", type=int, help="k-fold cross-validation: report mean test accuracy")
+    r.add_argument("--seed", type=_count(0))
+    r.add_argument("--folds", type=_count(2), help="k-fold cross-validation (k >= 2): report mean test accuracy")
     r.add_argument("--float64", action="store_true", help="compute in float64")
     r.add_argument("--runs", default="runs", help="where run directories go (default: runs/)")
     r.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
@@ -710,6 +759,7 @@ def build_parser() -> argparse.ArgumentParser:
                         f"(and at the end; default {CHECKPOINT_SECONDS:g}; 0: after every epoch)")
     r.add_argument("--quiet", action="store_true")
     r.add_argument("--json", action="store_true")
+    _memory_limit_flag(r)
     r.set_defaults(func=cmd_run)
 
     g = sub.add_parser("grad", help="value and gradients of the output or loss at given inputs")
@@ -717,19 +767,22 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--at", nargs="+", metavar="NAME=VALUE", required=True)
     g.add_argument("--of", help="the value to differentiate (default: the loss, else the output)")
     g.add_argument("--json", action="store_true")
+    _memory_limit_flag(g)
     g.set_defaults(func=cmd_grad)
 
     d = sub.add_parser("graph", help="the computation graph as DOT (SVG/PNG with -o when Graphviz is installed)")
     d.add_argument("spec")
     d.add_argument("--at", nargs="+", metavar="NAME=VALUE", help="show forward values and gradients")
-    d.add_argument("--unroll", type=int, help="draw a recurrent net unrolled over N steps")
+    d.add_argument("--unroll", type=_count(1, 100), help="draw a recurrent net unrolled over N steps (at most 100)")
     d.add_argument("-o", "--output", help="write to a .dot, .svg or .png file")
+    _memory_limit_flag(d)
     d.set_defaults(func=cmd_graph)
 
     e = sub.add_parser("expand", help="the spec with every cell and shorthand expanded into plain equations")
     e.add_argument("spec")
     e.add_argument("--plan", action="store_true", help="show the execution plan instead")
     e.add_argument("--json", action="store_true", help="with --plan: the plan as JSON")
+    _memory_limit_flag(e)
     e.set_defaults(func=cmd_expand)
 
     u = sub.add_parser("runs", help="list the run directories: spec, date, status, best figure, size")
@@ -748,13 +801,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    _Parser.json_errors = "--json" in (sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     as_json = getattr(args, "json", False)
     try:
         return args.func(args)
     except SpecError as e:
         return _fail(as_json, e.diagnostics.render(color=sys.stderr.isatty()), e.diagnostics)
-    except (DataError, TrainingError, CheckpointError, RuntimeFailure, UsageError) as e:
+    except (DataError, TrainingError, CheckpointError, RuntimeFailure, UsageError, FeedError) as e:
         return _fail(as_json, f"error: {e}" if not isinstance(e, DataError) else str(e))
     except TrainingInterrupted as e:
         print(_interrupted_message(e, args), file=sys.stderr)

@@ -45,11 +45,30 @@ def add_model_commands(sub) -> None:
     s.add_argument("spec")
     s.add_argument("--checkpoint", required=True)
     s.add_argument("--prompt", default="\n")
-    s.add_argument("--length", type=int, default=300)
-    s.add_argument("--temperature", type=float, default=1.0)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--length", type=_whole, default=300)
+    s.add_argument("--temperature", type=_positive, default=1.0)
+    s.add_argument("--seed", type=_whole, default=0)
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_sample)
+
+
+def _whole(text: str) -> int:
+    import argparse
+    if not re.fullmatch(r"\s*\d+\s*", text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number (0 or more)")
+    return int(text)
+
+
+def _positive(text: str) -> float:
+    import argparse
+    import math
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number")
+    return value
 
 
 def checkpoint_dir(path: str) -> Path:
@@ -65,8 +84,8 @@ def open_trained(spec: str, checkpoint: str, with_data: bool = False):
     from .model import Model
     from .session import Session, load, open_session, recompile, spec_hash
     from .settings import settings_from_block
-    from .train.checkpoint import CheckpointError, load_checkpoint
-    ck = load_checkpoint(checkpoint_dir(checkpoint))
+    from .train.checkpoint import CheckpointError, TrainedMeta, check_shapes, load_checkpoint
+    ck = load_checkpoint(checkpoint_dir(checkpoint), schema=TrainedMeta)
     vocabs = {k: Vocab.from_json(v) for k, v in (ck.vocabs or {}).items()}
     if with_data:
         session = open_session(spec)
@@ -88,13 +107,31 @@ def open_trained(spec: str, checkpoint: str, with_data: bool = False):
     if ck.spec_hash and ck.spec_hash != spec_hash(session.compiled):
         raise CheckpointError(f"{checkpoint}: checkpoint was made from a different spec (hash {ck.spec_hash}, "
                               f"this spec {spec_hash(session.compiled)})")
-    for k, v in ck.params.items():
-        session.model.params[k] = v.astype(session.model.dtype)
+    check_shapes(checkpoint, ck.params, {p.name: tuple(p.shape) for p in session.plan.params})
+    for p in session.plan.params:
+        session.model.params[p.name] = ck.params[p.name].astype(session.model.dtype)
     return session, vocabs
 
 
 def _read_lines(path: str) -> list[str]:
-    text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+    """The non-blank lines of --input: a regular file or standard input, within the read limit."""
+    from .data import DataError
+    from .limits import READ_LIMIT_VARIABLE, ReadRefused, read_limit, read_regular_file
+    limit = read_limit()
+    try:
+        if path == "-":
+            data = sys.stdin.buffer.read(limit + 1)
+            if len(data) > limit:
+                raise ReadRefused(f"more than the limit of {limit:,} bytes; set {READ_LIMIT_VARIABLE} to read more")
+        else:
+            data = read_regular_file(Path(path), limit, f"set {READ_LIMIT_VARIABLE} to read larger files")
+        text = data.decode("utf-8")
+    except FileNotFoundError:
+        raise DataError("no such file", path) from None
+    except ReadRefused as e:
+        raise DataError(str(e), path) from None
+    except (OSError, ValueError) as e:  # UnicodeDecodeError is a ValueError
+        raise DataError(f"cannot read the input: {getattr(e, 'strerror', None) or e}", path) from None
     return [line for line in text.splitlines() if line.strip()]
 
 
@@ -168,7 +205,7 @@ def _data_of_user(session, vocabs: dict, args):
     from .data import DataError, Standardizer
     from .dataset import bind_trained, source_call
     from .errors import Diagnostics
-    from .train.checkpoint import load_checkpoint
+    from .train.checkpoint import TrainedMeta, load_checkpoint
     diags = Diagnostics(session.compiled.diags.sources)
     if args.file is not None:
         stmt = session.compiled.flat.data
@@ -176,7 +213,7 @@ def _data_of_user(session, vocabs: dict, args):
     else:
         stmt = parse_data_source(args.data, diags)
         name, call_args, kwargs = source_call(stmt, diags)
-    norm = load_checkpoint(checkpoint_dir(args.checkpoint)).norm_stats or {}
+    norm = load_checkpoint(checkpoint_dir(args.checkpoint), schema=TrainedMeta).norm_stats or {}
     standardizers = {k: Standardizer.from_json(v) for k, v in norm.items()}
     data = bind_trained(stmt, name, call_args, kwargs, session.plan, vocabs, standardizers, Path("."), diags)
     if data.stream and data.size("all") < 2:

@@ -18,7 +18,7 @@ from .loader import Program, load_file, load_text
 from .optimize import optimize_plan
 from .plan import Plan, build_plan
 from .recurrence import Component, find_components, infer_time_and_type
-from .shapes import infer_shapes
+from .shapes import MemoryBudget, check_memory, infer_shapes
 
 
 @dataclass
@@ -86,14 +86,16 @@ class Compiled:
 
 def compile_program(program: Program, diags: Diagnostics, bindings: dict[str, int] | None = None,
                     dropout: dict[str, float] | None = None, optimize: bool = True,
-                    timings: dict[str, float] | None = None) -> Compiled:
-    """``timings``, when given, receives the seconds spent validating, planning and optimising."""
+                    timings: dict[str, float] | None = None, memory: MemoryBudget | None = None) -> Compiled:
+    """``timings``, when given, receives the seconds spent validating, planning and optimising.
+    ``memory``: the budget the network must fit (default: one example, forward only, within
+    ``NNSPEC_MEMORY_LIMIT`` or 4 GiB — a lower bound on any use, so what fails it cannot run)."""
     with gc_paused():
-        return _compile(program, diags, bindings, dropout, optimize, timings)
+        return _compile(program, diags, bindings, dropout, optimize, timings, memory)
 
 
 def _compile(program: Program, diags: Diagnostics, bindings: dict[str, int] | None, dropout: dict[str, float] | None,
-             optimize: bool, timings: dict[str, float] | None) -> Compiled:
+             optimize: bool, timings: dict[str, float] | None, memory: MemoryBudget | None = None) -> Compiled:
     clock = time.perf_counter()
     diags.raise_if_errors()
     flat = expand(program, diags)
@@ -110,6 +112,8 @@ def _compile(program: Program, diags: Diagnostics, bindings: dict[str, int] | No
     infer_shapes(graph, order, diags, bindings)
     diags.raise_if_errors()
     check_losses(graph, diags)
+    diags.raise_if_errors()
+    check_memory(graph, diags, memory or MemoryBudget.default())
     diags.raise_if_errors()
     clock = _lap(timings, "validate", clock)
     plan = build_plan(graph, order, components)

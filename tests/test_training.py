@@ -122,9 +122,10 @@ data inline { x = [[1], [2]]; y = [[0], [1]] }
 
 
 def test_a_batch_too_big_for_bptt_memory_is_refused_before_it_runs(tmp_path):
-    s = open_session(write(tmp_path, TAGGER), overrides=["memory_limit_mb=0.001"])
+    s = open_session(write(tmp_path, TAGGER))  # (so small a limit in the spec is refused already at open_session)
+    tight = s.settings.model_copy(update={"memory_limit_mb": 0.001})
     with pytest.raises(TrainingError, match="MiB for backpropagation through time"):
-        Trainer(s.model, s.data, s.settings, quiet=True).fit()
+        Trainer(s.model, s.data, tight, quiet=True).fit()
 
 
 def test_sequences_longer_than_max_length_are_refused(tmp_path):

@@ -23,7 +23,7 @@ from ..model import Model
 from ..plan import OpStep
 from ..runtime import RuntimeFailure
 from ..settings import TrainSettings
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import TrainedMeta, load_checkpoint, save_checkpoint
 from .clip import clip_scale
 from .nonfinite import all_finite, describe_node, nonfinite_names, what_is_bad
 from .optim import make_optimizer
@@ -241,7 +241,8 @@ class Trainer:
         """Continue from the checkpoint at ``path`` (a run's ``last/``): weights, optimiser state,
         random generator and epoch; the history is the run's metrics up to that epoch (rows logged
         after it are dropped: the resumed run logs them again)."""
-        ck = load_checkpoint(path, expected_spec_hash=self.spec_hash)
+        ck = load_checkpoint(path, expected_spec_hash=self.spec_hash, schema=TrainedMeta,
+                             expected_shapes={p.name: tuple(p.shape) for p in self.model.plan.params})
         for k, v in ck.params.items():
             self.model.params[k] = v.astype(self.model.dtype)
         if ck.optimizer_state:
