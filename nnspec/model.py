@@ -204,6 +204,8 @@ def _pad(v: ValueSpec, examples, dtype) -> tuple[np.ndarray, np.ndarray]:
 def _check_shape(v: ValueSpec, array: np.ndarray) -> None:
     want = len(v.shape) + 1 + int(v.seq)
     lead = 1 + int(v.seq)
+    if not v.shape and not v.integer and array.ndim == want + 1 and array.shape[-1] == 1:
+        return  # a real number per example may come as (..., 1): the runtime holds it so
     trailing_ok = all(not isinstance(d, int) or g == d for g, d in zip(array.shape[lead:], v.shape))
     if array.ndim != want or not trailing_ok:
         raise FeedError(f"{v.role} {v.name!r}: got shape {array.shape}, expected {_layout(v)}"

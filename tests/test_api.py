@@ -146,7 +146,7 @@ def test_the_specs_dtype_is_honoured_and_an_explicit_one_wins():
     assert nnspec.Model.from_text(spec, dtype=np.float32).dtype == np.float32
     assert nnspec.Model.from_text("input x[2]\noutput y[1]\ny = W @ x\n").dtype == np.float32
     # the spec's seed and initialiser too: the model open_session builds
-    seeded = "input x[2]\noutput y[3]\ny = W @ x\ntrain { seed 7 }\n"
+    seeded = "input x[2]\ntarget r[3]\noutput y[3]\ny = W @ x\nloss mse(y, r)\ntrain { seed 7 }\n"
     assert np.array_equal(nnspec.Model.from_text(seeded).params["W"],
                           nnspec.open_session(text=seeded).model.params["W"])
 

@@ -150,8 +150,10 @@ def test_fold_summary_statistics():
 
 
 def test_cross_validation_needs_two_folds(tmp_path, capsys):
-    assert main(["run", str(SPECS / "xor_train.nn"), "--folds", "1", "--no-save"]) == 1
-    assert "at least 2 folds" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        main(["run", str(SPECS / "xor_train.nn"), "--folds", "1", "--no-save"])
+    assert exit_.value.code == 2
+    assert "--folds: must be at least 2, not 1" in capsys.readouterr().err
 
 
 # ---- plots ---------------------------------------------------------------------------------------
