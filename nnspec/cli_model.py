@@ -264,6 +264,8 @@ def cmd_sample(args) -> int:
         from .cli import UsageError
         raise UsageError("sample needs a language model: a loss that predicts the next token of an input")
     head = heads[0]
+    from .ops import REGISTRY
+    prediction = REGISTRY[next(s.op for s in session.plan.steps if s.id == head.loss)].prediction
     field = next(v for v in session.plan.inputs if v.elem in ("token", "char"))
     vocab = vocabs[field.name]
     rng = np.random.default_rng(args.seed)
@@ -273,7 +275,7 @@ def cmd_sample(args) -> int:
     tape = session.model.run({field.name: ids[:, None]}, need_loss=False)
     for _ in range(args.length):
         logits = np.asarray(tape.values[head.pred][-1, 0], dtype=np.float64)
-        if np.all(logits >= 0) and abs(logits.sum() - 1) < 1e-3:  # probabilities: back to log space
+        if prediction == "probabilities":  # back to log space (logits and log-probabilities already are)
             logits = np.log(np.maximum(logits, 1e-30))
         z = logits / max(args.temperature, 1e-6)
         z[:2] = -np.inf  # never emit <pad> or <unk>

@@ -24,8 +24,6 @@ from .graph import Graph, NodeInfo, user_call, user_name, where
 from .ops import REGISTRY, ShapeError
 from .ops.registry import show_shape, unify_dims
 
-CLASS_LOSSES = {"cross_entropy", "cross_entropy_logits", "nll"}
-
 
 class Sym(str):
     """A size named by the data, e.g. ``vocab(w)``; equal only to itself until bound."""
@@ -489,7 +487,7 @@ class ShapeInference:
     def cards(self, info: NodeInfo) -> None:
         """Integer values carry their number of distinct ids (``card``): class losses need it."""
         operands = [self._info[src] for src, _ in info.inputs]
-        if info.op in CLASS_LOSSES and len(operands) == 2 and operands[1].card is not None:
+        if REGISTRY[info.op].target == "class" and len(operands) == 2 and operands[1].card is not None:
             pred = self.solver.resolve(operands[0].shape)
             try:
                 self.solver.unify(pred[-1], operands[1].card)
@@ -520,7 +518,8 @@ class ShapeInference:
         beside a value of known shape in ``+ - * /``, that shape — but not a scalar's, which says
         nothing (``2 * h[t-1]`` scales a vector as well as a number); else one dimension of unknown
         size, which the declaration or the equation of ``src`` then decides."""
-        if reader.op in ("add", "sub", "mul", "div"):
+        op = REGISTRY.get(reader.op)
+        if op is not None and op.elementwise and op.arity == 2:
             for k, _ in reader.inputs:
                 shape = self._info[k].shape
                 if k != src and shape is not None and len(shape) > 0:
