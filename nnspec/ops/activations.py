@@ -218,6 +218,27 @@ class Gelu(Activation):
 
 
 @register
+class Mish(Activation):
+    name = "mish"
+    doc = "x * tanh(softplus(x)), smooth and non-monotonic (Misra 2019)"
+
+    vjp_reads = (0,)
+
+    def forward_into(self, xs, out, attrs):
+        x = xs[0]
+        np.multiply(x, np.tanh(np.logaddexp(0, x)), out=out)
+
+    def local_grad(self, xs, out, attrs, into=None):
+        # d/dx x tanh(sp(x)) = tanh(sp) + x (1 - tanh(sp)^2) sigmoid(x)
+        x = xs[0]
+        t = np.tanh(np.logaddexp(0, x))
+        return np.add(t, x * (1.0 - t * t) * sigmoid(x), out=into)
+
+    def vjp(self, g, xs, out, attrs, ctx):
+        return [g * self.local_grad(xs, out, attrs)]
+
+
+@register
 class HardTanh(Activation):
     name = "hard_tanh"
     doc = "x clipped to [-1, 1]"
