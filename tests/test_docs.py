@@ -150,10 +150,8 @@ def test_every_training_setting_is_documented(setting: str):
 
 
 def test_every_data_source_optimizer_schedule_and_initializer_is_documented():
+    from nnspec.catalog import INITIALIZERS, OPTIMIZERS, SCHEDULES
     from nnspec.data import SOURCES
-    from nnspec.train.init import INITIALIZERS
-    from nnspec.train.optim import OPTIMIZERS
-    from nnspec.train.schedule import SCHEDULES
     text = language_text()
     for kind, names in (("data source", SOURCES), ("optimizer", OPTIMIZERS), ("schedule", SCHEDULES),
                         ("initialiser", INITIALIZERS)):
