@@ -246,7 +246,7 @@ def test_ops_table_is_generated_from_the_registry():
 
 LOSSES_START, LOSSES_END = "<!-- losses-table:start -->", "<!-- losses-table:end -->"
 _PREDICTION = {"probabilities": "probabilities", "log_probabilities": "log-probabilities",
-               "logits": "scores (logits)", "reals": "reals"}
+               "logits": "scores (logits)", "scores": "the input of a `step` unit", "reals": "reals"}
 _TARGET = {"class": "a `class` or `seq of class`", "binary": "0/1 of the same shape",
            "real": "reals of the same shape"}
 

@@ -117,7 +117,7 @@ class Perceptron(FloatLoss):
     name = "perceptron"
     doc = "perceptron criterion of a step unit's input z against 0/1 targets: mean((step(z) - t) z)"
     args = ("z", "t")
-    prediction, target, threshold = "logits", "binary", 0.0  # the step unit's input
+    prediction, target, threshold = "scores", "binary", 0.0  # the step unit's input
 
     # Zero where the unit is right, |z| where it is wrong; its gradient (step(z) - t)
     # is the perceptron learning rule, so SGD with batch 1 and lr 1 *is* that rule.

@@ -94,7 +94,7 @@ class Op:
     reads_across_chunks: ClassVar[bool]  # reads later steps (attr k) of a sequence cut into chunks
     passes_gradient: ClassVar[tuple[int, ...]]  # inputs whose gradient is the output's gradient, unchanged
     # losses (None elsewhere): what the prediction is ("probabilities", "log_probabilities", "logits",
-    # "reals"), the target ("class": int classes, "binary": 0/1, "real"), the threshold of a binary
+    # "scores": a step unit's input, no probability, or "reals"), the target ("class": int classes, "binary": 0/1, "real"), the threshold of a binary
     # decision on the prediction, and (activation, loss): loss(activation(z), y) is that loss of z
     prediction: ClassVar[str | None]
     target: ClassVar[str | None]
@@ -200,7 +200,7 @@ REGISTRY: dict[str, Op] = {}
 FACTS = ("elementwise", "operator", "args", "saves_state", "last_axis_view", "row_gradient_input",
          "reads_across_chunks", "passes_gradient", "prediction", "target", "threshold", "logits_form")
 LOSS_FACTS = ("prediction", "target", "threshold", "logits_form")  # None unless scalar_output
-PREDICTIONS = ("probabilities", "log_probabilities", "logits", "reals")
+PREDICTIONS = ("probabilities", "log_probabilities", "logits", "scores", "reals")
 TARGETS = ("class", "binary", "real")
 
 
