@@ -663,7 +663,8 @@ def memory_costs(graph: Graph, budget: MemoryBudget, sources=None) -> list[Memor
             costs.append(MemoryCost(size * budget.batch * delay * budget.itemsize, info,
                                     f"the {delay} past steps of {name} {show(info.shape)} that a delayed "
                                     f"read keeps, for a batch of {budget.batch}", max(largest, delay)))
-        if info.op == "shift" and isinstance(info.attrs.get("k"), int) and abs(info.attrs["k"]) > 1:
+        reads_ahead = info.op in REGISTRY and REGISTRY[info.op].reads_across_chunks
+        if reads_ahead and isinstance(info.attrs.get("k"), int) and abs(info.attrs["k"]) > 1:
             k = abs(info.attrs["k"])
             costs.append(MemoryCost(k * budget.batch * 8, info, f"the {k} tokens after each chunk of a stream "
                                     f"that shift(..., {info.attrs['k']}) reads, for a batch of {budget.batch}", k))

@@ -3,10 +3,11 @@ layer, and no import (at the top of a module or inside a function) closes a cycl
 
 The stages, in order (docs/internals.md, section 1):
 
-    leaf: errors, gcpause, ops, catalog, initializers   (importable by every module)
+    leaf: errors, gcpause, limits, ops, catalog, initializers   (importable by every module)
     syntax < settings < loader (stdlib) < expand < graph (render, display) < recurrence < shapes
-      < plan < optimize < compiler (export) < runtime (chunks) < model (torch_weights)
-      < data (dataset, baselines) < train < session < trained < the package nnspec (its API)
+      < plan < optimize < compiler (export) < runtime (chunks) < data (dataset, baselines)
+      < model (torch_weights; Model.from_file sizes a model from its data) < train < session < trained
+      < the package nnspec (its API)
       < cli_model < cli < notebook
 
 ALLOWED lists the one import against the order, with its reason.
@@ -25,7 +26,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "nnspec"
 
-LEAF = ("nnspec.errors", "nnspec.gcpause", "nnspec.ops", "nnspec.catalog", "nnspec.initializers")
+LEAF = ("nnspec.errors", "nnspec.gcpause", "nnspec.limits", "nnspec.ops", "nnspec.catalog", "nnspec.initializers")
 STAGES = [
     ("syntax", ("nnspec.syntax",)),
     ("settings", ("nnspec.settings",)),
@@ -38,8 +39,8 @@ STAGES = [
     ("optimize", ("nnspec.optimize",)),
     ("compiler", ("nnspec.compiler", "nnspec.export")),
     ("runtime", ("nnspec.runtime", "nnspec.chunks")),
-    ("model", ("nnspec.model", "nnspec.torch_weights")),
     ("data", ("nnspec.data", "nnspec.dataset", "nnspec.baselines")),
+    ("model", ("nnspec.model", "nnspec.torch_weights")),
     ("train", ("nnspec.train",)),
     ("session", ("nnspec.session",)),
     ("trained", ("nnspec.trained",)),
