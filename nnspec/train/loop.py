@@ -85,6 +85,11 @@ def find_heads(model: Model) -> list[Head]:
     return heads
 
 
+def _carries_ids(op) -> bool:
+    """The op's output holds ids exactly when its input does (shift, identity): the same tokens."""
+    return op.output_integer([True]) and not op.output_integer([False])
+
+
 def loss_unit(model: Model) -> str | None:
     """What the loss is measured in, for a plot's axis: a likelihood loss in nats (per token or
     per character for a language model), a squared error in squared units; None when unknown."""
