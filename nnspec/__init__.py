@@ -14,7 +14,15 @@ from .compiler import Compiled, compile_file, compile_text  # noqa: E402
 from .errors import SpecError  # noqa: E402
 from .model import Model, init_params  # noqa: E402
 from .session import Session, open_session  # noqa: E402
-from .trained import Prediction, TrainedModel, load  # noqa: E402
+
+
+def __getattr__(name: str):
+    # a trained model reads checkpoints (nnspec.train, safetensors): loaded when first asked for,
+    # so compiling or running a spec loads no training code
+    if name in ("Prediction", "TrainedModel", "load"):
+        from . import trained
+        return getattr(trained, name)
+    raise AttributeError(f"module 'nnspec' has no attribute {name!r}")
 
 
 

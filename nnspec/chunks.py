@@ -22,7 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .plan import LoopStep, Plan
+from .ops import REGISTRY
+from .plan import LoopStep, OpStep, Plan
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,7 @@ def lookback_depths(plan: Plan) -> dict[str, int]:
             for src, d in b.inputs:
                 if src not in inner or (forward and d < -1):
                     note(src, d)
-            if b.op == "shift":
+            if REGISTRY[b.op].reads_across_chunks:
                 note(b.inputs[0][0], int(b.attrs.get("k", 1)))
     return depth
 
@@ -68,7 +69,8 @@ def lookahead_depth(plan: Plan) -> int:
     """How many tokens after a chunk a shift of an input reads (a stream batch's ``ahead``)."""
     inputs = {v.name for v in plan.inputs}
     return max([int(s.attrs.get("k", 1)) for s in plan.steps
-                if getattr(s, "op", None) == "shift" and s.inputs[0][0] in inputs] + [1])
+                if isinstance(s, OpStep) and REGISTRY[s.op].reads_across_chunks and s.inputs[0][0] in inputs]
+               + [1])
 
 
 def next_history(old: History | None, a: np.ndarray, lengths: np.ndarray, depth: int) -> History:

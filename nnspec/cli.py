@@ -12,15 +12,11 @@ import numpy as np
 
 from . import __version__
 from .data import DataError
-from .errors import Diagnostics, SpecError
+from .errors import Diagnostics, SpecError, UsageError
 from .model import FeedError
 from .runtime import RuntimeFailure
 from .train.checkpoint import CheckpointError
 from .train.loop import CHECKPOINT_SECONDS, TrainingError, TrainingInterrupted
-
-
-class UsageError(Exception):
-    pass
 
 
 # ---- output helpers -----------------------------------------------------------

@@ -141,7 +141,7 @@ def cmd_predict(args) -> int:
     try:
         model.text_input()
     except ValueError as e:
-        from .cli import UsageError
+        from .errors import UsageError
         raise UsageError(str(e)) from None
     tokenizer = args.tokenize
     if tokenizer == "treebank":
@@ -149,7 +149,7 @@ def cmd_predict(args) -> int:
         try:
             treebank_tokenize("")
         except ImportError as e:
-            from .cli import UsageError
+            from .errors import UsageError
             raise UsageError(str(e)) from None
     predictions = [(line, model.predict(line, tokenizer=tokenizer)) for line in _read_lines(args.input)]
     if args.json:
@@ -189,7 +189,7 @@ def _evaluate_split(args, split: str) -> int:
     from .train.loop import evaluate
     session, _ = open_trained(args.spec, args.checkpoint, with_data=True)
     if not session.data.has(split):
-        from .cli import UsageError
+        from .errors import UsageError
         have = [s for s in ("train", "dev", "test", "all") if session.data.has(s)]
         raise UsageError(f"the data has no '{split}' part; it has {', '.join(have)}")
     metrics = evaluate(session.model, session.data, split, session.settings).metrics
@@ -227,7 +227,7 @@ FILE_ARGUMENTS = ("train", "dev", "test")
 
 def _with_file(stmt, call, path: str) -> tuple[str, list, dict]:
     """The spec's data source with its file(s) replaced by ``path``: the same reader and options."""
-    from .cli import UsageError
+    from .errors import UsageError
     if call is None or call[0] == "inline":
         raise UsageError("the spec's data is written inline, so there is no file format to follow; "
                          "say how to read the file with --data, e.g. --data 'csv(\"file.csv\")'")
@@ -261,9 +261,11 @@ def cmd_sample(args) -> int:
     session, vocabs = open_trained(args.spec, args.checkpoint)
     heads = [h for h in find_heads(session.model) if h.tokens]
     if not heads:
-        from .cli import UsageError
+        from .errors import UsageError
         raise UsageError("sample needs a language model: a loss that predicts the next token of an input")
     head = heads[0]
+    from .ops import REGISTRY
+    prediction = REGISTRY[next(s.op for s in session.plan.steps if s.id == head.loss)].prediction
     field = next(v for v in session.plan.inputs if v.elem in ("token", "char"))
     vocab = vocabs[field.name]
     rng = np.random.default_rng(args.seed)
@@ -273,7 +275,7 @@ def cmd_sample(args) -> int:
     tape = session.model.run({field.name: ids[:, None]}, need_loss=False)
     for _ in range(args.length):
         logits = np.asarray(tape.values[head.pred][-1, 0], dtype=np.float64)
-        if np.all(logits >= 0) and abs(logits.sum() - 1) < 1e-3:  # probabilities: back to log space
+        if prediction == "probabilities":  # back to log space (logits and log-probabilities already are)
             logits = np.log(np.maximum(logits, 1e-30))
         z = logits / max(args.temperature, 1e-6)
         z[:2] = -np.inf  # never emit <pad> or <unk>

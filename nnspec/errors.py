@@ -165,3 +165,7 @@ def did_you_mean(name: str, candidates: Iterable[str]) -> str:
     """"; did you mean 'x'?" for the closest candidate, or "" when none is close."""
     close = difflib.get_close_matches(name, [c for c in candidates if c != name], n=1, cutoff=0.6)
     return f"; did you mean '{close[0]}'?" if close else ""
+
+
+class UsageError(Exception):
+    """A mistake in how a command was called (an option, a missing argument): the CLI prints it."""

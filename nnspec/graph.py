@@ -13,7 +13,6 @@ and is an error anywhere else, so a typo is caught rather than trained.
 """
 from __future__ import annotations
 
-import inspect
 import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -21,6 +20,7 @@ from typing import Any, Literal
 import networkx as nx
 import numpy as np
 
+from .catalog import INITIALIZERS, VIEWS
 from .errors import Diagnostics, Span, did_you_mean
 from .expand import MAX_SIZE, FlatSpec, name_prefixes
 from .ops import REGISTRY
@@ -186,7 +186,6 @@ class GraphBuilder:
         """``input s : seq of token = suffix(w, 3)``: check the view and its source."""
         if d.view is None:
             return None
-        from .data.views import VIEWS
         v = d.view
         if v.func not in VIEWS:
             self.diags.error(f"unknown view '{v.func}'{did_you_mean(v.func, VIEWS)} (views are "
@@ -228,13 +227,12 @@ class GraphBuilder:
 
     def init_settings(self, init: ast.Call) -> dict[str, float]:
         """``init uniform(scale = 0.5)``: a known initialiser and the numeric settings it takes."""
-        from .train.init import INITIALIZERS
-        fn = INITIALIZERS.get(init.func)
-        if fn is None:
+        settings = INITIALIZERS.get(init.func)
+        if settings is None:
             hint = did_you_mean(init.func, INITIALIZERS) or f"; initialisers are {', '.join(sorted(INITIALIZERS))}"
             self.diags.error(f"unknown initialiser '{init.func}'{hint}", init.span)
             return {}
-        accepted = [n for n in inspect.signature(fn).parameters if n not in ("shape", "rng", "dtype")]
+        accepted = list(settings)
         if init.args:
             self.diags.error(f"give the settings of initialiser '{init.func}' by name, as in "
                              f"{init.func}({accepted[0] if accepted else 'scale'} = 0.5)", init.span)

@@ -29,9 +29,9 @@ import numpy as np
 
 from .compiler import Compiled, compile_file, compile_program, compile_text
 from .errors import Diagnostics, SpecError, did_you_mean
+from .initializers import default_initializer, initialize
 from .plan import Plan, ValueSpec
 from .runtime import ExecOptions, Executor, Tape
-from .train.init import default_initializer, initialize
 
 
 def init_params(plan: Plan, seed: int = 0, dtype=np.float32, default_init: str | None = None) -> dict[str, np.ndarray]:
@@ -57,7 +57,7 @@ def init_params(plan: Plan, seed: int = 0, dtype=np.float32, default_init: str |
 
 
 def _init_role(role: str, shape) -> str | None:
-    """The initialiser policy's role names (nnspec.train.init.default_initializer)."""
+    """The initialiser policy's role names (nnspec.initializers.default_initializer)."""
     return {"table": "embedding", "initial": "bias", "recurrent": "recurrent"}.get(role)
 
 

@@ -44,21 +44,11 @@ import re
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from .ops import REGISTRY
 from .plan import LoopStep, OpStep, Plan
 
 PASSES = ("fuse_losses", "hoist_sums", "fuse_matmuls", "sink_slices", "fuse_linear", "simplify")
 
-LOSS_FUSIONS = {
-    ("cross_entropy", "softmax"): "cross_entropy_logits",
-    ("bce", "sigmoid"): "bce_logits",
-    ("nll", "log_softmax"): "cross_entropy_logits",
-}
-
-# Elementwise ops whose output at position j depends only on the inputs at j, so
-# they commute with slicing (and their shape rule is "same shape as the inputs").
-SINK_UNARY = {"sigmoid", "tanh", "relu", "neg", "exp", "log", "sqrt", "square", "abs", "identity",
-              "step", "leaky_relu", "elu", "softplus", "gelu", "hard_tanh", "pow"}
-SINK_BINARY = {"add", "sub", "mul", "div"}
 
 
 def optimize_plan(plan: Plan, passes: tuple[str, ...] | list[str] | None = None) -> Plan:
@@ -304,10 +294,10 @@ def fuse_losses(w: _Work) -> None:
         prod = w.where.get(src)
         if d != 0 or prod is None:
             continue
-        fused = LOSS_FUSIONS.get((s.op, prod.step.op))
-        if fused is None or prod.step.inputs[0][1] != 0:
+        form = REGISTRY[s.op].logits_form   # (activation, the loss of its input)
+        if form is None or form[0] != prod.step.op or prod.step.inputs[0][1] != 0:
             continue
-        s.op = fused
+        s.op = form[1]
         s.inputs = [prod.step.inputs[0]] + list(s.inputs[1:])
     w.reindex()
     _dead_code(w)
@@ -539,7 +529,8 @@ def _sink_once(w: _Work) -> bool:
             if s.integer or not s.shape or _int(s.shape[-1]) is None:
                 continue
             width = _int(s.shape[-1])
-            if not ((s.op in SINK_UNARY and len(s.inputs) == 1) or (s.op in SINK_BINARY and len(s.inputs) == 2)):
+            # elementwise: the output at position j reads only the inputs at j, so it commutes with slicing
+            if not REGISTRY[s.op].elementwise:
                 continue
             parts, kinds = [], []
             for operand in s.inputs:

@@ -172,7 +172,7 @@ def infer_time_and_type(graph: Graph, components: list[Component], diags: Diagno
         else:
             info.seq = any(o.seq for o in operands) or n in in_component
         integer_in = [o for i, o in enumerate(operands) if o.integer and i not in op.integer_inputs]
-        keeps_ids = op.output_integer([True]) or info.op == "identity"
+        keeps_ids = op.output_integer([True])
         if integer_in and not keeps_ids:
             o = integer_in[0]
             who = user_name(o, diags.sources)
@@ -180,8 +180,7 @@ def infer_time_and_type(graph: Graph, components: list[Component], diags: Diagno
             fix = f"embed({who.strip(chr(39))}, 64)" if o.elem in ("token", "char") else "a one-hot encoding"
             diags.error(f"{who} holds {what}, which {info.op} cannot take; use {fix} to turn them into "
                         f"vectors", info.span)
-        info.integer = bool(operands) and (op.output_integer([o.integer for o in operands])
-                                           or (info.op == "identity" and operands[0].integer))
+        info.integer = bool(operands) and op.output_integer([o.integer for o in operands])
         if info.integer and operands:
             info.elem = operands[0].elem
     on_sequences = _sequence_dependents(graph)

@@ -150,7 +150,7 @@ class Executor:
         self.pool = BufferPool(enabled=self.options.reuse_buffers)
         # embedding tables (parameters read by embed) -> shape; their row-sparse gradients
         self._tables = {s.inputs[1][0]: next(tuple(p.shape) for p in plan.params if p.name == s.inputs[1][0])
-                        for s in plan.steps if isinstance(s, OpStep) and s.op == "embed"
+                        for s in plan.steps if isinstance(s, OpStep) and REGISTRY[s.op].row_gradient_input == 1
                         and s.inputs[1][0] in {p.name for p in plan.params}} if self.options.row_grads else {}
         self._table_grads: dict[str, tuple] = {}
         self._pass_run: _PassRun | None = None     # the prepared pass kept for the last batch geometry
@@ -347,7 +347,7 @@ class Executor:
                 run.fwd.append(("loop", step))
                 continue
             shape = built.get(step.id)
-            if shape is None or step.op == "shift" or any(d for _, d in step.inputs):
+            if shape is None or REGISTRY[step.op].reads_across_chunks or any(d for _, d in step.inputs):
                 run.fwd.append(("op", step))
                 continue
             o = self._outer_info(step)
@@ -443,11 +443,11 @@ class Executor:
             out = op.forward(xs, step.attrs, ctx)
         if self.check_finite and not step.integer:
             self._check(out, step.id)
-        if step.op == "shift":
+        if op.reads_across_chunks:
             out = self._shift_across_chunks(step, out, tape)
         env[step.id] = out
         tape.records[step.id] = (xs, ctx)
-        return into and step.op != "shift"
+        return into and not op.reads_across_chunks
 
     def _shift_across_chunks(self, step: OpStep, out: np.ndarray, tape: Tape) -> np.ndarray:
         """A shift past the chunk's start reads the previous chunk's steps; past its end, the input's
@@ -861,7 +861,8 @@ class Executor:
             ids = [b.id for b in step.body] if isinstance(step, LoopStep) else [step.id]
             dels = () if leaves is None else tuple(v for v in ids if v not in leaves)
             at = None if isinstance(step, LoopStep) else run.by_id.get(step.id)
-            if at is None or step.op in ("slice", "embed") or not self._outer_info(step).into:
+            if (at is None or REGISTRY[step.op].last_axis_view or REGISTRY[step.op].row_gradient_input is not None
+                    or not self._outer_info(step).into):
                 entries.append((step, dels))
                 continue
             sid, _, xs, _, out, attrs, _ = run.fwd[at]
@@ -924,11 +925,12 @@ class Executor:
                                       if src in need and src not in self.integer]
         if not todo:
             return
-        if step.op == "slice" and step.inputs[0][1] == 0:  # add into the part, no zero-padded copy
+        facts = REGISTRY[step.op]
+        if facts.last_axis_view and step.inputs[0][1] == 0:  # add into the part, no zero-padded copy
             lo = int(step.attrs.get("start", 0))
             acc.add_part(step.inputs[0][0], g, lo, lo + g.shape[-1], xs[0].shape)
             return
-        if step.op == "embed" and 1 in todo and step.inputs[1][0] in self._tables:
+        if facts.row_gradient_input == 1 and 1 in todo and step.inputs[1][0] in self._tables:
             self._table_grad(step.inputs[1][0], xs[0], g, acc)
             todo = [i for i in todo if i != 1]
             if not todo:
@@ -1419,7 +1421,7 @@ class _LoopProgram:
             if not all(isinstance(d, int) for d in trail):
                 self.ok = False
             view_of = None
-            if s.op == "slice":
+            if op.last_axis_view:
                 src, d = s.inputs[0]
                 if d == 0 and (src in self.ids or src in ex.seq):
                     lo = int(s.attrs.get("start", 0))
@@ -1518,10 +1520,9 @@ class _LoopProgram:
         aliased_edges = set()
         if opts.alias_grads:
             for b in self.body:
-                if not b.fast or b.step.op not in ("add", "sub", "identity"):
+                if not b.fast:
                     continue
-                positions = (0,) if b.step.op in ("sub", "identity") else (0, 1)
-                for pos in positions:
+                for pos in b.op.passes_gradient:
                     src, d = b.step.inputs[pos]
                     if (d != 0 or src not in self.ids or count[src] != 1 or src in views or src in alias
                             or self.steps[src].integer or self.by_id[src].trail != b.trail):

@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 
+from .catalog import INITIALIZERS, OPTIMIZERS, SCHEDULES
 from .errors import Diagnostics, Span, did_you_mean
 from .syntax import ast
 from .syntax.parser import parse
@@ -114,7 +115,6 @@ def apply_setting(values: dict, s: ast.Setting, diags: Diagnostics) -> None:
     if key in ("optimizer", "schedule") and isinstance(v, Choice):
         _check_choice(key, v, s, diags)
     if key == "init" and isinstance(v, str):
-        from .train.init import INITIALIZERS
         if v not in INITIALIZERS:
             diags.error(f"unknown initialiser '{v}'{did_you_mean(v, INITIALIZERS)} (initialisers are "
                         f"{', '.join(INITIALIZERS)})", s.span)
@@ -123,16 +123,13 @@ def apply_setting(values: dict, s: ast.Setting, diags: Diagnostics) -> None:
 
 def _check_choice(key: str, choice: Choice, s: ast.Setting, diags: Diagnostics) -> None:
     """An optimizer or schedule must exist and take the keywords given: say so at the setting's line."""
-    import inspect
-    from .train.optim import OPTIMIZERS
-    from .train.schedule import SCHEDULES
     table = OPTIMIZERS if key == "optimizer" else SCHEDULES
-    cls = table.get(choice.name.lower())
-    if cls is None:
+    settings = table.get(choice.name.lower())
+    if settings is None:
         diags.error(f"unknown {key} '{choice.name}'{did_you_mean(choice.name, table)} ({key}s are "
                     f"{', '.join(table)})", s.span)
         return
-    accepted = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    accepted = list(settings)
     for name in choice.args:
         if name not in accepted:
             diags.error(f"{choice.name} takes {', '.join(accepted)}, not '{name}'", s.span)

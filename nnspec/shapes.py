@@ -24,8 +24,6 @@ from .graph import Graph, NodeInfo, user_call, user_name, where
 from .ops import REGISTRY, ShapeError
 from .ops.registry import show_shape, unify_dims
 
-CLASS_LOSSES = {"cross_entropy", "cross_entropy_logits", "nll"}
-
 
 class Sym(str):
     """A size named by the data, e.g. ``vocab(w)``; equal only to itself until bound."""
@@ -489,7 +487,7 @@ class ShapeInference:
     def cards(self, info: NodeInfo) -> None:
         """Integer values carry their number of distinct ids (``card``): class losses need it."""
         operands = [self._info[src] for src, _ in info.inputs]
-        if info.op in CLASS_LOSSES and len(operands) == 2 and operands[1].card is not None:
+        if REGISTRY[info.op].target == "class" and len(operands) == 2 and operands[1].card is not None:
             pred = self.solver.resolve(operands[0].shape)
             try:
                 self.solver.unify(pred[-1], operands[1].card)
@@ -520,7 +518,8 @@ class ShapeInference:
         beside a value of known shape in ``+ - * /``, that shape — but not a scalar's, which says
         nothing (``2 * h[t-1]`` scales a vector as well as a number); else one dimension of unknown
         size, which the declaration or the equation of ``src`` then decides."""
-        if reader.op in ("add", "sub", "mul", "div"):
+        op = REGISTRY.get(reader.op)
+        if op is not None and op.elementwise and op.arity == 2:
             for k, _ in reader.inputs:
                 shape = self._info[k].shape
                 if k != src and shape is not None and len(shape) > 0:
@@ -664,7 +663,8 @@ def memory_costs(graph: Graph, budget: MemoryBudget, sources=None) -> list[Memor
             costs.append(MemoryCost(size * budget.batch * delay * budget.itemsize, info,
                                     f"the {delay} past steps of {name} {show(info.shape)} that a delayed "
                                     f"read keeps, for a batch of {budget.batch}", max(largest, delay)))
-        if info.op == "shift" and isinstance(info.attrs.get("k"), int) and abs(info.attrs["k"]) > 1:
+        reads_ahead = info.op in REGISTRY and REGISTRY[info.op].reads_across_chunks
+        if reads_ahead and isinstance(info.attrs.get("k"), int) and abs(info.attrs["k"]) > 1:
             k = abs(info.attrs["k"])
             costs.append(MemoryCost(k * budget.batch * 8, info, f"the {k} tokens after each chunk of a stream "
                                     f"that shift(..., {info.attrs['k']}) reads, for a batch of {budget.batch}", k))

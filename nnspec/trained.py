@@ -26,6 +26,8 @@ from .data import Vocab
 from .data.normalize import Standardizer
 from .errors import SpecError
 from .model import Model
+from .ops import REGISTRY
+from .ops.activations import log_softmax, sigmoid
 from .plan import Plan
 from .settings import TrainSettings, settings_from_block
 from .train.checkpoint import Checkpoint, CheckpointError, load_checkpoint
@@ -270,14 +272,12 @@ TOKENIZERS: dict[str, Callable[[str], list[str]]] = {"treebank": treebank_tokeni
 
 
 def _probabilities(op: str, p: np.ndarray) -> np.ndarray | None:
-    """What a loss ``op`` reads, as probabilities: softmax of logits, exp of log-probabilities, sigmoid."""
-    if op == "cross_entropy_logits":
-        e = np.exp(p - p.max(-1, keepdims=True))
-        return e / e.sum(-1, keepdims=True)
-    if op == "nll":
+    """What a loss ``op`` reads, as probabilities (None: a step unit's input, which has none)."""
+    loss = REGISTRY[op]
+    if loss.prediction == "logits":
+        return np.exp(log_softmax(p)) if loss.target == "class" else sigmoid(np.asarray(p, dtype=float))
+    if loss.prediction == "log_probabilities":
         return np.exp(p)
-    if op == "bce_logits":
-        return 1.0 / (1.0 + np.exp(-p))
-    if op == "perceptron":
+    if loss.prediction == "scores":
         return None
     return p

@@ -150,10 +150,8 @@ def test_every_training_setting_is_documented(setting: str):
 
 
 def test_every_data_source_optimizer_schedule_and_initializer_is_documented():
+    from nnspec.catalog import INITIALIZERS, OPTIMIZERS, SCHEDULES
     from nnspec.data import SOURCES
-    from nnspec.train.init import INITIALIZERS
-    from nnspec.train.optim import OPTIMIZERS
-    from nnspec.train.schedule import SCHEDULES
     text = language_text()
     for kind, names in (("data source", SOURCES), ("optimizer", OPTIMIZERS), ("schedule", SCHEDULES),
                         ("initialiser", INITIALIZERS)):
@@ -198,29 +196,18 @@ GROUPS = [  # module of the op classes -> heading
     ("regularize", "Regularisation"),
 ]
 
-_OPERATOR = {"add": "a + b", "sub": "a - b", "mul": "a * b", "div": "a / b", "matmul": "W @ x", "neg": "-x"}
-_ARGS = {"matmul": "W, x", "concat": "x1, x2, ...", "embed": "ids, width", "mse": "pred, target",
-         "bce": "p, y", "bce_logits": "z, y", "cross_entropy": "p, y", "cross_entropy_logits": "z, y",
-         "nll": "logp, y", "perceptron": "z, t"}
-
-
 def _number(v) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
 
 
 def usage(name: str) -> str:
+    """How an op is called, from its facts ``args`` and ``operator``: ``a + b` or `add(a, b)``."""
     op = REGISTRY[name]
-    module = type(op).__module__.rsplit(".", 1)[-1]
-    if name in _ARGS:
-        args = _ARGS[name]
-    elif op.arity == 2:
-        args = "a, b"
-    else:
-        args = "x"
-    args += "".join(f", {k} = {_number(v)}" for k, v in op.attrs.items())
+    args = ", ".join(op.args) + "".join(f", {k} = {_number(v)}" for k, v in op.attrs.items())
     text = f"`{name}({args})`"
-    if name in _OPERATOR:
-        text = f"`{_OPERATOR[name]}` or " + text
+    if op.operator:
+        written = f" {op.operator} ".join(op.args) if len(op.args) == 2 else op.operator + op.args[0]
+        text = f"`{written}` or " + text
     return text
 
 
@@ -253,6 +240,35 @@ def _between(text: str, start: str, end: str) -> str:
 def test_ops_table_is_generated_from_the_registry():
     assert _between(language_text(), OPS_START, OPS_END) == ops_table(), \
         "the op tables in docs/language.md are stale: run  python tests/test_docs.py --write"
+
+
+# ---- the losses table -----------------------------------------------------------------
+
+LOSSES_START, LOSSES_END = "<!-- losses-table:start -->", "<!-- losses-table:end -->"
+_PREDICTION = {"probabilities": "probabilities", "log_probabilities": "log-probabilities",
+               "logits": "scores (logits)", "scores": "the input of a `step` unit", "reals": "reals"}
+_TARGET = {"class": "a `class` or `seq of class`", "binary": "0/1 of the same shape",
+           "real": "reals of the same shape"}
+
+
+def losses_table() -> str:
+    """Section 9's table, from each loss's facts: what it takes, and what accuracy counts."""
+    rows = []
+    for name in sorted(n for n, op in REGISTRY.items() if op.scalar_output):
+        op = REGISTRY[name]
+        pred = _PREDICTION[op.prediction] + (" `[K]`" if op.target == "class" else "")
+        if op.logits_form:
+            activation, fused = op.logits_form
+            pred += f" (after `{activation}`; `{fused}` takes its input, stabler)"
+        scored = {"class": "the largest score is the class", "real": "—",
+                  "binary": f"1 when the prediction > {_number(op.threshold)}"}[op.target]
+        rows.append(f"| {usage(name)} | {pred} | {_TARGET[op.target]} | {scored} |")
+    return "| loss | prediction | target | accuracy |\n|---|---|---|---|\n" + "\n".join(rows)
+
+
+def test_losses_table_is_generated_from_the_registry():
+    assert _between(language_text(), LOSSES_START, LOSSES_END) == losses_table(), \
+        "the losses table in docs/language.md is stale: run  python tests/test_docs.py --write"
 
 
 # ---- the settings table -----------------------------------------------------------------
@@ -295,10 +311,12 @@ def test_internals_names_every_pipeline_module():
 
 def write_ops_table() -> None:
     text = language_text()
-    before, rest = text.split(OPS_START, 1)
-    _, after = rest.split(OPS_END, 1)
-    LANGUAGE.write_text(f"{before}{OPS_START}\n{ops_table()}\n{OPS_END}{after}", encoding="utf-8")
-    print(f"wrote the op tables into {LANGUAGE}")
+    for start, end, table in ((OPS_START, OPS_END, ops_table()), (LOSSES_START, LOSSES_END, losses_table())):
+        before, rest = text.split(start, 1)
+        _, after = rest.split(end, 1)
+        text = f"{before}{start}\n{table}\n{end}{after}"
+    LANGUAGE.write_text(text, encoding="utf-8")
+    print(f"wrote the op and losses tables into {LANGUAGE}")
 
 
 if __name__ == "__main__":

@@ -99,6 +99,7 @@ CASES = [
     C("elu", away(B, N)),
     C("softplus", normal(B, N) * 3),
     C("gelu", normal(B, N) * 2),
+    C("mish", normal(T, B, N) * 3),
     C("hard_tanh", away(B, N, kinks=(-1.0, 1.0))),
     C("softmax", normal(B, K)),
     C("softmax", normal(T, B, K), tag="seq"),
@@ -232,6 +233,12 @@ def test_sigmoid_and_softplus_are_stable_at_1000():
     with no_overflow():
         np.testing.assert_allclose(fwd("sigmoid", z), [0.0, 0.5, 1.0])
         np.testing.assert_allclose(fwd("softplus", z), [0.0, np.log(2.0), 1000.0])
+
+
+def test_mish_is_x_tanh_softplus_and_stable_at_1000():
+    with no_overflow():
+        y = fwd("mish", np.array([-1000.0, 0.0, 1.0, 1000.0]))
+    np.testing.assert_allclose(y, [0.0, 0.0, np.tanh(np.log1p(np.e)), 1000.0], atol=1e-300)
 
 
 def test_step_is_heaviside_with_zero_gradient():

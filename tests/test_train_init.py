@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from nnspec.train.init import INITIALIZERS, default_initializer, fans, initialize
+from nnspec.initializers import INITIALIZERS, default_initializer, fans, initialize
 
 RANDOM = sorted(n for n in INITIALIZERS if n not in ("zeros", "ones"))
 

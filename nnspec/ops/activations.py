@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .registry import Op, ShapeError, register, show_shape
+from .registry import NotALoss, Op, ShapeError, register, show_shape
 
 
 def sigmoid(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
@@ -28,9 +28,17 @@ def log_softmax(x: np.ndarray) -> np.ndarray:
     return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
 
 
-class Activation(Op):
+class Activation(NotALoss, Op):
     arity = 1
     needs_ctx = False
+    elementwise = True
+    operator = None
+    args = ("x",)
+    saves_state = False
+    last_axis_view = False
+    row_gradient_input = None
+    reads_across_chunks = False
+    passes_gradient = ()
 
     def shape(self, shapes, attrs, dims):
         return shapes[0]
@@ -44,21 +52,14 @@ class Sigmoid(Activation):
     vjp_reads = ("out",)
     quiet_overflow = True
 
-    def forward(self, xs, attrs, ctx):
-        return sigmoid(xs[0])
-
     def forward_into(self, xs, out, attrs):
         sigmoid(xs[0], out=out)
 
     def step_forward(self, xs, out, attrs):
-        (x,) = xs
-        negative, exp, reciprocal = np.negative, np.exp, np.reciprocal
+        (x,) = xs   # the runtime silences overflow around the loop (quiet_overflow)
 
-        def f(t):  # _sigmoid, inlined
-            o = negative(x[t], out=out[t])
-            exp(o, out=o)
-            o += 1.0
-            reciprocal(o, out=o)
+        def f(t):
+            _sigmoid(x[t], out[t])
         return f
 
     def vjp(self, g, xs, out, attrs, ctx):
@@ -76,9 +77,6 @@ class Tanh(Activation):
     doc = "hyperbolic tangent"
 
     vjp_reads = ("out",)
-
-    def forward(self, xs, attrs, ctx):
-        return np.tanh(xs[0])
 
     def forward_into(self, xs, out, attrs):
         np.tanh(xs[0], out=out)
@@ -106,9 +104,6 @@ class Relu(Activation):
     doc = "max(x, 0)"
 
     vjp_reads = (0,)
-
-    def forward(self, xs, attrs, ctx):
-        return np.maximum(xs[0], 0)
 
     def forward_into(self, xs, out, attrs):
         np.maximum(xs[0], 0, out=out)
@@ -142,6 +137,10 @@ class Identity(Activation):
     doc = "x unchanged (a linear unit)"
 
     vjp_reads = ()
+    passes_gradient = (0,)
+
+    def output_integer(self, inputs_integer):
+        return inputs_integer[0]  # ids stay ids
 
     def forward(self, xs, attrs, ctx):
         return xs[0]
@@ -194,20 +193,49 @@ class Softplus(Activation):
 @register
 class Gelu(Activation):
     name = "gelu"
-    needs_ctx = True  # keeps tanh(...) from forward in ctx.saved
     doc = "x * Phi(x), tanh approximation 0.5x(1 + tanh(sqrt(2/pi)(x + 0.044715x^3)))"
     C = float(np.sqrt(2.0 / np.pi))
 
-    def forward(self, xs, attrs, ctx):
+    vjp_reads = (0,)
+
+    def _t(self, x):
+        return np.tanh(self.C * (x + 0.044715 * x ** 3))
+
+    def forward_into(self, xs, out, attrs):
+        # the vjp computes tanh(...) again from x: saving it would need the context and keep a
+        # loop holding gelu off the fast path
         x = xs[0]
-        t = np.tanh(self.C * (x + 0.044715 * x ** 3))
-        ctx.saved["t"] = t
-        return 0.5 * x * (1.0 + t)
+        np.multiply(0.5 * x, 1.0 + self._t(x), out=out)
+
+    def local_grad(self, xs, out, attrs, into=None):
+        x = xs[0]
+        t = self._t(x)
+        dt = (1.0 - t * t) * self.C * (1.0 + 3 * 0.044715 * x * x)
+        return np.multiply(0.5, 1.0 + t + x * dt, out=into)
 
     def vjp(self, g, xs, out, attrs, ctx):
-        x, t = xs[0], ctx.saved["t"]
-        dt = (1.0 - t * t) * self.C * (1.0 + 3 * 0.044715 * x * x)
-        return [g * 0.5 * (1.0 + t + x * dt)]
+        return [g * self.local_grad(xs, out, attrs)]
+
+
+@register
+class Mish(Activation):
+    name = "mish"
+    doc = "x * tanh(softplus(x)), smooth and non-monotonic (Misra 2019)"
+
+    vjp_reads = (0,)
+
+    def forward_into(self, xs, out, attrs):
+        x = xs[0]
+        np.multiply(x, np.tanh(np.logaddexp(0, x)), out=out)
+
+    def local_grad(self, xs, out, attrs, into=None):
+        # d/dx x tanh(sp(x)) = tanh(sp) + x (1 - tanh(sp)^2) sigmoid(x)
+        x = xs[0]
+        t = np.tanh(np.logaddexp(0, x))
+        return np.add(t, x * (1.0 - t * t) * sigmoid(x), out=into)
+
+    def vjp(self, g, xs, out, attrs, ctx):
+        return [g * self.local_grad(xs, out, attrs)]
 
 
 @register
@@ -223,6 +251,7 @@ class HardTanh(Activation):
 
 
 class LastAxis(Activation):
+    elementwise = False  # each value reads its whole row
     def shape(self, shapes, attrs, dims):
         if len(shapes[0]) == 0:
             raise ShapeError(f"{self.name} needs a vector (classes on the last axis), "

@@ -8,20 +8,36 @@ from __future__ import annotations
 
 import numpy as np
 
-from .registry import Op, broadcast_shape, product_into, register, unbroadcast
+from .registry import NotALoss, Op, broadcast_shape, product_into, register, unbroadcast
 
 
-class Binary(Op):
+class Binary(NotALoss, Op):
     arity = 2
     needs_ctx = False
+    elementwise = True
+    operator = None
+    saves_state = False
+    last_axis_view = False
+    row_gradient_input = None
+    reads_across_chunks = False
+    passes_gradient = ()
+    args = ("a", "b")
 
     def shape(self, shapes, attrs, dims):
         return broadcast_shape(shapes, dims, self.name)
 
 
-class Unary(Op):
+class Unary(NotALoss, Op):
     arity = 1
     needs_ctx = False
+    elementwise = True
+    operator = None
+    saves_state = False
+    last_axis_view = False
+    row_gradient_input = None
+    reads_across_chunks = False
+    passes_gradient = ()
+    args = ("x",)
 
     def shape(self, shapes, attrs, dims):
         return shapes[0]
@@ -31,11 +47,10 @@ class Unary(Op):
 class Add(Binary):
     name = "add"
     doc = "a + b, elementwise with broadcasting"
+    operator = "+"
+    passes_gradient = (0, 1)
 
     vjp_reads = ()
-
-    def forward(self, xs, attrs, ctx):
-        return xs[0] + xs[1]
 
     def forward_into(self, xs, out, attrs):
         np.add(xs[0], xs[1], out=out)
@@ -61,11 +76,10 @@ class Add(Binary):
 class Sub(Binary):
     name = "sub"
     doc = "a - b, elementwise with broadcasting"
+    operator = "-"
+    passes_gradient = (0,)
 
     vjp_reads = ()
-
-    def forward(self, xs, attrs, ctx):
-        return xs[0] - xs[1]
 
     def forward_into(self, xs, out, attrs):
         np.subtract(xs[0], xs[1], out=out)
@@ -91,11 +105,9 @@ class Sub(Binary):
 class Mul(Binary):
     name = "mul"
     doc = "a * b, elementwise with broadcasting"
+    operator = "*"
 
     vjp_reads = (0, 1)
-
-    def forward(self, xs, attrs, ctx):
-        return xs[0] * xs[1]
 
     def forward_into(self, xs, out, attrs):
         np.multiply(xs[0], xs[1], out=out)
@@ -130,11 +142,9 @@ class Mul(Binary):
 class Div(Binary):
     name = "div"
     doc = "a / b, elementwise with broadcasting"
+    operator = "/"
 
     vjp_reads = (1, "out")
-
-    def forward(self, xs, attrs, ctx):
-        return xs[0] / xs[1]
 
     def forward_into(self, xs, out, attrs):
         np.divide(xs[0], xs[1], out=out)
@@ -151,11 +161,9 @@ class Div(Binary):
 class Neg(Unary):
     name = "neg"
     doc = "-x"
+    operator = "-"
 
     vjp_reads = ()
-
-    def forward(self, xs, attrs, ctx):
-        return -xs[0]
 
     def forward_into(self, xs, out, attrs):
         np.negative(xs[0], out=out)
@@ -190,9 +198,6 @@ class Exp(Unary):
     doc = "e ** x"
 
     vjp_reads = ("out",)
-
-    def forward(self, xs, attrs, ctx):
-        return np.exp(xs[0])
 
     def forward_into(self, xs, out, attrs):
         np.exp(xs[0], out=out)

@@ -3,15 +3,23 @@ from __future__ import annotations
 
 import numpy as np
 
-from .registry import Op, ShapeError, register, show_shape, unbroadcast
+from .registry import NotALoss, Op, ShapeError, register, show_shape, unbroadcast
 
 
 @register
-class Matmul(Op):
+class Matmul(NotALoss, Op):
     name = "matmul"
     arity = 2
     shared_inputs = (0,)   # W is read as (m, n): x's leading axes are the batch's and time's
     doc = "W x for a weight W (m, n) and input x (..., n): out (..., m)"
+    elementwise = False
+    saves_state = False
+    reads_across_chunks = False
+    passes_gradient = ()
+    operator = '@'
+    args = ('W', 'x')
+    last_axis_view = False
+    row_gradient_input = None
 
     def shape(self, shapes, attrs, dims):
         w, x = shapes
@@ -110,13 +118,21 @@ def _rows_times(x: np.ndarray, m: np.ndarray, out: np.ndarray | None = None) -> 
 
 
 @register
-class Linear(Op):
+class Linear(NotALoss, Op):
     name = "linear"
     arity = 3
     shared_inputs = (0, 2)
     needs_ctx = False
     vjp_reads = (0, 1)
     doc = "W x + b for a weight W (m, n), an input x (..., n) and a bias b (m,): matmul and add in one step"
+    elementwise = False
+    saves_state = False
+    reads_across_chunks = False
+    passes_gradient = ()
+    operator = None
+    args = ('W', 'x', 'b')
+    last_axis_view = False
+    row_gradient_input = None
 
     def shape(self, shapes, attrs, dims):
         w, x, b = shapes
@@ -160,10 +176,18 @@ class Linear(Op):
 
 
 @register
-class Concat(Op):
+class Concat(NotALoss, Op):
     name = "concat"
     arity = None
     doc = "join inputs along the last axis (other dims must agree)"
+    elementwise = False
+    saves_state = False
+    reads_across_chunks = False
+    passes_gradient = ()
+    operator = None
+    args = ('x1', 'x2', '...')
+    last_axis_view = False
+    row_gradient_input = None
 
     def shape(self, shapes, attrs, dims):
         if not shapes or any(len(s) == 0 for s in shapes):
@@ -215,12 +239,20 @@ class Concat(Op):
 
 
 @register
-class Slice(Op):
+class Slice(NotALoss, Op):
     name = "slice"
     attrs = {"start": 0, "stop": None}
     needs_ctx = False
     vjp_reads = ()
     doc = "x[..., start:stop]: a part of the last axis (a view, no copy); the optimiser splits fused gates with it"
+    elementwise = False
+    saves_state = False
+    reads_across_chunks = False
+    passes_gradient = ()
+    operator = None
+    args = ('x',)
+    last_axis_view = True
+    row_gradient_input = None
 
     def _bounds(self, attrs, n):
         start, stop = int(self.attr(attrs, "start")), self.attr(attrs, "stop")
@@ -260,7 +292,7 @@ class Slice(Op):
 
 
 @register
-class ConcatRows(Op):
+class ConcatRows(NotALoss, Op):
     name = "concat_rows"
     arity = None
     shared_inputs = "all"  # joined along axis 0, which is the batch's for a per-example value
@@ -268,6 +300,14 @@ class ConcatRows(Op):
     vjp_reads = ()
     doc = ("stack parameters along their first axis: matrices (m_i, n) -> (sum m_i, n), vectors -> one "
            "vector; the optimiser fuses the weights of gates with it, once per pass")
+    elementwise = False
+    saves_state = False
+    reads_across_chunks = False
+    passes_gradient = ()
+    operator = None
+    args = ('x1', 'x2', '...')
+    last_axis_view = False
+    row_gradient_input = None
 
     def shape(self, shapes, attrs, dims):
         if not shapes or any(len(s) == 0 for s in shapes):
@@ -300,12 +340,20 @@ class ConcatRows(Op):
 
 
 @register
-class Embed(Op):
+class Embed(NotALoss, Op):
     name = "embed"
     arity = 2
     shared_inputs = (1,)
     integer_inputs = (0,)
     doc = "row ids of a table (V, d): int ids (...) -> (..., d); id -1 (padding) gives zeros"
+    elementwise = False
+    saves_state = False
+    reads_across_chunks = False
+    passes_gradient = ()
+    operator = None
+    args = ('ids', 'width')
+    last_axis_view = False
+    row_gradient_input = 1
 
     def shape(self, shapes, attrs, dims):
         ids, table = shapes

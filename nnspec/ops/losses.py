@@ -25,6 +25,15 @@ class FloatLoss(Op):
     """Mean of ``elems(pred, target)``; subclasses give the elements and their partials."""
     arity = 2
     scalar_output = True
+    elementwise = False
+    operator = None
+    last_axis_view = False
+    row_gradient_input = None
+    reads_across_chunks = False
+    passes_gradient = ()
+    logits_form = None
+    saves_state = False
+    threshold = None
 
     def shape(self, shapes, attrs, dims):
         unify_dims(shapes[0], shapes[1], dims, f"{self.name} of prediction and target")
@@ -54,6 +63,8 @@ class FloatLoss(Op):
 class Mse(FloatLoss):
     name = "mse"
     doc = "mean squared error mean((pred - target)^2)"
+    args = ("pred", "target")
+    prediction, target = "reals", "real"
 
     def elems(self, p, t):
         return (p - t) ** 2
@@ -71,6 +82,9 @@ def _bce_bounds(dtype):
 class Bce(FloatLoss):
     name = "bce"
     doc = "binary cross-entropy of probabilities p (clipped to [1e-12, 1-1e-12]) and targets y"
+    args = ("p", "y")
+    prediction, target, threshold = "probabilities", "binary", 0.5
+    logits_form = ("sigmoid", "bce_logits")
 
     def elems(self, p, y):
         pc = np.clip(p, *_bce_bounds(p.dtype))
@@ -87,6 +101,8 @@ class Bce(FloatLoss):
 class BceLogits(FloatLoss):
     name = "bce_logits"
     doc = "binary cross-entropy of logits z (= bce(sigmoid(z), y), stable for any z)"
+    args = ("z", "y")
+    prediction, target, threshold = "logits", "binary", 0.0
 
     def elems(self, z, y):
         # log(1 + e^z) - z y, with log(1 + e^z) = max(z, 0) + log1p(e^-|z|)
@@ -100,6 +116,8 @@ class BceLogits(FloatLoss):
 class Perceptron(FloatLoss):
     name = "perceptron"
     doc = "perceptron criterion of a step unit's input z against 0/1 targets: mean((step(z) - t) z)"
+    args = ("z", "t")
+    prediction, target, threshold = "scores", "binary", 0.0  # the step unit's input
 
     # Zero where the unit is right, |z| where it is wrong; its gradient (step(z) - t)
     # is the perceptron learning rule, so SGD with batch 1 and lr 1 *is* that rule.
@@ -115,6 +133,16 @@ class ClassLoss(Op):
     arity = 2
     integer_inputs = (1,)
     scalar_output = True
+    elementwise = False
+    operator = None
+    last_axis_view = False
+    row_gradient_input = None
+    reads_across_chunks = False
+    passes_gradient = ()
+    logits_form = None
+    saves_state = False
+    target = "class"
+    threshold = None
 
     def shape(self, shapes, attrs, dims):
         pred, target = shapes
@@ -145,6 +173,9 @@ class ClassLoss(Op):
 class CrossEntropy(ClassLoss):
     name = "cross_entropy"
     doc = "-log p[y] for probabilities p (..., K) and int classes y (...); -1 is ignored"
+    args = ("p", "y")
+    prediction = "probabilities"
+    logits_form = ("softmax", "cross_entropy_logits")
 
     def forward(self, xs, attrs, ctx):
         p, y = xs
@@ -164,6 +195,9 @@ class CrossEntropy(ClassLoss):
 class CrossEntropyLogits(ClassLoss):
     name = "cross_entropy_logits"
     doc = "cross_entropy(softmax(z), y) computed stably from logits z"
+    args = ("z", "y")
+    prediction = "logits"
+    saves_state = True    # the exponentials, for the vjp
     spends_input = True   # in a single-use pass the exponentials overwrite the logits
 
     # Rows flattened to (N, K) and few NumPy calls: for small batches the calls are the cost.
@@ -235,6 +269,9 @@ def _arange(n: int) -> np.ndarray:
 class Nll(ClassLoss):
     name = "nll"
     doc = "negative log-likelihood -logp[y] for log-probabilities (..., K) and int classes y"
+    args = ("logp", "y")
+    prediction = "log_probabilities"
+    logits_form = ("log_softmax", "cross_entropy_logits")
 
     def forward(self, xs, attrs, ctx):
         logp, y = xs

@@ -83,11 +83,35 @@ class Op:
     shared_inputs: ClassVar[tuple[int, ...] | str] = ()
     doc: ClassVar[str] = ""
 
+    # ---- facts: what the passes ask of an op (declared by every op or its family, never defaulted:
+    # ``register`` refuses an op that leaves one out, so a new op cannot be silently misread) -----------
+    elementwise: ClassVar[bool]        # output at each position reads only the inputs there: commutes with slicing
+    operator: ClassVar[str | None]     # the infix (prefix for one input) symbol users may write instead
+    args: ClassVar[tuple[str, ...]]    # the arguments' names as the docs show them ("..." for any number)
+    saves_state: ClassVar[bool]        # forward stashes something in ctx.saved for the vjp (implies needs_ctx)
+    last_axis_view: ClassVar[bool]     # output is x[..., start:stop] of its first input (attrs start, stop)
+    row_gradient_input: ClassVar[int | None]  # an input (a table) whose gradient is a few rows: kept sparse
+    reads_across_chunks: ClassVar[bool]  # reads later steps (attr k) of a sequence cut into chunks
+    passes_gradient: ClassVar[tuple[int, ...]]  # inputs whose gradient is the output's gradient, unchanged
+    # losses (None elsewhere): what the prediction is ("probabilities", "log_probabilities", "logits",
+    # "scores": a step unit's input, no probability, or "reals"), the target ("class": int classes, "binary": 0/1, "real"), the threshold of a binary
+    # decision on the prediction, and (activation, loss): loss(activation(z), y) is that loss of z
+    prediction: ClassVar[str | None]
+    target: ClassVar[str | None]
+    threshold: ClassVar[float | None]
+    logits_form: ClassVar[tuple[str, str] | None]
+
     def shape(self, shapes: list[Shape], attrs: dict, dims: DimSolver) -> Shape:
         raise NotImplementedError
 
     def forward(self, xs: list[np.ndarray], attrs: dict, ctx: Ctx) -> np.ndarray:
-        raise NotImplementedError
+        """By default ``forward_into`` a new array of the inputs' broadcast shape: an elementwise op
+        writes its maths once, there."""
+        if type(self).forward_into is Op.forward_into:
+            raise NotImplementedError(f"{self.name}: neither forward nor forward_into")
+        out = np.empty(np.broadcast_shapes(*(np.shape(x) for x in xs)), np.result_type(*xs))
+        self.forward_into(xs, out, attrs)
+        return out
 
     def vjp(self, g: np.ndarray, xs: list[np.ndarray], out: np.ndarray,
             attrs: dict, ctx: Ctx) -> list[np.ndarray | None]:
@@ -163,15 +187,30 @@ class Op:
         return self.integer_output
 
 
+class NotALoss:
+    """The loss facts of every op that is not a loss (mixed into a family or op before Op)."""
+    prediction = target = threshold = logits_form = None
+
+
 NO_CTX = Ctx()  # handed to ops that do not read their context (``needs_ctx`` False)
 
 REGISTRY: dict[str, Op] = {}
 
 
+FACTS = ("elementwise", "operator", "args", "saves_state", "last_axis_view", "row_gradient_input",
+         "reads_across_chunks", "passes_gradient", "prediction", "target", "threshold", "logits_form")
+LOSS_FACTS = ("prediction", "target", "threshold", "logits_form")  # None unless scalar_output
+PREDICTIONS = ("probabilities", "log_probabilities", "logits", "scores", "reals")
+TARGETS = ("class", "binary", "real")
+
+
 def register(cls: type[Op]) -> type[Op]:
-    """Class decorator: add one instance of the op to the registry."""
+    """Class decorator: add one instance of the op to the registry, once it states every fact."""
     if cls.name in REGISTRY:
         raise ValueError(f"op {cls.name!r} registered twice")
+    missing = [f for f in FACTS if not hasattr(cls, f)]
+    if missing:
+        raise TypeError(f"op {cls.name!r} does not declare {', '.join(missing)} (see Op's facts)")
     REGISTRY[cls.name] = cls()
     return cls
 

@@ -3,14 +3,22 @@ from __future__ import annotations
 
 import numpy as np
 
-from .registry import Op, ShapeError, register
+from .registry import NotALoss, Op, ShapeError, register
 
 
 @register
-class Dropout(Op):
+class Dropout(NotALoss, Op):
     name = "dropout"
     attrs = {"p": 0.5}
     doc = "while training, zero each value with probability p and scale the rest by 1/(1-p)"
+    elementwise = False  # random: its mask is drawn for the whole array
+    operator = None
+    last_axis_view = False
+    row_gradient_input = None
+    passes_gradient = ()
+    args = ("x",)
+    reads_across_chunks = False
+    saves_state = True   # the mask
 
     def shape(self, shapes, attrs, dims):
         p = float(self.attr(attrs, "p"))
@@ -36,12 +44,20 @@ class Dropout(Op):
 
 
 @register
-class WordDropout(Op):
+class WordDropout(NotALoss, Op):
     name = "word_dropout"
     attrs = {"p": 0.1}
     integer_inputs = (0,)
     integer_output = True
     doc = "while training, replace each token id by <unk> (id 1) with probability p; padding stays"
+    elementwise = False
+    operator = None
+    last_axis_view = False
+    row_gradient_input = None
+    passes_gradient = ()
+    args = ("x",)
+    reads_across_chunks = False
+    saves_state = False
 
     # Dropping whole words teaches the <unk> embedding what unseen words at test time look like.
     def shape(self, shapes, attrs, dims):

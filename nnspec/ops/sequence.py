@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .registry import Op, ShapeError, register, show_shape
+from .registry import NotALoss, Op, ShapeError, register, show_shape
 
 
 def _real(x: np.ndarray, ctx) -> tuple[np.ndarray, np.ndarray]:
@@ -23,11 +23,19 @@ def _real(x: np.ndarray, ctx) -> tuple[np.ndarray, np.ndarray]:
     return real.reshape(real.shape + (1,) * (x.ndim - 2)), real.sum(axis=0)
 
 
-class OverTime(Op):
+class OverTime(NotALoss, Op):
     """Sequence (T, B, *shape) -> one value (B, *shape) per sequence."""
     arity = 1
     over_time = True
     reduces_time = True
+    elementwise = False
+    operator = None
+    last_axis_view = False
+    row_gradient_input = None
+    passes_gradient = ()
+    args = ("x",)
+    saves_state = False
+    reads_across_chunks = False
 
     def shape(self, shapes, attrs, dims):
         return shapes[0]
@@ -81,6 +89,7 @@ class Sum(OverTime):
 class Mean(OverTime):
     name = "mean"
     doc = "mean over the real steps of each sequence"
+    saves_state = True   # the lengths
 
     def forward(self, xs, attrs, ctx):
         x = xs[0]
@@ -98,6 +107,7 @@ class Mean(OverTime):
 class Max(OverTime):
     name = "max"
     doc = "elementwise max over the real steps (gradient flows to the max step)"
+    saves_state = True   # where the max was
 
     def forward(self, xs, attrs, ctx):
         real, _ = _real(xs[0], ctx)
@@ -112,12 +122,20 @@ class Max(OverTime):
 
 
 @register
-class Shift(Op):
+class Shift(NotALoss, Op):
     name = "shift"
     attrs = {"k": 1}
     over_time = True
     doc = ("out[t] = x[t+k] while t+k is a real step, else padding "
            "(-1 ints, 0 floats): next-token targets")
+    elementwise = False
+    operator = None
+    last_axis_view = False
+    row_gradient_input = None
+    passes_gradient = ()
+    args = ("x",)
+    saves_state = False
+    reads_across_chunks = True
 
     def shape(self, shapes, attrs, dims):
         return shapes[0]
@@ -149,11 +167,19 @@ class Shift(Op):
 
 
 @register
-class Argmax(Op):
+class Argmax(NotALoss, Op):
     name = "argmax"
     integer_output = True
     needs_ctx = False
     doc = "index of the largest value on the last axis (int; not differentiable)"
+    elementwise = False
+    operator = None
+    last_axis_view = False
+    row_gradient_input = None
+    passes_gradient = ()
+    args = ("x",)
+    saves_state = False
+    reads_across_chunks = False
 
     def shape(self, shapes, attrs, dims):
         if len(shapes[0]) == 0:

@@ -6,7 +6,7 @@ and gradients a dict with the same keys and shapes.
 """
 from .checkpoint import Checkpoint, CheckpointError, load_checkpoint, rng_from_state, save_checkpoint
 from .clip import clip_global_norm, clip_scale, clip_value, global_norm
-from .init import INITIALIZERS, default_initializer, fans, initialize
+from ..initializers import INITIALIZERS, default_initializer, fans, initialize
 from .metrics import RunningMean, accuracy, confusion_matrix, perplexity
 from .optim import OPTIMIZERS, SGD, Adam, AdamW, Momentum, Optimizer, make_optimizer
 from .progress import Progress

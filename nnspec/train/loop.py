@@ -20,6 +20,7 @@ import numpy as np
 from ..chunks import lookahead_depth
 from ..dataset import BoundData
 from ..model import Model
+from ..ops import REGISTRY
 from ..plan import OpStep
 from ..runtime import RuntimeFailure
 from ..settings import TrainSettings
@@ -31,9 +32,6 @@ from .notebook_progress import progress_class
 from .progress import Progress
 from .rundir import RunDir
 from .schedule import make_schedule
-
-CLASS_HEADS = {"cross_entropy", "cross_entropy_logits", "nll"}
-BINARY_HEADS = {"bce": 0.5, "bce_logits": 0.0, "perceptron": 0.0}
 
 
 # A kill loses at most this much training (plus the epoch under way); the first checkpoint is
@@ -75,15 +73,21 @@ def find_heads(model: Model) -> list[Head]:
     elems = {v.name: v.elem for v in plan.inputs + plan.targets}
     heads = []
     for s in steps.values():
-        if s.op in CLASS_HEADS or s.op in BINARY_HEADS:
+        loss = REGISTRY[s.op]
+        if loss.target in ("class", "binary"):   # a decision to score: accuracy
             pred, target = s.inputs[0][0], s.inputs[1][0]
             source = target
-            while source in steps and steps[source].op in ("shift", "identity"):
+            while source in steps and _carries_ids(REGISTRY[steps[source].op]):
                 source = steps[source].inputs[0][0]
-            kind = "class" if s.op in CLASS_HEADS else "binary"
-            heads.append(Head(s.id, pred, target, kind, BINARY_HEADS.get(s.op, 0.5),
+            heads.append(Head(s.id, pred, target, loss.target,
+                              0.5 if loss.threshold is None else loss.threshold,
                               tokens=source in token_values, elem=elems.get(source)))
     return heads
+
+
+def _carries_ids(op) -> bool:
+    """The op's output holds ids exactly when its input does (shift, identity): the same tokens."""
+    return op.output_integer([True]) and not op.output_integer([False])
 
 
 def loss_unit(model: Model) -> str | None:
@@ -93,12 +97,13 @@ def loss_unit(model: Model) -> str | None:
     loss = steps.get(model.plan.loss)
     if loss is None:
         return None
-    if loss.op in CLASS_HEADS or loss.op in ("bce", "bce_logits"):
+    facts = REGISTRY[loss.op]
+    if facts.target in ("class", "binary") and facts.prediction != "scores":  # a likelihood
         head = next((h for h in find_heads(model) if h.loss == loss.id), None)
         if head is not None and head.tokens:
             return "nats per character" if head.elem == "char" else "nats per token"
         return "nats"
-    if loss.op == "mse":
+    if facts.target == "real":
         return "squared error"
     return None
 
