@@ -14,6 +14,7 @@ from . import __version__
 from .data import DataError
 from .errors import Diagnostics, SpecError
 from .runtime import RuntimeFailure
+from .sweep import SweepError
 from .train.checkpoint import CheckpointError
 from .train.loop import TrainingError
 
@@ -127,6 +128,8 @@ def cmd_run(args) -> int:
     from .session import open_session
     if args.folds:
         return _cross_validate(args)
+    if args.inner_folds or args.scheduler or args.workers:
+        raise UsageError("--inner-folds, --scheduler and --workers go with --folds (sweeps: nnspec sweep)")
     session = open_session(args.spec, overrides=args.set or [], seed=args.seed,
                            dtype="float64" if args.float64 else None)
     if session.compiled.flat.train is None and not args.set:
@@ -280,27 +283,21 @@ def _show(v) -> str:
 
 
 def _cross_validate(args) -> int:
-    from .session import open_session
-    k = args.folds
-    scores, reports = [], []
-    for fold in range(k):
-        session = open_session(args.spec, overrides=args.set or [], fold=(k, fold), seed=args.seed,
-                               dtype="float64" if args.float64 else None)
-        if not args.json and not args.quiet:
-            print(f"fold {fold + 1}/{k}", file=sys.stderr)
-        report = _train(session, args, fold=f"-fold{fold + 1}")
-        acc = report["metrics"].get("test_accuracy")
-        scores.append(acc)
-        reports.append(report["metrics"])
-    valid = [s for s in scores if s is not None]
-    summary = {"folds": k, "test_accuracy_per_fold": scores,
-               "mean_test_accuracy": float(np.mean(valid)) if valid else None,
-               "std_test_accuracy": float(np.std(valid)) if valid else None}
+    from .sweep.commands import run_folds
+    if args.inner_folds is not None and args.inner_folds < 2:
+        raise UsageError("--inner-folds takes a number from 2")
+    summary = run_folds(args)
     if args.json:
-        _emit_json(_clean({"kind": "cross-validation", "metrics": summary, "outputs": {}, "folds": reports}))
-    else:
-        print(f"{k}-fold cross-validation: mean test accuracy {summary['mean_test_accuracy']:.4f} "
-              f"(± {summary['std_test_accuracy']:.4f})")
+        _emit_json(_clean({"kind": "cross-validation", "metrics": summary, "outputs": {}}))
+        return 0
+    metric = "accuracy" if "mean_test_accuracy" in summary else "loss"
+    mean, std, se = (summary.get(f"{w}_test_{metric}") for w in ("mean", "std", "stderr"))
+    nested = f", settings chosen inside each by {args.inner_folds}-fold cross-validation" if args.inner_folds else ""
+    line = f"{args.folds}-fold cross-validation{nested}: mean test {metric} " + \
+        (f"{mean:.4f}" if mean is not None else "n/a")
+    if std is not None:
+        line += f" (sd {std:.4f}, standard error {se:.4f})"
+    print(line + (f"; summary in {summary['run_dir']}/cv.json" if summary.get("run_dir") else ""))
     return 0
 
 
@@ -508,6 +505,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help='override a training setting, e.g. --set epochs=5 --set "optimizer sgd(lr = 0.1)"')
     r.add_argument("--seed", type=int)
     r.add_argument("--folds", type=int, help="k-fold cross-validation: report mean test accuracy")
+    r.add_argument("--inner-folds", type=int, metavar="J",
+                   help="nested cross-validation: the spec's sweep chooses settings by J-fold cross-validation "
+                        "inside each outer training part")
+    r.add_argument("--trials", type=int, help="with --inner-folds: trials of each inner sweep")
+    from .sweep.commands import add_cluster_options, add_sweep_command
+    add_cluster_options(r)
     r.add_argument("--float64", action="store_true", help="compute in float64")
     r.add_argument("--runs", default="runs", help="where run directories go (default: runs/)")
     r.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
@@ -542,6 +545,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .cli_model import add_model_commands
     add_model_commands(sub)
+    add_sweep_command(sub)
     return p
 
 
@@ -553,7 +557,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except SpecError as e:
         return _fail(as_json, e.diagnostics.render(color=sys.stderr.isatty()), e.diagnostics)
-    except (DataError, TrainingError, CheckpointError, RuntimeFailure, UsageError) as e:
+    except (DataError, TrainingError, CheckpointError, RuntimeFailure, UsageError, SweepError) as e:
         return _fail(as_json, f"error: {e}" if not isinstance(e, DataError) else str(e))
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -55,8 +55,10 @@ def recompile(compiled: Compiled, **kw) -> Compiled:
 
 def open_session(path: str | Path | None = None, *, text: str | None = None, overrides: list[str] = (),
                  with_data: bool = True, fold: tuple[int, int] | None = None, dtype: str | None = None,
-                 seed: int | None = None) -> Session:
-    """Compile a spec, read its data (vocabularies decide some sizes), compile again with those sizes."""
+                 seed: int | None = None, outer: tuple[int, int] | None = None) -> Session:
+    """Compile a spec, read its data (vocabularies decide some sizes), compile again with those sizes.
+    ``fold = (k, i)``: fold i of k-fold cross-validation is the test part; ``outer = (k, i)``: fold i of
+    an outer cross-validation is left out before anything else (see dataset.bind_data)."""
     program, diags = load(path, text=text)
     first = compile_program(program, diags)
     settings = settings_from_block(first.flat.train, diags, overrides)
@@ -75,7 +77,7 @@ def open_session(path: str | Path | None = None, *, text: str | None = None, ove
             diags.raise_if_errors()
         data = bind_data(first.flat, first.plan, diags, dev=split.get("dev", 0.0), test=split.get("test", 0.0),
                          seed=settings.seed, min_count=settings.min_count, normalize=settings.normalize,
-                         fold=fold, limit=settings.limit)
+                         fold=fold, limit=settings.limit, outer=outer)
     if data is not None or settings.dropout:
         compiled = recompile(first, bindings=data.bindings if data else None, dropout=settings.dropout)
     model = None

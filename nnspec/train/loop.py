@@ -158,8 +158,10 @@ class TrainResult:
 class Trainer:
     def __init__(self, model: Model, data: BoundData, settings: TrainSettings, *,
                  run_dir: RunDir | None = None, spec_hash: str | None = None, quiet: bool = False,
-                 stream=None):
+                 stream=None, on_epoch=None):
         self.model, self.data, self.settings = model, data, settings
+        self.on_epoch = on_epoch  # called with each epoch's row; True stops training (a sweep's pruning)
+        self.stopped = False
         self.run_dir, self.spec_hash = run_dir, spec_hash
         self.quiet, self.stream = quiet, stream if stream is not None else sys.stderr
         self.heads = find_heads(model)
@@ -306,6 +308,9 @@ class Trainer:
                     self.run_dir.log_metrics(row)
                 self._save("last", epoch + 1, row)
                 progress.end_epoch({k: v for k, v in row.items() if k not in ("epoch",)})
+                if self.on_epoch is not None and self.on_epoch(row):
+                    self.stopped = True
+                    break
                 if s.rule == "perceptron" and mistakes == 0:
                     converged = True
                     break
