@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from contextlib import contextmanager
 
 from . import SweepError, require
@@ -17,6 +18,7 @@ def dask_client(scheduler: str | None = None, workers: int | None = None, timeou
         raise SweepError("--workers takes a number from 1")
     cluster = None
     if scheduler:
+        _check_reachable(scheduler, timeout)
         try:
             client = distributed.Client(scheduler, timeout=f"{timeout}s", set_as_default=False)
         except (OSError, TimeoutError, ValueError) as e:
@@ -26,7 +28,7 @@ def dask_client(scheduler: str | None = None, workers: int | None = None, timeou
             logging.getLogger("nnspec").info("--workers is ignored with --scheduler")
     else:
         cluster = distributed.LocalCluster(n_workers=workers or os.cpu_count() or 1, threads_per_worker=1,
-                                           processes=True, dashboard_address=None,
+                                           processes=True, dashboard_address=":0",
                                            silence_logs=logging.ERROR)
         client = distributed.Client(cluster, set_as_default=False)
     try:
@@ -35,6 +37,26 @@ def dask_client(scheduler: str | None = None, workers: int | None = None, timeou
         client.close()
         if cluster is not None:
             cluster.close()
+
+
+def _check_reachable(scheduler: str, timeout: float) -> None:
+    """A refused or unresolvable TCP address fails at once, with a message (Dask would retry until its
+    timeout, then raise with a traceback's worth of context)."""
+    from urllib.parse import urlsplit
+    parts = urlsplit(scheduler if "://" in scheduler else f"tcp://{scheduler}")
+    if parts.scheme not in ("tcp", "tls"):
+        return  # inproc://, ucx://: let Dask judge
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if not parts.hostname or port is None:
+        raise SweepError(f"--scheduler {scheduler}: give an address like tcp://HOST:PORT")
+    try:
+        socket.create_connection((parts.hostname, port), timeout=timeout).close()
+    except OSError as e:
+        raise SweepError(f"cannot reach the Dask scheduler at {scheduler}: {e.strerror or e} (start one with "
+                         f"`dask scheduler`, and workers with `dask worker {scheduler} --nthreads 1`)") from None
 
 
 def _reason(e: Exception) -> str:

@@ -93,19 +93,20 @@ def _run_all(jobs: list[Job], client, quiet: bool, stream, label: str = "fold") 
         for i, job in enumerate(jobs):
             results[i] = _checked(run_job(job), i, k, quiet, stream, label)
         return results
-    from distributed import as_completed
-    futures = {client.submit(run_job, job, pure=False, key=f"nnspec-{label}-{i}-{time.time_ns()}"): i
-               for i, job in enumerate(jobs)}
+    futures = [client.submit(run_job, job, pure=False, key=f"nnspec-{label}-{i}-{time.time_ns()}")
+               for i, job in enumerate(jobs)]
     try:
-        for future in as_completed(list(futures)):
-            i = futures[future]
-            try:
-                result = future.result()
-            except Exception as e:  # the workers running it died, again and again
-                result = {"state": "failed", "error": f"{type(e).__name__}: {e}"}
-            results[i] = _checked(result, i, k, quiet, stream, label)
+        while any(r is None for r in results):
+            for i, future in enumerate(futures):
+                if results[i] is None and future.done():
+                    try:
+                        result = future.result()
+                    except Exception as e:  # the workers running it died, again and again
+                        result = {"state": "failed", "error": f"{type(e).__name__}: {e}"}
+                    results[i] = _checked(result, i, k, quiet, stream, label)
+            time.sleep(0.1)
     except BaseException:
-        client.cancel(list(futures))
+        client.cancel(futures)
         raise
     return results
 
