@@ -1,7 +1,9 @@
 """Sweeps and cross-validation on Optuna and Dask, run for real: a LocalCluster of worker processes,
 and a `dask scheduler` with `dask worker` processes on 127.0.0.1 (nothing of Dask or Optuna is mocked).
 
-They skip when the `sweep` extra is missing (tests/test_sweep_space.py needs neither library).
+They skip when the `sweep` extra is missing (tests/test_sweep_space.py needs neither library). The
+worker-kill and resume tests start clusters and drivers of their own and are marked slow
+(`pytest --runslow tests/test_sweep.py`).
 """
 from __future__ import annotations
 
@@ -202,6 +204,7 @@ def _listening(port: int) -> bool:
         return False
 
 
+@pytest.mark.slow  # a scheduler and two worker processes of its own, and a trial run twice: ~45 s under load
 def test_a_sweep_on_a_running_cluster_survives_a_worker_killed_mid_trial(tmp_path, dask_cluster_processes):
     from threading import Thread
     from nnspec.sweep.cluster import dask_client
@@ -239,9 +242,9 @@ def test_a_sweep_on_a_running_cluster_survives_a_worker_killed_mid_trial(tmp_pat
             assert len((Path(t.user_attrs["run_dir"]) / "metrics.jsonl").read_text().splitlines()) == 150
 
 
-def test_resume_after_the_driver_is_interrupted_finishes_without_rerunning_finished_trials(tmp_path):
-    path = tiny(tmp_path, epochs=150, extra="pruner none")
-    directory = tmp_path / "s"
+@pytest.mark.slow  # two driver processes, each with its own local cluster: ~90 s under load
+def test_resume_after_the_driver_is_interrupted_finishes_without_rerunning_finished_trials(tmp_path, client):
+    path = tiny(tmp_path, epochs=100, extra="pruner none")
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     cmd = [sys.executable, "-m", "nnspec.cli", "sweep", str(path), "--trials", "3", "--workers", "1"]
     driver = subprocess.Popen(cmd + ["--runs", str(tmp_path / "runs")], env=env,
@@ -269,9 +272,8 @@ def test_resume_after_the_driver_is_interrupted_finishes_without_rerunning_finis
     assert states[:2] == ["complete", "interrupted"] and states[2:] == ["complete", "complete"]
     assert first_metrics.stat().st_mtime_ns == stamp  # the finished trial was not run again
     assert {k: rows[2][k] for k in ("lr", "H", "dropout.h")} == {k: rows[1][k] for k in ("lr", "H", "dropout.h")}
-    # and the proposals are those of a sweep that was never interrupted
-    from nnspec.sweep.cluster import dask_client
-    with dask_client(workers=1) as c:
-        _, straight = sweep_params(path, tmp_path / "straight", c, 3)
+    # and the proposals are those of a sweep that was never interrupted (on two workers, not one: the
+    # sampler is seeded by each trial's place in the sweep, not by how many run at once)
+    _, straight = sweep_params(path, tmp_path / "straight", client, 3)
     resumed = [{k: r[k] for k in ("lr", "H", "dropout.h")} for r in rows if r["state"] == "complete"]
     assert resumed == straight

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
@@ -22,6 +24,8 @@ def add_sweep_command(sub) -> None:
     add_cluster_options(s)
     s.add_argument("--resume", metavar="SWEEP_DIR", help="continue an interrupted sweep")
     s.add_argument("--seed", type=int, help="the sampler's seed (default: the spec's seed)")
+    s.add_argument("--set", action="append", metavar="SETTING",
+                   help="a training setting every trial uses (one the sweep does not search), as for nnspec run")
     s.add_argument("--runs", default="runs", help="where the sweep directory goes (default: runs/)")
     s.add_argument("--float64", action="store_true", help="train in float64")
     s.add_argument("--quiet", action="store_true")
@@ -48,9 +52,9 @@ def cmd_sweep(args) -> int:
     from .driver import Sweep
     from .report import print_table, write_plots, write_results
     quiet = args.quiet or args.json
-    with dask_client(args.scheduler, args.workers) as client:
+    with dask_client(args.scheduler, args.workers) as client, _terminate_as_interrupt():
         sweep = Sweep(spec, directory, client, resume=bool(args.resume), seed=args.seed, float64=args.float64,
-                      quiet=quiet)
+                      overrides=args.set or [], quiet=quiet)
         if not quiet:
             print(f"sweep of {spec.path.name}: {sweep.objective.describe()}, {trials} trials, "
                   f"{sweep.batch} at a time; directory {directory}", file=sys.stderr, flush=True)
@@ -79,6 +83,23 @@ def cmd_sweep(args) -> int:
     return 0
 
 
+@contextmanager
+def _terminate_as_interrupt():
+    """SIGTERM (a batch system's, or `kill`) stops the driver like Ctrl-C: the cluster it started is
+    closed and a sweep stays resumable, instead of the process dying with its workers left behind."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run_folds(args) -> dict:
     """``nnspec run --folds K`` (``--inner-folds J``): on Dask when the extra is installed, else here."""
     from .cv import cross_validate
@@ -88,5 +109,5 @@ def run_folds(args) -> dict:
     if args.inner_folds is None and args.scheduler is None and args.workers is None and not available():
         return cross_validate(args.spec, args.folds, client=None, **common)
     from .cluster import dask_client
-    with dask_client(args.scheduler, args.workers) as client:
+    with dask_client(args.scheduler, args.workers) as client, _terminate_as_interrupt():
         return cross_validate(args.spec, args.folds, client=client, **common)

@@ -126,8 +126,6 @@ def _nested(spec_path, k, inner, trials, client, cv_dir: Path, overrides, seed, 
     from .report import write_plots
     if client is None:
         raise SweepError("nested cross-validation runs sweeps: it needs the sweep extra")
-    if overrides:
-        raise SweepError("--set does not combine with nested cross-validation: put the settings in the spec")
     spec = read_sweep_spec(spec_path)
     trials = trials or spec.space.trials
     if not trials:
@@ -139,14 +137,14 @@ def _nested(spec_path, k, inner, trials, client, cv_dir: Path, overrides, seed, 
             print(f"outer fold {i + 1}/{k}: choosing settings by {inner}-fold cross-validation on the other "
                   f"{k - 1} folds", file=stream, flush=True)
         sweep = Sweep(spec, cv_dir / "sweeps" / f"fold-{i + 1:02d}", client, seed=seed, objective=objective,
-                      outer=(k, i), float64=float64, quiet=quiet, stream=stream)
+                      outer=(k, i), float64=float64, overrides=overrides, quiet=quiet, stream=stream)
         best = sweep.run(trials)
         write_plots(sweep)
         if best is None:
             raise SweepError(f"outer fold {i + 1}: no trial of its sweep completed (see {sweep.dir}/results.csv)")
         run_dir = cv_dir / f"fold-{i + 1:02d}"
         job = Job(str(spec.path), trial_text(spec, best.params), run_dir=str(run_dir), fold=(k, i),
-                  float64=float64, saved_text=trial_text(spec, best.params, run_dir))
+                  float64=float64, saved_text=trial_text(spec, best.params, run_dir), overrides=tuple(overrides))
         results += _run_all([job], client, True, stream)
         chosen.append({"fold": i + 1, "trial": best.number, "inner_value": best.value, "params": best.params})
         if not quiet:

@@ -10,9 +10,10 @@
         plots/history.png  parallel.png  importance.png
 
 Trials run in rounds of as many trials as the cluster runs at once. The study is told a round's
-results only when the whole round is done, in trial order, and the sampler of each round is seeded
-from (seed, trials finished): so what a sweep proposes depends on the seed and on results only, not
-on which worker finished first, and the same sweep proposes the same trials again. Pruning reads
+results only when the whole round is done, in trial order, and the sampler is seeded for each trial
+from (seed, its place in the sweep): so what a sweep proposes depends on the seed and on results
+only, not on which worker finished first, and the same sweep proposes the same trials again (the
+random start-up trials are the same whatever the cluster's size). Pruning reads
 each running trial's per-epoch dev figures from its run directory and asks the study (whose
 finished trials are those of earlier rounds) whether to stop it; the driver alone decides.
 
@@ -88,12 +89,15 @@ class Sweep:
 
     def __init__(self, spec: SweepSpec, directory: str | Path, client, *, resume: bool = False,
                  seed: int | None = None, objective: Objective | None = None,
-                 outer: tuple[int, int] | None = None, float64: bool = False, stream=None, quiet: bool = False):
+                 outer: tuple[int, int] | None = None, float64: bool = False, overrides: list[str] = (),
+                 stream=None, quiet: bool = False):
         self.optuna = require("optuna")
         require("distributed")
         self.spec, self.client = spec, client
         self.dir = Path(directory)
         self.outer, self.float64 = outer, float64
+        self.overrides = tuple(overrides)  # --set lines every trial trains with (not searched)
+        _check_overrides(spec, self.overrides)
         self.stream, self.quiet = stream if stream is not None else sys.stderr, quiet
         self.objective = objective or objective_of(spec)
         self._last_line = ""
@@ -174,10 +178,13 @@ class Sweep:
             done = len(self.finished())
             if done >= trials:
                 break
-            self.study.sampler = self._sampler(done)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # Optuna's notes on experimental features
-                round_ = [self._start(self.study.ask()) for _ in range(min(self.batch, trials - done))]
+            round_ = []
+            for j in range(min(self.batch, trials - done)):
+                # seeded by the trial's place in the sweep: the same proposals whatever the cluster's size
+                self.study.sampler = self._sampler(done + j)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # Optuna's notes on experimental features
+                    round_.append(self._start(self.study.ask()))
             try:
                 self._wait(round_, trials)
             except BaseException:
@@ -207,7 +214,8 @@ class Sweep:
         futures = []
         for i, run_dir in enumerate(run_dirs):
             job = Job(str(self.spec.path), text, run_dir=str(run_dir), fold=(folds, i) if folds else None,
-                      outer=self.outer, float64=self.float64, saved_text=trial_text(self.spec, params, run_dir))
+                      outer=self.outer, float64=self.float64, saved_text=trial_text(self.spec, params, run_dir),
+                      overrides=self.overrides)
             futures.append(self.client.submit(run_job, job, pure=False,
                                               key=f"nnspec-trial-{trial.number}-{i}-{time.time_ns()}"))
         trial.set_user_attr("run_dir", str(base))
@@ -303,6 +311,21 @@ class Sweep:
             if line != self._last_line:
                 print(line, file=self.stream, flush=True)
             self._last_line = line
+
+
+def _check_overrides(spec: SweepSpec, overrides: tuple[str, ...]) -> None:
+    """A --set line may fix what the sweep does not search; one that sets a searched key would
+    silently replace every trial's value."""
+    from ..errors import Diagnostics
+    from ..settings import _ALIASES, parse_override
+    searched = {d.key for d in spec.space.dimensions if d.target == "setting"}
+    diags = Diagnostics()
+    for i, text in enumerate(overrides):
+        for s in parse_override(text, i, diags):
+            if _ALIASES.get(s.key, s.key) in searched:
+                raise SweepError(f"--set {text}: '{s.key}' is what the sweep searches; take it out of the "
+                                 f"sweep block to fix it")
+    diags.raise_if_errors()
 
 
 def _describe(exc: BaseException | None) -> str:
