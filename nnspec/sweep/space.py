@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -84,7 +84,6 @@ class SearchSpace:
     folds: int | None = None           # objective: the mean over folds of the training data, not dev
     pruner: tuple[str, dict] = ("median", {})
     sampler: tuple[str, dict] = ("tpe", {})
-    extra: dict = field(default_factory=dict)
 
     def by_name(self) -> dict[str, Dimension]:
         return {d.name: d for d in self.dimensions}
