@@ -290,14 +290,17 @@ def _cross_validate(args) -> int:
     if args.json:
         _emit_json(_clean({"kind": "cross-validation", "metrics": summary, "outputs": {}}))
         return 0
-    metric = "accuracy" if "mean_test_accuracy" in summary else "loss"
-    mean, std, se = (summary.get(f"{w}_test_{metric}") for w in ("mean", "std", "stderr"))
-    nested = f", settings chosen inside each by {args.inner_folds}-fold cross-validation" if args.inner_folds else ""
-    line = f"{args.folds}-fold cross-validation{nested}: mean test {metric} " + \
-        (f"{mean:.4f}" if mean is not None else "n/a")
-    if std is not None:
-        line += f" (sd {std:.4f}, standard error {se:.4f})"
-    print(line + (f"; summary in {summary['run_dir']}/cv.json" if summary.get("run_dir") else ""))
+    k = summary["folds"]
+    nested = f" (settings chosen in each by {args.inner_folds}-fold cross-validation)" if args.inner_folds else ""
+    for name, fig in summary["test"].items():
+        if fig["mean"] is None:
+            continue
+        spread = (f" ± {fig['stderr']:.4f} (standard error; sd {fig['sd']:.4f}, n = {fig['n']})"
+                  if fig["sd"] is not None else "")
+        print(f"{k}-fold cross-validation{nested}: test {name} {fig['mean']:.4f}{spread}")
+        print("  per fold: " + "  ".join("-" if v is None else f"{v:.4f}" for v in fig["per_fold"]))
+    if summary.get("run_dir"):
+        print(f"run directory {summary['run_dir']}")
     return 0
 
 

@@ -99,12 +99,14 @@ def test_cross_validation_folds_run_on_the_cluster_and_the_summary_is_written(tm
     summary = cross_validate(str(path), 4, client=client, runs=str(tmp_path / "runs"), quiet=True)
     cv_dir = Path(summary["run_dir"])
     assert sorted(p.name for p in cv_dir.iterdir() if p.is_dir()) == ["fold-01", "fold-02", "fold-03", "fold-04"]
-    written = json.loads((cv_dir / "cv.json").read_text())
-    per_fold = written["test_accuracy_per_fold"]
-    assert len(per_fold) == 4
-    assert written["mean_test_accuracy"] == pytest.approx(np.mean(per_fold))
-    assert written["std_test_accuracy"] == pytest.approx(np.std(per_fold, ddof=1))
-    assert written["stderr_test_accuracy"] == pytest.approx(np.std(per_fold, ddof=1) / 2)
+    written = json.loads((cv_dir / "results.json").read_text())
+    assert written["kind"] == "cross-validation" and written["fold_dirs"][0] == "fold-01"
+    accuracy = written["test"]["accuracy"]
+    per_fold = accuracy["per_fold"]
+    assert len(per_fold) == 4 and written["test_accuracy_per_fold"] == per_fold
+    assert accuracy["mean"] == pytest.approx(np.mean(per_fold))
+    assert accuracy["sd"] == pytest.approx(np.std(per_fold, ddof=1))
+    assert accuracy["stderr"] == pytest.approx(np.std(per_fold, ddof=1) / 2)
     # the same folds in this process, one after another, give the same figures
     here = cross_validate(str(path), 4, client=None, save=False, quiet=True)
     assert here["test_accuracy_per_fold"] == per_fold

@@ -1,8 +1,8 @@
 """Cross-validation with its folds as jobs on a Dask cluster, and nested cross-validation.
 
-    runs/<name>-cv-<time>/
+    runs/<name>-<k>fold-<time>/
         fold-01/ ... fold-10/   an ordinary run directory per fold (trained on the other folds)
-        cv.json                 the summary: mean, standard deviation (n - 1), standard error, per fold
+        results.json            per test metric: mean, standard deviation (n - 1), standard error, per fold
         sweeps/fold-01/ ...     nested: the sweep that chose fold 1's settings
 
 Nested cross-validation (``--folds K --inner-folds J``): for each outer fold, a sweep chooses the
@@ -29,20 +29,22 @@ from .space import read_sweep_spec, trial_text
 
 
 def summarise(results: list[dict], k: int) -> dict[str, Any]:
-    """Mean, standard deviation (n - 1), standard error and per-fold figures of each test metric."""
+    """Each held-out test figure over the folds: mean, standard deviation (n - 1), standard error of
+    the mean and the per-fold values; plus the flat keys earlier versions reported. (The format of
+    the plain trainer's results.json for folds, on the branch that writes it.)"""
     metrics = sorted({m for r in results for m in (r.get("test") or {})})
-    summary: dict[str, Any] = {"folds": k}
+    figures = {}
     for m in metrics:
         per_fold = [_finite((r.get("test") or {}).get(m)) for r in results]
         valid = [v for v in per_fold if v is not None]
         n = len(valid)
         mean = sum(valid) / n if n else None
-        std = math.sqrt(sum((v - mean) ** 2 for v in valid) / (n - 1)) if n > 1 else None
-        summary[f"test_{m}_per_fold"] = per_fold
-        summary[f"mean_test_{m}"] = mean
-        summary[f"std_test_{m}"] = std
-        summary[f"stderr_test_{m}"] = std / math.sqrt(n) if std is not None else None
-    return summary
+        sd = math.sqrt(sum((v - mean) ** 2 for v in valid) / (n - 1)) if n > 1 else None
+        figures[m] = {"mean": mean, "sd": sd, "stderr": sd / math.sqrt(n) if sd is not None else None,
+                      "n": n, "per_fold": per_fold}
+    acc = figures.get("accuracy", {})
+    return {"folds": k, "test": figures, "test_accuracy_per_fold": acc.get("per_fold", [None] * k),
+            "mean_test_accuracy": acc.get("mean"), "std_test_accuracy": acc.get("sd")}
 
 
 def _finite(v):
@@ -52,7 +54,7 @@ def _finite(v):
 def cross_validate(spec_path: str, k: int, *, client=None, overrides: list[str] = (), seed: int | None = None,
                    float64: bool = False, runs: str = "runs", save: bool = True, inner_folds: int | None = None,
                    trials: int | None = None, quiet: bool = False, stream=None) -> dict[str, Any]:
-    """K-fold cross-validation (nested with ``inner_folds``); returns the summary written to cv.json."""
+    """K-fold cross-validation (nested with ``inner_folds``); returns the summary written to results.json."""
     from ..session import open_session
     stream = stream if stream is not None else sys.stderr
     if k < 2:
@@ -62,7 +64,7 @@ def cross_validate(spec_path: str, k: int, *, client=None, overrides: list[str] 
     cv_dir = None
     if save:
         from ..train.rundir import RunDir
-        cv_dir = RunDir._fresh(Path(runs), f"{name}-cv", datetime.now())
+        cv_dir = RunDir._fresh(Path(runs), f"{name}-{k}fold", datetime.now())
     start = time.perf_counter()
     if inner_folds is not None:
         if cv_dir is None:
@@ -78,11 +80,23 @@ def cross_validate(spec_path: str, k: int, *, client=None, overrides: list[str] 
     summary = summarise(results, k)
     summary["seconds"] = round(time.perf_counter() - start, 2)
     summary["nested"] = {"inner_folds": inner_folds, "chosen": chosen} if inner_folds else None
-    summary["run_dirs"] = [r.get("run_dir") for r in results]
     if cv_dir is not None:
         summary["run_dir"] = str(cv_dir)
-        (cv_dir / "cv.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        summary["fold_dirs"] = [f"fold-{i + 1:02d}" for i in range(k)]
+        record = {"kind": "cross-validation", "spec": name, "spec_file": str(spec_path), **summary}
+        (cv_dir / "results.json").write_text(json.dumps(_clean(record), indent=2) + "\n", encoding="utf-8")
     return summary
+
+
+def _clean(x):
+    """JSON has no NaN."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _clean(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_clean(v) for v in x]
+    return x
 
 
 def _run_all(jobs: list[Job], client, quiet: bool, stream, label: str = "fold") -> list[dict]:
