@@ -63,6 +63,22 @@ def test_the_same_sweep_proposes_the_same_trials_and_another_seed_others(tmp_pat
     assert (tmp_path / "a" / "study.journal").exists()
 
 
+def test_a_sweep_resumes_only_with_the_spec_and_settings_it_began_with(tmp_path, client):
+    from nnspec.sweep import SweepError
+    from nnspec.sweep.driver import Sweep
+    path = tiny(tmp_path)
+    Sweep(read_sweep_spec(path), tmp_path / "s", client, overrides=["epochs=2"], quiet=True)
+    with pytest.raises(SweepError, match="already holds a sweep: continue it with --resume"):
+        Sweep(read_sweep_spec(path), tmp_path / "s", client, quiet=True)
+    with pytest.raises(SweepError, match="begun with --set epochs=2"):
+        Sweep(read_sweep_spec(path), tmp_path / "s", client, resume=True, quiet=True)
+    path.write_text(path.read_text().replace("seed 1", "seed 2"))
+    with pytest.raises(SweepError, match="different spec text"):
+        Sweep(read_sweep_spec(path), tmp_path / "s", client, resume=True, overrides=["epochs=2"], quiet=True)
+    with pytest.raises(SweepError, match="'lr' is what the sweep searches"):
+        Sweep(read_sweep_spec(path), tmp_path / "t", client, overrides=["lr=0.1"], quiet=True)
+
+
 def test_a_trial_that_fails_is_recorded_with_its_message_and_the_sweep_goes_on(tmp_path, client):
     path = tiny(tmp_path, space="optimizer choice(sgd(lr = 1e38), adam(lr = 0.01))\n  H int(2, 8)",
                 extra="sampler random; pruner none")

@@ -119,6 +119,9 @@ class Sweep:
             if attrs.get("spec_sha") != spec_sha:
                 raise SweepError(f"{self.dir} was made from a different spec text; a sweep resumes only with "
                                  f"the spec it began with (it is kept in {self.dir / 'spec.nn'})")
+            if list(self.overrides) != attrs.get("overrides", []):
+                raise SweepError(f"{self.dir} was begun with --set {' '.join(attrs.get('overrides', [])) or '(none)'}; "
+                                 f"resume it with the same")
             self.seed, self.batch = attrs["seed"], attrs["batch"]
             self._recover()
         else:
@@ -128,7 +131,7 @@ class Sweep:
             self.batch = max(1, worker_slots(client) // jobs_per_trial)
             for k, v in {"spec_sha": spec_sha, "seed": self.seed, "batch": self.batch,
                          "metric": self.objective.metric, "folds": self.objective.folds,
-                         "outer": list(outer) if outer else None}.items():
+                         "outer": list(outer) if outer else None, "overrides": list(self.overrides)}.items():
                 self.study.set_user_attr(k, v)
             (self.dir / "spec.nn").write_text(spec.text, encoding="utf-8")
 
