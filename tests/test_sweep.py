@@ -94,7 +94,7 @@ def test_a_trial_that_fails_is_recorded_with_its_message_and_the_sweep_goes_on(t
 def test_weak_trials_are_pruned_from_their_dev_figures(tmp_path, client):
     # Two rounds of two: the second round is judged against the first round's dev loss, epoch by epoch;
     # lr = 1e-6 barely moves from its start, so such a trial is stopped before its last epoch.
-    path = tiny(tmp_path, epochs=120, space="optimizer choice(adam(lr = 0.05), adam(lr = 1e-6))",
+    path = tiny(tmp_path, epochs=600, space="optimizer choice(adam(lr = 0.05), adam(lr = 1e-6))",
                 extra="minimize loss; pruner median(startup = 1, warmup = 2)")
     from nnspec.sweep.driver import Sweep
     sweep = Sweep(read_sweep_spec(path), tmp_path / "p", client, quiet=True)
@@ -106,7 +106,7 @@ def test_weak_trials_are_pruned_from_their_dev_figures(tmp_path, client):
     states = [t.state.name for t in sorted(sweep.study.trials, key=lambda t: t.number)]
     assert states == ["COMPLETE", "COMPLETE", "PRUNED", "PRUNED"]
     rows = json.loads((tmp_path / "p" / "results.json").read_text())
-    assert all(r["epochs"] < 120 for r in rows[2:])  # the worker stopped training when told
+    assert all(r["epochs"] < 600 for r in rows[2:])  # the worker stopped training when told
 
 
 def test_cross_validation_folds_run_on_the_cluster_and_the_summary_is_written(tmp_path, client):
@@ -228,7 +228,7 @@ def test_a_sweep_on_a_running_cluster_survives_a_worker_killed_mid_trial(tmp_pat
     from nnspec.sweep.cluster import dask_client
     from nnspec.sweep.driver import Sweep
     address = dask_cluster_processes
-    path = tiny(tmp_path, epochs=150, extra="pruner none")
+    path = tiny(tmp_path, epochs=600, extra="pruner none")
     outcome = {}
 
     def drive():
@@ -257,12 +257,12 @@ def test_a_sweep_on_a_running_cluster_survives_a_worker_killed_mid_trial(tmp_pat
     # a job Dask ran again started over: its metrics hold one row per epoch, not two runs' rows
     for t in trials:
         if t.state.name == "COMPLETE":
-            assert len((Path(t.user_attrs["run_dir"]) / "metrics.jsonl").read_text().splitlines()) == 150
+            assert len((Path(t.user_attrs["run_dir"]) / "metrics.jsonl").read_text().splitlines()) == 600
 
 
 @pytest.mark.slow  # two driver processes, each with its own local cluster: ~90 s under load
 def test_resume_after_the_driver_is_interrupted_finishes_without_rerunning_finished_trials(tmp_path, client):
-    path = tiny(tmp_path, epochs=100, extra="pruner none")
+    path = tiny(tmp_path, epochs=400, extra="pruner none")
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     cmd = [sys.executable, "-m", "nnspec.cli", "sweep", str(path), "--trials", "3", "--workers", "1"]
     driver = subprocess.Popen(cmd + ["--runs", str(tmp_path / "runs")], env=env,

@@ -57,7 +57,7 @@ def run_job(job: Job) -> dict[str, Any]:
         if session.data is None:
             return _failed("training needs data: the spec has no data statement", start)
         if job.run_dir is not None:
-            run_dir = RunDir(path=job.run_dir)
+            run_dir = RunDir(path=job.run_dir, flush_seconds=0.0)  # each epoch's row at once: the driver prunes by it
             run_dir.write_spec(job.saved_text or job.text)
             run_dir.write_settings(session.settings.model_dump())
         prune = Path(job.run_dir) / PRUNE_FILE if job.run_dir else None
