@@ -15,6 +15,7 @@ from .data import DataError
 from .errors import Diagnostics, SpecError, UsageError
 from .model import FeedError
 from .runtime import RuntimeFailure
+from .sweep import SweepError
 from .train.checkpoint import CheckpointError
 from .train.loop import CHECKPOINT_SECONDS, TrainingError, TrainingInterrupted
 
@@ -129,6 +130,8 @@ def cmd_run(args) -> int:
     from .session import open_session
     if args.folds:
         return _cross_validate(args)
+    if args.inner_folds or args.scheduler or args.workers:
+        raise UsageError("--inner-folds, --scheduler and --workers go with --folds (sweeps: nnspec sweep)")
     session = open_session(args.spec, overrides=args.set or [], seed=args.seed,
                            dtype="float64" if args.float64 else None, memory_limit=args.memory_limit)
     if session.compiled.flat.train is None and not args.set:
@@ -416,18 +419,26 @@ def summarise_folds(fold_metrics: list[dict]) -> dict:
 
 
 def _cross_validate(args) -> int:
-    report = cross_validate(args)
+    if args.inner_folds is not None or args.scheduler or args.workers:  # folds as jobs on a Dask cluster
+        from .sweep.commands import run_folds
+        if args.inner_folds is not None and args.inner_folds < 2:
+            raise UsageError("--inner-folds takes a number from 2")
+        summary = run_folds(args)
+        report = {"kind": "cross-validation", "metrics": summary, "outputs": {}, "run_dir": summary.get("run_dir")}
+    else:
+        report = cross_validate(args)
     if args.json:
         _emit_json(_clean(report))
         return 0
     summary = report["metrics"]
     k = summary["folds"]
+    nested = f" (settings chosen in each by {args.inner_folds}-fold cross-validation)" if args.inner_folds else ""
     for name, fig in summary["test"].items():
         if fig["mean"] is None:
             continue
         spread = (f" ± {fig['stderr']:.4f} (standard error; sd {fig['sd']:.4f}, n = {fig['n']})"
                   if fig["sd"] is not None else "")
-        print(f"{k}-fold cross-validation: test {name} {fig['mean']:.4f}{spread}")
+        print(f"{k}-fold cross-validation{nested}: test {name} {fig['mean']:.4f}{spread}")
         print("  per fold: " + "  ".join("-" if v is None else f"{v:.4f}" for v in fig["per_fold"]))
     if report["run_dir"]:
         print(f"run directory {report['run_dir']}")
@@ -746,6 +757,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help='override a training setting, e.g. --set epochs=5 --set "optimizer sgd(lr = 0.1)"')
     r.add_argument("--seed", type=_count(0))
     r.add_argument("--folds", type=_count(2), help="k-fold cross-validation (k >= 2): report mean test accuracy")
+    r.add_argument("--inner-folds", type=int, metavar="J",
+                   help="nested cross-validation: the spec's sweep chooses settings by J-fold cross-validation "
+                        "inside each outer training part")
+    r.add_argument("--trials", type=int, help="with --inner-folds: trials of each inner sweep")
+    from .sweep.commands import add_cluster_options, add_sweep_command
+    add_cluster_options(r)
     r.add_argument("--float64", action="store_true", help="compute in float64")
     r.add_argument("--runs", default="runs", help="where run directories go (default: runs/)")
     r.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
@@ -792,6 +809,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .cli_model import add_model_commands
     add_model_commands(sub)
+    add_sweep_command(sub)
     return p
 
 
@@ -804,7 +822,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except SpecError as e:
         return _fail(as_json, e.diagnostics.render(color=sys.stderr.isatty()), e.diagnostics)
-    except (DataError, TrainingError, CheckpointError, RuntimeFailure, UsageError, FeedError) as e:
+    except (DataError, TrainingError, CheckpointError, RuntimeFailure, UsageError, FeedError, SweepError) as e:
         return _fail(as_json, f"error: {e}" if not isinstance(e, DataError) else str(e))
     except TrainingInterrupted as e:
         print(_interrupted_message(e, args), file=sys.stderr)

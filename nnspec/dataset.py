@@ -204,15 +204,21 @@ def check_levels(stmt, name: str, kwargs: dict, fields: list[FieldSpec], diags: 
 
 def bind_data(flat: FlatSpec, plan: Plan, diags: Diagnostics, *, dev: float = 0.0, test: float = 0.0,
               seed: int = 0, min_count: int = 1, normalize: bool = False,
-              fold: tuple[int, int] | None = None, limit: int | None = None) -> BoundData:
+              fold: tuple[int, int] | None = None, limit: int | None = None,
+              outer: tuple[int, int] | None = None) -> BoundData:
     """Read, split, encode. ``fold = (k, i)`` makes fold i of k-fold cross-validation the test part;
-    ``limit`` keeps the first N examples of each part (a quick run on a slice)."""
+    ``limit`` keeps the first N examples of each part (a quick run on a slice). ``outer = (k, i)``
+    first drops fold i of k (what an outer cross-validation tests on, nested cross-validation): the
+    rest is then the whole data set, split or folded as usual."""
     fields = field_specs(plan.inputs + plan.targets)
     views = {v.name: v.view for v in plan.inputs if v.view is not None}
     raw = read_raw(flat, [f for f in fields if f.name not in views], diags)
     derive_views(raw, views)
     if raw.stream:
         return _bind_stream(raw, fields, limit, min_count)
+    if outer is not None:
+        kept = kfold(raw, outer[0], outer[1], seed)
+        raw = RawData({"all": kept.splits["train"]}, {"all": kept.origins["train"]})
     if fold is not None:
         raw = kfold(raw, fold[0], fold[1], seed)
         if dev:
@@ -245,13 +251,13 @@ def bind_data(flat: FlatSpec, plan: Plan, diags: Diagnostics, *, dev: float = 0.
 
 
 def bind_for_settings(flat: FlatSpec, plan: Plan, settings, diags: Diagnostics,
-                      fold: tuple[int, int] | None = None) -> BoundData:
+                      fold: tuple[int, int] | None = None, outer: tuple[int, int] | None = None) -> BoundData:
     """``bind_data`` with the split, seed, ``min_count``, normalisation and limit of training settings
     (nnspec.settings.TrainSettings): the data exactly as ``nnspec run`` reads it."""
     split = settings.split  # checked by TrainSettings: dev and test, below 100% together
     return bind_data(flat, plan, diags, dev=split.get("dev", 0.0), test=split.get("test", 0.0),
                      seed=settings.seed, min_count=settings.min_count, normalize=settings.normalize,
-                     fold=fold, limit=settings.limit)
+                     fold=fold, limit=settings.limit, outer=outer)
 
 
 def derive_views(raw: RawData, views: dict[str, tuple]) -> None:

@@ -40,6 +40,7 @@ class FlatSpec:
     losses: list[ast.Loss] = field(default_factory=list)
     data: ast.DataSource | ast.DataInline | None = None
     train: ast.Train | None = None
+    sweep: ast.Sweep | None = None
     lets: dict[str, float] = field(default_factory=dict)
     instances: list[tuple[str, str]] = field(default_factory=list)  # (instance, cell)
     calls: dict[str, Span] = field(default_factory=dict)  # instance -> the call that made it
@@ -87,8 +88,9 @@ class Expander:
 
     def statement(self, stmt, scope: _Scope) -> None:
         f = self.flat
-        if scope.cell is not None and isinstance(stmt, (ast.Network, ast.DataSource, ast.DataInline, ast.Train)):
-            what = {ast.Network: "network", ast.Train: "train"}.get(type(stmt), "data")
+        if scope.cell is not None and isinstance(stmt, (ast.Network, ast.DataSource, ast.DataInline, ast.Train,
+                                                    ast.Sweep)):
+            what = {ast.Network: "network", ast.Train: "train", ast.Sweep: "sweep"}.get(type(stmt), "data")
             self.diags.error(f"'{what}' belongs at the top level, not inside cell '{scope.cell.name}'", stmt.span)
             return
         if isinstance(stmt, ast.Network):
@@ -140,6 +142,11 @@ class Expander:
             if f.train is not None:
                 self.diags.error("only one train block is allowed", stmt.span, [("the first is here", f.train.span)])
             f.train = stmt
+        elif isinstance(stmt, ast.Sweep):
+            if f.sweep is not None:
+                self.diags.error("only one sweep block is allowed", stmt.span,
+                                 [("the first is here", f.sweep.span)])
+            f.sweep = stmt
         elif isinstance(stmt, (ast.Cell, ast.Include)):
             self.diags.error("cells and includes belong at the top level", stmt.span)
 

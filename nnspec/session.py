@@ -59,8 +59,11 @@ def recompile(compiled: Compiled, **kw) -> Compiled:
 
 def open_session(path: str | Path | None = None, *, text: str | None = None, overrides: list[str] = (),
                  with_data: bool = True, fold: tuple[int, int] | None = None, dtype: str | None = None,
-                 seed: int | None = None, memory_limit: int | None = None) -> Session:
+                 seed: int | None = None, memory_limit: int | None = None,
+                 outer: tuple[int, int] | None = None) -> Session:
     """Compile a spec, read its data (vocabularies decide some sizes), compile again with those sizes.
+    ``fold = (k, i)``: fold i of k-fold cross-validation is the test part; ``outer = (k, i)``: fold i of
+    an outer cross-validation is left out before anything else (see dataset.bind_data).
 
     ``memory_limit`` (bytes; default: the train block's ``memory_limit_mb`` if it sets one, else
     ``NNSPEC_MEMORY_LIMIT``, else 4 GiB) bounds what a training step may allocate: a network whose
@@ -83,7 +86,7 @@ def open_session(path: str | Path | None = None, *, text: str | None = None, ove
     data = None
     compiled = first
     if with_data and first.flat.data is not None:
-        data = bind_for_settings(first.flat, first.plan, settings, diags, fold=fold)
+        data = bind_for_settings(first.flat, first.plan, settings, diags, fold=fold, outer=outer)
     if data is not None and data.stream and first.flat.train is not None:
         for split in data.streams:  # said now rather than when training reaches that part
             data.check_stream_batch(split, settings.batch)

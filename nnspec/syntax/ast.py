@@ -211,8 +211,15 @@ class Train(Node):
     settings: list[Setting]
 
 
+class Sweep(Node):
+    """A search space: train settings and lets with ranges (``lr loguniform(1e-4, 1e-1)``), read by
+    nnspec.sweep; compiling and training ignore it."""
+    kind: Literal["sweep"] = "sweep"
+    settings: list[Setting]
+
+
 Statement = Annotated[Union[Network, Let, Include, Decl, Equation, Param, Initial, Loss, Cell,
-                            DataSource, DataInline, Train], Field(discriminator="kind")]
+                            DataSource, DataInline, Train, Sweep], Field(discriminator="kind")]
 
 
 class Module(BaseModel):
@@ -221,5 +228,5 @@ class Module(BaseModel):
     statements: list[Statement]
 
 
-for _model in (DimBin, ListLit, BinOp, Neg, Keyword, Mapping, Call, Cell, Setting, Train):
+for _model in (DimBin, ListLit, BinOp, Neg, Keyword, Mapping, Call, Cell, Setting, Train, Sweep):
     _model.model_rebuild()

@@ -318,6 +318,9 @@ class _ToAst:
     def train(self, meta, c):
         return ast.Train(span=self.sp(meta), settings=list(c))
 
+    def sweep(self, meta, c):
+        return ast.Sweep(span=self.sp(meta), settings=list(c))
+
     def setting_value(self, meta, c):
         return ast.Setting(span=self.sp(meta), key=str(c[0]), value=c[1])
 

@@ -205,8 +205,10 @@ class Trainer:
     def __init__(self, model: Model, data: BoundData, settings: TrainSettings, *,
                  run_dir: RunDir | None = None, spec_hash: str | None = None, quiet: bool = False,
                  stream=None, progress: type[Progress] | None = None,
-                 checkpoint_seconds: float = CHECKPOINT_SECONDS):
+                 checkpoint_seconds: float = CHECKPOINT_SECONDS, on_epoch=None):
         self.model, self.data, self.settings = model, data, settings
+        self.on_epoch = on_epoch  # called with each epoch's row; True stops training (a sweep's pruning)
+        self.stopped = False
         # a bar on a terminal, a bar and live curves in a notebook (nnspec.train.notebook_progress)
         self.progress = progress or progress_class()
         self.run_dir, self.spec_hash = run_dir, spec_hash
@@ -419,6 +421,9 @@ class Trainer:
                         if self._checkpoint_due(start):
                             self._checkpoint(epoch + 1)
                     progress.end_epoch(row)
+                    if self.on_epoch is not None and self.on_epoch(row):
+                        self.stopped = True
+                        break
                     if s.rule == "perceptron" and mistakes == 0:
                         converged = True
                         break
