@@ -44,6 +44,7 @@ STAGES = [
     ("train", ("nnspec.train",)),
     ("session", ("nnspec.session",)),
     ("trained", ("nnspec.trained",)),
+    ("sweep", ("nnspec.sweep",)),
     ("api", ("nnspec",)),
     ("cli_model", ("nnspec.cli_model",)),
     ("cli", ("nnspec.cli",)),
