@@ -213,6 +213,7 @@ class TrainedModel(Model):
         from .data.views import apply_view
         from .plan import OpStep
         from .train.loop import find_heads
+        from .train.nonfinite import all_finite, forward_failure
         field_, views = self.text_input()
         vocab = self.vocabs[field_.name]
         if isinstance(text, str) and tokenizer not in (None, "whitespace"):
@@ -232,10 +233,16 @@ class TrainedModel(Model):
             feeds = {field_.name: ids[:, None]}
             for v in views:  # suffixes, shapes, ... of the same words
                 feeds[v.name] = self.vocabs[v.name].encode(apply_view(v.view[0], tokens, v.view[2]))[:, None]
-        tape = self.run(feeds, need_loss=False)
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):  # a NaN is caught and named below
+            tape = self.run(feeds, need_loss=False)
+            heads = find_heads(self)
+            finite = all_finite(tape.values[h.pred] for h in heads)
+        if not finite:
+            raise forward_failure(self, lambda: self.run(feeds, need_loss=False),
+                                  f"predicting {' '.join(map(str, tokens))[:60]!r}")
         result = Prediction(tokens)
         loss_ops = {s.id: s.op for s in self.plan.steps if isinstance(s, OpStep)}
-        for h in find_heads(self):
+        for h in heads:
             p = np.asarray(tape.values[h.pred], dtype=np.float64)
             sequence = field_.elem in ("token", "char") and p.ndim == 3
             p = p[:, 0] if sequence else p[0]          # drop the batch of one
