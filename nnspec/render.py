@@ -171,25 +171,16 @@ def write_graph(dot: str, path: Path, drawn_svg: Callable[[], str] | None = None
         path.write_text(dot, encoding="utf-8")
         return f"wrote {path}"
     exe = shutil.which("dot")
-    if exe is None:
-        if drawn_svg is not None:
-            target = path.with_suffix(".svg")
-            target.write_text(drawn_svg(), encoding="utf-8")
-            if fmt == "svg":
-                return f"wrote {path}"
-            return (f"Graphviz is not installed, so no {fmt.upper()}: wrote {target} (nnspec's own drawing) instead "
-                    f"(install graphviz, e.g. 'apt-get install graphviz', to render {fmt.upper()})")
-        fallback = path.with_suffix(".dot")
-        fallback.write_text(dot, encoding="utf-8")
-        return (f"Graphviz is not installed, so no {fmt.upper()}: wrote {fallback} instead "
-                f"(install graphviz, e.g. 'apt-get install graphviz', to render it)")
-    subprocess.run([exe, f"-T{fmt}", "-o", str(path)], input=dot.encode(), check=True)
-    return f"wrote {path}"
-    exe = shutil.which("dot")
-    if exe is None:
-        fallback = path.with_suffix(".dot")
-        fallback.write_text(dot, encoding="utf-8")
-        return (f"Graphviz is not installed, so no {fmt.upper()}: wrote {fallback} instead "
-                f"(install graphviz, e.g. 'apt-get install graphviz', to render it)")
-    subprocess.run([exe, f"-T{fmt}", "-o", str(path)], input=dot.encode(), check=True)
-    return f"wrote {path}"
+    if exe is not None:
+        subprocess.run([exe, f"-T{fmt}", "-o", str(path)], input=dot.encode(), check=True)
+        return f"wrote {path}"
+    if drawn_svg is None:
+        written, what = path.with_suffix(".dot"), dot
+    else:
+        written, what = path.with_suffix(".svg"), drawn_svg()
+    written.write_text(what, encoding="utf-8")
+    if written == path:
+        return f"wrote {path}"
+    drawing = " (nnspec's own drawing)" if drawn_svg is not None else ""
+    return (f"Graphviz is not installed, so no {fmt.upper()}: wrote {written}{drawing} instead "
+            f"(install graphviz, e.g. 'apt-get install graphviz', to render {fmt.upper()})")
