@@ -542,7 +542,7 @@ def _to_py(x):
 
 
 def cmd_graph(args) -> int:
-    from .render import to_dot, write_graph
+    from .render import dot_of, picture, write_graph
     from .session import open_session
     session = open_session(args.spec, with_data=not args.at, dtype="float64" if args.at else None,
                            memory_limit=args.memory_limit)
@@ -555,9 +555,11 @@ def cmd_graph(args) -> int:
         seq, static = _sequences(session), set(session.model.params) | set(session.plan.consts)
         values = {k: v if k in static else _one_example(v, k in seq) for k, v in tape.values.items()}
         grads = {k: v if k in static else _one_example(v, k in seq) for k, v in g.items()}
-    dot = to_dot(session.compiled.graph, values, grads, unroll=args.unroll or 0)
+    pic = picture(session.compiled.graph, values, grads, unroll=args.unroll or 0)
+    dot = dot_of(pic)
     if args.output:
-        print(write_graph(dot, Path(args.output)), file=sys.stderr)
+        from .display import svg
+        print(write_graph(dot, Path(args.output), drawn_svg=lambda: svg(pic)), file=sys.stderr)
     else:
         print(dot)
     return 0

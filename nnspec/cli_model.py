@@ -82,8 +82,9 @@ def open_trained(spec: str, checkpoint: str, with_data: bool = False):
     """The spec compiled with the sizes its checkpoint was trained with, and the trained weights."""
     from .compiler import compile_program
     from .model import Model
-    from .session import Session, load, open_session, recompile, spec_hash
+    from .session import Session, load, open_session, spec_hash
     from .settings import settings_from_block
+    from .trained import compile_with_vocabs
     from .train.checkpoint import CheckpointError, TrainedMeta, check_shapes, load_checkpoint
     ck = load_checkpoint(checkpoint_dir(checkpoint), schema=TrainedMeta)
     vocabs = {k: Vocab.from_json(v) for k, v in (ck.vocabs or {}).items()}
@@ -91,17 +92,7 @@ def open_trained(spec: str, checkpoint: str, with_data: bool = False):
         session = open_session(spec)
     else:
         program, diags = load(spec)
-        first = compile_program(program, diags)
-        bindings = {}
-        for v in first.plan.inputs + first.plan.targets:
-            if v.name in vocabs:
-                key = "vocab" if v.elem in ("token", "char", "bag", "char_bag") else "classes"
-                bindings[f"{key}({v.name})"] = len(vocabs[v.name])
-        compiled = recompile(first, bindings=bindings)
-        unsized = [p.name for p in compiled.plan.params if not all(isinstance(d, int) for d in p.shape)]
-        if unsized:  # a size the data decides, and the checkpoint has no vocabulary to decide it
-            raise CheckpointError(f"{checkpoint}: checkpoint was made from a different spec (it has no "
-                                  f"vocabulary for the sizes of {', '.join(unsized)})")
+        compiled = compile_with_vocabs(compile_program(program, diags), vocabs, checkpoint)
         settings = settings_from_block(compiled.flat.train, compiled.diags)
         session = Session(compiled, settings, None, Model(compiled, dtype=np.dtype(settings.dtype)))
     if ck.spec_hash and ck.spec_hash != spec_hash(session.compiled):

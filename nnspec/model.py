@@ -424,9 +424,16 @@ def bindings_from_vocabs(plan: Plan, vocabs: dict) -> dict[str, int]:
         size = len(size) if hasattr(size, "itos") else size
         if not isinstance(size, (int, np.integer)) or isinstance(size, bool) or size < 1:
             raise FeedError(f"vocabs: the size of {name!r} must be a positive integer or a Vocab, not {size!r}")
-        key = "vocab" if v.elem in ("token", "char", "bag", "char_bag") else "classes"
-        out[f"{key}({name})"] = int(size)
+        out[size_binding(v)] = int(size)
     return out
+
+
+TEXT_ELEMS = ("token", "char", "bag", "char_bag")  # the inputs a vocabulary of words or characters sizes
+
+
+def size_binding(v: ValueSpec) -> str:
+    """The size a vocabulary decides for an input or target: ``vocab(w)`` for text, else ``classes(y)``."""
+    return f"{'vocab' if v.elem in TEXT_ELEMS else 'classes'}({v.name})"
 
 
 def _all_sized(compiled: Compiled) -> bool:

@@ -11,6 +11,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -161,17 +162,25 @@ def dot_of(pic: Picture) -> str:
     return "\n".join(lines)
 
 
-def write_graph(dot: str, path: Path) -> str:
-    """Write DOT, or render SVG/PNG with Graphviz's ``dot``; returns a note for the user."""
+def write_graph(dot: str, path: Path, drawn_svg: Callable[[], str] | None = None) -> str:
+    """Write DOT, or render SVG/PNG with Graphviz's ``dot``; returns a note for the user. Without
+    Graphviz, ``drawn_svg()`` (nnspec's own drawing, nnspec.display) makes the SVG, and other
+    formats get that SVG beside them; with neither, the DOT is written."""
     fmt = path.suffix.lstrip(".").lower() or "dot"
     if fmt in ("dot", "gv"):
         path.write_text(dot, encoding="utf-8")
         return f"wrote {path}"
     exe = shutil.which("dot")
-    if exe is None:
-        fallback = path.with_suffix(".dot")
-        fallback.write_text(dot, encoding="utf-8")
-        return (f"Graphviz is not installed, so no {fmt.upper()}: wrote {fallback} instead "
-                f"(install graphviz, e.g. 'apt-get install graphviz', to render it)")
-    subprocess.run([exe, f"-T{fmt}", "-o", str(path)], input=dot.encode(), check=True)
-    return f"wrote {path}"
+    if exe is not None:
+        subprocess.run([exe, f"-T{fmt}", "-o", str(path)], input=dot.encode(), check=True)
+        return f"wrote {path}"
+    if drawn_svg is None:
+        written, what = path.with_suffix(".dot"), dot
+    else:
+        written, what = path.with_suffix(".svg"), drawn_svg()
+    written.write_text(what, encoding="utf-8")
+    if written == path:
+        return f"wrote {path}"
+    drawing = " (nnspec's own drawing)" if drawn_svg is not None else ""
+    return (f"Graphviz is not installed, so no {fmt.upper()}: wrote {written}{drawing} instead "
+            f"(install graphviz, e.g. 'apt-get install graphviz', to render {fmt.upper()})")

@@ -25,14 +25,12 @@ from .compiler import Compiled
 from .data import Vocab
 from .data.normalize import Standardizer
 from .errors import SpecError
-from .model import Model
+from .model import TEXT_ELEMS, Model, bindings_from_vocabs
 from .ops import REGISTRY
 from .ops.activations import log_softmax, sigmoid
 from .plan import Plan
 from .settings import TrainSettings, settings_from_block
 from .train.checkpoint import Checkpoint, CheckpointError, load_checkpoint
-
-TEXT_ELEMS = ("token", "char", "bag", "char_bag")
 
 
 def load(path: str | Path, *, checkpoint: str = "best", spec: str | Path | None = None,
@@ -44,7 +42,7 @@ def load(path: str | Path, *, checkpoint: str = "best", spec: str | Path | None 
     ``dtype``: the model's float type; by default the one it was trained in.
     Raises ``CheckpointError`` for a missing or damaged run, ``SpecError`` for a spec that does not compile.
     """
-    from .session import load as load_program, recompile, spec_hash
+    from .session import load as load_program, spec_hash
     from .compiler import compile_program
     run, ck_dir = _locate(Path(path), checkpoint)
     spec_path = Path(spec) if spec is not None else run / "spec.nn"
@@ -61,11 +59,7 @@ def load(path: str | Path, *, checkpoint: str = "best", spec: str | Path | None 
         # the run keeps the main spec file only: its includes are not beside it
         raise CheckpointError(f"{spec_path} does not compile on its own; pass spec= the spec file the run was "
                               f"trained from (e.g. nnspec.load(run, spec='specs/x.nn')):\n{error}") from None
-    compiled = recompile(first, bindings=sizes_from_vocabs(first.plan, vocabs))
-    unsized = [p.name for p in compiled.plan.params if not all(isinstance(d, int) for d in p.shape)]
-    if unsized:  # a size the data decides, and the checkpoint has no vocabulary to decide it
-        raise CheckpointError(f"{ck_dir}: checkpoint was made from a different spec (it has no "
-                              f"vocabulary for the sizes of {', '.join(unsized)})")
+    compiled = compile_with_vocabs(first, vocabs, ck_dir)
     if ck.spec_hash and ck.spec_hash != spec_hash(compiled):
         raise CheckpointError(f"{ck_dir}: checkpoint was made from a different spec (hash {ck.spec_hash}, "
                               f"{spec_path} has {spec_hash(compiled)})")
@@ -112,13 +106,22 @@ def _settings(run: Path, compiled: Compiled) -> TrainSettings:
 
 
 def sizes_from_vocabs(plan: Plan, vocabs: dict[str, Vocab]) -> dict[str, int]:
-    """The bindings ``vocab(w)`` and ``classes(y)`` that the vocabularies of a trained model decide."""
-    bindings = {}
-    for v in plan.inputs + plan.targets:
-        if v.name in vocabs:
-            key = "vocab" if v.elem in TEXT_ELEMS else "classes"
-            bindings[f"{key}({v.name})"] = len(vocabs[v.name])
-    return bindings
+    """The bindings ``vocab(w)`` and ``classes(y)`` that the vocabularies of a trained model decide
+    (a vocabulary of a value the spec no longer has decides nothing)."""
+    declared = {v.name for v in plan.inputs + plan.targets}
+    return bindings_from_vocabs(plan, {k: v for k, v in vocabs.items() if k in declared})
+
+
+def compile_with_vocabs(first: Compiled, vocabs: dict[str, Vocab], checkpoint: str | Path) -> Compiled:
+    """The spec compiled with the sizes a checkpoint's vocabularies decide; every parameter must
+    then have a size (else the checkpoint is of another spec)."""
+    from .session import recompile
+    compiled = recompile(first, bindings=sizes_from_vocabs(first.plan, vocabs))
+    unsized = [p.name for p in compiled.plan.params if not all(isinstance(d, int) for d in p.shape)]
+    if unsized:  # a size the data decides, and the checkpoint has no vocabulary to decide it
+        raise CheckpointError(f"{checkpoint}: checkpoint was made from a different spec (it has no "
+                              f"vocabulary for the sizes of {', '.join(unsized)})")
+    return compiled
 
 
 @dataclass
@@ -212,6 +215,7 @@ class TrainedModel(Model):
         from .data.views import apply_view
         from .plan import OpStep
         from .train.loop import find_heads
+        from .train.nonfinite import all_finite, forward_failure
         field_, views = self.text_input()
         vocab = self.vocabs[field_.name]
         if isinstance(text, str) and tokenizer not in (None, "whitespace"):
@@ -231,10 +235,16 @@ class TrainedModel(Model):
             feeds = {field_.name: ids[:, None]}
             for v in views:  # suffixes, shapes, ... of the same words
                 feeds[v.name] = self.vocabs[v.name].encode(apply_view(v.view[0], tokens, v.view[2]))[:, None]
-        tape = self.run(feeds, need_loss=False)
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):  # a NaN is caught and named below
+            tape = self.run(feeds, need_loss=False)
+            heads = find_heads(self)
+            finite = all_finite(tape.values[h.pred] for h in heads)
+        if not finite:
+            raise forward_failure(self, lambda: self.run(feeds, need_loss=False),
+                                  f"predicting {' '.join(map(str, tokens))[:60]!r}")
         result = Prediction(tokens)
         loss_ops = {s.id: s.op for s in self.plan.steps if isinstance(s, OpStep)}
-        for h in find_heads(self):
+        for h in heads:
             p = np.asarray(tape.values[h.pred], dtype=np.float64)
             sequence = field_.elem in ("token", "char") and p.ndim == 3
             p = p[:, 0] if sequence else p[0]          # drop the batch of one

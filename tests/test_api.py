@@ -264,3 +264,40 @@ def test_a_damaged_settings_file_is_named(run_dir, tmp_path):
     (copy / "settings.json").write_text('{"batch": -3}')
     with pytest.raises(CheckpointError, match="settings.json: not the settings of a run"):
         nnspec.load(copy)
+
+
+@pytest.fixture(scope="module")
+def blown_run(run_dir, tmp_path_factory) -> Path:
+    """The tagger's run with an output weight so large (yet finite, as a checkpoint must be) that
+    its forward pass overflows."""
+    import shutil
+    from nnspec.train.checkpoint import load_checkpoint, save_checkpoint
+    run = tmp_path_factory.mktemp("blown") / "run"
+    shutil.copytree(run_dir, run)
+    ck = load_checkpoint(run / "best")
+    params = dict(ck.params)
+    params["V"] = np.full_like(params["V"], 1e308)
+    save_checkpoint(run / "best", params, spec_hash=ck.spec_hash, epoch=ck.epoch, vocabs=ck.vocabs,
+                    norm_stats=ck.norm_stats)
+    return run
+
+
+def test_an_overflow_in_predict_names_the_value_as_a_training_run_does(blown_run, capsys):
+    from nnspec.runtime import RuntimeFailure
+    with pytest.raises(RuntimeFailure, match=r"predicting 'the dog runs': '.*V @ h.*' in the definition of "
+                                             r"'p' \(.*spec.nn:7\) produced (NaN|an infinite value)"):
+        nnspec.load(blown_run).predict("the dog runs")
+    lines = blown_run.parent / "in.txt"
+    lines.write_text("the dog runs\n")
+    code = main(["predict", str(blown_run / "spec.nn"), "--checkpoint", str(blown_run), "--input", str(lines)])
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err and "#" not in err
+    assert err.startswith("error: predicting 'the dog runs': ") and "spec.nn:7) produced " in err
+
+
+def test_an_overflow_in_evaluate_names_the_value(run_dir, blown_run, capsys):
+    dev = run_dir.parent.parent / "dev.conllu"
+    code = main(["evaluate", str(blown_run / "spec.nn"), "--checkpoint", str(blown_run), "--file", str(dev)])
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err and "#" not in err
+    assert err.startswith("error: evaluating the data: ") and "spec.nn:7) produced " in err

@@ -86,6 +86,27 @@ def test_graph_to_a_file(capsys, tmp_path):
     assert target.read_text().startswith("digraph")
 
 
+def test_graph_as_svg_without_graphviz_is_nnspecs_own_drawing(capsys, tmp_path, monkeypatch):
+    import nnspec.render
+    monkeypatch.setattr(nnspec.render.shutil, "which", lambda name: None)   # no Graphviz `dot`
+    target = tmp_path / "g.svg"
+    assert main(["graph", str(SPECS / "chain_rule.nn"), "--at", "a=3", "b=1", "c=-2", "-o", str(target)]) == 0
+    assert capsys.readouterr().err.strip() == f"wrote {target}"
+    picture = target.read_text()
+    assert picture.lstrip().startswith("<svg") and picture.rstrip().endswith("</svg>")
+    assert ">a<" in picture and "-2" in picture          # the nodes, with their values
+    assert not (tmp_path / "g.dot").exists()
+
+
+def test_graph_as_png_without_graphviz_writes_the_svg_and_says_so(capsys, tmp_path, monkeypatch):
+    import nnspec.render
+    monkeypatch.setattr(nnspec.render.shutil, "which", lambda name: None)
+    assert main(["graph", str(SPECS / "xor_goodfellow.nn"), "-o", str(tmp_path / "g.png")]) == 0
+    err = capsys.readouterr().err
+    assert "Graphviz is not installed, so no PNG: wrote " + str(tmp_path / "g.svg") in err
+    assert (tmp_path / "g.svg").read_text().lstrip().startswith("<svg") and not (tmp_path / "g.png").exists()
+
+
 def test_run_json_reports_outputs_for_a_spec_without_training(capsys):
     report = json.loads(out_of(capsys, "run", str(SPECS / "xor_goodfellow.nn"), "--json"))
     assert report["kind"] == "feed-forward" and report["outputs"]["y"] == [0.0, 1.0, 1.0, 0.0]

@@ -38,11 +38,47 @@ class _BracketNewlines:
             yield tok
 
 
-@functools.lru_cache(maxsize=1)
-def _lark() -> Lark:
-    text = resources.files("nnspec.grammar").joinpath("nnspec.lark").read_text(encoding="utf-8")
+def grammar_text() -> str:
+    return resources.files("nnspec.grammar").joinpath("nnspec.lark").read_text(encoding="utf-8")
+
+
+def build_lark(text: str) -> Lark:
+    """The parser built from the grammar: LALR tables computed afresh (~0.15 s)."""
     return Lark(text, parser="lalr", lexer="contextual", postlex=_BracketNewlines(),
                 propagate_positions=True, maybe_placeholders=False)
+
+
+def parser_tables_source(text: str) -> str:
+    """The Python source of ``nnspec.grammar.parser_tables``: the parser built from ``text``,
+    serialised as Lark's standalone tool does, with the hash of the grammar it was built from."""
+    import hashlib
+    import pprint
+
+    from lark.grammar import Rule
+    from lark.lexer import TerminalDef
+    data, memo = build_lark(text).memo_serialize([TerminalDef, Rule])
+    data["options"].pop("postlex")  # an object of ours, given again on loading
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return ('"""Generated from grammar/nnspec.lark by `python -m nnspec.grammar`: do not edit.\n\n'
+            'The LALR tables of the parser, so that a command starts without building them."""\n'
+            f"GRAMMAR_SHA256 = {digest!r}\n"
+            f"DATA = {pprint.pformat(data, width=120)}\n"
+            f"MEMO = {pprint.pformat(memo, width=120)}\n")
+
+
+@functools.lru_cache(maxsize=1)
+def _lark() -> Lark:
+    """The parser, loaded from the tables shipped with nnspec when they were generated from this
+    grammar (a test keeps them so), else built from the grammar (while one edits it)."""
+    import hashlib
+    text = grammar_text()
+    try:
+        from ..grammar import parser_tables as tables
+    except ImportError:
+        return build_lark(text)
+    if tables.GRAMMAR_SHA256 != hashlib.sha256(text.encode("utf-8")).hexdigest():
+        return build_lark(text)
+    return Lark._load_from_dict(tables.DATA, tables.MEMO, postlex=_BracketNewlines())
 
 
 def parse(text: str, file: str, diags: Diagnostics) -> ast.Module | None:
@@ -464,3 +500,4 @@ class _ToAst:
 
     def mapping(self, meta, c):
         return ast.Mapping(span=self.sp(meta), key=str(c[0])[1:-1], value=c[1])
+

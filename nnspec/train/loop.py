@@ -26,7 +26,7 @@ from ..runtime import RuntimeFailure
 from ..settings import TrainSettings
 from .checkpoint import TrainedMeta, load_checkpoint, save_checkpoint
 from .clip import clip_scale
-from .nonfinite import all_finite, describe_node, nonfinite_names, what_is_bad
+from .nonfinite import all_finite, describe_node, first_nonfinite, forward_failure, nonfinite_names, what_is_bad
 from .optim import make_optimizer
 from .notebook_progress import progress_class
 from .progress import Progress
@@ -127,7 +127,13 @@ def evaluate(model: Model, data: BoundData, split: str, settings: TrainSettings,
     carry = None
     for batch in data.batches(split, settings.batch, bptt=settings.bptt, ahead=lookahead_depth(model.plan),
                               dtype=model.dtype):
-        tape = model.run(batch.arrays, batch.lengths, carry=carry if batch.carry else None)
+        before = carry if batch.carry else None
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):  # a NaN is caught and named below
+            tape = model.run(batch.arrays, batch.lengths, carry=before)
+            finite = all_finite(tape.values[k] for k in _checked_outputs(model, heads))
+        if not finite:
+            raise forward_failure(model, lambda: model.run(batch.arrays, batch.lengths, carry=before),
+                                  "evaluating the data" if split == "all" else f"evaluating the {split} data")
         if data.stream:
             carry = dict(tape.final_states)
         w = _targets_in(tape, heads, batch)
@@ -165,6 +171,12 @@ def evaluate(model: Model, data: BoundData, split: str, settings: TrainSettings,
                                   np.concatenate([b for _, b in v]) if v else np.zeros(0, int))
                               for k, v in preds.items()}
     return result
+
+
+def _checked_outputs(model: Model, heads: list[Head]) -> list[str]:
+    """The values an evaluation reads: the loss and each head's prediction (NaN anywhere before
+    them reaches them)."""
+    return ([model.plan.loss] if model.plan.loss is not None else []) + [h.pred for h in heads]
 
 
 def _targets_in(tape, heads: list[Head], batch) -> float:
@@ -348,20 +360,13 @@ class Trainer:
     def _diagnose_forward(self, batch, carry, epoch: int) -> None:
         """Re-run the failing step's forward pass with checks on every value: raises naming the first
         value that went bad, if one did."""
-        ex = self.model.executor
-        ex.check_finite = True
-        try:
-            state = np.random.default_rng(0)
-            with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-                self.model.run(batch.arrays, batch.lengths, train=True, rng=state,
-                               carry=carry if batch.carry else None)
-        except RuntimeFailure as e:
-            bad = str(e).rsplit(" produced ", 1)[-1] if " produced " in str(e) else "NaN or an infinite value"
-            what = self._describe(e.node) if e.node else str(e)
+        found = first_nonfinite(self.model, lambda: self.model.run(
+            batch.arrays, batch.lengths, train=True, rng=np.random.default_rng(0),
+            carry=carry if batch.carry else None))
+        if found is not None:
+            what, bad = found
             raise TrainingError(f"{self._where(epoch)}: {what} produced {bad}; try a smaller learning rate, "
-                                f"gradient clipping (clip 5) or input normalisation (normalize true)") from None
-        finally:
-            ex.check_finite = False
+                                f"gradient clipping (clip 5) or input normalisation (normalize true)")
 
     def _diagnose_nan(self, batch, carry, loss, grads, epoch: int) -> None:
         """The loss or the gradients' norm is not finite: name the value that went bad."""
@@ -405,7 +410,10 @@ class Trainer:
                     if s.rule == "perceptron":
                         row["train_mistakes"] = mistakes
                     if self.data.has("dev"):
-                        dev = evaluate(self.model, self.data, "dev", s)
+                        try:
+                            dev = evaluate(self.model, self.data, "dev", s)
+                        except RuntimeFailure as e:  # stopped as a bad step is, keeping what is safe
+                            raise TrainingError(f"{self._where(epoch)}: {e}") from None
                         row.update({f"dev_{k}": v for k, v in dev.metrics.items()})
                         score = dev.metrics.get(metric, dev.loss)
                     else:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 
@@ -34,6 +34,36 @@ def nonfinite_names(arrays: dict[str, np.ndarray]) -> list[str]:
 
 def what_is_bad(a: np.ndarray) -> str:
     return "NaN" if np.isnan(a).any() else "infinite"
+
+
+def first_nonfinite(model, forward: Callable[[], object]) -> tuple[str, str] | None:
+    """A forward pass gave NaN or infinity: ``forward()`` runs it again with every value checked.
+    Returns the first value that went bad in the user's words (``describe_node``) and what it
+    became (``"NaN"`` or ``"an infinite value"``), or None when the pass is finite this time."""
+    from ..runtime import RuntimeFailure
+    executor = model.executor
+    executor.check_finite = True
+    try:
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            forward()
+    except RuntimeFailure as e:
+        bad = str(e).rsplit(" produced ", 1)[-1] if " produced " in str(e) else "NaN or an infinite value"
+        return (describe_node(model.compiled, e.node) if e.node else str(e)), bad
+    finally:
+        executor.check_finite = False
+    return None
+
+
+def forward_failure(model, forward: Callable[[], object], doing: str):
+    """The RuntimeFailure to raise when an evaluation's forward pass gave NaN or infinity,
+    naming the value as a training run does: ``doing`` says what was being computed."""
+    from ..runtime import RuntimeFailure
+    found = first_nonfinite(model, forward)
+    if found is None:
+        return RuntimeFailure(f"{doing}: the network's output is NaN or infinite")
+    what, bad = found
+    return RuntimeFailure(f"{doing}: {what} produced {bad}; is the input far from what the model was "
+                          f"trained on (or not normalised as its training data was)?")
 
 
 def describe_node(compiled, node: str) -> str:

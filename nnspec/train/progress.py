@@ -159,14 +159,16 @@ class Progress:
         parts.append(_fmt_duration(elapsed))
         return "  ".join(parts)
 
-    def end_epoch(self, metrics: dict[str, Any] | None = None) -> str:
-        line = self.summary(metrics)
+    def end_epoch(self, metrics: dict[str, Any] | None = None) -> str | None:
+        """The epoch's summary line, printed and returned when it is one of those logged (the first,
+        the last, and every ``log_every``-th); else None, unformatted: a tiny run has thousands of epochs."""
         if self._bar is not None and self._task is not None:
             self._bar.remove_task(self._task)
             self._task = None
         if self.epoch % self.log_every and self.epoch not in (1, self.total_epochs):
             self._line_steps += self.steps
-            return line
+            return None
+        line = self.summary(metrics)
         self._line_steps, self._line_t0 = 0, time.perf_counter()
         if self._bar is not None:
             self._bar.console.print(line, highlight=False, markup=False)
