@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 
 from .data import Vocab, tokenize
-from .data.fields import FieldKind
 
 
 def add_model_commands(sub) -> None:

@@ -79,3 +79,28 @@ def gradcheck_spec(text: str, bindings=None, T=5, B=3, lengths=(5, 3, 2), seed=0
         scale = max(np.abs(numeric).max(), 1e-3)
         worst = max(worst, float(np.abs(numeric - analytic).max() / scale))
     return worst
+
+
+# ---- a tiny tagger trained for real, for the tests of trained models -------------------------------
+
+TINY_SENTENCES = [[("the", "DET"), ("dog", "NOUN"), ("runs", "VERB")],
+                  [("a", "DET"), ("cat", "NOUN"), ("sleeps", "VERB")],
+                  [("the", "DET"), ("cat", "NOUN"), ("runs", "VERB")], [("dogs", "NOUN"), ("sleep", "VERB")]]
+
+
+def conllu(sentences) -> str:
+    """Sentences of (word, tag) pairs as CoNLL-U text."""
+    return "\n".join("".join(f"{i}\t{w}\t_\t{t}\t_\t_\t0\t_\t_\t_\n" for i, (w, t) in enumerate(s, 1))
+                     for s in sentences) + "\n"
+
+
+def train_tiny_tagger(root, spec_text: str):
+    """``nnspec run`` on a spec reading train.conllu and dev.conllu made of TINY_SENTENCES, as a
+    user would train one; the run directory it wrote."""
+    from nnspec.cli import main
+    (root / "tagger.nn").write_text(spec_text)
+    (root / "train.conllu").write_text(conllu(TINY_SENTENCES * 4))
+    (root / "dev.conllu").write_text(conllu(TINY_SENTENCES))
+    assert main(["run", str(root / "tagger.nn"), "--runs", str(root / "runs"), "--quiet"]) == 0
+    (run,) = (root / "runs").iterdir()
+    return run

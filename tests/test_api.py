@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import nnspec
+from conftest import TINY_SENTENCES, conllu, train_tiny_tagger
 from nnspec.cli import main
 from nnspec.train.checkpoint import CheckpointError
 
@@ -24,25 +25,12 @@ train { optimizer adam(lr = 0.05); batch 2; epochs 4; seed 3; dtype float64 }
 data conllu(train = "train.conllu", dev = "dev.conllu")
 """
 
-SENTENCES = [[("the", "DET"), ("dog", "NOUN"), ("runs", "VERB")], [("a", "DET"), ("cat", "NOUN"), ("sleeps", "VERB")],
-             [("the", "DET"), ("cat", "NOUN"), ("runs", "VERB")], [("dogs", "NOUN"), ("sleep", "VERB")]]
-
-
-def conllu(sentences) -> str:
-    return "\n".join("".join(f"{i}\t{w}\t_\t{t}\t_\t_\t0\t_\t_\t_\n" for i, (w, t) in enumerate(s, 1))
-                     for s in sentences) + "\n"
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
     """A real run: ``nnspec run`` on a tiny tagger, as a user would train one."""
-    root = tmp_path_factory.mktemp("tagger")
-    (root / "tagger.nn").write_text(TAGGER)
-    (root / "train.conllu").write_text(conllu(SENTENCES * 4))
-    (root / "dev.conllu").write_text(conllu(SENTENCES))
-    assert main(["run", str(root / "tagger.nn"), "--runs", str(root / "runs"), "--quiet"]) == 0
-    (run,) = (root / "runs").iterdir()
-    return run
+    return train_tiny_tagger(tmp_path_factory.mktemp("tagger"), TAGGER)
 
 
 def test_load_gives_the_trained_weights_vocabularies_and_settings(run_dir):
@@ -225,8 +213,8 @@ def test_a_run_whose_spec_includes_files_asks_for_the_spec(tmp_path):
     (tmp_path / "cells").mkdir()
     (tmp_path / "cells" / "head.nn").write_text("p = softmax(V @ h + c)\n")
     (tmp_path / "tagger.nn").write_text(TAGGER.replace("p = softmax(V @ h + c)", 'include "cells/head.nn"'))
-    (tmp_path / "train.conllu").write_text(conllu(SENTENCES))
-    (tmp_path / "dev.conllu").write_text(conllu(SENTENCES))
+    (tmp_path / "train.conllu").write_text(conllu(TINY_SENTENCES))
+    (tmp_path / "dev.conllu").write_text(conllu(TINY_SENTENCES))
     assert main(["run", str(tmp_path / "tagger.nn"), "--runs", str(tmp_path / "runs"), "--quiet",
                  "--set", "epochs=1"]) == 0
     (run,) = (tmp_path / "runs").iterdir()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from nnspec.cli import main
+from conftest import train_tiny_tagger
 from test_docs import ROOT, blocks
 
 TAGGER = """network tiny_tagger
@@ -22,24 +22,11 @@ train { optimizer adam(lr = 0.05); batch 2; epochs 4; seed 3 }
 data conllu(train = "train.conllu", dev = "dev.conllu")
 """
 
-SENTENCES = [[("the", "DET"), ("dog", "NOUN"), ("runs", "VERB")], [("a", "DET"), ("cat", "NOUN"), ("sleeps", "VERB")],
-             [("the", "DET"), ("cat", "NOUN"), ("runs", "VERB")], [("dogs", "NOUN"), ("sleep", "VERB")]]
-
-
-def conllu(sentences) -> str:
-    return "\n".join("".join(f"{i}\t{w}\t_\t{t}\t_\t_\t0\t_\t_\t_\n" for i, (w, t) in enumerate(s, 1))
-                     for s in sentences) + "\n"
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("docs-run")
-    (root / "tagger.nn").write_text(TAGGER)
-    (root / "train.conllu").write_text(conllu(SENTENCES * 4))
-    (root / "dev.conllu").write_text(conllu(SENTENCES))
-    assert main(["run", str(root / "tagger.nn"), "--runs", str(root / "runs"), "--quiet"]) == 0
-    (run,) = (root / "runs").iterdir()
-    return run
+    return train_tiny_tagger(tmp_path_factory.mktemp("docs-run"), TAGGER)
 
 
 @pytest.mark.parametrize("doc", ["README.md", "docs/api.md"])
