@@ -90,7 +90,7 @@ def compare(text: str, bindings=None, T=5, B=3, lengths=(5, 3, 2), seed=0, fast=
         for name, out in oracle.outputs.items():
             if np.issubdtype(out.dtype, np.floating):
                 seed = np.ones_like(out)
-                if lens is not None and out.ndim >= 2 and out.shape[:2] == (T, B) and _is_seq(compiled, name):
+                if lens is not None and name in oracle.sequences:
                     seed *= real_mask(lens, T, B).reshape((T, B) + (1,) * (out.ndim - 2))
                 seeds[name] = seed
     outputs, loss, grads = runtime_run(compiled, params, feeds, lens, seeds, fast) if seeds != {} else \
@@ -98,7 +98,7 @@ def compare(text: str, bindings=None, T=5, B=3, lengths=(5, 3, 2), seed=0, fast=
     worst = {"outputs": 0.0, "loss": 0.0, "grads": 0.0}
     for name, mine in oracle.outputs.items():
         theirs = outputs[name]
-        if lens is not None and _is_seq(compiled, name):
+        if lens is not None and name in oracle.sequences:
             keep = real_mask(lens, T, B)
             mine, theirs = mine[keep], theirs[keep]
         worst["outputs"] = max(worst["outputs"], relative(theirs, mine))
@@ -107,15 +107,11 @@ def compare(text: str, bindings=None, T=5, B=3, lengths=(5, 3, 2), seed=0, fast=
     for name, g in oracle.grads.items() if grads is not None else ():
         theirs = grads.get(name, np.zeros_like(g))
         theirs = theirs.reshape(g.shape) if theirs.size == g.size else theirs
-        if name in feeds and lens is not None and _is_seq(compiled, name):
+        if name in feeds and lens is not None and name in oracle.sequences:
             keep = real_mask(lens, T, B)
             g, theirs = g[keep], theirs[keep]
         worst["grads"] = max(worst["grads"], relative(theirs, g))
     return worst
-
-
-def _is_seq(compiled, name) -> bool:
-    return bool(compiled.graph.info(name).seq)
 
 
 def assert_agrees(text, **kw):
@@ -297,6 +293,27 @@ def test_known_bugs(name):
         worst = compare(text, bindings=BINDINGS)
     except Untranslatable as e:
         pytest.xfail(f"{reason}: {e}")
+    if max(worst.values()) >= TOL:
+        pytest.xfail(f"{reason}: {worst}")
+
+
+# ---- disagreements found by this oracle, reported to the lead (not fixed here) -------------------
+
+FINDINGS = {
+    # time inference: p, computed from h read at another step outside h's loop, is not marked a
+    # sequence, so its loss is not masked and averages over padding steps too (and with T = 1 the
+    # class loss crashes, see tests/fuzz_text.py KNOWN). Agrees when every sequence is full length.
+    "loss of a state read at t+1 outside its loop": (
+        "input x[2] : seq\ntarget r[2] : seq\noutput p\nh[3] = tanh(W @ x + U @ h[t-1])\np[2] = V @ h[t+1]\n"
+        "loss mse(p, r)\n", "the value read at [t+1] outside the loop is not a sequence: padding in the loss"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FINDINGS))
+def test_findings(name):
+    text, reason = FINDINGS[name]
+    assert max(compare(text, lengths=(5, 5, 5)).values()) < TOL    # right without padding
+    worst = compare(text)
     if max(worst.values()) >= TOL:
         pytest.xfail(f"{reason}: {worst}")
 

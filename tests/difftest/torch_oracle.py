@@ -62,6 +62,7 @@ class TorchResult:
     outputs: dict[str, np.ndarray]
     loss: float | None
     grads: dict[str, np.ndarray] = field(default_factory=dict)
+    sequences: set[str] = field(default_factory=set)   # outputs and inputs that are sequences (T, B, ...)
 
 
 # ---- the spec, as the expanded equations say it ----------------------------------------------
@@ -585,7 +586,8 @@ def _torch_run(compiled, params, feeds, lengths, seeds) -> TorchResult:
             grads[name] = (torch.zeros_like(leaf) if g is None else g).detach().numpy()
     else:
         grads = {name: np.zeros(tuple(leaf.shape)) for name, leaf in leaves.items()}
-    return TorchResult(outputs=outputs, loss=loss, grads=grads)
+    sequences = {n for n in list(spec.outputs) + list(spec.decls) if spec.seq.get(n, False)}
+    return TorchResult(outputs=outputs, loss=loss, grads=grads, sequences=sequences)
 
 
 def _real_positions(run: _Run, name: str, v: torch.Tensor) -> torch.Tensor:
