@@ -98,22 +98,22 @@ class _Spec:
         while changed:
             changed = False
             for name, e in self.equations.items():
-                s = self._expr_seq(e, seq)
+                s = self.expr_seq(e, seq)
                 if s and not seq[name]:
                     seq[name] = changed = True
         return seq
 
-    def _expr_seq(self, e, seq) -> bool:
+    def expr_seq(self, e, seq) -> bool:
         if isinstance(e, (ast.Name, ast.Delayed)):
             return seq.get(e.name, False)
         if isinstance(e, ast.BinOp):
-            return self._expr_seq(e.left, seq) or self._expr_seq(e.right, seq)
+            return self.expr_seq(e.left, seq) or self.expr_seq(e.right, seq)
         if isinstance(e, ast.Neg):
-            return self._expr_seq(e.operand, seq)
+            return self.expr_seq(e.operand, seq)
         if isinstance(e, ast.Call):
             if e.func in REDUCTIONS or e.func in LOSSES:
                 return False
-            return any(self._expr_seq(a, seq) for a in e.args)
+            return any(self.expr_seq(a, seq) for a in e.args)
         return False
 
     def _batch_level(self) -> set[str]:
@@ -237,7 +237,7 @@ class _Example:
         spec = self.spec
         if name in spec.initials:
             e = spec.initials[name]
-            if spec._expr_seq(e, spec.seq):
+            if spec.expr_seq(e, spec.seq):
                 raise Untranslatable("initial state that is a sequence", name)
             v = self.eval(e, None)
         elif name in spec.decls and spec.integer_input(name):
@@ -267,7 +267,7 @@ class _Example:
         raise Untranslatable("expression", type(e).__name__)
 
     def steps(self, e) -> list[torch.Tensor]:
-        if self.length is None or not self.spec._expr_seq(e, self.spec.seq):
+        if self.length is None or not self.spec.expr_seq(e, self.spec.seq):
             raise Untranslatable("reduction over time of a value that is not a sequence")
         return [self.eval(e, u) for u in range(self.length)]
 
@@ -469,7 +469,7 @@ class _Run:
         """sum over every real position of every example / the number of positions that count."""
         args, _ = _attrs(e)
         total, count = torch.zeros((), dtype=DTYPE), 0
-        seq = any(self.spec._expr_seq(a, self.spec.seq) for a in args)
+        seq = any(self.spec.expr_seq(a, self.spec.seq) for a in args)
         for ex in self.examples:
             steps = range(ex.length) if seq else [None]
             for t in steps:
@@ -480,9 +480,8 @@ class _Run:
         return total / max(count, 1)
 
     # assembling outputs
-    def output(self, name: str) -> np.ndarray:
-        if name in self.spec.batch_level:
-            return self.batch_value(name).detach().numpy()
+    def output(self, name: str) -> list:
+        """A per-example value for every example: a tensor, or a list of tensors (one per step)."""
         per_example = []
         for ex in self.examples:
             if self.spec.seq.get(name, False):
@@ -491,10 +490,8 @@ class _Run:
                 per_example.append(ex.value(name, None))
         return per_example
 
-    def layout(self, name: str, per_example) -> torch.Tensor:
+    def layout(self, name: str, per_example: list) -> torch.Tensor:
         """Per-example values -> nnspec's array layout (differentiable, for seeded gradients)."""
-        if not isinstance(per_example, list):
-            return per_example
         if self.spec.seq.get(name, False):
             like = per_example[0][0]
             cols = []
@@ -599,9 +596,9 @@ def _real_positions(run: _Run, name: str, v: torch.Tensor) -> torch.Tensor:
     return seed
 
 
-def real_mask(run_lengths, T: int, B: int) -> np.ndarray:
+def real_mask(lengths, T: int, B: int) -> np.ndarray:
     """(T, B) booleans: which steps are real, for comparing sequence outputs."""
-    lengths = np.full(B, T) if run_lengths is None else np.asarray(run_lengths)
+    lengths = np.full(B, T) if lengths is None else np.asarray(lengths)
     return np.arange(T)[:, None] < lengths[None, :]
 
 
