@@ -98,7 +98,19 @@ KNOWN = [
     # the checker lets a value that is not a sequence (a reduction over time) be read at [t-1]
     Known("non-sequence read at t-1", "input x[2] : seq\noutput q\np[3] = V @ first(x)\nq = p[t-1]\n"
           "data inline { x = [[[2, 1], [1, 2]], [[1, 1]]] }\n",
-          r"crash ValueError nnspec/runtime\.py: operands could not be broadcast", DELAY),
+          r"crash ValueError nnspec/(runtime|chunks)\.py: (operands could not be broadcast|all the input array dim)",
+          DELAY),
+    # reading the data: a class count too big for an int, and a class count of zero
+    Known("huge class count with data", "input x[2]\ntarget y : class[99999999999999999999]\noutput p\n"
+          "p = softmax(W @ x)\nloss cross_entropy(p, y)\ndata inline { x = [[1, 2]]; y = [0] }\n",
+          r"crash OverflowError nnspec/data/vocab\.py", HUGE, "check"),
+    Known("zero classes", "input x[2]\ntarget y : class[0]\noutput p\np = softmax(W @ x)\nloss cross_entropy(p, y)\n"
+          "data inline { x = [[1, 2]]; y = [0] }\n", r"crash ValidationError nnspec/dataset\.py", r"class\[0\]",
+          "check"),
+    # the loss declared as an output: training works, printing its outputs does not
+    Known("the loss as an output", "input x[2]\ntarget r[1]\noutput loss\np = sigmoid(w @ x)\nloss bce(p, r)\n"
+          "train { epochs 1 }\ndata inline { x = [[0, 0], [0, 1]]; r = [[0], [1]] }\n",
+          r"crash TypeError nnspec/cli\.py: 'float' object is not iterable", r"output\s+loss"),
 ]
 
 
