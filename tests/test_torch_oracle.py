@@ -242,6 +242,11 @@ FEED_FORWARD = {
     "cross_entropy_logits": "input x[3]\ntarget k : class[4]\noutput y\ny = W @ x + b\n"
                             "loss cross_entropy_logits(y, k)\n",
     "perceptron": "input x[3]\ntarget r[1]\noutput y\ny = step(W @ x + b)\nloss perceptron(W @ x + b, r)\n",
+    "ops by name": "input x[3]\noutput y\ny[2] = add(mul(matmul(W, x), 2), sub(div(linear(A, x, b), 2), neg(c)))"
+                   " + concat_rows(P, Q) @ x + dropout(V @ x, p = 0.3)\nparam P[1, 3]\nparam Q[1, 3]\n"
+                   "param W[2, 3]\nparam A[2, 3]\nparam b[2]\nparam c[2]\n",
+    "word dropout outside training": "input w : seq of token\noutput y\ne = embed(word_dropout(w, 0.5), 3)\n"
+                                     "y = mean(e)\n",
     "ids out": "input x[3]\noutput k\nk = argmax(W @ x)\nparam W[4, 3]\n",
     "ids and reals out": "input x[3]\noutput k\noutput y\nk = argmax(W @ x)\ny = tanh(x)\nparam W[4, 3]\n",
     "named loss as an output": "input x[3]\ntarget r[2]\noutput l\ny = W @ x + b\nl = mse(y, r)\nloss l\n",

@@ -328,14 +328,14 @@ def _embed(ids: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
 
 def _primitive(f: str, xs: list[torch.Tensor], attrs: dict) -> torch.Tensor:
     x = xs[0]
-    if f in ("argmax",):
+    if f == "argmax":
         return torch.argmax(x, dim=-1)
+    if f in ("word_dropout", "dropout"):    # outside training, the identity (ids or reals)
+        return x
     if not all(v.is_floating_point() for v in xs):
         raise Untranslatable("ids as real values", f)
     one = {
         "identity": lambda: x,
-        "dropout": lambda: x,           # outside training, the identity
-        "word_dropout": lambda: x,
         "neg": lambda: -x,
         "tanh": lambda: torch.tanh(x),
         "sigmoid": lambda: torch.sigmoid(x),
