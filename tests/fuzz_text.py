@@ -100,6 +100,10 @@ KNOWN = [
           "data inline { x = [[[2, 1], [1, 2]], [[1, 1]]] }\n",
           r"crash ValueError nnspec/(runtime|chunks)\.py: (operands could not be broadcast|all the input array dim)",
           DELAY),
+    # a numerical failure names the sub-expression by its internal node id ('loss#1' produced NaN)
+    Known("internal id in a NaN message", "input x[2]\ntarget y : class[2]\noutput p\np = W @ x\nloss nll(log(p), y)\n"
+          "train { epochs 1 }\ndata inline { x = [[1, 2], [-1, 3]]; y = [0, 1] }\n",
+          r"internal id: .*'[\w.]+#\d+' produced (NaN|an infinite value)"),
     # reading the data: a class count too big for an int, and a class count of zero
     Known("huge class count with data", "input x[2]\ntarget y : class[99999999999999999999]\noutput p\n"
           "p = softmax(W @ x)\nloss cross_entropy(p, y)\ndata inline { x = [[1, 2]]; y = [0] }\n",
@@ -471,7 +475,7 @@ def minimise(worker: Worker, text: str, command: str, outcome: str, budget: floa
 
 # ---- the command line ----------------------------------------------------------------------------
 
-def fuzz(count: int, seed: int = 0, jobs: int = 1, commands=COMMANDS, progress=None) -> dict:
+def fuzz(count: int, seed: int = 0, jobs: int = 1, commands=COMMANDS, progress=None, on_crash=None) -> dict:
     """Run ``count`` cases; counts by outcome, and the crashes (first input of each kind)."""
     from concurrent.futures import ThreadPoolExecutor
     workers = [Worker() for _ in range(max(1, jobs))]
@@ -503,6 +507,8 @@ def fuzz(count: int, seed: int = 0, jobs: int = 1, commands=COMMANDS, progress=N
                             known[k.name] += 1
                             worst = "known crash" if worst in ("ok", "error") else worst
                         else:
+                            if (command, kind_of(outcome)) not in crashes and on_crash:
+                                on_crash(command, outcome, text)
                             crashes.setdefault((command, kind_of(outcome)), (outcome, text))
                             worst = "new crash"
                     cases[worst] += 1
@@ -527,7 +533,10 @@ def main(argv: list[str] | None = None) -> int:
         if done % 500 < max(1, args.jobs):
             print(f"  {done} cases, {time.monotonic() - t0:.0f} s: {dict(cases)}", file=sys.stderr, flush=True)
 
-    report = fuzz(args.count, args.seed, args.jobs, progress=progress)
+    def on_crash(command, outcome, text):
+        print(f"  new crash, {command}: {outcome}\n{text}", file=sys.stderr, flush=True)
+
+    report = fuzz(args.count, args.seed, args.jobs, progress=progress, on_crash=on_crash)
     print(f"{args.count} cases in {time.monotonic() - t0:.0f} s")
     print("cases by worst outcome:")
     for k, v in report["cases"].most_common():
