@@ -241,6 +241,8 @@ class _Example:
                 raise Untranslatable("initial state that is a sequence", name)
             v = self.eval(e, None)
         elif name in spec.decls and spec.integer_input(name):
+            # w[t-1] before the first word: id 0 ('<pad>', a learned row of a table), as the runtime
+            # reads it; the reference says only "zero" (shift pads with -1, which embeds to zeros)
             v = torch.zeros((), dtype=torch.long)
         else:
             v = torch.zeros(self.spec.state_shape(name), dtype=DTYPE)
