@@ -241,6 +241,11 @@ def kind_of(outcome: str) -> str:
     return outcome.split(":", 1)[0]
 
 
+def crash_key(outcome: str) -> str:
+    """What tells two crashes apart: the outcome with its numbers blurred."""
+    return re.sub(r"\d+", "N", outcome)[:90]
+
+
 # ---- cases ---------------------------------------------------------------------------------------
 
 # Small specs with inline data, so that `run` trains or runs forward on something.
@@ -507,9 +512,9 @@ def fuzz(count: int, seed: int = 0, jobs: int = 1, commands=COMMANDS, progress=N
                             known[k.name] += 1
                             worst = "known crash" if worst in ("ok", "error") else worst
                         else:
-                            if (command, kind_of(outcome)) not in crashes and on_crash:
+                            if (command, crash_key(outcome)) not in crashes and on_crash:
                                 on_crash(command, outcome, text)
-                            crashes.setdefault((command, kind_of(outcome)), (outcome, text))
+                            crashes.setdefault((command, crash_key(outcome)), (outcome, text))
                             worst = "new crash"
                     cases[worst] += 1
                 if progress:
