@@ -25,6 +25,7 @@ import multiprocessing as mp
 import os
 import random
 import re
+import shutil
 import sys
 import tempfile
 import time
@@ -166,11 +167,10 @@ def _raised_in(exc: BaseException) -> str:
     return "nnspec/" + frames[-1].filename.rsplit("/nnspec/", 1)[1] if frames else "?"
 
 
-def _worker(conn, memory: int) -> None:
+def _worker(conn, memory: int, work: str) -> None:
     import resource
     resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
     os.environ.setdefault("MPLBACKEND", "Agg")
-    work = tempfile.mkdtemp(prefix="nnspec-fuzz-")
     os.chdir(work)                   # data files named by a spec are not found here: no corpus is read
     path = os.path.join(work, "fuzz.nn")
     while True:
@@ -191,10 +191,11 @@ class Worker:
         self.ctx = mp.get_context("forkserver")
         self.ctx.set_forkserver_preload(["nnspec", "nnspec.cli", "nnspec.train.loop"])
         self.proc = None
+        self.work = tempfile.mkdtemp(prefix="nnspec-fuzz-")   # the worker's folder, removed by close()
 
     def _start(self):
         self.conn, child = self.ctx.Pipe()
-        self.proc = self.ctx.Process(target=_worker, args=(child, self.memory), daemon=True)
+        self.proc = self.ctx.Process(target=_worker, args=(child, self.memory, self.work), daemon=True)
         self.proc.start()
         child.close()
 
@@ -225,6 +226,7 @@ class Worker:
                 self.conn.send(None)
             self.proc.join(2)
         self.stop()
+        shutil.rmtree(self.work, ignore_errors=True)
 
 
 def run_case(worker: Worker, text: str, commands=COMMANDS) -> dict[str, str]:

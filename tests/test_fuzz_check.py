@@ -525,4 +525,8 @@ def test_the_worker_reports_hangs_and_memory_as_crashes():
         assert worker.run("check", "input x[2]\noutput h\nh[1000000000] = tanh(W @ x)\n") == "memory"
     finally:
         worker.close()
-    assert fuzz_text.Worker().run("check", "input x[2]\noutput y\ny = tanh(x)\n", limit=0.0) == "timeout"
+    worker = fuzz_text.Worker()
+    try:
+        assert worker.run("check", "input x[2]\noutput y\ny = tanh(x)\n", limit=0.0) == "timeout"
+    finally:
+        worker.close()
