@@ -7,7 +7,7 @@ ValueError from NumPy, ... — is a bug in the front end. Every error must also 
 well formed: a position inside the file, the source line shown under it, no
 internal node ids (``y#1``) in the message.
 
-Three sources of inputs:
+Sources of inputs:
   * the real specs (specs/*.nn) and small examples, mutated: characters, tokens
     and lines deleted, duplicated or swapped; names replaced by random
     identifiers; operators, brackets, numbers, delays and keywords inserted;
@@ -16,7 +16,9 @@ Three sources of inputs:
     which get past the parser and exercise expansion and the graph;
   * random networks that are right (layers, recurrences, cells), then get a few
     mutations, so that loop analysis and shape inference see near-misses; for
-    those that still compile, what ``nnspec expand`` prints must compile too.
+    those that still compile, what ``nnspec expand`` prints must compile too;
+  * and all of it, with random networks that carry inline data, through every command (check,
+    expand, graph, run) in a memory- and time-limited worker (tests/fuzz_text.py, section (e)).
 
 Runs are derandomized so CI is reproducible. Each crash hypothesis found is kept
 below as an explicit regression test with the minimal input, next to the fix.
