@@ -108,6 +108,10 @@ KNOWN = [
     Known("internal id in a NaN message", "input x[2]\ntarget y : class[2]\noutput p\np = W @ x\nloss nll(log(p), y)\n"
           "train { epochs 1 }\ndata inline { x = [[1, 2], [-1, 3]]; y = [0, 1] }\n",
           r"internal id: .*'[\w.]+#\d+' produced (NaN|an infinite value)"),
+    # a class loss of a sequence of predictions against one class per example passes the checker
+    Known("sequence against one class", "input x[2] : seq\ntarget y : class[2]\noutput p\np = softmax(x)\n"
+          "loss cross_entropy(p, y)\ndata inline { x = [[[1, 2], [-2, -2]], [[-2, 0]]]; y = [1, 0] }\n",
+          r"crash ValueError nnspec/ops/losses\.py: non-broadcastable output operand", r"class"),
     # reading the data: a class count too big for an int, and a class count of zero
     Known("huge class count with data", "input x[2]\ntarget y : class[99999999999999999999]\noutput p\n"
           "p = softmax(W @ x)\nloss cross_entropy(p, y)\ndata inline { x = [[1, 2]]; y = [0] }\n",
