@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TIME_LIMIT = 10.0                 # seconds per command
 MEMORY = 2 * 1024 ** 3            # bytes of address space per worker
 COMMANDS = ("check", "expand", "graph", "run")
-INTERNAL_ID = re.compile(r"\w#\d")
+INTERNAL_ID = re.compile(r"[\w.]+#\d+")
 
 
 # ---- known crashes: (name, minimal input, outcome) --------------------------------------------
@@ -160,7 +160,9 @@ def run_command(command: str, path: str, text: str) -> str:
         return f"crash {type(e).__name__} {_raised_in(e)}: {message}"
     if code not in ALLOWED_EXIT:
         return f"exit {code}"
-    line = next((x for x in err.getvalue().splitlines() if INTERNAL_ID.search(x)), None)
+    # an id the spec's own text holds (a comment after a name: 'h#2') is the user's, shown back
+    line = next((x for x in err.getvalue().splitlines()
+                 if any(m.group() not in text for m in INTERNAL_ID.finditer(x))), None)
     if line is not None:
         return f"internal id: {line.strip()[:160]}"
     return "ok" if code == 0 else "error"
