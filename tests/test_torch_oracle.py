@@ -15,7 +15,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from nnspec import compile_text  # noqa: E402
+from nnspec import SpecError, compile_text  # noqa: E402
 from nnspec.runtime import Executor, ExecOptions  # noqa: E402
 from tests.difftest.torch_oracle import Untranslatable, real_mask, torch_run  # noqa: E402
 
@@ -203,7 +203,8 @@ RECURRENT = {
                                    "initial h = [1, 2]\n",
     "shift inside a loop": "input x[2] : seq\noutput h\nh[2] = tanh(W @ shift(x, 1) + U @ h[t-1])\n",
     "reduction into a loop": "input x[2] : seq\noutput h\nh[2] = tanh(W @ x + U @ h[t-1] + mean(x) - first(x))\n",
-    "scalar sequence": "input x : seq\ninput a\noutput h\noutput y\nh = tanh(2 * x + 3 * h[t-1])\ny = mean(x) * a\n",
+    "scalar sequence": "input x : seq\ninput a\noutput h\noutput y\nh[2] = tanh(x * [1, -1] + U @ h[t-1])\n"
+                       "y = mean(x) * a + 2 * a\n",
     "argmax as targets": "input x[3] : seq\noutput p\np = softmax(W @ x)\nloss cross_entropy(p, shift(argmax(p), 1))\n"
                          "param W[4, 3]\n",
     "nested embed": "input w : seq of token\noutput y\ny[2] = tanh(V @ embed(w, 3) + c)\n",
@@ -249,7 +250,7 @@ FEED_FORWARD = {
                                      "y = mean(e)\n",
     "ids out": "input x[3]\noutput k\nk = argmax(W @ x)\nparam W[4, 3]\n",
     "ids and reals out": "input x[3]\noutput k\noutput y\nk = argmax(W @ x)\ny = tanh(x)\nparam W[4, 3]\n",
-    "named loss as an output": "input x[3]\ntarget r[2]\noutput l\ny = W @ x + b\nl = mse(y, r)\nloss l\n",
+    "named loss": "input x[3]\ntarget r[2]\noutput y\ny = W @ x + b\nl = mse(y, r)\nloss l\n",
     "bag of chars": "input d : bag of char\noutput y\ny[2] = W @ d\n",
     "bag of tokens": "input d : bag of token\ntarget y : class[3]\noutput p\nh[4] = relu(W @ d + b)\n"
                      "p = softmax(V @ h + c)\nloss cross_entropy(p, y)\n",
@@ -298,6 +299,8 @@ def test_known_bugs(name):
         worst = compare(text, bindings=BINDINGS)
     except Untranslatable as e:
         pytest.xfail(f"{reason}: {e}")
+    except SpecError:
+        return      # fixed by refusing the spec
     if max(worst.values()) >= TOL:
         pytest.xfail(f"{reason}: {worst}")
 
@@ -359,7 +362,6 @@ def test_many_random_networks_agree():
 def check_random_networks(count: int, seed: str = "oracle") -> None:
     import random
 
-    from nnspec import SpecError
     from tests.fuzz_text import layered
     compared, untranslatable = 0, []
     for i in range(count):
