@@ -1,0 +1,607 @@
+"""A PyTorch oracle for nnspec: the expanded equations, read as the language reference defines them.
+
+``torch_run(compiled, params, feeds, lengths)`` computes a spec's outputs, its loss and the
+gradients of the loss (float64, PyTorch autograd) without any of nnspec's plan, loop analysis,
+optimiser or NumPy kernels. It reads only what ``nnspec expand`` prints (``compiled.flat``: the
+declarations, equations, ``initial`` statements and losses, cells already written out), plus
+two facts the front end decided: the shape of a recurrent state (for its zero initial state)
+and the name of an embedding table written inside a larger expression.
+
+It is simple on purpose, and slow:
+
+* every example of the batch runs alone, over its own length: there is no padding at all;
+* a value of a sequence is computed at one step at a time, on demand, and remembered:
+  ``value(h, t)`` evaluates ``h``'s equation at step ``t``, and ``h[t-1]`` asks for
+  ``value(h, t - 1)``, or, before the first step (after the last, for ``h[t+1]``), for ``h``'s
+  initial state (docs/language.md section 8: zeros, a learned parameter, or an expression);
+  so forward, backward and two-step recurrences need no loop analysis;
+* a loss is one number for the batch (section 9): the sum of its terms over every real
+  position of every example, divided by the number of positions that count; the loss lines are
+  added; anything computed from a loss (``0.1 * mse(...)``) is computed from those numbers.
+
+Outputs come back as nnspec's runtime lays them out: ``(B, ...)``, sequences time-major
+``(T, B, ...)`` with the padding steps zero, a real scalar as ``(..., 1)``, a batch-level
+value (a loss) as a 0-d array. Gradients are of the loss; without a loss, of
+``sum(output * seed)`` over the outputs (``seeds``: arrays laid out like the outputs; by
+default ones on every real position).
+
+A construct it cannot translate raises :class:`Untranslatable` naming it, so that a tester can
+skip the case and count it.
+"""
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from nnspec.ops import REGISTRY
+from nnspec.syntax import ast
+
+DTYPE = torch.float64
+EPS = 1e-12                       # probabilities are clipped to >= EPS inside log (docs: ops table)
+REDUCTIONS = {"last", "first", "mean", "max", "sum"}
+CLASS_LOSSES = {"cross_entropy", "cross_entropy_logits", "nll"}
+FLOAT_LOSSES = {"mse", "bce", "bce_logits", "perceptron"}
+LOSSES = CLASS_LOSSES | FLOAT_LOSSES
+INTEGER_ELEMS = {"token", "char", "class"}
+
+
+class Untranslatable(Exception):
+    """A construct this oracle does not translate; ``construct`` names it (for counting)."""
+
+    def __init__(self, construct: str, detail: str = ""):
+        super().__init__(f"{construct}: {detail}" if detail else construct)
+        self.construct = construct
+
+
+@dataclass
+class TorchResult:
+    outputs: dict[str, np.ndarray]
+    loss: float | None
+    grads: dict[str, np.ndarray] = field(default_factory=dict)
+    sequences: set[str] = field(default_factory=set)   # outputs and inputs that are sequences (T, B, ...)
+
+
+# ---- the spec, as the expanded equations say it ----------------------------------------------
+
+class _Spec:
+    """Names and facts read from the FlatSpec."""
+
+    def __init__(self, compiled):
+        flat = compiled.flat
+        self.compiled = compiled
+        self.decls = {d.name: d for d in flat.decls if d.role != "output"}
+        self.outputs = [d.name for d in flat.decls if d.role == "output"]
+        self.equations = {eq.name: eq.value for eq in flat.equations}
+        self.initials = {i.name: i.value for i in flat.initials}
+        self.losses = [loss.value for loss in flat.losses]
+        self.literal_params = {p.name: p.value for p in flat.params if p.value is not None}
+        self.seq = self._sequences()
+        self.batch_level = self._batch_level()
+
+    def input_seq(self, name: str) -> bool:
+        t = self.decls[name].type
+        return bool(t and t.sequence)
+
+    def integer_input(self, name: str) -> bool:
+        t = self.decls[name].type
+        return bool(t and t.elem in INTEGER_ELEMS)
+
+    def _sequences(self) -> dict[str, bool]:
+        """Which values change over time: a fixpoint, since recurrent values depend on themselves."""
+        seq = {n: self.input_seq(n) for n in self.decls}
+        seq.update({n: False for n in self.equations})
+        changed = True
+        while changed:
+            changed = False
+            for name, e in self.equations.items():
+                s = self.expr_seq(e, seq)
+                if s and not seq[name]:
+                    seq[name] = changed = True
+        return seq
+
+    def expr_seq(self, e, seq) -> bool:
+        if isinstance(e, (ast.Name, ast.Delayed)):
+            return seq.get(e.name, False)
+        if isinstance(e, ast.BinOp):
+            return self.expr_seq(e.left, seq) or self.expr_seq(e.right, seq)
+        if isinstance(e, ast.Neg):
+            return self.expr_seq(e.operand, seq)
+        if isinstance(e, ast.Call):
+            if e.func in REDUCTIONS or e.func in LOSSES:
+                return False
+            return any(self.expr_seq(a, seq) for a in e.args)
+        return False
+
+    def _batch_level(self) -> set[str]:
+        """Values computed from a loss: one number for the whole batch."""
+        out: set[str] = set()
+        changed = True
+        while changed:
+            changed = False
+            for name, e in self.equations.items():
+                if name not in out and self.has_loss(e, out):
+                    out.add(name)
+                    changed = True
+        return out
+
+    def has_loss(self, e, batch_level) -> bool:
+        if isinstance(e, (ast.Name, ast.Delayed)):
+            return e.name in batch_level
+        if isinstance(e, ast.BinOp):
+            return self.has_loss(e.left, batch_level) or self.has_loss(e.right, batch_level)
+        if isinstance(e, ast.Neg):
+            return self.has_loss(e.operand, batch_level)
+        if isinstance(e, ast.Call):
+            return e.func in LOSSES or any(self.has_loss(a, batch_level) for a in e.args)
+        return False
+
+    def state_shape(self, name: str) -> tuple[int, ...]:
+        """The per-example shape of a recurrent state, for its zero initial state."""
+        info = self.compiled.graph.info(name)
+        shape = tuple(info.shape or ())
+        if not all(isinstance(d, int) for d in shape):
+            raise Untranslatable("symbolic state size", f"{name}: {shape}")
+        return shape
+
+
+def _attrs(e: ast.Call) -> tuple[list, dict]:
+    """The value arguments of a call and its settings (by position after them, or by name)."""
+    op = REGISTRY[e.func]
+    n = len(e.args) if op.arity is None else min(op.arity, len(e.args))
+    attrs = dict(op.attrs)
+    for extra, name in zip(e.args[n:], list(op.attrs)):
+        attrs[name] = _setting(extra)
+    for k in e.keywords:
+        attrs[k.name] = _setting(k.value)
+    return e.args[:n], attrs
+
+
+def _setting(e):
+    if isinstance(e, ast.Number):
+        return e.value
+    if isinstance(e, ast.Neg) and isinstance(e.operand, ast.Number):
+        return -e.operand.value
+    if isinstance(e, ast.Percent):
+        return e.value
+    raise Untranslatable("non-numeric setting", type(e).__name__)
+
+
+def _literal(e) -> np.ndarray:
+    def conv(x):
+        if isinstance(x, ast.Number):
+            return x.value
+        if isinstance(x, ast.Neg):
+            return (-np.asarray(conv(x.operand))).tolist()
+        if isinstance(x, ast.ListLit):
+            return [conv(i) for i in x.items]
+        raise Untranslatable("literal", type(x).__name__)
+    return np.array(conv(e), dtype=np.float64)
+
+
+# ---- one example -----------------------------------------------------------------------------
+
+class _Example:
+    """Evaluates the equations for one example of length ``length`` (None: no sequences)."""
+
+    def __init__(self, run: "_Run", b: int, length: int | None):
+        self.run, self.spec, self.b, self.length = run, run.spec, b, length
+        self.memo: dict[tuple[str, int | None], torch.Tensor] = {}
+        self.busy: set[tuple[str, int | None]] = set()
+
+    # values by name
+    def value(self, name: str, t: int | None) -> torch.Tensor:
+        spec = self.spec
+        if name in spec.batch_level:
+            return self.run.batch_value(name)
+        if spec.seq.get(name, False):
+            if t is None:
+                raise Untranslatable("sequence read without a step", f"'{name}' outside any step")
+            if not 0 <= t < self.length:
+                raise AssertionError(f"step {t} of '{name}' outside 0..{self.length - 1}")
+        else:
+            t = None
+        key = (name, t)
+        if key in self.memo:
+            return self.memo[key]
+        if key in self.busy:
+            raise Untranslatable("value needing itself", f"'{name}' at step {t} (a reduction inside a loop?)")
+        self.busy.add(key)
+        try:
+            if name in spec.decls:
+                v = self.run.feed(name, self.b, t)
+            elif name in spec.equations:
+                v = self.eval(spec.equations[name], t)
+            else:
+                v = self.run.param(name)
+        finally:
+            self.busy.discard(key)
+        self.memo[key] = v
+        return v
+
+    def delayed(self, name: str, offset: int, t: int | None) -> torch.Tensor:
+        if t is None:
+            raise Untranslatable("delayed read without a step", f"{name}[t{offset:+d}]")
+        u = t + offset
+        if 0 <= u < self.length:
+            return self.value(name, u)
+        return self.initial(name)
+
+    def initial(self, name: str) -> torch.Tensor:
+        key = (name, "initial")
+        if key in self.memo:
+            return self.memo[key]
+        spec = self.spec
+        if name in spec.initials:
+            e = spec.initials[name]
+            if spec.expr_seq(e, spec.seq):
+                raise Untranslatable("initial state that is a sequence", name)
+            v = self.eval(e, None)
+        elif name in spec.decls and spec.integer_input(name):
+            # w[t-1] before the first word: id 0 ('<pad>', a learned row of a table), as the runtime
+            # reads it; the reference says only "zero" (shift pads with -1, which embeds to zeros)
+            v = torch.zeros((), dtype=torch.long)
+        else:
+            v = torch.zeros(self.spec.state_shape(name), dtype=DTYPE)
+        self.memo[key] = v
+        return v
+
+    # expressions
+    def eval(self, e, t: int | None) -> torch.Tensor:
+        if isinstance(e, ast.Number):
+            return torch.tensor(e.value, dtype=DTYPE)
+        if isinstance(e, ast.ListLit):
+            return torch.tensor(_literal(e), dtype=DTYPE)
+        if isinstance(e, ast.Name):
+            return self.value(e.name, t)
+        if isinstance(e, ast.Delayed):
+            return self.delayed(e.name, e.offset, t)
+        if isinstance(e, ast.Neg):
+            return -self.eval(e.operand, t)
+        if isinstance(e, ast.BinOp):
+            a, b = self.eval(e.left, t), self.eval(e.right, t)
+            return _binary(e.op, a, b)
+        if isinstance(e, ast.Call):
+            return self.call(e, t)
+        raise Untranslatable("expression", type(e).__name__)
+
+    def steps(self, e) -> list[torch.Tensor]:
+        if self.length is None or not self.spec.expr_seq(e, self.spec.seq):
+            raise Untranslatable("reduction over time of a value that is not a sequence")
+        return [self.eval(e, u) for u in range(self.length)]
+
+    def call(self, e: ast.Call, t: int | None) -> torch.Tensor:
+        f = e.func
+        if e.wrapper is not None:
+            raise Untranslatable("wrapper left in the expanded spec", f)
+        if f == "embed":
+            ids = self.eval(e.args[0], t)
+            table = self.run.param(self.run.table_name(e))
+            return _embed(ids, table)
+        if f not in REGISTRY:
+            raise Untranslatable("unknown function", f)
+        if f in LOSSES:
+            raise Untranslatable("loss inside a value of one example", f)
+        args, attrs = _attrs(e)
+        if f in REDUCTIONS:
+            xs = self.steps(args[0])
+            if f == "last":
+                return xs[-1]
+            if f == "first":
+                return xs[0]
+            stacked = torch.stack(xs)
+            return {"mean": lambda: stacked.mean(0), "sum": lambda: stacked.sum(0),
+                    "max": lambda: stacked.amax(0)}[f]()
+        if f == "shift":
+            k = int(attrs["k"])
+            if t is None:
+                raise Untranslatable("shift of a value that is not a sequence")
+            u = t + k
+            if 0 <= u < self.length:
+                return self.eval(args[0], u)
+            like = self.eval(args[0], t)
+            return torch.full_like(like, -1) if not like.is_floating_point() else torch.zeros_like(like)
+        xs = [self.eval(a, t) for a in args]
+        return _primitive(f, xs, attrs)
+
+
+def _binary(op: str, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    if op == "@":
+        if a.dim() != 2:
+            raise Untranslatable("matmul with a left operand that is not a matrix", str(tuple(a.shape)))
+        return b @ a.T if b.dim() > 1 else a @ b
+    if not (a.is_floating_point() and b.is_floating_point()):
+        raise Untranslatable("arithmetic on ids")
+    return {"+": torch.add, "-": torch.sub, "*": torch.mul, "/": torch.div}[op](a, b)
+
+
+def _embed(ids: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    if ids.is_floating_point():
+        raise Untranslatable("embed of real values")
+    if ids.dim() != 0:
+        raise Untranslatable("embed of a vector of ids", str(tuple(ids.shape)))
+    if int(ids) < 0:            # padding (-1) gives zeros
+        return torch.zeros(table.shape[1], dtype=DTYPE)
+    return table[int(ids)]
+
+
+def _primitive(f: str, xs: list[torch.Tensor], attrs: dict) -> torch.Tensor:
+    x = xs[0]
+    if f == "argmax":
+        return torch.argmax(x, dim=-1)
+    if f in ("word_dropout", "dropout"):    # outside training, the identity (ids or reals)
+        return x
+    if not all(v.is_floating_point() for v in xs):
+        raise Untranslatable("ids as real values", f)
+    one = {
+        "identity": lambda: x,
+        "neg": lambda: -x,
+        "tanh": lambda: torch.tanh(x),
+        "sigmoid": lambda: torch.sigmoid(x),
+        "relu": lambda: torch.relu(x),
+        "softmax": lambda: torch.softmax(x, dim=-1),
+        "log_softmax": lambda: torch.log_softmax(x, dim=-1),
+        "softplus": lambda: torch.logaddexp(torch.zeros_like(x), x),
+        "gelu": lambda: 0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3))),
+        "elu": lambda: torch.where(x > 0, x, attrs["alpha"] * torch.expm1(x)),
+        "leaky_relu": lambda: torch.where(x > 0, x, attrs["alpha"] * x),
+        "hard_tanh": lambda: torch.clamp(x, -1.0, 1.0),
+        "step": lambda: (x > 0).to(DTYPE),
+        "abs": lambda: torch.abs(x),
+        "exp": lambda: torch.exp(x),
+        "log": lambda: torch.log(x),
+        "sqrt": lambda: torch.sqrt(x),
+        "square": lambda: x * x,
+        "pow": lambda: x ** attrs["p"],
+        "slice": lambda: x[..., int(attrs["start"]):(None if attrs["stop"] is None else int(attrs["stop"]))],
+    }
+    if f in one:
+        return one[f]()
+    two = {"add": torch.add, "sub": torch.sub, "mul": torch.mul, "div": torch.div}
+    if f in two:
+        return two[f](xs[0], xs[1])
+    if f == "matmul":
+        return _binary("@", xs[0], xs[1])
+    if f == "linear":
+        return _binary("@", xs[0], xs[1]) + xs[2]
+    if f == "concat":
+        return torch.cat([v.reshape(-1) if v.dim() == 0 else v for v in xs], dim=-1)
+    if f == "concat_rows":
+        return torch.cat(xs, dim=0)
+    raise Untranslatable("operation", f)
+
+
+# ---- the batch -------------------------------------------------------------------------------
+
+class _Run:
+    def __init__(self, compiled, params, feeds, lengths):
+        self.spec = _Spec(compiled)
+        self.params = {k: torch.tensor(np.asarray(v, dtype=np.float64), requires_grad=True)
+                       for k, v in params.items()}
+        self.feeds: dict[str, torch.Tensor] = {}
+        self.feed_shapes: dict[str, tuple] = {}
+        B, T = None, None
+        for name, a in feeds.items():
+            if name not in self.spec.decls:
+                continue
+            a = np.asarray(a)
+            seq = self.spec.input_seq(name)
+            if self.spec.integer_input(name):
+                self.feeds[name] = torch.tensor(a.astype(np.int64))
+            else:
+                self.feeds[name] = torch.tensor(a.astype(np.float64), requires_grad=True)
+            self.feed_shapes[name] = a.shape
+            if seq:
+                T, B = a.shape[0], a.shape[1]
+            elif B is None:
+                B = a.shape[0]
+        missing = [n for n in self.spec.decls if n not in self.feeds]
+        if missing:
+            raise ValueError(f"no feed for {', '.join(missing)}")
+        self.B, self.T = B, T
+        if T is not None:
+            self.lengths = [int(n) for n in (np.asarray(lengths) if lengths is not None else np.full(B, T))]
+        else:
+            self.lengths = [None] * B
+        self.examples = [_Example(self, b, self.lengths[b]) for b in range(B)]
+        self.batch_memo: dict[str, torch.Tensor] = {}
+        self.tables: dict[int, str] = {}
+
+    def feed(self, name: str, b: int, t: int | None) -> torch.Tensor:
+        a = self.feeds[name]
+        v = a[t, b] if t is not None else a[b]
+        d = self.spec.decls[name]
+        if not d.dims and v.is_floating_point() and v.dim() == 1 and v.shape[0] == 1:
+            v = v[0]                       # a real scalar held as (..., 1)
+        return v
+
+    def param(self, name: str) -> torch.Tensor:
+        if name in self.params:
+            return self.params[name]
+        if name in self.spec.literal_params:
+            return torch.tensor(_literal(self.spec.literal_params[name]), dtype=DTYPE)
+        raise Untranslatable("unknown name", name)
+
+    def table_name(self, e: ast.Call) -> str:
+        """``e = embed(w, 8)`` has the table ``e.table``; an embed inside a larger expression has one
+        named by the graph builder (``p#3.table``): found as the table whose ids are this call's."""
+        key = id(e)
+        if key in self.tables:
+            return self.tables[key]
+        owner = next((n for n, v in self.spec.equations.items() if v is e), None)
+        if owner is not None:
+            name = f"{owner}.table"
+        else:
+            graph = self.spec.compiled.graph
+            found = [i.id for i in graph.nodes() if i.kind == "param" and i.table_for is not None
+                     and graph.info(i.id).span == e.span]
+            if len(found) != 1:
+                raise Untranslatable("embedding table of a nested embed", str(found))
+            name = found[0]
+        self.tables[key] = name
+        return name
+
+    # batch-level values: losses and what is computed from them
+    def batch_value(self, name: str) -> torch.Tensor:
+        if name not in self.batch_memo:
+            self.batch_memo[name] = self.batch_eval(self.spec.equations[name])
+        return self.batch_memo[name]
+
+    def batch_eval(self, e) -> torch.Tensor:
+        if isinstance(e, ast.Number):
+            return torch.tensor(e.value, dtype=DTYPE)
+        if isinstance(e, ast.Name) and e.name in self.spec.batch_level:
+            return self.batch_value(e.name)
+        if isinstance(e, ast.Neg):
+            return -self.batch_eval(e.operand)
+        if isinstance(e, ast.BinOp) and e.op != "@":
+            return _binary(e.op, self.batch_eval(e.left), self.batch_eval(e.right))
+        if isinstance(e, ast.Call) and e.func in LOSSES:
+            return self.loss_term(e)
+        if isinstance(e, ast.Call) and e.func in REGISTRY and REGISTRY[e.func].arity in (1, 2) \
+                and e.func not in REDUCTIONS and e.func != "shift":
+            args, attrs = _attrs(e)
+            return _primitive(e.func, [self.batch_eval(a) for a in args], attrs)
+        raise Untranslatable("a per-example value in a loss expression", type(e).__name__)
+
+    def loss_term(self, e: ast.Call) -> torch.Tensor:
+        """sum over every real position of every example / the number of positions that count."""
+        args, _ = _attrs(e)
+        total, count = torch.zeros((), dtype=DTYPE), 0
+        seq = any(self.spec.expr_seq(a, self.spec.seq) for a in args)
+        for ex in self.examples:
+            steps = range(ex.length) if seq else [None]
+            for t in steps:
+                pred, target = ex.eval(args[0], t), ex.eval(args[1], t)
+                s, n = _loss_elems(e.func, pred, target)
+                total = total + s
+                count += n
+        return total / max(count, 1)
+
+    # assembling outputs
+    def output(self, name: str) -> list:
+        """A per-example value for every example: a tensor, or a list of tensors (one per step)."""
+        per_example = []
+        for ex in self.examples:
+            if self.spec.seq.get(name, False):
+                per_example.append([ex.value(name, t) for t in range(ex.length)])
+            else:
+                per_example.append(ex.value(name, None))
+        return per_example
+
+    def layout(self, name: str, per_example: list) -> torch.Tensor:
+        """Per-example values -> nnspec's array layout (differentiable, for seeded gradients)."""
+        if self.spec.seq.get(name, False):
+            like = per_example[0][0]
+            cols = []
+            for steps in per_example:
+                pad = [torch.zeros_like(like)] * (self.T - len(steps))
+                cols.append(torch.stack(list(steps) + pad))
+            out = torch.stack(cols, dim=1)
+        else:
+            out = torch.stack(per_example)
+        element = per_example[0][0] if self.spec.seq.get(name, False) else per_example[0]
+        if element.is_floating_point() and element.dim() == 0:
+            out = out.unsqueeze(-1)            # a real scalar is held as (..., 1)
+        return out
+
+
+def _loss_elems(f: str, pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """(sum of the loss over this position, number of terms that count)."""
+    if f in CLASS_LOSSES:
+        if target.is_floating_point():
+            raise Untranslatable("class loss against real targets")
+        if pred.dim() != target.dim() + 1:
+            raise Untranslatable("class loss shapes", f"{tuple(pred.shape)} vs {tuple(target.shape)}")
+        K = pred.shape[-1]
+        if target.numel() and int(target.max()) >= K:
+            raise ValueError(f"{f}: class {int(target.max())} out of range for {K} classes")
+        valid = target >= 0
+        idx = torch.where(valid, target, torch.zeros_like(target)).unsqueeze(-1)
+        if f == "cross_entropy":
+            terms = -torch.log(torch.clamp(torch.gather(pred, -1, idx)[..., 0], min=EPS))
+        elif f == "cross_entropy_logits":
+            terms = -torch.gather(torch.log_softmax(pred, -1), -1, idx)[..., 0]
+        else:
+            terms = -torch.gather(pred, -1, idx)[..., 0]
+        return torch.where(valid, terms, torch.zeros_like(terms)).sum(), int(valid.sum())
+    if not (pred.is_floating_point() and target.is_floating_point()):
+        raise Untranslatable("float loss of ids", f)
+    p, y = torch.broadcast_tensors(pred, target)
+    if f == "mse":
+        terms = (p - y) ** 2
+    elif f == "bce":
+        pc = torch.clamp(p, EPS, 1 - EPS)
+        terms = -(y * torch.log(pc) + (1 - y) * torch.log(1 - pc))
+    elif f == "bce_logits":
+        terms = torch.clamp(p, min=0) - p * y + torch.log1p(torch.exp(-torch.abs(p)))
+    else:  # perceptron: (step(z) - t) z
+        terms = ((p > 0).to(DTYPE) - y) * p
+    return terms.sum(), max(terms.numel(), 1)
+
+
+def torch_run(compiled, params: dict[str, np.ndarray], feeds: dict[str, np.ndarray],
+              lengths: np.ndarray | None = None, seeds: dict[str, np.ndarray] | None = None) -> TorchResult:
+    """Outputs, loss and gradients of a compiled spec at ``params`` and ``feeds`` (see the module doc)."""
+    old = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(old, 20000))
+    try:
+        return _torch_run(compiled, params, feeds, lengths, seeds)
+    except RecursionError:
+        raise Untranslatable("too deep to evaluate step by step") from None
+    finally:
+        sys.setrecursionlimit(old)
+
+
+def _torch_run(compiled, params, feeds, lengths, seeds) -> TorchResult:
+    run = _Run(compiled, params, feeds, lengths)
+    spec = run.spec
+    laid_out = {name: run.layout(name, run.output(name)) if name not in spec.batch_level
+                else run.batch_value(name) for name in spec.outputs}
+    outputs = {k: (v.detach().numpy() if isinstance(v, torch.Tensor) else v) for k, v in laid_out.items()}
+    loss = None
+    if spec.losses:
+        total = None
+        for e in spec.losses:
+            term = run.batch_eval(e)
+            total = term if total is None else total + term
+        objective, loss = total, float(total.detach())
+    else:
+        objective = torch.zeros((), dtype=DTYPE)
+        for name, v in laid_out.items():
+            if not isinstance(v, torch.Tensor) or not v.is_floating_point() or not v.requires_grad:
+                continue
+            seed = torch.tensor(np.asarray(seeds[name], dtype=np.float64)) if seeds and name in seeds \
+                else _real_positions(run, name, v)
+            objective = objective + (v * seed).sum()
+    leaves = {**run.params, **{k: v for k, v in run.feeds.items() if v.is_floating_point()}}
+    grads = {}
+    if objective.requires_grad:
+        got = torch.autograd.grad(objective, list(leaves.values()), allow_unused=True)
+        for (name, leaf), g in zip(leaves.items(), got):
+            grads[name] = (torch.zeros_like(leaf) if g is None else g).detach().numpy()
+    else:
+        grads = {name: np.zeros(tuple(leaf.shape)) for name, leaf in leaves.items()}
+    sequences = {n for n in list(spec.outputs) + list(spec.decls) if spec.seq.get(n, False)}
+    return TorchResult(outputs=outputs, loss=loss, grads=grads, sequences=sequences)
+
+
+def _real_positions(run: _Run, name: str, v: torch.Tensor) -> torch.Tensor:
+    """Ones on the real steps of a sequence output (its padding is zero), ones elsewhere."""
+    seed = torch.ones_like(v)
+    if run.spec.seq.get(name, False):
+        for b, n in enumerate(run.lengths):
+            seed[n:, b] = 0
+    return seed
+
+
+def real_mask(lengths, T: int, B: int) -> np.ndarray:
+    """(T, B) booleans: which steps are real, for comparing sequence outputs."""
+    lengths = np.full(B, T) if lengths is None else np.asarray(lengths)
+    return np.arange(T)[:, None] < lengths[None, :]
+
+
+__all__ = ["TorchResult", "Untranslatable", "real_mask", "torch_run"]
