@@ -121,10 +121,16 @@ def _report_algebraic_loop(graph: Graph, nodes: list[str], successors: dict[str,
 def infer_time_and_type(graph: Graph, components: list[Component], diags: Diagnostics) -> list[str]:
     """Mark sequences and integer values; returns an execution order of all nodes (delay-0 topological)."""
     g = graph.g
-    order = order_within_step(list(g), zero_delay_successors(g))
+    in_component = {n for c in components for n in c.nodes}
+    component_of = {n: c.index for c in components for n in c.nodes}
+    # a value comes after everything it reads at the same step, and after what it reads at another
+    # step outside its own loop (y = g[t-1] must know that g is a sequence before y is typed)
+    successors = {u: [v for v, data in readers.items()
+                      if 0 in data["delays"] or component_of.get(u, u) != component_of.get(v, v)]
+                  for u, readers in g.adjacency()}
+    order = order_within_step(list(g), successors)
     if order is None:  # find_components reports algebraic loops before anything asks for an order
         raise nx.NetworkXUnfeasible("the graph has a cycle at delay 0")
-    in_component = {n for c in components for n in c.nodes}
     for n in order:
         info = graph.info(n)
         if info.kind in ("input", "target"):

@@ -194,7 +194,10 @@ class Generator:
             n = self.r.choice(["2", "0.5", "1.5", "3"])
             op = self.r.choice(["*", "+", "-", "/"])
             self.tags.add("const")
-            return Expr(f"({n} {op} {{0}})" if self.r.random() < 0.5 else f"({{0}} {op} {n})", [e], e.size, e.seq)
+            if op == "/" and self.r.random() < 0.5:   # a number over something positive
+                return Expr(f"({n} / (square({{0}}) + 1))", [e], e.size, e.seq)
+            return Expr(f"({n} {op} {{0}})" if op != "/" and self.r.random() < 0.5 else f"({{0}} {op} {n})", [e],
+                        e.size, e.seq)
         vec = [round(self.r.uniform(-1, 1), 2) for _ in range(e.size)]
         self.tags.add("literal")
         return Expr(f"({{0}} + {vec})", [e], e.size, e.seq)
@@ -302,11 +305,20 @@ class Generator:
         """A read of state h at a delay, projected or gated: U @ h[t-1], g * h[t-1], ..."""
         e = Expr(h + delay, [], s, True)
         c = self.r.random()
-        if c < 0.7:
+        if c < 0.65:
             return self.param_matmul(e, s)
-        if c < 0.85:
+        if c < 0.75:
             self.tags.add("state_act")
             return self.param_matmul(Expr(self.r.choice(["relu", "tanh", "sigmoid"]) + "({0})", [e], s, True), s)
+        if c < 0.8:
+            self.tags.add("state_act_plain")
+            return Expr(self.r.choice(["relu", "tanh", "sigmoid", "abs"]) + "({0})", [e], s, True)
+        if c < 0.9:   # a reduction over time inside the loop
+            red = self.r.choice(REDUCTIONS)
+            self.tags.add("reduce_in_loop:" + red)
+            return Expr(red + "({0})", [self.param_matmul(e, s)], s, True)
+        if self.r.random() < 0.6:
+            return self.param_matmul(e, s)
         self.tags.add("state_scalar")
         return Expr(self.r.choice(["(2 * {0})", "({0} / 2)", "({0} - 3)"]), [e], s, True)
 

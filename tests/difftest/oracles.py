@@ -62,6 +62,7 @@ class Outcome:
     errors: dict[str, float] = field(default_factory=dict)     # oracle -> worst relative error
     skipped: dict[str, str] = field(default_factory=dict)      # oracle -> why it did not run
     failures: list[Failure] = field(default_factory=list)
+    plan: object = None                                          # the unoptimised plan, when it compiled
 
     @property
     def compiled(self) -> bool:
@@ -222,6 +223,11 @@ def _crash(oracle: str, out: Outcome, exc: BaseException) -> None:
 
 def check(text: str, seed: int = 0, oracles=ORACLES) -> Outcome:
     """Check one spec against every oracle asked for; never raises for a failing oracle."""
+    with np.errstate(all="ignore"):   # a NaN shows up as an error of the oracle, not as a warning
+        return _check(text, seed, oracles)
+
+
+def _check(text: str, seed: int, oracles) -> Outcome:
     out = Outcome(text)
     try:
         opt = compile_text(text, bindings=BINDINGS)
@@ -233,6 +239,7 @@ def check(text: str, seed: int = 0, oracles=ORACLES) -> Outcome:
         out.rejected = f"crash {type(e).__name__}: {e}"
         return out
     plan, base = opt.plan, raw.plan
+    out.plan = base
     params = random_params(base, seed)
     batch = make_batch(base, seed)
     ref_raw = Executor(base, dtype=np.float64, options=REFERENCE)

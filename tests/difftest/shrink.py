@@ -17,7 +17,8 @@ import re
 from collections.abc import Callable
 
 from .generator import Expr, Spec, Stmt
-from .oracles import Outcome, check
+from .known import known_bug
+from .oracles import Failure, Outcome, check
 
 
 def signature(outcome: Outcome) -> set[tuple[str, str]]:
@@ -129,7 +130,13 @@ def shrink_failure(spec: Spec, seed: int, oracle: str | None = None, budget: int
         return spec, first
 
     def still_fails(text: str) -> bool:
-        return want in signature(check(text, seed))
+        """The same kind of failure of the same oracle, and not one a known bug explains."""
+        out = check(text, seed)
+        if out.rejected is not None:
+            return want[0] == "compile" and known_bug(out, None, Failure("compile", out.rejected)) is None \
+                and want in signature(out)
+        return any((f.oracle, "crash" if f.message.startswith("crash") else "mismatch") == want
+                   and known_bug(out, out.plan, f) is None for f in out.failures)
 
     small = shrink(spec, still_fails, budget)
     return small, check(small.text(), seed)
