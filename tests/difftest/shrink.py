@@ -6,6 +6,8 @@ Delta debugging over the typed model of ``generator.py``, greedy and 1-minimal:
   inputs, targets, ``param`` and ``initial`` statements about names gone, unused cells);
 * replace a subexpression by one of its operands of the same size and time type
   (``tanh(W @ x + b)`` -> ``W @ x + b`` -> ``W @ x`` -> ``x`` where sizes allow);
+* replace a value by the value it copies, or by another value of its size and time type,
+  everywhere it is read (``v6 = v3; output v6`` -> ``output v3``);
 
 keeping a candidate only when it still compiles and fails the same oracle (``same_failure``),
 until no candidate is kept or the budget of checks is spent.
@@ -83,11 +85,54 @@ def _paths(e: Expr, path=()):
         yield from _paths(a, path + (i,))
 
 
+def _rename(e: Expr, old: str, new: str) -> Expr:
+    pattern = re.compile(rf"(?<![\w.]){re.escape(old)}(?![\w.(])")
+    return Expr(pattern.sub(new, e.fmt), [_rename(a, old, new) for a in e.args], e.size, e.seq)
+
+
+def _bypass(stmts: list[Stmt], i: int, new: str) -> list[Stmt]:
+    """Statement i removed, and every read of what it defined reading ``new`` instead."""
+    old = stmts[i].defines
+    pattern = re.compile(rf"(?<![\w.]){re.escape(old)}(?![\w.(])")
+    out = []
+    for j, s in enumerate(stmts):
+        if j == i:
+            continue
+        t = copy.copy(s)
+        if s.kind != "param":
+            t.text = pattern.sub(new, s.text)
+            t.expr = _rename(s.expr, old, new) if s.expr is not None else None
+            if t.about == old:
+                t.about = new
+        out.append(t)
+    return out
+
+
+def _values(stmts: list[Stmt]) -> dict[str, tuple[int, bool]]:
+    """Names with their (size, sequence) as far as the statements say."""
+    vals = {}
+    for s in stmts:
+        m = re.match(r"input (\w+)\[(\d+)\]( : seq)?$", s.text)
+        if m:
+            vals[m.group(1)] = (int(m.group(2)), bool(m.group(3)))
+        elif s.kind == "eq" and s.expr is not None and re.match(r"\w+\[\d+\] = \{e\}$", s.text):
+            vals[s.defines] = (s.expr.size, s.expr.seq)
+    return vals
+
+
 def candidates(spec: Spec):
     """Smaller specs, the biggest cuts first."""
     stmts = spec.stmts
     for i in range(len(stmts)):
         yield Spec(collect_garbage(stmts[:i] + stmts[i + 1:]), spec.seed, spec.tags)
+    vals = _values(stmts)
+    for i, s in enumerate(stmts):   # a value replaced by another of its type, or by what it copies
+        if s.kind != "eq" or s.defines not in vals:
+            continue
+        alias = s.expr.fmt if not s.expr.args and re.fullmatch(r"\w+", s.expr.fmt) else None
+        others = [n for n, t in vals.items() if t == vals[s.defines] and n != s.defines]
+        for new in ([alias] if alias else []) + others:
+            yield Spec(collect_garbage(_bypass(stmts, i, new)), spec.seed, spec.tags)
     for i, s in enumerate(stmts):
         if s.expr is None:
             continue
