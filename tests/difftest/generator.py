@@ -398,6 +398,9 @@ class Generator:
         self.add_value(h, out, True, x, text=f"{h} = {call}")
         if cell == "lstm" and wrap in ("", "reverse") and self.r.random() < 0.3:
             self.pool.append(Val(h + ".c", s, True))
+            if self.r.random() < 0.5:
+                self.tags.add("init:lstm_context")
+                self.stmts.append(Stmt("initial", f"initial {h}.c = {self.fresh('c0_')}", about=h))
         if wrap in ("", "reverse") and self.r.random() < 0.3:
             self.initial(h, s)
         if self.r.random() < 0.15:

@@ -58,8 +58,11 @@ def _state_in_scalar_arithmetic(text, plan, failure) -> bool:
     return plan is None and failure is not None and "but where it is used it must have size []" in failure.message
 
 
+ACTIVATED_STATE = re.compile(r"\b[a-z_]+\(\w+(\.\w+)*\[t[-+]\d\]\)")
+
+
 def _activation_of_state_fast_backward(text, plan, failure) -> bool:
-    return failure is not None and "local_grad" in failure.message
+    return failure is not None and "local_grad" in failure.message and bool(ACTIVATED_STATE.search(text))
 
 
 def _initial_ignored() -> bool:

@@ -214,7 +214,8 @@ def note(out: Outcome, oracle: str, err: float, where: str) -> None:
 
 def _crash(oracle: str, out: Outcome, exc: BaseException) -> None:
     tb = traceback.extract_tb(exc.__traceback__)
-    site = next((f"{f.filename.rsplit('/', 1)[-1]}:{f.name}" for f in reversed(tb) if "/nnspec/" in f.filename), "")
+    frames = [f for f in tb if "/nnspec/" in f.filename or "torch_oracle" in f.filename] or tb[-1:]
+    site = f"{frames[-1].filename.rsplit('/', 1)[-1]}:{frames[-1].name}" if frames else "?"
     out.failures.append(Failure(oracle, f"crash {type(exc).__name__} in {site}: {str(exc).splitlines()[0][:200]}"))
     out.errors[oracle] = math.inf
 
@@ -428,17 +429,31 @@ def check_torch(compiled, ex: Executor, params, batch: Batch, seeds, out: Outcom
             return
         _crash("torch", out, e)
         return
-    tape = ex.forward(params, batch.feeds, lengths=batch.lengths)
-    values = {o: np.array(tape.values[o]) for o in plan.outputs}
-    s = dict(seeds) if plan.loss is None else {plan.loss: np.ones_like(tape.values[plan.loss])}
-    if plan.loss is not None:
-        values["<loss>"] = np.array(tape.values[plan.loss])
-    grads = ex.backward(tape, seeds=s)
-    leaves = set(params) | {v.name for v in plan.inputs if not v.integer}
-    want = Run(values, {k: np.asarray(grads[k]) if k in grads else np.zeros_like(
-        params[k] if k in params else batch.feeds[k], dtype=float) for k in leaves})
-    got_values = dict(result.outputs)
-    if result.loss is not None:
-        got_values["<loss>"] = np.asarray(result.loss).reshape(np.shape(values.get("<loss>", result.loss)))
-    got = Run(got_values, {k: np.asarray(result.grads.get(k, np.zeros_like(w))) for k, w in want.grads.items()})
-    compare("torch", got, want, plan, batch, out)
+    try:
+        tape = ex.forward(params, batch.feeds, lengths=batch.lengths)
+        values = {o: np.array(tape.values[o]) for o in plan.outputs}
+        s = dict(seeds) if plan.loss is None else {plan.loss: np.ones_like(tape.values[plan.loss])}
+        grads = ex.backward(tape, seeds=s)
+        if plan.loss is not None:
+            loss = np.asarray(tape.values[plan.loss])
+            if loss.size != 1:
+                out.failures.append(Failure("torch", f"the loss has shape {loss.shape}, not one number"))
+                out.errors["torch"] = math.inf
+                return
+            if result.loss is None:
+                out.failures.append(Failure("torch", "the oracle computed no loss"))
+                out.errors["torch"] = math.inf
+                return
+            values["<loss>"] = loss.reshape(())
+        leaves = set(params) | {v.name for v in plan.inputs if not v.integer}
+        want = Run(values, {k: np.asarray(grads[k]) if k in grads else np.zeros_like(
+            params[k] if k in params else batch.feeds[k], dtype=float) for k in leaves})
+        got_values = {k: np.asarray(v) for k, v in result.outputs.items()}
+        if plan.loss is not None:
+            got_values["<loss>"] = np.asarray(result.loss, dtype=float).reshape(())
+        got = Run(got_values, {k: np.asarray(result.grads[k]).reshape(w.shape) if k in result.grads
+                               and np.size(result.grads[k]) == w.size else np.zeros_like(w)
+                               for k, w in want.grads.items()})
+        compare("torch", got, want, plan, batch, out)
+    except Exception as e:
+        _crash("torch", out, e)
