@@ -249,9 +249,10 @@ def _check(text: str, seed: int, oracles) -> Outcome:
         seeds = output_seeds(base, tape.values, batch, seed)
         del tape
         want = run(ref_raw, params, batch, seeds, keep_all=True)
-    except Exception as e:
-        for o in oracles:
-            _crash(o, out, e) if o in ("optimize", "fd", "batch") else None
+    except Exception as e:   # the reference run on the unoptimised plan: what these oracles compare with
+        for o in ("optimize", "fd", "batch"):
+            if o in oracles:
+                _crash(o, out, e)
         return out
 
     if "optimize" in oracles:
