@@ -141,8 +141,8 @@ REGRESSIONS = {
     "reduction_of_a_delayed_copy": "input x[2] : seq\noutput m\ng[2] = W @ x\ny[2] = g[t-1]\nm = mean(y)\n",
     "loop_reading_a_sequence_at_t_minus_1": "input x[2] : seq\noutput h\nc[2] = sigmoid(W @ x)\n"
                                             "h[2] = tanh(U @ h[t-1] + V @ c[t-1])\n",
-    "chain_of_reads_ahead_in_a_padded_batch": "input x[2] : seq\noutput p\nh0[2] = W0 @ x\nh1[3] = W1 @ h0[t+2]\n"
-                                              "p[4] = tanh(W3 @ h1 + p[t+1])\n",
+    "chain_of_reads_ahead_in_a_padded_batch": "input x[2] : seq\ninput z[2] : seq\noutput p\nh0[2] = W0 @ x + z\n"
+                                              "h1[3] = W1 @ h0[t+2]\np[4] = tanh(W3 @ h1 + p[t+1])\n",
 }
 
 
