@@ -153,7 +153,7 @@ class Generator:
         return Expr(str(m).replace("'", "") + " @ {0}", [inner], rows, inner.seq)
 
     def project(self, v: Expr, size: int, declare=False) -> Expr:
-        """An expression of ``size`` made from ``v``: itself, a product, or a slice of arithmetic."""
+        """An expression of ``size`` made from ``v``: itself, or its product with a learned or literal matrix."""
         if v.size == size and self.r.random() < 0.4:
             return v
         if self.r.random() < 0.08:
