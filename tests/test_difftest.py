@@ -72,7 +72,8 @@ def test_generator_covers_the_language(default_run):
               | {"loss:weighted", "loss:several", "op+", "op-", "op*", "op/", "concat", "const", "literal", "shift",
                  "embed", "scalar", "delay[t-1]", "delay[t-2]", "delay[t+1]", "two_states", "gated",
                  "delayed_outer", "delayed_inner", "init:learned", "init:const", "init:computed", "user_cell",
-                 "cell:dense", "init:lstm_context"})
+                 "cell:dense", "init:lstm_context", "user_cell:reverse", "user_cell:bidirectional",
+                 "user_cell:stacked", "user_cell:two_inputs"})
     assert not wanted - set(tags), sorted(wanted - set(tags))
 
 

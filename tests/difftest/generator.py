@@ -274,7 +274,7 @@ class Generator:
     def block(self):
         seqs = any(v.seq for v in self.pool)
         kinds = ["ff", "ff"] + (["rnn", "rnn", "gated", "two_states", "stdlib", "stdlib", "cell_twice",
-                                 "delay_in_loop"] if seqs else [])
+                                 "delay_in_loop", "two_inputs"] if seqs else [])
         getattr(self, "block_" + self.r.choice(kinds))()
 
     def block_ff(self):
@@ -421,8 +421,23 @@ class Generator:
         a, b = self.fresh("v"), self.fresh("v")
         x = leaf(self.pick(seq=True))
         self.stmts.append(Stmt("eq", f"{a} = {name}({{e}}, N = {s1})", x, defines=a))
-        self.add_value(b, s2, True, Expr(a, [], s1, True), text=f"{b} = {name}({{e}}, N = {s2})")
+        wrap = self.r.choice(["", "", "reverse", "bidirectional", "stacked"])   # a wrapped user cell
+        if wrap:
+            self.tags.add(f"user_cell:{wrap}")
+        call = {"": name, "reverse": f"reverse({name})", "bidirectional": f"bidirectional({name})",
+                "stacked": f"stacked({name}, 2)"}[wrap]
+        out = 2 * s2 if wrap == "bidirectional" else s2
+        self.add_value(b, out, True, Expr(a, [], s1, True), text=f"{b} = {call}({{e}}, N = {s2})")
         self.pool.append(Val(a, s1, True))
+
+    def block_two_inputs(self):
+        """A cell of two inputs, and a loop reading a concatenation with its own state."""
+        name, h, s = self.fresh("cell"), self.fresh("h"), self.size()
+        self.tags.add("user_cell:two_inputs")
+        self.stmts.append(Stmt("cell", f"cell {name}(x, g) -> y[N] {{\n  y = tanh(W @ concat(x, y[t-1]) + b) * "
+                                       f"sigmoid(V @ g)\n}}", defines=name))
+        x, g = leaf(self.pick(seq=True)), leaf(self.pick(seq=None))
+        self.add_value(h, s, True, Expr(f"{{0}}, {g.fmt}", [x], x.size, True), text=f"{h} = {name}({{e}}, N = {s})")
 
     # ---- ends: outputs and losses -----------------------------------------------
     def loss(self, v: Val) -> Expr | None:
