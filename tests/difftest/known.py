@@ -114,6 +114,21 @@ KNOWN: list[KnownBug] = [
 ]
 
 
+def _fused_clipped_loss(text, plan, failure) -> bool:
+    return "cross_entropy(softmax(" in text or "bce(sigmoid(" in text
+
+
+KNOWN.append(KnownBug(
+    "fused_loss_ignores_the_clip",
+    "fuse_losses (optimize.py) turns cross_entropy(softmax(z), y) into cross_entropy_logits(z, y) and "
+    "bce(sigmoid(z), y) into bce_logits(z, y); unoptimised, the probability is clipped to 1e-12 "
+    "(loss at most 27.6, zero gradient beyond), fused it is not: when a logit gap passes ~27 the "
+    "optimised plan gives another loss and other gradients than the unoptimised one",
+    {"optimize"},
+    "input x[2]\ntarget y : class[2]\nloss cross_entropy(softmax(40 * W @ x), y)\n",
+    _fused_clipped_loss, seed=4))
+
+
 def known_bug(outcome: Outcome, plan, failure: Failure | None) -> KnownBug | None:
     """The known bug that explains a failure (or a rejection, ``failure.oracle == 'compile'``)."""
     oracle = failure.oracle if failure is not None else "compile"
