@@ -189,6 +189,7 @@ def compare(oracle: str, got: Run, want: Run, plan, batch: Batch, out: Outcome, 
         g = got.values.get(k)
         if g is None or np.shape(g) != np.shape(w):
             out.failures.append(Failure(oracle, f"{what}{k}: shape {np.shape(g)} != {np.shape(w)}"))
+            out.errors[oracle] = math.inf
             return
         if batch.lengths is not None and k in plan.outputs and _is_seq(plan, k):
             mask = _real(batch, w.ndim)
@@ -201,6 +202,7 @@ def compare(oracle: str, got: Run, want: Run, plan, batch: Batch, out: Outcome, 
         g = got.grads.get(k)
         if g is None or np.shape(g) != np.shape(w):
             out.failures.append(Failure(oracle, f"{what}gradient of {k}: shape {np.shape(g)} != {np.shape(w)}"))
+            out.errors[oracle] = math.inf
             return
         e = float(np.abs(g - w).max() / scale) if w.size else 0.0
         if not e <= worst:
