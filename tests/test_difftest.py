@@ -49,7 +49,7 @@ def test_random_specs_agree_across_oracles(default_run, capsys):
     assert_agree(default_run)
     for o in ORACLES:
         if o != "torch":
-            assert default_run.checked[o] >= 450, (o, default_run.checked[o])
+            assert default_run.checked[o] >= 400, (o, default_run.checked[o])   # most specs, every oracle
 
 
 @pytest.mark.slow

@@ -95,6 +95,7 @@ def run(seeds: range, oracles=ORACLES, shrink: int = 3, progress=None) -> Summar
         for o in oracles:
             if o in out.skipped:
                 s.skipped[o] += 1
+            if o not in out.errors:   # skipped, or not reached (the reference run failed)
                 continue
             s.checked[o] += 1
             err = out.errors.get(o, 0.0)
