@@ -3,6 +3,10 @@
     from nnspec import compile_file, Model, open_session
     model = Model.from_file("specs/xor_goodfellow.nn")
     model.forward({"x": [[0, 1]]})
+    tagger = nnspec.load("runs/lstm_tagger-20261207-041500")    # a trained model from its run directory
+    tagger.predict("the cat sat")
+
+docs/api.md is the reference.
 """
 __version__ = "0.1.0"
 
@@ -10,6 +14,15 @@ from .compiler import Compiled, compile_file, compile_text  # noqa: E402
 from .errors import SpecError  # noqa: E402
 from .model import Model, init_params  # noqa: E402
 from .session import Session, open_session  # noqa: E402
+from .trained import Prediction, TrainedModel, load  # noqa: E402
 
-__all__ = ["Compiled", "Model", "Session", "SpecError", "compile_file", "compile_text", "init_params",
-           "open_session", "__version__"]
+
+
+def load_ipython_extension(ipython) -> None:
+    """``%load_ext nnspec`` in Jupyter: the ``%%nnspec`` cell magic (nnspec.notebook)."""
+    from .notebook import load_ipython_extension as load_magic
+    load_magic(ipython)
+
+
+__all__ = ["Compiled", "Model", "Prediction", "Session", "SpecError", "TrainedModel", "compile_file", "compile_text",
+           "init_params", "load", "open_session", "__version__"]

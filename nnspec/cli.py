@@ -13,9 +13,10 @@ import numpy as np
 from . import __version__
 from .data import DataError
 from .errors import Diagnostics, SpecError
+from .model import FeedError
 from .runtime import RuntimeFailure
 from .train.checkpoint import CheckpointError
-from .train.loop import TrainingError
+from .train.loop import CHECKPOINT_SECONDS, TrainingError, TrainingInterrupted
 
 
 class UsageError(Exception):
@@ -69,7 +70,7 @@ def _squeeze(a: np.ndarray):
 
 def cmd_check(args) -> int:
     from .session import open_session
-    session = open_session(args.spec, with_data=not args.no_data)
+    session = open_session(args.spec, with_data=not args.no_data, memory_limit=args.memory_limit)
     c = session.compiled
     loops = [{"values": [n for n in comp.nodes if c.graph.info(n).named],
               "direction": "forward" if comp.direction > 0 else "backward"} for comp in c.components]
@@ -77,8 +78,13 @@ def cmd_check(args) -> int:
     counts = {p.name: _param_size(p.shape) for p in c.plan.params}
     total = _total_size(counts.values())
     if args.json:
+        from .dataset import data_files
+        program = c.program
+        files = ([{"path": program.files[0], "kind": "spec"}] if program.files else []) \
+            + [{"path": f, "kind": "include"} for f in program.files[1:]] \
+            + [{"path": f, "kind": "data"} for f in data_files(c.flat, c.diags)]
         _emit_json(_clean({"ok": True, "kind": c.kind, "errors": [], "warnings": warnings,
-                           "parameters": total, "loops": loops,
+                           "parameters": total, "loops": loops, "files": files,
                            "values": {n.id: {"shape": [str(d) for d in n.shape or ()], "sequence": n.seq}
                                       for n in c.graph.nodes() if n.named}}))
         return 0
@@ -128,7 +134,7 @@ def cmd_run(args) -> int:
     if args.folds:
         return _cross_validate(args)
     session = open_session(args.spec, overrides=args.set or [], seed=args.seed,
-                           dtype="float64" if args.float64 else None)
+                           dtype="float64" if args.float64 else None, memory_limit=args.memory_limit)
     if session.compiled.flat.train is None and not args.set:
         return _run_forward(session, args)
     report = _train(session, args)
@@ -137,35 +143,51 @@ def cmd_run(args) -> int:
     return 0
 
 
-def _train(session, args, fold: str = "") -> dict:
+def _train(session, args, run_path: Path | None = None) -> dict:
+    """Train one session as ``nnspec run`` does; ``run_path``: the run directory to use (a fold's)."""
     from .train.loop import Trainer
     from .train.rundir import RunDir
     if session.data is None:
         raise UsageError("training needs data: add a data statement to the spec")
+    if session.plan.loss is None:
+        raise UsageError("training needs a loss to minimise: add one to the spec, e.g. 'loss cross_entropy(p, y)'")
     run_dir = None
     if not args.no_save:
-        run_dir = RunDir(spec_name=session.compiled.name + fold, root=args.runs,
-                         path=Path(args.resume) if args.resume else None)
+        path = Path(args.resume) if args.resume else run_path
+        run_dir = RunDir(spec_name=session.compiled.name, root=args.runs, path=path)
         run_dir.write_spec(_spec_text(session))
         run_dir.write_settings(session.settings.model_dump())
     trainer = Trainer(session.model, session.data, session.settings, run_dir=run_dir, spec_hash=session.spec_hash,
-                      quiet=args.quiet or args.json)
+                      quiet=args.quiet or args.json,
+                      checkpoint_seconds=getattr(args, "checkpoint_every", CHECKPOINT_SECONDS))
     if args.resume:
         trainer.resume(Path(args.resume) / "last")
     result = trainer.fit()
-    if run_dir is not None:
-        _plots(session, run_dir, result)
     metrics = {"best_epoch": result.best_epoch, "epochs": result.epochs_run, "seconds": round(result.seconds, 2)}
     metrics.update({k: v for k, v in result.best.items() if k.startswith(("dev_", "train_"))})
     if result.test is not None:
         metrics.update({f"test_{k}": v for k, v in result.test.items()})
     if result.converged is not None:
         metrics["converged"] = result.converged
+    if run_dir is not None:
+        run_dir.write_results(_clean(_results(session, result)))
+        _plots(session, run_dir, result)
     report = {"kind": session.compiled.kind, "metrics": metrics, "outputs": {},
               "run_dir": result.run_dir}
     if not args.json:
         _print_training(session, result, metrics)
     return report
+
+
+def _results(session, result) -> dict:
+    """What results.json keeps of a run: what it is, when, and its figures."""
+    from datetime import datetime, timezone
+    return {"spec": session.compiled.name, "spec_file": str(session.compiled.program.main_file),
+            "kind": session.compiled.kind,
+            "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "epochs": result.epochs_run, "seconds": round(result.seconds, 3), "best_epoch": result.best_epoch,
+            "best": {k: v for k, v in result.best.items() if k != "epoch"},
+            "test": result.test, "converged": result.converged}
 
 
 def _spec_text(session) -> str:
@@ -176,23 +198,69 @@ def _spec_text(session) -> str:
 
 
 def _plots(session, run_dir, result) -> None:
-    from .train.loop import evaluate
+    from .train.loop import evaluate, loss_unit
     from .train.plots import plot_confusion, plot_curves
     from .train.metrics import confusion_matrix
-    plot_curves(result.history, run_dir.plots / "curves.png", title=f"{session.compiled.name}")
+    plot_curves(result.history, run_dir.plots / "curves.png", title=f"{session.compiled.name}",
+                best_epoch=result.best_epoch or None, loss_unit=loss_unit(session.model))
     split = "test" if session.data.has("test") else ("dev" if session.data.has("dev") else None)
     if split is None or session.data.stream:
         return
     ev = evaluate(session.model, session.data, split, session.settings, keep_predictions=True)
+    names = _label_names(session.compiled.flat.data)
     for loss_id, (guess, gold) in ev.predictions.items():
         target = next((h.target for h in _heads(session) if h.loss == loss_id), None)
         vocab = session.data.vocabs.get(target) if target else None
         if vocab is None or len(vocab) > 40:
             continue
-        labels = [str(x) for x in vocab.decode(range(len(vocab)))]
+        labels = [names.get(_label_key(x), str(x)) for x in vocab.decode(range(len(vocab)))]
         cm = confusion_matrix(guess, gold, len(vocab))
         plot_confusion(cm, labels, run_dir.plots / f"confusion-{split}.png",
                        title=f"{session.compiled.name}: {split} confusion")
+
+
+def _label_key(value):
+    """Labels compare as numbers when they are numbers (1 and 1.0 are one class)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def _label_names(source) -> dict:
+    """Class names for numeric labels given to files: ``lines("rt-polarity.pos.gz" -> 1,
+    "rt-polarity.neg.gz" -> 0)`` names 1 "pos" and 0 "neg" (what the file names do not share)."""
+    call = getattr(source, "call", None)
+    mappings = getattr(call, "mappings", None) or getattr(source, "mappings", None) or []
+    pairs = []
+    for m in mappings:
+        value = getattr(getattr(m, "value", None), "value", None)
+        if isinstance(m.key, str) and isinstance(value, (int, float)) and not isinstance(value, bool):
+            pairs.append((Path(m.key).name, float(value)))
+    if not pairs:
+        return {}
+    stems = _distinct_parts([name for name, _ in pairs])
+    names: dict = {}
+    for stem, (_, value) in zip(stems, pairs):
+        names.setdefault(value, [])
+        if stem not in names[value]:
+            names[value].append(stem)
+    return {value: "/".join(stems) for value, stems in names.items()}
+
+
+def _distinct_parts(names: list[str]) -> list[str]:
+    """File names without what they all share at the start and the end, cut at a separator:
+    ['rt-polarity.pos.gz', 'rt-polarity.neg.gz'] -> ['pos', 'neg']; one name -> its stem."""
+    import os.path
+    seps = ".-_ "
+    if len(set(names)) < 2:
+        return [n.split(".")[0] or n for n in names]
+    prefix = os.path.commonprefix(names)
+    prefix = prefix[:max((prefix.rfind(c) for c in seps), default=-1) + 1]
+    suffix = os.path.commonprefix([n[::-1] for n in names])[::-1]
+    cut = [i for i, c in enumerate(suffix) if c in seps]
+    suffix = suffix[cut[0]:] if cut else ""
+    parts = [n[len(prefix):len(n) - len(suffix)] for n in names]
+    return parts if all(parts) else names
 
 
 def _heads(session):
@@ -242,7 +310,10 @@ def _outputs_for(session, split: str) -> dict:
     data = session.data
     collected: dict[str, list] = {o: [] for o in session.plan.outputs}
     for batch in data.batches(split, 256, dtype=session.model.dtype):
-        out = session.model.forward(batch.arrays, batch.lengths)
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):  # named below
+            out = session.model.forward(batch.arrays, batch.lengths)
+        if not all(np.isfinite(v).all() for v in out.values() if np.issubdtype(v.dtype, np.floating)):
+            _name_nonfinite(session, batch, split)
         for k, v in out.items():
             v = _squeeze(v)
             if v.ndim >= 2 and batch.mask is not None and v.shape[:2] == batch.mask.shape:
@@ -250,6 +321,25 @@ def _outputs_for(session, split: str) -> dict:
             else:
                 collected[k] += v.tolist()
     return collected
+
+
+def _name_nonfinite(session, batch, split: str) -> None:
+    """An output came out NaN or infinite: run the batch again checking every value, and say
+    which one went bad first, by its name in the spec."""
+    from .train.nonfinite import describe_node
+    ex = session.model.executor
+    have_targets = all(t.name in batch.arrays for t in session.plan.targets)
+    ex.check_finite = True
+    try:
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            session.model.run(batch.arrays, batch.lengths, need_loss=have_targets and session.plan.loss is not None)
+    except RuntimeFailure as e:
+        bad = str(e).rsplit(" produced ", 1)[-1] if " produced " in str(e) else "NaN or an infinite value"
+        what = describe_node(session.compiled, e.node) if e.node else str(e)
+        raise RuntimeFailure(f"{what} produced {bad} in the forward pass over the {split} data", e.node) from None
+    finally:
+        ex.check_finite = False
+    raise RuntimeFailure(f"an output is NaN or infinite in the forward pass over the {split} data")
 
 
 def _print_outputs(session, split: str) -> None:
@@ -279,28 +369,72 @@ def _show(v) -> str:
     return str(v)
 
 
-def _cross_validate(args) -> int:
+def cross_validate(args) -> dict:
+    """k-fold cross-validation (``nnspec run --folds K``): trains every fold, each in its own
+    directory (``fold-01/`` ...) under one run directory, and summarises the held-out test
+    figures over the folds (``summarise_folds``) into that directory's results.json."""
     from .session import open_session
+    from .train.rundir import RunDir
     k = args.folds
-    scores, reports = [], []
+    if k < 2:
+        raise UsageError(f"--folds needs at least 2 folds, got {k}")
+    parent = None
+    reports = []
     for fold in range(k):
         session = open_session(args.spec, overrides=args.set or [], fold=(k, fold), seed=args.seed,
-                               dtype="float64" if args.float64 else None)
+                               dtype="float64" if args.float64 else None, memory_limit=args.memory_limit)
+        if parent is None and not args.no_save:
+            parent = RunDir(spec_name=f"{session.compiled.name}-{k}fold", root=args.runs)
+            parent.write_spec(_spec_text(session))
         if not args.json and not args.quiet:
             print(f"fold {fold + 1}/{k}", file=sys.stderr)
-        report = _train(session, args, fold=f"-fold{fold + 1}")
-        acc = report["metrics"].get("test_accuracy")
-        scores.append(acc)
+        report = _train(session, args, run_path=parent.path / f"fold-{fold + 1:02d}" if parent else None)
         reports.append(report["metrics"])
-    valid = [s for s in scores if s is not None]
-    summary = {"folds": k, "test_accuracy_per_fold": scores,
-               "mean_test_accuracy": float(np.mean(valid)) if valid else None,
-               "std_test_accuracy": float(np.std(valid)) if valid else None}
+    summary = summarise_folds(reports)
+    if parent is not None:
+        parent.write_results(_clean({"kind": "cross-validation", "spec": session.compiled.name,
+                                     "spec_file": str(session.compiled.program.main_file), **summary,
+                                     "fold_dirs": [f"fold-{i + 1:02d}" for i in range(k)]}))
+    return {"kind": "cross-validation", "metrics": summary, "outputs": {}, "folds": reports,
+            "run_dir": str(parent.path) if parent else None}
+
+
+def summarise_folds(fold_metrics: list[dict]) -> dict:
+    """Each held-out test figure over the folds: mean, standard deviation (n - 1), standard error of
+    the mean, and the per-fold values; plus the flat keys earlier versions reported."""
+    k = len(fold_metrics)
+    test_keys = [key for key in fold_metrics[0] if key.startswith("test_")] if fold_metrics else []
+    figures = {}
+    for key in test_keys:
+        values = [m.get(key) for m in fold_metrics]
+        valid = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+        n = len(valid)
+        sd = float(np.std(valid, ddof=1)) if n >= 2 else None
+        figures[key[5:]] = {"mean": float(np.mean(valid)) if n else None, "sd": sd,
+                            "stderr": sd / math.sqrt(n) if sd is not None else None,
+                            "n": n, "per_fold": values}
+    acc = figures.get("accuracy", {})
+    return {"folds": k, "test": figures,
+            "test_accuracy_per_fold": acc.get("per_fold", [None] * k),
+            "mean_test_accuracy": acc.get("mean"), "std_test_accuracy": acc.get("sd")}
+
+
+def _cross_validate(args) -> int:
+    report = cross_validate(args)
     if args.json:
-        _emit_json(_clean({"kind": "cross-validation", "metrics": summary, "outputs": {}, "folds": reports}))
-    else:
-        print(f"{k}-fold cross-validation: mean test accuracy {summary['mean_test_accuracy']:.4f} "
-              f"(± {summary['std_test_accuracy']:.4f})")
+        _emit_json(_clean(report))
+        return 0
+    summary = report["metrics"]
+    k = summary["folds"]
+    for name, fig in summary["test"].items():
+        if fig["mean"] is None:
+            continue
+        spread = (f" ± {fig['stderr']:.4f} (standard error; sd {fig['sd']:.4f}, n = {fig['n']})"
+                  if fig["sd"] is not None else "")
+        print(f"{k}-fold cross-validation: test {name} {fig['mean']:.4f}{spread}")
+        print("  per fold: " + "  ".join("-" if v is None else f"{v:.4f}" for v in fig["per_fold"]))
+    if report["run_dir"]:
+        print(f"run directory {report['run_dir']}")
     return 0
 
 
@@ -327,33 +461,67 @@ def _feeds_at(session, at: dict) -> dict:
     missing = [n for n in known if n not in at]
     if missing:
         raise UsageError(f"--at needs a value for {', '.join(missing)}")
-    feeds = {}
+    feeds, steps = {}, {}
     for name, v in at.items():
+        spec = known[name]
         try:
             arr = np.asarray(v, dtype=np.float64)
         except (ValueError, TypeError):
             raise UsageError(f"--at {name}: {json.dumps(v)} is not a number or a rectangular list of numbers") \
                 from None
-        feeds[name] = arr[None, ...]  # a batch of one
+        want = ["?" if not isinstance(d, int) else d for d in spec.shape]
+        got = list(arr.shape[1:] if spec.seq else arr.shape)
+        if (spec.seq and arr.ndim == 0) or len(got) != len(want) or any(
+                w != "?" and w != g for w, g in zip(want, got)):
+            each = "a number" if not want else f"a list of {want[0]} numbers" if len(want) == 1 else f"shape {want}"
+            how = (f"a sequence: a list of its steps, each {each}" if spec.seq else each)
+            raise UsageError(f"--at {name}: expected {how}; got {json.dumps(v)}")
+        if spec.seq:
+            if len(arr) == 0:
+                raise UsageError(f"--at {name}: a sequence needs at least one step")
+            steps[name] = len(arr)
+            feeds[name] = arr[:, None, ...]   # time-major, a batch of one
+        else:
+            feeds[name] = arr[None, ...]      # a batch of one
+    if len(set(steps.values())) > 1:
+        listed = ", ".join(f"{n} has {k}" for n, k in steps.items())
+        raise UsageError(f"--at: the sequences of one example have the same number of steps; {listed}")
     return feeds
+
+
+def _one_example(a, seq: bool):
+    """A batch-of-one array as the example's value: its steps for a sequence (without the batch axis)."""
+    a = _squeeze(a)
+    if np.ndim(a) == 0:          # a loss: one number
+        return a
+    return a[:, 0] if seq else a[0]
+
+
+def _sequences(session) -> set[str]:
+    from .plan import LoopStep
+    seq = {v.name for v in session.plan.inputs + session.plan.targets if v.seq}
+    for s in session.plan.steps:
+        seq |= {b.id for b in (s.body if isinstance(s, LoopStep) else [s]) if b.seq}
+    return seq
 
 
 def cmd_grad(args) -> int:
     from .session import open_session
-    session = open_session(args.spec, with_data=False, dtype="float64")
+    session = open_session(args.spec, with_data=False, dtype="float64", memory_limit=args.memory_limit)
     feeds = _feeds_at(session, _parse_at(args.at or []))
     if args.of is not None and args.of not in set(session.plan.value_ids()) | {v.name for v in session.plan.inputs}:
         from .errors import did_you_mean
         named = [n for n in session.plan.value_ids() if "#" not in n]
         raise UsageError(f"--of {args.of}: no value of that name{did_you_mean(args.of, named)}")
     value, grads = session.model.gradients(feeds, of=args.of)
-    value = _squeeze(value)[0] if np.ndim(value) else value
-    result = {"value": _to_py(value), "gradients": {k: _to_py(_squeeze(g)[0] if k in feeds else g)
+    seq = _sequences(session)
+    name = args.of or session.plan.loss or session.plan.outputs[0]
+    value = _one_example(value, name in seq)
+    result = {"value": _to_py(value), "gradients": {k: _to_py(_one_example(g, k in seq) if k in feeds else g)
                                                     for k, g in grads.items()}}
     if args.json:
         _emit_json(_clean(result))
         return 0
-    name = args.of or session.plan.loss or session.plan.outputs[0]
     con = _console()
     con.print(f"{name} = {_show(result['value'])}")
     for k, g in result["gradients"].items():
@@ -369,16 +537,17 @@ def _to_py(x):
 def cmd_graph(args) -> int:
     from .render import to_dot, write_graph
     from .session import open_session
-    session = open_session(args.spec, with_data=not args.at, dtype="float64" if args.at else None)
+    session = open_session(args.spec, with_data=not args.at, dtype="float64" if args.at else None,
+                           memory_limit=args.memory_limit)
     values = grads = None
     if args.at:
         feeds = _feeds_at(session, _parse_at(args.at))
         tape = session.model.run(feeds)
         target = session.plan.loss or session.plan.outputs[0]
         g = session.model.executor.backward(tape, seeds={target: np.ones_like(tape.values[target])})
-        values = {k: _squeeze(v)[0] if k in tape.values and np.ndim(v) and k not in session.model.params
-                  else v for k, v in tape.values.items()}
-        grads = {k: _squeeze(v)[0] if np.ndim(v) and k not in session.model.params else v for k, v in g.items()}
+        seq, static = _sequences(session), set(session.model.params) | set(session.plan.consts)
+        values = {k: v if k in static else _one_example(v, k in seq) for k, v in tape.values.items()}
+        grads = {k: v if k in static else _one_example(v, k in seq) for k, v in g.items()}
     dot = to_dot(session.compiled.graph, values, grads, unroll=args.unroll or 0)
     if args.output:
         print(write_graph(dot, Path(args.output)), file=sys.stderr)
@@ -390,7 +559,7 @@ def cmd_graph(args) -> int:
 def cmd_expand(args) -> int:
     from .expand import format_flat
     from .session import open_session
-    session = open_session(args.spec, with_data=False)
+    session = open_session(args.spec, with_data=False, memory_limit=args.memory_limit)
     if args.plan:
         if args.json:
             print(session.plan.model_dump_json(indent=2))
@@ -478,6 +647,39 @@ def format_plan(plan) -> str:
     return "\n".join(header + lines)
 
 
+def cmd_runs(args) -> int:
+    from .train.rundir import list_runs
+    root = Path(args.dir)
+    if not root.is_dir():
+        raise UsageError(f"{root}: no such directory (runs go to ./runs unless --runs says otherwise)")
+    runs = list_runs(root)
+    if args.json:
+        _emit_json(_clean(runs))
+        return 0
+    if not runs:
+        print(f"no runs under {root}")
+        return 0
+    from rich.table import Table
+    table = Table(title=f"runs under {root}", title_justify="left")
+    for col in ("spec", "date", "status", "epochs", "best", "size"):
+        table.add_column(col, justify="right" if col in ("epochs", "size") else "left", no_wrap=True)
+    for r in runs:
+        best = f"{r['best']['name']} {_fmt_num(r['best']['value'])}" if r["best"] else ""
+        table.add_row(r["spec"], r["date"].replace("T", " ")[:16], r["status"],
+                      str(r["epochs"] or ""), best, _fmt_bytes(r["bytes"]))
+    from rich.console import Console
+    Console(highlight=False, width=None if sys.stdout.isatty() else 160).print(table)
+    return 0
+
+
+def _fmt_bytes(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"
+
+
 def cmd_ops(args) -> int:
     from .ops import REGISTRY
     if args.json:
@@ -491,8 +693,47 @@ def cmd_ops(args) -> int:
 
 # ---- entry point -------------------------------------------------------------------
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, except that a usage mistake under --json is reported as JSON too."""
+    json_errors = False
+
+    def error(self, message: str):
+        if _Parser.json_errors:
+            _emit_json({"ok": False, "errors": [{"message": f"{self.prog}: {message}"}]})
+            sys.exit(2)
+        super().error(message)
+
+
+def _size(text: str) -> int:
+    from .limits import parse_size
+    try:
+        return parse_size(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _count(least: int, most: int | None = None):
+    """An argparse type: a whole number from ``least`` (to ``most``)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < least or (most is not None and value > most):
+            bound = f"from {least} to {most}" if most is not None else f"at least {least}"
+            raise argparse.ArgumentTypeError(f"must be {bound}, not {value}")
+        return value
+    return parse
+
+
+def _memory_limit_flag(p) -> None:
+    p.add_argument("--memory-limit", type=_size, metavar="SIZE",
+                   help="refuse a network that needs more memory than this, e.g. 16GiB (default: the train "
+                        "block's memory_limit_mb, else NNSPEC_MEMORY_LIMIT, else 4GiB)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="nnspec", description="Compile, check and run neural-network specs.")
+    p = _Parser(prog="nnspec", description="Compile, check and run neural-network specs.")
     p.add_argument("--version", action="version", version=f"nnspec {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -500,20 +741,25 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("spec")
     c.add_argument("--json", action="store_true")
     c.add_argument("--no-data", action="store_true", help="do not read the data (sizes it decides stay symbolic)")
+    _memory_limit_flag(c)
     c.set_defaults(func=cmd_check)
 
     r = sub.add_parser("run", help="train the spec if it has a train block, else run it forward on its data")
     r.add_argument("spec")
     r.add_argument("--set", action="append", metavar="SETTING",
                    help='override a training setting, e.g. --set epochs=5 --set "optimizer sgd(lr = 0.1)"')
-    r.add_argument("--seed", type=int)
-    r.add_argument("--folds", type=int, help="k-fold cross-validation: report mean test accuracy")
+    r.add_argument("--seed", type=_count(0))
+    r.add_argument("--folds", type=_count(2), help="k-fold cross-validation (k >= 2): report mean test accuracy")
     r.add_argument("--float64", action="store_true", help="compute in float64")
     r.add_argument("--runs", default="runs", help="where run directories go (default: runs/)")
     r.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
     r.add_argument("--no-save", action="store_true", help="write no run directory")
+    r.add_argument("--checkpoint-every", type=float, default=CHECKPOINT_SECONDS, metavar="SECONDS",
+                   help="write the last/ checkpoint when this many seconds passed since the previous one "
+                        f"(and at the end; default {CHECKPOINT_SECONDS:g}; 0: after every epoch)")
     r.add_argument("--quiet", action="store_true")
     r.add_argument("--json", action="store_true")
+    _memory_limit_flag(r)
     r.set_defaults(func=cmd_run)
 
     g = sub.add_parser("grad", help="value and gradients of the output or loss at given inputs")
@@ -521,20 +767,28 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--at", nargs="+", metavar="NAME=VALUE", required=True)
     g.add_argument("--of", help="the value to differentiate (default: the loss, else the output)")
     g.add_argument("--json", action="store_true")
+    _memory_limit_flag(g)
     g.set_defaults(func=cmd_grad)
 
     d = sub.add_parser("graph", help="the computation graph as DOT (SVG/PNG with -o when Graphviz is installed)")
     d.add_argument("spec")
     d.add_argument("--at", nargs="+", metavar="NAME=VALUE", help="show forward values and gradients")
-    d.add_argument("--unroll", type=int, help="draw a recurrent net unrolled over N steps")
+    d.add_argument("--unroll", type=_count(1, 100), help="draw a recurrent net unrolled over N steps (at most 100)")
     d.add_argument("-o", "--output", help="write to a .dot, .svg or .png file")
+    _memory_limit_flag(d)
     d.set_defaults(func=cmd_graph)
 
     e = sub.add_parser("expand", help="the spec with every cell and shorthand expanded into plain equations")
     e.add_argument("spec")
     e.add_argument("--plan", action="store_true", help="show the execution plan instead")
     e.add_argument("--json", action="store_true", help="with --plan: the plan as JSON")
+    _memory_limit_flag(e)
     e.set_defaults(func=cmd_expand)
+
+    u = sub.add_parser("runs", help="list the run directories: spec, date, status, best figure, size")
+    u.add_argument("dir", nargs="?", default="runs", help="where the runs are (default: runs/)")
+    u.add_argument("--json", action="store_true")
+    u.set_defaults(func=cmd_runs)
 
     o = sub.add_parser("ops", help="list the built-in operations")
     o.add_argument("--json", action="store_true")
@@ -547,20 +801,46 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    _Parser.json_errors = "--json" in (sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     as_json = getattr(args, "json", False)
     try:
         return args.func(args)
     except SpecError as e:
         return _fail(as_json, e.diagnostics.render(color=sys.stderr.isatty()), e.diagnostics)
-    except (DataError, TrainingError, CheckpointError, RuntimeFailure, UsageError) as e:
+    except (DataError, TrainingError, CheckpointError, RuntimeFailure, UsageError, FeedError) as e:
         return _fail(as_json, f"error: {e}" if not isinstance(e, DataError) else str(e))
+    except TrainingInterrupted as e:
+        print(_interrupted_message(e, args), file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading: not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+
+
+def _interrupted_message(e: TrainingInterrupted, args) -> str:
+    """Where the run is and how to go on with it."""
+    if e.run_dir is None:
+        return f"interrupted in epoch {e.epoch} (nothing was saved: --no-save)"
+    if getattr(args, "folds", None):
+        return (f"interrupted in epoch {e.epoch} of the fold in {e.run_dir}; a cross-validation is not "
+                f"resumed (each fold trains on its own part of the data): run it again")
+    if e.resume_epoch == 0:
+        return (f"interrupted in epoch {e.epoch}: nothing to resume yet (no checkpoint had been written); "
+                f"the run directory {e.run_dir} holds its settings and the metrics so far")
+    import shlex
+    command = ["nnspec", "run", args.spec, "--resume", e.run_dir]
+    for setting in args.set or []:
+        command += ["--set", setting]
+    if args.seed is not None:
+        command += ["--seed", str(args.seed)]
+    if args.float64:
+        command.append("--float64")
+    return (f"interrupted in epoch {e.epoch}; the run directory {e.run_dir} holds a checkpoint at the end of "
+            f"epoch {e.resume_epoch}. Continue with:\n  {shlex.join(command)}")
 
 
 def _fail(as_json: bool, message: str, diags: Diagnostics | None = None) -> int:

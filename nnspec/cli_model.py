@@ -13,11 +13,19 @@ from .data.fields import FieldKind
 
 
 def add_model_commands(sub) -> None:
-    p = sub.add_parser("predict", help="apply a trained model to new input (a sentence per line)")
+    p = sub.add_parser("predict", help="apply a trained model to new input (a sentence per line)",
+                       description="Each line is split on whitespace (into characters for a character model), "
+                                   "the way the vocabulary was built: give treebank-tokenised text (ca n't .) "
+                                   "to a tagger trained on a treebank.")
     p.add_argument("spec")
     p.add_argument("--checkpoint", required=True, help="a run directory, or its best/ or last/ checkpoint")
-    p.add_argument("--input", default="-", help="a file with one example per line (default: standard input)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--input", default="-", help="a file with one example per line, split on whitespace "
+                                                "(default: standard input)")
+    p.add_argument("--tokenize", choices=["whitespace", "treebank"], default="whitespace",
+                   help="how a line is split into words: on whitespace (the default, as the vocabulary was "
+                        "built from text), or by Penn Treebank rules as UD treebanks are (can't -> ca n't; "
+                        "needs the tokenize extra: pip install 'nnspec[tokenize]')")
+    p.add_argument("--json", action="store_true", help="tokens, labels and each label's probability")
     p.set_defaults(func=cmd_predict)
 
     e = sub.add_parser("evaluate", help="metrics of a trained model on a split of the spec's data, or on a file")
@@ -37,11 +45,30 @@ def add_model_commands(sub) -> None:
     s.add_argument("spec")
     s.add_argument("--checkpoint", required=True)
     s.add_argument("--prompt", default="\n")
-    s.add_argument("--length", type=int, default=300)
-    s.add_argument("--temperature", type=float, default=1.0)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--length", type=_whole, default=300)
+    s.add_argument("--temperature", type=_positive, default=1.0)
+    s.add_argument("--seed", type=_whole, default=0)
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_sample)
+
+
+def _whole(text: str) -> int:
+    import argparse
+    if not re.fullmatch(r"\s*\d+\s*", text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number (0 or more)")
+    return int(text)
+
+
+def _positive(text: str) -> float:
+    import argparse
+    import math
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number")
+    return value
 
 
 def checkpoint_dir(path: str) -> Path:
@@ -57,8 +84,8 @@ def open_trained(spec: str, checkpoint: str, with_data: bool = False):
     from .model import Model
     from .session import Session, load, open_session, recompile, spec_hash
     from .settings import settings_from_block
-    from .train.checkpoint import CheckpointError, load_checkpoint
-    ck = load_checkpoint(checkpoint_dir(checkpoint))
+    from .train.checkpoint import CheckpointError, TrainedMeta, check_shapes, load_checkpoint
+    ck = load_checkpoint(checkpoint_dir(checkpoint), schema=TrainedMeta)
     vocabs = {k: Vocab.from_json(v) for k, v in (ck.vocabs or {}).items()}
     if with_data:
         session = open_session(spec)
@@ -80,65 +107,60 @@ def open_trained(spec: str, checkpoint: str, with_data: bool = False):
     if ck.spec_hash and ck.spec_hash != spec_hash(session.compiled):
         raise CheckpointError(f"{checkpoint}: checkpoint was made from a different spec (hash {ck.spec_hash}, "
                               f"this spec {spec_hash(session.compiled)})")
-    for k, v in ck.params.items():
-        session.model.params[k] = v.astype(session.model.dtype)
+    check_shapes(checkpoint, ck.params, {p.name: tuple(p.shape) for p in session.plan.params})
+    for p in session.plan.params:
+        session.model.params[p.name] = ck.params[p.name].astype(session.model.dtype)
     return session, vocabs
 
 
 def _read_lines(path: str) -> list[str]:
-    text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+    """The non-blank lines of --input: a regular file or standard input, within the read limit."""
+    from .data import DataError
+    from .limits import READ_LIMIT_VARIABLE, ReadRefused, read_limit, read_regular_file
+    limit = read_limit()
+    try:
+        if path == "-":
+            data = sys.stdin.buffer.read(limit + 1)
+            if len(data) > limit:
+                raise ReadRefused(f"more than the limit of {limit:,} bytes; set {READ_LIMIT_VARIABLE} to read more")
+        else:
+            data = read_regular_file(Path(path), limit, f"set {READ_LIMIT_VARIABLE} to read larger files")
+        text = data.decode("utf-8")
+    except FileNotFoundError:
+        raise DataError("no such file", path) from None
+    except ReadRefused as e:
+        raise DataError(str(e), path) from None
+    except (OSError, ValueError) as e:  # UnicodeDecodeError is a ValueError
+        raise DataError(f"cannot read the input: {getattr(e, 'strerror', None) or e}", path) from None
     return [line for line in text.splitlines() if line.strip()]
 
 
 def cmd_predict(args) -> int:
-    from .train.loop import find_heads
-    session, vocabs = open_trained(args.spec, args.checkpoint)
-    plan = session.plan
-    text_inputs = [v for v in plan.inputs if v.elem in ("token", "char", "bag", "char_bag") and v.view is None]
-    views = [v for v in plan.inputs if v.view is not None]
-    if len(text_inputs) != 1 or len(plan.inputs) != 1 + len(views):
+    from .trained import load
+    model = load(args.checkpoint, spec=args.spec)
+    try:
+        model.text_input()
+    except ValueError as e:
         from .cli import UsageError
-        raise UsageError("predict reads one text input per line; this spec's inputs are "
-                         + ", ".join(v.name for v in plan.inputs))
-    field = text_inputs[0]
-    vocab = vocabs[field.name]
-    heads = find_heads(session.model)
-    results = []
-    for line in _read_lines(args.input):
-        tokens = tokenize(line, level=vocab.level, lowercase=vocab.lowercase)
-        ids = vocab.encode(tokens)
-        if field.elem in ("bag", "char_bag"):
-            x = np.zeros((1, len(vocab)))
-            np.add.at(x[0], ids, 1.0)
-            feeds = {field.name: x}
-        else:
-            feeds = {field.name: ids[:, None]}
-            for v in views:  # suffixes, shapes, ... of the same words
-                from .data.views import apply_view
-                feeds[v.name] = vocabs[v.name].encode(apply_view(v.view[0], tokens, v.view[2]))[:, None]
-        tape = session.model.run(feeds, need_loss=False)
-        result = {"input": line}
-        for h in heads:
-            p = np.asarray(tape.values[h.pred])
-            target_vocab = vocabs.get(h.target)
-            guess = p.argmax(-1) if h.kind == "class" else (p > h.threshold).astype(int)
-            labels = target_vocab.decode(guess.ravel().tolist()) if target_vocab else guess.ravel().tolist()
-            if field.elem in ("token", "char") and p.ndim == 3:
-                result[h.target] = list(zip(tokens, labels))
-            else:
-                result[h.target] = labels[0] if len(labels) == 1 else labels
-        results.append(result)
+        raise UsageError(str(e)) from None
+    tokenizer = args.tokenize
+    if tokenizer == "treebank":
+        from .trained import treebank_tokenize
+        try:
+            treebank_tokenize("")
+        except ImportError as e:
+            from .cli import UsageError
+            raise UsageError(str(e)) from None
+    predictions = [(line, model.predict(line, tokenizer=tokenizer)) for line in _read_lines(args.input)]
     if args.json:
-        print(json.dumps(results, indent=2, default=str))
-    else:
-        for r in results:
-            for k, v in r.items():
-                if k == "input":
-                    continue
-                if isinstance(v, list):
-                    print(" ".join(f"{w}/{t}" for w, t in v))
-                else:
-                    print(f"{v}\t{r['input']}")
+        print(json.dumps([{"input": line, **p.to_json()} for line, p in predictions], indent=2, default=str))
+        return 0
+    for line, p in predictions:
+        for labels in p.labels.values():
+            if isinstance(labels, list):
+                print(" ".join(f"{w}/{t}" for w, t in zip(p.tokens, labels)))
+            else:
+                print(f"{labels}\t{line}")
     return 0
 
 
@@ -183,7 +205,7 @@ def _data_of_user(session, vocabs: dict, args):
     from .data import DataError, Standardizer
     from .dataset import bind_trained, source_call
     from .errors import Diagnostics
-    from .train.checkpoint import load_checkpoint
+    from .train.checkpoint import TrainedMeta, load_checkpoint
     diags = Diagnostics(session.compiled.diags.sources)
     if args.file is not None:
         stmt = session.compiled.flat.data
@@ -191,7 +213,7 @@ def _data_of_user(session, vocabs: dict, args):
     else:
         stmt = parse_data_source(args.data, diags)
         name, call_args, kwargs = source_call(stmt, diags)
-    norm = load_checkpoint(checkpoint_dir(args.checkpoint)).norm_stats or {}
+    norm = load_checkpoint(checkpoint_dir(args.checkpoint), schema=TrainedMeta).norm_stats or {}
     standardizers = {k: Standardizer.from_json(v) for k, v in norm.items()}
     data = bind_trained(stmt, name, call_args, kwargs, session.plan, vocabs, standardizers, Path("."), diags)
     if data.stream and data.size("all") < 2:

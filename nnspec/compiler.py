@@ -13,12 +13,12 @@ from pathlib import Path
 from .errors import Diagnostics, SpecError
 from .expand import FlatSpec, expand
 from .gcpause import gc_paused
-from .graph import Graph, NodeInfo, build_graph, closure
+from .graph import Graph, NodeInfo, build_graph, closure, user_name
 from .loader import Program, load_file, load_text
 from .optimize import optimize_plan
 from .plan import Plan, build_plan
 from .recurrence import Component, find_components, infer_time_and_type
-from .shapes import infer_shapes
+from .shapes import MemoryBudget, check_memory, infer_shapes
 
 
 @dataclass
@@ -42,6 +42,38 @@ class Compiled:
     def name(self) -> str:
         return self.flat.name
 
+    def to_json(self, indent: int | None = None) -> str:
+        """The graph, its loops, shapes and the plan as one JSON document (schema: nnspec.export)."""
+        from .export import compiled_document
+        return compiled_document(self).model_dump_json(indent=indent)
+
+    @property
+    def shapes(self) -> dict[str, tuple]:
+        """The per-example shape (no batch or time axis) of each value the spec names and of each
+        input, target and parameter; a size the data decides is a string such as ``"vocab(w)"``."""
+        shown = {}
+        for n in self.graph.g.nodes:
+            info = self.graph.info(n)
+            if (info.named or info.kind in ("input", "target", "param")) and info.shape is not None:
+                shown[n] = tuple(info.shape)
+        return shown
+
+    def __repr__(self) -> str:   # the dataclass's own would print every field, the graph and the plan
+        count = self.parameter_count()
+        sized = all(isinstance(d, int) for p in self.plan.params for d in p.shape)
+        params = f"{count:,} parameters" if sized else "parameters sized by its data"
+        return f"<Compiled {self.name}: {self.kind}, {params}>"
+
+    def draw(self, unroll: int = 0):
+        """The computation graph as a picture (SVG, drawn without Graphviz): ``unroll=3`` draws
+        three time steps. In a notebook it shows itself; ``.save("g.svg")`` writes it."""
+        from .display import draw
+        return draw(self, unroll=unroll)
+
+    def _repr_html_(self) -> str:   # a notebook shows a table of the values and the graph
+        from .display import compiled_html
+        return compiled_html(self)
+
     def parameter_count(self) -> int:
         total = 0
         for p in self.plan.params:
@@ -54,14 +86,16 @@ class Compiled:
 
 def compile_program(program: Program, diags: Diagnostics, bindings: dict[str, int] | None = None,
                     dropout: dict[str, float] | None = None, optimize: bool = True,
-                    timings: dict[str, float] | None = None) -> Compiled:
-    """``timings``, when given, receives the seconds spent validating, planning and optimising."""
+                    timings: dict[str, float] | None = None, memory: MemoryBudget | None = None) -> Compiled:
+    """``timings``, when given, receives the seconds spent validating, planning and optimising.
+    ``memory``: the budget the network must fit (default: one example, forward only, within
+    ``NNSPEC_MEMORY_LIMIT`` or 4 GiB — a lower bound on any use, so what fails it cannot run)."""
     with gc_paused():
-        return _compile(program, diags, bindings, dropout, optimize, timings)
+        return _compile(program, diags, bindings, dropout, optimize, timings, memory)
 
 
 def _compile(program: Program, diags: Diagnostics, bindings: dict[str, int] | None, dropout: dict[str, float] | None,
-             optimize: bool, timings: dict[str, float] | None) -> Compiled:
+             optimize: bool, timings: dict[str, float] | None, memory: MemoryBudget | None = None) -> Compiled:
     clock = time.perf_counter()
     diags.raise_if_errors()
     flat = expand(program, diags)
@@ -76,6 +110,10 @@ def _compile(program: Program, diags: Diagnostics, bindings: dict[str, int] | No
     diags.raise_if_errors()
     check_ends(graph, diags)
     infer_shapes(graph, order, diags, bindings)
+    diags.raise_if_errors()
+    check_losses(graph, diags)
+    diags.raise_if_errors()
+    check_memory(graph, diags, memory or MemoryBudget.default())
     diags.raise_if_errors()
     clock = _lap(timings, "validate", clock)
     plan = build_plan(graph, order, components)
@@ -129,6 +167,29 @@ def check_ends(graph: Graph, diags: Diagnostics) -> None:
             diags.error(f"parameter '{info.id}' is never used", info.span)
         else:
             diags.error(f"'{info.id}' is computed but never used: it reaches no output and no loss", info.span)
+
+
+def check_losses(graph: Graph, diags: Diagnostics) -> None:
+    """A loss is one number for the whole batch: loss functions (the mean over the examples and
+    their real steps), arithmetic on them with numbers and parameters, and terms of parameters
+    alone (a regulariser). An output has a value per example, so it cannot be such a number."""
+    for node in graph.losses:
+        info = graph.info(node)
+        of_parameters = not any(graph.info(a).kind in ("input", "target")
+                                for a in closure([node], graph.g.predecessors))   # a regulariser
+        if not (info.whole_batch or of_parameters):
+            what = user_name(info, diags.sources)
+            diags.error(f"a loss must be one number for the whole batch, but {what} has a value for each example"
+                        f"{' and each step' if info.seq else ''}; compare a prediction with a target with a loss "
+                        f"function, e.g. 'loss mse(pred, y)' or 'loss cross_entropy(p, y)'", info.span)
+        elif tuple(info.shape or ()) != ():
+            diags.error(f"a loss must be one number, but {user_name(info, diags.sources)} has size "
+                        f"{list(info.shape)}", info.span)
+    for name in graph.outputs:
+        info = graph.info(name)
+        if info.whole_batch:
+            diags.error(f"output '{name}' is a loss, one number for the whole batch; an output has a value for "
+                        f"each example (write 'loss {name}' to train on it)", info.span)
 
 
 def insert_dropout(graph: Graph, rates: dict[str, float], diags: Diagnostics) -> None:

@@ -29,6 +29,7 @@ class BoundData:
     vocabs: dict[str, Vocab] = field(default_factory=dict)
     standardizers: dict[str, Standardizer] = field(default_factory=dict)
     stream_field: str | None = None
+    stream_origins: dict[str, tuple[str, int]] = field(default_factory=dict)  # where each part's stream starts
 
     @property
     def stream(self) -> bool:
@@ -55,10 +56,20 @@ class BoundData:
                 bptt: int | None = None, ahead: int = 1, dtype=np.float32) -> Iterator[Batch]:
         """``ahead``: how many tokens after a stream's chunk it carries (the furthest a shift looks ahead)."""
         if split in self.streams:
+            self.check_stream_batch(split, batch_size)
             return stream_batches(self.streams[split], batch_size, bptt or 35,
                                   name=self.stream_field, ahead=ahead, dtype=dtype)
         return iterate_batches(self.splits[split], batch_size, shuffle=shuffle, rng=rng, by_length=by_length,
                                dtype=dtype)
+
+    def check_stream_batch(self, split: str, batch_size: int) -> None:
+        """A stream is cut into ``batch_size`` parallel streams of at least one token each."""
+        n = len(self.streams[split])
+        if n < batch_size:
+            file, line = self.stream_origins.get(split, ("<data>", None))
+            raise DataError(f"the {split} part holds {n} token{'s' * (n != 1)}, too few for batch "
+                            f"{batch_size} (the stream is cut into {batch_size} parallel streams); "
+                            f"lower the batch or give more text", file, line)
 
     def vocab_json(self) -> dict:
         return {k: v.to_json() for k, v in self.vocabs.items()}
@@ -121,7 +132,8 @@ def read_raw(flat: FlatSpec, fields: list[FieldSpec], diags: Diagnostics) -> Raw
         raise SpecError.single("this spec has no data statement; add 'data inline { ... }' or e.g. "
                                "'data csv(\"file.csv\")'")
     name, args, kwargs = source_call(stmt, diags)
-    return read_statement(stmt, name, args, kwargs, fields, flat.base_dir, diags)
+    return read_statement(stmt, name, args, kwargs, fields, flat.base_dir, diags,
+                          decl_spans={d.name: d.span for d in flat.decls})
 
 
 def source_call(stmt: ast.DataSource | ast.DataInline, diags: Diagnostics) -> tuple[str, list, dict]:
@@ -137,8 +149,17 @@ def source_call(stmt: ast.DataSource | ast.DataInline, diags: Diagnostics) -> tu
     return name, args, kwargs
 
 
+def data_files(flat: FlatSpec, diags: Diagnostics) -> list[str]:
+    """Every file the spec's data statement reads."""
+    from .data import source_files
+    if flat.data is None:
+        return []
+    name, args, kwargs = source_call(flat.data, diags)
+    return [str(p) for p in source_files(name, args, kwargs, flat.base_dir)]
+
+
 def read_statement(stmt, name: str, args: list, kwargs: dict, fields: list[FieldSpec], base_dir,
-                   diags: Diagnostics) -> RawData:
+                   diags: Diagnostics, decl_spans: dict | None = None) -> RawData:
     """Run the reader; a problem with its arguments is reported at the statement."""
     from .data import SOURCES
     if name not in SOURCES:
@@ -147,6 +168,7 @@ def read_statement(stmt, name: str, args: list, kwargs: dict, fields: list[Field
                     f"{', '.join(sorted(SOURCES))})", stmt.span)
         diags.raise_if_errors()
     wanted = [f for f in fields if f.role == "input" or name != "text"]
+    check_levels(stmt, name, kwargs, wanted, diags, decl_spans or {})
     try:
         return read_source(name, args, kwargs, wanted, base_dir)
     except DataError as e:
@@ -154,6 +176,30 @@ def read_statement(stmt, name: str, args: list, kwargs: dict, fields: list[Field
             diags.error(e.message, stmt.span)
             diags.raise_if_errors()
         raise
+
+
+def check_levels(stmt, name: str, kwargs: dict, fields: list[FieldSpec], diags: Diagnostics,
+                 decl_spans: dict) -> None:
+    """A ``seq of char`` input holds characters and a ``seq of token`` input words, whatever the source:
+    a source that can only give the other is a located error, not a vocabulary of the wrong thing."""
+    text_fields = [f for f in fields if f.kind is FieldKind.tokens and f.role == "input"]
+    if name == "conllu":
+        for f in text_fields:
+            if f.level == "char":
+                diags.error(f"'{f.name} : seq of char' would hold characters, but conllu gives the words of a "
+                            f"sentence, one per step, each with its tag; declare '{f.name} : seq of token' "
+                            f"(the characters of each word, a sequence of sequences, are not supported yet)",
+                            decl_spans.get(f.name, stmt.span))
+    if name == "text" and "level" in kwargs and isinstance(stmt, ast.DataSource):
+        for f in text_fields:
+            if kwargs["level"] in ("word", "char") and kwargs["level"] != f.level:
+                declared = "seq of char" if f.level == "char" else "seq of token"
+                wanted = "seq of char" if kwargs["level"] == "char" else "seq of token"
+                kw = next((k for k in stmt.call.keywords if k.name == "level"), stmt)
+                diags.error(f"text(level = \"{kwargs['level']}\") reads {kwargs['level']}s, but '{f.name}' is "
+                            f"declared '{declared}'; declare '{f.name} : {wanted}' or drop the level "
+                            f"(it follows the input's type)", kw.span)
+    diags.raise_if_errors()
 
 
 def bind_data(flat: FlatSpec, plan: Plan, diags: Diagnostics, *, dev: float = 0.0, test: float = 0.0,
@@ -198,6 +244,16 @@ def bind_data(flat: FlatSpec, plan: Plan, diags: Diagnostics, *, dev: float = 0.
     return bound
 
 
+def bind_for_settings(flat: FlatSpec, plan: Plan, settings, diags: Diagnostics,
+                      fold: tuple[int, int] | None = None) -> BoundData:
+    """``bind_data`` with the split, seed, ``min_count``, normalisation and limit of training settings
+    (nnspec.settings.TrainSettings): the data exactly as ``nnspec run`` reads it."""
+    split = settings.split  # checked by TrainSettings: dev and test, below 100% together
+    return bind_data(flat, plan, diags, dev=split.get("dev", 0.0), test=split.get("test", 0.0),
+                     seed=settings.seed, min_count=settings.min_count, normalize=settings.normalize,
+                     fold=fold, limit=settings.limit)
+
+
 def derive_views(raw: RawData, views: dict[str, tuple]) -> None:
     """Add each view's tokens, computed from its source input's raw tokens."""
     from .data import tokenize
@@ -236,6 +292,7 @@ def _bind_stream(raw: RawData, fields: list[FieldSpec], limit: int | None, min_c
     bound = BoundData(fields=[f], vocabs={f.name: vocab}, stream_field=f.name)
     for split, columns in raw.splits.items():
         bound.streams[split] = vocab.encode(columns[f.name][0][:limit])
+        bound.stream_origins[split] = raw.origins[split][0]
     return bound
 
 

@@ -103,7 +103,10 @@ class Expander:
                 self.diags.error(f"'{stmt.role}' declarations belong at the top level, not inside cell "
                                  f"'{scope.cell.name}'", stmt.span)
                 return
-            f.decls.append(stmt.model_copy(update={"dims": self.dims(stmt.dims, scope)}))
+            update = {"dims": self.dims(stmt.dims, scope)}
+            if stmt.type is not None and stmt.type.classes:  # class[K]
+                update["type"] = stmt.type.model_copy(update={"classes": self.dims(stmt.type.classes, scope)})
+            f.decls.append(stmt.model_copy(update=update))
         elif isinstance(stmt, ast.Equation):
             name = scope.qualify(stmt.name)
             value = self.expr(stmt.value, scope, owner=name, whole=True)

@@ -26,6 +26,8 @@ from .expand import MAX_SIZE, FlatSpec, name_prefixes
 from .ops import REGISTRY
 from .syntax import ast
 
+_SPREADS = ("scale", "std", "gain")  # initialiser settings that are widths of a distribution
+
 Kind = Literal["input", "target", "param", "const", "op"]
 BINARY = {"+": "add", "-": "sub", "*": "mul", "/": "div", "@": "matmul"}
 ELEMENTWISE = {"add", "sub", "mul", "div"}
@@ -61,6 +63,7 @@ class NodeInfo:
     seq: bool = False
     integer: bool = False
     card: Any = None                   # number of distinct ids / classes of an integer value
+    whole_batch: bool = False          # one value for the whole batch (a loss, arithmetic on losses)
     component: int | None = None       # recurrent component index
 
     @property
@@ -245,6 +248,12 @@ class GraphBuilder:
             v = self.literal(k.value)
             if v is not None and v.ndim != 0:
                 self.diags.error(f"setting '{k.name}' of initialiser '{init.func}' must be a number", k.span)
+            elif v is not None and not math.isfinite(float(v)):
+                self.diags.error(f"setting '{k.name}' of initialiser '{init.func}' must be a finite number",
+                                 k.span)
+            elif v is not None and k.name in _SPREADS and float(v) < 0:
+                self.diags.error(f"setting '{k.name}' of initialiser '{init.func}' is a spread, so it cannot be "
+                                 f"negative (got {float(v):g})", k.span)
             elif v is not None:
                 kwargs[k.name] = float(v)
         return kwargs
@@ -453,6 +462,11 @@ class GraphBuilder:
     def attr_value(self, e, func: str):
         if isinstance(e, ast.Number) and not math.isfinite(e.value):
             self.diags.error(f"a setting of {func} must be a finite number", e.span)
+            return None
+        number = e.operand if isinstance(e, ast.Neg) and isinstance(e.operand, ast.Number) else e
+        if isinstance(number, ast.Number) and abs(number.value) > MAX_SIZE:  # a count or offset NumPy can hold
+            self.diags.error(f"a setting of {func} must be between -{MAX_SIZE} and {MAX_SIZE}, "
+                             f"not {number.text}", e.span)
             return None
         if isinstance(e, ast.Number):
             return int(e.value) if e.value == int(e.value) and "." not in e.text and "e" not in e.text.lower() \

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from .errors import Diagnostics
 from .gcpause import gc_paused
+from .limits import SPEC_FILE_LIMIT, ReadRefused, read_regular_file
 from .syntax import ast
 from .syntax.parser import parse
 
@@ -27,6 +28,7 @@ class Program:
     cells: dict[str, ast.Cell] = field(default_factory=dict)
     stdlib_cells: dict[str, ast.Cell] = field(default_factory=dict)
     base_dir: Path = Path(".")
+    files: list[str] = field(default_factory=list)  # every spec file read: the main one, then includes
 
 
 def load_text(text: str, file: str, diags: Diagnostics, base_dir: Path | None = None) -> Program:
@@ -40,18 +42,31 @@ def load_text(text: str, file: str, diags: Diagnostics, base_dir: Path | None = 
 
 def load_file(path: str | Path, diags: Diagnostics) -> Program:
     path = Path(path)
+    text = _read_spec(path, diags, None, f"no such spec file: {path}", f"cannot read spec file {path}", str(path))
+    diags.raise_if_errors()
+    program = load_text(text, str(path), diags, base_dir=path.parent)
+    program.files.insert(0, str(path))
+    return program
+
+
+def _read_spec(path: Path, diags: Diagnostics, span, missing: str, cannot: str, not_text: str) -> str | None:
+    """The text of a spec file: a regular file of at most SPEC_FILE_LIMIT bytes, in UTF-8."""
     try:
-        text = path.read_text(encoding="utf-8")
+        data = read_regular_file(path, SPEC_FILE_LIMIT, "a spec is never that large")
     except FileNotFoundError:
-        diags.error(f"no such spec file: {path}")
-        diags.raise_if_errors()
-    except OSError as e:  # a directory, no permission, ...
-        diags.error(f"cannot read spec file {path}: {e.strerror or e}")
-        diags.raise_if_errors()
+        diags.error(missing, span)
+        return None
+    except ReadRefused as e:
+        diags.error(f"{cannot}: {e}", span)
+        return None
+    except OSError as e:  # no permission, a loop of links, ...
+        diags.error(f"{cannot}: {e.strerror or e}", span)
+        return None
+    try:
+        return data.decode("utf-8")
     except UnicodeDecodeError as e:
-        diags.error(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})")
-        diags.raise_if_errors()
-    return load_text(text, str(path), diags, base_dir=path.parent)
+        diags.error(f"{not_text}: not UTF-8 text ({e.reason} at byte {e.start})", span)
+        return None
 
 
 def _splice(text: str, file: str, base: Path, diags: Diagnostics, program: Program, seen: set) -> None:
@@ -72,19 +87,23 @@ def _splice(text: str, file: str, base: Path, diags: Diagnostics, program: Progr
 
 
 def _include(stmt: ast.Include, base: Path, diags: Diagnostics, program: Program, seen: set) -> None:
-    path = (base / stmt.path).resolve()
+    if "\0" in stmt.path or not stmt.path.endswith(".nn"):
+        diags.error(f"an include names a spec file ending in .nn, not {stmt.path!r}", stmt.span)
+        return
+    try:
+        path = (base / stmt.path).resolve()
+    except (OSError, RuntimeError) as e:  # e.g. a loop of symbolic links
+        diags.error(f"cannot read included file '{stmt.path}': {e}", stmt.span)
+        return
     if path in seen:
         return  # included once, like a header guard
     seen.add(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError:
-        diags.error(f"cannot read included file '{stmt.path}' (looked for {path})", stmt.span)
+    where = f"included file '{stmt.path}' (looked for {path})"
+    text = _read_spec(path, diags, stmt.span, f"cannot read {where}", f"cannot read {where}",
+                      f"included file '{stmt.path}' is not a spec")
+    if text is None:
         return
-    except UnicodeDecodeError as e:
-        diags.error(f"included file '{stmt.path}' is not a spec: not UTF-8 text ({e.reason} at byte {e.start})",
-                    stmt.span)
-        return
+    program.files.append(str(path))
     _splice(text, str(path), path.parent, diags, program, seen)
 
 

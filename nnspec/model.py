@@ -4,6 +4,22 @@
     >>> m = Model.from_file("specs/xor_goodfellow.nn")
     >>> m.forward({"x": [[0, 0], [0, 1], [1, 0], [1, 1]]})["y"].ravel()
     array([0., 1., 1., 0.], dtype=float32)
+
+Feeds (the values of inputs and targets) are checked against the declared
+shapes before anything runs; a mismatch is a :class:`FeedError` naming the
+input, the shape given and the shape expected. The layout:
+
+* a value that is not a sequence: an array ``(B, *shape)``, one row per example;
+* a sequence (``seq``): either a *list* of per-example sequences, each
+  ``(T_i, *shape)`` — lengths may differ, nnspec pads them and derives
+  ``lengths`` — or a padded *time-major* array ``(T, B, *shape)`` with
+  ``lengths`` (B,) giving each example's real steps (all T when omitted).
+
+The list form is unambiguous. An array is always read as time-major: a
+batch-major ``(B, T, *shape)`` array is caught when B or T disagrees with
+another feed or with ``lengths``, but when nothing else fixes B (and
+always when T == B) it cannot be told apart from shapes, so pass ``lengths``
+or lists.
 """
 from __future__ import annotations
 
@@ -11,9 +27,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .compiler import Compiled, compile_file, compile_text
-from .plan import Plan
-from .runtime import Executor, Tape
+from .compiler import Compiled, compile_file, compile_program, compile_text
+from .errors import Diagnostics, SpecError, did_you_mean
+from .plan import Plan, ValueSpec
+from .runtime import ExecOptions, Executor, Tape
 from .train.init import default_initializer, initialize
 
 
@@ -44,6 +61,175 @@ def _init_role(role: str, shape) -> str | None:
     return {"table": "embedding", "initial": "bias", "recurrent": "recurrent"}.get(role)
 
 
+class FeedError(ValueError):
+    """A feed that does not fit the network: the message names the input and both shapes."""
+
+
+PAD_ID, IGNORE_LABEL = 0, -1  # the padding of token inputs and of target labels (as nnspec.data pads them)
+
+
+def _layout(v: ValueSpec) -> str:
+    """The shape a feed of ``v`` takes, as a message says it: ``(T, B, 2) time-major, or ...``."""
+    dims = "".join(f", {d}" for d in v.shape)
+    if v.seq:
+        return f"(T, B{dims}) time-major, or a list of B sequences (T_i{dims})"
+    return f"(B{dims})"
+
+
+def prepare_feeds(plan: Plan, feeds: dict, lengths=None, *, dtype=np.float32,
+                  need_targets: bool = False) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    """The feeds as arrays in the runtime's layout, and the sequence lengths; :class:`FeedError` when they
+    do not fit the declared inputs and targets (see the module docstring for the layout)."""
+    declared = {v.name: v for v in plan.inputs + plan.targets}
+    if not isinstance(feeds, dict):
+        raise FeedError(f"feeds are a dict from input names to values, not {type(feeds).__name__}")
+    for name in feeds:
+        base = name[:-len(".ahead")] if isinstance(name, str) and name.endswith(".ahead") else name
+        if base not in declared:  # NAME.ahead: the tokens after a stream chunk, for shift (the training loop)
+            raise FeedError(f"no input or target named {name!r}{did_you_mean(str(name), declared)}; "
+                            f"the network takes {', '.join(declared) or 'no inputs'}")
+    wanted = [v for v in plan.inputs] + ([v for v in plan.targets] if need_targets else [])
+    missing = [v.name for v in wanted if v.name not in feeds]
+    if missing:
+        raise FeedError(f"no value for {', '.join(repr(m) for m in missing)}: every input needs one"
+                        + (" (and every target, to compute the loss)" if need_targets else ""))
+    out: dict[str, np.ndarray] = {}
+    given_lengths = None if lengths is None else _lengths_array(lengths)
+    derived: tuple[str, np.ndarray] | None = None   # lengths of the first ragged feed
+    batch: tuple[str, int] | None = None             # the first feed that fixed B
+    steps: tuple[str, int] | None = None             # the first sequence array that fixed T
+    for name, value in feeds.items():
+        v = declared.get(name)
+        if v is None:
+            out[name] = np.asarray(value)
+            continue
+        if v.seq and isinstance(value, (list, tuple)):
+            array, ragged_lengths = _pad(v, value, dtype)
+            if derived is not None and not np.array_equal(derived[1], ragged_lengths):
+                i = int(np.flatnonzero(derived[1] != ragged_lengths)[0])
+                raise FeedError(f"example {i} of {name!r} has {ragged_lengths[i]} steps, but of "
+                                f"{derived[0]!r} {derived[1][i]}: sequences of one example have one length")
+            derived = derived or (name, ragged_lengths)
+        else:
+            array = _as_array(v, value)
+        _check_shape(v, array)
+        b = array.shape[1] if v.seq else array.shape[0]
+        if batch is not None and b != batch[1]:
+            raise FeedError(f"{name!r} holds {b} examples but {batch[0]!r} holds {batch[1]}: a feed of shape "
+                            f"{array.shape} where {_layout(v)} is expected" + _transposed_hint(v))
+        batch = batch or (name, b)
+        if v.seq:
+            if steps is not None and array.shape[0] != steps[1]:
+                raise FeedError(f"{name!r} has {array.shape[0]} steps but {steps[0]!r} has {steps[1]}: "
+                                f"sequences of one batch are padded to one length T ({_layout(v)})")
+            steps = steps or (name, array.shape[0])
+        _check_ids(v, array)
+        out[name] = array
+    if derived is not None:
+        if given_lengths is not None and not np.array_equal(given_lengths, derived[1]):
+            raise FeedError(f"lengths {given_lengths.tolist()} disagree with the sequences of "
+                            f"{derived[0]!r} ({derived[1].tolist()} steps)")
+        given_lengths = derived[1]
+    if given_lengths is not None:
+        if steps is None:
+            raise FeedError("lengths are for sequences, and no feed is one")
+        if given_lengths.shape != (batch[1],):
+            raise FeedError(f"lengths has {given_lengths.size} entries, but the batch holds {batch[1]} examples "
+                            f"(axis 1 of the time-major {batch[0]!r}, shape {out[batch[0]].shape})"
+                            + _transposed_hint(declared[batch[0]]))
+        if given_lengths.size and (given_lengths.min() < 1 or given_lengths.max() > steps[1]):
+            raise FeedError(f"lengths must be between 1 and the {steps[1]} steps of the padded sequences, "
+                            f"got {given_lengths.tolist()}")
+    return out, given_lengths
+
+
+def _transposed_hint(v: ValueSpec) -> str:
+    return " (is it batch-major? arrays of sequences are time-major: (T, B, ...))" if v.seq else ""
+
+
+def _lengths_array(lengths) -> np.ndarray:
+    try:
+        array = np.asarray(lengths)
+    except ValueError:
+        raise FeedError("lengths must be a list of integers, one per example") from None
+    if array.ndim != 1 or not (np.issubdtype(array.dtype, np.integer) or array.size == 0):
+        raise FeedError(f"lengths must be a list of integers, one per example, not {array.dtype} of shape "
+                        f"{array.shape}")
+    return array.astype(np.int64)
+
+
+def _as_array(v: ValueSpec, value) -> np.ndarray:
+    try:
+        array = np.asarray(value)
+    except ValueError:  # a ragged nested list
+        hint = ("; sequences of different lengths go in a list of per-example sequences"
+                if v.seq else "")
+        raise FeedError(f"{v.name!r} is not a rectangular array of numbers (expected {_layout(v)}){hint}") \
+            from None
+    if array.dtype == object or not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
+        raise FeedError(f"{v.name!r} holds {array.dtype} values; expected numbers of shape {_layout(v)}")
+    return array
+
+
+def _pad(v: ValueSpec, examples, dtype) -> tuple[np.ndarray, np.ndarray]:
+    """A list of per-example sequences (T_i, *shape) as a padded time-major (T, B, *shape) array."""
+    if not examples:
+        raise FeedError(f"{v.name!r} is an empty list: a batch holds at least one example")
+    rows = []
+    for i, example in enumerate(examples):
+        try:
+            row = np.asarray(example)
+        except ValueError:
+            raise FeedError(f"example {i} of {v.name!r} is not a rectangular array (each is {_layout(v)})") \
+                from None
+        if row.dtype == object or not (np.issubdtype(row.dtype, np.number) or row.dtype == bool):
+            raise FeedError(f"example {i} of {v.name!r} holds {row.dtype} values, not numbers")
+        want = 1 + len(v.shape)
+        if row.ndim != want or any(isinstance(d, int) and g != d for g, d in zip(row.shape[1:], v.shape)) \
+                or row.shape[0] == 0:
+            expected = "(T_i" + "".join(f", {d}" for d in v.shape) + ")"
+            raise FeedError(f"example {i} of {v.name!r} has shape {row.shape}, expected {expected} with T_i >= 1")
+        if v.integer and not np.issubdtype(row.dtype, np.integer) and not np.all(row == np.round(row)):
+            raise FeedError(f"example {i} of {v.name!r} holds ids, which are whole numbers; got {row.dtype} values")
+        rows.append(row)
+    lengths = np.array([len(r) for r in rows], dtype=np.int64)
+    fill = (IGNORE_LABEL if v.role == "target" else PAD_ID) if v.integer else 0
+    kind = np.int64 if v.integer else dtype
+    out = np.full((int(lengths.max()), len(rows), *rows[0].shape[1:]), fill, dtype=kind)
+    for b, row in enumerate(rows):
+        out[:len(row), b] = row
+    return out, lengths
+
+
+def _check_shape(v: ValueSpec, array: np.ndarray) -> None:
+    want = len(v.shape) + 1 + int(v.seq)
+    lead = 1 + int(v.seq)
+    if not v.shape and not v.integer and array.ndim == want + 1 and array.shape[-1] == 1:
+        return  # a real number per example may come as (..., 1): the runtime holds it so
+    trailing_ok = all(not isinstance(d, int) or g == d for g, d in zip(array.shape[lead:], v.shape))
+    if array.ndim != want or not trailing_ok:
+        raise FeedError(f"{v.role} {v.name!r}: got shape {array.shape}, expected {_layout(v)}"
+                        + (" (a batch of examples, even of one: add the batch axis)" if array.ndim == want - 1
+                           else ""))
+
+
+def _check_ids(v: ValueSpec, array: np.ndarray) -> None:
+    """Token and class ids are whole numbers below the vocabulary size or class count."""
+    if not v.integer or array.size == 0:
+        return
+    if not np.issubdtype(array.dtype, np.integer):
+        if not np.all(np.isfinite(array)) or not np.all(array == np.round(array)):
+            raise FeedError(f"{v.name!r} holds ids, which are whole numbers; got {array.dtype} values")
+    low = IGNORE_LABEL if v.role == "target" else 0
+    high = v.card if isinstance(v.card, int) else None
+    bad = (array < low) | ((array >= high) if high is not None else False)
+    if np.any(bad):
+        at = tuple(int(i) for i in np.argwhere(bad)[0])
+        limit = f"0 to {high - 1}" if high is not None else "0 or more"
+        raise FeedError(f"{v.name!r} holds id {array[at]} at {at}; its ids run from {limit}"
+                        + (" (-1 marks a padding step)" if v.role == "target" else ""))
+
+
 class Model:
     """Compiled plan + parameters + an executor."""
 
@@ -55,43 +241,75 @@ class Model:
         self.params = params if params is not None else init_params(self.plan, seed, self.dtype, default_init)
         self.frozen = {p.name for p in self.plan.params if p.frozen}
         self.executor = Executor(self.plan, self.dtype)
+        self._unoptimized: Executor | None = None   # see ``values``
 
     @classmethod
-    def from_text(cls, text: str, bindings: dict[str, int] | None = None, **kw) -> "Model":
-        return cls(compile_text(text, bindings=bindings), **kw)
+    def from_text(cls, text: str, bindings: dict[str, int] | None = None, *, vocabs: dict | None = None,
+                  read_data: bool = True, **kw) -> "Model":
+        """As :meth:`from_file`; a data statement's paths are relative to the current folder."""
+        compiled = sized(compile_text(text, bindings=bindings), vocabs, read_data)
+        return cls(compiled, **_spec_defaults(compiled, kw))
 
     @classmethod
-    def from_file(cls, path: str | Path, bindings: dict[str, int] | None = None, **kw) -> "Model":
-        return cls(compile_file(path, bindings=bindings), **kw)
+    def from_file(cls, path: str | Path, bindings: dict[str, int] | None = None, *, vocabs: dict | None = None,
+                  read_data: bool = True, **kw) -> "Model":
+        """The spec's network with fresh parameters (``seed``, ``dtype``, ``default_init`` as keywords).
+
+        Sizes the data decides (``embed(w, 100)`` makes a table of ``vocab(w)`` rows, ``y : class``
+        has ``classes(y)`` classes) come from ``vocabs`` — a dict from an input's or target's name
+        to its vocabulary size or class count (or an ``nnspec.data.Vocab``) — else, when
+        ``read_data`` and the spec has a data statement, from reading its data as ``nnspec run``
+        does (same split, seed and ``min_count``). A size left undecided is a SpecError at the
+        parameter it sizes.
+        """
+        compiled = sized(compile_file(path, bindings=bindings), vocabs, read_data)
+        return cls(compiled, **_spec_defaults(compiled, kw))
 
     # ---- running -------------------------------------------------------------
     def run(self, feeds: dict, lengths=None, train: bool = False, rng=None, carry=None,
             need_loss: bool = True, single_use: bool = False) -> Tape:
-        feeds = {k: np.asarray(v) for k, v in feeds.items()}
+        """The forward pass, keeping every value (a tape for ``executor.backward``). Feeds as in
+        :meth:`forward`; :class:`FeedError` when they do not fit."""
+        need_loss = need_loss and self.plan.loss is not None
+        feeds, lengths = prepare_feeds(self.plan, feeds, lengths, dtype=self.dtype, need_targets=need_loss)
         return self.executor.forward(self.params, feeds, lengths=lengths, train=train, rng=rng, carry=carry,
                                      need_loss=need_loss, single_use=single_use)
 
     def forward(self, feeds: dict, lengths=None) -> dict[str, np.ndarray]:
-        """The declared outputs for a batch of inputs (evaluation mode: no dropout)."""
+        """The declared outputs for a batch of inputs (evaluation mode: no dropout).
+
+        ``feeds`` maps each input (and, to compute the loss as well, each target) to a batch:
+        ``(B, *shape)`` for a value that is not a sequence; for a sequence either a list of B
+        per-example sequences ``(T_i, *shape)`` (padded here; ``lengths`` derived) or a padded
+        time-major array ``(T, B, *shape)`` with ``lengths`` (B,), each example's real steps
+        (all T when omitted). Outputs of sequences come back time-major ``(T, B, ...)``.
+        A feed that does not fit is a :class:`FeedError` naming it, its shape and the shape expected.
+        """
         have_targets = all(t.name in feeds for t in self.plan.targets)
-        tape = self.run(feeds, lengths, need_loss=have_targets and self.plan.loss is not None)
+        tape = self.run(feeds, lengths, need_loss=have_targets)
         return {o: tape.values[o] for o in self.plan.outputs}
 
     def loss_and_grads(self, feeds: dict, lengths=None, rng=None, carry=None, train: bool = True,
                        single_use: bool = False):
         """(loss, gradients of the parameters, tape). ``single_use=True`` (the training loop):
         the tape is spent by this backward pass (see ``Executor.forward``), which saves memory."""
+        if self.plan.loss is None:
+            raise FeedError("the network has no loss to differentiate")
         tape = self.run(feeds, lengths, train=train, rng=rng, carry=carry, single_use=single_use)
         grads = self.executor.backward(tape, wrt=[k for k in self.params if k not in self.frozen])
         loss = float(tape.values[self.plan.loss])
         return loss, {k: grads[k] for k in self.params if k in grads and k not in self.frozen}, tape
 
     def gradients(self, feeds: dict, of: str | None = None, lengths=None) -> tuple[np.ndarray, dict]:
-        """Value of ``of`` (the loss, else the single output) and its gradient w.r.t. every input and parameter."""
+        """Value of ``of`` (the loss, else the single output) and its gradient w.r.t. every input and parameter.
+        Feeds as in :meth:`forward` (with the targets when ``of`` is the loss)."""
         target = of or self.plan.loss or (self.plan.outputs[0] if len(self.plan.outputs) == 1 else None)
         if target is None:
             raise ValueError("say which value to differentiate: the network has several outputs and no loss")
-        tape = self.run(feeds, lengths)
+        have_targets = all(t.name in feeds for t in self.plan.targets)
+        tape = self.run(feeds, lengths, need_loss=have_targets or target == self.plan.loss)
+        if target not in tape.values:
+            raise ValueError(f"no value named {target!r}{did_you_mean(target, tape.values)}")
         value = tape.values[target]
         grads = self.executor.backward(tape, seeds={target: np.ones_like(value)})
         names = [v.name for v in self.plan.inputs + self.plan.targets if not v.integer] + list(self.params)
@@ -99,3 +317,117 @@ class Model:
 
     def parameter_count(self) -> int:
         return int(sum(p.size for p in self.params.values()))
+
+    def values(self, feeds: dict, lengths=None) -> dict[str, np.ndarray]:
+        """Every value the network computes for ``feeds``, by its name in the graph (``h``, a cell's
+        gate ``h.f``), in evaluation mode. Computed by the plan before optimisation, where no value
+        is fused into another, so the gates of a library ``lstm`` are there too."""
+        have_targets = all(t.name in feeds for t in self.plan.targets)
+        return dict(self.trace(feeds, lengths, need_loss=have_targets and self.plan.loss is not None).values)
+
+    def trace(self, feeds: dict, lengths=None, need_loss: bool = True) -> Tape:
+        """A forward pass by the unoptimised plan (see ``values``); its tape takes ``backward``
+        through ``self.unoptimized``."""
+        feeds = {k: np.asarray(v) for k, v in feeds.items()}
+        return self.unoptimized.forward(self.params, feeds, lengths=lengths, need_loss=need_loss)
+
+    @property
+    def unoptimized(self) -> Executor:
+        """An executor of this network's plan as compiled without optimisation passes, by the
+        reference interpreter (made once): slower than ``executor``, and it hides no value."""
+        if self._unoptimized is None:
+            plain = compile_program(self.compiled.program, Diagnostics(self.compiled.diags.sources),
+                                    bindings=self.compiled.bindings, optimize=False)
+            # the reference interpreter keeps every value inside a loop too, one per step
+            self._unoptimized = Executor(plain.plan, self.dtype, options=ExecOptions(fast_loops=False))
+        return self._unoptimized
+
+    # ---- parameters by their spec names ----------------------------------------
+    def get(self, name: str) -> np.ndarray:
+        """A copy of parameter ``name`` (changing it does not change the model; use ``set``)."""
+        return self.params[self._param_name(name)].copy()
+
+    def set(self, name: str, value) -> None:
+        """Give parameter ``name`` new values, of exactly its shape, stored in the model's dtype."""
+        name = self._param_name(name)
+        array = np.asarray(value, dtype=self.dtype)
+        shape = self.params[name].shape
+        if array.shape != shape:
+            raise ValueError(f"parameter '{name}' has shape {list(shape)}, the new value {list(array.shape)}")
+        self.params[name] = array.copy()
+
+    # ---- pictures: a notebook shows a model, and draws its graph with values and gradients ----
+    def draw(self, at: dict | None = None, of: str | None = None, unroll: int | None = None):
+        """The computation graph as a picture. ``at`` (one example's inputs, e.g. ``{"a": 3}``, or a
+        sequence ``{"w": [4, 7, 2]}``): each node shows its value and the gradient of ``of`` (the loss,
+        else the single output); a sequence is drawn unrolled over its steps (or ``unroll`` of them)."""
+        from .display import draw, graph_at
+        return draw(self.compiled, unroll=unroll or 0) if at is None else graph_at(self, at, of, unroll)
+
+    def __repr__(self) -> str:
+        return (f"<{type(self).__name__} {self.compiled.name}: {self.compiled.kind}, "
+                f"{self.parameter_count():,} parameters, {self.dtype}>")
+
+    def _repr_html_(self) -> str:
+        from .display import model_html
+        return model_html(self)
+
+    def _param_name(self, name: str) -> str:
+        if name not in self.params:
+            raise KeyError(f"no parameter '{name}'{did_you_mean(name, self.params)}; "
+                           f"the parameters are {', '.join(self.params)}")
+        return name
+
+
+def _spec_defaults(compiled: Compiled, kw: dict) -> dict:
+    """The spec's ``train`` block decides dtype, seed and initialiser unless the caller does:
+    ``Model.from_file`` then builds the same model ``open_session`` does."""
+    from .settings import settings_from_block
+    settings = settings_from_block(compiled.flat.train, compiled.diags)
+    compiled.diags.raise_if_errors()
+    return {"dtype": np.dtype(settings.dtype), "seed": settings.seed, "default_init": settings.init, **kw}
+
+def sized(compiled: Compiled, vocabs: dict | None = None, read_data: bool = True) -> Compiled:
+    """The compiled spec with every size the data decides bound (see :meth:`Model.from_file`)."""
+    if _all_sized(compiled):
+        return compiled
+    bindings = dict(compiled.bindings)
+    if vocabs:
+        bindings.update(bindings_from_vocabs(compiled.plan, vocabs))
+    elif read_data and compiled.flat.data is not None:
+        from .dataset import bind_for_settings
+        from .settings import settings_from_block
+        settings = settings_from_block(compiled.flat.train, compiled.diags)
+        bindings.update(bind_for_settings(compiled.flat, compiled.plan, settings, compiled.diags).bindings)
+    again = compile_program(compiled.program, Diagnostics(compiled.diags.sources), bindings=bindings)
+    unsized = [p for p in again.plan.params if not all(isinstance(d, int) for d in p.shape)]
+    if unsized:
+        diags = Diagnostics(compiled.diags.sources)
+        how = ("give Model.from_file(..., vocabs={name: size}) for the inputs and targets whose data decides it"
+               + ("" if compiled.flat.data is not None else ", or add a data statement to the spec"))
+        for p in unsized:
+            shape = ", ".join(str(d) for d in p.shape)
+            diags.error(f"the size of '{p.name}' ([{shape}]) is decided by the data; {how}",
+                        again.graph.info(p.name).span if p.name in again.graph.g else None)
+        raise SpecError(diags)
+    return again
+
+
+def bindings_from_vocabs(plan: Plan, vocabs: dict) -> dict[str, int]:
+    """``{"w": 19674, "y": 17}`` (or Vocab objects) as the compiler's ``vocab(w)`` / ``classes(y)`` sizes."""
+    declared = {v.name: v for v in plan.inputs + plan.targets}
+    out = {}
+    for name, size in vocabs.items():
+        v = declared.get(name)
+        if v is None:
+            raise FeedError(f"vocabs: no input or target named {name!r}{did_you_mean(str(name), declared)}")
+        size = len(size) if hasattr(size, "itos") else size
+        if not isinstance(size, (int, np.integer)) or isinstance(size, bool) or size < 1:
+            raise FeedError(f"vocabs: the size of {name!r} must be a positive integer or a Vocab, not {size!r}")
+        key = "vocab" if v.elem in ("token", "char", "bag", "char_bag") else "classes"
+        out[f"{key}({name})"] = int(size)
+    return out
+
+
+def _all_sized(compiled: Compiled) -> bool:
+    return all(isinstance(d, int) for p in compiled.plan.params for d in p.shape)

@@ -118,19 +118,25 @@ def _report_algebraic_loop(graph: Graph, nodes: list[str], successors: dict[str,
                 first.span, [(f"'{n}' is defined here", graph.info(n).span) for n in loop[1:4]])
 
 
+def dependency_successors(g: nx.DiGraph, components: list[Component]) -> dict[str, list[str]]:
+    """Each node's readers that must come after it: every reader at the same step, and every reader
+    at another step outside the node's own loop (``c[t-1]`` of a sequence computed before the loop
+    that reads it). Only the delayed links within a loop are left out, so the order is acyclic."""
+    loop_of = {n: c.index for c in components for n in c.nodes}
+    return {u: [v for v, data in readers.items()
+                if 0 in data["delays"] or u not in loop_of or loop_of.get(v) != loop_of[u]]
+            for u, readers in g.adjacency()}
+
+
 def infer_time_and_type(graph: Graph, components: list[Component], diags: Diagnostics) -> list[str]:
-    """Mark sequences and integer values; returns an execution order of all nodes (delay-0 topological)."""
+    """Mark sequences and integer values; returns an execution order of all nodes: each after every
+    value it reads, except the links at another step within a loop."""
     g = graph.g
-    in_component = {n for c in components for n in c.nodes}
-    component_of = {n: c.index for c in components for n in c.nodes}
-    # a value comes after everything it reads at the same step, and after what it reads at another
-    # step outside its own loop (y = g[t-1] must know that g is a sequence before y is typed)
-    successors = {u: [v for v, data in readers.items()
-                      if 0 in data["delays"] or component_of.get(u, u) != component_of.get(v, v)]
-                  for u, readers in g.adjacency()}
-    order = order_within_step(list(g), successors)
+    order = order_within_step(list(g), dependency_successors(g, components))
     if order is None:  # find_components reports algebraic loops before anything asks for an order
         raise nx.NetworkXUnfeasible("the graph has a cycle at delay 0")
+    in_component = {n for c in components for n in c.nodes}
+    static: set[str] = set()   # parameters, constants and what is computed from them alone
     for n in order:
         info = graph.info(n)
         if info.kind in ("input", "target"):
@@ -138,19 +144,30 @@ def infer_time_and_type(graph: Graph, components: list[Component], diags: Diagno
             info.integer = info.elem in ("token", "char", "class")
             continue
         if info.kind in ("param", "const"):
+            static.add(n)
             continue
         op = REGISTRY[info.op]
         operands = [graph.info(src) for src, _ in info.inputs]
+        if operands and all(o.id in static for o in operands):
+            static.add(n)
+        whole_batch = _whole_batch(info, op, operands, static, diags)
+        _check_shared_inputs(info, op, operands, static, diags)
+        time_op_in_loop = op.over_time and n in in_component
+        if time_op_in_loop:
+            _report_time_op_in_loop(graph, info, components, diags)
         for (src, delay), o in zip(info.inputs, operands):
-            if delay and not (o.seq or o.id in in_component or o.kind in ("input", "target") and o.sequence):
+            if delay and o.whole_batch:
+                diags.error(f"{user_name(o, diags.sources)} is a loss, one number for the whole batch; it has no "
+                            f"earlier or later steps to read at [t{delay:+d}]", info.span)
+            elif delay and not (o.seq or o.id in in_component or o.kind in ("input", "target") and o.sequence):
                 if o.component is None and not _depends_on_sequence(graph, o.id):
                     diags.error(f"'{o.id}' is read at [t{delay:+d}] but it is not a sequence; only values that "
                                 f"change over time have earlier or later steps", info.span)
-        if op.reduces_time:
-            if operands and not operands[0].seq:
-                diags.error(f"{info.op}(...) reduces over time, but its argument is not a sequence", info.span)
+        if whole_batch:  # a loss: one number for the whole batch, however long its sequences
             info.seq = False
-        elif op.scalar_output:  # a loss: one number for the whole batch, however long its sequences
+        elif op.reduces_time:
+            if operands and not operands[0].seq and not time_op_in_loop:
+                diags.error(f"{info.op}(...) reduces over time, but its argument is not a sequence", info.span)
             info.seq = False
         else:
             info.seq = any(o.seq for o in operands) or n in in_component
@@ -175,6 +192,66 @@ def infer_time_and_type(graph: Graph, components: list[Component], diags: Diagno
             diags.error(f"'{names[0]}' is recurrent (it reads itself at another step) but depends on no "
                         f"sequence input; declare an input as a sequence, e.g. 'input x[8] : seq'", span, notes)
     return order
+
+
+def _whole_batch(info, op, operands, static: set[str], diags: Diagnostics) -> bool:
+    """Mark a value that is one number for the whole batch: a loss (the mean over the examples and
+    their real steps), or arithmetic on losses with numbers and parameters (``0.5 * mse(p, y)``,
+    the sum of several losses). Combining one with a value of each example has no meaning: an
+    error (and the value is not marked, so that its readers do not repeat it). True when the value
+    is whole-batch."""
+    totals = [o for o in operands if o.whole_batch]
+    if op.scalar_output:
+        if totals:
+            diags.error(f"{user_name(totals[0], diags.sources)} is already a loss, one number for the whole "
+                        f"batch; {info.op} compares a prediction with a target of each example", info.span)
+            return False
+        info.whole_batch = True
+        return True
+    if not totals:
+        return False
+    for (src, delay), o in zip(info.inputs, operands):
+        if not o.whole_batch and o.id not in static:
+            name = user_name(o, diags.sources)
+            if delay:
+                name = f"{name[:-1]}[t{delay:+d}]'"
+            steps = " and each step" if o.seq or o.component is not None else ""
+            diags.error(f"{user_name(totals[0], diags.sources)} is a loss, one number for the whole batch (the "
+                        f"mean over its examples), but {name} has a value for each example{steps}; a loss "
+                        f"combines only with numbers, parameters and other losses", info.span)
+            return False
+    info.whole_batch = True
+    return True
+
+
+def _check_shared_inputs(info, op, operands, static: set[str], diags: Diagnostics) -> None:
+    """A weight (the left of ``@``) or a table is one for the whole batch; a value of each example
+    there would be read with the batch axis as one of its own."""
+    shared = range(len(operands)) if op.shared_inputs == "all" else op.shared_inputs
+    for i, o in enumerate(operands):
+        if i in shared and o.id not in static:
+            place = "the left of '@'" if info.op == "matmul" else f"argument {i + 1} of {info.op}"
+            diags.error(f"{place} is a weight shared by every example (a parameter, a constant, or computed from "
+                        f"them alone), but {user_name(o, diags.sources)} has a value for each example"
+                        f"{' and each step' if o.seq else ''}", info.span)
+            return
+
+
+def _report_time_op_in_loop(graph: Graph, info, components: list[Component], diags: Diagnostics) -> None:
+    """A reduction over time (or a shift) of a value computed step by step inside a recurrent loop,
+    read inside that loop: within a step the value has only its batch axis, and its later steps are
+    not computed yet. (Of a value from outside the loop, it is computed once, before the loop.)"""
+    comp = next(c for c in components if info.id in c.nodes)
+    loop = ", ".join(_named(graph, comp.nodes)[:3])
+    src, delay = info.inputs[0]
+    arg = user_name(graph.info(src), diags.sources)
+    if delay:
+        arg = f"{arg[:-1]}[t{delay:+d}]'"
+    what = "reduces over the time axis of" if REGISTRY[info.op].reduces_time else "moves along the time axis of"
+    diags.error(f"{info.op}(...) {what} {arg}, which is computed inside the recurrent loop through {loop}, one "
+                f"step at a time: within a step it has no time axis (only the batch's, which a reduction never "
+                f"crosses), and its later steps are not computed yet; reduce over time after the loop, or of a "
+                f"value from outside it", info.span)
 
 
 def _sequence_dependents(graph: Graph) -> set[str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ _STYLE = {
     "const": "shape=plaintext",
     "op": 'shape=ellipse, style="filled", fillcolor="#ffffff"',
 }
+BREAK = "\\n"  # a line break inside a DOT label
 _SYMBOL = {"add": "+", "sub": "−", "mul": "×", "div": "÷", "matmul": "@", "neg": "−"}
 
 
@@ -30,8 +32,15 @@ def _fmt(a: np.ndarray) -> str:
     if a.size == 1:
         return f"{float(a.ravel()[0]):.4g}"
     if a.size <= 6:
-        return "[" + ", ".join(f"{float(v):.3g}" for v in a.ravel()) + "]"
+        return _nested(a)
     return f"{a.shape} array"
+
+
+def _nested(a: np.ndarray) -> str:
+    """A small array as nested lists: a sequence's steps stay apart."""
+    if a.ndim == 0:
+        return f"{float(a):.3g}"
+    return "[" + ", ".join(_nested(x) for x in a) + "]"
 
 
 def _quote(s: str) -> str:
@@ -56,31 +65,57 @@ def _label(graph: Graph, n: str, values: dict | None, grads: dict | None) -> str
     return label
 
 
-def to_dot(graph: Graph, values: dict | None = None, grads: dict | None = None, unroll: int = 0) -> str:
+@dataclass
+class PictureNode:
+    id: str
+    lines: list[str]        # the label, one entry a line
+    kind: str               # input | target | param | const | op: decides the style
+    cluster: int | None = None   # the time step of an unrolled drawing
+
+
+@dataclass
+class PictureEdge:
+    source: str
+    target: str
+    delay: int = 0          # a recurrence link when not 0: dashed and red
+    constraint: bool = True  # False: does not decide the layering (a link back in time)
+
+
+@dataclass
+class Picture:
+    """What a drawing of the graph shows, before anyone lays it out (Graphviz or nnspec.layout)."""
+    name: str
+    nodes: list[PictureNode]
+    edges: list[PictureEdge]
+    clusters: dict[int, str] = field(default_factory=dict)   # cluster -> its caption
+
+
+def picture(graph: Graph, values: dict | None = None, grads: dict | None = None, unroll: int = 0,
+            per_step: bool = False) -> Picture:
+    """What a drawing shows. ``unroll=k``: every time-varying node once per step; its values and
+    gradients are shown only when ``per_step`` says they are given per step (time first)."""
     g = graph.g
-    lines = [f"digraph {_quote(graph.flat.name)} {{", "  rankdir=BT;",
-             '  node [fontname="Helvetica", fontsize=11]; edge [fontname="Helvetica", fontsize=9];']
+
+    def node(n: str, shown: str, with_values: bool, cluster: int | None = None) -> PictureNode:
+        label = _label(graph, n, values if with_values else None, grads if with_values else None)
+        return PictureNode(shown, label.split(BREAK), graph.info(n).kind, cluster)
+
+    def step_node(n: str, t: int) -> PictureNode:   # a time-varying node at step t (1-based)
+        def at(d: dict | None) -> dict | None:
+            return {n: d[n][t - 1]} if per_step and d and n in d and len(d[n]) >= t else None
+        label = _label(graph, n, at(values), at(grads))
+        return PictureNode(f"{n}@{t}", label.split(BREAK), graph.info(n).kind, t)
+
     if unroll <= 0:
-        for n in g.nodes:
-            info = graph.info(n)
-            lines.append(f"  {_quote(n)} [label={_quote(_label(graph, n, values, grads))}, {_STYLE[info.kind]}];")
-        for u, v, data in g.edges(data=True):
-            for d in sorted(data["delays"]):
-                lines.append(f"  {_quote(u)} -> {_quote(v)}" + (
-                    f' [style=dashed, color="#dc2626", label="t{d:+d}", constraint=false];' if d else ";"))
-        lines.append("}")
-        return "\n".join(lines)
+        nodes = [node(n, n, True) for n in g.nodes]
+        edges = [PictureEdge(u, v, d, constraint=not d) for u, v, data in g.edges(data=True)
+                 for d in sorted(data["delays"])]
+        return Picture(graph.flat.name, nodes, edges)
     # unrolled: every time-varying node once per step, shared nodes (parameters) once
     timed = {n for n in g.nodes if graph.info(n).seq}
-    for t in range(1, unroll + 1):
-        lines.append(f'  subgraph "cluster_t{t}" {{ label="t = {t}"; style=dotted;')
-        for n in timed:
-            lines.append(f"    {_quote(f'{n}@{t}')} [label={_quote(_label(graph, n, None, None))}, "
-                         f"{_STYLE[graph.info(n).kind]}];")
-        lines.append("  }")
-    for n in g.nodes:
-        if n not in timed:
-            lines.append(f"  {_quote(n)} [label={_quote(_label(graph, n, None, None))}, {_STYLE[graph.info(n).kind]}];")
+    nodes = [step_node(n, t) for t in range(1, unroll + 1) for n in g.nodes if n in timed]
+    nodes += [node(n, n, per_step) for n in g.nodes if n not in timed]
+    edges = []
     for u, v, data in g.edges(data=True):
         for d in sorted(data["delays"]):
             for t in range(1, unroll + 1):
@@ -88,16 +123,40 @@ def to_dot(graph: Graph, values: dict | None = None, grads: dict | None = None, 
                 if v in timed and u in timed:
                     if not 1 <= src_t <= unroll:
                         continue
-                    style = ' [style=dashed, color="#dc2626", label="t%+d"]' % d if d else ""
-                    lines.append(f"  {_quote(f'{u}@{src_t}')} -> {_quote(f'{v}@{t}')}{style};")
+                    edges.append(PictureEdge(f"{u}@{src_t}", f"{v}@{t}", d))
                 elif v in timed:
-                    lines.append(f"  {_quote(u)} -> {_quote(f'{v}@{t}')};")
+                    edges.append(PictureEdge(u, f"{v}@{t}"))
                 elif u in timed:
-                    lines.append(f"  {_quote(f'{u}@{t}')} -> {_quote(v)};")
+                    edges.append(PictureEdge(f"{u}@{t}", v))
                     break
                 else:
-                    lines.append(f"  {_quote(u)} -> {_quote(v)};")
+                    edges.append(PictureEdge(u, v))
                     break
+    return Picture(graph.flat.name, nodes, edges, {t: f"t = {t}" for t in range(1, unroll + 1)})
+
+
+def to_dot(graph: Graph, values: dict | None = None, grads: dict | None = None, unroll: int = 0) -> str:
+    return dot_of(picture(graph, values, grads, unroll))
+
+
+def dot_of(pic: Picture) -> str:
+    lines = [f"digraph {_quote(pic.name)} {{", "  rankdir=BT;",
+             '  node [fontname="Helvetica", fontsize=11]; edge [fontname="Helvetica", fontsize=9];']
+
+    def node_line(n: PictureNode, indent: str) -> str:
+        return f"{indent}{_quote(n.id)} [label={_quote(BREAK.join(n.lines))}, {_STYLE[n.kind]}];"
+
+    for c, caption in pic.clusters.items():
+        lines.append(f'  subgraph "cluster_t{c}" {{ label="{caption}"; style=dotted;')
+        lines += [node_line(n, "    ") for n in pic.nodes if n.cluster == c]
+        lines.append("  }")
+    lines += [node_line(n, "  ") for n in pic.nodes if n.cluster is None]
+    for e in pic.edges:
+        style = ""
+        if e.delay:
+            style = f' [style=dashed, color="#dc2626", label="t{e.delay:+d}"' + (
+                ", constraint=false]" if not e.constraint else "]")
+        lines.append(f"  {_quote(e.source)} -> {_quote(e.target)}{style};")
     lines.append("}")
     return "\n".join(lines)
 

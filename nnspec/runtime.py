@@ -3,14 +3,16 @@
 Arrays: a feed-forward value is ``(B, *shape)``, a sequence ``(T, B, *shape)``
 (time-major), a parameter or constant has no leading axes. A real-valued value
 with per-example shape ``()`` is held as ``(..., 1)`` so that it broadcasts
-against vectors.
+against vectors. A whole-batch value (a loss, and arithmetic on losses with
+parameters and constants) is a 0-d array: one number for the batch.
 
 Reverse mode walks the plan backwards. A loop step is run backwards in time
 (BPTT): the gradient that reaches a value read at ``[t-1]`` flows into the
 buffer of step ``t-1``, and what reaches a read before the first step flows
 into the initial state. Padding is masked at those reads: a state read at a
 step outside a sequence's real length yields the initial state instead, so
-padding changes neither outputs nor gradients.
+padding changes neither outputs nor gradients. The same holds for a state read
+at another step from outside its loop (``concat(h, h[t-1])``, or in another loop).
 
 Loops have two implementations with the same results:
 
@@ -157,11 +159,42 @@ class Executor:
         self.profile: dict | None = None
         # outer steps: which have no batch or time axes (parameters, constants and what is made of them)
         self._static = set(plan.consts) | {p.name for p in plan.params}
+        # each loop state with an ``initial``: the value it names
+        self._initial_of = {s: init for step in plan.steps if isinstance(step, LoopStep)
+                            for s, init in step.initials.items()}
         self.lookback = chunks.lookback_depths(plan)  # what a chunk keeps for the next one to read
+        self._loss_only = self._only_for_the_loss()
         self.spendable = self._spendable()
+        # steps that are one number for the whole batch: losses and arithmetic on them (a 0-d array)
+        self._whole_batch: set[str] = set()
         for s in plan.steps:
-            if isinstance(s, OpStep) and s.inputs and all(src in self._static for src, _ in s.inputs):
+            if isinstance(s, OpStep) and (REGISTRY[s.op].scalar_output
+                                          or any(src in self._whole_batch for src, _ in s.inputs)):
+                self._whole_batch.add(s.id)
+            elif isinstance(s, OpStep) and s.inputs and all(src in self._static for src, _ in s.inputs):
                 self._static.add(s.id)
+
+    def _only_for_the_loss(self) -> frozenset:
+        """Steps (op ids, loop indices) that only the loss needs: skipped by a pass without targets
+        (``need_loss=False``): the loss functions, arithmetic on them, and what feeds only them."""
+        plan = self.plan
+        if plan.loss is None:
+            return frozenset()
+        needed = set(plan.outputs) | set(self.lookback)
+        skip = set()
+        for step in reversed(plan.steps):
+            body = step.body if isinstance(step, LoopStep) else [step]
+            if not any(b.id in needed for b in body):
+                skip.add(step.index if isinstance(step, LoopStep) else step.id)
+                continue
+            for b in body:
+                needed.update(src for src, _ in b.inputs)
+            if isinstance(step, LoopStep):
+                needed.update(step.initials.values())
+        return frozenset(skip)
+
+    def _skipped(self, step, need_loss: bool) -> bool:
+        return not need_loss and (step.index if isinstance(step, LoopStep) else step.id) in self._loss_only
 
     def _spendable(self) -> frozenset:
         """Steps outside loops that may overwrite their first input in a single-use pass: an op
@@ -273,11 +306,11 @@ class Executor:
             built = {} if key is not None else None
             for step in self.plan.steps:
                 t0 = time.perf_counter() if prof is not None else 0.0
+                if self._skipped(step, need_loss):
+                    continue
                 if isinstance(step, LoopStep):
                     self._loop_step_forward(step, tape, train, rng, carry)
                 else:
-                    if not need_loss and step.id == self.plan.loss:
-                        continue
                     if self._op_forward(step, tape, train, rng):
                         if built is not None:
                             built[step.id] = tape.values[step.id].shape
@@ -308,10 +341,10 @@ class Executor:
         run = _PassRun(key=key)
         made: dict[str, np.ndarray] = {}
         for step in self.plan.steps:
+            if self._skipped(step, need_loss):
+                continue
             if isinstance(step, LoopStep):
                 run.fwd.append(("loop", step))
-                continue
-            if not need_loss and step.id == self.plan.loss:
                 continue
             shape = built.get(step.id)
             if shape is None or step.op == "shift" or any(d for _, d in step.inputs):
@@ -369,12 +402,15 @@ class Executor:
         info = self._outer.get(step.id)
         if info is None:
             op = REGISTRY[step.op]
-            trail = array_shape(step.shape, step.integer)
+            whole_batch = step.id in self._whole_batch
+            # one number for the batch (a loss, a regulariser of parameters): a 0-d array, like a scalar parameter
+            number = whole_batch or (step.id in self._static and tuple(step.shape) == ())
+            trail = () if number else array_shape(step.shape, step.integer)
             info = self._outer[step.id] = _Outer(
                 op=op,
                 pooled=(not op.needs_ctx and not step.integer and _overrides(op, "forward_into")
                         and all(isinstance(d, int) for d in trail)),
-                lead="seq" if step.seq else ("static" if step.id in self._static else "batch"),
+                lead="seq" if step.seq else ("static" if step.id in self._static or whole_batch else "batch"),
                 trail=trail, into=not op.needs_ctx and _overrides(op, "vjp_into"),
                 joint=type(op).vjp_one is Op.vjp_one,
                 first_seq=bool(step.inputs) and step.inputs[0][0] in self.seq)
@@ -430,14 +466,38 @@ class Executor:
             raise RuntimeFailure(f"'{node}' produced {bad}", node)
 
     def _read_whole(self, tape: Tape, src: str, delay: int) -> np.ndarray:
+        """A sequence read at ``t + delay`` from outside its loop: where that is no real step, a
+        loop's state reads its initial state (as inside the loop), any other sequence zeros."""
         a = tape.values[src]
         if delay == 0:
             return a
-        out = _shift_in_time(a, delay, tape.lengths, np.zeros_like(a[0]))
+        out = _shift_in_time(a, delay, tape.lengths, self._before_first_step(tape, src))
         history = tape.carry.get(chunks.history_key(src))
         if delay < 0 and history is not None:  # the first steps read the previous chunk's last ones
             out = chunks.fill_from_history(out, history, delay, tape.lengths)
         return out
+
+    def _before_first_step(self, tape: Tape, src: str) -> np.ndarray:
+        """What a read of ``src`` outside the real steps gives: a state's initial value (B, ...),
+        else zeros."""
+        init = tape.initial_values.get(src)
+        return init if init is not None else np.zeros_like(tape.values[src][0])
+
+    def _initial_grad(self, tape: Tape, src: str, d: int, g: np.ndarray, acc, need) -> None:
+        """The gradient of a read of ``src`` at ``t + d`` from outside its loop (``g``, per reading
+        step) where the read gave the initial state: to the value the state's ``initial`` names
+        (reads filled from the previous chunk carry none: truncated BPTT)."""
+        init_id = self._initial_of.get(src)
+        if init_id is None or init_id not in need or src not in tape.initial_values:
+            return
+        T = g.shape[0]
+        took_initial = ~_valid_steps(T, d, tape.lengths)
+        if d < 0 and chunks.history_key(src) in tape.carry:
+            took_initial &= (np.arange(T) + d >= 0)[:, None]
+        if not took_initial.any():
+            return
+        w = took_initial.reshape(took_initial.shape + (1,) * (g.ndim - 2)).astype(g.dtype)
+        acc.add(init_id, unbroadcast((g * w).sum(axis=0), tape.values[init_id].shape))
 
     def _state_init(self, loop: LoopStep, tape: Tape, step: OpStep, carry) -> np.ndarray:
         if step.id in carry:
@@ -488,7 +548,7 @@ class Executor:
                 return src_arr[t]
             if t + d < 0 and chunks.history_key(src) in tape.carry:  # before the chunk: the previous one's
                 return self._read_whole(tape, src, d)[t]
-            init = np.zeros_like(src_arr[0])
+            init = self._before_first_step(tape, src)   # another loop's state: its initial state
         else:
             return tape.values[src]
         u = t + d
@@ -899,6 +959,7 @@ class Executor:
                 continue
             src, d = step.inputs[i]
             if d:
+                self._initial_grad(tape, src, d, gi, acc, need)
                 gi = _shift_in_time(gi, -d, tape.lengths, np.zeros_like(gi[0]), reverse_of=d)
             acc.add(src, gi)
 
@@ -932,6 +993,7 @@ class Executor:
                 gbuf[b.id] += grads.pop(b.id)
         outer_seq: dict[str, np.ndarray] = {}
         outer: dict[str, np.ndarray] = {}
+        outer_init: dict[str, np.ndarray] = {}     # other loops' states: gradients of their initial states
         ginit = {s: np.zeros_like(tape.initial_values[s], dtype=self.dtype) for s in loop.states if s in gbuf}
         times = range(T) if loop.direction > 0 else range(T - 1, -1, -1)
         for t in reversed(times):
@@ -954,8 +1016,13 @@ class Executor:
                             outer_seq[src] = np.zeros_like(env[src], dtype=self.dtype)
                         if d == 0:
                             outer_seq[src][t] += gi
-                        else:
-                            self._to_step(outer_seq[src], None, gi, t + d, tape)
+                        else:  # another loop's state read where it has no step gives its initial state
+                            before_chunk = t + d < 0 and chunks.history_key(src) in tape.carry
+                            if (src not in outer_init and not before_chunk and src in self._initial_of
+                                    and (need is None or self._initial_of[src] in need)):
+                                outer_init[src] = np.zeros_like(tape.initial_values[src], dtype=self.dtype)
+                            self._to_step(outer_seq[src], None if before_chunk else outer_init.get(src),
+                                          gi, t + d, tape)
                     else:
                         acc = outer.get(src)
                         outer[src] = gi.copy() if acc is None else _iadd(acc, gi)
@@ -968,6 +1035,9 @@ class Executor:
             if s in loop.initials:
                 init_id = loop.initials[s]
                 _accumulate(grads, init_id, unbroadcast(g, env[init_id].shape))
+        for s, g in outer_init.items():
+            init_id = self._initial_of[s]
+            _accumulate(grads, init_id, unbroadcast(g, env[init_id].shape))
 
     def _to_step(self, buf: np.ndarray, ginit, gi: np.ndarray, u: int, tape: Tape) -> None:
         """Send a gradient to step ``u``: to the buffer where u is a real step, else to the initial state."""
@@ -1025,11 +1095,13 @@ class Executor:
             if gi is None:
                 continue
             if d and src in self.seq:
+                self._initial_grad(tape, src, d, gi, acc, need)
                 gi = _shift_in_time(gi, -d, tape.lengths, np.zeros_like(gi[0]), reverse_of=d)
             acc.add(src, gi)
         for (op_id, pos), g in bw.outer_step.items():
             src, d = prog.by_id[op_id].step.inputs[pos]
             if src in self.seq and d:
+                self._initial_grad(tape, src, d, g, acc, need)
                 g = _shift_in_time(g, -d, tape.lengths, np.zeros_like(g[0]), reverse_of=d)
             acc.add(src, g, owned=True)
         if keep:
@@ -1073,7 +1145,8 @@ class Executor:
                  if s in gbuf and s in need}
         minlen, vcols = run.minlen, run.vcols
         # derivatives of elementwise ops, for the whole sequence at once (filled every pass)
-        local = {bid: (self.pool.empty(bufs[bid].shape, self.dtype), []) for bid in plan.local}
+        # (over every step: the op's own buffer may be one step's scratch when its VJP reads only its input)
+        local = {bid: (self.pool.empty((T, B) + prog.by_id[bid].trail, self.dtype), []) for bid in plan.local}
         actions = [_zero_action(gbuf[r]) for r in plan.fill]
         tmps: dict = {}
 

@@ -11,11 +11,12 @@ from pathlib import Path
 import numpy as np
 
 from .compiler import Compiled, compile_program
-from .dataset import BoundData, bind_data
+from .dataset import BoundData, bind_for_settings
 from .errors import Diagnostics
 from .loader import Program, load_file, load_text
 from .model import Model
 from .settings import TrainSettings, settings_from_block
+from .shapes import MemoryBudget, check_memory, default_memory_limit
 
 
 @dataclass
@@ -32,6 +33,9 @@ class Session:
     @property
     def spec_hash(self) -> str:
         return spec_hash(self.compiled)
+
+    def _repr_html_(self) -> str:   # a notebook shows the model (or the spec, while sizes are open)
+        return (self.model or self.compiled)._repr_html_()
 
 
 def spec_hash(compiled: Compiled) -> str:
@@ -55,29 +59,42 @@ def recompile(compiled: Compiled, **kw) -> Compiled:
 
 def open_session(path: str | Path | None = None, *, text: str | None = None, overrides: list[str] = (),
                  with_data: bool = True, fold: tuple[int, int] | None = None, dtype: str | None = None,
-                 seed: int | None = None) -> Session:
-    """Compile a spec, read its data (vocabularies decide some sizes), compile again with those sizes."""
+                 seed: int | None = None, memory_limit: int | None = None) -> Session:
+    """Compile a spec, read its data (vocabularies decide some sizes), compile again with those sizes.
+
+    ``memory_limit`` (bytes; default: the train block's ``memory_limit_mb`` if it sets one, else
+    ``NNSPEC_MEMORY_LIMIT``, else 4 GiB) bounds what a training step may allocate: a network whose
+    parameters and values for one batch need more is a SpecError before anything is allocated."""
     program, diags = load(path, text=text)
     first = compile_program(program, diags)
     settings = settings_from_block(first.flat.train, diags, overrides)
+    if first.flat.train is not None and first.plan.loss is None:
+        diags.error("a train block needs a loss to minimise; add one, e.g. 'loss cross_entropy(p, y)'",
+                    first.flat.train.span)
     diags.raise_if_errors()
     if seed is not None:
         settings = settings.model_copy(update={"seed": seed})
     if dtype is not None:
         settings = settings.model_copy(update={"dtype": dtype})
+    if memory_limit is None:
+        set_in_spec = "memory_limit_mb" in settings.model_fields_set
+        memory_limit = int(settings.memory_limit_mb * 2**20) if set_in_spec else default_memory_limit()
+    settings = settings.model_copy(update={"memory_limit_mb": memory_limit / 2**20})  # the trainer's check too
     data = None
     compiled = first
     if with_data and first.flat.data is not None:
-        split = settings.split
-        unknown = set(split) - {"dev", "test"}
-        if unknown:
-            diags.error(f"split takes dev and test, not {', '.join(sorted(unknown))}", first.flat.train.span)
-            diags.raise_if_errors()
-        data = bind_data(first.flat, first.plan, diags, dev=split.get("dev", 0.0), test=split.get("test", 0.0),
-                         seed=settings.seed, min_count=settings.min_count, normalize=settings.normalize,
-                         fold=fold, limit=settings.limit)
+        data = bind_for_settings(first.flat, first.plan, settings, diags, fold=fold)
+    if data is not None and data.stream and first.flat.train is not None:
+        for split in data.streams:  # said now rather than when training reaches that part
+            data.check_stream_batch(split, settings.batch)
     if data is not None or settings.dropout:
         compiled = recompile(first, bindings=data.bindings if data else None, dropout=settings.dropout)
+    training = first.flat.train is not None or bool(overrides)
+    budget = MemoryBudget(limit=memory_limit, batch=1 if settings.rule == "perceptron" else settings.batch,
+                          itemsize=np.dtype(settings.dtype).itemsize, training=training)
+    check = Diagnostics(compiled.diags.sources)
+    check_memory(compiled.graph, check, budget)
+    check.raise_if_errors()
     model = None
     if all(isinstance(d, int) for p in compiled.plan.params for d in p.shape):
         model = Model(compiled, dtype=np.dtype(settings.dtype), seed=settings.seed, default_init=settings.init)

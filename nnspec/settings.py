@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from .errors import Diagnostics, Span, did_you_mean
 from .syntax import ast
@@ -27,7 +27,7 @@ class TrainSettings(BaseModel):
     lr: float | None = Field(None, gt=0)  # shorthand that overrides the optimizer's lr
     batch: int = Field(32, ge=1)
     epochs: int = Field(10, ge=1)
-    seed: int = 0
+    seed: int = Field(0, ge=0)          # NumPy seeds are non-negative
     split: dict[str, float] = {}         # dev / test fractions of the data
     dropout: dict[str, float] = {}       # value -> drop probability (training only)
     init: str | None = None              # default initialiser for weight matrices
@@ -44,6 +44,20 @@ class TrainSettings(BaseModel):
     max_length: int | None = Field(None, ge=1)  # longest sequence accepted
     limit: int | None = Field(None, ge=1)  # N evenly spaced examples of each part (first N tokens of a stream)
     memory_limit_mb: float = Field(4096.0, gt=0)  # refuse a batch whose BPTT activations need more
+
+    @field_validator("split")
+    @classmethod
+    def _parts_leave_training_data(cls, split: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(split) - {"dev", "test"})
+        if unknown:
+            raise ValueError(f"split takes dev and test, not {', '.join(unknown)}")
+        for part, fraction in split.items():
+            if not (isinstance(fraction, (int, float)) and 0 <= fraction < 1):
+                raise ValueError(f"{part} must be a fraction from 0% to below 100%, got {fraction!r}")
+        if sum(split.values()) >= 1:
+            shown = ", ".join(f"{k} = {v:.0%}" for k, v in split.items())
+            raise ValueError(f"{shown} leave no training data: dev and test together must be below 100%")
+        return split
 
     def optimizer_args(self) -> dict[str, Any]:
         args = dict(self.optimizer.args)
@@ -139,7 +153,9 @@ def settings_from_block(block: ast.Train | None, diags: Diagnostics,
     except Exception as e:  # pydantic's message names the field and what it expected
         for err in getattr(e, "errors", lambda: [])():
             field = str(err["loc"][0]) if err.get("loc") else ""
-            diags.error(f"training setting '{field}': {err['msg'].lower()}", spans.get(field))
+            msg = err["msg"]
+            msg = msg.removeprefix("Value error, ") if msg.startswith("Value error, ") else msg.lower()
+            diags.error(f"training setting '{field}': {msg}", spans.get(field))
         if not diags.errors:
             diags.error(str(e))
         diags.raise_if_errors()

@@ -14,9 +14,12 @@ shape of the value it is combined with, and its own equation checks it later.
 from __future__ import annotations
 
 import heapq
+import os
+from dataclasses import dataclass
 from typing import Any
 
-from .errors import Diagnostics
+from .errors import Diagnostics, SpecError
+from .limits import format_size, parse_size
 from .graph import Graph, NodeInfo, user_call, user_name, where
 from .ops import REGISTRY, ShapeError
 from .ops.registry import show_shape, unify_dims
@@ -211,6 +214,7 @@ class ShapeInference:
         self._downstream_of_failed: set[str] = set()  # every node some failed node leads to
         self._expanded: set[str] = set()              # nodes whose successors are all in it
         self._failed_unexpanded: list[str] = []
+        self._state_of = {init: state for state, init in graph.initials.items()}  # computed initial -> state
 
     def sym(self, name: str):
         return self.bindings.get(name, Sym(name))
@@ -377,6 +381,7 @@ class ShapeInference:
                                   f"{show(self.solver.resolve(shape))}")
                 self._fail(n)
                 return True
+        shape = self._as_initial_state(n, shape)
         if info.shape is not None:  # provisional shape from a delayed read: check it now
             try:
                 shape = unify_dims(shape, info.shape, self.solver, f"'{n}'")
@@ -388,6 +393,19 @@ class ShapeInference:
         info.shape = tuple(shape)
         self.done.add(n)
         return True
+
+    def _as_initial_state(self, n: str, shape: tuple) -> tuple:
+        """A computed initial state (``initial h = tanh(Q @ z)``) of a vector has the state's declared
+        size, which may decide its unknown sizes (Q's rows). A mismatch is left to
+        ``check_initial_states``, which names both."""
+        state = self._state_of.get(n)
+        decl = self.declared(self._info[state]) if state is not None else None
+        if decl is None or len(decl) != len(shape) or len(shape) == 0:
+            return shape
+        try:
+            return unify_dims(shape, decl, self.solver, f"the initial state of '{state}'")
+        except ShapeError:
+            return shape
 
     def after_failure(self, n: str) -> bool:
         """A value downstream of one already reported, or a parameter reported as unused: its own
@@ -492,14 +510,22 @@ class ShapeInference:
             info = self._info[n]
             src = self._unshaped_op_operand(info) if n in self._waiting else None
             if src is not None:
-                known = [k for k, _ in info.inputs if self._info[k].shape is not None]
-                if info.op in ("add", "sub", "mul", "div") and known:
-                    self._info[src].shape = self._info[known[0]].shape
-                else:
-                    self._info[src].shape = (self.solver.fresh(f"size of {src}"),)
+                self._info[src].shape = self._provisional_shape(info, src)
                 return src
             self._next_unstickable += 1  # nodes only gain shapes and only leave waiting: never a pick again
         return None
+
+    def _provisional_shape(self, reader: NodeInfo, src: str) -> tuple:
+        """The shape ``src`` is taken to have until its own equation is inferred (which checks it):
+        beside a value of known shape in ``+ - * /``, that shape — but not a scalar's, which says
+        nothing (``2 * h[t-1]`` scales a vector as well as a number); else one dimension of unknown
+        size, which the declaration or the equation of ``src`` then decides."""
+        if reader.op in ("add", "sub", "mul", "div"):
+            for k, _ in reader.inputs:
+                shape = self._info[k].shape
+                if k != src and shape is not None and len(shape) > 0:
+                    return shape
+        return (self.solver.fresh(f"size of {src}"),)
 
     def _unshaped_op_operand(self, info: NodeInfo) -> str | None:
         return next((src for src, _ in info.inputs if self._info[src].shape is None and self._info[src].kind == "op"),
@@ -569,4 +595,139 @@ def check_initial_states(graph: Graph, diags: Diagnostics) -> None:
                     graph.info(init).span)
 
 
-__all__ = ["infer_shapes", "Sym", "show", "show_shape"]
+# ---- memory: refuse before allocating --------------------------------------------------------
+
+DEFAULT_MEMORY_LIMIT = 4 * 2**30
+MEMORY_LIMIT_VARIABLE = "NNSPEC_MEMORY_LIMIT"
+RAISE_MEMORY_LIMIT = (f"raise the limit with --memory-limit (e.g. --memory-limit 16GiB), "
+                      f"{MEMORY_LIMIT_VARIABLE}=16GiB, or memory_limit_mb in the train block")
+
+
+@dataclass(frozen=True)
+class MemoryBudget:
+    """What a run may allocate, and the run it is for: ``batch`` examples of ``steps`` steps at a time,
+    training (values, gradients and the optimiser's two moments) or only running forward."""
+    limit: int = DEFAULT_MEMORY_LIMIT
+    batch: int = 1
+    steps: int = 1
+    itemsize: int = 4
+    training: bool = False
+
+    @classmethod
+    def default(cls, **kw) -> "MemoryBudget":
+        """The limit from ``NNSPEC_MEMORY_LIMIT`` (e.g. ``8GiB``), else 4 GiB."""
+        return cls(limit=default_memory_limit(), **kw)
+
+
+def default_memory_limit() -> int:
+    text = os.environ.get(MEMORY_LIMIT_VARIABLE)
+    if not text:
+        return DEFAULT_MEMORY_LIMIT
+    try:
+        return parse_size(text)
+    except ValueError as e:
+        raise SpecError.single(f"{MEMORY_LIMIT_VARIABLE}: {e}") from None
+
+
+@dataclass
+class MemoryCost:
+    bytes: int
+    node: NodeInfo
+    what: str          # e.g. "parameter 'W' [100000000, 2] with its gradient and optimiser state"
+    largest_dim: int
+
+
+def memory_costs(graph: Graph, budget: MemoryBudget, sources=None) -> list[MemoryCost]:
+    """A lower bound on what running the network allocates, item by item (sizes still unknown count 0):
+    every parameter, every value of a batch (``steps`` steps of a sequence), the history a delayed
+    read keeps (``h[t-k]``: k more steps of h) and the tokens a stream keeps beyond a chunk for ``shift``."""
+    costs = []
+    per_param = 4 if budget.training else 1      # value, gradient, two Adam moments
+    per_value = 2 if budget.training else 1      # value and its gradient
+    for info in graph.nodes():
+        size = _count(info.shape)
+        if size is None:
+            continue
+        name = user_name(info, sources) if sources is not None else f"'{info.id}'"
+        largest = max((d for d in info.shape or () if isinstance(d, int)), default=1)
+        if info.kind in ("param", "const"):
+            extra = " with its gradient and optimiser state" if budget.training and info.kind == "param" else ""
+            costs.append(MemoryCost(size * budget.itemsize * (per_param if info.kind == "param" else 1), info,
+                                    f"{info.kind} {name} {show(info.shape)}{extra}", largest))
+            continue
+        steps = budget.steps if info.seq else 1
+        costs.append(MemoryCost(size * budget.batch * steps * budget.itemsize * per_value, info,
+                                f"{name} {show(info.shape)} for a batch of {budget.batch}", largest))
+        delay = max((abs(d) for v in graph.g.successors(info.id)
+                     for d in graph.g.edges[info.id, v].get("delays", ())), default=0)
+        if delay > 1:
+            costs.append(MemoryCost(size * budget.batch * delay * budget.itemsize, info,
+                                    f"the {delay} past steps of {name} {show(info.shape)} that a delayed "
+                                    f"read keeps, for a batch of {budget.batch}", max(largest, delay)))
+        if info.op == "shift" and isinstance(info.attrs.get("k"), int) and abs(info.attrs["k"]) > 1:
+            k = abs(info.attrs["k"])
+            costs.append(MemoryCost(k * budget.batch * 8, info, f"the {k} tokens after each chunk of a stream "
+                                    f"that shift(..., {info.attrs['k']}) reads, for a batch of {budget.batch}", k))
+    return costs
+
+
+def check_memory(graph: Graph, diags: Diagnostics, budget: MemoryBudget) -> int:
+    """Refuse, before anything is allocated, a network whose lower-bound memory exceeds the limit; the
+    error points at the size in the spec that makes the largest item (or at that item). Returns the bytes."""
+    costs = memory_costs(graph, budget, diags.sources)
+    total = sum(c.bytes for c in costs)
+    if total <= budget.limit:
+        return total
+    worst = max(costs, key=lambda c: c.bytes)
+    diags.error(f"this network needs at least {format_size(total)} of memory, more than the limit of "
+                f"{format_size(budget.limit)}: {worst.what} alone takes {format_size(worst.bytes)}; "
+                f"{RAISE_MEMORY_LIMIT}", _size_span(graph, worst))
+    return total
+
+
+def _count(shape) -> int | None:
+    if shape is None or not all(isinstance(d, int) for d in shape):
+        return None
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def _size_span(graph: Graph, cost: MemoryCost):
+    """Where the spec writes the number that makes ``cost`` large: a size (h[100000000], class[...],
+    H = ...), a delay (h[t-k]) or a shift equal to the item's largest dimension; else the item itself."""
+    flat = graph.flat
+    for group in (flat.decls, flat.params, flat.equations, flat.losses):
+        for stmt in group:
+            span = _find_number(stmt, cost.largest_dim)
+            if span is not None and not span.file.startswith("<stdlib>"):
+                return span
+    return where(graph, cost.node.id)[0]
+
+
+def _find_number(node, value: int):
+    """The span of the first size, delay or number in an AST node equal to ``value``."""
+    from pydantic import BaseModel
+    if isinstance(node, (list, tuple)):
+        for item in node:
+            found = _find_number(item, value)
+            if found is not None:
+                return found
+        return None
+    if not isinstance(node, BaseModel):
+        return None
+    kind = getattr(node, "kind", None)
+    if (kind == "int" and node.value == value) or (kind == "delayed" and abs(node.offset) == value) \
+            or (kind == "number" and node.value == value):
+        return node.span
+    for name in type(node).model_fields:
+        if name != "span":
+            found = _find_number(getattr(node, name), value)
+            if found is not None:
+                return found
+    return None
+
+
+__all__ = ["DEFAULT_MEMORY_LIMIT", "MemoryBudget", "check_memory", "default_memory_limit", "infer_shapes",
+           "memory_costs", "Sym", "show", "show_shape"]

@@ -120,7 +120,8 @@ def test_missing_spec_file_with_json(capsys):
 def test_a_directory_is_not_a_spec(tmp_path, capsys):
     code, _, err = run_main(capsys, "check", tmp_path)
     assert code == 1
-    assert err.strip() == f"error: cannot read spec file {tmp_path}: Is a directory"
+    assert err.strip() == (f"error: cannot read spec file {tmp_path}: not a regular file (a directory); "
+                           f"nnspec reads only regular files")
 
 
 def test_a_binary_file_is_not_a_spec(tmp_path, capsys):

@@ -5,7 +5,7 @@ import time
 
 from nnspec.train.progress import Progress
 
-LINE = re.compile(r"^epoch (\d+)/3  loss (\d+\.\d{4})  dev_acc 0\.8123  [\d.]+ ex/s  \d+\.\ds$")
+LINE = re.compile(r"^epoch (\d+)/3  loss (\d+\.\d{4})  dev_acc 0\.8123  [\d.,]+ ex/s  \d+\.\ds$")
 
 
 class FakeTTY(io.StringIO):
@@ -38,7 +38,7 @@ def test_tokens_unit_and_metrics_formatting():
         line = p.end_epoch({"dev_ppl": 12.5, "train_loss": 3.0, "best": True})
     assert out.getvalue() == line + "\n"
     assert line.startswith("epoch 1/10  dev_ppl 12.5000  train_loss 3.0000  best True  ")
-    assert re.search(r" [\d.]+ tok/s  \d+\.\ds$", line)
+    assert re.search(r" [\d.,]+ tok/s  \d+\.\ds$", line)
 
 
 def test_quiet_prints_nothing():

@@ -26,6 +26,7 @@ def test_spec_settings_and_metrics_files(tmp_path):
     run.log_metrics({"epoch": 1, "train_loss": 0.9})
     run.log_metrics({"epoch": 2, "train_loss": 0.7, "dev_acc": 0.5})  # new column
     run.log_metrics({"epoch": 3, "dev_acc": 0.75, "train_loss": 0.5})  # other key order
+    run.flush()
     lines = (run.path / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(l)["epoch"] for l in lines] == [1, 2, 3]
     with open(run.path / "metrics.csv", newline="") as f:
@@ -41,9 +42,11 @@ def test_spec_settings_and_metrics_files(tmp_path):
 def test_reopen_keeps_columns(tmp_path):
     run = RunDir("m", root=tmp_path, now=NOW)
     run.log_metrics({"epoch": 1, "loss": 2.0})
+    run.close()
     again = RunDir(path=run.path)
     assert again.rows == [{"epoch": 1, "loss": 2.0}]
     again.log_metrics({"loss": 1.0, "epoch": 2, "lr": 0.01})
+    again.close()
     with open(run.path / "metrics.csv", newline="") as f:
         table = list(csv.reader(f))
     assert table == [["epoch", "loss", "lr"], ["1", "2.0", ""], ["2", "1.0", "0.01"]]

@@ -11,13 +11,13 @@ from .errors import DataError
 from .fields import FieldKind, FieldSpec
 from .normalize import Standardizer
 from .raw import SPLITS, RawData
-from .sources import SOURCES, read_source
+from .sources import SOURCES, read_source, source_files
 from .split import kfold, split_examples
 from .vocab import PAD, PAD_ID, UNK, UNK_ID, Vocab, tokenize
 
 __all__ = [
     "Batch", "DataError", "Encoded", "FieldKind", "FieldSpec", "IGNORE_LABEL", "PAD", "PAD_ID",
     "RawData", "SOURCES", "SPLITS", "Standardizer", "UNK", "UNK_ID", "Vocab", "build_vocabs",
-    "collate", "encode_data", "encode_split", "iterate_batches", "kfold", "read_source",
+    "collate", "encode_data", "source_files", "encode_split", "iterate_batches", "kfold", "read_source",
     "split_examples", "stream_batches", "tokenize",
 ]

@@ -3,8 +3,10 @@ errors reported with the file and line they occur on."""
 from __future__ import annotations
 
 import codecs
-import gzip
+import zlib
 from pathlib import Path
+
+from ..limits import READ_LIMIT_VARIABLE, ReadRefused, gunzip_capped, read_limit, read_regular_file
 
 from .errors import DataError
 
@@ -15,27 +17,43 @@ def resolve(base_dir: Path, path: str | Path) -> Path:
 
 
 def read_bytes(path: Path) -> bytes:
-    """The file's content, gunzipped when the name ends in ``.gz``."""
+    """The file's content, gunzipped when the name ends in ``.gz``; a regular file, at most
+    ``NNSPEC_READ_LIMIT`` bytes (also after decompression; see nnspec.limits)."""
+    raise_limit = f"set {READ_LIMIT_VARIABLE} (e.g. {READ_LIMIT_VARIABLE}=8GiB) to read larger files"
     try:
-        raw = path.read_bytes()
+        limit = read_limit()
+        raw = read_regular_file(path, limit, raise_limit)
     except FileNotFoundError:
         raise DataError("no such file", str(path)) from None
-    except OSError as e:
-        raise DataError(f"cannot read the file: {e.strerror or e}", str(path)) from None
+    except ReadRefused as e:
+        raise DataError(str(e), str(path)) from None
+    except (OSError, ValueError) as e:  # ValueError: a NUL byte in the name
+        raise DataError(f"cannot read the file: {getattr(e, 'strerror', None) or e}", str(path)) from None
     if path.suffix != ".gz":
         return raw
     try:
-        return gzip.decompress(raw)
-    except (OSError, EOFError) as e:
+        return gunzip_capped(raw, limit, raise_limit)
+    except ReadRefused as e:
+        raise DataError(str(e), str(path)) from None
+    except (OSError, EOFError, zlib.error) as e:
         raise DataError(f"not a valid gzip file: {e}", str(path)) from None
 
 
 def read_text(path: Path, encoding: str = "utf-8") -> str:
     """The decoded text; a byte the encoding rejects is reported at its line."""
+    if not isinstance(encoding, str):
+        raise DataError(f"an encoding is a name such as \"latin-1\", not {encoding!r}", str(path))
     try:
         codecs.lookup(encoding)
     except LookupError:
         raise DataError(f"unknown encoding {encoding!r}", str(path)) from None
+    try:
+        b"a".decode(encoding)  # rot13, base64, zlib, ... are codecs, but not from bytes to text
+    except UnicodeDecodeError:
+        pass  # a text encoding, e.g. utf-16, that needs more than one byte
+    except LookupError:
+        raise DataError(f"encoding {encoding!r} is not a text encoding (use e.g. \"utf-8\" or \"latin-1\")",
+                        str(path)) from None
     data = read_bytes(path)
     try:
         text = data.decode(encoding)

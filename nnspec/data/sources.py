@@ -19,6 +19,7 @@ import numpy as np
 
 from .errors import DataError
 from .fields import FieldKind, FieldSpec, TEXT_KINDS
+from ..limits import READ_LIMIT_VARIABLE, format_size, read_limit
 from .files import read_bytes, read_lines, read_text, resolve
 from .raw import SPLITS, RawData
 
@@ -39,6 +40,17 @@ def read_source(name: str, args: list, kwargs: dict, fields: list[FieldSpec], ba
         raise DataError(f"unknown data source; known sources: {', '.join(sorted(SOURCES))}",
                         f"data {name}(...)")
     return SOURCES[name](list(args), dict(kwargs), list(fields), Path(base_dir))
+
+
+def source_files(name: str, args: list, kwargs: dict, base_dir: Path) -> list[Path]:
+    """The files a ``data NAME(...)`` statement reads, as its reader resolves them (none for inline)."""
+    if name == "inline":
+        return []
+    if name == "lines":
+        names = [a[0] for a in args if isinstance(a, (tuple, list)) and a]
+    else:
+        names = [a for a in args if isinstance(a, str)] + [kwargs[s] for s in SPLITS if s in kwargs]
+    return [resolve(base_dir, n) for n in names if isinstance(n, (str, Path))]
 
 
 # ---------------------------------------------------------------- argument helpers
@@ -289,6 +301,7 @@ def _read_npz_file(path: Path, fields: list[FieldSpec], mapping: dict) -> tuple[
             if key not in archive.files:
                 raise DataError(f"no array '{key}' for field {f.describe()}; the file has "
                                 f"{', '.join(archive.files) or 'no arrays'}", file)
+            _check_npy_size(archive, key, file)
             try:
                 array = archive[key]
             except ValueError as e:  # object arrays need pickle, which is refused
@@ -309,6 +322,24 @@ def _read_npz_file(path: Path, fields: list[FieldSpec], mapping: dict) -> tuple[
         if f.kind is FieldKind.class_:
             columns[f.name] = [_label(v, o) for v, o in zip(columns[f.name], origins)]
     return columns, origins
+
+
+def _check_npy_size(archive, key: str, file: str) -> None:
+    """Refuse an array whose header declares more bytes than the read limit, before NumPy allocates them
+    (a small compressed archive can declare, and decompress to, any size)."""
+    fmt = np.lib.format
+    try:
+        with archive.zip.open(f"{key}.npy") as f:
+            version = fmt.read_magic(f)
+            reader = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+            shape, _, dtype = reader(f)
+    except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+        raise DataError(f"array '{key}' is not a valid .npy entry: {e}", file) from None
+    size = math.prod(shape) * dtype.itemsize
+    limit = read_limit()
+    if size > limit:
+        raise DataError(f"array '{key}' {tuple(shape)} of {dtype} holds {format_size(size)}, more than the "
+                        f"limit of {format_size(limit)}; set {READ_LIMIT_VARIABLE} to read larger arrays", file)
 
 
 @_source("npz")

@@ -10,6 +10,7 @@ from .registry import Op, ShapeError, register, show_shape, unbroadcast
 class Matmul(Op):
     name = "matmul"
     arity = 2
+    shared_inputs = (0,)   # W is read as (m, n): x's leading axes are the batch's and time's
     doc = "W x for a weight W (m, n) and input x (..., n): out (..., m)"
 
     def shape(self, shapes, attrs, dims):
@@ -112,6 +113,7 @@ def _rows_times(x: np.ndarray, m: np.ndarray, out: np.ndarray | None = None) -> 
 class Linear(Op):
     name = "linear"
     arity = 3
+    shared_inputs = (0, 2)
     needs_ctx = False
     vjp_reads = (0, 1)
     doc = "W x + b for a weight W (m, n), an input x (..., n) and a bias b (m,): matmul and add in one step"
@@ -232,7 +234,10 @@ class Slice(Op):
         n = dims.value(x[-1])
         start, stop = self._bounds(attrs, n)
         if n is None and self.attr(attrs, "stop") is None:
-            return x
+            if start == 0:
+                return x
+            # [start:] of an axis whose size is not known yet (a state read before its equation)
+            raise ShapeError(f"slice: [{start}:] of an axis whose size is not known")
         if not (0 <= start < stop) or (n is not None and stop > n):
             raise ShapeError(f"slice: [{start}:{stop}] is not a non-empty part of an axis of size {n}")
         return x[:-1] + (stop - start,)
@@ -258,6 +263,7 @@ class Slice(Op):
 class ConcatRows(Op):
     name = "concat_rows"
     arity = None
+    shared_inputs = "all"  # joined along axis 0, which is the batch's for a per-example value
     needs_ctx = False
     vjp_reads = ()
     doc = ("stack parameters along their first axis: matrices (m_i, n) -> (sum m_i, n), vectors -> one "
@@ -297,6 +303,7 @@ class ConcatRows(Op):
 class Embed(Op):
     name = "embed"
     arity = 2
+    shared_inputs = (1,)
     integer_inputs = (0,)
     doc = "row ids of a table (V, d): int ids (...) -> (..., d); id -1 (padding) gives zeros"
 

@@ -78,6 +78,9 @@ class Op:
     over_time: ClassVar[bool] = False           # consumes or produces the time axis
     reduces_time: ClassVar[bool] = False        # a sequence in, one value per sequence out
     scalar_output: ClassVar[bool] = False       # losses: one number for the batch
+    # positions ("all": every one) that take one value for the whole batch, with no leading axes: a
+    # weight, a table (a parameter, a constant, or computed from them alone), never a per-example value
+    shared_inputs: ClassVar[tuple[int, ...] | str] = ()
     doc: ClassVar[str] = ""
 
     def shape(self, shapes: list[Shape], attrs: dict, dims: DimSolver) -> Shape:

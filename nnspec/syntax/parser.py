@@ -86,6 +86,7 @@ def parse(text: str, file: str, diags: Diagnostics) -> ast.Module | None:
     return None
 
 
+MAX_DELAY = 2**31 - 1  # steps back or ahead; the memory check (shapes.py) bounds what is practical
 MAX_DEPTH = 150  # levels of the parse tree in one statement; later stages recurse over expressions
 
 
@@ -400,6 +401,8 @@ class _ToAst:
 
     def _delayed(self, meta, c, sign):
         k = int(c[1])
+        if k > MAX_DELAY:
+            raise _AstError(f"a delay of {k} steps is too long: at most {MAX_DELAY}", self.sp(meta))
         if k == 0:
             raise _AstError(f"{c[0]}[t{'+' if sign > 0 else '-'}0] is just {c[0]}: a delay must be at least 1",
                             self.sp(meta))

@@ -23,10 +23,11 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import safetensors.numpy as st
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 WEIGHTS = "weights.safetensors"
 META = "meta.json"
@@ -64,12 +65,89 @@ class Checkpoint:
 
 def rng_from_state(state: dict) -> np.random.Generator:
     """Rebuild a Generator from ``bit_generator.state`` (e.g. read from JSON)."""
-    bitgen_cls = getattr(np.random, state["bit_generator"], None)
+    name = state.get("bit_generator") if isinstance(state, dict) else None
+    bitgen_cls = getattr(np.random, name, None) if isinstance(name, str) else None
     if not (isinstance(bitgen_cls, type) and issubclass(bitgen_cls, np.random.BitGenerator)):
-        raise CheckpointError(f"unknown bit generator {state['bit_generator']!r} in RNG state")
+        raise CheckpointError(f"unknown bit generator {name!r} in RNG state")
     bitgen = bitgen_cls()
-    bitgen.state = state
+    try:
+        bitgen.state = state
+    except (TypeError, ValueError, KeyError, OverflowError) as e:
+        raise CheckpointError(f"the saved RNG state is damaged ({e})") from None
     return np.random.Generator(bitgen)
+
+
+# ---- what meta.json may hold (checked on load; extra keys are allowed for newer writers) ----
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(strict=True, extra="allow")
+
+
+class _VocabMeta(_Strict):
+    itos: list[str | int]
+    specials: bool
+    level: Literal["word", "char"]
+    lowercase: bool
+
+
+class _NormMeta(_Strict):
+    mean: list[float] | float
+    std: list[float] | float
+
+
+class _RngMeta(_Strict):
+    bit_generator: str
+    state: dict[str, Any]
+
+
+class _ExtraMeta(_Strict):
+    history: list[dict[str, Any]] = []
+    best_score: float | None = None
+    best_epoch: int = Field(0, ge=0)
+
+
+class CheckpointMeta(_Strict):
+    """The schema of ``meta.json``: a checkpoint whose file does not fit it is refused, saying where."""
+    format: Literal["nnspec-checkpoint"]
+    version: int = Field(ge=1)
+    spec_hash: str | None = None
+    epoch: int = Field(0, ge=0)
+    step: int = Field(0, ge=0)
+    metrics: dict[str, Any] = {}
+    rng_state: _RngMeta | None = None
+    vocabs: dict[str, Any] | None = None
+    norm_stats: dict[str, Any] | None = None
+    optim: dict[str, Any] | None = None
+    params: list[str] = []
+    extra: dict[str, Any] = {}
+    weights_sha256: str
+
+
+class TrainedMeta(CheckpointMeta):
+    """A checkpoint the training loop wrote: its vocabularies, statistics and extras as it writes them."""
+    vocabs: dict[str, _VocabMeta] | None = None
+    norm_stats: dict[str, _NormMeta] | None = None
+    extra: _ExtraMeta = _ExtraMeta()
+
+
+def _validate_meta(path: Path, meta: dict, schema: type[CheckpointMeta]) -> None:
+    try:
+        schema.model_validate(meta)
+    except ValidationError as e:
+        problems = "; ".join(f"{'.'.join(map(str, err['loc'])) or 'the file'}: {_said(err)} "
+                             f"(got {_shown(err.get('input'))})" for err in e.errors()[:5])
+        raise CheckpointError(f"{path}: {META} is damaged: {problems}") from None
+
+
+def _said(err: dict) -> str:
+    if err["type"] in ("model_type", "dict_type"):  # pydantic would name the class
+        return "should be a JSON object"
+    return err["msg"].lower()
+
+
+def _shown(value) -> str:
+    text = json.dumps(value) if isinstance(value, (str, int, float, bool, list, dict, type(None))) else repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _jsonable(obj):
@@ -205,9 +283,13 @@ def save_checkpoint(
     return path
 
 
-def load_checkpoint(path: str | os.PathLike, expected_spec_hash: str | None = None) -> Checkpoint:
+def load_checkpoint(path: str | os.PathLike, expected_spec_hash: str | None = None,
+                    expected_shapes: dict[str, tuple[int, ...]] | None = None,
+                    schema: type[CheckpointMeta] = CheckpointMeta) -> Checkpoint:
     """Read a checkpoint directory; raises CheckpointError when it is missing,
-    damaged, or (given ``expected_spec_hash``) made from a different spec."""
+    damaged (``meta.json`` must fit ``schema``: :class:`CheckpointMeta`, or :class:`TrainedMeta` for
+    what the training loop wrote), or (given ``expected_spec_hash``
+    or ``expected_shapes``, parameter name -> shape) made from a different spec."""
     path = Path(path)
     src = path
     if not path.is_dir() and _backup(path).is_dir():
@@ -224,9 +306,11 @@ def load_checkpoint(path: str | os.PathLike, expected_spec_hash: str | None = No
         raise CheckpointError(f"{path}: {META} is corrupt ({e})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"{path}: {META} is not an nnspec checkpoint description")
-    if meta.get("version", 0) > VERSION:
+    version = meta.get("version", 0)
+    if type(version) is int and version > VERSION:
         raise CheckpointError(f"{path}: checkpoint format version {meta['version']} is newer than "
                               f"this nnspec understands ({VERSION})")
+    _validate_meta(path, meta, schema)
 
     saved_hash = meta.get("spec_hash")
     if expected_spec_hash is not None and saved_hash != expected_spec_hash:
@@ -247,6 +331,8 @@ def load_checkpoint(path: str | os.PathLike, expected_spec_hash: str | None = No
     missing = [n for n in meta.get("params", []) if n not in tensors]
     if missing:
         raise CheckpointError(f"{path}: {WEIGHTS} lacks parameters {', '.join(missing)}")
+    if expected_shapes is not None:
+        check_shapes(path, params, expected_shapes)
     optimizer_state = None
     if meta.get("optim") is not None:
         optimizer_state = dict(meta["optim"])
@@ -254,6 +340,21 @@ def load_checkpoint(path: str | os.PathLike, expected_spec_hash: str | None = No
             if key.startswith(OPTIM_PREFIX):
                 optimizer_state[key[len(OPTIM_PREFIX):]] = value
     return Checkpoint(path=path, params=params, optimizer_state=optimizer_state, meta=meta)
+
+
+def check_shapes(path, params: dict[str, np.ndarray], expected: dict[str, tuple[int, ...]]) -> None:
+    """The saved weights are the network's: the same names, each with its shape and a float type."""
+    missing = [n for n in expected if n not in params]
+    if missing:
+        raise CheckpointError(f"{path}: checkpoint was made from a different spec (it has no weights for "
+                              f"{', '.join(missing)})")
+    for name, shape in expected.items():
+        got = params[name]
+        if tuple(got.shape) != tuple(shape):
+            raise CheckpointError(f"{path}: weight '{name}' has shape {list(got.shape)}, but this spec "
+                                  f"makes it {list(shape)}: the checkpoint belongs to a different network")
+        if got.dtype.kind != "f":
+            raise CheckpointError(f"{path}: weight '{name}' holds {got.dtype} values, not floats")
 
 
 def _short(h: str | None) -> str:

@@ -8,6 +8,7 @@ uninterrupted run does.
 """
 from __future__ import annotations
 
+import json
 import math
 import sys
 import time
@@ -22,9 +23,11 @@ from ..model import Model
 from ..plan import OpStep
 from ..runtime import RuntimeFailure
 from ..settings import TrainSettings
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import TrainedMeta, load_checkpoint, save_checkpoint
 from .clip import clip_scale
+from .nonfinite import all_finite, describe_node, nonfinite_names, what_is_bad
 from .optim import make_optimizer
+from .notebook_progress import progress_class
 from .progress import Progress
 from .rundir import RunDir
 from .schedule import make_schedule
@@ -33,8 +36,24 @@ CLASS_HEADS = {"cross_entropy", "cross_entropy_logits", "nll"}
 BINARY_HEADS = {"bce": 0.5, "bce_logits": 0.0, "perceptron": 0.0}
 
 
+# A kill loses at most this much training (plus the epoch under way); the first checkpoint is
+# written sooner, at the first epoch ending FIRST_CHECKPOINT_SECONDS into training, so an
+# interrupted run soon has something to resume, while a run shorter than that writes once.
+CHECKPOINT_SECONDS = 30.0
+FIRST_CHECKPOINT_SECONDS = 1.0
+
+
 class TrainingError(Exception):
     """Training cannot go on (e.g. a NaN); the message says where, the best checkpoint stays on disk."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training: the metrics and the best weights so far are on disk; ``resume_epoch``
+    is the epoch ``last/`` holds (0: nothing to resume yet)."""
+
+    def __init__(self, run_dir: str | None, epoch: int, resume_epoch: int):
+        super().__init__()
+        self.run_dir, self.epoch, self.resume_epoch = run_dir, epoch, resume_epoch
 
 
 @dataclass
@@ -46,12 +65,14 @@ class Head:
     kind: str            # "class" or "binary"
     threshold: float = 0.5
     tokens: bool = False  # the target is next tokens: report perplexity
+    elem: str | None = None  # what the target's source input is made of (token, char...)
 
 
 def find_heads(model: Model) -> list[Head]:
     plan = model.plan
     steps = {s.id: s for s in plan.steps if isinstance(s, OpStep)}
     token_values = {v.name for v in plan.inputs if v.elem in ("token", "char")}
+    elems = {v.name: v.elem for v in plan.inputs + plan.targets}
     heads = []
     for s in steps.values():
         if s.op in CLASS_HEADS or s.op in BINARY_HEADS:
@@ -61,8 +82,25 @@ def find_heads(model: Model) -> list[Head]:
                 source = steps[source].inputs[0][0]
             kind = "class" if s.op in CLASS_HEADS else "binary"
             heads.append(Head(s.id, pred, target, kind, BINARY_HEADS.get(s.op, 0.5),
-                              tokens=source in token_values))
+                              tokens=source in token_values, elem=elems.get(source)))
     return heads
+
+
+def loss_unit(model: Model) -> str | None:
+    """What the loss is measured in, for a plot's axis: a likelihood loss in nats (per token or
+    per character for a language model), a squared error in squared units; None when unknown."""
+    steps = {s.id: s for s in model.plan.steps if isinstance(s, OpStep)}
+    loss = steps.get(model.plan.loss)
+    if loss is None:
+        return None
+    if loss.op in CLASS_HEADS or loss.op in ("bce", "bce_logits"):
+        head = next((h for h in find_heads(model) if h.loss == loss.id), None)
+        if head is not None and head.tokens:
+            return "nats per character" if head.elem == "char" else "nats per token"
+        return "nats"
+    if loss.op == "mse":
+        return "squared error"
+    return None
 
 
 @dataclass
@@ -79,6 +117,7 @@ def evaluate(model: Model, data: BoundData, split: str, settings: TrainSettings,
     total, weight = 0.0, 0.0
     correct = {h.loss: 0 for h in heads}
     counted = {h.loss: 0 for h in heads}
+    head_loss = {h.loss: 0.0 for h in heads}   # each head's own loss, summed over its targets
     preds: dict[str, list] = {h.loss: [] for h in heads}
     carry = None
     for batch in data.batches(split, settings.batch, bptt=settings.bptt, ahead=lookahead_depth(model.plan),
@@ -103,6 +142,7 @@ def evaluate(model: Model, data: BoundData, split: str, settings: TrainSettings,
                 valid = valid & (tape.mask.reshape(tape.mask.shape + (1,) * (valid.ndim - 2)) > 0)
             correct[h.loss] += int(((guess == gold) & valid).sum())
             counted[h.loss] += int(valid.sum())
+            head_loss[h.loss] += float(tape.values[h.loss]) * int(valid.sum())
             if keep_predictions:
                 preds[h.loss].append((guess[valid].ravel(), gold[valid].ravel()))
         del tape  # lets the next batch reuse the loops' buffers
@@ -111,8 +151,9 @@ def evaluate(model: Model, data: BoundData, split: str, settings: TrainSettings,
     for h in heads:
         key = "accuracy" if len(heads) == 1 else f"accuracy.{h.loss}"
         metrics[key] = correct[h.loss] / counted[h.loss] if counted[h.loss] else float("nan")
-        if h.tokens:
-            metrics["perplexity"] = math.exp(min(loss, 700.0))
+        if h.tokens:  # of this head's own loss: the spec's loss may weigh it or add others to it
+            mean = head_loss[h.loss] / counted[h.loss] if counted[h.loss] else float("nan")
+            metrics["perplexity"] = math.exp(min(mean, 700.0))
     result = EvalResult(loss, metrics)
     if keep_predictions:
         result.predictions = {k: (np.concatenate([a for a, _ in v]) if v else np.zeros(0, int),
@@ -158,8 +199,11 @@ class TrainResult:
 class Trainer:
     def __init__(self, model: Model, data: BoundData, settings: TrainSettings, *,
                  run_dir: RunDir | None = None, spec_hash: str | None = None, quiet: bool = False,
-                 stream=None):
+                 stream=None, progress: type[Progress] | None = None,
+                 checkpoint_seconds: float = CHECKPOINT_SECONDS):
         self.model, self.data, self.settings = model, data, settings
+        # a bar on a terminal, a bar and live curves in a notebook (nnspec.train.notebook_progress)
+        self.progress = progress or progress_class()
         self.run_dir, self.spec_hash = run_dir, spec_hash
         self.quiet, self.stream = quiet, stream if stream is not None else sys.stderr
         self.heads = find_heads(model)
@@ -182,26 +226,47 @@ class Trainer:
         self.step = 0
         self.history: list[dict] = []
         self.best_score: float | None = None
-        self.best_epoch = 0
+        self.best_epoch = self.best_step = 0
         self.best_params: dict[str, np.ndarray] | None = None
         self.start_epoch = 0
+        # checkpoint cadence: last/ when this many seconds passed since the previous save, and at
+        # the end; best/ with it when dev improved in between (the best weights wait in memory)
+        self.checkpoint_seconds = checkpoint_seconds
+        self.saved_epoch = 0        # the epoch last/ on disk holds
+        self.best_saved_epoch = 0   # the epoch best/ on disk holds
+        self._saved_at: float | None = None
 
     # ---- resume -------------------------------------------------------------
     def resume(self, path) -> None:
-        ck = load_checkpoint(path, expected_spec_hash=self.spec_hash)
+        """Continue from the checkpoint at ``path`` (a run's ``last/``): weights, optimiser state,
+        random generator and epoch; the history is the run's metrics up to that epoch (rows logged
+        after it are dropped: the resumed run logs them again)."""
+        ck = load_checkpoint(path, expected_spec_hash=self.spec_hash, schema=TrainedMeta,
+                             expected_shapes={p.name: tuple(p.shape) for p in self.model.plan.params})
         for k, v in ck.params.items():
             self.model.params[k] = v.astype(self.model.dtype)
         if ck.optimizer_state:
             self.optimizer.load_state_dict(ck.optimizer_state)
         self.rng = ck.rng()
-        self.start_epoch = ck.epoch
+        self.start_epoch = self.saved_epoch = ck.epoch
         self.step = ck.step
         extra = ck.extra or {}
-        self.history = list(extra.get("history", []))
         self.best_score = extra.get("best_score")
         self.best_epoch = extra.get("best_epoch", 0)
-        if self.run_dir is not None and (self.run_dir.best / "weights.safetensors").exists():
-            self.best_params = load_checkpoint(self.run_dir.best).params
+        if self.run_dir is not None:
+            self.run_dir.keep_epochs(ck.epoch)
+            self.history = [dict(r) for r in self.run_dir.rows]
+        else:
+            self.history = list(extra.get("history", []))  # checkpoints of nnspec before 0.x kept it there
+        self.history = self.history[:ck.epoch]
+        best = self.run_dir.best if self.run_dir is not None else None
+        if best is not None and (best / "weights.safetensors").exists():
+            saved = load_checkpoint(best)
+            # best/ can be ahead of last/ (a kill between the two saves, or Ctrl-C): the resumed
+            # run reaches that epoch again and finds the same weights, so it is not the best yet
+            if saved.epoch == self.best_epoch:
+                self.best_params = saved.params
+                self.best_saved_epoch, self.best_step = saved.epoch, saved.step
 
     # ---- one epoch ------------------------------------------------------------
     def _train_epoch(self, epoch: int, progress: Progress) -> tuple[float, int]:
@@ -214,20 +279,31 @@ class Trainer:
             self._check_memory(batch)
             if self.schedule is not None:
                 self.optimizer.lr = self.schedule.lr_at(self.step, epoch)
-            with np.errstate(invalid="ignore", divide="ignore"):  # a NaN is caught and named below
+            with np.errstate(invalid="ignore", divide="ignore", over="ignore"):  # a NaN is caught and named below
                 loss, grads, tape = model.loss_and_grads(batch.arrays, batch.lengths, rng=self.rng,
                                                          carry=carry if batch.carry else None,
                                                          single_use=s.rule != "perceptron")
-            if not math.isfinite(loss) or not all(np.isfinite(g).all() for g in grads.values()):
-                self._diagnose_nan(batch, carry, loss)
+            # a bad step is caught where it happens, at the cost of one sum per parameter
+            # (nonfinite.all_finite): the loss here, the clipping's gradient norm when there is
+            # one, and the parameters after the update (a NaN gradient makes its parameter NaN)
+            scale = 1.0
+            if s.clip:
+                norm, scale = clip_scale(grads, s.clip)
+                if not math.isfinite(norm):
+                    self._diagnose_nan(batch, carry, loss, grads, epoch)
+            if not math.isfinite(loss):
+                self._diagnose_nan(batch, carry, loss, grads, epoch)
             if self.data.stream:
                 carry = dict(tape.final_states)
             if s.rule == "perceptron":
                 mistakes += sum(int(((tape.values[h.pred] > 0) != (tape.values[h.target] > 0.5)).sum())
                                 for h in self.heads)
-            scale = clip_scale(grads, s.clip)[1] if s.clip else 1.0
+            updated = list(grads)
             # the gradients are the executor's own and dropped below: the update may overwrite them
-            self.optimizer.step(model.params, grads, scale=scale, consume=True)
+            with np.errstate(over="ignore", invalid="ignore"):  # an overflow is caught and named below
+                self.optimizer.step(model.params, grads, scale=scale, consume=True)
+            if not all_finite(model.params[k] for k in updated):
+                self._bad_update(updated, epoch)
             self.step += 1
             total += loss * batch.size
             count += batch.size
@@ -256,23 +332,52 @@ class Trainer:
         if self.settings.max_length is not None and T > self.settings.max_length:
             raise TrainingError(f"a sequence of {T} steps is longer than max_length {self.settings.max_length}")
 
-    def _diagnose_nan(self, batch, carry, loss) -> None:
-        """Re-run the failing step with checks on every value to name the node that went bad."""
+    def _where(self, epoch: int) -> str:
+        return f"training stopped at step {self.step + 1} (epoch {epoch + 1})"
+
+    def _describe(self, node: str) -> str:
+        return describe_node(self.model.compiled, node)
+
+    def _diagnose_forward(self, batch, carry, epoch: int) -> None:
+        """Re-run the failing step's forward pass with checks on every value: raises naming the first
+        value that went bad, if one did."""
         ex = self.model.executor
         ex.check_finite = True
         try:
             state = np.random.default_rng(0)
-            with np.errstate(invalid="ignore", divide="ignore"):
+            with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
                 self.model.run(batch.arrays, batch.lengths, train=True, rng=state,
                                carry=carry if batch.carry else None)
-            where = "the gradients" if math.isfinite(loss) else "the loss"
-            raise TrainingError(f"training stopped at step {self.step + 1}: {where} became NaN or infinite; "
-                                f"try a smaller learning rate or gradient clipping (clip 5)")
         except RuntimeFailure as e:
-            raise TrainingError(f"training stopped at step {self.step + 1}: {e}; try a smaller learning rate, "
+            bad = str(e).rsplit(" produced ", 1)[-1] if " produced " in str(e) else "NaN or an infinite value"
+            what = self._describe(e.node) if e.node else str(e)
+            raise TrainingError(f"{self._where(epoch)}: {what} produced {bad}; try a smaller learning rate, "
                                 f"gradient clipping (clip 5) or input normalisation (normalize true)") from None
         finally:
             ex.check_finite = False
+
+    def _diagnose_nan(self, batch, carry, loss, grads, epoch: int) -> None:
+        """The loss or the gradients' norm is not finite: name the value that went bad."""
+        self._diagnose_forward(batch, carry, epoch)
+        if not math.isfinite(loss):
+            what = f"the loss {self._describe(self.model.plan.loss)}" if self.model.plan.loss else "the loss"
+            raise TrainingError(f"{self._where(epoch)}: {what} became {'NaN' if math.isnan(loss) else 'infinite'}; "
+                                f"try a smaller learning rate or gradient clipping (clip 5)")
+        names = nonfinite_names(grads) or sorted(grads)
+        raise TrainingError(f"{self._where(epoch)}: the gradient of parameter {self._describe(names[0])} became "
+                            f"{what_is_bad(grads[names[0]])}; try a smaller learning rate or gradient clipping (clip 5)")
+
+    def _bad_update(self, updated: list[str], epoch: int) -> None:
+        """A parameter became NaN or infinite in the update: from a learning rate too large, most
+        often, or from a gradient that was not finite. (The forward pass cannot be re-run to look:
+        the parameters it ran with are gone; its loss was finite.)"""
+        params = {k: self.model.params[k] for k in updated}
+        names = nonfinite_names(params)
+        if not names:
+            return  # the sum overflowed, not the values: they are finite
+        raise TrainingError(f"{self._where(epoch)}: the update made parameter {self._describe(names[0])} "
+                            f"{what_is_bad(params[names[0]])} (learning rate {self.optimizer.lr:g}; its gradient "
+                            f"or the step was too large); try a smaller learning rate or gradient clipping (clip 5)")
 
     # ---- the loop ---------------------------------------------------------------
     def fit(self) -> TrainResult:
@@ -283,42 +388,57 @@ class Trainer:
         steps_per_epoch = self._steps_per_epoch()
         converged = None
         epoch = self.start_epoch
-        with Progress(s.epochs, steps_per_epoch, unit=unit, quiet=self.quiet, stream=self.stream) as progress:
-            for epoch in range(self.start_epoch, s.epochs):
-                progress.start_epoch(epoch + 1)
-                train_loss, mistakes = self._train_epoch(epoch, progress)
-                row: dict[str, Any] = {"epoch": epoch + 1, "train_loss": train_loss, "lr": self.optimizer.lr}
-                if s.rule == "perceptron":
-                    row["train_mistakes"] = mistakes
-                if self.data.has("dev"):
-                    dev = evaluate(self.model, self.data, "dev", s)
-                    row.update({f"dev_{k}": v for k, v in dev.metrics.items()})
-                    score = dev.metrics.get(metric, dev.loss)
+        self._saved_at = None
+        with self.progress(s.epochs, steps_per_epoch, unit=unit, quiet=self.quiet, stream=self.stream) as progress:
+            try:
+                for epoch in range(self.start_epoch, s.epochs):
+                    progress.start_epoch(epoch + 1)
+                    train_loss, mistakes = self._train_epoch(epoch, progress)
+                    row: dict[str, Any] = {"epoch": epoch + 1, "train_loss": train_loss, "lr": self.optimizer.lr}
+                    if s.rule == "perceptron":
+                        row["train_mistakes"] = mistakes
+                    if self.data.has("dev"):
+                        dev = evaluate(self.model, self.data, "dev", s)
+                        row.update({f"dev_{k}": v for k, v in dev.metrics.items()})
+                        score = dev.metrics.get(metric, dev.loss)
+                    else:
+                        score = -train_loss if higher else train_loss
+                    better = self.best_score is None or (score > self.best_score if higher
+                                                         else score < self.best_score)
+                    if better and math.isfinite(score):
+                        self.best_score, self.best_epoch, self.best_step = score, epoch + 1, self.step
+                        self.best_params = {k: v.copy() for k, v in self.model.params.items()}
+                    self.history.append(row)
+                    if self.run_dir is not None:
+                        self.run_dir.log_metrics(row)
+                        if self._checkpoint_due(start):
+                            self._checkpoint(epoch + 1)
+                    progress.end_epoch(row)
+                    if s.rule == "perceptron" and mistakes == 0:
+                        converged = True
+                        break
+                    if s.patience is not None and epoch + 1 - self.best_epoch >= s.patience:
+                        progress.print(f"early stopping: no better dev {metric} for {s.patience} epochs")
+                        break
                 else:
-                    score = -train_loss if higher else train_loss
-                better = self.best_score is None or (score > self.best_score if higher else score < self.best_score)
-                if better and math.isfinite(score):
-                    self.best_score, self.best_epoch = score, epoch + 1
-                    self.best_params = {k: v.copy() for k, v in self.model.params.items()}
-                    self._save("best", epoch + 1, row)
-                self.history.append(row)
+                    if s.rule == "perceptron":
+                        converged = False
+                if self.history:
+                    self._checkpoint(self.history[-1]["epoch"])
+            except KeyboardInterrupt:
+                self._keep_what_is_safe()
+                raise TrainingInterrupted(str(self.run_dir.path) if self.run_dir else None,
+                                          epoch + 1, self._epoch_on_disk()) from None
+            except TrainingError:
+                self._keep_what_is_safe()
+                raise
+            finally:
                 if self.run_dir is not None:
-                    self.run_dir.log_metrics(row)
-                self._save("last", epoch + 1, row)
-                progress.end_epoch({k: v for k, v in row.items() if k not in ("epoch",)})
-                if s.rule == "perceptron" and mistakes == 0:
-                    converged = True
-                    break
-                if s.patience is not None and epoch + 1 - self.best_epoch >= s.patience:
-                    progress.print(f"early stopping: no better dev {metric} for {s.patience} epochs")
-                    break
-            else:
-                if s.rule == "perceptron":
-                    converged = False
+                    self.run_dir.close()
         if self.best_params is not None and self.data.has("dev"):
             self.model.params.update(self.best_params)  # keep the best-dev epoch
         result = TrainResult(params=self.model.params, history=self.history, best_epoch=self.best_epoch,
-                             best=dict(self.history[self.best_epoch - 1]) if self.best_epoch else {},
+                             best=dict(next((r for r in self.history if r.get("epoch") == self.best_epoch), {})),
                              converged=converged, epochs_run=len(self.history),
                              seconds=time.perf_counter() - start,
                              run_dir=str(self.run_dir.path) if self.run_dir else None)
@@ -326,17 +446,67 @@ class Trainer:
             result.test = evaluate(self.model, self.data, "test", s).metrics
         return result
 
-    def _save(self, which: str, epoch: int, row: dict) -> None:
+    # ---- checkpoints ------------------------------------------------------------
+    def _checkpoint_due(self, start: float) -> bool:
+        now = time.perf_counter()
+        if self._saved_at is None:
+            return now - start >= min(FIRST_CHECKPOINT_SECONDS, self.checkpoint_seconds)
+        return now - self._saved_at >= self.checkpoint_seconds
+
+    def _checkpoint(self, epoch: int) -> None:
+        """Make the disk hold the run as of the end of ``epoch``: its metrics rows, then best/
+        (if it improved since it was last written), then last/. In that order a kill at any
+        point leaves a state to resume from: rows beyond last/ are dropped on resume, and a
+        best/ ahead of last/ is found again (see ``resume``)."""
+        if self.run_dir is None or epoch == self.saved_epoch:
+            return
+        self.run_dir.flush(durable=True)
+        self._save_best()
+        self._save(self.run_dir.last, self.model.params, epoch, with_optimizer=True)
+        self.saved_epoch = epoch
+        self._saved_at = time.perf_counter()
+
+    def _save_best(self) -> None:
+        if self.run_dir is None or self.best_params is None or self.best_epoch == self.best_saved_epoch:
+            return
+        self._save(self.run_dir.best, self.best_params, self.best_epoch, with_optimizer=False)
+        self.best_saved_epoch = self.best_epoch
+
+    def _epoch_on_disk(self) -> int:
+        """The epoch a resume would start from: what last/ on disk says (Ctrl-C can land in a save,
+        after the new last/ is in place but before this process noted it)."""
+        if self.run_dir is None:
+            return 0
+        for path in (self.run_dir.last, self.run_dir.path / ".last.old"):  # see checkpoint._tidy
+            try:
+                return int(json.loads((path / "meta.json").read_text(encoding="utf-8"))["epoch"])
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+        return 0
+
+    def _keep_what_is_safe(self) -> None:
+        """After a failure or Ctrl-C mid-epoch: the rows and the best weights so far (finite, from a
+        finished epoch) go to disk; last/ keeps the previous checkpoint (the weights now are
+        mid-epoch, or bad)."""
         if self.run_dir is None:
             return
-        path = self.run_dir.best if which == "best" else self.run_dir.last
-        save_checkpoint(path, self.model.params, optimizer_state=self.optimizer.state_dict() if which == "last"
-                        else None, spec_hash=self.spec_hash, epoch=epoch, step=self.step,
+        try:
+            self.run_dir.flush(durable=True)
+            self._save_best()
+        except (OSError, TrainingError):
+            pass  # the original error says more
+
+    def _save(self, path, params: dict[str, np.ndarray], epoch: int, with_optimizer: bool) -> None:
+        bad = nonfinite_names(params)
+        if bad:  # never reached after the per-step checks; a checkpoint must never hold them
+            raise TrainingError(f"refusing to save {path}: parameter {self._describe(bad[0])} is not finite")
+        row = next((r for r in reversed(self.history) if r.get("epoch") == epoch), {})
+        save_checkpoint(path, params, optimizer_state=self.optimizer.state_dict() if with_optimizer else None,
+                        spec_hash=self.spec_hash, epoch=epoch, step=self.step if with_optimizer else self.best_step,
                         metrics={k: v for k, v in row.items() if isinstance(v, (int, float))},
-                        rng=self.rng, vocabs=self.data.vocab_json(),
+                        rng=self.rng if with_optimizer else None, vocabs=self.data.vocab_json(),
                         norm_stats={k: v.to_json() for k, v in self.data.standardizers.items()},
-                        extra={"history": self.history,
-                               "best_score": self.best_score, "best_epoch": self.best_epoch})
+                        extra={"best_score": self.best_score, "best_epoch": self.best_epoch})
 
 
 def estimate_bptt_bytes(model: Model, T: int, B: int) -> int:

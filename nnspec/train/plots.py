@@ -6,7 +6,7 @@ window, or leaks figures in a long process.
 
 Metric rows use the training loop's keys: ``epoch``, ``train_loss`` (or
 ``loss``), ``dev_loss``, and any other ``train_*`` / ``dev_*`` number as a
-metric (e.g. ``dev_acc``).
+metric (e.g. ``dev_accuracy``); ``lr`` and other keys are not drawn.
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 
 def _series(rows: Sequence[dict[str, Any]], key: str) -> tuple[list, list]:
@@ -38,50 +39,90 @@ def _save(fig: Figure, path: str | os.PathLike) -> Path:
     return path
 
 
-def plot_curves(metrics_rows: Sequence[dict[str, Any]], path: str | os.PathLike,
-                step_losses: Sequence[float] | None = None, title: str = "Training curves") -> Path:
-    """Losses on the left panel (per-step training loss faint behind the
-    per-epoch means, dev loss dashed, so over-fitting shows as the curves
-    parting); other train/dev metrics on the right panel."""
-    rows = list(metrics_rows)
-    fig = Figure(figsize=(11, 4.2))
-    ax_loss, ax_metric = fig.subplots(1, 2)
+def _family(key: str) -> str:
+    """``dev_accuracy`` -> ``accuracy``: train and dev figures of one kind share a panel."""
+    for prefix in ("train_", "dev_", "test_"):
+        if key.startswith(prefix):
+            return key[len(prefix):]
+    return key
 
+
+def _epochs_axis(ax, xs_all: list) -> None:
+    """Epochs are whole numbers: integer ticks, and a little room around one or two points."""
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if xs_all:
+        lo, hi = min(xs_all), max(xs_all)
+        if hi - lo < 4:
+            ax.set_xlim(lo - 0.5, hi + 0.5)
+
+
+def curves_figure(metrics_rows: Sequence[dict[str, Any]], step_losses: Sequence[float] | None = None,
+                  title: str = "Training curves", best_epoch: int | None = None,
+                  loss_unit: str | None = None) -> Figure:
+    """Losses in the first panel (per-step training loss faint behind the per-epoch means,
+    dev loss dashed, so over-fitting shows as the curves parting), labelled with their unit;
+    then one panel per kind of metric (accuracy, perplexity, mistakes...), so figures of
+    different scales each get their own axis. The best epoch is marked in every panel.
+    Epochs are few or many: each is a point while they are few, and ticks are whole epochs."""
+    rows = list(metrics_rows)
     train_key = "train_loss" if any("train_loss" in r for r in rows) else "loss"
+    families: dict[str, list[str]] = {}
+    for r in rows:
+        for k in r:
+            if (k.startswith(("dev_", "train_")) and not k.endswith("loss") and _series(rows, k)[1]
+                    and k not in families.get(_family(k), [])):
+                families.setdefault(_family(k), []).append(k)
+    n = 1 + len(families)
+    fig = Figure(figsize=(5.5 * n, 4.2))
+    axes = fig.subplots(1, n, squeeze=False)[0]
+    few = len(rows) <= 40
+    marker = "o" if few else None
+
+    ax_loss = axes[0]
     if step_losses is not None and len(step_losses):
         # Spread the steps evenly over the epochs the rows cover.
         n_epochs = max([r.get("epoch", i + 1) for i, r in enumerate(rows)] or [1])
         xs = np.arange(1, len(step_losses) + 1) * (n_epochs / len(step_losses))
         ax_loss.plot(xs, step_losses, color="tab:blue", alpha=0.25, linewidth=0.8, label="train (per step)")
-    for key, style, label in ((train_key, "-o", "train"), ("dev_loss", "--s", "dev")):
+    all_xs: list = []
+    for key, style, label in ((train_key, "-", "train"), ("dev_loss", "--", "dev")):
         xs, ys = _series(rows, key)
         if ys:
-            ax_loss.plot(xs, ys, style, markersize=3, label=label)
-    ax_loss.set(xlabel="epoch", ylabel="loss", title="Loss")
-    ax_loss.grid(alpha=0.3)
-    if ax_loss.lines:
-        ax_loss.legend()
+            ax_loss.plot(xs, ys, style, marker=marker, markersize=4, label=label)
+            all_xs += xs
+    ax_loss.set(xlabel="epoch", ylabel=f"loss ({loss_unit})" if loss_unit else "loss", title="Loss")
+    panels = [(ax_loss, all_xs)]
 
-    metric_keys = []
-    for r in rows:
-        for k in r:
-            if (k.startswith(("dev_", "train_")) and not k.endswith("loss")
-                    and k not in metric_keys and _series(rows, k)[1]):
-                metric_keys.append(k)
-    for k in metric_keys:
-        xs, ys = _series(rows, k)
-        ax_metric.plot(xs, ys, "--s" if k.startswith("dev_") else "-o", markersize=3, label=k)
-    ax_metric.set(xlabel="epoch", ylabel="metric", title="Metrics")
-    ax_metric.grid(alpha=0.3)
-    if metric_keys:
-        ax_metric.legend()
-    else:
-        ax_metric.text(0.5, 0.5, "no metrics recorded", ha="center", va="center",
-                       transform=ax_metric.transAxes, color="gray")
+    for ax, (family, keys) in zip(axes[1:], families.items()):
+        xs_all: list = []
+        for k in keys:
+            xs, ys = _series(rows, k)
+            ax.plot(xs, ys, "--" if k.startswith("dev_") else "-", marker=marker, markersize=4,
+                    label=k.split("_", 1)[0] if "_" in k else k)
+            xs_all += xs
+        ax.set(xlabel="epoch", ylabel=family.replace("_", " "), title=family.replace("_", " ").capitalize())
+        if family.startswith("accuracy"):
+            ax.set_ylim(max(0.0, min(ax.get_ylim()[0], 1.0) - 0.02), 1.02)
+        panels.append((ax, xs_all))
 
+    for ax, xs in panels:
+        ax.grid(alpha=0.3)
+        _epochs_axis(ax, xs)
+        if best_epoch:
+            ax.axvline(best_epoch, color="tab:green", linestyle=":", linewidth=1.5,
+                       label=f"best (epoch {best_epoch})")
+        if ax.lines:
+            ax.legend()
     fig.suptitle(title)
     fig.tight_layout()
-    return _save(fig, path)
+    return fig
+
+
+def plot_curves(metrics_rows: Sequence[dict[str, Any]], path: str | os.PathLike,
+                step_losses: Sequence[float] | None = None, title: str = "Training curves",
+                best_epoch: int | None = None, loss_unit: str | None = None) -> Path:
+    """The training curves (``curves_figure``) as a PNG."""
+    return _save(curves_figure(metrics_rows, step_losses, title, best_epoch, loss_unit), path)
 
 
 def plot_confusion(matrix: np.ndarray, labels: Sequence[str], path: str | os.PathLike,

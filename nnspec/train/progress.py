@@ -6,6 +6,11 @@ ends. Otherwise (a log file, a pipe, CI): exactly one plain line per epoch,
 
     epoch 3/10  loss 0.4123  dev_acc 0.8123  1234 ex/s  12.3s
 
+A run of more epochs than fit on a screen (XOR: 2000 of a step each) logs
+every k-th epoch, at most ~``max_lines`` lines; its lines give the rate in
+steps per second over the epochs since the previous line and the time since
+the start, so a tiny epoch's fixed costs do not read as a falling throughput.
+
 ``quiet=True`` prints nothing. ``step`` is on the training hot path: it only
 adds to counters and touches the bar at most every ``refresh_interval``
 seconds.
@@ -24,11 +29,11 @@ def _fmt_value(v: Any) -> str:
         return str(v)
     if isinstance(v, int):
         return str(v)
-    return f"{v:.4f}"
+    return f"{v:.4f}" if v == 0 or 1e-3 <= abs(v) < 1e6 else f"{v:.4g}"
 
 
 def _fmt_rate(rate: float) -> str:
-    return f"{rate:.0f}" if rate >= 100 else f"{rate:.1f}" if rate >= 10 else f"{rate:.2f}"
+    return f"{rate:,.0f}" if rate >= 100 else f"{rate:.1f}" if rate >= 10 else f"{rate:.2f}"
 
 
 def _fmt_duration(seconds: float) -> str:
@@ -69,6 +74,8 @@ class Progress:
         self.epoch = 0
         self.loss = RunningMean()
         self._reset_counters()
+        self._start = self._line_t0 = time.perf_counter()
+        self._line_steps = 0  # steps since the previous printed line
 
     def _reset_counters(self) -> None:
         self.loss.reset()
@@ -129,7 +136,8 @@ class Progress:
 
     def summary(self, metrics: dict[str, Any] | None = None) -> str:
         """The one-line epoch summary (what end_epoch prints)."""
-        elapsed = time.perf_counter() - self._t0
+        now = time.perf_counter()
+        elapsed = now - self._t0
         parts = [f"epoch {self.epoch}/{self.total_epochs}"]
         metrics = dict(metrics or {})
         if self.loss.count:
@@ -139,6 +147,13 @@ class Progress:
         for key in ("epoch", "step"):
             metrics.pop(key, None)
         parts += [f"{k} {_fmt_value(v)}" for k, v in metrics.items()]
+        if self.log_every > 1:  # many short epochs: the steps since the last line, the time since the start
+            span = now - self._line_t0
+            steps = self._line_steps + self.steps
+            if steps and span > 0:
+                parts.append(f"{_fmt_rate(steps / span)} steps/s")
+            parts.append(_fmt_duration(now - self._start))
+            return "  ".join(parts)
         if self.count and elapsed > 0:
             parts.append(f"{_fmt_rate(self.count / elapsed)} {self.unit}/s")
         parts.append(_fmt_duration(elapsed))
@@ -150,7 +165,9 @@ class Progress:
             self._bar.remove_task(self._task)
             self._task = None
         if self.epoch % self.log_every and self.epoch not in (1, self.total_epochs):
+            self._line_steps += self.steps
             return line
+        self._line_steps, self._line_t0 = 0, time.perf_counter()
         if self._bar is not None:
             self._bar.console.print(line, highlight=False, markup=False)
         elif not self.quiet:

@@ -313,10 +313,6 @@ class Generator:
         if c < 0.8:
             self.tags.add("state_act_plain")
             return Expr(self.r.choice(["relu", "tanh", "sigmoid", "abs"]) + "({0})", [e], s, True)
-        if c < 0.9:   # a reduction over time inside the loop
-            red = self.r.choice(REDUCTIONS)
-            self.tags.add("reduce_in_loop:" + red)
-            return Expr(red + "({0})", [self.param_matmul(e, s)], s, True)
         if self.r.random() < 0.6:
             return self.param_matmul(e, s)
         self.tags.add("state_scalar")
