@@ -1,0 +1,492 @@
+"""The oracles that must agree on every generated spec, and one spec's check against all of them.
+
+Every run is float64 and computes the outputs, the loss and the gradients of one objective:
+the loss (when the spec has one) plus ``sum(output * G)`` over the outputs, for a fixed random
+``G`` that is zero at padding steps. The oracles:
+
+  fast     the fast runtime against the reference interpreter (``ExecOptions(fast_loops=False)``),
+           both on the optimised plan;
+  optimize the optimised plan against the unoptimised one, both on the reference interpreter;
+  fd       central finite differences of the objective (unoptimised plan, reference
+           interpreter) along a random direction of every parameter and every real input, against
+           the gradient the runtime computed;
+  torch    PyTorch autograd on a translation of the expanded equations
+           (``tests/difftest/torch_oracle.py``; skipped when it or torch is missing);
+  batch    the padded batch against each sequence run alone over its own length: outputs at real
+           steps, the loss (each loss term weighted as the batch averages it: over examples, or
+           over real steps), every gradient (and zero gradient at padding);
+  repeat   the fast runtime's second and third pass on one geometry, and again after a pass on
+           another geometry, against its first pass (the runtime keeps prepared runs per geometry).
+
+Errors are relative: an output's to its largest value (at least 1), a gradient's to the largest
+gradient of the run. The tolerance is 1e-6.
+"""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import math
+import random
+import traceback
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from nnspec import SpecError, compile_text
+from nnspec.optimize import optimize_plan
+from nnspec.plan import LoopStep
+from nnspec.runtime import ExecOptions, Executor
+
+try:  # another helper's oracle; absent on some branches
+    from .torch_oracle import torch_run
+except ImportError:  # pragma: no cover - depends on the branch and on torch being installed
+    torch_run = None
+
+ORACLES = ["fast", "optimize", "fd", "torch", "batch", "repeat"]
+TOLERANCE = 1e-6
+BINDINGS = {f"vocab(w{i})": 5 for i in range(1, 200)}
+LOSS_OPS = {"mse", "bce", "bce_logits", "perceptron", "cross_entropy", "cross_entropy_logits", "nll"}
+REFERENCE = ExecOptions(fast_loops=False)
+
+
+@dataclass
+class Failure:
+    oracle: str
+    message: str
+    error: float = math.inf
+
+
+@dataclass
+class Outcome:
+    """What checking one spec found. ``rejected``: the compiler's message, when it refused the spec."""
+    text: str
+    rejected: str | None = None
+    errors: dict[str, float] = field(default_factory=dict)     # oracle -> worst relative error
+    skipped: dict[str, str] = field(default_factory=dict)      # oracle -> why it did not run
+    failures: list[Failure] = field(default_factory=list)
+    plan: object = None                                          # the unoptimised plan, when it compiled
+
+    @property
+    def compiled(self) -> bool:
+        return self.rejected is None
+
+
+@dataclass
+class Run:
+    values: dict[str, np.ndarray]     # outputs and the loss
+    grads: dict[str, np.ndarray]      # parameters and real inputs
+    tape_grads: dict | None = None
+
+
+# ---- data --------------------------------------------------------------------------------------
+
+@dataclass
+class Batch:
+    feeds: dict[str, np.ndarray]
+    lengths: np.ndarray | None
+    steps: int
+    batch: int
+
+
+def make_batch(plan, seed: int, T: int | None = None, B: int | None = None, lengths=None) -> Batch:
+    """Random inputs and targets padded as nnspec.data pads them: 0 for reals and tokens (<pad>),
+    -1 for class labels. Sequences of mixed lengths; the longest need not come first."""
+    r = random.Random(seed)
+    rng = np.random.default_rng(seed)
+    T = T or r.randint(1, 5)
+    B = B or r.choice([1, 2, 3, 3])
+    if lengths is None:
+        lengths = [T] + [r.randint(1, T) for _ in range(B - 1)]
+        r.shuffle(lengths)
+    lengths = np.array(lengths, dtype=np.int64)
+    has_seq = any(v.seq for v in plan.inputs + plan.targets)
+    real = np.arange(T)[:, None] < lengths[None, :]
+    feeds = {}
+    for v in plan.inputs + plan.targets:
+        shape = ((T, B) if v.seq else (B,)) + tuple(v.shape)
+        if v.integer:
+            card = v.card if isinstance(v.card, int) else 5
+            low = 1 if v.role == "input" else 0           # token 0 is <pad>
+            a = rng.integers(low, card, size=shape)
+            if v.seq:
+                a[~real] = 0 if v.role == "input" else -1
+        else:
+            a = rng.normal(size=shape)
+            if v.seq:
+                a = a * real.reshape(real.shape + (1,) * (a.ndim - 2))
+        feeds[v.name] = a
+    return Batch(feeds, lengths if has_seq else None, T if has_seq else 0, B)
+
+
+def random_params(plan, seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed + 7)
+    return {p.name: rng.normal(scale=0.5, size=tuple(p.shape)) for p in plan.params}
+
+
+def output_seeds(plan, values, batch: Batch, seed: int) -> dict[str, np.ndarray]:
+    """The G of sum(output * G): random, zero at padding steps."""
+    rng = np.random.default_rng(seed + 11)
+    seeds = {}
+    for o in plan.outputs:
+        g = rng.normal(size=values[o].shape)
+        if batch.lengths is not None and g.ndim >= 2 and g.shape[0] == batch.steps and _is_seq(plan, o):
+            g = g * _real(batch, g.ndim)
+        seeds[o] = g
+    return seeds
+
+
+def _real(batch: Batch, ndim: int) -> np.ndarray:
+    real = (np.arange(batch.steps)[:, None] < batch.lengths[None, :]).astype(float)
+    return real.reshape(real.shape + (1,) * (ndim - 2))
+
+
+def _seq_ids(plan) -> set[str]:
+    ids = {v.name for v in plan.inputs + plan.targets if v.seq}
+    for s in plan.steps:
+        for b in (s.body if isinstance(s, LoopStep) else [s]):
+            if b.seq:
+                ids.add(b.id)
+    return ids
+
+
+def _is_seq(plan, name: str) -> bool:
+    return name in _seq_ids(plan)
+
+
+# ---- running -----------------------------------------------------------------------------------
+
+def run(ex: Executor, params, batch: Batch, seeds: dict | None, keep_all=False) -> Run:
+    """Forward and backward of the objective (loss + sum(output * G)); copies of what matters."""
+    plan = ex.plan
+    tape = ex.forward(params, batch.feeds, lengths=batch.lengths)
+    values = {o: np.array(tape.values[o], copy=True) for o in plan.outputs}
+    if plan.loss is not None:
+        values["<loss>"] = np.array(tape.values[plan.loss], copy=True)
+    s = dict(seeds or {})
+    if plan.loss is not None:
+        s[plan.loss] = np.ones_like(tape.values[plan.loss])
+    grads = ex.backward(tape, seeds=s)
+    leaves = set(params) | {v.name for v in plan.inputs if not v.integer}
+    out = {k: np.array(grads[k], copy=True) if k in grads else np.zeros_like(
+        params[k] if k in params else batch.feeds[k], dtype=float) for k in leaves}
+    return Run(values, out, dict(grads) if keep_all else None)
+
+
+def objective(ex: Executor, params, batch: Batch, seeds: dict) -> float:
+    tape = ex.forward(params, batch.feeds, lengths=batch.lengths)
+    total = 0.0
+    if ex.plan.loss is not None:
+        total += float(np.sum(tape.values[ex.plan.loss]))
+    for o, g in seeds.items():
+        total += float(np.sum(tape.values[o] * g))
+    return total
+
+
+def compare(oracle: str, got: Run, want: Run, plan, batch: Batch, out: Outcome, what: str = "") -> None:
+    """Worst relative error of outputs (at real steps), the loss and every gradient."""
+    worst, where = 0.0, ""
+    for k, w in want.values.items():
+        g = got.values.get(k)
+        if g is None or np.shape(g) != np.shape(w):
+            out.failures.append(Failure(oracle, f"{what}{k}: shape {np.shape(g)} != {np.shape(w)}"))
+            out.errors[oracle] = math.inf
+            return
+        if batch.lengths is not None and k in plan.outputs and _is_seq(plan, k):
+            mask = _real(batch, w.ndim)
+            g, w = g * mask, w * mask
+        e = float(np.abs(g - w).max() / max(np.abs(w).max(), 1.0)) if w.size else 0.0
+        if not e <= worst:
+            worst, where = e, k
+    scale = max([np.abs(w).max() for w in want.grads.values() if w.size] + [1e-3])
+    for k, w in want.grads.items():
+        g = got.grads.get(k)
+        if g is None or np.shape(g) != np.shape(w):
+            out.failures.append(Failure(oracle, f"{what}gradient of {k}: shape {np.shape(g)} != {np.shape(w)}"))
+            out.errors[oracle] = math.inf
+            return
+        e = float(np.abs(g - w).max() / scale) if w.size else 0.0
+        if not e <= worst:
+            worst, where = e, "gradient of " + k
+    note(out, oracle, worst, f"{what}{where}")
+
+
+def note(out: Outcome, oracle: str, err: float, where: str) -> None:
+    out.errors[oracle] = max(out.errors.get(oracle, 0.0), err) if not math.isnan(err) else math.inf
+    if not err <= TOLERANCE:
+        out.failures.append(Failure(oracle, f"{where}: relative error {err:.3g}", err))
+
+
+def _crash(oracle: str, out: Outcome, exc: BaseException) -> None:
+    tb = traceback.extract_tb(exc.__traceback__)
+    frames = [f for f in tb if "/nnspec/" in f.filename or "torch_oracle" in f.filename] or tb[-1:]
+    site = f"{frames[-1].filename.rsplit('/', 1)[-1]}:{frames[-1].name}" if frames else "?"
+    out.failures.append(Failure(oracle, f"crash {type(exc).__name__} in {site}: {str(exc).splitlines()[0][:200]}"))
+    out.errors[oracle] = math.inf
+
+
+# ---- the check --------------------------------------------------------------------------------
+
+def check(text: str, seed: int = 0, oracles=ORACLES) -> Outcome:
+    """Check one spec against every oracle asked for; never raises for a failing oracle."""
+    with np.errstate(all="ignore"):   # a NaN shows up as an error of the oracle, not as a warning
+        return _check(text, seed, oracles)
+
+
+def _check(text: str, seed: int, oracles) -> Outcome:
+    out = Outcome(text)
+    try:
+        raw = compile_text(text, bindings=BINDINGS, optimize=False)
+        opt = dataclasses.replace(raw, plan=optimize_plan(raw.plan))   # what compile_text(text) makes
+    except SpecError as e:
+        out.rejected = str(e)
+        return out
+    except Exception as e:  # a crash of the front end is a finding too
+        out.rejected = f"crash {type(e).__name__}: {e}"
+        return out
+    plan, base = opt.plan, raw.plan
+    out.plan = base
+    params = random_params(base, seed)
+    batch = make_batch(base, seed)
+    ref_raw = Executor(base, dtype=np.float64, options=REFERENCE)
+    try:
+        tape = ref_raw.forward(params, batch.feeds, lengths=batch.lengths)
+        seeds = output_seeds(base, tape.values, batch, seed)
+        del tape
+        want = run(ref_raw, params, batch, seeds, keep_all=True)
+    except Exception as e:   # the reference run on the unoptimised plan: what these oracles compare with
+        for o in ("optimize", "fd", "batch"):
+            if o in oracles:
+                _crash(o, out, e)
+        return out
+
+    reference = None   # the optimised plan on the reference interpreter: what "fast" is compared with
+    if "optimize" in oracles or "fast" in oracles:
+        try:
+            reference = run(Executor(plan, dtype=np.float64, options=REFERENCE), params, batch, seeds)
+            if "optimize" in oracles:
+                compare("optimize", reference, want, base, batch, out)
+        except Exception as e:
+            _crash("optimize", out, e)
+    fast = Executor(plan, dtype=np.float64)
+    first = None
+    if "fast" in oracles or "repeat" in oracles:
+        try:
+            first = run(fast, params, batch, seeds)
+            if "fast" in oracles:
+                compare("fast", first, reference or want, base, batch, out)
+        except Exception as e:
+            _crash("fast", out, e)
+            first = None
+    if "repeat" in oracles and first is not None:
+        try:
+            check_repeat(fast, params, batch, seeds, first, base, seed, out)
+        except Exception as e:
+            _crash("repeat", out, e)
+    if "fd" in oracles:
+        try:
+            check_fd(ref_raw, params, batch, seeds, want, seed, out)
+        except Exception as e:
+            _crash("fd", out, e)
+    if "batch" in oracles:
+        if batch.lengths is None and batch.batch == 1:
+            out.skipped["batch"] = "one example"
+        else:
+            try:
+                check_batch(ref_raw, params, batch, seeds, want, out)
+            except Exception as e:
+                _crash("batch", out, e)
+    if "torch" in oracles:
+        check_torch(opt, ref_raw, params, batch, seeds, out)
+    return out
+
+
+def check_repeat(fast: Executor, params, batch: Batch, seeds, first: Run, plan, seed: int, out: Outcome) -> None:
+    """Passes 2 and 3 on the same geometry, a pass on another, then the first geometry again."""
+    for i in (2, 3):
+        compare("repeat", run(fast, params, batch, seeds), first, plan, batch, out, f"pass {i}: ")
+    T = batch.steps
+    other = make_batch(plan, seed + 1, T=max(T, 1) + (1 if T else 0) if T else None, B=max(1, batch.batch))
+    other_seeds = output_seeds(plan, Executor(plan, dtype=np.float64, options=REFERENCE).forward(
+        params, other.feeds, lengths=other.lengths).values, other, seed + 1)
+    run(fast, params, other, other_seeds)
+    compare("repeat", run(fast, params, batch, seeds), first, plan, batch, out, "after another geometry: ")
+
+
+def check_fd(ex: Executor, params, batch: Batch, seeds, want: Run, seed: int, out: Outcome, eps=1e-6) -> None:
+    """Central differences of the objective along a random unit direction through every parameter
+    and every real input at once, against the runtime's gradient projected on it; when they differ,
+    along one direction per parameter and input, to name the one whose gradient is wrong.
+
+    The error is relative to the largest gradient. A wrong gradient of any element shows up
+    (a random direction is orthogonal to an error with probability 0), at the cost of two passes
+    instead of two per element."""
+    rng = np.random.default_rng(seed + 13)
+    scale = max([np.abs(g).max() for g in want.grads.values() if g.size] + [1e-3])
+    seq_inputs = {i.name for i in ex.plan.inputs if i.seq}
+    directions = {}
+    for name, g in sorted(want.grads.items()):
+        v = rng.normal(size=(params[name] if name in params else batch.feeds[name]).shape)
+        if name not in params and batch.lengths is not None and name in seq_inputs:
+            v = v * _real(batch, v.ndim)   # padding is not an input anyone can change
+        directions[name] = v
+
+    def error(names: list[str]) -> tuple[float, str]:
+        """The error at eps; when that is too big, the best of other steps too: a saturated sigmoid
+        under bce (1 - p cancels) makes differences noisy at one step, a wrong gradient at every step."""
+        best = (math.inf, "")
+        for h in (eps, 1e-5, 1e-7, 1e-4):
+            best = min(best, error_at(names, h))
+            if best[0] <= TOLERANCE:
+                break
+        return best
+
+    def error_at(names: list[str], eps: float) -> tuple[float, str]:
+        norm = math.sqrt(sum(float(np.sum(directions[n] ** 2)) for n in names))
+        if norm == 0:
+            return 0.0, ""
+
+        def at(delta):
+            p = {**params, **{n: params[n] + delta * directions[n] / norm for n in names if n in params}}
+            feeds = {**batch.feeds, **{n: batch.feeds[n] + delta * directions[n] / norm for n in names
+                                      if n not in params}}
+            return objective(ex, p, Batch(feeds, batch.lengths, batch.steps, batch.batch), seeds)
+
+        numeric = (at(eps) - at(-eps)) / (2 * eps)
+        analytic = sum(float(np.sum(want.grads[n].reshape(directions[n].shape) * directions[n])) for n in names) / norm
+        return abs(numeric - analytic) / scale, f"numeric {numeric:.9g}, runtime {analytic:.9g}"
+
+    names = list(directions)
+    worst, where = error(names)
+    if not worst <= TOLERANCE:
+        for n in names:
+            e, detail = error([n])
+            if not e <= TOLERANCE:
+                where = f"d/d{n} along a random direction: {detail}"
+                break
+        else:
+            where = f"along a random direction through every parameter and input: {where}"
+    note(out, "fd", worst, where)
+
+
+def check_batch(ex: Executor, params, batch: Batch, seeds, want: Run, out: Outcome) -> None:
+    """The batch against each example alone; the loss terms weighted as the batch averages them."""
+    plan = ex.plan
+    seq = _seq_ids(plan)
+    terms = [s for s in plan.steps if not isinstance(s, LoopStep) and s.op in LOSS_OPS]
+    grads = want.tape_grads
+    coeff = {}
+    for s in terms:
+        c = np.asarray(grads.get(s.id, 0.0))
+        if c.size != 1:
+            out.failures.append(Failure("batch", f"the loss is not one number: the gradient reaching "
+                                                 f"{s.op} has shape {c.shape}"))
+            out.errors["batch"] = math.inf
+            return
+        coeff[s.id] = float(c.reshape(-1)[0])
+    if plan.loss is not None and np.asarray(want.values["<loss>"]).size != 1:
+        out.failures.append(Failure("batch", f"the loss has shape {np.shape(want.values['<loss>'])}, not one number"))
+        out.errors["batch"] = math.inf
+        return
+    B = batch.batch
+    lengths = batch.lengths if batch.lengths is not None else np.ones(B, dtype=np.int64)
+    total_steps = lengths.sum()
+    loss_sum = 0.0
+    grad_sum = {k: np.zeros_like(g) for k, g in want.grads.items() if k in params}
+    worst, where = 0.0, ""
+    for i in range(B):
+        n = int(lengths[i])
+        feeds = {}
+        for k, a in batch.feeds.items():
+            feeds[k] = a[:n, i:i + 1] if k in seq else a[i:i + 1]
+        alone = Batch(feeds, np.array([n]) if batch.lengths is not None else None, n if batch.lengths is not None
+                      else 0, 1)
+        s = {o: (g[:n, i:i + 1] if o in seq else g[i:i + 1]) for o, g in seeds.items()}
+        tape = ex.forward(params, feeds, lengths=alone.lengths)
+        for t in terms:
+            per_step = t.inputs[0][0] in seq
+            w = (n / total_steps) if per_step else 1.0 / B
+            s[t.id] = np.full_like(tape.values[t.id], coeff[t.id] * w)
+            loss_sum += coeff[t.id] * w * float(np.sum(tape.values[t.id]))
+        for o in plan.outputs:
+            got = tape.values[o]
+            ref = want.values[o][:n, i:i + 1] if o in seq else want.values[o][i:i + 1]
+            e = float(np.abs(got - ref).max() / max(np.abs(ref).max(), 1.0))
+            if not e <= worst:
+                worst, where = e, f"output {o} of example {i}"
+        g = ex.backward(tape, seeds=s)
+        for k in grad_sum:
+            if k in g:
+                grad_sum[k] += g[k]
+        for v in plan.inputs:
+            if v.integer:
+                continue
+            ref = want.grads[v.name][:n, i:i + 1] if v.seq else want.grads[v.name][i:i + 1]
+            got = g.get(v.name, np.zeros_like(ref))
+            scale = max([np.abs(x).max() for x in want.grads.values() if x.size] + [1e-3])
+            e = float(np.abs(got - ref).max() / scale)
+            if not e <= worst:
+                worst, where = e, f"gradient of input {v.name} of example {i}"
+            if v.seq and n < batch.steps:
+                pad = want.grads[v.name][n:, i]
+                e = float(np.abs(pad).max() / scale)
+                if not e <= worst:
+                    worst, where = e, f"gradient of input {v.name} at padding of example {i}"
+    if plan.loss is not None:
+        ref = float(np.sum(want.values["<loss>"]))
+        e = abs(loss_sum - ref) / max(abs(ref), 1.0)
+        if not e <= worst:
+            worst, where = e, f"loss: batch {ref:.9g}, examples alone {loss_sum:.9g}"
+    scale = max([np.abs(x).max() for x in want.grads.values() if x.size] + [1e-3])
+    for k, gs in grad_sum.items():
+        e = float(np.abs(gs - want.grads[k]).max() / scale)
+        if not e <= worst:
+            worst, where = e, f"gradient of {k}: batch against the sum over examples alone"
+    note(out, "batch", worst, where)
+
+
+def check_torch(compiled, ex: Executor, params, batch: Batch, seeds, out: Outcome) -> None:
+    """PyTorch on the expanded equations: outputs, the loss and its gradients (of the outputs'
+    objective when there is no loss)."""
+    if torch_run is None:
+        out.skipped["torch"] = "tests/difftest/torch_oracle.py or torch is missing"
+        return
+    plan = ex.plan
+    try:
+        kwargs = {}
+        if plan.loss is None and "seeds" in inspect.signature(torch_run).parameters:
+            kwargs["seeds"] = seeds
+        result = torch_run(compiled, params, batch.feeds, batch.lengths, **kwargs)
+    except Exception as e:
+        if type(e).__name__ == "Untranslatable":
+            out.skipped["torch"] = f"untranslatable: {getattr(e, 'construct', e)}"
+            return
+        _crash("torch", out, e)
+        return
+    try:
+        tape = ex.forward(params, batch.feeds, lengths=batch.lengths)
+        values = {o: np.array(tape.values[o]) for o in plan.outputs}
+        s = dict(seeds) if plan.loss is None else {plan.loss: np.ones_like(tape.values[plan.loss])}
+        grads = ex.backward(tape, seeds=s)
+        if plan.loss is not None:
+            loss = np.asarray(tape.values[plan.loss])
+            if loss.size != 1:
+                out.failures.append(Failure("torch", f"the loss has shape {loss.shape}, not one number"))
+                out.errors["torch"] = math.inf
+                return
+            if result.loss is None:
+                out.failures.append(Failure("torch", "the oracle computed no loss"))
+                out.errors["torch"] = math.inf
+                return
+            values["<loss>"] = loss.reshape(())
+        leaves = set(params) | {v.name for v in plan.inputs if not v.integer}
+        want = Run(values, {k: np.asarray(grads[k]) if k in grads else np.zeros_like(
+            params[k] if k in params else batch.feeds[k], dtype=float) for k in leaves})
+        got_values = {k: np.asarray(v) for k, v in result.outputs.items()}
+        if plan.loss is not None:
+            got_values["<loss>"] = np.asarray(result.loss, dtype=float).reshape(())
+        got = Run(got_values, {k: np.asarray(result.grads[k]).reshape(w.shape) if k in result.grads
+                               and np.size(result.grads[k]) == w.size else np.zeros_like(w)
+                               for k, w in want.grads.items()})
+        compare("torch", got, want, plan, batch, out)
+    except Exception as e:
+        _crash("torch", out, e)

@@ -1,0 +1,160 @@
+"""Compiler-grade correctness: random valid specs agree across independent oracles.
+
+The way Csmith tests C compilers: ``tests/difftest/generator.py`` makes random valid specs
+from a small typed model (seeded, so every run checks the same specs), and
+``tests/difftest/oracles.py`` runs each through oracles that must agree in float64:
+the fast runtime and the reference interpreter, the optimised and the unoptimised plan,
+central finite differences, PyTorch (when its oracle is present), a padded batch and each
+sequence alone, and a repeated pass and the first. A failure is shrunk to a small spec
+(``tests/difftest/shrink.py``) and printed, ready to become a regression test below.
+
+Known bugs (``tests/difftest/known.py``) are excused by name, each with its minimal spec,
+which runs here as a non-strict xfail: when one XPASSes its fix is in, and its entry goes.
+
+The default run checks 500 specs (~1-2 minutes on a loaded 2-core machine); ``--runslow``
+checks 20,000, as does ``python -m tests.difftest --count 20000``.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from nnspec import compile_text
+from nnspec.ops.activations import Tanh
+from nnspec.ops.sequence import Last
+from nnspec.runtime import Executor
+from tests.difftest import campaign
+from tests.difftest.generator import ACTIVATIONS, LOSSES, REDUCTIONS, STDLIB, generate
+from tests.difftest.known import KNOWN
+from tests.difftest.oracles import ORACLES, check
+from tests.difftest.shrink import shrink_failure
+
+DEFAULT_SEEDS = range(0, 500)
+SLOW_SEEDS = range(500, 20500)
+
+
+def assert_agree(summary: campaign.Summary) -> None:
+    assert summary.compile_rate >= 0.99, summary.table()
+    assert not summary.findings, "specs the oracles disagree on (shrunk):\n" + summary.table()
+
+
+@pytest.fixture(scope="module")
+def default_run() -> campaign.Summary:
+    return campaign.run(DEFAULT_SEEDS)
+
+
+def test_random_specs_agree_across_oracles(default_run, capsys):
+    with capsys.disabled():
+        print("\n" + default_run.line())
+    assert_agree(default_run)
+    for o in ORACLES:
+        if o != "torch":
+            assert default_run.checked[o] >= 400, (o, default_run.checked[o])   # most specs, every oracle
+
+
+@pytest.mark.slow
+def test_twenty_thousand_random_specs_agree(capsys):
+    summary = campaign.run(SLOW_SEEDS)
+    with capsys.disabled():
+        print("\n" + summary.table())
+    assert_agree(summary)
+
+
+# ---- the generator ---------------------------------------------------------------------------
+
+def test_generator_covers_the_language(default_run):
+    """Every construct the issue lists appears among the specs that compiled."""
+    tags = default_run.tags
+    wanted = ({"act:" + a for a in ACTIVATIONS} | {"reduce:" + r for r in REDUCTIONS}
+              | {f"cell:{c}" for c in STDLIB}
+              | {f"cell:{w}({c})" for c in STDLIB for w in ("reverse", "bidirectional", "stacked")}
+              | {f"loss:{k}:{per}" for k in LOSSES for per in ("step", "example")}
+              | {"loss:weighted", "loss:several", "op+", "op-", "op*", "op/", "concat", "const", "literal", "shift",
+                 "embed", "scalar", "delay[t-1]", "delay[t-2]", "delay[t+1]", "two_states", "gated",
+                 "delayed_outer", "delayed_inner", "init:learned", "init:const", "init:computed", "user_cell",
+                 "cell:dense", "init:lstm_context", "user_cell:reverse", "user_cell:bidirectional",
+                 "user_cell:stacked", "user_cell:two_inputs"})
+    assert not wanted - set(tags), sorted(wanted - set(tags))
+
+
+def test_generator_is_deterministic():
+    assert [generate(s).text() for s in range(20)] == [generate(s).text() for s in range(20)]
+    assert len({generate(s).text() for s in range(20)}) == 20
+
+
+# ---- the oracles can fail: bugs planted in the runtime are caught and shrunk ----------------------
+
+def test_a_wrong_derivative_fails_finite_differences_and_shrinks(monkeypatch):
+    monkeypatch.setattr(Tanh, "vjp", lambda self, g, xs, out, attrs, ctx: [g * (1.0 - out * out) * 1.01])
+    seed = next(s for s in range(100) if "act:tanh" in generate(s).tags)
+    spec = generate(seed)
+    assert any(f.oracle == "fd" for f in check(spec.text(), seed).failures)
+    small, outcome = shrink_failure(spec, seed, "fd")
+    assert any(f.oracle == "fd" for f in outcome.failures)
+    assert len(small.text().splitlines()) <= 4 and "tanh" in small.text(), small.text()
+
+
+def test_a_wrong_fast_loop_kernel_fails_the_fast_oracle(monkeypatch):
+    def local_grad(self, xs, out, attrs, into=None):
+        d = np.square(out, out=into)
+        np.subtract(1.01, d, out=d)
+        return d
+    monkeypatch.setattr(Tanh, "local_grad", local_grad)
+    failures = check("input x[2] : seq\noutput h\nh = rnn(x, H = 3)\n", 0).failures
+    assert {f.oracle for f in failures} == {"fast"}
+
+
+def test_padding_that_leaks_fails_the_batch_oracle(monkeypatch):
+    monkeypatch.setattr(Last, "forward", lambda self, xs, attrs, ctx: xs[0][-1])
+    text = "input x[2] : seq\noutput y\ny[2] = last(W @ x)\n"
+    assert "batch" in {f.oracle for f in check(text, 0).failures}
+
+
+def test_a_pass_that_differs_from_the_first_fails_the_repeat_oracle(monkeypatch):
+    run_prepared = Executor._run_prepared
+
+    def drifting(self, run, tape, *args):
+        run_prepared(self, run, tape, *args)
+        for o in self.plan.outputs:
+            tape.values[o] = tape.values[o] + 1e-3
+    monkeypatch.setattr(Executor, "_run_prepared", drifting)
+    assert "repeat" in {f.oracle for f in check("input x[2]\noutput y\ny[3] = tanh(W @ x)\n", 0).failures}
+
+
+# ---- known bugs: each minimal spec still fails (XPASS: the fix is in; delete its entry) ------------
+
+@pytest.mark.parametrize("bug", KNOWN, ids=[b.name for b in KNOWN])
+@pytest.mark.xfail(strict=False, reason="a known bug (tests/difftest/known.py)")
+def test_known_bug_is_fixed(bug):
+    if bug.probe is not None:
+        assert not bug.probe(), bug.description
+    outcome = check(bug.spec, bug.seed)
+    assert outcome.compiled, outcome.rejected
+    assert not outcome.failures, [f"{f.oracle}: {f.message}" for f in outcome.failures]
+
+
+# ---- regressions found by the random tester ---------------------------------------------------------
+
+REGRESSIONS = {
+    # a value read at another step outside any loop was typed before what it reads, so it was
+    # not a sequence: its padding went unmasked, a second pass crashed, and mean(y) was rejected
+    "delayed_copy_of_a_sequence": "input x[2] : seq\noutput y\ng[2] = W @ x\ny[2] = g[t-1]\n",
+    "reduction_of_a_delayed_copy": "input x[2] : seq\noutput m\ng[2] = W @ x\ny[2] = g[t-1]\nm = mean(y)\n",
+    "loop_reading_a_sequence_at_t_minus_1": "input x[2] : seq\noutput h\nc[2] = sigmoid(W @ x)\n"
+                                            "h[2] = tanh(U @ h[t-1] + V @ c[t-1])\n",
+    "chain_of_reads_ahead_in_a_padded_batch": "input x[2] : seq\ninput z[2] : seq\noutput p\nh0[2] = W0 @ x + z\n"
+                                              "h1[3] = W1 @ h0[t+2]\np[4] = tanh(W3 @ h1 + p[t+1])\n",
+}
+
+
+@pytest.mark.parametrize("name", REGRESSIONS)
+@pytest.mark.parametrize("seed", range(4))
+def test_regression_agrees_across_oracles(name, seed):
+    outcome = check(REGRESSIONS[name], seed)
+    assert outcome.compiled, outcome.rejected
+    assert not outcome.failures, [f"{f.oracle}: {f.message}" for f in outcome.failures]
+
+
+def test_a_delayed_copy_of_a_sequence_is_a_sequence():
+    plan = compile_text(REGRESSIONS["delayed_copy_of_a_sequence"]).plan
+    assert next(s for s in plan.steps if s.id == "y").seq
