@@ -240,6 +240,8 @@ class _Example:
             if spec.expr_seq(e, spec.seq):
                 raise Untranslatable("initial state that is a sequence", name)
             v = self.eval(e, None)
+            if v.is_floating_point() and v.dim() == 0:   # `initial h = 0.5`: every unit of the state
+                v = v * torch.ones(self.spec.state_shape(name), dtype=DTYPE)
         elif name in spec.decls and spec.integer_input(name):
             # w[t-1] before the first word: id 0 ('<pad>', a learned row of a table), as the runtime
             # reads it; the reference says only "zero" (shift pads with -1, which embeds to zeros)
@@ -312,6 +314,8 @@ def _binary(op: str, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     if op == "@":
         if a.dim() != 2:
             raise Untranslatable("matmul with a left operand that is not a matrix", str(tuple(a.shape)))
+        if b.dim() == 0:      # a real number per example is a vector of one (W is [n, 1])
+            b = b.reshape(1)
         return b @ a.T if b.dim() > 1 else a @ b
     if not (a.is_floating_point() and b.is_floating_point()):
         raise Untranslatable("arithmetic on ids")
