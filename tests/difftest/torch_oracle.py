@@ -243,9 +243,8 @@ class _Example:
             if v.is_floating_point() and v.dim() == 0:   # `initial h = 0.5`: every unit of the state
                 v = v * torch.ones(self.spec.state_shape(name), dtype=DTYPE)
         elif name in spec.decls and spec.integer_input(name):
-            # w[t-1] before the first word: id 0 ('<pad>', a learned row of a table), as the runtime
-            # reads it; the reference says only "zero" (shift pads with -1, which embeds to zeros)
-            v = torch.zeros((), dtype=torch.long)
+            # w[t-1] before the first word: nothing, id -1 (embeds to zeros), as shift pads
+            v = torch.full((), -1, dtype=torch.long)
         else:
             v = torch.zeros(self.spec.state_shape(name), dtype=DTYPE)
         self.memo[key] = v
