@@ -87,3 +87,24 @@ def test_tokens_read_before_the_first_step_are_no_token(fast):
     (table,) = params.values()
     np.testing.assert_array_equal(out["a"][0], 0.0)
     np.testing.assert_allclose(out["a"][1:, 0], table[w[:-1, 0]])
+
+
+@pytest.mark.parametrize("text, feeds, loss", [
+    # the losing class: log-probability -80 (logit gap 2 * 40); the clip would stop at 27.6
+    ("input x[2]\ntarget y : class[2]\nloss cross_entropy(softmax(40 * W @ x), y)\n",
+     {"x": np.array([[2.0, 0.0]]), "y": np.array([1])}, 80.0),
+    ("input x[2]\ntarget y : class[2]\np = softmax(40 * W @ x)\nloss cross_entropy(p, y)\n",
+     {"x": np.array([[2.0, 0.0]]), "y": np.array([1])}, 80.0),
+    ("input x[2]\ntarget r[2]\nloss bce(sigmoid(40 * W @ x), r)\n",
+     {"x": np.array([[2.0, 0.0]]), "r": np.array([[0.0, 0.0]])}, (80.0 + np.log(2.0)) / 2),
+])
+@pytest.mark.parametrize("optimize", [False, True])
+@pytest.mark.parametrize("fast", [True, False])
+def test_a_loss_of_its_activation_is_the_exact_loss_of_the_logits(text, feeds, loss, optimize, fast):
+    """Optimised or not, on either path: no clip at 1e-12, and a gradient that does not vanish."""
+    from nnspec.runtime import ExecOptions, Executor
+    plan = compile_text(text, optimize=optimize).plan
+    ex = Executor(plan, dtype=np.float64, options=ExecOptions(fast_loops=fast))
+    tape = ex.forward({"W": np.eye(2)}, feeds)
+    assert float(tape.values[plan.loss]) == pytest.approx(loss, rel=1e-12)
+    assert np.abs(ex.backward(tape)["W"]).max() > 1.0
