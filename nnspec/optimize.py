@@ -89,7 +89,9 @@ def _optimize(plan: Plan, passes) -> Plan:
     def run(name: str, apply) -> None:
         apply()
         # each pass hands on a plan the runtime can run: a pass that breaks one is named at once
-        verify_plan(plan.model_copy(update={"steps": w.steps}), stage=f"the optimisation pass {name}")
+        # (the shape rules, most of the checking's cost, run once on the last pass's plan below)
+        verify_plan(plan.model_copy(update={"steps": w.steps}), stage=f"the optimisation pass {name}",
+                    shapes=False)
 
     if "fuse_losses" in passes:
         run("fuse_losses", lambda: fuse_losses(w))
@@ -109,6 +111,7 @@ def _optimize(plan: Plan, passes) -> Plan:
         run("simplify", lambda: simplify(w, drop_whole=("simplify" in passes)))
     plan.steps = w.steps
     plan.passes = [p for p in PASSES if p in passes]
+    verify_plan(plan, stage=f"the optimisation passes {', '.join(plan.passes) or '(none)'}")
     return plan
 
 

@@ -161,7 +161,8 @@ def build_plan(graph: Graph, order: list[str], components: list[Component]) -> P
     plan = Plan(name=graph.flat.name, inputs=[v for v in inputs if v.role == "input"],
                 targets=[v for v in inputs if v.role == "target"], params=params, consts=consts,
                 steps=steps, outputs=list(graph.outputs), loss=graph.loss, recurrent=bool(components))
-    verify_plan(plan, stage="build_plan")
+    # the shape rules are checked on the plan the runtime gets (the last pass's, or the compiler's)
+    verify_plan(plan, stage="build_plan", shapes=False)
     return plan
 
 
@@ -320,7 +321,7 @@ class _CheckDims:
         return d
 
 
-def verify_plan(plan: Plan, stage: str | None = None) -> list[str]:
+def verify_plan(plan: Plan, stage: str | None = None, shapes: bool = True) -> list[str]:
     """The invariants the runtime relies on, checked in one walk (O(steps)). Returns the problems
     found; with ``stage`` (what built the plan), raises :class:`PlanInvariantError` when there are any.
 
@@ -329,10 +330,12 @@ def verify_plan(plan: Plan, stage: str | None = None) -> list[str]:
       a loop) one of that loop's states;
     * a loop runs forward (+1) or backward (-1); its states are values of its body, and their
       initial states are defined before the loop;
-    * each step's op is in the registry, takes that many inputs, and its shape rule gives the
-      step's shape from its operands' shapes;
+    * each step's op is in the registry, takes that many inputs, and (unless ``shapes`` is False:
+      the shape rules are most of the cost) its shape rule gives the step's shape from its
+      operands' shapes;
     * the outputs and the loss are values of the plan, and the loss is one number.
     """
+    check_shapes = shapes
     problems: list[str] = []
     shapes: dict[str, list] = {}      # every value defined so far -> its shape
     for v in plan.inputs + plan.targets:
@@ -354,42 +357,41 @@ def verify_plan(plan: Plan, stage: str | None = None) -> list[str]:
         shapes[s.id] = s.shape
         loss_ops[s.id] = s.op
 
-    def check_step(s: OpStep, loop: LoopStep | None, body: dict[str, list]) -> None:
+    def check_step(s: OpStep, body: dict[str, list], states: set[str]) -> None:
         op = REGISTRY.get(s.op)
         if op is None:
             problems.append(f"'{s.id}': unknown op '{s.op}'")
         elif op.arity is not None and len(s.inputs) != op.arity:
             problems.append(f"'{s.id}': {s.op} takes {op.arity} input(s), the step has {len(s.inputs)}")
-        operand_shapes = []
         for src, delay in s.inputs:
-            if delay != 0 and src in body:
-                if src not in loop.states:
-                    problems.append(f"'{s.id}' reads '{src}' at t{delay:+d}, which is not a state of its loop")
-            elif src not in shapes:
-                where = "in its loop or before" if loop is not None else "before it"
-                problems.append(f"'{s.id}' reads '{src}', which is not defined {where}")
-                operand_shapes = None
+            if src in shapes:
                 continue
-            if operand_shapes is not None:
-                operand_shapes.append(shapes[src] if src in shapes else body[src])
-        if op is None or operand_shapes is None or any(o is None for o in operand_shapes):
-            return
-        try:
-            got = list(op.shape([tuple(o) for o in operand_shapes], s.attrs, dims))
-            if len(got) != len(s.shape):
-                raise ValueError(f"rank {len(got)}")
-            for a, b in zip(got, s.shape):
-                dims.unify(a, b)
-        except Exception as e:  # a shape rule's complaint, or a rank that differs
-            detail = f": {e}" if str(e) else ""
-            problems.append(f"'{s.id}': {s.op} of shapes {[list(o) for o in operand_shapes]} does not give "
-                            f"the step's shape {list(s.shape)}{detail}")
+            if delay != 0 and src in body:   # a loop state, read at another step
+                if src not in states:
+                    problems.append(f"'{s.id}' reads '{src}' at t{delay:+d}, which is not a state of its loop")
+            else:
+                where = "in its loop or before" if body else "before it"
+                problems.append(f"'{s.id}' reads '{src}', which is not defined {where}")
+                return
+        if check_shapes and op is not None:
+            operand_shapes = [tuple(shapes[src] if src in shapes else body[src]) for src, _ in s.inputs]
+            try:
+                got = op.shape(operand_shapes, s.attrs, dims)
+                if len(got) != len(s.shape):
+                    raise ValueError(f"rank {len(got)}")
+                for a, b in zip(got, s.shape):
+                    dims.unify(a, b)
+            except Exception as e:  # a shape rule's complaint, or a rank that differs
+                detail = f": {e}" if str(e) else ""
+                problems.append(f"'{s.id}': {s.op} of shapes {[list(o) for o in operand_shapes]} does not "
+                                f"give the step's shape {list(s.shape)}{detail}")
 
     for s in plan.steps:
         if isinstance(s, LoopStep):
             if s.direction not in (1, -1):
                 problems.append(f"loop {s.index}: direction {s.direction} is neither +1 nor -1")
             body = {b.id: b.shape for b in s.body}
+            states = set(s.states)
             for state in s.states:
                 if state not in body:
                     problems.append(f"loop {s.index}: state '{state}' is not a value of its body")
@@ -400,10 +402,10 @@ def verify_plan(plan: Plan, stage: str | None = None) -> list[str]:
                     problems.append(f"loop {s.index}: the initial state '{initial}' of '{state}' is not "
                                     f"defined before the loop")
             for b in s.body:
-                check_step(b, s, body)
+                check_step(b, body, states)
                 define(b)
         else:
-            check_step(s, None, {})
+            check_step(s, {}, set())
             define(s)
     for o in plan.outputs:
         if o not in shapes:
