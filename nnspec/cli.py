@@ -335,7 +335,8 @@ def _name_nonfinite(session, batch, split: str) -> None:
     except RuntimeFailure as e:
         bad = str(e).rsplit(" produced ", 1)[-1] if " produced " in str(e) else "NaN or an infinite value"
         what = describe_node(session.compiled, e.node) if e.node else str(e)
-        raise RuntimeFailure(f"{what} produced {bad} in the forward pass over the {split} data", e.node) from None
+        raise RuntimeFailure(f"{what} produced {bad} in the forward pass over the {split} data", e.node, e.span,
+                             session.compiled.diags.sources) from None
     finally:
         ex.check_finite = False
     raise RuntimeFailure(f"an output is NaN or infinite in the forward pass over the {split} data")
@@ -747,7 +748,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except SpecError as e:
         return _fail(as_json, e.diagnostics.render(color=sys.stderr.isatty()), e.diagnostics)
-    except (DataError, TrainingError, CheckpointError, RuntimeFailure, UsageError, FeedError, SweepError) as e:
+    except RuntimeFailure as e:   # at the step's source line, as a spec error
+        return _fail(as_json, str(e) if as_json else e.render(color=sys.stderr.isatty()), span=e.span)
+    except (DataError, TrainingError, CheckpointError, UsageError, FeedError, SweepError) as e:
         return _fail(as_json, f"error: {e}" if not isinstance(e, DataError) else str(e))
     except TrainingInterrupted as e:
         print(_interrupted_message(e, args), file=sys.stderr)
@@ -782,9 +785,10 @@ def _interrupted_message(e: TrainingInterrupted, args) -> str:
             f"epoch {e.resume_epoch}. Continue with:\n  {shlex.join(command)}")
 
 
-def _fail(as_json: bool, message: str, diags: Diagnostics | None = None) -> int:
+def _fail(as_json: bool, message: str, diags: Diagnostics | None = None, span=None) -> int:
     if as_json:
-        errors = [_flat_error(d) for d in diags.errors] if diags else [{"message": message}]
+        where = {"file": span.file, "line": span.line, "column": span.column} if span is not None else {}
+        errors = [_flat_error(d) for d in diags.errors] if diags else [{"message": message, **where}]
         _emit_json({"ok": False, "errors": errors})
     else:
         print(message, file=sys.stderr)

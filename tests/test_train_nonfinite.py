@@ -88,6 +88,12 @@ data inline { x = [[1], [9]] }
     assert main(["run", str(spec)]) == 1
     err = capsys.readouterr().err
     assert "'log(W @ x + b)' in the definition of 'y' (" in err and "fwd.nn:4) produced NaN" in err
+    # where the failing step came from, as a spec error shows it
+    assert err.startswith(f"{spec}:4:10: error: ")
+    assert err.endswith("    y = tanh(log(W @ x + b))\n             ^~~~~~~~~~~~~~\n")
+    assert main(["run", str(spec), "--json"]) == 1
+    error = json.loads(capsys.readouterr().out)["errors"][0]
+    assert (error["file"], error["line"], error["column"]) == (str(spec), 4, 10)
 
 
 def test_checkpoints_refuse_non_finite_weights(tmp_path):
