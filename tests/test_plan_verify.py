@@ -188,3 +188,37 @@ def test_generated_specs_verify_after_every_pass():
 def test_500_generated_specs_verify_after_every_pass():
     for c in generated(range(500)):
         after_every_pass(c)
+
+
+# ---- source spans ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("path", SPECS, ids=[p.stem for p in SPECS])
+def test_every_step_keeps_the_source_it_came_from(path):
+    """Optimised or not, each step points at its equation (a weight concatenation of parameters,
+    made once per pass, stands for no one expression); the span survives the plan's JSON form."""
+    for optimized in (False, True):
+        p = compiler.compile_file(path, optimize=optimized).plan
+        steps = [b for s in p.steps for b in (s.body if isinstance(s, LoopStep) else [s])]
+        assert all(b.span is not None and b.span.file.endswith(".nn") for b in steps if b.op != "concat_rows")
+        assert type(p).model_validate_json(p.model_dump_json()) == p
+
+
+@pytest.mark.parametrize("fast_loops", [True, False], ids=["fast path", "reference"])
+def test_a_nan_at_run_time_renders_as_a_spec_error(fast_loops):
+    import numpy as np
+    from nnspec.runtime import ExecOptions, Executor, RuntimeFailure
+    text = "input x[3] : seq\noutput h\nh[2] = sqrt(W @ x + U @ h[t-1] + b)\n"
+    p = compiler.compile_text(text, file="spec.nn").plan
+    ex = Executor(p, dtype=np.float64, check_finite=True, options=ExecOptions(fast_loops=fast_loops))
+    params = {"W": np.ones((2, 3)), "U": np.ones((2, 2)), "b": np.full(2, -5.0)}
+    x = np.ones((4, 1, 3)) * np.array([3.0, 3.0, 0.0, 0.0])[:, None, None]  # fine at t = 0, NaN at t = 2
+    with np.errstate(all="ignore"), pytest.raises(RuntimeFailure) as err:
+        ex.forward(params, {"x": x})
+    from nnspec.errors import Sources
+    sources = Sources()
+    sources.add("spec.nn", text)
+    err.value.sources = sources
+    assert err.value.span is not None   # a named value: its whole equation
+    assert err.value.render() == ("spec.nn:3:1: error: 'h' produced NaN\n"
+                                  "    h[2] = sqrt(W @ x + U @ h[t-1] + b)\n"
+                                  "    ^~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~")
