@@ -18,8 +18,11 @@ def main(argv: list[str]) -> int:
         if write:
             p.parent.mkdir(parents=True, exist_ok=True)
             p.write_text(text, encoding="utf-8")
-    verb = "rewrote" if write else "differ (python -m tests.golden --write to rewrite them)"
-    print(f"{len(stale)} of {len(SPECS)} golden plans {verb}" + (f": {', '.join(stale)}" if stale else ""))
+    if write:
+        print(f"rewrote {len(stale)} of {len(SPECS)} golden plans" + (f": {', '.join(stale)}" if stale else ""))
+    else:
+        print(f"{len(stale)} of {len(SPECS)} golden plans differ" +
+              (f": {', '.join(stale)} (python -m tests.golden --write rewrites them)" if stale else ""))
     return 1 if stale and not write else 0
 
 
