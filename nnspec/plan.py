@@ -349,16 +349,15 @@ def verify_plan(plan: Plan, stage: str | None = None, shapes: bool = True) -> li
             problems.append(f"'{c}' is defined twice (a constant and an input or parameter)")
         shapes[c] = _nested_shape(value)
     dims = _CheckDims()
-    loss_ops: dict[str, str] = {}   # values computed by a step -> its op
+    computed: set[str] = set()   # values a step computes
+    registry = REGISTRY
 
-    def define(s: OpStep) -> None:
-        if s.id in shapes:
-            problems.append(f"'{s.id}' is defined twice")
-        shapes[s.id] = s.shape
-        loss_ops[s.id] = s.op
-
-    def check_step(s: OpStep, body: dict[str, list], states: set[str]) -> None:
-        op = REGISTRY.get(s.op)
+    def check_and_define(s: OpStep, body: dict[str, list], states: set[str] | frozenset) -> None:
+        sid = s.id
+        if sid in shapes:
+            problems.append(f"'{sid}' is defined twice")
+        computed.add(sid)
+        op = registry.get(s.op)
         if op is None:
             problems.append(f"'{s.id}': unknown op '{s.op}'")
         elif op.arity is not None and len(s.inputs) != op.arity:
@@ -372,6 +371,7 @@ def verify_plan(plan: Plan, stage: str | None = None, shapes: bool = True) -> li
             else:
                 where = "in its loop or before" if body else "before it"
                 problems.append(f"'{s.id}' reads '{src}', which is not defined {where}")
+                shapes[sid] = s.shape
                 return
         if check_shapes and op is not None:
             operand_shapes = [tuple(shapes[src] if src in shapes else body[src]) for src, _ in s.inputs]
@@ -385,6 +385,7 @@ def verify_plan(plan: Plan, stage: str | None = None, shapes: bool = True) -> li
                 detail = f": {e}" if str(e) else ""
                 problems.append(f"'{s.id}': {s.op} of shapes {[list(o) for o in operand_shapes]} does not "
                                 f"give the step's shape {list(s.shape)}{detail}")
+        shapes[sid] = s.shape
 
     for s in plan.steps:
         if isinstance(s, LoopStep):
@@ -402,22 +403,24 @@ def verify_plan(plan: Plan, stage: str | None = None, shapes: bool = True) -> li
                     problems.append(f"loop {s.index}: the initial state '{initial}' of '{state}' is not "
                                     f"defined before the loop")
             for b in s.body:
-                check_step(b, body, states)
-                define(b)
+                check_and_define(b, body, states)
         else:
-            check_step(s, {}, set())
-            define(s)
+            check_and_define(s, _NO_BODY, _NO_STATES)
     for o in plan.outputs:
         if o not in shapes:
             problems.append(f"the output '{o}' is not a value of the plan")
     if plan.loss is not None:
-        if plan.loss not in loss_ops:
+        if plan.loss not in computed:
             problems.append(f"the loss '{plan.loss}' is not computed by a step")
         elif shapes[plan.loss] not in ([], [1]):   # a loss op, or a (weighted) sum of losses
             problems.append(f"the loss '{plan.loss}' has shape {shapes[plan.loss]}, not one number")
     if problems and stage is not None:
         raise PlanInvariantError(stage, problems)
     return problems
+
+
+_NO_BODY: dict[str, list] = {}
+_NO_STATES: frozenset[str] = frozenset()
 
 
 def _nested_shape(value) -> list:
