@@ -748,9 +748,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except SpecError as e:
         return _fail(as_json, e.diagnostics.render(color=sys.stderr.isatty()), e.diagnostics)
-    except RuntimeFailure as e:   # at the step's source line, as a spec error
+    except (RuntimeFailure, TrainingError) as e:   # at the failing step's source line, as a spec error
         return _fail(as_json, str(e) if as_json else e.render(color=sys.stderr.isatty()), span=e.span)
-    except (DataError, TrainingError, CheckpointError, UsageError, FeedError, SweepError) as e:
+    except (DataError, CheckpointError, UsageError, FeedError, SweepError) as e:
         return _fail(as_json, f"error: {e}" if not isinstance(e, DataError) else str(e))
     except TrainingInterrupted as e:
         print(_interrupted_message(e, args), file=sys.stderr)

@@ -36,17 +36,10 @@ def what_is_bad(a: np.ndarray) -> str:
     return "NaN" if np.isnan(a).any() else "infinite"
 
 
-def first_nonfinite(model, forward: Callable[[], object]) -> tuple[str, str] | None:
+def first_failure(model, forward: Callable[[], object]):
     """A forward pass gave NaN or infinity: ``forward()`` runs it again with every value checked.
-    Returns the first value that went bad in the user's words (``describe_node``) and what it
-    became (``"NaN"`` or ``"an infinite value"``), or None when the pass is finite this time."""
-    failure = _first_failure(model, forward)
-    return None if failure is None else _what_and_bad(model, failure)
-
-
-def _first_failure(model, forward: Callable[[], object]):
-    """The runtime's RuntimeFailure (with the step's node and span) for the first value that goes
-    bad when ``forward()`` runs again with every value checked; None when none does."""
+    Returns the runtime's RuntimeFailure for the first value that went bad (its node, and its
+    step's span), or None when the pass is finite this time."""
     from ..runtime import RuntimeFailure
     executor = model.executor
     executor.check_finite = True
@@ -60,7 +53,8 @@ def _first_failure(model, forward: Callable[[], object]):
     return None
 
 
-def _what_and_bad(model, e) -> tuple[str, str]:
+def what_and_bad(model, e) -> tuple[str, str]:
+    """A RuntimeFailure's value in the user's words, and what it became."""
     bad = str(e).rsplit(" produced ", 1)[-1] if " produced " in str(e) else "NaN or an infinite value"
     return (describe_node(model.compiled, e.node) if e.node else str(e)), bad
 
@@ -70,14 +64,19 @@ def forward_failure(model, forward: Callable[[], object], doing: str):
     naming the value as a training run does: ``doing`` says what was being computed. It keeps
     the failing step's span, so it renders with the source line and a caret."""
     from ..runtime import RuntimeFailure
-    failure = _first_failure(model, forward)
+    failure = first_failure(model, forward)
     if failure is None:
         return RuntimeFailure(f"{doing}: the network's output is NaN or infinite")
-    what, bad = _what_and_bad(model, failure)
-    diags = getattr(model.compiled, "diags", None)
+    what, bad = what_and_bad(model, failure)
     return RuntimeFailure(f"{doing}: {what} produced {bad}; is the input far from what the model was "
                           f"trained on (or not normalised as its training data was)?", failure.node,
-                          failure.span, diags.sources if diags is not None else None)
+                          failure.span, sources_of(model))
+
+
+def sources_of(model):
+    """The compiler's copy of the spec's text (None without one: the span's file is read then)."""
+    diags = getattr(model.compiled, "diags", None)
+    return diags.sources if diags is not None else None
 
 
 def describe_node(compiled, node: str) -> str:
