@@ -16,7 +16,7 @@ from .gcpause import gc_paused
 from .graph import Graph, NodeInfo, build_graph, closure, user_name
 from .loader import Program, load_file, load_text
 from .optimize import optimize_plan
-from .plan import Plan, build_plan
+from .plan import Plan, build_plan, verify_plan
 from .recurrence import Component, find_components, infer_time_and_type
 from .shapes import MemoryBudget, check_memory, infer_shapes
 
@@ -119,8 +119,10 @@ def _compile(program: Program, diags: Diagnostics, bindings: dict[str, int] | No
     plan = build_plan(graph, order, components)
     clock = _lap(timings, "plan", clock)
     if optimize:
-        plan = optimize_plan(plan)
+        plan = optimize_plan(plan)   # checks the plan after each pass (nnspec.plan.verify_plan)
         _lap(timings, "optimise", clock)
+    else:
+        verify_plan(plan, stage="build_plan")
     return Compiled(program, flat, graph, components, order, plan, diags, dict(bindings or {}))
 
 
