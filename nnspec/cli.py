@@ -335,7 +335,8 @@ def _name_nonfinite(session, batch, split: str) -> None:
     except RuntimeFailure as e:
         bad = str(e).rsplit(" produced ", 1)[-1] if " produced " in str(e) else "NaN or an infinite value"
         what = describe_node(session.compiled, e.node) if e.node else str(e)
-        raise RuntimeFailure(f"{what} produced {bad} in the forward pass over the {split} data", e.node) from None
+        raise RuntimeFailure(f"{what} produced {bad} in the forward pass over the {split} data", e.node, e.span,
+                             session.compiled.diags.sources) from None
     finally:
         ex.check_finite = False
     raise RuntimeFailure(f"an output is NaN or infinite in the forward pass over the {split} data")
@@ -573,87 +574,10 @@ def cmd_expand(args) -> int:
         if args.json:
             print(session.plan.model_dump_json(indent=2))
         else:
-            print(format_plan(session.plan))
+            print(session.plan.text())
         return 0
     print(format_flat(session.compiled.flat), end="")
     return 0
-
-
-def format_plan(plan) -> str:
-    """The execution plan as text: one line per step, in the order the runtime runs them.
-
-    Products, sums and slices are written as in the spec (``W @ x``, ``a + b``,
-    ``x[0:128]``), so fused steps are easy to spot: ``concat_rows`` joins the
-    weights of gates once per pass, one product serves them all, and each gate is
-    a slice of it. The right margin says what a step runs over: ``once`` (per
-    pass, parameters only), ``B`` (every example), ``T x B`` (every step of every
-    sequence at once) or, inside a loop, ``per t``.
-    """
-    from .plan import LoopStep
-
-    params = {p.name for p in plan.params} | set(plan.consts)
-    static = set(params)
-    seq = {v.name for v in plan.inputs + plan.targets if v.seq}
-    for s in plan.steps:
-        for b in (s.body if isinstance(s, LoopStep) else [s]):
-            if b.seq or any(src in seq for src, _ in b.inputs):
-                seq.add(b.id)
-        if not isinstance(s, LoopStep) and s.inputs and all(src in static for src, _ in s.inputs):
-            static.add(s.id)
-
-    def ref(operand):
-        src, d = operand
-        return src + (f"[t{d:+d}]" if d else "")
-
-    def shape(dims):
-        return "[" + ", ".join(str(d) for d in dims) + "]" if len(dims) else ""
-
-    def rhs(s):
-        args = [ref(x) for x in s.inputs]
-        infix = {"add": "+", "sub": "-", "mul": "*", "div": "/", "matmul": "@"}
-        if s.op in infix and len(args) == 2:
-            return f"{args[0]} {infix[s.op]} {args[1]}"
-        if s.op == "linear":
-            return f"{args[0]} @ {args[1]} + {args[2]}"
-        if s.op == "slice":
-            stop = s.attrs.get("stop")
-            return f"{args[0]}[{s.attrs.get('start', 0)}:{'' if stop is None else stop}]"
-        attrs = [f"{k} = {v}" for k, v in s.attrs.items()]
-        return f"{s.op}({', '.join(args + attrs)})"
-
-    rows: list[tuple[str, str, str, str]] = []   # indent, lhs, rhs, margin
-
-    def add_step(s, indent, in_loop):
-        margin = "per t" if in_loop else ("once" if s.id in static else ("T x B" if s.id in seq else "B"))
-        rows.append((indent, f"{s.id}{shape(s.shape)}", rhs(s), margin))
-
-    header = [f"plan {plan.name} ({'recurrent' if plan.recurrent else 'feed-forward'})"]
-    if plan.passes:
-        header.append(f"  optimised: {', '.join(plan.passes)}")
-    for v in plan.inputs + plan.targets:
-        header.append(f"  {v.role} {v.name}{shape(v.shape)}" + (" : seq" if v.seq else ""))
-    for p in plan.params:
-        header.append(f"  param {p.name}{shape(p.shape)} init {p.init}" + (" frozen" if p.frozen else ""))
-    lines: list = []
-    for s in plan.steps:
-        if isinstance(s, LoopStep):
-            n_mm = sum(b.op in ("matmul", "linear") for b in s.body)
-            views = sum(b.op == "slice" for b in s.body)
-            rows.append(("  ", f"loop over t ({'forward' if s.direction > 0 else 'backward'} in time), "
-                               f"states {', '.join(s.states)}: {len(s.body) - views} ops per step "
-                               f"({n_mm} product{'s' if n_mm != 1 else ''}) and {views} slices", None, None))
-            for b in s.body:
-                add_step(b, "    ", True)
-        else:
-            add_step(s, "  ", False)
-    width = max((len(i) + len(lhs) for i, lhs, r, _ in rows if r is not None), default=0)
-    rwidth = max((len(r) for _, _, r, _ in rows if r is not None and len(r) <= 70), default=0)
-    for indent, lhs, r, margin in rows:
-        if r is None:
-            lines.append(indent + lhs)
-        else:
-            lines.append(f"{(indent + lhs).ljust(width)} = {r.ljust(rwidth)}  {margin}")
-    return "\n".join(header + lines)
 
 
 def cmd_runs(args) -> int:
@@ -824,7 +748,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except SpecError as e:
         return _fail(as_json, e.diagnostics.render(color=sys.stderr.isatty()), e.diagnostics)
-    except (DataError, TrainingError, CheckpointError, RuntimeFailure, UsageError, FeedError, SweepError) as e:
+    except (RuntimeFailure, TrainingError) as e:   # at the failing step's source line, as a spec error
+        return _fail(as_json, str(e) if as_json else e.render(color=sys.stderr.isatty()), span=e.span)
+    except (DataError, CheckpointError, UsageError, FeedError, SweepError) as e:
         return _fail(as_json, f"error: {e}" if not isinstance(e, DataError) else str(e))
     except TrainingInterrupted as e:
         print(_interrupted_message(e, args), file=sys.stderr)
@@ -859,9 +785,10 @@ def _interrupted_message(e: TrainingInterrupted, args) -> str:
             f"epoch {e.resume_epoch}. Continue with:\n  {shlex.join(command)}")
 
 
-def _fail(as_json: bool, message: str, diags: Diagnostics | None = None) -> int:
+def _fail(as_json: bool, message: str, diags: Diagnostics | None = None, span=None) -> int:
     if as_json:
-        errors = [_flat_error(d) for d in diags.errors] if diags else [{"message": message}]
+        where = {"file": span.file, "line": span.line, "column": span.column} if span is not None else {}
+        errors = [_flat_error(d) for d in diags.errors] if diags else [{"message": message, **where}]
         _emit_json({"ok": False, "errors": errors})
     else:
         print(message, file=sys.stderr)

@@ -17,7 +17,7 @@ from .graph import Graph, NodeInfo, build_graph, closure, user_name
 from .loader import Program, load_file, load_text
 from .ops import REGISTRY
 from .optimize import optimize_plan
-from .plan import OpStep, Plan, build_plan
+from .plan import OpStep, Plan, build_plan, verify_plan
 from .recurrence import Component, find_components, infer_time_and_type
 from .shapes import MemoryBudget, check_memory, infer_shapes
 
@@ -123,10 +123,13 @@ def _compile(program: Program, diags: Diagnostics, bindings: dict[str, int] | No
     # optimiser would change the number (docs/language.md §9)
     if any(isinstance(s, OpStep) and REGISTRY[s.op].logits_form for s in plan.steps):
         plan = optimize_plan(plan, passes=("fuse_losses",))
+        plan.passes = []        # the meaning of the loss, not an optimisation
     clock = _lap(timings, "plan", clock)
     if optimize:
-        plan = optimize_plan(plan)
+        plan = optimize_plan(plan)   # checks the plan after each pass (nnspec.plan.verify_plan)
         _lap(timings, "optimise", clock)
+    else:
+        verify_plan(plan, stage="build_plan")
     return Compiled(program, flat, graph, components, order, plan, diags, dict(bindings or {}))
 
 

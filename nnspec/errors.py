@@ -60,6 +60,15 @@ class Sources:
         self.texts[file] = text
         self._lines.pop(file, None)
 
+    @classmethod
+    def from_file(cls, file: str) -> "Sources":
+        """The text of one file as it is now on disk (none when it cannot be read)."""
+        sources = cls()
+        text = _read_small(file)
+        if text is not None:
+            sources.add(file, text)
+        return sources
+
     def line(self, file: str, number: int) -> str | None:
         text = self.texts.get(file)
         if text is None:
@@ -141,6 +150,27 @@ def render_diagnostic(d: Diagnostic, sources: Sources, color: bool = False) -> s
     parts = [_render_one(d.severity, d.message, d.span, sources, color)]
     parts += [_render_one("note", m, s, sources, color) for m, s in d.notes]
     return "\n".join(parts)
+
+
+def render_message(severity: Severity, message: str, span: Span | None, sources: Sources | None = None,
+                   color: bool = False) -> str:
+    """One message rendered as a diagnostic is, for a problem found after compiling (a run-time
+    failure at a step of the plan): the source line comes from ``sources``, else from its file."""
+    if span is not None and (sources is None or span.file not in sources.texts):
+        sources = Sources.from_file(span.file)
+    return _render_one(severity, message, span, sources or Sources(), color)
+
+
+_MAX_SHOWN_FILE = 16 * 2**20   # a spec file is small: a span pointing into a huge file shows no line
+
+
+def _read_small(file: str) -> str | None:
+    try:
+        with open(file, encoding="utf-8") as f:
+            text = f.read(_MAX_SHOWN_FILE + 1)
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    return text if len(text) <= _MAX_SHOWN_FILE else None
 
 
 def _render_one(severity: str, message: str, span: Span | None, sources: Sources, color: bool) -> str:

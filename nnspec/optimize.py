@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from .ops import REGISTRY
-from .plan import LoopStep, OpStep, Plan
+from .plan import LoopStep, OpStep, Plan, verify_plan
 
 PASSES = ("fuse_losses", "hoist_sums", "fuse_matmuls", "sink_slices", "fuse_linear", "simplify")
 
@@ -79,30 +79,39 @@ def _copy_step(s):
                                         body=[_copy_step(b) for b in s.body], states=list(s.states),
                                         initials=dict(s.initials))
     return OpStep.model_construct(kind="op", id=s.id, op=s.op, inputs=list(s.inputs), attrs=dict(s.attrs),
-                                  seq=s.seq, integer=s.integer, shape=list(s.shape))
+                                  seq=s.seq, integer=s.integer, shape=list(s.shape), span=s.span)
 
 
 def _optimize(plan: Plan, passes) -> Plan:
     plan = plan.model_copy(update={"steps": [_copy_step(s) for s in plan.steps]})
     w = _Work(plan)
+
+    def run(name: str, apply) -> None:
+        apply()
+        # each pass hands on a plan the runtime can run: a pass that breaks one is named at once
+        # (the shape rules, most of the checking's cost, run once on the last pass's plan below)
+        verify_plan(plan.model_copy(update={"steps": w.steps}), stage=f"the optimisation pass {name}",
+                    shapes=False)
+
     if "fuse_losses" in passes:
-        fuse_losses(w)
+        run("fuse_losses", lambda: fuse_losses(w))
     if "hoist_sums" in passes:
-        hoist_sums(w)
+        run("hoist_sums", lambda: hoist_sums(w))
     if "fuse_matmuls" in passes:
-        fuse_matmuls(w, outside=True, inside=False)
+        run("fuse_matmuls (outside loops)", lambda: fuse_matmuls(w, outside=True, inside=False))
     if "sink_slices" in passes:
-        sink_slices(w)
+        run("sink_slices", lambda: sink_slices(w))
     if "fuse_matmuls" in passes:
-        fuse_matmuls(w, outside=False, inside=True)
+        run("fuse_matmuls (inside loops)", lambda: fuse_matmuls(w, outside=False, inside=True))
     if "sink_slices" in passes:
-        sink_slices(w)
+        run("sink_slices (second round)", lambda: sink_slices(w))
     if "fuse_linear" in passes:
-        fuse_linear(w)
+        run("fuse_linear", lambda: fuse_linear(w))
     if "simplify" in passes or passes:
-        simplify(w, drop_whole=("simplify" in passes))
+        run("simplify", lambda: simplify(w, drop_whole=("simplify" in passes)))
     plan.steps = w.steps
     plan.passes = [p for p in PASSES if p in passes]
+    verify_plan(plan, stage=f"the optimisation passes {', '.join(plan.passes) or '(none)'}")
     return plan
 
 
@@ -248,9 +257,11 @@ class _Work:
         return True
 
 
-def _op(id: str, op: str, inputs, shape, seq=False, attrs=None) -> OpStep:
+def _op(id: str, op: str, inputs, shape, seq=False, attrs=None, span=None) -> OpStep:
+    """A new step; ``span``: the source of the step(s) it stands for, where a run-time failure points."""
     return OpStep.model_construct(kind="op", id=id, op=op, inputs=[tuple(x) for x in inputs],
-                                  attrs=dict(attrs or {}), seq=bool(seq), integer=False, shape=list(shape))
+                                  attrs=dict(attrs or {}), seq=bool(seq), integer=False, shape=list(shape),
+                                  span=span)
 
 
 def _braced(names: list[str]) -> str:
@@ -351,11 +362,12 @@ def hoist_sums(w: _Work) -> None:
             (acc, sg0), rest = invariant[0], invariant[1:]
             if sg0 < 0:
                 nid = w.fresh(base)
-                outside.append(_op(nid, "neg", [acc], w.shape(acc[0]) or [], w.seq(acc[0]) or acc[1] != 0))
+                outside.append(_op(nid, "neg", [acc], w.shape(acc[0]) or [], w.seq(acc[0]) or acc[1] != 0,
+                                   span=root.span))
                 acc = (nid, 0)
             for k, (o, sg) in enumerate(rest):
                 nid = w.fresh(base)
-                outside.append(_op(nid, "add" if sg > 0 else "sub", [acc, o], shape, seq))
+                outside.append(_op(nid, "add" if sg > 0 else "sub", [acc, o], shape, seq, span=root.span))
                 acc = (nid, 0)
             w.insert_before(loop, outside)
             # inside: the hoisted sum plus the loop-variant terms
@@ -363,7 +375,7 @@ def hoist_sums(w: _Work) -> None:
             for k, (o, sg) in enumerate(variant):
                 last = k == len(variant) - 1
                 nid = root.id if last else w.fresh(root.id + ".sum")
-                st = _op(nid, "add" if sg > 0 else "sub", [acc, o], root.shape, root.seq)
+                st = _op(nid, "add" if sg > 0 else "sub", [acc, o], root.shape, root.seq, span=root.span)
                 new_body.append(st)
                 acc = (nid, 0)
             w.replace(root, new_body)
@@ -477,7 +489,7 @@ def _fuse_group(w: _Work, loop: LoopStep | None, members: list[OpStep]) -> None:
     prod = w.fresh(f"{wcat}@{x[0]}")
     m0 = _first_in(w, loop, members)
     cat = _op(wcat, "concat_rows", [(n, 0) for n in weights], [sum(rows), cols])
-    mm = _op(prod, "matmul", [(wcat, 0), x], list(m0.shape[:-1]) + [sum(rows)], m0.seq)
+    mm = _op(prod, "matmul", [(wcat, 0), x], list(m0.shape[:-1]) + [sum(rows)], m0.seq, span=m0.span)
     if loop is None:
         w.insert_before(m0, [cat, mm])
     else:
@@ -485,7 +497,7 @@ def _fuse_group(w: _Work, loop: LoopStep | None, members: list[OpStep]) -> None:
         w.insert_before(m0, [mm])
     start = 0
     for m, n in zip(order, rows):
-        sl = _op(m.id, "slice", [(prod, 0)], m.shape, m.seq, {"start": start, "stop": start + n})
+        sl = _op(m.id, "slice", [(prod, 0)], m.shape, m.seq, {"start": start, "stop": start + n}, m.span)
         w.replace(m, sl)
         start += n
 
@@ -583,7 +595,7 @@ def _merge_run(w: _Work, loop, run) -> None:
                 continue
             sid = w.fresh(f"{src}.{lo}:{lo + total}")
             st = _op(sid, "slice", [(src, d)], list(full[:-1]) + [total], w.seq(src),
-                     {"start": lo, "stop": lo + total})
+                     {"start": lo, "stop": lo + total}, s0.span)
             if w.loop_of(src) is None and loop is not None:
                 outer_new.append(st)   # a slice of a value from outside the loop is computed outside
             else:
@@ -596,13 +608,13 @@ def _merge_run(w: _Work, loop, run) -> None:
             (outer_new if loop is not None else inner_new).append(st)
             operands.append((cid, 0))
     uid = w.fresh(_braced([m[0].id for m in run]))
-    merged = _op(uid, s0.op, operands, list(s0.shape[:-1]) + [total], s0.seq, s0.attrs)
+    merged = _op(uid, s0.op, operands, list(s0.shape[:-1]) + [total], s0.seq, s0.attrs, s0.span)
     if outer_new:
         w.insert_before(loop, outer_new)
     w.insert_before(first_member, inner_new + [merged])
     at = 0
     for s, width, _ in run:
-        w.replace(s, _op(s.id, "slice", [(uid, 0)], s.shape, s.seq, {"start": at, "stop": at + width}))
+        w.replace(s, _op(s.id, "slice", [(uid, 0)], s.shape, s.seq, {"start": at, "stop": at + width}, s.span))
         at += width
 
 

@@ -14,7 +14,9 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, Field
 
+from .errors import Span
 from .graph import Graph, closure
+from .ops import REGISTRY
 from .recurrence import Component
 
 Operand = tuple[str, int]  # (value id, time delay)
@@ -50,6 +52,9 @@ class OpStep(BaseModel):
     seq: bool = False
     integer: bool = False
     shape: list[Any] = []
+    # the equation (or sub-expression) this step computes, so a failure at run time points at the
+    # source as a spec error does; a step an optimisation pass makes keeps the span of what it replaces
+    span: Span | None = None
 
 
 class LoopStep(BaseModel):
@@ -86,6 +91,18 @@ class Plan(BaseModel):
     def op_count(self) -> int:
         return len(self.value_ids())
 
+    def text(self) -> str:
+        """The plan as text (``nnspec expand --plan``): see :func:`format_plan`."""
+        return format_plan(self)
+
+    def span_of(self, value: str) -> Span | None:
+        """The source span of the step computing ``value`` (None for an input or a parameter)."""
+        for s in self.steps:
+            for b in (s.body if isinstance(s, LoopStep) else [s]):
+                if b.id == value:
+                    return b.span
+        return None
+
 
 def _op_step(graph: Graph, n: str) -> OpStep:
     info = graph.info(n)
@@ -93,7 +110,7 @@ def _op_step(graph: Graph, n: str) -> OpStep:
     # spent most of its planning time in pydantic validation)
     return OpStep.model_construct(kind="op", id=n, op=info.op, inputs=[tuple(x) for x in info.inputs],
                                   attrs=dict(info.attrs), seq=bool(info.seq), integer=bool(info.integer),
-                                  shape=list(info.shape or ()))
+                                  shape=list(info.shape or ()), span=info.span)
 
 
 def _param_role(graph: Graph, n: str) -> str:
@@ -141,9 +158,12 @@ def build_plan(graph: Graph, order: list[str], components: list[Component]) -> P
                                 frozen=p.frozen, value=p.value.tolist() if p.value is not None else None,
                                 role=_param_role(graph, p.id)))
     consts = {i.id: i.value.tolist() for i in graph.nodes() if i.kind == "const" and i.id in needed}
-    return Plan(name=graph.flat.name, inputs=[v for v in inputs if v.role == "input"],
+    plan = Plan(name=graph.flat.name, inputs=[v for v in inputs if v.role == "input"],
                 targets=[v for v in inputs if v.role == "target"], params=params, consts=consts,
                 steps=steps, outputs=list(graph.outputs), loss=graph.loss, recurrent=bool(components))
+    # the shape rules are checked on the plan the runtime gets (the last pass's, or the compiler's)
+    verify_plan(plan, stage="build_plan", shapes=False)
+    return plan
 
 
 def _needed(graph: Graph) -> set[str]:
@@ -183,3 +203,229 @@ def _order_loops(steps: list) -> list:
     for i in range(len(steps)):
         place(i, set())
     return result
+
+
+def format_plan(plan) -> str:
+    """The execution plan as text: one line per step, in the order the runtime runs them.
+
+    Products, sums and slices are written as in the spec (``W @ x``, ``a + b``,
+    ``x[0:128]``), so fused steps are easy to spot: ``concat_rows`` joins the
+    weights of gates once per pass, one product serves them all, and each gate is
+    a slice of it. The right margin says what a step runs over: ``once`` (per
+    pass, parameters only), ``B`` (every example), ``T x B`` (every step of every
+    sequence at once) or, inside a loop, ``per t``.
+    """
+    params = {p.name for p in plan.params} | set(plan.consts)
+    static = set(params)
+    seq = {v.name for v in plan.inputs + plan.targets if v.seq}
+    for s in plan.steps:
+        for b in (s.body if isinstance(s, LoopStep) else [s]):
+            if b.seq or any(src in seq for src, _ in b.inputs):
+                seq.add(b.id)
+        if not isinstance(s, LoopStep) and s.inputs and all(src in static for src, _ in s.inputs):
+            static.add(s.id)
+
+    def ref(operand):
+        src, d = operand
+        return src + (f"[t{d:+d}]" if d else "")
+
+    def shape(dims):
+        return "[" + ", ".join(str(d) for d in dims) + "]" if len(dims) else ""
+
+    def rhs(s):
+        args = [ref(x) for x in s.inputs]
+        infix = {"add": "+", "sub": "-", "mul": "*", "div": "/", "matmul": "@"}
+        if s.op in infix and len(args) == 2:
+            return f"{args[0]} {infix[s.op]} {args[1]}"
+        if s.op == "linear":
+            return f"{args[0]} @ {args[1]} + {args[2]}"
+        if s.op == "slice":
+            stop = s.attrs.get("stop")
+            return f"{args[0]}[{s.attrs.get('start', 0)}:{'' if stop is None else stop}]"
+        attrs = [f"{k} = {v}" for k, v in s.attrs.items()]
+        return f"{s.op}({', '.join(args + attrs)})"
+
+    rows: list[tuple[str, str, str, str]] = []   # indent, lhs, rhs, margin
+
+    def add_step(s, indent, in_loop):
+        margin = "per t" if in_loop else ("once" if s.id in static else ("T x B" if s.id in seq else "B"))
+        rows.append((indent, f"{s.id}{shape(s.shape)}", rhs(s), margin))
+
+    header = [f"plan {plan.name} ({'recurrent' if plan.recurrent else 'feed-forward'})"]
+    if plan.passes:
+        header.append(f"  optimised: {', '.join(plan.passes)}")
+    for v in plan.inputs + plan.targets:
+        header.append(f"  {v.role} {v.name}{shape(v.shape)}" + (" : seq" if v.seq else ""))
+    for p in plan.params:
+        header.append(f"  param {p.name}{shape(p.shape)} init {p.init}" + (" frozen" if p.frozen else ""))
+    lines: list = []
+    for s in plan.steps:
+        if isinstance(s, LoopStep):
+            n_mm = sum(b.op in ("matmul", "linear") for b in s.body)
+            views = sum(b.op == "slice" for b in s.body)
+            rows.append(("  ", f"loop over t ({'forward' if s.direction > 0 else 'backward'} in time), "
+                               f"states {', '.join(s.states)}: {len(s.body) - views} ops per step "
+                               f"({n_mm} product{'s' if n_mm != 1 else ''}) and {views} slices", None, None))
+            for b in s.body:
+                add_step(b, "    ", True)
+        else:
+            add_step(s, "  ", False)
+    width = max((len(i) + len(lhs) for i, lhs, r, _ in rows if r is not None), default=0)
+    rwidth = max((len(r) for _, _, r, _ in rows if r is not None and len(r) <= 70), default=0)
+    for indent, lhs, r, margin in rows:
+        if r is None:
+            lines.append(indent + lhs)
+        else:
+            lines.append(f"{(indent + lhs).ljust(width)} = {r.ljust(rwidth)}  {margin}")
+    return "\n".join(header + lines)
+
+
+# ---- the plan's invariants ------------------------------------------------------------------
+
+class PlanInvariantError(Exception):
+    """An internal error: a stage of the compiler (``stage``: ``build_plan`` or an optimisation
+    pass) produced a plan that breaks an invariant. Never a user's mistake: a bug to report."""
+
+    def __init__(self, stage: str, problems: list[str]):
+        self.stage, self.problems = stage, problems
+        shown = "\n  ".join(problems[:20]) + (f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else "")
+        super().__init__(f"internal error: the plan after {stage} is broken "
+                         f"(a bug in nnspec, please report it):\n  {shown}")
+
+
+class _Fresh:
+    """An unknown dim a shape rule made up: it agrees with any dim."""
+
+    __slots__ = ()
+
+
+class _CheckDims:
+    """The ``DimSolver`` a shape rule sees when its step is checked: every dim of a plan is already
+    decided (an int or a size named by the data), so unifying only compares."""
+
+    def unify(self, a, b, why: str = ""):
+        if isinstance(a, _Fresh):
+            return b
+        if isinstance(b, _Fresh) or a == b:
+            return a
+        from .ops import ShapeError
+        raise ShapeError(f"{a} != {b}" + (f" ({why})" if why else ""))
+
+    def fresh(self, hint: str = ""):
+        return _Fresh()
+
+    def value(self, d):
+        return d if isinstance(d, int) and not isinstance(d, bool) else None
+
+    def resolve(self, d):
+        return d
+
+
+def verify_plan(plan: Plan, stage: str | None = None, shapes: bool = True) -> list[str]:
+    """The invariants the runtime relies on, checked in one walk (O(steps)). Returns the problems
+    found; with ``stage`` (what built the plan), raises :class:`PlanInvariantError` when there are any.
+
+    * every value is defined once, and every operand is defined before the step reading it: an
+      input, a target, a parameter, a constant, an earlier step, or (read at ``t-1``/``t+1`` inside
+      a loop) one of that loop's states;
+    * a loop runs forward (+1) or backward (-1); its states are values of its body, and their
+      initial states are defined before the loop;
+    * each step's op is in the registry, takes that many inputs, and (unless ``shapes`` is False:
+      the shape rules are most of the cost) its shape rule gives the step's shape from its
+      operands' shapes;
+    * the outputs and the loss are values of the plan, and the loss is one number.
+    """
+    check_shapes = shapes
+    problems: list[str] = []
+    shapes: dict[str, list] = {}      # every value defined so far -> its shape
+    for v in plan.inputs + plan.targets:
+        shapes[v.name] = list(v.shape)
+    for p in plan.params:
+        if p.name in shapes:
+            problems.append(f"'{p.name}' is defined twice (a parameter and an input)")
+        shapes[p.name] = list(p.shape)
+    for c, value in plan.consts.items():
+        if c in shapes:
+            problems.append(f"'{c}' is defined twice (a constant and an input or parameter)")
+        shapes[c] = _nested_shape(value)
+    dims = _CheckDims()
+    computed: set[str] = set()   # values a step computes
+    registry = REGISTRY
+
+    def check_and_define(s: OpStep, body: dict[str, list], states: set[str] | frozenset) -> None:
+        sid = s.id
+        if sid in shapes:
+            problems.append(f"'{sid}' is defined twice")
+        computed.add(sid)
+        op = registry.get(s.op)
+        if op is None:
+            problems.append(f"'{s.id}': unknown op '{s.op}'")
+        elif op.arity is not None and len(s.inputs) != op.arity:
+            problems.append(f"'{s.id}': {s.op} takes {op.arity} input(s), the step has {len(s.inputs)}")
+        for src, delay in s.inputs:
+            if src in shapes:
+                continue
+            if delay != 0 and src in body:   # a loop state, read at another step
+                if src not in states:
+                    problems.append(f"'{s.id}' reads '{src}' at t{delay:+d}, which is not a state of its loop")
+            else:
+                where = "in its loop or before" if body else "before it"
+                problems.append(f"'{s.id}' reads '{src}', which is not defined {where}")
+                shapes[sid] = s.shape
+                return
+        if check_shapes and op is not None:
+            operand_shapes = [tuple(shapes[src] if src in shapes else body[src]) for src, _ in s.inputs]
+            try:
+                got = op.shape(operand_shapes, s.attrs, dims)
+                if len(got) != len(s.shape):
+                    raise ValueError(f"rank {len(got)}")
+                for a, b in zip(got, s.shape):
+                    dims.unify(a, b)
+            except Exception as e:  # a shape rule's complaint, or a rank that differs
+                detail = f": {e}" if str(e) else ""
+                problems.append(f"'{s.id}': {s.op} of shapes {[list(o) for o in operand_shapes]} does not "
+                                f"give the step's shape {list(s.shape)}{detail}")
+        shapes[sid] = s.shape
+
+    for s in plan.steps:
+        if isinstance(s, LoopStep):
+            if s.direction not in (1, -1):
+                problems.append(f"loop {s.index}: direction {s.direction} is neither +1 nor -1")
+            body = {b.id: b.shape for b in s.body}
+            states = set(s.states)
+            for state in s.states:
+                if state not in body:
+                    problems.append(f"loop {s.index}: state '{state}' is not a value of its body")
+            for state, initial in s.initials.items():
+                if state not in s.states:
+                    problems.append(f"loop {s.index}: '{state}' has an initial state but is not a state")
+                if initial not in shapes:
+                    problems.append(f"loop {s.index}: the initial state '{initial}' of '{state}' is not "
+                                    f"defined before the loop")
+            for b in s.body:
+                check_and_define(b, body, states)
+        else:
+            check_and_define(s, _NO_BODY, _NO_STATES)
+    for o in plan.outputs:
+        if o not in shapes:
+            problems.append(f"the output '{o}' is not a value of the plan")
+    if plan.loss is not None:
+        if plan.loss not in computed:
+            problems.append(f"the loss '{plan.loss}' is not computed by a step")
+        elif shapes[plan.loss] not in ([], [1]):   # a loss op, or a (weighted) sum of losses
+            problems.append(f"the loss '{plan.loss}' has shape {shapes[plan.loss]}, not one number")
+    if problems and stage is not None:
+        raise PlanInvariantError(stage, problems)
+    return problems
+
+
+_NO_BODY: dict[str, list] = {}
+_NO_STATES: frozenset[str] = frozenset()
+
+
+def _nested_shape(value) -> list:
+    shape = []
+    while isinstance(value, list):
+        shape.append(len(value))
+        value = value[0] if value else None
+    return shape

@@ -62,17 +62,25 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import chunks
+from .errors import Sources, Span, render_message
 from .ops import REGISTRY, Ctx
 from .ops.registry import NO_CTX, Op, product_into, unbroadcast
 from .plan import LoopStep, OpStep, Plan
 
 
 class RuntimeFailure(Exception):
-    """A numerical failure at run time (e.g. NaN), naming the value that produced it."""
+    """A numerical failure at run time (e.g. NaN), naming the value that produced it; ``span``:
+    the source of its step, so that the failure renders as a spec error does (``render``)."""
 
-    def __init__(self, message: str, node: str | None = None):
+    def __init__(self, message: str, node: str | None = None, span: Span | None = None,
+                 sources: Sources | None = None):
         super().__init__(message)
-        self.node = node
+        self.node, self.span, self.sources = node, span, sources
+
+    def render(self, color: bool = False) -> str:
+        """``spec.nn:4:8: error: ...``, the source line and a caret under the expression; without a
+        span, ``error: ...``. The line comes from ``sources`` (the compiler's), else from the file."""
+        return render_message("error", str(self), self.span, self.sources, color)
 
 
 def array_shape(shape, integer: bool) -> tuple:
@@ -442,7 +450,7 @@ class Executor:
                    if op.needs_ctx else NO_CTX)
             out = op.forward(xs, step.attrs, ctx)
         if self.check_finite and not step.integer:
-            self._check(out, step.id)
+            self._check(out, step.id, step.span)
         if op.reads_across_chunks:
             out = self._shift_across_chunks(step, out, tape)
         env[step.id] = out
@@ -460,10 +468,10 @@ class Executor:
             return chunks.fill_ahead(out, tape.ahead[src], k, tape.lengths)
         return out
 
-    def _check(self, out: np.ndarray, node: str) -> None:
+    def _check(self, out: np.ndarray, node: str, span: Span | None = None) -> None:
         if not np.all(np.isfinite(out)):
             bad = "NaN" if np.isnan(out).any() else "an infinite value"
-            raise RuntimeFailure(f"'{node}' produced {bad}", node)
+            raise RuntimeFailure(f"'{node}' produced {bad}", node, span)
 
     def _read_whole(self, tape: Tape, src: str, delay: int) -> np.ndarray:
         """A sequence read at ``t + delay`` from outside its loop: where that is no real step, a
@@ -532,7 +540,7 @@ class Executor:
                 tape.records[(step.id, t)] = (xs, ctx)
             if self.check_finite:
                 for step in loop.body:
-                    self._check(bufs[step.id][t], step.id)
+                    self._check(bufs[step.id][t], step.id, step.span)
         env.update(bufs)
         last = T - 1 if loop.direction > 0 else 0
         for s in loop.states:
@@ -765,9 +773,9 @@ class Executor:
                 t = int(ts.min()) if times.step > 0 else int(ts.max())
                 rank = (times.index(t), i)
                 if first is None or rank < first[0]:
-                    first = (rank, b.id, t)
+                    first = (rank, b.id, t, b.step.span)
         if first is not None:
-            self._check(bufs[first[1]][first[2]], first[1])
+            self._check(bufs[first[1]][first[2]], first[1], first[3])
 
     # ---- backward ------------------------------------------------------------
     def backward(self, tape: Tape, seeds: dict[str, np.ndarray] | None = None,

@@ -280,7 +280,9 @@ def test_an_overflow_in_predict_names_the_value_as_a_training_run_does(blown_run
     code = main(["predict", str(blown_run / "spec.nn"), "--checkpoint", str(blown_run), "--input", str(lines)])
     err = capsys.readouterr().err
     assert code == 1 and "Traceback" not in err and "#" not in err
-    assert err.startswith("error: predicting 'the dog runs': ") and "spec.nn:7) produced " in err
+    # rendered as a spec error is: where, the source line, a caret under the expression
+    assert err.startswith(f"{blown_run / 'spec.nn'}:7:13: error: predicting 'the dog runs': ")
+    assert "spec.nn:7) produced " in err and err.endswith("    p = softmax(V @ h + c)\n                ^~~~~~~~~\n")
 
 
 def test_an_overflow_in_evaluate_names_the_value(run_dir, blown_run, capsys):
@@ -288,4 +290,5 @@ def test_an_overflow_in_evaluate_names_the_value(run_dir, blown_run, capsys):
     code = main(["evaluate", str(blown_run / "spec.nn"), "--checkpoint", str(blown_run), "--file", str(dev)])
     err = capsys.readouterr().err
     assert code == 1 and "Traceback" not in err and "#" not in err
-    assert err.startswith("error: evaluating the data: ") and "spec.nn:7) produced " in err
+    assert err.startswith(f"{blown_run / 'spec.nn'}:7:13: error: evaluating the data: ")
+    assert "spec.nn:7) produced " in err and err.endswith("^~~~~~~~~\n")

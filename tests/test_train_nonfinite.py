@@ -73,6 +73,10 @@ data inline { x = [[1], [2]]; y = [[0], [1]] }
         Trainer(s.model, s.data, s.settings, quiet=True).fit()
     assert ("step 1 (epoch 1): 'log(W @ x + b)' in the definition of 'h' (" in str(e.value)
             and "sub.nn:4) produced NaN" in str(e.value))
+    # rendered (as the CLI prints it) like a spec error: where, the source line, a caret
+    assert e.value.render() == (f"{spec}:4:10: error: {e.value}\n"
+                                "    h = tanh(log(W @ x + b))\n"
+                                "             ^~~~~~~~~~~~~~")
 
 
 def test_a_forward_run_that_produces_nan_says_where(tmp_path, capsys):
@@ -88,6 +92,12 @@ data inline { x = [[1], [9]] }
     assert main(["run", str(spec)]) == 1
     err = capsys.readouterr().err
     assert "'log(W @ x + b)' in the definition of 'y' (" in err and "fwd.nn:4) produced NaN" in err
+    # where the failing step came from, as a spec error shows it
+    assert err.startswith(f"{spec}:4:10: error: ")
+    assert err.endswith("    y = tanh(log(W @ x + b))\n             ^~~~~~~~~~~~~~\n")
+    assert main(["run", str(spec), "--json"]) == 1
+    error = json.loads(capsys.readouterr().out)["errors"][0]
+    assert (error["file"], error["line"], error["column"]) == (str(spec), 4, 10)
 
 
 def test_checkpoints_refuse_non_finite_weights(tmp_path):

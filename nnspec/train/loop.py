@@ -22,11 +22,13 @@ from ..dataset import BoundData
 from ..model import Model
 from ..ops import REGISTRY
 from ..plan import OpStep
+from ..errors import render_message
 from ..runtime import RuntimeFailure
 from ..settings import TrainSettings
 from .checkpoint import TrainedMeta, load_checkpoint, save_checkpoint
 from .clip import clip_scale
-from .nonfinite import all_finite, describe_node, first_nonfinite, forward_failure, nonfinite_names, what_is_bad
+from .nonfinite import (all_finite, describe_node, first_failure, forward_failure, nonfinite_names, sources_of,
+                        what_and_bad, what_is_bad)
 from .optim import make_optimizer
 from .notebook_progress import progress_class
 from .progress import Progress
@@ -42,7 +44,15 @@ FIRST_CHECKPOINT_SECONDS = 1.0
 
 
 class TrainingError(Exception):
-    """Training cannot go on (e.g. a NaN); the message says where, the best checkpoint stays on disk."""
+    """Training cannot go on (e.g. a NaN); the message says where, the best checkpoint stays on disk.
+    ``span``: the source of the value that went bad, when one did (``render`` shows it with a caret)."""
+
+    def __init__(self, message: str, span=None, sources=None):
+        super().__init__(message)
+        self.span, self.sources = span, sources
+
+    def render(self, color: bool = False) -> str:
+        return render_message("error", str(self), self.span, self.sources, color)
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -360,13 +370,14 @@ class Trainer:
     def _diagnose_forward(self, batch, carry, epoch: int) -> None:
         """Re-run the failing step's forward pass with checks on every value: raises naming the first
         value that went bad, if one did."""
-        found = first_nonfinite(self.model, lambda: self.model.run(
+        failure = first_failure(self.model, lambda: self.model.run(
             batch.arrays, batch.lengths, train=True, rng=np.random.default_rng(0),
             carry=carry if batch.carry else None))
-        if found is not None:
-            what, bad = found
+        if failure is not None:
+            what, bad = what_and_bad(self.model, failure)
             raise TrainingError(f"{self._where(epoch)}: {what} produced {bad}; try a smaller learning rate, "
-                                f"gradient clipping (clip 5) or input normalisation (normalize true)")
+                                f"gradient clipping (clip 5) or input normalisation (normalize true)",
+                                failure.span, sources_of(self.model))
 
     def _diagnose_nan(self, batch, carry, loss, grads, epoch: int) -> None:
         """The loss or the gradients' norm is not finite: name the value that went bad."""
@@ -413,7 +424,7 @@ class Trainer:
                         try:
                             dev = evaluate(self.model, self.data, "dev", s)
                         except RuntimeFailure as e:  # stopped as a bad step is, keeping what is safe
-                            raise TrainingError(f"{self._where(epoch)}: {e}") from None
+                            raise TrainingError(f"{self._where(epoch)}: {e}", e.span, e.sources) from None
                         row.update({f"dev_{k}": v for k, v in dev.metrics.items()})
                         score = dev.metrics.get(metric, dev.loss)
                     else:

@@ -36,10 +36,10 @@ def what_is_bad(a: np.ndarray) -> str:
     return "NaN" if np.isnan(a).any() else "infinite"
 
 
-def first_nonfinite(model, forward: Callable[[], object]) -> tuple[str, str] | None:
+def first_failure(model, forward: Callable[[], object]):
     """A forward pass gave NaN or infinity: ``forward()`` runs it again with every value checked.
-    Returns the first value that went bad in the user's words (``describe_node``) and what it
-    became (``"NaN"`` or ``"an infinite value"``), or None when the pass is finite this time."""
+    Returns the runtime's RuntimeFailure for the first value that went bad (its node, and its
+    step's span), or None when the pass is finite this time."""
     from ..runtime import RuntimeFailure
     executor = model.executor
     executor.check_finite = True
@@ -47,23 +47,36 @@ def first_nonfinite(model, forward: Callable[[], object]) -> tuple[str, str] | N
         with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
             forward()
     except RuntimeFailure as e:
-        bad = str(e).rsplit(" produced ", 1)[-1] if " produced " in str(e) else "NaN or an infinite value"
-        return (describe_node(model.compiled, e.node) if e.node else str(e)), bad
+        return e
     finally:
         executor.check_finite = False
     return None
 
 
+def what_and_bad(model, e) -> tuple[str, str]:
+    """A RuntimeFailure's value in the user's words, and what it became."""
+    bad = str(e).rsplit(" produced ", 1)[-1] if " produced " in str(e) else "NaN or an infinite value"
+    return (describe_node(model.compiled, e.node) if e.node else str(e)), bad
+
+
 def forward_failure(model, forward: Callable[[], object], doing: str):
     """The RuntimeFailure to raise when an evaluation's forward pass gave NaN or infinity,
-    naming the value as a training run does: ``doing`` says what was being computed."""
+    naming the value as a training run does: ``doing`` says what was being computed. It keeps
+    the failing step's span, so it renders with the source line and a caret."""
     from ..runtime import RuntimeFailure
-    found = first_nonfinite(model, forward)
-    if found is None:
+    failure = first_failure(model, forward)
+    if failure is None:
         return RuntimeFailure(f"{doing}: the network's output is NaN or infinite")
-    what, bad = found
+    what, bad = what_and_bad(model, failure)
     return RuntimeFailure(f"{doing}: {what} produced {bad}; is the input far from what the model was "
-                          f"trained on (or not normalised as its training data was)?")
+                          f"trained on (or not normalised as its training data was)?", failure.node,
+                          failure.span, sources_of(model))
+
+
+def sources_of(model):
+    """The compiler's copy of the spec's text (None without one: the span's file is read then)."""
+    diags = getattr(model.compiled, "diags", None)
+    return diags.sources if diags is not None else None
 
 
 def describe_node(compiled, node: str) -> str:
