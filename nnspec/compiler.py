@@ -15,8 +15,9 @@ from .expand import FlatSpec, expand
 from .gcpause import gc_paused
 from .graph import Graph, NodeInfo, build_graph, closure, user_name
 from .loader import Program, load_file, load_text
+from .ops import REGISTRY
 from .optimize import optimize_plan
-from .plan import Plan, build_plan, verify_plan
+from .plan import OpStep, Plan, build_plan, verify_plan
 from .recurrence import Component, find_components, infer_time_and_type
 from .shapes import MemoryBudget, check_memory, infer_shapes
 
@@ -117,6 +118,12 @@ def _compile(program: Program, diags: Diagnostics, bindings: dict[str, int] | No
     diags.raise_if_errors()
     clock = _lap(timings, "validate", clock)
     plan = build_plan(graph, order, components)
+    # A loss of its activation (cross_entropy(softmax(z), y)) means the loss of the logits, computed
+    # exactly, optimised or not: through the probabilities it would be clipped at 1e-12, and the
+    # optimiser would change the number (docs/language.md §9)
+    if any(isinstance(s, OpStep) and REGISTRY[s.op].logits_form for s in plan.steps):
+        plan = optimize_plan(plan, passes=("fuse_losses",))
+        plan.passes = []        # the meaning of the loss, not an optimisation
     clock = _lap(timings, "plan", clock)
     if optimize:
         plan = optimize_plan(plan)   # checks the plan after each pass (nnspec.plan.verify_plan)

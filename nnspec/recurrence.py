@@ -98,7 +98,23 @@ def find_components(graph: Graph, diags: Diagnostics) -> list[Component]:
         for n in comp:
             graph.info(n).component = comp_obj.index
         components.append(comp_obj)
+    _check_initials(graph, components, diags)
     return components
+
+
+def _check_initials(graph: Graph, components: list[Component], diags: Diagnostics) -> None:
+    """``initial`` is the value a recurrent state reads before its first step; the read of any other
+    sequence before its start gives zeros (there is nothing there), so an ``initial`` of it would be
+    silently ignored: an error at the statement."""
+    states = {s for c in components for s in c.states}
+    for name, init in graph.initials.items():
+        if name in states:
+            continue
+        info = graph.info(name)
+        what = "an input" if info.kind in ("input", "target") else "not recurrent (it never reads itself at [t-1])"
+        diags.error(f"'initial {name}': '{name}' is {what}; 'initial' sets the state a recurrent value reads "
+                    f"at its first step, e.g. 'initial h = h0' for 'h = tanh(W @ x + U @ h[t-1])'. "
+                    f"'{name}[t-1]' before the first step is zeros", graph.info(init).span)
 
 
 def _report_algebraic_loop(graph: Graph, nodes: list[str], successors: dict[str, list[str]],
@@ -159,10 +175,13 @@ def infer_time_and_type(graph: Graph, components: list[Component], diags: Diagno
             if delay and o.whole_batch:
                 diags.error(f"{user_name(o, diags.sources)} is a loss, one number for the whole batch; it has no "
                             f"earlier or later steps to read at [t{delay:+d}]", info.span)
-            elif delay and not (o.seq or o.id in in_component or o.kind in ("input", "target") and o.sequence):
-                if o.component is None and not _depends_on_sequence(graph, o.id):
-                    diags.error(f"'{o.id}' is read at [t{delay:+d}] but it is not a sequence; only values that "
-                                f"change over time have earlier or later steps", info.span)
+            elif delay and not (o.seq or o.id in in_component):
+                # o comes before its reader in ``order`` (a delayed link leaves out only links within
+                # a loop), so o.seq is final: a value reduced over time (first(x)) has no steps
+                diags.error(f"{user_name(o, diags.sources)} is read at [t{delay:+d}] but it is not a sequence; "
+                            f"only values that change over time have earlier or later steps", info.span)
+        if op.target == "class" and len(operands) == 2 and not time_op_in_loop:
+            _check_class_steps(info, operands, diags)
         if whole_batch:  # a loss: one number for the whole batch, however long its sequences
             info.seq = False
         elif op.reduces_time:
@@ -191,6 +210,21 @@ def infer_time_and_type(graph: Graph, components: list[Component], diags: Diagno
             diags.error(f"'{names[0]}' is recurrent (it reads itself at another step) but depends on no "
                         f"sequence input; declare an input as a sequence, e.g. 'input x[8] : seq'", span, notes)
     return order
+
+
+def _check_class_steps(info, operands, diags: Diagnostics) -> None:
+    """A class loss pairs each prediction with one class: a prediction at every step against one
+    class per example (or the reverse) has no pairing."""
+    pred, target = operands
+    if pred.seq == target.seq:
+        return
+    def count(o):
+        return "a sequence, one per step" if o.seq else "one per example"
+    fix = (f"declare '{target.id} : seq of class[...]' for a class at every step, or reduce the prediction "
+           f"over time, e.g. last(...)" if pred.seq and target.kind == "target" else
+           "make both sequences or neither")
+    diags.error(f"{info.op}: the prediction {user_name(pred, diags.sources)} is {count(pred)}, but the target "
+                f"{user_name(target, diags.sources)} is {count(target)}; {fix}", info.span)
 
 
 def _whole_batch(info, op, operands, static: set[str], diags: Diagnostics) -> bool:
@@ -259,8 +293,3 @@ def _sequence_dependents(graph: Graph) -> set[str]:
     sequences = [i.id for i in graph.nodes() if i.kind in ("input", "target") and i.sequence]
     return closure(sequences, graph.g.successors)
 
-
-def _depends_on_sequence(graph: Graph, node: str) -> bool:
-    g = graph.g
-    return any(graph.info(a).kind in ("input", "target") and graph.info(a).sequence
-               for a in nx.ancestors(g, node) | {node})

@@ -487,9 +487,13 @@ class Executor:
 
     def _before_first_step(self, tape: Tape, src: str) -> np.ndarray:
         """What a read of ``src`` outside the real steps gives: a state's initial value (B, ...),
-        else zeros."""
+        else nothing: zeros, and for ids -1, the id of no token (embeds to zeros, as ``shift`` pads),
+        not 0, which is ``<pad>``, a learned row of the table."""
         init = tape.initial_values.get(src)
-        return init if init is not None else np.zeros_like(tape.values[src][0])
+        if init is not None:
+            return init
+        first = tape.values[src][0]
+        return np.full_like(first, -1) if np.issubdtype(first.dtype, np.integer) else np.zeros_like(first)
 
     def _initial_grad(self, tape: Tape, src: str, d: int, g: np.ndarray, acc, need) -> None:
         """The gradient of a read of ``src`` at ``t + d`` from outside its loop (``g``, per reading

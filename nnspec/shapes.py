@@ -493,7 +493,7 @@ class ShapeInference:
                 self.solver.unify(pred[-1], operands[1].card)
             except ShapeError:
                 raise ShapeError(f"{info.op}: the prediction has {_show_dim(pred[-1])} classes but the target "
-                                 f"'{operands[1].id}' has {_show_dim(self.solver.find(operands[1].card))}") from None
+                                 f"{user_name(operands[1], self.diags.sources)} has {_show_dim(self.solver.find(operands[1].card))}") from None
         elif operands and operands[0].integer and info.integer:  # ids pass through (shift, word_dropout)
             info.card = operands[0].card
         elif info.op == "argmax" and operands:
@@ -574,6 +574,15 @@ class ShapeInference:
             if unknown and (info.named or info.kind == "param") and not any(id(d) in reported for d in unknown) \
                     and not self.after_failure(n):
                 reported.update(id(d) for d in unknown)
+                if info.table_for is not None:   # an embed's table: named after its embed, not its node id
+                    ids = user_name(self._info[info.table_for], self.diags.sources)
+                    embed = self.diags.sources.snippet(info.span) if info.span is not None else None
+                    embed = f"'{embed}'" if embed else "this embed"
+                    self.emit(n, f"cannot infer the number of rows of the table of "
+                                 f"{embed} ({show(info.shape)}): the number of "
+                                 f"distinct ids in {ids} is unknown; embed token ids, classes or argmax of a "
+                                 f"value of known size")
+                    continue
                 hint = (self.param_hint(n, f"give it a size, e.g. 'param {n}[...]'") if info.kind == "param"
                         else f"declare it, e.g. '{owner(n)}[64] = ...'")
                 self.emit(n, f"cannot infer the size of '{owner(n)}' ({show(info.shape)}); {hint}")

@@ -284,8 +284,6 @@ KNOWN_BUGS = {
     "loss of a state read outside its loop": (
         "input x[2] : seq\ntarget r[2] : seq\noutput h\nh[2] = tanh(W @ x + U @ h[t-1])\ninitial h = h0\n"
         "loss mse(h[t-1], r)\n", "a state read at [t-1] outside its loop ignores 'initial' (branch semantics)"),
-    "initial of an input": ("input x[2] : seq\noutput y\ny[3] = tanh(W @ x[t-1])\ninitial x = [1, 2]\n",
-                            "x[t-1] outside a loop ignores 'initial x' (branch semantics)"),
     "sum inside a loop": ("input x[2] : seq\noutput y\nh[2] = tanh(W @ x + sum(U @ h[t-1]))\ny = last(h)\n",
                           "sum(...) inside a recurrent loop reduces over the batch (branch semantics); "
                           "over time it would need the future"),

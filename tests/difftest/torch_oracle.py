@@ -243,9 +243,8 @@ class _Example:
             if v.is_floating_point() and v.dim() == 0:   # `initial h = 0.5`: every unit of the state
                 v = v * torch.ones(self.spec.state_shape(name), dtype=DTYPE)
         elif name in spec.decls and spec.integer_input(name):
-            # w[t-1] before the first word: id 0 ('<pad>', a learned row of a table), as the runtime
-            # reads it; the reference says only "zero" (shift pads with -1, which embeds to zeros)
-            v = torch.zeros((), dtype=torch.long)
+            # w[t-1] before the first word: nothing, id -1 (embeds to zeros), as shift pads
+            v = torch.full((), -1, dtype=torch.long)
         else:
             v = torch.zeros(self.spec.state_shape(name), dtype=DTYPE)
         self.memo[key] = v
@@ -471,16 +470,29 @@ class _Run:
             return _primitive(e.func, [self.batch_eval(a) for a in args], attrs)
         raise Untranslatable("a per-example value in a loss expression", type(e).__name__)
 
+    def logits_form(self, func: str, args: list) -> tuple[str, list]:
+        """A loss of its activation (``cross_entropy(softmax(z), y)``, directly or through a name)
+        is the loss of the activation's input, computed exactly (docs/language.md §9)."""
+        form = REGISTRY[func].logits_form if func in REGISTRY else None
+        pred = args[0]
+        if isinstance(pred, ast.Name) and pred.name in self.spec.equations:
+            pred = self.spec.equations[pred.name]
+        if form is not None and isinstance(pred, ast.Call) and pred.func == form[0] and len(pred.args) == 1 \
+                and not pred.keywords and not isinstance(pred.args[0], ast.Delayed):
+            return form[1], [pred.args[0]] + list(args[1:])
+        return func, args
+
     def loss_term(self, e: ast.Call) -> torch.Tensor:
         """sum over every real position of every example / the number of positions that count."""
         args, _ = _attrs(e)
         total, count = torch.zeros((), dtype=DTYPE), 0
         seq = any(self.spec.expr_seq(a, self.spec.seq) for a in args)
+        func, args = self.logits_form(e.func, args)
         for ex in self.examples:
             steps = range(ex.length) if seq else [None]
             for t in steps:
                 pred, target = ex.eval(args[0], t), ex.eval(args[1], t)
-                s, n = _loss_elems(e.func, pred, target)
+                s, n = _loss_elems(func, pred, target)
                 total = total + s
                 count += n
         return total / max(count, 1)
