@@ -299,15 +299,32 @@ TOKEN = re.compile(r'"[^"\n]*"|[A-Za-z_][A-Za-z0-9_.]*|\d+(?:\.\d*)?(?:[eE][+-]?
 NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
-def mutate(text: str, rng: random.Random, snippets: list[str], edits: int) -> str:
+KINDS = ("char", "token", "line", "rename", "insert", "insert", "number", "delay")
+NUMBERS = ("0", "1", "2", "5", "64", "1e3", "100000000", "99999999999999999999", "1e400", "0.5")
+DELAYS = ("[t-1]", "[t+1]", "[t-2]")
+NEW_NAMES = ("x", "h", "y", "W", "q", "t", "w", "e", "p", "loss", "input", "lstm", "zz")
+
+
+@dataclass
+class Chooser:
+    """Where a mutation's choices come from: a seeded ``random.Random`` here (``Chooser(rng.randint)``),
+    Hypothesis's ``draw`` in tests/test_fuzz_check.py, so that both mutate text the same way."""
+    integer: object                      # (lo, hi) -> an int in lo..hi, both included
+
+    def pick(self, options):
+        options = list(options)
+        return options[self.integer(0, len(options) - 1)]
+
+
+def mutate(text: str, choose: Chooser, snippets: list[str], edits: int, *, kinds=KINDS, numbers=NUMBERS,
+           delays=DELAYS, new_name=None) -> str:
     """Characters, tokens and lines deleted, duplicated or swapped; names renamed; snippets inserted;
     numbers replaced (with edge values too); delays added or flipped."""
     for _ in range(edits):
-        kind = rng.choice(["char", "token", "line", "rename", "insert", "insert", "number", "delay"])
-        action = rng.choice(["delete", "duplicate", "swap"])
+        kind, action = choose.pick(kinds), choose.pick(["delete", "duplicate", "swap"])
         if kind == "char" and text:
-            i = rng.randrange(len(text))
-            j = min(len(text), i + rng.randint(1, 3))
+            i = choose.integer(0, len(text) - 1)
+            j = min(len(text), i + choose.integer(1, 3))
             if action == "delete":
                 text = text[:i] + text[j:]
             elif action == "duplicate":
@@ -318,17 +335,17 @@ def mutate(text: str, rng: random.Random, snippets: list[str], edits: int) -> st
             toks = [m.span() for m in TOKEN.finditer(text)]
             if len(toks) < 2:
                 continue
-            a, b = sorted(rng.sample(range(len(toks)), 2))
+            a, b = sorted(choose.integer(0, len(toks) - 1) for _ in range(2))
             (i, j), (k, m) = toks[a], toks[b]
             if action == "delete":
                 text = text[:i] + text[j:]
             elif action == "duplicate":
                 text = text[:j] + " " + text[i:j] + text[j:]
-            else:
+            elif a != b:
                 text = text[:i] + text[k:m] + text[j:k] + text[i:j] + text[m:]
         elif kind == "line":
             lines = text.split("\n")
-            i, j = rng.randrange(len(lines)), rng.randrange(len(lines))
+            i, j = choose.integer(0, len(lines) - 1), choose.integer(0, len(lines) - 1)
             if action == "delete":
                 del lines[i]
             elif action == "duplicate":
@@ -339,24 +356,24 @@ def mutate(text: str, rng: random.Random, snippets: list[str], edits: int) -> st
         elif kind == "rename":
             names = sorted(set(NAME.findall(text)))
             if names:
-                new = rng.choice(["x", "h", "y", "W", "q", "t", "w", "e", "p", "loss", "input", "lstm", "zz"])
-                text = re.sub(rf"\b{re.escape(rng.choice(names))}\b", new, text, count=rng.randint(0, 2))
-        elif kind == "number":
+                old = choose.pick(names)
+                new = new_name() if new_name else choose.pick(NEW_NAMES)
+                text = re.sub(rf"\b{re.escape(old)}\b", new, text, count=choose.integer(0, 2))
+        elif kind == "number":    # a different size, count or constant: still valid syntax
             spans = [m.span() for m in re.finditer(r"\b\d+\b", text)]
             if spans:
-                i, j = rng.choice(spans)
-                text = text[:i] + rng.choice(["0", "1", "2", "5", "64", "1e3", "100000000", "99999999999999999999",
-                                              "1e400", "0.5"]) + text[j:]
-        elif kind == "delay":
+                i, j = choose.pick(spans)
+                text = text[:i] + choose.pick(numbers) + text[j:]
+        elif kind == "delay":     # read a name at another step, or flip the direction of a delay
             spans = [m.span() for m in re.finditer(r"\b[A-Za-z_]\w*\b(?!\s*[(=\[])|\[t[+-]", text)]
             if spans:
-                i, j = rng.choice(spans)
+                i, j = choose.pick(spans)
                 flipped = {"[t-": "[t+", "[t+": "[t-"}
                 text = text[:i] + (flipped[text[i:j]] if text[i:j] in flipped
-                                   else text[i:j] + rng.choice(["[t-1]", "[t+1]", "[t-2]"])) + text[j:]
+                                   else text[i:j] + choose.pick(delays)) + text[j:]
         else:
-            i = rng.randint(0, len(text))
-            text = text[:i] + rng.choice(snippets) + text[i:]
+            i = choose.integer(0, len(text))
+            text = text[:i] + choose.pick(snippets) + text[i:]
     return text
 
 
@@ -436,9 +453,9 @@ def case(i: int, seed: int = 0) -> str:
     rng = random.Random(f"{seed}:{i}")
     kind = rng.random()
     if kind < 0.45:
-        return mutate(rng.choice(_seeds()), rng, _snippets(), rng.randint(1, 4))
+        return mutate(rng.choice(_seeds()), Chooser(rng.randint), _snippets(), rng.randint(1, 4))
     if kind < 0.85:
-        return mutate(layered(rng), rng, _snippets(), rng.choice([0, 0, 1, 1, 2]))
+        return mutate(layered(rng), Chooser(rng.randint), _snippets(), rng.choice([0, 0, 1, 1, 2]))
     return " ".join(rng.choice(_vocabulary() + EDGE_SNIPPETS[:12]) for _ in range(rng.randint(0, 40)))
 
 

@@ -141,61 +141,13 @@ def check(text: str) -> None:
 
 @st.composite
 def mutated_specs(draw, base=st.sampled_from(SEEDS), edits=st.integers(1, 4)) -> str:
-    text = draw(base)
-    for _ in range(draw(edits)):
-        kind = draw(st.sampled_from(["char", "token", "line", "rename", "insert", "number", "delay"]))
-        action = draw(st.sampled_from(["delete", "duplicate", "swap"]))
-        if kind == "char" and text:
-            i = draw(st.integers(0, len(text) - 1))
-            j = min(len(text), i + draw(st.integers(1, 3)))
-            if action == "delete":
-                text = text[:i] + text[j:]
-            elif action == "duplicate":
-                text = text[:j] + text[i:j] + text[j:]
-            elif j < len(text):
-                text = text[:i] + text[j] + text[i + 1:j] + text[i] + text[j + 1:]
-        elif kind == "token":
-            toks = [m.span() for m in TOKEN.finditer(text)]
-            if len(toks) < 2:
-                continue
-            a, b = sorted(draw(st.lists(st.integers(0, len(toks) - 1), min_size=2, max_size=2)))
-            (i, j), (k, m) = toks[a], toks[b]
-            if action == "delete":
-                text = text[:i] + text[j:]
-            elif action == "duplicate":
-                text = text[:j] + " " + text[i:j] + text[j:]
-            elif a != b:
-                text = text[:i] + text[k:m] + text[j:k] + text[i:j] + text[m:]
-        elif kind == "line":
-            lines = text.split("\n")
-            i, j = (draw(st.integers(0, len(lines) - 1)) for _ in range(2))
-            if action == "delete":
-                del lines[i]
-            elif action == "duplicate":
-                lines.insert(j, lines[i])
-            else:
-                lines[i], lines[j] = lines[j], lines[i]
-            text = "\n".join(lines)
-        elif kind == "rename":
-            names = sorted(set(NAME.findall(text)))
-            if names:
-                old, new = draw(st.sampled_from(names)), draw(IDENTIFIERS)
-                text = re.sub(rf"\b{re.escape(old)}\b", new, text, count=draw(st.integers(0, 2)))
-        elif kind == "number":  # a different size, count or constant: still valid syntax
-            spans = [m.span() for m in re.finditer(r"\b\d+\b", text)]
-            if spans:
-                i, j = draw(st.sampled_from(spans))
-                text = text[:i] + draw(st.sampled_from(["0", "1", "2", "5", "64", "1e3"])) + text[j:]
-        elif kind == "delay":  # read a name at another step, or flip the direction of a delay
-            spans = [m.span() for m in re.finditer(r"\b[A-Za-z_]\w*\b(?!\s*[(=\[])|\[t[+-]", text)]
-            if spans:
-                i, j = draw(st.sampled_from(spans))
-                flipped = {"[t-": "[t+", "[t+": "[t-"}
-                text = text[:i] + (flipped[text[i:j]] if text[i:j] in flipped else text[i:j] + "[t-1]") + text[j:]
-        else:
-            i = draw(st.integers(0, len(text)))
-            text = text[:i] + draw(st.sampled_from(SNIPPETS)) + text[i:]
-    return text
+    """The fuzzer's mutations (tests/fuzz_text.py ``mutate``), each choice drawn by Hypothesis so
+    that a failing case shrinks."""
+    from tests.fuzz_text import Chooser, mutate
+    choose = Chooser(lambda lo, hi: draw(st.integers(lo, hi)))
+    return mutate(draw(base), choose, SNIPPETS, draw(edits), kinds=("char", "token", "line", "rename", "insert",
+                  "number", "delay"), numbers=("0", "1", "2", "5", "64", "1e3"), delays=("[t-1]",),
+                  new_name=lambda: draw(IDENTIFIERS))
 
 
 @settings(max_examples=350, deadline=None, derandomize=True,
