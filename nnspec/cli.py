@@ -18,6 +18,7 @@ from .runtime import RuntimeFailure
 from .sweep import SweepError
 from .train.checkpoint import CheckpointError
 from .train.loop import CHECKPOINT_SECONDS, TrainingError, TrainingInterrupted
+from .train.rundir import nan_to_null
 
 
 # ---- output helpers -----------------------------------------------------------
@@ -37,17 +38,6 @@ def _jsonable(x):
     if isinstance(x, (np.floating, np.integer)):
         return x.item()
     return str(x)
-
-
-def _clean(x):
-    """JSON has no NaN: report them as null."""
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, dict):
-        return {k: _clean(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
-    return x
 
 
 def _fmt_num(v) -> str:
@@ -80,10 +70,10 @@ def cmd_check(args) -> int:
         files = ([{"path": program.files[0], "kind": "spec"}] if program.files else []) \
             + [{"path": f, "kind": "include"} for f in program.files[1:]] \
             + [{"path": f, "kind": "data"} for f in data_files(c.flat, c.diags)]
-        _emit_json(_clean({"ok": True, "kind": c.kind, "errors": [], "warnings": warnings,
-                           "parameters": total, "loops": loops, "files": files,
-                           "values": {n.id: {"shape": [str(d) for d in n.shape or ()], "sequence": n.seq}
-                                      for n in c.graph.nodes() if n.named}}))
+        _emit_json(nan_to_null({"ok": True, "kind": c.kind, "errors": [], "warnings": warnings,
+                                "parameters": total, "loops": loops, "files": files,
+                                "values": {n.id: {"shape": [str(d) for d in n.shape or ()], "sequence": n.seq}
+                                           for n in c.graph.nodes() if n.named}}))
         return 0
     from rich.table import Table
     con = _console()
@@ -138,7 +128,7 @@ def cmd_run(args) -> int:
         return _run_forward(session, args)
     report = _train(session, args)
     if args.json:
-        _emit_json(_clean(report))
+        _emit_json(nan_to_null(report))
     return 0
 
 
@@ -169,7 +159,7 @@ def _train(session, args, run_path: Path | None = None) -> dict:
     if result.converged is not None:
         metrics["converged"] = result.converged
     if run_dir is not None:
-        run_dir.write_results(_clean(_results(session, result)))
+        run_dir.write_results(nan_to_null(_results(session, result)))
         _plots(session, run_dir, result)
     report = {"kind": session.compiled.kind, "metrics": metrics, "outputs": {},
               "run_dir": result.run_dir}
@@ -299,7 +289,7 @@ def _run_forward(session, args) -> int:
     split = "all" if session.data.has("all") else "train"
     outputs = _outputs_for(session, split)
     if args.json:
-        _emit_json(_clean({"kind": session.compiled.kind, "metrics": {}, "outputs": outputs}))
+        _emit_json(nan_to_null({"kind": session.compiled.kind, "metrics": {}, "outputs": outputs}))
     else:
         _print_outputs(session, split)
     return 0
@@ -392,7 +382,7 @@ def cross_validate(args) -> dict:
         reports.append(report["metrics"])
     summary = summarise_folds(reports)
     if parent is not None:
-        parent.write_results(_clean({"kind": "cross-validation", "spec": session.compiled.name,
+        parent.write_results(nan_to_null({"kind": "cross-validation", "spec": session.compiled.name,
                                      "spec_file": str(session.compiled.program.main_file), **summary,
                                      "fold_dirs": [f"fold-{i + 1:02d}" for i in range(k)]}))
     return {"kind": "cross-validation", "metrics": summary, "outputs": {}, "folds": reports,
@@ -429,7 +419,7 @@ def _cross_validate(args) -> int:
     else:
         report = cross_validate(args)
     if args.json:
-        _emit_json(_clean(report))
+        _emit_json(nan_to_null(report))
         return 0
     summary = report["metrics"]
     k = summary["folds"]
@@ -528,7 +518,7 @@ def cmd_grad(args) -> int:
     result = {"value": _to_py(value), "gradients": {k: _to_py(_one_example(g, k in seq) if k in feeds else g)
                                                     for k, g in grads.items()}}
     if args.json:
-        _emit_json(_clean(result))
+        _emit_json(nan_to_null(result))
         return 0
     con = _console()
     con.print(f"{name} = {_show(result['value'])}")
@@ -587,7 +577,7 @@ def cmd_runs(args) -> int:
         raise UsageError(f"{root}: no such directory (runs go to ./runs unless --runs says otherwise)")
     runs = list_runs(root)
     if args.json:
-        _emit_json(_clean(runs))
+        _emit_json(nan_to_null(runs))
         return 0
     if not runs:
         print(f"no runs under {root}")

@@ -66,11 +66,12 @@ def cmd_sweep(args) -> int:
     write_results(sweep)
     plots = write_plots(sweep)
     if args.json:
-        from .report import _clean, trial_rows
-        print(json.dumps(_clean({"kind": "sweep", "sweep_dir": str(directory), "objective": sweep.objective.describe(),
-                                 "best": {"trial": best.number, "value": best.value, "params": best.params}
-                                 if best else None,
-                                 "trials": trial_rows(sweep), "plots": [str(p) for p in plots]}), indent=2))
+        from ..train.rundir import nan_to_null
+        from .report import trial_rows
+        summary = {"kind": "sweep", "sweep_dir": str(directory), "objective": sweep.objective.describe(),
+                   "best": {"trial": best.number, "value": best.value, "params": best.params} if best else None,
+                   "trials": trial_rows(sweep), "plots": [str(p) for p in plots]}
+        print(json.dumps(nan_to_null(summary), indent=2))
         return 0
     from rich.console import Console
     console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)

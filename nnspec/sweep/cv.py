@@ -26,6 +26,7 @@ from typing import Any
 from . import SweepError
 from .jobs import Job, run_job
 from .space import read_sweep_spec, trial_text
+from ..train.rundir import nan_to_null
 
 
 def summarise(results: list[dict], k: int) -> dict[str, Any]:
@@ -84,19 +85,8 @@ def cross_validate(spec_path: str, k: int, *, client=None, overrides: list[str] 
         summary["run_dir"] = str(cv_dir)
         summary["fold_dirs"] = [f"fold-{i + 1:02d}" for i in range(k)]
         record = {"kind": "cross-validation", "spec": name, "spec_file": str(spec_path), **summary}
-        (cv_dir / "results.json").write_text(json.dumps(_clean(record), indent=2) + "\n", encoding="utf-8")
+        (cv_dir / "results.json").write_text(json.dumps(nan_to_null(record), indent=2) + "\n", encoding="utf-8")
     return summary
-
-
-def _clean(x):
-    """JSON has no NaN."""
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, dict):
-        return {k: _clean(v) for k, v in x.items()}
-    if isinstance(x, list):
-        return [_clean(v) for v in x]
-    return x
 
 
 def _run_all(jobs: list[Job], client, quiet: bool, stream, label: str = "fold") -> list[dict]:

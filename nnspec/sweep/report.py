@@ -4,11 +4,11 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import warnings
 from pathlib import Path
 
 from .space import trial_text
+from ..train.rundir import nan_to_null
 
 
 def trial_rows(sweep) -> list[dict]:
@@ -38,7 +38,7 @@ def trial_rows(sweep) -> list[dict]:
 
 def write_results(sweep) -> None:
     rows = trial_rows(sweep)
-    (sweep.dir / "results.json").write_text(json.dumps(_clean(rows), indent=2) + "\n", encoding="utf-8")
+    (sweep.dir / "results.json").write_text(json.dumps(nan_to_null(rows), indent=2) + "\n", encoding="utf-8")
     columns = [c for c in rows[0] if c != "error"] if rows else []
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
@@ -61,7 +61,7 @@ def write_best(sweep) -> Path | None:
     path.write_text(header + text, encoding="utf-8")
     settings = [dims[k].setting_line(v) if dims[k].target == "setting" else f"let {dims[k].key} = {dims[k].text(v)}"
                 for k, v in best.params.items() if k in dims]
-    (sweep.dir / "best.json").write_text(json.dumps(_clean({
+    (sweep.dir / "best.json").write_text(json.dumps(nan_to_null({
         "trial": best.number, "value": best.value, "objective": sweep.objective.describe(),
         "params": best.params, "settings": settings, "run_dir": best.user_attrs.get("run_dir"),
         "spec": str(path)}), indent=2) + "\n", encoding="utf-8")
@@ -90,16 +90,6 @@ def _cell(v) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"
     return str(v)
-
-
-def _clean(x):
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, dict):
-        return {k: _clean(v) for k, v in x.items()}
-    if isinstance(x, list):
-        return [_clean(v) for v in x]
-    return x
 
 
 def write_plots(sweep) -> list[Path]:

@@ -71,6 +71,18 @@ def _read_rows(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def nan_to_null(x):
+    """A JSON-ready copy of ``x`` with every non-finite float as None: JSON has no NaN, and a
+    figure that went NaN is reported as null (results.json, ``--json``, sweep tables)."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: nan_to_null(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [nan_to_null(v) for v in x]
+    return x
+
+
 class RunDir:
     """Create a fresh run directory, or reopen one (``path=``) to resume.
 
