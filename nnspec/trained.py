@@ -30,7 +30,7 @@ from .ops import REGISTRY
 from .ops.activations import log_softmax, sigmoid
 from .plan import Plan
 from .settings import TrainSettings, settings_from_block
-from .train.checkpoint import Checkpoint, CheckpointError, load_checkpoint
+from .train.checkpoint import Checkpoint, CheckpointError, check_shapes, load_checkpoint
 
 
 def load(path: str | Path, *, checkpoint: str = "best", spec: str | Path | None = None,
@@ -66,12 +66,7 @@ def load(path: str | Path, *, checkpoint: str = "best", spec: str | Path | None 
     settings = _settings(run, compiled)
     dtype = np.dtype(dtype or settings.dtype)
     expected = {p.name: tuple(p.shape) for p in compiled.plan.params}
-    missing = sorted(set(expected) - set(ck.params))
-    wrong = [f"{k} {list(v.shape)} (the spec says {list(expected[k])})"
-             for k, v in ck.params.items() if k in expected and tuple(v.shape) != expected[k]]
-    if missing or wrong:
-        raise CheckpointError(f"{ck_dir}: weights do not fit {spec_path}: "
-                              + "; ".join(([f"missing {', '.join(missing)}"] if missing else []) + wrong))
+    check_shapes(ck_dir, ck.params, expected)
     params = {k: np.asarray(ck.params[k], dtype=dtype) for k in expected}
     standardizers = {k: Standardizer.from_json(v) for k, v in (ck.norm_stats or {}).items()}
     return TrainedModel(compiled, params, dtype=dtype, vocabs=vocabs, settings=settings,

@@ -18,10 +18,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import nnspec
 from nnspec.cli import main
 from nnspec.data import DataError
 from nnspec.errors import SpecError
 from nnspec.session import open_session
+from nnspec.train.checkpoint import CheckpointError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -312,6 +314,8 @@ def test_a_checkpoint_with_weights_of_the_wrong_shape_is_refused(trained_xor, tm
         code, _, err = run_main(capsys, *args)
         assert code == 1
         assert "weight 'W' has shape [3, 2], but this spec makes it [1, 2]" in err, err
+    with pytest.raises(CheckpointError, match=r"weight 'W' has shape \[3, 2\], but this spec makes it \[1, 2\]"):
+        nnspec.load(run)                                                  # the Python API says the same
 
 
 # ---- the Python API: sizes from the data, feeds checked ------------------------------------------
