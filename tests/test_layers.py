@@ -8,7 +8,7 @@ The stages, in order (docs/internals.md, section 1):
       < plan < optimize < compiler (export) < runtime (chunks) < data (dataset, baselines)
       < model (torch_weights; Model.from_file sizes a model from its data) < train < session < trained
       < the package nnspec (its API)
-      < cli (nnspec.cli: output, arguments) < cli_commands (compile, train and model commands)
+      < cli (nnspec.cli: output, arguments, plotting) < cli_commands (compile, train and model commands)
       < cli_dispatch (the parser, nnspec.cli.main) < notebook
 
 ALLOWED lists the one import against the order, with its reason.
@@ -47,7 +47,7 @@ STAGES = [
     ("trained", ("nnspec.trained",)),
     ("sweep", ("nnspec.sweep",)),
     ("api", ("nnspec",)),
-    ("cli", ("nnspec.cli", "nnspec.cli.output", "nnspec.cli.arguments")),
+    ("cli", ("nnspec.cli", "nnspec.cli.output", "nnspec.cli.arguments", "nnspec.cli.plotting")),
     ("cli_commands", ("nnspec.cli.forward", "nnspec.cli.training", "nnspec.cli.folds",
                       "nnspec.cli.compile_commands", "nnspec.cli.train_commands", "nnspec.cli.model_commands")),
     ("cli_dispatch", ("nnspec.cli.dispatch", "nnspec.cli.__main__")),

@@ -9,6 +9,7 @@
     model_commands.py    predict, evaluate, sample: a trained model
     arguments.py         argument types and flags the commands share
     output.py            the console, JSON, numbers shown short
+    plotting.py          a run's plots, drawn by a helper process while the network trains
 
 A new command is an ``add_NAME(sub)`` in a command module (its arguments and ``func``) and one
 line in dispatch.COMMANDS. The sweep command lives with the sweeps (nnspec/sweep/commands.py).

@@ -9,6 +9,7 @@ from ..train.loop import CHECKPOINT_SECONDS
 from ..train.rundir import nan_to_null
 from .forward import print_outputs
 from .output import console, fmt_num
+from .plotting import Plotter
 
 
 def train_session(session, args, run_path: Path | None = None) -> dict:
@@ -25,26 +26,26 @@ def train_session(session, args, run_path: Path | None = None) -> dict:
         run_dir = RunDir(spec_name=session.compiled.name, root=args.runs, path=path)
         run_dir.write_spec(spec_text(session))
         run_dir.write_settings(session.settings.model_dump())
-    trainer = Trainer(session.model, session.data, session.settings, run_dir=run_dir, spec_hash=session.spec_hash,
-                      quiet=args.quiet or args.json,
-                      checkpoint_seconds=getattr(args, "checkpoint_every", CHECKPOINT_SECONDS))
-    if args.resume:
-        trainer.resume(Path(args.resume) / "last")
-    result = trainer.fit()
-    metrics = {"best_epoch": result.best_epoch, "epochs": result.epochs_run, "seconds": round(result.seconds, 2)}
-    metrics.update({k: v for k, v in result.best.items() if k.startswith(("dev_", "train_"))})
-    if result.test is not None:
-        metrics.update({f"test_{k}": v for k, v in result.test.items()})
-    if result.converged is not None:
-        metrics["converged"] = result.converged
-    if run_dir is not None:
-        run_dir.write_results(nan_to_null(_results(session, result)))
-        _plots(session, run_dir, result)
-    report = {"kind": session.compiled.kind, "metrics": metrics, "outputs": {},
-              "run_dir": result.run_dir}
-    if not args.json:
-        _print_training(session, result, metrics)
-    return report
+    with Plotter(helper=run_dir is not None) as plotter:  # matplotlib loads while the network trains
+        trainer = Trainer(session.model, session.data, session.settings, run_dir=run_dir,
+                          spec_hash=session.spec_hash, quiet=args.quiet or args.json,
+                          checkpoint_seconds=getattr(args, "checkpoint_every", CHECKPOINT_SECONDS))
+        if args.resume:
+            trainer.resume(Path(args.resume) / "last")
+        result = trainer.fit()
+        metrics = {"best_epoch": result.best_epoch, "epochs": result.epochs_run, "seconds": round(result.seconds, 2)}
+        metrics.update({k: v for k, v in result.best.items() if k.startswith(("dev_", "train_"))})
+        if result.test is not None:
+            metrics.update({f"test_{k}": v for k, v in result.test.items()})
+        if result.converged is not None:
+            metrics["converged"] = result.converged
+        if run_dir is not None:
+            run_dir.write_results(nan_to_null(_results(session, result)))
+            _plots(session, run_dir, result, plotter)
+        if not args.json:
+            _print_training(session, result, metrics)
+        plotter.finish()  # the plots are written when the command returns
+    return {"kind": session.compiled.kind, "metrics": metrics, "outputs": {}, "run_dir": result.run_dir}
 
 
 def _results(session, result) -> dict:
@@ -65,12 +66,12 @@ def spec_text(session) -> str:
     return original + "\n# ---- expanded ----\n# " + format_flat(session.compiled.flat).replace("\n", "\n# ")
 
 
-def _plots(session, run_dir, result) -> None:
+def _plots(session, run_dir, result, plotter: Plotter) -> None:
+    """The run's plots, handed to ``plotter`` (drawn by ``plotter.finish()``)."""
     from ..train.loop import evaluate, loss_unit
-    from ..train.plots import plot_confusion, plot_curves
     from ..train.metrics import confusion_matrix
-    plot_curves(result.history, run_dir.plots / "curves.png", title=f"{session.compiled.name}",
-                best_epoch=result.best_epoch or None, loss_unit=loss_unit(session.model))
+    plotter.curves(result.history, run_dir.plots / "curves.png", title=f"{session.compiled.name}",
+                   best_epoch=result.best_epoch or None, loss_unit=loss_unit(session.model))
     split = "test" if session.data.has("test") else ("dev" if session.data.has("dev") else None)
     if split is None or session.data.stream:
         return
@@ -83,8 +84,8 @@ def _plots(session, run_dir, result) -> None:
             continue
         labels = [names.get(_label_key(x), str(x)) for x in vocab.decode(range(len(vocab)))]
         cm = confusion_matrix(guess, gold, len(vocab))
-        plot_confusion(cm, labels, run_dir.plots / f"confusion-{split}.png",
-                       title=f"{session.compiled.name}: {split} confusion")
+        plotter.confusion(cm, labels, run_dir.plots / f"confusion-{split}.png",
+                          title=f"{session.compiled.name}: {split} confusion")
 
 
 def _label_key(value):
