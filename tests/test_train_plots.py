@@ -82,7 +82,7 @@ def test_the_helper_ends_when_nothing_is_sent_or_the_run_stops(tmp_path, monkeyp
     process = plotter.process
     process.stdin.close()  # what the helper sees when nnspec run is killed: its input ends
     assert process.wait(timeout=60) == 0
-    process.stderr.close()
+    plotter.stop()
     with pytest.raises(KeyboardInterrupt):
         with Plotter() as plotter:
             process = plotter.process

@@ -9,8 +9,10 @@ a sweep's worker) or the helper cannot start or fails, the plots are drawn here,
 from __future__ import annotations
 
 import json
+import queue
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +29,9 @@ _START = ("import sys, importlib.util\n"
 
 class Plotter:
     """Collects plots (``curves``, ``confusion``: nnspec.train.plots's ``plot_curves`` and
-    ``plot_confusion``) and draws them by ``finish``; ``helper``: start the helper process now.
-    Use it as a context manager, so that a failed or interrupted run stops the helper."""
+    ``plot_confusion``), hands each to the helper as it comes, and returns from ``finish`` when
+    they are written; ``helper``: start the helper process now. Use it as a context manager, so
+    that a failed or interrupted run stops the helper."""
 
     def __init__(self, helper: bool = True):
         self.jobs: list[dict] = []
@@ -39,53 +42,77 @@ class Plotter:
         try:
             self.process = subprocess.Popen(
                 [sys.executable, "-c", _START, str(Path(train.__file__).with_name("plots.py"))],
-                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,  # a plot it fails to draw is drawn here, where the error shows
                 start_new_session=True)  # a Ctrl-C reaches this process, which stops the helper
         except OSError:
-            self.process = None
+            return
+        # A thread writes to the helper: a pipe holds 64 KB, and the helper reads only once
+        # matplotlib is loaded, so a long run's curves would otherwise hold this process up.
+        self._lines: queue.SimpleQueue = queue.SimpleQueue()
+        self._writer = threading.Thread(target=_write_lines, args=(self._lines, self.process.stdin), daemon=True)
+        self._writer.start()
 
     def curves(self, rows, path: Path, **kwargs) -> None:
         # plot_curves draws a row's Python numbers (a float32 or int64 is not one): the rest goes as null
         rows = [{k: v if isinstance(v, (int, float)) else None for k, v in r.items()} for r in rows]
-        self.jobs.append({"plot": "plot_curves", "args": [rows, str(path)], "kwargs": kwargs})
+        self._add({"plot": "plot_curves", "args": [rows, str(path)], "kwargs": kwargs})
 
     def confusion(self, matrix, labels, path: Path, **kwargs) -> None:
-        self.jobs.append({"plot": "plot_confusion", "args": [np.asarray(matrix).tolist(), list(labels), str(path)],
-                          "kwargs": kwargs})
+        self._add({"plot": "plot_confusion", "args": [np.asarray(matrix).tolist(), list(labels), str(path)],
+                   "kwargs": kwargs})
+
+    def _add(self, job: dict) -> None:
+        self.jobs.append(job)
+        if self.process is not None:
+            self._lines.put((json.dumps(job, default=_plain) + "\n").encode("utf-8"))
 
     def finish(self) -> None:
-        """Draw the plots; return when they are written."""
+        """Return when the plots are written."""
         if self.process is not None:
-            if not self.jobs:
-                self.stop()
-                return
-            text = "".join(json.dumps(job, default=_plain) + "\n" for job in self.jobs)
-            try:
-                self.process.communicate(text.encode("utf-8"))
-            except BrokenPipeError:  # the helper ended early
-                self.process.wait()
-            failed = self.process.returncode != 0
+            self._lines.put(None)  # the writer closes the helper's input: it ends after the last plot
+            self._writer.join()
+            failed = self.process.wait() != 0
             self.process = None
             if not failed:
                 return
-        # here: the helper failed (a plot error shows as it would have), or none was started
+        # here: the helper failed (drawn again here, a plot error shows as it always did), or none was started
         if self.jobs:
             from ..train.plots import draw
             for job in self.jobs:
                 draw(job)
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
+        """Stop the helper, if it runs (after a failure or Ctrl-C: the plots are not drawn)."""
+        if self.process is None:
+            return
+        if self.process.poll() is None:
             self.process.kill()
-        if self.process is not None:
-            self.process.wait()
-            self.process = None
+        self.process.wait()
+        self._lines.put(None)
+        self._writer.join()
+        self.process = None
 
     def __enter__(self) -> "Plotter":
         return self
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def _write_lines(lines: queue.SimpleQueue, pipe) -> None:
+    """Write each line to ``pipe`` until None comes, then close it; stop if the reader is gone."""
+    try:
+        for line in iter(lines.get, None):
+            pipe.write(line)
+            pipe.flush()
+    except OSError:  # BrokenPipeError: the helper ended (finish draws here) or was stopped
+        pass
+    finally:
+        try:
+            pipe.close()
+        except OSError:
+            pass
 
 
 def _plain(x):
