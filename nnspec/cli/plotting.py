@@ -36,7 +36,7 @@ class Plotter:
     def __init__(self, helper: bool = True):
         self.jobs: list[dict] = []
         self.process: subprocess.Popen | None = None
-        if not helper or "matplotlib.figure" in sys.modules:
+        if not helper or "matplotlib.figure" in sys.modules or not sys.executable:
             return
         from .. import train
         try:
