@@ -100,10 +100,10 @@ def run_cell(text: str, args) -> object:
 
 def outputs_table(session) -> HTML:
     """The spec's data and the network's outputs for it, a row an example (``nnspec run``'s table)."""
-    from .cli import _outputs_for   # the outputs `nnspec run` prints, computed the same way
+    from .cli.forward import outputs_for   # the outputs `nnspec run` prints, computed the same way
     from .display import table_html
     split = "all" if session.data.has("all") else "train"
-    outputs = _outputs_for(session, split)
+    outputs = outputs_for(session, split)
     encoded = session.data.splits[split]
     inputs = [f.name for f in session.data.fields if f.role == "input"]
     rows = [[_shown(encoded.data[n][i]) for n in inputs] + [_shown(outputs[o][i]) for o in outputs]

@@ -181,7 +181,7 @@ class Worker:
     def __init__(self, memory: int = MEMORY):
         self.memory = memory
         self.ctx = mp.get_context("forkserver")
-        self.ctx.set_forkserver_preload(["nnspec", "nnspec.cli", "nnspec.train.loop"])
+        self.ctx.set_forkserver_preload(["nnspec", "nnspec.cli.dispatch", "nnspec.train.loop"])
         self.proc = None
         self.work = tempfile.mkdtemp(prefix="nnspec-fuzz-")   # the worker's folder, removed by close()
 

@@ -9,7 +9,9 @@ import pytest
 
 import nnspec.train.loop as loop
 from nnspec import open_session
-from nnspec.cli import _distinct_parts, _label_names, main, summarise_folds
+from nnspec.cli import main
+from nnspec.cli.folds import summarise_folds
+from nnspec.cli.training import _distinct_parts, _label_names
 from nnspec.train.checkpoint import load_checkpoint
 from nnspec.train.loop import Trainer
 from nnspec.train.plots import curves_figure

@@ -154,3 +154,26 @@ def plot_confusion(matrix: np.ndarray, labels: Sequence[str], path: str | os.Pat
                             color="white" if norm[i, j] > 0.5 else "black")
     fig.tight_layout()
     return _save(fig, path)
+
+
+# ---- drawing in a helper process ------------------------------------------------------
+# nnspec run starts this module as a script in a process of its own (nnspec/cli/plotting.py), so
+# that importing matplotlib (about 0.45 s) happens while the network trains. It imports no nnspec
+# module; a plot arrives as a line of JSON naming one of these functions and its arguments.
+
+PLOTS = {"plot_curves": plot_curves, "plot_confusion": plot_confusion}
+
+
+def draw(job: dict) -> Path:
+    """One plot described as data: ``{"plot": "plot_curves", "args": [...], "kwargs": {...}}``."""
+    return PLOTS[job["plot"]](*job.get("args", []), **job.get("kwargs", {}))
+
+
+def serve(lines=None) -> None:
+    """Draw each plot read from standard input, a line of JSON each, until it closes (also when
+    the process that started this one ended without sending anything)."""
+    import json
+    import sys
+    for line in lines if lines is not None else sys.stdin:
+        if line.strip():
+            draw(json.loads(line))

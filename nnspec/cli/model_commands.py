@@ -8,10 +8,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import Vocab, tokenize
+from ..data import Vocab, tokenize
+from ..errors import UsageError
+from .arguments import positive, whole
 
 
-def add_model_commands(sub) -> None:
+def add_predict(sub) -> None:
     p = sub.add_parser("predict", help="apply a trained model to new input (a sentence per line)",
                        description="Each line is split on whitespace (into characters for a character model), "
                                    "the way the vocabulary was built: give treebank-tokenised text (ca n't .) "
@@ -27,6 +29,8 @@ def add_model_commands(sub) -> None:
     p.add_argument("--json", action="store_true", help="tokens, labels and each label's probability")
     p.set_defaults(func=cmd_predict)
 
+
+def add_evaluate(sub) -> None:
     e = sub.add_parser("evaluate", help="metrics of a trained model on a split of the spec's data, or on a file")
     e.add_argument("spec")
     e.add_argument("--checkpoint", required=True)
@@ -40,34 +44,17 @@ def add_model_commands(sub) -> None:
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=cmd_evaluate)
 
+
+def add_sample(sub) -> None:
     s = sub.add_parser("sample", help="generate text from a trained language model")
     s.add_argument("spec")
     s.add_argument("--checkpoint", required=True)
     s.add_argument("--prompt", default="\n")
-    s.add_argument("--length", type=_whole, default=300)
-    s.add_argument("--temperature", type=_positive, default=1.0)
-    s.add_argument("--seed", type=_whole, default=0)
+    s.add_argument("--length", type=whole, default=300)
+    s.add_argument("--temperature", type=positive, default=1.0)
+    s.add_argument("--seed", type=whole, default=0)
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_sample)
-
-
-def _whole(text: str) -> int:
-    import argparse
-    if not re.fullmatch(r"\s*\d+\s*", text):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number (0 or more)")
-    return int(text)
-
-
-def _positive(text: str) -> float:
-    import argparse
-    import math
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number")
-    return value
 
 
 def checkpoint_dir(path: str) -> Path:
@@ -79,12 +66,12 @@ def checkpoint_dir(path: str) -> Path:
 
 def open_trained(spec: str, checkpoint: str, with_data: bool = False):
     """The spec compiled with the sizes its checkpoint was trained with, and the trained weights."""
-    from .compiler import compile_program
-    from .model import Model
-    from .session import Session, load, open_session, spec_hash
-    from .settings import settings_from_block
-    from .trained import compile_with_vocabs
-    from .train.checkpoint import CheckpointError, TrainedMeta, check_shapes, load_checkpoint
+    from ..compiler import compile_program
+    from ..model import Model
+    from ..session import Session, load, open_session, spec_hash
+    from ..settings import settings_from_block
+    from ..trained import compile_with_vocabs
+    from ..train.checkpoint import CheckpointError, TrainedMeta, check_shapes, load_checkpoint
     ck = load_checkpoint(checkpoint_dir(checkpoint), schema=TrainedMeta)
     vocabs = {k: Vocab.from_json(v) for k, v in (ck.vocabs or {}).items()}
     if with_data:
@@ -105,8 +92,8 @@ def open_trained(spec: str, checkpoint: str, with_data: bool = False):
 
 def _read_lines(path: str) -> list[str]:
     """The non-blank lines of --input: a regular file or standard input, within the read limit."""
-    from .data import DataError
-    from .limits import READ_LIMIT_VARIABLE, ReadRefused, read_limit, read_regular_file
+    from ..data import DataError
+    from ..limits import READ_LIMIT_VARIABLE, ReadRefused, read_limit, read_regular_file
     limit = read_limit()
     try:
         if path == "-":
@@ -126,20 +113,18 @@ def _read_lines(path: str) -> list[str]:
 
 
 def cmd_predict(args) -> int:
-    from .trained import load
+    from ..trained import load
     model = load(args.checkpoint, spec=args.spec)
     try:
         model.text_input()
     except ValueError as e:
-        from .errors import UsageError
         raise UsageError(str(e)) from None
     tokenizer = args.tokenize
     if tokenizer == "treebank":
-        from .trained import treebank_tokenize
+        from ..trained import treebank_tokenize
         try:
             treebank_tokenize("")
         except ImportError as e:
-            from .errors import UsageError
             raise UsageError(str(e)) from None
     predictions = [(line, model.predict(line, tokenizer=tokenizer)) for line in _read_lines(args.input)]
     if args.json:
@@ -155,7 +140,7 @@ def cmd_predict(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from .train.loop import evaluate
+    from ..train.loop import evaluate
     if args.file is None and args.data is None:
         return _evaluate_split(args, args.split or "test")
     session, vocabs = open_trained(args.spec, args.checkpoint)
@@ -176,10 +161,9 @@ def cmd_evaluate(args) -> int:
 
 
 def _evaluate_split(args, split: str) -> int:
-    from .train.loop import evaluate
+    from ..train.loop import evaluate
     session, _ = open_trained(args.spec, args.checkpoint, with_data=True)
     if not session.data.has(split):
-        from .errors import UsageError
         have = [s for s in ("train", "dev", "test", "all") if session.data.has(s)]
         raise UsageError(f"the data has no '{split}' part; it has {', '.join(have)}")
     metrics = evaluate(session.model, session.data, split, session.settings).metrics
@@ -192,10 +176,10 @@ def _evaluate_split(args, split: str) -> int:
 
 def _data_of_user(session, vocabs: dict, args):
     """The user's --file or --data, encoded with the checkpoint's vocabularies and input statistics."""
-    from .data import DataError, Standardizer
-    from .dataset import bind_trained, source_call
-    from .errors import Diagnostics
-    from .train.checkpoint import TrainedMeta, load_checkpoint
+    from ..data import DataError, Standardizer
+    from ..dataset import bind_trained, source_call
+    from ..errors import Diagnostics
+    from ..train.checkpoint import TrainedMeta, load_checkpoint
     diags = Diagnostics(session.compiled.diags.sources)
     if args.file is not None:
         stmt = session.compiled.flat.data
@@ -217,7 +201,6 @@ FILE_ARGUMENTS = ("train", "dev", "test")
 
 def _with_file(stmt, call, path: str) -> tuple[str, list, dict]:
     """The spec's data source with its file(s) replaced by ``path``: the same reader and options."""
-    from .errors import UsageError
     if call is None or call[0] == "inline":
         raise UsageError("the spec's data is written inline, so there is no file format to follow; "
                          "say how to read the file with --data, e.g. --data 'csv(\"file.csv\")'")
@@ -234,9 +217,9 @@ def _with_file(stmt, call, path: str) -> tuple[str, list, dict]:
 
 def parse_data_source(text: str, diags) -> object:
     """``--data 'csv("x.csv")'``: one data source in the spec language (``data`` in front is optional)."""
-    from .errors import SpecError
-    from .syntax import ast
-    from .syntax.parser import parse
+    from ..errors import SpecError
+    from ..syntax import ast
+    from ..syntax.parser import parse
     source = text if re.match(r"\s*data\s", text) else f"data {text}"
     module = parse(source, "--data", diags)
     diags.raise_if_errors()
@@ -247,14 +230,13 @@ def parse_data_source(text: str, diags) -> object:
 
 
 def cmd_sample(args) -> int:
-    from .train.loop import find_heads
+    from ..train.loop import find_heads
     session, vocabs = open_trained(args.spec, args.checkpoint)
     heads = [h for h in find_heads(session.model) if h.tokens]
     if not heads:
-        from .errors import UsageError
         raise UsageError("sample needs a language model: a loss that predicts the next token of an input")
     head = heads[0]
-    from .ops import REGISTRY
+    from ..ops import REGISTRY
     prediction = REGISTRY[next(s.op for s in session.plan.steps if s.id == head.loss)].prediction
     field = next(v for v in session.plan.inputs if v.elem in ("token", "char"))
     vocab = vocabs[field.name]

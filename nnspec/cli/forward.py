@@ -1,0 +1,74 @@
+"""A network's outputs on its data: ``nnspec run`` on a spec without a train block, the table
+printed after training a small data set, and the notebook's outputs table."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import UsageError
+from ..runtime import RuntimeFailure
+from ..train.rundir import nan_to_null
+from .output import console, emit_json, show, squeeze
+
+
+def run_forward(session, args) -> int:
+    if session.data is None:
+        raise UsageError("nothing to run: the spec has no data (add 'data inline { ... }') and no train block")
+    split = "all" if session.data.has("all") else "train"
+    outputs = outputs_for(session, split)
+    if args.json:
+        emit_json(nan_to_null({"kind": session.compiled.kind, "metrics": {}, "outputs": outputs}))
+    else:
+        print_outputs(session, split)
+    return 0
+
+
+def outputs_for(session, split: str) -> dict:
+    data = session.data
+    collected: dict[str, list] = {o: [] for o in session.plan.outputs}
+    for batch in data.batches(split, 256, dtype=session.model.dtype):
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):  # named below
+            out = session.model.forward(batch.arrays, batch.lengths)
+        if not all(np.isfinite(v).all() for v in out.values() if np.issubdtype(v.dtype, np.floating)):
+            _name_nonfinite(session, batch, split)
+        for k, v in out.items():
+            v = squeeze(v)
+            if v.ndim >= 2 and batch.mask is not None and v.shape[:2] == batch.mask.shape:
+                collected[k] += [v[:n, b].tolist() for b, n in enumerate(batch.lengths)]
+            else:
+                collected[k] += v.tolist()
+    return collected
+
+
+def _name_nonfinite(session, batch, split: str) -> None:
+    """An output came out NaN or infinite: run the batch again checking every value, and say
+    which one went bad first, by its name in the spec."""
+    from ..train.nonfinite import describe_node
+    ex = session.model.executor
+    have_targets = all(t.name in batch.arrays for t in session.plan.targets)
+    ex.check_finite = True
+    try:
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            session.model.run(batch.arrays, batch.lengths, need_loss=have_targets and session.plan.loss is not None)
+    except RuntimeFailure as e:
+        bad = str(e).rsplit(" produced ", 1)[-1] if " produced " in str(e) else "NaN or an infinite value"
+        what = describe_node(session.compiled, e.node) if e.node else str(e)
+        raise RuntimeFailure(f"{what} produced {bad} in the forward pass over the {split} data", e.node, e.span,
+                             session.compiled.diags.sources) from None
+    finally:
+        ex.check_finite = False
+    raise RuntimeFailure(f"an output is NaN or infinite in the forward pass over the {split} data")
+
+
+def print_outputs(session, split: str) -> None:
+    con = console()
+    outputs = outputs_for(session, split)
+    enc = session.data.splits[split]
+    inputs = [f.name for f in session.data.fields if f.role == "input"]
+    from rich.table import Table
+    table = Table()
+    for name in inputs + list(outputs):
+        table.add_column(name)
+    for i in range(len(enc)):
+        row = [show(enc.data[n][i]) for n in inputs] + [show(outputs[o][i]) for o in outputs]
+        table.add_row(*row)
+    con.print(table)
