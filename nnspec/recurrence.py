@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import networkx as nx
 
+from .axes import infer_axes
 from .errors import Diagnostics
 from .graph import Graph, closure, user_name, where
 from .ops import REGISTRY
@@ -153,8 +154,10 @@ def infer_time_and_type(graph: Graph, components: list[Component], diags: Diagno
         raise nx.NetworkXUnfeasible("the graph has a cycle at delay 0")
     in_component = {n for c in components for n in c.nodes}
     static: set[str] = set()   # parameters, constants and what is computed from them alone
+    axes = infer_axes(graph, order, components, diags)   # each value's sequence axes (axes.py)
     for n in order:
         info = graph.info(n)
+        info.axes = axes[n]
         if info.kind in ("input", "target"):
             info.seq = info.sequence
             info.integer = info.elem in ("token", "char", "class")
@@ -184,12 +187,13 @@ def infer_time_and_type(graph: Graph, components: list[Component], diags: Diagno
             _check_class_steps(info, operands, diags)
         if whole_batch:  # a loss: one number for the whole batch, however long its sequences
             info.seq = False
+            info.axes = ()
         elif op.reduces_time:
             if operands and not operands[0].seq and not time_op_in_loop:
                 diags.error(f"{info.op}(...) reduces over time, but its argument is not a sequence", info.span)
-            info.seq = False
+            info.seq = bool(info.axes)     # a reduction removes the innermost axis only
         else:
-            info.seq = any(o.seq for o in operands) or n in in_component
+            info.seq = bool(info.axes)     # on some axis: of an operand, or of its loop
         integer_in = [o for i, o in enumerate(operands) if o.integer and i not in op.integer_inputs]
         keeps_ids = op.output_integer([True])
         if integer_in and not keeps_ids:

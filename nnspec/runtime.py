@@ -65,7 +65,8 @@ from . import chunks
 from .errors import Sources, Span, render_message
 from .ops import REGISTRY, Ctx
 from .ops.registry import NO_CTX, Op, product_into, unbroadcast
-from .plan import LoopStep, OpStep, Plan
+from .plan import LoopStep, OpStep, Plan, plan_axes, plan_axis_names
+from . import runtime_axes
 
 
 class RuntimeFailure(Exception):
@@ -128,6 +129,7 @@ class Tape:
     carry: dict = field(default_factory=dict)           # the previous chunk's final states (nnspec.chunks)
     before_chunk: dict = field(default_factory=dict)    # state -> its values at steps -P..-1 (nnspec.chunks)
     ahead: dict = field(default_factory=dict)           # input -> the tokens after this chunk
+    geometry: dict = field(default_factory=dict)        # [axes] axis -> AxisGeometry (plans with several axes)
     prepared: "_PassRun | None" = None                  # the prepared pass that made it (fast path)
     single_use: bool = False                            # for one backward pass (Executor.forward)
     used: bool = False                                  # a backward pass has run over it
@@ -141,6 +143,13 @@ class Executor:
         self.dtype = np.dtype(dtype)
         self.check_finite = check_finite
         self.options = options or ExecOptions()
+        # [axes] a plan on several sequence axes runs on the reference path, each step on its own
+        # axis's geometry (runtime_axes.py); a plan on one axis is untouched by these lines
+        self.axes = plan_axes(plan)
+        self.multi_axis = len(plan_axis_names(plan)) > 1
+        if self.multi_axis:
+            from dataclasses import replace
+            self.options = replace(self.options, fast_loops=False, prepared=False, reuse_buffers=False)
         self.consts = {k: np.asarray(v, dtype=self.dtype) for k, v in plan.consts.items()}
         self.specs = {v.name: v for v in plan.inputs + plan.targets}
         self.seq = {v.name for v in plan.inputs + plan.targets if v.seq}
@@ -285,7 +294,14 @@ class Executor:
         for prog in self._programs.values():
             prog.release_outer()
         env = self.prepare(feeds)
-        batch, steps, lengths, mask = self._geometry(env, lengths)
+        geometry = None
+        if self.multi_axis:   # [axes] one geometry per axis; the first made current
+            batch, geometry = runtime_axes.axis_geometries(
+                {v.name: self.axes[v.name] for v in self.plan.inputs + self.plan.targets}, env, lengths, self.dtype)
+            g0 = next(iter(geometry.values()), None)
+            steps, lengths, mask = (g0.steps, g0.lengths, g0.mask) if g0 else (0, None, None)
+        else:
+            batch, steps, lengths, mask = self._geometry(env, lengths)
         key = None
         if self.options.prepared and not self.check_finite and self.profile is None:
             key = (steps, batch, None if lengths is None else lengths.tobytes(), need_loss,
@@ -304,6 +320,8 @@ class Executor:
         tape = Tape(values=env, lengths=lengths, mask=mask, batch=batch, steps=steps, carry=carry or {},
                     ahead={n: np.asarray(feeds[chunks.ahead_key(n)]) for n in self.seq
                            if chunks.ahead_key(n) in feeds})
+        if geometry is not None:
+            tape.geometry = geometry
         if single_use:
             tape.single_use = True
             tape.fresh = set() if self.spendable else None
@@ -316,6 +334,8 @@ class Executor:
                 t0 = time.perf_counter() if prof is not None else 0.0
                 if self._skipped(step, need_loss):
                     continue
+                if tape.geometry:
+                    runtime_axes.enter(tape, self._axis_of(step))   # [axes]
                 if isinstance(step, LoopStep):
                     self._loop_step_forward(step, tape, train, rng, carry)
                 else:
@@ -328,6 +348,9 @@ class Executor:
                     self._note("forward", step, time.perf_counter() - t0)
             if key is not None:
                 self._pass_seen = (key, built)
+        if tape.geometry and self.plan.outputs:   # [axes] what the tape shows: the first output's axis
+            out_axes = self.axes.get(self.plan.outputs[0], ())
+            runtime_axes.enter(tape, out_axes[-1] if out_axes else None)
         if steps:
             for src, depth in self.lookback.items():
                 k = chunks.history_key(src)
@@ -401,6 +424,13 @@ class Executor:
         key = (phase, what, sid, part)
         self.profile[key] = self.profile.get(key, 0.0) + seconds
 
+    def _axis_of(self, step) -> str | None:
+        """[axes] The sequence axis a step runs on: a loop's own; an op's, its first operand's innermost."""
+        if isinstance(step, LoopStep):
+            return step.axis
+        first = self.axes.get(step.inputs[0][0]) if step.inputs else None
+        return runtime_axes.step_axis(self.axes.get(step.id, ()), first)
+
     def _ctx(self, step: OpStep, tape: Tape, train, rng) -> Ctx:
         first_seq = bool(step.inputs) and step.inputs[0][0] in self.seq
         return Ctx(train=train, rng=rng, mask=tape.mask if first_seq else None,
@@ -414,6 +444,9 @@ class Executor:
             # one number for the batch (a loss, a regulariser of parameters): a 0-d array, like a scalar parameter
             number = whole_batch or (step.id in self._static and tuple(step.shape) == ())
             trail = () if number else array_shape(step.shape, step.integer)
+            first_axes = self.axes.get(step.inputs[0][0], ()) if step.inputs else ()
+            if self.multi_axis and op.over_time and len(first_axes) > 1:   # [axes] over the innermost axis
+                op = runtime_axes.FoldedOp(op, len(first_axes))
             info = self._outer[step.id] = _Outer(
                 op=op,
                 pooled=(not op.needs_ctx and not step.integer and _overrides(op, "forward_into")
@@ -813,6 +846,8 @@ class Executor:
             return grads
         for step in reversed(self.plan.steps):
             t0 = time.perf_counter() if prof is not None else 0.0
+            if tape.geometry:
+                runtime_axes.enter(tape, self._axis_of(step))   # [axes]
             self._backward_step(step, tape, grads, acc, need, wrt is None)
             if leaves is not None:  # only the leaves were asked for: a value's gradient goes once used
                 for v in ([b.id for b in step.body] if isinstance(step, LoopStep) else [step.id]):
