@@ -72,7 +72,8 @@ def cmd_check(args) -> int:
             + [{"path": f, "kind": "data"} for f in data_files(c.flat, c.diags)]
         _emit_json(nan_to_null({"ok": True, "kind": c.kind, "errors": [], "warnings": warnings,
                                 "parameters": total, "loops": loops, "files": files,
-                                "values": {n.id: {"shape": [str(d) for d in n.shape or ()], "sequence": n.seq}
+                                "values": {n.id: {"shape": [str(d) for d in n.shape or ()], "sequence": n.seq,
+                                                  "axes": list(n.axes)}
                                            for n in c.graph.nodes() if n.named}}))
         return 0
     from rich.table import Table
@@ -80,7 +81,8 @@ def cmd_check(args) -> int:
     if c.diags.warnings:
         print(c.diags.render(), file=sys.stderr)
     table = Table(title=f"{c.name}: {c.kind}", title_justify="left")
-    for col in ("value", "kind", "shape", "time", "parameters"):
+    named_axes = any(n.axes not in ((), ("time",)) for n in c.graph.nodes())
+    for col in ("value", "kind", "shape", "axes" if named_axes else "time", "parameters"):
         table.add_column(col, justify="right" if col == "parameters" else "left")
     for info in c.graph.nodes():
         if not info.named:
@@ -94,11 +96,14 @@ def cmd_check(args) -> int:
         time = "sequence" if info.seq else ""
         if info.component is not None:
             time = "recurrent" + (" (backward)" if c.components[info.component].direction < 0 else "")
+        if named_axes and info.axes:   # a spec with named axes: each value's, outermost first
+            time = ("recurrent over " if info.component is not None else "on ") + ", ".join(info.axes)
         table.add_row(info.id, kind, shape, time, count)
     con.print(table)
     con.print(f"parameters: {total:,}" if isinstance(total, int) else f"parameters: {total}")
     for i, loop in enumerate(loops):
-        con.print(f"loop {i + 1} ({loop['direction']} in time): {', '.join(loop['values'])}")
+        over = (f"over {c.graph.info(c.components[i].nodes[0]).axes[-1]}" if named_axes else "in time")
+        con.print(f"loop {i + 1} ({loop['direction']} {over}): {', '.join(loop['values'])}")
     con.print("ok")
     return 0
 

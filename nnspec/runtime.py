@@ -180,6 +180,8 @@ class Executor:
         self._initial_of = {s: init for step in plan.steps if isinstance(step, LoopStep)
                             for s, init in step.initials.items()}
         self.lookback = chunks.lookback_depths(plan)  # what a chunk keeps for the next one to read
+        if self.multi_axis:   # [axes] streams in chunks have one axis: nothing carries to a next chunk
+            self.lookback = {}
         self._loss_only = self._only_for_the_loss()
         self.spendable = self._spendable()
         # steps that are one number for the whole batch: losses and arithmetic on them (a 0-d array)
