@@ -61,9 +61,9 @@ def infer_axes(graph: Graph, order: list[str], components, diags: Diagnostics) -
 def _axes_pass(graph: Graph, order, comp_of, loop_axes: list[tuple], diags: Diagnostics | None) -> dict:
     axes: dict[str, tuple] = {}
 
-    def error(message, span):
+    def error(message, span):          # (messages are made only in the last pass: ``message()``)
         if diags is not None:
-            diags.error(message, span)
+            diags.error(message(), span)
 
     for n in order:
         info = graph.info(n)
@@ -78,12 +78,12 @@ def _axes_pass(graph: Graph, order, comp_of, loop_axes: list[tuple], diags: Diag
         if getattr(op, "adds_axis", False) and len(operands) == 2:
             (x, xa), (s, sa) = operands
             if not sa:
-                error(f"{info.op}(x, s) repeats x along the sequence axis of s, but "
-                      f"{user_name(graph.info(s), diags.sources if diags else None)} is not a sequence", info.span)
+                error(lambda: f"{info.op}(x, s) repeats x along the sequence axis of s, but "
+                              f"{user_name(graph.info(s), diags.sources)} is not a sequence", info.span)
                 result = xa
             elif sa[-1] in xa:
-                error(f"{info.op}(x, s): {user_name(graph.info(x), diags.sources if diags else None)} is already on "
-                      f"the axis {sa[-1]} of s", info.span)
+                error(lambda: f"{info.op}(x, s): {user_name(graph.info(x), diags.sources)} is already on "
+                              f"the axis {sa[-1]} of s", info.span)
                 result = xa
             else:
                 result = xa + (sa[-1],)
@@ -95,12 +95,11 @@ def _axes_pass(graph: Graph, order, comp_of, loop_axes: list[tuple], diags: Diag
             for src, a in operands:
                 both = combine(result, a)
                 if both is None:
-                    sources = diags.sources if diags else None
-                    error(f"{user_name(graph.info(first), sources)} is on the axes {show_axes(result)} and "
-                          f"{user_name(graph.info(src), sources)} on {show_axes(a)}: values on different "
-                          f"sequence axes combine only through an operation that relates them "
-                          f"(along(x, s) repeats x along the axis of s; last(x), mean(x), ... reduce one)",
-                          info.span)
+                    error(lambda: f"{user_name(graph.info(first), diags.sources)} is on the axes "
+                                  f"{show_axes(result)} and {user_name(graph.info(src), diags.sources)} on "
+                                  f"{show_axes(a)}: values on different sequence axes combine only through an "
+                                  f"operation that relates them (along(x, s) repeats x along the axis of s; "
+                                  f"last(x), mean(x), ... reduce one)", info.span)
                     break
                 if len(a) >= len(result):
                     first = src
@@ -111,14 +110,14 @@ def _axes_pass(graph: Graph, order, comp_of, loop_axes: list[tuple], diags: Diag
         if i is not None:
             both = combine(result, loop_axes[i])
             if both is None or len(both) > 1:
-                sources = diags.sources if diags else None
                 if len(loop_axes[i]) == 1 and both is None:
-                    error(f"{user_name(info, sources)} is computed in a loop that runs over the axis "
-                          f"{loop_axes[i][0]}, but reads values on {show_axes(result)}; a loop reads, at each "
-                          f"of its steps, only values on its own axis or on none", info.span)
+                    error(lambda: f"{user_name(info, diags.sources)} is computed in a loop that runs over the "
+                                  f"axis {loop_axes[i][0]}, but reads values on {show_axes(result)}; a loop reads, "
+                                  f"at each of its steps, only values on its own axis or on none", info.span)
                 else:
-                    error(f"{user_name(info, sources)} is computed in a recurrent loop, which runs over one "
-                          f"sequence axis, but its value is on {show_axes(both or result)}", info.span)
+                    error(lambda: f"{user_name(info, diags.sources)} is computed in a recurrent loop, which runs "
+                                  f"over one sequence axis, but its value is on {show_axes(both or result)}",
+                          info.span)
                 both = loop_axes[i] or result[-1:]
             loop_axes[i] = both
             result = both

@@ -96,7 +96,8 @@ def field_specs(values: list[ValueSpec], diags: Diagnostics | None = None) -> li
                 raise SpecError.single(f"'{v.name}' has shape {v.shape}; data fields are vectors or numbers")
             size = v.shape[0] if v.shape else None
         level = "char" if v.elem in ("char", "char_bag") else "word"
-        fields.append(FieldSpec(name=v.name, kind=kind, size=size, role=v.role, level=level))
+        axis = (v.axes or ["time"])[-1] if v.seq else None
+        fields.append(FieldSpec(name=v.name, kind=kind, size=size, role=v.role, level=level, axis=axis))
     return fields
 
 
