@@ -31,9 +31,9 @@ class Along(_Plain):
     arity = 2
     adds_axis = True
     needs_ctx = False
-    # set by the compiler (nnspec/axes.py), not by a spec: where the new axis goes in x's array
-    # (after x's own sequence axes), and which axis of s's array is the one x is repeated along
-    attrs = {"at": 0, "of": 0}
+    # no settings a spec may write: the compiler (nnspec/axes.py) sets "at", where the new axis goes
+    # in x's array (after x's own sequence axes), and "of", the axis of s's array x is repeated along
+    attrs = {}
     args = ("x", "s")
     doc = ("x repeated along the innermost sequence axis of s: a decoder step's query beside every "
            "encoder step; its value is on x's axes and that one")
