@@ -282,15 +282,22 @@ def format_plan(plan) -> str:
 
     rows: list[tuple[str, str, str, str]] = []   # indent, lhs, rhs, margin
 
+    named = plan_axis_names(plan) - {DEFAULT_AXIS}     # a plan with named axes shows them
+    axes = plan_axes(plan) if named else {}
+
     def add_step(s, indent, in_loop):
         margin = "per t" if in_loop else ("once" if s.id in static else ("T x B" if s.id in seq else "B"))
+        if named and not in_loop and s.id in seq:
+            over = axes.get(s.id) or (axes.get(s.inputs[0][0]) if s.inputs else ()) or ("T",)
+            margin = " x ".join(over) + " x B"   # a loss: over its first operand's steps
         rows.append((indent, f"{s.id}{shape(s.shape)}", rhs(s), margin))
 
     header = [f"plan {plan.name} ({'recurrent' if plan.recurrent else 'feed-forward'})"]
     if plan.passes:
         header.append(f"  optimised: {', '.join(plan.passes)}")
     for v in plan.inputs + plan.targets:
-        header.append(f"  {v.role} {v.name}{shape(v.shape)}" + (" : seq" if v.seq else ""))
+        header.append(f"  {v.role} {v.name}{shape(v.shape)}" + (" : seq" if v.seq else "")
+                      + (f"({v.axes[-1]})" if named and v.seq and v.axes else ""))
     for p in plan.params:
         header.append(f"  param {p.name}{shape(p.shape)} init {p.init}" + (" frozen" if p.frozen else ""))
     lines: list = []
@@ -298,7 +305,8 @@ def format_plan(plan) -> str:
         if isinstance(s, LoopStep):
             n_mm = sum(b.op in ("matmul", "linear") for b in s.body)
             views = sum(b.op == "slice" for b in s.body)
-            rows.append(("  ", f"loop over t ({'forward' if s.direction > 0 else 'backward'} in time), "
+            over = f"loop over {s.axis}" if named else "loop over t"
+            rows.append(("  ", f"{over} ({'forward' if s.direction > 0 else 'backward'} in time), "
                                f"states {', '.join(s.states)}: {len(s.body) - views} ops per step "
                                f"({n_mm} product{'s' if n_mm != 1 else ''}) and {views} slices", None, None))
             for b in s.body:
