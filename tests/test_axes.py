@@ -264,3 +264,42 @@ def test_reverse_copy_learns_to_reverse_with_greedy_decoding():
             total += 1
     assert total == 300
     assert exact / total >= 0.99, f"{exact}/{total} test sequences exactly right"
+
+
+# ---- bad data: clear errors at the file and line -----------------------------------------------
+def _run_on(tmp_path, rows: list[str], *settings) -> str:
+    from nnspec.cli import main
+    (tmp_path / "d.tsv").write_text("src\ttgt\n" + "\n".join(rows) + "\n")
+    path = tmp_path / "ed.nn"
+    path.write_text(spec("dot") + '\ndata tsv("d.tsv")\ntrain { epochs 1; batch 2 }\n')
+    import contextlib
+    import io
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        code = main(["run", str(path), "--no-save", "--quiet", *sum((["--set", s] for s in settings), [])])
+    assert code != 0
+    assert "Traceback" not in err.getvalue()
+    return err.getvalue()
+
+
+def test_an_empty_target_is_an_error_at_its_line(tmp_path):
+    message = _run_on(tmp_path, ["a b\tb a", "a b c\t", "c\tc"])
+    assert "d.tsv:3" in message and "'tgt'" in message and "empty" in message
+
+
+def test_a_source_longer_than_max_length_is_an_error_at_its_line(tmp_path):
+    message = _run_on(tmp_path, ["a b\tb a", "c\tc", "a b c d e\te d c b a"], "max_length=4")
+    assert "d.tsv:4" in message and "'src': a sequence of 5 steps, longer than max_length 4" in message
+
+
+def test_sequences_on_different_axes_may_differ_in_length_but_not_on_one(tmp_path):
+    from nnspec.data.encode import Encoded
+    from nnspec.data.errors import DataError
+    from nnspec.data.fields import FieldKind, FieldSpec
+    fields = [FieldSpec(name="a", kind=FieldKind.tokens, axis="i"), FieldSpec(name="b", kind=FieldKind.tokens, axis="j"),
+              FieldSpec(name="c", kind=FieldKind.classes, axis="j")]
+    ids = [np.array([2, 3]), np.array([2])]
+    ok = Encoded(fields[:2], {"a": ids, "b": ids[::-1]}, [("f", 2), ("f", 3)])
+    assert ok.axis_lengths["i"].tolist() == [2, 1] and ok.axis_lengths["j"].tolist() == [1, 2]
+    with pytest.raises(DataError, match="'b' has 1 steps, 'c' has 2 \\(both on the axis j\\)"):
+        Encoded(fields, {"a": ids, "b": ids[::-1], "c": ids}, [("f", 2), ("f", 3)])
