@@ -45,20 +45,25 @@ def input_axes(info) -> tuple:
 
 def infer_axes(graph: Graph, order: list[str], components, diags: Diagnostics) -> dict[str, tuple]:
     """The axes of every value (``order``: a topological order of the graph without the delayed
-    links inside loops). A loop's axis is what its values read from outside it; since a loop's
-    values may be visited before everything it reads, passes repeat until the loops' axes settle
-    (once more than the loops there are, at most); the last pass reports the errors."""
+    links inside loops). A loop's axis is the outermost axis of its values; since a loop's values
+    may be visited before everything they read, passes repeat until the loops' axes settle (once
+    more than the loops there are, at most); the last pass reports the errors."""
     comp_of = {n: i for i, c in enumerate(components) for n in c.nodes}
     loop_axes: list[tuple] = [() for _ in components]
+    inner: list[set] = [set() for _ in components]     # axes along(...) adds inside each loop: not its own
     for _ in range(len(components) + 1):
         before = list(loop_axes)
-        _axes_pass(graph, order, comp_of, loop_axes, None)
+        _axes_pass(graph, order, comp_of, loop_axes, inner, None)
         if loop_axes == before:
             break
-    return _axes_pass(graph, order, comp_of, loop_axes, diags)
+    return _axes_pass(graph, order, comp_of, loop_axes, inner, diags)
 
 
-def _axes_pass(graph: Graph, order, comp_of, loop_axes: list[tuple], diags: Diagnostics | None) -> dict:
+def _axes_pass(graph: Graph, order, comp_of, loop_axes: list[tuple], inner: list[set],
+               diags: Diagnostics | None) -> dict:
+    """One pass over the graph. Inside a loop over axis L, values are on (L, ...): at each step the
+    loop reads a value on L at that step, and a value on other axes (an encoder's states) whole, so
+    the rules apply to the axes *within a step* (L taken off the front), and L is put back."""
     axes: dict[str, tuple] = {}
 
     def error(message, span):          # (messages are made only in the last pass: ``message()``)
@@ -74,7 +79,20 @@ def _axes_pass(graph: Graph, order, comp_of, loop_axes: list[tuple], diags: Diag
             axes[n] = ()
             continue
         op = REGISTRY[info.op]
-        operands = [(src, axes.get(src, ())) for src, _ in info.inputs]
+        i = comp_of.get(n)
+        L = loop_axes[i][0] if i is not None and loop_axes[i] else None
+
+        def full(src):
+            a = axes.get(src)
+            if a is None:   # a value of the same loop, not visited yet in this pass (read at t-1)
+                a = (L,) if L is not None and comp_of.get(src) == i else ()
+            return a
+
+        def in_step(a: tuple) -> int:
+            """How many sequence axes a value on ``a`` has in its array here: in a loop's step, not L."""
+            return len(a) - (1 if L is not None and a[:1] == (L,) else 0)
+
+        operands = [(src, full(src)) for src, _ in info.inputs]
         if getattr(op, "adds_axis", False) and len(operands) == 2:
             (x, xa), (s, sa) = operands
             if not sa:
@@ -87,8 +105,12 @@ def _axes_pass(graph: Graph, order, comp_of, loop_axes: list[tuple], diags: Diag
                 result = xa
             else:
                 result = xa + (sa[-1],)
-            info.attrs["at"] = len(xa)               # where the runtime inserts the new axis in x's array
-            info.attrs["of"] = max(len(sa) - 1, 0)   # and which axis of s's array gives its length
+                if i is not None:
+                    inner[i].add(sa[-1])
+            # where the runtime inserts the new axis in x's array, and which axis of s's array gives
+            # its length (within a loop's step, arrays have no loop axis)
+            info.attrs["at"] = in_step(xa)
+            info.attrs["of"] = max(in_step(sa) - 1, 0)
         else:
             result = ()
             first = None
@@ -106,23 +128,21 @@ def _axes_pass(graph: Graph, order, comp_of, loop_axes: list[tuple], diags: Diag
                 result = both
             if op.reduces_time or op.scalar_output:
                 result = result[:-1] if not op.scalar_output else ()
-        i = comp_of.get(n)
         if i is not None:
-            both = combine(result, loop_axes[i])
-            if both is None or len(both) > 1:
-                if len(loop_axes[i]) == 1 and both is None:
-                    error(lambda: f"{user_name(info, diags.sources)} is computed in a loop that runs over the "
-                                  f"axis {loop_axes[i][0]}, but reads values on {show_axes(result)}; a loop reads, "
-                                  f"at each of its steps, only values on its own axis or on none", info.span)
-                else:
-                    error(lambda: f"{user_name(info, diags.sources)} is computed in a recurrent loop, which runs "
-                                  f"over one sequence axis, but its value is on {show_axes(both or result)}",
-                          info.span)
-                both = loop_axes[i] or result[-1:]
-            loop_axes[i] = both
-            result = both
+            if L is None:   # the loop's axis: this value's outermost, unless along put it inside the loop
+                L = next((a for a in result if a not in inner[i]), None)
+                if L is not None:
+                    loop_axes[i] = (L,)
+            if L is not None and L in result[1:]:
+                error(lambda: f"{user_name(info, diags.sources)} is computed in a loop over the axis {L}, but "
+                              f"its value is on {show_axes(result)}: inside its loop, a value has the loop's "
+                              f"axis outermost", info.span)
+                result = tuple(a for a in result if a != L)
+            if L is not None and result[:1] != (L,):
+                result = (L,) + result
         axes[n] = result
-    # a loop's values are on its axis, including those visited before the loop learned it
+    # a loop that found no axis (it depends on no sequence: an error elsewhere) runs over the default one
     for n, i in comp_of.items():
-        axes[n] = loop_axes[i] or (DEFAULT_AXIS,)
+        if not loop_axes[i]:
+            axes[n] = (DEFAULT_AXIS,) + axes[n]
     return axes

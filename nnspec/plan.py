@@ -149,7 +149,7 @@ def build_plan(graph: Graph, order: list[str], components: list[Component]) -> P
             steps.append(LoopStep(index=comp.index, direction=comp.direction,
                                   body=[_op_step(graph, b) for b in comp.nodes], states=comp.states,
                                   initials={s: graph.initials[s] for s in comp.states if s in graph.initials},
-                                  axis=(graph.info(comp.nodes[0]).axes or (DEFAULT_AXIS,))[-1]))
+                                  axis=(graph.info(comp.nodes[0]).axes or (DEFAULT_AXIS,))[0]))
     steps = _order_loops(steps)
     inputs = [ValueSpec(name=i.id, role=i.kind, shape=list(i.shape or ()), seq=i.seq, integer=i.integer,
                         elem=i.elem, card=i.card, view=i.view, axes=list(i.axes))

@@ -171,7 +171,9 @@ def infer_time_and_type(graph: Graph, components: list[Component], diags: Diagno
             static.add(n)
         whole_batch = _whole_batch(info, op, operands, static, diags)
         _check_shared_inputs(info, op, operands, static, diags)
-        time_op_in_loop = op.over_time and n in in_component
+        # over the loop's own axis (a reduction over an encoder's steps inside a decoder loop is fine)
+        time_op_in_loop = (op.over_time and n in in_component
+                           and len(axes.get(info.inputs[0][0], ()) if info.inputs else ()) <= 1)
         if time_op_in_loop:
             _report_time_op_in_loop(graph, info, components, diags)
         for (src, delay), o in zip(info.inputs, operands):

@@ -564,10 +564,15 @@ class Executor:
         self._carried_steps(loop, tape)
         bufs: dict[str, np.ndarray] = {}
         times = range(T) if loop.direction > 0 else range(T - 1, -1, -1)
+        # [axes] values on other axes read whole at every step, and the masks of body ops over them
+        whole, masked = runtime_axes.loop_reads(loop, self.axes) if tape.geometry else ((), {})
         for t in times:
             for step in loop.body:
-                xs = [self._read_step(tape, bufs, inits, body_ids, src, d, t) for src, d in step.inputs]
-                ctx = Ctx(train=train, rng=rng)
+                xs = [env[src] if src in whole else self._read_step(tape, bufs, inits, body_ids, src, d, t)
+                      for src, d in step.inputs]
+                geo = tape.geometry.get(masked[step.id]) if step.id in masked else None
+                ctx = (Ctx(train=train, rng=rng) if geo is None
+                       else Ctx(train=train, rng=rng, mask=geo.mask, lengths=geo.lengths))
                 out = REGISTRY[step.op].forward(xs, step.attrs, ctx)
                 if step.id not in bufs:
                     bufs[step.id] = np.empty((T,) + out.shape, dtype=out.dtype)
@@ -1047,6 +1052,7 @@ class Executor:
         outer_init: dict[str, np.ndarray] = {}     # other loops' states: gradients of their initial states
         ginit = {s: np.zeros_like(tape.initial_values[s], dtype=self.dtype) for s in loop.states if s in gbuf}
         times = range(T) if loop.direction > 0 else range(T - 1, -1, -1)
+        whole = runtime_axes.loop_reads(loop, self.axes)[0] if tape.geometry else ()   # [axes] summed over steps
         for t in reversed(times):
             for step in reversed(loop.body):
                 if step.id not in gbuf:
@@ -1062,7 +1068,7 @@ class Executor:
                             gbuf[src][t] += gi
                         else:
                             self._to_step(gbuf[src], ginit[src], gi, t + d, tape)
-                    elif src in self.seq:
+                    elif src in self.seq and src not in whole:
                         if src not in outer_seq:
                             outer_seq[src] = np.zeros_like(env[src], dtype=self.dtype)
                         if d == 0:

@@ -122,3 +122,21 @@ class FoldedOp:
 
     def vjp_one(self, i, g, xs, out, attrs, ctx):
         return self.vjp(g, xs, out, attrs, ctx)[i]
+
+
+def loop_reads(loop, axes: dict[str, tuple]) -> tuple[frozenset, dict[str, str]]:
+    """What a loop over ``loop.axis`` reads *whole* at every step: the values from outside it on other
+    axes (an encoder's states, read by a decoder's attention), each with its own mask; and for each
+    body op over time whose first operand has an axis of its own within a step (``softmax_steps`` of
+    a step's scores over the encoder's steps), that axis, whose mask its context carries."""
+    body = {b.id for b in loop.body}
+    whole = frozenset(src for b in loop.body for src, _ in b.inputs
+                      if src not in body and axes.get(src) and axes[src][0] != loop.axis)
+    masked = {}
+    for b in loop.body:
+        if b.inputs:
+            a = axes.get(b.inputs[0][0], ())
+            a = a[1:] if a[:1] == (loop.axis,) else a
+            if a:
+                masked[b.id] = a[-1]
+    return whole, masked

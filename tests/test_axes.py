@@ -33,10 +33,29 @@ o[{H}] = tanh(Wc @ concat(dec, c))
 p = softmax(V @ o + b)
 loss cross_entropy(p, tgt)
 """
-ATTENTIONS = {"dot": "attention(dec, enc)", "additive": f"additive_attention(dec, enc, A = {A})"}
+# attention inside the decoder's loop (Bahdanau et al. 2015): the previous decoder state attends over
+# the encoder's states, read whole at every step of the output axis, and the context feeds the decoder
+IN_LOOP = """
+network enc_dec_in_loop
+input  src : seq(src) of token
+input  tgt : seq(out) of token
+output p
+
+enc = lstm(embed(src, {E}), H = {H})
+ye = embed(tgt, {E})
+c = additive_attention(dec[t-1], enc, A = {A})
+dec = lstm(concat(ye[t-1], c), H = {H})
+initial dec = last(enc)
+p = softmax(V @ concat(dec, c) + b)
+loss cross_entropy(p, tgt)
+"""
+ATTENTIONS = {"dot": "attention(dec, enc)", "additive": f"additive_attention(dec, enc, A = {A})",
+              "in_loop": None}
 
 
 def spec(kind: str) -> str:
+    if kind == "in_loop":
+        return IN_LOOP.format(E=E, H=H, A=A)
     return ENC_DEC.format(E=E, H=H, attention=ATTENTIONS[kind])
 
 
@@ -65,6 +84,12 @@ def test_each_value_carries_its_axes():
     assert axes == {"src": ("src",), "tgt": ("out",), "enc": ("src",), "dec": ("out",),
                     "c.s": ("out", "src"), "c.a": ("out", "src"), "c": ("out",), "p": ("out",)}
     assert g.info("loss").axes == ()
+
+
+def test_attention_inside_a_loop_reads_the_encoder_whole():
+    g = compile_text(spec("in_loop"), bindings={"vocab(src)": V_SRC, "vocab(tgt)": V_TGT}).graph
+    assert g.info("c.s").axes == ("out", "src") and g.info("c.s").component is not None
+    assert g.info("c").axes == ("out",) and g.info("dec").axes == ("out",)
 
 
 def test_loops_run_over_their_own_axis():
@@ -202,17 +227,33 @@ def torch_loss(P: dict, feeds: dict, kind: str):
     last = enc[torch.tensor(ls - 1), torch.arange(B)]
     ye = T["ye.table"][torch.tensor(tgt)]
     ye_prev = torch.cat([torch.zeros_like(ye[:1]), ye[:-1]])
-    dec = lstm(ye_prev, "dec", last)
-    if kind == "dot":
-        scores = torch.einsum("obh,sbh->osb", dec, enc)
-    else:
-        e = torch.tanh((dec @ T["c.Wq"].T)[:, None] + (enc @ T["c.Wk"].T)[None])
-        scores = (e * T["c.v"]).sum(-1)
     real_src = torch.tensor(np.arange(Ts)[:, None] < ls[None, :])
-    a = torch.softmax(scores.masked_fill(~real_src[None], -np.inf), dim=1)
-    ctx = torch.einsum("osb,sbh->obh", a, enc)
-    o = torch.tanh(torch.cat([dec, ctx], -1) @ T["Wc"].T)
-    logp = torch.log_softmax(o @ T["V"].T + T["b"], -1)
+
+    def attend(q):   # q (..., B, H) against every encoder step: (..., B, H) context vectors
+        if kind == "dot":
+            scores = torch.einsum("...bh,sbh->...sb", q, enc)
+        else:
+            e = torch.tanh((q @ T["c.Wq"].T).unsqueeze(-3) + enc @ T["c.Wk"].T)
+            scores = (e * T["c.v"]).sum(-1)
+        a = torch.softmax(scores.masked_fill(~real_src, -np.inf), dim=-2)
+        return torch.einsum("...sb,sbh->...bh", a, enc)
+
+    if kind == "in_loop":
+        h, c, states, contexts = last, torch.zeros_like(last), [], []
+        for t in range(Tt):
+            ctx_t = attend(h)
+            x = torch.cat([ye_prev[t], ctx_t], -1)
+            gate = {k: x @ T[f"dec.W{k}"].T + h @ T[f"dec.U{k}"].T + T[f"dec.b{k}"] for k in "fiog"}
+            c = torch.sigmoid(gate["f"]) * c + torch.sigmoid(gate["i"]) * torch.tanh(gate["g"])
+            h = torch.sigmoid(gate["o"]) * torch.tanh(c)
+            states.append(h)
+            contexts.append(ctx_t)
+        logits = torch.cat([torch.stack(states), torch.stack(contexts)], -1) @ T["V"].T + T["b"]
+    else:
+        dec = lstm(ye_prev, "dec", last)
+        o = torch.tanh(torch.cat([dec, attend(dec)], -1) @ T["Wc"].T)
+        logits = o @ T["V"].T + T["b"]
+    logp = torch.log_softmax(logits, -1)
     real_tgt = torch.tensor(np.arange(Tt)[:, None] < lt[None, :])
     nll = -logp.gather(-1, torch.tensor(tgt)[..., None])[..., 0]
     loss = (nll * real_tgt).sum() / real_tgt.sum()
