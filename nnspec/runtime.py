@@ -149,7 +149,10 @@ class Executor:
         self.multi_axis = len(plan_axis_names(plan)) > 1
         if self.multi_axis:
             from dataclasses import replace
-            self.options = replace(self.options, fast_loops=False, prepared=False, reuse_buffers=False)
+            self.options = replace(self.options, prepared=False, reuse_buffers=False)
+        # loops that read values on other axes whole (attention inside a loop) run on the reference path
+        self._whole_reading = {s.index for s in plan.steps if isinstance(s, LoopStep) and self.multi_axis
+                               and runtime_axes.loop_reads(s, self.axes)[0]}
         self.consts = {k: np.asarray(v, dtype=self.dtype) for k, v in plan.consts.items()}
         self.specs = {v.name: v for v in plan.inputs + plan.targets}
         self.seq = {v.name for v in plan.inputs + plan.targets if v.seq}
@@ -360,7 +363,7 @@ class Executor:
         return tape
 
     def _loop_step_forward(self, step: LoopStep, tape: Tape, train, rng, carry) -> None:
-        if self.options.fast_loops and tape.steps > 0:
+        if self.options.fast_loops and tape.steps > 0 and step.index not in self._whole_reading:
             self._fast_loop_forward(step, tape, train, rng, carry or {})
         else:
             self._loop_forward(step, tape, train, rng, carry or {})

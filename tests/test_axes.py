@@ -178,6 +178,24 @@ def test_padding_on_either_axis_changes_no_example(kind):
         np.testing.assert_allclose(grads[k], total_grads[k], rtol=1e-9, atol=1e-12, err_msg=k)
 
 
+@pytest.mark.parametrize("kind", ["dot", "additive"])
+def test_fast_loops_agree_with_the_reference_interpreter(kind):
+    from nnspec.runtime import ExecOptions, Executor
+    m = model(kind)
+    feeds = batch(3)
+    from nnspec.model import prepare_feeds
+    arrays, lengths = prepare_feeds(m.plan, feeds, need_targets=True, dtype=np.float64)
+    runs = []
+    for fast in (True, False):
+        ex = Executor(m.plan, dtype=np.float64, options=ExecOptions(fast_loops=fast))
+        tape = ex.forward(m.params, arrays, lengths=lengths)
+        runs.append((tape.values["p"].copy(), ex.backward(tape)))
+    (p1, g1), (p2, g2) = runs
+    np.testing.assert_allclose(p1, p2, rtol=1e-12, atol=1e-14)
+    for k in m.params:
+        np.testing.assert_allclose(np.asarray(g1[k]), np.asarray(g2[k]), rtol=1e-10, atol=1e-13, err_msg=k)
+
+
 # ---- finite differences --------------------------------------------------------------------
 @pytest.mark.parametrize("kind", ATTENTIONS)
 def test_gradients_match_finite_differences(kind):
