@@ -16,8 +16,9 @@ The rules, checked here at compile time:
 * ``along(x, s)`` relates them: ``x`` repeated along the innermost axis of ``s``;
 * a reduction (``last``, ``sum``, ...) removes its argument's innermost axis, so
   ``last(enc)`` is one value per example, usable on any other axis (``initial dec = last(enc)``);
-* a recurrent loop runs over exactly one axis; reading inside it a value on another axis is
-  an error (for now: attention inside a loop is future work).
+* a recurrent loop runs over one axis, the outermost of its values: at each step it reads a
+  value on its axis at that step, and a value on other axes whole (attention inside a
+  decoder's loop reads all of an encoder's states).
 
 At run time the arrays follow the axes (runtime.py): a value on axes ``(a1, ..., ak)`` is
 ``(T_a1, ..., T_ak, B, *shape)``, so NumPy broadcasting is this module's combination rule.

@@ -13,8 +13,10 @@ folds the outer ones into the batch, ``(T_ak, T_a1 * ... * B, ...)``, with the m
 to match; the op runs unchanged and its result is unfolded. So every reduction over time
 (``sum``, ``last``, ...) and ``softmax_steps`` works over the innermost axis of any value.
 
-Plans with several axes run on the reference path (no fast loops, no prepared passes, no
-buffer pool); plans with one axis are untouched.
+Plans with several axes run without prepared passes and without the buffer pool; a loop
+that reads values on other axes whole (attention inside it) runs on the reference
+interpreter, with each whole value's mask for the ops over its steps (``loop_reads``); other
+loops take the fast path on their own axis's geometry. Plans with one axis are untouched.
 """
 from __future__ import annotations
 
