@@ -190,9 +190,10 @@ def infer_time_and_type(graph: Graph, components: list[Component], diags: Diagno
         if whole_batch:  # a loss: one number for the whole batch, however long its sequences
             info.seq = False
             info.axes = ()
-        elif op.reduces_time:
+        elif op.reduces_time or op.over_time and not op.scalar_output:
             if operands and not operands[0].seq and not time_op_in_loop:
-                diags.error(f"{info.op}(...) reduces over time, but its argument is not a sequence", info.span)
+                what = "reduces over time" if op.reduces_time else "works along a sequence's steps"
+                diags.error(f"{info.op}(...) {what}, but its argument is not a sequence", info.span)
             info.seq = bool(info.axes)     # a reduction removes the innermost axis only
         else:
             info.seq = bool(info.axes)     # on some axis: of an operand, or of its loop
@@ -208,6 +209,14 @@ def infer_time_and_type(graph: Graph, components: list[Component], diags: Diagno
         info.integer = bool(operands) and op.output_integer([o.integer for o in operands])
         if info.integer and operands:
             info.elem = operands[0].elem
+    for state, init in graph.initials.items():
+        if axes.get(init):   # read where a loop starts, for each example: no steps of its own
+            stmt = next((i.span for i in graph.flat.initials if i.name == state), None)
+            span, notes = (stmt, []) if stmt is not None else where(graph, init)
+            on = "a sequence" if axes[init] == ("time",) else f"on the axes ({', '.join(axes[init])})"
+            diags.error(f"the initial state of '{state}' is {user_name(graph.info(init), diags.sources)}, which is "
+                        f"{on}: an initial state is one value per example; reduce it first, e.g. last(...)",
+                        span, notes)
     on_sequences = _sequence_dependents(graph)
     for c in components:
         if not any(n in on_sequences for n in c.nodes):

@@ -139,6 +139,22 @@ def test_along_needs_a_sequence():
     assert "is not a sequence" in located("input a : seq(i) of token\ninput z[3]\noutput y\ny = along(z, z)")
 
 
+@pytest.mark.parametrize("text, message", [
+    ("input x[3] : seq\noutput h\nh[3] = tanh(W @ x + U @ h[t-1])\ninitial h = x",
+     "<string>:4:1: error: the initial state of 'h' is 'x', which is a sequence: an initial state is one value "
+     "per example; reduce it first, e.g. last(...)"),
+    ("input a : seq(i) of token\ninput b : seq(j) of token\noutput h\n"
+     "h[3] = tanh(W @ embed(b, 3) + U @ h[t-1])\ninitial h = tanh(embed(a, 3))",
+     "the initial state of 'h' is 'tanh(embed(a, 3))', which is on the axes (i)"),
+    ("input x[3]\noutput y\ny = softmax_steps(dot(x, x))",
+     "<string>:3:1: error: softmax_steps(...) works along a sequence's steps, but its argument is not a sequence"),
+    ("input x[3]\noutput y\ny = shift(x)", "shift(...) works along a sequence's steps, but its argument is not"),
+    ("input a[3] : seq(i)\noutput y\ny = along(a, a)", "along(x, s): 'a' is already on the axis i of s"),
+])
+def test_axis_mistakes_are_located_errors(text, message):
+    assert message in located(text)
+
+
 def test_a_view_on_another_axis_is_an_error():
     message = located("input a : seq(i) of token\ninput s : seq(k) of token = suffix(a, 2)\noutput y\n"
                       "y = embed(s, 3)")
