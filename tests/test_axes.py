@@ -367,6 +367,28 @@ def test_a_source_longer_than_max_length_is_an_error_at_its_line(tmp_path):
     assert "d.tsv:4" in message and "'src': a sequence of 5 steps, longer than max_length 4" in message
 
 
+def test_tsv_columns_of_characters_are_batched_with_their_own_lengths(tmp_path):
+    from nnspec import open_session
+    (tmp_path / "d.tsv").write_text("word\tlemma\nrunning\trun\ncats\tcat\nwent\tgo\n")
+    (tmp_path / "l.nn").write_text(
+        "input word : seq(form) of char\ninput lemma : seq(out) of char\noutput p\n"
+        "enc = lstm(embed(word, 4), H = 4)\nye = embed(lemma, 4)\ndec = lstm(ye[t-1], H = 4)\n"
+        "initial dec = last(enc)\np = softmax(V @ concat(dec, attention(dec, enc)) + b)\n"
+        "loss cross_entropy(p, lemma)\ndata tsv(\"d.tsv\")\n")
+    s = open_session(tmp_path / "l.nn")
+    b = next(s.data.batches("train", 3))
+    assert {k: v.tolist() for k, v in b.lengths.items()} == {"form": [7, 4, 4], "out": [3, 3, 2]}
+    assert b.arrays["word"].shape == (7, 3) and b.arrays["lemma"].shape == (3, 3)
+    assert np.isfinite(float(s.model.loss_and_grads(b.arrays, b.lengths)[0]))
+
+
+def test_the_json_export_carries_axes():
+    import json
+    j = json.loads(compile_text(spec("dot"), bindings={"vocab(src)": V_SRC, "vocab(tgt)": V_TGT}).to_json())
+    assert next(n for n in j["nodes"] if n["id"] == "c.s")["axes"] == ["out", "src"]
+    assert [s["axis"] for s in j["plan"]["steps"] if s["kind"] == "loop"] == ["src", "out"]
+
+
 def test_sequences_on_different_axes_may_differ_in_length_but_not_on_one(tmp_path):
     from nnspec.data.encode import Encoded
     from nnspec.data.errors import DataError
