@@ -482,13 +482,15 @@ def _feeds_at(session, at: dict) -> dict:
         if spec.seq:
             if len(arr) == 0:
                 raise UsageError(f"--at {name}: a sequence needs at least one step")
-            steps[name] = len(arr)
+            steps.setdefault((spec.axes or ["time"])[-1], {})[name] = len(arr)   # [axes] per axis
             feeds[name] = arr[:, None, ...]   # time-major, a batch of one
         else:
             feeds[name] = arr[None, ...]      # a batch of one
-    if len(set(steps.values())) > 1:
-        listed = ", ".join(f"{n} has {k}" for n, k in steps.items())
-        raise UsageError(f"--at: the sequences of one example have the same number of steps; {listed}")
+    for axis, on_axis in steps.items():
+        if len(set(on_axis.values())) > 1:
+            listed = ", ".join(f"{n} has {k}" for n, k in on_axis.items())
+            where = f" on one axis ({axis})" if len(steps) > 1 or axis != "time" else ""
+            raise UsageError(f"--at: the sequences of one example{where} have the same number of steps; {listed}")
     return feeds
 
 

@@ -382,6 +382,18 @@ def test_tsv_columns_of_characters_are_batched_with_their_own_lengths(tmp_path):
     assert np.isfinite(float(s.model.loss_and_grads(b.arrays, b.lengths)[0]))
 
 
+def test_grad_at_takes_sequences_of_different_lengths_on_different_axes(tmp_path, capsys):
+    from nnspec.cli import main
+    path = tmp_path / "g.nn"
+    path.write_text("input x[2] : seq(a)\ninput z[2] : seq(b)\noutput y\nh[2] = tanh(W @ x + U @ h[t-1])\n"
+                    "y = sum_features(last(h) * last(z))\nparam W = [[1, 0], [0, 1]]\nparam U = [[0, 0], [0, 0]]\n")
+    assert main(["grad", str(path), "--at", "x=[[1,0],[0,1],[1,1]]", "z=[[1,2]]"]) == 0
+    assert "∂y/∂z = [[0.7616, 0.7616]]" in capsys.readouterr().out
+    path.write_text(path.read_text().replace("seq(b)", "seq(a)"))
+    assert main(["grad", str(path), "--at", "x=[[1,0],[0,1],[1,1]]", "z=[[1,2]]"]) == 1
+    assert "the sequences of one example on one axis (a) have the same number of steps" in capsys.readouterr().err
+
+
 def test_the_json_export_carries_axes():
     import json
     j = json.loads(compile_text(spec("dot"), bindings={"vocab(src)": V_SRC, "vocab(tgt)": V_TGT}).to_json())
