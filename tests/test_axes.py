@@ -174,6 +174,46 @@ def test_lengths_per_axis_are_a_dict():
     m.forward({"src": src, "tgt": tgt}, lengths={"src": [3, 1], "out": [2, 4]})
 
 
+@pytest.mark.parametrize("red", ["sum", "mean", "max", "last", "first", "softmax_steps"])
+def test_reductions_over_the_inner_axis_of_a_value_on_two_axes(red):
+    """``red`` of a value on (out, src) works over src, with src's padding, for every out step."""
+    text = (f"input q[2] : seq(out)\ninput k[2] : seq(src)\noutput y\n"
+            f"y = {red}({'dot' if red == 'softmax_steps' else 'mul'}(along(q, k), k))")
+    if red != "softmax_steps":
+        text = text.replace("mul(along(q, k), k)", "along(q, k) * k")
+    m = Model.from_text(text, dtype=np.float64)
+    rng = np.random.default_rng(5)
+    ls = np.array([3, 1, 2])
+    q, k = rng.normal(size=(2, 3, 2)), rng.normal(size=(3, 3, 2))
+    y = m.forward({"q": q, "k": k}, lengths={"src": ls})["y"]
+    for o in range(2):
+        for b in range(3):
+            if red == "softmax_steps":
+                s = k[:ls[b], b] @ q[o, b]
+                np.testing.assert_allclose(y[o, :ls[b], b, 0], np.exp(s) / np.exp(s).sum(), rtol=1e-12)
+                assert (y[o, ls[b]:, b] == 0).all()
+                continue
+            prod = q[o, b] * k[:ls[b], b]
+            want = {"sum": prod.sum(0), "mean": prod.mean(0), "max": prod.max(0), "last": prod[-1],
+                    "first": prod[0]}[red]
+            np.testing.assert_allclose(y[o, b], want, rtol=1e-12)
+    # and its gradient, against central differences
+    g = rng.normal(size=y.shape)
+    grads = m.executor.backward(m.run({"q": q, "k": k}, {"src": ls}), seeds={"y": g})
+    eps = 1e-6
+    for name, x in (("q", q), ("k", k)):
+        for i in [(0, 0, 0), (1, 2, 1), (2, 0, 1)]:
+            if i[0] >= x.shape[0]:
+                continue
+            old = x[i]
+            x[i] = old + eps
+            up = float((m.forward({"q": q, "k": k}, lengths={"src": ls})["y"] * g).sum())
+            x[i] = old - eps
+            down = float((m.forward({"q": q, "k": k}, lengths={"src": ls})["y"] * g).sum())
+            x[i] = old
+            assert grads[name][i] == pytest.approx((up - down) / (2 * eps), rel=1e-6, abs=1e-9), (name, i)
+
+
 # ---- padding on either axis --------------------------------------------------------------------
 @pytest.mark.parametrize("kind", ATTENTIONS)
 def test_padding_on_either_axis_changes_no_example(kind):
