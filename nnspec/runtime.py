@@ -143,8 +143,8 @@ class Executor:
         self.dtype = np.dtype(dtype)
         self.check_finite = check_finite
         self.options = options or ExecOptions()
-        # [axes] a plan on several sequence axes runs on the reference path, each step on its own
-        # axis's geometry (runtime_axes.py); a plan on one axis is untouched by these lines
+        # [axes] a plan on several sequence axes runs each step on its own axis's geometry, without
+        # prepared passes and the buffer pool (runtime_axes.py); a plan on one axis is untouched
         self.axes = plan_axes(plan)
         self.multi_axis = len(plan_axis_names(plan)) > 1
         if self.multi_axis:
@@ -573,10 +573,14 @@ class Executor:
             for step in loop.body:
                 xs = [env[src] if src in whole else self._read_step(tape, bufs, inits, body_ids, src, d, t)
                       for src, d in step.inputs]
-                geo = tape.geometry.get(masked[step.id]) if step.id in masked else None
+                op = REGISTRY[step.op]
+                geo = None
+                if step.id in masked:
+                    axis, inner = masked[step.id]
+                    geo, op = tape.geometry.get(axis), runtime_axes.in_loop_op(op, inner)
                 ctx = (Ctx(train=train, rng=rng) if geo is None
                        else Ctx(train=train, rng=rng, mask=geo.mask, lengths=geo.lengths))
-                out = REGISTRY[step.op].forward(xs, step.attrs, ctx)
+                out = op.forward(xs, step.attrs, ctx)
                 if step.id not in bufs:
                     bufs[step.id] = np.empty((T,) + out.shape, dtype=out.dtype)
                 bufs[step.id][t] = out
@@ -1055,14 +1059,16 @@ class Executor:
         outer_init: dict[str, np.ndarray] = {}     # other loops' states: gradients of their initial states
         ginit = {s: np.zeros_like(tape.initial_values[s], dtype=self.dtype) for s in loop.states if s in gbuf}
         times = range(T) if loop.direction > 0 else range(T - 1, -1, -1)
-        whole = runtime_axes.loop_reads(loop, self.axes)[0] if tape.geometry else ()   # [axes] summed over steps
+        whole, masked = runtime_axes.loop_reads(loop, self.axes) if tape.geometry else ((), {})   # [axes]
         for t in reversed(times):
             for step in reversed(loop.body):
                 if step.id not in gbuf:
                     continue
                 g = gbuf[step.id][t]
                 xs, ctx = tape.records[(step.id, t)]
-                gs = REGISTRY[step.op].vjp(g, xs, env[step.id][t], step.attrs, ctx)
+                op = REGISTRY[step.op] if step.id not in masked else runtime_axes.in_loop_op(
+                    REGISTRY[step.op], masked[step.id][1])   # [axes]
+                gs = op.vjp(g, xs, env[step.id][t], step.attrs, ctx)
                 for (src, d), gi in zip(step.inputs, gs):
                     if gi is None or src in self.integer:
                         continue

@@ -129,8 +129,8 @@ class FoldedOp:
 def loop_reads(loop, axes: dict[str, tuple]) -> tuple[frozenset, dict[str, str]]:
     """What a loop over ``loop.axis`` reads *whole* at every step: the values from outside it on other
     axes (an encoder's states, read by a decoder's attention), each with its own mask; and for each
-    body op over time whose first operand has an axis of its own within a step (``softmax_steps`` of
-    a step's scores over the encoder's steps), that axis, whose mask its context carries."""
+    body op whose first operand has axes of its own within a step (``softmax_steps`` of a step's
+    scores over the encoder's steps), the innermost (whose mask its context carries) and how many."""
     body = {b.id for b in loop.body}
     whole = frozenset(src for b in loop.body for src, _ in b.inputs
                       if src not in body and axes.get(src) and axes[src][0] != loop.axis)
@@ -140,5 +140,10 @@ def loop_reads(loop, axes: dict[str, tuple]) -> tuple[frozenset, dict[str, str]]
             a = axes.get(b.inputs[0][0], ())
             a = a[1:] if a[:1] == (loop.axis,) else a
             if a:
-                masked[b.id] = a[-1]
+                masked[b.id] = (a[-1], len(a))
     return whole, masked
+
+
+def in_loop_op(op: Op, inner_axes: int):
+    """A body op over time whose first operand has ``inner_axes`` axes within a step: over the innermost."""
+    return FoldedOp(op, inner_axes) if op.over_time and inner_axes > 1 else op

@@ -214,6 +214,37 @@ def test_reductions_over_the_inner_axis_of_a_value_on_two_axes(red):
             assert grads[name][i] == pytest.approx((up - down) / (2 * eps), rel=1e-6, abs=1e-9), (name, i)
 
 
+def test_a_loop_reduces_a_value_on_two_other_axes_over_the_innermost():
+    """Inside a loop over t1, a value on (t1, i, j): sum over j, then over i, each with its padding."""
+    m = Model.from_text("input x[2] : seq(t1)\ninput a[2] : seq(i)\ninput b[2] : seq(j)\noutput h\n"
+                        "h[2] = tanh(W @ x + U @ h[t-1] + sum(sum(along(along(h[t-1], a), b) * along(a, b) * b)))",
+                        dtype=np.float64, seed=2)
+    rng = np.random.default_rng(0)
+    x, a, b = rng.normal(size=(3, 2, 2)), rng.normal(size=(4, 2, 2)), rng.normal(size=(2, 2, 2))
+    lengths = {"t1": [3, 2], "i": [4, 2], "j": [1, 2]}
+    h = m.forward({"x": x, "a": a, "b": b}, lengths=lengths)["h"]
+    W, U = m.params["W"], m.params["U"]
+    for e in range(2):
+        state = np.zeros(2)
+        for t in range(lengths["t1"][e]):
+            A, Bv = a[:lengths["i"][e], e], b[:lengths["j"][e], e]
+            pair = sum(state * A[i] * Bv[j] for i in range(len(A)) for j in range(len(Bv)))
+            state = np.tanh(W @ x[t, e] + U @ state + pair)
+            np.testing.assert_allclose(h[t, e], state, rtol=1e-12)
+    g = rng.normal(size=h.shape)
+    grads = m.executor.backward(m.run({"x": x, "a": a, "b": b}, lengths), seeds={"h": g})
+    eps = 1e-6
+    for name, v, i in [("a", a, (0, 0, 1)), ("a", a, (1, 1, 0)), ("a", a, (3, 0, 0)), ("b", b, (0, 1, 1)),
+                       ("b", b, (1, 0, 0)), ("x", x, (2, 0, 1))]:
+        old = v[i]
+        v[i] = old + eps
+        up = float((m.forward({"x": x, "a": a, "b": b}, lengths=lengths)["h"] * g).sum())
+        v[i] = old - eps
+        down = float((m.forward({"x": x, "a": a, "b": b}, lengths=lengths)["h"] * g).sum())
+        v[i] = old
+        assert grads[name][i] == pytest.approx((up - down) / (2 * eps), rel=1e-6, abs=1e-9), (name, i)
+
+
 # ---- padding on either axis --------------------------------------------------------------------
 @pytest.mark.parametrize("kind", ATTENTIONS)
 def test_padding_on_either_axis_changes_no_example(kind):
