@@ -465,6 +465,13 @@ def test_grad_at_takes_sequences_of_different_lengths_on_different_axes(tmp_path
     assert "the sequences of one example on one axis (a) have the same number of steps" in capsys.readouterr().err
 
 
+def test_the_graph_shows_axes():
+    from nnspec.render import to_dot
+    dot = to_dot(compile_text(spec("dot"), bindings={"vocab(src)": V_SRC, "vocab(tgt)": V_TGT}).graph)
+    assert 'label="c.s\\ndot\\non out × src"' in dot and "on src" in dot
+    assert "\\non " not in to_dot(compile_text("input x[2] : seq\noutput y\ny = tanh(x)").graph)
+
+
 def test_the_json_export_carries_axes():
     import json
     j = json.loads(compile_text(spec("dot"), bindings={"vocab(src)": V_SRC, "vocab(tgt)": V_TGT}).to_json())
