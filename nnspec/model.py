@@ -14,6 +14,9 @@ input, the shape given and the shape expected. The layout:
   ``(T_i, *shape)`` — lengths may differ, nnspec pads them and derives
   ``lengths`` — or a padded *time-major* array ``(T, B, *shape)`` with
   ``lengths`` (B,) giving each example's real steps (all T when omitted).
+* sequences on several axes (``seq(src)``, ``seq(out)``: an encoder's and a
+  decoder's) have lengths per axis: ``lengths={"src": [...], "out": [...]}``
+  (an axis left out: all its steps are real), or lists of different lengths.
 
 The list form is unambiguous. An array is always read as time-major: a
 batch-major ``(B, T, *shape)`` array is caught when B or T disagrees with
