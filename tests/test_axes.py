@@ -410,6 +410,10 @@ def test_reverse_copy_learns_to_reverse_with_greedy_decoding():
             total += 1
     assert total == 300
     assert exact / total >= 0.99, f"{exact}/{total} test sequences exactly right"
+    # greedy decoding gets a sequence right exactly when teacher forcing gets every step of it right
+    # (by induction over its steps): nnspec run's sequence_accuracy is the greedy figure
+    from nnspec.train.loop import evaluate
+    assert evaluate(s.model, s.data, "test", s.settings).metrics["sequence_accuracy"] == exact / total
 
 
 # ---- bad data: clear errors at the file and line -----------------------------------------------
