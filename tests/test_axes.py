@@ -381,15 +381,36 @@ def test_encoder_decoder_with_attention_matches_pytorch(kind):
 
 
 # ---- the first task: specs/reverse_copy.nn ---------------------------------------------------
-def greedy(model: Model, src: np.ndarray, lengths: dict) -> np.ndarray:
-    """Greedy decoding with the training spec itself: the decoder's step t reads only the tokens
-    before t (ye[t-1]), so feeding its own predictions so far and taking the argmax at step t is
-    greedy decoding (one forward pass per output step; the output length is the target's)."""
-    T = int(lengths["out"].max())
-    y = np.zeros((T, src.shape[1]), dtype=np.int64)
-    for t in range(T):
-        y[t] = model.forward({"src": src, "tgt": y}, lengths=lengths)["p"][t].argmax(-1)
-    return y
+@pytest.mark.parametrize("decoder, found", [
+    ("dec = lstm(ye[t-1], H = 4)", True),                    # teacher forcing: the previous gold token
+    ("dec = lstm(ye, H = 4)", False),                        # reads the token it is to predict
+    ("dec = lstm(concat(ye[t-1], ye[t+1]), H = 4)", False),  # reads a later token
+    ("dec = reverse(lstm)(ye[t-1], H = 4)", False),          # runs backwards over the output
+])
+def test_a_teacher_forced_decoder_is_found_in_the_plan(decoder, found):
+    from nnspec.decode import autoregressive
+    text = spec("dot").replace("dec = lstm(ye[t-1], H = 4)        # teacher forcing: the previous gold token "
+                               "(zeros at the first step)", decoder)
+    assert decoder in text
+    plan = compile_text(text, bindings={"vocab(src)": V_SRC, "vocab(tgt)": V_TGT}).plan
+    assert bool(autoregressive(plan)) is found
+    if found:
+        assert autoregressive(plan)[0][0] == "tgt"
+
+
+def test_greedy_decoding_feeds_the_decoder_its_own_predictions():
+    """Step t of greedy decoding is the argmax of a forward pass fed the tokens decoded before t."""
+    from nnspec.decode import greedy
+    m = model("in_loop")
+    src = batch()["src"]
+    ids = greedy(m, {"src": src}, steps=TGT_LENGTHS)["tgt"]
+    assert ids.shape == (max(TGT_LENGTHS), len(src))
+    for b, n in enumerate(TGT_LENGTHS):
+        fed = [int(i) for i in ids[:n, b]]
+        p = m.forward({"src": [src[b]], "tgt": [np.array(fed)]})["p"][:, 0]
+        assert p.argmax(-1).tolist() == fed
+    with pytest.raises(FeedError, match="no decoder fed by its own predictions"):
+        greedy(Model.from_text("input x[2] : seq\noutput y\ny = tanh(x)"), {"x": np.ones((2, 1, 2))}, steps=2)
 
 
 def test_reverse_copy_learns_to_reverse_with_greedy_decoding():
@@ -397,13 +418,15 @@ def test_reverse_copy_learns_to_reverse_with_greedy_decoding():
     from pathlib import Path
 
     from nnspec import open_session
+    from nnspec.decode import greedy
     from nnspec.train.loop import Trainer
 
     s = open_session(Path(__file__).resolve().parent.parent / "specs" / "reverse_copy.nn")
     Trainer(s.model, s.data, s.settings, quiet=True).fit()
     exact = total = 0
     for batch in s.data.batches("test", 100):
-        y = greedy(s.model, batch.arrays["src"], batch.lengths)
+        y = greedy(s.model, {"src": batch.arrays["src"]}, batch.lengths["out"],
+                   lengths={"src": batch.lengths["src"]})["tgt"]
         gold = batch.arrays["tgt"]
         for b, n in enumerate(batch.lengths["out"]):
             exact += bool((y[:n, b] == gold[:n, b]).all())

@@ -40,7 +40,7 @@ STAGES = [
     ("compiler", ("nnspec.compiler", "nnspec.export")),
     ("runtime", ("nnspec.runtime", "nnspec.chunks", "nnspec.runtime_axes")),
     ("data", ("nnspec.data", "nnspec.dataset", "nnspec.baselines")),
-    ("model", ("nnspec.model", "nnspec.torch_weights")),
+    ("model", ("nnspec.model", "nnspec.torch_weights", "nnspec.decode")),
     ("train", ("nnspec.train",)),
     ("session", ("nnspec.session",)),
     ("trained", ("nnspec.trained",)),
