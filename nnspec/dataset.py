@@ -96,7 +96,8 @@ def field_specs(values: list[ValueSpec], diags: Diagnostics | None = None) -> li
                 raise SpecError.single(f"'{v.name}' has shape {v.shape}; data fields are vectors or numbers")
             size = v.shape[0] if v.shape else None
         level = "char" if v.elem in ("char", "char_bag") else "word"
-        fields.append(FieldSpec(name=v.name, kind=kind, size=size, role=v.role, level=level))
+        axis = (v.axes or ["time"])[-1] if v.seq else None
+        fields.append(FieldSpec(name=v.name, kind=kind, size=size, role=v.role, level=level, axis=axis))
     return fields
 
 
@@ -205,8 +206,8 @@ def check_levels(stmt, name: str, kwargs: dict, fields: list[FieldSpec], diags: 
 def bind_data(flat: FlatSpec, plan: Plan, diags: Diagnostics, *, dev: float = 0.0, test: float = 0.0,
               seed: int = 0, min_count: int = 1, normalize: bool = False,
               fold: tuple[int, int] | None = None, limit: int | None = None,
-              outer: tuple[int, int] | None = None) -> BoundData:
-    """Read, split, encode. ``fold = (k, i)`` makes fold i of k-fold cross-validation the test part;
+              outer: tuple[int, int] | None = None, max_length: int | None = None) -> BoundData:
+    """Read, split, encode. ``max_length``: a sequence longer than that is a data error naming its line. ``fold = (k, i)`` makes fold i of k-fold cross-validation the test part;
     ``limit`` keeps the first N examples of each part (a quick run on a slice). ``outer = (k, i)``
     first drops fold i of k (what an outer cross-validation tests on, nested cross-validation): the
     rest is then the whole data set, split or folded as usual."""
@@ -240,6 +241,8 @@ def bind_data(flat: FlatSpec, plan: Plan, diags: Diagnostics, *, dev: float = 0.
         if not columns or not len(raw.origins[split]):
             continue
         bound.splits[split] = encode_split(columns, present, vocabs, raw.origins[split])
+        if max_length is not None:
+            _check_max_length(bound.splits[split], max_length)
     if normalize:
         for f in present:
             if f.kind is FieldKind.vector and f.role == "input":
@@ -257,7 +260,18 @@ def bind_for_settings(flat: FlatSpec, plan: Plan, settings, diags: Diagnostics,
     split = settings.split  # checked by TrainSettings: dev and test, below 100% together
     return bind_data(flat, plan, diags, dev=split.get("dev", 0.0), test=split.get("test", 0.0),
                      seed=settings.seed, min_count=settings.min_count, normalize=settings.normalize,
-                     fold=fold, limit=settings.limit, outer=outer)
+                     fold=fold, limit=settings.limit, outer=outer, max_length=settings.max_length)
+
+
+def _check_max_length(encoded, max_length: int) -> None:
+    """The first example with a sequence (on any axis) longer than ``max_length``: an error at its line."""
+    for f in (f for f in encoded.fields if f.is_sequence):
+        lengths = encoded.axis_lengths[f.axis or "time"]
+        over = np.flatnonzero(lengths > max_length)
+        if over.size:
+            i = int(over[0])
+            raise DataError(f"field '{f.name}': a sequence of {lengths[i]} steps, longer than max_length "
+                            f"{max_length}", *encoded.origins[i])
 
 
 def derive_views(raw: RawData, views: dict[str, tuple]) -> None:

@@ -517,7 +517,8 @@ def format_flat(flat: FlatSpec) -> str:
                     "char_bag": "bag of char"}.get(t.elem, "")
             if t.elem == "class":
                 elem = "class" + format_dims(t.classes)
-            typ = (" : seq" + (f" of {elem}" if elem else "")) if t.sequence else (f" : {elem}" if elem else "")
+            seq = " : seq" + (f"({t.axis})" if t.axis else "")
+            typ = (seq + (f" of {elem}" if elem else "")) if t.sequence else (f" : {elem}" if elem else "")
         lines.append(f"{d.role} {d.name}{format_dims(d.dims)}{typ}")
     cells = {}
     for inst, cell in flat.instances:

@@ -29,6 +29,7 @@ class NodeJSON(BaseModel):
     inputs: list[tuple[str, int]] = []    # (operand id, time offset): -1 reads h[t-1], +1 h[t+1]
     shape: list[Any] | None = None        # per example, without the batch (and time) axes
     seq: bool = False                     # varies over time steps
+    axes: list[str] = []                  # its sequence axes, outermost first (nnspec/axes.py)
     integer: bool = False                 # ids (tokens, classes) rather than reals
     named: bool = False                   # a name the user wrote (not a sub-expression)
     loop: int | None = None               # index into ``loops`` when the node is inside a recurrence
@@ -76,7 +77,7 @@ def _node(graph: Graph, n: str) -> NodeJSON:
     span = info.span
     return NodeJSON(id=n, kind=info.kind, op=info.op, inputs=[(u, d) for u, d in info.inputs],
                     shape=None if info.shape is None else list(info.shape), seq=bool(info.seq),
-                    integer=bool(info.integer), named=info.named, loop=info.component,
+                    axes=list(info.axes), integer=bool(info.integer), named=info.named, loop=info.component,
                     source=f"{span.file}:{span.line}:{span.column}" if span else None)
 
 

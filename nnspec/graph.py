@@ -31,6 +31,7 @@ _SPREADS = ("scale", "std", "gain")  # initialiser settings that are widths of a
 Kind = Literal["input", "target", "param", "const", "op"]
 BINARY = {"+": "add", "-": "sub", "*": "mul", "/": "div", "@": "matmul"}
 ELEMENTWISE = {"add", "sub", "mul", "div"}
+DEFAULT_AXIS = "time"   # the axis of every sequence whose type names none (`seq of token`)
 
 
 @dataclass
@@ -45,6 +46,7 @@ class NodeInfo:
     declared: tuple | None = None      # declared per-example shape (ints / "?size" names)
     # inputs and targets
     sequence: bool = False
+    axis: str | None = None            # a sequence's named axis (None: the default axis, `time`)
     elem: str = "real"                 # real | token | char | class | bag | char_bag
     classes: int | None = None         # declared class count
     view: tuple[str, str, int | None] | None = None  # (function, source input, argument)
@@ -60,7 +62,8 @@ class NodeInfo:
     initial_of: str | None = None      # this node is the initial state of a recurrent value
     # filled in by analysis
     shape: tuple | None = None
-    seq: bool = False
+    seq: bool = False                  # on at least one sequence axis (bool(axes))
+    axes: tuple = ()                   # its sequence axes, outermost first (the batch is implicit)
     integer: bool = False
     card: Any = None                   # number of distinct ids / classes of an integer value
     whole_batch: bool = False          # one value for the whole batch (a loss, arithmetic on losses)
@@ -152,7 +155,8 @@ class GraphBuilder:
                                  f"the data", d.span)
             view = self.view(d, t)
             self.add(NodeInfo(id=d.name, kind=d.role, span=d.span, named=True, declared=self.declared(d.dims),
-                              sequence=t.sequence, elem=t.elem, classes=classes, view=view))
+                              sequence=t.sequence, axis=self.axis_of(d, t) if t.sequence else None,
+                              elem=t.elem, classes=classes, view=view))
         for eq in f.equations:
             self.define(eq.name, eq.span)
         declared_params: dict[str, Span] = {}
@@ -181,6 +185,17 @@ class GraphBuilder:
         self.outputs()
         self.total_loss()
         return self.graph
+
+    def axis_of(self, d: ast.Decl, t: ast.TypeSpec) -> str | None:
+        """A sequence's axis: the one its type names; a view's, the axis of the input it derives from."""
+        if d.view is None:
+            return t.axis
+        source = next((x for x in self.flat.decls if x.name == d.view.source and x.role == "input"), None)
+        axis = source.type.axis if source is not None and source.type is not None else None
+        if t.axis is not None and t.axis != axis:
+            self.diags.error(f"'{d.name}' is a view of '{d.view.source}', so it is on the axis of "
+                             f"'{d.view.source}' ({axis or DEFAULT_AXIS}), not '{t.axis}'", t.span)
+        return axis
 
     def view(self, d: ast.Decl, t: ast.TypeSpec) -> tuple | None:
         """``input s : seq of token = suffix(w, 3)``: check the view and its source."""

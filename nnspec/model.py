@@ -14,6 +14,9 @@ input, the shape given and the shape expected. The layout:
   ``(T_i, *shape)`` — lengths may differ, nnspec pads them and derives
   ``lengths`` — or a padded *time-major* array ``(T, B, *shape)`` with
   ``lengths`` (B,) giving each example's real steps (all T when omitted).
+* sequences on several axes (``seq(src)``, ``seq(out)``: an encoder's and a
+  decoder's) have lengths per axis: ``lengths={"src": [...], "out": [...]}``
+  (an axis left out: all its steps are real), or lists of different lengths.
 
 The list form is unambiguous. An array is always read as time-major: a
 batch-major ``(B, T, *shape)`` array is caught when B or T disagrees with
@@ -94,11 +97,25 @@ def prepare_feeds(plan: Plan, feeds: dict, lengths=None, *, dtype=np.float32,
         raise FeedError(f"no value for {', '.join(repr(m) for m in missing)}: every input needs one"
                         + (" (and every target, to compute the loss)" if need_targets else ""))
     out: dict[str, np.ndarray] = {}
-    given_lengths = None if lengths is None else _lengths_array(lengths)
-    derived: tuple[str, np.ndarray] | None = None   # lengths of the first ragged feed
+    axis_of = {v.name: (v.axes or ["time"])[-1] for v in plan.inputs + plan.targets if v.seq}
+    several = len(set(axis_of.values())) > 1   # several sequence axes: lengths per axis, a dict
+    if several:
+        if lengths is not None and not isinstance(lengths, dict):
+            raise FeedError(f"this network's sequences are on several axes ({', '.join(sorted(set(axis_of.values())))}):"
+                            f" lengths is a dict from axis name to the lengths on that axis")
+        given = {a: _lengths_array(ls) for a, ls in (lengths or {}).items()}
+        unknown = set(given) - set(axis_of.values())
+        if unknown:
+            raise FeedError(f"lengths for {', '.join(sorted(unknown))}, which is no axis of this network "
+                            f"(its axes: {', '.join(sorted(set(axis_of.values())))})")
+    else:
+        given = {} if lengths is None else {None: _lengths_array(lengths)}
+    derived_by: dict = {}    # axis -> (name, lengths) of its first ragged feed
+    steps_by: dict = {}      # axis -> (name, T) of its first sequence array
     batch: tuple[str, int] | None = None             # the first feed that fixed B
-    steps: tuple[str, int] | None = None             # the first sequence array that fixed T
     for name, value in feeds.items():
+        key = axis_of.get(name) if several else None   # one axis: every sequence on it
+        derived, steps = derived_by.get(key), steps_by.get(key)
         v = declared.get(name)
         if v is None:
             out[name] = np.asarray(value)
@@ -109,7 +126,7 @@ def prepare_feeds(plan: Plan, feeds: dict, lengths=None, *, dtype=np.float32,
                 i = int(np.flatnonzero(derived[1] != ragged_lengths)[0])
                 raise FeedError(f"example {i} of {name!r} has {ragged_lengths[i]} steps, but of "
                                 f"{derived[0]!r} {derived[1][i]}: sequences of one example have one length")
-            derived = derived or (name, ragged_lengths)
+            derived_by[key] = derived or (name, ragged_lengths)
         else:
             array = _as_array(v, value)
         _check_shape(v, array)
@@ -122,9 +139,21 @@ def prepare_feeds(plan: Plan, feeds: dict, lengths=None, *, dtype=np.float32,
             if steps is not None and array.shape[0] != steps[1]:
                 raise FeedError(f"{name!r} has {array.shape[0]} steps but {steps[0]!r} has {steps[1]}: "
                                 f"sequences of one batch are padded to one length T ({_layout(v)})")
-            steps = steps or (name, array.shape[0])
+            steps_by[key] = steps or (name, array.shape[0])
         _check_ids(v, array)
         out[name] = array
+    if several:
+        result = {}
+        for axis in set(axis_of.values()) | set(given):
+            ls = _check_lengths(given.get(axis), derived_by.get(axis), steps_by.get(axis), batch, out, declared)
+            if ls is not None:
+                result[axis] = ls
+        return out, result
+    return out, _check_lengths(given.get(None), derived_by.get(None), steps_by.get(None), batch, out, declared)
+
+
+def _check_lengths(given_lengths, derived, steps, batch, out, declared):
+    """The lengths of one axis: given, or derived from its ragged feeds (which must agree)."""
     if derived is not None:
         if given_lengths is not None and not np.array_equal(given_lengths, derived[1]):
             raise FeedError(f"lengths {given_lengths.tolist()} disagree with the sequences of "
@@ -140,7 +169,7 @@ def prepare_feeds(plan: Plan, feeds: dict, lengths=None, *, dtype=np.float32,
         if given_lengths.size and (given_lengths.min() < 1 or given_lengths.max() > steps[1]):
             raise FeedError(f"lengths must be between 1 and the {steps[1]} steps of the padded sequences, "
                             f"got {given_lengths.tolist()}")
-    return out, given_lengths
+    return given_lengths
 
 
 def _transposed_hint(v: ValueSpec) -> str:

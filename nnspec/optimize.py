@@ -77,9 +77,10 @@ def _copy_step(s):
     if isinstance(s, LoopStep):
         return LoopStep.model_construct(kind="loop", index=s.index, direction=s.direction,
                                         body=[_copy_step(b) for b in s.body], states=list(s.states),
-                                        initials=dict(s.initials))
+                                        initials=dict(s.initials), axis=s.axis)
     return OpStep.model_construct(kind="op", id=s.id, op=s.op, inputs=list(s.inputs), attrs=dict(s.attrs),
-                                  seq=s.seq, integer=s.integer, shape=list(s.shape), span=s.span)
+                                  seq=s.seq, integer=s.integer, shape=list(s.shape), axes=list(s.axes),
+                                  span=s.span)
 
 
 def _optimize(plan: Plan, passes) -> Plan:

@@ -15,7 +15,8 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, Field
 
 from .errors import Span
-from .graph import Graph, closure
+from .axes import combine
+from .graph import DEFAULT_AXIS, Graph, closure
 from .ops import REGISTRY
 from .recurrence import Component
 
@@ -31,6 +32,7 @@ class ValueSpec(BaseModel):
     elem: str
     card: Any = None       # vocabulary size / class count for integer values
     view: tuple[str, str, int | None] | None = None  # derived from another input's tokens
+    axes: list[str] = []   # its sequence axes (nnspec/axes.py); [] for a value of each example
 
 
 class ParamSpec(BaseModel):
@@ -52,6 +54,7 @@ class OpStep(BaseModel):
     seq: bool = False
     integer: bool = False
     shape: list[Any] = []
+    axes: list[str] = []   # its sequence axes, outermost first (nnspec/axes.py)
     # the equation (or sub-expression) this step computes, so a failure at run time points at the
     # source as a spec error does; a step an optimisation pass makes keeps the span of what it replaces
     span: Span | None = None
@@ -64,6 +67,7 @@ class LoopStep(BaseModel):
     body: list[OpStep]
     states: list[str]               # values read at another step
     initials: dict[str, str] = {}   # state -> value holding its initial state
+    axis: str = "time"              # the sequence axis it runs over (its T and lengths)
 
 
 Step = Annotated[Union[OpStep, LoopStep], Field(discriminator="kind")]
@@ -110,7 +114,7 @@ def _op_step(graph: Graph, n: str) -> OpStep:
     # spent most of its planning time in pydantic validation)
     return OpStep.model_construct(kind="op", id=n, op=info.op, inputs=[tuple(x) for x in info.inputs],
                                   attrs=dict(info.attrs), seq=bool(info.seq), integer=bool(info.integer),
-                                  shape=list(info.shape or ()), span=info.span)
+                                  shape=list(info.shape or ()), axes=list(info.axes), span=info.span)
 
 
 def _param_role(graph: Graph, n: str) -> str:
@@ -144,10 +148,11 @@ def build_plan(graph: Graph, order: list[str], components: list[Component]) -> P
             emitted.add(comp.index)
             steps.append(LoopStep(index=comp.index, direction=comp.direction,
                                   body=[_op_step(graph, b) for b in comp.nodes], states=comp.states,
-                                  initials={s: graph.initials[s] for s in comp.states if s in graph.initials}))
+                                  initials={s: graph.initials[s] for s in comp.states if s in graph.initials},
+                                  axis=(graph.info(comp.nodes[0]).axes or (DEFAULT_AXIS,))[0]))
     steps = _order_loops(steps)
     inputs = [ValueSpec(name=i.id, role=i.kind, shape=list(i.shape or ()), seq=i.seq, integer=i.integer,
-                        elem=i.elem, card=i.card, view=i.view)
+                        elem=i.elem, card=i.card, view=i.view, axes=list(i.axes))
               for i in graph.nodes() if i.kind in ("input", "target")]
     params = []
     for p in graph.params():
@@ -205,6 +210,36 @@ def _order_loops(steps: list) -> list:
     return result
 
 
+def plan_axes(plan: Plan) -> dict[str, tuple]:
+    """The sequence axes of every input and step of a plan. Steps keep the axes the compiler
+    inferred; a step an optimisation pass made (a fused product, a slice of it) has those of
+    its operands."""
+    axes: dict[str, tuple] = {v.name: tuple(v.axes) or ((DEFAULT_AXIS,) if v.seq else ())
+                              for v in plan.inputs + plan.targets}
+
+    def of(step: OpStep, loop_axis: str | None) -> tuple:
+        if step.axes:
+            return tuple(step.axes)
+        if loop_axis is not None:
+            return (loop_axis,)
+        if not step.seq:
+            return ()
+        out: tuple = ()
+        for src, _ in step.inputs:
+            out = combine(out, axes.get(src, ())) or out
+        return out or (DEFAULT_AXIS,)
+
+    for s in plan.steps:
+        for b in (s.body if isinstance(s, LoopStep) else [s]):
+            axes[b.id] = of(b, s.axis if isinstance(s, LoopStep) else None)
+    return axes
+
+
+def plan_axis_names(plan: Plan) -> set[str]:
+    """The sequence axes a plan's inputs bring: more than one, and each has its own T and lengths."""
+    return {a for v in plan.inputs + plan.targets for a in (v.axes or ([DEFAULT_AXIS] if v.seq else []))}
+
+
 def format_plan(plan) -> str:
     """The execution plan as text: one line per step, in the order the runtime runs them.
 
@@ -247,15 +282,22 @@ def format_plan(plan) -> str:
 
     rows: list[tuple[str, str, str, str]] = []   # indent, lhs, rhs, margin
 
+    named = plan_axis_names(plan) - {DEFAULT_AXIS}     # a plan with named axes shows them
+    axes = plan_axes(plan) if named else {}
+
     def add_step(s, indent, in_loop):
         margin = "per t" if in_loop else ("once" if s.id in static else ("T x B" if s.id in seq else "B"))
+        if named and not in_loop and s.id in seq:
+            over = axes.get(s.id) or (axes.get(s.inputs[0][0]) if s.inputs else ()) or ("T",)
+            margin = " x ".join(over) + " x B"   # a loss: over its first operand's steps
         rows.append((indent, f"{s.id}{shape(s.shape)}", rhs(s), margin))
 
     header = [f"plan {plan.name} ({'recurrent' if plan.recurrent else 'feed-forward'})"]
     if plan.passes:
         header.append(f"  optimised: {', '.join(plan.passes)}")
     for v in plan.inputs + plan.targets:
-        header.append(f"  {v.role} {v.name}{shape(v.shape)}" + (" : seq" if v.seq else ""))
+        header.append(f"  {v.role} {v.name}{shape(v.shape)}" + (" : seq" if v.seq else "")
+                      + (f"({v.axes[-1]})" if named and v.seq and v.axes else ""))
     for p in plan.params:
         header.append(f"  param {p.name}{shape(p.shape)} init {p.init}" + (" frozen" if p.frozen else ""))
     lines: list = []
@@ -263,7 +305,8 @@ def format_plan(plan) -> str:
         if isinstance(s, LoopStep):
             n_mm = sum(b.op in ("matmul", "linear") for b in s.body)
             views = sum(b.op == "slice" for b in s.body)
-            rows.append(("  ", f"loop over t ({'forward' if s.direction > 0 else 'backward'} in time), "
+            over = f"loop over {s.axis}" if named else "loop over t"
+            rows.append(("  ", f"{over} ({'forward' if s.direction > 0 else 'backward'} in time), "
                                f"states {', '.join(s.states)}: {len(s.body) - views} ops per step "
                                f"({n_mm} product{'s' if n_mm != 1 else ''}) and {views} slices", None, None))
             for b in s.body:

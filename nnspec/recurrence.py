@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import networkx as nx
 
+from .axes import infer_axes
 from .errors import Diagnostics
 from .graph import Graph, closure, user_name, where
 from .ops import REGISTRY
@@ -153,8 +154,10 @@ def infer_time_and_type(graph: Graph, components: list[Component], diags: Diagno
         raise nx.NetworkXUnfeasible("the graph has a cycle at delay 0")
     in_component = {n for c in components for n in c.nodes}
     static: set[str] = set()   # parameters, constants and what is computed from them alone
+    axes = infer_axes(graph, order, components, diags)   # each value's sequence axes (axes.py)
     for n in order:
         info = graph.info(n)
+        info.axes = axes[n]
         if info.kind in ("input", "target"):
             info.seq = info.sequence
             info.integer = info.elem in ("token", "char", "class")
@@ -168,7 +171,9 @@ def infer_time_and_type(graph: Graph, components: list[Component], diags: Diagno
             static.add(n)
         whole_batch = _whole_batch(info, op, operands, static, diags)
         _check_shared_inputs(info, op, operands, static, diags)
-        time_op_in_loop = op.over_time and n in in_component
+        # over the loop's own axis (a reduction over an encoder's steps inside a decoder loop is fine)
+        time_op_in_loop = (op.over_time and n in in_component
+                           and len(axes.get(info.inputs[0][0], ()) if info.inputs else ()) <= 1)
         if time_op_in_loop:
             _report_time_op_in_loop(graph, info, components, diags)
         for (src, delay), o in zip(info.inputs, operands):
@@ -184,12 +189,14 @@ def infer_time_and_type(graph: Graph, components: list[Component], diags: Diagno
             _check_class_steps(info, operands, diags)
         if whole_batch:  # a loss: one number for the whole batch, however long its sequences
             info.seq = False
-        elif op.reduces_time:
+            info.axes = ()
+        elif op.reduces_time or op.over_time and not op.scalar_output:
             if operands and not operands[0].seq and not time_op_in_loop:
-                diags.error(f"{info.op}(...) reduces over time, but its argument is not a sequence", info.span)
-            info.seq = False
+                what = "reduces over time" if op.reduces_time else "works along a sequence's steps"
+                diags.error(f"{info.op}(...) {what}, but its argument is not a sequence", info.span)
+            info.seq = bool(info.axes)     # a reduction removes the innermost axis only
         else:
-            info.seq = any(o.seq for o in operands) or n in in_component
+            info.seq = bool(info.axes)     # on some axis: of an operand, or of its loop
         integer_in = [o for i, o in enumerate(operands) if o.integer and i not in op.integer_inputs]
         keeps_ids = op.output_integer([True])
         if integer_in and not keeps_ids:
@@ -202,6 +209,14 @@ def infer_time_and_type(graph: Graph, components: list[Component], diags: Diagno
         info.integer = bool(operands) and op.output_integer([o.integer for o in operands])
         if info.integer and operands:
             info.elem = operands[0].elem
+    for state, init in graph.initials.items():
+        if axes.get(init):   # read where a loop starts, for each example: no steps of its own
+            stmt = next((i.span for i in graph.flat.initials if i.name == state), None)
+            span, notes = (stmt, []) if stmt is not None else where(graph, init)
+            on = "a sequence" if axes[init] == ("time",) else f"on the axes ({', '.join(axes[init])})"
+            diags.error(f"the initial state of '{state}' is {user_name(graph.info(init), diags.sources)}, which is "
+                        f"{on}: an initial state is one value per example; reduce it first, e.g. last(...)",
+                        span, notes)
     on_sequences = _sequence_dependents(graph)
     for c in components:
         if not any(n in on_sequences for n in c.nodes):

@@ -59,6 +59,8 @@ def _label(graph: Graph, n: str, values: dict | None, grads: dict | None) -> str
         label = n
     if info.shape and info.kind != "const":
         label += "\\n[" + ", ".join(str(d) for d in info.shape) + "]"
+    if info.axes and info.axes != ("time",):   # a spec with named axes: each value's, outermost first
+        label += "\\non " + " × ".join(info.axes)
     if values is not None and n in values and info.kind != "const":
         label += f"\\n= {_fmt(values[n])}"
     if grads is not None and n in grads:

@@ -65,7 +65,8 @@ from . import chunks
 from .errors import Sources, Span, render_message
 from .ops import REGISTRY, Ctx
 from .ops.registry import NO_CTX, Op, product_into, unbroadcast
-from .plan import LoopStep, OpStep, Plan
+from .plan import LoopStep, OpStep, Plan, plan_axes, plan_axis_names
+from . import runtime_axes
 
 
 class RuntimeFailure(Exception):
@@ -128,6 +129,7 @@ class Tape:
     carry: dict = field(default_factory=dict)           # the previous chunk's final states (nnspec.chunks)
     before_chunk: dict = field(default_factory=dict)    # state -> its values at steps -P..-1 (nnspec.chunks)
     ahead: dict = field(default_factory=dict)           # input -> the tokens after this chunk
+    geometry: dict = field(default_factory=dict)        # [axes] axis -> AxisGeometry (plans with several axes)
     prepared: "_PassRun | None" = None                  # the prepared pass that made it (fast path)
     single_use: bool = False                            # for one backward pass (Executor.forward)
     used: bool = False                                  # a backward pass has run over it
@@ -141,6 +143,16 @@ class Executor:
         self.dtype = np.dtype(dtype)
         self.check_finite = check_finite
         self.options = options or ExecOptions()
+        # [axes] a plan on several sequence axes runs each step on its own axis's geometry, without
+        # prepared passes and the buffer pool (runtime_axes.py); a plan on one axis is untouched
+        self.axes = plan_axes(plan)
+        self.multi_axis = len(plan_axis_names(plan)) > 1
+        if self.multi_axis:
+            from dataclasses import replace
+            self.options = replace(self.options, prepared=False, reuse_buffers=False)
+        # loops that read values on other axes whole (attention inside a loop) run on the reference path
+        self._whole_reading = {s.index for s in plan.steps if isinstance(s, LoopStep) and self.multi_axis
+                               and runtime_axes.loop_reads(s, self.axes)[0]}
         self.consts = {k: np.asarray(v, dtype=self.dtype) for k, v in plan.consts.items()}
         self.specs = {v.name: v for v in plan.inputs + plan.targets}
         self.seq = {v.name for v in plan.inputs + plan.targets if v.seq}
@@ -171,6 +183,8 @@ class Executor:
         self._initial_of = {s: init for step in plan.steps if isinstance(step, LoopStep)
                             for s, init in step.initials.items()}
         self.lookback = chunks.lookback_depths(plan)  # what a chunk keeps for the next one to read
+        if self.multi_axis:   # [axes] streams in chunks have one axis: nothing carries to a next chunk
+            self.lookback = {}
         self._loss_only = self._only_for_the_loss()
         self.spendable = self._spendable()
         # steps that are one number for the whole batch: losses and arithmetic on them (a 0-d array)
@@ -285,7 +299,14 @@ class Executor:
         for prog in self._programs.values():
             prog.release_outer()
         env = self.prepare(feeds)
-        batch, steps, lengths, mask = self._geometry(env, lengths)
+        geometry = None
+        if self.multi_axis:   # [axes] one geometry per axis; the first made current
+            batch, geometry = runtime_axes.axis_geometries(
+                {v.name: self.axes[v.name] for v in self.plan.inputs + self.plan.targets}, env, lengths, self.dtype)
+            g0 = next(iter(geometry.values()), None)
+            steps, lengths, mask = (g0.steps, g0.lengths, g0.mask) if g0 else (0, None, None)
+        else:
+            batch, steps, lengths, mask = self._geometry(env, lengths)
         key = None
         if self.options.prepared and not self.check_finite and self.profile is None:
             key = (steps, batch, None if lengths is None else lengths.tobytes(), need_loss,
@@ -304,6 +325,8 @@ class Executor:
         tape = Tape(values=env, lengths=lengths, mask=mask, batch=batch, steps=steps, carry=carry or {},
                     ahead={n: np.asarray(feeds[chunks.ahead_key(n)]) for n in self.seq
                            if chunks.ahead_key(n) in feeds})
+        if geometry is not None:
+            tape.geometry = geometry
         if single_use:
             tape.single_use = True
             tape.fresh = set() if self.spendable else None
@@ -316,6 +339,8 @@ class Executor:
                 t0 = time.perf_counter() if prof is not None else 0.0
                 if self._skipped(step, need_loss):
                     continue
+                if tape.geometry:
+                    runtime_axes.enter(tape, self._axis_of(step))   # [axes]
                 if isinstance(step, LoopStep):
                     self._loop_step_forward(step, tape, train, rng, carry)
                 else:
@@ -328,6 +353,9 @@ class Executor:
                     self._note("forward", step, time.perf_counter() - t0)
             if key is not None:
                 self._pass_seen = (key, built)
+        if tape.geometry and self.plan.outputs:   # [axes] what the tape shows: the first output's axis
+            out_axes = self.axes.get(self.plan.outputs[0], ())
+            runtime_axes.enter(tape, out_axes[-1] if out_axes else None)
         if steps:
             for src, depth in self.lookback.items():
                 k = chunks.history_key(src)
@@ -335,7 +363,7 @@ class Executor:
         return tape
 
     def _loop_step_forward(self, step: LoopStep, tape: Tape, train, rng, carry) -> None:
-        if self.options.fast_loops and tape.steps > 0:
+        if self.options.fast_loops and tape.steps > 0 and step.index not in self._whole_reading:
             self._fast_loop_forward(step, tape, train, rng, carry or {})
         else:
             self._loop_forward(step, tape, train, rng, carry or {})
@@ -401,6 +429,13 @@ class Executor:
         key = (phase, what, sid, part)
         self.profile[key] = self.profile.get(key, 0.0) + seconds
 
+    def _axis_of(self, step) -> str | None:
+        """[axes] The sequence axis a step runs on: a loop's own; an op's, its first operand's innermost."""
+        if isinstance(step, LoopStep):
+            return step.axis
+        first = self.axes.get(step.inputs[0][0]) if step.inputs else None
+        return runtime_axes.step_axis(self.axes.get(step.id, ()), first)
+
     def _ctx(self, step: OpStep, tape: Tape, train, rng) -> Ctx:
         first_seq = bool(step.inputs) and step.inputs[0][0] in self.seq
         return Ctx(train=train, rng=rng, mask=tape.mask if first_seq else None,
@@ -414,6 +449,9 @@ class Executor:
             # one number for the batch (a loss, a regulariser of parameters): a 0-d array, like a scalar parameter
             number = whole_batch or (step.id in self._static and tuple(step.shape) == ())
             trail = () if number else array_shape(step.shape, step.integer)
+            first_axes = self.axes.get(step.inputs[0][0], ()) if step.inputs else ()
+            if self.multi_axis and op.over_time and len(first_axes) > 1:   # [axes] over the innermost axis
+                op = runtime_axes.FoldedOp(op, len(first_axes))
             info = self._outer[step.id] = _Outer(
                 op=op,
                 pooled=(not op.needs_ctx and not step.integer and _overrides(op, "forward_into")
@@ -529,11 +567,20 @@ class Executor:
         self._carried_steps(loop, tape)
         bufs: dict[str, np.ndarray] = {}
         times = range(T) if loop.direction > 0 else range(T - 1, -1, -1)
+        # [axes] values on other axes read whole at every step, and the masks of body ops over them
+        whole, masked = runtime_axes.loop_reads(loop, self.axes) if tape.geometry else ((), {})
         for t in times:
             for step in loop.body:
-                xs = [self._read_step(tape, bufs, inits, body_ids, src, d, t) for src, d in step.inputs]
-                ctx = Ctx(train=train, rng=rng)
-                out = REGISTRY[step.op].forward(xs, step.attrs, ctx)
+                xs = [env[src] if src in whole else self._read_step(tape, bufs, inits, body_ids, src, d, t)
+                      for src, d in step.inputs]
+                op = REGISTRY[step.op]
+                geo = None
+                if step.id in masked:
+                    axis, inner = masked[step.id]
+                    geo, op = tape.geometry.get(axis), runtime_axes.in_loop_op(op, inner)
+                ctx = (Ctx(train=train, rng=rng) if geo is None
+                       else Ctx(train=train, rng=rng, mask=geo.mask, lengths=geo.lengths))
+                out = op.forward(xs, step.attrs, ctx)
                 if step.id not in bufs:
                     bufs[step.id] = np.empty((T,) + out.shape, dtype=out.dtype)
                 bufs[step.id][t] = out
@@ -813,6 +860,8 @@ class Executor:
             return grads
         for step in reversed(self.plan.steps):
             t0 = time.perf_counter() if prof is not None else 0.0
+            if tape.geometry:
+                runtime_axes.enter(tape, self._axis_of(step))   # [axes]
             self._backward_step(step, tape, grads, acc, need, wrt is None)
             if leaves is not None:  # only the leaves were asked for: a value's gradient goes once used
                 for v in ([b.id for b in step.body] if isinstance(step, LoopStep) else [step.id]):
@@ -1010,13 +1059,16 @@ class Executor:
         outer_init: dict[str, np.ndarray] = {}     # other loops' states: gradients of their initial states
         ginit = {s: np.zeros_like(tape.initial_values[s], dtype=self.dtype) for s in loop.states if s in gbuf}
         times = range(T) if loop.direction > 0 else range(T - 1, -1, -1)
+        whole, masked = runtime_axes.loop_reads(loop, self.axes) if tape.geometry else ((), {})   # [axes]
         for t in reversed(times):
             for step in reversed(loop.body):
                 if step.id not in gbuf:
                     continue
                 g = gbuf[step.id][t]
                 xs, ctx = tape.records[(step.id, t)]
-                gs = REGISTRY[step.op].vjp(g, xs, env[step.id][t], step.attrs, ctx)
+                op = REGISTRY[step.op] if step.id not in masked else runtime_axes.in_loop_op(
+                    REGISTRY[step.op], masked[step.id][1])   # [axes]
+                gs = op.vjp(g, xs, env[step.id][t], step.attrs, ctx)
                 for (src, d), gi in zip(step.inputs, gs):
                     if gi is None or src in self.integer:
                         continue
@@ -1025,7 +1077,7 @@ class Executor:
                             gbuf[src][t] += gi
                         else:
                             self._to_step(gbuf[src], ginit[src], gi, t + d, tape)
-                    elif src in self.seq:
+                    elif src in self.seq and src not in whole:
                         if src not in outer_seq:
                             outer_seq[src] = np.zeros_like(env[src], dtype=self.dtype)
                         if d == 0:

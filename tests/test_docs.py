@@ -192,6 +192,7 @@ GROUPS = [  # module of the op classes -> heading
     ("elementwise", "Elementwise arithmetic"),
     ("linalg", "Linear algebra"),
     ("sequence", "Sequence operations"),
+    ("axes", "Sequence axes and attention"),
     ("losses", "Losses"),
     ("regularize", "Regularisation"),
 ]

@@ -148,6 +148,15 @@ CASES = [
     C("shift", normal(T, B, N), attrs={"k": -1}, ctx=SEQ, tag="prev"),
     C("shift", rng.integers(0, 5, (T, B)), ctx=SEQ, tag="ids"),
     C("argmax", spread(B, K)),
+    # relating sequence axes (nnspec/ops/axes.py): the parts of attention
+    C("along", normal(T, B, N), normal(T + 1, B, K), attrs={"at": 1, "of": 0}, tag="step-along-steps"),
+    C("along", normal(B, N), normal(T, B, K), attrs={"at": 0, "of": 0}, tag="example-along-steps"),
+    C("dot", normal(T, B, N), normal(T, B, N), tag="same"),
+    C("dot", normal(T + 1, T, B, N), normal(N), tag="param"),
+    C("dot", normal(T + 1, T, B, N), normal(T, B, N), tag="pairs"),
+    C("sum_features", normal(T, B, N)),
+    C("softmax_steps", normal(T, B, 1) * 3, ctx=SEQ, tag="masked"),
+    C("softmax_steps", normal(T, B, 1), tag="no-mask"),
     C("word_dropout", rng.integers(0, 9, (T, B)), attrs={"p": 0.5}, ctx={"train": True}, tag="train"),
 ]
 PARAMS = [pytest.param(c, id=f"{c.op}-{c.tag}" if c.tag else c.op) for c in CASES]

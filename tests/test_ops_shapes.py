@@ -76,6 +76,10 @@ VALID = [
     *[(op, [(4,)], (4,)) for op in ("last", "first", "sum", "mean", "max", "shift")],
     ("argmax", [(5,)], ()),
     ("word_dropout", [()], ()),
+    ("along", [(4,), (6,)], (4,)),
+    ("dot", [(4,), (4,)], ()),
+    ("sum_features", [(4,)], ()),
+    ("softmax_steps", [()], ()),
 ]
 
 
@@ -86,6 +90,15 @@ def test_valid_shapes(op, shapes, expected):
 
 def test_every_op_has_a_shape_case():
     assert set(REGISTRY) - {v[0] for v in VALID} == set()
+
+
+def test_dot_takes_two_vectors_of_one_size():
+    assert "(3,) and (4,)" in rejects("dot", (3,), (4,))
+    rejects("dot", (3, 4), (3, 4), match="two vectors")
+
+
+def test_softmax_steps_takes_one_score_per_step():
+    rejects("softmax_steps", (4,), match="one score per step")
 
 
 # ---- elementwise broadcasting ----------------------------------------------

@@ -424,6 +424,7 @@ def _op_uses(v: str) -> dict[str, str]:
         "matmul": f"M @ {v}", "linear": f"M @ {v} + bias", "concat": f"slice(concat({v}, {v}), start = 1, stop = 4)",
         "slice": f"concat(slice({v}, stop = 1), slice({v}, start = 1))",
         "concat_rows": f"slice(concat_rows(M, N) @ {v}, start = 2, stop = 5)",
+        "dot": f"{v} * dot({v}, M @ {v})", "sum_features": f"{v} * sum_features(M @ {v})",
     }
     return uses
 
@@ -453,6 +454,8 @@ def _per_example_cases():
         cases.append((op, "after_a_loop",
                       f"input x[3] : seq\noutput y\nh[3] = tanh(x + U @ h[t-1])\ny = {op}(h)"))
     cases.append(("argmax", "a_sequence", "input x[3] : seq\noutput y\ny = argmax(x)"))
+    cases.append(("softmax_steps", "a_sequence", "input x[3] : seq\noutput y\ny = sum(softmax_steps(dot(x, x)) * x)"))
+    cases.append(("along", "a_sequence", "input x[3] : seq\ninput a[3]\noutput y\ny = tanh(x + along(a, x))"))
     cases.append(("embed", "a_sequence", "input w : seq of token\noutput y\ny = tanh(embed(w, 3))"))
     cases.append(("word_dropout", "a_sequence", "input w : seq of token\noutput y\ny = embed(word_dropout(w), 3)"))
     return [pytest.param(_with_params(text), id=f"{op}-{place}") for op, place, text in cases]
@@ -629,7 +632,8 @@ def test_a_state_read_before_its_equation_in_any_form(name):
 
 
 def test_every_op_is_checked_for_batch_independence():
-    covered = set(PER_EXAMPLE_OPS) | set(TIME_OPS) | {"argmax", "embed", "word_dropout"} | set(LOSS_USES)
+    covered = (set(PER_EXAMPLE_OPS) | set(TIME_OPS) | {"argmax", "embed", "word_dropout", "softmax_steps", "along"}
+               | set(LOSS_USES))
     assert set(REGISTRY) - covered == set()
 
 

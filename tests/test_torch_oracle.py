@@ -165,6 +165,9 @@ def _small(text: str) -> str:
 @pytest.mark.parametrize("path", _spec_files(), ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_every_spec_agrees_with_the_oracle(path):
     text = _small(path.read_text(encoding="utf-8"))
+    if re.search(r"\bseq\(\w+\)", text):
+        pytest.skip("the oracle interprets one time axis; a spec on several axes (reverse_copy.nn) is checked "
+                    "against a PyTorch model of its own in tests/test_axes.py")
     assert_agrees(text, bindings=bindings_for(text))
 
 

@@ -129,9 +129,11 @@ def test_a_batch_too_big_for_bptt_memory_is_refused_before_it_runs(tmp_path):
 
 
 def test_sequences_longer_than_max_length_are_refused(tmp_path):
-    s = open_session(write(tmp_path, TAGGER), overrides=["max_length=2"])
-    with pytest.raises(TrainingError, match="longer than max_length 2"):
-        Trainer(s.model, s.data, s.settings, quiet=True).fit()
+    """When the data is read, at the line of the first one (it was at the first batch holding one)."""
+    from nnspec.data import DataError
+    with pytest.raises(DataError, match="a sequence of 3 steps, longer than max_length 2") as e:
+        open_session(write(tmp_path, TAGGER), overrides=["max_length=2"])
+    assert e.value.line is not None
 
 
 def test_input_normalisation_uses_training_statistics(tmp_path):

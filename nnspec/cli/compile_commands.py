@@ -74,7 +74,8 @@ def cmd_check(args) -> int:
             + [{"path": f, "kind": "data"} for f in data_files(c.flat, c.diags)]
         emit_json(nan_to_null({"ok": True, "kind": c.kind, "errors": [], "warnings": warnings,
                                 "parameters": total, "loops": loops, "files": files,
-                                "values": {n.id: {"shape": [str(d) for d in n.shape or ()], "sequence": n.seq}
+                                "values": {n.id: {"shape": [str(d) for d in n.shape or ()], "sequence": n.seq,
+                                                  "axes": list(n.axes)}
                                            for n in c.graph.nodes() if n.named}}))
         return 0
     from rich.table import Table
@@ -82,7 +83,8 @@ def cmd_check(args) -> int:
     if c.diags.warnings:
         print(c.diags.render(), file=sys.stderr)
     table = Table(title=f"{c.name}: {c.kind}", title_justify="left")
-    for col in ("value", "kind", "shape", "time", "parameters"):
+    named_axes = any(n.axes not in ((), ("time",)) for n in c.graph.nodes())
+    for col in ("value", "kind", "shape", "axes" if named_axes else "time", "parameters"):
         table.add_column(col, justify="right" if col == "parameters" else "left")
     for info in c.graph.nodes():
         if not info.named:
@@ -100,7 +102,8 @@ def cmd_check(args) -> int:
     con.print(table)
     con.print(f"parameters: {total:,}" if isinstance(total, int) else f"parameters: {total}")
     for i, loop in enumerate(loops):
-        con.print(f"loop {i + 1} ({loop['direction']} in time): {', '.join(loop['values'])}")
+        over = (f"over {c.graph.info(c.components[i].nodes[0]).axes[-1]}" if named_axes else "in time")
+        con.print(f"loop {i + 1} ({loop['direction']} {over}): {', '.join(loop['values'])}")
     con.print("ok")
     return 0
 
@@ -239,13 +242,15 @@ def _feeds_at(session, at: dict) -> dict:
         if spec.seq:
             if len(arr) == 0:
                 raise UsageError(f"--at {name}: a sequence needs at least one step")
-            steps[name] = len(arr)
+            steps.setdefault((spec.axes or ["time"])[-1], {})[name] = len(arr)   # [axes] per axis
             feeds[name] = arr[:, None, ...]   # time-major, a batch of one
         else:
             feeds[name] = arr[None, ...]      # a batch of one
-    if len(set(steps.values())) > 1:
-        listed = ", ".join(f"{n} has {k}" for n, k in steps.items())
-        raise UsageError(f"--at: the sequences of one example have the same number of steps; {listed}")
+    for axis, on_axis in steps.items():
+        if len(set(on_axis.values())) > 1:
+            listed = ", ".join(f"{n} has {k}" for n, k in on_axis.items())
+            where = f" on one axis ({axis})" if len(steps) > 1 or axis != "time" else ""
+            raise UsageError(f"--at: the sequences of one example{where} have the same number of steps; {listed}")
     return feeds
 
 

@@ -62,7 +62,13 @@ def collate(encoded: Encoded, index: np.ndarray, dtype=np.float32) -> Batch:
         else:  # vector_seq
             arrays[f.name] = _pad([values[i] for i in index], 0.0, dtype)
     lengths = mask = None
-    if encoded.lengths is not None:
+    if len(encoded.axis_lengths) > 1:
+        # several sequence axes: lengths per axis (a dict, as Model.run takes them); the mask of
+        # the longest, for the memory estimate of backpropagation through time
+        lengths = {axis: ls[index] for axis, ls in encoded.axis_lengths.items()}
+        longest = max(lengths.values(), key=lambda ls: ls.max())
+        mask = (np.arange(longest.max())[:, None] < longest[None, :]).astype(dtype)
+    elif encoded.lengths is not None:
         lengths = encoded.lengths[index]
         mask = (np.arange(lengths.max())[:, None] < lengths[None, :]).astype(dtype)
     return Batch(arrays, lengths, mask, len(index), index)

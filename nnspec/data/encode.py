@@ -20,7 +20,9 @@ class Encoded:
     int64 (N,); tokens, classes, bag -> list of int64 id arrays; vector_seq ->
     list of float64 (T_i, *shape). ``bag_sizes`` holds each bag field's vector
     size (its vocabulary size). ``lengths`` (N,) are the sequence lengths, None
-    without sequence fields; all sequence fields of an example have that length.
+    without sequence fields; all sequence fields of an example on one axis have that length.
+    ``axis_lengths``: each sequence axis's lengths; with several axes (an encoder's source and
+    a decoder's target) ``lengths`` are those of the first (what batching by length sorts by).
     """
 
     fields: list[FieldSpec]
@@ -28,23 +30,29 @@ class Encoded:
     origins: list[Origin]
     bag_sizes: dict[str, int] = field(default_factory=dict)
     lengths: np.ndarray | None = field(init=False)
+    axis_lengths: dict = field(init=False)
 
     def __post_init__(self) -> None:
         n = len(self.origins)
         for f in self.fields:
             if len(self.data[f.name]) != n:
                 raise ValueError(f"field {f.name!r} has {len(self.data[f.name])} examples, expected {n}")
-        self.lengths = None
+        self.lengths, self.axis_lengths, first = None, {}, {}
         for f in (f for f in self.fields if f.is_sequence):
             lengths = np.fromiter((len(x) for x in self.data[f.name]), dtype=np.int64, count=n)
-            if self.lengths is None:
-                self.lengths, first = lengths, f
+            axis = f.axis or "time"
+            if axis not in self.axis_lengths:
+                self.axis_lengths[axis], first[axis] = lengths, f
+                if self.lengths is None:
+                    self.lengths = lengths
                 continue
-            bad = np.flatnonzero(lengths != self.lengths)
+            bad = np.flatnonzero(lengths != self.axis_lengths[axis])
             if bad.size:
                 i = bad[0]
-                raise DataError(f"sequence fields differ in length: '{first.name}' has {self.lengths[i]} "
-                                f"steps, '{f.name}' has {lengths[i]}", *self.origins[i])
+                on = f" (both on the axis {axis})" if len(self.axis_lengths) > 1 or axis != "time" else ""
+                raise DataError(f"sequence fields differ in length: '{first[axis].name}' has "
+                                f"{self.axis_lengths[axis][i]} steps, '{f.name}' has {lengths[i]}{on}",
+                                *self.origins[i])
 
     def __len__(self) -> int:
         return len(self.origins)

@@ -33,6 +33,7 @@ class FieldSpec(BaseModel):
     role: Literal["input", "target"] = "input"
     level: Literal["word", "char"] = "word"
     lowercase: bool = False
+    axis: str | None = None   # a sequence's axis (nnspec/axes.py): fields on one axis have one length
 
     @property
     def is_sequence(self) -> bool:

@@ -77,6 +77,7 @@ class Op:
     attrs: ClassVar[dict[str, Any]] = {}       # attribute names -> defaults
     over_time: ClassVar[bool] = False           # consumes or produces the time axis
     reduces_time: ClassVar[bool] = False        # a sequence in, one value per sequence out
+    adds_axis: ClassVar[bool] = False           # along(x, s): x repeated along the innermost axis of s (axes.py)
     scalar_output: ClassVar[bool] = False       # losses: one number for the batch
     # positions ("all": every one) that take one value for the whole batch, with no leading axes: a
     # weight, a table (a parameter, a constant, or computed from them alone), never a per-example value

@@ -132,6 +132,7 @@ class Include(Node):
 class TypeSpec(Node):
     """The declared type of an input or target."""
     sequence: bool = False
+    axis: str | None = None               # seq(src): the sequence's named axis (None: the default axis)
     elem: Literal["real", "token", "char", "class", "bag", "char_bag"] = "real"
     classes: list[DimExpr] | None = None  # class[17]
 

@@ -368,10 +368,14 @@ class _ToAst:
 
     # types
     def seq_type(self, meta, c):
-        return c[0].model_copy(update={"sequence": True, "span": self.sp(meta)})
+        axis = c[0] if len(c) == 2 else None
+        return c[-1].model_copy(update={"sequence": True, "axis": axis, "span": self.sp(meta)})
 
     def seq_of_vectors(self, meta, c):
-        return ast.TypeSpec(span=self.sp(meta), sequence=True, elem="real")
+        return ast.TypeSpec(span=self.sp(meta), sequence=True, elem="real", axis=c[0] if c else None)
+
+    def axis_name(self, meta, c):
+        return str(c[0])
 
     def type(self, meta, c):
         return c[0]

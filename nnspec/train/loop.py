@@ -132,6 +132,8 @@ def evaluate(model: Model, data: BoundData, split: str, settings: TrainSettings,
     total, weight = 0.0, 0.0
     correct = {h.loss: 0 for h in heads}
     counted = {h.loss: 0 for h in heads}
+    # [axes] an encoder-decoder (sequences on several axes): whole output sequences exactly right
+    sequences = {h.loss: [0, 0] for h in heads} if getattr(model.executor, "multi_axis", False) else None
     head_loss = {h.loss: 0.0 for h in heads}   # each head's own loss, summed over its targets
     preds: dict[str, list] = {h.loss: [] for h in heads}
     carry = None
@@ -162,6 +164,9 @@ def evaluate(model: Model, data: BoundData, split: str, settings: TrainSettings,
             if tape.mask is not None and valid.ndim >= 2 and valid.shape[:2] == tape.mask.shape:
                 valid = valid & (tape.mask.reshape(tape.mask.shape + (1,) * (valid.ndim - 2)) > 0)
             correct[h.loss] += int(((guess == gold) & valid).sum())
+            if sequences is not None and valid.ndim == 2:   # (T, B): every real step right, teacher-forced
+                sequences[h.loss][0] += int((((guess == gold) | ~valid).all(axis=0) & valid.any(axis=0)).sum())
+                sequences[h.loss][1] += int(valid.any(axis=0).sum())
             counted[h.loss] += int(valid.sum())
             head_loss[h.loss] += float(tape.values[h.loss]) * int(valid.sum())
             if keep_predictions:
@@ -172,6 +177,9 @@ def evaluate(model: Model, data: BoundData, split: str, settings: TrainSettings,
     for h in heads:
         key = "accuracy" if len(heads) == 1 else f"accuracy.{h.loss}"
         metrics[key] = correct[h.loss] / counted[h.loss] if counted[h.loss] else float("nan")
+        if sequences is not None and sequences[h.loss][1]:
+            right, total = sequences[h.loss]
+            metrics["sequence_accuracy" if len(heads) == 1 else f"sequence_accuracy.{h.loss}"] = right / total
         if h.tokens:  # of this head's own loss: the spec's loss may weigh it or add others to it
             mean = head_loss[h.loss] / counted[h.loss] if counted[h.loss] else float("nan")
             metrics["perplexity"] = math.exp(min(mean, 700.0))

@@ -15,7 +15,9 @@ gates, delayed reads of inputs and computed sequences inside and outside loops; 
 constant and computed initial states; a user cell instantiated twice; every stdlib cell
 plain, ``reverse``, ``bidirectional`` and ``stacked``; every reduction over time; every
 loss, per step and per example, weighted and several at once; padded batches of mixed
-lengths (the runner picks the lengths).
+lengths (the runner picks the lengths); a second sequence input on an axis of its own (``seq(k)``,
+its own lengths) read through attention (dot and additive, after a loop and inside one) and
+reductions.
 """
 from __future__ import annotations
 
@@ -33,7 +35,8 @@ LOSSES = ["mse", "bce", "bce_logits", "perceptron", "cross_entropy", "cross_entr
 # names that are not values: functions, cells, keywords
 NOT_VALUES = set(ACTIVATIONS + REDUCTIONS + STDLIB + WRAPPERS + LOSSES) | {
     "t", "concat", "shift", "embed", "dense", "exp", "log", "sqrt", "step", "seq", "of", "token", "class",
-    "input", "output", "target", "param", "initial", "loss", "cell", "network", "H", "N", "p", "alpha"}
+    "input", "output", "target", "param", "initial", "loss", "cell", "network", "H", "N", "p", "alpha",
+    "attention", "additive_attention", "along", "A"}
 NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*")
 
 
@@ -274,7 +277,7 @@ class Generator:
     def block(self):
         seqs = any(v.seq for v in self.pool)
         kinds = ["ff", "ff"] + (["rnn", "rnn", "gated", "two_states", "stdlib", "stdlib", "cell_twice",
-                                 "delay_in_loop", "two_inputs"] if seqs else [])
+                                 "delay_in_loop", "two_inputs", "other_axis"] if seqs else [])
         getattr(self, "block_" + self.r.choice(kinds))()
 
     def block_ff(self):
@@ -425,6 +428,40 @@ class Generator:
         out = 2 * s2 if wrap == "bidirectional" else s2
         self.add_value(b, out, True, Expr(a, [], s1, True), text=f"{b} = {call}({{e}}, N = {s2})")
         self.pool.append(Val(a, s1, True))
+
+    def block_other_axis(self):
+        """A sequence input on an axis of its own (its own lengths), read from the main axis through
+        attention (dot product or additive; after a loop, or inside one with the state as query) or a
+        reduction. Values on that axis stay out of the pool: combined with the main axis unrelated,
+        they would not compile."""
+        k, sk = self.fresh("x"), self.size()
+        self.stmts.append(Stmt("input", f"input {k}[{sk}] : seq(k{self.counter})", defines=k))
+        n, s = self.fresh("v"), self.size()
+        c = self.r.random()
+        if c < 0.2:   # a reduction: one value per example, usable on any axis
+            red = self.r.choice(REDUCTIONS)
+            self.tags.add("other_axis:reduce")
+            self.add_value(n, s, False, self.project(Expr(red + "({0})", [Expr(k, [], sk, True)], sk, False), s,
+                                                     declare=True))
+            return
+        q = self.pick(seq=True)
+        additive = self.r.random() < 0.4
+        if c < 0.6:   # attention after the loop that made the query
+            self.tags.add("other_axis:attention" + (":additive" if additive else ""))
+            query = self.param_matmul(leaf(q), q.size if additive else sk, declare=True)
+            call = f"additive_attention({{e}}, {k}, A = 2)" if additive else f"attention({{e}}, {k})"
+            self.stmts.append(Stmt("eq", f"{n} = {call}", query, defines=n))
+            self.pool.append(Val(n, sk, True))
+            return
+        # inside a loop: the previous state attends over every step of k
+        self.tags.add("other_axis:attention_in_loop" + (":additive" if additive else ""))
+        wq, wc, u = self.fresh("W"), self.fresh("W"), self.fresh("W")
+        for w, shape in ((wq, (sk if not additive else s, s)), (wc, (s, sk)), (u, (s, s))):
+            self.stmts.append(Stmt("param", f"param {w}[{shape[0]}, {shape[1]}]", about=w))
+        attend = (f"additive_attention({wq} @ {n}[t-1], {k}, A = 2)" if additive
+                  else f"attention({wq} @ {n}[t-1], {k})")
+        x = self.project(leaf(q), s, declare=True)
+        self.add_value(n, s, True, x, text=f"{n}[{s}] = tanh({{e}} + {u} @ {n}[t-1] + {wc} @ {attend})")
 
     def block_two_inputs(self):
         """A cell of two inputs, and a loop reading a concatenation with its own state."""

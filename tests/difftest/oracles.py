@@ -86,6 +86,23 @@ class Batch:
     lengths: np.ndarray | None
     steps: int
     batch: int
+    # sequences on other axes than the main one (``time``): axis -> their lengths
+    other_axes: dict = field(default_factory=dict)
+
+    @property
+    def run_lengths(self):
+        """The lengths as the runtime takes them: per axis when there are several."""
+        return {"time": self.lengths, **self.other_axes} if self.other_axes else self.lengths
+
+    def length(self, plan, name: str, i: int, default: int) -> int:
+        """Example i's steps on the axis of the input ``name``."""
+        axis = _input_axis(plan, name)
+        return int(self.other_axes[axis][i]) if axis in self.other_axes else default
+
+
+def _input_axis(plan, name: str) -> str:
+    v = next((v for v in plan.inputs + plan.targets if v.name == name), None)
+    return (v.axes or ["time"])[-1] if v is not None and v.seq else "time"
 
 
 def make_batch(plan, seed: int, T: int | None = None, B: int | None = None, lengths=None) -> Batch:
@@ -100,10 +117,19 @@ def make_batch(plan, seed: int, T: int | None = None, B: int | None = None, leng
         r.shuffle(lengths)
     lengths = np.array(lengths, dtype=np.int64)
     has_seq = any(v.seq for v in plan.inputs + plan.targets)
-    real = np.arange(T)[:, None] < lengths[None, :]
+    main_real = np.arange(T)[:, None] < lengths[None, :]
+    other = {}   # axis -> (T, lengths) of sequences on other axes than time: their own lengths
+    for v in plan.inputs + plan.targets:
+        axis = _input_axis(plan, v.name)
+        if v.seq and axis != "time" and axis not in other:
+            Tk = r.randint(1, 5)
+            other[axis] = (Tk, np.array([Tk] + [r.randint(1, Tk) for _ in range(B - 1)], dtype=np.int64))
     feeds = {}
     for v in plan.inputs + plan.targets:
-        shape = ((T, B) if v.seq else (B,)) + tuple(v.shape)
+        axis = _input_axis(plan, v.name)
+        Tv, real = (other[axis][0], np.arange(other[axis][0])[:, None] < other[axis][1][None, :]) \
+            if axis in other else (T, main_real)
+        shape = ((Tv, B) if v.seq else (B,)) + tuple(v.shape)
         if v.integer:
             card = v.card if isinstance(v.card, int) else 5
             low = 1 if v.role == "input" else 0           # token 0 is <pad>
@@ -115,7 +141,7 @@ def make_batch(plan, seed: int, T: int | None = None, B: int | None = None, leng
             if v.seq:
                 a = a * real.reshape(real.shape + (1,) * (a.ndim - 2))
         feeds[v.name] = a
-    return Batch(feeds, lengths if has_seq else None, T if has_seq else 0, B)
+    return Batch(feeds, lengths if has_seq else None, T if has_seq else 0, B, {a: ls for a, (_, ls) in other.items()})
 
 
 def random_params(plan, seed: int) -> dict[str, np.ndarray]:
@@ -158,7 +184,7 @@ def _is_seq(plan, name: str) -> bool:
 def run(ex: Executor, params, batch: Batch, seeds: dict | None, keep_all=False) -> Run:
     """Forward and backward of the objective (loss + sum(output * G)); copies of what matters."""
     plan = ex.plan
-    tape = ex.forward(params, batch.feeds, lengths=batch.lengths)
+    tape = ex.forward(params, batch.feeds, lengths=batch.run_lengths)
     values = {o: np.array(tape.values[o], copy=True) for o in plan.outputs}
     if plan.loss is not None:
         values["<loss>"] = np.array(tape.values[plan.loss], copy=True)
@@ -173,7 +199,7 @@ def run(ex: Executor, params, batch: Batch, seeds: dict | None, keep_all=False) 
 
 
 def objective(ex: Executor, params, batch: Batch, seeds: dict) -> float:
-    tape = ex.forward(params, batch.feeds, lengths=batch.lengths)
+    tape = ex.forward(params, batch.feeds, lengths=batch.run_lengths)
     total = 0.0
     if ex.plan.loss is not None:
         total += float(np.sum(tape.values[ex.plan.loss]))
@@ -249,7 +275,7 @@ def _check(text: str, seed: int, oracles) -> Outcome:
     batch = make_batch(base, seed)
     ref_raw = Executor(base, dtype=np.float64, options=REFERENCE)
     try:
-        tape = ref_raw.forward(params, batch.feeds, lengths=batch.lengths)
+        tape = ref_raw.forward(params, batch.feeds, lengths=batch.run_lengths)
         seeds = output_seeds(base, tape.values, batch, seed)
         del tape
         want = run(ref_raw, params, batch, seeds, keep_all=True)
@@ -307,7 +333,7 @@ def check_repeat(fast: Executor, params, batch: Batch, seeds, first: Run, plan, 
     T = batch.steps
     other = make_batch(plan, seed + 1, T=max(T, 1) + (1 if T else 0) if T else None, B=max(1, batch.batch))
     other_seeds = output_seeds(plan, Executor(plan, dtype=np.float64, options=REFERENCE).forward(
-        params, other.feeds, lengths=other.lengths).values, other, seed + 1)
+        params, other.feeds, lengths=other.run_lengths).values, other, seed + 1)
     run(fast, params, other, other_seeds)
     compare("repeat", run(fast, params, batch, seeds), first, plan, batch, out, "after another geometry: ")
 
@@ -327,7 +353,12 @@ def check_fd(ex: Executor, params, batch: Batch, seeds, want: Run, seed: int, ou
     for name, g in sorted(want.grads.items()):
         v = rng.normal(size=(params[name] if name in params else batch.feeds[name]).shape)
         if name not in params and batch.lengths is not None and name in seq_inputs:
-            v = v * _real(batch, v.ndim)   # padding is not an input anyone can change
+            axis = _input_axis(ex.plan, name)
+            if axis in batch.other_axes:
+                ls = batch.other_axes[axis]
+                v = v * _real(Batch({}, ls, v.shape[0], batch.batch), v.ndim)
+            else:
+                v = v * _real(batch, v.ndim)   # padding is not an input anyone can change
         directions[name] = v
 
     def error(names: list[str]) -> tuple[float, str]:
@@ -349,7 +380,7 @@ def check_fd(ex: Executor, params, batch: Batch, seeds, want: Run, seed: int, ou
             p = {**params, **{n: params[n] + delta * directions[n] / norm for n in names if n in params}}
             feeds = {**batch.feeds, **{n: batch.feeds[n] + delta * directions[n] / norm for n in names
                                       if n not in params}}
-            return objective(ex, p, Batch(feeds, batch.lengths, batch.steps, batch.batch), seeds)
+            return objective(ex, p, Batch(feeds, batch.lengths, batch.steps, batch.batch, batch.other_axes), seeds)
 
         numeric = (at(eps) - at(-eps)) / (2 * eps)
         analytic = sum(float(np.sum(want.grads[n].reshape(directions[n].shape) * directions[n])) for n in names) / norm
@@ -397,11 +428,11 @@ def check_batch(ex: Executor, params, batch: Batch, seeds, want: Run, out: Outco
         n = int(lengths[i])
         feeds = {}
         for k, a in batch.feeds.items():
-            feeds[k] = a[:n, i:i + 1] if k in seq else a[i:i + 1]
+            feeds[k] = a[:batch.length(plan, k, i, n), i:i + 1] if k in seq else a[i:i + 1]
         alone = Batch(feeds, np.array([n]) if batch.lengths is not None else None, n if batch.lengths is not None
-                      else 0, 1)
+                      else 0, 1, {a: ls[i:i + 1] for a, ls in batch.other_axes.items()})
         s = {o: (g[:n, i:i + 1] if o in seq else g[i:i + 1]) for o, g in seeds.items()}
-        tape = ex.forward(params, feeds, lengths=alone.lengths)
+        tape = ex.forward(params, feeds, lengths=alone.run_lengths)
         for t in terms:
             per_step = t.inputs[0][0] in seq
             w = (n / total_steps) if per_step else 1.0 / B
@@ -420,14 +451,15 @@ def check_batch(ex: Executor, params, batch: Batch, seeds, want: Run, out: Outco
         for v in plan.inputs:
             if v.integer:
                 continue
-            ref = want.grads[v.name][:n, i:i + 1] if v.seq else want.grads[v.name][i:i + 1]
+            nv = batch.length(plan, v.name, i, n)
+            ref = want.grads[v.name][:nv, i:i + 1] if v.seq else want.grads[v.name][i:i + 1]
             got = g.get(v.name, np.zeros_like(ref))
             scale = max([np.abs(x).max() for x in want.grads.values() if x.size] + [1e-3])
             e = float(np.abs(got - ref).max() / scale)
             if not e <= worst:
                 worst, where = e, f"gradient of input {v.name} of example {i}"
-            if v.seq and n < batch.steps:
-                pad = want.grads[v.name][n:, i]
+            if v.seq and nv < want.grads[v.name].shape[0]:
+                pad = want.grads[v.name][nv:, i]
                 e = float(np.abs(pad).max() / scale)
                 if not e <= worst:
                     worst, where = e, f"gradient of input {v.name} at padding of example {i}"
@@ -451,6 +483,9 @@ def check_torch(compiled, ex: Executor, params, batch: Batch, seeds, out: Outcom
         out.skipped["torch"] = "tests/difftest/torch_oracle.py or torch is missing"
         return
     plan = ex.plan
+    if batch.other_axes:
+        out.skipped["torch"] = "several sequence axes (tests/test_axes.py has PyTorch models of its own)"
+        return
     try:
         kwargs = {}
         if plan.loss is None and "seeds" in inspect.signature(torch_run).parameters:
@@ -463,7 +498,7 @@ def check_torch(compiled, ex: Executor, params, batch: Batch, seeds, out: Outcom
         _crash("torch", out, e)
         return
     try:
-        tape = ex.forward(params, batch.feeds, lengths=batch.lengths)
+        tape = ex.forward(params, batch.feeds, lengths=batch.run_lengths)
         values = {o: np.array(tape.values[o]) for o in plan.outputs}
         s = dict(seeds) if plan.loss is None else {plan.loss: np.ones_like(tape.values[plan.loss])}
         grads = ex.backward(tape, seeds=s)

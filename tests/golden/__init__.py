@@ -23,6 +23,17 @@ p = softmax(V @ h + c)
 loss cross_entropy(p, y)
 """
 
+# the attention cells: queries on one axis, keys on another
+_ATTENTION = """\
+input x[3] : seq(src)
+input q[3] : seq(out)
+target y : seq(out) of class[2]
+output p
+h = {cell}
+p = softmax(V @ h + c)
+loss cross_entropy(p, y)
+"""
+
 # one spec per library cell (and per wrapper of one), each as small as it can be
 SPECS = {
     "dense": """\
@@ -41,6 +52,8 @@ loss cross_entropy(p, y)
     "bidirectional_lstm": _SEQ.format(cell="bidirectional(lstm)(x, H = 4)"),
     "reverse_gru": _SEQ.format(cell="reverse(gru)(x, H = 4)"),
     "stacked_rnn": _SEQ.format(cell="stacked(rnn, 2)(x, H = 4)"),
+    "attention": _ATTENTION.format(cell="attention(q, x)"),
+    "additive_attention": _ATTENTION.format(cell="additive_attention(q, x, A = 4)"),
 }
 
 

@@ -1,0 +1,149 @@
+"""Sequence axes as part of every value's type.
+
+A value lives on the batch (implicit, never reducible) and on zero or more named
+*sequence axes*, outermost first: ``()`` for one vector per example, ``("src",)`` for an
+encoder's states, ``("out", "src")`` for attention scores (a score for every step of the
+decoder against every step of the encoder). Each sequence input brings its axis
+(``input src : seq(src) of token``; a sequence whose type names no axis is on the
+default axis ``time``, so specs with one time axis mean what they always meant).
+
+The rules, checked here at compile time:
+
+* operands combine when their axes line up from the inside out: the axes of one are the
+  innermost axes of the other (``("src",)`` beside ``("out", "src")`` is the same keys for
+  every decoder step; ``()`` goes with anything). Any other pair, ``("out",)`` beside
+  ``("src",)``, is a located error naming both axes: relate them with an operation;
+* ``along(x, s)`` relates them: ``x`` repeated along the innermost axis of ``s``;
+* a reduction (``last``, ``sum``, ...) removes its argument's innermost axis, so
+  ``last(enc)`` is one value per example, usable on any other axis (``initial dec = last(enc)``);
+* a recurrent loop runs over one axis, the outermost of its values: at each step it reads a
+  value on its axis at that step, and a value on other axes whole (attention inside a
+  decoder's loop reads all of an encoder's states).
+
+At run time the arrays follow the axes (runtime.py): a value on axes ``(a1, ..., ak)`` is
+``(T_a1, ..., T_ak, B, *shape)``, so NumPy broadcasting is this module's combination rule.
+"""
+from __future__ import annotations
+
+from .errors import Diagnostics
+from .graph import DEFAULT_AXIS, Graph, user_name
+from .ops import REGISTRY
+
+
+def show_axes(axes: tuple) -> str:
+    return "(" + ", ".join(axes) + ")" if axes else "no sequence axis"
+
+
+def combine(a: tuple, b: tuple) -> tuple | None:
+    """The axes of a value made of values on axes ``a`` and ``b``, or None when they do not line up."""
+    short, long = (a, b) if len(a) <= len(b) else (b, a)
+    return long if long[len(long) - len(short):] == short else None
+
+
+def input_axes(info) -> tuple:
+    return ((info.axis or DEFAULT_AXIS),) if info.sequence else ()
+
+
+def infer_axes(graph: Graph, order: list[str], components, diags: Diagnostics) -> dict[str, tuple]:
+    """The axes of every value (``order``: a topological order of the graph without the delayed
+    links inside loops). A loop's axis is the outermost axis of its values; since a loop's values
+    may be visited before everything they read, passes repeat until the loops' axes settle (once
+    more than the loops there are, at most); the last pass reports the errors."""
+    comp_of = {n: i for i, c in enumerate(components) for n in c.nodes}
+    loop_axes: list[tuple] = [() for _ in components]
+    inner: list[set] = [set() for _ in components]     # axes along(...) adds inside each loop: not its own
+    for _ in range(len(components) + 1):
+        before = list(loop_axes)
+        _axes_pass(graph, order, comp_of, loop_axes, inner, None)
+        if loop_axes == before:
+            break
+    return _axes_pass(graph, order, comp_of, loop_axes, inner, diags)
+
+
+def _axes_pass(graph: Graph, order, comp_of, loop_axes: list[tuple], inner: list[set],
+               diags: Diagnostics | None) -> dict:
+    """One pass over the graph. Inside a loop over axis L, values are on (L, ...): at each step the
+    loop reads a value on L at that step, and a value on other axes (an encoder's states) whole, so
+    the rules apply to the axes *within a step* (L taken off the front), and L is put back."""
+    axes: dict[str, tuple] = {}
+
+    def error(message, span):          # (messages are made only in the last pass: ``message()``)
+        if diags is not None:
+            diags.error(message(), span)
+
+    for n in order:
+        info = graph.info(n)
+        if info.kind in ("input", "target"):
+            axes[n] = input_axes(info)
+            continue
+        if info.kind in ("param", "const"):
+            axes[n] = ()
+            continue
+        op = REGISTRY[info.op]
+        i = comp_of.get(n)
+        L = loop_axes[i][0] if i is not None and loop_axes[i] else None
+
+        def full(src):
+            a = axes.get(src)
+            if a is None:   # a value of the same loop, not visited yet in this pass (read at t-1)
+                a = (L,) if L is not None and comp_of.get(src) == i else ()
+            return a
+
+        def in_step(a: tuple) -> int:
+            """How many sequence axes a value on ``a`` has in its array here: in a loop's step, not L."""
+            return len(a) - (1 if L is not None and a[:1] == (L,) else 0)
+
+        operands = [(src, full(src)) for src, _ in info.inputs]
+        if getattr(op, "adds_axis", False) and len(operands) == 2:
+            (x, xa), (s, sa) = operands
+            if not sa:
+                error(lambda: f"{info.op}(x, s) repeats x along the sequence axis of s, but "
+                              f"{user_name(graph.info(s), diags.sources)} is not a sequence", info.span)
+                result = xa
+            elif sa[-1] in xa:
+                error(lambda: f"{info.op}(x, s): {user_name(graph.info(x), diags.sources)} is already on "
+                              f"the axis {sa[-1]} of s", info.span)
+                result = xa
+            else:
+                result = xa + (sa[-1],)
+                if i is not None:
+                    inner[i].add(sa[-1])
+            # where the runtime inserts the new axis in x's array, and which axis of s's array gives
+            # its length (within a loop's step, arrays have no loop axis)
+            info.attrs["at"] = in_step(xa)
+            info.attrs["of"] = max(in_step(sa) - 1, 0)
+        else:
+            result = ()
+            first = None
+            for src, a in operands:
+                both = combine(result, a)
+                if both is None:
+                    error(lambda: f"{user_name(graph.info(first), diags.sources)} is on the axes "
+                                  f"{show_axes(result)} and {user_name(graph.info(src), diags.sources)} on "
+                                  f"{show_axes(a)}: values on different sequence axes combine only through an "
+                                  f"operation that relates them (along(x, s) repeats x along the axis of s; "
+                                  f"last(x), mean(x), ... reduce one)", info.span)
+                    break
+                if len(a) >= len(result):
+                    first = src
+                result = both
+            if op.reduces_time or op.scalar_output:
+                result = result[:-1] if not op.scalar_output else ()
+        if i is not None:
+            if L is None:   # the loop's axis: this value's outermost, unless along put it inside the loop
+                L = next((a for a in result if a not in inner[i]), None)
+                if L is not None:
+                    loop_axes[i] = (L,)
+            if L is not None and L in result[1:]:
+                error(lambda: f"{user_name(info, diags.sources)} is computed in a loop over the axis {L}, but "
+                              f"its value is on {show_axes(result)}: inside its loop, a value has the loop's "
+                              f"axis outermost", info.span)
+                result = tuple(a for a in result if a != L)
+            if L is not None and result[:1] != (L,):
+                result = (L,) + result
+        axes[n] = result
+    # a loop that found no axis (it depends on no sequence: an error elsewhere) runs over the default one
+    for n, i in comp_of.items():
+        if not loop_axes[i]:
+            axes[n] = (DEFAULT_AXIS,) + axes[n]
+    return axes

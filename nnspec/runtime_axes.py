@@ -1,0 +1,149 @@
+"""Running a plan whose values live on several sequence axes (nnspec/axes.py).
+
+Each axis has its own geometry: its number of steps T and each example's lengths (and the
+mask made of them). The executor (runtime.py) keeps one geometry per axis on the tape and,
+before each step, makes the step's axis the current one (``tape.steps``, ``tape.lengths``,
+``tape.mask``), so that a loop runs over its own axis and an op sees the mask of the axis
+it works on: the innermost axis of its first operand (``softmax_steps`` of scores on
+``(out, src)`` normalises over ``src``, with ``src``'s padding).
+
+Ops work on one time axis ``(T, B, ...)``. For a value on several axes
+``(T_a1, ..., T_ak, B, ...)``, :class:`FoldedOp` moves the innermost axis to the front and
+folds the outer ones into the batch, ``(T_ak, T_a1 * ... * B, ...)``, with the mask repeated
+to match; the op runs unchanged and its result is unfolded. So every reduction over time
+(``sum``, ``last``, ...) and ``softmax_steps`` works over the innermost axis of any value.
+
+Plans with several axes run without prepared passes and without the buffer pool; a loop
+that reads values on other axes whole (attention inside it) runs on the reference
+interpreter, with each whole value's mask for the ops over its steps (``loop_reads``); other
+loops take the fast path on their own axis's geometry. Plans with one axis are untouched.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .graph import DEFAULT_AXIS
+from .ops.registry import Ctx, Op
+
+
+@dataclass
+class AxisGeometry:
+    steps: int
+    lengths: np.ndarray
+    mask: np.ndarray
+
+
+def axis_geometries(input_axes: dict[str, tuple], env: dict, lengths, dtype) -> tuple[int, dict]:
+    """The batch size and each axis's geometry, from the fed sequences (``input_axes``: input ->
+    its axes) and ``lengths``: a dict axis -> (B,) lengths (an axis left out: every step is real),
+    or one array for the default axis."""
+    if lengths is not None and not isinstance(lengths, dict):
+        lengths = {DEFAULT_AXIS: lengths}
+    lengths = lengths or {}
+    batch, geo = 1, {}
+    for name, axes in input_axes.items():
+        a = env.get(name)
+        if a is None:
+            continue
+        if not axes:
+            batch = a.shape[0]
+            continue
+        axis = axes[-1]
+        steps, batch = a.shape[0], a.shape[1]
+        if axis not in geo:
+            ls = lengths.get(axis)
+            ls = np.full(batch, steps, dtype=np.int64) if ls is None else np.asarray(ls, dtype=np.int64)
+            mask = (np.arange(steps)[:, None] < ls[None, :]).astype(dtype)
+            geo[axis] = AxisGeometry(steps, ls, mask)
+    return batch, geo
+
+
+def enter(tape, axis: str | None) -> None:
+    """Make ``axis`` the tape's current one (what loops and masked ops read)."""
+    g = tape.geometry.get(axis) if axis is not None else None
+    if g is not None:
+        tape.steps, tape.lengths, tape.mask = g.steps, g.lengths, g.mask
+
+
+def step_axis(own: tuple, first_operand: tuple | None) -> str | None:
+    """The axis an op step works on: the innermost of its first operand's, else of its own."""
+    if first_operand:
+        return first_operand[-1]
+    return own[-1] if own else None
+
+
+class FoldedOp:
+    """``op`` (over time, one input) on a value with ``k`` > 1 sequence axes: the innermost one is
+    the op's time axis, the outer ones are folded into the batch."""
+
+    def __init__(self, op: Op, k: int):
+        self.op, self.k = op, k
+        self.needs_ctx = True
+
+    def __getattr__(self, name):          # facts and everything else: the op's own
+        return getattr(self.op, name)
+
+    def _fold(self, x: np.ndarray) -> np.ndarray:
+        t = np.moveaxis(x, self.k - 1, 0)
+        return t.reshape((t.shape[0], -1) + x.shape[self.k + 1:])
+
+    def _inner_ctx(self, x: np.ndarray, ctx: Ctx) -> Ctx:
+        outer = int(np.prod(x.shape[:self.k - 1]))
+        T, B = x.shape[self.k - 1], x.shape[self.k]
+        mask = ctx.mask if ctx.mask is not None else np.ones((T, B))
+        mask = np.broadcast_to(mask[:, None, :], (T, outer, B)).reshape(T, outer * B)
+        lengths = None if ctx.lengths is None else np.tile(np.asarray(ctx.lengths), outer)
+        return Ctx(train=ctx.train, rng=ctx.rng, mask=mask, lengths=lengths)
+
+    def forward(self, xs, attrs, ctx):
+        x = xs[0]
+        inner = self._inner_ctx(x, ctx)
+        ctx.saved["inner"] = inner
+        y = self.op.forward([self._fold(x)], attrs, inner)
+        keeps = not self.op.reduces_time
+        outer, b = x.shape[:self.k - 1], x.shape[self.k]
+        if keeps:
+            return np.moveaxis(y.reshape((y.shape[0],) + outer + (b,) + y.shape[2:]), 0, self.k - 1)
+        return y.reshape(outer + (b,) + y.shape[1:])
+
+    def vjp(self, g, xs, out, attrs, ctx):
+        x = xs[0]
+        inner = ctx.saved["inner"]
+        if self.op.reduces_time:
+            gf = g.reshape((-1,) + g.shape[self.k:])
+            of = out.reshape((-1,) + out.shape[self.k:])
+        else:
+            gf, of = self._fold(g), self._fold(out)
+        dx = self.op.vjp(gf, [self._fold(x)], of, attrs, inner)[0]
+        if dx is None:
+            return [None]
+        outer, b = x.shape[:self.k - 1], x.shape[self.k]
+        return [np.moveaxis(dx.reshape((dx.shape[0],) + outer + (b,) + dx.shape[2:]), 0, self.k - 1)]
+
+    def vjp_one(self, i, g, xs, out, attrs, ctx):
+        return self.vjp(g, xs, out, attrs, ctx)[i]
+
+
+def loop_reads(loop, axes: dict[str, tuple]) -> tuple[frozenset, dict[str, str]]:
+    """What a loop over ``loop.axis`` reads *whole* at every step: the values from outside it on other
+    axes (an encoder's states, read by a decoder's attention), each with its own mask; and for each
+    body op whose first operand has axes of its own within a step (``softmax_steps`` of a step's
+    scores over the encoder's steps), the innermost (whose mask its context carries) and how many."""
+    body = {b.id for b in loop.body}
+    whole = frozenset(src for b in loop.body for src, _ in b.inputs
+                      if src not in body and axes.get(src) and axes[src][0] != loop.axis)
+    masked = {}
+    for b in loop.body:
+        if b.inputs:
+            a = axes.get(b.inputs[0][0], ())
+            a = a[1:] if a[:1] == (loop.axis,) else a
+            if a:
+                masked[b.id] = (a[-1], len(a))
+    return whole, masked
+
+
+def in_loop_op(op: Op, inner_axes: int):
+    """A body op over time whose first operand has ``inner_axes`` axes within a step: over the innermost."""
+    return FoldedOp(op, inner_axes) if op.over_time and inner_axes > 1 else op
