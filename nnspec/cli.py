@@ -725,6 +725,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .cli_model import add_model_commands
     add_model_commands(sub)
+    from .onnx.commands import add_parser as add_export_command   # nnspec export (the onnx extra)
+    add_export_command(sub)
     add_sweep_command(sub)
     return p
 

@@ -7,8 +7,8 @@ The stages, in order (docs/internals.md, section 1):
     syntax < settings < loader (stdlib) < expand < graph (render, display) < recurrence < shapes
       < plan < optimize < compiler (export) < runtime (chunks) < data (dataset, baselines)
       < model (torch_weights; Model.from_file sizes a model from its data) < train < session < trained
-      < the package nnspec (its API)
-      < cli_model < cli < notebook
+      < sweep < onnx (export to ONNX) < the package nnspec (its API)
+      < cli_model (onnx.commands) < cli < notebook
 
 ALLOWED lists the one import against the order, with its reason.
 """
@@ -45,8 +45,9 @@ STAGES = [
     ("session", ("nnspec.session",)),
     ("trained", ("nnspec.trained",)),
     ("sweep", ("nnspec.sweep",)),
+    ("onnx", ("nnspec.onnx",)),
     ("api", ("nnspec",)),
-    ("cli_model", ("nnspec.cli_model",)),
+    ("cli_model", ("nnspec.cli_model", "nnspec.onnx.commands")),
     ("cli", ("nnspec.cli",)),
     ("notebook", ("nnspec.notebook",)),
 ]

@@ -12,6 +12,8 @@ import functools
 import glob
 from pathlib import Path
 
+import json
+
 import numpy as np
 import pytest
 
@@ -21,7 +23,8 @@ pytest.importorskip("onnxruntime")
 from nnspec import Model, SpecError                                  # noqa: E402
 from nnspec.compiler import compile_file                             # noqa: E402
 from nnspec.model import FeedError, prepare_feeds                    # noqa: E402
-from nnspec.onnx import OPSET, export_model                          # noqa: E402
+from nnspec.onnx.build import OPSET                                   # noqa: E402
+from nnspec.onnx.export import export_model                          # noqa: E402
 from nnspec.onnx.runner import OnnxModel                             # noqa: E402
 from nnspec.onnx.verify import CASES, TOLERANCE, random_feeds, verify  # noqa: E402
 
@@ -312,3 +315,79 @@ r = argmax(q)
 def test_plain_ops_outside_loops_agree():
     model = model_text(ALL_OPS, k=9)
     assert assert_verified(model) == {}
+
+
+# ---- the command line and the API ------------------------------------------------------------------
+TAGGER = """network tiny_tagger
+input  w : seq of token
+target y : seq of class
+output p
+e = embed(w, 8)
+h = bidirectional(lstm)(e, H = 6)
+p = softmax(V @ h + c)
+loss cross_entropy(p, y)
+train { optimizer adam(lr = 0.05); batch 2; epochs 3; seed 3 }
+data conllu(train = "train.conllu", dev = "dev.conllu")
+"""
+
+
+@pytest.fixture(scope="module")
+def tagger_run(tmp_path_factory):
+    from conftest import train_tiny_tagger
+    return train_tiny_tagger(tmp_path_factory.mktemp("onnx_tagger"), TAGGER)
+
+
+def test_export_a_trained_tagger_and_predict_with_it_in_onnxruntime(tagger_run, tmp_path, capsys):
+    from nnspec.cli import main
+    spec, out = str(tagger_run / "spec.nn"), tmp_path / "tagger.onnx"
+    assert main(["export", spec, "--checkpoint", str(tagger_run), "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "inputs w, lengths; outputs p" in printed and "opset 17" in printed
+    assert printed.count(": LSTM") == 2 and "direction reverse" in printed
+    lines = tmp_path / "in.txt"
+    lines.write_text("the cat sat on the mat\nthe dog runs\n")
+    assert main(["predict", spec, "--checkpoint", str(tagger_run), "--input", str(lines), "--json"]) == 0
+    by_nnspec = json.loads(capsys.readouterr().out)
+    assert main(["predict", spec, "--checkpoint", str(tagger_run), "--input", str(lines), "--json",
+                 "--onnx", str(out)]) == 0
+    by_onnx = json.loads(capsys.readouterr().out)
+    assert [p["y"] for p in by_onnx] == [p["y"] for p in by_nnspec]
+    for a, b in zip(by_onnx, by_nnspec):
+        assert np.allclose(a["y_probability"], b["y_probability"], atol=1e-5)
+
+
+def test_export_api_from_a_spec_a_run_and_a_model(tagger_run, tmp_path):
+    import nnspec
+    trained = nnspec.load(tagger_run)
+    exported = nnspec.export_onnx(str(tagger_run / "spec.nn"), tmp_path / "a.onnx", checkpoint=tagger_run)
+    again = nnspec.export_onnx(trained)
+    assert (tmp_path / "a.onnx").exists()
+    assert [i.name for i in exported.model.graph.initializer] == [i.name for i in again.model.graph.initializer]
+    ids = np.array([[2], [3], [4]])
+    want = trained.forward({"w": ids})["p"]
+    got = OnnxModel(tmp_path / "a.onnx").forward({"w": ids})["p"]
+    assert np.abs(want - got).max() < 1e-5
+
+
+def test_export_without_a_checkpoint_uses_the_specs_seed(tmp_path, capsys):
+    from nnspec.cli import main
+    out = tmp_path / "xor.onnx"
+    assert main(["export", str(ROOT / "specs" / "xor_train.nn"), "-o", str(out), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["ok"] and report["opset"] == 17 and report["loops"] == [] and report["outputs"] == ["p"]
+    model = Model.from_file(ROOT / "specs" / "xor_train.nn")
+    x = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], np.float32)
+    assert np.abs(OnnxModel(out).forward({"x": x})["p"] - model.forward({"x": x})["p"]).max() < 1e-6
+
+
+def test_export_errors_are_located_and_no_traceback(tmp_path, capsys, monkeypatch):
+    from nnspec.cli import main
+    from nnspec.onnx import ops
+    from nnspec.ops.activations import Mish
+    monkeypatch.delitem(ops.LOWERINGS, Mish)
+    spec = tmp_path / "m.nn"
+    spec.write_text("network m\ninput x[2]\noutput y\ny[2] = mish(W @ x)\n")
+    assert main(["export", str(spec), "-o", str(tmp_path / "m.onnx")]) == 1
+    err = capsys.readouterr().err
+    assert "m.nn:4" in err and "'mish' has no ONNX form" in err and "Traceback" not in err
+    assert not (tmp_path / "m.onnx").exists()

@@ -12,6 +12,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 OPSET = 17   # fixed and recorded in every exported model (Scan 16, RNN/LSTM/GRU 14, Softmax 13)
 
+LENGTHS = "lengths"   # the input of an exported model giving each example's real steps
+
 FLOAT_TYPES = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.float64): TensorProto.DOUBLE}
 
 
@@ -71,3 +73,9 @@ class GraphBuilder:
 
     def ints(self, *values: int) -> str:
         return self.const(list(values), np.int64)
+
+
+def array_shape(shape, integer: bool) -> tuple:
+    """The trailing array shape of a value, as nnspec's runtime holds it: a real scalar gets an axis of 1."""
+    shape = tuple(shape)
+    return (1,) if (shape == () and not integer) else shape

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..compiler import compile_text
 from ..plan import LoopStep, OpStep, Plan
-from .export import LENGTHS
+from .build import LENGTHS
 
 # cell -> (ONNX op, its attributes, gate order of W and R as the cell's parameter suffixes, biases)
 CELLS = {

@@ -25,10 +25,10 @@ from ..compiler import compile_program
 from ..errors import Diagnostics, SpecError, Span
 from ..ops import REGISTRY
 from ..plan import LoopStep, OpStep, Plan
-from .build import FLOAT_TYPES, OPSET, GraphBuilder, Names
+from .build import FLOAT_TYPES, LENGTHS, OPSET, GraphBuilder, Names, array_shape as _array_shape
+from .cells import lower_fused, match_cell
 from .ops import LOWERINGS, Site
-
-LENGTHS = "lengths"
+from .scan import lower_scan
 
 
 @dataclass
@@ -65,6 +65,14 @@ class Exported:
         return "\n".join(l.line() for l in self.loops) or "no loops"
 
 
+def _nnspec_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version   # not the package nnspec: a higher layer
+    try:
+        return version("nnspec")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 def plain_plan(model) -> Plan:
     """The model's plan as compiled without optimisation passes (every library cell as its equations)."""
     compiled = model.compiled
@@ -92,9 +100,8 @@ def export_model(model, *, fused: bool = True, doc: str = "") -> Exported:
     diags.raise_if_errors()
     onnx_model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
                                    producer_name="nnspec", doc_string=doc or f"nnspec network {plan.name}")
-    from .. import __version__
     helper.set_model_props(onnx_model, {
-        "nnspec.version": __version__, "nnspec.network": plan.name, "nnspec.dtype": str(model.dtype),
+        "nnspec.version": _nnspec_version(), "nnspec.network": plan.name, "nnspec.dtype": str(model.dtype),
         "nnspec.lengths": LENGTHS if lowerer.has_sequences else "",
         "nnspec.loops": json.dumps([{"index": l.index, "states": l.states, "op": l.onnx_op, "detail": l.detail}
                                     for l in lowerer.loops])})
@@ -265,8 +272,6 @@ class _Lowerer:
 
     # ---- loops -------------------------------------------------------------------------------------------
     def _loop(self, loop: LoopStep) -> None:
-        from .cells import lower_fused, match_cell
-        from .scan import lower_scan
         span = next((b.span for b in loop.body if b.id in loop.states and b.span is not None), loop.body[0].span)
         for s, init in loop.initials.items():
             self.initial[s] = self._batch_of(init, loop, s)
@@ -335,11 +340,6 @@ def raise_no_form(diags: Diagnostics, step: OpStep) -> None:
     why = NOT_LOWERED.get(type(REGISTRY[step.op]), "nnspec.onnx has no lowering for this op")
     diags.error(f"'{step.op}' has no ONNX form ({why}); the network cannot be exported", step.span)
     raise SpecError(diags)
-
-
-def _array_shape(shape, integer: bool) -> tuple:
-    shape = tuple(shape)
-    return (1,) if (shape == () and not integer) else shape
 
 
 def _shape_of(plan: Plan, value: str) -> list:

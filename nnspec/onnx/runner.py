@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 
 from ..model import FeedError, prepare_feeds
-from .export import LENGTHS
+from .build import LENGTHS
 
 
 class OnnxModel:

@@ -15,7 +15,7 @@ import numpy as np
 from onnx import TensorProto, helper
 
 from ..plan import LoopStep
-from .build import GraphBuilder
+from .build import GraphBuilder, array_shape
 
 
 def lower_scan(lw, loop: LoopStep) -> None:
@@ -38,8 +38,7 @@ def lower_scan(lw, loop: LoopStep) -> None:
         return TensorProto.INT64 if (value in lw.integer if integer is None else integer) else lw.float_type
 
     def step_rank(b) -> int:
-        from .export import _array_shape
-        return 1 + len(_array_shape(b.shape, b.integer))
+        return 1 + len(array_shape(b.shape, b.integer))
 
     # states: the last k values of each, k its furthest read
     depth = {s: 0 for s in loop.states}

@@ -99,7 +99,7 @@ def expected_outputs(model: Model, exported: Exported, feeds: dict, lengths) -> 
 
 
 def runner_input(runner: OnnxModel, name: str, arrays: dict, lengths) -> np.ndarray:
-    from .export import LENGTHS
+    from .build import LENGTHS
     if name == LENGTHS:
         return np.asarray(lengths, np.int64)
     info = runner.inputs[name]
