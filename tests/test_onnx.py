@@ -391,3 +391,17 @@ def test_export_errors_are_located_and_no_traceback(tmp_path, capsys, monkeypatc
     err = capsys.readouterr().err
     assert "m.nn:4" in err and "'mish' has no ONNX form" in err and "Traceback" not in err
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_the_examples_of_docs_onnx_run(tagger_run, tmp_path, monkeypatch):
+    """The ```py blocks of docs/onnx.md, in order, with RUN_DIR a trained tagger and its tagger.onnx."""
+    from test_docs import blocks
+    import nnspec
+    monkeypatch.chdir(tmp_path)
+    nnspec.export_onnx(str(tagger_run / "spec.nn"), "tagger.onnx", checkpoint=tagger_run)
+    namespace = {"RUN_DIR": str(tagger_run)}
+    examples = [b for b in blocks(ROOT / "docs" / "onnx.md") if b.lang == "py"]
+    assert len(examples) == 2
+    for block in examples:
+        exec(compile(block.text, f"{block.file}:{block.line}", "exec"), namespace)
+    assert namespace["out"]["p"].shape[:2] == (6, 2)

@@ -37,7 +37,30 @@ class OnnxModel:
             wanted = {v.name for v in self.plan.inputs}
             feeds, lengths = prepare_feeds(self.plan, {k: v for k, v in feeds.items() if k in wanted}, lengths,
                                            dtype=np.float32)
+        else:
+            feeds, lengths = self._padded(feeds, lengths)
         return self.run(feeds, lengths)
+
+    def _padded(self, feeds: dict, lengths) -> tuple[dict, np.ndarray | None]:
+        """Lists of per-example sequences of the model's sequence inputs, padded time-major (0 after
+        each example's end), and their lengths."""
+        out = dict(feeds)
+        for name, value in feeds.items():
+            info = self.inputs.get(name)
+            if info is None or not info.shape or info.shape[0] != "T" or not isinstance(value, (list, tuple)):
+                continue
+            rows = [np.asarray(r) for r in value]
+            if not rows or any(r.ndim == 0 or len(r) == 0 for r in rows):
+                raise FeedError(f"{name!r}: a list of B sequences, each of at least one step")
+            got = np.array([len(r) for r in rows], np.int64)
+            if lengths is not None and not np.array_equal(np.asarray(lengths), got):
+                raise FeedError(f"lengths {list(lengths)} disagree with the sequences of {name!r} ({got.tolist()})")
+            lengths = got
+            array = np.zeros((int(got.max()), len(rows)) + rows[0].shape[1:], rows[0].dtype)
+            for b, r in enumerate(rows):
+                array[:len(r), b] = r
+            out[name] = array
+        return out, lengths
 
     def run(self, feeds: dict[str, np.ndarray], lengths=None) -> dict[str, np.ndarray]:
         """The outputs for arrays already in the exported layout (time-major sequences)."""
