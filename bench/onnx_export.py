@@ -3,6 +3,7 @@
     python bench/onnx_export.py                 # every spec of specs/ and bench/specs/: a table
     python bench/onnx_export.py --speed         # and onnxruntime against nnspec on the tagger
     python bench/onnx_export.py --json out.json
+    python bench/onnx_export.py --no-table --ewt runs/pos_bilstm_features-<date>   # a trained tagger
 
 Per spec: what each loop became (fused RNN/LSTM/GRU or Scan) and the worst difference from
 nnspec's forward pass of each oracle (onnxruntime and onnx's reference evaluator, on the fused
@@ -96,10 +97,43 @@ def speed(seconds: float = 5.0) -> dict:
     return out
 
 
+def ewt_accuracy(run: str, spec: str = str(ROOT / "specs" / "pos_bilstm_features.nn"), split: str = "test") -> dict:
+    """Accuracy of a trained tagger on a split of its data, by nnspec and by its ONNX export in
+    onnxruntime, the same batches; and the tokens whose tags the two disagree on."""
+    from nnspec.cli_model import open_trained
+    from nnspec.onnx.export import export_model
+    from nnspec.onnx.runner import OnnxModel
+    from nnspec.train.loop import evaluate, find_heads
+    session, _ = open_trained(spec, run, with_data=True)
+    model, data, settings = session.model, session.data, session.settings
+    exported = export_model(model)
+    runner = OnnxModel(exported.model)
+    (head,) = find_heads(model)
+    output = next(o for o in runner.outputs)
+    correct = counted = disagree = 0
+    for batch in data.batches(split, settings.batch, dtype=model.dtype):
+        feeds = {v.name: batch.arrays[v.name] for v in model.plan.inputs}
+        mine = model.run(feeds, batch.lengths, need_loss=False).values[head.pred].argmax(-1)
+        theirs = runner.run(feeds, batch.lengths)[output].argmax(-1)
+        gold = batch.arrays[head.target]
+        valid = (gold >= 0) & (np.arange(gold.shape[0])[:, None] < batch.lengths[None, :])
+        correct += int(((theirs == gold) & valid).sum())
+        counted += int(valid.sum())
+        disagree += int(((theirs != mine) & valid).sum())
+    nnspec_accuracy = evaluate(model, data, split, settings).metrics["accuracy"]
+    result = {"run": run, "split": split, "tokens": counted, "nnspec": nnspec_accuracy,
+              "onnxruntime": correct / counted, "tags that differ": disagree, "loops": exported.inventory()}
+    print(f"{split} UPOS accuracy over {counted} words: nnspec {nnspec_accuracy:.4%}, onnxruntime "
+          f"{correct / counted:.4%}; {disagree} tags differ", flush=True)
+    return result
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--speed", action="store_true", help="also time onnxruntime against nnspec on the tagger")
     p.add_argument("--no-table", action="store_true", help="skip the per-spec verification")
+    p.add_argument("--ewt", metavar="RUN", help="a run of specs/pos_bilstm_features.nn: its EWT test accuracy "
+                                                "by nnspec and by onnxruntime")
     p.add_argument("--json", help="write the results to this file")
     args = p.parse_args(argv)
     result = {}
@@ -110,6 +144,8 @@ def main(argv=None) -> int:
         result["specs"] = table(paths)
     if args.speed:
         result["speed"] = speed()
+    if args.ewt:
+        result["ewt"] = ewt_accuracy(args.ewt)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
     return 0 if all("error" not in r for r in result.get("specs", [])) else 1

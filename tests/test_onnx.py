@@ -405,3 +405,22 @@ def test_the_examples_of_docs_onnx_run(tagger_run, tmp_path, monkeypatch):
     for block in examples:
         exec(compile(block.text, f"{block.file}:{block.line}", "exec"), namespace)
     assert namespace["out"]["p"].shape[:2] == (6, 2)
+
+
+@pytest.mark.slow
+def test_a_tagger_trained_on_ewt_tags_the_test_part_alike_in_onnxruntime(tmp_path):
+    """pos_bilstm_features.nn trained one epoch on UD English-EWT: its UPOS accuracy on the test part
+    through onnxruntime is nnspec's, tag for tag (bench/onnx_export.py --ewt RUN for a full run)."""
+    from nnspec.cli import main
+    import sys
+    sys.path.insert(0, str(ROOT))
+    try:
+        from bench.onnx_export import ewt_accuracy
+    finally:
+        sys.path.remove(str(ROOT))
+    spec = str(ROOT / "specs" / "pos_bilstm_features.nn")
+    assert main(["run", spec, "--set", "epochs=1", "--runs", str(tmp_path), "--quiet"]) == 0
+    (run,) = tmp_path.iterdir()
+    result = ewt_accuracy(str(run), spec)
+    assert result["tokens"] > 20000 and result["tags that differ"] == 0
+    assert result["onnxruntime"] == pytest.approx(result["nnspec"], abs=1e-12)
