@@ -424,3 +424,19 @@ def test_a_tagger_trained_on_ewt_tags_the_test_part_alike_in_onnxruntime(tmp_pat
     result = ewt_accuracy(str(run), spec)
     assert result["tokens"] > 20000 and result["tags that differ"] == 0
     assert result["onnxruntime"] == pytest.approx(result["nnspec"], abs=1e-12)
+
+
+def _doc_specs():
+    from test_docs import doc_blocks
+    return doc_blocks("nn")
+
+
+@pytest.mark.parametrize("block", _doc_specs(), ids=lambda b: b.where)
+def test_the_language_references_examples_export_and_agree(block):
+    from nnspec.compiler import compile_text
+    from test_docs import ROOT as DOCS_ROOT
+    compiled = compile_text(block.text, file=block.where, base_dir=DOCS_ROOT / "specs")
+    vocabs = {v.name: 23 for v in compiled.plan.inputs + compiled.plan.targets
+              if (v.integer or v.elem in ("bag", "char_bag")) and not isinstance(v.card, int)}
+    model = Model.from_text(block.text, vocabs=vocabs or None, read_data=False)
+    assert_verified(model, QUICK_CASES)
