@@ -206,6 +206,27 @@ output y
 h = lstm(x, H = 4)
 y = concat(h, h.c)
 """,
+    "an integer state (a greedy decoder)": """network greedy
+input x[3] : seq
+output y
+output h
+y = argmax(V @ h)
+h[4] = tanh(W @ x + U @ h[t-1] + E @ concat(embed(y[t-1], 3), x))
+param V[5, 4]
+""",
+    "a real number per step": """network scalar
+input s : seq
+input x[3] : seq
+output y
+h[4] = tanh(W @ x + U @ h[t-1] * s + b * s[t-1])
+y = mean(h) * 2 + last(s)
+""",
+    "a parameter beside a batch in concat": """network beside
+input x[3] : seq
+output h
+h[4] = tanh(W @ concat(x, h[t-1], c0))
+param c0[2]
+""",
     "initial state of a user cell, pooled outputs": """network pooled
 input x[3] : seq
 output y
