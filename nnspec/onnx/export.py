@@ -124,7 +124,10 @@ class _Lowerer:
         self.static: set[str] = set()        # parameters, constants and values of them alone
         self.initial: dict[str, str] = {}    # loop state -> tensor (B, ...) of its initial state
         self.loops: list[LoopExport] = []
-        self._real: dict[int, str] = {}
+        self._real: dict[int, str] = {}            # rank -> real steps, made once
+        self._valid: dict[tuple[int, int], str] = {}  # (delay, rank) -> valid reads, made once
+        self._T: str | None = None
+        self._B: str | None = None
         self.has_sequences = False
 
     # ---- the graph ------------------------------------------------------------------------------
@@ -198,7 +201,7 @@ class _Lowerer:
     # ---- lengths, real steps, delayed reads -------------------------------------------------------
     def steps_count(self) -> str:
         """T as a tensor of one int64."""
-        if "_T" not in self.__dict__:
+        if self._T is None:
             g = self.g
             self._T = g.op("Slice", [g.op("Shape", [self.first_seq]), g.ints(0), g.ints(1)], "T")
         return self._T
@@ -218,8 +221,7 @@ class _Lowerer:
     def valid_read(self, d: int, rank: int) -> str:
         """(T, B, 1...) bool: step t + d is a real step of example b."""
         g = self.g
-        key = (d, rank)
-        cache = self.__dict__.setdefault("_valid", {})
+        key, cache = (d, rank), self._valid
         if key not in cache:
             t = g.op("Range", [g.const(d, np.int64), g.op("Add", [g.op("Squeeze", [self.steps_count(), g.ints(0)]),
                                                                  g.const(d, np.int64)]), g.const(1, np.int64)])
@@ -301,7 +303,7 @@ class _Lowerer:
     def batch_shape(self, body: OpStep) -> str:
         """(B, *shape) of a loop value, as an int64 tensor."""
         g = self.g
-        if "_B" not in self.__dict__:
+        if self._B is None:
             self._B = g.op("Shape", [LENGTHS], "B")
         return g.op("Concat", [self._B, g.ints(*_array_shape(body.shape, body.integer))], axis=0)
 
