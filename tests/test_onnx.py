@@ -67,7 +67,7 @@ QUICK_CASES = [CASES[0], CASES[2], CASES[3]]   # one example, a padded batch, an
 
 
 @pytest.mark.parametrize("path", [pytest.param(p, marks=pytest.mark.slow) if Path(p).name in SLOW_SPECS else p
-                                  for p in SPECS], ids=lambda p: f"{Path(p).parent.name}/{Path(p).name}")
+                                  for p in SPECS], ids=lambda p: str(Path(p).relative_to(ROOT)))
 def test_every_spec_exports_and_agrees_with_nnspec(path):
     model = model_of(path)
     assert_verified(model, CASES if Path(path).name in SLOW_SPECS else QUICK_CASES)

@@ -23,6 +23,7 @@ from onnx import TensorProto, helper
 
 from ..compiler import compile_program
 from ..errors import Diagnostics, SpecError, Span
+from ..graph import where
 from ..ops import REGISTRY
 from ..plan import LoopStep, OpStep, Plan
 from .build import FLOAT_TYPES, LENGTHS, OPSET, GraphBuilder, Names, array_shape as _array_shape
@@ -275,6 +276,9 @@ class _Lowerer:
     # ---- loops -------------------------------------------------------------------------------------------
     def _loop(self, loop: LoopStep) -> None:
         span = next((b.span for b in loop.body if b.id in loop.states and b.span is not None), loop.body[0].span)
+        graph = self.model.compiled.graph
+        if loop.states[0] in graph.g:   # a library cell's loop: at the user's call of the cell
+            span = where(graph, loop.states[0])[0] or span
         for s, init in loop.initials.items():
             self.initial[s] = self._batch_of(init, loop, s)
         reason = ""
