@@ -22,6 +22,9 @@ def __getattr__(name: str):
     if name in ("Prediction", "TrainedModel", "load"):
         from . import trained
         return getattr(trained, name)
+    if name == "export_onnx":   # the onnx extra: loaded when first used
+        from .onnx import export_onnx
+        return export_onnx
     raise AttributeError(f"module 'nnspec' has no attribute {name!r}")
 
 
@@ -33,4 +36,4 @@ def load_ipython_extension(ipython) -> None:
 
 
 __all__ = ["Compiled", "Model", "Prediction", "Session", "SpecError", "TrainedModel", "compile_file", "compile_text",
-           "init_params", "load", "open_session", "__version__"]
+           "export_onnx", "init_params", "load", "open_session", "__version__"]

@@ -201,16 +201,11 @@ class TrainedModel(Model):
                              + ", ".join(v.name for v in plan.inputs) + " (use forward with arrays)")
         return texts[0], views
 
-    def predict(self, text: str | Sequence[str],
-                tokenizer: str | Callable[[str], list[str]] | None = None) -> Prediction:
-        """Labels and their probabilities for one input: a string, split on whitespace (characters
-        for a character model) unless ``tokenizer`` is given (``"treebank"`` or a function), or a
-        list of tokens as they are."""
+    def encode(self, text: str | Sequence[str],
+               tokenizer: str | Callable[[str], list[str]] | None = None) -> tuple[list[str], dict]:
+        """The tokens of one input (as ``predict`` splits it) and the network's feeds for them, a batch of one."""
         from .data import tokenize
         from .data.views import apply_view
-        from .plan import OpStep
-        from .train.loop import find_heads
-        from .train.nonfinite import all_finite, forward_failure
         field_, views = self.text_input()
         vocab = self.vocabs[field_.name]
         if isinstance(text, str) and tokenizer not in (None, "whitespace"):
@@ -230,6 +225,17 @@ class TrainedModel(Model):
             feeds = {field_.name: ids[:, None]}
             for v in views:  # suffixes, shapes, ... of the same words
                 feeds[v.name] = self.vocabs[v.name].encode(apply_view(v.view[0], tokens, v.view[2]))[:, None]
+        return tokens, feeds
+
+    def predict(self, text: str | Sequence[str],
+                tokenizer: str | Callable[[str], list[str]] | None = None) -> Prediction:
+        """Labels and their probabilities for one input: a string, split on whitespace (characters
+        for a character model) unless ``tokenizer`` is given (``"treebank"`` or a function), or a
+        list of tokens as they are."""
+        from .plan import OpStep
+        from .train.loop import find_heads
+        from .train.nonfinite import all_finite, forward_failure
+        tokens, feeds = self.encode(text, tokenizer)
         with np.errstate(invalid="ignore", divide="ignore", over="ignore"):  # a NaN is caught and named below
             tape = self.run(feeds, need_loss=False)
             heads = find_heads(self)
@@ -237,10 +243,17 @@ class TrainedModel(Model):
         if not finite:
             raise forward_failure(self, lambda: self.run(feeds, need_loss=False),
                                   f"predicting {' '.join(map(str, tokens))[:60]!r}")
+        return self.decode(tokens, {h.pred: tape.values[h.pred] for h in heads})
+
+    def decode(self, tokens: list[str], predictions: dict[str, np.ndarray]) -> Prediction:
+        """The labels of one input from what each loss's prediction (by its value's id) holds for it."""
+        from .plan import OpStep
+        from .train.loop import find_heads
+        field_, _ = self.text_input()
         result = Prediction(tokens)
         loss_ops = {s.id: s.op for s in self.plan.steps if isinstance(s, OpStep)}
-        for h in heads:
-            p = np.asarray(tape.values[h.pred], dtype=np.float64)
+        for h in find_heads(self):
+            p = np.asarray(predictions[h.pred], dtype=np.float64)
             sequence = field_.elem in ("token", "char") and p.ndim == 3
             p = p[:, 0] if sequence else p[0]          # drop the batch of one
             probs = _probabilities(loss_ops[h.loss], p)

@@ -7,8 +7,9 @@ The stages, in order (docs/internals.md, section 1):
     syntax < settings < loader (stdlib) < expand < graph (render, display) < recurrence < shapes
       < plan < optimize < compiler (export) < runtime (chunks) < data (dataset, baselines)
       < model (torch_weights; Model.from_file sizes a model from its data) < train < session < trained
-      < the package nnspec (its API)
-      < cli (nnspec.cli: output, arguments, plotting) < cli_commands (compile, train and model commands)
+      < sweep < onnx (export to ONNX) < the package nnspec (its API)
+      < cli (nnspec.cli: output, arguments, plotting)
+      < cli_commands (compile, train and model commands; onnx.commands)
       < cli_dispatch (the parser, nnspec.cli.main) < notebook
 
 ALLOWED lists the one import against the order, with its reason.
@@ -46,9 +47,10 @@ STAGES = [
     ("session", ("nnspec.session",)),
     ("trained", ("nnspec.trained",)),
     ("sweep", ("nnspec.sweep",)),
+    ("onnx", ("nnspec.onnx",)),
     ("api", ("nnspec",)),
     ("cli", ("nnspec.cli", "nnspec.cli.output", "nnspec.cli.arguments", "nnspec.cli.plotting")),
-    ("cli_commands", ("nnspec.cli.forward", "nnspec.cli.training", "nnspec.cli.folds",
+    ("cli_commands", ("nnspec.cli.forward", "nnspec.cli.training", "nnspec.cli.folds", "nnspec.onnx.commands",
                       "nnspec.cli.compile_commands", "nnspec.cli.train_commands", "nnspec.cli.model_commands")),
     ("cli_dispatch", ("nnspec.cli.dispatch", "nnspec.cli.__main__")),
     ("notebook", ("nnspec.notebook",)),

@@ -12,6 +12,7 @@ from ..errors import Diagnostics, SpecError, UsageError
 from ..model import FeedError
 from ..runtime import RuntimeFailure
 from ..sweep import SweepError
+from ..onnx.commands import add_parser as add_export_command   # nnspec export (the onnx extra)
 from ..sweep.commands import add_sweep_command
 from ..train.checkpoint import CheckpointError
 from ..train.loop import TrainingError, TrainingInterrupted
@@ -31,6 +32,7 @@ COMMANDS = (
     model_commands.add_predict,
     model_commands.add_evaluate,
     model_commands.add_sample,
+    add_export_command,
     add_sweep_command,
 )
 

@@ -27,6 +27,8 @@ def add_predict(sub) -> None:
                         "built from text), or by Penn Treebank rules as UD treebanks are (can't -> ca n't; "
                         "needs the tokenize extra: pip install 'nnspec[tokenize]')")
     p.add_argument("--json", action="store_true", help="tokens, labels and each label's probability")
+    p.add_argument("--onnx", metavar="MODEL", help="compute with this exported ONNX model in onnxruntime "
+                                                   "(nnspec export), the run giving the vocabularies")
     p.set_defaults(func=cmd_predict)
 
 
@@ -126,7 +128,11 @@ def cmd_predict(args) -> int:
             treebank_tokenize("")
         except ImportError as e:
             raise UsageError(str(e)) from None
-    predictions = [(line, model.predict(line, tokenizer=tokenizer)) for line in _read_lines(args.input)]
+    if args.onnx:
+        from ..onnx.commands import predict
+        predictions = predict(args, model, _read_lines(args.input))
+    else:
+        predictions = [(line, model.predict(line, tokenizer=tokenizer)) for line in _read_lines(args.input)]
     if args.json:
         print(json.dumps([{"input": line, **p.to_json()} for line, p in predictions], indent=2, default=str))
         return 0

@@ -1,0 +1,429 @@
+"""A model's plan as an ONNX model.
+
+The plan (nnspec.plan) is the contract: its inputs, parameters and steps in order. Each ``OpStep``
+becomes a few ONNX nodes (nnspec.onnx.ops), each ``LoopStep`` either one of ONNX's fused recurrent
+ops, when the loop is exactly a library cell (nnspec.onnx.cells), or a ``Scan`` whose body is the
+loop body, its states carried from step to step. The plan lowered is the one compiled without
+optimisation passes, where every library cell still reads as its equations.
+
+The exported model's layout (docs/onnx.md): inputs and outputs have the spec's names; a sequence is
+time-major ``(T, B, ...)`` with ``lengths`` (int64, ``(B,)``, 1..T) giving each example's real steps;
+ids are int64; a real scalar per example is ``(B, 1)``. Both ``T`` and ``B`` are free. At the padded
+steps of a sequence output the model gives 0 (-1 for ids); every real step equals nnspec's.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from ..compiler import compile_program
+from ..errors import Diagnostics, SpecError, Span
+from ..graph import where
+from ..ops import REGISTRY
+from ..plan import LoopStep, OpStep, Plan, plan_axis_names
+from .build import FLOAT_TYPES, LENGTHS, OPSET, GraphBuilder, Names, array_shape as _array_shape
+from .cells import lower_fused, match_cell
+from .ops import LOWERINGS, Site
+from .scan import lower_scan
+
+
+@dataclass
+class LoopExport:
+    """What a loop of the plan became."""
+    index: int
+    states: list[str]
+    direction: int
+    onnx_op: str          # "LSTM", "GRU", "RNN" or "Scan"
+    detail: str = ""      # e.g. "lstm, direction reverse" or why a library cell became a Scan
+    span: Span | None = None
+
+    def line(self) -> str:
+        where = f" ({self.span.file}:{self.span.line})" if self.span is not None else ""
+        way = "forward" if self.direction > 0 else "backward"
+        return (f"loop {self.index} over {', '.join(self.states)} ({way} in time){where}: {self.onnx_op}"
+                + (f" — {self.detail}" if self.detail else ""))
+
+
+@dataclass
+class Exported:
+    model: onnx.ModelProto
+    loops: list[LoopExport] = field(default_factory=list)
+    # outputs of a spec that declares none: name -> (activation, the loss's prediction it applies to)
+    derived: dict[str, tuple[str, str]] = field(default_factory=dict)
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        onnx.save_model(self.model, str(path))
+        return path
+
+    def inventory(self) -> str:
+        """Each loop with the ONNX op it became, one line a loop."""
+        return "\n".join(l.line() for l in self.loops) or "no loops"
+
+
+def _nnspec_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version   # not the package nnspec: a higher layer
+    try:
+        return version("nnspec")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def plain_plan(model) -> Plan:
+    """The model's plan as compiled without optimisation passes (every library cell as its equations)."""
+    compiled = model.compiled
+    if not compiled.plan.passes:
+        return compiled.plan
+    again = compile_program(compiled.program, Diagnostics(compiled.diags.sources), bindings=compiled.bindings,
+                            optimize=False)
+    return again.plan
+
+
+def export_model(model, *, fused: bool = True, doc: str = "") -> Exported:
+    """An :class:`Exported` ONNX model of ``model`` (an nnspec ``Model``) with its parameters.
+    ``fused=False`` writes every loop as a Scan. Raises SpecError for a construct with no ONNX form."""
+    plan = plain_plan(model)
+    diags = Diagnostics(model.compiled.diags.sources)
+    unsized = [p.name for p in plan.params if not all(isinstance(d, int) for d in p.shape)]
+    if unsized:
+        diags.error(f"the sizes of {', '.join(unsized)} are decided by the data; export a model whose data "
+                    f"was read (or give vocabs=) so that every parameter has a size")
+        raise SpecError(diags)
+    axes = sorted(plan_axis_names(plan))
+    if len(axes) > 1:   # the interface would need lengths per axis, and Scans reading other axes whole
+        diags.error(f"the network runs on several sequence axes ({', '.join(axes)}); nnspec.onnx exports "
+                    f"networks on one axis only, for now")
+        raise SpecError(diags)
+    if not plan.outputs:
+        plan = _with_predictions(plan, model.compiled.graph, diags)
+    lowerer = _Lowerer(plan, model, diags, fused)
+    graph = lowerer.run()
+    diags.raise_if_errors()
+    onnx_model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                                   producer_name="nnspec", doc_string=doc or f"nnspec network {plan.name}")
+    helper.set_model_props(onnx_model, {
+        "nnspec.version": _nnspec_version(), "nnspec.network": plan.name, "nnspec.dtype": str(model.dtype),
+        "nnspec.lengths": LENGTHS if lowerer.has_sequences else "",
+        "nnspec.loops": json.dumps([{"index": l.index, "states": l.states, "op": l.onnx_op, "detail": l.detail}
+                                    for l in lowerer.loops])})
+    derived = {s.id: (s.op, s.inputs[0][0]) for s in plan.steps if isinstance(s, OpStep) and s.id in plan.outputs
+               and s.id not in {b.id for b in plain_plan(model).steps if isinstance(b, OpStep)}}
+    return Exported(onnx_model, lowerer.loops, derived)
+
+
+class _Lowerer:
+    def __init__(self, plan: Plan, model, diags: Diagnostics, fused: bool) -> None:
+        self.plan, self.model, self.diags, self.fused = plan, model, diags, fused
+        self.dtype = np.dtype(model.dtype)
+        self.float_type = FLOAT_TYPES[self.dtype]
+        self.names = Names()
+        self.g = GraphBuilder(self.names, self.dtype)
+        self.tensor: dict[str, str] = {}     # plan value -> tensor name
+        self.rank: dict[str, int] = {}       # plan value -> array rank (leading axes included)
+        self.seq: set[str] = set()           # plan values with a time axis
+        self.integer: set[str] = set()
+        self.static: set[str] = set()        # parameters, constants and values of them alone
+        self.initial: dict[str, str] = {}    # loop state -> tensor (B, ...) of its initial state
+        self.loops: list[LoopExport] = []
+        self._real: dict[int, str] = {}            # rank -> real steps, made once
+        self._valid: dict[tuple[int, int], str] = {}  # (delay, rank) -> valid reads, made once
+        self._T: str | None = None
+        self._B: str | None = None
+        self.has_sequences = False
+
+    # ---- the graph ------------------------------------------------------------------------------
+    def run(self) -> onnx.GraphProto:
+        plan, g = self.plan, self.g
+        needed = _needed(plan)
+        self._read_after = _reads_after_loops(plan)
+        outputs = list(plan.outputs)
+        for name in outputs + [v.name for v in plan.inputs] + [p.name for p in plan.params] + list(plan.consts):
+            self.names.claim(name)
+        inputs = []
+        for v in plan.inputs:
+            if v.name not in needed:
+                continue
+            trailing = _array_shape(v.shape, v.integer)
+            shape = (["T", "B"] if v.seq else ["B"]) + list(trailing)
+            kind = TensorProto.INT64 if v.integer else self.float_type
+            inputs.append(helper.make_tensor_value_info(v.name, kind, shape))
+            self._define(v.name, v.name, len(shape), v.seq, v.integer)
+        self.has_sequences = any(v.seq for v in plan.inputs if v.name in needed)
+        if self.has_sequences:
+            lengths = self.names.claim(LENGTHS)
+            if lengths != LENGTHS:
+                self.diags.error(f"an input is named '{LENGTHS}', the name the exported model gives the lengths of "
+                                 f"its sequences; rename it", None)
+                return helper.make_graph([], plan.name, [], [])
+            inputs.append(helper.make_tensor_value_info(LENGTHS, TensorProto.INT64, ["B"]))
+            self.first_seq = next(v.name for v in plan.inputs if v.seq and v.name in needed)
+        for p in plan.params:
+            if p.name in needed:
+                value = np.asarray(self.model.params[p.name], dtype=self.dtype)
+                g.params[p.name] = value
+                g.initializers.append(onnx.numpy_helper.from_array(value, p.name))
+                self._define(p.name, p.name, value.ndim, False, False, static=True)
+        for c, value in plan.consts.items():
+            if c in needed:
+                array = np.asarray(value, dtype=self.dtype)
+                g.initializers.append(onnx.numpy_helper.from_array(array, c))
+                self._define(c, c, array.ndim, False, False, static=True)
+        for step in plan.steps:
+            if isinstance(step, LoopStep):
+                if any(b.id in needed for b in step.body):
+                    self._loop(step)
+            elif step.id in needed:
+                self._op_step(step)
+        graph_outputs = []
+        for o in outputs:
+            src = self.tensor[o]
+            if o in self.seq:   # padding steps give 0 (ids: -1), whatever the computation left there
+                fill = g.const(-1, np.int64) if o in self.integer else g.const(0)
+                g.nodes.append(helper.make_node("Where", [self.real(self.rank[o]), src, fill], [o], name=f"Where:{o}"))
+            else:
+                g.nodes.append(helper.make_node("Identity", [src], [o], name=f"Identity:{o}"))
+            kind = TensorProto.INT64 if o in self.integer else self.float_type
+            lead = ["T", "B"] if o in self.seq else ([] if o in self.static else ["B"])
+            step_shape = _array_shape(_shape_of(plan, o), o in self.integer) if o not in self.static else None
+            graph_outputs.append(helper.make_tensor_value_info(o, kind, lead + list(step_shape)
+                                                               if step_shape is not None else None))
+        nodes, initializers = _prune(g.nodes, g.initializers, [o.name for o in graph_outputs])
+        return helper.make_graph(nodes, plan.name, inputs, graph_outputs, initializers)
+
+    def _define(self, value: str, tensor: str, rank: int, seq: bool, integer: bool, static: bool = False) -> None:
+        self.tensor[value], self.rank[value] = tensor, rank
+        if seq:
+            self.seq.add(value)
+        if integer:
+            self.integer.add(value)
+        if static:
+            self.static.add(value)
+
+    # ---- lengths, real steps, delayed reads -------------------------------------------------------
+    def steps_count(self) -> str:
+        """T as a tensor of one int64."""
+        if self._T is None:
+            g = self.g
+            self._T = g.op("Slice", [g.op("Shape", [self.first_seq]), g.ints(0), g.ints(1)], "T")
+        return self._T
+
+    def real(self, rank: int) -> str:
+        """(T, B, 1...) bool of real steps (t < lengths[b]), of the given rank."""
+        if 2 not in self._real:
+            g = self.g
+            t = g.op("Range", [g.const(0, np.int64), g.op("Squeeze", [self.steps_count(), g.ints(0)]),
+                               g.const(1, np.int64)], "t")
+            self._real[2] = g.op("Less", [g.op("Unsqueeze", [t, g.ints(1)]), g.op("Unsqueeze", [LENGTHS, g.ints(0)])],
+                                 "real_steps")
+        if rank not in self._real:
+            self._real[rank] = self.g.op("Unsqueeze", [self._real[2], self.g.ints(*range(2, rank))], "real_steps")
+        return self._real[rank]
+
+    def valid_read(self, d: int, rank: int) -> str:
+        """(T, B, 1...) bool: step t + d is a real step of example b."""
+        g = self.g
+        key, cache = (d, rank), self._valid
+        if key not in cache:
+            t = g.op("Range", [g.const(d, np.int64), g.op("Add", [g.op("Squeeze", [self.steps_count(), g.ints(0)]),
+                                                                 g.const(d, np.int64)]), g.const(1, np.int64)])
+            inside = g.op("GreaterOrEqual", [t, g.const(0, np.int64)])
+            valid = g.op("And", [g.op("Unsqueeze", [inside, g.ints(1)]),
+                                 g.op("Less", [g.op("Unsqueeze", [t, g.ints(1)]), g.op("Unsqueeze", [LENGTHS, g.ints(0)])])])
+            cache[key] = valid if rank == 2 else g.op("Unsqueeze", [valid, g.ints(*range(2, rank))], f"valid_t{d:+d}")
+        return cache[key]
+
+    def delayed(self, value: str, d: int, fill: str | None = None) -> str:
+        """``out[t] = value[t + d]`` where t + d is a real step of that example, else ``fill`` (a loop
+        state's initial state, zeros, or -1 for ids), as nnspec's delayed reads of a whole sequence."""
+        g, x, rank = self.g, self.tensor[value], self.rank[value]
+        if fill is None:
+            fill = self.initial.get(value) or (g.const(-1, np.int64) if value in self.integer else g.const(0))
+        pad = [0] * (2 * rank)
+        pad[0 if d < 0 else rank] = abs(d)                      # before (d < 0) or after the steps
+        zero = g.const(0, np.int64) if value in self.integer else g.const(0)
+        padded = g.op("Pad", [x, g.ints(*pad), zero])
+        start = g.ints(0) if d < 0 else g.ints(d)
+        shifted = g.op("Slice", [padded, start, g.op("Add", [start, self.steps_count()]), g.ints(0)])
+        return g.op("Where", [self.valid_read(d, rank), shifted, fill], f"{value}[t{d:+d}]")
+
+    # ---- steps ----------------------------------------------------------------------------------------
+    def _operands(self, step: OpStep) -> list[str]:
+        return [self.tensor[src] if d == 0 else self.delayed(src, d) for src, d in step.inputs]
+
+    def _op_step(self, step: OpStep) -> None:
+        op = REGISTRY[step.op]
+        if step.op == "shift":   # out[t] = x[t + k] at real steps, else padding: a delayed read
+            src = step.inputs[0][0]
+            fill = self.g.const(-1, np.int64) if src in self.integer else self.g.const(0)
+            k = int(op.attr(step.attrs, "k")) + step.inputs[0][1]
+            out = self.delayed(src, k, fill) if k else self.tensor[src]
+            self._define(step.id, self.g.op("Identity", [out], step.id), self.rank[src], True, src in self.integer)
+            return
+        xs = self._operands(step)
+        static = bool(step.inputs) and all(src in self.static for src, _ in step.inputs)
+        seq = (step.seq or any(src in self.seq for src, _ in step.inputs)) and not op.reduces_time
+        integer = bool(step.integer)
+        rank = len(step.shape) if static else (2 if seq else 1) + len(_array_shape(step.shape, integer))
+        out = self.lower(self.g, step, xs, [self.rank[src] for src, _ in step.inputs], rank, self.real)
+        self._define(step.id, out, rank, seq, integer, static)
+
+    def lower(self, g: GraphBuilder, step: OpStep, xs: list[str], ranks: list[int], rank: int, real) -> str:
+        lowering = LOWERINGS.get(type(REGISTRY[step.op]))
+        if lowering is None:
+            raise_no_form(self.diags, step)
+        return lowering(Site(g, step, ranks, rank, real), xs)
+
+    # ---- loops -------------------------------------------------------------------------------------------
+    def _loop(self, loop: LoopStep) -> None:
+        span = next((b.span for b in loop.body if b.id in loop.states and b.span is not None), loop.body[0].span)
+        graph = self.model.compiled.graph
+        if loop.states[0] in graph.g:   # a library cell's loop: at the user's call of the cell
+            span = where(graph, loop.states[0])[0] or span
+        for s, init in loop.initials.items():
+            self.initial[s] = self._batch_of(init, loop, s)
+        reason = ""
+        if self.fused:
+            match, reason = match_cell(self, loop)
+            if match is not None:
+                detail = lower_fused(self, loop, match)
+                self.loops.append(LoopExport(loop.index, list(loop.states), loop.direction, match.onnx_op,
+                                             detail, span))
+                return
+        lower_scan(self, loop)
+        self.loops.append(LoopExport(loop.index, list(loop.states), loop.direction, "Scan", reason, span))
+
+    def read_after_loop(self, loop: LoopStep) -> set[str]:
+        """The values of ``loop`` that a later step, another loop or an output reads."""
+        return self._read_after.get(loop.index, set())
+
+    def _batch_of(self, init: str, loop: LoopStep, state: str) -> str:
+        """An initial state as a (B, ...) tensor (a parameter is the same for every example)."""
+        g = self.g
+        body = next(b for b in loop.body if b.id == state)
+        if self.rank[init] == 1 + len(_array_shape(body.shape, body.integer)):
+            return self.tensor[init]
+        return g.op("Expand", [self.tensor[init], self.batch_shape(body)], f"{state}.initial")
+
+    def batch_shape(self, body: OpStep) -> str:
+        """(B, *shape) of a loop value, as an int64 tensor."""
+        g = self.g
+        if self._B is None:
+            self._B = g.op("Shape", [LENGTHS], "B")
+        return g.op("Concat", [self._B, g.ints(*_array_shape(body.shape, body.integer))], axis=0)
+
+
+def _with_predictions(plan: Plan, graph, diags: Diagnostics) -> Plan:
+    """A spec that declares no output exports what its losses predict: ``p`` of ``cross_entropy(p, y)``
+    (the plan holds the loss of the logits, ``softmax(p)``'s argument, which a step turns back into p)."""
+    steps, outputs = list(plan.steps), []
+    for s in plan.steps:
+        op = REGISTRY[s.op] if isinstance(s, OpStep) else None
+        if op is None or not op.scalar_output:
+            continue
+        pred = s.inputs[0][0]
+        named = [n for n in graph.g.successors(pred) if pred in graph.g
+                 and graph.info(n).named and graph.info(n).kind == "op" and graph.info(n).inputs == [(pred, 0)]
+                 and REGISTRY[graph.info(n).op].logits_form is None and graph.info(n).op in ("softmax", "sigmoid",
+                                                                                              "log_softmax")]
+        if named:
+            info = graph.info(named[0])
+            producer = next(b for b in plan.steps if isinstance(b, OpStep) and b.id == pred) \
+                if any(isinstance(b, OpStep) and b.id == pred for b in plan.steps) else None
+            steps.append(OpStep(id=info.id, op=info.op, inputs=[(pred, 0)], seq=bool(info.seq),
+                                shape=list(producer.shape if producer else info.shape or ()), span=info.span))
+            outputs.append(info.id)
+        else:
+            outputs.append(pred)
+    if not outputs:
+        diags.error("the network declares no output and has no loss with a prediction: nothing to export; "
+                    "declare 'output NAME'")
+        raise SpecError(diags)
+    return plan.model_copy(update={"steps": steps, "outputs": outputs})
+
+
+def raise_no_form(diags: Diagnostics, step: OpStep) -> None:
+    from .ops import NOT_LOWERED
+    why = NOT_LOWERED.get(type(REGISTRY[step.op]), "nnspec.onnx has no lowering for this op")
+    diags.error(f"'{step.op}' has no ONNX form ({why}); the network cannot be exported", step.span)
+    raise SpecError(diags)
+
+
+def _shape_of(plan: Plan, value: str) -> list:
+    for s in plan.steps:
+        for b in (s.body if isinstance(s, LoopStep) else [s]):
+            if b.id == value:
+                return list(b.shape)
+    for v in plan.inputs:
+        if v.name == value:
+            return list(v.shape)
+    return []
+
+
+def _prune(nodes: list, initializers: list, outputs: list[str]) -> tuple[list, list]:
+    """Only the nodes and initialisers the outputs need (a fused loop leaves its input products and
+    the cell's own weights unread)."""
+    needed, kept = set(outputs), []
+    for node in reversed(nodes):
+        if any(o in needed for o in node.output):
+            kept.append(node)
+            needed.update(node.input)
+            needed.update(_subgraph_reads(node))
+    return kept[::-1], [i for i in initializers if i.name in needed]
+
+
+def _subgraph_reads(node) -> set[str]:
+    """Every name a Scan body reads (its own values included: a superset of what it reads from outside)."""
+    found: set[str] = set()
+    for a in node.attribute:
+        if a.type == onnx.AttributeProto.GRAPH:
+            for n in a.g.node:
+                found.update(n.input)
+                found.update(_subgraph_reads(n))
+            found.update(o.name for o in a.g.output)
+    return found
+
+
+def _reads_after_loops(plan: Plan) -> dict[int, set[str]]:
+    loop_of = {b.id: s.index for s in plan.steps if isinstance(s, LoopStep) for b in s.body}
+    read: dict[int, set[str]] = {}
+    for s in plan.steps:
+        own = s.index if isinstance(s, LoopStep) else None
+        for b in (s.body if isinstance(s, LoopStep) else [s]):
+            for src, _ in b.inputs:
+                if src in loop_of and loop_of[src] != own:
+                    read.setdefault(loop_of[src], set()).add(src)
+        for init in (s.initials.values() if isinstance(s, LoopStep) else ()):
+            if init in loop_of:
+                read.setdefault(loop_of[init], set()).add(init)
+    for o in plan.outputs:
+        if o in loop_of:
+            read.setdefault(loop_of[o], set()).add(o)
+    return read
+
+
+def _needed(plan: Plan) -> set[str]:
+    """What the outputs depend on (the loss and the targets are left out), initial states included."""
+    producers: dict[str, list[tuple[str, int]]] = {}
+    loop_of: dict[str, LoopStep] = {}
+    for s in plan.steps:
+        for b in (s.body if isinstance(s, LoopStep) else [s]):
+            producers[b.id] = list(b.inputs)
+            if isinstance(s, LoopStep):
+                loop_of[b.id] = s
+    needed: set[str] = set()
+    stack = list(plan.outputs)
+    while stack:
+        v = stack.pop()
+        if v in needed:
+            continue
+        needed.add(v)
+        stack += [src for src, _ in producers.get(v, [])]
+        loop = loop_of.get(v)
+        if loop is not None:   # a loop runs whole
+            stack += [b.id for b in loop.body] + list(loop.initials.values())
+    return needed
