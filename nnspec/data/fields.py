@@ -33,6 +33,7 @@ class FieldSpec(BaseModel):
     role: Literal["input", "target"] = "input"
     level: Literal["word", "char"] = "word"
     lowercase: bool = False
+    ngrams: int = Field(default=1, ge=1)  # a word-level text field also holds runs of up to n words
 
     @property
     def is_sequence(self) -> bool:
