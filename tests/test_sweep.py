@@ -323,6 +323,8 @@ def test_a_cross_validation_resumes_keeping_its_finished_folds_and_only_as_it_be
         cross_validate(str(path), 3, resume=str(cv_dir), quiet=True)
     with pytest.raises(SweepError, match="no cross-validation to resume"):
         cross_validate(str(path), 3, resume=str(tmp_path), quiet=True)
+    unsaved = cross_validate(str(path), 3, save=False, quiet=True)   # no directory, nothing to resume
+    assert unsaved["test_accuracy_per_fold"] == whole["test_accuracy_per_fold"] and "run_dir" not in unsaved
 
 
 @pytest.mark.slow

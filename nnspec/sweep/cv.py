@@ -71,7 +71,7 @@ def cross_validate(spec_path: str, k: int, *, client=None, overrides: list[str] 
         raise SweepError("--folds takes a number from 2")
     session = open_session(spec_path, overrides=overrides, with_data=False)  # spec errors before any job
     name = session.compiled.name
-    cv_dir = None
+    cv_dir, done = None, {}
     asked = {"spec_sha": hashlib.sha256(Path(spec_path).read_bytes()).hexdigest()[:16], "folds": k,
              "inner_folds": inner_folds, "trials": trials, "overrides": list(overrides), "seed": seed,
              "float64": float64}
@@ -81,7 +81,6 @@ def cross_validate(spec_path: str, k: int, *, client=None, overrides: list[str] 
     elif save:
         from ..train.rundir import RunDir
         cv_dir = RunDir._fresh(Path(runs), f"{name}-{k}fold", datetime.now())
-        done = {}
         _write_progress(cv_dir, asked, done)
     start = time.perf_counter()
     try:
