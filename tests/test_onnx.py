@@ -499,6 +499,22 @@ g = along(mean(enc) + first(enc) + max(enc), x)              # one value per exa
 z = sum(g * h) + last(sum(a * enc))
 """
 
+# a bidirectional encoder (a backward loop on src, from each example's own last source step), a
+# decoder fed its previous output state through a loop at t-2, and attention outside the loops
+BIDIRECTIONAL = """network bidirectional_encoder
+input  src : seq(src) of token
+input  tgt : seq(out) of token
+output p
+output w
+
+enc = bidirectional(gru)(embed(src, 6), H = 5)
+d[10] = tanh(W @ embed(tgt, 6) + U @ d[t-2])
+initial d = mean(enc)
+c = attention(d, enc)
+w = softmax_steps(dot(along(d, enc), enc))
+p[7] = softmax(V @ concat(d, c) + b)
+"""
+
 
 def strong(model: Model) -> Model:
     """Weights three times their initial size, so that attention weights are far from uniform and a
@@ -509,7 +525,7 @@ def strong(model: Model) -> Model:
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("name", ["reverse_copy", "bahdanau", "cross_axes"])
+@pytest.mark.parametrize("name", ["reverse_copy", "bahdanau", "cross_axes", "bidirectional"])
 def test_networks_on_several_axes_agree_with_nnspec_on_every_case(name, dtype):
     """Each axis with lengths of its own (a padded batch on both; lengths unseen at export), fused and as
     Scans, in onnxruntime and the reference evaluator: to 1e-5 in float32, 1e-9 in float64."""
@@ -517,8 +533,8 @@ def test_networks_on_several_axes_agree_with_nnspec_on_every_case(name, dtype):
         model = Model.from_file(str(ROOT / "specs" / "reverse_copy.nn"), vocabs={"src": 23, "tgt": 23},
                                 read_data=False, dtype=dtype)
     else:
-        model = (model_text(BAHDANAU, dtype=dtype, src=23, tgt=23) if name == "bahdanau"
-                 else model_text(CROSS_AXES, dtype=dtype, src=23))
+        text = {"bahdanau": BAHDANAU, "cross_axes": CROSS_AXES, "bidirectional": BIDIRECTIONAL}[name]
+        model = model_text(text, dtype=dtype, src=23, **({} if name == "cross_axes" else {"tgt": 23}))
     ops = assert_verified(strong(model))
     if name == "bahdanau" and dtype == "float32":   # the encoder a fused LSTM; the decoder, with attention, a Scan
         assert sorted(ops.values()) == ["LSTM", "Scan"]
@@ -606,3 +622,20 @@ def test_a_trained_reverse_copy_decodes_the_test_part_alike_through_onnxruntime(
             exact += bool((got[:n, b] == gold[:n, b]).all())
             total += 1
     assert total == 300 and exact / total >= 0.99, f"{exact}/{total} test sequences exactly right"
+
+
+def test_a_read_at_another_step_of_a_value_on_two_axes_is_refused_at_its_line():
+    model = model_text("""network delayed
+input  src : seq(src) of token
+input  x[3] : seq(out)
+output r
+
+enc = lstm(embed(src, 4), H = 4)
+h[4] = tanh(W @ x)
+s = dot(along(h, enc), enc)
+r = sum(s[t-1] * enc)
+""", src=23)
+    with pytest.raises(SpecError) as error:
+        export_model(model)
+    text = error.value.diagnostics.render()
+    assert ":9:" in text and "a read of s at another step" in text and "one sequence axis only" in text
