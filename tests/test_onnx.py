@@ -639,3 +639,13 @@ r = sum(s[t-1] * enc)
         export_model(model)
     text = error.value.diagnostics.render()
     assert ":9:" in text and "a read of s at another step" in text and "one sequence axis only" in text
+
+
+def test_lists_of_sequences_of_their_own_lengths_on_each_axis_are_padded_per_axis():
+    model = model_of(str(ROOT / "specs" / "reverse_copy.nn"))
+    src, tgt = [np.array([1, 2, 3]), np.array([4])], [np.array([3, 2]), np.array([4, 5, 6, 7])]
+    want = model.forward({"src": src, "tgt": tgt})["p"]
+    real = (np.arange(4)[:, None] < np.array([2, 4])[None])[..., None]
+    for runner in (OnnxModel(export_model(model).model), OnnxModel(export_model(model).model, plan=model.plan)):
+        got = runner.forward({"src": src, "tgt": tgt})["p"]
+        assert got.shape == (4, 2, 23) and np.abs(np.where(real, got - want, 0)).max() < 1e-6
