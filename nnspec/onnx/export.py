@@ -10,6 +10,11 @@ The exported model's layout (docs/onnx.md): inputs and outputs have the spec's n
 time-major ``(T, B, ...)`` with ``lengths`` (int64, ``(B,)``, 1..T) giving each example's real steps;
 ids are int64; a real scalar per example is ``(B, 1)``. Both ``T`` and ``B`` are free. At the padded
 steps of a sequence output the model gives 0 (-1 for ids); every real step equals nnspec's.
+
+A network on several sequence axes (nnspec/axes.py) has per axis a dimension ``T_<axis>`` and an input
+``lengths_<axis>``; a value on axes ``(a1, ..., ak)`` is ``(T_a1, ..., T_ak, B, ...)`` as in nnspec's
+runtime, so ONNX's broadcasting combines values on lined-up axes as nnspec does, ops over steps work
+on their operand's innermost axis with that axis's lengths, and a loop runs over its own axis.
 """
 from __future__ import annotations
 
