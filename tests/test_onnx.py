@@ -649,3 +649,11 @@ def test_lists_of_sequences_of_their_own_lengths_on_each_axis_are_padded_per_axi
     for runner in (OnnxModel(export_model(model).model), OnnxModel(export_model(model).model, plan=model.plan)):
         got = runner.forward({"src": src, "tgt": tgt})["p"]
         assert got.shape == (4, 2, 23) and np.abs(np.where(real, got - want, 0)).max() < 1e-6
+
+
+def test_a_network_on_one_named_axis_keeps_t_and_lengths():
+    model = model_text("network frames\ninput x[3] : seq(frames)\noutput y\nh = gru(x, H = 4)\ny[2] = V @ h\n")
+    proto = export_model(model).model
+    dims = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in proto.graph.input}
+    assert dims == {"x": ["T", "B", 3], "lengths": ["B"]}
+    assert_verified(model, QUICK_CASES)
