@@ -94,6 +94,12 @@ def _axes_pass(graph: Graph, order, comp_of, loop_axes: list[tuple], inner: list
             return len(a) - (1 if L is not None and a[:1] == (L,) else 0)
 
         operands = [(src, full(src)) for src, _ in info.inputs]
+        for (src, delay), (_, a) in zip(info.inputs, operands):
+            # a read at another step shifts along one axis; on a value with several, which one is unclear
+            if delay and len(a) > 1 and not (i is not None and comp_of.get(src) == i):
+                error(lambda: f"{user_name(graph.info(src), diags.sources)} is read at [t{delay:+d}], but it "
+                              f"is on the axes {show_axes(a)}: a read at another step takes a value on one "
+                              f"sequence axis (reduce or relate the others first)", info.span)
         if getattr(op, "adds_axis", False) and len(operands) == 2:
             (x, xa), (s, sa) = operands
             if not sa:

@@ -150,6 +150,9 @@ def test_along_needs_a_sequence():
      "<string>:3:1: error: softmax_steps(...) works along a sequence's steps, but its argument is not a sequence"),
     ("input x[3]\noutput y\ny = shift(x)", "shift(...) works along a sequence's steps, but its argument is not"),
     ("input a[3] : seq(i)\noutput y\ny = along(a, a)", "along(x, s): 'a' is already on the axis i of s"),
+    ("input a[3] : seq(i)\ninput b[3] : seq(j)\noutput y\ns = dot(along(b, a), a)\ny = sum(s[t-1] * a)",
+     "'s' is read at [t-1], but it is on the axes (j, i): a read at another step takes a value on one "
+     "sequence axis"),
 ])
 def test_axis_mistakes_are_located_errors(text, message):
     assert message in located(text)
