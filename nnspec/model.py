@@ -334,12 +334,12 @@ class Model:
     @property
     def unoptimized(self) -> Executor:
         """An executor of this network's plan as compiled without optimisation passes, by the
-        reference interpreter (made once): slower than ``executor``, and it hides no value."""
+        reference engine (made once): slower than ``executor``, and it hides no value."""
         if self._unoptimized is None:
             plain = compile_program(self.compiled.program, Diagnostics(self.compiled.diags.sources),
                                     bindings=self.compiled.bindings, optimize=False)
             # the reference interpreter keeps every value inside a loop too, one per step
-            self._unoptimized = Executor(plain.plan, self.dtype, options=ExecOptions(fast_loops=False))
+            self._unoptimized = Executor(plain.plan, self.dtype, options=ExecOptions.reference())
         return self._unoptimized
 
     # ---- parameters by their spec names ----------------------------------------
