@@ -235,8 +235,7 @@ class TrainedModel(Model):
             heads = find_heads(self)
             finite = all_finite(tape.values[h.pred] for h in heads)
         if not finite:
-            raise forward_failure(self, lambda: self.run(feeds, need_loss=False),
-                                  f"predicting {' '.join(map(str, tokens))[:60]!r}")
+            raise forward_failure(self, f"predicting {' '.join(map(str, tokens))[:60]!r}", feeds, need_loss=False)
         result = Prediction(tokens)
         loss_ops = {s.id: s.op for s in self.plan.steps if isinstance(s, OpStep)}
         for h in heads:

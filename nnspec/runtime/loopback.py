@@ -24,7 +24,7 @@ from .reuse import distinct
 from .tape import Tape
 
 
-@dataclass
+@dataclass(eq=False)
 class LoopBackward:
     """A run's backward pass: gradient buffers and per-step actions, reused with the run."""
 

@@ -25,7 +25,7 @@ from .tape import Tape, check_finite
 from .timeaxis import TimeAxis, carried_steps, initial_state, read_sequence
 
 
-@dataclass
+@dataclass(eq=False)
 class LoopRun:
     """One loop's buffers, per-step views and step kernels for one batch geometry."""
 

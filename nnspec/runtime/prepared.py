@@ -25,7 +25,7 @@ from .reuse import Reuse
 from .tape import Tape
 
 
-@dataclass
+@dataclass(eq=False)
 class PassRun:
     """The steps of a pass outside loops for one batch geometry, as a flat list.
 
