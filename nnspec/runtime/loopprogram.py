@@ -124,28 +124,13 @@ class LoopProgram:
         return frozenset(out)
 
     def backward_plan(self, pre: frozenset, need: set, keep: bool, fwd_scratch: frozenset) -> BackwardPlan:
+        """The backward pass for gradients that reach the body from after the loop (``pre``),
+        towards the values in ``need``; ``keep``: the body's gradients are kept for the caller."""
         key = (pre, id(need), keep, fwd_scratch)
         if key in self._backward:
             return self._backward[key]
-        opts = self.options
         count = {v: len(r) + (1 if v in pre else 0) for v, r in self.readers.items()}
-        alias: dict[str, str] = {}
-        views: dict[str, tuple] = {}
-        for b in self.body:
-            if b.view_of is not None and b.view_of[0] in self.ids and opts.alias_grads:
-                views[b.id] = b.view_of
-        aliased_edges = set()
-        if opts.alias_grads:
-            for b in self.body:
-                if not b.fast:
-                    continue
-                for pos in b.op.passes_gradient:
-                    src, d = b.step.inputs[pos]
-                    if (d != 0 or src not in self.ids or count[src] != 1 or src in views or src in alias
-                            or self.steps[src].integer or self.by_id[src].trail != b.trail):
-                        continue
-                    alias[src] = b.id
-                    aliased_edges.add((b.id, pos))
+        alias, views, aliased_edges = self._shared_gradients(count)
 
         def root(v):
             while True:
@@ -156,8 +141,8 @@ class LoopProgram:
                 else:
                     return v
 
-        # which edges may write (not add) their gradient: the only contribution to that region
         def writable(v: str) -> bool:
+            """Whether an edge may write (not add) its gradient: the only contribution to that region."""
             if count[v] != 1 or v in alias:
                 return False
             if v in views:
@@ -174,6 +159,41 @@ class LoopProgram:
                             return False
             return True
 
+        actions, deferred, local = self._actions(need, views, aliased_edges, writable)
+        region = {b.id: root(b.id) for b in self.body if not b.step.integer}
+        scratch = self._one_step_regions(region, pre, keep, deferred)
+        fill = self._zeroed_every_step(scratch, region, views, actions)
+        plan = BackwardPlan(alias, views, region, scratch, fill, actions, deferred, local)
+        self._backward[key] = plan
+        return plan
+
+    def _shared_gradients(self, count: dict) -> tuple[dict, dict, set]:
+        """(alias, views, aliased edges): a value whose gradient is its only reader's (an ``add``'s
+        operand) shares that reader's buffer; a slice's gradient is a view of its source's."""
+        alias: dict[str, str] = {}
+        views: dict[str, tuple] = {}
+        aliased_edges = set()
+        if not self.options.alias_grads:
+            return alias, views, aliased_edges
+        for b in self.body:
+            if b.view_of is not None and b.view_of[0] in self.ids:
+                views[b.id] = b.view_of
+        for b in self.body:
+            if not b.fast:
+                continue
+            for pos in b.op.passes_gradient:
+                src, d = b.step.inputs[pos]
+                if (d != 0 or src not in self.ids or count[src] != 1 or src in views or src in alias
+                        or self.steps[src].integer or self.by_id[src].trail != b.trail):
+                    continue
+                alias[src] = b.id
+                aliased_edges.add((b.id, pos))
+        return alias, views, aliased_edges
+
+    def _actions(self, need: set, views: dict, aliased_edges: set, writable) -> tuple[list, list, set]:
+        """(per-step actions in backward order, edges deferred to one VJP after the loop, ops whose
+        derivative is computed for the whole sequence first)."""
+        opts = self.options
         actions, deferred, local = [], [], set()
         for b in reversed(self.body):
             if b.step.integer or b.id not in need:
@@ -197,10 +217,12 @@ class LoopProgram:
                     local.add(b.id)
                 acc = not (d == 0 and writable(src))
                 actions.append(Action(b.id, pos, "local" if use_local else "vjp", acc))
-        # gradient regions that live for one step only: nothing reads them after their step
-        region = {b.id: root(b.id) for b in self.body if not b.step.integer}
+        return actions, deferred, local
+
+    def _one_step_regions(self, region: dict, pre: frozenset, keep: bool, deferred: list) -> set:
+        """Gradient regions that live for one step only: nothing reads them after their step."""
         whole = set()
-        if keep or not opts.scratch:
+        if keep or not self.options.scratch:
             whole = set(region.values())
         for v in pre | set(self.loop.states):
             if v in region:
@@ -211,8 +233,10 @@ class LoopProgram:
             for src, d in b.step.inputs:
                 if d != 0 and src in region:
                     whole.add(region[src])
-        scratch = {r for r in set(region.values()) if r not in whole}
-        # a scratch region is zeroed at every step unless its writers cover it exactly
+        return {r for r in set(region.values()) if r not in whole}
+
+    def _zeroed_every_step(self, scratch: set, region: dict, views: dict, actions: list) -> list:
+        """The one-step regions to zero at every step: all but those their writers cover exactly."""
         writes: dict[str, list] = {}
         for a in actions:
             if a.kind in ("vjp", "local"):
@@ -233,7 +257,4 @@ class LoopProgram:
                        and all(a[1] == b[0] for a, b in zip(spans, spans[1:])))
             if not covered:
                 fill.append(r)
-        plan = BackwardPlan(alias, views, region, scratch, fill, actions, deferred, local)
-        self._backward[key] = plan
-        return plan
-
+        return fill
