@@ -7,5 +7,5 @@ from .blas import _blas_libs, blas_threads  # noqa: F401
 from .executor import Executor  # noqa: F401
 from .pool import BufferPool  # noqa: F401
 from .rowgrad import RowGrad  # noqa: F401
-from .tape import ExecOptions, RunContext, RuntimeFailure, Tape, array_shape  # noqa: F401
-from .timeaxis import TIME, TimeAxis  # noqa: F401
+from .tape import ExecOptions, RunContext, RuntimeFailure, Tape  # noqa: F401
+from .timeaxis import TIME, TimeAxis, array_shape  # noqa: F401

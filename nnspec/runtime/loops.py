@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..plan import LoopStep
 from .blas import blas_threads
 from .loopprogram import LoopProgram
 from .reuse import Reuse, distinct
@@ -278,7 +277,3 @@ def generic_forward(op, attrs, ins, outs, ctxs, context):
         ctxs[t] = ctx
     return run
 
-
-def loop_supported(prog: LoopProgram, loop: LoopStep, tape: Tape) -> bool:
-    """Whether the fast path runs this loop for this tape (else the reference engine does)."""
-    return prog.ok and tape.steps > 0

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-
 from ..ops import REGISTRY
 from ..ops.registry import NO_CTX, Op
 from ..plan import OpStep

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..errors import Sources, Span, render_message
 from ..ops import Ctx
-from .timeaxis import TIME, TimeAxis, array_shape  # noqa: F401
+from .timeaxis import TIME, TimeAxis
 
 
 class RuntimeFailure(Exception):
