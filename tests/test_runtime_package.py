@@ -159,3 +159,26 @@ def test_each_speed_feature_switched_off_gives_the_reference_numbers(switch):
         for k in params:
             np.testing.assert_allclose(got[k], want[k], atol=1e-12, err_msg=f"{k} with {switch} off")
         del tape, got
+
+
+@pytest.mark.parametrize("options", [ExecOptions(), ExecOptions.reference()], ids=["fast", "reference"])
+def test_the_runtime_reads_a_values_time_axis_by_its_name(options):
+    """Put every sequence on an axis named 'words' (lengths given by axis name): the same numbers
+    as on the default axis, so nothing in the runtime assumes the one axis TIME."""
+    plan = compile_text(TAGGER, bindings={"vocab(w)": 6, "classes(y)": 3}).plan
+    rng = np.random.default_rng(3)
+    params = {p.name: rng.normal(scale=0.5, size=p.shape) for p in plan.params}
+    feeds = {"w": rng.integers(1, 6, size=(5, 4)), "y": rng.integers(0, 3, size=(5, 4))}
+    default = Executor(plan, dtype=np.float64, options=options)
+    named = Executor(plan, dtype=np.float64, options=options)
+    named.facts.axis_of = {v: "words" for v in named.facts.axis_of}
+    named.facts.loop_axis = {i: "words" for i in named.facts.loop_axis}
+    for _ in range(2):
+        want_tape = default.forward(params, feeds, lengths=LENGTHS)
+        want = default.backward(want_tape)
+        tape = named.forward(params, feeds, lengths={"words": LENGTHS})
+        got = named.backward(tape)
+    assert set(tape.axes) == {"words"} and tape.axis("h").lengths is LENGTHS
+    assert float(tape.values[plan.loss]) == pytest.approx(float(want_tape.values[plan.loss]), rel=1e-12)
+    for k in params:
+        np.testing.assert_allclose(got[k], want[k], atol=1e-12)

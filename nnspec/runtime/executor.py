@@ -86,18 +86,25 @@ class Executor:
         return env
 
     def _geometry(self, env, lengths) -> tuple[int, dict[str, TimeAxis]]:
-        """The batch size and the batch's time axes (by name)."""
-        batch, steps = 1, 0
+        """The batch size and the batch's time axes by name: an axis's length from a feed along it,
+        its examples' lengths from ``lengths`` (an array: those of the time axis ``TIME``; or a dict
+        by axis name), else all of it."""
+        batch = 1
         for name, a in env.items():
             if name in self.facts.seq:
-                steps, batch = a.shape[0], a.shape[1]
+                batch = a.shape[1]
                 break
             batch = a.shape[0]
-        if not steps:
-            return batch, {}
-        if lengths is None:
-            lengths = np.full(batch, steps, dtype=np.int64)
-        return batch, {TIME: TimeAxis(TIME, steps, lengths, self.dtype)}
+        axes: dict[str, TimeAxis] = {}
+        for name, a in env.items():
+            axis = self.facts.axis_of.get(name)
+            if axis is None or axis in axes:
+                continue
+            given = lengths.get(axis) if isinstance(lengths, dict) else (lengths if axis == TIME else None)
+            if given is None:
+                given = np.full(batch, a.shape[0], dtype=np.int64)
+            axes[axis] = TimeAxis(axis, a.shape[0], given, self.dtype)
+        return batch, axes
 
     # ---- forward -------------------------------------------------------------
     def forward(self, params: dict[str, np.ndarray], feeds: dict[str, np.ndarray], *,
@@ -123,12 +130,12 @@ class Executor:
         env = self.prepare(feeds)
         batch, axes = self._geometry(env, lengths)
         time = axes.get(TIME)
-        key, run = self._prepared_run(env, time, need_loss, context)
+        key, run = self._prepared_run(env, axes, need_loss, context)
         env.update(self.consts)
         env.update(params)
         tape = Tape(values=env, lengths=None if time is None else time.lengths,
                     mask=None if time is None else time.mask, batch=batch, steps=0 if time is None else time.steps,
-                    carry=carry or {}, context=context, axes=axes,
+                    carry=carry or {}, context=context, axes=axes, axis_of=self.facts.axis_of,
                     ahead={n: np.asarray(feeds[chunks.ahead_key(n)]) for n in self.facts.seq
                            if chunks.ahead_key(n) in feeds})
         if single_use:
@@ -145,20 +152,20 @@ class Executor:
                     built[step.id] = tape.values[step.id].shape
             if key is not None:
                 self._pass_seen = (key, built)
-        if time is not None:
-            for src, depth in self.facts.lookback.items():
+        for src, depth in self.facts.lookback.items():
+            if self.facts.axis_of.get(src) in axes:
                 k = chunks.history_key(src)
-                tape.final_states[k] = chunks.next_history(tape.carry.get(k), env[src], time.lengths, depth)
+                tape.final_states[k] = chunks.next_history(tape.carry.get(k), env[src], tape.axis(src).lengths, depth)
         return tape
 
-    def _prepared_run(self, env, time, need_loss, context) -> tuple:
+    def _prepared_run(self, env, axes, need_loss, context) -> tuple:
         """(geometry key, the prepared pass to run): none for the reference engine, a profiled or
         checked pass; made on the second pass of a geometry, so that its arrays come from the
         pool blocks the last pass's (dropped) tape used."""
         opts = self.options
         if not (opts.prepared and opts.fast_loops) or context.check_finite or self.profile is not None:
             return None, None
-        key = (0 if time is None else time.steps, None if time is None else time.lengths.tobytes(), need_loss,
+        key = (tuple((n, ax.steps, ax.lengths.tobytes()) for n, ax in axes.items()), need_loss,
                tuple((k, a.shape, a.dtype.str) for k, a in env.items()))
         run = self._pass_run
         if run is not None and not (run.key == key and run.free()):
@@ -171,7 +178,7 @@ class Executor:
     def forward_step(self, step, tape: Tape) -> bool:
         """Run one step; True if it ran into an array of the pool (a prepared pass keeps those)."""
         if isinstance(step, LoopStep):
-            if self.options.fast_loops and tape.steps > 0 and self.program(step).ok:
+            if self.options.fast_loops and self.facts.loop_axis[step.index] in tape.axes and self.program(step).ok:
                 self.fast_loops[step.index].forward(self, tape)
             else:
                 reference.loop_forward(self.facts, step, tape)

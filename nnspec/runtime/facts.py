@@ -28,8 +28,11 @@ class PlanFacts:
                     self.seq.add(b.id)
                 if b.integer:
                     self.integer.add(b.id)
-        # the time axis of each sequence, by name (one axis today; the runtime never assumes it)
+        # the time axis of each sequence, by name, and the axis each loop runs along (one axis today,
+        # TIME; the runtime reads a value's axis from here, it never assumes there is only one)
         self.axis_of = {v: TIME for v in self.seq}
+        self.loop_axis = {s.index: next((self.axis_of[b.id] for b in s.body if b.id in self.axis_of), TIME)
+                          for s in plan.steps if isinstance(s, LoopStep)}
         # values with no batch or time axes (parameters, constants and what is made of them alone)
         self.static = set(plan.consts) | {p.name for p in plan.params}
         # each loop state with an ``initial``: the value it names

@@ -89,17 +89,18 @@ class FastLoop:
 
     def forward(self, ex, tape: Tape) -> None:
         prog, loop = self.program, self.program.loop
-        T = tape.steps
+        axis = tape.axes[ex.facts.loop_axis[loop.index]]
+        T = axis.steps
         inits = {s: initial_state(loop, prog.steps[s], tape, tape.carry, ex.dtype) for s in loop.states}
         tape.initial_values.update(inits)
         before = carried_steps(loop, tape, ex.dtype)
         # values no backward step reads are kept for one step only (not while checking for NaN,
         # which looks at every step afterwards)
         scratch = frozenset() if tape.context.check_finite else prog.scratch
-        key = (T, tape.batch, tape.lengths.tobytes(), scratch)
+        key = (T, tape.batch, axis.lengths.tobytes(), scratch)
         run = self.cached_run(key)
         if run is None:
-            run = build_run(ex, prog, tape, scratch)
+            run = build_run(ex, prog, tape, axis, scratch)
             if prog.reusable:
                 run.key = key
                 run.seal()
@@ -171,14 +172,14 @@ def allocate(ex, prog: LoopProgram, run: LoopRun, tape: Tape) -> None:
             run.fills.append((list(X), list(bufs[src]), src, d))
 
 
-def build_run(ex, prog: LoopProgram, tape: Tape, scratch) -> LoopRun:
+def build_run(ex, prog: LoopProgram, tape: Tape, axis: TimeAxis, scratch) -> LoopRun:
     """Buffers, per-step views and step kernels of one loop for this batch's geometry.
 
     Inputs from outside the loop are bound afterwards (``bind_outer``), into lists the
     kernels read at every step, so a run can be used again for the next batch of the
     same geometry."""
-    T = tape.steps
-    run = LoopRun(T=T, axis=tape.time, inits={}, scratch=scratch)
+    T = axis.steps
+    run = LoopRun(T=T, axis=axis, inits={}, scratch=scratch)
     allocate(ex, prog, run, tape)
     bufs, seq = run.bufs, ex.facts.seq
     # per value, its array at every step (the same array every step for scratch values);

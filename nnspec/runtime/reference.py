@@ -38,17 +38,17 @@ def send(facts: PlanFacts, tape: Tape, src: str, d: int, g: np.ndarray, grads: G
     if d:
         init_id = facts.initial_of.get(src)
         if init_id in need and src in tape.initial_values:
-            g_init = tape.time.fill_gradient(g, d, chunks.history_key(src) in tape.carry)
+            g_init = tape.axis(src).fill_gradient(g, d, chunks.history_key(src) in tape.carry)
             if g_init is not None:
                 grads.add(init_id, unbroadcast(g_init, tape.values[init_id].shape))
-        g = tape.time.read_adjoint(g, d)
+        g = tape.axis(src).read_adjoint(g, d)
     grads.add(src, g, owned)
 
 
 def op_forward(facts: PlanFacts, step: OpStep, tape: Tape) -> None:
     xs = [read(tape, src, d) for src, d in step.inputs]
     op = REGISTRY[step.op]
-    ctx = tape.context.ctx(tape.time if step.inputs and step.inputs[0][0] in facts.seq else None)
+    ctx = tape.context.ctx(tape.axis(step.inputs[0][0]) if step.inputs and step.inputs[0][0] in facts.seq else None)
     out = op.forward(xs, step.attrs, ctx)
     if tape.context.check_finite and not step.integer:
         check_finite(out, step.id, step.span)
@@ -79,7 +79,8 @@ def times(loop: LoopStep, T: int) -> range:
 
 
 def loop_forward(facts: PlanFacts, loop: LoopStep, tape: Tape) -> None:
-    env, T, axis = tape.values, tape.steps, tape.time
+    env, axis = tape.values, tape.axes[facts.loop_axis[loop.index]]
+    T = axis.steps
     body = {b.id for b in loop.body}
     inits = {b.id: initial_state(loop, b, tape, tape.carry, facts.dtype) for b in loop.body if b.id in loop.states}
     tape.initial_values.update(inits)
@@ -115,7 +116,8 @@ def loop_forward(facts: PlanFacts, loop: LoopStep, tape: Tape) -> None:
 
 
 def loop_backward(facts: PlanFacts, loop: LoopStep, tape: Tape, grads: GradSum, need) -> None:
-    env, T, axis = tape.values, tape.steps, tape.time
+    env, axis = tape.values, tape.axes[facts.loop_axis[loop.index]]
+    T = axis.steps
     body = {b.id for b in loop.body}
     gbuf = {b.id: np.zeros_like(env[b.id]) for b in loop.body if not b.integer}
     for v in gbuf:

@@ -68,7 +68,8 @@ class FastSteps:
         into = False
         if o.pooled and ex.pool.enabled:
             # into an array from the pool: no fresh allocation (and page faults) every pass
-            lead = (tape.steps, tape.batch) if o.lead == "seq" else (() if o.lead == "static" else (tape.batch,))
+            lead = ((tape.axis(step.id).steps, tape.batch) if o.lead == "seq"
+                    else (() if o.lead == "static" else (tape.batch,)))
             out = ex.pool.empty(lead + o.trail, ex.dtype)
             try:
                 op.forward_into(xs, out, step.attrs)
@@ -77,7 +78,7 @@ class FastSteps:
             except ValueError:  # not the shape the plan says (broadcasting): the generic way
                 out = None
         if out is None:
-            ctx = (tape.context.ctx(tape.time if o.first_seq else None, empty=ex.pool.empty,
+            ctx = (tape.context.ctx(tape.axis(step.inputs[0][0]) if o.first_seq else None, empty=ex.pool.empty,
                                     spend=(tape.fresh is not None and step.id in self.facts.spendable
                                            and step.inputs[0][0] in tape.fresh))
                    if op.needs_ctx else NO_CTX)

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..errors import Sources, Span, render_message
 from ..ops import Ctx
-from .timeaxis import TIME, TimeAxis
+from .timeaxis import TimeAxis
 
 
 class RuntimeFailure(Exception):
@@ -86,8 +86,8 @@ class Tape:
 
     values: dict[str, np.ndarray]
     records: dict = field(default_factory=dict)        # op id -> (inputs, ctx); loops: (id, t) -> ...
-    lengths: np.ndarray | None = None
-    mask: np.ndarray | None = None
+    lengths: np.ndarray | None = None                   # lengths, mask, steps: those of the axis TIME
+    mask: np.ndarray | None = None                      # (``axes`` has every axis)
     batch: int = 1
     steps: int = 0                                      # T (0 when no sequences)
     final_states: dict[str, np.ndarray] = field(default_factory=dict)
@@ -102,8 +102,8 @@ class Tape:
     fresh: set | None = None                            # single use: values in arrays the runtime made
     context: RunContext = field(default_factory=RunContext)
     axes: dict[str, TimeAxis] = field(default_factory=dict)  # the batch's sequence axes by name
+    axis_of: dict[str, str] = field(default_factory=dict)    # sequence value -> the name of its axis
 
-    @property
-    def time(self) -> TimeAxis | None:
-        """The time axis (today a plan has at most one sequence axis, ``TIME``)."""
-        return self.axes.get(TIME)
+    def axis(self, value: str) -> TimeAxis:
+        """The time axis a sequence value runs along."""
+        return self.axes[self.axis_of[value]]

@@ -154,11 +154,11 @@ class TimeAxis:
 def read_across_chunks(out: np.ndarray, src: str, k: int, tape) -> np.ndarray:
     """A ``shift`` by ``k`` past the chunk's start reads the previous chunk's steps; past its end,
     the input's following tokens (when the batch has them)."""
-    history = tape.carry.get(chunks.history_key(src))
+    history, lengths = tape.carry.get(chunks.history_key(src)), tape.axis(src).lengths
     if k < 0 and history is not None:
-        return chunks.fill_from_history(out, history, k, tape.lengths)
+        return chunks.fill_from_history(out, history, k, lengths)
     if k > 0 and src in tape.ahead:
-        return chunks.fill_ahead(out, tape.ahead[src], k, tape.lengths)
+        return chunks.fill_ahead(out, tape.ahead[src], k, lengths)
     return out
 
 
@@ -178,7 +178,7 @@ def read_sequence(tape, src: str, d: int) -> np.ndarray:
     a = tape.values[src]
     if d == 0:
         return a
-    return tape.time.read(a, d, fill_of(tape, src), tape.carry.get(chunks.history_key(src)))
+    return tape.axis(src).read(a, d, fill_of(tape, src), tape.carry.get(chunks.history_key(src)))
 
 
 def initial_state(loop, step, tape, carry: dict, dtype) -> np.ndarray:
