@@ -182,3 +182,21 @@ def test_the_runtime_reads_a_values_time_axis_by_its_name(options):
     assert float(tape.values[plan.loss]) == pytest.approx(float(want_tape.values[plan.loss]), rel=1e-12)
     for k in params:
         np.testing.assert_allclose(got[k], want[k], atol=1e-12)
+
+
+@pytest.mark.parametrize("options", [ExecOptions(), ExecOptions.reference()], ids=["fast", "reference"])
+def test_a_chunk_that_carries_its_states_sends_no_gradient_to_the_initial_value(options):
+    """Truncated BPTT: a chunk that continues a stream starts from the last chunk's states, not from
+    h0, so h0 gets no gradient from it (it did get one, read where it never was)."""
+    plan = compile_text("input x[2] : seq\ntarget y[3] : seq\ninitial h = h0\nh[3] = tanh(W @ x + U @ h[t-1])\n"
+                        "z = concat(h, h[t-1])\nloss mse(V @ z, y)\n").plan
+    rng = np.random.default_rng(4)
+    params = {p.name: rng.normal(size=p.shape) for p in plan.params}
+    feeds = {"x": rng.normal(size=(4, 2, 2)), "y": rng.normal(size=(4, 2, 3))}
+    ex = Executor(plan, dtype=np.float64, options=options)
+    first = ex.forward(params, feeds)
+    assert np.abs(ex.backward(first)["h0"]).sum() > 0
+    carry = dict(first.final_states)
+    grads = ex.backward(ex.forward(params, feeds, carry=carry))
+    assert np.abs(grads.get("h0", 0)).sum() == 0
+    assert np.abs(grads["U"]).sum() > 0

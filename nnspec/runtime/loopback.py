@@ -91,7 +91,7 @@ def loop_backward(ex, prog: LoopProgram, tape: Tape, grads: GradSum, need, keep:
                 grads.grads[b.id] = gbuf[b.id]  # kept so callers can read gradients of recurrent values
                 grads.disown(b.id)
     for s, g in ginit.items():
-        if s in loop.initials:
+        if s in loop.initials and s not in tape.carry:   # (carried from the last chunk: truncated BPTT)
             init_id = loop.initials[s]
             grads.add(init_id, unbroadcast(g, env[init_id].shape))
 

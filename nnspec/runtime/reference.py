@@ -34,10 +34,10 @@ def read(tape: Tape, src: str, d: int) -> np.ndarray:
 def send(facts: PlanFacts, tape: Tape, src: str, d: int, g: np.ndarray, grads: GradSum, need,
          owned: bool = False) -> None:
     """The adjoint of ``read``: ``g`` back to the steps read, and what the fill took to the value
-    the state's ``initial`` names (none from the previous chunk: truncated BPTT)."""
+    the state's ``initial`` names (none where the state came from the previous chunk: truncated BPTT)."""
     if d:
         init_id = facts.initial_of.get(src)
-        if init_id in need and src in tape.initial_values:
+        if init_id in need and src in tape.initial_values and src not in tape.carry:
             g_init = tape.axis(src).fill_gradient(g, d, chunks.history_key(src) in tape.carry)
             if g_init is not None:
                 grads.add(init_id, unbroadcast(g_init, tape.values[init_id].shape))
@@ -152,5 +152,5 @@ def loop_backward(facts: PlanFacts, loop: LoopStep, tape: Tape, grads: GradSum, 
     for (src, d), g in outside.items():
         send(facts, tape, src, d, g, grads, need)
     for s, g in ginit.items():
-        if s in loop.initials:
+        if s in loop.initials and s not in tape.carry:   # (carried from the last chunk: truncated BPTT)
             grads.add(loop.initials[s], unbroadcast(g, env[loop.initials[s]].shape))
