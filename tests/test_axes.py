@@ -2,7 +2,7 @@
 
 Each sequence input brings its own named axis (``seq(src)``); values carry their axes,
 combining values on different axes is a located error, and a plan on several axes runs
-each loop over its own axis with its own lengths (nnspec/runtime_axes.py). The
+each loop over its own axis with its own lengths (nnspec/runtime/axes.py). The
 encoder-decoder with attention is checked against finite differences and against PyTorch
 (same weights, float64, loss and every gradient to 1e-9) on padded batches with different
 source and target lengths; padding on either axis changes no example's result.
