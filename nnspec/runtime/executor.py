@@ -2,7 +2,8 @@
 step to the reference engine (``reference.py``) or to its fast implementation beside it.
 
 Arrays: a feed-forward value is ``(B, *shape)``, a sequence ``(T, B, *shape)`` (time-major) along
-a named time axis (``timeaxis.py``), a parameter or constant has no leading axes. A real-valued
+a named time axis (``timeaxis.py``; a value on several axes is ``(T_a1, ..., T_ak, B, *shape)``,
+``axes.py``), a parameter or constant has no leading axes. A real-valued
 value with per-example shape ``()`` is held as ``(..., 1)`` so that it broadcasts against
 vectors. A whole-batch value (a loss, and arithmetic on losses with parameters and constants) is
 a 0-d array: one number for the batch.
