@@ -534,12 +534,27 @@ def test_each_loop_runs_on_its_own_axis_and_a_loop_reading_another_axis_whole_on
     assert tape.lengths.tolist() == TGT_LENGTHS and tape.mask.shape == (max(TGT_LENGTHS), 4)  # p's axis
 
 
-def test_a_plan_on_several_axes_runs_without_prepared_passes_or_the_buffer_pool():
-    from nnspec.runtime import ExecOptions
-    assert not model("dot").executor.options.prepared and not model("dot").executor.options.reuse_buffers
-    one = Model.from_text("input x[2] : seq(src)\ntarget y[3] : seq(src)\nh = lstm(x, H = 3)\n"
-                          "loss mse(W @ h, y)\n")
-    assert one.executor.options == ExecOptions()
+@pytest.mark.parametrize("kind", ["dot", "in_loop"])
+def test_prepared_passes_and_the_buffer_pool_hold_values_on_several_axes(kind):
+    """Arrays from the pool have every axis of their value ((T_out, T_src, B, ...) for scores), and a
+    prepared pass, kept per geometry of every axis, gives the reference engine's numbers pass after pass."""
+    from nnspec.model import prepare_feeds
+    from nnspec.runtime import ExecOptions, Executor
+    m = model(kind)
+    arrays, lengths = prepare_feeds(m.plan, batch(4), need_targets=True, dtype=np.float64)
+    ref = Executor(m.plan, dtype=np.float64, options=ExecOptions.reference())
+    want_tape = ref.forward(m.params, arrays, lengths=lengths)
+    want = ref.backward(want_tape)
+    ex = Executor(m.plan, dtype=np.float64)
+    assert ex.options.prepared and ex.options.reuse_buffers
+    for i in range(3):
+        tape = ex.forward(m.params, arrays, lengths=lengths)
+        assert (tape.prepared is not None) == (i > 0)     # made on the second pass of a geometry
+        assert float(tape.values[m.plan.loss]) == pytest.approx(float(want_tape.values[m.plan.loss]), rel=1e-12)
+        got = ex.backward(tape)
+        for k in m.params:
+            np.testing.assert_allclose(np.asarray(got[k]), np.asarray(want[k]), rtol=1e-10, atol=1e-13, err_msg=k)
+        del tape, got
 
 
 def test_one_named_axis_takes_lengths_as_an_array_as_the_default_axis_does():

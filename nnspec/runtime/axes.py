@@ -12,8 +12,7 @@ folds the outer ones into the batch, ``(T_ak, T_a1 * ... * B, ...)``, with the m
 to match; the op runs unchanged and its result is unfolded. So every reduction over time
 (``sum``, ``last``, ...) and ``softmax_steps`` works over the innermost axis of any value.
 
-Plans with several axes run without prepared passes and without the buffer pool; a loop
-that reads values on other axes whole (attention inside it), or whose body ops work over
+A loop that reads values on other axes whole (attention inside it), or whose body ops work over
 axes of their own within a step, runs on the reference engine (``loop_reads``: the whole
 values, and each such body op's innermost axis for its mask); other loops take the fast
 path on their own axis. Plans with one axis are untouched.

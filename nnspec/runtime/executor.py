@@ -17,8 +17,6 @@ overwrite logits nothing else reads, and its tape refuses a second backward pass
 """
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 
 from .. import chunks
@@ -46,8 +44,6 @@ class Executor:
         self.check_finite = check_finite
         self.options = options or ExecOptions()
         self.facts = PlanFacts(plan, self.dtype)
-        if self.facts.multi_axis:   # several sequence axes: no prepared passes nor buffer pool (axes.py)
-            self.options = replace(self.options, prepared=False, reuse_buffers=False)
         self.consts = {k: np.asarray(v, dtype=self.dtype) for k, v in plan.consts.items()}
         self.pool = BufferPool(enabled=self.options.reuse_buffers)
         self.tables = TableGrads(self._table_shapes() if self.options.row_grads else {})

@@ -30,6 +30,7 @@ class StepInfo:
     into: bool        # its VJP can write into the gradient's array
     joint: bool       # no per-input VJP: compute them all at once
     first_seq: bool   # its first input is a sequence: its Ctx carries the mask
+    seq_axes: tuple = ()  # a sequence on several axes: their names, outermost first (else its one axis's T)
 
 
 class FastSteps:
@@ -56,7 +57,8 @@ class FastSteps:
                 lead="seq" if step.seq else ("static" if step.id in facts.static or whole_batch else "batch"),
                 trail=trail, into=not op.needs_ctx and overrides(op, "vjp_into"),
                 joint=type(op).vjp_one is Op.vjp_one,
-                first_seq=bool(step.inputs) and step.inputs[0][0] in facts.seq)
+                first_seq=bool(step.inputs) and step.inputs[0][0] in facts.seq,
+                seq_axes=tuple(facts.axes.get(step.id, ())) if facts.multi_axis and step.seq else ())
         return info
 
     def forward(self, ex, step: OpStep, tape: Tape) -> bool:
@@ -68,8 +70,11 @@ class FastSteps:
         into = False
         if o.pooled and ex.pool.enabled:
             # into an array from the pool: no fresh allocation (and page faults) every pass
-            lead = ((tape.axis(step.id).steps, tape.batch) if o.lead == "seq"
-                    else (() if o.lead == "static" else (tape.batch,)))
+            if o.seq_axes:
+                lead = tuple(tape.axes[a].steps for a in o.seq_axes) + (tape.batch,)
+            else:
+                lead = ((tape.axis(step.id).steps, tape.batch) if o.lead == "seq"
+                        else (() if o.lead == "static" else (tape.batch,)))
             out = ex.pool.empty(lead + o.trail, ex.dtype)
             try:
                 op.forward_into(xs, out, step.attrs)
