@@ -20,7 +20,7 @@ The rules, checked here at compile time:
   value on its axis at that step, and a value on other axes whole (attention inside a
   decoder's loop reads all of an encoder's states).
 
-At run time the arrays follow the axes (runtime.py): a value on axes ``(a1, ..., ak)`` is
+At run time the arrays follow the axes (runtime/axes.py): a value on axes ``(a1, ..., ak)`` is
 ``(T_a1, ..., T_ak, B, *shape)``, so NumPy broadcasting is this module's combination rule.
 """
 from __future__ import annotations
