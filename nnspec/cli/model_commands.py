@@ -195,7 +195,8 @@ def _data_of_user(session, vocabs: dict, args):
         name, call_args, kwargs = source_call(stmt, diags)
     norm = load_checkpoint(checkpoint_dir(args.checkpoint), schema=TrainedMeta).norm_stats or {}
     standardizers = {k: Standardizer.from_json(v) for k, v in norm.items()}
-    data = bind_trained(stmt, name, call_args, kwargs, session.plan, vocabs, standardizers, Path("."), diags)
+    data = bind_trained(stmt, name, call_args, kwargs, session.plan, vocabs, standardizers, Path("."), diags,
+                        decode=session.compiled.flat.decode)
     if data.stream and data.size("all") < 2:
         raise DataError("a language model needs at least two tokens (one to read, one to predict)",
                         args.file or "--data")

@@ -308,6 +308,15 @@ class _ToAst:
     def initial(self, meta, c):
         return ast.Initial(span=self.sp(meta), name=str(c[0]), value=c[1])
 
+    def decode(self, meta, c):
+        return ast.Decode(span=self.sp(meta), input=str(c[0]), prediction=str(c[1]), options=list(c[2:]))
+
+    def decode_option(self, meta, c):
+        name, value = c
+        text = str(value)
+        return ast.DecodeOption(span=self.sp(meta), name=str(name),
+                                value=text[1:-1] if value.type == "STRING" else int(text))
+
     def param(self, meta, c):
         name, *rest = c
         fields: dict = {"dims": None, "value": None, "init": None, "frozen": False}

@@ -1,0 +1,220 @@
+"""Decoding an encoder-decoder with the spec it was trained with (nnspec/decoding.py, nnspec/decode.py).
+
+The spec declares its decoder once, ``decode tgt from p, start "<s>", end "</s>", max N``: the
+data layer frames every target between the symbols, training reads it by teacher forcing, and
+decoding feeds the decoder its own predictions until the end symbol. Greedy decoding is checked
+against forward passes fed its own tokens, beam search against greedy (beam 1), against the
+score of greedy's sequence (beam k never does worse) and against exhaustive search over every
+sequence of a tiny vocabulary, scored by one teacher-forced forward pass (an independent oracle).
+"""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from nnspec import compile_text
+from nnspec.errors import SpecError
+from nnspec.model import FeedError, Model
+
+from test_axes import V_SRC, V_TGT, batch, spec
+
+START, END = 2, 3            # ids of the symbols in the hand-made target vocabulary (0 <pad>, 1 <unk>)
+DECLARED = 'decode tgt from p, start "<s>", end "</s>", max 5\n'
+BINDINGS = {"vocab(src)": V_SRC, "vocab(tgt)": V_TGT}
+
+
+def decoder_model(kind: str = "in_loop", seed: int = 3, declaration: str = DECLARED) -> Model:
+    m = Model.from_text(spec(kind) + declaration, bindings=BINDINGS, dtype=np.float64, seed=seed)
+    rng = np.random.default_rng(seed)
+    for k, v in m.params.items():
+        m.params[k] = rng.normal(scale=1.0, size=v.shape)
+    return m
+
+
+def sources(seed: int = 0):
+    return batch(seed)["src"]
+
+
+# ---- the declaration -------------------------------------------------------------------------
+def test_the_declaration_names_input_prediction_symbols_and_limit():
+    d = compile_text(spec("dot") + DECLARED, bindings=BINDINGS).decoder
+    assert (d.input, d.prediction, d.start, d.end, d.max_length, d.axis) == ("tgt", "p", "<s>", "</s>", 5, "out")
+    assert d.frame(["a", "b"]) == ["<s>", "a", "b", "</s>"]
+    assert d.unframe(["<s>", "a", "</s>", "b"]) == ["a"]
+    assert compile_text(spec("dot"), bindings=BINDINGS).decoder is None
+    # the start symbol is optional (step 0 then reads zeros for tgt[t-1]), the limit defaults to 100
+    d = compile_text(spec("dot") + 'decode tgt from p, end "</s>"', bindings=BINDINGS).decoder
+    assert (d.start, d.max_length) == (None, 100)
+
+
+@pytest.mark.parametrize("declaration, message", [
+    ('decode tgt from p, start "<s>"', 'decode needs an end symbol'),
+    ('decode tgt from p, end "</s>", stop "x"', "unknown decode option 'stop'"),
+    ('decode tgt from p, end "</s>", end "x"', "decode option 'end' is given twice"),
+    ('decode tgt from p, end "</s>", max 0', "'max' (the longest output) must be at least 1"),
+    ('decode tgt from p, end "</s>", max "ten"', "decode option 'max' takes a whole number"),
+    ('decode tgt from p, end 3', "decode option 'end' takes a symbol in quotes"),
+    ('decode tgt from p, start "<s>", end "<s>"', "the start and end symbols must differ"),
+    ('decode tgt from p, end "<pad>"', "not empty, without spaces and not <pad> or <unk>"),
+    ('decode tgt from p, end "a b"', "without spaces"),
+    ('decode tgtt from p, end "</s>"', "'tgtt' is not an input; did you mean 'tgt'?"),
+    ('decode tgt from q, end "</s>"', "'q' is not defined"),
+    ('decode src from p, end "</s>"', "no loss compares 'p' with 'src'"),
+    ('decode tgt from o, end "</s>"', "no loss compares 'o' with 'tgt'"),
+])
+def test_a_bad_declaration_is_a_located_error(declaration, message):
+    text = spec("dot") + declaration + "\n"
+    with pytest.raises(SpecError) as e:
+        compile_text(text, bindings=BINDINGS)
+    line = text.count("\n", 0, text.index(declaration)) + 1
+    assert message in str(e.value)
+    assert f"<string>:{line}:" in str(e.value)
+
+
+def test_a_decoder_reading_the_token_it_predicts_cannot_be_declared():
+    text = spec("dot").replace("dec = lstm(ye[t-1], H = 4)", "dec = lstm(ye, H = 4)") + DECLARED
+    with pytest.raises(SpecError, match="must read 'tgt' only at earlier steps"):
+        compile_text(text, bindings=BINDINGS)
+
+
+def test_one_declaration_at_the_top_level():
+    with pytest.raises(SpecError, match="only one decode declaration"):
+        compile_text(spec("dot") + DECLARED + DECLARED, bindings=BINDINGS)
+    cell = 'cell f(x) -> y { y = tanh(x); decode tgt from p, end "</s>" }\n'
+    with pytest.raises(SpecError, match="'decode' belongs at the top level"):
+        compile_text(cell + spec("dot").replace("tanh(Wc @", "f(Wc @"), bindings=BINDINGS)
+
+
+# ---- the data: targets framed by the declared symbols -----------------------------------------
+def _data_spec(tmp_path, rows: list[str]):
+    (tmp_path / "d.tsv").write_text("src\ttgt\n" + "\n".join(rows) + "\n")
+    (tmp_path / "ed.nn").write_text(spec("dot") + DECLARED + 'data tsv("d.tsv")\ntrain { epochs 1; batch 2 }\n')
+    return tmp_path / "ed.nn"
+
+
+def test_the_data_layer_adds_the_symbols_to_each_target(tmp_path):
+    from nnspec import open_session
+    s = open_session(_data_spec(tmp_path, ["a b\tb a", "c\tc", "a b c\tc b a"]))
+    vocab = s.data.vocabs["tgt"]
+    assert "<s>" in vocab.stoi and "</s>" in vocab.stoi
+    b = next(s.data.batches("train", 3))
+    lengths = b.lengths["out"].tolist()
+    assert sorted(lengths) == [3, 4, 5]           # two symbols more than the file's tokens
+    for i, n in enumerate(lengths):
+        words = vocab.decode(b.arrays["tgt"][:n, i].tolist())
+        assert words[0] == "<s>" and words[-1] == "</s>" and "<s>" not in words[1:-1]
+    assert "<s>" not in s.data.vocabs["src"].stoi  # only the decoded input is framed
+
+
+def test_an_empty_target_of_a_decoder_is_an_error_at_its_line(tmp_path):
+    from nnspec.cli import main
+    path = _data_spec(tmp_path, ["a b\tb a", "a b c\t", "c\tc"])
+    import contextlib
+    import io
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        assert main(["run", str(path), "--no-save", "--quiet"]) != 0
+    assert "d.tsv:3" in err.getvalue() and "empty" in err.getvalue() and "Traceback" not in err.getvalue()
+
+
+# ---- greedy decoding -------------------------------------------------------------------------
+def test_greedy_decoding_feeds_the_decoder_its_own_predictions_until_the_end_symbol():
+    """Each written token is the argmax (among the tokens decoding may write) of a forward pass fed
+    <s> and the tokens written before it; decoding stops at </s> or after max tokens."""
+    from nnspec.decode import greedy
+    m = decoder_model(seed=2)
+    src = sources()
+    hyps = greedy(m, {"src": src}, start=START, end=END)
+    assert len(hyps) == len(src)
+    for b, h in enumerate(hyps):
+        assert len(h.tokens) <= 5 and (h.ended or len(h.tokens) == 5)
+        written = h.tokens + ([END] if h.ended else [])
+        fed = [START] + written
+        p = m.forward({"src": [src[b]], "tgt": [np.array(fed)]})["p"][:, 0]
+        allowed = p.copy()
+        allowed[:, [0, 1, START]] = -1
+        # step 0 predicts <s> itself (trained to, read by nothing); token i is written at step i + 1
+        assert allowed[1:].argmax(-1).tolist() == written
+        assert h.score == pytest.approx(sum(np.log(p[i + 1, w]) for i, w in enumerate(written)), abs=1e-9)
+    assert any(h.ended for h in hyps) and any(not h.ended for h in hyps)   # seed 2 shows both stops
+    short = greedy(m, {"src": src}, start=START, end=END, max_length=1)
+    assert all(len(h.tokens) <= 1 for h in short)
+
+
+def test_decoding_needs_a_declaration_and_only_the_other_inputs():
+    from nnspec.decode import greedy
+    undeclared = Model.from_text(spec("dot"), bindings=BINDINGS)
+    with pytest.raises(FeedError, match="declares no decoder"):
+        greedy(undeclared, {"src": sources()}, start=START, end=END)
+    with pytest.raises(FeedError, match="'tgt' is what decoding writes"):
+        greedy(decoder_model(), {"src": sources(), "tgt": sources()}, start=START, end=END)
+
+
+# ---- beam search -----------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["dot", "in_loop"])
+def test_beam_one_is_greedy(kind):
+    from nnspec.decode import beam_search, greedy
+    m = decoder_model(kind)
+    g = greedy(m, {"src": sources()}, start=START, end=END)
+    b = beam_search(m, {"src": sources()}, beam=1, start=START, end=END)
+    assert [h[0].tokens for h in b] == [h.tokens for h in g]
+    assert [h[0].score for h in b] == pytest.approx([h.score for h in g], abs=1e-12)
+    assert [h[0].ended for h in b] == [h.ended for h in g]
+
+
+def test_a_wider_beam_never_scores_below_greedy_and_here_beats_it():
+    from nnspec.decode import beam_search, greedy
+    better = 0
+    for seed in range(4):
+        m = decoder_model("in_loop", seed=seed)
+        g = greedy(m, {"src": sources(seed)}, start=START, end=END)
+        for k in (2, 3):
+            b = beam_search(m, {"src": sources(seed)}, beam=k, start=START, end=END)
+            for gh, bh in zip(g, b):
+                assert len(bh) <= k
+                assert [h.score for h in bh] == sorted((h.score for h in bh), reverse=True)
+                assert bh[0].score >= gh.score - 1e-12
+                better += bh[0].score > gh.score + 1e-9
+    assert better > 0, "greedy was optimal everywhere: the test shows nothing"
+
+
+def _teacher_forced_score(m: Model, src, tokens: list[int], ended: bool) -> float:
+    """log p of the tokens (and </s>) by one forward pass fed the whole sequence: the oracle."""
+    written = tokens + ([END] if ended else [])
+    p = m.forward({"src": [src], "tgt": [np.array([START] + written)]})["p"][:, 0]
+    return float(sum(np.log(p[i + 1, w]) for i, w in enumerate(written)))
+
+
+def test_a_wide_beam_finds_the_best_sequence_of_exhaustive_search():
+    """Every sequence over the two tokens of a tiny vocabulary: ended ones shorter than max, and the
+    unended ones of max tokens; a beam as wide as their number finds the most probable one."""
+    from nnspec.decode import beam_search
+    limit = 3
+    declaration = DECLARED.replace("max 5", f"max {limit}")
+    for seed in range(3):
+        m = decoder_model("dot", seed=seed, declaration=declaration)
+        src = sources(seed)[:3]
+        beams = beam_search(m, {"src": src}, beam=2 ** limit, start=START, end=END)
+        for s, found in zip(src, beams):
+            words = [4, 5]         # the vocabulary less <pad>, <unk>, <s> and </s>
+            every = [(list(w), True) for n in range(limit) for w in itertools.product(words, repeat=n)]
+            every += [(list(w), False) for w in itertools.product(words, repeat=limit)]
+            scored = sorted(((_teacher_forced_score(m, s, w, e), w, e) for w, e in every), key=lambda x: -x[0])
+            best_score, best, ended = scored[0]
+            assert (found[0].tokens, found[0].ended) == (best, ended)
+            assert found[0].score == pytest.approx(best_score, abs=1e-9)
+            # the others it returns (it stops once no live one can beat the best) are scored right too
+            for h in found:
+                assert h.score == pytest.approx(_teacher_forced_score(m, s, h.tokens, h.ended), abs=1e-9)
+
+
+def test_bad_beam_and_limit_are_feed_errors():
+    from nnspec.decode import beam_search, greedy
+    m = decoder_model()
+    for beam in (0, 1.5, True):
+        with pytest.raises(FeedError, match="beam"):
+            beam_search(m, {"src": sources()}, beam=beam, start=START, end=END)
+    with pytest.raises(FeedError, match="max_length"):
+        greedy(m, {"src": sources()}, start=START, end=END, max_length=0)
