@@ -26,7 +26,8 @@ from .data.vocab import PAD_ID, UNK_ID
 from .decoding import Decoder, autoregressive
 from .model import FeedError, Model, prepare_feeds
 
-__all__ = ["Hypothesis", "greedy", "beam_search", "symbol_ids", "autoregressive", "sequence_score"]
+__all__ = ["Hypothesis", "greedy", "sample", "beam_search", "symbol_ids", "autoregressive", "sequence_score",
+           "Decoded", "decode_texts", "attention_weights"]
 
 
 @dataclass
@@ -130,6 +131,26 @@ def greedy(model: Model, feeds: dict, lengths=None, *, start: int | None, end: i
     """Each example's most probable next token at each step, until the end symbol or ``max_length``
     tokens (default: the declaration's ``max``). ``feeds``: the other inputs (as for
     :meth:`Model.forward`); ``start``/``end``: the symbols' ids (:func:`symbol_ids`)."""
+    return _one_at_a_time(model, feeds, lengths, start, end, max_length, lambda log_p: log_p.argmax(-1))
+
+
+def sample(model: Model, feeds: dict, lengths=None, *, start: int | None, end: int,
+           max_length: int | None = None, temperature: float = 1.0, rng=None) -> list[Hypothesis]:
+    """As :func:`greedy`, but each token drawn from p at its step (sharpened or flattened by
+    ``temperature``); the score is still the log-probability under p."""
+    if not temperature > 0:
+        raise FeedError(f"temperature: a positive number, got {temperature!r}")
+    rng = rng if rng is not None else np.random.default_rng(0)
+
+    def draw(log_p: np.ndarray) -> np.ndarray:
+        z = log_p / temperature
+        p = np.exp(z - z.max(-1, keepdims=True))
+        p /= p.sum(-1, keepdims=True)
+        return np.array([rng.choice(p.shape[-1], p=row) for row in p])
+    return _one_at_a_time(model, feeds, lengths, start, end, max_length, draw)
+
+
+def _one_at_a_time(model, feeds, lengths, start, end, max_length, choose) -> list[Hypothesis]:
     steps = _Steps(model, feeds, lengths, 1)
     limit = _limit(steps.decoder, max_length)
     ids = np.zeros((0, steps.batch), dtype=np.int64)
@@ -137,7 +158,7 @@ def greedy(model: Model, feeds: dict, lengths=None, *, start: int | None, end: i
     out = [Hypothesis([], 0.0, False) for _ in range(steps.batch)]
     for _ in range(limit):
         log_p = _allowed(steps.log_probs(_fed(start, ids)), start)
-        best = log_p.argmax(-1)
+        best = choose(log_p)
         for b in np.flatnonzero(~done):
             h, token = out[b], int(best[b])
             h.steps.append(float(log_p[b, token]))
@@ -229,3 +250,90 @@ def _batch_size(model: Model, feeds: dict) -> int:
             a = np.asarray(a)
             return a.shape[1] if v.seq else a.shape[0]
     raise FeedError("no inputs to decode from")
+
+
+# ---- text in, text out: what nnspec predict and nnspec sample use ------------------------------
+@dataclass
+class Decoded:
+    """One source, as tokens, and what decoding wrote for it: ``outputs`` best first, each
+    (tokens, score, ended)."""
+    source: list[str]
+    outputs: list[tuple[list[str], float, bool]]
+
+
+def source_input(model: Model):
+    """The one token input a decoder's source is read into (the inputs other than the decoded one)."""
+    decoder = _decoder(model)
+    others = [v for v in model.plan.inputs if v.name != decoder.input]
+    if len(others) != 1 or not (others[0].seq and others[0].elem in ("token", "char")) or others[0].view:
+        names = ", ".join(v.name for v in model.plan.inputs)
+        raise FeedError(f"decoding text needs one source input of tokens besides '{decoder.input}'; this network's "
+                        f"inputs are {names} (decode from Python with feeds of arrays)")
+    return others[0]
+
+
+def decode_texts(model, texts: list[str], *, beam: int = 1, max_length: int | None = None,
+                 max_source: int | None = None, batch: int = 64, temperature: float | None = None,
+                 rng=None) -> list[Decoded]:
+    """Decode each text with a trained model (its ``vocabs``: nnspec.trained.TrainedModel), split as
+    its source vocabulary was built. ``beam`` 1 is greedy decoding; ``temperature`` samples instead.
+    An empty source, or one of more than ``max_source`` tokens, is a ValueError naming it
+    (``index``: its position, for the caller to name the line)."""
+    from .data.vocab import tokenize
+    field_ = source_input(model)
+    decoder = _decoder(model)
+    src_vocab, out_vocab = model.vocabs[field_.name], model.vocabs[decoder.input]
+    start, end = symbol_ids(decoder, out_vocab)
+    tokens = [tokenize(t, level=src_vocab.level, lowercase=src_vocab.lowercase) for t in texts]
+    for i, ts in enumerate(tokens):
+        if not ts:
+            raise SourceError("an empty source: decoding needs at least one token", i)
+        if max_source is not None and len(ts) > max_source:
+            raise SourceError(f"a source of {len(ts)} tokens, longer than max_length {max_source} (the longest "
+                              f"the model was trained to read)", i)
+    out = []
+    for a in range(0, len(tokens), batch):
+        part = tokens[a:a + batch]
+        feeds = {field_.name: [src_vocab.encode(ts) for ts in part]}
+        if temperature is not None:
+            found = [[h] for h in sample(model, feeds, start=start, end=end, max_length=max_length,
+                                         temperature=temperature, rng=rng)]
+        elif beam == 1:
+            found = [[h] for h in greedy(model, feeds, start=start, end=end, max_length=max_length)]
+        else:
+            found = beam_search(model, feeds, beam=beam, start=start, end=end, max_length=max_length)
+        for ts, hyps in zip(part, found):
+            out.append(Decoded(ts, [(out_vocab.decode(h.tokens), h.score, h.ended) for h in hyps]))
+    return out
+
+
+class SourceError(ValueError):
+    """A source decoding refuses; ``index``: which of the texts."""
+
+    def __init__(self, message: str, index: int):
+        super().__init__(message)
+        self.index = index
+
+
+def attention_weights(model, decoded: Decoded) -> dict[str, np.ndarray]:
+    """The attention weights behind decoding's best output for one source: for each softmax over
+    the source's axis computed on the decoder's axis (an ``attention`` cell's ``a``), an array
+    (output tokens with </s> if written, source tokens). Read from a forward pass fed the output."""
+    field_ = source_input(model)
+    decoder = _decoder(model)
+    tokens, _, ended = decoded.outputs[0]
+    start, end = symbol_ids(decoder, model.vocabs[decoder.input])
+    written = model.vocabs[decoder.input].encode(list(tokens)).tolist() + ([end] if ended else [])
+    fed = np.array(([start] if start is not None else []) + written, dtype=np.int64).reshape(-1, 1)
+    src = model.vocabs[field_.name].encode(decoded.source).reshape(-1, 1)
+    values = model.values({field_.name: src, decoder.input: fed},
+                          lengths={(field_.axes or ["time"])[-1]: [src.shape[0]], decoder.axis: [fed.shape[0]]})
+    graph = model.compiled.graph
+    source_axis = (field_.axes or ["time"])[-1]
+    out = {}
+    for info in graph.nodes():
+        if info.op == "softmax_steps" and tuple(info.axes[-2:]) == (decoder.axis, source_axis) and info.id in values:
+            w = np.asarray(values[info.id], dtype=np.float64).reshape(fed.shape[0], src.shape[0], -1)[..., 0]
+            first = 1 if start is not None else 0          # the step that predicts <s> writes nothing
+            out[info.id] = w[first:first + len(written)]
+    return out
