@@ -398,30 +398,7 @@ def test_a_teacher_forced_decoder_is_found_in_the_plan(decoder, found):
         assert autoregressive(plan)[0][0] == "tgt"
 
 
-def test_reverse_copy_learns_to_reverse_with_greedy_decoding():
-    """nnspec run's training, then greedy decoding of every test sequence: >= 99% exactly right."""
-    from pathlib import Path
-
-    from nnspec import open_session
-    from nnspec.decode import greedy, symbol_ids
-    from nnspec.train.loop import Trainer
-
-    s = open_session(Path(__file__).resolve().parent.parent / "specs" / "reverse_copy.nn")
-    Trainer(s.model, s.data, s.settings, quiet=True).fit()
-    start, end = symbol_ids(s.compiled.decoder, s.data.vocabs["tgt"])
-    exact = total = 0
-    for batch in s.data.batches("test", 100):
-        written = greedy(s.model, {"src": batch.arrays["src"]}, {"src": batch.lengths["src"]}, start=start, end=end)
-        gold = batch.arrays["tgt"]             # <s> y1 .. yn </s>: the declaration framed it
-        for b, n in enumerate(batch.lengths["out"]):
-            exact += written[b].ended and written[b].tokens == gold[1:n - 1, b].tolist()
-            total += 1
-    assert total == 300
-    assert exact / total >= 0.99, f"{exact}/{total} test sequences exactly right"
-    # greedy decoding gets a sequence right exactly when teacher forcing gets every step of it right
-    # (by induction over its steps): nnspec run's sequence_accuracy is the greedy figure
-    from nnspec.train.loop import evaluate
-    assert evaluate(s.model, s.data, "test", s.settings).metrics["sequence_accuracy"] == exact / total
+# specs/reverse_copy.nn, trained and decoded: tests/test_decode.py
 
 
 # ---- bad data: clear errors at the file and line -----------------------------------------------

@@ -218,3 +218,132 @@ def test_bad_beam_and_limit_are_feed_errors():
             beam_search(m, {"src": sources()}, beam=beam, start=START, end=END)
     with pytest.raises(FeedError, match="max_length"):
         greedy(m, {"src": sources()}, start=START, end=END, max_length=0)
+
+
+# ---- the first task, specs/reverse_copy.nn: trained once, decoded by nnspec predict ----------------
+ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
+SPEC = ROOT / "specs" / "reverse_copy.nn"
+
+
+def cli(*argv: str, stdin: str | None = None) -> tuple[int, str, str]:
+    import contextlib
+    import io
+    import sys
+
+    from nnspec.cli import main
+    out, err = io.StringIO(), io.StringIO()
+    old = sys.stdin
+    sys.stdin = io.TextIOWrapper(io.BytesIO((stdin or "").encode()))
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(list(argv))
+    finally:
+        sys.stdin = old
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def reverse_copy(tmp_path_factory) -> str:
+    """specs/reverse_copy.nn trained by nnspec run, as it is (about 15 s): its run directory."""
+    runs = tmp_path_factory.mktemp("runs")
+    code, _, err = cli("run", str(SPEC), "--runs", str(runs), "--quiet")
+    assert code == 0, err
+    return str(next(runs.iterdir()))
+
+
+def test_reverse_copy_writes_its_test_sources_backwards(reverse_copy, tmp_path):
+    """nnspec predict, greedy: >= 99% of the test sequences exactly reversed; beam 5 no fewer. A sequence
+    comes out of greedy decoding right exactly when teacher forcing gets every step of it right (by
+    induction over its steps), so nnspec evaluate's sequence_accuracy is the greedy figure."""
+    rows = [line.split("\t") for line in (ROOT / "data/reverse-copy/test.tsv").read_text().splitlines()[1:]]
+    (tmp_path / "src.txt").write_text("".join(s + "\n" for s, _ in rows))
+    right = {}
+    for beam in (1, 5):
+        code, out, err = cli("predict", str(SPEC), "--checkpoint", reverse_copy, "--input", str(tmp_path / "src.txt"),
+                             "--beam", str(beam))
+        assert code == 0, err
+        written = out.splitlines()
+        assert len(written) == len(rows) == 300
+        right[beam] = sum(w == t for w, (_, t) in zip(written, rows))
+    assert right[1] / 300 >= 0.99, f"{right[1]}/300 test sequences exactly right"
+    assert right[5] >= right[1]
+    code, out, _ = cli("evaluate", str(SPEC), "--checkpoint", reverse_copy, "--json")
+    assert json_of(out)["metrics"]["sequence_accuracy"] == pytest.approx(right[1] / 300)
+
+
+def json_of(text: str):
+    import json
+    return json.loads(text)
+
+
+def test_predict_json_lists_the_beam_with_scores(reverse_copy):
+    code, out, err = cli("predict", str(SPEC), "--checkpoint", reverse_copy, "--beam", "3", "--json",
+                         stdin="a b c d\nj i\n")
+    assert code == 0, err
+    first, second = json_of(out)
+    assert (first["input"], first["output"], first["tokens"]) == ("a b c d", "d c b a", ["d", "c", "b", "a"])
+    assert second["output"] == "i j" and first["ended"] is True
+    assert len(first["beam"]) == 3 and first["beam"][0]["output"] == first["output"]
+    scores = [b["score"] for b in first["beam"]]
+    assert scores == sorted(scores, reverse=True) and all(s < 0 for s in scores)
+    assert scores[0] == first["score"] > -0.1          # the model is sure of the right answer
+
+
+def test_predict_stops_at_the_maximum_length(reverse_copy):
+    code, out, _ = cli("predict", str(SPEC), "--checkpoint", reverse_copy, "--max-length", "2", "--json",
+                       stdin="a b c d e\n")
+    (line,) = json_of(out)
+    assert (line["output"], line["ended"]) == ("e d", False)
+
+
+def test_predict_draws_the_attention_of_each_line(reverse_copy, tmp_path):
+    code, out, err = cli("predict", str(SPEC), "--checkpoint", reverse_copy, "--attention", str(tmp_path / "att"),
+                         stdin="a b c\nd e f g\n")
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "att").iterdir()) == ["0001.png", "0002.png"]
+    assert (tmp_path / "att" / "0001.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_attention_weights_are_rows_of_output_steps_over_the_source(reverse_copy):
+    """The weights each output step (and </s>) gave the source: rows sum to 1; reversing, output
+    token i looks at source token n-1-i, and at the one after it (the band the PNG shows)."""
+    from nnspec.decode import attention_weights, decode_texts
+    from nnspec.trained import load
+    model = load(reverse_copy, spec=SPEC)
+    (d,) = decode_texts(model, ["a b c d e"])
+    (w,) = attention_weights(model, d).values()
+    assert w.shape == (6, 5)                       # e d c b a </s>, over a b c d e
+    np.testing.assert_allclose(w.sum(1), 1.0, atol=1e-5)
+    for i in range(5):
+        assert w[i, 4 - i] + (w[i, 5 - i] if i else 0) > 0.6, w.round(2)
+    assert w[5, 0] > 0.5                           # </s> once the first letter is written
+
+
+@pytest.mark.parametrize("stdin, message", [
+    ("a b\n\nc\n", "<stdin>:2: error: an empty source"),
+    ("a b c d e f g h i j a b c\n", "<stdin>:1: error: a source of 13 tokens, longer than max_length 12"),
+])
+def test_predict_refuses_an_empty_or_too_long_source_at_its_line(reverse_copy, stdin, message):
+    code, out, err = cli("predict", str(SPEC), "--checkpoint", reverse_copy, stdin=stdin)
+    assert code != 0 and out == ""
+    assert message in err and "Traceback" not in err
+
+
+def test_decoding_options_are_for_an_encoder_decoder(reverse_copy):
+    code, _, err = cli("predict", str(ROOT / "specs" / "xor_train.nn"), "--checkpoint", reverse_copy, "--beam", "2")
+    assert code != 0 and "Traceback" not in err
+    with pytest.raises(SystemExit):
+        cli("predict", str(SPEC), "--checkpoint", reverse_copy, "--beam", "0")
+
+
+def test_sample_draws_an_output_for_a_source(reverse_copy):
+    runs = [cli("sample", str(SPEC), "--checkpoint", reverse_copy, "--prompt", "a b c", "--temperature", "5",
+                "--seed", str(seed), "--json") for seed in range(6)]
+    texts = [json_of(out)["text"] for _, out, _ in runs]
+    assert all(set(t.split()) <= set("abcdefghij") for t in texts)
+    assert len(set(texts)) > 1                     # drawn, not the argmax (hot: temperature 5)
+    _, again, _ = cli("sample", str(SPEC), "--checkpoint", reverse_copy, "--prompt", "a b c", "--temperature", "5",
+                      "--seed", "0", "--json")
+    assert json_of(again)["text"] == texts[0]
+    _, cold, _ = cli("sample", str(SPEC), "--checkpoint", reverse_copy, "--prompt", "a b c", "--temperature", "0.01")
+    assert cold.strip() == "c b a"
