@@ -180,6 +180,48 @@ def test_a_wider_beam_never_scores_below_greedy_and_here_beats_it():
     assert better > 0, "greedy was optimal everywhere: the test shows nothing"
 
 
+# A decoder whose next token depends on the previous one only, with probabilities set by hand
+# (ids: 0 <pad>, 1 <unk>, 2 <s>, 3 </s>, 4 a, 5 b): greedy's first choice, a, leads on to no likely end.
+TRAP = """
+network trap
+input  src : seq(src) of token
+input  tgt : seq(out) of token
+output p
+s = last(embed(src, 6))
+ye = embed(tgt, 6)                  # its table: the identity, so ye[t-1] is the previous token, one-hot
+p = softmax(L @ ye[t-1] + Z @ s)    # Z: zeros (the source does not matter); L: log-probabilities
+loss cross_entropy(p, tgt)
+decode tgt from p, start "<s>", end "</s>", max 3
+"""
+NEXT = {2: {4: 0.6, 5: 0.4},               # after <s>: a 0.6, b 0.4
+        4: {4: 0.4, 5: 0.3, 3: 0.3},       # after a: a 0.4, b 0.3, </s> 0.3
+        5: {3: 0.9, 4: 0.05, 5: 0.05}}     # after b: </s> 0.9
+
+
+def test_beam_search_escapes_the_trap_greedy_falls_into():
+    """By hand: greedy writes a (0.6), then a (0.4), a (0.4) and meets the limit, log(0.096) and not
+    ended; beam 2 keeps b (0.4), whose </s> (0.9) scores log(0.36), the best sequence there is."""
+    from nnspec.decode import beam_search, greedy
+    m = Model.from_text(TRAP, bindings={"vocab(src)": 3, "vocab(tgt)": 6}, dtype=np.float64)
+    m.params["ye.table"] = np.eye(6)
+    m.params["Z"] = np.zeros((6, 6))
+    table = np.full((6, 6), 1e-12)
+    for prev, nxt in NEXT.items():
+        for token, prob in nxt.items():
+            table[token, prev] = prob
+    m.params["L"] = np.log(table)
+    src = {"src": [np.array([1, 2])]}
+    (g,) = greedy(m, src, start=START, end=END)
+    assert (g.tokens, g.ended) == ([4, 4, 4], False)
+    assert g.score == pytest.approx(np.log(0.6 * 0.4 * 0.4), abs=1e-9)
+    (b,) = beam_search(m, src, beam=2, start=START, end=END)
+    assert (b[0].tokens, b[0].ended) == ([5], True)
+    assert b[0].score == pytest.approx(np.log(0.4 * 0.9), abs=1e-9)
+    assert b[0].steps == pytest.approx([np.log(0.4), np.log(0.9)], abs=1e-9)
+    # it stopped once two had ended (b </s> 0.36, a </s> 0.18), before a longer one could
+    assert [(h.tokens, h.ended) for h in b] == [([5], True), ([4], True)]
+
+
 def _teacher_forced_score(m: Model, src, tokens: list[int], ended: bool) -> float:
     """log p of the tokens (and </s>) by one forward pass fed the whole sequence: the oracle."""
     written = tokens + ([END] if ended else [])
