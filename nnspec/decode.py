@@ -64,10 +64,11 @@ def _decoder(model: Model) -> Decoder:
 
 
 class _Steps:
-    """The forward passes of one decoding: the other inputs prepared once, ``n`` copies of each
-    example (the beams), and the log-probabilities of the next token after given prefixes."""
+    """The forward passes of one decoding: the other inputs prepared once, and the log-probabilities
+    of the next token after given prefixes, each of a given example (only the hypotheses still
+    alive are computed: the examples and beams that have ended drop out of the batch)."""
 
-    def __init__(self, model: Model, feeds: dict, lengths, copies: int):
+    def __init__(self, model: Model, feeds: dict, lengths):
         self.model, self.decoder = model, _decoder(model)
         if self.decoder.input in feeds:
             raise FeedError(f"'{self.decoder.input}' is what decoding writes; give only the other inputs")
@@ -77,21 +78,32 @@ class _Steps:
         if isinstance(lengths, dict):
             given = {**lengths, self.decoder.axis: np.ones(batch, dtype=np.int64)}
         arrays, lens = prepare_feeds(model.plan, dummy, given, dtype=model.dtype)
-        seq = {v.name for v in model.plan.inputs if v.seq}
-        self.batch, self.copies = batch, copies
-        self.feeds = {k: np.repeat(a, copies, axis=1 if k in seq else 0)
-                      for k, a in arrays.items() if k != self.decoder.input}
+        self.batch = batch
+        self.axis_of = {v.name: (v.axes or ["time"])[-1] for v in model.plan.inputs if v.seq}
+        self.feeds = {k: a for k, a in arrays.items() if k != self.decoder.input}
         if isinstance(lens, dict):
-            self.lengths = {a: np.repeat(np.asarray(v), copies) for a, v in lens.items() if a != self.decoder.axis}
+            self.lengths = {a: np.asarray(v) for a, v in lens.items() if a != self.decoder.axis}
         else:
             self.lengths = None        # the decoder's axis is the network's only one
 
-    def log_probs(self, ids: np.ndarray) -> np.ndarray:
-        """(N, V) float64: log p(next token | prefix) for each column of ``ids`` (T, N), all T long."""
+    def log_probs(self, ids: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """(N, V) float64: log p(next token | prefix) for each column of ``ids`` (T, N), all T long,
+        the prefix of example ``rows[i]`` in column i."""
         steps, n = ids.shape
+        feeds, lengths = {}, {}
+        if self.lengths is not None:
+            lengths = {a: v[rows] for a, v in self.lengths.items()}
+        for k, a in self.feeds.items():
+            if k not in self.axis_of:
+                feeds[k] = a[rows]
+                continue
+            a = a[:, rows]
+            if self.axis_of[k] in lengths:      # no longer than the longest of these examples
+                a = a[:max(int(lengths[self.axis_of[k]].max()), 1)]
+            feeds[k] = a
         full = np.full(n, steps, dtype=np.int64)
-        lengths = {**self.lengths, self.decoder.axis: full} if self.lengths is not None else full
-        tape = self.model.executor.forward(self.model.params, {**self.feeds, self.decoder.input: ids},
+        lengths = {**lengths, self.decoder.axis: full} if self.lengths is not None else full
+        tape = self.model.executor.forward(self.model.params, {**feeds, self.decoder.input: ids},
                                            lengths=lengths, need_loss=False)
         s = np.asarray(tape.values[self.decoder.scores][steps - 1], dtype=np.float64).reshape(n, -1)
         if self.decoder.scores_kind == "logits":
@@ -151,25 +163,25 @@ def sample(model: Model, feeds: dict, lengths=None, *, start: int | None, end: i
 
 
 def _one_at_a_time(model, feeds, lengths, start, end, max_length, choose) -> list[Hypothesis]:
-    steps = _Steps(model, feeds, lengths, 1)
+    steps = _Steps(model, feeds, lengths)
     limit = _limit(steps.decoder, max_length)
-    ids = np.zeros((0, steps.batch), dtype=np.int64)
-    done = np.zeros(steps.batch, dtype=bool)
     out = [Hypothesis([], 0.0, False) for _ in range(steps.batch)]
-    for _ in range(limit):
-        log_p = _allowed(steps.log_probs(_fed(start, ids)), start)
-        best = choose(log_p)
-        for b in np.flatnonzero(~done):
-            h, token = out[b], int(best[b])
-            h.steps.append(float(log_p[b, token]))
+    alive = np.arange(steps.batch)
+    for t in range(limit):
+        written = np.array([out[b].tokens for b in alive], dtype=np.int64).reshape(len(alive), t).T
+        log_p = _allowed(steps.log_probs(_fed(start, written), alive), start)
+        chosen = choose(log_p)
+        for i, b in enumerate(alive):
+            h, token = out[b], int(chosen[i])
+            h.steps.append(float(log_p[i, token]))
             h.score += h.steps[-1]
             if token == end:
-                h.ended, done[b] = True, True
+                h.ended = True
             else:
                 h.tokens.append(token)
-        if done.all():
+        alive = np.array([b for b in alive if not out[b].ended], dtype=np.int64)
+        if not alive.size:
             break
-        ids = np.concatenate([ids, np.where(done, end, best)[None].astype(np.int64)])
     return out
 
 
@@ -185,21 +197,24 @@ def beam_search(model: Model, feeds: dict, lengths=None, *, beam: int, start: in
     if isinstance(beam, bool) or int(beam) != beam or beam < 1:
         raise FeedError(f"beam: a whole number of at least 1, got {beam!r}")
     k = int(beam)
-    steps = _Steps(model, feeds, lengths, k)
+    steps = _Steps(model, feeds, lengths)
     limit = _limit(steps.decoder, max_length)
     batch = steps.batch
     live: list[list[Hypothesis]] = [[Hypothesis([], 0.0, False)] for _ in range(batch)]
     finished: list[list[Hypothesis]] = [[] for _ in range(batch)]
     for t in range(limit):
-        prefixes = np.full((t, batch * k), end, dtype=np.int64)   # rows of no hypothesis: any tokens
-        for b, hyps in enumerate(live):
-            for j, h in enumerate(hyps):
-                prefixes[:, b * k + j] = h.tokens
-        log_p = _allowed(steps.log_probs(_fed(start, prefixes)), start).reshape(batch, k, -1)
+        columns = [(b, j) for b, hyps in enumerate(live) for j in range(len(hyps))]
+        prefixes = np.array([live[b][j].tokens for b, j in columns], dtype=np.int64).reshape(len(columns), t).T
+        rows = np.array([b for b, _ in columns], dtype=np.int64)
+        flat_log_p = _allowed(steps.log_probs(_fed(start, prefixes), rows), start)
+        first = {}                                  # example -> its first column
+        for i, (b, _) in enumerate(columns):
+            first.setdefault(b, i)
         for b, hyps in enumerate(live):
             if not hyps:
                 continue
-            total = np.array([h.score for h in hyps])[:, None] + log_p[b, :len(hyps)]
+            log_p = flat_log_p[first[b]:first[b] + len(hyps)]
+            total = np.array([h.score for h in hyps])[:, None] + log_p
             order = np.argsort(-total, axis=None, kind="stable")[:2 * k]   # k live ones survive k that end
             survivors = []
             for i in order:
@@ -208,7 +223,7 @@ def beam_search(model: Model, feeds: dict, lengths=None, *, beam: int, start: in
                     break
                 h = hyps[j]
                 grown = Hypothesis(h.tokens + [int(token)], float(total[j, token]), False,
-                                   h.steps + [float(log_p[b, j, token])])
+                                   h.steps + [float(log_p[j, token])])
                 if token == end:
                     grown.tokens.pop()
                     grown.ended = True
@@ -232,12 +247,12 @@ def sequence_score(model: Model, feeds: dict, tokens: list[int], lengths=None, *
                    end: int) -> float:
     """The score decoding gives ``tokens`` (ids, without the symbols) followed by the end symbol, for
     a batch of one example: the sum of log p of each token given the ones before."""
-    steps = _Steps(model, feeds, lengths, 1)
+    steps = _Steps(model, feeds, lengths)
     written = list(tokens) + [end]
     total = 0.0
     for t, token in enumerate(written):
         prefix = np.array(written[:t], dtype=np.int64).reshape(t, 1)
-        total += float(_allowed(steps.log_probs(_fed(start, prefix)), start)[0, token])
+        total += float(_allowed(steps.log_probs(_fed(start, prefix), np.zeros(1, np.int64)), start)[0, token])
     return total
 
 
