@@ -87,6 +87,13 @@ def test_one_declaration_at_the_top_level():
         compile_text(cell + spec("dot").replace("tanh(Wc @", "f(Wc @"), bindings=BINDINGS)
 
 
+def test_a_statement_keyword_used_as_a_name_says_so():
+    with pytest.raises(SpecError) as e:
+        compile_text("input x[2]\noutput y\ndecode = tanh(x)\ny = decode\n")
+    assert "<string>:3:" in str(e.value) and "'decode' begins a statement, so it cannot name a value" in str(e.value)
+    assert compile_text("input x[2]\noutput decoded\ndecoded = tanh(x)\n").decoder is None
+
+
 # ---- the data: targets framed by the declared symbols -----------------------------------------
 def _data_spec(tmp_path, rows: list[str]):
     (tmp_path / "d.tsv").write_text("src\ttgt\n" + "\n".join(rows) + "\n")
