@@ -87,6 +87,14 @@ def test_one_declaration_at_the_top_level():
         compile_text(cell + spec("dot").replace("tanh(Wc @", "f(Wc @"), bindings=BINDINGS)
 
 
+def test_check_shows_the_decoder():
+    code, out, _ = cli("check", str(SPEC))
+    assert code == 0 and "decoder: tgt fed back from p over out, <s> first, until </s> or 20 tokens" in out
+    code, out, _ = cli("check", str(SPEC), "--json")
+    assert json_of(out)["decoder"] == {"input": "tgt", "prediction": "p", "axis": "out", "start": "<s>",
+                                       "end": "</s>", "max": 20}
+
+
 def test_a_statement_keyword_used_as_a_name_says_so():
     with pytest.raises(SpecError) as e:
         compile_text("input x[2]\noutput y\ndecode = tanh(x)\ny = decode\n")
