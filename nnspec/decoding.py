@@ -39,16 +39,6 @@ class Decoder:
     scores: str = ""
     scores_kind: str = "probabilities"
 
-    def frame(self, tokens: list[str]) -> list[str]:
-        """A target sequence as the decoder is trained on it: between the start and end symbols."""
-        return ([self.start] if self.start is not None else []) + list(tokens) + [self.end]
-
-    def unframe(self, tokens: list[str]) -> list[str]:
-        """A decoded sequence without its start symbol and from its end symbol on."""
-        if self.start is not None and tokens[:1] == [self.start]:
-            tokens = tokens[1:]
-        return tokens[:tokens.index(self.end)] if self.end in tokens else list(tokens)
-
 
 def autoregressive(plan: Plan) -> list[tuple[str, str]]:
     """(input, prediction) pairs of the plan's teacher-forced decoders: a sequence token input that

@@ -41,8 +41,6 @@ def sources(seed: int = 0):
 def test_the_declaration_names_input_prediction_symbols_and_limit():
     d = compile_text(spec("dot") + DECLARED, bindings=BINDINGS).decoder
     assert (d.input, d.prediction, d.start, d.end, d.max_length, d.axis) == ("tgt", "p", "<s>", "</s>", 5, "out")
-    assert d.frame(["a", "b"]) == ["<s>", "a", "b", "</s>"]
-    assert d.unframe(["<s>", "a", "</s>", "b"]) == ["a"]
     assert compile_text(spec("dot"), bindings=BINDINGS).decoder is None
     # the start symbol is optional (step 0 then reads zeros for tgt[t-1]), the limit defaults to 100
     d = compile_text(spec("dot") + 'decode tgt from p, end "</s>"', bindings=BINDINGS).decoder
@@ -216,7 +214,7 @@ NEXT = {2: {4: 0.6, 5: 0.4},               # after <s>: a 0.6, b 0.4
 def test_beam_search_escapes_the_trap_greedy_falls_into():
     """By hand: greedy writes a (0.6), then a (0.4), a (0.4) and meets the limit, log(0.096) and not
     ended; beam 2 keeps b (0.4), whose </s> (0.9) scores log(0.36), the best sequence there is."""
-    from nnspec.decode import beam_search, greedy
+    from nnspec.decode import beam_search, greedy, sequence_score
     m = Model.from_text(TRAP, bindings={"vocab(src)": 3, "vocab(tgt)": 6}, dtype=np.float64)
     m.params["ye.table"] = np.eye(6)
     m.params["Z"] = np.zeros((6, 6))
@@ -235,6 +233,7 @@ def test_beam_search_escapes_the_trap_greedy_falls_into():
     assert b[0].steps == pytest.approx([np.log(0.4), np.log(0.9)], abs=1e-9)
     # it stopped once two had ended (b </s> 0.36, a </s> 0.18), before a longer one could
     assert [(h.tokens, h.ended) for h in b] == [([5], True), ([4], True)]
+    assert sequence_score(m, src, [4], start=START, end=END) == pytest.approx(np.log(0.6 * 0.3), abs=1e-9)
 
 
 def _teacher_forced_score(m: Model, src, tokens: list[int], ended: bool) -> float:
