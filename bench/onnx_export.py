@@ -3,6 +3,7 @@
     python bench/onnx_export.py                 # every spec of specs/ and bench/specs/: a table
     python bench/onnx_export.py --speed         # and onnxruntime against nnspec on the tagger
     python bench/onnx_export.py --json out.json
+    python bench/onnx_export.py --no-table --axes   # networks on several axes: per case, float32 and float64
     python bench/onnx_export.py --no-table --ewt runs/pos_bilstm_features-<date>   # a trained tagger
 
 Per spec: what each loop became (fused RNN/LSTM/GRU or Scan) and the worst difference from
@@ -53,6 +54,59 @@ def table(paths: list[str]) -> list[dict]:
         rows.append(row)
         print(_row(row), flush=True)
     return rows
+
+
+def several_axes_specs() -> list[tuple[str, str]]:
+    """(name, text) of the specs on several sequence axes: those of specs/ and the language
+    reference's examples (docs/language.md)."""
+    import re
+    from nnspec.compiler import compile_text
+    from nnspec.plan import plan_axis_names
+    found = []
+    for path in sorted(glob.glob(str(ROOT / "specs" / "*.nn"))):
+        text = Path(path).read_text()
+        if len(plan_axis_names(compile_file(path).plan)) > 1:
+            found.append((str(Path(path).relative_to(ROOT)), text))
+    doc = (ROOT / "docs" / "language.md").read_text()
+    for m in re.finditer(r"^```nn\n(.*?)^```", doc, re.S | re.M):
+        try:
+            plan = compile_text(m.group(1), base_dir=ROOT / "specs").plan
+        except Exception:
+            continue
+        if len(plan_axis_names(plan)) > 1:
+            found.append((f"docs/language.md@{doc[:m.start()].count(chr(10)) + 1}", m.group(1)))
+    return found
+
+
+def axes_table() -> list[dict]:
+    """Each network on several axes, weights three times their initial size (attention far from
+    uniform), float32 and float64: the worst difference of any oracle per case."""
+    from nnspec.onnx.verify import CASES, axis_lengths, verify
+    rows = []
+    # each case's lengths on the first axis (by name: out) / the second (src)
+    both = [axis_lengths(["first", "second"], ls) for _, ls in CASES]
+    print("| spec | dtype | loops | " + " | ".join(f"{c} {ls['first'].tolist()}/{ls['second'].tolist()}"
+                                                   for (c, _), ls in zip(CASES, both)) + " |")
+    print("|---|---|---|" + "---|" * len(CASES))
+    for name, text in several_axes_specs():
+        for dtype in ("float32", "float64"):
+            model = Model.from_text(text, vocabs=_vocabs(text), read_data=False, dtype=dtype)
+            for p in model.params:
+                model.params[p] = model.params[p] * 3
+            result = verify(model)
+            row = {"spec": name, "dtype": dtype, "loops": result.inventory,
+                   "cases": {c: max(w.values()) for c, w in result.by_case.items()}}
+            rows.append(row)
+            print(f"| {name} | {dtype} | {row['loops']} | "
+                  + " | ".join(f"{row['cases'][c]:.1e}" for c, _ in CASES) + " |", flush=True)
+    return rows
+
+
+def _vocabs(text: str) -> dict | None:
+    from nnspec.compiler import compile_text
+    plan = compile_text(text, base_dir=ROOT / "specs").plan
+    return {v.name: 23 for v in plan.inputs + plan.targets
+            if (v.integer or v.elem in ("bag", "char_bag")) and not isinstance(v.card, int)} or None
 
 
 def _row(row: dict) -> str:
@@ -134,6 +188,8 @@ def main(argv=None) -> int:
     p.add_argument("--no-table", action="store_true", help="skip the per-spec verification")
     p.add_argument("--ewt", metavar="RUN", help="a run of specs/pos_bilstm_features.nn: its EWT test accuracy "
                                                 "by nnspec and by onnxruntime")
+    p.add_argument("--axes", action="store_true", help="networks on several sequence axes: worst difference per "
+                                                       "case, float32 and float64")
     p.add_argument("--json", help="write the results to this file")
     args = p.parse_args(argv)
     result = {}
@@ -142,6 +198,8 @@ def main(argv=None) -> int:
         print("|---|---|---|---|---|---|")
         paths = sorted(glob.glob(str(ROOT / "specs" / "*.nn"))) + sorted(glob.glob(str(ROOT / "bench" / "specs" / "*.nn")))
         result["specs"] = table(paths)
+    if args.axes:
+        result["axes"] = axes_table()
     if args.speed:
         result["speed"] = speed()
     if args.ewt:

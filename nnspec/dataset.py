@@ -13,7 +13,7 @@ from typing import Iterator
 
 import numpy as np
 
-from .data import (SPLITS, Batch, DataError, Encoded, FieldKind, FieldSpec, RawData, Standardizer, Vocab,
+from .data import (SPLITS, TEXT_KINDS, Batch, DataError, Encoded, FieldKind, FieldSpec, RawData, Standardizer, Vocab,
                    build_vocabs, encode_split, iterate_batches, kfold, read_source, split_examples, stream_batches)
 from .errors import Diagnostics, SpecError
 from .expand import FlatSpec
@@ -101,6 +101,47 @@ def field_specs(values: list[ValueSpec], diags: Diagnostics | None = None) -> li
     return fields
 
 
+NGRAM_SOURCES = ("lines", "csv", "tsv")
+MAX_NGRAMS = 5  # runs of more words are seen too rarely to be worth a vocabulary entry
+
+
+def with_ngrams(flat: FlatSpec, fields: list[FieldSpec], diags: Diagnostics) -> list[FieldSpec]:
+    """The fields with the data statement's ``ngrams = n`` applied: every word-level text input
+    (``bag of token``, ``seq of token``) then holds its words and their runs of 2..n words, each a
+    token of its vocabulary. A misplaced or bad option is an error at the keyword."""
+    stmt = flat.data
+    keyword = next((k for k in stmt.call.keywords if k.name == "ngrams"), None) \
+        if isinstance(stmt, ast.DataSource) else None
+    if keyword is None:
+        return fields
+    n = _python(keyword.value, diags)
+    diags.raise_if_errors()
+    texts = [f for f in fields if f.kind in TEXT_KINDS and f.role == "input"]
+    decl_spans = {d.name: d.span for d in flat.decls}
+    if stmt.source not in NGRAM_SOURCES:
+        diags.error(f"ngrams applies to text read line by line or from a table ({', '.join(NGRAM_SOURCES)}), "
+                    f"not to {stmt.source}(...)", keyword.span)
+    elif type(n) is not int or not 1 <= n <= MAX_NGRAMS:
+        diags.error(f"ngrams is the longest run of words to count, a whole number from 1 to {MAX_NGRAMS}; "
+                    f"got {n!r}", keyword.value.span)
+    elif not texts:
+        diags.error("ngrams adds runs of words to a text input, but this spec has none; declare one, "
+                    "e.g. 'input x : bag of token'", keyword.span)
+    diags.raise_if_errors()
+    for f in texts:
+        if f.level == "char":
+            diags.error(f"ngrams joins words, but '{f.name}' holds characters; declare it "
+                        f"'{'bag' if f.kind is FieldKind.bag else 'seq'} of token'",
+                        decl_spans.get(f.name, keyword.span))
+    steps = [f for f in fields if f.role == "target" and f.is_sequence]
+    for f in texts:
+        if f.kind is FieldKind.tokens and steps:
+            diags.error(f"with ngrams, '{f.name}' holds more tokens than words, so its steps no longer match "
+                        f"the steps of the target '{steps[0].name}'", keyword.span)
+    diags.raise_if_errors()
+    return [f.model_copy(update={"ngrams": n}) if f in texts else f for f in fields]
+
+
 def _python(e, diags: Diagnostics):
     """A data-source argument as a plain Python value."""
     if isinstance(e, ast.Number):
@@ -168,6 +209,7 @@ def read_statement(stmt, name: str, args: list, kwargs: dict, fields: list[Field
         diags.error(f"unknown data source '{name}'{did_you_mean(name, SOURCES)} (sources are "
                     f"{', '.join(sorted(SOURCES))})", stmt.span)
         diags.raise_if_errors()
+    kwargs.pop("ngrams", None)  # a vocabulary option, read by with_ngrams: the reader sees words
     wanted = [f for f in fields if f.role == "input" or name != "text"]
     check_levels(stmt, name, kwargs, wanted, diags, decl_spans or {})
     try:
@@ -212,6 +254,8 @@ def bind_data(flat: FlatSpec, plan: Plan, diags: Diagnostics, *, dev: float = 0.
     first drops fold i of k (what an outer cross-validation tests on, nested cross-validation): the
     rest is then the whole data set, split or folded as usual."""
     fields = field_specs(plan.inputs + plan.targets)
+    if flat.data is not None:
+        fields = with_ngrams(flat, fields, diags)
     views = {v.name: v.view for v in plan.inputs if v.view is not None}
     raw = read_raw(flat, [f for f in fields if f.name not in views], diags)
     derive_views(raw, views)

@@ -295,3 +295,67 @@ def test_resume_after_the_driver_is_interrupted_finishes_without_rerunning_finis
     _, straight = sweep_params(path, tmp_path / "straight", client, 3)
     resumed = [{k: r[k] for k in ("lr", "H", "dropout.h")} for r in rows if r["state"] == "complete"]
     assert resumed == straight
+
+
+# ---- resuming a cross-validation --------------------------------------------------------------------
+
+def test_a_cross_validation_resumes_keeping_its_finished_folds_and_only_as_it_began(tmp_path):
+    from nnspec.sweep import SweepError
+    from nnspec.sweep.cv import PROGRESS_FILE, cross_validate
+    path = tiny(tmp_path, epochs=3)
+    whole = cross_validate(str(path), 3, runs=str(tmp_path / "runs"), quiet=True)
+    cv_dir = Path(whole["run_dir"])
+    # As an interruption during fold 3 leaves it: folds 1 and 2 recorded, no results.json yet.
+    progress = json.loads((cv_dir / PROGRESS_FILE).read_text())
+    assert sorted(progress["done"]) == ["1", "2", "3"]
+    del progress["done"]["3"]
+    (cv_dir / PROGRESS_FILE).write_text(json.dumps(progress))
+    (cv_dir / "results.json").unlink()
+    kept = (cv_dir / "fold-01" / "metrics.jsonl").stat().st_mtime_ns
+    with pytest.raises(SweepError, match="begun otherwise .*overrides"):
+        cross_validate(str(path), 3, resume=str(cv_dir), overrides=["epochs=2"], quiet=True)
+    resumed = cross_validate(str(path), 3, resume=str(cv_dir), quiet=True)
+    assert resumed["test_accuracy_per_fold"] == whole["test_accuracy_per_fold"] and resumed["resumed"]
+    assert (cv_dir / "fold-01" / "metrics.jsonl").stat().st_mtime_ns == kept   # fold 1 was not trained again
+    assert json.loads((cv_dir / "results.json").read_text())["test_accuracy_per_fold"] == \
+        whole["test_accuracy_per_fold"]
+    with pytest.raises(SweepError, match="finished cross-validation"):
+        cross_validate(str(path), 3, resume=str(cv_dir), quiet=True)
+    with pytest.raises(SweepError, match="no cross-validation to resume"):
+        cross_validate(str(path), 3, resume=str(tmp_path), quiet=True)
+    unsaved = cross_validate(str(path), 3, save=False, quiet=True)   # no directory, nothing to resume
+    assert unsaved["test_accuracy_per_fold"] == whole["test_accuracy_per_fold"] and "run_dir" not in unsaved
+
+
+@pytest.mark.slow
+def test_a_nested_cross_validation_interrupted_in_its_second_outer_fold_resumes_there(tmp_path, client):
+    from nnspec.sweep.cv import cross_validate
+    path = tiny(tmp_path, epochs=300, extra="pruner none")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, "-m", "nnspec.cli", "run", str(path), "--folds", "2", "--inner-folds", "2",
+           "--trials", "2", "--workers", "1"]
+    driver = subprocess.Popen(cmd + ["--runs", str(tmp_path / "runs")], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        # interrupt once outer fold 1 is finished and the first trial of fold 2's sweep is training
+        started = lambda: list((tmp_path / "runs").glob("tiny-2fold-*/sweeps/fold-02/trials/trial-0000"))  # noqa: E731
+        cv_dir = _wait_for(started, 240, "the second outer fold")[0].parents[3]
+        driver.send_signal(signal.SIGINT)
+        _, err = driver.communicate(timeout=60)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    assert driver.returncode == 130 and f"--resume {cv_dir}" in err
+    first_fold = (cv_dir / "fold-01" / "metrics.jsonl").stat().st_mtime_ns
+    first_sweep = (cv_dir / "sweeps" / "fold-01" / "trials" / "trial-0000" / "fold-01" / "metrics.jsonl")
+    first_sweep_stamp = first_sweep.stat().st_mtime_ns
+    done = subprocess.run(cmd + ["--resume", str(cv_dir), "--json"], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    resumed = json.loads(done.stdout)["metrics"]
+    assert (cv_dir / "fold-01" / "metrics.jsonl").stat().st_mtime_ns == first_fold   # outer fold 1 kept
+    assert first_sweep.stat().st_mtime_ns == first_sweep_stamp                           # and its sweep
+    straight = cross_validate(str(path), 2, client=client, runs=str(tmp_path / "straight"), inner_folds=2,
+                              trials=2, quiet=True)
+    assert resumed["test_accuracy_per_fold"] == straight["test_accuracy_per_fold"]
+    assert [c["params"] for c in resumed["nested"]["chosen"]] == [c["params"] for c in straight["nested"]["chosen"]]

@@ -157,3 +157,23 @@ def test_the_sweep_block_of_the_language_reference_is_a_valid_search_space(tmp_p
     assert [d.name for d in space.dimensions] == ["lr", "dropout.h", "H", "batch", "optimizer"]
     assert (space.trials, space.pruner, space.sampler) == (20, ("median", {"startup": 5, "warmup": 1}),
                                                            ("tpe", {"startup": 10}))
+
+
+def test_nnspec_check_shows_every_mistake_of_the_sweep_block_at_its_line(tmp_path, capsys):
+    from nnspec.cli import main
+    path = tmp_path / "bad.nn"
+    path.write_text(TINY.replace("EPOCHS", "2").replace(
+        "SWEEP", "lrr loguniform(1e-3, 1)\n  K int(1, 4)\n  lr uniform(1, 0.5)\n  H int(2, 8)"), encoding="utf-8")
+    assert main(["check", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "searches nothing" not in err   # it searches H; three lines are wrong
+    first_lines = [line for line in err.splitlines() if line.startswith(str(path))]
+    assert first_lines == [
+        f"{path}:15:3: error: 'lrr' is neither a training setting nor a top-level let; did you mean 'lr'? "
+        f"(a sweep searches train settings and let values; it also takes trials, maximize, minimize, pruner, "
+        f"sampler, folds)",
+        f"{path}:16:3: error: 'K' is neither a training setting nor a top-level let (a sweep searches train "
+        f"settings and let values; it also takes trials, maximize, minimize, pruner, sampler, folds)",
+        f"{path}:17:6: error: the low bound 1 must be below the high bound 0.5"]
+    path.write_text(TINY.replace("EPOCHS", "2").replace("SWEEP", SPACE), encoding="utf-8")
+    assert main(["check", str(path)]) == 0

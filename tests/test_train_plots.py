@@ -59,8 +59,11 @@ def test_the_helper_draws_what_this_process_draws(tmp_path, monkeypatch):
         plotter.confusion(matrix, ["a", "b", "c"], tmp_path / "helper" / "cm.png", title="cm")
         plotter.finish()
         assert plotter.process is None
-    plot_curves(_rows(), tmp_path / "here" / "curves.png", title="t", best_epoch=3, loss_unit="nats")
-    plot_confusion(matrix, ["a", "b", "c"], tmp_path / "here" / "cm.png", title="cm")
+    import matplotlib
+    with matplotlib.rc_context():   # as a fresh process has them, whatever earlier tests changed here
+        matplotlib.rc_file_defaults()
+        plot_curves(_rows(), tmp_path / "here" / "curves.png", title="t", best_epoch=3, loss_unit="nats")
+        plot_confusion(matrix, ["a", "b", "c"], tmp_path / "here" / "cm.png", title="cm")
     for name in ("curves.png", "cm.png"):
         assert _is_png(tmp_path / "helper" / name)
         assert (tmp_path / "helper" / name).read_bytes() == (tmp_path / "here" / name).read_bytes()

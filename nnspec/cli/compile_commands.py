@@ -61,6 +61,9 @@ def cmd_check(args) -> int:
     from ..session import open_session
     session = open_session(args.spec, with_data=not args.no_data, memory_limit=args.memory_limit)
     c = session.compiled
+    if c.flat.sweep is not None:  # its search space too: a misspelt key or a bad range, before any sweep
+        from ..sweep.space import read_sweep_spec
+        read_sweep_spec(args.spec, need_space=False)
     loops = [{"values": [n for n in comp.nodes if c.graph.info(n).named],
               "direction": "forward" if comp.direction > 0 else "backward"} for comp in c.components]
     warnings = [d.to_json() for d in c.diags.warnings]

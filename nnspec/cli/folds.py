@@ -63,7 +63,7 @@ def summarise_folds(fold_metrics: list[dict]) -> dict:
 
 
 def run_with_folds(args) -> int:
-    if args.inner_folds is not None or args.scheduler or args.workers:  # folds as jobs on a Dask cluster
+    if args.inner_folds is not None or args.scheduler or args.workers or args.resume:  # folds as jobs
         from ..sweep.commands import run_folds
         if args.inner_folds is not None and args.inner_folds < 2:
             raise UsageError("--inner-folds takes a number from 2")

@@ -29,7 +29,8 @@ def add_run(sub) -> None:
     add_cluster_options(r)
     r.add_argument("--float64", action="store_true", help="compute in float64")
     r.add_argument("--runs", default="runs", help="where run directories go (default: runs/)")
-    r.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
+    r.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint "
+                   "(with --folds: an interrupted cross-validation, keeping its finished folds)")
     r.add_argument("--no-save", action="store_true", help="write no run directory")
     r.add_argument("--checkpoint-every", type=float, default=CHECKPOINT_SECONDS, metavar="SECONDS",
                    help="write the last/ checkpoint when this many seconds passed since the previous one "
@@ -101,8 +102,9 @@ def interrupted_message(e: TrainingInterrupted, args) -> str:
     if e.run_dir is None:
         return f"interrupted in epoch {e.epoch} (nothing was saved: --no-save)"
     if getattr(args, "folds", None):
-        return (f"interrupted in epoch {e.epoch} of the fold in {e.run_dir}; a cross-validation is not "
-                f"resumed (each fold trains on its own part of the data): run it again")
+        return (f"interrupted in epoch {e.epoch} of the fold in {e.run_dir}; this cross-validation ran in "
+                f"one process and is not resumed: run it again (one run with --workers K records each "
+                f"finished fold, and --resume continues it)")
     if e.resume_epoch == 0:
         return (f"interrupted in epoch {e.epoch}: nothing to resume yet (no checkpoint had been written); "
                 f"the run directory {e.run_dir} holds its settings and the metrics so far")

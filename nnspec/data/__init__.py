@@ -8,7 +8,7 @@ problem in a data file is a ``DataError`` naming its file and line.
 from .batching import IGNORE_LABEL, Batch, collate, iterate_batches, stream_batches
 from .encode import Encoded, build_vocabs, encode_data, encode_split
 from .errors import DataError
-from .fields import FieldKind, FieldSpec
+from .fields import TEXT_KINDS, FieldKind, FieldSpec
 from .normalize import Standardizer
 from .raw import SPLITS, RawData
 from .sources import SOURCES, read_source, source_files
@@ -17,7 +17,7 @@ from .vocab import PAD, PAD_ID, UNK, UNK_ID, Vocab, tokenize
 
 __all__ = [
     "Batch", "DataError", "Encoded", "FieldKind", "FieldSpec", "IGNORE_LABEL", "PAD", "PAD_ID",
-    "RawData", "SOURCES", "SPLITS", "Standardizer", "UNK", "UNK_ID", "Vocab", "build_vocabs",
+    "RawData", "SOURCES", "SPLITS", "Standardizer", "TEXT_KINDS", "UNK", "UNK_ID", "Vocab", "build_vocabs",
     "collate", "encode_data", "source_files", "encode_split", "iterate_batches", "kfold", "read_source",
     "split_examples", "stream_batches", "tokenize",
 ]

@@ -100,7 +100,8 @@ def build_vocabs(train_split: dict[str, list], fields: list[FieldSpec], min_coun
         if f.kind in TEXT_KINDS:
             for value, origin in zip(values, where):
                 _check_text(value, f, origin)
-            vocabs[f.name] = Vocab.build(values, min_count=min_count, level=f.level, lowercase=f.lowercase)
+            vocabs[f.name] = Vocab.build(values, min_count=min_count, level=f.level, lowercase=f.lowercase,
+                                          ngrams=f.ngrams)
         elif f.kind is FieldKind.class_:
             for value, origin in zip(values, where):
                 _check_label(value, f, origin)

@@ -34,6 +34,7 @@ class FieldSpec(BaseModel):
     level: Literal["word", "char"] = "word"
     lowercase: bool = False
     axis: str | None = None   # a sequence's axis (nnspec/axes.py): fields on one axis have one length
+    ngrams: int = Field(default=1, ge=1)  # a word-level text field also holds runs of up to n words
 
     @property
     def is_sequence(self) -> bool:

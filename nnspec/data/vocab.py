@@ -20,6 +20,16 @@ def tokenize(value: str | Sequence[str], level: str = "word", lowercase: bool = 
     return [t.lower() for t in value] if lowercase else list(value)
 
 
+def with_ngrams(tokens: list[str], n: int) -> list[str]:
+    """The tokens, then every run of 2..n consecutive tokens joined by a space (``ngrams = n`` on a
+    data source): ``a b c`` with n = 2 -> ``a, b, c, a b, b c``. Words never hold a space, so an
+    n-gram is never mistaken for a word."""
+    out = list(tokens)
+    for k in range(2, n + 1):
+        out += [" ".join(tokens[i:i + k]) for i in range(len(tokens) - k + 1)]
+    return out
+
+
 class Vocab:
     """A bijection between tokens (or labels) and ids 0..len-1.
 
@@ -30,27 +40,34 @@ class Vocab:
     """
 
     def __init__(self, itos: Sequence[Hashable], *, specials: bool = True,
-                 level: str = "word", lowercase: bool = False):
+                 level: str = "word", lowercase: bool = False, ngrams: int = 1):
         self.itos = list(itos)
         self.stoi = {t: i for i, t in enumerate(self.itos)}
         self.specials = specials
         self.level = level
         self.lowercase = lowercase
+        self.ngrams = ngrams  # 1: words only; n: words and their runs of up to n words
+
+    def units(self, value: str | Sequence[str]) -> list[str]:
+        """What a text counts as: its tokens, and their n-grams when the vocabulary has them."""
+        tokens = tokenize(value, self.level, self.lowercase)
+        return with_ngrams(tokens, self.ngrams) if self.ngrams > 1 else tokens
 
     @classmethod
     def build(cls, examples: Iterable[str | Sequence[str]], *, min_count: int = 1,
-              level: str = "word", lowercase: bool = False) -> Vocab:
-        """A token vocabulary of the tokens seen at least ``min_count`` times,
+              level: str = "word", lowercase: bool = False, ngrams: int = 1) -> Vocab:
+        """A token vocabulary of the tokens (and n-grams) seen at least ``min_count`` times,
         most frequent first, ties in string order (so the ids are reproducible)."""
         if min_count < 1:
             raise ValueError(f"min_count must be at least 1, got {min_count}")
+        reader = cls([], level=level, lowercase=lowercase, ngrams=ngrams)
         counts: Counter[str] = Counter()
         for example in examples:
-            counts.update(tokenize(example, level, lowercase))
+            counts.update(reader.units(example))
         for special in (PAD, UNK):
             counts.pop(special, None)
         kept = sorted((t for t, c in counts.items() if c >= min_count), key=lambda t: (-counts[t], t))
-        return cls([PAD, UNK, *kept], specials=True, level=level, lowercase=lowercase)
+        return cls([PAD, UNK, *kept], specials=True, level=level, lowercase=lowercase, ngrams=ngrams)
 
     @classmethod
     def labels(cls, values: Iterable[Hashable], size: int | None = None) -> Vocab:
@@ -79,7 +96,7 @@ class Vocab:
 
     def encode(self, value: str | Sequence[Hashable]) -> np.ndarray:
         """Ids (int64) of a text, a token list, or (label vocabulary) a label list."""
-        tokens = tokenize(value, self.level, self.lowercase) if self.specials else value
+        tokens = self.units(value) if self.specials else value
         return np.fromiter((self.index(t) for t in tokens), dtype=np.int64, count=len(tokens))
 
     def decode(self, ids: Iterable[int]) -> list:
@@ -88,12 +105,12 @@ class Vocab:
     def to_json(self) -> dict:
         """A JSON-serialisable dict, saved beside a trained model."""
         return {"itos": self.itos, "specials": self.specials,
-                "level": self.level, "lowercase": self.lowercase}
+                "level": self.level, "lowercase": self.lowercase, "ngrams": self.ngrams}
 
     @classmethod
     def from_json(cls, data: dict) -> Vocab:
         return cls(data["itos"], specials=data["specials"],
-                   level=data["level"], lowercase=data["lowercase"])
+                   level=data["level"], lowercase=data["lowercase"], ngrams=data.get("ngrams", 1))
 
     def __repr__(self) -> str:
         kind = "tokens" if self.specials else "labels"

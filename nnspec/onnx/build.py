@@ -14,6 +14,17 @@ OPSET = 17   # fixed and recorded in every exported model (Scan 16, RNN/LSTM/GRU
 
 LENGTHS = "lengths"   # the input of an exported model giving each example's real steps
 
+
+def lengths_name(axis: str, several: bool) -> str:
+    """The input giving each example's real steps on ``axis``: ``lengths`` for a network on one
+    sequence axis (as ever), ``lengths_<axis>`` for each axis of a network on several."""
+    return f"{LENGTHS}_{axis}" if several else LENGTHS
+
+
+def steps_name(axis: str, several: bool) -> str:
+    """The symbolic dimension of ``axis``'s steps: ``T``, or ``T_<axis>`` on several axes."""
+    return f"T_{axis}" if several else "T"
+
 FLOAT_TYPES = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.float64): TensorProto.DOUBLE}
 
 

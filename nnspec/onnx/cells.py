@@ -17,7 +17,6 @@ import numpy as np
 
 from ..compiler import compile_text
 from ..plan import LoopStep, OpStep, Plan
-from .build import LENGTHS
 
 # cell -> (ONNX op, its attributes, gate order of W and R as the cell's parameter suffixes, biases)
 CELLS = {
@@ -155,7 +154,7 @@ def lower_fused(lw, loop: LoopStep, match: Match) -> str:
     base = m[CELL]
     inputs = [lw.tensor[m[INPUT]], g.initializer(f"{base}.{onnx_op}.W", W), g.initializer(f"{base}.{onnx_op}.R", R),
               g.initializer(f"{base}.{onnx_op}.B", np.concatenate([bias_w, bias_r], axis=1)),
-              g.op("Cast", [LENGTHS], "lengths_int32", to=6)]   # ONNX wants int32 lengths
+              g.op("Cast", [lw.lengths(loop.axis)], "lengths_int32", to=6)]   # ONNX wants int32 lengths
     states = [m[CELL]] + ([m[f"{CELL}.c"]] if onnx_op == "LSTM" else [])
     for s in states:
         inputs.append(g.op("Unsqueeze", [lw.initial[s], g.ints(0)]) if s in lw.initial else "")

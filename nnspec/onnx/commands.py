@@ -13,7 +13,8 @@ def add_parser(sub) -> None:
     p = sub.add_parser("export", help="the network as an ONNX model (needs the onnx extra)",
                        description="Write the network as an ONNX model: library cells as ONNX's RNN, LSTM and "
                                    "GRU, every other loop as a Scan. Inputs and outputs keep the spec's names; "
-                                   "sequences are time-major (T, B, ...) with lengths (B,); see docs/onnx.md.")
+                                   "sequences are time-major (T, B, ...) with lengths (B,), one T and one "
+                                   "lengths_<axis> per axis on several axes; see docs/onnx.md.")
     p.add_argument("spec")
     p.add_argument("--checkpoint", help="a run directory (or its best/ or last/): its trained weights and "
                                         "vocabularies (default: the spec's parameters as initialised with its seed)")

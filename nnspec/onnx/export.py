@@ -10,6 +10,11 @@ The exported model's layout (docs/onnx.md): inputs and outputs have the spec's n
 time-major ``(T, B, ...)`` with ``lengths`` (int64, ``(B,)``, 1..T) giving each example's real steps;
 ids are int64; a real scalar per example is ``(B, 1)``. Both ``T`` and ``B`` are free. At the padded
 steps of a sequence output the model gives 0 (-1 for ids); every real step equals nnspec's.
+
+A network on several sequence axes (nnspec/axes.py) has per axis a dimension ``T_<axis>`` and an input
+``lengths_<axis>``; a value on axes ``(a1, ..., ak)`` is ``(T_a1, ..., T_ak, B, ...)`` as in nnspec's
+runtime, so ONNX's broadcasting combines values on lined-up axes as nnspec does, ops over steps work
+on their operand's innermost axis with that axis's lengths, and a loop runs over its own axis.
 """
 from __future__ import annotations
 
@@ -25,8 +30,9 @@ from ..compiler import compile_program
 from ..errors import Diagnostics, SpecError, Span
 from ..graph import where
 from ..ops import REGISTRY
-from ..plan import LoopStep, OpStep, Plan, plan_axis_names
-from .build import FLOAT_TYPES, LENGTHS, OPSET, GraphBuilder, Names, array_shape as _array_shape
+from ..plan import LoopStep, OpStep, Plan, plan_axes, plan_axis_names
+from .build import (FLOAT_TYPES, OPSET, GraphBuilder, Names, array_shape as _array_shape, lengths_name,
+                    steps_name)
 from .cells import lower_fused, match_cell
 from .ops import LOWERINGS, Site
 from .scan import lower_scan
@@ -94,11 +100,6 @@ def export_model(model, *, fused: bool = True, doc: str = "") -> Exported:
         diags.error(f"the sizes of {', '.join(unsized)} are decided by the data; export a model whose data "
                     f"was read (or give vocabs=) so that every parameter has a size")
         raise SpecError(diags)
-    axes = sorted(plan_axis_names(plan))
-    if len(axes) > 1:   # the interface would need lengths per axis, and Scans reading other axes whole
-        diags.error(f"the network runs on several sequence axes ({', '.join(axes)}); nnspec.onnx exports "
-                    f"networks on one axis only, for now")
-        raise SpecError(diags)
     if not plan.outputs:
         plan = _with_predictions(plan, model.compiled.graph, diags)
     lowerer = _Lowerer(plan, model, diags, fused)
@@ -108,7 +109,7 @@ def export_model(model, *, fused: bool = True, doc: str = "") -> Exported:
                                    producer_name="nnspec", doc_string=doc or f"nnspec network {plan.name}")
     helper.set_model_props(onnx_model, {
         "nnspec.version": _nnspec_version(), "nnspec.network": plan.name, "nnspec.dtype": str(model.dtype),
-        "nnspec.lengths": LENGTHS if lowerer.has_sequences else "",
+        "nnspec.lengths": ",".join(lowerer.lengths_inputs.values()),
         "nnspec.loops": json.dumps([{"index": l.index, "states": l.states, "op": l.onnx_op, "detail": l.detail}
                                     for l in lowerer.loops])})
     derived = {s.id: (s.op, s.inputs[0][0]) for s in plan.steps if isinstance(s, OpStep) and s.id in plan.outputs
@@ -125,16 +126,22 @@ class _Lowerer:
         self.g = GraphBuilder(self.names, self.dtype)
         self.tensor: dict[str, str] = {}     # plan value -> tensor name
         self.rank: dict[str, int] = {}       # plan value -> array rank (leading axes included)
-        self.seq: set[str] = set()           # plan values with a time axis
+        self.seq: set[str] = set()           # plan values with a sequence axis
+        self.axes: dict[str, tuple] = plan_axes(plan)   # plan value -> its sequence axes, outermost first
+        names = sorted(plan_axis_names(plan))
+        several = len(names) > 1
+        # each axis: its lengths input and its dimension of steps (T, or T_<axis> on several axes)
+        self.lengths_inputs: dict[str, str] = {a: lengths_name(a, several) for a in names}
+        self.steps_dims: dict[str, str] = {a: steps_name(a, several) for a in names}
         self.integer: set[str] = set()
         self.static: set[str] = set()        # parameters, constants and values of them alone
         self.initial: dict[str, str] = {}    # loop state -> tensor (B, ...) of its initial state
         self.loops: list[LoopExport] = []
-        self._real: dict[int, str] = {}            # rank -> real steps, made once
-        self._valid: dict[tuple[int, int], str] = {}  # (delay, rank) -> valid reads, made once
-        self._T: str | None = None
+        self._real: dict[tuple[str, int], str] = {}          # (axis, rank) -> real steps, made once
+        self._valid: dict[tuple[str, int, int], str] = {}   # (axis, delay, rank) -> valid reads, made once
+        self._T: dict[str, str] = {}                         # axis -> its number of steps
         self._B: str | None = None
-        self.has_sequences = False
+        self.first_seq: dict[str, str] = {}                  # axis -> an input on it (its T)
 
     # ---- the graph ------------------------------------------------------------------------------
     def run(self) -> onnx.GraphProto:
@@ -149,19 +156,21 @@ class _Lowerer:
             if v.name not in needed:
                 continue
             trailing = _array_shape(v.shape, v.integer)
-            shape = (["T", "B"] if v.seq else ["B"]) + list(trailing)
+            axes = self.axes[v.name]
+            shape = [self.steps_dims[a] for a in axes] + ["B"] + list(trailing)
             kind = TensorProto.INT64 if v.integer else self.float_type
             inputs.append(helper.make_tensor_value_info(v.name, kind, shape))
-            self._define(v.name, v.name, len(shape), v.seq, v.integer)
-        self.has_sequences = any(v.seq for v in plan.inputs if v.name in needed)
-        if self.has_sequences:
-            lengths = self.names.claim(LENGTHS)
-            if lengths != LENGTHS:
-                self.diags.error(f"an input is named '{LENGTHS}', the name the exported model gives the lengths of "
+            self._define(v.name, v.name, len(shape), bool(axes), v.integer)
+            if axes:
+                self.first_seq.setdefault(axes[-1], v.name)
+        # the lengths of each axis an input brings (an axis no needed input is on is not the model's)
+        self.lengths_inputs = {a: n for a, n in self.lengths_inputs.items() if a in self.first_seq}
+        for name in self.lengths_inputs.values():
+            if self.names.claim(name) != name:
+                self.diags.error(f"an input is named '{name}', the name the exported model gives the lengths of "
                                  f"its sequences; rename it", None)
                 return helper.make_graph([], plan.name, [], [])
-            inputs.append(helper.make_tensor_value_info(LENGTHS, TensorProto.INT64, ["B"]))
-            self.first_seq = next(v.name for v in plan.inputs if v.seq and v.name in needed)
+            inputs.append(helper.make_tensor_value_info(name, TensorProto.INT64, ["B"]))
         for p in plan.params:
             if p.name in needed:
                 value = np.asarray(self.model.params[p.name], dtype=self.dtype)
@@ -182,13 +191,16 @@ class _Lowerer:
         graph_outputs = []
         for o in outputs:
             src = self.tensor[o]
+            axes = self.axes.get(o, ())
             if o in self.seq:   # padding steps give 0 (ids: -1), whatever the computation left there
                 fill = g.const(-1, np.int64) if o in self.integer else g.const(0)
-                g.nodes.append(helper.make_node("Where", [self.real(self.rank[o]), src, fill], [o], name=f"Where:{o}"))
+                g.nodes.append(helper.make_node("Where", [self.real_all(axes, self.rank[o]), src, fill], [o],
+                                                name=f"Where:{o}"))
             else:
                 g.nodes.append(helper.make_node("Identity", [src], [o], name=f"Identity:{o}"))
             kind = TensorProto.INT64 if o in self.integer else self.float_type
-            lead = ["T", "B"] if o in self.seq else ([] if o in self.static else ["B"])
+            lead = ([self.steps_dims[a] for a in axes] + ["B"] if o in self.seq
+                    else ([] if o in self.static else ["B"]))
             step_shape = _array_shape(_shape_of(plan, o), o in self.integer) if o not in self.static else None
             graph_outputs.append(helper.make_tensor_value_info(o, kind, lead + list(step_shape)
                                                                if step_shape is not None else None))
@@ -205,42 +217,72 @@ class _Lowerer:
             self.static.add(value)
 
     # ---- lengths, real steps, delayed reads -------------------------------------------------------
-    def steps_count(self) -> str:
-        """T as a tensor of one int64."""
-        if self._T is None:
-            g = self.g
-            self._T = g.op("Slice", [g.op("Shape", [self.first_seq]), g.ints(0), g.ints(1)], "T")
-        return self._T
+    def lengths(self, axis: str) -> str:
+        """The lengths input of ``axis``."""
+        return self.lengths_inputs[axis]
 
-    def real(self, rank: int) -> str:
-        """(T, B, 1...) bool of real steps (t < lengths[b]), of the given rank."""
-        if 2 not in self._real:
+    def steps_count(self, axis: str) -> str:
+        """The number of steps of ``axis`` as a tensor of one int64."""
+        if axis not in self._T:
             g = self.g
-            t = g.op("Range", [g.const(0, np.int64), g.op("Squeeze", [self.steps_count(), g.ints(0)]),
-                               g.const(1, np.int64)], "t")
-            self._real[2] = g.op("Less", [g.op("Unsqueeze", [t, g.ints(1)]), g.op("Unsqueeze", [LENGTHS, g.ints(0)])],
-                                 "real_steps")
-        if rank not in self._real:
-            self._real[rank] = self.g.op("Unsqueeze", [self._real[2], self.g.ints(*range(2, rank))], "real_steps")
-        return self._real[rank]
+            self._T[axis] = g.op("Slice", [g.op("Shape", [self.first_seq[axis]]), g.ints(0), g.ints(1)],
+                                 self.steps_dims[axis])
+        return self._T[axis]
 
-    def valid_read(self, d: int, rank: int) -> str:
-        """(T, B, 1...) bool: step t + d is a real step of example b."""
+    def real(self, axis: str, rank: int) -> str:
+        """(T, B, 1...) bool of the real steps of ``axis`` (t < its lengths[b]), of the given rank; a
+        value on axes (a1, ..., ak) broadcasts it right-aligned, so axis ak is the one it masks at
+        rank - k + 1."""
         g = self.g
-        key, cache = (d, rank), self._valid
+        if (axis, 2) not in self._real:
+            t = g.op("Range", [g.const(0, np.int64), g.op("Squeeze", [self.steps_count(axis), g.ints(0)]),
+                               g.const(1, np.int64)], "t")
+            self._real[(axis, 2)] = g.op("Less", [g.op("Unsqueeze", [t, g.ints(1)]),
+                                                  g.op("Unsqueeze", [self.lengths(axis), g.ints(0)])], "real_steps")
+        if (axis, rank) not in self._real:
+            self._real[(axis, rank)] = g.op("Unsqueeze", [self._real[(axis, 2)], g.ints(*range(2, rank))],
+                                            "real_steps")
+        return self._real[(axis, rank)]
+
+    def real_all(self, axes: tuple, rank: int) -> str:
+        """The real positions of a value on ``axes`` (each axis's real steps, all of them), at ``rank``."""
+        g, k, masks = self.g, len(axes), []
+        for i, a in enumerate(axes):     # axis i: (T_i, 1 for each axis inside it, B, 1...)
+            m = self.real(a, 2)
+            if k - 1 - i:
+                m = g.op("Unsqueeze", [m, g.ints(*range(1, k - i))])
+            if rank - i > k - i + 1:
+                m = g.op("Unsqueeze", [m, g.ints(*range(k - i + 1, rank - i))])
+            masks.append(m)
+        out = masks[0]
+        for m in masks[1:]:
+            out = self.g.op("And", [out, m])
+        return out
+
+    def valid_read(self, axis: str, d: int, rank: int) -> str:
+        """(T, B, 1...) bool: step t + d of ``axis`` is a real step of example b."""
+        g = self.g
+        key, cache = (axis, d, rank), self._valid
         if key not in cache:
-            t = g.op("Range", [g.const(d, np.int64), g.op("Add", [g.op("Squeeze", [self.steps_count(), g.ints(0)]),
-                                                                 g.const(d, np.int64)]), g.const(1, np.int64)])
+            T = g.op("Squeeze", [self.steps_count(axis), g.ints(0)])
+            t = g.op("Range", [g.const(d, np.int64), g.op("Add", [T, g.const(d, np.int64)]), g.const(1, np.int64)])
             inside = g.op("GreaterOrEqual", [t, g.const(0, np.int64)])
             valid = g.op("And", [g.op("Unsqueeze", [inside, g.ints(1)]),
-                                 g.op("Less", [g.op("Unsqueeze", [t, g.ints(1)]), g.op("Unsqueeze", [LENGTHS, g.ints(0)])])])
+                                 g.op("Less", [g.op("Unsqueeze", [t, g.ints(1)]),
+                                               g.op("Unsqueeze", [self.lengths(axis), g.ints(0)])])])
             cache[key] = valid if rank == 2 else g.op("Unsqueeze", [valid, g.ints(*range(2, rank))], f"valid_t{d:+d}")
         return cache[key]
 
-    def delayed(self, value: str, d: int, fill: str | None = None) -> str:
+    def delayed(self, value: str, d: int, fill: str | None = None, span=None) -> str:
         """``out[t] = value[t + d]`` where t + d is a real step of that example, else ``fill`` (a loop
         state's initial state, zeros, or -1 for ids), as nnspec's delayed reads of a whole sequence."""
         g, x, rank = self.g, self.tensor[value], self.rank[value]
+        axes = self.axes.get(value, ())
+        if len(axes) != 1:
+            self.diags.error(f"a read of {value} at another step: it is on the axes {', '.join(axes) or 'none'}, "
+                             f"and nnspec.onnx shifts values on one sequence axis only", span)
+            raise SpecError(self.diags)
+        axis = axes[0]
         if fill is None:
             fill = self.initial.get(value) or (g.const(-1, np.int64) if value in self.integer else g.const(0))
         pad = [0] * (2 * rank)
@@ -248,12 +290,12 @@ class _Lowerer:
         zero = g.const(0, np.int64) if value in self.integer else g.const(0)
         padded = g.op("Pad", [x, g.ints(*pad), zero])
         start = g.ints(0) if d < 0 else g.ints(d)
-        shifted = g.op("Slice", [padded, start, g.op("Add", [start, self.steps_count()]), g.ints(0)])
-        return g.op("Where", [self.valid_read(d, rank), shifted, fill], f"{value}[t{d:+d}]")
+        shifted = g.op("Slice", [padded, start, g.op("Add", [start, self.steps_count(axis)]), g.ints(0)])
+        return g.op("Where", [self.valid_read(axis, d, rank), shifted, fill], f"{value}[t{d:+d}]")
 
     # ---- steps ----------------------------------------------------------------------------------------
     def _operands(self, step: OpStep) -> list[str]:
-        return [self.tensor[src] if d == 0 else self.delayed(src, d) for src, d in step.inputs]
+        return [self.tensor[src] if d == 0 else self.delayed(src, d, span=step.span) for src, d in step.inputs]
 
     def _op_step(self, step: OpStep) -> None:
         op = REGISTRY[step.op]
@@ -261,22 +303,27 @@ class _Lowerer:
             src = step.inputs[0][0]
             fill = self.g.const(-1, np.int64) if src in self.integer else self.g.const(0)
             k = int(op.attr(step.attrs, "k")) + step.inputs[0][1]
-            out = self.delayed(src, k, fill) if k else self.tensor[src]
+            out = self.delayed(src, k, fill, span=step.span) if k else self.tensor[src]
             self._define(step.id, self.g.op("Identity", [out], step.id), self.rank[src], True, src in self.integer)
             return
         xs = self._operands(step)
         static = bool(step.inputs) and all(src in self.static for src, _ in step.inputs)
-        seq = (step.seq or any(src in self.seq for src, _ in step.inputs)) and not op.reduces_time
+        axes = () if static else self.axes.get(step.id, ())
         integer = bool(step.integer)
-        rank = len(step.shape) if static else (2 if seq else 1) + len(_array_shape(step.shape, integer))
-        out = self.lower(self.g, step, xs, [self.rank[src] for src, _ in step.inputs], rank, self.real)
+        rank = len(step.shape) if static else len(axes) + 1 + len(_array_shape(step.shape, integer))
+        out = self.lower(self.g, step, xs, [self.rank[src] for src, _ in step.inputs], rank,
+                         [self.axes.get(src, ()) for src, _ in step.inputs])
+        seq = bool(axes)
         self._define(step.id, out, rank, seq, integer, static)
 
-    def lower(self, g: GraphBuilder, step: OpStep, xs: list[str], ranks: list[int], rank: int, real) -> str:
+    def lower(self, g: GraphBuilder, step: OpStep, xs: list[str], ranks: list[int], rank: int,
+              axes: list[tuple]) -> str:
+        """``step`` written into ``g``; ``axes``: each operand's sequence axes in its array there (in a
+        Scan's body, a loop's own axis is not in its values' arrays)."""
         lowering = LOWERINGS.get(type(REGISTRY[step.op]))
         if lowering is None:
             raise_no_form(self.diags, step)
-        return lowering(Site(g, step, ranks, rank, real), xs)
+        return lowering(Site(g, step, ranks, rank, self.real, axes), xs)
 
     # ---- loops -------------------------------------------------------------------------------------------
     def _loop(self, loop: LoopStep) -> None:
@@ -313,7 +360,7 @@ class _Lowerer:
         """(B, *shape) of a loop value, as an int64 tensor."""
         g = self.g
         if self._B is None:
-            self._B = g.op("Shape", [LENGTHS], "B")
+            self._B = g.op("Shape", [next(iter(self.lengths_inputs.values()))], "B")
         return g.op("Concat", [self._B, g.ints(*_array_shape(body.shape, body.integer))], axis=0)
 
 

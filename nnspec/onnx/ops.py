@@ -25,11 +25,20 @@ class Site:
     step: OpStep
     ranks: list[int]                 # array rank of each operand (leading axes included)
     rank: int                        # array rank of the result
-    real: Callable[[int], str] | None = None   # (T, B, 1...) bool of real steps at a rank (outside loops)
+    real: Callable[[str, int], str] | None = None   # (T, B, 1...) bool of an axis's real steps at a rank
+    axes: list[tuple] | None = None  # each operand's sequence axes in its array here, outermost first
 
     def attr(self, key: str):
         from ..ops import REGISTRY
         return REGISTRY[self.step.op].attr(self.step.attrs, key)
+
+    def over(self, i: int = 0) -> tuple[int, str]:
+        """What an op over steps works on, as nnspec's runtime has it: the innermost sequence axis of
+        operand ``i``, ``(T_1, ..., T_k, B, ...)``: its array axis k - 1, and the real steps of that
+        axis at the rank that broadcasts against the operand, ``(T_k, B, 1...)``."""
+        axes = self.axes[i]
+        k = len(axes)
+        return k - 1, self.real(axes[-1], self.ranks[i] - (k - 1))
 
 
 Lowering = Callable[[Site, list[str]], str]
@@ -175,41 +184,76 @@ def _argmax(s, xs):
 
 
 # ---- over time: a sequence (T, B, ...) and the real steps of each of its examples -----------------
+# On several axes, (T_1, ..., T_k, B, ...), each works over the innermost axis with its own lengths.
 @lowers(sequence.First)
 def _first(s, xs):
-    return s.g.op("Gather", [xs[0], s.g.const(0, np.int64)], s.step.id, axis=0)
+    axis, _ = s.over()
+    return s.g.op("Gather", [xs[0], s.g.const(0, np.int64)], s.step.id, axis=axis)
 
 
 @lowers(sequence.Sum)
 def _sum(s, xs):
-    return s.g.op("ReduceSum", [_real_only(s, xs[0], 0), s.g.ints(0)], s.step.id, keepdims=0)
+    axis, real = s.over()
+    return s.g.op("ReduceSum", [s.g.op("Where", [real, xs[0], s.g.const(0)]), s.g.ints(axis)], s.step.id,
+                  keepdims=0)
 
 
 @lowers(sequence.Last)
 def _last(s, xs):   # the sum over t of x where t is the last real step: x itself, exactly
-    g, real = s.g, s.real(s.ranks[0])
+    g, (axis, real) = s.g, s.over()
     later = g.op("Concat", [g.op("Slice", [real, g.ints(1), g.ints(2 ** 62)]),
                             g.op("Expand", [g.const(False, bool), g.op("Shape", [g.op("Slice", [real, g.ints(0), g.ints(1)])])])],
                  axis=0)                        # real[t + 1], False after the end
     is_last = g.op("And", [real, g.op("Not", [later])])
-    return g.op("ReduceSum", [g.op("Where", [is_last, xs[0], g.const(0)]), g.ints(0)], s.step.id, keepdims=0)
+    return g.op("ReduceSum", [g.op("Where", [is_last, xs[0], g.const(0)]), g.ints(axis)], s.step.id, keepdims=0)
 
 
 @lowers(sequence.Mean)
 def _mean(s, xs):
-    g = s.g
-    total = g.op("ReduceSum", [_real_only(s, xs[0], 0), g.ints(0)], keepdims=0)
-    count = g.op("ReduceSum", [g.op("Cast", [s.real(s.ranks[0])], to=_onnx_type(g)), g.ints(0)], keepdims=0)
+    g, (axis, real) = s.g, s.over()
+    total = g.op("ReduceSum", [g.op("Where", [real, xs[0], g.const(0)]), g.ints(axis)], keepdims=0)
+    count = g.op("ReduceSum", [g.op("Cast", [real], to=_onnx_type(g)), g.ints(0)], keepdims=0)
     return g.op("Div", [total, count], s.step.id)
 
 
 @lowers(sequence.Max)
 def _max(s, xs):
-    return s.g.op("ReduceMax", [_real_only(s, xs[0], -np.inf)], s.step.id, axes=[0], keepdims=0)  # axes: an input from opset 18
+    axis, real = s.over()
+    return s.g.op("ReduceMax", [s.g.op("Where", [real, xs[0], s.g.const(-np.inf)])], s.step.id, axes=[axis],
+                  keepdims=0)   # axes: an input from opset 18
 
 
-def _real_only(s: Site, x: str, fill: float) -> str:
-    return s.g.op("Where", [s.real(s.ranks[0]), x, s.g.const(fill)])
+# ---- across sequence axes (nnspec/ops/axes.py): the parts of attention --------------------------------
+@lowers(axes.Along)
+def _along(s, xs):   # x with a new axis at "at", as long as axis "of" of s, as nnspec's runtime places them
+    g, (x, seq) = s.g, xs
+    at, of = int(s.step.attrs.get("at", 0)), int(s.step.attrs.get("of", 0))
+    shape_x = g.op("Shape", [x])
+    shape = g.op("Concat", [g.op("Slice", [shape_x, g.ints(0), g.ints(at)]),
+                            g.op("Slice", [g.op("Shape", [seq]), g.ints(of), g.ints(of + 1)]),
+                            g.op("Slice", [shape_x, g.ints(at), g.ints(2 ** 62)])], axis=0)
+    return g.op("Expand", [g.op("Unsqueeze", [x, g.ints(at)]), shape], s.step.id)
+
+
+@lowers(axes.Dot)
+def _dot(s, xs):
+    return s.g.op("ReduceSum", [s.g.op("Mul", xs), s.g.ints(-1)], s.step.id, keepdims=1)
+
+
+@lowers(axes.SumFeatures)
+def _sum_features(s, xs):
+    return s.g.op("ReduceSum", [xs[0], s.g.ints(-1)], s.step.id, keepdims=1)
+
+
+@lowers(axes.SoftmaxSteps)
+def _softmax_steps(s, xs):
+    """Over the real steps of the innermost axis, as nnspec: the largest real score subtracted first,
+    padding steps weight 0."""
+    g, (axis, real) = s.g, s.over()
+    ninf, zero = g.const(-np.inf), g.const(0)
+    top = g.op("ReduceMax", [g.op("Where", [real, xs[0], ninf])], axes=[axis], keepdims=1)
+    e = g.op("Where", [real, g.op("Exp", [g.op("Where", [real, g.op("Sub", [xs[0], top]), zero])]), zero])
+    return g.op("Div", [e, g.op("ReduceSum", [e, g.ints(axis)], keepdims=1)], s.step.id)
 
 
 def _onnx_type(g: GraphBuilder) -> int:
@@ -224,5 +268,3 @@ NOT_LOWERED = {cls: "a loss is for training; the exported model computes the out
                for cls in (losses.Mse, losses.Bce, losses.BceLogits, losses.Perceptron, losses.CrossEntropy,
                            losses.CrossEntropyLogits, losses.Nll)}
 NOT_LOWERED[sequence.Shift] = "lowered as a delayed read of its sequence"
-NOT_LOWERED.update({cls: "an op across sequence axes: networks on several axes are not exported yet"
-                    for cls in (axes.Along, axes.Dot, axes.SumFeatures, axes.SoftmaxSteps)})

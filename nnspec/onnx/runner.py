@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 
 from ..model import FeedError, prepare_feeds
-from .build import LENGTHS
+from .build import LENGTHS, steps_name
 
 
 class OnnxModel:
@@ -30,6 +30,10 @@ class OnnxModel:
         self.plan = plan
         self.inputs = {i.name: i for i in self.session.get_inputs()}
         self.outputs = [o.name for o in self.session.get_outputs()]
+        # lengths input -> its axis (None: the one axis of a network on one), as the export recorded them
+        props = {p.key: p.value for p in self.proto.metadata_props}
+        names = [n for n in props.get("nnspec.lengths", LENGTHS).split(",") if n in self.inputs]
+        self.lengths_inputs = {n: (None if n == LENGTHS else n[len(LENGTHS) + 1:]) for n in names}
 
     def forward(self, feeds: dict, lengths=None) -> dict[str, np.ndarray]:
         """The outputs for a batch, as ``Model.forward`` gives them (padded steps of a sequence: 0)."""
@@ -41,33 +45,44 @@ class OnnxModel:
             feeds, lengths = self._padded(feeds, lengths)
         return self.run(feeds, lengths)
 
-    def _padded(self, feeds: dict, lengths) -> tuple[dict, np.ndarray | None]:
+    def _padded(self, feeds: dict, lengths) -> tuple[dict, "np.ndarray | dict | None"]:
         """Lists of per-example sequences of the model's sequence inputs, padded time-major (0 after
-        each example's end), and their lengths."""
+        each example's end), and their lengths (on several axes: a dict from axis to lengths)."""
         out = dict(feeds)
+        several = any(axis is not None for axis in self.lengths_inputs.values())
+        given = dict(lengths) if isinstance(lengths, dict) else {None: lengths}
+        found: dict = {}
         for name, value in feeds.items():
             info = self.inputs.get(name)
-            if info is None or not info.shape or info.shape[0] != "T" or not isinstance(value, (list, tuple)):
+            if info is None or not info.shape or not str(info.shape[0]).startswith("T") \
+                    or not isinstance(value, (list, tuple)):
                 continue
+            axis = str(info.shape[0])[2:] if several else None
             rows = [np.asarray(r) for r in value]
             if not rows or any(r.ndim == 0 or len(r) == 0 for r in rows):
                 raise FeedError(f"{name!r}: a list of B sequences, each of at least one step")
             got = np.array([len(r) for r in rows], np.int64)
-            if lengths is not None and not np.array_equal(np.asarray(lengths), got):
-                raise FeedError(f"lengths {list(lengths)} disagree with the sequences of {name!r} ({got.tolist()})")
-            lengths = got
+            want = found.get(axis, given.get(axis))
+            if want is not None and not np.array_equal(np.asarray(want), got):
+                raise FeedError(f"lengths {list(want)} disagree with the sequences of {name!r} ({got.tolist()})")
+            found[axis] = got
             array = np.zeros((int(got.max()), len(rows)) + rows[0].shape[1:], rows[0].dtype)
             for b, r in enumerate(rows):
                 array[:len(r), b] = r
             out[name] = array
-        return out, lengths
+        if several:
+            return out, {**{a: v for a, v in given.items() if a is not None}, **found}
+        return out, found.get(None, lengths)
 
     def run(self, feeds: dict[str, np.ndarray], lengths=None) -> dict[str, np.ndarray]:
-        """The outputs for arrays already in the exported layout (time-major sequences)."""
+        """The outputs for arrays already in the exported layout (time-major sequences). ``lengths``: of
+        the one sequence axis, or on several axes a dict from axis name to its lengths (an axis left
+        out: every example has all its steps)."""
         arrays = {}
-        steps = None
+        steps: dict[str, int] = {}      # dimension of steps (T, T_src, ...) -> its size in the feeds
+        batch = None
         for name, info in self.inputs.items():
-            if name == LENGTHS:
+            if name in self.lengths_inputs:
                 continue
             if name not in feeds:
                 raise FeedError(f"no value for {name!r}: the exported model takes {', '.join(self.inputs)}")
@@ -77,17 +92,34 @@ class OnnxModel:
             if array.ndim == len(info.shape) - 1 and info.shape[-1] == 1:
                 array = array[..., None]      # a real scalar per example: (B,) as (B, 1)
             arrays[name] = array.astype(kind, copy=False)
-            if info.shape and info.shape[0] == "T":
-                steps = array.shape[0]
-        if LENGTHS in self.inputs:
-            batch = next(a.shape[1] for n, a in arrays.items() if self.inputs[n].shape[0] == "T")
-            lengths = np.full(batch, steps, np.int64) if lengths is None else np.asarray(lengths, np.int64)
-            if lengths.shape != (batch,):
-                raise FeedError(f"lengths has {lengths.size} entries, but the batch holds {batch} examples")
-            if lengths.size and (lengths.min() < 1 or lengths.max() > steps):
-                raise FeedError(f"lengths must be between 1 and the {steps} steps of the padded sequences, "
-                                f"got {lengths.tolist()}")
-            arrays[LENGTHS] = lengths
+            for i, dim in enumerate(info.shape):
+                if dim == "B" and i < array.ndim:
+                    batch = array.shape[i] if batch is None else batch
+                elif isinstance(dim, str) and dim.startswith("T") and i < array.ndim:
+                    steps.setdefault(dim, array.shape[i])
+        if self.lengths_inputs:
+            several = any(axis is not None for axis in self.lengths_inputs.values())
+            given = lengths if isinstance(lengths, dict) else ({} if lengths is None else {None: lengths})
+            if not several and len(given) == 1:      # one axis: its lengths, however named
+                given = {None: next(iter(given.values()))}
+            if several and None in given:
+                raise FeedError(f"the exported model's sequences are on several axes "
+                                f"({', '.join(a for a in self.lengths_inputs.values())}): lengths is a dict from "
+                                f"axis name to the lengths on that axis")
+            unknown = set(given) - set(self.lengths_inputs.values()) - ({None} if not several else set())
+            if unknown:
+                raise FeedError(f"lengths for {', '.join(sorted(map(str, unknown)))}, which is no axis of the "
+                                f"exported model")
+            for name, axis in self.lengths_inputs.items():
+                T = steps[steps_name(axis or "", several)]
+                ls = given.get(axis)
+                ls = np.full(batch, T, np.int64) if ls is None else np.asarray(ls, np.int64)
+                if ls.shape != (batch,):
+                    raise FeedError(f"lengths has {ls.size} entries, but the batch holds {batch} examples")
+                if ls.size and (ls.min() < 1 or ls.max() > T):
+                    raise FeedError(f"lengths must be between 1 and the {T} steps of the padded sequences, "
+                                    f"got {ls.tolist()}")
+                arrays[name] = ls
         return dict(zip(self.outputs, self.session.run(self.outputs, arrays)))
 
 
@@ -96,3 +128,36 @@ def reference_run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[
     from onnx.reference import ReferenceEvaluator
     names = [o.name for o in model.graph.output]
     return dict(zip(names, ReferenceEvaluator(model).run(names, feeds)))
+
+
+def greedy(runner: OnnxModel, plan, feeds: dict, steps, lengths: dict | None = None) -> dict[str, np.ndarray]:
+    """Greedy decoding (as :func:`nnspec.decode.greedy`) with an exported model: the teacher-forced
+    decoder of ``plan`` fed its own predictions, one forward pass of the exported model a step.
+    ``{input: ids (T, B)}``, 0 past each example's ``steps``."""
+    from ..decode import autoregressive
+    from ..plan import OpStep
+    pairs = autoregressive(plan)
+    if not pairs:
+        raise FeedError("this network has no decoder fed by its own predictions: no token input that a "
+                        "class loss predicts from its earlier steps only (e.g. embed(tgt, 32) read as [t-1])")
+    name, pred = pairs[0]
+    # the output that gives the prediction: itself, or what turns its scores into probabilities
+    made_of = [s.id for s in plan.steps if isinstance(s, OpStep) and s.id in runner.outputs
+               and s.op in ("softmax", "log_softmax", "identity") and s.inputs and s.inputs[0][0] == pred]
+    output = pred if pred in runner.outputs else (made_of[0] if made_of else None)
+    if output is None:
+        raise FeedError(f"the exported model has no output giving {pred!r}, the prediction its decoder is fed")
+    spec = next(v for v in plan.inputs if v.name == name)
+    axis = (spec.axes or ["time"])[-1]
+    first = next(v for v in plan.inputs if v.name in feeds)
+    value = feeds[first.name]
+    batch = len(value) if isinstance(value, (list, tuple)) else np.asarray(value).shape[1 if first.seq else 0]
+    n = np.full(batch, steps, dtype=np.int64) if np.ndim(steps) == 0 else np.asarray(steps, dtype=np.int64)
+    if n.shape != (batch,) or n.size and n.min() < 1:
+        raise FeedError(f"steps: one count of at least 1 for each of the {batch} examples, got {steps!r}")
+    ids = np.zeros((int(n.max()), batch), dtype=np.int64)
+    real = np.arange(ids.shape[0])[:, None] < n[None, :]
+    for t in range(ids.shape[0]):
+        arrays, lens = prepare_feeds(plan, {**feeds, name: ids}, {**(lengths or {}), axis: n})
+        ids[t] = np.where(real[t], runner.run(arrays, lens)[output][t].argmax(-1), 0)
+    return {name: ids}

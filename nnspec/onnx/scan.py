@@ -6,8 +6,10 @@ a real step of that example (before the first step, or at padding) gives the sta
 the body chooses between the carried value and the initial state with a mask of valid reads, a scan
 input computed before the loop from ``lengths``. So a backward loop starts at each example's own
 last real step, whatever the padding after it. Sequences from outside the loop are scan inputs
-(read at another step: shifted before the loop, as a delayed read is); parameters and values with
-no time axis are read from the enclosing graph by name.
+(read at another step: shifted before the loop, as a delayed read is); parameters, values with
+no time axis, and values on other sequence axes are read from the enclosing graph by name, whole
+at every step (a decoder's attention over all an encoder's states), with the real steps of their
+axes for the ops over those steps.
 """
 from __future__ import annotations
 
@@ -37,8 +39,12 @@ def lower_scan(lw, loop: LoopStep) -> None:
     def elem_type(value: str, integer: bool | None = None) -> int:
         return TensorProto.INT64 if (value in lw.integer if integer is None else integer) else lw.float_type
 
+    def own(axes: tuple) -> tuple:
+        """A value's axes within one step of the loop: its own axis is the Scan's."""
+        return axes[1:] if axes[:1] == (loop.axis,) else axes
+
     def step_rank(b) -> int:
-        return 1 + len(array_shape(b.shape, b.integer))
+        return len(own(lw.axes.get(b.id, ()))) + 1 + len(array_shape(b.shape, b.integer))
 
     # states: the last k values of each, k its furthest read
     depth = {s: 0 for s in loop.states}
@@ -70,7 +76,7 @@ def lower_scan(lw, loop: LoopStep) -> None:
 
     def valid(d: int, r: int) -> str:
         if (d, r) not in masks:
-            masks[(d, r)] = scan_input(lw.valid_read(d, r + 1), f"valid_t{d:+d}", False)
+            masks[(d, r)] = scan_input(lw.valid_read(loop.axis, d, r + 1), f"valid_t{d:+d}", False)
             body_scan_inputs[-1] = helper.make_tensor_value_info(masks[(d, r)], TensorProto.BOOL, None)
         return masks[(d, r)]
 
@@ -82,26 +88,28 @@ def lower_scan(lw, loop: LoopStep) -> None:
                 return local[src]
             r = step_rank(body_ids[src])
             return body.op("Where", [valid(d, r), carried[(src, abs(d))], lw.initial[src]], f"{src}[t{d:+d}]")
-        if src in lw.seq:
+        if lw.axes.get(src, ())[:1] == (loop.axis,):
             if (src, d) not in outside:
                 whole = lw.tensor[src] if d == 0 else lw.delayed(src, d)
                 outside[(src, d)] = scan_input(whole, f"{src}[t]" if d == 0 else f"{src}[t{d:+d}]", src in lw.integer)
             return outside[(src, d)]
-        return lw.tensor[src]    # a parameter or a value of each example: the whole of it, every step
+        # a parameter, a value of each example, or one on other axes: the whole of it, every step
+        return lw.tensor[src]
 
     def operand_rank(src: str) -> int:
         if src in body_ids:
             return step_rank(body_ids[src])
-        return lw.rank[src] - 1 if src in lw.seq else lw.rank[src]
+        return lw.rank[src] - 1 if lw.axes.get(src, ())[:1] == (loop.axis,) else lw.rank[src]
 
     for b in loop.body:
         xs = [read(src, d) for src, d in b.inputs]
-        out = lw.lower(body, b, xs, [operand_rank(src) for src, _ in b.inputs], step_rank(b), None)
+        out = lw.lower(body, b, xs, [operand_rank(src) for src, _ in b.inputs], step_rank(b),
+                       [own(lw.axes.get(src, ())) for src, _ in b.inputs])
         local[b.id] = out
         rank[b.id] = step_rank(b)
 
     if not scan_inputs:   # a Scan takes its number of steps from its scan inputs
-        scan_input(lw.real(2), "real_t", False)
+        scan_input(lw.real(loop.axis, 2), "real_t", False)
         body_scan_inputs[-1] = helper.make_tensor_value_info(body_scan_inputs[-1].name, TensorProto.BOOL, None)
 
     # body outputs: the carried states, then every body value read after the loop

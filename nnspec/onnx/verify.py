@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
+from ..graph import DEFAULT_AXIS
 from ..model import TEXT_ELEMS, Model, prepare_feeds
 from .export import Exported, export_model
 from .runner import OnnxModel, reference_run
@@ -26,6 +27,7 @@ TOLERANCE = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-9}
 class Verification:
     exported: Exported
     worst: dict[str, float] = field(default_factory=dict)   # oracle -> worst difference over the cases
+    by_case: dict[str, dict[str, float]] = field(default_factory=dict)   # case -> oracle -> worst difference
 
     @property
     def inventory(self) -> str:
@@ -33,13 +35,25 @@ class Verification:
         return ", ".join(f"{ops.count(o)} {o}" for o in dict.fromkeys(ops)) or "no loops"
 
 
-def random_feeds(model: Model, lengths: list[int], rng: np.random.Generator) -> tuple[dict, np.ndarray | None]:
-    """A batch of random inputs in nnspec's layout: ids below each vocabulary's size, normal reals."""
+def axis_lengths(axes: list[str], lengths: list[int]) -> dict[str, np.ndarray]:
+    """Lengths on each of several axes from one case's: the first axis has them, each next one the
+    same rolled by one example and one step longer, so that every axis has its own lengths and its
+    own number of steps (a padded batch stays padded on each)."""
+    return {a: np.roll(np.array(lengths, np.int64), j) + j for j, a in enumerate(axes)}
+
+
+def random_feeds(model: Model, lengths: list[int], rng: np.random.Generator) -> tuple[dict, "np.ndarray | dict | None"]:
+    """A batch of random inputs in nnspec's layout: ids below each vocabulary's size, normal reals.
+    On several sequence axes, each axis gets lengths of its own (:func:`axis_lengths`), as a dict."""
     plan = model.plan
-    T, B = max(lengths), len(lengths)
+    B = len(lengths)
+    axis_of = {v.name: (v.axes or [DEFAULT_AXIS])[-1] for v in plan.inputs + plan.targets if v.seq}
+    several = sorted(set(axis_of.values())) if len(set(axis_of.values())) > 1 else None
+    per_axis = axis_lengths(several, lengths) if several else None
     feeds = {}
     tables = {p.name: p.shape for p in plan.params}
     for v in plan.inputs + plan.targets:   # targets too: nnspec computes a loss's prediction with its loss
+        T = int(per_axis[axis_of[v.name]].max()) if several and v.seq else max(lengths)
         lead = (T, B) if v.seq else (B,)
         if v.integer:
             high = v.card if isinstance(v.card, int) else 2
@@ -50,6 +64,8 @@ def random_feeds(model: Model, lengths: list[int], rng: np.random.Generator) -> 
         else:
             shape = tuple(int(d) for d in v.shape) or ((1,) if v.elem not in TEXT_ELEMS else ())
             feeds[v.name] = rng.normal(size=lead + shape).astype(model.dtype)
+    if several:
+        return feeds, per_axis
     any_seq = any(v.seq for v in plan.inputs)
     return feeds, (np.array(lengths, np.int64) if any_seq else None)
 
@@ -66,25 +82,28 @@ def verify(model: Model, seed: int = 0, reference: bool = True, cases=CASES) -> 
     result = Verification(exports["fused"])
     runners = {k: OnnxModel(e.model) for k, e in exports.items()}
     rng = np.random.default_rng(seed)
-    for _, lengths in cases:
+    for case, lengths in cases:
         feeds, lens = random_feeds(model, lengths, rng)
         expected = expected_outputs(model, exports["fused"], feeds, lens)
         arrays, lens = prepare_feeds(model.plan, {v.name: feeds[v.name] for v in model.plan.inputs}, lens,
                                      dtype=model.dtype)
-        padded = lens is not None and len(set(lengths)) > 1
+        padded = lens is not None and any(len(set(np.asarray(ls).tolist())) > 1
+                                          for ls in (lens.values() if isinstance(lens, dict) else [lens]))
         for kind, exported in exports.items():
             got = {"onnxruntime": runners[kind].run(arrays, lens)}
             if reference and (kind == "scan" or not padded):
                 ref_feeds = {i.name: runner_input(runners[kind], i.name, arrays, lens)
                              for i in exported.model.graph.input}
                 got["reference"] = reference_run(exported.model, ref_feeds)
-            sequences = {o.name for o in exported.model.graph.output
-                         if o.type.tensor_type.shape.dim and o.type.tensor_type.shape.dim[0].dim_param == "T"}
+            steps = {o.name: [d.dim_param[2:] for d in o.type.tensor_type.shape.dim if d.dim_param.startswith("T")]
+                     for o in exported.model.graph.output}
             for oracle, outs in got.items():
                 key = oracle if kind == "fused" else f"{oracle} (Scan)"
                 for name, want in expected.items():
-                    worst = _difference(want, outs[name], lens, name in sequences)
+                    worst = _difference(want, outs[name], _real_positions(steps[name], lens, np.shape(want)))
                     result.worst[key] = max(result.worst.get(key, 0.0), worst)
+                    mine = result.by_case.setdefault(case, {})
+                    mine[key] = max(mine.get(key, 0.0), worst)
     return result
 
 
@@ -99,9 +118,9 @@ def expected_outputs(model: Model, exported: Exported, feeds: dict, lengths) -> 
 
 
 def runner_input(runner: OnnxModel, name: str, arrays: dict, lengths) -> np.ndarray:
-    from .build import LENGTHS
-    if name == LENGTHS:
-        return np.asarray(lengths, np.int64)
+    if name in runner.lengths_inputs:
+        axis = runner.lengths_inputs[name]
+        return np.asarray(lengths[axis] if axis is not None else lengths, np.int64)
     info = runner.inputs[name]
     kind = np.int64 if info.type == "tensor(int64)" else (np.float64 if info.type == "tensor(double)" else np.float32)
     array = np.asarray(arrays[name])
@@ -110,14 +129,27 @@ def runner_input(runner: OnnxModel, name: str, arrays: dict, lengths) -> np.ndar
     return array.astype(kind)
 
 
-def _difference(want: np.ndarray, got: np.ndarray, lengths, sequence: bool) -> float:
-    """The worst difference at the real steps; inf when a padded step of ``got`` is not 0 (-1 for ids)."""
+def _real_positions(axes: list[str], lengths, shape: tuple) -> "np.ndarray | None":
+    """(T_1, ..., T_k, B) bool: the real positions of an output on ``axes`` (dimension names after
+    the ``T``: ``""`` for the one axis of a network on one), or None for an output on no axis."""
+    if not axes or lengths is None:
+        return None
+    real = None
+    for i, axis in enumerate(axes):      # axis i: (T_i, 1 for each axis inside it, B), right-aligned
+        ls = np.asarray(lengths[axis] if isinstance(lengths, dict) else lengths)
+        mask = np.arange(shape[i])[:, None] < ls[None, :]
+        mask = mask.reshape(mask.shape[:1] + (1,) * (len(axes) - 1 - i) + mask.shape[1:])
+        real = mask if real is None else np.logical_and(real, mask)
+    return real
+
+
+def _difference(want: np.ndarray, got: np.ndarray, real: "np.ndarray | None") -> float:
+    """The worst difference at the real positions; inf when a padded one of ``got`` is not 0 (-1 for ids)."""
     want, got = np.asarray(want), np.asarray(got)
     if want.shape != got.shape:
         return float("inf")
-    if sequence and lengths is not None:
-        real = np.arange(want.shape[0])[:, None] < np.asarray(lengths)[None, :]
-        real = real.reshape(real.shape + (1,) * (want.ndim - 2))
+    if real is not None:
+        real = real.reshape(real.shape + (1,) * (want.ndim - real.ndim))
         pad = -1 if np.issubdtype(got.dtype, np.integer) else 0
         if np.any(np.where(real, pad, got) != pad):
             return float("inf")

@@ -106,7 +106,7 @@ def run_folds(args) -> dict:
     from .cv import cross_validate
     common = dict(overrides=args.set or [], seed=args.seed, float64=args.float64, runs=args.runs,
                   save=not args.no_save, inner_folds=args.inner_folds, trials=args.trials,
-                  quiet=args.quiet or args.json)
+                  quiet=args.quiet or args.json, resume=args.resume)
     if args.inner_folds is None and args.scheduler is None and args.workers is None and not available():
         return cross_validate(args.spec, args.folds, client=None, **common)
     from .cluster import dask_client

@@ -93,6 +93,7 @@ def read_space(sweep: ast.Sweep, lets: set[str], diags: Diagnostics) -> SearchSp
     """Check a sweep block and turn it into a search space; every mistake is reported at its line."""
     space = SearchSpace([], sweep.span)
     seen: dict[str, Span] = {}
+    errors_before = len(diags.errors)
     for s in sweep.settings:
         key = _ALIASES.get(s.key, s.key)
         if key in META:
@@ -122,7 +123,7 @@ def read_space(sweep: ast.Sweep, lets: set[str], diags: Diagnostics) -> SearchSp
                                 f"{_num(dim.high)}) or choice(...)", value.span)
                     continue
                 space.dimensions.append(dim)
-    if not space.dimensions:
+    if not space.dimensions and len(diags.errors) == errors_before:  # not when its lines are wrong
         diags.error("the sweep block searches nothing: give a setting or let a range, e.g. "
                     "lr loguniform(1e-4, 1e-1)", sweep.span)
     return space

@@ -88,6 +88,7 @@ class _VocabMeta(_Strict):
     specials: bool
     level: Literal["word", "char"]
     lowercase: bool
+    ngrams: int = Field(default=1, ge=1, le=5)
 
 
 class _NormMeta(_Strict):
