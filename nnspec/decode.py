@@ -26,7 +26,7 @@ from .data.vocab import PAD_ID, UNK_ID
 from .decoding import Decoder, autoregressive
 from .model import FeedError, Model, prepare_feeds
 
-__all__ = ["Hypothesis", "greedy", "sample", "beam_search", "symbol_ids", "autoregressive", "sequence_score",
+__all__ = ["Hypothesis", "greedy", "greedy_steps", "sample", "beam_search", "symbol_ids", "autoregressive", "sequence_score",
            "Decoded", "decode_texts", "attention_weights"]
 
 
@@ -254,6 +254,36 @@ def sequence_score(model: Model, feeds: dict, tokens: list[int], lengths=None, *
         prefix = np.array(written[:t], dtype=np.int64).reshape(t, 1)
         total += float(_allowed(steps.log_probs(_fed(start, prefix), np.zeros(1, np.int64)), start)[0, token])
     return total
+
+
+def greedy_steps(model: Model, feeds: dict, steps, lengths: dict | None = None) -> dict[str, np.ndarray]:
+    """Greedy decoding for a given number of steps, with no symbols: ``{input: ids (T, B)}``, each
+    step the argmax of a forward pass fed the tokens before it (from step 0, whatever the data's
+    start symbol). The form other backends are compared by (nnspec.onnx.runner.greedy), for any
+    network with one teacher-forced decoder, declared or not: the declared one, else the one the
+    plan shows (:func:`autoregressive`; several undeclared ones are an error). ``steps``: an int for
+    all examples, or one per example."""
+    declared = model.compiled.decoder
+    pairs = [(declared.input, declared.scores)] if declared is not None else autoregressive(model.plan)
+    if not pairs:
+        raise FeedError("this network has no decoder fed by its own predictions: no token input that a "
+                        "class loss predicts from its earlier steps only (e.g. embed(tgt, 32) read as [t-1])")
+    if len(pairs) > 1:
+        raise FeedError(f"this network has several teacher-forced decoders ({', '.join(p for p, _ in pairs)}); "
+                        f"declare the one to decode, e.g. 'decode {pairs[0][0]} from p, end \"</s>\"'")
+    name, pred = pairs[0]
+    spec = next(v for v in model.plan.inputs if v.name == name)
+    axis = (spec.axes or ["time"])[-1]
+    batch = _batch_size(model, feeds)
+    n = np.full(batch, steps, dtype=np.int64) if np.ndim(steps) == 0 else np.asarray(steps, dtype=np.int64)
+    if n.shape != (batch,) or n.size and n.min() < 1:
+        raise FeedError(f"steps: one count of at least 1 for each of the {batch} examples, got {steps!r}")
+    lengths = {**(lengths or {}), axis: n}
+    ids = np.zeros((int(n.max()), batch), dtype=np.int64)
+    for t in range(ids.shape[0]):
+        tape = model.run({**feeds, name: ids}, lengths, need_loss=False)
+        ids[t] = tape.values[pred][t].argmax(-1)
+    return {name: ids}
 
 
 def _batch_size(model: Model, feeds: dict) -> int:

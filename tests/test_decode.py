@@ -156,6 +156,22 @@ def test_greedy_decoding_feeds_the_decoder_its_own_predictions_until_the_end_sym
     assert all(len(h.tokens) <= 1 for h in short)
 
 
+def test_greedy_for_a_given_number_of_steps_needs_no_declaration():
+    """greedy_steps (what the ONNX runner is compared with): step t is the argmax of a forward pass fed
+    the tokens decoded before t, for as many steps as asked, declared decoder or not."""
+    from nnspec.decode import greedy_steps
+    lengths = [4, 2, 6, 1]
+    for m in (decoder_model(seed=2), decoder_model(seed=2, declaration="")):
+        src = sources()
+        ids = greedy_steps(m, {"src": src}, lengths)["tgt"]
+        assert ids.shape == (6, 4)
+        for b, n in enumerate(lengths):
+            fed = [int(i) for i in ids[:n, b]]
+            assert m.forward({"src": [src[b]], "tgt": [np.array(fed)]})["p"][:, 0].argmax(-1).tolist() == fed
+    with pytest.raises(FeedError, match="no decoder fed by its own predictions"):
+        greedy_steps(Model.from_text("input x[2] : seq\noutput y\ny = tanh(x)"), {"x": np.ones((2, 1, 2))}, 2)
+
+
 def test_decoding_needs_a_declaration_and_only_the_other_inputs():
     from nnspec.decode import greedy
     undeclared = Model.from_text(spec("dot"), bindings=BINDINGS)
