@@ -26,8 +26,8 @@ from .data.vocab import PAD_ID, UNK_ID
 from .decoding import Decoder, autoregressive
 from .model import FeedError, Model, prepare_feeds
 
-__all__ = ["Hypothesis", "greedy", "greedy_steps", "sample", "beam_search", "symbol_ids", "autoregressive", "sequence_score",
-           "Decoded", "decode_texts", "attention_weights"]
+__all__ = ["Hypothesis", "greedy", "greedy_steps", "sample", "beam_search", "symbol_ids", "autoregressive",
+           "sequence_score", "Decoded", "decode_texts", "attention_weights"]
 
 
 @dataclass
