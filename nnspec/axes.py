@@ -20,7 +20,7 @@ The rules, checked here at compile time:
   value on its axis at that step, and a value on other axes whole (attention inside a
   decoder's loop reads all of an encoder's states).
 
-At run time the arrays follow the axes (runtime.py): a value on axes ``(a1, ..., ak)`` is
+At run time the arrays follow the axes (runtime/axes.py): a value on axes ``(a1, ..., ak)`` is
 ``(T_a1, ..., T_ak, B, *shape)``, so NumPy broadcasting is this module's combination rule.
 """
 from __future__ import annotations
@@ -94,6 +94,12 @@ def _axes_pass(graph: Graph, order, comp_of, loop_axes: list[tuple], inner: list
             return len(a) - (1 if L is not None and a[:1] == (L,) else 0)
 
         operands = [(src, full(src)) for src, _ in info.inputs]
+        for (src, delay), (_, a) in zip(info.inputs, operands):
+            # a read at another step shifts along one axis; on a value with several, which one is unclear
+            if delay and len(a) > 1 and not (i is not None and comp_of.get(src) == i):
+                error(lambda: f"{user_name(graph.info(src), diags.sources)} is read at [t{delay:+d}], but it "
+                              f"is on the axes {show_axes(a)}: a read at another step takes a value on one "
+                              f"sequence axis (reduce or relate the others first)", info.span)
         if getattr(op, "adds_axis", False) and len(operands) == 2:
             (x, xa), (s, sa) = operands
             if not sa:

@@ -116,3 +116,21 @@ def fill_ahead(out: np.ndarray, ahead: np.ndarray, k: int, lengths: np.ndarray) 
     tt, bb = np.nonzero(reads)
     out[tt, bb] = ahead[j[tt, bb], bb]
     return out
+
+
+class Stream:
+    """What a stream cut into chunks carries from one chunk to the next, for training, evaluation
+    and sampling alike: the last chunk's final states and histories (``carry``, from its tape's
+    ``final_states``), and how many tokens after a chunk its batch must bring (``ahead``)."""
+
+    def __init__(self, plan: Plan):
+        self.ahead = lookahead_depth(plan)
+        self.carry: dict | None = None
+
+    def carry_into(self, continues: bool) -> dict | None:
+        """The carry for the next chunk: none when it starts a stream (``continues`` False)."""
+        return self.carry if continues else None
+
+    def advance(self, tape) -> None:
+        """The chunk whose tape this is has run: the next one continues from it."""
+        self.carry = dict(tape.final_states)

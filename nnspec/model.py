@@ -30,11 +30,12 @@ from pathlib import Path
 
 import numpy as np
 
+from .chunks import Stream
 from .compiler import Compiled, compile_file, compile_program, compile_text
 from .errors import Diagnostics, SpecError, did_you_mean
 from .initializers import default_initializer, initialize
 from .plan import Plan, ValueSpec
-from .runtime import ExecOptions, Executor, Tape
+from .runtime import ExecOptions, Executor, RunContext, RuntimeFailure, Tape
 
 
 def init_params(plan: Plan, seed: int = 0, dtype=np.float32, default_init: str | None = None) -> dict[str, np.ndarray]:
@@ -296,13 +297,39 @@ class Model:
 
     # ---- running -------------------------------------------------------------
     def run(self, feeds: dict, lengths=None, train: bool = False, rng=None, carry=None,
-            need_loss: bool = True, single_use: bool = False) -> Tape:
+            need_loss: bool = True, single_use: bool = False, check_finite: bool = False) -> Tape:
         """The forward pass, keeping every value (a tape for ``executor.backward``). Feeds as in
-        :meth:`forward`; :class:`FeedError` when they do not fit."""
+        :meth:`forward`; :class:`FeedError` when they do not fit. ``check_finite``: every value is
+        checked as it is made (a ``RuntimeFailure`` names the first that is NaN or infinite)."""
         need_loss = need_loss and self.plan.loss is not None
         feeds, lengths = prepare_feeds(self.plan, feeds, lengths, dtype=self.dtype, need_targets=need_loss)
-        return self.executor.forward(self.params, feeds, lengths=lengths, train=train, rng=rng, carry=carry,
-                                     need_loss=need_loss, single_use=single_use)
+        context = RunContext(train=train, rng=rng, check_finite=check_finite or self.executor.check_finite)
+        return self.executor.forward(self.params, feeds, lengths=lengths, carry=carry, need_loss=need_loss,
+                                     single_use=single_use, context=context)
+
+    def diagnose(self, feeds: dict, lengths=None, **how) -> RuntimeFailure | None:
+        """Run a forward pass again (``how``: as :meth:`run`) with every value checked: the
+        ``RuntimeFailure`` of the first value that is NaN or infinite, or None if none is."""
+        try:
+            with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+                self.run(feeds, lengths, check_finite=True, **how)
+        except RuntimeFailure as e:
+            return e
+        return None
+
+    def train_step(self, feeds: dict, lengths=None, *, then, rng=None, stream: Stream | None = None,
+                   continues: bool = False, single_use: bool = True):
+        """One training step's forward and backward pass (in training mode): returns
+        ``then(loss, grads, values)``, given the loss, the parameters' gradients (the runtime's
+        own arrays: an update may overwrite them) and the tape's values. Once it returns, nothing of
+        the pass is held any more, so the next step reuses its buffers. ``stream``: the state a
+        stream carries between chunks (the chunk ``continues`` the last one), advanced after ``then``."""
+        carry = stream.carry_into(continues) if stream is not None else None
+        loss, grads, tape = self.loss_and_grads(feeds, lengths, rng=rng, carry=carry, single_use=single_use)
+        result = then(loss, grads, tape.values)
+        if stream is not None:
+            stream.advance(tape)
+        return result
 
     def forward(self, feeds: dict, lengths=None) -> dict[str, np.ndarray]:
         """The declared outputs for a batch of inputs (evaluation mode: no dropout).
@@ -363,12 +390,12 @@ class Model:
     @property
     def unoptimized(self) -> Executor:
         """An executor of this network's plan as compiled without optimisation passes, by the
-        reference interpreter (made once): slower than ``executor``, and it hides no value."""
+        reference engine (made once): slower than ``executor``, and it hides no value."""
         if self._unoptimized is None:
             plain = compile_program(self.compiled.program, Diagnostics(self.compiled.diags.sources),
                                     bindings=self.compiled.bindings, optimize=False)
             # the reference interpreter keeps every value inside a loop too, one per step
-            self._unoptimized = Executor(plain.plan, self.dtype, options=ExecOptions(fast_loops=False))
+            self._unoptimized = Executor(plain.plan, self.dtype, options=ExecOptions.reference())
         return self._unoptimized
 
     # ---- parameters by their spec names ----------------------------------------

@@ -241,8 +241,7 @@ class TrainedModel(Model):
             heads = find_heads(self)
             finite = all_finite(tape.values[h.pred] for h in heads)
         if not finite:
-            raise forward_failure(self, lambda: self.run(feeds, need_loss=False),
-                                  f"predicting {' '.join(map(str, tokens))[:60]!r}")
+            raise forward_failure(self, f"predicting {' '.join(map(str, tokens))[:60]!r}", feeds, need_loss=False)
         return self.decode(tokens, {h.pred: tape.values[h.pred] for h in heads})
 
     def decode(self, tokens: list[str], predictions: dict[str, np.ndarray]) -> Prediction:

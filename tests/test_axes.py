@@ -2,7 +2,7 @@
 
 Each sequence input brings its own named axis (``seq(src)``); values carry their axes,
 combining values on different axes is a located error, and a plan on several axes runs
-each loop over its own axis with its own lengths (nnspec/runtime_axes.py). The
+each loop over its own axis with its own lengths (nnspec/runtime/axes.py). The
 encoder-decoder with attention is checked against finite differences and against PyTorch
 (same weights, float64, loss and every gradient to 1e-9) on padded batches with different
 source and target lengths; padding on either axis changes no example's result.
@@ -150,6 +150,9 @@ def test_along_needs_a_sequence():
      "<string>:3:1: error: softmax_steps(...) works along a sequence's steps, but its argument is not a sequence"),
     ("input x[3]\noutput y\ny = shift(x)", "shift(...) works along a sequence's steps, but its argument is not"),
     ("input a[3] : seq(i)\noutput y\ny = along(a, a)", "along(x, s): 'a' is already on the axis i of s"),
+    ("input a[3] : seq(i)\ninput b[3] : seq(j)\noutput y\ns = dot(along(b, a), a)\ny = sum(s[t-1] * a)",
+     "'s' is read at [t-1], but it is on the axes (j, i): a read at another step takes a value on one "
+     "sequence axis"),
 ])
 def test_axis_mistakes_are_located_errors(text, message):
     assert message in located(text)
@@ -479,3 +482,59 @@ def test_sequences_on_different_axes_may_differ_in_length_but_not_on_one(tmp_pat
     assert ok.axis_lengths["i"].tolist() == [2, 1] and ok.axis_lengths["j"].tolist() == [1, 2]
     with pytest.raises(DataError, match="'b' has 1 steps, 'c' has 2 \\(both on the axis j\\)"):
         Encoded(fields, {"a": ids, "b": ids[::-1], "c": ids}, [("f", 2), ("f", 3)])
+
+
+# ---- how the runtime holds several axes (nnspec/runtime/axes.py, PlanFacts) -----------------------
+def test_each_loop_runs_on_its_own_axis_and_a_loop_reading_another_axis_whole_on_the_reference_engine():
+    from nnspec.model import prepare_feeds
+    m = model("in_loop")
+    facts = m.executor.facts
+    enc_loop, dec_loop = [s.index for s in m.plan.steps if s.kind == "loop"]
+    assert facts.multi_axis and set(facts.across_axes) == {dec_loop}
+    assert "enc" in facts.across_axes[dec_loop][0]          # the encoder's states, read whole at every step
+    arrays, lengths = prepare_feeds(m.plan, batch(2), need_targets=True, dtype=np.float64)
+    tape = m.executor.forward(m.params, arrays, lengths=lengths)
+    assert {a: ax.lengths.tolist() for a, ax in tape.axes.items()} == {"src": SRC_LENGTHS, "out": TGT_LENGTHS}
+    assert enc_loop in tape.loops and dec_loop not in tape.loops   # fast path for the encoder only
+    assert tape.lengths.tolist() == TGT_LENGTHS and tape.mask.shape == (max(TGT_LENGTHS), 4)  # p's axis
+
+
+@pytest.mark.parametrize("kind", ["dot", "in_loop"])
+def test_prepared_passes_and_the_buffer_pool_hold_values_on_several_axes(kind):
+    """Arrays from the pool have every axis of their value ((T_out, T_src, B, ...) for scores), and a
+    prepared pass, kept per geometry of every axis, gives the reference engine's numbers pass after pass."""
+    from nnspec.model import prepare_feeds
+    from nnspec.runtime import ExecOptions, Executor
+    m = model(kind)
+    arrays, lengths = prepare_feeds(m.plan, batch(4), need_targets=True, dtype=np.float64)
+    ref = Executor(m.plan, dtype=np.float64, options=ExecOptions.reference())
+    want_tape = ref.forward(m.params, arrays, lengths=lengths)
+    want = ref.backward(want_tape)
+    ex = Executor(m.plan, dtype=np.float64)
+    assert ex.options.prepared and ex.options.reuse_buffers
+    for i in range(3):
+        tape = ex.forward(m.params, arrays, lengths=lengths)
+        assert (tape.prepared is not None) == (i > 0)     # made on the second pass of a geometry
+        assert float(tape.values[m.plan.loss]) == pytest.approx(float(want_tape.values[m.plan.loss]), rel=1e-12)
+        got = ex.backward(tape)
+        for k in m.params:
+            np.testing.assert_allclose(np.asarray(got[k]), np.asarray(want[k]), rtol=1e-10, atol=1e-13, err_msg=k)
+        del tape, got
+
+
+def test_one_named_axis_takes_lengths_as_an_array_as_the_default_axis_does():
+    from nnspec.runtime import Executor
+    text = "input x[2] : {}\ntarget y[3] : {}\nh = lstm(x, H = 3)\nloss mse(W @ h, y)\n"
+    rng = np.random.default_rng(5)
+    feeds = {"x": rng.normal(size=(4, 3, 2)), "y": rng.normal(size=(4, 3, 3))}
+    runs = []
+    for typ in ("seq", "seq(words)"):
+        plan = compile_text(text.format(typ, typ)).plan
+        params = {p.name: np.random.default_rng(1).normal(size=p.shape) for p in plan.params}
+        ex = Executor(plan, dtype=np.float64)
+        tape = ex.forward(params, feeds, lengths=np.array([4, 2, 3]))
+        runs.append((float(tape.values[plan.loss]), ex.backward(tape)["W"], set(tape.axes)))
+    (l1, g1, a1), (l2, g2, a2) = runs
+    assert a1 == {"time"} and a2 == {"words"}
+    assert l1 == pytest.approx(l2, rel=1e-12)
+    np.testing.assert_allclose(g1, g2, atol=1e-12)

@@ -203,3 +203,26 @@ def test_a_checkpoint_without_the_vocabulary_a_spec_needs_is_refused(tagger, cap
     other.write_text(CLASSIFIER + 'data lines("p.txt" -> 1)\n')
     code, _, err = run(capsys, "evaluate", other, "--checkpoint", run_dir, "--data", 'lines("p.txt" -> 1)')
     assert code == 1 and "made from a different spec" in err and "Traceback" not in err
+
+
+def test_sampling_carries_the_states_from_token_to_token(tmp_path, capsys, monkeypatch):
+    """``nnspec sample`` feeds one token at a time, carrying the states the last one left
+    (``chunks.Stream``); nearly cold (temperature 1e-6), it continues the prompt as greedy
+    decoding over whole passes of the text so far does."""
+    import numpy as np
+    from nnspec.cli.model_commands import open_trained
+    from nnspec.train.loop import find_heads
+    monkeypatch.chdir(tmp_path)
+    path, run_dir = trained(tmp_path, capsys, LM, {"corpus.txt": "the cat sat on the mat\nthe dog sat on the log\n" * 10})
+    code, out, err = run(capsys, "sample", path, "--checkpoint", run_dir, "--prompt", "the dog", "--length", "6",
+                         "--temperature", "1e-6", "--json")
+    assert code == 0, err
+    session, vocabs = open_trained(str(path), run_dir)
+    head, vocab = find_heads(session.model)[0], vocabs["w"]
+    words = ["the", "dog"]
+    for _ in range(6):
+        tape = session.model.run({"w": vocab.encode(words)[:, None]}, need_loss=False)
+        p = np.asarray(tape.values[head.pred][-1, 0], dtype=np.float64)
+        p[:2] = -np.inf                       # never <pad> or <unk>
+        words.append(vocab.decode([int(p.argmax())])[0])
+    assert json.loads(out)["text"] == " ".join(words)

@@ -306,7 +306,7 @@ def test_settings_table_lists_every_setting_with_its_default():
 def test_internals_names_every_pipeline_module():
     text = INTERNALS.read_text(encoding="utf-8")
     for module in ("syntax/parser.py", "loader.py", "expand.py", "graph.py", "recurrence.py", "shapes.py",
-                   "plan.py", "runtime.py", "ops/registry.py", "dataset.py", "session.py", "train/loop.py"):
+                   "plan.py", "runtime/executor.py", "runtime/reference.py", "runtime/timeaxis.py", "ops/registry.py", "dataset.py", "session.py", "train/loop.py"):
         assert module in text, f"docs/internals.md does not mention nnspec/{module}"
 
 

@@ -40,7 +40,7 @@ STAGES = [
     ("plan", ("nnspec.plan",)),
     ("optimize", ("nnspec.optimize",)),
     ("compiler", ("nnspec.compiler", "nnspec.export", "nnspec.decoding")),
-    ("runtime", ("nnspec.runtime", "nnspec.chunks", "nnspec.runtime_axes")),
+    ("runtime", ("nnspec.runtime", "nnspec.chunks")),
     ("data", ("nnspec.data", "nnspec.dataset", "nnspec.baselines")),
     ("model", ("nnspec.model", "nnspec.torch_weights", "nnspec.decode")),
     ("train", ("nnspec.train",)),
@@ -137,6 +137,15 @@ def import_cycles(mods: dict[str, Path]) -> list[list[str]]:
 
 MODULES = modules()
 
+# Inside the runtime: the reference engine reads only the core; the fast paths sit beside it (they
+# may use its adjoint, never the reverse); the executor dispatches to both.
+RUNTIME_LAYERS = [
+    ("core", ("timeaxis", "axes", "reuse", "blas", "tape", "facts", "pool", "rowgrad", "gradsum")),
+    ("reference", ("reference",)),
+    ("fast paths", ("steps", "loopprogram", "loops", "loopback", "prepared", "profile")),
+    ("executor", ("executor",)),
+]
+
 
 def test_every_module_is_in_a_stage():
     for name in MODULES:
@@ -151,6 +160,14 @@ def test_no_module_imports_a_later_stage():
 def test_no_import_cycle():
     cycles = import_cycles(MODULES)
     assert not cycles, "import cycles: " + "; ".join(" -> ".join(c + c[:1]) for c in cycles[:5])
+
+
+def test_the_runtime_reference_engine_depends_on_no_fast_path():
+    rank = {f"nnspec.runtime.{m}": i for i, (_, ms) in enumerate(RUNTIME_LAYERS) for m in ms}
+    inside = {m for m in MODULES if m.startswith("nnspec.runtime.")}
+    assert inside == set(rank), "add the module to RUNTIME_LAYERS"
+    upward = [f"{m} imports {d}" for m in inside for d in imports(m, MODULES) if rank.get(d, -1) > rank[m]]
+    assert not upward, upward
 
 
 def test_the_checks_catch_an_upward_import_and_a_cycle(tmp_path):

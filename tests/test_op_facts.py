@@ -147,5 +147,5 @@ def test_a_loop_of_any_elementwise_activation_stays_on_the_fast_path(activation)
     ex = Executor(plan, dtype=np.float64)
     tape = ex.forward(params, random_feeds(plan, T=4, B=2, seed=0), lengths=np.array([4, 3]), train=True)
     ex.backward(tape, wrt=set(params))
-    progs = list(ex._programs.values())
+    progs = [fast.program for fast in ex.fast_loops.values()]
     assert progs and all(p.ok and p.reusable for p in progs), f"a loop of {activation} left the fast path"

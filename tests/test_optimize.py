@@ -313,8 +313,8 @@ def test_the_fast_path_computes_weight_gradients_once_after_the_loop():
     plan = optimize_plan(setup(SPECS["lstm"])[0])
     ex = Executor(plan, dtype=np.float64)
     loop = loop_of(plan)
-    prog = ex._program(loop)
-    need = ex._grad_needed(None)
+    prog = ex.program(loop)
+    need = ex.facts.grad_needed(None)
     bp = prog.backward_plan(frozenset({"h"}), need, False, prog.scratch)
     per_step_sources = {prog.by_id[a.op_id].step.inputs[a.pos][0] for a in bp.actions}
     assert not any(s in ex.plan.params or s.startswith("h.U{") for s in per_step_sources)
@@ -520,7 +520,7 @@ def test_training_steps_reuse_buffers_and_memory_stays_flat():
         grads = ex.backward(tape, wrt=set(params))
         runs.append(tape.prepared)
         del tape, grads
-        sizes.append(sum(len(v) for v in ex.pool.blocks.values()))
+        sizes.append(ex.pool.block_count())
     # nothing new after two passes; the blocks the first pass took before the prepared pass
     # existed are let go after BufferPool.KEEP_PASSES
     assert sizes[-1] == sizes[5] <= sizes[2]

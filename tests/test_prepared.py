@@ -134,7 +134,7 @@ def test_a_single_use_tape_spends_the_logits_and_refuses_a_second_backward():
     params = {p.name: rng.normal(scale=0.5, size=p.shape) for p in plan.params}
     feeds = random_feeds(plan, T=5, B=3, seed=0)
     ex = Executor(plan, dtype=np.float64)
-    assert ex.spendable                                 # the loss may work in the logits' array
+    assert ex.facts.spendable                                 # the loss may work in the logits' array
     for _ in range(3):                                  # generic pass, then prepared ones
         full = ex.forward(params, feeds, lengths=LENGTHS)
         z = full.values[logits].copy()
@@ -158,7 +158,7 @@ def test_nothing_read_elsewhere_is_spent():
     # the logits are an output too: they stay
     text = "input x[4]\ntarget y : class[3]\nz = W @ x + b\noutput z\nloss cross_entropy(softmax(z), y)\n"
     plan = compile_text(text).plan
-    assert not Executor(plan).spendable
+    assert not Executor(plan).facts.spendable
 
 
 def test_two_backward_passes_over_one_prepared_tape_give_separate_gradients():
@@ -180,9 +180,9 @@ def test_training_steps_run_the_prepared_backward_pass(monkeypatch):
     plan, params, batches = _setup(SPECS["lstm"])
     ex = Executor(plan, dtype=np.float64)
     calls = []
-    orig = Executor._run_prepared_backward
-    monkeypatch.setattr(Executor, "_run_prepared_backward",
-                        lambda self, *a, **k: (calls.append(1), orig(self, *a, **k))[1])
+    from nnspec.runtime import prepared
+    orig = prepared.backward
+    monkeypatch.setattr(prepared, "backward", lambda *a, **k: (calls.append(1), orig(*a, **k))[1])
     for feeds in batches * 2:
         tape, grads = _pass(ex, params, feeds, LENGTHS)
         del tape, grads

@@ -43,19 +43,14 @@ def _name_nonfinite(session, batch, split: str) -> None:
     """An output came out NaN or infinite: run the batch again checking every value, and say
     which one went bad first, by its name in the spec."""
     from ..train.nonfinite import describe_node
-    ex = session.model.executor
     have_targets = all(t.name in batch.arrays for t in session.plan.targets)
-    ex.check_finite = True
-    try:
-        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-            session.model.run(batch.arrays, batch.lengths, need_loss=have_targets and session.plan.loss is not None)
-    except RuntimeFailure as e:
+    e = session.model.diagnose(batch.arrays, batch.lengths,
+                               need_loss=have_targets and session.plan.loss is not None)
+    if e is not None:
         bad = str(e).rsplit(" produced ", 1)[-1] if " produced " in str(e) else "NaN or an infinite value"
         what = describe_node(session.compiled, e.node) if e.node else str(e)
         raise RuntimeFailure(f"{what} produced {bad} in the forward pass over the {split} data", e.node, e.span,
-                             session.compiled.diags.sources) from None
-    finally:
-        ex.check_finite = False
+                             session.compiled.diags.sources)
     raise RuntimeFailure(f"an output is NaN or infinite in the forward pass over the {split} data")
 
 

@@ -353,6 +353,7 @@ def cmd_sample(args) -> int:
     if not heads:
         raise UsageError("sample needs a language model: a loss that predicts the next token of an input")
     head = heads[0]
+    from ..chunks import Stream
     from ..ops import REGISTRY
     prediction = REGISTRY[next(s.op for s in session.plan.steps if s.id == head.loss)].prediction
     field = next(v for v in session.plan.inputs if v.elem in ("token", "char"))
@@ -361,7 +362,9 @@ def cmd_sample(args) -> int:
     tokens = tokenize(args.prompt, level=vocab.level) or ["\n"]
     ids = vocab.encode(tokens)
     out = list(tokens)
+    stream = Stream(session.plan)   # each token continues from the states the last one left
     tape = session.model.run({field.name: ids[:, None]}, need_loss=False)
+    stream.advance(tape)
     for _ in range(args.length):
         logits = np.asarray(tape.values[head.pred][-1, 0], dtype=np.float64)
         if prediction == "probabilities":  # back to log space (logits and log-probabilities already are)
@@ -372,7 +375,8 @@ def cmd_sample(args) -> int:
         p /= p.sum()
         nxt = int(rng.choice(len(p), p=p))
         out.append(vocab.decode([nxt])[0])
-        tape = session.model.run({field.name: np.array([[nxt]])}, carry=dict(tape.final_states), need_loss=False)
+        tape = session.model.run({field.name: np.array([[nxt]])}, carry=stream.carry_into(True), need_loss=False)
+        stream.advance(tape)
     joiner = "" if vocab.level == "char" else " "
     text = joiner.join(str(t) for t in out)
     if args.json:

@@ -13,11 +13,12 @@ import math
 import sys
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
 
-from ..chunks import lookahead_depth
+from ..chunks import Stream
 from ..dataset import BoundData
 from ..model import Model
 from ..ops import REGISTRY
@@ -27,7 +28,7 @@ from ..runtime import RuntimeFailure
 from ..settings import TrainSettings
 from .checkpoint import TrainedMeta, load_checkpoint, save_checkpoint
 from .clip import clip_scale
-from .nonfinite import (all_finite, describe_node, first_failure, forward_failure, nonfinite_names, sources_of,
+from .nonfinite import (all_finite, describe_node, forward_failure, nonfinite_names, sources_of,
                         what_and_bad, what_is_bad)
 from .optim import make_optimizer
 from .notebook_progress import progress_class
@@ -133,21 +134,20 @@ def evaluate(model: Model, data: BoundData, split: str, settings: TrainSettings,
     correct = {h.loss: 0 for h in heads}
     counted = {h.loss: 0 for h in heads}
     # [axes] an encoder-decoder (sequences on several axes): whole output sequences exactly right
-    sequences = {h.loss: [0, 0] for h in heads} if getattr(model.executor, "multi_axis", False) else None
+    sequences = {h.loss: [0, 0] for h in heads} if model.executor.facts.multi_axis else None
     head_loss = {h.loss: 0.0 for h in heads}   # each head's own loss, summed over its targets
     preds: dict[str, list] = {h.loss: [] for h in heads}
-    carry = None
-    for batch in data.batches(split, settings.batch, bptt=settings.bptt, ahead=lookahead_depth(model.plan),
-                              dtype=model.dtype):
-        before = carry if batch.carry else None
+    stream = Stream(model.plan)
+    for batch in data.batches(split, settings.batch, bptt=settings.bptt, ahead=stream.ahead, dtype=model.dtype):
+        before = stream.carry_into(batch.carry)
         with np.errstate(invalid="ignore", divide="ignore", over="ignore"):  # a NaN is caught and named below
             tape = model.run(batch.arrays, batch.lengths, carry=before)
             finite = all_finite(tape.values[k] for k in _checked_outputs(model, heads))
         if not finite:
-            raise forward_failure(model, lambda: model.run(batch.arrays, batch.lengths, carry=before),
-                                  "evaluating the data" if split == "all" else f"evaluating the {split} data")
+            raise forward_failure(model, "evaluating the data" if split == "all" else f"evaluating the {split} data",
+                                  batch.arrays, batch.lengths, carry=before)
         if data.stream:
-            carry = dict(tape.final_states)
+            stream.advance(tape)
         w = _targets_in(tape, heads, batch)
         if model.plan.loss is not None:
             total += float(tape.values[model.plan.loss]) * w
@@ -309,44 +309,47 @@ class Trainer:
     def _train_epoch(self, epoch: int, progress: Progress) -> tuple[float, int]:
         s, model = self.settings, self.model
         total, count, mistakes = 0.0, 0, 0
-        carry = None
+        stream = Stream(model.plan)
         for batch in self.data.batches("train", self.batch_size, shuffle=s.rule != "perceptron", rng=self.rng,
-                                       by_length=s.by_length, bptt=s.bptt, ahead=lookahead_depth(model.plan),
-                                       dtype=model.dtype):
+                                       by_length=s.by_length, bptt=s.bptt, ahead=stream.ahead, dtype=model.dtype):
             self._check_memory(batch)
             if self.schedule is not None:
                 self.optimizer.lr = self.schedule.lr_at(self.step, epoch)
             with np.errstate(invalid="ignore", divide="ignore", over="ignore"):  # a NaN is caught and named below
-                loss, grads, tape = model.loss_and_grads(batch.arrays, batch.lengths, rng=self.rng,
-                                                         carry=carry if batch.carry else None,
-                                                         single_use=s.rule != "perceptron")
-            # a bad step is caught where it happens, at the cost of one sum per parameter
-            # (nonfinite.all_finite): the loss here, the clipping's gradient norm when there is
-            # one, and the parameters after the update (a NaN gradient makes its parameter NaN)
-            scale = 1.0
-            if s.clip:
-                norm, scale = clip_scale(grads, s.clip)
-                if not math.isfinite(norm):
-                    self._diagnose_nan(batch, carry, loss, grads, epoch)
-            if not math.isfinite(loss):
-                self._diagnose_nan(batch, carry, loss, grads, epoch)
-            if self.data.stream:
-                carry = dict(tape.final_states)
-            if s.rule == "perceptron":
-                mistakes += sum(int(((tape.values[h.pred] > 0) != (tape.values[h.target] > 0.5)).sum())
-                                for h in self.heads)
-            updated = list(grads)
-            # the gradients are the executor's own and dropped below: the update may overwrite them
-            with np.errstate(over="ignore", invalid="ignore"):  # an overflow is caught and named below
-                self.optimizer.step(model.params, grads, scale=scale, consume=True)
-            if not all_finite(model.params[k] for k in updated):
-                self._bad_update(updated, epoch)
-            self.step += 1
+                loss, wrong = model.train_step(batch.arrays, batch.lengths, rng=self.rng,
+                                               stream=stream if self.data.stream else None, continues=batch.carry,
+                                               single_use=s.rule != "perceptron",
+                                               then=partial(self._update, batch, stream.carry_into(batch.carry), epoch))
+            mistakes += wrong
             total += loss * batch.size
             count += batch.size
             progress.step(batch.size if not self.data.stream else int(batch.lengths.sum()), loss)
-            del grads, tape  # held into the next batch, they would keep it from reusing the loops' buffers
         return (total / count if count else float("nan")), mistakes
+
+    def _update(self, batch, carry, epoch: int, loss: float, grads: dict, values: dict) -> tuple[float, int]:
+        """A training step's update from its loss and gradients (``Model.train_step``): (the loss,
+        the perceptron's mistakes). A bad step is caught where it happens, at the cost of one sum
+        per parameter (nonfinite.all_finite): the loss, the clipping's gradient norm when there is
+        one, and the parameters after the update (a NaN gradient makes its parameter NaN)."""
+        s = self.settings
+        scale = 1.0
+        if s.clip:
+            norm, scale = clip_scale(grads, s.clip)
+            if not math.isfinite(norm):
+                self._diagnose_nan(batch, carry, loss, grads, epoch)
+        if not math.isfinite(loss):
+            self._diagnose_nan(batch, carry, loss, grads, epoch)
+        mistakes = 0
+        if s.rule == "perceptron":
+            mistakes = sum(int(((values[h.pred] > 0) != (values[h.target] > 0.5)).sum()) for h in self.heads)
+        updated = list(grads)
+        # the gradients are the executor's own and dropped after the step: the update may overwrite them
+        with np.errstate(over="ignore", invalid="ignore"):  # an overflow is caught and named below
+            self.optimizer.step(self.model.params, grads, scale=scale, consume=True)
+        if not all_finite(self.model.params[k] for k in updated):
+            self._bad_update(updated, epoch)
+        self.step += 1
+        return loss, mistakes
 
     def _steps_per_epoch(self) -> int:
         """For the progress bar's ETA."""
@@ -378,9 +381,8 @@ class Trainer:
     def _diagnose_forward(self, batch, carry, epoch: int) -> None:
         """Re-run the failing step's forward pass with checks on every value: raises naming the first
         value that went bad, if one did."""
-        failure = first_failure(self.model, lambda: self.model.run(
-            batch.arrays, batch.lengths, train=True, rng=np.random.default_rng(0),
-            carry=carry if batch.carry else None))
+        failure = self.model.diagnose(batch.arrays, batch.lengths, train=True, rng=np.random.default_rng(0),
+                                      carry=carry)
         if failure is not None:
             what, bad = what_and_bad(self.model, failure)
             raise TrainingError(f"{self._where(epoch)}: {what} produced {bad}; try a smaller learning rate, "

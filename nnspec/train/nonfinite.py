@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Iterable
 
 import numpy as np
 
@@ -36,35 +36,19 @@ def what_is_bad(a: np.ndarray) -> str:
     return "NaN" if np.isnan(a).any() else "infinite"
 
 
-def first_failure(model, forward: Callable[[], object]):
-    """A forward pass gave NaN or infinity: ``forward()`` runs it again with every value checked.
-    Returns the runtime's RuntimeFailure for the first value that went bad (its node, and its
-    step's span), or None when the pass is finite this time."""
-    from ..runtime import RuntimeFailure
-    executor = model.executor
-    executor.check_finite = True
-    try:
-        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-            forward()
-    except RuntimeFailure as e:
-        return e
-    finally:
-        executor.check_finite = False
-    return None
-
-
 def what_and_bad(model, e) -> tuple[str, str]:
     """A RuntimeFailure's value in the user's words, and what it became."""
     bad = str(e).rsplit(" produced ", 1)[-1] if " produced " in str(e) else "NaN or an infinite value"
     return (describe_node(model.compiled, e.node) if e.node else str(e)), bad
 
 
-def forward_failure(model, forward: Callable[[], object], doing: str):
-    """The RuntimeFailure to raise when an evaluation's forward pass gave NaN or infinity,
-    naming the value as a training run does: ``doing`` says what was being computed. It keeps
-    the failing step's span, so it renders with the source line and a caret."""
+def forward_failure(model, doing: str, feeds: dict, lengths=None, **how):
+    """The RuntimeFailure to raise when an evaluation's forward pass (of ``feeds``, ``how`` as
+    ``Model.run``) gave NaN or infinity, naming the value as a training run does: ``doing`` says
+    what was being computed. It keeps the failing step's span, so it renders with the source
+    line and a caret."""
     from ..runtime import RuntimeFailure
-    failure = first_failure(model, forward)
+    failure = model.diagnose(feeds, lengths, **how)
     if failure is None:
         return RuntimeFailure(f"{doing}: the network's output is NaN or infinite")
     what, bad = what_and_bad(model, failure)

@@ -4,7 +4,7 @@ Every run is float64 and computes the outputs, the loss and the gradients of one
 the loss (when the spec has one) plus ``sum(output * G)`` over the outputs, for a fixed random
 ``G`` that is zero at padding steps. The oracles:
 
-  fast     the fast runtime against the reference interpreter (``ExecOptions(fast_loops=False)``),
+  fast     the fast runtime against the reference engine (``ExecOptions.reference()``),
            both on the optimised plan;
   optimize the optimised plan against the unoptimised one, both on the reference interpreter;
   fd       central finite differences of the objective (unoptimised plan, reference
@@ -46,7 +46,7 @@ ORACLES = ["fast", "optimize", "fd", "torch", "batch", "repeat"]
 TOLERANCE = 1e-6
 BINDINGS = {f"vocab(w{i})": 5 for i in range(1, 200)}
 LOSS_OPS = {"mse", "bce", "bce_logits", "perceptron", "cross_entropy", "cross_entropy_logits", "nll"}
-REFERENCE = ExecOptions(fast_loops=False)
+REFERENCE = ExecOptions.reference()   # every step by nnspec/runtime/reference.py
 
 
 @dataclass

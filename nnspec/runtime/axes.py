@@ -1,11 +1,10 @@
-"""Running a plan whose values live on several sequence axes (nnspec/axes.py).
+"""Values on several sequence axes (nnspec/axes.py): the ops over time on them, and loops that
+read other axes' values whole.
 
-Each axis has its own geometry: its number of steps T and each example's lengths (and the
-mask made of them). The executor (runtime.py) keeps one geometry per axis on the tape and,
-before each step, makes the step's axis the current one (``tape.steps``, ``tape.lengths``,
-``tape.mask``), so that a loop runs over its own axis and an op sees the mask of the axis
-it works on: the innermost axis of its first operand (``softmax_steps`` of scores on
-``(out, src)`` normalises over ``src``, with ``src``'s padding).
+Every axis is a ``TimeAxis`` on the tape (its T and each example's lengths, by name); a value's
+axes are outermost first, and the one its ops over time read is its innermost
+(``PlanFacts.axis_of``): ``softmax_steps`` of scores on ``(out, src)`` normalises over ``src``,
+with ``src``'s padding. A loop runs over its own axis (``LoopStep.axis``).
 
 Ops work on one time axis ``(T, B, ...)``. For a value on several axes
 ``(T_a1, ..., T_ak, B, ...)``, :class:`FoldedOp` moves the innermost axis to the front and
@@ -13,65 +12,21 @@ folds the outer ones into the batch, ``(T_ak, T_a1 * ... * B, ...)``, with the m
 to match; the op runs unchanged and its result is unfolded. So every reduction over time
 (``sum``, ``last``, ...) and ``softmax_steps`` works over the innermost axis of any value.
 
-Plans with several axes run without prepared passes and without the buffer pool; a loop
-that reads values on other axes whole (attention inside it) runs on the reference
-interpreter, with each whole value's mask for the ops over its steps (``loop_reads``); other
-loops take the fast path on their own axis's geometry. Plans with one axis are untouched.
+A loop that reads values on other axes whole (attention inside it), or whose body ops work over
+axes of their own within a step, runs on the reference engine (``loop_reads``: the whole
+values, and each such body op's innermost axis for its mask); other loops take the fast
+path on their own axis. Plans with one axis are untouched.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
-from .graph import DEFAULT_AXIS
-from .ops.registry import Ctx, Op
+from ..ops.registry import Ctx, Op
 
 
-@dataclass
-class AxisGeometry:
-    steps: int
-    lengths: np.ndarray
-    mask: np.ndarray
-
-
-def axis_geometries(input_axes: dict[str, tuple], env: dict, lengths, dtype) -> tuple[int, dict]:
-    """The batch size and each axis's geometry, from the fed sequences (``input_axes``: input ->
-    its axes) and ``lengths``: a dict axis -> (B,) lengths (an axis left out: every step is real),
-    or one array for the default axis."""
-    if lengths is not None and not isinstance(lengths, dict):
-        lengths = {DEFAULT_AXIS: lengths}
-    lengths = lengths or {}
-    batch, geo = 1, {}
-    for name, axes in input_axes.items():
-        a = env.get(name)
-        if a is None:
-            continue
-        if not axes:
-            batch = a.shape[0]
-            continue
-        axis = axes[-1]
-        steps, batch = a.shape[0], a.shape[1]
-        if axis not in geo:
-            ls = lengths.get(axis)
-            ls = np.full(batch, steps, dtype=np.int64) if ls is None else np.asarray(ls, dtype=np.int64)
-            mask = (np.arange(steps)[:, None] < ls[None, :]).astype(dtype)
-            geo[axis] = AxisGeometry(steps, ls, mask)
-    return batch, geo
-
-
-def enter(tape, axis: str | None) -> None:
-    """Make ``axis`` the tape's current one (what loops and masked ops read)."""
-    g = tape.geometry.get(axis) if axis is not None else None
-    if g is not None:
-        tape.steps, tape.lengths, tape.mask = g.steps, g.lengths, g.mask
-
-
-def step_axis(own: tuple, first_operand: tuple | None) -> str | None:
-    """The axis an op step works on: the innermost of its first operand's, else of its own."""
-    if first_operand:
-        return first_operand[-1]
-    return own[-1] if own else None
+def folded(op: Op, axes: tuple) -> Op:
+    """The op to run over a first operand on ``axes``: over time on several axes, folded."""
+    return FoldedOp(op, len(axes)) if op.over_time and len(axes) > 1 else op
 
 
 class FoldedOp:

@@ -1,0 +1,260 @@
+"""The executor: runs a plan's steps forwards (a ``Tape``) and backwards (gradients), sending each
+step to the reference engine (``reference.py``) or to its fast implementation beside it.
+
+Arrays: a feed-forward value is ``(B, *shape)``, a sequence ``(T, B, *shape)`` (time-major) along
+a named time axis (``timeaxis.py``; a value on several axes is ``(T_a1, ..., T_ak, B, *shape)``,
+``axes.py``), a parameter or constant has no leading axes. A real-valued
+value with per-example shape ``()`` is held as ``(..., 1)`` so that it broadcasts against
+vectors. A whole-batch value (a loss, and arithmetic on losses with parameters and constants) is
+a 0-d array: one number for the batch.
+
+The fast paths, each switchable off in ``ExecOptions`` and tested against the reference:
+plain steps into pooled arrays (``steps.py``), loops with kept runs (``loops.py``,
+``loopback.py``, planned in ``loopprogram.py``), prepared passes (``prepared.py``), the buffer
+pool (``pool.py``), row gradients (``rowgrad.py``); all reuse arrays by one rule (``reuse.py``)
+and sum gradients one way (``gradsum.py``). A ``single_use`` forward pass (training) lets a loss
+overwrite logits nothing else reads, and its tape refuses a second backward pass.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import chunks
+from ..ops import REGISTRY
+from ..plan import LoopStep, Plan
+from . import loopback, prepared, reference
+from .blas import blas_threads
+from .facts import PlanFacts
+from .gradsum import GradSum
+from .loopprogram import LoopProgram
+from .loops import FastLoop
+from .pool import BufferPool
+from .profile import profiled
+from .rowgrad import TableGrads
+from .steps import FastSteps
+from .tape import ExecOptions, RunContext, Tape
+from .timeaxis import TIME, TimeAxis
+
+
+class Executor:
+    def __init__(self, plan: Plan, dtype=np.float32, check_finite: bool = False,
+                 options: ExecOptions | None = None):
+        self.plan = plan
+        self.dtype = np.dtype(dtype)
+        self.check_finite = check_finite
+        self.options = options or ExecOptions()
+        self.facts = PlanFacts(plan, self.dtype)
+        self.consts = {k: np.asarray(v, dtype=self.dtype) for k, v in plan.consts.items()}
+        self.pool = BufferPool(enabled=self.options.reuse_buffers)
+        self.tables = TableGrads(self._table_shapes() if self.options.row_grads else {})
+        self.fast_steps = FastSteps(self)
+        self.fast_loops: dict[int, FastLoop] = {}
+        self._pass_run: prepared.PassRun | None = None   # the prepared pass kept for the last batch geometry
+        self._pass_seen: tuple | None = None    # (geometry, shapes of the steps that ran into arrays)
+        self.profile: dict | None = None        # set to {} to collect seconds per step
+
+    def _table_shapes(self) -> dict[str, tuple]:
+        """Embedding tables (parameters whose gradient is a few rows) -> their shapes."""
+        params = {p.name: tuple(p.shape) for p in self.plan.params}
+        tables = {}
+        for s in self.plan.steps:
+            i = None if isinstance(s, LoopStep) else REGISTRY[s.op].row_gradient_input
+            if i is not None and s.inputs[i][0] in params:
+                tables[s.inputs[i][0]] = params[s.inputs[i][0]]
+        return tables
+
+    def program(self, loop: LoopStep) -> LoopProgram:
+        fast = self.fast_loops.get(loop.index)
+        if fast is None:
+            fast = self.fast_loops[loop.index] = FastLoop(LoopProgram(self.facts, self.options, loop))
+        return fast.program
+
+    # ---- inputs ---------------------------------------------------------------
+    def prepare(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        env = {}
+        for name, spec in self.facts.specs.items():
+            if name not in feeds:
+                continue
+            a = np.asarray(feeds[name])
+            if spec.integer:
+                a = a.astype(np.int64, copy=False)
+            else:
+                a = a.astype(self.dtype, copy=False)
+                lead = 2 if spec.seq else 1
+                if len(spec.shape) == 0 and a.ndim == lead:
+                    a = a[..., None]
+            env[name] = a
+        return env
+
+    def _geometry(self, env, lengths) -> tuple[int, dict[str, TimeAxis]]:
+        """The batch size and the batch's time axes by name: an axis's length from a feed along it,
+        its examples' lengths from ``lengths`` (a dict by axis name; or an array: those of the one
+        axis of a plan with one, else of ``TIME``), else all of it. A feed on axes ``(a1, ..., ak)``
+        is ``(T_a1, ..., T_ak, B, ...)``."""
+        facts = self.facts
+        one = None if facts.multi_axis else facts.shown_axis
+        batch, found = 1, False
+        for name, a in env.items():
+            if name in facts.seq:
+                batch, found = a.shape[len(facts.axes.get(name) or (TIME,))], True
+                break
+        if not found:
+            batch = next((a.shape[0] for a in env.values()), 1)
+        axes: dict[str, TimeAxis] = {}
+        for name, a in env.items():
+            if name not in facts.seq:
+                continue
+            own = facts.axes.get(name) or (facts.axis_of[name],)
+            for k, axis in enumerate(own if facts.multi_axis else (facts.axis_of[name],)):
+                if axis in axes:
+                    continue
+                if isinstance(lengths, dict):
+                    given = lengths.get(axis)
+                else:
+                    given = lengths if axis in (TIME, one) else None
+                if given is None:
+                    given = np.full(batch, a.shape[k], dtype=np.int64)
+                axes[axis] = TimeAxis(axis, a.shape[k], np.asarray(given, dtype=np.int64)
+                                      if not isinstance(given, np.ndarray) else given, self.dtype)
+        return batch, axes
+
+    # ---- forward -------------------------------------------------------------
+    def forward(self, params: dict[str, np.ndarray], feeds: dict[str, np.ndarray], *,
+                lengths: np.ndarray | None = None, train: bool = False,
+                rng: np.random.Generator | None = None, carry: dict[str, np.ndarray] | None = None,
+                need_loss: bool = True, single_use: bool = False, context: RunContext | None = None) -> Tape:
+        """Run the plan on a batch. ``context`` (else ``train``, ``rng`` and the executor's
+        ``check_finite``): how the pass runs. ``carry``: the previous chunk's final states.
+        ``single_use``: the tape is for one backward pass (training): values that nothing but one
+        op reads may be overwritten by it (the softmax of a ``cross_entropy_logits`` is computed
+        over the logits), so ``tape.values`` does not show them any more, and a second backward
+        over the tape is refused."""
+        context = context or RunContext(train=train, rng=rng, check_finite=self.check_finite)
+        with blas_threads(self.options.blas_threads):
+            return self._forward(params, feeds, lengths, context, carry, need_loss, single_use)
+
+    def _forward(self, params, feeds, lengths, context, carry, need_loss, single_use) -> Tape:
+        self.pool.new_pass()
+        if self._pass_run is not None:
+            self._pass_run.release_bound()   # before the loops' check: its bound inputs may be their buffers
+        for fast in self.fast_loops.values():
+            fast.release_outer()
+        env = self.prepare(feeds)
+        batch, axes = self._geometry(env, lengths)
+        time = axes.get(self.facts.shown_axis) or next(iter(axes.values()), None)   # what the tape shows
+        key, run = self._prepared_run(env, axes, need_loss, context)
+        env.update(self.consts)
+        env.update(params)
+        tape = Tape(values=env, lengths=None if time is None else time.lengths,
+                    mask=None if time is None else time.mask, batch=batch, steps=0 if time is None else time.steps,
+                    carry=carry or {}, context=context, axes=axes, axis_of=self.facts.axis_of,
+                    ahead={n: np.asarray(feeds[chunks.ahead_key(n)]) for n in self.facts.seq
+                           if chunks.ahead_key(n) in feeds})
+        if single_use:
+            tape.single_use = True
+            tape.fresh = set() if self.facts.spendable else None
+        if run is not None:
+            prepared.forward(self, run, tape)
+        else:
+            run_step = self.forward_step if self.profile is None else profiled(self.profile, "forward",
+                                                                                 self.forward_step)
+            built = {} if key is not None else None
+            for step in self.plan.steps:
+                if not self.facts.skipped(step, need_loss) and run_step(step, tape) and built is not None:
+                    built[step.id] = tape.values[step.id].shape
+            if key is not None:
+                self._pass_seen = (key, built)
+        for src, depth in self.facts.lookback.items():
+            if self.facts.axis_of.get(src) in axes:
+                k = chunks.history_key(src)
+                tape.final_states[k] = chunks.next_history(tape.carry.get(k), env[src], tape.axis(src).lengths, depth)
+        return tape
+
+    def _prepared_run(self, env, axes, need_loss, context) -> tuple:
+        """(geometry key, the prepared pass to run): none for the reference engine, a profiled or
+        checked pass; made on the second pass of a geometry, so that its arrays come from the
+        pool blocks the last pass's (dropped) tape used."""
+        opts = self.options
+        if not (opts.prepared and opts.fast_loops) or context.check_finite or self.profile is not None:
+            return None, None
+        key = (tuple((n, ax.steps, ax.lengths.tobytes()) for n, ax in axes.items()), need_loss,
+               tuple((k, a.shape, a.dtype.str) for k, a in env.items()))
+        run = self._pass_run
+        if run is not None and not (run.key == key and run.free()):
+            run = self._pass_run = None
+        if run is None and self._pass_seen is not None and self._pass_seen[0] == key:
+            run = self._pass_run = prepared.build(self, key, self._pass_seen[1], need_loss)
+            run.seal()
+        return key, run
+
+    def forward_step(self, step, tape: Tape) -> bool:
+        """Run one step; True if it ran into an array of the pool (a prepared pass keeps those)."""
+        if isinstance(step, LoopStep):
+            if (self.options.fast_loops and self.facts.loop_axis[step.index] in tape.axes
+                    and step.index not in self.facts.across_axes and self.program(step).ok):
+                self.fast_loops[step.index].forward(self, tape)
+            else:
+                reference.loop_forward(self.facts, step, tape)
+            return False
+        if not self.options.fast_loops:
+            reference.op_forward(self.facts, step, tape)
+            return False
+        into = self.fast_steps.forward(self, step, tape)
+        if into and tape.fresh is not None:
+            tape.fresh.add(step.id)
+        return into
+
+    # ---- backward ------------------------------------------------------------
+    def backward(self, tape: Tape, seeds: dict[str, np.ndarray] | None = None,
+                 wrt=None) -> dict[str, np.ndarray]:
+        """Gradients of the loss (or of the given seeds) w.r.t. the values on the tape.
+
+        ``wrt`` names the leaves (parameters, inputs) whose gradients are wanted;
+        by default all of them. Values that lead to none of them get no gradient.
+        """
+        with blas_threads(self.options.blas_threads):
+            return self._backward(tape, seeds, wrt)
+
+    def _backward(self, tape: Tape, seeds, wrt) -> dict[str, np.ndarray]:
+        if tape.single_use:
+            if tape.used:
+                raise RuntimeError("this tape was made for one backward pass (forward(..., single_use=True), "
+                                   "as in training) and has had it: some of its values were overwritten; "
+                                   "run the forward pass again, or without single_use to keep them")
+            tape.used = True
+        grads: dict[str, np.ndarray] = {}
+        total = GradSum(grads, self.pool)
+        if seeds:
+            for k, v in seeds.items():
+                grads[k] = np.asarray(v, dtype=self.dtype)
+        else:
+            if self.plan.loss is None:
+                raise ValueError("this network has no loss to differentiate")
+            grads[self.plan.loss] = np.ones_like(tape.values[self.plan.loss])
+        need = self.facts.grad_needed(wrt)
+        leaves = None if wrt is None else set(wrt)
+        run = tape.prepared
+        if run is not None and not seeds and self.profile is None and run.grads_free():
+            prepared.backward(self, run, tape, total, need, leaves)
+            return grads
+        run_step = self.backward_step if self.profile is None else profiled(self.profile, "backward",
+                                                                              self.backward_step)
+        for step in reversed(self.plan.steps):
+            run_step(step, tape, total, need, wrt is None)
+            if leaves is not None:  # only the leaves were asked for: a value's gradient goes once used
+                for v in ([b.id for b in step.body] if isinstance(step, LoopStep) else [step.id]):
+                    if v not in leaves and v in grads:
+                        del grads[v]
+        return grads
+
+    def backward_step(self, step, tape: Tape, grads: GradSum, need, keep: bool) -> None:
+        """One step's VJPs; ``keep``: a loop leaves its body values' gradients in the dict."""
+        if isinstance(step, LoopStep):
+            if step.index in tape.loops:
+                loopback.loop_backward(self, self.program(step), tape, grads, need, keep)
+            else:
+                reference.loop_backward(self.facts, step, tape, grads, need)
+        elif self.options.fast_loops:
+            self.fast_steps.backward(self, step, tape, grads, need)
+        else:
+            reference.op_backward(self.facts, step, tape, grads, need)

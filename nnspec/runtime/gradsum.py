@@ -1,0 +1,103 @@
+"""The one way gradients are summed: ``GradSum`` adds each gradient that reaches a value into
+the gradient dict, in place where the array is one it made itself (never into a caller's)."""
+from __future__ import annotations
+
+import numpy as np
+
+from .pool import BufferPool
+from .rowgrad import RowGrad
+
+
+class Into:
+    """A VJP written into a given array: ``fn(dest, accumulate)``."""
+
+    __slots__ = ("op", "i", "g", "xs", "out", "attrs")
+
+    def __init__(self, op, i, g, xs, out, attrs):
+        self.op, self.i, self.g, self.xs, self.out, self.attrs = op, i, g, xs, out, attrs
+
+    def __call__(self, dest, accumulate):
+        self.op.vjp_into(self.i, self.g, self.xs, self.out, self.attrs, dest, accumulate)
+
+
+class GradSum:
+    """Adds gradients into a dict, in place where the array is one it made itself."""
+
+    def __init__(self, grads: dict, pool: BufferPool | None = None):
+        self.grads = grads
+        self.owned: set[str] = set()
+        self.pool = pool or BufferPool(enabled=False)
+        self.blank: dict[str, tuple] = {}  # key -> (its array, ranges of the last axis still all zeros)
+
+    def _own(self, key: str, shape, dtype) -> np.ndarray:
+        """Make the gradient of key an array of this sum's own (a pooled copy)."""
+        self.blank.pop(key, None)
+        acc = self.grads.get(key)
+        if isinstance(acc, RowGrad):   # about to get other rows: no promise any more
+            acc = self.grads[key] = np.asarray(acc)
+        if acc is not None and key in self.owned and acc.shape == tuple(shape) and acc.dtype == dtype:
+            return acc
+        new = self.pool.zeros(shape, dtype) if acc is None else self.pool.empty(shape, dtype)
+        if acc is not None:
+            np.copyto(new, acc)  # broadcasts a smaller one
+        self.grads[key] = new
+        self.owned.add(key)
+        return new
+
+    def add(self, key: str, g: np.ndarray, owned: bool = False) -> None:
+        """Add ``g`` to the gradient of ``key``; the first is kept as it is (``owned``: and may be
+        added into, as an array of the runtime's own)."""
+        self.blank.pop(key, None)
+        acc = self.grads.get(key)
+        if acc is None:
+            self.grads[key] = g
+            if owned:
+                self.owned.add(key)
+            return
+        shape = np.broadcast_shapes(acc.shape, g.shape)
+        target = self._own(key, shape, np.result_type(acc, g))
+        target += g
+
+    def add_into(self, key: str, shape, into: Into) -> None:
+        """Let ``into`` write (first gradient) or add (later ones) straight into key's gradient."""
+        acc = self.grads.get(key)
+        dtype = into.g.dtype
+        if acc is None:
+            dest = self.pool.empty(shape, dtype)
+            into(dest, False)
+            self.grads[key] = dest
+            self.owned.add(key)
+            return
+        into(self._own(key, np.broadcast_shapes(acc.shape, tuple(shape)), np.result_type(acc, dtype)), True)
+
+    def add_part(self, key: str, g: np.ndarray, lo: int, hi: int, shape: tuple) -> None:
+        """Add g into ``[..., lo:hi]`` of the gradient of key (whose full shape is ``shape``).
+
+        The parts of a gradient made of slices (the gates of a fused projection) are written,
+        not added onto zeros, while they fall on parts nothing has written yet."""
+        shape = tuple(shape)
+        acc = self.grads.get(key)
+        blanks = self.blank.pop(key, None)
+        if acc is None:
+            new = self.pool.empty(shape, g.dtype)
+            np.copyto(new[..., lo:hi], g)
+            new[..., :lo] = 0
+            new[..., hi:] = 0
+            self.grads[key] = new
+            self.owned.add(key)
+            self.blank[key] = (new, [(a, b) for a, b in ((0, lo), (hi, shape[-1])) if b > a])
+            return
+        if blanks and blanks[0] is acc and acc.shape == shape and acc.dtype == g.dtype:
+            ranges = blanks[1]
+            for i, (a, b) in enumerate(ranges):
+                if a <= lo and hi <= b:
+                    np.copyto(acc[..., lo:hi], g)
+                    rest = ranges[:i] + [(x, y) for x, y in ((a, lo), (hi, b)) if y > x] + ranges[i + 1:]
+                    if rest:
+                        self.blank[key] = (acc, rest)
+                    return
+        self._own(key, shape, g.dtype)[..., lo:hi] += g
+
+    def disown(self, key: str) -> None:
+        self.owned.discard(key)
+        self.blank.pop(key, None)

@@ -1,0 +1,249 @@
+"""Fast loops, backward: backpropagation through time over a kept ``LoopRun``.
+
+Only gradients that flow to values *inside* the loop are computed step by step; everything that
+leaves the loop — a weight's gradient, a bias's, an input projection's — is one whole-sequence
+VJP after the loop (``defer_grads``). Derivatives of sigmoid, tanh and the like are computed for
+the whole sequence at once (``local_grads``), and the gradient of an ``add`` or a ``slice``
+shares its buffer with its output's instead of being copied (``alias_grads``). A gradient sent
+to another step goes through ``TimeAxis.send_to_step_into``, as the reference engine's does.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..ops.registry import NO_CTX, product_into, unbroadcast
+from ..plan import LoopStep
+from .blas import blas_threads
+from .gradsum import GradSum
+from .loopprogram import BackwardPlan, BodyOp, LoopProgram
+from .loops import LoopRun
+from .reference import send
+from .reuse import distinct
+from .tape import Tape
+
+
+@dataclass(eq=False)
+class LoopBackward:
+    """A run's backward pass: gradient buffers and per-step actions, reused with the run."""
+
+    gbuf: dict                  # value -> its gradient's array (views and aliases included)
+    owners: list                # the arrays gbuf's entries are views of
+    ginit: dict                 # state -> gradient of its initial value
+    local: dict                 # op id -> (array of D for all steps, D's per-step views)
+    actions: list
+    outer_step: dict
+    tmps: list
+    key: tuple = ()
+
+    def arrays(self) -> list:
+        return (self.owners + list(self.ginit.values()) + [into for into, _ in self.local.values()]
+                + list(self.outer_step.values()) + self.tmps)
+
+    def reset(self) -> None:
+        for a in self.owners + list(self.ginit.values()) + list(self.outer_step.values()):
+            a.fill(0)
+
+
+def loop_backward(ex, prog: LoopProgram, tape: Tape, grads: GradSum, need, keep: bool) -> None:
+    loop: LoopStep = prog.loop
+    run: LoopRun = tape.loops[loop.index]
+    env, T, bufs = tape.values, run.T, run.bufs
+    pre = frozenset(b.id for b in prog.body if b.id in grads.grads and not b.step.integer)
+    plan = prog.backward_plan(pre, need, keep, run.scratch)
+    key = (pre, id(need), keep)
+    bw = run.backward if run.backward is not None and run.backward.key == key else None
+    if bw is None:
+        before = run.reuse.counts()
+        bw = run.backward = build_backward(ex, prog, run, plan, need, env, tape.batch)
+        bw.key = key
+        local_grads(prog, run, bw, env)
+        run.reuse.absorb(before)          # its references to the run's arrays are the run's own
+        tracked = {id(a) for a in run.reuse.arrays}
+        new = [a for a in distinct(bw.arrays()) if id(a) not in tracked]
+        run.reuse.track(new)
+        del new
+    else:
+        bw.reset()
+        local_grads(prog, run, bw, env)
+    gbuf, ginit = bw.gbuf, bw.ginit
+    for v in pre:
+        gbuf[v] += grads.grads.pop(v)
+    times = range(T) if loop.direction > 0 else range(T - 1, -1, -1)
+    with blas_threads(ex.options.loop_blas_threads):
+        for t in reversed(times):
+            for act in bw.actions:
+                act(t)
+    # everything that leaves the loop: one whole-sequence VJP per edge
+    for op_id, pos in plan.deferred:
+        b = prog.by_id[op_id]
+        src, d = b.step.inputs[pos]
+        gi = b.op.vjp_one(pos, gbuf[op_id], whole_inputs(prog, run, env, b), bufs[op_id], b.step.attrs, NO_CTX)
+        if gi is not None:
+            send(ex.facts, tape, src, d if src in ex.facts.seq else 0, gi, grads, need)
+    for (op_id, pos), g in bw.outer_step.items():
+        src, d = prog.by_id[op_id].step.inputs[pos]
+        send(ex.facts, tape, src, d if src in ex.facts.seq else 0, g, grads, need, owned=True)
+    if keep:
+        for b in prog.body:
+            if b.id in gbuf:
+                grads.grads[b.id] = gbuf[b.id]  # kept so callers can read gradients of recurrent values
+                grads.disown(b.id)
+    for s, g in ginit.items():
+        if s in loop.initials and s not in tape.carry:   # (carried from the last chunk: truncated BPTT)
+            init_id = loop.initials[s]
+            grads.add(init_id, unbroadcast(g, env[init_id].shape))
+
+
+def build_backward(ex, prog: LoopProgram, run: LoopRun, plan: BackwardPlan, need, env: dict,
+                   B: int) -> LoopBackward:
+    """Gradient buffers and per-step actions of a loop's backward pass, for one run."""
+    T, integer, seq, dtype = run.T, ex.facts.integer, ex.facts.seq, ex.dtype
+    # Gradient buffers: one (T, B, ...) array per region, or one (B, ...) array reused at
+    # every step where nothing reads the gradient after its step; aliases and slices
+    # share their region's array. (No recursive closure here: a function referring to
+    # itself is a reference cycle, which would keep every buffer alive until a full GC.)
+    gbuf: dict[str, np.ndarray] = {}
+    for b in prog.body:
+        if b.step.integer or b.id in plan.alias or b.id in plan.views:
+            continue
+        if b.id in plan.scratch:
+            gbuf[b.id] = np.zeros((B,) + b.trail, dtype=dtype)
+        else:
+            gbuf[b.id] = ex.pool.zeros((T, B) + b.trail, dtype)
+    owners = list(gbuf.values())
+    for b in prog.body:             # slice views: their source comes first
+        if b.id in plan.views:
+            src, lo, hi = plan.views[b.id]
+            gbuf[b.id] = _resolve(gbuf, plan.alias, src)[..., lo:hi]
+    for b in prog.body:
+        if b.id in plan.alias:
+            gbuf[b.id] = _resolve(gbuf, plan.alias, plan.alias[b.id])
+    glists = {v: ([a] * T if plan.region[v] in plan.scratch else list(a)) for v, a in gbuf.items()}
+    ginit = {s: np.zeros(run.inits[s].shape, dtype=dtype) for s in prog.loop.states
+             if s in gbuf and s in need}
+    axis = run.axis
+    # derivatives of elementwise ops, for the whole sequence at once (filled every pass)
+    # (over every step: the op's own buffer may be one step's scratch when its VJP reads only its input)
+    local = {bid: (ex.pool.empty((T, B) + prog.by_id[bid].trail, dtype), []) for bid in plan.local}
+    actions = [_zero_action(gbuf[r]) for r in plan.fill]
+    tmps: dict = {}
+
+    def tmp_pair(arr):
+        key = (arr.shape[1:], arr.dtype)
+        if key not in tmps:
+            tmps[key] = (np.empty(arr.shape[1:], arr.dtype), np.empty(arr.shape[1:], arr.dtype))
+        return tmps[key]
+
+    outer_step: dict[tuple, np.ndarray] = {}   # (op id, pos) -> per-step gradients leaving the loop
+    for a in plan.actions:
+        b = prog.by_id[a.op_id]
+        G, ins, outs, attrs = glists[a.op_id], run.ins[a.op_id], run.outs[a.op_id], b.step.attrs
+        if a.kind == "generic":
+            dests = []
+            for pos, (src, d) in enumerate(b.step.inputs):
+                if src in integer or src not in need:
+                    dests.append(None)
+                elif src in prog.ids:
+                    dests.append(("body", glists[src], d, ginit.get(src), gbuf[src]))
+                else:
+                    outer_step[(a.op_id, pos)] = arr = np.zeros(env[src].shape, dtype=dtype)
+                    dests.append(("outer", arr, src in seq))
+            actions.append(_generic_backward(b.op, attrs, G, ins, outs, run.ctxs[a.op_id], dests, axis))
+            continue
+        src, d = b.step.inputs[a.pos]
+        if a.kind == "outer_step":
+            outer_step[(a.op_id, a.pos)] = arr = np.zeros(env[src].shape, dtype=dtype)
+            actions.append(_outer_step_action(b.op, a.pos, attrs, G, ins, outs, arr, src in seq))
+            continue
+        D = local[a.op_id][1] if a.kind == "local" else None
+        if d == 0:
+            dest = glists[src]
+            if D is not None:
+                actions.append(product_into(G, D, dest, a.accumulate))
+            else:
+                actions.append(b.op.step_vjp(a.pos, G, ins, outs, attrs, dest, a.accumulate))
+        else:
+            full = gbuf[src]
+            t1, t2 = tmp_pair(full)
+            first = (product_into(G, D, [t1] * T, False) if D is not None
+                     else b.op.step_vjp(a.pos, G, ins, outs, attrs, [t1] * T, False))
+            actions.append(_delayed_action(first, full, d, axis, ginit.get(src), t1, t2))
+    return LoopBackward(gbuf=gbuf, owners=owners, ginit=ginit, local=local, actions=actions,
+                        outer_step=outer_step, tmps=[a for pair in tmps.values() for a in pair])
+
+
+def local_grads(prog: LoopProgram, run: LoopRun, bw: LoopBackward, env: dict) -> None:
+    """This pass's derivatives of the elementwise ops whose VJP multiplies by them."""
+    for bid, (into, steps) in bw.local.items():
+        b = prog.by_id[bid]
+        D = b.op.local_grad(whole_inputs(prog, run, env, b), run.bufs[bid], b.step.attrs, into)
+        if not (steps and D is into):   # (written into the same array as last pass: same views)
+            steps[:] = D
+
+
+def whole_inputs(prog: LoopProgram, run: LoopRun, env: dict, b: BodyOp) -> list:
+    """The inputs of body op b over all steps (scratch values only by shape: nothing reads them)."""
+    return [run.reads[(src, d)] if d != 0 else (run.bufs[src] if src in prog.ids else env[src])
+            for src, d in b.step.inputs]
+
+
+def _resolve(gbuf: dict, alias: dict, v: str) -> np.ndarray:
+    while v not in gbuf:
+        v = alias[v]
+    return gbuf[v]
+
+
+def _zero_action(arr):
+    def act(t):
+        arr.fill(0)
+    return act
+
+
+def _delayed_action(first, full, d, axis, ginit, t1, t2):
+    """Gradient of a state read at t + d: ``first(t)`` writes it into t1; it goes to that
+    step where the step is real, else to the initial state."""
+    send, minlen, add = axis.send_to_step_into, axis.minlen, np.add
+
+    def act(t):
+        first(t)
+        u = t + d
+        if 0 <= u < minlen:      # a real step of every example (send's first case, inlined: it is most steps)
+            add(full[u], t1, out=full[u])
+        else:
+            send(full, t1, u, ginit, t2)
+    return act
+
+
+def _outer_step_action(op, pos, attrs, G, ins, outs, acc_arr, seq):
+    """Per-step gradient of a value from outside the loop (when deferring is switched off)."""
+    def act(t):
+        gi = op.vjp_one(pos, G[t], [x[t] for x in ins], outs[t], attrs, NO_CTX)
+        if seq:
+            acc_arr[t] += gi
+        else:
+            np.add(acc_arr, gi, out=acc_arr)
+    return act
+
+
+def _generic_backward(op, attrs, G, ins, outs, ctxs, dests, axis):
+    """An op that needs its context (dropout...): its generic vjp at every step."""
+    def act(t):
+        gs = op.vjp(G[t], [x[t] for x in ins], outs[t], attrs, ctxs[t])
+        for gi, dest in zip(gs, dests):
+            if gi is None or dest is None:
+                continue
+            if dest[0] == "outer":
+                _, arr, seq = dest
+                if seq:
+                    arr[t] += gi
+                else:
+                    np.add(arr, gi, out=arr)
+                continue
+            _, views, d, ginit, full = dest
+            if d == 0:
+                views[t] += gi
+            else:
+                axis.send_to_step(full, gi, t + d, ginit)
+    return act

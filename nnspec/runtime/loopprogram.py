@@ -1,0 +1,260 @@
+"""A loop's program for the fast path, worked out once per loop: which body ops run by their
+in-place kernels, which are views (a ``slice`` of a body value), which values live for one step
+only (scratch), and for the backward pass which gradients share a buffer, which are deferred to
+one whole-sequence VJP after the loop, and what runs at every step (``BackwardPlan``)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..ops import REGISTRY
+from ..ops.registry import Op
+from ..plan import LoopStep, OpStep
+from .facts import PlanFacts, vjp_reads
+from .tape import ExecOptions
+from .timeaxis import array_shape
+
+
+@dataclass
+class BodyOp:
+    step: OpStep
+    op: Op
+    fast: bool
+    trail: tuple
+    view_of: tuple | None = None   # (source, start, stop): a slice that is a view of its source
+    id: str = ""
+
+    def __post_init__(self):
+        self.id = self.step.id
+
+
+@dataclass
+class Action:
+    op_id: str
+    pos: int
+    kind: str            # "vjp" | "local" | "generic" | "outer_step"
+    accumulate: bool = True
+
+
+@dataclass
+class BackwardPlan:
+    alias: dict          # value -> value whose gradient buffer it shares
+    views: dict          # value -> (source, start, stop): gradient buffer is a view
+    region: dict         # value -> the value that owns its gradient buffer
+    scratch: set         # regions held for one step only
+    fill: list           # scratch regions to zero at the start of every step
+    actions: list        # per-step work, in backward order
+    deferred: list       # (op id, input position): one whole-sequence VJP after the loop
+    local: set           # op ids whose derivative is precomputed
+
+
+
+
+class LoopProgram:
+    """What a loop body needs at run time, worked out once per loop."""
+
+    def __init__(self, facts: PlanFacts, options: ExecOptions, loop: LoopStep):
+        # no reference to the executor: a cycle would keep the cached run's buffers alive
+        self.loop, self.options, self.integer = loop, options, facts.integer
+        opts = options
+        self.steps = {b.id: b for b in loop.body}
+        self.ids = set(self.steps)
+        self.body: list[BodyOp] = []
+        self.ok = True
+        for s in loop.body:
+            op = REGISTRY[s.op]
+            trail = array_shape(s.shape, s.integer)
+            if not all(isinstance(d, int) for d in trail):
+                self.ok = False
+            view_of = None
+            if op.last_axis_view:
+                src, d = s.inputs[0]
+                if d == 0 and (src in self.ids or src in facts.seq):
+                    lo = int(s.attrs.get("start", 0))
+                    width = trail[-1] if trail else None
+                    view_of = (src, lo, lo + width) if isinstance(width, int) else None
+            self.body.append(BodyOp(s, op, not op.needs_ctx, trail, view_of))
+        self.by_id = {b.id: b for b in self.body}
+        self.delayed = []
+        for s in loop.body:
+            for src, d in s.inputs:
+                if d != 0 and (src in self.ids or src in facts.seq) and (src, d) not in self.delayed:
+                    self.delayed.append((src, d))
+        self._backward: dict = {}
+        # readers of each body value inside the body: (op id, position, delay)
+        self.readers: dict[str, list] = {v: [] for v in self.ids}
+        for s in loop.body:
+            for pos, (src, d) in enumerate(s.inputs):
+                if src in self.ids:
+                    self.readers[src].append((s.id, pos, d))
+        self.scratch = self._scratch_values(facts, loop) if opts.scratch else frozenset()
+        # runs with ops that need their context (dropout) are built every pass
+        self.reusable = opts.reuse_buffers and all(b.fast for b in self.body)
+        # overflow warnings are silenced while the steps run (see Op.quiet_overflow)
+        self.quiet_overflow = any(b.op.quiet_overflow for b in self.body)
+
+    def _scratch_values(self, facts: PlanFacts, loop: LoopStep) -> frozenset:
+        """Body values needed only within their own step: nothing outside the loop reads them,
+        they are no state, and no VJP reads them (an add's does not; a mul's reads both inputs)."""
+        plan = facts.plan
+        seen_outside = set(plan.outputs) | ({plan.loss} if plan.loss else set()) | set(loop.states)
+        for s in plan.steps:
+            for b in (s.body if isinstance(s, LoopStep) else [s]):
+                if b.id in self.ids:
+                    continue
+                seen_outside |= {src for src, _ in b.inputs}
+            if isinstance(s, LoopStep):
+                seen_outside |= set(s.initials.values())
+        needs: dict[str, bool] = {}
+        for b in reversed(self.body):
+            v = b.id
+            need = (v in seen_outside or not b.fast or b.step.integer or vjp_reads(b.op, "out")
+                    or (b.view_of is not None and b.view_of[0] not in self.ids))
+            for rid, pos, d in self.readers[v]:
+                r = self.by_id[rid]
+                if d != 0 or not r.fast or vjp_reads(r.op, pos) or (r.view_of is not None and needs[rid]):
+                    need = True
+            needs[v] = need
+        out = set()
+        for b in self.body:   # a view is scratch exactly when its source is
+            if b.view_of is not None and b.view_of[0] in self.ids:
+                if b.view_of[0] in out:
+                    out.add(b.id)
+            elif not needs[b.id]:
+                out.add(b.id)
+        return frozenset(out)
+
+    def backward_plan(self, pre: frozenset, need: set, keep: bool, fwd_scratch: frozenset) -> BackwardPlan:
+        """The backward pass for gradients that reach the body from after the loop (``pre``),
+        towards the values in ``need``; ``keep``: the body's gradients are kept for the caller."""
+        key = (pre, id(need), keep, fwd_scratch)
+        if key in self._backward:
+            return self._backward[key]
+        count = {v: len(r) + (1 if v in pre else 0) for v, r in self.readers.items()}
+        alias, views, aliased_edges = self._shared_gradients(count)
+
+        def root(v):
+            while True:
+                if v in alias:
+                    v = alias[v]
+                elif v in views:
+                    v = views[v][0]
+                else:
+                    return v
+
+        def writable(v: str) -> bool:
+            """Whether an edge may write (not add) its gradient: the only contribution to that region."""
+            if count[v] != 1 or v in alias:
+                return False
+            if v in views:
+                parent, lo, hi = views[v]
+                if parent in views or parent in pre or root(parent) != parent:
+                    return False
+                for rid, pos, d in self.readers[parent]:
+                    r = self.by_id[rid]
+                    if r.view_of is None or d != 0 or r.id not in views:
+                        return False  # the parent has a reader that adds over its whole range
+                    if r.id != v:
+                        _, lo2, hi2 = views[r.id]
+                        if lo2 < hi and lo < hi2:
+                            return False
+            return True
+
+        actions, deferred, local = self._actions(need, views, aliased_edges, writable)
+        region = {b.id: root(b.id) for b in self.body if not b.step.integer}
+        scratch = self._one_step_regions(region, pre, keep, deferred)
+        fill = self._zeroed_every_step(scratch, region, views, actions)
+        plan = BackwardPlan(alias, views, region, scratch, fill, actions, deferred, local)
+        self._backward[key] = plan
+        return plan
+
+    def _shared_gradients(self, count: dict) -> tuple[dict, dict, set]:
+        """(alias, views, aliased edges): a value whose gradient is its only reader's (an ``add``'s
+        operand) shares that reader's buffer; a slice's gradient is a view of its source's."""
+        alias: dict[str, str] = {}
+        views: dict[str, tuple] = {}
+        aliased_edges = set()
+        if not self.options.alias_grads:
+            return alias, views, aliased_edges
+        for b in self.body:
+            if b.view_of is not None and b.view_of[0] in self.ids:
+                views[b.id] = b.view_of
+        for b in self.body:
+            if not b.fast:
+                continue
+            for pos in b.op.passes_gradient:
+                src, d = b.step.inputs[pos]
+                if (d != 0 or src not in self.ids or count[src] != 1 or src in views or src in alias
+                        or self.steps[src].integer or self.by_id[src].trail != b.trail):
+                    continue
+                alias[src] = b.id
+                aliased_edges.add((b.id, pos))
+        return alias, views, aliased_edges
+
+    def _actions(self, need: set, views: dict, aliased_edges: set, writable) -> tuple[list, list, set]:
+        """(per-step actions in backward order, edges deferred to one VJP after the loop, ops whose
+        derivative is computed for the whole sequence first)."""
+        opts = self.options
+        actions, deferred, local = [], [], set()
+        for b in reversed(self.body):
+            if b.step.integer or b.id not in need:
+                continue
+            if b.view_of is not None and b.id in views:
+                continue  # its gradient already sits in its source's buffer
+            if not b.fast:
+                actions.append(Action(b.id, -1, "generic"))
+                continue
+            for pos, (src, d) in enumerate(b.step.inputs):
+                if src in self.integer or src not in need or (b.id, pos) in aliased_edges:
+                    continue
+                if src not in self.ids:
+                    if opts.defer_grads:
+                        deferred.append((b.id, pos))
+                    else:
+                        actions.append(Action(b.id, pos, "outer_step"))
+                    continue
+                use_local = opts.local_grads and b.op.local_grad is not None
+                if use_local:
+                    local.add(b.id)
+                acc = not (d == 0 and writable(src))
+                actions.append(Action(b.id, pos, "local" if use_local else "vjp", acc))
+        return actions, deferred, local
+
+    def _one_step_regions(self, region: dict, pre: frozenset, keep: bool, deferred: list) -> set:
+        """Gradient regions that live for one step only: nothing reads them after their step."""
+        whole = set()
+        if keep or not self.options.scratch:
+            whole = set(region.values())
+        for v in pre | set(self.loop.states):
+            if v in region:
+                whole.add(region[v])
+        for op_id, _ in deferred:
+            whole.add(region[op_id])
+        for b in self.body:  # a delayed read sends gradient to another step
+            for src, d in b.step.inputs:
+                if d != 0 and src in region:
+                    whole.add(region[src])
+        return {r for r in set(region.values()) if r not in whole}
+
+    def _zeroed_every_step(self, scratch: set, region: dict, views: dict, actions: list) -> list:
+        """The one-step regions to zero at every step: all but those their writers cover exactly."""
+        writes: dict[str, list] = {}
+        for a in actions:
+            if a.kind in ("vjp", "local"):
+                src, d = self.by_id[a.op_id].step.inputs[a.pos]
+                if d == 0 and src in region:
+                    writes.setdefault(region[src], []).append((src, a.accumulate))
+            elif a.kind == "generic":
+                for src, _ in self.by_id[a.op_id].step.inputs:
+                    if src in region:
+                        writes.setdefault(region[src], []).append((src, True))
+        fill = []
+        for r in sorted(scratch):
+            ws = writes.get(r, [])
+            width = self.by_id[r].trail[-1] if self.by_id[r].trail else None
+            spans = sorted(views[v][1:] if v in views else (0, width) for v, _ in ws)
+            covered = (ws and not any(accum for _, accum in ws) and width is not None
+                       and spans[0][0] == 0 and spans[-1][1] == width
+                       and all(a[1] == b[0] for a, b in zip(spans, spans[1:])))
+            if not covered:
+                fill.append(r)
+        return fill

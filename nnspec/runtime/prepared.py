@@ -1,0 +1,167 @@
+"""Prepared passes: the steps outside loops kept per batch geometry, as a flat list.
+
+On the second pass of a geometry (shapes of the feeds, lengths, whether the loss is computed)
+the executor makes a flat list of the steps that wrote into an array of their own
+(``Op.forward_into``), each with its output array (from the pool, then held by the run) and its
+list of inputs made once: an input made by another such step is fixed in the list, the others
+(parameters, feeds, loop outputs) are bound from the tape's values when the step runs. Loops and
+the other steps go through the executor's general dispatch in between. The backward counterpart,
+per set of wanted leaves, sends each VJP straight into a gradient array of the run's own when
+it is the first gradient to reach its value. A run is used again only when the last pass's tape
+is gone and no gradient or view still holds one of its arrays (``reuse.Reuse``).
+"""
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..ops import REGISTRY
+from ..ops.registry import NO_CTX
+from ..plan import LoopStep
+from .gradsum import GradSum, Into
+from .reuse import Reuse
+from .tape import Tape
+
+
+@dataclass(eq=False)
+class PassRun:
+    """The steps of a pass outside loops for one batch geometry, as a flat list.
+
+    ``fwd`` holds, in plan order, ``("step", step)`` for what goes through the general dispatch,
+    and ``(id, forward_into, inputs, binds, out, attrs, record)`` for a step writing into an
+    array of the run's own (``binds`` are filled from the tape's values when it runs). ``bwd``
+    (per set of wanted leaves) is its backward counterpart."""
+
+    key: tuple
+    fwd: list = field(default_factory=list)
+    by_id: dict = field(default_factory=dict)    # step id -> index in fwd
+    outs: list = field(default_factory=list)     # the run's own arrays
+    bound: list = field(default_factory=list)    # (inputs list, positions bound at every pass)
+    bwd: dict = field(default_factory=dict)      # (need, leaves) key -> list of backward entries
+    tape: object = None
+    reuse: Reuse = field(default_factory=Reuse)  # its outputs, then its gradient arrays
+
+    def seal(self) -> None:
+        """Track the run's arrays (once the builder's local names are gone)."""
+        self.reuse.track(list(self.outs))
+
+    def release_bound(self) -> None:
+        """Once the tape of its last pass is gone: drop that pass's inputs (parameters, feeds,
+        loop outputs), so that they do not look held to the loops' and the pool's checks."""
+        if self.tape is not None and self.tape() is None:
+            for xs, pos in self.bound:
+                for i in pos:
+                    xs[i] = None
+
+    def free(self) -> bool:
+        return (self.tape is None or self.tape() is None) and self.reuse.free()
+
+    def grads_free(self) -> bool:
+        """Whether nobody holds the gradient arrays of an earlier backward pass (a second
+        backward over one tape must not write into the first one's results)."""
+        return self.reuse.free(start=len(self.outs))
+
+
+def build(ex, key: tuple, built: dict, need_loss: bool) -> PassRun:
+    """A flat list of the forward pass's steps for this batch geometry: the steps that ran
+    into an array of their own (``built``: their shapes) get one owned by the run, with their
+    inputs' list made once; loops and the other steps go through the general dispatch."""
+    run = PassRun(key=key)
+    made: dict[str, np.ndarray] = {}
+    for step in ex.plan.steps:
+        if ex.facts.skipped(step, need_loss):
+            continue
+        shape = None if isinstance(step, LoopStep) else built.get(step.id)
+        if shape is None or REGISTRY[step.op].reads_across_chunks or any(d for _, d in step.inputs):
+            run.fwd.append(("step", step))
+            continue
+        out = ex.pool.empty(shape, ex.dtype)   # held by the run: the pool leaves it alone
+        xs: list = [None] * len(step.inputs)
+        binds = []
+        for i, (src, _) in enumerate(step.inputs):
+            if src in made:
+                xs[i] = made[src]
+            else:
+                binds.append((i, src))
+        made[step.id] = out
+        run.outs.append(out)
+        run.bound.append((xs, [i for i, _ in binds]))
+        run.fwd.append((step.id, REGISTRY[step.op].forward_into, xs, tuple(binds), out, step.attrs, (xs, NO_CTX)))
+        run.by_id[step.id] = len(run.fwd) - 1
+    return run
+
+
+def forward(ex, run: PassRun, tape: Tape) -> None:
+    env, records, fresh = tape.values, tape.records, tape.fresh
+    run.tape = weakref.ref(tape)
+    tape.prepared = run
+    for e in run.fwd:
+        if len(e) == 2:
+            ex.forward_step(e[1], tape)
+            continue
+        sid, fn, xs, binds, out, attrs, rec = e
+        for i, src in binds:
+            xs[i] = env[src]
+        fn(xs, out, attrs)
+        env[sid] = out
+        records[sid] = rec
+        if fresh is not None:
+            fresh.add(sid)
+
+
+def backward(ex, run: PassRun, tape: Tape, grads: GradSum, need, leaves) -> None:
+    """The backward pass of a prepared forward pass: its own steps' VJPs go straight into
+    arrays of the run's own when they are the first gradient of their value."""
+    key = (id(need), None if leaves is None else frozenset(leaves))
+    entries = run.bwd.get(key)
+    if entries is None:
+        before = run.reuse.counts()
+        entries, dests = _build_backward(ex, run, need, leaves)
+        run.bwd[key] = entries
+        run.reuse.absorb(before)
+        run.reuse.track(dests)
+        del dests
+    keep = leaves is None
+    owned, values = grads.owned, grads.grads
+    for e in entries:
+        if len(e) == 2:
+            step, dels = e
+            ex.backward_step(step, tape, grads, need, keep)
+        else:
+            sid, fn, op, xs, out, attrs, todo, dels = e
+            g = values.get(sid)
+            if g is not None:
+                for i, src, dest in todo:
+                    if src in values:
+                        grads.add_into(src, dest.shape, Into(op, i, g, xs, out, attrs))
+                    else:
+                        fn(i, g, xs, out, attrs, dest, False)
+                        values[src] = dest
+                        owned.add(src)
+        for v in dels:
+            if v in values:
+                del values[v]
+
+
+def _build_backward(ex, run: PassRun, need, leaves) -> tuple[list, list]:
+    entries, dests = [], []
+    for step in reversed(ex.plan.steps):
+        ids = [b.id for b in step.body] if isinstance(step, LoopStep) else [step.id]
+        dels = () if leaves is None else tuple(v for v in ids if v not in leaves)
+        at = None if isinstance(step, LoopStep) else run.by_id.get(step.id)
+        if (at is None or REGISTRY[step.op].last_axis_view or REGISTRY[step.op].row_gradient_input is not None
+                or not ex.fast_steps.info(step).into):
+            entries.append((step, dels))
+            continue
+        sid, _, xs, _, out, attrs, _ = run.fwd[at]
+        todo = []
+        for i, (src, _) in enumerate(step.inputs):
+            if src in need and src not in ex.facts.integer:
+                dest = ex.pool.empty(xs[i].shape, ex.dtype)
+                todo.append((i, src, dest))
+                dests.append(dest)
+        op = REGISTRY[step.op]
+        entries.append((sid, op.vjp_into, op, xs, out, attrs, tuple(todo), dels))
+    return entries, dests

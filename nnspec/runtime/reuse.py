@@ -1,0 +1,57 @@
+"""One rule for reusing arrays from one pass to the next: an array that a kept structure (a
+prepared pass, a loop run, the buffer pool, the table gradients) made may be overwritten only
+while nobody else refers to it — no tape, gradient dict or view of it outlives the pass that
+used it. ``Reuse`` notes, when an array starts being tracked, the references its owner holds to
+it itself (``sys.getrefcount``), and compares later counts with them."""
+from __future__ import annotations
+
+import sys
+from collections import Counter
+
+
+class Reuse:
+    """Arrays tracked for reuse and the references their owner holds to each itself."""
+
+    def __init__(self) -> None:
+        self.arrays: list = []
+        self.own: list[int] = []
+
+    def counts(self) -> list[int]:
+        return [sys.getrefcount(a) for a in self.arrays]
+
+    def track(self, arrays: list) -> None:
+        """Start tracking ``arrays`` (a list the caller drops afterwards): every reference to them
+        that exists now, besides that list's, is the owner's own."""
+        n = len(self.arrays)
+        self.arrays.extend(arrays)
+        now = self.counts()[n:]           # (before any other list holds them)
+        temp = Counter(id(a) for a in arrays)
+        self.own.extend(c - temp[id(a)] for a, c in zip(self.arrays[n:], now))
+
+    def absorb(self, before: list[int]) -> None:
+        """References the owner added to the tracked arrays since ``before = counts()`` are its own."""
+        self.own = [o + now - b for o, now, b in zip(self.own, self.counts(), before)] + self.own[len(before):]
+
+    def free(self, start: int = 0) -> bool:
+        """Whether nobody but the owner refers to the tracked arrays (from ``start`` on)."""
+        return self.counts()[start:] == self.own[start:]
+
+    def free_at(self, i: int) -> bool:
+        a = self.arrays[i]     # (counted as counts() counts: a name and the call's argument)
+        return sys.getrefcount(a) == self.own[i]
+
+    def keep(self, indices: list[int]) -> None:
+        """Stop tracking all but the arrays at ``indices``."""
+        self.arrays = [self.arrays[i] for i in indices]
+        self.own = [self.own[i] for i in indices]
+
+
+def distinct(arrays: list) -> list:
+    """The arrays and the arrays they are views of, each once."""
+    seen, out = set(), []
+    for a in arrays:
+        for x in (a, a.base):
+            if x is not None and id(x) not in seen:
+                seen.add(id(x))
+                out.append(x)
+    return out

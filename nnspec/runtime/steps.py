@@ -1,0 +1,147 @@
+"""Fast plain steps: a step outside loops run into an array from the buffer pool
+(``Op.forward_into``), its VJPs written straight into the gradients' arrays (``Op.vjp_into``), a
+slice's gradient added into its part of the source's, an embedding table's kept as row gradients
+(``rowgrad.py``). The reference engine's ``op_forward``/``op_backward`` compute the same."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..ops.registry import NO_CTX, Op
+from ..plan import OpStep
+from .gradsum import GradSum, Into
+from .reference import send
+from .tape import Tape, check_finite
+from .timeaxis import array_shape, read_across_chunks, read_sequence
+
+
+def overrides(op: Op, method: str) -> bool:
+    """Whether op has its own ``method`` (not the generic fallback of the base class)."""
+    return getattr(type(op), method) is not getattr(Op, method)
+
+
+@dataclass
+class StepInfo:
+    """How to run a step outside loops, worked out once."""
+
+    op: Op
+    pooled: bool      # forward into an array from the pool
+    lead: str         # leading axes: "seq" (T, B), "batch" (B,) or "static" (none)
+    trail: tuple
+    into: bool        # its VJP can write into the gradient's array
+    joint: bool       # no per-input VJP: compute them all at once
+    first_seq: bool   # its first input is a sequence: its Ctx carries the mask
+    seq_axes: tuple = ()  # a sequence on several axes: their names, outermost first (else its one axis's T)
+
+
+class FastSteps:
+    """The fast path of the steps outside loops, with what it worked out per step."""
+
+    def __init__(self, ex):
+        self.facts = ex.facts
+        self._info: dict[str, StepInfo] = {}
+        self._todo: dict[tuple, list[int]] = {}    # (step, needed set) -> inputs to differentiate
+
+    def info(self, step: OpStep) -> StepInfo:
+        info = self._info.get(step.id)
+        if info is None:
+            facts = self.facts
+            op = facts.op_of(step)   # over time on several axes: folded (axes.py)
+            whole_batch = step.id in facts.whole_batch
+            # one number for the batch (a loss, a regulariser of parameters): a 0-d array, like a scalar parameter
+            number = whole_batch or (step.id in facts.static and tuple(step.shape) == ())
+            trail = () if number else array_shape(step.shape, step.integer)
+            info = self._info[step.id] = StepInfo(
+                op=op,
+                pooled=(not op.needs_ctx and not step.integer and overrides(op, "forward_into")
+                        and all(isinstance(d, int) for d in trail)),
+                lead="seq" if step.seq else ("static" if step.id in facts.static or whole_batch else "batch"),
+                trail=trail, into=not op.needs_ctx and overrides(op, "vjp_into"),
+                joint=type(op).vjp_one is Op.vjp_one,
+                first_seq=bool(step.inputs) and step.inputs[0][0] in facts.seq,
+                seq_axes=tuple(facts.axes.get(step.id, ())) if facts.multi_axis and step.seq else ())
+        return info
+
+    def forward(self, ex, step: OpStep, tape: Tape) -> bool:
+        """Run one step; True if it ran into an array of the pool (``forward_into``)."""
+        xs = [tape.values[src] if d == 0 else read_sequence(tape, src, d) for src, d in step.inputs]
+        o = self.info(step)
+        op = o.op
+        out = None
+        into = False
+        if o.pooled and ex.pool.enabled:
+            # into an array from the pool: no fresh allocation (and page faults) every pass
+            if o.seq_axes:
+                lead = tuple(tape.axes[a].steps for a in o.seq_axes) + (tape.batch,)
+            else:
+                lead = ((tape.axis(step.id).steps, tape.batch) if o.lead == "seq"
+                        else (() if o.lead == "static" else (tape.batch,)))
+            out = ex.pool.empty(lead + o.trail, ex.dtype)
+            try:
+                op.forward_into(xs, out, step.attrs)
+                ctx = NO_CTX
+                into = True
+            except ValueError:  # not the shape the plan says (broadcasting): the generic way
+                out = None
+        if out is None:
+            ctx = (tape.context.ctx(tape.axis(step.inputs[0][0]) if o.first_seq else None, empty=ex.pool.empty,
+                                    spend=(tape.fresh is not None and step.id in self.facts.spendable
+                                           and step.inputs[0][0] in tape.fresh))
+                   if op.needs_ctx else NO_CTX)
+            out = op.forward(xs, step.attrs, ctx)
+        if tape.context.check_finite and not step.integer:
+            check_finite(out, step.id, step.span)
+        if op.reads_across_chunks:
+            out = read_across_chunks(out, step.inputs[0][0], int(step.attrs.get("k", 1)), tape)
+        tape.values[step.id] = out
+        tape.records[step.id] = (xs, ctx)
+        return into and not op.reads_across_chunks
+
+    def backward(self, ex, step: OpStep, tape: Tape, grads: GradSum, need) -> None:
+        g = grads.grads.get(step.id)
+        if g is None or step.integer:
+            return
+        rec = tape.records.get(step.id)
+        if rec is None:
+            return
+        xs, ctx = rec
+        key = (step.id, id(need))
+        todo = self._todo.get(key)
+        if todo is None:
+            todo = self._todo[key] = [i for i, (src, _) in enumerate(step.inputs)
+                                      if src in need and src not in self.facts.integer]
+        if not todo:
+            return
+        o = self.info(step)
+        op, out = o.op, tape.values[step.id]
+        if op.last_axis_view and step.inputs[0][1] == 0:  # add into the part, no zero-padded copy
+            lo = int(step.attrs.get("start", 0))
+            grads.add_part(step.inputs[0][0], g, lo, lo + g.shape[-1], xs[0].shape)
+            return
+        table = op.row_gradient_input
+        if table is not None and table in todo and step.inputs[table][0] in ex.tables.shapes:
+            ids = xs[op.integer_inputs[0]]          # the rows looked up
+            grads.add(step.inputs[table][0], ex.tables.gradient(step.inputs[table][0], ids, g))
+            todo = [i for i in todo if i != table]
+            if not todo:
+                return
+        if o.into:
+            # straight into the gradient's (pooled) array, adding in place
+            rest = []
+            for i in todo:
+                src, d = step.inputs[i]
+                if d == 0:
+                    grads.add_into(src, xs[i].shape, Into(op, i, g, xs, out, step.attrs))
+                else:
+                    rest.append(i)
+            todo = rest
+            if not todo:
+                return
+        if len(todo) > 1 and o.joint:
+            gs = op.vjp(g, xs, out, step.attrs, ctx)
+        else:
+            gs = [None] * len(step.inputs)
+            for i in todo:
+                gs[i] = op.vjp_one(i, g, xs, out, step.attrs, ctx)
+        for i in todo:
+            if gs[i] is not None:
+                send(self.facts, tape, *step.inputs[i], gs[i], grads, need)

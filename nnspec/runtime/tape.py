@@ -1,0 +1,109 @@
+"""What a pass runs with and what it leaves: the switches (``ExecOptions``), the run context
+(``RunContext``: training or not, the random stream, NaN checks), the ``Tape``, and the error a
+numerical failure raises (``RuntimeFailure``)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import Sources, Span, render_message
+from ..ops import Ctx
+from .timeaxis import TimeAxis
+
+
+class RuntimeFailure(Exception):
+    """A numerical failure at run time (e.g. NaN), naming the value that produced it; ``span``:
+    the source of its step, so that the failure renders as a spec error does (``render``)."""
+
+    def __init__(self, message: str, node: str | None = None, span: Span | None = None,
+                 sources: Sources | None = None):
+        super().__init__(message)
+        self.node, self.span, self.sources = node, span, sources
+
+    def render(self, color: bool = False) -> str:
+        """``spec.nn:4:8: error: ...``, the source line and a caret under the expression; without a
+        span, ``error: ...``. The line comes from ``sources`` (the compiler's), else from the file."""
+        return render_message("error", str(self), self.span, self.sources, color)
+
+
+def check_finite(out: np.ndarray, node: str, span: Span | None = None) -> None:
+    """Raise a ``RuntimeFailure`` naming ``node`` if ``out`` holds a NaN or an infinity."""
+    if not np.all(np.isfinite(out)):
+        bad = "NaN" if np.isnan(out).any() else "an infinite value"
+        raise RuntimeFailure(f"'{node}' produced {bad}", node, span)
+
+
+@dataclass
+class ExecOptions:
+    """Switches for the runtime's speed features (all on by default). Each one off gives the same
+    numbers; ``fast_loops=False`` runs every step by the reference engine (``reference.py``)."""
+
+    fast_loops: bool = True    # the fast paths (else the reference engine, for every step)
+    defer_grads: bool = True   # gradients leaving a loop: one whole-sequence VJP after it, not one per step
+    local_grads: bool = True   # sigmoid'/tanh'/... for a whole sequence before the backward loop
+    alias_grads: bool = True   # add / slice gradients share buffers instead of being copied
+    scratch: bool = True       # values and gradients needed within their step only: one (B, ...) array
+    reuse_buffers: bool = True  # big arrays come from a pool and are reused once nothing refers to them
+    row_grads: bool = True     # an embedding table's gradient says which rows are non-zero (RowGrad)
+    prepared: bool = True      # steps outside loops: a flat list of bound kernels, kept per batch geometry
+    # BLAS threads for a whole forward or backward pass, and while a loop runs step by step.
+    # nnspec's products are small (a step: (B, H) x (H, 4H)); measured on a 2-core machine,
+    # a second OpenBLAS thread made every one of them slower, even the (1120 x 128) x
+    # (128 x 1000) output layer (3.7 ms on 1 thread, 8 ms at best on 2), and a machine whose
+    # other core is busy made it catastrophic (a step's product 0.08 ms -> 16 ms median; a
+    # BiLSTM train step 60 ms -> 240 ms). None: leave BLAS as configured (big models on many
+    # idle cores); the loop setting applies inside the pass setting.
+    blas_threads: int | None = 1
+    loop_blas_threads: int | None = 1
+
+    @classmethod
+    def reference(cls) -> "ExecOptions":
+        """Every step by the reference engine, no speed feature: the oracle the fast paths are tested against."""
+        return cls(fast_loops=False, defer_grads=False, local_grads=False, alias_grads=False, scratch=False,
+                   reuse_buffers=False, row_grads=False, prepared=False)
+
+
+@dataclass
+class RunContext:
+    """How one pass runs, besides its parameters and feeds: in training or not, with which random
+    stream (dropout), and whether every value is checked for NaN as it is made."""
+
+    train: bool = False
+    rng: np.random.Generator | None = None
+    check_finite: bool = False
+
+    def ctx(self, axis: TimeAxis | None = None, **more) -> Ctx:
+        """An op's ``Ctx``; ``axis``: the time axis of its first input (its mask and lengths)."""
+        if axis is None:
+            return Ctx(train=self.train, rng=self.rng, **more)
+        return Ctx(train=self.train, rng=self.rng, mask=axis.mask, lengths=axis.lengths, **more)
+
+
+@dataclass
+class Tape:
+    """What the forward pass keeps for the backward pass."""
+
+    values: dict[str, np.ndarray]
+    records: dict = field(default_factory=dict)        # op id -> (inputs, ctx); loops: (id, t) -> ...
+    lengths: np.ndarray | None = None                   # lengths, mask, steps: those of the plan's one
+    mask: np.ndarray | None = None                      # axis, or its first output's (``axes`` has every axis)
+    batch: int = 1
+    steps: int = 0                                      # T (0 when no sequences)
+    final_states: dict[str, np.ndarray] = field(default_factory=dict)
+    initial_values: dict[str, np.ndarray] = field(default_factory=dict)
+    loops: dict = field(default_factory=dict)           # loop index -> its kept run (fast path)
+    carry: dict = field(default_factory=dict)           # the previous chunk's final states (nnspec.chunks)
+    before_chunk: dict = field(default_factory=dict)    # state -> its values at steps -P..-1 (nnspec.chunks)
+    ahead: dict = field(default_factory=dict)           # input -> the tokens after this chunk
+    prepared: object = None                             # the prepared pass that made it (fast path)
+    single_use: bool = False                            # for one backward pass (Executor.forward)
+    used: bool = False                                  # a backward pass has run over it
+    fresh: set | None = None                            # single use: values in arrays the runtime made
+    context: RunContext = field(default_factory=RunContext)
+    axes: dict[str, TimeAxis] = field(default_factory=dict)  # the batch's sequence axes by name
+    axis_of: dict[str, str] = field(default_factory=dict)    # sequence value -> the name of its axis
+
+    def axis(self, value: str) -> TimeAxis:
+        """The time axis a sequence value runs along."""
+        return self.axes[self.axis_of[value]]

@@ -1,0 +1,202 @@
+"""The runtime's pieces on their own: one definition of time (reads at t + d and their adjoints),
+the reuse rule, the reference engine as the executor's other half, and what the model offers the
+trainer (a training step that holds nothing afterwards, a diagnosis, the state of a stream)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from nnspec import compile_text
+from nnspec.chunks import Stream
+from nnspec.model import Model
+from nnspec.runtime import ExecOptions, Executor, RunContext, RuntimeFailure, TimeAxis
+from nnspec.runtime.reuse import Reuse
+
+LENGTHS = np.array([5, 3, 1, 4])
+
+
+def axis_and_arrays(seed=0, T=5, tail=(2,)):
+    rng = np.random.default_rng(seed)
+    axis = TimeAxis("t", T, LENGTHS, np.float64)
+    shape = (T, len(LENGTHS)) + tail
+    return axis, rng.normal(size=shape), rng.normal(size=shape), rng.normal(size=shape[1:])
+
+
+@pytest.mark.parametrize("d", [-3, -1, 1, 2, 7])
+def test_a_whole_read_is_the_reads_of_each_step(d):
+    axis, a, _, fill = axis_and_arrays()
+    whole = axis.read(a, d, fill)
+    for t in range(axis.steps):
+        np.testing.assert_array_equal(whole[t], axis.read_step(a, t + d, fill))
+        into = np.empty_like(fill)
+        axis.read_step_into(into, a, t + d, fill)
+        np.testing.assert_array_equal(into, whole[t])
+
+
+@pytest.mark.parametrize("d", [-3, -1, 1, 2, 7])
+def test_the_adjoints_are_the_adjoints_of_the_reads(d):
+    """<read(a, f), g> = <a, read_adjoint(g)> + <f, fill_gradient(g)>, whole and step by step."""
+    axis, a, g, fill = axis_and_arrays(seed=1)
+    lhs = float((axis.read(a, d, fill) * g).sum())
+    rhs = float((a * axis.read_adjoint(g, d)).sum() + (fill * axis.fill_gradient(g, d, False)).sum())
+    assert lhs == pytest.approx(rhs, rel=1e-12)
+    ga, gfill = np.zeros_like(a), np.zeros_like(fill)
+    ga2, gfill2 = np.zeros_like(a), np.zeros_like(fill)
+    for t in range(axis.steps):
+        axis.send_to_step(ga, g[t], t + d, gfill)
+        axis.send_to_step_into(ga2, g[t].copy(), t + d, gfill2, np.empty_like(fill))
+    np.testing.assert_allclose(ga, axis.read_adjoint(g, d), atol=1e-12)
+    np.testing.assert_allclose(gfill, axis.fill_gradient(g, d, False), atol=1e-12)
+    np.testing.assert_allclose(ga2, ga, atol=1e-12)
+    np.testing.assert_allclose(gfill2, gfill, atol=1e-12)
+
+
+def test_an_array_is_reused_only_when_nobody_else_holds_it():
+    reuse = Reuse()
+    reuse.track([np.zeros(8), np.zeros(4)])
+    assert reuse.free() and reuse.free_at(0)
+    view = reuse.arrays[0][:2]
+    assert not reuse.free() and not reuse.free_at(0) and reuse.free_at(1)
+    del view
+    assert reuse.free()
+
+
+SPEC = ("input x[3] : seq\ntarget y[2] : seq\nh[4] = tanh(W @ x + U @ h[t-1] + b)\n"
+        "z = concat(h, h[t-2])\nloss mse(V @ z + c, y)\n")
+
+
+def test_the_reference_options_run_every_step_by_the_reference_engine():
+    plan = compile_text(SPEC).plan
+    rng = np.random.default_rng(0)
+    params = {p.name: rng.normal(scale=0.5, size=p.shape) for p in plan.params}
+    feeds = {"x": rng.normal(size=(5, 4, 3)), "y": rng.normal(size=(5, 4, 2))}
+    results = []
+    for options in (ExecOptions(), ExecOptions.reference()):
+        ex = Executor(plan, dtype=np.float64, options=options)
+        for _ in range(2):       # the second pass of the fast executor is a prepared one
+            tape = ex.forward(params, feeds, lengths=LENGTHS)
+        grads = ex.backward(tape)
+        results.append((tape, grads))
+    (fast, g_fast), (ref, g_ref) = results
+    assert fast.loops and fast.prepared is not None
+    assert not ref.loops and ref.prepared is None and ref.records[("h", 0)]
+    assert set(g_fast) == set(g_ref)
+    for k in g_ref:
+        np.testing.assert_allclose(g_fast[k], g_ref[k], atol=1e-12)
+
+
+def test_a_run_context_says_how_a_pass_runs():
+    plan = compile_text("input x[2]\noutput y\ny[2] = log(W @ x)\n").plan
+    ex = Executor(plan, dtype=np.float64)
+    params = {"W": -np.eye(2)}
+    with np.errstate(invalid="ignore"):
+        ex.forward(params, {"x": np.ones((1, 2))})                     # unchecked: NaN passes
+        with pytest.raises(RuntimeFailure, match="'y' produced NaN"):
+            ex.forward(params, {"x": np.ones((1, 2))}, context=RunContext(check_finite=True))
+    assert ex.check_finite is False
+
+
+def lstm_model():
+    return Model(compile_text("input x[3] : seq\ntarget y : seq of class\nh = lstm(x, H = 5)\n"
+                              "z[4] = W @ h + b\nloss cross_entropy_logits(z, y)\n", bindings={"classes(y)": 4}), dtype=np.float64)
+
+
+def test_a_training_step_holds_nothing_afterwards_so_the_next_reuses_its_loop():
+    model = lstm_model()
+    rng = np.random.default_rng(0)
+    feeds = {"x": rng.normal(size=(6, 2, 3)), "y": rng.integers(0, 4, size=(6, 2))}
+    runs = []
+    for _ in range(3):
+        loss = model.train_step(feeds, then=lambda loss, grads, values: (loss, sorted(grads))[0])
+        assert np.isfinite(loss)
+        runs.append([fast._run for fast in model.executor.fast_loops.values()])
+    assert runs[1] and all(r is not None for r in runs[1])
+    assert all(a is b for a, b in zip(runs[2], runs[1]))   # kept, not rebuilt
+
+
+def test_a_diagnosis_names_the_first_bad_value_and_leaves_the_executor_as_it_was():
+    model = Model(compile_text("input x[2]\noutput y\ny[2] = log(W @ x)\n"), dtype=np.float64)
+    model.params["W"] = -np.eye(2)
+    failure = model.diagnose({"x": np.ones((1, 2))})
+    assert isinstance(failure, RuntimeFailure) and failure.node == "y"
+    assert model.executor.check_finite is False
+    model.params["W"] = np.eye(2)
+    assert model.diagnose({"x": np.ones((1, 2))}) is None
+
+
+def test_a_stream_carries_the_last_chunks_states_into_the_next_chunk_only():
+    model = lstm_model()
+    stream = Stream(model.plan)
+    assert stream.ahead >= 1 and stream.carry_into(True) is None
+    rng = np.random.default_rng(1)
+    feeds = {"x": rng.normal(size=(4, 2, 3)), "y": rng.integers(0, 4, size=(4, 2))}
+    model.train_step(feeds, stream=stream, then=lambda *a: None)
+    assert set(stream.carry) >= {"h", "h.c"} and stream.carry_into(False) is None
+    carried = model.run(feeds, carry=stream.carry_into(True))
+    fresh = model.run(feeds)
+    assert not np.allclose(carried.values["h"][0], fresh.values["h"][0])
+
+
+SWITCHES = ["defer_grads", "local_grads", "alias_grads", "scratch", "reuse_buffers", "row_grads", "prepared"]
+TAGGER = ("input w : seq of token\ntarget y : seq of class\ne = embed(w, 4)\nh = lstm(concat(e, e[t-1]), H = 3)\n"
+          "z[3] = V @ concat(h, h[t-2]) + c\nloss cross_entropy_logits(z, y)\n")
+
+
+@pytest.mark.parametrize("switch", SWITCHES + [None])
+def test_each_speed_feature_switched_off_gives_the_reference_numbers(switch):
+    plan = compile_text(TAGGER, bindings={"vocab(w)": 6, "classes(y)": 3}).plan
+    rng = np.random.default_rng(2)
+    params = {p.name: rng.normal(scale=0.5, size=p.shape) for p in plan.params}
+    batches = [{"w": rng.integers(1, 6, size=(5, 4)), "y": rng.integers(0, 3, size=(5, 4))} for _ in range(3)]
+    ref = Executor(plan, dtype=np.float64, options=ExecOptions.reference())
+    ex = Executor(plan, dtype=np.float64, options=ExecOptions(**({switch: False} if switch else {})))
+    for feeds in batches + batches:      # the second round reuses kept runs and prepared passes
+        want_tape = ref.forward(params, feeds, lengths=LENGTHS)
+        want = ref.backward(want_tape)
+        tape = ex.forward(params, feeds, lengths=LENGTHS)
+        got = ex.backward(tape)
+        assert float(tape.values[plan.loss]) == pytest.approx(float(want_tape.values[plan.loss]), rel=1e-12)
+        for k in params:
+            np.testing.assert_allclose(got[k], want[k], atol=1e-12, err_msg=f"{k} with {switch} off")
+        del tape, got
+
+
+@pytest.mark.parametrize("options", [ExecOptions(), ExecOptions.reference()], ids=["fast", "reference"])
+def test_the_runtime_reads_a_values_time_axis_by_its_name(options):
+    """Put every sequence on an axis named 'words' (lengths given by axis name): the same numbers
+    as on the default axis, so nothing in the runtime assumes the one axis TIME."""
+    plan = compile_text(TAGGER, bindings={"vocab(w)": 6, "classes(y)": 3}).plan
+    rng = np.random.default_rng(3)
+    params = {p.name: rng.normal(scale=0.5, size=p.shape) for p in plan.params}
+    feeds = {"w": rng.integers(1, 6, size=(5, 4)), "y": rng.integers(0, 3, size=(5, 4))}
+    default = Executor(plan, dtype=np.float64, options=options)
+    named = Executor(plan, dtype=np.float64, options=options)
+    named.facts.axis_of = {v: "words" for v in named.facts.axis_of}
+    named.facts.loop_axis = {i: "words" for i in named.facts.loop_axis}
+    for _ in range(2):
+        want_tape = default.forward(params, feeds, lengths=LENGTHS)
+        want = default.backward(want_tape)
+        tape = named.forward(params, feeds, lengths={"words": LENGTHS})
+        got = named.backward(tape)
+    assert set(tape.axes) == {"words"} and tape.axis("h").lengths is LENGTHS
+    assert float(tape.values[plan.loss]) == pytest.approx(float(want_tape.values[plan.loss]), rel=1e-12)
+    for k in params:
+        np.testing.assert_allclose(got[k], want[k], atol=1e-12)
+
+
+@pytest.mark.parametrize("options", [ExecOptions(), ExecOptions.reference()], ids=["fast", "reference"])
+def test_a_chunk_that_carries_its_states_sends_no_gradient_to_the_initial_value(options):
+    """Truncated BPTT: a chunk that continues a stream starts from the last chunk's states, not from
+    h0, so h0 gets no gradient from it (it did get one, read where it never was)."""
+    plan = compile_text("input x[2] : seq\ntarget y[3] : seq\ninitial h = h0\nh[3] = tanh(W @ x + U @ h[t-1])\n"
+                        "z = concat(h, h[t-1])\nloss mse(V @ z, y)\n").plan
+    rng = np.random.default_rng(4)
+    params = {p.name: rng.normal(size=p.shape) for p in plan.params}
+    feeds = {"x": rng.normal(size=(4, 2, 2)), "y": rng.normal(size=(4, 2, 3))}
+    ex = Executor(plan, dtype=np.float64, options=options)
+    first = ex.forward(params, feeds)
+    assert np.abs(ex.backward(first)["h0"]).sum() > 0
+    carry = dict(first.final_states)
+    grads = ex.backward(ex.forward(params, feeds, carry=carry))
+    assert np.abs(grads.get("h0", 0)).sum() == 0
+    assert np.abs(grads["U"]).sum() > 0
