@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .decoding import Decoder, check_decode
 from .errors import Diagnostics, SpecError
 from .expand import FlatSpec, expand
 from .gcpause import gc_paused
@@ -34,6 +35,7 @@ class Compiled:
     plan: Plan
     diags: Diagnostics
     bindings: dict[str, int] = field(default_factory=dict)
+    decoder: Decoder | None = None   # the spec's decode declaration, checked (nnspec/decoding.py)
 
     @property
     def kind(self) -> str:
@@ -130,7 +132,9 @@ def _compile(program: Program, diags: Diagnostics, bindings: dict[str, int] | No
         _lap(timings, "optimise", clock)
     else:
         verify_plan(plan, stage="build_plan")
-    return Compiled(program, flat, graph, components, order, plan, diags, dict(bindings or {}))
+    decoder = check_decode(flat, graph, plan, diags)
+    diags.raise_if_errors()
+    return Compiled(program, flat, graph, components, order, plan, diags, dict(bindings or {}), decoder)
 
 
 def _lap(timings: dict | None, stage: str, since: float) -> float:

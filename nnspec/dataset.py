@@ -259,6 +259,7 @@ def bind_data(flat: FlatSpec, plan: Plan, diags: Diagnostics, *, dev: float = 0.
     views = {v.name: v.view for v in plan.inputs if v.view is not None}
     raw = read_raw(flat, [f for f in fields if f.name not in views], diags)
     derive_views(raw, views)
+    frame_decoded(raw, flat.decode, fields)
     if raw.stream:
         return _bind_stream(raw, fields, limit, min_count)
     if outer is not None:
@@ -329,6 +330,30 @@ def derive_views(raw: RawData, views: dict[str, tuple]) -> None:
                               for x in cols[source]]
 
 
+def frame_decoded(raw: RawData, decode: ast.Decode | None, fields: list[FieldSpec]) -> None:
+    """The decoded input's sequences between the declared start and end symbols (``decode tgt from p,
+    start "<s>", end "</s>"``): the data files hold the plain sequences. An empty one is an error at
+    its line, since a decoder always writes at least one token before its end symbol."""
+    if decode is None:
+        return
+    from .data import tokenize
+    symbols = {o.name: o.value for o in decode.options}
+    f = next((f for f in fields if f.name == decode.input), None)
+    if f is None:
+        return
+    for split, cols in raw.splits.items():
+        if decode.input not in cols:
+            continue
+        framed = []
+        for value, origin in zip(cols[decode.input], raw.origins[split]):
+            tokens = tokenize(value, f.level, f.lowercase) if isinstance(value, str) else list(value)
+            if not tokens:
+                raise DataError(f"field '{decode.input}': an empty sequence; the decoder is trained to write "
+                                f"at least one token before its end symbol", *origin)
+            framed.append(([symbols["start"]] if "start" in symbols else []) + tokens + [symbols["end"]])
+        cols[decode.input] = framed
+
+
 def _slice(raw: RawData, limit: int) -> RawData:
     """At most ``limit`` examples of each part, evenly spaced (files are often sorted by class)."""
     splits, origins = {}, {}
@@ -362,7 +387,8 @@ def _bind_stream(raw: RawData, fields: list[FieldSpec], limit: int | None, min_c
 
 
 def bind_trained(stmt, name: str, args: list, kwargs: dict, plan: Plan, vocabs: dict[str, Vocab],
-                 standardizers: dict[str, Standardizer], base_dir, diags: Diagnostics) -> BoundData:
+                 standardizers: dict[str, Standardizer], base_dir, diags: Diagnostics,
+                 decode: ast.Decode | None = None) -> BoundData:
     """Read a data source whole (all its parts, as one part "all") and encode it with a trained
     model's vocabularies and input statistics: new data for a trained model. An unknown word
     becomes <unk>; an unknown label is a DataError at its line."""
@@ -370,6 +396,7 @@ def bind_trained(stmt, name: str, args: list, kwargs: dict, plan: Plan, vocabs: 
     views = {v.name: v.view for v in plan.inputs if v.view is not None}
     raw = read_statement(stmt, name, args, kwargs, [f for f in fields if f.name not in views], base_dir, diags)
     derive_views(raw, views)
+    frame_decoded(raw, decode, fields)
     parts = [p for p in ("all", *SPLITS) if p in raw.splits]
     if raw.stream:
         f = next(f for f in fields if f.kind is FieldKind.tokens and f.role == "input")

@@ -1,66 +1,276 @@
-"""Greedy decoding of a decoder trained with teacher forcing, with the very spec it was trained with.
+"""Decoding with the very spec a decoder was trained with: greedy and beam search.
 
-A spec trains a decoder by teacher forcing when a token input (the output sequence, ``tgt``) is
-the target of a class loss whose prediction is on that input's axis, and the prediction at a
-step depends on the input's tokens *before* that step only (``ye = embed(tgt, 32)`` read as
-``ye[t-1]``). Decoding then feeds the decoder its own predictions: at step t, the token fed as
-``tgt[t]`` is the argmax of the prediction at t, which the next step reads. The plan says
-which inputs these are (:func:`autoregressive`), so nothing more is declared.
+The spec declares its decoder once (nnspec/decoding.py)::
 
-Each step here is one forward pass over the steps so far (simple, and exactly the training
-computation; a decoder that runs step by step, end symbols and beam search are future work),
-for as many steps as the caller asks of each example.
+    decode tgt from p, start "<s>", end "</s>", max 30
+
+In training ``tgt`` is the gold sequence ``<s> y1 .. yn </s>`` and ``p`` at step t reads it only
+before t (teacher forcing). Decoding writes ``tgt`` itself: the start symbol first, then at each
+step a token chosen from ``p`` at that step, until the end symbol or ``max`` tokens. Every step
+here is one forward pass over the tokens so far: exactly the training computation (no second
+implementation of the decoder to keep in agreement), at the price of recomputing the encoder and
+the earlier steps (quadratic in the output length; fine for short outputs).
+
+Scores are plain log-probabilities: the sum over the written tokens (the end symbol included) of
+log p(token | source, the tokens before). Never written: ``<pad>``, ``<unk>`` and the start symbol.
+Functions here work on token ids; :func:`symbol_ids` gives the ids of the declared symbols in a
+vocabulary.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import numpy as np
 
-from .model import FeedError, Model
-from .ops import REGISTRY
-from .plan import LoopStep, OpStep, Plan
+from .data.vocab import PAD_ID, UNK_ID
+from .decoding import Decoder, autoregressive
+from .model import FeedError, Model, prepare_feeds
+
+__all__ = ["Hypothesis", "greedy", "greedy_steps", "sample", "beam_search", "symbol_ids", "autoregressive",
+           "sequence_score", "Decoded", "decode_texts", "attention_weights"]
 
 
-def autoregressive(plan: Plan) -> list[tuple[str, str]]:
-    """(input, prediction) pairs of the plan's teacher-forced decoders: a sequence token input that
-    a class loss compares a prediction with, where the prediction at step t reads the input only
-    at steps before t (no path at the same step, no read of a later step)."""
-    tokens = {v.name: v for v in plan.inputs if v.seq and v.elem in ("token", "char")}
-    pairs = []
-    for s in plan.steps:
-        if isinstance(s, OpStep) and REGISTRY[s.op].target == "class" and len(s.inputs) == 2:
-            (pred, _), (target, _) = s.inputs
-            if target in tokens and _only_earlier_steps(plan, target, pred):
-                pairs.append((target, pred))
-    return pairs
+@dataclass
+class Hypothesis:
+    """One decoded sequence: ``tokens`` (ids, without the start and end symbols), ``score`` (the sum
+    of the log-probabilities of its tokens and of the end symbol), ``ended``: whether it stopped at
+    the end symbol (else at the maximum length)."""
+    tokens: list[int]
+    score: float
+    ended: bool
+    steps: list[float] = field(default_factory=list, repr=False)   # log p of each written token
+
+    @property
+    def length(self) -> int:
+        return len(self.tokens)
 
 
-def _only_earlier_steps(plan: Plan, source: str, value: str) -> bool:
-    """Whether ``value`` at step t reads ``source`` only at steps before t."""
-    same = {source}      # depends on source at the same step (or a later one)
-    reads = {source}     # depends on source at all
-    for step in plan.steps:
-        body = step.body if isinstance(step, LoopStep) else [step]
-        for _ in range(len(body) + 1 if isinstance(step, LoopStep) else 1):   # a loop: to a fixpoint
-            for b in body:
-                for src, d in b.inputs:
-                    if src in reads:
-                        reads.add(b.id)
-                        if d > 0:           # a later step of something made from the source
-                            return False
-                    if src in same and d == 0:
-                        same.add(b.id)
-    return value not in same and value in reads
+def symbol_ids(decoder: Decoder, vocab) -> tuple[int | None, int]:
+    """The ids of the declared start (None when there is none) and end symbols in ``vocab``, the
+    decoded input's vocabulary (the data layer puts them in every training sequence)."""
+    missing = [s for s in (decoder.start, decoder.end) if s is not None and s not in vocab.stoi]
+    if missing:
+        raise FeedError(f"the vocabulary of '{decoder.input}' has no {' and no '.join(missing)}: it was not built "
+                        f"from data framed by the decode declaration (train again with this spec)")
+    return (vocab.stoi[decoder.start] if decoder.start is not None else None), vocab.stoi[decoder.end]
 
 
-def greedy(model: Model, feeds: dict, steps, lengths: dict | None = None) -> dict[str, np.ndarray]:
-    """The tokens a teacher-forced decoder of ``model`` writes when fed its own predictions:
-    ``{input: ids (T, B)}``. ``feeds``: every other input (lists of per-example sequences, or
-    time-major arrays with ``lengths`` per axis); ``steps``: how many tokens to write for each
-    example (an int for all, or one per example)."""
-    pairs = autoregressive(model.plan)
+def _decoder(model: Model) -> Decoder:
+    decoder = model.compiled.decoder
+    if decoder is None:
+        raise FeedError("this network declares no decoder; say which token input is fed back from which "
+                        "prediction, e.g. 'decode tgt from p, start \"<s>\", end \"</s>\", max 30'")
+    return decoder
+
+
+class _Steps:
+    """The forward passes of one decoding: the other inputs prepared once, and the log-probabilities
+    of the next token after given prefixes, each of a given example (only the hypotheses still
+    alive are computed: the examples and beams that have ended drop out of the batch)."""
+
+    def __init__(self, model: Model, feeds: dict, lengths):
+        self.model, self.decoder = model, _decoder(model)
+        if self.decoder.input in feeds:
+            raise FeedError(f"'{self.decoder.input}' is what decoding writes; give only the other inputs")
+        batch = _batch_size(model, feeds)
+        dummy = {**feeds, self.decoder.input: np.zeros((1, batch), dtype=np.int64)}
+        given = lengths
+        if isinstance(lengths, dict):
+            given = {**lengths, self.decoder.axis: np.ones(batch, dtype=np.int64)}
+        arrays, lens = prepare_feeds(model.plan, dummy, given, dtype=model.dtype)
+        self.batch = batch
+        self.axis_of = {v.name: (v.axes or ["time"])[-1] for v in model.plan.inputs if v.seq}
+        self.feeds = {k: a for k, a in arrays.items() if k != self.decoder.input}
+        if isinstance(lens, dict):
+            self.lengths = {a: np.asarray(v) for a, v in lens.items() if a != self.decoder.axis}
+        else:
+            self.lengths = None        # the decoder's axis is the network's only one
+
+    def log_probs(self, ids: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """(N, V) float64: log p(next token | prefix) for each column of ``ids`` (T, N), all T long,
+        the prefix of example ``rows[i]`` in column i."""
+        steps, n = ids.shape
+        feeds, lengths = {}, {}
+        if self.lengths is not None:
+            lengths = {a: v[rows] for a, v in self.lengths.items()}
+        for k, a in self.feeds.items():
+            if k not in self.axis_of:
+                feeds[k] = a[rows]
+                continue
+            a = a[:, rows]
+            if self.axis_of[k] in lengths:      # no longer than the longest of these examples
+                a = a[:max(int(lengths[self.axis_of[k]].max()), 1)]
+            feeds[k] = a
+        full = np.full(n, steps, dtype=np.int64)
+        lengths = {**lengths, self.decoder.axis: full} if self.lengths is not None else full
+        tape = self.model.executor.forward(self.model.params, {**feeds, self.decoder.input: ids},
+                                           lengths=lengths, need_loss=False)
+        s = np.asarray(tape.values[self.decoder.scores][steps - 1], dtype=np.float64).reshape(n, -1)
+        if self.decoder.scores_kind == "logits":
+            s = s - s.max(-1, keepdims=True)
+            return s - np.log(np.exp(s).sum(-1, keepdims=True))
+        if self.decoder.scores_kind == "probabilities":
+            with np.errstate(divide="ignore"):
+                return np.log(s)
+        return s   # log_probabilities
+
+
+def _allowed(log_p: np.ndarray, start: int | None) -> np.ndarray:
+    """Log-probabilities with the tokens decoding never writes set to -inf."""
+    log_p = log_p.copy()
+    log_p[:, [PAD_ID, UNK_ID] + ([start] if start is not None else [])] = -np.inf
+    return log_p
+
+
+def _limit(decoder: Decoder, max_length: int | None) -> int:
+    n = decoder.max_length if max_length is None else int(max_length)
+    if n < 1:
+        raise FeedError(f"max_length: at least 1 token, got {max_length!r}")
+    return n
+
+
+def _fed(start: int | None, written: np.ndarray) -> np.ndarray:
+    """What the decoded input holds to predict the token after ``written`` (T, N): the start symbol
+    (if any), the tokens written so far, and one step more whose prediction is read (its own token
+    is never read there: the decoder reads tgt only before a step)."""
+    n = written.shape[1]
+    head = [np.full((1, n), start, dtype=np.int64)] if start is not None else []
+    return np.concatenate(head + [written.astype(np.int64), np.full((1, n), PAD_ID, dtype=np.int64)])
+
+
+def greedy(model: Model, feeds: dict, lengths=None, *, start: int | None, end: int,
+           max_length: int | None = None) -> list[Hypothesis]:
+    """Each example's most probable next token at each step, until the end symbol or ``max_length``
+    tokens (default: the declaration's ``max``). ``feeds``: the other inputs (as for
+    :meth:`Model.forward`); ``start``/``end``: the symbols' ids (:func:`symbol_ids`)."""
+    return _one_at_a_time(model, feeds, lengths, start, end, max_length, lambda log_p: log_p.argmax(-1))
+
+
+def sample(model: Model, feeds: dict, lengths=None, *, start: int | None, end: int,
+           max_length: int | None = None, temperature: float = 1.0, rng=None) -> list[Hypothesis]:
+    """As :func:`greedy`, but each token drawn from p at its step (sharpened or flattened by
+    ``temperature``); the score is still the log-probability under p."""
+    if not temperature > 0:
+        raise FeedError(f"temperature: a positive number, got {temperature!r}")
+    rng = rng if rng is not None else np.random.default_rng(0)
+
+    def draw(log_p: np.ndarray) -> np.ndarray:
+        z = log_p / temperature
+        p = np.exp(z - z.max(-1, keepdims=True))
+        p /= p.sum(-1, keepdims=True)
+        return np.array([rng.choice(p.shape[-1], p=row) for row in p])
+    return _one_at_a_time(model, feeds, lengths, start, end, max_length, draw)
+
+
+def _one_at_a_time(model, feeds, lengths, start, end, max_length, choose) -> list[Hypothesis]:
+    steps = _Steps(model, feeds, lengths)
+    limit = _limit(steps.decoder, max_length)
+    out = [Hypothesis([], 0.0, False) for _ in range(steps.batch)]
+    alive = np.arange(steps.batch)
+    for t in range(limit):
+        written = np.array([out[b].tokens for b in alive], dtype=np.int64).reshape(len(alive), t).T
+        log_p = _allowed(steps.log_probs(_fed(start, written), alive), start)
+        chosen = choose(log_p)
+        for i, b in enumerate(alive):
+            h, token = out[b], int(chosen[i])
+            h.steps.append(float(log_p[i, token]))
+            h.score += h.steps[-1]
+            if token == end:
+                h.ended = True
+            else:
+                h.tokens.append(token)
+        alive = np.array([b for b in alive if not out[b].ended], dtype=np.int64)
+        if not alive.size:
+            break
+    return out
+
+
+def beam_search(model: Model, feeds: dict, lengths=None, *, beam: int, start: int | None, end: int,
+                max_length: int | None = None) -> list[list[Hypothesis]]:
+    """The ``beam`` best-scoring sequences of each example found by beam search, best first.
+
+    Each step extends every live hypothesis by every token and keeps the ``beam`` best; one that
+    writes the end symbol is finished. An example stops when it has ``beam`` finished hypotheses or
+    its best finished one scores at least its best live one (a log-probability only falls as a
+    sequence grows, so no live one can overtake it), or at ``max_length`` tokens, where its live
+    hypotheses are kept, unfinished. ``beam=1`` is greedy decoding."""
+    if isinstance(beam, bool) or int(beam) != beam or beam < 1:
+        raise FeedError(f"beam: a whole number of at least 1, got {beam!r}")
+    k = int(beam)
+    steps = _Steps(model, feeds, lengths)
+    limit = _limit(steps.decoder, max_length)
+    batch = steps.batch
+    live: list[list[Hypothesis]] = [[Hypothesis([], 0.0, False)] for _ in range(batch)]
+    finished: list[list[Hypothesis]] = [[] for _ in range(batch)]
+    for t in range(limit):
+        columns = [(b, j) for b, hyps in enumerate(live) for j in range(len(hyps))]
+        prefixes = np.array([live[b][j].tokens for b, j in columns], dtype=np.int64).reshape(len(columns), t).T
+        rows = np.array([b for b, _ in columns], dtype=np.int64)
+        flat_log_p = _allowed(steps.log_probs(_fed(start, prefixes), rows), start)
+        first = {}                                  # example -> its first column
+        for i, (b, _) in enumerate(columns):
+            first.setdefault(b, i)
+        for b, hyps in enumerate(live):
+            if not hyps:
+                continue
+            log_p = flat_log_p[first[b]:first[b] + len(hyps)]
+            total = np.array([h.score for h in hyps])[:, None] + log_p
+            order = np.argsort(-total, axis=None, kind="stable")[:2 * k]   # k live ones survive k that end
+            survivors = []
+            for i in order:
+                j, token = np.unravel_index(i, total.shape)
+                if not np.isfinite(total[j, token]) or len(survivors) == k:
+                    break
+                h = hyps[j]
+                grown = Hypothesis(h.tokens + [int(token)], float(total[j, token]), False,
+                                   h.steps + [float(log_p[j, token])])
+                if token == end:
+                    grown.tokens.pop()
+                    grown.ended = True
+                    if len(finished[b]) < k:
+                        finished[b].append(grown)
+                else:
+                    survivors.append(grown)
+            best_done = max((h.score for h in finished[b]), default=-np.inf)
+            best_live = max((h.score for h in survivors), default=-np.inf)
+            live[b] = [] if len(finished[b]) >= k or best_done >= best_live else survivors
+        if not any(live):
+            break
+    results = []
+    for b in range(batch):
+        hyps = sorted(finished[b] + live[b], key=lambda h: -h.score)   # live: stopped by the length limit
+        results.append(hyps[:k])
+    return results
+
+
+def sequence_score(model: Model, feeds: dict, tokens: list[int], lengths=None, *, start: int | None,
+                   end: int) -> float:
+    """The score decoding gives ``tokens`` (ids, without the symbols) followed by the end symbol, for
+    a batch of one example: the sum of log p of each token given the ones before."""
+    steps = _Steps(model, feeds, lengths)
+    written = list(tokens) + [end]
+    total = 0.0
+    for t, token in enumerate(written):
+        prefix = np.array(written[:t], dtype=np.int64).reshape(t, 1)
+        total += float(_allowed(steps.log_probs(_fed(start, prefix), np.zeros(1, np.int64)), start)[0, token])
+    return total
+
+
+def greedy_steps(model: Model, feeds: dict, steps, lengths: dict | None = None) -> dict[str, np.ndarray]:
+    """Greedy decoding for a given number of steps, with no symbols: ``{input: ids (T, B)}``, each
+    step the argmax of a forward pass fed the tokens before it (from step 0, whatever the data's
+    start symbol). The form other backends are compared by (nnspec.onnx.runner.greedy), for any
+    network with one teacher-forced decoder, declared or not: the declared one, else the one the
+    plan shows (:func:`autoregressive`; several undeclared ones are an error). ``steps``: an int for
+    all examples, or one per example."""
+    declared = model.compiled.decoder
+    pairs = [(declared.input, declared.scores)] if declared is not None else autoregressive(model.plan)
     if not pairs:
         raise FeedError("this network has no decoder fed by its own predictions: no token input that a "
                         "class loss predicts from its earlier steps only (e.g. embed(tgt, 32) read as [t-1])")
+    if len(pairs) > 1:
+        raise FeedError(f"this network has several teacher-forced decoders ({', '.join(p for p, _ in pairs)}); "
+                        f"declare the one to decode, e.g. 'decode {pairs[0][0]} from p, end \"</s>\"'")
     name, pred = pairs[0]
     spec = next(v for v in model.plan.inputs if v.name == name)
     axis = (spec.axes or ["time"])[-1]
@@ -85,3 +295,90 @@ def _batch_size(model: Model, feeds: dict) -> int:
             a = np.asarray(a)
             return a.shape[1] if v.seq else a.shape[0]
     raise FeedError("no inputs to decode from")
+
+
+# ---- text in, text out: what nnspec predict and nnspec sample use ------------------------------
+@dataclass
+class Decoded:
+    """One source, as tokens, and what decoding wrote for it: ``outputs`` best first, each
+    (tokens, score, ended)."""
+    source: list[str]
+    outputs: list[tuple[list[str], float, bool]]
+
+
+def source_input(model: Model):
+    """The one token input a decoder's source is read into (the inputs other than the decoded one)."""
+    decoder = _decoder(model)
+    others = [v for v in model.plan.inputs if v.name != decoder.input]
+    if len(others) != 1 or not (others[0].seq and others[0].elem in ("token", "char")) or others[0].view:
+        names = ", ".join(v.name for v in model.plan.inputs)
+        raise FeedError(f"decoding text needs one source input of tokens besides '{decoder.input}'; this network's "
+                        f"inputs are {names} (decode from Python with feeds of arrays)")
+    return others[0]
+
+
+def decode_texts(model, texts: list[str], *, beam: int = 1, max_length: int | None = None,
+                 max_source: int | None = None, batch: int = 64, temperature: float | None = None,
+                 rng=None) -> list[Decoded]:
+    """Decode each text with a trained model (its ``vocabs``: nnspec.trained.TrainedModel), split as
+    its source vocabulary was built. ``beam`` 1 is greedy decoding; ``temperature`` samples instead.
+    An empty source, or one of more than ``max_source`` tokens, is a ValueError naming it
+    (``index``: its position, for the caller to name the line)."""
+    from .data.vocab import tokenize
+    field_ = source_input(model)
+    decoder = _decoder(model)
+    src_vocab, out_vocab = model.vocabs[field_.name], model.vocabs[decoder.input]
+    start, end = symbol_ids(decoder, out_vocab)
+    tokens = [tokenize(t, level=src_vocab.level, lowercase=src_vocab.lowercase) for t in texts]
+    for i, ts in enumerate(tokens):
+        if not ts:
+            raise SourceError("an empty source: decoding needs at least one token", i)
+        if max_source is not None and len(ts) > max_source:
+            raise SourceError(f"a source of {len(ts)} tokens, longer than max_length {max_source} (the longest "
+                              f"the model was trained to read)", i)
+    out = []
+    for a in range(0, len(tokens), batch):
+        part = tokens[a:a + batch]
+        feeds = {field_.name: [src_vocab.encode(ts) for ts in part]}
+        if temperature is not None:
+            found = [[h] for h in sample(model, feeds, start=start, end=end, max_length=max_length,
+                                         temperature=temperature, rng=rng)]
+        elif beam == 1:
+            found = [[h] for h in greedy(model, feeds, start=start, end=end, max_length=max_length)]
+        else:
+            found = beam_search(model, feeds, beam=beam, start=start, end=end, max_length=max_length)
+        for ts, hyps in zip(part, found):
+            out.append(Decoded(ts, [(out_vocab.decode(h.tokens), h.score, h.ended) for h in hyps]))
+    return out
+
+
+class SourceError(ValueError):
+    """A source decoding refuses; ``index``: which of the texts."""
+
+    def __init__(self, message: str, index: int):
+        super().__init__(message)
+        self.index = index
+
+
+def attention_weights(model, decoded: Decoded) -> dict[str, np.ndarray]:
+    """The attention weights behind decoding's best output for one source: for each softmax over
+    the source's axis computed on the decoder's axis (an ``attention`` cell's ``a``), an array
+    (output tokens with </s> if written, source tokens). Read from a forward pass fed the output."""
+    field_ = source_input(model)
+    decoder = _decoder(model)
+    tokens, _, ended = decoded.outputs[0]
+    start, end = symbol_ids(decoder, model.vocabs[decoder.input])
+    written = model.vocabs[decoder.input].encode(list(tokens)).tolist() + ([end] if ended else [])
+    fed = np.array(([start] if start is not None else []) + written, dtype=np.int64).reshape(-1, 1)
+    src = model.vocabs[field_.name].encode(decoded.source).reshape(-1, 1)
+    values = model.values({field_.name: src, decoder.input: fed},
+                          lengths={(field_.axes or ["time"])[-1]: [src.shape[0]], decoder.axis: [fed.shape[0]]})
+    graph = model.compiled.graph
+    source_axis = (field_.axes or ["time"])[-1]
+    out = {}
+    for info in graph.nodes():
+        if info.op == "softmax_steps" and tuple(info.axes[-2:]) == (decoder.axis, source_axis) and info.id in values:
+            w = np.asarray(values[info.id], dtype=np.float64).reshape(fed.shape[0], src.shape[0], -1)[..., 0]
+            first = 1 if start is not None else 0          # the step that predicts <s> writes nothing
+            out[info.id] = w[first:first + len(written)]
+    return out

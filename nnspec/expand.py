@@ -41,6 +41,7 @@ class FlatSpec:
     data: ast.DataSource | ast.DataInline | None = None
     train: ast.Train | None = None
     sweep: ast.Sweep | None = None
+    decode: ast.Decode | None = None     # checked against the plan by nnspec/decoding.py
     lets: dict[str, float] = field(default_factory=dict)
     instances: list[tuple[str, str]] = field(default_factory=list)  # (instance, cell)
     calls: dict[str, Span] = field(default_factory=dict)  # instance -> the call that made it
@@ -89,8 +90,9 @@ class Expander:
     def statement(self, stmt, scope: _Scope) -> None:
         f = self.flat
         if scope.cell is not None and isinstance(stmt, (ast.Network, ast.DataSource, ast.DataInline, ast.Train,
-                                                    ast.Sweep)):
-            what = {ast.Network: "network", ast.Train: "train", ast.Sweep: "sweep"}.get(type(stmt), "data")
+                                                    ast.Sweep, ast.Decode)):
+            what = {ast.Network: "network", ast.Train: "train", ast.Sweep: "sweep",
+                    ast.Decode: "decode"}.get(type(stmt), "data")
             self.diags.error(f"'{what}' belongs at the top level, not inside cell '{scope.cell.name}'", stmt.span)
             return
         if isinstance(stmt, ast.Network):
@@ -142,6 +144,11 @@ class Expander:
             if f.train is not None:
                 self.diags.error("only one train block is allowed", stmt.span, [("the first is here", f.train.span)])
             f.train = stmt
+        elif isinstance(stmt, ast.Decode):
+            if f.decode is not None:
+                self.diags.error("only one decode declaration is allowed", stmt.span,
+                                 [("the first is here", f.decode.span)])
+            f.decode = stmt
         elif isinstance(stmt, ast.Sweep):
             if f.sweep is not None:
                 self.diags.error("only one sweep block is allowed", stmt.span,

@@ -401,45 +401,7 @@ def test_a_teacher_forced_decoder_is_found_in_the_plan(decoder, found):
         assert autoregressive(plan)[0][0] == "tgt"
 
 
-def test_greedy_decoding_feeds_the_decoder_its_own_predictions():
-    """Step t of greedy decoding is the argmax of a forward pass fed the tokens decoded before t."""
-    from nnspec.decode import greedy
-    m = model("in_loop")
-    src = batch()["src"]
-    ids = greedy(m, {"src": src}, steps=TGT_LENGTHS)["tgt"]
-    assert ids.shape == (max(TGT_LENGTHS), len(src))
-    for b, n in enumerate(TGT_LENGTHS):
-        fed = [int(i) for i in ids[:n, b]]
-        p = m.forward({"src": [src[b]], "tgt": [np.array(fed)]})["p"][:, 0]
-        assert p.argmax(-1).tolist() == fed
-    with pytest.raises(FeedError, match="no decoder fed by its own predictions"):
-        greedy(Model.from_text("input x[2] : seq\noutput y\ny = tanh(x)"), {"x": np.ones((2, 1, 2))}, steps=2)
-
-
-def test_reverse_copy_learns_to_reverse_with_greedy_decoding():
-    """nnspec run's training, then greedy decoding of every test sequence: >= 99% exactly right."""
-    from pathlib import Path
-
-    from nnspec import open_session
-    from nnspec.decode import greedy
-    from nnspec.train.loop import Trainer
-
-    s = open_session(Path(__file__).resolve().parent.parent / "specs" / "reverse_copy.nn")
-    Trainer(s.model, s.data, s.settings, quiet=True).fit()
-    exact = total = 0
-    for batch in s.data.batches("test", 100):
-        y = greedy(s.model, {"src": batch.arrays["src"]}, batch.lengths["out"],
-                   lengths={"src": batch.lengths["src"]})["tgt"]
-        gold = batch.arrays["tgt"]
-        for b, n in enumerate(batch.lengths["out"]):
-            exact += bool((y[:n, b] == gold[:n, b]).all())
-            total += 1
-    assert total == 300
-    assert exact / total >= 0.99, f"{exact}/{total} test sequences exactly right"
-    # greedy decoding gets a sequence right exactly when teacher forcing gets every step of it right
-    # (by induction over its steps): nnspec run's sequence_accuracy is the greedy figure
-    from nnspec.train.loop import evaluate
-    assert evaluate(s.model, s.data, "test", s.settings).metrics["sequence_accuracy"] == exact / total
+# specs/reverse_copy.nn, trained and decoded: tests/test_decode.py
 
 
 # ---- bad data: clear errors at the file and line -----------------------------------------------

@@ -5,7 +5,7 @@ The stages, in order (docs/internals.md, section 1):
 
     leaf: errors, gcpause, limits, ops, catalog, initializers   (importable by every module)
     syntax < settings < loader (stdlib) < expand < graph (render, display) < recurrence < shapes
-      < plan < optimize < compiler (export) < runtime (chunks) < data (dataset, baselines)
+      < plan < optimize < compiler (export, decoding) < runtime (chunks) < data (dataset, baselines)
       < model (torch_weights; Model.from_file sizes a model from its data) < train < session < trained
       < sweep < onnx (export to ONNX) < the package nnspec (its API)
       < cli (nnspec.cli: output, arguments, plotting)
@@ -39,7 +39,7 @@ STAGES = [
     ("shapes", ("nnspec.shapes",)),
     ("plan", ("nnspec.plan",)),
     ("optimize", ("nnspec.optimize",)),
-    ("compiler", ("nnspec.compiler", "nnspec.export")),
+    ("compiler", ("nnspec.compiler", "nnspec.export", "nnspec.decoding")),
     ("runtime", ("nnspec.runtime", "nnspec.chunks")),
     ("data", ("nnspec.data", "nnspec.dataset", "nnspec.baselines")),
     ("model", ("nnspec.model", "nnspec.torch_weights", "nnspec.decode")),

@@ -582,7 +582,7 @@ def test_lengths_on_several_axes_are_checked(lengths, message):
 
 @pytest.mark.parametrize("name", ["reverse_copy", "bahdanau"])
 def test_greedy_decoding_through_onnxruntime_writes_nnspec_s_tokens(name):
-    from nnspec.decode import greedy
+    from nnspec.decode import greedy_steps as greedy
     from nnspec.onnx.runner import greedy as onnx_greedy
     if name == "reverse_copy":
         model = strong(Model.from_file(str(ROOT / "specs" / "reverse_copy.nn"), vocabs={"src": 23, "tgt": 23},
@@ -604,7 +604,7 @@ def test_a_trained_reverse_copy_decodes_the_test_part_alike_through_onnxruntime(
     """reverse_copy.nn trained as nnspec run trains it, exported, and every test sequence decoded
     greedily through onnxruntime: nnspec's tokens, every one, and >= 99% of the sequences exactly right."""
     from nnspec import open_session
-    from nnspec.decode import greedy
+    from nnspec.decode import greedy_steps as greedy
     from nnspec.onnx.runner import greedy as onnx_greedy
     from nnspec.train.loop import Trainer
     s = open_session(ROOT / "specs" / "reverse_copy.nn")

@@ -77,6 +77,7 @@ def cmd_check(args) -> int:
             + [{"path": f, "kind": "data"} for f in data_files(c.flat, c.diags)]
         emit_json(nan_to_null({"ok": True, "kind": c.kind, "errors": [], "warnings": warnings,
                                 "parameters": total, "loops": loops, "files": files,
+                                **({"decoder": _decoder_json(c.decoder)} if c.decoder else {}),
                                 "values": {n.id: {"shape": [str(d) for d in n.shape or ()], "sequence": n.seq,
                                                   "axes": list(n.axes)}
                                            for n in c.graph.nodes() if n.named}}))
@@ -107,8 +108,18 @@ def cmd_check(args) -> int:
     for i, loop in enumerate(loops):
         over = (f"over {c.graph.info(c.components[i].nodes[0]).axes[-1]}" if named_axes else "in time")
         con.print(f"loop {i + 1} ({loop['direction']} {over}): {', '.join(loop['values'])}")
+    d = c.decoder
+    if d is not None:
+        start = f"{d.start} first, " if d.start is not None else ""
+        con.print(f"decoder: {d.input} fed back from {d.prediction} over {d.axis}, {start}until {d.end} or "
+                  f"{d.max_length} tokens", markup=False)
     con.print("ok")
     return 0
+
+
+def _decoder_json(d) -> dict:
+    return {"input": d.input, "prediction": d.prediction, "axis": d.axis, "start": d.start, "end": d.end,
+            "max": d.max_length}
 
 
 def _param_size(shape) -> int | str:

@@ -10,7 +10,9 @@ import numpy as np
 
 from ..data import Vocab, tokenize
 from ..errors import UsageError
-from .arguments import positive, whole
+from .arguments import count, positive, whole
+
+MAX_BEAM, MAX_OUTPUT = 100, 10_000   # bounds on what one predict may ask of a decoder
 
 
 def add_predict(sub) -> None:
@@ -29,6 +31,16 @@ def add_predict(sub) -> None:
     p.add_argument("--json", action="store_true", help="tokens, labels and each label's probability")
     p.add_argument("--onnx", metavar="MODEL", help="compute with this exported ONNX model in onnxruntime "
                                                    "(nnspec export), the run giving the vocabularies")
+    decoding = p.add_argument_group("an encoder-decoder (a spec with a decode declaration): each line is a "
+                                    "source, and the output sequence is written for it")
+    decoding.add_argument("--beam", type=count(1, MAX_BEAM), default=1, metavar="K",
+                          help="beam search keeping the K best sequences (default 1: greedy decoding); --json "
+                               "lists all K with their scores (log-probabilities)")
+    decoding.add_argument("--max-length", type=count(1, MAX_OUTPUT), metavar="N",
+                          help="write at most N tokens (default: the decode declaration's max)")
+    decoding.add_argument("--attention", metavar="DIR",
+                          help="write a heat map of the attention weights for each line to DIR/LINE.png "
+                               "(source across, output down)")
     p.set_defaults(func=cmd_predict)
 
 
@@ -48,11 +60,14 @@ def add_evaluate(sub) -> None:
 
 
 def add_sample(sub) -> None:
-    s = sub.add_parser("sample", help="generate text from a trained language model")
+    s = sub.add_parser("sample", help="generate text from a trained language model, or an output sequence "
+                                      "drawn from an encoder-decoder for the source --prompt")
     s.add_argument("spec")
     s.add_argument("--checkpoint", required=True)
-    s.add_argument("--prompt", default="\n")
-    s.add_argument("--length", type=whole, default=300)
+    s.add_argument("--prompt", default="\n", help="the text to continue; for an encoder-decoder, the source")
+    s.add_argument("--length", type=whole, default=None,
+                   help="tokens to write (default 300; for an encoder-decoder at most this many, by default "
+                        "its decode declaration's max)")
     s.add_argument("--temperature", type=positive, default=1.0)
     s.add_argument("--seed", type=whole, default=0)
     s.add_argument("--json", action="store_true")
@@ -94,6 +109,11 @@ def open_trained(spec: str, checkpoint: str, with_data: bool = False):
 
 def _read_lines(path: str) -> list[str]:
     """The non-blank lines of --input: a regular file or standard input, within the read limit."""
+    return [line for line in _read_input(path).splitlines() if line.strip()]
+
+
+def _read_input(path: str) -> str:
+    """--input as text: a regular file or standard input, within the read limit."""
     from ..data import DataError
     from ..limits import READ_LIMIT_VARIABLE, ReadRefused, read_limit, read_regular_file
     limit = read_limit()
@@ -111,12 +131,17 @@ def _read_lines(path: str) -> list[str]:
         raise DataError(str(e), path) from None
     except (OSError, ValueError) as e:  # UnicodeDecodeError is a ValueError
         raise DataError(f"cannot read the input: {getattr(e, 'strerror', None) or e}", path) from None
-    return [line for line in text.splitlines() if line.strip()]
+    return text
 
 
 def cmd_predict(args) -> int:
     from ..trained import load
     model = load(args.checkpoint, spec=args.spec)
+    if model.compiled.decoder is not None:
+        return _predict_sequences(args, model)
+    if args.beam != 1 or args.max_length is not None or args.attention is not None:
+        raise UsageError("--beam, --max-length and --attention are for an encoder-decoder: a spec with a decode "
+                         "declaration (decode tgt from p, end \"</s>\")")
     try:
         model.text_input()
     except ValueError as e:
@@ -143,6 +168,88 @@ def cmd_predict(args) -> int:
             else:
                 print(f"{labels}\t{line}")
     return 0
+
+
+def _predict_sequences(args, model) -> int:
+    """predict on an encoder-decoder: one source per line in, its decoded output per line out."""
+    from ..data import DataError
+    from ..decode import SourceError, decode_texts, source_input
+    from ..model import FeedError
+    if args.onnx:
+        raise UsageError("--onnx computes one forward pass; decoding an encoder-decoder runs one per output "
+                         "token, here in NumPy (leave out --onnx)")
+    try:
+        source = source_input(model)
+    except FeedError as e:
+        raise UsageError(str(e)) from None
+    where = "<stdin>" if args.input == "-" else args.input
+    lines = _read_input(args.input).splitlines()
+    while lines and not lines[-1].strip():     # blank lines at the end of a file are no sources
+        lines.pop()
+    try:
+        decoded = decode_texts(model, lines, beam=args.beam, max_length=args.max_length,
+                               max_source=model.settings.max_length)
+    except SourceError as e:
+        raise DataError(f"{e} ('{source.name}')", where, e.index + 1) from None
+    if args.attention is not None:
+        _draw_attention(model, decoded, Path(args.attention))
+    joiner = "" if model.vocabs[model.compiled.decoder.input].level == "char" else " "
+    if args.json:
+        print(json.dumps([{"input": line, "output": joiner.join(map(str, d.outputs[0][0])),
+                           "tokens": [str(t) for t in d.outputs[0][0]], "score": d.outputs[0][1],
+                           "ended": d.outputs[0][2],
+                           **({"beam": [{"output": joiner.join(map(str, t)), "score": s, "ended": e}
+                                        for t, s, e in d.outputs]} if args.beam > 1 else {})}
+                          for line, d in zip(lines, decoded)], indent=2))
+        return 0
+    for d in decoded:
+        print(joiner.join(map(str, d.outputs[0][0])))
+    return 0
+
+
+def _sample_sequence(args) -> int:
+    """sample on an encoder-decoder: an output drawn token by token from the decoder's predictions
+    for the source --prompt (predict's decoding, drawing instead of taking the most probable)."""
+    from ..data import DataError
+    from ..decode import SourceError, decode_texts, source_input
+    from ..model import FeedError
+    from ..trained import load
+    model = load(args.checkpoint, spec=args.spec)
+    try:
+        source_input(model)
+        (d,) = decode_texts(model, [args.prompt], max_length=args.length or None, temperature=args.temperature,
+                            max_source=model.settings.max_length, rng=np.random.default_rng(args.seed))
+    except FeedError as e:
+        raise UsageError(str(e)) from None
+    except SourceError as e:
+        raise DataError(str(e), "--prompt") from None
+    tokens, score, ended = d.outputs[0]
+    text = ("" if model.vocabs[model.compiled.decoder.input].level == "char" else " ").join(map(str, tokens))
+    if args.json:
+        print(json.dumps({"prompt": args.prompt, "text": text, "score": score, "ended": ended}))
+    else:
+        print(text)
+    return 0
+
+
+def _draw_attention(model, decoded, folder: Path) -> None:
+    """DIR/LINE.png per source line (DIR/LINE-NAME.png when the network attends more than once)."""
+    from ..decode import attention_weights
+    end = model.compiled.decoder.end
+    drawn = 0
+    for i, d in enumerate(decoded, 1):
+        maps = attention_weights(model, d)
+        tokens, _, ended = d.outputs[0]
+        rows = [str(t) for t in tokens] + ([end] if ended else [])
+        for name, w in maps.items():
+            from ..train.plots import plot_attention     # matplotlib, only when asked for
+            stem = f"{i:04d}" if len(maps) == 1 else f"{i:04d}-{name}"
+            plot_attention(w, rows, [str(t) for t in d.source], folder / f"{stem}.png",
+                           title=f"line {i}: attention '{name}'")
+            drawn += 1
+    if not drawn and decoded:
+        raise UsageError("--attention: this network has no attention over its source (a softmax over the "
+                         "source's steps on the output's axis, as the attention cells compute)")
 
 
 def cmd_evaluate(args) -> int:
@@ -195,7 +302,8 @@ def _data_of_user(session, vocabs: dict, args):
         name, call_args, kwargs = source_call(stmt, diags)
     norm = load_checkpoint(checkpoint_dir(args.checkpoint), schema=TrainedMeta).norm_stats or {}
     standardizers = {k: Standardizer.from_json(v) for k, v in norm.items()}
-    data = bind_trained(stmt, name, call_args, kwargs, session.plan, vocabs, standardizers, Path("."), diags)
+    data = bind_trained(stmt, name, call_args, kwargs, session.plan, vocabs, standardizers, Path("."), diags,
+                        decode=session.compiled.flat.decode)
     if data.stream and data.size("all") < 2:
         raise DataError("a language model needs at least two tokens (one to read, one to predict)",
                         args.file or "--data")
@@ -238,6 +346,9 @@ def parse_data_source(text: str, diags) -> object:
 def cmd_sample(args) -> int:
     from ..train.loop import find_heads
     session, vocabs = open_trained(args.spec, args.checkpoint)
+    if session.compiled.decoder is not None:
+        return _sample_sequence(args)
+    args.length = 300 if args.length is None else args.length
     heads = [h for h in find_heads(session.model) if h.tokens]
     if not heads:
         raise UsageError("sample needs a language model: a loss that predicts the next token of an input")

@@ -131,9 +131,9 @@ def reference_run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[
 
 
 def greedy(runner: OnnxModel, plan, feeds: dict, steps, lengths: dict | None = None) -> dict[str, np.ndarray]:
-    """Greedy decoding (as :func:`nnspec.decode.greedy`) with an exported model: the teacher-forced
-    decoder of ``plan`` fed its own predictions, one forward pass of the exported model a step.
-    ``{input: ids (T, B)}``, 0 past each example's ``steps``."""
+    """Greedy decoding for a given number of steps (as :func:`nnspec.decode.greedy_steps`) with an
+    exported model: the teacher-forced decoder of ``plan`` fed its own predictions, one forward pass
+    of the exported model a step. ``{input: ids (T, B)}``, 0 past each example's ``steps``."""
     from ..decode import autoregressive
     from ..plan import OpStep
     pairs = autoregressive(plan)

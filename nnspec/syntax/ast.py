@@ -180,6 +180,21 @@ class Loss(Node):
     value: Expr
 
 
+class DecodeOption(Node):
+    """``start "<s>"``, ``end "</s>"`` or ``max 30`` in a decode declaration."""
+    name: str
+    value: str | int
+
+
+class Decode(Node):
+    """``decode tgt from p, start "<s>", end "</s>", max 30``: the token input a decoder is fed back
+    and the prediction it is fed from; checked and read by nnspec/decoding.py."""
+    kind: Literal["decode"] = "decode"
+    input: str
+    prediction: str
+    options: list[DecodeOption] = []
+
+
 class Cell(Node):
     kind: Literal["cell"] = "cell"
     name: str
@@ -219,7 +234,7 @@ class Sweep(Node):
     settings: list[Setting]
 
 
-Statement = Annotated[Union[Network, Let, Include, Decl, Equation, Param, Initial, Loss, Cell,
+Statement = Annotated[Union[Network, Let, Include, Decl, Equation, Param, Initial, Loss, Decode, Cell,
                             DataSource, DataInline, Train, Sweep], Field(discriminator="kind")]
 
 

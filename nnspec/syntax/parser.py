@@ -94,7 +94,7 @@ def parse(text: str, file: str, diags: Diagnostics) -> ast.Module | None:
             line = getattr(e, "line", -1)
             if line in seen or line < 1 or line > len(lines):
                 if not seen:
-                    diags.error(_describe(e), _error_span(e, file, lines))
+                    diags.error(_describe(e, lines), _error_span(e, file, lines))
                 break
             unclosed = _unclosed_bracket(e, lines, file)
             if unclosed is not None:  # blank the whole statement the open bracket swallowed
@@ -102,7 +102,7 @@ def parse(text: str, file: str, diags: Diagnostics) -> ast.Module | None:
                 diags.error(message, span)
                 bad = range(span.line, last + 1)
             else:
-                diags.error(_describe(e), _error_span(e, file, lines))
+                diags.error(_describe(e, lines), _error_span(e, file, lines))
                 bad = range(line, line + 1)
             for i in bad:
                 seen.add(i)
@@ -197,7 +197,18 @@ _READABLE = {
 }
 
 
-def _describe(e: UnexpectedInput) -> str:
+STATEMENT_KEYWORDS = ("network", "let", "include", "input", "target", "output", "param", "initial", "loss",
+                      "decode", "cell", "data", "train", "sweep")
+_KEYWORD_AS_NAME = re.compile(r"\s*(" + "|".join(STATEMENT_KEYWORDS) + r")\s*(\[[^\]]*\])?\s*=")
+
+
+def _describe(e: UnexpectedInput, lines: list[str] | None = None) -> str:
+    line = getattr(e, "line", 0) or 0
+    if lines and 1 <= line <= len(lines) and isinstance(e, UnexpectedToken):
+        named = _KEYWORD_AS_NAME.match(lines[line - 1])
+        if named:   # `decode = ...`: a statement's keyword, which the line uses as a value's name
+            return (f"'{named.group(1)}' begins a statement, so it cannot name a value; choose another name "
+                    f"(e.g. '{named.group(1)}_')")
     if isinstance(e, UnexpectedCharacters):
         if e.char == '"':
             return "unclosed string: a string ends with '\"' on the same line"
@@ -307,6 +318,15 @@ class _ToAst:
 
     def initial(self, meta, c):
         return ast.Initial(span=self.sp(meta), name=str(c[0]), value=c[1])
+
+    def decode(self, meta, c):
+        return ast.Decode(span=self.sp(meta), input=str(c[0]), prediction=str(c[1]), options=list(c[2:]))
+
+    def decode_option(self, meta, c):
+        name, value = c
+        text = str(value)
+        return ast.DecodeOption(span=self.sp(meta), name=str(name),
+                                value=text[1:-1] if value.type == "STRING" else int(text))
 
     def param(self, meta, c):
         name, *rest = c

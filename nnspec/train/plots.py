@@ -156,6 +156,25 @@ def plot_confusion(matrix: np.ndarray, labels: Sequence[str], path: str | os.Pat
     return _save(fig, path)
 
 
+def plot_attention(weights: np.ndarray, outputs: Sequence[str], sources: Sequence[str], path: str | os.PathLike,
+                   title: str = "Attention") -> Path:
+    """Heat map of attention weights: a row per output token, a column per source token, each row
+    the weights (summing to 1) with which that output step read the source."""
+    w = np.asarray(weights, dtype=float)
+    if w.shape != (len(outputs), len(sources)):
+        raise ValueError(f"attention weights {w.shape} do not match {len(outputs)} outputs and {len(sources)} sources")
+    fig = Figure(figsize=(min(2.5 + 0.45 * len(sources), 16), min(2 + 0.45 * len(outputs), 16)))
+    ax = fig.subplots()
+    im = ax.imshow(w, cmap="Blues", vmin=0.0, vmax=1.0, aspect="auto")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="weight")
+    ax.set_xticks(range(len(sources)), labels=[str(x) for x in sources], rotation=45, ha="right",
+                  rotation_mode="anchor")
+    ax.set_yticks(range(len(outputs)), labels=[str(x) for x in outputs])
+    ax.set(xlabel="source", ylabel="output", title=title)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 # ---- drawing in a helper process ------------------------------------------------------
 # nnspec run starts this module as a script in a process of its own (nnspec/cli/plotting.py), so
 # that importing matplotlib (about 0.45 s) happens while the network trains. It imports no nnspec
