@@ -1,6 +1,6 @@
 """The command line of ONNX export: ``nnspec export`` and ``nnspec predict --onnx``.
 
-``add_parser(subparsers)`` registers ``export``; ``predict`` (nnspec.cli_model) hands a run with
+``add_parser(subparsers)`` registers ``export``; ``predict`` (nnspec.cli.model_commands) hands a run with
 ``--onnx MODEL`` to :func:`predict`. Neither imports onnx until it runs.
 """
 from __future__ import annotations
