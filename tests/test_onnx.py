@@ -199,6 +199,20 @@ def test_padding_changes_no_example_of_a_bidirectional_fused_op(cell):
         np.testing.assert_allclose(together[:len(x), b], model.forward({"x": [x]})["y"][:, 0], atol=1e-5)
 
 
+@pytest.mark.parametrize("cell", list(BIDIRECTIONAL_CELLS))
+def test_a_bidirectional_cell_of_an_expression_is_one_fused_op_reading_both_inputs(cell):
+    """``bidirectional(cell)(embed(w, 6))`` gives each direction an embedding of its own, computed after the
+    forward loop in the plan: one op still, X both embeddings side by side, each direction's W zero on the other's."""
+    op, gates, _ = BIDIRECTIONAL_CELLS[cell]
+    model = with_random_params(model_text(f"network inline\ninput w : seq of token\noutput y\n"
+                                          f"h = bidirectional({cell})(embed(w, 6), H = 4)\ny[2] = V @ h\n", w=11))
+    assert list(assert_verified(model).values()) == [op]
+    exported = export_model(model)
+    (node,) = [n for n in exported.model.graph.node if n.op_type == op]
+    W = next(onnx.numpy_helper.to_array(i) for i in exported.model.graph.initializer if i.name == node.input[1])
+    assert W.shape == (2, gates * 4, 12) and not W[0, :, 6:].any() and not W[1, :, :6].any()
+
+
 @pytest.mark.parametrize("initials", ["initial h.fwd = h0", "initial h.bwd = h0", "initial h.bwd = h0\ninitial h.fwd = h1",
                                       "initial h.bwd.c = h0"])
 def test_initial_states_of_a_bidirectional_cell_are_stacked_zeros_where_none(initials):
@@ -604,6 +618,8 @@ def test_networks_on_several_axes_agree_with_nnspec_on_every_case(name, dtype):
     ops = assert_verified(strong(model))
     if name == "bahdanau" and dtype == "float32":   # the encoder a fused LSTM; the decoder, with attention, a Scan
         assert sorted(ops.values()) == ["LSTM", "Scan"]
+    if name == "bidirectional" and dtype == "float32":   # the encoder one bidirectional GRU, on src's lengths
+        assert sorted(ops.values()) == ["GRU", "Scan"]
 
 
 def test_several_axes_have_their_own_steps_and_lengths_inputs():

@@ -137,24 +137,25 @@ def _not_fusable(lw, loop: LoopStep, match: Match) -> str:
 
 
 def partner(lw, loop: LoopStep, match: Match, later: list[LoopStep]) -> tuple[LoopStep, Match] | None:
-    """A loop of ``later`` that runs the same cell the other way in time over the same input, so that
-    both become one op with ``direction = bidirectional`` (``bidirectional(cell)`` is two such loops)."""
-    tpl = template(match.cell)[0]
-    params = [p.name for p in tpl.params]
+    """A loop of ``later`` that runs the same cell of the same size the other way in time on the same
+    axis, so that both become one op with ``direction = bidirectional`` (``bidirectional(cell)`` is two
+    such loops; their inputs differ when its argument is an expression with parameters, such as
+    ``embed(w, 100)``, which nnspec makes once per direction)."""
+    recurrent = f"{CELL}.{CELLS[match.cell][2][1][0]}"     # U (Ui, Uz): its shape is (H, H)
     for other in later:
         if other.direction == loop.direction or other.axis != loop.axis:
             continue
-        # it is lowered with the first, so all it reads must be there already: its input, its initial states
-        if any(init not in lw.tensor for init in other.initials.values()):
-            continue
         found, _ = match_cell(lw, other)
-        if (found is None or found.cell != match.cell or found.mapping[INPUT] != match.mapping[INPUT]
-                or found.mapping[INPUT] not in lw.tensor):
+        if found is None or found.cell != match.cell:
             continue
-        shapes = lambda m: [np.shape(lw.model.params[m[n]]) for n in params]  # noqa: E731
-        if shapes(found.mapping) == shapes(match.mapping):
+        if np.shape(lw.model.params[found.mapping[recurrent]]) == np.shape(lw.model.params[match.mapping[recurrent]]):
             return other, found
     return None
+
+
+def ready(lw, loop: LoopStep, match: Match) -> bool:
+    """Whether what ``loop`` reads from outside (its input, its initial states) is lowered already."""
+    return match.mapping[INPUT] in lw.tensor and all(init in lw.tensor for init in loop.initials.values())
 
 
 def lower_fused(lw, runs: list[tuple[LoopStep, Match]]) -> str:
@@ -183,8 +184,17 @@ def lower_fused(lw, runs: list[tuple[LoopStep, Match]]) -> str:
         Bs.append(np.concatenate([bias_w, bias_r]))
     bases = [match.mapping[CELL] for _, match in runs]
     base = _common_name(bases)
-    loop0, m0 = runs[0][0], runs[0][1].mapping
-    inputs = [lw.tensor[m0[INPUT]], g.initializer(f"{base}.{onnx_op}.W", np.stack(Ws)),
+    loop0 = runs[0][0]
+    xs = list(dict.fromkeys(lw.tensor[match.mapping[INPUT]] for _, match in runs))
+    if len(xs) == 2:
+        # the directions read different inputs, ONNX's op one X: X is both, side by side on the features,
+        # and each direction's W is zero on the other's (exact: the zeros add exact zeros)
+        widths = [w.shape[1] for w in Ws]
+        Ws = [np.pad(Ws[0], ((0, 0), (0, widths[1]))), np.pad(Ws[1], ((0, 0), (widths[0], 0)))]
+        x = g.op("Concat", xs, f"{base}.x", axis=2)
+    else:
+        x = xs[0]
+    inputs = [x, g.initializer(f"{base}.{onnx_op}.W", np.stack(Ws)),
               g.initializer(f"{base}.{onnx_op}.R", np.stack(Rs)), g.initializer(f"{base}.{onnx_op}.B", np.stack(Bs)),
               g.op("Cast", [lw.lengths(loop0.axis)], "lengths_int32", to=6)]   # ONNX wants int32 lengths
     for state in [CELL] + ([f"{CELL}.c"] if onnx_op == "LSTM" else []):

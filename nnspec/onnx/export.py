@@ -33,7 +33,7 @@ from ..ops import REGISTRY
 from ..plan import LoopStep, OpStep, Plan, plan_axes, plan_axis_names
 from .build import (FLOAT_TYPES, OPSET, GraphBuilder, Names, array_shape as _array_shape, lengths_name,
                     steps_name)
-from .cells import lower_fused, match_cell, partner
+from .cells import lower_fused, match_cell, partner, ready
 from .ops import LOWERINGS, Site
 from .scan import lower_scan
 
@@ -195,11 +195,12 @@ class _Lowerer:
                 self._define(c, c, array.ndim, False, False, static=True)
         needed_loops = [s for s in plan.steps if isinstance(s, LoopStep) and any(b.id in needed for b in s.body)]
         self._lowered_with: set[int] = set()    # loops lowered with an earlier one (bidirectional)
+        self._deferred: dict[int, tuple] = {}   # a loop -> the earlier one waiting to be lowered with it
         for step in plan.steps:
             if isinstance(step, LoopStep):
                 if step.index in {s.index for s in needed_loops} and step.index not in self._lowered_with:
                     self._loop(step, [s for s in needed_loops if s.index > step.index
-                                      and s.index not in self._lowered_with])
+                                      and s.index not in self._lowered_with and s.index not in self._deferred])
             elif step.id in needed:
                 self._op_step(step)
         graph_outputs = []
@@ -358,12 +359,20 @@ class _Lowerer:
             match, reason = match_cell(self, loop)
             if match is not None:
                 runs = [(loop, match)]
-                other = partner(self, loop, match, later)
-                if other is not None:
+                if loop.index in self._deferred:    # the earlier loop of its pair waited for this one
+                    runs.insert(0, self._deferred.pop(loop.index))
+                other = partner(self, loop, match, later) if len(runs) == 1 else None
+                if other is not None and ready(self, *other):
                     runs.append(other)
                     for s, init in other[0].initials.items():
                         self.initial[s] = self._batch_of(init, other[0], s)
                     self._lowered_with.add(other[0].index)
+                elif other is not None and not self._read_before(loop, other[0]):
+                    # its partner's input is computed after this loop (``bidirectional(cell)(embed(w, 9))``
+                    # makes an embedding per direction): both are lowered at the partner, which nothing
+                    # in between waits for
+                    self._deferred[other[0].index] = (loop, match)
+                    return
                 detail = lower_fused(self, runs)
                 exports = [LoopExport(l.index, list(l.states), l.direction, m.onnx_op, detail, self._loop_span(l))
                            for l, m in runs]
@@ -373,6 +382,19 @@ class _Lowerer:
                 return
         lower_scan(self, loop)
         self.loops.append(LoopExport(loop.index, list(loop.states), loop.direction, "Scan", reason, span))
+
+    def _read_before(self, loop: LoopStep, later: LoopStep) -> bool:
+        """Whether a step of the plan between ``loop`` and ``later`` reads a value of ``loop``."""
+        steps = self.plan.steps
+        between = steps[steps.index(loop) + 1:steps.index(later)]
+        values = {b.id for b in loop.body}
+        for s in between:
+            for b in (s.body if isinstance(s, LoopStep) else [s]):
+                if any(src in values for src, _ in b.inputs):
+                    return True
+            if isinstance(s, LoopStep) and values & set(s.initials.values()):
+                return True
+        return False
 
     def read_after_loop(self, loop: LoopStep) -> set[str]:
         """The values of ``loop`` that a later step, another loop or an output reads."""
