@@ -154,7 +154,7 @@ def speed(seconds: float = 5.0) -> dict:
 def ewt_accuracy(run: str, spec: str = str(ROOT / "specs" / "pos_bilstm_features.nn"), split: str = "test") -> dict:
     """Accuracy of a trained tagger on a split of its data, by nnspec and by its ONNX export in
     onnxruntime, the same batches; and the tokens whose tags the two disagree on."""
-    from nnspec.cli_model import open_trained
+    from nnspec.cli.model_commands import open_trained
     from nnspec.onnx.export import export_model
     from nnspec.onnx.runner import OnnxModel
     from nnspec.train.loop import evaluate, find_heads

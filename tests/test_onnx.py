@@ -137,13 +137,92 @@ def test_gru_reset_after_is_not_linear_before_reset_0():
     assert node is not None
 
 
-@pytest.mark.parametrize("wrapper, ops", [("bidirectional(lstm)", ["LSTM", "LSTM"]),
+@pytest.mark.parametrize("wrapper, ops", [("bidirectional(lstm)", ["LSTM"]),
                                           ("stacked(rnn, 3)", ["RNN", "RNN", "RNN"]),
                                           ("stacked(gru, 2)", ["GRU", "GRU"])])
 def test_wrappers_become_successive_fused_ops(wrapper, ops):
     model = model_text(CELL_SPEC.format(cell=wrapper))
     assert sorted(assert_verified(model).values()) == sorted(ops)
     assert [n.op_type for n in export_model(model).model.graph.node if n.op_type in ("RNN", "LSTM", "GRU")] == ops
+
+
+def with_random_params(model: Model) -> Model:
+    """Every parameter random, biases too (zero biases hide a backward run started on the padding: zero
+    inputs from a zero state leave the state zero)."""
+    rng = np.random.default_rng(7)
+    for name, value in model.params.items():
+        model.params[name] = rng.normal(scale=0.5, size=np.shape(value)).astype(value.dtype)
+    return model
+
+
+# cell -> (ONNX op, its gates, linear_before_reset)
+BIDIRECTIONAL_CELLS = {"rnn": ("RNN", 1, None), "lstm": ("LSTM", 4, None), "gru": ("GRU", 3, 1),
+                       "gru_reset_before": ("GRU", 3, 0)}
+
+
+@pytest.mark.parametrize("cell", list(BIDIRECTIONAL_CELLS))
+def test_a_bidirectional_cell_is_one_fused_op_with_both_directions_stacked(cell):
+    """W (2, gates * H, inputs), R (2, gates * H, H), B (2, 2 * gates * H): the forward loop's weights first,
+    the backward loop's second; agreement with nnspec on batch 1, batch 3, a padded batch of mixed lengths
+    (the backward direction from each example's own last step) and an unseen length, to 1e-5."""
+    op, gates, linear_before_reset = BIDIRECTIONAL_CELLS[cell]
+    model = with_random_params(model_text(CELL_SPEC.format(cell=f"bidirectional({cell})")))
+    assert list(assert_verified(model).values()) == [op]
+    exported = export_model(model)
+    (node,) = [n for n in exported.model.graph.node if n.op_type in ("RNN", "LSTM", "GRU")]
+    assert node.op_type == op
+    got = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    assert got["direction"] == b"bidirectional" and got["hidden_size"] == 4
+    assert got.get("linear_before_reset") == linear_before_reset
+    weights = {i.name: onnx.numpy_helper.to_array(i) for i in exported.model.graph.initializer}
+    W, R, B = (weights[name] for name in node.input[1:4])
+    assert W.shape == (2, gates * 4, 3) and R.shape == (2, gates * 4, 4) and B.shape == (2, 2 * gates * 4)
+    first_w = {"rnn": "W", "lstm": "Wi"}.get(cell, "Wz")
+    np.testing.assert_array_equal(W[0, :4], model.params[f"h.fwd.{first_w}"])
+    np.testing.assert_array_equal(W[1, :4], model.params[f"h.bwd.{first_w}"])
+    (loop,) = exported.loops
+    assert loop.kind == f"{op} (bidirectional)" and [loop.direction, loop.partner.direction] == [1, -1]
+    assert "direction bidirectional" in exported.inventory() and exported.inventory().count("\n") == 0
+
+
+@pytest.mark.parametrize("cell", list(BIDIRECTIONAL_CELLS))
+def test_padding_changes_no_example_of_a_bidirectional_fused_op(cell):
+    """Each example of a padded batch tags as it does alone: ONNX's sequence_lens starts the backward
+    direction at each example's own last real step, as nnspec does."""
+    model = with_random_params(model_text(CELL_SPEC.format(cell=f"bidirectional({cell})")))
+    runner = OnnxModel(export_model(model).model)
+    xs = [np.random.default_rng(k).normal(size=(n, 3)).astype(np.float32) for k, n in enumerate([7, 2, 5, 1])]
+    together = runner.forward({"x": xs})["y"]
+    for b, x in enumerate(xs):
+        alone = runner.forward({"x": [x]})["y"]
+        np.testing.assert_allclose(together[:len(x), b], alone[:, 0], atol=1e-6)
+        np.testing.assert_allclose(together[:len(x), b], model.forward({"x": [x]})["y"][:, 0], atol=1e-5)
+
+
+@pytest.mark.parametrize("cell", list(BIDIRECTIONAL_CELLS))
+def test_a_bidirectional_cell_of_an_expression_is_one_fused_op_reading_both_inputs(cell):
+    """``bidirectional(cell)(embed(w, 6))`` gives each direction an embedding of its own, computed after the
+    forward loop in the plan: one op still, X both embeddings side by side, each direction's W zero on the other's."""
+    op, gates, _ = BIDIRECTIONAL_CELLS[cell]
+    model = with_random_params(model_text(f"network inline\ninput w : seq of token\noutput y\n"
+                                          f"h = bidirectional({cell})(embed(w, 6), H = 4)\ny[2] = V @ h\n", w=11))
+    assert list(assert_verified(model).values()) == [op]
+    exported = export_model(model)
+    (node,) = [n for n in exported.model.graph.node if n.op_type == op]
+    W = next(onnx.numpy_helper.to_array(i) for i in exported.model.graph.initializer if i.name == node.input[1])
+    assert W.shape == (2, gates * 4, 12) and not W[0, :, 6:].any() and not W[1, :, :6].any()
+
+
+@pytest.mark.parametrize("initials", ["initial h.fwd = h0", "initial h.bwd = h0", "initial h.bwd = h0\ninitial h.fwd = h1",
+                                      "initial h.bwd.c = h0"])
+def test_initial_states_of_a_bidirectional_cell_are_stacked_zeros_where_none(initials):
+    cell = "lstm" if ".c" in initials else "gru"
+    model = model_text(f"network init\ninput x[3] : seq\noutput y\nh = bidirectional({cell})(x, H = 4)\n"
+                       f"{initials}\ny[2] = V @ h\n")
+    for name in ("h0", "h1"):
+        if name in model.params:
+            model.params[name] = np.random.default_rng(1).normal(size=model.params[name].shape).astype(np.float32)
+    assert list(assert_verified(model).values()) == [cell.upper()]
 
 
 def test_a_learned_initial_state_goes_into_the_fused_op():
@@ -285,7 +364,8 @@ def test_inputs_outputs_opset_and_dynamic_axes():
     assert [o.name for o in proto.graph.output] == ["p"]
     props = {p.key: p.value for p in proto.metadata_props}
     assert props["nnspec.network"] == "pos_bilstm_features" and "LSTM" in props["nnspec.loops"]
-    assert "loop 0" in exported.inventory() and "LSTM" in exported.inventory()
+    assert "loops 0 and 1 over h.fwd" in exported.inventory() and "LSTM (bidirectional)" in exported.inventory()
+    assert json.loads(props["nnspec.loops"])[0]["with"]["states"] == ["h.bwd", "h.bwd.c"]
 
 
 @pytest.mark.parametrize("lengths, message", [([0, 3], "between 1 and the 3 steps"),
@@ -366,7 +446,7 @@ def test_export_a_trained_tagger_and_predict_with_it_in_onnxruntime(tagger_run, 
     assert main(["export", spec, "--checkpoint", str(tagger_run), "-o", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "inputs w, lengths; outputs p" in printed and "opset 17" in printed
-    assert printed.count(": LSTM") == 2 and "direction reverse" in printed
+    assert printed.count(": LSTM (bidirectional)") == 1 and "direction bidirectional" in printed
     lines = tmp_path / "in.txt"
     lines.write_text("the cat sat on the mat\nthe dog runs\n")
     assert main(["predict", spec, "--checkpoint", str(tagger_run), "--input", str(lines), "--json"]) == 0
@@ -538,6 +618,8 @@ def test_networks_on_several_axes_agree_with_nnspec_on_every_case(name, dtype):
     ops = assert_verified(strong(model))
     if name == "bahdanau" and dtype == "float32":   # the encoder a fused LSTM; the decoder, with attention, a Scan
         assert sorted(ops.values()) == ["LSTM", "Scan"]
+    if name == "bidirectional" and dtype == "float32":   # the encoder one bidirectional GRU, on src's lengths
+        assert sorted(ops.values()) == ["GRU", "Scan"]
 
 
 def test_several_axes_have_their_own_steps_and_lengths_inputs():

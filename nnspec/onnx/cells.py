@@ -136,32 +136,95 @@ def _not_fusable(lw, loop: LoopStep, match: Match) -> str:
     return ""
 
 
-def lower_fused(lw, loop: LoopStep, match: Match) -> str:
-    g, m = lw.g, match.mapping
-    onnx_op, attrs, (w_gates, r_gates), biases, recurrent_biases = CELLS[match.cell]
+def partner(lw, loop: LoopStep, match: Match, later: list[LoopStep]) -> tuple[LoopStep, Match] | None:
+    """A loop of ``later`` that runs the same cell of the same size the other way in time on the same
+    axis, so that both become one op with ``direction = bidirectional`` (``bidirectional(cell)`` is two
+    such loops; their inputs differ when its argument is an expression with parameters, such as
+    ``embed(w, 100)``, which nnspec makes once per direction)."""
+    recurrent = f"{CELL}.{CELLS[match.cell][2][1][0]}"     # U (Ui, Uz): its shape is (H, H)
+    for other in later:
+        if other.direction == loop.direction or other.axis != loop.axis:
+            continue
+        found, _ = match_cell(lw, other)
+        if found is None or found.cell != match.cell:
+            continue
+        if np.shape(lw.model.params[found.mapping[recurrent]]) == np.shape(lw.model.params[match.mapping[recurrent]]):
+            return other, found
+    return None
+
+
+def ready(lw, loop: LoopStep, match: Match) -> bool:
+    """Whether what ``loop`` reads from outside (its input, its initial states) is lowered already."""
+    return match.mapping[INPUT] in lw.tensor and all(init in lw.tensor for init in loop.initials.values())
+
+
+def lower_fused(lw, runs: list[tuple[LoopStep, Match]]) -> str:
+    """One fused op for one loop, or for a loop forward and one backward in time (``bidirectional``):
+    W, R, B, initial_h (initial_c) stacked on ONNX's axis of directions, forward first."""
+    g = lw.g
+    runs = sorted(runs, key=lambda run: -run[0].direction)    # forward, then reverse
+    cell = runs[0][1].cell
+    onnx_op, attrs, (w_gates, r_gates), biases, recurrent_biases = CELLS[cell]
     params = lw.model.params
 
-    def stacked(names) -> np.ndarray:
-        return np.concatenate([np.asarray(params[m[f"{CELL}.{n}"]], dtype=lw.dtype) for n in names])[None]
+    def stacked(m, names) -> np.ndarray:
+        return np.concatenate([np.asarray(params[m[f"{CELL}.{n}"]], dtype=lw.dtype) for n in names])
 
-    W, R = stacked(w_gates), stacked(r_gates)
-    hidden = R.shape[2]
-    bias_w = stacked(biases)
-    bias_r = np.zeros_like(bias_w)
-    for i, name in enumerate(recurrent_biases):
-        if name is not None:
-            bias_r[0, i * hidden:(i + 1) * hidden] = params[m[f"{CELL}.{name}"]]
-    base = m[CELL]
-    inputs = [lw.tensor[m[INPUT]], g.initializer(f"{base}.{onnx_op}.W", W), g.initializer(f"{base}.{onnx_op}.R", R),
-              g.initializer(f"{base}.{onnx_op}.B", np.concatenate([bias_w, bias_r], axis=1)),
-              g.op("Cast", [lw.lengths(loop.axis)], "lengths_int32", to=6)]   # ONNX wants int32 lengths
-    states = [m[CELL]] + ([m[f"{CELL}.c"]] if onnx_op == "LSTM" else [])
-    for s in states:
-        inputs.append(g.op("Unsqueeze", [lw.initial[s], g.ints(0)]) if s in lw.initial else "")
+    Ws, Rs, Bs = [], [], []
+    for _, match in runs:
+        m = match.mapping
+        Ws.append(stacked(m, w_gates))
+        Rs.append(stacked(m, r_gates))
+        bias_w = stacked(m, biases)
+        bias_r = np.zeros_like(bias_w)
+        hidden = Rs[-1].shape[1]
+        for i, name in enumerate(recurrent_biases):
+            if name is not None:
+                bias_r[i * hidden:(i + 1) * hidden] = params[m[f"{CELL}.{name}"]]
+        Bs.append(np.concatenate([bias_w, bias_r]))
+    bases = [match.mapping[CELL] for _, match in runs]
+    base = _common_name(bases)
+    loop0 = runs[0][0]
+    xs = list(dict.fromkeys(lw.tensor[match.mapping[INPUT]] for _, match in runs))
+    if len(xs) == 2:
+        # the directions read different inputs, ONNX's op one X: X is both, side by side on the features,
+        # and each direction's W is zero on the other's (exact: the zeros add exact zeros)
+        widths = [w.shape[1] for w in Ws]
+        Ws = [np.pad(Ws[0], ((0, 0), (0, widths[1]))), np.pad(Ws[1], ((0, 0), (widths[0], 0)))]
+        x = g.op("Concat", xs, f"{base}.x", axis=2)
+    else:
+        x = xs[0]
+    inputs = [x, g.initializer(f"{base}.{onnx_op}.W", np.stack(Ws)),
+              g.initializer(f"{base}.{onnx_op}.R", np.stack(Rs)), g.initializer(f"{base}.{onnx_op}.B", np.stack(Bs)),
+              g.op("Cast", [lw.lengths(loop0.axis)], "lengths_int32", to=6)]   # ONNX wants int32 lengths
+    for state in [CELL] + ([f"{CELL}.c"] if onnx_op == "LSTM" else []):
+        per_run = [(loop, match.mapping[state]) for loop, match in runs]
+        if not any(s in lw.initial for _, s in per_run):
+            inputs.append("")
+            continue
+        # a direction without an initial state starts from zeros, as nnspec's does
+        initial = [lw.initial[s] if s in lw.initial
+                   else g.op("Expand", [g.const(0), lw.batch_shape(next(b for b in loop.body if b.id == s))])
+                   for loop, s in per_run]
+        stacked_initial = [g.op("Unsqueeze", [i, g.ints(0)]) for i in initial]
+        inputs.append(stacked_initial[0] if len(runs) == 1 else g.op("Concat", stacked_initial, axis=0))
     while inputs[-1] == "":
         inputs.pop()
-    direction = "forward" if loop.direction > 0 else "reverse"
+    direction = ("bidirectional" if len(runs) == 2 else "forward" if loop0.direction > 0 else "reverse")
     y = g.op(onnx_op, inputs, f"{base}.{onnx_op}", hidden_size=hidden, direction=direction, **attrs)
-    h = g.op("Squeeze", [y, g.ints(1)], base)      # (T, directions = 1, B, H) -> (T, B, H)
-    lw._define(base, h, 3, True, False)
-    return f"{match.cell}, direction {direction}"
+    for d, ((loop, _), out) in enumerate(zip(runs, bases)):   # (T, directions, B, H) -> (T, B, H) each
+        lw._define(out, g.op("Gather", [y, g.const(d, np.int64)], out, axis=1), 3, True, False)
+    return f"{cell}, direction {direction}"
+
+
+def _common_name(names: list[str]) -> str:
+    """h for h.fwd and h.bwd (the name of what ``bidirectional`` made); the name itself for one."""
+    if len(names) == 1:
+        return names[0]
+    parts = [n.split(".") for n in names]
+    common = []
+    for same in zip(*parts):
+        if len(set(same)) > 1:
+            break
+        common.append(same[0])
+    return ".".join(common) or names[0]

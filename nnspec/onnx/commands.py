@@ -1,6 +1,6 @@
 """The command line of ONNX export: ``nnspec export`` and ``nnspec predict --onnx``.
 
-``add_parser(subparsers)`` registers ``export``; ``predict`` (nnspec.cli_model) hands a run with
+``add_parser(subparsers)`` registers ``export``; ``predict`` (nnspec.cli.model_commands) hands a run with
 ``--onnx MODEL`` to :func:`predict`. Neither imports onnx until it runs.
 """
 from __future__ import annotations
@@ -42,7 +42,10 @@ def run(args) -> int:
                           "inputs": [i.name for i in exported.model.graph.input],
                           "outputs": [o.name for o in exported.model.graph.output],
                           "loops": [{"index": l.index, "states": l.states, "direction": l.direction,
-                                     "op": l.onnx_op, "detail": l.detail} for l in exported.loops]}, indent=2))
+                                     "op": l.onnx_op, "detail": l.detail}
+                                    | ({"with": {"index": l.partner.index, "states": l.partner.states,
+                                                 "direction": l.partner.direction}} if l.partner is not None else {})
+                                    for l in exported.loops]}, indent=2))
         return 0
     ins = ", ".join(i.name for i in exported.model.graph.input)
     outs = ", ".join(o.name for o in exported.model.graph.output)

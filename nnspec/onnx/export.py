@@ -33,7 +33,7 @@ from ..ops import REGISTRY
 from ..plan import LoopStep, OpStep, Plan, plan_axes, plan_axis_names
 from .build import (FLOAT_TYPES, OPSET, GraphBuilder, Names, array_shape as _array_shape, lengths_name,
                     steps_name)
-from .cells import lower_fused, match_cell
+from .cells import lower_fused, match_cell, partner, ready
 from .ops import LOWERINGS, Site
 from .scan import lower_scan
 
@@ -47,11 +47,21 @@ class LoopExport:
     onnx_op: str          # "LSTM", "GRU", "RNN" or "Scan"
     detail: str = ""      # e.g. "lstm, direction reverse" or why a library cell became a Scan
     span: Span | None = None
+    # the loop run the other way in time that became the same op (direction = bidirectional), if any
+    partner: "LoopExport | None" = None
+
+    @property
+    def kind(self) -> str:
+        """The op, and whether it runs both ways: "LSTM (bidirectional)"."""
+        return self.onnx_op + (" (bidirectional)" if self.partner is not None else "")
 
     def line(self) -> str:
         where = f" ({self.span.file}:{self.span.line})" if self.span is not None else ""
-        way = "forward" if self.direction > 0 else "backward"
-        return (f"loop {self.index} over {', '.join(self.states)} ({way} in time){where}: {self.onnx_op}"
+        runs = [self] + ([self.partner] if self.partner is not None else [])
+        indices = " and ".join(str(l.index) for l in runs)
+        states = " and ".join(f"{', '.join(l.states)} ({'forward' if l.direction > 0 else 'backward'} in time)"
+                              for l in runs)
+        return (f"loop{'s' if len(runs) > 1 else ''} {indices} over {states}{where}: {self.kind}"
                 + (f" — {self.detail}" if self.detail else ""))
 
 
@@ -111,7 +121,8 @@ def export_model(model, *, fused: bool = True, doc: str = "") -> Exported:
         "nnspec.version": _nnspec_version(), "nnspec.network": plan.name, "nnspec.dtype": str(model.dtype),
         "nnspec.lengths": ",".join(lowerer.lengths_inputs.values()),
         "nnspec.loops": json.dumps([{"index": l.index, "states": l.states, "op": l.onnx_op, "detail": l.detail}
-                                    for l in lowerer.loops])})
+                                    | ({"with": {"index": l.partner.index, "states": l.partner.states}}
+                                       if l.partner is not None else {}) for l in lowerer.loops])})
     derived = {s.id: (s.op, s.inputs[0][0]) for s in plan.steps if isinstance(s, OpStep) and s.id in plan.outputs
                and s.id not in {b.id for b in plain_plan(model).steps if isinstance(b, OpStep)}}
     return Exported(onnx_model, lowerer.loops, derived)
@@ -182,10 +193,14 @@ class _Lowerer:
                 array = np.asarray(value, dtype=self.dtype)
                 g.initializers.append(onnx.numpy_helper.from_array(array, c))
                 self._define(c, c, array.ndim, False, False, static=True)
+        needed_loops = [s for s in plan.steps if isinstance(s, LoopStep) and any(b.id in needed for b in s.body)]
+        self._lowered_with: set[int] = set()    # loops lowered with an earlier one (bidirectional)
+        self._deferred: dict[int, tuple] = {}   # a loop -> the earlier one waiting to be lowered with it
         for step in plan.steps:
             if isinstance(step, LoopStep):
-                if any(b.id in needed for b in step.body):
-                    self._loop(step)
+                if step.index in {s.index for s in needed_loops} and step.index not in self._lowered_with:
+                    self._loop(step, [s for s in needed_loops if s.index > step.index
+                                      and s.index not in self._lowered_with and s.index not in self._deferred])
             elif step.id in needed:
                 self._op_step(step)
         graph_outputs = []
@@ -326,23 +341,60 @@ class _Lowerer:
         return lowering(Site(g, step, ranks, rank, self.real, axes), xs)
 
     # ---- loops -------------------------------------------------------------------------------------------
-    def _loop(self, loop: LoopStep) -> None:
+    def _loop_span(self, loop: LoopStep) -> Span | None:
         span = next((b.span for b in loop.body if b.id in loop.states and b.span is not None), loop.body[0].span)
         graph = self.model.compiled.graph
         if loop.states[0] in graph.g:   # a library cell's loop: at the user's call of the cell
             span = where(graph, loop.states[0])[0] or span
+        return span
+
+    def _loop(self, loop: LoopStep, later: list[LoopStep]) -> None:
+        """``loop`` as a fused op or a Scan; a loop of ``later`` that runs the same cell the other way
+        over the same input joins it in one op with ``direction = bidirectional``."""
+        span = self._loop_span(loop)
         for s, init in loop.initials.items():
             self.initial[s] = self._batch_of(init, loop, s)
         reason = ""
         if self.fused:
             match, reason = match_cell(self, loop)
             if match is not None:
-                detail = lower_fused(self, loop, match)
-                self.loops.append(LoopExport(loop.index, list(loop.states), loop.direction, match.onnx_op,
-                                             detail, span))
+                runs = [(loop, match)]
+                if loop.index in self._deferred:    # the earlier loop of its pair waited for this one
+                    runs.insert(0, self._deferred.pop(loop.index))
+                other = partner(self, loop, match, later) if len(runs) == 1 else None
+                if other is not None and ready(self, *other):
+                    runs.append(other)
+                    for s, init in other[0].initials.items():
+                        self.initial[s] = self._batch_of(init, other[0], s)
+                    self._lowered_with.add(other[0].index)
+                elif other is not None and not self._read_before(loop, other[0]):
+                    # its partner's input is computed after this loop (``bidirectional(cell)(embed(w, 9))``
+                    # makes an embedding per direction): both are lowered at the partner, which nothing
+                    # in between waits for
+                    self._deferred[other[0].index] = (loop, match)
+                    return
+                detail = lower_fused(self, runs)
+                exports = [LoopExport(l.index, list(l.states), l.direction, m.onnx_op, detail, self._loop_span(l))
+                           for l, m in runs]
+                if len(exports) == 2:
+                    exports[0].partner = exports[1]
+                self.loops.append(exports[0])
                 return
         lower_scan(self, loop)
         self.loops.append(LoopExport(loop.index, list(loop.states), loop.direction, "Scan", reason, span))
+
+    def _read_before(self, loop: LoopStep, later: LoopStep) -> bool:
+        """Whether a step of the plan between ``loop`` and ``later`` reads a value of ``loop``."""
+        steps = self.plan.steps
+        between = steps[steps.index(loop) + 1:steps.index(later)]
+        values = {b.id for b in loop.body}
+        for s in between:
+            for b in (s.body if isinstance(s, LoopStep) else [s]):
+                if any(src in values for src, _ in b.inputs):
+                    return True
+            if isinstance(s, LoopStep) and values & set(s.initials.values()):
+                return True
+        return False
 
     def read_after_loop(self, loop: LoopStep) -> set[str]:
         """The values of ``loop`` that a later step, another loop or an output reads."""

@@ -31,7 +31,7 @@ class Verification:
 
     @property
     def inventory(self) -> str:
-        ops = [l.onnx_op for l in self.exported.loops]
+        ops = [l.kind for l in self.exported.loops]
         return ", ".join(f"{ops.count(o)} {o}" for o in dict.fromkeys(ops)) or "no loops"
 
 
