@@ -65,6 +65,12 @@ def test_grad_prints_value_and_every_partial(capsys):
     assert text.splitlines() == ["L = -10", "∂L/∂a = -2", "∂L/∂b = -4", "∂L/∂c = 5"]
 
 
+def test_grad_reads_the_data_for_sizes_it_decides(capsys):
+    # the vocabulary of w comes from the data: grad reads it (it crashed with a traceback)
+    text = out_of(capsys, "grad", str(SPECS / "gru_classifier.nn"), "--at", "w=[1,2,3]", "y=1")
+    assert "∂loss/∂V" in text
+
+
 def test_graph_is_dot_with_values_and_gradients_on_the_nodes(capsys):
     dot = out_of(capsys, "graph", str(SPECS / "chain_rule.nn"), "--at", "a=3", "b=1", "c=-2")
     assert dot.startswith('digraph "chain_rule"')

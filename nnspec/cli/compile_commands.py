@@ -138,6 +138,11 @@ def _total_size(sizes) -> int | str:
 def cmd_grad(args) -> int:
     from ..session import open_session
     session = open_session(args.spec, with_data=False, dtype="float64", memory_limit=args.memory_limit)
+    if session.model is None:   # sizes the data decides (a vocabulary): read it for them
+        session = open_session(args.spec, with_data=True, dtype="float64", memory_limit=args.memory_limit)
+    if session.model is None:
+        raise UsageError("grad: the network's sizes are not all known (some come from data the spec does not "
+                         "read); give them in the spec")
     feeds = _feeds_at(session, _parse_at(args.at or []))
     if args.of is not None and args.of not in set(session.plan.value_ids()) | {v.name for v in session.plan.inputs}:
         from ..errors import did_you_mean
