@@ -65,9 +65,10 @@ def test_kfold_deterministic_and_errors():
         kfold(unsplit(30), 5, 5)
     with pytest.raises(DataError, match="too few"):
         kfold(unsplit(3), 5, 0)
-    with pytest.raises(ValueError, match="test split"):
+    # a user's data with its own test part, or a stream: a data error naming the file, not a crash
+    with pytest.raises(DataError, match="already has a test split"):
         kfold(split_examples(unsplit(30), test=0.1), 5, 0)
     stream = RawData({"train": {"x": [[1, 2]]}}, {"train": [("f", 1)]}, stream=True)
-    with pytest.raises(ValueError):
+    with pytest.raises(DataError, match="stream cannot be cross-validated"):
         kfold(stream, 2, 0)
     assert split_examples(stream) is stream

@@ -63,11 +63,15 @@ def kfold(raw: RawData, k: int, fold: int, seed: int = 0) -> RawData:
     others "train". Over the k folds, every example is tested exactly once."""
     if k < 2 or not 0 <= fold < k:
         raise ValueError(f"need k >= 2 and 0 <= fold < k, got k = {k}, fold = {fold}")
+    first_file = next((o[0][0] for o in raw.origins.values() if o), "<data>")
     if raw.stream:
-        raise ValueError("a text stream cannot be cross-validated")
+        raise DataError("a text stream cannot be cross-validated (--folds): its examples are one running "
+                        "text", first_file)
     pool = _pool(raw)
     if "test" in raw.splits:
-        raise ValueError("the data already has a test split; cross-validation makes its own")
+        raise DataError("the data already has a test split, and cross-validation (--folds) makes its own: "
+                        "give the data as one set (or train and evaluate on the given split, without --folds)",
+                        raw.origins["test"][0][0] if raw.origins.get("test") else first_file)
     n = raw.size(pool)
     if n < k:
         raise DataError(f"{n} examples are too few for {k} folds", raw.origins[pool][0][0])
