@@ -55,6 +55,8 @@ def collate(encoded: Encoded, index: np.ndarray, dtype=np.float32) -> Batch:
             arrays[f.name] = values[index]
         elif f.kind is FieldKind.bag:
             arrays[f.name] = _bag([values[i] for i in index], encoded.bag_sizes[f.name], dtype)
+            if f.name in encoded.bag_scales:
+                arrays[f.name] = encoded.bag_scales[f.name].apply(arrays[f.name])
         elif f.kind is FieldKind.tokens:
             arrays[f.name] = _pad([values[i] for i in index], PAD_ID, np.int64)
         elif f.kind is FieldKind.classes:
