@@ -147,3 +147,13 @@ def test_misuse_is_an_error_at_the_setting(tmp_path, capsys, change, message):
     code, err = check(capsys, path)
     assert code == 1 and "Traceback" not in err
     assert err.splitlines()[0] == f"{path}:8:3: error: {message}"
+
+
+def test_a_target_whose_data_holds_three_classes_is_an_error_at_the_setting(tmp_path, capsys):
+    path = spec(tmp_path, target="class")
+    (tmp_path / "mixed.txt").write_text("so so\nfair enough\n", encoding="utf-8")
+    path.write_text(path.read_text().replace('"neg.txt" -> 0,', '"neg.txt" -> 0, "mixed.txt" -> 2,'))
+    code, err = check(capsys, path)
+    assert code == 1 and "Traceback" not in err
+    assert err.splitlines()[0] == (f"{path}:8:3: error: nb_scale compares two classes, but the target 'y' "
+                                   f"has 3 in the data")
