@@ -13,7 +13,8 @@ from typing import Iterator
 
 import numpy as np
 
-from .data import (SPLITS, TEXT_KINDS, Batch, DataError, Encoded, FieldKind, FieldSpec, RawData, Standardizer, Vocab,
+from .data import (SPLITS, TEXT_KINDS, Batch, DataError, Encoded, FieldKind, FieldSpec, NaiveBayesScaler, RawData,
+                   Standardizer, Vocab,
                    build_vocabs, encode_split, iterate_batches, kfold, read_source, split_examples, stream_batches)
 from .errors import Diagnostics, SpecError
 from .expand import FlatSpec
@@ -27,7 +28,7 @@ class BoundData:
     splits: dict[str, Encoded] = field(default_factory=dict)
     streams: dict[str, np.ndarray] = field(default_factory=dict)   # language-model token streams
     vocabs: dict[str, Vocab] = field(default_factory=dict)
-    standardizers: dict[str, Standardizer] = field(default_factory=dict)
+    standardizers: dict[str, Standardizer | NaiveBayesScaler] = field(default_factory=dict)  # input statistics
     stream_field: str | None = None
     stream_origins: dict[str, tuple[str, int]] = field(default_factory=dict)  # where each part's stream starts
 
@@ -246,14 +247,17 @@ def check_levels(stmt, name: str, kwargs: dict, fields: list[FieldSpec], diags: 
 
 
 def bind_data(flat: FlatSpec, plan: Plan, diags: Diagnostics, *, dev: float = 0.0, test: float = 0.0,
-              seed: int = 0, min_count: int = 1, normalize: bool = False,
+              seed: int = 0, min_count: int = 1, normalize: bool = False, nb_scale: str | None = None,
               fold: tuple[int, int] | None = None, limit: int | None = None,
               outer: tuple[int, int] | None = None, max_length: int | None = None) -> BoundData:
     """Read, split, encode. ``max_length``: a sequence longer than that is a data error naming its line. ``fold = (k, i)`` makes fold i of k-fold cross-validation the test part;
     ``limit`` keeps the first N examples of each part (a quick run on a slice). ``outer = (k, i)``
     first drops fold i of k (what an outer cross-validation tests on, nested cross-validation): the
-    rest is then the whole data set, split or folded as usual."""
+    rest is then the whole data set, split or folded as usual. ``nb_scale``: the bag input fed as
+    naive-Bayes-weighted presence, its ratios counted on the training part only."""
     fields = field_specs(plan.inputs + plan.targets)
+    if nb_scale is not None:
+        check_nb_scale(flat, plan, nb_scale, diags)
     if flat.data is not None:
         fields = with_ngrams(flat, fields, diags)
     views = {v.name: v.view for v in plan.inputs if v.view is not None}
@@ -295,7 +299,49 @@ def bind_data(flat: FlatSpec, plan: Plan, diags: Diagnostics, *, dev: float = 0.
                 bound.standardizers[f.name] = std
                 for enc in bound.splits.values():
                     enc.data[f.name] = std.apply(enc.data[f.name])
+    if nb_scale is not None:
+        fit_nb_scale(flat, plan, bound, nb_scale, diags)
     return bound
+
+
+def _nb_scale_span(flat: FlatSpec):
+    """Where ``nb_scale`` is set: its line of the train block (a --set override has none)."""
+    settings = flat.train.settings if flat.train is not None else []
+    return next((s.span for s in settings if s.key == "nb_scale"), flat.train.span if flat.train else None)
+
+
+def check_nb_scale(flat: FlatSpec, plan: Plan, name: str, diags: Diagnostics) -> None:
+    """``nb_scale x`` needs a bag input ``x`` and one target of two classes (the ratio compares them)."""
+    span = _nb_scale_span(flat)
+    inputs = {v.name: v for v in plan.inputs}
+    bags = [v.name for v in plan.inputs if v.elem in ("bag", "char_bag")]
+    if name not in inputs:
+        hint = f"; the bag input is '{bags[0]}'" if len(bags) == 1 else ""
+        diags.error(f"nb_scale scales a bag input, but '{name}' is not an input of this network{hint}", span)
+    elif name not in bags:
+        diags.error(f"nb_scale weighs each token of a bag, but '{name}' is not a bag; declare it "
+                    f"'input {name} : bag of token'", span)
+    classes = [v for v in plan.targets if v.elem == "class" and not v.seq]
+    if len(plan.targets) != 1 or not classes or (isinstance(classes[0].card, int) and classes[0].card != 2):
+        shown = ", ".join(f"'{v.name}'" for v in plan.targets) or "none"
+        diags.error(f"nb_scale compares how often each token occurs in two classes, so it needs one target "
+                    f"of two classes, e.g. 'target y : class[2]' (targets: {shown})", span)
+    diags.raise_if_errors()
+
+
+def fit_nb_scale(flat: FlatSpec, plan: Plan, bound: BoundData, name: str, diags: Diagnostics) -> None:
+    """Ratios from the training part's labels only; every part is then fed with them."""
+    target = plan.targets[0].name
+    train = bound.splits["train"]
+    classes = len(bound.vocabs[target]) if target in bound.vocabs else int(np.max(train.data[target])) + 1
+    if classes != 2:
+        diags.error(f"nb_scale compares two classes, but the target '{target}' has {classes} in the data",
+                    _nb_scale_span(flat))
+        diags.raise_if_errors()
+    scaler = NaiveBayesScaler.fit(train.data[name], train.data[target], train.bag_sizes[name])
+    bound.standardizers[name] = scaler
+    for enc in bound.splits.values():
+        enc.bag_scales[name] = scaler
 
 
 def bind_for_settings(flat: FlatSpec, plan: Plan, settings, diags: Diagnostics,
@@ -305,6 +351,7 @@ def bind_for_settings(flat: FlatSpec, plan: Plan, settings, diags: Diagnostics,
     split = settings.split  # checked by TrainSettings: dev and test, below 100% together
     return bind_data(flat, plan, diags, dev=split.get("dev", 0.0), test=split.get("test", 0.0),
                      seed=settings.seed, min_count=settings.min_count, normalize=settings.normalize,
+                     nb_scale=settings.nb_scale,
                      fold=fold, limit=settings.limit, outer=outer, max_length=settings.max_length)
 
 
@@ -387,7 +434,7 @@ def _bind_stream(raw: RawData, fields: list[FieldSpec], limit: int | None, min_c
 
 
 def bind_trained(stmt, name: str, args: list, kwargs: dict, plan: Plan, vocabs: dict[str, Vocab],
-                 standardizers: dict[str, Standardizer], base_dir, diags: Diagnostics,
+                 standardizers: dict[str, Standardizer | NaiveBayesScaler], base_dir, diags: Diagnostics,
                  decode: ast.Decode | None = None) -> BoundData:
     """Read a data source whole (all its parts, as one part "all") and encode it with a trained
     model's vocabularies and input statistics: new data for a trained model. An unknown word
@@ -408,6 +455,8 @@ def bind_trained(stmt, name: str, args: list, kwargs: dict, plan: Plan, vocabs: 
     origins = [o for p in parts for o in raw.origins[p]]
     encoded = encode_split(columns, present, vocabs, origins)
     for f in present:
-        if f.name in standardizers:
+        if isinstance(standardizers.get(f.name), NaiveBayesScaler):
+            encoded.bag_scales[f.name] = standardizers[f.name]  # applied as bags are batched
+        elif f.name in standardizers:
             encoded.data[f.name] = standardizers[f.name].apply(encoded.data[f.name])
     return BoundData(fields=present, splits={"all": encoded}, vocabs=vocabs, standardizers=standardizers)

@@ -33,6 +33,7 @@ class TrainSettings(BaseModel):
     dropout: dict[str, float] = {}       # value -> drop probability (training only)
     init: str | None = None              # default initialiser for weight matrices
     normalize: bool = False              # inputs to zero mean / unit variance (training statistics)
+    nb_scale: str | None = None          # a bag input fed as NBSVM's naive-Bayes-weighted presence
     patience: int | None = Field(None, ge=1)  # early stopping: epochs without a better dev score
     clip: float | None = Field(None, gt=0)    # global gradient-norm clipping
     schedule: Choice | None = None       # learning-rate schedule
@@ -112,6 +113,9 @@ def apply_setting(values: dict, s: ast.Setting, diags: Diagnostics) -> None:
         v = Choice(name=v)
     if key in ("normalize", "by_length") and isinstance(v, str):
         v = v in ("true", "yes", "on")
+    if key == "nb_scale" and not isinstance(v, str):
+        diags.error("nb_scale names the bag input to scale, e.g. 'nb_scale x'", s.span)
+        return
     if key in ("optimizer", "schedule") and isinstance(v, Choice):
         _check_choice(key, v, s, diags)
     if key == "init" and isinstance(v, str):

@@ -23,7 +23,7 @@ import numpy as np
 
 from .compiler import Compiled
 from .data import Vocab
-from .data.normalize import Standardizer
+from .data.normalize import NaiveBayesScaler, Standardizer, input_statistics_from_json
 from .errors import SpecError
 from .model import TEXT_ELEMS, Model, bindings_from_vocabs
 from .ops import REGISTRY
@@ -68,7 +68,7 @@ def load(path: str | Path, *, checkpoint: str = "best", spec: str | Path | None 
     expected = {p.name: tuple(p.shape) for p in compiled.plan.params}
     check_shapes(ck_dir, ck.params, expected)
     params = {k: np.asarray(ck.params[k], dtype=dtype) for k in expected}
-    standardizers = {k: Standardizer.from_json(v) for k, v in (ck.norm_stats or {}).items()}
+    standardizers = {k: input_statistics_from_json(v) for k, v in (ck.norm_stats or {}).items()}
     return TrainedModel(compiled, params, dtype=dtype, vocabs=vocabs, settings=settings,
                         standardizers=standardizers, checkpoint=ck, path=run)
 
@@ -160,13 +160,14 @@ class TrainedModel(Model):
     """
 
     def __init__(self, compiled: Compiled, params: dict[str, np.ndarray], *, dtype, vocabs: dict[str, Vocab],
-                 settings: TrainSettings, standardizers: dict[str, Standardizer] | None = None,
+                 settings: TrainSettings, standardizers: dict[str, Standardizer | NaiveBayesScaler] | None = None,
                  checkpoint: Checkpoint | None = None, path: Path | None = None):
         super().__init__(compiled, params, dtype=dtype)
         self.vocabs = vocabs
         self.settings = settings
         # ``normalize true``: the network was trained on standardised inputs; feed it
-        # ``standardize(feeds)`` of raw ones (``predict`` reads text, which is never standardised)
+        # ``standardize(feeds)`` of raw ones (``predict`` reads text, which is never standardised);
+        # ``nb_scale x``: the bag x was fed as naive-Bayes-weighted presence, which ``predict`` applies
         self.standardizers = standardizers or {}
         self.checkpoint = checkpoint
         self.path = path
@@ -183,7 +184,8 @@ class TrainedModel(Model):
 
     def standardize(self, feeds: dict) -> dict:
         """Raw inputs as the network saw them in training: each input the training data
-        standardised (``normalize true``) minus its training mean, over its deviation."""
+        standardised (``normalize true``) minus its training mean, over its deviation; a bag
+        scaled by ``nb_scale`` as present-or-not times its naive-Bayes ratios."""
         return {k: self.standardizers[k].apply(v) if k in self.standardizers else v for k, v in feeds.items()}
 
     def __repr__(self) -> str:
@@ -220,7 +222,7 @@ class TrainedModel(Model):
         if field_.elem in ("bag", "char_bag"):
             x = np.zeros((1, len(vocab)), dtype=self.dtype)
             np.add.at(x[0], ids, 1.0)
-            feeds = {field_.name: x}
+            feeds = self.standardize({field_.name: x})
         else:
             feeds = {field_.name: ids[:, None]}
             for v in views:  # suffixes, shapes, ... of the same words

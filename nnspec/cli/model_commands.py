@@ -289,7 +289,7 @@ def _evaluate_split(args, split: str) -> int:
 
 def _data_of_user(session, vocabs: dict, args):
     """The user's --file or --data, encoded with the checkpoint's vocabularies and input statistics."""
-    from ..data import DataError, Standardizer
+    from ..data import DataError, input_statistics_from_json
     from ..dataset import bind_trained, source_call
     from ..errors import Diagnostics
     from ..train.checkpoint import TrainedMeta, load_checkpoint
@@ -301,7 +301,7 @@ def _data_of_user(session, vocabs: dict, args):
         stmt = parse_data_source(args.data, diags)
         name, call_args, kwargs = source_call(stmt, diags)
     norm = load_checkpoint(checkpoint_dir(args.checkpoint), schema=TrainedMeta).norm_stats or {}
-    standardizers = {k: Standardizer.from_json(v) for k, v in norm.items()}
+    standardizers = {k: input_statistics_from_json(v) for k, v in norm.items()}
     data = bind_trained(stmt, name, call_args, kwargs, session.plan, vocabs, standardizers, Path("."), diags,
                         decode=session.compiled.flat.decode)
     if data.stream and data.size("all") < 2:

@@ -9,15 +9,15 @@ from .batching import IGNORE_LABEL, Batch, collate, iterate_batches, stream_batc
 from .encode import Encoded, build_vocabs, encode_data, encode_split
 from .errors import DataError
 from .fields import TEXT_KINDS, FieldKind, FieldSpec
-from .normalize import Standardizer
+from .normalize import NaiveBayesScaler, Standardizer, input_statistics_from_json
 from .raw import SPLITS, RawData
 from .sources import SOURCES, read_source, source_files
 from .split import kfold, split_examples
 from .vocab import PAD, PAD_ID, UNK, UNK_ID, Vocab, tokenize
 
 __all__ = [
-    "Batch", "DataError", "Encoded", "FieldKind", "FieldSpec", "IGNORE_LABEL", "PAD", "PAD_ID",
+    "Batch", "DataError", "Encoded", "FieldKind", "FieldSpec", "IGNORE_LABEL", "NaiveBayesScaler", "PAD", "PAD_ID",
     "RawData", "SOURCES", "SPLITS", "Standardizer", "TEXT_KINDS", "UNK", "UNK_ID", "Vocab", "build_vocabs",
-    "collate", "encode_data", "source_files", "encode_split", "iterate_batches", "kfold", "read_source",
+    "collate", "encode_data", "source_files", "encode_split", "input_statistics_from_json", "iterate_batches", "kfold", "read_source",
     "split_examples", "stream_batches", "tokenize",
 ]

@@ -36,10 +36,15 @@ def _pad(seqs: list[np.ndarray], fill, dtype) -> np.ndarray:
     return out
 
 
-def _bag(ids: list[np.ndarray], size: int, dtype) -> np.ndarray:
+def _bag(ids: list[np.ndarray], size: int, dtype, scale=None) -> np.ndarray:
+    """Token counts (B, size); with ``scale`` (a NaiveBayesScaler) each present token's weight."""
     out = np.zeros((len(ids), size), dtype=dtype)
     rows = np.repeat(np.arange(len(ids)), [len(x) for x in ids])
-    np.add.at(out, (rows, np.concatenate(ids)), 1)
+    cols = np.concatenate(ids)
+    if scale is None:
+        np.add.at(out, (rows, cols), 1)
+    else:  # set, not added: a token twice is one presence (only the nonzeros are touched)
+        out[rows, cols] = scale.ratio[cols]
     return out
 
 
@@ -54,7 +59,8 @@ def collate(encoded: Encoded, index: np.ndarray, dtype=np.float32) -> Batch:
         elif f.kind is FieldKind.class_:
             arrays[f.name] = values[index]
         elif f.kind is FieldKind.bag:
-            arrays[f.name] = _bag([values[i] for i in index], encoded.bag_sizes[f.name], dtype)
+            arrays[f.name] = _bag([values[i] for i in index], encoded.bag_sizes[f.name], dtype,
+                                  encoded.bag_scales.get(f.name))
         elif f.kind is FieldKind.tokens:
             arrays[f.name] = _pad([values[i] for i in index], PAD_ID, np.int64)
         elif f.kind is FieldKind.classes:

@@ -19,7 +19,8 @@ class Encoded:
     """One split, numeric. Per field: vector -> float64 (N, *shape); class ->
     int64 (N,); tokens, classes, bag -> list of int64 id arrays; vector_seq ->
     list of float64 (T_i, *shape). ``bag_sizes`` holds each bag field's vector
-    size (its vocabulary size). ``lengths`` (N,) are the sequence lengths, None
+    size (its vocabulary size); ``bag_scales`` a bag field's per-token weights, when it is fed as
+    weighted presence (``nb_scale``: see normalize.NaiveBayesScaler). ``lengths`` (N,) are the sequence lengths, None
     without sequence fields; all sequence fields of an example on one axis have that length.
     ``axis_lengths``: each sequence axis's lengths; with several axes (an encoder's source and
     a decoder's target) ``lengths`` are those of the first (what batching by length sorts by).
@@ -29,6 +30,7 @@ class Encoded:
     data: dict[str, np.ndarray | list[np.ndarray]]
     origins: list[Origin]
     bag_sizes: dict[str, int] = field(default_factory=dict)
+    bag_scales: dict[str, object] = field(default_factory=dict)  # field -> NaiveBayesScaler
     lengths: np.ndarray | None = field(init=False)
     axis_lengths: dict = field(init=False)
 

@@ -96,6 +96,10 @@ class _NormMeta(_Strict):
     std: list[float] | float
 
 
+class _NaiveBayesMeta(_Strict):
+    nb_ratio: list[float]
+
+
 class _RngMeta(_Strict):
     bit_generator: str
     state: dict[str, Any]
@@ -127,7 +131,7 @@ class CheckpointMeta(_Strict):
 class TrainedMeta(CheckpointMeta):
     """A checkpoint the training loop wrote: its vocabularies, statistics and extras as it writes them."""
     vocabs: dict[str, _VocabMeta] | None = None
-    norm_stats: dict[str, _NormMeta] | None = None
+    norm_stats: dict[str, _NormMeta | _NaiveBayesMeta] | None = None
     extra: _ExtraMeta = _ExtraMeta()
 
 
