@@ -175,10 +175,13 @@ def _needed(graph: Graph) -> set[str]:
     """Everything the outputs and the loss depend on (initial states included)."""
     ends = set(graph.outputs) | ({graph.loss} if graph.loss else set())
     needed = closure(ends, graph.g.predecessors)
-    for state, init in graph.initials.items():
-        if state in needed:
-            closure([init], graph.g.predecessors, needed)
-    return needed
+    pending = dict(graph.initials)
+    while True:   # an initial state may make another loop needed, whose initial state comes earlier
+        ready = [s for s in pending if s in needed]
+        if not ready:
+            return needed
+        for state in ready:
+            closure([pending.pop(state)], graph.g.predecessors, needed)
 
 
 def _order_loops(steps: list) -> list:

@@ -108,3 +108,13 @@ def test_a_loss_of_its_activation_is_the_exact_loss_of_the_logits(text, feeds, l
     tape = ex.forward({"W": np.eye(2)}, feeds)
     assert float(tape.values[plan.loss]) == pytest.approx(loss, rel=1e-12)
     assert np.abs(ex.backward(tape)["W"]).max() > 1.0
+
+
+def test_an_initial_state_needed_only_through_another_loops_initial_state_is_planned():
+    # difftest seed 213739: h4 is needed only because h10's initial state reads it, and h4's own
+    # initial state came earlier in the list of initial states: it was left out of the plan
+    plan = compile_text("input x[3] : seq\ntarget y[3] : seq\nh4[4] = W5 @ x + h4[t-1]\nv[2] = W8 @ first(h4)\n"
+                        "h10[3] = g * h10[t-1] + (1 - g) * tanh(W13 @ x)\ninitial h4 = [0.03, 0.69, 0.04, 0.8]\n"
+                        "initial h10 = tanh(W14 @ v)\nloss bce_logits(h10, y)\n").plan
+    loops = [s for s in plan.steps if hasattr(s, "initials")]
+    assert {state for loop in loops for state in loop.initials} == {"h4", "h10"}
