@@ -50,7 +50,12 @@ def op_forward(facts: PlanFacts, step: OpStep, tape: Tape) -> None:
     xs = [read(tape, src, d) for src, d in step.inputs]
     op = facts.op_of(step)
     ctx = tape.context.ctx(tape.axis(step.inputs[0][0]) if step.inputs and step.inputs[0][0] in facts.seq else None)
-    out = op.forward(xs, step.attrs, ctx)
+    record(step, op, op.forward(xs, step.attrs, ctx), xs, ctx, tape)
+
+
+def record(step: OpStep, op, out, xs, ctx, tape: Tape) -> None:
+    """A plain step's value on the tape (checked, and read across a chunk's edge where the op reads
+    other steps), with what its VJP needs."""
     if tape.context.check_finite and not step.integer:
         check_finite(out, step.id, step.span)
     if op.reads_across_chunks:

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from ..ops.registry import NO_CTX, Op
 from ..plan import OpStep
 from .gradsum import GradSum, Into
-from .reference import send
-from .tape import Tape, check_finite
-from .timeaxis import array_shape, read_across_chunks, read_sequence
+from .reference import record, send
+from .tape import Tape
+from .timeaxis import array_shape, read_sequence
 
 
 def overrides(op: Op, method: str) -> bool:
@@ -88,12 +88,7 @@ class FastSteps:
                                            and step.inputs[0][0] in tape.fresh))
                    if op.needs_ctx else NO_CTX)
             out = op.forward(xs, step.attrs, ctx)
-        if tape.context.check_finite and not step.integer:
-            check_finite(out, step.id, step.span)
-        if op.reads_across_chunks:
-            out = read_across_chunks(out, step.inputs[0][0], int(step.attrs.get("k", 1)), tape)
-        tape.values[step.id] = out
-        tape.records[step.id] = (xs, ctx)
+        record(step, op, out, xs, ctx, tape)
         return into and not op.reads_across_chunks
 
     def backward(self, ex, step: OpStep, tape: Tape, grads: GradSum, need) -> None:
