@@ -384,7 +384,8 @@ class Model:
     def trace(self, feeds: dict, lengths=None, need_loss: bool = True) -> Tape:
         """A forward pass by the unoptimised plan (see ``values``); its tape takes ``backward``
         through ``self.unoptimized``."""
-        feeds = {k: np.asarray(v) for k, v in feeds.items()}
+        need_loss = need_loss and self.plan.loss is not None
+        feeds, lengths = prepare_feeds(self.plan, feeds, lengths, dtype=self.dtype, need_targets=need_loss)
         return self.unoptimized.forward(self.params, feeds, lengths=lengths, need_loss=need_loss)
 
     @property

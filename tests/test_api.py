@@ -292,3 +292,13 @@ def test_an_overflow_in_evaluate_names_the_value(run_dir, blown_run, capsys):
     assert code == 1 and "Traceback" not in err and "#" not in err
     assert err.startswith(f"{blown_run / 'spec.nn'}:7:13: error: evaluating the data: ")
     assert "spec.nn:7) produced " in err and err.endswith("^~~~~~~~~\n")
+
+
+def test_values_take_feeds_as_forward_does_lists_of_sequences_too():
+    # Model.values used to skip the feed preparation: a list of sequences failed with a broadcast traceback
+    from nnspec.model import FeedError
+    m = nnspec.Model.from_text("input x[2] : seq\noutput h\nh[3] = tanh(W @ x + U @ h[t-1])\n", read_data=False)
+    sentences = [np.array([[1.0, 2.0], [3.0, 4.0]]), np.array([[1.0, 0.0]])]
+    assert np.array_equal(m.values({"x": sentences})["h"], m.forward({"x": sentences})["h"])
+    with pytest.raises(FeedError, match="x"):
+        m.values({"x": [np.zeros((2, 5))]})
