@@ -72,7 +72,7 @@ class _Steps:
         self.model, self.decoder = model, _decoder(model)
         if self.decoder.input in feeds:
             raise FeedError(f"'{self.decoder.input}' is what decoding writes; give only the other inputs")
-        batch = _batch_size(model, feeds)
+        batch = _batch_size(model.plan, feeds)
         dummy = {**feeds, self.decoder.input: np.zeros((1, batch), dtype=np.int64)}
         given = lengths
         if isinstance(lengths, dict):
@@ -263,8 +263,20 @@ def greedy_steps(model: Model, feeds: dict, steps, lengths: dict | None = None) 
     network with one teacher-forced decoder, declared or not: the declared one, else the one the
     plan shows (:func:`autoregressive`; several undeclared ones are an error). ``steps``: an int for
     all examples, or one per example."""
-    declared = model.compiled.decoder
-    pairs = [(declared.input, declared.scores)] if declared is not None else autoregressive(model.plan)
+    name, pred, axis = fixed_length_decoder(model.plan, model.compiled.decoder)
+    n = step_counts(model.plan, feeds, steps)
+    lengths = {**(lengths or {}), axis: n}
+    ids = np.zeros((int(n.max()), len(n)), dtype=np.int64)
+    for t in range(ids.shape[0]):
+        tape = model.run({**feeds, name: ids}, lengths, need_loss=False)
+        ids[t] = tape.values[pred][t].argmax(-1)
+    return {name: ids}
+
+
+def fixed_length_decoder(plan, declared: Decoder | None = None) -> tuple[str, str, str]:
+    """(the token input fed back, the prediction it is fed from, its axis) of the one teacher-forced
+    decoder of ``plan``: the declared one, else the one the plan shows (:func:`autoregressive`)."""
+    pairs = [(declared.input, declared.scores)] if declared is not None else autoregressive(plan)
     if not pairs:
         raise FeedError("this network has no decoder fed by its own predictions: no token input that a "
                         "class loss predicts from its earlier steps only (e.g. embed(tgt, 32) read as [t-1])")
@@ -272,22 +284,21 @@ def greedy_steps(model: Model, feeds: dict, steps, lengths: dict | None = None) 
         raise FeedError(f"this network has several teacher-forced decoders ({', '.join(p for p, _ in pairs)}); "
                         f"declare the one to decode, e.g. 'decode {pairs[0][0]} from p, end \"</s>\"'")
     name, pred = pairs[0]
-    spec = next(v for v in model.plan.inputs if v.name == name)
-    axis = (spec.axes or ["time"])[-1]
-    batch = _batch_size(model, feeds)
+    spec = next(v for v in plan.inputs if v.name == name)
+    return name, pred, (spec.axes or ["time"])[-1]
+
+
+def step_counts(plan, feeds: dict, steps) -> np.ndarray:
+    """``steps`` (an int for all examples, or one per example) as a checked (B,) array."""
+    batch = _batch_size(plan, feeds)
     n = np.full(batch, steps, dtype=np.int64) if np.ndim(steps) == 0 else np.asarray(steps, dtype=np.int64)
     if n.shape != (batch,) or n.size and n.min() < 1:
         raise FeedError(f"steps: one count of at least 1 for each of the {batch} examples, got {steps!r}")
-    lengths = {**(lengths or {}), axis: n}
-    ids = np.zeros((int(n.max()), batch), dtype=np.int64)
-    for t in range(ids.shape[0]):
-        tape = model.run({**feeds, name: ids}, lengths, need_loss=False)
-        ids[t] = tape.values[pred][t].argmax(-1)
-    return {name: ids}
+    return n
 
 
-def _batch_size(model: Model, feeds: dict) -> int:
-    for v in model.plan.inputs:
+def _batch_size(plan, feeds: dict) -> int:
+    for v in plan.inputs:
         if v.name in feeds:
             a = feeds[v.name]
             if isinstance(a, (list, tuple)):

@@ -134,28 +134,17 @@ def greedy(runner: OnnxModel, plan, feeds: dict, steps, lengths: dict | None = N
     """Greedy decoding for a given number of steps (as :func:`nnspec.decode.greedy_steps`) with an
     exported model: the teacher-forced decoder of ``plan`` fed its own predictions, one forward pass
     of the exported model a step. ``{input: ids (T, B)}``, 0 past each example's ``steps``."""
-    from ..decode import autoregressive
+    from ..decode import fixed_length_decoder, step_counts
     from ..plan import OpStep
-    pairs = autoregressive(plan)
-    if not pairs:
-        raise FeedError("this network has no decoder fed by its own predictions: no token input that a "
-                        "class loss predicts from its earlier steps only (e.g. embed(tgt, 32) read as [t-1])")
-    name, pred = pairs[0]
+    name, pred, axis = fixed_length_decoder(plan)
     # the output that gives the prediction: itself, or what turns its scores into probabilities
     made_of = [s.id for s in plan.steps if isinstance(s, OpStep) and s.id in runner.outputs
                and s.op in ("softmax", "log_softmax", "identity") and s.inputs and s.inputs[0][0] == pred]
     output = pred if pred in runner.outputs else (made_of[0] if made_of else None)
     if output is None:
         raise FeedError(f"the exported model has no output giving {pred!r}, the prediction its decoder is fed")
-    spec = next(v for v in plan.inputs if v.name == name)
-    axis = (spec.axes or ["time"])[-1]
-    first = next(v for v in plan.inputs if v.name in feeds)
-    value = feeds[first.name]
-    batch = len(value) if isinstance(value, (list, tuple)) else np.asarray(value).shape[1 if first.seq else 0]
-    n = np.full(batch, steps, dtype=np.int64) if np.ndim(steps) == 0 else np.asarray(steps, dtype=np.int64)
-    if n.shape != (batch,) or n.size and n.min() < 1:
-        raise FeedError(f"steps: one count of at least 1 for each of the {batch} examples, got {steps!r}")
-    ids = np.zeros((int(n.max()), batch), dtype=np.int64)
+    n = step_counts(plan, feeds, steps)
+    ids = np.zeros((int(n.max()), len(n)), dtype=np.int64)
     real = np.arange(ids.shape[0])[:, None] < n[None, :]
     for t in range(ids.shape[0]):
         arrays, lens = prepare_feeds(plan, {**feeds, name: ids}, {**(lengths or {}), axis: n})
