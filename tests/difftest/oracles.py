@@ -483,14 +483,11 @@ def check_torch(compiled, ex: Executor, params, batch: Batch, seeds, out: Outcom
         out.skipped["torch"] = "tests/difftest/torch_oracle.py or torch is missing"
         return
     plan = ex.plan
-    if batch.other_axes:
-        out.skipped["torch"] = "several sequence axes (tests/test_axes.py has PyTorch models of its own)"
-        return
     try:
         kwargs = {}
         if plan.loss is None and "seeds" in inspect.signature(torch_run).parameters:
             kwargs["seeds"] = seeds
-        result = torch_run(compiled, params, batch.feeds, batch.lengths, **kwargs)
+        result = torch_run(compiled, params, batch.feeds, batch.run_lengths, **kwargs)
     except Exception as e:
         if type(e).__name__ == "Untranslatable":
             out.skipped["torch"] = f"untranslatable: {getattr(e, 'construct', e)}"
