@@ -529,5 +529,104 @@ class Generator:
         return Spec(stmts, self.seed, self.tags)
 
 
+# ---- encoder-decoders with a decode declaration -------------------------------------------------
+
+DECODER_SHARE = 0.06          # of the seeds: an encoder-decoder (drawn apart, so other seeds keep their spec)
+DECODER_CELLS = ["rnn", "lstm", "gru", "hand"]
+ATTENTION = ["none", "dot", "additive", "in_loop", "in_loop_additive"]
+PREDICTIONS = {"cross_entropy": "softmax", "nll": "log_softmax"}
+START, END = 2, 3             # the symbols' ids in a decoded vocabulary (0 <pad>, 1 <unk>), for the oracle
+
+
+def makes_decoder(seed: int) -> bool:
+    return random.Random(f"decoder {seed}").random() < DECODER_SHARE
+
+
+class DecoderGenerator:
+    """A small encoder-decoder: an encoder over a source on an axis of its own, a decoder over the
+    target's axis reading the gold token of the step before (teacher forcing), an initial state from
+    the encoder or none, attention (dot or additive, after the decoder's loop or inside it) or none,
+    a prediction compared with the target by a class loss, and ``decode tgt from p``. The target is
+    on the default axis (``time``), so the runner's batches pad it as any sequence; the oracles check
+    the teacher-forced loss as usual, and ``decode`` checks greedy decoding and beam 1."""
+
+    def __init__(self, seed: int):
+        self.seed = seed
+        self.r = random.Random(f"decoder spec {seed}")
+        self.stmts: list[Stmt] = []
+        self.tags: set[str] = {"decode"}
+        self.counter = 0
+
+    def fresh(self, prefix: str) -> str:
+        self.counter += 1
+        return f"{prefix}{self.counter}"
+
+    def add(self, kind: str, text: str, defines: str | None = None, about: str | None = None):
+        self.stmts.append(Stmt(kind, text, defines=defines, about=about))
+
+    def cell(self, name: str, x: str, h: int):
+        """``name`` = a recurrent layer over ``x`` (an expression on the loop's axis) of size ``h``."""
+        kind = self.r.choice(DECODER_CELLS)
+        self.tags.add("decode:cell:" + kind)
+        if kind == "hand":
+            self.add("eq", f"{name}[{h}] = tanh({self.fresh('W')} @ {x} + {self.fresh('U')} @ {name}[t-1] + "
+                           f"{self.fresh('b')})", defines=name)
+        else:
+            self.add("eq", f"{name} = {kind}({x}, H = {h})", defines=name)
+
+    def spec(self) -> Spec:
+        r = self.r
+        src, tgt = self.fresh("w"), self.fresh("d")
+        axis = f"s{self.counter}"
+        if r.random() < 0.8:
+            self.add("input", f"input {src} : seq({axis}) of token", defines=src)
+            source = f"embed({src}, {r.randint(1, 3)})"
+        else:
+            self.tags.add("decode:real_source")
+            self.add("input", f"input {src}[{r.randint(1, 3)}] : seq({axis})", defines=src)
+            source = src
+        self.add("input", f"input {tgt} : seq of token", defines=tgt)
+        h = r.randint(1, 3)
+        enc, ye, dec, c = self.fresh("enc"), self.fresh("ye"), self.fresh("dec"), self.fresh("c")
+        self.cell(enc, source, h)
+        self.add("eq", f"{ye} = embed({tgt}, {r.randint(1, 3)})", defines=ye)
+        attention = r.choice(ATTENTION)
+        self.tags.add("decode:attention:" + attention)
+        if attention.startswith("in_loop"):      # the previous state attends; the context feeds the step
+            call = f"additive_attention({dec}[t-1], {enc}, A = 2)" if attention.endswith("additive") else \
+                f"attention({self.fresh('W')} @ {dec}[t-1], {enc})"
+            if attention == "in_loop":
+                self.add("param", f"param W{self.counter}[{h}, {h}]", about=f"W{self.counter}")
+            self.add("eq", f"{c} = {call}", defines=c)
+            self.cell(dec, f"concat({ye}[t-1], {c})", h)
+        else:
+            self.cell(dec, f"{ye}[t-1]", h)
+            if attention != "none":
+                call = f"additive_attention({dec}, {enc}, A = 2)" if attention == "additive" else \
+                    f"attention({dec}, {enc})"
+                self.add("eq", f"{c} = {call}", defines=c)
+        init = r.choice(["none", "last", "mean", "projected"] if attention != "none" else ["last", "mean", "projected"])
+        self.tags.add("decode:initial:" + init)
+        if init in ("last", "mean"):
+            self.add("initial", f"initial {dec} = {init}({enc})", about=dec)
+        elif init == "projected":
+            self.add("initial", f"initial {dec} = tanh({self.fresh('W')} @ first({enc}))", about=dec)
+            self.add("param", f"param W{self.counter}[{h}, {h}]", about=f"W{self.counter}")
+        features = dec if attention == "none" else f"concat({dec}, {c})"
+        loss = r.choice(sorted(PREDICTIONS))
+        self.tags.add("decode:loss:" + loss)
+        p = self.fresh("p")
+        self.add("output", f"output {p}", about=p)
+        self.add("eq", f"{p} = {PREDICTIONS[loss]}({self.fresh('V')} @ {features} + {self.fresh('b')})", defines=p)
+        self.add("loss", f"loss {loss}({p}, {tgt})")
+        start = ', start "<s>"' if r.random() < 0.7 else ""
+        self.tags.add("decode:start" if start else "decode:no_start")
+        self.add("decode", f'decode {tgt} from {p}{start}, end "</s>", max {r.randint(1, 4)}')
+        order = ["input", "output", "eq", "initial", "param", "loss", "decode"]
+        return Spec(sorted(self.stmts, key=lambda st: order.index(st.kind)), self.seed, self.tags)
+
+
 def generate(seed: int) -> Spec:
+    if makes_decoder(seed):
+        return DecoderGenerator(seed).spec()
     return Generator(seed).spec()

@@ -16,7 +16,11 @@ the loss (when the spec has one) plus ``sum(output * G)`` over the outputs, for 
            steps, the loss (each loss term weighted as the batch averages it: over examples, or
            over real steps), every gradient (and zero gradient at padding);
   repeat   the fast runtime's second and third pass on one geometry, and again after a pass on
-           another geometry, against its first pass (the runtime keeps prepared runs per geometry).
+           another geometry, against its first pass (the runtime keeps prepared runs per geometry);
+  decode   (specs with a ``decode`` declaration) greedy decoding by nnspec.decode, a batch at once,
+           against one example at a time, each token the argmax of a full forward pass of PyTorch's
+           translation (the reference interpreter without torch) fed the tokens written so far;
+           and beam search with beam 1 against greedy.
 
 Errors are relative: an output's to its largest value (at least 1), a gradient's to the largest
 gradient of the run. The tolerance is 1e-6.
@@ -42,9 +46,10 @@ try:  # another helper's oracle; absent on some branches
 except ImportError:  # pragma: no cover - depends on the branch and on torch being installed
     torch_run = None
 
-ORACLES = ["fast", "optimize", "fd", "torch", "batch", "repeat"]
+ORACLES = ["fast", "optimize", "fd", "torch", "batch", "repeat", "decode"]
 TOLERANCE = 1e-6
 BINDINGS = {f"vocab(w{i})": 5 for i in range(1, 200)}
+BINDINGS.update({f"vocab(d{i})": 6 for i in range(1, 200)})    # decoded: <pad> <unk> <s> </s> and two tokens
 LOSS_OPS = {"mse", "bce", "bce_logits", "perceptron", "cross_entropy", "cross_entropy_logits", "nll"}
 REFERENCE = ExecOptions.reference()   # every step by nnspec/runtime/reference.py
 
@@ -323,6 +328,14 @@ def _check(text: str, seed: int, oracles) -> Outcome:
                 _crash("batch", out, e)
     if "torch" in oracles:
         check_torch(opt, ref_raw, params, batch, seeds, out)
+    if "decode" in oracles:
+        if opt.decoder is None:
+            out.skipped["decode"] = "no decode declaration"
+        else:
+            try:
+                check_decode(opt, raw, params, batch, out)
+            except Exception as e:
+                _crash("decode", out, e)
     return out
 
 
@@ -522,3 +535,90 @@ def check_torch(compiled, ex: Executor, params, batch: Batch, seeds, out: Outcom
         compare("torch", got, want, plan, batch, out)
     except Exception as e:
         _crash("torch", out, e)
+
+
+# ---- decoding -------------------------------------------------------------------------------------
+
+DECODE_START, DECODE_END = 2, 3     # the symbols' ids in a decoded vocabulary (0 <pad>, 1 <unk>)
+NEVER_WRITTEN = (0, 1)              # <pad>, <unk> (and the start symbol): decoding never writes them
+
+
+def check_decode(compiled, raw, params, batch: Batch, out: Outcome) -> None:
+    """nnspec's greedy decoding and beam 1 against greedy decoding written out here: per example,
+    each step one full forward pass fed the start symbol, the tokens so far and one more step."""
+    from nnspec.decode import beam_search, greedy
+    from nnspec.model import Model
+    decoder = compiled.decoder
+    start = DECODE_START if decoder.start is not None else None
+    plan = compiled.plan
+    feeds = {v.name: batch.feeds[v.name] for v in plan.inputs if v.name != decoder.input}
+    lengths = {a: ls for a, ls in batch.other_axes.items()}
+    model = Model(compiled, {k: np.array(v) for k, v in params.items()}, dtype=np.float64)
+    got = greedy(model, feeds, lengths or None, start=start, end=DECODE_END)
+    beams = beam_search(model, feeds, lengths or None, beam=1, start=start, end=DECODE_END)
+    kind = _prediction_kind(compiled, decoder)
+    worst, where = 0.0, ""
+    for b in range(batch.batch):
+        tokens, score, ended = _greedy_alone(compiled, raw, params, batch, b, decoder, start, kind)
+        for what, h in (("greedy", got[b]), ("beam 1", beams[b][0])):
+            if (h.tokens, h.ended) != (tokens, ended):
+                out.failures.append(Failure("decode", f"{what} of example {b}: {h.tokens} (ended {h.ended}), "
+                                                      f"one step at a time: {tokens} (ended {ended})"))
+                out.errors["decode"] = math.inf
+                return
+            e = abs(h.score - score) / max(abs(score), 1.0)
+            if not e <= worst:
+                worst, where = e, f"{what} score of example {b}: {h.score!r}, one step at a time {score!r}"
+    note(out, "decode", worst, where)
+
+
+def _prediction_kind(compiled, decoder) -> str:
+    """What the decoded prediction holds, from the class loss that compares it with the input."""
+    from nnspec.ops import REGISTRY
+    for loss in compiled.flat.losses:
+        e = loss.value
+        if getattr(e, "func", None) in REGISTRY and len(e.args) == 2 and \
+                getattr(e.args[0], "name", None) == decoder.prediction and getattr(e.args[1], "name", None) == decoder.input:
+            return REGISTRY[e.func].prediction
+    raise AssertionError(f"no loss compares {decoder.prediction} with {decoder.input}")
+
+
+def _greedy_alone(compiled, raw, params, batch: Batch, b: int, decoder, start, kind):
+    """Example b decoded alone: (tokens, score, ended)."""
+    plan = compiled.plan
+    feeds, lengths = {}, {}
+    for v in plan.inputs:
+        if v.name == decoder.input:
+            continue
+        a = batch.feeds[v.name]
+        if v.seq:
+            axis = _input_axis(plan, v.name)
+            n = int(batch.other_axes[axis][b]) if axis in batch.other_axes else int(batch.lengths[b])
+            feeds[v.name], lengths[axis] = a[:n, b:b + 1], np.array([n])
+        else:
+            feeds[v.name] = a[b:b + 1]
+    written, score = [], 0.0
+    for _ in range(decoder.max_length):
+        fed = np.array(([start] if start is not None else []) + written + [0], dtype=np.int64).reshape(-1, 1)
+        run_lengths = {**lengths, decoder.axis: np.array([fed.shape[0]])}
+        if torch_run is not None:
+            p = torch_run(compiled, params, {**feeds, decoder.input: fed}, run_lengths).outputs[decoder.prediction]
+        else:
+            tape = Executor(raw.plan, dtype=np.float64, options=REFERENCE).forward(
+                params, {**feeds, decoder.input: fed}, lengths=run_lengths)
+            p = tape.values[decoder.prediction]
+        row = np.asarray(p, dtype=np.float64)[-1, 0]
+        if kind == "probabilities":
+            with np.errstate(divide="ignore"):
+                log_p = np.log(row)
+        elif kind == "logits":
+            log_p = row - row.max() - np.log(np.exp(row - row.max()).sum())
+        else:
+            log_p = row.copy()
+        log_p[list(NEVER_WRITTEN) + ([start] if start is not None else [])] = -np.inf
+        token = int(np.argmax(log_p))
+        score += float(log_p[token])
+        if token == DECODE_END:
+            return written, score, True
+        written.append(token)
+    return written, score, False
