@@ -430,23 +430,37 @@ class Generator:
         self.pool.append(Val(a, s1, True))
 
     def block_other_axis(self):
-        """A sequence input on an axis of its own (its own lengths), read from the main axis through
-        attention (dot product or additive; after a loop, or inside one with the state as query) or a
-        reduction. Values on that axis stay out of the pool: combined with the main axis unrelated,
-        they would not compile."""
+        """A sequence input on an axis of its own (its own lengths), read as it is or through an encoder
+        looping over that axis, from the main axis through attention (dot product or additive; after a
+        loop, or inside one with the state as query; or written out with along, dot, sum_features and
+        softmax_steps), a reduction, or a main-axis loop's initial state. Values on that axis stay out
+        of the pool: combined with the main axis unrelated, they would not compile."""
         k, sk = self.fresh("x"), self.size()
         self.stmts.append(Stmt("input", f"input {k}[{sk}] : seq(k{self.counter})", defines=k))
+        if self.r.random() < 0.4:
+            k, sk = self.other_axis_encoder(k, sk)
         n, s = self.fresh("v"), self.size()
         c = self.r.random()
-        if c < 0.2:   # a reduction: one value per example, usable on any axis
+        if c < 0.15:   # a reduction: one value per example, usable on any axis
             red = self.r.choice(REDUCTIONS)
             self.tags.add("other_axis:reduce")
             self.add_value(n, s, False, self.project(Expr(red + "({0})", [Expr(k, [], sk, True)], sk, False), s,
                                                      declare=True))
             return
         q = self.pick(seq=True)
+        if c < 0.25:   # a main-axis loop starting from a summary of the other axis
+            self.tags.add("other_axis:initial")
+            red, w = self.r.choice(REDUCTIONS), self.fresh("W")
+            self.add_value(n, s, True, self.project(leaf(q), s, declare=True),
+                           text=f"{n}[{s}] = tanh({{e}} + {self.fresh('U')} @ {n}[t-1])")
+            self.stmts.append(Stmt("initial", f"initial {n} = tanh({w} @ {red}({k}))", about=n))
+            self.stmts.append(Stmt("param", f"param {w}[{s}, {sk}]", about=w))
+            return
+        if c < 0.45:
+            self.attention_by_hand(n, q, k, sk)
+            return
         additive = self.r.random() < 0.4
-        if c < 0.6:   # attention after the loop that made the query
+        if c < 0.7:   # attention after the loop that made the query
             self.tags.add("other_axis:attention" + (":additive" if additive else ""))
             query = self.param_matmul(leaf(q), q.size if additive else sk, declare=True)
             call = f"additive_attention({{e}}, {k}, A = 2)" if additive else f"attention({{e}}, {k})"
@@ -462,6 +476,52 @@ class Generator:
                   else f"attention({wq} @ {n}[t-1], {k})")
         x = self.project(leaf(q), s, declare=True)
         self.add_value(n, s, True, x, text=f"{n}[{s}] = tanh({{e}} + {u} @ {n}[t-1] + {wc} @ {attend})")
+
+    def other_axis_encoder(self, k: str, sk: int) -> tuple[str, int]:
+        """A loop over the other axis reading its input: a library cell (plain, reversed or both ways)
+        or a hand-written one with a delayed read of the input. Returns its name and size."""
+        e, s = self.fresh("enc"), self.size()
+        c = self.r.random()
+        if c < 0.5:
+            cell, wrap = self.r.choice(STDLIB), self.r.choice(["", "", "reverse", "bidirectional"])
+            self.tags.add(f"other_axis:encoder:{wrap or 'plain'}")
+            call = {"": cell, "reverse": f"reverse({cell})", "bidirectional": f"bidirectional({cell})"}[wrap]
+            self.stmts.append(Stmt("eq", f"{e} = {call}({k}, H = {s})", defines=e))
+            return e, 2 * s if wrap == "bidirectional" else s
+        d, read = self.r.choice(["[t-1]", "[t+1]", "[t-2]"]), self.r.choice(["[t-1]", "[t+1]"])
+        self.tags.add("other_axis:encoder:hand")
+        w, v, u = self.fresh("W"), self.fresh("W"), self.fresh("U")
+        for name, shape in ((w, (s, sk)), (v, (s, sk)), (u, (s, s))):
+            self.stmts.append(Stmt("param", f"param {name}[{shape[0]}, {shape[1]}]", about=name))
+        self.stmts.append(Stmt("eq", f"{e}[{s}] = tanh({w} @ {k} + {v} @ {k}{read} + {u} @ {e}{d})", defines=e))
+        if self.r.random() < 0.3:
+            self.tags.add("other_axis:encoder:initial")
+            self.stmts.append(Stmt("initial", f"initial {e} = {self.fresh('h0_')}", about=e))
+        return e, s
+
+    def attention_by_hand(self, n: str, q: Val, k: str, sk: int):
+        """Scores of each main-axis step against every step of k, written out: along, dot or
+        sum_features, softmax_steps, and a reduction of the weighted keys; the scores or the weights
+        (values on two axes) sometimes an output."""
+        sc, a = self.fresh("sc"), self.fresh("a")
+        self.tags.add("other_axis:by_hand")
+        query = self.param_matmul(leaf(q), sk, declare=True)
+        if self.r.random() < 0.5:
+            self.tags.add("other_axis:dot")
+            self.stmts.append(Stmt("eq", f"{sc} = dot(along({{e}}, {k}), {k})", query, defines=sc))
+        else:
+            self.tags.add("other_axis:sum_features")
+            wk = self.fresh("W")
+            self.stmts.append(Stmt("param", f"param {wk}[{sk}, {sk}]", about=wk))
+            self.stmts.append(Stmt("eq", f"{sc} = sum_features(tanh(along({{e}}, {k}) + {wk} @ {k}))", query,
+                                   defines=sc))
+        self.stmts.append(Stmt("eq", f"{a} = softmax_steps({sc})", defines=a))
+        red = self.r.choice(["sum", "sum", "max", "mean"])
+        self.add_value(n, sk, True, Expr(f"{red}({a} * {k})", [], sk, True), text=f"{n}[{sk}] = {{e}}")
+        if self.r.random() < 0.3:
+            self.tags.add("other_axis:two_axes_output")
+            shown = self.r.choice([sc, a])
+            self.stmts.append(Stmt("output", f"output {shown}", about=shown))
 
     def block_two_inputs(self):
         """A cell of two inputs, and a loop reading a concatenation with its own state."""

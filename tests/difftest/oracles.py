@@ -38,7 +38,7 @@ import numpy as np
 
 from nnspec import SpecError, compile_text
 from nnspec.optimize import optimize_plan
-from nnspec.plan import LoopStep
+from nnspec.plan import LoopStep, plan_axes
 from nnspec.runtime import ExecOptions, Executor
 
 try:  # another helper's oracle; absent on some branches
@@ -160,10 +160,34 @@ def output_seeds(plan, values, batch: Batch, seed: int) -> dict[str, np.ndarray]
     seeds = {}
     for o in plan.outputs:
         g = rng.normal(size=values[o].shape)
-        if batch.lengths is not None and g.ndim >= 2 and g.shape[0] == batch.steps and _is_seq(plan, o):
-            g = g * _real(batch, g.ndim)
+        if batch.lengths is not None and _is_seq(plan, o):
+            g = g * _real_on(plan, batch, o, g.ndim)
         seeds[o] = g
     return seeds
+
+
+def _axis_lengths(batch: Batch, axis: str) -> np.ndarray:
+    return batch.other_axes[axis] if axis in batch.other_axes else batch.lengths
+
+
+def _real_on(plan, batch: Batch, name: str, ndim: int) -> np.ndarray:
+    """Which positions of a sequence value are real, (T_a1, ..., T_ak, B, 1, ...) for its axes."""
+    axes = plan_axes(plan).get(name, ()) or ("time",)
+    real = np.ones((batch.batch,), dtype=bool)
+    for axis in reversed(axes):
+        ls = _axis_lengths(batch, axis)
+        steps = batch.steps if axis not in batch.other_axes else int(ls.max())
+        on = np.arange(steps)[:, None] < ls[None, :]
+        real = on.reshape((steps,) + (1,) * (real.ndim - 1) + (batch.batch,)) & real[None]
+    return real.reshape(real.shape + (1,) * (ndim - real.ndim)).astype(float)
+
+
+def _example(plan, batch: Batch, name: str, a: np.ndarray, i: int, seq: set) -> np.ndarray:
+    """Example i's part of a value laid out for the batch: its real steps on each of its axes."""
+    if name not in seq:
+        return a[i:i + 1]
+    axes = plan_axes(plan).get(name, ()) or ("time",)
+    return a[tuple(slice(0, int(_axis_lengths(batch, axis)[i])) for axis in axes) + (slice(i, i + 1),)]
 
 
 def _real(batch: Batch, ndim: int) -> np.ndarray:
@@ -223,7 +247,7 @@ def compare(oracle: str, got: Run, want: Run, plan, batch: Batch, out: Outcome, 
             out.errors[oracle] = math.inf
             return
         if batch.lengths is not None and k in plan.outputs and _is_seq(plan, k):
-            mask = _real(batch, w.ndim)
+            mask = _real_on(plan, batch, k, w.ndim)
             g, w = g * mask, w * mask
         e = float(np.abs(g - w).max() / max(np.abs(w).max(), 1.0)) if w.size else 0.0
         if not e <= worst:
@@ -433,7 +457,11 @@ def check_batch(ex: Executor, params, batch: Batch, seeds, want: Run, out: Outco
         return
     B = batch.batch
     lengths = batch.lengths if batch.lengths is not None else np.ones(B, dtype=np.int64)
-    total_steps = lengths.sum()
+    axes = plan_axes(plan)
+
+    def positions(name: str, i: int) -> int:
+        """Example i's real positions of a value (over all its axes)."""
+        return int(np.prod([_axis_lengths(batch, a)[i] for a in axes.get(name, ())]))
     loss_sum = 0.0
     grad_sum = {k: np.zeros_like(g) for k, g in want.grads.items() if k in params}
     worst, where = 0.0, ""
@@ -444,16 +472,16 @@ def check_batch(ex: Executor, params, batch: Batch, seeds, want: Run, out: Outco
             feeds[k] = a[:batch.length(plan, k, i, n), i:i + 1] if k in seq else a[i:i + 1]
         alone = Batch(feeds, np.array([n]) if batch.lengths is not None else None, n if batch.lengths is not None
                       else 0, 1, {a: ls[i:i + 1] for a, ls in batch.other_axes.items()})
-        s = {o: (g[:n, i:i + 1] if o in seq else g[i:i + 1]) for o, g in seeds.items()}
+        s = {o: _example(plan, batch, o, g, i, seq) for o, g in seeds.items()}
         tape = ex.forward(params, feeds, lengths=alone.run_lengths)
         for t in terms:
-            per_step = t.inputs[0][0] in seq
-            w = (n / total_steps) if per_step else 1.0 / B
+            pred = t.inputs[0][0]
+            w = positions(pred, i) / sum(positions(pred, j) for j in range(B)) if pred in seq else 1.0 / B
             s[t.id] = np.full_like(tape.values[t.id], coeff[t.id] * w)
             loss_sum += coeff[t.id] * w * float(np.sum(tape.values[t.id]))
         for o in plan.outputs:
             got = tape.values[o]
-            ref = want.values[o][:n, i:i + 1] if o in seq else want.values[o][i:i + 1]
+            ref = _example(plan, batch, o, want.values[o], i, seq)
             e = float(np.abs(got - ref).max() / max(np.abs(ref).max(), 1.0))
             if not e <= worst:
                 worst, where = e, f"output {o} of example {i}"
