@@ -79,7 +79,11 @@ def test_generator_covers_the_language(default_run):
                  "decode:real_source"}
               | {f"decode:attention:{a}" for a in ATTENTION} | {f"decode:cell:{c}" for c in DECODER_CELLS}
               | {f"decode:initial:{i}" for i in ("none", "last", "mean", "projected")}
-              | {f"decode:loss:{k}" for k in PREDICTIONS})
+              | {f"decode:loss:{k}" for k in PREDICTIONS}
+              | {f"other_axis:{c}" for c in ("reduce", "initial", "attention", "attention:additive",
+                                             "attention_in_loop", "attention_in_loop:additive", "by_hand", "dot",
+                                             "sum_features", "two_axes_output", "encoder:plain", "encoder:reverse",
+                                             "encoder:bidirectional", "encoder:hand", "encoder:initial")})
     assert not wanted - set(tags), sorted(wanted - set(tags))
 
 

@@ -16,8 +16,10 @@ constant and computed initial states; a user cell instantiated twice; every stdl
 plain, ``reverse``, ``bidirectional`` and ``stacked``; every reduction over time; every
 loss, per step and per example, weighted and several at once; padded batches of mixed
 lengths (the runner picks the lengths); a second sequence input on an axis of its own (``seq(k)``,
-its own lengths) read through attention (dot and additive, after a loop and inside one) and
-reductions.
+its own lengths), raw or through an encoder looping over it, read through attention (dot and
+additive, after a loop and inside one, or written out with along, dot, sum_features and
+softmax_steps), reductions and initial states; and, for some seeds, a small encoder-decoder with a
+``decode`` declaration (:class:`DecoderGenerator`).
 """
 from __future__ import annotations
 
