@@ -76,7 +76,7 @@ def test_generator_covers_the_language(default_run):
                  "delayed_outer", "delayed_inner", "init:learned", "init:const", "init:computed", "user_cell",
                  "cell:dense", "init:lstm_context", "user_cell:reverse", "user_cell:bidirectional",
                  "user_cell:stacked", "user_cell:two_inputs", "decode", "decode:start", "decode:no_start",
-                 "decode:real_source"}
+                 "decode:real_source", "decode:vector_source"}
               | {f"decode:attention:{a}" for a in ATTENTION} | {f"decode:cell:{c}" for c in DECODER_CELLS}
               | {f"decode:initial:{i}" for i in ("none", "last", "mean", "projected")}
               | {f"decode:loss:{k}" for k in PREDICTIONS}

@@ -638,6 +638,8 @@ class DecoderGenerator:
 
     def spec(self) -> Spec:
         r = self.r
+        if r.random() < 0.2:
+            return self.conditioned()
         src, tgt = self.fresh("w"), self.fresh("d")
         axis = f"s{self.counter}"
         if r.random() < 0.8:
@@ -674,7 +676,27 @@ class DecoderGenerator:
         elif init == "projected":
             self.add("initial", f"initial {dec} = tanh({self.fresh('W')} @ first({enc}))", about=dec)
             self.add("param", f"param W{self.counter}[{h}, {h}]", about=f"W{self.counter}")
-        features = dec if attention == "none" else f"concat({dec}, {c})"
+        return self.ends(tgt, dec if attention == "none" else f"concat({dec}, {c})")
+
+    def conditioned(self) -> Spec:
+        """A decoder conditioned on one vector per example (no source sequence: its axis is the only
+        one): the vector fed at every step, or as the initial state, or both."""
+        r = self.r
+        z, tgt = self.fresh("z"), self.fresh("d")
+        self.tags.add("decode:vector_source")
+        self.add("input", f"input {z}[{r.randint(1, 3)}]", defines=z)
+        self.add("input", f"input {tgt} : seq of token", defines=tgt)
+        h, ye, dec = r.randint(1, 3), self.fresh("ye"), self.fresh("dec")
+        self.add("eq", f"{ye} = embed({tgt}, {r.randint(1, 3)})", defines=ye)
+        fed = r.random() < 0.5
+        self.cell(dec, f"concat({ye}[t-1], {z})" if fed else f"{ye}[t-1]", h)
+        if not fed or r.random() < 0.5:
+            self.add("initial", f"initial {dec} = tanh({self.fresh('W')} @ {z})", about=dec)
+        return self.ends(tgt, dec)
+
+    def ends(self, tgt: str, features: str) -> Spec:
+        """The prediction from ``features``, its loss against the target, and the declaration."""
+        r = self.r
         loss = r.choice(sorted(PREDICTIONS))
         self.tags.add("decode:loss:" + loss)
         p = self.fresh("p")

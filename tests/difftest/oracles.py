@@ -573,8 +573,9 @@ NEVER_WRITTEN = (0, 1)              # <pad>, <unk> (and the start symbol): decod
 
 def check_decode(compiled, raw, params, batch: Batch, out: Outcome) -> None:
     """nnspec's greedy decoding and beam 1 against greedy decoding written out here: per example,
-    each step one full forward pass fed the start symbol, the tokens so far and one more step."""
-    from nnspec.decode import beam_search, greedy
+    each step one full forward pass fed the start symbol, the tokens so far and one more step; and
+    the score nnspec.decode.sequence_score gives a sequence greedy ended, against greedy's."""
+    from nnspec.decode import beam_search, greedy, sequence_score
     from nnspec.model import Model
     decoder = compiled.decoder
     start = DECODE_START if decoder.start is not None else None
@@ -597,6 +598,14 @@ def check_decode(compiled, raw, params, batch: Batch, out: Outcome) -> None:
             e = abs(h.score - score) / max(abs(score), 1.0)
             if not e <= worst:
                 worst, where = e, f"{what} score of example {b}: {h.score!r}, one step at a time {score!r}"
+        if ended:
+            alone = {k: v[:, b:b + 1] if any(i.name == k and i.seq for i in plan.inputs) else v[b:b + 1]
+                     for k, v in feeds.items()}
+            again = sequence_score(model, alone, tokens, {a: ls[b:b + 1] for a, ls in lengths.items()} or None,
+                                   start=start, end=DECODE_END)
+            e = abs(again - score) / max(abs(score), 1.0)
+            if not e <= worst:
+                worst, where = e, f"sequence_score of example {b}: {again!r}, one step at a time {score!r}"
     note(out, "decode", worst, where)
 
 
