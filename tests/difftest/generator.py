@@ -596,7 +596,7 @@ class Generator:
 DECODER_SHARE = 0.06          # of the seeds: an encoder-decoder (drawn apart, so other seeds keep their spec)
 DECODER_CELLS = ["rnn", "lstm", "gru", "hand"]
 ATTENTION = ["none", "dot", "additive", "in_loop", "in_loop_additive"]
-PREDICTIONS = {"cross_entropy": "softmax", "nll": "log_softmax"}
+PREDICTIONS = {"cross_entropy": "softmax", "nll": "log_softmax", "cross_entropy_logits": ""}   # loss: activation
 START, END = 2, 3             # the symbols' ids in a decoded vocabulary (0 <pad>, 1 <unk>), for the oracle
 
 
@@ -701,7 +701,8 @@ class DecoderGenerator:
         self.tags.add("decode:loss:" + loss)
         p = self.fresh("p")
         self.add("output", f"output {p}", about=p)
-        self.add("eq", f"{p} = {PREDICTIONS[loss]}({self.fresh('V')} @ {features} + {self.fresh('b')})", defines=p)
+        scores = f"{self.fresh('V')} @ {features} + {self.fresh('b')}"
+        self.add("eq", f"{p} = {PREDICTIONS[loss]}({scores})" if PREDICTIONS[loss] else f"{p} = {scores}", defines=p)
         self.add("loss", f"loss {loss}({p}, {tgt})")
         start = ', start "<s>"' if r.random() < 0.7 else ""
         self.tags.add("decode:start" if start else "decode:no_start")
