@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from nnspec import SpecError, compile_text
+from nnspec.ops import REGISTRY
 from nnspec.optimize import optimize_plan
 from nnspec.plan import LoopStep
 from nnspec.runtime import ExecOptions, Executor
@@ -45,7 +46,7 @@ except ImportError:  # pragma: no cover - depends on the branch and on torch bei
 ORACLES = ["fast", "optimize", "fd", "torch", "batch", "repeat"]
 TOLERANCE = 1e-6
 BINDINGS = {f"vocab(w{i})": 5 for i in range(1, 200)}
-LOSS_OPS = {"mse", "bce", "bce_logits", "perceptron", "cross_entropy", "cross_entropy_logits", "nll"}
+LOSS_OPS = {name for name, op in REGISTRY.items() if op.prediction is not None}
 REFERENCE = ExecOptions.reference()   # every step by nnspec/runtime/reference.py
 
 
