@@ -10,23 +10,43 @@ docs/api.md is the reference.
 """
 __version__ = "0.1.0"
 
-from .compiler import Compiled, compile_file, compile_text  # noqa: E402
-from .errors import SpecError  # noqa: E402
-from .model import Model, init_params  # noqa: E402
-from .session import Session, open_session  # noqa: E402
+from typing import TYPE_CHECKING
+
+# Every name is loaded when first asked for (PEP 562), so that `import nnspec` costs nothing: the
+# command line's entry point lives in this package, and a Ctrl-C while numpy loads must reach
+# nnspec.cli.main's handler, not Python's traceback. Compiling or running a spec loads no
+# training code; a trained model reads checkpoints (nnspec.train, safetensors); export_onnx
+# needs the onnx extra.
+_HOMES = {
+    "Compiled": "compiler", "compile_file": "compiler", "compile_text": "compiler",
+    "SpecError": "errors",
+    "Model": "model", "init_params": "model",
+    "Session": "session", "open_session": "session",
+    "Prediction": "trained", "TrainedModel": "trained", "load": "trained",
+    "export_onnx": "onnx",
+}
+
+if TYPE_CHECKING:
+    from .compiler import Compiled, compile_file, compile_text
+    from .errors import SpecError
+    from .model import Model, init_params
+    from .onnx import export_onnx
+    from .session import Session, open_session
+    from .trained import Prediction, TrainedModel, load
 
 
 def __getattr__(name: str):
-    # a trained model reads checkpoints (nnspec.train, safetensors): loaded when first asked for,
-    # so compiling or running a spec loads no training code
-    if name in ("Prediction", "TrainedModel", "load"):
-        from . import trained
-        return getattr(trained, name)
-    if name == "export_onnx":   # the onnx extra: loaded when first used
-        from .onnx import export_onnx
-        return export_onnx
-    raise AttributeError(f"module 'nnspec' has no attribute {name!r}")
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'nnspec' has no attribute {name!r}")
+    from importlib import import_module
+    value = getattr(import_module(f".{home}", __name__), name)
+    globals()[name] = value    # asked for once
+    return value
 
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_HOMES))
 
 
 def load_ipython_extension(ipython) -> None:

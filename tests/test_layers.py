@@ -189,7 +189,7 @@ def test_the_checks_catch_an_upward_import_and_a_cycle(tmp_path):
 
 def test_compiling_a_spec_with_a_train_block_loads_no_training_code():
     code = ("import sys, json, nnspec\n"
-            "nnspec.compile_file('specs/xor_train.nn')\n"
+            "nnspec.Model.from_file('specs/xor_train.nn')\n"   # reads the train block: dtype, seed, init
             "print(json.dumps(sorted(m for m in sys.modules if m.startswith(('nnspec', 'safetensors')))))\n")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     loaded = json.loads(out.stdout)

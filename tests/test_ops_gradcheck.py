@@ -124,6 +124,7 @@ CASES = [
     # float losses
     C("mse", normal(B, N), normal(B, N)),
     C("perceptron", normal(B, 1), (normal(B, 1) > 0).astype(float)),
+    C("hinge", away(B, N, kinks=(-1.0, 1.0)), (normal(B, N) > 0).astype(float)),   # margin 1 is the kink
     C("mse", normal(T, B, N), normal(T, B, N), ctx=SEQ, tag="masked"),
     C("bce", probs(B, N), probs(B, N)),
     C("bce", probs(T, B, 1), rng.integers(0, 2, (T, B, 1)) * 1.0, ctx=SEQ, tag="masked"),

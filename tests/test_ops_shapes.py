@@ -71,7 +71,7 @@ VALID = [
     ("slice", [(4,)], (4,)),
     ("concat_rows", [(2, 4), (3, 4)], (5, 4)),
     ("embed", [(), (10, 8)], (8,)),
-    *[(op, [(4,), (4,)], ()) for op in ("mse", "bce", "bce_logits", "perceptron")],
+    *[(op, [(4,), (4,)], ()) for op in ("mse", "bce", "bce_logits", "perceptron", "hinge")],
     *[(op, [(5,), ()], ()) for op in ("cross_entropy", "cross_entropy_logits", "nll")],
     *[(op, [(4,)], (4,)) for op in ("last", "first", "sum", "mean", "max", "shift")],
     ("argmax", [(5,)], ()),

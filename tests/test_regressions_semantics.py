@@ -640,7 +640,7 @@ def test_every_op_is_checked_for_batch_independence():
 # A loss is the mean over the batch: the same number whatever the order of the examples.
 LOSS_USES = {
     "mse": "mse(tanh(M @ x), r)", "bce": "bce(sigmoid(M @ x), s)", "bce_logits": "bce_logits(M @ x, s)",
-    "perceptron": "perceptron(M @ x, s)", "cross_entropy": "cross_entropy(softmax(M @ x), y)",
+    "perceptron": "perceptron(M @ x, s)", "hinge": "hinge(M @ x, s)", "cross_entropy": "cross_entropy(softmax(M @ x), y)",
     "cross_entropy_logits": "cross_entropy_logits(M @ x, y)", "nll": "nll(log_softmax(M @ x), y)",
 }
 

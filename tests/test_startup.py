@@ -35,3 +35,28 @@ def test_nnspec_run_draws_its_plots_in_a_helper_process(tmp_path):
     (run,) = tmp_path.iterdir()
     assert (run / "plots" / "curves.png").read_bytes()[:4] == b"\x89PNG"
     assert (run / "results.json").exists() and (run / "last").is_dir()
+
+
+def test_importing_nnspec_loads_nothing_until_a_name_is_asked_for():
+    code = ("import sys, nnspec\n"
+            "assert 'numpy' not in sys.modules and 'nnspec.compiler' not in sys.modules\n"
+            "from nnspec import Model, compile_text\n"
+            "assert Model.__module__ == 'nnspec.model' and 'nnspec.trained' not in sys.modules\n"
+            "assert 'load' in dir(nnspec)\n")
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+
+
+def test_ctrl_c_while_the_command_line_loads_is_a_word_not_a_traceback():
+    # the Ctrl-C lands while numpy is being imported, as it does in the first ~0.4 s of a command
+    code = ("import builtins, sys\n"
+            "real_import = builtins.__import__\n"
+            "def interrupted_numpy(name, *args, **kwargs):\n"
+            "    if name == 'numpy':\n"
+            "        raise KeyboardInterrupt\n"
+            "    return real_import(name, *args, **kwargs)\n"
+            "builtins.__import__ = interrupted_numpy\n"
+            "from nnspec.cli import main\n"
+            "sys.exit(main(['check', 'specs/xor_train.nn']))\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 130
+    assert out.stderr.strip() == "interrupted"

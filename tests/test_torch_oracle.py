@@ -304,6 +304,7 @@ FEED_FORWARD = {
     "cross_entropy_logits": "input x[3]\ntarget k : class[4]\noutput y\ny = W @ x + b\n"
                             "loss cross_entropy_logits(y, k)\n",
     "perceptron": "input x[3]\ntarget r[1]\noutput y\ny = step(W @ x + b)\nloss perceptron(W @ x + b, r)\n",
+    "hinge": "input x[3]\ntarget r[2]\noutput y\ny = W @ x + b\nloss hinge(y, r)\n",
     "ops by name": "input x[3]\noutput y\ny[2] = add(mul(matmul(W, x), 2), sub(div(linear(A, x, b), 2), neg(c)))"
                    " + concat_rows(P, Q) @ x + dropout(V @ x, p = 0.3)\nparam P[1, 3]\nparam Q[1, 3]\n"
                    "param W[2, 3]\nparam A[2, 3]\nparam b[2]\nparam c[2]\n",

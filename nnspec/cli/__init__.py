@@ -16,12 +16,26 @@ line in dispatch.COMMANDS. The sweep command lives with the sweeps (nnspec/sweep
 """
 
 
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The console script ``nnspec``. A Ctrl-C while the command's modules load (numpy and the
+    compiler take ~0.4 s) is answered as one during the command is: a word, not a traceback."""
+    try:
+        from .dispatch import main as run_command
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return run_command(argv)
+
+
 def __getattr__(name: str):
-    # the entry point, looked up when asked for: importing one of the modules above (the
-    # notebook imports forward.py) does not build the parser and import every command
-    if name in ("main", "build_parser"):
+    # the parser, built when asked for: importing one of the modules above (the notebook imports
+    # forward.py) does not build the parser and import every command
+    if name == "build_parser":
         from . import dispatch
-        return getattr(dispatch, name)
+        return dispatch.build_parser
     raise AttributeError(f"module 'nnspec.cli' has no attribute {name!r}")
 
 

@@ -1,6 +1,6 @@
 """``python -m nnspec.cli``: the ``nnspec`` command."""
 import sys
 
-from .dispatch import main
+from . import main
 
 sys.exit(main())

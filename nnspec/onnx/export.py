@@ -446,8 +446,8 @@ def _with_predictions(plan: Plan, graph, diags: Diagnostics) -> Plan:
 
 
 def raise_no_form(diags: Diagnostics, step: OpStep) -> None:
-    from .ops import NOT_LOWERED
-    why = NOT_LOWERED.get(type(REGISTRY[step.op]), "nnspec.onnx has no lowering for this op")
+    from .ops import not_lowered_reason
+    why = not_lowered_reason(REGISTRY[step.op]) or "nnspec.onnx has no lowering for this op"
     diags.error(f"'{step.op}' has no ONNX form ({why}); the network cannot be exported", step.span)
     raise SpecError(diags)
 

@@ -14,7 +14,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..ops import activations as act, axes, elementwise as ew, linalg, losses, regularize, sequence
+from ..ops import activations as act, axes, elementwise as ew, linalg, regularize, sequence
 from ..plan import OpStep
 from .build import GraphBuilder
 
@@ -261,10 +261,14 @@ def _onnx_type(g: GraphBuilder) -> int:
     return FLOAT_TYPES[g.dtype]
 
 
-# A loss compares a prediction with a target: it is for training, and an exported model computes
-# its outputs only (a spec's output is never a loss). shift is lowered with the delayed reads
-# (nnspec.onnx.export), as it moves a sequence along time as they do.
-NOT_LOWERED = {cls: "a loss is for training; the exported model computes the outputs"
-               for cls in (losses.Mse, losses.Bce, losses.BceLogits, losses.Perceptron, losses.CrossEntropy,
-                           losses.CrossEntropyLogits, losses.Nll)}
-NOT_LOWERED[sequence.Shift] = "lowered as a delayed read of its sequence"
+def not_lowered_reason(op) -> str | None:
+    """Why an op with no lowering needs none, asked of the op's facts (no list of loss names here:
+    a new loss needs nothing in this module). A loss compares a prediction with a target: it is for
+    training, and an exported model computes its outputs only (a spec's output is never a loss).
+    shift is lowered with the delayed reads (nnspec.onnx.export), as it moves a sequence along time
+    as they do."""
+    if op.prediction is not None:
+        return "a loss is for training; the exported model computes the outputs"
+    if isinstance(op, sequence.Shift):
+        return "lowered as a delayed read of its sequence"
+    return None

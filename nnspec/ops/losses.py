@@ -128,6 +128,23 @@ class Perceptron(FloatLoss):
         return (z > 0).astype(z.dtype) - t, -z
 
 
+@register
+class Hinge(FloatLoss):
+    name = "hinge"
+    doc = "hinge loss of scores z against 0/1 targets t (labels s = 2t - 1): mean(max(0, 1 - s z))"
+    args = ("z", "t")
+    prediction, target, threshold = "scores", "binary", 0.0
+
+    # The support vector machine's loss: zero once an example is on its side with margin 1,
+    # where the perceptron criterion stops at margin 0.
+    def elems(self, z, t):
+        return np.maximum(0.0, 1.0 - (2.0 * t - 1.0) * z)
+
+    def partials(self, z, t):
+        inside = (1.0 - (2.0 * t - 1.0) * z > 0).astype(z.dtype)
+        return -(2.0 * t - 1.0) * inside, -2.0 * z * inside
+
+
 class ClassLoss(Op):
     """Predictions (..., K) against int classes (...), -1 meaning 'ignore'."""
     arity = 2

@@ -27,13 +27,15 @@ import random
 import re
 from dataclasses import dataclass, field
 
+from nnspec.ops import REGISTRY
+
 ACTIVATIONS = ["tanh", "sigmoid", "relu", "leaky_relu", "elu", "gelu", "softplus", "hard_tanh",
                "identity", "abs", "square", "exp_small", "log_pos", "sqrt_pos", "pow", "step_plus",
                "softmax", "log_softmax"]
 REDUCTIONS = ["last", "first", "mean", "max", "sum"]
 STDLIB = ["rnn", "lstm", "gru", "gru_reset_before", "gru_reset_after"]
 WRAPPERS = ["", "reverse", "bidirectional", "stacked"]
-LOSSES = ["mse", "bce", "bce_logits", "perceptron", "cross_entropy", "cross_entropy_logits", "nll"]
+LOSSES = [name for name, op in REGISTRY.items() if op.prediction is not None]   # every loss of the registry
 # names that are not values: functions, cells, keywords
 NOT_VALUES = set(ACTIVATIONS + REDUCTIONS + STDLIB + WRAPPERS + LOSSES) | {
     "t", "concat", "shift", "embed", "dense", "exp", "log", "sqrt", "step", "seq", "of", "token", "class",
@@ -541,7 +543,7 @@ class Generator:
         y = self.fresh("y")
         seq = " : seq" if v.seq else ""
         k = self.r.randint(2, 4)
-        if kind in ("cross_entropy", "cross_entropy_logits", "nll"):
+        if REGISTRY[kind].target == "class":
             self.stmts.append(Stmt("target", f"target {y} : {'seq of ' if v.seq else ''}class[{k}]", defines=y))
             z = self.param_matmul(leaf(v), k)
             pred = {"cross_entropy": Expr("softmax({0})", [z], k, v.seq),

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from nnspec import SpecError, compile_text
+from nnspec.ops import REGISTRY
 from nnspec.optimize import optimize_plan
 from nnspec.plan import LoopStep, plan_axes
 from nnspec.runtime import ExecOptions, Executor
@@ -50,7 +51,7 @@ ORACLES = ["fast", "optimize", "fd", "torch", "batch", "repeat", "decode"]
 TOLERANCE = 1e-6
 BINDINGS = {f"vocab(w{i})": 5 for i in range(1, 200)}
 BINDINGS.update({f"vocab(d{i})": 6 for i in range(1, 200)})    # decoded: <pad> <unk> <s> </s> and two tokens
-LOSS_OPS = {"mse", "bce", "bce_logits", "perceptron", "cross_entropy", "cross_entropy_logits", "nll"}
+LOSS_OPS = {name for name, op in REGISTRY.items() if op.prediction is not None}
 REFERENCE = ExecOptions.reference()   # every step by nnspec/runtime/reference.py
 
 
@@ -611,7 +612,6 @@ def check_decode(compiled, raw, params, batch: Batch, out: Outcome) -> None:
 
 def _prediction_kind(compiled, decoder) -> str:
     """What the decoded prediction holds, from the class loss that compares it with the input."""
-    from nnspec.ops import REGISTRY
     for loss in compiled.flat.losses:
         e = loss.value
         if getattr(e, "func", None) in REGISTRY and len(e.args) == 2 and \

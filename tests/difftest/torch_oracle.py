@@ -51,7 +51,7 @@ DTYPE = torch.float64
 EPS = 1e-12                       # probabilities are clipped to >= EPS inside log (docs: ops table)
 REDUCTIONS = {"last", "first", "mean", "max", "sum"}
 CLASS_LOSSES = {"cross_entropy", "cross_entropy_logits", "nll"}
-FLOAT_LOSSES = {"mse", "bce", "bce_logits", "perceptron"}
+FLOAT_LOSSES = {"mse", "bce", "bce_logits", "perceptron", "hinge"}
 LOSSES = CLASS_LOSSES | FLOAT_LOSSES
 INTEGER_ELEMS = {"token", "char", "class"}
 DEFAULT_AXIS = "time"           # the axis of a sequence whose type names none (docs: section 18)
@@ -628,8 +628,12 @@ def _loss_elems(f: str, pred: torch.Tensor, target: torch.Tensor) -> tuple[torch
         terms = -(y * torch.log(pc) + (1 - y) * torch.log(1 - pc))
     elif f == "bce_logits":
         terms = torch.clamp(p, min=0) - p * y + torch.log1p(torch.exp(-torch.abs(p)))
-    else:  # perceptron: (step(z) - t) z
+    elif f == "hinge":
+        terms = torch.clamp(1 - (2 * y - 1) * p, min=0)
+    elif f == "perceptron":   # (step(z) - t) z
         terms = ((p > 0).to(DTYPE) - y) * p
+    else:
+        raise Untranslatable("a loss the oracle does not know", f)
     return terms.sum(), max(terms.numel(), 1)
 
 
