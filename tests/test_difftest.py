@@ -140,6 +140,23 @@ def test_a_beam_of_one_that_is_not_greedy_fails_the_decode_oracle(monkeypatch):
     assert failures and "beam 1" in failures[0].message, failures
 
 
+def test_a_wide_beam_scored_wrong_fails_the_decode_oracle(monkeypatch):
+    """Beam 3's ended sequences are rescored token by token: a score that lost its last step is caught."""
+    from nnspec import decode
+    search = decode.beam_search
+
+    def forgetful(*args, **kw):
+        found = search(*args, **kw)
+        for hyps in found if kw.get("beam") == 3 else ():
+            for h in hyps:
+                h.score -= h.steps[-1] if h.ended else 0.0
+        return found
+    monkeypatch.setattr(decode, "beam_search", forgetful)
+    seeds = [s for s in range(1000) if "decode" in generate(s).tags][:5]
+    messages = [f.message for s in seeds for f in check(generate(s).text(), s, oracles=["decode"]).failures]
+    assert any("beam 3" in m for m in messages), messages
+
+
 def test_padding_that_leaks_fails_the_batch_oracle(monkeypatch):
     monkeypatch.setattr(Last, "forward", lambda self, xs, attrs, ctx: xs[0][-1])
     text = "input x[2] : seq\noutput y\ny[2] = last(W @ x)\n"

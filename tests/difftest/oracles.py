@@ -20,7 +20,7 @@ the loss (when the spec has one) plus ``sum(output * G)`` over the outputs, for 
   decode   (specs with a ``decode`` declaration) greedy decoding by nnspec.decode, a batch at once,
            against one example at a time, each token the argmax of a full forward pass of PyTorch's
            translation (the reference interpreter without torch) fed the tokens written so far;
-           and beam search with beam 1 against greedy.
+           beam search with beam 1 against greedy; scores of ended sequences (greedy, beam 3) rescored.
 
 Errors are relative: an output's to its largest value (at least 1), a gradient's to the largest
 gradient of the run. The tolerance is 1e-6.
@@ -574,8 +574,9 @@ NEVER_WRITTEN = (0, 1)              # <pad>, <unk> (and the start symbol): decod
 
 def check_decode(compiled, raw, params, batch: Batch, out: Outcome) -> None:
     """nnspec's greedy decoding and beam 1 against greedy decoding written out here: per example,
-    each step one full forward pass fed the start symbol, the tokens so far and one more step; and
-    the score nnspec.decode.sequence_score gives a sequence greedy ended, against greedy's."""
+    each step one full forward pass fed the start symbol, the tokens so far and one more step; the
+    score of every ended sequence of greedy and of beam 3 against nnspec.decode.sequence_score's (a
+    pass per token, fed the whole prefix); beam 3's sequences best first, none twice."""
     from nnspec.decode import beam_search, greedy, sequence_score
     from nnspec.model import Model
     decoder = compiled.decoder
@@ -586,6 +587,7 @@ def check_decode(compiled, raw, params, batch: Batch, out: Outcome) -> None:
     model = Model(compiled, {k: np.array(v) for k, v in params.items()}, dtype=np.float64)
     got = greedy(model, feeds, lengths or None, start=start, end=DECODE_END)
     beams = beam_search(model, feeds, lengths or None, beam=1, start=start, end=DECODE_END)
+    wide = beam_search(model, feeds, lengths or None, beam=3, start=start, end=DECODE_END)
     kind = _prediction_kind(compiled, decoder)
     worst, where = 0.0, ""
     for b in range(batch.batch):
@@ -599,14 +601,22 @@ def check_decode(compiled, raw, params, batch: Batch, out: Outcome) -> None:
             e = abs(h.score - score) / max(abs(score), 1.0)
             if not e <= worst:
                 worst, where = e, f"{what} score of example {b}: {h.score!r}, one step at a time {score!r}"
-        if ended:
-            alone = {k: v[:, b:b + 1] if any(i.name == k and i.seq for i in plan.inputs) else v[b:b + 1]
-                     for k, v in feeds.items()}
-            again = sequence_score(model, alone, tokens, {a: ls[b:b + 1] for a, ls in lengths.items()} or None,
-                                   start=start, end=DECODE_END)
-            e = abs(again - score) / max(abs(score), 1.0)
+        alone = {k: v[:, b:b + 1] if any(i.name == k and i.seq for i in plan.inputs) else v[b:b + 1]
+                 for k, v in feeds.items()}
+        alone_lengths = {a: ls[b:b + 1] for a, ls in lengths.items()} or None
+        ended_ones = ([("greedy", tokens, score)] if ended else []) + [
+            (f"beam 3's hypothesis {j}", h.tokens, h.score) for j, h in enumerate(wide[b]) if h.ended]
+        for what, ts, sc in ended_ones:        # rescored by one pass per token, fed the whole prefix
+            again = sequence_score(model, alone, ts, alone_lengths, start=start, end=DECODE_END)
+            e = abs(again - sc) / max(abs(sc), 1.0)
             if not e <= worst:
-                worst, where = e, f"sequence_score of example {b}: {again!r}, one step at a time {score!r}"
+                worst, where = e, f"{what} of example {b}: score {sc!r}, sequence_score {again!r}"
+        scores = [h.score for h in wide[b]]
+        if scores != sorted(scores, reverse=True) or len({tuple(h.tokens) for h in wide[b]}) != len(scores):
+            out.failures.append(Failure("decode", f"beam 3 of example {b}: not best first, or a sequence twice: "
+                                                  f"{[(h.tokens, h.score) for h in wide[b]]}"))
+            out.errors["decode"] = math.inf
+            return
     note(out, "decode", worst, where)
 
 
