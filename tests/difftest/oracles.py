@@ -624,8 +624,8 @@ def _prediction_kind(compiled, decoder) -> str:
     """What the decoded prediction holds, from the class loss that compares it with the input."""
     for loss in compiled.flat.losses:
         e = loss.value
-        if getattr(e, "func", None) in REGISTRY and len(e.args) == 2 and \
-                getattr(e.args[0], "name", None) == decoder.prediction and getattr(e.args[1], "name", None) == decoder.input:
+        names = [getattr(a, "name", None) for a in getattr(e, "args", [])]
+        if getattr(e, "func", None) in REGISTRY and names == [decoder.prediction, decoder.input]:
             return REGISTRY[e.func].prediction
     raise AssertionError(f"no loss compares {decoder.prediction} with {decoder.input}")
 

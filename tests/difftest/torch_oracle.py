@@ -26,8 +26,8 @@ It is simple on purpose, and slow:
   added; anything computed from a loss (``0.1 * mse(...)``) is computed from those numbers.
 
 Outputs come back as nnspec's runtime lays them out: ``(B, ...)``, a value on the axes
-``(a1, ..., ak)`` as ``(T_a1, ..., T_ak, B, ...)`` with the padding steps zero, a real scalar as ``(..., 1)``, a batch-level
-value (a loss) as a 0-d array. Gradients are of the loss; without a loss, of
+``(a1, ..., ak)`` as ``(T_a1, ..., T_ak, B, ...)`` with the padding steps zero, a real scalar as
+``(..., 1)``, a batch-level value (a loss) as a 0-d array. Gradients are of the loss; without a loss, of
 ``sum(output * seed)`` over the outputs (``seeds``: arrays laid out like the outputs; by
 default ones on every real position).
 
