@@ -12,9 +12,9 @@ from pathlib import Path
 
 from .decoding import Decoder, check_decode
 from .errors import Diagnostics, SpecError
-from .expand import FlatSpec, expand
+from .expand import FlatSpec, expand, name_prefixes
 from .gcpause import gc_paused
-from .graph import Graph, NodeInfo, build_graph, closure, user_name
+from .graph import Graph, NodeInfo, build_graph, closure, user_call, user_name
 from .loader import Program, load_file, load_text
 from .ops import REGISTRY
 from .optimize import optimize_plan
@@ -168,8 +168,20 @@ def check_ends(graph: Graph, diags: Diagnostics) -> None:
         diags.error("the network has no output and no loss; declare 'output NAME' or add 'loss ...'", where)
         return
     useful = closure(list(ends) + list(graph.initials.values()), graph.g.predecessors)
+    reported = set()    # library cells called and never used: one error each, at the user's call
     for info in graph.nodes():
         if info.id in useful or not info.named:
+            continue
+        call = user_call(graph, info.id) if info.span is not None and info.span.file.startswith("<stdlib>") else None
+        # the value the user named (``enc`` of ``enc = bidirectional(lstm)(x)``, not ``enc.fwd``); one
+        # written in the user's file is reported at its own place below
+        top = next((n for n in name_prefixes(info.id) if graph.g.has_node(n) and n not in useful), None)
+        if call is not None and top is not None:
+            top_span = graph.info(top).span
+            if top not in reported and (top_span is None or top_span.file.startswith("<stdlib>")):
+                reported.add(top)
+                diags.error(f"'{top}' is computed but never used: it reaches no output and no loss",
+                            graph.flat.calls[call])
             continue
         if info.kind == "target":
             diags.error(f"target '{info.id}' is never used; compare it with a prediction in a loss, "

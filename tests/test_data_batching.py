@@ -87,6 +87,60 @@ def test_by_length_reduces_padding():
     assert padding(True) < padding(False) / 4
 
 
+def two_axes(src_lengths, tgt_lengths) -> Encoded:
+    """Sources and targets on axes of their own (an encoder-decoder's data), of the given lengths."""
+    fields = [F("src", "tokens", axis="src"), F("tgt", "tokens", axis="out")]
+    split = {"src": [[f"s{j % 7}" for j in range(n)] for n in src_lengths],
+             "tgt": [[f"t{j % 5}" for j in range(n)] for n in tgt_lengths]}
+    return encode_split(split, fields, build_vocabs(split, fields))
+
+
+def padded_steps(batches, lengths: dict) -> dict:
+    """Padding steps on each axis, over all the batches."""
+    return {axis: sum(len(b.index) * int(ls[b.index].max()) - int(ls[b.index].sum()) for b in batches)
+            for axis, ls in lengths.items()}
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_by_length_groups_every_sequence_axis(shuffle):
+    """Lengths on two axes that do not follow each other: batching by length pads the second axis far
+    less than sorting by the first alone (what it did before), the first about as little, and each
+    example's tokens survive on both axes."""
+    rng = np.random.default_rng(0)
+    src, tgt = rng.integers(1, 30, size=3000), rng.integers(1, 30, size=3000)
+    enc = two_axes(src, tgt)
+    lengths = {"src": src, "out": tgt}
+
+    def batches(e, by_length):
+        return list(iterate_batches(e, 16, shuffle=shuffle, rng=np.random.default_rng(1), by_length=by_length))
+    unsorted = padded_steps(batches(enc, False), lengths)
+    first_only = padded_steps(batches(two_axes(src, src), True), lengths)   # one axis: sorted by src alone
+    both = padded_steps(batches(enc, True), lengths)
+    assert both["out"] < first_only["out"] / 3 and first_only["out"] > unsorted["out"] * 0.8
+    assert both["src"] < unsorted["src"] / 4
+    assert sum(both.values()) < sum(first_only.values()) / 2
+    found = batches(enc, True)
+    assert sorted(np.concatenate([b.index for b in found]).tolist()) == list(range(3000))
+    for b in found[:50]:
+        for col, i in enumerate(b.index):
+            assert b.arrays["tgt"][:tgt[i], col].tolist() == enc.data["tgt"][i].tolist()
+            assert b.arrays["src"][:src[i], col].tolist() == enc.data["src"][i].tolist()
+            assert b.lengths["out"][col] == tgt[i] and b.lengths["src"][col] == src[i]
+
+
+def test_by_length_on_one_axis_sorts_as_before():
+    """With one sequence axis the batches are those of a sort by its lengths, pool by pool."""
+    lengths = np.random.default_rng(2).integers(1, 40, size=500)
+    found = [b.index for b in iterate_batches(tagged(lengths.tolist()), 8, shuffle=True,
+                                               rng=np.random.default_rng(3), by_length=True)]
+    order = np.random.default_rng(3).permutation(500)
+    expected = []
+    for a in range(0, 500, 800):
+        chunk = order[a:a + 800][np.argsort(lengths[order[a:a + 800]], kind="stable")]
+        expected += [chunk[i:i + 8].tolist() for i in range(0, len(chunk), 8)]
+    assert sorted(map(list, found)) == sorted(expected)
+
+
 def test_stream_chunks_reassemble_into_the_stream():
     ids = np.arange(103)
     chunks = list(stream_batches(ids, batch_size=4, bptt=7))  # 102 steps: columns of 26, 26, 25, 25

@@ -24,7 +24,8 @@ from nnspec.ops.activations import Tanh
 from nnspec.ops.sequence import Last
 from nnspec.runtime import Executor
 from tests.difftest import campaign
-from tests.difftest.generator import ACTIVATIONS, LOSSES, REDUCTIONS, STDLIB, generate
+from tests.difftest.generator import (ACTIVATIONS, ATTENTION, DECODER_CELLS, LOSSES, PREDICTIONS, REDUCTIONS, STDLIB,
+                                      generate)
 from tests.difftest.known import KNOWN
 from tests.difftest.oracles import ORACLES, check
 from tests.difftest.shrink import shrink_failure
@@ -48,8 +49,9 @@ def test_random_specs_agree_across_oracles(default_run, capsys):
         print("\n" + default_run.line())
     assert_agree(default_run)
     for o in ORACLES:
-        if o != "torch":
+        if o not in ("torch", "decode"):
             assert default_run.checked[o] >= 400, (o, default_run.checked[o])   # most specs, every oracle
+    assert default_run.checked["decode"] >= 15, default_run.checked["decode"]   # every encoder-decoder
 
 
 @pytest.mark.slow
@@ -73,7 +75,15 @@ def test_generator_covers_the_language(default_run):
                  "embed", "scalar", "delay[t-1]", "delay[t-2]", "delay[t+1]", "two_states", "gated",
                  "delayed_outer", "delayed_inner", "init:learned", "init:const", "init:computed", "user_cell",
                  "cell:dense", "init:lstm_context", "user_cell:reverse", "user_cell:bidirectional",
-                 "user_cell:stacked", "user_cell:two_inputs"})
+                 "user_cell:stacked", "user_cell:two_inputs", "decode", "decode:start", "decode:no_start",
+                 "decode:real_source", "decode:vector_source"}
+              | {f"decode:attention:{a}" for a in ATTENTION} | {f"decode:cell:{c}" for c in DECODER_CELLS}
+              | {f"decode:initial:{i}" for i in ("none", "last", "mean", "projected")}
+              | {f"decode:loss:{k}" for k in PREDICTIONS}
+              | {f"other_axis:{c}" for c in ("reduce", "initial", "attention", "attention:additive",
+                                             "attention_in_loop", "attention_in_loop:additive", "by_hand", "dot",
+                                             "sum_features", "two_axes_output", "encoder:plain", "encoder:reverse",
+                                             "encoder:bidirectional", "encoder:hand", "encoder:initial")})
     assert not wanted - set(tags), sorted(wanted - set(tags))
 
 
@@ -102,6 +112,49 @@ def test_a_wrong_fast_loop_kernel_fails_the_fast_oracle(monkeypatch):
     monkeypatch.setattr(Tanh, "local_grad", local_grad)
     failures = check("input x[2] : seq\noutput h\nh = rnn(x, H = 3)\n", 0).failures
     assert {f.oracle for f in failures} == {"fast"}
+
+
+def test_a_decoder_fed_the_wrong_step_fails_the_decode_oracle(monkeypatch):
+    """Greedy decoding that reads the prediction at the last token fed (the start symbol's, then each
+    written token's), not at the step after it, disagrees with decoding one example at a time."""
+    from nnspec import decode
+    fed = decode._fed
+    monkeypatch.setattr(decode, "_fed", lambda start, written: fed(start, written)[:-1])
+    seed = next(s for s in range(1000) if "decode:start" in generate(s).tags)
+    failures = check(generate(seed).text(), seed, oracles=["decode"]).failures
+    assert [f.oracle for f in failures] == ["decode"], failures
+
+
+def test_a_beam_of_one_that_is_not_greedy_fails_the_decode_oracle(monkeypatch):
+    from nnspec import decode
+    search = decode.beam_search
+
+    def longer(*args, **kw):
+        found = search(*args, **kw)
+        for hyps in found:
+            hyps[0].score -= 1e-3
+        return found
+    monkeypatch.setattr(decode, "beam_search", longer)
+    seed = next(s for s in range(1000) if "decode" in generate(s).tags)
+    failures = check(generate(seed).text(), seed, oracles=["decode"]).failures
+    assert failures and "beam 1" in failures[0].message, failures
+
+
+def test_a_wide_beam_scored_wrong_fails_the_decode_oracle(monkeypatch):
+    """Beam 3's ended sequences are rescored token by token: a score that lost its last step is caught."""
+    from nnspec import decode
+    search = decode.beam_search
+
+    def forgetful(*args, **kw):
+        found = search(*args, **kw)
+        for hyps in found if kw.get("beam") == 3 else ():
+            for h in hyps:
+                h.score -= h.steps[-1] if h.ended else 0.0
+        return found
+    monkeypatch.setattr(decode, "beam_search", forgetful)
+    seeds = [s for s in range(1000) if "decode" in generate(s).tags][:5]
+    messages = [f.message for s in seeds for f in check(generate(s).text(), s, oracles=["decode"]).failures]
+    assert any("beam 3" in m for m in messages), messages
 
 
 def test_padding_that_leaks_fails_the_batch_oracle(monkeypatch):

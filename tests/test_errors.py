@@ -207,6 +207,20 @@ def test_unused_value():
     assert shown.underlined == "z = relu(x)"
 
 
+def test_an_unused_library_cell_is_one_error_at_its_call():
+    """Not an error inside the standard library's cell for each of its values and parameters (found
+    by the differential tester: an encoder whose states nothing read)."""
+    rendered = errors_of("input x[2] : seq\noutput y\nenc = rnn(x, H = 2)\ny = tanh(x)\n")
+    shown = at(rendered, 3, 7)
+    assert shown.message == "'enc' is computed but never used: it reaches no output and no loss"
+    assert shown.underlined == "rnn(x, H = 2)"
+    assert "<stdlib>" not in rendered and rendered.count("error:") == 1, rendered
+    for call in ("bidirectional(lstm)(x, H = 2)", "stacked(gru, 2)(x, H = 2)"):
+        rendered = errors_of(f"input x[2] : seq\noutput y\nenc = {call}\ny = tanh(x)\n")
+        assert at(rendered, 3, 7).message.startswith("'enc' is computed but never used")
+        assert "<stdlib>" not in rendered and rendered.count("error:") == 1, rendered
+
+
 def test_unused_input():
     shown = at(errors_of("input x[2]\ninput u[3]\noutput y\ny = tanh(x)\n"), 2, 1)
     assert shown.message == "input 'u' is never used"

@@ -80,15 +80,30 @@ def collate(encoded: Encoded, index: np.ndarray, dtype=np.float32) -> Batch:
     return Batch(arrays, lengths, mask, len(index), index)
 
 
-def _length_groups(order: np.ndarray, lengths: np.ndarray, batch_size: int, pool: int) -> list[np.ndarray]:
+def _length_groups(order: np.ndarray, lengths: list[np.ndarray], batch_size: int, pool: int) -> list[np.ndarray]:
     """Cut ``order`` into pools, sort each by length, and batch it: similar
-    lengths share a batch, so little is padded, yet pools keep the randomness."""
+    lengths share a batch, so little is padded, yet pools keep the randomness.
+    ``lengths``: one array per sequence axis (an encoder's source, a decoder's target)."""
     batches = []
     for start in range(0, len(order), pool):
-        chunk = order[start:start + pool]
-        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+        chunk = _by_length(order[start:start + pool], lengths, batch_size)
         batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
     return batches
+
+
+def _by_length(chunk: np.ndarray, lengths: list[np.ndarray], batch_size: int) -> np.ndarray:
+    """``chunk`` ordered so that batches cut from it have similar lengths on every axis: sorted by the
+    first axis's lengths and, with d axes, cut into strips of about n^((d-1)/d) of its n batches, each
+    strip ordered the same way by the other axes (a grid over the lengths: each strip spans a narrow
+    range of the first axis, each batch within it a narrow range of the next). Sorting by the first
+    axis alone pads the others as if unsorted when their lengths do not follow the first's."""
+    chunk = chunk[np.argsort(lengths[0][chunk], kind="stable")]
+    if len(lengths) == 1 or len(chunk) <= batch_size:
+        return chunk
+    batches = -(-len(chunk) // batch_size)
+    strip = batch_size * max(1, round(batches ** ((len(lengths) - 1) / len(lengths))))
+    return np.concatenate([_by_length(chunk[i:i + strip], lengths[1:], batch_size)
+                           for i in range(0, len(chunk), strip)])
 
 
 def iterate_batches(encoded: Encoded, batch_size: int, *, shuffle: bool,
@@ -98,8 +113,8 @@ def iterate_batches(encoded: Encoded, batch_size: int, *, shuffle: bool,
 
     The order is drawn from ``rng`` when this is called, not while iterating, so
     it depends only on the rng's state at the call. ``by_length`` groups
-    sequences of similar length (in shuffled pools when shuffling, over the
-    whole split otherwise) and, when shuffling, shuffles the batches.
+    sequences of similar length, on every sequence axis (in shuffled pools when
+    shuffling, over the whole split otherwise) and, when shuffling, shuffles the batches.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -109,7 +124,8 @@ def iterate_batches(encoded: Encoded, batch_size: int, *, shuffle: bool,
     order = rng.permutation(n) if shuffle else np.arange(n)
     if by_length and encoded.lengths is not None:
         pool = batch_size * POOL_BATCHES if shuffle else n
-        batches = _length_groups(order, encoded.lengths, batch_size, max(pool, 1))
+        per_axis = [ls for ls in encoded.axis_lengths.values() if np.shape(ls) == (n,)] or [encoded.lengths]
+        batches = _length_groups(order, per_axis, batch_size, max(pool, 1))
         if shuffle:
             batches = [batches[i] for i in rng.permutation(len(batches))]
     else:

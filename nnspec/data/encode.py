@@ -23,7 +23,7 @@ class Encoded:
     weighted presence (``nb_scale``: see normalize.NaiveBayesScaler). ``lengths`` (N,) are the sequence lengths, None
     without sequence fields; all sequence fields of an example on one axis have that length.
     ``axis_lengths``: each sequence axis's lengths; with several axes (an encoder's source and
-    a decoder's target) ``lengths`` are those of the first (what batching by length sorts by).
+    a decoder's target) ``lengths`` are those of the first (batching by length sorts by all of them).
     """
 
     fields: list[FieldSpec]

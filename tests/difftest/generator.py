@@ -16,8 +16,10 @@ constant and computed initial states; a user cell instantiated twice; every stdl
 plain, ``reverse``, ``bidirectional`` and ``stacked``; every reduction over time; every
 loss, per step and per example, weighted and several at once; padded batches of mixed
 lengths (the runner picks the lengths); a second sequence input on an axis of its own (``seq(k)``,
-its own lengths) read through attention (dot and additive, after a loop and inside one) and
-reductions.
+its own lengths), raw or through an encoder looping over it, read through attention (dot and
+additive, after a loop and inside one, or written out with along, dot, sum_features and
+softmax_steps), reductions and initial states; and, for some seeds, a small encoder-decoder with a
+``decode`` declaration (:class:`DecoderGenerator`).
 """
 from __future__ import annotations
 
@@ -432,23 +434,37 @@ class Generator:
         self.pool.append(Val(a, s1, True))
 
     def block_other_axis(self):
-        """A sequence input on an axis of its own (its own lengths), read from the main axis through
-        attention (dot product or additive; after a loop, or inside one with the state as query) or a
-        reduction. Values on that axis stay out of the pool: combined with the main axis unrelated,
-        they would not compile."""
+        """A sequence input on an axis of its own (its own lengths), read as it is or through an encoder
+        looping over that axis, from the main axis through attention (dot product or additive; after a
+        loop, or inside one with the state as query; or written out with along, dot, sum_features and
+        softmax_steps), a reduction, or a main-axis loop's initial state. Values on that axis stay out
+        of the pool: combined with the main axis unrelated, they would not compile."""
         k, sk = self.fresh("x"), self.size()
         self.stmts.append(Stmt("input", f"input {k}[{sk}] : seq(k{self.counter})", defines=k))
+        if self.r.random() < 0.4:
+            k, sk = self.other_axis_encoder(k, sk)
         n, s = self.fresh("v"), self.size()
         c = self.r.random()
-        if c < 0.2:   # a reduction: one value per example, usable on any axis
+        if c < 0.15:   # a reduction: one value per example, usable on any axis
             red = self.r.choice(REDUCTIONS)
             self.tags.add("other_axis:reduce")
             self.add_value(n, s, False, self.project(Expr(red + "({0})", [Expr(k, [], sk, True)], sk, False), s,
                                                      declare=True))
             return
         q = self.pick(seq=True)
+        if c < 0.25:   # a main-axis loop starting from a summary of the other axis
+            self.tags.add("other_axis:initial")
+            red, w = self.r.choice(REDUCTIONS), self.fresh("W")
+            self.add_value(n, s, True, self.project(leaf(q), s, declare=True),
+                           text=f"{n}[{s}] = tanh({{e}} + {self.fresh('U')} @ {n}[t-1])")
+            self.stmts.append(Stmt("initial", f"initial {n} = tanh({w} @ {red}({k}))", about=n))
+            self.stmts.append(Stmt("param", f"param {w}[{s}, {sk}]", about=w))
+            return
+        if c < 0.45:
+            self.attention_by_hand(n, q, k, sk)
+            return
         additive = self.r.random() < 0.4
-        if c < 0.6:   # attention after the loop that made the query
+        if c < 0.7:   # attention after the loop that made the query
             self.tags.add("other_axis:attention" + (":additive" if additive else ""))
             query = self.param_matmul(leaf(q), q.size if additive else sk, declare=True)
             call = f"additive_attention({{e}}, {k}, A = 2)" if additive else f"attention({{e}}, {k})"
@@ -464,6 +480,52 @@ class Generator:
                   else f"attention({wq} @ {n}[t-1], {k})")
         x = self.project(leaf(q), s, declare=True)
         self.add_value(n, s, True, x, text=f"{n}[{s}] = tanh({{e}} + {u} @ {n}[t-1] + {wc} @ {attend})")
+
+    def other_axis_encoder(self, k: str, sk: int) -> tuple[str, int]:
+        """A loop over the other axis reading its input: a library cell (plain, reversed or both ways)
+        or a hand-written one with a delayed read of the input. Returns its name and size."""
+        e, s = self.fresh("enc"), self.size()
+        c = self.r.random()
+        if c < 0.5:
+            cell, wrap = self.r.choice(STDLIB), self.r.choice(["", "", "reverse", "bidirectional"])
+            self.tags.add(f"other_axis:encoder:{wrap or 'plain'}")
+            call = {"": cell, "reverse": f"reverse({cell})", "bidirectional": f"bidirectional({cell})"}[wrap]
+            self.stmts.append(Stmt("eq", f"{e} = {call}({k}, H = {s})", defines=e))
+            return e, 2 * s if wrap == "bidirectional" else s
+        d, read = self.r.choice(["[t-1]", "[t+1]", "[t-2]"]), self.r.choice(["[t-1]", "[t+1]"])
+        self.tags.add("other_axis:encoder:hand")
+        w, v, u = self.fresh("W"), self.fresh("W"), self.fresh("U")
+        for name, shape in ((w, (s, sk)), (v, (s, sk)), (u, (s, s))):
+            self.stmts.append(Stmt("param", f"param {name}[{shape[0]}, {shape[1]}]", about=name))
+        self.stmts.append(Stmt("eq", f"{e}[{s}] = tanh({w} @ {k} + {v} @ {k}{read} + {u} @ {e}{d})", defines=e))
+        if self.r.random() < 0.3:
+            self.tags.add("other_axis:encoder:initial")
+            self.stmts.append(Stmt("initial", f"initial {e} = {self.fresh('h0_')}", about=e))
+        return e, s
+
+    def attention_by_hand(self, n: str, q: Val, k: str, sk: int):
+        """Scores of each main-axis step against every step of k, written out: along, dot or
+        sum_features, softmax_steps, and a reduction of the weighted keys; the scores or the weights
+        (values on two axes) sometimes an output."""
+        sc, a = self.fresh("sc"), self.fresh("a")
+        self.tags.add("other_axis:by_hand")
+        query = self.param_matmul(leaf(q), sk, declare=True)
+        if self.r.random() < 0.5:
+            self.tags.add("other_axis:dot")
+            self.stmts.append(Stmt("eq", f"{sc} = dot(along({{e}}, {k}), {k})", query, defines=sc))
+        else:
+            self.tags.add("other_axis:sum_features")
+            wk = self.fresh("W")
+            self.stmts.append(Stmt("param", f"param {wk}[{sk}, {sk}]", about=wk))
+            self.stmts.append(Stmt("eq", f"{sc} = sum_features(tanh(along({{e}}, {k}) + {wk} @ {k}))", query,
+                                   defines=sc))
+        self.stmts.append(Stmt("eq", f"{a} = softmax_steps({sc})", defines=a))
+        red = self.r.choice(["sum", "sum", "max", "mean"])
+        self.add_value(n, sk, True, Expr(f"{red}({a} * {k})", [], sk, True), text=f"{n}[{sk}] = {{e}}")
+        if self.r.random() < 0.3:
+            self.tags.add("other_axis:two_axes_output")
+            shown = self.r.choice([sc, a])
+            self.stmts.append(Stmt("output", f"output {shown}", about=shown))
 
     def block_two_inputs(self):
         """A cell of two inputs, and a loop reading a concatenation with its own state."""
@@ -531,5 +593,127 @@ class Generator:
         return Spec(stmts, self.seed, self.tags)
 
 
+# ---- encoder-decoders with a decode declaration -------------------------------------------------
+
+DECODER_SHARE = 0.06          # of the seeds: an encoder-decoder (drawn apart, so other seeds keep their spec)
+DECODER_CELLS = ["rnn", "lstm", "gru", "hand"]
+ATTENTION = ["none", "dot", "additive", "in_loop", "in_loop_additive"]
+PREDICTIONS = {"cross_entropy": "softmax", "nll": "log_softmax", "cross_entropy_logits": ""}   # loss: activation
+START, END = 2, 3             # the symbols' ids in a decoded vocabulary (0 <pad>, 1 <unk>), for the oracle
+
+
+def makes_decoder(seed: int) -> bool:
+    return random.Random(f"decoder {seed}").random() < DECODER_SHARE
+
+
+class DecoderGenerator:
+    """A small encoder-decoder: an encoder over a source on an axis of its own, a decoder over the
+    target's axis reading the gold token of the step before (teacher forcing), an initial state from
+    the encoder or none, attention (dot or additive, after the decoder's loop or inside it) or none,
+    a prediction compared with the target by a class loss, and ``decode tgt from p``. The target is
+    on the default axis (``time``), so the runner's batches pad it as any sequence; the oracles check
+    the teacher-forced loss as usual, and ``decode`` checks greedy decoding and beam 1."""
+
+    def __init__(self, seed: int):
+        self.seed = seed
+        self.r = random.Random(f"decoder spec {seed}")
+        self.stmts: list[Stmt] = []
+        self.tags: set[str] = {"decode"}
+        self.counter = 0
+
+    def fresh(self, prefix: str) -> str:
+        self.counter += 1
+        return f"{prefix}{self.counter}"
+
+    def add(self, kind: str, text: str, defines: str | None = None, about: str | None = None):
+        self.stmts.append(Stmt(kind, text, defines=defines, about=about))
+
+    def cell(self, name: str, x: str, h: int):
+        """``name`` = a recurrent layer over ``x`` (an expression on the loop's axis) of size ``h``."""
+        kind = self.r.choice(DECODER_CELLS)
+        self.tags.add("decode:cell:" + kind)
+        if kind == "hand":
+            self.add("eq", f"{name}[{h}] = tanh({self.fresh('W')} @ {x} + {self.fresh('U')} @ {name}[t-1] + "
+                           f"{self.fresh('b')})", defines=name)
+        else:
+            self.add("eq", f"{name} = {kind}({x}, H = {h})", defines=name)
+
+    def spec(self) -> Spec:
+        r = self.r
+        if r.random() < 0.2:
+            return self.conditioned()
+        src, tgt = self.fresh("w"), self.fresh("d")
+        axis = f"s{self.counter}"
+        if r.random() < 0.8:
+            self.add("input", f"input {src} : seq({axis}) of token", defines=src)
+            source = f"embed({src}, {r.randint(1, 3)})"
+        else:
+            self.tags.add("decode:real_source")
+            self.add("input", f"input {src}[{r.randint(1, 3)}] : seq({axis})", defines=src)
+            source = src
+        self.add("input", f"input {tgt} : seq of token", defines=tgt)
+        h = r.randint(1, 3)
+        enc, ye, dec, c = self.fresh("enc"), self.fresh("ye"), self.fresh("dec"), self.fresh("c")
+        self.cell(enc, source, h)
+        self.add("eq", f"{ye} = embed({tgt}, {r.randint(1, 3)})", defines=ye)
+        attention = r.choice(ATTENTION)
+        self.tags.add("decode:attention:" + attention)
+        if attention.startswith("in_loop"):      # the previous state attends; the context feeds the step
+            call = f"additive_attention({dec}[t-1], {enc}, A = 2)" if attention.endswith("additive") else \
+                f"attention({self.fresh('W')} @ {dec}[t-1], {enc})"
+            if attention == "in_loop":
+                self.add("param", f"param W{self.counter}[{h}, {h}]", about=f"W{self.counter}")
+            self.add("eq", f"{c} = {call}", defines=c)
+            self.cell(dec, f"concat({ye}[t-1], {c})", h)
+        else:
+            self.cell(dec, f"{ye}[t-1]", h)
+            if attention != "none":
+                call = f"additive_attention({dec}, {enc}, A = 2)" if attention == "additive" else \
+                    f"attention({dec}, {enc})"
+                self.add("eq", f"{c} = {call}", defines=c)
+        init = r.choice(["none", "last", "mean", "projected"] if attention != "none" else ["last", "mean", "projected"])
+        self.tags.add("decode:initial:" + init)
+        if init in ("last", "mean"):
+            self.add("initial", f"initial {dec} = {init}({enc})", about=dec)
+        elif init == "projected":
+            self.add("initial", f"initial {dec} = tanh({self.fresh('W')} @ first({enc}))", about=dec)
+            self.add("param", f"param W{self.counter}[{h}, {h}]", about=f"W{self.counter}")
+        return self.ends(tgt, dec if attention == "none" else f"concat({dec}, {c})")
+
+    def conditioned(self) -> Spec:
+        """A decoder conditioned on one vector per example (no source sequence: its axis is the only
+        one): the vector fed at every step, or as the initial state, or both."""
+        r = self.r
+        z, tgt = self.fresh("z"), self.fresh("d")
+        self.tags.add("decode:vector_source")
+        self.add("input", f"input {z}[{r.randint(1, 3)}]", defines=z)
+        self.add("input", f"input {tgt} : seq of token", defines=tgt)
+        h, ye, dec = r.randint(1, 3), self.fresh("ye"), self.fresh("dec")
+        self.add("eq", f"{ye} = embed({tgt}, {r.randint(1, 3)})", defines=ye)
+        fed = r.random() < 0.5
+        self.cell(dec, f"concat({ye}[t-1], {z})" if fed else f"{ye}[t-1]", h)
+        if not fed or r.random() < 0.5:
+            self.add("initial", f"initial {dec} = tanh({self.fresh('W')} @ {z})", about=dec)
+        return self.ends(tgt, dec)
+
+    def ends(self, tgt: str, features: str) -> Spec:
+        """The prediction from ``features``, its loss against the target, and the declaration."""
+        r = self.r
+        loss = r.choice(sorted(PREDICTIONS))
+        self.tags.add("decode:loss:" + loss)
+        p = self.fresh("p")
+        self.add("output", f"output {p}", about=p)
+        scores = f"{self.fresh('V')} @ {features} + {self.fresh('b')}"
+        self.add("eq", f"{p} = {PREDICTIONS[loss]}({scores})" if PREDICTIONS[loss] else f"{p} = {scores}", defines=p)
+        self.add("loss", f"loss {loss}({p}, {tgt})")
+        start = ', start "<s>"' if r.random() < 0.7 else ""
+        self.tags.add("decode:start" if start else "decode:no_start")
+        self.add("decode", f'decode {tgt} from {p}{start}, end "</s>", max {r.randint(1, 4)}')
+        order = ["input", "output", "eq", "initial", "param", "loss", "decode"]
+        return Spec(sorted(self.stmts, key=lambda st: order.index(st.kind)), self.seed, self.tags)
+
+
 def generate(seed: int) -> Spec:
+    if makes_decoder(seed):
+        return DecoderGenerator(seed).spec()
     return Generator(seed).spec()

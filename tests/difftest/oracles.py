@@ -16,7 +16,11 @@ the loss (when the spec has one) plus ``sum(output * G)`` over the outputs, for 
            steps, the loss (each loss term weighted as the batch averages it: over examples, or
            over real steps), every gradient (and zero gradient at padding);
   repeat   the fast runtime's second and third pass on one geometry, and again after a pass on
-           another geometry, against its first pass (the runtime keeps prepared runs per geometry).
+           another geometry, against its first pass (the runtime keeps prepared runs per geometry);
+  decode   (specs with a ``decode`` declaration) greedy decoding by nnspec.decode, a batch at once,
+           against one example at a time, each token the argmax of a full forward pass of PyTorch's
+           translation (the reference interpreter without torch) fed the tokens written so far;
+           beam search with beam 1 against greedy; scores of ended sequences (greedy, beam 3) rescored.
 
 Errors are relative: an output's to its largest value (at least 1), a gradient's to the largest
 gradient of the run. The tolerance is 1e-6.
@@ -35,7 +39,7 @@ import numpy as np
 from nnspec import SpecError, compile_text
 from nnspec.ops import REGISTRY
 from nnspec.optimize import optimize_plan
-from nnspec.plan import LoopStep
+from nnspec.plan import LoopStep, plan_axes
 from nnspec.runtime import ExecOptions, Executor
 
 try:  # another helper's oracle; absent on some branches
@@ -43,9 +47,10 @@ try:  # another helper's oracle; absent on some branches
 except ImportError:  # pragma: no cover - depends on the branch and on torch being installed
     torch_run = None
 
-ORACLES = ["fast", "optimize", "fd", "torch", "batch", "repeat"]
+ORACLES = ["fast", "optimize", "fd", "torch", "batch", "repeat", "decode"]
 TOLERANCE = 1e-6
 BINDINGS = {f"vocab(w{i})": 5 for i in range(1, 200)}
+BINDINGS.update({f"vocab(d{i})": 6 for i in range(1, 200)})    # decoded: <pad> <unk> <s> </s> and two tokens
 LOSS_OPS = {name for name, op in REGISTRY.items() if op.prediction is not None}
 REFERENCE = ExecOptions.reference()   # every step by nnspec/runtime/reference.py
 
@@ -156,10 +161,34 @@ def output_seeds(plan, values, batch: Batch, seed: int) -> dict[str, np.ndarray]
     seeds = {}
     for o in plan.outputs:
         g = rng.normal(size=values[o].shape)
-        if batch.lengths is not None and g.ndim >= 2 and g.shape[0] == batch.steps and _is_seq(plan, o):
-            g = g * _real(batch, g.ndim)
+        if batch.lengths is not None and _is_seq(plan, o):
+            g = g * _real_on(plan, batch, o, g.ndim)
         seeds[o] = g
     return seeds
+
+
+def _axis_lengths(batch: Batch, axis: str) -> np.ndarray:
+    return batch.other_axes[axis] if axis in batch.other_axes else batch.lengths
+
+
+def _real_on(plan, batch: Batch, name: str, ndim: int) -> np.ndarray:
+    """Which positions of a sequence value are real, (T_a1, ..., T_ak, B, 1, ...) for its axes."""
+    axes = plan_axes(plan).get(name, ()) or ("time",)
+    real = np.ones((batch.batch,), dtype=bool)
+    for axis in reversed(axes):
+        ls = _axis_lengths(batch, axis)
+        steps = batch.steps if axis not in batch.other_axes else int(ls.max())
+        on = np.arange(steps)[:, None] < ls[None, :]
+        real = on.reshape((steps,) + (1,) * (real.ndim - 1) + (batch.batch,)) & real[None]
+    return real.reshape(real.shape + (1,) * (ndim - real.ndim)).astype(float)
+
+
+def _example(plan, batch: Batch, name: str, a: np.ndarray, i: int, seq: set) -> np.ndarray:
+    """Example i's part of a value laid out for the batch: its real steps on each of its axes."""
+    if name not in seq:
+        return a[i:i + 1]
+    axes = plan_axes(plan).get(name, ()) or ("time",)
+    return a[tuple(slice(0, int(_axis_lengths(batch, axis)[i])) for axis in axes) + (slice(i, i + 1),)]
 
 
 def _real(batch: Batch, ndim: int) -> np.ndarray:
@@ -219,7 +248,7 @@ def compare(oracle: str, got: Run, want: Run, plan, batch: Batch, out: Outcome, 
             out.errors[oracle] = math.inf
             return
         if batch.lengths is not None and k in plan.outputs and _is_seq(plan, k):
-            mask = _real(batch, w.ndim)
+            mask = _real_on(plan, batch, k, w.ndim)
             g, w = g * mask, w * mask
         e = float(np.abs(g - w).max() / max(np.abs(w).max(), 1.0)) if w.size else 0.0
         if not e <= worst:
@@ -324,6 +353,14 @@ def _check(text: str, seed: int, oracles) -> Outcome:
                 _crash("batch", out, e)
     if "torch" in oracles:
         check_torch(opt, ref_raw, params, batch, seeds, out)
+    if "decode" in oracles:
+        if opt.decoder is None:
+            out.skipped["decode"] = "no decode declaration"
+        else:
+            try:
+                check_decode(opt, raw, params, batch, out)
+            except Exception as e:
+                _crash("decode", out, e)
     return out
 
 
@@ -421,7 +458,11 @@ def check_batch(ex: Executor, params, batch: Batch, seeds, want: Run, out: Outco
         return
     B = batch.batch
     lengths = batch.lengths if batch.lengths is not None else np.ones(B, dtype=np.int64)
-    total_steps = lengths.sum()
+    axes = plan_axes(plan)
+
+    def positions(name: str, i: int) -> int:
+        """Example i's real positions of a value (over all its axes)."""
+        return int(np.prod([_axis_lengths(batch, a)[i] for a in axes.get(name, ())]))
     loss_sum = 0.0
     grad_sum = {k: np.zeros_like(g) for k, g in want.grads.items() if k in params}
     worst, where = 0.0, ""
@@ -432,16 +473,16 @@ def check_batch(ex: Executor, params, batch: Batch, seeds, want: Run, out: Outco
             feeds[k] = a[:batch.length(plan, k, i, n), i:i + 1] if k in seq else a[i:i + 1]
         alone = Batch(feeds, np.array([n]) if batch.lengths is not None else None, n if batch.lengths is not None
                       else 0, 1, {a: ls[i:i + 1] for a, ls in batch.other_axes.items()})
-        s = {o: (g[:n, i:i + 1] if o in seq else g[i:i + 1]) for o, g in seeds.items()}
+        s = {o: _example(plan, batch, o, g, i, seq) for o, g in seeds.items()}
         tape = ex.forward(params, feeds, lengths=alone.run_lengths)
         for t in terms:
-            per_step = t.inputs[0][0] in seq
-            w = (n / total_steps) if per_step else 1.0 / B
+            pred = t.inputs[0][0]
+            w = positions(pred, i) / sum(positions(pred, j) for j in range(B)) if pred in seq else 1.0 / B
             s[t.id] = np.full_like(tape.values[t.id], coeff[t.id] * w)
             loss_sum += coeff[t.id] * w * float(np.sum(tape.values[t.id]))
         for o in plan.outputs:
             got = tape.values[o]
-            ref = want.values[o][:n, i:i + 1] if o in seq else want.values[o][i:i + 1]
+            ref = _example(plan, batch, o, want.values[o], i, seq)
             e = float(np.abs(got - ref).max() / max(np.abs(ref).max(), 1.0))
             if not e <= worst:
                 worst, where = e, f"output {o} of example {i}"
@@ -484,14 +525,11 @@ def check_torch(compiled, ex: Executor, params, batch: Batch, seeds, out: Outcom
         out.skipped["torch"] = "tests/difftest/torch_oracle.py or torch is missing"
         return
     plan = ex.plan
-    if batch.other_axes:
-        out.skipped["torch"] = "several sequence axes (tests/test_axes.py has PyTorch models of its own)"
-        return
     try:
         kwargs = {}
         if plan.loss is None and "seeds" in inspect.signature(torch_run).parameters:
             kwargs["seeds"] = seeds
-        result = torch_run(compiled, params, batch.feeds, batch.lengths, **kwargs)
+        result = torch_run(compiled, params, batch.feeds, batch.run_lengths, **kwargs)
     except Exception as e:
         if type(e).__name__ == "Untranslatable":
             out.skipped["torch"] = f"untranslatable: {getattr(e, 'construct', e)}"
@@ -526,3 +564,108 @@ def check_torch(compiled, ex: Executor, params, batch: Batch, seeds, out: Outcom
         compare("torch", got, want, plan, batch, out)
     except Exception as e:
         _crash("torch", out, e)
+
+
+# ---- decoding -------------------------------------------------------------------------------------
+
+DECODE_START, DECODE_END = 2, 3     # the symbols' ids in a decoded vocabulary (0 <pad>, 1 <unk>)
+NEVER_WRITTEN = (0, 1)              # <pad>, <unk> (and the start symbol): decoding never writes them
+
+
+def check_decode(compiled, raw, params, batch: Batch, out: Outcome) -> None:
+    """nnspec's greedy decoding and beam 1 against greedy decoding written out here: per example,
+    each step one full forward pass fed the start symbol, the tokens so far and one more step; the
+    score of every ended sequence of greedy and of beam 3 against nnspec.decode.sequence_score's (a
+    pass per token, fed the whole prefix); beam 3's sequences best first, none twice."""
+    from nnspec.decode import beam_search, greedy, sequence_score
+    from nnspec.model import Model
+    decoder = compiled.decoder
+    start = DECODE_START if decoder.start is not None else None
+    plan = compiled.plan
+    feeds = {v.name: batch.feeds[v.name] for v in plan.inputs if v.name != decoder.input}
+    lengths = {a: ls for a, ls in batch.other_axes.items()}
+    model = Model(compiled, {k: np.array(v) for k, v in params.items()}, dtype=np.float64)
+    got = greedy(model, feeds, lengths or None, start=start, end=DECODE_END)
+    beams = beam_search(model, feeds, lengths or None, beam=1, start=start, end=DECODE_END)
+    wide = beam_search(model, feeds, lengths or None, beam=3, start=start, end=DECODE_END)
+    kind = _prediction_kind(compiled, decoder)
+    worst, where = 0.0, ""
+    for b in range(batch.batch):
+        tokens, score, ended = _greedy_alone(compiled, raw, params, batch, b, decoder, start, kind)
+        for what, h in (("greedy", got[b]), ("beam 1", beams[b][0])):
+            if (h.tokens, h.ended) != (tokens, ended):
+                out.failures.append(Failure("decode", f"{what} of example {b}: {h.tokens} (ended {h.ended}), "
+                                                      f"one step at a time: {tokens} (ended {ended})"))
+                out.errors["decode"] = math.inf
+                return
+            e = abs(h.score - score) / max(abs(score), 1.0)
+            if not e <= worst:
+                worst, where = e, f"{what} score of example {b}: {h.score!r}, one step at a time {score!r}"
+        alone = {k: v[:, b:b + 1] if any(i.name == k and i.seq for i in plan.inputs) else v[b:b + 1]
+                 for k, v in feeds.items()}
+        alone_lengths = {a: ls[b:b + 1] for a, ls in lengths.items()} or None
+        ended_ones = ([("greedy", tokens, score)] if ended else []) + [
+            (f"beam 3's hypothesis {j}", h.tokens, h.score) for j, h in enumerate(wide[b]) if h.ended]
+        for what, ts, sc in ended_ones:        # rescored by one pass per token, fed the whole prefix
+            again = sequence_score(model, alone, ts, alone_lengths, start=start, end=DECODE_END)
+            e = abs(again - sc) / max(abs(sc), 1.0)
+            if not e <= worst:
+                worst, where = e, f"{what} of example {b}: score {sc!r}, sequence_score {again!r}"
+        scores = [h.score for h in wide[b]]
+        if scores != sorted(scores, reverse=True) or len({tuple(h.tokens) for h in wide[b]}) != len(scores):
+            out.failures.append(Failure("decode", f"beam 3 of example {b}: not best first, or a sequence twice: "
+                                                  f"{[(h.tokens, h.score) for h in wide[b]]}"))
+            out.errors["decode"] = math.inf
+            return
+    note(out, "decode", worst, where)
+
+
+def _prediction_kind(compiled, decoder) -> str:
+    """What the decoded prediction holds, from the class loss that compares it with the input."""
+    for loss in compiled.flat.losses:
+        e = loss.value
+        names = [getattr(a, "name", None) for a in getattr(e, "args", [])]
+        if getattr(e, "func", None) in REGISTRY and names == [decoder.prediction, decoder.input]:
+            return REGISTRY[e.func].prediction
+    raise AssertionError(f"no loss compares {decoder.prediction} with {decoder.input}")
+
+
+def _greedy_alone(compiled, raw, params, batch: Batch, b: int, decoder, start, kind):
+    """Example b decoded alone: (tokens, score, ended)."""
+    plan = compiled.plan
+    feeds, lengths = {}, {}
+    for v in plan.inputs:
+        if v.name == decoder.input:
+            continue
+        a = batch.feeds[v.name]
+        if v.seq:
+            axis = _input_axis(plan, v.name)
+            n = int(batch.other_axes[axis][b]) if axis in batch.other_axes else int(batch.lengths[b])
+            feeds[v.name], lengths[axis] = a[:n, b:b + 1], np.array([n])
+        else:
+            feeds[v.name] = a[b:b + 1]
+    written, score = [], 0.0
+    for _ in range(decoder.max_length):
+        fed = np.array(([start] if start is not None else []) + written + [0], dtype=np.int64).reshape(-1, 1)
+        run_lengths = {**lengths, decoder.axis: np.array([fed.shape[0]])}
+        if torch_run is not None:
+            p = torch_run(compiled, params, {**feeds, decoder.input: fed}, run_lengths).outputs[decoder.prediction]
+        else:
+            tape = Executor(raw.plan, dtype=np.float64, options=REFERENCE).forward(
+                params, {**feeds, decoder.input: fed}, lengths=run_lengths)
+            p = tape.values[decoder.prediction]
+        row = np.asarray(p, dtype=np.float64)[-1, 0]
+        if kind == "probabilities":
+            with np.errstate(divide="ignore"):
+                log_p = np.log(row)
+        elif kind == "logits":
+            log_p = row - row.max() - np.log(np.exp(row - row.max()).sum())
+        else:
+            log_p = row.copy()
+        log_p[list(NEVER_WRITTEN) + ([start] if start is not None else [])] = -np.inf
+        token = int(np.argmax(log_p))
+        score += float(log_p[token])
+        if token == DECODE_END:
+            return written, score, True
+        written.append(token)
+    return written, score, False

@@ -9,19 +9,25 @@ and the name of an embedding table written inside a larger expression.
 
 It is simple on purpose, and slow:
 
-* every example of the batch runs alone, over its own length: there is no padding at all;
-* a value of a sequence is computed at one step at a time, on demand, and remembered:
-  ``value(h, t)`` evaluates ``h``'s equation at step ``t``, and ``h[t-1]`` asks for
-  ``value(h, t - 1)``, or, before the first step (after the last, for ``h[t+1]``), for ``h``'s
-  initial state (docs/language.md section 8: zeros, a learned parameter, or an expression);
-  so forward, backward and two-step recurrences need no loop analysis;
+* every example of the batch runs alone, over its own lengths: there is no padding at all;
+* every value has its sequence axes (docs/language.md section 18), inferred here from the
+  equations alone: an input's axis, the longer of two that line up from the inside out,
+  ``along(x, s)`` adds the innermost axis of ``s``, a reduction removes its argument's innermost;
+* a value is computed at one position at a time (a step on each of its axes), on demand, and
+  remembered: ``value(h, {"out": 3})`` evaluates ``h``'s equation there, and ``h[t-1]`` asks for
+  ``h`` one step earlier on its outermost axis, or, before the first step (after the last, for
+  ``h[t+1]``), for ``h``'s initial state (docs/language.md section 8: zeros, a learned parameter,
+  or an expression); so forward, backward and two-step recurrences, and loops over one axis that
+  read a value on another whole (attention inside a decoder), need no loop analysis;
+* a reduction, ``softmax_steps`` and a loss visit the real steps of an example only, which is
+  what masking the padding means;
 * a loss is one number for the batch (section 9): the sum of its terms over every real
   position of every example, divided by the number of positions that count; the loss lines are
   added; anything computed from a loss (``0.1 * mse(...)``) is computed from those numbers.
 
-Outputs come back as nnspec's runtime lays them out: ``(B, ...)``, sequences time-major
-``(T, B, ...)`` with the padding steps zero, a real scalar as ``(..., 1)``, a batch-level
-value (a loss) as a 0-d array. Gradients are of the loss; without a loss, of
+Outputs come back as nnspec's runtime lays them out: ``(B, ...)``, a value on the axes
+``(a1, ..., ak)`` as ``(T_a1, ..., T_ak, B, ...)`` with the padding steps zero, a real scalar as
+``(..., 1)``, a batch-level value (a loss) as a 0-d array. Gradients are of the loss; without a loss, of
 ``sum(output * seed)`` over the outputs (``seeds``: arrays laid out like the outputs; by
 default ones on every real position).
 
@@ -30,6 +36,7 @@ skip the case and count it.
 """
 from __future__ import annotations
 
+import itertools
 import math
 import sys
 from dataclasses import dataclass, field
@@ -47,6 +54,7 @@ CLASS_LOSSES = {"cross_entropy", "cross_entropy_logits", "nll"}
 FLOAT_LOSSES = {"mse", "bce", "bce_logits", "perceptron", "hinge"}
 LOSSES = CLASS_LOSSES | FLOAT_LOSSES
 INTEGER_ELEMS = {"token", "char", "class"}
+DEFAULT_AXIS = "time"           # the axis of a sequence whose type names none (docs: section 18)
 
 
 class Untranslatable(Exception):
@@ -63,6 +71,8 @@ class TorchResult:
     loss: float | None
     grads: dict[str, np.ndarray] = field(default_factory=dict)
     sequences: set[str] = field(default_factory=set)   # outputs and inputs that are sequences (T, B, ...)
+    # outputs and inputs that are sequences -> which positions are real: (T_a1, ..., T_ak, B) booleans
+    masks: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 # ---- the spec, as the expanded equations say it ----------------------------------------------
@@ -79,42 +89,62 @@ class _Spec:
         self.initials = {i.name: i.value for i in flat.initials}
         self.losses = [loss.value for loss in flat.losses]
         self.literal_params = {p.name: p.value for p in flat.params if p.value is not None}
-        self.seq = self._sequences()
+        self.axes = self._axes()
+        self.seq = {n: bool(a) for n, a in self.axes.items()}
         self.batch_level = self._batch_level()
 
-    def input_seq(self, name: str) -> bool:
+    def input_axes(self, name: str) -> tuple[str, ...]:
         t = self.decls[name].type
-        return bool(t and t.sequence)
+        return ((t.axis or DEFAULT_AXIS),) if t and t.sequence else ()
+
+    def input_seq(self, name: str) -> bool:
+        return bool(self.input_axes(name))
 
     def integer_input(self, name: str) -> bool:
         t = self.decls[name].type
         return bool(t and t.elem in INTEGER_ELEMS)
 
-    def _sequences(self) -> dict[str, bool]:
-        """Which values change over time: a fixpoint, since recurrent values depend on themselves."""
-        seq = {n: self.input_seq(n) for n in self.decls}
-        seq.update({n: False for n in self.equations})
+    def _axes(self) -> dict[str, tuple[str, ...]]:
+        """The sequence axes of every value: a fixpoint, since recurrent values depend on themselves
+        (a loop's state is on the axis of what it reads; its reads of itself add nothing)."""
+        axes = {n: self.input_axes(n) for n in self.decls}
+        axes.update({n: () for n in self.equations})
         changed = True
         while changed:
             changed = False
             for name, e in self.equations.items():
-                s = self.expr_seq(e, seq)
-                if s and not seq[name]:
-                    seq[name] = changed = True
-        return seq
+                a = self.expr_axes(e, axes, lenient=True)
+                if len(a) > len(axes[name]):
+                    axes[name], changed = a, True
+        for e in self.equations.values():     # now every value is known: combinations must line up
+            self.expr_axes(e, axes)
+        return axes
 
-    def expr_seq(self, e, seq) -> bool:
+    def expr_axes(self, e, axes=None, lenient=False) -> tuple[str, ...]:
+        axes = self.axes if axes is None else axes
         if isinstance(e, (ast.Name, ast.Delayed)):
-            return seq.get(e.name, False)
+            return axes.get(e.name, ())
         if isinstance(e, ast.BinOp):
-            return self.expr_seq(e.left, seq) or self.expr_seq(e.right, seq)
+            return _combine(self.expr_axes(e.left, axes, lenient), self.expr_axes(e.right, axes, lenient), lenient)
         if isinstance(e, ast.Neg):
-            return self.expr_seq(e.operand, seq)
+            return self.expr_axes(e.operand, axes, lenient)
         if isinstance(e, ast.Call):
-            if e.func in REDUCTIONS or e.func in LOSSES:
-                return False
-            return any(self.expr_seq(a, seq) for a in e.args)
-        return False
+            if e.func in LOSSES:
+                return ()
+            args = [self.expr_axes(a, axes, lenient) for a in e.args if not _is_setting(a)]
+            if e.func == "along":
+                x, s = args[0], args[1]
+                if not s or s[-1] in x:
+                    raise Untranslatable("along of a value not on another axis")
+                return x + (s[-1],)
+            out: tuple = ()
+            for a in args:
+                out = _combine(out, a, lenient)
+            return out[:-1] if e.func in REDUCTIONS else out
+        return ()
+
+    def expr_seq(self, e, seq=None) -> bool:
+        return bool(self.expr_axes(e))
 
     def _batch_level(self) -> set[str]:
         """Values computed from a loss: one number for the whole batch."""
@@ -146,6 +176,18 @@ class _Spec:
         if not all(isinstance(d, int) for d in shape):
             raise Untranslatable("symbolic state size", f"{name}: {shape}")
         return shape
+
+
+def _combine(a: tuple, b: tuple, lenient=False) -> tuple:
+    """The axes of a value made of values on axes a and b: they line up from the inside out."""
+    short, long = (a, b) if len(a) <= len(b) else (b, a)
+    if long[len(long) - len(short):] != short and not lenient:
+        raise Untranslatable("values on axes that do not line up", f"{a} and {b}")
+    return long
+
+
+def _is_setting(e) -> bool:
+    return isinstance(e, (ast.Number, ast.Percent)) or isinstance(e, ast.Neg) and isinstance(e.operand, ast.Number)
 
 
 def _attrs(e: ast.Call) -> tuple[list, dict]:
@@ -185,36 +227,54 @@ def _literal(e) -> np.ndarray:
 # ---- one example -----------------------------------------------------------------------------
 
 class _Example:
-    """Evaluates the equations for one example of length ``length`` (None: no sequences)."""
+    """Evaluates the equations for one example of ``lengths`` (axis -> its number of steps).
 
-    def __init__(self, run: "_Run", b: int, length: int | None):
-        self.run, self.spec, self.b, self.length = run, run.spec, b, length
-        self.memo: dict[tuple[str, int | None], torch.Tensor] = {}
-        self.busy: set[tuple[str, int | None]] = set()
+    A position ``at`` maps axes to steps; a value is evaluated at the steps of its own axes only
+    (an encoder state read at a decoder step ignores the decoder's axis)."""
+
+    def __init__(self, run: "_Run", b: int, lengths: dict[str, int]):
+        self.run, self.spec, self.b, self.lengths = run, run.spec, b, lengths
+        self.memo: dict[tuple, torch.Tensor] = {}
+        self.busy: set[tuple] = set()
+
+    def positions(self, axes: tuple):
+        """Every real position of this example on ``axes``."""
+        for steps in itertools.product(*[range(self.length(a)) for a in axes]):
+            yield dict(zip(axes, steps))
+
+    def length(self, axis: str) -> int:
+        if axis not in self.lengths:
+            raise Untranslatable("an axis no input brings", axis)
+        return self.lengths[axis]
+
+    def position(self, axes: tuple, at: dict, what: str) -> dict:
+        """``at`` cut down to ``axes`` (each of which it must give, within the example's length)."""
+        missing = [a for a in axes if a not in at]
+        if missing:
+            raise Untranslatable("sequence read without a step", f"'{what}' outside any step on {missing}")
+        for a in axes:
+            if not 0 <= at[a] < self.length(a):
+                raise AssertionError(f"step {at[a]} of '{what}' on {a} outside 0..{self.length(a) - 1}")
+        return {a: at[a] for a in axes}
 
     # values by name
-    def value(self, name: str, t: int | None) -> torch.Tensor:
+    def value(self, name: str, at: dict) -> torch.Tensor:
         spec = self.spec
         if name in spec.batch_level:
             return self.run.batch_value(name)
-        if spec.seq.get(name, False):
-            if t is None:
-                raise Untranslatable("sequence read without a step", f"'{name}' outside any step")
-            if not 0 <= t < self.length:
-                raise AssertionError(f"step {t} of '{name}' outside 0..{self.length - 1}")
-        else:
-            t = None
-        key = (name, t)
+        axes = spec.axes.get(name, ())
+        at = self.position(axes, at, name)
+        key = (name, tuple(at[a] for a in axes))
         if key in self.memo:
             return self.memo[key]
         if key in self.busy:
-            raise Untranslatable("value needing itself", f"'{name}' at step {t} (a reduction inside a loop?)")
+            raise Untranslatable("value needing itself", f"'{name}' at {at} (a reduction inside a loop?)")
         self.busy.add(key)
         try:
             if name in spec.decls:
-                v = self.run.feed(name, self.b, t)
+                v = self.run.feed(name, self.b, at)
             elif name in spec.equations:
-                v = self.eval(spec.equations[name], t)
+                v = self.eval(spec.equations[name], at)
             else:
                 v = self.run.param(name)
         finally:
@@ -222,12 +282,14 @@ class _Example:
         self.memo[key] = v
         return v
 
-    def delayed(self, name: str, offset: int, t: int | None) -> torch.Tensor:
-        if t is None:
+    def delayed(self, name: str, offset: int, at: dict) -> torch.Tensor:
+        """``name[t+offset]``: a step along the outermost axis of ``name`` (its loop's axis)."""
+        axes = self.spec.axes.get(name, ())
+        if not axes or axes[0] not in at:
             raise Untranslatable("delayed read without a step", f"{name}[t{offset:+d}]")
-        u = t + offset
-        if 0 <= u < self.length:
-            return self.value(name, u)
+        u = at[axes[0]] + offset
+        if 0 <= u < self.length(axes[0]):
+            return self.value(name, {**at, axes[0]: u})
         return self.initial(name)
 
     def initial(self, name: str) -> torch.Tensor:
@@ -237,9 +299,9 @@ class _Example:
         spec = self.spec
         if name in spec.initials:
             e = spec.initials[name]
-            if spec.expr_seq(e, spec.seq):
+            if spec.expr_seq(e):
                 raise Untranslatable("initial state that is a sequence", name)
-            v = self.eval(e, None)
+            v = self.eval(e, {})
             if v.is_floating_point() and v.dim() == 0:   # `initial h = 0.5`: every unit of the state
                 v = v * torch.ones(self.spec.state_shape(name), dtype=DTYPE)
         elif name in spec.decls and spec.integer_input(name):
@@ -251,35 +313,37 @@ class _Example:
         return v
 
     # expressions
-    def eval(self, e, t: int | None) -> torch.Tensor:
+    def eval(self, e, at: dict) -> torch.Tensor:
         if isinstance(e, ast.Number):
             return torch.tensor(e.value, dtype=DTYPE)
         if isinstance(e, ast.ListLit):
             return torch.tensor(_literal(e), dtype=DTYPE)
         if isinstance(e, ast.Name):
-            return self.value(e.name, t)
+            return self.value(e.name, at)
         if isinstance(e, ast.Delayed):
-            return self.delayed(e.name, e.offset, t)
+            return self.delayed(e.name, e.offset, at)
         if isinstance(e, ast.Neg):
-            return -self.eval(e.operand, t)
+            return -self.eval(e.operand, at)
         if isinstance(e, ast.BinOp):
-            a, b = self.eval(e.left, t), self.eval(e.right, t)
+            a, b = self.eval(e.left, at), self.eval(e.right, at)
             return _binary(e.op, a, b)
         if isinstance(e, ast.Call):
-            return self.call(e, t)
+            return self.call(e, at)
         raise Untranslatable("expression", type(e).__name__)
 
-    def steps(self, e) -> list[torch.Tensor]:
-        if self.length is None or not self.spec.expr_seq(e, self.spec.seq):
+    def steps(self, e, at: dict) -> list[torch.Tensor]:
+        """``e`` at every real step of its innermost axis (the other axes where ``at`` says)."""
+        axes = self.spec.expr_axes(e)
+        if not axes:
             raise Untranslatable("reduction over time of a value that is not a sequence")
-        return [self.eval(e, u) for u in range(self.length)]
+        return [self.eval(e, {**at, axes[-1]: u}) for u in range(self.length(axes[-1]))]
 
-    def call(self, e: ast.Call, t: int | None) -> torch.Tensor:
+    def call(self, e: ast.Call, at: dict) -> torch.Tensor:
         f = e.func
         if e.wrapper is not None:
             raise Untranslatable("wrapper left in the expanded spec", f)
         if f == "embed":
-            ids = self.eval(e.args[0], t)
+            ids = self.eval(e.args[0], at)
             table = self.run.param(self.run.table_name(e))
             return _embed(ids, table)
         if f not in REGISTRY:
@@ -288,7 +352,7 @@ class _Example:
             raise Untranslatable("loss inside a value of one example", f)
         args, attrs = _attrs(e)
         if f in REDUCTIONS:
-            xs = self.steps(args[0])
+            xs = self.steps(args[0], at)
             if f == "last":
                 return xs[-1]
             if f == "first":
@@ -296,16 +360,25 @@ class _Example:
             stacked = torch.stack(xs)
             return {"mean": lambda: stacked.mean(0), "sum": lambda: stacked.sum(0),
                     "max": lambda: stacked.amax(0)}[f]()
+        if f == "softmax_steps":      # over the real steps of the innermost axis: padding has no weight
+            axis = self.spec.expr_axes(args[0])[-1:]
+            if not axis or axis[0] not in at:
+                raise Untranslatable("softmax_steps outside a step of its axis")
+            scores = torch.stack(self.steps(args[0], at))
+            return torch.softmax(scores, dim=0)[at[axis[0]]]
+        if f == "along":              # x beside every step of s: x itself at each of them
+            return self.eval(args[0], at)
         if f == "shift":
             k = int(attrs["k"])
-            if t is None:
-                raise Untranslatable("shift of a value that is not a sequence")
-            u = t + k
-            if 0 <= u < self.length:
-                return self.eval(args[0], u)
-            like = self.eval(args[0], t)
+            axes = self.spec.expr_axes(args[0])
+            if len(axes) != 1 or axes[0] not in at:
+                raise Untranslatable("shift of a value that is not on one sequence axis")
+            u = at[axes[0]] + k
+            if 0 <= u < self.length(axes[0]):
+                return self.eval(args[0], {**at, axes[0]: u})
+            like = self.eval(args[0], at)
             return torch.full_like(like, -1) if not like.is_floating_point() else torch.zeros_like(like)
-        xs = [self.eval(a, t) for a in args]
+        xs = [self.eval(a, at) for a in args]
         return _primitive(f, xs, attrs)
 
 
@@ -370,6 +443,10 @@ def _primitive(f: str, xs: list[torch.Tensor], attrs: dict) -> torch.Tensor:
         return _binary("@", xs[0], xs[1])
     if f == "linear":
         return _binary("@", xs[0], xs[1]) + xs[2]
+    if f == "dot":                    # over the features: one number per position
+        return (xs[0] * xs[1]).sum(-1)
+    if f == "sum_features":
+        return x.sum(-1)
     if f == "concat":
         return torch.cat([v.reshape(-1) if v.dim() == 0 else v for v in xs], dim=-1)
     if f == "concat_rows":
@@ -385,37 +462,42 @@ class _Run:
         self.params = {k: torch.tensor(np.asarray(v, dtype=np.float64), requires_grad=True)
                        for k, v in params.items()}
         self.feeds: dict[str, torch.Tensor] = {}
-        self.feed_shapes: dict[str, tuple] = {}
-        B, T = None, None
+        self.steps: dict[str, int] = {}        # axis -> its padded number of steps
+        B = None
         for name, a in feeds.items():
             if name not in self.spec.decls:
                 continue
             a = np.asarray(a)
-            seq = self.spec.input_seq(name)
+            axes = self.spec.input_axes(name)
             if self.spec.integer_input(name):
                 self.feeds[name] = torch.tensor(a.astype(np.int64))
             else:
                 self.feeds[name] = torch.tensor(a.astype(np.float64), requires_grad=True)
-            self.feed_shapes[name] = a.shape
-            if seq:
-                T, B = a.shape[0], a.shape[1]
+            if axes:
+                self.steps[axes[0]], B = a.shape[0], a.shape[1]
             elif B is None:
                 B = a.shape[0]
         missing = [n for n in self.spec.decls if n not in self.feeds]
         if missing:
             raise ValueError(f"no feed for {', '.join(missing)}")
-        self.B, self.T = B, T
-        if T is not None:
-            self.lengths = [int(n) for n in (np.asarray(lengths) if lengths is not None else np.full(B, T))]
-        else:
-            self.lengths = [None] * B
-        self.examples = [_Example(self, b, self.lengths[b]) for b in range(B)]
+        self.B = B
+        self.T = self.steps.get(DEFAULT_AXIS)
+        # lengths: one array (of the time axis, or of the only axis), or a dict axis -> array
+        if lengths is not None and not isinstance(lengths, dict):
+            only = DEFAULT_AXIS if DEFAULT_AXIS in self.steps or len(self.steps) != 1 else next(iter(self.steps))
+            lengths = {only: lengths}
+        lengths = dict(lengths or {})
+        self.lengths = {axis: [int(n) for n in (np.asarray(lengths[axis]) if lengths.get(axis) is not None
+                                                 else np.full(B, T))]
+                        for axis, T in self.steps.items()}
+        self.examples = [_Example(self, b, {axis: ls[b] for axis, ls in self.lengths.items()}) for b in range(B)]
         self.batch_memo: dict[str, torch.Tensor] = {}
         self.tables: dict[int, str] = {}
 
-    def feed(self, name: str, b: int, t: int | None) -> torch.Tensor:
+    def feed(self, name: str, b: int, at: dict) -> torch.Tensor:
         a = self.feeds[name]
-        v = a[t, b] if t is not None else a[b]
+        axes = self.spec.input_axes(name)
+        v = a[at[axes[0]], b] if axes else a[b]
         d = self.spec.decls[name]
         if not d.dims and v.is_floating_point() and v.dim() == 1 and v.shape[0] == 1:
             v = v[0]                       # a real scalar held as (..., 1)
@@ -486,41 +568,33 @@ class _Run:
         """sum over every real position of every example / the number of positions that count."""
         args, _ = _attrs(e)
         total, count = torch.zeros((), dtype=DTYPE), 0
-        seq = any(self.spec.expr_seq(a, self.spec.seq) for a in args)
+        axes: tuple = ()
+        for a in args:
+            axes = _combine(axes, self.spec.expr_axes(a))
         func, args = self.logits_form(e.func, args)
         for ex in self.examples:
-            steps = range(ex.length) if seq else [None]
-            for t in steps:
-                pred, target = ex.eval(args[0], t), ex.eval(args[1], t)
+            for at in ex.positions(axes):
+                pred, target = ex.eval(args[0], at), ex.eval(args[1], at)
                 s, n = _loss_elems(func, pred, target)
                 total = total + s
                 count += n
         return total / max(count, 1)
 
     # assembling outputs
-    def output(self, name: str) -> list:
-        """A per-example value for every example: a tensor, or a list of tensors (one per step)."""
-        per_example = []
-        for ex in self.examples:
-            if self.spec.seq.get(name, False):
-                per_example.append([ex.value(name, t) for t in range(ex.length)])
-            else:
-                per_example.append(ex.value(name, None))
-        return per_example
+    def layout(self, name: str) -> torch.Tensor:
+        """A value of every example -> nnspec's array layout, (T_a1, ..., T_ak, B, ...) with zeros at
+        padding (differentiable, for seeded gradients)."""
+        axes = self.spec.axes.get(name, ())
 
-    def layout(self, name: str, per_example: list) -> torch.Tensor:
-        """Per-example values -> nnspec's array layout (differentiable, for seeded gradients)."""
-        if self.spec.seq.get(name, False):
-            like = per_example[0][0]
-            cols = []
-            for steps in per_example:
-                pad = [torch.zeros_like(like)] * (self.T - len(steps))
-                cols.append(torch.stack(list(steps) + pad))
-            out = torch.stack(cols, dim=1)
-        else:
-            out = torch.stack(per_example)
-        element = per_example[0][0] if self.spec.seq.get(name, False) else per_example[0]
-        if element.is_floating_point() and element.dim() == 0:
+        def block(ex: _Example, at: dict, rest: tuple) -> torch.Tensor:
+            if not rest:
+                return ex.value(name, at)
+            real = [block(ex, {**at, rest[0]: u}, rest[1:]) for u in range(ex.length(rest[0]))]
+            pad = [torch.zeros_like(real[0])] * (self.steps[rest[0]] - len(real))
+            return torch.stack(real + pad)
+
+        out = torch.stack([block(ex, {}, axes) for ex in self.examples], dim=len(axes))
+        if out.is_floating_point() and out.dim() == len(axes) + 1:
             out = out.unsqueeze(-1)            # a real scalar is held as (..., 1)
         return out
 
@@ -579,7 +653,7 @@ def torch_run(compiled, params: dict[str, np.ndarray], feeds: dict[str, np.ndarr
 def _torch_run(compiled, params, feeds, lengths, seeds) -> TorchResult:
     run = _Run(compiled, params, feeds, lengths)
     spec = run.spec
-    laid_out = {name: run.layout(name, run.output(name)) if name not in spec.batch_level
+    laid_out = {name: run.layout(name) if name not in spec.batch_level
                 else run.batch_value(name) for name in spec.outputs}
     outputs = {k: (v.detach().numpy() if isinstance(v, torch.Tensor) else v) for k, v in laid_out.items()}
     loss = None
@@ -606,15 +680,26 @@ def _torch_run(compiled, params, feeds, lengths, seeds) -> TorchResult:
     else:
         grads = {name: np.zeros(tuple(leaf.shape)) for name, leaf in leaves.items()}
     sequences = {n for n in list(spec.outputs) + list(spec.decls) if spec.seq.get(n, False)}
-    return TorchResult(outputs=outputs, loss=loss, grads=grads, sequences=sequences)
+    masks = {n: _mask(run, spec.axes[n]) for n in sequences}
+    return TorchResult(outputs=outputs, loss=loss, grads=grads, sequences=sequences, masks=masks)
+
+
+def _mask(run: _Run, axes: tuple) -> np.ndarray:
+    """(T_a1, ..., T_ak, B) booleans: the real positions of a value on ``axes``."""
+    real = np.ones((run.B,), dtype=bool)
+    for axis in reversed(axes):
+        steps = np.arange(run.steps[axis])[:, None] < np.asarray(run.lengths[axis])[None, :]   # (T, B)
+        real = steps.reshape((run.steps[axis],) + (1,) * (real.ndim - 1) + (run.B,)) & real[None]
+    return real
 
 
 def _real_positions(run: _Run, name: str, v: torch.Tensor) -> torch.Tensor:
-    """Ones on the real steps of a sequence output (its padding is zero), ones elsewhere."""
+    """Ones on the real positions of an output (its padding on each axis zero), ones elsewhere."""
     seed = torch.ones_like(v)
-    if run.spec.seq.get(name, False):
-        for b, n in enumerate(run.lengths):
-            seed[n:, b] = 0
+    axes = run.spec.axes.get(name, ())
+    for i, axis in enumerate(axes):
+        for b, n in enumerate(run.lengths[axis]):
+            seed[(slice(None),) * i + (slice(n, None),) + (slice(None),) * (len(axes) - i - 1) + (b,)] = 0
     return seed
 
 
