@@ -187,3 +187,60 @@ def test_training_steps_run_the_prepared_backward_pass(monkeypatch):
         tape, grads = _pass(ex, params, feeds, LENGTHS)
         del tape, grads
     assert len(calls) == 2 * len(batches) - 1          # every pass but the first
+
+
+@pytest.mark.parametrize("name", sorted(k for k, text in SPECS.items() if "loss" in text))
+def test_single_use_passes_that_lend_dead_values_to_their_gradients_equal_the_reference(name):
+    plan, params, batches = _setup(SPECS[name])
+    lengths = LENGTHS if any(v.seq for v in plan.inputs) else None
+    ex = Executor(plan, dtype=np.float64)
+    ref = Executor(plan, dtype=np.float64, options=ExecOptions.reference())
+    for feeds in batches + batches:                     # prepared passes from the second on
+        want_tape = ref.forward(params, feeds, lengths=lengths, train=True, rng=np.random.default_rng(1))
+        want = ref.backward(want_tape, wrt=set(params))
+        tape = ex.forward(params, feeds, lengths=lengths, train=True, rng=np.random.default_rng(1),
+                          single_use=True)
+        got = ex.backward(tape, wrt=set(params))
+        for k in params:
+            np.testing.assert_allclose(got[k], want[k], rtol=1e-10, atol=1e-12, err_msg=k)
+        del tape, got
+
+
+def test_the_hoisted_input_projection_lends_its_array_to_its_gradient():
+    plan, params, batches = _setup(SPECS["bidirectional_stacked"])
+    ex = Executor(plan, dtype=np.float64)
+    hoisted = {s.id for s in plan.steps if getattr(s, "op", "") == "linear" and s.id.endswith(".hoisted")}
+    assert hoisted and hoisted <= ex.facts.dead_in_backward
+    assert not ex.facts.dead_in_backward & set(plan.outputs)
+    seen = {}
+    from nnspec.runtime import gradsum
+    orig = gradsum.GradSum._fresh
+
+    def fresh(self, key, *a, **k):
+        out = orig(self, key, *a, **k)
+        seen[key] = out
+        return out
+
+    gradsum.GradSum._fresh = fresh
+    try:
+        for feeds in batches[:3]:
+            seen.clear()
+            assert ex.options.lend_dead
+            tape = ex.forward(params, feeds, lengths=LENGTHS, single_use=True)
+            values = dict(tape.values)
+            ex.backward(tape, wrt=set(params))
+            for v in hoisted:                        # general pass and prepared ones alike
+                assert seen[v] is values[v]          # the gradient went into the value's own array
+            del tape
+    finally:
+        gradsum.GradSum._fresh = orig
+
+
+def test_a_value_read_by_a_backward_pass_is_not_lent():
+    text = ("input x[3] : seq\ntarget y[4] : seq\nu[4] = W @ x\na = slice(u, start = 0, stop = 2)\nb = slice(u, start = 2, stop = 4)\n"
+            "loss mse(concat(a * a, b), y)\n")
+    plan = compile_text(text, optimize=False).plan
+    dead = Executor(plan).facts.dead_in_backward
+    assert "u" not in dead        # its slice a is read by the product's VJP
+    text2 = text.replace("a * a", "tanh(a)")
+    assert "u" in Executor(compile_text(text2, optimize=False).plan).facts.dead_in_backward

@@ -71,6 +71,7 @@ class PlanFacts:
                 self.static.add(s.id)
         self.loss_only = self._only_for_the_loss()
         self.spendable = self._spendable()
+        self.dead_in_backward = self._dead_in_backward()
         self._needed: dict[frozenset | None, set[str]] = {}
 
     def op_of(self, step: OpStep) -> Op:
@@ -132,6 +133,45 @@ class PlanFacts:
                     and not vjp_reads(REGISTRY[p.op], "out")):
                 out.add(s.id)
         return frozenset(out)
+
+    def _dead_in_backward(self) -> frozenset:
+        """Values made by steps outside loops whose contents nothing in the backward pass reads:
+        neither their own step's VJP nor any reader's, nor, through a slice (a view of them), any
+        reader of that slice's; no output, no initial state, nothing a next chunk looks back at.
+        In a single-use pass such a value may lend its array to its own gradient (the hoisted
+        input projection of a recurrent layer, read by its loop only in the forward pass)."""
+        plan = self.plan
+        readers: dict[str, list] = {}
+        made: dict[str, OpStep] = {}
+        initials = set(self.initial_of.values())
+        for s in plan.steps:
+            for b in (s.body if isinstance(s, LoopStep) else [s]):
+                for i, (src, d) in enumerate(b.inputs):
+                    readers.setdefault(src, []).append((b, i, d, isinstance(s, OpStep)))
+                if isinstance(s, OpStep):
+                    made[b.id] = b
+        keep = set(plan.outputs) | set(self.lookback) | initials | self.whole_batch | self.static
+        verdict: dict[str, bool] = {}
+
+        def dead(v: str) -> bool:
+            if v in verdict:
+                return verdict[v]
+            verdict[v] = False          # (a value reaching itself is not dead: plans have no cycles anyway)
+            p = made.get(v)
+            ok = (p is not None and v not in keep and not p.integer and plan.loss != v
+                  and not vjp_reads(REGISTRY[p.op], "out"))
+            for r, i, d, outside in (readers.get(v, ()) if ok else ()):
+                op = REGISTRY[r.op]
+                if outside and op.last_axis_view and d == 0 and i == 0:
+                    ok = dead(r.id)     # a view of v: v is read wherever it is
+                else:
+                    ok = not vjp_reads(op, i) and not op.spends_input
+                if not ok:
+                    break
+            verdict[v] = ok
+            return ok
+
+        return frozenset(v for v, p in made.items() if not REGISTRY[p.op].last_axis_view and dead(v))
 
     def grad_needed(self, wrt) -> set[str]:
         """Values through which a gradient reaches one of the ``wrt`` leaves (None: every

@@ -28,6 +28,18 @@ class GradSum:
         self.owned: set[str] = set()
         self.pool = pool or BufferPool(enabled=False)
         self.blank: dict[str, tuple] = {}  # key -> (its array, ranges of the last axis still all zeros)
+        # key -> the array of its value, which nothing in this backward pass reads (a single-use
+        # pass, ``PlanFacts.dead_in_backward``): its gradient is written there instead of into a new one
+        self.donors: dict[str, np.ndarray] = {}
+
+    def _fresh(self, key: str, shape, dtype, zero: bool) -> np.ndarray:
+        """A new array for the gradient of key: its value's own, if lent, else one from the pool."""
+        a = self.donors.pop(key, None)
+        if a is not None and a.shape == tuple(shape) and a.dtype == dtype:
+            if zero:
+                a.fill(0)
+            return a
+        return self.pool.zeros(shape, dtype) if zero else self.pool.empty(shape, dtype)
 
     def _own(self, key: str, shape, dtype) -> np.ndarray:
         """Make the gradient of key an array of this sum's own (a pooled copy)."""
@@ -37,7 +49,7 @@ class GradSum:
             acc = self.grads[key] = np.asarray(acc)
         if acc is not None and key in self.owned and acc.shape == tuple(shape) and acc.dtype == dtype:
             return acc
-        new = self.pool.zeros(shape, dtype) if acc is None else self.pool.empty(shape, dtype)
+        new = self._fresh(key, shape, dtype, zero=acc is None)
         if acc is not None:
             np.copyto(new, acc)  # broadcasts a smaller one
         self.grads[key] = new
@@ -63,7 +75,7 @@ class GradSum:
         acc = self.grads.get(key)
         dtype = into.g.dtype
         if acc is None:
-            dest = self.pool.empty(shape, dtype)
+            dest = self._fresh(key, shape, dtype, zero=False)
             into(dest, False)
             self.grads[key] = dest
             self.owned.add(key)
@@ -79,7 +91,7 @@ class GradSum:
         acc = self.grads.get(key)
         blanks = self.blank.pop(key, None)
         if acc is None:
-            new = self.pool.empty(shape, g.dtype)
+            new = self._fresh(key, shape, g.dtype, zero=False)
             np.copyto(new[..., lo:hi], g)
             new[..., :lo] = 0
             new[..., hi:] = 0
