@@ -162,10 +162,11 @@ class PlanFacts:
                   and not vjp_reads(REGISTRY[p.op], "out"))
             for r, i, d, outside in (readers.get(v, ()) if ok else ()):
                 op = REGISTRY[r.op]
-                if outside and op.last_axis_view and d == 0 and i == 0:
-                    ok = dead(r.id)     # a view of v: v is read wherever it is
-                else:
-                    ok = not vjp_reads(op, i) and not op.spends_input
+                # a reader whose forward is its own may hand out v's array or a view of it (a
+                # slice, identity, dropout at evaluation): v is read wherever its output is
+                may_alias = type(op).forward is not Op.forward
+                ok = (not vjp_reads(op, i) and not op.spends_input
+                      and (not may_alias or (outside and dead(r.id))))
                 if not ok:
                     break
             verdict[v] = ok
