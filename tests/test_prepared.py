@@ -206,34 +206,35 @@ def test_single_use_passes_that_lend_dead_values_to_their_gradients_equal_the_re
         del tape, got
 
 
-def test_the_hoisted_input_projection_lends_its_array_to_its_gradient():
+def test_the_hoisted_input_projection_lends_its_array_to_its_gradient(monkeypatch):
+    # both directions' loops compute the gates' gradient straight into their half of the
+    # projection's own array, which then is the projection's gradient: no buffer, no copy
     plan, params, batches = _setup(SPECS["bidirectional_stacked"])
     ex = Executor(plan, dtype=np.float64)
     hoisted = {s.id for s in plan.steps if getattr(s, "op", "") == "linear" and s.id.endswith(".hoisted")}
     assert hoisted and hoisted <= ex.facts.dead_in_backward
     assert not ex.facts.dead_in_backward & set(plan.outputs)
-    seen = {}
+    lenders = {v for v, _, _ in ex.facts.lent_to_loops.values()}
+    assert hoisted < lenders <= ex.facts.dead_in_backward       # the GRUs' projections lend theirs too
+    lent = []
     from nnspec.runtime import gradsum
-    orig = gradsum.GradSum._fresh
-
-    def fresh(self, key, *a, **k):
-        out = orig(self, key, *a, **k)
-        seen[key] = out
-        return out
-
-    gradsum.GradSum._fresh = fresh
-    try:
-        for feeds in batches[:3]:
-            seen.clear()
-            assert ex.options.lend_dead
-            tape = ex.forward(params, feeds, lengths=LENGTHS, single_use=True)
-            values = dict(tape.values)
-            ex.backward(tape, wrt=set(params))
-            for v in hoisted:                        # general pass and prepared ones alike
-                assert seen[v] is values[v]          # the gradient went into the value's own array
-            del tape
-    finally:
-        gradsum.GradSum._fresh = orig
+    orig = gradsum.GradSum.lend_part
+    monkeypatch.setattr(gradsum.GradSum, "lend_part",
+                        lambda self, key, lo, hi: lent.append((key, orig(self, key, lo, hi))) or lent[-1][1])
+    assert ex.options.lend_dead
+    for feeds in batches[:3]:                            # general pass and prepared ones alike
+        lent.clear()
+        tape = ex.forward(params, feeds, lengths=LENGTHS, single_use=True)
+        values = dict(tape.values)
+        ex.backward(tape, wrt=set(params))
+        # every part once, into its own value's array
+        assert sorted(k for k, _ in lent) == sorted(v for v, _, _ in ex.facts.lent_to_loops.values())
+        for key, part in lent:
+            assert part is not None and np.shares_memory(part, values[key])
+        del tape, values, lent[:]
+    tape = ex.forward(params, batches[0], lengths=LENGTHS)           # a tape kept: nothing lent
+    ex.backward(tape, wrt=set(params))
+    assert not lent
 
 
 def test_a_value_read_by_a_backward_pass_is_not_lent():
