@@ -6,6 +6,9 @@ VJP after the loop (``defer_grads``). Derivatives of sigmoid, tanh and the like 
 the whole sequence at once (``local_grads``), and the gradient of an ``add`` or a ``slice``
 shares its buffer with its output's instead of being copied (``alias_grads``). A gradient sent
 to another step goes through ``TimeAxis.send_to_step_into``, as the reference engine's does.
+In a single-use pass, the gradient an op passes unchanged to a hoisted input projection is
+computed straight into the projection's own array, which nothing in the backward pass reads
+(``lend_dead``, ``GradSum.lend_part``).
 """
 from __future__ import annotations
 
