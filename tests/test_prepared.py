@@ -277,3 +277,22 @@ def test_single_use_passes_of_generated_specs_equal_the_reference(seed):
         for k in params:
             np.testing.assert_allclose(got.get(k, 0.0), want.get(k, 0.0), rtol=1e-9, atol=1e-11, err_msg=k)
         del tape, got
+
+
+@pytest.mark.parametrize("alias", [True, False])
+def test_the_parts_of_a_concatenation_get_views_of_its_gradient(alias):
+    text = ("input x[3]\ntarget y : class[4]\na[2] = relu(A @ x)\nb[5] = tanh(B @ x)\nh = concat(a, b)\n"
+            "loss cross_entropy(softmax(V @ h + c), y)\n")
+    plan, params, batches = _setup(text)
+    ex = Executor(plan, dtype=np.float64, options=ExecOptions(alias_grads=alias))
+    ref = Executor(plan, dtype=np.float64, options=ExecOptions.reference())
+    for feeds in batches[:3]:                            # general pass, then prepared ones
+        tape = ex.forward(params, feeds)
+        grads = ex.backward(tape)
+        want = ref.backward(ref.forward(params, feeds))
+        for k in ("a", "b"):
+            assert np.shares_memory(grads[k], grads["h"]) == alias
+            np.testing.assert_allclose(grads[k], want[k], rtol=1e-12)
+        for k in params:
+            np.testing.assert_allclose(grads[k], want[k], rtol=1e-12)
+        del tape, grads

@@ -138,6 +138,11 @@ class Op:
         """The gradient of input ``i`` alone (ops override it when the others cost work)."""
         return self.vjp(g, xs, out, attrs, ctx)[i]
 
+    def vjp_view(self, i: int, g: np.ndarray, xs: list[np.ndarray], attrs: dict) -> np.ndarray | None:
+        """The gradient of input ``i`` when it is a view of ``g`` with no arithmetic (a part of a
+        concatenation's), else None: the runtime then hands on the view instead of a copy."""
+        return None
+
     def vjp_into(self, i: int, g: np.ndarray, xs: list[np.ndarray], out: np.ndarray, attrs: dict,
                  dest: np.ndarray, accumulate: bool) -> None:
         """Add (``accumulate``) or write the gradient of input ``i`` into ``dest``, of input i's shape."""

@@ -120,12 +120,18 @@ class FastSteps:
             if not todo:
                 return
         if o.into:
-            # straight into the gradient's (pooled) array, adding in place
+            # straight into the gradient's (pooled) array, adding in place; a first gradient that
+            # is a part of g (a concatenation's) is handed on as that view (alias_grads)
             rest = []
+            views = ex.options.alias_grads
             for i in todo:
                 src, d = step.inputs[i]
                 if d == 0:
-                    grads.add_into(src, xs[i].shape, Into(op, i, g, xs, out, step.attrs))
+                    view = op.vjp_view(i, g, xs, step.attrs) if views and src not in grads.grads else None
+                    if view is not None:
+                        grads.add(src, view)
+                    else:
+                        grads.add_into(src, xs[i].shape, Into(op, i, g, xs, out, step.attrs))
                 else:
                     rest.append(i)
             todo = rest
