@@ -296,3 +296,51 @@ def test_the_parts_of_a_concatenation_get_views_of_its_gradient(alias):
         for k in params:
             np.testing.assert_allclose(grads[k], want[k], rtol=1e-12)
         del tape, grads
+
+
+def test_stacked_gate_weights_are_blocks_of_one_array_and_their_stack_a_view():
+    from test_optimize import GATES
+
+    from nnspec.model import Model
+    compiled = compile_text(GATES)
+    model = Model(compiled, dtype=np.float64, seed=3)
+    stacks = [s for s in compiled.plan.steps if getattr(s, "op", "") == "concat_rows"]
+    assert stacks
+    params = {k: v.copy() for k, v in model.params.items()}
+    ref = Executor(compiled.plan, dtype=np.float64, options=ExecOptions.reference())
+    feeds = random_feeds(compiled.plan, T=5, B=3, seed=0)
+    for replaced in (False, True):
+        if replaced:        # a parameter given another array: the stack is a copy again, as right
+            model.set("h.Wf", params["h.Wf"] * 0.5)
+            params["h.Wf"] = params["h.Wf"] * 0.5
+        for _ in range(3):
+            want_tape = ref.forward(params, feeds, lengths=LENGTHS)
+            want = ref.backward(want_tape, wrt=set(params))
+            tape = model.run(feeds, lengths=LENGTHS, single_use=True)
+            for s in stacks:
+                parts = [model.params[src] for src, _ in s.inputs]
+                assert np.shares_memory(tape.values[s.id], parts[0]) == (not replaced or "h.Wf" not in
+                                                                          [src for src, _ in s.inputs])
+            got = model.executor.backward(tape, wrt=set(params))
+            assert float(tape.values[compiled.plan.loss]) == pytest.approx(float(want_tape.values[compiled.plan.loss]))
+            for k in params:
+                np.testing.assert_allclose(got[k], want[k], rtol=1e-10, atol=1e-12, err_msg=k)
+            del tape, got
+
+
+def test_parameters_stay_apart_with_param_blocks_off():
+    from test_optimize import GATES
+
+    from nnspec.model import Model
+    from nnspec.runtime.paramblocks import join_blocks, stacked_view
+    compiled = compile_text(GATES)
+    model = Model(compiled, dtype=np.float64)
+    assert model.params["h.Wf"].base is not None             # joined by default
+    apart = {k: v.copy() for k, v in model.params.items()}
+    assert stacked_view([apart["h.Wf"], apart["h.Wi"]]) is None
+    join_blocks(compiled.plan, apart)
+    stacks = [s for s in compiled.plan.steps if getattr(s, "op", "") == "concat_rows"]
+    for s in stacks:
+        xs = [apart[src] for src, _ in s.inputs]
+        np.testing.assert_array_equal(stacked_view(xs), np.concatenate(xs))
+        assert stacked_view(xs[::-1]) is None                 # out of order: no view

@@ -333,6 +333,8 @@ class ConcatRows(NotALoss, Op):
             raise ShapeError("concat_rows: every input needs a known number of rows")
         return (sum(sizes),) + rest
 
+    stacks_rows = True
+
     def forward(self, xs, attrs, ctx):
         return np.concatenate(xs, axis=0)
 

@@ -127,6 +127,9 @@ class Op:
     # silence the warning itself (np.errstate costs more than the kernel at small sizes): the
     # runtime silences overflow warnings around the steps of a loop that holds such an op
     quiet_overflow: ClassVar[bool] = False
+    # its output is its inputs stacked along their first axis (concat_rows): parameters joined so
+    # may be stored as consecutive blocks of one array, and the output is then a view of it
+    stacks_rows: ClassVar[bool] = False
     vjp_reads: ClassVar[tuple] = ("inputs", "out")  # what vjp reads: input positions / "out"
 
     def forward_into(self, xs: list[np.ndarray], out: np.ndarray, attrs: dict) -> None:
