@@ -36,6 +36,7 @@ from .errors import Diagnostics, SpecError, did_you_mean
 from .initializers import default_initializer, initialize
 from .plan import Plan, ValueSpec
 from .runtime import ExecOptions, Executor, RunContext, RuntimeFailure, Tape
+from .runtime.paramblocks import join_blocks
 
 
 def init_params(plan: Plan, seed: int = 0, dtype=np.float32, default_init: str | None = None) -> dict[str, np.ndarray]:
@@ -271,6 +272,8 @@ class Model:
         self.params = params if params is not None else init_params(self.plan, seed, self.dtype, default_init)
         self.frozen = {p.name for p in self.plan.params if p.frozen}
         self.executor = Executor(self.plan, self.dtype)
+        if self.executor.options.param_blocks:     # the gates' weights as blocks of one array each
+            join_blocks(self.plan, self.params)
         self._unoptimized: Executor | None = None   # see ``values``
 
     @classmethod

@@ -140,7 +140,7 @@ MODULES = modules()
 # Inside the runtime: the reference engine reads only the core; the fast paths sit beside it (they
 # may use its adjoint, never the reverse); the executor dispatches to both.
 RUNTIME_LAYERS = [
-    ("core", ("timeaxis", "axes", "reuse", "blas", "tape", "facts", "pool", "rowgrad", "gradsum")),
+    ("core", ("timeaxis", "axes", "reuse", "blas", "tape", "facts", "pool", "rowgrad", "gradsum", "paramblocks")),
     ("reference", ("reference",)),
     ("fast paths", ("steps", "loopprogram", "loops", "loopback", "prepared", "profile")),
     ("executor", ("executor",)),

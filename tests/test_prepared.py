@@ -187,3 +187,160 @@ def test_training_steps_run_the_prepared_backward_pass(monkeypatch):
         tape, grads = _pass(ex, params, feeds, LENGTHS)
         del tape, grads
     assert len(calls) == 2 * len(batches) - 1          # every pass but the first
+
+
+@pytest.mark.parametrize("name", sorted(k for k, text in SPECS.items() if "loss" in text))
+def test_single_use_passes_that_lend_dead_values_to_their_gradients_equal_the_reference(name):
+    plan, params, batches = _setup(SPECS[name])
+    lengths = LENGTHS if any(v.seq for v in plan.inputs) else None
+    ex = Executor(plan, dtype=np.float64)
+    ref = Executor(plan, dtype=np.float64, options=ExecOptions.reference())
+    for feeds in batches + batches:                     # prepared passes from the second on
+        want_tape = ref.forward(params, feeds, lengths=lengths, train=True, rng=np.random.default_rng(1))
+        want = ref.backward(want_tape, wrt=set(params))
+        tape = ex.forward(params, feeds, lengths=lengths, train=True, rng=np.random.default_rng(1),
+                          single_use=True)
+        got = ex.backward(tape, wrt=set(params))
+        for k in params:
+            np.testing.assert_allclose(got[k], want[k], rtol=1e-10, atol=1e-12, err_msg=k)
+        del tape, got
+
+
+def test_the_hoisted_input_projection_lends_its_array_to_its_gradient(monkeypatch):
+    # both directions' loops compute the gates' gradient straight into their half of the
+    # projection's own array, which then is the projection's gradient: no buffer, no copy
+    plan, params, batches = _setup(SPECS["bidirectional_stacked"])
+    ex = Executor(plan, dtype=np.float64)
+    hoisted = {s.id for s in plan.steps if getattr(s, "op", "") == "linear" and s.id.endswith(".hoisted")}
+    assert hoisted and hoisted <= ex.facts.dead_in_backward
+    assert not ex.facts.dead_in_backward & set(plan.outputs)
+    lenders = {v for v, _, _ in ex.facts.lent_to_loops.values()}
+    assert hoisted < lenders <= ex.facts.dead_in_backward       # the GRUs' projections lend theirs too
+    lent = []
+    from nnspec.runtime import gradsum
+    orig = gradsum.GradSum.lend_part
+    monkeypatch.setattr(gradsum.GradSum, "lend_part",
+                        lambda self, key, lo, hi: lent.append((key, orig(self, key, lo, hi))) or lent[-1][1])
+    assert ex.options.lend_dead
+    for feeds in batches[:3]:                            # general pass and prepared ones alike
+        lent.clear()
+        tape = ex.forward(params, feeds, lengths=LENGTHS, single_use=True)
+        values = dict(tape.values)
+        ex.backward(tape, wrt=set(params))
+        # every part once, into its own value's array
+        assert sorted(k for k, _ in lent) == sorted(v for v, _, _ in ex.facts.lent_to_loops.values())
+        for key, part in lent:
+            assert part is not None and np.shares_memory(part, values[key])
+        del tape, values, lent[:]
+    tape = ex.forward(params, batches[0], lengths=LENGTHS)           # a tape kept: nothing lent
+    ex.backward(tape, wrt=set(params))
+    assert not lent
+
+
+def test_a_value_read_by_a_backward_pass_is_not_lent():
+    text = ("input x[3] : seq\ntarget y[2] : seq\nu[4] = W @ x\na = slice(u, start = 0, stop = 2)\n"
+            "b = slice(u, start = 2, stop = 4)\nloss mse(a * a + b, y)\n")
+    plan = compile_text(text, optimize=False).plan
+    assert "u" not in Executor(plan).facts.dead_in_backward     # its slice a is read by the product's VJP
+    text2 = text.replace("a * a", "tanh(a)")                   # tanh's VJP reads its output only
+    assert "u" in Executor(compile_text(text2, optimize=False).plan).facts.dead_in_backward
+
+
+def test_a_value_read_through_an_alias_is_not_lent():
+    # identity hands out its input's array: u is read by the product's VJP through it
+    text = "input x[3] : seq\ntarget y[4] : seq\nu[4] = W @ x\nv = identity(u)\nloss mse(v * v, y)\n"
+    plan = compile_text(text, optimize=False).plan
+    assert "u" not in Executor(plan).facts.dead_in_backward
+
+
+@pytest.mark.parametrize("seed", range(700100, 700140))
+def test_single_use_passes_of_generated_specs_equal_the_reference(seed):
+    # lent arrays (dead values, loops writing into them) on the differential tester's random specs
+    from difftest.generator import generate
+    from difftest.oracles import BINDINGS as DT_BINDINGS
+    from difftest.oracles import make_batch, output_seeds, random_params
+
+    from nnspec import SpecError
+    try:
+        plan = compile_text(generate(seed).text(), bindings=DT_BINDINGS).plan
+    except SpecError:
+        pytest.skip("the generator's spec is rejected")
+    params, batch = random_params(plan, seed), make_batch(plan, seed)
+    ref = Executor(plan, dtype=np.float64, options=ExecOptions.reference())
+    seeds = output_seeds(plan, ref.forward(params, batch.feeds, lengths=batch.run_lengths).values, batch, seed)
+    want = ref.backward(ref.forward(params, batch.feeds, lengths=batch.run_lengths), seeds=dict(seeds),
+                        wrt=set(params))
+    ex = Executor(plan, dtype=np.float64)
+    for _ in range(3):                                 # general pass, then kept runs
+        tape = ex.forward(params, batch.feeds, lengths=batch.run_lengths, single_use=True)
+        got = ex.backward(tape, seeds=dict(seeds), wrt=set(params))
+        for k in params:
+            np.testing.assert_allclose(got.get(k, 0.0), want.get(k, 0.0), rtol=1e-9, atol=1e-11, err_msg=k)
+        del tape, got
+
+
+@pytest.mark.parametrize("alias", [True, False])
+def test_the_parts_of_a_concatenation_get_views_of_its_gradient(alias):
+    text = ("input x[3]\ntarget y : class[4]\na[2] = relu(A @ x)\nb[5] = tanh(B @ x)\nh = concat(a, b)\n"
+            "loss cross_entropy(softmax(V @ h + c), y)\n")
+    plan, params, batches = _setup(text)
+    ex = Executor(plan, dtype=np.float64, options=ExecOptions(alias_grads=alias))
+    ref = Executor(plan, dtype=np.float64, options=ExecOptions.reference())
+    for feeds in batches[:3]:                            # general pass, then prepared ones
+        tape = ex.forward(params, feeds)
+        grads = ex.backward(tape)
+        want = ref.backward(ref.forward(params, feeds))
+        for k in ("a", "b"):
+            assert np.shares_memory(grads[k], grads["h"]) == alias
+            np.testing.assert_allclose(grads[k], want[k], rtol=1e-12)
+        for k in params:
+            np.testing.assert_allclose(grads[k], want[k], rtol=1e-12)
+        del tape, grads
+
+
+def test_stacked_gate_weights_are_blocks_of_one_array_and_their_stack_a_view():
+    from test_optimize import GATES
+
+    from nnspec.model import Model
+    compiled = compile_text(GATES)
+    model = Model(compiled, dtype=np.float64, seed=3)
+    stacks = [s for s in compiled.plan.steps if getattr(s, "op", "") == "concat_rows"]
+    assert stacks
+    params = {k: v.copy() for k, v in model.params.items()}
+    ref = Executor(compiled.plan, dtype=np.float64, options=ExecOptions.reference())
+    feeds = random_feeds(compiled.plan, T=5, B=3, seed=0)
+    for replaced in (False, True):
+        if replaced:        # a parameter given another array: the stack is a copy again, as right
+            model.set("h.Wf", params["h.Wf"] * 0.5)
+            params["h.Wf"] = params["h.Wf"] * 0.5
+        for _ in range(3):
+            want_tape = ref.forward(params, feeds, lengths=LENGTHS)
+            want = ref.backward(want_tape, wrt=set(params))
+            tape = model.run(feeds, lengths=LENGTHS, single_use=True)
+            for s in stacks:
+                parts = [model.params[src] for src, _ in s.inputs]
+                assert np.shares_memory(tape.values[s.id], parts[0]) == (not replaced or "h.Wf" not in
+                                                                          [src for src, _ in s.inputs])
+            got = model.executor.backward(tape, wrt=set(params))
+            assert float(tape.values[compiled.plan.loss]) == pytest.approx(float(want_tape.values[compiled.plan.loss]))
+            for k in params:
+                np.testing.assert_allclose(got[k], want[k], rtol=1e-10, atol=1e-12, err_msg=k)
+            del tape, got
+
+
+def test_parameters_stay_apart_with_param_blocks_off():
+    from test_optimize import GATES
+
+    from nnspec.model import Model
+    from nnspec.runtime.paramblocks import join_blocks, stacked_view
+    compiled = compile_text(GATES)
+    model = Model(compiled, dtype=np.float64)
+    assert model.params["h.Wf"].base is not None             # joined by default
+    apart = {k: v.copy() for k, v in model.params.items()}
+    assert stacked_view([apart["h.Wf"], apart["h.Wi"]]) is None
+    join_blocks(compiled.plan, apart)
+    stacks = [s for s in compiled.plan.steps if getattr(s, "op", "") == "concat_rows"]
+    for s in stacks:
+        xs = [apart[src] for src, _ in s.inputs]
+        np.testing.assert_array_equal(stacked_view(xs), np.concatenate(xs))
+        assert stacked_view(xs[::-1]) is None                 # out of order: no view

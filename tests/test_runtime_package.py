@@ -11,6 +11,7 @@ from nnspec.chunks import Stream
 from nnspec.model import Model
 from nnspec.runtime import ExecOptions, Executor, RunContext, RuntimeFailure, TimeAxis
 from nnspec.runtime.reuse import Reuse
+from nnspec.runtime.rowgrad import TableGrads
 
 LENGTHS = np.array([5, 3, 1, 4])
 
@@ -137,7 +138,7 @@ def test_a_stream_carries_the_last_chunks_states_into_the_next_chunk_only():
     assert not np.allclose(carried.values["h"][0], fresh.values["h"][0])
 
 
-SWITCHES = ["defer_grads", "local_grads", "alias_grads", "scratch", "reuse_buffers", "row_grads", "prepared"]
+SWITCHES = ["defer_grads", "local_grads", "alias_grads", "scratch", "reuse_buffers", "row_grads", "prepared", "lend_dead"]
 TAGGER = ("input w : seq of token\ntarget y : seq of class\ne = embed(w, 4)\nh = lstm(concat(e, e[t-1]), H = 3)\n"
           "z[3] = V @ concat(h, h[t-2]) + c\nloss cross_entropy_logits(z, y)\n")
 
@@ -200,3 +201,18 @@ def test_a_chunk_that_carries_its_states_sends_no_gradient_to_the_initial_value(
     grads = ex.backward(ex.forward(params, feeds, carry=carry))
     assert np.abs(grads.get("h0", 0)).sum() == 0
     assert np.abs(grads["U"]).sum() > 0
+
+
+@pytest.mark.parametrize("ids", [[3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5], [7, 7, 7], [0, 2, 4], []])
+def test_a_table_gradient_sums_repeated_ids_as_add_at_does_and_names_its_rows(ids):
+    rng = np.random.default_rng(0)
+    ids = np.array(ids, dtype=np.int64)
+    g = rng.normal(size=(len(ids), 3))
+    want = np.zeros((10, 3))
+    np.add.at(want, ids, g)
+    tables = TableGrads({"T": (10, 3)})
+    for _ in range(2):       # the second pass re-zeroes the rows the first touched
+        got = tables.gradient("T", ids, g)
+        np.testing.assert_array_equal(got, want)    # the same sums in the same order: bit for bit
+        np.testing.assert_array_equal(got.rows, np.unique(ids))
+        del got

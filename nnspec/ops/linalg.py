@@ -229,6 +229,11 @@ class Concat(NotALoss, Op):
         else:
             np.copyto(out, self.forward(xs, attrs, None))
 
+    def vjp_view(self, i, g, xs, attrs):
+        lo = sum(x.shape[-1] for x in xs[:i])
+        part = g[..., lo:lo + xs[i].shape[-1]]
+        return part if part.shape == xs[i].shape else None    # (not when it sums over broadcast axes)
+
     def vjp_into(self, i, g, xs, out, attrs, dest, accumulate):
         lo = sum(x.shape[-1] for x in xs[:i])
         part = unbroadcast(g[..., lo:lo + xs[i].shape[-1]], dest.shape)
@@ -327,6 +332,8 @@ class ConcatRows(NotALoss, Op):
         if any(n is None for n in sizes):
             raise ShapeError("concat_rows: every input needs a known number of rows")
         return (sum(sizes),) + rest
+
+    stacks_rows = True
 
     def forward(self, xs, attrs, ctx):
         return np.concatenate(xs, axis=0)

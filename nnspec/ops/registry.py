@@ -127,6 +127,9 @@ class Op:
     # silence the warning itself (np.errstate costs more than the kernel at small sizes): the
     # runtime silences overflow warnings around the steps of a loop that holds such an op
     quiet_overflow: ClassVar[bool] = False
+    # its output is its inputs stacked along their first axis (concat_rows): parameters joined so
+    # may be stored as consecutive blocks of one array, and the output is then a view of it
+    stacks_rows: ClassVar[bool] = False
     vjp_reads: ClassVar[tuple] = ("inputs", "out")  # what vjp reads: input positions / "out"
 
     def forward_into(self, xs: list[np.ndarray], out: np.ndarray, attrs: dict) -> None:
@@ -137,6 +140,11 @@ class Op:
                 attrs: dict, ctx: "Ctx") -> np.ndarray | None:
         """The gradient of input ``i`` alone (ops override it when the others cost work)."""
         return self.vjp(g, xs, out, attrs, ctx)[i]
+
+    def vjp_view(self, i: int, g: np.ndarray, xs: list[np.ndarray], attrs: dict) -> np.ndarray | None:
+        """The gradient of input ``i`` when it is a view of ``g`` with no arithmetic (a part of a
+        concatenation's), else None: the runtime then hands on the view instead of a copy."""
+        return None
 
     def vjp_into(self, i: int, g: np.ndarray, xs: list[np.ndarray], out: np.ndarray, attrs: dict,
                  dest: np.ndarray, accumulate: bool) -> None:

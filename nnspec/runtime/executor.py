@@ -152,7 +152,7 @@ class Executor:
                            if chunks.ahead_key(n) in feeds})
         if single_use:
             tape.single_use = True
-            tape.fresh = set() if self.facts.spendable else None
+            tape.fresh = set() if self.facts.spendable or self.facts.dead_in_backward else None
         if run is not None:
             prepared.forward(self, run, tape)
         else:
@@ -234,6 +234,11 @@ class Executor:
         need = self.facts.grad_needed(wrt)
         leaves = None if wrt is None else set(wrt)
         run = tape.prepared
+        if tape.fresh is not None and leaves is not None and self.options.lend_dead:
+            # dead values in arrays the runtime made (the pool's, a prepared pass's) lend them to
+            # their gradients (only when a value's gradient goes once used: never handed out)
+            values = tape.values
+            total.donors = {v: values[v] for v in self.facts.dead_in_backward & tape.fresh if v not in leaves}
         if run is not None and not seeds and self.profile is None and run.grads_free():
             prepared.backward(self, run, tape, total, need, leaves)
             return grads

@@ -71,6 +71,8 @@ class PlanFacts:
                 self.static.add(s.id)
         self.loss_only = self._only_for_the_loss()
         self.spendable = self._spendable()
+        self.dead_in_backward = self._dead_in_backward()
+        self.lent_to_loops = self._lent_to_loops()
         self._needed: dict[frozenset | None, set[str]] = {}
 
     def op_of(self, step: OpStep) -> Op:
@@ -132,6 +134,94 @@ class PlanFacts:
                     and not vjp_reads(REGISTRY[p.op], "out")):
                 out.add(s.id)
         return frozenset(out)
+
+    def _dead_in_backward(self) -> frozenset:
+        """Values made by steps outside loops whose contents nothing in the backward pass reads:
+        neither their own step's VJP nor any reader's, nor, through a slice (a view of them), any
+        reader of that slice's; no output, no initial state, nothing a next chunk looks back at.
+        In a single-use pass such a value may lend its array to its own gradient (the hoisted
+        input projection of a recurrent layer, read by its loop only in the forward pass)."""
+        plan = self.plan
+        readers: dict[str, list] = {}
+        made: dict[str, OpStep] = {}
+        initials = set(self.initial_of.values())
+        for s in plan.steps:
+            for b in (s.body if isinstance(s, LoopStep) else [s]):
+                for i, (src, d) in enumerate(b.inputs):
+                    readers.setdefault(src, []).append((b, i, d, isinstance(s, OpStep)))
+                if isinstance(s, OpStep):
+                    made[b.id] = b
+        keep = set(plan.outputs) | set(self.lookback) | initials | self.whole_batch | self.static
+        verdict: dict[str, bool] = {}
+
+        def dead(v: str) -> bool:
+            if v in verdict:
+                return verdict[v]
+            verdict[v] = False          # (a value reaching itself is not dead: plans have no cycles anyway)
+            p = made.get(v)
+            ok = (p is not None and v not in keep and not p.integer and plan.loss != v
+                  and not vjp_reads(REGISTRY[p.op], "out"))
+            for r, i, d, outside in (readers.get(v, ()) if ok else ()):
+                op = REGISTRY[r.op]
+                # a reader whose forward is its own may hand out v's array or a view of it (a
+                # slice, identity, dropout at evaluation): v is read wherever its output is
+                may_alias = type(op).forward is not Op.forward
+                ok = (not vjp_reads(op, i) and not op.spends_input
+                      and (not may_alias or (outside and dead(r.id))))
+                if not ok:
+                    break
+            verdict[v] = ok
+            return ok
+
+        return frozenset(v for v, p in made.items() if not REGISTRY[p.op].last_axis_view and dead(v))
+
+    def _lent_to_loops(self) -> dict:
+        """Sequences read by one loop op alone that passes them its gradient unchanged (the add of
+        a hoisted projection), made of a value dead in the backward pass: the value itself or a
+        slice of it at delay 0, each of whose parts is read so. src -> (that value, lo, hi): the
+        loop's backward pass may write that gradient straight into ``[..., lo:hi]`` of the value's
+        array (``GradSum.lend_part``): nothing else adds to it, so it is that part's gradient."""
+        readers: dict[str, list] = {}
+        made: dict[str, OpStep] = {}
+        for s in self.plan.steps:
+            for b in (s.body if isinstance(s, LoopStep) else [s]):
+                for i, (src, d) in enumerate(b.inputs):
+                    readers.setdefault(src, []).append((b, i, d, isinstance(s, LoopStep)))
+                if isinstance(s, OpStep):
+                    made[b.id] = b
+            if isinstance(s, LoopStep):
+                for init in s.initials.values():
+                    readers.setdefault(init, []).append((None, 0, 0, False))
+
+        def passed_in_loop(v: str) -> bool:
+            rs = readers.get(v, [])
+            return (len(rs) == 1 and rs[0][0] is not None and rs[0][3] and rs[0][2] == 0
+                    and rs[0][1] in REGISTRY[rs[0][0].op].passes_gradient and v in self.seq)
+
+        out = {}
+        for v in self.dead_in_backward:
+            width = made[v].shape[-1] if made[v].shape else None
+            if not isinstance(width, int):
+                continue
+            if passed_in_loop(v):
+                out[v] = (v, 0, width)
+                continue
+            parts = {}
+            for r, i, d, in_loop in readers.get(v, []):
+                op = None if r is None else REGISTRY[r.op]
+                if op is None or in_loop or not op.last_axis_view or d != 0 or not passed_in_loop(r.id):
+                    parts = None
+                    break
+                lo = int(r.attrs.get("start", 0))
+                hi = r.attrs.get("stop")
+                hi = width if hi is None else int(hi)
+                if not 0 <= lo < hi <= width:
+                    parts = None
+                    break
+                parts[r.id] = (v, lo, hi)
+            if parts:
+                out.update(parts)
+        return out
 
     def grad_needed(self, wrt) -> set[str]:
         """Values through which a gradient reaches one of the ``wrt`` leaves (None: every

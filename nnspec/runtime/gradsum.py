@@ -28,6 +28,52 @@ class GradSum:
         self.owned: set[str] = set()
         self.pool = pool or BufferPool(enabled=False)
         self.blank: dict[str, tuple] = {}  # key -> (its array, ranges of the last axis still all zeros)
+        # key -> the array of its value, which nothing in this backward pass reads (a single-use
+        # pass, ``PlanFacts.dead_in_backward``): its gradient is written there instead of into a new one
+        self.donors: dict[str, np.ndarray] = {}
+        self.lent: dict[str, list] = {}    # key -> parts (lo, hi) of its array a loop writes in place
+
+    def lend_part(self, key: str, lo: int, hi: int) -> np.ndarray | None:
+        """``[..., lo:hi]`` of the array that will hold key's gradient, for a loop's backward pass to
+        write that part's gradient in place (``loopback``): the value's own array, if it lends it
+        and that part is still untouched; the part's gradient then comes back through ``add_part``
+        (or, for the whole array, ``add``) without a copy. None if it cannot be had."""
+        acc = self.grads.get(key)
+        if acc is None:
+            donor = self.donors.get(key)
+            if donor is None:
+                return None
+            n = donor.shape[-1]
+            if lo == 0 and hi == n:    # the whole array: it comes back as key's first gradient
+                return self.donors.pop(key)
+            del self.donors[key]
+            donor[..., :lo] = 0
+            donor[..., hi:] = 0
+            self.grads[key] = donor
+            self.owned.add(key)
+            self.blank[key] = (donor, [(a, b) for a, b in ((0, lo), (hi, n)) if b > a])
+            self.lent[key] = [(lo, hi)]
+            return donor[..., lo:hi]
+        blanks = self.blank.get(key)
+        if blanks is None or blanks[0] is not acc:
+            return None
+        ranges = blanks[1]
+        for i, (a, b) in enumerate(ranges):
+            if a <= lo and hi <= b:
+                rest = ranges[:i] + [(x, y) for x, y in ((a, lo), (hi, b)) if y > x] + ranges[i + 1:]
+                self.blank[key] = (acc, rest)
+                self.lent.setdefault(key, []).append((lo, hi))
+                return acc[..., lo:hi]
+        return None
+
+    def _fresh(self, key: str, shape, dtype, zero: bool) -> np.ndarray:
+        """A new array for the gradient of key: its value's own, if lent, else one from the pool."""
+        a = self.donors.pop(key, None)
+        if a is not None and a.shape == tuple(shape) and a.dtype == dtype:
+            if zero:
+                a.fill(0)
+            return a
+        return self.pool.zeros(shape, dtype) if zero else self.pool.empty(shape, dtype)
 
     def _own(self, key: str, shape, dtype) -> np.ndarray:
         """Make the gradient of key an array of this sum's own (a pooled copy)."""
@@ -37,7 +83,7 @@ class GradSum:
             acc = self.grads[key] = np.asarray(acc)
         if acc is not None and key in self.owned and acc.shape == tuple(shape) and acc.dtype == dtype:
             return acc
-        new = self.pool.zeros(shape, dtype) if acc is None else self.pool.empty(shape, dtype)
+        new = self._fresh(key, shape, dtype, zero=acc is None)
         if acc is not None:
             np.copyto(new, acc)  # broadcasts a smaller one
         self.grads[key] = new
@@ -63,7 +109,7 @@ class GradSum:
         acc = self.grads.get(key)
         dtype = into.g.dtype
         if acc is None:
-            dest = self.pool.empty(shape, dtype)
+            dest = self._fresh(key, shape, dtype, zero=False)
             into(dest, False)
             self.grads[key] = dest
             self.owned.add(key)
@@ -77,9 +123,16 @@ class GradSum:
         not added onto zeros, while they fall on parts nothing has written yet."""
         shape = tuple(shape)
         acc = self.grads.get(key)
+        parts = self.lent.get(key)
+        if parts and (lo, hi) in parts and acc is not None:
+            parts.remove((lo, hi))          # the loop wrote this part in place: its first gradient
+            part = acc[..., lo:hi]
+            if not _same_view(part, g):
+                np.copyto(part, g)
+            return
         blanks = self.blank.pop(key, None)
         if acc is None:
-            new = self.pool.empty(shape, g.dtype)
+            new = self._fresh(key, shape, g.dtype, zero=False)
             np.copyto(new[..., lo:hi], g)
             new[..., :lo] = 0
             new[..., hi:] = 0
@@ -101,3 +154,9 @@ class GradSum:
     def disown(self, key: str) -> None:
         self.owned.discard(key)
         self.blank.pop(key, None)
+
+
+def _same_view(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether a and b are the same elements of memory."""
+    return (a.shape == b.shape and a.strides == b.strides and a.dtype == b.dtype
+            and a.__array_interface__["data"][0] == b.__array_interface__["data"][0])

@@ -6,6 +6,9 @@ VJP after the loop (``defer_grads``). Derivatives of sigmoid, tanh and the like 
 the whole sequence at once (``local_grads``), and the gradient of an ``add`` or a ``slice``
 shares its buffer with its output's instead of being copied (``alias_grads``). A gradient sent
 to another step goes through ``TimeAxis.send_to_step_into``, as the reference engine's does.
+In a single-use pass, the gradient an op passes unchanged to a hoisted input projection is
+computed straight into the projection's own array, which nothing in the backward pass reads
+(``lend_dead``, ``GradSum.lend_part``).
 """
 from __future__ import annotations
 
@@ -36,6 +39,24 @@ class LoopBackward:
     outer_step: dict
     tmps: list
     key: tuple = ()
+    glists: dict = None         # value -> its gradient's per-step views (lists the actions read)
+    lent: dict = None           # region -> the values whose gradient sits in it (a lent array's)
+    plan: BackwardPlan = None
+
+    def bind(self, region: str, arr: np.ndarray) -> None:
+        """This pass's gradient array of a region that lives in a lent array (zeroed here)."""
+        arr.fill(0)
+        self.gbuf[region] = arr
+        _derive(self.gbuf, self.plan, self.lent[region])
+        for v in self.lent[region]:
+            self.glists[v][:] = list(self.gbuf[v])
+
+    def unbind(self) -> None:
+        """Drop the lent arrays once the pass is over (they are the gradient dict's now)."""
+        for members in self.lent.values():
+            for v in members:
+                self.gbuf[v] = None
+                self.glists[v][:] = [None] * len(self.glists[v])
 
     def arrays(self) -> list:
         return (self.owners + list(self.ginit.values()) + [into for into, _ in self.local.values()]
@@ -52,11 +73,12 @@ def loop_backward(ex, prog: LoopProgram, tape: Tape, grads: GradSum, need, keep:
     env, T, bufs = tape.values, run.T, run.bufs
     pre = frozenset(b.id for b in prog.body if b.id in grads.grads and not b.step.integer)
     plan = prog.backward_plan(pre, need, keep, run.scratch)
-    key = (pre, id(need), keep)
+    lent = _lent_regions(ex, prog, plan, grads, env, T, tape.batch) if grads.donors or grads.lent else {}
+    key = (pre, id(need), keep, frozenset(lent))
     bw = run.backward if run.backward is not None and run.backward.key == key else None
     if bw is None:
         before = run.reuse.counts()
-        bw = run.backward = build_backward(ex, prog, run, plan, need, env, tape.batch)
+        bw = run.backward = build_backward(ex, prog, run, plan, need, env, tape.batch, lent)
         bw.key = key
         local_grads(prog, run, bw, env)
         run.reuse.absorb(before)          # its references to the run's arrays are the run's own
@@ -67,6 +89,9 @@ def loop_backward(ex, prog: LoopProgram, tape: Tape, grads: GradSum, need, keep:
     else:
         bw.reset()
         local_grads(prog, run, bw, env)
+    for region, arr in lent.items():
+        bw.bind(region, arr)
+    del lent
     gbuf, ginit = bw.gbuf, bw.ginit
     for v in pre:
         gbuf[v] += grads.grads.pop(v)
@@ -94,11 +119,42 @@ def loop_backward(ex, prog: LoopProgram, tape: Tape, grads: GradSum, need, keep:
         if s in loop.initials and s not in tape.carry:   # (carried from the last chunk: truncated BPTT)
             init_id = loop.initials[s]
             grads.add(init_id, unbroadcast(g, env[init_id].shape))
+    if bw.lent:
+        bw.unbind()
+
+
+def _lent_regions(ex, prog: LoopProgram, plan: BackwardPlan, grads: GradSum, env: dict, T: int,
+                  B: int) -> dict:
+    """Regions whose gradient is one deferred VJP passing it unchanged to a sequence a dead value
+    lends its array to (``PlanFacts.lent_to_loops``): region -> that part of the lent array, in
+    which the backward pass computes the region's gradient (no buffer of the loop's own, and no
+    copy into the value's gradient afterwards)."""
+    out = {}
+    lends = ex.facts.lent_to_loops
+    for op_id, pos in plan.deferred:
+        b = prog.by_id[op_id]
+        src, d = b.step.inputs[pos]
+        if (src not in lends or d != 0 or pos not in b.op.passes_gradient or plan.region.get(op_id) != op_id
+                or op_id in plan.scratch or op_id in out):
+            continue
+        members = [v for v, r in plan.region.items() if r == op_id]
+        if any(v in prog.loop.states for v in members):
+            continue       # (a state's gradient array is held by the actions that send to other steps)
+        value, lo, hi = lends[src]
+        whole = env.get(value)
+        if (whole is None or whole.dtype != ex.dtype or whole.shape[:2] != (T, B)
+                or whole.shape[2:-1] + (hi - lo,) != b.trail):
+            continue
+        part = grads.lend_part(value, lo, hi)
+        if part is not None:
+            out[op_id] = part
+    return out
 
 
 def build_backward(ex, prog: LoopProgram, run: LoopRun, plan: BackwardPlan, need, env: dict,
-                   B: int) -> LoopBackward:
-    """Gradient buffers and per-step actions of a loop's backward pass, for one run."""
+                   B: int, lent: dict) -> LoopBackward:
+    """Gradient buffers and per-step actions of a loop's backward pass, for one run; the regions
+    in ``lent`` get their array from a lent one at every pass (``LoopBackward.bind``)."""
     T, integer, seq, dtype = run.T, ex.facts.integer, ex.facts.seq, ex.dtype
     # Gradient buffers: one (T, B, ...) array per region, or one (B, ...) array reused at
     # every step where nothing reads the gradient after its step; aliases and slices
@@ -110,16 +166,12 @@ def build_backward(ex, prog: LoopProgram, run: LoopRun, plan: BackwardPlan, need
             continue
         if b.id in plan.scratch:
             gbuf[b.id] = np.zeros((B,) + b.trail, dtype=dtype)
+        elif b.id in lent:
+            gbuf[b.id] = lent[b.id]        # (this pass's; bound again at every pass)
         else:
             gbuf[b.id] = ex.pool.zeros((T, B) + b.trail, dtype)
-    owners = list(gbuf.values())
-    for b in prog.body:             # slice views: their source comes first
-        if b.id in plan.views:
-            src, lo, hi = plan.views[b.id]
-            gbuf[b.id] = _resolve(gbuf, plan.alias, src)[..., lo:hi]
-    for b in prog.body:
-        if b.id in plan.alias:
-            gbuf[b.id] = _resolve(gbuf, plan.alias, plan.alias[b.id])
+    owners = [a for v, a in gbuf.items() if v not in lent]
+    _derive(gbuf, plan, [b.id for b in prog.body])
     glists = {v: ([a] * T if plan.region[v] in plan.scratch else list(a)) for v, a in gbuf.items()}
     ginit = {s: np.zeros(run.inits[s].shape, dtype=dtype) for s in prog.loop.states
              if s in gbuf and s in need}
@@ -171,7 +223,21 @@ def build_backward(ex, prog: LoopProgram, run: LoopRun, plan: BackwardPlan, need
                      else b.op.step_vjp(a.pos, G, ins, outs, attrs, [t1] * T, False))
             actions.append(_delayed_action(first, full, d, axis, ginit.get(src), t1, t2))
     return LoopBackward(gbuf=gbuf, owners=owners, ginit=ginit, local=local, actions=actions,
-                        outer_step=outer_step, tmps=[a for pair in tmps.values() for a in pair])
+                        outer_step=outer_step, tmps=[a for pair in tmps.values() for a in pair],
+                        glists=glists, plan=plan,
+                        lent={r: [b.id for b in prog.body if plan.region.get(b.id) == r] for r in lent})
+
+
+def _derive(gbuf: dict, plan: BackwardPlan, ids: list) -> None:
+    """The gradient arrays of the values among ``ids`` (in body order) that are slices or aliases
+    of a region's (a slice's source comes first)."""
+    for v in ids:
+        if v in plan.views:
+            src, lo, hi = plan.views[v]
+            gbuf[v] = _resolve(gbuf, plan.alias, src)[..., lo:hi]
+    for v in ids:
+        if v in plan.alias:
+            gbuf[v] = _resolve(gbuf, plan.alias, plan.alias[v])
 
 
 def local_grads(prog: LoopProgram, run: LoopRun, bw: LoopBackward, env: dict) -> None:

@@ -134,7 +134,9 @@ def backward(ex, run: PassRun, tape: Tape, grads: GradSum, need, leaves) -> None
             g = values.get(sid)
             if g is not None:
                 for i, src, dest in todo:
-                    if src in values:
+                    if dest is None:        # a part of g (a concatenation's): handed on as a view
+                        grads.add(src, op.vjp_view(i, g, xs, attrs))
+                    elif src in values:
                         grads.add_into(src, dest.shape, Into(op, i, g, xs, out, attrs))
                     else:
                         fn(i, g, xs, out, attrs, dest, False)
@@ -157,11 +159,14 @@ def _build_backward(ex, run: PassRun, need, leaves) -> tuple[list, list]:
             continue
         sid, _, xs, _, out, attrs, _ = run.fwd[at]
         todo = []
+        op = REGISTRY[step.op]
         for i, (src, _) in enumerate(step.inputs):
             if src in need and src not in ex.facts.integer:
+                if ex.options.alias_grads and op.vjp_view(i, out, xs, attrs) is not None:
+                    todo.append((i, src, None))     # (its output has g's shape: a view of it will do)
+                    continue
                 dest = ex.pool.empty(xs[i].shape, ex.dtype)
                 todo.append((i, src, dest))
                 dests.append(dest)
-        op = REGISTRY[step.op]
         entries.append((sid, op.vjp_into, op, xs, out, attrs, tuple(todo), dels))
     return entries, dests

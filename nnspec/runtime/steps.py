@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from ..ops.registry import NO_CTX, Op
 from ..plan import OpStep
 from .gradsum import GradSum, Into
+from .paramblocks import stacked_view
 from .reference import record, send
 from .tape import Tape
 from .timeaxis import array_shape, read_sequence
@@ -66,6 +67,11 @@ class FastSteps:
         xs = [tape.values[src] if d == 0 else read_sequence(tape, src, d) for src, d in step.inputs]
         o = self.info(step)
         op = o.op
+        if op.stacks_rows and ex.options.param_blocks:
+            out = stacked_view(xs)        # parameters stored as blocks of one array: no copy
+            if out is not None:
+                record(step, op, out, xs, NO_CTX, tape)
+                return False
         out = None
         into = False
         if o.pooled and ex.pool.enabled:
@@ -120,12 +126,18 @@ class FastSteps:
             if not todo:
                 return
         if o.into:
-            # straight into the gradient's (pooled) array, adding in place
+            # straight into the gradient's (pooled) array, adding in place; a first gradient that
+            # is a part of g (a concatenation's) is handed on as that view (alias_grads)
             rest = []
+            views = ex.options.alias_grads
             for i in todo:
                 src, d = step.inputs[i]
                 if d == 0:
-                    grads.add_into(src, xs[i].shape, Into(op, i, g, xs, out, step.attrs))
+                    view = op.vjp_view(i, g, xs, step.attrs) if views and src not in grads.grads else None
+                    if view is not None:
+                        grads.add(src, view)
+                    else:
+                        grads.add_into(src, xs[i].shape, Into(op, i, g, xs, out, step.attrs))
                 else:
                     rest.append(i)
             todo = rest

@@ -47,6 +47,12 @@ class ExecOptions:
     reuse_buffers: bool = True  # big arrays come from a pool and are reused once nothing refers to them
     row_grads: bool = True     # an embedding table's gradient says which rows are non-zero (RowGrad)
     prepared: bool = True      # steps outside loops: a flat list of bound kernels, kept per batch geometry
+    # single-use passes: a value nothing in the backward pass reads lends its array to its own
+    # gradient (a recurrent layer's hoisted input projection: 3.3 MB in the benchmark's tagger)
+    lend_dead: bool = True
+    # parameters stacked by concat_rows and stored as blocks of one array (Model does so): the
+    # stacked value is a view of it, not a copy made at every pass
+    param_blocks: bool = True
     # BLAS threads for a whole forward or backward pass, and while a loop runs step by step.
     # nnspec's products are small (a step: (B, H) x (H, 4H)); measured on a 2-core machine,
     # a second OpenBLAS thread made every one of them slower, even the (1120 x 128) x
@@ -61,7 +67,7 @@ class ExecOptions:
     def reference(cls) -> "ExecOptions":
         """Every step by the reference engine, no speed feature: the oracle the fast paths are tested against."""
         return cls(fast_loops=False, defer_grads=False, local_grads=False, alias_grads=False, scratch=False,
-                   reuse_buffers=False, row_grads=False, prepared=False)
+                   reuse_buffers=False, row_grads=False, prepared=False, lend_dead=False, param_blocks=False)
 
 
 @dataclass
