@@ -47,6 +47,7 @@ class ExecOptions:
     reuse_buffers: bool = True  # big arrays come from a pool and are reused once nothing refers to them
     row_grads: bool = True     # an embedding table's gradient says which rows are non-zero (RowGrad)
     prepared: bool = True      # steps outside loops: a flat list of bound kernels, kept per batch geometry
+    fused_loops: bool = True   # small loops: one compiled kernel per direction (runtime/fused.py, needs numba)
     # BLAS threads for a whole forward or backward pass, and while a loop runs step by step.
     # nnspec's products are small (a step: (B, H) x (H, 4H)); measured on a 2-core machine,
     # a second OpenBLAS thread made every one of them slower, even the (1120 x 128) x
@@ -61,7 +62,7 @@ class ExecOptions:
     def reference(cls) -> "ExecOptions":
         """Every step by the reference engine, no speed feature: the oracle the fast paths are tested against."""
         return cls(fast_loops=False, defer_grads=False, local_grads=False, alias_grads=False, scratch=False,
-                   reuse_buffers=False, row_grads=False, prepared=False)
+                   reuse_buffers=False, row_grads=False, prepared=False, fused_loops=False)
 
 
 @dataclass
