@@ -108,9 +108,11 @@ class FusedLoops:
     def __init__(self, ex):
         self.available = numba_available()
         self.fusable: dict[int, bool] = {}
-        self.code: dict[tuple, Kernels | None] = {}
+        self.code: dict[tuple, Kernels | None] = {}   # (loop, batch, dtype, inputs' ranks and widths) -> kernels
+        self.bodies: dict[int, _Body] = {}
         self.max_work = FUSE_MAX_WORK
         self.integer = ex.facts.integer
+        self.last: set[int] = set()     # the loops the last forward pass ran fused (the bench reports it)
 
     def chosen(self, loop: LoopStep, batch: int) -> bool:
         """Whether this loop runs fused at this batch size: numba is there, every body op has a
@@ -129,82 +131,101 @@ class FusedLoops:
 
     def forward(self, ex, loop: LoopStep, tape: Tape) -> bool:
         """Run the loop fused and return True, or leave it to the NumPy path (False)."""
+        self.last.discard(loop.index)
         if not self.chosen(loop, tape.batch):
             return False
-        ids = {b.id for b in loop.body}
+        body = self.bodies.get(loop.index)
+        if body is None:
+            body = self.bodies[loop.index] = _Body(loop)
         env, seq = tape.values, ex.facts.seq
-        outer = {}
-        for b in loop.body:
-            for src, d in b.inputs:
-                if src not in ids and (src, d) not in outer:
-                    a = read_sequence(tape, src, d) if (d != 0 and src in seq) else env[src]
-                    outer[(src, d)] = a.reshape(1) if a.ndim == 0 else a
-        shapes = {k: a.shape for k, a in outer.items()}
-        if tape.batch * work_per_example(loop, shapes) > self.max_work:
-            return False
-        key = (loop.index, tuple(sorted((k, len(s), s[-1] if s else 0) for k, s in shapes.items())))
-        if key not in self.code:
-            try:
-                self.code[key] = generate(loop, shapes)
-            except NotFusable:
-                self.code[key] = None
-        code = self.code[key]
+        outer = []
+        for src, d in body.outer:
+            a = read_sequence(tape, src, d) if (d != 0 and src in seq) else env[src]
+            outer.append(a.reshape(1) if a.ndim == 0 else a)
+        key = (loop.index, tape.batch, ex.dtype.str) + tuple((a.ndim, a.shape[-1]) for a in outer)
+        code = self.code.get(key, False)
+        if code is False:
+            code = self.code[key] = self._kernels(loop, body, outer, tape.batch)
         if code is None:
             return False
         mod = compiled(code)
         axis = tape.axes[ex.facts.loop_axis[loop.index]]
-        T, B = axis.steps, tape.batch
-        by_id = {b.id: b for b in loop.body}
-        inits = {s: initial_state(loop, by_id[s], tape, tape.carry, ex.dtype) for s in loop.states}
+        T, B, dtype = axis.steps, tape.batch, ex.dtype
+        inits = {s: initial_state(loop, body.by_id[s], tape, tape.carry, dtype) for s in loop.states}
         tape.initial_values.update(inits)
-        before = carried_steps(loop, tape, ex.dtype)
-        bufs = {b.id: np.empty((T, B) + array_shape(b.shape, False), ex.dtype) for b in loop.body}
-        args = {}
+        before = carried_steps(loop, tape, dtype)
+        bufs = {v: np.empty((T, B) + trail, dtype) for v, trail in body.trails.items()}
+        args = dict(zip(body.outer_entries, (a if a.dtype == dtype else a.astype(dtype) for a in outer)))
         for kind, k in code.layout.forward:
             if kind == "value":
-                a = bufs[k]
+                args[(kind, k)] = bufs[k]
             elif kind == "read":
-                a = np.empty_like(bufs[k[0]])
+                args[(kind, k)] = np.empty_like(bufs[k[0]])
             elif kind == "init":
-                a = np.ascontiguousarray(np.broadcast_to(inits[k[0]], bufs[k[0]].shape[1:]), ex.dtype)
+                args[(kind, k)] = np.ascontiguousarray(np.broadcast_to(inits[k[0]], (B,) + body.trails[k[0]]), dtype)
             elif kind == "before":
                 pre = before.get(k[0])
-                a = (np.ascontiguousarray(pre, ex.dtype) if pre is not None and k[1] < 0
-                     else np.empty((0,) + bufs[k[0]].shape[1:], ex.dtype))
-            else:
-                a = outer[k]
-                if a.dtype != ex.dtype:
-                    a = a.astype(ex.dtype)
-            args[(kind, k)] = a
-        lengths = np.ascontiguousarray(axis.lengths, np.int64)
-        mod.forward(T, lengths, *(args[e] for e in code.layout.forward))
+                args[(kind, k)] = (np.ascontiguousarray(pre, dtype) if pre is not None and k[1] < 0
+                                   else np.empty((0, B) + body.trails[k[0]], dtype))
+        lengths = axis.lengths if axis.lengths.dtype == np.int64 else axis.lengths.astype(np.int64)
+        mod.forward(T, lengths, *[args[e] for e in code.layout.forward])
         if tape.context.check_finite:
             times = range(T) if loop.direction > 0 else range(T - 1, -1, -1)
             check_loop(ex.program(loop), bufs, times)
         tape.values.update(bufs)
-        run = FusedRun(mod, code.layout, args, bufs, T, lengths, inits)
-        tape.loops[loop.index] = run
+        tape.loops[loop.index] = FusedRun(mod, code.layout, args, bufs, T, lengths, inits)
+        self.last.add(loop.index)
         last = T - 1 if loop.direction > 0 else 0
         for s in loop.states:
             tape.final_states[s] = bufs[s][last].copy()
         return True
+
+    def _kernels(self, loop: LoopStep, body: "_Body", outer: list, batch: int) -> Kernels | None:
+        """The kernels' source for this loop with these inputs, or None: it does not pay or cannot be."""
+        shapes = {k: a.shape for k, a in zip(body.outer, outer)}
+        if batch * work_per_example(loop, shapes) > self.max_work:
+            return None
+        try:
+            return generate(loop, shapes)
+        except NotFusable:
+            return None
+
+
+class _Body:
+    """What a loop's fused run looks up once: its body by id, each value's trailing shape, and the
+    inputs from outside the loop."""
+
+    def __init__(self, loop: LoopStep):
+        self.by_id = {b.id: b for b in loop.body}
+        self.trails = {b.id: array_shape(b.shape, False) for b in loop.body}
+        self.outer = []
+        for b in loop.body:
+            for src, d in b.inputs:
+                if src not in self.by_id and (src, d) not in self.outer:
+                    self.outer.append((src, d))
+        self.outer_entries = [("outer", k) for k in self.outer]
 
 
 def loop_backward(ex, loop: LoopStep, run: FusedRun, tape: Tape, grads: GradSum, need, keep: bool) -> None:
     """BPTT by the backward kernel; then one whole-sequence VJP per edge leaving the loop."""
     env, bufs, args = tape.values, run.bufs, dict(run.args)
     ids = set(bufs)
-    for v, a in bufs.items():
-        g = np.zeros_like(a)
+    # every gradient inside the loop: views of one zeroed block (one allocation, not one per value)
+    grad_entries = [e for e in run.layout.backward if e[0] in ("grad", "gread")]
+    first = next(iter(bufs.values()))
+    sizes = [bufs[k if kind == "grad" else k[0]].size for kind, k in grad_entries]
+    block = np.zeros(sum(sizes), first.dtype)
+    at = 0
+    for (kind, k), n in zip(grad_entries, sizes):
+        args[(kind, k)] = block[at:at + n].reshape(bufs[k if kind == "grad" else k[0]].shape)
+        at += n
+    for v in bufs:
         if v in grads.grads:
-            g += grads.grads.pop(v)
+            args[("grad", v)] += grads.grads.pop(v)
             grads.disown(v)
-        args[("grad", v)] = g
     for kind, k in run.layout.backward:
-        if kind == "gread":
-            args[(kind, k)] = np.zeros_like(bufs[k[0]])
-        elif kind == "ginit":
-            args[(kind, k)] = np.zeros(bufs[k[0]].shape[1:], bufs[k[0]].dtype)
+        if kind == "ginit":
+            args[(kind, k)] = np.zeros(bufs[k[0]].shape[1:], first.dtype)
     run.kernels.backward(run.T, run.lengths, *(args[e] for e in run.layout.backward))
     G = {v: args[("grad", v)] for v in bufs}
     for b in loop.body:
