@@ -95,7 +95,7 @@ def test_chunks_carrying_state_run_fused_as_the_reference_runs_them(cell):
 def test_a_loop_too_big_to_pay_or_with_an_op_without_a_fused_form_stays_on_numpy():
     plan, params, feeds = setup("lstm", np.float64)
     ex = Executor(plan, dtype=np.float64)
-    ex.fused.max_work = 10
+    ex.fused.max_work_per_call = 10
     assert not any(isinstance(r, FusedRun) for r in ex.forward(params, feeds, lengths=LENGTHS).loops.values())
     plan = compile_text(HEAD + "h[4] = tanh(W @ x + U @ dropout(h[t-1], 0.5))\n" + TAIL).plan
     ex = Executor(plan, dtype=np.float64)

@@ -4,7 +4,7 @@ compiles them), one for the forward recurrence and one for backpropagation throu
 Why: a tiny cell (an LSTM of 16 units, one sequence) spends its time in per-call overhead, one NumPy
 call per op per step (about 1 µs each); a kernel of the whole body does a step in well under that.
 At bigger sizes NumPy's vectorised exp/tanh and BLAS products win (numba's scalar exp is not
-vectorised), so a loop is fused only while its work per step is small (``FUSE_MAX_WORK``); the
+vectorised), so a loop is fused only while its work per step is small (``FUSE_MAX_WORK_PER_CALL``); the
 NumPy path (``loops.py``, ``loopback.py``) stays the reference for everything else and the
 fallback whenever numba is missing (the ``fast`` extra), an op has no fused form, or
 ``ExecOptions.fused_loops`` is off.
@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ..ops import REGISTRY
-from ..ops.registry import NO_CTX, unbroadcast
+from ..ops.registry import NO_CTX, PartForm, unbroadcast
 from ..plan import LoopStep
 from .fusedcode import Kernels, NotFusable, body_forms, generate, work_per_example
 from .gradsum import GradSum
@@ -34,11 +34,13 @@ from .reference import send
 from .tape import Tape
 from .timeaxis import array_shape, carried_steps, initial_state, read_sequence
 
-# Multiply-adds and element operations of one step for the whole batch (``work_per_example`` x B)
-# up to which the fused kernel beats the NumPy path. Measured on this machine (float32, one BLAS
-# thread): an LSTM of 16 units fuses at any batch up to 8 (work 1,304 an example); one of 128 units
-# at batch 32 (work 66,688 an example) is 8x slower fused than on NumPy's vectorised calls.
-FUSE_MAX_WORK = 20_000
+# Work of one step for the whole batch (multiply-adds and element operations, ``work_per_example`` x B)
+# per NumPy call it replaces, up to which the fused kernel beats the NumPy path: the NumPy path costs
+# about a microsecond a call, the kernel a few nanoseconds an operation (numba's scalar exp and naive
+# products are not vectorised). Measured here (float32, T = 20, forward and backward, fused / NumPy):
+# LSTM H16 B1 (480 an op) 0.56, H16 B4 0.65, H32 B1 (1,870) 0.90, GRU H32 B2 0.93, Elman H32 B4
+# (1,450) 1.03, Elman H64 B1 1.15, LSTM H32 B4 (7,470) 1.47, GRU H64 B4 2.85, Elman H128 B4 6.8.
+FUSE_MAX_WORK_PER_CALL = 1200
 
 _modules: dict[str, object] = {}   # kernel source hash -> its compiled module, for this process
 
@@ -110,7 +112,7 @@ class FusedLoops:
         self.fusable: dict[int, bool] = {}
         self.code: dict[tuple, Kernels | None] = {}   # (loop, batch, dtype, inputs' ranks and widths) -> kernels
         self.bodies: dict[int, _Body] = {}
-        self.max_work = FUSE_MAX_WORK
+        self.max_work_per_call = FUSE_MAX_WORK_PER_CALL
         self.integer = ex.facts.integer
         self.last: set[int] = set()     # the loops the last forward pass ran fused (the bench reports it)
 
@@ -183,7 +185,8 @@ class FusedLoops:
     def _kernels(self, loop: LoopStep, body: "_Body", outer: list, batch: int) -> Kernels | None:
         """The kernels' source for this loop with these inputs, or None: it does not pay or cannot be."""
         shapes = {k: a.shape for k, a in zip(body.outer, outer)}
-        if batch * work_per_example(loop, shapes) > self.max_work:
+        calls = sum(1 for b in loop.body if not isinstance(REGISTRY[b.op].fused, PartForm))  # (a part is a view)
+        if batch * work_per_example(loop, shapes) > self.max_work_per_call * max(calls, 1):
             return None
         try:
             return generate(loop, shapes)
