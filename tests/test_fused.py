@@ -31,6 +31,11 @@ CELLS = {
             "initial h = h0\n"),
 }
 
+@pytest.fixture(autouse=True)
+def fuse_from_the_first_pass(monkeypatch):
+    monkeypatch.setattr("nnspec.runtime.fused.FUSE_AFTER_PASSES", 0)
+
+
 needs_numba = pytest.mark.skipif(not numba_available(), reason="numba (the fast extra) is not installed")
 
 
@@ -114,13 +119,20 @@ def test_fusion_can_be_switched_off_and_is_off_where_numba_is_missing(monkeypatc
 
 
 @needs_numba
-def test_compiled_kernels_are_kept_on_disk(tmp_path, monkeypatch):
+def test_compiled_kernels_are_kept_on_disk_and_used_from_the_first_pass_once_there(tmp_path, monkeypatch):
     monkeypatch.setenv("NNSPEC_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr("nnspec.runtime.fused._modules", {})
+    monkeypatch.setattr("nnspec.runtime.fused.FUSE_AFTER_PASSES", 2)
     plan, params, feeds = setup("elman", np.float64)
-    Executor(plan, dtype=np.float64).forward(params, feeds)
+    ex = Executor(plan, dtype=np.float64)
+    fused = [bool(ex.forward(params, feeds) and ex.fused.last) for _ in range(3)]
+    assert fused == [False, False, True]       # compiled once the loop has run a few passes: it pays
     assert list((tmp_path / "kernels").glob("nnspec_fused_*.py"))
     assert list((tmp_path / "kernels" / "__pycache__").glob("*.nbi"))   # numba's index of its machine code
+    monkeypatch.setattr("nnspec.runtime.fused._modules", {})
+    again = Executor(plan, dtype=np.float64)
+    again.forward(params, feeds)
+    assert again.fused.last                    # on disk: fused from the first pass
 
 
 @pytest.mark.parametrize("name", sorted(n for n, op in REGISTRY.items() if isinstance(op.fused, ScalarForm)))
