@@ -109,6 +109,16 @@ def test_a_loop_too_big_to_pay_or_with_an_op_without_a_fused_form_stays_on_numpy
 
 
 @needs_numba
+def test_a_body_numba_rejects_stays_on_numpy_before_anything_ran(monkeypatch):
+    monkeypatch.setattr(type(REGISTRY["tanh"]), "fused", ScalarForm("no_such_function({x0})", ("1.0",)))
+    plan, params, feeds = setup("elman", np.float64)
+    tape = Executor(plan, dtype=np.float64).forward(params, feeds, lengths=LENGTHS)
+    assert not any(isinstance(r, FusedRun) for r in tape.loops.values())
+    reference = Executor(plan, dtype=np.float64, options=ExecOptions.reference()).forward(params, feeds, lengths=LENGTHS)
+    np.testing.assert_allclose(tape.values["h"], reference.values["h"], rtol=1e-12)
+
+
+@needs_numba
 def test_fusion_can_be_switched_off_and_is_off_where_numba_is_missing(monkeypatch):
     plan, params, feeds = setup("elman", np.float64)
     off = Executor(plan, dtype=np.float64, options=ExecOptions(fused_loops=False))

@@ -102,6 +102,23 @@ def compiled(kernels: Kernels):
     return mod
 
 
+def probe(mod, kernels: Kernels, args: dict, lengths: np.ndarray) -> bool:
+    """Compile both kernels for these arrays' types by running them on no steps; False (the loop
+    stays on NumPy) if numba rejects the generated code, which would otherwise fail a backward pass
+    after a fused forward one."""
+    from numba.core.errors import NumbaError
+
+    def stand_in(kind, key):     # a gradient array: the type of the forward array it belongs to
+        like = args[("value", key) if kind == "grad" else ("read", key)]
+        return np.zeros(((1,) if kind == "ginit" else (1, 1)) + like.shape[2:], like.dtype)
+    try:
+        mod.forward(0, lengths, *[args[e] for e in kernels.layout.forward])
+        mod.backward(0, lengths, *[args[e] if e in args else stand_in(*e) for e in kernels.layout.backward])
+    except NumbaError:
+        return False
+    return True
+
+
 @dataclass(eq=False)
 class FusedRun:
     """What a fused loop's forward pass leaves on the tape for its backward pass."""
@@ -127,6 +144,7 @@ class FusedLoops:
         self.last: set[int] = set()     # the loops the last forward pass ran fused (the bench reports it)
         self.after = FUSE_AFTER_PASSES
         self.passes: dict[int, int] = {}   # loop -> passes run so far
+        self.probed: set[tuple] = set()     # kernels known to compile
 
     def chosen(self, loop: LoopStep, batch: int) -> bool:
         """Whether this loop runs fused at this batch size: numba is there, every body op has a
@@ -185,6 +203,11 @@ class FusedLoops:
                 args[(kind, k)] = (np.ascontiguousarray(pre, dtype) if pre is not None and k[1] < 0
                                    else np.empty((0, B) + body.trails[k[0]], dtype))
         lengths = axis.lengths if axis.lengths.dtype == np.int64 else axis.lengths.astype(np.int64)
+        if key not in self.probed:
+            if not probe(mod, code, args, lengths):
+                self.code[key] = None
+                return False
+            self.probed.add(key)
         mod.forward(T, lengths, *[args[e] for e in code.layout.forward])
         if tape.context.check_finite:
             times = range(T) if loop.direction > 0 else range(T - 1, -1, -1)
