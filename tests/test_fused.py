@@ -25,11 +25,14 @@ CELLS = {
     "elman": "h = rnn(x, H = 4)\n",
     "reversed gru": "h = reverse(gru)(x, H = 4)\n",
     # odd ops, a join inside the loop, a state read two steps back, a learned initial state
-    "odd": ("a[4] = softplus(W @ x + U @ h[t-1] + b)\n"
+    "odd": ("a[4] = softplus(W @ x + U @ h[t-1] + b + P @ ((Q @ h[t-1]) / k[t-1]))\n"
             "g[4] = gelu(V @ concat(a, h[t-2]) + c) / (1 + exp(-abs(a)))\n"
             "h[4] = mish(a) - 0.5 * g * sigmoid(h[t-1]) + 0.5 * tanh(pow(elu(g), p = 3)) + sqrt(1 + square(h[t-2]))\n"
-            "initial h = h0\n"),
+            "initial h = h0\n"
+            # a sequence of another loop, read a step back (at the first step: its initial state)
+            "k[3] = 3 + tanh(Wk @ x + Uk @ k[t-1])\ninitial k = k0\n"),
 }
+
 
 @pytest.fixture(autouse=True)
 def fuse_from_the_first_pass(monkeypatch):
@@ -43,6 +46,8 @@ def setup(cell: str, dtype, seed=0):
     plan = compile_text(HEAD + CELLS[cell] + TAIL).plan
     rng = np.random.default_rng(seed)
     params = {p.name: rng.normal(scale=0.5, size=p.shape).astype(dtype) for p in plan.params}
+    if "k0" in params:      # what k[t-1] reads before the first step: the odd cell divides by it
+        params["k0"] += 3
     feeds = {"x": rng.normal(size=(5, 4, 3)).astype(dtype), "y": rng.normal(size=(5, 4, 2)).astype(dtype)}
     return plan, params, feeds
 

@@ -247,6 +247,14 @@ class _Body:
         self.outer_entries = [("outer", k) for k in self.outer]
 
 
+def whole_input(run: FusedRun, env: dict, ids: set, src: str, d: int) -> np.ndarray:
+    """An op's input over all steps, as the kernel read it (a sequence from outside read at t + d:
+    shifted; a 0-d value as it is, so that its gradient keeps its shape)."""
+    if src in ids:
+        return run.bufs[src] if d == 0 else run.args[("read", (src, d))]
+    return env[src] if env[src].ndim == 0 else run.args[("outer", (src, d))]
+
+
 def loop_backward(ex, loop: LoopStep, run: FusedRun, tape: Tape, grads: GradSum, need, keep: bool) -> None:
     """BPTT by the backward kernel; then one whole-sequence VJP per edge leaving the loop."""
     env, bufs, args = tape.values, run.bufs, dict(run.args)
@@ -274,8 +282,7 @@ def loop_backward(ex, loop: LoopStep, run: FusedRun, tape: Tape, grads: GradSum,
         for pos, (src, d) in enumerate(b.inputs):
             if src in ids or src in ex.facts.integer or src not in need:
                 continue
-            xs = [args[("read", (s2, d2))] if (s2 in ids and d2 != 0) else (bufs[s2] if s2 in ids else env[s2])
-                  for s2, d2 in b.inputs]
+            xs = [whole_input(run, env, ids, s2, d2) for s2, d2 in b.inputs]
             gi = op.vjp_one(pos, G[b.id], xs, bufs[b.id], b.attrs, NO_CTX)
             if gi is not None:
                 send(ex.facts, tape, src, d if src in ex.facts.seq else 0, gi, grads, need)
