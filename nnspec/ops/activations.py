@@ -138,6 +138,7 @@ class Step(Activation):
 @register
 class Identity(Activation):
     name = "identity"
+    fused = ScalarForm('{x0}', ('1.0',))
     doc = "x unchanged (a linear unit)"
 
     vjp_reads = ()
