@@ -119,7 +119,8 @@ def test_a_body_numba_rejects_stays_on_numpy_before_anything_ran(monkeypatch):
     plan, params, feeds = setup("elman", np.float64)
     tape = Executor(plan, dtype=np.float64).forward(params, feeds, lengths=LENGTHS)
     assert not any(isinstance(r, FusedRun) for r in tape.loops.values())
-    reference = Executor(plan, dtype=np.float64, options=ExecOptions.reference()).forward(params, feeds, lengths=LENGTHS)
+    reference = Executor(plan, dtype=np.float64, options=ExecOptions.reference())
+    reference = reference.forward(params, feeds, lengths=LENGTHS)
     np.testing.assert_allclose(tape.values["h"], reference.values["h"], rtol=1e-12)
 
 

@@ -207,9 +207,12 @@ class Softplus(Activation):
 @register
 class Gelu(Activation):
     name = "gelu"
+    # t = tanh(C (x + 0.044715 x^3)): value 0.5 x (1 + t), derivative 0.5 (1 + t + x (1 - t^2) C (1 + 3 0.044715 x^2))
     fused = ScalarForm(
-        '0.5 * {x0} * (1.0 + tanh(0.7978845608028654 * ({x0} + 0.044715 * {x0} * {x0} * {x0})))',
-        ('0.5 * (1.0 + tanh(0.7978845608028654 * ({x0} + 0.044715 * {x0} * {x0} * {x0})) + {x0} * (1.0 - tanh(0.7978845608028654 * ({x0} + 0.044715 * {x0} * {x0} * {x0})) ** 2) * 0.7978845608028654 * (1.0 + 3 * 0.044715 * {x0} * {x0}))',))
+        "0.5 * {x0} * (1.0 + tanh(0.7978845608028654 * ({x0} + 0.044715 * {x0} * {x0} * {x0})))",
+        ("0.5 * (1.0 + tanh(0.7978845608028654 * ({x0} + 0.044715 * {x0} * {x0} * {x0}))"
+         " + {x0} * (1.0 - tanh(0.7978845608028654 * ({x0} + 0.044715 * {x0} * {x0} * {x0})) ** 2)"
+         " * 0.7978845608028654 * (1.0 + 3 * 0.044715 * {x0} * {x0}))",))
     doc = "x * Phi(x), tanh approximation 0.5x(1 + tanh(sqrt(2/pi)(x + 0.044715x^3)))"
     C = float(np.sqrt(2.0 / np.pi))
 
@@ -237,9 +240,11 @@ class Gelu(Activation):
 @register
 class Mish(Activation):
     name = "mish"
+    # sp = softplus(x): value x tanh(sp), derivative tanh(sp) + x (1 - tanh(sp)^2) sigmoid(x)
     fused = ScalarForm(
-        '{x0} * tanh(max({x0}, 0.0) + log1p(exp(-abs({x0}))))',
-        ('tanh(max({x0}, 0.0) + log1p(exp(-abs({x0})))) + {x0} * (1.0 - tanh(max({x0}, 0.0) + log1p(exp(-abs({x0})))) ** 2) / (1.0 + exp(-{x0}))',))
+        "{x0} * tanh(max({x0}, 0.0) + log1p(exp(-abs({x0}))))",
+        ("tanh(max({x0}, 0.0) + log1p(exp(-abs({x0}))))"
+         " + {x0} * (1.0 - tanh(max({x0}, 0.0) + log1p(exp(-abs({x0})))) ** 2) / (1.0 + exp(-{x0}))",))
     doc = "x * tanh(softplus(x)), smooth and non-monotonic (Misra 2019)"
 
     vjp_reads = (0,)
