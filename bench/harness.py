@@ -48,6 +48,7 @@ REGISTRY: dict[str, str | Callable[[], Implementation]] = {
     "numpy": "bench.numpy_impl:NumpyImpl",
     "torch": "bench.torch_impl:TorchImpl",
     "nnspec": "bench.nnspec_impl:NnspecImpl",  # skipped until that file exists
+    "nnspec-nofuse": "bench.nnspec_impl:NnspecNoFuseImpl",   # every loop on the NumPy path
 }
 
 
@@ -252,6 +253,9 @@ def run_suite(config_names, impl_names=None, repeats=20, warmup=3, min_sample_ms
                 "activation_bytes": activation_bytes(cfg, dtype),
                 "activation_elements": activation_elements(cfg),
             }
+            note = getattr(impls[name], "notes", {}).get(cname)
+            if note:
+                row["note"] = note
             if memory and getattr(impls[name], "traces_memory", False):
                 row["memory"] = traced_memory(impls[name], cfg, dtype)
             results.append(row)
@@ -308,6 +312,8 @@ def format_table(report: dict) -> str:
             notes.append(f"skipped {r['impl']} on {r['config']}: {r['skipped']}")
             continue
         mem = r.get("memory")
+        if r.get("note"):
+            notes.append(f"{r['impl']} on {r['config']}: {r['note']}")
         rows.append([
             r["config"], r["impl"], _fmt(r["min_ms"], ".3f"), _fmt(r["median_ms"], ".3f"),
             _fmt(r["max_ms"], ".3f"), _fmt(r["vs_torch"], ".2f"), _fmt(r["vs_numpy"], ".2f"),

@@ -75,23 +75,44 @@ class NnspecImpl:
 
     name = "nnspec"
     traces_memory = True  # everything is NumPy
+    fused = True          # small loops as compiled kernels where numba is installed (runtime/fused.py)
 
     def __init__(self, optimize: bool | None = None):
         self.optimize = optimize
+        self.notes: dict[str, str] = {}   # config -> what ran (fused loops)
 
     def setup(self, config, dtype):
+        from nnspec.runtime import ExecOptions, Executor
+
         model, feeds, opt = build(config, dtype, self.optimize)
+        if not self.fused:
+            model.executor = Executor(model.plan, model.dtype, options=ExecOptions(fused_loops=False))
         rng = np.random.default_rng(0)
+        fused = model.executor.fused
+        if fused is not None:
+            fused.after = 0    # the bench times steady steps: compile during the warm-up, not after 100 steps
 
         def step():
             loss, grads, _ = model.loss_and_grads(feeds, rng=rng, single_use=True)
             opt.step(model.params, grads, consume=True)   # as the training loop does
+            if config.name not in self.notes:
+                loops = len(model.executor.fast_loops)
+                self.notes[config.name] = f"fused loops: {len(fused.last) if fused else 0} of {loops}"
             return loss
 
         return step
 
     def info(self) -> dict:
         import nnspec
+        from nnspec.runtime.fused import numba_available
 
         opt = self.optimize if self.optimize is not None else os.environ.get("NNSPEC_OPTIMIZE", "1") != "0"
-        return {"version": getattr(nnspec, "__version__", "?"), "optimize": opt}
+        return {"version": getattr(nnspec, "__version__", "?"), "optimize": opt,
+                "fused": self.fused and numba_available()}
+
+
+class NnspecNoFuseImpl(NnspecImpl):
+    """nnspec with every loop on the NumPy path (``ExecOptions(fused_loops=False)``): the A/B of fusion."""
+
+    name = "nnspec-nofuse"
+    fused = False

@@ -142,7 +142,7 @@ MODULES = modules()
 RUNTIME_LAYERS = [
     ("core", ("timeaxis", "axes", "reuse", "blas", "tape", "facts", "pool", "rowgrad", "gradsum", "paramblocks")),
     ("reference", ("reference",)),
-    ("fast paths", ("steps", "loopprogram", "loops", "loopback", "prepared", "profile")),
+    ("fast paths", ("steps", "loopprogram", "loops", "loopback", "prepared", "profile", "fusedcode", "fused")),
     ("executor", ("executor",)),
 ]
 

@@ -104,6 +104,7 @@ def lstm_model():
 
 def test_a_training_step_holds_nothing_afterwards_so_the_next_reuses_its_loop():
     model = lstm_model()
+    model.executor = Executor(model.plan, model.dtype, options=ExecOptions(fused_loops=False))   # the NumPy loop path
     rng = np.random.default_rng(0)
     feeds = {"x": rng.normal(size=(6, 2, 3)), "y": rng.integers(0, 4, size=(6, 2))}
     runs = []

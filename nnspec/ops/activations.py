@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .registry import NotALoss, Op, ShapeError, register, show_shape
+from .registry import NotALoss, Op, ScalarForm, ShapeError, register, show_shape
 
 
 def sigmoid(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
@@ -47,6 +47,7 @@ class Activation(NotALoss, Op):
 @register
 class Sigmoid(Activation):
     name = "sigmoid"
+    fused = ScalarForm('1.0 / (1.0 + exp(-{x0}))', ('{out} * (1.0 - {out})',))
     doc = "logistic 1 / (1 + e^-x), stable for large |x|"
 
     vjp_reads = ("out",)
@@ -74,6 +75,7 @@ class Sigmoid(Activation):
 @register
 class Tanh(Activation):
     name = "tanh"
+    fused = ScalarForm('tanh({x0})', ('1.0 - {out} * {out}',))
     doc = "hyperbolic tangent"
 
     vjp_reads = ("out",)
@@ -101,6 +103,7 @@ class Tanh(Activation):
 @register
 class Relu(Activation):
     name = "relu"
+    fused = ScalarForm('({x0} if {x0} > 0 else 0.0)', ('(1.0 if {x0} > 0 else 0.0)',))
     doc = "max(x, 0)"
 
     vjp_reads = (0,)
@@ -121,6 +124,7 @@ class Relu(Activation):
 @register
 class Step(Activation):
     name = "step"
+    fused = ScalarForm('(1.0 if {x0} > 0 else 0.0)', ('0.0',))
     doc = ("Heaviside 1 if x > 0 else 0, the perceptron unit: "
            "zero gradient, train with the perceptron rule")
 
@@ -134,6 +138,7 @@ class Step(Activation):
 @register
 class Identity(Activation):
     name = "identity"
+    fused = ScalarForm('{x0}', ('1.0',))
     doc = "x unchanged (a linear unit)"
 
     vjp_reads = ()
@@ -152,6 +157,9 @@ class Identity(Activation):
 @register
 class LeakyRelu(Activation):
     name = "leaky_relu"
+    fused = ScalarForm(
+        '({x0} if {x0} > 0 else {alpha} * {x0})',
+        ('(1.0 if {x0} > 0 else {alpha})',))
     attrs = {"alpha": 0.01}
     doc = "x where x > 0 else alpha * x (attr alpha, default 0.01)"
 
@@ -166,6 +174,9 @@ class LeakyRelu(Activation):
 @register
 class Elu(Activation):
     name = "elu"
+    fused = ScalarForm(
+        '({x0} if {x0} > 0 else {alpha} * expm1(min({x0}, 0.0)))',
+        ('(1.0 if {x0} > 0 else {out} + {alpha})',))
     attrs = {"alpha": 1.0}
     doc = "x where x > 0 else alpha * (e^x - 1) (attr alpha, default 1)"
 
@@ -181,6 +192,9 @@ class Elu(Activation):
 @register
 class Softplus(Activation):
     name = "softplus"
+    fused = ScalarForm(
+        'max({x0}, 0.0) + log1p(exp(-abs({x0})))',
+        ('1.0 / (1.0 + exp(-{x0}))',))
     doc = "log(1 + e^x), computed as logaddexp(0, x) so it never overflows"
 
     def forward(self, xs, attrs, ctx):
@@ -193,6 +207,12 @@ class Softplus(Activation):
 @register
 class Gelu(Activation):
     name = "gelu"
+    # t = tanh(C (x + 0.044715 x^3)): value 0.5 x (1 + t), derivative 0.5 (1 + t + x (1 - t^2) C (1 + 3 0.044715 x^2))
+    fused = ScalarForm(
+        "0.5 * {x0} * (1.0 + tanh(0.7978845608028654 * ({x0} + 0.044715 * {x0} * {x0} * {x0})))",
+        ("0.5 * (1.0 + tanh(0.7978845608028654 * ({x0} + 0.044715 * {x0} * {x0} * {x0}))"
+         " + {x0} * (1.0 - tanh(0.7978845608028654 * ({x0} + 0.044715 * {x0} * {x0} * {x0})) ** 2)"
+         " * 0.7978845608028654 * (1.0 + 3 * 0.044715 * {x0} * {x0}))",))
     doc = "x * Phi(x), tanh approximation 0.5x(1 + tanh(sqrt(2/pi)(x + 0.044715x^3)))"
     C = float(np.sqrt(2.0 / np.pi))
 
@@ -220,6 +240,11 @@ class Gelu(Activation):
 @register
 class Mish(Activation):
     name = "mish"
+    # sp = softplus(x): value x tanh(sp), derivative tanh(sp) + x (1 - tanh(sp)^2) sigmoid(x)
+    fused = ScalarForm(
+        "{x0} * tanh(max({x0}, 0.0) + log1p(exp(-abs({x0}))))",
+        ("tanh(max({x0}, 0.0) + log1p(exp(-abs({x0}))))"
+         " + {x0} * (1.0 - tanh(max({x0}, 0.0) + log1p(exp(-abs({x0})))) ** 2) / (1.0 + exp(-{x0}))",))
     doc = "x * tanh(softplus(x)), smooth and non-monotonic (Misra 2019)"
 
     vjp_reads = (0,)
@@ -241,6 +266,7 @@ class Mish(Activation):
 @register
 class HardTanh(Activation):
     name = "hard_tanh"
+    fused = ScalarForm('min(max({x0}, -1.0), 1.0)', ('(1.0 if abs({x0}) < 1 else 0.0)',))
     doc = "x clipped to [-1, 1]"
 
     def forward(self, xs, attrs, ctx):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .registry import NotALoss, Op, broadcast_shape, product_into, register, unbroadcast
+from .registry import NotALoss, Op, ScalarForm, broadcast_shape, product_into, register, unbroadcast
 
 
 class Binary(NotALoss, Op):
@@ -46,6 +46,7 @@ class Unary(NotALoss, Op):
 @register
 class Add(Binary):
     name = "add"
+    fused = ScalarForm('{x0} + {x1}', ('1.0', '1.0'))
     doc = "a + b, elementwise with broadcasting"
     operator = "+"
     passes_gradient = (0, 1)
@@ -75,6 +76,7 @@ class Add(Binary):
 @register
 class Sub(Binary):
     name = "sub"
+    fused = ScalarForm('{x0} - {x1}', ('1.0', '-1.0'))
     doc = "a - b, elementwise with broadcasting"
     operator = "-"
     passes_gradient = (0,)
@@ -104,6 +106,7 @@ class Sub(Binary):
 @register
 class Mul(Binary):
     name = "mul"
+    fused = ScalarForm('{x0} * {x1}', ('{x1}', '{x0}'))
     doc = "a * b, elementwise with broadcasting"
     operator = "*"
 
@@ -141,6 +144,7 @@ class Mul(Binary):
 @register
 class Div(Binary):
     name = "div"
+    fused = ScalarForm('{x0} / {x1}', ('1.0 / {x1}', '-{out} / {x1}'))
     doc = "a / b, elementwise with broadcasting"
     operator = "/"
 
@@ -160,6 +164,7 @@ class Div(Binary):
 @register
 class Neg(Unary):
     name = "neg"
+    fused = ScalarForm('-{x0}', ('-1.0',))
     doc = "-x"
     operator = "-"
 
@@ -181,6 +186,7 @@ class Neg(Unary):
 @register
 class Pow(Unary):
     name = "pow"
+    fused = ScalarForm('{x0} ** {p}', ('{p} * {x0} ** ({p} - 1.0)',))
     attrs = {"p": 2.0}
     doc = "x ** p for a constant exponent p (attr p, default 2)"
 
@@ -195,6 +201,7 @@ class Pow(Unary):
 @register
 class Exp(Unary):
     name = "exp"
+    fused = ScalarForm('exp({x0})', ('{out}',))
     doc = "e ** x"
 
     vjp_reads = ("out",)
@@ -215,6 +222,7 @@ class Exp(Unary):
 @register
 class Log(Unary):
     name = "log"
+    fused = ScalarForm('log({x0})', ('1.0 / {x0}',))
     doc = "natural logarithm"
 
     def forward(self, xs, attrs, ctx):
@@ -227,6 +235,7 @@ class Log(Unary):
 @register
 class Sqrt(Unary):
     name = "sqrt"
+    fused = ScalarForm('sqrt({x0})', ('0.5 / {out}',))
     doc = "square root"
 
     def forward(self, xs, attrs, ctx):
@@ -239,6 +248,7 @@ class Sqrt(Unary):
 @register
 class Square(Unary):
     name = "square"
+    fused = ScalarForm('{x0} * {x0}', ('2.0 * {x0}',))
     doc = "x * x"
 
     def forward(self, xs, attrs, ctx):
@@ -251,6 +261,7 @@ class Square(Unary):
 @register
 class Abs(Unary):
     name = "abs"
+    fused = ScalarForm('abs({x0})', ('(1.0 if {x0} > 0 else (-1.0 if {x0} < 0 else 0.0))',))
     doc = "|x| (gradient sign(x), 0 at 0)"
 
     def forward(self, xs, attrs, ctx):

@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from .registry import NotALoss, Op, ShapeError, register, show_shape, unbroadcast
+from .registry import JoinForm, NotALoss, Op, PartForm, ProductForm, ShapeError, register, show_shape, unbroadcast
 
 
 @register
 class Matmul(NotALoss, Op):
     name = "matmul"
+    fused = ProductForm()
     arity = 2
     shared_inputs = (0,)   # W is read as (m, n): x's leading axes are the batch's and time's
     doc = "W x for a weight W (m, n) and input x (..., n): out (..., m)"
@@ -120,6 +121,7 @@ def _rows_times(x: np.ndarray, m: np.ndarray, out: np.ndarray | None = None) -> 
 @register
 class Linear(NotALoss, Op):
     name = "linear"
+    fused = ProductForm(bias=True)
     arity = 3
     shared_inputs = (0, 2)
     needs_ctx = False
@@ -178,6 +180,7 @@ class Linear(NotALoss, Op):
 @register
 class Concat(NotALoss, Op):
     name = "concat"
+    fused = JoinForm()
     arity = None
     doc = "join inputs along the last axis (other dims must agree)"
     elementwise = False
@@ -246,6 +249,7 @@ class Concat(NotALoss, Op):
 @register
 class Slice(NotALoss, Op):
     name = "slice"
+    fused = PartForm()
     attrs = {"start": 0, "stop": None}
     needs_ctx = False
     vjp_reads = ()

@@ -67,6 +67,36 @@ class Ctx:
     spend: bool = False
 
 
+@dataclass(frozen=True)
+class ScalarForm:
+    """An elementwise op's maths on single numbers, for the fused loop kernels that are generated
+    from a loop body (``runtime/fused.py``): ``value`` in terms of the inputs ``{x0}``, ``{x1}`` ...
+    and the op's attributes (``{p}``), and ``partials[i]``, d out / d input i, in terms of the same and
+    ``{out}``. Python expressions over ``exp log tanh sqrt expm1 log1p abs`` and conditionals."""
+    value: str
+    partials: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ProductForm:
+    """``W x`` (with ``bias``: ``W x + b``) for one weight W (m, n) shared by the batch: a fused
+    kernel computes it as a small loop of products (it pays only at small sizes)."""
+    bias: bool = False
+
+
+@dataclass(frozen=True)
+class JoinForm:
+    """The inputs side by side along the last axis."""
+
+
+@dataclass(frozen=True)
+class PartForm:
+    """``x[..., start:stop]`` (attrs ``start``, ``stop``)."""
+
+
+FusedForm = ScalarForm | ProductForm | JoinForm | PartForm
+
+
 class Op:
     """Base class: subclasses set ``name`` and implement the three methods."""
 
@@ -121,6 +151,9 @@ class Op:
     # ---- fast paths (optional) -------------------------------------------------
     # The runtime's loop fast path calls these; the defaults fall back on
     # forward/vjp, so an op only overrides them to save allocations and work.
+    # what a generated loop kernel computes for this op (``runtime/fused.py``); None: a loop holding
+    # the op runs on the NumPy path
+    fused: ClassVar[FusedForm | None] = None
     needs_ctx: ClassVar[bool] = True   # forward/vjp read ctx (train, rng, mask, saved)
     spends_input: ClassVar[bool] = False  # forward can work in its first input's array (Ctx.spend)
     # its step kernel may overflow harmlessly (sigmoid's e^-x -> inf gives exactly 0) and does not

@@ -22,7 +22,7 @@ import numpy as np
 from .. import chunks
 from ..ops import REGISTRY
 from ..plan import LoopStep, Plan
-from . import loopback, prepared, reference
+from . import fused, loopback, prepared, reference
 from .blas import blas_threads
 from .facts import PlanFacts
 from .gradsum import GradSum
@@ -49,6 +49,7 @@ class Executor:
         self.tables = TableGrads(self._table_shapes() if self.options.row_grads else {})
         self.fast_steps = FastSteps(self)
         self.fast_loops: dict[int, FastLoop] = {}
+        self.fused = fused.FusedLoops(self) if self.options.fused_loops else None   # small loops compiled
         self._pass_run: prepared.PassRun | None = None   # the prepared pass kept for the last batch geometry
         self._pass_seen: tuple | None = None    # (geometry, shapes of the steps that ran into arrays)
         self.profile: dict | None = None        # set to {} to collect seconds per step
@@ -192,7 +193,8 @@ class Executor:
         if isinstance(step, LoopStep):
             if (self.options.fast_loops and self.facts.loop_axis[step.index] in tape.axes
                     and step.index not in self.facts.across_axes and self.program(step).ok):
-                self.fast_loops[step.index].forward(self, tape)
+                if self.fused is None or not self.fused.forward(self, step, tape):
+                    self.fast_loops[step.index].forward(self, tape)
             else:
                 reference.loop_forward(self.facts, step, tape)
             return False
@@ -255,7 +257,10 @@ class Executor:
     def backward_step(self, step, tape: Tape, grads: GradSum, need, keep: bool) -> None:
         """One step's VJPs; ``keep``: a loop leaves its body values' gradients in the dict."""
         if isinstance(step, LoopStep):
-            if step.index in tape.loops:
+            run = tape.loops.get(step.index)
+            if isinstance(run, fused.FusedRun):
+                fused.loop_backward(self, step, run, tape, grads, need, keep)
+            elif run is not None:
                 loopback.loop_backward(self, self.program(step), tape, grads, need, keep)
             else:
                 reference.loop_backward(self.facts, step, tape, grads, need)

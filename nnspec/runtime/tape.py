@@ -53,6 +53,7 @@ class ExecOptions:
     # parameters stacked by concat_rows and stored as blocks of one array (Model does so): the
     # stacked value is a view of it, not a copy made at every pass
     param_blocks: bool = True
+    fused_loops: bool = True   # small loops: one compiled kernel per direction (runtime/fused.py, needs numba)
     # BLAS threads for a whole forward or backward pass, and while a loop runs step by step.
     # nnspec's products are small (a step: (B, H) x (H, 4H)); measured on a 2-core machine,
     # a second OpenBLAS thread made every one of them slower, even the (1120 x 128) x
@@ -67,7 +68,8 @@ class ExecOptions:
     def reference(cls) -> "ExecOptions":
         """Every step by the reference engine, no speed feature: the oracle the fast paths are tested against."""
         return cls(fast_loops=False, defer_grads=False, local_grads=False, alias_grads=False, scratch=False,
-                   reuse_buffers=False, row_grads=False, prepared=False, lend_dead=False, param_blocks=False)
+                   reuse_buffers=False, row_grads=False, prepared=False, lend_dead=False, param_blocks=False,
+                   fused_loops=False)
 
 
 @dataclass

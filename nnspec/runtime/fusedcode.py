@@ -1,0 +1,292 @@
+"""The source of a loop's fused kernels: one function for the forward recurrence (every step, every
+body op) and one for backpropagation through time, generated from the loop's body and each op's
+fused form (``Op.fused``: its maths on single numbers, or a product, a join, a part), for numba to
+compile (``fused.py``). Pure Python: nothing here imports numba.
+
+A kernel works on whole ``(T, B, w)`` arrays, one per body value, and loops over steps, examples
+and elements itself, so a step of a small cell costs no Python call at all. A state read at ``t + d``
+is copied into its own ``(T, B, w)`` array at the start of step t with the semantics of
+``TimeAxis.read_step`` (the previous chunk's steps, the initial state, or the step), and its
+gradient is sent back with those of ``TimeAxis.send_to_step``. Gradients that leave the loop (a
+weight's, a bias's, an input's) are not computed here: the runtime makes them with one
+whole-sequence VJP per edge after the kernel, as the NumPy path does (``loopback.py``).
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+from ..ops import REGISTRY
+from ..ops.registry import JoinForm, PartForm, ProductForm, ScalarForm
+from ..plan import LoopStep
+from .timeaxis import array_shape
+
+HEADER = "from math import exp, expm1, log, log1p, sqrt, tanh\n"
+
+
+class NotFusable(Exception):
+    """The loop has something a generated kernel does not do; it stays on the NumPy path."""
+
+
+@dataclass
+class Operand:
+    """Where an op reads an input: a body value at this step ("value"), a body value at another
+    step ("read", its read array), or an array from outside the loop ("outer": ``ndim`` 3 a
+    sequence, 2 one row per example, 1 one row for the batch)."""
+    kind: str
+    name: str        # the kernel's name for the array
+    width: int
+    ndim: int = 3
+    grad: str = ""   # the kernel's name for its gradient array ("" : none inside the kernel)
+
+    def at(self, elem: str, width: int) -> str:
+        """This operand's element ``elem`` where the op works on ``width`` elements (a width-1
+        operand broadcasts)."""
+        if self.width == width:
+            j = elem
+        elif self.width == 1:
+            j = "0"
+        else:
+            raise NotFusable(f"an operand of width {self.width} against {width}")
+        if self.ndim == 3:
+            return f"{self.name}[t, b, {j}]"
+        return f"{self.name}[b, {j}]" if self.ndim == 2 else f"{self.name}[{j}]"
+
+    def grad_at(self, elem: str, width: int) -> str:
+        j = elem if self.width == width else "0"
+        return f"{self.grad}[t, b, {j}]"
+
+
+@dataclass
+class Layout:
+    """The kernels' array arguments, in order, as (kind, key): ("value", id), ("read", (src, d)),
+    ("init", (src, d)), ("before", (src, d)), ("outer", (src, d)); the backward kernel adds
+    ("grad", id), ("gread", (src, d)), ("ginit", (src, d))."""
+    forward: list = field(default_factory=list)
+    backward: list = field(default_factory=list)
+
+
+@dataclass
+class Kernels:
+    source: str
+    layout: Layout
+    key: str          # hash of the source: the module's name in the cache
+
+
+def body_forms(loop: LoopStep, integer: set) -> None:
+    """Raise NotFusable unless every body op has a fused form and every body value is a real vector."""
+    for s in loop.body:
+        op = REGISTRY[s.op]
+        if op.fused is None:
+            raise NotFusable(f"{s.op} has no fused form")
+        if s.integer or any(src in integer for src, _ in s.inputs):
+            raise NotFusable("ids in the loop")
+        trail = array_shape(s.shape, s.integer)
+        if len(trail) != 1 or not isinstance(trail[0], int):
+            raise NotFusable(f"{s.id} is not a vector of known size")
+
+
+def work_per_example(loop: LoopStep, outer_shapes: dict) -> int:
+    """Multiply-adds and element operations of one step for one example: what the choice between
+    the fused kernel and the NumPy path is made on."""
+    total = 0
+    for s in loop.body:
+        op, width = REGISTRY[s.op], array_shape(s.shape, False)[0]
+        if isinstance(op.fused, ProductForm):
+            w = outer_shapes.get(s.inputs[0][0])
+            total += width * (w[-1] if w else width)
+        elif isinstance(op.fused, ScalarForm):
+            total += width
+    return total
+
+
+def generate(loop: LoopStep, outer_shapes: dict) -> Kernels:
+    """The kernels' source for a loop whose body passed ``body_forms``; ``outer_shapes``: the array
+    shape of every input from outside the loop, by (src, d)."""
+    return _Generator(loop, outer_shapes).kernels()
+
+
+class _Generator:
+    def __init__(self, loop: LoopStep, outer_shapes: dict):
+        self.loop = loop
+        self.ids = {s.id for s in loop.body}
+        self.width = {s.id: array_shape(s.shape, False)[0] for s in loop.body}
+        self.layout = Layout()
+        self.value: dict[str, Operand] = {}
+        self.reads: dict[tuple, Operand] = {}
+        self.outer: dict[tuple, Operand] = {}
+        for i, s in enumerate(loop.body):
+            self.value[s.id] = Operand("value", f"V{i}", self.width[s.id], grad=f"GV{i}")
+            self.layout.forward.append(("value", s.id))
+        for s in loop.body:
+            for src, d in s.inputs:
+                key = (src, d)
+                if src in self.ids and d != 0 and key not in self.reads:
+                    k = len(self.reads)
+                    self.reads[key] = Operand("read", f"R{k}", self.width[src], grad=f"GR{k}")
+                    self.layout.forward += [("read", key), ("init", key), ("before", key)]
+                elif src not in self.ids and key not in self.outer:
+                    shape = outer_shapes[key]
+                    if len(shape) > 3 or len(shape) == 0:
+                        raise NotFusable(f"{src}: an array of {len(shape)} axes")
+                    self.outer[key] = Operand("outer", f"O{len(self.outer)}", shape[-1], len(shape))
+                    self.layout.forward.append(("outer", key))
+        self.layout.backward = (list(self.layout.forward) + [("grad", s.id) for s in loop.body]
+                                + [(kind, key) for key in self.reads for kind in ("gread", "ginit")])
+
+    def operand(self, src: str, d: int) -> Operand:
+        if src in self.ids:
+            return self.value[src] if d == 0 else self.reads[(src, d)]
+        return self.outer[(src, d)]
+
+    def names(self, layout: list) -> list[str]:
+        out = []
+        for kind, key in layout:
+            if kind == "value":
+                out.append(self.value[key].name)
+            elif kind == "grad":
+                out.append(self.value[key].grad)
+            elif kind == "outer":
+                out.append(self.outer[key].name)
+            else:
+                r = self.reads[key].name[1:]
+                out.append({"read": "R", "init": "I", "before": "P", "gread": "GR", "ginit": "GI"}[kind] + r)
+        return out
+
+    def kernels(self) -> Kernels:
+        forward = self.forward_source()
+        backward = self.backward_source()
+        source = HEADER + "\n\n" + forward + "\n\n" + backward
+        key = hashlib.sha256(source.encode()).hexdigest()[:20]
+        return Kernels(source, self.layout, key)
+
+    # ---- forward ------------------------------------------------------------------------------
+    def steps_loop(self, reverse: bool) -> list[str]:
+        forward_in_time = (self.loop.direction > 0) != reverse
+        return ["    for s in range(T):",
+                "        t = s" if forward_in_time else "        t = T - 1 - s"]
+
+    def forward_source(self) -> str:
+        lines = [f"def forward(T, lengths, {', '.join(self.names(self.layout.forward))}):",
+                 "    B = lengths.shape[0]"]
+        lines += self.steps_loop(reverse=False)
+        lines.append("        for b in range(B):")   # examples are independent within a step
+        for (src, d), r in self.reads.items():
+            k, v, w = r.name[1:], self.value[src].name, r.width
+            lines += [
+                f"            u = t + {d}",
+                f"            if u < 0 and P{k}.shape[0] > 0:",
+                f"                for j in range({w}):",
+                f"                    R{k}[t, b, j] = P{k}[P{k}.shape[0] + u, b, j]",
+                "            elif u < 0 or u >= T or u >= lengths[b]:",
+                f"                for j in range({w}):",
+                f"                    R{k}[t, b, j] = I{k}[b, j]",
+                "            else:",
+                f"                for j in range({w}):",
+                f"                    R{k}[t, b, j] = {v}[u, b, j]"]
+        for s in self.loop.body:
+            lines += ["            " + x for x in self.op_forward(s)]
+        lines.append("    return 0")
+        return "\n".join(lines)
+
+    def op_forward(self, s) -> list[str]:
+        op, out, w = REGISTRY[s.op], self.value[s.id].name, self.width[s.id]
+        xs = [self.operand(src, d) for src, d in s.inputs]
+        form = op.fused
+        if isinstance(form, ScalarForm):
+            names = {f"x{i}": f"x{i}" for i in range(len(xs))}
+            expr = form.value.format(**names, **attr_values(op, s.attrs))
+            return ([f"for j in range({w}):"] + [f"    x{i} = {x.at('j', w)}" for i, x in enumerate(xs)]
+                    + [f"    {out}[t, b, j] = {expr}"])
+        if isinstance(form, ProductForm):
+            W, x = xs[0], xs[1]
+            if W.kind != "outer" or W.ndim != 2:
+                raise NotFusable("a product whose weight is not one matrix for the batch")
+            n = x.width
+            start = xs[2].at("i", w) if form.bias else "0.0"
+            return [f"for i in range({w}):",
+                    f"    acc = {start}",
+                    f"    for k in range({n}):",
+                    f"        acc += {W.name}[i, k] * {x.at('k', n)}",
+                    f"    {out}[t, b, i] = acc"]
+        if isinstance(form, JoinForm):
+            lines, off = [], 0
+            for x in xs:
+                lines += [f"for j in range({x.width}):", f"    {out}[t, b, {off} + j] = {x.at('j', x.width)}"]
+                off += x.width
+            return lines
+        if isinstance(form, PartForm):
+            start = int(s.attrs.get("start", 0))
+            return [f"for j in range({w}):", f"    {out}[t, b, j] = {xs[0].at(f'{start} + j', xs[0].width)}"]
+        raise NotFusable(f"{s.op}: an unknown fused form")
+
+    # ---- backward -----------------------------------------------------------------------------
+    def backward_source(self) -> str:
+        lines = [f"def backward(T, lengths, {', '.join(self.names(self.layout.backward))}):",
+                 "    B = lengths.shape[0]"]
+        lines += self.steps_loop(reverse=True)
+        lines.append("        for b in range(B):")
+        for s in reversed(self.loop.body):
+            lines += ["            " + x for x in self.op_backward(s)]
+        for (src, d), r in self.reads.items():      # a read's gradient goes back to its step, or the fill
+            k, gv, w = r.name[1:], self.value[src].grad, r.width
+            lines += [
+                f"            u = t + {d}",
+                "            if 0 <= u and u < T and u < lengths[b]:",
+                f"                for j in range({w}):",
+                f"                    {gv}[u, b, j] += GR{k}[t, b, j]",
+                "            else:",
+                f"                for j in range({w}):",
+                f"                    GI{k}[b, j] += GR{k}[t, b, j]"]
+        lines.append("    return 0")
+        return "\n".join(lines)
+
+    def op_backward(self, s) -> list[str]:
+        op, me, w = REGISTRY[s.op], self.value[s.id], self.width[s.id]
+        xs = [self.operand(src, d) for src, d in s.inputs]
+        inside = [i for i, x in enumerate(xs) if x.kind != "outer"]
+        if not inside:
+            return []
+        form = op.fused
+        g = f"{me.grad}[t, b, j]"
+        if isinstance(form, ScalarForm):
+            names = {f"x{i}": f"x{i}" for i in range(len(xs))}
+            attrs = attr_values(op, s.attrs)
+            lines = [f"for j in range({w}):", f"    g = {g}", f"    out = {me.name}[t, b, j]"]
+            lines += [f"    x{i} = {x.at('j', w)}" for i, x in enumerate(xs)]
+            for i in inside:
+                partial = form.partials[i].format(**names, out="out", **attrs)
+                lines.append(f"    {xs[i].grad_at('j', w)} += g * ({partial})")
+            return lines
+        if isinstance(form, ProductForm):
+            W, x = xs[0], xs[1]
+            if x.kind == "outer":
+                return []
+            return [f"for k in range({x.width}):",
+                    "    acc = 0.0",
+                    f"    for i in range({w}):",
+                    f"        acc += {me.grad}[t, b, i] * {W.name}[i, k]",
+                    f"    {x.grad_at('k', x.width)} += acc"]
+        if isinstance(form, JoinForm):
+            lines, off = [], 0
+            for i, x in enumerate(xs):
+                if x.kind != "outer":
+                    lines += [f"for j in range({x.width}):",
+                              f"    {x.grad_at('j', x.width)} += {me.grad}[t, b, {off} + j]"]
+                off += x.width
+            return lines
+        if isinstance(form, PartForm):
+            start = int(s.attrs.get("start", 0))
+            return [f"for j in range({w}):", f"    {xs[0].grad_at(f'{start} + j', xs[0].width)} += {g}"]
+        raise NotFusable(f"{s.op}: an unknown fused form")
+
+
+def attr_values(op, attrs: dict) -> dict[str, str]:
+    """The op's attributes as literals for its scalar form."""
+    out = {}
+    for name in type(op).attrs:
+        value = op.attr(attrs, name)
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise NotFusable(f"{op.name}: attribute {name} is not a number")
+        out[name] = repr(float(value))
+    return out

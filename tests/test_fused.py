@@ -1,0 +1,180 @@
+"""Fused loops (runtime/fused.py): a small loop body run by two kernels numba compiles from each op's
+fused form gives the reference engine's values and gradients, for the library cells and a cell of
+odd ops, with padding, delays of two steps, initial states, both directions and chunks carrying
+state; loops it cannot or should not fuse stay on the NumPy path. Skipped without numba (the
+``fast`` extra)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from nnspec import compile_text
+from nnspec.ops import REGISTRY
+from nnspec.ops.registry import ScalarForm
+from nnspec.runtime import ExecOptions, Executor
+from nnspec.runtime.fused import FusedRun, numba_available
+from nnspec.runtime.fusedcode import attr_values
+
+LENGTHS = np.array([5, 3, 1, 4])
+HEAD = "input x[3] : seq\ntarget y[2] : seq\n"
+TAIL = "loss mse(Z @ h + d, y)\n"
+
+CELLS = {
+    "lstm": "h = lstm(x, H = 4)\n",
+    "gru": "h = gru(x, H = 4)\n",
+    "elman": "h = rnn(x, H = 4)\n",
+    "reversed gru": "h = reverse(gru)(x, H = 4)\n",
+    # odd ops, a join inside the loop, a state read two steps back, a learned initial state
+    "odd": ("a[4] = softplus(W @ x + U @ h[t-1] + b + P @ ((Q @ h[t-1]) / k[t-1]))\n"
+            "g[4] = gelu(V @ concat(a, h[t-2]) + c) / (1 + exp(-abs(a)))\n"
+            "h[4] = mish(a) - 0.5 * g * sigmoid(h[t-1]) + 0.5 * tanh(pow(elu(g), p = 3)) + sqrt(1 + square(h[t-2]))\n"
+            "initial h = h0\n"
+            # a sequence of another loop, read a step back (at the first step: its initial state)
+            "k[3] = 3 + tanh(Wk @ x + Uk @ k[t-1])\ninitial k = k0\n"),
+}
+
+
+@pytest.fixture(autouse=True)
+def fuse_from_the_first_pass(monkeypatch):
+    monkeypatch.setattr("nnspec.runtime.fused.FUSE_AFTER_PASSES", 0)
+
+
+needs_numba = pytest.mark.skipif(not numba_available(), reason="numba (the fast extra) is not installed")
+
+
+def setup(cell: str, dtype, seed=0):
+    plan = compile_text(HEAD + CELLS[cell] + TAIL).plan
+    rng = np.random.default_rng(seed)
+    params = {p.name: rng.normal(scale=0.5, size=p.shape).astype(dtype) for p in plan.params}
+    if "k0" in params:      # what k[t-1] reads before the first step: the odd cell divides by it
+        params["k0"] += 3
+    feeds = {"x": rng.normal(size=(5, 4, 3)).astype(dtype), "y": rng.normal(size=(5, 4, 2)).astype(dtype)}
+    return plan, params, feeds
+
+
+def run(plan, params, feeds, dtype, options, carry=None, chunks=1):
+    """Forward and backward over ``chunks`` consecutive chunks, each carrying the last one's states."""
+    ex = Executor(plan, dtype=dtype, options=options)
+    out = []
+    for _ in range(chunks):
+        tape = ex.forward(params, feeds, lengths=LENGTHS, carry=carry)
+        out.append((tape, ex.backward(tape)))
+        carry = tape.final_states
+    return out
+
+
+def assert_same(fused, reference, dtype, plan):
+    tol = dict(rtol=2e-4, atol=2e-5) if dtype == np.float32 else dict(rtol=1e-10, atol=1e-12)
+    for (tf, gf), (tr, gr) in zip(fused, reference):
+        assert any(isinstance(r, FusedRun) for r in tf.loops.values()), "the loop did not run fused"
+        assert np.isfinite(tr.values[plan.loss])
+        for k, v in tr.values.items():
+            if isinstance(v, np.ndarray):
+                np.testing.assert_allclose(tf.values[k], v, err_msg=k, **tol)
+        assert set(gf) <= set(gr) and set(gr) - set(gf) <= set(plan.consts)   # (constants: only the reference)
+        for k in gf:
+            np.testing.assert_allclose(gf[k], gr[k], err_msg=k, **tol)
+
+
+# each case compiles two kernels (seconds, once: they are cached on disk); the default run takes a few
+FAST_CASES = {("lstm", np.float32), ("odd", np.float64), ("reversed gru", np.float64)}
+
+
+@needs_numba
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_a_fused_loop_gives_the_reference_values_and_gradients(cell, dtype, request):
+    if (cell, dtype) not in FAST_CASES and not request.config.getoption("--runslow"):
+        pytest.skip("compiles more kernels: run with --runslow")
+    plan, params, feeds = setup(cell, dtype)
+    assert_same(run(plan, params, feeds, dtype, ExecOptions()),
+                run(plan, params, feeds, dtype, ExecOptions.reference()), dtype, plan)
+
+
+@needs_numba
+@pytest.mark.parametrize("cell", ["odd"])
+def test_chunks_carrying_state_run_fused_as_the_reference_runs_them(cell):
+    """Truncated BPTT: the second chunk starts from the first one's final states (and, for h[t-2],
+    its last two steps), and sends no gradient back into them."""
+    plan, params, feeds = setup(cell, np.float64, seed=1)
+    assert_same(run(plan, params, feeds, np.float64, ExecOptions(), chunks=2),
+                run(plan, params, feeds, np.float64, ExecOptions.reference(), chunks=2), np.float64, plan)
+
+
+@needs_numba
+def test_a_loop_too_big_to_pay_or_with_an_op_without_a_fused_form_stays_on_numpy():
+    plan, params, feeds = setup("lstm", np.float64)
+    ex = Executor(plan, dtype=np.float64)
+    ex.fused.max_work_per_call = 10
+    assert not any(isinstance(r, FusedRun) for r in ex.forward(params, feeds, lengths=LENGTHS).loops.values())
+    plan = compile_text(HEAD + "h[4] = tanh(W @ x + U @ dropout(h[t-1], 0.5))\n" + TAIL).plan
+    ex = Executor(plan, dtype=np.float64)
+    params = {p.name: np.ones(p.shape) for p in plan.params}
+    assert not any(isinstance(r, FusedRun) for r in ex.forward(params, feeds, lengths=LENGTHS).loops.values())
+
+
+@needs_numba
+def test_a_body_numba_rejects_stays_on_numpy_before_anything_ran(monkeypatch):
+    monkeypatch.setattr(type(REGISTRY["tanh"]), "fused", ScalarForm("no_such_function({x0})", ("1.0",)))
+    plan, params, feeds = setup("elman", np.float64)
+    tape = Executor(plan, dtype=np.float64).forward(params, feeds, lengths=LENGTHS)
+    assert not any(isinstance(r, FusedRun) for r in tape.loops.values())
+    reference = Executor(plan, dtype=np.float64, options=ExecOptions.reference())
+    reference = reference.forward(params, feeds, lengths=LENGTHS)
+    np.testing.assert_allclose(tape.values["h"], reference.values["h"], rtol=1e-12)
+
+
+@needs_numba
+def test_fusion_can_be_switched_off_and_is_off_where_numba_is_missing(monkeypatch):
+    plan, params, feeds = setup("elman", np.float64)
+    off = Executor(plan, dtype=np.float64, options=ExecOptions(fused_loops=False))
+    assert off.fused is None and not any(isinstance(r, FusedRun) for r in off.forward(params, feeds).loops.values())
+    monkeypatch.setattr("nnspec.runtime.fused.numba_available", lambda: False)
+    missing = Executor(plan, dtype=np.float64)
+    assert not any(isinstance(r, FusedRun) for r in missing.forward(params, feeds).loops.values())
+
+
+@needs_numba
+def test_a_loop_runs_fused_after_a_fixed_number_of_passes_and_its_kernels_are_kept_on_disk(tmp_path, monkeypatch):
+    monkeypatch.setenv("NNSPEC_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr("nnspec.runtime.fused._modules", {})
+    monkeypatch.setattr("nnspec.runtime.fused.FUSE_AFTER_PASSES", 2)
+    plan, params, feeds = setup("elman", np.float64)
+    ex = Executor(plan, dtype=np.float64)
+    fused = []
+    for _ in range(3):
+        ex.forward(params, feeds)
+        fused.append(bool(ex.fused.last))
+    assert fused == [False, False, True]       # short runs never wait for the compiler
+    assert list((tmp_path / "kernels").glob("nnspec_fused_*.py"))
+    monkeypatch.setattr("nnspec.runtime.fused._modules", {})     # as in a new process
+    monkeypatch.setattr("nnspec.runtime.fused.FUSE_AFTER_PASSES", 0)
+    again = Executor(plan, dtype=np.float64)
+    tape = again.forward(params, feeds)
+    kernels = next(iter(tape.loops.values())).kernels
+    assert sum(kernels.forward.stats.cache_hits.values()) == 1   # numba's machine code, read from disk
+    assert not sum(kernels.forward.stats.cache_misses.values())
+
+
+@pytest.mark.parametrize("name", sorted(n for n, op in REGISTRY.items() if isinstance(op.fused, ScalarForm)))
+def test_every_scalar_form_is_its_ops_forward_and_derivative(name):
+    """An op's fused form says what its forward and vjp say, at points away from kinks."""
+    op = REGISTRY[name]
+    form = op.fused
+    rng = np.random.default_rng(3)
+    xs = [rng.uniform(0.2, 2.0, size=7) * rng.choice([-1, 1], size=7) for _ in range(len(form.partials))]
+    if name in ("log", "sqrt", "div", "pow"):
+        xs = [np.abs(x) for x in xs]
+    attrs = attr_values(op, {})
+    scope = {"exp": np.exp, "log": np.log, "tanh": np.tanh, "sqrt": np.sqrt, "expm1": np.expm1,
+             "log1p": np.log1p, "abs": abs, "max": max, "min": min}
+    names = {f"x{i}": f"x{i}" for i in range(len(xs))}
+    for k in range(7):
+        point = {f"x{i}": float(x[k]) for i, x in enumerate(xs)}
+        out = eval(form.value.format(**names, **attrs), scope, dict(point))
+        want = op.forward([np.array([x[k]]) for x in xs], {}, None)
+        assert out == pytest.approx(float(want[0]), rel=1e-12, abs=1e-12)
+        grads = op.vjp(np.ones(1), [np.array([x[k]]) for x in xs], np.asarray(want), {}, None)
+        for i, partial in enumerate(form.partials):
+            d = eval(partial.format(**names, out="out", **attrs), scope, dict(point, out=out))
+            assert d == pytest.approx(float(np.asarray(grads[i]).reshape(-1)[0]), rel=1e-9, abs=1e-12), (name, i)
