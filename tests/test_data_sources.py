@@ -35,7 +35,7 @@ def test_data_error_renders_file_and_line():
 
 
 def test_all_sources_registered():
-    assert set(SOURCES) == {"inline", "csv", "tsv", "npz", "lines", "conllu", "text"}
+    assert set(SOURCES) == {"inline", "csv", "tsv", "npz", "lines", "conllu", "conllu_words", "text"}
 
 
 def test_unknown_source_and_missing_file(tmp_path):
