@@ -7,9 +7,12 @@ The spec declares its decoder once (nnspec/decoding.py)::
 In training ``tgt`` is the gold sequence ``<s> y1 .. yn </s>`` and ``p`` at step t reads it only
 before t (teacher forcing). Decoding writes ``tgt`` itself: the start symbol first, then at each
 step a token chosen from ``p`` at that step, until the end symbol or ``max`` tokens. Every step
-here is one forward pass over the tokens so far: exactly the training computation (no second
-implementation of the decoder to keep in agreement), at the price of recomputing the encoder and
-the earlier steps (quadratic in the output length; fine for short outputs).
+runs the training computation itself (no second implementation of the decoder to keep in
+agreement), but not all of it: the values that do not depend on the decoded input (the encoder,
+its attention keys) are computed once per source and given to the later passes, and each later
+pass runs the decoder over two steps only, from the states its loops had (:class:`_Incremental`).
+A network whose decoder that cannot split so (:func:`stepwise`) is rerun whole over the tokens so
+far at each step (:class:`_Steps`, also the oracle the incremental decoding is tested against).
 
 Scores are plain log-probabilities: the sum over the written tokens (the end symbol included) of
 log p(token | source, the tokens before). Never written: ``<pad>``, ``<unk>`` and the start symbol.
@@ -180,7 +183,7 @@ class _Incremental(_Steps):
         state = {"rows": rows, "written": written, "start": start, "feeds": feeds, "lengths": lengths,
                  "given": None}
         log_p, finals, history, tape = self._pass(state, _fed(start, written), 0, None)
-        state["given"] = {k: np.array(tape.values[k]) for k in self.parts.independent if k in tape.values}
+        state["given"] = {k: np.array(tape.values[k]) for k in self.parts.independent}
         state.update(finals=finals, finals_before=None, history=history)
         return log_p, state
 
@@ -209,7 +212,7 @@ class _Incremental(_Steps):
 @dataclass(frozen=True)
 class _DecoderParts:
     """How a network splits for step-by-step decoding: the values independent of the decoded input
-    (computed once), the batch axis of each, the decoder loops' states (carried) and the values read
+    that the decoder reads (computed once), the batch axis of each, the decoder loops' states (carried) and the values read
     one step back from outside a loop (given the step before a pass's window)."""
     independent: frozenset
     batch_axis: dict
@@ -253,13 +256,18 @@ def stepwise(model: Model) -> _DecoderParts | None:
                     if src not in facts.seq or facts.axis_of.get(src) != decoder.axis:
                         return None
                     looked_back.append(src)
-    independent, batch_axis = set(), {}
+    made = {b.id for step in plan.steps for b in (step.body if isinstance(step, LoopStep) else [step])}
+    independent, batch_axis = set(), {}      # what the decoder reads of the rest: computed once
     for step in plan.steps:
-        for b in (step.body if isinstance(step, LoopStep) else [step]):
-            if b.id in dependent or b.id in facts.static or b.id in facts.whole_batch:
-                continue
-            independent.add(b.id)
-            batch_axis[b.id] = len(facts.axes.get(b.id) or (("time",) if b.id in facts.seq else ()))
+        body = step.body if isinstance(step, LoopStep) else [step]
+        if not any(b.id in dependent for b in body):
+            continue
+        reads = [src for b in body for src, _ in b.inputs] + (list(step.initials.values())
+                                                              if isinstance(step, LoopStep) else [])
+        for src in reads:
+            if src in made and src not in dependent and src not in facts.static and src not in facts.whole_batch:
+                independent.add(src)
+                batch_axis[src] = len(facts.axes.get(src) or (("time",) if src in facts.seq else ()))
     return _DecoderParts(frozenset(independent), batch_axis, tuple(states), tuple(dict.fromkeys(looked_back)))
 
 
@@ -499,7 +507,7 @@ def source_input(model: Model):
 
 def decode_texts(model, texts: list[str], *, beam: int = 1, max_length: int | None = None,
                  max_source: int | None = None, batch: int = 64, temperature: float | None = None,
-                 rng=None) -> list[Decoded]:
+                 rng=None, incremental: bool = True) -> list[Decoded]:
     """Decode each text with a trained model (its ``vocabs``: nnspec.trained.TrainedModel), split as
     its source vocabulary was built. ``beam`` 1 is greedy decoding; ``temperature`` samples instead.
     An empty source, or one of more than ``max_source`` tokens, is a ValueError naming it
@@ -522,11 +530,13 @@ def decode_texts(model, texts: list[str], *, beam: int = 1, max_length: int | No
         feeds = {field_.name: [src_vocab.encode(ts) for ts in part]}
         if temperature is not None:
             found = [[h] for h in sample(model, feeds, start=start, end=end, max_length=max_length,
-                                         temperature=temperature, rng=rng)]
+                                         temperature=temperature, rng=rng, incremental=incremental)]
         elif beam == 1:
-            found = [[h] for h in greedy(model, feeds, start=start, end=end, max_length=max_length)]
+            found = [[h] for h in greedy(model, feeds, start=start, end=end, max_length=max_length,
+                                         incremental=incremental)]
         else:
-            found = beam_search(model, feeds, beam=beam, start=start, end=end, max_length=max_length)
+            found = beam_search(model, feeds, beam=beam, start=start, end=end, max_length=max_length,
+                                incremental=incremental)
         for ts, hyps in zip(part, found):
             out.append(Decoded(ts, [(out_vocab.decode(h.tokens), h.score, h.ended) for h in hyps]))
     return out

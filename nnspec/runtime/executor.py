@@ -127,7 +127,8 @@ class Executor:
         """Run the plan on a batch. ``context`` (else ``train``, ``rng`` and the executor's
         ``check_finite``): how the pass runs. ``carry``: the previous chunk's final states.
         ``given``: values an earlier pass computed for this batch (an encoder's states, when
-        decoding step by step): the steps that make them are not run again.
+        decoding step by step): the steps that make them, and those only they need, are not run
+        again.
         ``single_use``: the tape is for one backward pass (training): values that nothing but one
         op reads may be overwritten by it (the softmax of a ``cross_entropy_logits`` is computed
         over the logits), so ``tape.values`` does not show them any more, and a second backward
@@ -163,8 +164,9 @@ class Executor:
             run_step = self.forward_step if self.profile is None else profiled(self.profile, "forward",
                                                                                  self.forward_step)
             built = {} if key is not None else None
+            unneeded = self.facts.made_before(frozenset(given), need_loss) if given else frozenset()
             for step in self.plan.steps:
-                if given and all(b.id in given for b in (step.body if isinstance(step, LoopStep) else [step])):
+                if given and (step.index if isinstance(step, LoopStep) else step.id) in unneeded:
                     continue
                 if not self.facts.skipped(step, need_loss) and run_step(step, tape) and built is not None:
                     built[step.id] = tape.values[step.id].shape
