@@ -284,6 +284,16 @@ def test_conllu_words_types_keep_each_distinct_training_word_once_at_its_first_l
     assert len(raw.splits["test"]["form"]) == 12                      # every word is scored
 
 
+def test_conllu_words_log_repeats_weigh_frequent_words_less_than_their_counts(tmp_path):
+    write(tmp_path / "d.conllu", CONLLU * 4)             # every word 4 times: 1 + floor(log2 4) = 3 copies
+    raw = read_source("conllu_words", [], {"train": "d.conllu", "types": "train", "repeat": "log"},
+                      WORD_FIELDS, tmp_path)
+    assert raw.splits["train"]["form"] == [w for w in ["I", "ca", "n't", "go", ".", "Yes"] for _ in range(3)]
+    assert len(raw.origins["train"]) == 18
+    assert 'repeat = "log" (with types = "train")' in error(
+        "conllu_words", [], {"train": "d.conllu", "repeat": "log"}, WORD_FIELDS, tmp_path).message
+
+
 def test_conllu_words_maps_fields_to_columns(tmp_path):
     write(tmp_path / "d.conllu", CONLLU)
     fields = [F("w", "tokens", level="char", axis="src"), F("y", "class", role="target")]

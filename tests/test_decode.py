@@ -461,3 +461,15 @@ def test_a_decoder_reading_two_steps_back_is_decoded_by_recomputing():
     assert stepwise(m) is None
     assert [h.tokens for h in greedy(m, {"src": sources()}, start=START, end=END)] == \
         [h.tokens for h in greedy(m, {"src": sources()}, start=START, end=END, incremental=False)]
+
+
+@pytest.mark.parametrize("beam", [1, 5])
+def test_trained_reverse_copy_decodes_step_by_step_as_by_full_recomputation(reverse_copy, beam):
+    from nnspec.decode import decode_texts
+    from nnspec.trained import load
+    model = load(reverse_copy)
+    lines = [line.split("\t")[0] for line in (ROOT / "data/reverse-copy/test.tsv").read_text().splitlines()[1:65]]
+    fast = decode_texts(model, lines, beam=beam)
+    full = decode_texts(model, lines, beam=beam, incremental=False)
+    assert [[o[0] for o in d.outputs] for d in fast] == [[o[0] for o in d.outputs] for d in full]
+    assert [o[1] for d in fast for o in d.outputs] == pytest.approx([o[1] for d in full for o in d.outputs], abs=1e-4)

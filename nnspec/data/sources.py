@@ -480,13 +480,15 @@ MAX_WORD_CHARS = 1000   # a FORM or LEMMA longer than this is refused, not padde
 
 
 def _read_conllu_words_file(path: Path, columns: dict[str, int], encoding: str,
-                            types: bool) -> tuple[dict[str, list], list]:
+                            types: bool, repeat: str | None = None) -> tuple[dict[str, list], list]:
     """One example per syntactic word: each field the cell of its column. With ``types``, each
-    distinct combination of the cells once, at the line it first occurs on."""
+    distinct combination of the cells once, at the line it first occurs on; with ``repeat = "log"``
+    1 + floor(log2 n) times, n its number of occurrences (frequent words weigh more, not n times)."""
     file = str(path)
     out: dict[str, list] = {name: [] for name in columns}
     origins: list[tuple[str, int]] = []
     seen: set[tuple] = set()
+    counts: dict[tuple, int] = {}
     for number, line in enumerate(read_lines(path, encoding), 1):
         if not line.strip() or line.startswith("#"):
             continue
@@ -508,6 +510,7 @@ def _read_conllu_words_file(path: Path, columns: dict[str, int], encoding: str,
                 raise DataError(f"column {CONLLU_COLUMNS[i].upper()} holds {len(value)} characters, more than "
                                 f"{MAX_WORD_CHARS}", file, number)
         if types:
+            counts[values] = counts.get(values, 0) + 1
             if values in seen:
                 continue
             seen.add(values)
@@ -516,24 +519,33 @@ def _read_conllu_words_file(path: Path, columns: dict[str, int], encoding: str,
         origins.append((file, number))
     if not origins:
         raise DataError("empty file: no words", file)
+    if types and repeat == "log":
+        times = [counts[tuple(out[name][i] for name in columns)].bit_length() for i in range(len(origins))]
+        out = {name: [v for v, k in zip(values, times) for _ in range(k)] for name, values in out.items()}
+        origins = [o for o, k in zip(origins, times) for _ in range(k)]
     return out, origins
 
 
 @_source("conllu_words")
 def read_conllu_words(args: list, kwargs: dict, fields: list[FieldSpec], base_dir: Path) -> RawData:
-    """``conllu_words(train = ..., dev = ..., test = ..., types = "train")``: one example per
-    syntactic word (multiword tokens and empty nodes skipped), each field the cell of the CoNLL-U
-    column it is named after (``form``, ``lemma``, ``upos``, ...) or mapped to (``x = "form"``).
+    """``conllu_words(train = ..., dev = ..., test = ..., types = "train", repeat = "log")``: one
+    example per syntactic word (multiword tokens and empty nodes skipped), each field the cell of the
+    CoNLL-U column it is named after (``form``, ``lemma``, ``upos``, ...) or mapped to (``x = "form"``).
     ``types = "train"``: the training part holds each distinct combination of the fields' cells
-    once (the other parts keep every word)."""
+    once, or with ``repeat = "log"`` 1 + floor(log2 n) times for n occurrences (the other parts keep
+    every word)."""
     kwargs = dict(kwargs)
     encoding = kwargs.pop("encoding", "utf-8")
     types = kwargs.pop("types", None)
+    repeat = kwargs.pop("repeat", None)
     paths = _split_paths("conllu_words", args, kwargs)
     _check_kwargs("conllu_words", kwargs, [f.name for f in fields])
     if types not in (None, "train"):
         raise _arg_error("conllu_words", f'types = "train" is the only choice (the training part\'s distinct '
                                          f'words), got {types!r}')
+    if repeat not in (None, "log") or (repeat is not None and types is None):
+        raise _arg_error("conllu_words", f'repeat = "log" (with types = "train") repeats a distinct word 1 + '
+                                         f'floor(log2 n) times for its n occurrences; got {repeat!r}')
     names = CONLLU_COLUMNS[1:]
     columns = {}
     for f in fields:
@@ -551,7 +563,7 @@ def read_conllu_words(args: list, kwargs: dict, fields: list[FieldSpec], base_di
     splits, origins = {}, {}
     for split, path in paths.items():
         splits[split], origins[split] = _read_conllu_words_file(
-            resolve(base_dir, path), columns, encoding, types == "train" and split == "train")
+            resolve(base_dir, path), columns, encoding, types == "train" and split == "train", repeat)
     return RawData(splits, origins)
 
 
