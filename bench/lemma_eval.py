@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.lemma_baseline import EWT, LemmaDictionary, words   # noqa: E402
-from nnspec.decode import beam_search, symbol_ids              # noqa: E402
+from nnspec.decode import beam_search, greedy, symbol_ids      # noqa: E402
 from nnspec.trained import load                                # noqa: E402
 
 
@@ -40,7 +40,8 @@ def lemmatize(model, forms: list[str], tags: list[str], *, beam: int = 1, batch:
         for i, w in enumerate(part):
             onehot[i, tag_vocab.encode([tags[w]])] += 1
         feeds = {"form": [form_vocab.encode(forms[w]) for w in part], "upos": onehot}
-        best = beam_search(model, feeds, beam=beam, start=start, end=end)
+        best = ([[h] for h in greedy(model, feeds, start=start, end=end)] if beam == 1
+                else beam_search(model, feeds, beam=beam, start=start, end=end))
         for w, hyps in zip(part, best):
             lemmas[w] = "".join(out_vocab.decode(hyps[0].tokens))
     return lemmas

@@ -33,7 +33,7 @@ from .ops import REGISTRY
 from .plan import LoopStep
 
 __all__ = ["Hypothesis", "greedy", "greedy_steps", "sample", "beam_search", "symbol_ids", "autoregressive",
-           "sequence_score", "Decoded", "decode_texts", "attention_weights"]
+           "sequence_score", "Decoded", "decode_texts", "attention_weights", "stepwise"]
 
 
 @dataclass
