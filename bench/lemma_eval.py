@@ -27,7 +27,8 @@ from nnspec.decode import beam_search, greedy, symbol_ids      # noqa: E402
 from nnspec.trained import load                                # noqa: E402
 
 
-def lemmatize(model, forms: list[str], tags: list[str], *, beam: int = 1, batch: int = 256) -> list[str]:
+def lemmatize(model, forms: list[str], tags: list[str], *, beam: int = 1, batch: int = 256,
+              incremental: bool = True) -> list[str]:
     """Each word's lemma decoded from its form's characters and its tag (the inputs form and upos)."""
     decoder = model.compiled.decoder
     out_vocab, form_vocab, tag_vocab = (model.vocabs[k] for k in (decoder.input, "form", "upos"))
@@ -40,8 +41,8 @@ def lemmatize(model, forms: list[str], tags: list[str], *, beam: int = 1, batch:
         for i, w in enumerate(part):
             onehot[i, tag_vocab.encode([tags[w]])] += 1
         feeds = {"form": [form_vocab.encode(forms[w]) for w in part], "upos": onehot}
-        best = ([[h] for h in greedy(model, feeds, start=start, end=end)] if beam == 1
-                else beam_search(model, feeds, beam=beam, start=start, end=end))
+        best = ([[h] for h in greedy(model, feeds, start=start, end=end, incremental=incremental)] if beam == 1
+                else beam_search(model, feeds, beam=beam, start=start, end=end, incremental=incremental))
         for w, hyps in zip(part, best):
             lemmas[w] = "".join(out_vocab.decode(hyps[0].tokens))
     return lemmas
@@ -55,6 +56,7 @@ def main() -> None:
     ap.add_argument("--json", metavar="FILE")
     ap.add_argument("--limit", type=int, help="the first N words only (a quick look)")
     ap.add_argument("--errors", type=int, default=0, metavar="N", help="show N of the wrong lemmas")
+    ap.add_argument("--full", action="store_true", help="recompute the whole network at every output step")
     args = ap.parse_args()
     model = load(args.run)
     train = list(words(EWT / "en_ewt-ud-train.conllu.gz"))
@@ -68,7 +70,7 @@ def main() -> None:
     results = []
     for beam in (int(b) for b in args.beams.split(",")):
         clock = time.perf_counter()
-        lemmas = lemmatize(model, forms, tags, beam=beam)
+        lemmas = lemmatize(model, forms, tags, beam=beam, incremental=not args.full)
         seconds = time.perf_counter() - clock
         right = np.array([p == g for p, g in zip(lemmas, gold)])
         r = {"beam": beam, "split": args.split, "words": len(forms), "accuracy": float(right.mean()),

@@ -294,6 +294,14 @@ def test_conllu_words_log_repeats_weigh_frequent_words_less_than_their_counts(tm
         "conllu_words", [], {"train": "d.conllu", "repeat": "log"}, WORD_FIELDS, tmp_path).message
 
 
+def test_conllu_words_max_chars_leaves_out_longer_words(tmp_path):
+    write(tmp_path / "d.conllu", CONLLU)
+    raw = read_source("conllu_words", [], {"test": "d.conllu", "max_chars": 2}, WORD_FIELDS, tmp_path)
+    assert raw.splits["test"]["form"] == ["I", "go", "."]     # ca/can, n't/not and Yes/yes are longer (not PRON)
+    assert "max_chars = N leaves out" in error("conllu_words", [], {"test": "d.conllu", "max_chars": 0},
+                                               WORD_FIELDS, tmp_path).message
+
+
 def test_conllu_words_maps_fields_to_columns(tmp_path):
     write(tmp_path / "d.conllu", CONLLU)
     fields = [F("w", "tokens", level="char", axis="src"), F("y", "class", role="target")]

@@ -479,8 +479,9 @@ def read_conllu(args: list, kwargs: dict, fields: list[FieldSpec], base_dir: Pat
 MAX_WORD_CHARS = 1000   # a FORM or LEMMA longer than this is refused, not padded into every batch
 
 
-def _read_conllu_words_file(path: Path, columns: dict[str, int], encoding: str,
-                            types: bool, repeat: str | None = None) -> tuple[dict[str, list], list]:
+def _read_conllu_words_file(path: Path, columns: dict[str, int], encoding: str, types: bool,
+                            repeat: str | None = None, max_chars: int | None = None,
+                            chars: tuple[str, ...] = ()) -> tuple[dict[str, list], list]:
     """One example per syntactic word: each field the cell of its column. With ``types``, each
     distinct combination of the cells once, at the line it first occurs on; with ``repeat = "log"``
     1 + floor(log2 n) times, n its number of occurrences (frequent words weigh more, not n times)."""
@@ -509,6 +510,8 @@ def _read_conllu_words_file(path: Path, columns: dict[str, int], encoding: str,
             if len(value) > MAX_WORD_CHARS:
                 raise DataError(f"column {CONLLU_COLUMNS[i].upper()} holds {len(value)} characters, more than "
                                 f"{MAX_WORD_CHARS}", file, number)
+        if max_chars is not None and any(len(v) > max_chars for name, v in zip(columns, values) if name in chars):
+            continue
         if types:
             counts[values] = counts.get(values, 0) + 1
             if values in seen:
@@ -533,16 +536,21 @@ def read_conllu_words(args: list, kwargs: dict, fields: list[FieldSpec], base_di
     CoNLL-U column it is named after (``form``, ``lemma``, ``upos``, ...) or mapped to (``x = "form"``).
     ``types = "train"``: the training part holds each distinct combination of the fields' cells
     once, or with ``repeat = "log"`` 1 + floor(log2 n) times for n occurrences (the other parts keep
-    every word)."""
+    every word). ``max_chars = N`` leaves out the words with a character field longer than N (an
+    encoder-decoder with attention holds a (target x source) array per word)."""
     kwargs = dict(kwargs)
     encoding = kwargs.pop("encoding", "utf-8")
     types = kwargs.pop("types", None)
     repeat = kwargs.pop("repeat", None)
+    max_chars = kwargs.pop("max_chars", None)
     paths = _split_paths("conllu_words", args, kwargs)
     _check_kwargs("conllu_words", kwargs, [f.name for f in fields])
     if types not in (None, "train"):
         raise _arg_error("conllu_words", f'types = "train" is the only choice (the training part\'s distinct '
                                          f'words), got {types!r}')
+    if max_chars is not None and (isinstance(max_chars, bool) or not isinstance(max_chars, int) or max_chars < 1):
+        raise _arg_error("conllu_words", f"max_chars = N leaves out the words with a character field longer "
+                                         f"than N, N at least 1; got {max_chars!r}")
     if repeat not in (None, "log") or (repeat is not None and types is None):
         raise _arg_error("conllu_words", f'repeat = "log" (with types = "train") repeats a distinct word 1 + '
                                          f'floor(log2 n) times for its n occurrences; got {repeat!r}')
@@ -563,7 +571,8 @@ def read_conllu_words(args: list, kwargs: dict, fields: list[FieldSpec], base_di
     splits, origins = {}, {}
     for split, path in paths.items():
         splits[split], origins[split] = _read_conllu_words_file(
-            resolve(base_dir, path), columns, encoding, types == "train" and split == "train", repeat)
+            resolve(base_dir, path), columns, encoding, types == "train" and split == "train", repeat, max_chars,
+            tuple(f.name for f in fields if f.kind is FieldKind.tokens))
     return RawData(splits, origins)
 
 
