@@ -5,8 +5,9 @@
     python bench/decode_speed.py --json out.json
 
 Decodes the 300 sources of data/reverse-copy/test.tsv (2 to 10 letters) as `nnspec predict` does
-(nnspec.decode.decode_texts: batches of 64 sources, one forward pass of the whole network per
-output step), and reports sentences a second and how many came out exactly reversed.
+(nnspec.decode.decode_texts: batches of 64 sources; the encoder once per source and each decoder
+step once; --full: one forward pass of the whole network per output step, as before), and reports
+sentences a second and how many came out exactly reversed.
 """
 from __future__ import annotations
 
@@ -42,6 +43,7 @@ def main() -> None:
     ap.add_argument("--checkpoint", help="a run directory of specs/reverse_copy.nn (default: train one)")
     ap.add_argument("--beams", default="1,5")
     ap.add_argument("--json", metavar="FILE")
+    ap.add_argument("--full", action="store_true", help="recompute the whole network at every output step")
     args = ap.parse_args()
     model = load(trained(args.checkpoint), spec=SPEC)
     rows = [line.split("\t") for line in TEST.read_text().splitlines()[1:]]
@@ -49,10 +51,10 @@ def main() -> None:
     results = []
     for beam in (int(b) for b in args.beams.split(",")):
         clock = time.perf_counter()
-        decoded = decode_texts(model, sources, beam=beam)
+        decoded = decode_texts(model, sources, beam=beam, incremental=not args.full)
         seconds = time.perf_counter() - clock
         exact = sum(d.outputs[0][0] == t for d, t in zip(decoded, targets))
-        results.append({"beam": beam, "sentences": len(sources), "seconds": round(seconds, 3),
+        results.append({"beam": beam, "incremental": not args.full, "sentences": len(sources), "seconds": round(seconds, 3),
                         "sentences_per_second": round(len(sources) / seconds, 1), "exact": exact})
         print(f"beam {beam}: {len(sources) / seconds:7.1f} sentences/s ({seconds:.2f} s for {len(sources)}), "
               f"{exact}/{len(sources)} exactly reversed")

@@ -263,7 +263,7 @@ def bind_data(flat: FlatSpec, plan: Plan, diags: Diagnostics, *, dev: float = 0.
     views = {v.name: v.view for v in plan.inputs if v.view is not None}
     raw = read_raw(flat, [f for f in fields if f.name not in views], diags)
     derive_views(raw, views)
-    frame_decoded(raw, flat.decode, fields)
+    fields = frame_decoded(raw, flat.decode, fields)
     if raw.stream:
         return _bind_stream(raw, fields, limit, min_count)
     if outer is not None:
@@ -377,17 +377,20 @@ def derive_views(raw: RawData, views: dict[str, tuple]) -> None:
                               for x in cols[source]]
 
 
-def frame_decoded(raw: RawData, decode: ast.Decode | None, fields: list[FieldSpec]) -> None:
+def frame_decoded(raw: RawData, decode: ast.Decode | None, fields: list[FieldSpec]) -> list[FieldSpec]:
     """The decoded input's sequences between the declared start and end symbols (``decode tgt from p,
     start "<s>", end "</s>"``): the data files hold the plain sequences. An empty one is an error at
-    its line, since a decoder always writes at least one token before its end symbol."""
+    its line, since a decoder always writes at least one token before its end symbol. Returns the
+    fields, the decoded one knowing its symbols (whole tokens, even in a sequence of characters)."""
     if decode is None:
-        return
+        return fields
     from .data import tokenize
     symbols = {o.name: o.value for o in decode.options}
     f = next((f for f in fields if f.name == decode.input), None)
     if f is None:
-        return
+        return fields
+    framed_field = f.model_copy(update={"symbols": tuple(v for k, v in symbols.items() if k in ("start", "end"))})
+    fields = [framed_field if g is f else g for g in fields]
     for split, cols in raw.splits.items():
         if decode.input not in cols:
             continue
@@ -399,6 +402,7 @@ def frame_decoded(raw: RawData, decode: ast.Decode | None, fields: list[FieldSpe
                                 f"at least one token before its end symbol", *origin)
             framed.append(([symbols["start"]] if "start" in symbols else []) + tokens + [symbols["end"]])
         cols[decode.input] = framed
+    return fields
 
 
 def _slice(raw: RawData, limit: int) -> RawData:
@@ -443,7 +447,7 @@ def bind_trained(stmt, name: str, args: list, kwargs: dict, plan: Plan, vocabs: 
     views = {v.name: v.view for v in plan.inputs if v.view is not None}
     raw = read_statement(stmt, name, args, kwargs, [f for f in fields if f.name not in views], base_dir, diags)
     derive_views(raw, views)
-    frame_decoded(raw, decode, fields)
+    fields = frame_decoded(raw, decode, fields)
     parts = [p for p in ("all", *SPLITS) if p in raw.splits]
     if raw.stream:
         f = next(f for f in fields if f.kind is FieldKind.tokens and f.role == "input")

@@ -7,9 +7,12 @@ The spec declares its decoder once (nnspec/decoding.py)::
 In training ``tgt`` is the gold sequence ``<s> y1 .. yn </s>`` and ``p`` at step t reads it only
 before t (teacher forcing). Decoding writes ``tgt`` itself: the start symbol first, then at each
 step a token chosen from ``p`` at that step, until the end symbol or ``max`` tokens. Every step
-here is one forward pass over the tokens so far: exactly the training computation (no second
-implementation of the decoder to keep in agreement), at the price of recomputing the encoder and
-the earlier steps (quadratic in the output length; fine for short outputs).
+runs the training computation itself (no second implementation of the decoder to keep in
+agreement), but not all of it: the values that do not depend on the decoded input (the encoder,
+its attention keys) are computed once per source and given to the later passes, and each later
+pass runs the decoder over two steps only, from the states its loops had (:class:`_Incremental`).
+A network whose decoder that cannot split so (:func:`stepwise`) is rerun whole over the tokens so
+far at each step (:class:`_Steps`, also the oracle the incremental decoding is tested against).
 
 Scores are plain log-probabilities: the sum over the written tokens (the end symbol included) of
 log p(token | source, the tokens before). Never written: ``<pad>``, ``<unk>`` and the start symbol.
@@ -22,12 +25,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import chunks
 from .data.vocab import PAD_ID, UNK_ID
 from .decoding import Decoder, autoregressive
 from .model import FeedError, Model, prepare_feeds
+from .ops import REGISTRY
+from .plan import LoopStep
 
 __all__ = ["Hypothesis", "greedy", "greedy_steps", "sample", "beam_search", "symbol_ids", "autoregressive",
-           "sequence_score", "Decoded", "decode_texts", "attention_weights"]
+           "sequence_score", "Decoded", "decode_texts", "attention_weights", "stepwise"]
 
 
 @dataclass
@@ -66,7 +72,12 @@ def _decoder(model: Model) -> Decoder:
 class _Steps:
     """The forward passes of one decoding: the other inputs prepared once, and the log-probabilities
     of the next token after given prefixes, each of a given example (only the hypotheses still
-    alive are computed: the examples and beams that have ended drop out of the batch)."""
+    alive are computed: the examples and beams that have ended drop out of the batch).
+
+    Decoding asks for the next token's log-probabilities of a set of hypotheses (``begin``: one
+    empty prefix per example; ``extend``: each new hypothesis a previous one, its ``parent``, with one
+    token more). This class answers by recomputing the whole network over each prefix: the
+    training computation itself, the oracle :class:`_Incremental` is tested against."""
 
     def __init__(self, model: Model, feeds: dict, lengths):
         self.model, self.decoder = model, _decoder(model)
@@ -86,10 +97,9 @@ class _Steps:
         else:
             self.lengths = None        # the decoder's axis is the network's only one
 
-    def log_probs(self, ids: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        """(N, V) float64: log p(next token | prefix) for each column of ``ids`` (T, N), all T long,
-        the prefix of example ``rows[i]`` in column i."""
-        steps, n = ids.shape
+    def other_inputs(self, rows: np.ndarray, trim: bool = True) -> tuple[dict, dict]:
+        """The inputs other than the decoded one, and their axes' lengths, of the examples ``rows``
+        (``trim``: no longer than the longest of them)."""
         feeds, lengths = {}, {}
         if self.lengths is not None:
             lengths = {a: v[rows] for a, v in self.lengths.items()}
@@ -98,14 +108,22 @@ class _Steps:
                 feeds[k] = a[rows]
                 continue
             a = a[:, rows]
-            if self.axis_of[k] in lengths:      # no longer than the longest of these examples
+            if trim and self.axis_of[k] in lengths:
                 a = a[:max(int(lengths[self.axis_of[k]].max()), 1)]
             feeds[k] = a
-        full = np.full(n, steps, dtype=np.int64)
+        return feeds, lengths
+
+    def run(self, feeds: dict, lengths: dict, ids: np.ndarray, **how):
+        """One forward pass fed ``ids`` (T, N) as the decoded input, all T long."""
+        full = np.full(ids.shape[1], ids.shape[0], dtype=np.int64)
         lengths = {**lengths, self.decoder.axis: full} if self.lengths is not None else full
-        tape = self.model.executor.forward(self.model.params, {**feeds, self.decoder.input: ids},
-                                           lengths=lengths, need_loss=False)
-        s = np.asarray(tape.values[self.decoder.scores][steps - 1], dtype=np.float64).reshape(n, -1)
+        return self.model.executor.forward(self.model.params, {**feeds, self.decoder.input: ids},
+                                           lengths=lengths, need_loss=False, **how)
+
+    def scores_to_log_probs(self, tape) -> np.ndarray:
+        """(N, V) float64 log-probabilities at the last step of the pass's decoded axis."""
+        s = np.asarray(tape.values[self.decoder.scores][-1], dtype=np.float64)
+        s = s.reshape(s.shape[0], -1)
         if self.decoder.scores_kind == "logits":
             s = s - s.max(-1, keepdims=True)
             return s - np.log(np.exp(s).sum(-1, keepdims=True))
@@ -113,6 +131,151 @@ class _Steps:
             with np.errstate(divide="ignore"):
                 return np.log(s)
         return s   # log_probabilities
+
+    def log_probs(self, ids: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """(N, V) float64: log p(next token | prefix) for each column of ``ids`` (T, N), all T long,
+        the prefix of example ``rows[i]`` in column i."""
+        feeds, lengths = self.other_inputs(rows)
+        return self.scores_to_log_probs(self.run(feeds, lengths, ids))
+
+    # ---- hypotheses: begin with empty prefixes, extend by a token each -------------------------
+    def begin(self, rows: np.ndarray, start: int | None):
+        state = {"rows": rows, "written": np.zeros((0, len(rows)), dtype=np.int64), "start": start}
+        return self.log_probs(_fed(start, state["written"]), rows), state
+
+    def extend(self, state, parents: np.ndarray, tokens: np.ndarray):
+        rows = state["rows"][parents]
+        written = np.concatenate([state["written"][:, parents], tokens[None].astype(np.int64)])
+        new = {**state, "rows": rows, "written": written}
+        return self.log_probs(_fed(state["start"], written), rows), new
+
+
+class _Incremental(_Steps):
+    """Decoding that computes each step once. The values that do not depend on the decoded input
+    (the encoder, its attention keys: everything not on the decoder's axis) are computed by the first
+    pass and given to every later one; a later pass runs the decoder over two steps only, the last
+    token written and the step that predicts the next one, its loops starting from the states they
+    had two steps before (``carry``) and a read of the step before the window (``ye[t-1]``) given
+    the value that pass had there (``chunks.History``). It computes what :class:`_Steps` computes
+    (tests compare them), for decoders whose values at a step depend on earlier steps only through
+    forward loops and reads one step back; :func:`stepwise` says whether a network's does."""
+
+    def __init__(self, model: Model, feeds: dict, lengths, parts: "_DecoderParts"):
+        super().__init__(model, feeds, lengths)
+        self.parts = parts
+
+    def _batch_rows(self, values: dict, parents: np.ndarray) -> dict:
+        return {k: np.take(v, parents, axis=self.parts.batch_axis[k]) for k, v in values.items()}
+
+    def _pass(self, state, ids: np.ndarray, first: int, carry: dict | None):
+        """Run the decoder over the steps ``first``.. of ``ids`` (T, N); the state it leaves."""
+        tape = self.run(state["feeds"], state["lengths"], ids[first:], carry=carry, given=state["given"])
+        q = ids.shape[0] - 1                                   # the step predicted
+        finals = {k: tape.final_states[k].copy() for k in self.parts.states}
+        before = q - 1 - first                                 # the window's index of step q - 1
+        history = ({k: np.array(tape.values[k][before]) for k in self.parts.looked_back}
+                   if before >= 0 else None)
+        return self.scores_to_log_probs(tape), finals, history, tape
+
+    def begin(self, rows: np.ndarray, start: int | None):
+        feeds, lengths = self.other_inputs(rows)
+        written = np.zeros((0, len(rows)), dtype=np.int64)
+        state = {"rows": rows, "written": written, "start": start, "feeds": feeds, "lengths": lengths,
+                 "given": None}
+        log_p, finals, history, tape = self._pass(state, _fed(start, written), 0, None)
+        state["given"] = {k: np.array(tape.values[k]) for k in self.parts.independent}
+        state.update(finals=finals, finals_before=None, history=history)
+        return log_p, state
+
+    def extend(self, state, parents: np.ndarray, tokens: np.ndarray):
+        written = np.concatenate([state["written"][:, parents], tokens[None].astype(np.int64)])
+        rows = state["rows"][parents]
+        feeds = {k: np.take(a, parents, axis=1 if k in self.axis_of else 0) for k, a in state["feeds"].items()}
+        new = {"rows": rows, "written": written, "start": state["start"], "feeds": feeds,
+               "lengths": {a: v[parents] for a, v in state["lengths"].items()},
+               "given": self._batch_rows(state["given"], parents)}
+        ids = _fed(state["start"], written)
+        q = ids.shape[0] - 1
+        carry, first = None, 0
+        if state["finals_before"] is not None and (state["history"] is not None or not self.parts.looked_back):
+            first = q - 1                                      # the states at q - 2 are known
+            carry = {k: v[parents] for k, v in state["finals_before"].items()}
+            for k, v in (state["history"] or {}).items():
+                row = v[parents][None]
+                carry[chunks.history_key(k)] = chunks.History(row, np.ones(row.shape[:2], dtype=bool))
+        log_p, finals, history, _ = self._pass(new, ids, first, carry)
+        new.update(finals=finals, finals_before={k: v[parents] for k, v in state["finals"].items()},
+                   history=history)
+        return log_p, new
+
+
+@dataclass(frozen=True)
+class _DecoderParts:
+    """How a network splits for step-by-step decoding: the values independent of the decoded input
+    that the decoder reads (computed once), the batch axis of each, the decoder loops' states (carried) and the values read
+    one step back from outside a loop (given the step before a pass's window)."""
+    independent: frozenset
+    batch_axis: dict
+    states: tuple
+    looked_back: tuple
+
+
+def stepwise(model: Model) -> _DecoderParts | None:
+    """The split of ``model``'s network for step-by-step decoding, or None when its decoder's values
+    at a step depend on other steps than through forward loops over the decoder's axis and reads
+    of the step before (a reduction or softmax over that axis, a backward loop over it, a read two
+    steps back): such a network is decoded by recomputing it whole at each step."""
+    decoder = _decoder(model)
+    facts = model.executor.facts
+    plan = model.plan
+    dependent = {decoder.input}
+    states, looked_back = [], []
+    for step in plan.steps:
+        body = step.body if isinstance(step, LoopStep) else [step]
+        reads = [src for b in body for src, _ in b.inputs] + (list(step.initials.values())
+                                                              if isinstance(step, LoopStep) else [])
+        if not any(src in dependent for src in reads):
+            continue
+        dependent.update(b.id for b in body)
+        inside = {b.id for b in body}
+        if isinstance(step, LoopStep):
+            if step.direction < 0 or facts.loop_axis[step.index] != decoder.axis:
+                return None
+            states.extend(step.states)
+        for b in body:
+            op = REGISTRY[b.op]
+            if op.reads_across_chunks:
+                return None
+            if op.over_time and b.inputs and facts.axis_of.get(b.inputs[0][0]) == decoder.axis and (
+                    not isinstance(step, LoopStep)):
+                return None
+            for src, d in b.inputs:
+                if d < -1 or d > 0:
+                    return None
+                if d == -1 and src not in inside:
+                    if src not in facts.seq or facts.axis_of.get(src) != decoder.axis:
+                        return None
+                    looked_back.append(src)
+    made = {b.id for step in plan.steps for b in (step.body if isinstance(step, LoopStep) else [step])}
+    independent, batch_axis = set(), {}      # what the decoder reads of the rest: computed once
+    for step in plan.steps:
+        body = step.body if isinstance(step, LoopStep) else [step]
+        if not any(b.id in dependent for b in body):
+            continue
+        reads = [src for b in body for src, _ in b.inputs] + (list(step.initials.values())
+                                                              if isinstance(step, LoopStep) else [])
+        for src in reads:
+            if src in made and src not in dependent and src not in facts.static and src not in facts.whole_batch:
+                independent.add(src)
+                batch_axis[src] = len(facts.axes.get(src) or (("time",) if src in facts.seq else ()))
+    return _DecoderParts(frozenset(independent), batch_axis, tuple(states), tuple(dict.fromkeys(looked_back)))
+
+
+def _stepper(model: Model, feeds: dict, lengths, incremental: bool) -> _Steps:
+    parts = stepwise(model) if incremental else None
+    if parts is None:
+        return _Steps(model, feeds, lengths)
+    return _Incremental(model, feeds, lengths, parts)
 
 
 def _allowed(log_p: np.ndarray, start: int | None) -> np.ndarray:
@@ -139,15 +302,19 @@ def _fed(start: int | None, written: np.ndarray) -> np.ndarray:
 
 
 def greedy(model: Model, feeds: dict, lengths=None, *, start: int | None, end: int,
-           max_length: int | None = None) -> list[Hypothesis]:
+           max_length: int | None = None, incremental: bool = True) -> list[Hypothesis]:
     """Each example's most probable next token at each step, until the end symbol or ``max_length``
     tokens (default: the declaration's ``max``). ``feeds``: the other inputs (as for
-    :meth:`Model.forward`); ``start``/``end``: the symbols' ids (:func:`symbol_ids`)."""
-    return _one_at_a_time(model, feeds, lengths, start, end, max_length, lambda log_p: log_p.argmax(-1))
+    :meth:`Model.forward`); ``start``/``end``: the symbols' ids (:func:`symbol_ids`).
+    ``incremental``: compute the encoder once and each decoder step once (when the network allows,
+    :func:`stepwise`); False recomputes the whole network over the prefix at every step."""
+    return _one_at_a_time(model, feeds, lengths, start, end, max_length, lambda log_p: log_p.argmax(-1),
+                          incremental)
 
 
 def sample(model: Model, feeds: dict, lengths=None, *, start: int | None, end: int,
-           max_length: int | None = None, temperature: float = 1.0, rng=None) -> list[Hypothesis]:
+           max_length: int | None = None, temperature: float = 1.0, rng=None,
+           incremental: bool = True) -> list[Hypothesis]:
     """As :func:`greedy`, but each token drawn from p at its step (sharpened or flattened by
     ``temperature``); the score is still the log-probability under p."""
     if not temperature > 0:
@@ -159,17 +326,17 @@ def sample(model: Model, feeds: dict, lengths=None, *, start: int | None, end: i
         p = np.exp(z - z.max(-1, keepdims=True))
         p /= p.sum(-1, keepdims=True)
         return np.array([rng.choice(p.shape[-1], p=row) for row in p])
-    return _one_at_a_time(model, feeds, lengths, start, end, max_length, draw)
+    return _one_at_a_time(model, feeds, lengths, start, end, max_length, draw, incremental)
 
 
-def _one_at_a_time(model, feeds, lengths, start, end, max_length, choose) -> list[Hypothesis]:
-    steps = _Steps(model, feeds, lengths)
+def _one_at_a_time(model, feeds, lengths, start, end, max_length, choose, incremental) -> list[Hypothesis]:
+    steps = _stepper(model, feeds, lengths, incremental)
     limit = _limit(steps.decoder, max_length)
     out = [Hypothesis([], 0.0, False) for _ in range(steps.batch)]
     alive = np.arange(steps.batch)
+    raw, state = steps.begin(alive, start)
     for t in range(limit):
-        written = np.array([out[b].tokens for b in alive], dtype=np.int64).reshape(len(alive), t).T
-        log_p = _allowed(steps.log_probs(_fed(start, written), alive), start)
+        log_p = _allowed(raw, start)
         chosen = choose(log_p)
         for i, b in enumerate(alive):
             h, token = out[b], int(chosen[i])
@@ -179,44 +346,47 @@ def _one_at_a_time(model, feeds, lengths, start, end, max_length, choose) -> lis
                 h.ended = True
             else:
                 h.tokens.append(token)
-        alive = np.array([b for b in alive if not out[b].ended], dtype=np.int64)
-        if not alive.size:
+        going = np.array([i for i, b in enumerate(alive) if not out[b].ended], dtype=np.int64)
+        if not going.size or t == limit - 1:
             break
+        alive = alive[going]
+        raw, state = steps.extend(state, going, chosen[going])
     return out
 
 
 def beam_search(model: Model, feeds: dict, lengths=None, *, beam: int, start: int | None, end: int,
-                max_length: int | None = None) -> list[list[Hypothesis]]:
+                max_length: int | None = None, incremental: bool = True) -> list[list[Hypothesis]]:
     """The ``beam`` best-scoring sequences of each example found by beam search, best first.
 
     Each step extends every live hypothesis by every token and keeps the ``beam`` best; one that
     writes the end symbol is finished. An example stops when it has ``beam`` finished hypotheses or
     its best finished one scores at least its best live one (a log-probability only falls as a
     sequence grows, so no live one can overtake it), or at ``max_length`` tokens, where its live
-    hypotheses are kept, unfinished. ``beam=1`` is greedy decoding."""
+    hypotheses are kept, unfinished. ``beam=1`` is greedy decoding. ``incremental``: as for
+    :func:`greedy`."""
     if isinstance(beam, bool) or int(beam) != beam or beam < 1:
         raise FeedError(f"beam: a whole number of at least 1, got {beam!r}")
     k = int(beam)
-    steps = _Steps(model, feeds, lengths)
+    steps = _stepper(model, feeds, lengths, incremental)
     limit = _limit(steps.decoder, max_length)
     batch = steps.batch
     live: list[list[Hypothesis]] = [[Hypothesis([], 0.0, False)] for _ in range(batch)]
     finished: list[list[Hypothesis]] = [[] for _ in range(batch)]
+    flat_log_p, state = steps.begin(np.arange(batch), start)
     for t in range(limit):
-        columns = [(b, j) for b, hyps in enumerate(live) for j in range(len(hyps))]
-        prefixes = np.array([live[b][j].tokens for b, j in columns], dtype=np.int64).reshape(len(columns), t).T
-        rows = np.array([b for b, _ in columns], dtype=np.int64)
-        flat_log_p = _allowed(steps.log_probs(_fed(start, prefixes), rows), start)
+        flat_log_p = _allowed(flat_log_p, start)
+        columns = [(b, j) for b, hyps in enumerate(live) for j in range(len(hyps))]   # the state's columns
         first = {}                                  # example -> its first column
         for i, (b, _) in enumerate(columns):
             first.setdefault(b, i)
+        grown_from: list[tuple[int, int]] = []      # (the parent's column, the token) of each survivor
         for b, hyps in enumerate(live):
             if not hyps:
                 continue
             log_p = flat_log_p[first[b]:first[b] + len(hyps)]
             total = np.array([h.score for h in hyps])[:, None] + log_p
             order = np.argsort(-total, axis=None, kind="stable")[:2 * k]   # k live ones survive k that end
-            survivors = []
+            survivors, origins = [], []
             for i in order:
                 j, token = np.unravel_index(i, total.shape)
                 if not np.isfinite(total[j, token]) or len(survivors) == k:
@@ -231,11 +401,18 @@ def beam_search(model: Model, feeds: dict, lengths=None, *, beam: int, start: in
                         finished[b].append(grown)
                 else:
                     survivors.append(grown)
+                    origins.append((first[b] + int(j), int(token)))
             best_done = max((h.score for h in finished[b]), default=-np.inf)
             best_live = max((h.score for h in survivors), default=-np.inf)
-            live[b] = [] if len(finished[b]) >= k or best_done >= best_live else survivors
-        if not any(live):
+            stop = len(finished[b]) >= k or best_done >= best_live
+            live[b] = [] if stop else survivors
+            if not stop:
+                grown_from.extend(origins)
+        if not any(live) or t == limit - 1:
             break
+        parents = np.array([c for c, _ in grown_from], dtype=np.int64)
+        tokens = np.array([tok for _, tok in grown_from], dtype=np.int64)
+        flat_log_p, state = steps.extend(state, parents, tokens)
     results = []
     for b in range(batch):
         hyps = sorted(finished[b] + live[b], key=lambda h: -h.score)   # live: stopped by the length limit
@@ -330,7 +507,7 @@ def source_input(model: Model):
 
 def decode_texts(model, texts: list[str], *, beam: int = 1, max_length: int | None = None,
                  max_source: int | None = None, batch: int = 64, temperature: float | None = None,
-                 rng=None) -> list[Decoded]:
+                 rng=None, incremental: bool = True) -> list[Decoded]:
     """Decode each text with a trained model (its ``vocabs``: nnspec.trained.TrainedModel), split as
     its source vocabulary was built. ``beam`` 1 is greedy decoding; ``temperature`` samples instead.
     An empty source, or one of more than ``max_source`` tokens, is a ValueError naming it
@@ -353,11 +530,13 @@ def decode_texts(model, texts: list[str], *, beam: int = 1, max_length: int | No
         feeds = {field_.name: [src_vocab.encode(ts) for ts in part]}
         if temperature is not None:
             found = [[h] for h in sample(model, feeds, start=start, end=end, max_length=max_length,
-                                         temperature=temperature, rng=rng)]
+                                         temperature=temperature, rng=rng, incremental=incremental)]
         elif beam == 1:
-            found = [[h] for h in greedy(model, feeds, start=start, end=end, max_length=max_length)]
+            found = [[h] for h in greedy(model, feeds, start=start, end=end, max_length=max_length,
+                                         incremental=incremental)]
         else:
-            found = beam_search(model, feeds, beam=beam, start=start, end=end, max_length=max_length)
+            found = beam_search(model, feeds, beam=beam, start=start, end=end, max_length=max_length,
+                                incremental=incremental)
         for ts, hyps in zip(part, found):
             out.append(Decoded(ts, [(out_vocab.decode(h.tokens), h.score, h.ended) for h in hyps]))
     return out

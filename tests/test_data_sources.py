@@ -35,7 +35,7 @@ def test_data_error_renders_file_and_line():
 
 
 def test_all_sources_registered():
-    assert set(SOURCES) == {"inline", "csv", "tsv", "npz", "lines", "conllu", "text"}
+    assert set(SOURCES) == {"inline", "csv", "tsv", "npz", "lines", "conllu", "conllu_words", "text"}
 
 
 def test_unknown_source_and_missing_file(tmp_path):
@@ -256,6 +256,86 @@ def test_conllu_empty_file_and_missing_paths(tmp_path):
     e = error("conllu", [], {"train": "e.conllu"}, CONLLU_FIELDS, tmp_path)
     assert e.file == str(tmp_path / "e.conllu") and "empty file" in e.message
     assert "train/dev/test" in error("conllu", [], {}, CONLLU_FIELDS, tmp_path).message
+
+
+# ---------------------------------------------------------------- conllu_words
+
+WORD_FIELDS = [F("form", "tokens", level="char", axis="src"), F("upos", "bag"),
+               F("lemma", "tokens", level="char", axis="out")]
+
+
+def test_conllu_words_reads_one_example_per_syntactic_word(tmp_path):
+    write(tmp_path / "d.conllu.gz", CONLLU + CONLLU)
+    raw = read_source("conllu_words", [], {"test": "d.conllu.gz"}, WORD_FIELDS, tmp_path)
+    test = raw.splits["test"]
+    assert test["form"][:6] == ["I", "ca", "n't", "go", ".", "Yes"]     # no 2-3 can't, no 4.1 went
+    assert test["lemma"][:6] == ["I", "can", "not", "go", ".", "yes"]
+    assert test["upos"][:2] == ["PRON", "AUX"]
+    assert len(test["form"]) == 12
+    assert raw.origins["test"][:2] == [(str(tmp_path / "d.conllu.gz"), 3), (str(tmp_path / "d.conllu.gz"), 5)]
+
+
+def test_conllu_words_types_keep_each_distinct_training_word_once_at_its_first_line(tmp_path):
+    write(tmp_path / "d.conllu", CONLLU + CONLLU)
+    raw = read_source("conllu_words", [], {"train": "d.conllu", "test": "d.conllu", "types": "train"},
+                      WORD_FIELDS, tmp_path)
+    assert raw.splits["train"]["form"] == ["I", "ca", "n't", "go", ".", "Yes"]
+    assert raw.origins["train"][-1] == (str(tmp_path / "d.conllu"), 11)
+    assert len(raw.splits["test"]["form"]) == 12                      # every word is scored
+
+
+def test_conllu_words_log_repeats_weigh_frequent_words_less_than_their_counts(tmp_path):
+    write(tmp_path / "d.conllu", CONLLU * 4)             # every word 4 times: 1 + floor(log2 4) = 3 copies
+    raw = read_source("conllu_words", [], {"train": "d.conllu", "types": "train", "repeat": "log"},
+                      WORD_FIELDS, tmp_path)
+    assert raw.splits["train"]["form"] == [w for w in ["I", "ca", "n't", "go", ".", "Yes"] for _ in range(3)]
+    assert len(raw.origins["train"]) == 18
+    assert 'repeat = "log" (with types = "train")' in error(
+        "conllu_words", [], {"train": "d.conllu", "repeat": "log"}, WORD_FIELDS, tmp_path).message
+
+
+def test_conllu_words_max_chars_leaves_out_longer_words(tmp_path):
+    write(tmp_path / "d.conllu", CONLLU)
+    raw = read_source("conllu_words", [], {"test": "d.conllu", "max_chars": 2}, WORD_FIELDS, tmp_path)
+    assert raw.splits["test"]["form"] == ["I", "go", "."]     # ca/can, n't/not and Yes/yes are longer (not PRON)
+    assert "max_chars = N leaves out" in error("conllu_words", [], {"test": "d.conllu", "max_chars": 0},
+                                               WORD_FIELDS, tmp_path).message
+
+
+def test_conllu_words_maps_fields_to_columns(tmp_path):
+    write(tmp_path / "d.conllu", CONLLU)
+    fields = [F("w", "tokens", level="char", axis="src"), F("y", "class", role="target")]
+    raw = read_source("conllu_words", [], {"train": "d.conllu", "w": "form", "y": "xpos"}, fields, tmp_path)
+    assert raw.splits["train"]["y"][:2] == ["PRP", "MD"]
+
+
+@pytest.mark.parametrize("kwargs, fields, message", [
+    ({"types": "all"}, WORD_FIELDS, 'types = "train" is the only choice'),
+    ({"x": "forms"}, [F("x", "tokens", level="char")], "x = 'forms' is not a CoNLL-U column"),
+    ({}, [F("chars", "tokens", level="char")], "field 'chars' is not named after a CoNLL-U column"),
+    ({}, [F("form", "tokens")], "a word's column is read as characters"),
+    ({"bogus": 1}, WORD_FIELDS, "unknown argument bogus"),
+])
+def test_conllu_words_argument_errors(tmp_path, kwargs, fields, message):
+    write(tmp_path / "d.conllu", CONLLU)
+    assert message in error("conllu_words", [], {"train": "d.conllu", **kwargs}, fields, tmp_path).message
+
+
+@pytest.mark.parametrize("line, text, expected", [
+    (5, "2\tca\tcan\tAUX\tMD\t_\t3\taux\t_", "expected 10 tab-separated columns"),
+    (6, "x\tn't\tnot\tPART\tRB\t_\t4\tadvmod\t_\t_", "ID 'x' is not an integer"),
+    (6, "3\tn't\t\tPART\tRB\t_\t4\tadvmod\t_\t_", "column LEMMA is empty"),
+    (6, "3\t" + "n" * 1001 + "\tnot\tPART\tRB\t_\t4\tadvmod\t_\t_", "FORM holds 1001 characters, more than 1000"),
+])
+def test_conllu_words_corrupt_line_names_file_and_line(tmp_path, line, text, expected):
+    write(tmp_path / "d.conllu", conllu_lines((line, text)))
+    e = error("conllu_words", [], {"train": "d.conllu"}, WORD_FIELDS, tmp_path)
+    assert e.file == str(tmp_path / "d.conllu") and expected in e.message and e.line == line
+
+
+def test_conllu_words_empty_file(tmp_path):
+    write(tmp_path / "e.conllu", "# only a comment\n\n")
+    assert "empty file: no words" in error("conllu_words", [], {"train": "e.conllu"}, WORD_FIELDS, tmp_path).message
 
 
 # ---------------------------------------------------------------- text

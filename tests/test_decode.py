@@ -419,3 +419,57 @@ def test_sample_draws_an_output_for_a_source(reverse_copy):
     assert json_of(again)["text"] == texts[0]
     _, cold, _ = cli("sample", str(SPEC), "--checkpoint", reverse_copy, "--prompt", "a b c", "--temperature", "0.01")
     assert cold.strip() == "c b a"
+
+
+# ---- step-by-step decoding: the encoder once, each decoder step once ---------------------------
+@pytest.mark.parametrize("kind", ["dot", "additive", "in_loop"])
+@pytest.mark.parametrize("how", ["greedy", "beam", "sample"])
+def test_step_by_step_decoding_computes_what_recomputing_the_whole_network_does(kind, how):
+    """Each step of incremental decoding runs the decoder over two steps, from carried states and a
+    given encoder; the oracle reruns the whole network over every prefix (the training computation)."""
+    from nnspec.decode import beam_search, greedy, sample, stepwise
+    m = decoder_model(kind, declaration=DECLARED.replace("max 5", "max 7"))
+    m.params["b"][END] -= 30.0 if how == "beam" else 6.0           # longer outputs: more steps carried
+    assert stepwise(m) is not None and "enc" in stepwise(m).independent
+    run = {"greedy": lambda **kw: [[h] for h in greedy(m, {"src": sources(1)}, start=START, end=END, **kw)],
+           "beam": lambda **kw: beam_search(m, {"src": sources(1)}, beam=3, start=START, end=END, **kw),
+           "sample": lambda **kw: [[h] for h in sample(m, {"src": sources(1)}, start=START, end=END,
+                                                       rng=np.random.default_rng(5), **kw)]}[how]
+    fast, full = run(incremental=True), run(incremental=False)
+    assert [[h.tokens for h in hs] for hs in fast] == [[h.tokens for h in hs] for hs in full]
+    assert [[h.ended for h in hs] for hs in fast] == [[h.ended for h in hs] for hs in full]
+    for hs, gs in zip(fast, full):
+        for h, g in zip(hs, gs):
+            assert h.steps == pytest.approx(g.steps, abs=1e-9)
+    assert max(len(h.tokens) for hs in fast for h in hs) >= 3      # several steps were carried
+
+
+def test_step_by_step_decoding_without_a_start_symbol():
+    from nnspec.decode import greedy
+    m = decoder_model("dot", declaration='decode tgt from p, end "</s>", max 6\n')
+    fast = greedy(m, {"src": sources(2)}, start=None, end=END)
+    full = greedy(m, {"src": sources(2)}, start=None, end=END, incremental=False)
+    assert [h.tokens for h in fast] == [h.tokens for h in full]
+    assert [h.score for h in fast] == pytest.approx([h.score for h in full], abs=1e-9)
+
+
+def test_a_decoder_reading_two_steps_back_is_decoded_by_recomputing():
+    from nnspec.decode import greedy, stepwise
+    text = spec("dot").replace("lstm(ye[t-1], H", "lstm(ye[t-1] + ye[t-2], H") + DECLARED
+    assert "ye[t-2]" in text
+    m = Model.from_text(text, bindings=BINDINGS, dtype=np.float64, seed=1)
+    assert stepwise(m) is None
+    assert [h.tokens for h in greedy(m, {"src": sources()}, start=START, end=END)] == \
+        [h.tokens for h in greedy(m, {"src": sources()}, start=START, end=END, incremental=False)]
+
+
+@pytest.mark.parametrize("beam", [1, 5])
+def test_trained_reverse_copy_decodes_step_by_step_as_by_full_recomputation(reverse_copy, beam):
+    from nnspec.decode import decode_texts
+    from nnspec.trained import load
+    model = load(reverse_copy)
+    lines = [line.split("\t")[0] for line in (ROOT / "data/reverse-copy/test.tsv").read_text().splitlines()[1:65]]
+    fast = decode_texts(model, lines, beam=beam)
+    full = decode_texts(model, lines, beam=beam, incremental=False)
+    assert [[o[0] for o in d.outputs] for d in fast] == [[o[0] for o in d.outputs] for d in full]
+    assert [o[1] for d in fast for o in d.outputs] == pytest.approx([o[1] for d in full for o in d.outputs], abs=1e-4)

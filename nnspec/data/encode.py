@@ -65,7 +65,7 @@ def _check_text(value, f: FieldSpec, origin: Origin) -> None:
         return
     if isinstance(value, (list, tuple)) and all(isinstance(t, str) for t in value):
         if f.level == "char":  # a list is taken as tokens already: for characters, each must be one
-            word = next((t for t in value if len(t) != 1), None)
+            word = next((t for t in value if len(t) != 1 and t not in f.symbols), None)
             if word is not None:
                 raise DataError(f"field '{f.name}' holds characters, but the data gives it the token {word!r}; "
                                 f"give text, or declare the field a sequence of tokens", *origin)

@@ -35,6 +35,7 @@ class FieldSpec(BaseModel):
     lowercase: bool = False
     axis: str | None = None   # a sequence's axis (nnspec/axes.py): fields on one axis have one length
     ngrams: int = Field(default=1, ge=1)  # a word-level text field also holds runs of up to n words
+    symbols: tuple[str, ...] = ()  # a decoder's start and end symbols around each sequence: whole tokens, also in a char field
 
     @property
     def is_sequence(self) -> bool:

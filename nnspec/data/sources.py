@@ -474,6 +474,108 @@ def read_conllu(args: list, kwargs: dict, fields: list[FieldSpec], base_dir: Pat
     return RawData(splits, origins)
 
 
+# ---------------------------------------------------------------- conllu_words
+
+MAX_WORD_CHARS = 1000   # a FORM or LEMMA longer than this is refused, not padded into every batch
+
+
+def _read_conllu_words_file(path: Path, columns: dict[str, int], encoding: str, types: bool,
+                            repeat: str | None = None, max_chars: int | None = None,
+                            chars: tuple[str, ...] = ()) -> tuple[dict[str, list], list]:
+    """One example per syntactic word: each field the cell of its column. With ``types``, each
+    distinct combination of the cells once, at the line it first occurs on; with ``repeat = "log"``
+    1 + floor(log2 n) times, n its number of occurrences (frequent words weigh more, not n times)."""
+    file = str(path)
+    out: dict[str, list] = {name: [] for name in columns}
+    origins: list[tuple[str, int]] = []
+    seen: set[tuple] = set()
+    counts: dict[tuple, int] = {}
+    for number, line in enumerate(read_lines(path, encoding), 1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        cells = line.split("\t")
+        if len(cells) != 10:
+            names = " ".join(c.upper() for c in CONLLU_COLUMNS)
+            raise DataError(f"expected 10 tab-separated columns ({names}), found {len(cells)}", file, number)
+        if _SKIPPED_ID.fullmatch(cells[0]):
+            continue
+        if not _WORD_ID.fullmatch(cells[0]):
+            raise DataError(f"ID {cells[0]!r} is not an integer (nor a range like 3-4 or an empty node "
+                            f"like 8.1)", file, number)
+        values = tuple(cells[i] for i in columns.values())
+        for name, i, value in zip(columns, columns.values(), values):
+            if not value:
+                raise DataError(f"column {CONLLU_COLUMNS[i].upper()} is empty ('{value}'): field '{name}' "
+                                f"needs a value for every word", file, number)
+            if len(value) > MAX_WORD_CHARS:
+                raise DataError(f"column {CONLLU_COLUMNS[i].upper()} holds {len(value)} characters, more than "
+                                f"{MAX_WORD_CHARS}", file, number)
+        if max_chars is not None and any(len(v) > max_chars for name, v in zip(columns, values) if name in chars):
+            continue
+        if types:
+            counts[values] = counts.get(values, 0) + 1
+            if values in seen:
+                continue
+            seen.add(values)
+        for name, value in zip(columns, values):
+            out[name].append(value)
+        origins.append((file, number))
+    if not origins:
+        raise DataError("empty file: no words", file)
+    if types and repeat == "log":
+        times = [counts[tuple(out[name][i] for name in columns)].bit_length() for i in range(len(origins))]
+        out = {name: [v for v, k in zip(values, times) for _ in range(k)] for name, values in out.items()}
+        origins = [o for o, k in zip(origins, times) for _ in range(k)]
+    return out, origins
+
+
+@_source("conllu_words")
+def read_conllu_words(args: list, kwargs: dict, fields: list[FieldSpec], base_dir: Path) -> RawData:
+    """``conllu_words(train = ..., dev = ..., test = ..., types = "train", repeat = "log")``: one
+    example per syntactic word (multiword tokens and empty nodes skipped), each field the cell of the
+    CoNLL-U column it is named after (``form``, ``lemma``, ``upos``, ...) or mapped to (``x = "form"``).
+    ``types = "train"``: the training part holds each distinct combination of the fields' cells
+    once, or with ``repeat = "log"`` 1 + floor(log2 n) times for n occurrences (the other parts keep
+    every word). ``max_chars = N`` leaves out the words with a character field longer than N (an
+    encoder-decoder with attention holds a (target x source) array per word)."""
+    kwargs = dict(kwargs)
+    encoding = kwargs.pop("encoding", "utf-8")
+    types = kwargs.pop("types", None)
+    repeat = kwargs.pop("repeat", None)
+    max_chars = kwargs.pop("max_chars", None)
+    paths = _split_paths("conllu_words", args, kwargs)
+    _check_kwargs("conllu_words", kwargs, [f.name for f in fields])
+    if types not in (None, "train"):
+        raise _arg_error("conllu_words", f'types = "train" is the only choice (the training part\'s distinct '
+                                         f'words), got {types!r}')
+    if max_chars is not None and (isinstance(max_chars, bool) or not isinstance(max_chars, int) or max_chars < 1):
+        raise _arg_error("conllu_words", f"max_chars = N leaves out the words with a character field longer "
+                                         f"than N, N at least 1; got {max_chars!r}")
+    if repeat not in (None, "log") or (repeat is not None and types is None):
+        raise _arg_error("conllu_words", f'repeat = "log" (with types = "train") repeats a distinct word 1 + '
+                                         f'floor(log2 n) times for its n occurrences; got {repeat!r}')
+    names = CONLLU_COLUMNS[1:]
+    columns = {}
+    for f in fields:
+        column = kwargs.get(f.name, f.name)
+        if column not in names:
+            how = (f"{f.name} = {column!r} is not" if f.name in kwargs
+                   else f"field '{f.name}' is not named after")
+            raise _arg_error("conllu_words", f"{how} a CoNLL-U column ({', '.join(names)}); "
+                                             f"map it with {f.name} = \"form\"")
+        if f.kind in (FieldKind.classes, FieldKind.vector, FieldKind.vector_seq) or (
+                f.kind is FieldKind.tokens and f.level != "char"):
+            raise _arg_error("conllu_words", f"field {f.describe()}: a word's column is read as characters "
+                                             f"('seq of char'), one class ('class') or a bag ('bag of token')")
+        columns[f.name] = CONLLU_COLUMNS.index(column)
+    splits, origins = {}, {}
+    for split, path in paths.items():
+        splits[split], origins[split] = _read_conllu_words_file(
+            resolve(base_dir, path), columns, encoding, types == "train" and split == "train", repeat, max_chars,
+            tuple(f.name for f in fields if f.kind is FieldKind.tokens))
+    return RawData(splits, origins)
+
+
 # ---------------------------------------------------------------- text
 
 EOS = "<eos>"

@@ -123,18 +123,22 @@ class Executor:
     def forward(self, params: dict[str, np.ndarray], feeds: dict[str, np.ndarray], *,
                 lengths: np.ndarray | None = None, train: bool = False,
                 rng: np.random.Generator | None = None, carry: dict[str, np.ndarray] | None = None,
-                need_loss: bool = True, single_use: bool = False, context: RunContext | None = None) -> Tape:
+                need_loss: bool = True, single_use: bool = False, context: RunContext | None = None,
+                given: dict[str, np.ndarray] | None = None) -> Tape:
         """Run the plan on a batch. ``context`` (else ``train``, ``rng`` and the executor's
         ``check_finite``): how the pass runs. ``carry``: the previous chunk's final states.
+        ``given``: values an earlier pass computed for this batch (an encoder's states, when
+        decoding step by step): the steps that make them, and those only they need, are not run
+        again.
         ``single_use``: the tape is for one backward pass (training): values that nothing but one
         op reads may be overwritten by it (the softmax of a ``cross_entropy_logits`` is computed
         over the logits), so ``tape.values`` does not show them any more, and a second backward
         over the tape is refused."""
         context = context or RunContext(train=train, rng=rng, check_finite=self.check_finite)
         with blas_threads(self.options.blas_threads):
-            return self._forward(params, feeds, lengths, context, carry, need_loss, single_use)
+            return self._forward(params, feeds, lengths, context, carry, need_loss, single_use, given)
 
-    def _forward(self, params, feeds, lengths, context, carry, need_loss, single_use) -> Tape:
+    def _forward(self, params, feeds, lengths, context, carry, need_loss, single_use, given=None) -> Tape:
         self.pool.new_pass()
         if self._pass_run is not None:
             self._pass_run.release_bound()   # before the loops' check: its bound inputs may be their buffers
@@ -143,9 +147,10 @@ class Executor:
         env = self.prepare(feeds)
         batch, axes = self._geometry(env, lengths)
         time = axes.get(self.facts.shown_axis) or next(iter(axes.values()), None)   # what the tape shows
-        key, run = self._prepared_run(env, axes, need_loss, context)
+        key, run = (None, None) if given else self._prepared_run(env, axes, need_loss, context)
         env.update(self.consts)
         env.update(params)
+        env.update(given or {})
         tape = Tape(values=env, lengths=None if time is None else time.lengths,
                     mask=None if time is None else time.mask, batch=batch, steps=0 if time is None else time.steps,
                     carry=carry or {}, context=context, axes=axes, axis_of=self.facts.axis_of,
@@ -160,7 +165,10 @@ class Executor:
             run_step = self.forward_step if self.profile is None else profiled(self.profile, "forward",
                                                                                  self.forward_step)
             built = {} if key is not None else None
+            unneeded = self.facts.made_before(frozenset(given), need_loss) if given else frozenset()
             for step in self.plan.steps:
+                if given and (step.index if isinstance(step, LoopStep) else step.id) in unneeded:
+                    continue
                 if not self.facts.skipped(step, need_loss) and run_step(step, tape) and built is not None:
                     built[step.id] = tape.values[step.id].shape
             if key is not None:

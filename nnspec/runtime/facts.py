@@ -74,6 +74,7 @@ class PlanFacts:
         self.dead_in_backward = self._dead_in_backward()
         self.lent_to_loops = self._lent_to_loops()
         self._needed: dict[frozenset | None, set[str]] = {}
+        self._made_before: dict[tuple, frozenset] = {}
 
     def op_of(self, step: OpStep) -> Op:
         """The op a step outside loops runs: over time on a first operand with several axes, folded
@@ -86,6 +87,25 @@ class PlanFacts:
     def skipped(self, step, need_loss: bool) -> bool:
         """Whether a pass without targets (``need_loss=False``) skips ``step``."""
         return not need_loss and (step.index if isinstance(step, LoopStep) else step.id) in self.loss_only
+
+    def made_before(self, given: frozenset, need_loss: bool) -> frozenset:
+        """Steps (op ids, loop indices) a pass given the values ``given`` need not run: the outputs
+        (and the loss) are reached without them."""
+        key = (given, need_loss)
+        if key not in self._made_before:
+            needed = set(self.plan.outputs) | ({self.plan.loss} if need_loss and self.plan.loss else set())
+            skip = set()
+            for step in reversed(self.plan.steps):
+                body = step.body if isinstance(step, LoopStep) else [step]
+                if not any(b.id in needed and b.id not in given for b in body):
+                    skip.add(step.index if isinstance(step, LoopStep) else step.id)
+                    continue
+                for b in body:
+                    needed.update(src for src, _ in b.inputs)
+                if isinstance(step, LoopStep):
+                    needed.update(step.initials.values())
+            self._made_before[key] = frozenset(skip)
+        return self._made_before[key]
 
     def _only_for_the_loss(self) -> frozenset:
         """Steps (op ids, loop indices) that only the loss needs: the loss functions, arithmetic
