@@ -141,6 +141,9 @@ def test_nested_cross_validation_chooses_settings_inside_each_outer_fold(tmp_pat
         assert sweep["outer"] == [2, i - 1] and sweep["folds"] == 2
         saved = (cv_dir / f"fold-{i:02d}" / "spec.nn").read_text()
         assert f"let H = {c['params']['H']}" in saved
+        # the table gives the epochs of one training (2, on each inner fold), not their sum over the folds
+        rows = json.loads((cv_dir / "sweeps" / f"fold-{i:02d}" / "results.json").read_text())
+        assert [r["epochs"] for r in rows] == [2, 2]
     assert len(summary["test_accuracy_per_fold"]) == 2
 
 
@@ -165,9 +168,12 @@ def test_an_unreachable_scheduler_is_a_clear_error(tmp_path, capsys):
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    assert main(["sweep", str(tiny(tmp_path)), "--trials", "1", "--scheduler", f"tcp://127.0.0.1:{port}"]) == 1
+    runs = tmp_path / "runs"
+    assert main(["sweep", str(tiny(tmp_path)), "--trials", "1", "--scheduler", f"tcp://127.0.0.1:{port}",
+                 "--runs", str(runs)]) == 1
     err = capsys.readouterr().err
     assert f"cannot reach the Dask scheduler at tcp://127.0.0.1:{port}" in err and "Traceback" not in err
+    assert not runs.exists() or not any(runs.iterdir())  # no empty sweep directory left behind
 
 
 def _free_port() -> int:

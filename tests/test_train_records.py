@@ -141,6 +141,31 @@ def test_cross_validation_keeps_folds_and_their_summary(tmp_path, capsys):
     assert report["metrics"]["mean_test_accuracy"] == pytest.approx(acc["mean"])   # the flat keys stay
 
 
+def test_cross_validation_in_one_process_resumes_keeping_its_finished_folds(tmp_path, capsys):
+    spec = tmp_path / "clf.nn"
+    spec.write_text(CLASSIFIER.replace("split dev = 25%, test = 25%", "split dev = 25%"))
+    whole = _json_out(capsys, "run", str(spec), "--runs", str(tmp_path / "runs"), "--folds", "4", "--json")
+    run = Path(whole["run_dir"])
+    # As an interruption during fold 3 leaves it: folds 1 and 2 recorded, fold 3 half there, no results.json.
+    progress = json.loads((run / "progress.json").read_text())
+    assert sorted(progress["done"]) == ["1", "2", "3", "4"]
+    progress["done"] = {f: progress["done"][f] for f in ("1", "2")}
+    (run / "progress.json").write_text(json.dumps(progress))
+    (run / "results.json").unlink()
+    (run / "fold-04").rename(tmp_path / "fold-04")
+    kept = (run / "fold-01" / "metrics.jsonl").stat().st_mtime_ns
+    assert main(["run", str(spec), "--folds", "4", "--set", "epochs=2", "--resume", str(run)]) == 1
+    assert "begun otherwise" in capsys.readouterr().err   # it resumes only as it began
+    resumed = _json_out(capsys, "run", str(spec), "--folds", "4", "--resume", str(run), "--json")
+    assert resumed["metrics"]["test_accuracy_per_fold"] == whole["metrics"]["test_accuracy_per_fold"]
+    assert (run / "fold-01" / "metrics.jsonl").stat().st_mtime_ns == kept   # fold 1 was not trained again
+    assert (run / "fold-04" / "best" / "weights.safetensors").exists()
+    results = json.loads((run / "results.json").read_text())
+    assert results["test"]["accuracy"]["per_fold"] == whole["metrics"]["test_accuracy_per_fold"]
+    assert main(["run", str(spec), "--folds", "4", "--resume", str(run)]) == 1
+    assert "finished cross-validation" in capsys.readouterr().err
+
+
 def test_fold_summary_statistics():
     summary = summarise_folds([{"test_accuracy": a, "test_loss": 1 - a} for a in (0.5, 0.7, 0.9)])
     acc = summary["test"]["accuracy"]

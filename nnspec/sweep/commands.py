@@ -42,17 +42,17 @@ def cmd_sweep(args) -> int:
     trials = args.trials or spec.space.trials
     if not trials or trials < 1:
         raise SweepError("how many trials: give --trials N (or `trials N` in the sweep block)")
-    if args.resume:
-        directory = Path(args.resume)
-    else:
+    if not args.resume:
         from ..session import open_session
         name = open_session(spec.path, text=spec.text, with_data=False).compiled.name
-        directory = RunDir._fresh(Path(args.runs), f"{name}-sweep", datetime.now())
     from .cluster import dask_client
     from .driver import Sweep
     from .report import print_table, write_plots, write_results
     quiet = args.quiet or args.json
     with dask_client(args.scheduler, args.workers) as client, _terminate_as_interrupt():
+        # made once the cluster answers: an unreachable scheduler leaves no empty sweep directory
+        directory = Path(args.resume) if args.resume else RunDir._fresh(Path(args.runs), f"{name}-sweep",
+                                                                         datetime.now())
         sweep = Sweep(spec, directory, client, resume=bool(args.resume), seed=args.seed, float64=args.float64,
                       overrides=args.set or [], quiet=quiet)
         if not quiet:

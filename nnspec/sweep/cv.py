@@ -72,16 +72,14 @@ def cross_validate(spec_path: str, k: int, *, client=None, overrides: list[str] 
     session = open_session(spec_path, overrides=overrides, with_data=False)  # spec errors before any job
     name = session.compiled.name
     cv_dir, done = None, {}
-    asked = {"spec_sha": hashlib.sha256(Path(spec_path).read_bytes()).hexdigest()[:16], "folds": k,
-             "inner_folds": inner_folds, "trials": trials, "overrides": list(overrides), "seed": seed,
-             "float64": float64}
+    asked = what_was_asked(spec_path, k, inner_folds, trials, overrides, seed, float64)
     if resume is not None:
         cv_dir = Path(resume)
-        done = _read_progress(cv_dir, asked)
+        done = read_progress(cv_dir, asked)
     elif save:
         from ..train.rundir import RunDir
         cv_dir = RunDir._fresh(Path(runs), f"{name}-{k}fold", datetime.now())
-        _write_progress(cv_dir, asked, done)
+        write_progress(cv_dir, asked, done)
     start = time.perf_counter()
     try:
         if inner_folds is not None:
@@ -130,7 +128,7 @@ def _run_all(jobs: list[Job], client, quiet: bool, stream, label: str = "fold", 
         results[i] = _checked(result, i, k, quiet, stream, label)
         if progress is not None:
             progress[2][str(i + 1)] = {"result": result}
-            _write_progress(*progress)
+            write_progress(*progress)
 
     if client is None:
         for i, job in enumerate(jobs):
@@ -168,7 +166,16 @@ def _checked(result: dict, i: int, k: int, quiet: bool, stream, label: str) -> d
 PROGRESS_FILE = "progress.json"
 
 
-def _write_progress(cv_dir: Path, asked: dict, done: dict) -> None:
+def what_was_asked(spec_path, k: int, inner_folds: int | None, trials: int | None, overrides, seed: int | None,
+                   float64: bool) -> dict:
+    """What a cross-validation was asked for, kept in progress.json: it resumes only as it began.
+    (nnspec run --folds in one process, cli/folds.py, records the same, so either resumes it.)"""
+    return {"spec_sha": hashlib.sha256(Path(spec_path).read_bytes()).hexdigest()[:16], "folds": k,
+            "inner_folds": inner_folds, "trials": trials, "overrides": list(overrides), "seed": seed,
+            "float64": float64}
+
+
+def write_progress(cv_dir: Path, asked: dict, done: dict) -> None:
     """What was asked and every fold finished so far (written whole, then renamed: never half a file)."""
     cv_dir.mkdir(parents=True, exist_ok=True)
     partial = cv_dir / (PROGRESS_FILE + ".partial")
@@ -176,7 +183,7 @@ def _write_progress(cv_dir: Path, asked: dict, done: dict) -> None:
     os.replace(partial, cv_dir / PROGRESS_FILE)
 
 
-def _read_progress(cv_dir: Path, asked: dict) -> dict:
+def read_progress(cv_dir: Path, asked: dict) -> dict:
     """The folds an interrupted cross-validation finished; it resumes only as it was asked."""
     try:
         record = json.loads((cv_dir / PROGRESS_FILE).read_text(encoding="utf-8"))
@@ -230,7 +237,7 @@ def _nested(spec_path, k, inner, trials, client, cv_dir: Path, overrides, seed, 
         results += _run_all([job], client, True, stream)
         chosen.append({"fold": i + 1, "trial": best.number, "inner_value": best.value, "params": best.params})
         done[str(i + 1)] = {"result": results[-1], "chosen": chosen[-1]}
-        _write_progress(cv_dir, asked, done)
+        write_progress(cv_dir, asked, done)
         if not quiet:
             test = results[-1].get("test") or {}
             print(f"outer fold {i + 1}/{k}: trial {best.number} chosen ({objective.metric} {best.value:.4f} "

@@ -275,7 +275,7 @@ class Sweep:
                 results.append({"state": "failed", "error": _describe(f.exception())})
         trial = r.trial
         trial.set_user_attr("seconds", round(time.perf_counter() - r.started, 2))
-        trial.set_user_attr("epochs", sum(x.get("epochs", 0) for x in results))
+        trial.set_user_attr("epochs", epochs_per_training(results))
         failed = [x for x in results if x["state"] == "failed"]
         if failed:
             trial.set_user_attr("error", failed[0]["error"][-2000:])
@@ -329,6 +329,15 @@ def _check_overrides(spec: SweepSpec, overrides: tuple[str, ...]) -> None:
                 raise SweepError(f"--set {text}: '{s.key}' is what the sweep searches; take it out of the "
                                  f"sweep block to fix it")
     diags.raise_if_errors()
+
+
+def epochs_per_training(results: list[dict]) -> int | float | None:
+    """The epochs one training of a trial ran: with inner folds, each fold's count (the same in all
+    but with early stopping or pruning; then their mean), never their sum."""
+    ran = [x["epochs"] for x in results if isinstance(x.get("epochs"), int)]
+    if not ran:
+        return None
+    return ran[0] if len(set(ran)) == 1 else round(sum(ran) / len(ran), 1)
 
 
 def _describe(exc: BaseException | None) -> str:
