@@ -39,12 +39,13 @@ OPTIMIZERS: dict[str, dict] = {
     "adamw": {"lr": 0.001, "beta1": 0.9, "beta2": 0.999, "eps": 1e-08, "weight_decay": 0.01},
 }
 
+# a schedule scales the optimizer's lr, which the trainer passes it: a spec never gives it one
 SCHEDULES: dict[str, dict] = {
-    "constant": {"lr": REQUIRED},
-    "step": {"lr": REQUIRED, "every": REQUIRED, "gamma": 0.1},
-    "exponential": {"lr": REQUIRED, "gamma": REQUIRED, "per": "epoch"},
-    "cosine": {"lr": REQUIRED, "total_steps": REQUIRED, "min_lr": 0.0},
-    "linear_warmup": {"lr": REQUIRED, "warmup_steps": REQUIRED, "then": "constant", "total_steps": None,
+    "constant": {},
+    "step": {"every": REQUIRED, "gamma": 0.1},
+    "exponential": {"gamma": REQUIRED, "per": "epoch"},
+    "cosine": {"total_steps": REQUIRED, "min_lr": 0.0},
+    "linear_warmup": {"warmup_steps": REQUIRED, "then": "constant", "total_steps": None,
                       "min_lr": 0.0},
 }
 

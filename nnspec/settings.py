@@ -135,8 +135,11 @@ def _check_choice(key: str, choice: Choice, s: ast.Setting, diags: Diagnostics) 
         return
     accepted = list(settings)
     for name in choice.args:
-        if name not in accepted:
-            diags.error(f"{choice.name} takes {', '.join(accepted)}, not '{name}'", s.span)
+        if key == "schedule" and name == "lr":
+            diags.error(f"a schedule scales the optimizer's learning rate: give lr to the optimizer "
+                        f"(e.g. 'optimizer sgd(lr = 0.1)'), not to {choice.name}", s.span)
+        elif name not in accepted:
+            diags.error(f"{choice.name} takes {', '.join(accepted) or 'no settings'}, not '{name}'", s.span)
 
 
 def settings_from_block(block: ast.Train | None, diags: Diagnostics,

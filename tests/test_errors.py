@@ -460,6 +460,16 @@ def test_unknown_training_setting_with_did_you_mean(tmp_path):
     assert shown.underlined == "optimiser adam(lr = 0.1)"
 
 
+def test_a_learning_rate_given_to_a_schedule_points_to_the_optimizer(tmp_path):
+    # the schedule scales the optimizer's lr; taking one of its own crashed the trainer
+    rendered = session_errors_of(tmp_path, XOR + "train {\n  optimizer sgd(lr = 0.1)\n"
+                                 "  schedule exponential(lr = 0.005, gamma = 0.3)\n}\n"
+                                 "data inline { x = [[0, 1]]; y = [[1]] }\n")
+    shown = at(rendered, 8, 3, file=str(tmp_path / "t.nn"))
+    assert shown.message == ("a schedule scales the optimizer's learning rate: give lr to the optimizer "
+                             "(e.g. 'optimizer sgd(lr = 0.1)'), not to exponential")
+
+
 def test_unknown_data_source_with_did_you_mean(tmp_path):
     rendered = session_errors_of(tmp_path, XOR + 'data csvv("xor.csv")\n')
     shown = at(rendered, 6, 1, file=str(tmp_path / "t.nn"))

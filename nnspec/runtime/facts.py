@@ -94,30 +94,23 @@ class PlanFacts:
         key = (given, need_loss)
         if key not in self._made_before:
             needed = set(self.plan.outputs) | ({self.plan.loss} if need_loss and self.plan.loss else set())
-            skip = set()
-            for step in reversed(self.plan.steps):
-                body = step.body if isinstance(step, LoopStep) else [step]
-                if not any(b.id in needed and b.id not in given for b in body):
-                    skip.add(step.index if isinstance(step, LoopStep) else step.id)
-                    continue
-                for b in body:
-                    needed.update(src for src, _ in b.inputs)
-                if isinstance(step, LoopStep):
-                    needed.update(step.initials.values())
-            self._made_before[key] = frozenset(skip)
+            self._made_before[key] = self._steps_not_needed(needed, given)
         return self._made_before[key]
 
     def _only_for_the_loss(self) -> frozenset:
         """Steps (op ids, loop indices) that only the loss needs: the loss functions, arithmetic
         on them, and what feeds only them."""
-        plan = self.plan
-        if plan.loss is None:
+        if self.plan.loss is None:
             return frozenset()
-        needed = set(plan.outputs) | set(self.lookback)
+        return self._steps_not_needed(set(self.plan.outputs) | set(self.lookback))
+
+    def _steps_not_needed(self, needed: set, given: frozenset = frozenset()) -> frozenset:
+        """Steps (op ids, loop indices) that make none of ``needed`` (other than values ``given``),
+        directly or through what they feed: a closure from the plan's end back to its start."""
         skip = set()
-        for step in reversed(plan.steps):
+        for step in reversed(self.plan.steps):
             body = step.body if isinstance(step, LoopStep) else [step]
-            if not any(b.id in needed for b in body):
+            if not any(b.id in needed and b.id not in given for b in body):
                 skip.add(step.index if isinstance(step, LoopStep) else step.id)
                 continue
             for b in body:
