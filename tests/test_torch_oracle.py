@@ -168,8 +168,9 @@ def _spec_files():
 
 
 def _small(text: str) -> str:
-    """The same network with small sizes (H = 128 -> 3): the oracle runs step by step in Python."""
-    text = re.sub(r"\b(H|N)\s*=\s*\d+", r"\1 = 3", text)
+    """The same network with small sizes (H = 128 -> 4, H = 64 -> 2: sizes a spec ties together, such
+    as a decoder's H twice its bidirectional encoder's, stay tied): the oracle runs step by step in Python."""
+    text = re.sub(r"\b(H|N)\s*=\s*(\d+)", lambda m: f"{m.group(1)} = {max(1, int(m.group(2)) // 32)}", text)
     text = re.sub(r"embed\((\w+),\s*\d+\)", r"embed(\1, 3)", text)
     text = re.sub(r"(\w)\[(\d{2,})\]", lambda m: f"{m.group(1)}[3]", text)
     return re.sub(r"let (\w+) = \d{2,}", r"let \1 = 3", text)
@@ -192,6 +193,10 @@ RECURRENT = {
     "bidirectional": "input w : seq of token\ntarget y : seq of class[3]\noutput p\ne = embed(w, 4)\n"
                      "h = bidirectional(lstm)(e, H = 3)\np = softmax(V @ h + c)\nloss cross_entropy(p, y)\n",
     "stacked": "input x[2] : seq\noutput y\nh = stacked(rnn, 3)(x, H = 3)\ny = sum(h)\n",
+    # each direction has an embedding table of its own, made from one call in the text
+    "bidirectional over an embed": "input w : seq of token\ntarget y : seq of class[3]\noutput p\n"
+                                   "h = bidirectional(lstm)(embed(w, 4), H = 3)\np = softmax(V @ h + c)\n"
+                                   "loss cross_entropy(p, y)\n",
     "reverse": "input x[2] : seq\noutput h\nh = reverse(gru)(x, H = 3)\n",
     "t-2": "input x[2] : seq\noutput h\nh[3] = tanh(W @ x + U @ h[t-1] + R @ h[t-2] + b)\n",
     "t+1": "input x[2] : seq\noutput h\nh[3] = tanh(W @ x + U @ h[t+1] + b)\n",

@@ -236,6 +236,7 @@ class _Example:
         self.run, self.spec, self.b, self.lengths = run, run.spec, b, lengths
         self.memo: dict[tuple, torch.Tensor] = {}
         self.busy: set[tuple] = set()
+        self.evaluating: list[str] = []      # the equations being computed, innermost last
 
     def positions(self, axes: tuple):
         """Every real position of this example on ``axes``."""
@@ -274,7 +275,11 @@ class _Example:
             if name in spec.decls:
                 v = self.run.feed(name, self.b, at)
             elif name in spec.equations:
-                v = self.eval(spec.equations[name], at)
+                self.evaluating.append(name)
+                try:
+                    v = self.eval(spec.equations[name], at)
+                finally:
+                    self.evaluating.pop()
             else:
                 v = self.run.param(name)
         finally:
@@ -344,7 +349,7 @@ class _Example:
             raise Untranslatable("wrapper left in the expanded spec", f)
         if f == "embed":
             ids = self.eval(e.args[0], at)
-            table = self.run.param(self.run.table_name(e))
+            table = self.run.param(self.run.table_name(e, self.evaluating[-1] if self.evaluating else None))
             return _embed(ids, table)
         if f not in REGISTRY:
             raise Untranslatable("unknown function", f)
@@ -510,15 +515,16 @@ class _Run:
             return torch.tensor(_literal(self.spec.literal_params[name]), dtype=DTYPE)
         raise Untranslatable("unknown name", name)
 
-    def table_name(self, e: ast.Call) -> str:
+    def table_name(self, e: ast.Call, evaluating: str | None) -> str:
         """``e = embed(w, 8)`` has the table ``e.table``; an embed inside a larger expression has one
-        named by the graph builder (``p#3.table``): found as the table whose ids are this call's."""
-        key = id(e)
+        named by the graph builder (``p#3.table``): found as the table whose ids are this call's.
+        The same call may stand in several equations (a wrapper's directions, ``enc.fwd.x`` and
+        ``enc.bwd.x``, each with a table of its own): ``evaluating`` is the equation being computed."""
+        key = (id(e), evaluating)
         if key in self.tables:
             return self.tables[key]
-        owner = next((n for n, v in self.spec.equations.items() if v is e), None)
-        if owner is not None:
-            name = f"{owner}.table"
+        if evaluating is not None and self.spec.equations.get(evaluating) is e:
+            name = f"{evaluating}.table"
         else:
             graph = self.spec.compiled.graph
             found = [i.id for i in graph.nodes() if i.kind == "param" and i.table_for is not None
