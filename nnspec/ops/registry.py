@@ -65,6 +65,7 @@ class Ctx:
     saved: dict = field(default_factory=dict)
     empty: Callable = np.empty
     spend: bool = False
+    rows: tuple | None = None   # a nested inner axis: its batch's rows are (T_outer, B), outer step-major
 
 
 class Op:

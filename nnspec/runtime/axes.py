@@ -81,6 +81,45 @@ class FoldedOp:
         return self.vjp(g, xs, out, attrs, ctx)[i]
 
 
+def runtime_axes(axes: tuple, nested: frozenset) -> tuple:
+    """The axes a value's array has: a value on a nested inner axis (``(word, char)``: each word's
+    characters) is ``(T_char, T_word * B, ...)``, the outer axis's steps folded into the rows of the
+    inner axis's batch, so that a loop runs over the characters of every word of the batch at once;
+    its axes at run time are ``(char,)``."""
+    k = next((j for j, a in enumerate(axes) if a in nested), None)
+    return axes if k is None else axes[k:]
+
+
+def unnested(op: Op, axes: tuple, nested: frozenset) -> Op:
+    """A reduction over a nested inner axis: its result, one row per (outer step, example), put back
+    on the outer axis (``Unnested``)."""
+    return Unnested(op) if op.reduces_time and axes and axes[-1] in nested else op
+
+
+class Unnested:
+    """A reduction (``last``, ``mean``, ...) over a nested inner axis: the op reduces ``(T_char, N, ...)``
+    to ``(N, ...)``, one row per word, which is ``(T_word, B, ...)`` on the outer axis (``ctx.rows``).
+    A padding word (no characters) gives whatever the op gives an empty sequence; no real step reads it."""
+
+    def __init__(self, op: Op):
+        self.op = op
+        self.needs_ctx = True
+
+    def __getattr__(self, name):          # facts and everything else: the op's own
+        return getattr(self.op, name)
+
+    def forward(self, xs, attrs, ctx):
+        y = self.op.forward(xs, attrs, ctx)
+        return y.reshape(ctx.rows + y.shape[1:])
+
+    def vjp(self, g, xs, out, attrs, ctx):
+        n = g.shape[0] * g.shape[1]
+        return self.op.vjp(g.reshape((n,) + g.shape[2:]), xs, out.reshape((n,) + out.shape[2:]), attrs, ctx)
+
+    def vjp_one(self, i, g, xs, out, attrs, ctx):
+        return self.vjp(g, xs, out, attrs, ctx)[i]
+
+
 def loop_reads(loop, axes: dict[str, tuple]) -> tuple[frozenset, dict[str, str]]:
     """What a loop over ``loop.axis`` reads *whole* at every step: the values from outside it on other
     axes (an encoder's states, read by a decoder's attention), each with its own mask; and for each

@@ -95,7 +95,7 @@ class Executor:
         one = None if facts.multi_axis else facts.shown_axis
         batch, found = 1, False
         for name, a in env.items():
-            if name in facts.seq:
+            if name in facts.seq and (facts.axes.get(name) or (TIME,))[-1] not in facts.nested:
                 batch, found = a.shape[len(facts.axes.get(name) or (TIME,))], True
                 break
         if not found:
@@ -112,10 +112,13 @@ class Executor:
                     given = lengths.get(axis)
                 else:
                     given = lengths if axis in (TIME, one) else None
+                rows = a.shape[k + 1] if axis in facts.nested else batch   # a nested axis: T_outer * B rows
                 if given is None:
-                    given = np.full(batch, a.shape[k], dtype=np.int64)
+                    given = np.full(rows, a.shape[k], dtype=np.int64)
                 axes[axis] = TimeAxis(axis, a.shape[k], np.asarray(given, dtype=np.int64)
                                       if not isinstance(given, np.ndarray) else given, self.dtype)
+                if axis in facts.nested:
+                    axes[axis].rows = (rows // max(batch, 1), batch)
         return batch, axes
 
     # ---- forward -------------------------------------------------------------

@@ -32,7 +32,9 @@ class PlanFacts:
         # each value's sequence axes, outermost first (nnspec/axes.py); the time axis of each
         # sequence, by name: its innermost, the one its ops over time read; the axis each loop runs
         # along. The runtime reads a value's axis from here, it never assumes there is only one.
-        self.axes = plan_axes(plan)
+        # a nested sequence's values are arrays on its inner axis alone (``axes.runtime_axes``)
+        self.nested = frozenset(v.axes[-1] for v in plan.inputs if v.nested and v.axes)
+        self.axes = {v: several.runtime_axes(a, self.nested) for v, a in plan_axes(plan).items()}
         names = plan_axis_names(plan)
         self.multi_axis = len(names) > 1
         alone = next(iter(names)) if len(names) == 1 else TIME
@@ -78,7 +80,8 @@ class PlanFacts:
         so that it works over the innermost (``axes.FoldedOp``)."""
         op = REGISTRY[step.op]
         if self.multi_axis and step.inputs:
-            return several.folded(op, self.axes.get(step.inputs[0][0], ()))
+            axes = self.axes.get(step.inputs[0][0], ())
+            return several.unnested(several.folded(op, axes), axes, self.nested)
         return op
 
     def skipped(self, step, need_loss: bool) -> bool:

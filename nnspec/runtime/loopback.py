@@ -56,7 +56,7 @@ def loop_backward(ex, prog: LoopProgram, tape: Tape, grads: GradSum, need, keep:
     bw = run.backward if run.backward is not None and run.backward.key == key else None
     if bw is None:
         before = run.reuse.counts()
-        bw = run.backward = build_backward(ex, prog, run, plan, need, env, tape.batch)
+        bw = run.backward = build_backward(ex, prog, run, plan, need, env, run.axis.batch)
         bw.key = key
         local_grads(prog, run, bw, env)
         run.reuse.absorb(before)          # its references to the run's arrays are the run's own

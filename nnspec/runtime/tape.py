@@ -77,7 +77,7 @@ class RunContext:
         """An op's ``Ctx``; ``axis``: the time axis of its first input (its mask and lengths)."""
         if axis is None:
             return Ctx(train=self.train, rng=self.rng, **more)
-        return Ctx(train=self.train, rng=self.rng, mask=axis.mask, lengths=axis.lengths, **more)
+        return Ctx(train=self.train, rng=self.rng, mask=axis.mask, lengths=axis.lengths, rows=axis.rows, **more)
 
 
 @dataclass
