@@ -243,8 +243,9 @@ class GraphBuilder:
                 self.diags.error(f"'{v.func}({v.source})' gives each word's characters, a sequence of sequences: "
                                  f"declare 'input {d.name} : seq of seq of char = {v.func}({v.source})'", v.span)
             return None
-        if v.arg is not None and v.func in NESTED_VIEWS:
-            self.diags.error(f"'{v.func}' takes no number: write '{v.func}({v.source})'", v.span)
+        if v.arg is not None and v.func in NESTED_VIEWS and v.arg < 2:
+            self.diags.error(f"'{v.func}({v.source}, {v.arg})' would keep fewer than 2 characters of a word; "
+                             f"the number is the most characters a word keeps (its first and last ones)", v.span)
             return None
         source = next((x for x in self.flat.decls if x.name == v.source and x.role == "input"), None)
         if source is None or source.type is None or source.type.elem not in ("token",) or source.view is not None:

@@ -28,8 +28,16 @@ VIEWS: dict[str, Callable[[str, int | None], str | list[str]]] = {
     "prefix": _affix(lambda w, k: w[:k], 3),
     "suffix": _affix(lambda w, k: w[-k:], 3),
     "shape": lambda w, k: word_shape(w),
-    "chars": lambda w, k: list(w),     # a nested sequence: each word's characters, case kept
+    "chars": lambda w, k: clip_word(list(w), k),   # a nested sequence: each word's characters, case kept
 }
+
+
+def clip_word(chars: list[str], k: int | None) -> list[str]:
+    """At most ``k`` characters of a word (all without ``k``): a longer word keeps its first ``k // 2``
+    and its last ``k - k // 2``, where its capitals, prefixes and suffixes are."""
+    if k is None or len(chars) <= k:
+        return chars
+    return chars[:k // 2] + chars[len(chars) - (k - k // 2):]
 
 
 def apply_view(name: str, tokens: list[str], k: int | None) -> list[str]:
