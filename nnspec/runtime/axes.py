@@ -99,7 +99,10 @@ def unnested(op: Op, axes: tuple, nested: frozenset) -> Op:
 class Unnested:
     """A reduction (``last``, ``mean``, ...) over a nested inner axis: the op reduces ``(T_char, N, ...)``
     to ``(N, ...)``, one row per word, which is ``(T_word, B, ...)`` on the outer axis (``ctx.rows``).
-    A padding word (no characters) gives whatever the op gives an empty sequence; no real step reads it."""
+    A padding word has no characters, and the reduction of nothing (a mean of 0/0, a max of no step)
+    is no number: the op reads its first (padding) step instead, its result is 0 and no gradient
+    reaches it, so no NaN or infinity runs on through the padding (and from there into a weight's
+    gradient as NaN * 0)."""
 
     def __init__(self, op: Op):
         self.op = op
@@ -108,13 +111,29 @@ class Unnested:
     def __getattr__(self, name):          # facts and everything else: the op's own
         return getattr(self.op, name)
 
+    def _inner_ctx(self, ctx: Ctx) -> tuple[Ctx, np.ndarray]:
+        empty = np.asarray(ctx.lengths) == 0
+        if not empty.any():
+            return ctx, empty
+        mask = ctx.mask.copy()
+        mask[0, empty] = 1
+        return Ctx(train=ctx.train, rng=ctx.rng, mask=mask, lengths=np.maximum(ctx.lengths, 1),
+                   saved=ctx.saved, empty=ctx.empty), empty
+
     def forward(self, xs, attrs, ctx):
-        y = self.op.forward(xs, attrs, ctx)
+        inner, empty = self._inner_ctx(ctx)
+        y = self.op.forward(xs, attrs, inner)
+        if empty.any():
+            y = np.where(empty.reshape((-1,) + (1,) * (y.ndim - 1)), 0, y).astype(y.dtype, copy=False)
         return y.reshape(ctx.rows + y.shape[1:])
 
     def vjp(self, g, xs, out, attrs, ctx):
+        inner, empty = self._inner_ctx(ctx)
         n = g.shape[0] * g.shape[1]
-        return self.op.vjp(g.reshape((n,) + g.shape[2:]), xs, out.reshape((n,) + out.shape[2:]), attrs, ctx)
+        g = g.reshape((n,) + g.shape[2:])
+        if empty.any():
+            g = np.where(empty.reshape((-1,) + (1,) * (g.ndim - 1)), 0, g)
+        return self.op.vjp(g, xs, out.reshape((n,) + out.shape[2:]), attrs, inner)
 
     def vjp_one(self, i, g, xs, out, attrs, ctx):
         return self.vjp(g, xs, out, attrs, ctx)[i]
