@@ -302,3 +302,15 @@ def test_the_batch_holds_every_word_of_every_sentence_as_a_column():
     # word t of example b is column t * B + b; the second sentence's second word is padding
     assert ids.T.tolist() == [[1, 2, 0], [4, 5, 6], [3, 0, 0], [0, 0, 0]]
     assert counts.tolist() == [2, 3, 1, 0]
+
+
+def test_a_trained_character_tagger_loads_and_tags_new_text(tmp_path):
+    from conftest import train_tiny_tagger
+
+    import nnspec
+    run = train_tiny_tagger(tmp_path, TAGGER.replace(f"target y : seq of class[{K}]", "target y : seq of class")
+                            + '\ndata conllu(train = "train.conllu", dev = "dev.conllu")\n'
+                            + "train { epochs 3; batch 2 }\n")
+    tagged = nnspec.load(run).predict("the cat runs")
+    assert tagged.tokens == ["the", "cat", "runs"]
+    assert len(tagged.labels["y"]) == 3 and set(tagged.labels["y"]) <= {"DET", "NOUN", "VERB"}
