@@ -132,6 +132,11 @@ def _axes_pass(graph: Graph, order, comp_of, loop_axes: list[tuple], inner: list
                 error(lambda: f"{info.op}(x, s) repeats x along the sequence axis of s, but "
                               f"{user_name(graph.info(s), diags.sources)} is not a sequence", info.span)
                 result = xa
+            elif sa[-1] in nested:
+                error(lambda: f"{info.op}(x, s): {user_name(graph.info(s), diags.sources)} is on the characters of "
+                              f"each word ({sa[-1]}); repeating a value along them is not supported: reduce "
+                              f"them to one vector per word first (last(...), mean(...))", info.span)
+                result = xa
             elif sa[-1] in xa:
                 error(lambda: f"{info.op}(x, s): {user_name(graph.info(x), diags.sources)} is already on "
                               f"the axis {sa[-1]} of s", info.span)

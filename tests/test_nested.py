@@ -112,6 +112,8 @@ def test_nnspec_check_shows_the_axes_of_every_value(tmp_path, capsys):
      "its inner axis needs a name of its own"),
     ("input c : seq of seq(char) of char = chars(w, 1)\noutput x\nx = last(embed(c, 4))",
      "would keep fewer than 2 characters"),
+    ("input c : seq of seq(char) of char = chars(w)\noutput x\nx = along(embed(w, 4), embed(c, 4))",
+     "repeating a value along them is not supported"),
 ])
 def test_mistakes_with_nested_sequences_are_located_errors(text, message):
     with pytest.raises(SpecError) as err:
