@@ -316,3 +316,21 @@ def test_a_trained_character_tagger_loads_and_tags_new_text(tmp_path):
     tagged = nnspec.load(run).predict("the cat runs")
     assert tagged.tokens == ["the", "cat", "runs"]
     assert len(tagged.labels["y"]) == 3 and set(tagged.labels["y"]) <= {"DET", "NOUN", "VERB"}
+
+
+def test_a_word_that_occurs_many_times_in_a_batch_runs_through_the_character_loops_once():
+    m = model()
+    feeds = batch(5)
+    feeds["c"][2] = [feeds["c"][0][0]] * 4     # the first sentence's first word, four times more
+    arrays, lengths = padded(feeds, extra_words=1)
+    results = []
+    for distinct in (False, True):
+        ex = Executor(m.plan, dtype=np.float64, options=ExecOptions(distinct_words=distinct))
+        tape = ex.forward(m.params, arrays, lengths=lengths)
+        results.append((tape.axes["char"].batch, tape.values["p"], ex.backward(tape)))
+    (rows_all, p1, g1), (rows_distinct, p2, g2) = results
+    assert rows_all == 5 * 3                   # every place of the (4 + 1) x 3 words, padding ones too
+    assert rows_distinct == 3 + 1 + 1          # the first two sentences' words (one of them 5 times), and no characters
+    np.testing.assert_allclose(p1, p2, rtol=0, atol=1e-14)
+    for k in m.params:
+        np.testing.assert_allclose(np.asarray(g1[k]), np.asarray(g2[k]), rtol=0, atol=1e-13, err_msg=k)

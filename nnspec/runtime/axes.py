@@ -125,18 +125,40 @@ class Unnested:
         y = self.op.forward(xs, attrs, inner)
         if empty.any():
             y = np.where(empty.reshape((-1,) + (1,) * (y.ndim - 1)), 0, y).astype(y.dtype, copy=False)
+        if ctx.gather is not None:   # each distinct word's vector, to every place it occurs
+            ctx.saved["distinct"] = y
+            y = y[ctx.gather]
         return y.reshape(ctx.rows + y.shape[1:])
 
     def vjp(self, g, xs, out, attrs, ctx):
         inner, empty = self._inner_ctx(ctx)
         n = g.shape[0] * g.shape[1]
         g = g.reshape((n,) + g.shape[2:])
+        if ctx.gather is not None:   # a distinct word's gradient: the sum over the places it occurs
+            out = ctx.saved["distinct"]
+            summed = np.zeros(out.shape, dtype=g.dtype)
+            np.add.at(summed, ctx.gather, g)
+            g = summed
+        else:
+            out = out.reshape((n,) + out.shape[2:])
         if empty.any():
             g = np.where(empty.reshape((-1,) + (1,) * (g.ndim - 1)), 0, g)
-        return self.op.vjp(g, xs, out.reshape((n,) + out.shape[2:]), attrs, inner)
+        return self.op.vjp(g, xs, out, attrs, inner)
 
     def vjp_one(self, i, g, xs, out, attrs, ctx):
         return self.vjp(g, xs, out, attrs, ctx)[i]
+
+
+def distinct_words(ids: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The distinct words of a nested feed ``(T_char, N)`` (a word: its characters up to its length):
+    ``(T_char', U)`` ids, their ``(U,)`` lengths, and for each of the N rows its word's column. A word
+    that occurs many times in a batch (``the``, ``,``) then runs through the character loops once."""
+    real = np.arange(ids.shape[0])[:, None] < lengths[None, :]
+    keys = np.concatenate([lengths[None, :], np.where(real, ids, 0)]).T
+    distinct, first, gather = np.unique(keys, axis=0, return_index=True, return_inverse=True)
+    gather = gather.reshape(-1)
+    steps = max(int(lengths.max()) if lengths.size else 0, 1)
+    return np.ascontiguousarray(ids[:steps, first]), lengths[first], gather
 
 
 def loop_reads(loop, axes: dict[str, tuple]) -> tuple[frozenset, dict[str, str]]:

@@ -121,6 +121,21 @@ class Executor:
                     axes[axis].rows = (rows // max(batch, 1), batch)
         return batch, axes
 
+    def _distinct_words(self, env, axes) -> None:
+        """Each nested feed as its batch's distinct words (``axes.distinct_words``): its axis's rows
+        become those words, and ``gather`` puts each word's reduction back at its places."""
+        from .axes import distinct_words
+        for v in self.facts.specs.values():
+            if v.nested and v.name in env and v.axes[-1] in axes:
+                axis = axes[v.axes[-1]]
+                if axis.gather is not None:
+                    continue
+                ids, lengths, gather = distinct_words(env[v.name], axis.lengths)
+                env[v.name] = ids
+                new = TimeAxis(axis.name, ids.shape[0], lengths, self.dtype)
+                new.rows, new.gather = axis.rows, gather
+                axes[axis.name] = new
+
     # ---- forward -------------------------------------------------------------
     def forward(self, params: dict[str, np.ndarray], feeds: dict[str, np.ndarray], *,
                 lengths: np.ndarray | None = None, train: bool = False,
@@ -144,6 +159,8 @@ class Executor:
             fast.release_outer()
         env = self.prepare(feeds)
         batch, axes = self._geometry(env, lengths)
+        if self.options.distinct_words and self.facts.distinct_words:
+            self._distinct_words(env, axes)
         time = axes.get(self.facts.shown_axis) or next(iter(axes.values()), None)   # what the tape shows
         key, run = self._prepared_run(env, axes, need_loss, context)
         env.update(self.consts)

@@ -36,6 +36,9 @@ class PlanFacts:
         self.nested = frozenset(v.axes[-1] for v in plan.inputs if v.nested and v.axes)
         self.axes = {v: several.runtime_axes(a, self.nested) for v, a in plan_axes(plan).items()}
         names = plan_axis_names(plan)
+        # each word of a batch once through the character loops: exact when whatever leaves a nested
+        # axis leaves it through a reduction (``axes.Unnested``), and no output or loss is on one
+        self.distinct_words = bool(self.nested) and self._only_reductions_leave_nested(plan)
         self.multi_axis = len(names) > 1
         alone = next(iter(names)) if len(names) == 1 else TIME
         self.axis_of = {v: (self.axes.get(v) or (alone,))[-1] for v in self.seq}
@@ -83,6 +86,20 @@ class PlanFacts:
             axes = self.axes.get(step.inputs[0][0], ())
             return several.unnested(several.folded(op, axes), axes, self.nested)
         return op
+
+    def _only_reductions_leave_nested(self, plan: Plan) -> bool:
+        def on_nested(v):
+            a = self.axes.get(v, ())
+            return bool(a) and a[-1] in self.nested
+        if any(on_nested(o) for o in plan.outputs) or (plan.loss is not None and on_nested(plan.loss)):
+            return False
+        for s in plan.steps:
+            for b in (s.body if isinstance(s, LoopStep) else [s]):
+                if on_nested(b.id) or not any(on_nested(src) for src, _ in b.inputs):
+                    continue
+                if isinstance(s, LoopStep) or not REGISTRY[b.op].reduces_time or not on_nested(b.inputs[0][0]):
+                    return False
+        return True
 
     def skipped(self, step, need_loss: bool) -> bool:
         """Whether a pass without targets (``need_loss=False``) skips ``step``."""

@@ -47,6 +47,7 @@ class ExecOptions:
     reuse_buffers: bool = True  # big arrays come from a pool and are reused once nothing refers to them
     row_grads: bool = True     # an embedding table's gradient says which rows are non-zero (RowGrad)
     prepared: bool = True      # steps outside loops: a flat list of bound kernels, kept per batch geometry
+    distinct_words: bool = True  # a nested sequence's loops run over each distinct word of a batch once
     # BLAS threads for a whole forward or backward pass, and while a loop runs step by step.
     # nnspec's products are small (a step: (B, H) x (H, 4H)); measured on a 2-core machine,
     # a second OpenBLAS thread made every one of them slower, even the (1120 x 128) x
@@ -61,7 +62,7 @@ class ExecOptions:
     def reference(cls) -> "ExecOptions":
         """Every step by the reference engine, no speed feature: the oracle the fast paths are tested against."""
         return cls(fast_loops=False, defer_grads=False, local_grads=False, alias_grads=False, scratch=False,
-                   reuse_buffers=False, row_grads=False, prepared=False)
+                   reuse_buffers=False, row_grads=False, prepared=False, distinct_words=False)
 
 
 @dataclass
@@ -77,7 +78,8 @@ class RunContext:
         """An op's ``Ctx``; ``axis``: the time axis of its first input (its mask and lengths)."""
         if axis is None:
             return Ctx(train=self.train, rng=self.rng, **more)
-        return Ctx(train=self.train, rng=self.rng, mask=axis.mask, lengths=axis.lengths, rows=axis.rows, **more)
+        return Ctx(train=self.train, rng=self.rng, mask=axis.mask, lengths=axis.lengths, rows=axis.rows,
+                   gather=axis.gather, **more)
 
 
 @dataclass

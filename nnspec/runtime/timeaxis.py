@@ -41,6 +41,7 @@ class TimeAxis:
         self.minlen = int(lengths.min()) if len(lengths) else steps   # steps below it are real everywhere
         self._columns: dict = {}
         self.rows: tuple | None = None   # a nested inner axis: (T_outer, B), what its batch's rows are
+        self.gather: np.ndarray | None = None   # ... its words deduplicated: row r's distinct word
 
     @property
     def batch(self) -> int:
