@@ -41,30 +41,56 @@ def combine(a: tuple, b: tuple) -> tuple | None:
 
 
 def input_axes(info) -> tuple:
-    return ((info.axis or DEFAULT_AXIS),) if info.sequence else ()
+    """An input's axes: a sequence's own, and a nested sequence's inner axis inside it."""
+    if not info.sequence:
+        return ()
+    outer = (info.axis or DEFAULT_AXIS,)
+    return outer + (info.inner_axis,) if info.inner_axis else outer
+
+
+def nested_axes(graph: Graph) -> frozenset:
+    """The inner axes of nested sequence inputs (``seq of seq(char) of char``: ``char``)."""
+    return frozenset(i.inner_axis for i in graph.nodes() if i.inner_axis)
+
+
+def loop_lead(result: tuple, nested: frozenset) -> tuple:
+    """The axes a loop's values lead with, given one of its values' axes: a loop over a nested inner
+    axis runs over every inner sequence at once (the outer axis's steps become rows of its batch),
+    so its values lead with ``(outer, inner)``; any other loop runs over its values' outermost axis."""
+    k = next((j for j, a in enumerate(result) if a in nested), None)
+    return result[:k + 1] if k is not None else result[:1]
+
+
+def loop_axis(axes: tuple, nested: frozenset) -> str:
+    """The axis a loop whose values are on ``axes`` runs over."""
+    lead = loop_lead(axes, nested)
+    return lead[-1] if lead else DEFAULT_AXIS
 
 
 def infer_axes(graph: Graph, order: list[str], components, diags: Diagnostics) -> dict[str, tuple]:
     """The axes of every value (``order``: a topological order of the graph without the delayed
-    links inside loops). A loop's axis is the outermost axis of its values; since a loop's values
-    may be visited before everything they read, passes repeat until the loops' axes settle (once
-    more than the loops there are, at most); the last pass reports the errors."""
+    links inside loops). A loop's axis is the outermost axis of its values (for a loop over the
+    characters of every word, the nested inner axis); since a loop's values may be visited before
+    everything they read, passes repeat until the loops' axes settle (once more than the loops
+    there are, at most); the last pass reports the errors."""
     comp_of = {n: i for i, c in enumerate(components) for n in c.nodes}
+    nested = nested_axes(graph)
     loop_axes: list[tuple] = [() for _ in components]
     inner: list[set] = [set() for _ in components]     # axes along(...) adds inside each loop: not its own
     for _ in range(len(components) + 1):
         before = list(loop_axes)
-        _axes_pass(graph, order, comp_of, loop_axes, inner, None)
+        _axes_pass(graph, order, comp_of, loop_axes, inner, nested, None)
         if loop_axes == before:
             break
-    return _axes_pass(graph, order, comp_of, loop_axes, inner, diags)
+    return _axes_pass(graph, order, comp_of, loop_axes, inner, nested, diags)
 
 
-def _axes_pass(graph: Graph, order, comp_of, loop_axes: list[tuple], inner: list[set],
+def _axes_pass(graph: Graph, order, comp_of, loop_axes: list[tuple], inner: list[set], nested: frozenset,
                diags: Diagnostics | None) -> dict:
-    """One pass over the graph. Inside a loop over axis L, values are on (L, ...): at each step the
-    loop reads a value on L at that step, and a value on other axes (an encoder's states) whole, so
-    the rules apply to the axes *within a step* (L taken off the front), and L is put back."""
+    """One pass over the graph. Inside a loop over axis L, values are on (L, ...) (over a nested inner
+    axis, on (outer, L, ...)): at each step the loop reads a value on L at that step, and a value on
+    other axes (an encoder's states) whole, so the rules apply to the axes *within a step* (the
+    loop's lead taken off the front), and the lead is put back."""
     axes: dict[str, tuple] = {}
 
     def error(message, span):          # (messages are made only in the last pass: ``message()``)
@@ -81,18 +107,18 @@ def _axes_pass(graph: Graph, order, comp_of, loop_axes: list[tuple], inner: list
             continue
         op = REGISTRY[info.op]
         i = comp_of.get(n)
-        L = loop_axes[i][0] if i is not None and loop_axes[i] else None
+        lead = loop_axes[i] if i is not None else ()
+        L = lead[-1] if lead else None
 
         def full(src):
             a = axes.get(src)
             if a is None:   # a value of the same loop, not visited yet in this pass (read at t-1)
-                a = (L,) if L is not None and comp_of.get(src) == i else ()
+                a = lead if L is not None and comp_of.get(src) == i else ()
             return a
 
         def in_step(a: tuple) -> int:
-            """How many sequence axes a value on ``a`` has in its array here: in a loop's step, not L."""
-            return len(a) - (1 if L is not None and a[:1] == (L,) else 0)
-
+            """How many sequence axes a value on ``a`` has in its array here: in a loop's step, not its lead."""
+            return len(a) - (len(lead) if L is not None and a[:len(lead)] == lead else 0)
         operands = [(src, full(src)) for src, _ in info.inputs]
         for (src, delay), (_, a) in zip(info.inputs, operands):
             # a read at another step shifts along one axis; on a value with several, which one is unclear
@@ -105,6 +131,11 @@ def _axes_pass(graph: Graph, order, comp_of, loop_axes: list[tuple], inner: list
             if not sa:
                 error(lambda: f"{info.op}(x, s) repeats x along the sequence axis of s, but "
                               f"{user_name(graph.info(s), diags.sources)} is not a sequence", info.span)
+                result = xa
+            elif sa[-1] in nested:
+                error(lambda: f"{info.op}(x, s): {user_name(graph.info(s), diags.sources)} is on the characters of "
+                              f"each word ({sa[-1]}); repeating a value along them is not supported: reduce "
+                              f"them to one vector per word first (last(...), mean(...))", info.span)
                 result = xa
             elif sa[-1] in xa:
                 error(lambda: f"{info.op}(x, s): {user_name(graph.info(x), diags.sources)} is already on "
@@ -137,16 +168,18 @@ def _axes_pass(graph: Graph, order, comp_of, loop_axes: list[tuple], inner: list
                 result = result[:-1] if not op.scalar_output else ()
         if i is not None:
             if L is None:   # the loop's axis: this value's outermost, unless along put it inside the loop
-                L = next((a for a in result if a not in inner[i]), None)
+                own = tuple(a for a in result if a not in inner[i])
+                lead = loop_lead(own, nested)
+                L = lead[-1] if lead else None
                 if L is not None:
-                    loop_axes[i] = (L,)
-            if L is not None and L in result[1:]:
+                    loop_axes[i] = lead
+            if L is not None and L in result[len(lead):]:
                 error(lambda: f"{user_name(info, diags.sources)} is computed in a loop over the axis {L}, but "
                               f"its value is on {show_axes(result)}: inside its loop, a value has the loop's "
                               f"axis outermost", info.span)
                 result = tuple(a for a in result if a != L)
-            if L is not None and result[:1] != (L,):
-                result = (L,) + result
+            if L is not None and result[:len(lead)] != lead:
+                result = lead + tuple(a for a in result if a not in lead)
         axes[n] = result
     # a loop that found no axis (it depends on no sequence: an error elsewhere) runs over the default one
     for n, i in comp_of.items():

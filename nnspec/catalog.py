@@ -49,4 +49,5 @@ SCHEDULES: dict[str, dict] = {
                       "min_lr": 0.0},
 }
 
-VIEWS: tuple[str, ...] = ("lower", "prefix", "suffix", "shape")  # token views of an input's words
+VIEWS: tuple[str, ...] = ("lower", "prefix", "suffix", "shape", "chars")  # views of an input's words
+NESTED_VIEWS: tuple[str, ...] = ("chars",)   # views that give each word a sequence (its characters)

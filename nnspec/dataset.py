@@ -41,7 +41,7 @@ class BoundData:
         out = {}
         for f in self.fields:
             if f.name in self.vocabs:
-                key = "vocab" if f.kind in (FieldKind.tokens, FieldKind.bag) else "classes"
+                key = "vocab" if f.kind in (FieldKind.tokens, FieldKind.bag, FieldKind.char_seqs) else "classes"
                 out[f"{key}({f.name})"] = len(self.vocabs[f.name])
         return out
 
@@ -81,6 +81,10 @@ def field_specs(values: list[ValueSpec], diags: Diagnostics | None = None) -> li
     fields = []
     for v in values:
         size = None
+        if v.nested:   # the characters of each word: on the words' axis, with an inner axis of its own
+            fields.append(FieldSpec(name=v.name, kind=FieldKind.char_seqs, role=v.role, level="char",
+                                    axis=v.axes[0], inner_axis=v.axes[-1]))
+            continue
         if v.elem in ("token", "char"):
             kind = FieldKind.tokens
             if not v.seq:
@@ -232,7 +236,8 @@ def check_levels(stmt, name: str, kwargs: dict, fields: list[FieldSpec], diags: 
             if f.level == "char":
                 diags.error(f"'{f.name} : seq of char' would hold characters, but conllu gives the words of a "
                             f"sentence, one per step, each with its tag; declare '{f.name} : seq of token' "
-                            f"(the characters of each word, a sequence of sequences, are not supported yet)",
+                            f"(for the characters of each word, a sequence of sequences, declare "
+                            f"'input c : seq of seq of char = chars({f.name})')",
                             decl_spans.get(f.name, stmt.span))
     if name == "text" and "level" in kwargs and isinstance(stmt, ast.DataSource):
         for f in text_fields:

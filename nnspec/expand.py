@@ -525,7 +525,11 @@ def format_flat(flat: FlatSpec) -> str:
             if t.elem == "class":
                 elem = "class" + format_dims(t.classes)
             seq = " : seq" + (f"({t.axis})" if t.axis else "")
+            if t.nested:
+                seq += " of seq" + (f"({t.inner_axis})" if t.inner_axis else "")
             typ = (seq + (f" of {elem}" if elem else "")) if t.sequence else (f" : {elem}" if elem else "")
+            if t.nested and d.view is not None:   # a nested sequence is always derived: say from what
+                typ += f" = {d.view.func}({d.view.source})"
         lines.append(f"{d.role} {d.name}{format_dims(d.dims)}{typ}")
     cells = {}
     for inst, cell in flat.instances:

@@ -20,7 +20,7 @@ from typing import Any, Literal
 import networkx as nx
 import numpy as np
 
-from .catalog import INITIALIZERS, VIEWS
+from .catalog import INITIALIZERS, NESTED_VIEWS, VIEWS
 from .errors import Diagnostics, Span, did_you_mean
 from .expand import MAX_SIZE, FlatSpec, name_prefixes
 from .ops import REGISTRY
@@ -47,6 +47,7 @@ class NodeInfo:
     # inputs and targets
     sequence: bool = False
     axis: str | None = None            # a sequence's named axis (None: the default axis, `time`)
+    inner_axis: str | None = None      # a nested sequence's inner axis (seq of seq(char) of char)
     elem: str = "real"                 # real | token | char | class | bag | char_bag
     classes: int | None = None         # declared class count
     view: tuple[str, str, int | None] | None = None  # (function, source input, argument)
@@ -154,8 +155,9 @@ class GraphBuilder:
                 self.diags.error(f"'{d.name}' holds {t.elem} ids and takes no size; its size comes from "
                                  f"the data", d.span)
             view = self.view(d, t)
+            axis = self.axis_of(d, t) if t.sequence else None
             self.add(NodeInfo(id=d.name, kind=d.role, span=d.span, named=True, declared=self.declared(d.dims),
-                              sequence=t.sequence, axis=self.axis_of(d, t) if t.sequence else None,
+                              sequence=t.sequence, axis=axis, inner_axis=self.inner_axis(d, t, axis),
                               elem=t.elem, classes=classes, view=view))
         for eq in f.equations:
             self.define(eq.name, eq.span)
@@ -197,6 +199,30 @@ class GraphBuilder:
                              f"'{d.view.source}' ({axis or DEFAULT_AXIS}), not '{t.axis}'", t.span)
         return axis
 
+    def inner_axis(self, d: ast.Decl, t: ast.TypeSpec, outer: str | None) -> str | None:
+        """A nested sequence's inner axis (its type's name for it, else the input's own name): it holds
+        characters, is derived from a token input by a nested view (``= chars(w)``), and its inner axis
+        is its own, not another sequence's."""
+        if not t.nested:
+            return None
+        inner = t.inner_axis or d.name
+        if d.role != "input" or t.elem != "char":
+            self.diags.error(f"a sequence of sequences holds the characters of each word: declare "
+                             f"'input {d.name} : seq of seq of char = chars(w)'", t.span)
+        elif d.view is None or d.view.func not in NESTED_VIEWS:
+            self.diags.error(f"'{d.name}' is a sequence of sequences: derive it from a token input's words, "
+                             f"e.g. 'input {d.name} : seq of seq of char = chars(w)'", d.span)
+        if inner == (outer or DEFAULT_AXIS):
+            self.diags.error(f"'{d.name}': its inner axis needs a name of its own, not its outer axis's "
+                             f"'{inner}'", t.span)
+        clash = next((x for x in self.flat.decls if x.type is not None and x.type.sequence and x.name != d.name
+                      and ((x.type.axis or DEFAULT_AXIS) == inner or (x.type.nested and
+                                                                      (x.type.inner_axis or x.name) == inner))), None)
+        if clash is not None:
+            self.diags.error(f"'{d.name}': its inner axis '{inner}' is already the axis of '{clash.name}'; "
+                             f"name it, e.g. 'seq of seq({d.name}_chars) of char'", t.span)
+        return inner
+
     def view(self, d: ast.Decl, t: ast.TypeSpec) -> tuple | None:
         """``input s : seq of token = suffix(w, 3)``: check the view and its source."""
         if d.view is None:
@@ -208,6 +234,18 @@ class GraphBuilder:
             return None
         if d.role != "input" or t.elem not in ("token", "char"):
             self.diags.error(f"a view makes token inputs: declare 'input {d.name} : seq of token = ...'", v.span)
+            return None
+        if (v.func in NESTED_VIEWS) != t.nested:
+            if t.nested:
+                self.diags.error(f"'{v.func}' gives one token per word, but '{d.name}' is a sequence of "
+                                 f"sequences; {', '.join(NESTED_VIEWS)} gives each word's characters", v.span)
+            else:
+                self.diags.error(f"'{v.func}({v.source})' gives each word's characters, a sequence of sequences: "
+                                 f"declare 'input {d.name} : seq of seq of char = {v.func}({v.source})'", v.span)
+            return None
+        if v.arg is not None and v.func in NESTED_VIEWS and v.arg < 2:
+            self.diags.error(f"'{v.func}({v.source}, {v.arg})' would keep fewer than 2 characters of a word; "
+                             f"the number is the most characters a word keeps (its first and last ones)", v.span)
             return None
         source = next((x for x in self.flat.decls if x.name == v.source and x.role == "input"), None)
         if source is None or source.type is None or source.type.elem not in ("token",) or source.view is not None:

@@ -115,12 +115,23 @@ def prepare_feeds(plan: Plan, feeds: dict, lengths=None, *, dtype=np.float32,
     derived_by: dict = {}    # axis -> (name, lengths) of its first ragged feed
     steps_by: dict = {}      # axis -> (name, T) of its first sequence array
     batch: tuple[str, int] | None = None             # the first feed that fixed B
+    nested: dict = {}        # inner axis -> (name, the feed's inner lengths or None)
     for name, value in feeds.items():
         key = axis_of.get(name) if several else None   # one axis: every sequence on it
         derived, steps = derived_by.get(key), steps_by.get(key)
         v = declared.get(name)
         if v is None:
             out[name] = np.asarray(value)
+            continue
+        if v.nested:
+            out[name], inner, words = _nested_feed(v, value)
+            nested[v.axes[-1]] = (name, inner)
+            if words is not None:   # a ragged feed says how many words each example has
+                outer = derived_by.get(v.axes[0])
+                if outer is not None and not np.array_equal(outer[1], words):
+                    raise FeedError(f"{name!r} has {words.tolist()} words per example, but {outer[0]!r} "
+                                    f"{outer[1].tolist()}: a word's characters go with its word")
+                derived_by[v.axes[0]] = outer or (name, words)
             continue
         if v.seq and isinstance(value, (list, tuple)):
             array, ragged_lengths = _pad(v, value, dtype)
@@ -146,12 +157,56 @@ def prepare_feeds(plan: Plan, feeds: dict, lengths=None, *, dtype=np.float32,
         out[name] = array
     if several:
         result = {}
-        for axis in set(axis_of.values()) | set(given):
+        for axis, (name, inner) in nested.items():
+            result[axis] = _nested_lengths(name, out[name], given.get(axis), inner, steps_by, batch,
+                                           declared[name].axes[0])
+        for axis in (set(axis_of.values()) | set(given)) - set(nested):
             ls = _check_lengths(given.get(axis), derived_by.get(axis), steps_by.get(axis), batch, out, declared)
             if ls is not None:
                 result[axis] = ls
         return out, result
     return out, _check_lengths(given.get(None), derived_by.get(None), steps_by.get(None), batch, out, declared)
+
+
+def _nested_feed(v: ValueSpec, value) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """A nested sequence's feed: ``(T_char, T_word * B)`` ids (word t of example b in column
+    t * B + b), or a list of B examples, each a list of words, each a list of ids; the array, and for
+    a list the characters of each column and the words of each example."""
+    if isinstance(value, (list, tuple)):
+        from .data.batching import _pad_words
+        try:
+            examples = [[np.asarray(w, dtype=np.int64).reshape(-1) for w in x] for x in value]
+        except (TypeError, ValueError):
+            raise FeedError(f"{v.name!r} is a sequence of sequences: a list of examples, each a list of "
+                            f"words, each a list of character ids") from None
+        if not examples or any(not x for x in examples) or any(w.size == 0 for x in examples for w in x):
+            raise FeedError(f"{v.name!r}: every example needs at least one word, and every word a character")
+        array, inner = _pad_words(examples)
+        return array, inner, np.array([len(x) for x in examples], dtype=np.int64)
+    array = _as_array(v, value)
+    if array.ndim != 2:
+        raise FeedError(f"{v.name!r} is a sequence of sequences: a feed of shape (T_char, T_word * B), "
+                        f"word t of example b in column t * B + b, not {array.shape}")
+    _check_ids(v, array)
+    return array.astype(np.int64, copy=False), None, None
+
+
+def _nested_lengths(name, array, given, inner, steps_by, batch, outer_axis) -> np.ndarray:
+    """The characters of every word of a nested feed: given (a length per column, 0 for a padding
+    word), or those of its ragged feed, or all of T_char."""
+    if given is not None and inner is not None and not np.array_equal(given, inner):
+        raise FeedError(f"lengths for {name!r} disagree with its words' characters")
+    ls = given if given is not None else inner
+    if ls is None:
+        ls = np.full(array.shape[1], array.shape[0], dtype=np.int64)
+    if ls.shape != (array.shape[1],) or (ls.size and (ls.min() < 0 or ls.max() > array.shape[0])):
+        raise FeedError(f"the lengths of {name!r}'s words are one per column of its (T_char, T_word * B) feed, "
+                        f"each between 0 and its {array.shape[0]} steps")
+    steps = steps_by.get(outer_axis)
+    if batch is not None and steps is not None and array.shape[1] != steps[1] * batch[1]:
+        raise FeedError(f"{name!r} has {array.shape[1]} words, but {steps[0]!r} has {steps[1]} steps of "
+                        f"{batch[1]} examples: a column per word of each example, (T_char, T_word * B)")
+    return ls
 
 
 def _check_lengths(given_lengths, derived, steps, batch, out, declared):

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, Field
 
 from .errors import Span
-from .axes import combine
+from .axes import combine, loop_axis, nested_axes
 from .graph import DEFAULT_AXIS, Graph, closure
 from .ops import REGISTRY
 from .recurrence import Component
@@ -33,6 +33,7 @@ class ValueSpec(BaseModel):
     card: Any = None       # vocabulary size / class count for integer values
     view: tuple[str, str, int | None] | None = None  # derived from another input's tokens
     axes: list[str] = []   # its sequence axes (nnspec/axes.py); [] for a value of each example
+    nested: bool = False   # a sequence of sequences: its last axis is inner (each word's characters)
 
 
 class ParamSpec(BaseModel):
@@ -130,6 +131,7 @@ def _param_role(graph: Graph, n: str) -> str:
 
 def build_plan(graph: Graph, order: list[str], components: list[Component]) -> Plan:
     needed = _needed(graph)
+    nested = nested_axes(graph)
     comp_of = {n: c for c in components for n in c.nodes}
     steps: list = []
     emitted: set[int] = set()
@@ -149,10 +151,10 @@ def build_plan(graph: Graph, order: list[str], components: list[Component]) -> P
             steps.append(LoopStep(index=comp.index, direction=comp.direction,
                                   body=[_op_step(graph, b) for b in comp.nodes], states=comp.states,
                                   initials={s: graph.initials[s] for s in comp.states if s in graph.initials},
-                                  axis=(graph.info(comp.nodes[0]).axes or (DEFAULT_AXIS,))[0]))
+                                  axis=loop_axis(graph.info(comp.nodes[0]).axes, nested)))
     steps = _order_loops(steps)
     inputs = [ValueSpec(name=i.id, role=i.kind, shape=list(i.shape or ()), seq=i.seq, integer=i.integer,
-                        elem=i.elem, card=i.card, view=i.view, axes=list(i.axes))
+                        elem=i.elem, card=i.card, view=i.view, axes=list(i.axes), nested=bool(i.inner_axis))
               for i in graph.nodes() if i.kind in ("input", "target")]
     params = []
     for p in graph.params():

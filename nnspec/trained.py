@@ -226,7 +226,11 @@ class TrainedModel(Model):
         else:
             feeds = {field_.name: ids[:, None]}
             for v in views:  # suffixes, shapes, ... of the same words
-                feeds[v.name] = self.vocabs[v.name].encode(apply_view(v.view[0], tokens, v.view[2]))[:, None]
+                derived = apply_view(v.view[0], tokens, v.view[2])
+                if v.nested:   # each word's characters: (T_char, T_word), a column per word
+                    feeds[v.name] = [[self.vocabs[v.name].encode(chars) for chars in derived]]
+                else:
+                    feeds[v.name] = self.vocabs[v.name].encode(derived)[:, None]
         return tokens, feeds
 
     def predict(self, text: str | Sequence[str],

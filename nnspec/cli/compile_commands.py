@@ -102,6 +102,8 @@ def cmd_check(args) -> int:
         time = "sequence" if info.seq else ""
         if info.component is not None:
             time = "recurrent" + (" (backward)" if c.components[info.component].direction < 0 else "")
+        if named_axes and info.axes:   # each value's axes, outermost first: (time, char) for a word's characters
+            time = "(" + ", ".join(info.axes) + ")" + (" " + time if info.component is not None else "")
         table.add_row(info.id, kind, shape, time, count)
     con.print(table)
     con.print(f"parameters: {total:,}" if isinstance(total, int) else f"parameters: {total}")

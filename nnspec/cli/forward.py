@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import UsageError
+from ..plan import plan_axes
 from ..runtime import RuntimeFailure
 from ..train.rundir import nan_to_null
 from .output import console, emit_json, show, squeeze
@@ -25,6 +26,7 @@ def run_forward(session, args) -> int:
 def outputs_for(session, split: str) -> dict:
     data = session.data
     collected: dict[str, list] = {o: [] for o in session.plan.outputs}
+    axes = plan_axes(session.plan)
     for batch in data.batches(split, 256, dtype=session.model.dtype):
         with np.errstate(invalid="ignore", divide="ignore", over="ignore"):  # named below
             out = session.model.forward(batch.arrays, batch.lengths)
@@ -32,8 +34,12 @@ def outputs_for(session, split: str) -> dict:
             _name_nonfinite(session, batch, split)
         for k, v in out.items():
             v = squeeze(v)
-            if v.ndim >= 2 and batch.mask is not None and v.shape[:2] == batch.mask.shape:
-                collected[k] += [v[:n, b].tolist() for b, n in enumerate(batch.lengths)]
+            lengths = batch.lengths
+            if isinstance(lengths, dict):   # several axes: the lengths of the output's own (innermost) axis
+                lengths = lengths.get((axes.get(k) or ("time",))[-1])
+            if (v.ndim >= 2 and lengths is not None and batch.mask is not None
+                    and v.shape[:2] == (int(lengths.max()), len(lengths))):
+                collected[k] += [v[:n, b].tolist() for b, n in enumerate(lengths)]
             else:
                 collected[k] += v.tolist()
     return collected

@@ -48,10 +48,25 @@ def _bag(ids: list[np.ndarray], size: int, dtype, scale=None) -> np.ndarray:
     return out
 
 
+def _pad_words(examples: list[list[np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """The character ids of every word of a batch, ``(T_char, T_word * B)`` time-major: word t of
+    example b is column t * B + b (``<pad>`` after its characters, and for the padding words), and the
+    number of characters of each column (0 for padding words)."""
+    B, T_word = len(examples), max(len(x) for x in examples)
+    counts = np.zeros((T_word, B), dtype=np.int64)
+    for b, words in enumerate(examples):
+        counts[:len(words), b] = [len(w) for w in words]
+    out = np.full((max(int(counts.max()), 1), T_word * B), PAD_ID, dtype=np.int64)
+    for b, words in enumerate(examples):
+        for t, w in enumerate(words):
+            out[:len(w), t * B + b] = w
+    return out, counts.reshape(-1)
+
+
 def collate(encoded: Encoded, index: np.ndarray, dtype=np.float32) -> Batch:
     """The batch of the examples at ``index``."""
     index = np.asarray(index, dtype=np.int64)
-    arrays = {}
+    arrays, nested = {}, {}
     for f in encoded.fields:
         values = encoded.data[f.name]
         if f.kind is FieldKind.vector:
@@ -65,10 +80,17 @@ def collate(encoded: Encoded, index: np.ndarray, dtype=np.float32) -> Batch:
             arrays[f.name] = _pad([values[i] for i in index], PAD_ID, np.int64)
         elif f.kind is FieldKind.classes:
             arrays[f.name] = _pad([values[i] for i in index], IGNORE_LABEL, np.int64)
+        elif f.kind is FieldKind.char_seqs:
+            arrays[f.name], nested[f.inner_axis] = _pad_words([values[i] for i in index])
         else:  # vector_seq
             arrays[f.name] = _pad([values[i] for i in index], 0.0, dtype)
     lengths = mask = None
-    if len(encoded.axis_lengths) > 1:
+    if nested:   # the lengths of a nested inner axis: one per (outer step, example), 0 at padding words
+        lengths = {axis: ls[index] for axis, ls in encoded.axis_lengths.items()}
+        longest = max(lengths.values(), key=lambda ls: ls.max())
+        mask = (np.arange(longest.max())[:, None] < longest[None, :]).astype(dtype)
+        lengths.update(nested)
+    elif len(encoded.axis_lengths) > 1:
         # several sequence axes: lengths per axis (a dict, as Model.run takes them); the mask of
         # the longest, for the memory estimate of backpropagation through time
         lengths = {axis: ls[index] for axis, ls in encoded.axis_lengths.items()}

@@ -12,6 +12,7 @@ from .raw import RawData
 from .vocab import Vocab
 
 Origin = tuple[str, int | None]
+MAX_WORD_CHARS = 1000   # the longest word a nested sequence holds (chars(w, k) clips words to k)
 
 
 @dataclass
@@ -99,7 +100,10 @@ def build_vocabs(train_split: dict[str, list], fields: list[FieldSpec], min_coun
     for f in fields:
         values = train_split[f.name]
         where = origins or _default_origins(len(values))
-        if f.kind in TEXT_KINDS:
+        if f.kind is FieldKind.char_seqs:   # the characters of every word (min_count counts characters)
+            vocabs[f.name] = Vocab.build(([ch for word in v for ch in word] for v in values),
+                                         min_count=min_count, level="char")
+        elif f.kind in TEXT_KINDS:
             for value, origin in zip(values, where):
                 _check_text(value, f, origin)
             vocabs[f.name] = Vocab.build(values, min_count=min_count, level=f.level, lowercase=f.lowercase,
@@ -168,6 +172,23 @@ def _label_ids(labels: list, f: FieldSpec, vocab: Vocab, origins: list[Origin], 
                     f"{len(vocab)} labels: {', '.join(map(str, vocab.itos))}", *origins[i])
 
 
+def _encode_words(words, f: FieldSpec, vocab: Vocab, origin: Origin) -> list[np.ndarray]:
+    """One example of a nested sequence: each word's character ids. A word with no characters, or
+    more than ``MAX_WORD_CHARS``, is an error at the example's line."""
+    if not isinstance(words, (list, tuple)) or not words:
+        raise DataError(f"field '{f.name}' expects a non-empty sequence of words", *origin)
+    out = []
+    for i, word in enumerate(words):
+        if len(word) == 0:
+            raise DataError(f"field '{f.name}': word {i + 1} has no characters (each word of a nested "
+                            f"sequence needs at least one)", *origin)
+        if len(word) > MAX_WORD_CHARS:
+            raise DataError(f"field '{f.name}': word {i + 1} has {len(word)} characters, more than "
+                            f"{MAX_WORD_CHARS}; clip words with chars(w, k)", *origin)
+        out.append(vocab.encode(list(word)))
+    return out
+
+
 def encode_split(split_fields: dict[str, list], fields: list[FieldSpec], vocabs: dict[str, Vocab],
                  origins: list[Origin] | None = None) -> Encoded:
     """Encode one split's examples. ``origins`` (file, line) name the example in
@@ -185,6 +206,8 @@ def encode_split(split_fields: dict[str, list], fields: list[FieldSpec], vocabs:
             for value, origin in zip(values, origins):
                 _check_label(value, f, origin)
             data[f.name] = _label_ids(values, f, vocabs[f.name], origins)
+        elif f.kind is FieldKind.char_seqs:
+            data[f.name] = [_encode_words(v, f, vocabs[f.name], o) for v, o in zip(values, origins)]
         elif f.kind is FieldKind.classes:
             data[f.name] = [_label_ids(_label_sequence(v, f, o), f, vocabs[f.name], [o] * len(v), steps=True)
                             for v, o in zip(values, origins)]

@@ -14,9 +14,10 @@ class FieldKind(str, Enum):
     classes = "classes"  # a sequence of labels, one per step
     bag = "bag"  # tokens counted into a vector of vocabulary size
     vector_seq = "vector_seq"  # a sequence of float vectors (size,) per step, () if None
+    char_seqs = "char_seqs"  # a sequence of words, each a sequence of character ids (a nested sequence)
 
 
-SEQUENCE_KINDS = frozenset({FieldKind.tokens, FieldKind.classes, FieldKind.vector_seq})
+SEQUENCE_KINDS = frozenset({FieldKind.tokens, FieldKind.classes, FieldKind.vector_seq, FieldKind.char_seqs})
 TEXT_KINDS = frozenset({FieldKind.tokens, FieldKind.bag})
 LABEL_KINDS = frozenset({FieldKind.class_, FieldKind.classes})
 
@@ -34,6 +35,7 @@ class FieldSpec(BaseModel):
     level: Literal["word", "char"] = "word"
     lowercase: bool = False
     axis: str | None = None   # a sequence's axis (nnspec/axes.py): fields on one axis have one length
+    inner_axis: str | None = None   # a nested sequence's inner axis (char_seqs: the characters of a word)
     ngrams: int = Field(default=1, ge=1)  # a word-level text field also holds runs of up to n words
     symbols: tuple[str, ...] = ()  # a decoder's start and end symbols around each sequence: whole tokens, also in a char field
 

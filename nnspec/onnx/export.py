@@ -110,6 +110,11 @@ def export_model(model, *, fused: bool = True, doc: str = "") -> Exported:
         diags.error(f"the sizes of {', '.join(unsized)} are decided by the data; export a model whose data "
                     f"was read (or give vocabs=) so that every parameter has a size")
         raise SpecError(diags)
+    nested = [i for i in plan.inputs if i.nested]
+    if nested:   # its layout folds the words of a batch into rows, which no ONNX op reads
+        diags.error(f"'{nested[0].name}' is a sequence of sequences (each word's characters): nnspec.onnx "
+                    f"does not export nested sequences yet", model.compiled.graph.info(nested[0].name).span)
+        raise SpecError(diags)
     if not plan.outputs:
         plan = _with_predictions(plan, model.compiled.graph, diags)
     lowerer = _Lowerer(plan, model, diags, fused)

@@ -65,6 +65,8 @@ class Ctx:
     saved: dict = field(default_factory=dict)
     empty: Callable = np.empty
     spend: bool = False
+    rows: tuple | None = None   # a nested inner axis: its batch's rows are (T_outer, B), outer step-major
+    gather: np.ndarray | None = None   # ... or, words deduplicated, each of those rows' distinct word
 
 
 @dataclass(frozen=True)

@@ -81,6 +81,86 @@ class FoldedOp:
         return self.vjp(g, xs, out, attrs, ctx)[i]
 
 
+def runtime_axes(axes: tuple, nested: frozenset) -> tuple:
+    """The axes a value's array has: a value on a nested inner axis (``(word, char)``: each word's
+    characters) is ``(T_char, T_word * B, ...)``, the outer axis's steps folded into the rows of the
+    inner axis's batch, so that a loop runs over the characters of every word of the batch at once;
+    its axes at run time are ``(char,)``."""
+    k = next((j for j, a in enumerate(axes) if a in nested), None)
+    return axes if k is None else axes[k:]
+
+
+def unnested(op: Op, axes: tuple, nested: frozenset) -> Op:
+    """A reduction over a nested inner axis: its result, one row per (outer step, example), put back
+    on the outer axis (``Unnested``)."""
+    return Unnested(op) if op.reduces_time and axes and axes[-1] in nested else op
+
+
+class Unnested:
+    """A reduction (``last``, ``mean``, ...) over a nested inner axis: the op reduces ``(T_char, N, ...)``
+    to ``(N, ...)``, one row per word, which is ``(T_word, B, ...)`` on the outer axis (``ctx.rows``).
+    A padding word has no characters, and the reduction of nothing (a mean of 0/0, a max of no step)
+    is no number: the op reads its first (padding) step instead, its result is 0 and no gradient
+    reaches it, so no NaN or infinity runs on through the padding (and from there into a weight's
+    gradient as NaN * 0)."""
+
+    def __init__(self, op: Op):
+        self.op = op
+        self.needs_ctx = True
+
+    def __getattr__(self, name):          # facts and everything else: the op's own
+        return getattr(self.op, name)
+
+    def _inner_ctx(self, ctx: Ctx) -> tuple[Ctx, np.ndarray]:
+        empty = np.asarray(ctx.lengths) == 0
+        if not empty.any():
+            return ctx, empty
+        mask = ctx.mask.copy()
+        mask[0, empty] = 1
+        return Ctx(train=ctx.train, rng=ctx.rng, mask=mask, lengths=np.maximum(ctx.lengths, 1),
+                   saved=ctx.saved, empty=ctx.empty), empty
+
+    def forward(self, xs, attrs, ctx):
+        inner, empty = self._inner_ctx(ctx)
+        y = self.op.forward(xs, attrs, inner)
+        if empty.any():
+            y = np.where(empty.reshape((-1,) + (1,) * (y.ndim - 1)), 0, y).astype(y.dtype, copy=False)
+        if ctx.gather is not None:   # each distinct word's vector, to every place it occurs
+            ctx.saved["distinct"] = y
+            y = y[ctx.gather]
+        return y.reshape(ctx.rows + y.shape[1:])
+
+    def vjp(self, g, xs, out, attrs, ctx):
+        inner, empty = self._inner_ctx(ctx)
+        n = g.shape[0] * g.shape[1]
+        g = g.reshape((n,) + g.shape[2:])
+        if ctx.gather is not None:   # a distinct word's gradient: the sum over the places it occurs
+            out = ctx.saved["distinct"]
+            summed = np.zeros(out.shape, dtype=g.dtype)
+            np.add.at(summed, ctx.gather, g)
+            g = summed
+        else:
+            out = out.reshape((n,) + out.shape[2:])
+        if empty.any():
+            g = np.where(empty.reshape((-1,) + (1,) * (g.ndim - 1)), 0, g)
+        return self.op.vjp(g, xs, out, attrs, inner)
+
+    def vjp_one(self, i, g, xs, out, attrs, ctx):
+        return self.vjp(g, xs, out, attrs, ctx)[i]
+
+
+def distinct_words(ids: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The distinct words of a nested feed ``(T_char, N)`` (a word: its characters up to its length):
+    ``(T_char', U)`` ids, their ``(U,)`` lengths, and for each of the N rows its word's column. A word
+    that occurs many times in a batch (``the``, ``,``) then runs through the character loops once."""
+    real = np.arange(ids.shape[0])[:, None] < lengths[None, :]
+    keys = np.concatenate([lengths[None, :], np.where(real, ids, 0)]).T
+    distinct, first, gather = np.unique(keys, axis=0, return_index=True, return_inverse=True)
+    gather = gather.reshape(-1)
+    steps = max(int(lengths.max()) if lengths.size else 0, 1)
+    return np.ascontiguousarray(ids[:steps, first]), lengths[first], gather
+
+
 def loop_reads(loop, axes: dict[str, tuple]) -> tuple[frozenset, dict[str, str]]:
     """What a loop over ``loop.axis`` reads *whole* at every step: the values from outside it on other
     axes (an encoder's states, read by a decoder's attention), each with its own mask; and for each

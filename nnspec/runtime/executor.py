@@ -96,7 +96,7 @@ class Executor:
         one = None if facts.multi_axis else facts.shown_axis
         batch, found = 1, False
         for name, a in env.items():
-            if name in facts.seq:
+            if name in facts.seq and (facts.axes.get(name) or (TIME,))[-1] not in facts.nested:
                 batch, found = a.shape[len(facts.axes.get(name) or (TIME,))], True
                 break
         if not found:
@@ -113,11 +113,29 @@ class Executor:
                     given = lengths.get(axis)
                 else:
                     given = lengths if axis in (TIME, one) else None
+                rows = a.shape[k + 1] if axis in facts.nested else batch   # a nested axis: T_outer * B rows
                 if given is None:
-                    given = np.full(batch, a.shape[k], dtype=np.int64)
+                    given = np.full(rows, a.shape[k], dtype=np.int64)
                 axes[axis] = TimeAxis(axis, a.shape[k], np.asarray(given, dtype=np.int64)
                                       if not isinstance(given, np.ndarray) else given, self.dtype)
+                if axis in facts.nested:
+                    axes[axis].rows = (rows // max(batch, 1), batch)
         return batch, axes
+
+    def _distinct_words(self, env, axes) -> None:
+        """Each nested feed as its batch's distinct words (``axes.distinct_words``): its axis's rows
+        become those words, and ``gather`` puts each word's reduction back at its places."""
+        from .axes import distinct_words
+        for v in self.facts.specs.values():
+            if v.nested and v.name in env and v.axes[-1] in axes:
+                axis = axes[v.axes[-1]]
+                if axis.gather is not None:
+                    continue
+                ids, lengths, gather = distinct_words(env[v.name], axis.lengths)
+                env[v.name] = ids
+                new = TimeAxis(axis.name, ids.shape[0], lengths, self.dtype)
+                new.rows, new.gather = axis.rows, gather
+                axes[axis.name] = new
 
     # ---- forward -------------------------------------------------------------
     def forward(self, params: dict[str, np.ndarray], feeds: dict[str, np.ndarray], *,
@@ -146,6 +164,8 @@ class Executor:
             fast.release_outer()
         env = self.prepare(feeds)
         batch, axes = self._geometry(env, lengths)
+        if self.options.distinct_words and self.facts.distinct_words:
+            self._distinct_words(env, axes)
         time = axes.get(self.facts.shown_axis) or next(iter(axes.values()), None)   # what the tape shows
         key, run = (None, None) if given else self._prepared_run(env, axes, need_loss, context)
         env.update(self.consts)

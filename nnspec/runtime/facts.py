@@ -32,8 +32,13 @@ class PlanFacts:
         # each value's sequence axes, outermost first (nnspec/axes.py); the time axis of each
         # sequence, by name: its innermost, the one its ops over time read; the axis each loop runs
         # along. The runtime reads a value's axis from here, it never assumes there is only one.
-        self.axes = plan_axes(plan)
+        # a nested sequence's values are arrays on its inner axis alone (``axes.runtime_axes``)
+        self.nested = frozenset(v.axes[-1] for v in plan.inputs if v.nested and v.axes)
+        self.axes = {v: several.runtime_axes(a, self.nested) for v, a in plan_axes(plan).items()}
         names = plan_axis_names(plan)
+        # each word of a batch once through the character loops: exact when whatever leaves a nested
+        # axis leaves it through a reduction (``axes.Unnested``), and no output or loss is on one
+        self.distinct_words = bool(self.nested) and self._only_reductions_leave_nested(plan)
         self.multi_axis = len(names) > 1
         alone = next(iter(names)) if len(names) == 1 else TIME
         self.axis_of = {v: (self.axes.get(v) or (alone,))[-1] for v in self.seq}
@@ -81,8 +86,23 @@ class PlanFacts:
         so that it works over the innermost (``axes.FoldedOp``)."""
         op = REGISTRY[step.op]
         if self.multi_axis and step.inputs:
-            return several.folded(op, self.axes.get(step.inputs[0][0], ()))
+            axes = self.axes.get(step.inputs[0][0], ())
+            return several.unnested(several.folded(op, axes), axes, self.nested)
         return op
+
+    def _only_reductions_leave_nested(self, plan: Plan) -> bool:
+        def on_nested(v):
+            a = self.axes.get(v, ())
+            return bool(a) and a[-1] in self.nested
+        if any(on_nested(o) for o in plan.outputs) or (plan.loss is not None and on_nested(plan.loss)):
+            return False
+        for s in plan.steps:
+            for b in (s.body if isinstance(s, LoopStep) else [s]):
+                if on_nested(b.id) or not any(on_nested(src) for src, _ in b.inputs):
+                    continue
+                if isinstance(s, LoopStep) or not REGISTRY[b.op].reduces_time or not on_nested(b.inputs[0][0]):
+                    return False
+        return True
 
     def skipped(self, step, need_loss: bool) -> bool:
         """Whether a pass without targets (``need_loss=False``) skips ``step``."""

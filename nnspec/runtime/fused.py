@@ -161,7 +161,9 @@ class FusedLoops:
     def forward(self, ex, loop: LoopStep, tape: Tape) -> bool:
         """Run the loop fused and return True, or leave it to the NumPy path (False)."""
         self.last.discard(loop.index)
-        if not self.chosen(loop, tape.batch):
+        axis = tape.axes.get(ex.facts.loop_axis[loop.index])
+        rows = tape.batch if axis is None else tape.rows(axis)   # a nested inner axis: one row per word
+        if not self.chosen(loop, rows):
             return False
         body = self.bodies.get(loop.index)
         if body is None:
@@ -171,10 +173,10 @@ class FusedLoops:
         for src, d in body.outer:
             a = read_sequence(tape, src, d) if (d != 0 and src in seq) else env[src]
             outer.append(a.reshape(1) if a.ndim == 0 else a)
-        key = (loop.index, tape.batch, ex.dtype.str) + tuple((a.ndim, a.shape[-1]) for a in outer)
+        key = (loop.index, rows, ex.dtype.str) + tuple((a.ndim, a.shape[-1]) for a in outer)
         code = self.code.get(key, False)
         if code is False:
-            code = self.code[key] = self._kernels(loop, body, outer, tape.batch)
+            code = self.code[key] = self._kernels(loop, body, outer, rows)
         if code is None:
             return False
         self.passes[loop.index] = self.passes.get(loop.index, 0) + 1
@@ -182,7 +184,7 @@ class FusedLoops:
             return False
         mod = compiled(code)
         axis = tape.axes[ex.facts.loop_axis[loop.index]]
-        T, B, dtype = axis.steps, tape.batch, ex.dtype
+        T, B, dtype = axis.steps, rows, ex.dtype
         inits = {s: initial_state(loop, body.by_id[s], tape, tape.carry, dtype) for s in loop.states}
         tape.initial_values.update(inits)
         before = carried_steps(loop, tape, dtype)

@@ -73,12 +73,12 @@ def loop_backward(ex, prog: LoopProgram, tape: Tape, grads: GradSum, need, keep:
     env, T, bufs = tape.values, run.T, run.bufs
     pre = frozenset(b.id for b in prog.body if b.id in grads.grads and not b.step.integer)
     plan = prog.backward_plan(pre, need, keep, run.scratch)
-    lent = _lent_regions(ex, prog, plan, grads, env, T, tape.batch) if grads.donors or grads.lent else {}
+    lent = _lent_regions(ex, prog, plan, grads, env, T, tape.rows(run.axis)) if grads.donors or grads.lent else {}
     key = (pre, id(need), keep, frozenset(lent))
     bw = run.backward if run.backward is not None and run.backward.key == key else None
     if bw is None:
         before = run.reuse.counts()
-        bw = run.backward = build_backward(ex, prog, run, plan, need, env, tape.batch, lent)
+        bw = run.backward = build_backward(ex, prog, run, plan, need, env, tape.rows(run.axis), lent)
         bw.key = key
         local_grads(prog, run, bw, env)
         run.reuse.absorb(before)          # its references to the run's arrays are the run's own

@@ -97,7 +97,7 @@ class FastLoop:
         # values no backward step reads are kept for one step only (not while checking for NaN,
         # which looks at every step afterwards)
         scratch = frozenset() if tape.context.check_finite else prog.scratch
-        key = (T, tape.batch, axis.lengths.tobytes(), scratch)
+        key = (T, tape.rows(axis), axis.lengths.tobytes(), scratch)
         run = self.cached_run(key)
         if run is None:
             run = build_run(ex, prog, tape, axis, scratch)
@@ -133,7 +133,7 @@ class FastLoop:
 def allocate(ex, prog: LoopProgram, run: LoopRun, tape: Tape) -> None:
     """The run's buffers: one (T, B, ...) array per body value (with initial-state slots for
     states read at another step when there is no padding), views for slices, (B, ...) for scratch."""
-    env, T, B, bufs = tape.values, run.T, tape.batch, run.bufs
+    env, T, B, bufs = tape.values, run.T, tape.rows(run.axis), run.bufs
     # Without padding, a state read at t + d is the state's own buffer shifted by d, with
     # room for the initial state before the first step: views, no copy at every step.
     slots: dict[str, int] = {}

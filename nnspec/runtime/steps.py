@@ -77,9 +77,9 @@ class FastSteps:
         if o.pooled and ex.pool.enabled:
             # into an array from the pool: no fresh allocation (and page faults) every pass
             if o.seq_axes:
-                lead = tuple(tape.axes[a].steps for a in o.seq_axes) + (tape.batch,)
+                lead = tuple(tape.axes[a].steps for a in o.seq_axes) + (tape.rows(tape.axes[o.seq_axes[-1]]),)
             else:
-                lead = ((tape.axis(step.id).steps, tape.batch) if o.lead == "seq"
+                lead = ((tape.axis(step.id).steps, tape.rows(tape.axis(step.id))) if o.lead == "seq"
                         else (() if o.lead == "static" else (tape.batch,)))
             out = ex.pool.empty(lead + o.trail, ex.dtype)
             try:

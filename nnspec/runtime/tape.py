@@ -47,6 +47,7 @@ class ExecOptions:
     reuse_buffers: bool = True  # big arrays come from a pool and are reused once nothing refers to them
     row_grads: bool = True     # an embedding table's gradient says which rows are non-zero (RowGrad)
     prepared: bool = True      # steps outside loops: a flat list of bound kernels, kept per batch geometry
+    distinct_words: bool = True  # a nested sequence's loops run over each distinct word of a batch once
     # single-use passes: a value nothing in the backward pass reads lends its array to its own
     # gradient (a recurrent layer's hoisted input projection: 3.3 MB in the benchmark's tagger)
     lend_dead: bool = True
@@ -69,7 +70,8 @@ class ExecOptions:
         """Every step by the reference engine, no speed feature: the oracle the fast paths are tested against."""
         return cls(fast_loops=False, defer_grads=False, local_grads=False, alias_grads=False, scratch=False,
                    reuse_buffers=False, row_grads=False, prepared=False, lend_dead=False, param_blocks=False,
-                   fused_loops=False)
+                   fused_loops=False,
+                   distinct_words=False)
 
 
 @dataclass
@@ -85,7 +87,8 @@ class RunContext:
         """An op's ``Ctx``; ``axis``: the time axis of its first input (its mask and lengths)."""
         if axis is None:
             return Ctx(train=self.train, rng=self.rng, **more)
-        return Ctx(train=self.train, rng=self.rng, mask=axis.mask, lengths=axis.lengths, **more)
+        return Ctx(train=self.train, rng=self.rng, mask=axis.mask, lengths=axis.lengths, rows=axis.rows,
+                   gather=axis.gather, **more)
 
 
 @dataclass
@@ -111,6 +114,10 @@ class Tape:
     context: RunContext = field(default_factory=RunContext)
     axes: dict[str, TimeAxis] = field(default_factory=dict)  # the batch's sequence axes by name
     axis_of: dict[str, str] = field(default_factory=dict)    # sequence value -> the name of its axis
+
+    def rows(self, axis: TimeAxis) -> int:
+        """The rows a sequence on ``axis`` runs in: the batch, or a nested inner axis's words."""
+        return axis.batch if axis.rows is not None else self.batch
 
     def axis(self, value: str) -> TimeAxis:
         """The time axis a sequence value runs along."""

@@ -40,6 +40,14 @@ class TimeAxis:
         self.mask = (np.arange(steps)[:, None] < lengths[None, :]).astype(dtype)   # (T, B): 1 at real steps
         self.minlen = int(lengths.min()) if len(lengths) else steps   # steps below it are real everywhere
         self._columns: dict = {}
+        self.rows: tuple | None = None   # a nested inner axis: (T_outer, B), what its batch's rows are
+        self.gather: np.ndarray | None = None   # ... its words deduplicated: row r's distinct word
+
+    @property
+    def batch(self) -> int:
+        """The rows this axis's sequences run in: the batch, or for a nested inner axis (the characters
+        of every word), T_outer * B (word t of example b is row t * B + b)."""
+        return len(self.lengths)
 
     def column(self, u: int, nd: int) -> np.ndarray:
         """(B, 1, ...) with ``nd`` trailing axes: which examples have a real step ``u``."""
@@ -189,7 +197,8 @@ def initial_state(loop, step, tape, carry: dict, dtype) -> np.ndarray:
     value its ``initial`` names, else zeros."""
     if step.id in carry:
         return carry[step.id]
-    shape = (tape.batch,) + array_shape(step.shape, step.integer)
+    axis = tape.axes.get(loop.axis)
+    shape = (tape.batch if axis is None else tape.rows(axis),) + array_shape(step.shape, step.integer)
     if step.id in loop.initials:
         init = tape.values[loop.initials[step.id]]
         return np.broadcast_to(init.astype(dtype, copy=False), shape)

@@ -133,6 +133,8 @@ class TypeSpec(Node):
     """The declared type of an input or target."""
     sequence: bool = False
     axis: str | None = None               # seq(src): the sequence's named axis (None: the default axis)
+    nested: bool = False                  # seq of seq(char) of char: a sequence of sequences
+    inner_axis: str | None = None         # a nested sequence's inner axis (None: the input's own name)
     elem: Literal["real", "token", "char", "class", "bag", "char_bag"] = "real"
     classes: list[DimExpr] | None = None  # class[17]
 

@@ -21,6 +21,10 @@ from . import ast
 _OPEN, _CLOSE = {"LPAR", "LSQB"}, {"RPAR", "RSQB"}
 
 
+class InnerAxis(str):
+    """The inner axis's name of a nested sequence type (``seq of seq(char) of char``)."""
+
+
 class _BracketNewlines:
     """Post-lexer: newlines inside ( ) and [ ] do not end a statement."""
 
@@ -394,8 +398,19 @@ class _ToAst:
     def seq_of_vectors(self, meta, c):
         return ast.TypeSpec(span=self.sp(meta), sequence=True, elem="real", axis=c[0] if c else None)
 
+    def nested_seq_type(self, meta, c):
+        """``seq of seq(char) of char``: the outer axis (if named) is an ``axis_name``, the inner an
+        ``InnerAxis``, so the two are told apart whichever is given."""
+        outer = next((x for x in c if isinstance(x, str) and not isinstance(x, InnerAxis)), None)
+        inner = next((str(x) for x in c if isinstance(x, InnerAxis)), None)
+        return c[-1].model_copy(update={"sequence": True, "axis": outer, "nested": True, "inner_axis": inner,
+                                        "span": self.sp(meta)})
+
     def axis_name(self, meta, c):
         return str(c[0])
+
+    def inner_axis_name(self, meta, c):
+        return InnerAxis(c[0])
 
     def type(self, meta, c):
         return c[0]

@@ -18,7 +18,9 @@ loss, per step and per example, weighted and several at once; padded batches of 
 lengths (the runner picks the lengths); a second sequence input on an axis of its own (``seq(k)``,
 its own lengths), raw or through an encoder looping over it, read through attention (dot and
 additive, after a loop and inside one, or written out with along, dot, sum_features and
-softmax_steps), reductions and initial states; and, for some seeds, a small encoder-decoder with a
+softmax_steps), reductions and initial states; nested sequences (the characters of every word, ``chars(w)``)
+read by a cell over each word's characters and a reduction (words of different lengths, padding
+words); and, for some seeds, a small encoder-decoder with a
 ``decode`` declaration (:class:`DecoderGenerator`).
 """
 from __future__ import annotations
@@ -282,6 +284,8 @@ class Generator:
         seqs = any(v.seq for v in self.pool)
         kinds = ["ff", "ff"] + (["rnn", "rnn", "gated", "two_states", "stdlib", "stdlib", "cell_twice",
                                  "delay_in_loop", "two_inputs", "other_axis"] if seqs else [])
+        if any(v.seq for v in self.pool) and self.r.random() < 0.1:
+            kinds = ["nested"]
         getattr(self, "block_" + self.r.choice(kinds))()
 
     def block_ff(self):
@@ -480,6 +484,36 @@ class Generator:
                   else f"attention({wq} @ {n}[t-1], {k})")
         x = self.project(leaf(q), s, declare=True)
         self.add_value(n, s, True, x, text=f"{n}[{s}] = tanh({{e}} + {u} @ {n}[t-1] + {wc} @ {attend})")
+
+    def block_nested(self):
+        """The characters of every word of a token input (``seq of seq(k) of char = chars(w)``): a cell
+        over each word's characters (a stdlib cell, wrapped or not, or a hand-written recurrence), then a
+        reduction: one vector per word, on the main axis. Values on the characters' axes stay out of the
+        pool: combined with the words' values unreduced, they would not compile."""
+        w, c, e = self.fresh("w"), self.fresh("w"), self.fresh("e")
+        inner = f"k{self.counter}"
+        self.stmts.append(Stmt("input", f"input {w} : seq of token", defines=w))
+        self.stmts.append(Stmt("input", f"input {c} : seq of seq({inner}) of char = chars({w})", defines=c))
+        s = self.size()
+        self.add_value(self.fresh("e"), s, True, Expr(f"embed({w}, {s})", [], s, True))   # the words themselves
+        se = self.size()
+        self.stmts.append(Stmt("eq", f"{e} = embed({c}, {se})", defines=e))
+        h, sh = self.fresh("h"), self.size()
+        if self.r.random() < 0.25:
+            self.tags.add("nested:recurrence")
+            u = self.fresh("U")
+            self.stmts.append(Stmt("eq", f"{h}[{sh}] = tanh({self.fresh('W')} @ {e} + {u} @ {h}[t-1])", defines=h))
+            out = sh
+        else:
+            cell, wrap = self.r.choice(STDLIB), self.r.choice(["", "reverse", "bidirectional", "stacked"])
+            self.tags.add(f"nested:{wrap}({cell})" if wrap else f"nested:{cell}")
+            call = {"": cell, "reverse": f"reverse({cell})", "bidirectional": f"bidirectional({cell})",
+                    "stacked": f"stacked({cell}, 2)"}[wrap]
+            self.stmts.append(Stmt("eq", f"{h} = {call}({e}, H = {sh})", defines=h))
+            out = 2 * sh if wrap == "bidirectional" else sh
+        red, n = self.r.choice(REDUCTIONS), self.fresh("v")
+        self.tags.add("nested:reduce:" + red)
+        self.add_value(n, out, True, Expr(f"{red}({h})", [], out, True), text=f"{n} = {{e}}")
 
     def other_axis_encoder(self, k: str, sk: int) -> tuple[str, int]:
         """A loop over the other axis reading its input: a library cell (plain, reversed or both ways)

@@ -125,13 +125,26 @@ def make_batch(plan, seed: int, T: int | None = None, B: int | None = None, leng
     has_seq = any(v.seq for v in plan.inputs + plan.targets)
     main_real = np.arange(T)[:, None] < lengths[None, :]
     other = {}   # axis -> (T, lengths) of sequences on other axes than time: their own lengths
+    feeds = {}
+    for v in plan.inputs:
+        if v.nested:   # the characters of every word: (T_char, T * B), word t of example b in column t * B + b
+            Tc = r.randint(1, 5)
+            counts = np.array([[r.randint(1, Tc) if t < lengths[b] else 0 for b in range(B)] for t in range(T)],
+                              dtype=np.int64).reshape(-1)
+            counts[np.argmax(counts)] = Tc
+            card = v.card if isinstance(v.card, int) else 5
+            ids = rng.integers(1, card, size=(Tc, T * B))
+            ids[~(np.arange(Tc)[:, None] < counts[None, :])] = 0
+            feeds[v.name] = ids
+            other[v.axes[-1]] = (Tc, counts)
     for v in plan.inputs + plan.targets:
         axis = _input_axis(plan, v.name)
         if v.seq and axis != "time" and axis not in other:
             Tk = r.randint(1, 5)
             other[axis] = (Tk, np.array([Tk] + [r.randint(1, Tk) for _ in range(B - 1)], dtype=np.int64))
-    feeds = {}
     for v in plan.inputs + plan.targets:
+        if v.name in feeds:
+            continue
         axis = _input_axis(plan, v.name)
         Tv, real = (other[axis][0], np.arange(other[axis][0])[:, None] < other[axis][1][None, :]) \
             if axis in other else (T, main_real)
@@ -469,10 +482,16 @@ def check_batch(ex: Executor, params, batch: Batch, seeds, want: Run, out: Outco
     for i in range(B):
         n = int(lengths[i])
         feeds = {}
+        nested = {v.name: v.axes[-1] for v in plan.inputs if v.nested}
         for k, a in batch.feeds.items():
+            if k in nested:   # example i's words are the columns i, i + B, ...: alone, its own characters
+                counts = batch.other_axes[nested[k]][i::B][:n]
+                feeds[k] = a[:max(int(counts.max()), 1), i::B][:, :n]
+                continue
             feeds[k] = a[:batch.length(plan, k, i, n), i:i + 1] if k in seq else a[i:i + 1]
         alone = Batch(feeds, np.array([n]) if batch.lengths is not None else None, n if batch.lengths is not None
-                      else 0, 1, {a: ls[i:i + 1] for a, ls in batch.other_axes.items()})
+                      else 0, 1, {a: (ls[i::B][:n] if a in nested.values() else ls[i:i + 1])
+                                  for a, ls in batch.other_axes.items()})
         s = {o: _example(plan, batch, o, g, i, seq) for o, g in seeds.items()}
         tape = ex.forward(params, feeds, lengths=alone.run_lengths)
         for t in terms:
@@ -525,6 +544,9 @@ def check_torch(compiled, ex: Executor, params, batch: Batch, seeds, out: Outcom
         out.skipped["torch"] = "tests/difftest/torch_oracle.py or torch is missing"
         return
     plan = ex.plan
+    if any(v.nested for v in plan.inputs):
+        out.skipped["torch"] = "nested sequences (tests/test_nested.py has a PyTorch model of its own)"
+        return
     try:
         kwargs = {}
         if plan.loss is None and "seeds" in inspect.signature(torch_run).parameters:

@@ -657,6 +657,9 @@ def torch_run(compiled, params: dict[str, np.ndarray], feeds: dict[str, np.ndarr
 
 
 def _torch_run(compiled, params, feeds, lengths, seeds) -> TorchResult:
+    nested = [v.name for v in compiled.plan.inputs if v.nested]
+    if nested:   # tests/test_nested.py checks them against a PyTorch model of its own
+        raise Untranslatable("nested sequences", ", ".join(nested))
     run = _Run(compiled, params, feeds, lengths)
     spec = run.spec
     laid_out = {name: run.layout(name) if name not in spec.batch_level
