@@ -59,4 +59,4 @@ def test_step_by_step_decoding_of_the_lemmatizer_is_full_recomputation(trained, 
     for hs, gs in zip(fast, full):
         for h, g in zip(hs, gs):
             assert h.steps == pytest.approx(g.steps, abs=1e-4)     # float32: the same sums, other shapes
-    assert max(len(hs[0].tokens) for hs in fast) >= 3
+    assert max(len(h.tokens) for hs in fast for h in hs) >= 3     # several decoder steps compared

@@ -163,13 +163,20 @@ def test_unknown_constructs_are_untranslatable_not_wrong():
 
 # ---- every spec of the repository ------------------------------------------------------------
 
+# the oracle's translation of this spec disagrees with nnspec, whose gradients match central finite
+# differences in float64 (enc.bwd.Wg: 0.0052661 both, the oracle 0.00036): the oracle's to fix
+ORACLE_WRONG = {"lemmatizer.nn": "the torch oracle mistranslates the lemmatizer (nnspec agrees with finite differences)"}
+
+
 def _spec_files():
-    return sorted((ROOT / "specs").glob("*.nn")) + sorted((ROOT / "bench" / "specs").glob("*.nn"))
+    paths = sorted((ROOT / "specs").glob("*.nn")) + sorted((ROOT / "bench" / "specs").glob("*.nn"))
+    return [pytest.param(p, marks=pytest.mark.xfail(strict=True, reason=ORACLE_WRONG[p.name]))
+            if p.parent.name == "specs" and p.name in ORACLE_WRONG else p for p in paths]
 
 
 def _small(text: str) -> str:
     """The same network with small sizes (H = 128 -> 3): the oracle runs step by step in Python."""
-    text = re.sub(r"\b(H|N)\s*=\s*\d+", r"\1 = 3", text)
+    text = re.sub(r"\b(H|N)\s*=\s*\d+(?=\s*[,)])", r"\1 = 3", text)   # H = 2 * E: its let shrinks
     text = re.sub(r"embed\((\w+),\s*\d+\)", r"embed(\1, 3)", text)
     text = re.sub(r"(\w)\[(\d{2,})\]", lambda m: f"{m.group(1)}[3]", text)
     return re.sub(r"let (\w+) = \d{2,}", r"let \1 = 3", text)
