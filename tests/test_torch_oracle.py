@@ -169,8 +169,9 @@ def _spec_files():
 
 def _small(text: str) -> str:
     """The same network with small sizes (H = 128 -> 4, H = 64 -> 2: sizes a spec ties together, such
-    as a decoder's H twice its bidirectional encoder's, stay tied): the oracle runs step by step in Python."""
-    text = re.sub(r"\b(H|N)\s*=\s*(\d+)", lambda m: f"{m.group(1)} = {max(1, int(m.group(2)) // 32)}", text)
+    as a decoder's H twice its bidirectional encoder's, stay tied; in H = 2 * E the let shrinks): the
+    oracle runs step by step in Python."""
+    text = re.sub(r"\b(H|N)\s*=\s*(\d+)(?=\s*[,)])", lambda m: f"{m.group(1)} = {max(1, int(m.group(2)) // 32)}", text)
     text = re.sub(r"embed\((\w+),\s*\d+\)", r"embed(\1, 3)", text)
     text = re.sub(r"(\w)\[(\d{2,})\]", lambda m: f"{m.group(1)}[3]", text)
     return re.sub(r"let (\w+) = \d{2,}", r"let \1 = 3", text)

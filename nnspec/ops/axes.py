@@ -45,7 +45,8 @@ class Along(_Plain):
         x, s = xs
         at, of = int(attrs.get("at", 0)), int(attrs.get("of", 0))
         out_shape = x.shape[:at] + (s.shape[of],) + x.shape[at:]
-        return np.ascontiguousarray(np.broadcast_to(np.expand_dims(x, at), out_shape))
+        # a read-only view, no copy: its readers (dot, +, *) broadcast it anyway
+        return np.broadcast_to(np.expand_dims(x, at), out_shape)
 
     def vjp(self, g, xs, out, attrs, ctx):
         s = xs[1]   # only its length is read: its values get no gradient
@@ -69,7 +70,8 @@ class Dot(_Plain):
 
     def forward(self, xs, attrs, ctx):
         a, b = xs
-        return (a * b).sum(axis=-1, keepdims=True)
+        # one pass, no a * b temporary (attention scores: a decoder state beside every encoder step)
+        return np.einsum("...i,...i->...", a, b)[..., None]
 
     def vjp(self, g, xs, out, attrs, ctx):
         a, b = xs
