@@ -81,6 +81,24 @@ def gradcheck_spec(text: str, bindings=None, T=5, B=3, lengths=(5, 3, 2), seed=0
     return worst
 
 
+def assert_model_gradients_match_finite_differences(model, feeds, samples: int = 2, seed: int = 0,
+                                                    eps: float = 1e-6) -> None:
+    """The gradient of a float64 ``model``'s loss on ``feeds`` at ``samples`` random entries of every
+    parameter against central differences (rel 1e-5, abs 1e-9)."""
+    _, grads, _ = model.loss_and_grads(feeds, train=False)
+    rng = np.random.default_rng(seed)
+    for name, w in model.params.items():
+        for i in [tuple(rng.integers(0, n) for n in w.shape) for _ in range(samples)]:
+            old = w[i]
+            w[i] = old + eps
+            up = float(model.loss_and_grads(feeds, train=False)[0])
+            w[i] = old - eps
+            down = float(model.loss_and_grads(feeds, train=False)[0])
+            w[i] = old
+            assert np.asarray(grads[name])[i] == pytest.approx((up - down) / (2 * eps), rel=1e-5, abs=1e-9), \
+                (name, i)
+
+
 # ---- a tiny tagger trained for real, for the tests of trained models -------------------------------
 
 TINY_SENTENCES = [[("the", "DET"), ("dog", "NOUN"), ("runs", "VERB")],

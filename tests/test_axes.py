@@ -15,6 +15,7 @@ import pytest
 from nnspec import compile_text
 from nnspec.errors import SpecError
 from nnspec.model import FeedError, Model
+from conftest import assert_model_gradients_match_finite_differences
 
 V_SRC, V_TGT, E, H, A = 7, 6, 5, 4, 3
 
@@ -319,19 +320,7 @@ def test_fast_loops_agree_with_the_reference_interpreter(kind):
 def test_gradients_match_finite_differences(kind):
     m = model(kind)
     feeds = batch(1)
-    _, grads, _ = m.loss_and_grads(feeds, train=False)
-    rng = np.random.default_rng(0)
-    eps = 1e-6
-    for name, w in m.params.items():
-        for i in [tuple(rng.integers(0, n) for n in w.shape) for _ in range(2)]:
-            old = w[i]
-            w[i] = old + eps
-            up = float(m.loss_and_grads(feeds, train=False)[0])
-            w[i] = old - eps
-            down = float(m.loss_and_grads(feeds, train=False)[0])
-            w[i] = old
-            assert np.asarray(grads[name])[i] == pytest.approx((up - down) / (2 * eps), rel=1e-5, abs=1e-9), \
-                (name, i)
+    assert_model_gradients_match_finite_differences(m, feeds)
 
 
 # ---- PyTorch, same weights -----------------------------------------------------------------

@@ -19,6 +19,7 @@ from nnspec import compile_text
 from nnspec.errors import SpecError
 from nnspec.model import FeedError, Model
 from nnspec.runtime import ExecOptions, Executor
+from conftest import assert_model_gradients_match_finite_differences
 
 V_W, V_C, K, E, HC, EW, H = 6, 9, 4, 3, 4, 3, 5
 
@@ -127,19 +128,7 @@ def test_mistakes_with_nested_sequences_are_located_errors(text, message):
 def test_gradients_through_the_character_encoder_match_finite_differences():
     m = model()
     feeds = batch(1)
-    _, grads, _ = m.loss_and_grads(feeds, train=False)
-    rng = np.random.default_rng(0)
-    eps = 1e-6
-    for name, w in m.params.items():
-        for i in [tuple(rng.integers(0, n) for n in w.shape) for _ in range(2)]:
-            old = w[i]
-            w[i] = old + eps
-            up = float(m.loss_and_grads(feeds, train=False)[0])
-            w[i] = old - eps
-            down = float(m.loss_and_grads(feeds, train=False)[0])
-            w[i] = old
-            assert np.asarray(grads[name])[i] == pytest.approx((up - down) / (2 * eps), rel=1e-5, abs=1e-9), \
-                (name, i)
+    assert_model_gradients_match_finite_differences(m, feeds)
 
 
 def test_the_fast_path_agrees_with_the_reference_engine():
