@@ -536,3 +536,21 @@ def test_blas_threads_are_limited_inside_and_restored_after():
     with blas_threads(1):
         assert all(lib.get_num_threads() == 1 for lib in libs)
     assert [lib.get_num_threads() for lib in libs] == before
+
+
+def test_blas_threads_inside_the_same_count_changes_nothing_and_a_different_one_is_restored():
+    from nnspec.runtime import _blas_libs, blas_threads
+    libs = _blas_libs()
+    if not libs:
+        pytest.skip("threadpoolctl not installed")
+    before = [lib.get_num_threads() for lib in libs]
+    with blas_threads(1):
+        with blas_threads(1) as inner:          # the trainer's epoch holds 1; each pass asks for 1 again
+            assert inner.saved == []
+        assert all(lib.get_num_threads() == 1 for lib in libs)
+        with blas_threads(2):                    # a loop's own count is set, then the held one is back
+            assert all(lib.get_num_threads() == 2 for lib in libs)
+        assert all(lib.get_num_threads() == 1 for lib in libs)
+        with blas_threads(1) as again:
+            assert again.saved == []
+    assert [lib.get_num_threads() for lib in libs] == before

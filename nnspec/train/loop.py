@@ -24,7 +24,7 @@ from ..model import Model
 from ..ops import REGISTRY
 from ..plan import OpStep
 from ..errors import render_message
-from ..runtime import RuntimeFailure
+from ..runtime import RuntimeFailure, blas_threads
 from ..settings import TrainSettings
 from .checkpoint import TrainedMeta, load_checkpoint, save_checkpoint
 from .clip import clip_scale
@@ -307,9 +307,14 @@ class Trainer:
 
     # ---- one epoch ------------------------------------------------------------
     def _train_epoch(self, epoch: int, progress: Progress) -> tuple[float, int]:
+        model = self.model
+        stream = Stream(model.plan)
+        with blas_threads(model.executor.options.blas_threads):   # once an epoch, not twice a step
+            return self._train_batches(epoch, progress, stream)
+
+    def _train_batches(self, epoch: int, progress: Progress, stream: Stream) -> tuple[float, int]:
         s, model = self.settings, self.model
         total, count, mistakes = 0.0, 0, 0
-        stream = Stream(model.plan)
         for batch in self.data.batches("train", self.batch_size, shuffle=s.rule != "perceptron", rng=self.rng,
                                        by_length=s.by_length, bptt=s.bptt, ahead=stream.ahead, dtype=model.dtype):
             self._check_memory(batch)
