@@ -27,7 +27,6 @@ import gc
 import json
 import sys
 import time
-import tracemalloc
 from pathlib import Path
 
 if __package__ in (None, ""):

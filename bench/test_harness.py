@@ -1,7 +1,6 @@
 """Harness plumbing, with a fake implementation (fast: no real timing)."""
 import json
 
-import numpy as np
 
 from bench import harness
 from bench.configs import CONFIGS, activation_bytes, flops, make_batch

@@ -14,7 +14,6 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
 
 
 def unseen_accuracy(run: str | Path, spec: str | Path | None = None, split: str = "test") -> dict:

@@ -533,7 +533,6 @@ def _sink_once(w: _Work) -> bool:
     apply the same op to the same sources, and each source's slices follow one
     another from member to member (the offsets may differ between sources).
     """
-    protected = w.protected()
     contexts = [(None, [s for s in w.steps if not isinstance(s, LoopStep)])]
     contexts += [(s, list(s.body)) for s in w.steps if isinstance(s, LoopStep)]
     for loop, steps in contexts:

@@ -238,7 +238,6 @@ class TrainedModel(Model):
         """Labels and their probabilities for one input: a string, split on whitespace (characters
         for a character model) unless ``tokenizer`` is given (``"treebank"`` or a function), or a
         list of tokens as they are."""
-        from .plan import OpStep
         from .train.loop import find_heads
         from .train.nonfinite import all_finite, forward_failure
         tokens, feeds = self.encode(text, tokenizer)

@@ -1,5 +1,4 @@
 """Train/dev/test splits and k-fold cross-validation."""
-import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 

@@ -22,7 +22,6 @@ import pytest
 from nnspec import compile_text
 from nnspec.ops.activations import Tanh
 from nnspec.ops.sequence import Last
-from nnspec.runtime import Executor
 from tests.difftest import campaign
 from tests.difftest.generator import (ACTIVATIONS, ATTENTION, DECODER_CELLS, LOSSES, PREDICTIONS, REDUCTIONS, STDLIB,
                                       generate)

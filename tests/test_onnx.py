@@ -22,7 +22,7 @@ pytest.importorskip("onnxruntime")
 
 from nnspec import Model, SpecError                                  # noqa: E402
 from nnspec.compiler import compile_file                             # noqa: E402
-from nnspec.model import FeedError, prepare_feeds                    # noqa: E402
+from nnspec.model import FeedError                    # noqa: E402
 from nnspec.onnx.build import OPSET                                   # noqa: E402
 from nnspec.onnx.export import export_model                          # noqa: E402
 from nnspec.onnx.runner import OnnxModel                             # noqa: E402
