@@ -107,14 +107,55 @@ class Optimizer:
 
 
 class SGD(Optimizer):
-    """p -= lr * (g + weight_decay * p)."""
+    """p -= lr * (g + weight_decay * p).
+
+    With ``consume=True``, parameters stored as blocks of one array (the gates' weights:
+    ``runtime.paramblocks``) whose gradients are the same blocks of one gradient array are
+    updated as one block, ``G *= -lr * s; P += G``: two calls where there were two per
+    parameter (``block_updates``; False updates each parameter on its own, the same numbers)."""
 
     kind = "sgd"
     hyper = ("lr", "weight_decay")
+    block_updates = True
 
     def __init__(self, lr: float = 0.1, weight_decay: float = 0.0):
         super().__init__(lr)
         self.weight_decay = float(weight_decay)
+
+    def step(self, params, grads, *, scale=1.0, consume=False):
+        if consume and self.block_updates and type(self) is SGD and not self.weight_decay:
+            grads = self._step_blocks(params, grads, float(scale))
+        super().step(params, grads, scale=scale, consume=consume)
+
+    def _step_blocks(self, params: dict, grads: dict, scale: float) -> dict:
+        """Update the parameters whose gradients stack into one block of a gradient array as
+        their parameters stack into one of a parameter array; the rest of ``grads`` is returned."""
+        groups: dict[int, list] = {}
+        for name, g in grads.items():
+            p = params.get(name)
+            if (p is None or type(g) is not np.ndarray or g.base is None or g.shape != p.shape
+                    or g.dtype != p.dtype or not g.flags.writeable or g.ndim == 0):
+                continue
+            groups.setdefault(id(_root(g)), []).append(name)
+        done = []
+        a = -self.lr * scale
+        for names in groups.values():
+            if len(names) < 2:
+                continue
+            names.sort(key=lambda n: grads[n].__array_interface__["data"][0])
+            G = _row_stack([grads[n] for n in names])
+            P = _row_stack([params[n] for n in names])
+            if G is None or P is None or G.shape != P.shape or _root(G) is _root(P):
+                continue
+            G *= a        # (the union of these gradients, which the caller gave away)
+            P += G
+            for n in names:
+                self.steps[n] = self.steps.get(n, 0) + 1
+            done.extend(names)
+        if not done:
+            return grads
+        done = set(done)
+        return {n: g for n, g in grads.items() if n not in done}
 
     def _update(self, name, p, g, t):
         self._update_scaled(name, p, g, t, 1.0, False)
@@ -128,13 +169,44 @@ class SGD(Optimizer):
             writable = True
         rows = getattr(g, "rows", None)   # an embedding table's gradient: only these rows are non-zero
         if rows is not None and rows.size < p.shape[0]:
-            p[rows] += a * g[rows]
+            _add_scaled_rows(p, g, rows, a)
             return
         if writable and g.dtype == p.dtype and g.shape == p.shape and g.flags.c_contiguous:
             g *= a               # the gradient is ours to overwrite: no scaled copy
             p += g
             return
         self._scratch = _add_scaled(p, g, a, getattr(self, "_scratch", None))
+
+
+def _root(a: np.ndarray) -> np.ndarray:
+    while a.base is not None:
+        a = a.base
+    return a
+
+
+def _row_stack(xs: list) -> np.ndarray | None:
+    """``concatenate(xs, axis=0)`` as a view when the xs are consecutive row ranges of one array
+    with the same strides (a gradient may be a transposed product's: not C-contiguous), no
+    element seen twice; else None."""
+    x0 = xs[0]
+    root, step = _root(x0), x0.strides[0]
+    if step <= 0 or not all(s != 0 for s in x0.strides):
+        return None
+    pos, rows = x0.__array_interface__["data"][0], 0
+    for x in xs:
+        if (_root(x) is not root or x.strides != x0.strides or x.shape[1:] != x0.shape[1:]
+                or x.dtype != x0.dtype or x.__array_interface__["data"][0] != pos):
+            return None
+        pos += x.shape[0] * step
+        rows += x.shape[0]
+    shape = (rows,) + x0.shape[1:]
+    extent = x0.itemsize      # no two indices at one address: each axis steps past the ones inside it
+    for n, s in sorted(zip(shape, x0.strides), key=lambda ns: abs(ns[1])):
+        if n > 1:
+            if abs(s) < extent:
+                return None
+            extent += abs(s) * (n - 1)
+    return np.lib.stride_tricks.as_strided(x0, shape, x0.strides)
 
 
 def _sole_owners(grads: dict[str, np.ndarray]) -> set[str]:
@@ -146,6 +218,21 @@ def _sole_owners(grads: dict[str, np.ndarray]) -> set[str]:
             r = r.base
         roots.setdefault(id(r), []).append(name)
     return {names[0] for names in roots.values() if len(names) == 1}
+
+
+def _add_scaled_rows(p: np.ndarray, g: np.ndarray, rows: np.ndarray, a: float) -> None:
+    """p[rows] += a * g[rows], a chunk of rows at a time: ``p[rows] += a * g[rows]`` made four
+    temporaries the size of all the rows (1.3 MB, the peak of the benchmark tagger's step)."""
+    width = max(1, math.prod(p.shape[1:]))
+    chunk = max(1, _SMALL // width)
+    dtype = np.result_type(p, g)
+    scratch = np.empty((min(chunk, len(rows)),) + p.shape[1:], dtype)
+    for lo in range(0, len(rows), chunk):
+        r = rows[lo:lo + chunk]
+        t = scratch[:len(r)]
+        np.take(g, r, axis=0, out=t)
+        t *= a
+        p[r] += t
 
 
 _BLOCK = 1 << 18  # elements per block of _add_scaled (1 MiB of float32): few calls, a small scratch
