@@ -105,58 +105,6 @@ def test_sgd_may_overwrite_gradients_it_is_given_but_not_shared_ones():
         np.testing.assert_array_equal(p[k], ref[k])     # the same update, bit for bit
 
 
-def _bilstm_model(seed=0):
-    from nnspec.model import Model
-    text = ("input w : seq of token\ntarget y : seq of class\ne = embed(w, 5)\n"
-            "h = bidirectional(lstm)(e, H = 4)\nloss cross_entropy(softmax(V @ h + c), y)\n")
-    return Model(compile_text(text, bindings={"vocab(w)": 30, "classes(y)": 5}), dtype=np.float32, seed=seed)
-
-
-@pytest.mark.parametrize("scale", [1.0, 0.5])
-def test_sgd_updates_gate_blocks_at_once_with_the_numbers_of_one_parameter_at_a_time(scale):
-    from nnspec.train.optim import SGD
-    models = [_bilstm_model(), _bilstm_model()]
-    feeds = random_feeds(models[0].plan, T=6, B=3, seed=2)
-    opts = [make_optimizer("sgd", lr=0.3), make_optimizer("sgd", lr=0.3)]
-    opts[1].block_updates = False
-    left = {}
-    real = SGD._step_blocks
-
-    def spy(self, params, grads, s):
-        out = real(self, params, grads, s)
-        left[id(self)] = set(out)
-        return out
-    SGD._step_blocks = spy
-    try:
-        for _ in range(3):
-            for m, o in zip(models, opts):
-                _, grads, _ = m.loss_and_grads(feeds, rng=np.random.default_rng(0), single_use=True)
-                o.step(m.params, grads, scale=scale, consume=True)
-    finally:
-        SGD._step_blocks = real
-    stacked = {n for n in models[0].params if ".W" in n or ".U" in n or ".b" in n}   # the gates' blocks
-    assert stacked and not (left[id(opts[0])] & stacked)        # all updated as blocks
-    assert id(opts[1]) not in left                              # switched off: never tried
-    for k in models[0].params:
-        np.testing.assert_array_equal(models[0].params[k], models[1].params[k], err_msg=k)
-    assert opts[0].steps == opts[1].steps
-
-
-def test_row_stacks_are_views_of_consecutive_row_ranges_only():
-    from nnspec.train.optim import _row_stack
-    a = np.arange(60.0).reshape(12, 5)
-    t = np.arange(60.0).reshape(5, 12).T                        # a transposed product: not C-contiguous
-    for x in (a, t):
-        v = _row_stack([x[0:3], x[3:7], x[7:12]])
-        assert v is not None and np.shares_memory(v, x)
-        np.testing.assert_array_equal(v, x)
-    assert _row_stack([a[0:3], a[4:7]]) is None                 # a gap
-    assert _row_stack([a[3:7], a[0:3]]) is None                 # out of order
-    assert _row_stack([a[0:3], a.copy()[3:7]]) is None          # another array
-    assert _row_stack([a[0:3, :2], a[3:7, :2]]) is not None
-    assert _row_stack([np.broadcast_to(a[0], (4, 5))]) is None  # one element at several indices
-
-
 def test_sgd_row_update_of_a_table_equals_the_dense_one():
     from nnspec.runtime.rowgrad import RowGrad
     rng = np.random.default_rng(3)
