@@ -196,7 +196,8 @@ class FusedLoops:
             elif kind == "read":
                 args[(kind, k)] = np.empty_like(bufs[k[0]])
             elif kind == "init":
-                args[(kind, k)] = np.ascontiguousarray(np.broadcast_to(inits[k[0]], (B,) + body.trails[k[0]]), dtype)
+                a, shape = inits[k[0]], (B,) + body.trails[k[0]]
+                args[(kind, k)] = np.ascontiguousarray(a if a.shape == shape else np.broadcast_to(a, shape), dtype)
             elif kind == "before":
                 pre = before.get(k[0])
                 args[(kind, k)] = (np.ascontiguousarray(pre, dtype) if pre is not None and k[1] < 0
