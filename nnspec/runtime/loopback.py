@@ -99,6 +99,7 @@ def loop_backward(ex, prog: LoopProgram, tape: Tape, grads: GradSum, need, keep:
         bw.bind(region, arr)
     del lent
     gbuf, ginit = bw.gbuf, bw.ginit
+    bw.incoming.clear()     # (a pass stopped by an exception leaves its own)
     for v in pre:
         r = plan.region[v]
         if r in plan.ring:     # each step's part goes into the ring as the pass reaches that step
