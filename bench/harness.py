@@ -143,23 +143,31 @@ def matmul_peak(n=2048, repeats=5, threads=None) -> dict[str, float]:
 
 
 def _timed(fn, inner=1) -> float:
-    t0 = time.perf_counter()
+    return _timed_both(fn, inner)[0]
+
+
+def _timed_both(fn, inner=1) -> tuple[float, float]:
+    """(wall seconds, this process's CPU seconds) per call. On a loaded machine the CPU time
+    leaves out the time the process waited for a core (not the slowdown of shared caches)."""
+    t0, c0 = time.perf_counter(), time.process_time()
     for _ in range(inner):
         fn()
-    return (time.perf_counter() - t0) / inner
+    return (time.perf_counter() - t0) / inner, (time.process_time() - c0) / inner
 
 
 # ---------------------------------------------------------------- measuring
 
 def time_interleaved(steps: dict[str, Callable], repeats: int, warmup: int,
-                     min_sample_s: float, settle_s: float = 0.15) -> tuple[dict, dict, dict]:
+                     min_sample_s: float, settle_s: float = 0.15,
+                     cpu: dict | None = None) -> tuple[dict, dict, dict]:
     """Warm each step up, then time them round-robin so that machine noise (other
     processes, frequency changes) hits every implementation alike. A sample runs the
     step `inner` times, chosen so a sample lasts >= min_sample_s (timer resolution and
     call overhead stay negligible for tiny configs). Before a sample that follows another
     implementation's, sleep settle_s: OpenBLAS worker threads busy-wait ~0.1 s after
     their last call, and on 2 cores that spinning halved torch's speed when interleaved.
-    Returns (seconds-per-step samples, inner counts, loss of the very first step)."""
+    Returns (seconds-per-step samples, inner counts, loss of the very first step); ``cpu``, if
+    given, receives the CPU seconds per step of each sample (process time)."""
     first_loss, inner = {}, {}
     for name, fn in steps.items():
         loss = fn()
@@ -180,7 +188,10 @@ def time_interleaved(steps: dict[str, Callable], repeats: int, warmup: int,
                 if name != last:
                     time.sleep(settle_s)
                 last = name
-                samples[name].append(_timed(steps[name], inner[name]))
+                wall, cpu_s = _timed_both(steps[name], inner[name])
+                samples[name].append(wall)
+                if cpu is not None:
+                    cpu.setdefault(name, []).append(cpu_s)
     finally:
         if gc_was_enabled:
             gc.enable()
@@ -234,11 +245,13 @@ def run_suite(config_names, impl_names=None, repeats=20, warmup=3, min_sample_ms
         if not steps:
             continue
         log(f"[run] {cname}: {', '.join(steps)}")
+        cpu: dict = {}
         samples, inner, first_loss = time_interleaved(steps, repeats, warmup, min_sample_ms / 1e3,
-                                                      settle_ms / 1e3)
+                                                      settle_ms / 1e3, cpu)
         del steps  # free buffers before the memory runs
         n_flops = flops(cfg)
         medians = {n: statistics.median(s) for n, s in samples.items()}
+        cpu_medians = {n: statistics.median(s) for n, s in cpu.items()}
         for name, s in samples.items():
             med = medians[name]
             row = {
@@ -247,6 +260,9 @@ def run_suite(config_names, impl_names=None, repeats=20, warmup=3, min_sample_ms
                 "min_ms": min(s) * 1e3, "median_ms": med * 1e3, "max_ms": max(s) * 1e3,
                 "vs_torch": med / medians["torch"] if "torch" in medians else None,
                 "vs_numpy": med / medians["numpy"] if "numpy" in medians else None,
+                "cpu_samples_ms": [x * 1e3 for x in cpu[name]], "cpu_median_ms": cpu_medians[name] * 1e3,
+                "cpu_vs_torch": cpu_medians[name] / cpu_medians["torch"] if "torch" in cpu_medians else None,
+                "cpu_vs_numpy": cpu_medians[name] / cpu_medians["numpy"] if "numpy" in cpu_medians else None,
                 "flops": n_flops, "gflops": n_flops / med / 1e9,
                 "pct_peak": None,  # filled in once the peak is known
                 "first_loss": first_loss[name],
@@ -304,7 +320,7 @@ def format_table(report: dict) -> str:
         "",
     ]
     head = ["config", "impl", "min ms", "median ms", "max ms", "/torch", "/numpy",
-            "GFLOP/s", "%peak", "loss@1", "traced MB", "act MB"]
+            "cpu ms", "cpu/torch", "cpu/numpy", "GFLOP/s", "%peak", "loss@1", "traced MB", "act MB"]
     rows, notes = [], []
     for r in report["results"]:
         if "skipped" in r:
@@ -317,6 +333,8 @@ def format_table(report: dict) -> str:
         rows.append([
             r["config"], r["impl"], _fmt(r["min_ms"], ".3f"), _fmt(r["median_ms"], ".3f"),
             _fmt(r["max_ms"], ".3f"), _fmt(r["vs_torch"], ".2f"), _fmt(r["vs_numpy"], ".2f"),
+            _fmt(r.get("cpu_median_ms"), ".3f"), _fmt(r.get("cpu_vs_torch"), ".2f"),
+            _fmt(r.get("cpu_vs_numpy"), ".2f"),
             _fmt(r["gflops"], ".1f"), _fmt(r["pct_peak"], ".1f"), _fmt(r["first_loss"], ".4f"),
             _fmt(mem and mem["step_peak_bytes"] / 2**20, ".2f"),
             _fmt(r["activation_bytes"] / 2**20, ".2f"),
@@ -328,7 +346,9 @@ def format_table(report: dict) -> str:
                          for i, (c, w) in enumerate(zip(cells, widths)))
 
     lines += [fmt_row(head), fmt_row(["-" * w for w in widths])] + [fmt_row(r) for r in rows]
-    lines += ["", "/torch, /numpy: ratio of medians (below 1 = faster). GFLOP/s: matrix-product "
+    lines += ["", "/torch, /numpy: ratio of medians (below 1 = faster). cpu ms: median process "
+              "(CPU) time per step, and its ratios: on a loaded machine they leave out waiting for a "
+              "core, so they read steadier than wall times (shared caches still slow them). GFLOP/s: matrix-product "
               "FLOPs (configs.flops) / median. traced MB: tracemalloc peak during a step "
               "(weights, buffers, temporaries). act MB: analytic size of the activations the "
               "backward pass needs."]

@@ -303,11 +303,13 @@ def _check_ids(v: ValueSpec, array: np.ndarray) -> None:
     """Token and class ids are whole numbers below the vocabulary size or class count."""
     if not v.integer or array.size == 0:
         return
-    if not np.issubdtype(array.dtype, np.integer):
+    if array.dtype.kind not in "iu":
         if not np.all(np.isfinite(array)) or not np.all(array == np.round(array)):
             raise FeedError(f"{v.name!r} holds ids, which are whole numbers; got {array.dtype} values")
     low = IGNORE_LABEL if v.role == "target" else 0
     high = v.card if isinstance(v.card, int) else None
+    if array.min() >= low and (high is None or array.max() < high):
+        return          # (two reductions: no temporary arrays for the common case)
     bad = (array < low) | ((array >= high) if high is not None else False)
     if np.any(bad):
         at = tuple(int(i) for i in np.argwhere(bad)[0])

@@ -510,6 +510,29 @@ def test_buffer_pool_reuses_what_nobody_holds_and_never_what_somebody_does():
     assert small.base is None
 
 
+def test_buffer_pool_blocks_are_near_the_size_asked_and_reused_only_within_a_fit():
+    from nnspec.runtime import BufferPool
+    pool = BufferPool()
+
+    def block(a):       # (the block's address and size: a name holding the block would keep it taken)
+        return a.base.__array_interface__["data"][0], a.base.size
+
+    a = pool.empty((35, 32, 1000), np.float32)
+    big = block(a)
+    assert a.size <= big[1] <= a.size * BufferPool.GROW       # not a 2^(1/4) size class (up to 19% more)
+    del a
+    b = pool.empty((34, 32, 1000), np.float32)       # smaller, within the fit: the same block
+    assert block(b) == big
+    del b
+    c = pool.empty((20, 32, 1000), np.float32)       # far smaller: a block of its own, the big one stays free
+    assert block(c) != big and block(c)[1] < big[1]
+    d = pool.empty((36, 32, 1000), np.float32)       # larger than any block: a new one
+    assert block(d) != big and block(d)[1] >= d.size
+    del c, d
+    e = pool.empty((35, 32, 1000), np.float32)       # the smallest free block that holds it
+    assert block(e) == big
+
+
 def test_training_steps_reuse_buffers_and_memory_stays_flat():
     base, params, feeds = setup(SPECS["lstm"])
     ex = Executor(optimize_plan(base), dtype=np.float64)

@@ -105,6 +105,19 @@ def test_sgd_may_overwrite_gradients_it_is_given_but_not_shared_ones():
         np.testing.assert_array_equal(p[k], ref[k])     # the same update, bit for bit
 
 
+def test_sgd_row_update_of_a_table_equals_the_dense_one():
+    from nnspec.runtime.rowgrad import RowGrad
+    rng = np.random.default_rng(3)
+    p0 = rng.normal(size=(5000, 7)).astype(np.float32)
+    rows = np.sort(rng.choice(5000, size=3000, replace=False))   # more rows than one chunk
+    dense = np.zeros_like(p0)
+    dense[rows] = rng.normal(size=(3000, 7))
+    a, b = p0.copy(), p0.copy()
+    make_optimizer("sgd", lr=0.1).step({"t": a}, {"t": RowGrad.of(dense.copy(), rows)}, scale=0.5)
+    make_optimizer("sgd", lr=0.1).step({"t": b}, {"t": dense.copy()}, scale=0.5)
+    np.testing.assert_array_equal(a, b)
+
+
 @pytest.mark.parametrize("kind", ["sgd", "momentum", "adam"])
 @pytest.mark.parametrize("wd", [0.0, 0.01])
 def test_clipping_folded_into_the_update_equals_clipping_first(kind, wd):

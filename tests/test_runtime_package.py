@@ -139,13 +139,16 @@ def test_a_stream_carries_the_last_chunks_states_into_the_next_chunk_only():
     assert not np.allclose(carried.values["h"][0], fresh.values["h"][0])
 
 
-SWITCHES = ["defer_grads", "local_grads", "alias_grads", "scratch", "reuse_buffers", "row_grads", "prepared", "lend_dead"]
+SWITCHES = ["defer_grads", "local_grads", "alias_grads", "scratch", "reuse_buffers", "row_grads", "prepared", "lend_dead",
+            "ring_grads"]
 TAGGER = ("input w : seq of token\ntarget y : seq of class\ne = embed(w, 4)\nh = lstm(concat(e, e[t-1]), H = 3)\n"
           "z[3] = V @ concat(h, h[t-2]) + c\nloss cross_entropy_logits(z, y)\n")
 
 
+@pytest.mark.parametrize("params_only", [False, True], ids=["all", "params"])
 @pytest.mark.parametrize("switch", SWITCHES + [None])
-def test_each_speed_feature_switched_off_gives_the_reference_numbers(switch):
+def test_each_speed_feature_switched_off_gives_the_reference_numbers(switch, params_only):
+    """All gradients kept, or the parameters' only (as in training: loops keep no body gradient)."""
     plan = compile_text(TAGGER, bindings={"vocab(w)": 6, "classes(y)": 3}).plan
     rng = np.random.default_rng(2)
     params = {p.name: rng.normal(scale=0.5, size=p.shape) for p in plan.params}
@@ -156,10 +159,37 @@ def test_each_speed_feature_switched_off_gives_the_reference_numbers(switch):
         want_tape = ref.forward(params, feeds, lengths=LENGTHS)
         want = ref.backward(want_tape)
         tape = ex.forward(params, feeds, lengths=LENGTHS)
-        got = ex.backward(tape)
+        got = ex.backward(tape, wrt=set(params) if params_only else None)
         assert float(tape.values[plan.loss]) == pytest.approx(float(want_tape.values[plan.loss]), rel=1e-12)
         for k in params:
             np.testing.assert_allclose(got[k], want[k], atol=1e-12, err_msg=f"{k} with {switch} off")
+        del tape, got
+
+
+@pytest.mark.parametrize("text, rings", [
+    ("input x[3] : seq\ntarget y : seq of class[2]\n"
+     "h[4] = tanh(W @ x + U @ h[t-1] + V @ h[t-2] + b)\nloss cross_entropy(softmax(O @ h + c), y)\n",
+     [{"h": 3}]),
+    ("input x[3] : seq\ntarget y : seq of class[2]\nh = bidirectional(lstm)(x, H = 4)\n"
+     "loss cross_entropy(softmax(O @ h + c), y)\n", [{"h.fwd": 2, "h.fwd.c": 2}, {"h.bwd": 2, "h.bwd.c": 2}]),
+], ids=["delay2", "bilstm"])
+def test_a_states_gradient_lives_in_a_ring_of_its_farthest_delay_plus_one_steps(text, rings):
+    plan = compile_text(text).plan
+    rng = np.random.default_rng(4)
+    params = {p.name: rng.normal(scale=0.5, size=p.shape) for p in plan.params}
+    ref = Executor(plan, dtype=np.float64, options=ExecOptions.reference())
+    ex = Executor(plan, dtype=np.float64, options=ExecOptions(fused_loops=False))
+    for T, lengths in [(6, [6, 4, 2]), (6, [6, 4, 2]), (5, None)]:
+        feeds = {"x": rng.normal(size=(T, 3, 3)), "y": rng.integers(0, 2, size=(T, 3))}
+        want = ref.backward(ref.forward(params, feeds, lengths=lengths), wrt=set(params))
+        tape = ex.forward(params, feeds, lengths=lengths)
+        got = ex.backward(tape, wrt=set(params))
+        for k in params:
+            np.testing.assert_allclose(got[k], want[k], rtol=1e-10, atol=1e-12, err_msg=k)
+        for run, ring in zip(tape.loops.values(), rings):
+            assert run.backward.plan.ring == ring
+            for state, slots in ring.items():
+                assert run.backward.gbuf[state].shape[0] == slots      # not T steps
         del tape, got
 
 

@@ -196,7 +196,8 @@ class FusedLoops:
             elif kind == "read":
                 args[(kind, k)] = np.empty_like(bufs[k[0]])
             elif kind == "init":
-                args[(kind, k)] = np.ascontiguousarray(np.broadcast_to(inits[k[0]], (B,) + body.trails[k[0]]), dtype)
+                a, shape = inits[k[0]], (B,) + body.trails[k[0]]
+                args[(kind, k)] = np.ascontiguousarray(a if a.shape == shape else np.broadcast_to(a, shape), dtype)
             elif kind == "before":
                 pre = before.get(k[0])
                 args[(kind, k)] = (np.ascontiguousarray(pre, dtype) if pre is not None and k[1] < 0
@@ -246,6 +247,16 @@ class _Body:
         self.outer_entries = [("outer", k) for k in self.outer]
 
 
+def _backward_entries(layout) -> tuple[list, list]:
+    """The backward kernel's gradient arguments and initial-state gradient arguments (worked out
+    once per layout)."""
+    kept = getattr(layout, "_entries", None)
+    if kept is None:
+        kept = layout._entries = ([e for e in layout.backward if e[0] in ("grad", "gread")],
+                                  [e for e in layout.backward if e[0] == "ginit"])
+    return kept
+
+
 def whole_input(run: FusedRun, env: dict, ids: set, src: str, d: int) -> np.ndarray:
     """An op's input over all steps, as the kernel read it (a sequence from outside read at t + d:
     shifted; a 0-d value as it is, so that its gradient keeps its shape)."""
@@ -259,21 +270,22 @@ def loop_backward(ex, loop: LoopStep, run: FusedRun, tape: Tape, grads: GradSum,
     env, bufs, args = tape.values, run.bufs, dict(run.args)
     ids = set(bufs)
     # every gradient inside the loop: views of one zeroed block (one allocation, not one per value)
-    grad_entries = [e for e in run.layout.backward if e[0] in ("grad", "gread")]
+    grad_entries, ginit_entries = _backward_entries(run.layout)
     first = next(iter(bufs.values()))
+    shapes = [bufs[k if kind == "grad" else k[0]].shape for kind, k in grad_entries]
     sizes = [bufs[k if kind == "grad" else k[0]].size for kind, k in grad_entries]
     block = np.zeros(sum(sizes), first.dtype)
     at = 0
-    for (kind, k), n in zip(grad_entries, sizes):
-        args[(kind, k)] = block[at:at + n].reshape(bufs[k if kind == "grad" else k[0]].shape)
+    for entry, n, shape in zip(grad_entries, sizes, shapes):
+        args[entry] = block[at:at + n].reshape(shape)
         at += n
+    pre = grads.grads
     for v in bufs:
-        if v in grads.grads:
-            args[("grad", v)] += grads.grads.pop(v)
+        if v in pre:
+            args[("grad", v)] += pre.pop(v)
             grads.disown(v)
-    for kind, k in run.layout.backward:
-        if kind == "ginit":
-            args[(kind, k)] = np.zeros(bufs[k[0]].shape[1:], first.dtype)
+    for entry in ginit_entries:
+        args[entry] = np.zeros(bufs[entry[1][0]].shape[1:], first.dtype)
     run.kernels.backward(run.T, run.lengths, *(args[e] for e in run.layout.backward))
     G = {v: args[("grad", v)] for v in bufs}
     for b in loop.body:
@@ -290,10 +302,9 @@ def loop_backward(ex, loop: LoopStep, run: FusedRun, tape: Tape, grads: GradSum,
             grads.grads[v] = g
             grads.disown(v)
     ginit: dict = {}
-    for kind, k in run.layout.backward:
-        if kind == "ginit":
-            s = k[0]
-            ginit[s] = ginit[s] + args[(kind, k)] if s in ginit else args[(kind, k)]
+    for entry in ginit_entries:
+        s = entry[1][0]
+        ginit[s] = ginit[s] + args[entry] if s in ginit else args[entry]
     for s, g in ginit.items():
         if s in need and s in loop.initials and s not in tape.carry:
             init_id = loop.initials[s]

@@ -42,6 +42,8 @@ class LoopBackward:
     glists: dict = None         # value -> its gradient's per-step views (lists the actions read)
     lent: dict = None           # region -> the values whose gradient sits in it (a lent array's)
     plan: BackwardPlan = None
+    # ring regions' gradients from after the loop, this pass: region -> [(member's ring, (T, B, ...))]
+    incoming: dict = None
 
     def bind(self, region: str, arr: np.ndarray) -> None:
         """This pass's gradient array of a region that lives in a lent array (zeroed here)."""
@@ -57,6 +59,10 @@ class LoopBackward:
             for v in members:
                 self.gbuf[v] = None
                 self.glists[v][:] = [None] * len(self.glists[v])
+
+    def take_slot(self, region: str, ring: np.ndarray, u: int) -> None:
+        """Step u's slot of a ring region: its gradient from after the loop, else zeros."""
+        _take_slot(region, ring, u, self.incoming)
 
     def arrays(self) -> list:
         return (self.owners + list(self.ginit.values()) + [into for into, _ in self.local.values()]
@@ -93,13 +99,24 @@ def loop_backward(ex, prog: LoopProgram, tape: Tape, grads: GradSum, need, keep:
         bw.bind(region, arr)
     del lent
     gbuf, ginit = bw.gbuf, bw.ginit
+    bw.incoming.clear()     # (a pass stopped by an exception leaves its own)
     for v in pre:
-        gbuf[v] += grads.grads.pop(v)
+        r = plan.region[v]
+        if r in plan.ring:     # each step's part goes into the ring as the pass reaches that step
+            g = grads.grads.pop(v)
+            bw.incoming.setdefault(r, []).append((gbuf[v], np.broadcast_to(g, (T,) + gbuf[v].shape[1:])))
+        else:
+            gbuf[v] += grads.grads.pop(v)
     times = range(T) if loop.direction > 0 else range(T - 1, -1, -1)
+    order = list(reversed(times))
+    for r, slots in plan.ring.items():          # the slots of the first steps the pass reaches
+        for u in order[:slots - 1]:
+            bw.take_slot(r, gbuf[r], u)
     with blas_threads(ex.options.loop_blas_threads):
-        for t in reversed(times):
+        for t in order:
             for act in bw.actions:
                 act(t)
+    bw.incoming.clear()
     # everything that leaves the loop: one whole-sequence VJP per edge
     for op_id, pos in plan.deferred:
         b = prog.by_id[op_id]
@@ -166,13 +183,17 @@ def build_backward(ex, prog: LoopProgram, run: LoopRun, plan: BackwardPlan, need
             continue
         if b.id in plan.scratch:
             gbuf[b.id] = np.zeros((B,) + b.trail, dtype=dtype)
+        elif b.id in plan.ring:
+            gbuf[b.id] = np.zeros((plan.ring[b.id], B) + b.trail, dtype=dtype)
         elif b.id in lent:
             gbuf[b.id] = lent[b.id]        # (this pass's; bound again at every pass)
         else:
             gbuf[b.id] = ex.pool.zeros((T, B) + b.trail, dtype)
     owners = [a for v, a in gbuf.items() if v not in lent]
     _derive(gbuf, plan, [b.id for b in prog.body])
-    glists = {v: ([a] * T if plan.region[v] in plan.scratch else list(a)) for v, a in gbuf.items()}
+    glists = {v: ([a] * T if plan.region[v] in plan.scratch
+                  else [a[t % len(a)] for t in range(T)] if plan.region[v] in plan.ring else list(a))
+              for v, a in gbuf.items()}
     ginit = {s: np.zeros(run.inits[s].shape, dtype=dtype) for s in prog.loop.states
              if s in gbuf and s in need}
     axis = run.axis
@@ -180,6 +201,9 @@ def build_backward(ex, prog: LoopProgram, run: LoopRun, plan: BackwardPlan, need
     # (over every step: the op's own buffer may be one step's scratch when its VJP reads only its input)
     local = {bid: (ex.pool.empty((T, B) + prog.by_id[bid].trail, dtype), []) for bid in plan.local}
     actions = [_zero_action(gbuf[r]) for r in plan.fill]
+    incoming: dict = {}
+    step = 1 if prog.loop.direction > 0 else -1
+    actions += [_slot_action(r, gbuf[r], slots, step, T, incoming) for r, slots in plan.ring.items()]
     tmps: dict = {}
 
     def tmp_pair(arr):
@@ -217,14 +241,13 @@ def build_backward(ex, prog: LoopProgram, run: LoopRun, plan: BackwardPlan, need
             else:
                 actions.append(b.op.step_vjp(a.pos, G, ins, outs, attrs, dest, a.accumulate))
         else:
-            full = gbuf[src]
-            t1, t2 = tmp_pair(full)
+            t1, t2 = tmp_pair(gbuf[src])
             first = (product_into(G, D, [t1] * T, False) if D is not None
                      else b.op.step_vjp(a.pos, G, ins, outs, attrs, [t1] * T, False))
-            actions.append(_delayed_action(first, full, d, axis, ginit.get(src), t1, t2))
+            actions.append(_delayed_action(first, glists[src], d, axis, ginit.get(src), t1, t2))
     return LoopBackward(gbuf=gbuf, owners=owners, ginit=ginit, local=local, actions=actions,
                         outer_step=outer_step, tmps=[a for pair in tmps.values() for a in pair],
-                        glists=glists, plan=plan,
+                        glists=glists, plan=plan, incoming=incoming,
                         lent={r: [b.id for b in prog.body if plan.region.get(b.id) == r] for r in lent})
 
 
@@ -267,19 +290,44 @@ def _zero_action(arr):
     return act
 
 
-def _delayed_action(first, full, d, axis, ginit, t1, t2):
+def _delayed_action(first, steps, d, axis, ginit, t1, t2):
     """Gradient of a state read at t + d: ``first(t)`` writes it into t1; it goes to that
-    step where the step is real, else to the initial state."""
+    step (``steps``: the state's gradient at every step) where the step is real, else to the
+    initial state."""
     send, minlen, add = axis.send_to_step_into, axis.minlen, np.add
 
     def act(t):
         first(t)
         u = t + d
         if 0 <= u < minlen:      # a real step of every example (send's first case, inlined: it is most steps)
-            add(full[u], t1, out=full[u])
+            add(steps[u], t1, out=steps[u])
         else:
-            send(full, t1, u, ginit, t2)
+            send(steps, t1, u, ginit, t2)
     return act
+
+
+def _slot_action(region, ring, slots, step, T, incoming):
+    """At step t, before anything sends to it: the ring slot of the step the pass reaches
+    ``slots - 1`` steps later (the one it held last is done with), filled with that step's
+    gradient from after the loop, else zeroed (``LoopBackward.take_slot``)."""
+    ahead = (slots - 1) * step
+
+    def act(t):
+        u = t - ahead
+        if 0 <= u < T:
+            _take_slot(region, ring, u, incoming)
+    return act
+
+
+def _take_slot(region, ring, u, incoming):
+    slot = ring[u % len(ring)]
+    parts = incoming.get(region)
+    if parts and len(parts) == 1 and parts[0][0] is ring:
+        np.copyto(slot, parts[0][1][u])
+        return
+    slot.fill(0)
+    for member, g in parts or ():
+        np.add(member[u % len(ring)], g[u], out=member[u % len(ring)])
 
 
 def _outer_step_action(op, pos, attrs, G, ins, outs, acc_arr, seq):

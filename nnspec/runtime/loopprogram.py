@@ -45,6 +45,7 @@ class BackwardPlan:
     actions: list        # per-step work, in backward order
     deferred: list       # (op id, input position): one whole-sequence VJP after the loop
     local: set           # op ids whose derivative is precomputed
+    ring: dict = None    # region -> slots: its gradient lives in a ring of that many steps
 
 
 
@@ -161,9 +162,9 @@ class LoopProgram:
 
         actions, deferred, local = self._actions(need, views, aliased_edges, writable)
         region = {b.id: root(b.id) for b in self.body if not b.step.integer}
-        scratch = self._one_step_regions(region, pre, keep, deferred)
+        scratch, ring = self._one_step_regions(region, pre, keep, deferred)
         fill = self._zeroed_every_step(scratch, region, views, actions)
-        plan = BackwardPlan(alias, views, region, scratch, fill, actions, deferred, local)
+        plan = BackwardPlan(alias, views, region, scratch, fill, actions, deferred, local, ring)
         self._backward[key] = plan
         return plan
 
@@ -219,21 +220,34 @@ class LoopProgram:
                 actions.append(Action(b.id, pos, "local" if use_local else "vjp", acc))
         return actions, deferred, local
 
-    def _one_step_regions(self, region: dict, pre: frozenset, keep: bool, deferred: list) -> set:
-        """Gradient regions that live for one step only: nothing reads them after their step."""
+    def _one_step_regions(self, region: dict, pre: frozenset, keep: bool, deferred: list) -> tuple[set, dict]:
+        """(gradient regions that live for one step only: nothing reads them after their step;
+        regions kept in a ring of steps: region -> slots).
+
+        A region read at another step (a state's, ``c[t-1]``), or reached from after the loop,
+        is needed for max delay + 1 steps only: step t's gradient is complete once the step that
+        reads it has sent its part, and is read at step t alone; from after the loop it gets
+        step t's incoming gradient when its slot is taken (``ring_grads``). Not when something
+        reads it whole after the loop (a deferred VJP, ``keep``), or an op needing its context
+        sends to other steps through the whole array."""
         whole = set()
         if keep or not self.options.scratch:
             whole = set(region.values())
-        for v in pre | set(self.loop.states):
-            if v in region:
-                whole.add(region[v])
         for op_id, _ in deferred:
             whole.add(region[op_id])
+        delay: dict[str, int] = {}      # region -> the farthest step its readers send to
+        backwards = False               # a read ahead of the loop's direction (not a state's)
         for b in self.body:  # a delayed read sends gradient to another step
             for src, d in b.step.inputs:
                 if d != 0 and src in region:
-                    whole.add(region[src])
-        return {r for r in set(region.values()) if r not in whole}
+                    delay[region[src]] = max(delay.get(region[src], 0), abs(d))
+                    backwards |= d * self.loop.direction > 0
+        carried = {region[v] for v in pre | set(self.loop.states) if v in region}
+        ring = {}
+        if self.options.ring_grads and self.options.scratch and not backwards and all(b.fast for b in self.body):
+            ring = {r: delay.get(r, 0) + 1 for r in (set(delay) | carried) - whole}
+        whole |= (set(delay) | carried) - set(ring)
+        return {r for r in set(region.values()) if r not in whole and r not in ring}, ring
 
     def _zeroed_every_step(self, scratch: set, region: dict, views: dict, actions: list) -> list:
         """The one-step regions to zero at every step: all but those their writers cover exactly."""

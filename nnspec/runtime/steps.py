@@ -41,6 +41,7 @@ class FastSteps:
         self.facts = ex.facts
         self._info: dict[str, StepInfo] = {}
         self._todo: dict[tuple, list[int]] = {}    # (step, needed set) -> inputs to differentiate
+        self._stacked: dict[str, tuple] = {}        # step -> (its inputs last pass, their stacked view)
 
     def info(self, step: OpStep) -> StepInfo:
         info = self._info.get(step.id)
@@ -68,7 +69,14 @@ class FastSteps:
         o = self.info(step)
         op = o.op
         if op.stacks_rows and ex.options.param_blocks:
-            out = stacked_view(xs)        # parameters stored as blocks of one array: no copy
+            # parameters stored as blocks of one array: no copy (the view kept while its inputs
+            # are the same arrays: a parameter replaced by another array makes it look again)
+            kept = self._stacked.get(step.id)
+            if kept is not None and len(kept[0]) == len(xs) and all(a is b for a, b in zip(kept[0], xs)):
+                out = kept[1]
+            else:
+                out = stacked_view(xs)
+                self._stacked[step.id] = (xs, out)
             if out is not None:
                 record(step, op, out, xs, NO_CTX, tape)
                 return False

@@ -54,6 +54,10 @@ class ExecOptions:
     # parameters stacked by concat_rows and stored as blocks of one array (Model does so): the
     # stacked value is a view of it, not a copy made at every pass
     param_blocks: bool = True
+    # a state's gradient (h, c) in a loop's backward pass: a ring of max delay + 1 steps, each step's
+    # slot filled with its gradient from after the loop as the pass reaches it, not a (T, B, ...)
+    # array plus the incoming one added in (the benchmark LSTM H512: 4.6 MB)
+    ring_grads: bool = True
     fused_loops: bool = True   # small loops: one compiled kernel per direction (runtime/fused.py, needs numba)
     # BLAS threads for a whole forward or backward pass, and while a loop runs step by step.
     # nnspec's products are small (a step: (B, H) x (H, 4H)); measured on a 2-core machine,
@@ -70,7 +74,7 @@ class ExecOptions:
         """Every step by the reference engine, no speed feature: the oracle the fast paths are tested against."""
         return cls(fast_loops=False, defer_grads=False, local_grads=False, alias_grads=False, scratch=False,
                    reuse_buffers=False, row_grads=False, prepared=False, lend_dead=False, param_blocks=False,
-                   fused_loops=False,
+                   fused_loops=False, ring_grads=False,
                    distinct_words=False)
 
 
