@@ -49,6 +49,7 @@ REGISTRY: dict[str, str | Callable[[], Implementation]] = {
     "torch": "bench.torch_impl:TorchImpl",
     "nnspec": "bench.nnspec_impl:NnspecImpl",  # skipped until that file exists
     "nnspec-nofuse": "bench.nnspec_impl:NnspecNoFuseImpl",   # every loop on the NumPy path
+    "nnspec-npsig": "bench.nnspec_impl:NnspecNumpySigmoidImpl",   # loop steps' sigmoid by NumPy
 }
 
 

@@ -76,6 +76,7 @@ class NnspecImpl:
     name = "nnspec"
     traces_memory = True  # everything is NumPy
     fused = True          # small loops as compiled kernels where numba is installed (runtime/fused.py)
+    fast_sigmoid = True   # float32 loop steps' sigmoid as a compiled kernel (runtime/fastact.py)
 
     def __init__(self, optimize: bool | None = None):
         self.optimize = optimize
@@ -85,12 +86,15 @@ class NnspecImpl:
         from nnspec.runtime import ExecOptions, Executor
 
         model, feeds, opt = build(config, dtype, self.optimize)
-        if not self.fused:
-            model.executor = Executor(model.plan, model.dtype, options=ExecOptions(fused_loops=False))
+        if not (self.fused and self.fast_sigmoid):
+            model.executor = Executor(model.plan, model.dtype,
+                                      options=ExecOptions(fused_loops=self.fused, fast_sigmoid=self.fast_sigmoid))
         rng = np.random.default_rng(0)
         fused = model.executor.fused
         if fused is not None:
             fused.after = 0    # the bench times steady steps: compile during the warm-up, not after 100 steps
+        if model.executor.fast_sigmoid_after is not None:
+            model.executor.fast_sigmoid_after = 0    # likewise the loop steps' float32 sigmoid kernel
 
         def step():
             loss, grads, _ = model.loss_and_grads(feeds, rng=rng, single_use=True)
@@ -116,3 +120,10 @@ class NnspecNoFuseImpl(NnspecImpl):
 
     name = "nnspec-nofuse"
     fused = False
+
+
+class NnspecNumpySigmoidImpl(NnspecImpl):
+    """nnspec with the loop steps' sigmoid by NumPy (``ExecOptions(fast_sigmoid=False)``): its A/B."""
+
+    name = "nnspec-npsig"
+    fast_sigmoid = False

@@ -142,7 +142,8 @@ MODULES = modules()
 RUNTIME_LAYERS = [
     ("core", ("timeaxis", "axes", "reuse", "blas", "tape", "facts", "pool", "rowgrad", "gradsum", "paramblocks")),
     ("reference", ("reference",)),
-    ("fast paths", ("steps", "loopprogram", "loops", "loopback", "prepared", "profile", "fusedcode", "fused")),
+    ("fast paths", ("steps", "loopprogram", "loops", "loopback", "prepared", "profile", "fusedcode", "fused",
+                    "kernelcache", "fastact")),
     ("executor", ("executor",)),
 ]
 

@@ -22,10 +22,11 @@ import numpy as np
 from .. import chunks
 from ..ops import REGISTRY
 from ..plan import LoopStep, Plan
-from . import fused, loopback, prepared, reference
+from . import fastact, fused, loopback, prepared, reference
 from .blas import blas_threads
 from .facts import PlanFacts
 from .gradsum import GradSum
+from .kernelcache import numba_available
 from .loopprogram import LoopProgram
 from .loops import FastLoop
 from .pool import BufferPool
@@ -50,6 +51,8 @@ class Executor:
         self.fast_steps = FastSteps(self)
         self.fast_loops: dict[int, FastLoop] = {}
         self.fused = fused.FusedLoops(self) if self.options.fused_loops else None   # small loops compiled
+        # float32 loop steps' sigmoid compiled after this many passes of each loop (fastact.py)
+        self.fast_sigmoid_after = fastact.AFTER_PASSES if self.options.fast_sigmoid and numba_available() else None
         self._pass_run: prepared.PassRun | None = None   # the prepared pass kept for the last batch geometry
         self._pass_seen: tuple | None = None    # (geometry, shapes of the steps that ran into arrays)
         self.profile: dict | None = None        # set to {} to collect seconds per step

@@ -15,12 +15,7 @@ numba is imported only when a loop is about to be fused.
 """
 from __future__ import annotations
 
-import importlib.util
-import os
-import sys
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
@@ -29,6 +24,7 @@ from ..ops.registry import NO_CTX, PartForm, unbroadcast
 from ..plan import LoopStep
 from .fusedcode import Kernels, NotFusable, body_forms, generate, work_per_example
 from .gradsum import GradSum
+from .kernelcache import kernel_cache_dir, load_module, numba_available  # noqa: F401 (kernel_cache_dir: API)
 from .loops import check_loop
 from .reference import send
 from .tape import Tape
@@ -52,50 +48,18 @@ FUSE_AFTER_PASSES = 100
 _modules: dict[str, object] = {}   # kernel source hash -> its compiled module, for this process
 
 
-def numba_available() -> bool:
-    return importlib.util.find_spec("numba") is not None
-
-
-def kernel_cache_dir() -> Path:
-    """Where compiled kernels are kept: ``$NNSPEC_CACHE_DIR/kernels``, else the user's cache
-    directory (``$XDG_CACHE_HOME/nnspec/kernels``, ``~/.cache/nnspec/kernels``)."""
-    base = os.environ.get("NNSPEC_CACHE_DIR")
-    if base:
-        return Path(base) / "kernels"
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return Path(xdg or Path.home() / ".cache") / "nnspec" / "kernels"
-
-
 def compiled(kernels: Kernels):
     """The module holding the kernels compiled: written once under the cache directory (numba
     caches its machine code beside it), imported once per process."""
     mod = _modules.get(kernels.key)
-    if mod is not None:
-        return mod
-    import numba   # only here: a spec with no fused loop never imports it
-
-    name = f"nnspec_fused_{kernels.key}"
-    text = kernels.source.replace("\ndef ", "\n@_njit\ndef ")
-    text = "from numba import njit as _njit0\n_njit = _njit0(cache=True, nogil=True, error_model='numpy')\n" + text
-    for folder in (kernel_cache_dir(), Path(tempfile.gettempdir()) / "nnspec-kernels"):
+    if mod is None:
+        text = kernels.source.replace("\ndef ", "\n@_njit\ndef ")
+        text = ("from numba import njit as _njit0\n"
+                "_njit = _njit0(cache=True, nogil=True, error_model='numpy')\n" + text)
         try:
-            folder.mkdir(parents=True, exist_ok=True)
-            path = folder / f"{name}.py"
-            if not path.exists() or path.read_text() != text:
-                tmp = folder / f".{name}.{os.getpid()}.tmp"
-                tmp.write_text(text)
-                os.replace(tmp, path)     # atomic: another process may be reading it
-            break
+            mod = _modules[kernels.key] = load_module(f"nnspec_fused_{kernels.key}", text)
         except OSError:
-            continue
-    else:
-        raise NotFusable("no writable directory for compiled kernels")
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    spec.loader.exec_module(mod)
-    del numba
-    _modules[kernels.key] = mod
+            raise NotFusable("no writable directory for compiled kernels") from None
     return mod
 
 

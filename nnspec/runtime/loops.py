@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import fastact
 from .blas import blas_threads
 from .loopprogram import LoopProgram
 from .reuse import Reuse, distinct
@@ -66,6 +67,7 @@ class FastLoop:
     def __init__(self, program: LoopProgram):
         self.program = program
         self._run: LoopRun | None = None
+        self.passes = 0
 
     def cached_run(self, key: tuple) -> LoopRun | None:
         """The last run, if it was made for this geometry and nothing else holds its arrays."""
@@ -97,10 +99,13 @@ class FastLoop:
         # values no backward step reads are kept for one step only (not while checking for NaN,
         # which looks at every step afterwards)
         scratch = frozenset() if tape.context.check_finite else prog.scratch
-        key = (T, tape.rows(axis), axis.lengths.tobytes(), scratch)
+        self.passes += 1
+        after = ex.fast_sigmoid_after
+        fast_sigmoid = after is not None and ex.dtype == np.float32 and self.passes > after
+        key = (T, tape.rows(axis), axis.lengths.tobytes(), scratch, fast_sigmoid)
         run = self.cached_run(key)
         if run is None:
-            run = build_run(ex, prog, tape, axis, scratch)
+            run = build_run(ex, prog, tape, axis, scratch, fast_sigmoid)
             if prog.reusable:
                 run.key = key
                 run.seal()
@@ -172,8 +177,10 @@ def allocate(ex, prog: LoopProgram, run: LoopRun, tape: Tape) -> None:
             run.fills.append((list(X), list(bufs[src]), src, d))
 
 
-def build_run(ex, prog: LoopProgram, tape: Tape, axis: TimeAxis, scratch) -> LoopRun:
-    """Buffers, per-step views and step kernels of one loop for this batch's geometry.
+def build_run(ex, prog: LoopProgram, tape: Tape, axis: TimeAxis, scratch,
+              fast_sigmoid: bool = False) -> LoopRun:
+    """Buffers, per-step views and step kernels of one loop for this batch's geometry (a sigmoid's
+    by ``fastact``'s compiled kernel when ``fast_sigmoid``).
 
     Inputs from outside the loop are bound afterwards (``bind_outer``), into lists the
     kernels read at every step, so a run can be used again for the next batch of the
@@ -221,7 +228,11 @@ def build_run(ex, prog: LoopProgram, tape: Tape, axis: TimeAxis, scratch) -> Loo
     for b in prog.body:
         if b.view_of is not None:
             continue
-        if b.fast:
+        kernel = fastact.sigmoid_step(run.ins[b.id][0], run.outs[b.id]) if (
+            b.fast and fast_sigmoid and b.op.name == "sigmoid") else None
+        if kernel is not None:
+            run.steps.append(kernel)
+        elif b.fast:
             run.steps.append(b.op.step_forward(run.ins[b.id], run.outs[b.id], b.step.attrs))
         else:
             ctxs = run.ctxs[b.id] = [None] * T
