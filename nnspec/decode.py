@@ -566,8 +566,8 @@ def source_tokens(model, inputs: list, text, index: int = 0, max_source: int | N
         columns = list(text)
     if len(columns) != len(inputs) or not all(isinstance(c, str) for c in columns):
         names = ", ".join(v.name for v in inputs)
-        raise SourceError(f"{len(columns)} columns, but this decoder reads {len(inputs)} sources, one per "
-                          f"tab-separated column: {names}", index)
+        raise SourceError(f"{len(columns)} column{'s' * (len(columns) != 1)}, but this decoder reads "
+                          f"{len(inputs)} sources, one per tab-separated column: {names}", index)
     out = {}
     for v, column in zip(inputs, columns):
         vocab = model.vocabs[v.name]
