@@ -544,9 +544,6 @@ def check_torch(compiled, ex: Executor, params, batch: Batch, seeds, out: Outcom
         out.skipped["torch"] = "tests/difftest/torch_oracle.py or torch is missing"
         return
     plan = ex.plan
-    if any(v.nested for v in plan.inputs):
-        out.skipped["torch"] = "nested sequences (tests/test_nested.py has a PyTorch model of its own)"
-        return
     try:
         kwargs = {}
         if plan.loss is None and "seeds" in inspect.signature(torch_run).parameters:
