@@ -388,12 +388,14 @@ def beam_search(model: Model, feeds: dict, lengths=None, *, beam: int, start: in
     0 ranks by plain log-probability, which favours short sequences).
 
     Each step extends every live hypothesis by every token and keeps the ``beam`` best (all as long,
-    so the penalty does not change which); one that writes the end symbol is finished. An example
-    stops when it has ``beam`` finished hypotheses or its best finished one scores at least what any
-    live one could still reach (a log-probability only falls as a sequence grows, and the penalty
-    divides it by at most lp(max_length)), or at ``max_length`` tokens, where its live hypotheses
-    are kept, unfinished. ``beam=1`` is greedy decoding, whatever the penalty. ``incremental``: as
-    for :func:`greedy`."""
+    so the penalty does not change which); one that writes the end symbol ranked above the last of
+    them is finished, and the ``beam`` best finished ones are kept. An example stops when its best
+    finished one scores at least what any live one could still reach (a log-probability only falls
+    as a sequence grows, and the penalty divides it by at most lp(max_length)), or when ``beam`` have
+    finished and every live one, as it stands, ranks below all of them (so that unlikely sequences
+    ending early never stop the search while a better one is still being written), or at
+    ``max_length`` tokens, where its live hypotheses are kept, unfinished. ``beam=1`` is greedy
+    decoding, whatever the penalty. ``incremental``: as for :func:`greedy`."""
     if isinstance(beam, bool) or int(beam) != beam or beam < 1:
         raise FeedError(f"beam: a whole number of at least 1, got {beam!r}")
     k = int(beam)
@@ -429,14 +431,17 @@ def beam_search(model: Model, feeds: dict, lengths=None, *, beam: int, start: in
                 if token == end:
                     grown.tokens.pop()
                     grown.ended = True
-                    if len(finished[b]) < k:
-                        finished[b].append(grown)
+                    finished[b].append(grown)
                 else:
                     survivors.append(grown)
                     origins.append((first[b] + int(j), int(token)))
-            best_done = max((h.normalized(alpha) for h in finished[b]), default=-np.inf)
+            finished[b] = sorted(finished[b], key=lambda h: -h.normalized(alpha))[:k]   # the k best kept
+            done = [h.normalized(alpha) for h in finished[b]]
             best_reach = max((h.score / longest for h in survivors), default=-np.inf)
-            stop = len(finished[b]) >= k or best_done >= best_reach
+            best_now = max((h.normalized(alpha) for h in survivors), default=-np.inf)
+            # no live one can overtake the best finished one; or k have finished and every live one
+            # ranks below them all as it stands (a finished one worse than a live one never stops it)
+            stop = max(done, default=-np.inf) >= best_reach or (len(done) >= k and min(done) >= best_now)
             live[b] = [] if stop else survivors
             if not stop:
                 grown_from.extend(origins)

@@ -312,6 +312,30 @@ def test_the_length_penalty_lets_beam_search_prefer_a_longer_output():
     assert best.normalized(1.0) > g.normalized(1.0)
 
 
+# A sure output, "a b c" (0.96 * 0.97^3 = 0.876), beside unlikely ones that end at once (x, y: 0.018 each):
+# by the second step three sequences have finished, none of them likely, while "a b" is still being written.
+SURE_BESIDE_SHORT_ONES = {2: {4: 0.96, 7: 0.02, 8: 0.02},
+                          4: {5: 0.97, 3: 0.01, 7: 0.01, 8: 0.01},
+                          5: {6: 0.97, 3: 0.01, 7: 0.01, 8: 0.01},
+                          6: {3: 0.97, 7: 0.01, 8: 0.02},
+                          7: {3: 0.9, 7: 0.05, 8: 0.05},
+                          8: {3: 0.9, 7: 0.05, 8: 0.05}}
+
+
+@pytest.mark.parametrize("alpha", [0.0, 1.0])
+def test_unlikely_sequences_that_end_early_do_not_stop_the_search(alpha):
+    """Beam 3 has three finished sequences after two steps (x, y and a), all far less likely than the
+    live "a b": it goes on to "a b c", as greedy does, instead of returning the best of those three."""
+    from nnspec.decode import beam_search, greedy
+    m = bigram_model(SURE_BESIDE_SHORT_ONES, vocab=9, limit=6)
+    src = {"src": [np.array([1, 2])]}
+    (g,) = greedy(m, src, start=START, end=END)
+    (b,) = beam_search(m, src, beam=3, start=START, end=END, length_penalty=alpha)
+    assert g.tokens == b[0].tokens == [4, 5, 6] and b[0].ended
+    assert b[0].score == pytest.approx(np.log(0.96 * 0.97 ** 3), abs=1e-9)
+    assert len(b) == 3 and all(h.normalized(alpha) < b[0].normalized(alpha) for h in b[1:])
+
+
 def test_a_bad_length_penalty_is_a_feed_error():
     from nnspec.decode import beam_search
     m = decoder_model()
