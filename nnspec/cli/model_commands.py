@@ -39,7 +39,7 @@ def add_predict(sub) -> None:
                                "lists all K with their scores (log-probabilities)")
     decoding.add_argument("--length-penalty", type=non_negative, default=None, metavar="ALPHA",
                           help="a beam ranks sequences by log-probability / ((5 + length) / 6) ** ALPHA, GNMT's "
-                               "length penalty (default 1.0; 0: by plain log-probability, which favours short "
+                               "length penalty (default 0.6; 0: by plain log-probability, which favours short "
                                "outputs)")
     decoding.add_argument("--max-length", type=count(1, MAX_OUTPUT), metavar="N",
                           help="write at most N tokens (default: the decode declaration's max)")
