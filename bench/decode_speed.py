@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from nnspec.decode import decode_texts        # noqa: E402
+from nnspec.decode import DEFAULT_LENGTH_PENALTY, decode_texts     # noqa: E402
 from nnspec.trained import load               # noqa: E402
 
 SPEC = ROOT / "specs" / "reverse_copy.nn"
@@ -42,6 +42,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", help="a run directory of specs/reverse_copy.nn (default: train one)")
     ap.add_argument("--beams", default="1,5")
+    ap.add_argument("--length-penalty", type=float, default=DEFAULT_LENGTH_PENALTY, metavar="ALPHA",
+                    help="GNMT's alpha a beam ranks by (0: plain log-probability)")
     ap.add_argument("--json", metavar="FILE")
     ap.add_argument("--full", action="store_true", help="recompute the whole network at every output step")
     args = ap.parse_args()
@@ -51,10 +53,11 @@ def main() -> None:
     results = []
     for beam in (int(b) for b in args.beams.split(",")):
         clock = time.perf_counter()
-        decoded = decode_texts(model, sources, beam=beam, incremental=not args.full)
+        decoded = decode_texts(model, sources, beam=beam, incremental=not args.full,
+                               length_penalty=args.length_penalty)
         seconds = time.perf_counter() - clock
         exact = sum(d.outputs[0][0] == t for d, t in zip(decoded, targets))
-        results.append({"beam": beam, "incremental": not args.full, "sentences": len(sources), "seconds": round(seconds, 3),
+        results.append({"beam": beam, "length_penalty": args.length_penalty, "incremental": not args.full, "sentences": len(sources), "seconds": round(seconds, 3),
                         "sentences_per_second": round(len(sources) / seconds, 1), "exact": exact})
         print(f"beam {beam}: {len(sources) / seconds:7.1f} sentences/s ({seconds:.2f} s for {len(sources)}), "
               f"{exact}/{len(sources)} exactly reversed")

@@ -14,13 +14,17 @@ pass runs the decoder over two steps only, from the states its loops had (:class
 A network whose decoder that cannot split so (:func:`stepwise`) is rerun whole over the tokens so
 far at each step (:class:`_Steps`, also the oracle the incremental decoding is tested against).
 
-Scores are plain log-probabilities: the sum over the written tokens (the end symbol included) of
-log p(token | source, the tokens before). Never written: ``<pad>``, ``<unk>`` and the start symbol.
+A sequence's score is its log-probability: the sum over the written tokens (the end symbol
+included) of log p(token | source, the tokens before). Beam search ranks sequences of different
+lengths by that score divided by GNMT's length penalty (Wu et al. 2016), lp(n) = ((5 + n) / 6) ** alpha
+for n scored tokens: a log-probability only falls as a sequence grows, so undivided (alpha 0) it
+favours short outputs. Never written: ``<pad>``, ``<unk>`` and the start symbol.
 Functions here work on token ids; :func:`symbol_ids` gives the ids of the declared symbols in a
 vocabulary.
 """
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -33,7 +37,24 @@ from .ops import REGISTRY
 from .plan import LoopStep
 
 __all__ = ["Hypothesis", "greedy", "greedy_steps", "sample", "beam_search", "symbol_ids", "autoregressive",
-           "sequence_score", "Decoded", "decode_texts", "attention_weights", "stepwise"]
+           "gnmt_penalty", "DEFAULT_LENGTH_PENALTY", "sequence_score", "Decoded", "decode_texts", "source_inputs",
+           "attention_weights", "attention_maps", "stepwise"]
+
+
+DEFAULT_LENGTH_PENALTY = 0.6     # alpha: GNMT's usual value, and the best of 0, 0.6, 1 and 2 on lemmatizer dev words
+
+
+def gnmt_penalty(n: int, alpha: float) -> float:
+    """GNMT's length penalty lp(n) = ((5 + n) / 6) ** alpha of a sequence of n scored tokens; beam
+    search ranks by log p / lp. 1 at n = 1; alpha 0: no normalisation; alpha 1: close to the mean
+    log-probability per token for long sequences."""
+    return ((5.0 + n) / 6.0) ** alpha
+
+
+def checked_length_penalty(alpha) -> float:
+    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not (np.isfinite(alpha) and alpha >= 0):
+        raise FeedError(f"length_penalty: a number of at least 0 (0: rank by plain log-probability), got {alpha!r}")
+    return float(alpha)
 
 
 @dataclass
@@ -49,6 +70,11 @@ class Hypothesis:
     @property
     def length(self) -> int:
         return len(self.tokens)
+
+    def normalized(self, alpha: float) -> float:
+        """The score beam search ranks by: ``score`` over :func:`gnmt_penalty` of the tokens it
+        scores (the written ones and the end symbol if written)."""
+        return self.score / gnmt_penalty(len(self.steps), alpha)
 
 
 def symbol_ids(decoder: Decoder, vocab) -> tuple[int | None, int]:
@@ -355,20 +381,28 @@ def _one_at_a_time(model, feeds, lengths, start, end, max_length, choose, increm
 
 
 def beam_search(model: Model, feeds: dict, lengths=None, *, beam: int, start: int | None, end: int,
-                max_length: int | None = None, incremental: bool = True) -> list[list[Hypothesis]]:
-    """The ``beam`` best-scoring sequences of each example found by beam search, best first.
+                max_length: int | None = None, incremental: bool = True,
+                length_penalty: float = DEFAULT_LENGTH_PENALTY) -> list[list[Hypothesis]]:
+    """The ``beam`` best sequences of each example found by beam search, best first by their score
+    divided by the length penalty (:meth:`Hypothesis.normalized`; ``length_penalty``, GNMT's alpha:
+    0 ranks by plain log-probability, which favours short sequences).
 
-    Each step extends every live hypothesis by every token and keeps the ``beam`` best; one that
-    writes the end symbol is finished. An example stops when it has ``beam`` finished hypotheses or
-    its best finished one scores at least its best live one (a log-probability only falls as a
-    sequence grows, so no live one can overtake it), or at ``max_length`` tokens, where its live
-    hypotheses are kept, unfinished. ``beam=1`` is greedy decoding. ``incremental``: as for
-    :func:`greedy`."""
+    Each step extends every live hypothesis by every token and keeps the ``beam`` best (all as long,
+    so the penalty does not change which); one that writes the end symbol ranked above the last of
+    them is finished, and the ``beam`` best finished ones are kept. An example stops when its best
+    finished one scores at least what any live one could still reach (a log-probability only falls
+    as a sequence grows, and the penalty divides it by at most lp(max_length)), or when ``beam`` have
+    finished and every live one, as it stands, ranks below all of them (so that unlikely sequences
+    ending early never stop the search while a better one is still being written), or at
+    ``max_length`` tokens, where its live hypotheses are kept, unfinished. ``beam=1`` is greedy
+    decoding, whatever the penalty. ``incremental``: as for :func:`greedy`."""
     if isinstance(beam, bool) or int(beam) != beam or beam < 1:
         raise FeedError(f"beam: a whole number of at least 1, got {beam!r}")
     k = int(beam)
+    alpha = checked_length_penalty(length_penalty)
     steps = _stepper(model, feeds, lengths, incremental)
     limit = _limit(steps.decoder, max_length)
+    longest = gnmt_penalty(limit, alpha)   # the penalty of the longest sequence there can be
     batch = steps.batch
     live: list[list[Hypothesis]] = [[Hypothesis([], 0.0, False)] for _ in range(batch)]
     finished: list[list[Hypothesis]] = [[] for _ in range(batch)]
@@ -397,14 +431,17 @@ def beam_search(model: Model, feeds: dict, lengths=None, *, beam: int, start: in
                 if token == end:
                     grown.tokens.pop()
                     grown.ended = True
-                    if len(finished[b]) < k:
-                        finished[b].append(grown)
+                    finished[b].append(grown)
                 else:
                     survivors.append(grown)
                     origins.append((first[b] + int(j), int(token)))
-            best_done = max((h.score for h in finished[b]), default=-np.inf)
-            best_live = max((h.score for h in survivors), default=-np.inf)
-            stop = len(finished[b]) >= k or best_done >= best_live
+            finished[b] = sorted(finished[b], key=lambda h: -h.normalized(alpha))[:k]   # the k best kept
+            done = [h.normalized(alpha) for h in finished[b]]
+            best_reach = max((h.score / longest for h in survivors), default=-np.inf)
+            best_now = max((h.normalized(alpha) for h in survivors), default=-np.inf)
+            # no live one can overtake the best finished one; or k have finished and every live one
+            # ranks below them all as it stands (a finished one worse than a live one never stops it)
+            stop = max(done, default=-np.inf) >= best_reach or (len(done) >= k and min(done) >= best_now)
             live[b] = [] if stop else survivors
             if not stop:
                 grown_from.extend(origins)
@@ -415,7 +452,7 @@ def beam_search(model: Model, feeds: dict, lengths=None, *, beam: int, start: in
         flat_log_p, state = steps.extend(state, parents, tokens)
     results = []
     for b in range(batch):
-        hyps = sorted(finished[b] + live[b], key=lambda h: -h.score)   # live: stopped by the length limit
+        hyps = sorted(finished[b] + live[b], key=lambda h: -h.normalized(alpha))   # live: stopped by the length limit
         results.append(hyps[:k])
     return results
 
@@ -488,46 +525,104 @@ def _batch_size(plan, feeds: dict) -> int:
 # ---- text in, text out: what nnspec predict and nnspec sample use ------------------------------
 @dataclass
 class Decoded:
-    """One source, as tokens, and what decoding wrote for it: ``outputs`` best first, each
-    (tokens, score, ended)."""
-    source: list[str]
+    """One example's sources, as tokens (by input, in the spec's order), and what decoding wrote for
+    it: ``outputs`` best first, each (tokens, score, ended), and the score each was ranked by
+    (``normalized``: the score over the length penalty)."""
+    sources: dict[str, list[str]]
     outputs: list[tuple[list[str], float, bool]]
+    normalized: list[float] = field(default_factory=list)
+
+    @property
+    def source(self) -> list[str]:
+        """The tokens of the first source."""
+        return next(iter(self.sources.values()))
 
 
-def source_input(model: Model):
-    """The one token input a decoder's source is read into (the inputs other than the decoded one)."""
+SOURCE_ELEMS = ("token", "char")      # a sequence of these, one input a column
+BAG_ELEMS = ("bag", "char_bag")       # or a bag of them (a tag: a one-hot vector)
+
+
+def source_inputs(model: Model) -> list:
+    """The inputs a decoder's sources are read into, in the spec's order: every input but the decoded
+    one, each a sequence of tokens or characters or a bag of them (one text column each)."""
     decoder = _decoder(model)
     others = [v for v in model.plan.inputs if v.name != decoder.input]
-    if len(others) != 1 or not (others[0].seq and others[0].elem in ("token", "char")) or others[0].view:
-        names = ", ".join(v.name for v in model.plan.inputs)
-        raise FeedError(f"decoding text needs one source input of tokens besides '{decoder.input}'; this network's "
-                        f"inputs are {names} (decode from Python with feeds of arrays)")
-    return others[0]
+    readable = [v for v in others if v.view is None and not v.nested
+                and ((v.seq and v.elem in SOURCE_ELEMS) or (not v.seq and v.elem in BAG_ELEMS))]
+    if not others or len(readable) != len(others):
+        names = ", ".join(f"{v.name} ({'derived' if v.view else 'nested' if v.nested else v.elem})"
+                          for v in others if v not in readable)
+        raise FeedError(f"decoding text reads each source input of '{decoder.input}' from a column of tokens: a "
+                        f"sequence of tokens or characters, or a bag of tokens; this network's "
+                        f"{names or 'decoder has no source input'} cannot be read so (decode from Python "
+                        f"with feeds of arrays)")
+    return readable
 
 
-def decode_texts(model, texts: list[str], *, beam: int = 1, max_length: int | None = None,
-                 max_source: int | None = None, batch: int = 64, temperature: float | None = None,
-                 rng=None, incremental: bool = True) -> list[Decoded]:
-    """Decode each text with a trained model (its ``vocabs``: nnspec.trained.TrainedModel), split as
-    its source vocabulary was built. ``beam`` 1 is greedy decoding; ``temperature`` samples instead.
-    An empty source, or one of more than ``max_source`` tokens, is a ValueError naming it
-    (``index``: its position, for the caller to name the line)."""
+def source_tokens(model, inputs: list, text, index: int = 0, max_source: int | None = None) -> dict[str, list[str]]:
+    """One example's sources as tokens, by input: ``text`` a string (with several sources, its
+    tab-separated columns, in the order of ``inputs``) or one string per source. Split as each
+    input's vocabulary was built. A wrong number of columns, an empty source, or a sequence of more
+    than ``max_source`` tokens is a :class:`SourceError` (``index``: which example)."""
     from .data.vocab import tokenize
-    field_ = source_input(model)
+    if isinstance(text, str):
+        columns = [text] if len(inputs) == 1 else text.split("\t")
+    else:
+        columns = list(text)
+    if len(columns) != len(inputs) or not all(isinstance(c, str) for c in columns):
+        names = ", ".join(v.name for v in inputs)
+        raise SourceError(f"{len(columns)} column{'s' * (len(columns) != 1)}, but this decoder reads "
+                          f"{len(inputs)} sources, one per tab-separated column: {names}", index)
+    out = {}
+    for v, column in zip(inputs, columns):
+        vocab = model.vocabs[v.name]
+        tokens = tokenize(column, level=vocab.level, lowercase=vocab.lowercase)
+        if not tokens:
+            raise SourceError(f"an empty source: decoding needs at least one token ('{v.name}')", index)
+        if v.seq and max_source is not None and len(tokens) > max_source:
+            raise SourceError(f"a source of {len(tokens)} tokens, longer than max_length {max_source} (the longest "
+                              f"the model was trained to read) ('{v.name}')", index)
+        out[v.name] = tokens
+    return out
+
+
+def source_feeds(model, inputs: list, examples: list[dict[str, list[str]]]) -> dict:
+    """The feeds of a batch of examples' source tokens: a list of id sequences for a sequence input,
+    token counts (B, V) for a bag (weighted as in training when the model says so)."""
+    feeds = {}
+    for v in inputs:
+        vocab = model.vocabs[v.name]
+        ids = [vocab.encode(e[v.name]) for e in examples]
+        if v.seq:
+            feeds[v.name] = ids
+        else:
+            counts = np.zeros((len(examples), len(vocab)), dtype=model.dtype)
+            for row, i in enumerate(ids):
+                np.add.at(counts[row], i, 1.0)
+            feeds[v.name] = counts
+    standardize = getattr(model, "standardize", None)     # a TrainedModel's input weighting
+    return standardize(feeds) if standardize is not None else feeds
+
+
+def decode_texts(model, texts: list, *, beam: int = 1, max_length: int | None = None,
+                 max_source: int | None = None, batch: int = 64, temperature: float | None = None,
+                 rng=None, incremental: bool = True,
+                 length_penalty: float = DEFAULT_LENGTH_PENALTY) -> list[Decoded]:
+    """Decode each text with a trained model (its ``vocabs``: nnspec.trained.TrainedModel): a string,
+    or with several source inputs its tab-separated columns or a list of one string each
+    (:func:`source_tokens`). ``beam`` 1 is greedy decoding; ``temperature`` samples instead;
+    ``length_penalty``: GNMT's alpha a beam ranks by. A source decoding refuses is a
+    :class:`SourceError` naming it (``index``: its position, for the caller to name the line)."""
+    inputs = source_inputs(model)
     decoder = _decoder(model)
-    src_vocab, out_vocab = model.vocabs[field_.name], model.vocabs[decoder.input]
+    alpha = checked_length_penalty(length_penalty)
+    out_vocab = model.vocabs[decoder.input]
     start, end = symbol_ids(decoder, out_vocab)
-    tokens = [tokenize(t, level=src_vocab.level, lowercase=src_vocab.lowercase) for t in texts]
-    for i, ts in enumerate(tokens):
-        if not ts:
-            raise SourceError("an empty source: decoding needs at least one token", i)
-        if max_source is not None and len(ts) > max_source:
-            raise SourceError(f"a source of {len(ts)} tokens, longer than max_length {max_source} (the longest "
-                              f"the model was trained to read)", i)
+    examples = [source_tokens(model, inputs, t, i, max_source) for i, t in enumerate(texts)]
     out = []
-    for a in range(0, len(tokens), batch):
-        part = tokens[a:a + batch]
-        feeds = {field_.name: [src_vocab.encode(ts) for ts in part]}
+    for a in range(0, len(examples), batch):
+        part = examples[a:a + batch]
+        feeds = source_feeds(model, inputs, part)
         if temperature is not None:
             found = [[h] for h in sample(model, feeds, start=start, end=end, max_length=max_length,
                                          temperature=temperature, rng=rng, incremental=incremental)]
@@ -536,9 +631,10 @@ def decode_texts(model, texts: list[str], *, beam: int = 1, max_length: int | No
                                          incremental=incremental)]
         else:
             found = beam_search(model, feeds, beam=beam, start=start, end=end, max_length=max_length,
-                                incremental=incremental)
-        for ts, hyps in zip(part, found):
-            out.append(Decoded(ts, [(out_vocab.decode(h.tokens), h.score, h.ended) for h in hyps]))
+                                incremental=incremental, length_penalty=alpha)
+        for sources, hyps in zip(part, found):
+            out.append(Decoded(sources, [(out_vocab.decode(h.tokens), h.score, h.ended) for h in hyps],
+                               [h.normalized(alpha) for h in hyps]))
     return out
 
 
@@ -551,24 +647,29 @@ class SourceError(ValueError):
 
 
 def attention_weights(model, decoded: Decoded) -> dict[str, np.ndarray]:
-    """The attention weights behind decoding's best output for one source: for each softmax over
-    the source's axis computed on the decoder's axis (an ``attention`` cell's ``a``), an array
-    (output tokens with </s> if written, source tokens). Read from a forward pass fed the output."""
-    field_ = source_input(model)
+    """The attention weights behind decoding's best output for one example: for each softmax over a
+    source's axis computed on the decoder's axis (an ``attention`` cell's ``a``), an array (output
+    tokens with </s> if written, that source's tokens). Read from a forward pass fed the output."""
+    return {name: w for name, (w, _) in attention_maps(model, decoded).items()}
+
+
+def attention_maps(model, decoded: Decoded) -> dict[str, tuple[np.ndarray, str]]:
+    """:func:`attention_weights`, each with the source input it attends over."""
+    inputs = source_inputs(model)
     decoder = _decoder(model)
     tokens, _, ended = decoded.outputs[0]
     start, end = symbol_ids(decoder, model.vocabs[decoder.input])
     written = model.vocabs[decoder.input].encode(list(tokens)).tolist() + ([end] if ended else [])
-    fed = np.array(([start] if start is not None else []) + written, dtype=np.int64).reshape(-1, 1)
-    src = model.vocabs[field_.name].encode(decoded.source).reshape(-1, 1)
-    values = model.values({field_.name: src, decoder.input: fed},
-                          lengths={(field_.axes or ["time"])[-1]: [src.shape[0]], decoder.axis: [fed.shape[0]]})
-    graph = model.compiled.graph
-    source_axis = (field_.axes or ["time"])[-1]
+    fed = np.array(([start] if start is not None else []) + written, dtype=np.int64)
+    feeds = source_feeds(model, inputs, [decoded.sources])
+    values = model.values({**feeds, decoder.input: [fed]})
+    axis_of = {(v.axes or ["time"])[-1]: v.name for v in inputs if v.seq}
+    first = 1 if start is not None else 0          # the step that predicts <s> writes nothing
     out = {}
-    for info in graph.nodes():
-        if info.op == "softmax_steps" and tuple(info.axes[-2:]) == (decoder.axis, source_axis) and info.id in values:
-            w = np.asarray(values[info.id], dtype=np.float64).reshape(fed.shape[0], src.shape[0], -1)[..., 0]
-            first = 1 if start is not None else 0          # the step that predicts <s> writes nothing
-            out[info.id] = w[first:first + len(written)]
+    for info in model.compiled.graph.nodes():
+        attends = tuple(info.axes[-2:]) if info.op == "softmax_steps" else ()
+        if attends[:1] == (decoder.axis,) and attends[1:] and attends[1] in axis_of and info.id in values:
+            source = axis_of[attends[1]]
+            w = np.asarray(values[info.id], dtype=np.float64).reshape(len(fed), len(decoded.sources[source]), -1)
+            out[info.id] = (w[first:first + len(written), :, 0], source)
     return out

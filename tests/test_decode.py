@@ -193,20 +193,46 @@ def test_beam_one_is_greedy(kind):
     assert [h[0].ended for h in b] == [h.ended for h in g]
 
 
-def test_a_wider_beam_never_scores_below_greedy_and_here_beats_it():
+@pytest.mark.parametrize("alpha", [0.0, 0.6, 1.0])
+@pytest.mark.parametrize("kind", ["dot", "in_loop"])
+def test_beam_one_is_greedy_whatever_the_length_penalty(kind, alpha):
+    from nnspec.decode import beam_search, greedy
+    lengths = set()
+    for seed in range(4):
+        m = decoder_model(kind, seed=seed)
+        g = greedy(m, {"src": sources(seed)}, start=START, end=END)
+        b = beam_search(m, {"src": sources(seed)}, beam=1, start=START, end=END, length_penalty=alpha)
+        assert [(h[0].tokens, h[0].ended) for h in b] == [(h.tokens, h.ended) for h in g]
+        assert [h[0].score for h in b] == pytest.approx([h.score for h in g], abs=1e-12)
+        lengths |= {(len(h.tokens), h.ended) for h in g}
+    assert len(lengths) > 2, "outputs of different lengths, ended and not"
+
+
+@pytest.mark.parametrize("alpha", [0.0, 1.0])
+def test_a_wider_beam_never_scores_below_greedy_and_here_beats_it(alpha):
+    """By the score beam search ranks by: log p over the length penalty (alpha 0: log p itself)."""
     from nnspec.decode import beam_search, greedy
     better = 0
     for seed in range(4):
         m = decoder_model("in_loop", seed=seed)
         g = greedy(m, {"src": sources(seed)}, start=START, end=END)
         for k in (2, 3):
-            b = beam_search(m, {"src": sources(seed)}, beam=k, start=START, end=END)
+            b = beam_search(m, {"src": sources(seed)}, beam=k, start=START, end=END, length_penalty=alpha)
             for gh, bh in zip(g, b):
                 assert len(bh) <= k
-                assert [h.score for h in bh] == sorted((h.score for h in bh), reverse=True)
-                assert bh[0].score >= gh.score - 1e-12
-                better += bh[0].score > gh.score + 1e-9
+                ranked = [h.normalized(alpha) for h in bh]
+                assert ranked == sorted(ranked, reverse=True)
+                assert bh[0].normalized(alpha) >= gh.normalized(alpha) - 1e-12
+                better += bh[0].normalized(alpha) > gh.normalized(alpha) + 1e-9
     assert better > 0, "greedy was optimal everywhere: the test shows nothing"
+
+
+def test_the_length_penalty_is_gnmts():
+    from nnspec.decode import Hypothesis, gnmt_penalty
+    assert gnmt_penalty(1, 0.6) == 1.0 and gnmt_penalty(7, 0.0) == 1.0
+    assert gnmt_penalty(7, 1.0) == pytest.approx(2.0) and gnmt_penalty(7, 0.5) == pytest.approx(2 ** 0.5)
+    h = Hypothesis([4, 5], -3.0, True, [-1.0, -1.5, -0.5])      # two tokens and </s>: three scored
+    assert h.normalized(0.0) == -3.0 and h.normalized(1.0) == pytest.approx(-3.0 / (8 / 6))
 
 
 # A decoder whose next token depends on the previous one only, with probabilities set by hand
@@ -227,18 +253,25 @@ NEXT = {2: {4: 0.6, 5: 0.4},               # after <s>: a 0.6, b 0.4
         5: {3: 0.9, 4: 0.05, 5: 0.05}}     # after b: </s> 0.9
 
 
+def bigram_model(following: dict, vocab: int, limit: int) -> Model:
+    """TRAP's decoder with p(next | previous token) set by hand (1e-12 elsewhere)."""
+    text = TRAP.replace("max 3", f"max {limit}").replace("embed(tgt, 6)", f"embed(tgt, {vocab})")
+    m = Model.from_text(text, bindings={"vocab(src)": 3, "vocab(tgt)": vocab}, dtype=np.float64)
+    m.params["ye.table"] = np.eye(vocab)
+    m.params["Z"] = np.zeros((vocab, 6))
+    table = np.full((vocab, vocab), 1e-12)
+    for prev, nxt in following.items():
+        for token, prob in nxt.items():
+            table[token, prev] = prob
+    m.params["L"] = np.log(table)
+    return m
+
+
 def test_beam_search_escapes_the_trap_greedy_falls_into():
     """By hand: greedy writes a (0.6), then a (0.4), a (0.4) and meets the limit, log(0.096) and not
     ended; beam 2 keeps b (0.4), whose </s> (0.9) scores log(0.36), the best sequence there is."""
     from nnspec.decode import beam_search, greedy, sequence_score
-    m = Model.from_text(TRAP, bindings={"vocab(src)": 3, "vocab(tgt)": 6}, dtype=np.float64)
-    m.params["ye.table"] = np.eye(6)
-    m.params["Z"] = np.zeros((6, 6))
-    table = np.full((6, 6), 1e-12)
-    for prev, nxt in NEXT.items():
-        for token, prob in nxt.items():
-            table[token, prev] = prob
-    m.params["L"] = np.log(table)
+    m = bigram_model(NEXT, vocab=6, limit=3)
     src = {"src": [np.array([1, 2])]}
     (g,) = greedy(m, src, start=START, end=END)
     assert (g.tokens, g.ended) == ([4, 4, 4], False)
@@ -252,6 +285,65 @@ def test_beam_search_escapes_the_trap_greedy_falls_into():
     assert sequence_score(m, src, [4], start=START, end=END) == pytest.approx(np.log(0.6 * 0.3), abs=1e-9)
 
 
+# Plain log-probability against the length penalty, by hand (ids 4 a, 5 b, 6 c, 7 d): "a" is the
+# most probable output (0.6 * 0.6 = 0.36), but "b c d" (0.38 * 0.95^3 = 0.326) has the better score
+# per token, and GNMT's penalty with alpha 1 ranks it first: log(0.326) / (9/6) > log(0.36) / (7/6).
+SHORT_OR_LONG = {2: {4: 0.6, 5: 0.38, 6: 0.02},
+                 4: {3: 0.6, 4: 0.2, 5: 0.2},
+                 5: {6: 0.95, 3: 0.05},
+                 6: {7: 0.95, 3: 0.05},
+                 7: {3: 0.95, 4: 0.05}}
+
+
+def test_the_length_penalty_lets_beam_search_prefer_a_longer_output():
+    from nnspec.decode import beam_search, greedy
+    m = bigram_model(SHORT_OR_LONG, vocab=8, limit=5)
+    src = {"src": [np.array([1, 2])]}
+    (g,) = greedy(m, src, start=START, end=END)
+    assert g.tokens == [4] and g.score == pytest.approx(np.log(0.36), abs=1e-9)
+    (plain,) = beam_search(m, src, beam=3, start=START, end=END, length_penalty=0.0)
+    assert plain[0].tokens == [4] and plain[0].score == pytest.approx(np.log(0.36), abs=1e-9)
+    (normalized,) = beam_search(m, src, beam=3, start=START, end=END, length_penalty=1.0)
+    best = normalized[0]
+    assert (best.tokens, best.ended) == ([5, 6, 7], True)
+    assert best.score == pytest.approx(np.log(0.38 * 0.95 ** 3), abs=1e-9)
+    assert best.normalized(1.0) == pytest.approx(np.log(0.38 * 0.95 ** 3) / (9 / 6), abs=1e-9)
+    assert [4] in [h.tokens for h in normalized]           # found, and ranked below
+    assert best.normalized(1.0) > g.normalized(1.0)
+
+
+# A sure output, "a b c" (0.96 * 0.97^3 = 0.876), beside unlikely ones that end at once (x, y: 0.018 each):
+# by the second step three sequences have finished, none of them likely, while "a b" is still being written.
+SURE_BESIDE_SHORT_ONES = {2: {4: 0.96, 7: 0.02, 8: 0.02},
+                          4: {5: 0.97, 3: 0.01, 7: 0.01, 8: 0.01},
+                          5: {6: 0.97, 3: 0.01, 7: 0.01, 8: 0.01},
+                          6: {3: 0.97, 7: 0.01, 8: 0.02},
+                          7: {3: 0.9, 7: 0.05, 8: 0.05},
+                          8: {3: 0.9, 7: 0.05, 8: 0.05}}
+
+
+@pytest.mark.parametrize("alpha", [0.0, 1.0])
+def test_unlikely_sequences_that_end_early_do_not_stop_the_search(alpha):
+    """Beam 3 has three finished sequences after two steps (x, y and a), all far less likely than the
+    live "a b": it goes on to "a b c", as greedy does, instead of returning the best of those three."""
+    from nnspec.decode import beam_search, greedy
+    m = bigram_model(SURE_BESIDE_SHORT_ONES, vocab=9, limit=6)
+    src = {"src": [np.array([1, 2])]}
+    (g,) = greedy(m, src, start=START, end=END)
+    (b,) = beam_search(m, src, beam=3, start=START, end=END, length_penalty=alpha)
+    assert g.tokens == b[0].tokens == [4, 5, 6] and b[0].ended
+    assert b[0].score == pytest.approx(np.log(0.96 * 0.97 ** 3), abs=1e-9)
+    assert len(b) == 3 and all(h.normalized(alpha) < b[0].normalized(alpha) for h in b[1:])
+
+
+def test_a_bad_length_penalty_is_a_feed_error():
+    from nnspec.decode import beam_search
+    m = decoder_model()
+    for alpha in (-0.5, float("nan"), "1", True):
+        with pytest.raises(FeedError, match="length_penalty"):
+            beam_search(m, {"src": sources()}, beam=2, start=START, end=END, length_penalty=alpha)
+
+
 def _teacher_forced_score(m: Model, src, tokens: list[int], ended: bool) -> float:
     """log p of the tokens (and </s>) by one forward pass fed the whole sequence: the oracle."""
     written = tokens + ([END] if ended else [])
@@ -259,24 +351,27 @@ def _teacher_forced_score(m: Model, src, tokens: list[int], ended: bool) -> floa
     return float(sum(np.log(p[i + 1, w]) for i, w in enumerate(written)))
 
 
-def test_a_wide_beam_finds_the_best_sequence_of_exhaustive_search():
+@pytest.mark.parametrize("alpha", [0.0, 0.6, 2.0])
+def test_a_wide_beam_finds_the_best_sequence_of_exhaustive_search(alpha):
     """Every sequence over the two tokens of a tiny vocabulary: ended ones shorter than max, and the
-    unended ones of max tokens; a beam as wide as their number finds the most probable one."""
-    from nnspec.decode import beam_search
+    unended ones of max tokens; a beam as wide as their number finds the best one, by log p over
+    the length penalty of its scored tokens (alpha 0: the most probable one)."""
+    from nnspec.decode import beam_search, gnmt_penalty
     limit = 3
     declaration = DECLARED.replace("max 5", f"max {limit}")
     for seed in range(3):
         m = decoder_model("dot", seed=seed, declaration=declaration)
         src = sources(seed)[:3]
-        beams = beam_search(m, {"src": src}, beam=2 ** limit, start=START, end=END)
+        beams = beam_search(m, {"src": src}, beam=2 ** limit, start=START, end=END, length_penalty=alpha)
         for s, found in zip(src, beams):
             words = [4, 5]         # the vocabulary less <pad>, <unk>, <s> and </s>
             every = [(list(w), True) for n in range(limit) for w in itertools.product(words, repeat=n)]
             every += [(list(w), False) for w in itertools.product(words, repeat=limit)]
-            scored = sorted(((_teacher_forced_score(m, s, w, e), w, e) for w, e in every), key=lambda x: -x[0])
+            scored = sorted(((_teacher_forced_score(m, s, w, e) / gnmt_penalty(len(w) + e, alpha), w, e)
+                             for w, e in every), key=lambda x: -x[0])
             best_score, best, ended = scored[0]
             assert (found[0].tokens, found[0].ended) == (best, ended)
-            assert found[0].score == pytest.approx(best_score, abs=1e-9)
+            assert found[0].normalized(alpha) == pytest.approx(best_score, abs=1e-9)
             # the others it returns (it stops once no live one can beat the best) are scored right too
             for h in found:
                 assert h.score == pytest.approx(_teacher_forced_score(m, s, h.tokens, h.ended), abs=1e-9)

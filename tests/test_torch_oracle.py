@@ -35,25 +35,39 @@ def bindings_for(text: str) -> dict[str, int]:
 def random_case(compiled, T=5, B=3, lengths=(5, 3, 2), seed=0):
     """Parameters, feeds (time-major sequences) and lengths, as tests/conftest.py makes them. A spec
     on several axes gets lengths per axis: the first axis ``T`` steps and ``lengths``, every other
-    one step fewer and the lengths in another order (so that no two axes pad alike)."""
+    one step fewer and the lengths in another order (so that no two axes pad alike). A nested input
+    (each word's characters) gets words of 1 to 4 characters, ``(T_char, T * B)`` with word t of
+    example b in column t * B + b, and its inner axis a length per column (0 for a padding word)."""
     plan = compiled.plan
     rng = np.random.default_rng(seed)
     params = {p.name: rng.normal(scale=0.5, size=tuple(p.shape)) for p in plan.params}
-    axes = list(dict.fromkeys((v.axes or ["time"])[-1] for v in plan.inputs + plan.targets if v.seq))
+    axes = list(dict.fromkeys((v.axes or ["time"])[-1] for v in plan.inputs + plan.targets
+                              if v.seq and not v.nested))
     steps, per_axis = {}, {}
     for i, axis in enumerate(axes):
         steps[axis] = T - (1 if i else 0)
         order = lengths[:B][i % B:] + lengths[:B][:i % B] if lengths is not None else None
         per_axis[axis] = np.minimum(np.array(order), steps[axis]) if order is not None else None
-    feeds = {}
+    feeds, inner = {}, {}
     for v in plan.inputs + plan.targets:
+        if v.nested:
+            outer = v.axes[-2]
+            words = per_axis[outer] if per_axis.get(outer) is not None else np.full(B, steps[outer])
+            counts = np.array([[rng.integers(1, 5) if t < words[b] else 0 for b in range(B)]
+                               for t in range(steps[outer])]).reshape(-1)
+            chars = rng.integers(1, v.card if isinstance(v.card, int) else 3, size=(int(counts.max()), counts.size))
+            feeds[v.name] = np.where(np.arange(chars.shape[0])[:, None] < counts[None, :], chars, 0)
+            inner[v.axes[-1]] = counts
+            continue
         shape = ((steps[(v.axes or ["time"])[-1]], B) if v.seq else (B,)) + tuple(v.shape)
         if v.integer:
             high = v.card if isinstance(v.card, int) else 3
             feeds[v.name] = rng.integers(0, high, size=shape)
         else:
             feeds[v.name] = rng.normal(size=shape)
-    if not axes or lengths is None:
+    if inner:
+        lens = {**{a: (ls if ls is not None else np.full(B, steps[a])) for a, ls in per_axis.items()}, **inner}
+    elif not axes or lengths is None:
         lens = None
     elif len(axes) == 1:
         lens = per_axis[axes[0]]
@@ -180,8 +194,6 @@ def _small(text: str) -> str:
 @pytest.mark.parametrize("path", _spec_files(), ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_every_spec_agrees_with_the_oracle(path):
     text = _small(path.read_text(encoding="utf-8"))
-    if any(v.nested for v in compile_text(text, bindings=bindings_for(text)).plan.inputs):
-        pytest.skip("the oracle runs no nested sequences: tests/test_nested.py has a PyTorch model of pos_char_bilstm's kind")
     assert_agrees(text, bindings=bindings_for(text))
 
 
@@ -293,6 +305,48 @@ def test_the_oracle_masks_the_padding_of_another_axis(monkeypatch):
     text = AXES["dot attention after a loop"]
     assert max(compare(text, lengths=(5, 5, 5)).values()) < TOL      # no padding: the same
     assert max(compare(text, lengths=(1, 4, 2)).values()) > 1e-3
+
+# ---- nested sequences: each word's characters ------------------------------------------------------
+NESTED = {
+    "character bilstm tagger": (
+        "input w : seq of token\ninput c : seq of seq(char) of char = chars(w)\ntarget y : seq of class[3]\n"
+        "output p\ne = embed(c, 3)\nf = lstm(e, H = 2)\nr = reverse(lstm)(e, H = 2)\n"
+        "ew = embed(w, 2)\nh = bidirectional(lstm)(concat(ew, last(f), first(r)), H = 3)\n"
+        "p = softmax(V @ h + b)\nloss cross_entropy(p, y)\n"),
+    "a recurrence over the characters by hand": (
+        "input w : seq of token\ninput c : seq of seq(k) of char = chars(w)\noutput y\n"
+        "e = embed(c, 3)\nh[2] = tanh(W @ e + U @ h[t-1] + b)\ng[2] = tanh(W2 @ e + U2 @ g[t+2])\n"
+        "y[2] = tanh(V @ concat(mean(h), max(h), sum(g)) + S @ embed(w, 2))\n"),
+    "a gru over the characters, its first state": (
+        "input w : seq of token\ninput c : seq of seq(char) of char = chars(w)\ntarget y : class[2]\n"
+        "output p\nv = first(gru(embed(c, 3), H = 2))\np = softmax(V @ last(rnn(v, H = 2)) + Z @ last(embed(w, 2)))\n"
+        "loss cross_entropy(p, y)\n"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(NESTED))
+@pytest.mark.parametrize("lengths", [(5, 5, 5), (1, 4, 2)])
+def test_nested_sequences_agree(name, lengths):
+    """Words of 1 to 4 characters in sentences of their own lengths: each word's characters run alone in
+    the oracle, as rows of one batch of every word in nnspec."""
+    assert_agrees(NESTED[name], bindings=bindings_for(NESTED[name]), lengths=lengths)
+
+
+def test_the_oracle_catches_a_character_loop_that_reads_past_a_words_end(monkeypatch):
+    """A reduction over the characters that takes every row as long as the longest word is caught."""
+    from nnspec.runtime.axes import Unnested
+    text = NESTED["character bilstm tagger"]
+    assert_agrees(text, bindings=bindings_for(text), fast=False)
+    inner_ctx = Unnested._inner_ctx
+
+    def whole_rows(self, ctx):
+        inner, empty = inner_ctx(self, ctx)
+        n = inner.mask.shape[0]
+        return type(inner)(train=inner.train, rng=inner.rng, mask=np.ones_like(inner.mask),
+                           lengths=np.full_like(inner.lengths, n), saved=inner.saved, empty=inner.empty), empty
+    monkeypatch.setattr(Unnested, "_inner_ctx", whole_rows)
+    assert max(compare(text, bindings=bindings_for(text), fast=False).values()) > 1e-3
+
 
 # ---- feed-forward ops, losses ----------------------------------------------------------------
 

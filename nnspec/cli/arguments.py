@@ -44,6 +44,16 @@ def positive(text: str) -> float:
     return value
 
 
+def non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of at least 0")
+    return value
+
+
 def memory_limit_flag(p) -> None:
     p.add_argument("--memory-limit", type=size, metavar="SIZE",
                    help="refuse a network that needs more memory than this, e.g. 16GiB (default: the train "

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..data import Vocab, tokenize
 from ..errors import UsageError
-from .arguments import count, positive, whole
+from .arguments import count, non_negative, positive, whole
 
 MAX_BEAM, MAX_OUTPUT = 100, 10_000   # bounds on what one predict may ask of a decoder
 
@@ -32,10 +32,15 @@ def add_predict(sub) -> None:
     p.add_argument("--onnx", metavar="MODEL", help="compute with this exported ONNX model in onnxruntime "
                                                    "(nnspec export), the run giving the vocabularies")
     decoding = p.add_argument_group("an encoder-decoder (a spec with a decode declaration): each line is a "
-                                    "source, and the output sequence is written for it")
+                                    "source, and the output sequence is written for it; with several source "
+                                    "inputs, a tab-separated column for each, in the spec's order")
     decoding.add_argument("--beam", type=count(1, MAX_BEAM), default=1, metavar="K",
                           help="beam search keeping the K best sequences (default 1: greedy decoding); --json "
                                "lists all K with their scores (log-probabilities)")
+    decoding.add_argument("--length-penalty", type=non_negative, default=None, metavar="ALPHA",
+                          help="a beam ranks sequences by log-probability / ((5 + length) / 6) ** ALPHA, GNMT's "
+                               "length penalty (default 0.6; 0: by plain log-probability, which favours short "
+                               "outputs)")
     decoding.add_argument("--max-length", type=count(1, MAX_OUTPUT), metavar="N",
                           help="write at most N tokens (default: the decode declaration's max)")
     decoding.add_argument("--attention", metavar="DIR",
@@ -139,8 +144,8 @@ def cmd_predict(args) -> int:
     model = load(args.checkpoint, spec=args.spec)
     if model.compiled.decoder is not None:
         return _predict_sequences(args, model)
-    if args.beam != 1 or args.max_length is not None or args.attention is not None:
-        raise UsageError("--beam, --max-length and --attention are for an encoder-decoder: a spec with a decode "
+    if args.beam != 1 or args.max_length is not None or args.attention is not None or args.length_penalty is not None:
+        raise UsageError("--beam, --length-penalty, --max-length and --attention are for an encoder-decoder: a spec with a decode "
                          "declaration (decode tgt from p, end \"</s>\")")
     try:
         model.text_input()
@@ -173,34 +178,37 @@ def cmd_predict(args) -> int:
 def _predict_sequences(args, model) -> int:
     """predict on an encoder-decoder: one source per line in, its decoded output per line out."""
     from ..data import DataError
-    from ..decode import SourceError, decode_texts, source_input
+    from ..decode import DEFAULT_LENGTH_PENALTY, SourceError, decode_texts, source_inputs
     from ..model import FeedError
     if args.onnx:
         raise UsageError("--onnx computes one forward pass; decoding an encoder-decoder runs one per output "
                          "token, here in NumPy (leave out --onnx)")
     try:
-        source = source_input(model)
+        source_inputs(model)
     except FeedError as e:
         raise UsageError(str(e)) from None
     where = "<stdin>" if args.input == "-" else args.input
     lines = _read_input(args.input).splitlines()
     while lines and not lines[-1].strip():     # blank lines at the end of a file are no sources
         lines.pop()
+    alpha = DEFAULT_LENGTH_PENALTY if args.length_penalty is None else args.length_penalty
     try:
         decoded = decode_texts(model, lines, beam=args.beam, max_length=args.max_length,
-                               max_source=model.settings.max_length)
+                               max_source=model.settings.max_length, length_penalty=alpha)
     except SourceError as e:
-        raise DataError(f"{e} ('{source.name}')", where, e.index + 1) from None
+        raise DataError(str(e), where, e.index + 1) from None
     if args.attention is not None:
         _draw_attention(model, decoded, Path(args.attention))
     joiner = "" if model.vocabs[model.compiled.decoder.input].level == "char" else " "
     if args.json:
-        print(json.dumps([{"input": line, "output": joiner.join(map(str, d.outputs[0][0])),
+        print(json.dumps([{"input": line, "sources": d.sources, "output": joiner.join(map(str, d.outputs[0][0])),
                            "tokens": [str(t) for t in d.outputs[0][0]], "score": d.outputs[0][1],
                            "ended": d.outputs[0][2],
-                           **({"beam": [{"output": joiner.join(map(str, t)), "score": s, "ended": e}
-                                        for t, s, e in d.outputs]} if args.beam > 1 else {})}
-                          for line, d in zip(lines, decoded)], indent=2))
+                           **({"length_penalty": alpha, "normalized_score": d.normalized[0],
+                               "beam": [{"output": joiner.join(map(str, t)), "score": s, "normalized_score": n,
+                                         "ended": e} for (t, s, e), n in zip(d.outputs, d.normalized)]}
+                              if args.beam > 1 else {})}
+                          for line, d in zip(lines, decoded)], indent=2, default=str))
         return 0
     for d in decoded:
         print(joiner.join(map(str, d.outputs[0][0])))
@@ -211,12 +219,12 @@ def _sample_sequence(args) -> int:
     """sample on an encoder-decoder: an output drawn token by token from the decoder's predictions
     for the source --prompt (predict's decoding, drawing instead of taking the most probable)."""
     from ..data import DataError
-    from ..decode import SourceError, decode_texts, source_input
+    from ..decode import SourceError, decode_texts, source_inputs
     from ..model import FeedError
     from ..trained import load
     model = load(args.checkpoint, spec=args.spec)
     try:
-        source_input(model)
+        source_inputs(model)
         (d,) = decode_texts(model, [args.prompt], max_length=args.length or None, temperature=args.temperature,
                             max_source=model.settings.max_length, rng=np.random.default_rng(args.seed))
     except FeedError as e:
@@ -234,17 +242,17 @@ def _sample_sequence(args) -> int:
 
 def _draw_attention(model, decoded, folder: Path) -> None:
     """DIR/LINE.png per source line (DIR/LINE-NAME.png when the network attends more than once)."""
-    from ..decode import attention_weights
+    from ..decode import attention_maps
     end = model.compiled.decoder.end
     drawn = 0
     for i, d in enumerate(decoded, 1):
-        maps = attention_weights(model, d)
+        maps = attention_maps(model, d)
         tokens, _, ended = d.outputs[0]
         rows = [str(t) for t in tokens] + ([end] if ended else [])
-        for name, w in maps.items():
+        for name, (w, source) in maps.items():
             from ..train.plots import plot_attention     # matplotlib, only when asked for
             stem = f"{i:04d}" if len(maps) == 1 else f"{i:04d}-{name}"
-            plot_attention(w, rows, [str(t) for t in d.source], folder / f"{stem}.png",
+            plot_attention(w, rows, [str(t) for t in d.sources[source]], folder / f"{stem}.png",
                            title=f"line {i}: attention '{name}'")
             drawn += 1
     if not drawn and decoded:

@@ -15,6 +15,14 @@ A network on several sequence axes (nnspec/axes.py) has per axis a dimension ``T
 ``lengths_<axis>``; a value on axes ``(a1, ..., ak)`` is ``(T_a1, ..., T_ak, B, ...)`` as in nnspec's
 runtime, so ONNX's broadcasting combines values on lined-up axes as nnspec does, ops over steps work
 on their operand's innermost axis with that axis's lengths, and a loop runs over its own axis.
+
+A nested sequence (``input c : seq of seq(char) of char``, each word's characters) is laid out as in
+nnspec's runtime (nnspec/runtime/axes.py): the words of the batch are the rows of its inner axis,
+``c`` is ``(T_char, N_char)`` with word t of example b in row ``t * B + b``, and ``lengths_char`` (N_char,)
+holds each word's number of characters (0 for a padding word). Values on the characters are arrays on
+the inner axis alone, so its loops are fused ops or Scans over the rows of every word at once, and a
+reduction over the characters (``last``, ``first``, ...) gives one row per word, reshaped to ``(T, B, ...)``
+on the outer axis (0 for a padding word).
 """
 from __future__ import annotations
 
@@ -31,6 +39,7 @@ from ..errors import Diagnostics, SpecError, Span
 from ..graph import where
 from ..ops import REGISTRY
 from ..plan import LoopStep, OpStep, Plan, plan_axes, plan_axis_names
+from ..runtime.axes import runtime_axes
 from .build import (FLOAT_TYPES, OPSET, GraphBuilder, Names, array_shape as _array_shape, lengths_name,
                     steps_name)
 from .cells import lower_fused, match_cell, partner, ready
@@ -110,11 +119,6 @@ def export_model(model, *, fused: bool = True, doc: str = "") -> Exported:
         diags.error(f"the sizes of {', '.join(unsized)} are decided by the data; export a model whose data "
                     f"was read (or give vocabs=) so that every parameter has a size")
         raise SpecError(diags)
-    nested = [i for i in plan.inputs if i.nested]
-    if nested:   # its layout folds the words of a batch into rows, which no ONNX op reads
-        diags.error(f"'{nested[0].name}' is a sequence of sequences (each word's characters): nnspec.onnx "
-                    f"does not export nested sequences yet", model.compiled.graph.info(nested[0].name).span)
-        raise SpecError(diags)
     if not plan.outputs:
         plan = _with_predictions(plan, model.compiled.graph, diags)
     lowerer = _Lowerer(plan, model, diags, fused)
@@ -143,7 +147,11 @@ class _Lowerer:
         self.tensor: dict[str, str] = {}     # plan value -> tensor name
         self.rank: dict[str, int] = {}       # plan value -> array rank (leading axes included)
         self.seq: set[str] = set()           # plan values with a sequence axis
-        self.axes: dict[str, tuple] = plan_axes(plan)   # plan value -> its sequence axes, outermost first
+        # a nested sequence's inner axis -> its outer one; values on it are arrays on the inner axis alone
+        self.nested: dict[str, str] = {v.axes[-1]: v.axes[-2] for v in plan.inputs if v.nested}
+        self.plan_axes: dict[str, tuple] = plan_axes(plan)   # plan value -> its sequence axes, outermost first
+        self.axes: dict[str, tuple] = {v: runtime_axes(a, frozenset(self.nested))      # ... in its array
+                                       for v, a in self.plan_axes.items()}
         names = sorted(plan_axis_names(plan))
         several = len(names) > 1
         # each axis: its lengths input and its dimension of steps (T, or T_<axis> on several axes)
@@ -173,20 +181,23 @@ class _Lowerer:
                 continue
             trailing = _array_shape(v.shape, v.integer)
             axes = self.axes[v.name]
-            shape = [self.steps_dims[a] for a in axes] + ["B"] + list(trailing)
+            shape = [self.steps_dims[a] for a in axes] + [self.batch_dim(axes)] + list(trailing)
             kind = TensorProto.INT64 if v.integer else self.float_type
             inputs.append(helper.make_tensor_value_info(v.name, kind, shape))
             self._define(v.name, v.name, len(shape), bool(axes), v.integer)
             if axes:
                 self.first_seq.setdefault(axes[-1], v.name)
         # the lengths of each axis an input brings (an axis no needed input is on is not the model's)
-        self.lengths_inputs = {a: n for a, n in self.lengths_inputs.items() if a in self.first_seq}
+        # (and the outer axis of a nested one: its words are the rows of the inner axis's batch)
+        kept = set(self.first_seq) | {self.nested[a] for a in self.first_seq if a in self.nested}
+        self.lengths_inputs = {a: n for a, n in self.lengths_inputs.items() if a in kept}
         for name in self.lengths_inputs.values():
             if self.names.claim(name) != name:
                 self.diags.error(f"an input is named '{name}', the name the exported model gives the lengths of "
                                  f"its sequences; rename it", None)
                 return helper.make_graph([], plan.name, [], [])
-            inputs.append(helper.make_tensor_value_info(name, TensorProto.INT64, ["B"]))
+            axis = next(a for a, n in self.lengths_inputs.items() if n == name)
+            inputs.append(helper.make_tensor_value_info(name, TensorProto.INT64, [self.batch_dim((axis,))]))
         for p in plan.params:
             if p.name in needed:
                 value = np.asarray(self.model.params[p.name], dtype=self.dtype)
@@ -219,13 +230,18 @@ class _Lowerer:
             else:
                 g.nodes.append(helper.make_node("Identity", [src], [o], name=f"Identity:{o}"))
             kind = TensorProto.INT64 if o in self.integer else self.float_type
-            lead = ([self.steps_dims[a] for a in axes] + ["B"] if o in self.seq
+            lead = ([self.steps_dims[a] for a in axes] + [self.batch_dim(axes)] if o in self.seq
                     else ([] if o in self.static else ["B"]))
             step_shape = _array_shape(_shape_of(plan, o), o in self.integer) if o not in self.static else None
             graph_outputs.append(helper.make_tensor_value_info(o, kind, lead + list(step_shape)
                                                                if step_shape is not None else None))
         nodes, initializers = _prune(g.nodes, g.initializers, [o.name for o in graph_outputs])
         return helper.make_graph(nodes, plan.name, inputs, graph_outputs, initializers)
+
+    def batch_dim(self, axes: tuple) -> str:
+        """The dimension of examples of a value on ``axes``: B, or the words of the batch (N_<inner>)
+        for one on a nested sequence's inner axis."""
+        return f"N_{axes[-1]}" if axes and axes[-1] in self.nested else "B"
 
     def _define(self, value: str, tensor: str, rank: int, seq: bool, integer: bool, static: bool = False) -> None:
         self.tensor[value], self.rank[value] = tensor, rank
@@ -245,8 +261,13 @@ class _Lowerer:
         """The number of steps of ``axis`` as a tensor of one int64."""
         if axis not in self._T:
             g = self.g
-            self._T[axis] = g.op("Slice", [g.op("Shape", [self.first_seq[axis]]), g.ints(0), g.ints(1)],
-                                 self.steps_dims[axis])
+            if axis in self.first_seq:
+                self._T[axis] = g.op("Slice", [g.op("Shape", [self.first_seq[axis]]), g.ints(0), g.ints(1)],
+                                     self.steps_dims[axis])
+            else:     # the outer axis of a nested sequence that no input is on: its rows over B
+                inner = next(a for a, outer in self.nested.items() if outer == axis)
+                self._T[axis] = g.op("Div", [self.batch_of_axis(inner), self.batch_of_axis(None)],
+                                     self.steps_dims[axis])
         return self._T[axis]
 
     def real(self, axis: str, rank: int) -> str:
@@ -331,10 +352,45 @@ class _Lowerer:
         axes = () if static else self.axes.get(step.id, ())
         integer = bool(step.integer)
         rank = len(step.shape) if static else len(axes) + 1 + len(_array_shape(step.shape, integer))
-        out = self.lower(self.g, step, xs, [self.rank[src] for src, _ in step.inputs], rank,
-                         [self.axes.get(src, ()) for src, _ in step.inputs])
+        operand_axes = [self.axes.get(src, ()) for src, _ in step.inputs]
+        ranks = [self.rank[src] for src, _ in step.inputs]
+        inner = self._nested_operand(step, operand_axes)
+        if inner is not None and not axes[-1:] == (inner,):    # a reduction over each word's characters
+            out = self._unnest(step, self.lower(self.g, step, xs, ranks, rank - len(axes), operand_axes), inner, rank)
+        else:
+            out = self.lower(self.g, step, xs, ranks, rank, operand_axes)
         seq = bool(axes)
         self._define(step.id, out, rank, seq, integer, static)
+
+    def _nested_operand(self, step: OpStep, operand_axes: list[tuple]) -> str | None:
+        """The nested inner axis ``step`` reads values on, if any. The language lines up nothing else with
+        them but parameters (nnspec's runtime, which folds the words into rows, would not either): any
+        other operand is a located error."""
+        inner = next((a[-1] for a in operand_axes if a and a[-1] in self.nested), None)
+        if inner is None:
+            return None
+        for (src, _), a in zip(step.inputs, operand_axes):
+            if a[-1:] != (inner,) and src not in self.static:
+                where = ", ".join(self.plan_axes.get(src, ()))
+                self.diags.error(f"'{step.op}' combines a value on each word's characters with one "
+                                 f"{'on ' + where if where else 'of each example'}: nnspec.onnx lines up a nested "
+                                 f"sequence's characters with parameters only (reduce them to one vector per "
+                                 f"word first: last(...), mean(...))", step.span)
+                raise SpecError(self.diags)
+        return inner
+
+    def _unnest(self, step: OpStep, rows: str, inner: str, rank: int) -> str:
+        """A reduction's result over a nested inner axis, one row per word ``(N, ...)``, as a value on the
+        outer axis ``(T, B, ...)``; a padding word (no characters) gives 0, as in nnspec's runtime."""
+        g = self.g
+        empty = g.op("Equal", [self.lengths(inner), g.const(0, np.int64)])
+        empty = g.op("Unsqueeze", [empty, g.ints(*range(1, rank - 1))]) if rank > 2 else empty
+        zero = g.const(-1, np.int64) if step.integer else g.const(0)
+        rows = g.op("Where", [empty, zero, rows])
+        outer = self.nested[inner]
+        shape = g.op("Concat", [self.steps_count(outer), self.batch_of_axis(outer),
+                                g.op("Slice", [g.op("Shape", [rows]), g.ints(1), g.ints(2 ** 62)])], axis=0)
+        return g.op("Reshape", [rows, shape], step.id)
 
     def lower(self, g: GraphBuilder, step: OpStep, xs: list[str], ranks: list[int], rank: int,
               axes: list[tuple]) -> str:
@@ -414,11 +470,22 @@ class _Lowerer:
         return g.op("Expand", [self.tensor[init], self.batch_shape(body)], f"{state}.initial")
 
     def batch_shape(self, body: OpStep) -> str:
-        """(B, *shape) of a loop value, as an int64 tensor."""
+        """(B, *shape) of a loop value, as an int64 tensor (B: the words of the batch, N, for a loop over
+        a nested sequence's characters)."""
         g = self.g
-        if self._B is None:
-            self._B = g.op("Shape", [next(iter(self.lengths_inputs.values()))], "B")
-        return g.op("Concat", [self._B, g.ints(*_array_shape(body.shape, body.integer))], axis=0)
+        axes = self.axes.get(body.id, ())
+        return g.op("Concat", [self.batch_of_axis(axes[-1] if axes else None),
+                               g.ints(*_array_shape(body.shape, body.integer))], axis=0)
+
+    def batch_of_axis(self, axis: str | None) -> str:
+        """The number of examples (rows of a nested inner axis) as a tensor of one int64."""
+        g = self.g
+        if axis is None or axis not in self.nested:
+            if self._B is None:
+                outer = [n for a, n in self.lengths_inputs.items() if a not in self.nested]
+                self._B = g.op("Shape", [outer[0] if outer else next(iter(self.lengths_inputs.values()))], "B")
+            return self._B
+        return g.op("Shape", [self.lengths(axis)], f"N_{axis}")
 
 
 def _with_predictions(plan: Plan, graph, diags: Diagnostics) -> Plan:

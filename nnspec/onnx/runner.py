@@ -58,6 +58,9 @@ class OnnxModel:
                     or not isinstance(value, (list, tuple)):
                 continue
             axis = str(info.shape[0])[2:] if several else None
+            if len(info.shape) > 1 and str(info.shape[1]).startswith("N_"):   # each example's words' characters
+                out[name], found[axis] = _nested(name, value)
+                continue
             rows = [np.asarray(r) for r in value]
             if not rows or any(r.ndim == 0 or len(r) == 0 for r in rows):
                 raise FeedError(f"{name!r}: a list of B sequences, each of at least one step")
@@ -80,6 +83,7 @@ class OnnxModel:
         out: every example has all its steps)."""
         arrays = {}
         steps: dict[str, int] = {}      # dimension of steps (T, T_src, ...) -> its size in the feeds
+        rows: dict[str, int] = {}       # the words of a nested sequence's batch (N_char) -> how many
         batch = None
         for name, info in self.inputs.items():
             if name in self.lengths_inputs:
@@ -97,6 +101,8 @@ class OnnxModel:
                     batch = array.shape[i] if batch is None else batch
                 elif isinstance(dim, str) and dim.startswith("T") and i < array.ndim:
                     steps.setdefault(dim, array.shape[i])
+                elif isinstance(dim, str) and dim.startswith("N_") and i < array.ndim:
+                    rows.setdefault(dim, array.shape[i])
         if self.lengths_inputs:
             several = any(axis is not None for axis in self.lengths_inputs.values())
             given = lengths if isinstance(lengths, dict) else ({} if lengths is None else {None: lengths})
@@ -111,16 +117,44 @@ class OnnxModel:
                 raise FeedError(f"lengths for {', '.join(sorted(map(str, unknown)))}, which is no axis of the "
                                 f"exported model")
             for name, axis in self.lengths_inputs.items():
-                T = steps[steps_name(axis or "", several)]
                 ls = given.get(axis)
-                ls = np.full(batch, T, np.int64) if ls is None else np.asarray(ls, np.int64)
-                if ls.shape != (batch,):
-                    raise FeedError(f"lengths has {ls.size} entries, but the batch holds {batch} examples")
-                if ls.size and (ls.min() < 1 or ls.max() > T):
+                T = steps.get(steps_name(axis or "", several))
+                if T is None:     # the outer axis of a nested sequence no other input is on: its lengths
+                    if ls is None:
+                        raise FeedError(f"lengths of {axis!r}: each example's number of words")
+                    T = int(np.max(ls, initial=0))
+                words = rows.get(str(self.inputs[name].shape[0]))    # a nested sequence: a length per word
+                n = (batch if batch is not None else len(ls)) if words is None else words
+                ls = np.full(n, T, np.int64) if ls is None else np.asarray(ls, np.int64)
+                if ls.shape != (n,):
+                    raise FeedError(f"lengths has {ls.size} entries, but the batch holds {n} "
+                                    f"{'examples' if words is None else 'words (rows of ' + repr(axis) + ')'}")
+                if words is not None:    # a padding word has no characters
+                    if ls.size and (ls.min() < 0 or ls.max() > T):
+                        raise FeedError(f"lengths of {axis!r} must be between 0 and the {T} steps of the padded "
+                                        f"sequences, got {ls.tolist()}")
+                elif ls.size and (ls.min() < 1 or ls.max() > T):
                     raise FeedError(f"lengths must be between 1 and the {T} steps of the padded sequences, "
                                     f"got {ls.tolist()}")
                 arrays[name] = ls
         return dict(zip(self.outputs, self.session.run(self.outputs, arrays)))
+
+
+def _nested(name: str, examples) -> tuple[np.ndarray, np.ndarray]:
+    """A nested feed, each example a list of its words' characters, as the exported model reads it:
+    ``(T_char, T_word * B)`` with word t of example b in row ``t * B + b``, and each row's length (0 for
+    the padding words after an example's last)."""
+    words = [[np.asarray(w) for w in example] for example in examples]
+    if not words or any(not ws or any(w.ndim != 1 or len(w) == 0 for w in ws) for ws in words):
+        raise FeedError(f"{name!r}: a list of B examples, each a list of its words' characters, every word "
+                        f"of at least one")
+    B, T = len(words), max(len(ws) for ws in words)
+    counts = np.zeros(T * B, np.int64)
+    array = np.zeros((max(len(w) for ws in words for w in ws), T * B), words[0][0].dtype)
+    for b, ws in enumerate(words):
+        for t, w in enumerate(ws):
+            array[:len(w), t * B + b], counts[t * B + b] = w, len(w)
+    return array, counts
 
 
 def reference_run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

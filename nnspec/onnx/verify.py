@@ -48,11 +48,18 @@ def random_feeds(model: Model, lengths: list[int], rng: np.random.Generator) -> 
     plan = model.plan
     B = len(lengths)
     axis_of = {v.name: (v.axes or [DEFAULT_AXIS])[-1] for v in plan.inputs + plan.targets if v.seq}
+    inner = {v.axes[-1] for v in plan.inputs if v.nested}
     several = sorted(set(axis_of.values())) if len(set(axis_of.values())) > 1 else None
     per_axis = axis_lengths(several, lengths) if several else None
     feeds = {}
     tables = {p.name: p.shape for p in plan.params}
     for v in plan.inputs + plan.targets:   # targets too: nnspec computes a loss's prediction with its loss
+        if v.nested:   # each example's words (as many as its outer axis's lengths), of 1 to 6 characters
+            words = per_axis[v.axes[-2]] if several else lengths
+            high = v.card if isinstance(v.card, int) else 2
+            feeds[v.name] = [[rng.integers(1 if high > 1 else 0, high, rng.integers(1, 7)) for _ in range(n)]
+                             for n in words]
+            continue
         T = int(per_axis[axis_of[v.name]].max()) if several and v.seq else max(lengths)
         lead = (T, B) if v.seq else (B,)
         if v.integer:
@@ -64,8 +71,8 @@ def random_feeds(model: Model, lengths: list[int], rng: np.random.Generator) -> 
         else:
             shape = tuple(int(d) for d in v.shape) or ((1,) if v.elem not in TEXT_ELEMS else ())
             feeds[v.name] = rng.normal(size=lead + shape).astype(model.dtype)
-    if several:
-        return feeds, per_axis
+    if several:   # a nested input's characters: their lengths are those of its lists
+        return feeds, {a: ls for a, ls in per_axis.items() if a not in inner}
     any_seq = any(v.seq for v in plan.inputs)
     return feeds, (np.array(lengths, np.int64) if any_seq else None)
 

@@ -544,9 +544,6 @@ def check_torch(compiled, ex: Executor, params, batch: Batch, seeds, out: Outcom
         out.skipped["torch"] = "tests/difftest/torch_oracle.py or torch is missing"
         return
     plan = ex.plan
-    if any(v.nested for v in plan.inputs):
-        out.skipped["torch"] = "nested sequences (tests/test_nested.py has a PyTorch model of its own)"
-        return
     try:
         kwargs = {}
         if plan.loss is None and "seeds" in inspect.signature(torch_run).parameters:
@@ -598,8 +595,9 @@ def check_decode(compiled, raw, params, batch: Batch, out: Outcome) -> None:
     """nnspec's greedy decoding and beam 1 against greedy decoding written out here: per example,
     each step one full forward pass fed the start symbol, the tokens so far and one more step; the
     score of every ended sequence of greedy and of beam 3 against nnspec.decode.sequence_score's (a
-    pass per token, fed the whole prefix); beam 3's sequences best first, none twice."""
-    from nnspec.decode import beam_search, greedy, sequence_score
+    pass per token, fed the whole prefix); beam 3's sequences best first by log p over GNMT's length
+    penalty ((5 + n) / 6) ** alpha of their n scored tokens, none twice."""
+    from nnspec.decode import DEFAULT_LENGTH_PENALTY, beam_search, greedy, sequence_score
     from nnspec.model import Model
     decoder = compiled.decoder
     start = DECODE_START if decoder.start is not None else None
@@ -633,7 +631,7 @@ def check_decode(compiled, raw, params, batch: Batch, out: Outcome) -> None:
             e = abs(again - sc) / max(abs(sc), 1.0)
             if not e <= worst:
                 worst, where = e, f"{what} of example {b}: score {sc!r}, sequence_score {again!r}"
-        scores = [h.score for h in wide[b]]
+        scores = [h.score / ((5 + len(h.tokens) + h.ended) / 6) ** DEFAULT_LENGTH_PENALTY for h in wide[b]]
         if scores != sorted(scores, reverse=True) or len({tuple(h.tokens) for h in wide[b]}) != len(scores):
             out.failures.append(Failure("decode", f"beam 3 of example {b}: not best first, or a sequence twice: "
                                                   f"{[(h.tokens, h.score) for h in wide[b]]}"))

@@ -21,6 +21,10 @@ It is simple on purpose, and slow:
   read a value on another whole (attention inside a decoder), need no loop analysis;
 * a reduction, ``softmax_steps`` and a loss visit the real steps of an example only, which is
   what masking the padding means;
+* a nested sequence (``input c : seq of seq(k) of char``, each word's characters) is on its outer
+  axis and an inner one whose length is that of the word at the outer step: character j of word t
+  is ``c`` at ``{time: t, k: j}``; a recurrence over such a value (``h[t-1]``) steps along the inner
+  axis, within the word, and a reduction over it gives one value per word;
 * a loss is one number for the batch (section 9): the sum of its terms over every real
   position of every example, divided by the number of positions that count; the loss lines are
   added; anything computed from a loss (``0.1 * mse(...)``) is computed from those numbers.
@@ -95,7 +99,15 @@ class _Spec:
 
     def input_axes(self, name: str) -> tuple[str, ...]:
         t = self.decls[name].type
+        if t and t.nested:
+            return (t.axis or DEFAULT_AXIS, t.inner_axis or name)
         return ((t.axis or DEFAULT_AXIS),) if t and t.sequence else ()
+
+    @property
+    def inner(self) -> dict[str, str]:
+        """A nested sequence's inner axis -> its outer axis."""
+        return {a[1]: a[0] for n in self.decls for a in [self.input_axes(n)] if len(a) == 2
+                and self.decls[n].type.nested}
 
     def input_seq(self, name: str) -> bool:
         return bool(self.input_axes(name))
@@ -238,14 +250,24 @@ class _Example:
         self.busy: set[tuple] = set()
         self.evaluating: list[str] = []      # the equations being computed, innermost last
 
-    def positions(self, axes: tuple):
-        """Every real position of this example on ``axes``."""
-        for steps in itertools.product(*[range(self.length(a)) for a in axes]):
-            yield dict(zip(axes, steps))
+    def positions(self, axes: tuple, at: dict | None = None):
+        """Every real position of this example on ``axes`` (a nested inner axis: as long as its word)."""
+        at = at or {}
+        if not axes:
+            yield dict(at)
+            return
+        for u in range(self.length(axes[0], at)):
+            yield from self.positions(axes[1:], {**at, axes[0]: u})
 
-    def length(self, axis: str) -> int:
+    def length(self, axis: str, at: dict | None = None) -> int:
+        """The steps of ``axis``; of a nested inner axis, those of the word at ``at``'s outer step."""
         if axis not in self.lengths:
             raise Untranslatable("an axis no input brings", axis)
+        outer = self.spec.inner.get(axis)
+        if outer is not None:
+            if at is None or outer not in at:
+                raise Untranslatable("a nested inner axis read outside a word", axis)
+            return self.lengths[axis][at[outer]]
         return self.lengths[axis]
 
     def position(self, axes: tuple, at: dict, what: str) -> dict:
@@ -254,8 +276,8 @@ class _Example:
         if missing:
             raise Untranslatable("sequence read without a step", f"'{what}' outside any step on {missing}")
         for a in axes:
-            if not 0 <= at[a] < self.length(a):
-                raise AssertionError(f"step {at[a]} of '{what}' on {a} outside 0..{self.length(a) - 1}")
+            if not 0 <= at[a] < self.length(a, at):
+                raise AssertionError(f"step {at[a]} of '{what}' on {a} outside 0..{self.length(a, at) - 1}")
         return {a: at[a] for a in axes}
 
     # values by name
@@ -288,13 +310,15 @@ class _Example:
         return v
 
     def delayed(self, name: str, offset: int, at: dict) -> torch.Tensor:
-        """``name[t+offset]``: a step along the outermost axis of ``name`` (its loop's axis)."""
+        """``name[t+offset]``: a step along the outermost axis of ``name`` (its loop's axis), or along
+        a nested inner axis (within the word: a loop over each word's characters)."""
         axes = self.spec.axes.get(name, ())
-        if not axes or axes[0] not in at:
+        axis = axes[-1] if axes and axes[-1] in self.spec.inner else (axes[0] if axes else None)
+        if axis is None or axis not in at:
             raise Untranslatable("delayed read without a step", f"{name}[t{offset:+d}]")
-        u = at[axes[0]] + offset
-        if 0 <= u < self.length(axes[0]):
-            return self.value(name, {**at, axes[0]: u})
+        u = at[axis] + offset
+        if 0 <= u < self.length(axis, at):
+            return self.value(name, {**at, axis: u})
         return self.initial(name)
 
     def initial(self, name: str) -> torch.Tensor:
@@ -341,7 +365,7 @@ class _Example:
         axes = self.spec.expr_axes(e)
         if not axes:
             raise Untranslatable("reduction over time of a value that is not a sequence")
-        return [self.eval(e, {**at, axes[-1]: u}) for u in range(self.length(axes[-1]))]
+        return [self.eval(e, {**at, axes[-1]: u}) for u in range(self.length(axes[-1], at))]
 
     def call(self, e: ast.Call, at: dict) -> torch.Tensor:
         f = e.func
@@ -379,7 +403,7 @@ class _Example:
             if len(axes) != 1 or axes[0] not in at:
                 raise Untranslatable("shift of a value that is not on one sequence axis")
             u = at[axes[0]] + k
-            if 0 <= u < self.length(axes[0]):
+            if 0 <= u < self.length(axes[0], at):
                 return self.eval(args[0], {**at, axes[0]: u})
             like = self.eval(args[0], at)
             return torch.full_like(like, -1) if not like.is_floating_point() else torch.zeros_like(like)
@@ -478,7 +502,9 @@ class _Run:
                 self.feeds[name] = torch.tensor(a.astype(np.int64))
             else:
                 self.feeds[name] = torch.tensor(a.astype(np.float64), requires_grad=True)
-            if axes:
+            if axes and axes[-1] in self.spec.inner:   # (T_char, T * B): word t of example b in column t * B + b
+                self.steps[axes[-1]] = a.shape[0]
+            elif axes:
                 self.steps[axes[0]], B = a.shape[0], a.shape[1]
             elif B is None:
                 B = a.shape[0]
@@ -494,7 +520,10 @@ class _Run:
         lengths = dict(lengths or {})
         self.lengths = {axis: [int(n) for n in (np.asarray(lengths[axis]) if lengths.get(axis) is not None
                                                  else np.full(B, T))]
-                        for axis, T in self.steps.items()}
+                        for axis, T in self.steps.items() if axis not in self.spec.inner}
+        for inner, outer in self.spec.inner.items():   # each example's words' numbers of characters
+            counts = np.asarray(lengths[inner]).reshape(-1, B)
+            self.lengths[inner] = [[int(n) for n in counts[:self.lengths[outer][b], b]] for b in range(B)]
         self.examples = [_Example(self, b, {axis: ls[b] for axis, ls in self.lengths.items()}) for b in range(B)]
         self.batch_memo: dict[str, torch.Tensor] = {}
         self.tables: dict[int, str] = {}
@@ -502,6 +531,8 @@ class _Run:
     def feed(self, name: str, b: int, at: dict) -> torch.Tensor:
         a = self.feeds[name]
         axes = self.spec.input_axes(name)
+        if len(axes) == 2 and axes[-1] in self.spec.inner:
+            return a[at[axes[1]], at[axes[0]] * self.B + b]
         v = a[at[axes[0]], b] if axes else a[b]
         d = self.spec.decls[name]
         if not d.dims and v.is_floating_point() and v.dim() == 1 and v.shape[0] == 1:
@@ -591,6 +622,8 @@ class _Run:
         """A value of every example -> nnspec's array layout, (T_a1, ..., T_ak, B, ...) with zeros at
         padding (differentiable, for seeded gradients)."""
         axes = self.spec.axes.get(name, ())
+        if any(a in self.spec.inner for a in axes):
+            raise Untranslatable("an output on a nested inner axis", name)
 
         def block(ex: _Example, at: dict, rest: tuple) -> torch.Tensor:
             if not rest:
@@ -657,9 +690,6 @@ def torch_run(compiled, params: dict[str, np.ndarray], feeds: dict[str, np.ndarr
 
 
 def _torch_run(compiled, params, feeds, lengths, seeds) -> TorchResult:
-    nested = [v.name for v in compiled.plan.inputs if v.nested]
-    if nested:   # tests/test_nested.py checks them against a PyTorch model of its own
-        raise Untranslatable("nested sequences", ", ".join(nested))
     run = _Run(compiled, params, feeds, lengths)
     spec = run.spec
     laid_out = {name: run.layout(name) if name not in spec.batch_level
@@ -688,7 +718,8 @@ def _torch_run(compiled, params, feeds, lengths, seeds) -> TorchResult:
             grads[name] = (torch.zeros_like(leaf) if g is None else g).detach().numpy()
     else:
         grads = {name: np.zeros(tuple(leaf.shape)) for name, leaf in leaves.items()}
-    sequences = {n for n in list(spec.outputs) + list(spec.decls) if spec.seq.get(n, False)}
+    sequences = {n for n in list(spec.outputs) + list(spec.decls) if spec.seq.get(n, False)
+                 and not any(a in spec.inner for a in spec.axes[n])}
     masks = {n: _mask(run, spec.axes[n]) for n in sequences}
     return TorchResult(outputs=outputs, loss=loss, grads=grads, sequences=sequences, masks=masks)
 
