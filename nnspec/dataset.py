@@ -108,43 +108,54 @@ def field_specs(values: list[ValueSpec], diags: Diagnostics | None = None) -> li
 
 NGRAM_SOURCES = ("lines", "csv", "tsv")
 MAX_NGRAMS = 5  # runs of more words are seen too rarely to be worth a vocabulary entry
+MAX_CHAR_NGRAMS = 8  # a piece of a word longer than that is nearly the word
 
 
 def with_ngrams(flat: FlatSpec, fields: list[FieldSpec], diags: Diagnostics) -> list[FieldSpec]:
-    """The fields with the data statement's ``ngrams = n`` applied: every word-level text input
-    (``bag of token``, ``seq of token``) then holds its words and their runs of 2..n words, each a
-    token of its vocabulary. A misplaced or bad option is an error at the keyword."""
+    """The fields with the data statement's ``ngrams = n`` and ``char_ngrams = n`` applied: every
+    word-level text input (``bag of token``, ``seq of token``) then holds its words, their runs of
+    2..n words, and the runs of 2..n characters of each word, each a token of its vocabulary. A
+    misplaced or bad option is an error at the keyword."""
     stmt = flat.data
-    keyword = next((k for k in stmt.call.keywords if k.name == "ngrams"), None) \
-        if isinstance(stmt, ast.DataSource) else None
-    if keyword is None:
+    keywords = {k.name: k for k in stmt.call.keywords if k.name in ("ngrams", "char_ngrams")} \
+        if isinstance(stmt, ast.DataSource) else {}
+    if not keywords:
         return fields
-    n = _python(keyword.value, diags)
+    values = {name: _python(k.value, diags) for name, k in keywords.items()}
     diags.raise_if_errors()
     texts = [f for f in fields if f.kind in TEXT_KINDS and f.role == "input"]
     decl_spans = {d.name: d.span for d in flat.decls}
-    if stmt.source not in NGRAM_SOURCES:
-        diags.error(f"ngrams applies to text read line by line or from a table ({', '.join(NGRAM_SOURCES)}), "
-                    f"not to {stmt.source}(...)", keyword.span)
-    elif type(n) is not int or not 1 <= n <= MAX_NGRAMS:
-        diags.error(f"ngrams is the longest run of words to count, a whole number from 1 to {MAX_NGRAMS}; "
-                    f"got {n!r}", keyword.value.span)
-    elif not texts:
-        diags.error("ngrams adds runs of words to a text input, but this spec has none; declare one, "
-                    "e.g. 'input x : bag of token'", keyword.span)
+    for name, keyword in keywords.items():
+        n = values[name]
+        what = "words" if name == "ngrams" else "characters of each word"
+        if stmt.source not in NGRAM_SOURCES:
+            diags.error(f"{name} applies to text read line by line or from a table ({', '.join(NGRAM_SOURCES)}), "
+                        f"not to {stmt.source}(...)", keyword.span)
+        elif name == "ngrams" and (type(n) is not int or not 1 <= n <= MAX_NGRAMS):
+            diags.error(f"ngrams is the longest run of words to count, a whole number from 1 to {MAX_NGRAMS}; "
+                        f"got {n!r}", keyword.value.span)
+        elif name == "char_ngrams" and (type(n) is not int or not (n == 0 or 2 <= n <= MAX_CHAR_NGRAMS)):
+            diags.error(f"char_ngrams is the longest run of characters of a word to count, 0 (none) or a whole "
+                        f"number from 2 to {MAX_CHAR_NGRAMS}; got {n!r}", keyword.value.span)
+        elif not texts:
+            diags.error(f"{name} adds runs of {what} to a text input, but this spec has none; declare one, "
+                        "e.g. 'input x : bag of token'", keyword.span)
     diags.raise_if_errors()
+    first = next(iter(keywords))
     for f in texts:
         if f.level == "char":
-            diags.error(f"ngrams joins words, but '{f.name}' holds characters; declare it "
-                        f"'{'bag' if f.kind is FieldKind.bag else 'seq'} of token'",
-                        decl_spans.get(f.name, keyword.span))
+            doing = "joins words" if first == "ngrams" else "cuts words into pieces"
+            diags.error(f"{first} {doing}, but '{f.name}' holds characters; "
+                        f"declare it '{'bag' if f.kind is FieldKind.bag else 'seq'} of token'",
+                        decl_spans.get(f.name, keywords[first].span))
     steps = [f for f in fields if f.role == "target" and f.is_sequence]
     for f in texts:
         if f.kind is FieldKind.tokens and steps:
-            diags.error(f"with ngrams, '{f.name}' holds more tokens than words, so its steps no longer match "
-                        f"the steps of the target '{steps[0].name}'", keyword.span)
+            diags.error(f"with {first}, '{f.name}' holds more tokens than words, so its steps no longer match "
+                        f"the steps of the target '{steps[0].name}'", keywords[first].span)
     diags.raise_if_errors()
-    return [f.model_copy(update={"ngrams": n}) if f in texts else f for f in fields]
+    update = {name: values[name] for name in keywords}
+    return [f.model_copy(update=update) if f in texts else f for f in fields]
 
 
 def _python(e, diags: Diagnostics):
@@ -214,7 +225,8 @@ def read_statement(stmt, name: str, args: list, kwargs: dict, fields: list[Field
         diags.error(f"unknown data source '{name}'{did_you_mean(name, SOURCES)} (sources are "
                     f"{', '.join(sorted(SOURCES))})", stmt.span)
         diags.raise_if_errors()
-    kwargs.pop("ngrams", None)  # a vocabulary option, read by with_ngrams: the reader sees words
+    kwargs.pop("ngrams", None)  # vocabulary options, read by with_ngrams: the reader sees words
+    kwargs.pop("char_ngrams", None)
     wanted = [f for f in fields if f.role == "input" or name != "text"]
     check_levels(stmt, name, kwargs, wanted, diags, decl_spans or {})
     try:

@@ -8,7 +8,7 @@ import pytest
 import nnspec
 from nnspec.cli import main
 from nnspec.data import Vocab
-from nnspec.data.vocab import with_ngrams
+from nnspec.data.vocab import with_char_ngrams, with_ngrams
 
 
 def test_ngrams_follow_the_words_in_order_of_length():
@@ -125,3 +125,60 @@ def test_ngrams_beside_a_per_step_target_is_an_error(tmp_path, capsys):
     assert code == 1
     assert err.splitlines()[0] == (f"{path}:7:19: error: with ngrams, 'w' holds more tokens than words, so its "
                                    f"steps no longer match the steps of the target 'tags'")
+
+
+# ---- char_ngrams = n: the pieces of each word ------------------------------------------------------
+
+def test_char_ngrams_are_the_runs_of_2_to_n_characters_of_each_word_marked_at_its_ends():
+    assert with_char_ngrams(["an"], ["an"], 3) == ["an", " <a", " an", " n>", " <an", " an>"]
+    # after the words and word n-grams; each piece starts with a space, so no word or word pair is one
+    tokens = with_char_ngrams(["a", "b", "a b"], ["a", "b"], 2)
+    assert tokens == ["a", "b", "a b", " <a", " a>", " <b", " b>"]
+
+
+def test_a_vocabulary_with_char_ngrams_keeps_them_when_saved():
+    vocab = Vocab.build(["happy", "sad"], char_ngrams=3)
+    assert " hap" in vocab and " <s" in vocab and "happy" in vocab and vocab.char_ngrams == 3
+    again = Vocab.from_json(vocab.to_json())
+    assert again.char_ngrams == 3 and list(again.encode("happier")) == list(vocab.encode("happier"))
+    assert Vocab.from_json({k: v for k, v in vocab.to_json().items() if k != "char_ngrams"}).char_ngrams == 0
+
+
+def write_morphology(tmp_path: Path) -> None:
+    # Test words never seen whole: only their pieces tell them apart.
+    (tmp_path / "pos.txt").write_text("happy\nhappiest\nhappily\n" * 4, encoding="utf-8")
+    (tmp_path / "neg.txt").write_text("sad\nsaddest\nsadly\n" * 4, encoding="utf-8")
+
+
+@pytest.mark.parametrize("option, knows_pieces", [(", char_ngrams = 4", True), ("", False)])
+def test_with_char_ngrams_a_model_tells_unseen_words_by_their_pieces(tmp_path, option, knows_pieces):
+    write_morphology(tmp_path)
+    path = tmp_path / "spec.nn"
+    path.write_text(SPEC.format(option=option, type="bag of token", use="x"), encoding="utf-8")
+    assert main(["run", str(path), "--runs", str(tmp_path / "runs"), "--quiet"]) == 0
+    (run,) = (tmp_path / "runs").iterdir()
+    model = nnspec.load(run)
+    labels = model.predict("happier").labels["y"], model.predict("sadder").labels["y"]
+    if knows_pieces:
+        assert model.vocabs["x"].char_ngrams == 4 and labels == (1, 0)
+    else:  # both are <unk> alone: one answer for both
+        assert labels[0] == labels[1]
+
+
+@pytest.mark.parametrize("option, got", [
+    (", char_ngrams = 1", "1"), (", char_ngrams = 9", "9"), (", char_ngrams = 2.5", "2.5"),
+])
+def test_a_bad_char_ngrams_value_is_an_error_at_the_value(tmp_path, capsys, option, got):
+    path = spec(tmp_path, option=option)
+    code, err = check(capsys, path)
+    assert code == 1 and "Traceback" not in err
+    assert err.splitlines()[0] == (f"{path}:8:58: error: char_ngrams is the longest run of characters of a word "
+                                   f"to count, 0 (none) or a whole number from 2 to 8; got {got}")
+
+
+def test_char_ngrams_of_a_character_input_is_an_error_at_the_declaration(tmp_path, capsys):
+    path = spec(tmp_path, option=", char_ngrams = 3", type="bag of char")
+    code, err = check(capsys, path)
+    assert code == 1
+    assert err.splitlines()[0] == (f"{path}:2:1: error: char_ngrams cuts words into pieces, but 'x' holds "
+                                   f"characters; declare it 'bag of token'")

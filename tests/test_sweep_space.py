@@ -141,6 +141,58 @@ def test_nested_folds_keep_the_outer_test_part_out_of_every_inner_split(tmp_path
     assert seen_outer_tests == set(range(30))
 
 
+BAG = """network bag
+input  x : bag of token
+target y : class[2]
+output p
+p = softmax(W @ x + b)
+loss cross_entropy(p, y)
+train { epochs 1; batch 2 }
+sweep {
+  SWEEP
+}
+data lines("pos.txt" -> 1, "neg.txt" -> 0OPTIONS)
+"""
+
+
+def bag(tmp_path: Path, space: str, options: str = ", ngrams = 3") -> Path:
+    (tmp_path / "pos.txt").write_text("good fun\ngreat film\n", encoding="utf-8")
+    (tmp_path / "neg.txt").write_text("dull plot\nbad film\n", encoding="utf-8")
+    path = tmp_path / "bag.nn"
+    path.write_text(BAG.replace("SWEEP", space).replace("OPTIONS", options), encoding="utf-8")
+    return path
+
+
+def test_a_sweep_searches_the_data_keywords_and_a_trial_writes_them_into_the_data_statement(tmp_path):
+    from nnspec.session import open_session
+    spec = read_sweep_spec(bag(tmp_path, "ngrams int(1, 3)\n  char_ngrams choice(0, 4)"))
+    dims = spec.space.by_name()
+    assert dims["ngrams"].target == dims["char_ngrams"].target == "data"
+    text = trial_text(spec, {"ngrams": 2, "char_ngrams": "4"})
+    # ngrams = 3 gets its new value; char_ngrams, not written, is added before the parenthesis
+    assert text.splitlines()[-1] == 'data lines("pos.txt" -> 1, "neg.txt" -> 0, ngrams = 2, char_ngrams = 4)'
+    vocab = open_session(spec.path, text=text).data.vocabs["x"]
+    assert (vocab.ngrams, vocab.char_ngrams) == (2, 4) and " <go" in vocab and "good fun" in vocab
+
+
+@pytest.mark.parametrize("space, options, message", [
+    ("char_ngrams choice(0, 1)", "", "'char_ngrams' takes 0 (none) or 2 to 8, not 1"),
+    ("char_ngrams int(0, 4)", "", "'char_ngrams' takes 0 (none) or 2 to 8, not 1"),
+    ("ngrams int(1, 7)", "", "'ngrams' takes 1 to 5, not 6"),
+    ("ngrams uniform(1, 3)", "", "'ngrams' is a whole number: search it with int(a, b) or choice(...)"),
+])
+def test_a_data_keyword_range_a_trial_could_not_take_is_an_error_at_its_line(tmp_path, space, options, message):
+    with pytest.raises(SpecError) as e:
+        read_sweep_spec(bag(tmp_path, space, options))
+    text = e.value.diagnostics.render()
+    assert message in text and "bag.nn:9:" in text and "^" in text
+
+
+def test_a_data_keyword_in_the_sweep_of_a_spec_without_lines_or_a_table_is_an_error(tmp_path):
+    text = sweep_errors(tmp_path, "sweep {\n  char_ngrams choice(0, 4)\n}")
+    assert "'char_ngrams' is a keyword of a data statement that reads lines or a table" in text
+
+
 def test_a_missing_extra_says_how_to_install_it():
     with pytest.raises(SweepError, match=r"pip install 'nnspec\[sweep\]'"):
         require("no_such_module_for_nnspec")
@@ -170,10 +222,11 @@ def test_nnspec_check_shows_every_mistake_of_the_sweep_block_at_its_line(tmp_pat
     first_lines = [line for line in err.splitlines() if line.startswith(str(path))]
     assert first_lines == [
         f"{path}:15:3: error: 'lrr' is neither a training setting nor a top-level let; did you mean 'lr'? "
-        f"(a sweep searches train settings and let values; it also takes trials, maximize, minimize, pruner, "
-        f"sampler, folds)",
+        f"(a sweep searches train settings, let values and the data keywords ngrams, char_ngrams; it also "
+        f"takes trials, maximize, minimize, pruner, sampler, folds)",
         f"{path}:16:3: error: 'K' is neither a training setting nor a top-level let (a sweep searches train "
-        f"settings and let values; it also takes trials, maximize, minimize, pruner, sampler, folds)",
+        f"settings, let values and the data keywords ngrams, char_ngrams; it also takes trials, maximize, "
+        f"minimize, pruner, sampler, folds)",
         f"{path}:17:6: error: the low bound 1 must be below the high bound 0.5"]
     path.write_text(TINY.replace("EPOCHS", "2").replace("SWEEP", SPACE), encoding="utf-8")
     assert main(["check", str(path)]) == 0

@@ -107,7 +107,7 @@ def build_vocabs(train_split: dict[str, list], fields: list[FieldSpec], min_coun
             for value, origin in zip(values, where):
                 _check_text(value, f, origin)
             vocabs[f.name] = Vocab.build(values, min_count=min_count, level=f.level, lowercase=f.lowercase,
-                                          ngrams=f.ngrams)
+                                          ngrams=f.ngrams, char_ngrams=f.char_ngrams)
         elif f.kind is FieldKind.class_:
             for value, origin in zip(values, where):
                 _check_label(value, f, origin)

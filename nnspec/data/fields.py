@@ -37,6 +37,7 @@ class FieldSpec(BaseModel):
     axis: str | None = None   # a sequence's axis (nnspec/axes.py): fields on one axis have one length
     inner_axis: str | None = None   # a nested sequence's inner axis (char_seqs: the characters of a word)
     ngrams: int = Field(default=1, ge=1)  # a word-level text field also holds runs of up to n words
+    char_ngrams: int = Field(default=0, ge=0)  # ... and the runs of 2..n characters of each word
     symbols: tuple[str, ...] = ()  # a decoder's start and end symbols around each sequence: whole tokens, also in a char field
 
     @property

@@ -30,6 +30,19 @@ def with_ngrams(tokens: list[str], n: int) -> list[str]:
     return out
 
 
+def with_char_ngrams(tokens: list[str], words: list[str], n: int) -> list[str]:
+    """The tokens, then every run of 2..n characters of each word marked at its ends, ``<film>``
+    (``char_ngrams = n`` on a data source): ``film`` with n = 3 -> `` <f``, `` fi``, ..., `` m>``,
+    `` <fi``, ..., `` lm>``. Each is held as a space followed by its characters: words never hold a
+    space and word n-grams never start with one, so a piece of a word is never mistaken for either."""
+    out = list(tokens)
+    for word in words:
+        marked = f"<{word}>"
+        for k in range(2, n + 1):
+            out += [" " + marked[i:i + k] for i in range(len(marked) - k + 1)]
+    return out
+
+
 class Vocab:
     """A bijection between tokens (or labels) and ids 0..len-1.
 
@@ -40,34 +53,37 @@ class Vocab:
     """
 
     def __init__(self, itos: Sequence[Hashable], *, specials: bool = True,
-                 level: str = "word", lowercase: bool = False, ngrams: int = 1):
+                 level: str = "word", lowercase: bool = False, ngrams: int = 1, char_ngrams: int = 0):
         self.itos = list(itos)
         self.stoi = {t: i for i, t in enumerate(self.itos)}
         self.specials = specials
         self.level = level
         self.lowercase = lowercase
         self.ngrams = ngrams  # 1: words only; n: words and their runs of up to n words
+        self.char_ngrams = char_ngrams  # 0: none; n: also the runs of 2..n characters of each word
 
     def units(self, value: str | Sequence[str]) -> list[str]:
         """What a text counts as: its tokens, and their n-grams when the vocabulary has them."""
-        tokens = tokenize(value, self.level, self.lowercase)
-        return with_ngrams(tokens, self.ngrams) if self.ngrams > 1 else tokens
+        words = tokenize(value, self.level, self.lowercase)
+        tokens = with_ngrams(words, self.ngrams) if self.ngrams > 1 else words
+        return with_char_ngrams(tokens, words, self.char_ngrams) if self.char_ngrams else tokens
 
     @classmethod
     def build(cls, examples: Iterable[str | Sequence[str]], *, min_count: int = 1,
-              level: str = "word", lowercase: bool = False, ngrams: int = 1) -> Vocab:
+              level: str = "word", lowercase: bool = False, ngrams: int = 1, char_ngrams: int = 0) -> Vocab:
         """A token vocabulary of the tokens (and n-grams) seen at least ``min_count`` times,
         most frequent first, ties in string order (so the ids are reproducible)."""
         if min_count < 1:
             raise ValueError(f"min_count must be at least 1, got {min_count}")
-        reader = cls([], level=level, lowercase=lowercase, ngrams=ngrams)
+        reader = cls([], level=level, lowercase=lowercase, ngrams=ngrams, char_ngrams=char_ngrams)
         counts: Counter[str] = Counter()
         for example in examples:
             counts.update(reader.units(example))
         for special in (PAD, UNK):
             counts.pop(special, None)
         kept = sorted((t for t, c in counts.items() if c >= min_count), key=lambda t: (-counts[t], t))
-        return cls([PAD, UNK, *kept], specials=True, level=level, lowercase=lowercase, ngrams=ngrams)
+        return cls([PAD, UNK, *kept], specials=True, level=level, lowercase=lowercase, ngrams=ngrams,
+                   char_ngrams=char_ngrams)
 
     @classmethod
     def labels(cls, values: Iterable[Hashable], size: int | None = None) -> Vocab:
@@ -105,12 +121,14 @@ class Vocab:
     def to_json(self) -> dict:
         """A JSON-serialisable dict, saved beside a trained model."""
         return {"itos": self.itos, "specials": self.specials,
-                "level": self.level, "lowercase": self.lowercase, "ngrams": self.ngrams}
+                "level": self.level, "lowercase": self.lowercase, "ngrams": self.ngrams,
+                "char_ngrams": self.char_ngrams}
 
     @classmethod
     def from_json(cls, data: dict) -> Vocab:
         return cls(data["itos"], specials=data["specials"],
-                   level=data["level"], lowercase=data["lowercase"], ngrams=data.get("ngrams", 1))
+                   level=data["level"], lowercase=data["lowercase"], ngrams=data.get("ngrams", 1),
+                   char_ngrams=data.get("char_ngrams", 0))
 
     def __repr__(self) -> str:
         kind = "tokens" if self.specials else "labels"

@@ -6,13 +6,14 @@
       batch     choice(16, 32, 64)
       optimizer choice(adam(lr = 0.001), momentum(lr = 0.1))
       H         int(8, 64, log = true)      # a top-level `let`
+      char_ngrams choice(0, 4)              # a keyword of the data statement (ngrams, char_ngrams)
       maximize  accuracy                    # the objective: dev accuracy (default: the spec's metric)
       trials 20; folds 5; pruner median; sampler tpe(startup = 10)
     }
 
 A trial is a pure function of its spec text: the chosen values are written into the spec (each
 swept ``let`` gets its value, the train block ends with the chosen settings, the sweep block is
-commented out), so a trial's run directory holds a spec that ``nnspec run`` trains as it is.
+commented out, a swept data keyword is written into the data statement), so a trial's run directory holds a spec that ``nnspec run`` trains as it is.
 Nothing here imports optuna: :meth:`Dimension.suggest` takes any object with Optuna's
 ``suggest_*`` methods.
 """
@@ -34,17 +35,18 @@ META = ("trials", "maximize", "minimize", "pruner", "sampler", "folds")
 METRICS = ("accuracy", "loss", "perplexity")
 PRUNERS = {"median": ("startup", "warmup"), "none": ()}
 SAMPLERS = {"tpe": ("startup", "seed"), "random": ("seed",)}
+DATA_KEYS = ("ngrams", "char_ngrams")  # the data statement's options a sweep may search (features to count)
 # train settings whose values are whole numbers: a float range would be refused by every trial
 _WHOLE = {name for name, f in TrainSettings.model_fields.items() if "int" in str(f.annotation)}
 
 
 @dataclass(frozen=True)
 class Dimension:
-    """One searched value: a train setting (``dropout h``) or a ``let``, with its range."""
-    name: str                 # as the study knows it: "lr", "dropout.h", "H"
+    """One searched value: a train setting (``dropout h``), a ``let`` or a data keyword, with its range."""
+    name: str                 # as the study knows it: "lr", "dropout.h", "H", "char_ngrams"
     kind: str                 # loguniform | uniform | int | choice
-    target: str               # "setting" or "let"
-    key: str                  # the train setting or let name
+    target: str               # "setting", "let" or "data"
+    key: str                  # the train setting, let name or data keyword
     pair: str | None = None   # "h" in `dropout h = ...`
     low: float = 0.0
     high: float = 0.0
@@ -89,8 +91,9 @@ class SearchSpace:
         return {d.name: d for d in self.dimensions}
 
 
-def read_space(sweep: ast.Sweep, lets: set[str], diags: Diagnostics) -> SearchSpace:
-    """Check a sweep block and turn it into a search space; every mistake is reported at its line."""
+def read_space(sweep: ast.Sweep, lets: set[str], diags: Diagnostics, data: ast.DataSource | None = None) -> SearchSpace:
+    """Check a sweep block and turn it into a search space; every mistake is reported at its line.
+    ``data``: the spec's data statement, whose keywords ``ngrams`` and ``char_ngrams`` may be searched."""
     space = SearchSpace([], sweep.span)
     seen: dict[str, Span] = {}
     errors_before = len(diags.errors)
@@ -103,11 +106,17 @@ def read_space(sweep: ast.Sweep, lets: set[str], diags: Diagnostics) -> SearchSp
             target = "setting"
         elif s.key in lets:
             target, key = "let", s.key
+        elif s.key in DATA_KEYS:
+            if data is None or data.source not in ("lines", "csv", "tsv"):
+                diags.error(f"'{s.key}' is a keyword of a data statement that reads lines or a table "
+                            f"(lines, csv, tsv), and this spec has none", s.span)
+                continue
+            target, key = "data", s.key
         else:
-            known = list(TrainSettings.model_fields) + sorted(lets)
+            known = list(TrainSettings.model_fields) + sorted(lets) + list(DATA_KEYS)
             diags.error(f"'{s.key}' is neither a training setting nor a top-level let{did_you_mean(s.key, known)} "
-                        f"(a sweep searches train settings and let values; it also takes "
-                        f"{', '.join(META)})", s.span)
+                        f"(a sweep searches train settings, let values and the data keywords "
+                        f"{', '.join(DATA_KEYS)}; it also takes {', '.join(META)})", s.span)
             continue
         items = [(kw.name, kw.value, kw.span) for kw in s.pairs] if s.pairs else [(None, s.value, s.span)]
         for pair, value, span in items:
@@ -118,6 +127,8 @@ def read_space(sweep: ast.Sweep, lets: set[str], diags: Diagnostics) -> SearchSp
             seen[name] = span
             dim = _range(name, key, pair, target, value, diags)
             if dim is not None:
+                if target == "data" and not _data_range_ok(dim, value, diags):
+                    continue
                 if target == "setting" and key in _WHOLE and dim.kind in ("uniform", "loguniform"):
                     diags.error(f"'{key}' is a whole number: search it with int({_num(dim.low)}, "
                                 f"{_num(dim.high)}) or choice(...)", value.span)
@@ -127,6 +138,23 @@ def read_space(sweep: ast.Sweep, lets: set[str], diags: Diagnostics) -> SearchSp
         diags.error("the sweep block searches nothing: give a setting or let a range, e.g. "
                     "lr loguniform(1e-4, 1e-1)", sweep.span)
     return space
+
+
+def _data_range_ok(dim: Dimension, e, diags: Diagnostics) -> bool:
+    """A data keyword's range holds only values the keyword takes (else every trial would fail)."""
+    from ..dataset import MAX_CHAR_NGRAMS, MAX_NGRAMS
+    if dim.kind in ("uniform", "loguniform"):
+        diags.error(f"'{dim.key}' is a whole number: search it with int(a, b) or choice(...)", e.span)
+        return False
+    values = [int(c) if c.isdigit() else c for c in dim.choices] if dim.kind == "choice" \
+        else list(range(int(dim.low), int(dim.high) + 1, dim.step))
+    allowed = range(1, MAX_NGRAMS + 1) if dim.key == "ngrams" else [0, *range(2, MAX_CHAR_NGRAMS + 1)]
+    bad = [v for v in values if v not in allowed]
+    if bad:
+        takes = f"1 to {MAX_NGRAMS}" if dim.key == "ngrams" else f"0 (none) or 2 to {MAX_CHAR_NGRAMS}"
+        diags.error(f"'{dim.key}' takes {takes}, not {bad[0]!r}", e.span)
+        return False
+    return True
 
 
 def _num(x: float) -> str:
@@ -265,6 +293,7 @@ def read_sweep_spec(path: str | Path, text: str | None = None, need_space: bool 
     module = parse(text, str(path), Diagnostics(diags.sources))
     sweeps = [s for s in program.statements if isinstance(s, ast.Sweep)]
     lets = {s.name for s in module.statements if isinstance(s, ast.Let)}
+    data = next((s for s in module.statements if isinstance(s, ast.DataSource)), None)
     if not sweeps:
         if need_space:
             diags.error(f"{path} has no sweep block: add one, e.g. sweep {{ lr loguniform(1e-4, 1e-1) }}")
@@ -275,7 +304,7 @@ def read_sweep_spec(path: str | Path, text: str | None = None, need_space: bool 
         diags.error("only one sweep block is allowed", extra.span, [("the first is here", sweeps[0].span)])
     if sweeps[0].span.file != str(path):
         diags.error("the sweep block belongs in the spec file itself, not in an included file", sweeps[0].span)
-    space = read_space(sweeps[0], lets, diags)
+    space = read_space(sweeps[0], lets, diags, data)
     diags.raise_if_errors()
     return SweepSpec(path, text, space, module)
 
@@ -292,6 +321,7 @@ def trial_text(spec: SweepSpec, params: dict[str, Any], out_dir: Path | None = N
 
     settings = [dims[n].setting_line(v) for n, v in params.items() if n in dims and dims[n].target == "setting"]
     let_values = {dims[n].key: dims[n].text(v) for n, v in params.items() if n in dims and dims[n].target == "let"}
+    data_values = {dims[n].key: dims[n].text(v) for n, v in params.items() if n in dims and dims[n].target == "data"}
     train = None
     for stmt in spec.module.statements:
         if isinstance(stmt, ast.Let) and stmt.name in let_values:
@@ -303,7 +333,9 @@ def trial_text(spec: SweepSpec, params: dict[str, Any], out_dir: Path | None = N
             start, end = offset(stmt.span.line, stmt.span.column), offset(stmt.span.end_line, stmt.span.end_column)
             block = spec.text[start:end]
             edits.append((start, end, "# " + block.replace("\n", "\n# ") + "\n"))
-        elif out_dir is not None and isinstance(stmt, (ast.DataSource, ast.Include)):
+        if isinstance(stmt, ast.DataSource) and data_values:
+            edits += _data_keywords(stmt, data_values, offset)
+        if out_dir is not None and isinstance(stmt, (ast.DataSource, ast.Include)):
             edits += _relocated(stmt, spec.base_dir, out_dir, offset)
     if settings:
         chosen = "".join(f"  {line}\n" for line in settings)
@@ -316,6 +348,21 @@ def trial_text(spec: SweepSpec, params: dict[str, Any], out_dir: Path | None = N
     for start, end, new in sorted(edits, key=lambda e: e[0], reverse=True):
         text = text[:start] + new + text[end:]
     return text
+
+
+def _data_keywords(stmt: ast.DataSource, values: dict[str, str], offset) -> list[tuple[int, int, str]]:
+    """The data statement with the trial's keyword values: a keyword it has gets its new value, one it
+    lacks is added before the closing parenthesis."""
+    edits = []
+    for kw in stmt.call.keywords:
+        if kw.name in values:
+            v = kw.value.span
+            edits.append((offset(v.line, v.column), offset(v.end_line, v.end_column), values[kw.name]))
+    missing = [k for k in values if k not in {kw.name for kw in stmt.call.keywords}]
+    if missing:
+        close = offset(stmt.call.span.end_line, stmt.call.span.end_column) - 1   # the closing parenthesis
+        edits.append((close, close, "".join(f", {k} = {values[k]}" for k in missing)))
+    return edits
 
 
 def _line_starts(text: str) -> list[int]:
