@@ -92,6 +92,7 @@ def _axes_pass(graph: Graph, order, comp_of, loop_axes: list[tuple], inner: list
     other axes (an encoder's states) whole, so the rules apply to the axes *within a step* (the
     loop's lead taken off the front), and the lead is put back."""
     axes: dict[str, tuple] = {}
+    batched: set[str] = set()       # values that differ from example to example (not parameters)
 
     def error(message, span):          # (messages are made only in the last pass: ``message()``)
         if diags is not None:
@@ -101,6 +102,7 @@ def _axes_pass(graph: Graph, order, comp_of, loop_axes: list[tuple], inner: list
         info = graph.info(n)
         if info.kind in ("input", "target"):
             axes[n] = input_axes(info)
+            batched.add(n)
             continue
         if info.kind in ("param", "const"):
             axes[n] = ()
@@ -120,6 +122,8 @@ def _axes_pass(graph: Graph, order, comp_of, loop_axes: list[tuple], inner: list
             """How many sequence axes a value on ``a`` has in its array here: in a loop's step, not its lead."""
             return len(a) - (len(lead) if L is not None and a[:len(lead)] == lead else 0)
         operands = [(src, full(src)) for src, _ in info.inputs]
+        if any(src in batched or src not in axes for src, _ in info.inputs):
+            batched.add(n)
         for (src, delay), (_, a) in zip(info.inputs, operands):
             # a read at another step shifts along one axis; on a value with several, which one is unclear
             if delay and len(a) > 1 and not (i is not None and comp_of.get(src) == i):
@@ -152,7 +156,16 @@ def _axes_pass(graph: Graph, order, comp_of, loop_axes: list[tuple], inner: list
         else:
             result = ()
             first = None
+            words = next((src for src, a in operands if any(x in nested for x in a)), None)
             for src, a in operands:
+                # a nested value's rows are the words of the batch, not its examples
+                if words is not None and not a and src in batched:
+                    error(lambda: f"{user_name(graph.info(src), diags.sources)} is one value per example and "
+                                  f"{user_name(graph.info(words), diags.sources)} is on {show_axes(axes[words])}, the "
+                                  f"characters of each word: a value on them combines only with parameters "
+                                  f"and values on the same axes; reduce the characters first (last(...), "
+                                  f"mean(...)) and combine on the words' axis", info.span)
+                    break
                 both = combine(result, a)
                 if both is None:
                     error(lambda: f"{user_name(graph.info(first), diags.sources)} is on the axes "

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import networkx as nx
 
-from .axes import infer_axes
+from .axes import infer_axes, nested_axes
 from .errors import Diagnostics
 from .graph import Graph, closure, user_name, where
 from .ops import REGISTRY
@@ -209,7 +209,17 @@ def infer_time_and_type(graph: Graph, components: list[Component], diags: Diagno
         info.integer = bool(operands) and op.output_integer([o.integer for o in operands])
         if info.integer and operands:
             info.elem = operands[0].elem
+    nested = nested_axes(graph)
+    per_example = closure([i.id for i in graph.nodes() if i.kind in ("input", "target")], graph.g.successors)
     for state, init in graph.initials.items():
+        if any(a in nested for a in axes.get(state, ())) and init in per_example and not axes.get(init):
+            # a loop over each word's characters starts once per word: its rows are words, not examples
+            stmt = next((i.span for i in graph.flat.initials if i.name == state), None)
+            span, notes = (stmt, []) if stmt is not None else where(graph, init)
+            diags.error(f"the initial state of '{state}' is {user_name(graph.info(init), diags.sources)}, one value "
+                        f"per example, but '{state}' runs over the characters of each word "
+                        f"({', '.join(axes[state])}): its initial state is a parameter (or the default zeros)",
+                        span, notes)
         if axes.get(init):   # read where a loop starts, for each example: no steps of its own
             stmt = next((i.span for i in graph.flat.initials if i.name == state), None)
             span, notes = (stmt, []) if stmt is not None else where(graph, init)

@@ -115,6 +115,13 @@ def test_nnspec_check_shows_the_axes_of_every_value(tmp_path, capsys):
      "would keep fewer than 2 characters"),
     ("input c : seq of seq(char) of char = chars(w)\noutput x\nx = along(embed(w, 4), embed(c, 4))",
      "repeating a value along them is not supported"),
+    # the rows of a nested value are words, so a value per example has no row to go to
+    ("input c : seq of seq(char) of char = chars(w)\ninput u : bag of token\noutput x\n"
+     "x = last(tanh(embed(c, 3) + U @ u))",
+     "'U @ u' is one value per example and 'embed(c, 3)' is on (time, char), the characters of each word"),
+    ("input c : seq of seq(char) of char = chars(w)\ninput u : bag of token\noutput x\n"
+     "s[4] = tanh(W @ embed(c, 3) + R @ s[t-1])\ninitial s = tanh(Q @ u)\nx = last(s)",
+     "the initial state of 's' is 'tanh(Q @ u)', one value per example, but 's' runs over the characters"),
 ])
 def test_mistakes_with_nested_sequences_are_located_errors(text, message):
     with pytest.raises(SpecError) as err:
@@ -323,3 +330,23 @@ def test_a_word_that_occurs_many_times_in_a_batch_runs_through_the_character_loo
     np.testing.assert_allclose(p1, p2, rtol=0, atol=1e-14)
     for k in m.params:
         np.testing.assert_allclose(np.asarray(g1[k]), np.asarray(g2[k]), rtol=0, atol=1e-13, err_msg=k)
+
+
+def test_a_character_loop_may_start_from_a_learned_initial_state():
+    spec = f"""
+network learned_start
+input  w : seq of token
+input  c : seq of seq(char) of char = chars(w)
+target y : seq of class[{K}]
+output p
+s[{HC}] = tanh(W @ embed(c, {E}) + R @ s[t-1])
+initial s = s0
+p = softmax(V @ concat(embed(w, {EW}), last(s)) + b)
+loss cross_entropy(p, y)
+"""
+    m = Model.from_text(spec, bindings={"vocab(w)": V_W, "vocab(c)": V_C}, dtype=np.float64, seed=2)
+    feeds = batch()
+    base = m.forward(feeds)["p"]
+    m.params["s0"] = m.params["s0"] + 0.5           # every word's character loop starts there
+    assert not np.allclose(m.forward(feeds)["p"], base)
+    assert_model_gradients_match_finite_differences(m, feeds)
