@@ -10,7 +10,7 @@ import pytest
 import nnspec.train.loop as loop
 from nnspec import open_session
 from nnspec.cli import main
-from nnspec.cli.folds import summarise_folds
+from nnspec.sweep.cv import summarise
 from nnspec.cli.training import _distinct_parts, _label_names
 from nnspec.train.checkpoint import load_checkpoint
 from nnspec.train.loop import Trainer
@@ -167,12 +167,12 @@ def test_cross_validation_in_one_process_resumes_keeping_its_finished_folds(tmp_
 
 
 def test_fold_summary_statistics():
-    summary = summarise_folds([{"test_accuracy": a, "test_loss": 1 - a} for a in (0.5, 0.7, 0.9)])
+    summary = summarise([{"test": {"accuracy": a, "loss": 1 - a}} for a in (0.5, 0.7, 0.9)], 3)
     acc = summary["test"]["accuracy"]
     assert acc["mean"] == pytest.approx(0.7) and acc["sd"] == pytest.approx(0.2)   # n - 1: sqrt(0.08 / 2)
     assert acc["stderr"] == pytest.approx(0.2 / math.sqrt(3))
     assert summary["test"]["loss"]["per_fold"] == pytest.approx([0.5, 0.3, 0.1])
-    one = summarise_folds([{"test_accuracy": 0.5}])["test"]["accuracy"]
+    one = summarise([{"test": {"accuracy": 0.5}}], 1)["test"]["accuracy"]
     assert one["sd"] is None and one["stderr"] is None
 
 

@@ -1,10 +1,7 @@
 """``nnspec run --folds K``: k-fold cross-validation, here or as jobs on a Dask cluster."""
 from __future__ import annotations
 
-import math
 import sys
-
-import numpy as np
 
 from ..errors import UsageError
 from ..train.rundir import nan_to_null
@@ -15,7 +12,7 @@ from .training import spec_text, train_session
 def cross_validate(args) -> dict:
     """k-fold cross-validation (``nnspec run --folds K``) in this process: trains every fold, each in
     its own directory (``fold-01/`` ...) under one run directory, and summarises the held-out test
-    figures over the folds (``summarise_folds``) into that directory's results.json. Each fold that
+    figures over the folds (``nnspec.sweep.cv.summarise``, as the cluster's) into that directory's results.json. Each fold that
     finishes is recorded in progress.json as the cluster's cross-validation records it
     (nnspec.sweep.cv), so ``--resume CV_DIR`` keeps the finished folds and trains the others."""
     import argparse
@@ -23,7 +20,7 @@ def cross_validate(args) -> dict:
     from pathlib import Path
 
     from ..session import open_session
-    from ..sweep.cv import PROGRESS_FILE, read_progress, what_was_asked, write_progress
+    from ..sweep.cv import PROGRESS_FILE, read_progress, summarise, what_was_asked, write_progress
     from ..train.rundir import RunDir
     k = args.folds
     if k < 2:
@@ -36,11 +33,12 @@ def cross_validate(args) -> dict:
         parent = RunDir(path=args.resume) if (Path(args.resume) / PROGRESS_FILE).exists() else None
         done = read_progress(Path(args.resume), asked)  # the folds finished, if it began as asked now
     fold_args = argparse.Namespace(**{**vars(args), "resume": None})  # each fold trains from its start
-    reports = []
+    reports, results = [], []      # each fold's flat metrics (reported) and its result (summarised, kept)
     try:
         for fold in range(k):
             if str(fold + 1) in done:
-                reports.append(_metrics_of(done[str(fold + 1)]["result"]))
+                results.append(done[str(fold + 1)]["result"])
+                reports.append(_metrics_of(results[-1]))
                 continue
             session = open_session(args.spec, overrides=args.set or [], fold=(k, fold), seed=args.seed,
                                    dtype="float64" if args.float64 else None, memory_limit=args.memory_limit)
@@ -55,15 +53,16 @@ def cross_validate(args) -> dict:
                 shutil.rmtree(fold_dir)
             report = train_session(session, fold_args, run_path=fold_dir)
             reports.append(report["metrics"])
+            results.append(_result_of(report["metrics"], fold_dir))
             if parent is not None:
-                done[str(fold + 1)] = {"result": _result_of(report["metrics"], fold_dir)}
+                done[str(fold + 1)] = {"result": results[-1]}
                 write_progress(parent.path, asked, done)
     except KeyboardInterrupt:
         if parent is not None:
             print(f"interrupted; the folds finished so far are kept. Continue with the same command and "
                   f"--resume {parent.path}", file=sys.stderr, flush=True)
         raise
-    summary = summarise_folds(reports)
+    summary = summarise(results, k)
     if parent is not None:
         parent.write_results(nan_to_null({"kind": "cross-validation", "spec": name,
                                           "spec_file": str(args.spec), **summary,
@@ -78,7 +77,7 @@ def _result_of(metrics: dict, fold_dir) -> dict:
     return {"state": "complete", "test": {k[5:]: v for k, v in metrics.items() if k.startswith("test_")},
             "best": {k: v for k, v in metrics.items() if k.startswith(("dev_", "train_"))},
             "best_epoch": metrics.get("best_epoch"), "epochs": metrics.get("epochs"),
-            "seconds": metrics.get("seconds"), "run_dir": str(fold_dir)}
+            "seconds": metrics.get("seconds"), "run_dir": str(fold_dir) if fold_dir else None}
 
 
 def _metrics_of(result: dict) -> dict:
@@ -86,26 +85,6 @@ def _metrics_of(result: dict) -> dict:
     return {"best_epoch": result.get("best_epoch"), "epochs": result.get("epochs"),
             "seconds": result.get("seconds"), **(result.get("best") or {}),
             **{f"test_{k}": v for k, v in (result.get("test") or {}).items()}}
-
-
-def summarise_folds(fold_metrics: list[dict]) -> dict:
-    """Each held-out test figure over the folds: mean, standard deviation (n - 1), standard error of
-    the mean, and the per-fold values; plus the flat keys earlier versions reported."""
-    k = len(fold_metrics)
-    test_keys = [key for key in fold_metrics[0] if key.startswith("test_")] if fold_metrics else []
-    figures = {}
-    for key in test_keys:
-        values = [m.get(key) for m in fold_metrics]
-        valid = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
-        n = len(valid)
-        sd = float(np.std(valid, ddof=1)) if n >= 2 else None
-        figures[key[5:]] = {"mean": float(np.mean(valid)) if n else None, "sd": sd,
-                            "stderr": sd / math.sqrt(n) if sd is not None else None,
-                            "n": n, "per_fold": values}
-    acc = figures.get("accuracy", {})
-    return {"folds": k, "test": figures,
-            "test_accuracy_per_fold": acc.get("per_fold", [None] * k),
-            "mean_test_accuracy": acc.get("mean"), "std_test_accuracy": acc.get("sd")}
 
 
 def run_with_folds(args) -> int:

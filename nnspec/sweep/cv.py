@@ -38,8 +38,9 @@ from ..train.rundir import nan_to_null
 
 def summarise(results: list[dict], k: int) -> dict[str, Any]:
     """Each held-out test figure over the folds: mean, standard deviation (n - 1), standard error of
-    the mean and the per-fold values; plus the flat keys earlier versions reported. (The format of
-    the plain trainer's results.json for folds, on the branch that writes it.)"""
+    the mean and the per-fold values; plus the flat keys earlier versions reported. One summary for
+    the folds run here, on a cluster or in one process (nnspec.cli.folds): ``results`` are the folds'
+    results as progress.json keeps them (``{"test": {metric: value}, ...}``)."""
     metrics = sorted({m for r in results for m in (r.get("test") or {})})
     figures = {}
     for m in metrics:
