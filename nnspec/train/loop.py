@@ -42,8 +42,9 @@ from .schedule import make_schedule
 # written sooner, at the first epoch ending FIRST_CHECKPOINT_SECONDS into training, so an
 # interrupted run soon has something to resume, while a run shorter than that writes once.
 CHECKPOINT_SECONDS = 30.0
-AVERAGE_PREFIX = "average."   # the weight averages' entries in a checkpoint's optimiser state
 FIRST_CHECKPOINT_SECONDS = 1.0
+
+AVERAGE_PREFIX = "average."   # the weight averages' entries in a checkpoint's optimiser state
 
 
 class TrainingError(Exception):
