@@ -1,9 +1,11 @@
-"""What a spec may name whose code lives elsewhere: initialisers, optimisers, schedules and views,
-each with its settings and their defaults. Names and numbers only, no code: the compiler checks a
-spec against this leaf without loading training (nnspec.train) or data reading (nnspec.data).
+"""What a spec may name whose code lives elsewhere: initialisers, optimisers, schedules, weight
+averaging and views, each with its settings and their defaults. Names and numbers only, no code: the
+compiler checks a spec against this leaf without loading training (nnspec.train) or data reading
+(nnspec.data).
 
 tests/test_layers.py checks that every entry matches its implementation's signature
-(nnspec.initializers, nnspec.train.optim, nnspec.train.schedule, nnspec.data.views).
+(nnspec.initializers, nnspec.train.optim, nnspec.train.schedule, nnspec.train.average,
+nnspec.data.views).
 """
 from __future__ import annotations
 
@@ -47,6 +49,11 @@ SCHEDULES: dict[str, dict] = {
     "cosine": {"total_steps": REQUIRED, "min_lr": 0.0},
     "linear_warmup": {"warmup_steps": REQUIRED, "then": "constant", "total_steps": None,
                       "min_lr": 0.0},
+}
+
+# weight averaging: the weights evaluated and kept are an average of those training visited
+AVERAGES: dict[str, dict] = {
+    "ema": {"decay": 0.999},
 }
 
 VIEWS: tuple[str, ...] = ("lower", "prefix", "suffix", "shape", "chars")  # views of an input's words

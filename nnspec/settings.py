@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 
-from .catalog import INITIALIZERS, OPTIMIZERS, SCHEDULES
+from .catalog import AVERAGES, INITIALIZERS, OPTIMIZERS, SCHEDULES
 from .errors import Diagnostics, Span, did_you_mean
 from .syntax import ast
 from .syntax.parser import parse
@@ -37,6 +37,7 @@ class TrainSettings(BaseModel):
     patience: int | None = Field(None, ge=1)  # early stopping: epochs without a better dev score
     clip: float | None = Field(None, gt=0)    # global gradient-norm clipping
     schedule: Choice | None = None       # learning-rate schedule
+    average: Choice | None = None        # weight averaging: evaluate and keep e.g. an ema of the weights
     bptt: int | None = Field(None, ge=1)  # truncated BPTT chunk length (streams)
     min_count: int = Field(1, ge=1)      # rarer tokens become <unk>
     by_length: bool = False              # batch sequences of similar length together
@@ -109,15 +110,23 @@ def apply_setting(values: dict, s: ast.Setting, diags: Diagnostics) -> None:
             values[key][kw.name] = _value(kw.value, diags)
         return
     v = _value(s.value, diags)
-    if key in ("optimizer", "schedule") and isinstance(v, str):
+    if key == "average" and v == "none":
+        values.pop(key, None)             # --set average=none: train without averaging
+        return
+    if key in ("optimizer", "schedule", "average") and isinstance(v, str):
         v = Choice(name=v)
     if key in ("normalize", "by_length") and isinstance(v, str):
         v = v in ("true", "yes", "on")
     if key == "nb_scale" and not isinstance(v, str):
         diags.error("nb_scale names the bag input to scale, e.g. 'nb_scale x'", s.span)
         return
-    if key in ("optimizer", "schedule") and isinstance(v, Choice):
+    if key in ("optimizer", "schedule", "average") and isinstance(v, Choice):
         _check_choice(key, v, s, diags)
+    if key == "average" and isinstance(v, Choice) and "decay" in v.args:
+        decay = v.args["decay"]
+        if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0 < decay < 1:
+            diags.error(f"{v.name}'s decay must be a number between 0 and 1 (exclusive), e.g. 0.999, "
+                        f"not {decay!r}", s.span)
     if key == "init" and isinstance(v, str):
         if v not in INITIALIZERS:
             diags.error(f"unknown initialiser '{v}'{did_you_mean(v, INITIALIZERS)} (initialisers are "
@@ -126,8 +135,8 @@ def apply_setting(values: dict, s: ast.Setting, diags: Diagnostics) -> None:
 
 
 def _check_choice(key: str, choice: Choice, s: ast.Setting, diags: Diagnostics) -> None:
-    """An optimizer or schedule must exist and take the keywords given: say so at the setting's line."""
-    table = OPTIMIZERS if key == "optimizer" else SCHEDULES
+    """An optimizer, schedule or averaging must exist and take the keywords given: say so at the setting's line."""
+    table = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "average": AVERAGES}[key]
     settings = table.get(choice.name.lower())
     if settings is None:
         diags.error(f"unknown {key} '{choice.name}'{did_you_mean(choice.name, table)} ({key}s are "

@@ -198,7 +198,7 @@ def test_compiling_a_spec_with_a_train_block_loads_no_training_code():
     assert not [m for m in loaded if m.startswith(("nnspec.train", "safetensors"))], loaded
 
 
-@pytest.mark.parametrize("kind", ["initializers", "optimizers", "schedules", "views"])
+@pytest.mark.parametrize("kind", ["initializers", "optimizers", "schedules", "averages", "views"])
 def test_the_catalog_matches_what_it_names(kind):
     import inspect
 
@@ -206,6 +206,7 @@ def test_the_catalog_matches_what_it_names(kind):
     from nnspec.data.views import VIEWS
     from nnspec.train.optim import OPTIMIZERS
     from nnspec.train.schedule import SCHEDULES
+    from nnspec.train.average import AVERAGES
 
     def settings(fn, skip):
         return {p.name: (catalog.REQUIRED if p.default is inspect.Parameter.empty else p.default)
@@ -218,6 +219,7 @@ def test_the_catalog_matches_what_it_names(kind):
         "initializers": (catalog.INITIALIZERS, initializers.INITIALIZERS, ("shape", "rng", "dtype")),
         "optimizers": (catalog.OPTIMIZERS, {k: c.__init__ for k, c in OPTIMIZERS.items()}, ("self",)),
         "schedules": (catalog.SCHEDULES, {k: c.__init__ for k, c in SCHEDULES.items()}, ("self", "lr")),  # lr: the optimizer's
+        "averages": (catalog.AVERAGES, {k: c.__init__ for k, c in AVERAGES.items()}, ("self",)),
     }[kind]
     assert list(table) == list(real)
     for name, fn in real.items():

@@ -26,6 +26,7 @@ from ..plan import OpStep
 from ..errors import render_message
 from ..runtime import RuntimeFailure, blas_threads
 from ..settings import TrainSettings
+from .average import make_average
 from .checkpoint import TrainedMeta, load_checkpoint, save_checkpoint
 from .clip import clip_scale
 from .nonfinite import (all_finite, describe_node, forward_failure, nonfinite_names, sources_of,
@@ -42,6 +43,8 @@ from .schedule import make_schedule
 # interrupted run soon has something to resume, while a run shorter than that writes once.
 CHECKPOINT_SECONDS = 30.0
 FIRST_CHECKPOINT_SECONDS = 1.0
+
+AVERAGE_PREFIX = "average."   # the weight averages' entries in a checkpoint's optimiser state
 
 
 class TrainingError(Exception):
@@ -258,6 +261,12 @@ class Trainer:
                 self.schedule = make_schedule(settings.schedule.name, lr=self.base_lr, **settings.schedule.args)
             except (ValueError, TypeError) as e:
                 raise TrainingError(f"schedule: {e}") from None
+        self.average = None   # weight averaging: dev, test and the kept weights use the averages
+        if settings.average is not None:
+            try:
+                self.average = make_average(settings.average.name, **settings.average.args)
+            except (ValueError, TypeError) as e:
+                raise TrainingError(f"average: {e}") from None
         self.batch_size = 1 if perceptron else settings.batch
         self.rng = np.random.default_rng(settings.seed)
         self.step = 0
@@ -283,7 +292,7 @@ class Trainer:
         for k, v in ck.params.items():
             self.model.params[k] = v.astype(self.model.dtype)
         if ck.optimizer_state:
-            self.optimizer.load_state_dict(ck.optimizer_state)
+            self._load_training_state(path, ck.optimizer_state)
         self.rng = ck.rng()
         self.start_epoch = self.saved_epoch = ck.epoch
         self.step = ck.step
@@ -304,6 +313,51 @@ class Trainer:
             if saved.epoch == self.best_epoch:
                 self.best_params = saved.params
                 self.best_saved_epoch, self.best_step = saved.epoch, saved.step
+
+    def _training_state(self) -> dict:
+        """What last/ keeps beside the weights: the optimiser's state, and the averages' under
+        ``average.`` keys."""
+        state = self.optimizer.state_dict()
+        if self.average is not None:
+            state.update({f"{AVERAGE_PREFIX}{k}": v for k, v in self.average.state_dict().items()})
+        return state
+
+    def _load_training_state(self, path, state: dict) -> None:
+        averaged = {k[len(AVERAGE_PREFIX):]: v for k, v in state.items() if k.startswith(AVERAGE_PREFIX)}
+        self.optimizer.load_state_dict({k: v for k, v in state.items() if not k.startswith(AVERAGE_PREFIX)})
+        if self.average is None and averaged:
+            raise TrainingError(f"{path}: the run being resumed averaged its weights ({averaged.get('kind')}); "
+                                f"resume it with the same 'average' setting")
+        if self.average is not None:
+            if not averaged:
+                raise TrainingError(f"{path}: the run being resumed did not average its weights; resume it "
+                                    f"without the 'average' setting (or train again)")
+            try:
+                self.average.load_state_dict(averaged)
+            except ValueError as e:
+                raise TrainingError(f"{path}: {e}") from None
+
+    def _evaluated_weights(self) -> dict[str, np.ndarray]:
+        """The weights dev, test and the kept model use: the averages when averaging, else the
+        training weights themselves."""
+        if self.average is None or self.average.t == 0:
+            return self.model.params
+        return self.average.averages()
+
+    def _evaluate_averaged(self, split: str) -> EvalResult:
+        """Evaluate ``split`` with the averaged weights, copied into the parameters' own arrays (which
+        may be views of one block the runtime reads at once) and the training weights put back after."""
+        params = self.model.params
+        if self.average is None or self.average.t == 0:
+            return evaluate(self.model, self.data, split, self.settings)
+        training = {k: v.copy() for k, v in params.items()}
+        try:
+            for k, a in self.average.averages().items():
+                np.copyto(params[k], a)
+            return evaluate(self.model, self.data, split, self.settings)
+        finally:
+            for k, v in training.items():
+                np.copyto(params[k], v)
 
     # ---- one epoch ------------------------------------------------------------
     def _train_epoch(self, epoch: int, progress: Progress) -> tuple[float, int]:
@@ -353,6 +407,8 @@ class Trainer:
             self.optimizer.step(self.model.params, grads, scale=scale, consume=True)
         if not all_finite(self.model.params[k] for k in updated):
             self._bad_update(updated, epoch)
+        if self.average is not None:
+            self.average.update(self.model.params)
         self.step += 1
         return loss, mistakes
 
@@ -437,7 +493,7 @@ class Trainer:
                         row["train_mistakes"] = mistakes
                     if self.data.has("dev"):
                         try:
-                            dev = evaluate(self.model, self.data, "dev", s)
+                            dev = self._evaluate_averaged("dev")
                         except RuntimeFailure as e:  # stopped as a bad step is, keeping what is safe
                             raise TrainingError(f"{self._where(epoch)}: {e}", e.span, e.sources) from None
                         row.update({f"dev_{k}": v for k, v in dev.metrics.items()})
@@ -448,7 +504,7 @@ class Trainer:
                                                          else score < self.best_score)
                     if better and math.isfinite(score):
                         self.best_score, self.best_epoch, self.best_step = score, epoch + 1, self.step
-                        self.best_params = {k: v.copy() for k, v in self.model.params.items()}
+                        self.best_params = {k: v.copy() for k, v in self._evaluated_weights().items()}
                     self.history.append(row)
                     if self.run_dir is not None:
                         self.run_dir.log_metrics(row)
@@ -480,7 +536,9 @@ class Trainer:
                 if self.run_dir is not None:
                     self.run_dir.close()
         if self.best_params is not None and self.data.has("dev"):
-            self.model.params.update(self.best_params)  # keep the best-dev epoch
+            self._put(self.best_params)  # keep the best-dev epoch
+        elif self.average is not None:
+            self._put(self._evaluated_weights())  # the averages of the last epoch
         result = TrainResult(params=self.model.params, history=self.history, best_epoch=self.best_epoch,
                              best=dict(next((r for r in self.history if r.get("epoch") == self.best_epoch), {})),
                              converged=converged, epochs_run=len(self.history),
@@ -489,6 +547,11 @@ class Trainer:
         if self.data.has("test"):
             result.test = evaluate(self.model, self.data, "test", s).metrics
         return result
+
+    def _put(self, weights: dict[str, np.ndarray]) -> None:
+        """Make the model's parameters these weights, written into their arrays (see _evaluate_averaged)."""
+        for k, v in weights.items():
+            np.copyto(self.model.params[k], v)
 
     # ---- checkpoints ------------------------------------------------------------
     def _checkpoint_due(self, start: float) -> bool:
@@ -545,7 +608,7 @@ class Trainer:
         if bad:  # never reached after the per-step checks; a checkpoint must never hold them
             raise TrainingError(f"refusing to save {path}: parameter {self._describe(bad[0])} is not finite")
         row = next((r for r in reversed(self.history) if r.get("epoch") == epoch), {})
-        save_checkpoint(path, params, optimizer_state=self.optimizer.state_dict() if with_optimizer else None,
+        save_checkpoint(path, params, optimizer_state=self._training_state() if with_optimizer else None,
                         spec_hash=self.spec_hash, epoch=epoch, step=self.step if with_optimizer else self.best_step,
                         metrics={k: v for k, v in row.items() if isinstance(v, (int, float))},
                         rng=self.rng if with_optimizer else None, vocabs=self.data.vocab_json(),
