@@ -122,3 +122,21 @@ def train_tiny_tagger(root, spec_text: str):
     assert main(["run", str(root / "tagger.nn"), "--runs", str(root / "runs"), "--quiet"]) == 0
     (run,) = (root / "runs").iterdir()
     return run
+
+
+def run_cli(*argv: str, stdin: str | None = None) -> tuple[int, str, str]:
+    """``nnspec ARGV`` in this process with ``stdin`` as its standard input: (exit code, stdout, stderr)."""
+    import contextlib
+    import io
+    import sys
+
+    from nnspec.cli import main
+    out, err = io.StringIO(), io.StringIO()
+    old = sys.stdin
+    sys.stdin = io.TextIOWrapper(io.BytesIO((stdin or "").encode()))
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(list(argv))
+    finally:
+        sys.stdin = old
+    return code, out.getvalue(), err.getvalue()

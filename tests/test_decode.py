@@ -19,6 +19,7 @@ from nnspec.errors import SpecError
 from nnspec.model import FeedError, Model
 
 from test_axes import V_SRC, V_TGT, batch, spec
+from conftest import run_cli as cli
 
 START, END = 2, 3            # ids of the symbols in the hand-made target vocabulary (0 <pad>, 1 <unk>)
 DECLARED = 'decode tgt from p, start "<s>", end "</s>", max 5\n'
@@ -390,23 +391,6 @@ def test_bad_beam_and_limit_are_feed_errors():
 # ---- the first task, specs/reverse_copy.nn: trained once, decoded by nnspec predict ----------------
 ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
 SPEC = ROOT / "specs" / "reverse_copy.nn"
-
-
-def cli(*argv: str, stdin: str | None = None) -> tuple[int, str, str]:
-    import contextlib
-    import io
-    import sys
-
-    from nnspec.cli import main
-    out, err = io.StringIO(), io.StringIO()
-    old = sys.stdin
-    sys.stdin = io.TextIOWrapper(io.BytesIO((stdin or "").encode()))
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = main(list(argv))
-    finally:
-        sys.stdin = old
-    return code, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ import pytest
 from nnspec.cli import main
 from nnspec.decode import beam_search, greedy, stepwise, symbol_ids
 from nnspec.trained import load
+from conftest import run_cli as cli
 
 SPEC = Path(__file__).resolve().parent.parent / "specs" / "lemmatizer.nn"
 
@@ -64,20 +65,6 @@ def test_step_by_step_decoding_of_the_lemmatizer_is_full_recomputation(trained, 
 
 
 # ---- decoding text with two sources: the form's characters and the tag, a column each ------------
-def cli(*argv: str, stdin: str = "") -> tuple[int, str, str]:
-    import contextlib
-    import io
-    import sys
-    out, err = io.StringIO(), io.StringIO()
-    old = sys.stdin
-    sys.stdin = io.TextIOWrapper(io.BytesIO(stdin.encode()))
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = main(list(argv))
-    finally:
-        sys.stdin = old
-    return code, out.getvalue(), err.getvalue()
-
 
 def test_decode_texts_reads_a_column_for_each_source_in_the_specs_order(trained):
     from nnspec.decode import decode_texts, source_inputs
