@@ -201,7 +201,10 @@ def time_interleaved(steps: dict[str, Callable], repeats: int, warmup: int,
 
 def traced_memory(impl, cfg, dtype) -> dict[str, int]:
     """tracemalloc over a fresh setup: bytes held after setup + one step (weights, batch,
-    buffers), and the peak during the next step (held + temporaries)."""
+    buffers), and the peak during the next step (held + temporaries). A throwaway setup and step
+    come first, so that what a first step loads once per process (modules, such as numba's when
+    a kernel is compiled at the first step, and the kernels) is not counted as the step's."""
+    impl.setup(cfg, dtype)()
     gc.collect()
     tracemalloc.start()
     try:
