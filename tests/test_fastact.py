@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from nnspec import compile_text
+from nnspec.ops import REGISTRY
 from nnspec.ops.activations import _sigmoid
 from nnspec.runtime import ExecOptions, Executor, fastact
 from nnspec.runtime.kernelcache import numba_available
@@ -16,6 +17,7 @@ pytestmark = pytest.mark.skipif(not numba_available(), reason="numba (the fast e
 
 SPEC = "input x[3] : seq\ntarget y[2] : seq\nh = lstm(x, H = 8)\nloss mse(Z @ h + d, y)\n"
 LENGTHS = np.array([5, 3, 1, 4])
+SIGMOID = REGISTRY["sigmoid"]
 TINY = 5e-39   # the kernel clamps e^-x at e^88.38: below float32's normal range it gives ~4e-39, not 0
 
 
@@ -26,7 +28,7 @@ def test_kernel_is_the_exact_sigmoid_to_float32_rounding():
     z[1, 10:14] = [np.nan, np.inf, -np.inf, -88.5]
     x = z[:, 10:410]                   # rows apart in memory, as the gates' part of a loop's product
     out = np.empty(x.shape, np.float32)
-    fastact.sigmoid_step([x], [out])(0)
+    fastact.vectorised_step(SIGMOID, [x], [out], {})(0)
     exact = 1 / (1 + np.exp(-x.astype(np.float64)))
     finite = ~np.isnan(x)
     # NumPy's own float32 sigmoid is within 1.9e-7 relative; the kernel's bound is 1.2e-7
@@ -37,7 +39,7 @@ def test_kernel_is_the_exact_sigmoid_to_float32_rounding():
 def test_rows_it_cannot_take_go_to_numpy():
     x = np.random.default_rng(1).normal(size=(4, 20)).astype(np.float32)[:, ::2]   # elements apart
     out, want = np.empty(x.shape, np.float32), np.empty(x.shape, np.float32)
-    fastact.sigmoid_step([x], [out])(0)
+    fastact.vectorised_step(SIGMOID, [x], [out], {})(0)
     np.testing.assert_array_equal(out, _sigmoid(x, want))
 
 
@@ -61,8 +63,8 @@ def passes(plan, params, feeds, dtype, options, after=0, n=2):
 
 def test_network_agrees_with_the_reference_engine_in_float32(monkeypatch):
     used = []
-    step = fastact.sigmoid_step
-    monkeypatch.setattr(fastact, "sigmoid_step", lambda *a: used.append(1) or step(*a))
+    step = fastact.vectorised_step
+    monkeypatch.setattr(fastact, "vectorised_step", lambda *a: used.append(1) or step(*a))
     plan, params, feeds = setup(np.float32)
     tf, gf = passes(plan, params, feeds, np.float32, ExecOptions(fused_loops=False))
     tr, gr = passes(plan, params, feeds, np.float32, ExecOptions.reference())

@@ -48,6 +48,7 @@ class Activation(NotALoss, Op):
 class Sigmoid(Activation):
     name = "sigmoid"
     fused = ScalarForm('1.0 / (1.0 + exp(-{x0}))', ('{out} * (1.0 - {out})',))
+    vectorised_step = "sigmoid_rows"
     doc = "logistic 1 / (1 + e^-x), stable for large |x|"
 
     vjp_reads = ("out",)

@@ -156,6 +156,9 @@ class Op:
     # what a generated loop kernel computes for this op (``runtime/fused.py``); None: a loop holding
     # the op runs on the NumPy path
     fused: ClassVar[FusedForm | None] = None
+    # the name of a kernel of ``runtime/fastact.py`` that computes this unary op's loop step on float32
+    # rows, vectorised (``ExecOptions.fast_sigmoid``); None: NumPy's step
+    vectorised_step: ClassVar[str | None] = None
     needs_ctx: ClassVar[bool] = True   # forward/vjp read ctx (train, rng, mask, saved)
     spends_input: ClassVar[bool] = False  # forward can work in its first input's array (Ctx.spend)
     # its step kernel may overflow harmlessly (sigmoid's e^-x -> inf gives exactly 0) and does not

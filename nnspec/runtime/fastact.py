@@ -17,7 +17,6 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from ..ops.activations import _sigmoid
 from .kernelcache import load_module
 
 # one kernel: rows of `width` values, `xstride` / `ostride` elements apart, in 1-D contiguous arrays
@@ -83,16 +82,17 @@ def rows_of(a: np.ndarray):
     return as_strided(a, shape=((rows - 1) * stride + width,), strides=(4,)), rows, width, stride
 
 
-def sigmoid_step(x: list, out: list):
-    """The loop step ``out[t] = sigmoid(x[t])`` by the kernel; an array it cannot take (not float32,
-    rows not contiguous) by NumPy. Each step's views are made here, when the loop run is built
-    (before it counts the references to its arrays it holds itself, ``reuse.Reuse``), and used
-    while the step's arrays are the same ones (a kept run's own buffers are). None (NumPy's step
-    then) when no directory is writable for the compiled kernel."""
+def vectorised_step(op, x: list, out: list, attrs: dict):
+    """The loop step ``out[t] = op(x[t])`` by the op's kernel (``op.vectorised_step``); an array it
+    cannot take (not float32, rows not contiguous) by the op's own NumPy step. Each step's views are
+    made here, when the loop run is built (before it counts the references to its arrays it holds
+    itself, ``reuse.Reuse``), and used while the step's arrays are the same ones (a kept run's own
+    buffers are). None (NumPy's step then) when no directory is writable for the compiled kernel."""
     try:
-        kernel = kernels().sigmoid_rows
+        kernel = getattr(kernels(), op.vectorised_step)
     except OSError:
         return None
+    numpy_step = op.step_forward([x], out, attrs)
     bits = np.empty(max([a.shape[-1] if a.ndim == 2 else a.size for a in x] + [0]), np.int32)
 
     def plan(a, o):
@@ -108,7 +108,7 @@ def sigmoid_step(x: list, out: list):
         kept = memo[t]
         call = kept[2] if kept[0] is a and kept[1] is o else plan(a, o)
         if call is None:
-            _sigmoid(a, o)
+            numpy_step(t)
         else:
             kernel(*call)
     return f

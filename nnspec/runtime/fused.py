@@ -10,7 +10,7 @@ fallback whenever numba is missing (the ``fast`` extra), an op has no fused form
 ``ExecOptions.fused_loops`` is off.
 
 Compiled kernels are cached on disk (numba's ``cache=True`` on a module written once per kernel
-source, under ``kernel_cache_dir()``), so a spec's second run does not wait for the compiler, and
+source, under ``kernelcache.kernel_cache_dir()``), so a spec's second run does not wait for the compiler, and
 numba is imported only when a loop is about to be fused.
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ from ..ops.registry import NO_CTX, PartForm, unbroadcast
 from ..plan import LoopStep
 from .fusedcode import Kernels, NotFusable, body_forms, generate, work_per_example
 from .gradsum import GradSum
-from .kernelcache import kernel_cache_dir, load_module, numba_available  # noqa: F401 (kernel_cache_dir: API)
+from .kernelcache import load_module, numba_available
 from .loops import check_loop
 from .reference import send
 from .tape import Tape
@@ -211,16 +211,6 @@ class _Body:
         self.outer_entries = [("outer", k) for k in self.outer]
 
 
-def _backward_entries(layout) -> tuple[list, list]:
-    """The backward kernel's gradient arguments and initial-state gradient arguments (worked out
-    once per layout)."""
-    kept = getattr(layout, "_entries", None)
-    if kept is None:
-        kept = layout._entries = ([e for e in layout.backward if e[0] in ("grad", "gread")],
-                                  [e for e in layout.backward if e[0] == "ginit"])
-    return kept
-
-
 def whole_input(run: FusedRun, env: dict, ids: set, src: str, d: int) -> np.ndarray:
     """An op's input over all steps, as the kernel read it (a sequence from outside read at t + d:
     shifted; a 0-d value as it is, so that its gradient keeps its shape)."""
@@ -234,7 +224,7 @@ def loop_backward(ex, loop: LoopStep, run: FusedRun, tape: Tape, grads: GradSum,
     env, bufs, args = tape.values, run.bufs, dict(run.args)
     ids = set(bufs)
     # every gradient inside the loop: views of one zeroed block (one allocation, not one per value)
-    grad_entries, ginit_entries = _backward_entries(run.layout)
+    grad_entries, ginit_entries = run.layout.gradients, run.layout.initial_gradients
     first = next(iter(bufs.values()))
     shapes = [bufs[k if kind == "grad" else k[0]].shape for kind, k in grad_entries]
     sizes = [bufs[k if kind == "grad" else k[0]].size for kind, k in grad_entries]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from ..ops import REGISTRY
 from ..ops.registry import JoinForm, PartForm, ProductForm, ScalarForm
@@ -64,6 +65,16 @@ class Layout:
     ("grad", id), ("gread", (src, d)), ("ginit", (src, d))."""
     forward: list = field(default_factory=list)
     backward: list = field(default_factory=list)
+
+    @cached_property
+    def gradients(self) -> list:
+        """The backward kernel's gradient arguments ("grad", "gread"), worked out once."""
+        return [e for e in self.backward if e[0] in ("grad", "gread")]
+
+    @cached_property
+    def initial_gradients(self) -> list:
+        """The backward kernel's initial-state gradient arguments ("ginit")."""
+        return [e for e in self.backward if e[0] == "ginit"]
 
 
 @dataclass

@@ -228,8 +228,8 @@ def build_run(ex, prog: LoopProgram, tape: Tape, axis: TimeAxis, scratch,
     for b in prog.body:
         if b.view_of is not None:
             continue
-        kernel = fastact.sigmoid_step(run.ins[b.id][0], run.outs[b.id]) if (
-            b.fast and fast_sigmoid and b.op.name == "sigmoid") else None
+        kernel = fastact.vectorised_step(b.op, run.ins[b.id][0], run.outs[b.id], b.step.attrs) if (
+            b.fast and fast_sigmoid and b.op.vectorised_step is not None) else None
         if kernel is not None:
             run.steps.append(kernel)
         elif b.fast:
