@@ -111,6 +111,13 @@ MAX_NGRAMS = 5  # runs of more words are seen too rarely to be worth a vocabular
 MAX_CHAR_NGRAMS = 8  # a piece of a word longer than that is nearly the word
 
 
+def ngram_option_takes(name: str, n) -> bool:
+    """Whether the data keyword ``name`` (``ngrams``, ``char_ngrams``) takes the value ``n``."""
+    if type(n) is not int:
+        return False
+    return 1 <= n <= MAX_NGRAMS if name == "ngrams" else (n == 0 or 2 <= n <= MAX_CHAR_NGRAMS)
+
+
 def with_ngrams(flat: FlatSpec, fields: list[FieldSpec], diags: Diagnostics) -> list[FieldSpec]:
     """The fields with the data statement's ``ngrams = n`` and ``char_ngrams = n`` applied: every
     word-level text input (``bag of token``, ``seq of token``) then holds its words, their runs of
@@ -131,10 +138,10 @@ def with_ngrams(flat: FlatSpec, fields: list[FieldSpec], diags: Diagnostics) -> 
         if stmt.source not in NGRAM_SOURCES:
             diags.error(f"{name} applies to text read line by line or from a table ({', '.join(NGRAM_SOURCES)}), "
                         f"not to {stmt.source}(...)", keyword.span)
-        elif name == "ngrams" and (type(n) is not int or not 1 <= n <= MAX_NGRAMS):
+        elif name == "ngrams" and not ngram_option_takes(name, n):
             diags.error(f"ngrams is the longest run of words to count, a whole number from 1 to {MAX_NGRAMS}; "
                         f"got {n!r}", keyword.value.span)
-        elif name == "char_ngrams" and (type(n) is not int or not (n == 0 or 2 <= n <= MAX_CHAR_NGRAMS)):
+        elif name == "char_ngrams" and not ngram_option_takes(name, n):
             diags.error(f"char_ngrams is the longest run of characters of a word to count, 0 (none) or a whole "
                         f"number from 2 to {MAX_CHAR_NGRAMS}; got {n!r}", keyword.value.span)
         elif not texts:

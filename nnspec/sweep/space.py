@@ -107,9 +107,10 @@ def read_space(sweep: ast.Sweep, lets: set[str], diags: Diagnostics, data: ast.D
         elif s.key in lets:
             target, key = "let", s.key
         elif s.key in DATA_KEYS:
-            if data is None or data.source not in ("lines", "csv", "tsv"):
+            from ..dataset import NGRAM_SOURCES
+            if data is None or data.source not in NGRAM_SOURCES:
                 diags.error(f"'{s.key}' is a keyword of a data statement that reads lines or a table "
-                            f"(lines, csv, tsv), and this spec has none", s.span)
+                            f"({', '.join(NGRAM_SOURCES)}), and this spec has none", s.span)
                 continue
             target, key = "data", s.key
         else:
@@ -142,14 +143,13 @@ def read_space(sweep: ast.Sweep, lets: set[str], diags: Diagnostics, data: ast.D
 
 def _data_range_ok(dim: Dimension, e, diags: Diagnostics) -> bool:
     """A data keyword's range holds only values the keyword takes (else every trial would fail)."""
-    from ..dataset import MAX_CHAR_NGRAMS, MAX_NGRAMS
+    from ..dataset import MAX_CHAR_NGRAMS, MAX_NGRAMS, ngram_option_takes
     if dim.kind in ("uniform", "loguniform"):
         diags.error(f"'{dim.key}' is a whole number: search it with int(a, b) or choice(...)", e.span)
         return False
     values = [int(c) if c.isdigit() else c for c in dim.choices] if dim.kind == "choice" \
         else list(range(int(dim.low), int(dim.high) + 1, dim.step))
-    allowed = range(1, MAX_NGRAMS + 1) if dim.key == "ngrams" else [0, *range(2, MAX_CHAR_NGRAMS + 1)]
-    bad = [v for v in values if v not in allowed]
+    bad = [v for v in values if not ngram_option_takes(dim.key, v)]
     if bad:
         takes = f"1 to {MAX_NGRAMS}" if dim.key == "ngrams" else f"0 (none) or 2 to {MAX_CHAR_NGRAMS}"
         diags.error(f"'{dim.key}' takes {takes}, not {bad[0]!r}", e.span)
