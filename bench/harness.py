@@ -50,6 +50,7 @@ REGISTRY: dict[str, str | Callable[[], Implementation]] = {
     "nnspec": "bench.nnspec_impl:NnspecImpl",  # skipped until that file exists
     "nnspec-nofuse": "bench.nnspec_impl:NnspecNoFuseImpl",   # every loop on the NumPy path
     "nnspec-npsig": "bench.nnspec_impl:NnspecNumpySigmoidImpl",   # loop steps' sigmoid by NumPy
+    "nnspec-noseg": "bench.nnspec_impl:NnspecNoSegmentsImpl",   # loop steps' elementwise runs op by op
 }
 
 

@@ -77,6 +77,7 @@ class NnspecImpl:
     traces_memory = True  # everything is NumPy
     fused = True          # small loops as compiled kernels where numba is installed (runtime/fused.py)
     fast_sigmoid = True   # float32 loop steps' sigmoid as a compiled kernel (runtime/fastact.py)
+    segments = True       # float32 loop steps' elementwise runs as compiled kernels (runtime/segments.py)
 
     def __init__(self, optimize: bool | None = None):
         self.optimize = optimize
@@ -86,15 +87,18 @@ class NnspecImpl:
         from nnspec.runtime import ExecOptions, Executor
 
         model, feeds, opt = build(config, dtype, self.optimize)
-        if not (self.fused and self.fast_sigmoid):
+        if not (self.fused and self.fast_sigmoid and self.segments):
             model.executor = Executor(model.plan, model.dtype,
-                                      options=ExecOptions(fused_loops=self.fused, fast_sigmoid=self.fast_sigmoid))
+                                      options=ExecOptions(fused_loops=self.fused, fast_sigmoid=self.fast_sigmoid,
+                                                          fused_segments=self.segments))
         rng = np.random.default_rng(0)
         fused = model.executor.fused
         if fused is not None:
             fused.after = 0    # the bench times steady steps: compile during the warm-up, not after 100 steps
         if model.executor.fast_sigmoid_after is not None:
             model.executor.fast_sigmoid_after = 0    # likewise the loop steps' float32 sigmoid kernel
+        if model.executor.segments_after is not None:
+            model.executor.segments_after = 0        # and the loop steps' fused segments
 
         def step():
             loss, grads, _ = model.loss_and_grads(feeds, rng=rng, single_use=True)
@@ -127,3 +131,11 @@ class NnspecNumpySigmoidImpl(NnspecImpl):
 
     name = "nnspec-npsig"
     fast_sigmoid = False
+
+
+class NnspecNoSegmentsImpl(NnspecImpl):
+    """nnspec with each loop step's elementwise ops as NumPy calls (``ExecOptions(fused_segments=False)``):
+    the A/B of the fused segments."""
+
+    name = "nnspec-noseg"
+    segments = False

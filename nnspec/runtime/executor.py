@@ -22,7 +22,7 @@ import numpy as np
 from .. import chunks
 from ..ops import REGISTRY
 from ..plan import LoopStep, Plan
-from . import fastact, fused, loopback, prepared, reference
+from . import fastact, fused, loopback, prepared, reference, segments
 from .blas import blas_threads
 from .facts import PlanFacts
 from .gradsum import GradSum
@@ -53,6 +53,8 @@ class Executor:
         self.fused = fused.FusedLoops(self) if self.options.fused_loops else None   # small loops compiled
         # float32 loop steps' sigmoid compiled after this many passes of each loop (fastact.py)
         self.fast_sigmoid_after = fastact.AFTER_PASSES if self.options.fast_sigmoid and numba_available() else None
+        # float32 loop steps' elementwise runs compiled after this many passes of each loop (segments.py)
+        self.segments_after = segments.AFTER_PASSES if self.options.fused_segments and numba_available() else None
         self._pass_run: prepared.PassRun | None = None   # the prepared pass kept for the last batch geometry
         self._pass_seen: tuple | None = None    # (geometry, shapes of the steps that ran into arrays)
         self.profile: dict | None = None        # set to {} to collect seconds per step

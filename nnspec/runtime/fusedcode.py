@@ -205,8 +205,7 @@ class _Generator:
         xs = [self.operand(src, d) for src, d in s.inputs]
         form = op.fused
         if isinstance(form, ScalarForm):
-            names = {f"x{i}": f"x{i}" for i in range(len(xs))}
-            expr = form.value.format(**names, **attr_values(op, s.attrs))
+            expr = scalar_text(op, form.value, s.attrs, {f"x{i}": f"x{i}" for i in range(len(xs))})
             return ([f"for j in range({w}):"] + [f"    x{i} = {x.at('j', w)}" for i, x in enumerate(xs)]
                     + [f"    {out}[t, b, j] = {expr}"])
         if isinstance(form, ProductForm):
@@ -261,12 +260,11 @@ class _Generator:
         form = op.fused
         g = f"{me.grad}[t, b, j]"
         if isinstance(form, ScalarForm):
-            names = {f"x{i}": f"x{i}" for i in range(len(xs))}
-            attrs = attr_values(op, s.attrs)
+            names = {f"x{i}": f"x{i}" for i in range(len(xs))} | {"out": "out"}
             lines = [f"for j in range({w}):", f"    g = {g}", f"    out = {me.name}[t, b, j]"]
             lines += [f"    x{i} = {x.at('j', w)}" for i, x in enumerate(xs)]
             for i in inside:
-                partial = form.partials[i].format(**names, out="out", **attrs)
+                partial = scalar_text(op, form.partials[i], s.attrs, names)
                 lines.append(f"    {xs[i].grad_at('j', w)} += g * ({partial})")
             return lines
         if isinstance(form, ProductForm):
@@ -301,3 +299,9 @@ def attr_values(op, attrs: dict) -> dict[str, str]:
             raise NotFusable(f"{op.name}: attribute {name} is not a number")
         out[name] = repr(float(value))
     return out
+
+
+def scalar_text(op, text: str, attrs: dict, names: dict[str, str]) -> str:
+    """One of the op's scalar-form expressions (its value or a partial derivative) with the inputs
+    (``x0``, ``x1`` ..., ``out``) named by ``names`` and its attributes as literals."""
+    return text.format(**names, **attr_values(op, attrs))

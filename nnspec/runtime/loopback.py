@@ -18,6 +18,7 @@ import numpy as np
 
 from ..ops.registry import NO_CTX, product_into, unbroadcast
 from ..plan import LoopStep
+from . import segments
 from .blas import blas_threads
 from .gradsum import GradSum
 from .loopprogram import BackwardPlan, BodyOp, LoopProgram
@@ -42,6 +43,7 @@ class LoopBackward:
     glists: dict = None         # value -> its gradient's per-step views (lists the actions read)
     lent: dict = None           # region -> the values whose gradient sits in it (a lent array's)
     plan: BackwardPlan = None
+    segments: list = ()         # the fused elementwise segments among the actions (segments.py)
     # ring regions' gradients from after the loop, this pass: region -> [(member's ring, (T, B, ...))]
     incoming: dict = None
 
@@ -112,10 +114,16 @@ def loop_backward(ex, prog: LoopProgram, tape: Tape, grads: GradSum, need, keep:
     for r, slots in plan.ring.items():          # the slots of the first steps the pass reaches
         for u in order[:slots - 1]:
             bw.take_slot(r, gbuf[r], u)
-    with blas_threads(ex.options.loop_blas_threads):
-        for t in order:
-            for act in bw.actions:
-                act(t)
+    for seg in bw.segments:     # this pass's arrays (lent ones included), held while the loop runs
+        seg.bind()
+    try:
+        with blas_threads(ex.options.loop_blas_threads):
+            for t in order:
+                for act in bw.actions:
+                    act(t)
+    finally:
+        for seg in bw.segments:
+            seg.release()
     bw.incoming.clear()
     # everything that leaves the loop: one whole-sequence VJP per edge
     for op_id, pos in plan.deferred:
@@ -213,6 +221,7 @@ def build_backward(ex, prog: LoopProgram, run: LoopRun, plan: BackwardPlan, need
         return tmps[key]
 
     outer_step: dict[tuple, np.ndarray] = {}   # (op id, pos) -> per-step gradients leaving the loop
+    steps = []      # (action, what a fused segment needs to do it instead, or None)
     for a in plan.actions:
         b = prog.by_id[a.op_id]
         G, ins, outs, attrs = glists[a.op_id], run.ins[a.op_id], run.outs[a.op_id], b.step.attrs
@@ -226,26 +235,43 @@ def build_backward(ex, prog: LoopProgram, run: LoopRun, plan: BackwardPlan, need
                 else:
                     outer_step[(a.op_id, pos)] = arr = np.zeros(env[src].shape, dtype=dtype)
                     dests.append(("outer", arr, src in seq))
-            actions.append(_generic_backward(b.op, attrs, G, ins, outs, run.ctxs[a.op_id], dests, axis))
+            steps.append((_generic_backward(b.op, attrs, G, ins, outs, run.ctxs[a.op_id], dests, axis), None))
             continue
         src, d = b.step.inputs[a.pos]
         if a.kind == "outer_step":
             outer_step[(a.op_id, a.pos)] = arr = np.zeros(env[src].shape, dtype=dtype)
-            actions.append(_outer_step_action(b.op, a.pos, attrs, G, ins, outs, arr, src in seq))
+            steps.append((_outer_step_action(b.op, a.pos, attrs, G, ins, outs, arr, src in seq), None))
             continue
         D = local[a.op_id][1] if a.kind == "local" else None
+        fusable = (run.fused_segments and len(b.trail) == 1 and len(prog.by_id[src].trail) == 1
+                   and (D is not None or segments.vjp_fusable(b, a.pos, run.scratch)))
+        item = None
         if d == 0:
             dest = glists[src]
             if D is not None:
-                actions.append(product_into(G, D, dest, a.accumulate))
+                step = product_into(G, D, dest, a.accumulate)
             else:
-                actions.append(b.op.step_vjp(a.pos, G, ins, outs, attrs, dest, a.accumulate))
+                step = b.op.step_vjp(a.pos, G, ins, outs, attrs, dest, a.accumulate)
+            if fusable:
+                item = segments.BackwardItem(G, dest, prog.by_id[src].trail[-1], a.accumulate, D, b, a.pos, ins, outs)
         else:
             t1, t2 = tmp_pair(gbuf[src])
             first = (product_into(G, D, [t1] * T, False) if D is not None
                      else b.op.step_vjp(a.pos, G, ins, outs, attrs, [t1] * T, False))
-            actions.append(_delayed_action(first, glists[src], d, axis, ginit.get(src), t1, t2))
-    return LoopBackward(gbuf=gbuf, owners=owners, ginit=ginit, local=local, actions=actions,
+            step = _delayed_action(first, glists[src], d, axis, ginit.get(src), t1, t2)
+            if fusable:     # the kernel writes the gradient into a buffer of this action's own; sent after it
+                own = np.empty(t1.shape, t1.dtype)
+                item = segments.BackwardItem(G, [own] * T, prog.by_id[src].trail[-1], False, D, b, a.pos, ins, outs,
+                                             send=_send_action(glists[src], d, axis, ginit.get(src), own, t2))
+        steps.append((step, item))
+    segs = []
+    if run.fused_segments:
+        rings = {id(glists[v]): plan.ring[plan.region[v]] for v in glists if plan.region.get(v) in plan.ring}
+        more, segs = segments.backward_steps(steps, T, B, rings)
+        actions += more
+    else:
+        actions += [f for f, _ in steps]
+    return LoopBackward(gbuf=gbuf, owners=owners, ginit=ginit, local=local, actions=actions, segments=segs,
                         outer_step=outer_step, tmps=[a for pair in tmps.values() for a in pair],
                         glists=glists, plan=plan, incoming=incoming,
                         lent={r: [b.id for b in prog.body if plan.region.get(b.id) == r] for r in lent})
@@ -294,10 +320,19 @@ def _delayed_action(first, steps, d, axis, ginit, t1, t2):
     """Gradient of a state read at t + d: ``first(t)`` writes it into t1; it goes to that
     step (``steps``: the state's gradient at every step) where the step is real, else to the
     initial state."""
-    send, minlen, add = axis.send_to_step_into, axis.minlen, np.add
+    send = _send_action(steps, d, axis, ginit, t1, t2)
 
     def act(t):
         first(t)
+        send(t)
+    return act
+
+
+def _send_action(steps, d, axis, ginit, t1, t2):
+    """At step t: the gradient in t1 of a state read at t + d to that step, or the initial state."""
+    send, minlen, add = axis.send_to_step_into, axis.minlen, np.add
+
+    def act(t):
         u = t + d
         if 0 <= u < minlen:      # a real step of every example (send's first case, inlined: it is most steps)
             add(steps[u], t1, out=steps[u])

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import fastact
+from . import fastact, segments
 from .blas import blas_threads
 from .loopprogram import LoopProgram
 from .reuse import Reuse, distinct
@@ -44,6 +44,8 @@ class LoopRun:
     outer: list = field(default_factory=list)    # (per-step list, source, delay, kind) bound every pass
     outer_views: list = field(default_factory=list)  # (value, source, start, stop): parts of outer sequences
     steps: list = field(default_factory=list)    # forward kernels f(t), in body order
+    segments: list = field(default_factory=list)  # the fused elementwise segments among them (segments.py)
+    fused_segments: bool = False                 # whether its passes run segments (forward and backward)
     backward: object = None                      # loopback.LoopBackward, once built
     key: tuple = ()
     tape: object = None                          # weak reference to the tape that ran it last
@@ -100,12 +102,13 @@ class FastLoop:
         # which looks at every step afterwards)
         scratch = frozenset() if tape.context.check_finite else prog.scratch
         self.passes += 1
-        after = ex.fast_sigmoid_after
+        after, seg_after = ex.fast_sigmoid_after, ex.segments_after
         fast_sigmoid = after is not None and ex.dtype == np.float32 and self.passes > after
-        key = (T, tape.rows(axis), axis.lengths.tobytes(), scratch, fast_sigmoid)
+        fused_segments = seg_after is not None and ex.dtype == np.float32 and self.passes > seg_after
+        key = (T, tape.rows(axis), axis.lengths.tobytes(), scratch, fast_sigmoid, fused_segments)
         run = self.cached_run(key)
         if run is None:
-            run = build_run(ex, prog, tape, axis, scratch, fast_sigmoid)
+            run = build_run(ex, prog, tape, axis, scratch, fast_sigmoid, fused_segments)
             if prog.reusable:
                 run.key = key
                 run.seal()
@@ -120,12 +123,18 @@ class FastLoop:
         times = range(T) if loop.direction > 0 else range(T - 1, -1, -1)
         read_into, steps = run.axis.read_step_into, run.steps
         quiet = np.errstate(over="ignore") if prog.quiet_overflow else contextlib.nullcontext()
-        with blas_threads(ex.options.loop_blas_threads), quiet:
-            for t in times:
-                for Xl, Bl, init, pre, d in fills:
-                    read_into(Xl[t], Bl, t + d, init, pre)
-                for f in steps:
-                    f(t)
+        for seg in run.segments:       # this pass's arrays, held while the loop runs
+            seg.bind()
+        try:
+            with blas_threads(ex.options.loop_blas_threads), quiet:
+                for t in times:
+                    for Xl, Bl, init, pre, d in fills:
+                        read_into(Xl[t], Bl, t + d, init, pre)
+                    for f in steps:
+                        f(t)
+        finally:
+            for seg in run.segments:
+                seg.release()
         if tape.context.check_finite:
             check_loop(prog, run.bufs, times)
         tape.values.update({k: v for k, v in run.bufs.items() if k not in run.scratch})
@@ -178,9 +187,10 @@ def allocate(ex, prog: LoopProgram, run: LoopRun, tape: Tape) -> None:
 
 
 def build_run(ex, prog: LoopProgram, tape: Tape, axis: TimeAxis, scratch,
-              fast_sigmoid: bool = False) -> LoopRun:
+              fast_sigmoid: bool = False, fused_segments: bool = False) -> LoopRun:
     """Buffers, per-step views and step kernels of one loop for this batch's geometry (a sigmoid's
-    by ``fastact``'s compiled kernel when ``fast_sigmoid``).
+    by ``fastact``'s compiled kernel when ``fast_sigmoid``; runs of elementwise ops as one compiled
+    kernel each when ``fused_segments``, ``segments.py``).
 
     Inputs from outside the loop are bound afterwards (``bind_outer``), into lists the
     kernels read at every step, so a run can be used again for the next batch of the
@@ -225,19 +235,25 @@ def build_run(ex, prog: LoopProgram, tape: Tape, axis: TimeAxis, scratch,
                     lst.extend(bufs[b.id])
         run.outs[b.id] = seqs[(b.id, 0)]
     bind_outer(run, tape)
+    steps = []
     for b in prog.body:
         if b.view_of is not None:
             continue
         kernel = fastact.vectorised_step(b.op, run.ins[b.id][0], run.outs[b.id], b.step.attrs) if (
             b.fast and fast_sigmoid and b.op.vectorised_step is not None) else None
         if kernel is not None:
-            run.steps.append(kernel)
+            steps.append((b, kernel))
         elif b.fast:
-            run.steps.append(b.op.step_forward(run.ins[b.id], run.outs[b.id], b.step.attrs))
+            steps.append((b, b.op.step_forward(run.ins[b.id], run.outs[b.id], b.step.attrs)))
         else:
             ctxs = run.ctxs[b.id] = [None] * T
-            run.steps.append(generic_forward(b.op, b.step.attrs, run.ins[b.id], run.outs[b.id], ctxs,
-                                             tape.context))
+            steps.append((b, generic_forward(b.op, b.step.attrs, run.ins[b.id], run.outs[b.id], ctxs,
+                                             tape.context)))
+    run.fused_segments = fused_segments
+    if fused_segments:
+        run.steps, run.segments = segments.forward_steps(run, steps, tape.rows(axis))
+    else:
+        run.steps = [f for _, f in steps]
     return run
 
 

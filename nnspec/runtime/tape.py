@@ -62,6 +62,10 @@ class ExecOptions:
     # float32 loops on the NumPy path: sigmoid by one vectorised compiled kernel, not four NumPy calls
     # (runtime/fastact.py, needs numba; after fastact.AFTER_PASSES passes, as fused loops)
     fast_sigmoid: bool = True
+    # float32 loops on the NumPy path: each run of consecutive elementwise steps (forward ops, backward
+    # VJPs) as one call of a compiled, vectorised kernel (runtime/segments.py, needs numba; after
+    # segments.AFTER_PASSES passes, as fused loops)
+    fused_segments: bool = True
     # BLAS threads for a whole forward or backward pass, and while a loop runs step by step.
     # nnspec's products are small (a step: (B, H) x (H, 4H)); measured on a 2-core machine,
     # a second OpenBLAS thread made every one of them slower, even the (1120 x 128) x
@@ -77,7 +81,7 @@ class ExecOptions:
         """Every step by the reference engine, no speed feature: the oracle the fast paths are tested against."""
         return cls(fast_loops=False, defer_grads=False, local_grads=False, alias_grads=False, scratch=False,
                    reuse_buffers=False, row_grads=False, prepared=False, lend_dead=False, param_blocks=False,
-                   fused_loops=False, ring_grads=False, fast_sigmoid=False,
+                   fused_loops=False, ring_grads=False, fast_sigmoid=False, fused_segments=False,
                    distinct_words=False)
 
 
