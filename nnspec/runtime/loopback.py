@@ -89,6 +89,9 @@ def loop_backward(ex, prog: LoopProgram, tape: Tape, grads: GradSum, need, keep:
         bw = run.backward = build_backward(ex, prog, run, plan, need, env, tape.rows(run.axis), lent)
         bw.key = key
         local_grads(prog, run, bw, env)
+        for seg in bw.segments:           # the lanes its segments keep, made now (see segments.Segment)
+            seg.bind()
+            seg.release()
         run.reuse.absorb(before)          # its references to the run's arrays are the run's own
         tracked = {id(a) for a in run.reuse.arrays}
         new = [a for a in distinct(bw.arrays()) if id(a) not in tracked]
@@ -267,7 +270,9 @@ def build_backward(ex, prog: LoopProgram, run: LoopRun, plan: BackwardPlan, need
     segs = []
     if run.fused_segments:
         rings = {id(glists[v]): plan.ring[plan.region[v]] for v in glists if plan.region.get(v) in plan.ring}
-        more, segs = segments.backward_steps(steps, T, B, rings)
+        volatile = {id(lst) for lst, *_ in run.outer} | {id(glists[v]) for r in lent
+                                                          for v in glists if plan.region.get(v) == r}
+        more, segs = segments.backward_steps(steps, T, B, rings, volatile)
         actions += more
     else:
         actions += [f for f, _ in steps]

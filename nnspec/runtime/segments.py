@@ -230,7 +230,7 @@ def lane(steps: list, m: int, rows: int):
 
 def _clash(x, y, rows: int) -> bool:
     """Whether two lanes' elements at step 0 may overlap without being the same elements."""
-    (_, (_, _, sbx), wx, ax), (_, (_, _, sby), wy, ay) = x, y
+    (_, (_, _, sbx), wx, ax), (_, (_, _, sby), wy, ay) = x[:4], y[:4]
     if ax == ay and sbx == sby and wx == wy:
         return False
     if ax + 4 * ((rows - 1) * sbx + wx) <= ay or ay + 4 * ((rows - 1) * sby + wy) <= ax:
@@ -244,30 +244,52 @@ def _clash(x, y, rows: int) -> bool:
 class Segment:
     """One kernel call a step for a run of elementwise steps, with their NumPy steps as the fallback:
     ``lists`` are the lanes' per-step lists (``moduli``: a ring's slots by list, else every step),
-    ``after`` what runs after the kernel at each step (the sends of state reads' gradients)."""
+    ``after`` what runs after the kernel at each step (the sends of state reads' gradients).
+
+    A lane is made again only when its list holds other arrays than it was made from; the lanes of
+    ``volatile`` lists (arrays from outside the loop, lent gradient arrays: bound again at every pass)
+    are dropped when a pass ends, so that nothing holds them afterwards. The others are made when the
+    segment is built, before its run counts the references it holds itself (``reuse.Reuse``)."""
 
     def __init__(self, kernel, lists: list, widths: list[int], writes: list[Write], numpy_steps: list,
-                 T: int, rows: int, moduli: dict | None = None, after: list = ()):
+                 T: int, rows: int, moduli: dict | None = None, after: list = (), volatile: set = frozenset()):
         self.kernel, self.lists, self.widths, self.writes = kernel, lists, widths, writes
         self.numpy_steps, self.T, self.rows, self.after = numpy_steps, T, rows, list(after)
         self.moduli = [(moduli or {}).get(id(lst), T) for lst in lists]
+        self.volatile = [k for k, lst in enumerate(lists) if id(lst) in volatile]
+        self.pairs = [(w.dest, k) for w in writes for k in sorted(_lanes(w.expr)) if k != w.dest]
+        self.lanes: list = [None] * len(lists)      # (view, (m, st, sb), width, address, first, last)
+        self.geom = np.zeros(3 * len(lists), np.int64)
         self.args = None
 
     def bind(self) -> None:
         """This pass's lanes, or None (the NumPy steps run) when a list is not one a kernel takes."""
-        self.args = None
-        lanes = [lane(lst, m, self.rows) for lst, m in zip(self.lists, self.moduli)]
-        if any(x is None or x[2] != w for x, w in zip(lanes, self.widths)):
-            return
-        for w in self.writes:
-            reads = _lanes(w.expr)
-            if any(k != w.dest and _clash(lanes[w.dest], lanes[k], self.rows) for k in reads):
+        new = []
+        for k, lst in enumerate(self.lists):
+            x = self.lanes[k]
+            if x is None or not lst or lst[0] is not x[4] or lst[-1] is not x[5]:
+                found = lane(lst, self.moduli[k], self.rows)
+                if found is None or found[2] != self.widths[k]:
+                    self.lanes[k] = self.args = None
+                    return
+                self.lanes[k] = found + (lst[0], lst[-1])
+                self.geom[3 * k:3 * k + 3] = found[1]
+                new.append(k)
+        if new or self.args is None:
+            fresh = set(new)
+            lanes = self.lanes
+            if any((d in fresh or k in fresh or self.args is None) and _clash(lanes[d], lanes[k], self.rows)
+                   for d, k in self.pairs):
+                self.args = None
                 return
-        geom = np.array([g for x in lanes for g in x[1]], np.int64)
-        self.args = (self.rows, geom) + tuple(x[0] for x in lanes)
+            self.args = (self.rows, self.geom) + tuple(x[0] for x in lanes)
 
     def release(self) -> None:
-        self.args = None
+        """After a pass: let go of the arrays bound for it alone."""
+        if self.volatile:
+            self.args = None
+            for k in self.volatile:
+                self.lanes[k] = None
 
     def __call__(self, t: int) -> None:
         args = self.args
@@ -283,8 +305,8 @@ class Segment:
 class Builder:
     """Collects a segment's lanes (each per-step list once), writes and NumPy steps, then compiles it."""
 
-    def __init__(self, T: int, rows: int, moduli: dict | None = None):
-        self.T, self.rows, self.moduli = T, rows, moduli
+    def __init__(self, T: int, rows: int, moduli: dict | None = None, volatile: set = frozenset()):
+        self.T, self.rows, self.moduli, self.volatile = T, rows, moduli, volatile
         self.lists: list = []
         self.index: dict[int, int] = {}
         self.widths: list[int] = []
@@ -317,8 +339,12 @@ class Builder:
         if kernel is None:
             return None
         seg = Segment(kernel, self.lists, self.widths, self.writes, self.numpy_steps, self.T, self.rows,
-                      self.moduli, self.after)
-        return seg if probe(kernel, seg) else None
+                      self.moduli, self.after, self.volatile)
+        if not probe(kernel, seg):
+            return None
+        seg.bind()          # (the lanes it keeps are made now, with the run's own references)
+        seg.release()
+        return seg
 
 
 def _lanes(expr: str) -> set[int]:
@@ -344,7 +370,6 @@ def probe(kernel, seg: Segment) -> bool:
         ok = True
     except NumbaError:
         ok = False
-    seg.release()
     _probed[id(kernel)] = ok
     return ok
 
@@ -376,7 +401,7 @@ def forward_steps(run, steps: list, rows: int) -> tuple[list, list[Segment]]:
 
 
 def _forward_segment(run, group: list, rows: int) -> Segment | None:
-    builder = Builder(run.T, rows)
+    builder = Builder(run.T, rows, volatile={id(lst) for lst, *_ in run.outer})
     for b, f in group:
         names = {f"x{i}": builder.lane_of(lst) for i, lst in enumerate(run.ins[b.id])}
         expr = op_expr(b.op, b.op.fused.value, b.step.attrs, names)
@@ -422,13 +447,14 @@ def vjp_fusable(b, pos: int, held_one_step: frozenset) -> bool:
     return not reads & set(stale)
 
 
-def backward_steps(actions: list, T: int, rows: int, moduli: dict) -> tuple[list, list[Segment]]:
+def backward_steps(actions: list, T: int, rows: int, moduli: dict, volatile: set) -> tuple[list, list[Segment]]:
     """A backward pass's per-step actions with each maximal run of consecutive elementwise ones as
-    one segment: ``actions`` are (its NumPy action, a ``BackwardItem`` or None) in the plan's order."""
+    one segment: ``actions`` are (its NumPy action, a ``BackwardItem`` or None) in the plan's order;
+    ``moduli``: ring gradients' slots by list; ``volatile``: the lists bound again at every pass."""
     out, segs, group = [], [], []
 
     def flush():
-        seg = _backward_segment(group, T, rows, moduli) if group else None
+        seg = _backward_segment(group, T, rows, moduli, volatile) if group else None
         if seg is None:
             out.extend(f for f, _ in group)
         else:
@@ -446,8 +472,8 @@ def backward_steps(actions: list, T: int, rows: int, moduli: dict) -> tuple[list
     return out, segs
 
 
-def _backward_segment(group: list, T: int, rows: int, moduli: dict) -> Segment | None:
-    builder = Builder(T, rows, moduli)
+def _backward_segment(group: list, T: int, rows: int, moduli: dict, volatile: set) -> Segment | None:
+    builder = Builder(T, rows, moduli, volatile)
     for f, it in group:
         W = it.b.trail[0]
         g = builder.lane_of(it.G, W)
