@@ -283,6 +283,8 @@ class Segment:
                 self.args = None
                 return
             self.args = (self.rows, self.geom) + tuple(x[0] for x in lanes)
+            if not probe(self.kernel, self.args):
+                self.args = None
 
     def release(self) -> None:
         """After a pass: let go of the arrays bound for it alone."""
@@ -336,15 +338,10 @@ class Builder:
             if self.widths[w.dest] not in (w.width, 1) or any(self.widths[k] not in (w.width, 1) for k in _lanes(w.expr)):
                 return None
         kernel = compiled(kernel_source(self.writes, self.widths))
-        if kernel is None:
+        if kernel is None or _probed.get(id(kernel)) is False:
             return None
-        seg = Segment(kernel, self.lists, self.widths, self.writes, self.numpy_steps, self.T, self.rows,
-                      self.moduli, self.after, self.volatile)
-        if not probe(kernel, seg):
-            return None
-        seg.bind()          # (the lanes it keeps are made now, with the run's own references)
-        seg.release()
-        return seg
+        return Segment(kernel, self.lists, self.widths, self.writes, self.numpy_steps, self.T, self.rows,
+                       self.moduli, self.after, self.volatile)
 
 
 def _lanes(expr: str) -> set[int]:
@@ -353,24 +350,22 @@ def _lanes(expr: str) -> set[int]:
             if isinstance(n, ast.Name) and n.id[0] == "L" and n.id[1:].isdigit()}
 
 
-_probed: dict[int, bool] = {}
+_probed: dict[int, bool] = {}    # id of a kernel -> whether numba compiled it
 
 
-def probe(kernel, seg: Segment) -> bool:
-    """Compile the kernel for its arrays' types by running it on no rows; False if numba rejects it."""
+def probe(kernel, args: tuple) -> bool:
+    """Compile the kernel for these arrays' types by running it on no rows; False if numba rejects
+    the generated code (its steps then stay on NumPy), which would otherwise fail in the middle of a pass."""
     from numba.core.errors import NumbaError
 
-    if id(kernel) in _probed:
-        return _probed[id(kernel)]
-    seg.bind()
-    if seg.args is None:
-        return True           # (decided at the first pass whose lists it takes)
-    try:
-        kernel(0, 0, *seg.args[1:])
-        ok = True
-    except NumbaError:
-        ok = False
-    _probed[id(kernel)] = ok
+    ok = _probed.get(id(kernel))
+    if ok is None:
+        try:
+            kernel(0, 0, *args[1:])
+            ok = True
+        except NumbaError:
+            ok = False
+        _probed[id(kernel)] = ok
     return ok
 
 
@@ -397,6 +392,9 @@ def forward_steps(run, steps: list, rows: int) -> tuple[list, list[Segment]]:
             flush()
             out.append(f)
     flush()
+    for seg in segs:       # the lanes they keep, made now (see Segment)
+        seg.bind()
+        seg.release()
     return out, segs
 
 
