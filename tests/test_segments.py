@@ -200,3 +200,25 @@ def test_a_loop_run_with_segments_is_kept_and_holds_no_array_after_a_pass():
         del tape
     assert runs[1] is runs[2] is runs[3] and runs[1].segments and runs[1].backward.segments
     assert blocks[1] == blocks[2] == blocks[3]
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_a_pass_whose_arrays_a_kernel_cannot_take_runs_the_numpy_steps(cell, monkeypatch, kernels_used):
+    # the arrays bound again at every pass (the input projection, lent gradient arrays) are made
+    # lanes again at every pass; when one cannot be, that pass runs the NumPy steps, which compute
+    # the derivatives a kernel would have computed itself from the op's VJP
+    plan, params, feeds = setup(cell, np.float32)
+    leaves = [p.name for p in plan.params]
+    refuse, lane = [False], segments.lane
+    monkeypatch.setattr(segments, "lane", lambda *a: None if refuse[0] else lane(*a))
+    ex = Executor(plan, dtype=np.float32, options=ExecOptions(fused_loops=False))
+    ex.segments_after = 0
+    ex.backward(ex.forward(params, feeds, lengths=LENGTHS, single_use=True), wrt=leaves)
+    assert kernels_used["kernel"] and not kernels_used["numpy"]
+    refuse[0] = True
+    kernels_used.update(kernel=0, numpy=0)
+    tape = ex.forward(params, feeds, lengths=LENGTHS, single_use=True)
+    grads = ex.backward(tape, wrt=leaves)
+    assert kernels_used["numpy"] and not kernels_used["kernel"]
+    _, tn, gn = passes(plan, params, feeds, np.float32, False, leaves=leaves)
+    assert_same(tape, grads, tn, gn, ONE_STEP)

@@ -210,7 +210,15 @@ def build_backward(ex, prog: LoopProgram, run: LoopRun, plan: BackwardPlan, need
     axis = run.axis
     # derivatives of elementwise ops, for the whole sequence at once (filled every pass)
     # (over every step: the op's own buffer may be one step's scratch when its VJP reads only its input)
-    local = {bid: (ex.pool.empty((T, B) + prog.by_id[bid].trail, dtype), []) for bid in plan.local}
+    # With fused segments, an op whose every such action a kernel does by its partial derivative
+    # (reading the op's output or inputs at the step) needs none (``inline``)
+    def fusable(a) -> bool:
+        b = prog.by_id[a.op_id]
+        return (run.fused_segments and a.kind in ("vjp", "local") and len(b.trail) == 1
+                and len(prog.by_id[b.step.inputs[a.pos][0]].trail) == 1
+                and segments.vjp_fusable(b, a.pos, run.scratch))
+    inline = {bid for bid in plan.local if all(fusable(a) for a in plan.actions if a.op_id == bid)}
+    local = {bid: (ex.pool.empty((T, B) + prog.by_id[bid].trail, dtype), []) for bid in plan.local - inline}
     actions = [_zero_action(gbuf[r]) for r in plan.fill]
     incoming: dict = {}
     step = 1 if prog.loop.direction > 0 else -1
@@ -245,9 +253,9 @@ def build_backward(ex, prog: LoopProgram, run: LoopRun, plan: BackwardPlan, need
             outer_step[(a.op_id, a.pos)] = arr = np.zeros(env[src].shape, dtype=dtype)
             steps.append((_outer_step_action(b.op, a.pos, attrs, G, ins, outs, arr, src in seq), None))
             continue
-        D = local[a.op_id][1] if a.kind == "local" else None
-        fusable = (run.fused_segments and len(b.trail) == 1 and len(prog.by_id[src].trail) == 1
-                   and (D is not None or segments.vjp_fusable(b, a.pos, run.scratch)))
+        D = local[a.op_id][1] if a.op_id in local else None
+        fused = fusable(a) or (D is not None and run.fused_segments and len(b.trail) == 1
+                               and len(prog.by_id[src].trail) == 1)
         item = None
         if d == 0:
             dest = glists[src]
@@ -255,14 +263,14 @@ def build_backward(ex, prog: LoopProgram, run: LoopRun, plan: BackwardPlan, need
                 step = product_into(G, D, dest, a.accumulate)
             else:
                 step = b.op.step_vjp(a.pos, G, ins, outs, attrs, dest, a.accumulate)
-            if fusable:
+            if fused:
                 item = segments.BackwardItem(G, dest, prog.by_id[src].trail[-1], a.accumulate, D, b, a.pos, ins, outs)
         else:
             t1, t2 = tmp_pair(gbuf[src])
             first = (product_into(G, D, [t1] * T, False) if D is not None
                      else b.op.step_vjp(a.pos, G, ins, outs, attrs, [t1] * T, False))
             step = _delayed_action(first, glists[src], d, axis, ginit.get(src), t1, t2)
-            if fusable:     # the kernel writes the gradient into a buffer of this action's own; sent after it
+            if fused:       # the kernel writes the gradient into a buffer of this action's own; sent after it
                 own = np.empty(t1.shape, t1.dtype)
                 item = segments.BackwardItem(G, [own] * T, prog.by_id[src].trail[-1], False, D, b, a.pos, ins, outs,
                                              send=_send_action(glists[src], d, axis, ginit.get(src), own, t2))
