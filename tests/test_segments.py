@@ -222,3 +222,22 @@ def test_a_pass_whose_arrays_a_kernel_cannot_take_runs_the_numpy_steps(cell, mon
     assert kernels_used["numpy"] and not kernels_used["kernel"]
     _, tn, gn = passes(plan, params, feeds, np.float32, False, leaves=leaves)
     assert_same(tape, grads, tn, gn, ONE_STEP)
+
+
+def test_chunks_of_a_stream_carry_their_states_through_segments():
+    # the previous chunk's last states are what the first steps read (copied into the state reads)
+    plan, params, feeds = setup("lstm", np.float32)
+    results = []
+    for segmented in (True, False):
+        ex = Executor(plan, dtype=np.float32, options=ExecOptions(fused_loops=False, fused_segments=segmented))
+        if ex.segments_after is not None:
+            ex.segments_after = 0
+        carry, out = None, []
+        for _ in range(3):
+            tape = ex.forward(params, feeds, lengths=FULL, carry=carry)
+            out.append((tape, ex.backward(tape)))
+            carry = tape.final_states
+        results.append(out)
+        assert all(loop._run.segments for loop in ex.fast_loops.values()) == segmented
+    for (ts, gs), (tn, gn) in zip(*results):
+        assert_same(ts, gs, tn, gn)

@@ -240,7 +240,8 @@ def build_run(ex, prog: LoopProgram, tape: Tape, axis: TimeAxis, scratch,
         if b.view_of is not None:
             continue
         kernel = fastact.vectorised_step(b.op, run.ins[b.id][0], run.outs[b.id], b.step.attrs) if (
-            b.fast and fast_sigmoid and b.op.vectorised_step is not None) else None
+            b.fast and fast_sigmoid and b.op.vectorised_step is not None
+            and not (fused_segments and segments.forward_form(b))) else None   # (a segment's then)
         if kernel is not None:
             steps.append((b, kernel))
         elif b.fast:
