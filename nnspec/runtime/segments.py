@@ -2,7 +2,7 @@
 consecutive elementwise steps as one call of a compiled kernel (``ExecOptions.fused_segments``).
 
 Why: a float32 loop step makes one NumPy call per body op, 3-5 us each at the benchmark's sizes
-(B 32, H 128), mostly call overhead; PyTorch's LSTM runs a cell's elementwise chain as one
+(B 32, H 128), much of it call overhead; PyTorch's LSTM runs a cell's elementwise chain as one
 vectorised kernel. Here a maximal run of body ops that have a scalar form (``Op.fused`` a
 ``ScalarForm``) and need no context (slices between them are views, no steps) becomes one kernel
 numba compiles from those forms. It works example row by example row, op after op, each op over
@@ -15,11 +15,12 @@ gradient of a state read at another step is written into a buffer of its own and
 after the kernel, in order.
 
 An array reaches a kernel as a *lane*: a 1-D view from its first element at step 0, element
-``[t, b, j]`` at ``(t mod m) st + b sb + j`` (st 0 for a value held for one step, m a ring's slots).
-Lanes are made from the per-step lists the NumPy steps read when a pass starts (so the arrays from
-outside the loop, bound again at every pass, are this pass's) and dropped when it ends, so that no
-array is held from one pass to the next; a list a kernel cannot take (not float32, rows not
-contiguous) makes that pass run the NumPy steps instead. Forms that call a function with no
+``[t, b, j]`` at ``(t mod m) st + b sb + j`` (st 0 for a value held for one step, m a ring's slots),
+made from the per-step lists the NumPy steps read. The lanes of the run's own arrays are made when
+the run is built and kept; those of arrays bound again at every pass (from outside the loop, lent
+gradient arrays) when the pass starts, and dropped when it ends, so that nothing holds them
+afterwards (``Segment``). A list a kernel cannot take (not float32, rows not contiguous) makes that
+pass run the NumPy steps instead. Forms that call a function with no
 vectorisable float32 form (log, log1p, expm1, a power other than a small whole one) end a segment:
 numba's scalar libm call per element loses to NumPy's vectorised one beyond tiny sizes. float64
 stays on NumPy (the differential tests compare exact float64 maths). Kernels are cached on disk
@@ -35,10 +36,11 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from ..ops.registry import ScalarForm
-from .fastact import MATH
-from .fastact import AFTER_PASSES as AFTER_PASSES   # (same threshold: a short run never waits for numba)
+from . import fastact
 from .fusedcode import NotFusable, scalar_text
 from .kernelcache import load_module
+
+AFTER_PASSES = fastact.AFTER_PASSES   # passes of a loop before its kernels are made: a short run never waits
 
 CALLS = {"exp", "tanh", "sqrt", "abs", "min", "max"}   # what a float32 kernel computes vectorised
 MAX_POWER = 4      # x ** k for a whole k up to this: k - 1 multiplications
@@ -96,21 +98,23 @@ class _Float32(ast.NodeTransformer):
         return node
 
 
-_exprs: dict = {}
+_exprs: dict = {}    # (op, form text, attributes) -> its float32 expression over x0, x1, ..., out
+_OWN_NAMES = {f"x{i}": f"x{i}" for i in range(16)} | {"out": "out"}
 
 
 def op_expr(op, text: str, attrs: dict, names: dict[str, str]) -> str:
-    """One of the op's scalar-form expressions as float32 kernel code; NotVectorised if it is none."""
-    key = (op.name, text, tuple(sorted(attrs.items())), tuple(sorted(names.items())))
+    """One of the op's scalar-form expressions as float32 kernel code, its inputs (``x0`` ...,
+    ``out``) named by ``names``; NotVectorised if it has none."""
+    key = (op.name, text, repr(sorted(attrs.items())))
     if key not in _exprs:
         try:
-            _exprs[key] = float32_expr(scalar_text(op, text, attrs, names))
+            _exprs[key] = float32_expr(scalar_text(op, text, attrs, _OWN_NAMES))
         except (NotVectorised, NotFusable) as e:
             _exprs[key] = e
     found = _exprs[key]
     if isinstance(found, Exception):
         raise NotVectorised(str(found))
-    return found
+    return _rename(found, names)
 
 
 def forward_form(b) -> bool:
@@ -186,7 +190,7 @@ def compiled(source: str):
     key = hashlib.sha256(source.encode()).hexdigest()[:20]
     if key not in _kernels:
         try:
-            _kernels[key] = load_module(f"nnspec_segment_{key}", MATH + source).segment
+            _kernels[key] = load_module(f"nnspec_segment_{key}", fastact.MATH + source).segment
         except OSError:
             _kernels[key] = None
     return _kernels[key]
@@ -203,7 +207,7 @@ def lane(steps: list, m: int, rows: int):
     ``(t mod m) st`` elements after step 0's and whose rows are ``sb`` apart with contiguous
     elements; None if the list is not one."""
     a = steps[0] if steps else None
-    if a is None or a.dtype != np.float32 or a.ndim > 2:
+    if a is None or a.dtype != np.float32 or a.ndim > 2 or rows < 1 or a.size == 0:
         return None
     if a.ndim == 0:
         w, sb = 1, 0
