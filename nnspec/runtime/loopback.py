@@ -210,14 +210,8 @@ def build_backward(ex, prog: LoopProgram, run: LoopRun, plan: BackwardPlan, need
     axis = run.axis
     # derivatives of elementwise ops, for the whole sequence at once (filled every pass)
     # (over every step: the op's own buffer may be one step's scratch when its VJP reads only its input)
-    # With fused segments, an op whose every such action a kernel does by its partial derivative
-    # (reading the op's output or inputs at the step) needs none (``inline``)
-    def fusable(a) -> bool:
-        b = prog.by_id[a.op_id]
-        return (run.fused_segments and a.kind in ("vjp", "local") and len(b.trail) == 1
-                and len(prog.by_id[b.step.inputs[a.pos][0]].trail) == 1
-                and segments.vjp_fusable(b, a.pos, run.scratch))
-    inline = {bid for bid in plan.local if all(fusable(a) for a in plan.actions if a.op_id == bid)}
+    # with fused segments, an op whose every action a kernel does by its partial derivative needs none
+    how, inline = segments.backward_choice(prog.by_id, plan.actions, run.scratch) if run.fused_segments else ({}, set())
     local = {bid: (ex.pool.empty((T, B) + prog.by_id[bid].trail, dtype), []) for bid in plan.local - inline}
     actions = [_zero_action(gbuf[r]) for r in plan.fill]
     incoming: dict = {}
@@ -233,7 +227,7 @@ def build_backward(ex, prog: LoopProgram, run: LoopRun, plan: BackwardPlan, need
 
     outer_step: dict[tuple, np.ndarray] = {}   # (op id, pos) -> per-step gradients leaving the loop
     steps = []      # (action, what a fused segment needs to do it instead, or None)
-    for a in plan.actions:
+    for i, a in enumerate(plan.actions):
         b = prog.by_id[a.op_id]
         G, ins, outs, attrs = glists[a.op_id], run.ins[a.op_id], run.outs[a.op_id], b.step.attrs
         if a.kind == "generic":
@@ -254,8 +248,7 @@ def build_backward(ex, prog: LoopProgram, run: LoopRun, plan: BackwardPlan, need
             steps.append((_outer_step_action(b.op, a.pos, attrs, G, ins, outs, arr, src in seq), None))
             continue
         D = local[a.op_id][1] if a.op_id in local else None
-        fused = fusable(a) or (D is not None and run.fused_segments and len(b.trail) == 1
-                               and len(prog.by_id[src].trail) == 1)
+        fused, kD = i in how, (D if how.get(i) == "local" else None)
         item = None
         if d == 0:
             dest = glists[src]
@@ -264,7 +257,7 @@ def build_backward(ex, prog: LoopProgram, run: LoopRun, plan: BackwardPlan, need
             else:
                 step = b.op.step_vjp(a.pos, G, ins, outs, attrs, dest, a.accumulate)
             if fused:
-                item = segments.BackwardItem(G, dest, prog.by_id[src].trail[-1], a.accumulate, D, b, a.pos, ins, outs)
+                item = segments.BackwardItem(G, dest, prog.by_id[src].trail[-1], a.accumulate, kD, b, a.pos, ins, outs)
         else:
             t1, t2 = tmp_pair(gbuf[src])
             first = (product_into(G, D, [t1] * T, False) if D is not None
@@ -272,7 +265,7 @@ def build_backward(ex, prog: LoopProgram, run: LoopRun, plan: BackwardPlan, need
             step = _delayed_action(first, glists[src], d, axis, ginit.get(src), t1, t2)
             if fused:       # the kernel writes the gradient into a buffer of this action's own; sent after it
                 own = np.empty(t1.shape, t1.dtype)
-                item = segments.BackwardItem(G, [own] * T, prog.by_id[src].trail[-1], False, D, b, a.pos, ins, outs,
+                item = segments.BackwardItem(G, [own] * T, prog.by_id[src].trail[-1], False, kD, b, a.pos, ins, outs,
                                              send=_send_action(glists[src], d, axis, ginit.get(src), own, t2))
         steps.append((step, item))
     segs = []
