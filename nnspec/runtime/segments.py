@@ -45,10 +45,11 @@ AFTER_PASSES = fastact.AFTER_PASSES   # passes of a loop before its kernels are 
 CALLS = {"exp", "tanh", "sqrt", "abs", "min", "max"}   # what a float32 kernel computes vectorised
 MAX_POWER = 4      # x ** k for a whole k up to this: k - 1 multiplications
 # A segment replaces at least this many NumPy calls, or one op NumPy computes in several passes (one
-# with a ``vectorised_step``: sigmoid): in a loop step one NumPy call is about as fast as a kernel's
-# (measured: Elman H128 B32, a segment of one backward action 6.1 us, NumPy's 2.7 plus its share of
-# the whole-sequence derivative)
-MIN_RUN = 2
+# with a ``vectorised_step``: sigmoid). Measured in the benchmark's Elman net (H 128, B 32, CPU time):
+# its step's add and tanh as a segment 5.1 us against NumPy's 2.0 + 3.2, and the forward pass 10%
+# slower (NumPy's float32 tanh is vectorised too); its one backward action 6.1 us against 2.7 plus
+# its share of the whole-sequence derivative
+MIN_RUN = 3
 
 
 class NotVectorised(Exception):
