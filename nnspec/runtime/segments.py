@@ -31,6 +31,7 @@ from __future__ import annotations
 import ast
 import hashlib
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
@@ -138,7 +139,7 @@ def forward_form(b) -> bool:
 
 
 # ---- kernels --------------------------------------------------------------------------------------
-@dataclass
+@dataclass(frozen=True)
 class Write:
     """One elementwise write of a kernel, for every row: ``dest (+)= expr`` over ``width`` elements,
     ``expr`` naming lanes as ``L0``, ``L1`` ... (a lane of width 1 broadcasts); a destination of width
@@ -151,6 +152,11 @@ class Write:
 
 def kernel_source(writes: list[Write], widths: list[int]) -> str:
     """The kernel's function: ``segment(t, rows, geom, a0, a1, ...)``, geom holding (m, st, sb) per lane."""
+    return _source(tuple(writes), tuple(widths))
+
+
+@lru_cache(maxsize=256)
+def _source(writes: tuple, widths: tuple) -> str:
     n = len(widths)
     lines = ["", "", '@njit(cache=True, nogil=True, error_model="numpy", fastmath=FLAGS)',
              f"def segment(t, rows, geom, {', '.join(f'a{k}' for k in range(n))}):"]
@@ -181,9 +187,19 @@ def kernel_source(writes: list[Write], widths: list[int]) -> str:
 
 
 def _rename(expr: str, env: dict[str, str]) -> str:
+    """``expr`` with the names in ``env`` replaced by their expressions."""
+    return _renamed(expr, tuple(sorted(env.items())))
+
+
+# (a loop run is built again for every batch geometry, by_length batches make many: parsing the same
+# expressions again cost 5 ms a step)
+@lru_cache(maxsize=4096)
+def _renamed(expr: str, env: tuple) -> str:
+    table = dict(env)
+
     class Rename(ast.NodeTransformer):
         def visit_Name(self, node):
-            return ast.parse(env[node.id], mode="eval").body if node.id in env else node
+            return ast.parse(table[node.id], mode="eval").body if node.id in table else node
     return ast.unparse(Rename().visit(ast.parse(expr, mode="eval")))
 
 
@@ -332,8 +348,8 @@ class Builder:
         k = self.index.get(id(steps))
         if k is None:
             if width is None:
-                found = lane(steps, self.T, self.rows)
-                width = found[2] if found else -1
+                a = steps[0] if steps else None
+                width = -1 if a is None else a.shape[-1] if a.ndim else 1
             k = self.index[id(steps)] = len(self.lists)
             self.lists.append(steps)
             self.widths.append(width)
@@ -354,10 +370,11 @@ class Builder:
                        self.moduli, self.after, self.volatile)
 
 
-def _lanes(expr: str) -> set[int]:
+@lru_cache(maxsize=4096)
+def _lanes(expr: str) -> frozenset[int]:
     """The lanes an expression reads."""
-    return {int(n.id[1:]) for n in ast.walk(ast.parse(expr, mode="eval"))
-            if isinstance(n, ast.Name) and n.id[0] == "L" and n.id[1:].isdigit()}
+    return frozenset(int(n.id[1:]) for n in ast.walk(ast.parse(expr, mode="eval"))
+                     if isinstance(n, ast.Name) and n.id[0] == "L" and n.id[1:].isdigit())
 
 
 _probed: dict[int, bool] = {}    # id of a kernel -> whether numba compiled it
