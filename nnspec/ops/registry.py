@@ -198,6 +198,8 @@ class Op:
     # they return ``f(t)`` doing the work of step t with no further dispatch. A kernel
     # must read the lists at every call, not copy them: the runtime keeps a run for the
     # next batch of the same shape and refills the lists of inputs from outside the loop.
+    # A kernel that prepares something once a pass (a copy of a weight) has ``before_pass()``
+    # and ``after_pass()``, which the loop calls around the pass's steps.
     def step_forward(self, xs: list[list], out: list, attrs: dict) -> Callable[[int], None]:
         """``f(t)``: ``forward`` of step t into ``out[t]`` (default: through ``forward_into``)."""
         forward_into = self.forward_into

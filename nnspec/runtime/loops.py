@@ -44,6 +44,7 @@ class LoopRun:
     outer: list = field(default_factory=list)    # (per-step list, source, delay, kind) bound every pass
     outer_views: list = field(default_factory=list)  # (value, source, start, stop): parts of outer sequences
     steps: list = field(default_factory=list)    # forward kernels f(t), in body order
+    prepared: list = field(default_factory=list)  # the kernels with before_pass / after_pass
     backward: object = None                      # loopback.LoopBackward, once built
     key: tuple = ()
     tape: object = None                          # weak reference to the tape that ran it last
@@ -120,12 +121,18 @@ class FastLoop:
         times = range(T) if loop.direction > 0 else range(T - 1, -1, -1)
         read_into, steps = run.axis.read_step_into, run.steps
         quiet = np.errstate(over="ignore") if prog.quiet_overflow else contextlib.nullcontext()
-        with blas_threads(ex.options.loop_blas_threads), quiet:
-            for t in times:
-                for Xl, Bl, init, pre, d in fills:
-                    read_into(Xl[t], Bl, t + d, init, pre)
-                for f in steps:
-                    f(t)
+        for f in run.prepared:
+            f.before_pass()
+        try:
+            with blas_threads(ex.options.loop_blas_threads), quiet:
+                for t in times:
+                    for Xl, Bl, init, pre, d in fills:
+                        read_into(Xl[t], Bl, t + d, init, pre)
+                    for f in steps:
+                        f(t)
+        finally:
+            for f in run.prepared:
+                f.after_pass()
         if tape.context.check_finite:
             check_loop(prog, run.bufs, times)
         tape.values.update({k: v for k, v in run.bufs.items() if k not in run.scratch})
@@ -238,6 +245,7 @@ def build_run(ex, prog: LoopProgram, tape: Tape, axis: TimeAxis, scratch,
             ctxs = run.ctxs[b.id] = [None] * T
             run.steps.append(generic_forward(b.op, b.step.attrs, run.ins[b.id], run.outs[b.id], ctxs,
                                              tape.context))
+    run.prepared = [f for f in run.steps if hasattr(f, "before_pass")]
     return run
 
 
