@@ -16,6 +16,7 @@ class Matmul(NotALoss, Op):
     elementwise = False
     saves_state = False
     reads_across_chunks = False
+    scores_as = None
     passes_gradient = ()
     operator = '@'
     args = ('W', 'x')
@@ -159,6 +160,7 @@ class Linear(NotALoss, Op):
     elementwise = False
     saves_state = False
     reads_across_chunks = False
+    scores_as = None
     passes_gradient = ()
     operator = None
     args = ('W', 'x', 'b')
@@ -215,6 +217,7 @@ class Concat(NotALoss, Op):
     elementwise = False
     saves_state = False
     reads_across_chunks = False
+    scores_as = None
     passes_gradient = ()
     operator = None
     args = ('x1', 'x2', '...')
@@ -286,6 +289,7 @@ class Slice(NotALoss, Op):
     elementwise = False
     saves_state = False
     reads_across_chunks = False
+    scores_as = None
     passes_gradient = ()
     operator = None
     args = ('x',)
@@ -341,6 +345,7 @@ class ConcatRows(NotALoss, Op):
     elementwise = False
     saves_state = False
     reads_across_chunks = False
+    scores_as = None
     passes_gradient = ()
     operator = None
     args = ('x1', 'x2', '...')
@@ -389,6 +394,7 @@ class Embed(NotALoss, Op):
     elementwise = False
     saves_state = False
     reads_across_chunks = False
+    scores_as = None
     passes_gradient = ()
     operator = None
     args = ('ids', 'width')
