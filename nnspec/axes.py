@@ -72,31 +72,36 @@ def infer_axes(graph: Graph, order: list[str], components, diags: Diagnostics) -
     links inside loops). A loop's axis is the outermost axis of its values (for a loop over the
     characters of every word, the nested inner axis); since a loop's values may be visited before
     everything they read, passes repeat until the loops' axes settle (once more than the loops
-    there are, at most); the last pass reports the errors."""
+    there are, at most); the errors are those of the pass that found nothing new (a pass after it
+    would give the same axes and errors)."""
     comp_of = {n: i for i, c in enumerate(components) for n in c.nodes}
     nested = nested_axes(graph)
     loop_axes: list[tuple] = [() for _ in components]
     inner: list[set] = [set() for _ in components]     # axes along(...) adds inside each loop: not its own
     for _ in range(len(components) + 1):
-        before = list(loop_axes)
-        _axes_pass(graph, order, comp_of, loop_axes, inner, nested, None)
-        if loop_axes == before:
+        before = (list(loop_axes), [set(a) for a in inner])
+        axes, found = _axes_pass(graph, order, comp_of, loop_axes, inner, nested, diags)
+        if (loop_axes, inner) == before:
             break
-    return _axes_pass(graph, order, comp_of, loop_axes, inner, nested, diags)
+    else:
+        axes, found = _axes_pass(graph, order, comp_of, loop_axes, inner, nested, diags)
+    for message, span in found:
+        diags.error(message, span)
+    return axes
 
 
 def _axes_pass(graph: Graph, order, comp_of, loop_axes: list[tuple], inner: list[set], nested: frozenset,
-               diags: Diagnostics | None) -> dict:
-    """One pass over the graph. Inside a loop over axis L, values are on (L, ...) (over a nested inner
-    axis, on (outer, L, ...)): at each step the loop reads a value on L at that step, and a value on
-    other axes (an encoder's states) whole, so the rules apply to the axes *within a step* (the
-    loop's lead taken off the front), and the lead is put back."""
+               diags: Diagnostics) -> tuple[dict, list]:
+    """One pass over the graph: every value's axes, and the errors found (message, span). Inside a loop over axis L, values
+    are on (L, ...) (over a nested inner axis, on (outer, L, ...)): at each step the loop reads a
+    value on L at that step, and a value on other axes (an encoder's states) whole, so the rules
+    apply to the axes *within a step* (the loop's lead taken off the front), and the lead is put back."""
     axes: dict[str, tuple] = {}
     batched: set[str] = set()       # values that differ from example to example (not parameters)
+    found: list = []
 
-    def error(message, span):          # (messages are made only in the last pass: ``message()``)
-        if diags is not None:
-            diags.error(message(), span)
+    def error(message, span):
+        found.append((message, span))
 
     for n in order:
         info = graph.info(n)
@@ -127,22 +132,22 @@ def _axes_pass(graph: Graph, order, comp_of, loop_axes: list[tuple], inner: list
         for (src, delay), (_, a) in zip(info.inputs, operands):
             # a read at another step shifts along one axis; on a value with several, which one is unclear
             if delay and len(a) > 1 and not (i is not None and comp_of.get(src) == i):
-                error(lambda: f"{user_name(graph.info(src), diags.sources)} is read at [t{delay:+d}], but it "
+                error(f"{user_name(graph.info(src), diags.sources)} is read at [t{delay:+d}], but it "
                               f"is on the axes {show_axes(a)}: a read at another step takes a value on one "
                               f"sequence axis (reduce or relate the others first)", info.span)
         if getattr(op, "adds_axis", False) and len(operands) == 2:
             (x, xa), (s, sa) = operands
             if not sa:
-                error(lambda: f"{info.op}(x, s) repeats x along the sequence axis of s, but "
+                error(f"{info.op}(x, s) repeats x along the sequence axis of s, but "
                               f"{user_name(graph.info(s), diags.sources)} is not a sequence", info.span)
                 result = xa
             elif sa[-1] in nested:
-                error(lambda: f"{info.op}(x, s): {user_name(graph.info(s), diags.sources)} is on the characters of "
+                error(f"{info.op}(x, s): {user_name(graph.info(s), diags.sources)} is on the characters of "
                               f"each word ({sa[-1]}); repeating a value along them is not supported: reduce "
                               f"them to one vector per word first (last(...), mean(...))", info.span)
                 result = xa
             elif sa[-1] in xa:
-                error(lambda: f"{info.op}(x, s): {user_name(graph.info(x), diags.sources)} is already on "
+                error(f"{info.op}(x, s): {user_name(graph.info(x), diags.sources)} is already on "
                               f"the axis {sa[-1]} of s", info.span)
                 result = xa
             else:
@@ -160,7 +165,7 @@ def _axes_pass(graph: Graph, order, comp_of, loop_axes: list[tuple], inner: list
             for src, a in operands:
                 # a nested value's rows are the words of the batch, not its examples
                 if words is not None and not a and src in batched:
-                    error(lambda: f"{user_name(graph.info(src), diags.sources)} is one value per example and "
+                    error(f"{user_name(graph.info(src), diags.sources)} is one value per example and "
                                   f"{user_name(graph.info(words), diags.sources)} is on {show_axes(axes[words])}, the "
                                   f"characters of each word: a value on them combines only with parameters "
                                   f"and values on the same axes; reduce the characters first (last(...), "
@@ -168,7 +173,7 @@ def _axes_pass(graph: Graph, order, comp_of, loop_axes: list[tuple], inner: list
                     break
                 both = combine(result, a)
                 if both is None:
-                    error(lambda: f"{user_name(graph.info(first), diags.sources)} is on the axes "
+                    error(f"{user_name(graph.info(first), diags.sources)} is on the axes "
                                   f"{show_axes(result)} and {user_name(graph.info(src), diags.sources)} on "
                                   f"{show_axes(a)}: values on different sequence axes combine only through an "
                                   f"operation that relates them (along(x, s) repeats x along the axis of s; "
@@ -187,7 +192,7 @@ def _axes_pass(graph: Graph, order, comp_of, loop_axes: list[tuple], inner: list
                 if L is not None:
                     loop_axes[i] = lead
             if L is not None and L in result[len(lead):]:
-                error(lambda: f"{user_name(info, diags.sources)} is computed in a loop over the axis {L}, but "
+                error(f"{user_name(info, diags.sources)} is computed in a loop over the axis {L}, but "
                               f"its value is on {show_axes(result)}: inside its loop, a value has the loop's "
                               f"axis outermost", info.span)
                 result = tuple(a for a in result if a != L)
@@ -198,4 +203,4 @@ def _axes_pass(graph: Graph, order, comp_of, loop_axes: list[tuple], inner: list
     for n, i in comp_of.items():
         if not loop_axes[i]:
             axes[n] = (DEFAULT_AXIS,) + axes[n]
-    return axes
+    return axes, found
