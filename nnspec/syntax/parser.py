@@ -253,13 +253,13 @@ def _error_span(e: UnexpectedInput, file: str, lines: list[str]) -> Span:
 
 
 def _span(file: str, meta) -> Span:
-    return Span(file=file, line=meta.line, column=meta.column,
-                end_line=meta.end_line, end_column=meta.end_column)
+    return Span.model_construct(file=file, line=meta.line, column=meta.column,   # (ints from Lark: see ast.py)
+                                end_line=meta.end_line, end_column=meta.end_column)
 
 
 def _tok_span(file: str, tok: Token) -> Span:
-    return Span(file=file, line=tok.line, column=tok.column,
-                end_line=tok.end_line, end_column=tok.end_column)
+    return Span.model_construct(file=file, line=tok.line, column=tok.column,
+                                end_line=tok.end_line, end_column=tok.end_column)
 
 
 class _ToAst:
