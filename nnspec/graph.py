@@ -1,4 +1,4 @@
-"""FlatSpec -> computation graph (a ``digraph.DiGraph``, networkx's API).
+"""FlatSpec -> computation graph (networkx).
 
 Nodes are values: inputs, targets, parameters, constants and op applications;
 an equation's value is the node of its top op, named after the equation.
@@ -17,10 +17,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import networkx as nx
 import numpy as np
 
 from .catalog import INITIALIZERS, NESTED_VIEWS, VIEWS
-from .digraph import DiGraph
 from .errors import Diagnostics, Span, did_you_mean
 from .expand import MAX_SIZE, FlatSpec, name_prefixes
 from .ops import REGISTRY
@@ -79,7 +79,7 @@ class NodeInfo:
 class Graph:
     """The computation graph plus what the spec says about its ends."""
 
-    g: DiGraph
+    g: nx.DiGraph
     flat: FlatSpec
     outputs: list[str] = field(default_factory=list)
     losses: list[str] = field(default_factory=list)
@@ -108,7 +108,7 @@ class Graph:
 class GraphBuilder:
     def __init__(self, flat: FlatSpec, diags: Diagnostics):
         self.flat, self.diags = flat, diags
-        self.graph = Graph(DiGraph(), flat)
+        self.graph = Graph(nx.DiGraph(), flat)
         self.defined: dict[str, Span] = {}
         self.explicit_params: dict[str, ast.Param] = {p.name: p for p in flat.params}
         self.counter = 0

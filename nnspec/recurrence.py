@@ -14,8 +14,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import networkx as nx
+
 from .axes import infer_axes, nested_axes
-from .digraph import DiGraph, find_cycle, strongly_connected_components
 from .errors import Diagnostics
 from .graph import Graph, closure, user_name, where
 from .ops import REGISTRY
@@ -30,14 +31,14 @@ class Component:
     states: list[str]      # values read at another time step inside the loop
 
 
-def zero_delay_successors(g: DiGraph) -> dict[str, list[str]]:
+def zero_delay_successors(g: nx.DiGraph) -> dict[str, list[str]]:
     """Each node's readers at the same time step, in the graph's order."""
     return {u: [v for v, data in readers.items() if 0 in data["delays"]] for u, readers in g.adjacency()}
 
 
 def order_within_step(nodes: list[str], successors: dict[str, list[str]]) -> list[str] | None:
     """``nodes`` ordered so that each comes after the nodes it reads at the same step (Kahn's
-    algorithm generation by generation, as networkx's ``topological_sort``; ties in the order of ``nodes``);
+    algorithm generation by generation, as ``nx.topological_sort``; ties in the order of ``nodes``);
     None when they read each other in a cycle at the same step."""
     members = set(nodes)
     waiting_on = dict.fromkeys(nodes, 0)
@@ -74,7 +75,7 @@ def find_components(graph: Graph, diags: Diagnostics) -> list[Component]:
     successors = zero_delay_successors(g)
     position = {n: i for i, n in enumerate(g)}
     components = []
-    for comp in strongly_connected_components(g):
+    for comp in nx.strongly_connected_components(g):
         if len(comp) == 1:
             n = next(iter(comp))
             if not g.has_edge(n, n):
@@ -120,8 +121,11 @@ def _check_initials(graph: Graph, components: list[Component], diags: Diagnostic
 def _report_algebraic_loop(graph: Graph, nodes: list[str], successors: dict[str, list[str]],
                            diags: Diagnostics) -> None:
     members = set(nodes)
-    cycle = find_cycle(nodes, {u: [v for v in successors[u] if v in members] for u in nodes})
-    loop = _named(graph, cycle)
+    zero = nx.DiGraph()
+    zero.add_nodes_from(nodes)
+    zero.add_edges_from((u, v) for u in nodes for v in successors[u] if v in members)
+    cycle = nx.find_cycle(zero)
+    loop = _named(graph, [u for u, _ in cycle])
     mine = [i for i, n in enumerate(loop) if not _in_stdlib(graph, n)]
     if mine:  # start the loop at a value of the user's own file, not inside a library cell
         loop = loop[mine[0]:] + loop[:mine[0]]
@@ -131,7 +135,7 @@ def _report_algebraic_loop(graph: Graph, nodes: list[str], successors: dict[str,
                 first.span, [(f"'{n}' is defined here", graph.info(n).span) for n in loop[1:4]])
 
 
-def dependency_successors(g: DiGraph, components: list[Component]) -> dict[str, list[str]]:
+def dependency_successors(g: nx.DiGraph, components: list[Component]) -> dict[str, list[str]]:
     """Each node's readers that must come after it: every reader at the same step, and every reader
     at another step outside the node's own loop (``c[t-1]`` of a sequence computed before the loop
     that reads it). Only the delayed links within a loop are left out, so the order is acyclic."""
@@ -147,7 +151,7 @@ def infer_time_and_type(graph: Graph, components: list[Component], diags: Diagno
     g = graph.g
     order = order_within_step(list(g), dependency_successors(g, components))
     if order is None:  # find_components reports algebraic loops before anything asks for an order
-        raise ValueError("the graph has a cycle at delay 0")
+        raise nx.NetworkXUnfeasible("the graph has a cycle at delay 0")
     in_component = {n for c in components for n in c.nodes}
     static: set[str] = set()   # parameters, constants and what is computed from them alone
     axes = infer_axes(graph, order, components, diags)   # each value's sequence axes (axes.py)

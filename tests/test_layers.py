@@ -4,7 +4,7 @@ layer, and no import (at the top of a module or inside a function) closes a cycl
 The stages, in order (docs/internals.md, section 1):
 
     leaf: errors, gcpause, limits, ops, catalog, initializers   (importable by every module)
-    syntax < settings < loader (stdlib) < expand < graph (digraph, render, display) < recurrence < shapes
+    syntax < settings < loader (stdlib) < expand < graph (render, display) < recurrence < shapes
       < plan < optimize < compiler (export, decoding) < runtime (chunks) < data (dataset, baselines)
       < model (torch_weights; Model.from_file sizes a model from its data) < train < session < trained
       < sweep < onnx (export to ONNX) < the package nnspec (its API)
@@ -34,7 +34,7 @@ STAGES = [
     ("settings", ("nnspec.settings",)),
     ("loader", ("nnspec.loader", "nnspec.stdlib")),
     ("expand", ("nnspec.expand",)),
-    ("graph", ("nnspec.graph", "nnspec.digraph", "nnspec.render", "nnspec.display")),
+    ("graph", ("nnspec.graph", "nnspec.render", "nnspec.display")),
     ("recurrence", ("nnspec.recurrence", "nnspec.axes")),
     ("shapes", ("nnspec.shapes",)),
     ("plan", ("nnspec.plan",)),

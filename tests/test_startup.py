@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-HEAVY = ("matplotlib", "PIL", "torch", "optuna", "distributed", "dask", "IPython", "nltk", "networkx", "numba")
+HEAVY = ("matplotlib", "PIL", "torch", "optuna", "distributed", "dask", "IPython", "nltk", "numba")
 
 
 def loaded_after(code: str, modules=HEAVY + ("safetensors", "rich")) -> list[str]:
