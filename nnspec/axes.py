@@ -72,130 +72,162 @@ def infer_axes(graph: Graph, order: list[str], components, diags: Diagnostics) -
     links inside loops). A loop's axis is the outermost axis of its values (for a loop over the
     characters of every word, the nested inner axis); since a loop's values may be visited before
     everything they read, passes repeat until the loops' axes settle (once more than the loops
-    there are, at most); the last pass reports the errors."""
+    there are, at most); the errors are those of the pass that found nothing new (a pass after it
+    would give the same axes and errors)."""
     comp_of = {n: i for i, c in enumerate(components) for n in c.nodes}
     nested = nested_axes(graph)
     loop_axes: list[tuple] = [() for _ in components]
     inner: list[set] = [set() for _ in components]     # axes along(...) adds inside each loop: not its own
     for _ in range(len(components) + 1):
-        before = list(loop_axes)
-        _axes_pass(graph, order, comp_of, loop_axes, inner, nested, None)
-        if loop_axes == before:
+        before = (list(loop_axes), [set(a) for a in inner])
+        axes, found = _axes_pass(graph, order, comp_of, loop_axes, inner, nested, diags)
+        if (loop_axes, inner) == before:
             break
-    return _axes_pass(graph, order, comp_of, loop_axes, inner, nested, diags)
+    else:
+        axes, found = _axes_pass(graph, order, comp_of, loop_axes, inner, nested, diags)
+    for message, span in found:
+        diags.error(message, span)
+    return axes
 
 
 def _axes_pass(graph: Graph, order, comp_of, loop_axes: list[tuple], inner: list[set], nested: frozenset,
-               diags: Diagnostics | None) -> dict:
-    """One pass over the graph. Inside a loop over axis L, values are on (L, ...) (over a nested inner
-    axis, on (outer, L, ...)): at each step the loop reads a value on L at that step, and a value on
-    other axes (an encoder's states) whole, so the rules apply to the axes *within a step* (the
-    loop's lead taken off the front), and the lead is put back."""
-    axes: dict[str, tuple] = {}
-    batched: set[str] = set()       # values that differ from example to example (not parameters)
-
-    def error(message, span):          # (messages are made only in the last pass: ``message()``)
-        if diags is not None:
-            diags.error(message(), span)
-
+               diags: Diagnostics) -> tuple[dict, list]:
+    """One pass over the graph: every value's axes, and the errors found (message, span)."""
+    walk = _AxesPass(graph, comp_of, loop_axes, inner, nested, diags)
     for n in order:
-        info = graph.info(n)
-        if info.kind in ("input", "target"):
-            axes[n] = input_axes(info)
-            batched.add(n)
-            continue
-        if info.kind in ("param", "const"):
-            axes[n] = ()
-            continue
-        op = REGISTRY[info.op]
-        i = comp_of.get(n)
-        lead = loop_axes[i] if i is not None else ()
-        L = lead[-1] if lead else None
-
-        def full(src):
-            a = axes.get(src)
-            if a is None:   # a value of the same loop, not visited yet in this pass (read at t-1)
-                a = lead if L is not None and comp_of.get(src) == i else ()
-            return a
-
-        def in_step(a: tuple) -> int:
-            """How many sequence axes a value on ``a`` has in its array here: in a loop's step, not its lead."""
-            return len(a) - (len(lead) if L is not None and a[:len(lead)] == lead else 0)
-        operands = [(src, full(src)) for src, _ in info.inputs]
-        if any(src in batched or src not in axes for src, _ in info.inputs):
-            batched.add(n)
-        for (src, delay), (_, a) in zip(info.inputs, operands):
-            # a read at another step shifts along one axis; on a value with several, which one is unclear
-            if delay and len(a) > 1 and not (i is not None and comp_of.get(src) == i):
-                error(lambda: f"{user_name(graph.info(src), diags.sources)} is read at [t{delay:+d}], but it "
-                              f"is on the axes {show_axes(a)}: a read at another step takes a value on one "
-                              f"sequence axis (reduce or relate the others first)", info.span)
-        if getattr(op, "adds_axis", False) and len(operands) == 2:
-            (x, xa), (s, sa) = operands
-            if not sa:
-                error(lambda: f"{info.op}(x, s) repeats x along the sequence axis of s, but "
-                              f"{user_name(graph.info(s), diags.sources)} is not a sequence", info.span)
-                result = xa
-            elif sa[-1] in nested:
-                error(lambda: f"{info.op}(x, s): {user_name(graph.info(s), diags.sources)} is on the characters of "
-                              f"each word ({sa[-1]}); repeating a value along them is not supported: reduce "
-                              f"them to one vector per word first (last(...), mean(...))", info.span)
-                result = xa
-            elif sa[-1] in xa:
-                error(lambda: f"{info.op}(x, s): {user_name(graph.info(x), diags.sources)} is already on "
-                              f"the axis {sa[-1]} of s", info.span)
-                result = xa
-            else:
-                result = xa + (sa[-1],)
-                if i is not None:
-                    inner[i].add(sa[-1])
-            # where the runtime inserts the new axis in x's array, and which axis of s's array gives
-            # its length (within a loop's step, arrays have no loop axis)
-            info.attrs["at"] = in_step(xa)
-            info.attrs["of"] = max(in_step(sa) - 1, 0)
-        else:
-            result = ()
-            first = None
-            words = next((src for src, a in operands if any(x in nested for x in a)), None)
-            for src, a in operands:
-                # a nested value's rows are the words of the batch, not its examples
-                if words is not None and not a and src in batched:
-                    error(lambda: f"{user_name(graph.info(src), diags.sources)} is one value per example and "
-                                  f"{user_name(graph.info(words), diags.sources)} is on {show_axes(axes[words])}, the "
-                                  f"characters of each word: a value on them combines only with parameters "
-                                  f"and values on the same axes; reduce the characters first (last(...), "
-                                  f"mean(...)) and combine on the words' axis", info.span)
-                    break
-                both = combine(result, a)
-                if both is None:
-                    error(lambda: f"{user_name(graph.info(first), diags.sources)} is on the axes "
-                                  f"{show_axes(result)} and {user_name(graph.info(src), diags.sources)} on "
-                                  f"{show_axes(a)}: values on different sequence axes combine only through an "
-                                  f"operation that relates them (along(x, s) repeats x along the axis of s; "
-                                  f"last(x), mean(x), ... reduce one)", info.span)
-                    break
-                if len(a) >= len(result):
-                    first = src
-                result = both
-            if op.reduces_time or op.scalar_output:
-                result = result[:-1] if not op.scalar_output else ()
-        if i is not None:
-            if L is None:   # the loop's axis: this value's outermost, unless along put it inside the loop
-                own = tuple(a for a in result if a not in inner[i])
-                lead = loop_lead(own, nested)
-                L = lead[-1] if lead else None
-                if L is not None:
-                    loop_axes[i] = lead
-            if L is not None and L in result[len(lead):]:
-                error(lambda: f"{user_name(info, diags.sources)} is computed in a loop over the axis {L}, but "
-                              f"its value is on {show_axes(result)}: inside its loop, a value has the loop's "
-                              f"axis outermost", info.span)
-                result = tuple(a for a in result if a != L)
-            if L is not None and result[:len(lead)] != lead:
-                result = lead + tuple(a for a in result if a not in lead)
-        axes[n] = result
+        walk.visit(n)
     # a loop that found no axis (it depends on no sequence: an error elsewhere) runs over the default one
     for n, i in comp_of.items():
         if not loop_axes[i]:
-            axes[n] = (DEFAULT_AXIS,) + axes[n]
-    return axes
+            walk.axes[n] = (DEFAULT_AXIS,) + walk.axes[n]
+    return walk.axes, walk.found
+
+
+class _AxesPass:
+    """One pass's state. Inside a loop over axis L, values are on (L, ...) (over a nested inner axis,
+    on (outer, L, ...)): at each step the loop reads a value on L at that step, and a value on other
+    axes (an encoder's states) whole, so the rules apply to the axes *within a step* (the loop's
+    lead taken off the front), and the lead is put back."""
+
+    def __init__(self, graph: Graph, comp_of: dict, loop_axes: list[tuple], inner: list[set],
+                 nested: frozenset, diags: Diagnostics):
+        self.graph, self.comp_of, self.loop_axes, self.inner, self.nested = graph, comp_of, loop_axes, inner, nested
+        self.sources = diags.sources
+        self.axes: dict[str, tuple] = {}
+        self.batched: set[str] = set()    # values that differ from example to example (not parameters)
+        self.found: list = []
+
+    def name(self, n: str) -> str:
+        return user_name(self.graph.info(n), self.sources)
+
+    def visit(self, n: str) -> None:
+        info = self.graph.info(n)
+        if info.kind in ("input", "target"):
+            self.axes[n] = input_axes(info)
+            self.batched.add(n)
+            return
+        if info.kind in ("param", "const"):
+            self.axes[n] = ()
+            return
+        op = REGISTRY[info.op]
+        i = self.comp_of.get(n)
+        lead = self.loop_axes[i] if i is not None else ()
+        L = lead[-1] if lead else None
+        operands = []
+        for src, _ in info.inputs:
+            a = self.axes.get(src)
+            if a is None:   # a value of the same loop, not visited yet in this pass (read at t-1)
+                a = lead if L is not None and self.comp_of.get(src) == i else ()
+            operands.append((src, a))
+        if any(src in self.batched or src not in self.axes for src, _ in info.inputs):
+            self.batched.add(n)
+        for (src, delay), (_, a) in zip(info.inputs, operands):
+            # a read at another step shifts along one axis; on a value with several, which one is unclear
+            if delay and len(a) > 1 and not (i is not None and self.comp_of.get(src) == i):
+                self.error(f"{self.name(src)} is read at [t{delay:+d}], but it is on the axes {show_axes(a)}: a "
+                           f"read at another step takes a value on one sequence axis (reduce or relate the "
+                           f"others first)", info.span)
+        if getattr(op, "adds_axis", False) and len(operands) == 2:
+            result = self.along(info, operands, i, lead)
+        else:
+            result = self.combined(info, op, operands)
+        if i is not None:
+            result = self.in_loop(info, result, i, lead)
+        self.axes[n] = result
+
+    def error(self, message: str, span) -> None:
+        self.found.append((message, span))
+
+    def along(self, info, operands, i, lead) -> tuple:
+        """``along(x, s)``: x repeated along the innermost axis of s."""
+        (x, xa), (s, sa) = operands
+        if not sa:
+            self.error(f"{info.op}(x, s) repeats x along the sequence axis of s, but {self.name(s)} is not a "
+                       f"sequence", info.span)
+            result = xa
+        elif sa[-1] in self.nested:
+            self.error(f"{info.op}(x, s): {self.name(s)} is on the characters of each word ({sa[-1]}); repeating "
+                       f"a value along them is not supported: reduce them to one vector per word first "
+                       f"(last(...), mean(...))", info.span)
+            result = xa
+        elif sa[-1] in xa:
+            self.error(f"{info.op}(x, s): {self.name(x)} is already on the axis {sa[-1]} of s", info.span)
+            result = xa
+        else:
+            result = xa + (sa[-1],)
+            if i is not None:
+                self.inner[i].add(sa[-1])
+
+        def in_step(a: tuple) -> int:
+            """How many sequence axes a value on ``a`` has in its array here: in a loop's step, not its lead."""
+            return len(a) - (len(lead) if lead and a[:len(lead)] == lead else 0)
+        # where the runtime inserts the new axis in x's array, and which axis of s's array gives
+        # its length (within a loop's step, arrays have no loop axis)
+        info.attrs["at"] = in_step(xa)
+        info.attrs["of"] = max(in_step(sa) - 1, 0)
+        return result
+
+    def combined(self, info, op, operands) -> tuple:
+        """Any other op: its operands' axes combined (``combine``), less the innermost for a reduction."""
+        result, first = (), None
+        words = next((src for src, a in operands if any(x in self.nested for x in a)), None)
+        for src, a in operands:
+            # a nested value's rows are the words of the batch, not its examples
+            if words is not None and not a and src in self.batched:
+                self.error(f"{self.name(src)} is one value per example and {self.name(words)} is on "
+                           f"{show_axes(self.axes[words])}, the characters of each word: a value on them "
+                           f"combines only with parameters and values on the same axes; reduce the characters "
+                           f"first (last(...), mean(...)) and combine on the words' axis", info.span)
+                break
+            both = combine(result, a)
+            if both is None:
+                self.error(f"{self.name(first)} is on the axes {show_axes(result)} and {self.name(src)} on "
+                           f"{show_axes(a)}: values on different sequence axes combine only through an "
+                           f"operation that relates them (along(x, s) repeats x along the axis of s; last(x), "
+                           f"mean(x), ... reduce one)", info.span)
+                break
+            if len(a) >= len(result):
+                first = src
+            result = both
+        if op.reduces_time or op.scalar_output:
+            result = result[:-1] if not op.scalar_output else ()
+        return result
+
+    def in_loop(self, info, result: tuple, i: int, lead: tuple) -> tuple:
+        """A value of loop i: the loop's axis found (its first value's outermost, unless along put it
+        inside the loop), and the loop's lead put first."""
+        L = lead[-1] if lead else None
+        if L is None:
+            own = tuple(a for a in result if a not in self.inner[i])
+            lead = loop_lead(own, self.nested)
+            L = lead[-1] if lead else None
+            if L is not None:
+                self.loop_axes[i] = lead
+        if L is not None and L in result[len(lead):]:
+            self.error(f"{user_name(info, self.sources)} is computed in a loop over the axis {L}, but its value "
+                       f"is on {show_axes(result)}: inside its loop, a value has the loop's axis outermost",
+                       info.span)
+            result = tuple(a for a in result if a != L)
+        if L is not None and result[:len(lead)] != lead:
+            result = lead + tuple(a for a in result if a not in lead)
+        return result

@@ -119,7 +119,7 @@ class Expander:
                 # the whole right side was a cell: its instance already defines `name`
                 self._declare_size(name, dims, stmt.span)
             elif value is not None:
-                f.equations.append(ast.Equation(span=stmt.span, name=name, dims=dims, value=value))
+                f.equations.append(ast.Equation.model_construct(span=stmt.span, name=name, dims=dims, value=value))
         elif isinstance(stmt, ast.Param):
             value = self.expr(stmt.value, scope, owner=scope.qualify(stmt.name)) if stmt.value else None
             f.params.append(stmt.model_copy(update={"name": scope.qualify(stmt.name),
@@ -128,14 +128,14 @@ class Expander:
             name = scope.qualify(stmt.name)
             value = self.expr(stmt.value, scope, owner=f"{name}.initial")
             if value is not None:
-                f.initials.append(ast.Initial(span=stmt.span, name=name, value=value))
+                f.initials.append(ast.Initial.model_construct(span=stmt.span, name=name, value=value))
         elif isinstance(stmt, ast.Loss):
             if scope.cell is not None:
                 self.diags.error("a loss belongs at the top level, not inside a cell", stmt.span)
                 return
             value = self.expr(stmt.value, scope, owner=f"loss{len(f.losses) + 1}" if f.losses else "loss")
             if value is not None:
-                f.losses.append(ast.Loss(span=stmt.span, value=value))
+                f.losses.append(ast.Loss.model_construct(span=stmt.span, value=value))
         elif isinstance(stmt, (ast.DataSource, ast.DataInline)):
             if f.data is not None:
                 self.diags.error("only one data statement is allowed", stmt.span, [("the first is here", f.data.span)])
@@ -231,22 +231,22 @@ class Expander:
                 if not _is_size(v):
                     self.diags.error(f"size '{d.name}' must be a whole number from 1 to {MAX_SIZE}, not {v:g}",
                                      d.span)
-                    return ast.DimInt(span=d.span, value=1)
-                return ast.DimInt(span=d.span, value=int(v))
+                    return ast.DimInt.model_construct(span=d.span, value=1)
+                return ast.DimInt.model_construct(span=d.span, value=int(v))
             if scope.cell is not None:  # inferred per instance, e.g. H when the caller gives none
-                return ast.DimName(span=d.span, name=f"?{scope.prefix}.{d.name}")
+                return ast.DimName.model_construct(span=d.span, name=f"?{scope.prefix}.{d.name}")
             self.diags.error(f"unknown size '{d.name}'; define it with 'let {d.name} = ...'"
                              f"{did_you_mean(d.name, scope.lets)}", d.span)
-            return ast.DimInt(span=d.span, value=1)
+            return ast.DimInt.model_construct(span=d.span, value=1)
         left, right = self.dim(d.left, scope), self.dim(d.right, scope)
         if isinstance(left, ast.DimInt) and isinstance(right, ast.DimInt):
             v = {"+": left.value + right.value, "-": left.value - right.value, "*": left.value * right.value}[d.op]
             if not 1 <= v <= MAX_SIZE:
                 self.diags.error(f"a size must be a whole number from 1 to {MAX_SIZE}, got {v}", d.span)
                 v = 1
-            return ast.DimInt(span=d.span, value=v)
+            return ast.DimInt.model_construct(span=d.span, value=v)
         self.diags.error("size arithmetic needs known sizes", d.span)
-        return ast.DimInt(span=d.span, value=1)
+        return ast.DimInt.model_construct(span=d.span, value=1)
 
     # ---- expressions -------------------------------------------------------
     def expr(self, e, scope: _Scope, owner: str, whole: bool = False):
@@ -255,7 +255,7 @@ class Expander:
         if isinstance(e, ast.Name):
             if e.name in scope.lets and e.name not in scope.rename:
                 v = scope.lets[e.name]
-                return ast.Number(span=e.span, value=v, text=f"{v:g}")
+                return ast.Number.model_construct(span=e.span, value=float(v), text=f"{v:g}")
             return _updated(e, name=scope.qualify(e.name))
         if isinstance(e, ast.Delayed):
             return _updated(e, name=scope.qualify(e.name), offset=e.offset * scope.sign)
@@ -292,7 +292,7 @@ class Expander:
             scope.counter += 1
             instance = f"{owner}.{e.func}{scope.counter}"
         self.instantiate(e, cell, scope, instance)
-        return ast.Name(span=e.span, name=instance)
+        return ast.Name.model_construct(span=e.span, name=instance)
 
     def instantiate(self, e: ast.Call, cell: ast.Cell, scope: _Scope, instance: str) -> None:
         wrapper = e.wrapper.func if e.wrapper is not None else None
@@ -305,10 +305,11 @@ class Expander:
             back = e.model_copy(update={"wrapper": e.wrapper.model_copy(update={"func": "reverse", "keywords": []})})
             self.instantiate(inner, cell, scope, f"{instance}.fwd")
             self.instantiate(back, cell, scope, f"{instance}.bwd")
-            self.flat.equations.append(ast.Equation(
+            self.flat.equations.append(ast.Equation.model_construct(
                 span=e.span, name=instance, dims=None,
-                value=ast.Call(span=e.span, func="concat", args=[ast.Name(span=e.span, name=f"{instance}.fwd"),
-                                                                ast.Name(span=e.span, name=f"{instance}.bwd")])))
+                value=ast.Call.model_construct(span=e.span, func="concat",
+                                               args=[ast.Name.model_construct(span=e.span, name=f"{instance}.fwd"),
+                                                     ast.Name.model_construct(span=e.span, name=f"{instance}.bwd")])))
             return
         if wrapper == "stacked":
             layers = self.wrapper_count(e.wrapper, scope)
@@ -321,7 +322,7 @@ class Expander:
                 if previous is not None:  # feed the layer below; its name is already qualified
                     placeholder = f"<layer {k - 1} of {instance}>"
                     scope.rename[placeholder] = previous
-                    layer = layer.model_copy(update={"args": [ast.Name(span=e.span, name=placeholder)]
+                    layer = layer.model_copy(update={"args": [ast.Name.model_construct(span=e.span, name=placeholder)]
                                                      + list(e.args[1:])})
                 self.instantiate(layer, cell, scope, name)
                 previous = name
@@ -362,8 +363,8 @@ class Expander:
                 rename[formal] = value.name
             else:  # an expression argument becomes a value of its own
                 rename[formal] = f"{instance}.{formal}"
-                self.flat.equations.append(ast.Equation(span=actual.span, name=f"{instance}.{formal}",
-                                                        dims=None, value=value))
+                self.flat.equations.append(ast.Equation.model_construct(span=actual.span, name=f"{instance}.{formal}",
+                                                                        dims=None, value=value))
         sizes: dict[str, ast.DimExpr] = {}
         allowed = _size_names(cell) - set(self.flat.lets)
         given: set[str] = set()
@@ -387,7 +388,7 @@ class Expander:
                 self.diags.error(f"size '{kw.name}' must be a whole number from 1 to {MAX_SIZE}, not {v:g}",
                                  kw.span)
             elif v is not None:
-                sizes[kw.name] = ast.DimInt(span=kw.span, value=int(v))
+                sizes[kw.name] = ast.DimInt.model_construct(span=kw.span, value=int(v))
         scope = _Scope(instance, rename, dict(self.flat.lets), sizes, sign, cell)
         self.flat.instances.append((instance, cell.name))
         self.flat.calls.setdefault(instance, e.span)
@@ -421,13 +422,13 @@ def _same(old, new) -> bool:
 def _size_expr(e) -> ast.DimExpr | None:
     """``2 * K`` written as an argument, as the size expression it means (None if it is not one)."""
     if isinstance(e, ast.Number) and math.isfinite(e.value) and e.value == int(e.value):
-        return ast.DimInt(span=e.span, value=int(e.value))
+        return ast.DimInt.model_construct(span=e.span, value=int(e.value))
     if isinstance(e, ast.Name):
-        return ast.DimName(span=e.span, name=e.name)
+        return ast.DimName.model_construct(span=e.span, name=e.name)
     if isinstance(e, ast.BinOp) and e.op in ("+", "-", "*"):
         left, right = _size_expr(e.left), _size_expr(e.right)
         if left is not None and right is not None:
-            return ast.DimBin(span=e.span, op=e.op, left=left, right=right)
+            return ast.DimBin.model_construct(span=e.span, op=e.op, left=left, right=right)
     return None
 
 

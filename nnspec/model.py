@@ -244,6 +244,9 @@ def _lengths_array(lengths) -> np.ndarray:
     return array.astype(np.int64)
 
 
+_NUMBERS = "biufcm"   # the dtype kinds of np.number and bool (np.issubdtype takes microseconds)
+
+
 def _as_array(v: ValueSpec, value) -> np.ndarray:
     try:
         array = np.asarray(value)
@@ -252,7 +255,7 @@ def _as_array(v: ValueSpec, value) -> np.ndarray:
                 if v.seq else "")
         raise FeedError(f"{v.name!r} is not a rectangular array of numbers (expected {_layout(v)}){hint}") \
             from None
-    if array.dtype == object or not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
+    if array.dtype.kind not in _NUMBERS:
         raise FeedError(f"{v.name!r} holds {array.dtype} values; expected numbers of shape {_layout(v)}")
     return array
 

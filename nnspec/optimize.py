@@ -519,10 +519,14 @@ def _slice_of(w: _Work, operand):
 
 
 def sink_slices(w: _Work) -> None:
+    # Each round merges one level of a chain (the gates' adds, then their activations, ...). The
+    # slices a round leaves unread are not elementwise, so they never join a later round's runs:
+    # dead code goes once before and once after the rounds, not at every round.
+    _dead_code(w)
     for _ in range(50):
-        _dead_code(w)
         if not _sink_once(w):
-            return
+            break
+    _dead_code(w)
 
 
 def _sink_once(w: _Work) -> bool:

@@ -18,6 +18,7 @@ from .errors import Span
 from .axes import combine, loop_axis, nested_axes
 from .graph import DEFAULT_AXIS, Graph, closure
 from .ops import REGISTRY
+from .ops.registry import ProductForm
 from .recurrence import Component
 
 Operand = tuple[str, int]  # (value id, time delay)
@@ -273,13 +274,12 @@ def format_plan(plan) -> str:
         return "[" + ", ".join(str(d) for d in dims) + "]" if len(dims) else ""
 
     def rhs(s):
-        args = [ref(x) for x in s.inputs]
-        infix = {"add": "+", "sub": "-", "mul": "*", "div": "/", "matmul": "@"}
-        if s.op in infix and len(args) == 2:
-            return f"{args[0]} {infix[s.op]} {args[1]}"
-        if s.op == "linear":
+        args, op = [ref(x) for x in s.inputs], REGISTRY[s.op]
+        if op.operator and len(args) == 2:
+            return f"{args[0]} {op.operator} {args[1]}"
+        if isinstance(op.fused, ProductForm) and op.fused.bias:     # linear: W @ x + b in one step
             return f"{args[0]} @ {args[1]} + {args[2]}"
-        if s.op == "slice":
+        if op.last_axis_view:
             stop = s.attrs.get("stop")
             return f"{args[0]}[{s.attrs.get('start', 0)}:{'' if stop is None else stop}]"
         attrs = [f"{k} = {v}" for k, v in s.attrs.items()]
@@ -308,8 +308,8 @@ def format_plan(plan) -> str:
     lines: list = []
     for s in plan.steps:
         if isinstance(s, LoopStep):
-            n_mm = sum(b.op in ("matmul", "linear") for b in s.body)
-            views = sum(b.op == "slice" for b in s.body)
+            n_mm = sum(isinstance(REGISTRY[b.op].fused, ProductForm) for b in s.body)
+            views = sum(REGISTRY[b.op].last_axis_view for b in s.body)
             over = f"loop over {s.axis}" if named else "loop over t"
             rows.append(("  ", f"{over} ({'forward' if s.direction > 0 else 'backward'} in time), "
                                f"states {', '.join(s.states)}: {len(s.body) - views} ops per step "

@@ -16,7 +16,7 @@ from __future__ import annotations
 import heapq
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from .errors import Diagnostics, SpecError
 from .limits import format_size, parse_size
@@ -641,8 +641,13 @@ def default_memory_limit() -> int:
 class MemoryCost:
     bytes: int
     node: NodeInfo
-    what: str          # e.g. "parameter 'W' [100000000, 2] with its gradient and optimiser state"
+    describe: Callable[[], str]   # what it is, made only for an error message: ``what``
     largest_dim: int
+
+    @property
+    def what(self) -> str:
+        """E.g. "parameter 'W' [100000000, 2] with its gradient and optimiser state"."""
+        return self.describe()
 
 
 def memory_costs(graph: Graph, budget: MemoryBudget, sources=None) -> list[MemoryCost]:
@@ -652,31 +657,36 @@ def memory_costs(graph: Graph, budget: MemoryBudget, sources=None) -> list[Memor
     costs = []
     per_param = 4 if budget.training else 1      # value, gradient, two Adam moments
     per_value = 2 if budget.training else 1      # value and its gradient
+    batch = budget.batch
+
+    def named(info) -> str:
+        return f"{user_name(info, sources) if sources is not None else repr(info.id)} {show(info.shape)}"
+
+    # (the descriptions are made only for the error: a big spec's check makes none)
     for info in graph.nodes():
         size = _count(info.shape)
         if size is None:
             continue
-        name = user_name(info, sources) if sources is not None else f"'{info.id}'"
         largest = max((d for d in info.shape or () if isinstance(d, int)), default=1)
         if info.kind in ("param", "const"):
             extra = " with its gradient and optimiser state" if budget.training and info.kind == "param" else ""
             costs.append(MemoryCost(size * budget.itemsize * (per_param if info.kind == "param" else 1), info,
-                                    f"{info.kind} {name} {show(info.shape)}{extra}", largest))
+                                    lambda info=info, extra=extra: f"{info.kind} {named(info)}{extra}", largest))
             continue
         steps = budget.steps if info.seq else 1
-        costs.append(MemoryCost(size * budget.batch * steps * budget.itemsize * per_value, info,
-                                f"{name} {show(info.shape)} for a batch of {budget.batch}", largest))
+        costs.append(MemoryCost(size * batch * steps * budget.itemsize * per_value, info,
+                                lambda info=info: f"{named(info)} for a batch of {batch}", largest))
         delay = max((abs(d) for v in graph.g.successors(info.id)
                      for d in graph.g.edges[info.id, v].get("delays", ())), default=0)
         if delay > 1:
-            costs.append(MemoryCost(size * budget.batch * delay * budget.itemsize, info,
-                                    f"the {delay} past steps of {name} {show(info.shape)} that a delayed "
-                                    f"read keeps, for a batch of {budget.batch}", max(largest, delay)))
+            costs.append(MemoryCost(size * batch * delay * budget.itemsize, info,
+                                    lambda info=info, delay=delay: f"the {delay} past steps of {named(info)} that "
+                                    f"a delayed read keeps, for a batch of {batch}", max(largest, delay)))
         reads_ahead = info.op in REGISTRY and REGISTRY[info.op].reads_across_chunks
         if reads_ahead and isinstance(info.attrs.get("k"), int) and abs(info.attrs["k"]) > 1:
             k = abs(info.attrs["k"])
-            costs.append(MemoryCost(k * budget.batch * 8, info, f"the {k} tokens after each chunk of a stream "
-                                    f"that shift(..., {info.attrs['k']}) reads, for a batch of {budget.batch}", k))
+            costs.append(MemoryCost(k * batch * 8, info, lambda info=info, k=k: f"the {k} tokens after each chunk "
+                                    f"of a stream that shift(..., {info.attrs['k']}) reads, for a batch of {batch}", k))
     return costs
 
 

@@ -13,7 +13,7 @@ from test_ops_gradcheck import CASES, K, classes, normal, probs
 
 from nnspec import compile_text
 from nnspec.ops import REGISTRY, Ctx, Op, register
-from nnspec.ops.registry import FACTS, LOSS_FACTS, PREDICTIONS, TARGETS, NotALoss
+from nnspec.ops.registry import FACTS, LOSS_FACTS, NO_CTX, PREDICTIONS, SCORES_AS, TARGETS, NotALoss, scores_from
 from nnspec.runtime import Executor
 
 OPS = sorted(REGISTRY)
@@ -149,3 +149,21 @@ def test_a_loop_of_any_elementwise_activation_stays_on_the_fast_path(activation)
     ex.backward(tape, wrt=set(params))
     progs = [fast.program for fast in ex.fast_loops.values()]
     assert progs and all(p.ok and p.reusable for p in progs), f"a loop of {activation} left the fast path"
+
+
+@pytest.mark.parametrize("name", sorted(n for n, op in REGISTRY.items() if op.scores_as is not None))
+def test_an_output_made_of_scores_gives_them_back(name):
+    # what an exported model's reader and the greedy decoder rely on (registry.scores_from)
+    op = REGISTRY[name]
+    assert op.scores_as in SCORES_AS and op.arity == 1
+    z = np.random.default_rng(0).normal(size=(3, 5))
+    back = scores_from(op.scores_as, op.forward([z], {}, NO_CTX))
+    shift = (back - z)[..., :1] if op.scores_as in ("probabilities", "log_probabilities") else 0
+    np.testing.assert_allclose(back, z + shift, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", sorted(n for n, op in REGISTRY.items() if op.logits_form))
+def test_a_loss_on_an_activation_names_one_that_makes_its_prediction(name):
+    op = REGISTRY[name]
+    made = REGISTRY[op.logits_form[0]].scores_as
+    assert made == (op.prediction if op.target == "class" else "binary_probabilities")

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-HEAVY = ("matplotlib", "PIL", "torch", "optuna", "distributed", "dask", "IPython", "nltk")
+HEAVY = ("matplotlib", "PIL", "torch", "optuna", "distributed", "dask", "IPython", "nltk", "numba")
 
 
 def loaded_after(code: str, modules=HEAVY + ("safetensors", "rich")) -> list[str]:
@@ -21,7 +21,33 @@ def test_compiling_a_spec_and_running_its_model_load_no_plotting_training_or_opt
     code = ("import nnspec\n"
             "model = nnspec.Model.from_file('specs/xor_train.nn')\n"
             "model.forward({'x': [[0.0, 1.0]]})\n")
-    assert loaded_after(code) == []
+    assert loaded_after(code, HEAVY + ("safetensors", "rich", "nnspec.train", "nnspec.data")) == []
+
+
+def test_parsing_builds_no_validator_of_the_syntax_tree():
+    """The parser's nodes are made without validation (see nnspec/syntax/ast.py), so the schemas
+    of the AST's models, a tenth of the start-up, are never built by a command that only compiles."""
+    code = ("from nnspec.compiler import compile_file\n"
+            "from nnspec.syntax import ast\n"
+            "compile_file('specs/bilstm_tagger.nn')\n"
+            "built = [c.__name__ for c in (ast.Module, ast.Call, ast.Equation, ast.Cell) if c.__pydantic_complete__]\n"
+            "assert not built, built\n")
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+
+
+def test_parsed_nodes_are_what_validation_would_make():
+    """What the parser makes without validation, validated again, is the same tree, field types
+    included (repr tells 3 from 3.0): every spec and library file."""
+    from nnspec.errors import Diagnostics
+    from nnspec.loader import stdlib_sources
+    from nnspec.syntax import ast, parser
+    texts = {str(p): p.read_text(encoding="utf-8") for p in sorted(ROOT.glob("**/*.nn")) if ".venv" not in p.parts}
+    texts.update(stdlib_sources())
+    assert len(texts) > 30
+    for file, text in texts.items():
+        module = parser.parse(text, file, Diagnostics())
+        if module is not None:
+            assert repr(ast.Module.model_validate(module.model_dump())) == repr(module), file
 
 
 def test_importing_the_command_line_leaves_plotting_and_torch_for_later():

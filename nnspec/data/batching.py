@@ -70,7 +70,7 @@ def collate(encoded: Encoded, index: np.ndarray, dtype=np.float32) -> Batch:
     for f in encoded.fields:
         values = encoded.data[f.name]
         if f.kind is FieldKind.vector:
-            arrays[f.name] = values[index].astype(dtype)
+            arrays[f.name] = values[index].astype(dtype, copy=False)   # (indexing made a copy already)
         elif f.kind is FieldKind.class_:
             arrays[f.name] = values[index]
         elif f.kind is FieldKind.bag:

@@ -80,6 +80,8 @@ def _prediction_readers(model, runner) -> dict:
     import numpy as np
 
     from ..errors import UsageError
+    from ..ops import REGISTRY
+    from ..ops.registry import scores_from
     from ..plan import OpStep
     from ..train.loop import find_heads
     producers = {s.id: s for s in model.plan.steps if isinstance(s, OpStep)}
@@ -91,11 +93,9 @@ def _prediction_readers(model, runner) -> dict:
             if name == pred:
                 readers[pred] = lambda v, name=name: v[name]
             elif step is not None and step.inputs and step.inputs[0][0] == pred:
-                if step.op in ("softmax", "log_softmax"):   # log p: logits up to a constant, the same softmax
-                    readers[pred] = (lambda v, name=name: np.log(np.maximum(v[name], 1e-300))) \
-                        if step.op == "softmax" else (lambda v, name=name: v[name])
-                elif step.op == "sigmoid":
-                    readers[pred] = lambda v, name=name: np.log(v[name]) - np.log1p(-v[name])
+                kind = REGISTRY[step.op].scores_as   # probabilities: logits up to a constant, the same softmax
+                if kind is not None and kind != "scores":
+                    readers[pred] = lambda v, name=name, kind=kind: scores_from(kind, v[name])
             if pred in readers:
                 break
         if pred not in readers:

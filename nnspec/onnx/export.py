@@ -499,8 +499,7 @@ def _with_predictions(plan: Plan, graph, diags: Diagnostics) -> Plan:
         pred = s.inputs[0][0]
         named = [n for n in graph.g.successors(pred) if pred in graph.g
                  and graph.info(n).named and graph.info(n).kind == "op" and graph.info(n).inputs == [(pred, 0)]
-                 and REGISTRY[graph.info(n).op].logits_form is None and graph.info(n).op in ("softmax", "sigmoid",
-                                                                                              "log_softmax")]
+                 and REGISTRY[graph.info(n).op].scores_as not in (None, "scores")]
         if named:
             info = graph.info(named[0])
             producer = next(b for b in plan.steps if isinstance(b, OpStep) and b.id == pred) \

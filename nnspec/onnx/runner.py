@@ -169,11 +169,13 @@ def greedy(runner: OnnxModel, plan, feeds: dict, steps, lengths: dict | None = N
     exported model: the teacher-forced decoder of ``plan`` fed its own predictions, one forward pass
     of the exported model a step. ``{input: ids (T, B)}``, 0 past each example's ``steps``."""
     from ..decode import fixed_length_decoder, step_counts
+    from ..ops import REGISTRY
     from ..plan import OpStep
     name, pred, axis = fixed_length_decoder(plan)
     # the output that gives the prediction: itself, or what turns its scores into probabilities
     made_of = [s.id for s in plan.steps if isinstance(s, OpStep) and s.id in runner.outputs
-               and s.op in ("softmax", "log_softmax", "identity") and s.inputs and s.inputs[0][0] == pred]
+               and REGISTRY[s.op].scores_as in ("probabilities", "log_probabilities", "scores")
+               and s.inputs and s.inputs[0][0] == pred]
     output = pred if pred in runner.outputs else (made_of[0] if made_of else None)
     if output is None:
         raise FeedError(f"the exported model has no output giving {pred!r}, the prediction its decoder is fed")

@@ -38,6 +38,7 @@ class Activation(NotALoss, Op):
     last_axis_view = False
     row_gradient_input = None
     reads_across_chunks = False
+    scores_as = None
     passes_gradient = ()
 
     def shape(self, shapes, attrs, dims):
@@ -47,6 +48,7 @@ class Activation(NotALoss, Op):
 @register
 class Sigmoid(Activation):
     name = "sigmoid"
+    scores_as = "binary_probabilities"
     fused = ScalarForm('1.0 / (1.0 + exp(-{x0}))', ('{out} * (1.0 - {out})',))
     vectorised_step = "sigmoid_rows"
     doc = "logistic 1 / (1 + e^-x), stable for large |x|"
@@ -139,6 +141,7 @@ class Step(Activation):
 @register
 class Identity(Activation):
     name = "identity"
+    scores_as = "scores"
     fused = ScalarForm('{x0}', ('1.0',))
     doc = "x unchanged (a linear unit)"
 
@@ -289,6 +292,7 @@ class LastAxis(Activation):
 @register
 class Softmax(LastAxis):
     name = "softmax"
+    scores_as = "probabilities"
     doc = "e^x / sum(e^x) over the last axis (max-shifted, stable)"
 
     def forward(self, xs, attrs, ctx):
@@ -301,6 +305,7 @@ class Softmax(LastAxis):
 @register
 class LogSoftmax(LastAxis):
     name = "log_softmax"
+    scores_as = "log_probabilities"
     doc = "x - logsumexp(x) over the last axis (stable)"
 
     def forward(self, xs, attrs, ctx):

@@ -23,6 +23,7 @@ class _Plain(NotALoss, Op):
     passes_gradient = ()
     saves_state = False
     reads_across_chunks = False
+    scores_as = None
 
 
 @register

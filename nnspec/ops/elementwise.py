@@ -20,6 +20,7 @@ class Binary(NotALoss, Op):
     last_axis_view = False
     row_gradient_input = None
     reads_across_chunks = False
+    scores_as = None
     passes_gradient = ()
     args = ("a", "b")
 
@@ -36,6 +37,7 @@ class Unary(NotALoss, Op):
     last_axis_view = False
     row_gradient_input = None
     reads_across_chunks = False
+    scores_as = None
     passes_gradient = ()
     args = ("x",)
 

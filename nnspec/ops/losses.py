@@ -30,6 +30,7 @@ class FloatLoss(Op):
     last_axis_view = False
     row_gradient_input = None
     reads_across_chunks = False
+    scores_as = None
     passes_gradient = ()
     logits_form = None
     saves_state = False
@@ -155,6 +156,7 @@ class ClassLoss(Op):
     last_axis_view = False
     row_gradient_input = None
     reads_across_chunks = False
+    scores_as = None
     passes_gradient = ()
     logits_form = None
     saves_state = False

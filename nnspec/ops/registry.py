@@ -126,6 +126,11 @@ class Op:
     row_gradient_input: ClassVar[int | None]  # an input (a table) whose gradient is a few rows: kept sparse
     reads_across_chunks: ClassVar[bool]  # reads later steps (attr k) of a sequence cut into chunks
     passes_gradient: ClassVar[tuple[int, ...]]  # inputs whose gradient is the output's gradient, unchanged
+    # what the output is when the input is a prediction's scores (logits): "probabilities" (a
+    # distribution over the last axis), "log_probabilities", "binary_probabilities" (each unit's own),
+    # "scores" (the scores themselves); None: anything else. Readers of an exported model's outputs and
+    # the greedy decoder turn such an output back into scores (``scores_from``)
+    scores_as: ClassVar[str | None]
     # losses (None elsewhere): what the prediction is ("probabilities", "log_probabilities", "logits",
     # "scores": a step unit's input, no probability, or "reals"), the target ("class": int classes, "binary": 0/1, "real"), the threshold of a binary
     # decision on the prediction, and (activation, loss): loss(activation(z), y) is that loss of z
@@ -198,6 +203,8 @@ class Op:
     # they return ``f(t)`` doing the work of step t with no further dispatch. A kernel
     # must read the lists at every call, not copy them: the runtime keeps a run for the
     # next batch of the same shape and refills the lists of inputs from outside the loop.
+    # A kernel that prepares something once a pass (a copy of a weight) has ``before_pass()``
+    # and ``after_pass()``, which the loop calls around the pass's steps.
     def step_forward(self, xs: list[list], out: list, attrs: dict) -> Callable[[int], None]:
         """``f(t)``: ``forward`` of step t into ``out[t]`` (default: through ``forward_into``)."""
         forward_into = self.forward_into
@@ -245,10 +252,24 @@ REGISTRY: dict[str, Op] = {}
 
 
 FACTS = ("elementwise", "operator", "args", "saves_state", "last_axis_view", "row_gradient_input",
-         "reads_across_chunks", "passes_gradient", "prediction", "target", "threshold", "logits_form")
+         "reads_across_chunks", "passes_gradient", "scores_as", "prediction", "target", "threshold",
+         "logits_form")
 LOSS_FACTS = ("prediction", "target", "threshold", "logits_form")  # None unless scalar_output
 PREDICTIONS = ("probabilities", "log_probabilities", "logits", "scores", "reals")
 TARGETS = ("class", "binary", "real")
+SCORES_AS = ("probabilities", "log_probabilities", "binary_probabilities", "scores")
+
+
+def scores_from(kind: str, v: np.ndarray) -> np.ndarray:
+    """The scores (logits, up to a constant along the last axis) of an output that is ``kind``
+    (an op's ``scores_as``) of them."""
+    if kind == "probabilities":
+        return np.log(np.maximum(v, 1e-300))
+    if kind == "binary_probabilities":
+        return np.log(v) - np.log1p(-v)
+    if kind in ("log_probabilities", "scores"):
+        return v
+    raise ValueError(f"no scores from {kind!r}")
 
 
 def register(cls: type[Op]) -> type[Op]:

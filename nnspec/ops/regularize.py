@@ -18,6 +18,7 @@ class Dropout(NotALoss, Op):
     passes_gradient = ()
     args = ("x",)
     reads_across_chunks = False
+    scores_as = None
     saves_state = True   # the mask
 
     def shape(self, shapes, attrs, dims):
@@ -57,6 +58,7 @@ class WordDropout(NotALoss, Op):
     passes_gradient = ()
     args = ("x",)
     reads_across_chunks = False
+    scores_as = None
     saves_state = False
 
     # Dropping whole words teaches the <unk> embedding what unseen words at test time look like.

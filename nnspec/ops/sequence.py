@@ -36,6 +36,7 @@ class OverTime(NotALoss, Op):
     args = ("x",)
     saves_state = False
     reads_across_chunks = False
+    scores_as = None
 
     def shape(self, shapes, attrs, dims):
         return shapes[0]
@@ -136,6 +137,7 @@ class Shift(NotALoss, Op):
     args = ("x",)
     saves_state = False
     reads_across_chunks = True
+    scores_as = None
 
     def shape(self, shapes, attrs, dims):
         return shapes[0]
@@ -180,6 +182,7 @@ class Argmax(NotALoss, Op):
     args = ("x",)
     saves_state = False
     reads_across_chunks = False
+    scores_as = None
 
     def shape(self, shapes, attrs, dims):
         if len(shapes[0]) == 0:

@@ -265,7 +265,8 @@ class Executor:
         else:
             if self.plan.loss is None:
                 raise ValueError("this network has no loss to differentiate")
-            grads[self.plan.loss] = np.ones_like(tape.values[self.plan.loss])
+            loss = tape.values[self.plan.loss]
+            grads[self.plan.loss] = np.ones(loss.shape, loss.dtype)   # (np.ones_like: a slow wrapper)
         need = self.facts.grad_needed(wrt)
         leaves = None if wrt is None else set(wrt)
         run = tape.prepared

@@ -44,6 +44,7 @@ class LoopRun:
     outer: list = field(default_factory=list)    # (per-step list, source, delay, kind) bound every pass
     outer_views: list = field(default_factory=list)  # (value, source, start, stop): parts of outer sequences
     steps: list = field(default_factory=list)    # forward kernels f(t), in body order
+    prepared: list = field(default_factory=list)  # the kernels with before_pass / after_pass
     segments: list = field(default_factory=list)  # the fused elementwise segments among them (segments.py)
     fused_segments: bool = False                 # whether its passes run segments (forward and backward)
     backward: object = None                      # loopback.LoopBackward, once built
@@ -123,6 +124,8 @@ class FastLoop:
         times = range(T) if loop.direction > 0 else range(T - 1, -1, -1)
         read_into, steps = run.axis.read_step_into, run.steps
         quiet = np.errstate(over="ignore") if prog.quiet_overflow else contextlib.nullcontext()
+        for f in run.prepared:
+            f.before_pass()
         for seg in run.segments:       # this pass's arrays, held while the loop runs
             seg.bind()
         try:
@@ -135,6 +138,8 @@ class FastLoop:
         finally:
             for seg in run.segments:
                 seg.release()
+            for f in run.prepared:
+                f.after_pass()
         if tape.context.check_finite:
             check_loop(prog, run.bufs, times)
         tape.values.update({k: v for k, v in run.bufs.items() if k not in run.scratch})
@@ -250,6 +255,7 @@ def build_run(ex, prog: LoopProgram, tape: Tape, axis: TimeAxis, scratch,
             ctxs = run.ctxs[b.id] = [None] * T
             steps.append((b, generic_forward(b.op, b.step.attrs, run.ins[b.id], run.outs[b.id], ctxs,
                                              tape.context)))
+    run.prepared = [f for _, f in steps if hasattr(f, "before_pass")]
     run.fused_segments = fused_segments
     if fused_segments:
         run.steps, run.segments = segments.forward_steps(run, steps, tape.rows(axis))

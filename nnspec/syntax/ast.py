@@ -2,6 +2,11 @@
 
 The parser's tree walker builds these from the Lark tree; every later stage
 reads only these models, never the Lark tree.
+
+The parser and the expander build nodes with ``model_construct``: their fields are already of
+the declared types (a test validates the parsed specs again), so no validator runs, and the
+models' schemas (~50 ms to build them all, a tenth of a command's start-up) are built only when
+something validates or serialises a node (``defer_build``).
 """
 from __future__ import annotations
 
@@ -13,7 +18,7 @@ from ..errors import Span
 
 
 class Node(BaseModel):
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)   # see the module's docstring
     span: Span
 
 
@@ -242,9 +247,7 @@ Statement = Annotated[Union[Network, Let, Include, Decl, Equation, Param, Initia
 
 class Module(BaseModel):
     """One parsed file."""
+    model_config = ConfigDict(defer_build=True)
     file: str
     statements: list[Statement]
 
-
-for _model in (DimBin, ListLit, BinOp, Neg, Keyword, Mapping, Call, Cell, Setting, Train, Sweep):
-    _model.model_rebuild()

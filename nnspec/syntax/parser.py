@@ -2,8 +2,8 @@
 
 The grammar lives in ``grammar/nnspec.lark`` (installed as ``nnspec.grammar``).
 A small post-lexer drops newlines inside brackets; a transformer turns the tree
-into the pydantic models of :mod:`nnspec.syntax.ast`. Syntax errors are turned
-into diagnostics with spans; after an error the offending line is blanked and
+into the pydantic models of :mod:`nnspec.syntax.ast` (with ``model_construct``: see there).
+Syntax errors are turned into diagnostics with spans; after an error the offending line is blanked and
 the file parsed again, so one run reports the syntax errors of many lines.
 """
 from __future__ import annotations
@@ -117,7 +117,7 @@ def parse(text: str, file: str, diags: Diagnostics) -> ast.Module | None:
         if _too_deep(tree, file, diags):
             return None
         try:
-            return ast.Module(file=file, statements=_ToAst(file).transform(tree).children)
+            return ast.Module.model_construct(file=file, statements=_ToAst(file).transform(tree).children)
         except VisitError as e:  # a literal the grammar accepts but the AST rejects
             if isinstance(e.orig_exc, _AstError):
                 diags.error(e.orig_exc.message, e.orig_exc.span)
@@ -253,13 +253,13 @@ def _error_span(e: UnexpectedInput, file: str, lines: list[str]) -> Span:
 
 
 def _span(file: str, meta) -> Span:
-    return Span(file=file, line=meta.line, column=meta.column,
-                end_line=meta.end_line, end_column=meta.end_column)
+    return Span.model_construct(file=file, line=meta.line, column=meta.column,   # (ints from Lark: see ast.py)
+                                end_line=meta.end_line, end_column=meta.end_column)
 
 
 def _tok_span(file: str, tok: Token) -> Span:
-    return Span(file=file, line=tok.line, column=tok.column,
-                end_line=tok.end_line, end_column=tok.end_column)
+    return Span.model_construct(file=file, line=tok.line, column=tok.column,
+                                end_line=tok.end_line, end_column=tok.end_column)
 
 
 class _ToAst:
@@ -288,13 +288,13 @@ class _ToAst:
 
     # statements
     def network(self, meta, c):
-        return ast.Network(span=self.sp(meta), name=str(c[0]))
+        return ast.Network.model_construct(span=self.sp(meta), name=str(c[0]))
 
     def let(self, meta, c):
-        return ast.Let(span=self.sp(meta), name=str(c[0]), value=c[1])
+        return ast.Let.model_construct(span=self.sp(meta), name=str(c[0]), value=c[1])
 
     def include(self, meta, c):
-        return ast.Include(span=self.sp(meta), path=str(c[0])[1:-1])
+        return ast.Include.model_construct(span=self.sp(meta), path=str(c[0])[1:-1])
 
     def role(self, meta, c):
         return str(c[0])
@@ -304,33 +304,35 @@ class _ToAst:
         dims = next((r for r in rest if isinstance(r, list)), None)
         typ = next((r for r in rest if isinstance(r, ast.TypeSpec)), None)
         view = next((r for r in rest if isinstance(r, ast.View)), None)
-        return ast.Decl(span=self.sp(meta), role=str(role), name=str(name), dims=dims, type=typ, view=view)
+        return ast.Decl.model_construct(span=self.sp(meta), role=str(role), name=str(name), dims=dims, type=typ,
+                                        view=view)
 
     def view(self, meta, c):
-        return ast.View(span=self.sp(meta), func=str(c[0]), source=str(c[1]),
-                        arg=int(c[2]) if len(c) > 2 else None)
+        return ast.View.model_construct(span=self.sp(meta), func=str(c[0]), source=str(c[1]),
+                                        arg=int(c[2]) if len(c) > 2 else None)
 
     def equation(self, meta, c):
         name, *rest = c
         dims = rest[0] if len(rest) == 2 else None
-        return ast.Equation(span=_tok_span(self.file, name).model_copy(
+        return ast.Equation.model_construct(span=_tok_span(self.file, name).model_copy(
             update={"end_line": meta.end_line, "end_column": meta.end_column}),
             name=str(name), dims=dims, value=rest[-1])
 
     def loss(self, meta, c):
-        return ast.Loss(span=self.sp(meta), value=c[0])
+        return ast.Loss.model_construct(span=self.sp(meta), value=c[0])
 
     def initial(self, meta, c):
-        return ast.Initial(span=self.sp(meta), name=str(c[0]), value=c[1])
+        return ast.Initial.model_construct(span=self.sp(meta), name=str(c[0]), value=c[1])
 
     def decode(self, meta, c):
-        return ast.Decode(span=self.sp(meta), input=str(c[0]), prediction=str(c[1]), options=list(c[2:]))
+        return ast.Decode.model_construct(span=self.sp(meta), input=str(c[0]), prediction=str(c[1]),
+                                          options=list(c[2:]))
 
     def decode_option(self, meta, c):
         name, value = c
         text = str(value)
-        return ast.DecodeOption(span=self.sp(meta), name=str(name),
-                                value=text[1:-1] if value.type == "STRING" else int(text))
+        return ast.DecodeOption.model_construct(span=self.sp(meta), name=str(name),
+                                                value=text[1:-1] if value.type == "STRING" else int(text))
 
     def param(self, meta, c):
         name, *rest = c
@@ -344,12 +346,13 @@ class _ToAst:
                 fields["frozen"] = True
             else:
                 fields["value"] = r
-        return ast.Param(span=self.sp(meta), name=str(name), **fields)
+        return ast.Param.model_construct(span=self.sp(meta), name=str(name), **fields)
 
     def param_init(self, meta, c):
         name, *args = c
         positional, keywords, mappings = args[0] if args else ([], [], [])
-        return ("init", ast.Call(span=self.sp(meta), func=str(name), args=positional, keywords=keywords))
+        return ("init", ast.Call.model_construct(span=self.sp(meta), func=str(name), args=positional,
+                                                 keywords=keywords))
 
     def param_frozen(self, meta, c):
         return ("frozen",)
@@ -360,35 +363,36 @@ class _ToAst:
         dims = next((x for x in c[1:] if isinstance(x, list)), None)
         body = [x for x in c[1:] if isinstance(x, ast.Node)]
         *inputs, output = [str(t) for t in toks]
-        return ast.Cell(span=self.sp(meta), name=name, inputs=inputs, output=output,
-                        output_dims=dims, body=body)
+        return ast.Cell.model_construct(span=self.sp(meta), name=name, inputs=inputs, output=output,
+                                        output_dims=dims, body=body)
 
     def data_source(self, meta, c):
         name = str(c[0])
         positional, keywords, mappings = c[1] if len(c) > 1 else ([], [], [])
-        call = ast.Call(span=self.sp(meta), func=name, args=positional, keywords=keywords, mappings=mappings)
-        return ast.DataSource(span=self.sp(meta), source=name, call=call)
+        call = ast.Call.model_construct(span=self.sp(meta), func=name, args=positional, keywords=keywords,
+                                        mappings=mappings)
+        return ast.DataSource.model_construct(span=self.sp(meta), source=name, call=call)
 
     def data_inline(self, meta, c):
-        return ast.DataInline(span=self.sp(meta), values=list(c))
+        return ast.DataInline.model_construct(span=self.sp(meta), values=list(c))
 
     def inline_value(self, meta, c):
-        return ast.Keyword(span=self.sp(meta), name=str(c[0]), value=c[1])
+        return ast.Keyword.model_construct(span=self.sp(meta), name=str(c[0]), value=c[1])
 
     def train(self, meta, c):
-        return ast.Train(span=self.sp(meta), settings=list(c))
+        return ast.Train.model_construct(span=self.sp(meta), settings=list(c))
 
     def sweep(self, meta, c):
-        return ast.Sweep(span=self.sp(meta), settings=list(c))
+        return ast.Sweep.model_construct(span=self.sp(meta), settings=list(c))
 
     def setting_value(self, meta, c):
-        return ast.Setting(span=self.sp(meta), key=str(c[0]), value=c[1])
+        return ast.Setting.model_construct(span=self.sp(meta), key=str(c[0]), value=c[1])
 
     def setting_pairs(self, meta, c):
         key, rest = str(c[0]), c[1:]
-        pairs = [ast.Keyword(span=_tok_span(self.file, rest[i]), name=str(rest[i]), value=rest[i + 1])
+        pairs = [ast.Keyword.model_construct(span=_tok_span(self.file, rest[i]), name=str(rest[i]), value=rest[i + 1])
                  for i in range(0, len(rest), 2)]
-        return ast.Setting(span=self.sp(meta), key=key, pairs=pairs)
+        return ast.Setting.model_construct(span=self.sp(meta), key=key, pairs=pairs)
 
     # types
     def seq_type(self, meta, c):
@@ -396,7 +400,7 @@ class _ToAst:
         return c[-1].model_copy(update={"sequence": True, "axis": axis, "span": self.sp(meta)})
 
     def seq_of_vectors(self, meta, c):
-        return ast.TypeSpec(span=self.sp(meta), sequence=True, elem="real", axis=c[0] if c else None)
+        return ast.TypeSpec.model_construct(span=self.sp(meta), sequence=True, elem="real", axis=c[0] if c else None)
 
     def nested_seq_type(self, meta, c):
         """``seq of seq(char) of char``: the outer axis (if named) is an ``axis_name``, the inner an
@@ -419,35 +423,35 @@ class _ToAst:
         return c[0]
 
     def token_type(self, meta, c):
-        return ast.TypeSpec(span=self.sp(meta), elem="token")
+        return ast.TypeSpec.model_construct(span=self.sp(meta), elem="token")
 
     def char_type(self, meta, c):
-        return ast.TypeSpec(span=self.sp(meta), elem="char")
+        return ast.TypeSpec.model_construct(span=self.sp(meta), elem="char")
 
     def class_type(self, meta, c):
-        return ast.TypeSpec(span=self.sp(meta), elem="class", classes=c[0] if c else None)
+        return ast.TypeSpec.model_construct(span=self.sp(meta), elem="class", classes=c[0] if c else None)
 
     def bag_type(self, meta, c):
-        return ast.TypeSpec(span=self.sp(meta), elem="bag")
+        return ast.TypeSpec.model_construct(span=self.sp(meta), elem="bag")
 
     def char_bag_type(self, meta, c):
-        return ast.TypeSpec(span=self.sp(meta), elem="char_bag")
+        return ast.TypeSpec.model_construct(span=self.sp(meta), elem="char_bag")
 
     def real_type(self, meta, c):
-        return ast.TypeSpec(span=self.sp(meta), elem="real")
+        return ast.TypeSpec.model_construct(span=self.sp(meta), elem="real")
 
     # sizes
     def dims(self, meta, c):
         return list(c)
 
     def dim_int(self, meta, c):
-        return ast.DimInt(span=self.sp(meta), value=int(c[0]))
+        return ast.DimInt.model_construct(span=self.sp(meta), value=int(c[0]))
 
     def dim_name(self, meta, c):
-        return ast.DimName(span=self.sp(meta), name=str(c[0]))
+        return ast.DimName.model_construct(span=self.sp(meta), name=str(c[0]))
 
     def _dim_bin(self, op, meta, c):
-        return ast.DimBin(span=self.sp(meta), op=op, left=c[0], right=c[1])
+        return ast.DimBin.model_construct(span=self.sp(meta), op=op, left=c[0], right=c[1])
 
     def dim_add(self, meta, c):
         return self._dim_bin("+", meta, c)
@@ -460,16 +464,16 @@ class _ToAst:
 
     # expressions
     def number(self, meta, c):
-        return ast.Number(span=self.sp(meta), value=float(c[0]), text=str(c[0]))
+        return ast.Number.model_construct(span=self.sp(meta), value=float(c[0]), text=str(c[0]))
 
     def percent(self, meta, c):
-        return ast.Percent(span=self.sp(meta), value=float(c[0]) / 100.0)
+        return ast.Percent.model_construct(span=self.sp(meta), value=float(c[0]) / 100.0)
 
     def string(self, meta, c):
-        return ast.String(span=self.sp(meta), value=str(c[0])[1:-1])
+        return ast.String.model_construct(span=self.sp(meta), value=str(c[0])[1:-1])
 
     def name(self, meta, c):
-        return ast.Name(span=self.sp(meta), name=str(c[0]))
+        return ast.Name.model_construct(span=self.sp(meta), name=str(c[0]))
 
     def past(self, meta, c):
         return self._delayed(meta, c, -1)
@@ -484,13 +488,13 @@ class _ToAst:
         if k == 0:
             raise _AstError(f"{c[0]}[t{'+' if sign > 0 else '-'}0] is just {c[0]}: a delay must be at least 1",
                             self.sp(meta))
-        return ast.Delayed(span=self.sp(meta), name=str(c[0]), offset=sign * k)
+        return ast.Delayed.model_construct(span=self.sp(meta), name=str(c[0]), offset=sign * k)
 
     def list(self, meta, c):
-        return ast.ListLit(span=self.sp(meta), items=list(c))
+        return ast.ListLit.model_construct(span=self.sp(meta), items=list(c))
 
     def _bin(self, op, meta, c):
-        return ast.BinOp(span=self.sp(meta), op=op, left=c[0], right=c[1])
+        return ast.BinOp.model_construct(span=self.sp(meta), op=op, left=c[0], right=c[1])
 
     def add(self, meta, c):
         return self._bin("+", meta, c)
@@ -508,12 +512,12 @@ class _ToAst:
         return self._bin("@", meta, c)
 
     def neg(self, meta, c):
-        return ast.Neg(span=self.sp(meta), operand=c[0])
+        return ast.Neg.model_construct(span=self.sp(meta), operand=c[0])
 
     def call(self, meta, c):
         positional, keywords, mappings = c[1] if len(c) > 1 else ([], [], [])
-        return ast.Call(span=self.sp(meta), func=str(c[0]), args=positional,
-                        keywords=keywords, mappings=mappings)
+        return ast.Call.model_construct(span=self.sp(meta), func=str(c[0]), args=positional,
+                                        keywords=keywords, mappings=mappings)
 
     def wrapped_call(self, meta, c):
         # reverse(lstm)(x, H = 8): the inner call names the cell, the outer gives its arguments
@@ -521,12 +525,13 @@ class _ToAst:
         groups = [x for x in c[1:] if isinstance(x, tuple)]
         wrapper_args = groups[0] if len(groups) == 2 else ([], [], [])
         outer = groups[-1] if groups else ([], [], [])
-        wrapper = ast.Call(span=self.sp(meta), func=name, args=wrapper_args[0], keywords=wrapper_args[1])
+        wrapper = ast.Call.model_construct(span=self.sp(meta), func=name, args=wrapper_args[0],
+                                           keywords=wrapper_args[1])
         if not wrapper.args or not isinstance(wrapper.args[0], ast.Name):
             raise _AstError(f"{name}(...)(...) takes a cell name first, as in {name}(lstm)(x, H = 64)",
                             self.sp(meta))
-        return ast.Call(span=self.sp(meta), func=wrapper.args[0].name, args=outer[0],
-                        keywords=outer[1], wrapper=wrapper)
+        return ast.Call.model_construct(span=self.sp(meta), func=wrapper.args[0].name, args=outer[0],
+                                        keywords=outer[1], wrapper=wrapper)
 
     def args(self, meta, c):
         positional = [a for a in c if not isinstance(a, (ast.Keyword, ast.Mapping))]
@@ -535,8 +540,8 @@ class _ToAst:
         return (positional, keywords, mappings)
 
     def keyword(self, meta, c):
-        return ast.Keyword(span=self.sp(meta), name=str(c[0]), value=c[1])
+        return ast.Keyword.model_construct(span=self.sp(meta), name=str(c[0]), value=c[1])
 
     def mapping(self, meta, c):
-        return ast.Mapping(span=self.sp(meta), key=str(c[0])[1:-1], value=c[1])
+        return ast.Mapping.model_construct(span=self.sp(meta), key=str(c[0])[1:-1], value=c[1])
 

@@ -80,7 +80,8 @@ def rng_from_state(state: dict) -> np.random.Generator:
 # ---- what meta.json may hold (checked on load; extra keys are allowed for newer writers) ----
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(strict=True, extra="allow")
+    # the validators are built when a checkpoint is first loaded, not by every command that imports this
+    model_config = ConfigDict(strict=True, extra="allow", defer_build=True)
 
 
 class _VocabMeta(_Strict):

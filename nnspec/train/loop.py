@@ -361,9 +361,9 @@ class Trainer:
 
     # ---- one epoch ------------------------------------------------------------
     def _train_epoch(self, epoch: int, progress: Progress) -> tuple[float, int]:
-        model = self.model
-        stream = Stream(model.plan)
-        with blas_threads(model.executor.options.blas_threads):   # once an epoch, not twice a step
+        stream = Stream(self.model.plan)
+        # once an epoch, not at every step: a tiny network's step takes ~100 us
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):  # a NaN is caught and named below
             return self._train_batches(epoch, progress, stream)
 
     def _train_batches(self, epoch: int, progress: Progress, stream: Stream) -> tuple[float, int]:
@@ -374,11 +374,10 @@ class Trainer:
             self._check_memory(batch)
             if self.schedule is not None:
                 self.optimizer.lr = self.schedule.lr_at(self.step, epoch)
-            with np.errstate(invalid="ignore", divide="ignore", over="ignore"):  # a NaN is caught and named below
-                loss, wrong = model.train_step(batch.arrays, batch.lengths, rng=self.rng,
-                                               stream=stream if self.data.stream else None, continues=batch.carry,
-                                               single_use=s.rule != "perceptron",
-                                               then=partial(self._update, batch, stream.carry_into(batch.carry), epoch))
+            loss, wrong = model.train_step(batch.arrays, batch.lengths, rng=self.rng,
+                                           stream=stream if self.data.stream else None, continues=batch.carry,
+                                           single_use=s.rule != "perceptron",
+                                           then=partial(self._update, batch, stream.carry_into(batch.carry), epoch))
             mistakes += wrong
             total += loss * batch.size
             count += batch.size
@@ -389,7 +388,8 @@ class Trainer:
         """A training step's update from its loss and gradients (``Model.train_step``): (the loss,
         the perceptron's mistakes). A bad step is caught where it happens, at the cost of one sum
         per parameter (nonfinite.all_finite): the loss, the clipping's gradient norm when there is
-        one, and the parameters after the update (a NaN gradient makes its parameter NaN)."""
+        one, and the parameters after the update (a NaN gradient makes its parameter NaN). Runs
+        inside the epoch's ``np.errstate``, which silences the overflows these checks name."""
         s = self.settings
         scale = 1.0
         if s.clip:
@@ -403,8 +403,7 @@ class Trainer:
             mistakes = sum(int(((values[h.pred] > 0) != (values[h.target] > 0.5)).sum()) for h in self.heads)
         updated = list(grads)
         # the gradients are the executor's own and dropped after the step: the update may overwrite them
-        with np.errstate(over="ignore", invalid="ignore"):  # an overflow is caught and named below
-            self.optimizer.step(self.model.params, grads, scale=scale, consume=True)
+        self.optimizer.step(self.model.params, grads, scale=scale, consume=True)
         if not all_finite(self.model.params[k] for k in updated):
             self._bad_update(updated, epoch)
         if self.average is not None:
@@ -483,7 +482,9 @@ class Trainer:
         converged = None
         epoch = self.start_epoch
         self._saved_at = None
-        with self.progress(s.epochs, steps_per_epoch, unit=unit, quiet=self.quiet, stream=self.stream) as progress:
+        # BLAS on the executor's threads for the whole fit (evaluations too), not set and reset every epoch
+        with self.progress(s.epochs, steps_per_epoch, unit=unit, quiet=self.quiet, stream=self.stream) as progress, \
+                blas_threads(self.model.executor.options.blas_threads):
             try:
                 for epoch in range(self.start_epoch, s.epochs):
                     progress.start_epoch(epoch + 1)

@@ -40,17 +40,14 @@ class Optimizer:
     def step(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray], *,
              scale: float = 1.0, consume: bool = False) -> None:
         mine = _sole_owners(grads) if consume else ()
-        steps = self.steps
+        steps, scale, update = self.steps, float(scale), self._update_scaled
         for name, g in grads.items():
-            try:
-                p = params[name]
-            except KeyError:
-                raise KeyError(f"gradient for unknown parameter {name!r}") from None
-            if g.shape != p.shape:
-                raise ValueError(f"gradient for {name!r} has shape {g.shape}, parameter has {p.shape}")
+            p = params.get(name)
+            if p is None or g.shape != p.shape:
+                _refuse(name, p, g)
             t = steps.get(name, 0) + 1
             steps[name] = t
-            self._update_scaled(name, p, g, t, float(scale), name in mine)
+            update(name, p, g, t, scale, name in mine)
 
     def _update_scaled(self, name: str, p: np.ndarray, g: np.ndarray, t: int, scale: float,
                        writable: bool) -> None:
@@ -106,6 +103,12 @@ class Optimizer:
         return f"{type(self).__name__}({args})"
 
 
+def _refuse(name: str, p, g) -> None:
+    if p is None:
+        raise KeyError(f"gradient for unknown parameter {name!r}")
+    raise ValueError(f"gradient for {name!r} has shape {g.shape}, parameter has {p.shape}")
+
+
 class SGD(Optimizer):
     """p -= lr * (g + weight_decay * p)."""
 
@@ -116,12 +119,15 @@ class SGD(Optimizer):
         super().__init__(lr)
         self.weight_decay = float(weight_decay)
 
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "_update" in vars(cls) and "_update_scaled" not in vars(cls):   # its own update (Momentum):
+            cls._update_scaled = Optimizer._update_scaled                     # not SGD's in-place one
+
     def _update(self, name, p, g, t):
         self._update_scaled(name, p, g, t, 1.0, False)
 
     def _update_scaled(self, name, p, g, t, scale, writable):
-        if type(self)._update is not SGD._update:      # a subclass with its own update (Momentum)
-            return Optimizer._update_scaled(self, name, p, g, t, scale, writable)
         a = -self.lr * scale
         if self.weight_decay:
             g = g + (self.weight_decay / scale) * p   # (scale g + wd p) = scale (g + wd/scale p)
