@@ -244,3 +244,13 @@ def test_chunks_of_a_stream_carry_their_states_through_segments():
         assert all(loop._run.segments for loop in ex.fast_loops.values()) == segmented
     for (ts, gs), (tn, gn) in zip(*results):
         assert_same(ts, gs, tn, gn)
+
+
+def test_the_difftesters_segments_oracle_checks_a_loop():
+    # (python -m tests.difftest --oracles segments: random specs; opt-in, each body compiles a kernel)
+    from tests.difftest.oracles import TOLERANCES, check
+    out = check(HEAD + CELLS["gru"] + TAIL, seed=3, oracles=["segments"])
+    assert "segments" not in out.skipped and not out.failures
+    assert out.errors["segments"] <= TOLERANCES["segments"]
+    assert check(HEAD + "h = tanh(W @ x)\n" + TAIL, seed=3,
+                 oracles=["segments"]).skipped["segments"] == "no loop"

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from .generator import generate
 from .known import known_bug
-from .oracles import ORACLES, Failure, check
+from .oracles import EXTRA_ORACLES, ORACLES, Failure, check
 from .shrink import as_regression, shrink_failure
 
 
@@ -53,7 +53,7 @@ class Summary:
                 f"compiled, {self.rejected_known} rejected by a known bug ({100 * self.compile_rate:.2f}% valid), "
                 f"{self.seconds:.0f} s",
                 f"{'oracle':<10}{'checked':>9}{'skipped':>9}{'worst error':>14}  at seed"]
-        for o in ORACLES:
+        for o in ORACLES + [o for o in EXTRA_ORACLES if self.checked[o] or self.skipped[o]]:
             err, seed = self.worst.get(o, (0.0, None))
             rows.append(f"{o:<10}{self.checked[o]:>9}{self.skipped[o]:>9}{err:>14.2e}  {'' if seed is None else seed}")
         rows.append("known bugs (specs excused): " + (", ".join(f"{k} {n}" for k, n in sorted(self.known.items()))

@@ -22,6 +22,13 @@ the loss (when the spec has one) plus ``sum(output * G)`` over the outputs, for 
            translation (the reference interpreter without torch) fed the tokens written so far;
            beam search with beam 1 against greedy; scores of ended sequences (greedy, beam 3) rescored.
 
+One more oracle runs only when asked for (``--oracles segments``; it compiles a kernel for every
+generated loop body, a second or so each, so the default run leaves it out):
+
+  segments (specs whose loops get fused segments, float32, numba installed) the loops' elementwise
+           steps as fused kernels (``runtime/segments.py``) against the op-by-op NumPy path, both
+           float32 on the NumPy loop path; tolerance ``TOLERANCES["segments"]`` (float32 rounding).
+
 Errors are relative: an output's to its largest value (at least 1), a gradient's to the largest
 gradient of the run. The tolerance is 1e-6.
 """
@@ -48,7 +55,11 @@ except ImportError:  # pragma: no cover - depends on the branch and on torch bei
     torch_run = None
 
 ORACLES = ["fast", "optimize", "fd", "torch", "batch", "repeat", "decode"]
+EXTRA_ORACLES = ["segments"]          # only when asked for (see above)
 TOLERANCE = 1e-6
+# float32 against float32, kernels' exp and tanh within a few 1e-7 of NumPy's: rounding that a
+# random spec's chain of exponentials and quotients may amplify; a wrong formula errs by O(1)
+TOLERANCES = {"segments": 1e-4}
 BINDINGS = {f"vocab(w{i})": 5 for i in range(1, 200)}
 BINDINGS.update({f"vocab(d{i})": 6 for i in range(1, 200)})    # decoded: <pad> <unk> <s> </s> and two tokens
 LOSS_OPS = {name for name, op in REGISTRY.items() if op.prediction is not None}
@@ -281,7 +292,7 @@ def compare(oracle: str, got: Run, want: Run, plan, batch: Batch, out: Outcome, 
 
 def note(out: Outcome, oracle: str, err: float, where: str) -> None:
     out.errors[oracle] = max(out.errors.get(oracle, 0.0), err) if not math.isnan(err) else math.inf
-    if not err <= TOLERANCE:
+    if not err <= TOLERANCES.get(oracle, TOLERANCE):
         out.failures.append(Failure(oracle, f"{where}: relative error {err:.3g}", err))
 
 
@@ -366,6 +377,11 @@ def _check(text: str, seed: int, oracles) -> Outcome:
                 _crash("batch", out, e)
     if "torch" in oracles:
         check_torch(opt, ref_raw, params, batch, seeds, out)
+    if "segments" in oracles:
+        try:
+            check_segments(plan, params, batch, seeds, base, out)
+        except Exception as e:
+            _crash("segments", out, e)
     if "decode" in oracles:
         if opt.decoder is None:
             out.skipped["decode"] = "no decode declaration"
@@ -375,6 +391,33 @@ def _check(text: str, seed: int, oracles) -> Outcome:
             except Exception as e:
                 _crash("decode", out, e)
     return out
+
+
+def check_segments(plan, params, batch: Batch, seeds, base, out: Outcome) -> None:
+    """float32, the NumPy loop path with fused segments from the first pass against without."""
+    from nnspec.runtime.kernelcache import numba_available
+
+    if not numba_available():
+        out.skipped["segments"] = "numba is not installed"
+        return
+    if not any(isinstance(s, LoopStep) for s in plan.steps):
+        out.skipped["segments"] = "no loop"
+        return
+    f32 = {k: v.astype(np.float32) for k, v in params.items()}
+    feeds = {k: v.astype(np.float32) if v.dtype.kind == "f" else v for k, v in batch.feeds.items()}
+    batch32 = dataclasses.replace(batch, feeds=feeds)
+    seeds32 = {k: v.astype(np.float32) for k, v in seeds.items()}
+    runs = []
+    for on in (True, False):
+        ex = Executor(plan, dtype=np.float32, options=ExecOptions(fused_loops=False, fused_segments=on))
+        if ex.segments_after is not None:
+            ex.segments_after = 0
+        runs.append(run(ex, f32, batch32, seeds32))
+        if on and not any(loop._run is not None and (loop._run.segments or loop._run.backward and
+                                                      loop._run.backward.segments) for loop in ex.fast_loops.values()):
+            out.skipped["segments"] = "no segment"
+            return
+    compare("segments", runs[0], runs[1], base, batch, out)
 
 
 def check_repeat(fast: Executor, params, batch: Batch, seeds, first: Run, plan, seed: int, out: Outcome) -> None:
