@@ -71,10 +71,9 @@ def scatter_rows(buf: np.ndarray, ids: np.ndarray, g: np.ndarray) -> np.ndarray:
     else:
         _put_rows(buf, rows, g, order[first])
         repeats = ~first
-        at, src = ids[repeats], order[repeats]
-        for lo in range(0, len(at), _chunk_rows(g)):     # (in order: each row's repeats summed as before)
-            hi = lo + _chunk_rows(g)
-            np.add.at(buf, at[lo:hi], g[src[lo:hi]])
+        at, src, n = ids[repeats], order[repeats], _chunk_rows(g)
+        for lo in range(0, len(at), n):     # (in order: each row's repeats summed as before)
+            np.add.at(buf, at[lo:lo + n], g[src[lo:lo + n]])
     return rows
 
 
