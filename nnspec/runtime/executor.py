@@ -154,7 +154,8 @@ class Executor:
         again.
         ``single_use``: the tape is for one backward pass (training): values that nothing but one
         op reads may be overwritten by it (the softmax of a ``cross_entropy_logits`` is computed
-        over the logits), so ``tape.values`` does not show them any more, and a second backward
+        over the logits), so ``tape.values`` does not show them any more; its backward pass may
+        write gradients into arrays it reads no more (lent, ``share_dead``); and a second backward
         over the tape is refused."""
         context = context or RunContext(train=train, rng=rng, check_finite=self.check_finite)
         with blas_threads(self.options.blas_threads):
