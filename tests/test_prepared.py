@@ -141,7 +141,7 @@ def test_clipping_folded_into_the_update_equals_clipping_first(kind, wd):
 def test_a_single_use_tape_spends_the_logits_and_refuses_a_second_backward():
     text = ("input w : seq of token\ntarget y : seq of class\ne = embed(w, 3)\nh = lstm(e, H = 4)\n"
             "loss cross_entropy(softmax(V @ h + c), y)\n")
-    plan = compile_text(text, bindings={"vocab(w)": 7, "classes(y)": 5}).plan
+    plan = compile_text(text, bindings={"vocab(w)": 7, "classes(y)": 40}).plan
     logits = next(s.inputs[0][0] for s in plan.steps if getattr(s, "op", "") == "cross_entropy_logits")
     rng = np.random.default_rng(0)
     params = {p.name: rng.normal(scale=0.5, size=p.shape) for p in plan.params}
@@ -357,3 +357,72 @@ def test_parameters_stay_apart_with_param_blocks_off():
         xs = [apart[src] for src, _ in s.inputs]
         np.testing.assert_array_equal(stacked_view(xs), np.concatenate(xs))
         assert stacked_view(xs[::-1]) is None                 # out of order: no view
+
+
+LM = ("input w : seq of token\ntarget y : seq of class\ne = embed(w, 8)\nh = lstm(e, H = 4)\n"
+      "p = softmax(W_out @ h + b_out)\nloss cross_entropy(p, y)\n")
+
+
+def _lm_passes(options, passes=4):
+    """Single-use training passes of a small LSTM language model, everything pooled: per pass,
+    (the gradients, the names of the parameters whose gradient lies in a value's array)."""
+    plan = compile_text(LM, bindings={"vocab(w)": 7, "classes(y)": 40}).plan
+    rng = np.random.default_rng(0)
+    params = {p.name: rng.normal(scale=0.5, size=p.shape) for p in plan.params}
+    feeds = random_feeds(plan, T=5, B=3, seed=1)
+    ex = Executor(plan, dtype=np.float64, options=options)
+    ex.pool.MIN_BYTES = 0                                # pool everything, to see it at this size
+    out = []
+    for _ in range(passes):                              # the general pass, then prepared ones
+        tape = ex.forward(params, feeds, lengths=LENGTHS, train=True, single_use=True)
+        values = [a for k, a in tape.values.items() if k not in params and isinstance(a, np.ndarray)]
+        grads = ex.backward(tape, wrt=set(params))
+        inside = {k for k, g in grads.items() if any(np.shares_memory(g, a) for a in values)}
+        out.append(({k: np.array(g) for k, g in grads.items()}, inside))
+        del tape, values, grads
+    return out
+
+
+def test_gradients_made_after_an_arrays_last_use_are_written_into_it_with_the_same_results():
+    # the logits (15 x 40) are read no more once their step's VJPs have run: the input projection's
+    # weight gradients, made after, are parts of their array, in the general pass and the prepared ones
+    shared, apart = _lm_passes(ExecOptions()), _lm_passes(ExecOptions(share_dead=False))
+    for (got, inside), (want, outside) in zip(shared, apart):
+        assert inside >= {"h.Wf", "h.Wi", "h.Wo", "h.Wg"} and not outside
+        assert set(got) == set(want)
+        for k in want:
+            np.testing.assert_array_equal(got[k], want[k], err_msg=k)     # bit for bit
+
+
+def test_a_kept_tape_keeps_its_values_through_the_backward_pass():
+    plan = compile_text(LM, bindings={"vocab(w)": 7, "classes(y)": 40}).plan
+    rng = np.random.default_rng(0)
+    params = {p.name: rng.normal(scale=0.5, size=p.shape) for p in plan.params}
+    feeds = random_feeds(plan, T=5, B=3, seed=1)
+    ex = Executor(plan, dtype=np.float64)
+    ex.pool.MIN_BYTES = 0
+    for _ in range(3):
+        tape = ex.forward(params, feeds, lengths=LENGTHS, train=True)      # not single-use
+        before = {k: np.array(a) for k, a in tape.values.items() if isinstance(a, np.ndarray)}
+        ex.backward(tape, wrt=set(params))
+        for k, a in before.items():
+            np.testing.assert_array_equal(tape.values[k], a, err_msg=k)
+        del tape
+
+
+def test_spare_arrays_are_handed_out_in_parts_that_never_overlap():
+    from nnspec.runtime.reuse import Spare
+    spare = Spare()
+    big, small = np.zeros(100, np.float32), np.zeros(40, np.float32)
+    spare.add(big)
+    spare.add(small)
+    assert spare.take((50,), np.float64) is None                    # another dtype: none
+    a = spare.take((3, 10), np.float32)                              # the least room that holds it
+    assert np.shares_memory(a, small)
+    b = spare.take((5,), np.float32)                                 # the rest of small, from 64 bytes on
+    assert np.shares_memory(b, small) and b.__array_interface__["data"][0] - \
+        small.__array_interface__["data"][0] == 32 * 4
+    c = spare.take((48,), np.float32)
+    d = spare.take((40,), np.float32)
+    assert np.shares_memory(c, big) and np.shares_memory(d, big) and not np.shares_memory(c, d)
+    assert spare.take((5,), np.float32) is None                      # 48 + 40 -> 96 of 100 given out

@@ -140,7 +140,7 @@ def test_a_stream_carries_the_last_chunks_states_into_the_next_chunk_only():
 
 
 SWITCHES = ["defer_grads", "local_grads", "alias_grads", "scratch", "reuse_buffers", "row_grads", "prepared", "lend_dead",
-            "ring_grads"]
+            "share_dead", "ring_grads"]
 TAGGER = ("input w : seq of token\ntarget y : seq of class\ne = embed(w, 4)\nh = lstm(concat(e, e[t-1]), H = 3)\n"
           "z[3] = V @ concat(h, h[t-2]) + c\nloss cross_entropy_logits(z, y)\n")
 
@@ -247,3 +247,34 @@ def test_a_table_gradient_sums_repeated_ids_as_add_at_does_and_names_its_rows(id
         np.testing.assert_array_equal(got, want)    # the same sums in the same order: bit for bit
         np.testing.assert_array_equal(got.rows, np.unique(ids))
         del got
+
+
+def test_a_table_gradient_gathered_in_chunks_sums_as_add_at_does(monkeypatch):
+    from nnspec.runtime import rowgrad
+    monkeypatch.setattr(rowgrad, "CHUNK_BYTES", 4 * 8)    # 4 rows of 2 float64 at a time
+    rng = np.random.default_rng(1)
+    ids = rng.integers(0, 6, 41)                          # first occurrences and repeats over many chunks
+    g = rng.normal(size=(41, 2))
+    want = np.zeros((6, 2))
+    np.add.at(want, ids, g)
+    got = TableGrads({"T": (6, 2)}).gradient("T", ids, g)
+    np.testing.assert_array_equal(got, want)              # repeats still summed in the ids' order
+    np.testing.assert_array_equal(got.rows, np.unique(ids))
+
+
+def test_a_table_gradient_does_not_copy_all_the_rows_of_its_incoming_gradient():
+    import tracemalloc
+    from nnspec.runtime.rowgrad import CHUNK_BYTES
+    rng = np.random.default_rng(2)
+    ids = rng.integers(0, 1000, 20000)                    # (a batch of 20000 ids: 8 MB of float32 g)
+    g = rng.normal(size=(20000, 100)).astype(np.float32)
+    tables = TableGrads({"T": (1000, 100)})
+    tables.gradient("T", ids, g)                          # the table's own array, kept from pass to pass
+    tracemalloc.start()
+    try:
+        tables.gradient("T", ids, g)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    # the ids' sort and masks (8 bytes an id, a few times) and a chunk of rows; a copy of g would be 8 MB
+    assert peak < 6 * 8 * len(ids) + 2 * CHUNK_BYTES < g.nbytes / 4

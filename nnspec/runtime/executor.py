@@ -31,6 +31,7 @@ from .loopprogram import LoopProgram
 from .loops import FastLoop
 from .pool import BufferPool
 from .profile import profiled
+from .reuse import Spare
 from .rowgrad import TableGrads
 from .steps import FastSteps
 from .tape import ExecOptions, RunContext, Tape
@@ -155,7 +156,8 @@ class Executor:
         again.
         ``single_use``: the tape is for one backward pass (training): values that nothing but one
         op reads may be overwritten by it (the softmax of a ``cross_entropy_logits`` is computed
-        over the logits), so ``tape.values`` does not show them any more, and a second backward
+        over the logits), so ``tape.values`` does not show them any more; its backward pass may
+        write gradients into arrays it reads no more (lent, ``share_dead``); and a second backward
         over the tape is refused."""
         context = context or RunContext(train=train, rng=rng, check_finite=self.check_finite)
         with blas_threads(self.options.blas_threads):
@@ -280,12 +282,19 @@ class Executor:
             return grads
         run_step = self.backward_step if self.profile is None else profiled(self.profile, "backward",
                                                                               self.backward_step)
+        spare = None
+        if tape.fresh is not None and leaves is not None and self.options.share_dead:
+            # arrays of the runtime's own that nothing reads after their step's VJPs: later gradients'
+            spare = self.facts.spare_after_own_step(frozenset(leaves)) & tape.fresh
+            total.spare = Spare()
         for step in reversed(self.plan.steps):
             run_step(step, tape, total, need, wrt is None)
             if leaves is not None:  # only the leaves were asked for: a value's gradient goes once used
                 for v in ([b.id for b in step.body] if isinstance(step, LoopStep) else [step.id]):
                     if v not in leaves and v in grads:
                         del grads[v]
+            if spare and not isinstance(step, LoopStep) and step.id in spare:
+                total.spare.add(tape.values[step.id])
         return grads
 
     def backward_step(self, step, tape: Tape, grads: GradSum, need, keep: bool) -> None:

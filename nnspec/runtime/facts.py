@@ -78,6 +78,7 @@ class PlanFacts:
         self.spendable = self._spendable()
         self.dead_in_backward = self._dead_in_backward()
         self.lent_to_loops = self._lent_to_loops()
+        self._spare: dict[frozenset, frozenset] = {}
         self._needed: dict[frozenset | None, set[str]] = {}
         self._made_before: dict[tuple, frozenset] = {}
 
@@ -255,6 +256,31 @@ class PlanFacts:
             if parts:
                 out.update(parts)
         return out
+
+    def spare_after_own_step(self, leaves: frozenset) -> frozenset:
+        """Values made by steps outside loops whose arrays a single-use backward pass (wanting the
+        gradients of ``leaves`` only) reads no more once their own step's VJPs have run: every
+        reader of a value comes after its step, so its backward ran before. Not a value kept (an
+        output, the loss, a leaf, a lookback's or a loop's initial state), nor one whose gradient
+        may live in its array (spent, lent: ``dead_in_backward``) when its op may hand that gradient
+        on as it is or as a view to its inputs."""
+        done = self._spare.get(leaves)
+        if done is None:
+            plan = self.plan
+            spent = {s.inputs[0][0] for s in plan.steps if isinstance(s, OpStep) and s.id in self.spendable}
+            keep = (set(plan.outputs) | {plan.loss} | set(self.lookback) | set(self.initial_of.values())
+                    | set(leaves))
+            out = set()
+            for s in plan.steps:
+                if not isinstance(s, OpStep) or s.id in keep or s.integer:
+                    continue
+                op = REGISTRY[s.op]
+                hands_on = (type(op).vjp_view is not Op.vjp_view or bool(op.passes_gradient)
+                            or op.last_axis_view)
+                if not (hands_on and (s.id in spent or s.id in self.dead_in_backward)):
+                    out.add(s.id)
+            done = self._spare[leaves] = frozenset(out)
+        return done
 
     def grad_needed(self, wrt) -> set[str]:
         """Values through which a gradient reaches one of the ``wrt`` leaves (None: every

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .pool import BufferPool
+from .reuse import Spare
 from .rowgrad import RowGrad
 
 
@@ -32,6 +33,9 @@ class GradSum:
         # pass, ``PlanFacts.dead_in_backward``): its gradient is written there instead of into a new one
         self.donors: dict[str, np.ndarray] = {}
         self.lent: dict[str, list] = {}    # key -> parts (lo, hi) of its array a loop writes in place
+        # arrays of values a single-use backward pass reads no more (``reuse.Spare``): new gradient
+        # arrays are parts of them before the pool is asked
+        self.spare: Spare | None = None
 
     def lend_part(self, key: str, lo: int, hi: int) -> np.ndarray | None:
         """``[..., lo:hi]`` of the array that will hold key's gradient, for a loop's backward pass to
@@ -67,9 +71,12 @@ class GradSum:
         return None
 
     def _fresh(self, key: str, shape, dtype, zero: bool) -> np.ndarray:
-        """A new array for the gradient of key: its value's own, if lent, else one from the pool."""
+        """A new array for the gradient of key: its value's own, if lent, else a part of a spare
+        array, else one from the pool."""
         a = self.donors.pop(key, None)
-        if a is not None and a.shape == tuple(shape) and a.dtype == dtype:
+        if not (a is not None and a.shape == tuple(shape) and a.dtype == dtype):
+            a = self.spare.take(tuple(shape), dtype) if self.spare is not None else None
+        if a is not None:
             if zero:
                 a.fill(0)
             return a

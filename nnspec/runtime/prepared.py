@@ -21,7 +21,7 @@ from ..ops import REGISTRY
 from ..ops.registry import NO_CTX
 from ..plan import LoopStep
 from .gradsum import GradSum, Into
-from .reuse import Reuse
+from .reuse import Reuse, Spare
 from .tape import Tape
 
 
@@ -114,11 +114,12 @@ def forward(ex, run: PassRun, tape: Tape) -> None:
 def backward(ex, run: PassRun, tape: Tape, grads: GradSum, need, leaves) -> None:
     """The backward pass of a prepared forward pass: its own steps' VJPs go straight into
     arrays of the run's own when they are the first gradient of their value."""
-    key = (id(need), None if leaves is None else frozenset(leaves))
+    share = tape.single_use and leaves is not None and ex.options.share_dead
+    key = (id(need), None if leaves is None else frozenset(leaves), share)
     entries = run.bwd.get(key)
     if entries is None:
         before = run.reuse.counts()
-        entries, dests = _build_backward(ex, run, need, leaves)
+        entries, dests = _build_backward(ex, run, need, leaves, share)
         run.bwd[key] = entries
         run.reuse.absorb(before)
         run.reuse.track(dests)
@@ -147,8 +148,13 @@ def backward(ex, run: PassRun, tape: Tape, grads: GradSum, need, leaves) -> None
                 del values[v]
 
 
-def _build_backward(ex, run: PassRun, need, leaves) -> tuple[list, list]:
+def _build_backward(ex, run: PassRun, need, leaves, share: bool = False) -> tuple[list, list]:
+    """The backward entries and the gradient arrays they write (``dests``). ``share`` (a single-use
+    pass, only the leaves' gradients kept): an array of the run's own that nothing reads after its
+    own step's backward entry (``Spare``) holds the gradients written after it."""
     entries, dests = [], []
+    spare = Spare() if share else None
+    spare_after = ex.facts.spare_after_own_step(frozenset(leaves or ()))
     for step in reversed(ex.plan.steps):
         ids = [b.id for b in step.body] if isinstance(step, LoopStep) else [step.id]
         dels = () if leaves is None else tuple(v for v in ids if v not in leaves)
@@ -165,8 +171,13 @@ def _build_backward(ex, run: PassRun, need, leaves) -> tuple[list, list]:
                 if ex.options.alias_grads and op.vjp_view(i, out, xs, attrs) is not None:
                     todo.append((i, src, None))     # (its output has g's shape: a view of it will do)
                     continue
-                dest = ex.pool.empty(xs[i].shape, ex.dtype)
+                dest = spare.take(xs[i].shape, ex.dtype) if spare is not None else None
+                if dest is None:
+                    dest = ex.pool.empty(xs[i].shape, ex.dtype)
                 todo.append((i, src, dest))
                 dests.append(dest)
         entries.append((sid, op.vjp_into, op, xs, out, attrs, tuple(todo), dels))
+        if spare is not None and sid in spare_after:     # (its array read no more: the later gradients')
+            spare.add(out)
     return entries, dests
+

@@ -8,6 +8,8 @@ from __future__ import annotations
 import sys
 from collections import Counter
 
+import numpy as np
+
 
 class Reuse:
     """Arrays tracked for reuse and the references their owner holds to each itself."""
@@ -55,3 +57,34 @@ def distinct(arrays: list) -> list:
                 seen.add(id(x))
                 out.append(x)
     return out
+
+
+class Spare:
+    """Arrays a backward pass reads no more, handed out again in parts (bump allocation: the
+    parts of one array never overlap; each starts at a multiple of 64 bytes)."""
+
+    ALIGN = 64
+
+    def __init__(self) -> None:
+        self.free: list[list] = []      # [flat array, offset of its first free element]
+
+    def add(self, a: np.ndarray) -> None:
+        if a.flags.c_contiguous and a.size:
+            self.free.append([a.reshape(-1), 0])
+
+    def take(self, shape: tuple, dtype) -> np.ndarray | None:
+        """A part of a spare array for an array of ``shape`` and ``dtype`` (the one with the least
+        room that holds it), or None."""
+        n = int(np.prod(shape, dtype=np.int64))
+        best = None
+        for entry in self.free:
+            flat, at = entry
+            if (flat.dtype == dtype and flat.size - at >= n
+                    and (best is None or flat.size - at < best[0].size - best[1])):
+                best = entry
+        if best is None:
+            return None
+        flat, at = best
+        step = max(self.ALIGN // flat.itemsize, 1)
+        best[1] = min(-(-(at + n) // step) * step, flat.size)
+        return flat[at:at + n].reshape(shape)

@@ -67,9 +67,28 @@ def scatter_rows(buf: np.ndarray, ids: np.ndarray, g: np.ndarray) -> np.ndarray:
     np.not_equal(ids[1:], ids[:-1], out=first[1:])
     rows = ids[first]
     if len(rows) == len(ids):
-        buf[rows] = g[order]
+        _put_rows(buf, rows, g, order)
     else:
-        buf[rows] = g[order[first]]
+        _put_rows(buf, rows, g, order[first])
         repeats = ~first
-        np.add.at(buf, ids[repeats], g[order[repeats]])
+        at, src, n = ids[repeats], order[repeats], _chunk_rows(g)
+        for lo in range(0, len(at), n):     # (in order: each row's repeats summed as before)
+            np.add.at(buf, at[lo:lo + n], g[src[lo:lo + n]])
     return rows
+
+
+CHUNK_BYTES = 1 << 16   # rows of g gathered at a time: not a copy of all of g at the step's peak
+
+
+def _chunk_rows(g: np.ndarray) -> int:
+    return max(CHUNK_BYTES // max(g[0].nbytes, 1), 1)
+
+
+def _put_rows(buf: np.ndarray, rows: np.ndarray, g: np.ndarray, src: np.ndarray) -> None:
+    """``buf[rows] = g[src]``, gathering a bounded number of g's rows at a time."""
+    n = _chunk_rows(g)
+    if len(rows) <= n:
+        buf[rows] = g[src]
+        return
+    for lo in range(0, len(rows), n):
+        buf[rows[lo:lo + n]] = g[src[lo:lo + n]]

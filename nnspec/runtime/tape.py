@@ -51,6 +51,10 @@ class ExecOptions:
     # single-use passes: a value nothing in the backward pass reads lends its array to its own
     # gradient (a recurrent layer's hoisted input projection: 3.3 MB in the benchmark's tagger)
     lend_dead: bool = True
+    # single-use passes: a gradient the prepared backward pass writes after the last use of an array of
+    # its own (the logits, once their gradient has been read) is written into that array instead of
+    # another (the benchmark LSTM: the embedding's and the input weights' gradients, 0.4 MB)
+    share_dead: bool = True
     # parameters stacked by concat_rows and stored as blocks of one array (Model does so): the
     # stacked value is a view of it, not a copy made at every pass
     param_blocks: bool = True
@@ -80,8 +84,8 @@ class ExecOptions:
     def reference(cls) -> "ExecOptions":
         """Every step by the reference engine, no speed feature: the oracle the fast paths are tested against."""
         return cls(fast_loops=False, defer_grads=False, local_grads=False, alias_grads=False, scratch=False,
-                   reuse_buffers=False, row_grads=False, prepared=False, lend_dead=False, param_blocks=False,
-                   fused_loops=False, ring_grads=False, fast_sigmoid=False, fused_segments=False,
+                   reuse_buffers=False, row_grads=False, prepared=False, lend_dead=False, share_dead=False,
+                   param_blocks=False, fused_loops=False, ring_grads=False, fast_sigmoid=False, fused_segments=False,
                    distinct_words=False)
 
 
