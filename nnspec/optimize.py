@@ -752,36 +752,38 @@ def _compose_slices(w: _Work) -> None:
 
 
 def _dead_code(w: _Work) -> None:
-    """Drop steps nothing needs, in one sweep from the end (loops to a fixed point)."""
-    live = set(w.protected())
-    for s in reversed(w.steps):
-        if isinstance(s, LoopStep):
-            changed = True
-            while changed:   # again only when a step made live a step already swept (a delayed read)
-                changed = False
-                swept = set()
-                for b in reversed(s.body):
-                    swept.add(b.id)
-                    if b.id in live:
-                        for src, _ in b.inputs:
-                            if src not in live:
-                                live.add(src)
-                                changed = changed or src in swept
-        elif s.id in live:
-            live.update(src for src, _ in s.inputs)
-    if len(live) >= len(w.where) and all(v in live for v in w.where):
+    """Drop steps nothing needs: from the values no step reads, back through what only they read.
+
+    The readers index says who reads what, so this touches each value once. Within a loop a
+    value read at another step is a state, and states are protected: no dead cycle survives."""
+    protected, readers, where = w.protected(), w.readers, w.where
+    unread = [v for v in where if v not in protected and not readers.get(v)]
+    if not unread:
         return
+    dead: set[str] = set()
+    left: dict[str, int] = {}     # value -> how many of its reading steps are not dead yet
+    while unread:
+        v = unread.pop()
+        dead.add(v)
+        for src, _ in where[v].step.inputs:
+            if src not in where or src in protected or src in dead:
+                continue
+            n = left.get(src)
+            n = (len(readers[src]) if n is None else n) - 1
+            left[src] = n
+            if n == 0:
+                unread.append(src)
     # remove in place and update the indexes (cheaper than rebuilding them)
     steps = []
     for s in w.steps:
         if isinstance(s, LoopStep):
-            s.body = [b for b in s.body if b.id in live]
+            s.body = [b for b in s.body if b.id not in dead]
             if s.body:
                 steps.append(s)
-        elif s.id in live:
+        elif s.id not in dead:
             steps.append(s)
     w.steps = steps
-    for v in [v for v in w.where if v not in live]:
+    for v in [v for v in w.where if v in dead]:
         b = w.where.pop(v).step
         for src, _ in b.inputs:
             lst = w.readers.get(src)
