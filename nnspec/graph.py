@@ -311,17 +311,7 @@ class GraphBuilder:
 
     def literal(self, e) -> np.ndarray | None:
         """A numeric literal: a number or a (nested) list of numbers, with a rectangular shape."""
-        def conv(x):
-            if isinstance(x, ast.Number):
-                return x.value
-            if isinstance(x, ast.Neg):
-                v = conv(x.operand)
-                return None if v is None else (-np.asarray(v)).tolist()
-            if isinstance(x, ast.ListLit):
-                return [conv(i) for i in x.items]
-            self.diags.error("expected a number or a list of numbers", x.span)
-            return None
-        raw = conv(e)
+        raw = self._literal_values(e)
         if raw is None or _has_none(raw):
             return None
         try:
@@ -336,6 +326,18 @@ class GraphBuilder:
             self.diags.error("an empty literal has no shape", e.span)
             return None
         return arr
+
+    def _literal_values(self, x):
+        """The numbers of a literal as nested lists (None where something else stands)."""
+        if isinstance(x, ast.Number):
+            return x.value
+        if isinstance(x, ast.Neg):
+            v = self._literal_values(x.operand)
+            return None if v is None else (-np.asarray(v)).tolist()
+        if isinstance(x, ast.ListLit):
+            return [self._literal_values(i) for i in x.items]
+        self.diags.error("expected a number or a list of numbers", x.span)
+        return None
 
     def equation(self, eq: ast.Equation) -> None:
         node = self.expr(eq.value, eq.name, top=eq.name)

@@ -38,12 +38,12 @@ gate by gate gets the same plan as the library's.
 """
 from __future__ import annotations
 
-import gc
 import os
 import re
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from .gcpause import gc_paused
 from .ops import REGISTRY
 from .plan import LoopStep, OpStep, Plan, verify_plan
 
@@ -63,13 +63,8 @@ def optimize_plan(plan: Plan, passes: tuple[str, ...] | list[str] | None = None)
     unknown = set(passes) - set(PASSES)
     if unknown:
         raise ValueError(f"unknown optimisation pass(es) {sorted(unknown)}; known: {', '.join(PASSES)}")
-    gc_was_enabled = gc.isenabled()
-    gc.disable()  # many small objects, none cyclic: the collector would only rescan them
-    try:
+    with gc_paused():   # many small objects, none cyclic: the collector would only rescan them
         return _optimize(plan, passes)
-    finally:
-        if gc_was_enabled:
-            gc.enable()
 
 
 def _copy_step(s):

@@ -195,25 +195,27 @@ def _order_loops(steps: list) -> list:
             produced_by[vid] = i
     result: list = []
     placed: set[int] = set()
-
-    def place(i: int, stack: set[int]) -> None:
-        if i in placed or i in stack:
-            return
-        stack.add(i)
-        s = steps[i]
-        body_ids = {b.id for b in s.body} if isinstance(s, LoopStep) else {s.id}
-        reads = [src for b in (s.body if isinstance(s, LoopStep) else [s]) for src, _ in b.inputs]
-        reads += list(s.initials.values()) if isinstance(s, LoopStep) else []
-        for src in reads:
-            j = produced_by.get(src)
-            if j is not None and src not in body_ids:
-                place(j, stack)
-        placed.add(i)
-        result.append(s)
-
     for i in range(len(steps)):
-        place(i, set())
+        _place(i, set(), steps, produced_by, placed, result)
     return result
+
+
+def _place(i: int, stack: set[int], steps: list, produced_by: dict, placed: set[int], result: list) -> None:
+    """Append step i to ``result`` after the steps it reads (a function of its own: a closure that
+    calls itself is a reference cycle, left for the garbage collector with all it holds)."""
+    if i in placed or i in stack:
+        return
+    stack.add(i)
+    s = steps[i]
+    body_ids = {b.id for b in s.body} if isinstance(s, LoopStep) else {s.id}
+    reads = [src for b in (s.body if isinstance(s, LoopStep) else [s]) for src, _ in b.inputs]
+    reads += list(s.initials.values()) if isinstance(s, LoopStep) else []
+    for src in reads:
+        j = produced_by.get(src)
+        if j is not None and src not in body_ids:
+            _place(j, stack, steps, produced_by, placed, result)
+    placed.add(i)
+    result.append(s)
 
 
 def plan_axes(plan: Plan) -> dict[str, tuple]:
