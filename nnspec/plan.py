@@ -20,6 +20,7 @@ from .graph import DEFAULT_AXIS, Graph, closure
 from .ops import REGISTRY
 from .ops.registry import ProductForm
 from .recurrence import Component
+from .syntax.construct import TrustedConstruct
 
 Operand = tuple[str, int]  # (value id, time delay)
 
@@ -47,7 +48,7 @@ class ParamSpec(BaseModel):
     role: str = "weight"   # weight | recurrent | bias | table | initial
 
 
-class OpStep(BaseModel):
+class OpStep(TrustedConstruct, BaseModel):   # model_construct: see syntax/construct.py
     kind: Literal["op"] = "op"
     id: str
     op: str
@@ -62,7 +63,7 @@ class OpStep(BaseModel):
     span: Span | None = None
 
 
-class LoopStep(BaseModel):
+class LoopStep(TrustedConstruct, BaseModel):
     kind: Literal["loop"] = "loop"
     index: int
     direction: int                  # +1: t = 0..T-1, -1: t = T-1..0
