@@ -87,11 +87,13 @@ class Graph:
     initials: dict[str, str] = field(default_factory=dict)  # recurrent value -> initial-state node
     data_names: dict[str, str] = field(default_factory=dict)
 
+    # ``g._node`` is the DiGraph's own dict of node attributes (networkx documents it for
+    # subclasses): read directly, not through a NodeView, as every stage asks it thousands of times
     def info(self, n: str) -> NodeInfo:
-        return self.g.nodes[n]["info"]
+        return self.g._node[n]["info"]
 
     def nodes(self) -> list[NodeInfo]:
-        return [data["info"] for _, data in self.g.nodes(data=True)]
+        return [data["info"] for data in self.g._node.values()]
 
     def params(self) -> list[NodeInfo]:
         return [i for i in self.nodes() if i.kind == "param"]

@@ -594,16 +594,17 @@ def _sink_once(w: _Work) -> bool:
     apply the same op to the same sources, and each source's slices follow one
     another from member to member (the offsets may differ between sources).
     """
-    contexts = [(None, [s for s in w.steps if not isinstance(s, LoopStep)])]
-    contexts += [(s, list(s.body)) for s in w.steps if isinstance(s, LoopStep)]
+    contexts = [(None, [s for s in w.steps if type(s) is not LoopStep])]
+    contexts += [(s, list(s.body)) for s in w.steps if type(s) is LoopStep]
+    # elementwise: the output at position j reads only the inputs at j, so it commutes with slicing
+    elementwise = {name for name, op in REGISTRY.items() if op.elementwise}
     for loop, steps in contexts:
         groups: dict[tuple, list] = {}
         for s in steps:
-            if s.integer or not s.shape or _int(s.shape[-1]) is None:
+            if s.op not in elementwise or s.integer or not s.shape:
                 continue
             width = _int(s.shape[-1])
-            # elementwise: the output at position j reads only the inputs at j, so it commutes with slicing
-            if not REGISTRY[s.op].elementwise:
+            if width is None:
                 continue
             parts, kinds = [], []
             for operand in s.inputs:
