@@ -46,6 +46,7 @@ from typing import NamedTuple
 from .gcpause import gc_paused
 from .ops import REGISTRY
 from .plan import LoopStep, OpStep, Plan, verify_plan
+from .syntax.construct import construct
 
 PASSES = ("fuse_losses", "hoist_sums", "fuse_matmuls", "sink_slices", "fuse_linear", "simplify")
 
@@ -69,13 +70,13 @@ def optimize_plan(plan: Plan, passes: tuple[str, ...] | list[str] | None = None)
 
 def _copy_step(s):
     """A copy of a step that passes may edit (validation-free: the fields are already valid)."""
-    if isinstance(s, LoopStep):
-        return LoopStep.model_construct(kind="loop", index=s.index, direction=s.direction,
-                                        body=[_copy_step(b) for b in s.body], states=list(s.states),
-                                        initials=dict(s.initials), axis=s.axis)
-    return OpStep.model_construct(kind="op", id=s.id, op=s.op, inputs=list(s.inputs), attrs=dict(s.attrs),
-                                  seq=s.seq, integer=s.integer, shape=list(s.shape), axes=list(s.axes),
-                                  span=s.span)
+    if type(s) is LoopStep:
+        return construct(LoopStep, {"kind": "loop", "index": s.index, "direction": s.direction,
+                                    "body": [_copy_step(b) for b in s.body], "states": list(s.states),
+                                    "initials": dict(s.initials), "axis": s.axis})
+    return construct(OpStep, {"kind": "op", "id": s.id, "op": s.op, "inputs": list(s.inputs), "attrs": dict(s.attrs),
+                              "seq": s.seq, "integer": s.integer, "shape": list(s.shape), "axes": list(s.axes),
+                              "span": s.span})
 
 
 def _optimize(plan: Plan, passes) -> Plan:

@@ -480,7 +480,8 @@ def _structure_holds(plan: Plan) -> bool:
         if not defined.isdisjoint(group) or len(set(group)) != len(group):
             return False
         defined.update(group)
-    get_op, define = REGISTRY.get, defined.add
+    arity = {name: op.arity for name, op in REGISTRY.items()}.get   # a name not there: an unknown op
+    define, unknown = defined.add, _UNKNOWN
     no_states: frozenset[str] = frozenset()
     loss, loss_from_step = plan.loss, False
     for s in plan.steps:
@@ -493,14 +494,11 @@ def _structure_holds(plan: Plan) -> bool:
         else:
             body, states = (s,), no_states
         for b in body:
-            sid = b.id
-            if sid in defined:
+            sid, inputs, takes = b.id, b.inputs, arity(b.op, unknown)
+            if sid in defined or takes is unknown or (takes is not None and len(inputs) != takes):
                 return False
             define(sid)
-            op = get_op(b.op)
-            if op is None or (op.arity is not None and len(b.inputs) != op.arity):
-                return False
-            for src, delay in b.inputs:
+            for src, delay in inputs:
                 if src not in defined and not (delay and src in states):
                     return False
             if sid == loss:
@@ -510,6 +508,7 @@ def _structure_holds(plan: Plan) -> bool:
     return loss is None or loss_from_step
 
 
+_UNKNOWN = object()
 _NO_BODY: dict[str, list] = {}
 _NO_STATES: frozenset[str] = frozenset()
 

@@ -94,7 +94,10 @@ def test_compile_work_grows_linearly(make, monkeypatch):
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.parametrize("source", ["layers", "every_layer_an_output"] + sorted(p.name for p in (ROOT / "specs").glob("*.nn")))
+SPEC_FILES = sorted(p.name for p in (ROOT / "specs").glob("*.nn"))
+
+
+@pytest.mark.parametrize("source", ["layers", "every_layer_an_output"] + SPEC_FILES)
 def test_a_compile_leaves_no_cyclic_garbage(source):
     """The collector is paused while the compiler runs, and what survives the pause moves to the
     oldest generation (nnspec/gcpause.py), scanned at the next full collection only. So the compiler
