@@ -451,19 +451,11 @@ def _has_inferred(dims) -> bool:
 def _size_names(cell: ast.Cell) -> set[str]:
     """Names used as sizes anywhere in a cell: the keywords a caller may give."""
     names: set[str] = set()
-
-    def visit(d):
-        if isinstance(d, ast.DimName):
-            names.add(d.name)
-        elif isinstance(d, ast.DimBin):
-            visit(d.left)
-            visit(d.right)
-
     for d in cell.output_dims or []:
-        visit(d)
+        names |= _size_names_in(d)
     for stmt in cell.body:
         for d in getattr(stmt, "dims", None) or []:
-            visit(d)
+            names |= _size_names_in(d)
     return names
 
 

@@ -87,11 +87,13 @@ class Graph:
     initials: dict[str, str] = field(default_factory=dict)  # recurrent value -> initial-state node
     data_names: dict[str, str] = field(default_factory=dict)
 
+    # ``g._node`` is the DiGraph's own dict of node attributes (networkx documents it for
+    # subclasses): read directly, not through a NodeView, as every stage asks it thousands of times
     def info(self, n: str) -> NodeInfo:
-        return self.g.nodes[n]["info"]
+        return self.g._node[n]["info"]
 
     def nodes(self) -> list[NodeInfo]:
-        return [data["info"] for _, data in self.g.nodes(data=True)]
+        return [data["info"] for data in self.g._node.values()]
 
     def params(self) -> list[NodeInfo]:
         return [i for i in self.nodes() if i.kind == "param"]
@@ -311,17 +313,7 @@ class GraphBuilder:
 
     def literal(self, e) -> np.ndarray | None:
         """A numeric literal: a number or a (nested) list of numbers, with a rectangular shape."""
-        def conv(x):
-            if isinstance(x, ast.Number):
-                return x.value
-            if isinstance(x, ast.Neg):
-                v = conv(x.operand)
-                return None if v is None else (-np.asarray(v)).tolist()
-            if isinstance(x, ast.ListLit):
-                return [conv(i) for i in x.items]
-            self.diags.error("expected a number or a list of numbers", x.span)
-            return None
-        raw = conv(e)
+        raw = self._literal_values(e)
         if raw is None or _has_none(raw):
             return None
         try:
@@ -336,6 +328,18 @@ class GraphBuilder:
             self.diags.error("an empty literal has no shape", e.span)
             return None
         return arr
+
+    def _literal_values(self, x):
+        """The numbers of a literal as nested lists (None where something else stands)."""
+        if isinstance(x, ast.Number):
+            return x.value
+        if isinstance(x, ast.Neg):
+            v = self._literal_values(x.operand)
+            return None if v is None else (-np.asarray(v)).tolist()
+        if isinstance(x, ast.ListLit):
+            return [self._literal_values(i) for i in x.items]
+        self.diags.error("expected a number or a list of numbers", x.span)
+        return None
 
     def equation(self, eq: ast.Equation) -> None:
         node = self.expr(eq.value, eq.name, top=eq.name)

@@ -38,14 +38,15 @@ gate by gate gets the same plan as the library's.
 """
 from __future__ import annotations
 
-import gc
 import os
 import re
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from .gcpause import gc_paused
 from .ops import REGISTRY
 from .plan import LoopStep, OpStep, Plan, verify_plan
+from .syntax.construct import construct
 
 PASSES = ("fuse_losses", "hoist_sums", "fuse_matmuls", "sink_slices", "fuse_linear", "simplify")
 
@@ -63,24 +64,19 @@ def optimize_plan(plan: Plan, passes: tuple[str, ...] | list[str] | None = None)
     unknown = set(passes) - set(PASSES)
     if unknown:
         raise ValueError(f"unknown optimisation pass(es) {sorted(unknown)}; known: {', '.join(PASSES)}")
-    gc_was_enabled = gc.isenabled()
-    gc.disable()  # many small objects, none cyclic: the collector would only rescan them
-    try:
+    with gc_paused():   # many small objects, none cyclic: the collector would only rescan them
         return _optimize(plan, passes)
-    finally:
-        if gc_was_enabled:
-            gc.enable()
 
 
 def _copy_step(s):
     """A copy of a step that passes may edit (validation-free: the fields are already valid)."""
-    if isinstance(s, LoopStep):
-        return LoopStep.model_construct(kind="loop", index=s.index, direction=s.direction,
-                                        body=[_copy_step(b) for b in s.body], states=list(s.states),
-                                        initials=dict(s.initials), axis=s.axis)
-    return OpStep.model_construct(kind="op", id=s.id, op=s.op, inputs=list(s.inputs), attrs=dict(s.attrs),
-                                  seq=s.seq, integer=s.integer, shape=list(s.shape), axes=list(s.axes),
-                                  span=s.span)
+    if type(s) is LoopStep:
+        return construct(LoopStep, {"kind": "loop", "index": s.index, "direction": s.direction,
+                                    "body": [_copy_step(b) for b in s.body], "states": list(s.states),
+                                    "initials": dict(s.initials), "axis": s.axis})
+    return construct(OpStep, {"kind": "op", "id": s.id, "op": s.op, "inputs": list(s.inputs), "attrs": dict(s.attrs),
+                              "seq": s.seq, "integer": s.integer, "shape": list(s.shape), "axes": list(s.axes),
+                              "span": s.span})
 
 
 def _optimize(plan: Plan, passes) -> Plan:
@@ -147,9 +143,9 @@ class _Work:
         self.reindex()
 
     def reindex(self) -> None:
+        """Rebuild ``where`` and ``readers`` from the steps (after a pass edited steps in place)."""
         where: dict = {}
         readers: dict = {}
-        static = set(self.params) | set(self.plan.consts)
         keep = set(self.plan.outputs) | ({self.plan.loss} if self.plan.loss else set())
         used_add, get = self.used.add, readers.get
 
@@ -171,10 +167,43 @@ class _Work:
                     index(b, s)
             else:
                 index(s, None)
-                if s.inputs and all(src in static for src, _ in s.inputs):
-                    static.add(s.id)
-        self.where, self.readers, self._static, self._protected = where, readers, static, keep
+        self.where, self.readers, self._protected = where, readers, keep
+        self._static = None
         self._positions: dict[int, dict] = {}
+
+    def _unindex(self, gone: list) -> None:
+        """Forget steps that left the plan (their ids may be defined again by new steps)."""
+        where, readers = self.where, self.readers
+        gone_ids = {id(b) for b in gone}
+        sources = set()
+        for b in gone:
+            ws = where.get(b.id)
+            if ws is not None and ws.step is b:
+                del where[b.id]
+            sources.update(src for src, _ in b.inputs)
+        for src in sources:
+            lst = readers.get(src)
+            if lst:
+                lst[:] = [r for r in lst if id(r[0]) not in gone_ids]
+
+    def rewired(self, step: OpStep, old_inputs: list) -> None:
+        """Update the readers after a pass changed ``step``'s inputs in place."""
+        loop = self.where[step.id].loop
+        for src in {src for src, _ in old_inputs}:
+            lst = self.readers.get(src)
+            if lst:
+                lst[:] = [r for r in lst if r[0] is not step]
+        self._index([(step, loop)])
+        self._static = None
+
+    def _index(self, new: list) -> None:
+        """Index steps that joined the plan: ``new`` holds (step, its loop or None)."""
+        where, readers, used_add = self.where, self.readers, self.used.add
+        for b, loop in new:
+            where[b.id] = _Where(b, loop)
+            used_add(b.id)
+            for pos, (src, d) in enumerate(b.inputs):
+                readers.setdefault(src, []).append((b, pos, d, loop))
 
     def protected(self) -> set[str]:
         """Values the plan's users see or the loops need by name."""
@@ -217,6 +246,12 @@ class _Work:
 
     def static(self, v: str) -> bool:
         """No batch or time axes: a parameter, a constant, or computed from those alone."""
+        if self._static is None:   # worked out when first asked after a change (one pass asks)
+            static = set(self.params) | set(self.plan.consts)
+            for s in self.steps:
+                if type(s) is not LoopStep and s.inputs and all(src in static for src, _ in s.inputs):
+                    static.add(s.id)
+            self._static = static
         return v in self._static
 
     def loop_of(self, v: str) -> LoopStep | None:
@@ -238,23 +273,42 @@ class _Work:
         self._instead[id(old)] = list(new) if isinstance(new, list) else [new]
 
     def commit(self) -> bool:
-        """Apply the recorded edits in one sweep and rebuild the indexes; True if anything changed."""
+        """Apply the recorded edits in one sweep and update the indexes; True if anything changed.
+
+        The indexes are updated from the edits, not rebuilt: a round edits a few steps of many.
+        """
         if not self._before and not self._instead:
             return False
+        gone, new = [], []
+        before, instead = self._before, self._instead
 
-        def rebuild(seq):
+        def rebuild(seq, loop):
             out = []
             for s in seq:
-                out += self._before.pop(id(s), [])
-                out += self._instead.pop(id(s)) if id(s) in self._instead else [s]
+                key = id(s)
+                if key in before:
+                    added = before.pop(key)
+                    out += added
+                    new.extend((b, loop) for b in added)
+                if key in instead:
+                    added = instead.pop(key)
+                    out += added
+                    new.extend((b, loop) for b in added)
+                    gone.append(s)
+                else:
+                    out.append(s)
             return out
 
-        self.steps = rebuild(self.steps)
+        self.steps = rebuild(self.steps, None)
         for s in self.steps:
-            if isinstance(s, LoopStep):
-                s.body = rebuild(s.body)
-        assert not self._before and not self._instead, "an edit refers to a step that is not in the plan"
-        self.reindex()
+            if type(s) is LoopStep:
+                s.body = rebuild(s.body, s)
+        assert not before and not instead, "an edit refers to a step that is not in the plan"
+        # a loop is never inserted, replaced nor removed here: the values it protects stay the same
+        self._unindex(gone)
+        self._index(new)
+        self._static = None
+        self._positions = {}
         return True
 
 
@@ -309,9 +363,10 @@ def fuse_losses(w: _Work) -> None:
         form = REGISTRY[s.op].logits_form   # (activation, the loss of its input)
         if form is None or form[0] != prod.step.op or prod.step.inputs[0][1] != 0:
             continue
+        old = s.inputs
         s.op = form[1]
         s.inputs = [prod.step.inputs[0]] + list(s.inputs[1:])
-    w.reindex()
+        w.rewired(s, old)
     _dead_code(w)
 
 
@@ -334,19 +389,8 @@ def hoist_sums(w: _Work) -> None:
         roots = [b for b in loop.body if b.op in ("add", "sub") and not absorbable(b.id) and not b.integer]
         for root in roots:
             leaves, inner = [], []
-
-            def walk(operand, sign):
-                src, d = operand
-                if d == 0 and absorbable(src):
-                    st = w.where[src].step
-                    inner.append(st)
-                    walk(st.inputs[0], sign)
-                    walk(st.inputs[1], sign if st.op == "add" else -sign)
-                else:
-                    leaves.append((operand, sign))
-
-            walk(root.inputs[0], 1)
-            walk(root.inputs[1], 1 if root.op == "add" else -1)
+            _sum_terms(w, absorbable, root.inputs[0], 1, leaves, inner)
+            _sum_terms(w, absorbable, root.inputs[1], 1 if root.op == "add" else -1, leaves, inner)
             invariant = [(o, sg) for o, sg in leaves if o[0] not in body_ids]
             variant = [(o, sg) for o, sg in leaves if o[0] in body_ids]
             if len(invariant) < 2 or not variant:
@@ -383,6 +427,20 @@ def hoist_sums(w: _Work) -> None:
             for st in inner:
                 w.replace(st, [])
     w.commit()
+
+
+def _sum_terms(w: _Work, absorbable, operand, sign: int, leaves: list, inner: list) -> None:
+    """The terms of the sum that ``operand`` heads, with their signs, into ``leaves``; the add/sub
+    steps it absorbs into ``inner``. (A function of its own, not a closure calling itself: that
+    would be a reference cycle keeping the whole working plan alive until the collector runs.)"""
+    src, d = operand
+    if d == 0 and absorbable(src):
+        st = w.where[src].step
+        inner.append(st)
+        _sum_terms(w, absorbable, st.inputs[0], sign, leaves, inner)
+        _sum_terms(w, absorbable, st.inputs[1], sign if st.op == "add" else -sign, leaves, inner)
+    else:
+        leaves.append((operand, sign))
 
 
 # ---- fuse_matmuls ------------------------------------------------------------------------
@@ -537,16 +595,17 @@ def _sink_once(w: _Work) -> bool:
     apply the same op to the same sources, and each source's slices follow one
     another from member to member (the offsets may differ between sources).
     """
-    contexts = [(None, [s for s in w.steps if not isinstance(s, LoopStep)])]
-    contexts += [(s, list(s.body)) for s in w.steps if isinstance(s, LoopStep)]
+    contexts = [(None, [s for s in w.steps if type(s) is not LoopStep])]
+    contexts += [(s, list(s.body)) for s in w.steps if type(s) is LoopStep]
+    # elementwise: the output at position j reads only the inputs at j, so it commutes with slicing
+    elementwise = {name for name, op in REGISTRY.items() if op.elementwise}
     for loop, steps in contexts:
         groups: dict[tuple, list] = {}
         for s in steps:
-            if s.integer or not s.shape or _int(s.shape[-1]) is None:
+            if s.op not in elementwise or s.integer or not s.shape:
                 continue
             width = _int(s.shape[-1])
-            # elementwise: the output at position j reads only the inputs at j, so it commutes with slicing
-            if not REGISTRY[s.op].elementwise:
+            if width is None:
                 continue
             parts, kinds = [], []
             for operand in s.inputs:
@@ -627,6 +686,7 @@ def _merge_run(w: _Work, loop, run) -> None:
 def fuse_linear(w: _Work) -> None:
     protected = w.protected()
     fused: set[str] = set()
+    changed = []
     for v, ws in list(w.where.items()):
         s = ws.step
         if s.op != "add" or s.integer:
@@ -643,10 +703,12 @@ def fuse_linear(w: _Work) -> None:
             if m in fused:
                 continue
             fused.add(m)
+            changed.append((s, s.inputs))
             s.op = "linear"
             s.inputs = list(mw.step.inputs) + [(b, 0)]
             break
-    w.reindex()
+    for s, old in changed:   # after the sweep: it reads the indexes as they were before it
+        w.rewired(s, old)
     _dead_code(w)
 
 
@@ -687,34 +749,38 @@ def _compose_slices(w: _Work) -> None:
 
 
 def _dead_code(w: _Work) -> None:
-    """Drop steps nothing needs, in one sweep from the end (loops to a fixed point)."""
-    live = set(w.protected())
-    for s in reversed(w.steps):
-        if isinstance(s, LoopStep):
-            changed = True
-            while changed:
-                changed = False
-                for b in reversed(s.body):
-                    if b.id in live:
-                        for src, _ in b.inputs:
-                            if src not in live:
-                                live.add(src)
-                                changed = True
-        elif s.id in live:
-            live.update(src for src, _ in s.inputs)
-    if len(live) >= len(w.where) and all(v in live for v in w.where):
+    """Drop steps nothing needs: from the values no step reads, back through what only they read.
+
+    The readers index says who reads what, so this touches each value once. Within a loop a
+    value read at another step is a state, and states are protected: no dead cycle survives."""
+    protected, readers, where = w.protected(), w.readers, w.where
+    unread = [v for v in where if v not in protected and not readers.get(v)]
+    if not unread:
         return
+    dead: set[str] = set()
+    left: dict[str, int] = {}     # value -> how many of its reading steps are not dead yet
+    while unread:
+        v = unread.pop()
+        dead.add(v)
+        for src, _ in where[v].step.inputs:
+            if src not in where or src in protected or src in dead:
+                continue
+            n = left.get(src)
+            n = (len(readers[src]) if n is None else n) - 1
+            left[src] = n
+            if n == 0:
+                unread.append(src)
     # remove in place and update the indexes (cheaper than rebuilding them)
     steps = []
     for s in w.steps:
         if isinstance(s, LoopStep):
-            s.body = [b for b in s.body if b.id in live]
+            s.body = [b for b in s.body if b.id not in dead]
             if s.body:
                 steps.append(s)
-        elif s.id in live:
+        elif s.id not in dead:
             steps.append(s)
     w.steps = steps
-    for v in [v for v in w.where if v not in live]:
+    for v in [v for v in w.where if v in dead]:
         b = w.where.pop(v).step
         for src, _ in b.inputs:
             lst = w.readers.get(src)

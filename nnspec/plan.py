@@ -20,6 +20,7 @@ from .graph import DEFAULT_AXIS, Graph, closure
 from .ops import REGISTRY
 from .ops.registry import ProductForm
 from .recurrence import Component
+from .syntax.construct import TrustedConstruct
 
 Operand = tuple[str, int]  # (value id, time delay)
 
@@ -47,7 +48,7 @@ class ParamSpec(BaseModel):
     role: str = "weight"   # weight | recurrent | bias | table | initial
 
 
-class OpStep(BaseModel):
+class OpStep(TrustedConstruct, BaseModel):   # model_construct: see syntax/construct.py
     kind: Literal["op"] = "op"
     id: str
     op: str
@@ -62,7 +63,7 @@ class OpStep(BaseModel):
     span: Span | None = None
 
 
-class LoopStep(BaseModel):
+class LoopStep(TrustedConstruct, BaseModel):
     kind: Literal["loop"] = "loop"
     index: int
     direction: int                  # +1: t = 0..T-1, -1: t = T-1..0
@@ -195,25 +196,27 @@ def _order_loops(steps: list) -> list:
             produced_by[vid] = i
     result: list = []
     placed: set[int] = set()
-
-    def place(i: int, stack: set[int]) -> None:
-        if i in placed or i in stack:
-            return
-        stack.add(i)
-        s = steps[i]
-        body_ids = {b.id for b in s.body} if isinstance(s, LoopStep) else {s.id}
-        reads = [src for b in (s.body if isinstance(s, LoopStep) else [s]) for src, _ in b.inputs]
-        reads += list(s.initials.values()) if isinstance(s, LoopStep) else []
-        for src in reads:
-            j = produced_by.get(src)
-            if j is not None and src not in body_ids:
-                place(j, stack)
-        placed.add(i)
-        result.append(s)
-
     for i in range(len(steps)):
-        place(i, set())
+        _place(i, set(), steps, produced_by, placed, result)
     return result
+
+
+def _place(i: int, stack: set[int], steps: list, produced_by: dict, placed: set[int], result: list) -> None:
+    """Append step i to ``result`` after the steps it reads (a function of its own: a closure that
+    calls itself is a reference cycle, left for the garbage collector with all it holds)."""
+    if i in placed or i in stack:
+        return
+    stack.add(i)
+    s = steps[i]
+    body_ids = {b.id for b in s.body} if isinstance(s, LoopStep) else {s.id}
+    reads = [src for b in (s.body if isinstance(s, LoopStep) else [s]) for src, _ in b.inputs]
+    reads += list(s.initials.values()) if isinstance(s, LoopStep) else []
+    for src in reads:
+        j = produced_by.get(src)
+        if j is not None and src not in body_ids:
+            _place(j, stack, steps, produced_by, placed, result)
+    placed.add(i)
+    result.append(s)
 
 
 def plan_axes(plan: Plan) -> dict[str, tuple]:
@@ -384,6 +387,8 @@ def verify_plan(plan: Plan, stage: str | None = None, shapes: bool = True) -> li
     * the outputs and the loss are values of the plan, and the loss is one number.
     """
     check_shapes = shapes
+    if not check_shapes and _structure_holds(plan):
+        return []   # the common case, checked lean; a plan that fails is walked again below for the reasons
     problems: list[str] = []
     shapes: dict[str, list] = {}      # every value defined so far -> its shape
     for v in plan.inputs + plan.targets:
@@ -467,6 +472,43 @@ def verify_plan(plan: Plan, stage: str | None = None, shapes: bool = True) -> li
     return problems
 
 
+def _structure_holds(plan: Plan) -> bool:
+    """True when ``verify_plan(plan, shapes=False)`` finds nothing: the same invariants, in one lean
+    walk that answers yes or no (the optimiser checks the plan after each of its passes)."""
+    defined = {v.name for v in plan.inputs + plan.targets}
+    for group in ([p.name for p in plan.params], list(plan.consts)):
+        if not defined.isdisjoint(group) or len(set(group)) != len(group):
+            return False
+        defined.update(group)
+    arity = {name: op.arity for name, op in REGISTRY.items()}.get   # a name not there: an unknown op
+    define, unknown = defined.add, _UNKNOWN
+    no_states: frozenset[str] = frozenset()
+    loss, loss_from_step = plan.loss, False
+    for s in plan.steps:
+        if type(s) is LoopStep:
+            body, states = s.body, set(s.states)
+            if s.direction not in (1, -1) or not states.issubset(b.id for b in body):
+                return False
+            if not (s.initials.keys() <= states and defined.issuperset(s.initials.values())):
+                return False
+        else:
+            body, states = (s,), no_states
+        for b in body:
+            sid, inputs, takes = b.id, b.inputs, arity(b.op, unknown)
+            if sid in defined or takes is unknown or (takes is not None and len(inputs) != takes):
+                return False
+            define(sid)
+            for src, delay in inputs:
+                if src not in defined and not (delay and src in states):
+                    return False
+            if sid == loss:
+                loss_from_step = b.shape in ([], [1])
+    if not defined.issuperset(plan.outputs):
+        return False
+    return loss is None or loss_from_step
+
+
+_UNKNOWN = object()
 _NO_BODY: dict[str, list] = {}
 _NO_STATES: frozenset[str] = frozenset()
 

@@ -676,8 +676,8 @@ def memory_costs(graph: Graph, budget: MemoryBudget, sources=None) -> list[Memor
         steps = budget.steps if info.seq else 1
         costs.append(MemoryCost(size * batch * steps * budget.itemsize * per_value, info,
                                 lambda info=info: f"{named(info)} for a batch of {batch}", largest))
-        delay = max((abs(d) for v in graph.g.successors(info.id)
-                     for d in graph.g.edges[info.id, v].get("delays", ())), default=0)
+        delay = max((abs(d) for edge in graph.g.succ[info.id].values() for d in edge.get("delays", ())),
+                    default=0)
         if delay > 1:
             costs.append(MemoryCost(size * batch * delay * budget.itemsize, info,
                                     lambda info=info, delay=delay: f"the {delay} past steps of {named(info)} that "

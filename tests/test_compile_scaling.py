@@ -9,7 +9,9 @@ read, so the result does not depend on the machine or on its load.
 """
 from __future__ import annotations
 
+import gc
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -87,3 +89,26 @@ def test_compile_work_grows_linearly(make, monkeypatch):
     assert "infer_shapes" in ratios
     superlinear = {stage: round(r, 2) for stage, r in ratios.items() if r >= LINEAR}
     assert not superlinear, f"work for {LARGE // SMALL}x the equations: {superlinear}"
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+SPEC_FILES = sorted(p.name for p in (ROOT / "specs").glob("*.nn"))
+
+
+@pytest.mark.parametrize("source", ["layers", "every_layer_an_output"] + SPEC_FILES)
+def test_a_compile_leaves_no_cyclic_garbage(source):
+    """The collector is paused while the compiler runs, and what survives the pause moves to the
+    oldest generation (nnspec/gcpause.py), scanned at the next full collection only. So the compiler
+    must make no reference cycle (a nested function that calls itself is one, and keeps its pass's
+    working state alive): garbage there would wait for that collection."""
+    nnspec.compile_text(layers(3))
+    gc.collect()
+    if source.endswith(".nn"):
+        compiled = compiler.compile_file(ROOT / "specs" / source)
+    else:
+        compiled = compiler.compile_text(globals()[source](60))
+    assert gc.isenabled()
+    assert gc.collect() == 0, "the compile left objects only a cycle keeps alive"
+    assert compiled.plan.steps

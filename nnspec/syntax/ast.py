@@ -6,7 +6,8 @@ reads only these models, never the Lark tree.
 The parser and the expander build nodes with ``model_construct``: their fields are already of
 the declared types (a test validates the parsed specs again), so no validator runs, and the
 models' schemas (~50 ms to build them all, a tenth of a command's start-up) are built only when
-something validates or serialises a node (``defer_build``).
+something validates or serialises a node (``defer_build``); ``model_construct`` itself is a
+faster one of the same meaning (nnspec/syntax/construct.py).
 """
 from __future__ import annotations
 
@@ -15,9 +16,10 @@ from typing import Annotated, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import Span
+from .construct import TrustedConstruct
 
 
-class Node(BaseModel):
+class Node(TrustedConstruct, BaseModel):
     model_config = ConfigDict(frozen=True, defer_build=True)   # see the module's docstring
     span: Span
 
