@@ -77,8 +77,6 @@ def predict(args, model, lines: list[str]) -> list:
 def _prediction_readers(model, runner) -> dict:
     """For each loss's prediction, how to get it (or an equivalent: the same labels and probabilities)
     from the exported model's outputs: ``p`` of ``softmax(z)`` gives log p for the logits z."""
-    import numpy as np
-
     from ..errors import UsageError
     from ..ops import REGISTRY
     from ..ops.registry import scores_from

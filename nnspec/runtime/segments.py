@@ -401,28 +401,39 @@ def forward_steps(run, steps: list, rows: int) -> tuple[list, list[Segment]]:
     """A run's forward steps with each maximal run of consecutive elementwise ops (``forward_form``)
     as one segment: ``steps`` are (body op, its NumPy step) in body order, views left out. Returns
     the steps and the segments among them."""
+    def segment(group):
+        worth = len(group) >= MIN_RUN or group[0][0].op.vectorised_step is not None
+        return _forward_segment(run, group, rows) if worth else None
+
+    out, segs = _runs_as_segments([(f, b) for b, f in steps], forward_form, segment, swap=True)
+    for seg in segs:       # the lanes they keep, made now (see Segment)
+        seg.bind()
+        seg.release()
+    return out, segs
+
+
+def _runs_as_segments(items: list, member, segment, swap: bool = False) -> tuple[list, list[Segment]]:
+    """``items`` ((step, what it is) pairs) as steps, each maximal run of consecutive members
+    (``member(what)``) as ``segment(run)`` where that gives one (None: the run's own steps stay).
+    ``segment`` sees the run's pairs as (what, step) when ``swap``."""
     out, segs, group = [], [], []
 
     def flush():
-        worth = len(group) >= MIN_RUN or (group and group[0][0].op.vectorised_step is not None)
-        seg = _forward_segment(run, group, rows) if worth else None
+        seg = segment([(w, f) for f, w in group] if swap else group) if group else None
         if seg is None:
-            out.extend(f for _, f in group)
+            out.extend(f for f, _ in group)
         else:
             out.append(seg)
             segs.append(seg)
         group.clear()
 
-    for b, f in steps:
-        if forward_form(b):
-            group.append((b, f))
+    for f, what in items:
+        if member(what):
+            group.append((f, what))
         else:
             flush()
             out.append(f)
     flush()
-    for seg in segs:       # the lanes they keep, made now (see Segment)
-        seg.bind()
-        seg.release()
     return out, segs
 
 
@@ -507,25 +518,8 @@ def backward_steps(actions: list, T: int, rows: int, moduli: dict, volatile: set
     """A backward pass's per-step actions with each maximal run of consecutive elementwise ones as
     one segment: ``actions`` are (its NumPy action, a ``BackwardItem`` or None) in the plan's order;
     ``moduli``: ring gradients' slots by list; ``volatile``: the lists bound again at every pass."""
-    out, segs, group = [], [], []
-
-    def flush():
-        seg = _backward_segment(group, T, rows, moduli, volatile) if group else None
-        if seg is None:
-            out.extend(f for f, _ in group)
-        else:
-            out.append(seg)
-            segs.append(seg)
-        group.clear()
-
-    for f, item in actions:
-        if item is not None:
-            group.append((f, item))
-        else:
-            flush()
-            out.append(f)
-    flush()
-    return out, segs
+    return _runs_as_segments(actions, lambda item: item is not None,
+                             lambda group: _backward_segment(group, T, rows, moduli, volatile))
 
 
 def _backward_segment(group: list, T: int, rows: int, moduli: dict, volatile: set) -> Segment | None:

@@ -40,7 +40,6 @@ skip the case and count it.
 """
 from __future__ import annotations
 
-import itertools
 import math
 import sys
 from dataclasses import dataclass, field
