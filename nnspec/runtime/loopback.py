@@ -90,8 +90,8 @@ def loop_backward(ex, prog: LoopProgram, tape: Tape, grads: GradSum, need, keep:
         bw.key = key
         local_grads(prog, run, bw, env)
         for seg in bw.segments:           # the lanes its segments keep, made now (see segments.Segment)
-            seg.bind()
-            seg.release()
+            seg.before_pass()
+            seg.after_pass()
         run.reuse.absorb(before)          # its references to the run's arrays are the run's own
         tracked = {id(a) for a in run.reuse.arrays}
         new = [a for a in distinct(bw.arrays()) if id(a) not in tracked]
@@ -118,7 +118,7 @@ def loop_backward(ex, prog: LoopProgram, tape: Tape, grads: GradSum, need, keep:
         for u in order[:slots - 1]:
             bw.take_slot(r, gbuf[r], u)
     for seg in bw.segments:     # this pass's arrays (lent ones included), held while the loop runs
-        seg.bind()
+        seg.before_pass()
     try:
         with blas_threads(ex.options.loop_blas_threads):
             for t in order:
@@ -126,7 +126,7 @@ def loop_backward(ex, prog: LoopProgram, tape: Tape, grads: GradSum, need, keep:
                     act(t)
     finally:
         for seg in bw.segments:
-            seg.release()
+            seg.after_pass()
     bw.incoming.clear()
     # everything that leaves the loop: one whole-sequence VJP per edge
     for op_id, pos in plan.deferred:

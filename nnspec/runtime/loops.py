@@ -124,10 +124,8 @@ class FastLoop:
         times = range(T) if loop.direction > 0 else range(T - 1, -1, -1)
         read_into, steps = run.axis.read_step_into, run.steps
         quiet = np.errstate(over="ignore") if prog.quiet_overflow else contextlib.nullcontext()
-        for f in run.prepared:
+        for f in run.prepared:       # (a copy of a weight; a segment's arrays, held while the loop runs)
             f.before_pass()
-        for seg in run.segments:       # this pass's arrays, held while the loop runs
-            seg.bind()
         try:
             with blas_threads(ex.options.loop_blas_threads), quiet:
                 for t in times:
@@ -136,8 +134,6 @@ class FastLoop:
                     for f in steps:
                         f(t)
         finally:
-            for seg in run.segments:
-                seg.release()
             for f in run.prepared:
                 f.after_pass()
         if tape.context.check_finite:
@@ -255,12 +251,12 @@ def build_run(ex, prog: LoopProgram, tape: Tape, axis: TimeAxis, scratch,
             ctxs = run.ctxs[b.id] = [None] * T
             steps.append((b, generic_forward(b.op, b.step.attrs, run.ins[b.id], run.outs[b.id], ctxs,
                                              tape.context)))
-    run.prepared = [f for _, f in steps if hasattr(f, "before_pass")]
     run.fused_segments = fused_segments
     if fused_segments:
         run.steps, run.segments = segments.forward_steps(run, steps, tape.rows(axis))
     else:
         run.steps = [f for _, f in steps]
+    run.prepared = [f for f in run.steps if hasattr(f, "before_pass")]
     return run
 
 

@@ -288,7 +288,7 @@ class Segment:
         self.geom = np.zeros(3 * len(lists), np.int64)
         self.args = None
 
-    def bind(self) -> None:
+    def before_pass(self) -> None:
         """This pass's lanes, or None (the NumPy steps run) when a list is not one a kernel takes."""
         new = []
         for k, lst in enumerate(self.lists):
@@ -312,7 +312,7 @@ class Segment:
             if not probe(self.kernel, self.args):
                 self.args = None
 
-    def release(self) -> None:
+    def after_pass(self) -> None:
         """After a pass: let go of the arrays bound for it alone."""
         if self.volatile:
             self.args = None
@@ -407,8 +407,8 @@ def forward_steps(run, steps: list, rows: int) -> tuple[list, list[Segment]]:
 
     out, segs = _runs_as_segments([(f, b) for b, f in steps], forward_form, segment, swap=True)
     for seg in segs:       # the lanes they keep, made now (see Segment)
-        seg.bind()
-        seg.release()
+        seg.before_pass()
+        seg.after_pass()
     return out, segs
 
 
