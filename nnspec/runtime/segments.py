@@ -443,7 +443,7 @@ def _runs_as_segments(items: list, member, segment, swap: bool = False) -> tuple
 
 
 def _forward_segment(run, group: list, rows: int) -> Segment | None:
-    builder = Builder(run.T, rows, volatile={id(lst) for lst, *_ in run.outer})
+    builder = Builder(run.cap, rows, volatile={id(lst) for lst, *_ in run.outer})
     for b, f in group:
         names = {f"x{i}": builder.lane_of(lst) for i, lst in enumerate(run.ins[b.id])}
         expr = op_expr(b.op, b.op.fused.value, b.step.attrs, names)
