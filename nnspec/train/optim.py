@@ -24,6 +24,8 @@ import math
 
 import numpy as np
 
+from . import adamkernel
+
 StateDict = dict[str, "np.ndarray | float | int | str"]
 
 
@@ -253,6 +255,10 @@ class Adam(Optimizer):
         g = self._decay(p, g)
         m = self._buffer("m", name, p)
         v = self._buffer("v", name, p)
+        if adamkernel.applies(p, g, m, v):    # a large parameter: one compiled pass, the same numbers
+            adamkernel.adam_step(p, g, m, v, self.beta1, self.beta2, math.sqrt(1.0 - self.beta2 ** t),
+                                 self.eps, self.lr / (1.0 - self.beta1 ** t))
+            return
         m *= self.beta1
         m += (1.0 - self.beta1) * g
         v *= self.beta2
