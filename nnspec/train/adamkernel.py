@@ -7,7 +7,8 @@ was 3.7 ms of a 29 ms training step. One loop makes one pass. Every product and 
 the arrays' type in the order the NumPy steps round them (the scalars come in that type, numba does
 not fuse a multiply and an add without fastmath, and sqrt and division are correctly rounded), so
 the kernel and NumPy agree exactly (``tests/test_train_optim.py``): which one runs never changes a
-training run.
+training run. ``error_model="numpy"`` (a division by zero gives inf, as NumPy's does, not an exception)
+lets LLVM vectorise the loop: 2.6 ms where NumPy's steps take 13.5 over two million float32 numbers.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from numba import njit
 import numpy as np
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def adam_step(p, g, m, v, b1, c1, b2, c2, root, eps, scale):
     p1, g1, m1, v1 = p.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1)
     for i in range(p1.size):
@@ -48,7 +49,7 @@ def _step():
     global _kernel
     if _kernel is None:
         try:
-            _kernel = load_module("nnspec_adam_1", SOURCE).adam_step if numba_available() else False
+            _kernel = load_module("nnspec_adam_2", SOURCE).adam_step if numba_available() else False
         except OSError:    # no writable directory for compiled kernels
             _kernel = False
     return _kernel
