@@ -55,6 +55,16 @@ def test_a_different_seed_gives_different_weights(tmp_path):
     assert not np.array_equal(a.model.params["V"], b.model.params["V"])
 
 
+def resumed(path, run_dir):
+    """A fresh session of the spec resumed from the run's last checkpoint and trained to its end."""
+    s = open_session(path)
+    trainer = Trainer(s.model, s.data, s.settings, quiet=True, run_dir=RunDir(path=run_dir.path),
+                      spec_hash=s.spec_hash)
+    trainer.resume(run_dir.last)
+    trainer.fit()
+    return s
+
+
 def test_resume_ends_with_the_weights_of_an_uninterrupted_run(tmp_path):
     path = write(tmp_path, TAGGER)
     full, _ = train(path)
@@ -62,11 +72,7 @@ def test_resume_ends_with_the_weights_of_an_uninterrupted_run(tmp_path):
     s = open_session(path, overrides=["epochs=2"])
     run_dir = RunDir("t", root=tmp_path / "runs")
     Trainer(s.model, s.data, s.settings, quiet=True, run_dir=run_dir, spec_hash=s.spec_hash).fit()
-    s2 = open_session(path)
-    trainer = Trainer(s2.model, s2.data, s2.settings, quiet=True, run_dir=RunDir(path=run_dir.path),
-                      spec_hash=s2.spec_hash)
-    trainer.resume(run_dir.last)
-    trainer.fit()
+    s2 = resumed(path, run_dir)
     for name in full.model.params:
         assert np.array_equal(full.model.params[name], s2.model.params[name]), name
 
@@ -162,11 +168,7 @@ def test_a_resumed_float32_run_on_compiled_loop_kernels_ends_with_the_uninterrup
     run_dir = RunDir("t", root=tmp_path / "runs")
     Trainer(s.model, s.data, s.settings, quiet=True, run_dir=run_dir, spec_hash=s.spec_hash,
             checkpoint_seconds=0, on_epoch=lambda row: row["epoch"] >= 45).fit()
-    s2 = open_session(path)
-    trainer = Trainer(s2.model, s2.data, s2.settings, quiet=True, run_dir=RunDir(path=run_dir.path),
-                      spec_hash=s2.spec_hash)
-    trainer.resume(run_dir.last)
-    trainer.fit()
+    s2 = resumed(path, run_dir)
     for name in full.model.params:
         assert full.model.params[name].dtype == np.float32
         np.testing.assert_array_equal(full.model.params[name], s2.model.params[name], err_msg=name)
