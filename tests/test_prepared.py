@@ -8,6 +8,7 @@ from conftest import random_feeds
 from test_optimize import BINDINGS, LENGTHS, SPECS
 
 from nnspec import compile_text
+from nnspec.ops import REGISTRY
 from nnspec.runtime import ExecOptions, Executor
 from nnspec.train.clip import clip_global_norm, clip_scale
 from nnspec.train.optim import make_optimizer
@@ -248,6 +249,40 @@ def test_the_hoisted_input_projection_lends_its_array_to_its_gradient(monkeypatc
     tape = ex.forward(params, batches[0], lengths=LENGTHS)           # a tape kept: nothing lent
     ex.backward(tape, wrt=set(params))
     assert not lent
+
+
+def test_a_relus_input_lends_its_array_to_its_gradient_in_a_prepared_pass():
+    # relu's derivative comes from its output, so the linear step's result before it is read by
+    # nothing in the backward pass: its gradient is written into that array, with no pooled one
+    text = "input x[5]\ntarget y : class[3]\nh[6] = relu(W @ x + b)\nloss cross_entropy(softmax(V @ h + c), y)\n"
+    plan, params, batches = _setup(text, B=4)
+    ex = Executor(plan, dtype=np.float64)
+    ex.pool.MIN_BYTES = 0                                 # (tiny arrays from the pool too)
+    ref = Executor(plan, dtype=np.float64, options=ExecOptions.reference())
+    pre = next(s.id for s in plan.steps if getattr(s, "op", "") == "linear" and s.id.startswith("h"))
+    assert pre in ex.facts.dead_in_backward
+    for feeds in batches:
+        want = ref.backward(ref.forward(params, feeds, train=True), wrt=set(params))
+        tape = ex.forward(params, feeds, train=True, single_use=True)
+        own = tape.values[pre]
+        seen = {}
+        orig = type(REGISTRY["linear"]).vjp_into
+
+        def spy(op, i, g, xs, out, attrs, dest, accumulate):
+            seen.setdefault(id(out), g)
+            return orig(op, i, g, xs, out, attrs, dest, accumulate)
+
+        type(REGISTRY["linear"]).vjp_into = spy
+        try:
+            got = ex.backward(tape, wrt=set(params))
+        finally:
+            type(REGISTRY["linear"]).vjp_into = orig
+        if tape.prepared is not None:                    # the pre-activation's gradient, in its own array
+            assert seen[id(own)] is own
+        for k in params:
+            np.testing.assert_allclose(got[k], want[k], rtol=1e-12, atol=1e-14, err_msg=k)
+        del tape, got, own, seen
+    assert ex._pass_run is not None
 
 
 def test_a_value_read_by_a_backward_pass_is_not_lent():

@@ -155,6 +155,9 @@ def _build_backward(ex, run: PassRun, need, leaves, share: bool = False) -> tupl
     entries, dests = [], []
     spare = Spare() if share else None
     spare_after = ex.facts.spare_after_own_step(frozenset(leaves or ()))
+    # a value nothing in the backward pass reads lends its array of the run to its own gradient
+    # (as ``GradSum.donors`` does on the general path): no array from the pool for it
+    lend = ex.facts.dead_in_backward if share and ex.options.lend_dead else frozenset()
     for step in reversed(ex.plan.steps):
         ids = [b.id for b in step.body] if isinstance(step, LoopStep) else [step.id]
         dels = () if leaves is None else tuple(v for v in ids if v not in leaves)
@@ -170,6 +173,10 @@ def _build_backward(ex, run: PassRun, need, leaves, share: bool = False) -> tupl
             if src in need and src not in ex.facts.integer:
                 if ex.options.alias_grads and op.vjp_view(i, out, xs, attrs) is not None:
                     todo.append((i, src, None))     # (its output has g's shape: a view of it will do)
+                    continue
+                own = run.by_id.get(src) if src in lend and src not in leaves else None
+                if own is not None and run.fwd[own][4].shape == xs[i].shape:
+                    todo.append((i, src, run.fwd[own][4]))   # (tracked already, as an output of the run)
                     continue
                 dest = spare.take(xs[i].shape, ex.dtype) if spare is not None else None
                 if dest is None:
