@@ -181,8 +181,7 @@ class Executor:
         tape = Tape(values=env, lengths=None if time is None else time.lengths,
                     mask=None if time is None else time.mask, batch=batch, steps=0 if time is None else time.steps,
                     carry=carry or {}, context=context, axes=axes, axis_of=self.facts.axis_of,
-                    ahead={n: np.asarray(feeds[chunks.ahead_key(n)]) for n in self.facts.seq
-                           if chunks.ahead_key(n) in feeds})
+                    ahead=self._ahead(feeds))
         if single_use:
             tape.single_use = True
             tape.fresh = set() if self.facts.spendable or self.facts.dead_in_backward else None
@@ -205,6 +204,14 @@ class Executor:
                 k = chunks.history_key(src)
                 tape.final_states[k] = chunks.next_history(tape.carry.get(k), env[src], tape.axis(src).lengths, depth)
         return tape
+
+    def _ahead(self, feeds) -> dict[str, np.ndarray]:
+        """The tokens after a stream chunk, by sequence (the feeds ``NAME.ahead``): looked for among
+        the few feeds, not the plan's many sequences."""
+        specs = self.facts.specs
+        if all(k in specs for k in feeds):   # (only inputs and targets: nothing ahead)
+            return {}
+        return {n: np.asarray(feeds[chunks.ahead_key(n)]) for n in self.facts.seq if chunks.ahead_key(n) in feeds}
 
     def _prepared_run(self, env, axes, need_loss, context) -> tuple:
         """(geometry key, the prepared pass to run): none for the reference engine, a profiled or
