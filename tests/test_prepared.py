@@ -251,38 +251,43 @@ def test_the_hoisted_input_projection_lends_its_array_to_its_gradient(monkeypatc
     assert not lent
 
 
-def test_a_relus_input_lends_its_array_to_its_gradient_in_a_prepared_pass():
-    # relu's derivative comes from its output, so the linear step's result before it is read by
-    # nothing in the backward pass: its gradient is written into that array, with no pooled one
+@pytest.mark.parametrize("spend", [True, False])
+def test_a_relu_computes_in_its_inputs_array_in_a_single_use_pass(spend):
+    # nothing but the relu reads the linear step's result, and the relu's derivative comes from its
+    # output: a single-use pass computes the relu in that array (as a hand-written step does), a
+    # kept tape keeps both values; the gradients are the reference's either way
     text = "input x[5]\ntarget y : class[3]\nh[6] = relu(W @ x + b)\nloss cross_entropy(softmax(V @ h + c), y)\n"
     plan, params, batches = _setup(text, B=4)
-    ex = Executor(plan, dtype=np.float64)
-    ex.pool.MIN_BYTES = 0                                 # (tiny arrays from the pool too)
+    ex = Executor(plan, dtype=np.float64, options=ExecOptions(spend_inputs=spend))
     ref = Executor(plan, dtype=np.float64, options=ExecOptions.reference())
     pre = next(s.id for s in plan.steps if getattr(s, "op", "") == "linear" and s.id.startswith("h"))
-    assert pre in ex.facts.dead_in_backward
-    for feeds in batches:
+    relu = next(s.id for s in plan.steps if getattr(s, "op", "") == "relu")
+    assert relu in ex.facts.spendable and pre not in ex.facts.dead_in_backward
+    for single_use in (True, True, True, False, False, False):
+        feeds = batches[0]
         want = ref.backward(ref.forward(params, feeds, train=True), wrt=set(params))
-        tape = ex.forward(params, feeds, train=True, single_use=True)
-        own = tape.values[pre]
-        seen = {}
-        orig = type(REGISTRY["linear"]).vjp_into
-
-        def spy(op, i, g, xs, out, attrs, dest, accumulate):
-            seen.setdefault(id(out), g)
-            return orig(op, i, g, xs, out, attrs, dest, accumulate)
-
-        type(REGISTRY["linear"]).vjp_into = spy
-        try:
-            got = ex.backward(tape, wrt=set(params))
-        finally:
-            type(REGISTRY["linear"]).vjp_into = orig
-        if tape.prepared is not None:                    # the pre-activation's gradient, in its own array
-            assert seen[id(own)] is own
+        tape = ex.forward(params, feeds, train=True, single_use=single_use)
+        shared = tape.values[pre] is tape.values[relu]
+        assert shared == (spend and single_use)        # the general pass (the first) and prepared ones
+        if not shared:
+            np.testing.assert_array_equal(tape.values[relu], np.maximum(tape.values[pre], 0))
+        got = ex.backward(tape, wrt=set(params))
         for k in params:
             np.testing.assert_allclose(got[k], want[k], rtol=1e-12, atol=1e-14, err_msg=k)
-        del tape, got, own, seen
+        del tape, got
     assert ex._pass_run is not None
+
+
+def test_an_activations_forward_into_its_own_input_equals_its_forward():
+    rng = np.random.default_rng(0)
+    for name, op in REGISTRY.items():
+        if not op.spends_input or op.needs_ctx:
+            continue
+        assert op.elementwise and op.arity == 1 and tuple(op.vjp_reads) == ("out",), name
+        x = rng.normal(scale=3, size=(4, 7))
+        want = op.forward([x.copy()], {}, None)
+        op.forward_into([x], x, {})
+        np.testing.assert_array_equal(x, want, err_msg=name)
 
 
 def test_a_value_read_by_a_backward_pass_is_not_lent():

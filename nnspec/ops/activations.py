@@ -55,6 +55,7 @@ class Sigmoid(Activation):
 
     vjp_reads = ("out",)
     quiet_overflow = True
+    spends_input = True   # forward_into may be given its input's array (one elementwise pass at a time)
 
     def forward_into(self, xs, out, attrs):
         sigmoid(xs[0], out=out)
@@ -82,6 +83,7 @@ class Tanh(Activation):
     doc = "hyperbolic tangent"
 
     vjp_reads = ("out",)
+    spends_input = True   # forward_into may be given its input's array (one elementwise pass)
 
     def forward_into(self, xs, out, attrs):
         np.tanh(xs[0], out=out)
@@ -112,6 +114,7 @@ class Relu(Activation):
     # The derivative from the output (out > 0 exactly where x > 0, NaN included): the input is
     # then read by nothing in the backward pass, and its array can hold a gradient instead.
     vjp_reads = ("out",)
+    spends_input = True   # forward_into may be given its input's array (one elementwise pass)
 
     def forward_into(self, xs, out, attrs):
         np.maximum(xs[0], 0, out=out)

@@ -174,7 +174,7 @@ class Executor:
         if self.options.distinct_words and self.facts.distinct_words:
             self._distinct_words(env, axes)
         time = axes.get(self.facts.shown_axis) or next(iter(axes.values()), None)   # what the tape shows
-        key, run = (None, None) if given else self._prepared_run(env, axes, need_loss, context)
+        key, run = (None, None) if given else self._prepared_run(env, axes, need_loss, context, single_use)
         env.update(self.consts)
         env.update(params)
         env.update(given or {})
@@ -213,20 +213,21 @@ class Executor:
             return {}
         return {n: np.asarray(feeds[chunks.ahead_key(n)]) for n in self.facts.seq if chunks.ahead_key(n) in feeds}
 
-    def _prepared_run(self, env, axes, need_loss, context) -> tuple:
+    def _prepared_run(self, env, axes, need_loss, context, single_use=False) -> tuple:
         """(geometry key, the prepared pass to run): none for the reference engine, a profiled or
         checked pass; made on the second pass of a geometry, so that its arrays come from the
         pool blocks the last pass's (dropped) tape used."""
         opts = self.options
         if not (opts.prepared and opts.fast_loops) or context.check_finite or self.profile is not None:
             return None, None
+        spend = bool(single_use and opts.spend_inputs and self.facts.spendable)   # (prepared.build)
         key = (tuple((n, ax.steps, ax.lengths.tobytes()) for n, ax in axes.items()), need_loss,
-               tuple((k, a.shape, a.dtype.str) for k, a in env.items()))
+               tuple((k, a.shape, a.dtype.str) for k, a in env.items()), spend)
         run = self._pass_run
         if run is not None and not (run.key == key and run.free()):
             run = self._pass_run = None
         if run is None and self._pass_seen is not None and self._pass_seen[0] == key:
-            run = self._pass_run = prepared.build(self, key, self._pass_seen[1], need_loss)
+            run = self._pass_run = prepared.build(self, key, self._pass_seen[1], need_loss, spend)
             run.seal()
         return key, run
 

@@ -11,6 +11,13 @@ from . import axes as several
 from .timeaxis import TIME
 
 
+def _makes_own_array(op: Op) -> bool:
+    """Whether op's value is written into an array of the runtime's own on the fast path (it has a
+    ``forward_into``), not a view of an input's: an op without a context spends an input only in
+    such an array (``prepared.build``)."""
+    return not op.needs_ctx and type(op).forward_into is not Op.forward_into and not op.last_axis_view
+
+
 def vjp_reads(op: Op, what) -> bool:
     """Whether op's VJP reads the contents of input ``what`` (an int) or of its output ("out")."""
     r = op.vjp_reads
@@ -165,7 +172,8 @@ class PlanFacts:
             src, d = s.inputs[0]
             p = made.get(src)
             if (d == 0 and p is not None and readers.get(src) == 1 and src not in keep and not p.integer
-                    and not vjp_reads(REGISTRY[p.op], "out")):
+                    and not vjp_reads(REGISTRY[p.op], "out")
+                    and (REGISTRY[s.op].needs_ctx or _makes_own_array(REGISTRY[p.op]))):
                 out.add(s.id)
         return frozenset(out)
 
@@ -200,7 +208,10 @@ class PlanFacts:
                 # a reader whose forward is its own may hand out v's array or a view of it (a
                 # slice, identity, dropout at evaluation): v is read wherever its output is
                 may_alias = type(op).forward is not Op.forward
-                ok = (not vjp_reads(op, i) and not op.spends_input
+                # a reader that may spend v computes in v's array (an op with a context: wherever
+                # it spends; one without: where the plan lets it, ``spendable``)
+                spends = op.spends_input and (op.needs_ctx or r.id in self.spendable)
+                ok = (not vjp_reads(op, i) and not spends
                       and (not may_alias or (outside and dead(r.id))))
                 if not ok:
                     break

@@ -42,6 +42,7 @@ class PassRun:
     bwd: dict = field(default_factory=dict)      # (need, leaves) key -> list of backward entries
     tape: object = None
     reuse: Reuse = field(default_factory=Reuse)  # its outputs, then its gradient arrays
+    spent: set = field(default_factory=set)      # values whose array the step reading them computes into
 
     def seal(self) -> None:
         """Track the run's arrays (once the builder's local names are gone)."""
@@ -64,12 +65,15 @@ class PassRun:
         return self.reuse.free(start=len(self.outs))
 
 
-def build(ex, key: tuple, built: dict, need_loss: bool) -> PassRun:
+def build(ex, key: tuple, built: dict, need_loss: bool, spend: bool = False) -> PassRun:
     """A flat list of the forward pass's steps for this batch geometry: the steps that ran
     into an array of their own (``built``: their shapes) get one owned by the run, with their
-    inputs' list made once; loops and the other steps go through the general dispatch."""
+    inputs' list made once; loops and the other steps go through the general dispatch.
+    ``spend`` (single-use passes): a step that may spend its input (``PlanFacts.spendable``: an
+    activation whose input nothing else reads) computes its output in that input's array."""
     run = PassRun(key=key)
     made: dict[str, np.ndarray] = {}
+    spendable = ex.facts.spendable if spend else frozenset()
     for step in ex.plan.steps:
         if ex.facts.skipped(step, need_loss):
             continue
@@ -77,7 +81,12 @@ def build(ex, key: tuple, built: dict, need_loss: bool) -> PassRun:
         if shape is None or REGISTRY[step.op].reads_across_chunks or any(d for _, d in step.inputs):
             run.fwd.append(("step", step))
             continue
-        out = ex.pool.empty(shape, ex.dtype)   # held by the run: the pool leaves it alone
+        spent = made.get(step.inputs[0][0]) if step.id in spendable else None
+        if spent is not None and spent.shape == tuple(shape) and spent.dtype == ex.dtype:
+            out = spent                        # (an array of the run's already)
+            run.spent.add(step.inputs[0][0])
+        else:
+            out = ex.pool.empty(shape, ex.dtype)   # held by the run: the pool leaves it alone
         xs: list = [None] * len(step.inputs)
         binds = []
         for i, (src, _) in enumerate(step.inputs):
@@ -86,7 +95,8 @@ def build(ex, key: tuple, built: dict, need_loss: bool) -> PassRun:
             else:
                 binds.append((i, src))
         made[step.id] = out
-        run.outs.append(out)
+        if out is not spent:
+            run.outs.append(out)
         run.bound.append((xs, [i for i, _ in binds]))
         run.fwd.append((step.id, REGISTRY[step.op].forward_into, xs, tuple(binds), out, step.attrs, (xs, NO_CTX)))
         run.by_id[step.id] = len(run.fwd) - 1
@@ -109,6 +119,8 @@ def forward(ex, run: PassRun, tape: Tape) -> None:
         records[sid] = rec
         if fresh is not None:
             fresh.add(sid)
+    if fresh is not None and run.spent:
+        fresh.difference_update(run.spent)   # (their arrays hold their readers' values: lent or spare as those)
 
 
 def backward(ex, run: PassRun, tape: Tape, grads: GradSum, need, leaves) -> None:
@@ -184,7 +196,7 @@ def _build_backward(ex, run: PassRun, need, leaves, share: bool = False) -> tupl
                 todo.append((i, src, dest))
                 dests.append(dest)
         entries.append((sid, op.vjp_into, op, xs, out, attrs, tuple(todo), dels))
-        if spare is not None and sid in spare_after:     # (its array read no more: the later gradients')
-            spare.add(out)
+        if spare is not None and sid in spare_after and sid not in run.spent:
+            spare.add(out)     # (its array read no more: the later gradients'; a spent value's is its reader's)
     return entries, dests
 
