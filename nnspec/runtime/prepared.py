@@ -170,6 +170,12 @@ def _build_backward(ex, run: PassRun, need, leaves, share: bool = False) -> tupl
     # a value nothing in the backward pass reads lends its array of the run to its own gradient
     # (as ``GradSum.donors`` does on the general path): no array from the pool for it
     lend = ex.facts.dead_in_backward if share and ex.options.lend_dead else frozenset()
+    # an activation that may spend its input (relu: ``Op.spends_input``) writes its input's gradient
+    # over its own gradient when that is an array of the run's that only it reads: the gradient of
+    # a value with one reader, written there by that reader's entry (``first``) — as a hand-written
+    # step does ``d *= h > 0``
+    readers = _readers(ex.plan) if share and ex.options.spend_inputs else {}
+    first: dict[str, np.ndarray] = {}
     for step in reversed(ex.plan.steps):
         ids = [b.id for b in step.body] if isinstance(step, LoopStep) else [step.id]
         dels = () if leaves is None else tuple(v for v in ids if v not in leaves)
@@ -190,13 +196,31 @@ def _build_backward(ex, run: PassRun, need, leaves, share: bool = False) -> tupl
                 if own is not None and run.fwd[own][4].shape == xs[i].shape:
                     todo.append((i, src, run.fwd[own][4]))   # (tracked already, as an output of the run)
                     continue
+                g = first.get(sid) if op.spends_input and not op.needs_ctx and i == 0 else None
+                if g is not None and g.shape == xs[i].shape and sid not in leaves:
+                    todo.append((i, src, g))                  # (tracked already, as the reader's)
+                    continue
                 dest = spare.take(xs[i].shape, ex.dtype) if spare is not None else None
                 if dest is None:
                     dest = ex.pool.empty(xs[i].shape, ex.dtype)
                 todo.append((i, src, dest))
                 dests.append(dest)
+                if readers.get(src) == 1:
+                    first[src] = dest
         entries.append((sid, op.vjp_into, op, xs, out, attrs, tuple(todo), dels))
         if spare is not None and sid in spare_after and sid not in run.spent:
             spare.add(out)     # (its array read no more: the later gradients'; a spent value's is its reader's)
     return entries, dests
 
+
+def _readers(plan) -> dict[str, int]:
+    """How many reads of each value the plan makes (loop bodies and initial states included)."""
+    readers: dict[str, int] = {}
+    for s in plan.steps:
+        for b in (s.body if isinstance(s, LoopStep) else [s]):
+            for src, _ in b.inputs:
+                readers[src] = readers.get(src, 0) + 1
+        if isinstance(s, LoopStep):
+            for init in s.initials.values():
+                readers[init] = readers.get(init, 0) + 1
+    return readers
