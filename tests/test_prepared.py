@@ -278,9 +278,10 @@ def test_a_relu_computes_in_its_inputs_array_in_a_single_use_pass(spend):
     assert ex._pass_run is not None
 
 
-def test_a_relus_vjp_writes_over_its_gradient_when_only_it_reads_that_in_a_prepared_pass(monkeypatch):
+def test_a_relus_vjp_writes_over_its_gradient_when_only_it_reads_that_in_a_single_use_pass(monkeypatch):
     # two relu layers: each relu's gradient comes from the one product reading it, into an array of
-    # the run's own; the relu's VJP then writes its input's gradient over it (d *= h > 0)
+    # the runtime's own; the relu's VJP then writes its input's gradient over it (d *= h > 0), on
+    # the general pass and prepared ones alike; a kept tape's backward pass never does
     text = ("input x[5]\ntarget y : class[3]\nh1[6] = relu(W1 @ x + b1)\nh2[6] = relu(W2 @ h1 + b2)\n"
             "loss cross_entropy(softmax(V @ h2 + c), y)\n")
     plan, params, batches = _setup(text, B=4)
@@ -292,16 +293,19 @@ def test_a_relus_vjp_writes_over_its_gradient_when_only_it_reads_that_in_a_prepa
                         calls.append(dest is g) or orig(op, i, g, xs, out, attrs, dest, acc))
     for spend in (True, False):
         ex = Executor(plan, dtype=np.float64, options=ExecOptions(spend_inputs=spend))
-        for feeds in batches:
-            want = ref.backward(ref.forward(params, feeds, train=True), wrt=set(params))
-            calls.clear()
-            tape = ex.forward(params, feeds, train=True, single_use=True)
-            prepared_pass = tape.prepared is not None
-            got = ex.backward(tape, wrt=set(params))
-            assert calls == [spend and prepared_pass] * 2
-            for k in params:
-                np.testing.assert_allclose(got[k], want[k], rtol=1e-12, atol=1e-14, err_msg=k)
-            del tape, got
+        kinds = set()
+        for single_use in (True, True, True, False, False):
+            for feeds in batches[:2]:
+                want = ref.backward(ref.forward(params, feeds, train=True), wrt=set(params))
+                calls.clear()
+                tape = ex.forward(params, feeds, train=True, single_use=single_use)
+                kinds.add((single_use, tape.prepared is not None))
+                got = ex.backward(tape, wrt=set(params))
+                assert calls == [spend and single_use] * 2
+                for k in params:
+                    np.testing.assert_allclose(got[k], want[k], rtol=1e-12, atol=1e-14, err_msg=k)
+                del tape, got
+        assert kinds >= {(True, False), (True, True), (False, True)}    # general and prepared passes
 
 
 def test_an_activations_forward_into_its_own_input_equals_its_forward():

@@ -269,6 +269,7 @@ class Executor:
             tape.used = True
         grads: dict[str, np.ndarray] = {}
         total = GradSum(grads, self.pool)
+        total.leaves = None if wrt is None else set(wrt)
         if seeds:
             for k, v in seeds.items():
                 grads[k] = np.asarray(v, dtype=self.dtype)

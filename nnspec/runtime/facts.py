@@ -11,6 +11,19 @@ from . import axes as several
 from .timeaxis import TIME
 
 
+def _readers(plan: Plan) -> dict[str, int]:
+    """How many reads of each value the plan makes (loop bodies and initial states included)."""
+    readers: dict[str, int] = {}
+    for s in plan.steps:
+        for b in (s.body if isinstance(s, LoopStep) else [s]):
+            for src, _ in b.inputs:
+                readers[src] = readers.get(src, 0) + 1
+        if isinstance(s, LoopStep):
+            for init in s.initials.values():
+                readers[init] = readers.get(init, 0) + 1
+    return readers
+
+
 def _makes_own_array(op: Op) -> bool:
     """Whether op's value is written into an array of the runtime's own on the fast path (it has a
     ``forward_into``), not a view of an input's: an op without a context spends an input only in
@@ -82,6 +95,7 @@ class PlanFacts:
             elif isinstance(s, OpStep) and s.inputs and all(src in self.static for src, _ in s.inputs):
                 self.static.add(s.id)
         self.loss_only = self._only_for_the_loss()
+        self.readers = _readers(plan)      # value -> how many reads of it the plan makes
         self.spendable = self._spendable()
         self.dead_in_backward = self._dead_in_backward()
         self.lent_to_loops = self._lent_to_loops()

@@ -174,7 +174,7 @@ def _build_backward(ex, run: PassRun, need, leaves, share: bool = False) -> tupl
     # over its own gradient when that is an array of the run's that only it reads: the gradient of
     # a value with one reader, written there by that reader's entry (``first``) — as a hand-written
     # step does ``d *= h > 0``
-    readers = _readers(ex.plan) if share and ex.options.spend_inputs else {}
+    readers = ex.facts.readers if share and ex.options.spend_inputs else {}
     first: dict[str, np.ndarray] = {}
     for step in reversed(ex.plan.steps):
         ids = [b.id for b in step.body] if isinstance(step, LoopStep) else [step.id]
@@ -212,15 +212,3 @@ def _build_backward(ex, run: PassRun, need, leaves, share: bool = False) -> tupl
             spare.add(out)     # (its array read no more: the later gradients'; a spent value's is its reader's)
     return entries, dests
 
-
-def _readers(plan) -> dict[str, int]:
-    """How many reads of each value the plan makes (loop bodies and initial states included)."""
-    readers: dict[str, int] = {}
-    for s in plan.steps:
-        for b in (s.body if isinstance(s, LoopStep) else [s]):
-            for src, _ in b.inputs:
-                readers[src] = readers.get(src, 0) + 1
-        if isinstance(s, LoopStep):
-            for init in s.initials.values():
-                readers[init] = readers.get(init, 0) + 1
-    return readers

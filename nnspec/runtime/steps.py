@@ -159,8 +159,14 @@ class FastSteps:
                     view = op.vjp_view(i, g, xs, step.attrs) if views and src not in grads.grads else None
                     if view is not None:
                         grads.add(src, view)
-                    else:
-                        grads.add_into(src, xs[i].shape, Into(op, i, g, xs, out, step.attrs))
+                        continue
+                    into = Into(op, i, g, xs, out, step.attrs)
+                    # an activation that may spend its input writes that input's gradient over
+                    # its own gradient when only it reads that (as ``prepared`` does: d *= h > 0)
+                    if not (i == 0 and op.spends_input and not op.needs_ctx and ex.options.spend_inputs
+                            and self.facts.readers.get(step.id) == 1 and g.shape == xs[0].shape
+                            and grads.write_over(src, step.id, into)):
+                        grads.add_into(src, xs[i].shape, into)
                 else:
                     rest.append(i)
             todo = rest
