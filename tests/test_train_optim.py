@@ -207,3 +207,34 @@ def test_adam_on_a_large_parameter_takes_one_compiled_pass_with_the_numpy_steps_
     for k, v in runs[False][1].items():
         if isinstance(v, np.ndarray):
             np.testing.assert_array_equal(runs[True][1][k], v)
+
+
+@pytest.mark.parametrize("consume", [False, True])
+@pytest.mark.parametrize("scale", [1.0, 0.37])
+def test_sgds_one_loop_update_equals_the_per_parameter_one_bit_for_bit(consume, scale):
+    # SGD.step writes the per-parameter update (Optimizer.step -> _update_scaled) out in one loop:
+    # the same numbers for every kind of gradient, its own, shared, strided, a table's rows, float64
+    from nnspec.runtime.rowgrad import RowGrad
+    from nnspec.train.optim import Optimizer
+
+    def make():
+        rng = np.random.default_rng(3)
+        params = {k: rng.normal(size=s).astype(np.float32) for k, s in
+                  [("a", (5, 4)), ("b", (4,)), ("c", (4,)), ("t", (9, 3)), ("big", (300, 70)), ("s", (3, 4))]}
+        shared = rng.normal(size=8).astype(np.float32)
+        table = np.zeros((9, 3), np.float32)
+        table[[1, 4]] = rng.normal(size=(2, 3))
+        grads = {"a": rng.normal(size=(5, 4)).astype(np.float32), "b": shared[:4], "c": shared[4:],
+                 "t": RowGrad.of(table, np.array([1, 4])), "big": rng.normal(size=(300, 70)),
+                 "s": rng.normal(size=(4, 3)).astype(np.float32).T}
+        return params, grads
+
+    got_p, got_g = make()
+    want_p, want_g = make()
+    fast, slow = SGD(lr=0.3), SGD(lr=0.3)
+    for _ in range(2):
+        fast.step(got_p, got_g, scale=scale, consume=consume)
+        Optimizer.step(slow, want_p, want_g, scale=scale, consume=consume)
+    for k in want_p:
+        assert got_p[k].tobytes() == want_p[k].tobytes(), k
+    assert fast.steps == slow.steps == {k: 2 for k in want_p}
