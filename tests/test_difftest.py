@@ -174,6 +174,23 @@ def test_a_pass_that_differs_from_the_first_fails_the_repeat_oracle(monkeypatch)
     assert "repeat" in {f.oracle for f in check("input x[2]\noutput y\ny[3] = tanh(W @ x)\n", 0).failures}
 
 
+def test_a_single_use_pass_that_overlaps_its_spare_arrays_fails_the_training_oracle(monkeypatch):
+    """The training path's memory sharing (dead arrays holding later gradients) runs only in
+    single-use passes, which no other oracle makes."""
+    from nnspec.runtime import reuse
+    take = reuse.Spare.take
+
+    def overlapping(self, shape, dtype):
+        a = take(self, shape, dtype)
+        for entry in self.free:         # forget what was handed out: the next part overlaps it
+            entry[1] = 0
+        return a
+    monkeypatch.setattr(reuse.Spare, "take", overlapping)
+    text = ("input x[3]\ntarget y : class[2]\nh[4] = tanh(W @ x + b)\ng[4] = tanh(U @ h + c)\n"
+            "loss cross_entropy(softmax(V @ g + d), y)\n")
+    assert "training" in {f.oracle for f in check(text, 0, oracles=["training"]).failures}
+
+
 # ---- known bugs: each minimal spec still fails (XPASS: the fix is in; delete its entry) ------------
 
 @pytest.mark.parametrize("bug", KNOWN, ids=[b.name for b in KNOWN])

@@ -17,6 +17,10 @@ the loss (when the spec has one) plus ``sum(output * G)`` over the outputs, for 
            over real steps), every gradient (and zero gradient at padding);
   repeat   the fast runtime's second and third pass on one geometry, and again after a pass on
            another geometry, against its first pass (the runtime keeps prepared runs per geometry);
+  training (specs with a loss) the training path: single-use passes (the tape spent by its backward
+           pass: spare and lent arrays, activations computing in their input's array) for the
+           parameters' gradients of the loss alone, three on one executor (the general dispatch,
+           then the prepared pass made and used again), against the reference interpreter;
   decode   (specs with a ``decode`` declaration) greedy decoding by nnspec.decode, a batch at once,
            against one example at a time, each token the argmax of a full forward pass of PyTorch's
            translation (the reference interpreter without torch) fed the tokens written so far;
@@ -54,7 +58,7 @@ try:  # another helper's oracle; absent on some branches
 except ImportError:  # pragma: no cover - depends on the branch and on torch being installed
     torch_run = None
 
-ORACLES = ["fast", "optimize", "fd", "torch", "batch", "repeat", "decode"]
+ORACLES = ["fast", "optimize", "fd", "torch", "batch", "repeat", "training", "decode"]
 EXTRA_ORACLES = ["segments"]          # only when asked for (see above)
 TOLERANCE = 1e-6
 # float32 against float32, kernels' exp and tanh within a few 1e-7 of NumPy's: rounding that a
@@ -362,6 +366,11 @@ def _check(text: str, seed: int, oracles) -> Outcome:
             check_repeat(fast, params, batch, seeds, first, base, seed, out)
         except Exception as e:
             _crash("repeat", out, e)
+    if "training" in oracles:
+        try:
+            check_training(plan, params, batch, base, out)
+        except Exception as e:
+            _crash("training", out, e)
     if "fd" in oracles:
         try:
             check_fd(ref_raw, params, batch, seeds, want, seed, out)
@@ -430,6 +439,27 @@ def check_repeat(fast: Executor, params, batch: Batch, seeds, first: Run, plan, 
         params, other.feeds, lengths=other.run_lengths).values, other, seed + 1)
     run(fast, params, other, other_seeds)
     compare("repeat", run(fast, params, batch, seeds), first, plan, batch, out, "after another geometry: ")
+
+
+def check_training(plan, params, batch: Batch, base, out: Outcome) -> None:
+    """Three single-use passes of the fast runtime, as the trainer makes them (``Model.loss_and_grads``:
+    the loss's gradient for the parameters only), against the reference interpreter's."""
+    if plan.loss is None:
+        out.skipped["training"] = "no loss"
+        return
+    leaves = [p.name for p in plan.params]
+
+    def train_pass(ex: Executor, single_use: bool) -> Run:
+        tape = ex.forward(params, batch.feeds, lengths=batch.run_lengths, single_use=single_use)
+        loss = np.array(tape.values[plan.loss], copy=True)
+        grads = ex.backward(tape, wrt=leaves)
+        return Run({"<loss>": loss}, {k: np.array(grads[k], copy=True) if k in grads else np.zeros_like(params[k])
+                                      for k in leaves})
+
+    want = train_pass(Executor(plan, dtype=np.float64, options=REFERENCE), False)
+    fast = Executor(plan, dtype=np.float64)
+    for i in (1, 2, 3):
+        compare("training", train_pass(fast, True), want, base, batch, out, f"single-use pass {i}: ")
 
 
 def check_fd(ex: Executor, params, batch: Batch, seeds, want: Run, seed: int, out: Outcome, eps=1e-6) -> None:
