@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from nnspec import compile_text
-from nnspec.ops.linalg import TransposedWeightStep, transposed_copy_pays
+from nnspec.ops import linalg
+from nnspec.ops.linalg import TransposedWeightStep, WeightBlocksGradStep, transposed_copy_pays
 from nnspec.runtime import ExecOptions, Executor
 
 SPEC = ("input x[3] : seq\ntarget y[2] : seq\nparam U[6, 6]\n"
@@ -72,3 +73,80 @@ def test_padded_and_unpadded_batches_read_the_weight_of_this_pass():
 ])
 def test_the_copy_is_made_only_where_it_pays(rows, steps, pays):
     assert transposed_copy_pays(rows, steps) is pays
+
+
+# ---------------------------------------------------------------- products in column blocks
+
+BLOCK_SPECS = {
+    "forward in time": SPEC,
+    "backward in time": SPEC.replace("h[t-1]", "h[t+1]"),
+    # a product of a value of the same step: its input's gradient is added to the add's
+    "same-step product": ("input x[3] : seq\ntarget y[2] : seq\nparam U[6, 6]\nparam V[6, 6]\n"
+                          "a = tanh(W @ x + U @ h[t-1] + b)\nh = tanh(V @ a) + a\nloss mse(Z @ h + d, y)\n"),
+}
+
+
+def blocked_kernels(ex) -> list:
+    out = []
+    for loop in ex.fast_loops.values():
+        run = loop._run
+        out += [f for f in run.steps if isinstance(f, (TransposedWeightStep, WeightBlocksGradStep)) and f.blocks > 1]
+        if run.backward is not None:
+            out += [f for f in run.backward.prepared if isinstance(f, WeightBlocksGradStep) and f.blocks > 1]
+    return out
+
+
+@pytest.mark.parametrize("name", list(BLOCK_SPECS))
+@pytest.mark.parametrize("blocks", [2, 3])
+def test_products_in_column_blocks_agree_with_the_reference_and_read_the_weight_of_this_pass(
+        name, blocks, monkeypatch):
+    monkeypatch.setattr(linalg, "column_blocks", lambda rows, inner, cols, dtype: blocks)
+    plan = compile_text(BLOCK_SPECS[name]).plan
+    rng = np.random.default_rng(1)
+    params = {p.name: rng.normal(scale=0.5, size=p.shape) for p in plan.params}
+    feeds = {"x": rng.normal(size=(T, B, 3)), "y": rng.normal(size=(T, B, 2))}
+    fast = Executor(plan, dtype=np.float64, options=ExecOptions(fused_loops=False))
+    reference = Executor(plan, dtype=np.float64, options=ExecOptions.reference())
+    for lengths in (LENGTHS, np.full(B, T), np.full(B, T)):    # (the last pass runs the kept run)
+        tf, tr = fast.forward(params, feeds, lengths=lengths), reference.forward(params, feeds, lengths=lengths)
+        np.testing.assert_allclose(tf.values[plan.loss], tr.values[plan.loss], rtol=1e-13)
+        gf, gr = fast.backward(tf), reference.backward(tr)
+        assert set(gf) == set(gr)
+        for k in gf:
+            np.testing.assert_allclose(gf[k], gr[k], rtol=1e-12, atol=1e-14, err_msg=k)
+        for p in ("U", "V"):
+            if p in params:
+                params[p] -= 0.1 * gf[p]    # in place, as the optimiser updates a weight
+    kernels = blocked_kernels(fast)
+    assert {type(f) for f in kernels} == {TransposedWeightStep, WeightBlocksGradStep}
+    assert all(f.blocks == blocks and not f.parts for f in kernels), "the copies are dropped after the pass"
+    if name == "same-step product":
+        assert any(f.accumulate for f in kernels if isinstance(f, WeightBlocksGradStep))
+
+
+def test_blocked_products_switch_off(monkeypatch):
+    monkeypatch.setattr(linalg, "column_blocks", lambda rows, inner, cols, dtype: 2)
+    plan, params, feeds = setup()
+    ex = Executor(plan, dtype=np.float64, options=ExecOptions(fused_loops=False, blocked_products=False))
+    ex.backward(ex.forward(params, feeds, lengths=LENGTHS))
+    assert blocked_kernels(ex) == [] and len(transposed_steps(ex)) == 1
+
+
+@pytest.mark.parametrize("rows, inner, cols, blocks", [
+    (32, 128, 512, 4),     # the LSTM H128's step: 52-55 us -> 42 (under the small-kernel limit)
+    (32, 512, 128, 4),     # its backward
+    (32, 128, 384, 2),     # the GRU's
+    (64, 128, 512, 8),
+    (32, 64, 256, 1),      # already a small product
+    (4, 128, 512, 1),
+    (1, 16, 64, 1),
+    (32, 512, 2048, 4),    # the LSTM H512's weight (4 MiB): blocks of 1 MiB
+    (32, 1024, 4096, 1),   # 16 MiB: not measured faster
+    (512, 128, 512, 1),    # many rows: blocks of 32 columns are too many calls
+])
+def test_column_blocks_by_shape_where_blas_has_small_kernels(rows, inner, cols, blocks, monkeypatch):
+    monkeypatch.setattr(linalg, "_small_kernels", True)
+    assert linalg.column_blocks(rows, inner, cols, np.float32) == blocks
+    assert linalg.column_blocks(rows, inner, cols, np.float64) == 1     # measured in float32 only
+    monkeypatch.setattr(linalg, "_small_kernels", False)
+    assert linalg.column_blocks(rows, inner, cols, np.float32) == 1

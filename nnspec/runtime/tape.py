@@ -70,6 +70,10 @@ class ExecOptions:
     # VJPs) as one call of a compiled, vectorised kernel (runtime/segments.py, needs numba; after
     # segments.AFTER_PASSES passes, as fused loops)
     fused_segments: bool = True
+    # a loop step's product by a weight shared by every step (U @ h[t-1], and its input's gradient) in
+    # column blocks, each by a contiguous copy of its part of the weight made once a pass, where the
+    # machine's BLAS kernel multiplies those faster (ops/linalg.py column_blocks: OpenBLAS SkylakeX)
+    blocked_products: bool = True
     # BLAS threads for a whole forward or backward pass, and while a loop runs step by step.
     # nnspec's products are small (a step: (B, H) x (H, 4H)); measured on a 2-core machine,
     # a second OpenBLAS thread made every one of them slower, even the (1120 x 128) x
@@ -86,7 +90,7 @@ class ExecOptions:
         return cls(fast_loops=False, defer_grads=False, local_grads=False, alias_grads=False, scratch=False,
                    reuse_buffers=False, row_grads=False, prepared=False, lend_dead=False, share_dead=False,
                    param_blocks=False, fused_loops=False, ring_grads=False, fast_sigmoid=False, fused_segments=False,
-                   distinct_words=False)
+                   blocked_products=False, distinct_words=False)
 
 
 @dataclass
