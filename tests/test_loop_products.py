@@ -140,7 +140,10 @@ def test_blocked_products_switch_off(monkeypatch):
     (32, 64, 256, 1),      # already a small product
     (4, 128, 512, 1),
     (1, 16, 64, 1),
-    (32, 512, 2048, 4),    # the LSTM H512's weight (4 MiB): blocks of 1 MiB
+    (32, 256, 1024, 16),
+    (32, 512, 2048, 64),   # the LSTM H512's step: 1070-1080 us -> 670-685
+    (16, 512, 2048, 32),
+    (32, 2048, 512, 4),    # its backward, no blocks under the limit: a weight of 4 MiB in blocks of 1 MiB
     (32, 1024, 4096, 1),   # 16 MiB: not measured faster
     (512, 128, 512, 1),    # many rows: blocks of 32 columns are too many calls
 ])

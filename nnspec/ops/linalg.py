@@ -125,22 +125,23 @@ def blas_small_kernels() -> bool:
 def column_blocks(rows: int, inner: int, cols: int, dtype) -> int:
     """In how many equal column blocks a loop's per-step product (rows, inner) @ (inner, cols) by
     one weight runs fastest, each block by a contiguous copy of that part of the weight (1: whole).
-    A pure function of the shape and the machine's BLAS kernel, never of a timing.
+    A pure function of the shape, the dtype and the machine's BLAS kernel, never of a timing.
 
-    Measured with OpenBLAS 0.3.31 SkylakeX, float32, one thread (times in us, whole -> blocks):
-    a product just over OpenBLAS's small-kernel limit runs faster as the fewest blocks under it,
-    (32, 128) @ (128, 512) 52-55 -> 42 in 4 blocks, (32, 128) @ (128, 384) 38 -> 30 in 2,
-    (16, 128) @ (128, 512) 34 -> 22 in 2, (64, 128) @ (128, 512) 94 -> 84 in 8, and the backward
-    (32, 512) @ (512, 128) 51 -> 42 in 4; with more than 16 blocks or blocks under 32 columns the
-    calls cost more than they save. A weight of 2-8 MiB by few rows also runs faster in blocks
-    of about 1 MiB (cache): (32, 512) @ (512, 2048) 1080-1190 -> 900-1040 in 4, (32, 2048) @
-    (2048, 512) 815-910 -> 845-857, (16, 512) @ (512, 2048) 780 -> 530. Not with OPENBLAS_CORETYPE
-    =Haswell, whose kernels have no small-matrix path: there every split measured slower."""
+    Measured with OpenBLAS 0.3.31 SkylakeX, float32, one thread, in us (whole -> blocks): a
+    product over OpenBLAS's small-kernel limit runs faster as the fewest blocks under it, each of
+    at least 32 columns (narrower blocks cost more calls than they save):
+    (32, 128) @ (128, 512) 52-55 -> 42 in 4 blocks, its backward (32, 512) @ (512, 128) 51 -> 42
+    in 4, (32, 128) @ (128, 384) 38 -> 30 in 2, (64, 128) @ (128, 512) 94 -> 84 in 8,
+    (32, 256) @ (256, 1024) 215-259 -> 167-181 in 16, (32, 512) @ (512, 2048) 1070-1080 -> 670-685
+    in 64, (16, 512) @ (512, 2048) 660 -> 340 in 32; (128, 128) @ (128, 512) 177-180 -> 175 in 16.
+    Where no such blocks exist, a weight of 2-8 MiB by few rows runs a little faster in 4 blocks
+    (cache): (32, 2048) @ (2048, 512) 815-910 -> 800-857. Not with OPENBLAS_CORETYPE=Haswell, whose
+    kernels have no small-matrix path: there every split measured slower."""
     if np.dtype(dtype) != np.float32 or not blas_small_kernels():
         return 1
     if rows * inner * cols > SMALL_PRODUCT:
-        for k in range(2, 17):
-            if cols % k == 0 and cols // k >= 32 and rows * inner * (cols // k) <= SMALL_PRODUCT:
+        for k in range(2, cols // 32 + 1):
+            if cols % k == 0 and rows * inner * (cols // k) <= SMALL_PRODUCT:
                 return k
     if rows <= 64 and 2 << 20 <= inner * cols * 4 <= 8 << 20 and cols % 4 == 0:
         return 4
