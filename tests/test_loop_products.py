@@ -119,7 +119,9 @@ def test_products_in_column_blocks_agree_with_the_reference_and_read_the_weight_
                 params[p] -= 0.1 * gf[p]    # in place, as the optimiser updates a weight
     kernels = blocked_kernels(fast)
     assert {type(f) for f in kernels} == {TransposedWeightStep, WeightBlocksGradStep}
-    assert all(f.blocks == blocks and not f.parts for f in kernels), "the copies are dropped after the pass"
+    assert all(f.blocks == blocks for f in kernels)
+    assert all(getattr(f, "wt", None) is None and getattr(f, "stack", None) is None for f in kernels), \
+        "the copies are dropped after the pass"
     if name == "same-step product":
         assert any(f.accumulate for f in kernels if isinstance(f, WeightBlocksGradStep))
 
@@ -143,7 +145,7 @@ def test_blocked_products_switch_off(monkeypatch):
     (32, 256, 1024, 16),
     (32, 512, 2048, 64),   # the LSTM H512's step: 1070-1080 us -> 670-685
     (16, 512, 2048, 32),
-    (32, 2048, 512, 4),    # its backward, no blocks under the limit: a weight of 4 MiB in blocks of 1 MiB
+    (32, 2048, 512, 1),    # its backward: no blocks of 32 columns under the limit
     (32, 1024, 4096, 1),   # 16 MiB: not measured faster
     (512, 128, 512, 1),    # many rows: blocks of 32 columns are too many calls
 ])

@@ -124,92 +124,90 @@ def blas_small_kernels() -> bool:
 
 def column_blocks(rows: int, inner: int, cols: int, dtype) -> int:
     """In how many equal column blocks a loop's per-step product (rows, inner) @ (inner, cols) by
-    one weight runs fastest, each block by a contiguous copy of that part of the weight (1: whole).
+    one weight runs fastest (1: whole): all blocks in one call of a batched product by a stack of
+    the weight's blocks, copied once a pass (``TransposedWeightStep``, ``WeightBlocksGradStep``).
     A pure function of the shape, the dtype and the machine's BLAS kernel, never of a timing.
 
     Measured with OpenBLAS 0.3.31 SkylakeX, float32, one thread, in us (whole -> blocks): a
     product over OpenBLAS's small-kernel limit runs faster as the fewest blocks under it, each of
-    at least 32 columns (narrower blocks cost more calls than they save):
-    (32, 128) @ (128, 512) 52-55 -> 42 in 4 blocks, its backward (32, 512) @ (512, 128) 51 -> 42
-    in 4, (32, 128) @ (128, 384) 38 -> 30 in 2, (64, 128) @ (128, 512) 94 -> 84 in 8,
-    (32, 256) @ (256, 1024) 215-259 -> 167-181 in 16, (32, 512) @ (512, 2048) 1070-1080 -> 670-685
-    in 64, (16, 512) @ (512, 2048) 660 -> 340 in 32; (128, 128) @ (128, 512) 177-180 -> 175 in 16.
-    Where no such blocks exist, a weight of 2-8 MiB by few rows runs a little faster in 4 blocks
-    (cache): (32, 2048) @ (2048, 512) 815-910 -> 800-857. Not with OPENBLAS_CORETYPE=Haswell, whose
-    kernels have no small-matrix path: there every split measured slower."""
-    if np.dtype(dtype) != np.float32 or not blas_small_kernels():
+    at least 32 columns (narrower blocks cost more than they save):
+    (32, 128) @ (128, 512) 52-58 -> 41-43 in 4 blocks, its backward (32, 512) @ (512, 128) 51-56 ->
+    41 in 4, (32, 128) @ (128, 384) 38-41 -> 31 in 2, (64, 128) @ (128, 512) 94 -> 84 in 8,
+    (32, 256) @ (256, 1024) 215-259 -> 167 in 16, (32, 512) @ (512, 2048) 1070-1110 -> 680 in 64,
+    (16, 512) @ (512, 2048) 660 -> 340 in 32; (128, 128) @ (128, 512) 177-180 -> 175 in 16. A
+    product with no such blocks stays whole: (32, 2048) @ (2048, 512) in 4 blocks measured 0.94-1.05x
+    whole. Not with OPENBLAS_CORETYPE=Haswell, whose kernels have no small-matrix path: there every
+    split measured slower."""
+    if np.dtype(dtype) != np.float32 or not blas_small_kernels() or rows * inner * cols <= SMALL_PRODUCT:
         return 1
-    if rows * inner * cols > SMALL_PRODUCT:
-        for k in range(2, cols // 32 + 1):
-            if cols % k == 0 and rows * inner * (cols // k) <= SMALL_PRODUCT:
-                return k
-    if rows <= 64 and 2 << 20 <= inner * cols * 4 <= 8 << 20 and cols % 4 == 0:
-        return 4
+    for k in range(2, cols // 32 + 1):
+        if cols % k == 0 and rows * inner * (cols // k) <= SMALL_PRODUCT:
+            return k
     return 1
 
 
-def _parts(n: int, blocks: int) -> list[tuple[int, int]]:
-    width = n // blocks
-    return [(k * width, (k + 1) * width) for k in range(blocks)]
+def column_blocks_view(a: np.ndarray, blocks: int) -> np.ndarray:
+    """The (rows, cols) array a as (blocks, rows, cols // blocks), its column blocks (a view)."""
+    rs, cs = a.strides
+    w = a.shape[1] // blocks
+    return np.lib.stride_tricks.as_strided(a, (blocks, a.shape[0], w), (w * cs, rs, cs))
 
 
 class TransposedWeightStep:
     """The step kernel ``out[t] = x[t] @ W.T`` by a contiguous copy of W.T, made before each pass
     (the weight changes between passes) and dropped after it, so no memory is held between passes;
-    with ``blocks`` > 1, by copies of its column blocks, each writing its part of out[t]
-    (``column_blocks``)."""
+    with ``blocks`` > 1, by a stack of copies of its column blocks, all multiplied in one call, each
+    block writing its part of out[t] (``column_blocks``)."""
 
     def __init__(self, w: list, x: list, out: list, blocks: int = 1):
         self.w, self.x, self.out = w, x, out      # the run's per-step lists (rebound every pass)
         self.blocks = blocks
-        self.wt = None
-        self.parts: list = []                     # blocks > 1: per block, (copy, its part of out[t] at every t)
+        self.wt = None                            # W.T, or (blocks, n, m // blocks): its column blocks
+        self.outs: list = []                      # blocks > 1: out[t] as (blocks, rows, m // blocks)
 
     def before_pass(self) -> None:
-        if self.blocks == 1:
-            self.wt = np.ascontiguousarray(self.w[0].T)
-            return
         w = self.w[0]
-        self.parts = [(np.ascontiguousarray(w[lo:hi].T), [o[:, lo:hi] for o in self.out])
-                      for lo, hi in _parts(w.shape[0], self.blocks)]
+        if self.blocks == 1:
+            self.wt = np.ascontiguousarray(w.T)
+            return
+        m, n = w.shape
+        self.wt = np.ascontiguousarray(w.reshape(self.blocks, m // self.blocks, n).transpose(0, 2, 1))
+        self.outs = [column_blocks_view(o, self.blocks) for o in self.out]
 
     def after_pass(self) -> None:
         self.wt = None
-        self.parts = []
+        self.outs = []
 
     def __call__(self, t: int) -> None:
-        if self.blocks == 1:
-            np.matmul(self.x[t], self.wt, out=self.out[t])
-            return
-        x = self.x[t]
-        for wt, outs in self.parts:
-            np.matmul(x, wt, out=outs[t])
+        np.matmul(self.x[t], self.wt, out=self.outs[t] if self.blocks > 1 else self.out[t])
 
 
 class WeightBlocksGradStep:
-    """The step kernel of an input's gradient ``dest[t] (+)= g[t] @ W`` in column blocks of W, each
-    by a contiguous copy made before each pass and dropped after it (``column_blocks``)."""
+    """The step kernel of an input's gradient ``dest[t] (+)= g[t] @ W`` in column blocks of W: a
+    stack of copies of them made before each pass and dropped after it, all multiplied in one call
+    (``column_blocks``)."""
 
     def __init__(self, w: list, g: list, dest: list, accumulate: bool, blocks: int):
         self.w, self.g, self.dest, self.accumulate, self.blocks = w, g, dest, accumulate, blocks
-        self.parts: list = []       # per block: (copy of W's columns, their part of dest[t] at every t)
+        self.stack = None           # (blocks, m, n // blocks): W's column blocks
+        self.into: list = []        # per step, what the product writes: dest[t] (or a temporary) as blocks
         self.tmp = None             # accumulating: one step's product, added in
 
     def before_pass(self) -> None:
-        w, T = self.w[0], len(self.dest)
+        w, T, k = self.w[0], len(self.dest), self.blocks
+        m, n = w.shape
+        self.stack = np.ascontiguousarray(w.reshape(m, k, n // k).transpose(1, 0, 2))
         if self.accumulate:
             self.tmp = np.empty(self.dest[0].shape, self.dest[0].dtype)
-        into = [self.tmp] * T if self.accumulate else self.dest
-        self.parts = [(np.ascontiguousarray(w[:, lo:hi]), [d[:, lo:hi] for d in into])   # (W itself: one block)
-                      for lo, hi in _parts(w.shape[1], self.blocks)]
+            self.into = [column_blocks_view(self.tmp, k)] * T
+        else:
+            self.into = [column_blocks_view(d, k) for d in self.dest]
 
     def after_pass(self) -> None:
-        self.parts, self.tmp = [], None
+        self.stack, self.into, self.tmp = None, [], None
 
     def __call__(self, t: int) -> None:
-        g = self.g[t]
-        for wb, dests in self.parts:
-            np.matmul(g, wb, out=dests[t])
+        np.matmul(self.g[t], self.stack, out=self.into[t])
         if self.accumulate:
             np.add(self.dest[t], self.tmp, out=self.dest[t])
 
