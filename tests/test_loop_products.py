@@ -50,7 +50,7 @@ def test_the_loop_multiplies_by_the_copy_and_agrees_with_the_reference():
         params["U"] -= 0.1 * gf["U"]    # in place, as the optimiser updates a weight
     steps = transposed_steps(fast)
     assert len(steps) == 1
-    assert steps[0].wt is None, "the copy is dropped after the pass"
+    assert steps[0].m is None, "the copy is dropped after the pass"
 
 
 def test_padded_and_unpadded_batches_read_the_weight_of_this_pass():
@@ -90,17 +90,17 @@ def blocked_kernels(ex) -> list:
     out = []
     for loop in ex.fast_loops.values():
         run = loop._run
-        out += [f for f in run.steps if isinstance(f, (TransposedWeightStep, WeightBlocksGradStep)) and f.blocks > 1]
+        out += [f for f in run.steps if isinstance(f, TransposedWeightStep) and f.blocks != (1, 1)]
         if run.backward is not None:
-            out += [f for f in run.backward.prepared if isinstance(f, WeightBlocksGradStep) and f.blocks > 1]
+            out += [f for f in run.backward.prepared if isinstance(f, WeightBlocksGradStep) and f.blocks != (1, 1)]
     return out
 
 
 @pytest.mark.parametrize("name", list(BLOCK_SPECS))
-@pytest.mark.parametrize("blocks", [2, 3])
+@pytest.mark.parametrize("blocks", [(1, 2), (1, 3), (2, 3), (3, 1)])    # (chunks of the inner axis, column blocks)
 def test_products_in_column_blocks_agree_with_the_reference_and_read_the_weight_of_this_pass(
         name, blocks, monkeypatch):
-    monkeypatch.setattr(linalg, "column_blocks", lambda rows, inner, cols, dtype: blocks)
+    monkeypatch.setattr(linalg, "product_blocks", lambda rows, inner, cols, dtype: blocks)
     plan = compile_text(BLOCK_SPECS[name]).plan
     rng = np.random.default_rng(1)
     params = {p.name: rng.normal(scale=0.5, size=p.shape) for p in plan.params}
@@ -120,14 +120,13 @@ def test_products_in_column_blocks_agree_with_the_reference_and_read_the_weight_
     kernels = blocked_kernels(fast)
     assert {type(f) for f in kernels} == {TransposedWeightStep, WeightBlocksGradStep}
     assert all(f.blocks == blocks for f in kernels)
-    assert all(getattr(f, "wt", None) is None and getattr(f, "stack", None) is None for f in kernels), \
-        "the copies are dropped after the pass"
+    assert all(f.m is None and f.parts is None for f in kernels), "the copies are dropped after the pass"
     if name == "same-step product":
         assert any(f.accumulate for f in kernels if isinstance(f, WeightBlocksGradStep))
 
 
 def test_blocked_products_switch_off(monkeypatch):
-    monkeypatch.setattr(linalg, "column_blocks", lambda rows, inner, cols, dtype: 2)
+    monkeypatch.setattr(linalg, "product_blocks", lambda rows, inner, cols, dtype: (2, 3))
     plan, params, feeds = setup()
     ex = Executor(plan, dtype=np.float64, options=ExecOptions(fused_loops=False, blocked_products=False))
     ex.backward(ex.forward(params, feeds, lengths=LENGTHS))
@@ -135,26 +134,26 @@ def test_blocked_products_switch_off(monkeypatch):
 
 
 @pytest.mark.parametrize("rows, inner, cols, blocks", [
-    (32, 128, 512, 4),     # the LSTM H128's step: 52-55 us -> 42 (under the small-kernel limit)
-    (32, 512, 128, 4),     # its backward
-    (32, 128, 384, 2),     # the GRU's
-    (64, 128, 512, 8),
-    (32, 64, 256, 1),      # already a small product
-    (4, 128, 512, 1),
-    (1, 16, 64, 1),
-    (32, 256, 1024, 16),
-    (32, 512, 2048, 64),   # the LSTM H512's step: 1070-1080 us -> 670-685
-    (16, 512, 2048, 32),
-    (32, 2048, 512, 1),    # its backward: no blocks of 32 columns under the limit
-    (32, 1024, 4096, 1),   # 16 MiB: not measured faster
-    (512, 128, 512, 1),    # many rows: blocks of 32 columns are too many calls
+    (32, 128, 512, (1, 4)),     # the LSTM H128's step: 51 us -> 39 in the loop (under the small-kernel limit)
+    (32, 512, 128, (1, 4)),     # its backward
+    (32, 128, 384, (1, 2)),     # the GRU's
+    (64, 128, 512, (1, 8)),
+    (32, 64, 256, (1, 1)),      # already a small product
+    (4, 128, 512, (1, 1)),
+    (1, 16, 64, (1, 1)),
+    (32, 256, 1024, (1, 16)),
+    (32, 512, 2048, (1, 64)),   # the LSTM H512's step: 1070 us -> 620 in the loop
+    (16, 512, 2048, (1, 32)),
+    (32, 2048, 512, (4, 16)),   # its backward: no blocks of 32 columns under the limit without cutting the inner axis
+    (32, 1024, 256, (2, 8)),
+    (512, 128, 512, (1, 1)),    # many rows: not even blocks of 32 columns fit
 ])
-def test_column_blocks_by_shape_where_blas_has_small_kernels(rows, inner, cols, blocks, monkeypatch):
+def test_product_blocks_by_shape_where_blas_has_small_kernels(rows, inner, cols, blocks, monkeypatch):
     monkeypatch.setattr(linalg, "_small_kernels", True)
-    assert linalg.column_blocks(rows, inner, cols, np.float32) == blocks
-    assert linalg.column_blocks(rows, inner, cols, np.float64) == 1     # measured in float32 only
+    assert linalg.product_blocks(rows, inner, cols, np.float32) == blocks
+    assert linalg.product_blocks(rows, inner, cols, np.float64) == (1, 1)     # measured in float32 only
     monkeypatch.setattr(linalg, "_small_kernels", False)
-    assert linalg.column_blocks(rows, inner, cols, np.float32) == 1
+    assert linalg.product_blocks(rows, inner, cols, np.float32) == (1, 1)
 
 
 @pytest.mark.skipif(not linalg.blas_small_kernels(), reason="BLAS without small-matrix kernels: no blocks chosen")
@@ -175,4 +174,4 @@ def test_an_lstm_in_float32_runs_its_products_in_blocks_and_agrees_with_the_refe
             np.testing.assert_allclose(gf[k], gr[k], rtol=2e-4, atol=2e-6 * np.abs(gr[k]).max(), err_msg=k)
         for k in params:
             params[k] -= np.float32(0.1) * gf[k]
-    assert sorted(f.blocks for f in blocked_kernels(fast)) == [4, 4]
+    assert [f.blocks for f in blocked_kernels(fast)] == [(1, 4), (1, 4)]

@@ -71,8 +71,8 @@ class ExecOptions:
     # segments.AFTER_PASSES passes, as fused loops)
     fused_segments: bool = True
     # a loop step's product by a weight shared by every step (U @ h[t-1], and its input's gradient) in
-    # column blocks, each by a contiguous copy of its part of the weight made once a pass, where the
-    # machine's BLAS kernel multiplies those faster (ops/linalg.py column_blocks: OpenBLAS SkylakeX)
+    # parts, by contiguous copies of the weight's parts made once a pass, where the machine's BLAS
+    # kernel multiplies those faster (ops/linalg.py product_blocks: OpenBLAS SkylakeX)
     blocked_products: bool = True
     # BLAS threads for a whole forward or backward pass, and while a loop runs step by step.
     # nnspec's products are small (a step: (B, H) x (H, 4H)); measured on a 2-core machine,
