@@ -132,8 +132,8 @@ def product_blocks(rows: int, inner: int, cols: int, dtype) -> tuple[int, int]:
     Measured with OpenBLAS 0.3.31 SkylakeX, float32, one thread, in us (whole -> parts): a
     product over OpenBLAS's small-kernel limit runs faster as parts under it, the fewest column
     blocks of at least 32 columns (narrower ones cost more than they save), cutting the inner axis
-    into parts of at least 256 only where no such blocks fit: (32, 128) @ (128, 512) 52-58 -> 41-43 in 4 blocks, its backward
-    (32, 512) @ (512, 128) 51-56 -> 41 in 4, (32, 128) @ (128, 384) 38-41 -> 31 in 2,
+    into parts of at least 256 only where no such blocks fit: (32, 128) @ (128, 512) 52-58 -> 41-43
+    in 4 blocks, its backward (32, 512) @ (512, 128) 51-56 -> 41 in 4, (32, 128) @ (128, 384) 38-41 -> 31 in 2,
     (64, 128) @ (128, 512) 94 -> 84 in 8, (32, 256) @ (256, 1024) 215-259 -> 167 in 16,
     (32, 512) @ (512, 2048) 1070-1110 -> 680 in 64, (16, 512) @ (512, 2048) 660 -> 340 in 32,
     (128, 128) @ (128, 512) 177-180 -> 175 in 16; (32, 2048) @ (2048, 512) 860-930 -> 640-720 in
@@ -159,13 +159,14 @@ def column_parts(a: np.ndarray, parts: int) -> np.ndarray:
 
 
 class StepProduct:
-    """The step kernel ``out[t] (+)= a[t] @ M`` for a matrix M (inner, cols) made from a weight shared
-    by every step, in the parts ``product_blocks`` chose: M, or the stack of its parts, is copied
-    contiguously before each pass (the weight changes between passes) and dropped after it, so no
-    memory is held between passes."""
+    """The step kernel ``out[t] (+)= a[t] @ M`` for M = W or W.T, W a weight shared by every step, in
+    the parts ``product_blocks`` chose: M, or the stack of its parts, is copied contiguously before
+    each pass (the weight changes between passes) and dropped after it, so no memory is held
+    between passes."""
 
-    def __init__(self, a: list, out: list, accumulate: bool, blocks: tuple[int, int]):
-        self.a, self.out, self.accumulate = a, out, accumulate    # the run's per-step lists
+    def __init__(self, w: list, a: list, out: list, accumulate: bool, blocks: tuple[int, int], transposed: bool):
+        self.w, self.a, self.out, self.accumulate = w, a, out, accumulate    # the run's per-step lists
+        self.transposed = transposed
         self.blocks = blocks        # (chunks of the inner axis, column blocks)
         self.m = None               # M, (blocks, inner, cols / blocks), or (blocks, chunks, inner / chunks, ...)
         self.into: list = []        # per step, where the product goes (out[t] or a temporary, as blocks)
@@ -173,11 +174,8 @@ class StepProduct:
         self.parts = None           # chunks > 1: the chunks' products, summed into ``into``
         self.tmp = None             # accumulating: one step's product, added in
 
-    def matrix(self) -> np.ndarray:
-        raise NotImplementedError
-
     def before_pass(self) -> None:
-        m, (c, k), T = self.matrix(), self.blocks, len(self.out)
+        m, (c, k), T = (self.w[0].T if self.transposed else self.w[0]), self.blocks, len(self.out)
         inner, cols = m.shape
         if self.accumulate:
             self.tmp = np.empty(self.out[0].shape, self.out[0].dtype)
@@ -212,22 +210,14 @@ class TransposedWeightStep(StepProduct):
     few rows by a transposed matrix 1.2-1.9x slower, ``transposed_copy_pays``), or of its parts."""
 
     def __init__(self, w: list, x: list, out: list, blocks: tuple[int, int] = (1, 1)):
-        super().__init__(x, out, False, blocks)
-        self.w = w
-
-    def matrix(self) -> np.ndarray:
-        return self.w[0].T
+        super().__init__(w, x, out, False, blocks, transposed=True)
 
 
 class WeightBlocksGradStep(StepProduct):
     """The step kernel of an input's gradient ``dest[t] (+)= g[t] @ W`` in parts of W."""
 
     def __init__(self, w: list, g: list, dest: list, accumulate: bool, blocks: tuple[int, int]):
-        super().__init__(g, dest, accumulate, blocks)
-        self.w = w
-
-    def matrix(self) -> np.ndarray:
-        return self.w[0]
+        super().__init__(w, g, dest, accumulate, blocks, transposed=False)
 
 
 def unblocked(kernel):
