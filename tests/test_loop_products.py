@@ -157,12 +157,14 @@ def test_product_blocks_by_shape_where_blas_has_small_kernels(rows, inner, cols,
 
 
 @pytest.mark.skipif(not linalg.blas_small_kernels(), reason="BLAS without small-matrix kernels: no blocks chosen")
-def test_an_lstm_in_float32_runs_its_products_in_blocks_and_agrees_with_the_reference():
-    """The rule as it stands (no patching): the LSTM H128 at B32 gets 4 blocks each way, within float32 rounding."""
-    plan = compile_text("input x[16] : seq\ntarget y[2] : seq\nh = lstm(x, H = 128)\nloss mse(Z @ h + d, y)\n").plan
+@pytest.mark.parametrize("H, blocks", [(128, [(1, 4), (1, 4)]), (512, [(1, 64), (4, 16)])])
+def test_an_lstm_in_float32_runs_its_products_in_parts_and_agrees_with_the_reference(H, blocks):
+    """The rule as it stands (no patching), forward and backward, within float32 rounding."""
+    plan = compile_text(f"input x[16] : seq\ntarget y[2] : seq\nh = lstm(x, H = {H})\nloss mse(Z @ h + d, y)\n").plan
     rng = np.random.default_rng(2)
     params = {p.name: rng.normal(scale=0.3, size=p.shape).astype(np.float32) for p in plan.params}
-    feeds = {"x": rng.normal(size=(12, 32, 16)).astype(np.float32), "y": rng.normal(size=(12, 32, 2)).astype(np.float32)}
+    feeds = {"x": rng.normal(size=(9, 32, 16)).astype(np.float32),
+             "y": rng.normal(size=(9, 32, 2)).astype(np.float32)}
     fast = Executor(plan, dtype=np.float32, options=ExecOptions(fused_loops=False))
     reference = Executor(plan, dtype=np.float64, options=ExecOptions.reference())
     for _ in range(2):
@@ -170,8 +172,8 @@ def test_an_lstm_in_float32_runs_its_products_in_blocks_and_agrees_with_the_refe
         tr = reference.forward({k: v.astype(np.float64) for k, v in params.items()}, feeds)
         np.testing.assert_allclose(tf.values[plan.loss], tr.values[plan.loss], rtol=1e-5)
         gf, gr = fast.backward(tf), reference.backward(tr)
-        for k in gr:
-            np.testing.assert_allclose(gf[k], gr[k], rtol=2e-4, atol=2e-6 * np.abs(gr[k]).max(), err_msg=k)
+        for k in gr:    # (float32 sums of up to 2048 terms: errors of 1e-5 of the largest element, blocks or not)
+            np.testing.assert_allclose(gf[k], gr[k], rtol=2e-4, atol=5e-5 * np.abs(gr[k]).max(), err_msg=k)
         for k in params:
             params[k] -= np.float32(0.1) * gf[k]
-    assert [f.blocks for f in blocked_kernels(fast)] == [(1, 4), (1, 4)]
+    assert [f.blocks for f in blocked_kernels(fast)] == blocks
