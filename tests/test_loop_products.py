@@ -64,15 +64,16 @@ def test_padded_and_unpadded_batches_read_the_weight_of_this_pass():
         np.testing.assert_allclose(tf.values["h"], tr.values["h"], rtol=1e-13, atol=1e-15)
 
 
-@pytest.mark.parametrize("rows, steps, pays", [
-    (32, 35, True),     # the benchmark LSTM's step: 1.2-1.6x faster products
-    (4, 20, True),      # a few rows: up to 7x
-    (1, 35, False),     # one row: a matrix-vector product, little to gain for the copy
-    (1024, 35, False),  # many rows: both run at full speed
-    (32, 3, False),     # too few steps to pay for the copy
+@pytest.mark.parametrize("rows, pays", [
+    (32, True),     # the benchmark LSTM's step: 1.2-1.6x faster products
+    (4, True),      # a few rows: up to 7x
+    (1, False),     # one row: a matrix-vector product, little to gain for the copy
+    (1024, False),  # many rows: both run at full speed
 ])
-def test_the_copy_is_made_only_where_it_pays(rows, steps, pays):
-    assert transposed_copy_pays(rows, steps) is pays
+def test_the_copy_is_made_only_where_it_pays_by_the_rows_alone(rows, pays):
+    """Not by the steps: a kept loop run serves batches of other lengths, and the choice must not
+    depend on which batch made it (the two products round differently)."""
+    assert transposed_copy_pays(rows) is pays
 
 
 # ---------------------------------------------------------------- products in column blocks

@@ -8,6 +8,7 @@ from conftest import random_feeds
 from test_optimize import BINDINGS, LENGTHS, SPECS
 
 from nnspec import compile_text
+from nnspec.ops import REGISTRY
 from nnspec.runtime import ExecOptions, Executor
 from nnspec.train.clip import clip_global_norm, clip_scale
 from nnspec.train.optim import make_optimizer
@@ -248,6 +249,75 @@ def test_the_hoisted_input_projection_lends_its_array_to_its_gradient(monkeypatc
     tape = ex.forward(params, batches[0], lengths=LENGTHS)           # a tape kept: nothing lent
     ex.backward(tape, wrt=set(params))
     assert not lent
+
+
+@pytest.mark.parametrize("spend", [True, False])
+def test_a_relu_computes_in_its_inputs_array_in_a_single_use_pass(spend):
+    # nothing but the relu reads the linear step's result, and the relu's derivative comes from its
+    # output: a single-use pass computes the relu in that array (as a hand-written step does), a
+    # kept tape keeps both values; the gradients are the reference's either way
+    text = "input x[5]\ntarget y : class[3]\nh[6] = relu(W @ x + b)\nloss cross_entropy(softmax(V @ h + c), y)\n"
+    plan, params, batches = _setup(text, B=4)
+    ex = Executor(plan, dtype=np.float64, options=ExecOptions(spend_inputs=spend))
+    ref = Executor(plan, dtype=np.float64, options=ExecOptions.reference())
+    pre = next(s.id for s in plan.steps if getattr(s, "op", "") == "linear" and s.id.startswith("h"))
+    relu = next(s.id for s in plan.steps if getattr(s, "op", "") == "relu")
+    assert relu in ex.facts.spendable and pre not in ex.facts.dead_in_backward
+    for single_use in (True, True, True, False, False, False):
+        feeds = batches[0]
+        want = ref.backward(ref.forward(params, feeds, train=True), wrt=set(params))
+        tape = ex.forward(params, feeds, train=True, single_use=single_use)
+        shared = tape.values[pre] is tape.values[relu]
+        assert shared == (spend and single_use)        # the general pass (the first) and prepared ones
+        if not shared:
+            np.testing.assert_array_equal(tape.values[relu], np.maximum(tape.values[pre], 0))
+        got = ex.backward(tape, wrt=set(params))
+        for k in params:
+            np.testing.assert_allclose(got[k], want[k], rtol=1e-12, atol=1e-14, err_msg=k)
+        del tape, got
+    assert ex._pass_run is not None
+
+
+def test_a_relus_vjp_writes_over_its_gradient_when_only_it_reads_that_in_a_single_use_pass(monkeypatch):
+    # two relu layers: each relu's gradient comes from the one product reading it, into an array of
+    # the runtime's own; the relu's VJP then writes its input's gradient over it (d *= h > 0), on
+    # the general pass and prepared ones alike; a kept tape's backward pass never does
+    text = ("input x[5]\ntarget y : class[3]\nh1[6] = relu(W1 @ x + b1)\nh2[6] = relu(W2 @ h1 + b2)\n"
+            "loss cross_entropy(softmax(V @ h2 + c), y)\n")
+    plan, params, batches = _setup(text, B=4)
+    ref = Executor(plan, dtype=np.float64, options=ExecOptions.reference())
+    relu = type(REGISTRY["relu"])
+    calls = []
+    orig = relu.vjp_into
+    monkeypatch.setattr(relu, "vjp_into", lambda op, i, g, xs, out, attrs, dest, acc:
+                        calls.append(dest is g) or orig(op, i, g, xs, out, attrs, dest, acc))
+    for spend in (True, False):
+        ex = Executor(plan, dtype=np.float64, options=ExecOptions(spend_inputs=spend))
+        kinds = set()
+        for single_use in (True, True, True, False, False):
+            for feeds in batches[:2]:
+                want = ref.backward(ref.forward(params, feeds, train=True), wrt=set(params))
+                calls.clear()
+                tape = ex.forward(params, feeds, train=True, single_use=single_use)
+                kinds.add((single_use, tape.prepared is not None))
+                got = ex.backward(tape, wrt=set(params))
+                assert calls == [spend and single_use] * 2
+                for k in params:
+                    np.testing.assert_allclose(got[k], want[k], rtol=1e-12, atol=1e-14, err_msg=k)
+                del tape, got
+        assert kinds >= {(True, False), (True, True), (False, True)}    # general and prepared passes
+
+
+def test_an_activations_forward_into_its_own_input_equals_its_forward():
+    rng = np.random.default_rng(0)
+    for name, op in REGISTRY.items():
+        if not op.spends_input or op.needs_ctx:
+            continue
+        assert op.elementwise and op.arity == 1 and tuple(op.vjp_reads) == ("out",), name
+        x = rng.normal(scale=3, size=(4, 7))
+        want = op.forward([x.copy()], {}, None)
+        op.forward_into([x], x, {})
+        np.testing.assert_array_equal(x, want, err_msg=name)
 
 
 def test_a_value_read_by_a_backward_pass_is_not_lent():

@@ -36,3 +36,18 @@ def test_clip_value():
     clip_value(g, 1.0)
     assert g["a"] is a
     np.testing.assert_array_equal(a, [-1.0, 0.5, 1.0])
+
+
+def test_the_global_norm_reads_an_embedding_tables_touched_rows_only_and_is_the_dense_norm():
+    from nnspec.runtime.rowgrad import RowGrad
+    rng = np.random.default_rng(0)
+    dense = np.zeros((5000, 40), np.float32)
+    rows = np.array([3, 17, 400, 4999])
+    dense[rows] = rng.normal(size=(4, 40))
+    big = rng.normal(size=(300, 500)).astype(np.float32)     # more numbers than one chunk
+    want = math.sqrt(float(np.sum(dense.astype(np.float64) ** 2)) + float(np.sum(big.astype(np.float64) ** 2)))
+    table = RowGrad.of(dense, rows)
+    assert global_norm({"table": table, "W": big}) == pytest.approx(want, rel=1e-12)
+    dense[0, 0] = np.inf          # outside the rows it promises: not read
+    assert math.isfinite(global_norm({"table": table}))
+    assert math.isinf(global_norm({"table": dense}))          # a plain array: every number read

@@ -173,3 +173,68 @@ def test_sgd_updates_only_the_rows_a_row_gradient_names():
     make_optimizer("sgd", lr=0.1).step({"t": a}, {"t": RowGrad.of(dense, rows)})
     make_optimizer("sgd", lr=0.1).step({"t": b}, {"t": dense})
     np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name", ["adam", "adamw"])
+def test_adam_on_a_large_parameter_takes_one_compiled_pass_with_the_numpy_steps_numbers(name, dtype, monkeypatch):
+    """A parameter of 2^16 numbers or more (an embedding table) goes through adamkernel, bit for bit
+    what the NumPy steps give over several steps (a schedule's lr, weight decay, clipping's scale)."""
+    from nnspec.train import adamkernel
+    if not adamkernel.numba_available():
+        pytest.skip("numba (the fast extra) is not installed")
+    rng = np.random.default_rng(0)
+    shape = (1000, 70)
+    assert np.prod(shape) >= adamkernel.MIN_SIZE
+    start = {"table": rng.normal(size=shape).astype(dtype), "small": rng.normal(size=(30,)).astype(dtype)}
+    grads = [{k: rng.normal(size=v.shape).astype(dtype) for k, v in start.items()} for _ in range(4)]
+    runs = {}
+    for compiled in (True, False):
+        calls = []
+        real = adamkernel.adam_step
+        monkeypatch.setattr(adamkernel, "adam_step", lambda *a, **k: (calls.append(a[0].shape), real(*a, **k)))
+        if not compiled:
+            monkeypatch.setattr(adamkernel, "MIN_SIZE", 1 << 40)
+        params = {k: v.copy() for k, v in start.items()}
+        opt = make_optimizer(name, lr=0.01, weight_decay=0.1)
+        for i, g in enumerate(grads):
+            opt.lr = 0.01 / (i + 1)
+            opt.step(params, {k: v.copy() for k, v in g.items()}, scale=0.5 if i == 2 else 1.0)
+        runs[compiled] = params, opt.state_dict()
+        assert calls == ([shape] * len(grads) if compiled else [])
+    for k in start:
+        np.testing.assert_array_equal(runs[True][0][k], runs[False][0][k])
+    for k, v in runs[False][1].items():
+        if isinstance(v, np.ndarray):
+            np.testing.assert_array_equal(runs[True][1][k], v)
+
+
+@pytest.mark.parametrize("consume", [False, True])
+@pytest.mark.parametrize("scale", [1.0, 0.37])
+def test_sgds_one_loop_update_equals_the_per_parameter_one_bit_for_bit(consume, scale):
+    # SGD.step writes the per-parameter update (Optimizer.step -> _update_scaled) out in one loop:
+    # the same numbers for every kind of gradient, its own, shared, strided, a table's rows, float64
+    from nnspec.runtime.rowgrad import RowGrad
+    from nnspec.train.optim import Optimizer
+
+    def make():
+        rng = np.random.default_rng(3)
+        params = {k: rng.normal(size=s).astype(np.float32) for k, s in
+                  [("a", (5, 4)), ("b", (4,)), ("c", (4,)), ("t", (9, 3)), ("big", (300, 70)), ("s", (3, 4))]}
+        shared = rng.normal(size=8).astype(np.float32)
+        table = np.zeros((9, 3), np.float32)
+        table[[1, 4]] = rng.normal(size=(2, 3))
+        grads = {"a": rng.normal(size=(5, 4)).astype(np.float32), "b": shared[:4], "c": shared[4:],
+                 "t": RowGrad.of(table, np.array([1, 4])), "big": rng.normal(size=(300, 70)),
+                 "s": rng.normal(size=(4, 3)).astype(np.float32).T}
+        return params, grads
+
+    got_p, got_g = make()
+    want_p, want_g = make()
+    fast, slow = SGD(lr=0.3), SGD(lr=0.3)
+    for _ in range(2):
+        fast.step(got_p, got_g, scale=scale, consume=consume)
+        Optimizer.step(slow, want_p, want_g, scale=scale, consume=consume)
+    for k in want_p:
+        assert got_p[k].tobytes() == want_p[k].tobytes(), k
+    assert fast.steps == slow.steps == {k: 2 for k in want_p}

@@ -55,6 +55,16 @@ def test_a_different_seed_gives_different_weights(tmp_path):
     assert not np.array_equal(a.model.params["V"], b.model.params["V"])
 
 
+def resumed(path, run_dir):
+    """A fresh session of the spec resumed from the run's last checkpoint and trained to its end."""
+    s = open_session(path)
+    trainer = Trainer(s.model, s.data, s.settings, quiet=True, run_dir=RunDir(path=run_dir.path),
+                      spec_hash=s.spec_hash)
+    trainer.resume(run_dir.last)
+    trainer.fit()
+    return s
+
+
 def test_resume_ends_with_the_weights_of_an_uninterrupted_run(tmp_path):
     path = write(tmp_path, TAGGER)
     full, _ = train(path)
@@ -62,11 +72,7 @@ def test_resume_ends_with_the_weights_of_an_uninterrupted_run(tmp_path):
     s = open_session(path, overrides=["epochs=2"])
     run_dir = RunDir("t", root=tmp_path / "runs")
     Trainer(s.model, s.data, s.settings, quiet=True, run_dir=run_dir, spec_hash=s.spec_hash).fit()
-    s2 = open_session(path)
-    trainer = Trainer(s2.model, s2.data, s2.settings, quiet=True, run_dir=RunDir(path=run_dir.path),
-                      spec_hash=s2.spec_hash)
-    trainer.resume(run_dir.last)
-    trainer.fit()
+    s2 = resumed(path, run_dir)
     for name in full.model.params:
         assert np.array_equal(full.model.params[name], s2.model.params[name]), name
 
@@ -147,3 +153,29 @@ data inline { x = [[1, 100], [2, 200], [3, 300], [4, 400]]; y = [[1], [2], [3], 
     s = open_session(write(tmp_path, spec))
     train_x = s.data.splits["train"].data["x"]
     assert np.allclose(train_x.mean(0), 0) and np.allclose(train_x.std(0), 1)
+
+
+def test_a_resumed_float32_run_on_compiled_loop_kernels_ends_with_the_uninterrupted_weights(tmp_path):
+    """Compiled loop kernels (numba) round differently from NumPy's steps. A run long enough for them
+    uses them from its first step, and a run resumed from its checkpoint plans the same: it does not
+    start counting passes anew (it did, and its float32 weights came out 3e-8 away)."""
+    pytest.importorskip("numba")
+    spec = (TAGGER.replace("epochs 4", "epochs 60").replace("bidirectional(rnn)(e, H = 6)", "bidirectional(lstm)(e, H = 16)"))
+    path = write(tmp_path, spec)
+    full, _ = train(path)
+    assert full.model.executor.fused.last or full.model.executor.segments_after == 0   # compiled kernels ran
+    s = open_session(path)      # the same run, stopped after epoch 45 (as by a kill after its checkpoint)
+    run_dir = RunDir("t", root=tmp_path / "runs")
+    Trainer(s.model, s.data, s.settings, quiet=True, run_dir=run_dir, spec_hash=s.spec_hash,
+            checkpoint_seconds=0, on_epoch=lambda row: row["epoch"] >= 45).fit()
+    s2 = resumed(path, run_dir)
+    for name in full.model.params:
+        assert full.model.params[name].dtype == np.float32
+        np.testing.assert_array_equal(full.model.params[name], s2.model.params[name], err_msg=name)
+
+
+def test_a_short_run_never_waits_for_compiled_loop_kernels(tmp_path):
+    path = write(tmp_path, TAGGER)      # 4 epochs of 2 steps
+    s, _ = train(path)
+    ex = s.model.executor
+    assert not (ex.fused and ex.fused.last) and not ex.segments_after and not ex.fast_sigmoid_after

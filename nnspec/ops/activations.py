@@ -55,6 +55,7 @@ class Sigmoid(Activation):
 
     vjp_reads = ("out",)
     quiet_overflow = True
+    spends_input = True   # forward_into may be given its input's array (one elementwise pass at a time)
 
     def forward_into(self, xs, out, attrs):
         sigmoid(xs[0], out=out)
@@ -82,6 +83,7 @@ class Tanh(Activation):
     doc = "hyperbolic tangent"
 
     vjp_reads = ("out",)
+    spends_input = True   # forward_into may be given its input's array (one elementwise pass)
 
     def forward_into(self, xs, out, attrs):
         np.tanh(xs[0], out=out)
@@ -106,21 +108,30 @@ class Tanh(Activation):
 @register
 class Relu(Activation):
     name = "relu"
-    fused = ScalarForm('({x0} if {x0} > 0 else 0.0)', ('(1.0 if {x0} > 0 else 0.0)',))
+    fused = ScalarForm('({x0} if {x0} > 0 else 0.0)', ('(1.0 if {out} > 0 else 0.0)',))
     doc = "max(x, 0)"
 
-    vjp_reads = (0,)
+    # The derivative from the output (out > 0 exactly where x > 0, NaN included): the input is
+    # then read by nothing in the backward pass, and its array can hold a gradient instead.
+    vjp_reads = ("out",)
+    spends_input = True   # forward_into may be given its input's array (one elementwise pass)
 
     def forward_into(self, xs, out, attrs):
         np.maximum(xs[0], 0, out=out)
 
     def vjp(self, g, xs, out, attrs, ctx):
-        return [g * (xs[0] > 0)]
+        return [g * (out > 0)]
+
+    def vjp_into(self, i, g, xs, out, attrs, dest, accumulate):
+        if accumulate:
+            dest += g * (out > 0)
+        else:
+            np.multiply(g, out > 0, out=dest)   # (one boolean temporary, not a float one too)
 
     def local_grad(self, xs, out, attrs, into=None):
         if into is None:
-            return (xs[0] > 0).astype(out.dtype)
-        np.greater(xs[0], 0, out=into)  # booleans cast to 0.0 / 1.0
+            return (out > 0).astype(out.dtype)
+        np.greater(out, 0, out=into)  # booleans cast to 0.0 / 1.0
         return into
 
 

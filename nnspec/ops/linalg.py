@@ -64,7 +64,7 @@ class Matmul(NotALoss, Op):
         if any(wt is not w[0] for wt in w) or x[0].ndim != 2:
             return super().step_forward(xs, out, attrs)
         rows, inner = x[0].shape
-        if transposed_copy_pays(rows, len(x)):
+        if transposed_copy_pays(rows):
             return TransposedWeightStep(w, x, out, product_blocks(rows, inner, w[0].shape[0], x[0].dtype))
         matmul = np.matmul   # one weight for every step (a parameter): w[t] is w[0]
 
@@ -77,7 +77,7 @@ class Matmul(NotALoss, Op):
         if i != 1 or any(wt is not w[0] for wt in w) or dest[0].shape != x[0].shape or g[0].ndim != 2:
             return super().step_vjp(i, g, xs, out, attrs, dest, accumulate)
         rows, inner = g[0].shape
-        blocks = product_blocks(rows, inner, w[0].shape[1], g[0].dtype) if len(g) >= 8 else (1, 1)
+        blocks = product_blocks(rows, inner, w[0].shape[1], g[0].dtype)   # (by shape alone, as the forward's)
         if blocks != (1, 1):
             return WeightBlocksGradStep(w, g, dest, accumulate, blocks)
         matmul = np.matmul
@@ -91,13 +91,16 @@ class Matmul(NotALoss, Op):
         return f
 
 
-def transposed_copy_pays(rows: int, steps: int) -> bool:
+def transposed_copy_pays(rows: int) -> bool:
     """Whether a loop's product ``x[t] @ W.T`` (W shared by every step) should multiply by a
     contiguous copy of W.T made once a pass. OpenBLAS multiplies a few rows by a transposed matrix
     1.2-1.9x slower than by a contiguous one (rows 2-256, H 16-512; at B 4 H 128, 7x), and the copy
-    costs about one step's product at B 32: it pays from a handful of steps, and not for many
-    rows, where both products run at full speed (measured here, float32, one thread)."""
-    return 2 <= rows <= 256 and steps >= 8
+    costs about one step's product at B 32; not for many rows, where both products run at full speed
+    (measured here, float32, one thread). Decided by the rows alone, not the steps: a kept loop run
+    serves batches of other lengths (``loops.LoopRun.fits``), and the two products round differently,
+    so a choice by steps would make a pass's numbers depend on the batches before it. (A pass of
+    fewer than a handful of steps pays for the copy: at most one product's time.)"""
+    return 2 <= rows <= 256
 
 
 # OpenBLAS's small-matrix sgemm kernels, used for a product with m * n * k <= 100^3

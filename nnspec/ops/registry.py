@@ -165,7 +165,10 @@ class Op:
     # rows, vectorised (``ExecOptions.fast_sigmoid``); None: NumPy's step
     vectorised_step: ClassVar[str | None] = None
     needs_ctx: ClassVar[bool] = True   # forward/vjp read ctx (train, rng, mask, saved)
-    spends_input: ClassVar[bool] = False  # forward can work in its first input's array (Ctx.spend)
+    # forward can work in its first input's array (Ctx.spend; an op without a context: forward_into
+    # given that array as ``out``, and vjp_into given g's array as ``dest``), in a single-use pass
+    # where nothing else reads that input (or that gradient)
+    spends_input: ClassVar[bool] = False
     # its step kernel may overflow harmlessly (sigmoid's e^-x -> inf gives exactly 0) and does not
     # silence the warning itself (np.errstate costs more than the kernel at small sizes): the
     # runtime silences overflow warnings around the steps of a loop that holds such an op

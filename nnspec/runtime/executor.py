@@ -56,9 +56,23 @@ class Executor:
         self.fast_sigmoid_after = fastact.AFTER_PASSES if self.options.fast_sigmoid and numba_available() else None
         # float32 loop steps' elementwise runs compiled after this many passes of each loop (segments.py)
         self.segments_after = segments.AFTER_PASSES if self.options.fused_segments and numba_available() else None
+        self._kernels_after = (fused.FUSE_AFTER_PASSES, self.fast_sigmoid_after, self.segments_after)
         self._pass_run: prepared.PassRun | None = None   # the prepared pass kept for the last batch geometry
         self._pass_seen: tuple | None = None    # (geometry, shapes of the steps that ran into arrays)
         self.profile: dict | None = None        # set to {} to collect seconds per step
+
+    def settle_kernels(self, planned_passes: int) -> None:
+        """Compiled loop kernels (fused loops, the fast sigmoid, fused segments) round differently from
+        NumPy's steps. By default each starts after a loop's first passes, so that a short run never
+        waits for numba; but then a run resumed from a checkpoint, whose executor counts its passes
+        anew, rounds differently from the run it continues. A training run settles it once from the
+        passes it plans instead (its epochs' steps, which a resumed run plans alike): compiled from
+        the first pass when they outnumber that wait, else never."""
+        compile_now = planned_passes > max(self._kernels_after[0], *(a or 0 for a in self._kernels_after[1:]))
+        if self.fused is not None:
+            self.fused.after = 0 if compile_now else float("inf")
+        self.fast_sigmoid_after = (0 if compile_now else None) if self._kernels_after[1] is not None else None
+        self.segments_after = (0 if compile_now else None) if self._kernels_after[2] is not None else None
 
     def _table_shapes(self) -> dict[str, tuple]:
         """Embedding tables (parameters whose gradient is a few rows) -> their shapes."""
@@ -174,15 +188,14 @@ class Executor:
         if self.options.distinct_words and self.facts.distinct_words:
             self._distinct_words(env, axes)
         time = axes.get(self.facts.shown_axis) or next(iter(axes.values()), None)   # what the tape shows
-        key, run = (None, None) if given else self._prepared_run(env, axes, need_loss, context)
+        key, run = (None, None) if given else self._prepared_run(env, axes, need_loss, context, single_use)
         env.update(self.consts)
         env.update(params)
         env.update(given or {})
         tape = Tape(values=env, lengths=None if time is None else time.lengths,
                     mask=None if time is None else time.mask, batch=batch, steps=0 if time is None else time.steps,
                     carry=carry or {}, context=context, axes=axes, axis_of=self.facts.axis_of,
-                    ahead={n: np.asarray(feeds[chunks.ahead_key(n)]) for n in self.facts.seq
-                           if chunks.ahead_key(n) in feeds})
+                    ahead=self._ahead(feeds))
         if single_use:
             tape.single_use = True
             tape.fresh = set() if self.facts.spendable or self.facts.dead_in_backward else None
@@ -206,20 +219,29 @@ class Executor:
                 tape.final_states[k] = chunks.next_history(tape.carry.get(k), env[src], tape.axis(src).lengths, depth)
         return tape
 
-    def _prepared_run(self, env, axes, need_loss, context) -> tuple:
+    def _ahead(self, feeds) -> dict[str, np.ndarray]:
+        """The tokens after a stream chunk, by sequence (the feeds ``NAME.ahead``): looked for among
+        the few feeds, not the plan's many sequences."""
+        specs = self.facts.specs
+        if all(k in specs for k in feeds):   # (only inputs and targets: nothing ahead)
+            return {}
+        return {n: np.asarray(feeds[chunks.ahead_key(n)]) for n in self.facts.seq if chunks.ahead_key(n) in feeds}
+
+    def _prepared_run(self, env, axes, need_loss, context, single_use=False) -> tuple:
         """(geometry key, the prepared pass to run): none for the reference engine, a profiled or
         checked pass; made on the second pass of a geometry, so that its arrays come from the
         pool blocks the last pass's (dropped) tape used."""
         opts = self.options
         if not (opts.prepared and opts.fast_loops) or context.check_finite or self.profile is not None:
             return None, None
+        spend = bool(single_use and opts.spend_inputs and self.facts.spendable)   # (prepared.build)
         key = (tuple((n, ax.steps, ax.lengths.tobytes()) for n, ax in axes.items()), need_loss,
-               tuple((k, a.shape, a.dtype.str) for k, a in env.items()))
+               tuple((k, a.shape, a.dtype.str) for k, a in env.items()), spend)
         run = self._pass_run
         if run is not None and not (run.key == key and run.free()):
             run = self._pass_run = None
         if run is None and self._pass_seen is not None and self._pass_seen[0] == key:
-            run = self._pass_run = prepared.build(self, key, self._pass_seen[1], need_loss)
+            run = self._pass_run = prepared.build(self, key, self._pass_seen[1], need_loss, spend)
             run.seal()
         return key, run
 
@@ -261,6 +283,7 @@ class Executor:
             tape.used = True
         grads: dict[str, np.ndarray] = {}
         total = GradSum(grads, self.pool)
+        total.leaves = None if wrt is None else set(wrt)
         if seeds:
             for k, v in seeds.items():
                 grads[k] = np.asarray(v, dtype=self.dtype)

@@ -11,6 +11,26 @@ from . import axes as several
 from .timeaxis import TIME
 
 
+def _readers(plan: Plan) -> dict[str, int]:
+    """How many reads of each value the plan makes (loop bodies and initial states included)."""
+    readers: dict[str, int] = {}
+    for s in plan.steps:
+        for b in (s.body if isinstance(s, LoopStep) else [s]):
+            for src, _ in b.inputs:
+                readers[src] = readers.get(src, 0) + 1
+        if isinstance(s, LoopStep):
+            for init in s.initials.values():
+                readers[init] = readers.get(init, 0) + 1
+    return readers
+
+
+def _makes_own_array(op: Op) -> bool:
+    """Whether op's value is written into an array of the runtime's own on the fast path (it has a
+    ``forward_into``), not a view of an input's: an op without a context spends an input only in
+    such an array (``prepared.build``)."""
+    return not op.needs_ctx and type(op).forward_into is not Op.forward_into and not op.last_axis_view
+
+
 def vjp_reads(op: Op, what) -> bool:
     """Whether op's VJP reads the contents of input ``what`` (an int) or of its output ("out")."""
     r = op.vjp_reads
@@ -75,6 +95,7 @@ class PlanFacts:
             elif isinstance(s, OpStep) and s.inputs and all(src in self.static for src, _ in s.inputs):
                 self.static.add(s.id)
         self.loss_only = self._only_for_the_loss()
+        self.readers = _readers(plan)      # value -> how many reads of it the plan makes
         self.spendable = self._spendable()
         self.dead_in_backward = self._dead_in_backward()
         self.lent_to_loops = self._lent_to_loops()
@@ -165,7 +186,8 @@ class PlanFacts:
             src, d = s.inputs[0]
             p = made.get(src)
             if (d == 0 and p is not None and readers.get(src) == 1 and src not in keep and not p.integer
-                    and not vjp_reads(REGISTRY[p.op], "out")):
+                    and not vjp_reads(REGISTRY[p.op], "out")
+                    and (REGISTRY[s.op].needs_ctx or _makes_own_array(REGISTRY[p.op]))):
                 out.add(s.id)
         return frozenset(out)
 
@@ -200,7 +222,10 @@ class PlanFacts:
                 # a reader whose forward is its own may hand out v's array or a view of it (a
                 # slice, identity, dropout at evaluation): v is read wherever its output is
                 may_alias = type(op).forward is not Op.forward
-                ok = (not vjp_reads(op, i) and not op.spends_input
+                # a reader that may spend v computes in v's array (an op with a context: wherever
+                # it spends; one without: where the plan lets it, ``spendable``)
+                spends = op.spends_input and (op.needs_ctx or r.id in self.spendable)
+                ok = (not vjp_reads(op, i) and not spends
                       and (not may_alias or (outside and dead(r.id))))
                 if not ok:
                     break

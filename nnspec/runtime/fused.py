@@ -106,6 +106,8 @@ class FusedLoops:
         self.after = FUSE_AFTER_PASSES
         self.passes: dict[int, int] = {}   # loop -> passes run so far
         self.probed: set[tuple] = set()     # kernels known to compile
+        self.parts: dict[tuple, tuple] = {}   # (loop, layout, T, B) -> the backward gradients' places in a block
+        self.edges: dict[tuple, tuple] = {}   # (loop, needed set) -> the edges leaving it to differentiate
 
     def chosen(self, loop: LoopStep, batch: int) -> bool:
         """Whether this loop runs fused at this batch size: numba is there, every body op has a
@@ -224,15 +226,12 @@ def loop_backward(ex, loop: LoopStep, run: FusedRun, tape: Tape, grads: GradSum,
     env, bufs, args = tape.values, run.bufs, dict(run.args)
     ids = set(bufs)
     # every gradient inside the loop: views of one zeroed block (one allocation, not one per value)
-    grad_entries, ginit_entries = run.layout.gradients, run.layout.initial_gradients
+    ginit_entries = run.layout.initial_gradients
     first = next(iter(bufs.values()))
-    shapes = [bufs[k if kind == "grad" else k[0]].shape for kind, k in grad_entries]
-    sizes = [bufs[k if kind == "grad" else k[0]].size for kind, k in grad_entries]
-    block = np.zeros(sum(sizes), first.dtype)
-    at = 0
-    for entry, n, shape in zip(grad_entries, sizes, shapes):
-        args[entry] = block[at:at + n].reshape(shape)
-        at += n
+    parts, total = _gradient_parts(ex.fused, loop, run)
+    block = np.zeros(total, first.dtype)
+    for entry, lo, hi, shape in parts:
+        args[entry] = block[lo:hi].reshape(shape)
     pre = grads.grads
     for v in bufs:
         if v in pre:
@@ -242,15 +241,11 @@ def loop_backward(ex, loop: LoopStep, run: FusedRun, tape: Tape, grads: GradSum,
         args[entry] = np.zeros(bufs[entry[1][0]].shape[1:], first.dtype)
     run.kernels.backward(run.T, run.lengths, *(args[e] for e in run.layout.backward))
     G = {v: args[("grad", v)] for v in bufs}
-    for b in loop.body:
-        op = REGISTRY[b.op]
-        for pos, (src, d) in enumerate(b.inputs):
-            if src in ids or src in ex.facts.integer or src not in need:
-                continue
-            xs = [whole_input(run, env, ids, s2, d2) for s2, d2 in b.inputs]
-            gi = op.vjp_one(pos, G[b.id], xs, bufs[b.id], b.attrs, NO_CTX)
-            if gi is not None:
-                send(ex.facts, tape, src, d if src in ex.facts.seq else 0, gi, grads, need)
+    for b, op, pos, src, d in _edges_out(ex, loop, ids, need):
+        xs = [whole_input(run, env, ids, s2, d2) for s2, d2 in b.inputs]
+        gi = op.vjp_one(pos, G[b.id], xs, bufs[b.id], b.attrs, NO_CTX)
+        if gi is not None:
+            send(ex.facts, tape, src, d, gi, grads, need)
     if keep:
         for v, g in G.items():
             grads.grads[v] = g
@@ -263,3 +258,42 @@ def loop_backward(ex, loop: LoopStep, run: FusedRun, tape: Tape, grads: GradSum,
         if s in need and s in loop.initials and s not in tape.carry:
             init_id = loop.initials[s]
             grads.add(init_id, unbroadcast(g, env[init_id].shape))
+
+
+def _gradient_parts(fused: FusedLoops, loop: LoopStep, run: FusedRun) -> tuple[list, int]:
+    """Where each gradient array of the backward kernel lies in the one zeroed block:
+    ``[(entry, lo, hi, shape)]`` and the block's size, worked out once per kernel and geometry."""
+    first = next(iter(run.bufs.values()))
+    key = (loop.index, id(run.layout), run.T, first.shape[1])
+    kept = fused.parts.get(key)
+    if kept is not None and kept[0] is run.layout:
+        return kept[1], kept[2]
+    parts, at = [], 0
+    for entry in run.layout.gradients:
+        kind, k = entry
+        like = run.bufs[k if kind == "grad" else k[0]]
+        parts.append((entry, at, at + like.size, like.shape))
+        at += like.size
+    if len(fused.parts) > 64:       # batches of many lengths: start over rather than grow
+        fused.parts.clear()
+    fused.parts[key] = (run.layout, parts, at)
+    return parts, at
+
+
+def _edges_out(ex, loop: LoopStep, ids: set, need) -> list:
+    """The edges leaving a fused loop whose gradient is needed: ``(body op step, its op, input
+    position, source outside, the delay its gradient goes back with)``, worked out once per
+    set of needed values."""
+    key = (loop.index, id(need))
+    kept = ex.fused.edges.get(key)
+    if kept is not None and kept[0] is need:
+        return kept[1]
+    facts, edges = ex.facts, []
+    for b in loop.body:
+        op = REGISTRY[b.op]
+        for pos, (src, d) in enumerate(b.inputs):
+            if src in ids or src in facts.integer or src not in need:
+                continue
+            edges.append((b, op, pos, src, d if src in facts.seq else 0))
+    ex.fused.edges[key] = (need, edges)
+    return edges

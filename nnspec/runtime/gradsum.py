@@ -36,6 +36,7 @@ class GradSum:
         # arrays of values a single-use backward pass reads no more (``reuse.Spare``): new gradient
         # arrays are parts of them before the pool is asked
         self.spare: Spare | None = None
+        self.leaves: set | None = None     # the gradients the caller keeps (None: every one)
 
     def lend_part(self, key: str, lo: int, hi: int) -> np.ndarray | None:
         """``[..., lo:hi]`` of the array that will hold key's gradient, for a loop's backward pass to
@@ -122,6 +123,19 @@ class GradSum:
             self.owned.add(key)
             return
         into(self._own(key, np.broadcast_shapes(acc.shape, tuple(shape)), np.result_type(acc, dtype)), True)
+
+    def write_over(self, key: str, of: str, into: Into) -> bool:
+        """Let ``into`` write key's first gradient over the gradient of ``of`` (its reader's), if that
+        is an array of this sum's own that nobody else has or keeps (a single-use pass that hands out
+        its leaves' gradients only, ``of`` read once): True if done."""
+        g = into.g
+        if (self.spare is None or self.leaves is None or key in self.grads or of in self.leaves
+                or of not in self.owned or of in self.blank or of in self.lent or self.grads.get(of) is not g):
+            return False
+        into(g, False)
+        self.grads[key] = g
+        self.owned.add(key)
+        return True
 
     def add_part(self, key: str, g: np.ndarray, lo: int, hi: int, shape: tuple) -> None:
         """Add g into ``[..., lo:hi]`` of the gradient of key (whose full shape is ``shape``).

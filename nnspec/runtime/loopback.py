@@ -69,7 +69,7 @@ class LoopBackward:
         _take_slot(region, ring, u, self.incoming)
 
     def arrays(self) -> list:
-        return (self.owners + list(self.ginit.values()) + [into for into, _ in self.local.values()]
+        return (self.owners + list(self.ginit.values()) + [into for into, *_ in self.local.values()]
                 + list(self.outer_step.values()) + self.tmps)
 
     def reset(self) -> None:
@@ -113,7 +113,8 @@ def loop_backward(ex, prog: LoopProgram, tape: Tape, grads: GradSum, need, keep:
             g = grads.grads.pop(v)
             bw.incoming.setdefault(r, []).append((gbuf[v], np.broadcast_to(g, (T,) + gbuf[v].shape[1:])))
         else:
-            gbuf[v] += grads.grads.pop(v)
+            part = run.whole(gbuf[v])
+            part += grads.grads.pop(v)
     times = range(T) if loop.direction > 0 else range(T - 1, -1, -1)
     order = list(reversed(times))
     for r, slots in plan.ring.items():          # the slots of the first steps the pass reaches
@@ -134,16 +135,18 @@ def loop_backward(ex, prog: LoopProgram, tape: Tape, grads: GradSum, need, keep:
     for op_id, pos in plan.deferred:
         b = prog.by_id[op_id]
         src, d = b.step.inputs[pos]
-        gi = b.op.vjp_one(pos, gbuf[op_id], whole_inputs(prog, run, env, b), bufs[op_id], b.step.attrs, NO_CTX)
+        gi = b.op.vjp_one(pos, run.whole(gbuf[op_id]), whole_inputs(prog, run, env, b), run.whole(bufs[op_id]),
+                          b.step.attrs, NO_CTX)
         if gi is not None:
             send(ex.facts, tape, src, d if src in ex.facts.seq else 0, gi, grads, need)
     for (op_id, pos), g in bw.outer_step.items():
         src, d = prog.by_id[op_id].step.inputs[pos]
-        send(ex.facts, tape, src, d if src in ex.facts.seq else 0, g, grads, need, owned=True)
+        seq = src in ex.facts.seq
+        send(ex.facts, tape, src, d if seq else 0, run.whole(g) if seq else g, grads, need, owned=True)
     if keep:
         for b in prog.body:
-            if b.id in gbuf:
-                grads.grads[b.id] = gbuf[b.id]  # kept so callers can read gradients of recurrent values
+            if b.id in gbuf:    # kept so callers can read gradients of recurrent values
+                grads.grads[b.id] = gbuf[b.id] if plan.region.get(b.id) in plan.scratch else run.whole(gbuf[b.id])
                 grads.disown(b.id)
     for s, g in ginit.items():
         if s in loop.initials and s not in tape.carry:   # (carried from the last chunk: truncated BPTT)
@@ -185,7 +188,7 @@ def build_backward(ex, prog: LoopProgram, run: LoopRun, plan: BackwardPlan, need
                    B: int, lent: dict) -> LoopBackward:
     """Gradient buffers and per-step actions of a loop's backward pass, for one run; the regions
     in ``lent`` get their array from a lent one at every pass (``LoopBackward.bind``)."""
-    T, integer, seq, dtype = run.T, ex.facts.integer, ex.facts.seq, ex.dtype
+    T, integer, seq, dtype = run.cap, ex.facts.integer, ex.facts.seq, ex.dtype   # (lists for every step it may run)
     # Gradient buffers: one (T, B, ...) array per region, or one (B, ...) array reused at
     # every step where nothing reads the gradient after its step; aliases and slices
     # share their region's array. (No recursive closure here: a function referring to
@@ -214,11 +217,14 @@ def build_backward(ex, prog: LoopProgram, run: LoopRun, plan: BackwardPlan, need
     # (over every step: the op's own buffer may be one step's scratch when its VJP reads only its input)
     # with fused segments, an op whose every action a kernel does by its partial derivative needs none
     how, inline = segments.backward_choice(prog.by_id, plan.actions, run.scratch) if run.fused_segments else ({}, set())
-    local = {bid: (ex.pool.empty((T, B) + prog.by_id[bid].trail, dtype), []) for bid in plan.local - inline}
+    local = {}
+    for bid in plan.local - inline:
+        into = ex.pool.empty((T, B) + prog.by_id[bid].trail, dtype)
+        local[bid] = (into, [], list(into))
     actions = [_zero_action(gbuf[r]) for r in plan.fill]
     incoming: dict = {}
     step = 1 if prog.loop.direction > 0 else -1
-    actions += [_slot_action(r, gbuf[r], slots, step, T, incoming) for r, slots in plan.ring.items()]
+    actions += [_slot_action(r, gbuf[r], slots, step, run, incoming) for r, slots in plan.ring.items()]
     tmps: dict = {}
 
     def tmp_pair(arr):
@@ -310,16 +316,21 @@ def _derive(gbuf: dict, plan: BackwardPlan, ids: list) -> None:
 
 def local_grads(prog: LoopProgram, run: LoopRun, bw: LoopBackward, env: dict) -> None:
     """This pass's derivatives of the elementwise ops whose VJP multiplies by them."""
-    for bid, (into, steps) in bw.local.items():
+    for bid, (into, steps, own) in bw.local.items():
         b = prog.by_id[bid]
-        D = b.op.local_grad(whole_inputs(prog, run, env, b), run.bufs[bid], b.step.attrs, into)
-        if not (steps and D is into):   # (written into the same array as last pass: same views)
+        part = run.whole(into)
+        D = b.op.local_grad(whole_inputs(prog, run, env, b), run.whole(run.bufs[bid]), b.step.attrs, part)
+        if D is not part:
             steps[:] = D
+        elif not (steps and steps[0] is own[0]):   # (written into its own array: the same views as before)
+            steps[:] = own
 
 
 def whole_inputs(prog: LoopProgram, run: LoopRun, env: dict, b: BodyOp) -> list:
     """The inputs of body op b over all steps (scratch values only by shape: nothing reads them)."""
-    return [run.reads[(src, d)] if d != 0 else (run.bufs[src] if src in prog.ids else env[src])
+    return [run.whole(run.reads[(src, d)]) if d != 0
+            else (run.whole(run.bufs[src]) if src in prog.ids and src not in run.scratch
+                  else run.bufs[src] if src in prog.ids else env[src])
             for src, d in b.step.inputs]
 
 
@@ -348,27 +359,29 @@ def _delayed_action(first, steps, d, axis, ginit, t1, t2):
 
 
 def _send_action(steps, d, axis, ginit, t1, t2):
-    """At step t: the gradient in t1 of a state read at t + d to that step, or the initial state."""
-    send, minlen, add = axis.send_to_step_into, axis.minlen, np.add
+    """At step t: the gradient in t1 of a state read at t + d to that step, or the initial state.
+    (``axis``: the run's own, which takes each pass's lengths.)"""
+    send, add = axis.send_to_step_into, np.add
 
     def act(t):
         u = t + d
-        if 0 <= u < minlen:      # a real step of every example (send's first case, inlined: it is most steps)
+        if 0 <= u < axis.minlen:   # a real step of every example (send's first case, inlined: it is most steps)
             add(steps[u], t1, out=steps[u])
         else:
             send(steps, t1, u, ginit, t2)
     return act
 
 
-def _slot_action(region, ring, slots, step, T, incoming):
+def _slot_action(region, ring, slots, step, run, incoming):
     """At step t, before anything sends to it: the ring slot of the step the pass reaches
     ``slots - 1`` steps later (the one it held last is done with), filled with that step's
-    gradient from after the loop, else zeroed (``LoopBackward.take_slot``)."""
+    gradient from after the loop, else zeroed (``LoopBackward.take_slot``). (``run``: its steps
+    this pass.)"""
     ahead = (slots - 1) * step
 
     def act(t):
         u = t - ahead
-        if 0 <= u < T:
+        if 0 <= u < run.T:
             _take_slot(region, ring, u, incoming)
     return act
 

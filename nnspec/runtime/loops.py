@@ -1,13 +1,16 @@
-"""Fast loops, forward: a loop's run for one batch geometry, kept for the next batch.
+"""Fast loops, forward: a loop's run, made for one batch and kept for the next ones.
 
 Every body value gets a ``(T, B, ...)`` buffer before the loop, and each step writes into it
 with the op's in-place kernel (``Op.step_forward``); a ``slice`` is a view of its source's
 buffer. A state read (``h[t-1]``) is a view of the state's own buffer, which has room for the
 initial state before the first step; in a batch with padding it is copied, masked, into a read
 buffer at every step instead (``TimeAxis.read_step_into``). The buffers, views and kernels (a
-``LoopRun``) are kept for the next batch of the same geometry and used again when nothing
-outside holds any of their arrays (``reuse.Reuse``); only the lists of inputs from outside the
-loop are bound again. The backward pass is in ``loopback.py``.
+``LoopRun``) are kept for the next batch and used again when nothing outside holds any of their
+arrays (``reuse.Reuse``); only the lists of inputs from outside the loop are bound again. A run
+made with padding serves any later batch of as many rows and no more steps (its buffers' first
+T steps; batches cut by length have a different T almost every time); one made without padding,
+whose state reads are views with the initial state in front, serves only its own T, unpadded.
+The backward pass is in ``loopback.py``.
 """
 from __future__ import annotations
 
@@ -28,10 +31,11 @@ from .timeaxis import TimeAxis, carried_steps, initial_state, read_sequence
 
 @dataclass(eq=False)
 class LoopRun:
-    """One loop's buffers, per-step views and step kernels for one batch geometry."""
+    """One loop's buffers, per-step views and step kernels, kept from batch to batch."""
 
-    T: int
-    axis: TimeAxis
+    T: int                                       # this pass's steps (at most ``cap``)
+    axis: TimeAxis                               # this pass's axis: the run's own object, which its
+                                                 # actions hold, given each pass's lengths (``start_pass``)
     inits: dict
     scratch: frozenset = frozenset()             # values held for one step only: (B, ...) arrays
     bufs: dict = field(default_factory=dict)
@@ -52,6 +56,23 @@ class LoopRun:
     key: tuple = ()
     tape: object = None                          # weak reference to the tape that ran it last
     reuse: Reuse = field(default_factory=Reuse)  # the arrays reused from pass to pass
+    cap: int = 0                                 # the steps its buffers and per-step lists have room for
+
+    def fits(self, axis: TimeAxis) -> bool:
+        """Whether a batch on ``axis`` (as many rows: the run's key) can use this run: no more steps,
+        and without padding when its state reads are views of shifted buffers (``extended``)."""
+        T = axis.steps
+        if self.extended:
+            return T == self.cap and axis.minlen == T
+        return T <= self.cap
+
+    def start_pass(self, axis: TimeAxis) -> None:
+        self.T = axis.steps
+        self.axis.assign(axis)
+
+    def whole(self, a: np.ndarray) -> np.ndarray:
+        """A (cap, B, ...) array of the run's as this pass's (T, B, ...) sequence."""
+        return a if self.T == self.cap else a[:self.T]
 
     def seal(self) -> None:
         """Track the arrays the run reuses (its buffers and state reads)."""
@@ -66,17 +87,18 @@ class LoopRun:
 
 
 class FastLoop:
-    """One loop of the plan on the fast path: its program and the run kept for the last geometry."""
+    """One loop of the plan on the fast path: its program and the run it keeps."""
 
     def __init__(self, program: LoopProgram):
         self.program = program
         self._run: LoopRun | None = None
         self.passes = 0
 
-    def cached_run(self, key: tuple) -> LoopRun | None:
-        """The last run, if it was made for this geometry and nothing else holds its arrays."""
+    def cached_run(self, key: tuple, axis: TimeAxis) -> LoopRun | None:
+        """The last run, if it was made for this key, fits this batch's steps and nothing else holds
+        its arrays."""
         run = self._run
-        if run is not None and run.key == key and run.free():
+        if run is not None and run.key == key and run.fits(axis) and run.free():
             return run
         self._run = None
         return None
@@ -107,8 +129,8 @@ class FastLoop:
         after, seg_after = ex.fast_sigmoid_after, ex.segments_after
         fast_sigmoid = after is not None and ex.dtype == np.float32 and self.passes > after
         fused_segments = seg_after is not None and ex.dtype == np.float32 and self.passes > seg_after
-        key = (T, tape.rows(axis), axis.lengths.tobytes(), scratch, fast_sigmoid, fused_segments)
-        run = self.cached_run(key)
+        key = (tape.rows(axis), scratch, fast_sigmoid, fused_segments)
+        run = self.cached_run(key, axis)
         if run is None:
             run = build_run(ex, prog, tape, axis, scratch, fast_sigmoid, fused_segments)
             if prog.reusable:
@@ -116,6 +138,7 @@ class FastLoop:
                 run.seal()
                 self._run = run
         else:
+            run.start_pass(axis)
             bind_outer(run, tape)
         run.tape = weakref.ref(tape)
         run.inits = inits
@@ -137,9 +160,10 @@ class FastLoop:
         finally:
             for f in run.prepared:
                 f.after_pass()
+        values = {k: run.whole(v) for k, v in run.bufs.items() if k not in run.scratch}
         if tape.context.check_finite:
-            check_loop(prog, run.bufs, times)
-        tape.values.update({k: v for k, v in run.bufs.items() if k not in run.scratch})
+            check_loop(prog, values, times)
+        tape.values.update(values)
         tape.loops[loop.index] = run
         last = T - 1 if loop.direction > 0 else 0
         for s in loop.states:
@@ -149,7 +173,7 @@ class FastLoop:
 def allocate(ex, prog: LoopProgram, run: LoopRun, tape: Tape) -> None:
     """The run's buffers: one (T, B, ...) array per body value (with initial-state slots for
     states read at another step when there is no padding), views for slices, (B, ...) for scratch."""
-    env, T, B, bufs = tape.values, run.T, tape.rows(run.axis), run.bufs
+    env, T, B, bufs = tape.values, run.cap, tape.rows(run.axis), run.bufs
     # Without padding, a state read at t + d is the state's own buffer shifted by d, with
     # room for the initial state before the first step: views, no copy at every step.
     slots: dict[str, int] = {}
@@ -195,10 +219,10 @@ def build_run(ex, prog: LoopProgram, tape: Tape, axis: TimeAxis, scratch,
     kernel each when ``fused_segments``, ``segments.py``).
 
     Inputs from outside the loop are bound afterwards (``bind_outer``), into lists the
-    kernels read at every step, so a run can be used again for the next batch of the
-    same geometry."""
+    kernels read at every step, so a run can be used again for the next batches
+    (``LoopRun.fits``)."""
     T = axis.steps
-    run = LoopRun(T=T, axis=axis, inits={}, scratch=scratch)
+    run = LoopRun(T=T, axis=TimeAxis.copy_of(axis), inits={}, scratch=scratch, cap=T)
     allocate(ex, prog, run, tape)
     bufs, seq = run.bufs, ex.facts.seq
     # per value, its array at every step (the same array every step for scratch values);
@@ -274,7 +298,7 @@ def bind_outer(run: LoopRun, tape: Tape) -> None:
             a = env[src]
             if lst and lst[0] is a:
                 continue
-            lst[:] = [a] * run.T
+            lst[:] = [a] * run.cap
             continue
         elif d != 0:  # a sequence computed before the loop, read at another step: shift it all at once
             a = run.reads[(src, d)] = read_sequence(tape, src, d)

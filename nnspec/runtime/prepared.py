@@ -42,6 +42,7 @@ class PassRun:
     bwd: dict = field(default_factory=dict)      # (need, leaves) key -> list of backward entries
     tape: object = None
     reuse: Reuse = field(default_factory=Reuse)  # its outputs, then its gradient arrays
+    spent: set = field(default_factory=set)      # values whose array the step reading them computes into
 
     def seal(self) -> None:
         """Track the run's arrays (once the builder's local names are gone)."""
@@ -64,12 +65,15 @@ class PassRun:
         return self.reuse.free(start=len(self.outs))
 
 
-def build(ex, key: tuple, built: dict, need_loss: bool) -> PassRun:
+def build(ex, key: tuple, built: dict, need_loss: bool, spend: bool = False) -> PassRun:
     """A flat list of the forward pass's steps for this batch geometry: the steps that ran
     into an array of their own (``built``: their shapes) get one owned by the run, with their
-    inputs' list made once; loops and the other steps go through the general dispatch."""
+    inputs' list made once; loops and the other steps go through the general dispatch.
+    ``spend`` (single-use passes): a step that may spend its input (``PlanFacts.spendable``: an
+    activation whose input nothing else reads) computes its output in that input's array."""
     run = PassRun(key=key)
     made: dict[str, np.ndarray] = {}
+    spendable = ex.facts.spendable if spend else frozenset()
     for step in ex.plan.steps:
         if ex.facts.skipped(step, need_loss):
             continue
@@ -77,7 +81,12 @@ def build(ex, key: tuple, built: dict, need_loss: bool) -> PassRun:
         if shape is None or REGISTRY[step.op].reads_across_chunks or any(d for _, d in step.inputs):
             run.fwd.append(("step", step))
             continue
-        out = ex.pool.empty(shape, ex.dtype)   # held by the run: the pool leaves it alone
+        spent = made.get(step.inputs[0][0]) if step.id in spendable else None
+        if spent is not None and spent.shape == tuple(shape) and spent.dtype == ex.dtype:
+            out = spent                        # (an array of the run's already)
+            run.spent.add(step.inputs[0][0])
+        else:
+            out = ex.pool.empty(shape, ex.dtype)   # held by the run: the pool leaves it alone
         xs: list = [None] * len(step.inputs)
         binds = []
         for i, (src, _) in enumerate(step.inputs):
@@ -86,7 +95,8 @@ def build(ex, key: tuple, built: dict, need_loss: bool) -> PassRun:
             else:
                 binds.append((i, src))
         made[step.id] = out
-        run.outs.append(out)
+        if out is not spent:
+            run.outs.append(out)
         run.bound.append((xs, [i for i, _ in binds]))
         run.fwd.append((step.id, REGISTRY[step.op].forward_into, xs, tuple(binds), out, step.attrs, (xs, NO_CTX)))
         run.by_id[step.id] = len(run.fwd) - 1
@@ -109,6 +119,8 @@ def forward(ex, run: PassRun, tape: Tape) -> None:
         records[sid] = rec
         if fresh is not None:
             fresh.add(sid)
+    if fresh is not None and run.spent:
+        fresh.difference_update(run.spent)   # (their arrays hold their readers' values: lent or spare as those)
 
 
 def backward(ex, run: PassRun, tape: Tape, grads: GradSum, need, leaves) -> None:
@@ -155,6 +167,15 @@ def _build_backward(ex, run: PassRun, need, leaves, share: bool = False) -> tupl
     entries, dests = [], []
     spare = Spare() if share else None
     spare_after = ex.facts.spare_after_own_step(frozenset(leaves or ()))
+    # a value nothing in the backward pass reads lends its array of the run to its own gradient
+    # (as ``GradSum.donors`` does on the general path): no array from the pool for it
+    lend = ex.facts.dead_in_backward if share and ex.options.lend_dead else frozenset()
+    # an activation that may spend its input (relu: ``Op.spends_input``) writes its input's gradient
+    # over its own gradient when that is an array of the run's that only it reads: the gradient of
+    # a value with one reader, written there by that reader's entry (``first``) — as a hand-written
+    # step does ``d *= h > 0``
+    readers = ex.facts.readers if share and ex.options.spend_inputs else {}
+    first: dict[str, np.ndarray] = {}
     for step in reversed(ex.plan.steps):
         ids = [b.id for b in step.body] if isinstance(step, LoopStep) else [step.id]
         dels = () if leaves is None else tuple(v for v in ids if v not in leaves)
@@ -171,13 +192,23 @@ def _build_backward(ex, run: PassRun, need, leaves, share: bool = False) -> tupl
                 if ex.options.alias_grads and op.vjp_view(i, out, xs, attrs) is not None:
                     todo.append((i, src, None))     # (its output has g's shape: a view of it will do)
                     continue
+                own = run.by_id.get(src) if src in lend and src not in leaves else None
+                if own is not None and run.fwd[own][4].shape == xs[i].shape:
+                    todo.append((i, src, run.fwd[own][4]))   # (tracked already, as an output of the run)
+                    continue
+                g = first.get(sid) if op.spends_input and not op.needs_ctx and i == 0 else None
+                if g is not None and g.shape == xs[i].shape and sid not in leaves:
+                    todo.append((i, src, g))                  # (tracked already, as the reader's)
+                    continue
                 dest = spare.take(xs[i].shape, ex.dtype) if spare is not None else None
                 if dest is None:
                     dest = ex.pool.empty(xs[i].shape, ex.dtype)
                 todo.append((i, src, dest))
                 dests.append(dest)
+                if readers.get(src) == 1:
+                    first[src] = dest
         entries.append((sid, op.vjp_into, op, xs, out, attrs, tuple(todo), dels))
-        if spare is not None and sid in spare_after:     # (its array read no more: the later gradients')
-            spare.add(out)
+        if spare is not None and sid in spare_after and sid not in run.spent:
+            spare.add(out)     # (its array read no more: the later gradients'; a spent value's is its reader's)
     return entries, dests
 

@@ -371,10 +371,15 @@ class Builder:
 
 
 @lru_cache(maxsize=4096)
+def _names(expr: str) -> frozenset[str]:
+    """The names an expression reads (a loop's backward pass is built again for every batch geometry)."""
+    return frozenset(n.id for n in ast.walk(ast.parse(expr, mode="eval")) if isinstance(n, ast.Name))
+
+
+@lru_cache(maxsize=4096)
 def _lanes(expr: str) -> frozenset[int]:
     """The lanes an expression reads."""
-    return frozenset(int(n.id[1:]) for n in ast.walk(ast.parse(expr, mode="eval"))
-                     if isinstance(n, ast.Name) and n.id[0] == "L" and n.id[1:].isdigit())
+    return frozenset(int(n[1:]) for n in _names(expr) if n[0] == "L" and n[1:].isdigit())
 
 
 _probed: dict[int, bool] = {}    # id of a kernel -> whether numba compiled it
@@ -438,7 +443,7 @@ def _runs_as_segments(items: list, member, segment, swap: bool = False) -> tuple
 
 
 def _forward_segment(run, group: list, rows: int) -> Segment | None:
-    builder = Builder(run.T, rows, volatile={id(lst) for lst, *_ in run.outer})
+    builder = Builder(run.cap, rows, volatile={id(lst) for lst, *_ in run.outer})
     for b, f in group:
         names = {f"x{i}": builder.lane_of(lst) for i, lst in enumerate(run.ins[b.id])}
         expr = op_expr(b.op, b.op.fused.value, b.step.attrs, names)
@@ -477,7 +482,7 @@ def vjp_fusable(b, pos: int, held_one_step: frozenset) -> bool:
         expr = op_expr(b.op, b.op.fused.partials[pos], b.step.attrs, names)
     except NotVectorised:
         return False
-    reads = {node.id for node in ast.walk(ast.parse(expr, mode="eval")) if isinstance(node, ast.Name)}
+    reads = _names(expr)
     stale = [f"x{i}" for i, (src, d) in enumerate(b.step.inputs) if d == 0 and src in held_one_step]
     if b.id in held_one_step:
         stale.append("out")

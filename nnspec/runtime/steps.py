@@ -89,7 +89,9 @@ class FastSteps:
             else:
                 lead = ((tape.axis(step.id).steps, tape.rows(tape.axis(step.id))) if o.lead == "seq"
                         else (() if o.lead == "static" else (tape.batch,)))
-            out = ex.pool.empty(lead + o.trail, ex.dtype)
+            out = self._spent_input(ex, step, tape, xs, lead + o.trail)
+            if out is None:
+                out = ex.pool.empty(lead + o.trail, ex.dtype)
             try:
                 op.forward_into(xs, out, step.attrs)
                 ctx = NO_CTX
@@ -104,6 +106,19 @@ class FastSteps:
             out = op.forward(xs, step.attrs, ctx)
         record(step, op, out, xs, ctx, tape)
         return into and not op.reads_across_chunks
+
+    def _spent_input(self, ex, step: OpStep, tape: Tape, xs: list, shape: tuple):
+        """The first input's array, for a step that may compute in it (``PlanFacts.spendable``, a
+        single-use pass) when the runtime made it (``Tape.fresh``), else None. The input is then no
+        value of its own array any more (out of ``fresh``: neither lent nor spare)."""
+        fresh = tape.fresh
+        if fresh is None or step.id not in self.facts.spendable or not ex.options.spend_inputs:
+            return None
+        src, x = step.inputs[0][0], xs[0]
+        if src in fresh and x.shape == shape and x.dtype == ex.dtype and x.flags.c_contiguous:
+            fresh.discard(src)
+            return x
+        return None
 
     def backward(self, ex, step: OpStep, tape: Tape, grads: GradSum, need) -> None:
         g = grads.grads.get(step.id)
@@ -144,8 +159,14 @@ class FastSteps:
                     view = op.vjp_view(i, g, xs, step.attrs) if views and src not in grads.grads else None
                     if view is not None:
                         grads.add(src, view)
-                    else:
-                        grads.add_into(src, xs[i].shape, Into(op, i, g, xs, out, step.attrs))
+                        continue
+                    into = Into(op, i, g, xs, out, step.attrs)
+                    # an activation that may spend its input writes that input's gradient over
+                    # its own gradient when only it reads that (as ``prepared`` does: d *= h > 0)
+                    if not (i == 0 and op.spends_input and not op.needs_ctx and ex.options.spend_inputs
+                            and self.facts.readers.get(step.id) == 1 and g.shape == xs[0].shape
+                            and grads.write_over(src, step.id, into)):
+                        grads.add_into(src, xs[i].shape, into)
                 else:
                     rest.append(i)
             todo = rest

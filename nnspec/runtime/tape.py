@@ -55,6 +55,10 @@ class ExecOptions:
     # its own (the logits, once their gradient has been read) is written into that array instead of
     # another (the benchmark LSTM: the embedding's and the input weights' gradients, 0.4 MB)
     share_dead: bool = True
+    # single-use passes: an op that may (``Op.spends_input``: relu, sigmoid, tanh, exp) computes its
+    # output in its input's array when nothing else reads that input (``PlanFacts.spendable``), as a
+    # hand-written step does: the benchmark MLP's pre-activations need no arrays of their own
+    spend_inputs: bool = True
     # parameters stacked by concat_rows and stored as blocks of one array (Model does so): the
     # stacked value is a view of it, not a copy made at every pass
     param_blocks: bool = True
@@ -89,6 +93,7 @@ class ExecOptions:
         """Every step by the reference engine, no speed feature: the oracle the fast paths are tested against."""
         return cls(fast_loops=False, defer_grads=False, local_grads=False, alias_grads=False, scratch=False,
                    reuse_buffers=False, row_grads=False, prepared=False, lend_dead=False, share_dead=False,
+                   spend_inputs=False,
                    param_blocks=False, fused_loops=False, ring_grads=False, fast_sigmoid=False, fused_segments=False,
                    blocked_products=False, distinct_words=False)
 

@@ -43,6 +43,16 @@ class TimeAxis:
         self.rows: tuple | None = None   # a nested inner axis: (T_outer, B), what its batch's rows are
         self.gather: np.ndarray | None = None   # ... its words deduplicated: row r's distinct word
 
+    def assign(self, other: "TimeAxis") -> "TimeAxis":
+        """This axis made ``other``'s (its steps and lengths): a kept loop run's own axis, which its
+        per-step actions hold, takes each pass's batch this way."""
+        self.__dict__.update(other.__dict__)
+        return self
+
+    @classmethod
+    def copy_of(cls, other: "TimeAxis") -> "TimeAxis":
+        return cls.__new__(cls).assign(other)
+
     @property
     def batch(self) -> int:
         """The rows this axis's sequences run in: the batch, or for a nested inner axis (the characters

@@ -6,12 +6,22 @@ import math
 import numpy as np
 
 
+CHUNK = 1 << 16    # numbers widened to float64 at a time: no float64 copy of a whole gradient at the step's peak
+
+
 def global_norm(grads: dict[str, np.ndarray]) -> float:
-    """L2 norm of all gradients taken together (accumulated in float64)."""
+    """L2 norm of all gradients taken together (accumulated in float64). An embedding table's
+    gradient (``runtime.RowGrad``) is zero outside the rows its batch touched: only those are read
+    (a million-number table's norm was 1.2 ms of the EWT tagger's 29 ms step)."""
     total = 0.0
     for g in grads.values():
-        flat = g.ravel().astype(np.float64, copy=False)  # float32 sums lose digits
-        total += float(flat @ flat)
+        rows = getattr(g, "rows", None)
+        if rows is not None and rows.size < g.shape[0]:
+            g = g[rows]
+        flat = g.reshape(-1)
+        for lo in range(0, flat.size, CHUNK):
+            part = flat[lo:lo + CHUNK].astype(np.float64, copy=False)  # float32 sums lose digits
+            total += float(part @ part)
     return math.sqrt(total)
 
 

@@ -479,6 +479,9 @@ class Trainer:
         metric, higher = selection_metric(s, self.heads)
         unit = "tok" if self.data.stream else "ex"
         steps_per_epoch = self._steps_per_epoch()
+        # compiled loop kernels from the first step or never, decided by the whole run's plan (from epoch
+        # 0, as a resumed run plans it too), so that a resumed run rounds as the run it continues
+        self.model.executor.settle_kernels(s.epochs * steps_per_epoch)
         converged = None
         epoch = self.start_epoch
         self._saved_at = None

@@ -24,6 +24,8 @@ import math
 
 import numpy as np
 
+from . import adamkernel
+
 StateDict = dict[str, "np.ndarray | float | int | str"]
 
 
@@ -123,6 +125,29 @@ class SGD(Optimizer):
         super().__init_subclass__(**kwargs)
         if "_update" in vars(cls) and "_update_scaled" not in vars(cls):   # its own update (Momentum):
             cls._update_scaled = Optimizer._update_scaled                     # not SGD's in-place one
+
+    def step(self, params, grads, *, scale=1.0, consume=False):
+        if self.weight_decay or type(self)._update_scaled is not SGD._update_scaled:
+            return super().step(params, grads, scale=scale, consume=consume)
+        # plain SGD, the update of ``_update_scaled`` written out in one loop: a small network's
+        # step updates many small arrays (15 for a one-layer LSTM), where the calls are the cost
+        a = -self.lr * float(scale)
+        mine = _sole_owners(grads) if consume else ()
+        steps, scratch, ndarray = self.steps, getattr(self, "_scratch", None), np.ndarray
+        for name, g in grads.items():
+            p = params.get(name)
+            if p is None or g.shape != p.shape:
+                _refuse(name, p, g)
+            steps[name] = steps.get(name, 0) + 1
+            rows = None if type(g) is ndarray else getattr(g, "rows", None)
+            if rows is not None and rows.size < p.shape[0]:
+                _add_scaled_rows(p, g, rows, a)
+            elif name in mine and g.dtype == p.dtype and g.flags.c_contiguous:
+                g *= a               # the gradient is ours to overwrite: no scaled copy
+                p += g
+            else:
+                scratch = _add_scaled(p, g, a, scratch)
+        self._scratch = scratch
 
     def _update(self, name, p, g, t):
         self._update_scaled(name, p, g, t, 1.0, False)
@@ -253,6 +278,10 @@ class Adam(Optimizer):
         g = self._decay(p, g)
         m = self._buffer("m", name, p)
         v = self._buffer("v", name, p)
+        if adamkernel.applies(p, g, m, v):    # a large parameter: one compiled pass, the same numbers
+            adamkernel.adam_step(p, g, m, v, self.beta1, self.beta2, math.sqrt(1.0 - self.beta2 ** t),
+                                 self.eps, self.lr / (1.0 - self.beta1 ** t))
+            return
         m *= self.beta1
         m += (1.0 - self.beta1) * g
         v *= self.beta2
