@@ -51,6 +51,7 @@ REGISTRY: dict[str, str | Callable[[], Implementation]] = {
     "nnspec-nofuse": "bench.nnspec_impl:NnspecNoFuseImpl",   # every loop on the NumPy path
     "nnspec-npsig": "bench.nnspec_impl:NnspecNumpySigmoidImpl",   # loop steps' sigmoid by NumPy
     "nnspec-noseg": "bench.nnspec_impl:NnspecNoSegmentsImpl",   # loop steps' elementwise runs op by op
+    "nnspec-noblock": "bench.nnspec_impl:NnspecNoBlocksImpl",   # loop steps' products by a weight in one piece
 }
 
 

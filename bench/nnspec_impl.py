@@ -78,6 +78,7 @@ class NnspecImpl:
     fused = True          # small loops as compiled kernels where numba is installed (runtime/fused.py)
     fast_sigmoid = True   # float32 loop steps' sigmoid as a compiled kernel (runtime/fastact.py)
     segments = True       # float32 loop steps' elementwise runs as compiled kernels (runtime/segments.py)
+    blocked = True        # loop steps' products by a weight in column blocks where BLAS runs those faster
 
     def __init__(self, optimize: bool | None = None):
         self.optimize = optimize
@@ -87,10 +88,11 @@ class NnspecImpl:
         from nnspec.runtime import ExecOptions, Executor
 
         model, feeds, opt = build(config, dtype, self.optimize)
-        if not (self.fused and self.fast_sigmoid and self.segments):
+        if not (self.fused and self.fast_sigmoid and self.segments and self.blocked):
             model.executor = Executor(model.plan, model.dtype,
                                       options=ExecOptions(fused_loops=self.fused, fast_sigmoid=self.fast_sigmoid,
-                                                          fused_segments=self.segments))
+                                                          fused_segments=self.segments,
+                                                          blocked_products=self.blocked))
         rng = np.random.default_rng(0)
         fused = model.executor.fused
         if fused is not None:
@@ -139,3 +141,11 @@ class NnspecNoSegmentsImpl(NnspecImpl):
 
     name = "nnspec-noseg"
     segments = False
+
+
+class NnspecNoBlocksImpl(NnspecImpl):
+    """nnspec with each loop step's product by a weight in one piece (``ExecOptions(blocked_products=False)``):
+    the A/B of the column blocks."""
+
+    name = "nnspec-noblock"
+    blocked = False

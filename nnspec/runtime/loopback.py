@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..ops.linalg import unblocked
 from ..ops.registry import NO_CTX, product_into, unbroadcast
 from ..plan import LoopStep
 from . import segments
@@ -44,6 +45,7 @@ class LoopBackward:
     lent: dict = None           # region -> the values whose gradient sits in it (a lent array's)
     plan: BackwardPlan = None
     segments: list = ()         # the fused elementwise segments among the actions (segments.py)
+    prepared: list = ()         # the kernels with before_pass / after_pass (segments, products by weight blocks)
     # ring regions' gradients from after the loop, this pass: region -> [(member's ring, (T, B, ...))]
     incoming: dict = None
 
@@ -89,9 +91,9 @@ def loop_backward(ex, prog: LoopProgram, tape: Tape, grads: GradSum, need, keep:
         bw = run.backward = build_backward(ex, prog, run, plan, need, env, tape.rows(run.axis), lent)
         bw.key = key
         local_grads(prog, run, bw, env)
-        for seg in bw.segments:           # the lanes its segments keep, made now (see segments.Segment)
-            seg.before_pass()
-            seg.after_pass()
+        for f in bw.prepared:             # the lanes its segments keep, made now (see segments.Segment)
+            f.before_pass()
+            f.after_pass()
         run.reuse.absorb(before)          # its references to the run's arrays are the run's own
         tracked = {id(a) for a in run.reuse.arrays}
         new = [a for a in distinct(bw.arrays()) if id(a) not in tracked]
@@ -118,16 +120,16 @@ def loop_backward(ex, prog: LoopProgram, tape: Tape, grads: GradSum, need, keep:
     for r, slots in plan.ring.items():          # the slots of the first steps the pass reaches
         for u in order[:slots - 1]:
             bw.take_slot(r, gbuf[r], u)
-    for seg in bw.segments:     # this pass's arrays (lent ones included), held while the loop runs
-        seg.before_pass()
+    for f in bw.prepared:       # this pass's arrays (lent ones included; a copy of a weight), held while the loop runs
+        f.before_pass()
     try:
         with blas_threads(ex.options.loop_blas_threads):
             for t in order:
                 for act in bw.actions:
                     act(t)
     finally:
-        for seg in bw.segments:
-            seg.after_pass()
+        for f in bw.prepared:
+            f.after_pass()
     bw.incoming.clear()
     # everything that leaves the loop: one whole-sequence VJP per edge
     for op_id, pos in plan.deferred:
@@ -233,6 +235,16 @@ def build_backward(ex, prog: LoopProgram, run: LoopRun, plan: BackwardPlan, need
 
     outer_step: dict[tuple, np.ndarray] = {}   # (op id, pos) -> per-step gradients leaving the loop
     steps = []      # (action, what a fused segment needs to do it instead, or None)
+    products = []   # the step kernels among them with before_pass / after_pass (a weight's blocks)
+
+    def step_vjp(b, pos, G, ins, outs, attrs, dest, accumulate):
+        kernel = b.op.step_vjp(pos, G, ins, outs, attrs, dest, accumulate)
+        if not ex.options.blocked_products:
+            kernel = unblocked(kernel)
+        if hasattr(kernel, "before_pass"):
+            products.append(kernel)
+        return kernel
+
     for i, a in enumerate(plan.actions):
         b = prog.by_id[a.op_id]
         G, ins, outs, attrs = glists[a.op_id], run.ins[a.op_id], run.outs[a.op_id], b.step.attrs
@@ -261,13 +273,13 @@ def build_backward(ex, prog: LoopProgram, run: LoopRun, plan: BackwardPlan, need
             if D is not None:
                 step = product_into(G, D, dest, a.accumulate)
             else:
-                step = b.op.step_vjp(a.pos, G, ins, outs, attrs, dest, a.accumulate)
+                step = step_vjp(b, a.pos, G, ins, outs, attrs, dest, a.accumulate)
             if fused:
                 item = segments.BackwardItem(G, dest, prog.by_id[src].trail[-1], a.accumulate, kD, b, a.pos, ins, outs)
         else:
             t1, t2 = tmp_pair(gbuf[src])
             first = (product_into(G, D, [t1] * T, False) if D is not None
-                     else b.op.step_vjp(a.pos, G, ins, outs, attrs, [t1] * T, False))
+                     else step_vjp(b, a.pos, G, ins, outs, attrs, [t1] * T, False))
             step = _delayed_action(first, glists[src], d, axis, ginit.get(src), t1, t2)
             if fused:       # the kernel writes the gradient into a buffer of this action's own; sent after it
                 own = np.empty(t1.shape, t1.dtype)
@@ -284,6 +296,7 @@ def build_backward(ex, prog: LoopProgram, run: LoopRun, plan: BackwardPlan, need
     else:
         actions += [f for f, _ in steps]
     return LoopBackward(gbuf=gbuf, owners=owners, ginit=ginit, local=local, actions=actions, segments=segs,
+                        prepared=products + segs,
                         outer_step=outer_step, tmps=[a for pair in tmps.values() for a in pair],
                         glists=glists, plan=plan, incoming=incoming,
                         lent={r: [b.id for b in prog.body if plan.region.get(b.id) == r] for r in lent})

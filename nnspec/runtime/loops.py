@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..ops.linalg import unblocked
 from . import fastact, segments
 from .blas import blas_threads
 from .loopprogram import LoopProgram
@@ -270,7 +271,8 @@ def build_run(ex, prog: LoopProgram, tape: Tape, axis: TimeAxis, scratch,
         if kernel is not None:
             steps.append((b, kernel))
         elif b.fast:
-            steps.append((b, b.op.step_forward(run.ins[b.id], run.outs[b.id], b.step.attrs)))
+            kernel = b.op.step_forward(run.ins[b.id], run.outs[b.id], b.step.attrs)
+            steps.append((b, kernel if ex.options.blocked_products else unblocked(kernel)))
         else:
             ctxs = run.ctxs[b.id] = [None] * T
             steps.append((b, generic_forward(b.op, b.step.attrs, run.ins[b.id], run.outs[b.id], ctxs,

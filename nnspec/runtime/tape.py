@@ -74,6 +74,10 @@ class ExecOptions:
     # VJPs) as one call of a compiled, vectorised kernel (runtime/segments.py, needs numba; after
     # segments.AFTER_PASSES passes, as fused loops)
     fused_segments: bool = True
+    # a loop step's product by a weight shared by every step (U @ h[t-1], and its input's gradient) in
+    # parts, by contiguous copies of the weight's parts made once a pass, where the machine's BLAS
+    # kernel multiplies those faster (ops/linalg.py product_blocks: OpenBLAS SkylakeX)
+    blocked_products: bool = True
     # BLAS threads for a whole forward or backward pass, and while a loop runs step by step.
     # nnspec's products are small (a step: (B, H) x (H, 4H)); measured on a 2-core machine,
     # a second OpenBLAS thread made every one of them slower, even the (1120 x 128) x
@@ -91,7 +95,7 @@ class ExecOptions:
                    reuse_buffers=False, row_grads=False, prepared=False, lend_dead=False, share_dead=False,
                    spend_inputs=False,
                    param_blocks=False, fused_loops=False, ring_grads=False, fast_sigmoid=False, fused_segments=False,
-                   distinct_words=False)
+                   blocked_products=False, distinct_words=False)
 
 
 @dataclass
