@@ -189,27 +189,7 @@ def build_backward(ex, prog: LoopProgram, run: LoopRun, plan: BackwardPlan, need
     """Gradient buffers and per-step actions of a loop's backward pass, for one run; the regions
     in ``lent`` get their array from a lent one at every pass (``LoopBackward.bind``)."""
     T, integer, seq, dtype = run.cap, ex.facts.integer, ex.facts.seq, ex.dtype   # (lists for every step it may run)
-    # Gradient buffers: one (T, B, ...) array per region, or one (B, ...) array reused at
-    # every step where nothing reads the gradient after its step; aliases and slices
-    # share their region's array. (No recursive closure here: a function referring to
-    # itself is a reference cycle, which would keep every buffer alive until a full GC.)
-    gbuf: dict[str, np.ndarray] = {}
-    for b in prog.body:
-        if b.step.integer or b.id in plan.alias or b.id in plan.views:
-            continue
-        if b.id in plan.scratch:
-            gbuf[b.id] = np.zeros((B,) + b.trail, dtype=dtype)
-        elif b.id in plan.ring:
-            gbuf[b.id] = np.zeros((plan.ring[b.id], B) + b.trail, dtype=dtype)
-        elif b.id in lent:
-            gbuf[b.id] = lent[b.id]        # (this pass's; bound again at every pass)
-        else:
-            gbuf[b.id] = ex.pool.zeros((T, B) + b.trail, dtype)
-    owners = [a for v, a in gbuf.items() if v not in lent]
-    _derive(gbuf, plan, [b.id for b in prog.body])
-    glists = {v: ([a] * T if plan.region[v] in plan.scratch
-                  else [a[t % len(a)] for t in range(T)] if plan.region[v] in plan.ring else list(a))
-              for v, a in gbuf.items()}
+    gbuf, owners, glists = _gradient_buffers(ex, prog, plan, lent, T, B)
     ginit = {s: np.zeros(run.inits[s].shape, dtype=dtype) for s in prog.loop.states
              if s in gbuf and s in need}
     axis = run.axis
@@ -300,6 +280,32 @@ def build_backward(ex, prog: LoopProgram, run: LoopRun, plan: BackwardPlan, need
                         outer_step=outer_step, tmps=[a for pair in tmps.values() for a in pair],
                         glists=glists, plan=plan, incoming=incoming,
                         lent={r: [b.id for b in prog.body if plan.region.get(b.id) == r] for r in lent})
+
+
+def _gradient_buffers(ex, prog: LoopProgram, plan: BackwardPlan, lent: dict, T: int, B: int) -> tuple:
+    """(value -> its gradient's array, the arrays the run owns, value -> its per-step views): one
+    (T, B, ...) array per region, one (B, ...) array reused at every step where nothing reads the
+    gradient after its step, a ring of slots, or a lent array (bound again at every pass); aliases
+    and slices share their region's array. (No recursive closure here: a function referring to
+    itself is a reference cycle, which would keep every buffer alive until a full GC.)"""
+    gbuf: dict[str, np.ndarray] = {}
+    for b in prog.body:
+        if b.step.integer or b.id in plan.alias or b.id in plan.views:
+            continue
+        if b.id in plan.scratch:
+            gbuf[b.id] = np.zeros((B,) + b.trail, dtype=ex.dtype)
+        elif b.id in plan.ring:
+            gbuf[b.id] = np.zeros((plan.ring[b.id], B) + b.trail, dtype=ex.dtype)
+        elif b.id in lent:
+            gbuf[b.id] = lent[b.id]        # (this pass's; bound again at every pass)
+        else:
+            gbuf[b.id] = ex.pool.zeros((T, B) + b.trail, ex.dtype)
+    owners = [a for v, a in gbuf.items() if v not in lent]
+    _derive(gbuf, plan, [b.id for b in prog.body])
+    glists = {v: ([a] * T if plan.region[v] in plan.scratch
+                  else [a[t % len(a)] for t in range(T)] if plan.region[v] in plan.ring else list(a))
+              for v, a in gbuf.items()}
+    return gbuf, owners, glists
 
 
 def _derive(gbuf: dict, plan: BackwardPlan, ids: list) -> None:
