@@ -48,8 +48,9 @@ def test_random_specs_agree_across_oracles(default_run, capsys):
         print("\n" + default_run.line())
     assert_agree(default_run)
     for o in ORACLES:
-        if o not in ("torch", "decode"):
+        if o not in ("torch", "decode", "training"):
             assert default_run.checked[o] >= 400, (o, default_run.checked[o])   # most specs, every oracle
+    assert default_run.checked["training"] >= 300, default_run.checked["training"]   # the ~70% with a loss
     assert default_run.checked["decode"] >= 15, default_run.checked["decode"]   # every encoder-decoder
 
 
