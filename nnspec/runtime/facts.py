@@ -166,18 +166,8 @@ class PlanFacts:
         that can (``Op.spends_input``), reading at delay 0 a value made by a step outside loops
         whose VJP does not read its output, that no other step reads, and that is no output
         nor looked back at by the next chunk."""
-        plan = self.plan
-        readers: dict[str, int] = {}
-        made: dict[str, OpStep] = {}
-        for s in plan.steps:
-            for b in (s.body if isinstance(s, LoopStep) else [s]):
-                for src, _ in b.inputs:
-                    readers[src] = readers.get(src, 0) + 1
-                if isinstance(s, OpStep):
-                    made[b.id] = b
-            if isinstance(s, LoopStep):
-                for init in s.initials.values():
-                    readers[init] = readers.get(init, 0) + 1
+        plan, readers = self.plan, self.readers
+        made = {s.id: s for s in plan.steps if isinstance(s, OpStep)}
         keep = set(plan.outputs) | set(self.lookback)
         out = set()
         for s in plan.steps:
