@@ -133,20 +133,13 @@ class SGD(Optimizer):
         # step updates many small arrays (15 for a one-layer LSTM), where the calls are the cost
         a = -self.lr * float(scale)
         mine = _sole_owners(grads) if consume else ()
-        steps, scratch, ndarray = self.steps, getattr(self, "_scratch", None), np.ndarray
+        steps, scratch = self.steps, getattr(self, "_scratch", None)
         for name, g in grads.items():
             p = params.get(name)
             if p is None or g.shape != p.shape:
                 _refuse(name, p, g)
             steps[name] = steps.get(name, 0) + 1
-            rows = None if type(g) is ndarray else getattr(g, "rows", None)
-            if rows is not None and rows.size < p.shape[0]:
-                _add_scaled_rows(p, g, rows, a)
-            elif name in mine and g.dtype == p.dtype and g.flags.c_contiguous:
-                g *= a               # the gradient is ours to overwrite: no scaled copy
-                p += g
-            else:
-                scratch = _add_scaled(p, g, a, scratch)
+            scratch = _sgd_add(p, g, a, name in mine, scratch)
         self._scratch = scratch
 
     def _update(self, name, p, g, t):
@@ -157,15 +150,21 @@ class SGD(Optimizer):
         if self.weight_decay:
             g = g + (self.weight_decay / scale) * p   # (scale g + wd p) = scale (g + wd/scale p)
             writable = True
-        rows = getattr(g, "rows", None)   # an embedding table's gradient: only these rows are non-zero
-        if rows is not None and rows.size < p.shape[0]:
-            _add_scaled_rows(p, g, rows, a)
-            return
-        if writable and g.dtype == p.dtype and g.shape == p.shape and g.flags.c_contiguous:
-            g *= a               # the gradient is ours to overwrite: no scaled copy
-            p += g
-            return
-        self._scratch = _add_scaled(p, g, a, getattr(self, "_scratch", None))
+        self._scratch = _sgd_add(p, g, a, writable, getattr(self, "_scratch", None))
+
+
+def _sgd_add(p: np.ndarray, g: np.ndarray, a: float, writable: bool, scratch: np.ndarray | None):
+    """SGD's ``p += a * g`` (``writable``: g may be overwritten); returns the scratch array for the
+    next call (``_add_scaled``)."""
+    rows = getattr(g, "rows", None)   # an embedding table's gradient: only these rows are non-zero
+    if rows is not None and rows.size < p.shape[0]:
+        _add_scaled_rows(p, g, rows, a)
+        return scratch
+    if writable and g.dtype == p.dtype and g.shape == p.shape and g.flags.c_contiguous:
+        g *= a               # the gradient is ours to overwrite: no scaled copy
+        p += g
+        return scratch
+    return _add_scaled(p, g, a, scratch)
 
 
 def _sole_owners(grads: dict[str, np.ndarray]) -> set[str]:
