@@ -56,7 +56,8 @@ class Executor:
         self.fast_sigmoid_after = fastact.AFTER_PASSES if self.options.fast_sigmoid and numba_available() else None
         # float32 loop steps' elementwise runs compiled after this many passes of each loop (segments.py)
         self.segments_after = segments.AFTER_PASSES if self.options.fused_segments and numba_available() else None
-        self._kernels_after = (fused.FUSE_AFTER_PASSES, self.fast_sigmoid_after, self.segments_after)
+        # which compiled kernels this executor may use at all (settle_kernels never turns on one that is not)
+        self._kernels = (self.fast_sigmoid_after is not None, self.segments_after is not None)
         self._pass_run: prepared.PassRun | None = None   # the prepared pass kept for the last batch geometry
         self._pass_seen: tuple | None = None    # (geometry, shapes of the steps that ran into arrays)
         self.profile: dict | None = None        # set to {} to collect seconds per step
@@ -68,11 +69,12 @@ class Executor:
         anew, rounds differently from the run it continues. A training run settles it once from the
         passes it plans instead (its epochs' steps, which a resumed run plans alike): compiled from
         the first pass when they outnumber that wait, else never."""
-        compile_now = planned_passes > max(self._kernels_after[0], *(a or 0 for a in self._kernels_after[1:]))
+        now = planned_passes > max(fused.FUSE_AFTER_PASSES, fastact.AFTER_PASSES, segments.AFTER_PASSES)
         if self.fused is not None:
-            self.fused.after = 0 if compile_now else float("inf")
-        self.fast_sigmoid_after = (0 if compile_now else None) if self._kernels_after[1] is not None else None
-        self.segments_after = (0 if compile_now else None) if self._kernels_after[2] is not None else None
+            self.fused.after = 0 if now else float("inf")
+        fast_sigmoid, fused_segments = self._kernels
+        self.fast_sigmoid_after = 0 if now and fast_sigmoid else None
+        self.segments_after = 0 if now and fused_segments else None
 
     def _table_shapes(self) -> dict[str, tuple]:
         """Embedding tables (parameters whose gradient is a few rows) -> their shapes."""

@@ -334,10 +334,13 @@ def local_grads(prog: LoopProgram, run: LoopRun, bw: LoopBackward, env: dict) ->
 
 def whole_inputs(prog: LoopProgram, run: LoopRun, env: dict, b: BodyOp) -> list:
     """The inputs of body op b over all steps (scratch values only by shape: nothing reads them)."""
-    return [run.whole(run.reads[(src, d)]) if d != 0
-            else (run.whole(run.bufs[src]) if src in prog.ids and src not in run.scratch
-                  else run.bufs[src] if src in prog.ids else env[src])
-            for src, d in b.step.inputs]
+    def whole(src: str, d: int) -> np.ndarray:
+        if d != 0:
+            return run.whole(run.reads[(src, d)])
+        if src not in prog.ids:
+            return env[src]
+        return run.bufs[src] if src in run.scratch else run.whole(run.bufs[src])
+    return [whole(src, d) for src, d in b.step.inputs]
 
 
 def _resolve(gbuf: dict, alias: dict, v: str) -> np.ndarray:
