@@ -6,6 +6,7 @@ problems to one :class:`Diagnostics`; a stage that cannot go on raises
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +16,7 @@ from .errors import Diagnostics, SpecError
 from .expand import FlatSpec, expand, name_prefixes
 from .gcpause import gc_paused
 from .graph import Graph, NodeInfo, build_graph, closure, user_call, user_name
-from .loader import Program, load_file, load_text
+from .loader import Origin, Program, load_again, load_file, load_text, origin
 from .ops import REGISTRY
 from .optimize import optimize_plan
 from .plan import OpStep, Plan, build_plan, verify_plan
@@ -24,18 +25,65 @@ from .shapes import MemoryBudget, check_memory, infer_shapes
 
 
 @dataclass
-class Compiled:
-    """Everything the compiler made, for the runtime and for people to inspect."""
+class Front:
+    """The compiler's working state on the way to the plan: the flat equations, the graph with
+    its shapes, its loops and their order. A pure function of (program, bindings, dropout), so a
+    model need not keep it: :attr:`Compiled.graph` and the others make it again when asked."""
 
-    program: Program
     flat: FlatSpec
     graph: Graph
     components: list[Component]
     order: list[str]
+
+
+@dataclass
+class Compiled:
+    """Everything the compiler made, for the runtime and for people to inspect."""
+
+    source: Program | Origin   # the parsed program, or where it was read from once dropped
     plan: Plan
     diags: Diagnostics
     bindings: dict[str, int] = field(default_factory=dict)
     decoder: Decoder | None = None   # the spec's decode declaration, checked (nnspec/decoding.py)
+    dropout: dict[str, float] = field(default_factory=dict)   # the rates the graph was compiled with
+    front: Front | None = None       # None once dropped (``without_front``): made again when read
+
+    @property
+    def program(self) -> Program:
+        if isinstance(self.source, Origin):   # (parsed again from the texts read the first time)
+            self.source = load_again(self.source, Diagnostics(self.diags.sources))
+        return self.source
+
+    @property
+    def flat(self) -> FlatSpec:
+        return self._front().flat
+
+    @property
+    def graph(self) -> Graph:
+        return self._front().graph
+
+    @property
+    def components(self) -> list[Component]:
+        return self._front().components
+
+    @property
+    def order(self) -> list[str]:
+        return self._front().order
+
+    def _front(self) -> Front:
+        if self.front is None:   # (the stages passed once: they pass again, to the same graph)
+            with gc_paused():
+                self.front = build_front(self.program, Diagnostics(self.diags.sources), self.bindings,
+                                         self.dropout)
+        return self.front
+
+    def without_front(self) -> "Compiled":
+        """The same compiled spec without the compiler's working state (the parsed program, the flat
+        equations and the graph, several times the plan's size): what a :class:`~nnspec.model.Model`
+        keeps. Reading ``program``, ``flat``, ``graph``, ``components`` or ``order`` of it makes them
+        again, from the texts the compilation read."""
+        where = origin(self.source) if isinstance(self.source, Program) else self.source
+        return dataclasses.replace(self, source=where, front=None)
 
     @property
     def kind(self) -> str:
@@ -102,6 +150,32 @@ def _compile(program: Program, diags: Diagnostics, bindings: dict[str, int] | No
              optimize: bool, timings: dict[str, float] | None, memory: MemoryBudget | None = None) -> Compiled:
     clock = time.process_time()
     diags.raise_if_errors()
+    front = build_front(program, diags, bindings, dropout)
+    check_memory(front.graph, diags, memory or MemoryBudget.default())
+    diags.raise_if_errors()
+    clock = _lap(timings, "validate", clock)
+    plan = build_plan(front.graph, front.order, front.components)
+    # A loss of its activation (cross_entropy(softmax(z), y)) means the loss of the logits, computed
+    # exactly, optimised or not: through the probabilities it would be clipped at 1e-12, and the
+    # optimiser would change the number (docs/language.md §9)
+    if any(isinstance(s, OpStep) and REGISTRY[s.op].logits_form for s in plan.steps):
+        plan = optimize_plan(plan, passes=("fuse_losses",))
+        plan.passes = []        # the meaning of the loss, not an optimisation
+    clock = _lap(timings, "plan", clock)
+    if optimize:
+        plan = optimize_plan(plan)   # checks the plan after each pass (nnspec.plan.verify_plan)
+        _lap(timings, "optimise", clock)
+    else:
+        verify_plan(plan, stage="build_plan")
+    decoder = check_decode(front.flat, front.graph, plan, diags)
+    diags.raise_if_errors()
+    return Compiled(program, plan, diags, dict(bindings or {}), decoder, dict(dropout or {}), front)
+
+
+def build_front(program: Program, diags: Diagnostics, bindings: dict[str, int] | None = None,
+                dropout: dict[str, float] | None = None) -> Front:
+    """The stages before the plan: expand, graph, loops, dropout, time and types, shapes, and the
+    checks of ends and losses; raises :class:`SpecError` with what a stage found."""
     flat = expand(program, diags)
     diags.raise_if_errors()
     graph = build_graph(flat, diags)
@@ -117,25 +191,7 @@ def _compile(program: Program, diags: Diagnostics, bindings: dict[str, int] | No
     diags.raise_if_errors()
     check_losses(graph, diags)
     diags.raise_if_errors()
-    check_memory(graph, diags, memory or MemoryBudget.default())
-    diags.raise_if_errors()
-    clock = _lap(timings, "validate", clock)
-    plan = build_plan(graph, order, components)
-    # A loss of its activation (cross_entropy(softmax(z), y)) means the loss of the logits, computed
-    # exactly, optimised or not: through the probabilities it would be clipped at 1e-12, and the
-    # optimiser would change the number (docs/language.md §9)
-    if any(isinstance(s, OpStep) and REGISTRY[s.op].logits_form for s in plan.steps):
-        plan = optimize_plan(plan, passes=("fuse_losses",))
-        plan.passes = []        # the meaning of the loss, not an optimisation
-    clock = _lap(timings, "plan", clock)
-    if optimize:
-        plan = optimize_plan(plan)   # checks the plan after each pass (nnspec.plan.verify_plan)
-        _lap(timings, "optimise", clock)
-    else:
-        verify_plan(plan, stage="build_plan")
-    decoder = check_decode(flat, graph, plan, diags)
-    diags.raise_if_errors()
-    return Compiled(program, flat, graph, components, order, plan, diags, dict(bindings or {}), decoder)
+    return Front(flat, graph, components, order)
 
 
 def _lap(timings: dict | None, stage: str, since: float) -> float:

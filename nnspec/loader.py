@@ -31,12 +31,36 @@ class Program:
     files: list[str] = field(default_factory=list)  # every spec file read: the main one, then includes
 
 
-def load_text(text: str, file: str, diags: Diagnostics, base_dir: Path | None = None) -> Program:
+def load_text(text: str, file: str, diags: Diagnostics, base_dir: Path | None = None,
+              texts: dict[str, str] | None = None) -> Program:
+    """``texts``: the included files' texts by path, read instead of the disk (see ``load_again``)."""
     base = base_dir if base_dir is not None else (Path(file).parent if file != "<string>" else Path("."))
     program = Program(main_file=file, base_dir=base)
     with gc_paused():
         program.stdlib_cells = stdlib_cells(diags)
-        _splice(text, file, base, diags, program, seen=set())
+        _splice(text, file, base, diags, program, seen=set(), texts=texts)
+    return program
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a program was read from: what ``load_again`` needs, with the texts it read."""
+
+    main_file: str
+    base_dir: Path
+    files: tuple[str, ...]
+
+
+def origin(program: Program) -> Origin:
+    return Origin(program.main_file, program.base_dir, tuple(program.files))
+
+
+def load_again(where: Origin, diags: Diagnostics) -> Program:
+    """The program read once before, parsed again from the texts that first reading left in
+    ``diags.sources`` (not from the disk, where a file may have changed since)."""
+    texts = dict(diags.sources.texts)
+    program = load_text(texts[where.main_file], where.main_file, diags, base_dir=where.base_dir, texts=texts)
+    program.files = list(where.files)
     return program
 
 
@@ -69,13 +93,14 @@ def _read_spec(path: Path, diags: Diagnostics, span, missing: str, cannot: str, 
         return None
 
 
-def _splice(text: str, file: str, base: Path, diags: Diagnostics, program: Program, seen: set) -> None:
+def _splice(text: str, file: str, base: Path, diags: Diagnostics, program: Program, seen: set,
+            texts: dict[str, str] | None = None) -> None:
     module = parse(text, file, diags)
     if module is None:
         return
     for stmt in module.statements:
         if isinstance(stmt, ast.Include):
-            _include(stmt, base, diags, program, seen)
+            _include(stmt, base, diags, program, seen, texts)
         elif isinstance(stmt, ast.Cell):
             if stmt.name in program.cells:
                 prev = program.cells[stmt.name]
@@ -86,7 +111,8 @@ def _splice(text: str, file: str, base: Path, diags: Diagnostics, program: Progr
             program.statements.append(stmt)
 
 
-def _include(stmt: ast.Include, base: Path, diags: Diagnostics, program: Program, seen: set) -> None:
+def _include(stmt: ast.Include, base: Path, diags: Diagnostics, program: Program, seen: set,
+             texts: dict[str, str] | None = None) -> None:
     if "\0" in stmt.path or not stmt.path.endswith(".nn"):
         diags.error(f"an include names a spec file ending in .nn, not {stmt.path!r}", stmt.span)
         return
@@ -99,12 +125,15 @@ def _include(stmt: ast.Include, base: Path, diags: Diagnostics, program: Program
         return  # included once, like a header guard
     seen.add(path)
     where = f"included file '{stmt.path}' (looked for {path})"
-    text = _read_spec(path, diags, stmt.span, f"cannot read {where}", f"cannot read {where}",
-                      f"included file '{stmt.path}' is not a spec")
+    if texts is not None and str(path) in texts:
+        text = texts[str(path)]
+    else:
+        text = _read_spec(path, diags, stmt.span, f"cannot read {where}", f"cannot read {where}",
+                          f"included file '{stmt.path}' is not a spec")
     if text is None:
         return
     program.files.append(str(path))
-    _splice(text, str(path), path.parent, diags, program, seen)
+    _splice(text, str(path), path.parent, diags, program, seen, texts)
 
 
 _STDLIB_CACHE: dict[str, ast.Cell] | None = None

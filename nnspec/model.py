@@ -326,7 +326,8 @@ class Model:
 
     def __init__(self, compiled: Compiled, params: dict[str, np.ndarray] | None = None, *,
                  dtype=np.float32, seed: int = 0, default_init: str | None = None):
-        self.compiled = compiled
+        # the plan and what remakes the rest: the flat equations and the graph are made again if read
+        self.compiled = compiled.without_front()
         self.plan = compiled.plan
         self.dtype = np.dtype(dtype)
         self.params = params if params is not None else init_params(self.plan, seed, self.dtype, default_init)

@@ -153,6 +153,34 @@ def test_the_compiled_network_round_trips_through_json(spec):
     assert raw["format"] == "nnspec-compiled" and raw["version"] == 1 and raw["kind"] == compiled.kind
 
 
+@pytest.mark.parametrize("spec,dropout", [("specs/xor_train.nn", None), ("specs/lstm_tagger.nn", {"e": 0.25})])
+def test_a_model_keeps_the_plan_and_makes_the_graph_again_when_asked(spec, dropout):
+    # the flat equations and the graph are several times the plan's size: an embedded model does
+    # not hold them, and reading them makes the same ones (nodes, shapes, edges, loops: the JSON)
+    bindings = {"vocab(w)": 12, "classes(y)": 5} if "tagger" in spec else None
+    compiled = nnspec.compile_file(spec, bindings=bindings, dropout=dropout)
+    model = nnspec.Model(compiled)
+    assert model.compiled.front is None and model.compiled.plan is compiled.plan
+    assert compiled.front is not None                     # the caller's object is left as it was
+    assert model.compiled.to_json() == compiled.to_json()
+    assert model.compiled.front is not None and model.compiled.order == compiled.order
+    assert model.compiled.program.statements == compiled.program.statements
+    if dropout:
+        assert "e.dropout" in model.compiled.graph.g
+
+
+def test_a_models_program_is_read_again_from_the_texts_compiled_not_the_disk(tmp_path):
+    (tmp_path / "layer.nn").write_text("h[3] = tanh(W @ x + b)\n")
+    main = tmp_path / "net.nn"
+    main.write_text('input x[2]\ninclude "layer.nn"\noutput y[1]\ny = V @ h\n')
+    compiled = nnspec.compile_file(main)
+    model = nnspec.Model(compiled)
+    (tmp_path / "layer.nn").write_text("this is no spec\n")      # changed after the compilation
+    assert model.compiled.program.files == [str(main), str((tmp_path / "layer.nn").resolve())]
+    assert model.compiled.to_json() == compiled.to_json()
+    assert model.compiled.program.main_file == str(main)
+
+
 def test_a_plan_read_back_from_json_runs_to_the_same_values():
     from nnspec.export import CompiledJSON
     from nnspec.runtime import Executor
