@@ -257,9 +257,10 @@ def check_losses(graph: Graph, diags: Diagnostics) -> None:
     alone (a regulariser). An output has a value per example, so it cannot be such a number."""
     for node in graph.losses:
         info = graph.info(node)
-        of_parameters = not any(graph.info(a).kind in ("input", "target")
-                                for a in closure([node], graph.g.predecessors))   # a regulariser
-        if not (info.whole_batch or of_parameters):
+        # a loss function's mean, or a regulariser: a term of parameters alone (walked only then)
+        one_number = info.whole_batch or not any(graph.info(a).kind in ("input", "target")
+                                                 for a in closure([node], graph.g.predecessors))
+        if not one_number:
             what = user_name(info, diags.sources)
             diags.error(f"a loss must be one number for the whole batch, but {what} has a value for each example"
                         f"{' and each step' if info.seq else ''}; compare a prediction with a target with a loss "
