@@ -104,3 +104,30 @@ def test_default_policy():
     assert np.linalg.norm(table, axis=1).mean() == pytest.approx(1.0, rel=0.05)
     with pytest.raises(ValueError, match="role"):
         default_initializer((3,), "mystery")
+
+
+def test_a_models_parameters_are_drawn_on_one_blas_thread(monkeypatch):
+    # as every pass runs: an orthogonal matrix's QR on the threads of a busy machine took 0.2 s
+    # where one thread takes 1 ms, and one thread gives the same numbers
+    from nnspec import compile_text
+    from nnspec.model import init_params
+    from nnspec.runtime import _blas_libs
+    libs = _blas_libs()
+    if not libs:
+        pytest.skip("threadpoolctl sees no BLAS library")
+    threads, qr = [], np.linalg.qr
+    monkeypatch.setattr(np.linalg, "qr", lambda a, *args, **kw: (threads.append(
+        [lib.get_num_threads() for lib in libs]), qr(a, *args, **kw))[1])
+    plan = compile_text("input x[8]\noutput y[8]\ny = U @ x\nparam U init orthogonal\n").plan
+    before = [lib.get_num_threads() for lib in libs]
+    try:
+        for lib in libs:
+            lib.set_num_threads(2)      # (a machine's several threads, even where it has one core)
+        params = init_params(plan, seed=3)
+    finally:
+        for lib, n in zip(libs, before):
+            lib.set_num_threads(n)
+    assert threads == [[1] * len(libs)]
+    monkeypatch.setattr(np.linalg, "qr", qr)
+    np.testing.assert_array_equal(params["U"], INITIALIZERS["orthogonal"](
+        (8, 8), np.random.default_rng([3, *b"U"]), np.float32))
