@@ -179,3 +179,29 @@ def test_a_short_run_never_waits_for_compiled_loop_kernels(tmp_path):
     s, _ = train(path)
     ex = s.model.executor
     assert not (ex.fused and ex.fused.last) and not ex.segments_after and not ex.fast_sigmoid_after
+
+
+def test_evaluation_batches_sentences_of_one_length_together_to_the_same_metrics(tmp_path):
+    # the sums of an evaluation do not depend on the order of its batches: sentences of similar
+    # length share one whatever `by_length` says for training, so no step is padding
+    from nnspec.train.loop import evaluate
+    short, long_ = ["a", "cat"], ["the", "dog", "runs", "and", "the", "cat", "sleeps", "now"]
+    tags = {"a": "DET", "the": "DET", "cat": "NOUN", "dog": "NOUN", "runs": "VERB", "sleeps": "VERB",
+            "and": "CONJ", "now": "ADV"}
+    words = [short, long_] * 4
+    inline = (f"  w = {json.dumps(words)}\n"
+              f"  y = {json.dumps([[tags[w] for w in s] for s in words])}\n")
+    spec = TAGGER.replace(TAGGER[TAGGER.index("data inline {") + 14:TAGGER.rindex("}")], inline)
+    s = open_session(write(tmp_path, spec))
+    shapes = []
+    run = s.model.run
+
+    def recording(feeds, lengths=None, **kw):
+        shapes.append((np.asarray(feeds["w"]).shape, None if lengths is None else list(lengths)))
+        return run(feeds, lengths, **kw)
+    s.model.run = recording
+    batched = evaluate(s.model, s.data, "train", s.settings)
+    assert sorted(shape for shape, _ in shapes) == [(2, 2)] * 2 + [(8, 2)] * 2   # (T, B): none padded
+    one_by_one = evaluate(s.model, s.data, "train", s.settings.model_copy(update={"batch": 1}))
+    assert batched.metrics["accuracy"] == one_by_one.metrics["accuracy"]
+    assert batched.loss == pytest.approx(one_by_one.loss, rel=1e-6)

@@ -141,7 +141,10 @@ def evaluate(model: Model, data: BoundData, split: str, settings: TrainSettings,
     head_loss = {h.loss: 0.0 for h in heads}   # each head's own loss, summed over its targets
     preds: dict[str, list] = {h.loss: [] for h in heads}
     stream = Stream(model.plan)
-    for batch in data.batches(split, settings.batch, bptt=settings.bptt, ahead=stream.ahead, dtype=model.dtype):
+    # sequences of similar length share a batch whatever the settings say: the sums below do not
+    # depend on the order, and padding is work (EWT's dev set: 0.95 -> 0.40 s)
+    for batch in data.batches(split, settings.batch, by_length=True, bptt=settings.bptt, ahead=stream.ahead,
+                              dtype=model.dtype):
         before = stream.carry_into(batch.carry)
         with np.errstate(invalid="ignore", divide="ignore", over="ignore"):  # a NaN is caught and named below
             tape = model.run(batch.arrays, batch.lengths, carry=before)
