@@ -82,7 +82,10 @@ class Compiled:
         equations and the graph, several times the plan's size): what a :class:`~nnspec.model.Model`
         keeps. Reading ``program``, ``flat``, ``graph``, ``components`` or ``order`` of it makes them
         again, from the texts the compilation read."""
-        where = origin(self.source) if isinstance(self.source, Program) else self.source
+        where = self.source
+        texts = self.diags.sources.texts
+        if isinstance(where, Program) and all(f in texts for f in [where.main_file, *where.files]):
+            where = origin(where)   # (else kept parsed: its texts are not at hand to parse again)
         return dataclasses.replace(self, source=where, front=None)
 
     @property

@@ -181,6 +181,17 @@ def test_a_models_program_is_read_again_from_the_texts_compiled_not_the_disk(tmp
     assert model.compiled.program.main_file == str(main)
 
 
+def test_a_model_of_a_program_whose_texts_are_not_at_hand_keeps_it_parsed():
+    from nnspec.compiler import compile_program
+    from nnspec.errors import Diagnostics
+    from nnspec.loader import load_text
+    program = load_text("input x[2]\noutput y[1]\ny = W @ x\n", "<string>", Diagnostics())
+    compiled = compile_program(program, Diagnostics())        # its diagnostics never saw the text
+    model = nnspec.Model(compiled)
+    assert model.compiled.program is program and model.compiled.front is None
+    assert model.compiled.to_json() == compiled.to_json()
+
+
 def test_a_plan_read_back_from_json_runs_to_the_same_values():
     from nnspec.export import CompiledJSON
     from nnspec.runtime import Executor
