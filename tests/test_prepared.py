@@ -251,6 +251,32 @@ def test_the_hoisted_input_projection_lends_its_array_to_its_gradient(monkeypatc
     assert not lent
 
 
+def test_a_lent_gradient_array_every_step_writes_whole_is_not_zeroed_first():
+    # the loops write the gates' gradient at every step over the whole gates (the sigmoids' part and
+    # the tanh's, adding to nothing), so the projection's array they write it into needs no zeroing:
+    # the projection's own values (here poisoned with NaN) are overwritten before anything reads them.
+    # A state's gradient (added to by the next step's send) is zeroed as before.
+    plan, params, batches = _setup(SPECS["bidirectional_stacked"])
+    ex = Executor(plan, dtype=np.float64)
+    ref = Executor(plan, dtype=np.float64, options=ExecOptions.reference())
+    lenders = {v for v, _, _ in ex.facts.lent_to_loops.values()}
+    for feeds in batches + batches[:2]:
+        want = ref.backward(ref.forward(params, feeds, lengths=LENGTHS), wrt=set(params))
+        tape = ex.forward(params, feeds, lengths=LENGTHS, single_use=True)
+        for v in lenders:
+            tape.values[v][...] = np.nan          # (dead in the backward pass: nothing reads it there)
+        got = ex.backward(tape, wrt=set(params))
+        for k in params:
+            np.testing.assert_allclose(got[k], want[k], rtol=1e-10, atol=1e-12, err_msg=k)
+        del tape, got
+    runs = [fast._run for fast in ex.fast_loops.values()]
+    lstms = [run.backward for run in runs if any(s.endswith(".c") for s in run.backward.plan.ring or ())]
+    assert lstms
+    for bw in lstms:
+        assert set(bw.lent) <= bw.plan.overwritten
+        assert not set(bw.plan.ring) & bw.plan.overwritten
+
+
 @pytest.mark.parametrize("spend", [True, False])
 def test_a_relu_computes_in_its_inputs_array_in_a_single_use_pass(spend):
     # nothing but the relu reads the linear step's result, and the relu's derivative comes from its

@@ -186,7 +186,11 @@ class StepProduct:
             self.m, self.into = np.ascontiguousarray(m), target
             return
         stack = m.reshape(c, inner // c, k, cols // k).transpose(2, 0, 1, 3)
-        self.into = [column_parts(o, k) for o in target]
+        parts: dict = {}    # by array: a value held for one step is the same array at every step
+        for o in target:
+            if id(o) not in parts:
+                parts[id(o)] = column_parts(o, k)
+        self.into = [parts[id(o)] for o in target]
         if c == 1:
             self.m = np.ascontiguousarray(stack[:, 0])
             return

@@ -35,6 +35,7 @@ class LoopBackward:
 
     gbuf: dict                  # value -> its gradient's array (views and aliases included)
     owners: list                # the arrays gbuf's entries are views of
+    zeroed: list                # those zeroed before a pass (not the ones every step writes whole)
     ginit: dict                 # state -> gradient of its initial value
     local: dict                 # op id -> (array of D for all steps, D's per-step views)
     actions: list
@@ -50,8 +51,10 @@ class LoopBackward:
     incoming: dict = None
 
     def bind(self, region: str, arr: np.ndarray) -> None:
-        """This pass's gradient array of a region that lives in a lent array (zeroed here)."""
-        arr.fill(0)
+        """This pass's gradient array of a region that lives in a lent array (zeroed here, unless every
+        step writes it whole: ``BackwardPlan.overwritten``)."""
+        if region not in self.plan.overwritten:
+            arr.fill(0)
         self.gbuf[region] = arr
         _derive(self.gbuf, self.plan, self.lent[region])
         for v in self.lent[region]:
@@ -73,7 +76,7 @@ class LoopBackward:
                 + list(self.outer_step.values()) + self.tmps)
 
     def reset(self) -> None:
-        for a in self.owners + list(self.ginit.values()) + list(self.outer_step.values()):
+        for a in self.zeroed + list(self.ginit.values()) + list(self.outer_step.values()):
             a.fill(0)
 
 
@@ -275,8 +278,10 @@ def build_backward(ex, prog: LoopProgram, run: LoopRun, plan: BackwardPlan, need
         actions += more
     else:
         actions += [f for f, _ in steps]
-    return LoopBackward(gbuf=gbuf, owners=owners, ginit=ginit, local=local, actions=actions, segments=segs,
-                        prepared=products + segs,
+    whole = [gbuf[r] for r in plan.overwritten if r in gbuf and r not in lent]
+    zeroed = [a for a in owners if not any(a is w for w in whole)]
+    return LoopBackward(gbuf=gbuf, owners=owners, zeroed=zeroed, ginit=ginit, local=local, actions=actions,
+                        segments=segs, prepared=products + segs,
                         outer_step=outer_step, tmps=[a for pair in tmps.values() for a in pair],
                         glists=glists, plan=plan, incoming=incoming,
                         lent={r: [b.id for b in prog.body if plan.region.get(b.id) == r] for r in lent})

@@ -46,6 +46,8 @@ class BackwardPlan:
     deferred: list       # (op id, input position): one whole-sequence VJP after the loop
     local: set           # op ids whose derivative is precomputed
     ring: dict = None    # region -> slots: its gradient lives in a ring of that many steps
+    # regions every step's actions write whole, adding to nothing: no zeroing before a pass
+    overwritten: frozenset = frozenset()
 
 
 
@@ -163,8 +165,9 @@ class LoopProgram:
         actions, deferred, local = self._actions(need, views, aliased_edges, writable)
         region = {b.id: root(b.id) for b in self.body if not b.step.integer}
         scratch, ring = self._one_step_regions(region, pre, keep, deferred)
-        fill = self._zeroed_every_step(scratch, region, views, actions)
-        plan = BackwardPlan(alias, views, region, scratch, fill, actions, deferred, local, ring)
+        overwritten = self._overwritten_every_step(region, views, actions, pre)
+        fill = sorted(r for r in scratch if r not in overwritten)
+        plan = BackwardPlan(alias, views, region, scratch, fill, actions, deferred, local, ring, overwritten)
         self._backward[key] = plan
         return plan
 
@@ -249,26 +252,25 @@ class LoopProgram:
         whole |= (set(delay) | carried) - set(ring)
         return {r for r in set(region.values()) if r not in whole and r not in ring}, ring
 
-    def _zeroed_every_step(self, scratch: set, region: dict, views: dict, actions: list) -> list:
-        """The one-step regions to zero at every step: all but those their writers cover exactly."""
+    def _overwritten_every_step(self, region: dict, views: dict, actions: list, pre: frozenset) -> frozenset:
+        """The regions whose writers at every step cover them exactly and add to nothing (writes at
+        the step itself, each over its own span): zeroing them, at every step for a one-step region or
+        before a pass for the others (``LoopBackward.bind``, ``reset``), would be overwritten unread."""
         writes: dict[str, list] = {}
+        added = {region[v] for v in pre if v in region}     # (the gradient from after the loop is added in)
         for a in actions:
             if a.kind in ("vjp", "local"):
                 src, d = self.by_id[a.op_id].step.inputs[a.pos]
-                if d == 0 and src in region:
-                    writes.setdefault(region[src], []).append((src, a.accumulate))
+                if src in region:
+                    writes.setdefault(region[src], []).append((src, a.accumulate or d != 0))
             elif a.kind == "generic":
-                for src, _ in self.by_id[a.op_id].step.inputs:
-                    if src in region:
-                        writes.setdefault(region[src], []).append((src, True))
-        fill = []
-        for r in sorted(scratch):
-            ws = writes.get(r, [])
+                added |= {region[src] for src, _ in self.by_id[a.op_id].step.inputs if src in region}
+        out = set()
+        for r, ws in writes.items():
             width = self.by_id[r].trail[-1] if self.by_id[r].trail else None
             spans = sorted(views[v][1:] if v in views else (0, width) for v, _ in ws)
-            covered = (ws and not any(accum for _, accum in ws) and width is not None
-                       and spans[0][0] == 0 and spans[-1][1] == width
-                       and all(a[1] == b[0] for a, b in zip(spans, spans[1:])))
-            if not covered:
-                fill.append(r)
-        return fill
+            if (r not in added and width is not None and not any(accum for _, accum in ws)
+                    and spans[0][0] == 0 and spans[-1][1] == width
+                    and all(x[1] == y[0] for x, y in zip(spans, spans[1:]))):
+                out.add(r)
+        return frozenset(out)

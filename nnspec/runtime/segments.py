@@ -287,6 +287,7 @@ class Segment:
         self.lanes: list = [None] * len(lists)      # (view, (m, st, sb), width, address, first, last)
         self.geom = np.zeros(3 * len(lists), np.int64)
         self.args = None
+        self.checked = None     # the lanes' (address, geometry, width) the overlap check last passed
 
     def before_pass(self) -> None:
         """This pass's lanes, or None (the NumPy steps run) when a list is not one a kernel takes."""
@@ -304,13 +305,16 @@ class Segment:
         if new or self.args is None:
             fresh = set(new)
             lanes = self.lanes
-            if any((d in fresh or k in fresh or self.args is None) and _clash(lanes[d], lanes[k], self.rows)
-                   for d, k in self.pairs):
+            where = tuple(x[1:4] for x in lanes)      # (lanes bound again at the same places: checked already)
+            if where != self.checked and any((d in fresh or k in fresh or self.args is None)
+                                             and _clash(lanes[d], lanes[k], self.rows) for d, k in self.pairs):
                 self.args = None
                 return
             self.args = (self.rows, self.geom) + tuple(x[0] for x in lanes)
             if not probe(self.kernel, self.args):
                 self.args = None
+                return
+            self.checked = where
 
     def after_pass(self) -> None:
         """After a pass: let go of the arrays bound for it alone."""
@@ -388,10 +392,9 @@ _probed: dict[int, bool] = {}    # id of a kernel -> whether numba compiled it
 def probe(kernel, args: tuple) -> bool:
     """Compile the kernel for these arrays' types by running it on no rows; False if numba rejects
     the generated code (its steps then stay on NumPy), which would otherwise fail in the middle of a pass."""
-    from numba.core.errors import NumbaError
-
     ok = _probed.get(id(kernel))
     if ok is None:
+        from numba.core.errors import NumbaError
         try:
             kernel(0, 0, *args[1:])
             ok = True
