@@ -156,6 +156,36 @@ def test_a_loop_runs_fused_after_a_fixed_number_of_passes_and_its_kernels_are_ke
     assert not sum(kernels.forward.stats.cache_misses.values())
 
 
+@needs_numba
+def test_a_fused_loop_uses_its_arrays_again_only_once_nobody_holds_them():
+    """A pass whose tape and gradients are gone leaves its arrays to the next pass of that geometry
+    (no allocation per pass); a tape or a gradient still held keeps its arrays: a later pass, or a
+    second backward pass over the same tape, leaves their numbers as they were."""
+    plan, params, feeds = setup("lstm", np.float64)
+    ex = Executor(plan, dtype=np.float64)
+    first = ex.forward(params, feeds, lengths=LENGTHS)
+    h, grads = first.values["h"].copy(), ex.backward(first)
+    kept = {k: g.copy() for k, g in grads.items()}
+    again = ex.forward(params, feeds, lengths=LENGTHS)      # the first tape and gradients held
+    assert not np.shares_memory(again.values["h"], first.values["h"])
+    twice = ex.backward(first)                               # a second backward over the first tape
+    for k in kept:
+        np.testing.assert_array_equal(grads[k], kept[k], err_msg=k)
+        np.testing.assert_array_equal(twice[k], kept[k], err_msg=k)
+    np.testing.assert_array_equal(first.values["h"], h)
+    ex.backward(again)
+    arrays = again.loops[0].arrays
+    del first, grads, twice, again
+    third = ex.forward(params, feeds, lengths=LENGTHS)       # nobody holds the last pass's arrays
+    assert third.loops[0].arrays is arrays and np.shares_memory(third.values["h"], arrays.block)
+    np.testing.assert_array_equal(third.values["h"], h)
+    for k, g in ex.backward(third).items():
+        np.testing.assert_array_equal(g, kept[k], err_msg=k)
+    off = Executor(plan, dtype=np.float64, options=ExecOptions(reuse_buffers=False))   # the switch
+    one = off.forward(params, feeds, lengths=LENGTHS).loops[0].arrays
+    assert off.forward(params, feeds, lengths=LENGTHS).loops[0].arrays is not one
+
+
 @pytest.mark.parametrize("name", sorted(n for n, op in REGISTRY.items() if isinstance(op.fused, ScalarForm)))
 def test_every_scalar_form_is_its_ops_forward_and_derivative(name):
     """An op's fused form says what its forward and vjp say, at points away from kinks."""
