@@ -309,7 +309,8 @@ class Executor:
             if self.plan.loss is None:
                 raise ValueError("this network has no loss to differentiate")
             loss = tape.values[self.plan.loss]
-            grads[self.plan.loss] = np.ones(loss.shape, loss.dtype)   # (np.ones_like: a slow wrapper)
+            one = grads[self.plan.loss] = np.empty(loss.shape, loss.dtype)   # (np.ones, np.ones_like: slow wrappers)
+            one.fill(1)
         need = self.facts.grad_needed(wrt)
         leaves = None if wrt is None else set(wrt)
         run = tape.prepared
