@@ -36,7 +36,7 @@ from .compiler import Compiled, compile_file, compile_program, compile_text
 from .errors import Diagnostics, SpecError, did_you_mean
 from .initializers import default_initializer, initialize
 from .plan import Plan, ValueSpec
-from .runtime import ExecOptions, Executor, RunContext, RuntimeFailure, Tape
+from .runtime import ExecOptions, Executor, RunContext, RuntimeFailure, Tape, blas_threads
 from .runtime.paramblocks import join_blocks
 
 
@@ -175,14 +175,14 @@ def prepare_feeds(plan: Plan, feeds: dict, lengths=None, *, dtype=np.float32,
 
 class _FeedFacts:
     """What the check of plain feeds reads from a plan, worked out once: each input's and target's
-    wanted rank, leading axes and trailing sizes (those not fixed: None)."""
+    wanted rank, leading axes, trailing sizes and whether all of those are numbers."""
 
     def __init__(self, plan: Plan):
         values = plan.inputs + plan.targets
         self.declared = {v.name: v for v in values}
         one_axis = len({(v.axes or ["time"])[-1] for v in values if v.seq}) <= 1
-        self.layouts = {v.name: (len(v.shape) + 1 + int(v.seq), 1 + int(v.seq),
-                                 tuple(d if isinstance(d, int) else None for d in v.shape), v.seq)
+        self.layouts = {v.name: (len(v.shape) + 1 + int(v.seq), 1 + int(v.seq), tuple(v.shape),
+                                 all(isinstance(d, int) for d in v.shape), v.seq)
                         for v in values if one_axis and not v.nested}
         self.inputs = [v.name for v in plan.inputs]
         self.everything = self.inputs + [v.name for v in plan.targets]
@@ -211,8 +211,9 @@ def _plain_feeds(facts: _FeedFacts, feeds: dict, need_targets: bool) -> dict | N
         layout = layouts.get(name)
         if layout is None or type(a) is not np.ndarray or a.dtype.kind not in _NUMBERS:
             return None
-        rank, lead, trail, seq = layout
-        if a.ndim != rank or any(d is not None and n != d for n, d in zip(a.shape[lead:], trail)):
+        rank, lead, trail, fixed, seq = layout
+        if a.ndim != rank or (a.shape[lead:] != trail if fixed else
+                              any(isinstance(d, int) and n != d for n, d in zip(a.shape[lead:], trail))):
             return None
         b = a.shape[lead - 1]
         if batch is None:
@@ -479,8 +480,9 @@ class Model:
         the tape is spent by this backward pass (see ``Executor.forward``), which saves memory."""
         if self.plan.loss is None:
             raise FeedError("the network has no loss to differentiate")
-        tape = self.run(feeds, lengths, train=train, rng=rng, carry=carry, single_use=single_use)
-        grads = self.executor.backward(tape, wrt=[k for k in self.params if k not in self.frozen])
+        with blas_threads(self.executor.options.blas_threads):   # (once, not once a pass: microseconds)
+            tape = self.run(feeds, lengths, train=train, rng=rng, carry=carry, single_use=single_use)
+            grads = self.executor.backward(tape, wrt=[k for k in self.params if k not in self.frozen])
         loss = float(tape.values[self.plan.loss])
         return loss, {k: grads[k] for k in self.params if k in grads and k not in self.frozen}, tape
 

@@ -253,8 +253,8 @@ class Executor:
         if not (opts.prepared and opts.fast_loops) or context.check_finite or self.profile is not None:
             return None, None
         spend = bool(single_use and opts.spend_inputs and self.facts.spendable)   # (prepared.build)
-        key = (tuple((n, ax.steps, ax.lengths.tobytes()) for n, ax in axes.items()), need_loss,
-               tuple((k, a.shape, a.dtype.str) for k, a in env.items()), spend)
+        key = (tuple([(n, ax.steps, ax.lengths.tobytes()) for n, ax in axes.items()]), need_loss,
+               tuple([(k, a.shape, a.dtype.str) for k, a in env.items()]), spend)   # (lists: no generators)
         run = self._pass_run
         if run is not None and not (run.key == key and run.free()):
             run = self._pass_run = None
