@@ -166,11 +166,12 @@ class FusedLoops:
         for kind, k in arrays.per_pass:
             if kind == "init":
                 a, shape = inits[k[0]], (B,) + body.trails[k[0]]
-                args[(kind, k)] = np.ascontiguousarray(a if a.shape == shape else np.broadcast_to(a, shape), dtype)
+                args[(kind, k)] = a if a is zeros.get(k[0]) else np.ascontiguousarray(
+                    a if a.shape == shape else np.broadcast_to(a, shape), dtype)
             else:   # "before"
                 pre = before.get(k[0])
                 args[(kind, k)] = (np.ascontiguousarray(pre, dtype) if pre is not None and k[1] < 0
-                                   else np.empty((0, B) + body.trails[k[0]], dtype))
+                                   else arrays.no_steps[k[0]])
         lengths = axis.lengths if axis.lengths.dtype == np.int64 else axis.lengths.astype(np.int64)
         if key not in self.probed:
             if not probe(mod, code, args, lengths):
@@ -234,6 +235,8 @@ class _Arrays:
         shapes.update({("zero", s): (B,) + body.trails[s] for s in states})
         self.block, parts = _parts(shapes, dtype, self.ALIGN)
         self.zeros = {k: parts.pop(("zero", k)) for k in states}   # initial states of zeros: only read
+        self.no_steps = {e[1][0]: np.empty((0, B) + body.trails[e[1][0]], dtype)   # no steps of a chunk before
+                         for e in layout.forward if e[0] == "before"}
         self.args = dict(parts)
         self.bufs = {k: a for (kind, k), a in parts.items() if kind == "value"}
         self.per_pass = [e for e in layout.forward if e[0] in ("init", "before")]
