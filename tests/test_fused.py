@@ -186,6 +186,28 @@ def test_a_fused_loop_uses_its_arrays_again_only_once_nobody_holds_them():
     assert off.forward(params, feeds, lengths=LENGTHS).loops[0].arrays is not one
 
 
+@needs_numba
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_a_fused_loop_using_its_arrays_again_over_batches_of_other_lengths_gives_the_reference_numbers(dtype):
+    """One executor's passes over batches of other lengths and sizes (its arrays kept and used
+    again where the geometry repeats) give what the reference engine gives for each batch."""
+    plan, params, feeds = setup("lstm", dtype)
+    ex, reference = Executor(plan, dtype=dtype), Executor(plan, dtype=dtype, options=ExecOptions.reference())
+    tol = dict(rtol=2e-4, atol=2e-5) if dtype == np.float32 else dict(rtol=1e-10, atol=1e-12)
+    shorter = {k: v[:3] for k, v in feeds.items()}
+    for batch, lengths in [(feeds, LENGTHS), (feeds, [2, 5, 5, 1]), (shorter, [3, 1, 2, 3]), (feeds, None),
+                           (feeds, LENGTHS)]:
+        tape = ex.forward(params, batch, lengths=lengths)
+        assert isinstance(tape.loops[0], FusedRun)
+        grads = ex.backward(tape)
+        want_tape = reference.forward(params, batch, lengths=lengths)
+        want = reference.backward(want_tape)
+        np.testing.assert_allclose(tape.values["h"], want_tape.values["h"], **tol)
+        for k in params:
+            np.testing.assert_allclose(grads[k], want[k], err_msg=k, **tol)
+        del tape, grads
+
+
 @pytest.mark.parametrize("name", sorted(n for n, op in REGISTRY.items() if isinstance(op.fused, ScalarForm)))
 def test_every_scalar_form_is_its_ops_forward_and_derivative(name):
     """An op's fused form says what its forward and vjp say, at points away from kinks."""
