@@ -208,6 +208,16 @@ def test_a_fused_loop_using_its_arrays_again_over_batches_of_other_lengths_gives
         del tape, grads
 
 
+@needs_numba
+def test_a_fused_loop_keeps_the_arrays_of_a_few_batch_geometries_only():
+    from nnspec.runtime.fused import KEPT_GEOMETRIES
+    plan, params, feeds = setup("elman", np.float64)
+    ex = Executor(plan, dtype=np.float64)
+    for T in range(1, 6 + KEPT_GEOMETRIES):          # batches of many lengths
+        ex.backward(ex.forward(params, {k: v[:T] for k, v in feeds.items()}))
+    assert len(ex.fused.kept[0]) == KEPT_GEOMETRIES
+
+
 @pytest.mark.parametrize("name", sorted(n for n, op in REGISTRY.items() if isinstance(op.fused, ScalarForm)))
 def test_every_scalar_form_is_its_ops_forward_and_derivative(name):
     """An op's fused form says what its forward and vjp say, at points away from kinks."""

@@ -47,6 +47,10 @@ FUSE_MAX_WORK_PER_CALL = 1200
 # kernels agree with the NumPy path to rounding, not bit for bit).
 FUSE_AFTER_PASSES = 100
 
+# The arrays of this many batch geometries (T, B) of a loop are kept for passes to come (``FusedLoops.kept``):
+# a run of batches of one shape uses one set again and again; batches of many lengths hold no more.
+KEPT_GEOMETRIES = 4
+
 _modules: dict[str, object] = {}   # kernel source hash -> its compiled module, for this process
 
 
@@ -110,7 +114,7 @@ class FusedLoops:
         self.passes: dict[int, int] = {}   # loop -> passes run so far
         self.probed: set[tuple] = set()     # kernels known to compile
         self.reuse = ex.options.reuse_buffers   # a loop's arrays kept from pass to pass while nobody holds them
-        self.kept: dict[tuple, _Arrays] = {}    # (loop, layout, T, B, dtype) -> its arrays of the last pass
+        self.kept: dict[int, dict] = {}   # loop -> (layout, T, B, dtype) -> its arrays of the last pass there
         self.edges: dict[tuple, tuple] = {}   # (loop, needed set) -> the edges leaving it to differentiate
 
     def chosen(self, loop: LoopStep, batch: int) -> bool:
@@ -208,13 +212,14 @@ class FusedLoops:
         (``ExecOptions.reuse_buffers``; off: new ones every pass)."""
         if not self.reuse:
             return _Arrays(layout, body, loop.states, T, B, dtype)
-        key = (loop.index, id(layout), T, B, dtype.str)
-        kept = self.kept.get(key)
+        key, mine = (id(layout), T, B, dtype.str), self.kept.setdefault(loop.index, {})
+        kept = mine.get(key)
         if kept is not None and kept.layout is layout and kept.reuse.free():
             return kept
-        if len(self.kept) > 64:     # batches of many lengths: start over rather than grow
-            self.kept.clear()
-        kept = self.kept[key] = _Arrays(layout, body, loop.states, T, B, dtype)
+        mine.pop(key, None)
+        while len(mine) >= KEPT_GEOMETRIES:   # batches of many lengths: the least recently made go
+            del mine[next(iter(mine))]
+        kept = mine[key] = _Arrays(layout, body, loop.states, T, B, dtype)
         kept.reuse.track(kept.views())
         kept.tracked = True
         return kept
