@@ -26,6 +26,7 @@ or lists.
 """
 from __future__ import annotations
 
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -92,6 +93,10 @@ def prepare_feeds(plan: Plan, feeds: dict, lengths=None, *, dtype=np.float32,
                   need_targets: bool = False) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
     """The feeds as arrays in the runtime's layout, and the sequence lengths; :class:`FeedError` when they
     do not fit the declared inputs and targets (see the module docstring for the layout)."""
+    if lengths is None and type(feeds) is dict:
+        plain = _plain_feeds(_feed_facts(plan), feeds, need_targets)
+        if plain is not None:
+            return plain, None
     declared = {v.name: v for v in plan.inputs + plan.targets}
     if not isinstance(feeds, dict):
         raise FeedError(f"feeds are a dict from input names to values, not {type(feeds).__name__}")
@@ -173,6 +178,67 @@ def prepare_feeds(plan: Plan, feeds: dict, lengths=None, *, dtype=np.float32,
                 result[axis] = ls
         return out, result
     return out, _check_lengths(given.get(None), derived_by.get(None), steps_by.get(None), batch, out, declared)
+
+
+class _FeedFacts:
+    """What the check of plain feeds reads from a plan, worked out once: each input's and target's
+    wanted rank, leading axes, trailing sizes and whether all of those are numbers."""
+
+    def __init__(self, plan: Plan):
+        values = plan.inputs + plan.targets
+        self.declared = {v.name: v for v in values}
+        one_axis = len({(v.axes or ["time"])[-1] for v in values if v.seq}) <= 1
+        self.layouts = {v.name: (len(v.shape) + 1 + int(v.seq), 1 + int(v.seq), tuple(v.shape),
+                                 all(isinstance(d, int) for d in v.shape), v.seq)
+                        for v in values if one_axis and not v.nested}
+        self.inputs = [v.name for v in plan.inputs]
+        self.everything = self.inputs + [v.name for v in plan.targets]
+
+
+_FACTS: dict[int, tuple] = {}   # id(plan) -> (a weak reference to it, its _FeedFacts)
+
+
+def _feed_facts(plan: Plan) -> _FeedFacts:
+    kept = _FACTS.get(id(plan))
+    if kept is None or kept[0]() is not plan:
+        if len(_FACTS) > 64:
+            _FACTS.clear()
+        kept = _FACTS[id(plan)] = (weakref.ref(plan), _FeedFacts(plan))
+    return kept[1]
+
+
+def _plain_feeds(facts: _FeedFacts, feeds: dict, need_targets: bool) -> dict | None:
+    """The feeds as they are, when each is an array of numbers in its declared layout, all of one
+    batch (and sequences of one T, on one axis), every wanted one there, no lengths given: a training
+    step's case, checked in a few comparisons. None for anything else: the general path then says
+    what is wrong, as it would have (ids are checked here as there, feed by feed)."""
+    batch = steps = None
+    layouts = facts.layouts
+    for name, a in feeds.items():
+        layout = layouts.get(name)
+        if layout is None or type(a) is not np.ndarray or a.dtype.kind not in _NUMBERS:
+            return None
+        rank, lead, trail, fixed, seq = layout
+        if a.ndim != rank or (a.shape[lead:] != trail if fixed else
+                              any(isinstance(d, int) and n != d for n, d in zip(a.shape[lead:], trail))):
+            return None
+        b = a.shape[lead - 1]
+        if batch is None:
+            batch = b
+        elif b != batch:
+            return None
+        if seq:
+            if steps is None:
+                steps = a.shape[0]
+            elif a.shape[0] != steps:
+                return None
+    if len(feeds) < len(facts.everything) and any(
+            n not in feeds for n in (facts.everything if need_targets else facts.inputs)):
+        return None
+    declared = facts.declared
+    for name, a in feeds.items():
+        _check_ids(declared[name], a)
+    return dict(feeds)
 
 
 def _nested_feed(v: ValueSpec, value) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
@@ -422,8 +488,9 @@ class Model:
         the tape is spent by this backward pass (see ``Executor.forward``), which saves memory."""
         if self.plan.loss is None:
             raise FeedError("the network has no loss to differentiate")
-        tape = self.run(feeds, lengths, train=train, rng=rng, carry=carry, single_use=single_use)
-        grads = self.executor.backward(tape, wrt=[k for k in self.params if k not in self.frozen])
+        with blas_threads(self.executor.options.blas_threads):   # (once, not once a pass: microseconds)
+            tape = self.run(feeds, lengths, train=train, rng=rng, carry=carry, single_use=single_use)
+            grads = self.executor.backward(tape, wrt=[k for k in self.params if k not in self.frozen])
         loss = float(tape.values[self.plan.loss])
         return loss, {k: grads[k] for k in self.params if k in grads and k not in self.frozen}, tape
 

@@ -417,6 +417,31 @@ def test_feeds_that_do_not_fit_name_the_input_and_both_shapes(feeds, message):
         model.forward(feeds)
 
 
+def test_arrays_in_their_layout_are_taken_as_they_are_and_every_misfit_among_arrays_is_still_named(monkeypatch):
+    """Arrays of the declared layouts, of one batch and one T, skip the general path (a training
+    step's case) and come out as it gives them; each misfit among arrays still gets its message."""
+    from nnspec import model as M
+    plan = Model.from_text(SEQ_TAGGER).plan
+    x, y = np.zeros((3, 2, 2)), np.zeros((3, 2), dtype=np.int64)
+    assert M._plain_feeds(M._feed_facts(plan), {"x": x, "y": y}, True) is not None   # (the plain path)
+    plain, lengths = M.prepare_feeds(plan, {"x": x, "y": y}, need_targets=True)
+    assert lengths is None and plain["x"] is x and plain["y"] is y
+    misfits = [({"x": x, "y": np.zeros((4, 2), dtype=np.int64)}, "'y' has 4 steps but 'x' has 3"),
+               ({"x": x, "y": np.zeros((3, 5), dtype=np.int64)}, "'y' holds 5 examples but 'x' holds 2"),
+               ({"x": x}, "no value for 'y'"),
+               ({"x": x, "y": np.full((3, 2), 2)}, r"'y' holds id 2 at \(0, 0\)"),
+               ({"x": x, "y": np.full((3, 2), -2)}, r"'y' holds id -2 at \(0, 0\)"),
+               ({"x": x.astype(object), "y": y}, "'x' holds object values"),
+               ({"x": x[..., :1], "y": y}, r"input 'x': got shape \(3, 2, 1\)")]
+    for general in (False, True):
+        if general:
+            monkeypatch.setattr(M, "_plain_feeds", lambda *a: None)
+            assert M.prepare_feeds(plan, {"x": x, "y": y}, need_targets=True)[0] == plain
+        for feeds, message in misfits:
+            with pytest.raises(FeedError, match=message):
+                M.prepare_feeds(plan, feeds, need_targets=True)
+
+
 def test_grad_on_the_command_line_feeds_a_sequence_as_one_example(tmp_path, capsys):
     spec = write(tmp_path, "input x[2] : seq\noutput s\nh[3] = tanh(W @ x + U @ h[t-1])\ns = sum(h)\n")
     code, out, _ = run_main(capsys, "grad", spec, "--at", "x=[[1, 2], [3, 4], [5, 6]]", "--json")

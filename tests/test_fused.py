@@ -156,6 +156,69 @@ def test_a_loop_runs_fused_after_a_fixed_number_of_passes_and_its_kernels_are_ke
     assert not sum(kernels.forward.stats.cache_misses.values())
 
 
+@needs_numba
+def test_a_fused_loop_uses_its_arrays_again_only_once_nobody_holds_them():
+    """A pass whose tape and gradients are gone leaves its arrays to the next pass of that geometry
+    (no allocation per pass); a tape or a gradient still held keeps its arrays: a later pass, or a
+    second backward pass over the same tape, leaves their numbers as they were."""
+    plan, params, feeds = setup("lstm", np.float64)
+    ex = Executor(plan, dtype=np.float64)
+    first = ex.forward(params, feeds, lengths=LENGTHS)
+    h, grads = first.values["h"].copy(), ex.backward(first)
+    kept = {k: g.copy() for k, g in grads.items()}
+    again = ex.forward(params, feeds, lengths=LENGTHS)      # the first tape and gradients held
+    assert not np.shares_memory(again.values["h"], first.values["h"])
+    twice = ex.backward(first)                               # a second backward over the first tape
+    for k in kept:
+        np.testing.assert_array_equal(grads[k], kept[k], err_msg=k)
+        np.testing.assert_array_equal(twice[k], kept[k], err_msg=k)
+    np.testing.assert_array_equal(first.values["h"], h)
+    ex.backward(again)
+    arrays = again.loops[0].arrays
+    del first, grads, twice, again
+    third = ex.forward(params, feeds, lengths=LENGTHS)       # nobody holds the last pass's arrays
+    assert third.loops[0].arrays is arrays and np.shares_memory(third.values["h"], arrays.block)
+    np.testing.assert_array_equal(third.values["h"], h)
+    for k, g in ex.backward(third).items():
+        np.testing.assert_array_equal(g, kept[k], err_msg=k)
+    off = Executor(plan, dtype=np.float64, options=ExecOptions(reuse_buffers=False))   # the switch
+    one = off.forward(params, feeds, lengths=LENGTHS).loops[0].arrays
+    assert off.forward(params, feeds, lengths=LENGTHS).loops[0].arrays is not one
+
+
+@needs_numba
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_a_fused_loop_using_its_arrays_again_over_batches_of_other_lengths_gives_the_reference_numbers(dtype):
+    """One executor's passes over batches of other lengths and sizes (its arrays kept and used
+    again where the geometry repeats) give what the reference engine gives for each batch."""
+    plan, params, feeds = setup("lstm", dtype)
+    ex, reference = Executor(plan, dtype=dtype), Executor(plan, dtype=dtype, options=ExecOptions.reference())
+    tol = dict(rtol=2e-4, atol=2e-5) if dtype == np.float32 else dict(rtol=1e-10, atol=1e-12)
+    shorter = {k: v[:3] for k, v in feeds.items()}
+    for batch, lengths in [(feeds, LENGTHS), (feeds, [2, 5, 5, 1]), (shorter, [3, 1, 2, 3]), (feeds, None),
+                           (feeds, LENGTHS)]:
+        tape = ex.forward(params, batch, lengths=lengths)
+        assert isinstance(tape.loops[0], FusedRun)
+        grads = ex.backward(tape)
+        want_tape = reference.forward(params, batch, lengths=lengths)
+        want = reference.backward(want_tape)
+        np.testing.assert_allclose(tape.values["h"], want_tape.values["h"], **tol)
+        for k in params:
+            np.testing.assert_allclose(grads[k], want[k], err_msg=k, **tol)
+        del tape, grads
+
+
+@needs_numba
+def test_a_fused_loop_keeps_the_arrays_of_a_few_batch_geometries_only():
+    from nnspec.runtime.fused import KEPT_GEOMETRIES
+    plan, params, feeds = setup("elman", np.float64)
+    ex = Executor(plan, dtype=np.float64)
+    assert KEPT_GEOMETRIES < 5
+    for T in range(1, 6):          # batches of five lengths (the feeds' T is 5)
+        ex.backward(ex.forward(params, {k: v[:T] for k, v in feeds.items()}))
+    assert len(ex.fused.kept[0]) == KEPT_GEOMETRIES
+
+
 @pytest.mark.parametrize("name", sorted(n for n, op in REGISTRY.items() if isinstance(op.fused, ScalarForm)))
 def test_every_scalar_form_is_its_ops_forward_and_derivative(name):
     """An op's fused form says what its forward and vjp say, at points away from kinks."""

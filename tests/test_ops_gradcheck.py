@@ -264,6 +264,26 @@ def test_cross_entropy_logits_equals_cross_entropy_of_softmax():
     np.testing.assert_allclose(fwd("nll", fwd("log_softmax", z), y), expected)
 
 
+@pytest.mark.parametrize("rows, classes_", [(8, 10), (64, 10), (800, 17), (40, 32), (40, 33), (20, 1000)])
+def test_cross_entropy_logits_of_few_or_many_classes_is_the_log_softmax_loss_and_its_gradient(rows, classes_):
+    """Rows of a few classes take their maxima another way (columns of a transposed copy): the same
+    loss and gradient as log_softmax gives, with ignored targets, for short and long rows alike."""
+    from nnspec.ops.losses import _row_max
+    z = normal(rows, classes_) * 30
+    y = rng.integers(-1, classes_, rows)
+    np.testing.assert_array_equal(_row_max(z), z.max(axis=1, keepdims=True))
+    logp = fwd("log_softmax", z)
+    valid = y >= 0
+    expected = -logp[np.arange(rows), np.where(valid, y, 0)][valid].mean()
+    ctx = Ctx()
+    loss = get("cross_entropy_logits").forward([z.copy(), y], {}, ctx)
+    assert float(loss) == pytest.approx(expected, rel=1e-12)
+    d = get("cross_entropy_logits").vjp(np.array(2.0), [z, y], loss, {}, ctx)[0]
+    onehot = np.zeros_like(z)
+    onehot[np.arange(rows)[valid], y[valid]] = 1
+    np.testing.assert_allclose(d, 2.0 * (np.exp(logp) - onehot) * valid[:, None] / valid.sum(), rtol=1e-10, atol=1e-15)
+
+
 def test_class_losses_average_over_valid_positions_only():
     logp = np.log(np.full((T, B, K), 1.0 / K))
     logp[0, 0, 1] = np.log(0.5)  # the only valid target that differs

@@ -522,3 +522,15 @@ def test_spare_arrays_are_handed_out_in_parts_that_never_overlap():
     d = spare.take((40,), np.float32)
     assert np.shares_memory(c, big) and np.shares_memory(d, big) and not np.shares_memory(c, d)
     assert spare.take((5,), np.float32) is None                      # 48 + 40 -> 96 of 100 given out
+
+
+def test_the_time_axis_of_a_batch_without_lengths_is_kept_read_only_and_one_with_lengths_is_its_own():
+    plan, params, batches = _setup(SPECS["lstm"])
+    ex = Executor(plan, dtype=np.float64)
+    first = ex.forward(params, batches[0]).axes["time"]
+    assert ex.forward(params, batches[1]).axes["time"] is first            # same T and B: the same axis
+    assert first.lengths.tolist() == [5, 5, 5] and not first.mask.flags.writeable
+    given = ex.forward(params, batches[0], lengths=[5, 5, 5]).axes["time"]
+    assert given is not first and given.lengths.tolist() == [5, 5, 5]
+    off = Executor(plan, dtype=np.float64, options=ExecOptions(prepared=False))
+    assert off.forward(params, batches[0]).axes["time"] is not off.forward(params, batches[0]).axes["time"]

@@ -219,7 +219,8 @@ class CrossEntropyLogits(ClassLoss):
     saves_state = True    # the exponentials, for the vjp
     spends_input = True   # in a single-use pass the exponentials overwrite the logits
 
-    # Rows flattened to (N, K) and few NumPy calls: for small batches the calls are the cost.
+    # Rows flattened to (N, K) and few NumPy calls: for small batches the calls are the cost (the
+    # rows' sums as a product by ones, one BLAS call: NumPy's sum along a short axis costs 2-6 us)
     def forward(self, xs, attrs, ctx):
         z, y = xs
         K = z.shape[-1]
@@ -228,18 +229,17 @@ class CrossEntropyLogits(ClassLoss):
         cols = yf if valid is None else np.where(valid, yf, 0)
         rows = _arange(len(yf))
         # One exp over the logits: e = exp(z - max), -log p[y] = log(sum e) - (z[y] - max).
-        e = np.subtract(flat, flat.max(axis=1, keepdims=True),
-                        out=flat if ctx.spend else ctx.empty(flat.shape, z.dtype))
+        e = np.subtract(flat, _row_max(flat), out=flat if ctx.spend else ctx.empty(flat.shape, z.dtype))
         try:
             zy = e[rows, cols]
         except IndexError:
             raise ValueError(f"{self.name}: class {int(yf.max())} out of range for {K} classes") from None
         np.exp(e, out=e)
-        s = e.sum(axis=1)
+        s = _row_sums(e)
         nll = np.log(s)
         nll -= zy
         ctx.saved["exp"] = e, s, rows, cols, valid, n  # softmax = e / s, divided in the VJP
-        loss = nll.sum() if valid is None else np.dot(nll, valid.astype(nll.dtype))
+        loss = np.dot(nll, _ones(len(nll), nll.dtype) if valid is None else valid.astype(nll.dtype))
         return np.asarray(loss / n, dtype=z.dtype)
 
     def _positions(self, y, ctx):
@@ -262,12 +262,46 @@ class CrossEntropyLogits(ClassLoss):
             s, rows, cols = None, _arange(len(yf)), (yf if valid is None else np.where(valid, yf, 0))
         else:
             e, s, rows, cols, valid, n = saved
-        w = float(g) / n
-        scale = np.full(len(rows), w, dtype=e.dtype) if valid is None else valid * np.asarray(w, e.dtype)
+        w = float(g) / n   # (a Python float: with float32 arrays it computes in float32)
         d = e
-        d *= (scale / s if s is not None else scale)[:, None]
-        d[rows, cols] -= scale
+        if valid is not None:
+            scale = valid * np.asarray(w, e.dtype)
+            d *= (scale / s if s is not None else scale)[:, None]
+            d[rows, cols] -= scale
+        else:
+            d *= np.divide(w, s, out=s)[:, None] if s is not None else w   # (s is the VJP's to spend)
+            d[rows, cols] -= w
         return [d.reshape(z.shape), None]
+
+
+def _row_max(a: np.ndarray) -> np.ndarray:
+    """The maxima of a 2-d array's rows, (N, 1). Rows of a few classes (a classifier's, a tagger's):
+    by the columns of its transposed copy, as NumPy's reduction along a short axis pays per row
+    (64 x 10: 3.7 -> 1.9 us; 800 x 17: 31 -> 11). A maximum is exact: the same numbers either way."""
+    n, k = a.shape
+    if k <= 32 and n >= 16:
+        return np.maximum.reduce(np.ascontiguousarray(a.T), axis=0)[:, None]
+    return np.maximum.reduce(a, axis=1, keepdims=True)
+
+
+def _row_sums(a: np.ndarray) -> np.ndarray:
+    """The sums of a 2-d array's rows, as a product by ones (one BLAS call)."""
+    return np.dot(a, _ones(a.shape[1], a.dtype))
+
+
+_ONES: dict[tuple, np.ndarray] = {}
+
+
+def _ones(n: int, dtype) -> np.ndarray:
+    """n ones of dtype, kept (read only)."""
+    key = (n, dtype)
+    a = _ONES.get(key)
+    if a is None:
+        if len(_ONES) > 64:  # many batch shapes (variable lengths): start over
+            _ONES.clear()
+        a = _ONES[key] = np.ones(n, dtype)
+        a.flags.writeable = False
+    return a
 
 
 _ARANGE: dict[int, np.ndarray] = {}

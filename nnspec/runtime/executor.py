@@ -61,6 +61,7 @@ class Executor:
         self._pass_run: prepared.PassRun | None = None   # the prepared pass kept for the last batch geometry
         self._pass_seen: tuple | None = None    # (geometry, shapes of the steps that ran into arrays)
         self.profile: dict | None = None        # set to {} to collect seconds per step
+        self._whole_axes: dict[tuple, TimeAxis] = {}   # (axis, T, B) -> a batch's axis with every step real
 
     def settle_kernels(self, planned_passes: int) -> None:
         """Compiled loop kernels (fused loops, the fast sigmoid, fused segments) round differently from
@@ -136,6 +137,9 @@ class Executor:
                 else:
                     given = lengths if axis in (TIME, one) else None
                 rows = a.shape[k + 1] if axis in facts.nested else batch   # a nested axis: T_outer * B rows
+                if given is None and axis not in facts.nested and self.options.prepared:
+                    axes[axis] = self._whole_axis(axis, a.shape[k], rows)
+                    continue
                 if given is None:
                     given = np.full(rows, a.shape[k], dtype=np.int64)
                 axes[axis] = TimeAxis(axis, a.shape[k], np.asarray(given, dtype=np.int64)
@@ -143,6 +147,18 @@ class Executor:
                 if axis in facts.nested:
                     axes[axis].rows = (rows // max(batch, 1), batch)
         return batch, axes
+
+    def _whole_axis(self, name: str, steps: int, rows: int) -> TimeAxis:
+        """The axis of a batch whose sequences all have every step, kept per (axis, T, B) with its
+        mask and lengths read only (a pass's tape shows them; nothing may write them)."""
+        key = (name, steps, rows)
+        axis = self._whole_axes.get(key)
+        if axis is None:
+            if len(self._whole_axes) > 64:   # batches of many shapes: start over rather than grow
+                self._whole_axes.clear()
+            axis = self._whole_axes[key] = TimeAxis(name, steps, np.full(rows, steps, dtype=np.int64), self.dtype)
+            axis.lengths.flags.writeable = axis.mask.flags.writeable = False
+        return axis
 
     def _distinct_words(self, env, axes) -> None:
         """Each nested feed as its batch's distinct words (``axes.distinct_words``): its axis's rows
@@ -237,8 +253,8 @@ class Executor:
         if not (opts.prepared and opts.fast_loops) or context.check_finite or self.profile is not None:
             return None, None
         spend = bool(single_use and opts.spend_inputs and self.facts.spendable)   # (prepared.build)
-        key = (tuple((n, ax.steps, ax.lengths.tobytes()) for n, ax in axes.items()), need_loss,
-               tuple((k, a.shape, a.dtype.str) for k, a in env.items()), spend)
+        key = (tuple([(n, ax.steps, ax.lengths.tobytes()) for n, ax in axes.items()]), need_loss,
+               tuple([(k, a.shape, a.dtype.str) for k, a in env.items()]), spend)   # (lists: no generators)
         run = self._pass_run
         if run is not None and not (run.key == key and run.free()):
             run = self._pass_run = None
@@ -293,7 +309,8 @@ class Executor:
             if self.plan.loss is None:
                 raise ValueError("this network has no loss to differentiate")
             loss = tape.values[self.plan.loss]
-            grads[self.plan.loss] = np.ones(loss.shape, loss.dtype)   # (np.ones_like: a slow wrapper)
+            one = grads[self.plan.loss] = np.empty(loss.shape, loss.dtype)   # (np.ones, np.ones_like: slow wrappers)
+            one.fill(1)
         need = self.facts.grad_needed(wrt)
         leaves = None if wrt is None else set(wrt)
         run = tape.prepared

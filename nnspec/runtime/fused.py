@@ -15,6 +15,7 @@ numba is imported only when a loop is about to be fused.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,6 +27,7 @@ from .fusedcode import Kernels, NotFusable, body_forms, generate, work_per_examp
 from .gradsum import GradSum
 from .kernelcache import load_module, numba_available
 from .loops import check_loop
+from .reuse import Reuse
 from .reference import send
 from .tape import Tape
 from .timeaxis import array_shape, carried_steps, initial_state, read_sequence
@@ -44,6 +46,10 @@ FUSE_MAX_WORK_PER_CALL = 1200
 # kernels are on disk, so a run stays a pure function of its spec, data, settings and seed (the fused
 # kernels agree with the NumPy path to rounding, not bit for bit).
 FUSE_AFTER_PASSES = 100
+
+# The arrays of this many batch geometries (T, B) of a loop are kept for passes to come (``FusedLoops.kept``):
+# a run of batches of one shape uses one set again and again; batches of many lengths hold no more.
+KEPT_GEOMETRIES = 4
 
 _modules: dict[str, object] = {}   # kernel source hash -> its compiled module, for this process
 
@@ -90,6 +96,7 @@ class FusedRun:
     T: int
     lengths: np.ndarray
     inits: dict = field(default_factory=dict)
+    arrays: "_Arrays | None" = None   # where bufs and the backward kernel's gradients live
 
 
 class FusedLoops:
@@ -106,7 +113,8 @@ class FusedLoops:
         self.after = FUSE_AFTER_PASSES
         self.passes: dict[int, int] = {}   # loop -> passes run so far
         self.probed: set[tuple] = set()     # kernels known to compile
-        self.parts: dict[tuple, tuple] = {}   # (loop, layout, T, B) -> the backward gradients' places in a block
+        self.reuse = ex.options.reuse_buffers   # a loop's arrays kept from pass to pass while nobody holds them
+        self.kept: dict[int, dict] = {}   # loop -> (layout, T, B, dtype) -> its arrays of the last pass there
         self.edges: dict[tuple, tuple] = {}   # (loop, needed set) -> the edges leaving it to differentiate
 
     def chosen(self, loop: LoopStep, batch: int) -> bool:
@@ -151,23 +159,23 @@ class FusedLoops:
         mod = compiled(code)
         axis = tape.axes[ex.facts.loop_axis[loop.index]]
         T, B, dtype = axis.steps, rows, ex.dtype
-        inits = {s: initial_state(loop, body.by_id[s], tape, tape.carry, dtype) for s in loop.states}
+        arrays = self._arrays(loop, code.layout, body, T, B, dtype)
+        zeros, carry = arrays.zeros, tape.carry    # (a state that starts from zeros: kept zeros)
+        inits = {s: zeros[s] if s not in carry and s not in loop.initials
+                 else initial_state(loop, body.by_id[s], tape, carry, dtype) for s in loop.states}
         tape.initial_values.update(inits)
         before = carried_steps(loop, tape, dtype)
-        bufs = {v: np.empty((T, B) + trail, dtype) for v, trail in body.trails.items()}
-        args = dict(zip(body.outer_entries, (a if a.dtype == dtype else a.astype(dtype) for a in outer)))
-        for kind, k in code.layout.forward:
-            if kind == "value":
-                args[(kind, k)] = bufs[k]
-            elif kind == "read":
-                args[(kind, k)] = np.empty_like(bufs[k[0]])
-            elif kind == "init":
+        bufs, args = arrays.bufs, dict(arrays.args)   # (a pass's inputs in a dict of its own: not kept)
+        args.update(zip(body.outer_entries, (a if a.dtype == dtype else a.astype(dtype) for a in outer)))
+        for kind, k in arrays.per_pass:
+            if kind == "init":
                 a, shape = inits[k[0]], (B,) + body.trails[k[0]]
-                args[(kind, k)] = np.ascontiguousarray(a if a.shape == shape else np.broadcast_to(a, shape), dtype)
-            elif kind == "before":
+                args[(kind, k)] = a if a is zeros.get(k[0]) else np.ascontiguousarray(
+                    a if a.shape == shape else np.broadcast_to(a, shape), dtype)
+            else:   # "before"
                 pre = before.get(k[0])
                 args[(kind, k)] = (np.ascontiguousarray(pre, dtype) if pre is not None and k[1] < 0
-                                   else np.empty((0, B) + body.trails[k[0]], dtype))
+                                   else arrays.no_steps[k[0]])
         lengths = axis.lengths if axis.lengths.dtype == np.int64 else axis.lengths.astype(np.int64)
         if key not in self.probed:
             if not probe(mod, code, args, lengths):
@@ -179,7 +187,7 @@ class FusedLoops:
             times = range(T) if loop.direction > 0 else range(T - 1, -1, -1)
             check_loop(ex.program(loop), bufs, times)
         tape.values.update(bufs)
-        tape.loops[loop.index] = FusedRun(mod, code.layout, args, bufs, T, lengths, inits)
+        tape.loops[loop.index] = FusedRun(mod, code.layout, args, bufs, T, lengths, inits, arrays)
         self.last.add(loop.index)
         last = T - 1 if loop.direction > 0 else 0
         for s in loop.states:
@@ -196,6 +204,91 @@ class FusedLoops:
             return generate(loop, shapes)
         except NotFusable:
             return None
+
+
+    def _arrays(self, loop: LoopStep, layout, body: "_Body", T: int, B: int, dtype) -> "_Arrays":
+        """The loop's arrays for this geometry: the last pass's again when nobody holds any of them
+        any more (no tape, gradient or view: ``reuse.Reuse``), else new ones, kept for the next pass
+        (``ExecOptions.reuse_buffers``; off: new ones every pass)."""
+        if not self.reuse:
+            return _Arrays(layout, body, loop.states, T, B, dtype)
+        key, mine = (id(layout), T, B, dtype.str), self.kept.setdefault(loop.index, {})
+        kept = mine.get(key)
+        if kept is not None and kept.layout is layout and kept.reuse.free():
+            return kept
+        mine.pop(key, None)
+        while len(mine) >= KEPT_GEOMETRIES:   # batches of many lengths: the least recently made go
+            del mine[next(iter(mine))]
+        kept = mine[key] = _Arrays(layout, body, loop.states, T, B, dtype)
+        kept.reuse.track(kept.views())
+        kept.tracked = True
+        return kept
+
+
+class _Arrays:
+    """A fused loop's arrays for one geometry: the forward kernel's (the body's values over all steps,
+    the shifted reads) as parts of one block, and, made on its first backward pass, the backward
+    kernel's gradients as parts of another, zeroed at every backward pass."""
+
+    ALIGN = 16   # elements: each part starts at a multiple of 64 bytes (float32)
+
+    def __init__(self, layout, body: "_Body", states: list, T: int, B: int, dtype):
+        self.layout, self.T, self.B, self.dtype = layout, T, B, dtype
+        self.trails = body.trails
+        shapes = {("value", v): (T, B) + trail for v, trail in body.trails.items()}
+        shapes.update({e: (T, B) + body.trails[e[1][0]] for e in layout.forward if e[0] == "read"})
+        shapes.update({("zero", s): (B,) + body.trails[s] for s in states})
+        self.block, parts = _parts(shapes, dtype, self.ALIGN)
+        self.zeros = {k: parts.pop(("zero", k)) for k in states}   # initial states of zeros: only read
+        self.no_steps = {e[1][0]: np.empty((0, B) + body.trails[e[1][0]], dtype)   # no steps of a chunk before
+                         for e in layout.forward if e[0] == "before"}
+        self.args = dict(parts)
+        self.bufs = {k: a for (kind, k), a in parts.items() if kind == "value"}
+        self.per_pass = [e for e in layout.forward if e[0] in ("init", "before")]
+        self.gblock = None
+        self.grads: dict = {}
+        self.reuse = Reuse()
+        self.tracked = False   # kept by FusedLoops for the next pass (tracked by ``reuse``)
+
+    def views(self) -> list:
+        return [self.block, *self.args.values(), *self.zeros.values()]
+
+    def gradients(self) -> dict:
+        """The backward kernel's gradient arrays, zeroed: the kept ones (arrays kept from pass to pass)
+        when nobody holds any of them (a second backward pass over one tape must not overwrite the
+        first one's results)."""
+        if not self.tracked:
+            return _parts(self._gradient_shapes(), self.dtype, self.ALIGN)[1]
+        if self.gblock is None:
+            self.gblock, self.grads = _parts(self._gradient_shapes(), self.dtype, self.ALIGN)
+            self.gstart = len(self.reuse.arrays)
+            self.reuse.track([self.gblock, *self.grads.values()])
+        elif not self.reuse.free(self.gstart):
+            return _parts(self._gradient_shapes(), self.dtype, self.ALIGN)[1]
+        else:
+            self.gblock.fill(0)
+        return self.grads
+
+    def _gradient_shapes(self) -> dict:
+        T, B = self.T, self.B
+        shapes = {}
+        for e in self.layout.gradients:
+            kind, k = e
+            shapes[e] = (T, B) + self.trails[k if kind == "grad" else k[0]]
+        for e in self.layout.initial_gradients:
+            shapes[e] = (B,) + self.trails[e[1][0]]
+        return shapes
+
+
+def _parts(shapes: dict, dtype, align: int) -> tuple[np.ndarray, dict]:
+    """One zeroed block and, by key, a part of it of each shape (each part starting aligned)."""
+    at, places = 0, []
+    for shape in shapes.values():
+        n = math.prod(shape)
+        places.append((at, n))
+        at += -(-n // align) * align
+    block = np.zeros(max(at, 1), dtype)
+    return block, {k: block[lo:lo + n].reshape(shape) for (k, shape), (lo, n) in zip(shapes.items(), places)}
 
 
 class _Body:
@@ -223,23 +316,17 @@ def whole_input(run: FusedRun, env: dict, ids: set, src: str, d: int) -> np.ndar
 
 def loop_backward(ex, loop: LoopStep, run: FusedRun, tape: Tape, grads: GradSum, need, keep: bool) -> None:
     """BPTT by the backward kernel; then one whole-sequence VJP per edge leaving the loop."""
-    env, bufs, args = tape.values, run.bufs, dict(run.args)
+    env, bufs = tape.values, run.bufs
     ids = set(bufs)
-    # every gradient inside the loop: views of one zeroed block (one allocation, not one per value)
-    ginit_entries = run.layout.initial_gradients
-    first = next(iter(bufs.values()))
-    parts, total = _gradient_parts(ex.fused, loop, run)
-    block = np.zeros(total, first.dtype)
-    for entry, lo, hi, shape in parts:
-        args[entry] = block[lo:hi].reshape(shape)
+    # every gradient of the kernel: parts of one zeroed block (one allocation, not one per value),
+    # the block of the last pass again when nobody holds it
+    args = {**run.args, **run.arrays.gradients()}
     pre = grads.grads
     for v in bufs:
         if v in pre:
             args[("grad", v)] += pre.pop(v)
             grads.disown(v)
-    for entry in ginit_entries:
-        args[entry] = np.zeros(bufs[entry[1][0]].shape[1:], first.dtype)
-    run.kernels.backward(run.T, run.lengths, *(args[e] for e in run.layout.backward))
+    run.kernels.backward(run.T, run.lengths, *[args[e] for e in run.layout.backward])
     G = {v: args[("grad", v)] for v in bufs}
     for b, op, pos, src, d in _edges_out(ex, loop, ids, need):
         xs = [whole_input(run, env, ids, s2, d2) for s2, d2 in b.inputs]
@@ -251,33 +338,13 @@ def loop_backward(ex, loop: LoopStep, run: FusedRun, tape: Tape, grads: GradSum,
             grads.grads[v] = g
             grads.disown(v)
     ginit: dict = {}
-    for entry in ginit_entries:
+    for entry in run.layout.initial_gradients:
         s = entry[1][0]
         ginit[s] = ginit[s] + args[entry] if s in ginit else args[entry]
     for s, g in ginit.items():
         if s in need and s in loop.initials and s not in tape.carry:
             init_id = loop.initials[s]
             grads.add(init_id, unbroadcast(g, env[init_id].shape))
-
-
-def _gradient_parts(fused: FusedLoops, loop: LoopStep, run: FusedRun) -> tuple[list, int]:
-    """Where each gradient array of the backward kernel lies in the one zeroed block:
-    ``[(entry, lo, hi, shape)]`` and the block's size, worked out once per kernel and geometry."""
-    first = next(iter(run.bufs.values()))
-    key = (loop.index, id(run.layout), run.T, first.shape[1])
-    kept = fused.parts.get(key)
-    if kept is not None and kept[0] is run.layout:
-        return kept[1], kept[2]
-    parts, at = [], 0
-    for entry in run.layout.gradients:
-        kind, k = entry
-        like = run.bufs[k if kind == "grad" else k[0]]
-        parts.append((entry, at, at + like.size, like.shape))
-        at += like.size
-    if len(fused.parts) > 64:       # batches of many lengths: start over rather than grow
-        fused.parts.clear()
-    fused.parts[key] = (run.layout, parts, at)
-    return parts, at
 
 
 def _edges_out(ex, loop: LoopStep, ids: set, need) -> list:

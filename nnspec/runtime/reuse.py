@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import sys
 from collections import Counter
+from itertools import islice
 
 import numpy as np
 
@@ -18,8 +19,9 @@ class Reuse:
         self.arrays: list = []
         self.own: list[int] = []
 
-    def counts(self) -> list[int]:
-        return [sys.getrefcount(a) for a in self.arrays]
+    def counts(self, start: int = 0) -> list[int]:
+        # (islice: a slice of the list would hold a reference to each array itself)
+        return list(map(sys.getrefcount, islice(self.arrays, start, None) if start else self.arrays))
 
     def track(self, arrays: list) -> None:
         """Start tracking ``arrays`` (a list the caller drops afterwards): every reference to them
@@ -36,11 +38,10 @@ class Reuse:
 
     def free(self, start: int = 0) -> bool:
         """Whether nobody but the owner refers to the tracked arrays (from ``start`` on)."""
-        return self.counts()[start:] == self.own[start:]
+        return self.counts(start) == (self.own[start:] if start else self.own)
 
     def free_at(self, i: int) -> bool:
-        a = self.arrays[i]     # (counted as counts() counts: a name and the call's argument)
-        return sys.getrefcount(a) == self.own[i]
+        return sys.getrefcount(self.arrays[i]) == self.own[i]   # (counted as counts() counts: the call's argument)
 
     def keep(self, indices: list[int]) -> None:
         """Stop tracking all but the arrays at ``indices``."""

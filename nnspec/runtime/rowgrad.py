@@ -43,18 +43,15 @@ class TableGrads:
             reuse.track([np.zeros(shape, dtype)])
         buf = reuse.arrays[0]
         ids = ids.reshape(-1)
-        g = g.reshape((len(ids),) + tuple(shape[1:]))
-        if ids.size and ids.min() < 0:   # padding
-            keep = ids >= 0
-            ids, g = ids[keep], g[keep]
-        rows = scatter_rows(buf, ids, g)
+        rows = scatter_rows(buf, ids, g.reshape((len(ids),) + tuple(shape[1:])))
         self.kept[table] = (reuse, rows)
         return RowGrad.of(buf, rows)
 
 
 def scatter_rows(buf: np.ndarray, ids: np.ndarray, g: np.ndarray) -> np.ndarray:
-    """``buf[ids] += g`` with repeated ids summed, into rows of ``buf`` that are zero; returns the
-    rows touched, sorted. The ids are sorted once: the first occurrence of each row is written
+    """``buf[ids] += g`` with repeated ids summed, into rows of ``buf`` that are zero, negative ids
+    (padding) left out; returns the rows touched, sorted. The ids are sorted once (the padding then
+    comes first, found without a pass of its own): the first occurrence of each row is written
     (a plain scatter), and only the repeats go through ``np.add.at``. A batch of text repeats few
     of its ids, and ``add.at`` over all of them cost 1.8 ms where this costs 0.1 (800 ids of
     100 floats); ``np.add.reduceat`` over the sorted rows was 0.7."""
@@ -62,6 +59,11 @@ def scatter_rows(buf: np.ndarray, ids: np.ndarray, g: np.ndarray) -> np.ndarray:
         return ids
     order = np.argsort(ids, kind="stable")   # stable: repeats summed in the order of the ids
     ids = ids[order]
+    if ids[0] < 0:   # padding
+        keep = int(np.searchsorted(ids, 0))
+        order, ids = order[keep:], ids[keep:]
+        if ids.size == 0:
+            return ids
     first = np.empty(len(ids), bool)
     first[0] = True
     np.not_equal(ids[1:], ids[:-1], out=first[1:])

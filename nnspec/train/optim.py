@@ -156,6 +156,13 @@ class SGD(Optimizer):
 def _sgd_add(p: np.ndarray, g: np.ndarray, a: float, writable: bool, scratch: np.ndarray | None):
     """SGD's ``p += a * g`` (``writable``: g may be overwritten); returns the scratch array for the
     next call (``_add_scaled``)."""
+    if type(g) is np.ndarray and g.size <= _SMALL:   # a small plain gradient (most of a small network's)
+        if writable and g.dtype == p.dtype and g.flags.c_contiguous:
+            g *= a
+            p += g
+        else:
+            p += a * g
+        return scratch
     rows = getattr(g, "rows", None)   # an embedding table's gradient: only these rows are non-zero
     if rows is not None and rows.size < p.shape[0]:
         _add_scaled_rows(p, g, rows, a)
