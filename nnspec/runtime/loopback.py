@@ -211,7 +211,6 @@ def build_backward(ex, prog: LoopProgram, run: LoopRun, plan: BackwardPlan, need
     incoming: dict = {}
     step = 1 if prog.loop.direction > 0 else -1
     actions += [_slot_action(r, gbuf[r], slots, step, run, incoming) for r, slots in plan.ring.items()]
-    actions += [b.op.step_forward(run.ins[b.id], run.outs[b.id], b.step.attrs) for b in remade]
     tmps: dict = {}
 
     def tmp_pair(arr):
@@ -273,6 +272,13 @@ def build_backward(ex, prog: LoopProgram, run: LoopRun, plan: BackwardPlan, need
                 item = segments.BackwardItem(G, [own] * T, prog.by_id[src].trail[-1], False, kD, b, a.pos, ins, outs,
                                              send=_send_action(glists[src], d, axis, ginit.get(src), own, t2))
         steps.append((step, item))
+    if remade:     # first at every step; in the segment that starts the step, where there is one
+        joins = (run.fused_segments and bool(steps) and steps[0][1] is not None
+                 and all(segments.forward_form(b) for b in remade))
+        steps[:0] = [(b.op.step_forward(run.ins[b.id], run.outs[b.id], b.step.attrs),
+                      segments.BackwardItem(None, run.outs[b.id], b.trail[-1], False, b=b, ins=run.ins[b.id],
+                                            remake=True) if joins else None)
+                     for b in remade]
     segs = []
     if run.fused_segments:
         rings = {id(glists[v]): plan.ring[plan.region[v]] for v in glists if plan.region.get(v) in plan.ring}
