@@ -132,3 +132,19 @@ def test_the_ops_made_again_are_those_whose_value_is_one_rounding_of_their_input
     ones = {name for name, op in REGISTRY.items() if one_rounding(op)}
     assert {"add", "sub", "mul"} <= ones
     assert not ones & {"div", "sigmoid", "tanh", "exp", "slice", "matmul"}
+
+
+@pytest.mark.parametrize("direction", list(CELLS))
+def test_every_gradient_kept_as_nnspec_grad_asks_gives_the_reference_numbers(direction):
+    """A full tape, every value's gradient kept (the body's too: read from the slice's part)."""
+    plan, params, batches = gru(direction)
+    results = []
+    for options in (ExecOptions(fused_loops=False), ExecOptions.reference()):
+        ex = Executor(plan, dtype=np.float64, options=options)
+        for feeds in batches[:2]:
+            tape = ex.forward(params, feeds, lengths=LENGTHS["padded"])
+            results.append(ex.backward(tape))
+    for fast, ref in zip(results[:2], results[2:]):
+        assert set(fast) <= set(ref)
+        for k in fast:
+            np.testing.assert_allclose(fast[k], ref[k], rtol=1e-10, atol=1e-12, err_msg=k)

@@ -93,6 +93,7 @@ class LoopProgram:
                     self.readers[src].append((s.id, pos, d))
         # sequences whose gradient a single-use backward pass may compute in a dead value's array
         self.lendable = frozenset(facts.lent_to_loops) if opts.lend_dead else frozenset()
+        self.leaves = frozenset(facts.plan.consts) | {p.name for p in facts.plan.params}   # weights, constants
         self.recomputed = frozenset()    # scratch values made again in the backward pass (``_recomputed``)
         self.scratch = self._scratch_values(facts, loop) if opts.scratch else frozenset()
         # runs with ops that need their context (dropout) are built every pass
@@ -135,7 +136,7 @@ class LoopProgram:
 
     def _recomputed(self, facts: PlanFacts, scratch: set, seen_outside: set) -> frozenset:
         """Values kept only because a backward step reads them, that one exactly rounded operation
-        (``one_rounding``) makes from values kept anyway (or weights, constants): held for one step
+        (``one_rounding``) makes from values the loop keeps anyway, weights or constants: held for one step
         instead, and made again at each step of the backward pass, before its actions (the same
         numbers: one rounding of the same operands). Their readers' VJPs must read them step by step:
         no derivative computed for the whole sequence, no VJP after the loop."""
@@ -145,16 +146,15 @@ class LoopProgram:
             if (v in scratch or v in seen_outside or not b.fast or b.step.integer or b.view_of is not None
                     or vjp_reads(b.op, "out") or not one_rounding(b.op)):
                 continue
-            operands_kept = all(
-                (src not in scratch and src not in out) if src in self.ids
-                else (src not in facts.seq and src not in facts.integer)
+            operands_kept = all(   # (a value computed outside the loop may lend its array: not those)
+                (src not in scratch and src not in out) if src in self.ids else src in self.leaves
                 for src, d in b.step.inputs)
             if not operands_kept or not self.readers[v]:
                 continue
             readers_step_by_step = True
             for rid, pos, d in self.readers[v]:
                 r = self.by_id[rid]
-                if d != 0 or not r.fast or r.view_of is not None or rid in out:
+                if d != 0 or not r.fast or r.view_of is not None:
                     readers_step_by_step = False
                 elif vjp_reads(r.op, pos) and (r.op.local_grad is not None or
                                                any(src not in self.ids for src, _ in r.step.inputs)):
