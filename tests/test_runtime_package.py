@@ -140,7 +140,7 @@ def test_a_stream_carries_the_last_chunks_states_into_the_next_chunk_only():
 
 
 SWITCHES = ["defer_grads", "local_grads", "alias_grads", "scratch", "reuse_buffers", "row_grads", "prepared", "lend_dead",
-            "share_dead", "ring_grads"]
+            "share_dead", "ring_grads", "grads_in_views", "recompute"]
 TAGGER = ("input w : seq of token\ntarget y : seq of class\ne = embed(w, 4)\nh = lstm(concat(e, e[t-1]), H = 3)\n"
           "z[3] = V @ concat(h, h[t-2]) + c\nloss cross_entropy_logits(z, y)\n")
 

@@ -199,7 +199,10 @@ def build_backward(ex, prog: LoopProgram, run: LoopRun, plan: BackwardPlan, need
     # derivatives of elementwise ops, for the whole sequence at once (filled every pass)
     # (over every step: the op's own buffer may be one step's scratch when its VJP reads only its input)
     # with fused segments, an op whose every action a kernel does by its partial derivative needs none
-    how, inline = segments.backward_choice(prog.by_id, plan.actions, run.scratch) if run.fused_segments else ({}, set())
+    # (a value made again at every step before the actions, ``LoopProgram.recomputed``, is this step's)
+    remade = _remade(prog, run, plan)
+    held_one_step = run.scratch - {b.id for b in remade}
+    how, inline = segments.backward_choice(prog.by_id, plan.actions, held_one_step) if run.fused_segments else ({}, set())
     local = {}
     for bid in plan.local - inline:
         into = ex.pool.empty((T, B) + prog.by_id[bid].trail, dtype)
@@ -269,6 +272,13 @@ def build_backward(ex, prog: LoopProgram, run: LoopRun, plan: BackwardPlan, need
                 item = segments.BackwardItem(G, [own] * T, prog.by_id[src].trail[-1], False, kD, b, a.pos, ins, outs,
                                              send=_send_action(glists[src], d, axis, ginit.get(src), own, t2))
         steps.append((step, item))
+    if remade:     # first at every step; in the segment that starts the step, where there is one
+        joins = (run.fused_segments and bool(steps) and steps[0][1] is not None
+                 and all(segments.forward_form(b) for b in remade))
+        steps[:0] = [(b.op.step_forward(run.ins[b.id], run.outs[b.id], b.step.attrs),
+                      segments.BackwardItem(None, run.outs[b.id], b.trail[-1], False, b=b, ins=run.ins[b.id],
+                                            remake=True) if joins else None)
+                     for b in remade]
     segs = []
     if run.fused_segments:
         rings = {id(glists[v]): plan.ring[plan.region[v]] for v in glists if plan.region.get(v) in plan.ring}
@@ -285,6 +295,14 @@ def build_backward(ex, prog: LoopProgram, run: LoopRun, plan: BackwardPlan, need
                         outer_step=outer_step, tmps=[a for pair in tmps.values() for a in pair],
                         glists=glists, plan=plan, incoming=incoming,
                         lent={r: [b.id for b in prog.body if plan.region.get(b.id) == r] for r in lent})
+
+
+def _remade(prog: LoopProgram, run: LoopRun, plan: BackwardPlan) -> list:
+    """The body ops whose value, held for one step in the forward pass, the backward pass makes again
+    at every step (``LoopProgram.recomputed``): those an action reads."""
+    acting = {a.op_id for a in plan.actions}
+    return [b for b in prog.body if b.id in prog.recomputed and b.id in run.scratch
+            and any(rid in acting for rid, _, _ in prog.readers[b.id])]
 
 
 def _gradient_buffers(ex, prog: LoopProgram, plan: BackwardPlan, lent: dict, T: int, B: int) -> tuple:

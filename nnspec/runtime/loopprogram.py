@@ -4,10 +4,12 @@ only (scratch), and for the backward pass which gradients share a buffer, which 
 one whole-sequence VJP after the loop, and what runs at every step (``BackwardPlan``)."""
 from __future__ import annotations
 
+import ast
 from dataclasses import dataclass
+from functools import lru_cache
 
 from ..ops import REGISTRY
-from ..ops.registry import Op
+from ..ops.registry import Op, ScalarForm
 from ..plan import LoopStep, OpStep
 from .facts import PlanFacts, vjp_reads
 from .tape import ExecOptions
@@ -89,6 +91,10 @@ class LoopProgram:
             for pos, (src, d) in enumerate(s.inputs):
                 if src in self.ids:
                     self.readers[src].append((s.id, pos, d))
+        # sequences whose gradient a single-use backward pass may compute in a dead value's array
+        self.lendable = frozenset(facts.lent_to_loops) if opts.lend_dead else frozenset()
+        self.leaves = frozenset(facts.plan.consts) | {p.name for p in facts.plan.params}   # weights, constants
+        self.recomputed = frozenset()    # scratch values made again in the backward pass (``_recomputed``)
         self.scratch = self._scratch_values(facts, loop) if opts.scratch else frozenset()
         # runs with ops that need their context (dropout) are built every pass
         self.reusable = opts.reuse_buffers and all(b.fast for b in self.body)
@@ -124,6 +130,37 @@ class LoopProgram:
                     out.add(b.id)
             elif not needs[b.id]:
                 out.add(b.id)
+        if self.options.recompute:
+            self.recomputed = self._recomputed(facts, out, seen_outside)
+        return frozenset(out | self.recomputed)
+
+    def _recomputed(self, facts: PlanFacts, scratch: set, seen_outside: set) -> frozenset:
+        """Values kept only because a backward step reads them, that one exactly rounded operation
+        (``one_rounding``) makes from values the loop keeps anyway, weights or constants: held for one step
+        instead, and made again at each step of the backward pass, before its actions (the same
+        numbers: one rounding of the same operands). Their readers' VJPs must read them step by step:
+        no derivative computed for the whole sequence, no VJP after the loop."""
+        out: set = set()
+        for b in self.body:
+            v = b.id
+            if (v in scratch or v in seen_outside or not b.fast or b.step.integer or b.view_of is not None
+                    or vjp_reads(b.op, "out") or not one_rounding(b.op)):
+                continue
+            operands_kept = all(   # (a value computed outside the loop may lend its array: not those)
+                (src not in scratch and src not in out) if src in self.ids else src in self.leaves
+                for src, d in b.step.inputs)
+            if not operands_kept or not self.readers[v]:
+                continue
+            readers_step_by_step = True
+            for rid, pos, d in self.readers[v]:
+                r = self.by_id[rid]
+                if d != 0 or not r.fast or r.view_of is not None:
+                    readers_step_by_step = False
+                elif vjp_reads(r.op, pos) and (r.op.local_grad is not None or
+                                               any(src not in self.ids for src, _ in r.step.inputs)):
+                    readers_step_by_step = False
+            if readers_step_by_step:
+                out.add(v)
         return frozenset(out)
 
     def backward_plan(self, pre: frozenset, need: set, keep: bool, fwd_scratch: frozenset) -> BackwardPlan:
@@ -133,7 +170,7 @@ class LoopProgram:
         if key in self._backward:
             return self._backward[key]
         count = {v: len(r) + (1 if v in pre else 0) for v, r in self.readers.items()}
-        alias, views, aliased_edges = self._shared_gradients(count)
+        alias, views, aliased_edges, into_views = self._shared_gradients(count)
 
         def root(v):
             while True:
@@ -146,6 +183,8 @@ class LoopProgram:
 
         def writable(v: str) -> bool:
             """Whether an edge may write (not add) its gradient: the only contribution to that region."""
+            if v in into_views:    # its gradient is the slice's, and the slice's only contribution
+                return count[v] == 1 and writable(alias[v])
             if count[v] != 1 or v in alias:
                 return False
             if v in views:
@@ -165,20 +204,22 @@ class LoopProgram:
         actions, deferred, local = self._actions(need, views, aliased_edges, writable)
         region = {b.id: root(b.id) for b in self.body if not b.step.integer}
         scratch, ring = self._one_step_regions(region, pre, keep, deferred)
-        overwritten = self._overwritten_every_step(region, views, actions, pre)
+        overwritten = self._overwritten_every_step(region, views, alias, actions, pre)
         fill = sorted(r for r in scratch if r not in overwritten)
         plan = BackwardPlan(alias, views, region, scratch, fill, actions, deferred, local, ring, overwritten)
         self._backward[key] = plan
         return plan
 
-    def _shared_gradients(self, count: dict) -> tuple[dict, dict, set]:
-        """(alias, views, aliased edges): a value whose gradient is its only reader's (an ``add``'s
-        operand) shares that reader's buffer; a slice's gradient is a view of its source's."""
+    def _shared_gradients(self, count: dict) -> tuple[dict, dict, set, set]:
+        """(alias, views, aliased edges, into views): a value whose gradient is its only reader's (an
+        ``add``'s operand) shares that reader's buffer; a slice's gradient is a view of its source's;
+        and (``grads_in_views``) a value whose op passes its gradient unchanged to a slice read by it
+        alone shares that slice's gradient (the values aliased so: ``into views``)."""
         alias: dict[str, str] = {}
         views: dict[str, tuple] = {}
-        aliased_edges = set()
+        aliased_edges, into_views = set(), set()
         if not self.options.alias_grads:
-            return alias, views, aliased_edges
+            return alias, views, aliased_edges, into_views
         for b in self.body:
             if b.view_of is not None and b.view_of[0] in self.ids:
                 views[b.id] = b.view_of
@@ -187,12 +228,22 @@ class LoopProgram:
                 continue
             for pos in b.op.passes_gradient:
                 src, d = b.step.inputs[pos]
-                if (d != 0 or src not in self.ids or count[src] != 1 or src in views or src in alias
+                if (d != 0 or src not in self.ids or count[src] != 1 or src in alias
                         or self.steps[src].integer or self.by_id[src].trail != b.trail):
                     continue
-                alias[src] = b.id
-                aliased_edges.add((b.id, pos))
-        return alias, views, aliased_edges
+                if src not in views:
+                    alias[src] = b.id
+                    aliased_edges.add((b.id, pos))
+                elif (self.options.grads_in_views and b.id not in alias and b.id not in views
+                        and not b.step.integer and not any(s in self.lendable for s, _ in b.step.inputs)):
+                    # the other way round: the operand is a slice, whose gradient is a part of its
+                    # source's, and it is b's alone: b's gradient is kept there (``into_views``);
+                    # not when b's own would be a lent array's part (a hoisted projection's: no
+                    # buffer at all, ``loopback._lent_regions``)
+                    alias[b.id] = src
+                    into_views.add(b.id)
+                    aliased_edges.add((b.id, pos))
+        return alias, views, aliased_edges, into_views
 
     def _actions(self, need: set, views: dict, aliased_edges: set, writable) -> tuple[list, list, set]:
         """(per-step actions in backward order, edges deferred to one VJP after the loop, ops whose
@@ -252,7 +303,8 @@ class LoopProgram:
         whole |= (set(delay) | carried) - set(ring)
         return {r for r in set(region.values()) if r not in whole and r not in ring}, ring
 
-    def _overwritten_every_step(self, region: dict, views: dict, actions: list, pre: frozenset) -> frozenset:
+    def _overwritten_every_step(self, region: dict, views: dict, alias: dict, actions: list,
+                                pre: frozenset) -> frozenset:
         """The regions whose writers at every step cover them exactly and add to nothing (writes at
         the step itself, each over its own span): zeroing them, at every step for a one-step region or
         before a pass for the others (``LoopBackward.bind``, ``reset``), would be overwritten unread."""
@@ -268,9 +320,31 @@ class LoopProgram:
         out = set()
         for r, ws in writes.items():
             width = self.by_id[r].trail[-1] if self.by_id[r].trail else None
-            spans = sorted(views[v][1:] if v in views else (0, width) for v, _ in ws)
+            spans = sorted(_span(v, views, alias, width) for v, _ in ws)
             if (r not in added and width is not None and not any(accum for _, accum in ws)
                     and spans[0][0] == 0 and spans[-1][1] == width
                     and all(x[1] == y[0] for x, y in zip(spans, spans[1:]))):
                 out.add(r)
         return frozenset(out)
+
+
+def _span(v: str, views: dict, alias: dict, width) -> tuple:
+    """The part (start, stop) of its region's last axis that a value's gradient takes."""
+    while v in alias:
+        v = alias[v]
+    return views[v][1:] if v in views else (0, width)
+
+
+@lru_cache(maxsize=None)
+def one_rounding(op: Op) -> bool:
+    """Whether an elementwise op's value is one exactly rounded operation (``+``, ``-``, ``*``) of its
+    two inputs (its scalar form ``{x0} - {x1}`` and the like): made again from the same operands, by
+    NumPy or a compiled kernel, it is the same number."""
+    if not (op.elementwise and isinstance(op.fused, ScalarForm)):
+        return False
+    try:
+        tree = ast.parse(op.fused.value.format(x0="x0", x1="x1"), mode="eval").body
+    except (KeyError, IndexError, ValueError, SyntaxError):
+        return False
+    return (isinstance(tree, ast.BinOp) and isinstance(tree.op, (ast.Add, ast.Sub, ast.Mult))
+            and [getattr(n, "id", None) for n in (tree.left, tree.right)] == ["x0", "x1"])

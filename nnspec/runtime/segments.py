@@ -461,7 +461,8 @@ class BackwardItem:
     """A backward action as a segment sees it: ``dest (+)= G * D`` (``D`` a per-step list) or
     ``dest (+)= G * partial`` (op ``b``'s partial derivative for input ``pos``, over its per-step
     inputs ``ins`` and output ``out``); ``send``: for a state read at another step, what sends the
-    gradient written into ``dest`` (a buffer of the action's own) to its step."""
+    gradient written into ``dest`` (a buffer of the action's own) to its step. ``remake``: not a
+    gradient but op ``b``'s value made again into ``dest`` from ``ins`` (``LoopProgram.recomputed``)."""
     G: list
     dest: list
     dest_width: int
@@ -472,6 +473,7 @@ class BackwardItem:
     ins: list | None = None
     out: list | None = None
     send: object = None
+    remake: bool = False
 
 
 def vjp_fusable(b, pos: int, held_one_step: frozenset) -> bool:
@@ -534,6 +536,12 @@ def _backward_segment(group: list, T: int, rows: int, moduli: dict, volatile: se
     builder = Builder(T, rows, moduli, volatile)
     for f, it in group:
         W = it.b.trail[0]
+        if it.remake:
+            names = {f"x{i}": builder.lane_of(lst) for i, lst in enumerate(it.ins)}
+            expr = op_expr(it.b.op, it.b.op.fused.value, it.b.step.attrs, names)
+            builder.writes.append(Write(int(builder.lane_of(it.dest, W)[1:]), W, expr))
+            builder.numpy_steps.append(f)
+            continue
         g = builder.lane_of(it.G, W)
         if it.D is not None:
             expr = f"{g} * {builder.lane_of(it.D, W)}"

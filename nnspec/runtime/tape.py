@@ -66,6 +66,14 @@ class ExecOptions:
     # slot filled with its gradient from after the loop as the pass reaches it, not a (T, B, ...)
     # array plus the incoming one added in (the benchmark LSTM H512: 4.6 MB)
     ring_grads: bool = True
+    # a loop body's value whose gradient its op passes unchanged to an operand that is a slice of another
+    # body value, read by nothing else, keeps its gradient in that slice's part of its source's gradient:
+    # no buffer of its own and no copy (the GRU's U h[t-1] + b_hn: a (T, B, H) array, 0.57 MB in the bench)
+    grads_in_views: bool = True
+    # a loop body's value that only backward steps read, made by one exactly rounded operation (+, -, *)
+    # from values kept anyway, is held for one step and made again where the backward pass reads it
+    # (the GRU's 1 - z: a (T, B, H) array, 0.57 MB in the bench)
+    recompute: bool = True
     fused_loops: bool = True   # small loops: one compiled kernel per direction (runtime/fused.py, needs numba)
     # float32 loops on the NumPy path: sigmoid by one vectorised compiled kernel, not four NumPy calls
     # (runtime/fastact.py, needs numba; after fastact.AFTER_PASSES passes, as fused loops)
@@ -93,7 +101,7 @@ class ExecOptions:
         """Every step by the reference engine, no speed feature: the oracle the fast paths are tested against."""
         return cls(fast_loops=False, defer_grads=False, local_grads=False, alias_grads=False, scratch=False,
                    reuse_buffers=False, row_grads=False, prepared=False, lend_dead=False, share_dead=False,
-                   spend_inputs=False,
+                   spend_inputs=False, grads_in_views=False, recompute=False,
                    param_blocks=False, fused_loops=False, ring_grads=False, fast_sigmoid=False, fused_segments=False,
                    blocked_products=False, distinct_words=False)
 
