@@ -272,22 +272,9 @@ def build_backward(ex, prog: LoopProgram, run: LoopRun, plan: BackwardPlan, need
                 item = segments.BackwardItem(G, [own] * T, prog.by_id[src].trail[-1], False, kD, b, a.pos, ins, outs,
                                              send=_send_action(glists[src], d, axis, ginit.get(src), own, t2))
         steps.append((step, item))
-    if remade:     # first at every step; in the segment that starts the step, where there is one
-        joins = (run.fused_segments and bool(steps) and steps[0][1] is not None
-                 and all(segments.forward_form(b) for b in remade))
-        steps[:0] = [(b.op.step_forward(run.ins[b.id], run.outs[b.id], b.step.attrs),
-                      segments.BackwardItem(None, run.outs[b.id], b.trail[-1], False, b=b, ins=run.ins[b.id],
-                                            remake=True) if joins else None)
-                     for b in remade]
-    segs = []
-    if run.fused_segments:
-        rings = {id(glists[v]): plan.ring[plan.region[v]] for v in glists if plan.region.get(v) in plan.ring}
-        volatile = {id(lst) for lst, *_ in run.outer} | {id(glists[v]) for r in lent
-                                                          for v in glists if plan.region.get(v) == r}
-        more, segs = segments.backward_steps(steps, T, B, rings, volatile)
-        actions += more
-    else:
-        actions += [f for f, _ in steps]
+    _remake_first(run, remade, steps)
+    more, segs = _fuse_segments(run, plan, glists, lent, steps, T, B)
+    actions += more
     whole = [gbuf[r] for r in plan.overwritten if r in gbuf and r not in lent]
     zeroed = [a for a in owners if not any(a is w for w in whole)]
     return LoopBackward(gbuf=gbuf, owners=owners, zeroed=zeroed, ginit=ginit, local=local, actions=actions,
@@ -295,6 +282,31 @@ def build_backward(ex, prog: LoopProgram, run: LoopRun, plan: BackwardPlan, need
                         outer_step=outer_step, tmps=[a for pair in tmps.values() for a in pair],
                         glists=glists, plan=plan, incoming=incoming,
                         lent={r: [b.id for b in prog.body if plan.region.get(b.id) == r] for r in lent})
+
+
+def _remake_first(run: LoopRun, remade: list, steps: list) -> None:
+    """The values made again at every step (``LoopProgram.recomputed``) go first, before the step's
+    actions; inside the fused segment that starts the step, where there is one."""
+    if not remade:
+        return
+    joins = (run.fused_segments and bool(steps) and steps[0][1] is not None
+             and all(segments.forward_form(b) for b in remade))
+    steps[:0] = [(b.op.step_forward(run.ins[b.id], run.outs[b.id], b.step.attrs),
+                  segments.BackwardItem(None, run.outs[b.id], b.trail[-1], False, b=b, ins=run.ins[b.id],
+                                        remake=True) if joins else None)
+                 for b in remade]
+
+
+def _fuse_segments(run: LoopRun, plan: BackwardPlan, glists: dict, lent: dict, steps: list, T: int,
+                   B: int) -> tuple[list, list]:
+    """(the per-step actions, the fused segments among them): runs of steps a segment can do as one
+    kernel call each (``segments.backward_steps``), with fused segments on; else the steps as they are."""
+    if not run.fused_segments:
+        return [f for f, _ in steps], []
+    rings = {id(glists[v]): plan.ring[plan.region[v]] for v in glists if plan.region.get(v) in plan.ring}
+    volatile = {id(lst) for lst, *_ in run.outer} | {id(glists[v]) for r in lent
+                                                      for v in glists if plan.region.get(v) == r}
+    return segments.backward_steps(steps, T, B, rings, volatile)
 
 
 def _remade(prog: LoopProgram, run: LoopRun, plan: BackwardPlan) -> list:
