@@ -239,3 +239,26 @@ def test_sgds_one_loop_update_equals_the_per_parameter_one_bit_for_bit(consume, 
     for k in want_p:
         assert got_p[k].tobytes() == want_p[k].tobytes(), k
     assert fast.steps == slow.steps == {k: 2 for k in want_p}
+
+
+@pytest.mark.parametrize("gradient", [np.float32(0.25), np.array(0.25, np.float32), np.array([0.25, -0.5], np.float32)],
+                         ids=["a NumPy scalar", "a 0-d array", "a vector"])
+def test_adam_with_its_kernel_loaded_takes_a_scalar_parameter_and_its_numpy_scalar_gradient(gradient, monkeypatch):
+    # once a large parameter has loaded the compiled step it takes small ones too; a scalar
+    # parameter's gradient may come as a NumPy scalar (found by the text fuzzer: numba's typing
+    # error reached the user), which stays with NumPy's steps, to the same numbers
+    from nnspec.train import adamkernel
+    if not adamkernel.numba_available():
+        pytest.skip("numba (the fast extra) is not installed")
+    start = np.full(np.shape(gradient), 0.5, np.float32)
+    runs = []
+    for loaded in (True, False):
+        if loaded:
+            adamkernel._step()
+        else:
+            monkeypatch.setattr(adamkernel, "_kernel", False)
+        params, opt = {"a": start.copy()}, make_optimizer("adam", lr=0.01)
+        for _ in range(3):
+            opt.step(params, {"a": gradient.copy()})
+        runs.append(params["a"])
+    np.testing.assert_array_equal(runs[0], runs[1])

@@ -60,7 +60,8 @@ def applies(p: np.ndarray, g: np.ndarray, m: np.ndarray, v: np.ndarray) -> bool:
     """Whether the compiled step takes these arrays (large, or the kernel loaded already; one float
     type, contiguous). Which one runs never changes the numbers."""
     return ((p.size >= MIN_SIZE or bool(_kernel)) and p.dtype in (np.float32, np.float64)
-            and all(a.dtype == p.dtype and a.shape == p.shape and a.flags.c_contiguous for a in (p, g, m, v))
+            and all(isinstance(a, np.ndarray) and a.dtype == p.dtype and a.shape == p.shape
+                    and a.flags.c_contiguous for a in (p, g, m, v))   # (a scalar's gradient may be a NumPy scalar)
             and p.flags.writeable and bool(_step()))
 
 
