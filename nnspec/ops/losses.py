@@ -289,33 +289,30 @@ def _row_sums(a: np.ndarray) -> np.ndarray:
     return np.dot(a, _ones(a.shape[1], a.dtype))
 
 
+def _kept(cache: dict, key, make) -> np.ndarray:
+    """``make()``'s array, kept per ``key`` (read only); many batch shapes (variable lengths) start
+    the cache over rather than grow it."""
+    a = cache.get(key)
+    if a is None:
+        if len(cache) > 64:
+            cache.clear()
+        a = cache[key] = make()
+        a.flags.writeable = False
+    return a
+
+
 _ONES: dict[tuple, np.ndarray] = {}
+_ARANGE: dict[int, np.ndarray] = {}
 
 
 def _ones(n: int, dtype) -> np.ndarray:
     """n ones of dtype, kept (read only)."""
-    key = (n, dtype)
-    a = _ONES.get(key)
-    if a is None:
-        if len(_ONES) > 64:  # many batch shapes (variable lengths): start over
-            _ONES.clear()
-        a = _ONES[key] = np.ones(n, dtype)
-        a.flags.writeable = False
-    return a
-
-
-_ARANGE: dict[int, np.ndarray] = {}
+    return _kept(_ONES, (n, dtype), lambda: np.ones(n, dtype))
 
 
 def _arange(n: int) -> np.ndarray:
     """0..n-1, kept (row numbers for fancy indexing, read only)."""
-    a = _ARANGE.get(n)
-    if a is None:
-        if len(_ARANGE) > 64:  # many batch shapes (variable lengths): start over
-            _ARANGE.clear()
-        a = _ARANGE[n] = np.arange(n)
-        a.flags.writeable = False
-    return a
+    return _kept(_ARANGE, n, lambda: np.arange(n))
 
 
 @register

@@ -284,7 +284,7 @@ class Adam(Optimizer):
         g = self._decay(p, g)
         m = self._buffer("m", name, p)
         v = self._buffer("v", name, p)
-        if adamkernel.applies(p, g, m, v):    # a large parameter: one compiled pass, the same numbers
+        if adamkernel.applies(p, g, m, v):    # one compiled pass (a large parameter, or any once loaded): the same numbers
             adamkernel.adam_step(p, g, m, v, self.beta1, self.beta2, math.sqrt(1.0 - self.beta2 ** t),
                                  self.eps, self.lr / (1.0 - self.beta1 ** t))
             return
