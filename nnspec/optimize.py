@@ -316,7 +316,7 @@ def _op(id: str, op: str, inputs, shape, seq=False, attrs=None, span=None) -> Op
     """A new step; ``span``: the source of the step(s) it stands for, where a run-time failure points."""
     return OpStep.model_construct(kind="op", id=id, op=op, inputs=[tuple(x) for x in inputs],
                                   attrs=dict(attrs or {}), seq=bool(seq), integer=False, shape=list(shape),
-                                  span=span)
+                                  axes=[], span=span)
 
 
 def _braced(names: list[str]) -> str:

@@ -20,7 +20,7 @@ from .graph import DEFAULT_AXIS, Graph, closure
 from .ops import REGISTRY
 from .ops.registry import ProductForm
 from .recurrence import Component
-from .syntax.construct import TrustedConstruct
+from .syntax.construct import TrustedConstruct, construct
 
 Operand = tuple[str, int]  # (value id, time delay)
 
@@ -167,9 +167,12 @@ def build_plan(graph: Graph, order: list[str], components: list[Component]) -> P
                                 frozen=p.frozen, value=p.value.tolist() if p.value is not None else None,
                                 role=_param_role(graph, p.id)))
     consts = {i.id: i.value.tolist() for i in graph.nodes() if i.kind == "const" and i.id in needed}
-    plan = Plan(name=graph.flat.name, inputs=[v for v in inputs if v.role == "input"],
-                targets=[v for v in inputs if v.role == "target"], params=params, consts=consts,
-                steps=steps, outputs=list(graph.outputs), loss=graph.loss, recurrent=bool(components))
+    # made without validation, as its steps are: pydantic's would ask each step whether it is a
+    # Mapping, filling the negative caches of every Mapping class (memory a model is charged for)
+    plan = construct(Plan, dict(name=graph.flat.name, inputs=[v for v in inputs if v.role == "input"],
+                                targets=[v for v in inputs if v.role == "target"], params=params, consts=consts,
+                                steps=steps, outputs=list(graph.outputs), loss=graph.loss,
+                                recurrent=bool(components)))
     # the shape rules are checked on the plan the runtime gets (the last pass's, or the compiler's)
     verify_plan(plan, stage="build_plan", shapes=False)
     return plan

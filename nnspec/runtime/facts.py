@@ -222,7 +222,9 @@ class PlanFacts:
             verdict[v] = ok
             return ok
 
-        return frozenset(v for v, p in made.items() if not REGISTRY[p.op].last_axis_view and dead(v))
+        found = frozenset(v for v, p in made.items() if not REGISTRY[p.op].last_axis_view and dead(v))
+        dead = None   # (the recursive closure refers to itself: a cycle that would hold the tables until a collection)
+        return found
 
     def _lent_to_loops(self) -> dict:
         """Sequences read by one loop op alone that passes them its gradient unchanged (the add of

@@ -20,8 +20,8 @@ _RECIPES: dict[type, tuple | None] = {}
 
 
 def _recipe(cls: type[BaseModel]) -> tuple | None:
-    """(field names, their set, constant defaults, fields whose default pydantic makes each time),
-    or None for a model this module leaves to pydantic."""
+    """(field names, their set, constant defaults, fields whose default pydantic makes each time, the
+    fields set of a model given every field), or None for a model this module leaves to pydantic."""
     fields = cls.__pydantic_fields__
     if (cls.__pydantic_root_model__ or cls.__pydantic_post_init__ or cls.model_config.get("extra") == "allow"
             or any(f.alias is not None or f.validation_alias is not None for f in fields.values())):
@@ -35,7 +35,7 @@ def _recipe(cls: type[BaseModel]) -> tuple | None:
         else:
             made[name] = f                   # copied or made per instance, as pydantic does
     names = tuple(fields)
-    return names, set(names), constants, made
+    return names, set(names), constants, made, set(names)
 
 
 def construct(cls: type[BaseModel], values: dict[str, Any], fields_set: set[str] | None = None):
@@ -46,7 +46,7 @@ def construct(cls: type[BaseModel], values: dict[str, Any], fields_set: set[str]
         recipe = _RECIPES[cls] = _recipe(cls)
     if recipe is None:
         return BaseModel.model_construct.__func__(cls, fields_set, **values)
-    names, known, constants, made = recipe
+    names, known, constants, made, every = recipe
     data: dict[str, Any] = {}
     for name in names:
         if name in values:
@@ -57,7 +57,11 @@ def construct(cls: type[BaseModel], values: dict[str, Any], fields_set: set[str]
             data[name] = made[name].get_default(call_default_factory=True, validated_data=data)
     m = cls.__new__(cls)
     _setattr(m, "__dict__", data)
-    _setattr(m, "__pydantic_fields_set__", known.intersection(values) if fields_set is None else fields_set)
+    if fields_set is None:
+        # every field given (a plan step, a span): one set shared by all such models of the class, as
+        # pydantic only ever adds a field's name to it (on assignment), which is in it already
+        fields_set = every if len(values) == len(names) and known.issuperset(values) else known.intersection(values)
+    _setattr(m, "__pydantic_fields_set__", fields_set)
     _setattr(m, "__pydantic_extra__", None)
     _setattr(m, "__pydantic_private__", None)
     return m
