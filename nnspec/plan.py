@@ -155,17 +155,24 @@ def build_plan(graph: Graph, order: list[str], components: list[Component]) -> P
                                   initials={s: graph.initials[s] for s in comp.states if s in graph.initials},
                                   axis=loop_axis(graph.info(comp.nodes[0]).axes, nested)))
     steps = _order_loops(steps)
-    inputs = [ValueSpec(name=i.id, role=i.kind, shape=list(i.shape or ()), seq=i.seq, integer=i.integer,
-                        elem=i.elem, card=i.card, view=i.view, axes=list(i.axes), nested=bool(i.inner_axis))
+    # inputs, targets and parameters made from the checked graph as the steps are, without validation
+    # (each a few hundred bytes less for the fields set all such models share: a model holds them)
+    inputs = [construct(ValueSpec, dict(name=i.id, role=i.kind, shape=list(i.shape or ()), seq=bool(i.seq),
+                                        integer=bool(i.integer), elem=i.elem, card=i.card,
+                                        view=None if i.view is None else tuple(i.view), axes=list(i.axes),
+                                        nested=bool(i.inner_axis)))
               for i in graph.nodes() if i.kind in ("input", "target")]
     params = []
     for p in graph.params():
         if p.id not in needed:
             continue
         init, args = p.init if p.init else ("default", {})
-        params.append(ParamSpec(name=p.id, shape=list(p.shape or ()), init=init, init_args=args,
-                                frozen=p.frozen, value=p.value.tolist() if p.value is not None else None,
-                                role=_param_role(graph, p.id)))
+        fields = dict(name=p.id, shape=list(p.shape or ()), init=init, init_args=args, frozen=bool(p.frozen),
+                      value=p.value.tolist() if p.value is not None else None, role=_param_role(graph, p.id))
+        if all(type(a) in (int, float) for a in args.values()):   # (as pydantic's float fields take them)
+            params.append(construct(ParamSpec, fields | {"init_args": {k: float(a) for k, a in args.items()}}))
+        else:
+            params.append(ParamSpec(**fields))
     consts = {i.id: i.value.tolist() for i in graph.nodes() if i.kind == "const" and i.id in needed}
     # made without validation, as its steps are: pydantic's would ask each step whether it is a
     # Mapping, filling the negative caches of every Mapping class (memory a model is charged for)

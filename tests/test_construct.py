@@ -67,3 +67,27 @@ def test_a_model_with_aliases_is_left_to_pydantic():
 
     m = construct(Aliased, {"ex": 3})
     assert m.x == 3 and m.model_fields_set == {"x"}
+
+
+def test_models_given_every_field_share_one_fields_set_which_assignment_keeps_right():
+    every = {name: f"<{name}>" for name in plan_module.OpStep.__pydantic_fields__}
+    a, b = plan_module.OpStep.model_construct(**every), plan_module.OpStep.model_construct(**every)
+    assert a.__pydantic_fields_set__ is b.__pydantic_fields_set__ == set(every)
+    a.attrs = {"k": 1}     # pydantic adds the name to the set: it is in it already
+    assert b.__pydantic_fields_set__ == set(every) and b.attrs == "<attrs>"
+    partial = plan_module.OpStep.model_construct(id="c", op="tanh", inputs=[])
+    assert partial.__pydantic_fields_set__ == {"id", "op", "inputs"}
+    assert partial.__pydantic_fields_set__ is not a.__pydantic_fields_set__
+
+
+@pytest.mark.parametrize("spec", ["xor_goodfellow.nn", "char_lstm.nn", "bilstm_tagger.nn", "elman.nn", "perceptron_and.nn"])
+def test_a_plan_made_without_validation_is_the_one_validation_makes(spec):
+    from pathlib import Path
+
+    from nnspec import compile_file
+
+    plan = compile_file(Path(__file__).resolve().parent.parent / "specs" / spec).plan
+    again = plan_module.Plan.model_validate(plan.model_dump())
+    assert again == plan
+    for mine, theirs in zip(plan.params + plan.inputs + plan.targets, again.params + again.inputs + again.targets):
+        same(mine, theirs)
