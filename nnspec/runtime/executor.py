@@ -116,6 +116,8 @@ class Executor:
         axis of a plan with one, else of ``TIME``), else all of it. A feed on axes ``(a1, ..., ak)``
         is ``(T_a1, ..., T_ak, B, ...)``."""
         facts = self.facts
+        if not facts.seq:   # no sequences (a feed-forward network): the batch of the first feed, no axes
+            return next((a.shape[0] for a in env.values()), 1), {}
         one = None if facts.multi_axis else facts.shown_axis
         batch, found = 1, False
         for name, a in env.items():
@@ -254,7 +256,7 @@ class Executor:
             return None, None
         spend = bool(single_use and opts.spend_inputs and self.facts.spendable)   # (prepared.build)
         key = (tuple([(n, ax.steps, ax.lengths.tobytes()) for n, ax in axes.items()]), need_loss,
-               tuple([(k, a.shape, a.dtype.str) for k, a in env.items()]), spend)   # (lists: no generators)
+               tuple([(k, a.shape, a.dtype) for k, a in env.items()]), spend)   # (lists: no generators)
         run = self._pass_run
         if run is not None and not (run.key == key and run.free()):
             run = self._pass_run = None
