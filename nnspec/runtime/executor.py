@@ -27,7 +27,7 @@ from .blas import blas_threads
 from .facts import PlanFacts
 from .gradsum import GradSum
 from .kernelcache import numba_available
-from .loopprogram import LoopProgram
+from .loopprogram import LoopProgram, runs_fast
 from .loops import FastLoop
 from .pool import BufferPool
 from .profile import profiled
@@ -50,7 +50,8 @@ class Executor:
         self.pool = BufferPool(enabled=self.options.reuse_buffers)
         self.tables = TableGrads(self._table_shapes() if self.options.row_grads else {})
         self.fast_steps = FastSteps(self)
-        self.fast_loops: dict[int, FastLoop] = {}
+        self.fast_loops: dict[int, FastLoop] = {}   # the loops the NumPy path has run (made then)
+        self._fast_loop_ok: dict[int, bool] = {}    # loop -> whether a fast path may run it
         self.fused = fused.FusedLoops(self) if self.options.fused_loops else None   # small loops compiled
         # float32 loop steps' sigmoid compiled after this many passes of each loop (fastact.py)
         self.fast_sigmoid_after = fastact.AFTER_PASSES if self.options.fast_sigmoid and numba_available() else None
@@ -62,6 +63,7 @@ class Executor:
         self._pass_seen: tuple | None = None    # (geometry, shapes of the steps that ran into arrays)
         self.profile: dict | None = None        # set to {} to collect seconds per step
         self._whole_axes: dict[tuple, TimeAxis] = {}   # (axis, T, B) -> a batch's axis with every step real
+        self._leaf_sets: dict[tuple, frozenset] = {}   # wanted leaves -> their set, made once (read only)
 
     def settle_kernels(self, planned_passes: int) -> None:
         """Compiled loop kernels (fused loops, the fast sigmoid, fused segments) round differently from
@@ -86,6 +88,12 @@ class Executor:
             if i is not None and s.inputs[i][0] in params:
                 tables[s.inputs[i][0]] = params[s.inputs[i][0]]
         return tables
+
+    def _runs_fast(self, loop: LoopStep) -> bool:
+        ok = self._fast_loop_ok.get(loop.index)
+        if ok is None:
+            ok = self._fast_loop_ok[loop.index] = runs_fast(loop)
+        return ok
 
     def program(self, loop: LoopStep) -> LoopProgram:
         fast = self.fast_loops.get(loop.index)
@@ -269,8 +277,9 @@ class Executor:
         """Run one step; True if it ran into an array of the pool (a prepared pass keeps those)."""
         if isinstance(step, LoopStep):
             if (self.options.fast_loops and self.facts.loop_axis[step.index] in tape.axes
-                    and step.index not in self.facts.across_axes and self.program(step).ok):
+                    and step.index not in self.facts.across_axes and self._runs_fast(step)):
                 if self.fused is None or not self.fused.forward(self, step, tape):
+                    self.program(step)   # (made when the NumPy path first runs the loop: a fused loop needs none)
                     self.fast_loops[step.index].forward(self, tape)
             else:
                 reference.loop_forward(self.facts, step, tape)
@@ -303,7 +312,8 @@ class Executor:
             tape.used = True
         grads: dict[str, np.ndarray] = {}
         total = GradSum(grads, self.pool)
-        total.leaves = None if wrt is None else set(wrt)
+        leaves = None if wrt is None else self._leaves(wrt)
+        total.leaves = leaves
         if seeds:
             for k, v in seeds.items():
                 grads[k] = np.asarray(v, dtype=self.dtype)
@@ -314,7 +324,6 @@ class Executor:
             one = grads[self.plan.loss] = np.empty(loss.shape, loss.dtype)   # (np.ones, np.ones_like: slow wrappers)
             one.fill(1)
         need = self.facts.grad_needed(wrt)
-        leaves = None if wrt is None else set(wrt)
         run = tape.prepared
         if tape.fresh is not None and leaves is not None and self.options.lend_dead:
             # dead values in arrays the runtime made (the pool's, a prepared pass's) lend them to
@@ -340,6 +349,17 @@ class Executor:
             if spare and not isinstance(step, LoopStep) and step.id in spare:
                 total.spare.add(tape.values[step.id])
         return grads
+
+    def _leaves(self, wrt) -> frozenset:
+        """The set of the wanted leaves, kept per list of them (a training step asks for the same one
+        each time: not two new sets of every parameter's name held through its backward pass)."""
+        key = tuple(wrt)
+        kept = self._leaf_sets.get(key)
+        if kept is None:
+            if len(self._leaf_sets) > 16:   # (many different lists: start over rather than grow)
+                self._leaf_sets.clear()
+            kept = self._leaf_sets[key] = frozenset(key)
+        return kept
 
     def backward_step(self, step, tape: Tape, grads: GradSum, need, keep: bool) -> None:
         """One step's VJPs; ``keep``: a loop leaves its body values' gradients in the dict."""

@@ -57,7 +57,7 @@ _modules: dict[str, object] = {}   # kernel source hash -> its compiled module, 
 def compiled(kernels: Kernels):
     """The module holding the kernels compiled: written once under the cache directory (numba
     caches its machine code beside it), imported once per process."""
-    mod = _modules.get(kernels.key)
+    mod = kernels.module or _modules.get(kernels.key)
     if mod is None:
         text = kernels.source.replace("\ndef ", "\n@_njit\ndef ")
         text = ("from numba import njit as _njit0\n"
@@ -66,6 +66,7 @@ def compiled(kernels: Kernels):
             mod = _modules[kernels.key] = load_module(f"nnspec_fused_{kernels.key}", text)
         except OSError:
             raise NotFusable("no writable directory for compiled kernels") from None
+    kernels.module, kernels.source = mod, None   # (the source is not needed any more)
     return mod
 
 

@@ -79,9 +79,10 @@ class Layout:
 
 @dataclass
 class Kernels:
-    source: str
+    source: str | None   # None once compiled: the module is kept instead (its text is kilobytes)
     layout: Layout
     key: str          # hash of the source: the module's name in the cache
+    module: object = None   # the compiled module (``fused.compiled``)
 
 
 def body_forms(loop: LoopStep, integer: set) -> None:

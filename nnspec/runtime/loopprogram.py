@@ -54,6 +54,12 @@ class BackwardPlan:
 
 
 
+def runs_fast(loop: LoopStep) -> bool:
+    """Whether a loop runs on a fast path (fused or ``LoopProgram``'s): every body value's trailing
+    shape is known in numbers (else the reference engine runs it)."""
+    return all(isinstance(d, int) for s in loop.body for d in array_shape(s.shape, s.integer))
+
+
 class LoopProgram:
     """What a loop body needs at run time, worked out once per loop."""
 
@@ -64,12 +70,10 @@ class LoopProgram:
         self.steps = {b.id: b for b in loop.body}
         self.ids = set(self.steps)
         self.body: list[BodyOp] = []
-        self.ok = True
+        self.ok = runs_fast(loop)
         for s in loop.body:
             op = REGISTRY[s.op]
             trail = array_shape(s.shape, s.integer)
-            if not all(isinstance(d, int) for d in trail):
-                self.ok = False
             view_of = None
             if op.last_axis_view:
                 src, d = s.inputs[0]

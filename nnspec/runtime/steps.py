@@ -20,7 +20,7 @@ def overrides(op: Op, method: str) -> bool:
     return getattr(type(op), method) is not getattr(Op, method)
 
 
-@dataclass
+@dataclass(slots=True)   # (one per step of a plan, kept: no instance dict)
 class StepInfo:
     """How to run a step outside loops, worked out once."""
 
