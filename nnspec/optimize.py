@@ -80,7 +80,8 @@ def _copy_step(s):
 
 
 def _optimize(plan: Plan, passes) -> Plan:
-    plan = plan.model_copy(update={"steps": [_copy_step(s) for s in plan.steps]})
+    # (a copy as ``model_copy`` makes, sharing the fields set of a model given every field: the plan a model keeps)
+    plan = construct(Plan, {**plan.__dict__, "steps": [_copy_step(s) for s in plan.steps]})
     w = _Work(plan)
 
     def run(name: str, apply) -> None:

@@ -179,7 +179,7 @@ def build_plan(graph: Graph, order: list[str], components: list[Component]) -> P
     plan = construct(Plan, dict(name=graph.flat.name, inputs=[v for v in inputs if v.role == "input"],
                                 targets=[v for v in inputs if v.role == "target"], params=params, consts=consts,
                                 steps=steps, outputs=list(graph.outputs), loss=graph.loss,
-                                recurrent=bool(components)))
+                                recurrent=bool(components), dtype="float32", passes=[]))
     # the shape rules are checked on the plan the runtime gets (the last pass's, or the compiler's)
     verify_plan(plan, stage="build_plan", shapes=False)
     return plan

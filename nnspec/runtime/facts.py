@@ -54,7 +54,8 @@ class PlanFacts:
         # along. The runtime reads a value's axis from here, it never assumes there is only one.
         # a nested sequence's values are arrays on its inner axis alone (``axes.runtime_axes``)
         self.nested = frozenset(v.axes[-1] for v in plan.inputs if v.nested and v.axes)
-        self.axes = {v: several.runtime_axes(a, self.nested) for v, a in plan_axes(plan).items()}
+        # (a value on no axis is left out: every reader asks ``axes.get(v)`` with an empty default)
+        self.axes = {v: t for v, a in plan_axes(plan).items() if (t := several.runtime_axes(a, self.nested))}
         names = plan_axis_names(plan)
         # each word of a batch once through the character loops: exact when whatever leaves a nested
         # axis leaves it through a reduction (``axes.Unnested``), and no output or loss is on one
