@@ -241,3 +241,28 @@ def test_every_scalar_form_is_its_ops_forward_and_derivative(name):
         for i, partial in enumerate(form.partials):
             d = eval(partial.format(**names, out="out", **attrs), scope, dict(point, out=out))
             assert d == pytest.approx(float(np.asarray(grads[i]).reshape(-1)[0]), rel=1e-9, abs=1e-12), (name, i)
+
+
+@needs_numba
+@pytest.mark.parametrize("cell", ["lstm", "odd"])
+def test_parts_kept_in_their_sources_arrays_give_the_same_numbers_bit_for_bit(cell, monkeypatch):
+    """An LSTM's gates are parts of one product's array: the fused kernel keeps them there (views, no
+    copy, no gradient arrays of their own), and its readers add straight into the source's gradient,
+    in the order they added into the part's: the numbers are those of parts with arrays of their own."""
+    plan, params, feeds = setup(cell, np.float32)
+    shared = run(plan, params, feeds, np.float32, ExecOptions())
+    runs = [r for r in shared[0][0].loops.values() if isinstance(r, FusedRun)]
+    parts = {k for r in runs for k in r.layout.aliases}
+    if cell == "lstm":
+        assert parts and all(np.shares_memory(runs[0].bufs[k], runs[0].bufs[r[0]])
+                             for k, r in runs[0].layout.aliases.items())
+    monkeypatch.setattr("nnspec.runtime.fusedcode.part_aliases", lambda loop, read_outside: {})
+    own = run(plan, params, feeds, np.float32, ExecOptions())
+    assert not any(r.layout.aliases for r in own[0][0].loops.values() if isinstance(r, FusedRun))
+    (ts, gs), (to, go) = shared[0], own[0]
+    assert set(gs) == set(go) and set(ts.values) == set(to.values)
+    for k in go:
+        np.testing.assert_array_equal(gs[k], go[k], err_msg=k)
+    for k, v in to.values.items():
+        if isinstance(v, np.ndarray):
+            np.testing.assert_array_equal(ts.values[k], v, err_msg=k)

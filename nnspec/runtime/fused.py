@@ -151,7 +151,7 @@ class FusedLoops:
         key = (loop.index, rows, ex.dtype.str) + tuple((a.ndim, a.shape[-1]) for a in outer)
         code = self.code.get(key, False)
         if code is False:
-            code = self.code[key] = self._kernels(loop, body, outer, rows)
+            code = self.code[key] = self._kernels(loop, body, outer, rows, _read_outside(ex, loop))
         if code is None:
             return False
         self.passes[loop.index] = self.passes.get(loop.index, 0) + 1
@@ -195,14 +195,15 @@ class FusedLoops:
             tape.final_states[s] = bufs[s][last].copy()
         return True
 
-    def _kernels(self, loop: LoopStep, body: "_Body", outer: list, batch: int) -> Kernels | None:
+    def _kernels(self, loop: LoopStep, body: "_Body", outer: list, batch: int,
+                 read_outside: frozenset = frozenset()) -> Kernels | None:
         """The kernels' source for this loop with these inputs, or None: it does not pay or cannot be."""
         shapes = {k: a.shape for k, a in zip(body.outer, outer)}
         calls = sum(1 for b in loop.body if not isinstance(REGISTRY[b.op].fused, PartForm))  # (a part is a view)
         if batch * work_per_example(loop, shapes) > self.max_work_per_call * max(calls, 1):
             return None
         try:
-            return generate(loop, shapes)
+            return generate(loop, shapes, read_outside)
         except NotFusable:
             return None
 
@@ -236,7 +237,8 @@ class _Arrays:
     def __init__(self, layout, body: "_Body", states: list, T: int, B: int, dtype):
         self.layout, self.T, self.B, self.dtype = layout, T, B, dtype
         self.trails = body.trails
-        shapes = {("value", v): (T, B) + trail for v, trail in body.trails.items()}
+        aliases = layout.aliases
+        shapes = {("value", v): (T, B) + trail for v, trail in body.trails.items() if v not in aliases}
         shapes.update({e: (T, B) + body.trails[e[1][0]] for e in layout.forward if e[0] == "read"})
         shapes.update({("zero", s): (B,) + body.trails[s] for s in states})
         self.block, parts = _parts(shapes, dtype, self.ALIGN)
@@ -245,6 +247,9 @@ class _Arrays:
                          for e in layout.forward if e[0] == "before"}
         self.args = dict(parts)
         self.bufs = {k: a for (kind, k), a in parts.items() if kind == "value"}
+        # a part kept in its source's array: a view of it (tracked as the loop's other arrays are)
+        self.part_views = [(k, self.bufs[root][..., lo:hi]) for k, (root, lo, hi) in aliases.items()]
+        self.bufs.update(self.part_views)
         self.per_pass = [e for e in layout.forward if e[0] in ("init", "before")]
         self.gblock = None
         self.grads: dict = {}
@@ -252,7 +257,7 @@ class _Arrays:
         self.tracked = False   # kept by FusedLoops for the next pass (tracked by ``reuse``)
 
     def views(self) -> list:
-        return [self.block, *self.args.values(), *self.zeros.values()]
+        return [self.block, *self.args.values(), *self.zeros.values(), *(a for _, a in self.part_views)]
 
     def gradients(self) -> dict:
         """The backward kernel's gradient arrays, zeroed: the kept ones (arrays kept from pass to pass)
@@ -322,13 +327,16 @@ def loop_backward(ex, loop: LoopStep, run: FusedRun, tape: Tape, grads: GradSum,
     # every gradient of the kernel: parts of one zeroed block (one allocation, not one per value),
     # the block of the last pass again when nobody holds it
     args = {**run.args, **run.arrays.gradients()}
+    # each body value's gradient over all steps (a part kept in its source's array: a view of its
+    # source's gradient, which holds just the part's there)
+    G = {v: args[("grad", v)] for v in bufs if v not in run.layout.aliases}
+    G.update((v, G[root][..., lo:hi]) for v, (root, lo, hi) in run.layout.aliases.items())
     pre = grads.grads
     for v in bufs:
         if v in pre:
-            args[("grad", v)] += pre.pop(v)
+            G[v] += pre.pop(v)
             grads.disown(v)
     run.kernels.backward(run.T, run.lengths, *[args[e] for e in run.layout.backward])
-    G = {v: args[("grad", v)] for v in bufs}
     for b, op, pos, src, d in _edges_out(ex, loop, ids, need):
         xs = [whole_input(run, env, ids, s2, d2) for s2, d2 in b.inputs]
         gi = op.vjp_one(pos, G[b.id], xs, bufs[b.id], b.attrs, NO_CTX)
@@ -346,6 +354,19 @@ def loop_backward(ex, loop: LoopStep, run: FusedRun, tape: Tape, grads: GradSum,
         if s in need and s in loop.initials and s not in tape.carry:
             init_id = loop.initials[s]
             grads.add(init_id, unbroadcast(g, env[init_id].shape))
+
+
+def _read_outside(ex, loop: LoopStep) -> frozenset:
+    """The loop's body values something outside its body reads, or that the plan keeps (outputs,
+    the loss, what a next chunk looks back at)."""
+    inside: dict[str, int] = {}
+    for b in loop.body:
+        for src, _ in b.inputs:
+            inside[src] = inside.get(src, 0) + 1
+    plan, facts = ex.plan, ex.facts
+    kept = set(plan.outputs) | {plan.loss} | set(facts.lookback)
+    return frozenset(b.id for b in loop.body
+                     if facts.readers.get(b.id, 0) > inside.get(b.id, 0) or b.id in kept)
 
 
 def _edges_out(ex, loop: LoopStep, ids: set, need) -> list:

@@ -39,6 +39,7 @@ class Operand:
     width: int
     ndim: int = 3
     grad: str = ""   # the kernel's name for its gradient array ("" : none inside the kernel)
+    offset: int = 0  # a part kept in its source's array (``part_aliases``): where it starts there
 
     def at(self, elem: str, width: int) -> str:
         """This operand's element ``elem`` where the op works on ``width`` elements (a width-1
@@ -50,12 +51,15 @@ class Operand:
         else:
             raise NotFusable(f"an operand of width {self.width} against {width}")
         if self.ndim == 3:
-            return f"{self.name}[t, b, {j}]"
+            return self.element("t", j)
         return f"{self.name}[b, {j}]" if self.ndim == 2 else f"{self.name}[{j}]"
 
     def grad_at(self, elem: str, width: int) -> str:
-        j = elem if self.width == width else "0"
-        return f"{self.grad}[t, b, {j}]"
+        return self.element("t", elem if self.width == width else "0", self.grad)
+
+    def element(self, t: str, j: str, name: str | None = None) -> str:
+        """Element j of this body value (or of its gradient: ``name``) at step t."""
+        return f"{name or self.name}[{t}, b, {f'{self.offset} + {j}' if self.offset else j}]"
 
 
 @dataclass
@@ -65,6 +69,9 @@ class Layout:
     ("grad", id), ("gread", (src, d)), ("ginit", (src, d))."""
     forward: list = field(default_factory=list)
     backward: list = field(default_factory=list)
+    # parts kept in their sources' arrays, and their gradients in the sources' gradients: part ->
+    # (the value whose array holds it, start, stop); no array of their own, no copy (``part_aliases``)
+    aliases: dict = field(default_factory=dict)
 
     @cached_property
     def gradients(self) -> list:
@@ -112,22 +119,67 @@ def work_per_example(loop: LoopStep, outer_shapes: dict) -> int:
     return total
 
 
-def generate(loop: LoopStep, outer_shapes: dict) -> Kernels:
+def generate(loop: LoopStep, outer_shapes: dict, read_outside: frozenset = frozenset()) -> Kernels:
     """The kernels' source for a loop whose body passed ``body_forms``; ``outer_shapes``: the array
-    shape of every input from outside the loop, by (src, d)."""
-    return _Generator(loop, outer_shapes).kernels()
+    shape of every input from outside the loop, by (src, d); ``read_outside``: the body values that
+    something outside the loop reads (or that are outputs)."""
+    return _Generator(loop, outer_shapes, read_outside).kernels()
+
+
+def part_aliases(loop: LoopStep, read_outside: frozenset) -> dict:
+    """Parts (``x[..., lo:hi]`` at the same step) that need no array of their own: part -> (the
+    value whose array holds it, lo, hi). A value qualifies when every reader is such a part, their
+    ranges do not overlap, and nothing else reads it (no other step, no later step, nothing outside
+    the loop): then each part's gradient is all its source's gradient holds in its columns, so the
+    parts' readers may add straight into the source's gradient, in the order they added into the
+    part's (the same numbers), and the kernel copies nothing (an LSTM's gates: a fifth of its arrays)."""
+    ids = {s.id: s for s in loop.body}
+    width = {s.id: array_shape(s.shape, False)[0] for s in loop.body}
+    readers: dict[str, list] = {v: [] for v in ids}
+    for s in loop.body:
+        for src, d in s.inputs:
+            if src in ids:
+                readers[src].append((s, d))
+    whole: set[str] = set()
+    for v, rs in readers.items():
+        if not rs or v in read_outside or v in loop.states:
+            continue
+        ranges = []
+        for s, d in rs:
+            if d != 0 or not isinstance(REGISTRY[s.op].fused, PartForm) or len(s.inputs) != 1:
+                break
+            lo = int(s.attrs.get("start", 0))
+            ranges.append((lo, lo + width[s.id]))
+        else:
+            ranges.sort()
+            if ranges[0][0] >= 0 and ranges[-1][1] <= width[v] and all(
+                    a[1] <= b[0] for a, b in zip(ranges, ranges[1:])):
+                whole.add(v)
+    aliases: dict[str, tuple] = {}
+    for s in loop.body:     # (in body order: a part's source comes before it)
+        src = s.inputs[0][0] if s.inputs else None
+        if src in whole:
+            root, at = aliases[src][:2] if src in aliases else (src, 0)
+            lo = at + int(s.attrs.get("start", 0))
+            aliases[s.id] = (root, lo, lo + width[s.id])
+    return aliases
 
 
 class _Generator:
-    def __init__(self, loop: LoopStep, outer_shapes: dict):
+    def __init__(self, loop: LoopStep, outer_shapes: dict, read_outside: frozenset = frozenset()):
         self.loop = loop
         self.ids = {s.id for s in loop.body}
         self.width = {s.id: array_shape(s.shape, False)[0] for s in loop.body}
-        self.layout = Layout()
+        self.layout = Layout(aliases=part_aliases(loop, read_outside))
         self.value: dict[str, Operand] = {}
         self.reads: dict[tuple, Operand] = {}
         self.outer: dict[tuple, Operand] = {}
         for i, s in enumerate(loop.body):
+            alias = self.layout.aliases.get(s.id)
+            if alias is not None:   # (its source's operand, from where it starts there)
+                root = self.value[alias[0]]
+                self.value[s.id] = Operand("value", root.name, self.width[s.id], grad=root.grad, offset=alias[1])
+                continue
             self.value[s.id] = Operand("value", f"V{i}", self.width[s.id], grad=f"GV{i}")
             self.layout.forward.append(("value", s.id))
         for s in loop.body:
@@ -143,7 +195,8 @@ class _Generator:
                         raise NotFusable(f"{src}: an array of {len(shape)} axes")
                     self.outer[key] = Operand("outer", f"O{len(self.outer)}", shape[-1], len(shape))
                     self.layout.forward.append(("outer", key))
-        self.layout.backward = (list(self.layout.forward) + [("grad", s.id) for s in loop.body]
+        self.layout.backward = (list(self.layout.forward)
+                                + [("grad", s.id) for s in loop.body if s.id not in self.layout.aliases]
                                 + [(kind, key) for key in self.reads for kind in ("gread", "ginit")])
 
     def operand(self, src: str, d: int) -> Operand:
@@ -184,7 +237,7 @@ class _Generator:
         lines += self.steps_loop(reverse=False)
         lines.append("        for b in range(B):")   # examples are independent within a step
         for (src, d), r in self.reads.items():
-            k, v, w = r.name[1:], self.value[src].name, r.width
+            k, v, w = r.name[1:], self.value[src], r.width
             lines += [
                 f"            u = t + {d}",
                 f"            if u < 0 and P{k}.shape[0] > 0:",
@@ -195,13 +248,15 @@ class _Generator:
                 f"                    R{k}[t, b, j] = I{k}[b, j]",
                 "            else:",
                 f"                for j in range({w}):",
-                f"                    R{k}[t, b, j] = {v}[u, b, j]"]
+                f"                    R{k}[t, b, j] = {v.element('u', 'j')}"]
         for s in self.loop.body:
             lines += ["            " + x for x in self.op_forward(s)]
         lines.append("    return 0")
         return "\n".join(lines)
 
     def op_forward(self, s) -> list[str]:
+        if s.id in self.layout.aliases:
+            return []    # (a part in its source's array: nothing to compute)
         op, out, w = REGISTRY[s.op], self.value[s.id].name, self.width[s.id]
         xs = [self.operand(src, d) for src, d in s.inputs]
         form = op.fused
@@ -240,12 +295,12 @@ class _Generator:
         for s in reversed(self.loop.body):
             lines += ["            " + x for x in self.op_backward(s)]
         for (src, d), r in self.reads.items():      # a read's gradient goes back to its step, or the fill
-            k, gv, w = r.name[1:], self.value[src].grad, r.width
+            k, v, w = r.name[1:], self.value[src], r.width
             lines += [
                 f"            u = t + {d}",
                 "            if 0 <= u and u < T and u < lengths[b]:",
                 f"                for j in range({w}):",
-                f"                    {gv}[u, b, j] += GR{k}[t, b, j]",
+                f"                    {v.element('u', 'j', v.grad)} += GR{k}[t, b, j]",
                 "            else:",
                 f"                for j in range({w}):",
                 f"                    GI{k}[b, j] += GR{k}[t, b, j]"]
@@ -253,13 +308,15 @@ class _Generator:
         return "\n".join(lines)
 
     def op_backward(self, s) -> list[str]:
+        if s.id in self.layout.aliases:
+            return []    # (its readers added straight into its source's gradient)
         op, me, w = REGISTRY[s.op], self.value[s.id], self.width[s.id]
         xs = [self.operand(src, d) for src, d in s.inputs]
         inside = [i for i, x in enumerate(xs) if x.kind != "outer"]
         if not inside:
             return []
         form = op.fused
-        g = f"{me.grad}[t, b, j]"
+        g = me.element("t", "j", me.grad)
         if isinstance(form, ScalarForm):
             names = {f"x{i}": f"x{i}" for i in range(len(xs))} | {"out": "out"}
             lines = [f"for j in range({w}):", f"    g = {g}", f"    out = {me.name}[t, b, j]"]
