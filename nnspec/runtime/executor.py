@@ -107,11 +107,16 @@ class Executor:
         for name, spec in self.facts.specs.items():
             if name not in feeds:
                 continue
-            a = np.asarray(feeds[name])
+            a = feeds[name]
+            if type(a) is not np.ndarray:
+                a = np.asarray(a)
+            # (a training batch's arrays are mostly of the wanted type already: no call then)
             if spec.integer:
-                a = a.astype(np.int64, copy=False)
+                if a.dtype != np.int64:
+                    a = a.astype(np.int64)
             else:
-                a = a.astype(self.dtype, copy=False)
+                if a.dtype != self.dtype:
+                    a = a.astype(self.dtype)
                 lead = 2 if spec.seq else 1
                 if len(spec.shape) == 0 and a.ndim == lead:
                     a = a[..., None]
