@@ -74,6 +74,9 @@ def _init_role(role: str, shape) -> str | None:
     return {"table": "embedding", "initial": "bias", "recurrent": "recurrent"}.get(role)
 
 
+_NO_NAMES: frozenset = frozenset()   # (one empty set for every model without frozen parameters)
+
+
 class FeedError(ValueError):
     """A feed that does not fit the network: the message names the input and both shapes."""
 
@@ -406,7 +409,7 @@ class Model:
         self.plan = compiled.plan
         self.dtype = np.dtype(dtype)
         self.params = params if params is not None else init_params(self.plan, seed, self.dtype, default_init)
-        self.frozen = {p.name for p in self.plan.params if p.frozen}
+        self.frozen = frozenset(p.name for p in self.plan.params if p.frozen) or _NO_NAMES   # (read only)
         self.executor = Executor(self.plan, self.dtype)
         if self.executor.options.param_blocks:     # the gates' weights as blocks of one array each
             join_blocks(self.plan, self.params)

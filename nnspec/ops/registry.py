@@ -42,7 +42,7 @@ class DimSolver(Protocol):
         """The dim's size if known yet."""
 
 
-@dataclass
+@dataclass(slots=True)   # (made for every step that needs one, every pass: no instance dict)
 class Ctx:
     """Run-time context handed to forward and vjp.
 

@@ -25,9 +25,11 @@ class blas_threads:
     same n (the trainer holds one over each epoch) it costs nothing at all, which
     matters to a tiny network's step of a few hundred microseconds."""
 
+    __slots__ = ("n", "saved", "held", "active")   # (one or three every pass: no instance dict)
+
     def __init__(self, n: int | None):
         self.n = n
-        self.saved: list = []
+        self.saved: tuple = ()   # (library, its thread count) of each library this one set
         self.held: int | None = None
         self.active = False
 
@@ -38,7 +40,7 @@ class blas_threads:
             for lib in _blas_libs():
                 cur = lib.get_num_threads()
                 if cur != self.n:
-                    self.saved.append((lib, cur))
+                    self.saved += ((lib, cur),)
                     lib.set_num_threads(self.n)
         return self
 
@@ -46,7 +48,7 @@ class blas_threads:
         global _HELD
         for lib, n in self.saved:
             lib.set_num_threads(n)
-        self.saved = []
+        self.saved = ()
         if self.active:
             _HELD, self.active = self.held, False
         return False

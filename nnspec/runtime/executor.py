@@ -274,7 +274,8 @@ class Executor:
         if run is not None and not (run.key == key and run.free()):
             run = self._pass_run = None
         if run is None and self._pass_seen is not None and self._pass_seen[0] == key:
-            run = self._pass_run = prepared.build(self, key, self._pass_seen[1], need_loss, spend)
+            # (the key of the pass that saw the geometry: one tuple held for it, not two equal ones)
+            run = self._pass_run = prepared.build(self, self._pass_seen[0], self._pass_seen[1], need_loss, spend)
             run.seal()
         return key, run
 
@@ -328,7 +329,7 @@ class Executor:
             loss = tape.values[self.plan.loss]
             one = grads[self.plan.loss] = np.empty(loss.shape, loss.dtype)   # (np.ones, np.ones_like: slow wrappers)
             one.fill(1)
-        need = self.facts.grad_needed(wrt)
+        need = self.facts.grad_needed(leaves)   # (the kept set: no second set of the same names as its key)
         run = tape.prepared
         if tape.fresh is not None and leaves is not None and self.options.lend_dead:
             # dead values in arrays the runtime made (the pool's, a prepared pass's) lend them to

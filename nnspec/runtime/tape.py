@@ -106,7 +106,7 @@ class ExecOptions:
                    blocked_products=False, distinct_words=False)
 
 
-@dataclass
+@dataclass(slots=True)   # (made every pass: no instance dict)
 class RunContext:
     """How one pass runs, besides its parameters and feeds: in training or not, with which random
     stream (dropout), and whether every value is checked for NaN as it is made."""
