@@ -29,7 +29,7 @@ class blas_threads:
 
     def __init__(self, n: int | None):
         self.n = n
-        self.saved: tuple = ()   # (library, its thread count) of each library this one set
+        self.saved: list = []
         self.held: int | None = None
         self.active = False
 
@@ -40,7 +40,7 @@ class blas_threads:
             for lib in _blas_libs():
                 cur = lib.get_num_threads()
                 if cur != self.n:
-                    self.saved += ((lib, cur),)
+                    self.saved.append((lib, cur))
                     lib.set_num_threads(self.n)
         return self
 
@@ -48,7 +48,7 @@ class blas_threads:
         global _HELD
         for lib, n in self.saved:
             lib.set_num_threads(n)
-        self.saved = ()
+        self.saved = []
         if self.active:
             _HELD, self.active = self.held, False
         return False
