@@ -106,7 +106,7 @@ class NnspecImpl:
             loss, grads, _ = model.loss_and_grads(feeds, rng=rng, single_use=True)
             opt.step(model.params, grads, consume=True)   # as the training loop does
             if config.name not in self.notes:
-                loops = len(model.executor.fast_loops)
+                loops = sum(1 for s in model.plan.steps if s.kind == "loop")   # (fast_loops: those on NumPy only)
                 self.notes[config.name] = f"fused loops: {len(fused.last) if fused else 0} of {loops}"
             return loss
 
