@@ -37,6 +37,9 @@ class GradSum:
         # arrays are parts of them before the pool is asked
         self.spare: Spare | None = None
         self.leaves: set | None = None     # the gradients the caller keeps (None: every one)
+        # key -> the array its gradient goes into (a parameter's slot of the flat gradient array,
+        # ``paramblocks.FlatGrads``), each handed out once
+        self.slots: dict | None = None
 
     def lend_part(self, key: str, lo: int, hi: int) -> np.ndarray | None:
         """``[..., lo:hi]`` of the array that will hold key's gradient, for a loop's backward pass to
@@ -74,6 +77,12 @@ class GradSum:
     def _fresh(self, key: str, shape, dtype, zero: bool) -> np.ndarray:
         """A new array for the gradient of key: its value's own, if lent, else a part of a spare
         array, else one from the pool."""
+        if self.slots is not None:
+            a = self.slots.pop(key, None)
+            if a is not None and a.shape == tuple(shape) and a.dtype == dtype:
+                if zero:
+                    a.fill(0)
+                return a
         a = self.donors.pop(key, None)
         if not (a is not None and a.shape == tuple(shape) and a.dtype == dtype):
             a = self.spare.take(tuple(shape), dtype) if self.spare is not None else None
