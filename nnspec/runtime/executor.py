@@ -324,13 +324,13 @@ class Executor:
             # their gradients (only when a value's gradient goes once used: never handed out)
             values = tape.values
             total.donors = {v: values[v] for v in self.facts.dead_in_backward & tape.fresh if v not in leaves}
-        slots = self._grad_slots(tape) if leaves is not None and not seeds else None
-        if slots is not None:
-            total.slots = dict(slots)
+        flat = self._grad_slots(tape) if leaves is not None and not seeds else None
+        if flat is not None:
+            total.slots, total.flat = flat.slot.copy(), flat
         if run is not None and not seeds and self.profile is None and run.grads_free():
             prepared.backward(self, run, tape, total, need, leaves)
-            if slots is not None:
-                self._flat_grads.finish(grads, slots)
+            if flat is not None:
+                self._flat_grads.finish(grads, flat.slot)
             return grads
         run_step = self.backward_step if self.profile is None else profiled(self.profile, "backward",
                                                                               self.backward_step)
@@ -347,13 +347,13 @@ class Executor:
                         del grads[v]
             if spare and not isinstance(step, LoopStep) and step.id in spare:
                 total.spare.add(tape.values[step.id])
-        if slots is not None:
-            self._flat_grads.finish(grads, slots)
+        if flat is not None:
+            self._flat_grads.finish(grads, flat.slot)
         return grads
 
-    def _grad_slots(self, tape: Tape) -> dict | None:
-        """The flat parameters' gradient arrays for this pass (name -> a view of one flat array),
-        if its parameters are the flat ones (``FlatGrads.slots``)."""
+    def _grad_slots(self, tape: Tape) -> FlatArrays | None:
+        """The flat parameters' gradient arrays for this pass (views of one flat array), if its
+        parameters are the flat ones (``FlatGrads.slots``)."""
         flat = self.flat
         if flat is None or not self.options.flat_params:
             return None

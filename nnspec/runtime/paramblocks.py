@@ -16,6 +16,7 @@ at every pass and the optimiser at every step.
 """
 from __future__ import annotations
 
+import math
 import weakref
 
 import numpy as np
@@ -60,34 +61,39 @@ def join_blocks(plan: Plan, params: dict, skip: frozenset = frozenset()) -> None
             lo += a.shape[0]
 
 
-# flat array's id -> its FlatArrays, while that lives (it holds the array: the id stays its own)
-_KNOWN: "weakref.WeakValueDictionary[int, FlatArrays]" = weakref.WeakValueDictionary()
+# flat array's id -> a weak reference to its FlatArrays, while that lives (it holds the array: the
+# id stays its own); a plain dict, read at every step (a WeakValueDictionary's get is Python code)
+_KNOWN: dict = {}
 
 
 class FlatArrays:
     """Named arrays stored as views of one flat array ``flat``, in the order of ``names`` (``views``:
-    the views, one a name). ``params``: for a gradient's, the parameters' it is laid out like."""
+    the views, one a name); ``blocks``: the views of each group of ``groups`` stacked, a view of
+    ``flat`` too (made here, once: a view made later would look like someone holding ``flat``).
+    ``params``: for a gradient's, the parameters' it is laid out like."""
 
-    __slots__ = ("flat", "names", "views", "slot", "params", "__weakref__")
+    __slots__ = ("flat", "names", "views", "slot", "params", "blocks", "__weakref__")
 
     def __init__(self, names: tuple, shapes: list, dtype, params: "FlatArrays | None" = None,
-                 flat: np.ndarray | None = None):
-        size = sum(int(np.prod(s, dtype=np.int64)) for s in shapes)
-        self.flat = np.empty(size, dtype) if flat is None else flat
+                 groups: tuple = ()):
+        sizes = [math.prod(s) for s in shapes]
+        self.flat = np.empty(sum(sizes), dtype)
         self.names = tuple(names)
         views, lo = [], 0
-        for s in shapes:
-            n = int(np.prod(s, dtype=np.int64))
+        for s, n in zip(shapes, sizes):
             views.append(self.flat[lo:lo + n].reshape(s))
             lo += n
         self.views = tuple(views)
         self.slot = dict(zip(self.names, self.views))    # name -> its view
         self.params = params
-        _KNOWN[id(self.flat)] = self
+        self.blocks = {tuple(g): stacked_view([self.slot[n] for n in g]) for g in groups}
+        key = id(self.flat)
+        _KNOWN[key] = weakref.ref(self, lambda ref, key=key: _KNOWN.pop(key) if _KNOWN.get(key) is ref else None)
 
     def like(self) -> "FlatArrays":
         """Uninitialised arrays laid out as these (a gradient's for parameters)."""
-        return FlatArrays(self.names, [v.shape for v in self.views], self.flat.dtype, params=self)
+        return FlatArrays(self.names, [v.shape for v in self.views], self.flat.dtype, params=self,
+                          groups=tuple(self.blocks))
 
     def held_in(self, arrays: dict) -> bool:
         """Whether ``arrays`` holds these very views under their names."""
@@ -100,7 +106,8 @@ def known(a) -> FlatArrays | None:
     base = getattr(a, "base", None)
     if base is None:
         return None
-    f = _KNOWN.get(id(base))
+    ref = _KNOWN.get(id(base))
+    f = ref() if ref is not None else None
     return f if f is not None and f.flat is base else None
 
 
@@ -124,7 +131,8 @@ def flatten(plan: Plan, params: dict, dtype, skip: frozenset = frozenset()) -> F
                 seen.add(m)
     if len(order) < 2:
         return None
-    flat = FlatArrays(tuple(order), [params[n].shape for n in order], dtype)
+    flat = FlatArrays(tuple(order), [params[n].shape for n in order], dtype,
+                      groups=tuple({id(g): tuple(g) for g in group_of.values()}.values()))
     for n, v in zip(order, flat.views):
         np.copyto(v, params[n])
         params[n] = v
@@ -141,9 +149,9 @@ class FlatGrads:
         self.grads: FlatArrays | None = None
         self.reuse: Reuse | None = None
 
-    def slots(self, values: dict) -> dict | None:
-        """Name -> the array its gradient is to be written into, for a pass whose parameters
-        (``values``) are still the flat ones; None otherwise."""
+    def slots(self, values: dict) -> FlatArrays | None:
+        """The flat gradient arrays for a pass whose parameters (``values``) are still the flat
+        ones (``.slot``: name -> the array its gradient is to be written into); None otherwise."""
         if not self.params.held_in(values):
             return None
         g = self.grads
@@ -151,7 +159,7 @@ class FlatGrads:
             g = self.grads = self.params.like()
             self.reuse = Reuse()
             self.reuse.track([g.flat, *g.views])
-        return dict(zip(g.names, g.views))
+        return g
 
     def finish(self, grads: dict, slots: dict) -> None:
         """Put each parameter's gradient into its slot (those a step wrote there are already),

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import weakref
 
 import numpy as np
 
@@ -37,6 +38,10 @@ StateDict = dict[str, "np.ndarray | float | int | str"]
 
 
 _FLAT = "<flat>"   # the name the update of the flat arrays goes by (``_buffer``)
+
+
+def _dead():
+    return None
 
 
 class Optimizer:
@@ -50,6 +55,7 @@ class Optimizer:
         self.state: dict[str, dict[str, np.ndarray]] = {b: {} for b in self.buffers}
         self.steps: dict[str, int] = {}  # per-parameter update counts (Adam's bias correction)
         self._flat_state: dict[str, FlatArrays] = {}   # buffer kind -> its flat arrays, if any
+        self._flat_last = _dead    # the flat gradients of the last step, weakly
 
     def step(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray], *,
              scale: float = 1.0, consume: bool = False) -> None:
@@ -69,11 +75,13 @@ class Optimizer:
         """Update in one call the parameters that are views of one flat array, when their gradients
         are views of one flat array laid out alike, every one of them has one, and they have been
         updated equally often; the gradients left for the update one at a time."""
-        fg = None
-        for g in grads.values():
-            fg = known(g)
-            if fg is not None:
-                break
+        fg = self._flat_last()     # (the last step's: a weak reference, not to hold its arrays)
+        if fg is None or grads.get(fg.names[0]) is not fg.views[0]:
+            for g in grads.values():
+                fg = known(g)
+                if fg is not None:
+                    self._flat_last = weakref.ref(fg)
+                    break
         fp = fg.params if fg is not None else None
         if fp is None or not fg.held_in(grads) or not fp.held_in(params):
             return grads
