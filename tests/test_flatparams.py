@@ -206,3 +206,39 @@ def test_one_call_updates_the_flat_parameters_and_the_table_goes_on_its_own(name
     _, grads, _ = model.loss_and_grads(_lm_feeds(), single_use=True)
     opt.step(model.params, grads, consume=True)
     assert all(n in model.params for n, _ in calls)
+
+
+@pytest.mark.parametrize("make, feeds", [(_lm, _lm_feeds), (_mlp, _mlp_feeds)])
+def test_the_flat_gradient_array_is_used_again_once_nobody_holds_it(make, feeds):
+    import weakref
+    model, opt = make(), make_optimizer("sgd", lr=0.1)
+    kept = []
+    for seed in range(4):
+        _, grads, _ = model.loss_and_grads(feeds(seed), single_use=True)
+        kept.append(weakref.ref(known(grads["W_out" if "W_out" in grads else "W0"])))
+        opt.step(model.params, grads, consume=True)
+        del grads
+    assert all(ref() is kept[0]() is not None for ref in kept[1:])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sgds_compiled_pass_over_a_large_array_gives_numpys_numbers(dtype, monkeypatch):
+    from nnspec.train import optim, sgdkernel
+    if not sgdkernel.numba_available():
+        pytest.skip("numba (the fast extra) is not installed")
+    rng = np.random.default_rng(5)
+    n = sgdkernel.MIN_SIZE + 13
+    p = (rng.normal(size=n) * np.exp(rng.uniform(-20, 20, size=n))).astype(dtype)
+    g = (rng.normal(size=n) * np.exp(rng.uniform(-20, 20, size=n))).astype(dtype)
+    a = -0.0123456789
+    assert sgdkernel.applies(p, g)
+    got, want, g_numpy = p.copy(), p.copy(), g.copy()
+    assert optim._sgd_add(got, g.copy(), a, True, None) is None
+    g_numpy *= a
+    want += g_numpy
+    np.testing.assert_array_equal(got, want)
+    monkeypatch.setattr(sgdkernel, "_kernel", False)            # (as where numba is missing)
+    assert not sgdkernel.applies(p, g)
+    again = p.copy()
+    optim._sgd_add(again, g.copy(), a, True, None)
+    np.testing.assert_array_equal(again, want)

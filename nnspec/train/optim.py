@@ -32,7 +32,7 @@ import weakref
 import numpy as np
 
 from ..runtime.paramblocks import FlatArrays, known
-from . import adamkernel
+from . import adamkernel, sgdkernel
 
 StateDict = dict[str, "np.ndarray | float | int | str"]
 
@@ -228,6 +228,9 @@ class SGD(Optimizer):
 def _sgd_add(p: np.ndarray, g: np.ndarray, a: float, writable: bool, scratch: np.ndarray | None):
     """SGD's ``p += a * g`` (``writable``: g may be overwritten); returns the scratch array for the
     next call (``_add_scaled``)."""
+    if sgdkernel.applies(p, g):      # a large array (the flat parameters): one compiled pass, the same numbers
+        sgdkernel.sgd_step(p, g, a)
+        return scratch
     if type(g) is np.ndarray and g.size <= _SMALL:   # a small plain gradient (most of a small network's)
         if writable and g.dtype == p.dtype and g.flags.c_contiguous:
             g *= a
