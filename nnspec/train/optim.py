@@ -86,12 +86,11 @@ class Optimizer:
         if fp is None or not fg.held_in(grads) or not fp.held_in(params):
             return grads
         names, steps = fp.names, self.steps
-        t = steps.get(names[0], 0)
-        if any([steps.get(n, 0) != t for n in names]) or not self._flat_buffers(fp):
+        counts = set(map(steps.get, names))     # (None: not updated yet)
+        if len(counts) != 1 or not self._flat_buffers(fp):
             return grads
-        t += 1
-        for n in names:
-            steps[n] = t
+        t = (counts.pop() or 0) + 1
+        steps.update(dict.fromkeys(names, t))
         # (the flat gradient array holds no other gradient: consume lets it be overwritten)
         self._update_scaled(_FLAT, fp.flat, fg.flat, t, scale, consume)
         if len(grads) == len(names):
