@@ -137,7 +137,7 @@ def backward(ex, run: PassRun, tape: Tape, grads: GradSum, need, leaves) -> None
         run.reuse.track(dests)
         del dests
     keep = leaves is None
-    owned, values = grads.owned, grads.grads
+    owned, values, slots = grads.owned, grads.grads, grads.slots
     for e in entries:
         if len(e) == 2:
             step, dels = e
@@ -152,8 +152,10 @@ def backward(ex, run: PassRun, tape: Tape, grads: GradSum, need, leaves) -> None
                     elif src in values:
                         grads.add_into(src, dest.shape, Into(op, i, g, xs, out, attrs))
                     else:
-                        if type(dest) is Fresh:     # (a parameter's slot of the flat gradient array, if it has one)
-                            dest = grads._fresh(src, dest.shape, g.dtype, zero=False)
+                        if type(dest) is Fresh:     # a parameter's slot of the flat gradient array, if it has one
+                            d = slots.pop(src, None) if slots is not None else None
+                            dest = (d if d is not None and d.shape == dest.shape and d.dtype == g.dtype
+                                    else grads._fresh(src, dest.shape, g.dtype, zero=False))
                         fn(i, g, xs, out, attrs, dest, False)
                         values[src] = dest
                         owned.add(src)
