@@ -147,6 +147,9 @@ def test_the_update_in_one_call_gives_the_numbers_of_the_update_one_at_a_time(ma
     one_at_a_time = make_optimizer(name, **kw)
     one_at_a_time.flat = False
     runs.append((make(dtype), one_at_a_time))                       # flat arrays, one by one
+    off = make(dtype)
+    off.executor = Executor(off.plan, off.dtype, options=ExecOptions(flat_params=False))
+    runs.append((off, make_optimizer(name, **kw)))                  # the runtime's switch off
     runs.append((_apart(make(dtype)), make_optimizer(name, **kw)))  # arrays apart
     for consume in (True, False):
         for model, opt in runs:
@@ -242,3 +245,24 @@ def test_sgds_compiled_pass_over_a_large_array_gives_numpys_numbers(dtype, monke
     again = p.copy()
     optim._sgd_add(again, g.copy(), a, True, None)
     np.testing.assert_array_equal(again, want)
+
+
+def test_a_trainer_resumed_from_its_checkpoint_keeps_the_flat_arrays_and_ends_as_an_uninterrupted_run(tmp_path):
+    from test_average import TAGGER, trainer_for, write
+
+    from nnspec.train.rundir import RunDir
+    path = write(tmp_path, TAGGER.replace("average ema(decay = 0.9) ", "").replace("adam(lr = 0.05)",
+                                                                                     "momentum(lr = 0.1)"))
+    full, trainer = trainer_for(path)
+    trainer.fit()
+    run_dir = RunDir("t", root=tmp_path / "runs")
+    _, first = trainer_for(path, run_dir=run_dir, overrides=["epochs=2"])
+    first.fit()
+    resumed, second = trainer_for(path, run_dir=RunDir(path=run_dir.path))
+    second.resume(run_dir.last)
+    flat = resumed.model.executor.flat
+    assert flat is not None and flat.held_in(resumed.model.params)     # the weights went into its arrays
+    second.fit()
+    assert known(second.optimizer.state["v"]["V"]) is not None         # updated in one call
+    for name in full.model.params:
+        assert np.array_equal(full.model.params[name], resumed.model.params[name]), name
