@@ -268,6 +268,11 @@ def _add_scaled_rows(p: np.ndarray, g: np.ndarray, rows: np.ndarray, a: float) -
     temporaries the size of all the rows (1.3 MB, the peak of the benchmark tagger's step)."""
     width = max(1, math.prod(p.shape[1:]))
     chunk = max(1, _SMALL // width)
+    if len(rows) <= chunk and g.dtype == p.dtype:    # (a few rows, a small net's: the same steps, no scratch's set-up)
+        t = np.asarray(g).take(rows, axis=0)
+        t *= a
+        p[rows] += t
+        return
     dtype = np.result_type(p, g)
     scratch = np.empty((min(chunk, len(rows)),) + p.shape[1:], dtype)
     for lo in range(0, len(rows), chunk):
