@@ -329,7 +329,7 @@ class Executor:
             total.slots, total.flat = flat.slot.copy(), flat
         if run is not None and not seeds and self.profile is None and run.grads_free():
             prepared.backward(self, run, tape, total, need, leaves)
-            if flat is not None:
+            if flat is not None and total.slots:   # (every slot handed out: each is its gradient)
                 self._flat_grads.finish(grads, flat.slot)
             return grads
         run_step = self.backward_step if self.profile is None else profiled(self.profile, "backward",
@@ -347,7 +347,7 @@ class Executor:
                         del grads[v]
             if spare and not isinstance(step, LoopStep) and step.id in spare:
                 total.spare.add(tape.values[step.id])
-        if flat is not None:
+        if flat is not None and total.slots:
             self._flat_grads.finish(grads, flat.slot)
         return grads
 
