@@ -106,8 +106,8 @@ class ExecOptions:
         return cls(fast_loops=False, defer_grads=False, local_grads=False, alias_grads=False, scratch=False,
                    reuse_buffers=False, row_grads=False, prepared=False, lend_dead=False, share_dead=False,
                    spend_inputs=False, grads_in_views=False, recompute=False,
-                   param_blocks=False, flat_params=False, fused_loops=False, ring_grads=False, fast_sigmoid=False, fused_segments=False,
-                   blocked_products=False, distinct_words=False)
+                   param_blocks=False, flat_params=False, fused_loops=False, ring_grads=False, fast_sigmoid=False,
+                   fused_segments=False, blocked_products=False, distinct_words=False)
 
 
 @dataclass
