@@ -37,7 +37,7 @@ from .errors import Diagnostics, SpecError, did_you_mean
 from .initializers import default_initializer, initialize
 from .plan import Plan, ValueSpec
 from .runtime import ExecOptions, Executor, RunContext, RuntimeFailure, Tape, blas_threads
-from .runtime.paramblocks import join_blocks
+from .runtime.paramblocks import flatten, join_blocks
 
 
 def init_params(plan: Plan, seed: int = 0, dtype=np.float32, default_init: str | None = None) -> dict[str, np.ndarray]:
@@ -411,7 +411,11 @@ class Model:
         self.params = params if params is not None else init_params(self.plan, seed, self.dtype, default_init)
         self.frozen = frozenset(p.name for p in self.plan.params if p.frozen) or _NO_NAMES   # (read only)
         self.executor = Executor(self.plan, self.dtype)
-        if self.executor.options.param_blocks:     # the gates' weights as blocks of one array each
+        opts = self.executor.options
+        if opts.param_blocks and opts.flat_params:   # the dense parameters as views of one flat array
+            skip = frozenset(self.frozen) | frozenset(self.executor.tables.shapes)   # (row gradients)
+            self.executor.flat = flatten(self.plan, self.params, self.dtype, skip)
+        elif opts.param_blocks:     # the gates' weights as blocks of one array each
             join_blocks(self.plan, self.params)
         self._unoptimized: Executor | None = None   # see ``values``
 

@@ -396,90 +396,110 @@ def verify_plan(plan: Plan, stage: str | None = None, shapes: bool = True) -> li
       operands' shapes;
     * the outputs and the loss are values of the plan, and the loss is one number.
     """
-    check_shapes = shapes
-    if not check_shapes and _structure_holds(plan):
+    if not shapes and _structure_holds(plan):
         return []   # the common case, checked lean; a plan that fails is walked again below for the reasons
-    problems: list[str] = []
-    shapes: dict[str, list] = {}      # every value defined so far -> its shape
-    for v in plan.inputs + plan.targets:
-        shapes[v.name] = list(v.shape)
-    for p in plan.params:
-        if p.name in shapes:
-            problems.append(f"'{p.name}' is defined twice (a parameter and an input)")
-        shapes[p.name] = list(p.shape)
-    for c, value in plan.consts.items():
-        if c in shapes:
-            problems.append(f"'{c}' is defined twice (a constant and an input or parameter)")
-        shapes[c] = _nested_shape(value)
-    dims = _CheckDims()
-    computed: set[str] = set()   # values a step computes
-    registry = REGISTRY
+    check = _PlanCheck(plan, shapes)
+    for s in plan.steps:
+        if isinstance(s, LoopStep):
+            check.loop(s)
+        else:
+            check.step(s, _NO_BODY, _NO_STATES)
+    check.ends()
+    if check.problems and stage is not None:
+        raise PlanInvariantError(stage, check.problems)
+    return check.problems
 
-    def check_and_define(s: OpStep, body: dict[str, list], states: set[str] | frozenset) -> None:
-        sid = s.id
+
+class _PlanCheck:
+    """One walk of ``verify_plan``: the values defined so far with their shapes, and the problems."""
+
+    def __init__(self, plan: Plan, check_shapes: bool):
+        self.plan, self.check_shapes = plan, check_shapes
+        self.problems: list[str] = []
+        self.shapes: dict[str, list] = {}      # every value defined so far -> its shape
+        self.computed: set[str] = set()        # the values a step computes
+        self.dims = _CheckDims()
+        for v in plan.inputs + plan.targets:
+            self.shapes[v.name] = list(v.shape)
+        for p in plan.params:
+            self._leaf(p.name, list(p.shape), "a parameter and an input")
+        for c, value in plan.consts.items():
+            self._leaf(c, _nested_shape(value), "a constant and an input or parameter")
+
+    def _leaf(self, name: str, shape: list, kinds: str) -> None:
+        if name in self.shapes:
+            self.problems.append(f"'{name}' is defined twice ({kinds})")
+        self.shapes[name] = shape
+
+    def loop(self, s: LoopStep) -> None:
+        problems = self.problems
+        if s.direction not in (1, -1):
+            problems.append(f"loop {s.index}: direction {s.direction} is neither +1 nor -1")
+        body = {b.id: b.shape for b in s.body}
+        for state in s.states:
+            if state not in body:
+                problems.append(f"loop {s.index}: state '{state}' is not a value of its body")
+        for state, initial in s.initials.items():
+            if state not in s.states:
+                problems.append(f"loop {s.index}: '{state}' has an initial state but is not a state")
+            if initial not in self.shapes:
+                problems.append(f"loop {s.index}: the initial state '{initial}' of '{state}' is not "
+                                f"defined before the loop")
+        states = set(s.states)
+        for b in s.body:
+            self.step(b, body, states)
+
+    def step(self, s: OpStep, body: dict[str, list], states: set[str] | frozenset) -> None:
+        """Check one step (of a loop's ``body`` with its ``states``, or of the plan) and define its value."""
+        shapes, problems, sid = self.shapes, self.problems, s.id
         if sid in shapes:
             problems.append(f"'{sid}' is defined twice")
-        computed.add(sid)
-        op = registry.get(s.op)
+        self.computed.add(sid)
+        op = REGISTRY.get(s.op)
         if op is None:
-            problems.append(f"'{s.id}': unknown op '{s.op}'")
+            problems.append(f"'{sid}': unknown op '{s.op}'")
         elif op.arity is not None and len(s.inputs) != op.arity:
-            problems.append(f"'{s.id}': {s.op} takes {op.arity} input(s), the step has {len(s.inputs)}")
+            problems.append(f"'{sid}': {s.op} takes {op.arity} input(s), the step has {len(s.inputs)}")
         for src, delay in s.inputs:
             if src in shapes:
                 continue
             if delay != 0 and src in body:   # a loop state, read at another step
                 if src not in states:
-                    problems.append(f"'{s.id}' reads '{src}' at t{delay:+d}, which is not a state of its loop")
+                    problems.append(f"'{sid}' reads '{src}' at t{delay:+d}, which is not a state of its loop")
             else:
                 where = "in its loop or before" if body else "before it"
-                problems.append(f"'{s.id}' reads '{src}', which is not defined {where}")
+                problems.append(f"'{sid}' reads '{src}', which is not defined {where}")
                 shapes[sid] = s.shape
                 return
-        if check_shapes and op is not None:
-            operand_shapes = [tuple(shapes[src] if src in shapes else body[src]) for src, _ in s.inputs]
-            try:
-                got = op.shape(operand_shapes, s.attrs, dims)
-                if len(got) != len(s.shape):
-                    raise ValueError(f"rank {len(got)}")
-                for a, b in zip(got, s.shape):
-                    dims.unify(a, b)
-            except Exception as e:  # a shape rule's complaint, or a rank that differs
-                detail = f": {e}" if str(e) else ""
-                problems.append(f"'{s.id}': {s.op} of shapes {[list(o) for o in operand_shapes]} does not "
-                                f"give the step's shape {list(s.shape)}{detail}")
+        if self.check_shapes and op is not None:
+            self._shape(s, op, body)
         shapes[sid] = s.shape
 
-    for s in plan.steps:
-        if isinstance(s, LoopStep):
-            if s.direction not in (1, -1):
-                problems.append(f"loop {s.index}: direction {s.direction} is neither +1 nor -1")
-            body = {b.id: b.shape for b in s.body}
-            states = set(s.states)
-            for state in s.states:
-                if state not in body:
-                    problems.append(f"loop {s.index}: state '{state}' is not a value of its body")
-            for state, initial in s.initials.items():
-                if state not in s.states:
-                    problems.append(f"loop {s.index}: '{state}' has an initial state but is not a state")
-                if initial not in shapes:
-                    problems.append(f"loop {s.index}: the initial state '{initial}' of '{state}' is not "
-                                    f"defined before the loop")
-            for b in s.body:
-                check_and_define(b, body, states)
-        else:
-            check_and_define(s, _NO_BODY, _NO_STATES)
-    for o in plan.outputs:
-        if o not in shapes:
-            problems.append(f"the output '{o}' is not a value of the plan")
-    if plan.loss is not None:
-        if plan.loss not in computed:
-            problems.append(f"the loss '{plan.loss}' is not computed by a step")
-        elif shapes[plan.loss] not in ([], [1]):   # a loss op, or a (weighted) sum of losses
-            problems.append(f"the loss '{plan.loss}' has shape {shapes[plan.loss]}, not one number")
-    if problems and stage is not None:
-        raise PlanInvariantError(stage, problems)
-    return problems
+    def _shape(self, s: OpStep, op, body: dict[str, list]) -> None:
+        """Whether the op's shape rule gives the step's shape from its operands' shapes."""
+        operand_shapes = [tuple(self.shapes[src] if src in self.shapes else body[src]) for src, _ in s.inputs]
+        try:
+            got = op.shape(operand_shapes, s.attrs, self.dims)
+            if len(got) != len(s.shape):
+                raise ValueError(f"rank {len(got)}")
+            for a, b in zip(got, s.shape):
+                self.dims.unify(a, b)
+        except Exception as e:  # a shape rule's complaint, or a rank that differs
+            detail = f": {e}" if str(e) else ""
+            self.problems.append(f"'{s.id}': {s.op} of shapes {[list(o) for o in operand_shapes]} does not "
+                                 f"give the step's shape {list(s.shape)}{detail}")
+
+    def ends(self) -> None:
+        """The outputs are values of the plan; the loss is computed by a step and is one number."""
+        plan, problems = self.plan, self.problems
+        for o in plan.outputs:
+            if o not in self.shapes:
+                problems.append(f"the output '{o}' is not a value of the plan")
+        if plan.loss is not None:
+            if plan.loss not in self.computed:
+                problems.append(f"the loss '{plan.loss}' is not computed by a step")
+            elif self.shapes[plan.loss] not in ([], [1]):   # a loss op, or a (weighted) sum of losses
+                problems.append(f"the loss '{plan.loss}' has shape {self.shapes[plan.loss]}, not one number")
 
 
 def _structure_holds(plan: Plan) -> bool:

@@ -29,6 +29,7 @@ from .gradsum import GradSum
 from .kernelcache import numba_available
 from .loopprogram import LoopProgram, runs_fast
 from .loops import FastLoop
+from .paramblocks import FlatArrays, FlatGrads
 from .pool import BufferPool
 from .profile import profiled
 from .reuse import Spare
@@ -64,6 +65,10 @@ class Executor:
         self.profile: dict | None = None        # set to {} to collect seconds per step
         self._whole_axes: dict[tuple, TimeAxis] = {}   # (axis, T, B) -> a batch's axis with every step real
         self._leaf_sets: dict[tuple, frozenset] = {}   # wanted leaves -> their set, made once (read only)
+        # the model's dense parameters as views of one flat array (``paramblocks.flatten``, set by
+        # Model): their gradients then come out as views of one flat array too (``FlatGrads``)
+        self.flat: FlatArrays | None = None
+        self._flat_grads: FlatGrads | None = None
 
     def settle_kernels(self, planned_passes: int) -> None:
         """Compiled loop kernels (fused loops, the fast sigmoid, fused segments) round differently from
@@ -336,8 +341,13 @@ class Executor:
             # their gradients (only when a value's gradient goes once used: never handed out)
             values = tape.values
             total.donors = {v: values[v] for v in self.facts.dead_in_backward & tape.fresh if v not in leaves}
+        flat = self._grad_slots(tape) if leaves is not None and not seeds else None
+        if flat is not None:
+            total.slots, total.flat = flat.slot.copy(), flat
         if run is not None and not seeds and self.profile is None and run.grads_free():
             prepared.backward(self, run, tape, total, need, leaves)
+            if flat is not None and total.slots:   # (every slot handed out: each is its gradient)
+                self._flat_grads.finish(grads, flat.slot)
             return grads
         run_step = self.backward_step if self.profile is None else profiled(self.profile, "backward",
                                                                               self.backward_step)
@@ -354,6 +364,8 @@ class Executor:
                         del grads[v]
             if spare and not isinstance(step, LoopStep) and step.id in spare:
                 total.spare.add(tape.values[step.id])
+        if flat is not None and total.slots:
+            self._flat_grads.finish(grads, flat.slot)
         return grads
 
     def _leaves(self, wrt) -> frozenset:
@@ -366,6 +378,17 @@ class Executor:
                 self._leaf_sets.clear()
             kept = self._leaf_sets[key] = frozenset(key)
         return kept
+
+    def _grad_slots(self, tape: Tape) -> FlatArrays | None:
+        """The flat parameters' gradient arrays for this pass (views of one flat array), if its
+        parameters are the flat ones (``FlatGrads.slots``)."""
+        flat = self.flat
+        if flat is None or not self.options.flat_params:
+            return None
+        fg = self._flat_grads
+        if fg is None or fg.params is not flat:
+            fg = self._flat_grads = FlatGrads(flat)
+        return fg.slots(tape.values)
 
     def backward_step(self, step, tape: Tape, grads: GradSum, need, keep: bool) -> None:
         """One step's VJPs; ``keep``: a loop leaves its body values' gradients in the dict."""

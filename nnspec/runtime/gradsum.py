@@ -37,6 +37,10 @@ class GradSum:
         # arrays are parts of them before the pool is asked
         self.spare: Spare | None = None
         self.leaves: set | None = None     # the gradients the caller keeps (None: every one)
+        # key -> the array its gradient goes into (a parameter's slot of the flat gradient array,
+        # ``paramblocks.FlatGrads``), each handed out once
+        self.slots: dict | None = None
+        self.flat = None                   # the FlatArrays of those slots
 
     def lend_part(self, key: str, lo: int, hi: int) -> np.ndarray | None:
         """``[..., lo:hi]`` of the array that will hold key's gradient, for a loop's backward pass to
@@ -74,6 +78,12 @@ class GradSum:
     def _fresh(self, key: str, shape, dtype, zero: bool) -> np.ndarray:
         """A new array for the gradient of key: its value's own, if lent, else a part of a spare
         array, else one from the pool."""
+        if self.slots is not None:
+            a = self.slots.pop(key, None)
+            if a is not None and a.shape == tuple(shape) and a.dtype == dtype:
+                if zero:
+                    a.fill(0)
+                return a
         a = self.donors.pop(key, None)
         if not (a is not None and a.shape == tuple(shape) and a.dtype == dtype):
             a = self.spare.take(tuple(shape), dtype) if self.spare is not None else None
@@ -97,6 +107,20 @@ class GradSum:
         self.grads[key] = new
         self.owned.add(key)
         return new
+
+    def add_stacked(self, keys: tuple, g: np.ndarray) -> bool:
+        """Write ``g``, the gradient of the stack of ``keys`` (``Op.stacks_rows``), into their slots of
+        the flat gradient array in one copy when those are adjacent and none has a gradient yet:
+        each key's first gradient is its slot. False (nothing done) otherwise."""
+        slots, grads = self.slots, self.grads
+        block = self.flat.blocks.get(keys)
+        if block is None or block.shape != g.shape or not all([k in slots and k not in grads for k in keys]):
+            return False
+        np.copyto(block, g)
+        for k in keys:
+            grads[k] = slots.pop(k)
+            self.owned.add(k)
+        return True
 
     def add(self, key: str, g: np.ndarray, owned: bool = False) -> None:
         """Add ``g`` to the gradient of ``key``; the first is kept as it is (``owned``: and may be

@@ -137,7 +137,7 @@ def backward(ex, run: PassRun, tape: Tape, grads: GradSum, need, leaves) -> None
         run.reuse.track(dests)
         del dests
     keep = leaves is None
-    owned, values = grads.owned, grads.grads
+    owned, values, slots = grads.owned, grads.grads, grads.slots
     for e in entries:
         if len(e) == 2:
             step, dels = e
@@ -152,12 +152,26 @@ def backward(ex, run: PassRun, tape: Tape, grads: GradSum, need, leaves) -> None
                     elif src in values:
                         grads.add_into(src, dest.shape, Into(op, i, g, xs, out, attrs))
                     else:
+                        if type(dest) is Fresh:     # a parameter's slot of the flat gradient array, if it has one
+                            d = slots.pop(src, None) if slots is not None else None
+                            dest = (d if d is not None and d.shape == dest.shape and d.dtype == g.dtype
+                                    else grads._fresh(src, dest.shape, g.dtype, zero=False))
                         fn(i, g, xs, out, attrs, dest, False)
                         values[src] = dest
                         owned.add(src)
         for v in dels:
             if v in values:
                 del values[v]
+
+
+class Fresh:
+    """A backward entry's destination made at every pass (``GradSum._fresh``: a parameter's slot of
+    the flat gradient array, else a new array)."""
+
+    __slots__ = ("shape",)
+
+    def __init__(self, shape: tuple):
+        self.shape = tuple(shape)
 
 
 def _build_backward(ex, run: PassRun, need, leaves, share: bool = False) -> tuple[list, list]:
@@ -176,6 +190,8 @@ def _build_backward(ex, run: PassRun, need, leaves, share: bool = False) -> tupl
     # step does ``d *= h > 0``
     readers = ex.facts.readers if share and ex.options.spend_inputs else {}
     first: dict[str, np.ndarray] = {}
+    flat_leaves = (frozenset(ex.flat.names) & leaves if ex.flat is not None and ex.options.flat_params
+                   and leaves is not None else None)
     for step in reversed(ex.plan.steps):
         ids = [b.id for b in step.body] if isinstance(step, LoopStep) else [step.id]
         dels = () if leaves is None else tuple(v for v in ids if v not in leaves)
@@ -199,6 +215,9 @@ def _build_backward(ex, run: PassRun, need, leaves, share: bool = False) -> tupl
                 g = first.get(sid) if op.spends_input and not op.needs_ctx and i == 0 else None
                 if g is not None and g.shape == xs[i].shape and sid not in leaves:
                     todo.append((i, src, g))                  # (tracked already, as the reader's)
+                    continue
+                if flat_leaves and src in flat_leaves:
+                    todo.append((i, src, Fresh(xs[i].shape)))   # (its slot in the flat gradients: GradSum.slots)
                     continue
                 dest = spare.take(xs[i].shape, ex.dtype) if spare is not None else None
                 if dest is None:

@@ -148,6 +148,11 @@ class FastSteps:
             todo = [i for i in todo if i != table]
             if not todo:
                 return
+        if op.stacks_rows and grads.slots and len(todo) == len(step.inputs) and not any(d for _, d in step.inputs):
+            # stacked parameters with slots in the flat gradient array (paramblocks): their
+            # gradients in one copy, each its slot
+            if grads.add_stacked(tuple(src for src, _ in step.inputs), g):
+                return
         if o.into:
             # straight into the gradient's (pooled) array, adding in place; a first gradient that
             # is a part of g (a concatenation's) is handed on as that view (alias_grads)

@@ -62,6 +62,10 @@ class ExecOptions:
     # parameters stacked by concat_rows and stored as blocks of one array (Model does so): the
     # stacked value is a view of it, not a copy made at every pass
     param_blocks: bool = True
+    # a model's dense parameters stored as views of one flat array, their gradients handed out as
+    # views of one flat gradient array laid out alike (``paramblocks.flatten``, ``FlatGrads``): an
+    # optimiser updates all of them in one call (``Optimizer.flat``)
+    flat_params: bool = True
     # a state's gradient (h, c) in a loop's backward pass: a ring of max delay + 1 steps, each step's
     # slot filled with its gradient from after the loop as the pass reaches it, not a (T, B, ...)
     # array plus the incoming one added in (the benchmark LSTM H512: 4.6 MB)
@@ -102,8 +106,8 @@ class ExecOptions:
         return cls(fast_loops=False, defer_grads=False, local_grads=False, alias_grads=False, scratch=False,
                    reuse_buffers=False, row_grads=False, prepared=False, lend_dead=False, share_dead=False,
                    spend_inputs=False, grads_in_views=False, recompute=False,
-                   param_blocks=False, fused_loops=False, ring_grads=False, fast_sigmoid=False, fused_segments=False,
-                   blocked_products=False, distinct_words=False)
+                   param_blocks=False, flat_params=False, fused_loops=False, ring_grads=False, fast_sigmoid=False,
+                   fused_segments=False, blocked_products=False, distinct_words=False)
 
 
 @dataclass(slots=True)   # (made every pass: no instance dict)

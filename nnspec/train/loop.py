@@ -293,7 +293,11 @@ class Trainer:
         ck = load_checkpoint(path, expected_spec_hash=self.spec_hash, schema=TrainedMeta,
                              expected_shapes={p.name: tuple(p.shape) for p in self.model.plan.params})
         for k, v in ck.params.items():
-            self.model.params[k] = v.astype(self.model.dtype)
+            mine = self.model.params.get(k)
+            if isinstance(mine, np.ndarray) and mine.shape == v.shape and mine.flags.writeable:
+                np.copyto(mine, v, casting="unsafe")   # into its array: a flat parameter stays one (paramblocks)
+            else:
+                self.model.params[k] = v.astype(self.model.dtype)
         if ck.optimizer_state:
             self._load_training_state(path, ck.optimizer_state)
         self.rng = ck.rng()

@@ -13,6 +13,12 @@ away (the executor's own arrays, dropped after the step), so the update may over
 instead of making a scaled copy: SGD then does ``g *= -lr * s; p += g``, two passes like a
 hand-written step. Gradients sharing memory with another one are never overwritten.
 
+Parameters stored as views of one flat array with their gradients views of one flat array laid
+out alike (``runtime/paramblocks.py``: a Model's dense parameters, the executor's gradients) are
+updated in one call over the flat arrays, with their state buffers views of flat arrays too: the
+arithmetic is elementwise and the same, so the numbers are those of the update one parameter at a
+time, bit for bit. ``flat = False`` (an attribute) updates them one at a time.
+
 ``state_dict()`` holds hyperparameters and counters as Python scalars and
 buffers as arrays under ``"<buffer>/<param name>"`` keys (e.g. ``"m/h1.Wf"``);
 loading it into a fresh optimiser of the same kind continues bit-identically.
@@ -21,26 +27,40 @@ from __future__ import annotations
 
 import inspect
 import math
+import weakref
 
 import numpy as np
 
-from . import adamkernel
+from ..runtime.paramblocks import FlatArrays, known
+from . import adamkernel, sgdkernel
 
 StateDict = dict[str, "np.ndarray | float | int | str"]
+
+
+_FLAT = "<flat>"   # the name the update of the flat arrays goes by (``_buffer``)
+
+
+def _dead():
+    return None
 
 
 class Optimizer:
     kind = "base"
     buffers: tuple[str, ...] = ()  # names of per-parameter state arrays
     hyper: tuple[str, ...] = ("lr",)  # scalar hyperparameters saved in the state
+    flat = True   # flat parameters with flat gradients updated in one call (the module's docstring)
 
     def __init__(self, lr: float):
         self.lr = float(lr)
         self.state: dict[str, dict[str, np.ndarray]] = {b: {} for b in self.buffers}
         self.steps: dict[str, int] = {}  # per-parameter update counts (Adam's bias correction)
+        self._flat_state: dict[str, FlatArrays] = {}   # buffer kind -> its flat arrays, if any
+        self._flat_last = _dead    # the flat gradients of the last step, weakly
 
     def step(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray], *,
              scale: float = 1.0, consume: bool = False) -> None:
+        if self.flat:
+            grads = self._step_flat(params, grads, float(scale), consume)
         mine = _sole_owners(grads) if consume else ()
         steps, scale, update = self.steps, float(scale), self._update_scaled
         for name, g in grads.items():
@@ -50,6 +70,53 @@ class Optimizer:
             t = steps.get(name, 0) + 1
             steps[name] = t
             update(name, p, g, t, scale, name in mine)
+
+    def _step_flat(self, params: dict, grads: dict, scale: float, consume: bool) -> dict:
+        """Update in one call the parameters that are views of one flat array, when their gradients
+        are views of one flat array laid out alike, every one of them has one, and they have been
+        updated equally often; the gradients left for the update one at a time."""
+        fg = self._flat_last()     # (the last step's: a weak reference, not to hold its arrays)
+        if fg is None or grads.get(fg.names[0]) is not fg.views[0]:
+            for g in grads.values():
+                fg = known(g)
+                if fg is not None:
+                    self._flat_last = weakref.ref(fg)
+                    break
+        fp = fg.params if fg is not None else None
+        if fp is None or not fg.held_in(grads) or not fp.held_in(params):
+            return grads
+        names, steps = fp.names, self.steps
+        counts = set(map(steps.get, names))     # (None: not updated yet)
+        if len(counts) != 1 or not self._flat_buffers(fp):
+            return grads
+        t = (counts.pop() or 0) + 1
+        steps.update(dict.fromkeys(names, t))
+        # (the flat gradient array holds no other gradient: consume lets it be overwritten)
+        self._update_scaled(_FLAT, fp.flat, fg.flat, t, scale, consume)
+        if len(grads) == len(names):
+            return {}
+        return {k: g for k, g in grads.items() if k not in fp.slot}
+
+    def _flat_buffers(self, fp: FlatArrays) -> bool:
+        """Make each state buffer of the flat parameters a view of one flat array laid out alike
+        (moving the values of those that exist, zeros for those that do not yet); False when a
+        buffer is not of its parameter's shape and dtype (it stays as it is)."""
+        for kind in self.buffers:
+            bufs, fb = self.state[kind], self._flat_state.get(kind)
+            if fb is not None and fb.params is fp and fb.held_in(bufs):
+                continue
+            have = [bufs.get(n) for n in fp.names]
+            if not all(b is None or (isinstance(b, np.ndarray) and b.shape == v.shape and b.dtype == v.dtype)
+                       for b, v in zip(have, fp.views)):
+                return False
+            fb = self._flat_state[kind] = fp.like()
+            for n, b, v in zip(fp.names, have, fb.views):
+                if b is None:
+                    v.fill(0)
+                else:
+                    np.copyto(v, b)
+                bufs[n] = v
+        return True
 
     def _update_scaled(self, name: str, p: np.ndarray, g: np.ndarray, t: int, scale: float,
                        writable: bool) -> None:
@@ -65,6 +132,8 @@ class Optimizer:
         raise NotImplementedError
 
     def _buffer(self, kind: str, name: str, p: np.ndarray) -> np.ndarray:
+        if name is _FLAT:
+            return self._flat_state[kind].flat
         buf = self.state[kind].get(name)
         if buf is None:
             buf = self.state[kind][name] = np.zeros_like(p)
@@ -131,6 +200,8 @@ class SGD(Optimizer):
             return super().step(params, grads, scale=scale, consume=consume)
         # plain SGD, the update of ``_update_scaled`` written out in one loop: a small network's
         # step updates many small arrays (15 for a one-layer LSTM), where the calls are the cost
+        if self.flat:
+            grads = self._step_flat(params, grads, float(scale), consume)
         a = -self.lr * float(scale)
         mine = _sole_owners(grads) if consume else ()
         steps, scratch = self.steps, getattr(self, "_scratch", None)
@@ -156,6 +227,9 @@ class SGD(Optimizer):
 def _sgd_add(p: np.ndarray, g: np.ndarray, a: float, writable: bool, scratch: np.ndarray | None):
     """SGD's ``p += a * g`` (``writable``: g may be overwritten); returns the scratch array for the
     next call (``_add_scaled``)."""
+    if sgdkernel.applies(p, g):      # a large array (the flat parameters): one compiled pass, the same numbers
+        sgdkernel.sgd_step(p, g, a)
+        return scratch
     if type(g) is np.ndarray and g.size <= _SMALL:   # a small plain gradient (most of a small network's)
         if writable and g.dtype == p.dtype and g.flags.c_contiguous:
             g *= a
@@ -178,6 +252,10 @@ def _sole_owners(grads: dict[str, np.ndarray]) -> set[str]:
     """Names whose gradient shares its memory with no other gradient (one may overwrite it)."""
     roots: dict[int, list] = {}
     for name, g in grads.items():
+        f = known(g)
+        if f is not None and f.slot.get(name) is g:   # (its own slot of a flat gradient array)
+            roots[id(g)] = [name]
+            continue
         r = g
         while r.base is not None:
             r = r.base
@@ -190,6 +268,11 @@ def _add_scaled_rows(p: np.ndarray, g: np.ndarray, rows: np.ndarray, a: float) -
     temporaries the size of all the rows (1.3 MB, the peak of the benchmark tagger's step)."""
     width = max(1, math.prod(p.shape[1:]))
     chunk = max(1, _SMALL // width)
+    if len(rows) <= chunk and g.dtype == p.dtype:    # (a few rows, a small net's: the same steps, no scratch's set-up)
+        t = np.asarray(g).take(rows, axis=0)
+        t *= a
+        p[rows] += t
+        return
     dtype = np.result_type(p, g)
     scratch = np.empty((min(chunk, len(rows)),) + p.shape[1:], dtype)
     for lo in range(0, len(rows), chunk):
