@@ -64,7 +64,7 @@ class Executor:
         self._pass_seen: tuple | None = None    # (geometry, shapes of the steps that ran into arrays)
         self.profile: dict | None = None        # set to {} to collect seconds per step
         self._whole_axes: dict[tuple, TimeAxis] = {}   # (axis, T, B) -> a batch's axis with every step real
-        self._leaf_sets: dict[tuple, frozenset] = {}   # wanted leaves -> their set, made once (read only)
+        self._leaf_set: frozenset | None = None   # the wanted leaves of the last backward pass (read only)
         # the model's dense parameters as views of one flat array (``paramblocks.flatten``, set by
         # Model): their gradients then come out as views of one flat array too (``FlatGrads``)
         self.flat: FlatArrays | None = None
@@ -369,14 +369,12 @@ class Executor:
         return grads
 
     def _leaves(self, wrt) -> frozenset:
-        """The set of the wanted leaves, kept per list of them (a training step asks for the same one
-        each time: not two new sets of every parameter's name held through its backward pass)."""
-        key = tuple(wrt)
-        kept = self._leaf_sets.get(key)
-        if kept is None:
-            if len(self._leaf_sets) > 16:   # (many different lists: start over rather than grow)
-                self._leaf_sets.clear()
-            kept = self._leaf_sets[key] = frozenset(key)
+        """The set of the wanted leaves, the last pass's again when they are the same (a training step
+        asks for the same ones each time: not two new sets of every parameter's name held through
+        its backward pass)."""
+        kept = self._leaf_set
+        if kept is None or len(wrt) != len(kept) or not all(k in kept for k in wrt):
+            kept = self._leaf_set = frozenset(wrt)
         return kept
 
     def _grad_slots(self, tape: Tape) -> FlatArrays | None:
