@@ -25,7 +25,7 @@ from .reuse import Reuse, Spare
 from .tape import Tape
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)   # (kept per batch geometry: no instance dict)
 class PassRun:
     """The steps of a pass outside loops for one batch geometry, as a flat list.
 

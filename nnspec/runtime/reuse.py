@@ -15,6 +15,8 @@ import numpy as np
 class Reuse:
     """Arrays tracked for reuse and the references their owner holds to each itself."""
 
+    __slots__ = ("arrays", "own")   # (one for every kept structure: no instance dict)
+
     def __init__(self) -> None:
         self.arrays: list = []
         self.own: list[int] = []
