@@ -253,6 +253,11 @@ class _Arrays:
         self.per_pass = [e for e in layout.forward if e[0] in ("init", "before")]
         self.gblock = None
         self.grads: dict = {}
+        # made with the kept gradients (once per geometry): each body value's gradient (``G`` of
+        # loop_backward), the backward kernel's arguments (the pass's inputs put in at ``per_pass_bwd``)
+        self.G: dict | None = None
+        self.bwd_args: list | None = None
+        self.per_pass_bwd: list = []
         self.reuse = Reuse()
         self.tracked = False   # kept by FusedLoops for the next pass (tracked by ``reuse``)
 
@@ -266,7 +271,15 @@ class _Arrays:
         if not self.tracked:
             return _parts(self._gradient_shapes(), self.dtype, self.ALIGN)[1]
         if self.gblock is None:
+            before = self.reuse.counts()
             self.gblock, self.grads = _parts(self._gradient_shapes(), self.dtype, self.ALIGN)
+            # (made before tracking, their references to the forward arrays absorbed: they count as
+            # the owner's)
+            self.G = gradient_views(self.layout, self.bufs, self.grads)
+            self.bwd_args = [self.grads.get(e, self.args.get(e)) for e in self.layout.backward]
+            self.per_pass_bwd = [(i, e) for i, e in enumerate(self.layout.backward)
+                                 if e not in self.grads and e not in self.args]
+            self.reuse.absorb(before)
             self.gstart = len(self.reuse.arrays)
             self.reuse.track([self.gblock, *self.grads.values()])
         elif not self.reuse.free(self.gstart):
@@ -322,21 +335,29 @@ def whole_input(run: FusedRun, env: dict, ids: set, src: str, d: int) -> np.ndar
 
 def loop_backward(ex, loop: LoopStep, run: FusedRun, tape: Tape, grads: GradSum, need, keep: bool) -> None:
     """BPTT by the backward kernel; then one whole-sequence VJP per edge leaving the loop."""
-    env, bufs = tape.values, run.bufs
+    env, bufs, arrays = tape.values, run.bufs, run.arrays
     ids = set(bufs)
     # every gradient of the kernel: parts of one zeroed block (one allocation, not one per value),
     # the block of the last pass again when nobody holds it
-    args = {**run.args, **run.arrays.gradients()}
-    # each body value's gradient over all steps (a part kept in its source's array: a view of its
-    # source's gradient, which holds just the part's there)
-    G = {v: args[("grad", v)] for v in bufs if v not in run.layout.aliases}
-    G.update((v, G[root][..., lo:hi]) for v, (root, lo, hi) in run.layout.aliases.items())
+    gs = arrays.gradients()
+    kept = gs is arrays.grads and arrays.G is not None and arrays.bufs is bufs
+    if kept:   # the kept block: its views and the kernel's argument list made once
+        G, bwd_args = arrays.G, arrays.bwd_args
+        for i, e in arrays.per_pass_bwd:
+            bwd_args[i] = run.args[e]
+    else:
+        args = {**run.args, **gs}
+        G = gradient_views(run.layout, bufs, gs)
+        bwd_args = [args[e] for e in run.layout.backward]
     pre = grads.grads
     for v in bufs:
         if v in pre:
             G[v] += pre.pop(v)
             grads.disown(v)
-    run.kernels.backward(run.T, run.lengths, *[args[e] for e in run.layout.backward])
+    run.kernels.backward(run.T, run.lengths, *bwd_args)
+    if kept:
+        for i, _ in arrays.per_pass_bwd:
+            bwd_args[i] = None    # (the pass's inputs not held: the prepared pass's checks count them)
     for b, op, pos, src, d in _edges_out(ex, loop, ids, need):
         xs = [whole_input(run, env, ids, s2, d2) for s2, d2 in b.inputs]
         gi = op.vjp_one(pos, G[b.id], xs, bufs[b.id], b.attrs, NO_CTX)
@@ -349,11 +370,19 @@ def loop_backward(ex, loop: LoopStep, run: FusedRun, tape: Tape, grads: GradSum,
     ginit: dict = {}
     for entry in run.layout.initial_gradients:
         s = entry[1][0]
-        ginit[s] = ginit[s] + args[entry] if s in ginit else args[entry]
+        ginit[s] = ginit[s] + gs[entry] if s in ginit else gs[entry]
     for s, g in ginit.items():
         if s in need and s in loop.initials and s not in tape.carry:
             init_id = loop.initials[s]
             grads.add(init_id, unbroadcast(g, env[init_id].shape))
+
+
+def gradient_views(layout, bufs: dict, gs: dict) -> dict:
+    """Each body value's gradient over all steps among the kernel's gradients ``gs`` (a part kept
+    in its source's array: a view of its source's gradient, which holds just the part's there)."""
+    G = {v: gs[("grad", v)] for v in bufs if v not in layout.aliases}
+    G.update((v, G[root][..., lo:hi]) for v, (root, lo, hi) in layout.aliases.items())
+    return G
 
 
 def _read_outside(ex, loop: LoopStep) -> frozenset:
