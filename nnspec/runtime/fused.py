@@ -358,8 +358,13 @@ def loop_backward(ex, loop: LoopStep, run: FusedRun, tape: Tape, grads: GradSum,
     if kept:
         for i, _ in arrays.per_pass_bwd:
             bwd_args[i] = None    # (the pass's inputs not held: the prepared pass's checks count them)
-    for b, op, pos, src, d in _edges_out(ex, loop, ids, need):
+    for b, op, pos, src, d, keys in _edges_out(ex, loop, ids, need):
         xs = [whole_input(run, env, ids, s2, d2) for s2, d2 in b.inputs]
+        if keys is not None:   # a stack of parameters only this edge reads: into their flat gradients' block
+            dest = grads.first_stacked(src, keys, xs[pos].shape, G[b.id].dtype)
+            if dest is not None:
+                op.vjp_into(pos, G[b.id], xs, bufs[b.id], b.attrs, dest, False)
+                continue
         gi = op.vjp_one(pos, G[b.id], xs, bufs[b.id], b.attrs, NO_CTX)
         if gi is not None:
             send(ex.facts, tape, src, d, gi, grads, need)
@@ -400,8 +405,9 @@ def _read_outside(ex, loop: LoopStep) -> frozenset:
 
 def _edges_out(ex, loop: LoopStep, ids: set, need) -> list:
     """The edges leaving a fused loop whose gradient is needed: ``(body op step, its op, input
-    position, source outside, the delay its gradient goes back with)``, worked out once per
-    set of needed values."""
+    position, source outside, the delay its gradient goes back with, the parameters it stacks if
+    its gradient may go straight into their flat gradients' block)``, worked out once per set of
+    needed values."""
     key = (loop.index, id(need))
     kept = ex.fused.edges.get(key)
     if kept is not None and kept[0] is need:
@@ -412,6 +418,8 @@ def _edges_out(ex, loop: LoopStep, ids: set, need) -> list:
         for pos, (src, d) in enumerate(b.inputs):
             if src in ids or src in facts.integer or src not in need:
                 continue
-            edges.append((b, op, pos, src, d if src in facts.seq else 0))
+            keys = (ex.fast_steps.stacks.get(src) if d == 0 and not op.needs_ctx and ex.options.stacked_grads
+                    else None)
+            edges.append((b, op, pos, src, d if src in facts.seq else 0, keys))
     ex.fused.edges[key] = (need, edges)
     return edges

@@ -108,6 +108,24 @@ class GradSum:
         self.owned.add(key)
         return new
 
+    def first_stacked(self, src: str, keys: tuple, shape: tuple, dtype) -> np.ndarray | None:
+        """The block of the flat gradient array holding the slots of ``keys`` (a stacking step's
+        inputs, ``Op.stacks_rows``), handed out as each key's first gradient, for the gradient of
+        their stack ``src`` to be written there by its only reader's VJP (``src`` then gets no
+        gradient of its own: its step has nothing to do). None where it cannot be: ``src`` kept or
+        with a gradient already, a key not a kept leaf without a gradient, another shape."""
+        slots, leaves, grads = self.slots, self.leaves, self.grads
+        if not slots or leaves is None or src in leaves or src in grads:
+            return None
+        block = self.flat.blocks.get(keys)
+        if (block is None or block.shape != shape or block.dtype != dtype
+                or not all([k in slots and k in leaves and k not in grads for k in keys])):
+            return None
+        for k in keys:
+            grads[k] = slots.pop(k)
+            self.owned.add(k)
+        return block
+
     def add_stacked(self, keys: tuple, g: np.ndarray) -> bool:
         """Write ``g``, the gradient of the stack of ``keys`` (``Op.stacks_rows``), into their slots of
         the flat gradient array in one copy when those are adjacent and none has a gradient yet:

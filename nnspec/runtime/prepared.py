@@ -156,6 +156,12 @@ def backward(ex, run: PassRun, tape: Tape, grads: GradSum, need, leaves) -> None
                             d = slots.pop(src, None) if slots is not None else None
                             dest = (d if d is not None and d.shape == dest.shape and d.dtype == g.dtype
                                     else grads._fresh(src, dest.shape, g.dtype, zero=False))
+                        elif type(dest) is Stacked:   # the stacked parameters' block of the flat gradients
+                            d = grads.first_stacked(src, dest.keys, dest.shape, g.dtype)
+                            if d is not None:
+                                fn(i, g, xs, out, attrs, d, False)   # (their gradients: its parts)
+                                continue
+                            dest = grads._fresh(src, dest.shape, g.dtype, zero=False)
                         fn(i, g, xs, out, attrs, dest, False)
                         values[src] = dest
                         owned.add(src)
@@ -172,6 +178,16 @@ class Fresh:
 
     def __init__(self, shape: tuple):
         self.shape = tuple(shape)
+
+
+class Stacked:
+    """A backward entry's destination for the gradient of a stack of parameters that only it reads:
+    their block of the flat gradient array (``GradSum.first_stacked``), else a new array."""
+
+    __slots__ = ("shape", "keys")
+
+    def __init__(self, shape: tuple, keys: tuple):
+        self.shape, self.keys = tuple(shape), keys
 
 
 def _build_backward(ex, run: PassRun, need, leaves, share: bool = False) -> tuple[list, list]:
@@ -207,6 +223,10 @@ def _build_backward(ex, run: PassRun, need, leaves, share: bool = False) -> tupl
             if src in need and src not in ex.facts.integer:
                 if ex.options.alias_grads and op.vjp_view(i, out, xs, attrs) is not None:
                     todo.append((i, src, None))     # (its output has g's shape: a view of it will do)
+                    continue
+                keys = ex.fast_steps.stacks.get(src) if flat_leaves and ex.options.stacked_grads else None
+                if keys is not None and src not in leaves and all(k in flat_leaves for k in keys):
+                    todo.append((i, src, Stacked(xs[i].shape, keys)))   # (written into the flat gradients)
                     continue
                 own = run.by_id.get(src) if src in lend and src not in leaves else None
                 if own is not None and run.fwd[own][4].shape == xs[i].shape:

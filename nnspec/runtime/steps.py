@@ -42,6 +42,13 @@ class FastSteps:
         self._info: dict[str, StepInfo] = {}
         self._todo: dict[tuple, list[int]] = {}    # (step, needed set) -> inputs to differentiate
         self._stacked: dict[str, tuple] = {}        # step -> (its inputs last pass, their stacked view)
+        # a stack of parameters (concat_rows, no delays) that one VJP reads -> the names stacked: that
+        # VJP may write the stack's gradient straight into their block of the flat gradient array
+        # (``GradSum.first_stacked``, where ``ExecOptions.stacked_grads``)
+        self.stacks: dict[str, tuple] = {
+            s.id: tuple(src for src, _ in s.inputs) for s in ex.plan.steps
+            if isinstance(s, OpStep) and self.facts.op_of(s).stacks_rows and not any(d for _, d in s.inputs)
+            and self.facts.readers.get(s.id) == 1}
 
     def info(self, step: OpStep) -> StepInfo:
         info = self._info.get(step.id)

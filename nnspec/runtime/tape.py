@@ -66,6 +66,9 @@ class ExecOptions:
     # views of one flat gradient array laid out alike (``paramblocks.flatten``, ``FlatGrads``): an
     # optimiser updates all of them in one call (``Optimizer.flat``)
     flat_params: bool = True
+    # the gradient of parameters stacked by concat_rows, whose stack one VJP reads, written by that VJP
+    # straight into their block of the flat gradient array (not into an array of its own, then copied)
+    stacked_grads: bool = True
     # a state's gradient (h, c) in a loop's backward pass: a ring of max delay + 1 steps, each step's
     # slot filled with its gradient from after the loop as the pass reaches it, not a (T, B, ...)
     # array plus the incoming one added in (the benchmark LSTM H512: 4.6 MB)
@@ -106,7 +109,7 @@ class ExecOptions:
         return cls(fast_loops=False, defer_grads=False, local_grads=False, alias_grads=False, scratch=False,
                    reuse_buffers=False, row_grads=False, prepared=False, lend_dead=False, share_dead=False,
                    spend_inputs=False, grads_in_views=False, recompute=False,
-                   param_blocks=False, flat_params=False, fused_loops=False, ring_grads=False, fast_sigmoid=False,
+                   param_blocks=False, flat_params=False, stacked_grads=False, fused_loops=False, ring_grads=False, fast_sigmoid=False,
                    fused_segments=False, blocked_products=False, distinct_words=False)
 
 
