@@ -76,3 +76,20 @@ def test_gradients_someone_holds_are_never_written_by_the_next_pass():
     for k in kept:
         np.testing.assert_array_equal(grads[k], kept[k], err_msg=k)
         assert not np.shares_memory(grads[k], again[k])
+
+
+def test_a_parameter_replaced_between_passes_is_stacked_anew():
+    """A prepared pass keeps a stack's view while its parameters are the same arrays: a parameter
+    replaced by another array is read from there (the loss of the reference engine)."""
+    model, reference = _model(LM, np.float64), _model(LM, np.float64, reference=True)
+    feeds = {"w": np.array([[1], [2], [3]]), "y": np.array([[0], [4], [8]])}
+    for _ in range(4):
+        model.loss_and_grads(feeds, single_use=True)
+    for name in ("h.Wf", "h.bi", "h.Ug"):
+        model.params[name] = model.params[name] * 2.0 + 0.5
+        reference.params = dict(model.params)
+        loss, grads, _ = model.loss_and_grads(feeds, single_use=True)
+        ref_loss, ref_grads, _ = reference.loss_and_grads(feeds)
+        np.testing.assert_allclose(loss, ref_loss, rtol=1e-10)
+        for k in ref_grads:
+            np.testing.assert_allclose(grads[k], ref_grads[k], rtol=1e-9, atol=1e-12, err_msg=k)

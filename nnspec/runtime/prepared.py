@@ -13,6 +13,7 @@ is gone and no gradient or view still holds one of its arrays (``reuse.Reuse``).
 from __future__ import annotations
 
 import weakref
+from operator import is_
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -74,8 +75,15 @@ def build(ex, key: tuple, built: dict, need_loss: bool, spend: bool = False) -> 
     run = PassRun(key=key)
     made: dict[str, np.ndarray] = {}
     spendable = ex.facts.spendable if spend else frozenset()
+    stacks = ex.options.param_blocks and ex.options.fast_loops and ex.options.stacked_grads
     for step in ex.plan.steps:
         if ex.facts.skipped(step, need_loss):
+            continue
+        if (not isinstance(step, LoopStep) and stacks and REGISTRY[step.op].stacks_rows
+                and not any(d for _, d in step.inputs)):
+            # parameters stacked as a view of their block (``FastSteps.forward``): that view and its
+            # record kept by the entry while the parameters are the same arrays
+            run.fwd.append((step.id, tuple(src for src, _ in step.inputs), step, [None]))
             continue
         shape = None if isinstance(step, LoopStep) else built.get(step.id)
         if shape is None or REGISTRY[step.op].reads_across_chunks or any(d for _, d in step.inputs):
@@ -107,9 +115,23 @@ def forward(ex, run: PassRun, tape: Tape) -> None:
     env, records, fresh = tape.values, tape.records, tape.fresh
     run.tape = weakref.ref(tape)
     tape.prepared = run
+    check = tape.context.check_finite
     for e in run.fwd:
-        if len(e) == 2:
+        n = len(e)
+        if n == 2:
             ex.forward_step(e[1], tape)
+            continue
+        if n == 4:   # a stack of parameters: the kept view while they are the same arrays
+            sid, srcs, step, kept = e
+            k = kept[0]
+            if k is not None and not check and all(map(is_, map(env.__getitem__, srcs), k[0])):
+                env[sid] = k[1]
+                records[sid] = k[2]
+            else:
+                ex.forward_step(step, tape)
+                made = ex.fast_steps._stacked.get(sid)
+                kept[0] = ((made[0], made[1], records[sid]) if made is not None and made[1] is env[sid]
+                           else None)
             continue
         sid, fn, xs, binds, out, attrs, rec = e
         for i, src in binds:
@@ -139,9 +161,10 @@ def backward(ex, run: PassRun, tape: Tape, grads: GradSum, need, leaves) -> None
     keep = leaves is None
     owned, values, slots = grads.owned, grads.grads, grads.slots
     for e in entries:
-        if len(e) == 2:
-            step, dels = e
-            ex.backward_step(step, tape, grads, need, keep)
+        if len(e) == 3:
+            step, dels, sid = e
+            if sid is None or sid in values:   # (a plain step without a gradient has nothing to do)
+                ex.backward_step(step, tape, grads, need, keep)
         else:
             sid, fn, op, xs, out, attrs, todo, dels = e
             g = values.get(sid)
@@ -214,7 +237,7 @@ def _build_backward(ex, run: PassRun, need, leaves, share: bool = False) -> tupl
         at = None if isinstance(step, LoopStep) else run.by_id.get(step.id)
         if (at is None or REGISTRY[step.op].last_axis_view or REGISTRY[step.op].row_gradient_input is not None
                 or not ex.fast_steps.info(step).into):
-            entries.append((step, dels))
+            entries.append((step, dels, None if isinstance(step, LoopStep) else step.id))
             continue
         sid, _, xs, _, out, attrs, _ = run.fwd[at]
         todo = []

@@ -66,8 +66,9 @@ class ExecOptions:
     # views of one flat gradient array laid out alike (``paramblocks.flatten``, ``FlatGrads``): an
     # optimiser updates all of them in one call (``Optimizer.flat``)
     flat_params: bool = True
-    # the gradient of parameters stacked by concat_rows, whose stack one VJP reads, written by that VJP
-    # straight into their block of the flat gradient array (not into an array of its own, then copied)
+    # parameters stacked by concat_rows: a prepared pass keeps the stack's view of their block while
+    # they are the same arrays, and the one VJP reading the stack writes its gradient straight into
+    # their block of the flat gradient array (not into an array of its own, then copied)
     stacked_grads: bool = True
     # a state's gradient (h, c) in a loop's backward pass: a ring of max delay + 1 steps, each step's
     # slot filled with its gradient from after the loop as the pass reaches it, not a (T, B, ...)
