@@ -279,3 +279,19 @@ def test_a_table_gradient_does_not_copy_all_the_rows_of_its_incoming_gradient():
         tracemalloc.stop()
     # the ids' sort and masks (8 bytes an id, a few times) and a chunk of rows; a copy of g would be 8 MB
     assert peak < 6 * 8 * len(ids) + 2 * CHUNK_BYTES < g.nbytes / 4
+
+
+@pytest.mark.parametrize("ids", [[3, 1, 4, 0, 5, 9, 2, 6], [3, 1, 4, 1], [2, -1, 5], [7]])
+def test_a_table_gradient_of_a_few_ids_takes_the_plain_path_with_the_numbers_and_rows_of_the_general_one(ids):
+    from nnspec.runtime.rowgrad import FEW_IDS
+    rng = np.random.default_rng(3)
+    ids = np.array(ids, dtype=np.int64)
+    g = rng.normal(size=(len(ids), 4)).astype(np.float32)
+    few, general = TableGrads({"T": (10, 4)}), TableGrads({"T": (10, 4)}, few_ids=0)
+    assert len(ids) <= few.few_ids == FEW_IDS
+    for _ in range(2):
+        got, want = few.gradient("T", ids, g), general.gradient("T", ids, g)
+        assert got.tobytes() == want.tobytes()                   # bit for bit
+        np.testing.assert_array_equal(got.rows, want.rows)
+        assert got.rows.dtype == want.rows.dtype
+        del got, want

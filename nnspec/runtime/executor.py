@@ -33,7 +33,7 @@ from .paramblocks import FlatArrays, FlatGrads
 from .pool import BufferPool
 from .profile import profiled
 from .reuse import Spare
-from .rowgrad import TableGrads
+from .rowgrad import FEW_IDS, TableGrads
 from .steps import FastSteps
 from .tape import ExecOptions, RunContext, Tape
 from .timeaxis import TIME, TimeAxis
@@ -49,7 +49,8 @@ class Executor:
         self.facts = PlanFacts(plan, self.dtype)
         self.consts = {k: np.asarray(v, dtype=self.dtype) for k, v in plan.consts.items()}
         self.pool = BufferPool(enabled=self.options.reuse_buffers)
-        self.tables = TableGrads(self._table_shapes() if self.options.row_grads else {})
+        self.tables = TableGrads(self._table_shapes() if self.options.row_grads else {},
+                                 few_ids=FEW_IDS if self.options.few_ids else 0)
         self.fast_steps = FastSteps(self)
         self.fast_loops: dict[int, FastLoop] = {}   # the loops the NumPy path has run (made then)
         self._fast_loop_ok: dict[int, bool] = {}    # loop -> whether a fast path may run it

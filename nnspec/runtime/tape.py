@@ -59,6 +59,9 @@ class ExecOptions:
     # output in its input's array when nothing else reads that input (``PlanFacts.spendable``), as a
     # hand-written step does: the benchmark MLP's pre-activations need no arrays of their own
     spend_inputs: bool = True
+    # an embedding table's row gradient for a few ids (``rowgrad.FEW_IDS``) without repeats: scattered
+    # as they are, no argsort and gathers (the same numbers and rows)
+    few_ids: bool = True
     # parameters stacked by concat_rows and stored as blocks of one array (Model does so): the
     # stacked value is a view of it, not a copy made at every pass
     param_blocks: bool = True
@@ -66,6 +69,9 @@ class ExecOptions:
     # views of one flat gradient array laid out alike (``paramblocks.flatten``, ``FlatGrads``): an
     # optimiser updates all of them in one call (``Optimizer.flat``)
     flat_params: bool = True
+    # an embedding table's row gradient for a few ids (``rowgrad.FEW_IDS``) without repeats: scattered
+    # as they are, no argsort and gathers (the same numbers and rows)
+    few_ids: bool = True
     # parameters stacked by concat_rows: a prepared pass keeps the stack's view of their block while
     # they are the same arrays, and the one VJP reading the stack writes its gradient straight into
     # their block of the flat gradient array (not into an array of its own, then copied)
@@ -110,7 +116,7 @@ class ExecOptions:
         return cls(fast_loops=False, defer_grads=False, local_grads=False, alias_grads=False, scratch=False,
                    reuse_buffers=False, row_grads=False, prepared=False, lend_dead=False, share_dead=False,
                    spend_inputs=False, grads_in_views=False, recompute=False,
-                   param_blocks=False, flat_params=False, stacked_grads=False, fused_loops=False, ring_grads=False, fast_sigmoid=False,
+                   param_blocks=False, flat_params=False, stacked_grads=False, few_ids=False, fused_loops=False, ring_grads=False, fast_sigmoid=False,
                    fused_segments=False, blocked_products=False, distinct_words=False)
 
 
