@@ -183,7 +183,14 @@ class FusedLoops:
                 self.code[key] = None
                 return False
             self.probed.add(key)
-        mod.forward(T, lengths, *[args[e] for e in code.layout.forward])
+        fwd_args = arrays.fwd_args
+        for i, e in arrays.per_pass_fwd:
+            fwd_args[i] = args[e]
+        try:
+            mod.forward(T, lengths, *fwd_args)
+        finally:
+            for i, _ in arrays.per_pass_fwd:
+                fwd_args[i] = None    # (the pass's inputs not held: the prepared pass's checks count them)
         if tape.context.check_finite:
             times = range(T) if loop.direction > 0 else range(T - 1, -1, -1)
             check_loop(ex.program(loop), bufs, times)
@@ -251,6 +258,10 @@ class _Arrays:
         self.part_views = [(k, self.bufs[root][..., lo:hi]) for k, (root, lo, hi) in aliases.items()]
         self.bufs.update(self.part_views)
         self.per_pass = [e for e in layout.forward if e[0] in ("init", "before")]
+        # the forward kernel's arguments: this geometry's arrays put in once, a pass's inputs (outside
+        # values, initial states) at ``per_pass_fwd`` for the call and taken out after it
+        self.fwd_args = [self.args.get(e) for e in layout.forward]
+        self.per_pass_fwd = [(i, e) for i, e in enumerate(layout.forward) if e not in self.args]
         self.gblock = None
         self.grads: dict = {}
         # made with the kept gradients (once per geometry): each body value's gradient (``G`` of
