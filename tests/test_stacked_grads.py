@@ -93,3 +93,23 @@ def test_a_parameter_replaced_between_passes_is_stacked_anew():
         np.testing.assert_allclose(loss, ref_loss, rtol=1e-10)
         for k in ref_grads:
             np.testing.assert_allclose(grads[k], ref_grads[k], rtol=1e-9, atol=1e-12, err_msg=k)
+
+
+def test_a_fused_loops_kept_argument_lists_hold_no_pass_inputs_between_passes():
+    """A fused loop's kernel argument lists are kept per geometry, the pass's inputs (outside
+    values, initial states) put in for the call only: between passes they hold none of them, so
+    that the prepared pass's arrays they were stay free to be used again."""
+    pytest.importorskip("numba")
+    model = _model(LM, np.float32)
+    feeds = {"w": np.array([[1], [2], [3]]), "y": np.array([[0], [4], [8]])}
+    for _ in range(4):
+        _, grads, tape = model.loss_and_grads(feeds, single_use=True)
+    arrays = tape.loops[0].arrays
+    assert arrays.G is not None and arrays.per_pass_fwd and arrays.per_pass_bwd
+    assert all(arrays.fwd_args[i] is None for i, _ in arrays.per_pass_fwd)
+    assert all(arrays.bwd_args[i] is None for i, _ in arrays.per_pass_bwd)
+    run = model.executor._pass_run
+    del grads, tape
+    _, grads, tape = model.loss_and_grads(feeds, single_use=True)
+    assert model.executor._pass_run is run        # (nobody held its arrays: used again)
+    assert tape.loops[0].arrays is arrays          # (and the loop's arrays used again)
