@@ -377,7 +377,7 @@ def _check(text: str, seed: int, oracles) -> Outcome:
             _crash("repeat", out, e)
     if "training" in oracles:
         try:
-            check_training(plan, params, batch, base, out)
+            check_training(opt, params, batch, base, out)
         except Exception as e:
             _crash("training", out, e)
     if "fd" in oracles:
@@ -450,25 +450,29 @@ def check_repeat(fast: Executor, params, batch: Batch, seeds, first: Run, plan, 
     compare("repeat", run(fast, params, batch, seeds), first, plan, batch, out, "after another geometry: ")
 
 
-def check_training(plan, params, batch: Batch, base, out: Outcome) -> None:
-    """Three single-use passes of the fast runtime, as the trainer makes them (``Model.loss_and_grads``:
-    the loss's gradient for the parameters only), against the reference interpreter's."""
+def check_training(compiled, params, batch: Batch, base, out: Outcome) -> None:
+    """Three single-use passes of a model's runtime, as the trainer makes them (``Model.loss_and_grads``:
+    the loss's gradient for the parameters only; the model's dense parameters views of one flat array,
+    their gradients views of another, ``runtime/paramblocks.py``), against the reference interpreter's."""
+    from nnspec.model import Model
+    plan = compiled.plan
     if plan.loss is None:
         out.skipped["training"] = "no loss"
         return
     leaves = [p.name for p in plan.params]
+    model = Model(compiled, {k: np.array(v, dtype=np.float64) for k, v in params.items()}, dtype=np.float64)
 
     def train_pass(ex: Executor, single_use: bool) -> Run:
-        tape = ex.forward(params, batch.feeds, lengths=batch.run_lengths, single_use=single_use)
+        ps = model.params if ex is model.executor else params
+        tape = ex.forward(ps, batch.feeds, lengths=batch.run_lengths, single_use=single_use)
         loss = np.array(tape.values[plan.loss], copy=True)
         grads = ex.backward(tape, wrt=leaves)
         return Run({"<loss>": loss}, {k: np.array(grads[k], copy=True) if k in grads else np.zeros_like(params[k])
                                       for k in leaves})
 
     want = train_pass(Executor(plan, dtype=np.float64, options=REFERENCE), False)
-    fast = Executor(plan, dtype=np.float64)
     for i in (1, 2, 3):
-        compare("training", train_pass(fast, True), want, base, batch, out, f"single-use pass {i}: ")
+        compare("training", train_pass(model.executor, True), want, base, batch, out, f"single-use pass {i}: ")
 
 
 def check_fd(ex: Executor, params, batch: Batch, seeds, want: Run, seed: int, out: Outcome, eps=1e-6) -> None:
