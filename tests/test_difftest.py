@@ -240,3 +240,19 @@ def test_regression_agrees_across_oracles(name, seed):
 def test_a_delayed_copy_of_a_sequence_is_a_sequence():
     plan = compile_text(REGRESSIONS["delayed_copy_of_a_sequence"]).plan
     assert next(s for s in plan.steps if s.id == "y").seq
+
+
+def test_a_flat_gradient_written_wrong_fails_the_training_oracle(monkeypatch):
+    """A model's parameters' gradients come out as views of one flat array (paramblocks), the gates'
+    stacked blocks copied into it in one piece (GradSum.add_stacked): only the training oracle's
+    model passes make them."""
+    from nnspec.runtime.gradsum import GradSum
+    add_stacked = GradSum.add_stacked
+
+    def scaled(self, keys, g):
+        return add_stacked(self, keys, g * 1.001)
+    monkeypatch.setattr(GradSum, "add_stacked", scaled)
+    text = ("input x[3] : seq\ntarget y : seq of class[2]\nh = lstm(x, H = 4)\n"
+            "loss cross_entropy(softmax(V @ h + d), y)\n")
+    failures = check(text, 0, oracles=["training"]).failures
+    assert any(f.oracle == "training" and "model's" in f.message for f in failures)

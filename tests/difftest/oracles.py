@@ -453,7 +453,8 @@ def check_repeat(fast: Executor, params, batch: Batch, seeds, first: Run, plan, 
 def check_training(compiled, params, batch: Batch, base, out: Outcome) -> None:
     """Three single-use passes of a model's runtime, as the trainer makes them (``Model.loss_and_grads``:
     the loss's gradient for the parameters only; the model's dense parameters views of one flat array,
-    their gradients views of another, ``runtime/paramblocks.py``), against the reference interpreter's."""
+    their gradients views of another, ``runtime/paramblocks.py``), and three of an executor given the
+    parameters as a plain dict, against the reference interpreter's."""
     from nnspec.model import Model
     plan = compiled.plan
     if plan.loss is None:
@@ -471,8 +472,11 @@ def check_training(compiled, params, batch: Batch, base, out: Outcome) -> None:
                                       for k in leaves})
 
     want = train_pass(Executor(plan, dtype=np.float64, options=REFERENCE), False)
-    for i in (1, 2, 3):
-        compare("training", train_pass(model.executor, True), want, base, batch, out, f"single-use pass {i}: ")
+    # the model's (flat parameters) and an executor's given a plain dict (its leaves' gradients in
+    # arrays of the pool or spare ones)
+    for how, ex in (("model", model.executor), ("executor", Executor(plan, dtype=np.float64))):
+        for i in (1, 2, 3):
+            compare("training", train_pass(ex, True), want, base, batch, out, f"{how}'s single-use pass {i}: ")
 
 
 def check_fd(ex: Executor, params, batch: Batch, seeds, want: Run, seed: int, out: Outcome, eps=1e-6) -> None:
