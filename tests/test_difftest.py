@@ -256,3 +256,27 @@ def test_a_flat_gradient_written_wrong_fails_the_training_oracle(monkeypatch):
             "loss cross_entropy(softmax(V @ h + d), y)\n")
     failures = check(text, 0, oracles=["training"]).failures
     assert any(f.oracle == "training" and "model's" in f.message for f in failures)
+
+
+def test_a_fused_loop_whose_backward_is_wrong_fails_the_fused_oracle(monkeypatch):
+    """Small loops run as compiled kernels (runtime/fused.py) only after many passes, which no default
+    oracle makes: the opt-in ``fused`` oracle runs them from the first."""
+    pytest.importorskip("numba")
+    from nnspec.runtime import fused
+    edges = fused._edges_out
+
+    def scaled_edges(ex, loop, ids, need):   # every gradient leaving the loop scaled
+        return [(b, _Scaled(op), pos, src, d) for b, op, pos, src, d in edges(ex, loop, ids, need)]
+    monkeypatch.setattr(fused, "_edges_out", scaled_edges)
+    text = "input x[3] : seq\noutput h\nh[4] = tanh(W @ x + U @ h[t-1] + b)\n"
+    outcome = check(text, 0, oracles=["fused"])
+    assert "fused" in {f.oracle for f in outcome.failures}, outcome.skipped
+
+
+class _Scaled:
+    def __init__(self, op):
+        self.op = op
+
+    def vjp_one(self, *args):
+        g = self.op.vjp_one(*args)
+        return None if g is None else g * 1.001
