@@ -240,3 +240,43 @@ def test_regression_agrees_across_oracles(name, seed):
 def test_a_delayed_copy_of_a_sequence_is_a_sequence():
     plan = compile_text(REGRESSIONS["delayed_copy_of_a_sequence"]).plan
     assert next(s for s in plan.steps if s.id == "y").seq
+
+
+def test_a_flat_gradient_written_wrong_fails_the_training_oracle(monkeypatch):
+    """A model's parameters' gradients come out as views of one flat array (paramblocks), the gates'
+    stacked blocks copied into it in one piece (GradSum.add_stacked): only the training oracle's
+    model passes make them."""
+    from nnspec.runtime.gradsum import GradSum
+    add_stacked = GradSum.add_stacked
+
+    def scaled(self, keys, g):
+        return add_stacked(self, keys, g * 1.001)
+    monkeypatch.setattr(GradSum, "add_stacked", scaled)
+    text = ("input x[3] : seq\ntarget y : seq of class[2]\nh = lstm(x, H = 4)\n"
+            "loss cross_entropy(softmax(V @ h + d), y)\n")
+    failures = check(text, 0, oracles=["training"]).failures
+    assert any(f.oracle == "training" and "model's" in f.message for f in failures)
+
+
+def test_a_fused_loop_whose_backward_is_wrong_fails_the_fused_oracle(monkeypatch):
+    """Small loops run as compiled kernels (runtime/fused.py) only after many passes, which no default
+    oracle makes: the opt-in ``fused`` oracle runs them from the first."""
+    pytest.importorskip("numba")
+    from nnspec.runtime import fused
+    edges = fused._edges_out
+
+    def scaled_edges(ex, loop, ids, need):   # every gradient leaving the loop scaled
+        return [(b, _Scaled(op), pos, src, d) for b, op, pos, src, d in edges(ex, loop, ids, need)]
+    monkeypatch.setattr(fused, "_edges_out", scaled_edges)
+    text = "input x[3] : seq\noutput h\nh[4] = tanh(W @ x + U @ h[t-1] + b)\n"
+    outcome = check(text, 0, oracles=["fused"])
+    assert "fused" in {f.oracle for f in outcome.failures}, outcome.skipped
+
+
+class _Scaled:
+    def __init__(self, op):
+        self.op = op
+
+    def vjp_one(self, *args):
+        g = self.op.vjp_one(*args)
+        return None if g is None else g * 1.001

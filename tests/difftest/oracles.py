@@ -26,12 +26,15 @@ the loss (when the spec has one) plus ``sum(output * G)`` over the outputs, for 
            translation (the reference interpreter without torch) fed the tokens written so far;
            beam search with beam 1 against greedy; scores of ended sequences (greedy, beam 3) rescored.
 
-One more oracle runs only when asked for (``--oracles segments``; it compiles a kernel for every
-generated loop body, a second or so each, so the default run leaves it out):
+Two more oracles run only when asked for (``--oracles segments,fused``; they compile kernels for
+every generated loop body, a second or so each, so the default run leaves them out):
 
   segments (specs whose loops get fused segments, float32, numba installed) the loops' elementwise
            steps as fused kernels (``runtime/segments.py``) against the op-by-op NumPy path, both
            float32 on the NumPy loop path; tolerance ``TOLERANCES["segments"]`` (float32 rounding).
+  fused    (specs with a loop the runtime fuses, numba installed) each small loop as two compiled
+           kernels (``runtime/fused.py``: the forward steps and BPTT) from the first pass, two passes
+           (the second on the arrays kept from the first), against the reference engine.
 
 Errors are relative: an output's to its largest value (at least 1), a gradient's to the largest
 gradient of the run. The tolerance is 1e-6.
@@ -59,7 +62,7 @@ except ImportError:  # pragma: no cover - depends on the branch and on torch bei
     torch_run = None
 
 ORACLES = ["fast", "optimize", "fd", "torch", "batch", "repeat", "training", "decode"]
-EXTRA_ORACLES = ["segments"]          # only when asked for (see above)
+EXTRA_ORACLES = ["segments", "fused"]   # only when asked for (see above)
 TOLERANCE = 1e-6
 # float32 against float32, kernels' exp and tanh within a few 1e-7 of NumPy's: rounding that a
 # random spec's chain of exponentials and quotients may amplify; a wrong formula errs by O(1)
@@ -377,7 +380,7 @@ def _check(text: str, seed: int, oracles) -> Outcome:
             _crash("repeat", out, e)
     if "training" in oracles:
         try:
-            check_training(plan, params, batch, base, out)
+            check_training(opt, params, batch, base, out)
         except Exception as e:
             _crash("training", out, e)
     if "fd" in oracles:
@@ -400,6 +403,11 @@ def _check(text: str, seed: int, oracles) -> Outcome:
             check_segments(plan, params, batch, seeds, base, out)
         except Exception as e:
             _crash("segments", out, e)
+    if "fused" in oracles:
+        try:
+            check_fused(plan, params, batch, seeds, reference or want, base, out)
+        except Exception as e:
+            _crash("fused", out, e)
     if "decode" in oracles:
         if opt.decoder is None:
             out.skipped["decode"] = "no decode declaration"
@@ -438,6 +446,30 @@ def check_segments(plan, params, batch: Batch, seeds, base, out: Outcome) -> Non
     compare("segments", runs[0], runs[1], base, batch, out)
 
 
+def check_fused(plan, params, batch: Batch, seeds, want: Run, base, out: Outcome) -> None:
+    """The loops the runtime fuses as compiled kernels from the first pass (float64), two passes, against
+    the reference engine's run."""
+    from nnspec.runtime.kernelcache import numba_available
+
+    if not numba_available():
+        out.skipped["fused"] = "numba is not installed"
+        return
+    if not any(isinstance(s, LoopStep) for s in plan.steps):
+        out.skipped["fused"] = "no loop"
+        return
+    ex = Executor(plan, dtype=np.float64)
+    if ex.fused is None:
+        out.skipped["fused"] = "fused loops are off"
+        return
+    ex.fused.after = 0
+    first = run(ex, params, batch, seeds)
+    if not ex.fused.last:
+        out.skipped["fused"] = "no loop fused"
+        return
+    compare("fused", first, want, base, batch, out, "pass 1: ")
+    compare("fused", run(ex, params, batch, seeds), want, base, batch, out, "pass 2: ")
+
+
 def check_repeat(fast: Executor, params, batch: Batch, seeds, first: Run, plan, seed: int, out: Outcome) -> None:
     """Passes 2 and 3 on the same geometry, a pass on another, then the first geometry again."""
     for i in (2, 3):
@@ -450,25 +482,33 @@ def check_repeat(fast: Executor, params, batch: Batch, seeds, first: Run, plan, 
     compare("repeat", run(fast, params, batch, seeds), first, plan, batch, out, "after another geometry: ")
 
 
-def check_training(plan, params, batch: Batch, base, out: Outcome) -> None:
-    """Three single-use passes of the fast runtime, as the trainer makes them (``Model.loss_and_grads``:
-    the loss's gradient for the parameters only), against the reference interpreter's."""
+def check_training(compiled, params, batch: Batch, base, out: Outcome) -> None:
+    """Three single-use passes of a model's runtime, as the trainer makes them (``Model.loss_and_grads``:
+    the loss's gradient for the parameters only; the model's dense parameters views of one flat array,
+    their gradients views of another, ``runtime/paramblocks.py``), and three of an executor given the
+    parameters as a plain dict, against the reference interpreter's."""
+    from nnspec.model import Model
+    plan = compiled.plan
     if plan.loss is None:
         out.skipped["training"] = "no loss"
         return
     leaves = [p.name for p in plan.params]
+    model = Model(compiled, {k: np.array(v, dtype=np.float64) for k, v in params.items()}, dtype=np.float64)
 
     def train_pass(ex: Executor, single_use: bool) -> Run:
-        tape = ex.forward(params, batch.feeds, lengths=batch.run_lengths, single_use=single_use)
+        ps = model.params if ex is model.executor else params
+        tape = ex.forward(ps, batch.feeds, lengths=batch.run_lengths, single_use=single_use)
         loss = np.array(tape.values[plan.loss], copy=True)
         grads = ex.backward(tape, wrt=leaves)
         return Run({"<loss>": loss}, {k: np.array(grads[k], copy=True) if k in grads else np.zeros_like(params[k])
                                       for k in leaves})
 
     want = train_pass(Executor(plan, dtype=np.float64, options=REFERENCE), False)
-    fast = Executor(plan, dtype=np.float64)
-    for i in (1, 2, 3):
-        compare("training", train_pass(fast, True), want, base, batch, out, f"single-use pass {i}: ")
+    # the model's (flat parameters) and an executor's given a plain dict (its leaves' gradients in
+    # arrays of the pool or spare ones)
+    for how, ex in (("model", model.executor), ("executor", Executor(plan, dtype=np.float64))):
+        for i in (1, 2, 3):
+            compare("training", train_pass(ex, True), want, base, batch, out, f"{how}'s single-use pass {i}: ")
 
 
 def check_fd(ex: Executor, params, batch: Batch, seeds, want: Run, seed: int, out: Outcome, eps=1e-6) -> None:
