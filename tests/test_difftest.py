@@ -265,8 +265,8 @@ def test_a_fused_loop_whose_backward_is_wrong_fails_the_fused_oracle(monkeypatch
     from nnspec.runtime import fused
     edges = fused._edges_out
 
-    def scaled_edges(ex, loop, ids, need):   # every gradient leaving the loop scaled
-        return [(b, _Scaled(op), pos, src, d) for b, op, pos, src, d in edges(ex, loop, ids, need)]
+    def scaled_edges(ex, loop, ids, need):   # every gradient leaving the loop scaled (by its op's vjp_one)
+        return [(b, _Scaled(op), pos, src, d, None) for b, op, pos, src, d, _ in edges(ex, loop, ids, need)]
     monkeypatch.setattr(fused, "_edges_out", scaled_edges)
     text = "input x[3] : seq\noutput h\nh[4] = tanh(W @ x + U @ h[t-1] + b)\n"
     outcome = check(text, 0, oracles=["fused"])
