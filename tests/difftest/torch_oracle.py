@@ -450,7 +450,7 @@ def _primitive(f: str, xs: list[torch.Tensor], attrs: dict) -> torch.Tensor:
         "log_softmax": lambda: torch.log_softmax(x, dim=-1),
         "softplus": lambda: torch.logaddexp(torch.zeros_like(x), x),
         "gelu": lambda: 0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3))),
-        "elu": lambda: torch.where(x > 0, x, attrs["alpha"] * torch.expm1(x)),
+        "elu": lambda: torch.nn.functional.elu(x, alpha=attrs["alpha"]),   # (a where over expm1(x): 0 * inf = nan in its gradient)
         "leaky_relu": lambda: torch.where(x > 0, x, attrs["alpha"] * x),
         "hard_tanh": lambda: torch.clamp(x, -1.0, 1.0),
         "step": lambda: (x > 0).to(DTYPE),
