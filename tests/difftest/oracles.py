@@ -34,7 +34,8 @@ every generated loop body, a second or so each, so the default run leaves them o
            float32 on the NumPy loop path; tolerance ``TOLERANCES["segments"]`` (float32 rounding).
   fused    (specs with a loop the runtime fuses, numba installed) each small loop as two compiled
            kernels (``runtime/fused.py``: the forward steps and BPTT) from the first pass, two passes
-           (the second on the arrays kept from the first), against the reference engine.
+           (the second on the arrays kept from the first), and three single-use training passes of a
+           model, against the reference engine.
 
 Errors are relative: an output's to its largest value (at least 1), a gradient's to the largest
 gradient of the run. The tolerance is 1e-6.
@@ -405,7 +406,7 @@ def _check(text: str, seed: int, oracles) -> Outcome:
             _crash("segments", out, e)
     if "fused" in oracles:
         try:
-            check_fused(plan, params, batch, seeds, reference or want, base, out)
+            check_fused(opt, params, batch, seeds, reference or want, base, out)
         except Exception as e:
             _crash("fused", out, e)
     if "decode" in oracles:
@@ -446,11 +447,14 @@ def check_segments(plan, params, batch: Batch, seeds, base, out: Outcome) -> Non
     compare("segments", runs[0], runs[1], base, batch, out)
 
 
-def check_fused(plan, params, batch: Batch, seeds, want: Run, base, out: Outcome) -> None:
-    """The loops the runtime fuses as compiled kernels from the first pass (float64), two passes, against
-    the reference engine's run."""
+def check_fused(compiled, params, batch: Batch, seeds, want: Run, base, out: Outcome) -> None:
+    """The loops the runtime fuses as compiled kernels from the first pass (float64): two passes of the
+    objective against the reference engine's run, and (specs with a loss) three single-use training
+    passes of a model (flat parameters: the gates' stacked gradient written by the kernel's edge into
+    the flat gradients) against the reference's."""
     from nnspec.runtime.kernelcache import numba_available
 
+    plan = compiled.plan
     if not numba_available():
         out.skipped["fused"] = "numba is not installed"
         return
@@ -468,6 +472,14 @@ def check_fused(plan, params, batch: Batch, seeds, want: Run, base, out: Outcome
         return
     compare("fused", first, want, base, batch, out, "pass 1: ")
     compare("fused", run(ex, params, batch, seeds), want, base, batch, out, "pass 2: ")
+    if plan.loss is None:
+        return
+    trained = _train_pass(Executor(plan, dtype=np.float64, options=REFERENCE), params, batch, False)
+    model = _model(compiled, params)
+    model.executor.fused.after = 0
+    for i in (1, 2, 3):
+        compare("fused", _train_pass(model.executor, model.params, batch, True), trained, base, batch, out,
+                f"a model's single-use pass {i}: ")
 
 
 def check_repeat(fast: Executor, params, batch: Batch, seeds, first: Run, plan, seed: int, out: Outcome) -> None:
@@ -487,28 +499,34 @@ def check_training(compiled, params, batch: Batch, base, out: Outcome) -> None:
     the loss's gradient for the parameters only; the model's dense parameters views of one flat array,
     their gradients views of another, ``runtime/paramblocks.py``), and three of an executor given the
     parameters as a plain dict, against the reference interpreter's."""
-    from nnspec.model import Model
     plan = compiled.plan
     if plan.loss is None:
         out.skipped["training"] = "no loss"
         return
-    leaves = [p.name for p in plan.params]
-    model = Model(compiled, {k: np.array(v, dtype=np.float64) for k, v in params.items()}, dtype=np.float64)
-
-    def train_pass(ex: Executor, single_use: bool) -> Run:
-        ps = model.params if ex is model.executor else params
-        tape = ex.forward(ps, batch.feeds, lengths=batch.run_lengths, single_use=single_use)
-        loss = np.array(tape.values[plan.loss], copy=True)
-        grads = ex.backward(tape, wrt=leaves)
-        return Run({"<loss>": loss}, {k: np.array(grads[k], copy=True) if k in grads else np.zeros_like(params[k])
-                                      for k in leaves})
-
-    want = train_pass(Executor(plan, dtype=np.float64, options=REFERENCE), False)
+    want = _train_pass(Executor(plan, dtype=np.float64, options=REFERENCE), params, batch, False)
+    model = _model(compiled, params)
     # the model's (flat parameters) and an executor's given a plain dict (its leaves' gradients in
     # arrays of the pool or spare ones)
-    for how, ex in (("model", model.executor), ("executor", Executor(plan, dtype=np.float64))):
+    for how, ex, ps in (("model", model.executor, model.params), ("executor", Executor(plan, dtype=np.float64), params)):
         for i in (1, 2, 3):
-            compare("training", train_pass(ex, True), want, base, batch, out, f"{how}'s single-use pass {i}: ")
+            compare("training", _train_pass(ex, ps, batch, True), want, base, batch, out,
+                    f"{how}'s single-use pass {i}: ")
+
+
+def _model(compiled, params):
+    from nnspec.model import Model
+    return Model(compiled, {k: np.array(v, dtype=np.float64) for k, v in params.items()}, dtype=np.float64)
+
+
+def _train_pass(ex: Executor, params, batch: Batch, single_use: bool) -> Run:
+    """A training pass: the loss and its gradients for the parameters only."""
+    plan = ex.plan
+    leaves = [p.name for p in plan.params]
+    tape = ex.forward(params, batch.feeds, lengths=batch.run_lengths, single_use=single_use)
+    loss = np.array(tape.values[plan.loss], copy=True)
+    grads = ex.backward(tape, wrt=leaves)
+    return Run({"<loss>": loss}, {k: np.array(grads[k], copy=True) if k in grads else np.zeros_like(params[k])
+                                  for k in leaves})
 
 
 def check_fd(ex: Executor, params, batch: Batch, seeds, want: Run, seed: int, out: Outcome, eps=1e-6) -> None:
