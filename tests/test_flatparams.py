@@ -8,6 +8,7 @@ import pytest
 from nnspec import compile_text
 from nnspec.model import Model
 from nnspec.runtime.executor import Executor
+from nnspec.runtime.kernelcache import numba_available
 from nnspec.runtime.paramblocks import known, stacked_view
 from nnspec.runtime.tape import ExecOptions
 from nnspec.train.optim import make_optimizer
@@ -227,7 +228,7 @@ def test_the_flat_gradient_array_is_used_again_once_nobody_holds_it(make, feeds)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_sgds_compiled_pass_over_a_large_array_gives_numpys_numbers(dtype, monkeypatch):
     from nnspec.train import optim, sgdkernel
-    if not sgdkernel.numba_available():
+    if not numba_available():
         pytest.skip("numba (the fast extra) is not installed")
     rng = np.random.default_rng(5)
     n = sgdkernel.MIN_SIZE + 13

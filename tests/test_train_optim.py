@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 
+from nnspec.runtime.kernelcache import numba_available
 from nnspec.train.optim import OPTIMIZERS, SGD, Adam, AdamW, Momentum, make_optimizer
 
 
@@ -182,7 +183,7 @@ def test_adam_on_a_large_parameter_takes_one_compiled_pass_with_the_numpy_steps_
     small ones once it is loaded, bit for bit what the NumPy steps give over several steps (a
     schedule's lr, weight decay, clipping's scale)."""
     from nnspec.train import adamkernel
-    if not adamkernel.numba_available():
+    if not numba_available():
         pytest.skip("numba (the fast extra) is not installed")
     rng = np.random.default_rng(0)
     shape = (1000, 70)
@@ -248,7 +249,7 @@ def test_adam_with_its_kernel_loaded_takes_a_scalar_parameter_and_its_numpy_scal
     # parameter's gradient may come as a NumPy scalar (found by the text fuzzer: numba's typing
     # error reached the user), which stays with NumPy's steps, to the same numbers
     from nnspec.train import adamkernel
-    if not adamkernel.numba_available():
+    if not numba_available():
         pytest.skip("numba (the fast extra) is not installed")
     start = np.full(np.shape(gradient), 0.5, np.float32)
     runs = []

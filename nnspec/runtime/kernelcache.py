@@ -46,3 +46,14 @@ def load_module(name: str, text: str):
     sys.modules[name] = mod
     spec.loader.exec_module(mod)
     return mod
+
+
+def load_kernel(name: str, text: str, function: str):
+    """``function`` of the module ``name`` compiled from ``text`` (``load_module``), or False when it
+    cannot be had: numba missing, or no writable directory for it."""
+    if not numba_available():
+        return False
+    try:
+        return getattr(load_module(name, text), function)
+    except OSError:
+        return False

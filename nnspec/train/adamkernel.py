@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..runtime.kernelcache import load_module, numba_available
+from ..runtime.kernelcache import load_kernel
 
 # a parameter this large loads the kernel (a small net never waits for numba); once it is loaded
 # it takes the small ones too: one call, 2-4 us, where NumPy's thirteen take 7-14
@@ -49,10 +49,7 @@ _kernel = None     # the compiled step, False when it cannot be had
 def _step():
     global _kernel
     if _kernel is None:
-        try:
-            _kernel = load_module("nnspec_adam_2", SOURCE).adam_step if numba_available() else False
-        except OSError:    # no writable directory for compiled kernels
-            _kernel = False
+        _kernel = load_kernel("nnspec_adam_2", SOURCE, "adam_step")
     return _kernel
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..runtime.kernelcache import load_module, numba_available
+from ..runtime.kernelcache import load_kernel
 
 MIN_SIZE = 1 << 16    # smaller arrays stay with NumPy: a small net never waits for numba
 
@@ -32,10 +32,7 @@ _kernel = None     # the compiled step, False when it cannot be had
 def _step():
     global _kernel
     if _kernel is None:
-        try:
-            _kernel = load_module("nnspec_sgd_1", SOURCE).sgd_step if numba_available() else False
-        except OSError:    # no writable directory for compiled kernels
-            _kernel = False
+        _kernel = load_kernel("nnspec_sgd_1", SOURCE, "sgd_step")
     return _kernel
 
 
