@@ -147,8 +147,9 @@ def test_dev_is_measured_with_the_averages_and_best_keeps_them(tmp_path):
     assert again["loss"] == pytest.approx(result.best["dev_loss"], rel=1e-6)
 
 
-def test_a_resumed_averaging_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path):
-    path = write(tmp_path, TAGGER)
+def resumed_halfway(path, tmp_path):
+    """(a session trained uninterrupted, a session resumed from a run stopped after two epochs, its
+    trainer, not fitted yet)."""
     full, trainer = trainer_for(path)
     trainer.fit()
     run_dir = RunDir("t", root=tmp_path / "runs")
@@ -156,6 +157,11 @@ def test_a_resumed_averaging_run_ends_with_the_weights_of_an_uninterrupted_one(t
     first.fit()
     resumed, second = trainer_for(path, run_dir=RunDir(path=run_dir.path))
     second.resume(run_dir.last)
+    return full, resumed, second
+
+
+def test_a_resumed_averaging_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path):
+    full, resumed, second = resumed_halfway(write(tmp_path, TAGGER), tmp_path)
     second.fit()
     for name in full.model.params:
         assert np.array_equal(full.model.params[name], resumed.model.params[name]), name

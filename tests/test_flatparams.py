@@ -249,18 +249,11 @@ def test_sgds_compiled_pass_over_a_large_array_gives_numpys_numbers(dtype, monke
 
 
 def test_a_trainer_resumed_from_its_checkpoint_keeps_the_flat_arrays_and_ends_as_an_uninterrupted_run(tmp_path):
-    from test_average import TAGGER, trainer_for, write
+    from test_average import TAGGER, resumed_halfway, write
 
-    from nnspec.train.rundir import RunDir
     path = write(tmp_path, TAGGER.replace("average ema(decay = 0.9) ", "").replace("adam(lr = 0.05)",
                                                                                      "momentum(lr = 0.1)"))
-    full, trainer = trainer_for(path)
-    trainer.fit()
-    run_dir = RunDir("t", root=tmp_path / "runs")
-    _, first = trainer_for(path, run_dir=run_dir, overrides=["epochs=2"])
-    first.fit()
-    resumed, second = trainer_for(path, run_dir=RunDir(path=run_dir.path))
-    second.resume(run_dir.last)
+    full, resumed, second = resumed_halfway(path, tmp_path)
     flat = resumed.model.executor.flat
     assert flat is not None and flat.held_in(resumed.model.params)     # the weights went into its arrays
     second.fit()
