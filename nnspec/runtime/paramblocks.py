@@ -5,8 +5,8 @@ Parameters stacked by one op (``Op.stacks_rows``: the gates' weights that ``fuse
 joins with ``concat_rows``) are consecutive blocks of one array, so that the stacked value is a
 view of that array instead of a copy made at every pass (``stacked_view``).
 
-``flatten`` stores all of a model's dense parameters (not the frozen ones, not the embedding
-tables whose gradients are a few rows) as views of one flat array (``FlatArrays``), the stacked
+``flatten`` stores a model's small dense parameters (not the frozen ones, not the embedding
+tables whose gradients are a few rows, none larger than ``FLAT_MAX_SIZE``) as views of one flat array (``FlatArrays``), the stacked
 groups adjacent and in order inside it; ``FlatGrads`` hands out their gradients as views of one
 flat gradient array laid out alike, so that an optimiser updates all of them in one call
 (``train/optim.py``). The model's parameters dict keeps one view per parameter, updated in place
@@ -111,17 +111,28 @@ def known(a) -> FlatArrays | None:
     return f if f is not None and f.flat is base else None
 
 
-def flatten(plan: Plan, params: dict, dtype, skip: frozenset = frozenset()) -> FlatArrays | None:
-    """Store the parameters (arrays of ``dtype``; none in ``skip``) as views of one flat array, in
-    ``params`` itself, each stacking step's group adjacent and in order (``stacked_view``); the
-    groups with a parameter in ``skip`` as a block of their own (``join_blocks``). None if fewer
-    than two parameters qualify."""
+# The most numbers a parameter (or a stacked group) may have to be stored in the flat array. One
+# update call costs about as much as updating 2^13 numbers: the flat array pays for the many small
+# parameters of a small net, not for a large one, whose gradient would then have an array of its
+# own from pass to pass instead of one the backward pass frees or shares (a dead activation's):
+# the H512 LSTM's step peak 46 -> 51 MiB with every parameter flat.
+FLAT_MAX_SIZE = 1 << 15
+
+
+def flatten(plan: Plan, params: dict, dtype, skip: frozenset = frozenset(),
+            max_size: int = FLAT_MAX_SIZE) -> FlatArrays | None:
+    """Store the parameters (arrays of ``dtype``, none in ``skip``, each or its stacked group of at
+    most ``max_size`` numbers) as views of one flat array, in ``params`` itself, each stacking step's
+    group adjacent and in order (``stacked_view``); the other groups as blocks of their own
+    (``join_blocks``). None if fewer than two parameters qualify."""
     dtype = np.dtype(dtype)
     ok = {n for n, a in params.items()
           if n not in skip and type(a) is np.ndarray and a.dtype == dtype and a.ndim >= 1}
     groups = _stacked_groups(plan, params)
-    group_of = {n: g for g in groups for n in g if all(m in ok for m in g)}
+    group_of = {n: g for g in groups for n in g
+                if all(m in ok for m in g) and sum(params[m].size for m in g) <= max_size}
     ok -= {n for g in groups for n in g if n not in group_of}    # (a block of their own, below)
+    ok -= {n for n in ok if n not in group_of and params[n].size > max_size}
     join_blocks(plan, params, skip=frozenset(group_of))
     order, seen = [], set()
     for n in params:
