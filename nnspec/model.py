@@ -413,7 +413,7 @@ class Model:
         self.executor = Executor(self.plan, self.dtype)
         opts = self.executor.options
         if opts.param_blocks and opts.flat_params:   # the dense parameters as views of one flat array
-            skip = frozenset(self.frozen) | frozenset(self.executor.tables.shapes)   # (row gradients)
+            skip = self.frozen | frozenset(self.executor.tables.shapes)   # (row gradients)
             self.executor.flat = flatten(self.plan, self.params, self.dtype, skip)
         elif opts.param_blocks:     # the gates' weights as blocks of one array each
             join_blocks(self.plan, self.params)

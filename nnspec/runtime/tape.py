@@ -69,9 +69,6 @@ class ExecOptions:
     # views of one flat gradient array laid out alike (``paramblocks.flatten``, ``FlatGrads``): an
     # optimiser updates all of them in one call (``Optimizer.flat``)
     flat_params: bool = True
-    # an embedding table's row gradient for a few ids (``rowgrad.FEW_IDS``) without repeats: scattered
-    # as they are, no argsort and gathers (the same numbers and rows)
-    few_ids: bool = True
     # parameters stacked by concat_rows: a prepared pass keeps the stack's view of their block while
     # they are the same arrays, and the one VJP reading the stack writes its gradient straight into
     # their block of the flat gradient array (not into an array of its own, then copied)
