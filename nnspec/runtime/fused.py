@@ -371,11 +371,8 @@ def loop_backward(ex, loop: LoopStep, run: FusedRun, tape: Tape, grads: GradSum,
             bwd_args[i] = None    # (the pass's inputs not held: the prepared pass's checks count them)
     for b, op, pos, src, d, keys in _edges_out(ex, loop, ids, need):
         xs = [whole_input(run, env, ids, s2, d2) for s2, d2 in b.inputs]
-        if keys is not None:   # a stack of parameters only this edge reads: into their flat gradients' block
-            dest = grads.first_stacked(src, keys, xs[pos].shape, G[b.id].dtype)
-            if dest is not None:
-                op.vjp_into(pos, G[b.id], xs, bufs[b.id], b.attrs, dest, False)
-                continue
+        if keys is not None and grads.vjp_into_stack(keys, src, op, pos, G[b.id], xs, bufs[b.id], b.attrs):
+            continue   # (a stack of parameters only this edge reads: into their flat gradients' block)
         gi = op.vjp_one(pos, G[b.id], xs, bufs[b.id], b.attrs, NO_CTX)
         if gi is not None:
             send(ex.facts, tape, src, d, gi, grads, need)
@@ -429,8 +426,6 @@ def _edges_out(ex, loop: LoopStep, ids: set, need) -> list:
         for pos, (src, d) in enumerate(b.inputs):
             if src in ids or src in facts.integer or src not in need:
                 continue
-            keys = (ex.fast_steps.stacks.get(src) if d == 0 and not op.needs_ctx and ex.options.stacked_grads
-                    else None)
-            edges.append((b, op, pos, src, d if src in facts.seq else 0, keys))
+            edges.append((b, op, pos, src, d if src in facts.seq else 0, ex.fast_steps.stack_read(src, d, op)))
     ex.fused.edges[key] = (need, edges)
     return edges

@@ -126,6 +126,16 @@ class GradSum:
             self.owned.add(k)
         return block
 
+    def vjp_into_stack(self, keys: tuple, src: str, op, i: int, g, xs, out, attrs) -> bool:
+        """``op``'s VJP for its input ``i`` (the stack ``src`` of the parameters ``keys``) written
+        straight into their block of the flat gradient array (``first_stacked``); False (nothing
+        done) where that block cannot be had."""
+        dest = self.first_stacked(src, keys, xs[i].shape, g.dtype)
+        if dest is None:
+            return False
+        op.vjp_into(i, g, xs, out, attrs, dest, False)
+        return True
+
     def add_stacked(self, keys: tuple, g: np.ndarray) -> bool:
         """Write ``g``, the gradient of the stack of ``keys`` (``Op.stacks_rows``), into their slots of
         the flat gradient array in one copy when those are adjacent and none has a gradient yet:

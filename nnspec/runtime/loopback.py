@@ -135,17 +135,13 @@ def loop_backward(ex, prog: LoopProgram, tape: Tape, grads: GradSum, need, keep:
             f.after_pass()
     bw.incoming.clear()
     # everything that leaves the loop: one whole-sequence VJP per edge
-    stacks = ex.fast_steps.stacks if ex.options.stacked_grads else {}
     for op_id, pos in plan.deferred:
         b = prog.by_id[op_id]
         src, d = b.step.inputs[pos]
         G, xs, out = run.whole(gbuf[op_id]), whole_inputs(prog, run, env, b), run.whole(bufs[op_id])
-        keys = stacks.get(src) if d == 0 and not b.op.needs_ctx else None
-        if keys is not None:   # a stack of parameters only this step reads: into their flat gradients' block
-            dest = grads.first_stacked(src, keys, xs[pos].shape, G.dtype)
-            if dest is not None:
-                b.op.vjp_into(pos, G, xs, out, b.step.attrs, dest, False)
-                continue
+        keys = ex.fast_steps.stack_read(src, d, b.op)
+        if keys is not None and grads.vjp_into_stack(keys, src, b.op, pos, G, xs, out, b.step.attrs):
+            continue   # (a stack of parameters only this step reads: into their flat gradients' block)
         gi = b.op.vjp_one(pos, G, xs, out, b.step.attrs, NO_CTX)
         if gi is not None:
             send(ex.facts, tape, src, d if src in ex.facts.seq else 0, gi, grads, need)

@@ -180,10 +180,8 @@ def backward(ex, run: PassRun, tape: Tape, grads: GradSum, need, leaves) -> None
                             dest = (d if d is not None and d.shape == dest.shape and d.dtype == g.dtype
                                     else grads._fresh(src, dest.shape, g.dtype, zero=False))
                         elif type(dest) is Stacked:   # the stacked parameters' block of the flat gradients
-                            d = grads.first_stacked(src, dest.keys, dest.shape, g.dtype)
-                            if d is not None:
-                                fn(i, g, xs, out, attrs, d, False)   # (their gradients: its parts)
-                                continue
+                            if grads.vjp_into_stack(dest.keys, src, op, i, g, xs, out, attrs):
+                                continue                 # (their gradients: its parts)
                             dest = grads._fresh(src, dest.shape, g.dtype, zero=False)
                         fn(i, g, xs, out, attrs, dest, False)
                         values[src] = dest
@@ -242,12 +240,12 @@ def _build_backward(ex, run: PassRun, need, leaves, share: bool = False) -> tupl
         sid, _, xs, _, out, attrs, _ = run.fwd[at]
         todo = []
         op = REGISTRY[step.op]
-        for i, (src, _) in enumerate(step.inputs):
+        for i, (src, d) in enumerate(step.inputs):
             if src in need and src not in ex.facts.integer:
                 if ex.options.alias_grads and op.vjp_view(i, out, xs, attrs) is not None:
                     todo.append((i, src, None))     # (its output has g's shape: a view of it will do)
                     continue
-                keys = ex.fast_steps.stacks.get(src) if flat_leaves and ex.options.stacked_grads else None
+                keys = ex.fast_steps.stack_read(src, d, op) if flat_leaves else None
                 if keys is not None and src not in leaves and all(k in flat_leaves for k in keys):
                     todo.append((i, src, Stacked(xs[i].shape, keys)))   # (written into the flat gradients)
                     continue

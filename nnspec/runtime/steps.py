@@ -39,6 +39,7 @@ class FastSteps:
 
     def __init__(self, ex):
         self.facts = ex.facts
+        self.stacked_grads = ex.options.stacked_grads
         self._info: dict[str, StepInfo] = {}
         self._todo: dict[tuple, list[int]] = {}    # (step, needed set) -> inputs to differentiate
         self._stacked: dict[str, tuple] = {}        # step -> (its inputs last pass, their stacked view)
@@ -49,6 +50,14 @@ class FastSteps:
             s.id: tuple(src for src, _ in s.inputs) for s in ex.plan.steps
             if isinstance(s, OpStep) and self.facts.op_of(s).stacks_rows and not any(d for _, d in s.inputs)
             and self.facts.readers.get(s.id) == 1}
+
+    def stack_read(self, src: str, d: int, op) -> tuple | None:
+        """The parameters stacked as ``src`` when the VJP of ``op`` reading it (at delay ``d``) may
+        write its gradient straight into their flat gradients' block (``GradSum.vjp_into_stack``),
+        else None."""
+        if d or op.needs_ctx or not self.stacked_grads:
+            return None
+        return self.stacks.get(src)
 
     def info(self, step: OpStep) -> StepInfo:
         info = self._info.get(step.id)
