@@ -241,7 +241,7 @@ def test_sgds_compiled_pass_over_a_large_array_gives_numpys_numbers(dtype, monke
     g_numpy *= a
     want += g_numpy
     np.testing.assert_array_equal(got, want)
-    monkeypatch.setattr(sgdkernel, "_kernel", False)            # (as where numba is missing)
+    monkeypatch.setattr(sgdkernel.KERNEL, "fn", False)            # (as where numba is missing)
     assert not sgdkernel.applies(p, g)
     again = p.copy()
     optim._sgd_add(again, g.copy(), a, True, None)

@@ -196,7 +196,7 @@ def test_adam_on_a_large_parameter_takes_one_compiled_pass_with_the_numpy_steps_
         real = adamkernel.adam_step
         monkeypatch.setattr(adamkernel, "adam_step", lambda *a, **k: (calls.append(a[0].shape), real(*a, **k)))
         if not compiled:
-            monkeypatch.setattr(adamkernel, "_kernel", False)     # (as where numba is missing)
+            monkeypatch.setattr(adamkernel.KERNEL, "fn", False)     # (as where numba is missing)
         params = {k: v.copy() for k, v in start.items()}
         opt = make_optimizer(name, lr=0.01, weight_decay=0.1)
         for i, g in enumerate(grads):
@@ -255,9 +255,9 @@ def test_adam_with_its_kernel_loaded_takes_a_scalar_parameter_and_its_numpy_scal
     runs = []
     for loaded in (True, False):
         if loaded:
-            adamkernel._step()
+            adamkernel.KERNEL.get()
         else:
-            monkeypatch.setattr(adamkernel, "_kernel", False)
+            monkeypatch.setattr(adamkernel.KERNEL, "fn", False)
         params, opt = {"a": start.copy()}, make_optimizer("adam", lr=0.01)
         for _ in range(3):
             opt.step(params, {"a": gradient.copy()})

@@ -48,12 +48,28 @@ def load_module(name: str, text: str):
     return mod
 
 
-def load_kernel(name: str, text: str, function: str):
-    """``function`` of the module ``name`` compiled from ``text`` (``load_module``), or False when it
-    cannot be had: numba missing, or no writable directory for it."""
-    if not numba_available():
-        return False
-    try:
-        return getattr(load_module(name, text), function)
-    except OSError:
-        return False
+class LazyKernel:
+    """A compiled function made at its first use: ``function`` of the module ``name`` compiled from
+    ``text`` (``load_module``). ``get()`` gives it, or False when it cannot be had (numba missing, or
+    no writable directory for it); ``loaded`` says whether it has been made already. Tests set
+    ``fn = False`` to run as where numba is missing."""
+
+    __slots__ = ("name", "text", "function", "fn")
+
+    def __init__(self, name: str, text: str, function: str):
+        self.name, self.text, self.function = name, text, function
+        self.fn = None     # not tried yet
+
+    def get(self):
+        if self.fn is None:
+            self.fn = False
+            if numba_available():
+                try:
+                    self.fn = getattr(load_module(self.name, self.text), self.function)
+                except OSError:
+                    pass
+        return self.fn
+
+    @property
+    def loaded(self) -> bool:
+        return bool(self.fn)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..runtime.kernelcache import load_kernel
+from ..runtime.kernelcache import LazyKernel
 
 # a parameter this large loads the kernel (a small net never waits for numba); once it is loaded
 # it takes the small ones too: one call, 2-4 us, where NumPy's thirteen take 7-14
@@ -43,27 +43,20 @@ def adam_step(p, g, m, v, b1, c1, b2, c2, root, eps, scale):
         p1[i] = p1[i] - s
 '''
 
-_kernel = None     # the compiled step, False when it cannot be had
-
-
-def _step():
-    global _kernel
-    if _kernel is None:
-        _kernel = load_kernel("nnspec_adam_2", SOURCE, "adam_step")
-    return _kernel
+KERNEL = LazyKernel("nnspec_adam_2", SOURCE, "adam_step")
 
 
 def applies(p: np.ndarray, g: np.ndarray, m: np.ndarray, v: np.ndarray) -> bool:
     """Whether the compiled step takes these arrays (large, or the kernel loaded already; one float
     type, contiguous). Which one runs never changes the numbers."""
-    return ((p.size >= MIN_SIZE or bool(_kernel)) and p.dtype in (np.float32, np.float64)
+    return ((p.size >= MIN_SIZE or KERNEL.loaded) and p.dtype in (np.float32, np.float64)
             and all(isinstance(a, np.ndarray) and a.dtype == p.dtype and a.shape == p.shape
                     and a.flags.c_contiguous for a in (p, g, m, v))   # (a scalar's gradient may be a NumPy scalar)
-            and p.flags.writeable and bool(_step()))
+            and p.flags.writeable and bool(KERNEL.get()))
 
 
 def adam_step(p, g, m, v, beta1: float, beta2: float, root: float, eps: float, scale: float) -> None:
     """m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2;  p -= scale * m / (sqrt(v) / root + eps),
     in place, every scalar in the arrays' type as NumPy takes a Python float against them."""
     t = p.dtype.type
-    _step()(p, g, m, v, t(beta1), t(1.0 - beta1), t(beta2), t(1.0 - beta2), t(root), t(eps), t(scale))
+    KERNEL.get()(p, g, m, v, t(beta1), t(1.0 - beta1), t(beta2), t(1.0 - beta2), t(root), t(eps), t(scale))

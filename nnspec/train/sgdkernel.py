@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..runtime.kernelcache import load_kernel
+from ..runtime.kernelcache import LazyKernel
 
 MIN_SIZE = 1 << 16    # smaller arrays stay with NumPy: a small net never waits for numba
 
@@ -26,14 +26,7 @@ def sgd_step(p, g, a):
         p1[i] = p1[i] + a * g1[i]
 '''
 
-_kernel = None     # the compiled step, False when it cannot be had
-
-
-def _step():
-    global _kernel
-    if _kernel is None:
-        _kernel = load_kernel("nnspec_sgd_1", SOURCE, "sgd_step")
-    return _kernel
+KERNEL = LazyKernel("nnspec_sgd_1", SOURCE, "sgd_step")
 
 
 def applies(p: np.ndarray, g) -> bool:
@@ -41,9 +34,9 @@ def applies(p: np.ndarray, g) -> bool:
     contiguous, a plain gradient). Which one runs never changes the numbers."""
     return (p.size >= MIN_SIZE and type(g) is np.ndarray and p.dtype in (np.float32, np.float64)
             and g.dtype == p.dtype and g.shape == p.shape and p.flags.c_contiguous
-            and g.flags.c_contiguous and p.flags.writeable and bool(_step()))
+            and g.flags.c_contiguous and p.flags.writeable and bool(KERNEL.get()))
 
 
 def sgd_step(p: np.ndarray, g: np.ndarray, a: float) -> None:
     """p += a * g in place, ``a`` in the arrays' type as NumPy takes a Python float against them."""
-    _step()(p, g, p.dtype.type(a))
+    KERNEL.get()(p, g, p.dtype.type(a))
