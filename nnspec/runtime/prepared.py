@@ -129,9 +129,8 @@ def forward(ex, run: PassRun, tape: Tape) -> None:
                 records[sid] = k[2]
             else:
                 ex.forward_step(step, tape)
-                made = ex.fast_steps._stacked.get(sid)
-                kept[0] = ((made[0], made[1], records[sid]) if made is not None and made[1] is env[sid]
-                           else None)
+                made = ex.fast_steps.kept_stack(sid, env[sid])
+                kept[0] = None if made is None else (made[0], made[1], records[sid])
             continue
         sid, fn, xs, binds, out, attrs, rec = e
         for i, src in binds:

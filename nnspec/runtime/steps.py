@@ -59,6 +59,12 @@ class FastSteps:
             return None
         return self.stacks.get(src)
 
+    def kept_stack(self, step_id: str, out) -> tuple | None:
+        """(its inputs, the view) when ``out`` is the stacked view of parameters this step made last
+        (a prepared pass keeps it while they are the same arrays), else None."""
+        kept = self._stacked.get(step_id)
+        return kept if kept is not None and kept[1] is out else None
+
     def info(self, step: OpStep) -> StepInfo:
         info = self._info.get(step.id)
         if info is None:
