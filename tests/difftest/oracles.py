@@ -420,15 +420,23 @@ def _check(text: str, seed: int, oracles) -> Outcome:
     return out
 
 
-def check_segments(plan, params, batch: Batch, seeds, base, out: Outcome) -> None:
-    """float32, the NumPy loop path with fused segments from the first pass against without."""
+def _no_loop_kernels(oracle: str, plan, out: Outcome) -> bool:
+    """True (and the oracle marked skipped, saying why) when no loop kernel can be compiled: numba is
+    missing or the plan has no loop."""
     from nnspec.runtime.kernelcache import numba_available
 
     if not numba_available():
-        out.skipped["segments"] = "numba is not installed"
-        return
-    if not any(isinstance(s, LoopStep) for s in plan.steps):
-        out.skipped["segments"] = "no loop"
+        out.skipped[oracle] = "numba is not installed"
+    elif not any(isinstance(s, LoopStep) for s in plan.steps):
+        out.skipped[oracle] = "no loop"
+    else:
+        return False
+    return True
+
+
+def check_segments(plan, params, batch: Batch, seeds, base, out: Outcome) -> None:
+    """float32, the NumPy loop path with fused segments from the first pass against without."""
+    if _no_loop_kernels("segments", plan, out):
         return
     f32 = {k: v.astype(np.float32) for k, v in params.items()}
     feeds = {k: v.astype(np.float32) if v.dtype.kind == "f" else v for k, v in batch.feeds.items()}
@@ -452,14 +460,8 @@ def check_fused(compiled, params, batch: Batch, seeds, want: Run, base, out: Out
     objective against the reference engine's run, and (specs with a loss) three single-use training
     passes of a model (flat parameters: the gates' stacked gradient written by the kernel's edge into
     the flat gradients) against the reference's."""
-    from nnspec.runtime.kernelcache import numba_available
-
     plan = compiled.plan
-    if not numba_available():
-        out.skipped["fused"] = "numba is not installed"
-        return
-    if not any(isinstance(s, LoopStep) for s in plan.steps):
-        out.skipped["fused"] = "no loop"
+    if _no_loop_kernels("fused", plan, out):
         return
     ex = Executor(plan, dtype=np.float64)
     if ex.fused is None:
