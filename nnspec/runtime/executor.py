@@ -347,9 +347,15 @@ class Executor:
             total.slots, total.flat = flat.slot.copy(), flat
         if run is not None and not seeds and self.profile is None and run.grads_free():
             prepared.backward(self, run, tape, total, need, leaves)
-            if flat is not None and total.slots:   # (every slot handed out: each is its gradient)
-                self._flat_grads.finish(grads, flat.slot)
-            return grads
+        else:
+            self._backward_steps(tape, total, need, leaves)
+        if flat is not None and total.slots:   # (slots not handed out: their gradients copied in)
+            self._flat_grads.finish(grads, flat.slot)
+        return grads
+
+    def _backward_steps(self, tape: Tape, total: GradSum, need, leaves) -> None:
+        """The backward pass step by step, the plan's steps in reverse (``backward_step``)."""
+        grads = total.grads
         run_step = self.backward_step if self.profile is None else profiled(self.profile, "backward",
                                                                               self.backward_step)
         spare = None
@@ -358,16 +364,13 @@ class Executor:
             spare = self.facts.spare_after_own_step(frozenset(leaves)) & tape.fresh
             total.spare = Spare()
         for step in reversed(self.plan.steps):
-            run_step(step, tape, total, need, wrt is None)
+            run_step(step, tape, total, need, leaves is None)
             if leaves is not None:  # only the leaves were asked for: a value's gradient goes once used
                 for v in ([b.id for b in step.body] if isinstance(step, LoopStep) else [step.id]):
                     if v not in leaves and v in grads:
                         del grads[v]
             if spare and not isinstance(step, LoopStep) and step.id in spare:
                 total.spare.add(tape.values[step.id])
-        if flat is not None and total.slots:
-            self._flat_grads.finish(grads, flat.slot)
-        return grads
 
     def _leaves(self, wrt) -> frozenset:
         """The set of the wanted leaves, the last pass's again when they are the same (a training step
