@@ -92,6 +92,25 @@ def test_a_fused_loop_gives_the_reference_values_and_gradients(cell, dtype, requ
 
 
 @needs_numba
+@pytest.mark.parametrize("cell, dtype", [("lstm", np.float32), ("odd", np.float64)])
+def test_a_kernels_products_summed_a_few_rows_at_a_time_give_the_numbers_of_one_at_a_time(cell, dtype, monkeypatch):
+    """``fusedcode.ROWS`` outputs of a product at a time, each in its own sum kept in order: the same
+    numbers, bit for bit, as one output at a time (widths 16 and 4, and the odd cell's 3: rows left over)."""
+    plan, params, feeds = setup(cell, dtype)
+    grouped = run(plan, params, feeds, dtype, ExecOptions())
+    monkeypatch.setattr("nnspec.runtime.fusedcode.ROWS", 1)
+    single = run(plan, params, feeds, dtype, ExecOptions())
+    for (tg, gg), (ts, gs) in zip(grouped, single):
+        assert any(isinstance(r, FusedRun) for r in tg.loops.values())
+        for k, v in ts.values.items():
+            if isinstance(v, np.ndarray):
+                np.testing.assert_array_equal(tg.values[k], v, err_msg=k)
+        assert set(gg) == set(gs)
+        for k in gs:
+            np.testing.assert_array_equal(gg[k], gs[k], err_msg=k)
+
+
+@needs_numba
 @pytest.mark.parametrize("cell", ["odd"])
 def test_chunks_carrying_state_run_fused_as_the_reference_runs_them(cell):
     """Truncated BPTT: the second chunk starts from the first one's final states (and, for h[t-2],

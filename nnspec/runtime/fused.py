@@ -135,48 +135,60 @@ class FusedLoops:
 
     def forward(self, ex, loop: LoopStep, tape: Tape) -> bool:
         """Run the loop fused and return True, or leave it to the NumPy path (False)."""
-        self.last.discard(loop.index)
-        axis = tape.axes.get(ex.facts.loop_axis[loop.index])
+        index = loop.index
+        self.last.discard(index)
+        axis = tape.axes.get(ex.facts.loop_axis[index])
         rows = tape.batch if axis is None else tape.rows(axis)   # a nested inner axis: one row per word
         if not self.chosen(loop, rows):
             return False
-        body = self.bodies.get(loop.index)
+        body = self.bodies.get(index)
         if body is None:
-            body = self.bodies[loop.index] = _Body(loop)
-        env, seq = tape.values, ex.facts.seq
-        outer = []
-        for src, d in body.outer:
-            a = read_sequence(tape, src, d) if (d != 0 and src in seq) else env[src]
-            outer.append(a.reshape(1) if a.ndim == 0 else a)
-        key = (loop.index, rows, ex.dtype.str) + tuple((a.ndim, a.shape[-1]) for a in outer)
+            body = self.bodies[index] = _Body(loop, ex.facts.seq)
+        env = tape.values
+        # (the inputs from outside as the kernel reads them: a sequence read at t + d shifted, a 0-d
+        # value as one number)
+        outer = ([env[src] for src in body.outer_ids] if body.unshifted else
+                 [read_sequence(tape, src, d) if d != 0 and src in ex.facts.seq else env[src] for src, d in body.outer])
+        if any([a.ndim == 0 for a in outer]):
+            outer = [a.reshape(1) if a.ndim == 0 else a for a in outer]
+        key = (index, rows, ex.dtype.str, *[(a.ndim, a.shape[-1]) for a in outer])   # (a list: no generator)
         code = self.code.get(key, False)
         if code is False:
             code = self.code[key] = self._kernels(loop, body, outer, rows, _read_outside(ex, loop))
         if code is None:
             return False
-        self.passes[loop.index] = self.passes.get(loop.index, 0) + 1
-        if self.passes[loop.index] <= self.after:
+        passes = self.passes[index] = self.passes.get(index, 0) + 1
+        if passes <= self.after:
             return False
-        mod = compiled(code)
-        axis = tape.axes[ex.facts.loop_axis[loop.index]]
+        mod = code.module or compiled(code)
+        if axis is None:
+            axis = tape.axes[ex.facts.loop_axis[index]]
         T, B, dtype = axis.steps, rows, ex.dtype
         arrays = self._arrays(loop, code.layout, body, T, B, dtype)
         zeros, carry = arrays.zeros, tape.carry    # (a state that starts from zeros: kept zeros)
-        inits = {s: zeros[s] if s not in carry and s not in loop.initials
-                 else initial_state(loop, body.by_id[s], tape, carry, dtype) for s in loop.states}
+        if carry or loop.initials:
+            inits = {s: zeros[s] if s not in carry and s not in loop.initials
+                     else initial_state(loop, body.by_id[s], tape, carry, dtype) for s in loop.states}
+        else:
+            inits = zeros
         tape.initial_values.update(inits)
         before = carried_steps(loop, tape, dtype)
-        bufs, args = arrays.bufs, dict(arrays.args)   # (a pass's inputs in a dict of its own: not kept)
-        args.update(zip(body.outer_entries, (a if a.dtype == dtype else a.astype(dtype) for a in outer)))
-        for kind, k in arrays.per_pass:
+        bufs = arrays.bufs
+        # a pass's inputs, in a dict of its own (not kept): outside values, initial states, the steps
+        # of the chunk before
+        args = dict(arrays.args)
+        args.update(zip(body.outer_entries, [a if a.dtype == dtype else a.astype(dtype) for a in outer]))
+        for entry in arrays.per_pass:
+            kind, k = entry
             if kind == "init":
-                a, shape = inits[k[0]], (B,) + body.trails[k[0]]
-                args[(kind, k)] = a if a is zeros.get(k[0]) else np.ascontiguousarray(
-                    a if a.shape == shape else np.broadcast_to(a, shape), dtype)
+                a = inits[k[0]]
+                if a is not zeros.get(k[0]):
+                    shape = (B,) + body.trails[k[0]]
+                    a = np.ascontiguousarray(a if a.shape == shape else np.broadcast_to(a, shape), dtype)
             else:   # "before"
-                pre = before.get(k[0])
-                args[(kind, k)] = (np.ascontiguousarray(pre, dtype) if pre is not None and k[1] < 0
-                                   else arrays.no_steps[k[0]])
+                a = before.get(k[0]) if before else None
+                a = np.ascontiguousarray(a, dtype) if a is not None and k[1] < 0 else arrays.no_steps[k[0]]
+            args[entry] = a
         lengths = axis.lengths if axis.lengths.dtype == np.int64 else axis.lengths.astype(np.int64)
         if key not in self.probed:
             if not probe(mod, code, args, lengths):
@@ -194,12 +206,13 @@ class FusedLoops:
         if tape.context.check_finite:
             times = range(T) if loop.direction > 0 else range(T - 1, -1, -1)
             check_loop(ex.program(loop), bufs, times)
-        tape.values.update(bufs)
-        tape.loops[loop.index] = FusedRun(mod, code.layout, args, bufs, T, lengths, inits, arrays)
-        self.last.add(loop.index)
+        env.update(bufs)
+        tape.loops[index] = FusedRun(mod, code.layout, args, bufs, T, lengths, inits, arrays)
+        self.last.add(index)
         last = T - 1 if loop.direction > 0 else 0
+        final = tape.final_states
         for s in loop.states:
-            tape.final_states[s] = bufs[s][last].copy()
+            final[s] = bufs[s][last].copy()
         return True
 
     def _kernels(self, loop: LoopStep, body: "_Body", outer: list, batch: int,
@@ -325,7 +338,7 @@ class _Body:
     """What a loop's fused run looks up once: its body by id, each value's trailing shape, and the
     inputs from outside the loop."""
 
-    def __init__(self, loop: LoopStep):
+    def __init__(self, loop: LoopStep, seq: set):
         self.by_id = {b.id: b for b in loop.body}
         self.trails = {b.id: array_shape(b.shape, False) for b in loop.body}
         self.outer = []
@@ -334,6 +347,8 @@ class _Body:
                 if src not in self.by_id and (src, d) not in self.outer:
                     self.outer.append((src, d))
         self.outer_entries = [("outer", k) for k in self.outer]
+        self.outer_ids = [src for src, _ in self.outer]
+        self.unshifted = not any(d != 0 and src in seq for src, d in self.outer)   # (all read as they are)
 
 
 def whole_input(run: FusedRun, env: dict, ids: set, src: str, d: int) -> np.ndarray:

@@ -24,6 +24,11 @@ from .timeaxis import array_shape
 
 HEADER = "from math import exp, expm1, log, log1p, sqrt, tanh\n"
 
+# A product's outputs computed this many at a time (``_Generator.op_forward``, ``op_backward``): the
+# compiler keeps every sum in order (no fast-math), so one output's sum is a chain of dependent adds;
+# four independent chains run side by side (an LSTM H16's backward kernel 15 -> 10 µs, forward 17 -> 15)
+ROWS = 4
+
 
 class NotFusable(Exception):
     """The loop has something a generated kernel does not do; it stays on the NumPy path."""
@@ -269,12 +274,26 @@ class _Generator:
             if W.kind != "outer" or W.ndim != 2:
                 raise NotFusable("a product whose weight is not one matrix for the batch")
             n = x.width
-            start = xs[2].at("i", w) if form.bias else "0.0"
-            return [f"for i in range({w}):",
-                    f"    acc = {start}",
-                    f"    for k in range({n}):",
-                    f"        acc += {W.name}[i, k] * {x.at('k', n)}",
-                    f"    {out}[t, b, i] = acc"]
+
+            def start(i):
+                return xs[2].at(i, w) if form.bias else "0.0"
+            # ``ROWS`` outputs at a time, each summed in its own accumulator in the order of k as
+            # one at a time would (the same numbers): independent sums, not one chain of adds
+            # waiting on each other; the rows left over one at a time
+            q, lines = ROWS, []
+            if w >= q:
+                lines += [f"for i in range(0, {w - w % q}, {q}):"]
+                lines += [f"    acc{r} = {start(f'i + {r}')}" for r in range(q)]
+                lines += [f"    for k in range({n}):", f"        xk = {x.at('k', n)}"]
+                lines += [f"        acc{r} += {W.name}[i + {r}, k] * xk" for r in range(q)]
+                lines += [f"    {out}[t, b, i + {r}] = acc{r}" for r in range(q)]
+            if w % q:
+                lines += [f"for i in range({w - w % q}, {w}):",
+                          f"    acc = {start('i')}",
+                          f"    for k in range({n}):",
+                          f"        acc += {W.name}[i, k] * {x.at('k', n)}",
+                          f"    {out}[t, b, i] = acc"]
+            return lines
         if isinstance(form, JoinForm):
             lines, off = [], 0
             for x in xs:
@@ -329,11 +348,20 @@ class _Generator:
             W, x = xs[0], xs[1]
             if x.kind == "outer":
                 return []
-            return [f"for k in range({x.width}):",
-                    "    acc = 0.0",
-                    f"    for i in range({w}):",
-                    f"        acc += {me.grad}[t, b, i] * {W.name}[i, k]",
-                    f"    {x.grad_at('k', x.width)} += acc"]
+            n, q, lines = x.width, ROWS, []    # (``ROWS`` of the input's gradient at a time, as forwards)
+            if n >= q:
+                lines += [f"for k in range(0, {n - n % q}, {q}):"]
+                lines += [f"    acc{r} = 0.0" for r in range(q)]
+                lines += [f"    for i in range({w}):", f"        g = {me.grad}[t, b, i]"]
+                lines += [f"        acc{r} += g * {W.name}[i, k + {r}]" for r in range(q)]
+                lines += [f"    {x.grad_at(f'k + {r}', n)} += acc{r}" for r in range(q)]
+            if n % q:
+                lines += [f"for k in range({n - n % q}, {n}):",
+                          "    acc = 0.0",
+                          f"    for i in range({w}):",
+                          f"        acc += {me.grad}[t, b, i] * {W.name}[i, k]",
+                          f"    {x.grad_at('k', n)} += acc"]
+            return lines
         if isinstance(form, JoinForm):
             lines, off = [], 0
             for i, x in enumerate(xs):
