@@ -115,6 +115,7 @@ class FusedLoops:
         self.passes: dict[int, int] = {}   # loop -> passes run so far
         self.probed: set[tuple] = set()     # kernels known to compile
         self.reuse = ex.options.reuse_buffers   # a loop's arrays kept from pass to pass while nobody holds them
+        self.ring = ex.options.ring_grads       # the backward kernel's gradients as rings where they may be
         self.kept: dict[int, dict] = {}   # loop -> (layout, T, B, dtype) -> its arrays of the last pass there
         self.edges: dict[tuple, tuple] = {}   # (loop, needed set) -> the edges leaving it to differentiate
 
@@ -233,7 +234,7 @@ class FusedLoops:
         any more (no tape, gradient or view: ``reuse.Reuse``), else new ones, kept for the next pass
         (``ExecOptions.reuse_buffers``; off: new ones every pass)."""
         if not self.reuse:
-            return _Arrays(layout, body, loop.states, T, B, dtype)
+            return _Arrays(layout, body, loop.states, T, B, dtype, self.ring)
         key, mine = (id(layout), T, B, dtype.str), self.kept.setdefault(loop.index, {})
         kept = mine.get(key)
         if kept is not None and kept.layout is layout and kept.reuse.free():
@@ -241,7 +242,7 @@ class FusedLoops:
         mine.pop(key, None)
         while len(mine) >= KEPT_GEOMETRIES:   # batches of many lengths: the least recently made go
             del mine[next(iter(mine))]
-        kept = mine[key] = _Arrays(layout, body, loop.states, T, B, dtype)
+        kept = mine[key] = _Arrays(layout, body, loop.states, T, B, dtype, self.ring)
         kept.reuse.track(kept.views())
         kept.tracked = True
         return kept
@@ -254,8 +255,9 @@ class _Arrays:
 
     ALIGN = 16   # elements: each part starts at a multiple of 64 bytes (float32)
 
-    def __init__(self, layout, body: "_Body", states: list, T: int, B: int, dtype):
+    def __init__(self, layout, body: "_Body", states: list, T: int, B: int, dtype, ring: bool = False):
         self.layout, self.T, self.B, self.dtype = layout, T, B, dtype
+        self.ring = ring    # the kept gradients: rings where they may be (``ExecOptions.ring_grads``)
         self.trails = body.trails
         aliases = layout.aliases
         shapes = {("value", v): (T, B) + trail for v, trail in body.trails.items() if v not in aliases}
@@ -288,15 +290,16 @@ class _Arrays:
     def views(self) -> list:
         return [self.block, *self.args.values(), *self.zeros.values(), *(a for _, a in self.part_views)]
 
-    def gradients(self) -> dict:
+    def gradients(self, ring: bool) -> dict:
         """The backward kernel's gradient arrays, zeroed: the kept ones (arrays kept from pass to pass)
         when nobody holds any of them (a second backward pass over one tape must not overwrite the
-        first one's results)."""
-        if not self.tracked:
-            return _parts(self._gradient_shapes(), self.dtype, self.ALIGN)[1]
+        first one's results). ``ring``: those that may be rings are (``Layout.slots``), as the kept
+        ones are when the executor's ``ring_grads`` is on; else all are of T steps."""
+        if not self.tracked or ring != self.ring:
+            return _parts(self._gradient_shapes(ring), self.dtype, self.ALIGN)[1]
         if self.gblock is None:
             before = self.reuse.counts()
-            self.gblock, self.grads = _parts(self._gradient_shapes(), self.dtype, self.ALIGN)
+            self.gblock, self.grads = _parts(self._gradient_shapes(ring), self.dtype, self.ALIGN)
             # (made before tracking, their references to the forward arrays absorbed: they count as
             # the owner's)
             self.G = gradient_views(self.layout, self.bufs, self.grads)
@@ -307,17 +310,18 @@ class _Arrays:
             self.gstart = len(self.reuse.arrays)
             self.reuse.track([self.gblock, *self.grads.values()])
         elif not self.reuse.free(self.gstart):
-            return _parts(self._gradient_shapes(), self.dtype, self.ALIGN)[1]
+            return _parts(self._gradient_shapes(ring), self.dtype, self.ALIGN)[1]
         else:
             self.gblock.fill(0)
         return self.grads
 
-    def _gradient_shapes(self) -> dict:
+    def _gradient_shapes(self, ring: bool) -> dict:
         T, B = self.T, self.B
+        slots = self.layout.slots if ring else {}
         shapes = {}
         for e in self.layout.gradients:
             kind, k = e
-            shapes[e] = (T, B) + self.trails[k if kind == "grad" else k[0]]
+            shapes[e] = (min(slots.get(e, T), T), B) + self.trails[k if kind == "grad" else k[0]]
         for e in self.layout.initial_gradients:
             shapes[e] = (B,) + self.trails[e[1][0]]
         return shapes
@@ -362,10 +366,13 @@ def whole_input(run: FusedRun, env: dict, ids: set, src: str, d: int) -> np.ndar
 def loop_backward(ex, loop: LoopStep, run: FusedRun, tape: Tape, grads: GradSum, need, keep: bool) -> None:
     """BPTT by the backward kernel; then one whole-sequence VJP per edge leaving the loop."""
     env, bufs, arrays = tape.values, run.bufs, run.arrays
-    ids = set(bufs)
+    ids = bufs   # (the body's values: its keys)
+    pre = grads.grads
     # every gradient of the kernel: parts of one zeroed block (one allocation, not one per value),
-    # the block of the last pass again when nobody holds it
-    gs = arrays.gradients()
+    # the block of the last pass again when nobody holds it; rings where they may be, unless every
+    # gradient is kept or one of those has a gradient from outside (seeds given for it)
+    ring = arrays.ring and not keep and run.layout.ring_values.isdisjoint(pre)
+    gs = arrays.gradients(ring)
     kept = gs is arrays.grads and arrays.G is not None and arrays.bufs is bufs
     if kept:   # the kept block: its views and the kernel's argument list made once
         G, bwd_args = arrays.G, arrays.bwd_args
@@ -375,7 +382,6 @@ def loop_backward(ex, loop: LoopStep, run: FusedRun, tape: Tape, grads: GradSum,
         args = {**run.args, **gs}
         G = gradient_views(run.layout, bufs, gs)
         bwd_args = [args[e] for e in run.layout.backward]
-    pre = grads.grads
     for v in bufs:
         if v in pre:
             G[v] += pre.pop(v)
