@@ -92,6 +92,62 @@ def test_a_fused_loop_gives_the_reference_values_and_gradients(cell, dtype, requ
 
 
 @needs_numba
+@pytest.mark.parametrize("cell, dtype", [("lstm", np.float32), ("odd", np.float64)])
+def test_a_kernels_products_summed_a_few_rows_at_a_time_give_the_numbers_of_one_at_a_time(cell, dtype, monkeypatch):
+    """``fusedcode.ROWS`` outputs of a product at a time, each in its own sum kept in order: the same
+    numbers, bit for bit, as one output at a time (widths 16 and 4, and the odd cell's 3: rows left over)."""
+    plan, params, feeds = setup(cell, dtype)
+    grouped = run(plan, params, feeds, dtype, ExecOptions())
+    monkeypatch.setattr("nnspec.runtime.fusedcode.ROWS", 1)
+    single = run(plan, params, feeds, dtype, ExecOptions())
+    for (tg, gg), (ts, gs) in zip(grouped, single):
+        assert any(isinstance(r, FusedRun) for r in tg.loops.values())
+        for k, v in ts.values.items():
+            if isinstance(v, np.ndarray):
+                np.testing.assert_array_equal(tg.values[k], v, err_msg=k)
+        assert set(gg) == set(gs)
+        for k in gs:
+            np.testing.assert_array_equal(gg[k], gs[k], err_msg=k)
+
+
+def leaf_run(plan, params, feeds, dtype, options, chunks=1, seeds=None):
+    """As ``run``, asking for the parameters' gradients only (a training step's pass: a loop's body
+    values' gradients are not kept), or for ``seeds``' gradients."""
+    ex, carry, out = Executor(plan, dtype=dtype, options=options), None, []
+    for _ in range(chunks):
+        tape = ex.forward(params, feeds, lengths=LENGTHS, carry=carry)
+        seeded = {k: np.ones_like(tape.values[k]) for k in seeds} if seeds else None
+        out.append((tape, ex.backward(tape, seeds=seeded, wrt=None if seeds else list(params))))
+        carry = tape.final_states
+    return ex, out
+
+
+@needs_numba
+@pytest.mark.parametrize("cell, dtype, chunks", [("lstm", np.float32, 1), ("odd", np.float64, 2),
+                                                 ("reversed gru", np.float64, 1)])
+def test_the_backward_kernels_gradients_read_only_inside_it_are_rings_with_the_numbers_of_all_steps(cell, dtype, chunks):
+    """A gradient nothing reads after the backward kernel is a ring of as many steps as its value
+    is read back (``ExecOptions.ring_grads``; the odd cell's h[t-2]: three): the numbers of all T
+    steps, bit for bit, in a smaller block; with seeds on such a value, all T steps."""
+    plan, params, feeds = setup(cell, dtype, seed=1)
+    ex, rings = leaf_run(plan, params, feeds, dtype, ExecOptions(), chunks)
+    ex_off, whole = leaf_run(plan, params, feeds, dtype, ExecOptions(ring_grads=False), chunks)
+    for (tr, gr), (tw, gw) in zip(rings, whole):
+        assert any(isinstance(r, FusedRun) for r in tr.loops.values())
+        assert set(gr) == set(gw) and gr
+        for k in gw:
+            np.testing.assert_array_equal(gr[k], gw[k], err_msg=k)
+    arrays, arrays_off = [[a for _, kept in sorted(f.kept.items()) for a in kept.values()] for f in (ex.fused, ex_off.fused)]
+    assert all(a.gblock.size < off.gblock.size for a, off in zip(arrays, arrays_off) if a.layout.slots)
+    ring_value = next(k for a in arrays for kind, k in a.layout.slots if kind == "grad")
+    _, (seeded,) = leaf_run(plan, params, feeds, dtype, ExecOptions(), seeds=[ring_value])
+    _, (seeded_off,) = leaf_run(plan, params, feeds, dtype, ExecOptions(ring_grads=False), seeds=[ring_value])
+    assert set(seeded[1]) == set(seeded_off[1])
+    for k in seeded_off[1]:
+        np.testing.assert_array_equal(seeded[1][k], seeded_off[1][k], err_msg=k)
+
+
+@needs_numba
 @pytest.mark.parametrize("cell", ["odd"])
 def test_chunks_carrying_state_run_fused_as_the_reference_runs_them(cell):
     """Truncated BPTT: the second chunk starts from the first one's final states (and, for h[t-2],

@@ -377,7 +377,7 @@ class Executor:
         asks for the same ones each time: not two new sets of every parameter's name held through
         its backward pass)."""
         kept = self._leaf_set
-        if kept is None or len(wrt) != len(kept) or not all(k in kept for k in wrt):
+        if kept is None or len(wrt) != len(kept) or not kept.issuperset(wrt):
             kept = self._leaf_set = frozenset(wrt)
         return kept
 

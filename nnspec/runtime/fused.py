@@ -115,6 +115,7 @@ class FusedLoops:
         self.passes: dict[int, int] = {}   # loop -> passes run so far
         self.probed: set[tuple] = set()     # kernels known to compile
         self.reuse = ex.options.reuse_buffers   # a loop's arrays kept from pass to pass while nobody holds them
+        self.ring = ex.options.ring_grads       # the backward kernel's gradients as rings where they may be
         self.kept: dict[int, dict] = {}   # loop -> (layout, T, B, dtype) -> its arrays of the last pass there
         self.edges: dict[tuple, tuple] = {}   # (loop, needed set) -> the edges leaving it to differentiate
 
@@ -135,48 +136,60 @@ class FusedLoops:
 
     def forward(self, ex, loop: LoopStep, tape: Tape) -> bool:
         """Run the loop fused and return True, or leave it to the NumPy path (False)."""
-        self.last.discard(loop.index)
-        axis = tape.axes.get(ex.facts.loop_axis[loop.index])
+        index = loop.index
+        self.last.discard(index)
+        axis = tape.axes.get(ex.facts.loop_axis[index])
         rows = tape.batch if axis is None else tape.rows(axis)   # a nested inner axis: one row per word
         if not self.chosen(loop, rows):
             return False
-        body = self.bodies.get(loop.index)
+        body = self.bodies.get(index)
         if body is None:
-            body = self.bodies[loop.index] = _Body(loop)
-        env, seq = tape.values, ex.facts.seq
-        outer = []
-        for src, d in body.outer:
-            a = read_sequence(tape, src, d) if (d != 0 and src in seq) else env[src]
-            outer.append(a.reshape(1) if a.ndim == 0 else a)
-        key = (loop.index, rows, ex.dtype.str) + tuple((a.ndim, a.shape[-1]) for a in outer)
+            body = self.bodies[index] = _Body(loop, ex.facts.seq)
+        env = tape.values
+        # (the inputs from outside as the kernel reads them: a sequence read at t + d shifted, a 0-d
+        # value as one number)
+        outer = ([env[src] for src in body.outer_ids] if body.unshifted else
+                 [read_sequence(tape, src, d) if d != 0 and src in ex.facts.seq else env[src] for src, d in body.outer])
+        if any([a.ndim == 0 for a in outer]):
+            outer = [a.reshape(1) if a.ndim == 0 else a for a in outer]
+        key = (index, rows, ex.dtype.str, *[(a.ndim, a.shape[-1]) for a in outer])   # (a list: no generator)
         code = self.code.get(key, False)
         if code is False:
             code = self.code[key] = self._kernels(loop, body, outer, rows, _read_outside(ex, loop))
         if code is None:
             return False
-        self.passes[loop.index] = self.passes.get(loop.index, 0) + 1
-        if self.passes[loop.index] <= self.after:
+        passes = self.passes[index] = self.passes.get(index, 0) + 1
+        if passes <= self.after:
             return False
-        mod = compiled(code)
-        axis = tape.axes[ex.facts.loop_axis[loop.index]]
+        mod = code.module or compiled(code)
+        if axis is None:
+            axis = tape.axes[ex.facts.loop_axis[index]]
         T, B, dtype = axis.steps, rows, ex.dtype
         arrays = self._arrays(loop, code.layout, body, T, B, dtype)
         zeros, carry = arrays.zeros, tape.carry    # (a state that starts from zeros: kept zeros)
-        inits = {s: zeros[s] if s not in carry and s not in loop.initials
-                 else initial_state(loop, body.by_id[s], tape, carry, dtype) for s in loop.states}
+        if carry or loop.initials:
+            inits = {s: zeros[s] if s not in carry and s not in loop.initials
+                     else initial_state(loop, body.by_id[s], tape, carry, dtype) for s in loop.states}
+        else:
+            inits = zeros
         tape.initial_values.update(inits)
         before = carried_steps(loop, tape, dtype)
-        bufs, args = arrays.bufs, dict(arrays.args)   # (a pass's inputs in a dict of its own: not kept)
-        args.update(zip(body.outer_entries, (a if a.dtype == dtype else a.astype(dtype) for a in outer)))
-        for kind, k in arrays.per_pass:
+        bufs = arrays.bufs
+        # a pass's inputs, in a dict of its own (not kept): outside values, initial states, the steps
+        # of the chunk before
+        args = dict(arrays.args)
+        args.update(zip(body.outer_entries, [a if a.dtype == dtype else a.astype(dtype) for a in outer]))
+        for entry in arrays.per_pass:
+            kind, k = entry
             if kind == "init":
-                a, shape = inits[k[0]], (B,) + body.trails[k[0]]
-                args[(kind, k)] = a if a is zeros.get(k[0]) else np.ascontiguousarray(
-                    a if a.shape == shape else np.broadcast_to(a, shape), dtype)
+                a = inits[k[0]]
+                if a is not zeros.get(k[0]):
+                    shape = (B,) + body.trails[k[0]]
+                    a = np.ascontiguousarray(a if a.shape == shape else np.broadcast_to(a, shape), dtype)
             else:   # "before"
-                pre = before.get(k[0])
-                args[(kind, k)] = (np.ascontiguousarray(pre, dtype) if pre is not None and k[1] < 0
-                                   else arrays.no_steps[k[0]])
+                a = before.get(k[0]) if before else None
+                a = np.ascontiguousarray(a, dtype) if a is not None and k[1] < 0 else arrays.no_steps[k[0]]
+            args[entry] = a
         lengths = axis.lengths if axis.lengths.dtype == np.int64 else axis.lengths.astype(np.int64)
         if key not in self.probed:
             if not probe(mod, code, args, lengths):
@@ -194,12 +207,13 @@ class FusedLoops:
         if tape.context.check_finite:
             times = range(T) if loop.direction > 0 else range(T - 1, -1, -1)
             check_loop(ex.program(loop), bufs, times)
-        tape.values.update(bufs)
-        tape.loops[loop.index] = FusedRun(mod, code.layout, args, bufs, T, lengths, inits, arrays)
-        self.last.add(loop.index)
+        env.update(bufs)
+        tape.loops[index] = FusedRun(mod, code.layout, args, bufs, T, lengths, inits, arrays)
+        self.last.add(index)
         last = T - 1 if loop.direction > 0 else 0
+        final = tape.final_states
         for s in loop.states:
-            tape.final_states[s] = bufs[s][last].copy()
+            final[s] = bufs[s][last].copy()
         return True
 
     def _kernels(self, loop: LoopStep, body: "_Body", outer: list, batch: int,
@@ -220,7 +234,7 @@ class FusedLoops:
         any more (no tape, gradient or view: ``reuse.Reuse``), else new ones, kept for the next pass
         (``ExecOptions.reuse_buffers``; off: new ones every pass)."""
         if not self.reuse:
-            return _Arrays(layout, body, loop.states, T, B, dtype)
+            return _Arrays(layout, body, loop.states, T, B, dtype, self.ring)
         key, mine = (id(layout), T, B, dtype.str), self.kept.setdefault(loop.index, {})
         kept = mine.get(key)
         if kept is not None and kept.layout is layout and kept.reuse.free():
@@ -228,7 +242,7 @@ class FusedLoops:
         mine.pop(key, None)
         while len(mine) >= KEPT_GEOMETRIES:   # batches of many lengths: the least recently made go
             del mine[next(iter(mine))]
-        kept = mine[key] = _Arrays(layout, body, loop.states, T, B, dtype)
+        kept = mine[key] = _Arrays(layout, body, loop.states, T, B, dtype, self.ring)
         kept.reuse.track(kept.views())
         kept.tracked = True
         return kept
@@ -241,8 +255,9 @@ class _Arrays:
 
     ALIGN = 16   # elements: each part starts at a multiple of 64 bytes (float32)
 
-    def __init__(self, layout, body: "_Body", states: list, T: int, B: int, dtype):
+    def __init__(self, layout, body: "_Body", states: list, T: int, B: int, dtype, ring: bool = False):
         self.layout, self.T, self.B, self.dtype = layout, T, B, dtype
+        self.ring = ring    # the kept gradients: rings where they may be (``ExecOptions.ring_grads``)
         self.trails = body.trails
         aliases = layout.aliases
         shapes = {("value", v): (T, B) + trail for v, trail in body.trails.items() if v not in aliases}
@@ -275,15 +290,16 @@ class _Arrays:
     def views(self) -> list:
         return [self.block, *self.args.values(), *self.zeros.values(), *(a for _, a in self.part_views)]
 
-    def gradients(self) -> dict:
+    def gradients(self, ring: bool) -> dict:
         """The backward kernel's gradient arrays, zeroed: the kept ones (arrays kept from pass to pass)
         when nobody holds any of them (a second backward pass over one tape must not overwrite the
-        first one's results)."""
-        if not self.tracked:
-            return _parts(self._gradient_shapes(), self.dtype, self.ALIGN)[1]
+        first one's results). ``ring``: those that may be rings are (``Layout.slots``), as the kept
+        ones are when the executor's ``ring_grads`` is on; else all are of T steps."""
+        if not self.tracked or ring != self.ring:
+            return _parts(self._gradient_shapes(ring), self.dtype, self.ALIGN)[1]
         if self.gblock is None:
             before = self.reuse.counts()
-            self.gblock, self.grads = _parts(self._gradient_shapes(), self.dtype, self.ALIGN)
+            self.gblock, self.grads = _parts(self._gradient_shapes(ring), self.dtype, self.ALIGN)
             # (made before tracking, their references to the forward arrays absorbed: they count as
             # the owner's)
             self.G = gradient_views(self.layout, self.bufs, self.grads)
@@ -294,17 +310,18 @@ class _Arrays:
             self.gstart = len(self.reuse.arrays)
             self.reuse.track([self.gblock, *self.grads.values()])
         elif not self.reuse.free(self.gstart):
-            return _parts(self._gradient_shapes(), self.dtype, self.ALIGN)[1]
+            return _parts(self._gradient_shapes(ring), self.dtype, self.ALIGN)[1]
         else:
             self.gblock.fill(0)
         return self.grads
 
-    def _gradient_shapes(self) -> dict:
+    def _gradient_shapes(self, ring: bool) -> dict:
         T, B = self.T, self.B
+        slots = self.layout.slots if ring else {}
         shapes = {}
         for e in self.layout.gradients:
             kind, k = e
-            shapes[e] = (T, B) + self.trails[k if kind == "grad" else k[0]]
+            shapes[e] = (min(slots.get(e, T), T), B) + self.trails[k if kind == "grad" else k[0]]
         for e in self.layout.initial_gradients:
             shapes[e] = (B,) + self.trails[e[1][0]]
         return shapes
@@ -325,7 +342,7 @@ class _Body:
     """What a loop's fused run looks up once: its body by id, each value's trailing shape, and the
     inputs from outside the loop."""
 
-    def __init__(self, loop: LoopStep):
+    def __init__(self, loop: LoopStep, seq: set):
         self.by_id = {b.id: b for b in loop.body}
         self.trails = {b.id: array_shape(b.shape, False) for b in loop.body}
         self.outer = []
@@ -334,6 +351,8 @@ class _Body:
                 if src not in self.by_id and (src, d) not in self.outer:
                     self.outer.append((src, d))
         self.outer_entries = [("outer", k) for k in self.outer]
+        self.outer_ids = [src for src, _ in self.outer]
+        self.unshifted = not any(d != 0 and src in seq for src, d in self.outer)   # (all read as they are)
 
 
 def whole_input(run: FusedRun, env: dict, ids: set, src: str, d: int) -> np.ndarray:
@@ -347,10 +366,13 @@ def whole_input(run: FusedRun, env: dict, ids: set, src: str, d: int) -> np.ndar
 def loop_backward(ex, loop: LoopStep, run: FusedRun, tape: Tape, grads: GradSum, need, keep: bool) -> None:
     """BPTT by the backward kernel; then one whole-sequence VJP per edge leaving the loop."""
     env, bufs, arrays = tape.values, run.bufs, run.arrays
-    ids = set(bufs)
+    ids = bufs   # (the body's values: its keys)
+    pre = grads.grads
     # every gradient of the kernel: parts of one zeroed block (one allocation, not one per value),
-    # the block of the last pass again when nobody holds it
-    gs = arrays.gradients()
+    # the block of the last pass again when nobody holds it; rings where they may be, unless every
+    # gradient is kept or one of those has a gradient from outside (seeds given for it)
+    ring = arrays.ring and not keep and run.layout.ring_values.isdisjoint(pre)
+    gs = arrays.gradients(ring)
     kept = gs is arrays.grads and arrays.G is not None and arrays.bufs is bufs
     if kept:   # the kept block: its views and the kernel's argument list made once
         G, bwd_args = arrays.G, arrays.bwd_args
@@ -360,7 +382,6 @@ def loop_backward(ex, loop: LoopStep, run: FusedRun, tape: Tape, grads: GradSum,
         args = {**run.args, **gs}
         G = gradient_views(run.layout, bufs, gs)
         bwd_args = [args[e] for e in run.layout.backward]
-    pre = grads.grads
     for v in bufs:
         if v in pre:
             G[v] += pre.pop(v)

@@ -118,12 +118,15 @@ class GradSum:
         if not slots or leaves is None or src in leaves or src in grads:
             return None
         block = self.flat.blocks.get(keys)
-        if (block is None or block.shape != shape or block.dtype != dtype
-                or not all([k in slots and k in leaves and k not in grads for k in keys])):
+        if block is None or block.shape != shape or block.dtype != dtype:
             return None
+        for k in keys:   # (a loop, not all() of a comprehension: three calls a step of a small LSTM)
+            if k not in slots or k not in leaves or k in grads:
+                return None
+        owned = self.owned
         for k in keys:
             grads[k] = slots.pop(k)
-            self.owned.add(k)
+            owned.add(k)
         return block
 
     def vjp_into_stack(self, keys: tuple, src: str, op, i: int, g, xs, out, attrs) -> bool:

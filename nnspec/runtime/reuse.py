@@ -6,7 +6,6 @@ it itself (``sys.getrefcount``), and compares later counts with them."""
 from __future__ import annotations
 
 import sys
-from collections import Counter
 from itertools import islice
 
 import numpy as np
@@ -31,7 +30,9 @@ class Reuse:
         n = len(self.arrays)
         self.arrays.extend(arrays)
         now = self.counts()[n:]           # (before any other list holds them)
-        temp = Counter(id(a) for a in arrays)
+        temp: dict[int, int] = {}   # (a dict, not a Counter: its ABC check of a generator fills
+        for a in arrays:            # caches of every Mapping class, 15 KiB held, at each setup)
+            temp[id(a)] = temp.get(id(a), 0) + 1
         self.own.extend(c - temp[id(a)] for a, c in zip(self.arrays[n:], now))
 
     def absorb(self, before: list[int]) -> None:

@@ -75,7 +75,8 @@ class ExecOptions:
     stacked_grads: bool = True
     # a state's gradient (h, c) in a loop's backward pass: a ring of max delay + 1 steps, each step's
     # slot filled with its gradient from after the loop as the pass reaches it, not a (T, B, ...)
-    # array plus the incoming one added in (the benchmark LSTM H512: 4.6 MB)
+    # array plus the incoming one added in (the benchmark LSTM H512: 4.6 MB); in a fused loop's backward
+    # kernel, every gradient nothing reads after it (``fusedcode.Layout.slots``: the tiny LSTM's 24 -> 12 KiB)
     ring_grads: bool = True
     # a loop body's value whose gradient its op passes unchanged to an operand that is a slice of another
     # body value, read by nothing else, keeps its gradient in that slice's part of its source's gradient:
