@@ -51,6 +51,9 @@ def elementwise_kernel(op, attrs: dict, width: int, dtype) -> "Elementwise | Non
     return found if found.kernel(False, False) is not None else None
 
 
+_EMPTY = np.zeros(0, np.float32)
+
+
 class Elementwise:
     """``forward_into`` and ``vjp_into`` of a one-input elementwise op as one kernel call each (a one-op
     segment, ``segments.kernel_source``), for float32 arrays of one shape with contiguous rows; anything
@@ -68,7 +71,8 @@ class Elementwise:
 
     def kernel(self, vjp: bool, inplace: bool, accumulate: bool = False):
         """forward (x, out) or, inplace, (out); VJP (g, x, out, dest) or, inplace, (g = dest, x, out),
-        written or added."""
+        written or added. None if numba refuses it (``segments.probe``) or no directory is writable:
+        the op's NumPy maths then."""
         key = (vjp, inplace, accumulate)
         if key not in self.kernels:
             op, w = self.op, self.width
@@ -80,34 +84,38 @@ class Elementwise:
                 partial = segments.op_expr(op, op.fused.partials[0], self.attrs, lanes)
                 write = segments.Write(0 if inplace else 3, w, f"L0 * ({partial})", add=accumulate)
             n = (1 if inplace else 2) if not vjp else (3 if inplace else 4)
-            self.kernels[key] = segments.compiled(segments.kernel_source([write], [w] * n))
+            kernel = segments.compiled(segments.kernel_source([write], [w] * n))
+            ok = kernel is not None and segments.probe(kernel, (0, self.geom) + (_EMPTY,) * n)
+            self.kernels[key] = kernel if ok else None
         return self.kernels[key]
 
     def forward_into(self, xs, out, attrs) -> None:
         x = xs[0]
-        if x.shape != out.shape or x.dtype != F32 or not (x.flags.c_contiguous and out.flags.c_contiguous):
+        kernel = self.kernel(False, x is out)
+        if (kernel is None or x.shape != out.shape or x.dtype != F32
+                or not (x.flags.c_contiguous and out.flags.c_contiguous)):
             return self.op.forward_into(xs, out, attrs)
         if not out.size:
             return
         if x is out:
-            self.kernel(False, True)(0, out.size // self.width, self.geom, out.reshape(-1))
+            kernel(0, out.size // self.width, self.geom, out.reshape(-1))
         else:
-            self.kernel(False, False)(0, out.size // self.width, self.geom, x.reshape(-1), out.reshape(-1))
+            kernel(0, out.size // self.width, self.geom, x.reshape(-1), out.reshape(-1))
 
     def vjp_into(self, i, g, xs, out, attrs, dest, accumulate) -> None:
         x = xs[0]
         shape = out.shape
-        if (g.shape != shape or x.shape != shape or dest.shape != shape or g.dtype != F32 or dest.dtype != F32
-                or not (g.flags.c_contiguous and x.flags.c_contiguous and dest.flags.c_contiguous)):
+        kernel = self.kernel(True, g is dest, accumulate)
+        if (kernel is None or g.shape != shape or x.shape != shape or dest.shape != shape or g.dtype != F32
+                or dest.dtype != F32 or not (g.flags.c_contiguous and x.flags.c_contiguous and dest.flags.c_contiguous)):
             return self.op.vjp_into(i, g, xs, out, attrs, dest, accumulate)
         if not out.size:
             return
         rows = out.size // self.width
         if g is dest:
-            self.kernel(True, True, accumulate)(0, rows, self.geom, g.reshape(-1), x.reshape(-1), out.reshape(-1))
+            kernel(0, rows, self.geom, g.reshape(-1), x.reshape(-1), out.reshape(-1))
         else:
-            self.kernel(True, False, accumulate)(0, rows, self.geom, g.reshape(-1), x.reshape(-1),
-                                                 out.reshape(-1), dest.reshape(-1))
+            kernel(0, rows, self.geom, g.reshape(-1), x.reshape(-1), out.reshape(-1), dest.reshape(-1))
 
 
 # ---- the softmax cross-entropy of logits -----------------------------------------------------------
