@@ -93,10 +93,11 @@ class ExecOptions:
     # VJPs) as one call of a compiled, vectorised kernel (runtime/segments.py, needs numba; after
     # segments.AFTER_PASSES passes, as fused loops)
     fused_segments: bool = True
-    # float32 steps outside loops in a prepared pass: a one-input elementwise step whose VJP reads only its
-    # output (relu, sigmoid, tanh, exp) as one call of a compiled, vectorised kernel each way, made from its scalar form as a fused segment
-    # is (runtime/plainkernels.py, needs numba; after plainkernels.AFTER_PASSES passes): NumPy's relu
-    # and its VJP take 7 us on the benchmark MLP's (64, 256), the kernel 2-3
+    # float32 steps outside loops in a prepared pass: a one-input elementwise step whose VJP reads only
+    # its output (relu, sigmoid, tanh, exp) as one call of a compiled, vectorised kernel each way, made
+    # from its scalar form as a fused segment is (runtime/plainkernels.py, needs numba; after
+    # plainkernels.AFTER_PASSES passes): NumPy's relu and its VJP take 7 us on the benchmark MLP's
+    # (64, 256), the kernels 2-3
     plain_kernels: bool = True
     # float32 softmax cross-entropy of logits (cross_entropy_logits), forward and VJP, each one compiled
     # kernel (runtime/plainkernels.py, needs numba; after plainkernels.AFTER_PASSES passes); padding,
