@@ -83,7 +83,7 @@ class FastSteps:
                 joint=type(op).vjp_one is Op.vjp_one,
                 first_seq=bool(step.inputs) and step.inputs[0][0] in facts.seq,
                 seq_axes=tuple(facts.axes.get(step.id, ())) if facts.multi_axis and step.seq else (),
-                xent=self.fast_loss and plainkernels.is_softmax_xent(op))
+                xent=self.fast_loss and isinstance(op, Op) and plainkernels.is_softmax_xent(op))   # (not folded)
         return info
 
     def xent(self, op):
