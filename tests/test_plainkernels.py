@@ -317,3 +317,25 @@ def test_a_nan_in_training_still_stops_it():
     ex.plain_kernels_after = 0
     loss, _ = single_use_passes(ex, params, feeds)
     assert np.isnan(loss)
+
+
+def test_a_training_run_with_the_kernels_stops_where_it_goes_non_finite(tmp_path, kernels_used):
+    from nnspec import open_session
+    from nnspec.train.loop import Trainer, TrainingError
+    from nnspec.train.rundir import RunDir
+
+    spec = tmp_path / "diverge.nn"
+    spec.write_text("""
+input x[2]
+target y : class[3]
+h[4] = relu(W @ x + b)
+loss cross_entropy(softmax(V @ h + c), y)
+train { optimizer sgd(lr = 0.1); schedule step(every = 3, gamma = 1e30); batch 2; epochs 60 }
+data inline { x = [[1, 0], [0, 1], [1, 1], [0, 0]]; y = [0, 1, 2, 0] }
+""")
+    s = open_session(spec)
+    trainer = Trainer(s.model, s.data, s.settings, quiet=True, run_dir=RunDir("d", root=tmp_path / "runs"),
+                      spec_hash=s.spec_hash, checkpoint_seconds=0)
+    with pytest.raises(TrainingError, match=r"stopped at step \d+ \(epoch \d+\): .*'W' .*(infinite|NaN)"):
+        trainer.fit()   # 120 planned steps: the kernels from the first (Executor.settle_kernels)
+    assert kernels_used.get("SoftmaxXent.forward") and kernels_used.get("Elementwise.forward_into")
