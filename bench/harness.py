@@ -52,6 +52,7 @@ REGISTRY: dict[str, str | Callable[[], Implementation]] = {
     "nnspec-npsig": "bench.nnspec_impl:NnspecNumpySigmoidImpl",   # loop steps' sigmoid by NumPy
     "nnspec-noseg": "bench.nnspec_impl:NnspecNoSegmentsImpl",   # loop steps' elementwise runs op by op
     "nnspec-noblock": "bench.nnspec_impl:NnspecNoBlocksImpl",   # loop steps' products by a weight in one piece
+    "nnspec-noplain": "bench.nnspec_impl:NnspecNoPlainKernelsImpl",   # plain steps' activations and loss by NumPy
 }
 
 

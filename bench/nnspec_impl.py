@@ -79,6 +79,7 @@ class NnspecImpl:
     fast_sigmoid = True   # float32 loop steps' sigmoid as a compiled kernel (runtime/fastact.py)
     segments = True       # float32 loop steps' elementwise runs as compiled kernels (runtime/segments.py)
     blocked = True        # loop steps' products by a weight in column blocks where BLAS runs those faster
+    plain = True          # plain steps' activations and softmax cross-entropy as compiled kernels (runtime/plainkernels.py)
 
     def __init__(self, optimize: bool | None = None):
         self.optimize = optimize
@@ -101,6 +102,10 @@ class NnspecImpl:
             model.executor.fast_sigmoid_after = 0    # likewise the loop steps' float32 sigmoid kernel
         if model.executor.segments_after is not None:
             model.executor.segments_after = 0        # and the loop steps' fused segments
+        if model.executor.plain_kernels_after is not None:
+            # and the plain steps' (activations, the softmax cross-entropy); None: never made (the A/B,
+            # on the model's own executor, whose parameters are flat)
+            model.executor.plain_kernels_after = 0 if self.plain else None
 
         def step():
             loss, grads, _ = model.loss_and_grads(feeds, rng=rng, single_use=True)
@@ -149,3 +154,11 @@ class NnspecNoBlocksImpl(NnspecImpl):
 
     name = "nnspec-noblock"
     blocked = False
+
+
+class NnspecNoPlainKernelsImpl(NnspecImpl):
+    """nnspec with the plain steps' activations and softmax cross-entropy by NumPy (their kernels never
+    made, as ``ExecOptions(plain_kernels=False, fast_loss=False)``): the A/B of their compiled kernels."""
+
+    name = "nnspec-noplain"
+    plain = False

@@ -143,7 +143,7 @@ RUNTIME_LAYERS = [
     ("core", ("timeaxis", "axes", "reuse", "blas", "tape", "facts", "pool", "rowgrad", "gradsum", "paramblocks")),
     ("reference", ("reference",)),
     ("fast paths", ("steps", "loopprogram", "loops", "loopback", "prepared", "profile", "fusedcode", "fused",
-                    "kernelcache", "fastact", "segments")),
+                    "kernelcache", "fastact", "segments", "plainkernels")),
     ("executor", ("executor",)),
 ]
 

@@ -108,7 +108,8 @@ class Tanh(Activation):
 @register
 class Relu(Activation):
     name = "relu"
-    fused = ScalarForm('({x0} if {x0} > 0 else 0.0)', ('(1.0 if {out} > 0 else 0.0)',))
+    # (not x <= 0: NaN stays NaN and -0.0 gives 0.0, as np.maximum(x, 0))
+    fused = ScalarForm('({x0} if not {x0} <= 0.0 else 0.0)', ('(1.0 if {out} > 0 else 0.0)',))
     doc = "max(x, 0)"
 
     # The derivative from the output (out > 0 exactly where x > 0, NaN included): the input is

@@ -22,7 +22,7 @@ import numpy as np
 from .. import chunks
 from ..ops import REGISTRY
 from ..plan import LoopStep, Plan
-from . import fastact, fused, loopback, prepared, reference, segments
+from . import fastact, fused, loopback, plainkernels, prepared, reference, segments
 from .blas import blas_threads
 from .facts import PlanFacts
 from .gradsum import GradSum
@@ -59,8 +59,14 @@ class Executor:
         self.fast_sigmoid_after = fastact.AFTER_PASSES if self.options.fast_sigmoid and numba_available() else None
         # float32 loop steps' elementwise runs compiled after this many passes of each loop (segments.py)
         self.segments_after = segments.AFTER_PASSES if self.options.fused_segments and numba_available() else None
+        # float32 plain steps' kernels (activations in a prepared pass, the softmax cross-entropy) compiled
+        # after this many passes of the executor (plainkernels.py)
+        self.plain_kernels_after = (plainkernels.AFTER_PASSES if (self.options.plain_kernels or self.options.fast_loss)
+                                    and self.options.fast_loops and numba_available() else None)
+        self.passes = 0     # forward passes run
         # which compiled kernels this executor may use at all (settle_kernels never turns on one that is not)
-        self._kernels = (self.fast_sigmoid_after is not None, self.segments_after is not None)
+        self._kernels = (self.fast_sigmoid_after is not None, self.segments_after is not None,
+                         self.plain_kernels_after is not None)
         self._pass_run: prepared.PassRun | None = None   # the prepared pass kept for the last batch geometry
         self._pass_seen: tuple | None = None    # (geometry, shapes of the steps that ran into arrays)
         self.profile: dict | None = None        # set to {} to collect seconds per step
@@ -72,18 +78,20 @@ class Executor:
         self._flat_grads: FlatGrads | None = None
 
     def settle_kernels(self, planned_passes: int) -> None:
-        """Compiled loop kernels (fused loops, the fast sigmoid, fused segments) round differently from
+        """Compiled kernels (fused loops, the fast sigmoid, fused segments, plain steps') round differently from
         NumPy's steps. By default each starts after a loop's first passes, so that a short run never
         waits for numba; but then a run resumed from a checkpoint, whose executor counts its passes
         anew, rounds differently from the run it continues. A training run settles it once from the
         passes it plans instead (its epochs' steps, which a resumed run plans alike): compiled from
         the first pass when they outnumber that wait, else never."""
-        now = planned_passes > max(fused.FUSE_AFTER_PASSES, fastact.AFTER_PASSES, segments.AFTER_PASSES)
+        now = planned_passes > max(fused.FUSE_AFTER_PASSES, fastact.AFTER_PASSES, segments.AFTER_PASSES,
+                                   plainkernels.AFTER_PASSES)
         if self.fused is not None:
             self.fused.after = 0 if now else float("inf")
-        fast_sigmoid, fused_segments = self._kernels
+        fast_sigmoid, fused_segments, plain = self._kernels
         self.fast_sigmoid_after = 0 if now and fast_sigmoid else None
         self.segments_after = 0 if now and fused_segments else None
+        self.plain_kernels_after = 0 if now and plain else None
 
     def _table_shapes(self) -> dict[str, tuple]:
         """Embedding tables (parameters whose gradient is a few rows) -> their shapes."""
@@ -217,6 +225,7 @@ class Executor:
             return self._forward(params, feeds, lengths, context, carry, need_loss, single_use, given)
 
     def _forward(self, params, feeds, lengths, context, carry, need_loss, single_use, given=None) -> Tape:
+        self.passes += 1
         self.pool.new_pass()
         if self._pass_run is not None:
             self._pass_run.release_bound()   # before the loops' check: its bound inputs may be their buffers

@@ -21,6 +21,7 @@ import numpy as np
 from ..ops import REGISTRY
 from ..ops.registry import NO_CTX
 from ..plan import LoopStep
+from . import plainkernels
 from .gradsum import GradSum, Into
 from .reuse import Reuse, Spare
 from .tape import Tape
@@ -44,6 +45,10 @@ class PassRun:
     tape: object = None
     reuse: Reuse = field(default_factory=Reuse)  # its outputs, then its gradient arrays
     spent: set = field(default_factory=set)      # values whose array the step reading them computes into
+    # compiled kernels (``ExecOptions.plain_kernels``): whether its steps have been given theirs
+    # (``use_kernels``), and the VJPs (``vjp_into``) by step id of those that have one
+    kernels: bool = False
+    vjps: dict = field(default_factory=dict)
 
     def seal(self) -> None:
         """Track the run's arrays (once the builder's local names are gone)."""
@@ -111,7 +116,31 @@ def build(ex, key: tuple, built: dict, need_loss: bool, spend: bool = False) -> 
     return run
 
 
+def use_kernels(ex, run: PassRun) -> None:
+    """Once the executor makes compiled kernels (``Executor.plain_kernels_after``): each float32
+    one-input elementwise step of the run (an activation) computes by one kernel call each way
+    (``plainkernels.Elementwise``), its backward entries too."""
+    run.kernels = True
+    if not ex.options.plain_kernels:
+        return
+    for step in ex.plan.steps:
+        at = None if isinstance(step, LoopStep) else run.by_id.get(step.id)
+        if at is None:
+            continue
+        sid, _, xs, binds, out, attrs, rec = run.fwd[at]
+        kernel = plainkernels.elementwise_kernel(REGISTRY[step.op], attrs, out.shape[-1], ex.dtype) if out.ndim else None
+        if kernel is not None:
+            run.fwd[at] = (sid, kernel.forward_into, xs, binds, out, attrs, rec)
+            run.vjps[sid] = kernel.vjp_into
+    for entries in run.bwd.values():
+        for k, e in enumerate(entries):
+            if len(e) == 8 and e[0] in run.vjps:
+                entries[k] = (e[0], run.vjps[e[0]]) + e[2:]
+
+
 def forward(ex, run: PassRun, tape: Tape) -> None:
+    if not run.kernels and ex.plain_kernels_after is not None and ex.passes > ex.plain_kernels_after:
+        use_kernels(ex, run)
     env, records, fresh = tape.values, tape.records, tape.fresh
     run.tape = weakref.ref(tape)
     tape.prepared = run
@@ -266,7 +295,7 @@ def _build_backward(ex, run: PassRun, need, leaves, share: bool = False) -> tupl
                 dests.append(dest)
                 if readers.get(src) == 1:
                     first[src] = dest
-        entries.append((sid, op.vjp_into, op, xs, out, attrs, tuple(todo), dels))
+        entries.append((sid, run.vjps.get(sid, op.vjp_into), op, xs, out, attrs, tuple(todo), dels))
         if spare is not None and sid in spare_after and sid not in run.spent:
             spare.add(out)     # (its array read no more: the later gradients'; a spent value's is its reader's)
     return entries, dests

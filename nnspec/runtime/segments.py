@@ -179,6 +179,10 @@ def _source(writes: tuple, widths: tuple) -> str:
         if widths[w.dest] == 1 and w.width > 1:
             lines += ["        acc = f32(0.0)", f"        for j in range({w.width}):", f"            acc += {expr}",
                       f"        a{w.dest}[p{w.dest} + b * s{w.dest}] {op} acc"]
+        elif w.dest in used and widths[w.dest] == w.width:
+            # (written in place: the slice read, so that LLVM sees one array and vectorises; two
+            # slices of it would look like arrays that may overlap)
+            lines += [f"        for j in range({w.width}):", f"            r{w.dest}[j] {op} {expr}"]
         else:
             lines += [f"        rd = a{w.dest}[p{w.dest} + b * s{w.dest}:p{w.dest} + b * s{w.dest} + {w.width}]",
                       f"        for j in range({w.width}):", f"            rd[j] {op} {expr}"]

@@ -6,8 +6,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from ..ops.registry import NO_CTX, Op
 from ..plan import OpStep
+from . import plainkernels
 from .gradsum import GradSum, Into
 from .paramblocks import stacked_view
 from .reference import record, send
@@ -32,6 +35,7 @@ class StepInfo:
     joint: bool       # no per-input VJP: compute them all at once
     first_seq: bool   # its first input is a sequence: its Ctx carries the mask
     seq_axes: tuple = ()  # a sequence on several axes: their names, outermost first (else its one axis's T)
+    xent: bool = False    # a float32 softmax cross-entropy the compiled kernels may compute (``fast_loss``)
 
 
 class FastSteps:
@@ -43,6 +47,8 @@ class FastSteps:
         self._info: dict[str, StepInfo] = {}
         self._todo: dict[tuple, list[int]] = {}    # (step, needed set) -> inputs to differentiate
         self._stacked: dict[str, tuple] = {}        # step -> (its inputs last pass, their stacked view)
+        self.fast_loss = ex.options.fast_loss and ex.dtype == np.float32
+        self._xent: dict[str, object] = {}          # op name -> its compiled forward and VJP (or the op)
         # a stack of parameters (concat_rows, no delays) that one VJP reads -> the names stacked: that
         # VJP may write the stack's gradient straight into their block of the flat gradient array
         # (``GradSum.first_stacked``, where ``ExecOptions.stacked_grads``)
@@ -82,8 +88,17 @@ class FastSteps:
                 trail=trail, into=not op.needs_ctx and overrides(op, "vjp_into"),
                 joint=type(op).vjp_one is Op.vjp_one,
                 first_seq=bool(step.inputs) and step.inputs[0][0] in facts.seq,
-                seq_axes=tuple(facts.axes.get(step.id, ())) if facts.multi_axis and step.seq else ())
+                seq_axes=tuple(facts.axes.get(step.id, ())) if facts.multi_axis and step.seq else (),
+                xent=self.fast_loss and isinstance(op, Op) and plainkernels.is_softmax_xent(op))   # (not folded)
         return info
+
+    def xent(self, op):
+        """The compiled forward and VJP of a softmax cross-entropy (``plainkernels.SoftmaxXent``), else
+        the op itself (numba missing, no writable directory)."""
+        found = self._xent.get(op.name)
+        if found is None:
+            found = self._xent[op.name] = plainkernels.softmax_xent(op, np.float32) or op
+        return found
 
     def forward(self, ex, step: OpStep, tape: Tape) -> bool:
         """Run one step; True if it ran into an array of the pool (``forward_into``)."""
@@ -125,7 +140,9 @@ class FastSteps:
                                     spend=(tape.fresh is not None and step.id in self.facts.spendable
                                            and step.inputs[0][0] in tape.fresh))
                    if op.needs_ctx else NO_CTX)
-            out = op.forward(xs, step.attrs, ctx)
+            after = ex.plain_kernels_after
+            kernel = o.xent and after is not None and ex.passes > after
+            out = (self.xent(op) if kernel else op).forward(xs, step.attrs, ctx)
         record(step, op, out, xs, ctx, tape)
         return into and not op.reads_across_chunks
 
@@ -199,7 +216,9 @@ class FastSteps:
             todo = rest
             if not todo:
                 return
-        if len(todo) > 1 and o.joint:
+        if o.xent and plainkernels.SoftmaxXent.KEY in ctx.saved:   # (its forward pass was the kernel's)
+            gs = self.xent(op).vjp(g, xs, out, step.attrs, ctx)
+        elif len(todo) > 1 and o.joint:
             gs = op.vjp(g, xs, out, step.attrs, ctx)
         else:
             gs = [None] * len(step.inputs)

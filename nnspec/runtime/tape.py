@@ -94,6 +94,16 @@ class ExecOptions:
     # VJPs) as one call of a compiled, vectorised kernel (runtime/segments.py, needs numba; after
     # segments.AFTER_PASSES passes, as fused loops)
     fused_segments: bool = True
+    # float32 steps outside loops in a prepared pass: a one-input elementwise step whose VJP reads only
+    # its output (relu, sigmoid, tanh, exp) as one call of a compiled, vectorised kernel each way, made
+    # from its scalar form as a fused segment is (runtime/plainkernels.py, needs numba; after
+    # plainkernels.AFTER_PASSES passes): NumPy's relu and its VJP take 7 us on the benchmark MLP's
+    # (64, 256), the kernels 2-3
+    plain_kernels: bool = True
+    # float32 softmax cross-entropy of logits (cross_entropy_logits), forward and VJP, each one compiled
+    # kernel (runtime/plainkernels.py, needs numba; after plainkernels.AFTER_PASSES passes); padding,
+    # masked positions and other layouts take the op's NumPy maths
+    fast_loss: bool = True
     # a loop step's product by a weight shared by every step (U @ h[t-1], and its input's gradient) in
     # parts, by contiguous copies of the weight's parts made once a pass, where the machine's BLAS
     # kernel multiplies those faster (ops/linalg.py product_blocks: OpenBLAS SkylakeX)
@@ -115,7 +125,8 @@ class ExecOptions:
                    reuse_buffers=False, row_grads=False, prepared=False, lend_dead=False, share_dead=False,
                    spend_inputs=False, grads_in_views=False, recompute=False,
                    param_blocks=False, flat_params=False, stacked_grads=False, few_ids=False, fused_loops=False, ring_grads=False, fast_sigmoid=False,
-                   fused_segments=False, blocked_products=False, distinct_words=False)
+                   fused_segments=False, blocked_products=False, distinct_words=False, plain_kernels=False,
+                   fast_loss=False)
 
 
 @dataclass(slots=True)   # (made every pass: no instance dict)

@@ -26,8 +26,9 @@ the loss (when the spec has one) plus ``sum(output * G)`` over the outputs, for 
            translation (the reference interpreter without torch) fed the tokens written so far;
            beam search with beam 1 against greedy; scores of ended sequences (greedy, beam 3) rescored.
 
-Two more oracles run only when asked for (``--oracles segments,fused``; they compile kernels for
-every generated loop body, a second or so each, so the default run leaves them out):
+Three more oracles run only when asked for (``--oracles segments,fused,plain``; they compile kernels
+for every generated loop body or activation width, a second or so each, so the default run leaves
+them out):
 
   segments (specs whose loops get fused segments, float32, numba installed) the loops' elementwise
            steps as fused kernels (``runtime/segments.py``) against the op-by-op NumPy path, both
@@ -36,6 +37,11 @@ every generated loop body, a second or so each, so the default run leaves them o
            kernels (``runtime/fused.py``: the forward steps and BPTT) from the first pass, two passes
            (the second on the arrays kept from the first), and three single-use training passes of a
            model, against the reference engine.
+  plain    (specs with a plain step the kernels compute, float32, numba installed) the plain steps'
+           compiled kernels (``runtime/plainkernels.py``: an activation in a prepared pass, the
+           softmax cross-entropy) from the first pass, against the NumPy path: three passes of the
+           objective (the prepared pass made, then used again) and three single-use training passes
+           of a float32 model; tolerance ``TOLERANCES["plain"]``.
 
 Errors are relative: an output's to its largest value (at least 1), a gradient's to the largest
 gradient of the run. The tolerance is 1e-6.
@@ -63,11 +69,11 @@ except ImportError:  # pragma: no cover - depends on the branch and on torch bei
     torch_run = None
 
 ORACLES = ["fast", "optimize", "fd", "torch", "batch", "repeat", "training", "decode"]
-EXTRA_ORACLES = ["segments", "fused"]   # only when asked for (see above)
+EXTRA_ORACLES = ["segments", "fused", "plain"]   # only when asked for (see above)
 TOLERANCE = 1e-6
 # float32 against float32, kernels' exp and tanh within a few 1e-7 of NumPy's: rounding that a
 # random spec's chain of exponentials and quotients may amplify; a wrong formula errs by O(1)
-TOLERANCES = {"segments": 1e-4}
+TOLERANCES = {"segments": 1e-4, "plain": 1e-4}
 BINDINGS = {f"vocab(w{i})": 5 for i in range(1, 200)}
 BINDINGS.update({f"vocab(d{i})": 6 for i in range(1, 200)})    # decoded: <pad> <unk> <s> </s> and two tokens
 LOSS_OPS = {name for name, op in REGISTRY.items() if op.prediction is not None}
@@ -409,6 +415,11 @@ def _check(text: str, seed: int, oracles) -> Outcome:
             check_fused(opt, params, batch, seeds, reference or want, base, out)
         except Exception as e:
             _crash("fused", out, e)
+    if "plain" in oracles:
+        try:
+            check_plain(opt, params, batch, seeds, base, out)
+        except Exception as e:
+            _crash("plain", out, e)
     if "decode" in oracles:
         if opt.decoder is None:
             out.skipped["decode"] = "no decode declaration"
@@ -453,6 +464,42 @@ def check_segments(plan, params, batch: Batch, seeds, base, out: Outcome) -> Non
             out.skipped["segments"] = "no segment"
             return
     compare("segments", runs[0], runs[1], base, batch, out)
+
+
+def check_plain(compiled, params, batch: Batch, seeds, base, out: Outcome) -> None:
+    """float32, the plain steps' compiled kernels from the first pass against the NumPy path: three
+    passes of the objective, three single-use training passes of a model (spent inputs, lent arrays)."""
+    from nnspec.model import Model
+    from nnspec.runtime import plainkernels
+    from nnspec.runtime.kernelcache import numba_available
+
+    if not numba_available():
+        out.skipped["plain"] = "numba is not installed"
+        return
+    plan = compiled.plan
+    f32 = {k: v.astype(np.float32) for k, v in params.items()}
+    feeds = {k: v.astype(np.float32) if v.dtype.kind == "f" else v for k, v in batch.feeds.items()}
+    batch32 = dataclasses.replace(batch, feeds=feeds)
+    seeds32 = {k: v.astype(np.float32) for k, v in seeds.items()}
+    runs: list[list[Run]] = []
+    for on in (True, False):
+        ex = Executor(plan, dtype=np.float32)
+        if ex.plain_kernels_after is None:
+            out.skipped["plain"] = "plain kernels are off"
+            return
+        ex.plain_kernels_after = 0 if on else None
+        got = [run(ex, f32, batch32, seeds32) for _ in range(3)]
+        if on and not ((ex._pass_run is not None and ex._pass_run.vjps)
+                       or any(plainkernels.is_softmax_xent(REGISTRY[s.op]) for s in plan.steps if not isinstance(s, LoopStep))):
+            out.skipped["plain"] = "no plain step with a kernel"
+            return
+        if plan.loss is not None:
+            model = Model(compiled, {k: v.copy() for k, v in f32.items()}, dtype=np.float32)
+            model.executor.plain_kernels_after = 0 if on else None
+            got += [_train_pass(model.executor, model.params, batch32, True) for _ in range(3)]
+        runs.append(got)
+    for i, (a, b) in enumerate(zip(*runs)):
+        compare("plain", a, b, base, batch, out, f"pass {i + 1}: ")
 
 
 def check_fused(compiled, params, batch: Batch, seeds, want: Run, base, out: Outcome) -> None:
