@@ -19,6 +19,12 @@ from nnspec.train.optim import make_optimizer
 
 pytestmark = pytest.mark.skipif(not numba_available(), reason="numba (the fast extra) is not installed")
 
+
+@pytest.fixture(autouse=True)
+def every_size(monkeypatch):
+    """These tests' small arrays take the kernels too (a real step needs plainkernels.MIN_SIZE numbers)."""
+    monkeypatch.setattr(plainkernels, "MIN_SIZE", 0)
+
 RELU, XENT = REGISTRY["relu"], REGISTRY["cross_entropy_logits"]
 SPECIAL = [np.nan, -np.nan, -0.0, 0.0, np.inf, -np.inf, 1e-45, -1e-45, 3.0, -3.0]
 MLP = """input x[6]
@@ -339,3 +345,15 @@ data inline { x = [[1, 0], [0, 1], [1, 1], [0, 0]]; y = [0, 1, 2, 0] }
     with pytest.raises(TrainingError, match=r"stopped at step \d+ \(epoch \d+\): .*'W' .*(infinite|NaN)"):
         trainer.fit()   # 120 planned steps: the kernels from the first (Executor.settle_kernels)
     assert kernels_used.get("SoftmaxXent.forward") and kernels_used.get("Elementwise.forward_into")
+
+
+def test_a_step_of_fewer_numbers_than_the_minimum_stays_numpys(monkeypatch, kernels_used):
+    # a small net (specs/xor_train.nn: arrays of 8 numbers) never waits for numba: its steps keep
+    # NumPy's calls, which cost about what a kernel's would; the loss's logits (12 x 5) likewise
+    monkeypatch.setattr(plainkernels, "MIN_SIZE", 12 * 16 + 1)     # (the MLP's hidden arrays: 12 x 16)
+    plan, params, feeds = mlp()
+    ex = Executor(plan, np.float32)
+    ex.plain_kernels_after = 0
+    single_use_passes(ex, params, feeds)
+    assert ex._pass_run.kernels and not ex._pass_run.vjps
+    assert not any(kernels_used.values())

@@ -31,6 +31,10 @@ from . import fastact, segments
 from .kernelcache import load_module, numba_available
 
 AFTER_PASSES = fastact.AFTER_PASSES   # passes before the kernels are made (numba's compile: ~1 s, once)
+# A step's array of fewer numbers stays with NumPy: its call costs about what a kernel's does, and a
+# small net (``specs/xor_train.nn``: arrays of 8 numbers) must not wait for numba's import (0.4 s) and
+# compile (about 1 s on an empty cache) when it trains for more than AFTER_PASSES steps. Decided by size.
+MIN_SIZE = 512
 
 F32 = np.dtype(np.float32)
 _NO_MASK = np.zeros(0, np.float32)

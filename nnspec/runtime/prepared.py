@@ -128,7 +128,8 @@ def use_kernels(ex, run: PassRun) -> None:
         if at is None:
             continue
         sid, _, xs, binds, out, attrs, rec = run.fwd[at]
-        kernel = plainkernels.elementwise_kernel(REGISTRY[step.op], attrs, out.shape[-1], ex.dtype) if out.ndim else None
+        kernel = (plainkernels.elementwise_kernel(REGISTRY[step.op], attrs, out.shape[-1], ex.dtype)
+                  if out.ndim and out.size >= plainkernels.MIN_SIZE else None)
         if kernel is not None:
             run.fwd[at] = (sid, kernel.forward_into, xs, binds, out, attrs, rec)
             run.vjps[sid] = kernel.vjp_into

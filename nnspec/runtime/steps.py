@@ -141,7 +141,7 @@ class FastSteps:
                                            and step.inputs[0][0] in tape.fresh))
                    if op.needs_ctx else NO_CTX)
             after = ex.plain_kernels_after
-            kernel = o.xent and after is not None and ex.passes > after
+            kernel = o.xent and after is not None and ex.passes > after and xs[0].size >= plainkernels.MIN_SIZE
             out = (self.xent(op) if kernel else op).forward(xs, step.attrs, ctx)
         record(step, op, out, xs, ctx, tape)
         return into and not op.reads_across_chunks

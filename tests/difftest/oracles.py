@@ -468,7 +468,18 @@ def check_segments(plan, params, batch: Batch, seeds, base, out: Outcome) -> Non
 
 def check_plain(compiled, params, batch: Batch, seeds, base, out: Outcome) -> None:
     """float32, the plain steps' compiled kernels from the first pass against the NumPy path: three
-    passes of the objective, three single-use training passes of a model (spent inputs, lent arrays)."""
+    passes of the objective, three single-use training passes of a model (spent inputs, lent arrays),
+    steps of every size (``plainkernels.MIN_SIZE`` 0)."""
+    from nnspec.runtime import plainkernels
+
+    size, plainkernels.MIN_SIZE = plainkernels.MIN_SIZE, 0
+    try:
+        _check_plain(compiled, params, batch, seeds, base, out)
+    finally:
+        plainkernels.MIN_SIZE = size
+
+
+def _check_plain(compiled, params, batch: Batch, seeds, base, out: Outcome) -> None:
     from nnspec.model import Model
     from nnspec.runtime import plainkernels
     from nnspec.runtime.kernelcache import numba_available
