@@ -54,10 +54,12 @@ def test_importing_the_command_line_leaves_plotting_and_torch_for_later():
     assert not set(loaded_after("import nnspec.cli\nnnspec.cli.build_parser()")) & set(HEAVY)
 
 
-def test_nnspec_run_draws_its_plots_in_a_helper_process(tmp_path):
+def test_nnspec_run_draws_its_plots_in_a_helper_process_and_a_tiny_net_waits_for_no_compiler(tmp_path):
     code = ("from nnspec.cli import main\n"
             f"assert main(['run', 'specs/xor_train.nn', '--runs', {str(tmp_path)!r}, '--quiet']) == 0\n")
-    assert "matplotlib" not in loaded_after(code)
+    loaded = loaded_after(code)
+    assert "matplotlib" not in loaded
+    assert "numba" not in loaded     # (2,000 steps of arrays of 8 numbers: no compiled kernel pays)
     (run,) = tmp_path.iterdir()
     assert (run / "plots" / "curves.png").read_bytes()[:4] == b"\x89PNG"
     assert (run / "results.json").exists() and (run / "last").is_dir()
