@@ -50,13 +50,13 @@ def load_module(name: str, text: str):
 
 class LazyKernel:
     """A compiled function made at its first use: ``function`` of the module ``name`` compiled from
-    ``text`` (``load_module``). ``get()`` gives it, or False when it cannot be had (numba missing, or
-    no writable directory for it); ``loaded`` says whether it has been made already. Tests set
-    ``fn = False`` to run as where numba is missing."""
+    ``text`` (``load_module``), or a tuple of them when ``function`` names several. ``get()`` gives
+    it, or False when it cannot be had (numba missing, or no writable directory for it); ``loaded``
+    says whether it has been made already. Tests set ``fn = False`` to run as where numba is missing."""
 
     __slots__ = ("name", "text", "function", "fn")
 
-    def __init__(self, name: str, text: str, function: str):
+    def __init__(self, name: str, text: str, function: str | tuple[str, ...]):
         self.name, self.text, self.function = name, text, function
         self.fn = None     # not tried yet
 
@@ -65,9 +65,11 @@ class LazyKernel:
             self.fn = False
             if numba_available():
                 try:
-                    self.fn = getattr(load_module(self.name, self.text), self.function)
+                    mod = load_module(self.name, self.text)
                 except OSError:
-                    pass
+                    return False
+                f = self.function
+                self.fn = getattr(mod, f) if isinstance(f, str) else tuple(getattr(mod, g) for g in f)
         return self.fn
 
     @property

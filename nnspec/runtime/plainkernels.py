@@ -28,7 +28,7 @@ import numpy as np
 
 from ..ops.registry import Op, ScalarForm
 from . import fastact, segments
-from .kernelcache import load_module, numba_available
+from .kernelcache import LazyKernel, numba_available
 
 AFTER_PASSES = fastact.AFTER_PASSES   # passes before the kernels are made (numba's compile: ~1 s, once)
 # A step's array of fewer numbers stays with NumPy: its call costs about what a kernel's does, and a
@@ -221,20 +221,13 @@ def xent_vjp(e, s, y, k, w):
     return 0
 '''
 
-_xent = None
+XENT_KERNELS = LazyKernel("nnspec_xent_4", fastact.MATH + XENT, ("xent_forward", "xent_vjp"))
 
 
 def xent_kernels():
     """The compiled (forward, VJP) of the softmax cross-entropy, or None (numba missing, no writable
     directory)."""
-    global _xent
-    if _xent is None:
-        try:
-            mod = load_module("nnspec_xent_4", fastact.MATH + XENT) if numba_available() else None
-        except OSError:
-            mod = None
-        _xent = (mod.xent_forward, mod.xent_vjp) if mod is not None else False
-    return _xent or None
+    return XENT_KERNELS.get() or None
 
 
 def is_softmax_xent(op) -> bool:
