@@ -30,6 +30,27 @@ HEADER = "from math import exp, expm1, log, log1p, sqrt, tanh\n"
 ROWS = 4
 
 
+
+def _sums(outer: str, count: int, inner: str, length: int, start, hoist: str, term, store) -> list[str]:
+    """Source of ``count`` sums over ``inner`` < ``length`` (a product's rows): sum e (``outer`` + r)
+    starts at ``start(e)``, adds ``term(e)`` after the line ``hoist`` at each ``inner``, and ends in
+    ``store(e, acc)``. ``ROWS`` sums at a time, each in its own accumulator added in the order one at
+    a time would (the same numbers): independent chains of adds, not one waiting on itself; the sums
+    left over one at a time."""
+    q, lines = ROWS, []
+    if count >= q:
+        lines += [f"for {outer} in range(0, {count - count % q}, {q}):"]
+        lines += [f"    acc{r} = {start(f'{outer} + {r}')}" for r in range(q)]
+        lines += [f"    for {inner} in range({length}):", f"        {hoist}"]
+        lines += [f"        acc{r} += {term(f'{outer} + {r}')}" for r in range(q)]
+        lines += [f"    {store(f'{outer} + {r}', f'acc{r}')}" for r in range(q)]
+    if count % q:
+        lines += [f"for {outer} in range({count - count % q}, {count}):", f"    acc = {start(outer)}",
+                  f"    for {inner} in range({length}):", f"        {hoist}", f"        acc += {term(outer)}",
+                  f"    {store(outer, 'acc')}"]
+    return lines
+
+
 class NotFusable(Exception):
     """The loop has something a generated kernel does not do; it stays on the NumPy path."""
 
@@ -317,23 +338,8 @@ class _Generator:
 
             def start(i):
                 return xs[2].at(i, w) if form.bias else "0.0"
-            # ``ROWS`` outputs at a time, each summed in its own accumulator in the order of k as
-            # one at a time would (the same numbers): independent sums, not one chain of adds
-            # waiting on each other; the rows left over one at a time
-            q, lines = ROWS, []
-            if w >= q:
-                lines += [f"for i in range(0, {w - w % q}, {q}):"]
-                lines += [f"    acc{r} = {start(f'i + {r}')}" for r in range(q)]
-                lines += [f"    for k in range({n}):", f"        xk = {x.at('k', n)}"]
-                lines += [f"        acc{r} += {W.name}[i + {r}, k] * xk" for r in range(q)]
-                lines += [f"    {out}[t, b, i + {r}] = acc{r}" for r in range(q)]
-            if w % q:
-                lines += [f"for i in range({w - w % q}, {w}):",
-                          f"    acc = {start('i')}",
-                          f"    for k in range({n}):",
-                          f"        acc += {W.name}[i, k] * {x.at('k', n)}",
-                          f"    {out}[t, b, i] = acc"]
-            return lines
+            return _sums("i", w, "k", n, start, f"xk = {x.at('k', n)}", lambda e: f"{W.name}[{e}, k] * xk",
+                         lambda e, acc: f"{out}[t, b, {e}] = {acc}")
         if isinstance(form, JoinForm):
             lines, off = [], 0
             for x in xs:
@@ -404,20 +410,9 @@ class _Generator:
             W, x = xs[0], xs[1]
             if x.kind == "outer":
                 return []
-            n, q, lines = x.width, ROWS, []    # (``ROWS`` of the input's gradient at a time, as forwards)
-            if n >= q:
-                lines += [f"for k in range(0, {n - n % q}, {q}):"]
-                lines += [f"    acc{r} = 0.0" for r in range(q)]
-                lines += [f"    for i in range({w}):", f"        g = {me.element('t', 'i', me.grad)}"]
-                lines += [f"        acc{r} += g * {W.name}[i, k + {r}]" for r in range(q)]
-                lines += [f"    {x.grad_at(f'k + {r}', n)} += acc{r}" for r in range(q)]
-            if n % q:
-                lines += [f"for k in range({n - n % q}, {n}):",
-                          "    acc = 0.0",
-                          f"    for i in range({w}):",
-                          f"        acc += {me.element('t', 'i', me.grad)} * {W.name}[i, k]",
-                          f"    {x.grad_at('k', n)} += acc"]
-            return lines
+            n = x.width     # (the input's gradient ``ROWS`` at a time, as forwards)
+            return _sums("k", n, "i", w, lambda e: "0.0", f"g = {me.element('t', 'i', me.grad)}",
+                         lambda e: f"g * {W.name}[i, {e}]", lambda e, acc: f"{x.grad_at(e, n)} += {acc}")
         if isinstance(form, JoinForm):
             lines, off = [], 0
             for i, x in enumerate(xs):
