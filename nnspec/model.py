@@ -484,12 +484,16 @@ class Model:
         ``(B, *shape)`` for a value that is not a sequence; for a sequence either a list of B
         per-example sequences ``(T_i, *shape)`` (padded here; ``lengths`` derived) or a padded
         time-major array ``(T, B, *shape)`` with ``lengths`` (B,), each example's real steps
-        (all T when omitted). Outputs of sequences come back time-major ``(T, B, ...)``.
+        (all T when omitted). Outputs of sequences come back time-major ``(T, B, ...)``; an output
+        made from the parameters alone, the same for every example, as ``(B, ...)`` too.
         A feed that does not fit is a :class:`FeedError` naming it, its shape and the shape expected.
         """
         have_targets = all(t.name in feeds for t in self.plan.targets)
         tape = self.run(feeds, lengths, need_loss=have_targets)
-        return {o: tape.values[o] for o in self.plan.outputs}
+        static = self.executor.facts.static
+        # an output made from parameters alone is one value for the batch: every example's, as the rows say
+        return {o: (np.repeat(tape.values[o][None], tape.batch, axis=0) if o in static else tape.values[o])
+                for o in self.plan.outputs}
 
     def loss_and_grads(self, feeds: dict, lengths=None, rng=None, carry=None, train: bool = True,
                        single_use: bool = False):

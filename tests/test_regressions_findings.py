@@ -118,3 +118,36 @@ def test_an_initial_state_needed_only_through_another_loops_initial_state_is_pla
                         "initial h10 = tanh(W14 @ v)\nloss bce_logits(h10, y)\n").plan
     loops = [s for s in plan.steps if hasattr(s, "initials")]
     assert {state for loop in loops for state in loop.initials} == {"h4", "h10"}
+
+
+STATIC_OUTPUTS = """input x[2]
+target t[1]
+output y
+output v
+z = w @ x + b
+y = step(c - 3)
+v = tanh(u)
+loss mse(z, t)
+param u[3]
+data inline {
+  x = [[0, 0], [0, 1], [1, 0], [1, 1]]
+  t = [[0], [1], [1], [0]]
+}
+train { epochs 1 }
+"""
+
+
+def test_an_output_made_from_parameters_alone_is_every_examples_value(tmp_path, capsys):
+    # found by the text fuzzer (seed 6600000): `y = step(z1e-3)` made `y` of a parameter alone, and
+    # printing the outputs after training crashed on its 0-d value ('float' object is not iterable)
+    from nnspec.cli import main
+    from nnspec.model import Model
+
+    path = tmp_path / "static.nn"
+    path.write_text(STATIC_OUTPUTS)
+    out = Model.from_file(path).forward({"x": np.zeros((4, 2))})
+    assert out["y"].shape == (4,) and out["v"].shape == (4, 3)
+    assert (out["v"] == out["v"][0]).all()
+    assert main(["run", str(path), "--no-save"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("│ [")]
+    assert len(rows) == 4 and len({tuple(r.split("│")[2:]) for r in rows}) == 1   # (y and v alike)
