@@ -123,10 +123,7 @@ class GradSum:
         for k in keys:   # (a loop, not all() of a comprehension: three calls a step of a small LSTM)
             if k not in slots or k not in leaves or k in grads:
                 return None
-        owned = self.owned
-        for k in keys:
-            grads[k] = slots.pop(k)
-            owned.add(k)
+        self._hand_out(keys)
         return block
 
     def vjp_into_stack(self, keys: tuple, src: str, op, i: int, g, xs, out, attrs) -> bool:
@@ -148,10 +145,15 @@ class GradSum:
         if block is None or block.shape != g.shape or not all([k in slots and k not in grads for k in keys]):
             return False
         np.copyto(block, g)
+        self._hand_out(keys)
+        return True
+
+    def _hand_out(self, keys: tuple) -> None:
+        """Each of ``keys`` gets its slot of the flat gradient array as its (first) gradient."""
+        grads, slots, owned = self.grads, self.slots, self.owned
         for k in keys:
             grads[k] = slots.pop(k)
-            self.owned.add(k)
-        return True
+            owned.add(k)
 
     def add(self, key: str, g: np.ndarray, owned: bool = False) -> None:
         """Add ``g`` to the gradient of ``key``; the first is kept as it is (``owned``: and may be

@@ -188,7 +188,7 @@ def backward(ex, run: PassRun, tape: Tape, grads: GradSum, need, leaves) -> None
         run.reuse.track(dests)
         del dests
     keep = leaves is None
-    owned, values, slots = grads.owned, grads.grads, grads.slots
+    owned, values = grads.owned, grads.grads
     for e in entries:
         if len(e) == 3:
             step, dels, sid = e
@@ -204,13 +204,9 @@ def backward(ex, run: PassRun, tape: Tape, grads: GradSum, need, leaves) -> None
                     elif src in values:
                         grads.add_into(src, dest.shape, Into(op, i, g, xs, out, attrs))
                     else:
-                        if type(dest) is Fresh:     # a parameter's slot of the flat gradient array, if it has one
-                            d = slots.pop(src, None) if slots is not None else None
-                            dest = (d if d is not None and d.shape == dest.shape and d.dtype == g.dtype
-                                    else grads._fresh(src, dest.shape, g.dtype, zero=False))
-                        elif type(dest) is Stacked:   # the stacked parameters' block of the flat gradients
-                            if grads.vjp_into_stack(dest.keys, src, op, i, g, xs, out, attrs):
-                                continue                 # (their gradients: its parts)
+                        if type(dest) is Stacked and grads.vjp_into_stack(dest.keys, src, op, i, g, xs, out, attrs):
+                            continue     # (into the stacked parameters' block of the flat gradients: its parts)
+                        if isinstance(dest, Fresh):   # a parameter's slot of the flat gradients, else a new array
                             dest = grads._fresh(src, dest.shape, g.dtype, zero=False)
                         fn(i, g, xs, out, attrs, dest, False)
                         values[src] = dest
@@ -230,14 +226,15 @@ class Fresh:
         self.shape = tuple(shape)
 
 
-class Stacked:
+class Stacked(Fresh):
     """A backward entry's destination for the gradient of a stack of parameters that only it reads:
     their block of the flat gradient array (``GradSum.first_stacked``), else a new array."""
 
-    __slots__ = ("shape", "keys")
+    __slots__ = ("keys",)
 
     def __init__(self, shape: tuple, keys: tuple):
-        self.shape, self.keys = tuple(shape), keys
+        super().__init__(shape)
+        self.keys = keys
 
 
 def _build_backward(ex, run: PassRun, need, leaves, share: bool = False) -> tuple[list, list]:
