@@ -93,6 +93,12 @@ class Executor:
         self.segments_after = 0 if now and fused_segments else None
         self.plain_kernels_after = 0 if now and plain else None
 
+    def plain_kernels_ready(self) -> bool:
+        """Whether the plain steps' compiled kernels are in use by now (``plainkernels.py``: after
+        ``plain_kernels_after`` passes; never where that is None)."""
+        after = self.plain_kernels_after
+        return after is not None and self.passes > after
+
     def _table_shapes(self) -> dict[str, tuple]:
         """Embedding tables (parameters whose gradient is a few rows) -> their shapes."""
         params = {p.name: tuple(p.shape) for p in self.plan.params}

@@ -30,7 +30,6 @@ HEADER = "from math import exp, expm1, log, log1p, sqrt, tanh\n"
 ROWS = 4
 
 
-
 def _sums(outer: str, count: int, inner: str, length: int, start, hoist: str, term, store) -> list[str]:
     """Source of ``count`` sums over ``inner`` < ``length`` (a product's rows): sum e (``outer`` + r)
     starts at ``start(e)``, adds ``term(e)`` after the line ``hoist`` at each ``inner``, and ends in

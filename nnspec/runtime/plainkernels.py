@@ -37,7 +37,12 @@ AFTER_PASSES = fastact.AFTER_PASSES   # passes before the kernels are made (numb
 MIN_SIZE = 512
 
 F32 = np.dtype(np.float32)
-_NO_MASK = np.zeros(0, np.float32)
+_EMPTY = np.zeros(0, np.float32)     # (a kernel's array argument it does not read: no mask, a probe's lanes)
+
+
+def pays(a: np.ndarray) -> bool:
+    """Whether a step's array is big enough for a kernel (``MIN_SIZE``)."""
+    return a.size >= MIN_SIZE
 
 
 # ---- one-input elementwise steps -------------------------------------------------------------------
@@ -57,9 +62,6 @@ def elementwise_kernel(op, attrs: dict, width: int, dtype) -> "Elementwise | Non
         return None
     found = Elementwise(op, attrs, width)
     return found if found.kernel(False, False) is not None else None
-
-
-_EMPTY = np.zeros(0, np.float32)
 
 
 class Elementwise:
@@ -221,13 +223,8 @@ def xent_vjp(e, s, y, k, w):
     return 0
 '''
 
+# the compiled (forward, VJP) of the softmax cross-entropy, made at first use
 XENT_KERNELS = LazyKernel("nnspec_xent_4", fastact.MATH + XENT, ("xent_forward", "xent_vjp"))
-
-
-def xent_kernels():
-    """The compiled (forward, VJP) of the softmax cross-entropy, or None (numba missing, no writable
-    directory)."""
-    return XENT_KERNELS.get() or None
 
 
 def is_softmax_xent(op) -> bool:
@@ -257,7 +254,7 @@ class SoftmaxXent:
         flat, yf = z.reshape(-1), y.reshape(-1)
         e = flat if ctx.spend else ctx.empty(flat.shape, F32)
         s = np.empty(len(yf), F32)
-        ok, total = self.fwd(flat, yf, _NO_MASK if mask is None else mask.reshape(-1), k, e, s, e is flat)
+        ok, total = self.fwd(flat, yf, _EMPTY if mask is None else mask.reshape(-1), k, e, s, e is flat)
         if not ok:
             return self.op.forward(xs, attrs, ctx)
         ctx.saved[self.KEY] = e, s, yf, k
@@ -278,5 +275,5 @@ def softmax_xent(op, dtype) -> SoftmaxXent | None:
     """The kernels' forward and VJP for a float32 softmax cross-entropy step, else None."""
     if np.dtype(dtype) != F32 or not is_softmax_xent(op):
         return None
-    kernels = xent_kernels()
-    return None if kernels is None else SoftmaxXent(op, kernels)
+    kernels = XENT_KERNELS.get()     # (False: numba missing, no writable directory)
+    return SoftmaxXent(op, kernels) if kernels else None

@@ -129,7 +129,7 @@ def use_kernels(ex, run: PassRun) -> None:
             continue
         sid, _, xs, binds, out, attrs, rec = run.fwd[at]
         kernel = (plainkernels.elementwise_kernel(REGISTRY[step.op], attrs, out.shape[-1], ex.dtype)
-                  if out.ndim and out.size >= plainkernels.MIN_SIZE else None)
+                  if out.ndim and plainkernels.pays(out) else None)
         if kernel is not None:
             run.fwd[at] = (sid, kernel.forward_into, xs, binds, out, attrs, rec)
             run.vjps[sid] = kernel.vjp_into
@@ -140,7 +140,7 @@ def use_kernels(ex, run: PassRun) -> None:
 
 
 def forward(ex, run: PassRun, tape: Tape) -> None:
-    if not run.kernels and ex.plain_kernels_after is not None and ex.passes > ex.plain_kernels_after:
+    if not run.kernels and ex.plain_kernels_ready():
         use_kernels(ex, run)
     env, records, fresh = tape.values, tape.records, tape.fresh
     run.tape = weakref.ref(tape)

@@ -140,8 +140,7 @@ class FastSteps:
                                     spend=(tape.fresh is not None and step.id in self.facts.spendable
                                            and step.inputs[0][0] in tape.fresh))
                    if op.needs_ctx else NO_CTX)
-            after = ex.plain_kernels_after
-            kernel = o.xent and after is not None and ex.passes > after and xs[0].size >= plainkernels.MIN_SIZE
+            kernel = o.xent and ex.plain_kernels_ready() and plainkernels.pays(xs[0])
             out = (self.xent(op) if kernel else op).forward(xs, step.attrs, ctx)
         record(step, op, out, xs, ctx, tape)
         return into and not op.reads_across_chunks
