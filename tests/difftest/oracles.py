@@ -445,14 +445,18 @@ def _no_loop_kernels(oracle: str, plan, out: Outcome) -> bool:
     return True
 
 
+def _float32(params, batch: Batch, seeds) -> tuple[dict, Batch, dict]:
+    """The parameters, the batch's float feeds and the seeds in float32 (for the float32 kernels' oracles)."""
+    feeds = {k: v.astype(np.float32) if v.dtype.kind == "f" else v for k, v in batch.feeds.items()}
+    return ({k: v.astype(np.float32) for k, v in params.items()}, dataclasses.replace(batch, feeds=feeds),
+            {k: v.astype(np.float32) for k, v in seeds.items()})
+
+
 def check_segments(plan, params, batch: Batch, seeds, base, out: Outcome) -> None:
     """float32, the NumPy loop path with fused segments from the first pass against without."""
     if _no_loop_kernels("segments", plan, out):
         return
-    f32 = {k: v.astype(np.float32) for k, v in params.items()}
-    feeds = {k: v.astype(np.float32) if v.dtype.kind == "f" else v for k, v in batch.feeds.items()}
-    batch32 = dataclasses.replace(batch, feeds=feeds)
-    seeds32 = {k: v.astype(np.float32) for k, v in seeds.items()}
+    f32, batch32, seeds32 = _float32(params, batch, seeds)
     runs = []
     for on in (True, False):
         ex = Executor(plan, dtype=np.float32, options=ExecOptions(fused_loops=False, fused_segments=on))
@@ -488,10 +492,7 @@ def _check_plain(compiled, params, batch: Batch, seeds, base, out: Outcome) -> N
         out.skipped["plain"] = "numba is not installed"
         return
     plan = compiled.plan
-    f32 = {k: v.astype(np.float32) for k, v in params.items()}
-    feeds = {k: v.astype(np.float32) if v.dtype.kind == "f" else v for k, v in batch.feeds.items()}
-    batch32 = dataclasses.replace(batch, feeds=feeds)
-    seeds32 = {k: v.astype(np.float32) for k, v in seeds.items()}
+    f32, batch32, seeds32 = _float32(params, batch, seeds)
     runs: list[list[Run]] = []
     for on in (True, False):
         ex = Executor(plan, dtype=np.float32)
