@@ -102,9 +102,10 @@ def test_float64_is_untouched():
 
 
 def test_nothing_is_compiled_before_the_pass_threshold(monkeypatch):
-    def not_yet():
-        raise AssertionError("compiled before the threshold")
-    monkeypatch.setattr(fastact, "kernels", not_yet)
+    class NotYet:
+        def get(self):
+            raise AssertionError("compiled before the threshold")
+    monkeypatch.setattr(fastact, "ROW_KERNELS", NotYet())
     plan, params, feeds = setup(np.float32)
     passes(plan, params, feeds, np.float32, ExecOptions(fused_loops=False), after=3, n=3)
     with pytest.raises(AssertionError, match="before the threshold"):

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from .kernelcache import load_module
+from .kernelcache import LazyKernel
 
 # The float32 maths that LLVM vectorises, shared by this module's kernel and the loops' fused segments
 # (``segments.py``): e^y as Cephes' expf, 2^n p(r) with n = round(y / ln 2), r = y - n ln 2 in two parts,
@@ -95,15 +95,8 @@ def sigmoid_rows(x, rows, width, xstride, out, ostride):
 # then loaded from disk), as fused loops wait (fused.FUSE_AFTER_PASSES): short runs never wait for numba
 AFTER_PASSES = 100
 
-_module = None
-
-
-def kernels():
-    """The compiled kernel module (numba compiles it on first use, then loads it from disk)."""
-    global _module
-    if _module is None:
-        _module = load_module("nnspec_fastact_2", SOURCE)
-    return _module
+# the row kernels ops name as their ``vectorised_step``, compiled at first use (then loaded from disk)
+ROW_KERNELS = LazyKernel("nnspec_fastact_2", SOURCE, ("sigmoid_rows",))
 
 
 def rows_of(a: np.ndarray):
@@ -128,10 +121,10 @@ def vectorised_step(op, x: list, out: list, attrs: dict):
     made here, when the loop run is built (before it counts the references to its arrays it holds
     itself, ``reuse.Reuse``), and used while the step's arrays are the same ones (a kept run's own
     buffers are). None (NumPy's step then) when no directory is writable for the compiled kernel."""
-    try:
-        kernel = getattr(kernels(), op.vectorised_step)
-    except OSError:
+    kernels = ROW_KERNELS.get()    # (False: numba missing, or no writable directory)
+    if not kernels:
         return None
+    kernel = kernels[ROW_KERNELS.function.index(op.vectorised_step)]
     numpy_step = op.step_forward([x], out, attrs)
 
     def plan(a, o):

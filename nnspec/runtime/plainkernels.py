@@ -135,44 +135,28 @@ class Elementwise:
 # ``fastact.MATH``'s exp would undo its rounding to an integer; numba's ``inline="always"`` would give
 # the sum the caller's flags). A NaN in a row's logits is passed over by the maximum but makes its
 # exponential, their sum and the loss NaN; an infinity makes the maximum inf and (inf - inf) NaN.
-XENT = '''
+def _row_max(lanes: int) -> str:
+    """The numba source of ``row_max(zi, k)``: the maximum of ``zi[:k]`` in ``lanes`` running maxima,
+    each element of a block of ``lanes`` to its own, the rest to the first, then paired down."""
+    m = [f"m{j}" for j in range(lanes)]
+    lines = ['@njit(inline="always", error_model="numpy", fastmath=FLAGS)', "def row_max(zi, k):",
+             "    m0 = zi[0]", f"    {', '.join(m[1:])} = {', '.join(['m0'] * (lanes - 1))}",
+             "    j = 0", f"    while j + {lanes} <= k:"]
+    for j in range(lanes):
+        lines += [f"        v = zi[j{f' + {j}' if j else ''}]", f"        {m[j]} = v if v > {m[j]} else {m[j]}"]
+    lines += [f"        j += {lanes}", "    while j < k:", "        v = zi[j]", "        m0 = v if v > m0 else m0",
+              "        j += 1"]
+    step = 1
+    while step < lanes:
+        for j in range(0, lanes, 2 * step):
+            a, b = m[j], m[j + step]
+            pick = f"{b} if {b} > {a} else {a}"
+            lines.append(f"    {a} = {pick}" if 2 * step < lanes else f"    return {pick}")
+        step *= 2
+    return "\n".join(lines) + "\n"
 
 
-@njit(inline="always", error_model="numpy", fastmath=FLAGS)
-def row_max(zi, k):
-    m0 = zi[0]
-    m1, m2, m3, m4, m5, m6, m7 = m0, m0, m0, m0, m0, m0, m0
-    j = 0
-    while j + 8 <= k:
-        v = zi[j]
-        m0 = v if v > m0 else m0
-        v = zi[j + 1]
-        m1 = v if v > m1 else m1
-        v = zi[j + 2]
-        m2 = v if v > m2 else m2
-        v = zi[j + 3]
-        m3 = v if v > m3 else m3
-        v = zi[j + 4]
-        m4 = v if v > m4 else m4
-        v = zi[j + 5]
-        m5 = v if v > m5 else m5
-        v = zi[j + 6]
-        m6 = v if v > m6 else m6
-        v = zi[j + 7]
-        m7 = v if v > m7 else m7
-        j += 8
-    while j < k:
-        v = zi[j]
-        m0 = v if v > m0 else m0
-        j += 1
-    m0 = m1 if m1 > m0 else m0
-    m2 = m3 if m3 > m2 else m2
-    m4 = m5 if m5 > m4 else m4
-    m6 = m7 if m7 > m6 else m6
-    m0 = m2 if m2 > m0 else m0
-    m4 = m6 if m6 > m4 else m4
-    return m4 if m4 > m0 else m0
-
+XENT = "\n\n\n" + _row_max(8) + '''
 
 @njit(error_model="numpy", fastmath={"reassoc", "nsz"})
 def row_sum(ei, k):
