@@ -1,4 +1,4 @@
-"""The plan optimiser (nnspec/optimize.py) and the runtime's fast loop path.
+"""The plan optimiser (nnspec/optimize/) and the runtime's fast loop path.
 
 Two kinds of checks:
   * shape: after each pass the plan has the expected form (one matmul for four

@@ -212,8 +212,8 @@ def build_backward(ex, prog: LoopProgram, run: LoopRun, plan: BackwardPlan, need
         local[bid] = (into, [], list(into))
     actions = [_zero_action(gbuf[r]) for r in plan.fill]
     incoming: dict = {}
-    step = 1 if prog.loop.direction > 0 else -1
-    actions += [_slot_action(r, gbuf[r], slots, step, run, incoming) for r, slots in plan.ring.items()]
+    dt = 1 if prog.loop.direction > 0 else -1     # the order the forward pass ran its steps in
+    actions += [_slot_action(r, gbuf[r], slots, dt, run, incoming) for r, slots in plan.ring.items()]
     tmps: dict = {}
 
     def tmp_pair(arr):
@@ -419,12 +419,12 @@ def _send_action(steps, d, axis, ginit, t1, t2):
     return act
 
 
-def _slot_action(region, ring, slots, step, run, incoming):
+def _slot_action(region, ring, slots, dt, run, incoming):
     """At step t, before anything sends to it: the ring slot of the step the pass reaches
     ``slots - 1`` steps later (the one it held last is done with), filled with that step's
     gradient from after the loop, else zeroed (``LoopBackward.take_slot``). (``run``: its steps
-    this pass.)"""
-    ahead = (slots - 1) * step
+    this pass.) ``dt``: +1 for a loop that runs forwards in time, -1 backwards."""
+    ahead = (slots - 1) * dt
 
     def act(t):
         u = t - ahead
