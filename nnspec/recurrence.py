@@ -110,12 +110,46 @@ def _check_initials(graph: Graph, components: list[Component], diags: Diagnostic
     states = {s for c in components for s in c.states}
     for name, init in graph.initials.items():
         if name in states:
+            _check_initial_comes_first(graph, components, name, init, diags)
             continue
         info = graph.info(name)
         what = "an input" if info.kind in ("input", "target") else "not recurrent (it never reads itself at [t-1])"
         diags.error(f"'initial {name}': '{name}' is {what}; 'initial' sets the state a recurrent value reads "
                     f"at its first step, e.g. 'initial h = h0' for 'h = tanh(W @ x + U @ h[t-1])'. "
                     f"'{name}[t-1]' before the first step is zeros", graph.info(init).span)
+
+
+def _check_initial_comes_first(graph: Graph, components: list[Component], state: str, init: str,
+                               diags: Diagnostics) -> None:
+    """A loop reads its initial states before its first step, so none of them may be computed from
+    the loop's own values (through other values, or through the initial state of another loop that
+    reads this one): an error at the statement, naming the value that reads the loop."""
+    loop = set(components[graph.info(state).component].nodes)
+    initials, g = graph.initials, graph.g
+
+    def needs(n):     # what n is computed from, a loop's state from its initial state too
+        yield from g.predecessors(n)
+        if n in initials:
+            yield initials[n]
+
+    seen, stack, reader = {init}, [init], None
+    while stack and reader is None:
+        n = stack.pop()
+        for m in needs(n):
+            if m in loop:
+                reader = n
+                break
+            if m not in seen:
+                seen.add(m)
+                stack.append(m)
+    if reader is None:
+        return
+    span = next((i.span for i in graph.flat.initials if i.name == state), None) or graph.info(init).span
+    via = "" if reader == init else f" through {user_name(graph.info(reader), diags.sources)}"
+    diags.error(f"the initial state of '{state}' is computed from the values of its own loop{via}: the loop "
+                f"reads its initial state before its first step, so it cannot come from '{state}' itself; "
+                f"compute it from values made before the loop (an input, a parameter, another loop's last(...))",
+                span)
 
 
 def _report_algebraic_loop(graph: Graph, nodes: list[str], successors: dict[str, list[str]],

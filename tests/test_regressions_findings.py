@@ -120,6 +120,28 @@ def test_an_initial_state_needed_only_through_another_loops_initial_state_is_pla
     assert {state for loop in loops for state in loop.initials} == {"h4", "h10"}
 
 
+
+@pytest.mark.parametrize("text, via", [
+    # tests.fuzz_text seed 7500000's run: the initial state read the loop through a concatenation of it
+    ("input w : seq of token\ne = embed(w, 3)\nh1[3] = tanh(W1 @ e + U1 @ h1[t-2])\ninitial h1 = p\n"
+     "h2 = concat(h1, h1)\noutput p\np = softmax(V @ first(h2) + c)\n", " through 'h2'"),
+    ("input x[2] : seq\nh[3] = tanh(W @ x + U @ h[t-1])\ninitial h = tanh(V @ last(h))\noutput h\n", " through 'last(h)'"),
+    # through another loop's initial state, which reads this one
+    ("input x[2] : seq\na[3] = tanh(W @ x + U @ a[t-1])\nb[3] = tanh(V @ x + Q @ b[t-1])\n"
+     "initial a = last(b)\ninitial b = last(a)\noutput a\noutput b\n", ""),
+])
+def test_an_initial_state_computed_from_its_own_loop_is_a_located_error(text, via):
+    msg = error_of(text)
+    assert re.search(r"f\.nn:\d+:1: error: the initial state of '(h1|h|a|b)' is computed from the values of its own "
+                     r"loop", msg), msg
+    assert via in msg and "Traceback" not in msg
+
+
+def test_an_initial_state_from_another_loop_that_does_not_read_this_one_compiles():
+    compile_text("input x[2] : seq\nenc[3] = tanh(W @ x + U @ enc[t-1])\ndec[3] = tanh(V @ x + Q @ dec[t-1])\n"
+                 "initial dec = last(enc)\noutput dec\n")
+
+
 STATIC_OUTPUTS = """input x[2]
 target t[1]
 output y
