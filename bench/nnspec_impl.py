@@ -44,8 +44,9 @@ def nnspec_params(config, params: dict[str, np.ndarray]) -> dict[str, np.ndarray
     return out
 
 
-def build(config, dtype=np.float32, optimize: bool | None = None):
-    """(model, feeds, optimizer) for one config, from the shared weights and batch."""
+def build(config, dtype=np.float32, optimize: bool | None = None, options=None):
+    """(model, feeds, optimizer) for one config, from the shared weights and batch; ``options``: the
+    runtime's ``ExecOptions`` (default: all its fast paths)."""
     from nnspec import compile_file
     from nnspec.model import Model
     from nnspec.train.optim import make_optimizer
@@ -64,7 +65,7 @@ def build(config, dtype=np.float32, optimize: bool | None = None):
     if want != have:
         raise ValueError(f"{path.name} does not match config {config.name}: spec wants {want}, "
                          f"config gives {have}")
-    model = Model(compiled, params, dtype=dtype)
+    model = Model(compiled, params, dtype=dtype, options=options)
     x, y = make_batch(config, dtype)
     feeds = {"x": x, "y": y} if config.kind == "mlp" else {"w": x, "y": y}
     return model, feeds, make_optimizer("sgd", lr=config.lr)
@@ -86,14 +87,13 @@ class NnspecImpl:
         self.notes: dict[str, str] = {}   # config -> what ran (fused loops)
 
     def setup(self, config, dtype):
-        from nnspec.runtime import ExecOptions, Executor
+        from nnspec.runtime import ExecOptions
 
-        model, feeds, opt = build(config, dtype, self.optimize)
-        if not (self.fused and self.fast_sigmoid and self.segments and self.blocked):
-            model.executor = Executor(model.plan, model.dtype,
-                                      options=ExecOptions(fused_loops=self.fused, fast_sigmoid=self.fast_sigmoid,
-                                                          fused_segments=self.segments,
-                                                          blocked_products=self.blocked))
+        # an A/B variant's model is made with its options, so its parameters are laid out as the default's
+        options = (None if self.fused and self.fast_sigmoid and self.segments and self.blocked and self.plain else
+                   ExecOptions(fused_loops=self.fused, fast_sigmoid=self.fast_sigmoid, fused_segments=self.segments,
+                               blocked_products=self.blocked, plain_kernels=self.plain, fast_loss=self.plain))
+        model, feeds, opt = build(config, dtype, self.optimize, options)
         rng = np.random.default_rng(0)
         fused = model.executor.fused
         if fused is not None:
@@ -103,9 +103,7 @@ class NnspecImpl:
         if model.executor.segments_after is not None:
             model.executor.segments_after = 0        # and the loop steps' fused segments
         if model.executor.plain_kernels_after is not None:
-            # and the plain steps' (activations, the softmax cross-entropy); None: never made (the A/B,
-            # on the model's own executor, whose parameters are flat)
-            model.executor.plain_kernels_after = 0 if self.plain else None
+            model.executor.plain_kernels_after = 0   # and the plain steps' (activations, the softmax cross-entropy)
 
         def step():
             loss, grads, _ = model.loss_and_grads(feeds, rng=rng, single_use=True)

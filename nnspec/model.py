@@ -403,14 +403,17 @@ class Model:
     """Compiled plan + parameters + an executor."""
 
     def __init__(self, compiled: Compiled, params: dict[str, np.ndarray] | None = None, *,
-                 dtype=np.float32, seed: int = 0, default_init: str | None = None):
+                 dtype=np.float32, seed: int = 0, default_init: str | None = None,
+                 options: ExecOptions | None = None):
+        """``options``: the runtime's (``ExecOptions``; default all its fast paths), for A/B runs of
+        one of them; the parameters are laid out for them (one flat array when ``flat_params``)."""
         # the plan and what remakes the rest: the flat equations and the graph are made again if read
         self.compiled = compiled.without_front()
         self.plan = compiled.plan
         self.dtype = np.dtype(dtype)
         self.params = params if params is not None else init_params(self.plan, seed, self.dtype, default_init)
         self.frozen = frozenset(p.name for p in self.plan.params if p.frozen) or _NO_NAMES   # (read only)
-        self.executor = Executor(self.plan, self.dtype)
+        self.executor = Executor(self.plan, self.dtype, options=options)
         opts = self.executor.options
         if opts.param_blocks and opts.flat_params:   # the dense parameters as views of one flat array
             skip = self.frozen | frozenset(self.executor.tables.shapes)   # (row gradients)

@@ -72,6 +72,17 @@ def test_frozen_parameters_stay_apart_and_off_the_switch_nothing_is_flat():
     assert all(known(g) is None for g in grads.values())
 
 
+def test_a_model_made_with_options_lays_out_its_parameters_for_them():
+    # (an A/B of one fast path keeps the others: the bench's variants are made so)
+    model = Model(compile_text(MLP), seed=0, options=ExecOptions(plain_kernels=False, fast_loss=False))
+    assert model.executor.options.plain_kernels is False and model.executor.plain_kernels_after is None
+    assert model.executor.flat is not None and all(known(g) is not None
+                                                   for g in model.loss_and_grads(_mlp_feeds())[1].values())
+    apart = Model(compile_text(MLP), seed=0, options=ExecOptions(flat_params=False))
+    assert apart.executor.flat is None and all(v.base is None for v in apart.params.values())
+    np.testing.assert_array_equal(apart.loss_and_grads(_mlp_feeds())[0], model.loss_and_grads(_mlp_feeds())[0])
+
+
 @pytest.mark.parametrize("make, feeds", [(_lm, _lm_feeds), (_mlp, _mlp_feeds)])
 def test_gradients_are_views_of_one_flat_array_with_the_numbers_of_the_parameters_apart(make, feeds):
     flat, apart = make(np.float64), _apart(make(np.float64))
