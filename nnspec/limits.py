@@ -50,15 +50,24 @@ def format_size(n: float) -> str:
     return f"{int(n)} bytes"
 
 
-def read_limit() -> int:
-    """The largest data file (after decompression) nnspec reads: ``NNSPEC_READ_LIMIT`` or 2 GiB."""
-    text = os.environ.get(READ_LIMIT_VARIABLE)
+def size_setting(variable: str, default: int) -> int:
+    """The size an environment variable sets (``8GiB``), else ``default``; a ValueError that names
+    the variable when it is not a size."""
+    text = os.environ.get(variable)
     if not text:
-        return DEFAULT_READ_LIMIT
+        return default
     try:
         return parse_size(text)
     except ValueError as e:
-        raise ReadRefused(f"{READ_LIMIT_VARIABLE}: {e}") from None
+        raise ValueError(f"{variable}: {e}") from None
+
+
+def read_limit() -> int:
+    """The largest data file (after decompression) nnspec reads: ``NNSPEC_READ_LIMIT`` or 2 GiB."""
+    try:
+        return size_setting(READ_LIMIT_VARIABLE, DEFAULT_READ_LIMIT)
+    except ValueError as e:
+        raise ReadRefused(str(e)) from None
 
 
 def read_regular_file(path: Path, limit: int, raise_limit: str) -> bytes:

@@ -14,12 +14,11 @@ shape of the value it is combined with, and its own equation checks it later.
 from __future__ import annotations
 
 import heapq
-import os
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from .errors import Diagnostics, SpecError
-from .limits import format_size, parse_size
+from .limits import format_size, size_setting
 from .graph import Graph, NodeInfo, user_call, user_name, where
 from .ops import REGISTRY, ShapeError
 from .ops.registry import show_shape, unify_dims
@@ -628,13 +627,11 @@ class MemoryBudget:
 
 
 def default_memory_limit() -> int:
-    text = os.environ.get(MEMORY_LIMIT_VARIABLE)
-    if not text:
-        return DEFAULT_MEMORY_LIMIT
+    """The memory a network may use: ``NNSPEC_MEMORY_LIMIT`` or 4 GiB."""
     try:
-        return parse_size(text)
+        return size_setting(MEMORY_LIMIT_VARIABLE, DEFAULT_MEMORY_LIMIT)
     except ValueError as e:
-        raise SpecError.single(f"{MEMORY_LIMIT_VARIABLE}: {e}") from None
+        raise SpecError.single(str(e)) from None
 
 
 @dataclass
