@@ -52,6 +52,27 @@ def test_vocab_json_round_trip():
         assert w.itos == v.itos and w.to_json() == v.to_json()
 
 
+def test_a_declared_class_count_of_integer_labels_costs_nothing_however_large():
+    # (tests.fuzz_text seed 7900000: class[9999993] held a list of ten million ints and its dict, 1 GB)
+    import tracemalloc
+    tracemalloc.start()
+    v = Vocab.labels([2, 0], size=10_000_000)
+    held = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert held < 2**20 and len(v) == 10_000_000
+    assert v.itos[:3] == [0, 1, 2] and v.itos[-1] == 9_999_999 and 5 in v and 10_000_000 not in v
+    assert v.encode([3, 9_999_999]).tolist() == [3, 9_999_999] and v.decode([7]) == [7]
+    # its index finds what a dict keyed by the ints would find: equal numbers, nothing else
+    assert [v.stoi.get(k, -1) for k in (4, 4.0, True, np.int64(4), 4.5, "4", -1, 10_000_000, float("nan"))] \
+        == [4, 4, 1, 4, -1, -1, -1, -1, -1]
+    with pytest.raises(KeyError):
+        v.index(10_000_000)
+    assert v.to_json()["labels"] == 10_000_000 and "itos" not in v.to_json()   # a small checkpoint
+    w = Vocab.from_json(json.loads(json.dumps(v.to_json())))
+    assert w.itos == v.itos and len(w) == 10_000_000
+    assert Vocab.labels([0, 1], size=3).itos == [0, 1, 2] != [0, 1]
+
+
 # ---------------------------------------------------------------- encoding
 
 def test_encode_all_kinds():

@@ -172,6 +172,30 @@ def test_missing_and_corrupt_files(tmp_path):
     assert str(d) in str(e.value)
 
 
+def test_a_vocabulary_of_counted_labels_round_trips_and_one_with_no_entries_is_refused(tmp_path):
+    from nnspec.data import Vocab
+    from nnspec.train.checkpoint import TrainedMeta
+    vocabs = {"y": Vocab.labels([0, 1], size=5).to_json(), "w": Vocab.build(["a b b"]).to_json()}
+    d = save_checkpoint(tmp_path / "c", _params(), vocabs=vocabs)
+    back = load_checkpoint(d, schema=TrainedMeta).vocabs
+    assert Vocab.from_json(back["y"]).itos == [0, 1, 2, 3, 4] and Vocab.from_json(back["w"]).itos[2:] == ["b", "a"]
+    meta = json.loads((d / "meta.json").read_text())
+    del meta["vocabs"]["y"]["labels"]
+    (d / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="one of the two"):
+        load_checkpoint(d, schema=TrainedMeta)
+
+
+def test_a_meta_file_beyond_the_read_limit_is_not_read(tmp_path, monkeypatch):
+    d = save_checkpoint(tmp_path / "c", _params())
+    monkeypatch.setenv("NNSPEC_READ_LIMIT", "100")
+    with pytest.raises(CheckpointError, match=r"meta.json is not read: the file is .* more than the limit of "
+                                              r"100 bytes; set NNSPEC_READ_LIMIT"):
+        load_checkpoint(d)
+    monkeypatch.delenv("NNSPEC_READ_LIMIT")
+    load_checkpoint(d)
+
+
 def test_unserialisable_metadata_fails_before_writing(tmp_path):
     with pytest.raises(ValueError, match="JSON"):
         save_checkpoint(tmp_path / "c", _params(), extra={"f": object()})

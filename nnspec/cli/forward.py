@@ -23,8 +23,12 @@ def run_forward(session, args) -> int:
     return 0
 
 
-def outputs_for(session, split: str) -> dict:
+def outputs_for(session, split: str, lists: bool = True) -> dict:
+    """Each output's value for every example of the split, in order: nested lists (JSON, the notebook),
+    or with ``lists=False`` each example's array as it is (the printed table shows a few numbers of
+    each: a wide output, ten million classes, is not made into a list of Python floats first)."""
     data = session.data
+    as_list = (lambda a: a.tolist()) if lists else (lambda a: list(a))
     collected: dict[str, list] = {o: [] for o in session.plan.outputs}
     axes = plan_axes(session.plan)
     for batch in data.batches(split, 256, dtype=session.model.dtype):
@@ -39,9 +43,9 @@ def outputs_for(session, split: str) -> dict:
                 lengths = lengths.get((axes.get(k) or ("time",))[-1])
             if (v.ndim >= 2 and lengths is not None and batch.mask is not None
                     and v.shape[:2] == (int(lengths.max()), len(lengths))):
-                collected[k] += [v[:n, b].tolist() for b, n in enumerate(lengths)]
+                collected[k] += [(v[:n, b].tolist() if lists else v[:n, b]) for b, n in enumerate(lengths)]
             else:
-                collected[k] += v.tolist()
+                collected[k] += as_list(v)
     return collected
 
 
@@ -62,7 +66,7 @@ def _name_nonfinite(session, batch, split: str) -> None:
 
 def print_outputs(session, split: str) -> None:
     con = console()
-    outputs = outputs_for(session, split)
+    outputs = outputs_for(session, split, lists=False)
     enc = session.data.splits[split]
     inputs = [f.name for f in session.data.fields if f.role == "input"]
     from rich.table import Table

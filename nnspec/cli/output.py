@@ -30,8 +30,12 @@ def fmt_num(v) -> str:
 
 
 def show(v) -> str:
+    """A value for a table cell: numbers to 4 digits, a list or array to its first 8 entries (only
+    those converted: an array of millions is not made into a list first)."""
     if isinstance(v, np.ndarray):
-        v = v.tolist()
+        v = list(v[:9]) if v.ndim else v.item()     # (nine: more than eight is shown with "…")
+    elif isinstance(v, np.generic):
+        v = v.item()
     if isinstance(v, list):
         if len(v) > 8:
             return "[" + ", ".join(show(x) for x in v[:8]) + ", …]"

@@ -1,7 +1,9 @@
 """Vocabularies: tokens and labels <-> integer ids."""
 from __future__ import annotations
 
+import numbers
 from collections import Counter
+from collections.abc import Mapping
 from typing import Hashable, Iterable, Sequence
 
 import numpy as np
@@ -43,6 +45,73 @@ def with_char_ngrams(tokens: list[str], words: list[str], n: int) -> list[str]:
     return out
 
 
+class IdentityLabels(Sequence):
+    """The labels 0..n-1 as a label vocabulary's entries, each its own id, held as their count: a
+    declared ``class[n]`` of integer labels costs nothing however large n is (a list of ten million
+    ints and its index took a gigabyte). Compares equal to the list ``[0, ..., n-1]``."""
+
+    __slots__ = ("n",)
+
+    def __init__(self, n: int):
+        self.n = int(n)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i):
+        return list(range(self.n)[i]) if isinstance(i, slice) else range(self.n)[i]
+
+    def __iter__(self):
+        return iter(range(self.n))
+
+    def __contains__(self, label) -> bool:
+        return _label_id(label, self.n) is not None
+
+    def __eq__(self, other) -> bool:
+        if isinstance(other, IdentityLabels):
+            return other.n == self.n
+        return isinstance(other, (list, tuple)) and len(other) == self.n and all(
+            a == b for a, b in zip(other, range(self.n)))
+
+    def __hash__(self):
+        return hash(("IdentityLabels", self.n))
+
+    def __repr__(self) -> str:
+        return f"IdentityLabels({self.n})"
+
+
+class _IdentityIndex(Mapping):
+    """``stoi`` of :class:`IdentityLabels`: a label's id is the label (a dict's lookup of an equal number)."""
+
+    __slots__ = ("n",)
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __getitem__(self, label) -> int:
+        i = _label_id(label, self.n)
+        if i is None:
+            raise KeyError(label)
+        return i
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        return iter(range(self.n))
+
+
+def _label_id(label, n: int) -> int | None:
+    """The entry of 0..n-1 a dict keyed by those ints would find for ``label`` (an equal number), else None."""
+    if not isinstance(label, numbers.Number):
+        return None
+    try:
+        i = int(label)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return i if i == label and 0 <= i < n else None
+
+
 class Vocab:
     """A bijection between tokens (or labels) and ids 0..len-1.
 
@@ -54,8 +123,11 @@ class Vocab:
 
     def __init__(self, itos: Sequence[Hashable], *, specials: bool = True,
                  level: str = "word", lowercase: bool = False, ngrams: int = 1, char_ngrams: int = 0):
-        self.itos = list(itos)
-        self.stoi = {t: i for i, t in enumerate(self.itos)}
+        if isinstance(itos, IdentityLabels):
+            self.itos, self.stoi = itos, _IdentityIndex(len(itos))
+        else:
+            self.itos = list(itos)
+            self.stoi = {t: i for i, t in enumerate(self.itos)}
         self.specials = specials
         self.level = level
         self.lowercase = lowercase
@@ -93,9 +165,9 @@ class Vocab:
         seen = set(values)
         ints = bool(seen) and all(type(v) is int for v in seen) and min(seen) >= 0
         if ints and size is not None:
-            return cls(range(size), specials=False)  # labels >= size are rejected at encoding
+            return cls(IdentityLabels(size), specials=False)  # labels >= size are rejected at encoding
         if ints and len(seen) == max(seen) + 1:
-            return cls(range(len(seen)), specials=False)
+            return cls(IdentityLabels(len(seen)), specials=False)
         return cls(sorted(seen, key=lambda v: (isinstance(v, str), v)), specials=False)
 
     def __len__(self) -> int:
@@ -120,13 +192,16 @@ class Vocab:
 
     def to_json(self) -> dict:
         """A JSON-serialisable dict, saved beside a trained model."""
-        return {"itos": self.itos, "specials": self.specials,
+        # (identity labels as their count: a checkpoint of ten million classes stays small)
+        entries = ({"labels": len(self.itos)} if isinstance(self.itos, IdentityLabels) else {"itos": self.itos})
+        return {**entries, "specials": self.specials,
                 "level": self.level, "lowercase": self.lowercase, "ngrams": self.ngrams,
                 "char_ngrams": self.char_ngrams}
 
     @classmethod
     def from_json(cls, data: dict) -> Vocab:
-        return cls(data["itos"], specials=data["specials"],
+        itos = data["itos"] if data.get("itos") is not None else IdentityLabels(data["labels"])
+        return cls(itos, specials=data["specials"],
                    level=data["level"], lowercase=data["lowercase"], ngrams=data.get("ngrams", 1),
                    char_ngrams=data.get("char_ngrams", 0))
 

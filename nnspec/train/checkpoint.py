@@ -27,7 +27,9 @@ from typing import Any, Literal
 
 import numpy as np
 import safetensors.numpy as st
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ..limits import READ_LIMIT_VARIABLE, ReadRefused, read_limit, read_regular_file
 
 WEIGHTS = "weights.safetensors"
 META = "meta.json"
@@ -85,7 +87,14 @@ class _Strict(BaseModel):
 
 
 class _VocabMeta(_Strict):
-    itos: list[str | int]
+    itos: list[str | int] | None = None
+    labels: int | None = Field(default=None, ge=0)    # (instead of itos: the labels 0..labels-1, each its id)
+
+    @model_validator(mode="after")
+    def _entries(self):
+        if (self.itos is None) == (self.labels is None):
+            raise ValueError("a vocabulary lists its entries (itos) or counts its labels (labels), one of the two")
+        return self
     specials: bool
     level: Literal["word", "char"]
     lowercase: bool
@@ -306,8 +315,11 @@ def load_checkpoint(path: str | os.PathLike, expected_spec_hash: str | None = No
         if not (src / fname).is_file():
             raise CheckpointError(f"{path}: not a complete checkpoint (missing {fname})")
 
-    try:
-        meta = json.loads((src / META).read_text(encoding="utf-8"))
+    try:   # (read within the data files' limit: a checkpoint directory may come from anywhere)
+        text = read_regular_file(src / META, read_limit(), f"set {READ_LIMIT_VARIABLE} to allow more")
+        meta = json.loads(text.decode("utf-8"))
+    except ReadRefused as e:
+        raise CheckpointError(f"{path}: {META} is not read: {e}") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{path}: {META} is corrupt ({e})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
