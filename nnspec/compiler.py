@@ -227,6 +227,12 @@ def check_ends(graph: Graph, diags: Diagnostics) -> None:
         where = first.model_copy(update={"end_line": first.line, "end_column": first.column + 1}) if first else None
         diags.error("the network has no output and no loss; declare 'output NAME' or add 'loss ...'", where)
         return
+    for loss in graph.losses:
+        reads = closure([loss], graph.g.predecessors)
+        if not any(graph.info(n).kind in ("input", "target", "param") for n in reads):
+            diags.error("this loss is a constant: it reads no input, target or parameter, so there is nothing "
+                        "to learn; a loss compares a prediction with a target, e.g. 'loss cross_entropy(p, y)'",
+                        graph.info(loss).span)
     useful = closure(list(ends) + list(graph.initials.values()), graph.g.predecessors)
     reported = set()    # library cells called and never used: one error each, at the user's call
     for info in graph.nodes():

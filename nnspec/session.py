@@ -24,7 +24,17 @@ class Session:
     compiled: Compiled
     settings: TrainSettings
     data: BoundData | None
-    model: Model | None   # None while some sizes are still symbolic (the data decides them)
+    given: Model | None = None   # the model, if made already (else made, its weights drawn, when first asked for)
+
+    @property
+    def model(self) -> Model | None:
+        """The network with its initial weights (the settings' init and seed); None while some sizes
+        are still symbolic (the data decides them). Made when first asked for: ``nnspec check``, a
+        sweep's set-up and the folds' names never draw the weights of a network of gigabytes."""
+        if self.given is None and all(isinstance(d, int) for p in self.compiled.plan.params for d in p.shape):
+            self.given = Model(self.compiled, dtype=np.dtype(self.settings.dtype), seed=self.settings.seed,
+                               default_init=self.settings.init)
+        return self.given
 
     @property
     def plan(self):
@@ -98,7 +108,4 @@ def open_session(path: str | Path | None = None, *, text: str | None = None, ove
     check = Diagnostics(compiled.diags.sources)
     check_memory(compiled.graph, check, budget)
     check.raise_if_errors()
-    model = None
-    if all(isinstance(d, int) for p in compiled.plan.params for d in p.shape):
-        model = Model(compiled, dtype=np.dtype(settings.dtype), seed=settings.seed, default_init=settings.init)
-    return Session(compiled, settings, data, model)
+    return Session(compiled, settings, data)

@@ -593,8 +593,14 @@ def infer_shapes(graph: Graph, order: list[str], diags: Diagnostics, bindings: d
 
 
 def check_initial_states(graph: Graph, diags: Diagnostics) -> None:
-    """``initial h = v``: v is a single number or has h's shape."""
+    """``initial h = v``: v is numbers (not token or class ids), a single number or of h's shape."""
     for state, init in graph.initials.items():
+        if graph.info(init).integer:
+            diags.error(f"the initial state of '{state}' is {user_name(graph.info(init), diags.sources)}, which holds "
+                        f"token or class ids (whole numbers), not the numbers of a state; embed them first, "
+                        f"e.g. 'initial {state} = tanh(W0 @ embed(ids, 8))'",
+                        next((i.span for i in graph.flat.initials if i.name == state), graph.info(init).span))
+            continue
         s, i = graph.info(state).shape, graph.info(init).shape
         if s is None or i is None or tuple(i) == () or tuple(i) == tuple(s):
             continue

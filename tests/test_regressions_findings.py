@@ -142,6 +142,26 @@ def test_an_initial_state_from_another_loop_that_does_not_read_this_one_compiles
                  "initial dec = last(enc)\noutput dec\n")
 
 
+
+@pytest.mark.parametrize("loss", ["loss 0.0", "loss 1 + 2", "loss mse(y, t)\nloss 0.5"])
+def test_a_constant_loss_is_a_located_error(loss):
+    # tests.fuzz_text seed 8100000: 'loss 0.0' reached build_plan's verifier (no step computes the loss)
+    msg = error_of(f"input x[2]\ntarget t[2]\noutput y\ny[2] = W @ x\n{loss}\n")
+    assert re.search(r"f\.nn:\d+:6: error: this loss is a constant: it reads no input, target or parameter", msg), msg
+
+
+def test_a_loss_of_data_alone_still_compiles():
+    compile_text("input x[2]\ntarget t[2]\noutput y\ny[2] = W @ x\nloss mse(y, t)\nloss mse(x, t)\n")
+
+
+@pytest.mark.parametrize("decl", ["target y : class[3]", "input y : token"])
+def test_token_or_class_ids_as_an_initial_state_are_a_located_error(decl):
+    # tests.fuzz_text seed 8100000: 'initial h1 = y' of class ids crashed training with a broadcast error
+    msg = error_of(f"input x[1] : seq\n{decl}\nh1[3] = tanh(W1 @ x + U1 @ h1[t-2])\ninitial h1 = y\n"
+                   "p = softmax(V @ last(h1) + c)\noutput p\n" + ("loss cross_entropy(p, y)\n" if "target" in decl else ""))
+    assert "f.nn:4:1: error: the initial state of 'h1' is 'y', which holds token or class ids" in msg, msg
+
+
 STATIC_OUTPUTS = """input x[2]
 target t[1]
 output y
