@@ -133,6 +133,11 @@ class GraphBuilder:
         self.counter += 1
         return f"{owner}#{self.counter}"
 
+    def own_name(self, name: str) -> str:
+        """The id of a value the compiler adds (the loss, the sum of several): ``name``, unless the spec
+        names a value so (``target loss``, ``loss1 = ...``), whose node it would replace; then a fresh one."""
+        return self.fresh(name) if name in self.defined or self.graph.g.has_node(name) else name
+
     def declared(self, dims) -> tuple | None:
         if dims is None:
             return None
@@ -182,7 +187,7 @@ class GraphBuilder:
         for ini in f.initials:
             self.initial(ini)
         for i, loss in enumerate(f.losses):
-            owner = "loss" if len(f.losses) == 1 else f"loss{i + 1}"
+            owner = self.own_name("loss" if len(f.losses) == 1 else f"loss{i + 1}")
             node = self.expr(loss.value, owner, top=owner)
             if node is not None:
                 self.graph.losses.append(node)
@@ -582,8 +587,8 @@ class GraphBuilder:
         elif len(losses) > 1:
             total = losses[0]
             for i, other in enumerate(losses[1:]):
-                total = self.add(NodeInfo(id="loss" if i == len(losses) - 2 else f"loss.sum{i}", kind="op",
-                                          span=self.graph.info(other).span, op="add",
+                nid = self.own_name("loss" if i == len(losses) - 2 else f"loss.sum{i}")
+                total = self.add(NodeInfo(id=nid, kind="op", span=self.graph.info(other).span, op="add",
                                           inputs=[(total, 0), (other, 0)]))
             self.graph.loss = total
 

@@ -162,6 +162,24 @@ def test_token_or_class_ids_as_an_initial_state_are_a_located_error(decl):
     assert "f.nn:4:1: error: the initial state of 'h1' is 'y', which holds token or class ids" in msg, msg
 
 
+
+def test_a_value_named_as_a_loss_the_compiler_adds_keeps_its_own_meaning():
+    # tests.fuzz_text seed 8300000 found 'target loss': the loss's node took the id 'loss' and read itself
+    # (a bogus algebraic loop naming an internal id). With two losses the first one's node is 'loss1': a
+    # value the spec names 'loss1' was replaced by it, silently, and 'loss loss1' read the first loss
+    from nnspec.model import Model
+    feeds = {"x": np.array([[1.0, 2.0]]), "y": np.array([[0.5, -1.0]])}
+    model = Model(compile_text("input x[2]\ntarget y[2]\noutput p\np[2] = W @ x\nloss1 = 3 * mse(p, y)\n"
+                               "loss mse(p, y)\nloss loss1\n"), dtype=np.float64)
+    loss, _, tape = model.loss_and_grads(feeds)
+    assert loss == pytest.approx(4 * np.mean((tape.values["p"] - feeds["y"]) ** 2), rel=1e-12)
+    named = Model(compile_text("input x[2]\ntarget loss[2]\noutput p\np[2] = W @ x\nloss 2 * mse(p, loss)\n"),
+                  dtype=np.float64)
+    loss, _, tape = named.loss_and_grads({"x": feeds["x"], "loss": feeds["y"]})
+    assert loss == pytest.approx(2 * np.mean((tape.values["p"] - feeds["y"]) ** 2), rel=1e-12)
+    assert named.plan.loss != "loss" and "loss" in {t.name for t in named.plan.targets}   # two values, two ids
+
+
 STATIC_OUTPUTS = """input x[2]
 target t[1]
 output y
