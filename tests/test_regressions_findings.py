@@ -180,6 +180,26 @@ def test_a_value_named_as_a_loss_the_compiler_adds_keeps_its_own_meaning():
     assert named.plan.loss != "loss" and "loss" in {t.name for t in named.plan.targets}   # two values, two ids
 
 
+
+def test_the_outputs_printed_after_training_run_in_batches_the_memory_check_allowed_for(tmp_path):
+    # tests.fuzz_text seed 8400000: an output of ten million classes over a small data set at once (batches
+    # of 256) took 2.6 GB where the memory check had allowed for the training batch
+    from nnspec.cli.forward import outputs_for
+    from nnspec.session import open_session
+    spec = tmp_path / "s.nn"
+    spec.write_text("input x[2]\ntarget y : class[3]\noutput p\np = softmax(W @ x)\nloss cross_entropy(p, y)\n"
+                    "train { epochs 1; batch 2 }\n"
+                    "data inline { x = [[1, 2], [3, 4], [5, 6], [7, 8], [9, 10]]; y = [0, 1, 2, 0, 1] }\n")
+    session = open_session(spec)
+    seen = []
+    batches = session.data.batches
+    session.data.batches = lambda split, size, **kw: (seen.append(size), batches(split, size, **kw))[1]
+    outputs = outputs_for(session, "train")
+    assert seen == [2] and len(outputs["p"]) == 5
+    x = np.array([[1, 2], [3, 4], [5, 6], [7, 8], [9, 10]], np.float32)
+    np.testing.assert_allclose(outputs["p"], session.model.forward({"x": x})["p"], rtol=1e-6)
+
+
 STATIC_OUTPUTS = """input x[2]
 target t[1]
 output y

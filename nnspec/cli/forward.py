@@ -31,7 +31,9 @@ def outputs_for(session, split: str, lists: bool = True) -> dict:
     as_list = (lambda a: a.tolist()) if lists else (lambda a: list(a))
     collected: dict[str, list] = {o: [] for o in session.plan.outputs}
     axes = plan_axes(session.plan)
-    for batch in data.batches(split, 256, dtype=session.model.dtype):
+    # (batches of the training batch, the one the memory check allowed for: an output of ten million
+    # classes over the whole of a small data set at once took more than the limit)
+    for batch in data.batches(split, session.settings.batch, dtype=session.model.dtype):
         with np.errstate(invalid="ignore", divide="ignore", over="ignore"):  # named below
             out = session.model.forward(batch.arrays, batch.lengths)
         if not all(np.isfinite(v).all() for v in out.values() if np.issubdtype(v.dtype, np.floating)):
