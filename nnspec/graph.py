@@ -106,6 +106,10 @@ class Graph:
     def targets(self) -> list[NodeInfo]:
         return [i for i in self.nodes() if i.kind == "target"]
 
+    def initial_statement(self, state: str):
+        """The span of the ``initial`` statement of ``state`` (where an error about it points), or None."""
+        return next((i.span for i in self.flat.initials if i.name == state), None)
+
 
 class GraphBuilder:
     def __init__(self, flat: FlatSpec, diags: Diagnostics):

@@ -144,7 +144,7 @@ def _check_initial_comes_first(graph: Graph, components: list[Component], state:
                 stack.append(m)
     if reader is None:
         return
-    span = next((i.span for i in graph.flat.initials if i.name == state), None) or graph.info(init).span
+    span = graph.initial_statement(state) or graph.info(init).span
     via = "" if reader == init else f" through {user_name(graph.info(reader), diags.sources)}"
     diags.error(f"the initial state of '{state}' is computed from the values of its own loop{via}: the loop "
                 f"reads its initial state before its first step, so it cannot come from '{state}' itself; "
@@ -248,14 +248,14 @@ def infer_time_and_type(graph: Graph, components: list[Component], diags: Diagno
     for state, init in graph.initials.items():
         if any(a in nested for a in axes.get(state, ())) and init in per_example and not axes.get(init):
             # a loop over each word's characters starts once per word: its rows are words, not examples
-            stmt = next((i.span for i in graph.flat.initials if i.name == state), None)
+            stmt = graph.initial_statement(state)
             span, notes = (stmt, []) if stmt is not None else where(graph, init)
             diags.error(f"the initial state of '{state}' is {user_name(graph.info(init), diags.sources)}, one value "
                         f"per example, but '{state}' runs over the characters of each word "
                         f"({', '.join(axes[state])}): its initial state is a parameter (or the default zeros)",
                         span, notes)
         if axes.get(init):   # read where a loop starts, for each example: no steps of its own
-            stmt = next((i.span for i in graph.flat.initials if i.name == state), None)
+            stmt = graph.initial_statement(state)
             span, notes = (stmt, []) if stmt is not None else where(graph, init)
             on = "a sequence" if axes[init] == ("time",) else f"on the axes ({', '.join(axes[init])})"
             diags.error(f"the initial state of '{state}' is {user_name(graph.info(init), diags.sources)}, which is "

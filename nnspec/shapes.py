@@ -599,7 +599,7 @@ def check_initial_states(graph: Graph, diags: Diagnostics) -> None:
             diags.error(f"the initial state of '{state}' is {user_name(graph.info(init), diags.sources)}, which holds "
                         f"token or class ids (whole numbers), not the numbers of a state; embed them first, "
                         f"e.g. 'initial {state} = tanh(W0 @ embed(ids, 8))'",
-                        next((i.span for i in graph.flat.initials if i.name == state), graph.info(init).span))
+                        graph.initial_statement(state) or graph.info(init).span)
             continue
         s, i = graph.info(state).shape, graph.info(init).shape
         if s is None or i is None or tuple(i) == () or tuple(i) == tuple(s):
