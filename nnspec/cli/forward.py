@@ -28,7 +28,7 @@ def outputs_for(session, split: str, lists: bool = True) -> dict:
     or with ``lists=False`` each example's array as it is (the printed table shows a few numbers of
     each: a wide output, ten million classes, is not made into a list of Python floats first)."""
     data = session.data
-    as_list = (lambda a: a.tolist()) if lists else (lambda a: list(a))
+    each = (lambda a: a.tolist()) if lists else (lambda a: a)    # an example's value, as given out
     collected: dict[str, list] = {o: [] for o in session.plan.outputs}
     axes = plan_axes(session.plan)
     # (batches of the training batch, the one the memory check allowed for: an output of ten million
@@ -45,9 +45,9 @@ def outputs_for(session, split: str, lists: bool = True) -> dict:
                 lengths = lengths.get((axes.get(k) or ("time",))[-1])
             if (v.ndim >= 2 and lengths is not None and batch.mask is not None
                     and v.shape[:2] == (int(lengths.max()), len(lengths))):
-                collected[k] += [(v[:n, b].tolist() if lists else v[:n, b]) for b, n in enumerate(lengths)]
+                collected[k] += [each(v[:n, b]) for b, n in enumerate(lengths)]
             else:
-                collected[k] += as_list(v)
+                collected[k] += [each(x) for x in v]
     return collected
 
 
